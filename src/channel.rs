@@ -1,0 +1,177 @@
+//! Channel names: parsing and validation of `namespace:name`.
+//!
+//! A [`ChannelName`] is a validated, cheaply clonable channel name. Every channel that
+//! enters Herald (a subscribe query, a publish body, a library call) passes through
+//! [`ChannelName::parse`], so the rest of the crate never sees a malformed name.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest channel name accepted, namespace included.
+pub const MAX_CHANNEL_LEN: usize = 160;
+
+/// The namespaces Herald knows without configuration.
+pub const USER_NAMESPACE: &str = "user";
+/// Rooms: `channel:<name>`.
+pub const ROOM_NAMESPACE: &str = "channel";
+/// The channel every client may receive: server-wide announcements.
+pub const SYSTEM_CHANNEL: &str = "system";
+
+/// Why a channel name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("channel name is empty")]
+    Empty,
+    #[error("channel name is longer than {MAX_CHANNEL_LEN} bytes")]
+    TooLong,
+    #[error(
+        "channel name must look like `namespace:name` (for example `channel:general` or `user:42`)"
+    )]
+    MissingNamespace,
+    #[error("unknown channel namespace `{0}`")]
+    UnknownNamespace(String),
+    #[error("channel name has no name after the namespace")]
+    EmptyName,
+    #[error(
+        "channel name may contain only ASCII letters, digits and `_ - . @ = +` after the namespace"
+    )]
+    BadCharacter,
+}
+
+/// A validated channel name such as `channel:general`, `user:42` or `system`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelName(Arc<str>);
+
+impl ChannelName {
+    /// Parses and validates a channel name against the built-in namespaces.
+    pub fn parse(raw: &str) -> Result<Self, ChannelError> {
+        Self::parse_with(raw, |ns| ns == USER_NAMESPACE || ns == ROOM_NAMESPACE)
+    }
+
+    /// Parses with a caller-supplied namespace check (configured namespaces).
+    pub fn parse_with(raw: &str, known: impl Fn(&str) -> bool) -> Result<Self, ChannelError> {
+        if raw.is_empty() {
+            return Err(ChannelError::Empty);
+        }
+        if raw.len() > MAX_CHANNEL_LEN {
+            return Err(ChannelError::TooLong);
+        }
+        if raw == SYSTEM_CHANNEL {
+            return Ok(Self(Arc::from(raw)));
+        }
+        let (ns, name) = raw.split_once(':').ok_or(ChannelError::MissingNamespace)?;
+        if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(ChannelError::MissingNamespace);
+        }
+        if !known(ns) {
+            return Err(ChannelError::UnknownNamespace(ns.to_owned()));
+        }
+        if name.is_empty() {
+            return Err(ChannelError::EmptyName);
+        }
+        if !name.bytes().all(is_name_byte) {
+            return Err(ChannelError::BadCharacter);
+        }
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// The private channel of one user.
+    pub fn user(user_id: &str) -> Result<Self, ChannelError> {
+        Self::parse(&format!("{USER_NAMESPACE}:{user_id}"))
+    }
+
+    /// The `system` channel.
+    pub fn system() -> Self {
+        Self(Arc::from(SYSTEM_CHANNEL))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The namespace (`user`, `channel`, ...; `system` for the system channel).
+    pub fn namespace(&self) -> &str {
+        self.0.split_once(':').map_or(&*self.0, |(ns, _)| ns)
+    }
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'=' | b'+')
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ChannelName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_builtin_namespaces_and_system() {
+        for ok in [
+            "channel:general",
+            "user:u_abc123",
+            "system",
+            "channel:a.b-c@d=e+f",
+        ] {
+            assert_eq!(
+                ChannelName::parse(ok).map(|c| c.to_string()),
+                Ok(ok.to_owned())
+            );
+        }
+        assert_eq!(
+            ChannelName::parse("user:42").map(|c| c.namespace().to_owned()),
+            Ok("user".into())
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_names_with_the_reason() {
+        assert_eq!(ChannelName::parse(""), Err(ChannelError::Empty));
+        assert_eq!(
+            ChannelName::parse("general"),
+            Err(ChannelError::MissingNamespace)
+        );
+        assert_eq!(
+            ChannelName::parse("rooms:x"),
+            Err(ChannelError::UnknownNamespace("rooms".into()))
+        );
+        assert_eq!(ChannelName::parse("channel:"), Err(ChannelError::EmptyName));
+        assert_eq!(
+            ChannelName::parse("channel:a b"),
+            Err(ChannelError::BadCharacter)
+        );
+        assert_eq!(
+            ChannelName::parse("channel:a\nb"),
+            Err(ChannelError::BadCharacter)
+        );
+        assert_eq!(
+            ChannelName::parse("channel:a*"),
+            Err(ChannelError::BadCharacter)
+        );
+        let long = format!("channel:{}", "x".repeat(MAX_CHANNEL_LEN));
+        assert_eq!(ChannelName::parse(&long), Err(ChannelError::TooLong));
+    }
+}

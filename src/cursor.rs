@@ -1,0 +1,310 @@
+//! Stream positions and the SSE `id` that carries a connection's place in all its channels.
+//!
+//! Each channel is an ordered log. A [`Position`] is a place in one channel's log, shaped
+//! like a Redis Stream id (`<milliseconds>-<sequence>`) so that the in-memory engine and the
+//! Redis engine agree on what an id means. A connection may follow several channels, so the
+//! SSE `id:` it receives must say where it is in *each* of them: that is a [`Cursor`],
+//! encoded as `tag:pos,tag:pos,...`, one entry per channel of the connection in the order of
+//! subscription. The tag is a 3-character hash of the channel name; it lets a reconnecting
+//! client with a different channel list resume exactly the channels it had, and start the
+//! others fresh, instead of silently applying one channel's position to another.
+//!
+//! A connection that follows a single channel gets an id that depends only on the event
+//! (`tag:pos`), so that id is part of the event's shared frame; only multi-channel
+//! connections write their own `id:` line.
+
+use crate::channel::ChannelName;
+
+/// A place in one channel's log. Ordered like Redis Stream ids.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Position {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl Position {
+    pub const fn new(ms: u64, seq: u64) -> Self {
+        Self { ms, seq }
+    }
+
+    /// The next position after `self` at wall-clock `now_ms`, never going backwards
+    /// (the rule Redis applies to `XADD *`).
+    pub fn next_at(self, now_ms: u64) -> Self {
+        if now_ms > self.ms {
+            Self { ms: now_ms, seq: 0 }
+        } else {
+            Self {
+                ms: self.ms,
+                seq: self.seq + 1,
+            }
+        }
+    }
+
+    /// Compact form used inside SSE ids: base-36 milliseconds, `-seq` when `seq > 0`.
+    pub fn write_compact(self, out: &mut String) {
+        push_base36(out, self.ms);
+        if self.seq > 0 {
+            out.push('-');
+            push_base36(out, self.seq);
+        }
+    }
+
+    pub fn parse_compact(s: &str) -> Option<Self> {
+        let (ms, seq) = match s.split_once('-') {
+            Some((ms, seq)) => (ms, Some(seq)),
+            None => (s, None),
+        };
+        let ms = parse_base36(ms)?;
+        let seq = match seq {
+            Some(seq) => parse_base36(seq)?,
+            None => 0,
+        };
+        Some(Self { ms, seq })
+    }
+
+    /// The Redis Stream id form, `ms-seq`.
+    pub fn to_stream_id(self) -> String {
+        format!("{}-{}", self.ms, self.seq)
+    }
+
+    pub fn parse_stream_id(s: &str) -> Option<Self> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+fn push_base36(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 13];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(n % 36) as usize];
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(b as char);
+    }
+}
+
+fn parse_base36(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 13 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for b in s.bytes() {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'z' => b - b'a' + 10,
+            _ => return None,
+        };
+        n = n.checked_mul(36)?.checked_add(u64::from(d))?;
+    }
+    Some(n)
+}
+
+/// The 3-character tag of a channel name (FNV-1a, base 36).
+pub fn channel_tag(channel: &str) -> [u8; 3] {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in channel.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let mut n = h % (36 * 36 * 36);
+    let mut tag = [0u8; 3];
+    for slot in tag.iter_mut().rev() {
+        *slot = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    tag
+}
+
+/// Writes one cursor entry, `tag:pos`.
+pub fn write_entry(out: &mut String, channel: &str, pos: Position) {
+    for b in channel_tag(channel) {
+        out.push(b as char);
+    }
+    out.push(':');
+    pos.write_compact(out);
+}
+
+/// A connection's position in each of its channels, in subscription order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub positions: Vec<Position>,
+}
+
+impl Cursor {
+    /// Encodes the cursor as an SSE id for the given channel list.
+    pub fn encode(&self, channels: &[ChannelName]) -> String {
+        let mut out = String::with_capacity(channels.len() * 16);
+        for (i, (ch, pos)) in channels.iter().zip(&self.positions).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_entry(&mut out, ch.as_str(), *pos);
+        }
+        out
+    }
+}
+
+/// What a client's `Last-Event-ID` says about one channel of its new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// The id names this channel: resume after this position.
+    From(Position),
+    /// The id does not mention this channel: it is a new subscription, start at the head.
+    Fresh,
+    /// The id is malformed or ambiguous for this channel: the client must refetch state.
+    Unknown,
+}
+
+/// A parsed `Last-Event-ID`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastEventId {
+    entries: Vec<([u8; 3], Position)>,
+}
+
+impl LastEventId {
+    /// Parses an SSE id written by [`Cursor::encode`]. `None` if it is not one of ours.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let raw = raw.trim();
+        if raw.is_empty() || raw.len() > 4096 {
+            return None;
+        }
+        let mut entries = Vec::new();
+        for entry in raw.split(',') {
+            let (tag, pos) = entry.split_once(':')?;
+            let tag: [u8; 3] = tag.as_bytes().try_into().ok()?;
+            if !tag.iter().all(|b| DIGITS.contains(b)) {
+                return None;
+            }
+            entries.push((tag, Position::parse_compact(pos)?));
+        }
+        Some(Self { entries })
+    }
+
+    /// Where the channel at `index` of the new connection resumes. A tag that appears
+    /// once is matched wherever it stands; a tag that appears more than once (a hash
+    /// collision) is accepted only at the same index.
+    pub fn resume_for(&self, index: usize, channel: &str) -> Resume {
+        let tag = channel_tag(channel);
+        let mut found = self.entries.iter().filter(|(t, _)| *t == tag);
+        match (found.next(), found.next()) {
+            (None, _) => Resume::Fresh,
+            (Some((_, pos)), None) => Resume::From(*pos),
+            (Some(_), Some(_)) => match self.entries.get(index) {
+                Some((t, pos)) if *t == tag => Resume::From(*pos),
+                _ => Resume::Unknown,
+            },
+        }
+    }
+}
+
+/// Writes the compact id of a single-channel connection into `out` (used for shared frames).
+pub fn single_entry(channel: &str, pos: Position) -> String {
+    let mut out = String::with_capacity(16);
+    write_entry(&mut out, channel, pos);
+    out
+}
+
+/// Formats a short debug view of a position (`ms-seq`).
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::new();
+        self.write_compact(&mut s);
+        f.write_str(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn positions_never_go_backwards() {
+        let p = Position::new(1000, 0);
+        assert_eq!(p.next_at(1001), Position::new(1001, 0));
+        assert_eq!(p.next_at(1000), Position::new(1000, 1));
+        assert_eq!(
+            p.next_at(999),
+            Position::new(1000, 1),
+            "a clock step back keeps order"
+        );
+    }
+
+    #[test]
+    fn compact_and_stream_forms_round_trip() {
+        for p in [
+            Position::new(0, 0),
+            Position::new(1_700_000_000_123, 0),
+            Position::new(u64::MAX, 42),
+        ] {
+            let mut s = String::new();
+            p.write_compact(&mut s);
+            assert_eq!(Position::parse_compact(&s), Some(p), "{s}");
+            assert_eq!(Position::parse_stream_id(&p.to_stream_id()), Some(p));
+        }
+        assert_eq!(Position::parse_compact("ZZ"), None);
+        assert_eq!(Position::parse_compact(""), None);
+        assert_eq!(
+            Position::parse_compact("zzzzzzzzzzzzzz"),
+            None,
+            "overflow is refused"
+        );
+    }
+
+    #[test]
+    fn cursor_id_resumes_each_channel_even_when_the_list_changes() {
+        let old = [ch("channel:a"), ch("user:1"), ch("system")];
+        let cursor = Cursor {
+            positions: vec![
+                Position::new(10, 0),
+                Position::new(20, 3),
+                Position::new(30, 0),
+            ],
+        };
+        let id = LastEventId::parse(&cursor.encode(&old)).unwrap_or_else(|| panic!("parse"));
+        // Same channels in another order, plus one new channel.
+        assert_eq!(
+            id.resume_for(0, "system"),
+            Resume::From(Position::new(30, 0))
+        );
+        assert_eq!(
+            id.resume_for(1, "channel:a"),
+            Resume::From(Position::new(10, 0))
+        );
+        assert_eq!(
+            id.resume_for(2, "user:1"),
+            Resume::From(Position::new(20, 3))
+        );
+        assert_eq!(id.resume_for(3, "channel:new"), Resume::Fresh);
+    }
+
+    #[test]
+    fn foreign_or_garbled_ids_are_refused() {
+        for bad in [
+            "",
+            "123",
+            "abc:",
+            "ab:1",
+            "a b:1",
+            "abc:1,",
+            "abc:1,xyz",
+            "ABC:1",
+        ] {
+            assert_eq!(LastEventId::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Events: what a publisher hands in, and what the engines store and the hub fans out.
+//!
+//! The path of an event through this module is one-way:
+//! [`Event`] (type + payload fields, from a library call or a request body)
+//! → [`Prepared`] (validated, id and timestamp set, identity fields set by the server,
+//! payload serialized once) → [`Published`] (positions assigned by the engine, one SSE
+//! [`Frame`] per channel, shared by every subscriber through an `Arc`).
+//!
+//! The wire shape is the flat event of document 002:
+//! `{"id","channel","type","timestamp","userId","userName", ...payload fields}`.
+//! The reserved keys are always written by the server; a publisher's values for them are
+//! dropped.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+use crate::channel::ChannelName;
+use crate::cursor::{Position, single_entry};
+use crate::sse::Frame;
+
+/// Keys of the wire event that only the server sets.
+pub const RESERVED_FIELDS: [&str; 7] = [
+    "id",
+    "type",
+    "channel",
+    "channels",
+    "timestamp",
+    "userId",
+    "userName",
+];
+
+/// Event types the server emits itself; publishers may not use them.
+pub const SERVER_EVENT_TYPES: [&str; 2] = ["connected", "reset"];
+
+/// Longest event type accepted.
+pub const MAX_TYPE_LEN: usize = 64;
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event `type` is missing or empty")]
+    MissingType,
+    #[error(
+        "event `type` must be 1 to {MAX_TYPE_LEN} ASCII letters, digits or `_ - . :` characters"
+    )]
+    BadType,
+    #[error("event type `{0}` is reserved for events the server sends")]
+    ReservedType(String),
+    #[error("the event has no channel")]
+    NoChannel,
+    #[error("the event payload is {size} bytes, more than the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+}
+
+/// An event to publish: a type and payload fields.
+///
+/// ```
+/// let e = herald::Event::new("notification").with("title", "New follower!");
+/// assert_eq!(e.event_type(), "notification");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    event_type: String,
+    fields: Map<String, Value>,
+}
+
+impl Event {
+    pub fn new(event_type: impl Into<String>) -> Self {
+        Self {
+            event_type: event_type.into(),
+            fields: Map::new(),
+        }
+    }
+
+    /// Adds a payload field. Reserved keys (`id`, `type`, `channel`, `timestamp`,
+    /// `userId`, `userName`) are set by the server and ignored here.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.fields.insert(key.into(), value.into());
+        self
+    }
+
+    /// Builds an event from a type and a JSON object of payload fields.
+    pub fn from_fields(event_type: impl Into<String>, fields: Map<String, Value>) -> Self {
+        Self {
+            event_type: event_type.into(),
+            fields,
+        }
+    }
+
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
+    }
+}
+
+/// Who published an event, as established by the server (never by the request body).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Publisher {
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+}
+
+/// Checks an event type for use on the wire and in `event:` lines.
+pub fn validate_type(event_type: &str) -> Result<(), EventError> {
+    if event_type.is_empty() {
+        return Err(EventError::MissingType);
+    }
+    if event_type.len() > MAX_TYPE_LEN
+        || !event_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        return Err(EventError::BadType);
+    }
+    if SERVER_EVENT_TYPES.contains(&event_type) {
+        return Err(EventError::ReservedType(event_type.to_owned()));
+    }
+    Ok(())
+}
+
+/// A validated event with its id and timestamp, serialized once, ready for an engine.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub id: Arc<str>,
+    pub event_type: Arc<str>,
+    pub channels: Vec<ChannelName>,
+    /// The JSON members after `id` and `channel`, without braces:
+    /// `"type":..,"timestamp":..,["userId":..,]...payload`.
+    pub body: String,
+}
+
+impl Prepared {
+    /// Validates and serializes an event for `channels` (deduplicated, order kept).
+    pub fn new(
+        channels: Vec<ChannelName>,
+        event: Event,
+        publisher: &Publisher,
+        max_payload: usize,
+    ) -> Result<Self, EventError> {
+        validate_type(&event.event_type)?;
+        let mut unique: Vec<ChannelName> = Vec::with_capacity(channels.len());
+        for ch in channels {
+            if !unique.contains(&ch) {
+                unique.push(ch);
+            }
+        }
+        if unique.is_empty() {
+            return Err(EventError::NoChannel);
+        }
+        let mut body = String::with_capacity(128);
+        push_member(&mut body, "type", &Value::String(event.event_type.clone()));
+        body.push(',');
+        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        push_member(&mut body, "timestamp", &Value::String(ts));
+        if let Some(uid) = &publisher.user_id {
+            body.push(',');
+            push_member(&mut body, "userId", &Value::String(uid.clone()));
+        }
+        if let Some(name) = &publisher.user_name {
+            body.push(',');
+            push_member(&mut body, "userName", &Value::String(name.clone()));
+        }
+        let fixed = body.len();
+        for (k, v) in &event.fields {
+            if RESERVED_FIELDS.contains(&k.as_str()) {
+                continue;
+            }
+            body.push(',');
+            push_member(&mut body, k, v);
+        }
+        let size = body.len() - fixed;
+        if size > max_payload {
+            return Err(EventError::TooLarge {
+                size,
+                limit: max_payload,
+            });
+        }
+        Ok(Self {
+            id: Arc::from(crate::ids::new_id()),
+            event_type: Arc::from(event.event_type),
+            channels: unique,
+            body,
+        })
+    }
+
+    /// The complete JSON of this event as seen on one channel.
+    pub fn json_for(&self, channel: &ChannelName) -> String {
+        json_for(&self.id, channel.as_str(), &self.body)
+    }
+}
+
+/// Assembles the wire JSON from the id, the channel and the prepared body members.
+pub fn json_for(id: &str, channel: &str, body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + id.len() + channel.len() + 24);
+    out.push('{');
+    push_member(&mut out, "id", &Value::String(id.to_owned()));
+    out.push(',');
+    push_member(&mut out, "channel", &Value::String(channel.to_owned()));
+    out.push(',');
+    out.push_str(body);
+    out.push('}');
+    out
+}
+
+fn push_member(out: &mut String, key: &str, value: &Value) {
+    // Serializing a `Value` into a String cannot fail.
+    out.push_str(&Value::String(key.to_owned()).to_string());
+    out.push(':');
+    out.push_str(&value.to_string());
+}
+
+/// An event on one of its channels: its position there and its shared frame.
+#[derive(Debug)]
+pub struct Copy {
+    pub channel: ChannelName,
+    pub position: Position,
+    pub frame: Frame,
+}
+
+/// An event after the engine accepted it: what the hub fans out and history replays.
+#[derive(Debug)]
+pub struct Published {
+    pub id: Arc<str>,
+    pub event_type: Arc<str>,
+    pub copies: Vec<Copy>,
+}
+
+impl Published {
+    /// Frames a prepared event at the positions the engine gave it (one per channel).
+    pub fn from_prepared(p: &Prepared, positions: &[Position]) -> Arc<Self> {
+        let copies = p
+            .channels
+            .iter()
+            .zip(positions)
+            .map(|(ch, pos)| Copy::new(ch.clone(), *pos, &p.event_type, p.json_for(ch).as_bytes()))
+            .collect();
+        Arc::new(Self {
+            id: p.id.clone(),
+            event_type: p.event_type.clone(),
+            copies,
+        })
+    }
+
+    /// The copy of this event on `channel`, if it was published there.
+    pub fn copy_on(&self, channel: &str) -> Option<&Copy> {
+        self.copies.iter().find(|c| c.channel.as_str() == channel)
+    }
+}
+
+impl Copy {
+    pub fn new(channel: ChannelName, position: Position, event_type: &str, json: &[u8]) -> Self {
+        let id = single_entry(channel.as_str(), position);
+        let frame = Frame::new(event_type, &id, json);
+        Self {
+            channel,
+            position,
+            frame,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn reserved_fields_are_set_by_the_server_not_the_publisher() {
+        let event = Event::new("chat")
+            .with("content", "hi")
+            .with("userId", "spoofed")
+            .with("id", "forged")
+            .with("timestamp", "1999");
+        let me = Publisher {
+            user_id: Some("u1".into()),
+            user_name: Some("Ann".into()),
+        };
+        let p = Prepared::new(vec![ch("channel:general")], event, &me, 1024)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let v: Value =
+            serde_json::from_str(&p.json_for(&p.channels[0])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v["userId"], "u1");
+        assert_eq!(v["userName"], "Ann");
+        assert_eq!(v["id"], &*p.id);
+        assert_eq!(v["channel"], "channel:general");
+        assert_eq!(v["type"], "chat");
+        assert_eq!(v["content"], "hi");
+        assert_ne!(v["timestamp"], "1999");
+    }
+
+    #[test]
+    fn bad_types_and_oversize_payloads_are_refused() {
+        let none = Publisher::default();
+        let c = || vec![ch("channel:x")];
+        assert_eq!(
+            Prepared::new(c(), Event::new(""), &none, 10).err(),
+            Some(EventError::MissingType)
+        );
+        assert_eq!(
+            Prepared::new(c(), Event::new("a b"), &none, 10).err(),
+            Some(EventError::BadType)
+        );
+        assert_eq!(
+            Prepared::new(c(), Event::new("connected"), &none, 10).err(),
+            Some(EventError::ReservedType("connected".into()))
+        );
+        let big = Event::new("chat").with("content", "x".repeat(100));
+        assert!(matches!(
+            Prepared::new(c(), big, &none, 50),
+            Err(EventError::TooLarge { .. })
+        ));
+        assert_eq!(
+            Prepared::new(vec![], Event::new("chat"), &none, 10).err(),
+            Some(EventError::NoChannel)
+        );
+    }
+}

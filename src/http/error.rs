@@ -1,0 +1,144 @@
+//! The one error shape of the HTTP API: `{"error":{"code":"...","message":"..."}}`.
+//!
+//! Every refusal leaves the HTTP layer as an [`ApiError`] with a status, a stable
+//! snake_case code and a sentence for a person; it is logged once here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::channel::ChannelError;
+use crate::engine::EngineError;
+use crate::event::EventError;
+use crate::herald::{PublishError, SubscribeError};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(
+                status = self.status.as_u16(),
+                code = self.code,
+                "{}",
+                self.message
+            );
+        } else {
+            tracing::info!(
+                status = self.status.as_u16(),
+                code = self.code,
+                "{}",
+                self.message
+            );
+        }
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<ChannelError> for ApiError {
+    fn from(e: ChannelError) -> Self {
+        Self::bad_request("invalid_channel", e.to_string())
+    }
+}
+
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        let code = match e {
+            EventError::MissingType => "missing_type",
+            EventError::BadType | EventError::ReservedType(_) => "invalid_type",
+            EventError::NoChannel => "missing_channel",
+            EventError::TooLarge { .. } => {
+                return Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    e.to_string(),
+                );
+            }
+        };
+        Self::bad_request(code, e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            e.to_string(),
+        )
+        .with_retry_after(1)
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Channel(e) => e.into(),
+            PublishError::Event(e) => e.into(),
+            PublishError::Engine(e) => e.into(),
+            PublishError::BatchTooLarge { .. } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                e.to_string(),
+            ),
+            PublishError::EmptyBatch => Self::bad_request("empty_batch", e.to_string()),
+        }
+    }
+}
+
+impl From<SubscribeError> for ApiError {
+    fn from(e: SubscribeError) -> Self {
+        match e {
+            SubscribeError::NoChannel => Self::bad_request("missing_channel", e.to_string()),
+            SubscribeError::TooManyChannels { .. } => {
+                Self::bad_request("too_many_channels", e.to_string())
+            }
+            SubscribeError::Channel(e) => e.into(),
+            SubscribeError::AtCapacity => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_at_capacity",
+                e.to_string(),
+            )
+            .with_retry_after(5),
+            SubscribeError::Draining => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_draining",
+                e.to_string(),
+            )
+            .with_retry_after(1),
+            SubscribeError::Engine(e) => e.into(),
+        }
+    }
+}

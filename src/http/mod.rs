@@ -1,0 +1,48 @@
+//! The HTTP surface: routes, request parsing, and the mapping of errors to responses.
+//!
+//! [`router`] builds the axum `Router` that `herald serve` runs and that an embedding
+//! application can mount. Handlers only translate between HTTP and [`Herald`]'s methods.
+
+pub mod error;
+mod publish;
+mod status;
+mod subscribe;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use crate::herald::Herald;
+use error::ApiError;
+
+/// All of Herald's routes, with `herald` as state.
+pub fn router(herald: Herald) -> Router {
+    let body_limit = herald.config().max_body_bytes;
+    Router::new()
+        .route("/api/events", get(subscribe::subscribe))
+        .route("/api/publish", post(publish::publish))
+        .route(
+            "/api/channels/{channel}/events",
+            post(publish::publish_to_channel),
+        )
+        .route("/api/status", get(status::status))
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(herald)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}

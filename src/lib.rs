@@ -1,0 +1,51 @@
+//! Herald: a real-time event hub. Clients publish with plain HTTP; Herald pushes events to
+//! subscribers over Server-Sent Events, on HTTP/1.1 or HTTP/2.
+//!
+//! The data path is short and one-way:
+//!
+//! ```text
+//! publish (http / library) → engine (order, history, other nodes) → hub (local fan-out)
+//!   → connection queue → SSE body → client
+//! ```
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the typed configuration, its defaults and validation |
+//! | [`channel`] | channel names (`user:<id>`, `channel:<name>`, `system`) |
+//! | [`event`] | the event model: what is published, what is stored and fanned out |
+//! | [`cursor`] | stream positions and the SSE id that lets a client resume |
+//! | [`sse`] | the wire format: frames, heartbeats, `retry:` |
+//! | [`engine`] | publishing, ordering and history (in-memory; Redis for several nodes) |
+//! | [`hub`] | this node's registry of connections and channels, and fan-out |
+//! | [`herald`] | the node handle tying them together: [`Herald`] |
+//! | [`http`] | the HTTP API (axum routes) |
+//! | [`server`] | listening, TLS, HTTP/2, graceful shutdown |
+//!
+//! Embedding in an axum application:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let herald = herald::Herald::new(herald::Config::default())?;
+//! let app = axum::Router::new().merge(herald::http::router(herald.clone()));
+//! herald.send_to_user("42", herald::Event::new("notification").with("title", "Hi")).await?;
+//! # let _ = app; Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod config;
+pub mod cursor;
+pub mod engine;
+pub mod event;
+pub mod herald;
+pub mod http;
+pub mod hub;
+mod ids;
+pub mod server;
+pub mod sse;
+
+pub use channel::ChannelName;
+pub use config::Config;
+pub use event::{Event, Publisher};
+pub use herald::{Herald, PublishError, SubscribeError};
+pub use server::Server;

@@ -1,0 +1,161 @@
+//! The `herald` binary: `herald serve` runs a node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use herald::{Config, Herald, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A real-time event hub: HTTP in, Server-Sent Events out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Herald node.
+    Serve(ServeArgs),
+}
+
+/// Every flag is also read from the environment as `HERALD_<FLAG>`; flags win over the
+/// environment, which wins over the config file, which wins over the defaults.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "HERALD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// This node's id in status and logs.
+    #[arg(long, env = "HERALD_NODE_ID")]
+    node_id: Option<String>,
+    /// Heartbeat interval on idle streams, like `15s` [default: 30s].
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Close streams that accept nothing for this long [default: 5m].
+    #[arg(long, env = "HERALD_CLIENT_TIMEOUT", value_parser = humantime::parse_duration)]
+    client_timeout: Option<Duration>,
+    /// Events queued per connection before it is closed as a slow consumer [default: 256].
+    #[arg(long, env = "HERALD_BUFFER_SIZE")]
+    buffer_size: Option<usize>,
+    /// Open connections per node; over it, 503 [default: 10000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Events kept per channel for resume [default: 100].
+    #[arg(long, env = "HERALD_HISTORY_SIZE")]
+    history_size: Option<usize>,
+    /// How long events are kept for resume [default: 5m].
+    #[arg(long, env = "HERALD_HISTORY_TTL", value_parser = humantime::parse_duration)]
+    history_ttl: Option<Duration>,
+    /// Time allowed to finish open requests on shutdown [default: 10s].
+    #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// TLS certificate chain (PEM); with --tls-key, serves HTTPS with HTTP/2.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Log filter, like `info` or `herald=debug` [default: info].
+    #[arg(long, env = "HERALD_LOG", default_value = "info")]
+    log: String,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
+        }
+        overlay!(
+            listen,
+            heartbeat_interval,
+            client_timeout,
+            buffer_size,
+            max_connections,
+            history_size,
+            history_ttl,
+            drain_timeout
+        );
+        if self.node_id.is_some() {
+            c.node_id.clone_from(&self.node_id);
+        }
+        if self.tls_cert.is_some() {
+            c.tls_cert.clone_from(&self.tls_cert);
+            c.tls_key.clone_from(&self.tls_key);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let herald = Herald::new(config)?;
+        let server = Server::bind(herald.clone()).await?;
+        let addr = server.local_addr()?;
+        let scheme = if herald.config().tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(
+            node = herald.node_id(),
+            engine = herald.engine().name(),
+            "herald listening on {scheme}://{addr}"
+        );
+        println!("herald listening on {scheme}://{addr}");
+        server.run(shutdown_signal()).await?;
+        tracing::info!("herald stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,227 @@
+//! The listener: accepts TCP (and TLS) connections and serves HTTP/1.1 and HTTP/2 on them.
+//!
+//! One port speaks HTTP/1.1 and h2c (HTTP/2 with prior knowledge); with a certificate it
+//! speaks TLS and offers `h2` and `http/1.1` by ALPN. On shutdown the listener closes, every
+//! stream is told to reconnect after a jittered delay ([`Herald::drain`]), and open
+//! connections get `drain_timeout` to finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::herald::Herald;
+use crate::hub::connection::KillSwitch;
+
+/// Bytes hyper may buffer per connection (HTTP/1.1) or stream (HTTP/2) before it stops
+/// polling a body: keeps a stalled reader's footprint small.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// The server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load TLS {what} from {path}: {message}")]
+    Tls {
+        what: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+/// A bound, not yet running, Herald server.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    herald: Herald,
+    router: Router,
+}
+
+impl Server {
+    /// Binds the configured address and loads TLS material, serving Herald's own routes.
+    pub async fn bind(herald: Herald) -> Result<Self, ServerError> {
+        let router = crate::http::router(herald.clone());
+        Self::bind_with_router(herald, router).await
+    }
+
+    /// Like [`Server::bind`], with a router of the caller's (one that mounts Herald's).
+    pub async fn bind_with_router(herald: Herald, router: Router) -> Result<Self, ServerError> {
+        let cfg = herald.config();
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let addr = cfg.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            tls,
+            herald,
+            router,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn herald(&self) -> &Herald {
+        &self.herald
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let Self {
+            listener,
+            tls,
+            herald,
+            router,
+        } = self;
+        let cfg = herald.config().clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(WRITE_BUFFER);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+            .max_send_buf_size(WRITE_BUFFER);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let conn = Conn { builder: builder.clone(), router: router.clone(), tls: tls.clone() };
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move { conn.serve(tcp, peer, watcher).await });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: say so, and keep serving
+                        // the connections we have.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::task::yield_now().await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            connections = herald.connection_count(),
+            "shutting down: draining streams"
+        );
+        herald.drain();
+        if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+        }
+        Ok(())
+    }
+}
+
+struct Conn {
+    builder: auto::Builder<TokioExecutor>,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Conn {
+    async fn serve(
+        self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let kill = KillSwitch::default();
+        let router = self.router;
+        let kill_for_requests = kill.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(kill_for_requests.clone());
+            let mut router = router.clone();
+            async move { tower::Service::call(&mut router, req).await }
+        });
+        let result = match self.tls {
+            Some(acceptor) => {
+                let stream = match tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(tcp),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                let conn = watcher.watch(
+                    self.builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned(),
+                );
+                tokio::select! { r = conn => r, () = kill.killed() => Ok(()) }
+            }
+            None => {
+                let conn = watcher.watch(
+                    self.builder
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .into_owned(),
+                );
+                tokio::select! { r = conn => r, () = kill.killed() => Ok(()) }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
+    let tls_err = |what, path: &Path, message: String| ServerError::Tls {
+        what,
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_err("certificate", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(tls_err(
+            "certificate",
+            cert,
+            "no certificate in the file".into(),
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| tls_err("private key", key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("configuration", cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| tls_err("certificate and key", cert, e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

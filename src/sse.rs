@@ -1,0 +1,159 @@
+//! SSE wire format: frames, comments and `retry:` hints.
+//!
+//! Everything Herald writes on an event stream is produced here, and nothing a publisher
+//! controls can break the framing: data is split on every CR, LF and CRLF into separate
+//! `data:` lines (a JSON serializer never emits raw newlines, but the rule holds for any
+//! bytes), and event names and ids are checked to be single-line before they get here.
+//!
+//! A [`Frame`] is built once per event and channel and shared by every subscriber. Its bytes
+//! are laid out `[event: <type>\n][id: <id>\n]data: ...\n\n`, so that a subscriber who wants
+//! unnamed events takes a slice from the `id:` line, one who wants named events takes all
+//! of it, and a multi-channel connection that writes its own `id:` line takes the parts
+//! around it: no copy and no allocation per subscriber.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// One event, framed once, shared by all its subscribers.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    bytes: Bytes,
+    id_at: usize,
+    data_at: usize,
+}
+
+impl Frame {
+    /// Frames `data` as an event of type `event_type` with the given SSE id.
+    pub fn new(event_type: &str, id: &str, data: &[u8]) -> Self {
+        let mut buf = BytesMut::with_capacity(event_type.len() + id.len() + data.len() + 24);
+        buf.put_slice(b"event: ");
+        put_single_line(&mut buf, event_type.as_bytes());
+        buf.put_u8(b'\n');
+        let id_at = buf.len();
+        buf.put_slice(b"id: ");
+        put_single_line(&mut buf, id.as_bytes());
+        buf.put_u8(b'\n');
+        let data_at = buf.len();
+        put_data(&mut buf, data);
+        buf.put_u8(b'\n');
+        Self {
+            bytes: buf.freeze(),
+            id_at,
+            data_at,
+        }
+    }
+
+    /// The frame for a subscriber of one channel: `id:` and `data:`, optionally `event:`.
+    pub fn with_id(&self, named: bool) -> Bytes {
+        if named {
+            self.bytes.clone()
+        } else {
+            self.bytes.slice(self.id_at..)
+        }
+    }
+
+    /// Writes the frame without its `id:` line, after the caller's own `id:` line.
+    pub fn put_with_own_id(&self, out: &mut BytesMut, id: &str, named: bool) {
+        if named {
+            out.put_slice(&self.bytes[..self.id_at]);
+        }
+        out.put_slice(b"id: ");
+        put_single_line(out, id.as_bytes());
+        out.put_u8(b'\n');
+        out.put_slice(&self.bytes[self.data_at..]);
+    }
+
+    /// The `data:` lines and the closing blank line.
+    pub fn data_part(&self) -> &[u8] {
+        &self.bytes[self.data_at..]
+    }
+}
+
+/// Writes `data` as one or more `data:` lines, splitting on CR, LF and CRLF.
+pub fn put_data(out: &mut BytesMut, data: &[u8]) {
+    let mut rest = data;
+    loop {
+        out.put_slice(b"data: ");
+        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => {
+                out.put_slice(rest);
+                out.put_u8(b'\n');
+                return;
+            }
+            Some(i) => {
+                out.put_slice(&rest[..i]);
+                out.put_u8(b'\n');
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[i + skip..];
+            }
+        }
+    }
+}
+
+/// Writes a value that must stay on one line (event name, id), dropping CR and LF.
+fn put_single_line(out: &mut BytesMut, value: &[u8]) {
+    for chunk in value.split(|&b| b == b'\n' || b == b'\r') {
+        out.put_slice(chunk);
+    }
+}
+
+/// A complete event built for one connection only (`connected`, `reset`).
+pub fn one_off_event(out: &mut BytesMut, event_type: &str, id: &str, data: &[u8], named: bool) {
+    if named {
+        out.put_slice(b"event: ");
+        put_single_line(out, event_type.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_slice(b"id: ");
+    put_single_line(out, id.as_bytes());
+    out.put_u8(b'\n');
+    put_data(out, data);
+    out.put_u8(b'\n');
+}
+
+/// A `retry:` field telling the client how long to wait before reconnecting.
+pub fn put_retry(out: &mut BytesMut, millis: u64) {
+    out.put_slice(b"retry: ");
+    out.put_slice(millis.to_string().as_bytes());
+    out.put_slice(b"\n\n");
+}
+
+/// The heartbeat: a comment line, ignored by every SSE client.
+pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newlines_in_data_become_separate_data_lines() {
+        let mut out = BytesMut::new();
+        put_data(&mut out, b"a\nb\r\nc\rd");
+        assert_eq!(&out[..], b"data: a\ndata: b\ndata: c\ndata: d\n");
+    }
+
+    #[test]
+    fn frame_slices_share_one_buffer() {
+        let f = Frame::new("chat", "abc:1", br#"{"x":1}"#);
+        assert_eq!(
+            &f.with_id(true)[..],
+            b"event: chat\nid: abc:1\ndata: {\"x\":1}\n\n"
+        );
+        assert_eq!(&f.with_id(false)[..], b"id: abc:1\ndata: {\"x\":1}\n\n");
+        let mut own = BytesMut::new();
+        f.put_with_own_id(&mut own, "abc:1,def:2", false);
+        assert_eq!(&own[..], b"id: abc:1,def:2\ndata: {\"x\":1}\n\n");
+    }
+
+    #[test]
+    fn names_and_ids_cannot_inject_lines() {
+        let f = Frame::new("a\nevent: evil", "1\n\ndata: x", b"{}");
+        assert_eq!(
+            &f.with_id(true)[..],
+            b"event: aevent: evil\nid: 1data: x\ndata: {}\n\n"
+        );
+    }
+}
