@@ -35,6 +35,8 @@ pub enum PublishError {
     BatchTooLarge { size: usize, limit: usize },
     #[error("the batch is empty")]
     EmptyBatch,
+    #[error("event {index} of the batch: {source}")]
+    InBatch { index: usize, source: EventError },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -185,10 +187,18 @@ impl Herald {
                 limit: cfg.max_batch,
             });
         }
+        let single = batch.len() == 1;
         let prepared = batch
             .into_iter()
-            .map(|(channels, event)| {
-                Prepared::new(channels, event, publisher, cfg.max_payload_bytes)
+            .enumerate()
+            .map(|(index, (channels, event))| {
+                Prepared::new(channels, event, publisher, cfg.max_payload_bytes).map_err(|source| {
+                    if single {
+                        PublishError::Event(source)
+                    } else {
+                        PublishError::InBatch { index, source }
+                    }
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.inner.engine.publish(prepared).await?)
@@ -228,13 +238,12 @@ impl Herald {
     }
 
     /// Sends an event to a room: `broadcast("general", ..)` and
-    /// `broadcast("channel:general", ..)` both reach `channel:general`.
+    /// `broadcast("channel:general", ..)` both reach `channel:general`. Only rooms: a name
+    /// in another namespace (`user:42`, `system`) is refused, so a room name taken from a
+    /// request cannot reach a private channel.
     pub async fn broadcast(&self, room: &str, event: Event) -> Result<PublishAck, PublishError> {
-        let channel = if room.contains(':') || room == crate::channel::SYSTEM_CHANNEL {
-            ChannelName::parse(room)?
-        } else {
-            ChannelName::parse(&format!("{ROOM_NAMESPACE}:{room}"))?
-        };
+        let name = room.strip_prefix("channel:").unwrap_or(room);
+        let channel = ChannelName::parse(&format!("{ROOM_NAMESPACE}:{name}"))?;
         self.publish(vec![channel], event, &Publisher::default())
             .await
     }

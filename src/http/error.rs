@@ -114,6 +114,11 @@ impl From<PublishError> for ApiError {
                 e.to_string(),
             ),
             PublishError::EmptyBatch => Self::bad_request("empty_batch", e.to_string()),
+            PublishError::InBatch { index, source } => {
+                let mut api = Self::from(source);
+                api.message = format!("event {index} of the batch: {}", api.message);
+                api
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 
 use crate::herald::Herald;
-use error::ApiError;
+pub use error::ApiError;
 
 /// All of Herald's routes, with `herald` as state.
 pub fn router(herald: Herald) -> Router {
@@ -35,11 +35,13 @@ pub fn router(herald: Herald) -> Router {
         .with_state(herald)
 }
 
-async fn not_found() -> ApiError {
+/// The JSON 404 of Herald's API, for an embedding app's own router.
+pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-async fn method_not_allowed() -> ApiError {
+/// The JSON 405 of Herald's API, for an embedding app's own router.
+pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
