@@ -1,0 +1,237 @@
+//! Resume: a client that reconnects with `Last-Event-ID` gets what it missed on every
+//! channel, in order, exactly once, then live events; or it is told plainly to refetch.
+
+mod support;
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use support::{Client, Proto, SseStream, TestServer};
+
+async fn publish_n(client: &mut Client, channel: &str, range: std::ops::Range<u64>) {
+    for n in range {
+        client
+            .publish(&json!({"channel": channel, "type": "update", "n": n}))
+            .await;
+    }
+}
+
+async fn expect_ns(stream: &mut SseStream, ns: std::ops::Range<u64>) -> String {
+    let mut last = String::new();
+    for n in ns {
+        let ev = stream.expect().await;
+        assert_eq!(ev.data["n"].as_u64(), Some(n), "{:?}", ev.data);
+        last = ev.id;
+    }
+    last
+}
+
+#[tokio::test]
+async fn reconnecting_with_last_event_id_replays_exactly_the_missed_events_then_goes_live() {
+    let server = TestServer::start().await;
+    for (proto, via_query) in [(Proto::H1, false), (Proto::H2c, true)] {
+        let channel = format!("channel:resume-{via_query}");
+        let mut client = server.client(proto);
+        let mut stream = client.subscribe(&format!("channel={channel}"), &[]).await;
+        publish_n(&mut client, &channel, 0..2).await;
+        let last = expect_ns(&mut stream, 0..2).await;
+        drop(stream);
+        publish_n(&mut client, &channel, 2..5).await;
+        let mut resumed = if via_query {
+            client
+                .subscribe(&format!("channel={channel}&lastEventId={last}"), &[])
+                .await
+        } else {
+            client
+                .subscribe(&format!("channel={channel}"), &[("last-event-id", &last)])
+                .await
+        };
+        expect_ns(&mut resumed, 2..5).await;
+        publish_n(&mut client, &channel, 5..6).await;
+        expect_ns(&mut resumed, 5..6).await;
+    }
+}
+
+#[tokio::test]
+async fn resuming_while_events_keep_coming_loses_and_duplicates_nothing_on_any_channel() {
+    const PER_CHANNEL: u64 = 150;
+    let server = TestServer::start().await;
+    let channels = ["channel:seam-a", "user:seam", "system"];
+    let query = channels
+        .iter()
+        .map(|c| format!("channel={c}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut sub = server.client(Proto::H2c);
+    let mut stream = sub.subscribe(&query, &[]).await;
+
+    let mut publisher = server.client(Proto::H2c);
+    let publishing = tokio::spawn(async move {
+        for n in 0..PER_CHANNEL {
+            for ch in channels {
+                publisher
+                    .publish(&json!({"channel": ch, "type": "update", "n": n}))
+                    .await;
+            }
+        }
+    });
+
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    fn record(seen: &mut HashMap<String, Vec<u64>>, ev: &support::SseEvent) {
+        let ch = ev.data["channel"].as_str().unwrap_or_default().to_owned();
+        seen.entry(ch)
+            .or_default()
+            .push(ev.data["n"].as_u64().unwrap_or(u64::MAX));
+    }
+    // Reconnect three times in the middle of the flood.
+    for cut in [20, 60, 100] {
+        let mut last_id;
+        loop {
+            let ev = stream.expect().await;
+            record(&mut seen, &ev);
+            last_id = ev.id.clone();
+            if ev.data["n"].as_u64() >= Some(cut) {
+                break;
+            }
+        }
+        drop(stream);
+        stream = sub.subscribe(&query, &[("last-event-id", &last_id)]).await;
+    }
+    while seen.values().map(Vec::len).sum::<usize>() < channels.len() * PER_CHANNEL as usize {
+        let ev = stream.expect().await;
+        assert_ne!(ev.data["type"], "reset", "history must cover the seam");
+        record(&mut seen, &ev);
+    }
+    publishing
+        .await
+        .unwrap_or_else(|e| panic!("publisher: {e}"));
+    for ch in channels {
+        let expected: Vec<u64> = (0..PER_CHANNEL).collect();
+        assert_eq!(
+            seen.get(ch),
+            Some(&expected),
+            "channel {ch}: every event once, in order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_garbled_last_event_id_gets_a_reset_for_each_channel() {
+    let server = TestServer::start().await;
+    let mut client = server.client(Proto::H1);
+    let mut stream = client
+        .subscribe(
+            "channel=channel:a&channel=channel:b",
+            &[("last-event-id", "not-an-id")],
+        )
+        .await;
+    for ch in ["channel:a", "channel:b"] {
+        let ev = stream.expect().await;
+        assert_eq!(
+            (ev.data["type"].as_str(), ev.data["channel"].as_str()),
+            (Some("reset"), Some(ch))
+        );
+        assert_eq!(ev.data["reason"], "unknown_position");
+    }
+    publish_n(&mut client, "channel:b", 0..1).await;
+    expect_ns(&mut stream, 0..1).await;
+}
+
+#[tokio::test]
+async fn a_resume_from_before_the_kept_history_is_a_reset_never_a_silent_gap() {
+    let server = TestServer::with(|c| c.history_size = 2).await;
+    let mut client = server.client(Proto::H1);
+    let mut stream = client.subscribe("channel=channel:short", &[]).await;
+    publish_n(&mut client, "channel:short", 0..1).await;
+    let last = expect_ns(&mut stream, 0..1).await;
+    drop(stream);
+    publish_n(&mut client, "channel:short", 1..5).await; // history keeps only 3 and 4
+    let mut resumed = client
+        .subscribe("channel=channel:short", &[("last-event-id", &last)])
+        .await;
+    let reset = resumed.expect().await;
+    assert_eq!(
+        (reset.data["type"].as_str(), reset.data["reason"].as_str()),
+        (Some("reset"), Some("history_expired"))
+    );
+    // After the reset the client is at the head: the next event is the next live one.
+    publish_n(&mut client, "channel:short", 5..6).await;
+    expect_ns(&mut resumed, 5..6).await;
+}
+
+#[tokio::test]
+async fn an_id_from_the_future_is_unknown_and_gets_a_reset() {
+    let server = TestServer::start().await;
+    let mut client = server.client(Proto::H1);
+    let stream = client.subscribe("channel=channel:f", &[]).await;
+    // Take the connection's own id and move its position far ahead.
+    let id = stream.connected_id();
+    let (tag, _) = id.split_once(':').unwrap_or_else(|| panic!("id {id}"));
+    let future = format!("{tag}:zzzzzzzzz");
+    let mut resumed = client
+        .subscribe("channel=channel:f", &[("last-event-id", &future)])
+        .await;
+    let ev = resumed.expect().await;
+    assert_eq!(
+        (ev.data["type"].as_str(), ev.data["reason"].as_str()),
+        (Some("reset"), Some("unknown_position"))
+    );
+}
+
+#[tokio::test]
+async fn a_channel_added_on_reconnect_starts_fresh_while_the_others_resume() {
+    let server = TestServer::start().await;
+    let mut client = server.client(Proto::H1);
+    let mut stream = client.subscribe("channel=channel:old", &[]).await;
+    publish_n(&mut client, "channel:old", 0..1).await;
+    let last = expect_ns(&mut stream, 0..1).await;
+    drop(stream);
+    publish_n(&mut client, "channel:old", 1..3).await;
+    publish_n(&mut client, "channel:new", 100..101).await; // before the new subscription: not replayed
+    let mut resumed = client
+        .subscribe(
+            "channel=channel:new&channel=channel:old",
+            &[("last-event-id", &last)],
+        )
+        .await;
+    expect_ns(&mut resumed, 1..3).await;
+    publish_n(&mut client, "channel:new", 101..102).await;
+    let ev = resumed.expect().await;
+    assert_eq!(
+        (ev.data["channel"].as_str(), ev.data["n"].as_u64()),
+        (Some("channel:new"), Some(101))
+    );
+}
+
+#[tokio::test]
+async fn a_multi_channel_event_missed_on_two_channels_is_replayed_once() {
+    let server = TestServer::start().await;
+    let mut client = server.client(Proto::H1);
+    let query = "channel=channel:x&channel=channel:y";
+    let stream = client.subscribe(query, &[]).await;
+    let last = stream.connected_id();
+    drop(stream);
+    client
+        .publish(&json!({"channels": ["channel:x", "channel:y"], "type": "update", "n": 0}))
+        .await;
+    client
+        .publish(&json!({"channel": "channel:y", "type": "update", "n": 1}))
+        .await;
+    let mut resumed = client.subscribe(query, &[("last-event-id", &last)]).await;
+    expect_ns(&mut resumed, 0..2).await;
+    // And its id covers both channels: resuming from it replays nothing more.
+    let again_id = {
+        client
+            .publish(&json!({"channel": "channel:x", "type": "update", "n": 2}))
+            .await;
+        resumed.expect().await.id
+    };
+    drop(resumed);
+    client
+        .publish(&json!({"channel": "channel:y", "type": "update", "n": 3}))
+        .await;
+    let mut third = client
+        .subscribe(query, &[("last-event-id", &again_id)])
+        .await;
+    expect_ns(&mut third, 3..4).await;
+}

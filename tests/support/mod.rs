@@ -1,0 +1,529 @@
+//! Test support: a real Herald server on a free port, and a real HTTP client for it.
+//!
+//! The client speaks HTTP/1.1 (one TCP connection per request, as a browser's
+//! `EventSource` does), h2c with prior knowledge, or HTTP/2 over TLS negotiated by ALPN
+//! against a certificate made for the test. SSE streams are parsed by `eventsource-stream`,
+//! an SSE parser independent of Herald's own code.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use herald::{Config, Herald, Server};
+use http_body_util::{BodyExt, BodyStream, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than [`WAIT`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub herald: Herald,
+    pub ca_pem: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    _tmp: Option<TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        };
+        configure(&mut config);
+        Self::from_config(config, None, None).await
+    }
+
+    /// A server with TLS, using a certificate for `localhost` made for this test.
+    pub async fn with_tls(configure: impl FnOnce(&mut Config)) -> Self {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap_or_else(|e| panic!("certificate: {e}"));
+        let tmp = TempDir::new();
+        let cert_path = tmp.path.join("cert.pem");
+        let key_path = tmp.path.join("key.pem");
+        let cert_pem = key.cert.pem();
+        write(&cert_path, &cert_pem);
+        write(&key_path, &key.signing_key.serialize_pem());
+        let mut config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert: Some(cert_path),
+            tls_key: Some(key_path),
+            ..Config::default()
+        };
+        configure(&mut config);
+        Self::from_config(config, Some(cert_pem), Some(tmp)).await
+    }
+
+    async fn from_config(config: Config, ca_pem: Option<String>, tmp: Option<TempDir>) -> Self {
+        let herald = Herald::new(config).unwrap_or_else(|e| panic!("config: {e}"));
+        let server = Server::bind(herald.clone())
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = server
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            herald,
+            ca_pem,
+            shutdown: Some(tx),
+            task: Some(task),
+            _tmp: tmp,
+        }
+    }
+
+    pub fn client(&self, proto: Proto) -> Client {
+        Client {
+            addr: self.addr,
+            proto,
+            ca_pem: self.ca_pem.clone(),
+            h2: None,
+        }
+    }
+
+    /// A plain-TCP client of a server started some other way (the binary).
+    pub fn client_at(addr: SocketAddr, proto: Proto) -> Client {
+        Client {
+            addr,
+            proto,
+            ca_pem: None,
+            h2: None,
+        }
+    }
+
+    /// Starts the graceful shutdown and waits for the server to return.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => within("server shutdown", task)
+                .await
+                .unwrap_or_else(|e| panic!("server task: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1 on plain TCP.
+    H1,
+    /// HTTP/2 with prior knowledge on plain TCP (h2c).
+    H2c,
+    /// HTTP/2 over TLS, negotiated by ALPN.
+    H2Tls,
+}
+
+pub const ALL_PLAIN: [Proto; 2] = [Proto::H1, Proto::H2c];
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// A client of one test server.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    pub proto: Proto,
+    ca_pem: Option<String>,
+    h2: Option<H2Sender>,
+}
+
+impl Client {
+    /// Sends one request. HTTP/1.1 uses a new connection per request; HTTP/2 shares one
+    /// connection per `Client` (clones share it too, once it is open).
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Response<Incoming> {
+        within("a response", async {
+            match self.proto {
+                Proto::H1 => {
+                    let tcp = connect(self.addr).await;
+                    let (mut sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                            .await
+                            .unwrap_or_else(|e| panic!("h1 handshake: {e}"));
+                    tokio::spawn(conn);
+                    sender
+                        .send_request(req)
+                        .await
+                        .unwrap_or_else(|e| panic!("h1 request: {e}"))
+                }
+                Proto::H2c | Proto::H2Tls => {
+                    let mut sender = match &self.h2 {
+                        Some(s) if !s.is_closed() => s.clone(),
+                        _ => {
+                            let s = self.open_h2().await;
+                            self.h2 = Some(s.clone());
+                            s
+                        }
+                    };
+                    sender
+                        .send_request(req)
+                        .await
+                        .unwrap_or_else(|e| panic!("h2 request: {e}"))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn open_h2(&self) -> H2Sender {
+        let tcp = connect(self.addr).await;
+        match self.proto {
+            Proto::H2Tls => {
+                let tls = tls_connect(
+                    tcp,
+                    self.ca_pem
+                        .as_deref()
+                        .unwrap_or_else(|| panic!("server has no TLS")),
+                )
+                .await;
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
+                tokio::spawn(conn);
+                sender
+            }
+            _ => {
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await
+                        .unwrap_or_else(|e| panic!("h2c handshake: {e}"));
+                tokio::spawn(conn);
+                sender
+            }
+        }
+    }
+
+    fn uri(&self, path: &str) -> String {
+        match self.proto {
+            Proto::H2Tls => format!("https://localhost:{}{path}", self.addr.port()),
+            _ => format!("http://{}{path}", self.addr),
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str) -> hyper::http::request::Builder {
+        let mut b = Request::builder().method(method);
+        b = match self.proto {
+            // HTTP/1.1 wants an origin-form target and a Host header.
+            Proto::H1 => b.uri(path).header("host", self.addr.to_string()),
+            _ => b.uri(self.uri(path)),
+        };
+        b
+    }
+
+    /// Sends a body of raw bytes; returns the status and the body parsed as JSON.
+    pub async fn post_raw(&mut self, path: &str, body: impl Into<Bytes>) -> (StatusCode, Value) {
+        let req = self
+            .request("POST", path)
+            .header("content-type", "application/json")
+            .body(Full::new(body.into()))
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        let resp = self.send(req).await;
+        read_json(resp).await
+    }
+
+    pub async fn post_json(&mut self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    /// Publishes, asserting success; returns the answer.
+    pub async fn publish(&mut self, body: &Value) -> Value {
+        let (status, answer) = self.post_json("/api/publish", body).await;
+        assert_eq!(status, StatusCode::OK, "publish {body}: {answer}");
+        answer
+    }
+
+    pub async fn get_json(&mut self, path: &str) -> (StatusCode, Value) {
+        let req = self
+            .request("GET", path)
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        let resp = self.send(req).await;
+        read_json(resp).await
+    }
+
+    /// Opens `GET /api/events?<query>` with extra headers; does not check the status.
+    pub async fn open_events(
+        &mut self,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
+        let mut b = self
+            .request("GET", &format!("/api/events?{query}"))
+            .header("accept", "text/event-stream");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(
+            b.body(Full::new(Bytes::new()))
+                .unwrap_or_else(|e| panic!("request: {e}")),
+        )
+        .await
+    }
+
+    /// Subscribes and waits for the `connected` event.
+    pub async fn subscribe(&mut self, query: &str, headers: &[(&str, &str)]) -> SseStream {
+        let resp = self.open_events(query, headers).await;
+        assert_eq!(resp.status(), StatusCode::OK, "subscribe {query}");
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("text/event-stream")
+        );
+        let mut stream = SseStream::new(resp);
+        let connected = stream
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("stream ended before `connected`"));
+        assert_eq!(
+            connected.data["type"], "connected",
+            "first event: {:?}",
+            connected
+        );
+        stream.connected = Some(connected);
+        stream
+    }
+}
+
+pub async fn read_json(resp: Response<Incoming>) -> (StatusCode, Value) {
+    let status = resp.status();
+    let bytes = within("a response body", resp.into_body().collect())
+        .await
+        .unwrap_or_else(|e| panic!("body: {e}"))
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, value)
+}
+
+/// One parsed SSE event.
+#[derive(Clone, Debug)]
+pub struct SseEvent {
+    pub id: String,
+    /// `message` for unnamed events, as in a browser.
+    pub event: String,
+    pub data: Value,
+    pub raw_data: String,
+    pub retry: Option<Duration>,
+}
+
+type EventItems = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
+
+/// An open SSE stream, parsed by `eventsource-stream`.
+pub struct SseStream {
+    items: EventItems,
+    pub connected: Option<SseEvent>,
+}
+
+impl SseStream {
+    pub fn new(resp: Response<Incoming>) -> Self {
+        let bytes = BodyStream::new(resp.into_body())
+            .try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())));
+        let items = bytes.eventsource().map_err(|e| e.to_string());
+        Self {
+            items: Box::pin(items),
+            connected: None,
+        }
+    }
+
+    /// The next event, or `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        match within("the next SSE event", self.items.next()).await {
+            None => None,
+            Some(Err(e)) => panic!("SSE stream error: {e}"),
+            Some(Ok(ev)) => {
+                let data = serde_json::from_str(&ev.data)
+                    .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {:?}", ev.data));
+                Some(SseEvent {
+                    id: ev.id,
+                    event: ev.event,
+                    data,
+                    raw_data: ev.data,
+                    retry: ev.retry,
+                })
+            }
+        }
+    }
+
+    /// The next event, which must exist.
+    pub async fn expect(&mut self) -> SseEvent {
+        self.next()
+            .await
+            .unwrap_or_else(|| panic!("stream ended early"))
+    }
+
+    /// Waits for the server to end the stream, returning the events before the end.
+    pub async fn until_end(&mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        while let Some(ev) = self.next().await {
+            events.push(ev);
+        }
+        events
+    }
+
+    /// The SSE id of the `connected` event.
+    pub fn connected_id(&self) -> String {
+        self.connected
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A raw byte view of an SSE response, for what parsers hide (comments, `retry:`).
+pub struct RawStream {
+    body: Incoming,
+    pub seen: Vec<u8>,
+}
+
+impl RawStream {
+    pub fn new(resp: Response<Incoming>) -> Self {
+        Self {
+            body: resp.into_body(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads until `needle` has been seen, returning false if the stream ended first.
+    pub async fn read_until(&mut self, needle: &[u8]) -> bool {
+        loop {
+            if self.seen.windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+            match within("more stream bytes", self.body.frame()).await {
+                None => return false,
+                Some(Err(e)) => panic!("stream error: {e}"),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.seen.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads to the end of the stream.
+    pub async fn read_to_end(&mut self) {
+        while let Some(frame) = within("the end of the stream", self.body.frame()).await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(data) = f.into_data() {
+                        self.seen.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => panic!("stream error: {e}"),
+            }
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+}
+
+async fn tls_connect(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca =
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap_or_else(|e| panic!("ca: {e}"));
+    roots.add(ca).unwrap_or_else(|e| panic!("root: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("tls: {e}"))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost").unwrap_or_else(|e| panic!("name: {e}"));
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake: {e}"));
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "ALPN must pick h2"
+    );
+    tls
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    // As browsers do: without it, small requests wait on delayed ACKs.
+    tcp.set_nodelay(true)
+        .unwrap_or_else(|e| panic!("nodelay: {e}"));
+    tcp
+}
+
+fn write(path: &PathBuf, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// A directory removed when dropped.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "herald-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
