@@ -25,17 +25,13 @@ pub enum ChannelError {
     Empty,
     #[error("channel name is longer than {MAX_CHANNEL_LEN} bytes")]
     TooLong,
-    #[error(
-        "channel name must look like `namespace:name` (for example `channel:general` or `user:42`)"
-    )]
+    #[error("channel name must look like `namespace:name` (for example `channel:general` or `user:42`)")]
     MissingNamespace,
     #[error("unknown channel namespace `{0}`")]
     UnknownNamespace(String),
     #[error("channel name has no name after the namespace")]
     EmptyName,
-    #[error(
-        "channel name may contain only ASCII letters, digits and `_ - . @ = +` after the namespace"
-    )]
+    #[error("channel name may contain only ASCII letters, digits and `_ - . @ = +` after the namespace")]
     BadCharacter,
 }
 
@@ -130,47 +126,21 @@ mod tests {
 
     #[test]
     fn accepts_builtin_namespaces_and_system() {
-        for ok in [
-            "channel:general",
-            "user:u_abc123",
-            "system",
-            "channel:a.b-c@d=e+f",
-        ] {
-            assert_eq!(
-                ChannelName::parse(ok).map(|c| c.to_string()),
-                Ok(ok.to_owned())
-            );
+        for ok in ["channel:general", "user:u_abc123", "system", "channel:a.b-c@d=e+f"] {
+            assert_eq!(ChannelName::parse(ok).map(|c| c.to_string()), Ok(ok.to_owned()));
         }
-        assert_eq!(
-            ChannelName::parse("user:42").map(|c| c.namespace().to_owned()),
-            Ok("user".into())
-        );
+        assert_eq!(ChannelName::parse("user:42").map(|c| c.namespace().to_owned()), Ok("user".into()));
     }
 
     #[test]
     fn refuses_malformed_names_with_the_reason() {
         assert_eq!(ChannelName::parse(""), Err(ChannelError::Empty));
-        assert_eq!(
-            ChannelName::parse("general"),
-            Err(ChannelError::MissingNamespace)
-        );
-        assert_eq!(
-            ChannelName::parse("rooms:x"),
-            Err(ChannelError::UnknownNamespace("rooms".into()))
-        );
+        assert_eq!(ChannelName::parse("general"), Err(ChannelError::MissingNamespace));
+        assert_eq!(ChannelName::parse("rooms:x"), Err(ChannelError::UnknownNamespace("rooms".into())));
         assert_eq!(ChannelName::parse("channel:"), Err(ChannelError::EmptyName));
-        assert_eq!(
-            ChannelName::parse("channel:a b"),
-            Err(ChannelError::BadCharacter)
-        );
-        assert_eq!(
-            ChannelName::parse("channel:a\nb"),
-            Err(ChannelError::BadCharacter)
-        );
-        assert_eq!(
-            ChannelName::parse("channel:a*"),
-            Err(ChannelError::BadCharacter)
-        );
+        assert_eq!(ChannelName::parse("channel:a b"), Err(ChannelError::BadCharacter));
+        assert_eq!(ChannelName::parse("channel:a\nb"), Err(ChannelError::BadCharacter));
+        assert_eq!(ChannelName::parse("channel:a*"), Err(ChannelError::BadCharacter));
         let long = format!("channel:{}", "x".repeat(MAX_CHANNEL_LEN));
         assert_eq!(ChannelName::parse(&long), Err(ChannelError::TooLong));
     }

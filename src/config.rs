@@ -5,6 +5,7 @@
 //! environment variables and command-line flags (merged by the binary). [`Config::validate`]
 //! runs once at start and explains every problem in words.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,113 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Open SSE connections per user; over it, `429` (document 004: 5).
+    pub max_connections_per_user: usize,
+    /// Events per second a user may publish (token bucket), and the burst above it.
+    pub publish_rate: f64,
+    pub publish_burst: f64,
+    /// Events per second an API key may publish, and the burst above it.
+    pub api_key_publish_rate: f64,
+    pub api_key_publish_burst: f64,
+    /// Longest query string, in bytes; over it, `414`.
+    pub max_query_bytes: usize,
+    /// Allows binding a non-loopback address with no authentication configured.
+    pub allow_anonymous: bool,
+    /// How clients prove who they are.
+    pub auth: AuthConfig,
+    /// Publisher keys for backends (`--api-key` adds one with full scope).
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Channel policies per namespace; `user`, `channel` and `system` are built in and may be
+    /// adjusted here, other namespaces are added here.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// Authentication settings. With none of `jwt_secret`, `jwt_public_keys`, `jwks_url` or
+/// an API key, Herald runs in dev mode (see `docs/security.md`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// PEM files of RS256 (RSA) or ES256 (P-256) public keys.
+    pub jwt_public_keys: Vec<PathBuf>,
+    /// A JWKS URL (http or https), fetched, cached, and refetched on an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// How long fetched JWKS keys are trusted before a refetch.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_refresh: Duration,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+    /// Cookie carrying the JWT for same-site browser apps.
+    pub cookie_name: String,
+    /// Lifetime of a single-use ticket from `POST /api/tickets`.
+    #[serde(deserialize_with = "duration")]
+    pub ticket_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_public_keys: Vec::new(),
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+            cookie_name: "herald_token".to_owned(),
+            ticket_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A publisher key and what it may reach.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and metrics (never the key itself).
+    pub name: String,
+    pub key: String,
+    /// Channel patterns the key may publish to and subscribe to (`*` matches any run of
+    /// characters); default: everything.
+    #[serde(default = "everything")]
+    pub channels: Vec<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// Who may do something on a namespace's channels.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Anyone, anonymous clients included.
+    Anyone,
+    /// Any authenticated user (narrowed by the token's grants, if it has any).
+    Authenticated,
+    /// Only the user whose id is the channel's name (`user:<id>`).
+    Owner,
+    /// Only API keys (backends).
+    ApiKey,
+}
+
+/// Settings of one namespace; what is left out keeps the built-in or global default.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub subscribe: Option<Access>,
+    pub publish: Option<Access>,
+    pub history_size: Option<usize>,
+    #[serde(deserialize_with = "opt_duration")]
+    pub history_ttl: Option<Duration>,
+    pub presence: Option<bool>,
+    pub max_payload_bytes: Option<usize>,
 }
 
 impl Default for Config {
@@ -84,6 +192,16 @@ impl Default for Config {
             http2_max_concurrent_streams: 1000,
             tls_cert: None,
             tls_key: None,
+            max_connections_per_user: 5,
+            publish_rate: 20.0,
+            publish_burst: 40.0,
+            api_key_publish_rate: 1000.0,
+            api_key_publish_burst: 2000.0,
+            max_query_bytes: 8 * 1024,
+            allow_anonymous: false,
+            auth: AuthConfig::default(),
+            api_keys: Vec::new(),
+            namespaces: BTreeMap::new(),
         }
     }
 }
@@ -92,10 +210,7 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
@@ -105,14 +220,9 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
     /// Parses TOML over the defaults.
@@ -128,43 +238,44 @@ impl Config {
                 problems.push(msg.to_owned());
             }
         };
-        check(
-            !self.heartbeat_interval.is_zero(),
-            "heartbeat_interval must be greater than zero",
-        );
-        check(
-            self.client_timeout > self.heartbeat_interval,
-            "client_timeout must be longer than heartbeat_interval",
-        );
+        check(!self.heartbeat_interval.is_zero(), "heartbeat_interval must be greater than zero");
+        check(self.client_timeout > self.heartbeat_interval, "client_timeout must be longer than heartbeat_interval");
         check(self.buffer_size > 0, "buffer_size must be at least 1");
-        check(
-            self.max_connections > 0,
-            "max_connections must be at least 1",
-        );
-        check(
-            self.max_channels_per_connection > 0,
-            "max_channels_per_connection must be at least 1",
-        );
-        check(
-            !self.history_ttl.is_zero(),
-            "history_ttl must be greater than zero",
-        );
-        check(
-            self.max_payload_bytes > 0,
-            "max_payload_bytes must be at least 1",
-        );
-        check(
-            self.max_body_bytes >= self.max_payload_bytes,
-            "max_body_bytes must be at least max_payload_bytes",
-        );
+        check(self.max_connections > 0, "max_connections must be at least 1");
+        check(self.max_channels_per_connection > 0, "max_channels_per_connection must be at least 1");
+        check(!self.history_ttl.is_zero(), "history_ttl must be greater than zero");
+        check(self.max_payload_bytes > 0, "max_payload_bytes must be at least 1");
+        check(self.max_body_bytes >= self.max_payload_bytes, "max_body_bytes must be at least max_payload_bytes");
         check(self.max_batch > 0, "max_batch must be at least 1");
+        check(self.http2_max_concurrent_streams > 0, "http2_max_concurrent_streams must be at least 1");
+        check(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key must be given together");
+        check(self.max_connections_per_user > 0, "max_connections_per_user must be at least 1");
         check(
-            self.http2_max_concurrent_streams > 0,
-            "http2_max_concurrent_streams must be at least 1",
+            self.publish_rate > 0.0 && self.publish_burst >= 1.0,
+            "publish_rate must be positive and publish_burst at least 1",
         );
         check(
-            self.tls_cert.is_some() == self.tls_key.is_some(),
-            "tls_cert and tls_key must be given together",
+            self.api_key_publish_rate > 0.0 && self.api_key_publish_burst >= 1.0,
+            "api_key_publish_rate must be positive and api_key_publish_burst at least 1",
+        );
+        check(self.max_query_bytes >= 256, "max_query_bytes must be at least 256");
+        check(!self.auth.cookie_name.is_empty(), "auth.cookie_name must not be empty");
+        check(!self.auth.ticket_ttl.is_zero(), "auth.ticket_ttl must be greater than zero");
+        check(self.auth.jwt_secret.as_ref().is_none_or(|s| s.len() >= 16), "auth.jwt_secret must be at least 16 bytes");
+        for key in &self.api_keys {
+            check(key.key.len() >= 16, "every API key must be at least 16 characters");
+            check(!key.name.is_empty(), "every API key needs a name");
+        }
+        for ns in self.namespaces.keys() {
+            check(
+                !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "namespace names are lowercase ASCII letters and `_`",
+            );
+        }
+        check(
+            self.auth_configured() || self.allow_anonymous || self.listen.ip().is_loopback(),
+            "no authentication is configured, so Herald only listens on a loopback address; \
+             configure auth (jwt_secret, jwt_public_keys, jwks_url or an API key) or pass --allow-anonymous",
         );
         if let Some(id) = &self.node_id {
             check(
@@ -172,12 +283,22 @@ impl Config {
                 "node_id must be 1 to 64 visible ASCII characters",
             );
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems.join("; ")))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
     }
+}
+
+impl Config {
+    /// Whether any way to authenticate is configured; without one Herald runs in dev mode.
+    pub fn auth_configured(&self) -> bool {
+        self.auth.jwt_secret.is_some()
+            || !self.auth.jwt_public_keys.is_empty()
+            || self.auth.jwks_url.is_some()
+            || !self.api_keys.is_empty()
+    }
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// Accepts `"30s"`, `"5m"`, `"1h 30m"` (humantime) or a number of seconds.
@@ -190,9 +311,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
     match Raw::deserialize(d)? {
         Raw::Text(s) => humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a duration ({e}); write it like \"30s\" or \"5m\""
-            ))
+            serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write it like \"30s\" or \"5m\""))
         }),
         Raw::Seconds(n) => Ok(Duration::from_secs(n)),
     }
@@ -213,10 +332,8 @@ mod tests {
 
     #[test]
     fn toml_overrides_defaults_with_readable_durations() {
-        let c = Config::from_toml(
-            "heartbeat_interval = \"15s\"\nhistory_ttl = 60\nlisten = \"0.0.0.0:9000\"",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::from_toml("heartbeat_interval = \"15s\"\nhistory_ttl = 60\nlisten = \"0.0.0.0:9000\"")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(c.history_ttl, Duration::from_secs(60));
         assert_eq!(c.listen.port(), 9000);
@@ -225,27 +342,12 @@ mod tests {
 
     #[test]
     fn bad_config_is_explained() {
-        let unknown = Config::from_toml("heartbeat = \"15s\"")
-            .err()
-            .unwrap_or_default();
+        let unknown = Config::from_toml("heartbeat = \"15s\"").err().unwrap_or_default();
         assert!(unknown.contains("unknown field `heartbeat`"), "{unknown}");
-        let bad = Config::from_toml("heartbeat_interval = \"soon\"")
-            .err()
-            .unwrap_or_default();
+        let bad = Config::from_toml("heartbeat_interval = \"soon\"").err().unwrap_or_default();
         assert!(bad.contains("`soon` is not a duration"), "{bad}");
-        let c = Config {
-            buffer_size: 0,
-            tls_cert: Some("a".into()),
-            ..Config::default()
-        };
-        let msg = c
-            .validate()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            msg.contains("buffer_size") && msg.contains("tls_cert and tls_key"),
-            "{msg}"
-        );
+        let c = Config { buffer_size: 0, tls_cert: Some("a".into()), ..Config::default() };
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("buffer_size") && msg.contains("tls_cert and tls_key"), "{msg}");
     }
 }

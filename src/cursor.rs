@@ -30,14 +30,7 @@ impl Position {
     /// The next position after `self` at wall-clock `now_ms`, never going backwards
     /// (the rule Redis applies to `XADD *`).
     pub fn next_at(self, now_ms: u64) -> Self {
-        if now_ms > self.ms {
-            Self { ms: now_ms, seq: 0 }
-        } else {
-            Self {
-                ms: self.ms,
-                seq: self.seq + 1,
-            }
-        }
+        if now_ms > self.ms { Self { ms: now_ms, seq: 0 } } else { Self { ms: self.ms, seq: self.seq + 1 } }
     }
 
     /// Compact form used inside SSE ids: base-36 milliseconds, `-seq` when `seq > 0`.
@@ -69,10 +62,7 @@ impl Position {
 
     pub fn parse_stream_id(s: &str) -> Option<Self> {
         let (ms, seq) = s.split_once('-')?;
-        Some(Self {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
+        Some(Self { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
     }
 }
 
@@ -237,20 +227,12 @@ mod tests {
         let p = Position::new(1000, 0);
         assert_eq!(p.next_at(1001), Position::new(1001, 0));
         assert_eq!(p.next_at(1000), Position::new(1000, 1));
-        assert_eq!(
-            p.next_at(999),
-            Position::new(1000, 1),
-            "a clock step back keeps order"
-        );
+        assert_eq!(p.next_at(999), Position::new(1000, 1), "a clock step back keeps order");
     }
 
     #[test]
     fn compact_and_stream_forms_round_trip() {
-        for p in [
-            Position::new(0, 0),
-            Position::new(1_700_000_000_123, 0),
-            Position::new(u64::MAX, 42),
-        ] {
+        for p in [Position::new(0, 0), Position::new(1_700_000_000_123, 0), Position::new(u64::MAX, 42)] {
             let mut s = String::new();
             p.write_compact(&mut s);
             assert_eq!(Position::parse_compact(&s), Some(p), "{s}");
@@ -258,52 +240,24 @@ mod tests {
         }
         assert_eq!(Position::parse_compact("ZZ"), None);
         assert_eq!(Position::parse_compact(""), None);
-        assert_eq!(
-            Position::parse_compact("zzzzzzzzzzzzzz"),
-            None,
-            "overflow is refused"
-        );
+        assert_eq!(Position::parse_compact("zzzzzzzzzzzzzz"), None, "overflow is refused");
     }
 
     #[test]
     fn cursor_id_resumes_each_channel_even_when_the_list_changes() {
         let old = [ch("channel:a"), ch("user:1"), ch("system")];
-        let cursor = Cursor {
-            positions: vec![
-                Position::new(10, 0),
-                Position::new(20, 3),
-                Position::new(30, 0),
-            ],
-        };
+        let cursor = Cursor { positions: vec![Position::new(10, 0), Position::new(20, 3), Position::new(30, 0)] };
         let id = LastEventId::parse(&cursor.encode(&old)).unwrap_or_else(|| panic!("parse"));
         // Same channels in another order, plus one new channel.
-        assert_eq!(
-            id.resume_for(0, "system"),
-            Resume::From(Position::new(30, 0))
-        );
-        assert_eq!(
-            id.resume_for(1, "channel:a"),
-            Resume::From(Position::new(10, 0))
-        );
-        assert_eq!(
-            id.resume_for(2, "user:1"),
-            Resume::From(Position::new(20, 3))
-        );
+        assert_eq!(id.resume_for(0, "system"), Resume::From(Position::new(30, 0)));
+        assert_eq!(id.resume_for(1, "channel:a"), Resume::From(Position::new(10, 0)));
+        assert_eq!(id.resume_for(2, "user:1"), Resume::From(Position::new(20, 3)));
         assert_eq!(id.resume_for(3, "channel:new"), Resume::Fresh);
     }
 
     #[test]
     fn foreign_or_garbled_ids_are_refused() {
-        for bad in [
-            "",
-            "123",
-            "abc:",
-            "ab:1",
-            "a b:1",
-            "abc:1,",
-            "abc:1,xyz",
-            "ABC:1",
-        ] {
+        for bad in ["", "123", "abc:", "ab:1", "a b:1", "abc:1,", "abc:1,xyz", "ABC:1"] {
             assert_eq!(LastEventId::parse(bad), None, "{bad:?}");
         }
     }

@@ -21,15 +21,7 @@ use crate::cursor::{Position, single_entry};
 use crate::sse::Frame;
 
 /// Keys of the wire event that only the server sets.
-pub const RESERVED_FIELDS: [&str; 7] = [
-    "id",
-    "type",
-    "channel",
-    "channels",
-    "timestamp",
-    "userId",
-    "userName",
-];
+pub const RESERVED_FIELDS: [&str; 7] = ["id", "type", "channel", "channels", "timestamp", "userId", "userName"];
 
 /// Event types the server emits itself; publishers may not use them.
 pub const SERVER_EVENT_TYPES: [&str; 2] = ["connected", "reset"];
@@ -42,9 +34,7 @@ pub const MAX_TYPE_LEN: usize = 64;
 pub enum EventError {
     #[error("event `type` is missing or empty")]
     MissingType,
-    #[error(
-        "event `type` must be 1 to {MAX_TYPE_LEN} ASCII letters, digits or `_ - . :` characters"
-    )]
+    #[error("event `type` must be 1 to {MAX_TYPE_LEN} ASCII letters, digits or `_ - . :` characters")]
     BadType,
     #[error("event type `{0}` is reserved for events the server sends")]
     ReservedType(String),
@@ -68,10 +58,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(event_type: impl Into<String>) -> Self {
-        Self {
-            event_type: event_type.into(),
-            fields: Map::new(),
-        }
+        Self { event_type: event_type.into(), fields: Map::new() }
     }
 
     /// Adds a payload field. Reserved keys (`id`, `type`, `channel`, `timestamp`,
@@ -83,10 +70,7 @@ impl Event {
 
     /// Builds an event from a type and a JSON object of payload fields.
     pub fn from_fields(event_type: impl Into<String>, fields: Map<String, Value>) -> Self {
-        Self {
-            event_type: event_type.into(),
-            fields,
-        }
+        Self { event_type: event_type.into(), fields }
     }
 
     pub fn event_type(&self) -> &str {
@@ -111,9 +95,7 @@ pub fn validate_type(event_type: &str) -> Result<(), EventError> {
         return Err(EventError::MissingType);
     }
     if event_type.len() > MAX_TYPE_LEN
-        || !event_type
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        || !event_type.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
     {
         return Err(EventError::BadType);
     }
@@ -175,10 +157,7 @@ impl Prepared {
         }
         let size = body.len() - fixed;
         if size > max_payload {
-            return Err(EventError::TooLarge {
-                size,
-                limit: max_payload,
-            });
+            return Err(EventError::TooLarge { size, limit: max_payload });
         }
         Ok(Self {
             id: Arc::from(crate::ids::new_id()),
@@ -239,11 +218,7 @@ impl Published {
             .zip(positions)
             .map(|(ch, pos)| Copy::new(ch.clone(), *pos, &p.event_type, p.json_for(ch).as_bytes()))
             .collect();
-        Arc::new(Self {
-            id: p.id.clone(),
-            event_type: p.event_type.clone(),
-            copies,
-        })
+        Arc::new(Self { id: p.id.clone(), event_type: p.event_type.clone(), copies })
     }
 
     /// The copy of this event on `channel`, if it was published there.
@@ -256,11 +231,7 @@ impl Copy {
     pub fn new(channel: ChannelName, position: Position, event_type: &str, json: &[u8]) -> Self {
         let id = single_entry(channel.as_str(), position);
         let frame = Frame::new(event_type, &id, json);
-        Self {
-            channel,
-            position,
-            frame,
-        }
+        Self { channel, position, frame }
     }
 }
 
@@ -279,14 +250,9 @@ mod tests {
             .with("userId", "spoofed")
             .with("id", "forged")
             .with("timestamp", "1999");
-        let me = Publisher {
-            user_id: Some("u1".into()),
-            user_name: Some("Ann".into()),
-        };
-        let p = Prepared::new(vec![ch("channel:general")], event, &me, 1024)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let v: Value =
-            serde_json::from_str(&p.json_for(&p.channels[0])).unwrap_or_else(|e| panic!("{e}"));
+        let me = Publisher { user_id: Some("u1".into()), user_name: Some("Ann".into()) };
+        let p = Prepared::new(vec![ch("channel:general")], event, &me, 1024).unwrap_or_else(|e| panic!("{e}"));
+        let v: Value = serde_json::from_str(&p.json_for(&p.channels[0])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v["userId"], "u1");
         assert_eq!(v["userName"], "Ann");
         assert_eq!(v["id"], &*p.id);
@@ -300,26 +266,14 @@ mod tests {
     fn bad_types_and_oversize_payloads_are_refused() {
         let none = Publisher::default();
         let c = || vec![ch("channel:x")];
-        assert_eq!(
-            Prepared::new(c(), Event::new(""), &none, 10).err(),
-            Some(EventError::MissingType)
-        );
-        assert_eq!(
-            Prepared::new(c(), Event::new("a b"), &none, 10).err(),
-            Some(EventError::BadType)
-        );
+        assert_eq!(Prepared::new(c(), Event::new(""), &none, 10).err(), Some(EventError::MissingType));
+        assert_eq!(Prepared::new(c(), Event::new("a b"), &none, 10).err(), Some(EventError::BadType));
         assert_eq!(
             Prepared::new(c(), Event::new("connected"), &none, 10).err(),
             Some(EventError::ReservedType("connected".into()))
         );
         let big = Event::new("chat").with("content", "x".repeat(100));
-        assert!(matches!(
-            Prepared::new(c(), big, &none, 50),
-            Err(EventError::TooLarge { .. })
-        ));
-        assert_eq!(
-            Prepared::new(vec![], Event::new("chat"), &none, 10).err(),
-            Some(EventError::NoChannel)
-        );
+        assert!(matches!(Prepared::new(c(), big, &none, 50), Err(EventError::TooLarge { .. })));
+        assert_eq!(Prepared::new(vec![], Event::new("chat"), &none, 10).err(), Some(EventError::NoChannel));
     }
 }

@@ -1,9 +1,10 @@
 //! The node handle: what an application holds to publish, count, and serve streams.
 //!
-//! [`Herald`] ties the hub (live connections), the engine (ordering, history, other nodes)
-//! and the configuration together. The HTTP layer calls [`Herald::open_stream`] and
-//! [`Herald::publish_batch`]; an embedding application calls the same methods, or the
-//! document-shaped helpers [`Herald::send_to_user`], [`Herald::send_to_users`],
+//! [`Herald`] ties the hub (live connections), the engine (ordering, history, other nodes),
+//! the policies (who may do what), the authenticator and the rate limiters together. The
+//! HTTP layer calls [`Herald::open_stream`] and [`Herald::publish_as`] with the request's
+//! [`Principal`]; an embedding application, which is trusted, calls [`Herald::publish`] or
+//! the document-shaped helpers [`Herald::send_to_user`], [`Herald::send_to_users`],
 //! [`Herald::send_to_all`] and [`Herald::broadcast`].
 
 use std::collections::HashMap;
@@ -14,14 +15,17 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use serde_json::json;
 
+use crate::auth::{Authenticator, Principal};
 use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
-use crate::engine::memory::{MemoryEngine, MemoryLimits};
+use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engine, EngineError, GapReason, HistoryRead, PublishAck};
 use crate::event::{Event, EventError, Prepared, Published, Publisher};
-use crate::hub::Hub;
 use crate::hub::connection::{ConnShared, KillSwitch, SseBody};
+use crate::hub::{ConnLimits, Hub, Refused};
+use crate::limits::RateLimiter;
+use crate::policy::{Denied, Policies};
 use crate::sse;
 
 /// A publish was refused.
@@ -31,12 +35,16 @@ pub enum PublishError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Event(#[from] EventError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
     #[error("a batch may hold at most {limit} events, this one has {size}")]
     BatchTooLarge { size: usize, limit: usize },
     #[error("the batch is empty")]
     EmptyBatch,
     #[error("event {index} of the batch: {source}")]
     InBatch { index: usize, source: EventError },
+    #[error("publish rate limit reached; retry in {} ms", retry_after.as_millis())]
+    RateLimited { retry_after: Duration },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -50,8 +58,12 @@ pub enum SubscribeError {
     TooManyChannels { limit: usize },
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
     #[error("server at capacity")]
     AtCapacity,
+    #[error("a user may hold at most {limit} connections")]
+    UserLimit { limit: usize },
     #[error("the server is shutting down")]
     Draining,
     #[error(transparent)]
@@ -59,22 +71,32 @@ pub enum SubscribeError {
 }
 
 /// How a client asked for its stream.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StreamRequest {
+    pub principal: Principal,
     pub channels: Vec<ChannelName>,
     /// The `Last-Event-ID` header or `lastEventId` query value, if any.
     pub last_event_id: Option<String>,
     /// Send `event: <type>` lines (for `addEventListener`) instead of unnamed events.
     pub named: bool,
-    pub user_id: Option<Arc<str>>,
     /// Lets the hub tear down an HTTP/1.1 connection whose reader stalled.
     pub kill: Option<KillSwitch>,
 }
 
+impl StreamRequest {
+    pub fn new(principal: Principal, channels: Vec<ChannelName>) -> Self {
+        Self { principal, channels, last_event_id: None, named: false, kill: None }
+    }
+}
+
 struct Inner {
     config: Config,
+    policies: Arc<Policies>,
+    auth: Authenticator,
     hub: Arc<Hub>,
     engine: Arc<dyn Engine>,
+    user_rate: RateLimiter,
+    key_rate: RateLimiter,
     node_id: String,
     started: Instant,
     draining: AtomicBool,
@@ -89,25 +111,33 @@ pub struct Herald {
 impl Herald {
     /// A node with the in-memory engine. Starts its maintenance task, so call it inside a
     /// Tokio runtime.
-    pub fn new(config: Config) -> Result<Self, crate::config::ConfigError> {
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
+        let policies = Arc::new(Policies::from_config(&config));
         let hub = Arc::new(Hub::new());
-        let limits = MemoryLimits {
-            history_size: config.history_size,
-            history_ttl: config.history_ttl,
-        };
-        let engine = Arc::new(MemoryEngine::new(Arc::clone(&hub), limits));
-        Ok(Self::with_engine(config, hub, engine))
+        let engine = Arc::new(MemoryEngine::new(Arc::clone(&hub), Arc::clone(&policies)));
+        Self::with_engine(config, policies, hub, engine)
     }
 
     /// A node with an engine built by the caller around `hub`.
-    pub fn with_engine(config: Config, hub: Arc<Hub>, engine: Arc<dyn Engine>) -> Self {
+    pub fn with_engine(
+        config: Config,
+        policies: Arc<Policies>,
+        hub: Arc<Hub>,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let auth = Authenticator::from_config(&config)?;
         let node_id = config.node_id.clone().unwrap_or_else(|| {
             let id = crate::ids::new_id();
             format!("node-{}", &id[id.len() - 8..]).to_lowercase()
         });
         let inner = Arc::new(Inner {
+            user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
+            key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
             config,
+            policies,
+            auth,
             hub,
             engine,
             node_id,
@@ -115,11 +145,19 @@ impl Herald {
             draining: AtomicBool::new(false),
         });
         tokio::spawn(maintenance(Arc::downgrade(&inner)));
-        Self { inner }
+        Ok(Self { inner })
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.inner.policies
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -157,22 +195,45 @@ impl Herald {
         !self.is_draining() && self.inner.engine.is_healthy()
     }
 
-    /// Publishes one event to `channels` (one event, several channels: each subscriber
-    /// receives it once).
-    pub async fn publish(
-        &self,
-        channels: Vec<ChannelName>,
-        event: Event,
-        publisher: &Publisher,
-    ) -> Result<PublishAck, PublishError> {
-        let mut acks = self
-            .publish_batch(vec![(channels, event)], publisher)
-            .await?;
+    /// Parses a channel name against the configured namespaces.
+    pub fn parse_channel(&self, raw: &str) -> Result<ChannelName, ChannelError> {
+        self.inner.policies.parse_channel(raw)
+    }
+
+    /// Publishes one event to `channels` as the application (trusted: no policy check and
+    /// no rate limit). A connection following several of the channels receives it once.
+    pub async fn publish(&self, channels: Vec<ChannelName>, event: Event) -> Result<PublishAck, PublishError> {
+        let mut acks = self.publish_prepared(vec![(channels, event)], &Publisher::default()).await?;
         acks.pop().ok_or(PublishError::EmptyBatch)
     }
 
-    /// Publishes a batch in order; either every event is accepted or none is.
-    pub async fn publish_batch(
+    /// Publishes a batch on behalf of `who`: every channel is checked against the policies,
+    /// the publisher's rate limit is charged, and identity fields come from `who`. Either
+    /// every event is accepted or none is.
+    pub async fn publish_as(
+        &self,
+        who: &Principal,
+        rate_key: &str,
+        batch: Vec<(Vec<ChannelName>, Event)>,
+    ) -> Result<Vec<PublishAck>, PublishError> {
+        for (channels, _) in &batch {
+            for ch in channels {
+                self.inner.policies.can_publish(who, ch)?;
+            }
+        }
+        let limiter = match who {
+            Principal::ApiKey(_) => &self.inner.key_rate,
+            _ => &self.inner.user_rate,
+        };
+        if batch.len() <= self.inner.config.max_batch {
+            limiter
+                .check(rate_key, batch.len() as f64)
+                .map_err(|retry_after| PublishError::RateLimited { retry_after })?;
+        }
+        self.publish_prepared(batch, &who.publisher()).await
+    }
+
+    async fn publish_prepared(
         &self,
         batch: Vec<(Vec<ChannelName>, Event)>,
         publisher: &Publisher,
@@ -182,22 +243,20 @@ impl Herald {
             return Err(PublishError::EmptyBatch);
         }
         if batch.len() > cfg.max_batch {
-            return Err(PublishError::BatchTooLarge {
-                size: batch.len(),
-                limit: cfg.max_batch,
-            });
+            return Err(PublishError::BatchTooLarge { size: batch.len(), limit: cfg.max_batch });
         }
         let single = batch.len() == 1;
         let prepared = batch
             .into_iter()
             .enumerate()
             .map(|(index, (channels, event))| {
-                Prepared::new(channels, event, publisher, cfg.max_payload_bytes).map_err(|source| {
-                    if single {
-                        PublishError::Event(source)
-                    } else {
-                        PublishError::InBatch { index, source }
-                    }
+                let limit = channels
+                    .iter()
+                    .filter_map(|c| self.inner.policies.of(c).map(|ns| ns.max_payload_bytes))
+                    .min()
+                    .unwrap_or(cfg.max_payload_bytes);
+                Prepared::new(channels, event, publisher, limit).map_err(|source| {
+                    if single { PublishError::Event(source) } else { PublishError::InBatch { index, source } }
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -205,36 +264,19 @@ impl Herald {
     }
 
     /// Sends an event to one user's private channel `user:<id>` (document 000's `SendToUser`).
-    pub async fn send_to_user(
-        &self,
-        user_id: &str,
-        event: Event,
-    ) -> Result<PublishAck, PublishError> {
-        self.publish(
-            vec![ChannelName::user(user_id)?],
-            event,
-            &Publisher::default(),
-        )
-        .await
+    pub async fn send_to_user(&self, user_id: &str, event: Event) -> Result<PublishAck, PublishError> {
+        self.publish(vec![ChannelName::user(user_id)?], event).await
     }
 
     /// Sends one event to several users' private channels.
-    pub async fn send_to_users(
-        &self,
-        user_ids: &[&str],
-        event: Event,
-    ) -> Result<PublishAck, PublishError> {
-        let channels = user_ids
-            .iter()
-            .map(|id| ChannelName::user(id))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.publish(channels, event, &Publisher::default()).await
+    pub async fn send_to_users(&self, user_ids: &[&str], event: Event) -> Result<PublishAck, PublishError> {
+        let channels = user_ids.iter().map(|id| ChannelName::user(id)).collect::<Result<Vec<_>, _>>()?;
+        self.publish(channels, event).await
     }
 
     /// Sends an event on the `system` channel, which every client may follow.
     pub async fn send_to_all(&self, event: Event) -> Result<PublishAck, PublishError> {
-        self.publish(vec![ChannelName::system()], event, &Publisher::default())
-            .await
+        self.publish(vec![ChannelName::system()], event).await
     }
 
     /// Sends an event to a room: `broadcast("general", ..)` and
@@ -244,8 +286,21 @@ impl Herald {
     pub async fn broadcast(&self, room: &str, event: Event) -> Result<PublishAck, PublishError> {
         let name = room.strip_prefix("channel:").unwrap_or(room);
         let channel = ChannelName::parse(&format!("{ROOM_NAMESPACE}:{name}"))?;
-        self.publish(vec![channel], event, &Publisher::default())
-            .await
+        self.publish(vec![channel], event).await
+    }
+
+    /// Issues a single-use ticket for `GET /api/events?ticket=` that stands for `who`.
+    pub async fn issue_ticket(&self, who: &crate::auth::UserIdentity) -> Result<String, EngineError> {
+        let ticket =
+            crate::auth::new_ticket().map_err(|_| EngineError::Unavailable("no secure random source".into()))?;
+        let payload = serde_json::to_string(who).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        self.inner.engine.put_ticket(&ticket, payload, self.inner.config.auth.ticket_ttl).await?;
+        Ok(ticket)
+    }
+
+    /// Redeems a ticket; `None` if it is unknown, expired or already used.
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<Option<crate::auth::UserIdentity>, EngineError> {
+        Ok(self.inner.engine.take_ticket(ticket).await?.and_then(|p| serde_json::from_str(&p).ok()))
     }
 
     /// Tells every open stream to reconnect after a random delay, and refuses new ones.
@@ -256,8 +311,9 @@ impl Herald {
         self.inner.hub.drain(|| base + fastrand::u64(0..window));
     }
 
-    /// Opens an SSE stream: registers the connection, resumes it from history if asked,
-    /// and returns the response body that delivers everything after.
+    /// Opens an SSE stream: checks the principal against every channel, registers the
+    /// connection, resumes it from history if asked, and returns the body that delivers
+    /// everything after.
     pub async fn open_stream(&self, req: StreamRequest) -> Result<SseBody, SubscribeError> {
         let cfg = &self.inner.config;
         if self.is_draining() {
@@ -273,39 +329,28 @@ impl Herald {
             return Err(SubscribeError::NoChannel);
         }
         if channels.len() > cfg.max_channels_per_connection {
-            return Err(SubscribeError::TooManyChannels {
-                limit: cfg.max_channels_per_connection,
-            });
+            return Err(SubscribeError::TooManyChannels { limit: cfg.max_channels_per_connection });
         }
-        if self.inner.hub.connection_count() >= cfg.max_connections {
-            return Err(SubscribeError::AtCapacity);
+        for ch in &channels {
+            self.inner.policies.can_subscribe(&req.principal, ch)?;
         }
 
         let hub = &self.inner.hub;
         let conn_id: Arc<str> = Arc::from(format!("c{}", crate::ids::new_id().to_lowercase()));
-        let shared = Arc::new(ConnShared::new(
-            hub.next_key(),
-            conn_id.clone(),
-            req.user_id,
-            cfg.buffer_size,
-            req.kill,
-        ));
+        let user = req.principal.user_id().cloned();
+        let shared = Arc::new(ConnShared::new(hub.next_key(), conn_id.clone(), user, cfg.buffer_size, req.kill));
+        let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         // Registered before history is read, so nothing published in between is missed;
         // what is both replayed and queued is dropped by the body's cursor.
-        let activated = hub.register(Arc::clone(&shared), &channels);
-        let mut body = SseBody::new(
-            shared,
-            Arc::clone(hub),
-            channels.clone(),
-            Cursor::default(),
-            req.named,
-        );
+        let activated = hub.register(Arc::clone(&shared), &channels, limits).map_err(|r| match r {
+            Refused::AtCapacity => SubscribeError::AtCapacity,
+            Refused::UserLimit => SubscribeError::UserLimit { limit: cfg.max_connections_per_user },
+        })?;
+        let mut body = SseBody::new(shared, Arc::clone(hub), channels.clone(), Cursor::default(), req.named);
         self.inner.engine.watch(&activated).await?;
 
         let parsed = req.last_event_id.as_deref().map(LastEventId::parse);
-        let mut cursor = Cursor {
-            positions: vec![Position::default(); channels.len()],
-        };
+        let mut cursor = Cursor { positions: vec![Position::default(); channels.len()] };
         let mut gaps: Vec<(usize, &'static str)> = Vec::new();
         let mut missed: Vec<(Position, usize, Arc<Published>)> = Vec::new();
         for (i, ch) in channels.iter().enumerate() {
@@ -352,13 +397,7 @@ impl Herald {
             "timestamp": now,
         });
         let id = cursor.encode(&channels);
-        sse::one_off_event(
-            &mut pre,
-            "connected",
-            &id,
-            connected.to_string().as_bytes(),
-            named,
-        );
+        sse::one_off_event(&mut pre, "connected", &id, connected.to_string().as_bytes(), named);
         for (i, reason) in gaps {
             let reset = json!({
                 "type": "reset",
@@ -405,8 +444,7 @@ fn write_replay(
         if channels.len() == 1 {
             out.extend_from_slice(&copy.frame.with_id(named));
         } else {
-            copy.frame
-                .put_with_own_id(out, &cursor.encode(channels), named);
+            copy.frame.put_with_own_id(out, &cursor.encode(channels), named);
         }
     }
 }
@@ -422,11 +460,10 @@ async fn maintenance(inner: Weak<Inner>) {
         ticker.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let cfg = &inner.config;
-        let max_stalled = cfg
-            .client_timeout
-            .as_millis()
-            .div_ceil(period.as_millis().max(1)) as u32;
+        let max_stalled = cfg.client_timeout.as_millis().div_ceil(period.as_millis().max(1)) as u32;
         inner.hub.sweep(max_stalled.max(1));
         inner.engine.sweep();
+        inner.user_rate.sweep();
+        inner.key_rate.sweep();
     }
 }

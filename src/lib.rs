@@ -12,6 +12,9 @@
 //! |---|---|
 //! | [`config`] | the typed configuration, its defaults and validation |
 //! | [`channel`] | channel names (`user:<id>`, `channel:<name>`, `system`) |
+//! | [`auth`] | who is asking: JWT (HS256/RS256/ES256, JWKS), API keys, tickets |
+//! | [`policy`] | who may subscribe and publish where, per namespace |
+//! | [`limits`] | publish rate limits (token buckets) |
 //! | [`event`] | the event model: what is published, what is stored and fanned out |
 //! | [`cursor`] | stream positions and the SSE id that lets a client resume |
 //! | [`sse`] | the wire format: frames, heartbeats, `retry:` |
@@ -32,6 +35,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod cursor;
@@ -41,9 +45,12 @@ pub mod herald;
 pub mod http;
 pub mod hub;
 mod ids;
+pub mod limits;
+pub mod policy;
 pub mod server;
 pub mod sse;
 
+pub use auth::Principal;
 pub use channel::ChannelName;
 pub use config::Config;
 pub use event::{Event, Publisher};

@@ -9,11 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use herald::{Config, Herald, Server};
 
 #[derive(Parser)]
-#[command(
-    name = "herald",
-    version,
-    about = "A real-time event hub: HTTP in, Server-Sent Events out."
-)]
+#[command(name = "herald", version, about = "A real-time event hub: HTTP in, Server-Sent Events out.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -110,24 +106,16 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?,
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
         .init();
     let config = args.config()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let herald = Herald::new(config)?;
         let server = Server::bind(herald.clone()).await?;
         let addr = server.local_addr()?;
-        let scheme = if herald.config().tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if herald.config().tls_cert.is_some() { "https" } else { "http" };
         tracing::info!(
             node = herald.node_id(),
             engine = herald.engine().name(),

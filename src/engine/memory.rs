@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{BoxFuture, Engine, EngineError, GapReason, HistoryRead, PublishAck};
 use crate::channel::ChannelName;
@@ -19,6 +19,7 @@ use crate::cursor::Position;
 use crate::event::{Prepared, Published};
 use crate::hub::Hub;
 use crate::ids::now_ms;
+use crate::policy::Policies;
 
 struct Log {
     last: Position,
@@ -31,12 +32,7 @@ struct Log {
 impl Log {
     fn new(now: u64) -> Self {
         let start = Position::new(now, 0);
-        Self {
-            last: start,
-            covered_after: start,
-            entries: VecDeque::new(),
-            positions: VecDeque::new(),
-        }
+        Self { last: start, covered_after: start, entries: VecDeque::new(), positions: VecDeque::new() }
     }
 
     fn pop_front(&mut self) {
@@ -45,32 +41,25 @@ impl Log {
         }
     }
 
-    fn trim(&mut self, size: usize, ttl_ms: u64, now: u64) {
+    fn trim(&mut self, (size, ttl_ms): (usize, u64), now: u64) {
         while self.entries.len() > size {
             self.pop_front();
         }
-        while self
-            .positions
-            .front()
-            .is_some_and(|p| p.ms.saturating_add(ttl_ms) < now)
-        {
+        while self.positions.front().is_some_and(|p| p.ms.saturating_add(ttl_ms) < now) {
             self.pop_front();
         }
     }
 }
 
-/// History limits of the in-memory engine.
-#[derive(Clone, Copy, Debug)]
-pub struct MemoryLimits {
-    pub history_size: usize,
-    pub history_ttl: Duration,
-}
+/// Tickets held at once; past it new tickets are refused until old ones expire.
+const MAX_TICKETS: usize = 100_000;
 
 /// The single-node engine.
 pub struct MemoryEngine {
     hub: Arc<Hub>,
-    limits: MemoryLimits,
+    policies: Arc<Policies>,
     logs: Mutex<HashMap<ChannelName, Arc<Mutex<Log>>>>,
+    tickets: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,24 +67,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryEngine {
-    pub fn new(hub: Arc<Hub>, limits: MemoryLimits) -> Self {
-        Self {
-            hub,
-            limits,
-            logs: Mutex::new(HashMap::new()),
-        }
+    pub fn new(hub: Arc<Hub>, policies: Arc<Policies>) -> Self {
+        Self { hub, policies, logs: Mutex::new(HashMap::new()), tickets: Mutex::new(HashMap::new()) }
+    }
+
+    /// History size and age (ms) of a channel's namespace.
+    fn limits(&self, channel: &ChannelName) -> (usize, u64) {
+        self.policies
+            .of(channel)
+            .map_or((0, 0), |ns| (ns.history_size, u64::try_from(ns.history_ttl.as_millis()).unwrap_or(u64::MAX)))
     }
 
     fn log(&self, channel: &ChannelName) -> Arc<Mutex<Log>> {
         let mut logs = lock(&self.logs);
-        Arc::clone(
-            logs.entry(channel.clone())
-                .or_insert_with(|| Arc::new(Mutex::new(Log::new(now_ms())))),
-        )
-    }
-
-    fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.limits.history_ttl.as_millis()).unwrap_or(u64::MAX)
+        Arc::clone(logs.entry(channel.clone()).or_insert_with(|| Arc::new(Mutex::new(Log::new(now_ms())))))
     }
 
     fn publish_one(&self, p: &Prepared) -> PublishAck {
@@ -114,18 +99,14 @@ impl MemoryEngine {
             positions.push(g.last);
         }
         let event = Published::from_prepared(p, &positions);
-        let ttl = self.ttl_ms();
-        for (g, pos) in guards.iter_mut().flatten().zip(&positions) {
+        for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
             g.entries.push_back(Arc::clone(&event));
             g.positions.push_back(*pos);
-            g.trim(self.limits.history_size, ttl, now);
+            g.trim(self.limits(ch), now);
         }
         self.hub.deliver(&event);
         drop(guards);
-        PublishAck {
-            id: p.id.clone(),
-            positions: p.channels.iter().cloned().zip(positions).collect(),
-        }
+        PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() }
     }
 
     /// Number of channel logs held (for tests and status).
@@ -151,28 +132,15 @@ impl Engine for MemoryEngine {
     ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
         let log = self.log(channel);
         let mut log = lock(&log);
-        let now = now_ms();
-        log.trim(self.limits.history_size, self.ttl_ms(), now);
+        log.trim(self.limits(channel), now_ms());
         let head = log.last;
         let read = match after {
-            None => HistoryRead::Events {
-                events: Vec::new(),
-                head,
-            },
-            Some(p) if p > head => HistoryRead::Gap {
-                reason: GapReason::UnknownPosition,
-                head,
-            },
-            Some(p) if p < log.covered_after => HistoryRead::Gap {
-                reason: GapReason::HistoryExpired,
-                head,
-            },
+            None => HistoryRead::Events { events: Vec::new(), head },
+            Some(p) if p > head => HistoryRead::Gap { reason: GapReason::UnknownPosition, head },
+            Some(p) if p < log.covered_after => HistoryRead::Gap { reason: GapReason::HistoryExpired, head },
             Some(p) => {
                 let from = log.positions.partition_point(|q| *q <= p);
-                HistoryRead::Events {
-                    events: log.entries.range(from..).cloned().collect(),
-                    head,
-                }
+                HistoryRead::Events { events: log.entries.range(from..).cloned().collect(), head }
             }
         };
         Box::pin(async move { Ok(read) })
@@ -182,21 +150,43 @@ impl Engine for MemoryEngine {
         Box::pin(async { Ok(()) })
     }
 
+    fn put_ticket<'a>(
+        &'a self,
+        ticket: &'a str,
+        payload: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        let mut tickets = lock(&self.tickets);
+        let result = if tickets.len() >= MAX_TICKETS {
+            Err(EngineError::Unavailable("too many outstanding tickets; try again shortly".into()))
+        } else {
+            tickets.insert(ticket.to_owned(), (payload, Instant::now() + ttl));
+            Ok(())
+        };
+        Box::pin(async move { result })
+    }
+
+    fn take_ticket<'a>(&'a self, ticket: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
+        let taken = lock(&self.tickets).remove(ticket).filter(|(_, until)| Instant::now() < *until).map(|(p, _)| p);
+        Box::pin(async move { Ok(taken) })
+    }
+
     fn is_healthy(&self) -> bool {
         true
     }
 
     fn sweep(&self) {
         let now = now_ms();
-        let ttl = self.ttl_ms();
-        let mut logs = lock(&self.logs);
-        logs.retain(|channel, log| {
+        lock(&self.logs).retain(|channel, log| {
+            let limits = self.limits(channel);
             let mut log = lock(log);
-            log.trim(self.limits.history_size, ttl, now);
+            log.trim(limits, now);
             !log.entries.is_empty()
                 || self.hub.subscriber_count(channel.as_str()) > 0
-                || log.last.ms.saturating_add(ttl) >= now
+                || log.last.ms.saturating_add(limits.1) >= now
         });
+        let instant = Instant::now();
+        lock(&self.tickets).retain(|_, (_, until)| instant < *until);
     }
 }
 
@@ -206,13 +196,18 @@ mod tests {
     use crate::event::{Event, Publisher};
 
     fn engine(size: usize) -> MemoryEngine {
-        MemoryEngine::new(
-            Arc::new(Hub::new()),
-            MemoryLimits {
-                history_size: size,
-                history_ttl: Duration::from_secs(60),
-            },
-        )
+        let config = crate::Config { history_size: size, ..crate::Config::default() };
+        MemoryEngine::new(Arc::new(Hub::new()), Arc::new(Policies::from_config(&config)))
+    }
+
+    #[tokio::test]
+    async fn a_ticket_can_be_taken_once() {
+        let e = engine(1);
+        e.put_ticket("t1", "who".into(), Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.take_ticket("t1").await.ok().flatten().as_deref(), Some("who"));
+        assert_eq!(e.take_ticket("t1").await.ok().flatten(), None);
+        e.put_ticket("t2", "who".into(), Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.take_ticket("t2").await.ok().flatten(), None, "an expired ticket is refused");
     }
 
     fn ch(s: &str) -> ChannelName {
@@ -221,19 +216,12 @@ mod tests {
 
     fn prep(channels: &[&str], n: usize) -> Prepared {
         let event = Event::new("chat").with("n", n);
-        Prepared::new(
-            channels.iter().map(|c| ch(c)).collect(),
-            event,
-            &Publisher::default(),
-            1 << 16,
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+        Prepared::new(channels.iter().map(|c| ch(c)).collect(), event, &Publisher::default(), 1 << 16)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn read(e: &MemoryEngine, c: &str, after: Option<Position>) -> HistoryRead {
-        e.history(&ch(c), after)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        e.history(&ch(c), after).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[tokio::test]
@@ -244,11 +232,7 @@ mod tests {
         };
         let mut acks = Vec::new();
         for n in 0..5 {
-            acks.extend(
-                e.publish(vec![prep(&["channel:a"], n)])
-                    .await
-                    .unwrap_or_default(),
-            );
+            acks.extend(e.publish(vec![prep(&["channel:a"], n)]).await.unwrap_or_default());
         }
         let pos = |i: usize| acks[i].positions[0].1;
         // Kept: events 2, 3, 4. After event 2 → 3 and 4.
@@ -265,24 +249,15 @@ mod tests {
         // After event 0: event 1 was trimmed.
         assert!(matches!(
             read(&e, "channel:a", Some(pos(0))).await,
-            HistoryRead::Gap {
-                reason: GapReason::HistoryExpired,
-                ..
-            }
+            HistoryRead::Gap { reason: GapReason::HistoryExpired, .. }
         ));
         // From the very start: events 0 and 1 were trimmed.
-        assert!(matches!(
-            read(&e, "channel:a", Some(start)).await,
-            HistoryRead::Gap { .. }
-        ));
+        assert!(matches!(read(&e, "channel:a", Some(start)).await, HistoryRead::Gap { .. }));
         // A position from the future is unknown.
         let future = Position::new(pos(4).ms + 1_000_000, 0);
         assert!(matches!(
             read(&e, "channel:a", Some(future)).await,
-            HistoryRead::Gap {
-                reason: GapReason::UnknownPosition,
-                ..
-            }
+            HistoryRead::Gap { reason: GapReason::UnknownPosition, .. }
         ));
         // At the head: nothing missed.
         assert!(
@@ -293,27 +268,11 @@ mod tests {
     #[tokio::test]
     async fn a_multi_channel_event_has_a_position_in_each_channel() {
         let e = engine(10);
-        let acks = e
-            .publish(vec![prep(&["channel:a", "channel:b", "channel:a"], 1)])
-            .await
-            .unwrap_or_default();
-        assert_eq!(
-            acks[0].positions.len(),
-            2,
-            "duplicate channel names are merged"
-        );
+        let acks = e.publish(vec![prep(&["channel:a", "channel:b", "channel:a"], 1)]).await.unwrap_or_default();
+        assert_eq!(acks[0].positions.len(), 2, "duplicate channel names are merged");
         for c in ["channel:a", "channel:b"] {
-            let HistoryRead::Events { head, .. } = read(&e, c, None).await else {
-                panic!()
-            };
-            assert_eq!(
-                Some(head),
-                acks[0]
-                    .positions
-                    .iter()
-                    .find(|(n, _)| n.as_str() == c)
-                    .map(|(_, p)| *p)
-            );
+            let HistoryRead::Events { head, .. } = read(&e, c, None).await else { panic!() };
+            assert_eq!(Some(head), acks[0].positions.iter().find(|(n, _)| n.as_str() == c).map(|(_, p)| *p));
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod memory;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::channel::ChannelName;
 use crate::cursor::Position;
@@ -56,10 +57,7 @@ impl GapReason {
 #[derive(Debug, Clone)]
 pub enum HistoryRead {
     /// Every event after the requested position, oldest first (empty for a fresh read).
-    Events {
-        events: Vec<Arc<Published>>,
-        head: Position,
-    },
+    Events { events: Vec<Arc<Published>>, head: Position },
     /// History cannot say what was missed: the client must refetch state.
     Gap { reason: GapReason, head: Position },
 }
@@ -81,6 +79,17 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes sure this node receives live events of `channels` before it resolves.
     fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Stores a single-use ticket for `ttl` (cluster-wide where the engine spans nodes).
+    fn put_ticket<'a>(
+        &'a self,
+        ticket: &'a str,
+        payload: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Takes a ticket: the first caller gets its payload, every later one `None`.
+    fn take_ticket<'a>(&'a self, ticket: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>>;
 
     /// Whether the engine can accept publishes now (readiness).
     fn is_healthy(&self) -> bool;

@@ -7,10 +7,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::AuthError;
 use crate::channel::ChannelError;
 use crate::engine::EngineError;
 use crate::event::EventError;
 use crate::herald::{PublishError, SubscribeError};
+use crate::policy::Denied;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -22,12 +24,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { status, code, message: message.into(), retry_after: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -43,27 +40,41 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::warn!(
-                status = self.status.as_u16(),
-                code = self.code,
-                "{}",
-                self.message
-            );
+            tracing::warn!(status = self.status.as_u16(), code = self.code, "{}", self.message);
         } else {
-            tracing::info!(
-                status = self.status.as_u16(),
-                code = self.code,
-                "{}",
-                self.message
-            );
+            tracing::info!(status = self.status.as_u16(), code = self.code, "{}", self.message);
         }
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::InvalidToken(_) => "invalid_token",
+            AuthError::Expired => "token_expired",
+            AuthError::InvalidApiKey => "invalid_api_key",
+            AuthError::InvalidTicket => "invalid_ticket",
+            AuthError::KeysUnavailable(_) => {
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", e.to_string())
+                    .with_retry_after(5);
+            }
+        };
+        Self::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        match e {
+            Denied::Unauthenticated { .. } => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+            Denied::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+        }
     }
 }
 
@@ -80,11 +91,7 @@ impl From<EventError> for ApiError {
             EventError::BadType | EventError::ReservedType(_) => "invalid_type",
             EventError::NoChannel => "missing_channel",
             EventError::TooLarge { .. } => {
-                return Self::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    e.to_string(),
-                );
+                return Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string());
             }
         };
         Self::bad_request(code, e.to_string())
@@ -93,12 +100,7 @@ impl From<EventError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
-            e.to_string(),
-        )
-        .with_retry_after(1)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", e.to_string()).with_retry_after(1)
     }
 }
 
@@ -108,11 +110,14 @@ impl From<PublishError> for ApiError {
             PublishError::Channel(e) => e.into(),
             PublishError::Event(e) => e.into(),
             PublishError::Engine(e) => e.into(),
-            PublishError::BatchTooLarge { .. } => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "batch_too_large",
-                e.to_string(),
-            ),
+            PublishError::Denied(e) => e.into(),
+            PublishError::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string()).with_retry_after(secs)
+            }
+            PublishError::BatchTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", e.to_string())
+            }
             PublishError::EmptyBatch => Self::bad_request("empty_batch", e.to_string()),
             PublishError::InBatch { index, source } => {
                 let mut api = Self::from(source);
@@ -127,23 +132,19 @@ impl From<SubscribeError> for ApiError {
     fn from(e: SubscribeError) -> Self {
         match e {
             SubscribeError::NoChannel => Self::bad_request("missing_channel", e.to_string()),
-            SubscribeError::TooManyChannels { .. } => {
-                Self::bad_request("too_many_channels", e.to_string())
-            }
+            SubscribeError::TooManyChannels { .. } => Self::bad_request("too_many_channels", e.to_string()),
             SubscribeError::Channel(e) => e.into(),
-            SubscribeError::AtCapacity => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_at_capacity",
-                e.to_string(),
-            )
-            .with_retry_after(5),
-            SubscribeError::Draining => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_draining",
-                e.to_string(),
-            )
-            .with_retry_after(1),
+            SubscribeError::AtCapacity => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_at_capacity", e.to_string()).with_retry_after(5)
+            }
+            SubscribeError::Draining => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_draining", e.to_string()).with_retry_after(1)
+            }
             SubscribeError::Engine(e) => e.into(),
+            SubscribeError::Denied(e) => e.into(),
+            SubscribeError::UserLimit { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", e.to_string()).with_retry_after(5)
+            }
         }
     }
 }

@@ -3,10 +3,12 @@
 //! [`router`] builds the axum `Router` that `herald serve` runs and that an embedding
 //! application can mount. Handlers only translate between HTTP and [`Herald`]'s methods.
 
+pub mod auth;
 pub mod error;
 mod publish;
 mod status;
 mod subscribe;
+mod tickets;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -22,10 +24,8 @@ pub fn router(herald: Herald) -> Router {
     Router::new()
         .route("/api/events", get(subscribe::subscribe))
         .route("/api/publish", post(publish::publish))
-        .route(
-            "/api/channels/{channel}/events",
-            post(publish::publish_to_channel),
-        )
+        .route("/api/channels/{channel}/events", post(publish::publish_to_channel))
+        .route("/api/tickets", post(tickets::issue))
         .route("/api/status", get(status::status))
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
@@ -42,9 +42,5 @@ pub async fn not_found() -> ApiError {
 
 /// The JSON 405 of Herald's API, for an embedding app's own router.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not accept that method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
 }

@@ -17,15 +17,8 @@ pub async fn readyz(State(herald): State<Herald>) -> (StatusCode, Json<Value>) {
     if herald.is_ready() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
-        let reason = if herald.is_draining() {
-            "draining"
-        } else {
-            "engine_unavailable"
-        };
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": reason})),
-        )
+        let reason = if herald.is_draining() { "draining" } else { "engine_unavailable" };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": reason})))
     }
 }
 

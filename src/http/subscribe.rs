@@ -1,15 +1,16 @@
 //! `GET /api/events`: open an SSE stream on one or more channels.
 //!
 //! Query: `channel` (repeatable), `events=named` for `event:` lines, `lastEventId` (the
-//! `Last-Event-ID` header wins when both are present).
+//! `Last-Event-ID` header wins when both are present), `ticket` (from `POST /api/tickets`).
+//! Other parameters are refused, so a typo (`chanel=`) is an error, not a silent no-op.
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Version, header};
+use axum::http::{HeaderValue, Request, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::principal;
 use super::error::ApiError;
-use crate::channel::ChannelName;
 use crate::herald::{Herald, StreamRequest};
 use crate::hub::connection::KillSwitch;
 
@@ -21,12 +22,17 @@ pub async fn subscribe(
     RawQuery(query): RawQuery,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
+    let query = query.unwrap_or_default();
+    if query.len() > herald.config().max_query_bytes {
+        return Err(ApiError::new(StatusCode::URI_TOO_LONG, "query_too_long", "the query string is too long"));
+    }
     let mut channels = Vec::new();
     let mut named = false;
     let mut last_event_id = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+    let mut ticket = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
-            "channel" => channels.push(ChannelName::parse(&value)?),
+            "channel" => channels.push(herald.parse_channel(&value)?),
             "events" => {
                 named = match &*value {
                     "named" => true,
@@ -40,29 +46,27 @@ pub async fn subscribe(
                 }
             }
             "lastEventId" => last_event_id = Some(value.into_owned()),
-            _ => {}
+            "ticket" => ticket = Some(value.into_owned()),
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("unknown query parameter `{}`", other.chars().take(64).collect::<String>()),
+                ));
+            }
         }
     }
-    let headers: &HeaderMap = req.headers();
+    let headers = req.headers();
     if let Some(v) = headers.get("last-event-id") {
-        let v = v.to_str().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_last_event_id",
-                "Last-Event-ID must be visible ASCII",
-            )
-        })?;
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be visible ASCII"))?;
         last_event_id = Some(v.to_owned());
     }
     let last_event_id = last_event_id.filter(|v| !v.trim().is_empty());
-    if last_event_id
-        .as_ref()
-        .is_some_and(|v| v.len() > MAX_LAST_EVENT_ID)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_last_event_id",
-            "Last-Event-ID is too long",
-        ));
+    if last_event_id.as_ref().is_some_and(|v| v.len() > MAX_LAST_EVENT_ID) {
+        return Err(ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is too long"));
     }
+    let who = principal(&herald, headers, ticket.as_deref()).await?;
     // A stalled HTTP/1.1 reader can only be freed by closing its socket; with HTTP/2 the
     // stream is dropped and the connection's other streams go on.
     let kill = match req.version() {
@@ -70,26 +74,13 @@ pub async fn subscribe(
         _ => None,
     };
 
-    let body = herald
-        .open_stream(StreamRequest {
-            channels,
-            last_event_id,
-            named,
-            user_id: None,
-            kill,
-        })
-        .await?;
-    tracing::debug!(connection = body.connection_id(), "sse connection opened");
+    let described = who.describe();
+    let body = herald.open_stream(StreamRequest { principal: who, channels, last_event_id, named, kill }).await?;
+    tracing::debug!(connection = body.connection_id(), who = %described, "sse connection opened");
     let mut resp = (StatusCode::OK, Body::new(body)).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
 }

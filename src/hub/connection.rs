@@ -329,16 +329,12 @@ impl http_body::Body for SseBody {
                 if let Some(event) = event {
                     if this.advance(&event).is_some() {
                         if let Some(copy) = event.copy_on(this.channels[0].as_str()) {
-                            return Poll::Ready(Some(Ok(http_body::Frame::data(
-                                copy.frame.with_id(this.named),
-                            ))));
+                            return Poll::Ready(Some(Ok(http_body::Frame::data(copy.frame.with_id(this.named)))));
                         }
                     }
                 }
                 if heartbeat {
-                    return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
-                        sse::HEARTBEAT,
-                    )))));
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
                 }
                 continue;
             }
@@ -349,11 +345,7 @@ impl http_body::Body for SseBody {
                     this.write_event(&mut out, &event, at);
                 }
             }
-            this.spare = if items.capacity() > 4 * MAX_BATCH {
-                VecDeque::new()
-            } else {
-                items
-            };
+            this.spare = if items.capacity() > 4 * MAX_BATCH { VecDeque::new() } else { items };
             if heartbeat && out.is_empty() {
                 out.extend_from_slice(sse::HEARTBEAT);
             }

@@ -20,6 +20,21 @@ use connection::{CloseReason, ConnShared, Pushed};
 struct Registry {
     channels: HashMap<ChannelName, Vec<Arc<ConnShared>>>,
     conns: HashMap<u64, (Arc<ConnShared>, Vec<ChannelName>)>,
+    users: HashMap<Arc<str>, usize>,
+}
+
+/// Connection limits checked atomically with registration.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub max_per_user: usize,
+}
+
+/// Why a connection was not registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    AtCapacity,
+    UserLimit,
 }
 
 /// Counters the hub keeps as it works.
@@ -52,9 +67,7 @@ impl Hub {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Registry> {
-        self.registry
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.registry.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A fresh key for a connection about to be registered.
@@ -64,8 +77,23 @@ impl Hub {
 
     /// Adds a connection following `channels`. Returns the channels that had no local
     /// subscriber before (the ones an engine must start receiving).
-    pub fn register(&self, conn: Arc<ConnShared>, channels: &[ChannelName]) -> Vec<ChannelName> {
+    pub fn register(
+        &self,
+        conn: Arc<ConnShared>,
+        channels: &[ChannelName],
+        limits: ConnLimits,
+    ) -> Result<Vec<ChannelName>, Refused> {
         let mut reg = self.write();
+        if reg.conns.len() >= limits.max_connections {
+            return Err(Refused::AtCapacity);
+        }
+        if let Some(user) = &conn.user_id {
+            let count = reg.users.entry(Arc::clone(user)).or_insert(0);
+            if *count >= limits.max_per_user {
+                return Err(Refused::UserLimit);
+            }
+            *count += 1;
+        }
         let mut activated = Vec::new();
         for ch in channels {
             let subs = reg.channels.entry(ch.clone()).or_insert_with(|| {
@@ -76,16 +104,24 @@ impl Hub {
         }
         reg.conns.insert(conn.key, (conn, channels.to_vec()));
         self.connections.fetch_add(1, Ordering::Relaxed);
-        activated
+        Ok(activated)
     }
 
     /// Removes a connection (idempotent). Returns the channels left with no local subscriber.
     pub fn unregister(&self, key: u64) -> Vec<ChannelName> {
         let mut reg = self.write();
-        let Some((_, channels)) = reg.conns.remove(&key) else {
+        let Some((conn, channels)) = reg.conns.remove(&key) else {
             return Vec::new();
         };
         self.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(user) = &conn.user_id {
+            if let Some(count) = reg.users.get_mut(user) {
+                *count -= 1;
+                if *count == 0 {
+                    reg.users.remove(user);
+                }
+            }
+        }
         let mut emptied = Vec::new();
         for ch in channels {
             if let Some(subs) = reg.channels.get_mut(&ch) {
@@ -127,9 +163,7 @@ impl Hub {
                 }
             }
         }
-        self.stats
-            .events_queued
-            .fetch_add(queued, Ordering::Relaxed);
+        self.stats.events_queued.fetch_add(queued, Ordering::Relaxed);
         for conn in overflowed {
             self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -144,19 +178,12 @@ impl Hub {
     /// Asks every connection for a heartbeat, and closes those that made no progress for
     /// `max_stalled` sweeps in a row. Returns how many were closed.
     pub fn sweep(&self, max_stalled: u32) -> usize {
-        let conns: Vec<Arc<ConnShared>> = self
-            .read()
-            .conns
-            .values()
-            .map(|(c, _)| Arc::clone(c))
-            .collect();
+        let conns: Vec<Arc<ConnShared>> = self.read().conns.values().map(|(c, _)| Arc::clone(c)).collect();
         let mut closed = 0;
         for conn in conns {
             if conn.sweep() >= max_stalled && conn.close(CloseReason::Timeout) {
                 closed += 1;
-                self.stats
-                    .timeout_disconnects
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.timeout_disconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(connection = %conn.id, "closing a connection that made no progress for the client timeout");
                 self.unregister(conn.key);
             }
@@ -166,31 +193,25 @@ impl Hub {
 
     /// Closes every connection with a drain notice carrying a reconnect delay from `retry_ms`.
     pub fn drain(&self, mut retry_ms: impl FnMut() -> u64) {
-        let conns: Vec<Arc<ConnShared>> = self
-            .read()
-            .conns
-            .values()
-            .map(|(c, _)| Arc::clone(c))
-            .collect();
+        let conns: Vec<Arc<ConnShared>> = self.read().conns.values().map(|(c, _)| Arc::clone(c)).collect();
         for conn in conns {
-            conn.close(CloseReason::Drain {
-                retry_ms: retry_ms(),
-            });
+            conn.close(CloseReason::Drain { retry_ms: retry_ms() });
         }
     }
 
     /// The connection with public id `id`, if it lives on this node.
     pub fn connection(&self, id: &str) -> Option<Arc<ConnShared>> {
-        self.read()
-            .conns
-            .values()
-            .find(|(c, _)| &*c.id == id)
-            .map(|(c, _)| Arc::clone(c))
+        self.read().conns.values().find(|(c, _)| &*c.id == id).map(|(c, _)| Arc::clone(c))
     }
 
     /// Open connections on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Distinct users with at least one connection on this node.
+    pub fn user_count(&self) -> usize {
+        self.read().users.len()
     }
 
     /// Channels with at least one local subscriber.

@@ -36,6 +36,54 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
     }
 }
 
+/// Defaults for tests: a free loopback port, and publish rate limits out of the way
+/// (tests of rate limits set their own).
+pub fn test_config() -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        publish_rate: 1e9,
+        publish_burst: 1e9,
+        api_key_publish_rate: 1e9,
+        api_key_publish_burst: 1e9,
+        ..Config::default()
+    }
+}
+
+/// The HS256 secret of [`TestServer::secured`].
+pub const SECRET: &str = "test-secret-that-is-long-enough";
+/// The API key of [`TestServer::secured`], with access to every channel.
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+/// A JWT for user `sub`, signed with [`SECRET`], valid for an hour.
+pub fn token(sub: &str) -> String {
+    token_with(serde_json::json!({"sub": sub, "name": format!("User {sub}"), "exp": now() + 3600}))
+}
+
+/// A JWT with the given claims, signed with [`SECRET`].
+pub fn token_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("token: {e}"))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Adds [`SECRET`] and [`API_KEY`] to a configuration.
+pub fn secure(config: &mut Config) {
+    config.auth.jwt_secret = Some(SECRET.to_owned());
+    config.api_keys.push(herald::config::ApiKeyConfig {
+        name: "test".to_owned(),
+        key: API_KEY.to_owned(),
+        channels: vec!["*".to_owned()],
+    });
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub herald: Herald,
@@ -50,11 +98,17 @@ impl TestServer {
         Self::with(|_| {}).await
     }
 
+    /// A server with authentication: [`SECRET`] for tokens, [`API_KEY`] for publishers.
+    pub async fn secured(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::with(|c| {
+            secure(c);
+            configure(c);
+        })
+        .await
+    }
+
     pub async fn with(configure: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Config::default()
-        };
+        let mut config = test_config();
         configure(&mut config);
         Self::from_config(config, None, None).await
     }
@@ -69,55 +123,29 @@ impl TestServer {
         let cert_pem = key.cert.pem();
         write(&cert_path, &cert_pem);
         write(&key_path, &key.signing_key.serialize_pem());
-        let mut config = Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls_cert: Some(cert_path),
-            tls_key: Some(key_path),
-            ..Config::default()
-        };
+        let mut config = Config { tls_cert: Some(cert_path), tls_key: Some(key_path), ..test_config() };
         configure(&mut config);
         Self::from_config(config, Some(cert_pem), Some(tmp)).await
     }
 
     async fn from_config(config: Config, ca_pem: Option<String>, tmp: Option<TempDir>) -> Self {
         let herald = Herald::new(config).unwrap_or_else(|e| panic!("config: {e}"));
-        let server = Server::bind(herald.clone())
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = server
-            .local_addr()
-            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let server = Server::bind(herald.clone()).await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = server.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        Self {
-            addr,
-            herald,
-            ca_pem,
-            shutdown: Some(tx),
-            task: Some(task),
-            _tmp: tmp,
-        }
+        Self { addr, herald, ca_pem, shutdown: Some(tx), task: Some(task), _tmp: tmp }
     }
 
     pub fn client(&self, proto: Proto) -> Client {
-        Client {
-            addr: self.addr,
-            proto,
-            ca_pem: self.ca_pem.clone(),
-            h2: None,
-        }
+        Client { addr: self.addr, proto, ca_pem: self.ca_pem.clone(), h2: None, headers: Vec::new() }
     }
 
     /// A plain-TCP client of a server started some other way (the binary).
     pub fn client_at(addr: SocketAddr, proto: Proto) -> Client {
-        Client {
-            addr,
-            proto,
-            ca_pem: None,
-            h2: None,
-        }
+        Client { addr, proto, ca_pem: None, h2: None, headers: Vec::new() }
     }
 
     /// Starts the graceful shutdown and waits for the server to return.
@@ -126,9 +154,7 @@ impl TestServer {
             let _ = tx.send(());
         }
         match self.task.take() {
-            Some(task) => within("server shutdown", task)
-                .await
-                .unwrap_or_else(|e| panic!("server task: {e}")),
+            Some(task) => within("server shutdown", task).await.unwrap_or_else(|e| panic!("server task: {e}")),
             None => Ok(()),
         }
     }
@@ -163,9 +189,27 @@ pub struct Client {
     pub proto: Proto,
     ca_pem: Option<String>,
     h2: Option<H2Sender>,
+    /// Sent with every request of this client.
+    headers: Vec<(String, String)>,
 }
 
 impl Client {
+    /// This client sends `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// This client is user `sub`, with a bearer token.
+    pub fn user(self, sub: &str) -> Self {
+        self.with_header("authorization", &format!("Bearer {}", token(sub)))
+    }
+
+    /// This client is a backend with [`API_KEY`].
+    pub fn backend(self) -> Self {
+        self.with_header("x-api-key", API_KEY)
+    }
+
     /// Sends one request. HTTP/1.1 uses a new connection per request; HTTP/2 shares one
     /// connection per `Client` (clones share it too, once it is open).
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Response<Incoming> {
@@ -173,15 +217,11 @@ impl Client {
             match self.proto {
                 Proto::H1 => {
                     let tcp = connect(self.addr).await;
-                    let (mut sender, conn) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                            .await
-                            .unwrap_or_else(|e| panic!("h1 handshake: {e}"));
-                    tokio::spawn(conn);
-                    sender
-                        .send_request(req)
+                    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                         .await
-                        .unwrap_or_else(|e| panic!("h1 request: {e}"))
+                        .unwrap_or_else(|e| panic!("h1 handshake: {e}"));
+                    tokio::spawn(conn);
+                    sender.send_request(req).await.unwrap_or_else(|e| panic!("h1 request: {e}"))
                 }
                 Proto::H2c | Proto::H2Tls => {
                     let mut sender = match &self.h2 {
@@ -192,10 +232,7 @@ impl Client {
                             s
                         }
                     };
-                    sender
-                        .send_request(req)
-                        .await
-                        .unwrap_or_else(|e| panic!("h2 request: {e}"))
+                    sender.send_request(req).await.unwrap_or_else(|e| panic!("h2 request: {e}"))
                 }
             }
         })
@@ -206,25 +243,17 @@ impl Client {
         let tcp = connect(self.addr).await;
         match self.proto {
             Proto::H2Tls => {
-                let tls = tls_connect(
-                    tcp,
-                    self.ca_pem
-                        .as_deref()
-                        .unwrap_or_else(|| panic!("server has no TLS")),
-                )
-                .await;
-                let (sender, conn) =
-                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                        .await
-                        .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
+                let tls = tls_connect(tcp, self.ca_pem.as_deref().unwrap_or_else(|| panic!("server has no TLS"))).await;
+                let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
                 tokio::spawn(conn);
                 sender
             }
             _ => {
-                let (sender, conn) =
-                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                        .await
-                        .unwrap_or_else(|e| panic!("h2c handshake: {e}"));
+                let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .unwrap_or_else(|e| panic!("h2c handshake: {e}"));
                 tokio::spawn(conn);
                 sender
             }
@@ -240,6 +269,9 @@ impl Client {
 
     pub fn request(&self, method: &str, path: &str) -> hyper::http::request::Builder {
         let mut b = Request::builder().method(method);
+        for (k, v) in &self.headers {
+            b = b.header(k, v);
+        }
         b = match self.proto {
             // HTTP/1.1 wants an origin-form target and a Host header.
             Proto::H1 => b.uri(path).header("host", self.addr.to_string()),
@@ -266,58 +298,34 @@ impl Client {
     /// Publishes, asserting success; returns the answer.
     pub async fn publish(&mut self, body: &Value) -> Value {
         let (status, answer) = self.post_json("/api/publish", body).await;
-        assert_eq!(status, StatusCode::OK, "publish {body}: {answer}");
+        let shown: String = body.to_string().chars().take(200).collect();
+        assert_eq!(status, StatusCode::OK, "publish {shown}: {answer}");
         answer
     }
 
     pub async fn get_json(&mut self, path: &str) -> (StatusCode, Value) {
-        let req = self
-            .request("GET", path)
-            .body(Full::new(Bytes::new()))
-            .unwrap_or_else(|e| panic!("request: {e}"));
+        let req = self.request("GET", path).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("request: {e}"));
         let resp = self.send(req).await;
         read_json(resp).await
     }
 
     /// Opens `GET /api/events?<query>` with extra headers; does not check the status.
-    pub async fn open_events(
-        &mut self,
-        query: &str,
-        headers: &[(&str, &str)],
-    ) -> Response<Incoming> {
-        let mut b = self
-            .request("GET", &format!("/api/events?{query}"))
-            .header("accept", "text/event-stream");
+    pub async fn open_events(&mut self, query: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+        let mut b = self.request("GET", &format!("/api/events?{query}")).header("accept", "text/event-stream");
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        self.send(
-            b.body(Full::new(Bytes::new()))
-                .unwrap_or_else(|e| panic!("request: {e}")),
-        )
-        .await
+        self.send(b.body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("request: {e}"))).await
     }
 
     /// Subscribes and waits for the `connected` event.
     pub async fn subscribe(&mut self, query: &str, headers: &[(&str, &str)]) -> SseStream {
         let resp = self.open_events(query, headers).await;
         assert_eq!(resp.status(), StatusCode::OK, "subscribe {query}");
-        assert_eq!(
-            resp.headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
-            Some("text/event-stream")
-        );
+        assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
         let mut stream = SseStream::new(resp);
-        let connected = stream
-            .next()
-            .await
-            .unwrap_or_else(|| panic!("stream ended before `connected`"));
-        assert_eq!(
-            connected.data["type"], "connected",
-            "first event: {:?}",
-            connected
-        );
+        let connected = stream.next().await.unwrap_or_else(|| panic!("stream ended before `connected`"));
+        assert_eq!(connected.data["type"], "connected", "first event: {:?}", connected);
         stream.connected = Some(connected);
         stream
     }
@@ -325,16 +333,10 @@ impl Client {
 
 pub async fn read_json(resp: Response<Incoming>) -> (StatusCode, Value) {
     let status = resp.status();
-    let bytes = within("a response body", resp.into_body().collect())
-        .await
-        .unwrap_or_else(|e| panic!("body: {e}"))
-        .to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "body is not JSON ({e}): {:?}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
+    let bytes =
+        within("a response body", resp.into_body().collect()).await.unwrap_or_else(|e| panic!("body: {e}")).to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes)));
     (status, value)
 }
 
@@ -359,13 +361,10 @@ pub struct SseStream {
 
 impl SseStream {
     pub fn new(resp: Response<Incoming>) -> Self {
-        let bytes = BodyStream::new(resp.into_body())
-            .try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())));
+        let bytes =
+            BodyStream::new(resp.into_body()).try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())));
         let items = bytes.eventsource().map_err(|e| e.to_string());
-        Self {
-            items: Box::pin(items),
-            connected: None,
-        }
+        Self { items: Box::pin(items), connected: None }
     }
 
     /// The next event, or `None` when the server ended the stream.
@@ -376,22 +375,14 @@ impl SseStream {
             Some(Ok(ev)) => {
                 let data = serde_json::from_str(&ev.data)
                     .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {:?}", ev.data));
-                Some(SseEvent {
-                    id: ev.id,
-                    event: ev.event,
-                    data,
-                    raw_data: ev.data,
-                    retry: ev.retry,
-                })
+                Some(SseEvent { id: ev.id, event: ev.event, data, raw_data: ev.data, retry: ev.retry })
             }
         }
     }
 
     /// The next event, which must exist.
     pub async fn expect(&mut self) -> SseEvent {
-        self.next()
-            .await
-            .unwrap_or_else(|| panic!("stream ended early"))
+        self.next().await.unwrap_or_else(|| panic!("stream ended early"))
     }
 
     /// Waits for the server to end the stream, returning the events before the end.
@@ -405,10 +396,7 @@ impl SseStream {
 
     /// The SSE id of the `connected` event.
     pub fn connected_id(&self) -> String {
-        self.connected
-            .as_ref()
-            .map(|c| c.id.clone())
-            .unwrap_or_default()
+        self.connected.as_ref().map(|c| c.id.clone()).unwrap_or_default()
     }
 }
 
@@ -420,10 +408,7 @@ pub struct RawStream {
 
 impl RawStream {
     pub fn new(resp: Response<Incoming>) -> Self {
-        Self {
-            body: resp.into_body(),
-            seen: Vec::new(),
-        }
+        Self { body: resp.into_body(), seen: Vec::new() }
     }
 
     /// Reads until `needle` has been seen, returning false if the stream ended first.
@@ -467,8 +452,7 @@ async fn tls_connect(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsS
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
-    let ca =
-        CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap_or_else(|e| panic!("ca: {e}"));
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap_or_else(|e| panic!("ca: {e}"));
     roots.add(ca).unwrap_or_else(|e| panic!("root: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -479,25 +463,15 @@ async fn tls_connect(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsS
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from("localhost").unwrap_or_else(|e| panic!("name: {e}"));
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .unwrap_or_else(|e| panic!("TLS handshake: {e}"));
-    assert_eq!(
-        tls.get_ref().1.alpn_protocol(),
-        Some(&b"h2"[..]),
-        "ALPN must pick h2"
-    );
+    let tls = connector.connect(name, tcp).await.unwrap_or_else(|e| panic!("TLS handshake: {e}"));
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN must pick h2");
     tls
 }
 
 async fn connect(addr: SocketAddr) -> TcpStream {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
     // As browsers do: without it, small requests wait on delayed ACKs.
-    tcp.set_nodelay(true)
-        .unwrap_or_else(|e| panic!("nodelay: {e}"));
+    tcp.set_nodelay(true).unwrap_or_else(|e| panic!("nodelay: {e}"));
     tcp
 }
 
@@ -512,11 +486,7 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new() -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "herald-test-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let path = std::env::temp_dir().join(format!("herald-test-{}-{}", std::process::id(), fastrand::u64(..)));
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir: {e}"));
         Self { path }
     }

@@ -3,8 +3,10 @@
 //! with [`Herald::send_to_user`] and [`Herald::broadcast`], as document 002 mounts its SSE
 //! handler with `r.Mount("/api/events", ..)` and document 004 calls `sseHub.SendToUser(..)`.
 //!
-//! To stay short the app's routes have no authentication. A real application puts its own
-//! auth in front of `/notify` and `/rooms`, since they push to any user or room.
+//! Herald checks who subscribes: `user:<id>` channels are private, so a browser needs a
+//! token for its user. Here `GET /token/{user_id}` hands one out to anyone, to keep the
+//! example short; in a real application the login does this, and the app's own routes
+//! (`/notify`, `/rooms`) sit behind the app's auth, since they push to any user or room.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -25,9 +27,7 @@ pub struct Notice {
 
 impl Notice {
     fn into_event(self, event_type: &str) -> Event {
-        Event::new(event_type)
-            .with("title", self.title)
-            .with("message", self.message)
+        Event::new(event_type).with("title", self.title).with("message", self.message)
     }
 }
 
@@ -37,9 +37,24 @@ pub fn app(herald: Herald) -> Router {
         .route("/notify/{user_id}", post(notify))
         .route("/rooms/{room}/announce", post(announce))
         .route("/stats", get(stats))
+        .route("/token/{user_id}", get(token))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(herald.clone())
         .merge(herald::http::router(herald))
+}
+
+/// `GET /token/{user_id}`: a one-hour token for the user, signed with Herald's HS256
+/// secret (a real app issues it at login).
+async fn token(State(herald): State<Herald>, Path(user_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let Some(secret) = herald.config().auth.jwt_secret.clone() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_tokens", "this app runs without a JWT secret"));
+    };
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 3600;
+    let claims = json!({"sub": user_id, "name": format!("User {user_id}"), "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "token_error", e.to_string()))?;
+    Ok(Json(json!({ "token": token })))
 }
 
 /// `POST /notify/{user_id}`: a `notification` on the user's private channel `user:<id>`.
@@ -52,9 +67,7 @@ async fn notify(
     let Json(notice) = body.map_err(|r| rejected("invalid_body", r.status(), r.body_text()))?;
     // A user id that cannot name a channel (`a b`) comes back as a PublishError, which
     // ApiError turns into Herald's own 400/413/503 JSON error.
-    let ack = herald
-        .send_to_user(&user_id, notice.into_event("notification"))
-        .await?;
+    let ack = herald.send_to_user(&user_id, notice.into_event("notification")).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": &*ack.id }))))
 }
 
@@ -68,12 +81,7 @@ async fn announce(
     let Json(notice) = body.map_err(|r| rejected("invalid_body", r.status(), r.body_text()))?;
     // `broadcast` also accepts full channel names such as `user:42`; prefixing the room
     // keeps a client-chosen name inside the `channel:` namespace (`user:42` is refused).
-    let ack = herald
-        .broadcast(
-            &format!("channel:{room}"),
-            notice.into_event("announcement"),
-        )
-        .await?;
+    let ack = herald.broadcast(&format!("channel:{room}"), notice.into_event("announcement")).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": &*ack.id }))))
 }
 
@@ -91,9 +99,5 @@ fn rejected(code: &'static str, status: StatusCode, message: String) -> ApiError
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not accept that method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
 }

@@ -1,6 +1,7 @@
 //! Runs the example app: Herald's routes and the app's own on one port, until Ctrl-C.
 //!
-//! `PORT` picks the port on 127.0.0.1 (default 3000).
+//! `PORT` picks the port on 127.0.0.1 (default 3000); `JWT_SECRET` the HS256 secret for
+//! user tokens (default: a demo secret, fine on loopback only).
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -10,15 +11,12 @@ use herald_example_axum_app::app;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let port = match std::env::var("PORT") {
-        Ok(p) => p
-            .parse::<u16>()
-            .map_err(|e| format!("PORT must be a port number, not `{p}`: {e}"))?,
+        Ok(p) => p.parse::<u16>().map_err(|e| format!("PORT must be a port number, not `{p}`: {e}"))?,
         Err(_) => 3000,
     };
-    let config = herald::Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        ..herald::Config::default()
-    };
+    let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| "demo-secret-change-me-in-production".to_owned());
+    let mut config = herald::Config { listen: SocketAddr::from(([127, 0, 0, 1], port)), ..herald::Config::default() };
+    config.auth.jwt_secret = Some(secret);
     let herald = herald::Herald::new(config)?;
     let server = herald::Server::bind_with_router(herald.clone(), app(herald)).await?;
     println!("listening on http://{}", server.local_addr()?);

@@ -23,9 +23,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error>>;
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> TestResult<T> {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .map_err(|_| format!("timed out after {WAIT:?} waiting for {what}").into())
+    tokio::time::timeout(WAIT, fut).await.map_err(|_| format!("timed out after {WAIT:?} waiting for {what}").into())
 }
 
 /// The example app serving on an ephemeral port until [`TestApp::stop`].
@@ -37,11 +35,12 @@ struct TestApp {
 
 impl TestApp {
     async fn start() -> TestResult<Self> {
-        let config = herald::Config {
+        let mut config = herald::Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain_timeout: Duration::from_secs(1),
             ..herald::Config::default()
         };
+        config.auth.jwt_secret = Some("embedded-test-secret-0123".to_owned());
         let herald = herald::Herald::new(config)?;
         let app = herald_example_axum_app::app(herald.clone());
         let server = herald::Server::bind_with_router(herald, app).await?;
@@ -50,16 +49,18 @@ impl TestApp {
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        Ok(Self {
-            addr,
-            shutdown,
-            task,
-        })
+        Ok(Self { addr, shutdown, task })
     }
 
     /// Sends one request on a fresh HTTP/1.1 connection.
-    async fn request(
+    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> TestResult<Response<Incoming>> {
+        self.request_as(None, method, path, body).await
+    }
+
+    /// Sends one request, with a bearer token if given.
+    async fn request_as(
         &self,
+        token: Option<&str>,
         method: &str,
         path: &str,
         body: Option<Value>,
@@ -67,55 +68,42 @@ impl TestApp {
         let tcp = within("connect", TcpStream::connect(self.addr)).await??;
         let (mut sender, conn) = within("handshake", http1::handshake(TokioIo::new(tcp))).await??;
         tokio::spawn(conn);
-        let builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string());
+        let mut builder = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
         let req = match body {
-            Some(v) => builder
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(v.to_string())))?,
+            Some(v) => {
+                builder.header("content-type", "application/json").body(Full::new(Bytes::from(v.to_string())))?
+            }
             None => builder.body(Full::new(Bytes::new()))?,
         };
         Ok(within("response headers", sender.send_request(req)).await??)
     }
 
     /// Sends a request and reads its whole body as JSON.
-    async fn json(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> TestResult<(StatusCode, Value)> {
+    async fn json(&self, method: &str, path: &str, body: Option<Value>) -> TestResult<(StatusCode, Value)> {
         let resp = self.request(method, path, body).await?;
         let status = resp.status();
-        let bytes = within("response body", resp.into_body().collect())
-            .await??
-            .to_bytes();
+        let bytes = within("response body", resp.into_body().collect()).await??.to_bytes();
         Ok((status, serde_json::from_slice(&bytes)?))
     }
 
     /// Opens an SSE stream and reads up to its `connected` event: from then on the
     /// connection is registered in the hub, so a publish cannot miss it.
     async fn subscribe(&self, channel: &str) -> TestResult<SseStream> {
-        let resp = self
-            .request("GET", &format!("/api/events?channel={channel}"), None)
-            .await?;
+        // `user:<id>` is private: get that user's token from the app first.
+        let user = channel.strip_prefix("user:").unwrap_or("someone");
+        let (status, token) = self.json("GET", &format!("/token/{user}"), None).await?;
+        assert_eq!(status, StatusCode::OK, "token: {token}");
+        let token = token["token"].as_str().ok_or("no token in the answer")?.to_owned();
+        let resp = self.request_as(Some(&token), "GET", &format!("/api/events?channel={channel}"), None).await?;
         assert_eq!(resp.status(), StatusCode::OK, "subscribe to {channel}");
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .map(|v| v.as_bytes().to_vec());
+        let content_type = resp.headers().get("content-type").map(|v| v.as_bytes().to_vec());
         assert_eq!(content_type.as_deref(), Some(&b"text/event-stream"[..]));
-        let mut stream = SseStream {
-            body: resp.into_body(),
-            buf: Vec::new(),
-        };
+        let mut stream = SseStream { body: resp.into_body(), buf: Vec::new() };
         let connected = stream.next_event().await?;
-        assert_eq!(
-            connected.data["type"], "connected",
-            "first event: {connected:?}"
-        );
+        assert_eq!(connected.data["type"], "connected", "first event: {connected:?}");
         Ok(stream)
     }
 
@@ -158,9 +146,7 @@ impl SseStream {
                 }
                 continue;
             }
-            let frame = within("an SSE event", self.body.frame())
-                .await?
-                .ok_or("the SSE stream ended")??;
+            let frame = within("an SSE event", self.body.frame()).await?.ok_or("the SSE stream ended")??;
             if let Ok(chunk) = frame.into_data() {
                 self.buf.extend_from_slice(&chunk);
             }
@@ -179,23 +165,15 @@ async fn notify_route_delivers_a_notification_to_the_users_open_stream() -> Test
 
     let (status, answer) = app.json("POST", "/notify/42", Some(notice())).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    let id = answer["id"]
-        .as_str()
-        .ok_or(format!("no event id in {answer}"))?;
+    let id = answer["id"].as_str().ok_or(format!("no event id in {answer}"))?;
 
     let event = stream.next_event().await?;
     assert_eq!(event.data["type"], "notification", "{event:?}");
     assert_eq!(event.data["channel"], "user:42");
     assert_eq!(event.data["title"], "New follower");
     assert_eq!(event.data["message"], "Ann follows you");
-    assert_eq!(
-        event.data["id"], id,
-        "the stream carries the id the route answered"
-    );
-    assert!(
-        event.id.as_deref().is_some_and(|v| !v.is_empty()),
-        "no `id:` line: {event:?}"
-    );
+    assert_eq!(event.data["id"], id, "the stream carries the id the route answered");
+    assert!(event.id.as_deref().is_some_and(|v| !v.is_empty()), "no `id:` line: {event:?}");
 
     drop(stream);
     app.stop().await
@@ -206,9 +184,7 @@ async fn room_announcement_reaches_the_rooms_stream() -> TestResult {
     let app = TestApp::start().await?;
     let mut stream = app.subscribe("channel:general").await?;
 
-    let (status, answer) = app
-        .json("POST", "/rooms/general/announce", Some(notice()))
-        .await?;
+    let (status, answer) = app.json("POST", "/rooms/general/announce", Some(notice())).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
 
     let event = stream.next_event().await?;
@@ -248,9 +224,7 @@ async fn invalid_user_id_is_refused_with_a_json_error() -> TestResult {
 #[tokio::test]
 async fn room_name_cannot_reach_a_users_private_channel() -> TestResult {
     let app = TestApp::start().await?;
-    let (status, answer) = app
-        .json("POST", "/rooms/user:42/announce", Some(notice()))
-        .await?;
+    let (status, answer) = app.json("POST", "/rooms/user:42/announce", Some(notice())).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["error"]["code"], "invalid_channel", "{answer}");
     app.stop().await
@@ -259,9 +233,7 @@ async fn room_name_cannot_reach_a_users_private_channel() -> TestResult {
 #[tokio::test]
 async fn malformed_body_is_refused_in_the_same_json_error_shape() -> TestResult {
     let app = TestApp::start().await?;
-    let (status, answer) = app
-        .json("POST", "/notify/42", Some(json!({"title": 1})))
-        .await?;
+    let (status, answer) = app.json("POST", "/notify/42", Some(json!({"title": 1}))).await?;
     assert!(status.is_client_error(), "{status}: {answer}");
     assert_eq!(answer["error"]["code"], "invalid_body", "{answer}");
     let (status, answer) = app.json("GET", "/notify/42", None).await?;

@@ -1,0 +1,289 @@
+//! JWT verification: HS256 with a shared secret, RS256/ES256 with public keys from PEM files
+//! or a JWKS URL.
+//!
+//! Each key is bound to its algorithm family, and a token is only ever checked with keys of
+//! the family its header names: an RSA public key is never used as an HMAC secret
+//! (algorithm confusion), and `alg: none` is not an algorithm here at all. JWKS keys are
+//! cached and refetched when they are older than `jwks_refresh` or a token names an
+//! unknown `kid` (at most once per [`REFETCH_GAP`], so forged `kid`s cannot make Herald
+//! hammer the key server).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+
+use super::{AuthError, UserIdentity};
+use crate::config::{AuthConfig, ConfigError};
+
+/// Shortest time between two JWKS fetches triggered by unknown `kid`s.
+pub const REFETCH_GAP: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Rsa,
+    Ec,
+}
+
+#[derive(Clone)]
+struct Key {
+    family: Family,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+struct JwksState {
+    keys: Vec<Key>,
+    fetched: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+struct Jwks {
+    url: String,
+    refresh: Duration,
+    state: tokio::sync::Mutex<JwksState>,
+}
+
+/// Verifies tokens against the configured keys.
+pub struct Verifier {
+    hs: Option<DecodingKey>,
+    keys: Vec<Key>,
+    jwks: Option<Jwks>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    name: Option<String>,
+    subscribe: Option<Vec<String>>,
+    publish: Option<Vec<String>>,
+}
+
+impl Verifier {
+    /// `None` when no way to verify tokens is configured.
+    pub fn from_config(cfg: &AuthConfig) -> Result<Option<Self>, ConfigError> {
+        let mut keys = Vec::new();
+        for path in &cfg.jwt_public_keys {
+            let pem = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let key = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                Key { family: Family::Rsa, kid: None, key: k }
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                Key { family: Family::Ec, kid: None, key: k }
+            } else {
+                return Err(ConfigError::Invalid(format!(
+                    "{} is not an RSA or EC public key in PEM form",
+                    path.display()
+                )));
+            };
+            keys.push(key);
+        }
+        if let Some(url) = &cfg.jwks_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!("auth.jwks_url must be an http(s) URL, not `{url}`")));
+            }
+        }
+        let hs = cfg.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes()));
+        if hs.is_none() && keys.is_empty() && cfg.jwks_url.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            hs,
+            keys,
+            jwks: cfg.jwks_url.as_ref().map(|url| Jwks {
+                url: url.clone(),
+                refresh: cfg.jwks_refresh,
+                state: tokio::sync::Mutex::new(JwksState { keys: Vec::new(), fetched: None, last_attempt: None }),
+            }),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway: cfg.leeway.as_secs(),
+        }))
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<UserIdentity, AuthError> {
+        let header = decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let family = match header.alg {
+            Algorithm::HS256 => None,
+            Algorithm::RS256 => Some(Family::Rsa),
+            Algorithm::ES256 => Some(Family::Ec),
+            other => {
+                return Err(AuthError::InvalidToken(format!("algorithm {other:?} is not accepted")));
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let candidates: Vec<DecodingKey> = match family {
+            None => self.hs.iter().cloned().collect(),
+            Some(family) => self.keys_for(family, header.kid.as_deref()).await?,
+        };
+        if candidates.is_empty() {
+            return Err(AuthError::InvalidToken(format!("no key accepts {:?} tokens here", header.alg)));
+        }
+        let mut last = AuthError::InvalidToken("signature does not verify".into());
+        for key in &candidates {
+            match decode::<Claims>(token, key, &validation) {
+                Ok(data) => return identity(data.claims),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                        ErrorKind::InvalidSignature => AuthError::InvalidToken("signature does not verify".into()),
+                        ErrorKind::ImmatureSignature => {
+                            return Err(AuthError::InvalidToken("the token is not valid yet (nbf)".into()));
+                        }
+                        ErrorKind::InvalidIssuer => {
+                            return Err(AuthError::InvalidToken("wrong issuer".into()));
+                        }
+                        ErrorKind::InvalidAudience => {
+                            return Err(AuthError::InvalidToken("wrong audience".into()));
+                        }
+                        ErrorKind::MissingRequiredClaim(c) => {
+                            return Err(AuthError::InvalidToken(format!("the `{c}` claim is missing")));
+                        }
+                        _ => AuthError::InvalidToken(e.to_string()),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn keys_for(&self, family: Family, kid: Option<&str>) -> Result<Vec<DecodingKey>, AuthError> {
+        let pick = |keys: &[Key]| -> Vec<DecodingKey> {
+            keys.iter()
+                .filter(|k| k.family == family && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid))
+                .map(|k| k.key.clone())
+                .collect()
+        };
+        let mut found = pick(&self.keys);
+        let Some(jwks) = &self.jwks else {
+            return Ok(found);
+        };
+        let mut st = jwks.state.lock().await;
+        let stale = st.fetched.is_none_or(|t| t.elapsed() >= jwks.refresh);
+        let unknown_kid = kid.is_some_and(|kid| !st.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+        let may_refetch = st.last_attempt.is_none_or(|t| t.elapsed() >= REFETCH_GAP);
+        if stale || (unknown_kid && may_refetch) {
+            st.last_attempt = Some(Instant::now());
+            match fetch_jwks(&jwks.url).await {
+                Ok(keys) => {
+                    tracing::debug!(keys = keys.len(), url = %jwks.url, "fetched JWKS");
+                    st.keys = keys;
+                    st.fetched = Some(Instant::now());
+                }
+                Err(e) if st.keys.is_empty() && found.is_empty() => {
+                    tracing::warn!(url = %jwks.url, error = %e, "cannot fetch JWKS");
+                    return Err(AuthError::KeysUnavailable(e));
+                }
+                Err(e) => {
+                    tracing::warn!(url = %jwks.url, error = %e, "cannot refresh JWKS; using the cached keys")
+                }
+            }
+        }
+        found.extend(pick(&st.keys));
+        Ok(found)
+    }
+}
+
+fn identity(c: Claims) -> Result<UserIdentity, AuthError> {
+    if c.sub.is_empty()
+        || c.sub.len() > 128
+        || !c.sub.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@=+".contains(&b))
+    {
+        return Err(AuthError::InvalidToken("`sub` must be 1 to 128 ASCII letters, digits or `_ - . @ = +`".into()));
+    }
+    Ok(UserIdentity {
+        id: Arc::from(c.sub),
+        name: c.name.map(|n| Arc::from(n.chars().take(128).collect::<String>())),
+        subscribe: c.subscribe,
+        publish: c.publish,
+    })
+}
+
+/// Fetches a JWKS document and keeps its RSA and P-256 keys.
+async fn fetch_jwks(url: &str) -> Result<Vec<Key>, String> {
+    let body =
+        tokio::time::timeout(Duration::from_secs(5), http_get(url)).await.map_err(|_| "timed out".to_owned())??;
+    let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut seen = HashSet::new();
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Family::Rsa,
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Family::Ec,
+            _ => continue,
+        };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        let kid = jwk.common.key_id.clone();
+        if kid.as_ref().is_some_and(|k| !seen.insert(k.clone())) {
+            continue;
+        }
+        keys.push(Key { family, kid, key });
+    }
+    Ok(keys)
+}
+
+/// A minimal HTTP/1.1 GET over TCP or TLS (webpki roots), for the JWKS document.
+async fn http_get(url: &str) -> Result<Bytes, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri.host().ok_or("the URL has no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, &host)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = if https {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let tls =
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+        send(TokioIo::new(tls), req).await?
+    } else {
+        send(TokioIo::new(tcp), req).await?
+    };
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body = Limited::new(resp.into_body(), 1024 * 1024).collect().await.map_err(|e| e.to_string())?;
+    Ok(body.to_bytes())
+}
+
+async fn send<T>(io: T, req: hyper::Request<Empty<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}

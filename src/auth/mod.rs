@@ -1,0 +1,136 @@
+//! Authentication: who is asking, from verified credentials only.
+//!
+//! A request's [`Principal`] is an API key (a backend), a user (from a verified JWT, by
+//! header, cookie or single-use ticket) or anonymous. Nothing a client sends in a body or a
+//! query can set an identity. What each principal may do is decided by
+//! [`crate::policy::Policies`]; this module only establishes who it is.
+
+pub mod jwt;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ConfigError};
+use crate::event::Publisher;
+
+/// A user established by a verified token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserIdentity {
+    /// The token's `sub`.
+    pub id: Arc<str>,
+    /// The token's `name`, a display name.
+    pub name: Option<Arc<str>>,
+    /// Channel patterns the token limits subscriptions to (`subscribe` claim), if any.
+    pub subscribe: Option<Vec<String>>,
+    /// Channel patterns the token limits publishing to (`publish` claim), if any.
+    pub publish: Option<Vec<String>>,
+}
+
+/// A publisher key, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub name: String,
+    /// Channel patterns the key reaches.
+    pub channels: Vec<String>,
+}
+
+/// Who is making a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    Anonymous,
+    User(Arc<UserIdentity>),
+    ApiKey(Arc<ApiKey>),
+}
+
+impl Principal {
+    pub fn user_id(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::User(u) => Some(&u.id),
+            _ => None,
+        }
+    }
+
+    /// The identity fields an event published by this principal carries.
+    pub fn publisher(&self) -> Publisher {
+        match self {
+            Self::User(u) => {
+                Publisher { user_id: Some(u.id.to_string()), user_name: u.name.as_ref().map(|n| n.to_string()) }
+            }
+            _ => Publisher::default(),
+        }
+    }
+
+    /// For logs: a user id, an API key's name, or `anonymous`. Never a credential.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Anonymous => "anonymous".to_owned(),
+            Self::User(u) => format!("user:{}", u.id),
+            Self::ApiKey(k) => format!("api_key:{}", k.name),
+        }
+    }
+}
+
+/// A credential was presented and refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("the token is not valid: {0}")]
+    InvalidToken(String),
+    #[error("the token has expired")]
+    Expired,
+    #[error("the API key is not valid")]
+    InvalidApiKey,
+    #[error("the ticket is unknown, expired or already used")]
+    InvalidTicket,
+    #[error("cannot fetch the keys to verify the token: {0}")]
+    KeysUnavailable(String),
+}
+
+/// Verifies credentials against the configuration.
+pub struct Authenticator {
+    jwt: Option<jwt::Verifier>,
+    api_keys: Vec<([u8; 32], Arc<ApiKey>)>,
+    pub cookie_name: String,
+}
+
+impl Authenticator {
+    pub fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
+        let jwt = jwt::Verifier::from_config(&cfg.auth)?;
+        let api_keys = cfg
+            .api_keys
+            .iter()
+            .map(|k| (digest(&k.key), Arc::new(ApiKey { name: k.name.clone(), channels: k.channels.clone() })))
+            .collect();
+        Ok(Self { jwt, api_keys, cookie_name: cfg.auth.cookie_name.clone() })
+    }
+
+    /// Verifies a JWT and returns the user it names.
+    pub async fn verify_token(&self, token: &str) -> Result<UserIdentity, AuthError> {
+        match &self.jwt {
+            Some(v) => v.verify(token).await,
+            None => Err(AuthError::InvalidToken("this server does not accept tokens".into())),
+        }
+    }
+
+    /// Finds the API key presented, comparing digests so timing says nothing of the keys.
+    pub fn verify_api_key(&self, presented: &str) -> Result<Arc<ApiKey>, AuthError> {
+        let d = digest(presented);
+        self.api_keys.iter().find(|(k, _)| *k == d).map(|(_, key)| Arc::clone(key)).ok_or(AuthError::InvalidApiKey)
+    }
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A new unguessable ticket: 32 bytes from the system's secure random source.
+pub fn new_ticket() -> Result<String, ring::error::Unspecified> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}

@@ -1,0 +1,76 @@
+//! Who is asking: the request's credentials turned into a [`Principal`].
+//!
+//! Looked for in this order: an API key (`X-Api-Key`, or `Authorization: apikey <key>`), a
+//! bearer token (`Authorization: Bearer <jwt>`), a ticket (`?ticket=`, streams only), the
+//! token cookie. A credential that is present but wrong is refused with `401`; it never
+//! falls back to anonymous. Credentials are never logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode, header};
+
+use super::error::ApiError;
+use crate::auth::{AuthError, Principal};
+use crate::herald::Herald;
+
+/// The peer's address, set by Herald's server on every request.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Establishes the principal of a request.
+pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str>) -> Result<Principal, ApiError> {
+    let auth = herald.auth();
+    if let Some(key) = headers.get("x-api-key") {
+        let key = key.to_str().map_err(|_| AuthError::InvalidApiKey)?;
+        return Ok(Principal::ApiKey(auth.verify_api_key(key)?));
+    }
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| unauthorized("malformed Authorization header"))?;
+        let (scheme, credential) =
+            value.trim().split_once(' ').ok_or_else(|| unauthorized("malformed Authorization header"))?;
+        let credential = credential.trim();
+        return match scheme.to_ascii_lowercase().as_str() {
+            "bearer" => Ok(Principal::User(Arc::new(auth.verify_token(credential).await?))),
+            "apikey" => Ok(Principal::ApiKey(auth.verify_api_key(credential)?)),
+            _ => Err(unauthorized("the Authorization scheme must be Bearer or apikey")),
+        };
+    }
+    if let Some(ticket) = ticket {
+        return match herald.redeem_ticket(ticket).await? {
+            Some(user) => Ok(Principal::User(Arc::new(user))),
+            None => Err(AuthError::InvalidTicket.into()),
+        };
+    }
+    if let Some(token) = cookie(headers, &auth.cookie_name) {
+        return Ok(Principal::User(Arc::new(auth.verify_token(&token).await?)));
+    }
+    Ok(Principal::Anonymous)
+}
+
+/// The key a publisher's rate limit is kept under.
+pub fn rate_key(who: &Principal, peer: Option<PeerAddr>) -> String {
+    match who {
+        Principal::Anonymous => match peer {
+            Some(PeerAddr(addr)) => format!("anon:{}", addr.ip()),
+            None => "anon".to_owned(),
+        },
+        Principal::User(u) => format!("user:{}", u.id),
+        Principal::ApiKey(k) => format!("key:{}", k.name),
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_owned())
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}

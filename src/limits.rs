@@ -1,0 +1,86 @@
+//! Rate limits: token buckets keyed by who is publishing.
+//!
+//! A bucket holds up to `burst` tokens and refills at `rate` per second; a publish of n
+//! events takes n tokens or is refused with the time until it would fit. Buckets of keys
+//! that have been idle long enough to be full again are dropped by [`RateLimiter::sweep`],
+//! so the map holds only recently active publishers.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A token bucket per key.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes `cost` tokens from `key`'s bucket, or says how long until they would be there.
+    pub fn check(&self, key: &str, cost: f64) -> Result<(), Duration> {
+        self.check_at(key, cost, Instant::now())
+    }
+
+    fn check_at(&self, key: &str, cost: f64, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: self.burst, last: now });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.last = now;
+        if cost > self.burst {
+            return Err(Duration::from_secs_f64(cost / self.rate));
+        }
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((cost - bucket.tokens) / self.rate))
+        }
+    }
+
+    /// Drops buckets that would be full by now.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let full_after = Duration::from_secs_f64(self.burst / self.rate);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
+    }
+
+    /// Keys with a live bucket (for tests).
+    pub fn len(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
+        let rl = RateLimiter::new(10.0, 5.0);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(rl.check_at("u", 1.0, t0), Ok(()));
+        }
+        let wait = rl.check_at("u", 1.0, t0).err().unwrap_or_default();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        assert_eq!(rl.check_at("other", 1.0, t0), Ok(()), "keys are independent");
+        assert_eq!(rl.check_at("u", 1.0, t0 + Duration::from_millis(100)), Ok(()));
+        assert!(rl.check_at("u", 6.0, t0 + Duration::from_secs(60)).is_err(), "more than a burst never fits");
+    }
+}

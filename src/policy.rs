@@ -1,0 +1,275 @@
+//! Channel policies: who may subscribe to and publish on each namespace, and its limits.
+//!
+//! [`Policies`] resolves the namespaces of the configuration over the built-in ones:
+//!
+//! | namespace | subscribe | publish | presence |
+//! |---|---|---|---|
+//! | `user:<id>` | the owner | API keys | off |
+//! | `channel:<name>` | authenticated users | authenticated users | on |
+//! | `system` | authenticated users | API keys | off |
+//!
+//! In dev mode (no authentication configured) `channel:` and `system` are open to anyone.
+//! API keys may reach every channel their patterns cover. A user's token may narrow what
+//! the user reaches with `subscribe`/`publish` grants; it can never widen a namespace's rule.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::auth::Principal;
+use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE, SYSTEM_CHANNEL, USER_NAMESPACE};
+use crate::config::{Access, Config, NamespaceConfig};
+
+/// The resolved settings of one namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Namespace {
+    pub subscribe: Access,
+    pub publish: Access,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub presence: bool,
+    pub max_payload_bytes: usize,
+}
+
+/// Why an action on a channel was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("authentication required to {action} `{channel}`")]
+    Unauthenticated { action: &'static str, channel: String },
+    #[error("not allowed to {action} `{channel}`")]
+    Forbidden { action: &'static str, channel: String },
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Subscribe,
+    Publish,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe to",
+            Self::Publish => "publish on",
+        }
+    }
+}
+
+/// Every namespace's policy.
+#[derive(Clone, Debug)]
+pub struct Policies {
+    namespaces: HashMap<String, Namespace>,
+    pub dev_mode: bool,
+}
+
+impl Policies {
+    pub fn from_config(cfg: &Config) -> Self {
+        let dev_mode = !cfg.auth_configured();
+        let open = if dev_mode { Access::Anyone } else { Access::Authenticated };
+        let base = |subscribe, publish, presence| Namespace {
+            subscribe,
+            publish,
+            history_size: cfg.history_size,
+            history_ttl: cfg.history_ttl,
+            presence,
+            max_payload_bytes: cfg.max_payload_bytes,
+        };
+        let mut namespaces = HashMap::new();
+        namespaces.insert(USER_NAMESPACE.to_owned(), base(Access::Owner, Access::ApiKey, false));
+        namespaces.insert(ROOM_NAMESPACE.to_owned(), base(open, open, true));
+        let system_publish = if dev_mode { Access::Anyone } else { Access::ApiKey };
+        namespaces.insert(SYSTEM_CHANNEL.to_owned(), base(open, system_publish, false));
+        for (name, over) in &cfg.namespaces {
+            let ns = namespaces
+                .entry(name.clone())
+                .or_insert_with(|| base(Access::Authenticated, Access::Authenticated, false));
+            apply(ns, over);
+        }
+        Self { namespaces, dev_mode }
+    }
+
+    /// Parses a channel name whose namespace is configured.
+    pub fn parse_channel(&self, raw: &str) -> Result<ChannelName, ChannelError> {
+        ChannelName::parse_with(raw, |ns| self.namespaces.contains_key(ns))
+    }
+
+    /// The policy of a channel's namespace.
+    pub fn of(&self, channel: &ChannelName) -> Option<&Namespace> {
+        self.namespaces.get(channel.namespace())
+    }
+
+    pub fn can_subscribe(&self, who: &Principal, channel: &ChannelName) -> Result<(), Denied> {
+        self.check(who, channel, Action::Subscribe)
+    }
+
+    pub fn can_publish(&self, who: &Principal, channel: &ChannelName) -> Result<(), Denied> {
+        self.check(who, channel, Action::Publish)
+    }
+
+    fn check(&self, who: &Principal, channel: &ChannelName, action: Action) -> Result<(), Denied> {
+        let forbidden = || Denied::Forbidden { action: action.as_str(), channel: channel.to_string() };
+        let Some(ns) = self.of(channel) else {
+            return Err(forbidden());
+        };
+        let access = match action {
+            Action::Subscribe => ns.subscribe,
+            Action::Publish => ns.publish,
+        };
+        match who {
+            Principal::ApiKey(key) => {
+                if key.channels.iter().any(|p| glob(p, channel.as_str())) {
+                    Ok(())
+                } else {
+                    Err(forbidden())
+                }
+            }
+            Principal::Anonymous => match access {
+                Access::Anyone => Ok(()),
+                _ => Err(Denied::Unauthenticated { action: action.as_str(), channel: channel.to_string() }),
+            },
+            Principal::User(user) => {
+                let allowed = match access {
+                    Access::Anyone | Access::Authenticated => {
+                        let grants = match action {
+                            Action::Subscribe => &user.subscribe,
+                            Action::Publish => &user.publish,
+                        };
+                        grants.as_ref().is_none_or(|g| g.iter().any(|p| glob(p, channel.as_str())))
+                    }
+                    Access::Owner => channel.as_str().split_once(':').is_some_and(|(_, id)| id == &*user.id),
+                    Access::ApiKey => false,
+                };
+                if allowed { Ok(()) } else { Err(forbidden()) }
+            }
+        }
+    }
+}
+
+fn apply(ns: &mut Namespace, over: &NamespaceConfig) {
+    if let Some(v) = over.subscribe {
+        ns.subscribe = v;
+    }
+    if let Some(v) = over.publish {
+        ns.publish = v;
+    }
+    if let Some(v) = over.history_size {
+        ns.history_size = v;
+    }
+    if let Some(v) = over.history_ttl {
+        ns.history_ttl = v;
+    }
+    if let Some(v) = over.presence {
+        ns.presence = v;
+    }
+    if let Some(v) = over.max_payload_bytes {
+        ns.max_payload_bytes = v;
+    }
+}
+
+/// Glob match where `*` stands for any run of characters (possibly empty).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return text.is_empty();
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::{ApiKey, UserIdentity};
+
+    fn user(id: &str, subscribe: Option<Vec<&str>>) -> Principal {
+        Principal::User(Arc::new(UserIdentity {
+            id: Arc::from(id),
+            name: None,
+            subscribe: subscribe.map(|v| v.into_iter().map(str::to_owned).collect()),
+            publish: None,
+        }))
+    }
+
+    fn ch(p: &Policies, s: &str) -> ChannelName {
+        p.parse_channel(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn secured() -> Policies {
+        let cfg = Config {
+            auth: crate::config::AuthConfig { jwt_secret: Some("x".repeat(32)), ..Default::default() },
+            ..Config::default()
+        };
+        Policies::from_config(&cfg)
+    }
+
+    #[test]
+    fn globs_match_like_shell_stars() {
+        assert!(glob("*", "anything"));
+        assert!(glob("channel:team-*", "channel:team-a"));
+        assert!(!glob("channel:team-*", "channel:other"));
+        assert!(glob("channel:*.log", "channel:a.b.log"));
+        assert!(glob("a*b*c", "aXbYc"));
+        assert!(!glob("a*b*c", "aXcYb"));
+        assert!(glob("exact", "exact") && !glob("exact", "exactly"));
+        assert!(!glob("ab*ba", "aba"), "the parts may not overlap");
+    }
+
+    #[test]
+    fn user_channels_belong_to_their_owner_and_api_keys() {
+        let p = secured();
+        let mine = ch(&p, "user:42");
+        assert_eq!(p.can_subscribe(&user("42", None), &mine), Ok(()));
+        assert!(matches!(p.can_subscribe(&user("43", None), &mine), Err(Denied::Forbidden { .. })));
+        assert!(matches!(p.can_subscribe(&Principal::Anonymous, &mine), Err(Denied::Unauthenticated { .. })));
+        assert!(p.can_publish(&user("42", None), &mine).is_err(), "users do not publish to user channels");
+        let key = Principal::ApiKey(Arc::new(ApiKey { name: "backend".into(), channels: vec!["*".into()] }));
+        assert_eq!(p.can_publish(&key, &mine), Ok(()));
+    }
+
+    #[test]
+    fn grants_narrow_but_never_widen() {
+        let p = secured();
+        let narrow = user("1", Some(vec!["channel:team-*"]));
+        assert_eq!(p.can_subscribe(&narrow, &ch(&p, "channel:team-a")), Ok(()));
+        assert!(p.can_subscribe(&narrow, &ch(&p, "channel:general")).is_err());
+        let wide = user("1", Some(vec!["*"]));
+        assert!(p.can_subscribe(&wide, &ch(&p, "user:2")).is_err(), "a grant cannot open someone else's channel");
+    }
+
+    #[test]
+    fn dev_mode_opens_rooms_and_system_to_anyone_but_not_user_channels() {
+        let p = Policies::from_config(&Config::default());
+        assert!(p.dev_mode);
+        for c in ["channel:general", "system"] {
+            assert_eq!(p.can_subscribe(&Principal::Anonymous, &ch(&p, c)), Ok(()));
+            assert_eq!(p.can_publish(&Principal::Anonymous, &ch(&p, c)), Ok(()));
+        }
+        assert!(p.can_subscribe(&Principal::Anonymous, &ch(&p, "user:1")).is_err());
+    }
+
+    #[test]
+    fn configured_namespaces_exist_and_override_defaults() {
+        let cfg: Config = Config::from_toml(
+            "[namespaces.incidents]\nsubscribe = \"anyone\"\nhistory_size = 7\n[namespaces.channel]\npresence = false\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = Policies::from_config(&cfg);
+        let inc = ch(&p, "incidents:INC-1");
+        assert_eq!(p.of(&inc).map(|n| (n.subscribe, n.history_size)), Some((Access::Anyone, 7)));
+        assert_eq!(p.of(&ch(&p, "channel:x")).map(|n| n.presence), Some(false));
+        assert!(p.parse_channel("unknown:x").is_err());
+    }
+}
