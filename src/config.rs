@@ -96,6 +96,9 @@ pub struct AuthConfig {
     /// How long fetched JWKS keys are trusted before a refetch.
     #[serde(deserialize_with = "duration")]
     pub jwks_refresh: Duration,
+    /// Shortest time between two JWKS fetches caused by tokens naming an unknown `kid`.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_refetch_gap: Duration,
     /// Required `iss` claim, if set.
     pub issuer: Option<String>,
     /// Required `aud` claim, if set.
@@ -117,6 +120,7 @@ impl Default for AuthConfig {
             jwt_public_keys: Vec::new(),
             jwks_url: None,
             jwks_refresh: Duration::from_secs(300),
+            jwks_refetch_gap: Duration::from_secs(10),
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(5),

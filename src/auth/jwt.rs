@@ -5,7 +5,7 @@
 //! the family its header names: an RSA public key is never used as an HMAC secret
 //! (algorithm confusion), and `alg: none` is not an algorithm here at all. JWKS keys are
 //! cached and refetched when they are older than `jwks_refresh` or a token names an
-//! unknown `kid` (at most once per [`REFETCH_GAP`], so forged `kid`s cannot make Herald
+//! unknown `kid` (at most once per `jwks_refetch_gap`, so forged `kid`s cannot make Herald
 //! hammer the key server).
 
 use std::collections::HashSet;
@@ -21,9 +21,6 @@ use serde::Deserialize;
 
 use super::{AuthError, UserIdentity};
 use crate::config::{AuthConfig, ConfigError};
-
-/// Shortest time between two JWKS fetches triggered by unknown `kid`s.
-pub const REFETCH_GAP: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
@@ -47,6 +44,7 @@ struct JwksState {
 struct Jwks {
     url: String,
     refresh: Duration,
+    refetch_gap: Duration,
     state: tokio::sync::Mutex<JwksState>,
 }
 
@@ -101,6 +99,7 @@ impl Verifier {
             jwks: cfg.jwks_url.as_ref().map(|url| Jwks {
                 url: url.clone(),
                 refresh: cfg.jwks_refresh,
+                refetch_gap: cfg.jwks_refetch_gap,
                 state: tokio::sync::Mutex::new(JwksState { keys: Vec::new(), fetched: None, last_attempt: None }),
             }),
             issuer: cfg.issuer.clone(),
@@ -180,7 +179,7 @@ impl Verifier {
         let mut st = jwks.state.lock().await;
         let stale = st.fetched.is_none_or(|t| t.elapsed() >= jwks.refresh);
         let unknown_kid = kid.is_some_and(|kid| !st.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
-        let may_refetch = st.last_attempt.is_none_or(|t| t.elapsed() >= REFETCH_GAP);
+        let may_refetch = st.last_attempt.is_none_or(|t| t.elapsed() >= jwks.refetch_gap);
         if stale || (unknown_kid && may_refetch) {
             st.last_attempt = Some(Instant::now());
             match fetch_jwks(&jwks.url).await {

@@ -1,0 +1,335 @@
+//! Authentication and channel policies over real HTTP: who may subscribe and publish where,
+//! with which credential, and that identity always comes from the credential.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use support::{API_KEY, Proto, SECRET, TempDir, TestServer, now, token, token_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const RSA_PRIVATE: &str = include_str!("data/rsa-test-private.pem");
+const RSA_PUBLIC: &str = include_str!("data/rsa-test-public.pem");
+
+fn claims(sub: &str) -> Value {
+    json!({"sub": sub, "name": format!("User {sub}"), "exp": now() + 3600})
+}
+
+fn bearer(token: &str) -> (String, String) {
+    ("authorization".to_owned(), format!("Bearer {token}"))
+}
+
+/// Subscribes with the given headers and returns the status and error code.
+async fn try_subscribe(server: &TestServer, query: &str, headers: &[(String, String)]) -> (u16, String) {
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let resp = server.client(Proto::H1).open_events(query, &h).await;
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return (200, String::new());
+    }
+    let (_, body) = support::read_json(resp).await;
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn a_user_subscribes_to_their_own_channel_and_never_to_another_users() {
+    let server = TestServer::secured(|_| {}).await;
+    let me = [bearer(&token("42"))];
+    assert_eq!(try_subscribe(&server, "channel=user:42", &me).await.0, 200);
+    assert_eq!(try_subscribe(&server, "channel=user:43", &me).await, (403, "forbidden".into()));
+    assert_eq!(try_subscribe(&server, "channel=user:42", &[]).await, (401, "unauthorized".into()));
+    assert_eq!(try_subscribe(&server, "channel=channel:general", &[]).await, (401, "unauthorized".into()));
+    // One forbidden channel refuses the whole stream.
+    assert_eq!(try_subscribe(&server, "channel=channel:general&channel=user:43", &me).await.0, 403);
+}
+
+#[tokio::test]
+async fn bad_expired_forged_and_unsigned_tokens_are_refused() {
+    let server = TestServer::secured(|_| {}).await;
+    let q = "channel=channel:general";
+    let expired = token_with(json!({"sub": "1", "exp": now() - 120}));
+    assert_eq!(try_subscribe(&server, q, &[bearer(&expired)]).await, (401, "token_expired".into()));
+    let early = token_with(json!({"sub": "1", "exp": now() + 3600, "nbf": now() + 600}));
+    assert_eq!(try_subscribe(&server, q, &[bearer(&early)]).await, (401, "invalid_token".into()));
+    let forged = encode(&Header::default(), &claims("1"), &EncodingKey::from_secret(b"another-secret-entirely"))
+        .unwrap_or_default();
+    assert_eq!(try_subscribe(&server, q, &[bearer(&forged)]).await, (401, "invalid_token".into()));
+    let no_exp = token_with(json!({"sub": "1"}));
+    assert_eq!(try_subscribe(&server, q, &[bearer(&no_exp)]).await, (401, "invalid_token".into()));
+    let no_sub = token_with(json!({"exp": now() + 3600}));
+    assert_eq!(try_subscribe(&server, q, &[bearer(&no_sub)]).await, (401, "invalid_token".into()));
+    // `alg: none`: a header and claims with an empty signature.
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims("1")));
+    assert_eq!(try_subscribe(&server, q, &[bearer(&unsigned)]).await, (401, "invalid_token".into()));
+    assert_eq!(try_subscribe(&server, q, &[bearer("garbage")]).await, (401, "invalid_token".into()));
+    let basic = [("authorization".to_owned(), "Basic dXNlcjpwYXNz".to_owned())];
+    assert_eq!(try_subscribe(&server, q, &basic).await, (401, "unauthorized".into()));
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_verify_with_public_keys_and_cannot_be_confused_with_hs256() {
+    let tmp = TempDir::new();
+    let ec = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let (rsa_path, ec_path) = (tmp.path.join("rsa.pem"), tmp.path.join("ec.pem"));
+    std::fs::write(&rsa_path, RSA_PUBLIC).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&ec_path, ec.public_key_pem()).unwrap_or_else(|e| panic!("{e}"));
+    let server = TestServer::with(|c| c.auth.jwt_public_keys = vec![rsa_path.clone(), ec_path.clone()]).await;
+    let q = "channel=channel:general";
+
+    let rsa_key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let rs = encode(&Header::new(Algorithm::RS256), &claims("r"), &rsa_key).unwrap_or_default();
+    assert_eq!(try_subscribe(&server, q, &[bearer(&rs)]).await.0, 200, "RS256");
+    let ec_key = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let es = encode(&Header::new(Algorithm::ES256), &claims("e"), &ec_key).unwrap_or_default();
+    assert_eq!(try_subscribe(&server, q, &[bearer(&es)]).await.0, 200, "ES256");
+
+    // Algorithm confusion: HS256 "signed" with a public key as the secret.
+    for public in [RSA_PUBLIC.to_owned(), ec.public_key_pem()] {
+        let confused =
+            encode(&Header::new(Algorithm::HS256), &claims("x"), &EncodingKey::from_secret(public.as_bytes()))
+                .unwrap_or_default();
+        assert_eq!(try_subscribe(&server, q, &[bearer(&confused)]).await, (401, "invalid_token".into()));
+    }
+    // An RS256 header over an ES256 signature is refused too.
+    let mut parts: Vec<String> = es.split('.').map(str::to_owned).collect();
+    parts[0] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
+    assert_eq!(try_subscribe(&server, q, &[bearer(&parts.join("."))]).await.0, 401);
+}
+
+/// A one-route HTTP server that serves a JWKS document and counts the fetches.
+async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, fetches: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let doc = doc.clone();
+            let fetches = fetches.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let body = doc.lock().map(|d| d.to_string()).unwrap_or_default();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+fn ec_jwk(key: &rcgen::KeyPair, kid: &str) -> Value {
+    let raw = key.public_key_raw(); // 0x04 || X || Y
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65]), "kid": kid, "alg": "ES256", "use": "sig"})
+}
+
+fn es256(key: &rcgen::KeyPair, kid: &str, sub: &str) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    let enc = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    encode(&header, &claims(sub), &enc).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn jwks_keys_are_fetched_cached_and_refetched_for_an_unknown_kid() {
+    let k1 = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let k2 = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let doc = Arc::new(std::sync::Mutex::new(json!({"keys": [ec_jwk(&k1, "k1")]})));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let addr = jwks_server(doc.clone(), fetches.clone()).await;
+    let server = TestServer::with(|c| {
+        c.auth.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
+        c.auth.jwks_refetch_gap = std::time::Duration::ZERO;
+    })
+    .await;
+    let q = "channel=channel:general";
+    assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k1, "k1", "a"))]).await.0, 200);
+    assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k1, "k1", "b"))]).await.0, 200);
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "the second token used the cached keys");
+
+    // The key server rotates in k2; a token naming k2 makes Herald refetch.
+    if let Ok(mut d) = doc.lock() {
+        *d = json!({"keys": [ec_jwk(&k1, "k1"), ec_jwk(&k2, "k2")]});
+    }
+    assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k2, "k2", "c"))]).await.0, 200);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    // A kid nobody has: refused after one more fetch.
+    assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k2, "nope", "d"))]).await, (401, "invalid_token".into()));
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let server = TestServer::secured(|c| {
+        c.auth.issuer = Some("https://id.example".into());
+        c.auth.audience = Some("herald".into());
+    })
+    .await;
+    let q = "channel=channel:general";
+    let good = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://id.example", "aud": "herald"}));
+    assert_eq!(try_subscribe(&server, q, &[bearer(&good)]).await.0, 200);
+    let wrong_iss = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://evil", "aud": "herald"}));
+    assert_eq!(try_subscribe(&server, q, &[bearer(&wrong_iss)]).await, (401, "invalid_token".into()));
+    let wrong_aud = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://id.example", "aud": "other"}));
+    assert_eq!(try_subscribe(&server, q, &[bearer(&wrong_aud)]).await, (401, "invalid_token".into()));
+}
+
+#[tokio::test]
+async fn a_token_in_the_configured_cookie_authenticates_a_stream() {
+    let server = TestServer::secured(|c| c.auth.cookie_name = "session_jwt".into()).await;
+    let cookie = [("cookie".to_owned(), format!("theme=dark; session_jwt={}", token("7")))];
+    assert_eq!(try_subscribe(&server, "channel=user:7", &cookie).await.0, 200);
+    let wrong_name = [("cookie".to_owned(), format!("herald_token={}", token("7")))];
+    assert_eq!(try_subscribe(&server, "channel=user:7", &wrong_name).await.0, 401);
+    let bad = [("cookie".to_owned(), "session_jwt=garbage".to_owned())];
+    assert_eq!(try_subscribe(&server, "channel=user:7", &bad).await, (401, "invalid_token".into()));
+}
+
+#[tokio::test]
+async fn a_ticket_opens_one_stream_as_its_user_and_only_once() {
+    let server = TestServer::secured(|_| {}).await;
+    let mut user = server.client(Proto::H1).user("42");
+    let (status, body) = user.post_raw("/api/tickets", "").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["expiresIn"], 30, "the default lifetime is 30 s");
+    let ticket = body["ticket"].as_str().unwrap_or_default().to_owned();
+    assert!(ticket.len() >= 40, "unguessable: {ticket}");
+
+    let mut anonymous = server.client(Proto::H1);
+    let mut stream = anonymous.subscribe(&format!("channel=user:42&ticket={ticket}"), &[]).await;
+    server.client(Proto::H1).backend().publish(&json!({"channel": "user:42", "type": "notification", "n": 1})).await;
+    assert_eq!(stream.expect().await.data["n"], 1);
+    // Single use, even for the same user and channel.
+    let (status, code) = try_subscribe(&server, &format!("channel=user:42&ticket={ticket}"), &[]).await;
+    assert_eq!((status, code.as_str()), (401, "invalid_ticket"));
+    // A ticket only ever stands for its own user.
+    let (_, body) = user.post_raw("/api/tickets", "").await;
+    let other = body["ticket"].as_str().unwrap_or_default();
+    assert_eq!(try_subscribe(&server, &format!("channel=user:43&ticket={other}"), &[]).await.0, 403);
+    // Tickets need a user: not anonymous, not an API key.
+    assert_eq!(server.client(Proto::H1).post_raw("/api/tickets", "").await.0, 401);
+    assert_eq!(server.client(Proto::H1).backend().post_raw("/api/tickets", "").await.0, 403);
+}
+
+#[tokio::test]
+async fn an_expired_ticket_is_refused() {
+    let server = TestServer::secured(|c| c.auth.ticket_ttl = std::time::Duration::from_nanos(1)).await;
+    let (_, body) = server.client(Proto::H1).user("1").post_raw("/api/tickets", "").await;
+    let ticket = body["ticket"].as_str().unwrap_or_default();
+    assert_eq!(
+        try_subscribe(&server, &format!("channel=user:1&ticket={ticket}"), &[]).await,
+        (401, "invalid_ticket".into())
+    );
+}
+
+#[tokio::test]
+async fn api_keys_publish_anywhere_their_scope_allows_and_nowhere_else() {
+    let server = TestServer::secured(|c| {
+        c.api_keys.push(herald::config::ApiKeyConfig {
+            name: "news".into(),
+            key: "news-key-0123456789abcdef".into(),
+            channels: vec!["channel:news-*".into()],
+        })
+    })
+    .await;
+    let mut stream = server.client(Proto::H1).user("42").subscribe("channel=user:42", &[]).await;
+    let mut backend = server.client(Proto::H1).with_header("authorization", &format!("apikey {API_KEY}"));
+    backend.publish(&json!({"channel": "user:42", "type": "badge_update", "count": 3})).await;
+    assert_eq!(stream.expect().await.data["count"], 3);
+
+    let mut news = server.client(Proto::H1).with_header("x-api-key", "news-key-0123456789abcdef");
+    assert_eq!(news.post_json("/api/publish", &json!({"channel": "channel:news-1", "type": "update"})).await.0, 200);
+    let (status, body) = news.post_json("/api/publish", &json!({"channel": "user:42", "type": "update"})).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (403, Some("forbidden")));
+    let mut wrong = server.client(Proto::H1).with_header("x-api-key", "not-a-key-at-all-0000");
+    let (status, body) = wrong.post_json("/api/publish", &json!({"channel": "channel:news-1", "type": "update"})).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    // Users never publish on user channels, not even their own.
+    let (status, _) = server
+        .client(Proto::H1)
+        .user("42")
+        .post_json("/api/publish", &json!({"channel": "user:42", "type": "x"}))
+        .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn published_events_carry_the_identity_of_the_token_not_of_the_body() {
+    let server = TestServer::secured(|_| {}).await;
+    let mut stream = server.client(Proto::H2c).user("9").subscribe("channel=channel:general", &[]).await;
+    let mut ann = server.client(Proto::H2c).user("ann");
+    ann.publish(
+        &json!({"channel": "channel:general", "type": "chat", "content": "hi", "userId": "admin", "userName": "Admin"}),
+    )
+    .await;
+    let ev = stream.expect().await;
+    assert_eq!((ev.data["userId"].as_str(), ev.data["userName"].as_str()), (Some("ann"), Some("User ann")));
+    // A backend's events carry no user identity at all.
+    server
+        .client(Proto::H2c)
+        .backend()
+        .publish(&json!({"channel": "channel:general", "type": "chat", "userId": "admin"}))
+        .await;
+    assert!(stream.expect().await.data.get("userId").is_none());
+}
+
+#[tokio::test]
+async fn grants_in_the_token_narrow_what_a_user_reaches() {
+    let server = TestServer::secured(|_| {}).await;
+    let limited = token_with(json!({"sub": "5", "exp": now() + 60, "subscribe": ["channel:team-*"], "publish": []}));
+    let h = [bearer(&limited)];
+    assert_eq!(try_subscribe(&server, "channel=channel:team-a", &h).await.0, 200);
+    assert_eq!(try_subscribe(&server, "channel=channel:general", &h).await.0, 403);
+    assert_eq!(try_subscribe(&server, "channel=user:5", &h).await.0, 200, "grants never close the user's own channel");
+    let mut c = server.client(Proto::H1).with_header("authorization", &format!("Bearer {limited}"));
+    assert_eq!(c.post_json("/api/publish", &json!({"channel": "channel:team-a", "type": "chat"})).await.0, 403);
+}
+
+#[tokio::test]
+async fn configured_namespaces_apply_their_own_policy_and_unknown_ones_are_refused() {
+    let server = TestServer::secured(|c| {
+        c.namespaces.insert(
+            "incidents".into(),
+            herald::config::NamespaceConfig { subscribe: Some(herald::config::Access::Anyone), ..Default::default() },
+        );
+    })
+    .await;
+    assert_eq!(try_subscribe(&server, "channel=incidents:INC-1", &[]).await.0, 200, "anonymous allowed here");
+    assert_eq!(try_subscribe(&server, "channel=rooms:x", &[]).await, (400, "invalid_channel".into()));
+    assert_eq!(try_subscribe(&server, "channel=system", &[]).await.0, 401, "system needs a user when auth is on");
+    let mut user = server.client(Proto::H1).user("1");
+    assert_eq!(user.post_json("/api/publish", &json!({"channel": "system", "type": "system"})).await.0, 403);
+    assert_eq!(
+        user.post_json("/api/publish", &json!({"channel": "incidents:INC-1", "type": "incident.created"})).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn dev_mode_lets_anonymous_clients_use_rooms_and_system_but_not_user_channels() {
+    let server = TestServer::start().await;
+    let mut anon = server.client(Proto::H1);
+    let mut stream = anon.subscribe("channel=channel:general&channel=system", &[]).await;
+    anon.publish(&json!({"channel": "system", "type": "system", "message": "hello"})).await;
+    assert_eq!(stream.expect().await.data["message"], "hello");
+    assert_eq!(try_subscribe(&server, "channel=user:1", &[]).await.0, 401);
+}
+
+#[test]
+fn without_auth_a_public_address_is_refused_unless_anonymous_is_allowed() {
+    let public =
+        herald::Config { listen: "0.0.0.0:8080".parse().unwrap_or_else(|e| panic!("{e}")), ..Default::default() };
+    let err = public.validate().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("--allow-anonymous"), "{err}");
+    assert!(herald::Config { allow_anonymous: true, ..public.clone() }.validate().is_ok());
+    let mut secured = public;
+    secured.auth.jwt_secret = Some(SECRET.to_owned());
+    assert!(secured.validate().is_ok());
+}

@@ -1,0 +1,147 @@
+//! Limits trip exactly at their configured values, say so in the standard error with
+//! `Retry-After`, and recover; one client's excess never slows another's delivery.
+
+mod support;
+
+use serde_json::json;
+use support::{Proto, TestServer, within};
+
+async fn status_and_code(resp: hyper::Response<hyper::body::Incoming>) -> (u16, String, Option<String>) {
+    let status = resp.status().as_u16();
+    let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if status == 200 {
+        return (200, String::new(), retry);
+    }
+    let (_, body) = support::read_json(resp).await;
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_owned(), retry)
+}
+
+/// Waits until the server has unregistered connections down to `n`.
+async fn connections_drop_to(server: &TestServer, n: usize) {
+    within("connections to be released", async {
+        while server.herald.connection_count() > n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_node_connection_limit_answers_503_at_capacity_and_recovers() {
+    let server = TestServer::with(|c| c.max_connections = 2).await;
+    let a = server.client(Proto::H1).subscribe("channel=channel:x", &[]).await;
+    let _b = server.client(Proto::H1).subscribe("channel=channel:x", &[]).await;
+    let (status, code, retry) =
+        status_and_code(server.client(Proto::H1).open_events("channel=channel:x", &[]).await).await;
+    assert_eq!((status, code.as_str()), (503, "server_at_capacity"));
+    assert!(retry.is_some(), "Retry-After tells the client when to come back");
+    drop(a);
+    connections_drop_to(&server, 1).await;
+    let _c = server.client(Proto::H1).subscribe("channel=channel:x", &[]).await;
+}
+
+#[tokio::test]
+async fn the_per_user_connection_limit_answers_429_for_that_user_only_and_recovers() {
+    let server = TestServer::secured(|c| c.max_connections_per_user = 2).await;
+    let first = server.client(Proto::H2c).user("u").subscribe("channel=user:u", &[]).await;
+    let _second = server.client(Proto::H2c).user("u").subscribe("channel=channel:x", &[]).await;
+    let third = server.client(Proto::H2c).user("u").open_events("channel=user:u", &[]).await;
+    let (status, code, retry) = status_and_code(third).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_connections"));
+    assert!(retry.is_some());
+    let _other = server.client(Proto::H2c).user("v").subscribe("channel=user:v", &[]).await;
+    drop(first);
+    connections_drop_to(&server, 2).await;
+    let _again = server.client(Proto::H2c).user("u").subscribe("channel=user:u", &[]).await;
+}
+
+#[tokio::test]
+async fn a_channel_limit_per_connection_is_enforced_exactly() {
+    let server = TestServer::with(|c| c.max_channels_per_connection = 3).await;
+    let q = |n: usize| (0..n).map(|i| format!("channel=channel:c{i}")).collect::<Vec<_>>().join("&");
+    let _ok = server.client(Proto::H1).subscribe(&q(3), &[]).await;
+    let (status, code, _) = status_and_code(server.client(Proto::H1).open_events(&q(4), &[]).await).await;
+    assert_eq!((status, code.as_str()), (400, "too_many_channels"));
+}
+
+#[tokio::test]
+async fn the_publish_rate_limit_trips_at_its_burst_for_that_user_only_and_refills() {
+    let server = TestServer::secured(|c| {
+        c.publish_rate = 20.0;
+        c.publish_burst = 5.0;
+    })
+    .await;
+    let event = json!({"channel": "channel:general", "type": "chat"});
+    let mut flooder = server.client(Proto::H1).user("flood");
+    for i in 0..5 {
+        assert_eq!(flooder.post_json("/api/publish", &event).await.0, 200, "publish {i} is within the burst");
+    }
+    let req = flooder.request("POST", "/api/publish").body(http_body_util::Full::new(event.to_string().into()));
+    let resp = flooder.send(req.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, code, retry) = status_and_code(resp).await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    assert_eq!(retry.as_deref(), Some("1"), "Retry-After in whole seconds, rounded up");
+    // A batch costs one token per event.
+    let mut batcher = server.client(Proto::H1).user("batch");
+    let batch = json!([event.clone(), event.clone(), event.clone(), event.clone(), event.clone(), event.clone()]);
+    assert_eq!(batcher.post_json("/api/publish", &batch).await.0, 429, "6 events do not fit a burst of 5");
+    // Another user is not affected.
+    assert_eq!(server.client(Proto::H1).user("calm").post_json("/api/publish", &event).await.0, 200);
+    // Tokens come back at the configured rate.
+    within("the bucket to refill", async {
+        while flooder.post_json("/api/publish", &event).await.0 != 200 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_keys_have_their_own_rate_limit() {
+    let server = TestServer::secured(|c| {
+        c.publish_rate = 1.0;
+        c.publish_burst = 1.0;
+        c.api_key_publish_rate = 1.0;
+        c.api_key_publish_burst = 3.0;
+    })
+    .await;
+    let event = json!({"channel": "channel:general", "type": "update"});
+    let mut backend = server.client(Proto::H1).backend();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(backend.post_json("/api/publish", &event).await.0.as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+}
+
+#[tokio::test]
+async fn a_flooding_user_does_not_delay_another_users_delivery() {
+    let server = TestServer::secured(|c| {
+        c.publish_rate = 50.0;
+        c.publish_burst = 10.0;
+    })
+    .await;
+    let mut reader = server.client(Proto::H2c).user("reader").subscribe("channel=channel:quiet", &[]).await;
+    let mut flooder = server.client(Proto::H2c).user("flooder");
+    let flood = tokio::spawn(async move {
+        let mut refused = 0;
+        for _ in 0..300 {
+            let (status, _) =
+                flooder.post_json("/api/publish", &json!({"channel": "channel:noisy", "type": "spam"})).await;
+            if status == 429 {
+                refused += 1;
+            }
+        }
+        refused
+    });
+    let mut calm = server.client(Proto::H2c).user("calm");
+    for n in 0..5 {
+        calm.publish(&json!({"channel": "channel:quiet", "type": "chat", "n": n})).await;
+        assert_eq!(reader.expect().await.data["n"], n);
+    }
+    let refused = flood.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(refused > 0, "the flood was rate limited");
+}
