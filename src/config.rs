@@ -57,6 +57,11 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection (hyper's default is 200).
     pub http2_max_concurrent_streams: u32,
+    /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); absent means
+    /// the in-memory engine (one node).
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel (document 002: `realtime`).
+    pub redis_prefix: String,
     /// TLS certificate chain (PEM). With `tls_key`, serves HTTPS with HTTP/2 by ALPN.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -194,6 +199,8 @@ impl Default for Config {
             drain_reconnect_window: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             http2_max_concurrent_streams: 1000,
+            redis_url: None,
+            redis_prefix: "realtime".to_owned(),
             tls_cert: None,
             tls_key: None,
             max_connections_per_user: 5,

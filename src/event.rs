@@ -207,18 +207,23 @@ pub struct Published {
     pub id: Arc<str>,
     pub event_type: Arc<str>,
     pub copies: Vec<Copy>,
+    /// How many channels the event was published to. An engine that delivers each channel's
+    /// copy separately (Redis) sets it above `copies.len()`, so that a connection following
+    /// several of those channels can drop the repeats.
+    pub fanout: u16,
 }
 
 impl Published {
     /// Frames a prepared event at the positions the engine gave it (one per channel).
     pub fn from_prepared(p: &Prepared, positions: &[Position]) -> Arc<Self> {
-        let copies = p
+        let copies: Vec<Copy> = p
             .channels
             .iter()
             .zip(positions)
             .map(|(ch, pos)| Copy::new(ch.clone(), *pos, &p.event_type, p.json_for(ch).as_bytes()))
             .collect();
-        Arc::new(Self { id: p.id.clone(), event_type: p.event_type.clone(), copies })
+        let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
+        Arc::new(Self { id: p.id.clone(), event_type: p.event_type.clone(), copies, fanout })
     }
 
     /// The copy of this event on `channel`, if it was published there.

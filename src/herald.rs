@@ -20,6 +20,7 @@ use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE};
 use crate::config::{Config, ConfigError};
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
 use crate::engine::{Engine, EngineError, GapReason, HistoryRead, PublishAck};
 use crate::event::{Event, EventError, Prepared, Published, Publisher};
 use crate::hub::connection::{ConnShared, KillSwitch, SseBody};
@@ -47,6 +48,15 @@ pub enum PublishError {
     RateLimited { retry_after: Duration },
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+/// A node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the engine: {0}")]
+    Engine(EngineError),
 }
 
 /// A stream could not be opened.
@@ -117,6 +127,19 @@ impl Herald {
         let hub = Arc::new(Hub::new());
         let engine = Arc::new(MemoryEngine::new(Arc::clone(&hub), Arc::clone(&policies)));
         Self::with_engine(config, policies, hub, engine)
+    }
+
+    /// A node with the engine the configuration names: Redis with `redis_url`, the
+    /// in-memory engine without. Connects to Redis before it returns.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let Some(url) = config.redis_url.clone() else { return Ok(Self::new(config)?) };
+        config.validate()?;
+        let policies = Arc::new(Policies::from_config(&config));
+        let hub = Arc::new(Hub::new());
+        let engine = RedisEngine::connect(&url, &config.redis_prefix, Arc::clone(&hub), Arc::clone(&policies))
+            .await
+            .map_err(StartError::Engine)?;
+        Ok(Self::with_engine(config, policies, hub, engine)?)
     }
 
     /// A node with an engine built by the caller around `hub`.

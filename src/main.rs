@@ -61,6 +61,22 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Redis URL for several nodes (`redis://host:6379`, `rediss://` for TLS); absent means the
+    /// in-memory engine.
+    #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// HS256 secret for user tokens (JWT).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// A publisher API key with access to every channel (more, with scopes, in the config file).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Allow listening on a non-loopback address with no authentication configured.
+    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
+    /// Open connections per user; over it, 429 [default: 5].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
+    max_connections_per_user: Option<usize>,
     /// Log filter, like `info` or `herald=debug` [default: info].
     #[arg(long, env = "HERALD_LOG", default_value = "info")]
     log: String,
@@ -81,10 +97,25 @@ impl ServeArgs {
             client_timeout,
             buffer_size,
             max_connections,
+            max_connections_per_user,
             history_size,
             history_ttl,
             drain_timeout
         );
+        if self.redis_url.is_some() {
+            c.redis_url.clone_from(&self.redis_url);
+        }
+        if self.jwt_secret.is_some() {
+            c.auth.jwt_secret.clone_from(&self.jwt_secret);
+        }
+        if let Some(key) = &self.api_key {
+            c.api_keys.push(herald::config::ApiKeyConfig {
+                name: "cli".to_owned(),
+                key: key.clone(),
+                channels: vec!["*".to_owned()],
+            });
+        }
+        c.allow_anonymous |= self.allow_anonymous;
         if self.node_id.is_some() {
             c.node_id.clone_from(&self.node_id);
         }
@@ -112,7 +143,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let herald = Herald::new(config)?;
+        if !config.auth_configured() {
+            tracing::warn!(
+                "dev mode: no authentication is configured; anonymous clients may subscribe and \
+                 publish on channel: and system. Configure --jwt-secret or --api-key for production."
+            );
+        }
+        let herald = Herald::start(config).await?;
         let server = Server::bind(herald.clone()).await?;
         let addr = server.local_addr()?;
         let scheme = if herald.config().tls_cert.is_some() { "https" } else { "http" };

@@ -3,51 +3,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use support::{Proto, RawStream, TempDir, TestServer, within};
-
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn herald() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-}
-
-/// Starts the binary and waits for its "listening on" line.
-async fn start(mut cmd: Command) -> Running {
-    let mut child =
-        cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawn herald: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let line = within(
-        "the listening line",
-        tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            line
-        }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let addr = line
-        .trim()
-        .rsplit("://")
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-    Running { child, addr }
-}
+use support::{Proto, RawStream, TempDir, TestServer, herald, start, within};
 
 fn client_for(addr: SocketAddr) -> support::Client {
     TestServer::client_at(addr, Proto::H1)

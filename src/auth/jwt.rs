@@ -84,10 +84,10 @@ impl Verifier {
             };
             keys.push(key);
         }
-        if let Some(url) = &cfg.jwks_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::Invalid(format!("auth.jwks_url must be an http(s) URL, not `{url}`")));
-            }
+        if let Some(url) = &cfg.jwks_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!("auth.jwks_url must be an http(s) URL, not `{url}`")));
         }
         let hs = cfg.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes()));
         if hs.is_none() && keys.is_empty() && cfg.jwks_url.is_none() {

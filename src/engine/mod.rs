@@ -7,6 +7,7 @@
 //! to `dyn Engine` only, so engines can be swapped without touching them.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +26,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum EngineError {
     #[error("the event engine is unavailable: {0}")]
     Unavailable(String),
+}
+
+/// An engine's counters (zero where they do not apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Publishes the engine could not accept (`redis_publish_errors`).
+    pub publish_errors: u64,
+    /// Times the engine reconnected to its backend.
+    pub reconnects: u64,
 }
 
 /// What an engine answers for an accepted event.
@@ -93,6 +103,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Whether the engine can accept publishes now (readiness).
     fn is_healthy(&self) -> bool;
+
+    /// Counters for status and metrics.
+    fn counters(&self) -> EngineCounters {
+        EngineCounters::default()
+    }
 
     /// Periodic housekeeping (expiring history); called by the node's maintenance task.
     fn sweep(&self) {}

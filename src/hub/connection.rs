@@ -28,6 +28,9 @@ use crate::sse;
 /// Most events written in one chunk; the rest follow on the next poll.
 const MAX_BATCH: usize = 64;
 
+/// Split multi-channel events remembered per connection to drop their repeated copies.
+const RECENT_SPLIT: usize = 16;
+
 /// Why a connection was closed by the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -220,6 +223,9 @@ pub struct SseBody {
     preamble: Option<Bytes>,
     spare: VecDeque<Arc<Published>>,
     id_buf: String,
+    /// Ids of recent events that reached this connection one channel copy at a time
+    /// (see [`Published::fanout`]); empty unless the connection follows several channels.
+    recent_split: VecDeque<Arc<str>>,
     done: bool,
 }
 
@@ -240,6 +246,7 @@ impl SseBody {
             preamble: None,
             spare: VecDeque::new(),
             id_buf: String::new(),
+            recent_split: VecDeque::new(),
             done: false,
         }
     }
@@ -256,17 +263,27 @@ impl SseBody {
         &self.shared.id
     }
 
-    /// Advances the cursor for `event`; false if the connection has already seen it
-    /// (it was replayed from history, or queued twice across a resume seam).
+    /// Advances the cursor for `event` and says where to write it from; `None` if the
+    /// connection has already seen it (replayed from history, queued twice across a resume
+    /// seam, or another channel's copy of the same event).
     fn advance(&mut self, event: &Published) -> Option<usize> {
         let mut first = None;
         for copy in &event.copies {
-            if let Some(i) = self.channels.iter().position(|c| *c == copy.channel) {
-                if copy.position > self.cursor.positions[i] {
-                    self.cursor.positions[i] = copy.position;
-                    first.get_or_insert(i);
-                }
+            if let Some(i) = self.channels.iter().position(|c| *c == copy.channel)
+                && copy.position > self.cursor.positions[i]
+            {
+                self.cursor.positions[i] = copy.position;
+                first.get_or_insert(i);
             }
+        }
+        if first.is_some() && self.channels.len() > 1 && usize::from(event.fanout) > event.copies.len() {
+            if self.recent_split.contains(&event.id) {
+                return None;
+            }
+            if self.recent_split.len() == RECENT_SPLIT {
+                self.recent_split.pop_front();
+            }
+            self.recent_split.push_back(Arc::clone(&event.id));
         }
         first
     }
@@ -326,12 +343,11 @@ impl http_body::Body for SseBody {
             if items.len() == 1 && this.channels.len() == 1 && close.is_none() {
                 let event = items.pop_front();
                 this.spare = items;
-                if let Some(event) = event {
-                    if this.advance(&event).is_some() {
-                        if let Some(copy) = event.copy_on(this.channels[0].as_str()) {
-                            return Poll::Ready(Some(Ok(http_body::Frame::data(copy.frame.with_id(this.named)))));
-                        }
-                    }
+                if let Some(event) = event
+                    && this.advance(&event).is_some()
+                    && let Some(copy) = event.copy_on(this.channels[0].as_str())
+                {
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(copy.frame.with_id(this.named)))));
                 }
                 if heartbeat {
                     return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(sse::HEARTBEAT)))));

@@ -114,12 +114,12 @@ impl Hub {
             return Vec::new();
         };
         self.connections.fetch_sub(1, Ordering::Relaxed);
-        if let Some(user) = &conn.user_id {
-            if let Some(count) = reg.users.get_mut(user) {
-                *count -= 1;
-                if *count == 0 {
-                    reg.users.remove(user);
-                }
+        if let Some(user) = &conn.user_id
+            && let Some(count) = reg.users.get_mut(user)
+        {
+            *count -= 1;
+            if *count == 0 {
+                reg.users.remove(user);
             }
         }
         let mut emptied = Vec::new();
@@ -207,6 +207,11 @@ impl Hub {
     /// Open connections on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Channels with at least one local subscriber, by name.
+    pub fn active_channels(&self) -> Vec<ChannelName> {
+        self.read().channels.keys().cloned().collect()
     }
 
     /// Distinct users with at least one connection on this node.

@@ -129,7 +129,7 @@ impl TestServer {
     }
 
     async fn from_config(config: Config, ca_pem: Option<String>, tmp: Option<TempDir>) -> Self {
-        let herald = Herald::new(config).unwrap_or_else(|e| panic!("config: {e}"));
+        let herald = Herald::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
         let server = Server::bind(herald.clone()).await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = server.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
         let (tx, rx) = oneshot::channel::<()>();
@@ -496,4 +496,144 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Polls `cond` every few milliseconds until it holds, failing the test after [`WAIT`].
+/// For state that changes on its own schedule (a reconnect backoff), not for events a test
+/// can wait on directly.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// A `redis-server` of the test's own, on a free port, with an append-only file so that a
+/// restart keeps the Streams (as a production Redis with persistence would).
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("free port: {e}"));
+        let mut server = Self { port, child: None, dir: TempDir::new() };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--logfile", ""])
+            .arg("--dir")
+            .arg(&self.dir.path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server could not start (is it installed? scripts/test installs it): {e}")
+            });
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("redis stdout"));
+        self.child = Some(child);
+        within(
+            "redis-server to accept connections",
+            tokio::task::spawn_blocking(move || {
+                let mut lines = std::io::BufReader::new(stdout).lines();
+                let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Ready to accept connections"));
+                // Keep draining so redis never blocks on a full pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                ready
+            }),
+        )
+        .await
+        .map(|ready| assert!(ready, "redis-server exited before it was ready"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Runs a command with `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `herald` binary running as a process of its own.
+pub struct Running {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command for the `herald` binary built with these tests.
+pub fn herald() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+}
+
+/// Starts the binary and waits for its "listening on" line.
+pub async fn start(mut cmd: std::process::Command) -> Running {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn herald: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let line = within(
+        "the listening line",
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            line
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr = line
+        .trim()
+        .rsplit("://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+    Running { child, addr }
 }

@@ -1,0 +1,515 @@
+//! The Redis engine: several nodes act as one.
+//!
+//! * **Publish**: one Lua script per batch event appends the event to each channel's Stream
+//!   (`XADD`, bounded by size and age) and `PUBLISH`es it on the channel's pub/sub channel,
+//!   atomically, so the order of ids and the order of live delivery agree. A publish is
+//!   acknowledged only when Redis answered; otherwise the publisher gets `503`.
+//! * **Fan-out**: one pub/sub connection per node, subscribed only to the channels that
+//!   have local subscribers (subscribe before the first subscriber reads history;
+//!   unsubscribe, batched, once a channel has had none for a reconcile tick). Messages
+//!   carry the Stream id, so every node frames the event with the same SSE id.
+//! * **History**: resume reads the Stream after the client's position. A channel's *floor*
+//!   is the position below which the Stream no longer vouches for completeness (the highest
+//!   trimmed id, or the time the Stream was created minus its age limit); resuming from
+//!   below it is a gap, said plainly.
+//! * **Outage**: when the pub/sub connection drops, the node reconnects with backoff,
+//!   resubscribes, and reads from each Stream what was published since the last event it
+//!   delivered, before going back to live messages. Streams stay open meanwhile.
+//!
+//! Keys follow document 002's names under a configurable prefix, with the channel's name
+//! as a hash tag: `realtime:channel:{general}` (pub/sub), `realtime:channel:{general}:log`
+//! (Stream), `realtime:channel:{general}:floor`, `realtime:{system}` for `system`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BoxFuture, Engine, EngineError, GapReason, HistoryRead, PublishAck};
+use crate::channel::ChannelName;
+use crate::cursor::Position;
+use crate::event::{Copy, Prepared, Published, json_for};
+use crate::hub::Hub;
+use crate::policy::Policies;
+
+const PUBLISH_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id, etype, body = ARGV[1], ARGV[2], ARGV[3]
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  local stream, floor = KEYS[2 * i - 1], KEYS[2 * i]
+  local base = 3 + (i - 1) * 3
+  local chan, maxlen, ttl = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('SET', floor, tostring(math.max(now - ttl, 0)) .. '-0')
+  end
+  local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', n)
+  redis.call('XTRIM', stream, 'MINID', tostring(math.max(now - ttl, 0)) .. '-0')
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', floor, ttl)
+  redis.call('PUBLISH', chan, sid .. ' ' .. id .. ' ' .. etype .. ' ' .. n .. '\n' .. body)
+  out[i] = sid
+end
+return out
+";
+
+const HISTORY_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local here = tostring(now) .. '-0'
+  return {here, tostring(math.max(now - ttl, 0)) .. '-0', '0-0', {}}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local head, deleted = '0-0', '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then head = info[i + 1] end
+  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+end
+local floor = redis.call('GET', KEYS[2]) or '0-0'
+if ARGV[1] == '' then return {head, floor, deleted, {}} end
+return {head, floor, deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+";
+
+/// Counters the Redis engine keeps.
+#[derive(Default, Debug)]
+pub struct RedisStats {
+    /// Publishes that Redis did not acknowledge.
+    pub publish_errors: AtomicU64,
+    /// Times the pub/sub connection was re-established.
+    pub reconnects: AtomicU64,
+}
+
+enum Command {
+    Watch(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
+}
+
+/// The multi-node engine.
+pub struct RedisEngine {
+    hub: Arc<Hub>,
+    policies: Arc<Policies>,
+    prefix: String,
+    conn: ConnectionManager,
+    commands: mpsc::UnboundedSender<Command>,
+    healthy: AtomicBool,
+    publish_script: Script,
+    history_script: Script,
+    /// The position of the last event delivered per watched channel: where catch-up starts.
+    last_seen: Mutex<HashMap<ChannelName, Position>>,
+    pub stats: RedisStats,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisEngine {
+    /// Connects to Redis and starts the node's pub/sub task.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        hub: Arc<Hub>,
+        policies: Arc<Policies>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2);
+        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = Arc::new(Self {
+            hub,
+            policies,
+            prefix: prefix.to_owned(),
+            conn,
+            commands: tx,
+            healthy: AtomicBool::new(false),
+            publish_script: Script::new(PUBLISH_LUA),
+            history_script: Script::new(HISTORY_LUA),
+            last_seen: Mutex::new(HashMap::new()),
+            stats: RedisStats::default(),
+        });
+        let (ready_tx, ready_rx) = oneshot::channel();
+        tokio::spawn(pubsub_task(Arc::downgrade(&engine), client, rx, ready_tx));
+        // Wait for the first pub/sub connection, so a node starts ready or not at all.
+        match tokio::time::timeout(Duration::from_secs(5), ready_rx).await {
+            Ok(Ok(())) => Ok(engine),
+            _ => Err(EngineError::Unavailable("redis: cannot open the pub/sub connection".into())),
+        }
+    }
+
+    /// The pub/sub channel of a Herald channel: `realtime:channel:{general}`.
+    pub fn pubsub_name(&self, channel: &ChannelName) -> String {
+        match channel.as_str().split_once(':') {
+            Some((ns, name)) => format!("{}:{ns}:{{{name}}}", self.prefix),
+            None => format!("{}:{{{}}}", self.prefix, channel.as_str()),
+        }
+    }
+
+    fn stream_key(&self, channel: &ChannelName) -> String {
+        format!("{}:log", self.pubsub_name(channel))
+    }
+
+    fn floor_key(&self, channel: &ChannelName) -> String {
+        format!("{}:floor", self.pubsub_name(channel))
+    }
+
+    fn ticket_key(&self, ticket: &str) -> String {
+        format!("{}:ticket:{ticket}", self.prefix)
+    }
+
+    fn limits(&self, channel: &ChannelName) -> (usize, u64) {
+        self.policies.of(channel).map_or((0, 1), |ns| {
+            (ns.history_size, u64::try_from(ns.history_ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+        })
+    }
+
+    async fn publish_one(&self, p: &Prepared) -> Result<PublishAck, EngineError> {
+        let mut inv = self.publish_script.prepare_invoke();
+        inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body);
+        for ch in &p.channels {
+            let (size, ttl) = self.limits(ch);
+            inv.key(self.stream_key(ch)).key(self.floor_key(ch));
+            inv.arg(self.pubsub_name(ch)).arg(size).arg(ttl);
+        }
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let positions = ids
+            .iter()
+            .map(|id| Position::parse_stream_id(id).ok_or_else(|| unavailable(format!("bad stream id {id}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() })
+    }
+
+    async fn read(&self, channel: &ChannelName, after: Option<Position>) -> Result<HistoryRead, EngineError> {
+        let (size, ttl) = self.limits(channel);
+        let mut conn = self.conn.clone();
+        let after_arg = after.map(Position::to_stream_id).unwrap_or_default();
+        let reply: Value = self
+            .history_script
+            .key(self.stream_key(channel))
+            .key(self.floor_key(channel))
+            .arg(after_arg)
+            .arg(size.max(1))
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (head, floor, entries) = parse_history(&reply).ok_or_else(|| unavailable("unexpected history reply"))?;
+        let Some(p) = after else { return Ok(HistoryRead::Events { events: Vec::new(), head }) };
+        if p > head {
+            return Ok(HistoryRead::Gap { reason: GapReason::UnknownPosition, head });
+        }
+        if p < floor {
+            return Ok(HistoryRead::Gap { reason: GapReason::HistoryExpired, head });
+        }
+        let events = entries.into_iter().filter_map(|(pos, fields)| stored_event(channel, pos, &fields)).collect();
+        Ok(HistoryRead::Events { events, head })
+    }
+
+    fn note_seen(&self, channel: &ChannelName, pos: Position) {
+        let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = seen.entry(channel.clone()).or_default();
+        if pos > *entry {
+            *entry = pos;
+        }
+    }
+
+    /// Delivers one pub/sub message to the hub.
+    fn on_message(&self, channel: &ChannelName, payload: &[u8]) {
+        let Some((head, body)) = std::str::from_utf8(payload).ok().and_then(|s| s.split_once('\n')) else {
+            return tracing::warn!(%channel, "ignoring a malformed pub/sub message");
+        };
+        let mut parts = head.split(' ');
+        let (Some(sid), Some(id), Some(etype), Some(n)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return tracing::warn!(%channel, "ignoring a malformed pub/sub message");
+        };
+        let (Some(pos), Ok(fanout)) = (Position::parse_stream_id(sid), n.parse::<u16>()) else {
+            return tracing::warn!(%channel, "ignoring a malformed pub/sub message");
+        };
+        self.note_seen(channel, pos);
+        self.hub.deliver(&published(channel, pos, id, etype, body, fanout));
+    }
+
+    /// After a reconnect: delivers what each watched channel got since its last delivered event.
+    async fn catch_up(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
+        for ch in channels {
+            let from = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner).get(ch).copied();
+            let Some(from) = from else { continue };
+            match self.read(ch, Some(from)).await? {
+                HistoryRead::Events { events, .. } => {
+                    if !events.is_empty() {
+                        tracing::info!(channel = %ch, events = events.len(), "delivering events published during the outage");
+                    }
+                    for ev in events {
+                        if let Some(pos) = ev.copy_on(ch.as_str()).map(|c| c.position) {
+                            self.note_seen(ch, pos);
+                        }
+                        self.hub.deliver(&ev);
+                    }
+                }
+                HistoryRead::Gap { head, .. } => {
+                    tracing::warn!(channel = %ch, "history no longer covers the outage; streams resume from their own ids on reconnect");
+                    self.note_seen(ch, head);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The head of a channel's Stream, remembered as where catch-up would start.
+    async fn mark_head(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let (HistoryRead::Events { head, .. } | HistoryRead::Gap { head, .. }) = self.read(channel, None).await?;
+        self.note_seen(channel, head);
+        Ok(())
+    }
+}
+
+fn published(channel: &ChannelName, pos: Position, id: &str, etype: &str, body: &str, fanout: u16) -> Arc<Published> {
+    let json = json_for(id, channel.as_str(), body);
+    let copy = Copy::new(channel.clone(), pos, etype, json.as_bytes());
+    Arc::new(Published { id: Arc::from(id), event_type: Arc::from(etype), copies: vec![copy], fanout })
+}
+
+fn stored_event(channel: &ChannelName, pos: Position, fields: &HashMap<String, String>) -> Option<Arc<Published>> {
+    let fanout = fields.get("n").and_then(|n| n.parse().ok()).unwrap_or(1);
+    Some(published(channel, pos, fields.get("i")?, fields.get("t")?, fields.get("b")?, fanout))
+}
+
+type Entries = Vec<(Position, HashMap<String, String>)>;
+
+fn parse_history(reply: &Value) -> Option<(Position, Position, Entries)> {
+    let Value::Array(items) = reply else { return None };
+    let text = |v: &Value| -> Option<String> { redis::from_redis_value_ref::<String>(v).ok() };
+    let head = Position::parse_stream_id(&text(items.first()?)?)?;
+    let floor = Position::parse_stream_id(&text(items.get(1)?)?)?;
+    let deleted = Position::parse_stream_id(&text(items.get(2)?)?)?;
+    let mut entries = Vec::new();
+    if let Value::Array(list) = items.get(3)? {
+        for entry in list {
+            let Value::Array(pair) = entry else { continue };
+            let (Some(id), Some(Value::Array(kv))) = (pair.first(), pair.get(1)) else { continue };
+            let Some(pos) = text(id).and_then(|s| Position::parse_stream_id(&s)) else { continue };
+            let mut fields = HashMap::new();
+            for chunk in kv.chunks(2) {
+                if let [k, v] = chunk
+                    && let (Some(k), Some(v)) = (text(k), text(v))
+                {
+                    fields.insert(k, v);
+                }
+            }
+            entries.push((pos, fields));
+        }
+    }
+    Some((head, floor.max(deleted), entries))
+}
+
+/// The node's pub/sub connection: subscriptions, live messages, reconnects and catch-up.
+async fn pubsub_task(
+    engine: Weak<RedisEngine>,
+    client: redis::Client,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(this) = engine.upgrade() else { return };
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                this.healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connection failed");
+                drop(this);
+                // Refuse new subscriptions while down; existing streams stay open.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        () = &mut deadline => break,
+                        cmd = commands.recv() => match cmd {
+                            Some(Command::Watch(_, ack)) => {
+                                let _ = ack.send(Err(EngineError::Unavailable("redis is unreachable".into())));
+                            }
+                            None => return,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        // Resubscribe what the hub has, then catch up what was missed while cut off.
+        let active = this.hub.active_channels();
+        let mut names: HashMap<String, ChannelName> = active.iter().map(|c| (this.pubsub_name(c), c.clone())).collect();
+        let subscribed: Vec<String> = names.keys().cloned().collect();
+        if !subscribed.is_empty()
+            && let Err(e) = sink.subscribe(&subscribed).await
+        {
+            tracing::warn!(error = %e, "resubscribing failed");
+            continue;
+        }
+        if let Err(e) = this.catch_up(&active).await {
+            tracing::warn!(error = %e, "catch-up after reconnect failed");
+            continue;
+        }
+        if ready.is_none() {
+            this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(channels = active.len(), "redis pub/sub connection restored");
+        }
+        this.healthy.store(true, Ordering::Relaxed);
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        backoff = Duration::from_millis(50);
+        drop(this);
+
+        let mut reconcile = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(this) = engine.upgrade() else { return };
+                    if let Some(ch) = names.get(msg.get_channel_name()) {
+                        this.on_message(ch, msg.get_payload_bytes());
+                    }
+                }
+                cmd = commands.recv() => {
+                    let Some(Command::Watch(channels, ack)) = cmd else { return };
+                    let Some(this) = engine.upgrade() else { return };
+                    let fresh: Vec<ChannelName> =
+                        channels.into_iter().filter(|c| !names.contains_key(&this.pubsub_name(c))).collect();
+                    if fresh.is_empty() {
+                        let _ = ack.send(Ok(()));
+                        continue;
+                    }
+                    let wanted: Vec<String> = fresh.iter().map(|c| this.pubsub_name(c)).collect();
+                    if let Err(e) = sink.subscribe(&wanted).await {
+                        let _ = ack.send(Err(unavailable(e)));
+                        break;
+                    }
+                    let mut result = Ok(());
+                    for (name, ch) in wanted.into_iter().zip(fresh) {
+                        if let Err(e) = this.mark_head(&ch).await {
+                            result = Err(e);
+                        }
+                        names.insert(name, ch);
+                    }
+                    let _ = ack.send(result);
+                }
+                _ = reconcile.tick() => {
+                    let Some(this) = engine.upgrade() else { return };
+                    let idle: Vec<String> = names
+                        .iter()
+                        .filter(|(_, ch)| this.hub.subscriber_count(ch.as_str()) == 0)
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    if idle.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = sink.unsubscribe(&idle).await {
+                        tracing::warn!(error = %e, "unsubscribing idle channels failed");
+                        break;
+                    }
+                    let mut seen = this.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    for name in idle {
+                        if let Some(ch) = names.remove(&name) {
+                            seen.remove(&ch);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(this) = engine.upgrade() {
+            this.healthy.store(false, Ordering::Relaxed);
+        }
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>> {
+        Box::pin(async move {
+            let mut acks = Vec::with_capacity(batch.len());
+            for p in &batch {
+                match self.publish_one(p).await {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => {
+                        self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(acks)
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        after: Option<Position>,
+    ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
+        Box::pin(self.read(channel, after))
+    }
+
+    fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            if channels.is_empty() {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            self.commands.send(Command::Watch(channels.to_vec(), tx)).map_err(|_| unavailable("engine stopped"))?;
+            rx.await.map_err(|_| unavailable("engine stopped"))?
+        })
+    }
+
+    fn put_ticket<'a>(
+        &'a self,
+        ticket: &'a str,
+        payload: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let opts = redis::SetOptions::default()
+                .conditional_set(redis::ExistenceCheck::NX)
+                .with_expiration(redis::SetExpiry::PX(ms));
+            let _: Value = conn.set_options(self.ticket_key(ticket), payload, opts).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn take_ticket<'a>(&'a self, ticket: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            conn.get_del(self.ticket_key(ticket)).await.map_err(unavailable)
+        })
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn counters(&self) -> super::EngineCounters {
+        super::EngineCounters {
+            publish_errors: self.stats.publish_errors.load(Ordering::Relaxed),
+            reconnects: self.stats.reconnects.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The Redis engine: several nodes act as one. Each test starts its own `redis-server` on a
+//! free port and two or three Herald nodes on it.
+
+mod support;
+
+use serde_json::json;
+use support::{Proto, RedisServer, SseStream, TestServer, eventually};
+
+async fn node(redis: &RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::secured(move |c| c.redis_url = Some(url)).await
+}
+
+async fn expect_ns(stream: &mut SseStream, ns: std::ops::Range<u64>) -> String {
+    let mut last = String::new();
+    for n in ns {
+        let ev = stream.expect().await;
+        assert_eq!(ev.data["n"].as_u64(), Some(n), "{:?}", ev.data);
+        last = ev.id;
+    }
+    last
+}
+
+#[tokio::test]
+async fn an_event_published_on_one_node_reaches_subscribers_on_every_node() {
+    let redis = RedisServer::start().await;
+    let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    let mut on_b = b.client(Proto::H2c).user("1").subscribe("channel=channel:general&channel=user:1", &[]).await;
+    let mut on_c = c.client(Proto::H1).user("2").subscribe("channel=channel:general", &[]).await;
+    let mut publisher = a.client(Proto::H1).backend();
+    let room = publisher.publish(&json!({"channel": "channel:general", "type": "chat", "n": 0})).await;
+    let private = publisher.publish(&json!({"channel": "user:1", "type": "notification", "n": 1})).await;
+    for s in [&mut on_b, &mut on_c] {
+        let ev = s.expect().await;
+        assert_eq!((ev.data["id"].clone(), ev.data["n"].as_u64()), (room["id"].clone(), Some(0)));
+    }
+    assert_eq!(on_b.expect().await.data["id"], private["id"]);
+    // Same event, same SSE id on every node: the id is the Stream's.
+    publisher.publish(&json!({"channel": "channel:general", "type": "chat", "n": 2})).await;
+    let mut only_room = c.client(Proto::H1).user("3").subscribe("channel=channel:general", &[]).await;
+    publisher.publish(&json!({"channel": "channel:general", "type": "chat", "n": 3})).await;
+    let (x, y) = (on_c.expect().await, on_c.expect().await);
+    assert_eq!((x.data["n"].as_u64(), y.data["n"].as_u64()), (Some(2), Some(3)));
+    assert_eq!(only_room.expect().await.id, y.id);
+}
+
+#[tokio::test]
+async fn a_multi_channel_event_reaches_a_connection_on_another_node_once() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut both = b.client(Proto::H1).user("1").subscribe("channel=channel:x&channel=channel:y", &[]).await;
+    let mut p = a.client(Proto::H1).backend();
+    p.publish(&json!({"channels": ["channel:x", "channel:y"], "type": "alert", "n": 0})).await;
+    p.publish(&json!({"channel": "channel:y", "type": "alert", "n": 1})).await;
+    expect_ns(&mut both, 0..2).await;
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let query = "channel=channel:r&channel=user:7";
+    let mut on_a = a.client(Proto::H1).user("7").subscribe(query, &[]).await;
+    let mut publisher = b.client(Proto::H1).backend();
+    publisher.publish(&json!({"channel": "channel:r", "type": "update", "n": 0})).await;
+    publisher.publish(&json!({"channel": "user:7", "type": "update", "n": 1})).await;
+    let last = expect_ns(&mut on_a, 0..2).await;
+    drop(on_a);
+    publisher.publish(&json!({"channel": "user:7", "type": "update", "n": 2})).await;
+    publisher.publish(&json!({"channel": "channel:r", "type": "update", "n": 3})).await;
+    let mut on_b = b.client(Proto::H2c).user("7").subscribe(query, &[("last-event-id", &last)]).await;
+    expect_ns(&mut on_b, 2..4).await;
+    publisher.publish(&json!({"channel": "channel:r", "type": "update", "n": 4})).await;
+    expect_ns(&mut on_b, 4..5).await;
+}
+
+#[tokio::test]
+async fn when_redis_restarts_streams_stay_open_publishes_fail_loudly_and_nothing_accepted_is_lost() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_b = b.client(Proto::H1).user("1").subscribe("channel=channel:outage", &[]).await;
+    let mut publisher = a.client(Proto::H1).backend();
+    publisher.publish(&json!({"channel": "channel:outage", "type": "update", "n": 0})).await;
+    expect_ns(&mut on_b, 0..1).await;
+
+    redis.kill();
+    eventually("node a to notice the outage", || !a.herald.is_ready()).await;
+    let (status, err) =
+        publisher.post_json("/api/publish", &json!({"channel": "channel:outage", "type": "update", "n": 99})).await;
+    assert_eq!((status.as_u16(), err["error"]["code"].as_str()), (503, Some("engine_unavailable")));
+    assert!(a.herald.engine().counters().publish_errors >= 1, "redis_publish_errors counts it");
+    assert_eq!(a.client(Proto::H1).get_json("/readyz").await.0, 503);
+    assert_eq!(b.herald.connection_count(), 1, "the stream stays open during the outage");
+
+    redis.restart().await;
+    eventually("both nodes to reconnect", || a.herald.is_ready() && b.herald.is_ready()).await;
+    publisher.publish(&json!({"channel": "channel:outage", "type": "update", "n": 1})).await;
+    // The refused event (99) never appears: the next one is 1.
+    expect_ns(&mut on_b, 1..2).await;
+}
+
+#[tokio::test]
+async fn events_published_while_a_node_was_cut_off_from_redis_are_delivered_when_it_returns() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_b = b.client(Proto::H1).user("1").subscribe("channel=channel:cut", &[]).await;
+    let mut publisher = a.client(Proto::H1).backend();
+    publisher.publish(&json!({"channel": "channel:cut", "type": "update", "n": 0})).await;
+    expect_ns(&mut on_b, 0..1).await;
+    // Cut every node's pub/sub connection; publishing goes on through the command connection,
+    // so these events are in the Streams but nobody hears their PUBLISH.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    for n in 1..4 {
+        publisher.publish(&json!({"channel": "channel:cut", "type": "update", "n": n})).await;
+    }
+    expect_ns(&mut on_b, 1..4).await;
+    publisher.publish(&json!({"channel": "channel:cut", "type": "update", "n": 4})).await;
+    expect_ns(&mut on_b, 4..5).await;
+}
+
+#[tokio::test]
+async fn clients_of_a_node_that_dies_resume_on_another_with_nothing_lost() {
+    let redis = RedisServer::start().await;
+    let mut cmd = support::herald();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--redis-url", &redis.url()]).args([
+        "--jwt-secret",
+        support::SECRET,
+        "--api-key",
+        support::API_KEY,
+    ]);
+    let mut doomed = support::start(cmd).await;
+    let b = node(&redis).await;
+    let mut on_a = TestServer::client_at(doomed.addr, Proto::H1).user("5").subscribe("channel=user:5", &[]).await;
+    let mut publisher = b.client(Proto::H1).backend();
+    publisher.publish(&json!({"channel": "user:5", "type": "update", "n": 0})).await;
+    let last = expect_ns(&mut on_a, 0..1).await;
+    let _ = doomed.child.kill(); // SIGKILL: no drain, no goodbye
+    let _ = doomed.child.wait();
+    publisher.publish(&json!({"channel": "user:5", "type": "update", "n": 1})).await;
+    let mut on_b = b.client(Proto::H1).user("5").subscribe("channel=user:5", &[("last-event-id", &last)]).await;
+    expect_ns(&mut on_b, 1..2).await;
+}
+
+#[tokio::test]
+async fn a_ticket_is_single_use_across_nodes() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (status, body) = a.client(Proto::H1).user("9").post_raw("/api/tickets", "").await;
+    assert_eq!(status, 201);
+    let ticket = body["ticket"].as_str().unwrap_or_default().to_owned();
+    let _stream = b.client(Proto::H1).subscribe(&format!("channel=user:9&ticket={ticket}"), &[]).await;
+    let again = a.client(Proto::H1).open_events(&format!("channel=user:9&ticket={ticket}"), &[]).await;
+    let (status, err) = support::read_json(again).await;
+    assert_eq!((status.as_u16(), err["error"]["code"].as_str()), (401, Some("invalid_ticket")));
+}
+
+#[tokio::test]
+async fn a_node_subscribes_in_redis_only_to_channels_it_has_subscribers_for() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis).await;
+    let channels = |r: &RedisServer| {
+        let mut v: Vec<String> =
+            r.cli(&["PUBSUB", "CHANNELS", "*"]).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    assert!(channels(&redis).is_empty());
+    let stream = a.client(Proto::H1).user("1").subscribe("channel=channel:general&channel=user:1", &[]).await;
+    assert_eq!(channels(&redis), vec!["realtime:channel:{general}".to_owned(), "realtime:user:{1}".to_owned()]);
+    drop(stream);
+    eventually("the node to unsubscribe after its last subscriber left", || channels(&redis).is_empty()).await;
+}
