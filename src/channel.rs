@@ -60,7 +60,8 @@ impl ChannelName {
         if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
             return Err(ChannelError::MissingNamespace);
         }
-        if !known(ns) {
+        // `system` is a channel, not a namespace: `system:x` is no channel at all.
+        if ns == SYSTEM_CHANNEL || !known(ns) {
             return Err(ChannelError::UnknownNamespace(ns.to_owned()));
         }
         if name.is_empty() {

@@ -98,7 +98,12 @@ impl Server {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        let conn = Conn { builder: builder.clone(), router: router.clone(), tls: tls.clone() };
+                        let conn = Conn {
+                            builder: builder.clone(),
+                            router: router.clone(),
+                            tls: tls.clone(),
+                            first_request_timeout: cfg.header_read_timeout,
+                        };
                         let watcher = graceful.watcher();
                         tokio::spawn(async move { conn.serve(tcp, peer, watcher).await });
                     }
@@ -126,6 +131,7 @@ struct Conn {
     builder: auto::Builder<TokioExecutor>,
     router: Router,
     tls: Option<TlsAcceptor>,
+    first_request_timeout: std::time::Duration,
 }
 
 impl Conn {
@@ -134,12 +140,25 @@ impl Conn {
         let kill = KillSwitch::default();
         let router = self.router;
         let kill_for_requests = kill.clone();
+        // hyper's header timeout starts only once HTTP/1 parsing does: a client that sends
+        // nothing, half an HTTP/2 preface, or an HTTP/2 connection with no request would be
+        // held forever. So the whole connection must bring its first request in time.
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let first_for_requests = Arc::clone(&first_request);
+        let deadline = self.first_request_timeout;
+        let no_first_request = async move {
+            if tokio::time::timeout(deadline, first_request.notified()).await.is_ok() {
+                std::future::pending::<()>().await;
+            }
+        };
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            first_for_requests.notify_one();
             req.extensions_mut().insert(kill_for_requests.clone());
             req.extensions_mut().insert(PeerAddr(peer));
             let mut router = router.clone();
             async move { tower::Service::call(&mut router, req).await }
         });
+        tokio::pin!(no_first_request);
         let result = match self.tls {
             Some(acceptor) => {
                 let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -149,11 +168,19 @@ impl Conn {
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
                 let conn = watcher.watch(self.builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                tokio::select! { r = conn => r, () = kill.killed() => Ok(()) }
+                tokio::select! {
+                    r = conn => r,
+                    () = kill.killed() => Ok(()),
+                    () = &mut no_first_request => return tracing::debug!(%peer, "no request in time; closing"),
+                }
             }
             None => {
                 let conn = watcher.watch(self.builder.serve_connection(TokioIo::new(tcp), service).into_owned());
-                tokio::select! { r = conn => r, () = kill.killed() => Ok(()) }
+                tokio::select! {
+                    r = conn => r,
+                    () = kill.killed() => Ok(()),
+                    () = &mut no_first_request => return tracing::debug!(%peer, "no request in time; closing"),
+                }
             }
         };
         if let Err(e) = result {
