@@ -78,6 +78,12 @@ pub struct Config {
     pub max_query_bytes: usize,
     /// Allows binding a non-loopback address with no authentication configured.
     pub allow_anonymous: bool,
+    /// Serves the live admin view at `/admin` and publishes node stats on `admin:nodes`
+    /// (readable with an API key only).
+    pub admin: bool,
+    /// How often each node publishes its stats for the admin view.
+    #[serde(deserialize_with = "duration")]
+    pub admin_interval: Duration,
     /// How clients prove who they are.
     pub auth: AuthConfig,
     /// Publisher keys for backends (`--api-key` adds one with full scope).
@@ -210,6 +216,8 @@ impl Default for Config {
             api_key_publish_burst: 2000.0,
             max_query_bytes: 8 * 1024,
             allow_anonymous: false,
+            admin: false,
+            admin_interval: Duration::from_secs(2),
             auth: AuthConfig::default(),
             api_keys: Vec::new(),
             namespaces: BTreeMap::new(),

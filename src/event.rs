@@ -211,6 +211,9 @@ pub struct Published {
     /// copy separately (Redis) sets it above `copies.len()`, so that a connection following
     /// several of those channels can drop the repeats.
     pub fanout: u16,
+    /// When this node accepted the event (the engine's publish, or its arrival from Redis):
+    /// the start of `herald_publish_to_write_seconds`.
+    pub accepted: std::time::Instant,
 }
 
 impl Published {
@@ -223,7 +226,8 @@ impl Published {
             .map(|(ch, pos)| Copy::new(ch.clone(), *pos, &p.event_type, p.json_for(ch).as_bytes()))
             .collect();
         let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
-        Arc::new(Self { id: p.id.clone(), event_type: p.event_type.clone(), copies, fanout })
+        let accepted = std::time::Instant::now();
+        Arc::new(Self { id: p.id.clone(), event_type: p.event_type.clone(), copies, fanout, accepted })
     }
 
     /// The copy of this event on `channel`, if it was published there.

@@ -105,6 +105,7 @@ struct Inner {
     auth: Authenticator,
     hub: Arc<Hub>,
     engine: Arc<dyn Engine>,
+    metrics: crate::metrics::Metrics,
     user_rate: RateLimiter,
     key_rate: RateLimiter,
     node_id: String,
@@ -158,6 +159,7 @@ impl Herald {
         let inner = Arc::new(Inner {
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
+            metrics: crate::metrics::Metrics::default(),
             config,
             policies,
             auth,
@@ -168,6 +170,9 @@ impl Herald {
             draining: AtomicBool::new(false),
         });
         tokio::spawn(maintenance(Arc::downgrade(&inner)));
+        if inner.config.admin {
+            tokio::spawn(publish_node_stats(Arc::downgrade(&inner)));
+        }
         Ok(Self { inner })
     }
 
@@ -181,6 +186,10 @@ impl Herald {
 
     pub fn auth(&self) -> &Authenticator {
         &self.inner.auth
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -283,7 +292,9 @@ impl Herald {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.inner.engine.publish(prepared).await?)
+        let acks = self.inner.engine.publish(prepared).await?;
+        self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
+        Ok(acks)
     }
 
     /// Sends an event to one user's private channel `user:<id>` (document 000's `SendToUser`).
@@ -421,6 +432,11 @@ impl Herald {
         });
         let id = cursor.encode(&channels);
         sse::one_off_event(&mut pre, "connected", &id, connected.to_string().as_bytes(), named);
+        if parsed.is_some() {
+            let m = &self.inner.metrics;
+            let counter = if gaps.is_empty() { &m.resumes_replayed } else { &m.resumes_reset };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         for (i, reason) in gaps {
             let reset = json!({
                 "type": "reset",
@@ -468,6 +484,38 @@ fn write_replay(
             out.extend_from_slice(&copy.frame.with_id(named));
         } else {
             copy.frame.put_with_own_id(out, &cursor.encode(channels), named);
+        }
+    }
+}
+
+/// For the admin view: this node's numbers on `admin:nodes`, every `admin_interval`.
+async fn publish_node_stats(inner: Weak<Inner>) {
+    let Some(period) = inner.upgrade().map(|i| i.config.admin_interval) else { return };
+    let Ok(channel) = ChannelName::parse_with("admin:nodes", |ns| ns == crate::policy::ADMIN_NAMESPACE) else { return };
+    let mut ticker = tokio::time::interval(period);
+    let mut last_sent = 0u64;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let herald = Herald { inner };
+        let sent = herald.hub().stats.events_written.load(Ordering::Relaxed);
+        let per_second = (sent - last_sent.min(sent)) as f64 / period.as_secs_f64().max(0.001);
+        last_sent = sent;
+        let engine = herald.engine();
+        let event = Event::new("node_stats")
+            .with("nodeId", herald.node_id())
+            .with("engine", engine.name())
+            .with("engineUp", engine.is_healthy())
+            .with("draining", herald.is_draining())
+            .with("connections", herald.connection_count())
+            .with("users", herald.hub().user_count())
+            .with("channelCount", herald.channel_count())
+            .with("eventsSent", sent)
+            .with("eventsPerSecond", (per_second * 10.0).round() / 10.0)
+            .with("publishAccepted", herald.metrics().publish_accepted.load(Ordering::Relaxed))
+            .with("uptimeSeconds", herald.uptime().as_secs());
+        if let Err(e) = herald.publish(vec![channel.clone()], event).await {
+            tracing::debug!(error = %e, "could not publish node stats");
         }
     }
 }

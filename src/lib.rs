@@ -23,6 +23,7 @@
 //! | [`herald`] | the node handle tying them together: [`Herald`] |
 //! | [`http`] | the HTTP API (axum routes) |
 //! | [`server`] | listening, TLS, HTTP/2, graceful shutdown |
+//! | [`metrics`] | counters and the Prometheus exposition |
 //!
 //! Embedding in an axum application:
 //!
@@ -44,8 +45,9 @@ pub mod event;
 pub mod herald;
 pub mod http;
 pub mod hub;
-mod ids;
+pub(crate) mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod sse;

@@ -77,9 +77,18 @@ struct ServeArgs {
     /// Open connections per user; over it, 429 [default: 5].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
     max_connections_per_user: Option<usize>,
+    /// Log format: `text` for people, `json` for one JSON object per line.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Log filter, like `info` or `herald=debug` [default: info].
     #[arg(long, env = "HERALD_LOG", default_value = "info")]
     log: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 impl ServeArgs {
@@ -136,10 +145,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
     let config = args.config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

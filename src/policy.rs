@@ -19,6 +19,9 @@ use crate::auth::Principal;
 use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE, SYSTEM_CHANNEL, USER_NAMESPACE};
 use crate::config::{Access, Config, NamespaceConfig};
 
+/// The namespace of the admin view's channels (`admin:nodes`), present when `admin` is on.
+pub const ADMIN_NAMESPACE: &str = "admin";
+
 /// The resolved settings of one namespace.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Namespace {
@@ -78,6 +81,11 @@ impl Policies {
         namespaces.insert(ROOM_NAMESPACE.to_owned(), base(open, open, true));
         let system_publish = if dev_mode { Access::Anyone } else { Access::ApiKey };
         namespaces.insert(SYSTEM_CHANNEL.to_owned(), base(open, system_publish, false));
+        if cfg.admin {
+            let mut admin = base(Access::ApiKey, Access::ApiKey, false);
+            admin.history_size = 16;
+            namespaces.insert(ADMIN_NAMESPACE.to_owned(), admin);
+        }
         for (name, over) in &cfg.namespaces {
             let ns = namespaces
                 .entry(name.clone())

@@ -278,7 +278,8 @@ impl RedisEngine {
 fn published(channel: &ChannelName, pos: Position, id: &str, etype: &str, body: &str, fanout: u16) -> Arc<Published> {
     let json = json_for(id, channel.as_str(), body);
     let copy = Copy::new(channel.clone(), pos, etype, json.as_bytes());
-    Arc::new(Published { id: Arc::from(id), event_type: Arc::from(etype), copies: vec![copy], fanout })
+    let accepted = std::time::Instant::now();
+    Arc::new(Published { id: Arc::from(id), event_type: Arc::from(etype), copies: vec![copy], fanout, accepted })
 }
 
 fn stored_event(channel: &ChannelName, pos: Position, fields: &HashMap<String, String>) -> Option<Arc<Published>> {

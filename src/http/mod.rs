@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod observe;
 mod publish;
 mod status;
 mod subscribe;
@@ -13,6 +14,7 @@ mod tickets;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::{get, post};
 
 use crate::herald::Herald;
@@ -21,17 +23,26 @@ pub use error::ApiError;
 /// All of Herald's routes, with `herald` as state.
 pub fn router(herald: Herald) -> Router {
     let body_limit = herald.config().max_body_bytes;
-    Router::new()
-        .route("/api/events", get(subscribe::subscribe))
+    let publishing = Router::new()
         .route("/api/publish", post(publish::publish))
         .route("/api/channels/{channel}/events", post(publish::publish_to_channel))
+        .route_layer(middleware::from_fn_with_state(herald.clone(), observe::count_publish_refusals));
+    let streaming = Router::new()
+        .route("/api/events", get(subscribe::subscribe))
+        .route_layer(middleware::from_fn_with_state(herald.clone(), observe::count_subscribe_refusals));
+    Router::new()
+        .merge(publishing)
+        .merge(streaming)
         .route("/api/tickets", post(tickets::issue))
+        .route("/metrics", get(status::metrics))
+        .route("/admin", get(status::admin))
         .route("/api/status", get(status::status))
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(observe::request_id))
         .with_state(herald)
 }
 

@@ -22,6 +22,21 @@ pub async fn readyz(State(herald): State<Herald>) -> (StatusCode, Json<Value>) {
     }
 }
 
+/// `GET /admin`: the live admin view, when `admin` is on (404 otherwise). The page holds
+/// no data; it streams `admin:nodes` with an API key the operator types in.
+pub async fn admin(State(herald): State<Herald>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !herald.config().admin {
+        return crate::http::not_found().await.into_response();
+    }
+    axum::response::Html(include_str!("assets/admin.html")).into_response()
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub async fn metrics(State(herald): State<Herald>) -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render(&herald))
+}
+
 /// Node id, version, uptime, engine, and counts (document 004's connection status).
 pub async fn status(State(herald): State<Herald>) -> Json<Value> {
     let engine = herald.engine();
@@ -32,6 +47,7 @@ pub async fn status(State(herald): State<Herald>) -> Json<Value> {
         "engine": {"name": engine.name(), "healthy": engine.is_healthy()},
         "draining": herald.is_draining(),
         "connections": herald.connection_count(),
+        "users": herald.hub().user_count(),
         "channels": herald.channel_count(),
     }))
 }

@@ -347,6 +347,7 @@ impl http_body::Body for SseBody {
                     && this.advance(&event).is_some()
                     && let Some(copy) = event.copy_on(this.channels[0].as_str())
                 {
+                    this.hub.stats.record_write(1, &event);
                     return Poll::Ready(Some(Ok(http_body::Frame::data(copy.frame.with_id(this.named)))));
                 }
                 if heartbeat {
@@ -356,9 +357,16 @@ impl http_body::Body for SseBody {
             }
 
             let mut out = BytesMut::new();
-            for event in items.drain(..) {
-                if let Some(at) = this.advance(&event) {
-                    this.write_event(&mut out, &event, at);
+            let mut written = 0;
+            if let Some(oldest) = items.front().cloned() {
+                for event in items.drain(..) {
+                    if let Some(at) = this.advance(&event) {
+                        this.write_event(&mut out, &event, at);
+                        written += 1;
+                    }
+                }
+                if written > 0 {
+                    this.hub.stats.record_write(written, &oldest);
                 }
             }
             this.spare = if items.capacity() > 4 * MAX_BATCH { VecDeque::new() } else { items };

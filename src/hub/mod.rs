@@ -46,6 +46,18 @@ pub struct HubStats {
     pub slow_disconnects: AtomicU64,
     /// Connections closed because they made no progress for the client timeout.
     pub timeout_disconnects: AtomicU64,
+    /// Events written to clients (`sse_events_sent`).
+    pub events_written: AtomicU64,
+    /// Time from acceptance to write, one observation per write batch.
+    pub latency: crate::metrics::Histogram,
+}
+
+impl HubStats {
+    /// Counts `n` events written in one batch whose oldest is `oldest`.
+    pub(crate) fn record_write(&self, n: u64, oldest: &Published) {
+        self.events_written.fetch_add(n, Ordering::Relaxed);
+        self.latency.observe(oldest.accepted.elapsed());
+    }
 }
 
 /// This node's registry of connections and channels.

@@ -613,11 +613,13 @@ pub fn herald() -> std::process::Command {
 
 /// Starts the binary and waits for its "listening on" line.
 pub async fn start(mut cmd: std::process::Command) -> Running {
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn herald: {e}"));
+    cmd.stderr(std::process::Stdio::null());
+    start_with_stderr(cmd).await
+}
+
+/// Like [`start`], keeping whatever the caller set up for stderr.
+pub async fn start_with_stderr(mut cmd: std::process::Command) -> Running {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn herald: {e}"));
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let line = within(
         "the listening line",
@@ -636,4 +638,22 @@ pub async fn start(mut cmd: std::process::Command) -> Running {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
     Running { child, addr }
+}
+
+impl Running {
+    /// Waits for the process to exit and returns everything it wrote to stderr (which the
+    /// caller must have piped).
+    pub async fn stderr_to_end(&mut self) -> String {
+        let mut err = self.child.stderr.take().unwrap_or_else(|| panic!("stderr was not piped"));
+        within(
+            "the process to exit",
+            tokio::task::spawn_blocking(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut err, &mut text);
+                text
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
 }
