@@ -60,6 +60,9 @@ pub struct Config {
     /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); absent means
     /// the in-memory engine (one node).
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a
+    /// private CA).
+    pub redis_tls_ca: Option<PathBuf>,
     /// Prefix of every Redis key and pub/sub channel (document 002: `realtime`).
     pub redis_prefix: String,
     /// TLS certificate chain (PEM). With `tls_key`, serves HTTPS with HTTP/2 by ALPN.
@@ -207,6 +210,7 @@ impl Default for Config {
             http2_max_concurrent_streams: 1000,
             redis_url: None,
             redis_prefix: "realtime".to_owned(),
+            redis_tls_ca: None,
             tls_cert: None,
             tls_key: None,
             max_connections_per_user: 5,

@@ -137,9 +137,13 @@ impl Herald {
         config.validate()?;
         let policies = Arc::new(Policies::from_config(&config));
         let hub = Arc::new(Hub::new());
-        let engine = RedisEngine::connect(&url, &config.redis_prefix, Arc::clone(&hub), Arc::clone(&policies))
-            .await
-            .map_err(StartError::Engine)?;
+        // A user's connection slot outlives three missed renewals (one per heartbeat).
+        let lease = config.heartbeat_interval * 3;
+        let ca = config.redis_tls_ca.as_deref();
+        let engine =
+            RedisEngine::connect(&url, ca, &config.redis_prefix, lease, Arc::clone(&hub), Arc::clone(&policies))
+                .await
+                .map_err(StartError::Engine)?;
         Ok(Self::with_engine(config, policies, hub, engine)?)
     }
 
@@ -381,6 +385,13 @@ impl Herald {
             Refused::UserLimit => SubscribeError::UserLimit { limit: cfg.max_connections_per_user },
         })?;
         let mut body = SseBody::new(shared, Arc::clone(hub), channels.clone(), Cursor::default(), req.named);
+        if let Some(user) = req.principal.user_id() {
+            // Across nodes (Redis); the hub has already checked this node. On refusal the
+            // body is dropped, which unregisters the connection.
+            if !self.inner.engine.acquire_slot(user, &conn_id, cfg.max_connections_per_user).await? {
+                return Err(SubscribeError::UserLimit { limit: cfg.max_connections_per_user });
+            }
+        }
         self.inner.engine.watch(&activated).await?;
 
         let parsed = req.last_event_id.as_deref().map(LastEventId::parse);

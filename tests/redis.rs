@@ -170,3 +170,85 @@ async fn a_node_subscribes_in_redis_only_to_channels_it_has_subscribers_for() {
     drop(stream);
     eventually("the node to unsubscribe after its last subscriber left", || channels(&redis).is_empty()).await;
 }
+
+#[tokio::test]
+async fn the_per_user_connection_limit_counts_connections_on_every_node() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let limited = |url: String| {
+        move |c: &mut herald::Config| {
+            c.redis_url = Some(url);
+            c.max_connections_per_user = 2;
+        }
+    };
+    let a = TestServer::secured(limited(url.clone())).await;
+    let b = TestServer::secured(limited(url)).await;
+    let _on_a = a.client(Proto::H1).user("u").subscribe("channel=user:u", &[]).await;
+    let on_b = b.client(Proto::H1).user("u").subscribe("channel=user:u", &[]).await;
+    let third = a.client(Proto::H1).user("u").open_events("channel=user:u", &[]).await;
+    let (status, err) = support::read_json(third).await;
+    assert_eq!((status.as_u16(), err["error"]["code"].as_str()), (429, Some("too_many_connections")));
+    assert_eq!(a.herald.connection_count(), 1, "the refused connection left nothing behind");
+    let _other_user = a.client(Proto::H1).user("v").subscribe("channel=user:v", &[]).await;
+    // Closing one on node b frees a slot for node a.
+    drop(on_b);
+    eventually("node b to give the slot back", || redis.cli(&["ZCARD", "realtime:conns:{u}"]).trim() == "1").await;
+    let _again = a.client(Proto::H1).user("u").subscribe("channel=user:u", &[]).await;
+}
+
+#[tokio::test]
+async fn a_password_protected_redis_is_reached_with_the_password_in_the_url() {
+    let redis = RedisServer::start_with(|port, _| {
+        vec!["--port".into(), port.to_string(), "--requirepass".into(), "s3cret-pass".into()]
+    })
+    .await;
+    let port = redis.port;
+    let good = TestServer::secured(move |c| c.redis_url = Some(format!("redis://:s3cret-pass@127.0.0.1:{port}"))).await;
+    let mut stream = good.client(Proto::H1).user("1").subscribe("channel=channel:pw", &[]).await;
+    good.client(Proto::H1).backend().publish(&json!({"channel": "channel:pw", "type": "update", "n": 0})).await;
+    expect_ns(&mut stream, 0..1).await;
+    let mut config = support::test_config();
+    support::secure(&mut config);
+    config.redis_url = Some(format!("redis://:wrong@127.0.0.1:{port}"));
+    let refused = herald::Herald::start(config).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("cannot start the engine"), "{refused}");
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_a_private_ca_works_end_to_end() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let redis = RedisServer::start_with(|port, dir| {
+        let (c, k) = (dir.join("redis.crt"), dir.join("redis.key"));
+        std::fs::write(&c, &cert_pem).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&k, &key_pem).unwrap_or_else(|e| panic!("{e}"));
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(c.clone()),
+            "--tls-key-file".into(),
+            path(k),
+            "--tls-ca-cert-file".into(),
+            path(c),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
+    })
+    .await;
+    let ca = redis.dir.path.join("redis.crt");
+    let port = redis.port;
+    let node = |ca: std::path::PathBuf| {
+        move |c: &mut herald::Config| {
+            c.redis_url = Some(format!("rediss://localhost:{port}"));
+            c.redis_tls_ca = Some(ca);
+        }
+    };
+    let (a, b) = (TestServer::secured(node(ca.clone())).await, TestServer::secured(node(ca)).await);
+    let mut stream = b.client(Proto::H1).user("1").subscribe("channel=channel:tls", &[]).await;
+    a.client(Proto::H1).backend().publish(&json!({"channel": "channel:tls", "type": "update", "n": 0})).await;
+    expect_ns(&mut stream, 0..1).await;
+}

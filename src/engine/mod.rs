@@ -101,6 +101,17 @@ pub trait Engine: Send + Sync + 'static {
     /// Takes a ticket: the first caller gets its payload, every later one `None`.
     fn take_ticket<'a>(&'a self, ticket: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>>;
 
+    /// Takes one of `user`'s connection slots across every node, or answers `false` when the
+    /// user already holds `limit`. Engines of one node leave the count to the hub.
+    fn acquire_slot<'a>(
+        &'a self,
+        _user: &'a str,
+        _conn: &'a str,
+        _limit: usize,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async { Ok(true) })
+    }
+
     /// Whether the engine can accept publishes now (readiness).
     fn is_healthy(&self) -> bool;
 

@@ -79,6 +79,18 @@ if ARGV[1] == '' then return {head, floor, deleted, {}} end
 return {head, floor, deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
 ";
 
+/// Takes a connection slot of a user if fewer than the limit are held. KEYS[1] is the
+/// user's sorted set of connection ids scored by lease expiry.
+const SLOT_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+";
+
 /// Counters the Redis engine keeps.
 #[derive(Default, Debug)]
 pub struct RedisStats {
@@ -102,6 +114,9 @@ pub struct RedisEngine {
     healthy: AtomicBool,
     publish_script: Script,
     history_script: Script,
+    slot_script: Script,
+    /// How long a user's connection slot lives without renewal (a dead node's slots lapse).
+    slot_lease: Duration,
     /// The position of the last event delivered per watched channel: where catch-up starts.
     last_seen: Mutex<HashMap<ChannelName, Position>>,
     pub stats: RedisStats,
@@ -112,14 +127,24 @@ fn unavailable(e: impl std::fmt::Display) -> EngineError {
 }
 
 impl RedisEngine {
-    /// Connects to Redis and starts the node's pub/sub task.
+    /// Connects to Redis and starts the node's pub/sub task. `tls_ca` is a PEM file of the CA
+    /// that signed a `rediss://` server's certificate, when it is not a public one.
     pub async fn connect(
         url: &str,
+        tls_ca: Option<&std::path::Path>,
         prefix: &str,
+        slot_lease: Duration,
         hub: Arc<Hub>,
         policies: Arc<Policies>,
     ) -> Result<Arc<Self>, EngineError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        let client = match tls_ca {
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                redis::Client::build_with_tls(url, certs).map_err(unavailable)?
+            }
+            None => redis::Client::open(url).map_err(unavailable)?,
+        };
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -135,9 +160,14 @@ impl RedisEngine {
             healthy: AtomicBool::new(false),
             publish_script: Script::new(PUBLISH_LUA),
             history_script: Script::new(HISTORY_LUA),
+            slot_script: Script::new(SLOT_LUA),
+            slot_lease,
             last_seen: Mutex::new(HashMap::new()),
             stats: RedisStats::default(),
         });
+        let (departed_tx, departed_rx) = mpsc::unbounded_channel();
+        engine.hub.report_departures(departed_tx);
+        tokio::spawn(release_slots(Arc::downgrade(&engine), departed_rx));
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(pubsub_task(Arc::downgrade(&engine), client, rx, ready_tx));
         // Wait for the first pub/sub connection, so a node starts ready or not at all.
@@ -161,6 +191,10 @@ impl RedisEngine {
 
     fn floor_key(&self, channel: &ChannelName) -> String {
         format!("{}:floor", self.pubsub_name(channel))
+    }
+
+    fn slots_key(&self, user: &str) -> String {
+        format!("{}:conns:{{{user}}}", self.prefix)
     }
 
     fn ticket_key(&self, ticket: &str) -> String {
@@ -313,6 +347,20 @@ fn parse_history(reply: &Value) -> Option<(Position, Position, Entries)> {
         }
     }
     Some((head, floor.max(deleted), entries))
+}
+
+/// Gives back the connection slots of users' connections that left this node.
+async fn release_slots(engine: Weak<RedisEngine>, mut departed: mpsc::UnboundedReceiver<crate::hub::Departure>) {
+    while let Some((user, conn_id)) = departed.recv().await {
+        let Some(this) = engine.upgrade() else { return };
+        let mut conn = this.conn.clone();
+        let key = this.slots_key(&user);
+        drop(this);
+        let released: Result<i64, _> = conn.zrem(key, &*conn_id).await;
+        if let Err(e) = released {
+            tracing::debug!(error = %e, "could not release a connection slot; its lease will lapse");
+        }
+    }
 }
 
 /// The node's pub/sub connection: subscriptions, live messages, reconnects and catch-up.
@@ -505,6 +553,51 @@ impl Engine for RedisEngine {
 
     fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn acquire_slot<'a>(
+        &'a self,
+        user: &'a str,
+        conn_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let lease = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
+            let taken: i64 = self
+                .slot_script
+                .key(self.slots_key(user))
+                .arg(conn_id)
+                .arg(limit)
+                .arg(lease)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(taken == 1)
+        })
+    }
+
+    /// Renews the leases of this node's users' connection slots.
+    fn sweep(&self) {
+        let slots = self.hub.user_connections();
+        if slots.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let lease = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
+        let keys: Vec<(String, Arc<str>)> = slots.into_iter().map(|(u, c)| (self.slots_key(&u), c)).collect();
+        tokio::spawn(async move {
+            let mut pipe = redis::pipe();
+            let now = crate::ids::now_ms();
+            for (key, conn_id) in &keys {
+                pipe.cmd("ZADD").arg(key).arg("XX").arg(now + lease).arg(&**conn_id).ignore();
+                pipe.cmd("PEXPIRE").arg(key).arg(lease).ignore();
+            }
+            let renewed: Result<(), _> = pipe.query_async(&mut conn).await;
+            if let Err(e) = renewed {
+                tracing::warn!(error = %e, "could not renew connection slots");
+            }
+        });
     }
 
     fn counters(&self) -> super::EngineCounters {

@@ -66,8 +66,14 @@ pub struct Hub {
     registry: RwLock<Registry>,
     connections: AtomicUsize,
     next_key: AtomicU64,
+    /// Where departures of users' connections are reported, for an engine that counts
+    /// them beyond this node.
+    departures: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Departure>>,
     pub stats: HubStats,
 }
+
+/// A user's connection left this node: `(user id, connection id)`.
+pub type Departure = (Arc<str>, Arc<str>);
 
 impl Hub {
     pub fn new() -> Self {
@@ -126,12 +132,15 @@ impl Hub {
             return Vec::new();
         };
         self.connections.fetch_sub(1, Ordering::Relaxed);
-        if let Some(user) = &conn.user_id
-            && let Some(count) = reg.users.get_mut(user)
-        {
-            *count -= 1;
-            if *count == 0 {
-                reg.users.remove(user);
+        if let Some(user) = &conn.user_id {
+            if let Some(count) = reg.users.get_mut(user) {
+                *count -= 1;
+                if *count == 0 {
+                    reg.users.remove(user);
+                }
+            }
+            if let Some(tx) = self.departures.get() {
+                let _ = tx.send((Arc::clone(user), Arc::clone(&conn.id)));
             }
         }
         let mut emptied = Vec::new();
@@ -219,6 +228,20 @@ impl Hub {
     /// Open connections on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Reports every later departure of a user's connection on `tx` (set once).
+    pub fn report_departures(&self, tx: tokio::sync::mpsc::UnboundedSender<Departure>) {
+        let _ = self.departures.set(tx);
+    }
+
+    /// Every user's connection on this node, as `(user id, connection id)`.
+    pub fn user_connections(&self) -> Vec<Departure> {
+        self.read()
+            .conns
+            .values()
+            .filter_map(|(c, _)| c.user_id.as_ref().map(|u| (Arc::clone(u), Arc::clone(&c.id))))
+            .collect()
     }
 
     /// Channels with at least one local subscriber, by name.

@@ -515,16 +515,25 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
-    dir: TempDir,
+    pub dir: TempDir,
+    /// Arguments that choose how it listens (`--port P`, or TLS and a password).
+    listen_args: Vec<String>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(|port, _| vec!["--port".into(), port.to_string()]).await
+    }
+
+    /// Starts with the listening arguments `listen(port, dir)` returns.
+    pub async fn start_with(listen: impl FnOnce(u16, &std::path::Path) -> Vec<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("free port: {e}"));
-        let mut server = Self { port, child: None, dir: TempDir::new() };
+        let dir = TempDir::new();
+        let listen_args = listen(port, &dir.path);
+        let mut server = Self { port, child: None, dir, listen_args };
         server.spawn().await;
         server
     }
@@ -532,7 +541,8 @@ impl RedisServer {
     async fn spawn(&mut self) {
         use std::io::BufRead;
         let mut child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(&self.listen_args)
+            .args(["--bind", "127.0.0.1 -::1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--logfile", ""])
             .arg("--dir")
             .arg(&self.dir.path)
