@@ -64,7 +64,7 @@ impl Server {
             _ => None,
         };
         let addr = cfg.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         Ok(Self { listener, tls, herald, router })
     }
 
@@ -111,7 +111,9 @@ impl Server {
                         // Out of file descriptors and the like: say so, and keep serving
                         // the connections we have.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::task::yield_now().await;
+                        // Out of file descriptors does not get better at once: back off
+                        // instead of spinning on the error.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                 },
                 () = &mut shutdown => break,
@@ -188,6 +190,17 @@ impl Conn {
         }
     }
 }
+
+/// Binds with a listen backlog fit for reconnect storms (the kernel caps it at somaxconn).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Pending connections the kernel may queue for `accept`.
+const LISTEN_BACKLOG: u32 = 4096;
 
 fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
     let tls_err =

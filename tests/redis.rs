@@ -252,3 +252,69 @@ async fn redis_over_tls_with_a_private_ca_works_end_to_end() {
     a.client(Proto::H1).backend().publish(&json!({"channel": "channel:tls", "type": "update", "n": 0})).await;
     expect_ns(&mut stream, 0..1).await;
 }
+
+#[tokio::test]
+async fn a_resume_from_before_the_trimmed_history_is_a_reset_never_a_silent_gap() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let node = TestServer::secured(move |c| {
+        c.redis_url = Some(url);
+        c.history_size = 2;
+    })
+    .await;
+    let mut stream = node.client(Proto::H1).user("1").subscribe("channel=channel:trim", &[]).await;
+    let mut p = node.client(Proto::H1).backend();
+    p.publish(&json!({"channel": "channel:trim", "type": "update", "n": 0})).await;
+    let last = expect_ns(&mut stream, 0..1).await;
+    drop(stream);
+    for n in 1..5 {
+        p.publish(&json!({"channel": "channel:trim", "type": "update", "n": n})).await;
+    }
+    let mut resumed =
+        node.client(Proto::H1).user("1").subscribe("channel=channel:trim", &[("last-event-id", &last)]).await;
+    let ev = resumed.expect().await;
+    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
+}
+
+#[tokio::test]
+async fn a_multi_channel_event_is_not_replayed_after_a_resume_from_its_own_id() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let query = "channel=channel:m1&channel=channel:m2";
+    let mut stream = b.client(Proto::H1).user("1").subscribe(query, &[]).await;
+    let mut p = a.client(Proto::H1).backend();
+    p.publish(&json!({"channels": ["channel:m1", "channel:m2"], "type": "alert", "n": 0})).await;
+    let last = expect_ns(&mut stream, 0..1).await;
+    drop(stream);
+    p.publish(&json!({"channel": "channel:m2", "type": "alert", "n": 1})).await;
+    let mut resumed = b.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &last)]).await;
+    expect_ns(&mut resumed, 1..2).await;
+}
+
+#[tokio::test]
+async fn a_frozen_redis_makes_the_node_unready_and_new_streams_fail_fast_until_it_thaws() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis).await;
+    let mut stream = a.client(Proto::H1).user("1").subscribe("channel=channel:freeze", &[]).await;
+    redis.signal("STOP");
+    eventually("the node to notice a frozen Redis", || !a.herald.is_ready()).await;
+    let fresh = a.client(Proto::H1).user("2").open_events("channel=channel:new-while-frozen", &[]).await;
+    assert_eq!(fresh.status(), 503, "a new stream is refused, not left hanging");
+    redis.signal("CONT");
+    eventually("the node to be ready again", || a.herald.is_ready()).await;
+    a.client(Proto::H1).backend().publish(&json!({"channel": "channel:freeze", "type": "update", "n": 0})).await;
+    expect_ns(&mut stream, 0..1).await;
+}
+
+#[tokio::test]
+async fn a_batch_over_redis_is_published_in_one_transaction_and_delivered_in_order() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut stream = b.client(Proto::H1).user("1").subscribe("channel=channel:batch&channel=user:1", &[]).await;
+    let batch: Vec<_> = (0..6)
+        .map(|n| json!({"channel": if n % 2 == 0 { "channel:batch" } else { "user:1" }, "type": "update", "n": n}))
+        .collect();
+    let answer = a.client(Proto::H1).backend().publish(&json!(batch)).await;
+    assert_eq!(answer["ids"].as_array().map(Vec::len), Some(6));
+    expect_ns(&mut stream, 0..6).await;
+}

@@ -38,26 +38,58 @@ use crate::hub::Hub;
 use crate::policy::Policies;
 
 const PUBLISH_LUA: &str = r"
+local function newer(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+-- The floor is the newest id ever trimmed: resuming from before it is a gap.
+local function raise_floor(key, id)
+  local cur = redis.call('GET', key)
+  if (not cur) or newer(id, cur) then redis.call('SET', key, id) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id, etype, body = ARGV[1], ARGV[2], ARGV[3]
+local id, etype, body, pubcmd = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local n = #KEYS / 2
-local out = {}
+local sids, chans, names = {}, {}, {}
 for i = 1, n do
   local stream, floor = KEYS[2 * i - 1], KEYS[2 * i]
-  local base = 3 + (i - 1) * 3
-  local chan, maxlen, ttl = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  local base = 4 + (i - 1) * 4
+  local chan, name, maxlen, ttl = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local minid = tostring(math.max(now - ttl, 0)) .. '-0'
   if redis.call('EXISTS', stream) == 0 then
-    redis.call('SET', floor, tostring(math.max(now - ttl, 0)) .. '-0')
+    redis.call('SET', floor, minid)
+  end
+  local drop = redis.call('XLEN', stream) + 1 - maxlen
+  if drop > 0 then
+    local gone = redis.call('XRANGE', stream, '-', '+', 'COUNT', drop)
+    if #gone > 0 then raise_floor(floor, gone[#gone][1]) end
   end
   local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', n)
-  redis.call('XTRIM', stream, 'MINID', tostring(math.max(now - ttl, 0)) .. '-0')
+  if maxlen == 0 then raise_floor(floor, sid) end
+  local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+  if #old > 0 then
+    raise_floor(floor, old[1][1])
+    redis.call('XTRIM', stream, 'MINID', minid)
+  end
   redis.call('PEXPIRE', stream, ttl)
   redis.call('PEXPIRE', floor, ttl)
-  redis.call('PUBLISH', chan, sid .. ' ' .. id .. ' ' .. etype .. ' ' .. n .. '\n' .. body)
-  out[i] = sid
+  sids[i], chans[i], names[i] = sid, chan, name
 end
-return out
+-- Every channel's message names every channel's position, so a node delivers the event
+-- once and a connection following several of its channels advances on all of them.
+local positions = ''
+if n > 1 then
+  local parts = {}
+  for i = 1, n do parts[i] = names[i] .. ' ' .. sids[i] end
+  positions = table.concat(parts, ' ')
+end
+for i = 1, n do
+  redis.call(pubcmd, chans[i], sids[i] .. ' ' .. id .. ' ' .. etype .. ' ' .. n .. '\n' .. positions .. '\n' .. body)
+end
+return sids
 ";
 
 const HISTORY_LUA: &str = r"
@@ -207,21 +239,45 @@ impl RedisEngine {
         })
     }
 
-    async fn publish_one(&self, p: &Prepared) -> Result<PublishAck, EngineError> {
+    fn invocation(&self, p: &Prepared) -> redis::ScriptInvocation<'_> {
         let mut inv = self.publish_script.prepare_invoke();
-        inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body);
+        inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg("PUBLISH");
         for ch in &p.channels {
             let (size, ttl) = self.limits(ch);
             inv.key(self.stream_key(ch)).key(self.floor_key(ch));
-            inv.arg(self.pubsub_name(ch)).arg(size).arg(ttl);
+            inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
         }
+        inv
+    }
+
+    /// Publishes a batch: one script for one event, or every event's script inside one
+    /// MULTI/EXEC, so that a batch is all accepted or (Redis gone) not at all.
+    async fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-        let positions = ids
+        let ids: Vec<Vec<String>> = if let [one] = batch {
+            vec![self.invocation(one).invoke_async(&mut conn).await.map_err(unavailable)?]
+        } else {
+            // EVALSHA inside MULTI cannot fall back to EVAL: load the script first.
+            self.publish_script.prepare_invoke().load_async(&mut conn).await.map_err(unavailable)?;
+            let invocations: Vec<_> = batch.iter().map(|p| self.invocation(p)).collect();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for inv in &invocations {
+                pipe.invoke_script(inv);
+            }
+            pipe.query_async(&mut conn).await.map_err(unavailable)?
+        };
+        batch
             .iter()
-            .map(|id| Position::parse_stream_id(id).ok_or_else(|| unavailable(format!("bad stream id {id}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() })
+            .zip(ids)
+            .map(|(p, ids)| {
+                let positions = ids
+                    .iter()
+                    .map(|id| Position::parse_stream_id(id).ok_or_else(|| unavailable(format!("bad stream id {id}"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() })
+            })
+            .collect()
     }
 
     async fn read(&self, channel: &ChannelName, after: Option<Position>) -> Result<HistoryRead, EngineError> {
@@ -258,21 +314,38 @@ impl RedisEngine {
         }
     }
 
-    /// Delivers one pub/sub message to the hub.
+    /// Delivers one pub/sub message to the hub. Its first line is `<stream id> <event id>
+    /// <type> <channel count>`; the second, for an event on several channels, lists
+    /// `<channel> <stream id>` pairs; the rest is the body.
     fn on_message(&self, channel: &ChannelName, payload: &[u8]) {
-        let Some((head, body)) = std::str::from_utf8(payload).ok().and_then(|s| s.split_once('\n')) else {
-            return tracing::warn!(%channel, "ignoring a malformed pub/sub message");
-        };
+        match self.parse_message(channel, payload) {
+            Some(event) => self.hub.deliver(&event),
+            None => tracing::warn!(%channel, "ignoring a malformed pub/sub message"),
+        }
+    }
+
+    fn parse_message(&self, channel: &ChannelName, payload: &[u8]) -> Option<Arc<Published>> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let (head, rest) = text.split_once('\n')?;
+        let (positions, body) = rest.split_once('\n')?;
         let mut parts = head.split(' ');
-        let (Some(sid), Some(id), Some(etype), Some(n)) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return tracing::warn!(%channel, "ignoring a malformed pub/sub message");
-        };
-        let (Some(pos), Ok(fanout)) = (Position::parse_stream_id(sid), n.parse::<u16>()) else {
-            return tracing::warn!(%channel, "ignoring a malformed pub/sub message");
-        };
-        self.note_seen(channel, pos);
-        self.hub.deliver(&published(channel, pos, id, etype, body, fanout));
+        let (sid, id, etype, n) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let pos = Position::parse_stream_id(sid)?;
+        let fanout: u16 = n.parse().ok()?;
+        let accepted = std::time::Instant::now();
+        if positions.is_empty() {
+            self.note_seen(channel, pos);
+            return Some(published(channel, pos, id, etype, body, fanout));
+        }
+        let mut copies = Vec::new();
+        let mut words = positions.split(' ');
+        while let (Some(name), Some(sid)) = (words.next(), words.next()) {
+            let ch = ChannelName::parse_with(name, |_| true).ok()?;
+            let pos = Position::parse_stream_id(sid)?;
+            self.note_seen(&ch, pos);
+            copies.push(Copy::new(ch.clone(), pos, etype, json_for(id, ch.as_str(), body).as_bytes()));
+        }
+        Some(Arc::new(Published { id: Arc::from(id), event_type: Arc::from(etype), copies, fanout, accepted }))
     }
 
     /// After a reconnect: delivers what each watched channel got since its last delivered event.
@@ -293,7 +366,10 @@ impl RedisEngine {
                     }
                 }
                 HistoryRead::Gap { head, .. } => {
-                    tracing::warn!(channel = %ch, "history no longer covers the outage; streams resume from their own ids on reconnect");
+                    // Events were missed and cannot be replayed here: close the channel's
+                    // streams, so that each client resumes and is told to refetch (`reset`).
+                    let closed = self.hub.disconnect_channel(ch);
+                    tracing::warn!(channel = %ch, closed, "history no longer covers the outage; streams closed to resync");
                     self.note_seen(ch, head);
                 }
             }
@@ -349,6 +425,18 @@ fn parse_history(reply: &Value) -> Option<(Position, Position, Entries)> {
     Some((head, floor.max(deleted), entries))
 }
 
+/// How long one pub/sub operation may take before the connection counts as lost.
+const PUBSUB_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Runs a pub/sub operation with [`PUBSUB_DEADLINE`].
+async fn deadline<T>(op: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    match tokio::time::timeout(PUBSUB_DEADLINE, op).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PUBSUB_DEADLINE:?}")),
+    }
+}
+
 /// Gives back the connection slots of users' connections that left this node.
 async fn release_slots(engine: Weak<RedisEngine>, mut departed: mpsc::UnboundedReceiver<crate::hub::Departure>) {
     while let Some((user, conn_id)) = departed.recv().await {
@@ -374,7 +462,7 @@ async fn pubsub_task(
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(this) = engine.upgrade() else { return };
-        let pubsub = match client.get_async_pubsub().await {
+        let pubsub = match deadline(client.get_async_pubsub()).await {
             Ok(p) => p,
             Err(e) => {
                 this.healthy.store(false, Ordering::Relaxed);
@@ -404,7 +492,7 @@ async fn pubsub_task(
         let mut names: HashMap<String, ChannelName> = active.iter().map(|c| (this.pubsub_name(c), c.clone())).collect();
         let subscribed: Vec<String> = names.keys().cloned().collect();
         if !subscribed.is_empty()
-            && let Err(e) = sink.subscribe(&subscribed).await
+            && let Err(e) = deadline(sink.subscribe(&subscribed)).await
         {
             tracing::warn!(error = %e, "resubscribing failed");
             continue;
@@ -444,7 +532,7 @@ async fn pubsub_task(
                         continue;
                     }
                     let wanted: Vec<String> = fresh.iter().map(|c| this.pubsub_name(c)).collect();
-                    if let Err(e) = sink.subscribe(&wanted).await {
+                    if let Err(e) = deadline(sink.subscribe(&wanted)).await {
                         let _ = ack.send(Err(unavailable(e)));
                         break;
                     }
@@ -458,6 +546,11 @@ async fn pubsub_task(
                     let _ = ack.send(result);
                 }
                 _ = reconcile.tick() => {
+                    // A frozen Redis answers nothing: notice it, and reconnect.
+                    if let Err(e) = deadline(sink.ping::<String>()).await {
+                        tracing::warn!(error = %e, "redis pub/sub connection does not answer");
+                        break;
+                    }
                     let Some(this) = engine.upgrade() else { return };
                     let idle: Vec<String> = names
                         .iter()
@@ -467,7 +560,7 @@ async fn pubsub_task(
                     if idle.is_empty() {
                         continue;
                     }
-                    if let Err(e) = sink.unsubscribe(&idle).await {
+                    if let Err(e) = deadline(sink.unsubscribe(&idle)).await {
                         tracing::warn!(error = %e, "unsubscribing idle channels failed");
                         break;
                     }
@@ -494,17 +587,12 @@ impl Engine for RedisEngine {
 
     fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>> {
         Box::pin(async move {
-            let mut acks = Vec::with_capacity(batch.len());
-            for p in &batch {
-                match self.publish_one(p).await {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                }
+            let acks = self.publish_batch(&batch).await;
+            if let Err(e) = &acks {
+                self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, events = batch.len(), "publish refused: Redis did not take it");
             }
-            Ok(acks)
+            acks
         })
     }
 

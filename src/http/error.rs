@@ -101,7 +101,14 @@ impl From<EventError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", e.to_string()).with_retry_after(1)
+        // The engine's own words (Redis errors) go to the log, not to the client.
+        tracing::warn!(error = %e, "engine unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            "the event engine is unavailable; try again shortly",
+        )
+        .with_retry_after(1)
     }
 }
 

@@ -40,6 +40,8 @@ pub enum CloseReason {
     Timeout,
     /// The server is draining; the client should come back after `retry_ms`.
     Drain { retry_ms: u64 },
+    /// The node missed events it cannot replay; the client must resume to learn of the gap.
+    Resync,
 }
 
 impl CloseReason {
@@ -48,6 +50,7 @@ impl CloseReason {
             Self::Overflow => "slow_consumer",
             Self::Timeout => "client_timeout",
             Self::Drain { .. } => "server_draining",
+            Self::Resync => "resync",
         }
     }
 }

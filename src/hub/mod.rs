@@ -212,6 +212,21 @@ impl Hub {
         closed
     }
 
+    /// Closes every local connection following `channel`, so that each resumes from its own
+    /// id (and learns of any gap). Returns how many were closed.
+    pub fn disconnect_channel(&self, channel: &ChannelName) -> usize {
+        let conns: Vec<Arc<ConnShared>> =
+            self.read().channels.get(channel).map(|subs| subs.to_vec()).unwrap_or_default();
+        let mut closed = 0;
+        for conn in conns {
+            if conn.close(CloseReason::Resync) {
+                closed += 1;
+            }
+            self.unregister(conn.key);
+        }
+        closed
+    }
+
     /// Closes every connection with a drain notice carrying a reconnect delay from `retry_ms`.
     pub fn drain(&self, mut retry_ms: impl FnMut() -> u64) {
         let conns: Vec<Arc<ConnShared>> = self.read().conns.values().map(|(c, _)| Arc::clone(c)).collect();

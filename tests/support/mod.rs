@@ -580,6 +580,13 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal (`STOP` freezes it, `CONT` thaws it).
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = std::process::Command::new("kill").args([format!("-{sig}"), child.id().to_string()]).status();
+        }
+    }
+
     /// Starts it again on the same port with the same data.
     pub async fn restart(&mut self) {
         self.kill();
