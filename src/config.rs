@@ -60,6 +60,8 @@ pub struct Config {
     /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); absent means
     /// the in-memory engine (one node).
     pub redis_url: Option<String>,
+    /// `redis_url` is a Redis Cluster (seed URLs separated by commas): sharded pub/sub.
+    pub redis_cluster: bool,
     /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a
     /// private CA).
     pub redis_tls_ca: Option<PathBuf>,
@@ -211,6 +213,7 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "realtime".to_owned(),
             redis_tls_ca: None,
+            redis_cluster: false,
             tls_cert: None,
             tls_key: None,
             max_connections_per_user: 5,

@@ -20,7 +20,7 @@ use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE};
 use crate::config::{Config, ConfigError};
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
 use crate::engine::memory::MemoryEngine;
-use crate::engine::redis::RedisEngine;
+use crate::engine::redis::{RedisEngine, RedisOptions};
 use crate::engine::{Engine, EngineError, GapReason, HistoryRead, PublishAck};
 use crate::event::{Event, EventError, Prepared, Published, Publisher};
 use crate::hub::connection::{ConnShared, KillSwitch, SseBody};
@@ -137,13 +137,16 @@ impl Herald {
         config.validate()?;
         let policies = Arc::new(Policies::from_config(&config));
         let hub = Arc::new(Hub::new());
-        // A user's connection slot outlives three missed renewals (one per heartbeat).
-        let lease = config.heartbeat_interval * 3;
-        let ca = config.redis_tls_ca.as_deref();
+        let opts = RedisOptions {
+            url,
+            tls_ca: config.redis_tls_ca.clone(),
+            cluster: config.redis_cluster,
+            prefix: config.redis_prefix.clone(),
+            // A user's connection slot outlives three missed renewals (one per heartbeat).
+            slot_lease: config.heartbeat_interval * 3,
+        };
         let engine =
-            RedisEngine::connect(&url, ca, &config.redis_prefix, lease, Arc::clone(&hub), Arc::clone(&policies))
-                .await
-                .map_err(StartError::Engine)?;
+            RedisEngine::connect(opts, Arc::clone(&hub), Arc::clone(&policies)).await.map_err(StartError::Engine)?;
         Ok(Self::with_engine(config, policies, hub, engine)?)
     }
 

@@ -65,6 +65,9 @@ struct ServeArgs {
     /// in-memory engine.
     #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// The Redis URL names a Redis Cluster (seed nodes separated by commas).
+    #[arg(long, env = "HERALD_REDIS_CLUSTER")]
+    redis_cluster: bool,
     /// HS256 secret for user tokens (JWT).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -114,6 +117,7 @@ impl ServeArgs {
         if self.redis_url.is_some() {
             c.redis_url.clone_from(&self.redis_url);
         }
+        c.redis_cluster |= self.redis_cluster;
         if self.jwt_secret.is_some() {
             c.auth.jwt_secret.clone_from(&self.jwt_secret);
         }

@@ -318,3 +318,60 @@ async fn a_batch_over_redis_is_published_in_one_transaction_and_delivered_in_ord
     assert_eq!(answer["ids"].as_array().map(Vec::len), Some(6));
     expect_ns(&mut stream, 0..6).await;
 }
+
+async fn cluster_node(cluster: &support::RedisCluster) -> TestServer {
+    let url = cluster.url();
+    TestServer::secured(move |c| {
+        c.redis_url = Some(url);
+        c.redis_cluster = true;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_events_cross_nodes_on_every_shard() {
+    let cluster = support::RedisCluster::start().await;
+    let (a, b) = (cluster_node(&cluster).await, cluster_node(&cluster).await);
+    // Enough channels that every shard holds some of them.
+    let channels: Vec<String> = (0..12).map(|i| format!("channel:shard-{i}")).collect();
+    let query = channels.iter().map(|c| format!("channel={c}")).collect::<Vec<_>>().join("&");
+    let mut on_b = b.client(Proto::H2c).user("1").subscribe(&query, &[]).await;
+    let mut p = a.client(Proto::H1).backend();
+    for (n, ch) in channels.iter().enumerate() {
+        p.publish(&json!({"channel": ch, "type": "update", "n": n})).await;
+    }
+    expect_ns(&mut on_b, 0..12).await;
+    for node in &cluster.nodes {
+        let keys: u64 = node.cli(&["DBSIZE"]).trim().parse().unwrap_or(0);
+        assert!(keys > 0, "every shard holds some of the channels' Streams");
+    }
+    // A multi-channel event across shards reaches the connection once.
+    p.publish(&json!({"channels": [channels[0], channels[1], channels[2]], "type": "update", "n": 12})).await;
+    p.publish(&json!({"channel": channels[3], "type": "update", "n": 13})).await;
+    expect_ns(&mut on_b, 12..14).await;
+    // And the other way round: published on b, received on a.
+    let mut on_a = a.client(Proto::H1).user("2").subscribe(&query, &[]).await;
+    b.client(Proto::H1).backend().publish(&json!({"channel": channels[5], "type": "update", "n": 14})).await;
+    expect_ns(&mut on_a, 14..15).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_client_resumes_on_another_node_with_what_it_missed() {
+    let cluster = support::RedisCluster::start().await;
+    let (a, b) = (cluster_node(&cluster).await, cluster_node(&cluster).await);
+    let query = "channel=channel:c1&channel=channel:c2&channel=user:9";
+    let mut on_a = a.client(Proto::H1).user("9").subscribe(query, &[]).await;
+    let mut p = b.client(Proto::H1).backend();
+    p.publish(&json!({"channel": "channel:c1", "type": "update", "n": 0})).await;
+    let last = expect_ns(&mut on_a, 0..1).await;
+    drop(on_a);
+    p.publish(&json!({"channel": "user:9", "type": "update", "n": 1})).await;
+    p.publish(&json!({"channel": "channel:c2", "type": "update", "n": 2})).await;
+    let mut on_b = b.client(Proto::H1).user("9").subscribe(query, &[("last-event-id", &last)]).await;
+    expect_ns(&mut on_b, 1..3).await;
+    // Tickets are single-use across the cluster too.
+    let (_, body) = a.client(Proto::H1).user("9").post_raw("/api/tickets", "").await;
+    let ticket = body["ticket"].as_str().unwrap_or_default().to_owned();
+    let _s = b.client(Proto::H1).subscribe(&format!("channel=user:9&ticket={ticket}"), &[]).await;
+    assert_eq!(a.client(Proto::H1).open_events(&format!("channel=user:9&ticket={ticket}"), &[]).await.status(), 401);
+}

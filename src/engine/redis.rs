@@ -51,12 +51,12 @@ local function raise_floor(key, id)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id, etype, body, pubcmd = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id, etype, body, pubcmd, fanout = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local n = #KEYS / 2
 local sids, chans, names = {}, {}, {}
 for i = 1, n do
   local stream, floor = KEYS[2 * i - 1], KEYS[2 * i]
-  local base = 4 + (i - 1) * 4
+  local base = 5 + (i - 1) * 4
   local chan, name, maxlen, ttl = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local minid = tostring(math.max(now - ttl, 0)) .. '-0'
   if redis.call('EXISTS', stream) == 0 then
@@ -67,7 +67,7 @@ for i = 1, n do
     local gone = redis.call('XRANGE', stream, '-', '+', 'COUNT', drop)
     if #gone > 0 then raise_floor(floor, gone[#gone][1]) end
   end
-  local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', n)
+  local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
   if maxlen == 0 then raise_floor(floor, sid) end
   local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
   if #old > 0 then
@@ -87,7 +87,7 @@ if n > 1 then
   positions = table.concat(parts, ' ')
 end
 for i = 1, n do
-  redis.call(pubcmd, chans[i], sids[i] .. ' ' .. id .. ' ' .. etype .. ' ' .. n .. '\n' .. positions .. '\n' .. body)
+  redis.call(pubcmd, chans[i], sids[i] .. ' ' .. id .. ' ' .. etype .. ' ' .. fanout .. '\n' .. positions .. '\n' .. body)
 end
 return sids
 ";
@@ -123,6 +123,56 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 ";
 
+/// The command connection: one Redis, or a Redis Cluster (routed by key slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How to reach Redis.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://`; for a cluster, seed nodes separated by commas.
+    pub url: String,
+    /// PEM file of the CA of a `rediss://` server with a private CA.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Use Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`), one script per slot.
+    pub cluster: bool,
+    /// Prefix of every key and pub/sub channel.
+    pub prefix: String,
+    /// How long a user's connection slot lives without renewal.
+    pub slot_lease: Duration,
+}
+
 /// Counters the Redis engine keeps.
 #[derive(Default, Debug)]
 pub struct RedisStats {
@@ -130,6 +180,14 @@ pub struct RedisStats {
     pub publish_errors: AtomicU64,
     /// Times the pub/sub connection was re-established.
     pub reconnects: AtomicU64,
+}
+
+/// What the pub/sub task connects with.
+#[allow(clippy::large_enum_variant, reason = "built once per node and moved into its task")]
+enum PubSubClient {
+    Single(redis::Client),
+    /// A builder, not a client: the task adds its own push sender.
+    Cluster(redis::cluster::ClusterClientBuilder),
 }
 
 enum Command {
@@ -141,7 +199,7 @@ pub struct RedisEngine {
     hub: Arc<Hub>,
     policies: Arc<Policies>,
     prefix: String,
-    conn: ConnectionManager,
+    conn: Conn,
     commands: mpsc::UnboundedSender<Command>,
     healthy: AtomicBool,
     publish_script: Script,
@@ -159,41 +217,53 @@ fn unavailable(e: impl std::fmt::Display) -> EngineError {
 }
 
 impl RedisEngine {
-    /// Connects to Redis and starts the node's pub/sub task. `tls_ca` is a PEM file of the CA
-    /// that signed a `rediss://` server's certificate, when it is not a public one.
-    pub async fn connect(
-        url: &str,
-        tls_ca: Option<&std::path::Path>,
-        prefix: &str,
-        slot_lease: Duration,
-        hub: Arc<Hub>,
-        policies: Arc<Policies>,
-    ) -> Result<Arc<Self>, EngineError> {
-        let client = match tls_ca {
-            Some(path) => {
-                let root_cert = std::fs::read(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
-                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
-                redis::Client::build_with_tls(url, certs).map_err(unavailable)?
-            }
-            None => redis::Client::open(url).map_err(unavailable)?,
+    /// Connects to Redis (or a Redis Cluster) and starts the node's pub/sub task.
+    pub async fn connect(opts: RedisOptions, hub: Arc<Hub>, policies: Arc<Policies>) -> Result<Arc<Self>, EngineError> {
+        let root_cert = match &opts.tls_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?),
+            None => None,
         };
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2);
-        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (conn, pubsub) = if opts.cluster {
+            let seeds: Vec<&str> = opts.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+            let builder = |resp3: bool| {
+                let mut b = redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(2));
+                if let Some(root_cert) = &root_cert {
+                    b = b.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert.clone()) });
+                }
+                if resp3 { b.use_protocol(redis::ProtocolVersion::RESP3) } else { b }
+            };
+            let commands = builder(false).build().map_err(unavailable)?;
+            let conn = commands.get_async_connection().await.map_err(unavailable)?;
+            (Conn::Cluster(conn), PubSubClient::Cluster(builder(true)))
+        } else {
+            let client = match root_cert {
+                Some(root_cert) => {
+                    let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                    redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(unavailable)?
+                }
+                None => redis::Client::open(opts.url.as_str()).map_err(unavailable)?,
+            };
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_number_of_retries(2);
+            let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+            (Conn::Single(conn), PubSubClient::Single(client))
+        };
         let engine = Arc::new(Self {
             hub,
             policies,
-            prefix: prefix.to_owned(),
+            prefix: opts.prefix,
             conn,
             commands: tx,
             healthy: AtomicBool::new(false),
             publish_script: Script::new(PUBLISH_LUA),
             history_script: Script::new(HISTORY_LUA),
             slot_script: Script::new(SLOT_LUA),
-            slot_lease,
+            slot_lease: opts.slot_lease,
             last_seen: Mutex::new(HashMap::new()),
             stats: RedisStats::default(),
         });
@@ -201,12 +271,23 @@ impl RedisEngine {
         engine.hub.report_departures(departed_tx);
         tokio::spawn(release_slots(Arc::downgrade(&engine), departed_rx));
         let (ready_tx, ready_rx) = oneshot::channel();
-        tokio::spawn(pubsub_task(Arc::downgrade(&engine), client, rx, ready_tx));
+        match pubsub {
+            PubSubClient::Single(client) => {
+                tokio::spawn(pubsub_task(Arc::downgrade(&engine), client, rx, ready_tx));
+            }
+            PubSubClient::Cluster(builder) => {
+                tokio::spawn(cluster_pubsub_task(Arc::downgrade(&engine), builder, rx, ready_tx));
+            }
+        }
         // Wait for the first pub/sub connection, so a node starts ready or not at all.
         match tokio::time::timeout(Duration::from_secs(5), ready_rx).await {
             Ok(Ok(())) => Ok(engine),
             _ => Err(EngineError::Unavailable("redis: cannot open the pub/sub connection".into())),
         }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     /// The pub/sub channel of a Herald channel: `realtime:channel:{general}`.
@@ -239,10 +320,13 @@ impl RedisEngine {
         })
     }
 
-    fn invocation(&self, p: &Prepared) -> redis::ScriptInvocation<'_> {
+    /// The publish script for `p` on `channels` (all of its channels on one Redis; one at a
+    /// time on a cluster, where a script reaches one slot).
+    fn invocation(&self, p: &Prepared, channels: &[ChannelName]) -> redis::ScriptInvocation<'_> {
         let mut inv = self.publish_script.prepare_invoke();
-        inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg("PUBLISH");
-        for ch in &p.channels {
+        let publish = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
+        inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg(publish).arg(p.channels.len());
+        for ch in channels {
             let (size, ttl) = self.limits(ch);
             inv.key(self.stream_key(ch)).key(self.floor_key(ch));
             inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
@@ -250,16 +334,39 @@ impl RedisEngine {
         inv
     }
 
+    /// On a cluster: each event, channel by channel, in order. A batch or a multi-channel
+    /// event spans slots there, so it is not atomic; a connection following several of an
+    /// event's channels still receives it once ([`Published::fanout`]).
+    async fn publish_cluster(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut acks = Vec::with_capacity(batch.len());
+        for p in batch {
+            let mut positions = Vec::with_capacity(p.channels.len());
+            for ch in &p.channels {
+                let ids: Vec<String> =
+                    self.invocation(p, std::slice::from_ref(ch)).invoke_async(&mut conn).await.map_err(unavailable)?;
+                let id = ids.first().ok_or_else(|| unavailable("empty publish reply"))?;
+                let pos = Position::parse_stream_id(id).ok_or_else(|| unavailable(format!("bad stream id {id}")))?;
+                positions.push((ch.clone(), pos));
+            }
+            acks.push(PublishAck { id: p.id.clone(), positions });
+        }
+        Ok(acks)
+    }
+
     /// Publishes a batch: one script for one event, or every event's script inside one
     /// MULTI/EXEC, so that a batch is all accepted or (Redis gone) not at all.
     async fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+        if self.is_cluster() {
+            return self.publish_cluster(batch).await;
+        }
         let mut conn = self.conn.clone();
         let ids: Vec<Vec<String>> = if let [one] = batch {
-            vec![self.invocation(one).invoke_async(&mut conn).await.map_err(unavailable)?]
+            vec![self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?]
         } else {
             // EVALSHA inside MULTI cannot fall back to EVAL: load the script first.
             self.publish_script.prepare_invoke().load_async(&mut conn).await.map_err(unavailable)?;
-            let invocations: Vec<_> = batch.iter().map(|p| self.invocation(p)).collect();
+            let invocations: Vec<_> = batch.iter().map(|p| self.invocation(p, &p.channels)).collect();
             let mut pipe = redis::pipe();
             pipe.atomic();
             for inv in &invocations {
@@ -434,6 +541,111 @@ async fn deadline<T>(op: impl std::future::Future<Output = redis::RedisResult<T>
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {PUBSUB_DEADLINE:?}")),
+    }
+}
+
+/// The pub/sub side on a Redis Cluster: sharded subscriptions (`SSUBSCRIBE`) on a RESP3
+/// connection whose pushes arrive on a channel. redis-rs resubscribes by itself after a
+/// shard reconnects; a second subscribe confirmation for a channel is that moment, and the
+/// channel catches up from its Stream.
+async fn cluster_pubsub_task(
+    engine: Weak<RedisEngine>,
+    builder: redis::cluster::ClusterClientBuilder,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<()>,
+) {
+    let (push_tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
+    let client = match builder.push_sender(push_tx).build() {
+        Ok(c) => c,
+        Err(e) => return tracing::error!(error = %e, "cannot build the redis cluster client"),
+    };
+    let mut backoff = Duration::from_millis(50);
+    let mut conn = loop {
+        match deadline(client.get_async_connection()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "redis cluster pub/sub connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                if engine.strong_count() == 0 {
+                    return;
+                }
+            }
+        }
+    };
+    if let Some(this) = engine.upgrade() {
+        this.healthy.store(true, Ordering::Relaxed);
+    }
+    let _ = ready.send(());
+    let mut names: HashMap<String, ChannelName> = HashMap::new();
+    let mut reconcile = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                let Some(this) = engine.upgrade() else { return };
+                let channel = push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+                let Some(ch) = channel.as_deref().and_then(|c| names.get(c)) else { continue };
+                match push.kind {
+                    redis::PushKind::SMessage => {
+                        if let Some(payload) = push.data.get(1).and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok()) {
+                            this.on_message(ch, &payload);
+                        }
+                    }
+                    redis::PushKind::SSubscribe => {
+                        let ch = ch.clone();
+                        if let Err(e) = this.catch_up(std::slice::from_ref(&ch)).await {
+                            tracing::warn!(channel = %ch, error = %e, "catch-up after resubscribe failed");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            cmd = commands.recv() => {
+                let Some(Command::Watch(channels, ack)) = cmd else { return };
+                let Some(this) = engine.upgrade() else { return };
+                let mut result = Ok(());
+                for ch in channels {
+                    let name = this.pubsub_name(&ch);
+                    if names.contains_key(&name) {
+                        continue;
+                    }
+                    match deadline(conn.ssubscribe(&name)).await {
+                        Ok(()) => {
+                            names.insert(name, ch.clone());
+                            if let Err(e) = this.mark_head(&ch).await {
+                                result = Err(e);
+                            }
+                        }
+                        Err(e) => result = Err(unavailable(e)),
+                    }
+                }
+                let _ = ack.send(result);
+            }
+            _ = reconcile.tick() => {
+                let Some(this) = engine.upgrade() else { return };
+                let up = deadline(redis::cmd("PING").query_async::<String>(&mut conn)).await.is_ok();
+                if up != this.healthy.swap(up, Ordering::Relaxed) {
+                    if up {
+                        tracing::info!("redis cluster reachable again");
+                    } else {
+                        tracing::warn!("redis cluster does not answer");
+                    }
+                }
+                let idle: Vec<String> = names
+                    .iter()
+                    .filter(|(_, ch)| this.hub.subscriber_count(ch.as_str()) == 0)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in idle {
+                    if deadline(conn.sunsubscribe(&name)).await.is_ok()
+                        && let Some(ch) = names.remove(&name)
+                    {
+                        this.last_seen.lock().unwrap_or_else(PoisonError::into_inner).remove(&ch);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -674,16 +886,34 @@ impl Engine for RedisEngine {
         let mut conn = self.conn.clone();
         let lease = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
         let keys: Vec<(String, Arc<str>)> = slots.into_iter().map(|(u, c)| (self.slots_key(&u), c)).collect();
+        let cluster = self.is_cluster();
         tokio::spawn(async move {
-            let mut pipe = redis::pipe();
             let now = crate::ids::now_ms();
-            for (key, conn_id) in &keys {
-                pipe.cmd("ZADD").arg(key).arg("XX").arg(now + lease).arg(&**conn_id).ignore();
+            let renew = |pipe: &mut redis::Pipeline, key: &str, conn_id: &str| {
+                pipe.cmd("ZADD").arg(key).arg("XX").arg(now + lease).arg(conn_id).ignore();
                 pipe.cmd("PEXPIRE").arg(key).arg(lease).ignore();
-            }
-            let renewed: Result<(), _> = pipe.query_async(&mut conn).await;
-            if let Err(e) = renewed {
-                tracing::warn!(error = %e, "could not renew connection slots");
+            };
+            // A cluster pipeline must stay within one slot: renew user by user there.
+            let batches: Vec<redis::Pipeline> = if cluster {
+                keys.iter()
+                    .map(|(key, conn_id)| {
+                        let mut pipe = redis::pipe();
+                        renew(&mut pipe, key, conn_id);
+                        pipe
+                    })
+                    .collect()
+            } else {
+                let mut pipe = redis::pipe();
+                for (key, conn_id) in &keys {
+                    renew(&mut pipe, key, conn_id);
+                }
+                vec![pipe]
+            };
+            for pipe in batches {
+                let renewed: Result<(), _> = pipe.query_async(&mut conn).await;
+                if let Err(e) = renewed {
+                    tracing::warn!(error = %e, "could not renew connection slots");
+                }
             }
         });
     }

@@ -674,3 +674,43 @@ impl Running {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+/// A small Redis Cluster of the test's own: three masters, no replicas.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                RedisServer::start_with(|port, _| {
+                    ["--port", &port.to_string(), "--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                        .map(str::to_owned)
+                        .to_vec()
+                })
+                .await,
+            );
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli --cluster create: {e}"));
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+        let cluster = Self { nodes };
+        eventually("the cluster to be ok on every node", || {
+            cluster.nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        })
+        .await;
+        cluster
+    }
+
+    /// Seed URLs, comma-separated, for `redis_url` with `redis_cluster`.
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+}
