@@ -214,6 +214,8 @@ pub struct Published {
     /// When this node accepted the event (the engine's publish, or its arrival from Redis):
     /// the start of `herald_publish_to_write_seconds`.
     pub accepted: std::time::Instant,
+    /// The top-level fields, parsed on first use by a filtered subscription.
+    pub fields: std::sync::OnceLock<Map<String, Value>>,
 }
 
 impl Published {
@@ -226,8 +228,25 @@ impl Published {
             .map(|(ch, pos)| Copy::new(ch.clone(), *pos, &p.event_type, p.json_for(ch).as_bytes()))
             .collect();
         let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
+        Arc::new(Self::new(p.id.clone(), p.event_type.clone(), copies, fanout))
+    }
+
+    pub fn new(id: Arc<str>, event_type: Arc<str>, copies: Vec<Copy>, fanout: u16) -> Self {
         let accepted = std::time::Instant::now();
-        Arc::new(Self { id: p.id.clone(), event_type: p.event_type.clone(), copies, fanout, accepted })
+        Self { id, event_type, copies, fanout, accepted, fields: std::sync::OnceLock::new() }
+    }
+
+    /// Whether every `(field, value)` filter matches a top-level field of the event (strings
+    /// compared as they are, numbers and booleans by their JSON text).
+    pub fn matches(&self, filters: &[(String, String)]) -> bool {
+        let fields = self.fields.get_or_init(|| {
+            self.copies.first().and_then(|c| serde_json::from_slice(c.frame.json()).ok()).unwrap_or_default()
+        });
+        filters.iter().all(|(field, want)| match fields.get(field) {
+            Some(Value::String(s)) => s == want,
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string() == *want,
+            _ => false,
+        })
     }
 
     /// The copy of this event on `channel`, if it was published there.

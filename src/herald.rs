@@ -91,11 +91,14 @@ pub struct StreamRequest {
     pub named: bool,
     /// Lets the hub tear down an HTTP/1.1 connection whose reader stalled.
     pub kill: Option<KillSwitch>,
+    /// Field filters (document 003): only events whose top-level `field` equals `value`,
+    /// for every pair, reach the stream.
+    pub filters: Vec<(String, String)>,
 }
 
 impl StreamRequest {
     pub fn new(principal: Principal, channels: Vec<ChannelName>) -> Self {
-        Self { principal, channels, last_event_id: None, named: false, kill: None }
+        Self { principal, channels, last_event_id: None, named: false, kill: None, filters: Vec::new() }
     }
 }
 
@@ -379,7 +382,15 @@ impl Herald {
         let hub = &self.inner.hub;
         let conn_id: Arc<str> = Arc::from(format!("c{}", crate::ids::new_id().to_lowercase()));
         let user = req.principal.user_id().cloned();
-        let shared = Arc::new(ConnShared::new(hub.next_key(), conn_id.clone(), user, cfg.buffer_size, req.kill));
+        let filters: crate::hub::connection::Filters = req.filters.into_boxed_slice();
+        let shared = Arc::new(ConnShared::new(
+            hub.next_key(),
+            conn_id.clone(),
+            user,
+            cfg.buffer_size,
+            req.kill,
+            filters.clone(),
+        ));
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         // Registered before history is read, so nothing published in between is missed;
         // what is both replayed and queued is dropped by the body's cursor.
@@ -461,7 +472,7 @@ impl Herald {
             tracing::debug!(connection = %conn_id, channel = %channels[i], reason, "resume not possible; sent reset");
             sse::one_off_event(&mut pre, "reset", &id, reset.to_string().as_bytes(), named);
         }
-        write_replay(&mut pre, &channels, &mut cursor, missed, named);
+        write_replay(&mut pre, &channels, &mut cursor, missed, named, &filters);
         body.start(cursor, pre.freeze());
         Ok(body)
     }
@@ -474,6 +485,7 @@ fn write_replay(
     cursor: &mut Cursor,
     mut missed: Vec<(Position, usize, Arc<Published>)>,
     named: bool,
+    filters: &[(String, String)],
 ) {
     missed.sort_by_key(|m| (m.0, m.1));
     // An event on several of the connection's channels appears once per channel (and, from
@@ -490,6 +502,9 @@ fn write_replay(
             if pos > cursor.positions[j] {
                 cursor.positions[j] = pos;
             }
+        }
+        if !filters.is_empty() && !ev.matches(filters) {
+            continue;
         }
         let Some(copy) = ev.copy_on(channels[i].as_str()) else {
             continue;

@@ -16,6 +16,7 @@
 //! | [`policy`] | who may subscribe and publish where, per namespace |
 //! | [`limits`] | publish rate limits (token buckets) |
 //! | [`event`] | the event model: what is published, what is stored and fanned out |
+//! | [`catalogue`] | typed constructors for every event type of the source documents |
 //! | [`cursor`] | stream positions and the SSE id that lets a client resume |
 //! | [`sse`] | the wire format: frames, heartbeats, `retry:` |
 //! | [`engine`] | publishing, ordering and history (in-memory; Redis for several nodes) |
@@ -37,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod catalogue;
 pub mod channel;
 pub mod config;
 pub mod cursor;

@@ -54,6 +54,12 @@ impl Frame {
         out.put_slice(&self.bytes[self.data_at..]);
     }
 
+    /// The event's JSON, as framed (Herald frames its single-line JSON on one `data:` line).
+    pub fn json(&self) -> &[u8] {
+        let data = &self.bytes[self.data_at..];
+        data.strip_prefix(b"data: ").and_then(|d| d.strip_suffix(b"\n\n")).unwrap_or(data)
+    }
+
     /// The `data:` lines and the closing blank line.
     pub fn data_part(&self) -> &[u8] {
         &self.bytes[self.data_at..]

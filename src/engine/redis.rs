@@ -439,7 +439,6 @@ impl RedisEngine {
         let (sid, id, etype, n) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let pos = Position::parse_stream_id(sid)?;
         let fanout: u16 = n.parse().ok()?;
-        let accepted = std::time::Instant::now();
         if positions.is_empty() {
             self.note_seen(channel, pos);
             return Some(published(channel, pos, id, etype, body, fanout));
@@ -452,7 +451,7 @@ impl RedisEngine {
             self.note_seen(&ch, pos);
             copies.push(Copy::new(ch.clone(), pos, etype, json_for(id, ch.as_str(), body).as_bytes()));
         }
-        Some(Arc::new(Published { id: Arc::from(id), event_type: Arc::from(etype), copies, fanout, accepted }))
+        Some(Arc::new(Published::new(Arc::from(id), Arc::from(etype), copies, fanout)))
     }
 
     /// After a reconnect: delivers what each watched channel got since its last delivered event.
@@ -495,8 +494,7 @@ impl RedisEngine {
 fn published(channel: &ChannelName, pos: Position, id: &str, etype: &str, body: &str, fanout: u16) -> Arc<Published> {
     let json = json_for(id, channel.as_str(), body);
     let copy = Copy::new(channel.clone(), pos, etype, json.as_bytes());
-    let accepted = std::time::Instant::now();
-    Arc::new(Published { id: Arc::from(id), event_type: Arc::from(etype), copies: vec![copy], fanout, accepted })
+    Arc::new(Published::new(Arc::from(id), Arc::from(etype), vec![copy], fanout))
 }
 
 fn stored_event(channel: &ChannelName, pos: Position, fields: &HashMap<String, String>) -> Option<Arc<Published>> {

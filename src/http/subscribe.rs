@@ -14,6 +14,19 @@ use super::error::ApiError;
 use crate::herald::{Herald, StreamRequest};
 use crate::hub::connection::KillSwitch;
 
+/// Most filters on one stream.
+const MAX_FILTERS: usize = 8;
+
+/// `field:value`, the field a top-level event field name.
+fn parse_filter(raw: &str) -> Result<(String, String), ApiError> {
+    let bad = || ApiError::bad_request("invalid_filter", "a filter is `field:value`, like `filter=severity:SEV-1`");
+    let (field, value) = raw.split_once(':').ok_or_else(bad)?;
+    if field.is_empty() || field.len() > 64 || value.len() > 256 {
+        return Err(bad());
+    }
+    Ok((field.to_owned(), value.to_owned()))
+}
+
 /// Longest `Last-Event-ID` considered.
 const MAX_LAST_EVENT_ID: usize = 4096;
 
@@ -30,6 +43,7 @@ pub async fn subscribe(
     let mut named = false;
     let mut last_event_id = None;
     let mut ticket = None;
+    let mut filters = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "channel" => channels.push(herald.parse_channel(&value)?),
@@ -47,6 +61,7 @@ pub async fn subscribe(
             }
             "lastEventId" => last_event_id = Some(value.into_owned()),
             "ticket" => ticket = Some(value.into_owned()),
+            "filter" => filters.push(parse_filter(&value)?),
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_parameter",
@@ -54,6 +69,9 @@ pub async fn subscribe(
                 ));
             }
         }
+    }
+    if filters.len() > MAX_FILTERS {
+        return Err(ApiError::bad_request("invalid_filter", format!("at most {MAX_FILTERS} filters")));
     }
     let headers = req.headers();
     if let Some(v) = headers.get("last-event-id") {
@@ -75,7 +93,8 @@ pub async fn subscribe(
     };
 
     let described = who.describe();
-    let body = herald.open_stream(StreamRequest { principal: who, channels, last_event_id, named, kill }).await?;
+    let body =
+        herald.open_stream(StreamRequest { principal: who, channels, last_event_id, named, kill, filters }).await?;
     tracing::debug!(connection = body.connection_id(), who = %described, "sse connection opened");
     let mut resp = (StatusCode::OK, Body::new(body)).into_response();
     let h = resp.headers_mut();

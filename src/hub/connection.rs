@@ -87,8 +87,13 @@ pub struct ConnShared {
     pub user_id: Option<Arc<str>>,
     capacity: usize,
     kill: Option<KillSwitch>,
+    /// Field filters of the subscription (document 003): all must match.
+    pub filters: Filters,
     state: Mutex<QueueState>,
 }
+
+/// A subscription's field filters, `(field, value)`, all of which an event must match.
+pub type Filters = Box<[(String, String)]>;
 
 /// What happened to a pushed event.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,6 +112,7 @@ impl ConnShared {
         user_id: Option<Arc<str>>,
         capacity: usize,
         kill: Option<KillSwitch>,
+        filters: Filters,
     ) -> Self {
         Self {
             key,
@@ -114,6 +120,7 @@ impl ConnShared {
             user_id,
             capacity: capacity.max(1),
             kill,
+            filters,
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
                 waker: None,

@@ -164,7 +164,10 @@ impl Hub {
         let mut queued = 0u64;
         {
             let reg = self.read();
-            let mut push = |conn: &Arc<ConnShared>| match conn.push(event) {
+            let mut push = |conn: &Arc<ConnShared>| match (conn.filters.is_empty() || event.matches(&conn.filters))
+                .then(|| conn.push(event))
+                .unwrap_or(Pushed::Closed)
+            {
                 Pushed::Queued => queued += 1,
                 Pushed::Overflowed => overflowed.push(Arc::clone(conn)),
                 Pushed::Closed => {}
