@@ -244,7 +244,7 @@ impl Published {
         });
         filters.iter().all(|(field, want)| match fields.get(field) {
             Some(Value::String(s)) => s == want,
-            Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string() == *want,
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => serde_json::from_str::<Value>(want).is_ok_and(|w| w == *v),
             _ => false,
         })
     }

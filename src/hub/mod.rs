@@ -164,13 +164,15 @@ impl Hub {
         let mut queued = 0u64;
         {
             let reg = self.read();
-            let mut push = |conn: &Arc<ConnShared>| match (conn.filters.is_empty() || event.matches(&conn.filters))
-                .then(|| conn.push(event))
-                .unwrap_or(Pushed::Closed)
-            {
-                Pushed::Queued => queued += 1,
-                Pushed::Overflowed => overflowed.push(Arc::clone(conn)),
-                Pushed::Closed => {}
+            let mut push = |conn: &Arc<ConnShared>| {
+                if !conn.filters.is_empty() && !event.matches(&conn.filters) {
+                    return;
+                }
+                match conn.push(event) {
+                    Pushed::Queued => queued += 1,
+                    Pushed::Overflowed => overflowed.push(Arc::clone(conn)),
+                    Pushed::Closed => {}
+                }
             };
             if let [only] = event.copies.as_slice() {
                 for conn in reg.channels.get(&only.channel).into_iter().flatten() {
