@@ -16,8 +16,16 @@ pub const PUBLISH_REFUSALS: [&str; 6] =
     ["invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "engine_unavailable"];
 
 /// Reasons a subscription is refused (the `reason` label).
-pub const SUBSCRIBE_REFUSALS: [&str; 7] =
-    ["invalid", "unauthorized", "forbidden", "at_capacity", "user_limit", "draining", "engine_unavailable"];
+pub const SUBSCRIBE_REFUSALS: [&str; 8] = [
+    "invalid",
+    "unauthorized",
+    "forbidden",
+    "at_capacity",
+    "user_limit",
+    "channel_limit",
+    "draining",
+    "engine_unavailable",
+];
 
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];

@@ -145,3 +145,52 @@ async fn a_flooding_user_does_not_delay_another_users_delivery() {
     let refused = flood.await.unwrap_or_else(|e| panic!("{e}"));
     assert!(refused > 0, "the flood was rate limited");
 }
+
+#[tokio::test]
+async fn oversized_request_headers_are_refused_with_431() {
+    let server = TestServer::start().await;
+    let mut c = server.client(Proto::H1).with_header("x-padding", &"p".repeat(80 * 1024));
+    let resp = c.send(c.request("GET", "/healthz").body(Default::default()).unwrap_or_else(|e| panic!("{e}"))).await;
+    assert_eq!(resp.status(), 431);
+    assert_eq!(server.client(Proto::H1).get_json("/healthz").await.0, 200, "the server carries on");
+}
+
+#[tokio::test]
+async fn a_stream_that_accepts_nothing_for_the_client_timeout_is_closed() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A queue too big to overflow, so only the timeout can close the stalled reader.
+    let server = TestServer::with(|c| {
+        c.buffer_size = 1_000_000;
+        c.heartbeat_interval = std::time::Duration::from_millis(50);
+        c.client_timeout = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    socket.set_recv_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+    let mut stalled = within("connect", socket.connect(server.addr)).await.unwrap_or_else(|e| panic!("{e}"));
+    stalled
+        .write_all(b"GET /api/events?channel=channel:t HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut first = [0u8; 512];
+    let _ = within("the first bytes", stalled.read(&mut first)).await;
+    // Fill the socket buffers so the server can write no more, then publish until the
+    // sweeper notices no progress.
+    let pad = "z".repeat(32 * 1024);
+    let mut p = server.client(Proto::H1);
+    let hub = server.herald.hub().clone();
+    within("the stalled stream to time out", async {
+        let mut n = 0u64;
+        while hub.stats.timeout_disconnects.load(Ordering::Relaxed) == 0 {
+            if n < 2000 {
+                p.publish(&json!({"channel": "channel:t", "type": "update", "pad": pad})).await;
+                n += 1;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    })
+    .await;
+    support::eventually("the stalled connection to leave the hub", || server.herald.connection_count() == 0).await;
+}

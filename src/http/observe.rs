@@ -63,6 +63,7 @@ pub async fn count_subscribe_refusals(State(herald): State<Herald>, req: Request
             (StatusCode::FORBIDDEN, _) => "forbidden",
             (StatusCode::TOO_MANY_REQUESTS, _) => "user_limit",
             (_, "server_at_capacity") => "at_capacity",
+            (_, "too_many_channels") => "channel_limit",
             (_, "server_draining") => "draining",
             (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
             _ => "invalid",
