@@ -4,21 +4,11 @@
 mod support;
 
 use serde_json::json;
-use support::{Proto, RedisServer, SseStream, TestServer, eventually};
+use support::{Proto, RedisServer, TestServer, eventually};
 
 async fn node(redis: &RedisServer) -> TestServer {
     let url = redis.url();
     TestServer::secured(move |c| c.redis_url = Some(url)).await
-}
-
-async fn expect_ns(stream: &mut SseStream, ns: std::ops::Range<u64>) -> String {
-    let mut last = String::new();
-    for n in ns {
-        let ev = stream.expect().await;
-        assert_eq!(ev.data["n"].as_u64(), Some(n), "{:?}", ev.data);
-        last = ev.id;
-    }
-    last
 }
 
 #[tokio::test]
@@ -52,7 +42,7 @@ async fn a_multi_channel_event_reaches_a_connection_on_another_node_once() {
     let mut p = a.client(Proto::H1).backend();
     p.publish(&json!({"channels": ["channel:x", "channel:y"], "type": "alert", "n": 0})).await;
     p.publish(&json!({"channel": "channel:y", "type": "alert", "n": 1})).await;
-    expect_ns(&mut both, 0..2).await;
+    both.expect_ns(0..2).await;
 }
 
 #[tokio::test]
@@ -64,14 +54,14 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
     let mut publisher = b.client(Proto::H1).backend();
     publisher.publish(&json!({"channel": "channel:r", "type": "update", "n": 0})).await;
     publisher.publish(&json!({"channel": "user:7", "type": "update", "n": 1})).await;
-    let last = expect_ns(&mut on_a, 0..2).await;
+    let last = on_a.expect_ns(0..2).await;
     drop(on_a);
     publisher.publish(&json!({"channel": "user:7", "type": "update", "n": 2})).await;
     publisher.publish(&json!({"channel": "channel:r", "type": "update", "n": 3})).await;
     let mut on_b = b.client(Proto::H2c).user("7").subscribe(query, &[("last-event-id", &last)]).await;
-    expect_ns(&mut on_b, 2..4).await;
+    on_b.expect_ns(2..4).await;
     publisher.publish(&json!({"channel": "channel:r", "type": "update", "n": 4})).await;
-    expect_ns(&mut on_b, 4..5).await;
+    on_b.expect_ns(4..5).await;
 }
 
 #[tokio::test]
@@ -81,7 +71,7 @@ async fn when_redis_restarts_streams_stay_open_publishes_fail_loudly_and_nothing
     let mut on_b = b.client(Proto::H1).user("1").subscribe("channel=channel:outage", &[]).await;
     let mut publisher = a.client(Proto::H1).backend();
     publisher.publish(&json!({"channel": "channel:outage", "type": "update", "n": 0})).await;
-    expect_ns(&mut on_b, 0..1).await;
+    on_b.expect_ns(0..1).await;
 
     redis.kill();
     eventually("node a to notice the outage", || !a.herald.is_ready()).await;
@@ -96,7 +86,7 @@ async fn when_redis_restarts_streams_stay_open_publishes_fail_loudly_and_nothing
     eventually("both nodes to reconnect", || a.herald.is_ready() && b.herald.is_ready()).await;
     publisher.publish(&json!({"channel": "channel:outage", "type": "update", "n": 1})).await;
     // The refused event (99) never appears: the next one is 1.
-    expect_ns(&mut on_b, 1..2).await;
+    on_b.expect_ns(1..2).await;
 }
 
 #[tokio::test]
@@ -106,16 +96,16 @@ async fn events_published_while_a_node_was_cut_off_from_redis_are_delivered_when
     let mut on_b = b.client(Proto::H1).user("1").subscribe("channel=channel:cut", &[]).await;
     let mut publisher = a.client(Proto::H1).backend();
     publisher.publish(&json!({"channel": "channel:cut", "type": "update", "n": 0})).await;
-    expect_ns(&mut on_b, 0..1).await;
+    on_b.expect_ns(0..1).await;
     // Cut every node's pub/sub connection; publishing goes on through the command connection,
     // so these events are in the Streams but nobody hears their PUBLISH.
     redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     for n in 1..4 {
         publisher.publish(&json!({"channel": "channel:cut", "type": "update", "n": n})).await;
     }
-    expect_ns(&mut on_b, 1..4).await;
+    on_b.expect_ns(1..4).await;
     publisher.publish(&json!({"channel": "channel:cut", "type": "update", "n": 4})).await;
-    expect_ns(&mut on_b, 4..5).await;
+    on_b.expect_ns(4..5).await;
 }
 
 #[tokio::test]
@@ -133,12 +123,12 @@ async fn clients_of_a_node_that_dies_resume_on_another_with_nothing_lost() {
     let mut on_a = TestServer::client_at(doomed.addr, Proto::H1).user("5").subscribe("channel=user:5", &[]).await;
     let mut publisher = b.client(Proto::H1).backend();
     publisher.publish(&json!({"channel": "user:5", "type": "update", "n": 0})).await;
-    let last = expect_ns(&mut on_a, 0..1).await;
+    let last = on_a.expect_ns(0..1).await;
     let _ = doomed.child.kill(); // SIGKILL: no drain, no goodbye
     let _ = doomed.child.wait();
     publisher.publish(&json!({"channel": "user:5", "type": "update", "n": 1})).await;
     let mut on_b = b.client(Proto::H1).user("5").subscribe("channel=user:5", &[("last-event-id", &last)]).await;
-    expect_ns(&mut on_b, 1..2).await;
+    on_b.expect_ns(1..2).await;
 }
 
 #[tokio::test]
@@ -206,7 +196,7 @@ async fn a_password_protected_redis_is_reached_with_the_password_in_the_url() {
     let good = TestServer::secured(move |c| c.redis_url = Some(format!("redis://:s3cret-pass@127.0.0.1:{port}"))).await;
     let mut stream = good.client(Proto::H1).user("1").subscribe("channel=channel:pw", &[]).await;
     good.client(Proto::H1).backend().publish(&json!({"channel": "channel:pw", "type": "update", "n": 0})).await;
-    expect_ns(&mut stream, 0..1).await;
+    stream.expect_ns(0..1).await;
     let mut config = support::test_config();
     support::secure(&mut config);
     config.redis_url = Some(format!("redis://:wrong@127.0.0.1:{port}"));
@@ -250,7 +240,7 @@ async fn redis_over_tls_with_a_private_ca_works_end_to_end() {
     let (a, b) = (TestServer::secured(node(ca.clone())).await, TestServer::secured(node(ca)).await);
     let mut stream = b.client(Proto::H1).user("1").subscribe("channel=channel:tls", &[]).await;
     a.client(Proto::H1).backend().publish(&json!({"channel": "channel:tls", "type": "update", "n": 0})).await;
-    expect_ns(&mut stream, 0..1).await;
+    stream.expect_ns(0..1).await;
 }
 
 #[tokio::test]
@@ -265,7 +255,7 @@ async fn a_resume_from_before_the_trimmed_history_is_a_reset_never_a_silent_gap(
     let mut stream = node.client(Proto::H1).user("1").subscribe("channel=channel:trim", &[]).await;
     let mut p = node.client(Proto::H1).backend();
     p.publish(&json!({"channel": "channel:trim", "type": "update", "n": 0})).await;
-    let last = expect_ns(&mut stream, 0..1).await;
+    let last = stream.expect_ns(0..1).await;
     drop(stream);
     for n in 1..5 {
         p.publish(&json!({"channel": "channel:trim", "type": "update", "n": n})).await;
@@ -284,11 +274,11 @@ async fn a_multi_channel_event_is_not_replayed_after_a_resume_from_its_own_id() 
     let mut stream = b.client(Proto::H1).user("1").subscribe(query, &[]).await;
     let mut p = a.client(Proto::H1).backend();
     p.publish(&json!({"channels": ["channel:m1", "channel:m2"], "type": "alert", "n": 0})).await;
-    let last = expect_ns(&mut stream, 0..1).await;
+    let last = stream.expect_ns(0..1).await;
     drop(stream);
     p.publish(&json!({"channel": "channel:m2", "type": "alert", "n": 1})).await;
     let mut resumed = b.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &last)]).await;
-    expect_ns(&mut resumed, 1..2).await;
+    resumed.expect_ns(1..2).await;
 }
 
 #[tokio::test]
@@ -303,7 +293,7 @@ async fn a_frozen_redis_makes_the_node_unready_and_new_streams_fail_fast_until_i
     redis.signal("CONT");
     eventually("the node to be ready again", || a.herald.is_ready()).await;
     a.client(Proto::H1).backend().publish(&json!({"channel": "channel:freeze", "type": "update", "n": 0})).await;
-    expect_ns(&mut stream, 0..1).await;
+    stream.expect_ns(0..1).await;
 }
 
 #[tokio::test]
@@ -316,7 +306,7 @@ async fn a_batch_over_redis_is_published_in_one_transaction_and_delivered_in_ord
         .collect();
     let answer = a.client(Proto::H1).backend().publish(&json!(batch)).await;
     assert_eq!(answer["ids"].as_array().map(Vec::len), Some(6));
-    expect_ns(&mut stream, 0..6).await;
+    stream.expect_ns(0..6).await;
 }
 
 async fn cluster_node(cluster: &support::RedisCluster) -> TestServer {
@@ -340,7 +330,7 @@ async fn on_a_redis_cluster_events_cross_nodes_on_every_shard() {
     for (n, ch) in channels.iter().enumerate() {
         p.publish(&json!({"channel": ch, "type": "update", "n": n})).await;
     }
-    expect_ns(&mut on_b, 0..12).await;
+    on_b.expect_ns(0..12).await;
     for node in &cluster.nodes {
         let keys: u64 = node.cli(&["DBSIZE"]).trim().parse().unwrap_or(0);
         assert!(keys > 0, "every shard holds some of the channels' Streams");
@@ -348,11 +338,11 @@ async fn on_a_redis_cluster_events_cross_nodes_on_every_shard() {
     // A multi-channel event across shards reaches the connection once.
     p.publish(&json!({"channels": [channels[0], channels[1], channels[2]], "type": "update", "n": 12})).await;
     p.publish(&json!({"channel": channels[3], "type": "update", "n": 13})).await;
-    expect_ns(&mut on_b, 12..14).await;
+    on_b.expect_ns(12..14).await;
     // And the other way round: published on b, received on a.
     let mut on_a = a.client(Proto::H1).user("2").subscribe(&query, &[]).await;
     b.client(Proto::H1).backend().publish(&json!({"channel": channels[5], "type": "update", "n": 14})).await;
-    expect_ns(&mut on_a, 14..15).await;
+    on_a.expect_ns(14..15).await;
 }
 
 #[tokio::test]
@@ -363,12 +353,12 @@ async fn on_a_redis_cluster_a_client_resumes_on_another_node_with_what_it_missed
     let mut on_a = a.client(Proto::H1).user("9").subscribe(query, &[]).await;
     let mut p = b.client(Proto::H1).backend();
     p.publish(&json!({"channel": "channel:c1", "type": "update", "n": 0})).await;
-    let last = expect_ns(&mut on_a, 0..1).await;
+    let last = on_a.expect_ns(0..1).await;
     drop(on_a);
     p.publish(&json!({"channel": "user:9", "type": "update", "n": 1})).await;
     p.publish(&json!({"channel": "channel:c2", "type": "update", "n": 2})).await;
     let mut on_b = b.client(Proto::H1).user("9").subscribe(query, &[("last-event-id", &last)]).await;
-    expect_ns(&mut on_b, 1..3).await;
+    on_b.expect_ns(1..3).await;
     // Tickets are single-use across the cluster too.
     let (_, body) = a.client(Proto::H1).user("9").post_raw("/api/tickets", "").await;
     let ticket = body["ticket"].as_str().unwrap_or_default().to_owned();

@@ -6,22 +6,12 @@ mod support;
 use std::collections::HashMap;
 
 use serde_json::json;
-use support::{Client, Proto, SseStream, TestServer};
+use support::{Client, Proto, TestServer};
 
 async fn publish_n(client: &mut Client, channel: &str, range: std::ops::Range<u64>) {
     for n in range {
         client.publish(&json!({"channel": channel, "type": "update", "n": n})).await;
     }
-}
-
-async fn expect_ns(stream: &mut SseStream, ns: std::ops::Range<u64>) -> String {
-    let mut last = String::new();
-    for n in ns {
-        let ev = stream.expect().await;
-        assert_eq!(ev.data["n"].as_u64(), Some(n), "{:?}", ev.data);
-        last = ev.id;
-    }
-    last
 }
 
 #[tokio::test]
@@ -32,7 +22,7 @@ async fn reconnecting_with_last_event_id_replays_exactly_the_missed_events_then_
         let mut client = server.client(proto);
         let mut stream = client.subscribe(&format!("channel={channel}"), &[]).await;
         publish_n(&mut client, &channel, 0..2).await;
-        let last = expect_ns(&mut stream, 0..2).await;
+        let last = stream.expect_ns(0..2).await;
         drop(stream);
         publish_n(&mut client, &channel, 2..5).await;
         let mut resumed = if via_query {
@@ -40,9 +30,9 @@ async fn reconnecting_with_last_event_id_replays_exactly_the_missed_events_then_
         } else {
             client.subscribe(&format!("channel={channel}"), &[("last-event-id", &last)]).await
         };
-        expect_ns(&mut resumed, 2..5).await;
+        resumed.expect_ns(2..5).await;
         publish_n(&mut client, &channel, 5..6).await;
-        expect_ns(&mut resumed, 5..6).await;
+        resumed.expect_ns(5..6).await;
     }
 }
 
@@ -106,7 +96,7 @@ async fn a_garbled_last_event_id_gets_a_reset_for_each_channel() {
         assert_eq!(ev.data["reason"], "unknown_position");
     }
     publish_n(&mut client, "channel:b", 0..1).await;
-    expect_ns(&mut stream, 0..1).await;
+    stream.expect_ns(0..1).await;
 }
 
 #[tokio::test]
@@ -115,7 +105,7 @@ async fn a_resume_from_before_the_kept_history_is_a_reset_never_a_silent_gap() {
     let mut client = server.client(Proto::H1);
     let mut stream = client.subscribe("channel=channel:short", &[]).await;
     publish_n(&mut client, "channel:short", 0..1).await;
-    let last = expect_ns(&mut stream, 0..1).await;
+    let last = stream.expect_ns(0..1).await;
     drop(stream);
     publish_n(&mut client, "channel:short", 1..5).await; // history keeps only 3 and 4
     let mut resumed = client.subscribe("channel=channel:short", &[("last-event-id", &last)]).await;
@@ -123,7 +113,7 @@ async fn a_resume_from_before_the_kept_history_is_a_reset_never_a_silent_gap() {
     assert_eq!((reset.data["type"].as_str(), reset.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
     // After the reset the client is at the head: the next event is the next live one.
     publish_n(&mut client, "channel:short", 5..6).await;
-    expect_ns(&mut resumed, 5..6).await;
+    resumed.expect_ns(5..6).await;
 }
 
 #[tokio::test]
@@ -146,12 +136,12 @@ async fn a_channel_added_on_reconnect_starts_fresh_while_the_others_resume() {
     let mut client = server.client(Proto::H1);
     let mut stream = client.subscribe("channel=channel:old", &[]).await;
     publish_n(&mut client, "channel:old", 0..1).await;
-    let last = expect_ns(&mut stream, 0..1).await;
+    let last = stream.expect_ns(0..1).await;
     drop(stream);
     publish_n(&mut client, "channel:old", 1..3).await;
     publish_n(&mut client, "channel:new", 100..101).await; // before the new subscription: not replayed
     let mut resumed = client.subscribe("channel=channel:new&channel=channel:old", &[("last-event-id", &last)]).await;
-    expect_ns(&mut resumed, 1..3).await;
+    resumed.expect_ns(1..3).await;
     publish_n(&mut client, "channel:new", 101..102).await;
     let ev = resumed.expect().await;
     assert_eq!((ev.data["channel"].as_str(), ev.data["n"].as_u64()), (Some("channel:new"), Some(101)));
@@ -168,7 +158,7 @@ async fn a_multi_channel_event_missed_on_two_channels_is_replayed_once() {
     client.publish(&json!({"channels": ["channel:x", "channel:y"], "type": "update", "n": 0})).await;
     client.publish(&json!({"channel": "channel:y", "type": "update", "n": 1})).await;
     let mut resumed = client.subscribe(query, &[("last-event-id", &last)]).await;
-    expect_ns(&mut resumed, 0..2).await;
+    resumed.expect_ns(0..2).await;
     // And its id covers both channels: resuming from it replays nothing more.
     let again_id = {
         client.publish(&json!({"channel": "channel:x", "type": "update", "n": 2})).await;
@@ -177,5 +167,5 @@ async fn a_multi_channel_event_missed_on_two_channels_is_replayed_once() {
     drop(resumed);
     client.publish(&json!({"channel": "channel:y", "type": "update", "n": 3})).await;
     let mut third = client.subscribe(query, &[("last-event-id", &again_id)]).await;
-    expect_ns(&mut third, 3..4).await;
+    third.expect_ns(3..4).await;
 }

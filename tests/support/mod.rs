@@ -385,6 +385,17 @@ impl SseStream {
         self.next().await.unwrap_or_else(|| panic!("stream ended early"))
     }
 
+    /// Expects the next events to carry `"n"` values `ns`, in order; returns the last id.
+    pub async fn expect_ns(&mut self, ns: std::ops::Range<u64>) -> String {
+        let mut last = String::new();
+        for n in ns {
+            let ev = self.expect().await;
+            assert_eq!(ev.data["n"].as_u64(), Some(n), "{:?}", ev.data);
+            last = ev.id;
+        }
+        last
+    }
+
     /// Waits for the server to end the stream, returning the events before the end.
     pub async fn until_end(&mut self) -> Vec<SseEvent> {
         let mut events = Vec::new();
