@@ -61,8 +61,9 @@ impl Event {
         Self { event_type: event_type.into(), fields: Map::new() }
     }
 
-    /// Adds a payload field. Reserved keys (`id`, `type`, `channel`, `timestamp`,
-    /// `userId`, `userName`) are set by the server and ignored here.
+    /// Adds a payload field. Reserved keys (`id`, `type`, `channel`, `channels`,
+    /// `timestamp`, `userId`, `userName`) are set by the server: they are dropped when the
+    /// event is prepared.
     pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
         self.fields.insert(key.into(), value.into());
         self

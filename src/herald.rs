@@ -263,16 +263,16 @@ impl Herald {
                 self.inner.policies.can_publish(who, ch)?;
             }
         }
+        let prepared = self.prepare(batch, &who.publisher())?;
+        // Charged only for valid events: a refused request costs the publisher nothing.
         let limiter = match who {
             Principal::ApiKey(_) => &self.inner.key_rate,
             _ => &self.inner.user_rate,
         };
-        if batch.len() <= self.inner.config.max_batch {
-            limiter
-                .check(rate_key, batch.len() as f64)
-                .map_err(|retry_after| PublishError::RateLimited { retry_after })?;
-        }
-        self.publish_prepared(batch, &who.publisher()).await
+        limiter
+            .check(rate_key, prepared.len() as f64)
+            .map_err(|retry_after| PublishError::RateLimited { retry_after })?;
+        self.publish_ready(prepared).await
     }
 
     async fn publish_prepared(
@@ -280,6 +280,22 @@ impl Herald {
         batch: Vec<(Vec<ChannelName>, Event)>,
         publisher: &Publisher,
     ) -> Result<Vec<PublishAck>, PublishError> {
+        let prepared = self.prepare(batch, publisher)?;
+        self.publish_ready(prepared).await
+    }
+
+    async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, PublishError> {
+        let acks = self.inner.engine.publish(prepared).await?;
+        self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
+        Ok(acks)
+    }
+
+    /// Validates a batch and serializes each event once.
+    fn prepare(
+        &self,
+        batch: Vec<(Vec<ChannelName>, Event)>,
+        publisher: &Publisher,
+    ) -> Result<Vec<Prepared>, PublishError> {
         let cfg = &self.inner.config;
         if batch.is_empty() {
             return Err(PublishError::EmptyBatch);
@@ -302,9 +318,7 @@ impl Herald {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let acks = self.inner.engine.publish(prepared).await?;
-        self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
-        Ok(acks)
+        Ok(prepared)
     }
 
     /// Sends an event to one user's private channel `user:<id>` (document 000's `SendToUser`).

@@ -1,7 +1,9 @@
 //! Rate limits: token buckets keyed by who is publishing.
 //!
 //! A bucket holds up to `burst` tokens and refills at `rate` per second; a publish of n
-//! events takes n tokens or is refused with the time until it would fit. Buckets of keys
+//! events takes n tokens or is refused with the time until it would fit. A batch larger
+//! than the burst is let through from a full bucket and leaves it in debt, so the average
+//! rate holds and no batch size is refused forever. Buckets of keys
 //! that have been idle long enough to be full again are dropped by [`RateLimiter::sweep`],
 //! so the map holds only recently active publishers.
 
@@ -37,14 +39,12 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.last = now;
-        if cost > self.burst {
-            return Err(Duration::from_secs_f64(cost / self.rate));
-        }
-        if bucket.tokens >= cost {
+        let needed = cost.min(self.burst);
+        if bucket.tokens >= needed {
             bucket.tokens -= cost;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((cost - bucket.tokens) / self.rate))
+            Err(Duration::from_secs_f64((needed - bucket.tokens) / self.rate))
         }
     }
 
@@ -81,6 +81,10 @@ mod tests {
         assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
         assert_eq!(rl.check_at("other", 1.0, t0), Ok(()), "keys are independent");
         assert_eq!(rl.check_at("u", 1.0, t0 + Duration::from_millis(100)), Ok(()));
-        assert!(rl.check_at("u", 6.0, t0 + Duration::from_secs(60)).is_err(), "more than a burst never fits");
+        // More than a burst fits a full bucket once, then the debt is paid back at the rate.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(rl.check_at("u", 7.0, later), Ok(()));
+        let wait = rl.check_at("u", 1.0, later).err().unwrap_or_default();
+        assert!((wait.as_secs_f64() - 0.3).abs() < 1e-6, "two tokens of debt and one needed: {wait:?}");
     }
 }

@@ -83,7 +83,7 @@ struct ServeArgs {
     /// Log format: `text` for people, `json` for one JSON object per line.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Log filter, like `info` or `herald=debug` [default: info].
+    /// Log filter, like `info` or `herald=debug`.
     #[arg(long, env = "HERALD_LOG", default_value = "info")]
     log: String,
 }

@@ -11,6 +11,8 @@
 //! In dev mode (no authentication configured) `channel:` and `system` are open to anyone.
 //! API keys may reach every channel their patterns cover. A user's token may narrow what
 //! the user reaches with `subscribe`/`publish` grants; it can never widen a namespace's rule.
+//! Grants do not apply to channels a user owns (`user:<own id>`): a token cannot lock a user
+//! out of their own channel.
 
 use std::collections::HashMap;
 use std::time::Duration;

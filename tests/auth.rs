@@ -333,3 +333,21 @@ fn without_auth_a_public_address_is_refused_unless_anonymous_is_allowed() {
     secured.auth.jwt_secret = Some(SECRET.to_owned());
     assert!(secured.validate().is_ok());
 }
+
+#[tokio::test]
+async fn a_cookie_authenticated_publish_must_be_json_so_it_cannot_be_forged_cross_site() {
+    let server = TestServer::secured(|_| {}).await;
+    let mut stream = server.client(Proto::H1).user("9").subscribe("channel=channel:csrf", &[]).await;
+    let cookie = format!("herald_token={}", token("ann"));
+    let body = json!({"channel": "channel:csrf", "type": "chat", "content": "forged?"}).to_string();
+    let mut c = server.client(Proto::H1).with_header("cookie", &cookie);
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let req = c.request("POST", "/api/publish").header("content-type", content_type).body(body.clone().into());
+        let resp = c.send(req.unwrap_or_else(|e| panic!("{e}"))).await;
+        let (status, err) = support::read_json(resp).await;
+        assert_eq!((status.as_u16(), err["error"]["code"].as_str()), (415, Some("json_required")), "{content_type}");
+    }
+    let (status, _) = c.post_raw("/api/publish", body).await; // application/json
+    assert_eq!(status, 200);
+    assert_eq!(stream.expect().await.data["userId"], "ann", "the only event that arrives is the JSON one");
+}

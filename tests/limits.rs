@@ -81,10 +81,18 @@ async fn the_publish_rate_limit_trips_at_its_burst_for_that_user_only_and_refill
     let (status, code, retry) = status_and_code(resp).await;
     assert_eq!((status, code.as_str()), (429, "rate_limited"));
     assert_eq!(retry.as_deref(), Some("1"), "Retry-After in whole seconds, rounded up");
-    // A batch costs one token per event.
+    // A batch costs one token per event; one bigger than the burst passes a full bucket
+    // once and leaves it in debt.
     let mut batcher = server.client(Proto::H1).user("batch");
     let batch = json!([event.clone(), event.clone(), event.clone(), event.clone(), event.clone(), event.clone()]);
-    assert_eq!(batcher.post_json("/api/publish", &batch).await.0, 429, "6 events do not fit a burst of 5");
+    assert_eq!(batcher.post_json("/api/publish", &batch).await.0, 200, "6 events from a full bucket of 5");
+    assert_eq!(batcher.post_json("/api/publish", &event).await.0, 429, "then the debt is paid first");
+    // Invalid events cost nothing.
+    let mut careful = server.client(Proto::H1).user("careful");
+    for _ in 0..10 {
+        assert_eq!(careful.post_json("/api/publish", &json!({"channel": "channel:general"})).await.0, 400);
+    }
+    assert_eq!(careful.post_json("/api/publish", &event).await.0, 200);
     // Another user is not affected.
     assert_eq!(server.client(Proto::H1).user("calm").post_json("/api/publish", &event).await.0, 200);
     // Tokens come back at the configured rate.

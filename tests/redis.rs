@@ -365,3 +365,15 @@ async fn on_a_redis_cluster_a_client_resumes_on_another_node_with_what_it_missed
     let _s = b.client(Proto::H1).subscribe(&format!("channel=user:9&ticket={ticket}"), &[]).await;
     assert_eq!(a.client(Proto::H1).open_events(&format!("channel=user:9&ticket={ticket}"), &[]).await.status(), 401);
 }
+
+#[tokio::test]
+async fn a_node_with_subscribers_keeps_one_healthy_pubsub_connection() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis).await;
+    let _stream = a.client(Proto::H1).user("1").subscribe("channel=channel:steady", &[]).await;
+    // The pub/sub connection is pinged once a second; watch two pings go by. (This waits
+    // for the periodic check itself, which is what is under test.)
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    assert_eq!(a.herald.engine().counters().reconnects, 0, "a ping while subscribed must not look like a failure");
+    assert!(a.herald.is_ready());
+}

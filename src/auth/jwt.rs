@@ -180,7 +180,9 @@ impl Verifier {
         let stale = st.fetched.is_none_or(|t| t.elapsed() >= jwks.refresh);
         let unknown_kid = kid.is_some_and(|kid| !st.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
         let may_refetch = st.last_attempt.is_none_or(|t| t.elapsed() >= jwks.refetch_gap);
-        if stale || (unknown_kid && may_refetch) {
+        // Refetch when the keys are old or a token names one we lack, but never more often
+        // than the refetch gap: a key server that is down must not stall every token.
+        if (stale || unknown_kid) && may_refetch {
             st.last_attempt = Some(Instant::now());
             match fetch_jwks(&jwks.url).await {
                 Ok(keys) => {

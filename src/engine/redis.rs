@@ -757,7 +757,7 @@ async fn pubsub_task(
                 }
                 _ = reconcile.tick() => {
                     // A frozen Redis answers nothing: notice it, and reconnect.
-                    if let Err(e) = deadline(sink.ping::<String>()).await {
+                    if let Err(e) = deadline(sink.ping::<Value>()).await {
                         tracing::warn!(error = %e, "redis pub/sub connection does not answer");
                         break;
                     }

@@ -48,6 +48,29 @@ pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str
     Ok(Principal::Anonymous)
 }
 
+/// A publish authenticated by the cookie alone must be `application/json`: a cross-site
+/// form cannot send that without a CORS preflight, so the cookie cannot be used for
+/// request forgery. Bearer tokens and API keys are not sent by browsers on their own.
+pub fn check_cookie_publish(herald: &Herald, headers: &HeaderMap) -> Result<(), ApiError> {
+    let explicit = headers.contains_key("x-api-key") || headers.contains_key(header::AUTHORIZATION);
+    if explicit || cookie(headers, &herald.auth().cookie_name).is_none() {
+        return Ok(());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "json_required",
+            "a publish authenticated by cookie must have Content-Type: application/json",
+        ))
+    }
+}
+
 /// The key a publisher's rate limit is kept under.
 pub fn rate_key(who: &Principal, peer: Option<PeerAddr>) -> String {
     match who {

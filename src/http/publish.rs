@@ -6,12 +6,12 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::auth::{PeerAddr, principal, rate_key};
+use super::auth::{PeerAddr, check_cookie_publish, principal, rate_key};
 use super::error::ApiError;
 use crate::channel::ChannelName;
 use crate::event::Event;
@@ -23,6 +23,7 @@ pub async fn publish(
     peer: Option<Extension<PeerAddr>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    check_cookie_publish(&herald, &headers)?;
     let who = principal(&herald, &headers, None).await?;
     let key = rate_key(&who, peer.map(|Extension(p)| p));
     match parse_body(body)? {
@@ -45,12 +46,14 @@ pub async fn publish(
 
 pub async fn publish_to_channel(
     State(herald): State<Herald>,
-    Path(channel): Path<String>,
+    channel: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     peer: Option<Extension<PeerAddr>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(channel) = channel.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
+    check_cookie_publish(&herald, &headers)?;
     let who = principal(&herald, &headers, None).await?;
     let key = rate_key(&who, peer.map(|Extension(p)| p));
     let event = parse_event(&herald, parse_body(body)?, Some(channel))?;

@@ -74,7 +74,8 @@ pub async fn subscribe(
         return Err(ApiError::bad_request("invalid_filter", format!("at most {MAX_FILTERS} filters")));
     }
     let headers = req.headers();
-    if let Some(v) = headers.get("last-event-id") {
+    // An empty header (some clients send one) does not cancel a `lastEventId` in the query.
+    if let Some(v) = headers.get("last-event-id").filter(|v| !v.is_empty()) {
         let v = v
             .to_str()
             .map_err(|_| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be visible ASCII"))?;

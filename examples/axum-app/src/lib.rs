@@ -79,8 +79,8 @@ async fn announce(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Path(room) = path.map_err(|r| rejected("invalid_path", r.status(), r.body_text()))?;
     let Json(notice) = body.map_err(|r| rejected("invalid_body", r.status(), r.body_text()))?;
-    // `broadcast` also accepts full channel names such as `user:42`; prefixing the room
-    // keeps a client-chosen name inside the `channel:` namespace (`user:42` is refused).
+    // `broadcast` reaches rooms only; prefixing keeps a client-chosen name a room name, so
+    // `/rooms/user:42/announce` asks for `channel:user:42`, which is refused.
     let ack = herald.broadcast(&format!("channel:{room}"), notice.into_event("announcement")).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": &*ack.id }))))
 }
