@@ -120,7 +120,9 @@ impl Event {
         Self::new(types::ALERT).with("severity", severity.into()).with("message", message.into())
     }
 
-    /// A presence change; the server adds the user's `userId` and `userName`.
+    /// A presence change. Identity fields are the server's: publish it with
+    /// [`crate::Herald::publish_for`] and the user's [`crate::Publisher`] so it carries
+    /// their `userId` and `userName`.
     pub fn presence(status: PresenceStatus) -> Self {
         Self::new(types::PRESENCE).with("status", to_value(&status))
     }

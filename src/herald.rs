@@ -245,7 +245,19 @@ impl Herald {
     /// Publishes one event to `channels` as the application (trusted: no policy check and
     /// no rate limit). A connection following several of the channels receives it once.
     pub async fn publish(&self, channels: Vec<ChannelName>, event: Event) -> Result<PublishAck, PublishError> {
-        let mut acks = self.publish_prepared(vec![(channels, event)], &Publisher::default()).await?;
+        self.publish_for(channels, event, &Publisher::default()).await
+    }
+
+    /// Like [`Herald::publish`], with the identity the event carries (`userId`, `userName`)
+    /// set by the application, which the library trusts: for presence, join/leave, or a chat
+    /// message the application has authenticated itself.
+    pub async fn publish_for(
+        &self,
+        channels: Vec<ChannelName>,
+        event: Event,
+        publisher: &Publisher,
+    ) -> Result<PublishAck, PublishError> {
+        let mut acks = self.publish_prepared(vec![(channels, event)], publisher).await?;
         acks.pop().ok_or(PublishError::EmptyBatch)
     }
 

@@ -65,6 +65,12 @@ struct ServeArgs {
     /// in-memory engine.
     #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel [default: realtime].
+    #[arg(long, env = "HERALD_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// PEM file of the CA of a `rediss://` server with a private CA.
+    #[arg(long, env = "HERALD_REDIS_TLS_CA")]
+    redis_tls_ca: Option<PathBuf>,
     /// The Redis URL names a Redis Cluster (seed nodes separated by commas).
     #[arg(long, env = "HERALD_REDIS_CLUSTER")]
     redis_cluster: bool,
@@ -118,6 +124,12 @@ impl ServeArgs {
             c.redis_url.clone_from(&self.redis_url);
         }
         c.redis_cluster |= self.redis_cluster;
+        if let Some(prefix) = &self.redis_prefix {
+            c.redis_prefix.clone_from(prefix);
+        }
+        if self.redis_tls_ca.is_some() {
+            c.redis_tls_ca.clone_from(&self.redis_tls_ca);
+        }
         if self.jwt_secret.is_some() {
             c.auth.jwt_secret.clone_from(&self.jwt_secret);
         }

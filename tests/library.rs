@@ -50,3 +50,16 @@ async fn broadcast_reaches_rooms_only_never_a_private_channel() {
     let ack = server.herald.broadcast("system", Event::new("chat")).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ack.positions[0].0.as_str(), "channel:system");
 }
+
+#[tokio::test]
+async fn an_application_can_publish_on_behalf_of_a_user_it_authenticated() {
+    let server = TestServer::secured(|_| {}).await;
+    let mut room = server.client(Proto::H1).user("9").subscribe("channel=channel:general", &[]).await;
+    let ann = herald::Publisher { user_id: Some("u_ann".into()), user_name: Some("Ann".into()) };
+    let general = herald::ChannelName::parse("channel:general").unwrap_or_else(|e| panic!("{e}"));
+    let presence = Event::presence(herald::catalogue::PresenceStatus::Online);
+    server.herald.publish_for(vec![general], presence, &ann).await.unwrap_or_else(|e| panic!("{e}"));
+    let ev = room.expect().await;
+    assert_eq!((ev.data["userId"].as_str(), ev.data["userName"].as_str()), (Some("u_ann"), Some("Ann")));
+    assert_eq!((ev.data["type"].as_str(), ev.data["status"].as_str()), (Some("presence"), Some("online")));
+}

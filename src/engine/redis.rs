@@ -576,6 +576,9 @@ async fn cluster_pubsub_task(
     }
     let _ = ready.send(());
     let mut names: HashMap<String, ChannelName> = HashMap::new();
+    // Channels whose subscription Redis has confirmed once; a later confirmation is a
+    // resubscription after a shard reconnected.
+    let mut confirmed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut reconcile = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -592,6 +595,11 @@ async fn cluster_pubsub_task(
                     }
                     redis::PushKind::SSubscribe => {
                         let ch = ch.clone();
+                        let name = this.pubsub_name(&ch);
+                        if confirmed.insert(name) {
+                            continue;
+                        }
+                        this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = this.catch_up(std::slice::from_ref(&ch)).await {
                             tracing::warn!(channel = %ch, error = %e, "catch-up after resubscribe failed");
                         }
@@ -639,6 +647,7 @@ async fn cluster_pubsub_task(
                     if deadline(conn.sunsubscribe(&name)).await.is_ok()
                         && let Some(ch) = names.remove(&name)
                     {
+                        confirmed.remove(&name);
                         this.last_seen.lock().unwrap_or_else(PoisonError::into_inner).remove(&ch);
                     }
                 }
