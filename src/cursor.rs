@@ -135,13 +135,18 @@ impl Cursor {
     /// Encodes the cursor as an SSE id for the given channel list.
     pub fn encode(&self, channels: &[ChannelName]) -> String {
         let mut out = String::with_capacity(channels.len() * 16);
+        self.encode_into(channels, &mut out);
+        out
+    }
+
+    /// Appends the SSE id to `out` (a connection reuses one buffer for every event).
+    pub fn encode_into(&self, channels: &[ChannelName], out: &mut String) {
         for (i, (ch, pos)) in channels.iter().zip(&self.positions).enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            write_entry(&mut out, ch.as_str(), *pos);
+            write_entry(out, ch.as_str(), *pos);
         }
-        out
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::json;
 use support::{Proto, TestServer, within};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const EVENT_BYTES: usize = 32 * 1024;
 const MAX_EVENTS: u64 = 2000;
@@ -16,22 +16,7 @@ const MAX_EVENTS: u64 = 2000;
 async fn a_stalled_http1_reader_is_disconnected_while_a_healthy_one_gets_everything() {
     let server = TestServer::with(|c| c.buffer_size = 8).await;
 
-    // The stalled client: a raw socket with a small receive buffer that reads the response
-    // head and the `connected` event, then stops reading.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    socket.set_recv_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
-    let mut stalled = within("connect", socket.connect(server.addr)).await.unwrap_or_else(|e| panic!("{e}"));
-    stalled
-        .write_all(b"GET /api/events?channel=channel:flood HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut head = Vec::new();
-    while !String::from_utf8_lossy(&head).contains("\"connected\"") {
-        let mut buf = [0u8; 1024];
-        let n = within("the stalled client's first bytes", stalled.read(&mut buf)).await.unwrap_or(0);
-        assert!(n > 0, "stream closed early");
-        head.extend_from_slice(&buf[..n]);
-    }
+    let mut stalled = support::stalled_subscriber(server.addr, "channel=channel:flood").await;
 
     let mut client = server.client(Proto::H1);
     let mut healthy = server.client(Proto::H1).subscribe("channel=channel:flood", &[]).await;

@@ -166,7 +166,6 @@ async fn oversized_request_headers_are_refused_with_431() {
 #[tokio::test]
 async fn a_stream_that_accepts_nothing_for_the_client_timeout_is_closed() {
     use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A queue too big to overflow, so only the timeout can close the stalled reader.
     let server = TestServer::with(|c| {
         c.buffer_size = 1_000_000;
@@ -174,15 +173,7 @@ async fn a_stream_that_accepts_nothing_for_the_client_timeout_is_closed() {
         c.client_timeout = std::time::Duration::from_millis(200);
     })
     .await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    socket.set_recv_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
-    let mut stalled = within("connect", socket.connect(server.addr)).await.unwrap_or_else(|e| panic!("{e}"));
-    stalled
-        .write_all(b"GET /api/events?channel=channel:t HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut first = [0u8; 512];
-    let _ = within("the first bytes", stalled.read(&mut first)).await;
+    let _stalled = support::stalled_subscriber(server.addr, "channel=channel:t").await;
     // Fill the socket buffers so the server can write no more, then publish until the
     // sweeper notices no progress.
     let pad = "z".repeat(32 * 1024);

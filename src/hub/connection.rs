@@ -307,7 +307,7 @@ impl SseBody {
             out.extend_from_slice(&copy.frame.with_id(self.named));
         } else {
             self.id_buf.clear();
-            self.id_buf.push_str(&self.cursor.encode(&self.channels));
+            self.cursor.encode_into(&self.channels, &mut self.id_buf);
             copy.frame.put_with_own_id(out, &self.id_buf, self.named);
         }
     }

@@ -725,3 +725,23 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
     }
 }
+
+/// A subscriber that stops reading: a raw HTTP/1.1 socket with a small receive buffer that
+/// reads the response head and the `connected` event of `GET /api/events?<query>`, then
+/// nothing more (the caller may still read it later).
+pub async fn stalled_subscriber(addr: SocketAddr, query: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    socket.set_recv_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+    let mut stalled = within("connect", socket.connect(addr)).await.unwrap_or_else(|e| panic!("{e}"));
+    let request = format!("GET /api/events?{query} HTTP/1.1\r\nHost: test\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut head = Vec::new();
+    while !String::from_utf8_lossy(&head).contains("\"connected\"") {
+        let mut buf = [0u8; 1024];
+        let n = within("the stalled client's first bytes", stalled.read(&mut buf)).await.unwrap_or(0);
+        assert!(n > 0, "stream closed early");
+        head.extend_from_slice(&buf[..n]);
+    }
+    stalled
+}
