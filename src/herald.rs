@@ -448,22 +448,20 @@ impl Herald {
                 Resume::From(p) => Some(p),
                 Resume::Fresh | Resume::Unknown => None,
             };
-            match self.inner.engine.history(ch, after).await? {
-                HistoryRead::Events { events, head } => match (resume, after) {
-                    (Resume::From(_), Some(p)) => {
-                        cursor.positions[i] = p;
-                        for ev in events {
-                            let pos = ev.copy_on(ch.as_str()).map_or(head, |c| c.position);
-                            missed.push((pos, i, ev));
-                        }
+            match (resume, self.inner.engine.history(ch, after).await?) {
+                (Resume::From(p), HistoryRead::Events { events, head }) => {
+                    cursor.positions[i] = p;
+                    for ev in events {
+                        let pos = ev.copy_on(ch.as_str()).map_or(head, |c| c.position);
+                        missed.push((pos, i, ev));
                     }
-                    (Resume::Unknown, _) => {
-                        cursor.positions[i] = head;
-                        gaps.push((i, GapReason::UnknownPosition.as_str()));
-                    }
-                    _ => cursor.positions[i] = head,
-                },
-                HistoryRead::Gap { reason, head } => {
+                }
+                (Resume::Fresh, HistoryRead::Events { head, .. }) => cursor.positions[i] = head,
+                (Resume::Unknown, HistoryRead::Events { head, .. }) => {
+                    cursor.positions[i] = head;
+                    gaps.push((i, GapReason::UnknownPosition.as_str()));
+                }
+                (_, HistoryRead::Gap { reason, head }) => {
                     cursor.positions[i] = head;
                     gaps.push((i, reason.as_str()));
                 }

@@ -59,11 +59,6 @@ impl Frame {
         let data = &self.bytes[self.data_at..];
         data.strip_prefix(b"data: ").and_then(|d| d.strip_suffix(b"\n\n")).unwrap_or(data)
     }
-
-    /// The `data:` lines and the closing blank line.
-    pub fn data_part(&self) -> &[u8] {
-        &self.bytes[self.data_at..]
-    }
 }
 
 /// Writes `data` as one or more `data:` lines, splitting on CR, LF and CRLF.

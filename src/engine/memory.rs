@@ -108,11 +108,6 @@ impl MemoryEngine {
         drop(guards);
         PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() }
     }
-
-    /// Number of channel logs held (for tests and status).
-    pub fn log_count(&self) -> usize {
-        lock(&self.logs).len()
-    }
 }
 
 impl Engine for MemoryEngine {

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::auth::{PeerAddr, check_cookie_publish, principal, rate_key};
 use super::error::ApiError;
@@ -125,12 +125,5 @@ fn parse_event(
             return Err(ApiError::bad_request("invalid_type", "event `type` must be a string"));
         }
     };
-    Ok((channels, Event::from_fields(event_type, strip_reserved(fields))))
-}
-
-fn strip_reserved(mut fields: Map<String, Value>) -> Map<String, Value> {
-    for key in crate::event::RESERVED_FIELDS {
-        fields.remove(key);
-    }
-    fields
+    Ok((channels, Event::from_fields(event_type, fields)))
 }

@@ -213,11 +213,6 @@ impl ConnShared {
         stalled
     }
 
-    /// Number of queued events (for tests and status).
-    pub fn queued(&self) -> usize {
-        self.lock().items.len()
-    }
-
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.lock().close
     }

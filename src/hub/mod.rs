@@ -240,11 +240,6 @@ impl Hub {
         }
     }
 
-    /// The connection with public id `id`, if it lives on this node.
-    pub fn connection(&self, id: &str) -> Option<Arc<ConnShared>> {
-        self.read().conns.values().find(|(c, _)| &*c.id == id).map(|(c, _)| Arc::clone(c))
-    }
-
     /// Open connections on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
