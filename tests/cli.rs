@@ -445,3 +445,38 @@ async fn publish_and_subscribe_speak_https_with_a_private_ca() {
     assert!(err.contains("TLS handshake") && err.contains("certificate"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn subscribe_takes_a_silent_stream_for_dead_and_resumes_from_the_last_id() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server that sends one event and then nothing at all, not even a heartbeat: what a
+    // half-open connection behind a dead proxy looks like.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let mut sub =
+        ClientProcess::subscribe(addr, &["--channel", "channel:general", "--json", "--idle-timeout", "300ms"]);
+
+    let mut heads = Vec::new();
+    let mut open = Vec::new();
+    for n in 0..2 {
+        let (mut socket, _) = within("a connection", listener.accept()).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            within("the request head", socket.read_exact(&mut byte)).await.unwrap_or_else(|e| panic!("{e}"));
+            head.push(byte[0]);
+        }
+        heads.push(String::from_utf8_lossy(&head).to_lowercase());
+        let body = format!("retry: 50\n\nid: fte:{n}\ndata: {{\"type\":\"connected\",\"n\":{n}}}\n\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n",
+            body.len()
+        );
+        socket.write_all(response.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sub.json().await["n"], n);
+        open.push(socket); // kept open and silent
+    }
+    assert!(!heads[0].contains("last-event-id"), "{}", heads[0]);
+    assert!(heads[1].contains("\r\nlast-event-id: fte:0\r\n"), "{}", heads[1]);
+    sub.stderr_until("nothing received for 300ms").await;
+}
