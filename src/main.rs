@@ -197,6 +197,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                  publish on channel: and system. Configure --jwt-secret or --api-key for production."
             );
         }
+        // Listen for the signals before saying we are up, so that a SIGTERM sent as soon as
+        // the listening line appears drains instead of killing the process.
+        let shutdown = shutdown_signal()?;
         let herald = Herald::start(config).await?;
         let server = Server::bind(herald.clone()).await?;
         let addr = server.local_addr()?;
@@ -207,28 +210,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "herald listening on {scheme}://{addr}"
         );
         println!("herald listening on {scheme}://{addr}");
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         tracing::info!("herald stopped");
         anyhow::Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        let term = async move {
+            term.recv().await;
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! { _ = ctrl_c => {}, () = term => {} }
+    })
 }

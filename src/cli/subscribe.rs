@@ -66,12 +66,13 @@ pub fn run(args: SubscribeArgs) -> anyhow::Result<()> {
         args,
     };
     super::runtime()?.block_on(async {
+        let stop = crate::shutdown_signal()?;
         tokio::select! {
             r = session.follow() => match r {
                 Err(e) if e.is::<StdoutClosed>() => Ok(()),
                 other => other,
             },
-            () = crate::shutdown_signal() => Ok(()),
+            () = stop => Ok(()),
         }
     })
 }
