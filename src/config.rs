@@ -197,6 +197,9 @@ pub struct NamespaceConfig {
     pub presence: Option<bool>,
     /// Publish `join`/`leave` events when a connection enters or leaves a channel.
     pub join_leave: Option<bool>,
+    /// How long a finished AI token stream is kept for late joiners.
+    #[serde(deserialize_with = "opt_duration")]
+    pub ai_stream_retention: Option<Duration>,
     pub max_payload_bytes: Option<usize>,
 }
 

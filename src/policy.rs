@@ -187,6 +187,9 @@ fn apply(ns: &mut Namespace, over: &NamespaceConfig) {
     if let Some(v) = over.join_leave {
         ns.join_leave = v;
     }
+    if let Some(v) = over.ai_stream_retention {
+        ns.ai_stream_retention = v;
+    }
     if let Some(v) = over.max_payload_bytes {
         ns.max_payload_bytes = v;
     }

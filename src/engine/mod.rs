@@ -5,6 +5,10 @@
 //! the hub of every node that has subscribers ([`crate::hub::Hub::deliver`]). A publish
 //! succeeds only once the engine has the event. The HTTP layer and the library API talk
 //! to `dyn Engine` only, so engines can be swapped without touching them.
+//!
+//! An engine also holds what the nodes share besides events: AI-stream snapshots (read with
+//! the head), presence, tickets, per-user connection slots, and the way to run a
+//! [`NodeCommand`] on the node that holds a connection.
 
 pub mod memory;
 pub mod redis;

@@ -6,6 +6,10 @@
 //! [`Principal`]; an embedding application, which is trusted, calls [`Herald::publish`] or
 //! the document-shaped helpers [`Herald::send_to_user`], [`Herald::send_to_users`],
 //! [`Herald::send_to_all`] and [`Herald::broadcast`].
+//!
+//! Submodules: `stream` opens and resumes connections (SSE or [`Herald::connect`] for other
+//! transports), `rooms` changes live connections on any node, `presence` announces who is
+//! where.
 
 mod presence;
 mod rooms;

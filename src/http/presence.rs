@@ -17,9 +17,7 @@ pub async fn channel(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(channel) = path.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
-    let channel = herald.parse_channel(&channel)?;
-    let who = principal(&herald, &headers, None).await?;
+    let (channel, who) = super::rooms::channel_and_caller(&herald, path, &headers).await?;
     let users = herald.channel_presence(&who, &channel).await?;
     Ok(Json(json!({"channel": channel.as_str(), "users": users})))
 }

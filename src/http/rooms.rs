@@ -51,9 +51,18 @@ pub async fn channel_info(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(channel) = path.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
-    let channel = herald.parse_channel(&channel)?;
-    let who = principal(&herald, &headers, None).await?;
+    let (channel, who) = channel_and_caller(&herald, path, &headers).await?;
     let info = herald.channel_info(&who, &channel).await?;
     Ok(Json(json!(info)))
+}
+
+/// The channel a `/api/channels/{channel}/..` path names, and who asks.
+pub(super) async fn channel_and_caller(
+    herald: &Herald,
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+) -> Result<(crate::channel::ChannelName, crate::auth::Principal), ApiError> {
+    let Path(channel) = path.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
+    let channel = herald.parse_channel(&channel)?;
+    Ok((channel, principal(herald, headers, None).await?))
 }

@@ -1,9 +1,9 @@
 //! One connection: its bounded queue, and the reader that drains it for a transport.
 //!
-//! The hub pushes [`Item`]s into [`ConnShared`]: events (`Arc<Published>` pointers, framed
+//! The hub pushes `Item`s into [`ConnShared`]: events (`Arc<Published>` pointers, framed
 //! once for every subscriber), live changes of the channel list (join, leave) and events
-//! for this connection alone. A [`StreamCore`] takes everything queued at once, keeps the
-//! connection's cursor (its place in each channel) and hands what is new to an [`Emit`]:
+//! for this connection alone. A `StreamCore` takes everything queued at once, keeps the
+//! connection's cursor (its place in each channel) and hands what is new to an `Emit`:
 //! [`SseBody`] writes it as one SSE chunk for hyper; [`Connection`] hands it to an embedding
 //! application's own transport. There is no task and no channel per connection: a push
 //! wakes the transport's own task. An idle connection holds an empty queue, its cursor and
