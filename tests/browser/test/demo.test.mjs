@@ -1,0 +1,87 @@
+// The demo page in Chromium against a real `herald serve` in dev mode: chat between two
+// users, who is online, going offline when a tab closes, and a real job's progress.
+
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { after, before, test } from 'node:test';
+
+import { chatTexts, cleanup, launchBrowser, onlineUsers, startHerald, waitFor, withScreenshots } from '../harness.mjs';
+
+let herald;
+let browser;
+
+before(async () => {
+  herald = await startHerald();
+  browser = await launchBrowser();
+});
+after(cleanup);
+
+async function openAs(user, name, query = '') {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${herald.url}/?user=${user}&name=${name}${query}`);
+  await waitFor(() => page.$('#status[data-state="open"]'), `${name}'s page to be live`);
+  return page;
+}
+
+test('two users chat, see each other online, and a closed tab goes offline', async () => {
+  await withScreenshots('chat-and-presence', browser, async () => {
+    const ann = await openAs('ann', 'Ann');
+    const bob = await openAs('bob', 'Bob');
+    for (const page of [ann, bob]) {
+      await waitFor(async () => (await onlineUsers(page)).join() === 'ann,bob', 'both users online on both pages');
+    }
+
+    await ann.fill('#chat-input', 'Hello from Ann');
+    await ann.press('#chat-input', 'Enter');
+    await bob.fill('#chat-input', 'Hi Ann, Bob here');
+    await bob.click('#chat-form button');
+    for (const page of [ann, bob]) {
+      await waitFor(async () => (await chatTexts(page)).length === 2, 'both messages on both pages');
+      const texts = await chatTexts(page);
+      assert.deepEqual([...texts].sort(), ['Hello from Ann', 'Hi Ann, Bob here']);
+    }
+    const annSees = await ann.$$eval('#messages .msg', (els) => els.map((e) => [e.className, e.querySelector('.who').textContent]));
+    assert.ok(annSees.some(([cls, who]) => cls.includes('mine') && who.startsWith('Ann')), 'Ann sees her message as hers');
+    assert.ok(annSees.some(([cls, who]) => !cls.includes('mine') && who.startsWith('Bob')), 'Bob is named from his token');
+
+    // Closing Bob's tab: after the grace period Ann's list and the server's agree he is gone.
+    await bob.context().close();
+    await waitFor(async () => (await onlineUsers(ann)).join() === 'ann', 'Bob offline on Ann\'s page');
+    const resp = await fetch(`${herald.url}/api/channels/${encodeURIComponent('channel:lobby')}/presence`);
+    const { users } = await resp.json();
+    assert.deepEqual(users.map((u) => u.userId), ['ann']);
+    await ann.context().close();
+  });
+});
+
+test('a job does real work and its progress bar reaches 100%', async () => {
+  await withScreenshots('job-progress', browser, async () => {
+    const rounds = 200_000;
+    const page = await openAs('carol', 'Carol', `&rounds=${rounds}`);
+    const seen = [];
+    let complete = null;
+    await page.exposeFunction('recordProgress', (p) => seen.push(p));
+    await page.exposeFunction('recordComplete', (e) => (complete = e));
+    await page.evaluate(() => {
+      window.heraldDemo.sub.on('generation_progress', (e) => window.recordProgress(e.progress));
+      window.heraldDemo.sub.on('generation_complete', (e) => window.recordComplete(e));
+    });
+    await page.click('#job-start');
+    await waitFor(() => page.$('#job-progress[aria-valuenow="100"]'), 'the progress bar at 100%');
+    await waitFor(() => complete, 'generation_complete');
+
+    // Progress went up in steps to 100, and the digest is the real SHA-256 chain.
+    assert.ok(seen.length >= 10, `progress events: ${seen}`);
+    assert.deepEqual(seen, [...seen].sort((a, b) => a - b));
+    assert.equal(seen.at(-1), 100);
+    let d = Buffer.from(complete.jobId);
+    for (let i = 0; i < rounds; i++) d = createHash('sha256').update(d).digest();
+    assert.equal(complete.result.digest, d.toString('hex'));
+    assert.equal(await page.textContent('#job-result'), `sha256^${rounds} = ${d.toString('hex')}`);
+    // The job's notification and unread badge arrive on user:carol.
+    await waitFor(() => page.$('#badge:not([hidden])'), 'the notification badge');
+    assert.ok(Number(await page.textContent('#badge')) >= 1);
+    await page.context().close();
+  });
+});
