@@ -49,6 +49,13 @@ pub fn test_config() -> Config {
     }
 }
 
+/// Turns presence off for rooms (`channel:`), for tests about something else.
+pub fn no_presence(config: &mut Config) {
+    config
+        .namespaces
+        .insert("channel".to_owned(), herald::config::NamespaceConfig { presence: Some(false), ..Default::default() });
+}
+
 /// The HS256 secret of [`TestServer::secured`].
 pub const SECRET: &str = "test-secret-that-is-long-enough";
 /// The API key of [`TestServer::secured`], with access to every channel.
@@ -383,6 +390,18 @@ impl SseStream {
     /// The next event, which must exist.
     pub async fn expect(&mut self) -> SseEvent {
         self.next().await.unwrap_or_else(|| panic!("stream ended early"))
+    }
+
+    /// Expects the next event to be `user`'s presence with `status` (`online`, `offline`, `away`).
+    pub async fn expect_presence(&mut self, user: &str, status: &str) -> SseEvent {
+        let ev = self.expect().await;
+        assert_eq!(
+            (ev.data["type"].as_str(), ev.data["userId"].as_str(), ev.data["status"].as_str()),
+            (Some("presence"), Some(user), Some(status)),
+            "{:?}",
+            ev.data
+        );
+        ev
     }
 
     /// Expects the next events to carry `"n"` values `ns`, in order; returns the last id.
