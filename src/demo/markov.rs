@@ -37,6 +37,7 @@ impl Chain {
         for text in texts {
             let tokens: Vec<u32> = prose(text)
                 .split_whitespace()
+                .filter(|w| !looks_like_code(w))
                 .map(|w| {
                     let n = ids.len() as u32;
                     *ids.entry(w.to_owned()).or_insert_with(|| {
@@ -88,6 +89,12 @@ impl Chain {
     }
 }
 
+/// Identifiers, paths and calls read badly in a sentence: the chain skips them.
+fn looks_like_code(word: &str) -> bool {
+    word.contains(|c: char| "_:(){}=<>/$\\\"'".contains(c)) && !word.ends_with(':')
+        || !word.contains(|c: char| c.is_alphanumeric())
+}
+
 /// The prose of a Markdown text: no code blocks, tables, headings markers, link targets or
 /// inline-code backticks.
 fn prose(markdown: &str) -> String {
@@ -134,6 +141,9 @@ mod tests {
     fn markdown_is_reduced_to_prose() {
         let p = prose("# Title\n\nSee [the docs](docs/a.md) and `code`.\n```sh\ncurl x\n```\n| a | b |\n- item");
         assert_eq!(p.split_whitespace().collect::<Vec<_>>(), ["See", "the", "docs", "and", "code.", "item"]);
+        let words = ["history_ttl,", "user:<id>", "Event::chat(x).", "\"quoted\"", "—", "Note:", "plain."];
+        let kept: Vec<_> = words.into_iter().filter(|w| !looks_like_code(w)).collect();
+        assert_eq!(kept, ["Note:", "plain."]);
     }
 
     #[test]

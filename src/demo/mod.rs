@@ -298,7 +298,7 @@ async fn stream_answer(herald: &Herald, channel: ChannelName, stream_id: &str, p
     let question = prompt.to_owned();
     let tokens = tokio::task::spawn_blocking(move || {
         let mut rng = fastrand::Rng::new();
-        let words = rng.usize(50..90);
+        let words = rng.usize(35..60);
         markov::chain().generate(&question, words, &mut rng)
     })
     .await

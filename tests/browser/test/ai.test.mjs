@@ -49,7 +49,7 @@ test('a page reloaded mid-answer shows the text so far, then the rest', async ()
     await waitFor(() => done(asker), 'the end of the answer', 60_000);
     await waitFor(() => done(reader), 'the end of the answer after the reload');
     const full = await answer(asker);
-    assert.ok(full.split(' ').length >= 40, full);
+    assert.ok(full.split(' ').length >= 30, full);
     assert.equal(await answer(reader), full, 'snapshot plus the chunks after it are the whole answer');
   });
 });
