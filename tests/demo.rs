@@ -41,6 +41,16 @@ impl DemoServer {
     }
 }
 
+/// The next event of type `ty`, skipping others (presence, for one).
+async fn next_of(stream: &mut support::SseStream, ty: &str) -> Value {
+    loop {
+        let ev = stream.expect().await;
+        if ev.data["type"] == ty {
+            return ev.data;
+        }
+    }
+}
+
 impl Drop for DemoServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -61,13 +71,15 @@ async fn a_dev_token_makes_a_user_and_leaves_dev_mode_on_for_everyone_else() {
     let refused = ann.open_events("channel=user:bob", &[]).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     ann.publish(&json!({"channel": "channel:lobby", "type": "chat", "content": "hi"})).await;
-    let chat = own.expect().await;
-    assert_eq!((chat.data["userId"].as_str(), chat.data["userName"].as_str()), (Some("ann"), Some("Ann")));
+    let chat = next_of(&mut own, "chat").await;
+    assert_eq!(chat["content"], "hi");
+    assert_eq!((chat["userId"].as_str(), chat["userName"].as_str()), (Some("ann"), Some("Ann")));
 
     // Dev mode still holds for anonymous clients: rooms open, user channels closed.
     let mut anon = server.client();
     anon.publish(&json!({"channel": "channel:lobby", "type": "chat", "content": "anon"})).await;
-    assert_eq!(own.expect().await.data["content"], "anon");
+    let chat = next_of(&mut own, "chat").await;
+    assert_eq!((chat["content"].as_str(), chat.get("userId")), (Some("anon"), None));
     assert_eq!(anon.open_events("channel=user:ann", &[]).await.status(), StatusCode::UNAUTHORIZED);
     let (status, _) = anon.post_json("/api/tickets", &json!({})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
