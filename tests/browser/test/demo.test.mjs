@@ -1,8 +1,9 @@
-// The demo page in Chromium against a real `herald serve` in dev mode: chat between two
-// users, who is online, going offline when a tab closes, and a real job's progress.
+// The demo page in Chromium against a real `herald serve`: in dev mode, chat between two
+// users, who is online, going offline when a tab closes, and a real job's progress; with
+// auth configured, the page's way in with a pasted token.
 
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { after, before, test } from 'node:test';
 
 import { chatTexts, cleanup, launchBrowser, onlineUsers, startHerald, waitFor, withScreenshots } from '../harness.mjs';
@@ -83,5 +84,34 @@ test('a job does real work and its progress bar reaches 100%', async () => {
     await waitFor(() => page.$('#badge:not([hidden])'), 'the notification badge');
     assert.ok(Number(await page.textContent('#badge')) >= 1);
     await page.context().close();
+  });
+});
+
+test('with auth configured the page explains how to get a token, and a pasted one works', async () => {
+  const secret = 'browser-test-secret-0123456789';
+  const secured = await startHerald(['--jwt-secret', secret]);
+  await withScreenshots('auth-configured', browser, async () => {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(`${secured.url}/`);
+    await waitFor(() => page.isVisible('#auth'), 'the token explanation');
+    assert.equal(await page.isVisible('#app'), false);
+    const [status] = await fetch(`${secured.url}/api/dev/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ userId: 'x' }),
+    }).then((r) => [r.status]);
+    assert.equal(status, 404, 'no dev tokens with auth configured');
+
+    const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const head = b64({ alg: 'HS256', typ: 'JWT' });
+    const body = b64({ sub: 'gina', name: 'Gina', exp: Math.floor(Date.now() / 1000) + 600 });
+    const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
+    await page.fill('#auth-token', `${head}.${body}.${sig}`);
+    await page.click('#auth-form button');
+    await waitFor(() => page.$('#status[data-state="open"]'), 'live with the pasted token');
+    assert.equal(await page.textContent('#me-name'), 'Gina');
+    await page.fill('#chat-input', 'signed in');
+    await page.press('#chat-input', 'Enter');
+    await waitFor(async () => (await chatTexts(page)).includes('signed in'), 'a message as Gina');
   });
 });
