@@ -57,15 +57,23 @@ if (config.devTokens) {
     me = { id: c.sub, name: c.name || c.sub };
     start();
   } else {
-    $('app').hidden = true;
-    $('auth').hidden = false;
-    $('me-name').textContent = 'signed out';
-    $('auth-form').addEventListener('submit', (e) => {
-      e.preventDefault();
-      store.setItem('herald-demo-token', $('auth-token').value.trim());
-      location.reload();
-    });
+    showAuth('');
   }
+}
+
+/** Asks for a token to paste (auth configured), with why if one was refused. */
+function showAuth(why) {
+  $('app').hidden = true;
+  $('auth').hidden = false;
+  $('auth-error').textContent = why;
+  $('me-name').textContent = 'signed out';
+  $('status').dataset.state = 'closed';
+  $('status-text').textContent = 'waiting for a token';
+  $('auth-form').onsubmit = (e) => {
+    e.preventDefault();
+    store.setItem('herald-demo-token', $('auth-token').value.trim());
+    location.reload();
+  };
 }
 
 function start() {
@@ -82,8 +90,15 @@ function start() {
     transport,
     onStateChange: (state, info) => showState(state, info),
     onError: (e) => {
-      // A restarted dev server has a new secret: mint a new token on the next attempt.
-      if (e instanceof HeraldError && e.status === 401 && config.devTokens) token = null;
+      if (!(e instanceof HeraldError && e.status === 401)) return;
+      if (config.devTokens) {
+        // A restarted dev server has a new secret: mint a new token on the next attempt.
+        token = null;
+      } else {
+        sub.close();
+        store.removeItem('herald-demo-token');
+        showAuth(`The server refused that token: ${e.message}`);
+      }
     },
     onReset: (e) => note(`Missed events on ${e.channel} could not be replayed (${e.reason}).`),
     onEvent: (e) => {

@@ -102,6 +102,12 @@ test('with auth configured the page explains how to get a token, and a pasted on
     }).then((r) => [r.status]);
     assert.equal(status, 404, 'no dev tokens with auth configured');
 
+    // A token the server refuses sends the page back to the explanation, saying why.
+    await page.fill('#auth-token', 'not.a.token');
+    await page.click('#auth-form button');
+    await waitFor(async () => (await page.textContent('#auth-error')).includes('refused'), 'the refusal');
+    assert.equal(await page.isVisible('#app'), false);
+
     const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
     const head = b64({ alg: 'HS256', typ: 'JWT' });
     const body = b64({ sub: 'gina', name: 'Gina', exp: Math.floor(Date.now() / 1000) + 600 });
