@@ -267,6 +267,16 @@ export async function post(base, path, body, headers = {}) {
   return [resp.status, await resp.json()];
 }
 
+/** Opens a demo page in a new browser context and waits until it is live; `before(page)`
+ * runs before it loads (to hook requests or add init scripts). */
+export async function openDemo(browser, url, { before } = {}) {
+  const page = await (await browser.newContext()).newPage();
+  if (before) await before(page);
+  await page.goto(url);
+  await waitFor(() => page.$('#status[data-state="open"]'), `${url} to be live`);
+  return page;
+}
+
 /** The texts of the chat messages a demo page shows. */
 export function chatTexts(page) {
   return page.$$eval('#messages .msg .text', (els) => els.map((e) => e.textContent));

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { cleanup, launchBrowser, startHerald, waitFor, withScreenshots } from '../harness.mjs';
+import { cleanup, launchBrowser, openDemo, startHerald, waitFor, withScreenshots } from '../harness.mjs';
 
 let herald;
 let browser;
@@ -19,19 +19,15 @@ const done = (page) => page.$eval('.ai-stream', (e) => e.dataset.done === 'true'
 
 test('a page reloaded mid-answer shows the text so far, then the rest', async () => {
   await withScreenshots('ai-snapshot', browser, async () => {
-    const open = async (user) => {
-      const page = await (await browser.newContext()).newPage();
-      // Record the first text the answer shows on each load, before any later chunk.
-      await page.addInitScript(() => {
+    // Record the first text the answer shows on each load, before any later chunk.
+    const recordFirstAnswer = (page) =>
+      page.addInitScript(() => {
         new MutationObserver(() => {
           const a = document.querySelector('.ai-stream .a');
           if (a && a.textContent && window.firstAnswer === undefined) window.firstAnswer = a.textContent;
         }).observe(document, { subtree: true, childList: true, characterData: true });
       });
-      await page.goto(`${herald.url}/?user=${user}&name=${user}`);
-      await waitFor(() => page.$('#status[data-state="open"]'), 'live');
-      return page;
-    };
+    const open = (user) => openDemo(browser, `${herald.url}/?user=${user}&name=${user}`, { before: recordFirstAnswer });
     const asker = await open('dana');
     const reader = await open('eve');
     await asker.fill('#ai-input', 'How do clients resume after a reconnect?');

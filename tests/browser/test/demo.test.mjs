@@ -6,7 +6,17 @@ import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
 import { after, before, test } from 'node:test';
 
-import { chatTexts, cleanup, launchBrowser, onlineUsers, startHerald, waitFor, withScreenshots } from '../harness.mjs';
+import {
+  chatTexts,
+  cleanup,
+  launchBrowser,
+  onlineUsers,
+  openDemo,
+  post,
+  startHerald,
+  waitFor,
+  withScreenshots,
+} from '../harness.mjs';
 
 let herald;
 let browser;
@@ -17,13 +27,7 @@ before(async () => {
 });
 after(cleanup);
 
-async function openAs(user, name, query = '') {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(`${herald.url}/?user=${user}&name=${name}${query}`);
-  await waitFor(() => page.$('#status[data-state="open"]'), `${name}'s page to be live`);
-  return page;
-}
+const openAs = (user, name, query = '') => openDemo(browser, `${herald.url}/?user=${user}&name=${name}${query}`);
 
 test('two users chat, see each other online, and a closed tab goes offline', async () => {
   await withScreenshots('chat-and-presence', browser, async () => {
@@ -95,11 +99,7 @@ test('with auth configured the page explains how to get a token, and a pasted on
     await page.goto(`${secured.url}/`);
     await waitFor(() => page.isVisible('#auth'), 'the token explanation');
     assert.equal(await page.isVisible('#app'), false);
-    const [status] = await fetch(`${secured.url}/api/dev/token`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ userId: 'x' }),
-    }).then((r) => [r.status]);
+    const [status] = await post(secured.url, '/api/dev/token', { userId: 'x' });
     assert.equal(status, 404, 'no dev tokens with auth configured');
 
     // A token the server refuses sends the page back to the explanation, saying why.

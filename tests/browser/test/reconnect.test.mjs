@@ -8,6 +8,7 @@ import {
   chatTexts,
   cleanup,
   launchBrowser,
+  openDemo,
   post,
   startHerald,
   startProxy,
@@ -31,15 +32,14 @@ async function publishRange(base, from, to) {
 const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => `m${from + i}`);
 
 /** Opens the demo page; `requests` collects the URLs of its streams and token requests. */
-async function livePage(browser, url, requests = []) {
-  const page = await (await browser.newContext()).newPage();
-  page.on('request', (r) => {
-    const u = new URL(r.url());
-    if (u.pathname === '/api/events' || u.pathname === '/api/dev/token') requests.push(u);
+function livePage(browser, url, requests = []) {
+  return openDemo(browser, url, {
+    before: (page) =>
+      page.on('request', (r) => {
+        const u = new URL(r.url());
+        if (u.pathname === '/api/events' || u.pathname === '/api/dev/token') requests.push(u);
+      }),
   });
-  await page.goto(url);
-  await waitFor(() => page.$('#status[data-state="open"]'), 'the page to be live');
-  return page;
 }
 
 test('a restarted server (Redis behind it) is rejoined with nothing lost or repeated, over EventSource and tickets', async () => {
