@@ -529,10 +529,11 @@ export class Subscription {
     if (!event || typeof event !== 'object' || typeof event.type !== 'string') return;
     switch (event.type) {
       case 'connected': {
-        const id = (event as EventMap['connected']).connectionId;
-        this.connectionId = typeof id === 'string' ? id : undefined;
+        const connected = event as EventMap['connected'];
+        this.connectionId = typeof connected.connectionId === 'string' ? connected.connectionId : undefined;
         this.connectedAt = Date.now();
         this.setState('open');
+        if (Array.isArray(connected.channels)) this.reconcile(connected.channels);
         break;
       }
       case 'reset':
@@ -556,6 +557,21 @@ export class Subscription {
       const set = this.listeners.get(key);
       if (set) for (const l of [...set]) l(event);
     }
+  }
+
+  /** Joins and leaves made while this connection was being opened apply to it now. */
+  private reconcile(opened: string[]): void {
+    const wanted = [...this.channels];
+    const apply = (method: 'POST' | 'DELETE', channel: string) => {
+      const base = `/api/connections/${encodeURIComponent(this.connectionId ?? '')}/channels`;
+      const call =
+        method === 'POST'
+          ? this.client.request(method, base, { channel })
+          : this.client.request(method, `${base}/${encodeURIComponent(channel)}`);
+      call.catch((e: unknown) => this.options.onError?.(asError(e)));
+    };
+    for (const c of wanted) if (!opened.includes(c)) apply('POST', c);
+    for (const c of opened) if (!wanted.includes(c)) apply('DELETE', c);
   }
 
   private removeChannel(channel: string): void {

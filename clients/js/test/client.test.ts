@@ -243,6 +243,28 @@ describe('live rooms and presence', () => {
     expect(server.streamRequests[1]?.channels).toEqual(['channel:b', 'channel:c']);
   });
 
+  it('applies a join and a leave made while connecting once the connection is open', async () => {
+    let release = () => {};
+    server.hold = new Promise((r) => (release = r));
+    const c = new HeraldClient({ url: server.url });
+    const { sub, chats } = collect(c, ['channel:a', 'channel:old']);
+    await waitFor(() => server.requests.length === 1, 'the stream request, its channels fixed');
+    await sub.join('channel:b');
+    await sub.leave('channel:old');
+    expect(sub.state).toBe('connecting');
+    release();
+    await waitFor(() => server.requests.length === 3, 'the join and the leave on the open connection');
+    expect(server.requests.map((r) => `${r.method} ${r.path}`).sort()).toEqual([
+      'DELETE /api/connections/c1/channels/channel%3Aold',
+      'GET /api/events',
+      'POST /api/connections/c1/channels',
+    ]);
+    server.publish('channel:old', { type: 'chat', content: 'left' });
+    server.publish('channel:b', { type: 'chat', content: 'joined' });
+    await waitFor(() => chats().length === 1, 'the joined room');
+    expect(chats()).toEqual(['joined']);
+  });
+
   it('keeps a live who-is-online list from the fetched list and presence events', async () => {
     server.presence = [{ userId: 'ann', userName: 'Ann', status: 'online' }];
     const c = new HeraldClient({ url: server.url });

@@ -560,10 +560,11 @@ var Subscription = class {
 		if (!event || typeof event !== "object" || typeof event.type !== "string") return;
 		switch (event.type) {
 			case "connected": {
-				const id = event.connectionId;
-				this.connectionId = typeof id === "string" ? id : void 0;
+				const connected = event;
+				this.connectionId = typeof connected.connectionId === "string" ? connected.connectionId : void 0;
 				this.connectedAt = Date.now();
 				this.setState("open");
+				if (Array.isArray(connected.channels)) this.reconcile(connected.channels);
 				break;
 			}
 			case "reset":
@@ -585,6 +586,16 @@ var Subscription = class {
 			const set = this.listeners.get(key);
 			if (set) for (const l of [...set]) l(event);
 		}
+	}
+	/** Joins and leaves made while this connection was being opened apply to it now. */
+	reconcile(opened) {
+		const wanted = [...this.channels];
+		const apply = (method, channel) => {
+			const base = `/api/connections/${encodeURIComponent(this.connectionId ?? "")}/channels`;
+			(method === "POST" ? this.client.request(method, base, { channel }) : this.client.request(method, `${base}/${encodeURIComponent(channel)}`)).catch((e) => this.options.onError?.(asError(e)));
+		};
+		for (const c of wanted) if (!opened.includes(c)) apply("POST", c);
+		for (const c of opened) if (!wanted.includes(c)) apply("DELETE", c);
 	}
 	removeChannel(channel) {
 		const i = this.channels.indexOf(channel);

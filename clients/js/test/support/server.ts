@@ -41,6 +41,8 @@ export class TestServer {
   /** Answers for the next stream requests, used up in order. */
   refusals: Array<{ status: number; code: string; retryAfter?: number }> = [];
   presence: Array<{ userId: string; userName?: string; status: string }> = [];
+  /** While set, streams are answered only once it resolves. */
+  hold: Promise<void> | undefined;
   /** Send a `reset` for this channel on the next connect. */
   resetNext: string | undefined;
   private server: http.Server;
@@ -127,7 +129,13 @@ export class TestServer {
 
   private route(req: http.IncomingMessage, res: http.ServerResponse, url: URL, body: string): void {
     const path = url.pathname;
-    if (req.method === 'GET' && path === '/api/events') return this.stream(req, res, url);
+    if (req.method === 'GET' && path === '/api/events') {
+      if (this.hold) {
+        void this.hold.then(() => this.stream(req, res, url));
+        return;
+      }
+      return this.stream(req, res, url);
+    }
     if (req.method === 'POST' && path === '/api/tickets') {
       if (!this.bearer(req) || this.token === undefined) return this.error(res, 401, 'unauthorized');
       const ticket = randomBytes(16).toString('hex');
