@@ -212,10 +212,12 @@ describe('reconnect policy', () => {
   });
 
   it('keeps a stream with heartbeats alive past the idle timeout', async () => {
-    const c = new HeraldClient({ url: server.url, idleTimeoutMs: 300 });
+    // Heartbeats every 50 ms for more than twice the idle timeout (a wide margin for a
+    // loaded machine's timers).
+    const c = new HeraldClient({ url: server.url, idleTimeoutMs: 700 });
     const { sub } = collect(c, ['channel:a']);
     await waitFor(() => sub.state === 'open', 'open');
-    const until = Date.now() + 900;
+    const until = Date.now() + 1600;
     while (Date.now() < until) {
       server.raw(': heartbeat\n\n');
       await new Promise((r) => setTimeout(r, 50));
