@@ -21,6 +21,10 @@ after(cleanup);
 
 const ROOM = 'channel:lobby';
 
+/** Backoff windows grow while the server is away (1, 2, 4, 8 s... for EventSource; from the
+ * server's 3 s `retry:` for fetch streams): a reconnect may take a while on a slow machine. */
+const RECONNECT = 60_000;
+
 /** Publishes chat messages `from..to` to `base` (dev mode: rooms are open). */
 async function publishRange(base, from, to) {
   for (let i = from; i <= to; i++) {
@@ -65,7 +69,7 @@ test('a restarted server (Redis behind it) is rejoined with nothing lost or repe
 
     // The old dev token means nothing to the new process: the page gets a new one, a new
     // ticket, and resumes with lastEventId.
-    await waitFor(async () => (await chatTexts(page)).length >= 20, 'the ten missed messages');
+    await waitFor(async () => (await chatTexts(page)).length >= 20, 'the ten missed messages', RECONNECT);
     await waitFor(() => page.$('#status[data-state="open"]'), 'live again');
     await publishRange(second.url, 21, 25);
     await waitFor(async () => (await chatTexts(page)).length >= 25, 'live messages after the resume');
@@ -91,7 +95,7 @@ test('a cut connection is resumed with nothing lost or repeated, over a fetch st
     await waitFor(() => page.$('#status[data-state="reconnecting"]'), 'the page to notice');
     await publishRange(herald.url, 6, 15);
     await proxy.resume();
-    await waitFor(async () => (await chatTexts(page)).length >= 15, 'the missed messages');
+    await waitFor(async () => (await chatTexts(page)).length >= 15, 'the missed messages', RECONNECT);
     await publishRange(herald.url, 16, 18);
     await waitFor(async () => (await chatTexts(page)).length >= 18, 'live messages after the resume');
     assert.deepEqual(await chatTexts(page), range(1, 18));

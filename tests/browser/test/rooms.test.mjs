@@ -40,7 +40,8 @@ test('a joined room is followed live, kept across a reconnect, and a left one is
     await waitFor(() => page.evaluate(() => window.sub.state === 'reconnecting'), 'reconnecting');
     await say('channel:b', 'two (while away)');
     await proxy.resume();
-    await waitFor(async () => (await got()).length === 2, 'the room resumed after the reconnect');
+    // Generous: the fetch stream's backoff starts from the server's 3 s retry hint.
+    await waitFor(async () => (await got()).length === 2, 'the room resumed after the reconnect', 60_000);
     assert.deepEqual(await page.evaluate(() => window.sub.channels), ['channel:a', 'channel:b']);
 
     await waitFor(() => page.evaluate(() => window.sub.state === 'open'), 'open again');
