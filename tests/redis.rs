@@ -360,6 +360,18 @@ async fn on_a_redis_cluster_events_cross_nodes_on_every_shard() {
     let mut on_a = a.client(Proto::H1).user("2").subscribe(&query, &[]).await;
     b.client(Proto::H1).backend().publish(&json!({"channel": channels[5], "type": "update", "n": 14})).await;
     on_a.expect_ns(14..15).await;
+    // Sharded pub/sub has no patterns: a pattern subscription is refused plainly.
+    let refused = a.client(Proto::H1).user("3").open_events("channel=channel:shard-*", &[]).await;
+    let (status, err) = support::read_json(refused).await;
+    assert_eq!((status.as_u16(), err["error"]["code"].as_str()), (400, Some("patterns_unsupported")));
+    // A live join reaches a connection on the other node through the cluster.
+    let conn = on_a.connection_id();
+    let path = format!("/api/connections/{conn}/channels");
+    let (status, _) = b.client(Proto::H1).user("2").post_json(&path, &json!({"channel": "channel:late"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(on_a.expect().await.data["type"], "subscribed");
+    p.publish(&json!({"channel": "channel:late", "type": "update", "n": 15})).await;
+    on_a.expect_ns(15..16).await;
 }
 
 #[tokio::test]

@@ -332,6 +332,7 @@ impl Engine for MemoryEngine {
                         user_id: id.clone(),
                         user_name: p.name.clone(),
                         status: "offline".into(),
+                        connections: 0,
                     });
                 }
                 !due
@@ -349,7 +350,12 @@ impl Engine for MemoryEngine {
             .get(channel)
             .into_iter()
             .flatten()
-            .map(|(id, p)| PresenceEntry { user_id: id.clone(), user_name: p.name.clone(), status: p.status.clone() })
+            .map(|(id, p)| PresenceEntry {
+                user_id: id.clone(),
+                user_name: p.name.clone(),
+                status: p.status.clone(),
+                connections: p.conns.len(),
+            })
             .collect();
         list.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Box::pin(async move { Ok(list) })

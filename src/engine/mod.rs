@@ -106,6 +106,9 @@ pub struct PresenceEntry {
     pub user_name: Option<String>,
     /// `online` or `away`.
     pub status: String,
+    /// The user's open connections to the channel (0 while leaving, in the grace period).
+    #[serde(default)]
+    pub connections: usize,
 }
 
 /// A command for the node that holds a connection, or for every node (counts, status).

@@ -67,6 +67,7 @@ impl Herald {
                     user_id: user.to_string(),
                     user_name: who.user_name.clone(),
                     status: PresenceStatus::Online.as_str().to_owned(),
+                    connections: 1,
                 };
                 match self.engine().presence_join(ch, &conn.id, &entry).await {
                     Ok(true) => {

@@ -310,6 +310,12 @@ impl Client {
         answer
     }
 
+    pub async fn delete(&mut self, path: &str) -> (StatusCode, Value) {
+        let req = self.request("DELETE", path).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("request: {e}"));
+        let resp = self.send(req).await;
+        read_json(resp).await
+    }
+
     pub async fn get_json(&mut self, path: &str) -> (StatusCode, Value) {
         let req = self.request("GET", path).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("request: {e}"));
         let resp = self.send(req).await;
@@ -390,6 +396,12 @@ impl SseStream {
     /// The next event, which must exist.
     pub async fn expect(&mut self) -> SseEvent {
         self.next().await.unwrap_or_else(|| panic!("stream ended early"))
+    }
+
+    /// The id of this stream's connection, from its `connected` event.
+    pub fn connection_id(&self) -> String {
+        let connected = self.connected.as_ref().unwrap_or_else(|| panic!("no connected event"));
+        connected.data["connectionId"].as_str().unwrap_or_else(|| panic!("no connection id")).to_owned()
     }
 
     /// Expects the next event to be `user`'s presence with `status` (`online`, `offline`, `away`).

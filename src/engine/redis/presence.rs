@@ -114,7 +114,7 @@ impl Scripts {
             join: with_prelude(JOIN),
             leave: with_prelude(LEAVE),
             expire: with_prelude(EXPIRE),
-            list: with_prelude("purge(now)\nreturn redis.call('HGETALL', KEYS[1])"),
+            list: with_prelude("purge(now)\nreturn {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[4])}"),
             status: with_prelude(STATUS),
         }
     }
@@ -129,9 +129,9 @@ struct Stored {
     status: String,
 }
 
-fn entry(user: String, stored: &str) -> PresenceEntry {
+fn entry(user: String, stored: &str, connections: usize) -> PresenceEntry {
     let stored: Stored = serde_json::from_str(stored).unwrap_or(Stored { name: None, status: "online".to_owned() });
-    PresenceEntry { user_id: user, user_name: stored.name, status: stored.status }
+    PresenceEntry { user_id: user, user_name: stored.name, status: stored.status, connections }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -190,7 +190,7 @@ impl RedisEngine {
         Ok(flat
             .chunks(2)
             .filter_map(|p| match p {
-                [user, stored] => Some(entry(user.clone(), stored)),
+                [user, stored] => Some(entry(user.clone(), stored, 0)),
                 _ => None,
             })
             .collect())
@@ -198,11 +198,19 @@ impl RedisEngine {
 
     pub(super) async fn presence_list(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
         let inv = self.presence_call(&self.presence_scripts.list, channel);
-        let flat: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-        let mut list: Vec<PresenceEntry> = flat
+        let (users, counts): (Vec<String>, Vec<String>) =
+            inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let counts: std::collections::HashMap<&str, usize> = counts
             .chunks(2)
             .filter_map(|p| match p {
-                [user, stored] => Some(entry(user.clone(), stored)),
+                [user, n] => Some((user.as_str(), n.parse().unwrap_or(0))),
+                _ => None,
+            })
+            .collect();
+        let mut list: Vec<PresenceEntry> = users
+            .chunks(2)
+            .filter_map(|p| match p {
+                [user, stored] => Some(entry(user.clone(), stored, counts.get(user.as_str()).copied().unwrap_or(0))),
                 _ => None,
             })
             .collect();
