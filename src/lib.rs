@@ -25,6 +25,7 @@
 //! | [`http`] | the HTTP API (axum routes) |
 //! | [`server`] | listening, TLS, HTTP/2, graceful shutdown |
 //! | [`metrics`] | counters and the Prometheus exposition |
+//! | [`demo`] | the demo page and its routes, which `herald serve` adds at `/` |
 //!
 //! Embedding in an axum application:
 //!
@@ -42,6 +43,7 @@ pub mod catalogue;
 pub mod channel;
 pub mod config;
 pub mod cursor;
+pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod herald;

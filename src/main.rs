@@ -201,7 +201,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // the listening line appears drains instead of killing the process.
         let shutdown = shutdown_signal()?;
         let herald = Herald::start(config).await?;
-        let server = Server::bind(herald.clone()).await?;
+        // The demo page at `/` is part of `herald serve`, not of the router applications mount.
+        let router = herald::http::router(herald.clone()).merge(herald::demo::router(herald.clone()));
+        let server = Server::bind_with_router(herald.clone(), router).await?;
         let addr = server.local_addr()?;
         let scheme = if herald.config().tls_cert.is_some() { "https" } else { "http" };
         tracing::info!(

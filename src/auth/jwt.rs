@@ -204,13 +204,33 @@ impl Verifier {
     }
 }
 
-fn identity(c: Claims) -> Result<UserIdentity, AuthError> {
-    if c.sub.is_empty()
-        || c.sub.len() > 128
-        || !c.sub.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@=+".contains(&b))
-    {
+fn valid_sub(sub: &str) -> Result<(), AuthError> {
+    if sub.is_empty() || sub.len() > 128 || !sub.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@=+".contains(&b)) {
         return Err(AuthError::InvalidToken("`sub` must be 1 to 128 ASCII letters, digits or `_ - . @ = +`".into()));
     }
+    Ok(())
+}
+
+/// Signs a dev-mode token (HS256) with the process's dev secret.
+pub(super) fn sign_dev_token(
+    secret: &str,
+    user_id: &str,
+    user_name: Option<&str>,
+    ttl: Duration,
+) -> Result<String, AuthError> {
+    valid_sub(user_id)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let mut claims = serde_json::json!({"sub": user_id, "iat": now, "exp": now + ttl.as_secs(), "dev": true});
+    if let Some(name) = user_name {
+        claims["name"] = name.chars().take(128).collect::<String>().into();
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+        .map_err(|e| AuthError::InvalidToken(e.to_string()))
+}
+
+fn identity(c: Claims) -> Result<UserIdentity, AuthError> {
+    valid_sub(&c.sub)?;
     Ok(UserIdentity {
         id: Arc::from(c.sub),
         name: c.name.map(|n| Arc::from(n.chars().take(128).collect::<String>())),

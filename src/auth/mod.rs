@@ -4,6 +4,12 @@
 //! header, cookie or single-use ticket) or anonymous. Nothing a client sends in a body or a
 //! query can set an identity. What each principal may do is decided by
 //! [`crate::policy::Policies`]; this module only establishes who it is.
+//!
+//! Dev identities: in dev mode (no way to authenticate configured) the authenticator also
+//! holds a random per-process HS256 secret, so that [`Authenticator::dev_token`] can mint
+//! tokens for the demo page and local tools (`POST /api/dev/token` of `herald serve`). The
+//! tokens make a request a user, nothing more: dev mode stays on for the channel policies,
+//! which come from the configuration alone.
 
 pub mod jwt;
 
@@ -92,17 +98,42 @@ pub struct Authenticator {
     jwt: Option<jwt::Verifier>,
     api_keys: Vec<([u8; 32], Arc<ApiKey>)>,
     pub cookie_name: String,
+    /// Dev mode only: the secret of dev tokens, random per process and never shown.
+    dev_secret: Option<String>,
 }
+
+/// How long a dev token is valid.
+const DEV_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Authenticator {
     pub fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
-        let jwt = jwt::Verifier::from_config(&cfg.auth)?;
+        let dev_secret = if cfg.auth_configured() { None } else { new_ticket().ok() };
+        let jwt = match &dev_secret {
+            Some(secret) => {
+                // Dev tokens carry no `iss`/`aud`, so none is required of them.
+                let dev = crate::config::AuthConfig {
+                    jwt_secret: Some(secret.clone()),
+                    issuer: None,
+                    audience: None,
+                    ..cfg.auth.clone()
+                };
+                jwt::Verifier::from_config(&dev)?
+            }
+            None => jwt::Verifier::from_config(&cfg.auth)?,
+        };
         let api_keys = cfg
             .api_keys
             .iter()
             .map(|k| (digest(&k.key), Arc::new(ApiKey { name: k.name.clone(), channels: k.channels.clone() })))
             .collect();
-        Ok(Self { jwt, api_keys, cookie_name: cfg.auth.cookie_name.clone() })
+        Ok(Self { jwt, api_keys, cookie_name: cfg.auth.cookie_name.clone(), dev_secret })
+    }
+
+    /// Dev mode only: a token for `user_id` that this process accepts (HS256, valid 24 h).
+    /// `None` when authentication is configured. The id follows the rules of `sub`.
+    pub fn dev_token(&self, user_id: &str, user_name: Option<&str>) -> Option<Result<String, AuthError>> {
+        let secret = self.dev_secret.as_ref()?;
+        Some(jwt::sign_dev_token(secret, user_id, user_name, DEV_TOKEN_TTL))
     }
 
     /// Verifies a JWT and returns the user it names.

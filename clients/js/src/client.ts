@@ -1,0 +1,621 @@
+// The Herald client: subscriptions that reconnect and resume, and the HTTP calls around
+// them (publish, tickets, presence, live rooms). No framework needed; the React hook in
+// `react.ts` is a thin layer over `HeraldClient.subscribe`.
+//
+// A subscription owns its reconnect loop. Whatever the transport, a lost stream is closed
+// and opened again after a full-jitter backoff delay, with the last SSE id seen (so the
+// server replays exactly what was missed) and the channel list as it is now (after live
+// joins and leaves), and, for ticket auth, a new single-use ticket.
+
+import { Backoff, type BackoffOptions } from './backoff.js';
+import type { EventMap, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
+import { SseParser, type SseMessage } from './sse.js';
+
+/** A token, or a function that returns a fresh one (called before every connect). */
+export type TokenSource = string | (() => string | Promise<string>);
+
+/** How the client proves who it is.
+ *
+ * - `none`: anonymous (a dev-mode server, or public channels).
+ * - `cookie`: the browser sends the token cookie (`EventSource` with credentials).
+ * - `ticket`: a user token is traded for a single-use ticket (`POST /api/tickets`) before
+ *   each connect, for `EventSource`, which cannot send headers.
+ * - `header`: `Authorization: Bearer <token>` on a fetch-based stream.
+ * - `apiKey`: a backend's key (`X-Api-Key`), for Node services; streams use fetch. */
+export type Auth =
+  | { mode: 'none' }
+  | { mode: 'cookie' }
+  | { mode: 'ticket'; token: TokenSource }
+  | { mode: 'header'; token: TokenSource }
+  | { mode: 'apiKey'; key: string };
+
+/** The subset of the `EventSource` constructor the client uses. */
+export interface EventSourceLike {
+  onopen: ((this: any, ev: any) => any) | null;
+  onmessage: ((this: any, ev: { data: string; lastEventId: string }) => any) | null;
+  onerror: ((this: any, ev: any) => any) | null;
+  close(): void;
+}
+export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike;
+
+export interface HeraldClientOptions {
+  /** Base URL of the Herald server, like `https://events.example.com`. Default: this page's
+   * origin (relative URLs). Required outside a browser. */
+  url?: string;
+  auth?: Auth;
+  /** Defaults to the global `fetch`. */
+  fetch?: typeof fetch;
+  /** Defaults to the global `EventSource`, when there is one. */
+  EventSource?: EventSourceConstructor;
+  /** Reconnect timing for every subscription (each may override it). */
+  backoff?: BackoffOptions;
+  /** Fetch streams: reconnect when nothing, not even a heartbeat, arrives for this long.
+   * Herald sends a heartbeat every 30 s by default. Default 75000; 0 disables. */
+  idleTimeoutMs?: number;
+}
+
+export type Transport = 'auto' | 'eventsource' | 'fetch';
+
+export type SubscriptionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+export interface StateInfo {
+  /** Failed attempts in a row (0 once a healthy connection ends). */
+  attempt: number;
+  /** For `reconnecting`: how long until the next attempt. */
+  delayMs?: number;
+  /** What ended the previous connection, or what closed the subscription for good. */
+  error?: Error;
+}
+
+export interface SubscribeOptions {
+  /** Every event, in order (control events such as `connected` and `reset` included). */
+  onEvent?: (event: StreamEvent) => void;
+  /** The server could not resume a channel: refetch that channel's state. */
+  onReset?: (event: ResetEvent) => void;
+  onStateChange?: (state: SubscriptionState, info: StateInfo) => void;
+  /** A connection attempt failed or a stream broke (the subscription retries), or a fatal
+   * error closed the subscription (state `closed`). */
+  onError?: (error: Error) => void;
+  /** Server-side filters, `field:value` (e.g. `severity:SEV-1`). */
+  filters?: string[];
+  /** Resume from this SSE id on the first connect. */
+  lastEventId?: string;
+  /** `auto` (default): fetch for `header`/`apiKey` auth or where there is no
+   * `EventSource`, `EventSource` otherwise. */
+  transport?: Transport;
+  backoff?: BackoffOptions;
+}
+
+/** An error answer of Herald's API (`{"error":{"code","message"}}`) or of the network. */
+export class HeraldError extends Error {
+  constructor(
+    message: string,
+    /** The HTTP status, 0 for a network failure. */
+    readonly status: number,
+    /** Herald's snake_case error code, like `invalid_channel`. */
+    readonly code: string,
+    /** From `Retry-After`, in ms. */
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+    this.name = 'HeraldError';
+  }
+
+  /** Retrying cannot help: a bad request, a forbidden channel, an unknown endpoint. */
+  get fatal(): boolean {
+    return this.status >= 400 && this.status < 500 && ![401, 408, 425, 429].includes(this.status);
+  }
+}
+
+export interface PresenceUser {
+  userId: string;
+  userName?: string;
+  status: Exclude<PresenceStatus, 'offline'>;
+}
+
+export interface ChannelPresence {
+  channel: string;
+  users: PresenceUser[];
+}
+
+export interface UserPresence {
+  userId: string;
+  online: boolean;
+  status: PresenceStatus;
+}
+
+export interface ChannelInfo {
+  channel: string;
+  subscribers: number;
+  users: number;
+}
+
+/** An event to publish: a channel (or several), a type, and flat payload fields. */
+export interface OutgoingEvent {
+  channel?: string;
+  channels?: string[];
+  type: string;
+  [field: string]: unknown;
+}
+
+const DEFAULT_IDLE_TIMEOUT_MS = 75_000;
+
+export class HeraldClient {
+  readonly url: string;
+  readonly auth: Auth;
+  readonly backoff: BackoffOptions;
+  readonly idleTimeoutMs: number;
+  private readonly fetchImpl: typeof fetch;
+  private readonly eventSource?: EventSourceConstructor;
+
+  constructor(options: HeraldClientOptions = {}) {
+    this.url = (options.url ?? '').replace(/\/+$/, '');
+    this.auth = options.auth ?? { mode: 'none' };
+    this.backoff = options.backoff ?? {};
+    this.idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+    const f = options.fetch ?? (globalThis.fetch as typeof fetch | undefined);
+    if (!f) throw new Error('no fetch: pass `fetch` in the options');
+    // A bare reference to window.fetch must be called with the global as `this`.
+    this.fetchImpl = options.fetch ?? ((input, init) => f(input, init));
+    this.eventSource =
+      options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
+  }
+
+  /** Opens a subscription to one or more channels. It connects at once and keeps
+   * reconnecting until `close()`. */
+  subscribe(channels: string | string[], options: SubscribeOptions = {}): Subscription {
+    const list = Array.isArray(channels) ? channels : [channels];
+    const sub = new Subscription(this, list, options);
+    sub.start();
+    return sub;
+  }
+
+  /** Publishes one event (`POST /api/publish`); resolves to its id. */
+  publish(channel: string | string[], type: string, payload: Record<string, unknown> = {}): Promise<{ id: string }> {
+    const target = Array.isArray(channel) ? { channels: channel } : { channel };
+    return this.request('POST', '/api/publish', { ...payload, ...target, type });
+  }
+
+  /** Publishes several events in order, all or none; resolves to their ids. */
+  publishBatch(events: OutgoingEvent[]): Promise<{ ids: string[] }> {
+    return this.request('POST', '/api/publish', events);
+  }
+
+  /** Who is in a channel now (`GET /api/channels/{channel}/presence`). */
+  presence(channel: string): Promise<ChannelPresence> {
+    return this.request('GET', `/api/channels/${encodeURIComponent(channel)}/presence`);
+  }
+
+  /** Whether a user is online anywhere. */
+  userPresence(userId: string): Promise<UserPresence> {
+    return this.request('GET', `/api/users/${encodeURIComponent(userId)}/presence`);
+  }
+
+  /** Sets this user's status (`away` or `online`) in every channel they are in. */
+  setStatus(status: 'online' | 'away'): Promise<{ status: string }> {
+    return this.request('POST', '/api/presence', { status });
+  }
+
+  /** Subscribers and users of a channel, across every node. */
+  channelInfo(channel: string): Promise<ChannelInfo> {
+    return this.request('GET', `/api/channels/${encodeURIComponent(channel)}`);
+  }
+
+  /** A single-use ticket for `GET /api/events?ticket=` (needs a user token). */
+  async ticket(): Promise<string> {
+    const answer = await this.request<{ ticket: string }>('POST', '/api/tickets');
+    return answer.ticket;
+  }
+
+  /** The URL of a stream on `channels`, with extra query parameters. */
+  streamUrl(channels: string[], extra: Array<[string, string]> = []): string {
+    const q = new URLSearchParams();
+    for (const c of channels) q.append('channel', c);
+    for (const [k, v] of extra) q.append(k, v);
+    return `${this.url}/api/events?${q.toString()}`;
+  }
+
+  /** The headers that carry this client's credential (none for `none`/`cookie`). */
+  async authHeaders(): Promise<Record<string, string>> {
+    switch (this.auth.mode) {
+      case 'ticket':
+      case 'header':
+        return { Authorization: `Bearer ${await resolveToken(this.auth.token)}` };
+      case 'apiKey':
+        return { 'X-Api-Key': this.auth.key };
+      default:
+        return {};
+    }
+  }
+
+  get credentials(): RequestCredentials {
+    return this.auth.mode === 'cookie' ? 'include' : 'same-origin';
+  }
+
+  /** One JSON call to Herald's API; throws `HeraldError` on an error answer. */
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = { Accept: 'application/json', ...(await this.authHeaders()) };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let resp: Response;
+    try {
+      resp = await this.fetchImpl(`${this.url}${path}`, {
+        method,
+        headers,
+        credentials: this.credentials,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (e) {
+      throw new HeraldError(`${method} ${path}: ${(e as Error).message}`, 0, 'network_error');
+    }
+    if (!resp.ok) throw await errorFrom(resp);
+    const text = await resp.text();
+    return (text ? JSON.parse(text) : {}) as T;
+  }
+
+  /** @internal */
+  get fetcher(): typeof fetch {
+    return this.fetchImpl;
+  }
+
+  /** @internal */
+  get eventSourceConstructor(): EventSourceConstructor | undefined {
+    return this.eventSource;
+  }
+}
+
+/** Mints a token for `userId` on a dev-mode server (`POST /api/dev/token`); refused
+ * (404) by a server with authentication configured. */
+export async function devToken(
+  url: string,
+  userId: string,
+  userName?: string,
+  fetchImpl: typeof fetch = (i, o) => fetch(i, o),
+): Promise<string> {
+  const resp = await fetchImpl(`${url.replace(/\/+$/, '')}/api/dev/token`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+    body: JSON.stringify({ userId, userName }),
+  });
+  if (!resp.ok) throw await errorFrom(resp);
+  return ((await resp.json()) as { token: string }).token;
+}
+
+async function resolveToken(token: TokenSource): Promise<string> {
+  return typeof token === 'function' ? await token() : token;
+}
+
+async function errorFrom(resp: Response): Promise<HeraldError> {
+  let code = 'http_error';
+  let message = `HTTP ${resp.status}`;
+  try {
+    const body = (await resp.json()) as { error?: { code?: string; message?: string } };
+    if (body.error?.code) code = body.error.code;
+    if (body.error?.message) message = body.error.message;
+  } catch {
+    // Not Herald's JSON error (a proxy's page, say): keep the status.
+  }
+  const retryAfter = Number.parseInt(resp.headers.get('retry-after') ?? '', 10);
+  return new HeraldError(message, resp.status, code, Number.isFinite(retryAfter) ? retryAfter * 1000 : undefined);
+}
+
+type Listener = (event: any) => void;
+
+interface Connection {
+  close(): void;
+}
+
+/** A live subscription: events in order, reconnecting and resuming until closed. */
+export class Subscription {
+  /** The channels followed; updated by live joins and leaves, and used by reconnects. */
+  readonly channels: string[];
+  state: SubscriptionState = 'connecting';
+  /** The last SSE id received: where a reconnect resumes. */
+  lastEventId: string | undefined;
+  /** The server's id of the current connection (from `connected`), for live rooms. */
+  connectionId: string | undefined;
+  /** What closed the subscription, if an error did. */
+  error: Error | undefined;
+
+  private readonly backoff: Backoff;
+  private readonly fixedBase: boolean;
+  private readonly listeners = new Map<string, Set<Listener>>();
+  private connection: Connection | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** Bumped on every connect and on close; callbacks of an older connection are ignored. */
+  private generation = 0;
+  private connectedAt = 0;
+
+  constructor(
+    private readonly client: HeraldClient,
+    channels: string[],
+    private readonly options: SubscribeOptions,
+  ) {
+    this.channels = [...new Set(channels)];
+    if (this.channels.length === 0) throw new Error('subscribe to at least one channel');
+    this.lastEventId = options.lastEventId;
+    const backoff = { ...client.backoff, ...options.backoff };
+    this.fixedBase = backoff.baseMs !== undefined;
+    this.backoff = new Backoff(backoff);
+  }
+
+  /** Failed attempts in a row. */
+  get attempt(): number {
+    return this.backoff.attempt;
+  }
+
+  /** Listens to one event type; returns a function that stops listening. */
+  on<K extends keyof EventMap>(type: K, listener: (event: EventMap[K]) => void): () => void;
+  on(type: string, listener: (event: StreamEvent) => void): () => void;
+  on(type: string, listener: Listener): () => void {
+    let set = this.listeners.get(type);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(type, set);
+    }
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+
+  /** Adds a live room to this connection (`POST /api/connections/{id}/channels`); a
+   * reconnect then subscribes to it too. While disconnected, it is only added to the list
+   * the next connect uses. */
+  async join(channel: string): Promise<void> {
+    if (this.state === 'closed') throw new Error('the subscription is closed');
+    if (this.state === 'open' && this.connectionId) {
+      try {
+        await this.client.request('POST', `/api/connections/${encodeURIComponent(this.connectionId)}/channels`, {
+          channel,
+        });
+      } catch (e) {
+        // The connection is gone (it is reconnecting): the next connect includes the room.
+        if (!(e instanceof HeraldError && e.status === 404)) throw e;
+      }
+    }
+    if (!this.channels.includes(channel)) this.channels.push(channel);
+  }
+
+  /** Removes a channel from this connection; reconnects no longer include it. */
+  async leave(channel: string): Promise<void> {
+    if (this.state === 'closed') throw new Error('the subscription is closed');
+    if (this.channels.length === 1 && this.channels[0] === channel) {
+      throw new Error('cannot leave the last channel: close the subscription instead');
+    }
+    if (this.state === 'open' && this.connectionId) {
+      try {
+        await this.client.request(
+          'DELETE',
+          `/api/connections/${encodeURIComponent(this.connectionId)}/channels/${encodeURIComponent(channel)}`,
+        );
+      } catch (e) {
+        if (!(e instanceof HeraldError && e.status === 404)) throw e;
+      }
+    }
+    this.removeChannel(channel);
+  }
+
+  /** Closes the stream for good. */
+  close(): void {
+    this.shutdown(undefined);
+  }
+
+  /** @internal */
+  start(): void {
+    void this.connect();
+  }
+
+  private setState(state: SubscriptionState, info: Partial<StateInfo> = {}): void {
+    this.state = state;
+    this.options.onStateChange?.(state, { attempt: this.backoff.attempt, ...info });
+  }
+
+  private transport(): 'eventsource' | 'fetch' {
+    const wanted = this.options.transport ?? 'auto';
+    if (wanted !== 'auto') return wanted;
+    const mode = this.client.auth.mode;
+    if (mode === 'header' || mode === 'apiKey' || !this.client.eventSourceConstructor) return 'fetch';
+    return 'eventsource';
+  }
+
+  private async connect(): Promise<void> {
+    const gen = ++this.generation;
+    this.connectionId = undefined;
+    this.connectedAt = 0;
+    const extra: Array<[string, string]> = (this.options.filters ?? []).map((f) => ['filter', f]);
+    try {
+      if (this.transport() === 'eventsource') {
+        const ES = this.client.eventSourceConstructor;
+        if (!ES) throw new HeraldError('no EventSource here: use transport `fetch`', 0, 'no_event_source');
+        if (this.client.auth.mode === 'ticket') extra.push(['ticket', await this.client.ticket()]);
+        // A new EventSource sends no Last-Event-ID header: the query carries it.
+        if (this.lastEventId) extra.push(['lastEventId', this.lastEventId]);
+        if (gen !== this.generation) return;
+        this.connection = this.openEventSource(ES, this.client.streamUrl(this.channels, extra), gen);
+      } else {
+        const headers: Record<string, string> = {
+          Accept: 'text/event-stream',
+          ...(await this.client.authHeaders()),
+        };
+        if (this.lastEventId) headers['Last-Event-ID'] = this.lastEventId;
+        if (gen !== this.generation) return;
+        this.connection = this.openFetch(this.client.streamUrl(this.channels, extra), headers, gen);
+      }
+    } catch (e) {
+      if (gen === this.generation) this.lost(asError(e));
+    }
+  }
+
+  private openEventSource(ES: EventSourceConstructor, url: string, gen: number): Connection {
+    const es = new ES(url, { withCredentials: this.client.auth.mode === 'cookie' });
+    es.onmessage = (ev) => {
+      if (gen === this.generation) this.message({ event: 'message', data: ev.data, id: ev.lastEventId });
+    };
+    es.onerror = () => {
+      // EventSource would reconnect by itself, but with the same URL (a spent ticket, the
+      // old channel list): close it and reconnect here instead.
+      es.close();
+      if (gen === this.generation) this.lost(new HeraldError('the event stream failed', 0, 'stream_error'));
+    };
+    return { close: () => es.close() };
+  }
+
+  private openFetch(url: string, headers: Record<string, string>, gen: number): Connection {
+    const abort = new AbortController();
+    let idle: ReturnType<typeof setTimeout> | undefined;
+    const idleMs = this.client.idleTimeoutMs;
+    const touch = () => {
+      if (idleMs <= 0) return;
+      if (idle) clearTimeout(idle);
+      idle = setTimeout(() => {
+        abort.abort();
+        if (gen === this.generation) this.lost(new HeraldError(`no data for ${idleMs} ms`, 0, 'idle_timeout'));
+      }, idleMs);
+    };
+    const run = async () => {
+      touch();
+      const resp = await this.client.fetcher(url, {
+        headers,
+        credentials: this.client.credentials,
+        cache: 'no-store',
+        signal: abort.signal,
+      });
+      if (!resp.ok) throw await errorFrom(resp);
+      const type = resp.headers.get('content-type') ?? '';
+      if (!type.startsWith('text/event-stream') || !resp.body) {
+        throw new HeraldError(`not an event stream (${type || 'no content type'})`, resp.status, 'not_event_stream');
+      }
+      const parser = new SseParser({
+        onMessage: (m) => {
+          if (gen === this.generation) this.message(m);
+        },
+        onRetry: (ms) => {
+          if (!this.fixedBase && ms > 0) this.backoff.baseMs = ms;
+        },
+      });
+      const reader = resp.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (gen !== this.generation) return;
+        if (done) break;
+        touch();
+        parser.feedBytes(value);
+      }
+      parser.end();
+      throw new HeraldError('the server ended the stream', 0, 'stream_ended');
+    };
+    run()
+      .catch((e) => {
+        if (gen === this.generation && !abort.signal.aborted) this.lost(asError(e));
+      })
+      .finally(() => {
+        if (idle) clearTimeout(idle);
+      });
+    return {
+      close: () => {
+        abort.abort();
+        if (idle) clearTimeout(idle);
+      },
+    };
+  }
+
+  private message(m: SseMessage): void {
+    if (m.id) this.lastEventId = m.id;
+    let event: StreamEvent;
+    try {
+      event = JSON.parse(m.data) as StreamEvent;
+    } catch {
+      this.options.onError?.(new HeraldError('an event is not JSON', 0, 'bad_event'));
+      return;
+    }
+    if (!event || typeof event !== 'object' || typeof event.type !== 'string') return;
+    switch (event.type) {
+      case 'connected': {
+        const connected = event as EventMap['connected'];
+        this.connectionId = typeof connected.connectionId === 'string' ? connected.connectionId : undefined;
+        this.connectedAt = Date.now();
+        this.setState('open');
+        if (Array.isArray(connected.channels)) this.reconcile(connected.channels);
+        break;
+      }
+      case 'reset':
+        this.options.onReset?.(event as ResetEvent);
+        break;
+      case 'subscribed': {
+        const ch = (event as EventMap['subscribed']).channel;
+        if (typeof ch === 'string' && !this.channels.includes(ch)) this.channels.push(ch);
+        break;
+      }
+      case 'unsubscribed': {
+        const ch = (event as EventMap['unsubscribed']).channel;
+        if (typeof ch === 'string') this.removeChannel(ch);
+        break;
+      }
+      default:
+        break;
+    }
+    this.options.onEvent?.(event);
+    for (const key of [event.type, '*']) {
+      const set = this.listeners.get(key);
+      if (set) for (const l of [...set]) l(event);
+    }
+  }
+
+  /** Joins and leaves made while this connection was being opened apply to it now. */
+  private reconcile(opened: string[]): void {
+    const wanted = [...this.channels];
+    const apply = (method: 'POST' | 'DELETE', channel: string) => {
+      const base = `/api/connections/${encodeURIComponent(this.connectionId ?? '')}/channels`;
+      const call =
+        method === 'POST'
+          ? this.client.request(method, base, { channel })
+          : this.client.request(method, `${base}/${encodeURIComponent(channel)}`);
+      call.catch((e: unknown) => this.options.onError?.(asError(e)));
+    };
+    for (const c of wanted) if (!opened.includes(c)) apply('POST', c);
+    for (const c of opened) if (!wanted.includes(c)) apply('DELETE', c);
+  }
+
+  private removeChannel(channel: string): void {
+    const i = this.channels.indexOf(channel);
+    if (i >= 0 && this.channels.length > 1) this.channels.splice(i, 1);
+  }
+
+  /** The current connection ended or could not be made: retry, or give up if fatal. */
+  private lost(error: Error): void {
+    this.connection?.close();
+    this.connection = undefined;
+    this.generation++;
+    if (error instanceof HeraldError && error.fatal) {
+      this.shutdown(error);
+      return;
+    }
+    this.options.onError?.(error);
+    if (this.connectedAt > 0 && Date.now() - this.connectedAt >= this.backoff.healthyAfterMs) {
+      this.backoff.reset();
+    }
+    this.connectedAt = 0;
+    let delay = this.backoff.next();
+    if (error instanceof HeraldError && error.retryAfterMs !== undefined) delay = Math.max(delay, error.retryAfterMs);
+    this.setState('reconnecting', { delayMs: delay, error });
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      if (this.state !== 'closed') void this.connect();
+    }, delay);
+  }
+
+  private shutdown(error: Error | undefined): void {
+    if (this.state === 'closed') return;
+    this.generation++;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.connection?.close();
+    this.connection = undefined;
+    this.error = error;
+    if (error) this.options.onError?.(error);
+    this.setState('closed', error ? { error } : {});
+  }
+}
+
+function asError(e: unknown): Error {
+  if (e instanceof Error) return e;
+  return new Error(String(e));
+}
