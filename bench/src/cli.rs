@@ -12,6 +12,7 @@ use crate::protocol::Proto;
 #[command(
     name = "herald-bench",
     version,
+    args_override_self = true,
     about = "Load generator for SSE servers (Herald, Nchan, ...): memory per idle connection, fan-out \
              throughput, latency, private channels, clusters. Loopback only."
 )]

@@ -391,6 +391,8 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         server_cpu_s,
         client_cpu_s,
         deliveries_per_server_cpu_s: rate(total.delivered, server_cpu_s),
+        server_busy: if delivery_s > 0.0 { server_cpu_s / delivery_s } else { 0.0 },
+        client_busy: if delivery_s > 0.0 { client_cpu_s / delivery_s } else { 0.0 },
         memory,
         ok,
         errors,

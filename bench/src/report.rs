@@ -76,6 +76,11 @@ pub struct Outcome {
     /// The bench's own CPU (coordinator and workers) over the same time.
     pub client_cpu_s: f64,
     pub deliveries_per_server_cpu_s: f64,
+    /// Share of one core the server used from the first publish to the last delivery.
+    pub server_busy: f64,
+    /// Share of one core the bench used over the same time (near 1.0: the bench may be the
+    /// bottleneck).
+    pub client_busy: f64,
     pub memory: Option<MemoryReport>,
     /// Every subscriber established, every event delivered once and in order.
     pub ok: bool,
@@ -154,10 +159,13 @@ impl Outcome {
         );
         let _ = writeln!(
             s,
-            "  CPU: server {:.2} s ({} deliveries per server CPU-second), client {:.2} s; connecting: server {:.2} s",
+            "  CPU: server {:.2} s ({} deliveries per server CPU-second, {:.0}% busy), client {:.2} s ({:.0}% busy); \
+             connecting: server {:.2} s",
             self.server_cpu_s,
             si(self.deliveries_per_server_cpu_s),
+            self.server_busy * 100.0,
             self.client_cpu_s,
+            self.client_busy * 100.0,
             self.connect_server_cpu_s
         );
         for e in &self.errors {
@@ -210,7 +218,8 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
             m("deliveries per second", |o| o.deliveries_per_s, 0),
             m("deliveries per server CPU-second", |o| o.deliveries_per_server_cpu_s, 0),
             m("server CPU (s)", |o| o.server_cpu_s, 2),
-            m("client CPU (s)", |o| o.client_cpu_s, 2),
+            m("server core busy (%)", |o| o.server_busy * 100.0, 0),
+            m("client core busy (%)", |o| o.client_busy * 100.0, 0),
             m("latency p50 (ms)", |o| o.latency.p50_ms, 2),
             m("latency p99 (ms)", |o| o.latency.p99_ms, 2),
             lost,
