@@ -20,7 +20,7 @@ use tokio::task::spawn_local;
 use crate::cli::{MAX_EVENTS, MAX_SUBSCRIBERS, RunArgs, Scenario};
 use crate::hist::Hist;
 use crate::net::{Publisher, now_us, source_ip};
-use crate::procfs::{cpu_seconds_all, memory_all};
+use crate::procfs::{cpu_seconds_all, kernel_slab_kb, memory_all};
 use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
 use crate::report::{Latency, MemoryReport, Outcome};
 use crate::target::Target;
@@ -245,6 +245,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
 
     let servers = &args.server_pids;
     let mem_before = memory_all(servers);
+    let slab_before = kernel_slab_kb().unwrap_or(0);
     let server_cpu_start = cpu_seconds_all(servers);
     let connect_start = Instant::now();
     let mut workers = spawn_workers(plans).await?;
@@ -284,6 +285,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
             after,
             rss_per_connection: per(after.rss_kb, mem_before.rss_kb),
             pss_per_connection: per(after.pss_kb, mem_before.pss_kb),
+            kernel_slab_per_connection: per(kernel_slab_kb().unwrap_or(0), slab_before),
         }
     });
 

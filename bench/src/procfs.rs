@@ -53,6 +53,12 @@ pub fn memory_all(pids: &[u32]) -> Memory {
         .fold(Memory::default(), |a, m| Memory { rss_kb: a.rss_kb + m.rss_kb, pss_kb: a.pss_kb + m.pss_kb })
 }
 
+/// Kernel slab memory of the whole machine (`Slab:` of /proc/meminfo), in KiB: where the
+/// kernel keeps sockets. Machine-wide, so other work moves it too.
+pub fn kernel_slab_kb() -> Option<u64> {
+    kb_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "Slab:")
+}
+
 /// Open file descriptors of a process (entries of `/proc/<pid>/fd`).
 pub fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
@@ -76,6 +82,7 @@ mod tests {
         let m = memory(me).unwrap_or_else(|| panic!("no memory reading"));
         assert!(m.rss_kb > 100, "{m:?}");
         assert!(open_fds(me).is_some_and(|n| n >= 3));
+        assert!(kernel_slab_kb().is_some_and(|kb| kb > 0));
         assert_eq!(cpu_seconds(u32::MAX), None);
     }
 }

@@ -41,6 +41,10 @@ pub struct MemoryReport {
     pub rss_per_connection: f64,
     /// Growth of the server's Pss per established connection, bytes.
     pub pss_per_connection: f64,
+    /// Growth of the kernel's slab memory per connection, bytes: both ends of each
+    /// loopback connection (the bench's socket and the server's), and anything else the
+    /// machine did meanwhile.
+    pub kernel_slab_per_connection: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -125,13 +129,15 @@ impl Outcome {
         if let Some(m) = &self.memory {
             let _ = writeln!(
                 s,
-                "  server memory: RSS {} -> {} KiB, Pss {} -> {} KiB; per connection {:.2} KiB RSS, {:.2} KiB Pss",
+                "  server memory: RSS {} -> {} KiB, Pss {} -> {} KiB; per connection {:.2} KiB RSS, {:.2} KiB Pss \
+                 (kernel slab, both ends: {:.2} KiB)",
                 m.before.rss_kb,
                 m.after.rss_kb,
                 m.before.pss_kb,
                 m.after.pss_kb,
                 m.rss_per_connection / 1024.0,
-                m.pss_per_connection / 1024.0
+                m.pss_per_connection / 1024.0,
+                m.kernel_slab_per_connection / 1024.0
             );
         }
         let _ = writeln!(
@@ -201,6 +207,9 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
                 |o| o.memory.as_ref().map_or(0.0, |m| m.rss_per_connection / 1024.0),
                 2,
             ),
+            m("kernel slab per connection, both ends (KiB)", |o| {
+                o.memory.as_ref().map_or(0.0, |m| m.kernel_slab_per_connection / 1024.0)
+            }, 2),
             m("server CPU to accept them (s)", |o| o.connect_server_cpu_s, 2),
             m("seconds to connect all", |o| o.connect_s, 2),
             lost,
