@@ -113,6 +113,10 @@ pub struct RunArgs {
     /// With one channel it is exact; with several, it bounds deliveries in flight.
     #[arg(long, default_value_t = 100)]
     pub window: u64,
+    /// fanout, cluster, idle: publish requests in flight on the one publishing connection
+    /// (HTTP/1.1 pipelining keeps the server busy between responses; order holds).
+    #[arg(long, default_value_t = 16)]
+    pub pipeline: u64,
     /// private: publishing connections (each channel always uses the same one, so order holds).
     #[arg(long, default_value_t = 4)]
     pub publishers: u64,

@@ -414,20 +414,30 @@ struct PublishCtx<'a> {
 }
 
 impl PublishCtx<'_> {
-    async fn publish(&self, p: &mut Publisher, channel: u64, seq: u64, body: &mut String) -> anyhow::Result<()> {
+    /// Writes event `seq` of `channel` (its response is read by [`Self::accepted`]).
+    async fn write(&self, p: &mut Publisher, channel: u64, seq: u64, body: &mut String) -> anyhow::Result<()> {
         let vars = Vars { index: channel, seq, ts: now_us(), run: self.run };
-        let url = self.pub_template.render(&vars);
-        let target = Target::parse(&url)?;
+        let target = Target::parse(&self.pub_template.render(&vars))?;
         body.clear();
         self.body_template.render_into(&vars, body);
-        let (status, error) =
-            p.send(&self.args.pub_method, &target.path, &self.args.pub_headers, body.as_bytes()).await?;
-        if !(200..300).contains(&status) {
-            bail!("{url}: status {status}: {}", error.unwrap_or_default().trim());
-        }
+        p.write(&self.args.pub_method, &target.path, &self.args.pub_headers, body.as_bytes()).await?;
         let d = self.published_deliveries.get() + subscribers_of(channel, self.subscribers, self.channels);
         self.published_deliveries.set(d);
         Ok(())
+    }
+
+    /// Reads the oldest outstanding response; an error unless it is 2xx.
+    async fn accepted(&self, p: &mut Publisher) -> anyhow::Result<()> {
+        let (status, error) = p.read().await?;
+        if !(200..300).contains(&status) {
+            bail!("{}: status {status}: {}", self.args.pub_url, error.unwrap_or_default().trim());
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, p: &mut Publisher, channel: u64, seq: u64, body: &mut String) -> anyhow::Result<()> {
+        self.write(p, channel, seq, body).await?;
+        self.accepted(p).await
     }
 
     fn publisher(&self, n: u64) -> anyhow::Result<Publisher> {
@@ -440,8 +450,9 @@ impl PublishCtx<'_> {
     }
 }
 
-/// Publishes `events` to channel 0, one request at a time: at a fixed `rate`, or as fast
-/// as the server accepts them while at most `window` events are not yet everywhere.
+/// Publishes `events` to channel 0 over one connection: at a fixed `rate`, one request at a
+/// time, or as fast as the server accepts them, `--pipeline` requests in flight, while at
+/// most `window` events are not yet everywhere.
 async fn publish_one_channel(
     ctx: &PublishCtx<'_>,
     events: u64,
@@ -451,6 +462,7 @@ async fn publish_one_channel(
 ) -> anyhow::Result<()> {
     let mut p = ctx.publisher(0)?;
     let mut body = String::new();
+    let depth = if rate.is_some() { 1 } else { ctx.args.pipeline.clamp(1, 1024) as usize };
     let mut ticks = rate.map(|r| {
         let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -466,8 +478,15 @@ async fn publish_one_channel(
         if let Some(t) = &mut ticks {
             t.tick().await;
         }
-        ctx.publish(&mut p, 0, seq, &mut body).await?;
-        last_seq[0] = seq;
+        if p.in_flight() >= depth {
+            ctx.accepted(&mut p).await?;
+            last_seq[0] += 1;
+        }
+        ctx.write(&mut p, 0, seq, &mut body).await?;
+    }
+    while p.in_flight() > 0 {
+        ctx.accepted(&mut p).await?;
+        last_seq[0] += 1;
     }
     Ok(())
 }

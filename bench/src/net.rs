@@ -41,26 +41,42 @@ pub async fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<Tcp
     Ok(stream)
 }
 
-/// Longest response head or error body kept.
+/// Longest response head kept.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// A keep-alive HTTP/1.1 client for publishing: one request in flight.
+/// A keep-alive HTTP/1.1 client for publishing. Requests may be pipelined: several written
+/// before their responses are read, which the server answers in order.
 pub struct Publisher {
     target: Target,
     src: Ipv4Addr,
     stream: Option<TcpStream>,
-    buf: Vec<u8>,
+    /// Bytes read but not yet used: the start of the next response.
+    rbuf: Vec<u8>,
     request: Vec<u8>,
     timeout: Duration,
+    in_flight: usize,
 }
 
 impl Publisher {
     pub fn new(target: Target, src: Ipv4Addr, timeout: Duration) -> Self {
-        Self { target, src, stream: None, buf: Vec::with_capacity(4096), request: Vec::with_capacity(1024), timeout }
+        Self {
+            target,
+            src,
+            stream: None,
+            rbuf: Vec::with_capacity(4096),
+            request: Vec::with_capacity(1024),
+            timeout,
+            in_flight: 0,
+        }
     }
 
-    /// Sends `method path` with `body` and the extra `headers` (`name: value`); returns the
-    /// status, and the body when the status is not 2xx.
+    /// Requests written whose responses are not read yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Sends one request and reads its response: the status, and the body when the status
+    /// is not 2xx.
     pub async fn send(
         &mut self,
         method: &str,
@@ -68,6 +84,13 @@ impl Publisher {
         headers: &[String],
         body: &[u8],
     ) -> anyhow::Result<(u16, Option<String>)> {
+        self.write(method, path, headers, body).await?;
+        self.read().await
+    }
+
+    /// Writes `method path` with `body` and the extra `headers` (`name: value`), without
+    /// waiting for the response.
+    pub async fn write(&mut self, method: &str, path: &str, headers: &[String], body: &[u8]) -> anyhow::Result<()> {
         self.request.clear();
         let r = &mut self.request;
         r.extend_from_slice(method.as_bytes());
@@ -84,76 +107,95 @@ impl Publisher {
         }
         r.extend_from_slice(b"\r\n");
         r.extend_from_slice(body);
-        match tokio::time::timeout(self.timeout, self.round_trip()).await {
-            Ok(result) => result,
+        if self.stream.is_none() {
+            if self.in_flight > 0 {
+                bail!("the connection closed with {} responses outstanding", self.in_flight);
+            }
+            let s = tokio::time::timeout(self.timeout, connect_from(self.src, self.target.addr))
+                .await
+                .map_err(|_| anyhow::anyhow!("connect to {}: timed out", self.target.addr))?
+                .with_context(|| format!("connect to {}", self.target.addr))?;
+            self.stream = Some(s);
+            self.rbuf.clear();
+        }
+        let Some(stream) = self.stream.as_mut() else { bail!("no connection") };
+        let written = tokio::time::timeout(self.timeout, stream.write_all(&self.request)).await;
+        match written {
+            Ok(Ok(())) => {
+                self.in_flight += 1;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.stream = None;
+                Err(e).context("write request")
+            }
             Err(_) => {
                 self.stream = None;
-                bail!("{} {}: no response within {:?}", method, self.target.url(), self.timeout)
+                bail!("{method} {}: request not accepted within {:?}", self.target.url(), self.timeout)
             }
         }
     }
 
-    async fn round_trip(&mut self) -> anyhow::Result<(u16, Option<String>)> {
-        if self.stream.is_none() {
-            let s = connect_from(self.src, self.target.addr)
-                .await
-                .with_context(|| format!("connect to {}", self.target.addr))?;
-            self.stream = Some(s);
+    /// Reads the oldest outstanding response.
+    pub async fn read(&mut self) -> anyhow::Result<(u16, Option<String>)> {
+        if self.in_flight == 0 {
+            bail!("no request outstanding");
         }
         let Some(stream) = self.stream.as_mut() else { bail!("no connection") };
-        if let Err(e) = stream.write_all(&self.request).await {
-            self.stream = None;
-            return Err(e).context("write request");
-        }
-        let result = read_response(stream, &mut self.buf).await;
-        match result {
-            Ok((status, body, close)) => {
+        let read = tokio::time::timeout(self.timeout, read_response(stream, &mut self.rbuf)).await;
+        match read {
+            Ok(Ok((status, body, close))) => {
+                self.in_flight -= 1;
                 if close {
                     self.stream = None;
                 }
                 let body = (!(200..300).contains(&status)).then(|| String::from_utf8_lossy(&body).into_owned());
                 Ok((status, body))
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 self.stream = None;
                 Err(e)
+            }
+            Err(_) => {
+                self.stream = None;
+                bail!("{}: no response within {:?}", self.target.url(), self.timeout)
             }
         }
     }
 }
 
-/// Reads one whole response: status, body, and whether the server will close.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<(u16, Vec<u8>, bool)> {
-    buf.clear();
+/// Reads one whole response from `rbuf` and the stream: status, body, and whether the
+/// server will close. What follows it in `rbuf` is kept for the next response.
+async fn read_response(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> anyhow::Result<(u16, Vec<u8>, bool)> {
     let head = loop {
-        if let Some(head) = parse_head(buf).map_err(anyhow::Error::msg)? {
+        if let Some(head) = parse_head(rbuf).map_err(anyhow::Error::msg)? {
             break head;
         }
-        if buf.len() > MAX_HEAD {
+        if rbuf.len() > MAX_HEAD {
             bail!("response head too long");
         }
-        read_more(stream, buf).await?;
+        read_more(stream, rbuf).await?;
     };
+    rbuf.drain(..head.len);
     let mut body = Vec::new();
     if head.chunked {
         let mut d = Dechunker::default();
-        d.feed(&buf[head.len..], &mut body).map_err(|e| anyhow::anyhow!("{e}"))?;
-        while !d.is_done() {
-            buf.clear();
-            read_more(stream, buf).await?;
-            d.feed(buf, &mut body).map_err(|e| anyhow::anyhow!("{e}"))?;
+        loop {
+            let used = d.feed(rbuf, &mut body).map_err(|e| anyhow::anyhow!("{e}"))?;
+            rbuf.drain(..used);
+            if d.is_done() {
+                break;
+            }
+            read_more(stream, rbuf).await?;
         }
     } else if let Some(len) = head.content_length {
-        body.extend_from_slice(&buf[head.len..]);
-        while body.len() < len {
-            buf.clear();
-            read_more(stream, buf).await?;
-            body.extend_from_slice(buf);
+        while rbuf.len() < len {
+            read_more(stream, rbuf).await?;
         }
-        body.truncate(len);
+        body.extend(rbuf.drain(..len));
     } else if head.status != 204 && head.status != 304 {
         // No length: the body runs to the end of the connection.
-        body.extend_from_slice(&buf[head.len..]);
+        body.append(rbuf);
         stream.read_to_end(&mut body).await?;
         return Ok((head.status, body, true));
     }
@@ -161,12 +203,11 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Res
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
-    let mut chunk = [0u8; 4096];
-    let n = stream.read(&mut chunk).await?;
+    buf.reserve(4096);
+    let n = stream.read_buf(buf).await?;
     if n == 0 {
         bail!("connection closed by the server");
     }
-    buf.extend_from_slice(&chunk[..n]);
     Ok(())
 }
 

@@ -207,9 +207,11 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
                 |o| o.memory.as_ref().map_or(0.0, |m| m.rss_per_connection / 1024.0),
                 2,
             ),
-            m("kernel slab per connection, both ends (KiB)", |o| {
-                o.memory.as_ref().map_or(0.0, |m| m.kernel_slab_per_connection / 1024.0)
-            }, 2),
+            m(
+                "kernel slab per connection, both ends (KiB)",
+                |o| o.memory.as_ref().map_or(0.0, |m| m.kernel_slab_per_connection / 1024.0),
+                2,
+            ),
             m("server CPU to accept them (s)", |o| o.connect_server_cpu_s, 2),
             m("seconds to connect all", |o| o.connect_s, 2),
             lost,

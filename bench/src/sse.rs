@@ -26,7 +26,11 @@ enum ChunkState {
     Data(usize),
     DataCr,
     DataLf,
-    /// The last chunk was read: the stream is over.
+    /// After the last chunk: trailer lines, up to an empty line.
+    TrailerStart,
+    TrailerLine,
+    TrailerEndLf,
+    /// The last chunk and its trailers were read: the body is over.
     Done,
 }
 
@@ -41,18 +45,21 @@ impl std::fmt::Display for ChunkError {
 }
 
 impl Dechunker {
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), ChunkError> {
+    /// Decodes `input` into `out`; returns how many bytes of `input` belong to this body
+    /// (all of them, unless the body ends inside `input`).
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
         use ChunkState::*;
-        while let Some(&b) = input.first() {
+        let mut rest = input;
+        while let Some(&b) = rest.first() {
             match self.state {
                 Data(n) => {
-                    let take = n.min(input.len());
-                    out.extend_from_slice(&input[..take]);
-                    input = &input[take..];
+                    let take = n.min(rest.len());
+                    out.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
                     self.state = if take == n { DataCr } else { Data(n - take) };
                     continue;
                 }
-                Done => return Ok(()),
+                Done => break,
                 SizeStart | Size { .. } => {
                     let (size, ext) = match self.state {
                         Size { size, ext } => (size, ext),
@@ -92,14 +99,32 @@ impl Dechunker {
                     }
                     self.state = SizeStart;
                 }
+                TrailerStart => {
+                    self.state = match b {
+                        b'\r' => TrailerEndLf,
+                        b'\n' => Done,
+                        _ => TrailerLine,
+                    };
+                }
+                TrailerLine => {
+                    if b == b'\n' {
+                        self.state = TrailerStart;
+                    }
+                }
+                TrailerEndLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("no LF after the trailers"));
+                    }
+                    self.state = Done;
+                }
             }
-            input = &input[1..];
+            rest = &rest[1..];
         }
-        Ok(())
+        Ok(input.len() - rest.len())
     }
 
     fn after_size(size: usize) -> ChunkState {
-        if size == 0 { ChunkState::Done } else { ChunkState::Data(size) }
+        if size == 0 { ChunkState::TrailerStart } else { ChunkState::Data(size) }
     }
 
     /// Whether the last chunk has been read.
@@ -239,8 +264,15 @@ mod tests {
             assert_eq!(dechunk_in_pieces(wire, piece), b"helloabcdefghijklmnopqrstuvwxyz");
         }
         let mut d = Dechunker::default();
-        d.feed(wire, &mut Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        let mut next = wire.to_vec();
+        next.extend_from_slice(b"HTTP/1.1 200 OK");
+        let used = d.feed(&next, &mut Vec::new()).unwrap_or_else(|e| panic!("{e}"));
         assert!(d.is_done());
+        assert_eq!(&next[used..], b"HTTP/1.1 200 OK", "a pipelined response after the body is left alone");
+        let mut d = Dechunker::default();
+        let used =
+            d.feed(b"1\r\nx\r\n0\r\nx-trailer: 1\r\n\r\nrest", &mut Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((d.is_done(), used), (true, 25));
     }
 
     #[test]

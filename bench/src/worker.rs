@@ -448,7 +448,9 @@ async fn h1_open(ctx: &Ctx, k: usize, target: &Target) -> anyhow::Result<H1Strea
     };
     let rest = &head_buf[head.len..];
     match &mut s.dechunk {
-        Some(d) => d.feed(rest, &mut s.buf).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(d) => {
+            d.feed(rest, &mut s.buf).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         None => s.buf.extend_from_slice(rest),
     }
     let mut ready = take_frames(ctx, k, &mut s.buf, &mut s.scanned, false);
