@@ -272,6 +272,15 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     if !all_connected {
         errors.push(format!("not every subscriber was established within {} s", args.connect_timeout));
     }
+    {
+        // A worker with no subscribers holds no one back: its floor is not a limit.
+        let mut b = workers.board.borrow_mut();
+        for w in 0..b.floor.len() {
+            if b.connected[w].as_ref().is_none_or(|(est, _, _)| *est == 0) {
+                b.floor[w] = u64::MAX;
+            }
+        }
+    }
 
     if scenario == Scenario::Idle && args.hold > 0.0 {
         // The measurement itself: connections sit idle for a while before memory is read.
