@@ -266,10 +266,15 @@ impl Engine for MemoryEngine {
     fn command(&self, command: NodeCommand) -> BoxFuture<'_, Result<Vec<NodeReply>, EngineError>> {
         let handler = self.commands.get().cloned();
         Box::pin(async move {
-            match handler {
-                Some(run) => Ok(vec![run(command).await]),
-                None => Err(EngineError::Unavailable("the node is not ready for commands".into())),
-            }
+            let Some(run) = handler else {
+                return Err(EngineError::Unavailable("the node is not ready for commands".into()));
+            };
+            // On a task of its own, as on Redis: a caller that goes away (a client that
+            // hangs up) must not leave a live join half done.
+            tokio::spawn(run(command))
+                .await
+                .map(|reply| vec![reply])
+                .map_err(|e| EngineError::Unavailable(format!("node command failed: {e}")))
         })
     }
 
