@@ -33,6 +33,8 @@ pub enum ChannelError {
     EmptyName,
     #[error("channel name may contain only ASCII letters, digits and `_ - . @ = +` after the namespace")]
     BadCharacter,
+    #[error("a pattern is a channel prefix ending in one `*`, like `channel:incidents.*`")]
+    BadPattern,
 }
 
 /// A validated channel name such as `channel:general`, `user:42` or `system`.
@@ -71,6 +73,38 @@ impl ChannelName {
             return Err(ChannelError::BadCharacter);
         }
         Ok(Self(Arc::from(raw)))
+    }
+
+    /// Parses a subscription: a channel, or a pattern (`channel:incidents.*`: every channel
+    /// of the namespace whose name starts with `incidents.`), which only subscriptions take.
+    pub fn parse_subscription_with(raw: &str, known: impl Fn(&str) -> bool) -> Result<Self, ChannelError> {
+        let Some(prefix) = raw.strip_suffix('*') else {
+            return Self::parse_with(raw, known);
+        };
+        if raw.len() > MAX_CHANNEL_LEN {
+            return Err(ChannelError::TooLong);
+        }
+        let (ns, name) = prefix.split_once(':').ok_or(ChannelError::BadPattern)?;
+        if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(ChannelError::BadPattern);
+        }
+        if ns == SYSTEM_CHANNEL || !known(ns) {
+            return Err(ChannelError::UnknownNamespace(ns.to_owned()));
+        }
+        if !name.bytes().all(is_name_byte) {
+            return Err(ChannelError::BadPattern);
+        }
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// Whether this is a pattern subscription rather than a channel.
+    pub fn is_pattern(&self) -> bool {
+        self.0.ends_with('*')
+    }
+
+    /// Whether this pattern matches `channel` (never true for a plain channel).
+    pub fn matches(&self, channel: &ChannelName) -> bool {
+        self.0.strip_suffix('*').is_some_and(|prefix| channel.0.starts_with(prefix) && !channel.is_pattern())
     }
 
     /// The private channel of one user.
@@ -144,5 +178,21 @@ mod tests {
         assert_eq!(ChannelName::parse("channel:a*"), Err(ChannelError::BadCharacter));
         let long = format!("channel:{}", "x".repeat(MAX_CHANNEL_LEN));
         assert_eq!(ChannelName::parse(&long), Err(ChannelError::TooLong));
+    }
+
+    #[test]
+    fn patterns_are_subscriptions_only_and_match_by_prefix() {
+        let known = |ns: &str| ns == "channel" || ns == "user";
+        let p = ChannelName::parse_subscription_with("channel:incidents.*", known).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.is_pattern());
+        assert!(p.matches(&ChannelName::parse("channel:incidents.INC-1").unwrap_or_else(|e| panic!("{e}"))));
+        assert!(!p.matches(&ChannelName::parse("channel:other").unwrap_or_else(|e| panic!("{e}"))));
+        assert!(!p.matches(&ChannelName::parse("user:incidents.1").unwrap_or_else(|e| panic!("{e}"))));
+        assert!(ChannelName::parse("channel:incidents.*").is_err(), "a pattern is not a channel to publish to");
+        for bad in ["channel:a*b*", "channel:a b*", "*", ":x*", "rooms:x*", "system:*"] {
+            assert!(ChannelName::parse_subscription_with(bad, known).is_err(), "{bad}");
+        }
+        let plain = ChannelName::parse_subscription_with("channel:x", known).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!plain.is_pattern() && !plain.matches(&plain));
     }
 }

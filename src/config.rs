@@ -89,6 +89,14 @@ pub struct Config {
     /// How often each node publishes its stats for the admin view.
     #[serde(deserialize_with = "duration")]
     pub admin_interval: Duration,
+    /// A user whose last connection to a channel closed is announced offline only after
+    /// this long without a new one, so that a page reload does not flap.
+    #[serde(deserialize_with = "duration")]
+    pub presence_grace: Duration,
+    /// How long a finished AI token stream is kept for late joiners (an unfinished one is
+    /// kept while chunks keep coming, up to `history_ttl` apart).
+    #[serde(deserialize_with = "duration")]
+    pub ai_stream_retention: Duration,
     /// How clients prove who they are.
     pub auth: AuthConfig,
     /// Publisher keys for backends (`--api-key` adds one with full scope).
@@ -187,6 +195,8 @@ pub struct NamespaceConfig {
     #[serde(deserialize_with = "opt_duration")]
     pub history_ttl: Option<Duration>,
     pub presence: Option<bool>,
+    /// Publish `join`/`leave` events when a connection enters or leaves a channel.
+    pub join_leave: Option<bool>,
     pub max_payload_bytes: Option<usize>,
 }
 
@@ -225,6 +235,8 @@ impl Default for Config {
             allow_anonymous: false,
             admin: false,
             admin_interval: Duration::from_secs(2),
+            presence_grace: Duration::from_secs(5),
+            ai_stream_retention: Duration::from_secs(300),
             auth: AuthConfig::default(),
             api_keys: Vec::new(),
             namespaces: BTreeMap::new(),
@@ -270,6 +282,7 @@ impl Config {
         check(self.max_connections > 0, "max_connections must be at least 1");
         check(self.max_channels_per_connection > 0, "max_channels_per_connection must be at least 1");
         check(!self.history_ttl.is_zero(), "history_ttl must be greater than zero");
+        check(!self.ai_stream_retention.is_zero(), "ai_stream_retention must be greater than zero");
         check(self.max_payload_bytes > 0, "max_payload_bytes must be at least 1");
         check(self.max_body_bytes >= self.max_payload_bytes, "max_body_bytes must be at least max_payload_bytes");
         check(self.max_batch > 0, "max_batch must be at least 1");

@@ -24,7 +24,7 @@ use crate::sse::Frame;
 pub const RESERVED_FIELDS: [&str; 7] = ["id", "type", "channel", "channels", "timestamp", "userId", "userName"];
 
 /// Event types the server emits itself; publishers may not use them.
-pub const SERVER_EVENT_TYPES: [&str; 2] = ["connected", "reset"];
+pub const SERVER_EVENT_TYPES: [&str; 4] = ["connected", "reset", "subscribed", "unsubscribed"];
 
 /// Longest event type accepted.
 pub const MAX_TYPE_LEN: usize = 64;
@@ -115,6 +115,33 @@ pub struct Prepared {
     /// The JSON members after `id` and `channel`, without braces:
     /// `"type":..,"timestamp":..,["userId":..,]...payload`.
     pub body: String,
+    /// For an `ai_chat_chunk` with a string `streamId` and `text`: the chunk, which the
+    /// engine adds to the stream's snapshot.
+    pub ai: Option<AiChunk>,
+}
+
+/// One chunk of an AI token stream (document 000's `ai_chat_chunk`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AiChunk {
+    pub stream_id: String,
+    pub text: String,
+    pub done: bool,
+}
+
+/// The type of AI token-stream chunks.
+pub const AI_CHUNK_TYPE: &str = "ai_chat_chunk";
+
+/// Longest `streamId` whose chunks are kept as a snapshot.
+pub const MAX_STREAM_ID: usize = 128;
+
+fn ai_chunk(event_type: &str, fields: &Map<String, Value>) -> Option<AiChunk> {
+    if event_type != AI_CHUNK_TYPE {
+        return None;
+    }
+    let stream_id = fields.get("streamId")?.as_str().filter(|s| !s.is_empty() && s.len() <= MAX_STREAM_ID)?;
+    let text = fields.get("text").and_then(Value::as_str).unwrap_or_default();
+    let done = fields.get("done").and_then(Value::as_bool).unwrap_or(false);
+    Some(AiChunk { stream_id: stream_id.to_owned(), text: text.to_owned(), done })
 }
 
 impl Prepared {
@@ -135,36 +162,14 @@ impl Prepared {
         if unique.is_empty() {
             return Err(EventError::NoChannel);
         }
-        let mut body = String::with_capacity(128);
-        push_member(&mut body, "type", &Value::String(event.event_type.clone()));
-        body.push(',');
-        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        push_member(&mut body, "timestamp", &Value::String(ts));
-        if let Some(uid) = &publisher.user_id {
-            body.push(',');
-            push_member(&mut body, "userId", &Value::String(uid.clone()));
-        }
-        if let Some(name) = &publisher.user_name {
-            body.push(',');
-            push_member(&mut body, "userName", &Value::String(name.clone()));
-        }
-        let fixed = body.len();
-        for (k, v) in &event.fields {
-            if RESERVED_FIELDS.contains(&k.as_str()) {
-                continue;
-            }
-            body.push(',');
-            push_member(&mut body, k, v);
-        }
-        let size = body.len() - fixed;
-        if size > max_payload {
-            return Err(EventError::TooLarge { size, limit: max_payload });
-        }
+        let body = serialize_body(&event, publisher, max_payload)?;
+        let ai = ai_chunk(&event.event_type, &event.fields);
         Ok(Self {
             id: Arc::from(crate::ids::new_id()),
             event_type: Arc::from(event.event_type),
             channels: unique,
             body,
+            ai,
         })
     }
 
@@ -172,6 +177,51 @@ impl Prepared {
     pub fn json_for(&self, channel: &ChannelName) -> String {
         json_for(&self.id, channel.as_str(), &self.body)
     }
+}
+
+/// The JSON of an event sent to one connection alone (no channel, kept nowhere):
+/// `(type, {"id","type","timestamp",...payload})`.
+pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> Result<(String, String), EventError> {
+    validate_type(&event.event_type)?;
+    let body = serialize_body(&event, publisher, max_payload)?;
+    let mut out = String::with_capacity(body.len() + 40);
+    out.push('{');
+    push_member(&mut out, "id", &Value::String(crate::ids::new_id()));
+    out.push(',');
+    out.push_str(&body);
+    out.push('}');
+    Ok((event.event_type, out))
+}
+
+/// The members after `id` and `channel`: type, timestamp, identity, then the payload
+/// without reserved keys. Refuses a payload over `max_payload` bytes.
+fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> Result<String, EventError> {
+    let mut body = String::with_capacity(128);
+    push_member(&mut body, "type", &Value::String(event.event_type.clone()));
+    body.push(',');
+    let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    push_member(&mut body, "timestamp", &Value::String(ts));
+    if let Some(uid) = &publisher.user_id {
+        body.push(',');
+        push_member(&mut body, "userId", &Value::String(uid.clone()));
+    }
+    if let Some(name) = &publisher.user_name {
+        body.push(',');
+        push_member(&mut body, "userName", &Value::String(name.clone()));
+    }
+    let fixed = body.len();
+    for (k, v) in &event.fields {
+        if RESERVED_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        body.push(',');
+        push_member(&mut body, k, v);
+    }
+    let size = body.len() - fixed;
+    if size > max_payload {
+        return Err(EventError::TooLarge { size, limit: max_payload });
+    }
+    Ok(body)
 }
 
 /// Assembles the wire JSON from the id, the channel and the prepared body members.
@@ -240,20 +290,38 @@ impl Published {
     /// Whether every `(field, value)` filter matches a top-level field of the event (strings
     /// compared as they are, numbers and booleans by their JSON text).
     pub fn matches(&self, filters: &[(String, String)]) -> bool {
-        let fields = self.fields.get_or_init(|| {
+        fields_match(self.fields(), filters)
+    }
+
+    /// The event's top-level fields, parsed once on first use.
+    pub fn fields(&self) -> &Map<String, Value> {
+        self.fields.get_or_init(|| {
             self.copies.first().and_then(|c| serde_json::from_slice(c.frame.json()).ok()).unwrap_or_default()
-        });
-        filters.iter().all(|(field, want)| match fields.get(field) {
-            Some(Value::String(s)) => s == want,
-            Some(v @ (Value::Number(_) | Value::Bool(_))) => serde_json::from_str::<Value>(want).is_ok_and(|w| w == *v),
-            _ => false,
         })
+    }
+
+    /// The `streamId` of an AI token-stream chunk.
+    pub fn ai_stream_id(&self) -> Option<&str> {
+        if &*self.event_type != AI_CHUNK_TYPE {
+            return None;
+        }
+        self.fields().get("streamId").and_then(Value::as_str)
     }
 
     /// The copy of this event on `channel`, if it was published there.
     pub fn copy_on(&self, channel: &str) -> Option<&Copy> {
         self.copies.iter().find(|c| c.channel.as_str() == channel)
     }
+}
+
+/// Whether every `(field, value)` filter matches a top-level field of `fields` (strings
+/// compared as they are, numbers and booleans by their JSON text).
+pub fn fields_match(fields: &Map<String, Value>, filters: &[(String, String)]) -> bool {
+    filters.iter().all(|(field, want)| match fields.get(field) {
+        Some(Value::String(s)) => s == want,
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => serde_json::from_str::<Value>(want).is_ok_and(|w| w == *v),
+        _ => false,
+    })
 }
 
 impl Copy {

@@ -1,4 +1,7 @@
-//! The `herald` binary: `herald serve` runs a node.
+//! The `herald` binary: `herald serve` runs a node; `herald publish` and `herald subscribe`
+//! are command-line clients of a running one.
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,9 +19,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 enum Command {
     /// Run a Herald node.
     Serve(ServeArgs),
+    /// Publish an event (or a batch) to a running Herald; prints the event ids.
+    Publish(cli::publish::PublishArgs),
+    /// Follow channels of a running Herald and print their events; reconnects and resumes.
+    Subscribe(cli::subscribe::SubscribeArgs),
 }
 
 /// Every flag is also read from the environment as `HERALD_<FLAG>`; flags win over the
@@ -153,10 +161,20 @@ impl ServeArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+fn main() -> std::process::ExitCode {
+    let parsed = Cli::parse();
+    let result = match parsed.command {
         Command::Serve(args) => serve(args),
+        Command::Publish(args) => cli::publish::run(args),
+        Command::Subscribe(args) => cli::subscribe::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, causes included: `error: cannot connect to ..: Connection refused`.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -32,6 +32,10 @@ pub struct Namespace {
     pub history_size: usize,
     pub history_ttl: Duration,
     pub presence: bool,
+    /// `join`/`leave` events when a connection enters or leaves a channel.
+    pub join_leave: bool,
+    /// How long a finished AI token stream is kept for late joiners.
+    pub ai_stream_retention: Duration,
     pub max_payload_bytes: usize,
 }
 
@@ -76,6 +80,8 @@ impl Policies {
             history_size: cfg.history_size,
             history_ttl: cfg.history_ttl,
             presence,
+            join_leave: false,
+            ai_stream_retention: cfg.ai_stream_retention,
             max_payload_bytes: cfg.max_payload_bytes,
         };
         let mut namespaces = HashMap::new();
@@ -100,6 +106,11 @@ impl Policies {
     /// Parses a channel name whose namespace is configured.
     pub fn parse_channel(&self, raw: &str) -> Result<ChannelName, ChannelError> {
         ChannelName::parse_with(raw, |ns| self.namespaces.contains_key(ns))
+    }
+
+    /// Parses a subscription: a channel or a pattern (`channel:incidents.*`).
+    pub fn parse_subscription(&self, raw: &str) -> Result<ChannelName, ChannelError> {
+        ChannelName::parse_subscription_with(raw, |ns| self.namespaces.contains_key(ns))
     }
 
     /// The policy of a channel's namespace.
@@ -145,7 +156,10 @@ impl Policies {
                         };
                         grants.as_ref().is_none_or(|g| g.iter().any(|p| glob(p, channel.as_str())))
                     }
-                    Access::Owner => channel.as_str().split_once(':').is_some_and(|(_, id)| id == &*user.id),
+                    // A pattern would reach other owners' channels.
+                    Access::Owner => {
+                        !channel.is_pattern() && channel.as_str().split_once(':').is_some_and(|(_, id)| id == &*user.id)
+                    }
                     Access::ApiKey => false,
                 };
                 if allowed { Ok(()) } else { Err(forbidden()) }
@@ -170,12 +184,19 @@ fn apply(ns: &mut Namespace, over: &NamespaceConfig) {
     if let Some(v) = over.presence {
         ns.presence = v;
     }
+    if let Some(v) = over.join_leave {
+        ns.join_leave = v;
+    }
     if let Some(v) = over.max_payload_bytes {
         ns.max_payload_bytes = v;
     }
 }
 
 /// Glob match where `*` stands for any run of characters (possibly empty).
+///
+/// Matched against a pattern subscription's text (`channel:incidents.*`, its `*` taken as
+/// a character), a glob matches only if it matches every channel the pattern covers: the
+/// pattern's trailing `*` can only be absorbed by a trailing `*` of the glob.
 pub fn glob(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let Some(first) = parts.next() else {
@@ -257,6 +278,22 @@ mod tests {
         assert!(p.can_subscribe(&narrow, &ch(&p, "channel:general")).is_err());
         let wide = user("1", Some(vec!["*"]));
         assert!(p.can_subscribe(&wide, &ch(&p, "user:2")).is_err(), "a grant cannot open someone else's channel");
+    }
+
+    #[test]
+    fn patterns_are_allowed_only_where_every_matching_channel_is() {
+        let p = secured();
+        let pat = |s: &str| p.parse_subscription(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(p.can_subscribe(&user("1", None), &pat("channel:incidents.*")), Ok(()));
+        let narrow = user("1", Some(vec!["channel:team-*"]));
+        assert_eq!(p.can_subscribe(&narrow, &pat("channel:team-a*")), Ok(()));
+        assert!(p.can_subscribe(&narrow, &pat("channel:*")).is_err(), "wider than the grant");
+        assert!(p.can_subscribe(&user("1", Some(vec!["channel:x"])), &pat("channel:x*")).is_err());
+        assert!(p.can_subscribe(&user("1", None), &pat("user:1*")).is_err(), "would reach user:10, user:11, ...");
+        assert!(p.can_subscribe(&Principal::Anonymous, &pat("channel:*")).is_err());
+        let key = |c: &str| Principal::ApiKey(Arc::new(ApiKey { name: "k".into(), channels: vec![c.into()] }));
+        assert_eq!(p.can_subscribe(&key("user:*"), &pat("user:*")), Ok(()));
+        assert!(p.can_subscribe(&key("user:1"), &pat("user:1*")).is_err());
     }
 
     #[test]

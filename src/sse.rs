@@ -59,6 +59,24 @@ impl Frame {
         let data = &self.bytes[self.data_at..];
         data.strip_prefix(b"data: ").and_then(|d| d.strip_suffix(b"\n\n")).unwrap_or(data)
     }
+
+    /// [`Frame::json`] as a slice of the shared buffer (no copy).
+    pub fn json_bytes(&self) -> Bytes {
+        let json = self.json();
+        if json.len() + 8 == self.bytes.len() - self.data_at {
+            let start = self.data_at + 6;
+            self.bytes.slice(start..start + json.len())
+        } else {
+            Bytes::copy_from_slice(json)
+        }
+    }
+
+    /// The frame's own SSE id (the single-channel id of its event).
+    pub fn id(&self) -> &str {
+        let line = &self.bytes[self.id_at..self.data_at];
+        let id = line.strip_prefix(b"id: ").and_then(|l| l.strip_suffix(b"\n")).unwrap_or_default();
+        std::str::from_utf8(id).unwrap_or_default()
+    }
 }
 
 /// Writes `data` as one or more `data:` lines, splitting on CR, LF and CRLF.
@@ -132,6 +150,7 @@ mod tests {
         let mut own = BytesMut::new();
         f.put_with_own_id(&mut own, "abc:1,def:2", false);
         assert_eq!(&own[..], b"id: abc:1,def:2\ndata: {\"x\":1}\n\n");
+        assert_eq!((&f.json_bytes()[..], f.id()), (&b"{\"x\":1}"[..], "abc:1"));
     }
 
     #[test]

@@ -264,6 +264,8 @@ async fn api_keys_publish_anywhere_their_scope_allows_and_nowhere_else() {
 async fn published_events_carry_the_identity_of_the_token_not_of_the_body() {
     let server = TestServer::secured(|_| {}).await;
     let mut stream = server.client(Proto::H2c).user("9").subscribe("channel=channel:general", &[]).await;
+    let online = stream.expect().await;
+    assert_eq!((online.data["type"].as_str(), online.data["userId"].as_str()), (Some("presence"), Some("9")));
     let mut ann = server.client(Proto::H2c).user("ann");
     ann.publish(
         &json!({"channel": "channel:general", "type": "chat", "content": "hi", "userId": "admin", "userName": "Admin"}),
@@ -338,6 +340,7 @@ fn without_auth_a_public_address_is_refused_unless_anonymous_is_allowed() {
 async fn a_cookie_authenticated_publish_must_be_json_so_it_cannot_be_forged_cross_site() {
     let server = TestServer::secured(|_| {}).await;
     let mut stream = server.client(Proto::H1).user("9").subscribe("channel=channel:csrf", &[]).await;
+    assert_eq!(stream.expect().await.data["type"], "presence", "user 9's own arrival");
     let cookie = format!("herald_token={}", token("ann"));
     let body = json!({"channel": "channel:csrf", "type": "chat", "content": "forged?"}).to_string();
     let mut c = server.client(Proto::H1).with_header("cookie", &cookie);

@@ -33,6 +33,7 @@ async fn the_document_shaped_helpers_reach_the_right_channels() {
     let ev = u1.expect().await;
     assert_eq!((ev.data["channel"].as_str(), ev.data["type"].as_str()), (Some("system"), Some("system")));
 
+    assert_eq!(room.expect().await.data["type"], "presence", "user 3's own arrival in the room");
     h.broadcast("general", Event::new("chat").with("content", "hi")).await.unwrap_or_else(|e| panic!("{e}"));
     h.broadcast("channel:general", Event::new("chat").with("content", "again")).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(room.expect().await.data["content"], "hi");
@@ -55,6 +56,7 @@ async fn broadcast_reaches_rooms_only_never_a_private_channel() {
 async fn an_application_can_publish_on_behalf_of_a_user_it_authenticated() {
     let server = TestServer::secured(|_| {}).await;
     let mut room = server.client(Proto::H1).user("9").subscribe("channel=channel:general", &[]).await;
+    assert_eq!(room.expect().await.data["userId"], "9", "user 9's own arrival in the room");
     let ann = herald::Publisher { user_id: Some("u_ann".into()), user_name: Some("Ann".into()) };
     let general = herald::ChannelName::parse("channel:general").unwrap_or_else(|e| panic!("{e}"));
     let presence = Event::presence(herald::catalogue::PresenceStatus::Online);

@@ -133,6 +133,7 @@ async fn a_flooding_user_does_not_delay_another_users_delivery() {
     })
     .await;
     let mut reader = server.client(Proto::H2c).user("reader").subscribe("channel=channel:quiet", &[]).await;
+    reader.expect_presence("reader", "online").await;
     let mut flooder = server.client(Proto::H2c).user("flooder");
     let flood = tokio::spawn(async move {
         let mut refused = 0;

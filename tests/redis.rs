@@ -6,9 +6,15 @@ mod support;
 use serde_json::json;
 use support::{Proto, RedisServer, TestServer, eventually};
 
+/// A node on `redis`. Presence is off: these tests are about events, and presence has its
+/// own (tests/presence.rs).
 async fn node(redis: &RedisServer) -> TestServer {
     let url = redis.url();
-    TestServer::secured(move |c| c.redis_url = Some(url)).await
+    TestServer::secured(move |c| {
+        c.redis_url = Some(url);
+        support::no_presence(c);
+    })
+    .await
 }
 
 #[tokio::test]
@@ -149,8 +155,12 @@ async fn a_node_subscribes_in_redis_only_to_channels_it_has_subscribers_for() {
     let redis = RedisServer::start().await;
     let a = node(&redis).await;
     let channels = |r: &RedisServer| {
-        let mut v: Vec<String> =
-            r.cli(&["PUBSUB", "CHANNELS", "*"]).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        let mut v: Vec<String> = r
+            .cli(&["PUBSUB", "CHANNELS", "*"])
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with("realtime:{node"))
+            .map(str::to_owned)
+            .collect();
         v.sort();
         v
     };
@@ -193,7 +203,11 @@ async fn a_password_protected_redis_is_reached_with_the_password_in_the_url() {
     })
     .await;
     let port = redis.port;
-    let good = TestServer::secured(move |c| c.redis_url = Some(format!("redis://:s3cret-pass@127.0.0.1:{port}"))).await;
+    let good = TestServer::secured(move |c| {
+        c.redis_url = Some(format!("redis://:s3cret-pass@127.0.0.1:{port}"));
+        support::no_presence(c);
+    })
+    .await;
     let mut stream = good.client(Proto::H1).user("1").subscribe("channel=channel:pw", &[]).await;
     good.client(Proto::H1).backend().publish(&json!({"channel": "channel:pw", "type": "update", "n": 0})).await;
     stream.expect_ns(0..1).await;
@@ -235,6 +249,7 @@ async fn redis_over_tls_with_a_private_ca_works_end_to_end() {
         move |c: &mut herald::Config| {
             c.redis_url = Some(format!("rediss://localhost:{port}"));
             c.redis_tls_ca = Some(ca);
+            support::no_presence(c);
         }
     };
     let (a, b) = (TestServer::secured(node(ca.clone())).await, TestServer::secured(node(ca)).await);
@@ -250,6 +265,7 @@ async fn a_resume_from_before_the_trimmed_history_is_a_reset_never_a_silent_gap(
     let node = TestServer::secured(move |c| {
         c.redis_url = Some(url);
         c.history_size = 2;
+        support::no_presence(c);
     })
     .await;
     let mut stream = node.client(Proto::H1).user("1").subscribe("channel=channel:trim", &[]).await;
@@ -314,6 +330,7 @@ async fn cluster_node(cluster: &support::RedisCluster) -> TestServer {
     TestServer::secured(move |c| {
         c.redis_url = Some(url);
         c.redis_cluster = true;
+        support::no_presence(c);
     })
     .await
 }
@@ -343,6 +360,18 @@ async fn on_a_redis_cluster_events_cross_nodes_on_every_shard() {
     let mut on_a = a.client(Proto::H1).user("2").subscribe(&query, &[]).await;
     b.client(Proto::H1).backend().publish(&json!({"channel": channels[5], "type": "update", "n": 14})).await;
     on_a.expect_ns(14..15).await;
+    // Sharded pub/sub has no patterns: a pattern subscription is refused plainly.
+    let refused = a.client(Proto::H1).user("3").open_events("channel=channel:shard-*", &[]).await;
+    let (status, err) = support::read_json(refused).await;
+    assert_eq!((status.as_u16(), err["error"]["code"].as_str()), (400, Some("patterns_unsupported")));
+    // A live join reaches a connection on the other node through the cluster.
+    let conn = on_a.connection_id();
+    let path = format!("/api/connections/{conn}/channels");
+    let (status, _) = b.client(Proto::H1).user("2").post_json(&path, &json!({"channel": "channel:late"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(on_a.expect().await.data["type"], "subscribed");
+    p.publish(&json!({"channel": "channel:late", "type": "update", "n": 15})).await;
+    on_a.expect_ns(15..16).await;
 }
 
 #[tokio::test]

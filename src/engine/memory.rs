@@ -8,15 +8,23 @@
 //! A log also remembers `covered_after`: every event after that position is still in the log.
 //! A resume from before it is a gap, said plainly, never a silent one. Logs that have no
 //! events left and no local subscribers are dropped by [`MemoryEngine::sweep`].
+//!
+//! A log also folds the channel's AI token streams (`ai_chat_chunk`) into snapshots, under
+//! the same lock as its positions, so a snapshot and the head it is read with agree.
+//! Presence lives here too: per channel, each user's connections and status, and the
+//! users whose last connection left and whose grace period runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, Engine, EngineError, GapReason, HistoryRead, PublishAck};
+use super::{
+    AiSnapshot, BoxFuture, CommandHandler, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply,
+    PresenceEntry, PublishAck,
+};
 use crate::channel::ChannelName;
 use crate::cursor::Position;
-use crate::event::{Prepared, Published};
+use crate::event::{AiChunk, Prepared, Published};
 use crate::hub::Hub;
 use crate::ids::now_ms;
 use crate::policy::Policies;
@@ -27,12 +35,67 @@ struct Log {
     entries: VecDeque<Arc<Published>>,
     /// The position of `entries[i]` in this channel, kept beside it for binary search.
     positions: VecDeque<Position>,
+    /// AI token streams of the channel, oldest first.
+    streams: Vec<AiStream>,
 }
+
+/// An AI token stream folded so far.
+struct AiStream {
+    id: String,
+    text: String,
+    last: Position,
+    /// The last chunk, whose other fields the snapshot carries.
+    last_chunk: Arc<Published>,
+    /// When the stream is forgotten (ms): `history_ttl` after its last chunk while open,
+    /// the retention after it finished.
+    expires_ms: u64,
+}
+
+/// Open AI streams kept per channel at most; the oldest is forgotten past it.
+const MAX_STREAMS: usize = 64;
 
 impl Log {
     fn new(now: u64) -> Self {
         let start = Position::new(now, 0);
-        Self { last: start, covered_after: start, entries: VecDeque::new(), positions: VecDeque::new() }
+        Self {
+            last: start,
+            covered_after: start,
+            entries: VecDeque::new(),
+            positions: VecDeque::new(),
+            streams: Vec::new(),
+        }
+    }
+
+    fn fold_chunk(&mut self, chunk: &AiChunk, event: &Arc<Published>, pos: Position, now: u64, ttl: (u64, u64)) {
+        let expires_ms = now.saturating_add(if chunk.done { ttl.1 } else { ttl.0 });
+        if let Some(s) = self.streams.iter_mut().find(|s| s.id == chunk.stream_id) {
+            s.text.push_str(&chunk.text);
+            s.last = pos;
+            s.last_chunk = Arc::clone(event);
+            s.expires_ms = expires_ms;
+            return;
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            self.streams.remove(0);
+        }
+        self.streams.push(AiStream {
+            id: chunk.stream_id.clone(),
+            text: chunk.text.clone(),
+            last: pos,
+            last_chunk: Arc::clone(event),
+            expires_ms,
+        });
+    }
+
+    fn snapshots(&mut self, channel: &ChannelName, now: u64) -> Vec<AiSnapshot> {
+        self.streams.retain(|s| s.expires_ms >= now);
+        self.streams
+            .iter()
+            .filter_map(|s| {
+                let json = std::str::from_utf8(s.last_chunk.copy_on(channel.as_str())?.frame.json()).ok()?;
+                AiSnapshot::from_last_chunk(s.id.clone(), s.last, json, s.text.clone())
+            })
+            .collect()
     }
 
     fn pop_front(&mut self) {
@@ -54,12 +117,27 @@ impl Log {
 /// Tickets held at once; past it new tickets are refused until old ones expire.
 const MAX_TICKETS: usize = 100_000;
 
+/// Users with a status (`away`) held at once.
+const MAX_STATUSES: usize = 100_000;
+
+/// One user in one channel's presence.
+struct Present {
+    name: Option<String>,
+    status: String,
+    conns: Vec<String>,
+    /// Set when the last connection left: the user is offline once this passes.
+    leaving_until: Option<Instant>,
+}
+
 /// The single-node engine.
 pub struct MemoryEngine {
     hub: Arc<Hub>,
     policies: Arc<Policies>,
     logs: Mutex<HashMap<ChannelName, Arc<Mutex<Log>>>>,
     tickets: Mutex<HashMap<String, (String, Instant)>>,
+    presence: Mutex<HashMap<ChannelName, HashMap<String, Present>>>,
+    statuses: Mutex<HashMap<String, String>>,
+    commands: std::sync::OnceLock<CommandHandler>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,7 +146,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl MemoryEngine {
     pub fn new(hub: Arc<Hub>, policies: Arc<Policies>) -> Self {
-        Self { hub, policies, logs: Mutex::new(HashMap::new()), tickets: Mutex::new(HashMap::new()) }
+        Self {
+            hub,
+            policies,
+            logs: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
+            commands: std::sync::OnceLock::new(),
+        }
     }
 
     /// History size and age (ms) of a channel's namespace.
@@ -76,6 +162,12 @@ impl MemoryEngine {
         self.policies
             .of(channel)
             .map_or((0, 0), |ns| (ns.history_size, u64::try_from(ns.history_ttl.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// How long an open and a finished AI stream of the channel are kept (ms).
+    fn stream_ttls(&self, channel: &ChannelName) -> (u64, u64) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.policies.of(channel).map_or((0, 0), |ns| (ms(ns.history_ttl), ms(ns.ai_stream_retention)))
     }
 
     fn log(&self, channel: &ChannelName) -> Arc<Mutex<Log>> {
@@ -103,6 +195,9 @@ impl MemoryEngine {
             g.entries.push_back(Arc::clone(&event));
             g.positions.push_back(*pos);
             g.trim(self.limits(ch), now);
+            if let Some(chunk) = &p.ai {
+                g.fold_chunk(chunk, &event, *pos, now, self.stream_ttls(ch));
+            }
         }
         self.hub.deliver(&event);
         drop(guards);
@@ -127,18 +222,20 @@ impl Engine for MemoryEngine {
     ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
         let log = self.log(channel);
         let mut log = lock(&log);
-        log.trim(self.limits(channel), now_ms());
+        let now = now_ms();
+        log.trim(self.limits(channel), now);
         let head = log.last;
-        let read = match after {
-            None => HistoryRead::Events { events: Vec::new(), head },
-            Some(p) if p > head => HistoryRead::Gap { reason: GapReason::UnknownPosition, head },
-            Some(p) if p < log.covered_after => HistoryRead::Gap { reason: GapReason::HistoryExpired, head },
+        let events = match after {
+            None => Ok(Vec::new()),
+            Some(p) if p > head => Err(GapReason::UnknownPosition),
+            Some(p) if p < log.covered_after => Err(GapReason::HistoryExpired),
             Some(p) => {
                 let from = log.positions.partition_point(|q| *q <= p);
-                HistoryRead::Events { events: log.entries.range(from..).cloned().collect(), head }
+                Ok(log.entries.range(from..).cloned().collect())
             }
         };
-        Box::pin(async move { Ok(read) })
+        let streams = log.snapshots(channel, now);
+        Box::pin(async move { Ok(HistoryRead { head, events, streams }) })
     }
 
     fn watch<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {
@@ -164,6 +261,142 @@ impl Engine for MemoryEngine {
     fn take_ticket<'a>(&'a self, ticket: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
         let taken = lock(&self.tickets).remove(ticket).filter(|(_, until)| Instant::now() < *until).map(|(p, _)| p);
         Box::pin(async move { Ok(taken) })
+    }
+
+    fn command(&self, command: NodeCommand) -> BoxFuture<'_, Result<Vec<NodeReply>, EngineError>> {
+        let handler = self.commands.get().cloned();
+        Box::pin(async move {
+            match handler {
+                Some(run) => Ok(vec![run(command).await]),
+                None => Err(EngineError::Unavailable("the node is not ready for commands".into())),
+            }
+        })
+    }
+
+    fn set_command_handler(&self, handler: CommandHandler) {
+        let _ = self.commands.set(handler);
+    }
+
+    fn presence_join<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        conn: &'a str,
+        user: &'a PresenceEntry,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        let mut book = lock(&self.presence);
+        let present = book.entry(channel.clone()).or_default().entry(user.user_id.clone()).or_insert_with(|| Present {
+            name: user.user_name.clone(),
+            status: user.status.clone(),
+            conns: Vec::new(),
+            leaving_until: None,
+        });
+        // Announced when the user was absent: not after a leave still in its grace period.
+        let announce = present.conns.is_empty() && present.leaving_until.is_none();
+        present.leaving_until = None;
+        if !present.conns.iter().any(|c| c == conn) {
+            present.conns.push(conn.to_owned());
+        }
+        Box::pin(async move { Ok(announce) })
+    }
+
+    fn presence_leave<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        conn: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        let mut book = lock(&self.presence);
+        if let Some(present) =
+            book.get_mut(channel).and_then(|users| users.values_mut().find(|p| p.conns.iter().any(|c| c == conn)))
+        {
+            present.conns.retain(|c| c != conn);
+            if present.conns.is_empty() {
+                present.leaving_until = Some(Instant::now() + grace);
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn presence_expire<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>> {
+        let mut book = lock(&self.presence);
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        if let Some(users) = book.get_mut(channel) {
+            users.retain(|id, p| {
+                let due = p.conns.is_empty() && p.leaving_until.is_none_or(|t| t <= now);
+                if due {
+                    gone.push(PresenceEntry {
+                        user_id: id.clone(),
+                        user_name: p.name.clone(),
+                        status: "offline".into(),
+                        connections: 0,
+                    });
+                }
+                !due
+            });
+            if users.is_empty() {
+                book.remove(channel);
+            }
+        }
+        Box::pin(async move { Ok(gone) })
+    }
+
+    fn presence_list<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>> {
+        let book = lock(&self.presence);
+        let mut list: Vec<PresenceEntry> = book
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .map(|(id, p)| PresenceEntry {
+                user_id: id.clone(),
+                user_name: p.name.clone(),
+                status: p.status.clone(),
+                connections: p.conns.len(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Box::pin(async move { Ok(list) })
+    }
+
+    fn presence_set_status<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        user: &'a str,
+        status: &'a str,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        let mut book = lock(&self.presence);
+        let changed = match book.get_mut(channel).and_then(|users| users.get_mut(user)) {
+            Some(p) if p.status != status => {
+                p.status = status.to_owned();
+                true
+            }
+            _ => false,
+        };
+        Box::pin(async move { Ok(changed) })
+    }
+
+    fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>> {
+        let online = self.hub.has_user(user);
+        let status = lock(&self.statuses).get(user).cloned();
+        Box::pin(async move { Ok((online, status)) })
+    }
+
+    fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
+        let mut statuses = lock(&self.statuses);
+        match status {
+            Some(s) => {
+                if statuses.len() < MAX_STATUSES || statuses.contains_key(user) {
+                    statuses.insert(user.to_owned(), s.to_owned());
+                }
+            }
+            None => {
+                statuses.remove(user);
+            }
+        }
+        Box::pin(async { Ok(()) })
     }
 
     fn is_healthy(&self) -> bool {
@@ -222,42 +455,26 @@ mod tests {
     #[tokio::test]
     async fn history_replays_after_a_position_and_reports_gaps() {
         let e = engine(3);
-        let HistoryRead::Events { head: start, .. } = read(&e, "channel:a", None).await else {
-            panic!("fresh read is not a gap")
-        };
+        let start = read(&e, "channel:a", None).await.head;
         let mut acks = Vec::new();
         for n in 0..5 {
             acks.extend(e.publish(vec![prep(&["channel:a"], n)]).await.unwrap_or_default());
         }
         let pos = |i: usize| acks[i].positions[0].1;
         // Kept: events 2, 3, 4. After event 2 → 3 and 4.
-        match read(&e, "channel:a", Some(pos(2))).await {
-            HistoryRead::Events { events, head } => {
-                assert_eq!(
-                    events.iter().map(|ev| ev.id.clone()).collect::<Vec<_>>(),
-                    vec![acks[3].id.clone(), acks[4].id.clone()]
-                );
-                assert_eq!(head, pos(4));
-            }
-            gap => panic!("unexpected {gap:?}"),
-        }
+        let read2 = read(&e, "channel:a", Some(pos(2))).await;
+        let ids = read2.events.map(|evs| evs.iter().map(|ev| ev.id.clone()).collect::<Vec<_>>());
+        assert_eq!(ids, Ok(vec![acks[3].id.clone(), acks[4].id.clone()]));
+        assert_eq!(read2.head, pos(4));
         // After event 0: event 1 was trimmed.
-        assert!(matches!(
-            read(&e, "channel:a", Some(pos(0))).await,
-            HistoryRead::Gap { reason: GapReason::HistoryExpired, .. }
-        ));
+        assert_eq!(read(&e, "channel:a", Some(pos(0))).await.events.err(), Some(GapReason::HistoryExpired));
         // From the very start: events 0 and 1 were trimmed.
-        assert!(matches!(read(&e, "channel:a", Some(start)).await, HistoryRead::Gap { .. }));
+        assert!(read(&e, "channel:a", Some(start)).await.events.is_err());
         // A position from the future is unknown.
         let future = Position::new(pos(4).ms + 1_000_000, 0);
-        assert!(matches!(
-            read(&e, "channel:a", Some(future)).await,
-            HistoryRead::Gap { reason: GapReason::UnknownPosition, .. }
-        ));
+        assert_eq!(read(&e, "channel:a", Some(future)).await.events.err(), Some(GapReason::UnknownPosition));
         // At the head: nothing missed.
-        assert!(
-            matches!(read(&e, "channel:a", Some(pos(4))).await, HistoryRead::Events { events, .. } if events.is_empty())
-        );
+        assert!(read(&e, "channel:a", Some(pos(4))).await.events.is_ok_and(|evs| evs.is_empty()));
     }
 
     #[tokio::test]
@@ -266,7 +483,7 @@ mod tests {
         let acks = e.publish(vec![prep(&["channel:a", "channel:b", "channel:a"], 1)]).await.unwrap_or_default();
         assert_eq!(acks[0].positions.len(), 2, "duplicate channel names are merged");
         for c in ["channel:a", "channel:b"] {
-            let HistoryRead::Events { head, .. } = read(&e, c, None).await else { panic!() };
+            let head = read(&e, c, None).await.head;
             assert_eq!(Some(head), acks[0].positions.iter().find(|(n, _)| n.as_str() == c).map(|(_, p)| *p));
         }
     }

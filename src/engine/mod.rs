@@ -63,14 +63,87 @@ impl GapReason {
     }
 }
 
-/// The answer of [`Engine::history`].
+/// The answer of [`Engine::history`], read at one instant.
 #[derive(Debug, Clone)]
-pub enum HistoryRead {
-    /// Every event after the requested position, oldest first (empty for a fresh read).
-    Events { events: Vec<Arc<Published>>, head: Position },
-    /// History cannot say what was missed: the client must refetch state.
-    Gap { reason: GapReason, head: Position },
+pub struct HistoryRead {
+    /// The channel's last position.
+    pub head: Position,
+    /// Every event after the requested position, oldest first (empty for a fresh read);
+    /// or why history cannot say what was missed (the client must refetch state).
+    pub events: Result<Vec<Arc<Published>>, GapReason>,
+    /// The channel's AI streams kept for late joiners, as of `head`.
+    pub streams: Vec<AiSnapshot>,
 }
+
+/// An AI token stream (`ai_chat_chunk` events sharing a `streamId`) as of its last chunk:
+/// what a subscriber that joins or resumes mid-stream receives first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AiSnapshot {
+    pub stream_id: String,
+    /// The position of the last chunk the snapshot holds.
+    pub last: Position,
+    /// The snapshot event's JSON: the last chunk with `text` the whole text so far and
+    /// `"snapshot": true`.
+    pub json: String,
+}
+
+impl AiSnapshot {
+    /// Builds a snapshot from the wire JSON of the stream's last chunk and the whole text.
+    pub fn from_last_chunk(stream_id: String, last: Position, chunk_json: &str, text: String) -> Option<Self> {
+        let mut fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(chunk_json).ok()?;
+        fields.insert("text".into(), text.into());
+        fields.insert("snapshot".into(), true.into());
+        Some(Self { stream_id, last, json: serde_json::Value::Object(fields).to_string() })
+    }
+}
+
+/// A presence entry: a user who is in a channel (with any number of connections).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceEntry {
+    pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// `online` or `away`.
+    pub status: String,
+    /// The user's open connections to the channel (0 while leaving, in the grace period).
+    #[serde(default)]
+    pub connections: usize,
+}
+
+/// A command for the node that holds a connection, or for every node (counts, status).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum NodeCommand {
+    /// Add a channel to a live connection. `user`: the user asking (`None`: a trusted
+    /// caller, an API key or the application); a user may only change their own connections.
+    Join { connection: String, channel: String, user: Option<String> },
+    /// Remove a channel from a live connection.
+    Leave { connection: String, channel: String, user: Option<String> },
+    /// Send an event to one connection alone.
+    Send { connection: String, event_type: String, json: String },
+    /// Count a channel's subscribers and users on each node.
+    Count { channel: String },
+    /// Set a user's presence status on every channel where their connections are.
+    SetStatus { user: String, user_name: Option<String>, status: String },
+}
+
+/// A node's answer to a [`NodeCommand`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "reply", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum NodeReply {
+    /// Done here.
+    Done,
+    /// The connection is not on this node.
+    NotHere,
+    /// Refused, with an error code and a sentence for a person.
+    Refused { code: String, message: String },
+    /// This node's subscribers of the channel and the users among them.
+    Count { subscribers: usize, users: Vec<String> },
+}
+
+/// What runs [`NodeCommand`]s on a node (set by the node handle).
+pub type CommandHandler = Arc<dyn Fn(NodeCommand) -> BoxFuture<'static, NodeReply> + Send + Sync>;
 
 /// The contract between publishing, history and the hub.
 pub trait Engine: Send + Sync + 'static {
@@ -80,7 +153,8 @@ pub trait Engine: Send + Sync + 'static {
     /// Accepts a batch in order; resolves once the engine has every event of it.
     fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>>;
 
-    /// The events of `channel` after `after` (or, with `None`, just its head).
+    /// The events of `channel` after `after` (or, with `None`, just its head), with its AI
+    /// streams, read at one instant.
     fn history<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -111,6 +185,65 @@ pub trait Engine: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         Box::pin(async { Ok(true) })
     }
+
+    /// Gives back a connection slot taken by [`Engine::acquire_slot`] (the connection left).
+    fn release_slot<'a>(&'a self, _user: &'a str, _conn: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// Runs `command` on every node, this one included, and gathers their replies.
+    fn command(&self, command: NodeCommand) -> BoxFuture<'_, Result<Vec<NodeReply>, EngineError>>;
+
+    /// Sets what runs the commands of [`Engine::command`] on this node (set once).
+    fn set_command_handler(&self, handler: CommandHandler);
+
+    /// Whether pattern subscriptions (`channel:incidents.*`) can be served.
+    fn supports_patterns(&self) -> bool {
+        true
+    }
+
+    /// Presence: `conn` of `user` is in `channel`. True if the user was not there before
+    /// (and was not in the grace period of leaving): announce them online.
+    fn presence_join<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        conn: &'a str,
+        user: &'a PresenceEntry,
+    ) -> BoxFuture<'a, Result<bool, EngineError>>;
+
+    /// Presence: `conn` left `channel`. A user whose last connection left is offline once
+    /// `grace` has passed without a new one ([`Engine::presence_expire`] says when).
+    fn presence_leave<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        conn: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Presence: takes the users of `channel` whose offline is due (grace passed, or their
+    /// node stopped renewing them), once: the caller announces them offline.
+    fn presence_expire<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>>;
+
+    /// Presence: who is in `channel`.
+    fn presence_list<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>>;
+
+    /// Presence: sets `user`'s status in `channel`; true if it changed (announce it).
+    fn presence_set_status<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        user: &'a str,
+        status: &'a str,
+    ) -> BoxFuture<'a, Result<bool, EngineError>>;
+
+    /// Presence across channels: whether `user` has a connection on any node, and their
+    /// status if set (`away`).
+    fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>>;
+
+    /// Records `user`'s status across channels (`None` clears it).
+    fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>>;
 
     /// Whether the engine can accept publishes now (readiness).
     fn is_healthy(&self) -> bool;

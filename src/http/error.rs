@@ -11,7 +11,7 @@ use crate::auth::AuthError;
 use crate::channel::ChannelError;
 use crate::engine::EngineError;
 use crate::event::EventError;
-use crate::herald::{PublishError, SubscribeError};
+use crate::herald::{PresenceError, PublishError, RoomError, SubscribeError};
 use crate::policy::Denied;
 
 #[derive(Debug, Clone)]
@@ -145,6 +145,7 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::AtCapacity => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_at_capacity", e.to_string()).with_retry_after(5)
             }
+            SubscribeError::PatternsUnsupported => Self::bad_request("patterns_unsupported", e.to_string()),
             SubscribeError::Draining => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_draining", e.to_string()).with_retry_after(1)
             }
@@ -153,6 +154,32 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::UserLimit { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", e.to_string()).with_retry_after(5)
             }
+        }
+    }
+}
+
+impl From<RoomError> for ApiError {
+    fn from(e: RoomError) -> Self {
+        match e {
+            RoomError::Denied(d) => d.into(),
+            RoomError::Engine(e) => e.into(),
+            RoomError::Event(e) => e.into(),
+            RoomError::NoConnection(_) => Self::new(StatusCode::NOT_FOUND, "connection_not_found", e.to_string()),
+            RoomError::NotYours(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            RoomError::TooManyChannels(_) => Self::bad_request("too_many_channels", e.to_string()),
+            RoomError::Pattern => Self::bad_request("invalid_channel", e.to_string()),
+        }
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        match e {
+            PresenceError::Denied(d) => d.into(),
+            PresenceError::Engine(e) => e.into(),
+            PresenceError::Disabled(_) => Self::new(StatusCode::NOT_FOUND, "presence_disabled", e.to_string()),
+            PresenceError::NotAUser => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            PresenceError::BadStatus => Self::bad_request("invalid_status", e.to_string()),
         }
     }
 }

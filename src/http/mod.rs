@@ -6,7 +6,9 @@
 pub mod auth;
 pub mod error;
 pub mod observe;
+mod presence;
 mod publish;
+mod rooms;
 mod status;
 mod subscribe;
 mod tickets;
@@ -15,7 +17,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::herald::Herald;
 pub use error::ApiError;
@@ -34,6 +36,12 @@ pub fn router(herald: Herald) -> Router {
         .merge(publishing)
         .merge(streaming)
         .route("/api/tickets", post(tickets::issue))
+        .route("/api/presence", post(presence::set_status))
+        .route("/api/channels/{channel}", get(rooms::channel_info))
+        .route("/api/channels/{channel}/presence", get(presence::channel))
+        .route("/api/users/{user}/presence", get(presence::user))
+        .route("/api/connections/{connection}/channels", post(rooms::join))
+        .route("/api/connections/{connection}/channels/{channel}", delete(rooms::leave))
         .route("/metrics", get(status::metrics))
         .route("/admin", get(status::admin))
         .route("/api/status", get(status::status))

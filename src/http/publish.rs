@@ -61,7 +61,7 @@ pub async fn publish_to_channel(
     Ok(Json(json!({"id": acks.first().map(|a| &*a.id)})))
 }
 
-fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")

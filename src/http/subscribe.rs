@@ -46,7 +46,7 @@ pub async fn subscribe(
     let mut filters = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
-            "channel" => channels.push(herald.parse_channel(&value)?),
+            "channel" => channels.push(herald.parse_subscription(&value)?),
             "events" => {
                 named = match &*value {
                     "named" => true,

@@ -1,13 +1,17 @@
-//! One SSE connection: its bounded queue, and the response body that drains it.
+//! One connection: its bounded queue, and the reader that drains it for a transport.
 //!
-//! The hub pushes `Arc<Published>` pointers into [`ConnShared`]; the [`SseBody`] that hyper
-//! polls takes everything queued at once and writes it as one chunk. There is no task and
-//! no channel per connection: a push wakes hyper's own connection task. An idle connection
-//! holds an empty queue, its cursor and its channel list, nothing else.
+//! The hub pushes [`Item`]s into [`ConnShared`]: events (`Arc<Published>` pointers, framed
+//! once for every subscriber), live changes of the channel list (join, leave) and events
+//! for this connection alone. A [`StreamCore`] takes everything queued at once, keeps the
+//! connection's cursor (its place in each channel) and hands what is new to an [`Emit`]:
+//! [`SseBody`] writes it as one SSE chunk for hyper; [`Connection`] hands it to an embedding
+//! application's own transport. There is no task and no channel per connection: a push
+//! wakes the transport's own task. An idle connection holds an empty queue, its cursor and
+//! its channel list, nothing else.
 //!
 //! When a queue is full the connection is closed (the client resumes from history) and the
 //! queue is emptied at once, so a reader that stopped never holds more than `capacity`
-//! events. For HTTP/1.1 a stalled connection is also torn down at the socket through its
+//! items. For HTTP/1.1 a stalled connection is also torn down at the socket through its
 //! [`KillSwitch`], since hyper stops polling a body whose client stopped reading.
 
 use std::collections::VecDeque;
@@ -20,12 +24,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use crate::channel::ChannelName;
-use crate::cursor::Cursor;
-use crate::event::Published;
+use crate::cursor::{Cursor, Position};
+use crate::event::{Copy, Published};
 use crate::hub::Hub;
 use crate::sse;
 
-/// Most events written in one chunk; the rest follow on the next poll.
+/// Most items taken from the queue in one go; the rest follow on the next poll.
 const MAX_BATCH: usize = 64;
 
 /// Split multi-channel events remembered per connection to drop their repeated copies.
@@ -69,8 +73,52 @@ impl KillSwitch {
     }
 }
 
+/// What the hub queues for a connection.
+pub(crate) enum Item {
+    /// An event of one (or several) of the connection's channels.
+    Event(Arc<Published>),
+    /// The connection now follows a channel; its starting point follows in the slot.
+    Join(Arc<JoinSlot>),
+    /// The connection no longer follows a channel.
+    Leave(ChannelName),
+    /// An event for this connection alone: its type and JSON.
+    Direct { event_type: Arc<str>, json: Bytes },
+}
+
+/// Where a live join starts, filled in by the joiner once it has read the channel's head.
+/// Until then the reader waits at the join, so that nothing published after the
+/// registration is lost and nothing before the head is written twice.
+pub(crate) struct JoinSlot {
+    pub channel: ChannelName,
+    start: Mutex<Option<JoinStart>>,
+}
+
+/// The outcome of a live join.
+#[derive(Clone, Debug)]
+pub(crate) enum JoinStart {
+    /// Follow the channel from `head`; `lead` are events to write first (AI-stream
+    /// snapshots), as `(type, JSON)`.
+    At { head: Position, lead: Vec<(Arc<str>, Bytes)> },
+    /// The join failed after registration (engine unavailable): drop the channel again.
+    Failed,
+}
+
+impl JoinSlot {
+    pub fn new(channel: ChannelName) -> Arc<Self> {
+        Arc::new(Self { channel, start: Mutex::new(None) })
+    }
+
+    fn take(&self) -> Option<JoinStart> {
+        self.start.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.start.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+}
+
 struct QueueState {
-    items: VecDeque<Arc<Published>>,
+    items: VecDeque<Item>,
     waker: Option<Waker>,
     heartbeat: bool,
     /// The writer took something since the last sweep.
@@ -85,6 +133,8 @@ pub struct ConnShared {
     pub(crate) key: u64,
     pub id: Arc<str>,
     pub user_id: Option<Arc<str>>,
+    /// The user's display name, for presence events.
+    pub user_name: Option<Arc<str>>,
     capacity: usize,
     kill: Option<KillSwitch>,
     /// Field filters of the subscription (document 003): all must match.
@@ -95,7 +145,7 @@ pub struct ConnShared {
 /// A subscription's field filters, `(field, value)`, all of which an event must match.
 pub type Filters = Box<[(String, String)]>;
 
-/// What happened to a pushed event.
+/// What happened to a pushed item.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
@@ -109,15 +159,20 @@ impl ConnShared {
     pub(crate) fn new(
         key: u64,
         id: Arc<str>,
-        user_id: Option<Arc<str>>,
+        user: Option<(Arc<str>, Option<Arc<str>>)>,
         capacity: usize,
         kill: Option<KillSwitch>,
         filters: Filters,
     ) -> Self {
+        let (user_id, user_name) = match user {
+            Some((id, name)) => (Some(id), name),
+            None => (None, None),
+        };
         Self {
             key,
             id,
             user_id,
+            user_name,
             capacity: capacity.max(1),
             kill,
             filters,
@@ -138,6 +193,10 @@ impl ConnShared {
 
     /// Queues an event for this connection.
     pub fn push(&self, event: &Arc<Published>) -> Pushed {
+        self.push_item(Item::Event(Arc::clone(event)))
+    }
+
+    pub(crate) fn push_item(&self, item: Item) -> Pushed {
         let mut st = self.lock();
         if st.close.is_some() {
             return Pushed::Closed;
@@ -150,13 +209,27 @@ impl ConnShared {
             self.after_close(waker);
             return Pushed::Overflowed;
         }
-        st.items.push_back(Arc::clone(event));
+        st.items.push_back(item);
         let waker = st.waker.take();
         drop(st);
         if let Some(w) = waker {
             w.wake();
         }
         Pushed::Queued
+    }
+
+    /// Wakes the reader (a join's start was filled in).
+    pub(crate) fn wake(&self) {
+        let waker = self.lock().waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Resolves a live join of this connection and wakes its reader.
+    pub(crate) fn resolve_join(&self, slot: &JoinSlot, start: JoinStart) {
+        *slot.start.lock().unwrap_or_else(PoisonError::into_inner) = Some(start);
+        self.wake();
     }
 
     /// Closes the connection for `reason`. Returns false if it was already closing.
@@ -218,67 +291,73 @@ impl ConnShared {
     }
 }
 
-/// The streaming response body of one SSE connection.
-pub struct SseBody {
+/// Where a connection's output goes: SSE bytes, or messages for another transport.
+pub(crate) trait Emit {
+    /// An event's copy on one channel. `id` is the id to show; `None` means the copy's own
+    /// (single-channel) id, which is part of its shared frame.
+    fn event(&mut self, event_type: &str, copy: &Copy, id: Option<&str>);
+    /// An event made for this connection alone, with the id to show.
+    fn notice(&mut self, event_type: &str, id: &str, json: &[u8]);
+}
+
+/// What one poll of the queue produced besides events.
+struct Polled {
+    heartbeat: bool,
+    close: Option<CloseReason>,
+}
+
+/// The transport-independent reader of a connection: drains the queue, keeps the cursor,
+/// applies live joins and leaves, drops what the connection has already seen.
+pub(crate) struct StreamCore {
     shared: Arc<ConnShared>,
     hub: Arc<Hub>,
+    /// Followed channels and patterns (`channel:incidents.*`), in subscription order.
     channels: Vec<ChannelName>,
     cursor: Cursor,
-    named: bool,
-    preamble: Option<Bytes>,
-    spare: VecDeque<Arc<Published>>,
+    /// Items taken from the queue and not processed yet (a join waiting for its start).
+    backlog: VecDeque<Item>,
     id_buf: String,
     /// Ids of recent events that reached this connection one channel copy at a time
     /// (see [`Published::fanout`]); empty unless the connection follows several channels.
     recent_split: VecDeque<Arc<str>>,
-    done: bool,
 }
 
-impl SseBody {
-    pub(crate) fn new(
-        shared: Arc<ConnShared>,
-        hub: Arc<Hub>,
-        channels: Vec<ChannelName>,
-        cursor: Cursor,
-        named: bool,
-    ) -> Self {
+impl StreamCore {
+    pub(crate) fn new(shared: Arc<ConnShared>, hub: Arc<Hub>, channels: Vec<ChannelName>) -> Self {
+        let cursor = Cursor { positions: vec![Position::default(); channels.len()] };
         Self {
             shared,
             hub,
             channels,
             cursor,
-            named,
-            preamble: None,
-            spare: VecDeque::new(),
+            backlog: VecDeque::new(),
             id_buf: String::new(),
             recent_split: VecDeque::new(),
-            done: false,
         }
     }
 
-    /// Sets the cursor reached by the replay, and the bytes written before live events
-    /// (`retry:`, `connected`, resets, replayed events).
-    pub(crate) fn start(&mut self, cursor: Cursor, preamble: Bytes) {
+    pub(crate) fn channels(&self) -> &[ChannelName] {
+        &self.channels
+    }
+
+    pub(crate) fn set_cursor(&mut self, cursor: Cursor) {
         self.cursor = cursor;
-        self.preamble = Some(preamble);
     }
 
-    /// The public id of this connection.
-    pub fn connection_id(&self) -> &str {
-        &self.shared.id
-    }
-
-    /// Advances the cursor for `event` and says where to write it from; `None` if the
+    /// Advances the cursor for `event` and says which copy to write; `None` if the
     /// connection has already seen it (replayed from history, queued twice across a resume
-    /// seam, or another channel's copy of the same event).
+    /// seam, or another channel's copy of the same event) or does not follow it.
     fn advance(&mut self, event: &Published) -> Option<usize> {
         let mut first = None;
-        for copy in &event.copies {
-            if let Some(i) = self.channels.iter().position(|c| *c == copy.channel)
-                && copy.position > self.cursor.positions[i]
-            {
-                self.cursor.positions[i] = copy.position;
-                first.get_or_insert(i);
+        for (ci, copy) in event.copies.iter().enumerate() {
+            if let Some(i) = self.channels.iter().position(|c| *c == copy.channel) {
+                if copy.position > self.cursor.positions[i] {
+                    self.cursor.positions[i] = copy.position;
+                    first.get_or_insert(ci);
+                }
+            } else if first.is_none() && self.channels.iter().any(|p| p.matches(&copy.channel)) {
+                // A pattern keeps no position: live only (see docs/channels.md).
+                first = Some(ci);
             }
         }
         if first.is_some() && self.channels.len() > 1 && usize::from(event.fanout) > event.copies.len() {
@@ -293,18 +372,212 @@ impl SseBody {
         first
     }
 
-    fn write_event(&mut self, out: &mut BytesMut, event: &Published, at: usize) {
-        let channel = &self.channels[at];
-        let Some(copy) = event.copy_on(channel.as_str()) else {
-            return;
-        };
+    fn emit_event(&mut self, out: &mut impl Emit, event: &Published, ci: usize) {
+        let Some(copy) = event.copies.get(ci) else { return };
         if self.channels.len() == 1 {
-            out.extend_from_slice(&copy.frame.with_id(self.named));
+            out.event(&event.event_type, copy, None);
         } else {
             self.id_buf.clear();
             self.cursor.encode_into(&self.channels, &mut self.id_buf);
-            copy.frame.put_with_own_id(out, &self.id_buf, self.named);
+            out.event(&event.event_type, copy, Some(&self.id_buf));
         }
+    }
+
+    fn notice(&mut self, out: &mut impl Emit, event_type: &str, json: &[u8]) {
+        self.id_buf.clear();
+        self.cursor.encode_into(&self.channels, &mut self.id_buf);
+        out.notice(event_type, &self.id_buf, json);
+    }
+
+    fn apply_join(&mut self, out: &mut impl Emit, channel: &ChannelName, start: JoinStart) {
+        match start {
+            JoinStart::At { head, lead } => {
+                if !self.channels.contains(channel) {
+                    self.channels.push(channel.clone());
+                    self.cursor.positions.push(head);
+                }
+                let notice = serde_json::json!({"type": "subscribed", "channel": channel.as_str()});
+                self.notice(out, "subscribed", notice.to_string().as_bytes());
+                for (event_type, json) in lead {
+                    self.notice(out, &event_type, &json);
+                }
+            }
+            JoinStart::Failed => {}
+        }
+    }
+
+    fn apply_leave(&mut self, out: &mut impl Emit, channel: &ChannelName) {
+        if let Some(i) = self.channels.iter().position(|c| c == channel) {
+            self.channels.remove(i);
+            self.cursor.positions.remove(i);
+            let notice = serde_json::json!({"type": "unsubscribed", "channel": channel.as_str()});
+            self.notice(out, "unsubscribed", notice.to_string().as_bytes());
+        }
+    }
+
+    /// Takes what is queued and emits what is new. `Pending` when there is nothing to do
+    /// (the waker is registered); otherwise how many events were written, whether a
+    /// heartbeat is due, and whether the connection is closing.
+    fn poll_items(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<(usize, Polled)> {
+        let (heartbeat, close) = {
+            let mut st = self.shared.lock();
+            st.progressed = true;
+            let blocked = matches!(self.backlog.front(), Some(Item::Join(slot)) if !slot.is_ready());
+            let empty = self.backlog.is_empty() && st.items.is_empty();
+            if (blocked || empty) && !st.heartbeat && st.close.is_none() {
+                match &st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            if !blocked {
+                let room = MAX_BATCH.saturating_sub(self.backlog.len());
+                let n = st.items.len().min(room);
+                self.backlog.extend(st.items.drain(..n));
+            }
+            let drained = st.items.is_empty();
+            if st.items.capacity() > 4 * MAX_BATCH && drained {
+                st.items = VecDeque::new();
+            }
+            let close = if drained { st.close } else { None };
+            (std::mem::take(&mut st.heartbeat), close)
+        };
+        let dropping = matches!(close, Some(reason) if !matches!(reason, CloseReason::Drain { .. }));
+        let mut written = 0;
+        let mut oldest: Option<Arc<Published>> = None;
+        while let Some(item) = self.backlog.pop_front() {
+            if dropping {
+                self.backlog.clear();
+                break;
+            }
+            match item {
+                Item::Event(event) => {
+                    if let Some(ci) = self.advance(&event) {
+                        self.emit_event(out, &event, ci);
+                        written += 1;
+                        oldest.get_or_insert(event);
+                    }
+                }
+                Item::Join(slot) => match slot.take() {
+                    Some(start) => self.apply_join(out, &slot.channel, start),
+                    None => {
+                        // Wait for the joiner, keeping the rest in order. The waker is
+                        // stored before the second look, so a start filled in between
+                        // cannot be missed.
+                        self.shared.lock().waker = Some(cx.waker().clone());
+                        let ready = slot.is_ready();
+                        self.backlog.push_front(Item::Join(slot));
+                        if !ready {
+                            break;
+                        }
+                    }
+                },
+                Item::Leave(channel) => self.apply_leave(out, &channel),
+                Item::Direct { event_type, json } => {
+                    self.notice(out, &event_type, &json);
+                    written += 1;
+                }
+            }
+        }
+        if let Some(oldest) = &oldest {
+            self.hub.stats.record_write(written as u64, oldest);
+        }
+        let close = if self.backlog.is_empty() { close } else { None };
+        Poll::Ready((written, Polled { heartbeat, close }))
+    }
+}
+
+impl Drop for StreamCore {
+    fn drop(&mut self) {
+        let reason = self.shared.close_reason();
+        self.hub.unregister(self.shared.key);
+        tracing::debug!(
+            connection = %self.shared.id,
+            reason = reason.map_or("client_closed", CloseReason::as_str),
+            "connection closed"
+        );
+    }
+}
+
+/// Renders a connection's output as SSE. A single event of a single-channel connection is
+/// a slice of its shared frame; anything more is gathered into one buffer.
+pub(crate) struct SseOut {
+    named: bool,
+    first: Option<Bytes>,
+    buf: BytesMut,
+}
+
+impl SseOut {
+    pub(crate) fn new(named: bool) -> Self {
+        Self { named, first: None, buf: BytesMut::new() }
+    }
+
+    fn spill(&mut self) {
+        if let Some(first) = self.first.take() {
+            self.buf.extend_from_slice(&first);
+        }
+    }
+
+    pub(crate) fn put_retry(&mut self, ms: u64) {
+        self.spill();
+        sse::put_retry(&mut self.buf, ms);
+    }
+
+    fn put_raw(&mut self, bytes: &[u8]) {
+        self.spill();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.buf.is_empty()
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take()
+            && self.buf.is_empty()
+        {
+            return Some(first);
+        }
+        self.spill();
+        if self.buf.is_empty() { None } else { Some(self.buf.split().freeze()) }
+    }
+}
+
+impl Emit for SseOut {
+    fn event(&mut self, _event_type: &str, copy: &Copy, id: Option<&str>) {
+        match id {
+            None if self.is_empty() => self.first = Some(copy.frame.with_id(self.named)),
+            None => self.put_raw(&copy.frame.with_id(self.named)),
+            Some(id) => {
+                self.spill();
+                copy.frame.put_with_own_id(&mut self.buf, id, self.named);
+            }
+        }
+    }
+
+    fn notice(&mut self, event_type: &str, id: &str, json: &[u8]) {
+        self.spill();
+        sse::one_off_event(&mut self.buf, event_type, id, json, self.named);
+    }
+}
+
+/// The streaming response body of one SSE connection.
+pub struct SseBody {
+    core: StreamCore,
+    out: SseOut,
+    preamble: Option<Bytes>,
+    done: bool,
+}
+
+impl SseBody {
+    pub(crate) fn new(core: StreamCore, named: bool, preamble: Bytes) -> Self {
+        Self { core, out: SseOut::new(named), preamble: Some(preamble), done: false }
+    }
+
+    /// The public id of this connection.
+    pub fn connection_id(&self) -> &str {
+        &self.core.shared.id
     }
 }
 
@@ -324,68 +597,20 @@ impl http_body::Body for SseBody {
             return Poll::Ready(None);
         }
         loop {
-            let (heartbeat, close) = {
-                let mut st = this.shared.lock();
-                st.progressed = true;
-                if st.items.is_empty() && !st.heartbeat && st.close.is_none() {
-                    match &st.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => st.waker = Some(cx.waker().clone()),
-                    }
-                    return Poll::Pending;
-                }
-                if st.items.len() <= MAX_BATCH {
-                    std::mem::swap(&mut st.items, &mut this.spare);
-                } else {
-                    this.spare.extend(st.items.drain(..MAX_BATCH));
-                }
-                let close = if st.items.is_empty() { st.close } else { None };
-                (std::mem::take(&mut st.heartbeat), close)
+            let Poll::Ready((_, polled)) = this.core.poll_items(cx, &mut this.out) else {
+                return Poll::Pending;
             };
-
-            let mut items = std::mem::take(&mut this.spare);
-            // Fast path: one event for a single-channel connection is a shared slice.
-            if items.len() == 1 && this.channels.len() == 1 && close.is_none() {
-                let event = items.pop_front();
-                this.spare = items;
-                if let Some(event) = event
-                    && this.advance(&event).is_some()
-                    && let Some(copy) = event.copy_on(this.channels[0].as_str())
-                {
-                    this.hub.stats.record_write(1, &event);
-                    return Poll::Ready(Some(Ok(http_body::Frame::data(copy.frame.with_id(this.named)))));
-                }
-                if heartbeat {
-                    return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
-                }
-                continue;
+            if polled.heartbeat && this.out.is_empty() {
+                this.out.put_raw(sse::HEARTBEAT);
             }
-
-            let mut out = BytesMut::new();
-            let mut written = 0;
-            if let Some(oldest) = items.front().cloned() {
-                for event in items.drain(..) {
-                    if let Some(at) = this.advance(&event) {
-                        this.write_event(&mut out, &event, at);
-                        written += 1;
-                    }
-                }
-                if written > 0 {
-                    this.hub.stats.record_write(written, &oldest);
-                }
-            }
-            this.spare = if items.capacity() > 4 * MAX_BATCH { VecDeque::new() } else { items };
-            if heartbeat && out.is_empty() {
-                out.extend_from_slice(sse::HEARTBEAT);
-            }
-            if let Some(reason) = close {
+            if let Some(reason) = polled.close {
                 this.done = true;
                 if let CloseReason::Drain { retry_ms } = reason {
-                    sse::put_retry(&mut out, retry_ms);
+                    this.out.put_retry(retry_ms);
                 }
             }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(http_body::Frame::data(out.freeze()))));
+            if let Some(bytes) = this.out.take() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
             }
             if this.done {
                 return Poll::Ready(None);
@@ -394,14 +619,99 @@ impl http_body::Body for SseBody {
     }
 }
 
-impl Drop for SseBody {
-    fn drop(&mut self) {
-        let reason = self.shared.close_reason();
-        self.hub.unregister(self.shared.key);
-        tracing::debug!(
-            connection = %self.shared.id,
-            reason = reason.map_or("client_closed", CloseReason::as_str),
-            "sse connection closed"
-        );
+/// One message of a [`Connection`]: an event for the connection, with the id that lets
+/// its client resume (the SSE `id`), its type and its JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub id: String,
+    pub event_type: String,
+    pub json: Bytes,
+}
+
+/// Gathers a connection's output as [`Message`]s.
+#[derive(Default)]
+pub(crate) struct MessageOut {
+    pub(crate) queue: VecDeque<Message>,
+}
+
+impl Emit for MessageOut {
+    fn event(&mut self, event_type: &str, copy: &Copy, id: Option<&str>) {
+        let id = id.map_or_else(|| copy.frame.id().to_owned(), str::to_owned);
+        self.queue.push_back(Message { id, event_type: event_type.to_owned(), json: copy.frame.json_bytes() });
+    }
+
+    fn notice(&mut self, event_type: &str, id: &str, json: &[u8]) {
+        self.queue.push_back(Message {
+            id: id.to_owned(),
+            event_type: event_type.to_owned(),
+            json: Bytes::copy_from_slice(json),
+        });
+    }
+}
+
+/// A live connection for a transport other than Herald's SSE (document 000/001's
+/// `Connection`): the same queue, cursor, channels, filters, joins and leaves as an SSE
+/// stream, handed out as [`Message`]s. Dropping it unregisters the connection.
+///
+/// ```no_run
+/// # async fn demo(herald: herald::Herald) -> Result<(), Box<dyn std::error::Error>> {
+/// use herald::{Principal, herald::StreamRequest};
+/// let channel = herald.parse_channel("channel:general")?;
+/// let mut conn = herald.connect(StreamRequest::new(Principal::Anonymous, vec![channel])).await?;
+/// while let Some(msg) = conn.recv().await {
+///     println!("{} {} {}", msg.id, msg.event_type, String::from_utf8_lossy(&msg.json));
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Connection {
+    core: StreamCore,
+    out: MessageOut,
+    done: bool,
+}
+
+impl Connection {
+    pub(crate) fn new(core: StreamCore, out: MessageOut) -> Self {
+        Self { core, out, done: false }
+    }
+
+    /// The connection's id, for [`crate::Herald::join`], [`crate::Herald::leave`] and
+    /// [`crate::Herald::send_to_connection`].
+    pub fn id(&self) -> &str {
+        &self.core.shared.id
+    }
+
+    /// The channels (and patterns) the connection follows now.
+    pub fn channels(&self) -> &[ChannelName] {
+        self.core.channels()
+    }
+
+    /// The next message; `None` once the server closed the connection (slow consumer,
+    /// timeout, drain: the client should resume with the last id it got).
+    pub async fn recv(&mut self) -> Option<Message> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Why the server closed the connection, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.core.shared.close_reason()
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        loop {
+            if let Some(msg) = self.out.queue.pop_front() {
+                return Poll::Ready(Some(msg));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match self.core.poll_items(cx, &mut self.out) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready((_, polled)) => {
+                    if polled.close.is_some() {
+                        self.done = true;
+                    }
+                }
+            }
+        }
     }
 }

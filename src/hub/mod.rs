@@ -1,10 +1,11 @@
 //! The hub: this node's registry of live connections and the channels they follow.
 //!
-//! The hub owns membership (which connection follows which channel) and fans a
-//! [`Published`] event out to the queues of local subscribers. It knows nothing about
-//! HTTP, history or other nodes: engines call [`Hub::deliver`], the HTTP layer registers
-//! and unregisters connections. Fan-out clones one `Arc` per subscriber; the event's bytes
-//! were framed once, before they got here.
+//! The hub owns membership (which connection follows which channel or pattern, including
+//! live joins and leaves) and fans a [`Published`] event out to the queues of local
+//! subscribers. It knows nothing about HTTP, history, presence or other nodes: engines call
+//! [`Hub::deliver`], the node handle registers and unregisters connections and is told of
+//! every departure. Fan-out clones one `Arc` per subscriber; the event's bytes were framed
+//! once, before they got here.
 
 pub mod connection;
 
@@ -12,15 +13,52 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use bytes::Bytes;
+
 use crate::channel::ChannelName;
 use crate::event::Published;
-use connection::{CloseReason, ConnShared, Pushed};
+use connection::{CloseReason, ConnShared, Item, JoinSlot, Pushed};
+
+struct Entry {
+    conn: Arc<ConnShared>,
+    channels: Vec<ChannelName>,
+}
 
 #[derive(Default)]
 struct Registry {
     channels: HashMap<ChannelName, Vec<Arc<ConnShared>>>,
-    conns: HashMap<u64, (Arc<ConnShared>, Vec<ChannelName>)>,
+    /// Pattern subscriptions (`channel:incidents.*`), checked against every event.
+    patterns: HashMap<ChannelName, Vec<Arc<ConnShared>>>,
+    conns: HashMap<u64, Entry>,
+    /// Public connection id → key.
+    ids: HashMap<Arc<str>, u64>,
     users: HashMap<Arc<str>, usize>,
+}
+
+impl Registry {
+    fn subscribers(&mut self, ch: &ChannelName) -> (&mut Vec<Arc<ConnShared>>, bool) {
+        let map = if ch.is_pattern() { &mut self.patterns } else { &mut self.channels };
+        let mut fresh = false;
+        let subs = map.entry(ch.clone()).or_insert_with(|| {
+            fresh = true;
+            Vec::new()
+        });
+        (subs, fresh)
+    }
+
+    /// Removes `key` from `ch`'s subscribers; true if the channel has none left.
+    fn remove_subscriber(&mut self, ch: &ChannelName, key: u64) -> bool {
+        let map = if ch.is_pattern() { &mut self.patterns } else { &mut self.channels };
+        let Some(subs) = map.get_mut(ch) else { return false };
+        if let Some(i) = subs.iter().position(|c| c.key == key) {
+            subs.swap_remove(i);
+        }
+        if subs.is_empty() {
+            map.remove(ch);
+            return true;
+        }
+        false
+    }
 }
 
 /// Connection limits checked atomically with registration.
@@ -35,6 +73,24 @@ pub struct ConnLimits {
 pub enum Refused {
     AtCapacity,
     UserLimit,
+}
+
+/// Why a live join or leave could not be done on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotJoined {
+    /// No connection with that id on this node.
+    NoConnection,
+    /// The connection follows as many channels as it may.
+    TooManyChannels,
+}
+
+/// What a live join did.
+pub(crate) enum Joined {
+    /// The connection follows the channel now; `activated` if it is the node's first
+    /// subscriber of it. The join waits at `slot` until the joiner fills in its start.
+    Added { conn: Arc<ConnShared>, slot: Arc<JoinSlot>, activated: bool },
+    /// The connection already followed the channel: nothing changed.
+    Already,
 }
 
 /// Counters the hub keeps as it works.
@@ -60,20 +116,34 @@ impl HubStats {
     }
 }
 
+/// A connection left this node: who it was and what it followed.
+#[derive(Clone, Debug)]
+pub struct Departure {
+    pub connection: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub user_name: Option<Arc<str>>,
+    pub channels: Vec<ChannelName>,
+}
+
+/// One live connection as the hub sees it.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub connection: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub user_name: Option<Arc<str>>,
+    pub channels: Vec<ChannelName>,
+}
+
 /// This node's registry of connections and channels.
 #[derive(Default)]
 pub struct Hub {
     registry: RwLock<Registry>,
     connections: AtomicUsize,
     next_key: AtomicU64,
-    /// Where departures of users' connections are reported, for an engine that counts
-    /// them beyond this node.
+    /// Where departures are reported (presence, connection slots).
     departures: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Departure>>,
     pub stats: HubStats,
 }
-
-/// A user's connection left this node: `(user id, connection id)`.
-pub type Departure = (Arc<str>, Arc<str>);
 
 impl Hub {
     pub fn new() -> Self {
@@ -93,8 +163,8 @@ impl Hub {
         self.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Adds a connection following `channels`. Returns the channels that had no local
-    /// subscriber before (the ones an engine must start receiving).
+    /// Adds a connection following `channels` (and patterns). Returns the ones that had no
+    /// local subscriber before (the ones an engine must start receiving).
     pub fn register(
         &self,
         conn: Arc<ConnShared>,
@@ -114,13 +184,14 @@ impl Hub {
         }
         let mut activated = Vec::new();
         for ch in channels {
-            let subs = reg.channels.entry(ch.clone()).or_insert_with(|| {
-                activated.push(ch.clone());
-                Vec::new()
-            });
+            let (subs, fresh) = reg.subscribers(ch);
             subs.push(Arc::clone(&conn));
+            if fresh {
+                activated.push(ch.clone());
+            }
         }
-        reg.conns.insert(conn.key, (conn, channels.to_vec()));
+        reg.ids.insert(Arc::clone(&conn.id), conn.key);
+        reg.conns.insert(conn.key, Entry { conn, channels: channels.to_vec() });
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(activated)
     }
@@ -128,37 +199,107 @@ impl Hub {
     /// Removes a connection (idempotent). Returns the channels left with no local subscriber.
     pub fn unregister(&self, key: u64) -> Vec<ChannelName> {
         let mut reg = self.write();
-        let Some((conn, channels)) = reg.conns.remove(&key) else {
+        let Some(Entry { conn, channels }) = reg.conns.remove(&key) else {
             return Vec::new();
         };
+        reg.ids.remove(&conn.id);
         self.connections.fetch_sub(1, Ordering::Relaxed);
-        if let Some(user) = &conn.user_id {
-            if let Some(count) = reg.users.get_mut(user) {
-                *count -= 1;
-                if *count == 0 {
-                    reg.users.remove(user);
-                }
-            }
-            if let Some(tx) = self.departures.get() {
-                let _ = tx.send((Arc::clone(user), Arc::clone(&conn.id)));
+        if let Some(user) = &conn.user_id
+            && let Some(count) = reg.users.get_mut(user)
+        {
+            *count -= 1;
+            if *count == 0 {
+                reg.users.remove(user);
             }
         }
-        let mut emptied = Vec::new();
-        for ch in channels {
-            if let Some(subs) = reg.channels.get_mut(&ch) {
-                if let Some(i) = subs.iter().position(|c| c.key == key) {
-                    subs.swap_remove(i);
-                }
-                if subs.is_empty() {
-                    reg.channels.remove(&ch);
-                    emptied.push(ch);
-                }
-            }
+        let emptied = channels.iter().filter(|ch| reg.remove_subscriber(ch, key)).cloned().collect();
+        drop(reg);
+        if let Some(tx) = self.departures.get() {
+            let _ = tx.send(Departure {
+                connection: Arc::clone(&conn.id),
+                user: conn.user_id.clone(),
+                user_name: conn.user_name.clone(),
+                channels,
+            });
         }
         emptied
     }
 
-    /// Queues `event` for every local subscriber of any of its channels, once per connection.
+    /// Adds `channel` to a live connection. Registration and the join marker in the
+    /// connection's queue happen under one lock, so every event of the channel queued
+    /// for it comes after the marker.
+    pub(crate) fn join(
+        &self,
+        connection: &str,
+        channel: &ChannelName,
+        max_channels: usize,
+    ) -> Result<Joined, NotJoined> {
+        let mut reg = self.write();
+        let key = *reg.ids.get(connection).ok_or(NotJoined::NoConnection)?;
+        let entry = reg.conns.get_mut(&key).ok_or(NotJoined::NoConnection)?;
+        if entry.channels.contains(channel) {
+            return Ok(Joined::Already);
+        }
+        if entry.channels.len() >= max_channels {
+            return Err(NotJoined::TooManyChannels);
+        }
+        entry.channels.push(channel.clone());
+        let conn = Arc::clone(&entry.conn);
+        let (subs, activated) = reg.subscribers(channel);
+        subs.push(Arc::clone(&conn));
+        let slot = JoinSlot::new(channel.clone());
+        if conn.push_item(Item::Join(Arc::clone(&slot))) == Pushed::Overflowed {
+            drop(reg);
+            self.unregister(key);
+            return Err(NotJoined::NoConnection);
+        }
+        Ok(Joined::Added { conn, slot, activated })
+    }
+
+    /// Removes `channel` from a live connection. `Ok(None)` if it did not follow it;
+    /// otherwise the connection and whether the channel has no local subscriber left.
+    pub fn leave(&self, connection: &str, channel: &ChannelName) -> Result<Option<(Arc<ConnShared>, bool)>, NotJoined> {
+        let mut reg = self.write();
+        let key = *reg.ids.get(connection).ok_or(NotJoined::NoConnection)?;
+        let entry = reg.conns.get_mut(&key).ok_or(NotJoined::NoConnection)?;
+        let Some(i) = entry.channels.iter().position(|c| c == channel) else {
+            return Ok(None);
+        };
+        entry.channels.remove(i);
+        let conn = Arc::clone(&entry.conn);
+        let emptied = reg.remove_subscriber(channel, key);
+        let _ = conn.push_item(Item::Leave(channel.clone()));
+        Ok(Some((conn, emptied)))
+    }
+
+    /// Queues an event for one connection alone. False if it is not on this node.
+    pub fn send_to(&self, connection: &str, event_type: Arc<str>, json: Bytes) -> bool {
+        let conn = {
+            let reg = self.read();
+            let Some(entry) = reg.ids.get(connection).and_then(|k| reg.conns.get(k)) else { return false };
+            Arc::clone(&entry.conn)
+        };
+        if conn.push_item(Item::Direct { event_type, json }) == Pushed::Overflowed {
+            self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            self.unregister(conn.key);
+        }
+        true
+    }
+
+    /// One connection of this node, by its public id.
+    pub fn connection(&self, connection: &str) -> Option<ConnInfo> {
+        let reg = self.read();
+        let entry = reg.ids.get(connection).and_then(|k| reg.conns.get(k))?;
+        Some(info(entry))
+    }
+
+    /// Every connection of this node.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        self.read().conns.values().map(info).collect()
+    }
+
+    /// Queues `event` for every local subscriber of any of its channels (and of every
+    /// pattern matching one), once per connection.
     pub fn deliver(&self, event: &Arc<Published>) {
         let mut overflowed = Vec::new();
         let mut queued = 0u64;
@@ -174,16 +315,21 @@ impl Hub {
                     Pushed::Closed => {}
                 }
             };
-            if let [only] = event.copies.as_slice() {
-                for conn in reg.channels.get(&only.channel).into_iter().flatten() {
-                    push(conn);
+            match event.copies.as_slice() {
+                [only] if reg.patterns.is_empty() => {
+                    for conn in reg.channels.get(&only.channel).into_iter().flatten() {
+                        push(conn);
+                    }
                 }
-            } else {
-                let mut seen = HashSet::new();
-                for copy in &event.copies {
-                    for conn in reg.channels.get(&copy.channel).into_iter().flatten() {
-                        if seen.insert(conn.key) {
-                            push(conn);
+                copies => {
+                    let mut seen = HashSet::new();
+                    for copy in copies {
+                        let matching = reg.patterns.iter().filter(|(p, _)| p.matches(&copy.channel));
+                        let exact = reg.channels.get(&copy.channel).into_iter();
+                        for conn in exact.chain(matching.map(|(_, subs)| subs)).flatten() {
+                            if seen.insert(conn.key) {
+                                push(conn);
+                            }
                         }
                     }
                 }
@@ -201,12 +347,15 @@ impl Hub {
         }
     }
 
+    fn all(&self) -> Vec<Arc<ConnShared>> {
+        self.read().conns.values().map(|e| Arc::clone(&e.conn)).collect()
+    }
+
     /// Asks every connection for a heartbeat, and closes those that made no progress for
     /// `max_stalled` sweeps in a row. Returns how many were closed.
     pub fn sweep(&self, max_stalled: u32) -> usize {
-        let conns: Vec<Arc<ConnShared>> = self.read().conns.values().map(|(c, _)| Arc::clone(c)).collect();
         let mut closed = 0;
-        for conn in conns {
+        for conn in self.all() {
             if conn.sweep() >= max_stalled && conn.close(CloseReason::Timeout) {
                 closed += 1;
                 self.stats.timeout_disconnects.fetch_add(1, Ordering::Relaxed);
@@ -217,11 +366,14 @@ impl Hub {
         closed
     }
 
-    /// Closes every local connection following `channel`, so that each resumes from its own
-    /// id (and learns of any gap). Returns how many were closed.
+    /// Closes every local connection following `channel` (or a pattern), so that each
+    /// resumes from its own id (and learns of any gap). Returns how many were closed.
     pub fn disconnect_channel(&self, channel: &ChannelName) -> usize {
-        let conns: Vec<Arc<ConnShared>> =
-            self.read().channels.get(channel).map(|subs| subs.to_vec()).unwrap_or_default();
+        let conns: Vec<Arc<ConnShared>> = {
+            let reg = self.read();
+            let map = if channel.is_pattern() { &reg.patterns } else { &reg.channels };
+            map.get(channel).map(|subs| subs.to_vec()).unwrap_or_default()
+        };
         let mut closed = 0;
         for conn in conns {
             if conn.close(CloseReason::Resync) {
@@ -234,8 +386,7 @@ impl Hub {
 
     /// Closes every connection with a drain notice carrying a reconnect delay from `retry_ms`.
     pub fn drain(&self, mut retry_ms: impl FnMut() -> u64) {
-        let conns: Vec<Arc<ConnShared>> = self.read().conns.values().map(|(c, _)| Arc::clone(c)).collect();
-        for conn in conns {
+        for conn in self.all() {
             conn.close(CloseReason::Drain { retry_ms: retry_ms() });
         }
     }
@@ -245,23 +396,29 @@ impl Hub {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// Reports every later departure of a user's connection on `tx` (set once).
+    /// Reports every later departure of a connection on `tx` (set once).
     pub fn report_departures(&self, tx: tokio::sync::mpsc::UnboundedSender<Departure>) {
         let _ = self.departures.set(tx);
     }
 
     /// Every user's connection on this node, as `(user id, connection id)`.
-    pub fn user_connections(&self) -> Vec<Departure> {
+    pub fn user_connections(&self) -> Vec<(Arc<str>, Arc<str>)> {
         self.read()
             .conns
             .values()
-            .filter_map(|(c, _)| c.user_id.as_ref().map(|u| (Arc::clone(u), Arc::clone(&c.id))))
+            .filter_map(|e| e.conn.user_id.as_ref().map(|u| (Arc::clone(u), Arc::clone(&e.conn.id))))
             .collect()
     }
 
-    /// Channels with at least one local subscriber, by name.
+    /// Channels and patterns with at least one local subscriber, by name.
     pub fn active_channels(&self) -> Vec<ChannelName> {
-        self.read().channels.keys().cloned().collect()
+        let reg = self.read();
+        reg.channels.keys().chain(reg.patterns.keys()).cloned().collect()
+    }
+
+    /// Whether `user` has a connection on this node.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.read().users.contains_key(user)
     }
 
     /// Distinct users with at least one connection on this node.
@@ -274,8 +431,28 @@ impl Hub {
         self.read().channels.len()
     }
 
-    /// Local subscribers of one channel.
+    /// Local subscribers of one channel (or pattern).
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.read().channels.get(channel).map_or(0, Vec::len)
+        let reg = self.read();
+        reg.channels.get(channel).or_else(|| reg.patterns.get(channel)).map_or(0, Vec::len)
+    }
+
+    /// Local subscribers of one channel, and the distinct users among them.
+    pub fn channel_members(&self, channel: &str) -> (usize, Vec<Arc<str>>) {
+        let reg = self.read();
+        let Some(subs) = reg.channels.get(channel) else { return (0, Vec::new()) };
+        let mut users: Vec<Arc<str>> = subs.iter().filter_map(|c| c.user_id.clone()).collect();
+        users.sort_unstable();
+        users.dedup();
+        (subs.len(), users)
+    }
+}
+
+fn info(entry: &Entry) -> ConnInfo {
+    ConnInfo {
+        connection: Arc::clone(&entry.conn.id),
+        user: entry.conn.user_id.clone(),
+        user_name: entry.conn.user_name.clone(),
+        channels: entry.channels.clone(),
     }
 }

@@ -49,6 +49,13 @@ pub fn test_config() -> Config {
     }
 }
 
+/// Turns presence off for rooms (`channel:`), for tests about something else.
+pub fn no_presence(config: &mut Config) {
+    config
+        .namespaces
+        .insert("channel".to_owned(), herald::config::NamespaceConfig { presence: Some(false), ..Default::default() });
+}
+
 /// The HS256 secret of [`TestServer::secured`].
 pub const SECRET: &str = "test-secret-that-is-long-enough";
 /// The API key of [`TestServer::secured`], with access to every channel.
@@ -303,6 +310,12 @@ impl Client {
         answer
     }
 
+    pub async fn delete(&mut self, path: &str) -> (StatusCode, Value) {
+        let req = self.request("DELETE", path).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("request: {e}"));
+        let resp = self.send(req).await;
+        read_json(resp).await
+    }
+
     pub async fn get_json(&mut self, path: &str) -> (StatusCode, Value) {
         let req = self.request("GET", path).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("request: {e}"));
         let resp = self.send(req).await;
@@ -383,6 +396,24 @@ impl SseStream {
     /// The next event, which must exist.
     pub async fn expect(&mut self) -> SseEvent {
         self.next().await.unwrap_or_else(|| panic!("stream ended early"))
+    }
+
+    /// The id of this stream's connection, from its `connected` event.
+    pub fn connection_id(&self) -> String {
+        let connected = self.connected.as_ref().unwrap_or_else(|| panic!("no connected event"));
+        connected.data["connectionId"].as_str().unwrap_or_else(|| panic!("no connection id")).to_owned()
+    }
+
+    /// Expects the next event to be `user`'s presence with `status` (`online`, `offline`, `away`).
+    pub async fn expect_presence(&mut self, user: &str, status: &str) -> SseEvent {
+        let ev = self.expect().await;
+        assert_eq!(
+            (ev.data["type"].as_str(), ev.data["userId"].as_str(), ev.data["status"].as_str()),
+            (Some("presence"), Some(user), Some(status)),
+            "{:?}",
+            ev.data
+        );
+        ev
     }
 
     /// Expects the next events to carry `"n"` values `ns`, in order; returns the last id.

@@ -187,6 +187,9 @@ async fn room_announcement_reaches_the_rooms_stream() -> TestResult {
     let (status, answer) = app.json("POST", "/rooms/general/announce", Some(notice())).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
 
+    // First the subscriber's own arrival in the room (presence is on for rooms).
+    let arrival = stream.next_event().await?;
+    assert_eq!((&arrival.data["type"], &arrival.data["status"]), (&"presence".into(), &"online".into()));
     let event = stream.next_event().await?;
     assert_eq!(event.data["type"], "announcement", "{event:?}");
     assert_eq!(event.data["channel"], "channel:general");

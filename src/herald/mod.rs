@@ -7,27 +7,28 @@
 //! the document-shaped helpers [`Herald::send_to_user`], [`Herald::send_to_users`],
 //! [`Herald::send_to_all`] and [`Herald::broadcast`].
 
-use std::collections::HashMap;
+mod presence;
+mod rooms;
+mod stream;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use serde_json::json;
-
 use crate::auth::{Authenticator, Principal};
 use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE};
 use crate::config::{Config, ConfigError};
-use crate::cursor::{Cursor, LastEventId, Position, Resume};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions};
-use crate::engine::{Engine, EngineError, GapReason, HistoryRead, PublishAck};
-use crate::event::{Event, EventError, Prepared, Published, Publisher};
-use crate::hub::connection::{ConnShared, KillSwitch, SseBody};
-use crate::hub::{ConnLimits, Hub, Refused};
+use crate::engine::{Engine, EngineError, PublishAck};
+use crate::event::{Event, EventError, Prepared, Publisher};
+use crate::hub::Hub;
 use crate::limits::RateLimiter;
 use crate::policy::{Denied, Policies};
-use crate::sse;
+
+pub use presence::{PresenceError, USER_STATUSES, UserPresence};
+pub use rooms::{ChannelInfo, RoomError};
+pub use stream::StreamRequest;
 
 /// A publish was refused.
 #[derive(Debug, thiserror::Error)]
@@ -76,30 +77,10 @@ pub enum SubscribeError {
     UserLimit { limit: usize },
     #[error("the server is shutting down")]
     Draining,
+    #[error("pattern subscriptions are not available with a Redis Cluster")]
+    PatternsUnsupported,
     #[error(transparent)]
     Engine(#[from] EngineError),
-}
-
-/// How a client asked for its stream.
-#[derive(Clone, Debug)]
-pub struct StreamRequest {
-    pub principal: Principal,
-    pub channels: Vec<ChannelName>,
-    /// The `Last-Event-ID` header or `lastEventId` query value, if any.
-    pub last_event_id: Option<String>,
-    /// Send `event: <type>` lines (for `addEventListener`) instead of unnamed events.
-    pub named: bool,
-    /// Lets the hub tear down an HTTP/1.1 connection whose reader stalled.
-    pub kill: Option<KillSwitch>,
-    /// Field filters (document 003): only events whose top-level `field` equals `value`,
-    /// for every pair, reach the stream.
-    pub filters: Vec<(String, String)>,
-}
-
-impl StreamRequest {
-    pub fn new(principal: Principal, channels: Vec<ChannelName>) -> Self {
-        Self { principal, channels, last_event_id: None, named: false, kill: None, filters: Vec::new() }
-    }
 }
 
 struct Inner {
@@ -135,9 +116,11 @@ impl Herald {
 
     /// A node with the engine the configuration names: Redis with `redis_url`, the
     /// in-memory engine without. Connects to Redis before it returns.
-    pub async fn start(config: Config) -> Result<Self, StartError> {
+    pub async fn start(mut config: Config) -> Result<Self, StartError> {
         let Some(url) = config.redis_url.clone() else { return Ok(Self::new(config)?) };
         config.validate()?;
+        // Other nodes address this one by its id: fix it before the engine starts.
+        let node_id = config.node_id.get_or_insert_with(random_node_id).clone();
         let policies = Arc::new(Policies::from_config(&config));
         let hub = Arc::new(Hub::new());
         let opts = RedisOptions {
@@ -147,6 +130,7 @@ impl Herald {
             prefix: config.redis_prefix.clone(),
             // A user's connection slot outlives three missed renewals (one per heartbeat).
             slot_lease: config.heartbeat_interval * 3,
+            node_id,
         };
         let engine =
             RedisEngine::connect(opts, Arc::clone(&hub), Arc::clone(&policies)).await.map_err(StartError::Engine)?;
@@ -162,10 +146,7 @@ impl Herald {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let auth = Authenticator::from_config(&config)?;
-        let node_id = config.node_id.clone().unwrap_or_else(|| {
-            let id = crate::ids::new_id();
-            format!("node-{}", &id[id.len() - 8..]).to_lowercase()
-        });
+        let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         let inner = Arc::new(Inner {
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
@@ -179,6 +160,19 @@ impl Herald {
             started: Instant::now(),
             draining: AtomicBool::new(false),
         });
+        let (departed_tx, departed_rx) = tokio::sync::mpsc::unbounded_channel();
+        inner.hub.report_departures(departed_tx);
+        tokio::spawn(presence::departures(Arc::downgrade(&inner), departed_rx));
+        let weak = Arc::downgrade(&inner);
+        inner.engine.set_command_handler(Arc::new(move |command| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(inner) => Herald { inner }.handle_command(command).await,
+                    None => crate::engine::NodeReply::NotHere,
+                }
+            })
+        }));
         tokio::spawn(maintenance(Arc::downgrade(&inner)));
         if inner.config.admin {
             tokio::spawn(publish_node_stats(Arc::downgrade(&inner)));
@@ -242,6 +236,29 @@ impl Herald {
         self.inner.policies.parse_channel(raw)
     }
 
+    /// Parses what a subscription names: a channel, or a pattern (`channel:incidents.*`).
+    pub fn parse_subscription(&self, raw: &str) -> Result<ChannelName, ChannelError> {
+        self.inner.policies.parse_subscription(raw)
+    }
+
+    /// This node's numbers (document 003's broadcaster statistics).
+    pub fn stats(&self) -> Stats {
+        let hub = &self.inner.hub;
+        Stats {
+            connections: hub.connection_count(),
+            channels: hub.channel_count(),
+            users: hub.user_count(),
+            events_sent: hub.stats.events_written.load(Ordering::Relaxed),
+            events_published: self.inner.metrics.publish_accepted.load(Ordering::Relaxed),
+            slow_disconnects: hub.stats.slow_disconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Open connections on this node following `channel` (document 001's room count).
+    pub fn room_count(&self, channel: &str) -> usize {
+        self.inner.hub.subscriber_count(channel)
+    }
+
     /// Publishes one event to `channels` as the application (trusted: no policy check and
     /// no rate limit). A connection following several of the channels receives it once.
     pub async fn publish(&self, channels: Vec<ChannelName>, event: Event) -> Result<PublishAck, PublishError> {
@@ -270,7 +287,8 @@ impl Herald {
         rate_key: &str,
         batch: Vec<(Vec<ChannelName>, Event)>,
     ) -> Result<Vec<PublishAck>, PublishError> {
-        for (channels, _) in &batch {
+        for (channels, event) in &batch {
+            presence::check_not_presence(event)?;
             for ch in channels {
                 self.inner.policies.can_publish(who, ch)?;
             }
@@ -380,165 +398,6 @@ impl Herald {
         let window = (self.inner.config.drain_reconnect_window.as_millis() as u64).max(1);
         self.inner.hub.drain(|| base + fastrand::u64(0..window));
     }
-
-    /// Opens an SSE stream: checks the principal against every channel, registers the
-    /// connection, resumes it from history if asked, and returns the body that delivers
-    /// everything after.
-    pub async fn open_stream(&self, req: StreamRequest) -> Result<SseBody, SubscribeError> {
-        let cfg = &self.inner.config;
-        if self.is_draining() {
-            return Err(SubscribeError::Draining);
-        }
-        let mut channels: Vec<ChannelName> = Vec::with_capacity(req.channels.len());
-        for ch in req.channels {
-            if !channels.contains(&ch) {
-                channels.push(ch);
-            }
-        }
-        if channels.is_empty() {
-            return Err(SubscribeError::NoChannel);
-        }
-        if channels.len() > cfg.max_channels_per_connection {
-            return Err(SubscribeError::TooManyChannels { limit: cfg.max_channels_per_connection });
-        }
-        for ch in &channels {
-            self.inner.policies.can_subscribe(&req.principal, ch)?;
-        }
-
-        let hub = &self.inner.hub;
-        let conn_id: Arc<str> = Arc::from(format!("c{}", crate::ids::new_id().to_lowercase()));
-        let user = req.principal.user_id().cloned();
-        let filters: crate::hub::connection::Filters = req.filters.into_boxed_slice();
-        let shared = Arc::new(ConnShared::new(
-            hub.next_key(),
-            conn_id.clone(),
-            user,
-            cfg.buffer_size,
-            req.kill,
-            filters.clone(),
-        ));
-        let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
-        // Registered before history is read, so nothing published in between is missed;
-        // what is both replayed and queued is dropped by the body's cursor.
-        let activated = hub.register(Arc::clone(&shared), &channels, limits).map_err(|r| match r {
-            Refused::AtCapacity => SubscribeError::AtCapacity,
-            Refused::UserLimit => SubscribeError::UserLimit { limit: cfg.max_connections_per_user },
-        })?;
-        let mut body = SseBody::new(shared, Arc::clone(hub), channels.clone(), Cursor::default(), req.named);
-        if let Some(user) = req.principal.user_id() {
-            // Across nodes (Redis); the hub has already checked this node. On refusal the
-            // body is dropped, which unregisters the connection.
-            if !self.inner.engine.acquire_slot(user, &conn_id, cfg.max_connections_per_user).await? {
-                return Err(SubscribeError::UserLimit { limit: cfg.max_connections_per_user });
-            }
-        }
-        self.inner.engine.watch(&activated).await?;
-
-        let parsed = req.last_event_id.as_deref().map(LastEventId::parse);
-        let mut cursor = Cursor { positions: vec![Position::default(); channels.len()] };
-        let mut gaps: Vec<(usize, &'static str)> = Vec::new();
-        let mut missed: Vec<(Position, usize, Arc<Published>)> = Vec::new();
-        for (i, ch) in channels.iter().enumerate() {
-            let resume = match &parsed {
-                None => Resume::Fresh,
-                Some(None) => Resume::Unknown,
-                Some(Some(id)) => id.resume_for(i, ch.as_str()),
-            };
-            let after = match resume {
-                Resume::From(p) => Some(p),
-                Resume::Fresh | Resume::Unknown => None,
-            };
-            match (resume, self.inner.engine.history(ch, after).await?) {
-                (Resume::From(p), HistoryRead::Events { events, head }) => {
-                    cursor.positions[i] = p;
-                    for ev in events {
-                        let pos = ev.copy_on(ch.as_str()).map_or(head, |c| c.position);
-                        missed.push((pos, i, ev));
-                    }
-                }
-                (Resume::Fresh, HistoryRead::Events { head, .. }) => cursor.positions[i] = head,
-                (Resume::Unknown, HistoryRead::Events { head, .. }) => {
-                    cursor.positions[i] = head;
-                    gaps.push((i, GapReason::UnknownPosition.as_str()));
-                }
-                (_, HistoryRead::Gap { reason, head }) => {
-                    cursor.positions[i] = head;
-                    gaps.push((i, reason.as_str()));
-                }
-            }
-        }
-
-        let named = req.named;
-        let mut pre = BytesMut::with_capacity(512);
-        sse::put_retry(&mut pre, cfg.retry.as_millis() as u64);
-        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let connected = json!({
-            "type": "connected",
-            "connectionId": &*conn_id,
-            "nodeId": self.node_id(),
-            "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
-            "timestamp": now,
-        });
-        let id = cursor.encode(&channels);
-        sse::one_off_event(&mut pre, "connected", &id, connected.to_string().as_bytes(), named);
-        if parsed.is_some() {
-            let m = &self.inner.metrics;
-            let counter = if gaps.is_empty() { &m.resumes_replayed } else { &m.resumes_reset };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        for (i, reason) in gaps {
-            let reset = json!({
-                "type": "reset",
-                "channel": channels[i].as_str(),
-                "reason": reason,
-                "timestamp": now,
-            });
-            tracing::debug!(connection = %conn_id, channel = %channels[i], reason, "resume not possible; sent reset");
-            sse::one_off_event(&mut pre, "reset", &id, reset.to_string().as_bytes(), named);
-        }
-        write_replay(&mut pre, &channels, &mut cursor, missed, named, &filters);
-        body.start(cursor, pre.freeze());
-        Ok(body)
-    }
-}
-
-/// Writes missed events in position order, each once, with the cursor after it as its id.
-fn write_replay(
-    out: &mut BytesMut,
-    channels: &[ChannelName],
-    cursor: &mut Cursor,
-    mut missed: Vec<(Position, usize, Arc<Published>)>,
-    named: bool,
-    filters: &[(String, String)],
-) {
-    missed.sort_by_key(|m| (m.0, m.1));
-    // An event on several of the connection's channels appears once per channel (and, from
-    // some engines, as separate copies): advance every one of those channels together.
-    let mut by_id: HashMap<Arc<str>, Vec<(usize, Position)>> = HashMap::new();
-    for (pos, i, ev) in &missed {
-        by_id.entry(ev.id.clone()).or_default().push((*i, *pos));
-    }
-    for (_, i, ev) in missed {
-        let Some(at) = by_id.remove(&ev.id) else {
-            continue;
-        };
-        for (j, pos) in at {
-            if pos > cursor.positions[j] {
-                cursor.positions[j] = pos;
-            }
-        }
-        if !filters.is_empty() && !ev.matches(filters) {
-            continue;
-        }
-        let Some(copy) = ev.copy_on(channels[i].as_str()) else {
-            continue;
-        };
-        if channels.len() == 1 {
-            out.extend_from_slice(&copy.frame.with_id(named));
-        } else {
-            copy.frame.put_with_own_id(out, &cursor.encode(channels), named);
-        }
-    }
 }
 
 /// For the admin view: this node's numbers on `admin:nodes`, every `admin_interval`.
@@ -589,5 +448,31 @@ async fn maintenance(inner: Weak<Inner>) {
         inner.engine.sweep();
         inner.user_rate.sweep();
         inner.key_rate.sweep();
+        let herald = Herald { inner };
+        tokio::spawn(async move { herald.expire_local_presence().await });
     }
+}
+
+/// A node id for a node that was given none: `node-` and 8 random characters.
+fn random_node_id() -> String {
+    let id = crate::ids::new_id();
+    format!("node-{}", &id[id.len() - 8..]).to_lowercase()
+}
+
+/// A node's numbers, as [`Herald::stats`] reads them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Open connections.
+    pub connections: usize,
+    /// Channels with at least one local subscriber.
+    pub channels: usize,
+    /// Distinct users with a connection.
+    pub users: usize,
+    /// Events written to connections.
+    pub events_sent: u64,
+    /// Events accepted for publishing on this node.
+    pub events_published: u64,
+    /// Connections closed as slow consumers.
+    pub slow_disconnects: u64,
 }

@@ -20,6 +20,9 @@
 //! as a hash tag: `realtime:channel:{general}` (pub/sub), `realtime:channel:{general}:log`
 //! (Stream), `realtime:channel:{general}:floor`, `realtime:{system}` for `system`.
 
+mod commands;
+mod presence;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -30,7 +33,10 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Engine, EngineError, GapReason, HistoryRead, PublishAck};
+use super::{
+    AiSnapshot, BoxFuture, CommandHandler, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply,
+    PresenceEntry, PublishAck,
+};
 use crate::channel::ChannelName;
 use crate::cursor::Position;
 use crate::event::{Copy, Prepared, Published, json_for};
@@ -52,11 +58,12 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, etype, body, pubcmd, fanout = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local n = #KEYS / 2
+local ai_sid, ai_text, ai_done, ai_keep = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
+local n = #KEYS / 3
 local sids, chans, names = {}, {}, {}
 for i = 1, n do
-  local stream, floor = KEYS[2 * i - 1], KEYS[2 * i]
-  local base = 5 + (i - 1) * 4
+  local stream, floor, ai = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local base = 9 + (i - 1) * 4
   local chan, name, maxlen, ttl = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local minid = tostring(math.max(now - ttl, 0)) .. '-0'
   if redis.call('EXISTS', stream) == 0 then
@@ -76,6 +83,21 @@ for i = 1, n do
   end
   redis.call('PEXPIRE', stream, ttl)
   redis.call('PEXPIRE', floor, ttl)
+  -- An AI stream chunk: fold it into the stream's snapshot (text so far, last chunk), kept
+  -- while chunks come and for the retention once done. Same hash tag, same slot.
+  if ai_sid ~= '' then
+    local meta = ai .. ':' .. ai_sid
+    local keep = ttl
+    if ai_done then keep = ai_keep end
+    redis.call('APPEND', meta .. ':text', ai_text)
+    redis.call('HSET', meta, 'last', sid, 'id', id, 'body', body)
+    redis.call('PEXPIRE', meta, keep)
+    redis.call('PEXPIRE', meta .. ':text', keep)
+    redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
+    redis.call('ZADD', ai, now + keep, ai_sid)
+    if redis.call('ZCARD', ai) > 64 then redis.call('ZPOPMIN', ai) end
+    if redis.call('PTTL', ai) < keep then redis.call('PEXPIRE', ai, keep) end
+  end
   sids[i], chans[i], names[i] = sid, chan, name
 end
 -- Every channel's message names every channel's position, so a node delivers the event
@@ -96,9 +118,20 @@ const HISTORY_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
+-- The channel's AI streams, read with the head so that the two agree.
+local streams = {}
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  for _, sid in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    local meta = KEYS[3] .. ':' .. sid
+    local m = redis.call('HMGET', meta, 'last', 'id', 'body')
+    local text = redis.call('GET', meta .. ':text')
+    if m[1] and m[2] and m[3] and text then streams[#streams + 1] = {sid, m[1], m[2], m[3], text} end
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local here = tostring(now) .. '-0'
-  return {here, tostring(math.max(now - ttl, 0)) .. '-0', '0-0', {}}
+  return {here, tostring(math.max(now - ttl, 0)) .. '-0', '0-0', {}, streams}
 end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local head, deleted = '0-0', '0-0'
@@ -107,8 +140,8 @@ for i = 1, #info, 2 do
   if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
 end
 local floor = redis.call('GET', KEYS[2]) or '0-0'
-if ARGV[1] == '' then return {head, floor, deleted, {}} end
-return {head, floor, deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+if ARGV[1] == '' then return {head, floor, deleted, {}, streams} end
+return {head, floor, deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2]), streams}
 ";
 
 /// Takes a connection slot of a user if fewer than the limit are held. KEYS[1] is the
@@ -169,8 +202,10 @@ pub struct RedisOptions {
     pub cluster: bool,
     /// Prefix of every key and pub/sub channel.
     pub prefix: String,
-    /// How long a user's connection slot lives without renewal.
+    /// How long a user's connection slot (and presence) lives without renewal.
     pub slot_lease: Duration,
+    /// This node's id, for commands between nodes.
+    pub node_id: String,
 }
 
 /// Counters the Redis engine keeps.
@@ -209,6 +244,10 @@ pub struct RedisEngine {
     slot_lease: Duration,
     /// The position of the last event delivered per watched channel: where catch-up starts.
     last_seen: Mutex<HashMap<ChannelName, Position>>,
+    /// This node's id: where other nodes send replies to its commands.
+    node_id: String,
+    pending: commands::Pending,
+    presence_scripts: presence::Scripts,
     pub stats: RedisStats,
 }
 
@@ -265,11 +304,11 @@ impl RedisEngine {
             slot_script: Script::new(SLOT_LUA),
             slot_lease: opts.slot_lease,
             last_seen: Mutex::new(HashMap::new()),
+            node_id: opts.node_id,
+            pending: commands::Pending::default(),
+            presence_scripts: presence::Scripts::new(),
             stats: RedisStats::default(),
         });
-        let (departed_tx, departed_rx) = mpsc::unbounded_channel();
-        engine.hub.report_departures(departed_tx);
-        tokio::spawn(release_slots(Arc::downgrade(&engine), departed_rx));
         let (ready_tx, ready_rx) = oneshot::channel();
         match pubsub {
             PubSubClient::Single(client) => {
@@ -290,6 +329,16 @@ impl RedisEngine {
         matches!(self.conn, Conn::Cluster(_))
     }
 
+    /// The Herald channel of a pub/sub channel name (the inverse of [`Self::pubsub_name`]).
+    fn channel_of(&self, pubsub: &str) -> Option<ChannelName> {
+        let rest = pubsub.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
+        let raw = match rest.split_once(":{") {
+            Some((ns, name)) => format!("{ns}:{}", name.strip_suffix('}')?),
+            None => rest.strip_prefix('{')?.strip_suffix('}')?.to_owned(),
+        };
+        ChannelName::parse_with(&raw, |_| true).ok()
+    }
+
     /// The pub/sub channel of a Herald channel: `realtime:channel:{general}`.
     pub fn pubsub_name(&self, channel: &ChannelName) -> String {
         match channel.as_str().split_once(':') {
@@ -304,6 +353,17 @@ impl RedisEngine {
 
     fn floor_key(&self, channel: &ChannelName) -> String {
         format!("{}:floor", self.pubsub_name(channel))
+    }
+
+    /// The index of a channel's AI streams; each stream's snapshot is under `<key>:<id>`.
+    fn streams_key(&self, channel: &ChannelName) -> String {
+        format!("{}:ai", self.pubsub_name(channel))
+    }
+
+    fn stream_retention(&self, channel: &ChannelName) -> u64 {
+        self.policies
+            .of(channel)
+            .map_or(1, |ns| u64::try_from(ns.ai_stream_retention.as_millis()).unwrap_or(u64::MAX).max(1))
     }
 
     fn slots_key(&self, user: &str) -> String {
@@ -326,9 +386,18 @@ impl RedisEngine {
         let mut inv = self.publish_script.prepare_invoke();
         let publish = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
         inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg(publish).arg(p.channels.len());
+        match &p.ai {
+            Some(chunk) => {
+                // Every channel of one event shares its namespace's retention, or the
+                // shortest of them.
+                let keep = channels.iter().map(|c| self.stream_retention(c)).min().unwrap_or(1);
+                inv.arg(&chunk.stream_id).arg(&chunk.text).arg(if chunk.done { "1" } else { "0" }).arg(keep)
+            }
+            None => inv.arg("").arg("").arg("0").arg(0),
+        };
         for ch in channels {
             let (size, ttl) = self.limits(ch);
-            inv.key(self.stream_key(ch)).key(self.floor_key(ch));
+            inv.key(self.stream_key(ch)).key(self.floor_key(ch)).key(self.streams_key(ch));
             inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
         }
         inv
@@ -395,22 +464,24 @@ impl RedisEngine {
             .history_script
             .key(self.stream_key(channel))
             .key(self.floor_key(channel))
+            .key(self.streams_key(channel))
             .arg(after_arg)
             .arg(size.max(1))
             .arg(ttl)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let (head, floor, entries) = parse_history(&reply).ok_or_else(|| unavailable("unexpected history reply"))?;
-        let Some(p) = after else { return Ok(HistoryRead::Events { events: Vec::new(), head }) };
-        if p > head {
-            return Ok(HistoryRead::Gap { reason: GapReason::UnknownPosition, head });
-        }
-        if p < floor {
-            return Ok(HistoryRead::Gap { reason: GapReason::HistoryExpired, head });
-        }
-        let events = entries.into_iter().filter_map(|(pos, fields)| stored_event(channel, pos, &fields)).collect();
-        Ok(HistoryRead::Events { events, head })
+        let (head, floor, entries, streams) =
+            parse_history(channel, &reply).ok_or_else(|| unavailable("unexpected history reply"))?;
+        let events = match after {
+            None => Ok(Vec::new()),
+            Some(p) if p > head => Err(GapReason::UnknownPosition),
+            Some(p) if p < floor => Err(GapReason::HistoryExpired),
+            Some(_) => {
+                Ok(entries.into_iter().filter_map(|(pos, fields)| stored_event(channel, pos, &fields)).collect())
+            }
+        };
+        Ok(HistoryRead { head, events, streams })
     }
 
     fn note_seen(&self, channel: &ChannelName, pos: Position) {
@@ -456,11 +527,12 @@ impl RedisEngine {
 
     /// After a reconnect: delivers what each watched channel got since its last delivered event.
     async fn catch_up(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        for ch in channels {
+        for ch in channels.iter().filter(|c| !c.is_pattern()) {
             let from = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner).get(ch).copied();
             let Some(from) = from else { continue };
-            match self.read(ch, Some(from)).await? {
-                HistoryRead::Events { events, .. } => {
+            let read = self.read(ch, Some(from)).await?;
+            match read.events {
+                Ok(events) => {
                     if !events.is_empty() {
                         tracing::info!(channel = %ch, events = events.len(), "delivering events published during the outage");
                     }
@@ -471,12 +543,12 @@ impl RedisEngine {
                         self.hub.deliver(&ev);
                     }
                 }
-                HistoryRead::Gap { head, .. } => {
+                Err(_) => {
                     // Events were missed and cannot be replayed here: close the channel's
                     // streams, so that each client resumes and is told to refetch (`reset`).
                     let closed = self.hub.disconnect_channel(ch);
                     tracing::warn!(channel = %ch, closed, "history no longer covers the outage; streams closed to resync");
-                    self.note_seen(ch, head);
+                    self.note_seen(ch, read.head);
                 }
             }
         }
@@ -485,7 +557,7 @@ impl RedisEngine {
 
     /// The head of a channel's Stream, remembered as where catch-up would start.
     async fn mark_head(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        let (HistoryRead::Events { head, .. } | HistoryRead::Gap { head, .. }) = self.read(channel, None).await?;
+        let head = self.read(channel, None).await?.head;
         self.note_seen(channel, head);
         Ok(())
     }
@@ -504,7 +576,7 @@ fn stored_event(channel: &ChannelName, pos: Position, fields: &HashMap<String, S
 
 type Entries = Vec<(Position, HashMap<String, String>)>;
 
-fn parse_history(reply: &Value) -> Option<(Position, Position, Entries)> {
+fn parse_history(channel: &ChannelName, reply: &Value) -> Option<(Position, Position, Entries, Vec<AiSnapshot>)> {
     let Value::Array(items) = reply else { return None };
     let text = |v: &Value| -> Option<String> { redis::from_redis_value_ref::<String>(v).ok() };
     let head = Position::parse_stream_id(&text(items.first()?)?)?;
@@ -527,7 +599,22 @@ fn parse_history(reply: &Value) -> Option<(Position, Position, Entries)> {
             entries.push((pos, fields));
         }
     }
-    Some((head, floor.max(deleted), entries))
+    let mut streams = Vec::new();
+    if let Some(Value::Array(list)) = items.get(4) {
+        for stream in list {
+            let Value::Array(parts) = stream else { continue };
+            let part = |i: usize| parts.get(i).and_then(text);
+            let (Some(sid), Some(last), Some(id), Some(body), Some(all)) =
+                (part(0), part(1), part(2), part(3), part(4))
+            else {
+                continue;
+            };
+            let Some(last) = Position::parse_stream_id(&last) else { continue };
+            let json = json_for(&id, channel.as_str(), &body);
+            streams.extend(AiSnapshot::from_last_chunk(sid, last, &json, all));
+        }
+    }
+    Some((head, floor.max(deleted), entries, streams))
 }
 
 /// How long one pub/sub operation may take before the connection counts as lost.
@@ -571,6 +658,16 @@ async fn cluster_pubsub_task(
             }
         }
     };
+    let (control, replies) = match engine.upgrade() {
+        Some(this) => (this.commands_channel(), this.replies_channel(&this.node_id)),
+        None => return,
+    };
+    // Node commands and replies, on sharded channels of their own.
+    for name in [&control, &replies] {
+        if let Err(e) = deadline(conn.ssubscribe(name)).await {
+            tracing::warn!(error = %e, "cannot subscribe to node commands; live joins across nodes will fail");
+        }
+    }
     if let Some(this) = engine.upgrade() {
         this.healthy.store(true, Ordering::Relaxed);
     }
@@ -586,6 +683,14 @@ async fn cluster_pubsub_task(
                 let Some(push) = push else { return };
                 let Some(this) = engine.upgrade() else { return };
                 let channel = push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+                if push.kind == redis::PushKind::SMessage
+                    && let Some(name) = channel.as_deref().filter(|c| *c == control || *c == replies)
+                {
+                    if let Some(payload) = push.data.get(1).and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok()) {
+                        if name == control { this.on_command(&payload) } else { this.on_reply(&payload) }
+                    }
+                    continue;
+                }
                 let Some(ch) = channel.as_deref().and_then(|c| names.get(c)) else { continue };
                 match push.kind {
                     redis::PushKind::SMessage => {
@@ -656,21 +761,8 @@ async fn cluster_pubsub_task(
     }
 }
 
-/// Gives back the connection slots of users' connections that left this node.
-async fn release_slots(engine: Weak<RedisEngine>, mut departed: mpsc::UnboundedReceiver<crate::hub::Departure>) {
-    while let Some((user, conn_id)) = departed.recv().await {
-        let Some(this) = engine.upgrade() else { return };
-        let mut conn = this.conn.clone();
-        let key = this.slots_key(&user);
-        drop(this);
-        let released: Result<i64, _> = conn.zrem(key, &*conn_id).await;
-        if let Err(e) = released {
-            tracing::debug!(error = %e, "could not release a connection slot; its lease will lapse");
-        }
-    }
-}
-
-/// The node's pub/sub connection: subscriptions, live messages, reconnects and catch-up.
+/// The node's pub/sub connection: subscriptions (channels with `SUBSCRIBE`, patterns with
+/// `PSUBSCRIBE`), live messages, node commands, reconnects and catch-up.
 async fn pubsub_task(
     engine: Weak<RedisEngine>,
     client: redis::Client,
@@ -706,14 +798,24 @@ async fn pubsub_task(
             }
         };
         let (mut sink, mut stream) = pubsub.split();
+        let control = this.commands_channel();
+        let replies = this.replies_channel(&this.node_id);
         // Resubscribe what the hub has, then catch up what was missed while cut off.
         let active = this.hub.active_channels();
         let mut names: HashMap<String, ChannelName> = active.iter().map(|c| (this.pubsub_name(c), c.clone())).collect();
-        let subscribed: Vec<String> = names.keys().cloned().collect();
-        if !subscribed.is_empty()
-            && let Err(e) = deadline(sink.subscribe(&subscribed)).await
-        {
+        let mut subscribed: Vec<String> =
+            names.iter().filter(|(_, c)| !c.is_pattern()).map(|(n, _)| n.clone()).collect();
+        subscribed.push(control.clone());
+        subscribed.push(replies.clone());
+        let patterns: Vec<String> = names.iter().filter(|(_, c)| c.is_pattern()).map(|(n, _)| n.clone()).collect();
+        if let Err(e) = deadline(sink.subscribe(&subscribed)).await {
             tracing::warn!(error = %e, "resubscribing failed");
+            continue;
+        }
+        if !patterns.is_empty()
+            && let Err(e) = deadline(sink.psubscribe(&patterns)).await
+        {
+            tracing::warn!(error = %e, "resubscribing patterns failed");
             continue;
         }
         if let Err(e) = this.catch_up(&active).await {
@@ -722,6 +824,11 @@ async fn pubsub_task(
         }
         if ready.is_none() {
             this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            // Patterns keep no position to catch up from: their streams resume, and are
+            // told plainly that they cannot replay.
+            for pattern in active.iter().filter(|c| c.is_pattern()) {
+                this.hub.disconnect_channel(pattern);
+            }
             tracing::info!(channels = active.len(), "redis pub/sub connection restored");
         }
         this.healthy.store(true, Ordering::Relaxed);
@@ -737,8 +844,23 @@ async fn pubsub_task(
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
                     let Some(this) = engine.upgrade() else { return };
-                    if let Some(ch) = names.get(msg.get_channel_name()) {
+                    let name = msg.get_channel_name();
+                    if msg.from_pattern() {
+                        // Delivered once per node: by the channel's own subscription if the
+                        // node has one, else by the first matching pattern.
+                        let pattern: String = msg.get_pattern().unwrap_or_default();
+                        let Some(ch) = this.channel_of(name) else { continue };
+                        let first = names.iter().filter(|(_, p)| p.matches(&ch)).map(|(n, _)| n).min();
+                        if names.contains_key(name) || first != Some(&pattern) {
+                            continue;
+                        }
+                        this.on_message(&ch, msg.get_payload_bytes());
+                    } else if let Some(ch) = names.get(name) {
                         this.on_message(ch, msg.get_payload_bytes());
+                    } else if name == control {
+                        this.on_command(msg.get_payload_bytes());
+                    } else if name == replies {
+                        this.on_reply(msg.get_payload_bytes());
                     }
                 }
                 cmd = commands.recv() => {
@@ -750,18 +872,31 @@ async fn pubsub_task(
                         let _ = ack.send(Ok(()));
                         continue;
                     }
-                    let wanted: Vec<String> = fresh.iter().map(|c| this.pubsub_name(c)).collect();
-                    if let Err(e) = deadline(sink.subscribe(&wanted)).await {
+                    let (patterns, plain): (Vec<ChannelName>, Vec<ChannelName>) =
+                        fresh.into_iter().partition(ChannelName::is_pattern);
+                    let wanted: Vec<String> = plain.iter().map(|c| this.pubsub_name(c)).collect();
+                    let wanted_patterns: Vec<String> = patterns.iter().map(|c| this.pubsub_name(c)).collect();
+                    let subscribed = async {
+                        if !wanted.is_empty() {
+                            deadline(sink.subscribe(&wanted)).await?;
+                        }
+                        if !wanted_patterns.is_empty() {
+                            deadline(sink.psubscribe(&wanted_patterns)).await?;
+                        }
+                        Ok::<(), String>(())
+                    };
+                    if let Err(e) = subscribed.await {
                         let _ = ack.send(Err(unavailable(e)));
                         break;
                     }
                     let mut result = Ok(());
-                    for (name, ch) in wanted.into_iter().zip(fresh) {
+                    for (name, ch) in wanted.into_iter().zip(plain) {
                         if let Err(e) = this.mark_head(&ch).await {
                             result = Err(e);
                         }
                         names.insert(name, ch);
                     }
+                    names.extend(wanted_patterns.into_iter().zip(patterns));
                     let _ = ack.send(result);
                 }
                 _ = reconcile.tick() => {
@@ -771,20 +906,32 @@ async fn pubsub_task(
                         break;
                     }
                     let Some(this) = engine.upgrade() else { return };
-                    let idle: Vec<String> = names
+                    type Named = Vec<(String, ChannelName)>;
+                    let (idle_patterns, idle): (Named, Named) = names
                         .iter()
                         .filter(|(_, ch)| this.hub.subscriber_count(ch.as_str()) == 0)
-                        .map(|(name, _)| name.clone())
-                        .collect();
-                    if idle.is_empty() {
+                        .map(|(name, ch)| (name.clone(), ch.clone()))
+                        .partition(|(_, ch)| ch.is_pattern());
+                    if idle.is_empty() && idle_patterns.is_empty() {
                         continue;
                     }
-                    if let Err(e) = deadline(sink.unsubscribe(&idle)).await {
+                    let idle_names: Vec<&String> = idle.iter().map(|(n, _)| n).collect();
+                    let idle_pattern_names: Vec<&String> = idle_patterns.iter().map(|(n, _)| n).collect();
+                    let unsubscribed = async {
+                        if !idle_names.is_empty() {
+                            deadline(sink.unsubscribe(&idle_names)).await?;
+                        }
+                        if !idle_pattern_names.is_empty() {
+                            deadline(sink.punsubscribe(&idle_pattern_names)).await?;
+                        }
+                        Ok::<(), String>(())
+                    };
+                    if let Err(e) = unsubscribed.await {
                         tracing::warn!(error = %e, "unsubscribing idle channels failed");
                         break;
                     }
                     let mut seen = this.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
-                    for name in idle {
+                    for (name, _) in idle.into_iter().chain(idle_patterns) {
                         if let Some(ch) = names.remove(&name) {
                             seen.remove(&ch);
                         }
@@ -862,6 +1009,74 @@ impl Engine for RedisEngine {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    fn release_slot<'a>(&'a self, user: &'a str, conn_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let released: Result<i64, _> = self.conn.clone().zrem(self.slots_key(user), conn_id).await;
+            if let Err(e) = released {
+                tracing::debug!(error = %e, "could not release a connection slot; its lease will lapse");
+            }
+        })
+    }
+
+    fn command(&self, command: NodeCommand) -> BoxFuture<'_, Result<Vec<NodeReply>, EngineError>> {
+        Box::pin(self.send_command(command))
+    }
+
+    fn set_command_handler(&self, handler: CommandHandler) {
+        let _ = self.pending.handler.set(handler);
+    }
+
+    /// Sharded pub/sub has no pattern subscriptions.
+    fn supports_patterns(&self) -> bool {
+        !self.is_cluster()
+    }
+
+    fn presence_join<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        conn: &'a str,
+        user: &'a PresenceEntry,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(self.presence_join(channel, conn, user))
+    }
+
+    fn presence_leave<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        conn: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(self.presence_leave(channel, conn, grace))
+    }
+
+    fn presence_expire<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>> {
+        Box::pin(self.presence_expire(channel))
+    }
+
+    fn presence_list<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>> {
+        Box::pin(self.presence_list(channel))
+    }
+
+    fn presence_set_status<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        user: &'a str,
+        status: &'a str,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(self.presence_set_status(channel, user, status))
+    }
+
+    fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>> {
+        Box::pin(self.user_presence(user))
+    }
+
+    fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(self.set_user_status(user, status))
+    }
+
     fn acquire_slot<'a>(
         &'a self,
         user: &'a str,
@@ -884,8 +1099,18 @@ impl Engine for RedisEngine {
         })
     }
 
-    /// Renews the leases of this node's users' connection slots.
+    /// Renews the leases of this node's users' connection slots and presence.
     fn sweep(&self) {
+        let presence = self.presence_renewals();
+        let mut presence_conn = self.conn.clone();
+        tokio::spawn(async move {
+            for pipe in presence {
+                let renewed: Result<(), _> = pipe.query_async(&mut presence_conn).await;
+                if let Err(e) = renewed {
+                    tracing::warn!(error = %e, "could not renew presence leases");
+                }
+            }
+        });
         let slots = self.hub.user_connections();
         if slots.is_empty() {
             return;

@@ -1,0 +1,88 @@
+//! Readings of a process from `/proc`: CPU time (`stat`: utime + stime, all threads, in
+//! clock ticks of 1/100 s, Linux's USER_HZ) and memory (`status` VmRSS, `smaps_rollup` Pss).
+
+use serde::{Deserialize, Serialize};
+
+/// Linux reports `/proc/<pid>/stat` times in USER_HZ, which is 100 on every architecture
+/// Linux ships (the kernel converts from its internal HZ).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds (user + system) the process has used so far, all threads included.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state(3) ... utime(14) stime(15); `rest` starts at field 3.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+}
+
+/// Sum of [`cpu_seconds`] over several processes; processes that are gone count 0.
+pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+}
+
+/// Memory of a set of processes, in KiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Resident set size (VmRSS), summed: pages shared between the processes count twice.
+    pub rss_kb: u64,
+    /// Proportional set size (Pss from smaps_rollup): shared pages split between sharers.
+    pub pss_kb: u64,
+}
+
+fn kb_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+pub fn memory(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = kb_field(&status, "VmRSS:")?;
+    let pss_kb = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| kb_field(&t, "Pss:"))
+        .unwrap_or(0);
+    Some(Memory { rss_kb, pss_kb })
+}
+
+pub fn memory_all(pids: &[u32]) -> Memory {
+    pids.iter()
+        .filter_map(|p| memory(*p))
+        .fold(Memory::default(), |a, m| Memory { rss_kb: a.rss_kb + m.rss_kb, pss_kb: a.pss_kb + m.pss_kb })
+}
+
+/// Kernel slab memory of the whole machine (`Slab:` of /proc/meminfo), in KiB: where the
+/// kernel keeps sockets. Machine-wide, so other work moves it too.
+pub fn kernel_slab_kb() -> Option<u64> {
+    kb_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "Slab:")
+}
+
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_memory_and_files() {
+        let me = std::process::id();
+        // Spin a little so the tick counter moves past zero on any machine.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(30) {
+            x = x.wrapping_mul(31).wrapping_add(1);
+        }
+        assert!(x != 1);
+        assert!(cpu_seconds(me).is_some_and(|s| s > 0.0));
+        let m = memory(me).unwrap_or_else(|| panic!("no memory reading"));
+        assert!(m.rss_kb > 100, "{m:?}");
+        assert!(open_fds(me).is_some_and(|n| n >= 3));
+        assert!(kernel_slab_kb().is_some_and(|kb| kb > 0));
+        assert_eq!(cpu_seconds(u32::MAX), None);
+    }
+}

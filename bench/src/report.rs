@@ -1,0 +1,386 @@
+//! A run's result ([`Outcome`]): printed for people, written as JSON, and gathered from
+//! several JSON files into a markdown table with the median and spread of repeated runs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::Hist;
+use crate::procfs::Memory;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn from_hist(h: &Hist) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            samples: h.count(),
+            p50_ms: ms(h.quantile(0.5)),
+            p90_ms: ms(h.quantile(0.9)),
+            p99_ms: ms(h.quantile(0.99)),
+            p999_ms: ms(h.quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MemoryReport {
+    pub before: Memory,
+    pub after: Memory,
+    /// Growth of the server's RSS per established connection, bytes.
+    pub rss_per_connection: f64,
+    /// Growth of the server's Pss per established connection, bytes.
+    pub pss_per_connection: f64,
+    /// Growth of the kernel's slab memory per connection, bytes: both ends of each
+    /// loopback connection (the bench's socket and the server's), and anything else the
+    /// machine did meanwhile.
+    pub kernel_slab_per_connection: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    pub label: String,
+    pub case: String,
+    pub scenario: String,
+    pub proto: String,
+    pub run: String,
+    pub subscribers: u64,
+    pub established: u64,
+    pub connect_failed: u64,
+    pub channels: u64,
+    pub workers: u64,
+    pub events: u64,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub gaps: u64,
+    pub closed_early: u64,
+    /// Seconds to establish every subscriber.
+    pub connect_s: f64,
+    /// Seconds from the first publish to the last delivery.
+    pub delivery_s: f64,
+    pub deliveries_per_s: f64,
+    pub events_per_s: f64,
+    pub latency: Latency,
+    /// Server CPU while connecting (all --server-pid processes).
+    pub connect_server_cpu_s: f64,
+    /// Server CPU from the first publish to the last delivery.
+    pub server_cpu_s: f64,
+    /// The bench's own CPU (coordinator and workers) over the same time.
+    pub client_cpu_s: f64,
+    pub deliveries_per_server_cpu_s: f64,
+    /// Share of one core the server used from the first publish to the last delivery.
+    pub server_busy: f64,
+    /// Share of one core the bench used over the same time (near 1.0: the bench may be the
+    /// bottleneck).
+    pub client_busy: f64,
+    pub memory: Option<MemoryReport>,
+    /// Every subscriber established, every event delivered once and in order.
+    pub ok: bool,
+    pub errors: Vec<String>,
+}
+
+fn si(v: f64) -> String {
+    if v >= 10_000.0 {
+        let whole = v.round() as u64;
+        let s = whole.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+impl Outcome {
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} {} [{}]{}: {} of {} subscribers established in {:.2} s ({} workers), {} channel(s)",
+            self.scenario,
+            self.proto,
+            self.run,
+            if self.label.is_empty() { String::new() } else { format!(" {}", self.label) },
+            self.established,
+            self.subscribers,
+            self.connect_s,
+            self.workers,
+            self.channels
+        );
+        if let Some(m) = &self.memory {
+            let _ = writeln!(
+                s,
+                "  server memory: RSS {} -> {} KiB, Pss {} -> {} KiB; per connection {:.2} KiB RSS, {:.2} KiB Pss \
+                 (kernel slab, both ends: {:.2} KiB)",
+                m.before.rss_kb,
+                m.after.rss_kb,
+                m.before.pss_kb,
+                m.after.pss_kb,
+                m.rss_per_connection / 1024.0,
+                m.pss_per_connection / 1024.0,
+                m.kernel_slab_per_connection / 1024.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  events {}: deliveries {} of {} expected; lost {}, duplicates {}, gaps {}, closed early {}",
+            self.events,
+            self.delivered,
+            self.expected_deliveries,
+            self.lost,
+            self.duplicates,
+            self.gaps,
+            self.closed_early
+        );
+        let _ = writeln!(
+            s,
+            "  {} deliveries/s ({} events/s) over {:.3} s; latency p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
+            si(self.deliveries_per_s),
+            si(self.events_per_s),
+            self.delivery_s,
+            self.latency.p50_ms,
+            self.latency.p90_ms,
+            self.latency.p99_ms,
+            self.latency.p999_ms,
+            self.latency.max_ms
+        );
+        let _ = writeln!(
+            s,
+            "  CPU: server {:.2} s ({} deliveries per server CPU-second, {:.0}% busy), client {:.2} s ({:.0}% busy); \
+             connecting: server {:.2} s",
+            self.server_cpu_s,
+            si(self.deliveries_per_server_cpu_s),
+            self.server_busy * 100.0,
+            self.client_cpu_s,
+            self.client_busy * 100.0,
+            self.connect_server_cpu_s
+        );
+        for e in &self.errors {
+            let _ = writeln!(s, "  error: {e}");
+        }
+        let _ = writeln!(s, "  result: {}", if self.ok { "OK" } else { "FAILED" });
+        s
+    }
+}
+
+/// One line of the table: a name and how to read it from an outcome.
+struct Metric {
+    name: &'static str,
+    get: fn(&Outcome) -> f64,
+    /// Digits after the point.
+    digits: usize,
+}
+
+fn metrics_for(scenario: &str) -> Vec<Metric> {
+    let m = |name, get, digits| Metric { name, get, digits };
+    let established = m("connections established", (|o: &Outcome| o.established as f64) as fn(&Outcome) -> f64, 0);
+    let lost = m("events lost + duplicated + gaps", |o| (o.lost + o.duplicates + o.gaps) as f64, 0);
+    match scenario {
+        "idle" => vec![
+            established,
+            m(
+                "server Pss per connection (KiB)",
+                |o| o.memory.as_ref().map_or(0.0, |m| m.pss_per_connection / 1024.0),
+                2,
+            ),
+            m(
+                "server RSS per connection (KiB)",
+                |o| o.memory.as_ref().map_or(0.0, |m| m.rss_per_connection / 1024.0),
+                2,
+            ),
+            m(
+                "kernel slab per connection, both ends (KiB)",
+                |o| o.memory.as_ref().map_or(0.0, |m| m.kernel_slab_per_connection / 1024.0),
+                2,
+            ),
+            m("server CPU to accept them (s)", |o| o.connect_server_cpu_s, 2),
+            m("seconds to connect all", |o| o.connect_s, 2),
+            lost,
+        ],
+        "latency" => vec![
+            m("latency p50 (ms)", |o| o.latency.p50_ms, 2),
+            m("latency p99 (ms)", |o| o.latency.p99_ms, 2),
+            m("latency p99.9 (ms)", |o| o.latency.p999_ms, 2),
+            m("latency max (ms)", |o| o.latency.max_ms, 2),
+            m("deliveries per server CPU-second", |o| o.deliveries_per_server_cpu_s, 0),
+            m("server CPU (s)", |o| o.server_cpu_s, 2),
+            lost,
+        ],
+        _ => vec![
+            m("deliveries per second", |o| o.deliveries_per_s, 0),
+            m("deliveries per server CPU-second", |o| o.deliveries_per_server_cpu_s, 0),
+            m("server CPU (s)", |o| o.server_cpu_s, 2),
+            m("server core busy (%)", |o| o.server_busy * 100.0, 0),
+            m("client core busy (%)", |o| o.client_busy * 100.0, 0),
+            m("latency p50 (ms)", |o| o.latency.p50_ms, 2),
+            m("latency p99 (ms)", |o| o.latency.p99_ms, 2),
+            lost,
+        ],
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn show(v: f64, digits: usize) -> String {
+    if digits == 0 { si(v.round()) } else { format!("{v:.digits$}") }
+}
+
+/// Median, with min–max when runs differ: `1.23 (1.20–1.30)`.
+fn cell(values: &[f64], digits: usize) -> String {
+    let mut v = values.to_vec();
+    let med = median(&mut v);
+    let (lo, hi) = (v.first().copied().unwrap_or(0.0), v.last().copied().unwrap_or(0.0));
+    if v.len() < 2 || show(lo, digits) == show(hi, digits) {
+        show(med, digits)
+    } else {
+        format!("{} ({}–{})", show(med, digits), show(lo, digits), show(hi, digits))
+    }
+}
+
+/// The markdown table: a section per case, a column per server (in order of first
+/// appearance), a row per metric, and the ratio of the first server to the second.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut cases: Vec<String> = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
+    let mut by: BTreeMap<(String, String), Vec<&Outcome>> = BTreeMap::new();
+    for o in outcomes {
+        if !cases.contains(&o.case) {
+            cases.push(o.case.clone());
+        }
+        if !labels.contains(&o.label) {
+            labels.push(o.label.clone());
+        }
+        by.entry((o.case.clone(), o.label.clone())).or_default().push(o);
+    }
+    let mut s = String::new();
+    let _ = write!(s, "| case | metric |");
+    for l in &labels {
+        let _ = write!(s, " {l} |");
+    }
+    let ratio = labels.len() == 2;
+    if ratio {
+        let _ = write!(s, " {} / {} |", labels[0], labels[1]);
+    }
+    let _ = writeln!(s);
+    let _ = write!(s, "|---|---|");
+    for _ in &labels {
+        let _ = write!(s, "---:|");
+    }
+    if ratio {
+        let _ = write!(s, "---:|");
+    }
+    let _ = writeln!(s);
+    for case in &cases {
+        let Some(first) = labels.iter().find_map(|l| by.get(&(case.clone(), l.clone()))).and_then(|v| v.first()) else {
+            continue;
+        };
+        let runs = labels.iter().filter_map(|l| by.get(&(case.clone(), l.clone())).map(Vec::len)).max().unwrap_or(0);
+        let title = format!(
+            "{} ({} {}, {} subs, {} events, {} run{})",
+            case,
+            first.scenario,
+            first.proto,
+            first.subscribers,
+            first.events,
+            runs,
+            if runs == 1 { "" } else { "s" }
+        );
+        for (row, metric) in metrics_for(&first.scenario).iter().enumerate() {
+            let _ = write!(s, "| {} | {} |", if row == 0 { title.as_str() } else { "" }, metric.name);
+            let mut medians = Vec::new();
+            for l in &labels {
+                match by.get(&(case.clone(), l.clone())) {
+                    Some(runs) => {
+                        let values: Vec<f64> = runs.iter().map(|o| (metric.get)(o)).collect();
+                        medians.push(Some(median(&mut values.clone())));
+                        let failed = runs.iter().filter(|o| !o.ok).count();
+                        let mark = if failed > 0 { format!(" ⚠{failed} failed") } else { String::new() };
+                        let _ = write!(s, " {}{} |", cell(&values, metric.digits), mark);
+                    }
+                    None => {
+                        medians.push(None);
+                        let _ = write!(s, " – |");
+                    }
+                }
+            }
+            if ratio {
+                match (medians[0], medians[1]) {
+                    (Some(a), Some(b)) if b != 0.0 => {
+                        let _ = write!(s, " {:.2}x |", a / b);
+                    }
+                    _ => {
+                        let _ = write!(s, " – |");
+                    }
+                }
+            }
+            let _ = writeln!(s);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(label: &str, dps: f64, ok: bool) -> Outcome {
+        Outcome {
+            label: label.into(),
+            case: "fanout-1k".into(),
+            scenario: "fanout".into(),
+            proto: "h1".into(),
+            deliveries_per_s: dps,
+            ok,
+            ..Outcome::default()
+        }
+    }
+
+    #[test]
+    fn the_table_shows_median_spread_ratio_and_failures() {
+        let runs = [
+            outcome("herald", 300_000.0, true),
+            outcome("herald", 100_000.0, true),
+            outcome("herald", 200_000.0, false),
+            outcome("nchan", 100_000.0, true),
+        ];
+        let t = table(&runs);
+        let row = t.lines().find(|l| l.contains("deliveries per second")).unwrap_or_default();
+        assert!(row.contains("200,000 (100,000–300,000) ⚠1 failed"), "{t}");
+        assert!(row.contains("| 100,000 |") && row.contains("2.00x"), "{t}");
+    }
+
+    #[test]
+    fn medians_of_even_counts_are_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
+}

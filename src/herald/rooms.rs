@@ -1,0 +1,256 @@
+//! Live rooms (document 001's `JoinRoom`/`LeaveRoom`): channels added to and removed from
+//! an open connection, events sent to one connection, and room counts, on whichever node
+//! the connection lives.
+//!
+//! The node that takes the request checks the caller against the channel's policy, then
+//! sends a [`NodeCommand`] to every node through the engine; the node holding the
+//! connection checks that it belongs to the caller (or that the caller is trusted), and
+//! does it. Counts gather every node's answer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Herald, PublishError};
+use crate::auth::Principal;
+use crate::channel::ChannelName;
+use crate::engine::{EngineError, NodeCommand, NodeReply};
+use crate::event::{Event, EventError, Publisher};
+use crate::hub::connection::JoinStart;
+use crate::hub::{Departure, Joined, NotJoined};
+use crate::policy::Denied;
+
+/// A live join, leave or send was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error("no open connection `{0}`")]
+    NoConnection(String),
+    #[error("connection `{0}` belongs to another user")]
+    NotYours(String),
+    #[error("a connection may follow at most {0} channels")]
+    TooManyChannels(usize),
+    #[error("pattern subscriptions cannot be added to a live connection")]
+    Pattern,
+    #[error("{0}")]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A channel's subscribers and users, across every node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelInfo {
+    pub channel: String,
+    pub subscribers: usize,
+    pub users: usize,
+}
+
+impl Herald {
+    /// Adds `channel` to the open connection `connection`, wherever it lives. The caller
+    /// must be allowed to subscribe to the channel, and be the connection's user or trusted
+    /// (an API key, or the application with [`Principal::ApiKey`]).
+    pub async fn join(&self, who: &Principal, connection: &str, channel: &ChannelName) -> Result<(), RoomError> {
+        if channel.is_pattern() {
+            return Err(RoomError::Pattern);
+        }
+        self.policies().can_subscribe(who, channel)?;
+        let command = NodeCommand::Join {
+            connection: connection.to_owned(),
+            channel: channel.to_string(),
+            user: asking_user(who),
+        };
+        self.run_on_connection(command, connection).await
+    }
+
+    /// Removes `channel` from the open connection `connection`, wherever it lives.
+    pub async fn leave(&self, who: &Principal, connection: &str, channel: &ChannelName) -> Result<(), RoomError> {
+        let command = NodeCommand::Leave {
+            connection: connection.to_owned(),
+            channel: channel.to_string(),
+            user: asking_user(who),
+        };
+        self.run_on_connection(command, connection).await
+    }
+
+    /// Sends an event to one connection alone, wherever it lives (trusted: the
+    /// application's call). Its JSON has `id`, `type`, `timestamp` and the payload, no
+    /// channel; it is not kept in any history.
+    pub async fn send_to_connection(&self, connection: &str, event: Event) -> Result<(), RoomError> {
+        let json = crate::event::direct_json(event, &Publisher::default(), self.config().max_payload_bytes)?;
+        let (event_type, json) = json;
+        let command = NodeCommand::Send { connection: connection.to_owned(), event_type, json };
+        self.run_on_connection(command, connection).await
+    }
+
+    async fn run_on_connection(&self, command: NodeCommand, connection: &str) -> Result<(), RoomError> {
+        let replies = self.engine().command(command).await?;
+        let mut refused = None;
+        for reply in replies {
+            match reply {
+                NodeReply::Done => return Ok(()),
+                NodeReply::Refused { code, message } => refused = Some((code, message)),
+                NodeReply::NotHere | NodeReply::Count { .. } => {}
+            }
+        }
+        match refused {
+            Some((code, message)) => Err(match code.as_str() {
+                "not_yours" => RoomError::NotYours(connection.to_owned()),
+                "too_many_channels" => RoomError::TooManyChannels(self.config().max_channels_per_connection),
+                _ => RoomError::Engine(EngineError::Unavailable(message)),
+            }),
+            None => Err(RoomError::NoConnection(connection.to_owned())),
+        }
+    }
+
+    /// A channel's subscribers and distinct users on every node, for a principal who may
+    /// subscribe to it.
+    pub async fn channel_info(&self, who: &Principal, channel: &ChannelName) -> Result<ChannelInfo, RoomError> {
+        self.policies().can_subscribe(who, channel)?;
+        let replies = self.engine().command(NodeCommand::Count { channel: channel.to_string() }).await?;
+        let mut subscribers = 0;
+        let mut users: Vec<String> = Vec::new();
+        for reply in replies {
+            if let NodeReply::Count { subscribers: s, users: u } = reply {
+                subscribers += s;
+                users.extend(u);
+            }
+        }
+        users.sort_unstable();
+        users.dedup();
+        Ok(ChannelInfo { channel: channel.to_string(), subscribers, users: users.len() })
+    }
+
+    /// Runs a command from any node (this one included) on this node.
+    pub(super) async fn handle_command(&self, command: NodeCommand) -> NodeReply {
+        match command {
+            NodeCommand::Join { connection, channel, user } => self.local_join(&connection, &channel, user).await,
+            NodeCommand::Leave { connection, channel, user } => self.local_leave(&connection, &channel, user).await,
+            NodeCommand::Send { connection, event_type, json } => {
+                if self.hub().send_to(&connection, Arc::from(event_type), Bytes::from(json)) {
+                    NodeReply::Done
+                } else {
+                    NodeReply::NotHere
+                }
+            }
+            NodeCommand::Count { channel } => {
+                let (subscribers, users) = self.hub().channel_members(&channel);
+                NodeReply::Count { subscribers, users: users.iter().map(|u| u.to_string()).collect() }
+            }
+            NodeCommand::SetStatus { user, user_name, status } => self.apply_status(&user, user_name, &status).await,
+        }
+    }
+
+    /// The connection is here and `user` may change it: its own user; for an anonymous
+    /// caller (`""`), an anonymous connection in dev mode only (connection ids are not
+    /// secrets).
+    fn owned_here(&self, connection: &str, user: Option<&str>) -> Result<crate::hub::ConnInfo, NodeReply> {
+        let info = self.hub().connection(connection).ok_or(NodeReply::NotHere)?;
+        let allowed = match user {
+            None => true,
+            Some("") => info.user.is_none() && self.policies().dev_mode,
+            Some(user) => info.user.as_deref() == Some(user),
+        };
+        if !allowed {
+            return Err(refused("not_yours", "the connection belongs to another user"));
+        }
+        Ok(info)
+    }
+
+    async fn local_join(&self, connection: &str, channel: &str, user: Option<String>) -> NodeReply {
+        if let Err(reply) = self.owned_here(connection, user.as_deref()) {
+            return reply;
+        }
+        let Ok(channel) = self.parse_channel(channel) else {
+            return refused("invalid_channel", "not a channel of this node's configuration");
+        };
+        let max = self.config().max_channels_per_connection;
+        let (conn, slot, activated) = match self.hub().join(connection, &channel, max) {
+            Ok(Joined::Already) => return NodeReply::Done,
+            Ok(Joined::Added { conn, slot, activated }) => (conn, slot, activated),
+            Err(NotJoined::NoConnection) => return NodeReply::NotHere,
+            Err(NotJoined::TooManyChannels) => {
+                return refused("too_many_channels", "the connection follows too many channels");
+            }
+        };
+        let start = async {
+            if activated {
+                self.engine().watch(std::slice::from_ref(&channel)).await?;
+            }
+            self.engine().history(&channel, None).await
+        };
+        match start.await {
+            Ok(read) => {
+                let mut lead = Vec::new();
+                let filters = &conn.filters;
+                for snap in read.streams {
+                    let fields = serde_json::from_str(&snap.json).unwrap_or_default();
+                    if filters.is_empty() || crate::event::fields_match(&fields, filters) {
+                        lead.push((Arc::from(crate::event::AI_CHUNK_TYPE), Bytes::from(snap.json)));
+                    }
+                }
+                conn.resolve_join(&slot, JoinStart::At { head: read.head, lead });
+                tracing::debug!(connection, %channel, "live join");
+                self.announce_arrival(&conn, std::slice::from_ref(&channel)).await;
+                NodeReply::Done
+            }
+            Err(e) => {
+                conn.resolve_join(&slot, JoinStart::Failed);
+                let _ = self.hub().leave(connection, &channel);
+                refused("engine_unavailable", &e.to_string())
+            }
+        }
+    }
+
+    async fn local_leave(&self, connection: &str, channel: &str, user: Option<String>) -> NodeReply {
+        let info = match self.owned_here(connection, user.as_deref()) {
+            Ok(info) => info,
+            Err(reply) => return reply,
+        };
+        let Some(channel) = info.channels.iter().find(|c| c.as_str() == channel).cloned() else {
+            return NodeReply::Done;
+        };
+        match self.hub().leave(connection, &channel) {
+            Ok(Some(_)) => {
+                tracing::debug!(connection, %channel, "live leave");
+                let departure = Departure {
+                    connection: info.connection,
+                    user: info.user,
+                    user_name: info.user_name,
+                    channels: vec![channel],
+                };
+                self.announce_departure(departure).await;
+                NodeReply::Done
+            }
+            Ok(None) => NodeReply::Done,
+            Err(_) => NodeReply::NotHere,
+        }
+    }
+}
+
+/// The user on whose behalf a live change is asked; `None` for trusted callers.
+fn asking_user(who: &Principal) -> Option<String> {
+    match who {
+        Principal::User(u) => Some(u.id.to_string()),
+        // Anonymous callers own no connection; see `owned_here`.
+        Principal::Anonymous => Some(String::new()),
+        Principal::ApiKey(_) => None,
+    }
+}
+
+fn refused(code: &str, message: &str) -> NodeReply {
+    NodeReply::Refused { code: code.to_owned(), message: message.to_owned() }
+}
+
+impl From<RoomError> for PublishError {
+    fn from(e: RoomError) -> Self {
+        match e {
+            RoomError::Engine(e) => PublishError::Engine(e),
+            RoomError::Denied(d) => PublishError::Denied(d),
+            RoomError::Event(e) => PublishError::Event(e),
+            other => PublishError::Engine(EngineError::Unavailable(other.to_string())),
+        }
+    }
+}

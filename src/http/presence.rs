@@ -1,0 +1,52 @@
+//! Presence over HTTP: `GET /api/channels/{channel}/presence` (who is there),
+//! `GET /api/users/{id}/presence` (online anywhere?), `POST /api/presence` (set `away`).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+
+use super::auth::{check_cookie_publish, principal};
+use super::error::ApiError;
+use crate::herald::Herald;
+
+pub async fn channel(
+    State(herald): State<Herald>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let Path(channel) = path.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
+    let channel = herald.parse_channel(&channel)?;
+    let who = principal(&herald, &headers, None).await?;
+    let users = herald.channel_presence(&who, &channel).await?;
+    Ok(Json(json!({"channel": channel.as_str(), "users": users})))
+}
+
+pub async fn user(
+    State(herald): State<Herald>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let Path(user) = path.map_err(|e| ApiError::bad_request("invalid_user", e.body_text()))?;
+    // The same rule as the id in `user:<id>`.
+    crate::channel::ChannelName::user(&user).map_err(|_| ApiError::bad_request("invalid_user", "not a user id"))?;
+    let who = principal(&herald, &headers, None).await?;
+    Ok(Json(json!(herald.user_presence(&who, &user).await?)))
+}
+
+pub async fn set_status(
+    State(herald): State<Herald>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_cookie_publish(&herald, &headers)?;
+    let body = super::publish::parse_body(body)?;
+    let Some(Value::String(status)) = body.get("status") else {
+        return Err(ApiError::bad_request("invalid_status", "give `status`: `online` or `away`"));
+    };
+    let who = principal(&herald, &headers, None).await?;
+    herald.set_presence_status(&who, status).await?;
+    Ok(Json(json!({"status": status})))
+}

@@ -1,0 +1,103 @@
+//! Pattern subscriptions (document 003): `channel=channel:incidents.*` follows every channel
+//! whose name starts so, authorized like the channels it matches. On both engines.
+
+mod support;
+
+use serde_json::json;
+use support::{Proto, RedisServer, TestServer};
+
+async fn server(redis: Option<String>) -> TestServer {
+    TestServer::secured(move |c| {
+        c.redis_url = redis;
+        support::no_presence(c);
+    })
+    .await
+}
+
+async fn a_pattern_receives_exactly_the_matching_channels(redis: Option<String>) {
+    let (a, b) = match &redis {
+        Some(url) => (server(Some(url.clone())).await, Some(server(Some(url.clone())).await)),
+        None => (server(None).await, None),
+    };
+    let publisher_node = b.as_ref().unwrap_or(&a);
+    let mut incidents = a.client(Proto::H1).user("oncall").subscribe("channel=channel:incidents.*", &[]).await;
+    // A connection following a pattern and one of its channels gets each event once.
+    let mut both = a
+        .client(Proto::H2c)
+        .user("lead")
+        .subscribe("channel=channel:incidents.*&channel=channel:incidents.INC-1&filter=severity:SEV-1", &[])
+        .await;
+    let mut p = publisher_node.client(Proto::H1).backend();
+    let events = [
+        ("channel:incidents.INC-1", "SEV-1", 0),
+        ("channel:other", "SEV-1", 1),
+        ("channel:incidents.INC-2", "SEV-2", 2),
+        ("channel:incidentsX", "SEV-1", 3),
+        ("channel:incidents.INC-1", "SEV-1", 4),
+    ];
+    for (channel, severity, n) in events {
+        p.publish(&json!({"channel": channel, "type": "incident.updated", "severity": severity, "n": n})).await;
+    }
+    for n in [0, 2, 4] {
+        let ev = incidents.expect().await;
+        assert_eq!(ev.data["n"], n);
+        assert!(ev.data["channel"].as_str().is_some_and(|c| c.starts_with("channel:incidents.")));
+    }
+    for n in [0, 4] {
+        assert_eq!(both.expect().await.data["n"], n, "once each, filtered");
+    }
+}
+
+#[tokio::test]
+async fn a_pattern_subscription_receives_incidents_but_not_other_channels_in_memory() {
+    a_pattern_receives_exactly_the_matching_channels(None).await;
+}
+
+#[tokio::test]
+async fn a_pattern_subscription_receives_incidents_but_not_other_channels_across_redis_nodes() {
+    let redis = RedisServer::start().await;
+    a_pattern_receives_exactly_the_matching_channels(Some(redis.url())).await;
+    let patterns = redis.cli(&["PUBSUB", "NUMPAT"]);
+    assert_eq!(patterns.trim(), "1", "one PSUBSCRIBE for the node, shared by its connections");
+}
+
+#[tokio::test]
+async fn patterns_are_authorized_like_every_channel_they_match() {
+    let server = server(None).await;
+    let granted = support::token_with(json!({"sub": "g", "exp": support::now() + 60, "subscribe": ["channel:team-*"]}));
+    let cases = [
+        (server.client(Proto::H1).user("u"), "channel=user:u*", 403),
+        (server.client(Proto::H1), "channel=channel:*", 401),
+        (server.client(Proto::H1).with_header("authorization", &format!("Bearer {granted}")), "channel=channel:*", 403),
+        (
+            server.client(Proto::H1).with_header("authorization", &format!("Bearer {granted}")),
+            "channel=channel:team-a*",
+            200,
+        ),
+        (server.client(Proto::H1).backend(), "channel=user:*", 200),
+    ];
+    for (mut client, query, status) in cases {
+        let resp = client.open_events(query, &[]).await;
+        assert_eq!(resp.status().as_u16(), status, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn resuming_a_pattern_says_plainly_that_it_cannot_replay() {
+    let server = server(None).await;
+    let s = server.client(Proto::H1).user("u").subscribe("channel=channel:inc.*&channel=user:u", &[]).await;
+    let last = s.connected_id();
+    drop(s);
+    server.client(Proto::H1).backend().publish(&json!({"channel": "user:u", "type": "update", "n": 0})).await;
+    let mut resumed = server
+        .client(Proto::H1)
+        .user("u")
+        .subscribe("channel=channel:inc.*&channel=user:u", &[("last-event-id", &last)])
+        .await;
+    let reset = resumed.expect().await;
+    assert_eq!(
+        (reset.data["type"].as_str(), reset.data["channel"].as_str(), reset.data["reason"].as_str()),
+        (Some("reset"), Some("channel:inc.*"), Some("pattern_not_resumable"))
+    );
+    resumed.expect_ns(0..1).await;
+}

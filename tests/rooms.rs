@@ -1,0 +1,197 @@
+//! Live rooms (document 001's `JoinRoom`/`LeaveRoom`): channels added to and removed from an
+//! open connection, on whichever node it lives, and room counts across nodes.
+
+mod support;
+
+use herald::Config;
+use serde_json::json;
+use support::{Proto, RedisServer, TestServer};
+
+fn quiet(c: &mut Config, redis: Option<String>) {
+    c.redis_url = redis;
+    support::no_presence(c);
+}
+
+async fn on(redis: Option<String>) -> TestServer {
+    TestServer::secured(move |c| quiet(c, redis)).await
+}
+
+#[tokio::test]
+async fn a_connection_on_node_a_joins_a_room_through_a_call_to_node_b() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (on(Some(redis.url())).await, on(Some(redis.url())).await);
+    let mut stream = a.client(Proto::H1).user("ann").subscribe("channel=user:ann", &[]).await;
+    let conn = stream.connection_id();
+    let mut p = b.client(Proto::H1).backend();
+    p.publish(&json!({"channel": "channel:news", "type": "update", "n": 0})).await;
+
+    let path = format!("/api/connections/{conn}/channels");
+    let (status, answer) = b.client(Proto::H1).user("ann").post_json(&path, &json!({"channel": "channel:news"})).await;
+    assert_eq!((status.as_u16(), &answer), (200, &json!({"connectionId": conn, "channel": "channel:news"})));
+    let joined = stream.expect().await;
+    assert_eq!(
+        (joined.data["type"].as_str(), joined.data["channel"].as_str()),
+        (Some("subscribed"), Some("channel:news"))
+    );
+
+    // From the join on, the room's events reach the stream (not the one before), and its
+    // ids cover both channels: a resume elsewhere gets what was missed on each.
+    p.publish(&json!({"channel": "channel:news", "type": "update", "n": 1})).await;
+    p.publish(&json!({"channel": "user:ann", "type": "update", "n": 2})).await;
+    let last = stream.expect_ns(1..3).await;
+    drop(stream);
+    p.publish(&json!({"channel": "channel:news", "type": "update", "n": 3})).await;
+    p.publish(&json!({"channel": "user:ann", "type": "update", "n": 4})).await;
+    let mut resumed = b
+        .client(Proto::H2c)
+        .user("ann")
+        .subscribe("channel=user:ann&channel=channel:news", &[("last-event-id", &last)])
+        .await;
+    resumed.expect_ns(3..5).await;
+
+    // And it leaves again, through node a this time.
+    let conn = resumed.connection_id();
+    let (status, _) =
+        a.client(Proto::H1).user("ann").delete(&format!("/api/connections/{conn}/channels/channel:news")).await;
+    assert_eq!(status, 200);
+    let left = resumed.expect().await;
+    assert_eq!(
+        (left.data["type"].as_str(), left.data["channel"].as_str()),
+        (Some("unsubscribed"), Some("channel:news"))
+    );
+    p.publish(&json!({"channel": "channel:news", "type": "update", "n": 5})).await;
+    p.publish(&json!({"channel": "user:ann", "type": "update", "n": 6})).await;
+    resumed.expect_ns(6..7).await;
+}
+
+#[tokio::test]
+async fn nothing_published_around_a_live_join_is_lost_or_repeated() {
+    let server = on(None).await;
+    let mut stream = server.client(Proto::H1).user("u").subscribe("channel=user:u", &[]).await;
+    let conn = stream.connection_id();
+    // A publisher keeps publishing while the join happens.
+    let mut p = server.client(Proto::H2c).backend();
+    let publisher = tokio::spawn(async move {
+        for n in 0..200 {
+            p.publish(&json!({"channel": "channel:busy", "type": "update", "n": n})).await;
+        }
+    });
+    let path = format!("/api/connections/{conn}/channels");
+    let (status, _) = server.client(Proto::H1).user("u").post_json(&path, &json!({"channel": "channel:busy"})).await;
+    assert_eq!(status, 200);
+    publisher.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stream.expect().await.data["type"], "subscribed");
+    // Every event after the join, once, in order, ending with the last one.
+    let mut ns = Vec::new();
+    while ns.last() != Some(&199) {
+        ns.push(stream.expect().await.data["n"].as_u64().unwrap_or_else(|| panic!("not an update")));
+    }
+    let first = ns[0];
+    assert_eq!(ns, (first..200).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn only_the_connections_own_user_or_a_backend_may_change_it() {
+    let server = TestServer::secured(|c| {
+        support::no_presence(c);
+        c.max_channels_per_connection = 2;
+    })
+    .await;
+    let mut stream = server.client(Proto::H1).user("ann").subscribe("channel=user:ann", &[]).await;
+    let conn = stream.connection_id();
+    let path = format!("/api/connections/{conn}/channels");
+    let join = |c: &str| json!({"channel": c});
+    let cases = [
+        (server.client(Proto::H1).user("bob"), join("channel:x"), 403, "forbidden"),
+        (server.client(Proto::H1), join("channel:x"), 401, "unauthorized"),
+        (server.client(Proto::H1).user("ann"), join("user:bob"), 403, "forbidden"),
+        (server.client(Proto::H1).user("ann"), join("channel:*"), 400, "invalid_channel"),
+        (server.client(Proto::H1).user("ann"), json!({}), 400, "missing_channel"),
+    ];
+    for (mut client, body, status, code) in cases {
+        let (got, answer) = client.post_json(&path, &body).await;
+        assert_eq!((got.as_u16(), answer["error"]["code"].as_str()), (status, Some(code)), "{body}: {answer}");
+    }
+    let (got, answer) =
+        server.client(Proto::H1).user("ann").post_json("/api/connections/cnope/channels", &join("channel:x")).await;
+    assert_eq!((got.as_u16(), answer["error"]["code"].as_str()), (404, Some("connection_not_found")));
+    // A backend may; the channel limit holds.
+    let (got, _) = server.client(Proto::H1).backend().post_json(&path, &join("channel:x")).await;
+    assert_eq!(got, 200);
+    assert_eq!(stream.expect().await.data["channel"], "channel:x");
+    let (got, answer) = server.client(Proto::H1).user("ann").post_json(&path, &join("channel:y")).await;
+    assert_eq!((got.as_u16(), answer["error"]["code"].as_str()), (400, Some("too_many_channels")));
+    // Joining twice changes nothing.
+    let (got, _) = server.client(Proto::H1).user("ann").post_json(&path, &join("channel:x")).await;
+    assert_eq!(got, 200);
+    server.client(Proto::H1).backend().publish(&json!({"channel": "channel:x", "type": "update", "n": 0})).await;
+    stream.expect_ns(0..1).await;
+}
+
+#[tokio::test]
+async fn room_counts_add_up_subscribers_and_users_across_nodes() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (on(Some(redis.url())).await, on(Some(redis.url())).await);
+    let room = "channel=channel:count";
+    let _s = [
+        a.client(Proto::H1).user("ann").subscribe(room, &[]).await,
+        a.client(Proto::H1).user("ann").subscribe(room, &[]).await,
+        b.client(Proto::H1).user("ann").subscribe(room, &[]).await,
+        b.client(Proto::H1).user("bob").subscribe(room, &[]).await,
+        b.client(Proto::H1).backend().subscribe(room, &[]).await,
+    ];
+    let (status, info) = a.client(Proto::H1).user("bob").get_json("/api/channels/channel:count").await;
+    assert_eq!(status, 200);
+    assert_eq!(info, json!({"channel": "channel:count", "subscribers": 5, "users": 2}));
+    assert_eq!((a.herald.room_count("channel:count"), b.herald.room_count("channel:count")), (2, 3));
+    let (status, _) = a.client(Proto::H1).user("bob").get_json("/api/channels/user:ann").await;
+    assert_eq!(status, 403, "counts are read like subscriptions");
+}
+
+#[tokio::test]
+async fn the_library_sends_to_one_connection_and_serves_other_transports() {
+    let server = on(None).await;
+    let h = &server.herald;
+    let ann = herald::Principal::User(std::sync::Arc::new(herald::auth::UserIdentity {
+        id: "ann".into(),
+        name: None,
+        subscribe: None,
+        publish: None,
+    }));
+    // A transport of the application's own (a WebSocket, say) registers a connection.
+    let channel = h.parse_channel("user:ann").unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = h
+        .connect(herald::herald::StreamRequest::new(ann.clone(), vec![channel]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let connected = conn.recv().await.unwrap_or_else(|| panic!("no connected message"));
+    assert_eq!(connected.event_type, "connected");
+    assert_eq!(h.stats().connections, 1);
+
+    let room = h.parse_channel("channel:lib").unwrap_or_else(|e| panic!("{e}"));
+    h.join(&ann, conn.id(), &room).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(conn.recv().await.map(|m| m.event_type), Some("subscribed".to_owned()));
+    assert_eq!(conn.channels().len(), 2);
+    h.broadcast("lib", herald::Event::chat("hello")).await.unwrap_or_else(|e| panic!("{e}"));
+    let msg = conn.recv().await.unwrap_or_else(|| panic!("no chat"));
+    let json: serde_json::Value = serde_json::from_slice(&msg.json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((msg.event_type.as_str(), json["content"].as_str()), ("chat", Some("hello")));
+    assert!(msg.id.contains(','), "the id covers both channels: {}", msg.id);
+
+    // One connection alone, over SSE too.
+    let mut sse = server.client(Proto::H1).user("bob").subscribe("channel=user:bob", &[]).await;
+    let sse_id = sse.connection_id();
+    h.send_to_connection(&sse_id, herald::Event::notification("dm", "Hi Bob", "just you"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ev = sse.expect().await;
+    assert_eq!((ev.data["type"].as_str(), ev.data["title"].as_str()), (Some("notification"), Some("Hi Bob")));
+    assert!(ev.data.get("channel").is_none(), "sent to the connection, on no channel");
+    assert!(matches!(
+        h.send_to_connection("cgone", herald::Event::chat("x")).await,
+        Err(herald::herald::RoomError::NoConnection(_))
+    ));
+    assert_eq!(h.stats().connections, 2);
+    drop(conn);
+    assert_eq!(h.stats().connections, 1, "dropping the connection unregisters it");
+}
