@@ -32,6 +32,15 @@ use crate::sse;
 /// Most items taken from the queue in one go; the rest follow on the next poll.
 const MAX_BATCH: usize = 64;
 
+/// Queue slots a connection keeps once its queue is empty: enough for events that arrive one
+/// at a time without an allocation each, while a burst's larger queue is freed once drained,
+/// so that an idle stream holds no large buffer.
+const IDLE_QUEUE: usize = 8;
+
+/// Bytes of its write buffer a connection keeps between writes (larger ones are freed once
+/// handed to the writer).
+const IDLE_BUFFER: usize = 1024;
+
 /// Split multi-channel events remembered per connection to drop their repeated copies.
 const RECENT_SPLIT: usize = 16;
 
@@ -437,7 +446,7 @@ impl StreamCore {
                 self.backlog.extend(st.items.drain(..n));
             }
             let drained = st.items.is_empty();
-            if st.items.capacity() > 4 * MAX_BATCH && drained {
+            if st.items.capacity() > IDLE_QUEUE && drained {
                 st.items = VecDeque::new();
             }
             let close = if drained { st.close } else { None };
@@ -482,6 +491,9 @@ impl StreamCore {
         }
         if let Some(oldest) = &oldest {
             self.hub.stats.record_write(written as u64, oldest);
+        }
+        if self.backlog.is_empty() && self.backlog.capacity() > IDLE_QUEUE {
+            self.backlog = VecDeque::new();
         }
         let close = if self.backlog.is_empty() { close } else { None };
         Poll::Ready((written, Polled { heartbeat, close }))
@@ -540,7 +552,13 @@ impl SseOut {
             return Some(first);
         }
         self.spill();
-        if self.buf.is_empty() { None } else { Some(self.buf.split().freeze()) }
+        if self.buf.is_empty() {
+            None
+        } else if self.buf.capacity() > IDLE_BUFFER {
+            Some(std::mem::take(&mut self.buf).freeze())
+        } else {
+            Some(self.buf.split().freeze())
+        }
     }
 }
 
@@ -713,5 +731,25 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_batch_buffer_is_freed_once_handed_to_the_writer_and_a_small_one_is_reused() {
+        let mut out = SseOut::new(false);
+        // Grown in steps, as a batch of events is: the buffer ends up with room to spare.
+        for _ in 0..3 {
+            out.put_raw(&[b'x'; IDLE_BUFFER]);
+        }
+        assert_eq!(out.take().map(|b| b.len()), Some(3 * IDLE_BUFFER));
+        assert_eq!(out.buf.capacity(), 0, "an idle stream keeps no large buffer");
+        out.put_raw(b"data: small\n\n");
+        assert!(out.take().is_some());
+        assert!(out.buf.capacity() <= IDLE_BUFFER);
+        assert!(out.take().is_none());
     }
 }
