@@ -297,9 +297,6 @@ async fn stream(
     let mut ended = false;
     let sock: &TcpStream = tcp;
     poll_fn(|cx| {
-        if killed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok(()));
-        }
         // The client's side: EOF means it left. An event-stream client sends nothing, so
         // whatever it sends is read (to see the EOF behind it) and dropped, up to a limit.
         while sock.poll_read_ready(cx)?.is_ready() {
@@ -317,7 +314,13 @@ async fn stream(
             }
         }
         loop {
-            ready!(out.poll_flush(sock, cx))?;
+            if out.poll_flush(sock, cx)?.is_pending() {
+                // Blocked on a full socket: the hub fires the kill switch when the queue
+                // behind this write overflows or stalls too long. (While the socket takes
+                // writes, a close reaches this loop through the body, which then ends; so
+                // the switch, whose every poll takes a lock, is polled only here.)
+                return if killed.as_mut().poll(cx).is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending };
+            }
             if ended {
                 return Poll::Ready(Ok(()));
             }
