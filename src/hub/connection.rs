@@ -82,16 +82,18 @@ impl KillSwitch {
     }
 }
 
-/// What the hub queues for a connection.
+/// What the hub queues for a connection. One pointer wide (the rare variants are boxed):
+/// every event is pushed to every subscriber's queue, so the queues' memory and the bytes
+/// moved per delivery follow this size.
 pub(crate) enum Item {
     /// An event of one (or several) of the connection's channels.
     Event(Arc<Published>),
     /// The connection now follows a channel; its starting point follows in the slot.
     Join(Arc<JoinSlot>),
     /// The connection no longer follows a channel.
-    Leave(ChannelName),
+    Leave(Box<ChannelName>),
     /// An event for this connection alone: its type and JSON.
-    Direct { event_type: Arc<str>, json: Bytes },
+    Direct(Box<(Arc<str>, Bytes)>),
 }
 
 /// Where a live join starts, filled in by the joiner once it has read the channel's head.
@@ -483,8 +485,9 @@ impl StreamCore {
                     }
                 },
                 Item::Leave(channel) => self.apply_leave(out, &channel),
-                Item::Direct { event_type, json } => {
-                    self.notice(out, &event_type, &json);
+                Item::Direct(direct) => {
+                    let (event_type, json) = &*direct;
+                    self.notice(out, event_type, json);
                     written += 1;
                 }
             }
