@@ -14,7 +14,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +23,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::herald::Herald;
 use crate::http::auth::PeerAddr;
 use crate::hub::connection::KillSwitch;
+
+mod lean;
 
 /// Bytes hyper may buffer per connection (HTTP/1.1) or stream (HTTP/2) before it stops
 /// polling a body: keeps a stalled reader's footprint small.
@@ -92,20 +94,14 @@ impl Server {
             .max_concurrent_streams(cfg.http2_max_concurrent_streams)
             .max_header_list_size(MAX_HEADER_BYTES)
             .max_send_buf_size(WRITE_BUFFER);
+        let shared = Arc::new(Shared { builder, router, tls, first_request_timeout: cfg.header_read_timeout });
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        let conn = Conn {
-                            builder: builder.clone(),
-                            router: router.clone(),
-                            tls: tls.clone(),
-                            first_request_timeout: cfg.header_read_timeout,
-                        };
-                        let watcher = graceful.watcher();
-                        tokio::spawn(async move { conn.serve(tcp, peer, watcher).await });
+                        tokio::spawn(Arc::clone(&shared).serve(tcp, peer, graceful.watcher()));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: say so, and keep serving
@@ -129,61 +125,106 @@ impl Server {
     }
 }
 
-struct Conn {
+/// What every connection task shares.
+struct Shared {
     builder: auto::Builder<TokioExecutor>,
     router: Router,
     tls: Option<TlsAcceptor>,
     first_request_timeout: std::time::Duration,
 }
 
-impl Conn {
-    async fn serve(self, tcp: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+impl Shared {
+    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
         let _ = tcp.set_nodelay(true);
-        let kill = KillSwitch::default();
-        let router = self.router;
-        let kill_for_requests = kill.clone();
         // hyper's header timeout starts only once HTTP/1 parsing does: a client that sends
         // nothing, half an HTTP/2 preface, or an HTTP/2 connection with no request would be
         // held forever. So the whole connection must bring its first request in time.
-        let first_request = Arc::new(tokio::sync::Notify::new());
-        let first_for_requests = Arc::clone(&first_request);
-        let deadline = self.first_request_timeout;
+        let deadline = tokio::time::Instant::now() + self.first_request_timeout;
+        let kill = KillSwitch::default();
+        match &self.tls {
+            None => self.serve_plain(tcp, peer, watcher, kill, deadline).await,
+            // Boxed, like every hyper connection: a TLS handshake and a hyper connection are
+            // large futures, and the task of a lean stream should not be sized for them.
+            Some(acceptor) => Box::pin(self.serve_tls(acceptor, tcp, peer, watcher, kill, deadline)).await,
+        }
+    }
+
+    async fn serve_tls(
+        &self,
+        acceptor: &TlsAcceptor,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+        kill: KillSwitch,
+        deadline: tokio::time::Instant,
+    ) {
+        let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        self.serve_hyper(TokioIo::new(stream), peer, watcher, kill, Some(deadline)).await;
+    }
+
+    /// Plain TCP: event streams over HTTP/1.x take the lean path, the rest goes to hyper.
+    async fn serve_plain(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+        kill: KillSwitch,
+        deadline: tokio::time::Instant,
+    ) {
+        let (prefix, first_request) = match lean::sniff(&mut tcp, deadline).await {
+            lean::Sniffed::Gone => return tracing::debug!(%peer, "no request in time; closing"),
+            lean::Sniffed::Other(prefix) => (prefix, Some(deadline)),
+            lean::Sniffed::Stream { mut request, rest } => {
+                request.extensions_mut().insert(PeerAddr(peer));
+                match lean::serve(&mut tcp, &self.router, request, rest, &kill).await {
+                    Ok(lean::After::Closed) => return,
+                    Ok(lean::After::KeepAlive(rest)) => (rest, None),
+                    Err(e) => return tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                }
+            }
+        };
+        let io = TokioIo::new(lean::Prefixed::new(prefix, tcp));
+        Box::pin(self.serve_hyper(io, peer, watcher, kill, first_request)).await;
+    }
+
+    /// Serves a connection with hyper until it ends, its kill switch fires, or no first
+    /// request arrived by `first_request`.
+    async fn serve_hyper<I>(
+        &self,
+        io: I,
+        peer: SocketAddr,
+        watcher: Watcher,
+        kill: KillSwitch,
+        first_request: Option<tokio::time::Instant>,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let router = self.router.clone();
+        let kill_for_requests = kill.clone();
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let arrived_for_requests = Arc::clone(&arrived);
         let no_first_request = async move {
-            if tokio::time::timeout(deadline, first_request.notified()).await.is_ok() {
-                std::future::pending::<()>().await;
+            match first_request {
+                Some(deadline) if tokio::time::timeout_at(deadline, arrived.notified()).await.is_err() => {}
+                _ => std::future::pending::<()>().await,
             }
         };
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            first_for_requests.notify_one();
+            arrived_for_requests.notify_one();
             req.extensions_mut().insert(kill_for_requests.clone());
             req.extensions_mut().insert(PeerAddr(peer));
             let mut router = router.clone();
             async move { tower::Service::call(&mut router, req).await }
         });
-        tokio::pin!(no_first_request);
-        let result = match self.tls {
-            Some(acceptor) => {
-                let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                };
-                let conn = watcher.watch(self.builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                tokio::select! {
-                    r = conn => r,
-                    () = kill.killed() => Ok(()),
-                    () = &mut no_first_request => return tracing::debug!(%peer, "no request in time; closing"),
-                }
-            }
-            None => {
-                let conn = watcher.watch(self.builder.serve_connection(TokioIo::new(tcp), service).into_owned());
-                tokio::select! {
-                    r = conn => r,
-                    () = kill.killed() => Ok(()),
-                    () = &mut no_first_request => return tracing::debug!(%peer, "no request in time; closing"),
-                }
-            }
+        let conn = watcher.watch(self.builder.serve_connection(io, service));
+        let result = tokio::select! {
+            r = conn => r,
+            () = kill.killed() => Ok(()),
+            () = no_first_request => return tracing::debug!(%peer, "no request in time; closing"),
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");

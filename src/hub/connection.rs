@@ -32,6 +32,15 @@ use crate::sse;
 /// Most items taken from the queue in one go; the rest follow on the next poll.
 const MAX_BATCH: usize = 64;
 
+/// Queue slots a connection keeps once its queue is empty: enough for events that arrive one
+/// at a time without an allocation each, while a burst's larger queue is freed once drained,
+/// so that an idle stream holds no large buffer.
+const IDLE_QUEUE: usize = 8;
+
+/// Bytes of its write buffer a connection keeps between writes (larger ones are freed once
+/// handed to the writer).
+const IDLE_BUFFER: usize = 1024;
+
 /// Split multi-channel events remembered per connection to drop their repeated copies.
 const RECENT_SPLIT: usize = 16;
 
@@ -73,16 +82,18 @@ impl KillSwitch {
     }
 }
 
-/// What the hub queues for a connection.
+/// What the hub queues for a connection. One pointer wide (the rare variants are boxed):
+/// every event is pushed to every subscriber's queue, so the queues' memory and the bytes
+/// moved per delivery follow this size.
 pub(crate) enum Item {
     /// An event of one (or several) of the connection's channels.
     Event(Arc<Published>),
     /// The connection now follows a channel; its starting point follows in the slot.
     Join(Arc<JoinSlot>),
     /// The connection no longer follows a channel.
-    Leave(ChannelName),
+    Leave(Box<ChannelName>),
     /// An event for this connection alone: its type and JSON.
-    Direct { event_type: Arc<str>, json: Bytes },
+    Direct(Box<(Arc<str>, Bytes)>),
 }
 
 /// Where a live join starts, filled in by the joiner once it has read the channel's head.
@@ -437,7 +448,7 @@ impl StreamCore {
                 self.backlog.extend(st.items.drain(..n));
             }
             let drained = st.items.is_empty();
-            if st.items.capacity() > 4 * MAX_BATCH && drained {
+            if st.items.capacity() > IDLE_QUEUE && drained {
                 st.items = VecDeque::new();
             }
             let close = if drained { st.close } else { None };
@@ -474,14 +485,18 @@ impl StreamCore {
                     }
                 },
                 Item::Leave(channel) => self.apply_leave(out, &channel),
-                Item::Direct { event_type, json } => {
-                    self.notice(out, &event_type, &json);
+                Item::Direct(direct) => {
+                    let (event_type, json) = &*direct;
+                    self.notice(out, event_type, json);
                     written += 1;
                 }
             }
         }
         if let Some(oldest) = &oldest {
             self.hub.stats.record_write(written as u64, oldest);
+        }
+        if self.backlog.is_empty() && self.backlog.capacity() > IDLE_QUEUE {
+            self.backlog = VecDeque::new();
         }
         let close = if self.backlog.is_empty() { close } else { None };
         Poll::Ready((written, Polled { heartbeat, close }))
@@ -540,7 +555,13 @@ impl SseOut {
             return Some(first);
         }
         self.spill();
-        if self.buf.is_empty() { None } else { Some(self.buf.split().freeze()) }
+        if self.buf.is_empty() {
+            None
+        } else if self.buf.capacity() > IDLE_BUFFER {
+            Some(std::mem::take(&mut self.buf).freeze())
+        } else {
+            Some(self.buf.split().freeze())
+        }
     }
 }
 
@@ -713,5 +734,25 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_batch_buffer_is_freed_once_handed_to_the_writer_and_a_small_one_is_reused() {
+        let mut out = SseOut::new(false);
+        // Grown in steps, as a batch of events is: the buffer ends up with room to spare.
+        for _ in 0..3 {
+            out.put_raw(&[b'x'; IDLE_BUFFER]);
+        }
+        assert_eq!(out.take().map(|b| b.len()), Some(3 * IDLE_BUFFER));
+        assert_eq!(out.buf.capacity(), 0, "an idle stream keeps no large buffer");
+        out.put_raw(b"data: small\n\n");
+        assert!(out.take().is_some());
+        assert!(out.buf.capacity() <= IDLE_BUFFER);
+        assert!(out.take().is_none());
     }
 }

@@ -268,7 +268,7 @@ impl Hub {
         entry.channels.remove(i);
         let conn = Arc::clone(&entry.conn);
         let emptied = reg.remove_subscriber(channel, key);
-        let _ = conn.push_item(Item::Leave(channel.clone()));
+        let _ = conn.push_item(Item::Leave(Box::new(channel.clone())));
         Ok(Some((conn, emptied)))
     }
 
@@ -279,7 +279,7 @@ impl Hub {
             let Some(entry) = reg.ids.get(connection).and_then(|k| reg.conns.get(k)) else { return false };
             Arc::clone(&entry.conn)
         };
-        if conn.push_item(Item::Direct { event_type, json }) == Pushed::Overflowed {
+        if conn.push_item(Item::Direct(Box::new((event_type, json)))) == Pushed::Overflowed {
             self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             self.unregister(conn.key);
         }
