@@ -82,7 +82,7 @@ impl KillSwitch {
     }
 }
 
-/// What the hub queues for a connection. One pointer wide (the rare variants are boxed):
+/// What the hub queues for a connection. Two words wide (the rare variants are boxed):
 /// every event is pushed to every subscriber's queue, so the queues' memory and the bytes
 /// moved per delivery follow this size.
 pub(crate) enum Item {
