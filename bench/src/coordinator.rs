@@ -20,7 +20,7 @@ use tokio::task::spawn_local;
 use crate::cli::{MAX_EVENTS, MAX_SUBSCRIBERS, RunArgs, Scenario};
 use crate::hist::Hist;
 use crate::net::{Publisher, now_us, source_ip};
-use crate::procfs::{cpu_seconds_all, kernel_slab_kb, memory_all};
+use crate::procfs::{cpu_all, cpu_seconds_all, kernel_slab_kb, memory_all};
 use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
 use crate::report::{Latency, MemoryReport, Outcome};
 use crate::target::Target;
@@ -300,7 +300,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
 
     let me = std::process::id();
     let client_pids: Vec<u32> = std::iter::once(me).chain(workers.pids()).collect();
-    let server_cpu0 = cpu_seconds_all(servers);
+    let server_cpu0 = cpu_all(servers);
     let client_cpu0 = cpu_seconds_all(&client_pids);
     let start_us = now_us();
 
@@ -331,7 +331,8 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     if !workers.wait(drain + Duration::from_secs(5), Board::all_reported).await {
         errors.push("a worker did not report".to_owned());
     }
-    let server_cpu_s = cpu_seconds_all(servers) - server_cpu0;
+    let server_cpu = cpu_all(servers).since(server_cpu0);
+    let server_cpu_s = server_cpu.total();
     let client_cpu_s = cpu_seconds_all(&client_pids) - client_cpu0;
     let worker_count = workers.children.len() as u64;
 
@@ -400,6 +401,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         latency: Latency::from_hist(&latency),
         connect_server_cpu_s,
         server_cpu_s,
+        server_system_cpu_s: server_cpu.system,
         client_cpu_s,
         deliveries_per_server_cpu_s: rate(total.delivered, server_cpu_s),
         server_busy: if delivery_s > 0.0 { server_cpu_s / delivery_s } else { 0.0 },

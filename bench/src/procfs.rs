@@ -7,8 +7,28 @@ use serde::{Deserialize, Serialize};
 /// Linux ships (the kernel converts from its internal HZ).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// CPU seconds (user + system) the process has used so far, all threads included.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU seconds the process has used so far, all threads included.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cpu {
+    /// In user space (utime).
+    pub user: f64,
+    /// In the kernel on the process's behalf (stime): system calls, and on loopback the
+    /// receiving socket's work of what it sends.
+    pub system: f64,
+}
+
+impl Cpu {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// What was used since `earlier`.
+    pub fn since(self, earlier: Cpu) -> Cpu {
+        Cpu { user: self.user - earlier.user, system: self.system - earlier.system }
+    }
+}
+
+pub fn cpu(pid: u32) -> Option<Cpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -16,12 +36,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // After the name: state(3) ... utime(14) stime(15); `rest` starts at field 3.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+    Some(Cpu { user: utime as f64 / TICKS_PER_SECOND, system: stime as f64 / TICKS_PER_SECOND })
+}
+
+/// CPU seconds (user + system) the process has used so far, all threads included.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu(pid).map(Cpu::total)
+}
+
+/// Sum of [`cpu`] over several processes; processes that are gone count 0.
+pub fn cpu_all(pids: &[u32]) -> Cpu {
+    pids.iter()
+        .filter_map(|p| cpu(*p))
+        .fold(Cpu::default(), |a, c| Cpu { user: a.user + c.user, system: a.system + c.system })
 }
 
 /// Sum of [`cpu_seconds`] over several processes; processes that are gone count 0.
 pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
-    pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+    cpu_all(pids).total()
 }
 
 /// Memory of a set of processes, in KiB.

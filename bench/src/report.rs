@@ -77,6 +77,10 @@ pub struct Outcome {
     pub connect_server_cpu_s: f64,
     /// Server CPU from the first publish to the last delivery.
     pub server_cpu_s: f64,
+    /// The part of `server_cpu_s` spent in the kernel (system calls, and on loopback the
+    /// receiving side's work of what the server sends). Older result files lack it.
+    #[serde(default)]
+    pub server_system_cpu_s: f64,
     /// The bench's own CPU (coordinator and workers) over the same time.
     pub client_cpu_s: f64,
     pub deliveries_per_server_cpu_s: f64,
@@ -165,9 +169,10 @@ impl Outcome {
         );
         let _ = writeln!(
             s,
-            "  CPU: server {:.2} s ({} deliveries per server CPU-second, {:.0}% busy), client {:.2} s ({:.0}% busy); \
-             connecting: server {:.2} s",
+            "  CPU: server {:.2} s ({:.2} s in the kernel; {} deliveries per server CPU-second, {:.0}% busy), \
+             client {:.2} s ({:.0}% busy); connecting: server {:.2} s",
             self.server_cpu_s,
+            self.server_system_cpu_s,
             si(self.deliveries_per_server_cpu_s),
             self.server_busy * 100.0,
             self.client_cpu_s,
@@ -188,6 +193,22 @@ struct Metric {
     get: fn(&Outcome) -> f64,
     /// Digits after the point.
     digits: usize,
+}
+
+fn kernel_share() -> Metric {
+    Metric {
+        name: "server CPU in the kernel (%)",
+        get: |o| if o.server_cpu_s > 0.0 { o.server_system_cpu_s / o.server_cpu_s * 100.0 } else { 0.0 },
+        digits: 0,
+    }
+}
+
+fn kernel_per_delivery() -> Metric {
+    Metric {
+        name: "server kernel CPU per delivery (µs)",
+        get: |o| if o.delivered > 0 { o.server_system_cpu_s / o.delivered as f64 * 1e6 } else { 0.0 },
+        digits: 2,
+    }
 }
 
 fn metrics_for(scenario: &str) -> Vec<Metric> {
@@ -223,12 +244,16 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
             m("latency max (ms)", |o| o.latency.max_ms, 2),
             m("deliveries per server CPU-second", |o| o.deliveries_per_server_cpu_s, 0),
             m("server CPU (s)", |o| o.server_cpu_s, 2),
+            kernel_share(),
+            kernel_per_delivery(),
             lost,
         ],
         _ => vec![
             m("deliveries per second", |o| o.deliveries_per_s, 0),
             m("deliveries per server CPU-second", |o| o.deliveries_per_server_cpu_s, 0),
             m("server CPU (s)", |o| o.server_cpu_s, 2),
+            kernel_share(),
+            kernel_per_delivery(),
             m("server core busy (%)", |o| o.server_busy * 100.0, 0),
             m("client core busy (%)", |o| o.client_busy * 100.0, 0),
             m("latency p50 (ms)", |o| o.latency.p50_ms, 2),
