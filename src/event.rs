@@ -186,7 +186,7 @@ pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> R
     let body = serialize_body(&event, publisher, max_payload)?;
     let mut out = String::with_capacity(body.len() + 40);
     out.push('{');
-    push_member(&mut out, "id", &Value::String(crate::ids::new_id()));
+    push_member(&mut out, "id", crate::ids::new_id().as_str());
     out.push(',');
     out.push_str(&body);
     out.push('}');
@@ -197,17 +197,17 @@ pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> R
 /// without reserved keys. Refuses a payload over `max_payload` bytes.
 fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> Result<String, EventError> {
     let mut body = String::with_capacity(128);
-    push_member(&mut body, "type", &Value::String(event.event_type.clone()));
+    push_member(&mut body, "type", event.event_type.as_str());
     body.push(',');
     let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    push_member(&mut body, "timestamp", &Value::String(ts));
+    push_member(&mut body, "timestamp", ts.as_str());
     if let Some(uid) = &publisher.user_id {
         body.push(',');
-        push_member(&mut body, "userId", &Value::String(uid.clone()));
+        push_member(&mut body, "userId", uid.as_str());
     }
     if let Some(name) = &publisher.user_name {
         body.push(',');
-        push_member(&mut body, "userName", &Value::String(name.clone()));
+        push_member(&mut body, "userName", name.as_str());
     }
     let fixed = body.len();
     for (k, v) in &event.fields {
@@ -228,20 +228,27 @@ fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> R
 pub fn json_for(id: &str, channel: &str, body: &str) -> String {
     let mut out = String::with_capacity(body.len() + id.len() + channel.len() + 24);
     out.push('{');
-    push_member(&mut out, "id", &Value::String(id.to_owned()));
+    push_member(&mut out, "id", id);
     out.push(',');
-    push_member(&mut out, "channel", &Value::String(channel.to_owned()));
+    push_member(&mut out, "channel", channel);
     out.push(',');
     out.push_str(body);
     out.push('}');
     out
 }
 
-fn push_member(out: &mut String, key: &str, value: &Value) {
-    // Serializing a `Value` into a String cannot fail.
-    out.push_str(&Value::String(key.to_owned()).to_string());
+/// Appends `"key":value`, both as JSON, without copying either into a `Value` first.
+fn push_member<V: serde::Serialize + ?Sized>(out: &mut String, key: &str, value: &V) {
+    push_json(out, key);
     out.push(':');
-    out.push_str(&value.to_string());
+    push_json(out, value);
+}
+
+fn push_json<V: serde::Serialize + ?Sized>(out: &mut String, value: &V) {
+    // Strings and `Value`s (whose map keys are strings) always serialize.
+    if let Ok(json) = serde_json::to_string(value) {
+        out.push_str(&json);
+    }
 }
 
 /// An event on one of its channels: its position there and its shared frame.
@@ -357,6 +364,25 @@ mod tests {
         assert_eq!(v["type"], "chat");
         assert_eq!(v["content"], "hi");
         assert_ne!(v["timestamp"], "1999");
+    }
+
+    #[test]
+    fn keys_values_and_names_that_need_escaping_survive_the_round_trip() {
+        let payload = serde_json::json!({"nested": {"a\"b": [1, "x\ny", null, true, 2.5]}});
+        let event = Event::new("chat")
+            .with("quote\"key\n", "line one\nline two \"quoted\" \\ back </script>")
+            .with("unicode", "café 🎉 \u{2028}\u{0}")
+            .with("payload", payload.clone());
+        let me = Publisher { user_id: Some("u\"1".into()), user_name: Some("Ann \"The\" O'Neil\n".into()) };
+        let p = Prepared::new(vec![ch("channel:general")], event, &me, 4096).unwrap_or_else(|e| panic!("{e}"));
+        let json = p.json_for(&p.channels[0]);
+        assert!(!json.contains('\n'), "a raw newline would break the SSE frame: {json}");
+        let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        assert_eq!(v["quote\"key\n"], "line one\nline two \"quoted\" \\ back </script>");
+        assert_eq!(v["unicode"], "café 🎉 \u{2028}\u{0}");
+        assert_eq!(v["payload"], payload);
+        assert_eq!(v["userId"], "u\"1");
+        assert_eq!(v["userName"], "Ann \"The\" O'Neil\n");
     }
 
     #[test]
