@@ -12,11 +12,11 @@ use std::time::Duration;
 use crate::herald::Herald;
 
 /// Reasons a publish is refused (the `reason` label).
-pub const PUBLISH_REFUSALS: [&str; 6] =
-    ["invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "engine_unavailable"];
+pub const PUBLISH_REFUSALS: [&str; 7] =
+    ["invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "auth_unavailable", "engine_unavailable"];
 
 /// Reasons a subscription is refused (the `reason` label).
-pub const SUBSCRIBE_REFUSALS: [&str; 8] = [
+pub const SUBSCRIBE_REFUSALS: [&str; 9] = [
     "invalid",
     "unauthorized",
     "forbidden",
@@ -24,6 +24,7 @@ pub const SUBSCRIBE_REFUSALS: [&str; 8] = [
     "user_limit",
     "channel_limit",
     "draining",
+    "auth_unavailable",
     "engine_unavailable",
 ];
 

@@ -166,6 +166,33 @@ async fn jwks_keys_are_fetched_cached_and_refetched_for_an_unknown_kid() {
 }
 
 #[tokio::test]
+async fn a_key_server_that_is_down_refuses_tokens_with_503_counted_as_auth_unavailable() {
+    // A port nothing listens on: connecting is refused at once.
+    let closed =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap_or_else(|e| panic!("{e}"));
+    let server = TestServer::with(|c| {
+        c.auth.jwks_url = Some(format!("http://{closed}/.well-known/jwks.json"));
+        c.auth.jwks_refetch_gap = std::time::Duration::ZERO;
+    })
+    .await;
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let token = es256(&key, "k1", "a");
+    let q = "channel=channel:general";
+    assert_eq!(try_subscribe(&server, q, &[bearer(&token)]).await, (503, "auth_unavailable".into()));
+    let mut publisher = server.client(Proto::H1).with_header("authorization", &format!("Bearer {token}"));
+    let (status, body) =
+        publisher.post_json("/api/publish", &json!({"channel": "channel:general", "type": "chat"})).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("auth_unavailable")));
+
+    let mut m = server.client(Proto::H1);
+    for kind in ["publish", "subscribe"] {
+        let series = |reason: &str| format!("herald_{kind}_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(m.metric(&series("auth_unavailable")).await, 1.0, "{kind}");
+        assert_eq!(m.metric(&series("engine_unavailable")).await, 0.0, "{kind}");
+    }
+}
+
+#[tokio::test]
 async fn issuer_and_audience_are_checked_when_configured() {
     let server = TestServer::secured(|c| {
         c.auth.issuer = Some("https://id.example".into());

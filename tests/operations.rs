@@ -4,23 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Client, Proto, TestServer};
-
-/// Reads `/metrics` and returns the value of the series `name` (with its labels, if any).
-async fn metric(client: &mut Client, series: &str) -> f64 {
-    let req = client.request("GET", "/metrics").body(http_body_util::Full::new(bytes::Bytes::new()));
-    let resp = client.send(req.unwrap_or_else(|e| panic!("{e}"))).await;
-    assert_eq!(
-        resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(|v| v.starts_with("text/plain")),
-        Some(true)
-    );
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
-}
+use support::{Proto, TestServer};
 
 #[tokio::test]
 async fn metrics_count_the_open_connections_channels_and_users() {
@@ -36,9 +20,9 @@ async fn metrics_count_the_open_connections_channels_and_users() {
         streams.push(server.client(Proto::H2c).user(user).subscribe(query, &[]).await);
     }
     let mut c = server.client(Proto::H1);
-    assert_eq!(metric(&mut c, "sse_connections_total").await, 5.0);
-    assert_eq!(metric(&mut c, "sse_channels_total").await, 4.0);
-    assert_eq!(metric(&mut c, "herald_users_connected").await, 3.0);
+    assert_eq!(c.metric("sse_connections_total").await, 5.0);
+    assert_eq!(c.metric("sse_channels_total").await, 4.0);
+    assert_eq!(c.metric("herald_users_connected").await, 3.0);
     let (_, status) = c.get_json("/api/status").await;
     assert_eq!(
         (status["connections"].as_u64(), status["channels"].as_u64(), status["users"].as_u64()),
@@ -51,7 +35,7 @@ async fn metrics_count_the_open_connections_channels_and_users() {
     );
     drop(streams);
     support::eventually("the connections to close", || server.herald.connection_count() == 0).await;
-    assert_eq!(metric(&mut c, "sse_connections_total").await, 0.0);
+    assert_eq!(c.metric("sse_connections_total").await, 0.0);
 }
 
 #[tokio::test]
@@ -70,11 +54,11 @@ async fn events_sent_counts_every_event_written_to_every_subscriber() {
             assert_eq!(s.expect().await.data["n"], n);
         }
     }
-    assert_eq!(metric(&mut p, "sse_events_sent").await, 20.0);
-    assert_eq!(metric(&mut p, "herald_publish_accepted_total").await, 5.0);
-    let observed = metric(&mut p, "herald_publish_to_write_seconds_count").await;
+    assert_eq!(p.metric("sse_events_sent").await, 20.0);
+    assert_eq!(p.metric("herald_publish_accepted_total").await, 5.0);
+    let observed = p.metric("herald_publish_to_write_seconds_count").await;
     assert!((1.0..=20.0).contains(&observed), "one observation per write batch: {observed}");
-    assert_eq!(metric(&mut p, "herald_publish_to_write_seconds_bucket{le=\"+Inf\"}").await, observed);
+    assert_eq!(p.metric("herald_publish_to_write_seconds_bucket{le=\"+Inf\"}").await, observed);
 }
 
 #[tokio::test]
@@ -96,11 +80,7 @@ async fn refused_publishes_and_streams_are_counted_by_reason() {
     for (reason, n) in
         [("rate_limited", 1.0), ("invalid", 1.0), ("forbidden", 1.0), ("unauthorized", 1.0), ("too_large", 0.0)]
     {
-        assert_eq!(
-            metric(&mut m, &format!("herald_publish_refused_total{{reason=\"{reason}\"}}")).await,
-            n,
-            "{reason}"
-        );
+        assert_eq!(m.metric(&format!("herald_publish_refused_total{{reason=\"{reason}\"}}")).await, n, "{reason}");
     }
 
     let _a = server.client(Proto::H1).user("a").subscribe("channel=channel:r", &[]).await;
@@ -109,11 +89,7 @@ async fn refused_publishes_and_streams_are_counted_by_reason() {
     let _ = server.client(Proto::H1).open_events("channel=channel:r", &[]).await;
     let _ = server.client(Proto::H1).user("d").open_events("channel=nope", &[]).await;
     for (reason, n) in [("at_capacity", 1.0), ("unauthorized", 1.0), ("invalid", 1.0), ("forbidden", 0.0)] {
-        assert_eq!(
-            metric(&mut m, &format!("herald_subscribe_refused_total{{reason=\"{reason}\"}}")).await,
-            n,
-            "{reason}"
-        );
+        assert_eq!(m.metric(&format!("herald_subscribe_refused_total{{reason=\"{reason}\"}}")).await, n, "{reason}");
     }
 }
 
@@ -127,10 +103,10 @@ async fn resumes_are_counted_as_replayed_or_reset() {
     let _replayed = c.subscribe("channel=channel:z", &[("last-event-id", &id)]).await;
     let _reset = c.subscribe("channel=channel:z", &[("last-event-id", "garbage")]).await;
     let _fresh = c.subscribe("channel=channel:z", &[]).await;
-    assert_eq!(metric(&mut c, "herald_resumes_total{result=\"replayed\"}").await, 1.0);
-    assert_eq!(metric(&mut c, "herald_resumes_total{result=\"reset\"}").await, 1.0);
-    assert_eq!(metric(&mut c, "herald_engine_up").await, 1.0);
-    assert_eq!(metric(&mut c, "herald_draining").await, 0.0);
+    assert_eq!(c.metric("herald_resumes_total{result=\"replayed\"}").await, 1.0);
+    assert_eq!(c.metric("herald_resumes_total{result=\"reset\"}").await, 1.0);
+    assert_eq!(c.metric("herald_engine_up").await, 1.0);
+    assert_eq!(c.metric("herald_draining").await, 0.0);
 }
 
 #[tokio::test]

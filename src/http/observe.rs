@@ -41,12 +41,13 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 pub async fn count_publish_refusals(State(herald): State<Herald>, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     if !resp.status().is_success() {
-        herald.metrics().refuse_publish(match resp.status() {
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            StatusCode::SERVICE_UNAVAILABLE => "engine_unavailable",
+        herald.metrics().refuse_publish(match (resp.status(), error_code(&resp)) {
+            (StatusCode::UNAUTHORIZED, _) => "unauthorized",
+            (StatusCode::FORBIDDEN, _) => "forbidden",
+            (StatusCode::TOO_MANY_REQUESTS, _) => "rate_limited",
+            (StatusCode::PAYLOAD_TOO_LARGE, _) => "too_large",
+            (_, "auth_unavailable") => "auth_unavailable",
+            (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
             _ => "invalid",
         });
     }
@@ -57,17 +58,22 @@ pub async fn count_publish_refusals(State(herald): State<Herald>, req: Request, 
 pub async fn count_subscribe_refusals(State(herald): State<Herald>, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     if !resp.status().is_success() {
-        let code = resp.extensions().get::<ErrorCode>().map_or("", |c| c.0);
-        herald.metrics().refuse_subscribe(match (resp.status(), code) {
+        herald.metrics().refuse_subscribe(match (resp.status(), error_code(&resp)) {
             (StatusCode::UNAUTHORIZED, _) => "unauthorized",
             (StatusCode::FORBIDDEN, _) => "forbidden",
             (StatusCode::TOO_MANY_REQUESTS, _) => "user_limit",
             (_, "server_at_capacity") => "at_capacity",
             (_, "too_many_channels") => "channel_limit",
             (_, "server_draining") => "draining",
+            (_, "auth_unavailable") => "auth_unavailable",
             (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
             _ => "invalid",
         });
     }
     resp
+}
+
+/// The `code` of the [`super::ApiError`] behind a response, or `""`.
+fn error_code(resp: &Response) -> &'static str {
+    resp.extensions().get::<ErrorCode>().map_or("", |c| c.0)
 }

@@ -322,6 +322,24 @@ impl Client {
         read_json(resp).await
     }
 
+    /// Reads `/metrics` and returns the value of the series `series` (with its labels, if
+    /// any); fails the test if the series is missing.
+    pub async fn metric(&mut self, series: &str) -> f64 {
+        let req = self.request("GET", "/metrics").body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("{e}"));
+        let resp = self.send(req).await;
+        assert_eq!(
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(|v| v.starts_with("text/plain")),
+            Some(true)
+        );
+        let body =
+            http_body_util::BodyExt::collect(resp.into_body()).await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+    }
+
     /// Opens `GET /api/events?<query>` with extra headers; does not check the status.
     pub async fn open_events(&mut self, query: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
         let mut b = self.request("GET", &format!("/api/events?{query}")).header("accept", "text/event-stream");
