@@ -401,7 +401,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         latency: Latency::from_hist(&latency),
         connect_server_cpu_s,
         server_cpu_s,
-        server_system_cpu_s: server_cpu.system,
+        server_system_cpu_s: Some(server_cpu.system),
         client_cpu_s,
         deliveries_per_server_cpu_s: rate(total.delivered, server_cpu_s),
         server_busy: if delivery_s > 0.0 { server_cpu_s / delivery_s } else { 0.0 },

@@ -78,9 +78,10 @@ pub struct Outcome {
     /// Server CPU from the first publish to the last delivery.
     pub server_cpu_s: f64,
     /// The part of `server_cpu_s` spent in the kernel (system calls, and on loopback the
-    /// receiving side's work of what the server sends). Older result files lack it.
+    /// receiving side's work of what the server sends). `None` in result files written
+    /// before it was measured; the table shows `–` for them.
     #[serde(default)]
-    pub server_system_cpu_s: f64,
+    pub server_system_cpu_s: Option<f64>,
     /// The bench's own CPU (coordinator and workers) over the same time.
     pub client_cpu_s: f64,
     pub deliveries_per_server_cpu_s: f64,
@@ -172,7 +173,7 @@ impl Outcome {
             "  CPU: server {:.2} s ({:.2} s in the kernel; {} deliveries per server CPU-second, {:.0}% busy), \
              client {:.2} s ({:.0}% busy); connecting: server {:.2} s",
             self.server_cpu_s,
-            self.server_system_cpu_s,
+            self.server_system_cpu_s.unwrap_or(0.0),
             si(self.deliveries_per_server_cpu_s),
             self.server_busy * 100.0,
             self.client_cpu_s,
@@ -198,7 +199,11 @@ struct Metric {
 fn kernel_share() -> Metric {
     Metric {
         name: "server CPU in the kernel (%)",
-        get: |o| if o.server_cpu_s > 0.0 { o.server_system_cpu_s / o.server_cpu_s * 100.0 } else { 0.0 },
+        get: |o| match o.server_system_cpu_s {
+            Some(sys) if o.server_cpu_s > 0.0 => sys / o.server_cpu_s * 100.0,
+            Some(_) => 0.0,
+            None => f64::NAN,
+        },
         digits: 0,
     }
 }
@@ -206,7 +211,11 @@ fn kernel_share() -> Metric {
 fn kernel_per_delivery() -> Metric {
     Metric {
         name: "server kernel CPU per delivery (µs)",
-        get: |o| if o.delivered > 0 { o.server_system_cpu_s / o.delivered as f64 * 1e6 } else { 0.0 },
+        get: |o| match o.server_system_cpu_s {
+            Some(sys) if o.delivered > 0 => sys / o.delivered as f64 * 1e6,
+            Some(_) => 0.0,
+            None => f64::NAN,
+        },
         digits: 2,
     }
 }
@@ -345,7 +354,13 @@ pub fn table(outcomes: &[Outcome]) -> String {
             for l in &labels {
                 match by.get(&(case.clone(), l.clone())) {
                     Some(runs) => {
-                        let values: Vec<f64> = runs.iter().map(|o| (metric.get)(o)).collect();
+                        // NaN: not measured in that run (an older result file).
+                        let values: Vec<f64> = runs.iter().map(|o| (metric.get)(o)).filter(|v| !v.is_nan()).collect();
+                        if values.is_empty() {
+                            medians.push(None);
+                            let _ = write!(s, " – |");
+                            continue;
+                        }
                         medians.push(Some(median(&mut values.clone())));
                         let failed = runs.iter().filter(|o| !o.ok).count();
                         let mark = if failed > 0 { format!(" ⚠{failed} failed") } else { String::new() };
@@ -401,6 +416,17 @@ mod tests {
         let row = t.lines().find(|l| l.contains("deliveries per second")).unwrap_or_default();
         assert!(row.contains("200,000 (100,000–300,000) ⚠1 failed"), "{t}");
         assert!(row.contains("| 100,000 |") && row.contains("2.00x"), "{t}");
+    }
+
+    #[test]
+    fn runs_without_kernel_time_show_a_dash_not_zero() {
+        let mut measured = outcome("herald", 100_000.0, true);
+        measured.server_cpu_s = 2.0;
+        measured.server_system_cpu_s = Some(1.5);
+        let old = outcome("nchan", 100_000.0, true);
+        let t = table(&[measured, old]);
+        let row = t.lines().find(|l| l.contains("server CPU in the kernel (%)")).unwrap_or_default();
+        assert!(row.contains("| 75.00 | – | – |"), "{t}");
     }
 
     #[test]
