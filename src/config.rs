@@ -83,6 +83,10 @@ pub struct Config {
     pub max_query_bytes: usize,
     /// Allows binding a non-loopback address with no authentication configured.
     pub allow_anonymous: bool,
+    /// Web origins (`https://app.example.com`) whose pages may call Herald from the browser
+    /// (CORS), with credentials; `["*"]` lets any origin in, without credentials. Empty:
+    /// same-origin only.
+    pub cors_origins: Vec<String>,
     /// Serves the live admin view at `/admin` and publishes node stats on `admin:nodes`
     /// (readable with an API key only).
     pub admin: bool,
@@ -236,6 +240,7 @@ impl Default for Config {
             api_key_publish_burst: 2000.0,
             max_query_bytes: 8 * 1024,
             allow_anonymous: false,
+            cors_origins: Vec::new(),
             admin: false,
             admin_interval: Duration::from_secs(2),
             presence_grace: Duration::from_secs(5),
@@ -308,6 +313,16 @@ impl Config {
             check(key.key.len() >= 16, "every API key must be at least 16 characters");
             check(!key.name.is_empty(), "every API key needs a name");
         }
+        for origin in &self.cors_origins {
+            let alone = origin == "*" && self.cors_origins.len() == 1;
+            check(
+                alone || is_origin(origin),
+                &format!(
+                    "cors_origins: {origin:?} is not an origin such as \"https://app.example.com\" \
+                     (scheme, host, optional port, no path), or \"*\" alone"
+                ),
+            );
+        }
         for ns in self.namespaces.keys() {
             check(
                 !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
@@ -337,6 +352,17 @@ impl Config {
             || self.auth.jwks_url.is_some()
             || !self.api_keys.is_empty()
     }
+}
+
+/// Whether `s` is an origin as browsers send it: `http` or `https`, a host, an optional
+/// port, and nothing else (no path, not even `/`).
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, authority)) = s.split_once("://") else { return false };
+    matches!(scheme, "http" | "https")
+        && !authority.is_empty()
+        && authority.parse::<axum::http::uri::Authority>().is_ok()
+        && !authority.contains(['/', '@', '?', '#'])
+        && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -391,5 +417,33 @@ mod tests {
         let c = Config { buffer_size: 0, tls_cert: Some("a".into()), ..Config::default() };
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("buffer_size") && msg.contains("tls_cert and tls_key"), "{msg}");
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        for ok in ["https://app.example.com", "http://localhost:5173", "http://127.0.0.1:3000", "https://[::1]:8443"] {
+            assert!(is_origin(ok), "{ok}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "ftp://app.example.com",
+            "https://user@app.example.com",
+            "https://",
+            "https://app.example.com?x",
+            "https://app example.com",
+            "*.example.com",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+        let check = |origins: &[&str]| {
+            let c = Config { cors_origins: origins.iter().map(|o| (*o).to_owned()).collect(), ..Config::default() };
+            c.validate().err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert_eq!(check(&["*"]), "");
+        assert_eq!(check(&["https://a.example", "http://localhost:5173"]), "");
+        assert!(check(&["*", "https://a.example"]).contains(r#"cors_origins: "*" is not an origin"#));
+        assert!(check(&["https://a.example/"]).contains(r#"cors_origins: "https://a.example/""#));
     }
 }

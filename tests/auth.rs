@@ -192,6 +192,80 @@ async fn a_key_server_that_is_down_refuses_tokens_with_503_counted_as_auth_unava
     }
 }
 
+const APP: &str = "http://app.test:5173";
+
+/// The CORS headers of an answer: allowed origin, credentials, vary.
+fn cors_of(resp: &hyper::Response<hyper::body::Incoming>) -> (Option<String>, Option<String>, String) {
+    let get = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let vary = resp.headers().get_all("vary").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    (get("access-control-allow-origin"), get("access-control-allow-credentials"), vary)
+}
+
+async fn preflight(server: &TestServer, origin: &str, path: &str) -> hyper::Response<hyper::body::Incoming> {
+    let mut c = server.client(Proto::H1);
+    let req = c
+        .request("OPTIONS", path)
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.send(req).await
+}
+
+#[tokio::test]
+async fn a_listed_origin_may_call_herald_with_credentials_and_no_other_origin_may() {
+    let server = TestServer::secured(|c| c.cors_origins = vec![APP.to_owned()]).await;
+
+    let ok = preflight(&server, APP, "/api/publish").await;
+    assert!(ok.status().is_success(), "preflight: {}", ok.status());
+    assert_eq!(cors_of(&ok).0.as_deref(), Some(APP));
+    assert_eq!(cors_of(&ok).1.as_deref(), Some("true"));
+    let allowed = |name: &str| ok.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_lowercase();
+    assert!(allowed("access-control-allow-methods").contains("post"), "{:?}", ok.headers());
+    assert!(allowed("access-control-allow-headers").contains("authorization"), "{:?}", ok.headers());
+
+    let other = preflight(&server, "http://evil.test", "/api/publish").await;
+    assert_eq!(cors_of(&other).0, None, "an unlisted origin is not allowed");
+
+    // A stream (HTTP/1.1 takes the lean path, h2c goes through hyper) and a publish from the page.
+    let me = [("origin", APP)];
+    for proto in [Proto::H1, Proto::H2c] {
+        let stream = server.client(proto).user("u1").subscribe("channel=user:u1", &me).await;
+        assert!(!stream.connected_id().is_empty(), "a cross-origin stream opens");
+    }
+    let stream = server.client(Proto::H1).user("u1").open_events("channel=user:u1", &me).await;
+    let (origin, credentials, vary) = cors_of(&stream);
+    assert_eq!((origin.as_deref(), credentials.as_deref()), (Some(APP), Some("true")));
+    assert!(vary.to_lowercase().contains("origin"), "vary: {vary}");
+    let h2 = server.client(Proto::H2c).user("u1").open_events("channel=user:u1", &me).await;
+    assert_eq!(cors_of(&h2).0.as_deref(), Some(APP));
+
+    // Errors carry the headers too, so the page can read them; the exposed request id with them.
+    let refused = server.client(Proto::H1).open_events("channel=user:u1", &me).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(cors_of(&refused).0.as_deref(), Some(APP));
+    let exposed = refused.headers().get("access-control-expose-headers").and_then(|v| v.to_str().ok());
+    assert!(exposed.is_some_and(|v| v.contains("x-request-id")), "{exposed:?}");
+    let foreign =
+        server.client(Proto::H1).user("u1").open_events("channel=user:u1", &[("origin", "http://evil.test")]).await;
+    assert_eq!(cors_of(&foreign).0, None);
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_a_wildcard_never_allows_credentials() {
+    let off = TestServer::start().await;
+    let resp = off.client(Proto::H1).open_events("channel=channel:general", &[("origin", APP)]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(cors_of(&resp).0, None);
+    assert_eq!(preflight(&off, APP, "/api/publish").await.status(), 405, "no preflight answer without cors_origins");
+
+    let any = TestServer::with(|c| c.cors_origins = vec!["*".to_owned()]).await;
+    let resp = any.client(Proto::H1).open_events("channel=channel:general", &[("origin", APP)]).await;
+    assert_eq!(cors_of(&resp).0.as_deref(), Some("*"));
+    assert_eq!(cors_of(&resp).1, None, "`*` never with credentials");
+}
+
 #[tokio::test]
 async fn issuer_and_audience_are_checked_when_configured() {
     let server = TestServer::secured(|c| {

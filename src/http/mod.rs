@@ -4,6 +4,7 @@
 //! application can mount. Handlers only translate between HTTP and [`Herald`]'s methods.
 
 pub mod auth;
+pub mod cors;
 pub mod error;
 pub mod observe;
 mod presence;
@@ -25,6 +26,7 @@ pub use error::ApiError;
 /// All of Herald's routes, with `herald` as state.
 pub fn router(herald: Herald) -> Router {
     let body_limit = herald.config().max_body_bytes;
+    let cors = cors::layer(&herald.config().cors_origins);
     let publishing = Router::new()
         .route("/api/publish", post(publish::publish))
         .route("/api/channels/{channel}/events", post(publish::publish_to_channel))
@@ -32,7 +34,7 @@ pub fn router(herald: Herald) -> Router {
     let streaming = Router::new()
         .route("/api/events", get(subscribe::subscribe))
         .route_layer(middleware::from_fn_with_state(herald.clone(), observe::count_subscribe_refusals));
-    Router::new()
+    let router = Router::new()
         .merge(publishing)
         .merge(streaming)
         .route("/api/tickets", post(tickets::issue))
@@ -50,8 +52,14 @@ pub fn router(herald: Herald) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(observe::request_id))
-        .with_state(herald)
+        .layer(middleware::from_fn(observe::request_id));
+    // Outermost, so that preflights are answered before routing and every answer, errors
+    // included, carries the CORS headers.
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(herald)
 }
 
 /// The JSON 404 of Herald's API, for an embedding app's own router.
