@@ -3,8 +3,8 @@
 //! Off unless `cors_origins` lists origins. Listed origins may call every endpoint from a
 //! page with credentials (cookies, `Authorization`), so the cookie's protection against
 //! cross-site requests (see `auth::check_cookie_publish`) holds for every other origin;
-//! `["*"]` lets any origin in, never with credentials. Preflights are answered here, before
-//! routing; every other answer, errors included, carries the headers, so a page can read
+//! `["*"]` lets any origin in, never with credentials. Preflights are answered here, before any
+//! handler; every other answer, errors included, carries the headers, so a page can read
 //! Herald's JSON errors.
 
 use std::time::Duration;

@@ -53,7 +53,7 @@ pub fn router(herald: Herald) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(observe::request_id));
-    // Outermost, so that preflights are answered before routing and every answer, errors
+    // Outermost, so that preflights are answered before any handler and every answer, errors
     // included, carries the CORS headers.
     let router = match cors {
         Some(cors) => router.layer(cors),
