@@ -20,7 +20,7 @@ use tokio::task::spawn_local;
 use crate::cli::{MAX_EVENTS, MAX_SUBSCRIBERS, RunArgs, Scenario};
 use crate::hist::Hist;
 use crate::net::{Publisher, now_us, source_ip};
-use crate::procfs::{cpu_all, cpu_seconds_all, kernel_slab_kb, memory_all};
+use crate::procfs::{cpu_all, kernel_slab_kb, memory_all};
 use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
 use crate::report::{Latency, MemoryReport, Outcome};
 use crate::target::Target;
@@ -246,12 +246,12 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     let servers = &args.server_pids;
     let mem_before = memory_all(servers);
     let slab_before = kernel_slab_kb().unwrap_or(0);
-    let server_cpu_start = cpu_seconds_all(servers);
+    let server_cpu_start = cpu_all(servers);
     let connect_start = Instant::now();
     let mut workers = spawn_workers(plans).await?;
     let all_connected = workers.wait(Duration::from_secs_f64(args.connect_timeout + 10.0), Board::all_connected).await;
     let connect_s = connect_start.elapsed().as_secs_f64();
-    let connect_server_cpu_s = cpu_seconds_all(servers) - server_cpu_start;
+    let connect_server_cpu_s = cpu_all(servers).since(server_cpu_start).total();
     let mut errors = Vec::new();
     let (established, connect_failed) = {
         let b = workers.board.borrow();
@@ -301,7 +301,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     let me = std::process::id();
     let client_pids: Vec<u32> = std::iter::once(me).chain(workers.pids()).collect();
     let server_cpu0 = cpu_all(servers);
-    let client_cpu0 = cpu_seconds_all(&client_pids);
+    let client_cpu0 = cpu_all(&client_pids);
     let start_us = now_us();
 
     let ctx = PublishCtx {
@@ -333,7 +333,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     let server_cpu = cpu_all(servers).since(server_cpu0);
     let server_cpu_s = server_cpu.total();
-    let client_cpu_s = cpu_seconds_all(&client_pids) - client_cpu0;
+    let client_cpu_s = cpu_all(&client_pids).since(client_cpu0).total();
     let worker_count = workers.children.len() as u64;
 
     let mut total = WorkerReport::default();

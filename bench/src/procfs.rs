@@ -28,6 +28,7 @@ impl Cpu {
     }
 }
 
+/// The CPU time `pid` has used so far; `None` if it is gone.
 pub fn cpu(pid: u32) -> Option<Cpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
@@ -39,21 +40,11 @@ pub fn cpu(pid: u32) -> Option<Cpu> {
     Some(Cpu { user: utime as f64 / TICKS_PER_SECOND, system: stime as f64 / TICKS_PER_SECOND })
 }
 
-/// CPU seconds (user + system) the process has used so far, all threads included.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    cpu(pid).map(Cpu::total)
-}
-
 /// Sum of [`cpu`] over several processes; processes that are gone count 0.
 pub fn cpu_all(pids: &[u32]) -> Cpu {
     pids.iter()
         .filter_map(|p| cpu(*p))
         .fold(Cpu::default(), |a, c| Cpu { user: a.user + c.user, system: a.system + c.system })
-}
-
-/// Sum of [`cpu_seconds`] over several processes; processes that are gone count 0.
-pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
-    cpu_all(pids).total()
 }
 
 /// Memory of a set of processes, in KiB.
@@ -110,11 +101,11 @@ mod tests {
             x = x.wrapping_mul(31).wrapping_add(1);
         }
         assert!(x != 1);
-        assert!(cpu_seconds(me).is_some_and(|s| s > 0.0));
+        assert!(cpu(me).is_some_and(|c| c.total() > 0.0));
         let m = memory(me).unwrap_or_else(|| panic!("no memory reading"));
         assert!(m.rss_kb > 100, "{m:?}");
         assert!(open_fds(me).is_some_and(|n| n >= 3));
         assert!(kernel_slab_kb().is_some_and(|kb| kb > 0));
-        assert_eq!(cpu_seconds(u32::MAX), None);
+        assert_eq!(cpu(u32::MAX), None);
     }
 }
