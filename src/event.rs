@@ -11,6 +11,7 @@
 //! The reserved keys are always written by the server; a publisher's values for them are
 //! dropped.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -184,29 +185,28 @@ impl Prepared {
 pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> Result<(String, String), EventError> {
     validate_type(&event.event_type)?;
     let body = serialize_body(&event, publisher, max_payload)?;
-    let mut out = String::with_capacity(body.len() + 40);
-    out.push('{');
+    let mut out = Vec::with_capacity(body.len() + 40);
+    out.push(b'{');
     push_member(&mut out, "id", crate::ids::new_id().as_str());
-    out.push(',');
-    out.push_str(&body);
-    out.push('}');
-    Ok((event.event_type, out))
+    out.push(b',');
+    out.extend_from_slice(body.as_bytes());
+    out.push(b'}');
+    Ok((event.event_type, into_string(out)))
 }
 
 /// The members after `id` and `channel`: type, timestamp, identity, then the payload
 /// without reserved keys. Refuses a payload over `max_payload` bytes.
 fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> Result<String, EventError> {
-    let mut body = String::with_capacity(128);
+    let mut body = Vec::with_capacity(128);
     push_member(&mut body, "type", event.event_type.as_str());
-    body.push(',');
-    let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    push_member(&mut body, "timestamp", ts.as_str());
+    // An RFC 3339 timestamp needs no escaping: written in place, not through a `String`.
+    let _ = write!(body, r#","timestamp":"{}""#, humantime::format_rfc3339_millis(SystemTime::now()));
     if let Some(uid) = &publisher.user_id {
-        body.push(',');
+        body.push(b',');
         push_member(&mut body, "userId", uid.as_str());
     }
     if let Some(name) = &publisher.user_name {
-        body.push(',');
+        body.push(b',');
         push_member(&mut body, "userName", name.as_str());
     }
     let fixed = body.len();
@@ -214,41 +214,47 @@ fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> R
         if RESERVED_FIELDS.contains(&k.as_str()) {
             continue;
         }
-        body.push(',');
+        body.push(b',');
         push_member(&mut body, k, v);
     }
     let size = body.len() - fixed;
     if size > max_payload {
         return Err(EventError::TooLarge { size, limit: max_payload });
     }
-    Ok(body)
+    Ok(into_string(body))
 }
 
 /// Assembles the wire JSON from the id, the channel and the prepared body members.
 pub fn json_for(id: &str, channel: &str, body: &str) -> String {
-    let mut out = String::with_capacity(body.len() + id.len() + channel.len() + 24);
-    out.push('{');
+    let mut out = Vec::with_capacity(body.len() + id.len() + channel.len() + 24);
+    out.push(b'{');
     push_member(&mut out, "id", id);
-    out.push(',');
+    out.push(b',');
     push_member(&mut out, "channel", channel);
-    out.push(',');
-    out.push_str(body);
-    out.push('}');
-    out
+    out.push(b',');
+    out.extend_from_slice(body.as_bytes());
+    out.push(b'}');
+    into_string(out)
 }
 
-/// Appends `"key":value`, both as JSON, without copying either into a `Value` first.
-fn push_member<V: serde::Serialize + ?Sized>(out: &mut String, key: &str, value: &V) {
+/// Appends `"key":value`, both as JSON, serialized straight into `out`: no `Value` and no
+/// `String` per member.
+fn push_member<V: serde::Serialize + ?Sized>(out: &mut Vec<u8>, key: &str, value: &V) {
     push_json(out, key);
-    out.push(':');
+    out.push(b':');
     push_json(out, value);
 }
 
-fn push_json<V: serde::Serialize + ?Sized>(out: &mut String, value: &V) {
-    // Strings and `Value`s (whose map keys are strings) always serialize.
-    if let Ok(json) = serde_json::to_string(value) {
-        out.push_str(&json);
-    }
+fn push_json<V: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &V) {
+    // Strings and `Value`s (whose map keys are strings) always serialize, and writing to a
+    // `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// JSON written by `push_member` (and `&str`s appended whole) is UTF-8; the check is one
+/// pass over bytes just written.
+fn into_string(json: Vec<u8>) -> String {
+    String::from_utf8(json).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// An event on one of its channels: its position there and its shared frame.
