@@ -23,7 +23,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::herald::Herald;
 use crate::http::auth::PeerAddr;
 use crate::hub::connection::KillSwitch;
+use coalesce::Coalesce;
 
+mod coalesce;
 mod lean;
 
 /// Bytes hyper may buffer per connection (HTTP/1.1) or stream (HTTP/2) before it stops
@@ -163,7 +165,8 @@ impl Shared {
             Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
         };
-        self.serve_hyper(TokioIo::new(stream), peer, watcher, kill, Some(deadline)).await;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        self.serve_hyper(TokioIo::new(Coalesce::new(stream, h2)), peer, watcher, kill, Some(deadline)).await;
     }
 
     /// Plain TCP: event streams over HTTP/1.x take the lean path, the rest goes to hyper.
@@ -187,7 +190,8 @@ impl Shared {
                 }
             }
         };
-        let io = TokioIo::new(lean::Prefixed::new(prefix, tcp));
+        let h2 = coalesce::starts_h2(&prefix);
+        let io = TokioIo::new(Coalesce::new(lean::Prefixed::new(prefix, tcp), h2));
         Box::pin(self.serve_hyper(io, peer, watcher, kill, first_request)).await;
     }
 
