@@ -177,6 +177,12 @@ pub fn render(herald: &Herald) -> String {
         "Times the engine reconnected to its backend.",
         counters.reconnects,
     );
+    o.single(
+        "herald_engine_watched_channels",
+        "gauge",
+        "Channels this node follows on Redis, each with a catch-up point.",
+        counters.watched_channels,
+    );
     o.single("herald_draining", "gauge", "Whether the node is shutting down.", u8::from(herald.is_draining()));
     o.single("herald_uptime_seconds", "gauge", "Seconds since the node started.", herald.uptime().as_secs());
     o.metric("herald_build_info", "gauge", "Build information.");

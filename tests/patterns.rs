@@ -101,3 +101,66 @@ async fn resuming_a_pattern_says_plainly_that_it_cannot_replay() {
     );
     resumed.expect_ns(0..1).await;
 }
+
+/// On Redis a node hears a message once per subscription that matches it (the channel's own,
+/// each pattern). A channel's own subscription starting or stopping beside a pattern that
+/// covers it must not make the pattern's followers lose or repeat an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_loses_and_repeats_nothing_while_a_channel_it_covers_is_followed_and_given_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const PUBLISHERS: usize = 4;
+    const CHANNEL: &str = "channel:incidents.INC-1";
+    let redis = RedisServer::start().await;
+    let a = server(Some(redis.url())).await;
+    let b = server(Some(redis.url())).await;
+    let mut follower = a.client(Proto::H1).user("oncall").subscribe("channel=channel:incidents.*", &[]).await;
+    // Publishers on node B, as fast as they go, each numbering its own events.
+    let done = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let mut client = b.client(Proto::H1).backend();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    client.publish(&json!({"channel": CHANNEL, "type": "incident.updated", "p": p, "n": n})).await;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    // On node A the channel itself is followed and given up, three times: each start is a
+    // SUBSCRIBE beside the pattern, each end an UNSUBSCRIBE at the node's next sweep.
+    let subscribers = || redis.cli(&["PUBSUB", "NUMSUB", "realtime:channel:{incidents.INC-1}"]);
+    for round in 0..3 {
+        let lead = a.client(Proto::H1).user("lead").subscribe(&format!("channel={CHANNEL}"), &[]).await;
+        drop(lead);
+        support::within("the node to give up the channel's own subscription", async {
+            while !tokio::task::block_in_place(subscribers).trim_end().ends_with("\n0") {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        eprintln!("round {round}: the channel was subscribed and unsubscribed");
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut sent = Vec::new();
+    for p in publishers {
+        sent.push(p.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let mut next = [0u64; PUBLISHERS];
+    for _ in 0..sent.iter().sum::<u64>() {
+        let ev = follower.expect().await;
+        let (p, n) = (ev.data["p"].as_u64().unwrap_or(u64::MAX), ev.data["n"].as_u64().unwrap_or(u64::MAX));
+        let p = usize::try_from(p).unwrap_or(usize::MAX);
+        assert!(p < PUBLISHERS, "an event of the test: {:?}", ev.data);
+        assert_eq!(n, next[p], "publisher {p}'s events arrive once each and in order");
+        next[p] += 1;
+    }
+    let mut last = b.client(Proto::H1).backend();
+    last.publish(&json!({"channel": CHANNEL, "type": "incident.updated", "last": true})).await;
+    assert_eq!(follower.expect().await.data["last"], true, "nothing repeated after the last one");
+    assert_eq!(next.to_vec(), sent, "everything published arrived");
+}

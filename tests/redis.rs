@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Proto, RedisServer, TestServer, eventually};
+use support::{Proto, RedisServer, TestServer, eventually, within};
 
 /// A node on `redis`. Presence is off: these tests are about events, and presence has its
 /// own (tests/presence.rs).
@@ -405,4 +405,35 @@ async fn a_node_with_subscribers_keeps_one_healthy_pubsub_connection() {
     tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
     assert_eq!(a.herald.engine().counters().reconnects, 0, "a ping while subscribed must not look like a failure");
     assert!(a.herald.is_ready());
+}
+
+#[tokio::test]
+async fn a_node_keeps_catch_up_points_only_for_the_channels_it_follows() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut admin = a.client(Proto::H1).backend();
+    let mut reader = a.client(Proto::H1).user("ann").subscribe("channel=channel:watched", &[]).await;
+    let mut follower = a.client(Proto::H2c).user("bob").subscribe("channel=channel:elsewhere.*", &[]).await;
+    let followed = admin.metric("herald_engine_watched_channels").await;
+    assert!(followed >= 1.0, "channel:watched has a catch-up point");
+    // Events that name channels node A does not follow (beside one it does, or through a
+    // pattern) must leave nothing behind there.
+    let mut p = b.client(Proto::H1).backend();
+    for n in 0..50 {
+        p.publish(&json!({"channels": ["channel:watched", format!("channel:other-{n}")], "type": "t", "n": n})).await;
+        p.publish(&json!({"channel": format!("channel:elsewhere.{n}"), "type": "t", "n": n})).await;
+    }
+    for n in 0..50 {
+        assert_eq!(reader.expect().await.data["n"], n);
+        assert_eq!(follower.expect().await.data["n"], n);
+    }
+    assert_eq!(admin.metric("herald_engine_watched_channels").await, followed, "no point kept for the others");
+    // And a channel nobody follows any more is let go of at the next sweep.
+    drop(reader);
+    within("the node to let go of channel:watched", async {
+        while admin.metric("herald_engine_watched_channels").await != followed - 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

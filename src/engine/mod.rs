@@ -39,6 +39,9 @@ pub struct EngineCounters {
     pub publish_errors: u64,
     /// Times the engine reconnected to its backend.
     pub reconnects: u64,
+    /// Channels the node follows on its backend, each with the point a catch-up after a
+    /// reconnect would start from (a gauge).
+    pub watched_channels: u64,
 }
 
 /// What an engine answers for an accepted event.

@@ -484,10 +484,14 @@ impl RedisEngine {
         Ok(HistoryRead { head, events, streams })
     }
 
+    /// Moves a watched channel's catch-up point forward. Channels the node does not watch
+    /// (the other channels of a multi-channel event, channels reached through a pattern) are
+    /// not remembered: nothing would ever forget them.
     fn note_seen(&self, channel: &ChannelName, pos: Position) {
         let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = seen.entry(channel.clone()).or_default();
-        if pos > *entry {
+        if let Some(entry) = seen.get_mut(channel)
+            && pos > *entry
+        {
             *entry = pos;
         }
     }
@@ -555,10 +559,13 @@ impl RedisEngine {
         Ok(())
     }
 
-    /// The head of a channel's Stream, remembered as where catch-up would start.
+    /// The head of a channel's Stream, remembered as where catch-up would start: from here
+    /// on the channel is watched.
     async fn mark_head(&self, channel: &ChannelName) -> Result<(), EngineError> {
         let head = self.read(channel, None).await?.head;
-        self.note_seen(channel, head);
+        let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = seen.entry(channel.clone()).or_default();
+        *entry = (*entry).max(head);
         Ok(())
     }
 }
@@ -761,6 +768,30 @@ async fn cluster_pubsub_task(
     }
 }
 
+/// The channel and first line (stream id, event id) of the last message delivered from
+/// pub/sub: what a copy of it through another subscription repeats.
+#[derive(Default)]
+struct LastMessage(Vec<u8>);
+
+impl LastMessage {
+    /// Whether `payload` on `channel` is the message delivered last; if not, it becomes it.
+    fn repeats(&mut self, channel: &str, payload: &[u8]) -> bool {
+        let head = payload.split(|b| *b == b'\n').next().unwrap_or(payload);
+        let key = &mut self.0;
+        let same = key.len() == channel.len() + 1 + head.len()
+            && key.starts_with(channel.as_bytes())
+            && key[channel.len()] == b'\n'
+            && key.ends_with(head);
+        if !same {
+            key.clear();
+            key.extend_from_slice(channel.as_bytes());
+            key.push(b'\n');
+            key.extend_from_slice(head);
+        }
+        same
+    }
+}
+
 /// The node's pub/sub connection: subscriptions (channels with `SUBSCRIBE`, patterns with
 /// `PSUBSCRIBE`), live messages, node commands, reconnects and catch-up.
 async fn pubsub_task(
@@ -802,6 +833,11 @@ async fn pubsub_task(
         let replies = this.replies_channel(&this.node_id);
         // Resubscribe what the hub has, then catch up what was missed while cut off.
         let active = this.hub.active_channels();
+        {
+            // Channels given up while cut off are watched no more.
+            let watched: std::collections::HashSet<&ChannelName> = active.iter().collect();
+            this.last_seen.lock().unwrap_or_else(PoisonError::into_inner).retain(|ch, _| watched.contains(ch));
+        }
         let mut names: HashMap<String, ChannelName> = active.iter().map(|c| (this.pubsub_name(c), c.clone())).collect();
         let mut subscribed: Vec<String> =
             names.iter().filter(|(_, c)| !c.is_pattern()).map(|(n, _)| n.clone()).collect();
@@ -839,24 +875,26 @@ async fn pubsub_task(
         drop(this);
 
         let mut reconcile = tokio::time::interval(Duration::from_secs(1));
+        let mut last = LastMessage::default();
         loop {
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
                     let Some(this) = engine.upgrade() else { return };
                     let name = msg.get_channel_name();
-                    if msg.from_pattern() {
-                        // Delivered once per node: by the channel's own subscription if the
-                        // node has one, else by the first matching pattern.
-                        let pattern: String = msg.get_pattern().unwrap_or_default();
-                        let Some(ch) = this.channel_of(name) else { continue };
-                        let first = names.iter().filter(|(_, p)| p.matches(&ch)).map(|(n, _)| n).min();
-                        if names.contains_key(name) || first != Some(&pattern) {
+                    let channel = if msg.from_pattern() { this.channel_of(name) } else { names.get(name).cloned() };
+                    if let Some(ch) = channel {
+                        // A message reaches the node once per subscription that matches it
+                        // (the channel's own, each pattern), and Redis sends those copies
+                        // one after another. Delivering the first and dropping the ones
+                        // that repeat it holds whichever subscriptions come and go
+                        // meanwhile; deciding by the subscriptions instead lost or repeated
+                        // a message at the moment one started or stopped.
+                        let payload = msg.get_payload_bytes();
+                        if last.repeats(name, payload) {
                             continue;
                         }
-                        this.on_message(&ch, msg.get_payload_bytes());
-                    } else if let Some(ch) = names.get(name) {
-                        this.on_message(ch, msg.get_payload_bytes());
+                        this.on_message(&ch, payload);
                     } else if name == control {
                         this.on_command(msg.get_payload_bytes());
                     } else if name == replies {
@@ -1154,6 +1192,8 @@ impl Engine for RedisEngine {
         super::EngineCounters {
             publish_errors: self.stats.publish_errors.load(Ordering::Relaxed),
             reconnects: self.stats.reconnects.load(Ordering::Relaxed),
+            watched_channels: u64::try_from(self.last_seen.lock().unwrap_or_else(PoisonError::into_inner).len())
+                .unwrap_or(u64::MAX),
         }
     }
 }
