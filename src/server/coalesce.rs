@@ -8,8 +8,9 @@
 //!
 //! [`Coalesce`] defers the first write after each flush by one turn of the scheduler: the
 //! task wakes itself and returns `Pending`, which puts it at the back of the run queue. By
-//! the time it runs again, the other streams woken by the same event have handed over
-//! their frames, and h2 writes them all with one `writev`.
+//! the time it runs again, the streams queued before it have handed over their frames, and
+//! h2 writes them together (at 1,000 streams on 10 connections, about 165 `writev`s per
+//! event instead of 1,000: the runtime takes the woken streams in a few batches).
 //!
 //! A busy server needs no help: its connection tasks already run after the streams, and a
 //! wait there would only cost a poll per write (about 10% of saturated HTTP/2 fan-out when
