@@ -27,7 +27,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The HTTP/2 connection preface a client with prior knowledge sends first.
 /// A first write at least this big already carries several frames: it goes out at once.
 const GATHERED: usize = 1024;
 

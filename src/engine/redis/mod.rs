@@ -771,24 +771,23 @@ async fn cluster_pubsub_task(
 /// The channel and first line (stream id, event id) of the last message delivered from
 /// pub/sub: what a copy of it through another subscription repeats.
 #[derive(Default)]
-struct LastMessage(Vec<u8>);
+struct LastMessage {
+    channel: String,
+    head: Vec<u8>,
+}
 
 impl LastMessage {
     /// Whether `payload` on `channel` is the message delivered last; if not, it becomes it.
     fn repeats(&mut self, channel: &str, payload: &[u8]) -> bool {
         let head = payload.split(|b| *b == b'\n').next().unwrap_or(payload);
-        let key = &mut self.0;
-        let same = key.len() == channel.len() + 1 + head.len()
-            && key.starts_with(channel.as_bytes())
-            && key[channel.len()] == b'\n'
-            && key.ends_with(head);
-        if !same {
-            key.clear();
-            key.extend_from_slice(channel.as_bytes());
-            key.push(b'\n');
-            key.extend_from_slice(head);
+        if self.channel == channel && self.head == head {
+            return true;
         }
-        same
+        self.channel.clear();
+        self.channel.push_str(channel);
+        self.head.clear();
+        self.head.extend_from_slice(head);
+        false
     }
 }
 
