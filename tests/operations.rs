@@ -120,6 +120,14 @@ async fn every_response_carries_a_request_id_and_a_sane_one_is_kept() {
     let req = tagged.request("POST", "/api/publish").body("{".into()).unwrap_or_else(|e| panic!("{e}"));
     let resp = tagged.send(req).await;
     assert_eq!(resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("trace-42"));
+    // An id too long, or with spaces, is replaced by a generated one (it goes into the logs).
+    for insane in ["x".repeat(65), "two words".to_owned()] {
+        let mut c = server.client(Proto::H1).with_header("x-request-id", &insane);
+        let resp =
+            c.send(c.request("GET", "/healthz").body(Default::default()).unwrap_or_else(|e| panic!("{e}"))).await;
+        let id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        assert_eq!(id.len(), 26, "{insane:?} gave {id:?}");
+    }
 }
 
 #[tokio::test]

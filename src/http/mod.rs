@@ -17,8 +17,8 @@ mod tickets;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware;
 use axum::routing::{delete, get, post};
+use tower::ServiceBuilder;
 
 use crate::herald::Herald;
 pub use error::ApiError;
@@ -30,10 +30,10 @@ pub fn router(herald: Herald) -> Router {
     let publishing = Router::new()
         .route("/api/publish", post(publish::publish))
         .route("/api/channels/{channel}/events", post(publish::publish_to_channel))
-        .route_layer(middleware::from_fn_with_state(herald.clone(), observe::count_publish_refusals));
+        .route_layer(observe::RefusalsLayer::new(herald.clone(), observe::Refused::Publish));
     let streaming = Router::new()
         .route("/api/events", get(subscribe::subscribe))
-        .route_layer(middleware::from_fn_with_state(herald.clone(), observe::count_subscribe_refusals));
+        .route_layer(observe::RefusalsLayer::new(herald.clone(), observe::Refused::Subscribe));
     let router = Router::new()
         .merge(publishing)
         .merge(streaming)
@@ -51,8 +51,9 @@ pub fn router(herald: Herald) -> Router {
         .route("/readyz", get(status::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(observe::request_id));
+        // One `layer` call for both: axum wraps every route once per call, and each wrapping
+        // costs a boxed clone of the route per request.
+        .layer(ServiceBuilder::new().layer(observe::RequestIdLayer).layer(DefaultBodyLimit::max(body_limit)));
     // Outermost, so that preflights are answered before any handler and every answer, errors
     // included, carries the CORS headers.
     let router = match cors {

@@ -5,11 +5,15 @@
 //! of the logs. Refusals of publishes and streams are counted by reason from the error code
 //! that [`super::ApiError`] leaves in the response.
 
-use axum::extract::{Request, State};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument as _;
+use tower::{Layer, Service};
+use tracing::Span;
 
 use crate::herald::Herald;
 
@@ -19,58 +23,196 @@ pub struct ErrorCode(pub &'static str);
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// Gives every request an id and a span.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(crate::ids::new_id, str::to_owned);
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert(REQUEST_ID, v.clone());
-        let mut resp = next.run(req).instrument(span).await;
-        resp.headers_mut().insert(REQUEST_ID, v);
-        return resp;
+// The layers below are written out rather than made with `axum::middleware::from_fn`, which
+// clones and boxes the inner service and boxes a future on every request: on the publish
+// path that was a visible share of the server's work (docs/benchmarks.md, "Private
+// channels"). Their futures poll the inner one in place, so they need it to be `Unpin`, as
+// axum's route futures are.
+
+/// Gives every request an id and a span: the layer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+
+    fn layer(&self, inner: S) -> RequestId<S> {
+        RequestId { inner }
     }
-    next.run(req).instrument(span).await
 }
 
-/// Counts refused publishes by reason.
-pub async fn count_publish_refusals(State(herald): State<Herald>, req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
-    if !resp.status().is_success() {
-        herald.metrics().refuse_publish(match (resp.status(), error_code(&resp)) {
-            (StatusCode::UNAUTHORIZED, _) => "unauthorized",
-            (StatusCode::FORBIDDEN, _) => "forbidden",
-            (StatusCode::TOO_MANY_REQUESTS, _) => "rate_limited",
-            (StatusCode::PAYLOAD_TOO_LARGE, _) => "too_large",
-            (_, "auth_unavailable") => "auth_unavailable",
-            (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
-            _ => "invalid",
-        });
-    }
-    resp
+/// Gives every request an id and a span: the service.
+#[derive(Clone, Debug)]
+pub struct RequestId<S> {
+    inner: S,
 }
 
-/// Counts refused streams by reason.
-pub async fn count_subscribe_refusals(State(herald): State<Herald>, req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
-    if !resp.status().is_success() {
-        herald.metrics().refuse_subscribe(match (resp.status(), error_code(&resp)) {
-            (StatusCode::UNAUTHORIZED, _) => "unauthorized",
-            (StatusCode::FORBIDDEN, _) => "forbidden",
-            (StatusCode::TOO_MANY_REQUESTS, _) => "user_limit",
-            (_, "server_at_capacity") => "at_capacity",
-            (_, "too_many_channels") => "channel_limit",
-            (_, "server_draining") => "draining",
-            (_, "auth_unavailable") => "auth_unavailable",
-            (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
-            _ => "invalid",
-        });
+impl<S> Service<Request> for RequestId<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = WithRequestId<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
-    resp
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let given = req
+            .headers()
+            .get(REQUEST_ID)
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(u8::is_ascii_graphic))
+            .cloned();
+        let id = given.or_else(|| HeaderValue::try_from(crate::ids::new_id()).ok());
+        let span = match id.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(id) => {
+                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+            }
+            None => tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
+        };
+        if let Some(id) = &id {
+            req.headers_mut().insert(REQUEST_ID, id.clone());
+        }
+        let inner = span.in_scope(|| self.inner.call(req));
+        WithRequestId { inner, id, span }
+    }
+}
+
+/// The response of a [`RequestId`] service, with the id added.
+pub struct WithRequestId<F> {
+    inner: F,
+    id: Option<HeaderValue>,
+    span: Span,
+}
+
+impl<F, E> Future for WithRequestId<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let _entered = this.span.enter();
+        let mut resp = ready!(Pin::new(&mut this.inner).poll(cx))?;
+        if let Some(id) = this.id.take() {
+            resp.headers_mut().insert(REQUEST_ID, id);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+/// What a [`RefusalsLayer`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Publishes, by reason, in `herald_publish_refused_total`.
+    Publish,
+    /// Streams, by reason, in `herald_subscribe_refused_total`.
+    Subscribe,
+}
+
+/// Counts refused publishes or streams by reason: the layer.
+#[derive(Clone)]
+pub struct RefusalsLayer {
+    herald: Herald,
+    kind: Refused,
+}
+
+impl RefusalsLayer {
+    pub fn new(herald: Herald, kind: Refused) -> Self {
+        RefusalsLayer { herald, kind }
+    }
+}
+
+impl<S> Layer<S> for RefusalsLayer {
+    type Service = Refusals<S>;
+
+    fn layer(&self, inner: S) -> Refusals<S> {
+        Refusals { inner, counter: self.clone() }
+    }
+}
+
+/// Counts refused publishes or streams by reason: the service.
+#[derive(Clone)]
+pub struct Refusals<S> {
+    inner: S,
+    counter: RefusalsLayer,
+}
+
+impl<S> Service<Request> for Refusals<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Counted<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        Counted { inner: self.inner.call(req), counter: Some(self.counter.clone()) }
+    }
+}
+
+/// The response of a [`Refusals`] service, counted once it is known.
+pub struct Counted<F> {
+    inner: F,
+    counter: Option<RefusalsLayer>,
+}
+
+impl<F, E> Future for Counted<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let resp = ready!(Pin::new(&mut this.inner).poll(cx))?;
+        if let Some(counter) = this.counter.take()
+            && !resp.status().is_success()
+        {
+            match counter.kind {
+                Refused::Publish => counter.herald.metrics().refuse_publish(publish_reason(&resp)),
+                Refused::Subscribe => counter.herald.metrics().refuse_subscribe(subscribe_reason(&resp)),
+            }
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+/// The reason a publish was refused, from its response.
+fn publish_reason(resp: &Response) -> &'static str {
+    match (resp.status(), error_code(resp)) {
+        (StatusCode::UNAUTHORIZED, _) => "unauthorized",
+        (StatusCode::FORBIDDEN, _) => "forbidden",
+        (StatusCode::TOO_MANY_REQUESTS, _) => "rate_limited",
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => "too_large",
+        (_, "auth_unavailable") => "auth_unavailable",
+        (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
+        _ => "invalid",
+    }
+}
+
+/// The reason a stream was refused, from its response.
+fn subscribe_reason(resp: &Response) -> &'static str {
+    match (resp.status(), error_code(resp)) {
+        (StatusCode::UNAUTHORIZED, _) => "unauthorized",
+        (StatusCode::FORBIDDEN, _) => "forbidden",
+        (StatusCode::TOO_MANY_REQUESTS, _) => "user_limit",
+        (_, "server_at_capacity") => "at_capacity",
+        (_, "too_many_channels") => "channel_limit",
+        (_, "server_draining") => "draining",
+        (_, "auth_unavailable") => "auth_unavailable",
+        (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
+        _ => "invalid",
+    }
 }
 
 /// The `code` of the [`super::ApiError`] behind a response, or `""`.
