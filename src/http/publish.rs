@@ -4,28 +4,44 @@
 //! `"channels": [...]` for one event on several channels) or a JSON array of them, which is
 //! published in order as one batch: all accepted or none. The answer carries the id(s).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use axum::extract::{Extension, FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::Value;
 
 use super::auth::{PeerAddr, check_cookie_publish, principal, rate_key};
 use super::error::ApiError;
 use crate::channel::ChannelName;
+use crate::engine::PublishAck;
 use crate::event::Event;
 use crate::herald::Herald;
 
+/// The answer to a publish: the id of the event, or the ids of a batch's events in order.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Published {
+    One { id: Option<Arc<str>> },
+    Batch { ids: Vec<Arc<str>> },
+}
+
+// The handlers take the request whole and read the headers in place (a `HeaderMap`
+// extractor would copy them), and the body only once the caller is known.
+
 pub async fn publish(
     State(herald): State<Herald>,
-    headers: HeaderMap,
     peer: Option<Extension<PeerAddr>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    check_cookie_publish(&herald, &headers)?;
-    let who = principal(&herald, &headers, None).await?;
+    req: Request,
+) -> Result<Json<Published>, ApiError> {
+    let (parts, body) = req.into_parts();
+    check_cookie_publish(&herald, &parts.headers)?;
+    let who = principal(&herald, &parts.headers, None).await?;
     let key = rate_key(&who, peer.map(|Extension(p)| p));
+    let body = Bytes::from_request(Request::from_parts(parts, body), &herald).await;
     match parse_body(body)? {
         Value::Array(items) => {
             let batch = items
@@ -34,12 +50,12 @@ pub async fn publish(
                 .map(|(i, item)| parse_event(&herald, item, None).map_err(|e| at_index(e, i)))
                 .collect::<Result<Vec<_>, _>>()?;
             let acks = herald.publish_as(&who, &key, batch).await?;
-            Ok(Json(json!({"ids": acks.iter().map(|a| &*a.id).collect::<Vec<_>>()})))
+            Ok(Json(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() }))
         }
         item => {
             let event = parse_event(&herald, item, None)?;
             let acks = herald.publish_as(&who, &key, vec![event]).await?;
-            Ok(Json(json!({"id": acks.first().map(|a| &*a.id)})))
+            Ok(Json(one(acks)))
         }
     }
 }
@@ -47,18 +63,23 @@ pub async fn publish(
 pub async fn publish_to_channel(
     State(herald): State<Herald>,
     channel: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
     peer: Option<Extension<PeerAddr>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+    req: Request,
+) -> Result<Json<Published>, ApiError> {
     let Path(channel) = channel.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
-    check_cookie_publish(&herald, &headers)?;
-    let who = principal(&herald, &headers, None).await?;
+    let (parts, body) = req.into_parts();
+    check_cookie_publish(&herald, &parts.headers)?;
+    let who = principal(&herald, &parts.headers, None).await?;
     let key = rate_key(&who, peer.map(|Extension(p)| p));
+    let body = Bytes::from_request(Request::from_parts(parts, body), &herald).await;
     let event = parse_event(&herald, parse_body(body)?, Some(channel))?;
     let acks = herald.publish_as(&who, &key, vec![event]).await?;
-    Ok(Json(json!({"id": acks.first().map(|a| &*a.id)})))
+    Ok(Json(one(acks)))
+}
+
+fn one(acks: Vec<PublishAck>) -> Published {
+    Published::One { id: acks.into_iter().next().map(|a| a.id) }
 }
 
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
