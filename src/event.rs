@@ -166,7 +166,7 @@ impl Prepared {
         let body = serialize_body(&event, publisher, max_payload)?;
         let ai = ai_chunk(&event.event_type, &event.fields);
         Ok(Self {
-            id: Arc::from(crate::ids::new_id()),
+            id: crate::ids::new_shared_id(),
             event_type: Arc::from(event.event_type),
             channels: unique,
             body,
@@ -175,7 +175,7 @@ impl Prepared {
     }
 
     /// The complete JSON of this event as seen on one channel.
-    pub fn json_for(&self, channel: &ChannelName) -> String {
+    pub fn json_for(&self, channel: &ChannelName) -> Vec<u8> {
         json_for(&self.id, channel.as_str(), &self.body)
     }
 }
@@ -198,16 +198,17 @@ pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> R
 /// without reserved keys. Refuses a payload over `max_payload` bytes.
 fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> Result<String, EventError> {
     let mut body = Vec::with_capacity(128);
-    push_member(&mut body, "type", event.event_type.as_str());
+    body.extend_from_slice(br#""type":"#);
+    push_json(&mut body, event.event_type.as_str());
     // An RFC 3339 timestamp needs no escaping: written in place, not through a `String`.
     let _ = write!(body, r#","timestamp":"{}""#, humantime::format_rfc3339_millis(SystemTime::now()));
     if let Some(uid) = &publisher.user_id {
-        body.push(b',');
-        push_member(&mut body, "userId", uid.as_str());
+        body.extend_from_slice(br#","userId":"#);
+        push_json(&mut body, uid.as_str());
     }
     if let Some(name) = &publisher.user_name {
-        body.push(b',');
-        push_member(&mut body, "userName", name.as_str());
+        body.extend_from_slice(br#","userName":"#);
+        push_json(&mut body, name.as_str());
     }
     let fixed = body.len();
     for (k, v) in &event.fields {
@@ -225,16 +226,16 @@ fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> R
 }
 
 /// Assembles the wire JSON from the id, the channel and the prepared body members.
-pub fn json_for(id: &str, channel: &str, body: &str) -> String {
+pub fn json_for(id: &str, channel: &str, body: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + id.len() + channel.len() + 24);
-    out.push(b'{');
-    push_member(&mut out, "id", id);
-    out.push(b',');
-    push_member(&mut out, "channel", channel);
+    out.extend_from_slice(br#"{"id":"#);
+    push_json(&mut out, id);
+    out.extend_from_slice(br#","channel":"#);
+    push_json(&mut out, channel);
     out.push(b',');
     out.extend_from_slice(body.as_bytes());
     out.push(b'}');
-    into_string(out)
+    out
 }
 
 /// Appends `"key":value`, both as JSON, serialized straight into `out`: no `Value` and no
@@ -289,7 +290,7 @@ impl Published {
             .channels
             .iter()
             .zip(positions)
-            .map(|(ch, pos)| Copy::new(ch.clone(), *pos, &p.event_type, p.json_for(ch).as_bytes()))
+            .map(|(ch, pos)| Copy::new(ch.clone(), *pos, &p.event_type, &p.json_for(ch)))
             .collect();
         let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
         Arc::new(Self::new(p.id.clone(), p.event_type.clone(), copies, fanout))
@@ -362,7 +363,7 @@ mod tests {
             .with("timestamp", "1999");
         let me = Publisher { user_id: Some("u1".into()), user_name: Some("Ann".into()) };
         let p = Prepared::new(vec![ch("channel:general")], event, &me, 1024).unwrap_or_else(|e| panic!("{e}"));
-        let v: Value = serde_json::from_str(&p.json_for(&p.channels[0])).unwrap_or_else(|e| panic!("{e}"));
+        let v: Value = serde_json::from_slice(&p.json_for(&p.channels[0])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v["userId"], "u1");
         assert_eq!(v["userName"], "Ann");
         assert_eq!(v["id"], &*p.id);
@@ -381,7 +382,7 @@ mod tests {
             .with("payload", payload.clone());
         let me = Publisher { user_id: Some("u\"1".into()), user_name: Some("Ann \"The\" O'Neil\n".into()) };
         let p = Prepared::new(vec![ch("channel:general")], event, &me, 4096).unwrap_or_else(|e| panic!("{e}"));
-        let json = p.json_for(&p.channels[0]);
+        let json = String::from_utf8(p.json_for(&p.channels[0])).unwrap_or_else(|e| panic!("{e}"));
         assert!(!json.contains('\n'), "a raw newline would break the SSE frame: {json}");
         let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
         assert_eq!(v["quote\"key\n"], "line one\nline two \"quoted\" \\ back </script>");

@@ -201,18 +201,17 @@ fn apply(ns: &mut Namespace, over: &NamespaceConfig) {
 /// a character), a glob matches only if it matches every channel the pattern covers: the
 /// pattern's trailing `*` can only be absorbed by a trailing `*` of the glob.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
-        return text.is_empty();
+    let Some((first, after_first)) = pattern.split_once('*') else {
+        return pattern == text;
     };
     let Some(mut rest) = text.strip_prefix(first) else {
         return false;
     };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
+    let (middle, last) = match after_first.rsplit_once('*') {
+        Some((middle, last)) => (Some(middle), last),
+        None => (None, after_first),
     };
-    for part in middle {
+    for part in middle.into_iter().flat_map(|m| m.split('*')) {
         match rest.find(part) {
             Some(i) => rest = &rest[i + part.len()..],
             None => return false,
@@ -247,6 +246,47 @@ mod tests {
             ..Config::default()
         };
         Policies::from_config(&cfg)
+    }
+
+    /// `*` matching by dynamic programming: the plain definition `glob` must agree with.
+    fn glob_by_table(pattern: &[u8], text: &[u8]) -> bool {
+        // matches[j]: the pattern so far matches text[..j].
+        let mut matches = vec![false; text.len() + 1];
+        matches[0] = true;
+        for &p in pattern {
+            let mut next = vec![false; text.len() + 1];
+            for j in 0..=text.len() {
+                next[j] = if p == b'*' {
+                    matches[j] || (j > 0 && next[j - 1])
+                } else {
+                    j > 0 && matches[j - 1] && text[j - 1] == p
+                };
+            }
+            matches = next;
+        }
+        matches[text.len()]
+    }
+
+    /// Every string of `alphabet` up to `max` long.
+    fn strings(alphabet: &[u8], max: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max {
+            last = last.iter().flat_map(|s| alphabet.iter().map(move |&c| format!("{s}{}", c as char))).collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn glob_agrees_with_the_table_definition_on_every_short_pattern_and_text() {
+        let patterns = strings(b"ab*", 5);
+        let texts = strings(b"ab*", 5);
+        for p in &patterns {
+            for t in &texts {
+                assert_eq!(glob(p, t), glob_by_table(p.as_bytes(), t.as_bytes()), "glob({p:?}, {t:?})");
+            }
+        }
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub fn put_data(out: &mut BytesMut, data: &[u8]) {
     let mut rest = data;
     loop {
         out.put_slice(b"data: ");
-        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+        match memchr::memchr2(b'\n', b'\r', rest) {
             None => {
                 out.put_slice(rest);
                 out.put_u8(b'\n');

@@ -92,7 +92,7 @@ impl Log {
         self.streams
             .iter()
             .filter_map(|s| {
-                let json = std::str::from_utf8(s.last_chunk.copy_on(channel.as_str())?.frame.json()).ok()?;
+                let json = s.last_chunk.copy_on(channel.as_str())?.frame.json();
                 AiSnapshot::from_last_chunk(s.id.clone(), s.last, json, s.text.clone())
             })
             .collect()

@@ -96,8 +96,8 @@ pub struct AiSnapshot {
 
 impl AiSnapshot {
     /// Builds a snapshot from the wire JSON of the stream's last chunk and the whole text.
-    pub fn from_last_chunk(stream_id: String, last: Position, chunk_json: &str, text: String) -> Option<Self> {
-        let mut fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(chunk_json).ok()?;
+    pub fn from_last_chunk(stream_id: String, last: Position, chunk_json: &[u8], text: String) -> Option<Self> {
+        let mut fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(chunk_json).ok()?;
         fields.insert("text".into(), text.into());
         fields.insert("snapshot".into(), true.into());
         Some(Self { stream_id, last, json: serde_json::Value::Object(fields).to_string() })

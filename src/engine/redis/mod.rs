@@ -524,7 +524,7 @@ impl RedisEngine {
             let ch = ChannelName::parse_with(name, |_| true).ok()?;
             let pos = Position::parse_stream_id(sid)?;
             self.note_seen(&ch, pos);
-            copies.push(Copy::new(ch.clone(), pos, etype, json_for(id, ch.as_str(), body).as_bytes()));
+            copies.push(Copy::new(ch.clone(), pos, etype, &json_for(id, ch.as_str(), body)));
         }
         Some(Arc::new(Published::new(Arc::from(id), Arc::from(etype), copies, fanout)))
     }
@@ -572,7 +572,7 @@ impl RedisEngine {
 
 fn published(channel: &ChannelName, pos: Position, id: &str, etype: &str, body: &str, fanout: u16) -> Arc<Published> {
     let json = json_for(id, channel.as_str(), body);
-    let copy = Copy::new(channel.clone(), pos, etype, json.as_bytes());
+    let copy = Copy::new(channel.clone(), pos, etype, &json);
     Arc::new(Published::new(Arc::from(id), Arc::from(etype), vec![copy], fanout))
 }
 
