@@ -301,10 +301,14 @@ impl Published {
         Self { id, event_type, copies, fanout, accepted, fields: std::sync::OnceLock::new() }
     }
 
-    /// Whether every `(field, value)` filter matches a top-level field of the event (strings
-    /// compared as they are, numbers and booleans by their JSON text).
-    pub fn matches(&self, filters: &[(String, String)]) -> bool {
-        fields_match(self.fields(), filters)
+    /// Whether every `(field, value)` filter matches a top-level field of the event as it is
+    /// written on `copy`'s channel (strings compared as they are, numbers and booleans by
+    /// their JSON text). `channel` is the one field that differs between an event's copies,
+    /// so it is the copy's; the others are the same in every copy.
+    pub fn matches_on(&self, copy: &Copy, filters: &[(String, String)]) -> bool {
+        filters.iter().all(|(field, want)| {
+            if field == "channel" { copy.channel.as_str() == want } else { field_matches(self.fields(), field, want) }
+        })
     }
 
     /// The event's top-level fields, parsed once on first use.
@@ -331,11 +335,15 @@ impl Published {
 /// Whether every `(field, value)` filter matches a top-level field of `fields` (strings
 /// compared as they are, numbers and booleans by their JSON text).
 pub fn fields_match(fields: &Map<String, Value>, filters: &[(String, String)]) -> bool {
-    filters.iter().all(|(field, want)| match fields.get(field) {
+    filters.iter().all(|(field, want)| field_matches(fields, field, want))
+}
+
+fn field_matches(fields: &Map<String, Value>, field: &str, want: &str) -> bool {
+    match fields.get(field) {
         Some(Value::String(s)) => s == want,
         Some(v @ (Value::Number(_) | Value::Bool(_))) => serde_json::from_str::<Value>(want).is_ok_and(|w| w == *v),
         _ => false,
-    })
+    }
 }
 
 impl Copy {

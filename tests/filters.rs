@@ -54,6 +54,26 @@ async fn a_resumed_filtered_stream_replays_only_the_matching_events() {
 }
 
 #[tokio::test]
+async fn a_channel_filter_matches_the_copy_of_a_multi_channel_event_the_stream_receives() {
+    let server = TestServer::start().await;
+    let q = "channel=channel:fb&filter=channel:channel:fb";
+    let mut live = server.client(Proto::H1).subscribe(q, &[]).await;
+    let gone = server.client(Proto::H2c).subscribe(q, &[]).await;
+    let last = gone.connected_id();
+    drop(gone);
+    let mut p = server.client(Proto::H1);
+    // The event's first copy is on `channel:fa`; the stream follows `channel:fb` and gets that
+    // copy, whose `channel` is `channel:fb`.
+    p.publish(&json!({"channels": ["channel:fa", "channel:fb"], "type": "note", "n": 1})).await;
+    p.publish(&json!({"channel": "channel:fb", "type": "note", "n": 2})).await;
+    for stream in [&mut live, &mut server.client(Proto::H1).subscribe(q, &[("last-event-id", &last)]).await] {
+        let first = stream.expect().await;
+        assert_eq!((first.data["n"].clone(), first.data["channel"].clone()), (json!(1), json!("channel:fb")));
+        assert_eq!(stream.expect().await.data["n"], 2);
+    }
+}
+
+#[tokio::test]
 async fn malformed_or_too_many_filters_are_refused() {
     let server = TestServer::start().await;
     for q in ["channel=channel:x&filter=novalue", "channel=channel:x&filter=:v"] {

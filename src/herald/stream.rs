@@ -225,12 +225,12 @@ fn write_replay(
                 cursor.positions[j] = pos;
             }
         }
-        if !filters.is_empty() && !ev.matches(filters) {
-            continue;
-        }
         let Some(copy) = ev.copy_on(channels[i].as_str()) else {
             continue;
         };
+        if !filters.is_empty() && !ev.matches_on(copy, filters) {
+            continue;
+        }
         if channels.len() == 1 {
             out.event(&ev.event_type, copy, None);
         } else {

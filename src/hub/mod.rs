@@ -16,7 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 
 use crate::channel::ChannelName;
-use crate::event::Published;
+use crate::event::{Copy, Published};
 use connection::{CloseReason, ConnShared, Item, JoinSlot, Pushed};
 
 struct Entry {
@@ -305,8 +305,10 @@ impl Hub {
         let mut queued = 0u64;
         {
             let reg = self.read();
-            let mut push = |conn: &Arc<ConnShared>| {
-                if !conn.filters.is_empty() && !event.matches(&conn.filters) {
+            // A connection is pushed at the first copy it follows, the one it will write (see
+            // `StreamCore::advance`), and its filters are matched on that copy.
+            let mut push = |conn: &Arc<ConnShared>, copy: &Copy| {
+                if !conn.filters.is_empty() && !event.matches_on(copy, &conn.filters) {
                     return;
                 }
                 match conn.push(event) {
@@ -318,7 +320,7 @@ impl Hub {
             match event.copies.as_slice() {
                 [only] if reg.patterns.is_empty() => {
                     for conn in reg.channels.get(&only.channel).into_iter().flatten() {
-                        push(conn);
+                        push(conn, only);
                     }
                 }
                 copies => {
@@ -328,7 +330,7 @@ impl Hub {
                         let exact = reg.channels.get(&copy.channel).into_iter();
                         for conn in exact.chain(matching.map(|(_, subs)| subs)).flatten() {
                             if seen.insert(conn.key) {
-                                push(conn);
+                                push(conn, copy);
                             }
                         }
                     }
