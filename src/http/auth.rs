@@ -74,19 +74,13 @@ pub fn check_cookie_publish(herald: &Herald, headers: &HeaderMap) -> Result<(), 
 /// The key a publisher's rate limit is kept under.
 pub fn rate_key(who: &Principal, peer: Option<PeerAddr>) -> String {
     // Concatenated, not `format!`ted: this runs on every publish.
-    let prefixed = |prefix: &str, rest: &str| {
-        let mut key = String::with_capacity(prefix.len() + rest.len());
-        key.push_str(prefix);
-        key.push_str(rest);
-        key
-    };
     match who {
         Principal::Anonymous => match peer {
             Some(PeerAddr(addr)) => format!("anon:{}", addr.ip()),
             None => "anon".to_owned(),
         },
-        Principal::User(u) => prefixed("user:", &u.id),
-        Principal::ApiKey(k) => prefixed("key:", &k.name),
+        Principal::User(u) => ["user:", &u.id].concat(),
+        Principal::ApiKey(k) => ["key:", &k.name].concat(),
     }
 }
 

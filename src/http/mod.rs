@@ -17,8 +17,10 @@ mod tickets;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use tower::ServiceBuilder;
+use tower::util::MapResponseLayer;
 
 use crate::herald::Herald;
 pub use error::ApiError;
@@ -30,10 +32,14 @@ pub fn router(herald: Herald) -> Router {
     let publishing = Router::new()
         .route("/api/publish", post(publish::publish))
         .route("/api/channels/{channel}/events", post(publish::publish_to_channel))
-        .route_layer(observe::RefusalsLayer::new(herald.clone(), observe::Refused::Publish));
-    let streaming = Router::new()
-        .route("/api/events", get(subscribe::subscribe))
-        .route_layer(observe::RefusalsLayer::new(herald.clone(), observe::Refused::Subscribe));
+        .route_layer(MapResponseLayer::new({
+            let herald = herald.clone();
+            move |resp: Response| observe::count_publish_refusal(&herald, resp)
+        }));
+    let streaming = Router::new().route("/api/events", get(subscribe::subscribe)).route_layer(MapResponseLayer::new({
+        let herald = herald.clone();
+        move |resp: Response| observe::count_subscribe_refusal(&herald, resp)
+    }));
     let router = Router::new()
         .merge(publishing)
         .merge(streaming)

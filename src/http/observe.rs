@@ -23,11 +23,12 @@ pub struct ErrorCode(pub &'static str);
 
 const REQUEST_ID: &str = "x-request-id";
 
-// The layers below are written out rather than made with `axum::middleware::from_fn`, which
-// clones and boxes the inner service and boxes a future on every request: on the publish
-// path that was a visible share of the server's work (docs/benchmarks.md, "Private
-// channels"). Their futures poll the inner one in place, so they need it to be `Unpin`, as
-// axum's route futures are.
+// The request id is a layer written out, and the refusal counters are plain functions for
+// tower's `MapResponseLayer`, rather than `axum::middleware::from_fn`, which clones and boxes
+// the inner service and boxes a future on every request: on the publish path that was a
+// visible share of the server's work (docs/benchmarks.md, "Private channels"). The request
+// id's future polls the inner one in place, so it needs it to be `Unpin`, as axum's route
+// futures are.
 
 /// Gives every request an id and a span: the layer.
 #[derive(Clone, Copy, Debug, Default)]
@@ -105,86 +106,20 @@ where
     }
 }
 
-/// What a [`RefusalsLayer`] counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refused {
-    /// Publishes, by reason, in `herald_publish_refused_total`.
-    Publish,
-    /// Streams, by reason, in `herald_subscribe_refused_total`.
-    Subscribe,
-}
-
-/// Counts refused publishes or streams by reason: the layer.
-#[derive(Clone)]
-pub struct RefusalsLayer {
-    herald: Herald,
-    kind: Refused,
-}
-
-impl RefusalsLayer {
-    pub fn new(herald: Herald, kind: Refused) -> Self {
-        RefusalsLayer { herald, kind }
+/// Counts a refused publish by reason (for `tower::util::MapResponseLayer`).
+pub fn count_publish_refusal(herald: &Herald, resp: Response) -> Response {
+    if !resp.status().is_success() {
+        herald.metrics().refuse_publish(publish_reason(&resp));
     }
+    resp
 }
 
-impl<S> Layer<S> for RefusalsLayer {
-    type Service = Refusals<S>;
-
-    fn layer(&self, inner: S) -> Refusals<S> {
-        Refusals { inner, counter: self.clone() }
+/// Counts a refused stream by reason (for `tower::util::MapResponseLayer`).
+pub fn count_subscribe_refusal(herald: &Herald, resp: Response) -> Response {
+    if !resp.status().is_success() {
+        herald.metrics().refuse_subscribe(subscribe_reason(&resp));
     }
-}
-
-/// Counts refused publishes or streams by reason: the service.
-#[derive(Clone)]
-pub struct Refusals<S> {
-    inner: S,
-    counter: RefusalsLayer,
-}
-
-impl<S> Service<Request> for Refusals<S>
-where
-    S: Service<Request, Response = Response>,
-    S::Future: Unpin,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Counted<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        Counted { inner: self.inner.call(req), counter: Some(self.counter.clone()) }
-    }
-}
-
-/// The response of a [`Refusals`] service, counted once it is known.
-pub struct Counted<F> {
-    inner: F,
-    counter: Option<RefusalsLayer>,
-}
-
-impl<F, E> Future for Counted<F>
-where
-    F: Future<Output = Result<Response, E>> + Unpin,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let resp = ready!(Pin::new(&mut this.inner).poll(cx))?;
-        if let Some(counter) = this.counter.take()
-            && !resp.status().is_success()
-        {
-            match counter.kind {
-                Refused::Publish => counter.herald.metrics().refuse_publish(publish_reason(&resp)),
-                Refused::Subscribe => counter.herald.metrics().refuse_subscribe(subscribe_reason(&resp)),
-            }
-        }
-        Poll::Ready(Ok(resp))
-    }
+    resp
 }
 
 /// The reason a publish was refused, from its response.

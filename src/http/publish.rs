@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::auth::{PeerAddr, check_cookie_publish, principal, rate_key};
 use super::error::ApiError;
+use crate::auth::Principal;
 use crate::channel::ChannelName;
 use crate::engine::PublishAck;
 use crate::event::Event;
@@ -37,12 +38,8 @@ pub async fn publish(
     peer: Option<Extension<PeerAddr>>,
     req: Request,
 ) -> Result<Json<Published>, ApiError> {
-    let (parts, body) = req.into_parts();
-    check_cookie_publish(&herald, &parts.headers)?;
-    let who = principal(&herald, &parts.headers, None).await?;
-    let key = rate_key(&who, peer.map(|Extension(p)| p));
-    let body = Bytes::from_request(Request::from_parts(parts, body), &herald).await;
-    match parse_body(body)? {
+    let (who, key, body) = caller_and_body(&herald, peer, req).await?;
+    match body {
         Value::Array(items) => {
             let batch = items
                 .into_iter()
@@ -68,14 +65,25 @@ pub async fn publish_to_channel(
 ) -> Result<Json<Published>, ApiError> {
     let Path(channel) = channel.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
-    let (parts, body) = req.into_parts();
-    check_cookie_publish(&herald, &parts.headers)?;
-    let who = principal(&herald, &parts.headers, None).await?;
-    let key = rate_key(&who, peer.map(|Extension(p)| p));
-    let body = Bytes::from_request(Request::from_parts(parts, body), &herald).await;
-    let event = parse_event(&herald, parse_body(body)?, Some(channel))?;
+    let (who, key, body) = caller_and_body(&herald, peer, req).await?;
+    let event = parse_event(&herald, body, Some(channel))?;
     let acks = herald.publish_as(&who, &key, vec![event]).await?;
     Ok(Json(one(acks)))
+}
+
+/// The publisher, its rate-limit key, and the body as JSON, read only once the publisher is
+/// known.
+async fn caller_and_body(
+    herald: &Herald,
+    peer: Option<Extension<PeerAddr>>,
+    req: Request,
+) -> Result<(Principal, String, Value), ApiError> {
+    let (parts, body) = req.into_parts();
+    check_cookie_publish(herald, &parts.headers)?;
+    let who = principal(herald, &parts.headers, None).await?;
+    let key = rate_key(&who, peer.map(|Extension(p)| p));
+    let body = Bytes::from_request(Request::from_parts(parts, body), herald).await;
+    Ok((who, key, parse_body(body)?))
 }
 
 fn one(acks: Vec<PublishAck>) -> Published {
