@@ -20,7 +20,7 @@ use tokio::task::spawn_local;
 use crate::cli::{MAX_EVENTS, MAX_SUBSCRIBERS, RunArgs, Scenario};
 use crate::hist::Hist;
 use crate::net::{Publisher, now_us, source_ip};
-use crate::procfs::{cpu_all, kernel_slab_kb, memory_all};
+use crate::procfs::{cpu_all, kernel_slab_kb, memory_all, steal_s};
 use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
 use crate::report::{Latency, MemoryReport, Outcome};
 use crate::target::Target;
@@ -302,6 +302,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     let client_pids: Vec<u32> = std::iter::once(me).chain(workers.pids()).collect();
     let server_cpu0 = cpu_all(servers);
     let client_cpu0 = cpu_all(&client_pids);
+    let steal0 = steal_s();
     let start_us = now_us();
 
     let ctx = PublishCtx {
@@ -334,6 +335,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     let server_cpu = cpu_all(servers).since(server_cpu0);
     let server_cpu_s = server_cpu.total();
     let client_cpu_s = cpu_all(&client_pids).since(client_cpu0).total();
+    let steal_s = steal0.zip(steal_s()).map(|(before, after)| after - before);
     let worker_count = workers.children.len() as u64;
 
     let mut total = WorkerReport::default();
@@ -402,6 +404,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         connect_server_cpu_s,
         server_cpu_s,
         server_system_cpu_s: Some(server_cpu.system),
+        steal_s,
         client_cpu_s,
         deliveries_per_server_cpu_s: rate(total.delivered, server_cpu_s),
         server_busy: if delivery_s > 0.0 { server_cpu_s / delivery_s } else { 0.0 },

@@ -1,5 +1,6 @@
 //! Readings of a process from `/proc`: CPU time (`stat`: utime + stime, all threads, in
-//! clock ticks of 1/100 s, Linux's USER_HZ) and memory (`status` VmRSS, `smaps_rollup` Pss).
+//! clock ticks of 1/100 s, Linux's USER_HZ) and memory (`status` VmRSS, `smaps_rollup` Pss);
+//! and of the machine: kernel slab memory, and time stolen by the hypervisor.
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,18 @@ pub fn kernel_slab_kb() -> Option<u64> {
     kb_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "Slab:")
 }
 
+/// CPU time the hypervisor has stolen from this machine so far, all CPUs together (`steal`
+/// of the `cpu` line of /proc/stat), in seconds: time a virtual CPU had work but the host ran
+/// something else. 0 on bare metal. A process's own CPU time leaves it out, but any latency
+/// measured meanwhile includes it.
+pub fn steal_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    let steal: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(steal as f64 / TICKS_PER_SECOND)
+}
+
 /// Open file descriptors of a process (entries of `/proc/<pid>/fd`).
 pub fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
@@ -106,6 +119,7 @@ mod tests {
         assert!(m.rss_kb > 100, "{m:?}");
         assert!(open_fds(me).is_some_and(|n| n >= 3));
         assert!(kernel_slab_kb().is_some_and(|kb| kb > 0));
+        assert!(steal_s().is_some_and(|s| s >= 0.0));
         assert_eq!(cpu(u32::MAX), None);
     }
 }

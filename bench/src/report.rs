@@ -82,6 +82,11 @@ pub struct Outcome {
     /// before it was measured; the table shows `–` for them.
     #[serde(default)]
     pub server_system_cpu_s: Option<f64>,
+    /// CPU time the hypervisor stole from the machine (all CPUs) over the same time: the
+    /// servers' and the bench's CPU times leave it out, their latencies do not. `None` in
+    /// result files written before it was measured.
+    #[serde(default)]
+    pub steal_s: Option<f64>,
     /// The bench's own CPU (coordinator and workers) over the same time.
     pub client_cpu_s: f64,
     pub deliveries_per_server_cpu_s: f64,
@@ -171,14 +176,15 @@ impl Outcome {
         let _ = writeln!(
             s,
             "  CPU: server {:.2} s ({:.2} s in the kernel; {} deliveries per server CPU-second, {:.0}% busy), \
-             client {:.2} s ({:.0}% busy); connecting: server {:.2} s",
+             client {:.2} s ({:.0}% busy); connecting: server {:.2} s; stolen by the hypervisor: {}",
             self.server_cpu_s,
             self.server_system_cpu_s.unwrap_or(0.0),
             si(self.deliveries_per_server_cpu_s),
             self.server_busy * 100.0,
             self.client_cpu_s,
             self.client_busy * 100.0,
-            self.connect_server_cpu_s
+            self.connect_server_cpu_s,
+            self.steal_s.map_or_else(|| "not measured".to_owned(), |st| format!("{:.0} ms", st * 1000.0))
         );
         for e in &self.errors {
             let _ = writeln!(s, "  error: {e}");
@@ -220,6 +226,14 @@ fn kernel_per_delivery() -> Metric {
     }
 }
 
+fn steal() -> Metric {
+    Metric {
+        name: "machine CPU stolen by the hypervisor (ms)",
+        get: |o| o.steal_s.map_or(f64::NAN, |st| st * 1000.0),
+        digits: 0,
+    }
+}
+
 fn metrics_for(scenario: &str) -> Vec<Metric> {
     let m = |name, get, digits| Metric { name, get, digits };
     let established = m("connections established", (|o: &Outcome| o.established as f64) as fn(&Outcome) -> f64, 0);
@@ -255,6 +269,7 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
             m("server CPU (s)", |o| o.server_cpu_s, 2),
             kernel_share(),
             kernel_per_delivery(),
+            steal(),
             lost,
         ],
         _ => vec![
@@ -267,6 +282,7 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
             m("client core busy (%)", |o| o.client_busy * 100.0, 0),
             m("latency p50 (ms)", |o| o.latency.p50_ms, 2),
             m("latency p99 (ms)", |o| o.latency.p99_ms, 2),
+            steal(),
             lost,
         ],
     }
@@ -419,14 +435,17 @@ mod tests {
     }
 
     #[test]
-    fn runs_without_kernel_time_show_a_dash_not_zero() {
+    fn runs_without_kernel_time_or_steal_show_a_dash_not_zero() {
         let mut measured = outcome("herald", 100_000.0, true);
         measured.server_cpu_s = 2.0;
         measured.server_system_cpu_s = Some(1.5);
+        measured.steal_s = Some(0.25);
         let old = outcome("nchan", 100_000.0, true);
         let t = table(&[measured, old]);
         let row = t.lines().find(|l| l.contains("server CPU in the kernel (%)")).unwrap_or_default();
         assert!(row.contains("| 75.00 | – | – |"), "{t}");
+        let row = t.lines().find(|l| l.contains("stolen by the hypervisor")).unwrap_or_default();
+        assert!(row.contains("| 250 | – | – |"), "{t}");
     }
 
     #[test]
