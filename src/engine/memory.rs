@@ -176,6 +176,9 @@ impl MemoryEngine {
     }
 
     fn publish_one(&self, p: &Prepared) -> PublishAck {
+        if let [channel] = p.channels.as_slice() {
+            return self.publish_single(p, channel);
+        }
         let logs: Vec<Arc<Mutex<Log>>> = p.channels.iter().map(|c| self.log(c)).collect();
         // Lock in channel-name order so concurrent multi-channel publishes cannot deadlock.
         let mut order: Vec<usize> = (0..logs.len()).collect();
@@ -192,16 +195,36 @@ impl MemoryEngine {
         }
         let event = Published::from_prepared(p, &positions);
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
-            g.entries.push_back(Arc::clone(&event));
-            g.positions.push_back(*pos);
-            g.trim(self.limits(ch), now);
-            if let Some(chunk) = &p.ai {
-                g.fold_chunk(chunk, &event, *pos, now, self.stream_ttls(ch));
-            }
+            self.append(g, p, &event, ch, *pos, now);
         }
         self.hub.deliver(&event);
         drop(guards);
         PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() }
+    }
+
+    /// [`Self::publish_one`] for one channel, nearly every publish: one lock to take, so no
+    /// lock order and none of the lists that keep it.
+    fn publish_single(&self, p: &Prepared, channel: &ChannelName) -> PublishAck {
+        let log = self.log(channel);
+        let mut g = lock(&log);
+        let now = now_ms();
+        g.last = g.last.next_at(now);
+        let pos = g.last;
+        let event = Published::from_prepared(p, std::slice::from_ref(&pos));
+        self.append(&mut g, p, &event, channel, pos, now);
+        self.hub.deliver(&event);
+        drop(g);
+        PublishAck { id: p.id.clone(), positions: vec![(channel.clone(), pos)] }
+    }
+
+    /// Appends an event at `pos` to one channel's log, whose lock the caller holds.
+    fn append(&self, g: &mut Log, p: &Prepared, event: &Arc<Published>, ch: &ChannelName, pos: Position, now: u64) {
+        g.entries.push_back(Arc::clone(event));
+        g.positions.push_back(pos);
+        g.trim(self.limits(ch), now);
+        if let Some(chunk) = &p.ai {
+            g.fold_chunk(chunk, event, pos, now, self.stream_ttls(ch));
+        }
     }
 }
 

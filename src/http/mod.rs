@@ -17,10 +17,8 @@ mod tickets;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::Response;
 use axum::routing::{delete, get, post};
 use tower::ServiceBuilder;
-use tower::util::MapResponseLayer;
 
 use crate::herald::Herald;
 pub use error::ApiError;
@@ -29,20 +27,10 @@ pub use error::ApiError;
 pub fn router(herald: Herald) -> Router {
     let body_limit = herald.config().max_body_bytes;
     let cors = cors::layer(&herald.config().cors_origins);
-    let publishing = Router::new()
+    let router = Router::new()
         .route("/api/publish", post(publish::publish))
         .route("/api/channels/{channel}/events", post(publish::publish_to_channel))
-        .route_layer(MapResponseLayer::new({
-            let herald = herald.clone();
-            move |resp: Response| observe::count_publish_refusal(&herald, resp)
-        }));
-    let streaming = Router::new().route("/api/events", get(subscribe::subscribe)).route_layer(MapResponseLayer::new({
-        let herald = herald.clone();
-        move |resp: Response| observe::count_subscribe_refusal(&herald, resp)
-    }));
-    let router = Router::new()
-        .merge(publishing)
-        .merge(streaming)
+        .route("/api/events", get(subscribe::subscribe))
         .route("/api/tickets", post(tickets::issue))
         .route("/api/presence", post(presence::set_status))
         .route("/api/channels/{channel}", get(rooms::channel_info))

@@ -23,12 +23,12 @@ pub struct ErrorCode(pub &'static str);
 
 const REQUEST_ID: &str = "x-request-id";
 
-// The request id is a layer written out, and the refusal counters are plain functions for
-// tower's `MapResponseLayer`, rather than `axum::middleware::from_fn`, which clones and boxes
-// the inner service and boxes a future on every request: on the publish path that was a
-// visible share of the server's work (docs/benchmarks.md, "Private channels"). The request
-// id's future polls the inner one in place, so it needs it to be `Unpin`, as axum's route
-// futures are.
+// The request id is a layer written out, and the refusal counters are plain functions the
+// handlers call, rather than `axum::middleware::from_fn` or a route layer, which clone and
+// box the route and box a future on every request: on the publish path that was a visible
+// share of the server's work (docs/benchmarks.md, "Private channels"). The request id's
+// future polls the inner one in place, so it needs it to be `Unpin`, as axum's route futures
+// are.
 
 /// Gives every request an id and a span: the layer.
 #[derive(Clone, Copy, Debug, Default)]
@@ -106,7 +106,7 @@ where
     }
 }
 
-/// Counts a refused publish by reason (for `tower::util::MapResponseLayer`).
+/// Counts a refused publish by reason; the publish handlers pass every answer through it.
 pub fn count_publish_refusal(herald: &Herald, resp: Response) -> Response {
     if !resp.status().is_success() {
         herald.metrics().refuse_publish(publish_reason(&resp));
@@ -114,7 +114,7 @@ pub fn count_publish_refusal(herald: &Herald, resp: Response) -> Response {
     resp
 }
 
-/// Counts a refused stream by reason (for `tower::util::MapResponseLayer`).
+/// Counts a refused stream by reason; the stream handler passes every answer through it.
 pub fn count_subscribe_refusal(herald: &Herald, resp: Response) -> Response {
     if !resp.status().is_success() {
         herald.metrics().refuse_subscribe(subscribe_reason(&resp));

@@ -11,11 +11,13 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::auth::{PeerAddr, check_cookie_publish, principal, rate_key};
 use super::error::ApiError;
+use super::observe::count_publish_refusal;
 use crate::auth::Principal;
 use crate::channel::ChannelName;
 use crate::engine::PublishAck;
@@ -31,30 +33,12 @@ pub enum Published {
 }
 
 // The handlers take the request whole and read the headers in place (a `HeaderMap`
-// extractor would copy them), and the body only once the caller is known.
+// extractor would copy them), and the body only once the caller is known. They count their
+// own refusals: a route layer would cost a boxed clone of the route per request.
 
-pub async fn publish(
-    State(herald): State<Herald>,
-    peer: Option<Extension<PeerAddr>>,
-    req: Request,
-) -> Result<Json<Published>, ApiError> {
-    let (who, key, body) = caller_and_body(&herald, peer, req).await?;
-    match body {
-        Value::Array(items) => {
-            let batch = items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| parse_event(&herald, item, None).map_err(|e| at_index(e, i)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let acks = herald.publish_as(&who, &key, batch).await?;
-            Ok(Json(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() }))
-        }
-        item => {
-            let event = parse_event(&herald, item, None)?;
-            let acks = herald.publish_as(&who, &key, vec![event]).await?;
-            Ok(Json(one(acks)))
-        }
-    }
+pub async fn publish(State(herald): State<Herald>, peer: Option<Extension<PeerAddr>>, req: Request) -> Response {
+    let answer = publish_any(&herald, peer, req).await;
+    count_publish_refusal(&herald, answer.into_response())
 }
 
 pub async fn publish_to_channel(
@@ -62,11 +46,47 @@ pub async fn publish_to_channel(
     channel: Result<Path<String>, PathRejection>,
     peer: Option<Extension<PeerAddr>>,
     req: Request,
+) -> Response {
+    let answer = publish_on(&herald, channel, peer, req).await;
+    count_publish_refusal(&herald, answer.into_response())
+}
+
+/// `POST /api/publish`: one event object, or an array of them as one batch.
+async fn publish_any(
+    herald: &Herald,
+    peer: Option<Extension<PeerAddr>>,
+    req: Request,
+) -> Result<Json<Published>, ApiError> {
+    let (who, key, body) = caller_and_body(herald, peer, req).await?;
+    match body {
+        Value::Array(items) => {
+            let batch = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| parse_event(herald, item, None).map_err(|e| at_index(e, i)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let acks = herald.publish_as(&who, &key, batch).await?;
+            Ok(Json(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() }))
+        }
+        item => {
+            let event = parse_event(herald, item, None)?;
+            let acks = herald.publish_as(&who, &key, vec![event]).await?;
+            Ok(Json(one(acks)))
+        }
+    }
+}
+
+/// `POST /api/channels/{channel}/events`: one event on the channel of the path.
+async fn publish_on(
+    herald: &Herald,
+    channel: Result<Path<String>, PathRejection>,
+    peer: Option<Extension<PeerAddr>>,
+    req: Request,
 ) -> Result<Json<Published>, ApiError> {
     let Path(channel) = channel.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
-    let (who, key, body) = caller_and_body(&herald, peer, req).await?;
-    let event = parse_event(&herald, body, Some(channel))?;
+    let (who, key, body) = caller_and_body(herald, peer, req).await?;
+    let event = parse_event(herald, body, Some(channel))?;
     let acks = herald.publish_as(&who, &key, vec![event]).await?;
     Ok(Json(one(acks)))
 }

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::principal;
 use super::error::ApiError;
+use super::observe::count_subscribe_refusal;
 use crate::herald::{Herald, StreamRequest};
 use crate::hub::connection::KillSwitch;
 
@@ -30,11 +31,14 @@ fn parse_filter(raw: &str) -> Result<(String, String), ApiError> {
 /// Longest `Last-Event-ID` considered.
 const MAX_LAST_EVENT_ID: usize = 4096;
 
-pub async fn subscribe(
-    State(herald): State<Herald>,
-    RawQuery(query): RawQuery,
-    req: Request<Body>,
-) -> Result<Response, ApiError> {
+/// The handler; it counts its own refusals (a route layer would cost a boxed clone of the
+/// route per request).
+pub async fn subscribe(State(herald): State<Herald>, RawQuery(query): RawQuery, req: Request<Body>) -> Response {
+    let answer = open_stream(&herald, query, req).await;
+    count_subscribe_refusal(&herald, answer.into_response())
+}
+
+async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>) -> Result<Response, ApiError> {
     let query = query.unwrap_or_default();
     if query.len() > herald.config().max_query_bytes {
         return Err(ApiError::new(StatusCode::URI_TOO_LONG, "query_too_long", "the query string is too long"));
@@ -85,7 +89,7 @@ pub async fn subscribe(
     if last_event_id.as_ref().is_some_and(|v| v.len() > MAX_LAST_EVENT_ID) {
         return Err(ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is too long"));
     }
-    let who = principal(&herald, headers, ticket.as_deref()).await?;
+    let who = principal(herald, headers, ticket.as_deref()).await?;
     // A stalled HTTP/1.1 reader can only be freed by closing its socket; with HTTP/2 the
     // stream is dropped and the connection's other streams go on.
     let kill = match req.version() {
