@@ -200,6 +200,8 @@ struct Metric {
     get: fn(&Outcome) -> f64,
     /// Digits after the point.
     digits: usize,
+    /// Whether the ratio of the two servers means something (not for the machine's readings).
+    compare: bool,
 }
 
 fn kernel_share() -> Metric {
@@ -211,6 +213,7 @@ fn kernel_share() -> Metric {
             None => f64::NAN,
         },
         digits: 0,
+        compare: true,
     }
 }
 
@@ -223,6 +226,7 @@ fn kernel_per_delivery() -> Metric {
             None => f64::NAN,
         },
         digits: 2,
+        compare: true,
     }
 }
 
@@ -231,11 +235,12 @@ fn steal() -> Metric {
         name: "machine CPU stolen by the hypervisor (ms)",
         get: |o| o.steal_s.map_or(f64::NAN, |st| st * 1000.0),
         digits: 0,
+        compare: false,
     }
 }
 
 fn metrics_for(scenario: &str) -> Vec<Metric> {
-    let m = |name, get, digits| Metric { name, get, digits };
+    let m = |name, get, digits| Metric { name, get, digits, compare: true };
     let established = m("connections established", (|o: &Outcome| o.established as f64) as fn(&Outcome) -> f64, 0);
     let lost = m("events lost + duplicated + gaps", |o| (o.lost + o.duplicates + o.gaps) as f64, 0);
     match scenario {
@@ -390,7 +395,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             }
             if ratio {
                 match (medians[0], medians[1]) {
-                    (Some(a), Some(b)) if b != 0.0 => {
+                    (Some(a), Some(b)) if b != 0.0 && metric.compare => {
                         let _ = write!(s, " {:.2}x |", a / b);
                     }
                     _ => {
@@ -446,6 +451,14 @@ mod tests {
         assert!(row.contains("| 75.00 | – | – |"), "{t}");
         let row = t.lines().find(|l| l.contains("stolen by the hypervisor")).unwrap_or_default();
         assert!(row.contains("| 250 | – | – |"), "{t}");
+        // Stolen time is the machine's, not a server's: no ratio even when both have it.
+        let mut other = outcome("nchan", 100_000.0, true);
+        other.steal_s = Some(0.5);
+        let mut again = outcome("herald", 100_000.0, true);
+        again.steal_s = Some(0.25);
+        let t = table(&[again, other]);
+        let row = t.lines().find(|l| l.contains("stolen by the hypervisor")).unwrap_or_default();
+        assert!(row.contains("| 250 | 500 | – |"), "{t}");
     }
 
     #[test]
