@@ -15,14 +15,17 @@ pub fn now_ms() -> u64 {
 
 /// A new 26-character identifier.
 pub fn new_id() -> String {
-    new_id_bytes().iter().map(|&b| char::from(b)).collect()
+    as_str(&new_id_bytes()).to_owned()
 }
 
 /// A new identifier as a shared string: one allocation, not a `String` copied into an `Arc`.
 pub fn new_shared_id() -> Arc<str> {
-    let id = new_id_bytes();
-    // Every byte is one of `CROCKFORD`'s ASCII letters and digits.
-    Arc::from(std::str::from_utf8(&id).unwrap_or_default())
+    Arc::from(as_str(&new_id_bytes()))
+}
+
+/// Every byte of an id is one of `CROCKFORD`'s ASCII letters and digits.
+fn as_str(id: &[u8; 26]) -> &str {
+    std::str::from_utf8(id).unwrap_or_default()
 }
 
 fn new_id_bytes() -> [u8; 26] {

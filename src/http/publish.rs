@@ -20,7 +20,6 @@ use super::error::ApiError;
 use super::observe::count_publish_refusal;
 use crate::auth::Principal;
 use crate::channel::ChannelName;
-use crate::engine::PublishAck;
 use crate::event::Event;
 use crate::herald::Herald;
 
@@ -68,11 +67,7 @@ async fn publish_any(
             let acks = herald.publish_as(&who, &key, batch).await?;
             Ok(Json(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() }))
         }
-        item => {
-            let event = parse_event(herald, item, None)?;
-            let acks = herald.publish_as(&who, &key, vec![event]).await?;
-            Ok(Json(one(acks)))
-        }
+        item => publish_one(herald, &who, &key, parse_event(herald, item, None)?).await,
     }
 }
 
@@ -86,9 +81,7 @@ async fn publish_on(
     let Path(channel) = channel.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
     let (who, key, body) = caller_and_body(herald, peer, req).await?;
-    let event = parse_event(herald, body, Some(channel))?;
-    let acks = herald.publish_as(&who, &key, vec![event]).await?;
-    Ok(Json(one(acks)))
+    publish_one(herald, &who, &key, parse_event(herald, body, Some(channel))?).await
 }
 
 /// The publisher, its rate-limit key, and the body as JSON, read only once the publisher is
@@ -106,8 +99,15 @@ async fn caller_and_body(
     Ok((who, key, parse_body(body)?))
 }
 
-fn one(acks: Vec<PublishAck>) -> Published {
-    Published::One { id: acks.into_iter().next().map(|a| a.id) }
+/// Publishes one event and answers with its id.
+async fn publish_one(
+    herald: &Herald,
+    who: &Principal,
+    key: &str,
+    event: (Vec<ChannelName>, Event),
+) -> Result<Json<Published>, ApiError> {
+    let acks = herald.publish_as(who, key, vec![event]).await?;
+    Ok(Json(Published::One { id: acks.into_iter().next().map(|a| a.id) }))
 }
 
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
