@@ -171,6 +171,11 @@ pub struct RunArgs {
     /// Read buffer per HTTP/1.1 subscriber, bytes.
     #[arg(long, default_value_t = 8192)]
     pub read_buf: usize,
+    /// Worker processes never sleep: they poll their sockets in a loop. On loopback a write
+    /// to a sleeping reader also pays for waking it on the other core; a remote client puts
+    /// no such cost on the server. Their core then shows 100% busy.
+    #[arg(long)]
+    pub busy_poll: bool,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -240,6 +240,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
             h2_streams: args.h2_streams,
             floor_events: if channels == 1 { events } else { 0 },
             read_buf: args.read_buf.clamp(512, 1 << 20),
+            busy_poll: args.busy_poll,
         })
         .collect();
 
@@ -409,6 +410,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         deliveries_per_server_cpu_s: rate(total.delivered, server_cpu_s),
         server_busy: if delivery_s > 0.0 { server_cpu_s / delivery_s } else { 0.0 },
         client_busy: if delivery_s > 0.0 { client_cpu_s / delivery_s } else { 0.0 },
+        busy_poll: args.busy_poll,
         memory,
         ok,
         errors,

@@ -42,6 +42,8 @@ pub struct WorkerPlan {
     pub floor_events: u64,
     /// Read buffer per HTTP/1.1 connection.
     pub read_buf: usize,
+    /// Never sleep: poll the sockets in a loop.
+    pub busy_poll: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

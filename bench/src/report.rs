@@ -95,6 +95,9 @@ pub struct Outcome {
     /// Share of one core the bench used over the same time (near 1.0: the bench may be the
     /// bottleneck).
     pub client_busy: f64,
+    /// The workers polled without sleeping (`--busy-poll`); `false` in older result files.
+    #[serde(default)]
+    pub busy_poll: bool,
     pub memory: Option<MemoryReport>,
     /// Every subscriber established, every event delivered once and in order.
     pub ok: bool,
@@ -176,13 +179,14 @@ impl Outcome {
         let _ = writeln!(
             s,
             "  CPU: server {:.2} s ({:.2} s in the kernel; {} deliveries per server CPU-second, {:.0}% busy), \
-             client {:.2} s ({:.0}% busy); connecting: server {:.2} s; stolen by the hypervisor: {}",
+             client {:.2} s ({:.0}% busy{}); connecting: server {:.2} s; stolen by the hypervisor: {}",
             self.server_cpu_s,
             self.server_system_cpu_s.unwrap_or(0.0),
             si(self.deliveries_per_server_cpu_s),
             self.server_busy * 100.0,
             self.client_cpu_s,
             self.client_busy * 100.0,
+            if self.busy_poll { ", polling without sleeping" } else { "" },
             self.connect_server_cpu_s,
             self.steal_s.map_or_else(|| "not measured".to_owned(), |st| format!("{:.0} ms", st * 1000.0))
         );
@@ -360,14 +364,15 @@ pub fn table(outcomes: &[Outcome]) -> String {
         };
         let runs = labels.iter().filter_map(|l| by.get(&(case.clone(), l.clone())).map(Vec::len)).max().unwrap_or(0);
         let title = format!(
-            "{} ({} {}, {} subs, {} events, {} run{})",
+            "{} ({} {}, {} subs, {} events, {} run{}{})",
             case,
             first.scenario,
             first.proto,
             first.subscribers,
             first.events,
             runs,
-            if runs == 1 { "" } else { "s" }
+            if runs == 1 { "" } else { "s" },
+            if first.busy_poll { ", the generator polling without sleeping" } else { "" }
         );
         for (row, metric) in metrics_for(&first.scenario).iter().enumerate() {
             let _ = write!(s, "| {} | {} |", if row == 0 { title.as_str() } else { "" }, metric.name);
@@ -459,6 +464,16 @@ mod tests {
         let t = table(&[again, other]);
         let row = t.lines().find(|l| l.contains("stolen by the hypervisor")).unwrap_or_default();
         assert!(row.contains("| 250 | 500 | – |"), "{t}");
+    }
+
+    #[test]
+    fn a_case_measured_with_a_busy_polling_generator_says_so_in_its_title() {
+        let mut busy = outcome("herald", 100_000.0, true);
+        busy.busy_poll = true;
+        let t = table(&[busy]);
+        assert!(t.contains("1 run, the generator polling without sleeping)"), "{t}");
+        let t = table(&[outcome("herald", 100_000.0, true)]);
+        assert!(t.contains("1 run)") && !t.contains("polling"), "{t}");
     }
 
     #[test]

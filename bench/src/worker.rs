@@ -39,6 +39,15 @@ pub fn main() -> anyhow::Result<()> {
     local.block_on(&rt, run())
 }
 
+/// Keeps the runtime from sleeping: a task that always yields makes it poll the sockets
+/// without waiting, so a server's write never has a sleeping reader to wake. Ends with the
+/// worker.
+async fn busy_poll() {
+    loop {
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
     let stdin = pipe::Receiver::from_owned_fd(std::io::stdin().as_fd().try_clone_to_owned()?)
         .context("stdin must be a pipe from the coordinator")?;
@@ -52,6 +61,9 @@ async fn run() -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     spawn_local(write_lines(stdout, rx));
 
+    if plan.busy_poll {
+        spawn_local(busy_poll());
+    }
     let shared = Rc::new(RefCell::new(Shared::new(&plan)));
     let changed = Rc::clone(&shared.borrow().changed);
     let connect_done = Rc::clone(&shared.borrow().connect_done);

@@ -162,6 +162,17 @@ async fn every_scenario_over_h2c_delivers_every_event_once_and_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_poll_without_sleeping_still_read_every_event() {
+    // The polling task must leave the sockets their turn: if it starved them, nothing
+    // would arrive and the run would fail at its drain timeout.
+    let node = node(None).await;
+    let args = herald_args("latency", node.addr, node.addr, "channel:spin{run}");
+    let (code, o) = bench(with(args, &["-n", "10", "-m", "20", "--rate", "100", "--busy-poll"])).await;
+    assert_correct(code, &o, 10, 20, 200);
+    assert!(o.busy_poll, "the outcome says how it was measured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_that_never_arrive_are_counted_lost_and_fail_the_run() {
     let node = node(None).await;
     let mut args = herald_args("fanout", node.addr, node.addr, "channel:heard{run}");
