@@ -107,7 +107,7 @@ impl Herald {
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         // Registered before history is read, so nothing published in between is missed;
         // what is both replayed and queued is dropped by the cursor.
-        let activated = hub.register(Arc::clone(&shared), &channels, limits).map_err(|r| match r {
+        let activated = hub.register(Arc::clone(&shared), &mut channels, limits).map_err(|r| match r {
             Refused::AtCapacity => SubscribeError::AtCapacity,
             Refused::UserLimit => SubscribeError::UserLimit { limit: cfg.max_connections_per_user },
         })?;

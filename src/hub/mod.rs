@@ -9,6 +9,7 @@
 
 pub mod connection;
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -36,14 +37,21 @@ struct Registry {
 }
 
 impl Registry {
-    fn subscribers(&mut self, ch: &ChannelName) -> (&mut Vec<Arc<ConnShared>>, bool) {
+    /// Adds `conn` to `ch`'s subscribers. Returns the registry's own copy of the name,
+    /// which every subscriber of the channel then shares (one string, read once per event
+    /// for all of them, not one per subscriber), and whether `ch` had none before.
+    fn subscribe(&mut self, ch: &ChannelName, conn: &Arc<ConnShared>) -> (ChannelName, bool) {
         let map = if ch.is_pattern() { &mut self.patterns } else { &mut self.channels };
-        let mut fresh = false;
-        let subs = map.entry(ch.clone()).or_insert_with(|| {
-            fresh = true;
-            Vec::new()
-        });
-        (subs, fresh)
+        match map.entry(ch.clone()) {
+            MapEntry::Occupied(mut e) => {
+                e.get_mut().push(Arc::clone(conn));
+                (e.key().clone(), false)
+            }
+            MapEntry::Vacant(e) => {
+                e.insert(vec![Arc::clone(conn)]);
+                (ch.clone(), true)
+            }
+        }
     }
 
     /// Removes `key` from `ch`'s subscribers; true if the channel has none left.
@@ -163,12 +171,13 @@ impl Hub {
         self.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Adds a connection following `channels` (and patterns). Returns the ones that had no
-    /// local subscriber before (the ones an engine must start receiving).
+    /// Adds a connection following `channels` (and patterns), each replaced by the name the
+    /// registry keeps (equal, and shared by the channel's subscribers). Returns the ones
+    /// that had no local subscriber before (the ones an engine must start receiving).
     pub fn register(
         &self,
         conn: Arc<ConnShared>,
-        channels: &[ChannelName],
+        channels: &mut [ChannelName],
         limits: ConnLimits,
     ) -> Result<Vec<ChannelName>, Refused> {
         let mut reg = self.write();
@@ -183,9 +192,9 @@ impl Hub {
             *count += 1;
         }
         let mut activated = Vec::new();
-        for ch in channels {
-            let (subs, fresh) = reg.subscribers(ch);
-            subs.push(Arc::clone(&conn));
+        for ch in channels.iter_mut() {
+            let (shared, fresh) = reg.subscribe(ch, &conn);
+            *ch = shared;
             if fresh {
                 activated.push(ch.clone());
             }
@@ -243,11 +252,12 @@ impl Hub {
         if entry.channels.len() >= max_channels {
             return Err(NotJoined::TooManyChannels);
         }
-        entry.channels.push(channel.clone());
         let conn = Arc::clone(&entry.conn);
-        let (subs, activated) = reg.subscribers(channel);
-        subs.push(Arc::clone(&conn));
-        let slot = JoinSlot::new(channel.clone());
+        let (channel, activated) = reg.subscribe(channel, &conn);
+        if let Some(entry) = reg.conns.get_mut(&key) {
+            entry.channels.push(channel.clone());
+        }
+        let slot = JoinSlot::new(channel);
         if conn.push_item(Item::Join(Arc::clone(&slot))) == Pushed::Overflowed {
             drop(reg);
             self.unregister(key);
@@ -456,5 +466,43 @@ fn info(entry: &Entry) -> ConnInfo {
         user: entry.conn.user_id.clone(),
         user_name: entry.conn.user_name.clone(),
         channels: entry.channels.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ConnLimits = ConnLimits { max_connections: 10, max_per_user: 10 };
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn connection(hub: &Hub, id: &str) -> Arc<ConnShared> {
+        Arc::new(ConnShared::new(hub.next_key(), Arc::from(id), None, 16, None, Box::new([])))
+    }
+
+    #[test]
+    fn subscribers_of_a_channel_share_one_copy_of_its_name() {
+        let hub = Hub::new();
+        let (mut first, mut second) = (vec![channel("channel:lobby")], vec![channel("channel:lobby")]);
+        assert_ne!(first[0].as_str().as_ptr(), second[0].as_str().as_ptr(), "parsed apart, stored apart");
+        assert_eq!(hub.register(connection(&hub, "c1"), &mut first, LIMITS), Ok(vec![channel("channel:lobby")]));
+        assert_eq!(hub.register(connection(&hub, "c2"), &mut second, LIMITS), Ok(vec![]));
+        assert_eq!(second, first);
+        assert_eq!(second[0].as_str().as_ptr(), first[0].as_str().as_ptr());
+
+        // A live join follows the same name.
+        let mut elsewhere = vec![channel("channel:elsewhere")];
+        assert!(hub.register(connection(&hub, "c3"), &mut elsewhere, LIMITS).is_ok());
+        match hub.join("c3", &channel("channel:lobby"), 8) {
+            Ok(Joined::Added { slot, activated, .. }) => {
+                assert!(!activated);
+                assert_eq!(slot.channel.as_str().as_ptr(), first[0].as_str().as_ptr());
+            }
+            _ => panic!("c3 joins channel:lobby"),
+        }
+        assert_eq!(hub.subscriber_count("channel:lobby"), 3);
     }
 }
