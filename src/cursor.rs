@@ -13,6 +13,8 @@
 //! (`tag:pos`), so that id is part of the event's shared frame; only multi-channel
 //! connections write their own `id:` line.
 
+use smallvec::SmallVec;
+
 use crate::channel::ChannelName;
 
 /// A place in one channel's log. Ordered like Redis Stream ids.
@@ -128,7 +130,9 @@ pub fn write_entry(out: &mut String, channel: &str, pos: Position) {
 /// A connection's position in each of its channels, in subscription order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
-    pub positions: Vec<Position>,
+    /// Inline for a connection of one channel, the usual case: no allocation of its own, so
+    /// no memory line of its own for each event to read.
+    pub positions: SmallVec<[Position; 1]>,
 }
 
 impl Cursor {
@@ -251,7 +255,8 @@ mod tests {
     #[test]
     fn cursor_id_resumes_each_channel_even_when_the_list_changes() {
         let old = [ch("channel:a"), ch("user:1"), ch("system")];
-        let cursor = Cursor { positions: vec![Position::new(10, 0), Position::new(20, 3), Position::new(30, 0)] };
+        let cursor =
+            Cursor { positions: smallvec::smallvec![Position::new(10, 0), Position::new(20, 3), Position::new(30, 0)] };
         let id = LastEventId::parse(&cursor.encode(&old)).unwrap_or_else(|| panic!("parse"));
         // Same channels in another order, plus one new channel.
         assert_eq!(id.resume_for(0, "system"), Resume::From(Position::new(30, 0)));

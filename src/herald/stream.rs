@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
+use smallvec::smallvec;
 
 use super::{Herald, SubscribeError};
 use crate::auth::Principal;
@@ -122,7 +123,7 @@ impl Herald {
         self.engine().watch(&activated).await?;
 
         let parsed = req.last_event_id.as_deref().map(LastEventId::parse);
-        let mut cursor = Cursor { positions: vec![Position::default(); channels.len()] };
+        let mut cursor = Cursor { positions: smallvec![Position::default(); channels.len()] };
         let mut gaps: Vec<(usize, &'static str)> = Vec::new();
         let mut missed: Vec<(Position, usize, Arc<Published>)> = Vec::new();
         let mut snapshots: Vec<AiSnapshot> = Vec::new();

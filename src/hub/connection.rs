@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
+use smallvec::{SmallVec, smallvec};
 use tokio::sync::Notify;
 
 use crate::channel::ChannelName;
@@ -322,8 +323,9 @@ struct Polled {
 pub(crate) struct StreamCore {
     shared: Arc<ConnShared>,
     hub: Arc<Hub>,
-    /// Followed channels and patterns (`channel:incidents.*`), in subscription order.
-    channels: Vec<ChannelName>,
+    /// Followed channels and patterns (`channel:incidents.*`), in subscription order; inline
+    /// for one, as the cursor's positions are.
+    channels: SmallVec<[ChannelName; 1]>,
     cursor: Cursor,
     /// Items taken from the queue and not processed yet (a join waiting for its start).
     backlog: VecDeque<Item>,
@@ -335,11 +337,11 @@ pub(crate) struct StreamCore {
 
 impl StreamCore {
     pub(crate) fn new(shared: Arc<ConnShared>, hub: Arc<Hub>, channels: Vec<ChannelName>) -> Self {
-        let cursor = Cursor { positions: vec![Position::default(); channels.len()] };
+        let cursor = Cursor { positions: smallvec![Position::default(); channels.len()] };
         Self {
             shared,
             hub,
-            channels,
+            channels: channels.into_iter().collect(),
             cursor,
             backlog: VecDeque::new(),
             id_buf: String::new(),
@@ -746,6 +748,20 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_of_one_channel_keeps_its_channel_and_position_inline() {
+        let hub = Arc::new(Hub::new());
+        let core = |names: &[&str]| {
+            let channels = names.iter().map(|n| ChannelName::parse(n).unwrap_or_else(|e| panic!("{e}"))).collect();
+            let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+            StreamCore::new(shared, Arc::clone(&hub), channels)
+        };
+        let one = core(&["channel:lobby"]);
+        assert!(!one.channels.spilled() && !one.cursor.positions.spilled(), "no allocation of their own");
+        let two = core(&["channel:lobby", "channel:news"]);
+        assert_eq!((two.channels.len(), two.cursor.positions.len()), (2, 2));
+    }
 
     #[test]
     fn a_large_batch_buffer_is_freed_once_handed_to_the_writer_and_a_small_one_is_reused() {
