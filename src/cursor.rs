@@ -131,8 +131,9 @@ pub fn write_entry(out: &mut String, channel: &str, pos: Position) {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
     /// Inline for a connection of one channel, the usual case: no allocation of its own, so
-    /// no memory line of its own for each event to read.
-    pub positions: SmallVec<[Position; 1]>,
+    /// no memory line of its own for each event to read. Crate-private, so that the
+    /// container's type is not part of Herald's API.
+    pub(crate) positions: SmallVec<[Position; 1]>,
 }
 
 impl Cursor {
