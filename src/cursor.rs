@@ -137,6 +137,11 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// A cursor at the start of each of `channels` channels.
+    pub(crate) fn at_start(channels: usize) -> Self {
+        Self { positions: smallvec::smallvec![Position::default(); channels] }
+    }
+
     /// Encodes the cursor as an SSE id for the given channel list.
     pub fn encode(&self, channels: &[ChannelName]) -> String {
         let mut out = String::with_capacity(channels.len() * 16);

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
-use smallvec::smallvec;
 
 use super::{Herald, SubscribeError};
 use crate::auth::Principal;
@@ -113,7 +112,7 @@ impl Herald {
             Refused::UserLimit => SubscribeError::UserLimit { limit: cfg.max_connections_per_user },
         })?;
         // From here on, dropping `core` unregisters the connection.
-        let mut core = StreamCore::new(Arc::clone(&shared), Arc::clone(hub), channels.clone());
+        let mut core = StreamCore::new(Arc::clone(&shared), Arc::clone(hub), &channels);
         if let Some(user) = req.principal.user_id() {
             // Across nodes (Redis); the hub has already checked this node.
             if !self.engine().acquire_slot(user, &conn_id, cfg.max_connections_per_user).await? {
@@ -123,7 +122,7 @@ impl Herald {
         self.engine().watch(&activated).await?;
 
         let parsed = req.last_event_id.as_deref().map(LastEventId::parse);
-        let mut cursor = Cursor { positions: smallvec![Position::default(); channels.len()] };
+        let mut cursor = Cursor::at_start(channels.len());
         let mut gaps: Vec<(usize, &'static str)> = Vec::new();
         let mut missed: Vec<(Position, usize, Arc<Published>)> = Vec::new();
         let mut snapshots: Vec<AiSnapshot> = Vec::new();

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use smallvec::{SmallVec, smallvec};
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use crate::channel::ChannelName;
@@ -336,13 +336,12 @@ pub(crate) struct StreamCore {
 }
 
 impl StreamCore {
-    pub(crate) fn new(shared: Arc<ConnShared>, hub: Arc<Hub>, channels: Vec<ChannelName>) -> Self {
-        let cursor = Cursor { positions: smallvec![Position::default(); channels.len()] };
+    pub(crate) fn new(shared: Arc<ConnShared>, hub: Arc<Hub>, channels: &[ChannelName]) -> Self {
         Self {
             shared,
             hub,
-            channels: channels.into_iter().collect(),
-            cursor,
+            channels: channels.iter().cloned().collect(),
+            cursor: Cursor::at_start(channels.len()),
             backlog: VecDeque::new(),
             id_buf: String::new(),
             recent_split: VecDeque::new(),
@@ -753,9 +752,10 @@ mod tests {
     fn a_stream_of_one_channel_keeps_its_channel_and_position_inline() {
         let hub = Arc::new(Hub::new());
         let core = |names: &[&str]| {
-            let channels = names.iter().map(|n| ChannelName::parse(n).unwrap_or_else(|e| panic!("{e}"))).collect();
+            let channels: Vec<_> =
+                names.iter().map(|n| ChannelName::parse(n).unwrap_or_else(|e| panic!("{e}"))).collect();
             let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
-            StreamCore::new(shared, Arc::clone(&hub), channels)
+            StreamCore::new(shared, Arc::clone(&hub), &channels)
         };
         let one = core(&["channel:lobby"]);
         assert!(!one.channels.spilled() && !one.cursor.positions.spilled(), "no allocation of their own");
