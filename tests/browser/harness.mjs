@@ -267,10 +267,35 @@ export async function post(base, path, body, headers = {}) {
   return [resp.status, await resp.json()];
 }
 
+/** Records what a clean page never has: console errors, uncaught exceptions, failed
+ * requests and answers of 400 or more (a missing `/favicon.ico` included). Read them with
+ * `assertClean(page)`. Requests still open when the page closes do not count: call
+ * `assertClean` before closing. */
+export function watchProblems(page) {
+  const problems = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') problems.push(`console error: ${msg.text()} (${msg.location().url})`);
+  });
+  page.on('pageerror', (err) => problems.push(`uncaught: ${err.message}`));
+  page.on('requestfailed', (req) => problems.push(`failed request: ${req.url()} (${req.failure()?.errorText})`));
+  page.on('response', (resp) => {
+    if (resp.status() >= 400) problems.push(`HTTP ${resp.status()}: ${resp.url()}`);
+  });
+  page.problems = problems;
+  return problems;
+}
+
+/** Fails if the page logged a console error, threw, or had a request fail (see `watchProblems`). */
+export function assertClean(page) {
+  if (page.problems.length) throw new Error(`${page.url()} was not clean:\n${page.problems.join('\n')}`);
+}
+
 /** Opens a demo page in a new browser context and waits until it is live; `before(page)`
- * runs before it loads (to hook requests or add init scripts). */
+ * runs before it loads (to hook requests or add init scripts). The page's problems are
+ * recorded from the start (`assertClean`). */
 export async function openDemo(browser, url, { before } = {}) {
   const page = await (await browser.newContext()).newPage();
+  watchProblems(page);
   if (before) await before(page);
   await page.goto(url);
   await waitFor(() => page.$('#status[data-state="open"]'), `${url} to be live`);

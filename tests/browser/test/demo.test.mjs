@@ -1,12 +1,14 @@
 // The demo page in Chromium against a real `herald serve`: in dev mode, chat between two
-// users, who is online, going offline when a tab closes, and a real job's progress; with
-// auth configured, the page's way in with a pasted token.
+// users, who is online, going offline when a tab closes, and a real job's progress, with a
+// clean console (no error, no failed request); with auth configured, the page's way in with
+// a pasted token.
 
 import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
 import { after, before, test } from 'node:test';
 
 import {
+  assertClean,
   chatTexts,
   cleanup,
   launchBrowser,
@@ -50,6 +52,10 @@ test('two users chat, see each other online, and a closed tab goes offline', asy
     assert.ok(annSees.some(([cls, who]) => cls.includes('mine') && who.startsWith('Ann')), 'Ann sees her message as hers');
     assert.ok(annSees.some(([cls, who]) => !cls.includes('mine') && who.startsWith('Bob')), 'Bob is named from his token');
 
+    // Neither page logged a console error or had a request fail (the favicon included).
+    assertClean(ann);
+    assertClean(bob);
+
     // Closing Bob's tab: after the grace period Ann's list and the server's agree he is gone.
     await bob.context().close();
     await waitFor(async () => (await onlineUsers(ann)).join() === 'ann', 'Bob offline on Ann\'s page');
@@ -87,6 +93,7 @@ test('a job does real work and its progress bar reaches 100%', async () => {
     // The job's notification and unread badge arrive on user:carol.
     await waitFor(() => page.$('#badge:not([hidden])'), 'the notification badge');
     assert.ok(Number(await page.textContent('#badge')) >= 1);
+    assertClean(page);
     await page.context().close();
   });
 });
