@@ -71,6 +71,67 @@ async fn bad_expired_forged_and_unsigned_tokens_are_refused() {
     assert_eq!(try_subscribe(&server, q, &basic).await, (401, "unauthorized".into()));
 }
 
+/// Subscribes with a bearer token and returns the status, error code and message.
+async fn refusal(server: &TestServer, token: &str) -> (u16, String, String) {
+    let resp = server
+        .client(Proto::H1)
+        .open_events("channel=channel:general", &[("authorization", &format!("Bearer {token}"))])
+        .await;
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return (200, String::new(), String::new());
+    }
+    let (_, body) = support::read_json(resp).await;
+    let text = |k: &str| body["error"][k].as_str().unwrap_or_default().to_owned();
+    (status, text("code"), text("message"))
+}
+
+#[tokio::test]
+async fn refused_tokens_get_heralds_own_message_for_each_case_never_the_parsers_words() {
+    let server = TestServer::secured(|_| {}).await;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims("1")));
+    let hs512 = encode(&Header::new(Algorithm::HS512), &claims("1"), &EncodingKey::from_secret(SECRET.as_bytes()))
+        .unwrap_or_default();
+    let rs256 = encode(
+        &Header::new(Algorithm::RS256),
+        &claims("1"),
+        &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_default();
+    let forged = encode(&Header::default(), &claims("1"), &EncodingKey::from_secret(b"another-secret-entirely"))
+        .unwrap_or_default();
+    let cases = [
+        (token_with(json!({"sub": "1", "exp": now() - 120})), "token_expired", "the token has expired"),
+        (forged, "invalid_token", "the token's signature does not verify"),
+        (unsigned, "invalid_token", "the token's algorithm is not accepted here"),
+        (hs512, "invalid_token", "the token's algorithm is not accepted here"),
+        (rs256, "invalid_token", "the token's algorithm is not accepted here"),
+        ("garbage".to_owned(), "invalid_token", "the token is not a well-formed JWT"),
+        (token_with(json!({"exp": now() + 60})), "invalid_token", "the token lacks the required `sub` claim"),
+        (token_with(json!({"sub": "1"})), "invalid_token", "the token lacks the required `exp` claim"),
+        (
+            token_with(json!({"sub": "1", "exp": now() + 3600, "nbf": now() + 600})),
+            "invalid_token",
+            "the token is not valid yet (`nbf`)",
+        ),
+        (token_with(json!({"sub": 7, "exp": now() + 60})), "invalid_token", "the token's claims are malformed"),
+        (
+            token_with(json!({"sub": "1", "exp": now() + 60, "subscribe": "channel:*"})),
+            "invalid_token",
+            "the token's claims are malformed",
+        ),
+        (
+            token_with(json!({"sub": "a b", "exp": now() + 60})),
+            "invalid_token",
+            "the token's `sub` must be 1 to 128 ASCII letters, digits or `_ - . @ = +`",
+        ),
+    ];
+    for (token, code, message) in cases {
+        assert_eq!(refusal(&server, &token).await, (401, code.to_owned(), message.to_owned()), "{token}");
+    }
+}
+
 #[tokio::test]
 async fn rs256_and_es256_tokens_verify_with_public_keys_and_cannot_be_confused_with_hs256() {
     let tmp = TempDir::new();
@@ -267,7 +328,7 @@ async fn cors_is_off_by_default_and_a_wildcard_never_allows_credentials() {
 }
 
 #[tokio::test]
-async fn issuer_and_audience_are_checked_when_configured() {
+async fn issuer_and_audience_are_required_and_checked_when_configured() {
     let server = TestServer::secured(|c| {
         c.auth.issuer = Some("https://id.example".into());
         c.auth.audience = Some("herald".into());
@@ -276,10 +337,27 @@ async fn issuer_and_audience_are_checked_when_configured() {
     let q = "channel=channel:general";
     let good = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://id.example", "aud": "herald"}));
     assert_eq!(try_subscribe(&server, q, &[bearer(&good)]).await.0, 200);
-    let wrong_iss = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://evil", "aud": "herald"}));
-    assert_eq!(try_subscribe(&server, q, &[bearer(&wrong_iss)]).await, (401, "invalid_token".into()));
     let wrong_aud = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://id.example", "aud": "other"}));
     assert_eq!(try_subscribe(&server, q, &[bearer(&wrong_aud)]).await, (401, "invalid_token".into()));
+    // Required, not only checked when present.
+    let no_iss = token_with(json!({"sub": "1", "exp": now() + 60, "aud": "herald"}));
+    let no_aud = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://id.example"}));
+    assert_eq!(
+        refusal(&server, &no_iss).await,
+        (401, "invalid_token".into(), "the token lacks the required `iss` claim".into())
+    );
+    assert_eq!(
+        refusal(&server, &no_aud).await,
+        (401, "invalid_token".into(), "the token lacks the required `aud` claim".into())
+    );
+    let wrong_iss = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://evil", "aud": "herald"}));
+    assert_eq!(
+        refusal(&server, &wrong_iss).await,
+        (401, "invalid_token".into(), "the token's issuer (`iss`) is not the one configured".into())
+    );
+    // Without them configured, neither claim is needed.
+    let plain = TestServer::secured(|_| {}).await;
+    assert_eq!(try_subscribe(&plain, "channel=channel:general", &[bearer(&token("1"))]).await.0, 200);
 }
 
 #[tokio::test]
