@@ -313,6 +313,40 @@ async fn a_listed_origin_may_call_herald_with_credentials_and_no_other_origin_ma
     assert_eq!(cors_of(&foreign).0, None);
 }
 
+/// The names of an answer's `access-control-*` headers.
+fn cors_headers(resp: &hyper::Response<hyper::body::Incoming>) -> Vec<String> {
+    resp.headers().keys().map(|k| k.as_str().to_owned()).filter(|k| k.starts_with("access-control-")).collect()
+}
+
+#[tokio::test]
+async fn an_unlisted_origin_gets_no_cors_header_at_all_not_even_allow_credentials() {
+    let server = TestServer::secured(|c| c.cors_origins = vec![APP.to_owned()]).await;
+    let evil = [("origin", "http://evil.test")];
+    for proto in [Proto::H1, Proto::H2c] {
+        let stream = server.client(proto).user("u1").open_events("channel=user:u1", &evil).await;
+        assert_eq!((stream.status().as_u16(), cors_headers(&stream)), (200, vec![]), "{proto:?} stream");
+        let refused = server.client(proto).open_events("channel=user:u1", &evil).await;
+        assert_eq!((refused.status().as_u16(), cors_headers(&refused)), (401, vec![]), "{proto:?} refusal");
+        let mut c = server.client(proto).backend();
+        let req = c
+            .request("POST", "/api/publish")
+            .header("origin", "http://evil.test")
+            .header("content-type", "application/json")
+            .body(json!({"channel": "channel:x", "type": "chat"}).to_string().into())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let published = c.send(req).await;
+        assert_eq!((published.status().as_u16(), cors_headers(&published)), (200, vec![]), "{proto:?} publish");
+        // A request with no `Origin` (same-origin or not a browser) needs none either.
+        let plain = server.client(proto).user("u1").open_events("channel=user:u1", &[]).await;
+        assert_eq!(cors_headers(&plain), Vec::<String>::new(), "{proto:?} no origin");
+    }
+    let unlisted = preflight(&server, "http://evil.test", "/api/publish").await;
+    assert_eq!((unlisted.status().as_u16(), cors_headers(&unlisted)), (405, vec![]), "an unlisted preflight");
+    // The listed origin keeps its headers.
+    let listed = preflight(&server, APP, "/api/publish").await;
+    assert!(cors_headers(&listed).contains(&"access-control-allow-credentials".to_owned()), "{:?}", listed.headers());
+}
+
 #[tokio::test]
 async fn cors_is_off_by_default_and_a_wildcard_never_allows_credentials() {
     let off = TestServer::start().await;
