@@ -449,6 +449,7 @@ async fn api_keys_publish_anywhere_their_scope_allows_and_nowhere_else() {
             name: "news".into(),
             key: "news-key-0123456789abcdef".into(),
             channels: vec!["channel:news-*".into()],
+            scopes: vec![herald::config::Scope::Publish],
         })
     })
     .await;
@@ -566,4 +567,47 @@ async fn a_cookie_authenticated_publish_must_be_json_so_it_cannot_be_forged_cros
     let (status, _) = c.post_raw("/api/publish", body).await; // application/json
     assert_eq!(status, 200);
     assert_eq!(stream.expect().await.data["userId"], "ann", "the only event that arrives is the JSON one");
+}
+
+const STATS_KEY: &str = "stats-key-0123456789abcdef";
+
+#[tokio::test]
+async fn a_stats_only_key_reads_the_admin_view_and_is_refused_everything_else() {
+    let server = TestServer::secured(|c| {
+        c.admin = true;
+        c.admin_interval = std::time::Duration::from_millis(50);
+        let toml = format!("[[api_keys]]\nname = \"dashboard\"\nkey = \"{STATS_KEY}\"\nscopes = [\"admin\"]\n");
+        c.api_keys.extend(herald::Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}")).api_keys);
+    })
+    .await;
+    let stats = || server.client(Proto::H1).with_header("x-api-key", STATS_KEY);
+    // What the admin page does: the stats stream, and the status.
+    let mut view = stats().subscribe("channel=admin:nodes", &[]).await;
+    assert_eq!(view.expect().await.data["type"], "node_stats");
+    assert_eq!(stats().get_json("/api/status").await.0, 200);
+
+    // Nothing else.
+    let user = server.client(Proto::H1).user("bob").subscribe("channel=user:bob", &[]).await;
+    let conn = user.connection_id();
+    let code = |(status, body): (hyper::StatusCode, Value)| {
+        (status.as_u16(), body["error"]["code"].as_str().map(str::to_owned))
+    };
+    let forbidden = (403, Some("forbidden".to_owned()));
+    for channel in ["channel:x", "system", "user:bob", "admin:nodes"] {
+        let event = json!({"channel": channel, "type": "chat"});
+        assert_eq!(code(stats().post_json("/api/publish", &event).await), forbidden, "publish on {channel}");
+    }
+    for channel in ["channel:x", "user:bob", "system"] {
+        assert_eq!(
+            try_subscribe(&server, &format!("channel={channel}"), &[("x-api-key".into(), STATS_KEY.into())]).await,
+            (403, "forbidden".into()),
+            "subscribe to {channel}"
+        );
+    }
+    let path = format!("/api/connections/{conn}/channels");
+    for channel in ["channel:x", "admin:nodes"] {
+        assert_eq!(code(stats().post_json(&path, &json!({"channel": channel})).await), forbidden, "join {channel}");
+    }
+    assert_eq!(code(stats().delete(&format!("{path}/user:bob")).await), forbidden, "leave");
+    assert_eq!(code(stats().post_raw("/api/tickets", "").await), forbidden, "ticket");
 }

@@ -38,8 +38,34 @@ pub struct UserIdentity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiKey {
     pub name: String,
-    /// Channel patterns the key reaches.
+    /// Channel patterns the key reaches: those of its config with the `publish` scope, none
+    /// without it (so that no check by pattern lets a stats-only key through).
     pub channels: Vec<String>,
+    /// The `admin` scope: the key may read the admin view's channels (`admin:`).
+    pub admin: bool,
+}
+
+impl ApiKey {
+    /// A key with the `publish` scope over `channels`, and no other.
+    pub fn publisher(name: impl Into<String>, channels: Vec<String>) -> Self {
+        Self { name: name.into(), channels, admin: false }
+    }
+
+    fn from_config(cfg: &crate::config::ApiKeyConfig) -> Self {
+        use crate::config::Scope;
+        let publish = cfg.scopes.contains(&Scope::Publish);
+        Self {
+            name: cfg.name.clone(),
+            channels: if publish { cfg.channels.clone() } else { Vec::new() },
+            admin: cfg.scopes.contains(&Scope::Admin),
+        }
+    }
+
+    /// Whether the key has the `publish` scope: what backends do besides reading stats
+    /// (live joins and leaves, disconnects).
+    pub fn has_publish_scope(&self) -> bool {
+        !self.channels.is_empty()
+    }
 }
 
 /// Who is making a request.
@@ -160,11 +186,7 @@ impl Authenticator {
             }
             None => jwt::Verifier::from_config(&cfg.auth)?,
         };
-        let api_keys = cfg
-            .api_keys
-            .iter()
-            .map(|k| (digest(&k.key), Arc::new(ApiKey { name: k.name.clone(), channels: k.channels.clone() })))
-            .collect();
+        let api_keys = cfg.api_keys.iter().map(|k| (digest(&k.key), Arc::new(ApiKey::from_config(k)))).collect();
         Ok(Self { jwt, api_keys, cookie_name: cfg.auth.cookie_name.clone(), dev_secret })
     }
 
