@@ -9,8 +9,10 @@
 //! | `system` | authenticated users | API keys | off |
 //!
 //! In dev mode (no authentication configured) `channel:` and `system` are open to anyone.
-//! API keys may reach every channel their patterns cover. A user's token may narrow what
-//! the user reaches with `subscribe`/`publish` grants; it can never widen a namespace's rule.
+//! API keys with the `publish` scope may reach every channel their patterns cover; the `admin`
+//! scope lets a key read the `admin:` channels (the admin view's stats) and nothing more. A
+//! user's token may narrow what the user reaches with `subscribe`/`publish` grants; it can
+//! never widen a namespace's rule.
 //! Grants do not apply to channels a user owns (`user:<own id>`): a token cannot lock a user
 //! out of their own channel.
 
