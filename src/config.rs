@@ -166,13 +166,31 @@ pub struct ApiKeyConfig {
     pub name: String,
     pub key: String,
     /// Channel patterns the key may publish to and subscribe to (`*` matches any run of
-    /// characters); default: everything.
+    /// characters), with the `publish` scope; default: everything.
     #[serde(default = "everything")]
     pub channels: Vec<String>,
+    /// What the key may do; default: `publish`.
+    #[serde(default = "publish_scope")]
+    pub scopes: Vec<Scope>,
 }
 
 fn everything() -> Vec<String> {
     vec!["*".to_owned()]
+}
+
+fn publish_scope() -> Vec<Scope> {
+    vec![Scope::Publish]
+}
+
+/// A power an API key may be given.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Publish and subscribe on the channels of `channels`, change live connections, and
+    /// everything else a backend does.
+    Publish,
+    /// Read the admin view's stats (subscribe to `admin:` channels), nothing else.
+    Admin,
 }
 
 /// Who may do something on a namespace's channels.
@@ -312,6 +330,7 @@ impl Config {
         for key in &self.api_keys {
             check(key.key.len() >= 16, "every API key must be at least 16 characters");
             check(!key.name.is_empty(), "every API key needs a name");
+            check(!key.scopes.is_empty(), "every API key needs at least one scope (`publish`, `admin`)");
         }
         for origin in &self.cors_origins {
             let alone = origin == "*" && self.cors_origins.len() == 1;

@@ -146,6 +146,7 @@ impl ServeArgs {
                 name: "cli".to_owned(),
                 key: key.clone(),
                 channels: vec!["*".to_owned()],
+                scopes: vec![herald::config::Scope::Publish],
             });
         }
         c.allow_anonymous |= self.allow_anonymous;

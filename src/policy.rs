@@ -9,8 +9,10 @@
 //! | `system` | authenticated users | API keys | off |
 //!
 //! In dev mode (no authentication configured) `channel:` and `system` are open to anyone.
-//! API keys may reach every channel their patterns cover. A user's token may narrow what
-//! the user reaches with `subscribe`/`publish` grants; it can never widen a namespace's rule.
+//! API keys with the `publish` scope may reach every channel their patterns cover; the `admin`
+//! scope lets a key read the `admin:` channels (the admin view's stats) and nothing more. A
+//! user's token may narrow what the user reaches with `subscribe`/`publish` grants; it can
+//! never widen a namespace's rule.
 //! Grants do not apply to channels a user owns (`user:<own id>`): a token cannot lock a user
 //! out of their own channel.
 
@@ -126,6 +128,18 @@ impl Policies {
         self.check(who, channel, Action::Publish)
     }
 
+    /// A live join or leave of `channel` on a connection: the caller must be allowed to
+    /// subscribe to it, and an API key must have the `publish` scope (a stats-only key
+    /// changes no one's connection).
+    pub fn can_change_subscription(&self, who: &Principal, channel: &ChannelName) -> Result<(), Denied> {
+        if let Principal::ApiKey(key) = who
+            && !key.has_publish_scope()
+        {
+            return Err(Denied::Forbidden { action: "change subscriptions to", channel: channel.to_string() });
+        }
+        self.check(who, channel, Action::Subscribe)
+    }
+
     fn check(&self, who: &Principal, channel: &ChannelName, action: Action) -> Result<(), Denied> {
         let forbidden = || Denied::Forbidden { action: action.as_str(), channel: channel.to_string() };
         let Some(ns) = self.of(channel) else {
@@ -137,11 +151,8 @@ impl Policies {
         };
         match who {
             Principal::ApiKey(key) => {
-                if key.channels.iter().any(|p| glob(p, channel.as_str())) {
-                    Ok(())
-                } else {
-                    Err(forbidden())
-                }
+                let stats = key.admin && matches!(action, Action::Subscribe) && channel.namespace() == ADMIN_NAMESPACE;
+                if stats || key.channels.iter().any(|p| glob(p, channel.as_str())) { Ok(()) } else { Err(forbidden()) }
             }
             Principal::Anonymous => match access {
                 Access::Anyone => Ok(()),
@@ -309,7 +320,7 @@ mod tests {
         assert!(matches!(p.can_subscribe(&user("43", None), &mine), Err(Denied::Forbidden { .. })));
         assert!(matches!(p.can_subscribe(&Principal::Anonymous, &mine), Err(Denied::Unauthenticated { .. })));
         assert!(p.can_publish(&user("42", None), &mine).is_err(), "users do not publish to user channels");
-        let key = Principal::ApiKey(Arc::new(ApiKey { name: "backend".into(), channels: vec!["*".into()] }));
+        let key = Principal::ApiKey(Arc::new(ApiKey::publisher("backend", vec!["*".into()])));
         assert_eq!(p.can_publish(&key, &mine), Ok(()));
     }
 
@@ -334,7 +345,7 @@ mod tests {
         assert!(p.can_subscribe(&user("1", Some(vec!["channel:x"])), &pat("channel:x*")).is_err());
         assert!(p.can_subscribe(&user("1", None), &pat("user:1*")).is_err(), "would reach user:10, user:11, ...");
         assert!(p.can_subscribe(&Principal::Anonymous, &pat("channel:*")).is_err());
-        let key = |c: &str| Principal::ApiKey(Arc::new(ApiKey { name: "k".into(), channels: vec![c.into()] }));
+        let key = |c: &str| Principal::ApiKey(Arc::new(ApiKey::publisher("k", vec![c.into()])));
         assert_eq!(p.can_subscribe(&key("user:*"), &pat("user:*")), Ok(()));
         assert!(p.can_subscribe(&key("user:1"), &pat("user:1*")).is_err());
     }

@@ -71,6 +71,67 @@ async fn bad_expired_forged_and_unsigned_tokens_are_refused() {
     assert_eq!(try_subscribe(&server, q, &basic).await, (401, "unauthorized".into()));
 }
 
+/// Subscribes with a bearer token and returns the status, error code and message.
+async fn refusal(server: &TestServer, token: &str) -> (u16, String, String) {
+    let resp = server
+        .client(Proto::H1)
+        .open_events("channel=channel:general", &[("authorization", &format!("Bearer {token}"))])
+        .await;
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return (200, String::new(), String::new());
+    }
+    let (_, body) = support::read_json(resp).await;
+    let text = |k: &str| body["error"][k].as_str().unwrap_or_default().to_owned();
+    (status, text("code"), text("message"))
+}
+
+#[tokio::test]
+async fn refused_tokens_get_heralds_own_message_for_each_case_never_the_parsers_words() {
+    let server = TestServer::secured(|_| {}).await;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims("1")));
+    let hs512 = encode(&Header::new(Algorithm::HS512), &claims("1"), &EncodingKey::from_secret(SECRET.as_bytes()))
+        .unwrap_or_default();
+    let rs256 = encode(
+        &Header::new(Algorithm::RS256),
+        &claims("1"),
+        &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_default();
+    let forged = encode(&Header::default(), &claims("1"), &EncodingKey::from_secret(b"another-secret-entirely"))
+        .unwrap_or_default();
+    let cases = [
+        (token_with(json!({"sub": "1", "exp": now() - 120})), "token_expired", "the token has expired"),
+        (forged, "invalid_token", "the token's signature does not verify"),
+        (unsigned, "invalid_token", "the token's algorithm is not accepted here"),
+        (hs512, "invalid_token", "the token's algorithm is not accepted here"),
+        (rs256, "invalid_token", "the token's algorithm is not accepted here"),
+        ("garbage".to_owned(), "invalid_token", "the token is not a well-formed JWT"),
+        (token_with(json!({"exp": now() + 60})), "invalid_token", "the token lacks the required `sub` claim"),
+        (token_with(json!({"sub": "1"})), "invalid_token", "the token lacks the required `exp` claim"),
+        (
+            token_with(json!({"sub": "1", "exp": now() + 3600, "nbf": now() + 600})),
+            "invalid_token",
+            "the token is not valid yet (`nbf`)",
+        ),
+        (token_with(json!({"sub": 7, "exp": now() + 60})), "invalid_token", "the token's claims are malformed"),
+        (
+            token_with(json!({"sub": "1", "exp": now() + 60, "subscribe": "channel:*"})),
+            "invalid_token",
+            "the token's claims are malformed",
+        ),
+        (
+            token_with(json!({"sub": "a b", "exp": now() + 60})),
+            "invalid_token",
+            "the token's `sub` must be 1 to 128 ASCII letters, digits or `_ - . @ = +`",
+        ),
+    ];
+    for (token, code, message) in cases {
+        assert_eq!(refusal(&server, &token).await, (401, code.to_owned(), message.to_owned()), "{token}");
+    }
+}
+
 #[tokio::test]
 async fn rs256_and_es256_tokens_verify_with_public_keys_and_cannot_be_confused_with_hs256() {
     let tmp = TempDir::new();
@@ -252,6 +313,40 @@ async fn a_listed_origin_may_call_herald_with_credentials_and_no_other_origin_ma
     assert_eq!(cors_of(&foreign).0, None);
 }
 
+/// The names of an answer's `access-control-*` headers.
+fn cors_headers(resp: &hyper::Response<hyper::body::Incoming>) -> Vec<String> {
+    resp.headers().keys().map(|k| k.as_str().to_owned()).filter(|k| k.starts_with("access-control-")).collect()
+}
+
+#[tokio::test]
+async fn an_unlisted_origin_gets_no_cors_header_at_all_not_even_allow_credentials() {
+    let server = TestServer::secured(|c| c.cors_origins = vec![APP.to_owned()]).await;
+    let evil = [("origin", "http://evil.test")];
+    for proto in [Proto::H1, Proto::H2c] {
+        let stream = server.client(proto).user("u1").open_events("channel=user:u1", &evil).await;
+        assert_eq!((stream.status().as_u16(), cors_headers(&stream)), (200, vec![]), "{proto:?} stream");
+        let refused = server.client(proto).open_events("channel=user:u1", &evil).await;
+        assert_eq!((refused.status().as_u16(), cors_headers(&refused)), (401, vec![]), "{proto:?} refusal");
+        let mut c = server.client(proto).backend();
+        let req = c
+            .request("POST", "/api/publish")
+            .header("origin", "http://evil.test")
+            .header("content-type", "application/json")
+            .body(json!({"channel": "channel:x", "type": "chat"}).to_string().into())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let published = c.send(req).await;
+        assert_eq!((published.status().as_u16(), cors_headers(&published)), (200, vec![]), "{proto:?} publish");
+        // A request with no `Origin` (same-origin or not a browser) needs none either.
+        let plain = server.client(proto).user("u1").open_events("channel=user:u1", &[]).await;
+        assert_eq!(cors_headers(&plain), Vec::<String>::new(), "{proto:?} no origin");
+    }
+    let unlisted = preflight(&server, "http://evil.test", "/api/publish").await;
+    assert_eq!((unlisted.status().as_u16(), cors_headers(&unlisted)), (405, vec![]), "an unlisted preflight");
+    // The listed origin keeps its headers.
+    let listed = preflight(&server, APP, "/api/publish").await;
+    assert!(cors_headers(&listed).contains(&"access-control-allow-credentials".to_owned()), "{:?}", listed.headers());
+}
+
 #[tokio::test]
 async fn cors_is_off_by_default_and_a_wildcard_never_allows_credentials() {
     let off = TestServer::start().await;
@@ -267,7 +362,7 @@ async fn cors_is_off_by_default_and_a_wildcard_never_allows_credentials() {
 }
 
 #[tokio::test]
-async fn issuer_and_audience_are_checked_when_configured() {
+async fn issuer_and_audience_are_required_and_checked_when_configured() {
     let server = TestServer::secured(|c| {
         c.auth.issuer = Some("https://id.example".into());
         c.auth.audience = Some("herald".into());
@@ -276,10 +371,27 @@ async fn issuer_and_audience_are_checked_when_configured() {
     let q = "channel=channel:general";
     let good = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://id.example", "aud": "herald"}));
     assert_eq!(try_subscribe(&server, q, &[bearer(&good)]).await.0, 200);
-    let wrong_iss = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://evil", "aud": "herald"}));
-    assert_eq!(try_subscribe(&server, q, &[bearer(&wrong_iss)]).await, (401, "invalid_token".into()));
     let wrong_aud = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://id.example", "aud": "other"}));
     assert_eq!(try_subscribe(&server, q, &[bearer(&wrong_aud)]).await, (401, "invalid_token".into()));
+    // Required, not only checked when present.
+    let no_iss = token_with(json!({"sub": "1", "exp": now() + 60, "aud": "herald"}));
+    let no_aud = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://id.example"}));
+    assert_eq!(
+        refusal(&server, &no_iss).await,
+        (401, "invalid_token".into(), "the token lacks the required `iss` claim".into())
+    );
+    assert_eq!(
+        refusal(&server, &no_aud).await,
+        (401, "invalid_token".into(), "the token lacks the required `aud` claim".into())
+    );
+    let wrong_iss = token_with(json!({"sub": "1", "exp": now() + 60, "iss": "https://evil", "aud": "herald"}));
+    assert_eq!(
+        refusal(&server, &wrong_iss).await,
+        (401, "invalid_token".into(), "the token's issuer (`iss`) is not the one configured".into())
+    );
+    // Without them configured, neither claim is needed.
+    let plain = TestServer::secured(|_| {}).await;
+    assert_eq!(try_subscribe(&plain, "channel=channel:general", &[bearer(&token("1"))]).await.0, 200);
 }
 
 #[tokio::test]
@@ -337,6 +449,7 @@ async fn api_keys_publish_anywhere_their_scope_allows_and_nowhere_else() {
             name: "news".into(),
             key: "news-key-0123456789abcdef".into(),
             channels: vec!["channel:news-*".into()],
+            scopes: vec![herald::config::Scope::Publish],
         })
     })
     .await;
@@ -454,4 +567,47 @@ async fn a_cookie_authenticated_publish_must_be_json_so_it_cannot_be_forged_cros
     let (status, _) = c.post_raw("/api/publish", body).await; // application/json
     assert_eq!(status, 200);
     assert_eq!(stream.expect().await.data["userId"], "ann", "the only event that arrives is the JSON one");
+}
+
+const STATS_KEY: &str = "stats-key-0123456789abcdef";
+
+#[tokio::test]
+async fn a_stats_only_key_reads_the_admin_view_and_is_refused_everything_else() {
+    let server = TestServer::secured(|c| {
+        c.admin = true;
+        c.admin_interval = std::time::Duration::from_millis(50);
+        let toml = format!("[[api_keys]]\nname = \"dashboard\"\nkey = \"{STATS_KEY}\"\nscopes = [\"admin\"]\n");
+        c.api_keys.extend(herald::Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}")).api_keys);
+    })
+    .await;
+    let stats = || server.client(Proto::H1).with_header("x-api-key", STATS_KEY);
+    // What the admin page does: the stats stream, and the status.
+    let mut view = stats().subscribe("channel=admin:nodes", &[]).await;
+    assert_eq!(view.expect().await.data["type"], "node_stats");
+    assert_eq!(stats().get_json("/api/status").await.0, 200);
+
+    // Nothing else.
+    let user = server.client(Proto::H1).user("bob").subscribe("channel=user:bob", &[]).await;
+    let conn = user.connection_id();
+    let code = |(status, body): (hyper::StatusCode, Value)| {
+        (status.as_u16(), body["error"]["code"].as_str().map(str::to_owned))
+    };
+    let forbidden = (403, Some("forbidden".to_owned()));
+    for channel in ["channel:x", "system", "user:bob", "admin:nodes"] {
+        let event = json!({"channel": channel, "type": "chat"});
+        assert_eq!(code(stats().post_json("/api/publish", &event).await), forbidden, "publish on {channel}");
+    }
+    for channel in ["channel:x", "user:bob", "system"] {
+        assert_eq!(
+            try_subscribe(&server, &format!("channel={channel}"), &[("x-api-key".into(), STATS_KEY.into())]).await,
+            (403, "forbidden".into()),
+            "subscribe to {channel}"
+        );
+    }
+    let path = format!("/api/connections/{conn}/channels");
+    for channel in ["channel:x", "admin:nodes"] {
+        assert_eq!(code(stats().post_json(&path, &json!({"channel": channel})).await), forbidden, "join {channel}");
+    }
+    assert_eq!(code(stats().delete(&format!("{path}/user:bob")).await), forbidden, "leave");
+    assert_eq!(code(stats().post_raw("/api/tickets", "").await), forbidden, "ticket");
 }

@@ -166,6 +166,53 @@ async fn a_presence_query_lists_exactly_who_is_there_and_away_is_announced_acros
     away_and_queries(Some(&redis)).await;
 }
 
+async fn away_is_one_status_on_every_channel(redis: Option<&RedisServer>) {
+    let (a, b) = nodes(redis).await;
+    let b = b.as_ref().unwrap_or(&a);
+    let mut r1 = a.client(Proto::H1).user("w1").subscribe("channel=channel:r1", &[]).await;
+    r1.expect_presence("w1", "online").await;
+    let mut r2 = a.client(Proto::H1).user("w2").subscribe("channel=channel:r2", &[]).await;
+    r2.expect_presence("w2", "online").await;
+    let ann = b.client(Proto::H1).user("ann").subscribe("channel=channel:r1", &[]).await;
+    r1.expect_presence("ann", "online").await;
+    let (status, _) = b.client(Proto::H1).user("ann").post_json("/api/presence", &json!({"status": "away"})).await;
+    assert_eq!(status, 200);
+    r1.expect_presence("ann", "away").await;
+
+    // Ann, away, joins r2 (through the other node): she arrives there away.
+    let path = format!("/api/connections/{}/channels", ann.connection_id());
+    let (status, answer) = a.client(Proto::H1).user("ann").post_json(&path, &json!({"channel": "channel:r2"})).await;
+    assert_eq!(status, 200, "{answer}");
+    r2.expect_presence("ann", "away").await;
+    let mut q = a.client(Proto::H1).user("w1");
+    let (_, me) = q.get_json("/api/users/ann/presence").await;
+    assert_eq!(me, json!({"userId": "ann", "online": true, "status": "away"}));
+    for room in ["channel:r1", "channel:r2"] {
+        let (_, list) = q.get_json(&format!("/api/channels/{room}/presence")).await;
+        assert!(users(&list).contains(&("ann".into(), "away".into())), "{room}: {list}");
+    }
+
+    // Offline everywhere, then back: the away is over. Nothing came on r1 in between.
+    drop(ann);
+    r1.expect_presence("ann", "offline").await;
+    r2.expect_presence("ann", "offline").await;
+    let _back = b.client(Proto::H1).user("ann").subscribe("channel=channel:r1", &[]).await;
+    r1.expect_presence("ann", "online").await;
+    let (_, me) = q.get_json("/api/users/ann/presence").await;
+    assert_eq!(me, json!({"userId": "ann", "online": true, "status": "online"}));
+}
+
+#[tokio::test]
+async fn a_user_who_is_away_joins_another_channel_away_in_memory() {
+    away_is_one_status_on_every_channel(None).await;
+}
+
+#[tokio::test]
+async fn a_user_who_is_away_joins_another_channel_away_across_redis_nodes() {
+    let redis = RedisServer::start().await;
+    away_is_one_status_on_every_channel(Some(&redis)).await;
+}
+
 #[tokio::test]
 async fn presence_requests_are_checked_like_subscriptions() {
     let server = TestServer::secured(|c| {

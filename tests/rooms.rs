@@ -4,8 +4,8 @@
 mod support;
 
 use herald::Config;
-use serde_json::json;
-use support::{Proto, RedisServer, TestServer};
+use serde_json::{Value, json};
+use support::{Proto, RedisServer, TestServer, token};
 
 fn quiet(c: &mut Config, redis: Option<String>) {
     c.redis_url = redis;
@@ -102,7 +102,7 @@ async fn only_the_connections_own_user_or_a_backend_may_change_it() {
     let path = format!("/api/connections/{conn}/channels");
     let join = |c: &str| json!({"channel": c});
     let cases = [
-        (server.client(Proto::H1).user("bob"), join("channel:x"), 403, "forbidden"),
+        (server.client(Proto::H1).user("bob"), join("channel:x"), 404, "connection_not_found"),
         (server.client(Proto::H1), join("channel:x"), 401, "unauthorized"),
         (server.client(Proto::H1).user("ann"), join("user:bob"), 403, "forbidden"),
         (server.client(Proto::H1).user("ann"), join("channel:*"), 400, "invalid_channel"),
@@ -194,4 +194,125 @@ async fn the_library_sends_to_one_connection_and_serves_other_transports() {
     assert_eq!(h.stats().connections, 2);
     drop(conn);
     assert_eq!(h.stats().connections, 1, "dropping the connection unregisters it");
+}
+
+/// Adds the API keys of a TOML snippet (`[[api_keys]]` tables) to a configuration.
+fn add_keys(c: &mut Config, toml: &str) {
+    let extra = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
+    c.api_keys.extend(extra.api_keys);
+}
+
+const OPS_KEY: &str = "ops-key-0123456789abcdef";
+
+#[tokio::test]
+async fn a_live_leave_is_checked_against_the_channel_like_a_join() {
+    let server = TestServer::secured(|c| {
+        support::no_presence(c);
+        add_keys(c, &format!("[[api_keys]]\nname = \"ops\"\nkey = \"{OPS_KEY}\"\nchannels = [\"channel:ops-*\"]\n"));
+    })
+    .await;
+    let mut bob = server.client(Proto::H1).user("bob").subscribe("channel=user:bob", &[]).await;
+    let conn = bob.connection_id();
+    let mut ops = server.client(Proto::H1).with_header("x-api-key", OPS_KEY);
+    let (status, answer) = ops.delete(&format!("/api/connections/{conn}/channels/user:bob")).await;
+    assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (403, Some("forbidden")), "{answer}");
+    // Bob still follows his channel: the next event on it reaches him.
+    server.client(Proto::H1).backend().publish(&json!({"channel": "user:bob", "type": "update", "n": 0})).await;
+    bob.expect_ns(0..1).await;
+    // Within its patterns the key may join and leave.
+    let path = format!("/api/connections/{conn}/channels");
+    assert_eq!(ops.post_json(&path, &json!({"channel": "channel:ops-1"})).await.0, 200);
+    assert_eq!(bob.expect().await.data["type"], "subscribed");
+    assert_eq!(ops.delete(&format!("{path}/channel:ops-1")).await.0, 200);
+    assert_eq!(bob.expect().await.data["type"], "unsubscribed");
+}
+
+/// Status, error code and message of an answer.
+fn refusal((status, answer): (hyper::StatusCode, Value)) -> (u16, String, String) {
+    let text = |k: &str| answer["error"][k].as_str().unwrap_or_default().to_owned();
+    (status.as_u16(), text("code"), text("message"))
+}
+
+#[tokio::test]
+async fn joins_and_leaves_on_an_unknown_or_someone_elses_connection_answer_alike() {
+    let server = on(None).await;
+    let ann = server.client(Proto::H1).user("ann").subscribe("channel=user:ann", &[]).await;
+    let conn = ann.connection_id();
+    let unknown = format!("{}{}", &conn[..conn.len() - 1], if conn.ends_with('x') { 'y' } else { 'x' });
+    let mut bob = server.client(Proto::H1).user("bob");
+    let mut answers = Vec::new();
+    for id in [&conn, &unknown] {
+        let joined = bob.post_json(&format!("/api/connections/{id}/channels"), &json!({"channel": "channel:x"})).await;
+        let left = bob.delete(&format!("/api/connections/{id}/channels/channel:x")).await;
+        // The id itself is in the message; the rest must not differ.
+        answers.push([refusal(joined), refusal(left)].map(|(s, c, m)| (s, c, m.replace(id.as_str(), "ID"))));
+    }
+    assert_eq!(answers[0], answers[1], "someone else's connection and an unknown one");
+    assert_eq!((answers[0][0].0, answers[0][0].1.as_str()), (404, "connection_not_found"));
+    assert_eq!((answers[0][1].0, answers[0][1].1.as_str()), (404, "connection_not_found"));
+}
+
+const APP: &str = "http://app.test:5173";
+
+#[tokio::test]
+async fn a_cookie_borne_live_join_or_leave_needs_json_and_an_allowed_origin() {
+    let server = TestServer::secured(|c| {
+        support::no_presence(c);
+        c.cors_origins = vec![APP.to_owned()];
+    })
+    .await;
+    let mut stream = server.client(Proto::H1).user("ann").subscribe("channel=user:ann", &[]).await;
+    let conn = stream.connection_id();
+    let path = format!("/api/connections/{conn}/channels");
+    let mut victim = server.client(Proto::H1).with_header("cookie", &format!("herald_token={}", token("ann")));
+    let body = json!({"channel": "channel:attacker"}).to_string();
+    let send = |c: &mut support::Client, method: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut b = c.request(method, path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let body = if method == "POST" { body.clone() } else { String::new() };
+        b.body(body.into()).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let own = format!("http://{}", server.addr);
+    let refused = [
+        ("POST", path.clone(), vec![("content-type", "text/plain")], 415, "json_required"),
+        ("POST", path.clone(), vec![("content-type", "text/plain"), ("origin", APP)], 415, "json_required"),
+        (
+            "POST",
+            path.clone(),
+            vec![("content-type", "application/json"), ("origin", "http://evil.test")],
+            403,
+            "origin_not_allowed",
+        ),
+        (
+            "POST",
+            path.clone(),
+            vec![("content-type", "application/json"), ("origin", "null")],
+            403,
+            "origin_not_allowed",
+        ),
+        ("DELETE", format!("{path}/user:ann"), vec![("origin", "http://evil.test")], 403, "origin_not_allowed"),
+    ];
+    for (method, p, headers, status, code) in refused {
+        let req = send(&mut victim, method, &p, &headers);
+        let (got, answer) = support::read_json(victim.send(req).await).await;
+        assert_eq!((got.as_u16(), answer["error"]["code"].as_str()), (status, Some(code)), "{method} {headers:?}");
+    }
+    // JSON from Herald's own origin or a listed one goes through; nothing came before it.
+    for (origin, channel) in [(own.as_str(), "channel:own"), (APP, "channel:app")] {
+        let req = victim
+            .request("POST", &path)
+            .header("content-type", "application/json")
+            .header("origin", origin)
+            .body(json!({"channel": channel}).to_string().into())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (got, answer) = support::read_json(victim.send(req).await).await;
+        assert_eq!(got, 200, "{origin}: {answer}");
+        let ev = stream.expect().await;
+        assert_eq!((ev.data["type"].as_str(), ev.data["channel"].as_str()), (Some("subscribed"), Some(channel)));
+    }
+    let req = send(&mut victim, "DELETE", &format!("{path}/channel:app"), &[("origin", APP)]);
+    assert_eq!(victim.send(req).await.status(), 200);
+    assert_eq!(stream.expect().await.data["channel"], "channel:app");
 }

@@ -36,7 +36,12 @@ async fn node(redis_url: Option<String>) -> Node {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_key_publish_rate: 1e9,
         api_key_publish_burst: 1e9,
-        api_keys: vec![ApiKeyConfig { name: "bench".into(), key: KEY.into(), channels: vec!["*".into()] }],
+        api_keys: vec![ApiKeyConfig {
+            name: "bench".into(),
+            key: KEY.into(),
+            channels: vec!["*".into()],
+            scopes: vec![herald::config::Scope::Publish],
+        }],
         redis_url,
         ..Config::default()
     };

@@ -19,7 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
-use super::{AuthError, UserIdentity};
+use super::{AuthError, TokenProblem, UserIdentity};
 use crate::config::{AuthConfig, ConfigError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,8 @@ pub struct Verifier {
 
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
+    /// Optional here so that a token without it is told so, not given a parser's words.
+    sub: Option<String>,
     name: Option<String>,
     subscribe: Option<Vec<String>>,
     publish: Option<Vec<String>>,
@@ -109,60 +110,73 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<UserIdentity, AuthError> {
-        let header = decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let header = decode_header(token).map_err(|e| {
+            tracing::debug!(error = %e, "token header refused");
+            AuthError::InvalidToken(header_problem(token))
+        })?;
         let family = match header.alg {
             Algorithm::HS256 => None,
             Algorithm::RS256 => Some(Family::Rsa),
             Algorithm::ES256 => Some(Family::Ec),
             other => {
-                return Err(AuthError::InvalidToken(format!("algorithm {other:?} is not accepted")));
+                tracing::debug!(alg = ?other, "token algorithm refused");
+                return Err(AuthError::InvalidToken(TokenProblem::Algorithm));
             }
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is required, not only checked when present.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         let candidates: Vec<DecodingKey> = match family {
             None => self.hs.iter().cloned().collect(),
             Some(family) => self.keys_for(family, header.kid.as_deref()).await?,
         };
         if candidates.is_empty() {
-            return Err(AuthError::InvalidToken(format!("no key accepts {:?} tokens here", header.alg)));
+            tracing::debug!(alg = ?header.alg, "no key for the token's algorithm");
+            return Err(AuthError::InvalidToken(TokenProblem::Algorithm));
         }
-        let mut last = AuthError::InvalidToken("signature does not verify".into());
+        let mut last = TokenProblem::Signature;
         for key in &candidates {
             match decode::<Claims>(token, key, &validation) {
                 Ok(data) => return identity(data.claims),
                 Err(e) => {
+                    // The library's words (parser positions, variant lists) go to the log;
+                    // the client gets Herald's own sentence for the case.
+                    tracing::debug!(error = %e, "token refused");
                     use jsonwebtoken::errors::ErrorKind;
-                    last = match e.kind() {
+                    let problem = match e.kind() {
                         ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
-                        ErrorKind::InvalidSignature => AuthError::InvalidToken("signature does not verify".into()),
-                        ErrorKind::ImmatureSignature => {
-                            return Err(AuthError::InvalidToken("the token is not valid yet (nbf)".into()));
+                        // Another candidate key may verify it.
+                        ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => {
+                            last = TokenProblem::Signature;
+                            continue;
                         }
-                        ErrorKind::InvalidIssuer => {
-                            return Err(AuthError::InvalidToken("wrong issuer".into()));
-                        }
-                        ErrorKind::InvalidAudience => {
-                            return Err(AuthError::InvalidToken("wrong audience".into()));
-                        }
-                        ErrorKind::MissingRequiredClaim(c) => {
-                            return Err(AuthError::InvalidToken(format!("the `{c}` claim is missing")));
-                        }
-                        _ => AuthError::InvalidToken(e.to_string()),
+                        ErrorKind::ImmatureSignature => TokenProblem::NotYetValid,
+                        ErrorKind::InvalidIssuer => TokenProblem::Issuer,
+                        ErrorKind::InvalidAudience => TokenProblem::Audience,
+                        ErrorKind::MissingRequiredClaim(c) => TokenProblem::missing(c),
+                        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenProblem::Algorithm,
+                        ErrorKind::Json(_) => TokenProblem::Claims,
+                        _ => TokenProblem::Malformed,
                     };
+                    return Err(AuthError::InvalidToken(problem));
                 }
             }
         }
-        Err(last)
+        Err(AuthError::InvalidToken(last))
     }
 
     async fn keys_for(&self, family: Family, kid: Option<&str>) -> Result<Vec<DecodingKey>, AuthError> {
@@ -206,7 +220,7 @@ impl Verifier {
 
 fn valid_sub(sub: &str) -> Result<(), AuthError> {
     if sub.is_empty() || sub.len() > 128 || !sub.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@=+".contains(&b)) {
-        return Err(AuthError::InvalidToken("`sub` must be 1 to 128 ASCII letters, digits or `_ - . @ = +`".into()));
+        return Err(AuthError::InvalidToken(TokenProblem::Subject));
     }
     Ok(())
 }
@@ -225,14 +239,32 @@ pub(super) fn sign_dev_token(
         claims["name"] = name.chars().take(128).collect::<String>().into();
     }
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
-        .map_err(|e| AuthError::InvalidToken(e.to_string()))
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).map_err(|e| {
+        tracing::warn!(error = %e, "cannot sign a dev token");
+        AuthError::InvalidToken(TokenProblem::Malformed)
+    })
+}
+
+/// Why a token's header could not be read: an algorithm Herald does not know (`none`,
+/// `HS512`, ...) or not a JWT at all.
+fn header_problem(token: &str) -> TokenProblem {
+    use base64::Engine as _;
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok());
+    match alg {
+        Some(header) if header.get("alg").is_some_and(serde_json::Value::is_string) => TokenProblem::Algorithm,
+        _ => TokenProblem::Malformed,
+    }
 }
 
 fn identity(c: Claims) -> Result<UserIdentity, AuthError> {
-    valid_sub(&c.sub)?;
+    let sub = c.sub.ok_or(AuthError::InvalidToken(TokenProblem::MissingClaim("sub")))?;
+    valid_sub(&sub)?;
     Ok(UserIdentity {
-        id: Arc::from(c.sub),
+        id: Arc::from(sub),
         name: c.name.map(|n| Arc::from(n.chars().take(128).collect::<String>())),
         subscribe: c.subscribe,
         publish: c.publish,

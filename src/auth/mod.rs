@@ -38,8 +38,34 @@ pub struct UserIdentity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiKey {
     pub name: String,
-    /// Channel patterns the key reaches.
+    /// Channel patterns the key reaches: those of its config with the `publish` scope, none
+    /// without it (so that no check by pattern lets a stats-only key through).
     pub channels: Vec<String>,
+    /// The `admin` scope: the key may read the admin view's channels (`admin:`).
+    pub admin: bool,
+}
+
+impl ApiKey {
+    /// A key with the `publish` scope over `channels`, and no other.
+    pub fn publisher(name: impl Into<String>, channels: Vec<String>) -> Self {
+        Self { name: name.into(), channels, admin: false }
+    }
+
+    fn from_config(cfg: &crate::config::ApiKeyConfig) -> Self {
+        use crate::config::Scope;
+        let publish = cfg.scopes.contains(&Scope::Publish);
+        Self {
+            name: cfg.name.clone(),
+            channels: if publish { cfg.channels.clone() } else { Vec::new() },
+            admin: cfg.scopes.contains(&Scope::Admin),
+        }
+    }
+
+    /// Whether the key has the `publish` scope: what backends do besides reading stats
+    /// (live joins and leaves, disconnects).
+    pub fn has_publish_scope(&self) -> bool {
+        !self.channels.is_empty()
+    }
 }
 
 /// Who is making a request.
@@ -81,8 +107,8 @@ impl Principal {
 /// A credential was presented and refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("the token is not valid: {0}")]
-    InvalidToken(String),
+    #[error("{0}")]
+    InvalidToken(TokenProblem),
     #[error("the token has expired")]
     Expired,
     #[error("the API key is not valid")]
@@ -91,6 +117,45 @@ pub enum AuthError {
     InvalidTicket,
     #[error("cannot fetch the keys to verify the token: {0}")]
     KeysUnavailable(String),
+}
+
+/// What is wrong with a refused token, in Herald's own stable words (the messages of
+/// `invalid_token` in `docs/http-api.md`). The verifier's detail goes to the log only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenProblem {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's algorithm is not accepted here")]
+    Algorithm,
+    #[error("the token's signature does not verify")]
+    Signature,
+    #[error("the token is not valid yet (`nbf`)")]
+    NotYetValid,
+    #[error("the token's issuer (`iss`) is not the one configured")]
+    Issuer,
+    #[error("the token's audience (`aud`) is not the one configured")]
+    Audience,
+    #[error("the token lacks the required `{0}` claim")]
+    MissingClaim(&'static str),
+    #[error("the token's claims are malformed")]
+    Claims,
+    #[error("the token's `sub` must be 1 to 128 ASCII letters, digits or `_ - . @ = +`")]
+    Subject,
+    #[error("this server does not accept tokens")]
+    NotAccepted,
+}
+
+impl TokenProblem {
+    /// A claim the verifier found missing; only the claims Herald requires are named.
+    pub(crate) fn missing(claim: &str) -> Self {
+        match claim {
+            "exp" => Self::MissingClaim("exp"),
+            "sub" => Self::MissingClaim("sub"),
+            "iss" => Self::MissingClaim("iss"),
+            "aud" => Self::MissingClaim("aud"),
+            _ => Self::Claims,
+        }
+    }
 }
 
 /// Verifies credentials against the configuration.
@@ -121,11 +186,7 @@ impl Authenticator {
             }
             None => jwt::Verifier::from_config(&cfg.auth)?,
         };
-        let api_keys = cfg
-            .api_keys
-            .iter()
-            .map(|k| (digest(&k.key), Arc::new(ApiKey { name: k.name.clone(), channels: k.channels.clone() })))
-            .collect();
+        let api_keys = cfg.api_keys.iter().map(|k| (digest(&k.key), Arc::new(ApiKey::from_config(k)))).collect();
         Ok(Self { jwt, api_keys, cookie_name: cfg.auth.cookie_name.clone(), dev_secret })
     }
 
@@ -140,7 +201,7 @@ impl Authenticator {
     pub async fn verify_token(&self, token: &str) -> Result<UserIdentity, AuthError> {
         match &self.jwt {
             Some(v) => v.verify(token).await,
-            None => Err(AuthError::InvalidToken("this server does not accept tokens".into())),
+            None => Err(AuthError::InvalidToken(TokenProblem::NotAccepted)),
         }
     }
 

@@ -268,6 +268,11 @@ pub trait Engine: Send + Sync + 'static {
     /// status if set (`away`).
     fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>>;
 
+    /// The status `user` set across channels (`away`), if any.
+    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
+        Box::pin(async move { Ok(self.user_presence(user).await?.1) })
+    }
+
     /// Records `user`'s status across channels (`None` clears it).
     fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>>;
 

@@ -56,33 +56,46 @@ impl Herald {
         !channel.is_pattern() && self.policies().of(channel).is_some_and(|ns| ns.join_leave)
     }
 
-    /// A connection of a user now follows `channels`: presence and `join` events.
+    /// A connection of a user now follows `channels`: presence and `join` events. A user's
+    /// status is one value: one who is `away` arrives `away` in a new channel.
     pub(super) async fn announce_arrival(&self, conn: &ConnShared, channels: &[ChannelName]) {
         let Some(user) = &conn.user_id else { return };
         let who =
             Publisher { user_id: Some(user.to_string()), user_name: conn.user_name.as_deref().map(str::to_owned) };
+        // Read once, and only if a channel has presence.
+        let mut status = None;
         for ch in channels {
             if self.presence_on(ch) {
+                let status = match status {
+                    Some(s) => s,
+                    None => *status.insert(self.status_of(user).await),
+                };
                 let entry = PresenceEntry {
                     user_id: user.to_string(),
                     user_name: who.user_name.clone(),
-                    status: PresenceStatus::Online.as_str().to_owned(),
+                    status: status.as_str().to_owned(),
                     connections: 1,
                 };
                 match self.engine().presence_join(ch, &conn.id, &entry).await {
-                    Ok(true) => {
-                        // A user who comes back after being offline is no longer away.
-                        if let Err(e) = self.engine().set_user_status(user, None).await {
-                            tracing::debug!(error = %e, "could not clear a user's status");
-                        }
-                        self.announce(ch, Event::presence(PresenceStatus::Online), &who).await;
-                    }
+                    Ok(true) => self.announce(ch, Event::presence(status), &who).await,
                     Ok(false) => {}
                     Err(e) => tracing::warn!(channel = %ch, error = %e, "presence join not recorded"),
                 }
             }
             if self.join_leave_on(ch) {
                 self.announce(ch, Event::join(ch.as_str()), &who).await;
+            }
+        }
+    }
+
+    /// The status `user` set (`away`), or `online`.
+    async fn status_of(&self, user: &str) -> PresenceStatus {
+        match self.engine().user_status(user).await {
+            Ok(Some(s)) if s == "away" => PresenceStatus::Away,
+            Ok(_) => PresenceStatus::Online,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read a user's status");
+                PresenceStatus::Online
             }
         }
     }
@@ -232,12 +245,18 @@ pub(super) async fn departures(
     while let Some(departure) = rx.recv().await {
         let Some(inner) = herald.upgrade() else { return };
         let herald = Herald { inner };
-        if let Some(user) = &departure.user {
-            herald.engine().release_slot(user, &departure.connection).await;
-        }
-        if departure.user.is_some() {
+        if let Some(user) = departure.user.clone() {
+            herald.engine().release_slot(&user, &departure.connection).await;
             // Presence calls may wait on the engine; departures keep flowing meanwhile.
-            tokio::spawn(async move { herald.announce_departure(departure).await });
+            tokio::spawn(async move {
+                // A user who comes back after being offline everywhere is no longer away.
+                if let Ok((false, Some(_))) = herald.engine().user_presence(&user).await
+                    && let Err(e) = herald.engine().set_user_status(&user, None).await
+                {
+                    tracing::debug!(error = %e, "could not clear a user's status");
+                }
+                herald.announce_departure(departure).await
+            });
         }
     }
 }

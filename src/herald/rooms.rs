@@ -25,10 +25,10 @@ use crate::policy::Denied;
 pub enum RoomError {
     #[error(transparent)]
     Denied(#[from] Denied),
-    #[error("no open connection `{0}`")]
+    /// No open connection with that id, or one the caller may not change: the two answer
+    /// the same, so that ids cannot be probed.
+    #[error("no open connection `{0}` that you may change")]
     NoConnection(String),
-    #[error("connection `{0}` belongs to another user")]
-    NotYours(String),
     #[error("a connection may follow at most {0} channels")]
     TooManyChannels(usize),
     #[error("pattern subscriptions cannot be added to a live connection")]
@@ -56,7 +56,7 @@ impl Herald {
         if channel.is_pattern() {
             return Err(RoomError::Pattern);
         }
-        self.policies().can_subscribe(who, channel)?;
+        self.policies().can_change_subscription(who, channel)?;
         let command = NodeCommand::Join {
             connection: connection.to_owned(),
             channel: channel.to_string(),
@@ -65,8 +65,10 @@ impl Herald {
         self.run_on_connection(command, connection).await
     }
 
-    /// Removes `channel` from the open connection `connection`, wherever it lives.
+    /// Removes `channel` from the open connection `connection`, wherever it lives. Checked
+    /// like [`Herald::join`]: a caller may only remove what it could have added.
     pub async fn leave(&self, who: &Principal, connection: &str, channel: &ChannelName) -> Result<(), RoomError> {
+        self.policies().can_change_subscription(who, channel)?;
         let command = NodeCommand::Leave {
             connection: connection.to_owned(),
             channel: channel.to_string(),
@@ -97,7 +99,10 @@ impl Herald {
         }
         match refused {
             Some((code, message)) => Err(match code.as_str() {
-                "not_yours" => RoomError::NotYours(connection.to_owned()),
+                "not_yours" => {
+                    tracing::info!(connection, "refused a change to another user's connection");
+                    RoomError::NoConnection(connection.to_owned())
+                }
                 "too_many_channels" => RoomError::TooManyChannels(self.config().max_channels_per_connection),
                 _ => RoomError::Engine(EngineError::Unavailable(message)),
             }),

@@ -8,7 +8,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use super::error::ApiError;
 use crate::auth::{AuthError, Principal};
@@ -48,12 +49,30 @@ pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str
     Ok(Principal::Anonymous)
 }
 
-/// A publish authenticated by the cookie alone must be `application/json`: a cross-site
-/// form cannot send that without a CORS preflight, so the cookie cannot be used for
-/// request forgery. Bearer tokens and API keys are not sent by browsers on their own.
-pub fn check_cookie_publish(herald: &Herald, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Guards a request that changes state and is authenticated by the cookie alone, which a
+/// browser attaches to cross-site requests too: its `Origin`, when the browser sends one,
+/// must be Herald's own or one of `cors_origins` (`403 origin_not_allowed`), and a request
+/// with a body must be `application/json` (`415 json_required`), which a cross-site form
+/// cannot send without a CORS preflight. Bearer tokens and API keys are not sent by
+/// browsers on their own, so requests carrying one pass.
+pub fn check_cookie_request(herald: &Herald, parts: &Parts) -> Result<(), ApiError> {
+    let headers = &parts.headers;
     let explicit = headers.contains_key("x-api-key") || headers.contains_key(header::AUTHORIZATION);
     if explicit || cookie(headers, &herald.auth().cookie_name).is_none() {
+        return Ok(());
+    }
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !origin_allowed(herald, parts, origin)
+    {
+        tracing::info!(origin = ?origin, method = %parts.method, path = parts.uri.path(), "cookie request from a foreign origin");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "a request authenticated by cookie must come from Herald's own origin or one of `cors_origins`",
+        ));
+    }
+    // A DELETE (or PUT) cannot be sent cross-site without a preflight at all.
+    if parts.method != Method::POST {
         return Ok(());
     }
     let json = headers
@@ -66,9 +85,23 @@ pub fn check_cookie_publish(herald: &Herald, headers: &HeaderMap) -> Result<(), 
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "json_required",
-            "a publish authenticated by cookie must have Content-Type: application/json",
+            "a request authenticated by cookie must have Content-Type: application/json",
         ))
     }
+}
+
+/// Whether `origin` is the origin of the request's own host, or listed in `cors_origins`
+/// (`*` does not count: it never admits credentials).
+fn origin_allowed(herald: &Herald, parts: &Parts, origin: &HeaderValue) -> bool {
+    let Ok(origin) = origin.to_str() else { return false };
+    if herald.config().cors_origins.iter().any(|o| o != "*" && o.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    // Same origin: the part after the scheme is the host the request was sent to.
+    let host =
+        parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(parts.uri.authority().map(|a| a.as_str()));
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((host, authority), (Some(host), Some(authority)) if host.eq_ignore_ascii_case(authority))
 }
 
 /// The key a publisher's rate limit is kept under.

@@ -165,7 +165,6 @@ impl From<RoomError> for ApiError {
             RoomError::Engine(e) => e.into(),
             RoomError::Event(e) => e.into(),
             RoomError::NoConnection(_) => Self::new(StatusCode::NOT_FOUND, "connection_not_found", e.to_string()),
-            RoomError::NotYours(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
             RoomError::TooManyChannels(_) => Self::bad_request("too_many_channels", e.to_string()),
             RoomError::Pattern => Self::bad_request("invalid_channel", e.to_string()),
         }

@@ -6,9 +6,10 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use serde_json::{Value, json};
 
-use super::auth::{check_cookie_publish, principal};
+use super::auth::{check_cookie_request, principal};
 use super::error::ApiError;
 use crate::herald::Herald;
 
@@ -36,10 +37,11 @@ pub async fn user(
 
 pub async fn set_status(
     State(herald): State<Herald>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    check_cookie_publish(&herald, &headers)?;
+    check_cookie_request(&herald, &parts)?;
+    let headers = parts.headers;
     let body = super::publish::parse_body(body)?;
     let Some(Value::String(status)) = body.get("status") else {
         return Err(ApiError::bad_request("invalid_status", "give `status`: `online` or `away`"));

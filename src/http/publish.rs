@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::auth::{PeerAddr, check_cookie_publish, principal, rate_key};
+use super::auth::{PeerAddr, check_cookie_request, principal, rate_key};
 use super::error::ApiError;
 use super::observe::count_publish_refusal;
 use crate::auth::Principal;
@@ -92,7 +92,7 @@ async fn caller_and_body(
     req: Request,
 ) -> Result<(Principal, String, Value), ApiError> {
     let (parts, body) = req.into_parts();
-    check_cookie_publish(herald, &parts.headers)?;
+    check_cookie_request(herald, &parts)?;
     let who = principal(herald, &parts.headers, None).await?;
     let key = rate_key(&who, peer.map(|Extension(p)| p));
     let body = Bytes::from_request(Request::from_parts(parts, body), herald).await;

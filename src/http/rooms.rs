@@ -2,34 +2,38 @@
 //! `DELETE /api/connections/{id}/channels/{channel}`, `GET /api/channels/{channel}`.
 //!
 //! A join or leave is authorized like a new subscription: the caller must be allowed to
-//! subscribe to the channel, and be the connection's own user (or hold an API key). The
-//! connection may live on any node.
+//! subscribe to the channel, and be the connection's own user (or hold an API key with the
+//! `publish` scope). An unknown connection and someone else's answer alike (`404`), so ids
+//! cannot be probed. With the cookie credential, both get the guard of every cookie-borne
+//! change (`check_cookie_request`). The connection may live on any node.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use serde_json::{Value, json};
 
-use super::auth::principal;
+use super::auth::{check_cookie_request, principal};
 use super::error::ApiError;
 use crate::herald::Herald;
 
 pub async fn join(
     State(herald): State<Herald>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(connection) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    check_cookie_request(&herald, &parts)?;
     let body = super::publish::parse_body(body)?;
     let channel = match body.get("channel") {
         Some(Value::String(c)) => herald.parse_channel(c)?,
         Some(_) => return Err(ApiError::bad_request("invalid_channel", "`channel` must be a string")),
         None => return Err(ApiError::bad_request("missing_channel", "give the `channel` to join")),
     };
-    let who = principal(&herald, &headers, None).await?;
+    let who = principal(&herald, &parts.headers, None).await?;
     herald.join(&who, &connection, &channel).await?;
     Ok(Json(json!({"connectionId": connection, "channel": channel.as_str()})))
 }
@@ -37,11 +41,12 @@ pub async fn join(
 pub async fn leave(
     State(herald): State<Herald>,
     path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    parts: Parts,
 ) -> Result<Json<Value>, ApiError> {
     let Path((connection, channel)) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    check_cookie_request(&herald, &parts)?;
     let channel = herald.parse_channel(&channel)?;
-    let who = principal(&herald, &headers, None).await?;
+    let who = principal(&herald, &parts.headers, None).await?;
     herald.leave(&who, &connection, &channel).await?;
     Ok(Json(json!({"connectionId": connection, "channel": channel.as_str()})))
 }

@@ -88,6 +88,7 @@ pub fn secure(config: &mut Config) {
         name: "test".to_owned(),
         key: API_KEY.to_owned(),
         channels: vec!["*".to_owned()],
+        scopes: vec![herald::config::Scope::Publish],
     });
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -105,10 +106,11 @@ async fn user(herald: &Herald, headers: &HeaderMap) -> Result<Arc<UserIdentity>,
 }
 
 /// The user of a request that changes something: as [`user`], and a request carried by the
-/// cookie alone must be JSON, which a cross-site form cannot send.
-async fn acting_user(herald: &Herald, headers: &HeaderMap) -> Result<Arc<UserIdentity>, ApiError> {
-    herald::http::auth::check_cookie_publish(herald, headers)?;
-    user(herald, headers).await
+/// cookie alone must come from an allowed origin, and be JSON if it is a `POST`, which a
+/// cross-site form cannot send.
+async fn acting_user(herald: &Herald, parts: &Parts) -> Result<Arc<UserIdentity>, ApiError> {
+    herald::http::auth::check_cookie_request(herald, parts)?;
+    user(herald, &parts.headers).await
 }
 
 /// `GET /me`: who the credential says this is.
@@ -126,10 +128,10 @@ struct NewJob {
 /// answers `202 {"jobId"}` at once. Its events arrive on `user:<id>`.
 async fn start_job(
     State(app): State<App>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Json<NewJob>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let user = acting_user(&app.herald, &headers).await?;
+    let user = acting_user(&app.herald, &parts).await?;
     let Json(job) = body.map_err(|r| ApiError::new(r.status(), "invalid_body", r.body_text()))?;
     if !(2..=MAX_LIMIT).contains(&job.limit) {
         return Err(ApiError::bad_request("invalid_limit", format!("limit must be from 2 to {MAX_LIMIT}")));
@@ -153,10 +155,10 @@ async fn job(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
 /// `DELETE /jobs/{id}`: stops the user's job; it ends with `generation_failed` `cancelled`.
 async fn cancel_job(
     State(app): State<App>,
-    headers: HeaderMap,
+    parts: Parts,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let user = acting_user(&app.herald, &headers).await?;
+    let user = acting_user(&app.herald, &parts).await?;
     app.jobs.cancel(&user.id, &id).map(|v| (StatusCode::ACCEPTED, Json(v))).map_err(job_error)
 }
 

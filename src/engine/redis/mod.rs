@@ -1171,6 +1171,10 @@ impl Engine for RedisEngine {
         Box::pin(self.user_presence(user))
     }
 
+    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
+        Box::pin(self.user_status(user))
+    }
+
     fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(self.set_user_status(user, status))
     }

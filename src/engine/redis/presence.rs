@@ -243,6 +243,10 @@ impl RedisEngine {
         Ok((live > 0, status))
     }
 
+    pub(super) async fn user_status(&self, user: &str) -> Result<Option<String>, EngineError> {
+        self.conn.clone().get(self.status_key(user)).await.map_err(unavailable)
+    }
+
     pub(super) async fn set_user_status(&self, user: &str, status: Option<&str>) -> Result<(), EngineError> {
         let mut conn = self.conn.clone();
         let key = self.status_key(user);
