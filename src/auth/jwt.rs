@@ -61,6 +61,8 @@ pub struct Verifier {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Required (see `set_required_spec_claims`), so always there once decoded.
+    exp: u64,
     name: Option<String>,
     subscribe: Option<Vec<String>>,
     publish: Option<Vec<String>>,
@@ -236,6 +238,7 @@ fn identity(c: Claims) -> Result<UserIdentity, AuthError> {
         name: c.name.map(|n| Arc::from(n.chars().take(128).collect::<String>())),
         subscribe: c.subscribe,
         publish: c.publish,
+        expires_at: Some(c.exp),
     })
 }
 
