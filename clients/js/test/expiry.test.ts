@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { HeraldClient, type StateInfo, type StreamEvent, type SubscriptionState } from '../src/index.js';
 import { waitFor } from './support/server.js';
-import { sign, startHerald, type RunningHerald } from './support/herald.js';
+import { expiringTokens, startHerald, type RunningHerald } from './support/herald.js';
 
 let herald: RunningHerald;
 
@@ -20,8 +20,6 @@ afterAll(async () => {
   await herald?.stop();
 });
 
-const now = () => Math.floor(Date.now() / 1000);
-
 describe.each([
   ['header', 'fetch'],
   ['ticket', 'eventsource'],
@@ -29,20 +27,9 @@ describe.each([
   it('refreshes the token and resumes when the server ends the stream at its expiry', async () => {
     const user = `u-${mode}`;
     const channel = `user:${user}`;
-    let tokens = 0;
-    let beforeSecond: Promise<unknown> | undefined;
     let sent = 0;
-    const token = async () => {
-      tokens += 1;
-      if (tokens === 1) return sign({ sub: user, exp: now() + 2 });
-      // Published after the first stream ended and before the second opens: only a resume
-      // from the `token_expired` id can deliver it.
-      // After 3, however early the token expired.
-      beforeSecond ??= waitFor(() => sent === 3, 'event 3').then(() => herald.publish(channel, 'note', { n: 4 }));
-      await beforeSecond;
-      return sign({ sub: user, exp: now() + 3600 });
-    };
-    const client = new HeraldClient({ url: herald.url, EventSource: EventSource as never, auth: { mode, token } });
+    const tokens = expiringTokens(herald, user, () => sent === 3);
+    const client = new HeraldClient({ url: herald.url, EventSource: EventSource as never, auth: { mode, token: tokens.token } });
     const events: StreamEvent[] = [];
     const errors: Error[] = [];
     const states: Array<[SubscriptionState, StateInfo]> = [];
@@ -67,7 +54,7 @@ describe.each([
       await waitFor(() => notes().length >= 6, 'six notes');
 
       expect(notes()).toEqual([1, 2, 3, 4, 5, 6]);
-      expect(tokens).toBeGreaterThanOrEqual(2);
+      expect(tokens.calls()).toBe(2);
       expect(errors).toEqual([]);
       const renewal = states.find(([s]) => s === 'reconnecting');
       expect(renewal?.[1].delayMs).toBe(0);

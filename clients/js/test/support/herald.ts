@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { heraldBinary } from '../../../../tests/browser/binary.mjs';
+import { waitFor } from './server.js';
 
 const ROOT = resolve(import.meta.dirname, '../../../..');
 export const SECRET = 'vitest-secret-that-is-long-enough';
@@ -82,4 +83,22 @@ export async function startHerald(toml = ''): Promise<RunningHerald> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A `token()` function for `user`: its first token expires within 2 s, later ones in an
+ * hour. Before it hands out the second, once `sentThree()` holds, it publishes
+ * `{type: 'note', n: 4}` on `user:<user>`: an event published while the subscription is
+ * between its two streams, which only a resume from the `token_expired` id delivers. */
+export function expiringTokens(herald: RunningHerald, user: string, sentThree: () => boolean) {
+  let calls = 0;
+  let away: Promise<unknown> | undefined;
+  const now = () => Math.floor(Date.now() / 1000);
+  const token = async () => {
+    calls += 1;
+    if (calls === 1) return sign({ sub: user, exp: now() + 2 });
+    away ??= waitFor(sentThree, 'event 3').then(() => herald.publish(`user:${user}`, 'note', { n: 4 }));
+    await away;
+    return sign({ sub: user, exp: now() + 3600 });
+  };
+  return { token, calls: () => calls };
 }
