@@ -9,20 +9,32 @@ use std::time::Duration;
 use serde_json::json;
 use support::{Proto, SseStream, TestServer, now, token, token_with};
 
-/// A server that allows no clock skew, so a token's `exp` is when its streams end.
-async fn strict_server() -> TestServer {
-    TestServer::secured(|c| c.auth.leeway = Duration::ZERO).await
+/// A server that allows `leeway` of clock skew: a token's streams end at `exp` plus that.
+async fn server_with_leeway(leeway: u64) -> TestServer {
+    TestServer::secured(|c| c.auth.leeway = Duration::from_secs(leeway)).await
 }
 
-/// A token for `sub` that expires within two seconds.
-fn short_token(sub: &str) -> String {
-    token_with(json!({"sub": sub, "exp": now() + 2}))
+async fn strict_server() -> TestServer {
+    server_with_leeway(0).await
+}
+
+/// A token for `sub` that expires within two seconds, and when it ends (after `leeway`).
+fn short_token(sub: &str, leeway: u64) -> (String, u64) {
+    let exp = now() + 2;
+    (token_with(json!({"sub": sub, "exp": exp})), exp + leeway)
 }
 
 /// Reads `stream` through the private event published before expiry, the `token_expired`
 /// notice and the end of the stream; publishes after the expiry and checks that a resume
 /// from the notice's id, with a fresh token, gets exactly what came after.
-async fn ends_at_expiry_and_resumes(server: &TestServer, user: &str, mut stream: SseStream, named: bool) {
+/// `deadline` is the token's `exp` plus the leeway, in seconds.
+async fn ends_at_expiry_and_resumes(
+    server: &TestServer,
+    user: &str,
+    mut stream: SseStream,
+    named: bool,
+    deadline: u64,
+) {
     let channel = format!("user:{user}");
     let mut backend = server.client(Proto::H1).backend();
     backend.publish(&json!({"channel": channel, "type": "note", "n": 1})).await;
@@ -30,6 +42,7 @@ async fn ends_at_expiry_and_resumes(server: &TestServer, user: &str, mut stream:
     assert_eq!(before.data["n"], 1, "{:?}", before.data);
 
     let expired = stream.expect().await;
+    assert!(now() >= deadline, "not before `exp` plus the leeway");
     assert_eq!(expired.data["type"], "token_expired", "{:?}", expired.data);
     assert_eq!(expired.event, if named { "token_expired" } else { "message" });
     assert_eq!(expired.data["connectionId"], stream.connection_id().as_str());
@@ -54,15 +67,17 @@ async fn ends_at_expiry_and_resumes(server: &TestServer, user: &str, mut stream:
 #[tokio::test]
 async fn a_stream_ends_when_its_token_expires_and_resumes_with_a_fresh_one() {
     let server = strict_server().await;
-    let bearer = format!("Bearer {}", short_token("ann"));
+    let (token, deadline) = short_token("ann", 0);
+    let bearer = format!("Bearer {token}");
     let stream = server.client(Proto::H1).subscribe("channel=user:ann", &[("authorization", &bearer)]).await;
-    ends_at_expiry_and_resumes(&server, "ann", stream, false).await;
+    ends_at_expiry_and_resumes(&server, "ann", stream, false, deadline).await;
 }
 
 #[tokio::test]
-async fn a_stream_opened_with_a_ticket_ends_when_the_tokens_expires() {
-    let server = strict_server().await;
-    let bearer = format!("Bearer {}", short_token("bob"));
+async fn a_stream_opened_with_a_ticket_ends_when_the_tokens_expires_plus_the_leeway() {
+    let server = server_with_leeway(1).await;
+    let (token, deadline) = short_token("bob", 1);
+    let bearer = format!("Bearer {token}");
     let mut user = server.client(Proto::H1).with_header("authorization", &bearer);
     let (status, body) = user.post_raw("/api/tickets", "").await;
     assert_eq!(status, 201, "{body}");
@@ -70,7 +85,7 @@ async fn a_stream_opened_with_a_ticket_ends_when_the_tokens_expires() {
     // Over HTTP/2, with named events.
     let stream =
         server.client(Proto::H2c).subscribe(&format!("channel=user:bob&events=named&ticket={ticket}"), &[]).await;
-    ends_at_expiry_and_resumes(&server, "bob", stream, true).await;
+    ends_at_expiry_and_resumes(&server, "bob", stream, true, deadline).await;
 }
 
 #[tokio::test]
