@@ -25,7 +25,7 @@ use crate::sse::Frame;
 pub const RESERVED_FIELDS: [&str; 7] = ["id", "type", "channel", "channels", "timestamp", "userId", "userName"];
 
 /// Event types the server emits itself; publishers may not use them.
-pub const SERVER_EVENT_TYPES: [&str; 4] = ["connected", "reset", "subscribed", "unsubscribed"];
+pub const SERVER_EVENT_TYPES: [&str; 5] = ["connected", "reset", "subscribed", "unsubscribed", "token_expired"];
 
 /// Longest event type accepted.
 pub const MAX_TYPE_LEN: usize = 64;

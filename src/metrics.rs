@@ -157,6 +157,12 @@ pub fn render(herald: &Herald) -> String {
         "Connections closed after making no progress for the client timeout.",
         load(&hub.stats.timeout_disconnects),
     );
+    o.single(
+        "herald_token_expired_disconnects_total",
+        "counter",
+        "Streams ended because the token they were opened with expired.",
+        load(&hub.stats.expired_disconnects),
+    );
     let h = &hub.stats.latency;
     o.metric("herald_publish_to_write_seconds", "histogram", "Time from acceptance by this node to the write.");
     let mut cumulative = 0;

@@ -244,6 +244,7 @@ mod tests {
             name: None,
             subscribe: subscribe.map(|v| v.into_iter().map(str::to_owned).collect()),
             publish: None,
+            expires_at: None,
         }))
     }
 

@@ -157,6 +157,7 @@ async fn the_library_sends_to_one_connection_and_serves_other_transports() {
         name: None,
         subscribe: None,
         publish: None,
+        expires_at: None,
     }));
     // A transport of the application's own (a WebSocket, say) registers a connection.
     let channel = h.parse_channel("user:ann").unwrap_or_else(|e| panic!("{e}"));

@@ -62,6 +62,8 @@ pub struct Verifier {
 struct Claims {
     /// Optional here so that a token without it is told so, not given a parser's words.
     sub: Option<String>,
+    /// Required (see `set_required_spec_claims`), so always there once decoded.
+    exp: u64,
     name: Option<String>,
     subscribe: Option<Vec<String>>,
     publish: Option<Vec<String>>,
@@ -268,6 +270,7 @@ fn identity(c: Claims) -> Result<UserIdentity, AuthError> {
         name: c.name.map(|n| Arc::from(n.chars().take(128).collect::<String>())),
         subscribe: c.subscribe,
         publish: c.publish,
+        expires_at: Some(c.exp),
     })
 }
 

@@ -32,6 +32,25 @@ pub struct UserIdentity {
     pub subscribe: Option<Vec<String>>,
     /// Channel patterns the token limits publishing to (`publish` claim), if any.
     pub publish: Option<Vec<String>>,
+    /// The token's `exp`, in seconds since the Unix epoch: a stream opened as this user ends
+    /// then (plus `auth.leeway`). A ticket carries it from the token it was issued for.
+    /// `None` for an identity the application made itself: its streams do not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl UserIdentity {
+    /// When a session of this identity ends: its `exp` plus `leeway`, in milliseconds since
+    /// the Unix epoch. `None` if it does not end.
+    pub fn session_deadline_ms(&self, leeway: std::time::Duration) -> Option<u64> {
+        let exp = self.expires_at?;
+        Some(exp.saturating_add(leeway.as_secs()).saturating_mul(1000))
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the system clock (the clock `exp` is read against).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A publisher key, as configured.

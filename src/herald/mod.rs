@@ -178,6 +178,7 @@ impl Herald {
             })
         }));
         tokio::spawn(maintenance(Arc::downgrade(&inner)));
+        tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
         if inner.config.admin {
             tokio::spawn(publish_node_stats(Arc::downgrade(&inner)));
         }
@@ -390,7 +391,9 @@ impl Herald {
         Ok(ticket)
     }
 
-    /// Redeems a ticket; `None` if it is unknown, expired or already used.
+    /// Redeems a ticket; `None` if it is unknown, expired or already used. The identity
+    /// carries the expiry of the token the ticket was issued for (the caller refuses it once
+    /// that has passed: [`crate::auth::UserIdentity::session_deadline_ms`]).
     pub async fn redeem_ticket(&self, ticket: &str) -> Result<Option<crate::auth::UserIdentity>, EngineError> {
         Ok(self.inner.engine.take_ticket(ticket).await?.and_then(|p| serde_json::from_str(&p).ok()))
     }
@@ -454,6 +457,31 @@ async fn maintenance(inner: Weak<Inner>) {
         inner.key_rate.sweep();
         let herald = Herald { inner };
         tokio::spawn(async move { herald.expire_local_presence().await });
+    }
+}
+
+/// Ends streams whose credential expired. One timer per node, set to the earliest deadline
+/// of its connections (moved earlier when a connection with an earlier one registers), so a
+/// stream ends within milliseconds of its `exp` plus `auth.leeway`, at no cost per
+/// connection. It also wakes every `heartbeat_interval`, so that a change of the system
+/// clock (deadlines are wall-clock times) is seen within one interval.
+async fn expire_sessions(inner: Weak<Inner>) {
+    let Some((hub, period)) = inner.upgrade().map(|i| (Arc::clone(&i.hub), i.config.heartbeat_interval)) else {
+        return;
+    };
+    loop {
+        let now = crate::auth::unix_ms();
+        if hub.next_expiry().is_some_and(|at| at <= now) {
+            hub.expire_sessions(now);
+        }
+        let wait = hub.next_expiry().map_or(period, |at| Duration::from_millis(at.saturating_sub(now)).min(period));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = hub.expiry_moved() => {}
+        }
+        if inner.strong_count() == 0 {
+            return;
+        }
     }
 }
 

@@ -95,14 +95,20 @@ impl Herald {
             Principal::User(u) => Some((Arc::clone(&u.id), u.name.clone())),
             _ => None,
         };
-        let shared = Arc::new(ConnShared::new(
-            hub.next_key(),
-            conn_id.clone(),
-            user,
-            cfg.buffer_size,
-            req.kill,
-            req.filters.into_boxed_slice(),
-        ));
+        let shared = Arc::new(
+            ConnShared::new(
+                hub.next_key(),
+                conn_id.clone(),
+                user,
+                cfg.buffer_size,
+                req.kill,
+                req.filters.into_boxed_slice(),
+            )
+            .expiring_at(match &req.principal {
+                Principal::User(u) => u.session_deadline_ms(cfg.auth.leeway),
+                _ => None,
+            }),
+        );
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         // Registered before history is read, so nothing published in between is missed;
         // what is both replayed and queued is dropped by the cursor.

@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use super::error::ApiError;
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Principal, unix_ms};
 use crate::herald::Herald;
 
 /// The peer's address, set by Herald's server on every request.
@@ -39,6 +39,10 @@ pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str
     }
     if let Some(ticket) = ticket {
         return match herald.redeem_ticket(ticket).await? {
+            // A ticket lives `ticket_ttl`, but stands for its token no longer than the token.
+            Some(user) if user.session_deadline_ms(herald.config().auth.leeway).is_some_and(|at| at <= unix_ms()) => {
+                Err(AuthError::Expired.into())
+            }
             Some(user) => Ok(Principal::User(Arc::new(user))),
             None => Err(AuthError::InvalidTicket.into()),
         };

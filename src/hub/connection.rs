@@ -56,6 +56,10 @@ pub enum CloseReason {
     Drain { retry_ms: u64 },
     /// The node missed events it cannot replay; the client must resume to learn of the gap.
     Resync,
+    /// The credential it was opened with expired (`exp` plus `auth.leeway`): what was
+    /// queued before is written, then a `token_expired` notice, and the stream ends so that
+    /// the client comes back with a fresh credential.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -65,7 +69,14 @@ impl CloseReason {
             Self::Timeout => "client_timeout",
             Self::Drain { .. } => "server_draining",
             Self::Resync => "resync",
+            Self::TokenExpired => "token_expired",
         }
+    }
+
+    /// Whether what is queued is still written before the end (the client is reading and
+    /// nothing is wrong with it); otherwise it is dropped and the client resumes from history.
+    fn keeps_queue(self) -> bool {
+        matches!(self, Self::Drain { .. } | Self::TokenExpired)
     }
 }
 
@@ -151,6 +162,9 @@ pub struct ConnShared {
     kill: Option<KillSwitch>,
     /// Field filters of the subscription (document 003): all must match.
     pub filters: Filters,
+    /// When the credential it was opened with expires, plus the leeway, in milliseconds
+    /// since the Unix epoch (see [`Hub::expire_sessions`]).
+    pub expires_at_ms: Option<u64>,
     state: Mutex<QueueState>,
 }
 
@@ -188,6 +202,7 @@ impl ConnShared {
             capacity: capacity.max(1),
             kill,
             filters,
+            expires_at_ms: None,
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
                 waker: None,
@@ -197,6 +212,12 @@ impl ConnShared {
                 close: None,
             }),
         }
+    }
+
+    /// The connection ends at `deadline_ms` (milliseconds since the Unix epoch), if any.
+    pub(crate) fn expiring_at(mut self, deadline_ms: Option<u64>) -> Self {
+        self.expires_at_ms = deadline_ms;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -245,21 +266,22 @@ impl ConnShared {
     }
 
     /// Closes the connection for `reason`. Returns false if it was already closing.
-    /// A drain keeps what is queued so it is written before the `retry:` hint; the other
-    /// reasons drop it, since the client will resume from history.
+    /// A drain or an expired credential keeps what is queued, so it is written before the
+    /// last words (`retry:` hint, `token_expired`); the other reasons drop it, since the
+    /// client will resume from history, and tear an HTTP/1.1 connection down.
     pub fn close(&self, reason: CloseReason) -> bool {
         let mut st = self.lock();
         if st.close.is_some() {
             return false;
         }
         st.close = Some(reason);
-        let drain = matches!(reason, CloseReason::Drain { .. });
-        if !drain {
+        let keep = reason.keeps_queue();
+        if !keep {
             st.items = VecDeque::new();
         }
         let waker = st.waker.take();
         drop(st);
-        if drain {
+        if keep {
             if let Some(w) = waker {
                 w.wake();
             }
@@ -468,7 +490,7 @@ impl StreamCore {
             let close = if drained { st.close } else { None };
             (std::mem::take(&mut st.heartbeat), close)
         };
-        let dropping = matches!(close, Some(reason) if !matches!(reason, CloseReason::Drain { .. }));
+        let dropping = close.is_some_and(|reason| !reason.keeps_queue());
         let mut written = 0;
         let mut oldest: Option<Arc<Published>> = None;
         while let Some(item) = self.backlog.pop_front() {
@@ -513,6 +535,16 @@ impl StreamCore {
             self.backlog = VecDeque::new();
         }
         let close = if self.backlog.is_empty() { close } else { None };
+        if close == Some(CloseReason::TokenExpired) {
+            // Its id is the cursor after everything written: a resume loses nothing.
+            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let notice = serde_json::json!({
+                "type": "token_expired",
+                "connectionId": &*self.shared.id,
+                "timestamp": now,
+            });
+            self.notice(out, "token_expired", notice.to_string().as_bytes());
+        }
         Poll::Ready((written, Polled { heartbeat, close }))
     }
 }
@@ -721,7 +753,8 @@ impl Connection {
     }
 
     /// The next message; `None` once the server closed the connection (slow consumer,
-    /// timeout, drain: the client should resume with the last id it got).
+    /// timeout, drain, or the user's token expired, announced by a last `token_expired`
+    /// message: the client should resume with the last id it got).
     pub async fn recv(&mut self) -> Option<Message> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }

@@ -10,7 +10,7 @@
 pub mod connection;
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -34,6 +34,9 @@ struct Registry {
     /// Public connection id → key.
     ids: HashMap<Arc<str>, u64>,
     users: HashMap<Arc<str>, usize>,
+    /// Connections whose credential expires, as `(deadline in ms since the epoch, key)`,
+    /// earliest first: the node's one timer looks at the first.
+    expiries: BTreeSet<(u64, u64)>,
 }
 
 impl Registry {
@@ -110,6 +113,8 @@ pub struct HubStats {
     pub slow_disconnects: AtomicU64,
     /// Connections closed because they made no progress for the client timeout.
     pub timeout_disconnects: AtomicU64,
+    /// Connections closed because the credential they were opened with expired.
+    pub expired_disconnects: AtomicU64,
     /// Events written to clients (`sse_events_sent`).
     pub events_written: AtomicU64,
     /// Time from acceptance to write, one observation per write batch.
@@ -150,6 +155,8 @@ pub struct Hub {
     next_key: AtomicU64,
     /// Where departures are reported (presence, connection slots).
     departures: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Departure>>,
+    /// Signalled when a connection registers with a deadline earlier than any before it.
+    expiry_moved: tokio::sync::Notify,
     pub stats: HubStats,
 }
 
@@ -199,6 +206,13 @@ impl Hub {
                 activated.push(ch.clone());
             }
         }
+        if let Some(at) = conn.expires_at_ms {
+            let earliest = reg.expiries.first().is_none_or(|&first| (at, conn.key) < first);
+            reg.expiries.insert((at, conn.key));
+            if earliest {
+                self.expiry_moved.notify_one();
+            }
+        }
         reg.ids.insert(Arc::clone(&conn.id), conn.key);
         reg.conns.insert(conn.key, Entry { conn, channels: channels.to_vec() });
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -212,6 +226,9 @@ impl Hub {
             return Vec::new();
         };
         reg.ids.remove(&conn.id);
+        if let Some(at) = conn.expires_at_ms {
+            reg.expiries.remove(&(at, key));
+        }
         self.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(user) = &conn.user_id
             && let Some(count) = reg.users.get_mut(user)
@@ -374,6 +391,44 @@ impl Hub {
                 tracing::info!(connection = %conn.id, "closing a connection that made no progress for the client timeout");
                 self.unregister(conn.key);
             }
+        }
+        closed
+    }
+
+    /// The earliest deadline of a connection's credential, in ms since the Unix epoch.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.read().expiries.first().map(|&(at, _)| at)
+    }
+
+    /// Resolves when a connection registered with a deadline earlier than
+    /// [`Hub::next_expiry`] was (a permit is kept if nobody waits, so none is missed).
+    pub async fn expiry_moved(&self) {
+        self.expiry_moved.notified().await;
+    }
+
+    /// Ends every connection whose credential expired at or before `now_ms`: each writes
+    /// what was queued before, then `token_expired`, and leaves the hub, so no event
+    /// published later reaches it. Returns how many were closed.
+    pub fn expire_sessions(&self, now_ms: u64) -> usize {
+        let due: Vec<Arc<ConnShared>> = {
+            let reg = self.read();
+            reg.expiries
+                .range(..=(now_ms, u64::MAX))
+                .filter_map(|(_, key)| reg.conns.get(key).map(|e| Arc::clone(&e.conn)))
+                .collect()
+        };
+        let mut closed = 0;
+        for conn in due {
+            if conn.close(CloseReason::TokenExpired) {
+                closed += 1;
+                self.stats.expired_disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    connection = %conn.id,
+                    user = conn.user_id.as_deref().unwrap_or("-"),
+                    "closing a stream whose token expired; the client reconnects with a fresh one"
+                );
+            }
+            self.unregister(conn.key);
         }
         closed
     }

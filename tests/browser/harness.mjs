@@ -4,7 +4,7 @@
 // downloaded browser). Everything started here is stopped by `cleanup()`.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -12,10 +12,11 @@ import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
+import { heraldBinary } from './binary.mjs';
+
 const here = dirname(fileURLToPath(import.meta.url));
 export const ROOT = resolve(here, '../..');
 export const ARTIFACTS = join(here, 'artifacts');
-const BINARY = join(ROOT, 'target/debug/herald');
 
 /** How long one wait may take before a test fails. */
 export const WAIT = 30_000;
@@ -34,29 +35,7 @@ export async function cleanup() {
   }
 }
 
-function newestMtime(dir) {
-  let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
-  }
-  return newest;
-}
-
-/** The debug binary; built with `cargo build` when missing or older than the sources. */
-export function heraldBinary() {
-  let stale = true;
-  try {
-    stale = statSync(BINARY).mtimeMs < newestMtime(join(ROOT, 'src'));
-  } catch {
-    stale = true;
-  }
-  if (stale) {
-    const built = spawnSync('cargo', ['build', '--bin', 'herald'], { cwd: ROOT, stdio: 'inherit' });
-    if (built.status !== 0) throw new Error('cargo build failed');
-  }
-  return BINARY;
-}
+export { heraldBinary };
 
 /** A free TCP port on 127.0.0.1. */
 export function freePort() {

@@ -5,13 +5,16 @@
 // A subscription owns its reconnect loop. Whatever the transport, a lost stream is closed
 // and opened again after a full-jitter backoff delay, with the last SSE id seen (so the
 // server replays exactly what was missed) and the channel list as it is now (after live
-// joins and leaves), and, for ticket auth, a new single-use ticket.
+// joins and leaves), and, for ticket auth, a new single-use ticket. A stream the server
+// ends because its token expired (`token_expired`) is opened again at once, with a fresh
+// token, and resumes from the notice's id: nothing is lost and the app does nothing.
 
 import { Backoff, type BackoffOptions } from './backoff.js';
 import type { EventMap, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
 import { SseParser, type SseMessage } from './sse.js';
 
-/** A token, or a function that returns a fresh one (called before every connect). */
+/** A token, or a function that returns a fresh one (called before every connect, and so
+ * when the server ends a stream because its token expired: see `token_expired`). */
 export type TokenSource = string | (() => string | Promise<string>);
 
 /** How the client proves who it is.
@@ -557,6 +560,19 @@ export class Subscription {
       const set = this.listeners.get(key);
       if (set) for (const l of [...set]) l(event);
     }
+    if (event.type === 'token_expired' && this.state !== 'closed') this.renew();
+  }
+
+  /** The server ends this stream because its token expired: reconnect now (a fresh token
+   * is asked for on the way), not after a backoff delay, since nothing failed. */
+  private renew(): void {
+    this.connection?.close();
+    this.connection = undefined;
+    this.setState('reconnecting', {
+      delayMs: 0,
+      error: new HeraldError('the token expired', 0, 'token_expired'),
+    });
+    void this.connect();
   }
 
   /** Joins and leaves made while this connection was being opened apply to it now. */

@@ -51,6 +51,15 @@ export interface UnsubscribedEvent {
   channel: string;
 }
 
+/** The token this stream was opened with expired: the server ends the stream, and the
+ * subscription reconnects at once with a fresh token (from the `token` function of its
+ * `auth`) and resumes from this event's id. */
+export interface TokenExpiredEvent {
+  type: 'token_expired';
+  connectionId: string;
+  timestamp: string;
+}
+
 // --- The catalogue ---------------------------------------------------------------------
 
 export interface ChatEvent extends EventEnvelope {
@@ -209,6 +218,7 @@ export interface EventMap {
   reset: ResetEvent;
   subscribed: SubscribedEvent;
   unsubscribed: UnsubscribedEvent;
+  token_expired: TokenExpiredEvent;
   chat: ChatEvent;
   notification: NotificationEvent;
   badge_update: BadgeUpdateEvent;

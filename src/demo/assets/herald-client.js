@@ -586,6 +586,18 @@ var Subscription = class {
 			const set = this.listeners.get(key);
 			if (set) for (const l of [...set]) l(event);
 		}
+		if (event.type === "token_expired" && this.state !== "closed") this.renew();
+	}
+	/** The server ends this stream because its token expired: reconnect now (a fresh token
+	* is asked for on the way), not after a backoff delay, since nothing failed. */
+	renew() {
+		this.connection?.close();
+		this.connection = void 0;
+		this.setState("reconnecting", {
+			delayMs: 0,
+			error: new HeraldError("the token expired", 0, "token_expired")
+		});
+		this.connect();
 	}
 	/** Joins and leaves made while this connection was being opened apply to it now. */
 	reconcile(opened) {

@@ -1,0 +1,2 @@
+/** The debug `herald` binary's path; built with `cargo build` when missing or stale. */
+export function heraldBinary(): string;
