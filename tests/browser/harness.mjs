@@ -43,7 +43,7 @@ function newestMtime(dir) {
   return newest;
 }
 
-/** The debug binary; built with `cargo build` when missing or older than the sources. */
+/** The debug binary (with the demo); built with `cargo build` when missing or older than the sources. */
 export function heraldBinary() {
   let stale = true;
   try {
@@ -52,7 +52,7 @@ export function heraldBinary() {
     stale = true;
   }
   if (stale) {
-    const built = spawnSync('cargo', ['build', '--bin', 'herald'], { cwd: ROOT, stdio: 'inherit' });
+    const built = spawnSync('cargo', ['build', '--features', 'demo', '--bin', 'herald'], { cwd: ROOT, stdio: 'inherit' });
     if (built.status !== 0) throw new Error('cargo build failed');
   }
   return BINARY;
