@@ -132,21 +132,23 @@ async fn a_publish_is_charged_per_channel_and_names_at_most_max_channels_per_pub
 #[tokio::test]
 async fn channels_nobody_follows_are_freed_once_their_history_expires() {
     let server = TestServer::with(|c| {
-        c.history_ttl = std::time::Duration::from_millis(500);
+        // Long enough for the publishes below to be done before the first expires, on a
+        // loaded machine too.
+        c.history_ttl = std::time::Duration::from_secs(2);
         // The node sweeps once per heartbeat interval.
         c.heartbeat_interval = std::time::Duration::from_millis(100);
     })
     .await;
     let mut publisher = server.client(Proto::H1);
     let mut followed = server.client(Proto::H1).subscribe("channel=channel:followed", &[]).await;
-    for batch in 0..20 {
+    for batch in 0..10 {
         let channels: Vec<String> = (0..100).map(|i| format!("channel:n{batch}x{i}")).collect();
         publisher.publish(&json!({"channels": channels, "type": "chat"})).await;
     }
     publisher.publish(&json!({"channel": "channel:followed", "type": "chat", "n": 1})).await;
-    assert!(publisher.metric("herald_engine_channels").await >= 2001.0);
+    assert!(publisher.metric("herald_engine_channels").await >= 1001.0);
     let (_, status) = publisher.get_json("/api/status").await;
-    assert!(status["engine"]["channels"].as_u64() >= Some(2001), "{status}");
+    assert!(status["engine"]["channels"].as_u64() >= Some(1001), "{status}");
 
     // History expires, and with it the logs of every channel but the followed one.
     within("the unfollowed channels to be freed", async {
