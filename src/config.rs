@@ -46,6 +46,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most events in one batch publish.
     pub max_batch: usize,
+    /// Most channels one published event may name; over it, `413`.
+    pub max_channels_per_publish: usize,
     /// Longest time to finish open requests after SIGTERM.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
@@ -55,6 +57,13 @@ pub struct Config {
     /// Longest time a client may take to send its request headers.
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2 with no open
+    /// stream) is closed after this long.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Longest time a client may take to send a request body; then `408`.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection (hyper's default is 200).
     pub http2_max_concurrent_streams: u32,
     /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); absent means
@@ -93,6 +102,9 @@ pub struct Config {
     /// How often each node publishes its stats for the admin view.
     #[serde(deserialize_with = "duration")]
     pub admin_interval: Duration,
+    /// Serves the demo page and its routes (`herald serve` built with the `demo` feature)
+    /// even with authentication configured; in dev mode it is served anyway.
+    pub demo: bool,
     /// A user whose last connection to a channel closed is announced offline only after
     /// this long without a new one, so that a page reload does not flap.
     #[serde(deserialize_with = "duration")]
@@ -241,9 +253,12 @@ impl Default for Config {
             max_payload_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
             max_batch: 100,
+            max_channels_per_publish: 100,
             drain_timeout: Duration::from_secs(10),
             drain_reconnect_window: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
             http2_max_concurrent_streams: 1000,
             redis_url: None,
             redis_prefix: "realtime".to_owned(),
@@ -261,6 +276,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             admin: false,
             admin_interval: Duration::from_secs(2),
+            demo: false,
             presence_grace: Duration::from_secs(5),
             ai_stream_retention: Duration::from_secs(300),
             auth: AuthConfig::default(),
@@ -312,6 +328,9 @@ impl Config {
         check(self.max_payload_bytes > 0, "max_payload_bytes must be at least 1");
         check(self.max_body_bytes >= self.max_payload_bytes, "max_body_bytes must be at least max_payload_bytes");
         check(self.max_batch > 0, "max_batch must be at least 1");
+        check(self.max_channels_per_publish > 0, "max_channels_per_publish must be at least 1");
+        check(!self.idle_timeout.is_zero(), "idle_timeout must be greater than zero");
+        check(!self.body_read_timeout.is_zero(), "body_read_timeout must be greater than zero");
         check(self.http2_max_concurrent_streams > 0, "http2_max_concurrent_streams must be at least 1");
         check(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key must be given together");
         check(self.max_connections_per_user > 0, "max_connections_per_user must be at least 1");
@@ -370,6 +389,12 @@ impl Config {
             || !self.auth.jwt_public_keys.is_empty()
             || self.auth.jwks_url.is_some()
             || !self.api_keys.is_empty()
+    }
+
+    /// Whether `herald serve` mounts the demo: in dev mode, or when `demo` asks for it. A
+    /// node with authentication configured does not expose it unless told to.
+    pub fn demo_enabled(&self) -> bool {
+        self.demo || !self.auth_configured()
     }
 }
 

@@ -25,7 +25,7 @@
 //! | [`http`] | the HTTP API (axum routes) |
 //! | [`server`] | listening, TLS, HTTP/2, graceful shutdown |
 //! | [`metrics`] | counters and the Prometheus exposition |
-//! | [`demo`] | the demo page and its routes, which `herald serve` adds at `/` |
+//! | `demo` | the demo page and its routes, which `herald serve` adds at `/` (cargo feature `demo`) |
 //!
 //! Embedding in an axum application:
 //!
@@ -43,6 +43,7 @@ pub mod catalogue;
 pub mod channel;
 pub mod config;
 pub mod cursor;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;
 pub mod event;

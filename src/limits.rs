@@ -52,12 +52,20 @@ impl RateLimiter {
         }
     }
 
-    /// Drops buckets that would be full by now.
+    /// Drops buckets that would be full by now (a bucket in debt after a large publish
+    /// takes longer to fill than an empty one), and gives back the map's memory after a
+    /// burst of publishers.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        let full_after = Duration::from_secs_f64(self.burst / self.rate);
+        self.sweep_at(Instant::now());
+    }
+
+    fn sweep_at(&self, now: Instant) {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        buckets.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
+        buckets.retain(|_, b| {
+            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+            b.tokens + elapsed * self.rate < self.burst
+        });
+        crate::engine::memory::shrink(&mut buckets);
     }
 
     /// Keys with a live bucket (for tests).
@@ -90,5 +98,19 @@ mod tests {
         assert_eq!(rl.check_at("u", 7.0, later), Ok(()));
         let wait = rl.check_at("u", 1.0, later).err().unwrap_or_default();
         assert!((wait.as_secs_f64() - 0.3).abs() < 1e-6, "two tokens of debt and one needed: {wait:?}");
+    }
+
+    #[test]
+    fn a_bucket_is_forgotten_once_full_again_and_not_while_in_debt() {
+        let rl = RateLimiter::new(10.0, 5.0);
+        let t0 = Instant::now();
+        assert_eq!(rl.check_at("debt", 25.0, t0), Ok(()));
+        assert_eq!(rl.check_at("light", 1.0, t0), Ok(()));
+        // Half a second: the light bucket is full again; the indebted one is 20 short.
+        rl.sweep_at(t0 + Duration::from_millis(500));
+        assert_eq!(rl.len(), 1);
+        assert!(rl.check_at("debt", 1.0, t0 + Duration::from_millis(500)).is_err(), "the debt was kept");
+        rl.sweep_at(t0 + Duration::from_secs(3));
+        assert!(rl.is_empty());
     }
 }

@@ -91,6 +91,10 @@ struct ServeArgs {
     /// Allow listening on a non-loopback address with no authentication configured.
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
+    /// Serve the demo page and its routes even with authentication configured (in dev mode
+    /// they are served anyway).
+    #[arg(long, env = "HERALD_DEMO")]
+    demo: bool,
     /// Open connections per user; over it, 429 [default: 5].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
     max_connections_per_user: Option<usize>,
@@ -150,6 +154,7 @@ impl ServeArgs {
             });
         }
         c.allow_anonymous |= self.allow_anonymous;
+        c.demo |= self.demo;
         if self.node_id.is_some() {
             c.node_id.clone_from(&self.node_id);
         }
@@ -202,8 +207,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // the listening line appears drains instead of killing the process.
         let shutdown = shutdown_signal()?;
         let herald = Herald::start(config).await?;
-        // The demo page at `/` is part of `herald serve`, not of the router applications mount.
-        let router = herald::http::router(herald.clone()).merge(herald::demo::router(herald.clone()));
+        // The demo page at `/` is part of `herald serve`, not of the router applications mount,
+        // and only in dev mode or when asked for: its routes let users notify each other and
+        // start CPU-heavy jobs.
+        let mut router = herald::http::router(herald.clone());
+        if herald.config().demo_enabled() {
+            router = router.merge(herald::demo::router(herald.clone()));
+        }
         let server = Server::bind_with_router(herald.clone(), router).await?;
         let addr = server.local_addr()?;
         let scheme = if herald.config().tls_cert.is_some() { "https" } else { "http" };

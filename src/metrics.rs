@@ -189,6 +189,12 @@ pub fn render(herald: &Herald) -> String {
         "Channels this node follows on Redis, each with a catch-up point.",
         counters.watched_channels,
     );
+    o.single(
+        "herald_engine_channels",
+        "gauge",
+        "Channel logs (position and history) the engine holds in this process.",
+        counters.channels,
+    );
     o.single("herald_draining", "gauge", "Whether the node is shutting down.", u8::from(herald.is_draining()));
     o.single("herald_uptime_seconds", "gauge", "Seconds since the node started.", herald.uptime().as_secs());
     o.metric("herald_build_info", "gauge", "Build information.");

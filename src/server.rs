@@ -4,20 +4,33 @@
 //! speaks TLS and offers `h2` and `http/1.1` by ALPN. On shutdown the listener closes, every
 //! stream is told to reconnect after a jittered delay ([`Herald::drain`]), and open
 //! connections get `drain_timeout` to finish.
+//!
+//! No connection is held for free: its first request must arrive within
+//! `header_read_timeout`, a connection with no request in flight is closed after
+//! `idle_timeout` (HTTP/2 with a `GOAWAY`), and a request body must arrive within
+//! `body_read_timeout` (then `408`).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::herald::Herald;
@@ -96,14 +109,23 @@ impl Server {
             .max_concurrent_streams(cfg.http2_max_concurrent_streams)
             .max_header_list_size(MAX_HEADER_BYTES)
             .max_send_buf_size(WRITE_BUFFER);
-        let shared = Arc::new(Shared { builder, router, tls, first_request_timeout: cfg.header_read_timeout });
-        let graceful = GracefulShutdown::new();
+        let shared = Arc::new(Shared {
+            builder,
+            router,
+            tls,
+            first_request_timeout: cfg.header_read_timeout,
+            idle_timeout: cfg.idle_timeout,
+            body_read_timeout: cfg.body_read_timeout,
+        });
+        // Every connection task holds a receiver: a send asks them to finish, and the
+        // sender sees them all gone once the last one has.
+        let (graceful, watcher) = tokio::sync::watch::channel(());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        tokio::spawn(Arc::clone(&shared).serve(tcp, peer, graceful.watcher()));
+                        tokio::spawn(Arc::clone(&shared).serve(tcp, peer, watcher.clone()));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: say so, and keep serving
@@ -118,9 +140,11 @@ impl Server {
             }
         }
         drop(listener);
+        drop(watcher);
         tracing::info!(connections = herald.connection_count(), "shutting down: draining streams");
         herald.drain();
-        if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown()).await.is_err() {
+        graceful.send_replace(());
+        if tokio::time::timeout(cfg.drain_timeout, graceful.closed()).await.is_err() {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
         Ok(())
@@ -132,8 +156,13 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     router: Router,
     tls: Option<TlsAcceptor>,
-    first_request_timeout: std::time::Duration,
+    first_request_timeout: Duration,
+    idle_timeout: Duration,
+    body_read_timeout: Duration,
 }
+
+/// Told when the server shuts down; dropped when the connection is done.
+type Watcher = tokio::sync::watch::Receiver<()>;
 
 impl Shared {
     async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
@@ -185,7 +214,12 @@ impl Shared {
                 request.extensions_mut().insert(PeerAddr(peer));
                 match lean::serve(&mut tcp, &self.router, request, rest, &kill).await {
                     Ok(lean::After::Closed) => return,
-                    Ok(lean::After::KeepAlive(rest)) => (rest, None),
+                    // A refused stream on a keep-alive connection: its next request is due
+                    // as on any idle HTTP/1.1 connection of hyper's.
+                    Ok(lean::After::KeepAlive(rest)) => {
+                        let next = self.first_request_timeout.min(self.idle_timeout);
+                        (rest, Some(Instant::now() + next))
+                    }
                     Err(e) => return tracing::debug!(%peer, error = %e, "connection ended with an error"),
                 }
             }
@@ -195,15 +229,15 @@ impl Shared {
         Box::pin(self.serve_hyper(io, peer, watcher, kill, first_request)).await;
     }
 
-    /// Serves a connection with hyper until it ends, its kill switch fires, or no first
-    /// request arrived by `first_request`.
+    /// Serves a connection with hyper until it ends, its kill switch fires, no first
+    /// request arrived by `first_request`, or it has been idle for `idle_timeout`.
     async fn serve_hyper<I>(
         &self,
         io: I,
         peer: SocketAddr,
-        watcher: Watcher,
+        mut watcher: Watcher,
         kill: KillSwitch,
-        first_request: Option<tokio::time::Instant>,
+        first_request: Option<Instant>,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -217,23 +251,185 @@ impl Shared {
                 _ => std::future::pending::<()>().await,
             }
         };
+        let activity = Arc::new(Activity::new());
+        let activity_for_requests = Arc::clone(&activity);
+        let body_read_timeout = self.body_read_timeout;
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             arrived_for_requests.notify_one();
+            let in_flight = activity_for_requests.begin();
             req.extensions_mut().insert(kill_for_requests.clone());
             req.extensions_mut().insert(PeerAddr(peer));
+            let (req, timed_out) = TimedBody::wrap(req, body_read_timeout);
             let mut router = router.clone();
-            async move { tower::Service::call(&mut router, req).await }
+            async move {
+                let Ok(mut resp) = tower::Service::call(&mut router, req).await;
+                if timed_out.is_some_and(|t| t.load(Ordering::Relaxed)) {
+                    tracing::debug!(%peer, "request body not received in time");
+                    resp = body_timeout();
+                }
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
+            }
         });
-        let conn = watcher.watch(self.builder.serve_connection(io, service));
-        let result = tokio::select! {
-            r = conn => r,
-            () = kill.killed() => Ok(()),
-            () = no_first_request => return tracing::debug!(%peer, "no request in time; closing"),
+        let conn = self.builder.serve_connection(io, service);
+        let killed = kill.killed();
+        let idle = activity.idle_for(self.idle_timeout);
+        tokio::pin!(conn, killed, idle, no_first_request);
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                () = &mut killed => break Ok(()),
+                () = &mut no_first_request => return tracing::debug!(%peer, "no request in time; closing"),
+                // Graceful: HTTP/2 says `GOAWAY`, so a request that crosses the close is
+                // known to be unprocessed and is retried by the client.
+                () = &mut idle, if !closing => {
+                    tracing::debug!(%peer, "idle; closing");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = watcher.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
+}
+
+/// A connection's requests in flight and when the last one ended, for its idle deadline.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `start` at which the last request ended.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { start: Instant::now(), in_flight: AtomicUsize::new(0), last_end_ms: AtomicU64::new(0) }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Resolves once no request has been in flight for `idle`. Wakes once per `idle` while
+    /// requests are open (a long stream), not on every request.
+    async fn idle_for(&self, idle: Duration) {
+        let mut deadline = self.start + idle;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            let now = Instant::now();
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                deadline = now + idle;
+                continue;
+            }
+            let quiet_since = self.start + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire));
+            if quiet_since + idle <= now {
+                return;
+            }
+            deadline = quiet_since + idle;
+        }
+    }
+}
+
+/// A request in flight: from its head until its response body is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = u64::try_from(a.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Stored before the count drops, so that a reader who sees none in flight sees it.
+        a.last_end_ms.fetch_max(ms, Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that must arrive by a deadline: a body that trickles in would otherwise
+/// hold its connection (and the handler reading it) for as long as the client likes.
+struct TimedBody {
+    body: Incoming,
+    deadline: Instant,
+    /// Set up on the first read that has to wait: a body already received costs no timer.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: Option<Arc<AtomicBool>>,
+}
+
+impl TimedBody {
+    /// The request with its body under `timeout`, and the flag that says it ran out.
+    fn wrap(req: hyper::Request<Incoming>, timeout: Duration) -> (hyper::Request<Self>, Option<Arc<AtomicBool>>) {
+        let timed_out = (!req.body().is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let flag = timed_out.clone();
+        let deadline = Instant::now() + timeout;
+        (req.map(|body| Self { body, deadline, sleep: None, timed_out }), flag)
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        ready!(sleep.as_mut().poll(cx));
+        if let Some(flag) = &this.timed_out {
+            flag.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Err("request body not received in time".into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The answer to a request whose body did not arrive in time; the connection is not reused.
+fn body_timeout() -> axum::response::Response {
+    let mut resp = crate::http::ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        "the request body did not arrive in time",
+    )
+    .into_response();
+    resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    resp
 }
 
 /// Binds with a listen backlog fit for reconnect storms (the kernel caps it at somaxconn).

@@ -180,3 +180,48 @@ async fn an_ai_answer_streams_as_chunks_of_one_stream_that_end_done() {
     }
     assert!(chunks > 30 && text.split_whitespace().count() >= 30, "{chunks} chunks: {text}");
 }
+
+/// `herald serve` with `args`, and a config file holding `toml`.
+async fn serve(args: &[&str], toml: &str) -> (support::Running, support::TempDir) {
+    let dir = support::TempDir::new();
+    let file = dir.path.join("herald.toml");
+    std::fs::write(&file, toml).unwrap_or_else(|e| panic!("write config: {e}"));
+    let mut cmd = support::herald();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&file).args(args);
+    cmd.env_remove("HERALD_DEMO");
+    (support::start(cmd).await, dir)
+}
+
+#[tokio::test]
+async fn a_node_with_auth_serves_no_demo_unless_asked_and_then_its_routes_keep_the_apis_limits() {
+    let bearer = format!("Bearer {}", support::token("ann"));
+    let (secured, _dir) = serve(&["--jwt-secret", support::SECRET], "").await;
+    let mut ann = TestServer::client_at(secured.addr, Proto::H1).with_header("authorization", &bearer);
+    for path in ["/", "/demo/config"] {
+        assert_eq!(ann.get_json(path).await.0, StatusCode::NOT_FOUND, "{path}");
+    }
+    for path in ["/demo/poke", "/demo/jobs", "/demo/ai"] {
+        let (status, _) = ann.post_json(path, &json!({"userId": "bob", "prompt": "hi"})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+
+    // Asked for with `--demo`: served, and a poke costs what publishing it would.
+    let (demo, _dir) =
+        serve(&["--jwt-secret", support::SECRET, "--demo"], "publish_rate = 0.01\npublish_burst = 4\n").await;
+    let mut ann = TestServer::client_at(demo.addr, Proto::H1).with_header("authorization", &bearer);
+    assert_eq!(ann.get_json("/demo/config").await.0, StatusCode::OK);
+    let poke = json!({"userId": "bob"});
+    for _ in 0..2 {
+        assert_eq!(ann.post_json("/demo/poke", &poke).await.0, StatusCode::OK);
+    }
+    let (status, body) = ann.post_json("/demo/poke", &poke).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")));
+    let (status, body) = ann.post_json("/demo/jobs", &json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")));
+
+    // A user whose token does not let them publish in the room cannot poke from it.
+    let narrow = support::token_with(json!({"sub": "eve", "exp": support::now() + 600, "publish": ["channel:other"]}));
+    let mut eve = TestServer::client_at(demo.addr, Proto::H1).with_header("authorization", &format!("Bearer {narrow}"));
+    let (status, body) = eve.post_json("/demo/poke", &poke).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{body}");
+}

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::StatusCode;
 use hyper::header::HeaderValue;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
@@ -795,6 +796,91 @@ async fn an_http2_connection_that_sends_no_request_is_closed_after_header_read_t
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
     within("the preface", tcp.write_all(preface)).await.unwrap_or_else(|e| panic!("{e}"));
     within("the server to close an HTTP/2 connection with no request", until_closed(&mut tcp)).await;
+}
+
+/// Idle connections are closed after 300 ms; header deadlines are long enough not to be
+/// what closes them.
+fn short_idle_timeout(c: &mut herald::Config) {
+    c.header_read_timeout = Duration::from_secs(60);
+    c.idle_timeout = Duration::from_millis(300);
+}
+
+#[tokio::test]
+async fn a_connection_whose_stream_request_was_refused_is_closed_after_the_idle_timeout() {
+    let server = TestServer::with(short_idle_timeout).await;
+    let mut tcp = within("connect", TcpStream::connect(server.addr)).await.unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    // No channel: refused with a complete answer on a keep-alive connection.
+    within("a request", tcp.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = within("the server to close the connection", until_closed(&mut tcp)).await;
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&seen));
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed by the idle timeout, not before it");
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_no_open_stream_is_closed_after_the_idle_timeout_and_one_with_a_stream_is_not() {
+    let server = TestServer::with(short_idle_timeout).await;
+    let mut publisher = server.client(Proto::H1);
+    let mut stream = server.client(Proto::H2c).subscribe("channel=channel:x", &[]).await;
+
+    let tcp = within("connect", TcpStream::connect(server.addr)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (mut sender, conn) =
+        within("the HTTP/2 handshake", hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let conn = tokio::spawn(conn);
+    let started = Instant::now();
+    let req = hyper::Request::get(format!("http://{}/healthz", server.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, _) =
+        read_json(within("a request", sender.send_request(req)).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    // The connection ends when the server closes it (after a GOAWAY).
+    let ended = within("the server to close the idle HTTP/2 connection", conn).await;
+    assert!(matches!(ended, Ok(Ok(()))), "closed cleanly: {ended:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed by the idle timeout, not before it");
+
+    // The stream's connection had a request in flight all along: it is still open.
+    next_good_event_arrives(&mut publisher, "channel:x", &mut [&mut stream]).await;
+}
+
+#[tokio::test]
+async fn a_request_body_that_trickles_in_is_cut_with_408_after_body_read_timeout() {
+    let server = TestServer::with(|c| {
+        c.header_read_timeout = Duration::from_secs(60);
+        c.body_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let tcp = within("connect", TcpStream::connect(server.addr)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (mut read, mut write) = tcp.into_split();
+    let head = "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n";
+    within("the head", write.write_all(head.as_bytes())).await.unwrap_or_else(|e| panic!("{e}"));
+    // One byte every 50 ms: the whole body would take 10 s; a per-read timeout would never fire.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..200 {
+            if write.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    within("the server to answer and close", async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = read.read(&mut buf).await {
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    trickle.abort();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"body_timeout""#), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "cut by the deadline, not by the end of the body");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -107,6 +107,62 @@ async fn the_publish_rate_limit_trips_at_its_burst_for_that_user_only_and_refill
 }
 
 #[tokio::test]
+async fn a_publish_is_charged_per_channel_and_names_at_most_max_channels_per_publish() {
+    let server = TestServer::secured(|c| {
+        c.publish_rate = 0.01;
+        c.publish_burst = 6.0;
+        c.max_channels_per_publish = 4;
+    })
+    .await;
+    let to =
+        |n: usize| json!({"channels": (0..n).map(|i| format!("channel:c{i}")).collect::<Vec<_>>(), "type": "chat"});
+    let mut user = server.client(Proto::H1).user("wide");
+    let (status, body) = user.post_json("/api/publish", &to(5)).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (413, Some("too_many_channels")), "{body}");
+    assert_eq!(user.post_json("/api/publish", &to(4)).await.0, 200, "4 of the 6 tokens");
+    let (status, body) = user.post_json("/api/publish", &to(3)).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (429, Some("rate_limited")), "3 channels, 2 tokens");
+    // A channel named twice is reached once and charged once.
+    let twice = json!({"channels": ["channel:c0", "channel:c0"], "type": "chat"});
+    assert_eq!(user.post_json("/api/publish", &twice).await.0, 200, "charged once: 1 of the 2 tokens left");
+    assert_eq!(user.post_json("/api/publish", &to(1)).await.0, 200, "the last token");
+    assert_eq!(user.post_json("/api/publish", &to(1)).await.0, 429);
+}
+
+#[tokio::test]
+async fn channels_nobody_follows_are_freed_once_their_history_expires() {
+    let server = TestServer::with(|c| {
+        // Long enough for the publishes below to be done before the first expires, on a
+        // loaded machine too.
+        c.history_ttl = std::time::Duration::from_secs(2);
+        // The node sweeps once per heartbeat interval.
+        c.heartbeat_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let mut publisher = server.client(Proto::H1);
+    let mut followed = server.client(Proto::H1).subscribe("channel=channel:followed", &[]).await;
+    for batch in 0..10 {
+        let channels: Vec<String> = (0..100).map(|i| format!("channel:n{batch}x{i}")).collect();
+        publisher.publish(&json!({"channels": channels, "type": "chat"})).await;
+    }
+    publisher.publish(&json!({"channel": "channel:followed", "type": "chat", "n": 1})).await;
+    assert!(publisher.metric("herald_engine_channels").await >= 1001.0);
+    let (_, status) = publisher.get_json("/api/status").await;
+    assert!(status["engine"]["channels"].as_u64() >= Some(1001), "{status}");
+
+    // History expires, and with it the logs of every channel but the followed one.
+    within("the unfollowed channels to be freed", async {
+        while publisher.metric("herald_engine_channels").await > 1.0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(followed.expect().await.data["n"], 1);
+    publisher.publish(&json!({"channel": "channel:followed", "type": "chat", "n": 2})).await;
+    assert_eq!(followed.expect().await.data["n"], 2);
+}
+
+#[tokio::test]
 async fn api_keys_have_their_own_rate_limit() {
     let server = TestServer::secured(|c| {
         c.publish_rate = 1.0;

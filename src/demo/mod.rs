@@ -13,7 +13,12 @@
 //!
 //! Everything goes through the library API an embedding application uses
 //! ([`Herald::send_to_user`], [`Herald::publish`]); the routes are not part of
-//! [`crate::http::router`], which applications mount: only `herald serve` adds them.
+//! [`crate::http::router`], which applications mount: only `herald serve` adds them, in dev
+//! mode or with `demo = true`, and only when built with the `demo` cargo feature.
+//!
+//! The routes publish as the application, so they hold their callers to what the public API
+//! would: each action is charged to the caller's publish rate limit for every event it will
+//! publish, and needs the caller to be allowed to publish on the room it happens in.
 
 pub mod markov;
 
@@ -38,7 +43,7 @@ use crate::channel::ChannelName;
 use crate::event::Event;
 use crate::herald::Herald;
 use crate::http::ApiError;
-use crate::http::auth::principal;
+use crate::http::auth::{principal, rate_key};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -55,6 +60,8 @@ const MAX_ROUNDS: u64 = 20_000_000;
 const DEFAULT_ROUNDS: u64 = 3_000_000;
 /// Progress events per job.
 const JOB_STEPS: u64 = 40;
+/// Events a job publishes: started, one per step, complete, a notification and a badge.
+const JOB_EVENTS: usize = JOB_STEPS as usize + 4;
 /// Pause between two AI tokens: the chain is fast; this makes it read like a model.
 const TOKEN_PACE: Duration = Duration::from_millis(60);
 /// Users whose unread count the demo remembers.
@@ -149,6 +156,21 @@ async fn user(demo: &Demo, headers: &HeaderMap) -> Result<Arc<UserIdentity>, Api
     }
 }
 
+/// Charges `events` publishes to `user`'s rate limit, as if they had published them.
+fn charge(demo: &Demo, user: &Arc<UserIdentity>, events: usize) -> Result<(), ApiError> {
+    let who = Principal::User(Arc::clone(user));
+    Ok(demo.herald.charge(&who, &rate_key(&who, None), events)?)
+}
+
+/// The caller may publish on `channel`: the demo's actions happen in a room.
+fn may_publish(demo: &Demo, user: &Arc<UserIdentity>, channel: &ChannelName) -> Result<(), ApiError> {
+    Ok(demo.herald.policies().can_publish(&Principal::User(Arc::clone(user)), channel)?)
+}
+
+fn room() -> Result<ChannelName, ApiError> {
+    Ok(ChannelName::parse(ROOM)?)
+}
+
 fn busy() -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -178,7 +200,9 @@ async fn start_job(
             format!("`rounds` must be from {JOB_STEPS} to {MAX_ROUNDS}"),
         ));
     }
+    may_publish(&demo, &user, &room()?)?;
     let permit = Arc::clone(&demo.tasks).try_acquire_owned().map_err(|_| busy())?;
+    charge(&demo, &user, JOB_EVENTS)?;
     let job_id = format!("job_{}", crate::ids::new_id().to_lowercase());
     let id = job_id.clone();
     tokio::spawn(async move {
@@ -282,20 +306,10 @@ async fn start_ai(
     if channel.namespace() != "channel" {
         return Err(ApiError::bad_request("invalid_channel", "AI streams go to rooms (`channel:<name>`)"));
     }
-    demo.herald.policies().can_publish(&Principal::User(Arc::clone(&user)), &channel)?;
+    may_publish(&demo, &user, &channel)?;
     let permit = Arc::clone(&demo.tasks).try_acquire_owned().map_err(|_| busy())?;
-    let stream_id = format!("ai_{}", crate::ids::new_id().to_lowercase());
-    let id = stream_id.clone();
-    let asked_by = user.name.as_deref().unwrap_or(&user.id).to_owned();
-    tokio::spawn(async move {
-        stream_answer(&demo.herald, channel, &id, &prompt, &asked_by).await;
-        drop(permit);
-    });
-    Ok((StatusCode::ACCEPTED, Json(json!({"streamId": stream_id}))))
-}
-
-async fn stream_answer(herald: &Herald, channel: ChannelName, stream_id: &str, prompt: &str, asked_by: &str) {
-    let question = prompt.to_owned();
+    // Generated before answering, so that the caller is charged for the chunks it will get.
+    let question = prompt.clone();
     let tokens = tokio::task::spawn_blocking(move || {
         let mut rng = fastrand::Rng::new();
         let words = rng.usize(35..60);
@@ -303,6 +317,25 @@ async fn stream_answer(herald: &Herald, channel: ChannelName, stream_id: &str, p
     })
     .await
     .unwrap_or_default();
+    charge(&demo, &user, tokens.len() + 1)?;
+    let stream_id = format!("ai_{}", crate::ids::new_id().to_lowercase());
+    let id = stream_id.clone();
+    let asked_by = user.name.as_deref().unwrap_or(&user.id).to_owned();
+    tokio::spawn(async move {
+        stream_answer(&demo.herald, channel, &id, &prompt, &asked_by, tokens).await;
+        drop(permit);
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({"streamId": stream_id}))))
+}
+
+async fn stream_answer(
+    herald: &Herald,
+    channel: ChannelName,
+    stream_id: &str,
+    prompt: &str,
+    asked_by: &str,
+    tokens: Vec<String>,
+) {
     let chunk = |text: &str, done: bool| {
         Event::ai_chat_chunk(stream_id, text, done, done.then_some("markov"))
             .with("prompt", prompt)
@@ -326,7 +359,7 @@ struct PokeRequest {
     user_id: String,
 }
 
-/// `POST /demo/poke`: a notification from the caller to another user.
+/// `POST /demo/poke`: a notification from the caller to another user of the room.
 async fn poke(
     State(demo): State<Demo>,
     headers: HeaderMap,
@@ -335,6 +368,9 @@ async fn poke(
     let from = user(&demo, &headers).await?;
     let to = body(req)?.user_id;
     ChannelName::user(&to)?;
+    may_publish(&demo, &from, &room()?)?;
+    // The notification and the badge.
+    charge(&demo, &from, 2)?;
     let name = from.name.as_deref().unwrap_or(&from.id);
     notify(&demo, &to, "wave", &format!("{name} waved at you"), "from the demo room").await;
     Ok(Json(json!({"userId": to})))
@@ -343,6 +379,7 @@ async fn poke(
 /// `POST /demo/notifications/read`: the caller read everything; the badge goes to 0.
 async fn read_notifications(State(demo): State<Demo>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let user = user(&demo, &headers).await?;
+    charge(&demo, &user, 1)?;
     demo.unread.lock().unwrap_or_else(PoisonError::into_inner).remove(&*user.id);
     demo.herald.send_to_user(&user.id, Event::badge_update(0)).await?;
     Ok(Json(json!({"count": 0})))

@@ -459,9 +459,17 @@ impl Engine for MemoryEngine {
         true
     }
 
+    fn counters(&self) -> super::EngineCounters {
+        super::EngineCounters { channels: lock(&self.logs).len() as u64, ..super::EngineCounters::default() }
+    }
+
+    /// A channel nobody follows keeps its log only while it has history: events expire
+    /// after the namespace's `history_ttl`, and the log (kept that long after its last
+    /// event, so that a resume from its head is not mistaken for a gap) goes with them.
     fn sweep(&self) {
         let now = now_ms();
-        lock(&self.logs).retain(|channel, log| {
+        let mut logs = lock(&self.logs);
+        logs.retain(|channel, log| {
             let limits = self.limits(channel);
             let mut log = lock(log);
             log.trim(limits, now);
@@ -469,8 +477,22 @@ impl Engine for MemoryEngine {
                 || self.hub.subscriber_count(channel.as_str()) > 0
                 || log.last.ms.saturating_add(limits.1) >= now
         });
+        shrink(&mut logs);
+        drop(logs);
         let instant = Instant::now();
-        lock(&self.tickets).retain(|_, (_, until)| instant < *until);
+        let mut tickets = lock(&self.tickets);
+        tickets.retain(|_, (_, until)| instant < *until);
+        shrink(&mut tickets);
+        drop(tickets);
+        shrink(&mut lock(&self.presence));
+    }
+}
+
+/// Gives back the table of a map that held far more entries than it does now: `retain`
+/// never shrinks, so a burst of channels would otherwise keep its memory for good.
+pub(crate) fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.capacity() / 4 > map.len() {
+        map.shrink_to(map.len() * 2);
     }
 }
 

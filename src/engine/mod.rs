@@ -43,6 +43,9 @@ pub struct EngineCounters {
     /// Channels the node follows on its backend, each with the point a catch-up after a
     /// reconnect would start from (a gauge).
     pub watched_channels: u64,
+    /// Channels whose log (position and history) the engine holds in this process; the
+    /// Redis engine keeps them in Redis, under keys that expire.
+    pub channels: u64,
 }
 
 /// What an engine answers for an accepted event.

@@ -45,6 +45,8 @@ pub enum PublishError {
     Denied(#[from] Denied),
     #[error("a batch may hold at most {limit} events, this one has {size}")]
     BatchTooLarge { size: usize, limit: usize },
+    #[error("an event may name at most {limit} channels, this one names {count}")]
+    TooManyChannels { count: usize, limit: usize },
     #[error("the batch is empty")]
     EmptyBatch,
     #[error("event {index} of the batch: {source}")]
@@ -292,22 +294,33 @@ impl Herald {
         rate_key: &str,
         batch: Vec<(Vec<ChannelName>, Event)>,
     ) -> Result<Vec<PublishAck>, PublishError> {
+        let limit = self.inner.config.max_channels_per_publish;
         for (channels, event) in &batch {
+            if channels.len() > limit {
+                return Err(PublishError::TooManyChannels { count: channels.len(), limit });
+            }
             presence::check_not_presence(event)?;
             for ch in channels {
                 self.inner.policies.can_publish(who, ch)?;
             }
         }
         let prepared = self.prepare(batch, &who.publisher())?;
-        // Charged only for valid events: a refused request costs the publisher nothing.
+        // Charged only for valid events, and per channel reached (after duplicates are
+        // merged): each one costs the node a log entry and a fan-out. A refused request
+        // costs the publisher nothing.
+        let cost = prepared.iter().map(|p| p.channels.len()).sum();
+        self.charge(who, rate_key, cost)?;
+        self.publish_ready(prepared).await
+    }
+
+    /// Takes `cost` tokens from the publish rate limit of `who` (kept under `rate_key`),
+    /// for work done on its behalf that publishes `cost` events.
+    pub fn charge(&self, who: &Principal, rate_key: &str, cost: usize) -> Result<(), PublishError> {
         let limiter = match who {
             Principal::ApiKey(_) => &self.inner.key_rate,
             _ => &self.inner.user_rate,
         };
-        limiter
-            .check(rate_key, prepared.len() as f64)
-            .map_err(|retry_after| PublishError::RateLimited { retry_after })?;
-        self.publish_ready(prepared).await
+        limiter.check(rate_key, cost as f64).map_err(|retry_after| PublishError::RateLimited { retry_after })
     }
 
     async fn publish_prepared(

@@ -126,6 +126,9 @@ impl From<PublishError> for ApiError {
             PublishError::BatchTooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", e.to_string())
             }
+            PublishError::TooManyChannels { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_channels", e.to_string())
+            }
             PublishError::EmptyBatch => Self::bad_request("empty_batch", e.to_string()),
             PublishError::InBatch { index, source } => {
                 let mut api = Self::from(source);

@@ -44,7 +44,7 @@ pub async fn status(State(herald): State<Herald>) -> Json<Value> {
         "nodeId": herald.node_id(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptimeSeconds": herald.uptime().as_secs(),
-        "engine": {"name": engine.name(), "healthy": engine.is_healthy()},
+        "engine": {"name": engine.name(), "healthy": engine.is_healthy(), "channels": engine.counters().channels},
         "draining": herald.is_draining(),
         "connections": herald.connection_count(),
         "users": herald.hub().user_count(),

@@ -1258,6 +1258,7 @@ impl Engine for RedisEngine {
             reconnects: self.stats.reconnects.load(Ordering::Relaxed),
             watched_channels: u64::try_from(self.last_seen.lock().unwrap_or_else(PoisonError::into_inner).len())
                 .unwrap_or(u64::MAX),
+            ..super::EngineCounters::default()
         }
     }
 }

@@ -98,9 +98,9 @@ test('a job does real work and its progress bar reaches 100%', async () => {
   });
 });
 
-test('with auth configured the page explains how to get a token, and a pasted one works', async () => {
+test('with auth configured and the demo asked for, the page explains how to get a token, and a pasted one works', async () => {
   const secret = 'browser-test-secret-0123456789';
-  const secured = await startHerald(['--jwt-secret', secret]);
+  const secured = await startHerald(['--jwt-secret', secret, '--demo']);
   await withScreenshots('auth-configured', browser, async () => {
     const page = await (await browser.newContext()).newPage();
     await page.goto(`${secured.url}/`);
