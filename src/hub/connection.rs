@@ -56,6 +56,9 @@ pub enum CloseReason {
     Drain { retry_ms: u64 },
     /// The node missed events it cannot replay; the client must resume to learn of the gap.
     Resync,
+    /// The application cut it (`POST /api/disconnect`, [`crate::Herald::disconnect`]); the
+    /// client should come back only if `reconnect`. `banned`: the user was banned with it.
+    Disconnect { reconnect: bool, banned: bool },
 }
 
 impl CloseReason {
@@ -65,7 +68,27 @@ impl CloseReason {
             Self::Timeout => "client_timeout",
             Self::Drain { .. } => "server_draining",
             Self::Resync => "resync",
+            Self::Disconnect { banned: false, .. } => "disconnected",
+            Self::Disconnect { banned: true, .. } => "banned",
         }
+    }
+
+    /// The notice written as the stream's last event, as `(type, JSON)`, for the reasons
+    /// a client must be told of (it cannot tell them from a network failure).
+    fn last_notice(self) -> Option<(&'static str, String)> {
+        match self {
+            Self::Disconnect { reconnect, .. } => {
+                let notice = serde_json::json!({"type": "disconnect", "reason": self.as_str(), "reconnect": reconnect});
+                Some(("disconnect", notice.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the stream still writes something before it ends (so its socket must not be
+    /// torn down at once).
+    fn has_last_words(self) -> bool {
+        matches!(self, Self::Drain { .. }) || self.last_notice().is_some()
     }
 }
 
@@ -246,20 +269,21 @@ impl ConnShared {
 
     /// Closes the connection for `reason`. Returns false if it was already closing.
     /// A drain keeps what is queued so it is written before the `retry:` hint; the other
-    /// reasons drop it, since the client will resume from history.
+    /// reasons drop it, since the client will resume from history. A reason with last words
+    /// (a drain's `retry:`, a disconnect notice) leaves the socket open until they are
+    /// written.
     pub fn close(&self, reason: CloseReason) -> bool {
         let mut st = self.lock();
         if st.close.is_some() {
             return false;
         }
         st.close = Some(reason);
-        let drain = matches!(reason, CloseReason::Drain { .. });
-        if !drain {
+        if !matches!(reason, CloseReason::Drain { .. }) {
             st.items = VecDeque::new();
         }
         let waker = st.waker.take();
         drop(st);
-        if drain {
+        if reason.has_last_words() {
             if let Some(w) = waker {
                 w.wake();
             }
@@ -269,13 +293,19 @@ impl ConnShared {
         true
     }
 
+    /// Tears down the connection's socket (HTTP/1.1) without waiting for its last words:
+    /// for a closing connection whose reader stopped reading.
+    pub(crate) fn kill(&self) {
+        if let Some(kill) = &self.kill {
+            kill.kill();
+        }
+    }
+
     fn after_close(&self, waker: Option<Waker>) {
         if let Some(w) = waker {
             w.wake();
         }
-        if let Some(kill) = &self.kill {
-            kill.kill();
-        }
+        self.kill();
     }
 
     /// Called by the hub's sweeper once per heartbeat interval: asks for a heartbeat and
@@ -501,6 +531,11 @@ impl StreamCore {
         }
         if let Some(oldest) = &oldest {
             self.hub.stats.record_write(written as u64, oldest);
+        }
+        if self.backlog.is_empty()
+            && let Some((event_type, json)) = close.and_then(CloseReason::last_notice)
+        {
+            self.notice(out, event_type, json.as_bytes());
         }
         if self.backlog.is_empty() && self.backlog.capacity() > IDLE_QUEUE {
             self.backlog = VecDeque::new();
