@@ -8,7 +8,7 @@
 // joins and leaves), and, for ticket auth, a new single-use ticket.
 
 import { Backoff, type BackoffOptions } from './backoff.js';
-import type { EventMap, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
+import type { DisconnectEvent, EventMap, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
 import { SseParser, type SseMessage } from './sse.js';
 
 /** A token, or a function that returns a fresh one (called before every connect). */
@@ -72,6 +72,10 @@ export interface SubscribeOptions {
   onEvent?: (event: StreamEvent) => void;
   /** The server could not resume a channel: refetch that channel's state. */
   onReset?: (event: ResetEvent) => void;
+  /** The application cut the stream (`POST /api/disconnect`). With `reconnect: false` the
+   * subscription then closes for good (state `closed`, `error.code` the event's `reason`:
+   * `disconnected` or `banned`); otherwise it reconnects and resumes as after any cut. */
+  onDisconnect?: (event: DisconnectEvent) => void;
   onStateChange?: (state: SubscriptionState, info: StateInfo) => void;
   /** A connection attempt failed or a stream broke (the subscription retries), or a fatal
    * error closed the subscription (state `closed`). */
@@ -315,6 +319,8 @@ export class Subscription {
   connectionId: string | undefined;
   /** What closed the subscription, if an error did. */
   error: Error | undefined;
+  /** The server's last `disconnect` event, if the application cut the stream. */
+  disconnect: DisconnectEvent | undefined;
 
   private readonly backoff: Backoff;
   private readonly fixedBase: boolean;
@@ -527,6 +533,7 @@ export class Subscription {
       return;
     }
     if (!event || typeof event !== 'object' || typeof event.type !== 'string') return;
+    let stop: HeraldError | undefined;
     switch (event.type) {
       case 'connected': {
         const connected = event as EventMap['connected'];
@@ -539,6 +546,18 @@ export class Subscription {
       case 'reset':
         this.options.onReset?.(event as ResetEvent);
         break;
+      case 'disconnect': {
+        // EventSource would come back after `retry:` whatever the server says: only the
+        // client can honour `reconnect: false`.
+        const cut = event as DisconnectEvent;
+        this.disconnect = cut;
+        this.options.onDisconnect?.(cut);
+        if (cut.reconnect === false) {
+          const reason = typeof cut.reason === 'string' ? cut.reason : 'disconnected';
+          stop = new HeraldError(`the server ended the session (${reason})`, 0, reason);
+        }
+        break;
+      }
       case 'subscribed': {
         const ch = (event as EventMap['subscribed']).channel;
         if (typeof ch === 'string' && !this.channels.includes(ch)) this.channels.push(ch);
@@ -557,6 +576,7 @@ export class Subscription {
       const set = this.listeners.get(key);
       if (set) for (const l of [...set]) l(event);
     }
+    if (stop) this.shutdown(stop);
   }
 
   /** Joins and leaves made while this connection was being opened apply to it now. */
