@@ -177,6 +177,24 @@ async fn only_an_api_key_that_reaches_the_target_may_disconnect_or_ban() {
     assert_eq!((status.as_u16(), &answer), (200, &json!({"disconnected": 0})));
 }
 
+#[tokio::test]
+async fn a_publisher_cannot_forge_the_disconnect_event() {
+    let server = node(None).await;
+    let mut stream = server.client(Proto::H1).user("8").subscribe("channel=channel:lobby", &[]).await;
+    let forged = json!({"channel": "channel:lobby", "type": "disconnect", "reason": "banned", "reconnect": false});
+    for mut publisher in [server.client(Proto::H1).user("8"), server.client(Proto::H1).backend()] {
+        let (status, answer) = publisher.post_json("/api/publish", &forged).await;
+        assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (400, Some("invalid_type")), "{answer}");
+    }
+    let (status, _) = server
+        .client(Proto::H1)
+        .backend()
+        .post_json("/api/channels/channel:lobby/events", &json!({"type": "disconnect"}))
+        .await;
+    assert_eq!(status, 400);
+    expect_alive(&mut stream, &server, "channel:lobby").await;
+}
+
 /// Polls until a stream for `user` on `server` opens again (its ban ran out).
 async fn until_admitted(server: &TestServer, user: &str) {
     within("the ban to run out", async {
