@@ -24,8 +24,10 @@ use crate::sse::Frame;
 /// Keys of the wire event that only the server sets.
 pub const RESERVED_FIELDS: [&str; 7] = ["id", "type", "channel", "channels", "timestamp", "userId", "userName"];
 
-/// Event types the server emits itself; publishers may not use them.
-pub const SERVER_EVENT_TYPES: [&str; 5] = ["connected", "reset", "subscribed", "unsubscribed", "token_expired"];
+/// Event types the server emits itself; publishers may not use them (a forged `disconnect`
+/// or `token_expired` would stop or reconnect every client of the channel).
+pub const SERVER_EVENT_TYPES: [&str; 6] =
+    ["connected", "reset", "subscribed", "unsubscribed", "token_expired", "disconnect"];
 
 /// Longest event type accepted.
 pub const MAX_TYPE_LEN: usize = 64;

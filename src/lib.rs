@@ -61,6 +61,8 @@ pub use auth::Principal;
 pub use channel::ChannelName;
 pub use config::Config;
 pub use event::{Event, Publisher};
-pub use herald::{Herald, PublishError, StreamRequest, SubscribeError};
+pub use herald::{
+    DisconnectError, DisconnectOptions, DisconnectTarget, Herald, PublishError, StreamRequest, SubscribeError,
+};
 pub use hub::connection::{Connection, Message};
 pub use server::Server;

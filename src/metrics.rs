@@ -16,10 +16,11 @@ pub const PUBLISH_REFUSALS: [&str; 7] =
     ["invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "auth_unavailable", "engine_unavailable"];
 
 /// Reasons a subscription is refused (the `reason` label).
-pub const SUBSCRIBE_REFUSALS: [&str; 9] = [
+pub const SUBSCRIBE_REFUSALS: [&str; 10] = [
     "invalid",
     "unauthorized",
     "forbidden",
+    "banned",
     "at_capacity",
     "user_limit",
     "channel_limit",
@@ -27,6 +28,9 @@ pub const SUBSCRIBE_REFUSALS: [&str; 9] = [
     "auth_unavailable",
     "engine_unavailable",
 ];
+
+/// What a disconnect names (the `target` label).
+pub const DISCONNECT_TARGETS: [&str; 3] = ["user", "connection", "channel"];
 
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -62,6 +66,13 @@ pub struct Metrics {
     subscribe_refused: [AtomicU64; SUBSCRIBE_REFUSALS.len()],
     pub resumes_replayed: AtomicU64,
     pub resumes_reset: AtomicU64,
+    /// Disconnects asked of this node, by target.
+    disconnects: [AtomicU64; DISCONNECT_TARGETS.len()],
+    /// Connections this node closed for a disconnect, by target.
+    disconnected: [AtomicU64; DISCONNECT_TARGETS.len()],
+    /// Bans set and lifted through this node.
+    pub bans: AtomicU64,
+    pub unbans: AtomicU64,
 }
 
 impl Metrics {
@@ -74,6 +85,18 @@ impl Metrics {
     pub fn refuse_subscribe(&self, reason: &str) {
         if let Some(i) = SUBSCRIBE_REFUSALS.iter().position(|r| *r == reason) {
             self.subscribe_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn count_disconnect(&self, target: &str) {
+        if let Some(i) = DISCONNECT_TARGETS.iter().position(|t| *t == target) {
+            self.disconnects[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn count_disconnected(&self, target: &str, connections: usize) {
+        if let Some(i) = DISCONNECT_TARGETS.iter().position(|t| *t == target) {
+            self.disconnected[i].fetch_add(connections as u64, Ordering::Relaxed);
         }
     }
 
@@ -151,6 +174,21 @@ pub fn render(herald: &Herald) -> String {
         "Connections closed because their queue overflowed.",
         load(&hub.stats.slow_disconnects),
     );
+    o.metric("herald_disconnects_total", "counter", "Disconnects asked of this node (API or library), by target.");
+    for (target, v) in DISCONNECT_TARGETS.iter().zip(&m.disconnects) {
+        o.value("herald_disconnects_total", &format!("target=\"{target}\""), load(v));
+    }
+    o.metric(
+        "herald_disconnected_connections_total",
+        "counter",
+        "Connections this node closed because a disconnect named them, by target.",
+    );
+    for (target, v) in DISCONNECT_TARGETS.iter().zip(&m.disconnected) {
+        o.value("herald_disconnected_connections_total", &format!("target=\"{target}\""), load(v));
+    }
+    o.metric("herald_bans_total", "counter", "User bans set and lifted through this node.");
+    o.value("herald_bans_total", "action=\"ban\"", load(&m.bans));
+    o.value("herald_bans_total", "action=\"unban\"", load(&m.unbans));
     o.single(
         "herald_client_timeout_disconnects_total",
         "counter",

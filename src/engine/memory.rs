@@ -117,6 +117,9 @@ impl Log {
 /// Tickets held at once; past it new tickets are refused until old ones expire.
 const MAX_TICKETS: usize = 100_000;
 
+/// Bans held at once; past it a new ban is refused until old ones expire.
+const MAX_BANS: usize = 100_000;
+
 /// Users with a status (`away`) held at once.
 const MAX_STATUSES: usize = 100_000;
 
@@ -135,6 +138,8 @@ pub struct MemoryEngine {
     policies: Arc<Policies>,
     logs: Mutex<HashMap<ChannelName, Arc<Mutex<Log>>>>,
     tickets: Mutex<HashMap<String, (String, Instant)>>,
+    /// Banned users, each until when.
+    bans: Mutex<HashMap<String, Instant>>,
     presence: Mutex<HashMap<ChannelName, HashMap<String, Present>>>,
     statuses: Mutex<HashMap<String, String>>,
     commands: std::sync::OnceLock<CommandHandler>,
@@ -151,6 +156,7 @@ impl MemoryEngine {
             policies,
             logs: Mutex::new(HashMap::new()),
             tickets: Mutex::new(HashMap::new()),
+            bans: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             commands: std::sync::OnceLock::new(),
@@ -312,6 +318,31 @@ impl Engine for MemoryEngine {
     fn take_ticket<'a>(&'a self, ticket: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
         let taken = lock(&self.tickets).remove(ticket).filter(|(_, until)| Instant::now() < *until).map(|(p, _)| p);
         Box::pin(async move { Ok(taken) })
+    }
+
+    fn ban<'a>(&'a self, user: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), EngineError>> {
+        let now = Instant::now();
+        let mut bans = lock(&self.bans);
+        if bans.len() >= MAX_BANS && !bans.contains_key(user) {
+            bans.retain(|_, until| now < *until);
+        }
+        let result = if bans.len() >= MAX_BANS && !bans.contains_key(user) {
+            Err(EngineError::Unavailable(format!("{MAX_BANS} bans are in force; lift or wait out some first")))
+        } else {
+            bans.insert(user.to_owned(), now + ttl);
+            Ok(())
+        };
+        Box::pin(async move { result })
+    }
+
+    fn unban<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, EngineError>> {
+        let lifted = lock(&self.bans).remove(user).is_some_and(|until| Instant::now() < until);
+        Box::pin(async move { Ok(lifted) })
+    }
+
+    fn is_banned<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, EngineError>> {
+        let banned = lock(&self.bans).get(user).is_some_and(|until| Instant::now() < *until);
+        Box::pin(async move { Ok(banned) })
     }
 
     fn command(&self, command: NodeCommand) -> BoxFuture<'_, Result<Vec<NodeReply>, EngineError>> {
@@ -484,6 +515,10 @@ impl Engine for MemoryEngine {
         tickets.retain(|_, (_, until)| instant < *until);
         shrink(&mut tickets);
         drop(tickets);
+        let mut bans = lock(&self.bans);
+        bans.retain(|_, until| instant < *until);
+        shrink(&mut bans);
+        drop(bans);
         shrink(&mut lock(&self.presence));
     }
 }
@@ -514,6 +549,20 @@ mod tests {
         assert_eq!(e.take_ticket("t1").await.ok().flatten(), None);
         e.put_ticket("t2", "who".into(), Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(e.take_ticket("t2").await.ok().flatten(), None, "an expired ticket is refused");
+    }
+
+    #[tokio::test]
+    async fn a_ban_holds_until_it_expires_or_is_lifted() {
+        let e = engine(1);
+        let ok = |r: Result<(), EngineError>| r.unwrap_or_else(|e| panic!("{e}"));
+        ok(e.ban("42", Duration::from_secs(60)).await);
+        assert_eq!((e.is_banned("42").await.ok(), e.is_banned("43").await.ok()), (Some(true), Some(false)));
+        assert_eq!(e.unban("42").await.ok(), Some(true));
+        assert_eq!((e.is_banned("42").await.ok(), e.unban("42").await.ok()), (Some(false), Some(false)));
+        ok(e.ban("42", Duration::ZERO).await);
+        assert_eq!(e.is_banned("42").await.ok(), Some(false), "an expired ban refuses nobody");
+        e.sweep();
+        assert!(lock(&e.bans).is_empty(), "and is forgotten at the next sweep");
     }
 
     fn ch(s: &str) -> ChannelName {

@@ -7,7 +7,7 @@
 //! to `dyn Engine` only, so engines can be swapped without touching them.
 //!
 //! An engine also holds what the nodes share besides events: AI-stream snapshots (read with
-//! the head), presence, tickets, per-user connection slots, and the way to run a
+//! the head), presence, tickets, bans, per-user connection slots, and the way to run a
 //! [`NodeCommand`] on the node that holds a connection.
 
 pub mod memory;
@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::channel::ChannelName;
 use crate::cursor::Position;
 use crate::event::{Prepared, Published};
+use crate::hub::DisconnectTarget;
 
 /// A boxed future, as returned by [`Engine`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -137,6 +138,8 @@ pub enum NodeCommand {
     Count { channel: String },
     /// Set a user's presence status on every channel where their connections are.
     SetStatus { user: String, user_name: Option<String>, status: String },
+    /// Close the connections `target` names, each with a last `disconnect` notice.
+    Disconnect { target: DisconnectTarget, reconnect: bool, banned: bool },
 }
 
 /// A node's answer to a [`NodeCommand`].
@@ -151,6 +154,8 @@ pub enum NodeReply {
     Refused { code: String, message: String },
     /// This node's subscribers of the channel and the users among them.
     Count { subscribers: usize, users: Vec<String> },
+    /// This node closed that many connections.
+    Disconnected { connections: usize },
 }
 
 /// What runs [`NodeCommand`]s on a node (set by the node handle).
@@ -225,6 +230,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Sets what runs the commands of [`Engine::command`] on this node (set once).
     fn set_command_handler(&self, handler: CommandHandler);
+
+    /// Bans `user` for `ttl` (cluster-wide where the engine spans nodes); a later ban
+    /// replaces the earlier one's expiry.
+    fn ban<'a>(&'a self, user: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Lifts `user`'s ban; true if there was one.
+    fn unban<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, EngineError>>;
+
+    /// Whether `user` is banned now.
+    fn is_banned<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, EngineError>>;
 
     /// Whether pattern subscriptions (`channel:incidents.*`) can be served.
     fn supports_patterns(&self) -> bool {

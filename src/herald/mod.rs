@@ -8,11 +8,12 @@
 //! [`Herald::send_to_all`] and [`Herald::broadcast`].
 //!
 //! Submodules: `stream` opens and resumes connections (SSE or [`Herald::connect`] for other
-//! transports), `rooms` changes live connections on any node, `presence` announces who is
-//! where.
+//! transports), `rooms` changes live connections on any node, `sessions` cuts them and bans
+//! users, `presence` announces who is where.
 
 mod presence;
 mod rooms;
+mod sessions;
 mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ use crate::policy::{Denied, Policies};
 
 pub use presence::{PresenceError, USER_STATUSES, UserPresence};
 pub use rooms::{ChannelInfo, RoomError};
+pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, MAX_BAN, api_key_only};
 pub use stream::StreamRequest;
 
 /// A publish was refused.
@@ -85,6 +87,8 @@ pub enum SubscribeError {
     Draining,
     #[error("pattern subscriptions are not available with a Redis Cluster")]
     PatternsUnsupported,
+    #[error("this user is banned for now")]
+    Banned,
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -395,8 +399,12 @@ impl Herald {
         self.publish(vec![channel], event).await
     }
 
-    /// Issues a single-use ticket for `GET /api/events?ticket=` that stands for `who`.
-    pub async fn issue_ticket(&self, who: &crate::auth::UserIdentity) -> Result<String, EngineError> {
+    /// Issues a single-use ticket for `GET /api/events?ticket=` that stands for `who`
+    /// (refused while `who` is banned).
+    pub async fn issue_ticket(&self, who: &crate::auth::UserIdentity) -> Result<String, SubscribeError> {
+        if self.inner.engine.is_banned(&who.id).await? {
+            return Err(SubscribeError::Banned);
+        }
         let ticket =
             crate::auth::new_ticket().map_err(|_| EngineError::Unavailable("no secure random source".into()))?;
         let payload = serde_json::to_string(who).map_err(|e| EngineError::Unavailable(e.to_string()))?;

@@ -94,7 +94,7 @@ impl Herald {
             match reply {
                 NodeReply::Done => return Ok(()),
                 NodeReply::Refused { code, message } => refused = Some((code, message)),
-                NodeReply::NotHere | NodeReply::Count { .. } => {}
+                NodeReply::NotHere | NodeReply::Count { .. } | NodeReply::Disconnected { .. } => {}
             }
         }
         match refused {
@@ -145,6 +145,7 @@ impl Herald {
                 NodeReply::Count { subscribers, users: users.iter().map(|u| u.to_string()).collect() }
             }
             NodeCommand::SetStatus { user, user_name, status } => self.apply_status(&user, user_name, &status).await,
+            NodeCommand::Disconnect { target, reconnect, banned } => self.local_disconnect(&target, reconnect, banned),
         }
     }
 

@@ -119,6 +119,11 @@ impl Herald {
         // From here on, dropping `core` unregisters the connection.
         let mut core = StreamCore::new(Arc::clone(&shared), Arc::clone(hub), &channels);
         if let Some(user) = req.principal.user_id() {
+            // Checked once registered: a disconnect with a ban bans first, then cuts what is
+            // registered, so a stream that opens meanwhile is either cut or refused here.
+            if self.engine().is_banned(user).await? {
+                return Err(SubscribeError::Banned);
+            }
             // Across nodes (Redis); the hub has already checked this node.
             if !self.engine().acquire_slot(user, &conn_id, cfg.max_connections_per_user).await? {
                 return Err(SubscribeError::UserLimit { limit: cfg.max_connections_per_user });

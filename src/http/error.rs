@@ -11,7 +11,7 @@ use crate::auth::AuthError;
 use crate::channel::ChannelError;
 use crate::engine::EngineError;
 use crate::event::EventError;
-use crate::herald::{PresenceError, PublishError, RoomError, SubscribeError};
+use crate::herald::{DisconnectError, PresenceError, PublishError, RoomError, SubscribeError};
 use crate::policy::Denied;
 
 #[derive(Debug, Clone)]
@@ -152,6 +152,7 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::Draining => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_draining", e.to_string()).with_retry_after(1)
             }
+            SubscribeError::Banned => Self::new(StatusCode::FORBIDDEN, "banned", e.to_string()),
             SubscribeError::Engine(e) => e.into(),
             SubscribeError::Denied(e) => e.into(),
             SubscribeError::UserLimit { .. } => {
@@ -182,6 +183,23 @@ impl From<PresenceError> for ApiError {
             PresenceError::Disabled(_) => Self::new(StatusCode::NOT_FOUND, "presence_disabled", e.to_string()),
             PresenceError::NotAUser => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
             PresenceError::BadStatus => Self::bad_request("invalid_status", e.to_string()),
+        }
+    }
+}
+
+impl From<DisconnectError> for ApiError {
+    fn from(e: DisconnectError) -> Self {
+        match e {
+            DisconnectError::Unauthenticated => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+            DisconnectError::NotAnApiKey | DisconnectError::KeyCannotReach(_) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
+            DisconnectError::InvalidUser => Self::bad_request("invalid_user", e.to_string()),
+            DisconnectError::Channel(e) => e.into(),
+            DisconnectError::InvalidConnection => Self::bad_request("invalid_connection", e.to_string()),
+            DisconnectError::BanNeedsUser => Self::bad_request("invalid_ban", e.to_string()),
+            DisconnectError::InvalidTtl => Self::bad_request("invalid_ttl", e.to_string()),
+            DisconnectError::Engine(e) => e.into(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod observe;
 mod presence;
 mod publish;
 mod rooms;
+mod sessions;
 mod status;
 mod subscribe;
 mod tickets;
@@ -38,6 +39,9 @@ pub fn router(herald: Herald) -> Router {
         .route("/api/users/{user}/presence", get(presence::user))
         .route("/api/connections/{connection}/channels", post(rooms::join))
         .route("/api/connections/{connection}/channels/{channel}", delete(rooms::leave))
+        .route("/api/disconnect", post(sessions::disconnect))
+        .route("/api/bans", post(sessions::ban))
+        .route("/api/bans/{user}", delete(sessions::unban))
         .route("/metrics", get(status::metrics))
         .route("/admin", get(status::admin))
         .route("/api/status", get(status::status))

@@ -139,6 +139,7 @@ fn publish_reason(resp: &Response) -> &'static str {
 fn subscribe_reason(resp: &Response) -> &'static str {
     match (resp.status(), error_code(resp)) {
         (StatusCode::UNAUTHORIZED, _) => "unauthorized",
+        (_, "banned") => "banned",
         (StatusCode::FORBIDDEN, _) => "forbidden",
         (StatusCode::TOO_MANY_REQUESTS, _) => "user_limit",
         (_, "server_at_capacity") => "at_capacity",

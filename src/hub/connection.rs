@@ -60,6 +60,9 @@ pub enum CloseReason {
     /// queued before is written, then a `token_expired` notice, and the stream ends so that
     /// the client comes back with a fresh credential.
     TokenExpired,
+    /// The application cut it (`POST /api/disconnect`, [`crate::Herald::disconnect`]); the
+    /// client should come back only if `reconnect`. `banned`: the user was banned with it.
+    Disconnect { reconnect: bool, banned: bool },
 }
 
 impl CloseReason {
@@ -70,6 +73,8 @@ impl CloseReason {
             Self::Drain { .. } => "server_draining",
             Self::Resync => "resync",
             Self::TokenExpired => "token_expired",
+            Self::Disconnect { banned: false, .. } => "disconnected",
+            Self::Disconnect { banned: true, .. } => "banned",
         }
     }
 
@@ -77,6 +82,28 @@ impl CloseReason {
     /// nothing is wrong with it); otherwise it is dropped and the client resumes from history.
     fn keeps_queue(self) -> bool {
         matches!(self, Self::Drain { .. } | Self::TokenExpired)
+    }
+
+    /// The notice written as the stream's last event, as `(type, JSON)`, for the reasons a
+    /// client must be told of (it cannot tell them from a network failure).
+    fn last_notice(self, connection: &str) -> Option<(&'static str, String)> {
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let notice = match self {
+            Self::Disconnect { reconnect, .. } => serde_json::json!({
+                "type": "disconnect", "reason": self.as_str(), "reconnect": reconnect, "timestamp": now,
+            }),
+            Self::TokenExpired => serde_json::json!({
+                "type": "token_expired", "connectionId": connection, "timestamp": now,
+            }),
+            _ => return None,
+        };
+        Some((if matches!(self, Self::TokenExpired) { "token_expired" } else { "disconnect" }, notice.to_string()))
+    }
+
+    /// Whether the stream still writes something before it ends (so its socket must not be
+    /// torn down at once).
+    fn has_last_words(self) -> bool {
+        matches!(self, Self::Drain { .. } | Self::TokenExpired | Self::Disconnect { .. })
     }
 }
 
@@ -268,20 +295,21 @@ impl ConnShared {
     /// Closes the connection for `reason`. Returns false if it was already closing.
     /// A drain or an expired credential keeps what is queued, so it is written before the
     /// last words (`retry:` hint, `token_expired`); the other reasons drop it, since the
-    /// client will resume from history, and tear an HTTP/1.1 connection down.
+    /// client will resume from history. A reason with last words (a drain's `retry:`, a
+    /// `token_expired` or `disconnect` notice) leaves the socket open until they are written;
+    /// the others tear an HTTP/1.1 connection down.
     pub fn close(&self, reason: CloseReason) -> bool {
         let mut st = self.lock();
         if st.close.is_some() {
             return false;
         }
         st.close = Some(reason);
-        let keep = reason.keeps_queue();
-        if !keep {
+        if !reason.keeps_queue() {
             st.items = VecDeque::new();
         }
         let waker = st.waker.take();
         drop(st);
-        if keep {
+        if reason.has_last_words() {
             if let Some(w) = waker {
                 w.wake();
             }
@@ -291,13 +319,19 @@ impl ConnShared {
         true
     }
 
+    /// Tears down the connection's socket (HTTP/1.1) without waiting for its last words:
+    /// for a closing connection whose reader stopped reading.
+    pub(crate) fn kill(&self) {
+        if let Some(kill) = &self.kill {
+            kill.kill();
+        }
+    }
+
     fn after_close(&self, waker: Option<Waker>) {
         if let Some(w) = waker {
             w.wake();
         }
-        if let Some(kill) = &self.kill {
-            kill.kill();
-        }
+        self.kill();
     }
 
     /// Called by the hub's sweeper once per heartbeat interval: asks for a heartbeat and
@@ -531,20 +565,16 @@ impl StreamCore {
         if let Some(oldest) = &oldest {
             self.hub.stats.record_write(written as u64, oldest);
         }
+        if self.backlog.is_empty()
+            && let Some((event_type, json)) = close.and_then(|reason| reason.last_notice(&self.shared.id))
+        {
+            // Its id is the cursor after everything written: a resume loses nothing.
+            self.notice(out, event_type, json.as_bytes());
+        }
         if self.backlog.is_empty() && self.backlog.capacity() > IDLE_QUEUE {
             self.backlog = VecDeque::new();
         }
         let close = if self.backlog.is_empty() { close } else { None };
-        if close == Some(CloseReason::TokenExpired) {
-            // Its id is the cursor after everything written: a resume loses nothing.
-            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-            let notice = serde_json::json!({
-                "type": "token_expired",
-                "connectionId": &*self.shared.id,
-                "timestamp": now,
-            });
-            self.notice(out, "token_expired", notice.to_string().as_bytes());
-        }
         Poll::Ready((written, Polled { heartbeat, close }))
     }
 }

@@ -138,6 +138,28 @@ pub struct Departure {
     pub channels: Vec<ChannelName>,
 }
 
+/// Which connections a disconnect cuts: a user's, one connection, or a channel's
+/// subscribers (or a pattern's, named as such). On the wire between nodes it is
+/// `{"user":"42"}`, `{"connection":"c01..."}` or `{"channel":"channel:general"}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DisconnectTarget {
+    User(String),
+    Connection(String),
+    Channel(String),
+}
+
+impl DisconnectTarget {
+    /// `user`, `connection` or `channel`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::User(_) => "user",
+            Self::Connection(_) => "connection",
+            Self::Channel(_) => "channel",
+        }
+    }
+}
+
 /// One live connection as the hub sees it.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
@@ -385,12 +407,18 @@ impl Hub {
     pub fn sweep(&self, max_stalled: u32) -> usize {
         let mut closed = 0;
         for conn in self.all() {
-            if conn.sweep() >= max_stalled && conn.close(CloseReason::Timeout) {
-                closed += 1;
-                self.stats.timeout_disconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(connection = %conn.id, "closing a connection that made no progress for the client timeout");
-                self.unregister(conn.key);
+            if conn.sweep() < max_stalled {
+                continue;
             }
+            if !conn.close(CloseReason::Timeout) {
+                // Closing already, its last words (a disconnect notice) never read: the
+                // socket goes without them, or a client that stopped reading would keep it.
+                conn.kill();
+            }
+            closed += 1;
+            self.stats.timeout_disconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(connection = %conn.id, "closing a connection that made no progress for the client timeout");
+            self.unregister(conn.key);
         }
         closed
     }
@@ -431,6 +459,38 @@ impl Hub {
             self.unregister(conn.key);
         }
         closed
+    }
+
+    /// Closes this node's connections that `target` names, each with `reason` (and the last
+    /// notice the reason writes). Returns how many it closed.
+    pub fn disconnect(&self, target: &DisconnectTarget, reason: CloseReason) -> usize {
+        let conns: Vec<Arc<ConnShared>> = {
+            let reg = self.read();
+            match target {
+                DisconnectTarget::User(user) => reg
+                    .conns
+                    .values()
+                    .filter(|e| e.conn.user_id.as_deref() == Some(user.as_str()))
+                    .map(|e| Arc::clone(&e.conn))
+                    .collect(),
+                DisconnectTarget::Connection(id) => reg
+                    .ids
+                    .get(id.as_str())
+                    .and_then(|k| reg.conns.get(k))
+                    .map(|e| Arc::clone(&e.conn))
+                    .into_iter()
+                    .collect(),
+                DisconnectTarget::Channel(channel) => reg
+                    .channels
+                    .get(channel.as_str())
+                    .or_else(|| reg.patterns.get(channel.as_str()))
+                    .map(|subs| subs.to_vec())
+                    .unwrap_or_default(),
+            }
+        };
+        // Each leaves the hub once its last notice is written (or at the next sweeps, if
+        // its reader stopped reading).
+        conns.iter().filter(|conn| conn.close(reason)).count()
     }
 
     /// Closes every local connection following `channel` (or a pattern), so that each

@@ -10,7 +10,7 @@
 // token, and resumes from the notice's id: nothing is lost and the app does nothing.
 
 import { Backoff, type BackoffOptions } from './backoff.js';
-import type { EventMap, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
+import type { DisconnectEvent, EventMap, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
 import { SseParser, type SseMessage } from './sse.js';
 
 /** A token, or a function that returns a fresh one (called before every connect, and so
@@ -75,6 +75,10 @@ export interface SubscribeOptions {
   onEvent?: (event: StreamEvent) => void;
   /** The server could not resume a channel: refetch that channel's state. */
   onReset?: (event: ResetEvent) => void;
+  /** The application cut the stream (`POST /api/disconnect`). With `reconnect: false` the
+   * subscription then closes for good (state `closed`, `error.code` the event's `reason`:
+   * `disconnected` or `banned`); otherwise it reconnects and resumes as after any cut. */
+  onDisconnect?: (event: DisconnectEvent) => void;
   onStateChange?: (state: SubscriptionState, info: StateInfo) => void;
   /** A connection attempt failed or a stream broke (the subscription retries), or a fatal
    * error closed the subscription (state `closed`). */
@@ -318,6 +322,8 @@ export class Subscription {
   connectionId: string | undefined;
   /** What closed the subscription, if an error did. */
   error: Error | undefined;
+  /** The server's last `disconnect` event, if the application cut the stream. */
+  disconnect: DisconnectEvent | undefined;
 
   private readonly backoff: Backoff;
   private readonly fixedBase: boolean;
@@ -530,6 +536,7 @@ export class Subscription {
       return;
     }
     if (!event || typeof event !== 'object' || typeof event.type !== 'string') return;
+    let stop: HeraldError | undefined;
     switch (event.type) {
       case 'connected': {
         const connected = event as EventMap['connected'];
@@ -542,6 +549,18 @@ export class Subscription {
       case 'reset':
         this.options.onReset?.(event as ResetEvent);
         break;
+      case 'disconnect': {
+        // EventSource would come back after `retry:` whatever the server says: only the
+        // client can honour `reconnect: false`.
+        const cut = event as DisconnectEvent;
+        this.disconnect = cut;
+        this.options.onDisconnect?.(cut);
+        if (cut.reconnect === false) {
+          const reason = typeof cut.reason === 'string' ? cut.reason : 'disconnected';
+          stop = new HeraldError(`the server ended the session (${reason})`, 0, reason);
+        }
+        break;
+      }
       case 'subscribed': {
         const ch = (event as EventMap['subscribed']).channel;
         if (typeof ch === 'string' && !this.channels.includes(ch)) this.channels.push(ch);
@@ -560,7 +579,8 @@ export class Subscription {
       const set = this.listeners.get(key);
       if (set) for (const l of [...set]) l(event);
     }
-    if (event.type === 'token_expired' && this.state !== 'closed') this.renew();
+    if (stop) this.shutdown(stop);
+    else if (event.type === 'token_expired' && this.state !== 'closed') this.renew();
   }
 
   /** The server ends this stream because its token expired: reconnect now (a fresh token

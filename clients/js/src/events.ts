@@ -39,6 +39,15 @@ export interface ResetEvent {
   timestamp?: string;
 }
 
+/** The application cut this stream (`POST /api/disconnect`); it is the stream's last event.
+ * With `reconnect: false` the client must not come back (the client closes the
+ * subscription); `reason` is `disconnected`, or `banned` when the user was banned with it. */
+export interface DisconnectEvent {
+  type: 'disconnect';
+  reason: 'disconnected' | 'banned' | (string & {});
+  reconnect: boolean;
+}
+
 /** A live room was added to this connection (`POST /api/connections/{id}/channels`). */
 export interface SubscribedEvent {
   type: 'subscribed';
@@ -216,6 +225,7 @@ export interface AiChatChunkEvent extends EventEnvelope {
 export interface EventMap {
   connected: ConnectedEvent;
   reset: ResetEvent;
+  disconnect: DisconnectEvent;
   subscribed: SubscribedEvent;
   unsubscribed: UnsubscribedEvent;
   token_expired: TokenExpiredEvent;

@@ -5,7 +5,7 @@
 import { createContext, createElement, useContext, useEffect, useRef, useState, type ReactNode } from 'react';
 
 import type { HeraldClient, SubscribeOptions, Subscription, SubscriptionState } from './client.js';
-import type { ResetEvent, StreamEvent } from './events.js';
+import type { DisconnectEvent, ResetEvent, StreamEvent } from './events.js';
 
 const ClientContext = createContext<HeraldClient | null>(null);
 
@@ -29,6 +29,11 @@ export interface EventChannelState {
   attempt: number;
   lastEventId?: string;
   subscription?: Subscription;
+  /** What closed the subscription for good (state `closed`), if not the component: a
+   * refusal, or a disconnect without reconnect (`code` `disconnected` or `banned`). */
+  error?: Error;
+  /** The server's last `disconnect` event, if the application cut the stream. */
+  disconnect?: DisconnectEvent;
 }
 
 /** Subscribes while mounted; reconnects and resumes by itself. Changing `onEvent` does not
@@ -58,8 +63,16 @@ export function useEventChannel(channel: string | string[], config: EventChannel
       onEvent: (e) => configRef.current.onEvent(e),
       onReset: (e) => configRef.current.onReset?.(e),
       onError: (e) => configRef.current.onError?.(e),
+      onDisconnect: (e) => configRef.current.onDisconnect?.(e),
       onStateChange: (state, info) =>
-        setStatus({ state, attempt: info.attempt, lastEventId: sub?.lastEventId, subscription: sub }),
+        setStatus({
+          state,
+          attempt: info.attempt,
+          lastEventId: sub?.lastEventId,
+          subscription: sub,
+          error: state === 'closed' ? info.error : undefined,
+          disconnect: sub?.disconnect,
+        }),
     });
     const opened = sub;
     setStatus({ state: opened.state, attempt: opened.attempt, subscription: opened });

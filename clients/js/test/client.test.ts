@@ -6,6 +6,7 @@ import { EventSource } from 'eventsource';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import {
+  type DisconnectEvent,
   HeraldClient,
   HeraldError,
   is,
@@ -89,6 +90,38 @@ describe.each(['fetch', 'eventsource'] as const)('over %s', (transport) => {
     const other = collect(client(), ['channel:b'], { transport });
     await waitFor(() => other.sub.state === 'open', 'another subscription');
     expect(server.streamRequests.map((r) => r.channels[0])).toEqual(['channel:a', 'channel:b']);
+  });
+
+  it('stops for good on a disconnect without reconnect, and tells the app why', async () => {
+    const cuts: DisconnectEvent[] = [];
+    const { sub, states, errors } = collect(client(), ['channel:a'], { transport, onDisconnect: (e) => cuts.push(e) });
+    await waitFor(() => sub.state === 'open', 'open');
+    server.disconnect(false, 'banned');
+    await waitFor(() => sub.state === 'closed', 'closed for good');
+    expect(cuts).toEqual([{ type: 'disconnect', reason: 'banned', reconnect: false }]);
+    expect(sub.disconnect).toEqual(cuts[0]);
+    expect((sub.error as HeraldError).code).toBe('banned');
+    expect(errors.map((e) => (e as HeraldError).code)).toEqual(['banned']);
+    expect(states).not.toContain('reconnecting');
+    // A reconnect (its delay is 0 here) would come before a new subscription is open.
+    const other = collect(client(), ['channel:b'], { transport });
+    await waitFor(() => other.sub.state === 'open', 'another subscription');
+    expect(server.streamRequests.map((r) => r.channels[0])).toEqual(['channel:a', 'channel:b']);
+  });
+
+  it('comes back and resumes after a disconnect that allows it', async () => {
+    const cuts: DisconnectEvent[] = [];
+    const { sub, chats } = collect(client(), ['channel:a'], { transport, onDisconnect: (e) => cuts.push(e) });
+    await waitFor(() => sub.state === 'open', 'open');
+    server.publish('channel:a', { type: 'chat', content: 'm1' });
+    await waitFor(() => chats().length === 1, 'first message');
+    server.disconnect(true);
+    server.publish('channel:a', { type: 'chat', content: 'm2' });
+    await waitFor(() => server.streamRequests.length === 2 && sub.state === 'open', 'reconnect');
+    await waitFor(() => chats().length === 2, 'the missed message');
+    expect(chats()).toEqual(['m1', 'm2']);
+    expect(cuts.map((c) => c.reconnect)).toEqual([true]);
+    expect(server.streamRequests[1]?.lastEventId).toBe('s1');
   });
 });
 

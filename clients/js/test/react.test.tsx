@@ -4,8 +4,8 @@
 import { createRoot } from 'react-dom/client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { HeraldClient, type StreamEvent } from '../src/index.js';
-import { HeraldProvider, useEventChannel } from '../src/react.js';
+import { HeraldClient, type HeraldError, type StreamEvent } from '../src/index.js';
+import { type EventChannelState, HeraldProvider, useEventChannel } from '../src/react.js';
 import { TestServer, waitFor } from './support/server.js';
 
 // Updates come from the network, not from act(): React schedules them as in a browser.
@@ -63,5 +63,28 @@ describe('useEventChannel', () => {
     root.unmount();
     await waitFor(() => server.openStreams() === 0, 'closed on unmount');
     expect(seen).toEqual(['hello', 'in b']);
+  });
+
+  it('shows a disconnect without reconnect as closed, with the reason', async () => {
+    const client = new HeraldClient({ url: server.url });
+    const seen: EventChannelState[] = [];
+    function Probe() {
+      seen.push(useEventChannel('channel:a', { transport: 'fetch', onEvent: () => {} }));
+      return null;
+    }
+    const root = createRoot(document.createElement('div'));
+    root.render(
+      <HeraldProvider client={client}>
+        <Probe />
+      </HeraldProvider>,
+    );
+    await waitFor(() => seen.at(-1)?.state === 'open', 'open');
+    server.disconnect(false);
+    await waitFor(() => seen.at(-1)?.state === 'closed', 'closed');
+    const last = seen.at(-1);
+    expect(last?.disconnect).toEqual({ type: 'disconnect', reason: 'disconnected', reconnect: false });
+    expect((last?.error as HeraldError | undefined)?.code).toBe('disconnected');
+    expect(server.streamRequests).toHaveLength(1);
+    root.unmount();
   });
 });

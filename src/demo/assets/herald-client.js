@@ -376,6 +376,8 @@ var Subscription = class {
 	connectionId;
 	/** What closed the subscription, if an error did. */
 	error;
+	/** The server's last `disconnect` event, if the application cut the stream. */
+	disconnect;
 	backoff;
 	fixedBase;
 	listeners = /* @__PURE__ */ new Map();
@@ -558,6 +560,7 @@ var Subscription = class {
 			return;
 		}
 		if (!event || typeof event !== "object" || typeof event.type !== "string") return;
+		let stop;
 		switch (event.type) {
 			case "connected": {
 				const connected = event;
@@ -570,6 +573,16 @@ var Subscription = class {
 			case "reset":
 				this.options.onReset?.(event);
 				break;
+			case "disconnect": {
+				const cut = event;
+				this.disconnect = cut;
+				this.options.onDisconnect?.(cut);
+				if (cut.reconnect === false) {
+					const reason = typeof cut.reason === "string" ? cut.reason : "disconnected";
+					stop = new HeraldError(`the server ended the session (${reason})`, 0, reason);
+				}
+				break;
+			}
 			case "subscribed": {
 				const ch = event.channel;
 				if (typeof ch === "string" && !this.channels.includes(ch)) this.channels.push(ch);
@@ -586,7 +599,8 @@ var Subscription = class {
 			const set = this.listeners.get(key);
 			if (set) for (const l of [...set]) l(event);
 		}
-		if (event.type === "token_expired" && this.state !== "closed") this.renew();
+		if (stop) this.shutdown(stop);
+		else if (event.type === "token_expired" && this.state !== "closed") this.renew();
 	}
 	/** The server ends this stream because its token expired: reconnect now (a fresh token
 	* is asked for on the way), not after a backoff delay, since nothing failed. */

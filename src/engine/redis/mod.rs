@@ -380,6 +380,11 @@ impl RedisEngine {
         format!("{}:conns:{{{user}}}", self.prefix)
     }
 
+    /// A user's ban: under the user's hash tag, like their connection slots.
+    fn ban_key(&self, user: &str) -> String {
+        format!("{}:ban:{{{user}}}", self.prefix)
+    }
+
     fn ticket_key(&self, ticket: &str) -> String {
         format!("{}:ticket:{ticket}", self.prefix)
     }
@@ -1101,6 +1106,26 @@ impl Engine for RedisEngine {
             let mut conn = self.conn.clone();
             conn.get_del(self.ticket_key(ticket)).await.map_err(unavailable)
         })
+    }
+
+    fn ban<'a>(&'a self, user: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let opts = redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ms));
+            let _: Value = self.conn.clone().set_options(self.ban_key(user), 1, opts).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn unban<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async move {
+            let removed: i64 = self.conn.clone().del(self.ban_key(user)).await.map_err(unavailable)?;
+            Ok(removed > 0)
+        })
+    }
+
+    fn is_banned<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async move { self.conn.clone().exists(self.ban_key(user)).await.map_err(unavailable) })
     }
 
     fn is_healthy(&self) -> bool {

@@ -102,3 +102,21 @@ export function expiringTokens(herald: RunningHerald, user: string, sentThree: (
   };
   return { token, calls: () => calls };
 }
+
+/** The shape the disconnect tests name the running server by. */
+export type Herald = RunningHerald;
+
+/** An HS256 JWT for `sub`, valid for an hour. */
+export function token(sub: string): string {
+  return sign({ sub, exp: Math.floor(Date.now() / 1000) + 3600 });
+}
+
+/** A call with the API key; returns the status and the JSON answer. */
+export async function backend(url: string, path: string, body: unknown): Promise<{ status: number; json: any }> {
+  const resp = await fetch(`${url}${path}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-Api-Key': API_KEY },
+    body: JSON.stringify(body),
+  });
+  return { status: resp.status, json: await resp.json() };
+}

@@ -1,7 +1,8 @@
 // A small SSE server on a real socket (node:http), speaking the parts of Herald's HTTP API
 // the client uses: streams with `connected`, ids, replay after `Last-Event-ID` or
 // `?lastEventId=`, tickets, publish, live rooms and presence. Tests drive it (publish, cut
-// every stream, refuse the next requests) and read what the client sent.
+// every stream, disconnect them as the application would, refuse the next requests) and
+// read what the client sent.
 
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -82,6 +83,14 @@ export class TestServer {
   /** Drops every open stream's socket, as a crashed server or a broken network would. */
   cut(): void {
     for (const s of this.streams) s.res.socket?.destroy();
+    this.streams.clear();
+  }
+
+  /** Ends every open stream as Herald's `POST /api/disconnect` does: a last `disconnect`
+   * event (with the stream's current id), then the end of the response. */
+  disconnect(reconnect: boolean, reason = 'disconnected'): void {
+    const notice = JSON.stringify({ type: 'disconnect', reason, reconnect });
+    for (const s of this.streams) s.res.end(`id: s${this.log.length}\ndata: ${notice}\n\n`);
     this.streams.clear();
   }
 
