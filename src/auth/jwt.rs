@@ -62,8 +62,9 @@ pub struct Verifier {
 struct Claims {
     /// Optional here so that a token without it is told so, not given a parser's words.
     sub: Option<String>,
-    /// Required (see `set_required_spec_claims`), so always there once decoded.
-    exp: u64,
+    /// Required (see `set_required_spec_claims`); optional here, as `sub` is, because the
+    /// claims are deserialized before they are validated: a token without it is told so.
+    exp: Option<u64>,
     name: Option<String>,
     subscribe: Option<Vec<String>>,
     publish: Option<Vec<String>>,
@@ -270,7 +271,7 @@ fn identity(c: Claims) -> Result<UserIdentity, AuthError> {
         name: c.name.map(|n| Arc::from(n.chars().take(128).collect::<String>())),
         subscribe: c.subscribe,
         publish: c.publish,
-        expires_at: Some(c.exp),
+        expires_at: c.exp,
     })
 }
 

@@ -87,14 +87,14 @@ impl CloseReason {
     /// The notice written as the stream's last event, as `(type, JSON)`, for the reasons a
     /// client must be told of (it cannot tell them from a network failure).
     fn last_notice(self, connection: &str) -> Option<(&'static str, String)> {
-        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let notice = match self {
             Self::Disconnect { reconnect, .. } => serde_json::json!({
-                "type": "disconnect", "reason": self.as_str(), "reconnect": reconnect, "timestamp": now,
+                "type": "disconnect", "reason": self.as_str(), "reconnect": reconnect,
             }),
-            Self::TokenExpired => serde_json::json!({
-                "type": "token_expired", "connectionId": connection, "timestamp": now,
-            }),
+            Self::TokenExpired => {
+                let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+                serde_json::json!({"type": "token_expired", "connectionId": connection, "timestamp": now})
+            }
             _ => return None,
         };
         Some((if matches!(self, Self::TokenExpired) { "token_expired" } else { "disconnect" }, notice.to_string()))
