@@ -6,6 +6,18 @@ mod support;
 use serde_json::json;
 use support::{Proto, RedisServer, TestServer, eventually, within};
 
+/// A node on `redis` that keeps 1,000 events of history per channel, for the tests that
+/// publish hundreds while a stream is away.
+async fn deep_node(redis: &RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::secured(move |c| {
+        c.redis_url = Some(url);
+        c.history_size = 1000;
+        support::no_presence(c);
+    })
+    .await
+}
+
 /// A node on `redis`. Presence is off: these tests are about events, and presence has its
 /// own (tests/presence.rs).
 async fn node(redis: &RedisServer) -> TestServer {
@@ -436,4 +448,87 @@ async fn a_node_keeps_catch_up_points_only_for_the_channels_it_follows() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn over_redis_a_resume_of_two_channels_replays_each_channels_events_in_that_channels_order_once() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (deep_node(&redis).await, deep_node(&redis).await);
+    let query = "channel=channel:ra&channel=channel:rb";
+    let stream = b.client(Proto::H1).user("1").subscribe(query, &[]).await;
+    let last = stream.connected_id();
+    drop(stream);
+    let mut p = a.client(Proto::H1).backend();
+    let mut accepted = support::publish_mixed(&mut p, "channel:ra", "channel:rb", 1..=300).await;
+    let mut resumed = a.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &last)]).await;
+    let mut delivered = Vec::new();
+    let last = resumed.read_ids(&mut delivered, accepted.len()).await;
+    accepted.extend(support::publish_mixed(&mut p, "channel:ra", "channel:rb", 301..=310).await);
+    resumed.read_ids(&mut delivered, accepted.len()).await;
+    support::assert_exactly_once_in_order("replay then live", &accepted, &delivered);
+    let mut again = b.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &last)]).await;
+    let mut live = Vec::new();
+    again.read_ids(&mut live, 10).await;
+    support::assert_exactly_once_in_order("resumed from the replay's last id", &accepted[300..], &live);
+}
+
+#[tokio::test]
+async fn over_redis_resuming_on_another_node_while_publishing_goes_on_writes_every_event_once_in_order() {
+    const EVENTS: u64 = 900;
+    let redis = RedisServer::start().await;
+    let nodes = [deep_node(&redis).await, deep_node(&redis).await];
+    let channels = ("channel:flow-a", "user:8");
+    let query = format!("channel={}&channel={}", channels.0, channels.1);
+    let mut stream = nodes[0].client(Proto::H2c).user("8").subscribe(&query, &[]).await;
+    let mut publisher = nodes[1].client(Proto::H2c).backend();
+    let (progress, mut published) = tokio::sync::watch::channel(0);
+    let publishing = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        for n in (1..=EVENTS).step_by(10) {
+            accepted.extend(support::publish_mixed(&mut publisher, channels.0, channels.1, n..=n + 9).await);
+            progress.send_replace(n + 9);
+        }
+        (publisher, accepted)
+    });
+    let mut delivered = Vec::new();
+    // Every 100 events, leave, let 50 more be published, and resume on the other node while
+    // more keep coming.
+    for (k, cut) in (100..EVENTS as usize).step_by(100).enumerate() {
+        let last = stream.read_ids(&mut delivered, cut).await;
+        drop(stream);
+        let missed = (cut as u64 + 50).min(EVENTS);
+        within("the publisher", published.wait_for(|&n| n >= missed)).await.unwrap_or_else(|e| panic!("{e}"));
+        let on = &nodes[(k + 1) % 2];
+        stream = on.client(Proto::H2c).user("8").subscribe(&query, &[("last-event-id", &last)]).await;
+    }
+    let (mut publisher, mut accepted) = publishing.await.unwrap_or_else(|e| panic!("publisher: {e}"));
+    support::read_to_the_end(&mut stream, &mut publisher, channels, &mut accepted, &mut delivered).await;
+    support::assert_exactly_once_in_order("resumes during a flood", &accepted, &delivered);
+}
+
+#[tokio::test]
+async fn a_node_catching_up_after_its_pubsub_connection_was_killed_writes_every_event_once_in_order() {
+    const EVENTS: u64 = 600;
+    let redis = RedisServer::start().await;
+    let (a, b) = (deep_node(&redis).await, deep_node(&redis).await);
+    let channels = ("channel:cu", "user:3");
+    let query = format!("channel={}&channel={}", channels.0, channels.1);
+    let mut stream = b.client(Proto::H1).user("3").subscribe(&query, &[]).await;
+    let mut publisher = a.client(Proto::H1).backend();
+    let publishing = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        for n in (1..=EVENTS).step_by(10) {
+            accepted.extend(support::publish_mixed(&mut publisher, channels.0, channels.1, n..=n + 9).await);
+        }
+        (publisher, accepted)
+    });
+    let mut delivered = Vec::new();
+    stream.read_ids(&mut delivered, 100).await;
+    // Cut every node's pub/sub connection while the events keep coming: node b catches up
+    // on both channels from their Streams, then goes live again.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let (mut publisher, mut accepted) = publishing.await.unwrap_or_else(|e| panic!("publisher: {e}"));
+    support::read_to_the_end(&mut stream, &mut publisher, channels, &mut accepted, &mut delivered).await;
+    assert!(b.herald.engine().counters().reconnects >= 1, "the node did reconnect");
+    support::assert_exactly_once_in_order("catch-up after a pub/sub kill", &accepted, &delivered);
 }

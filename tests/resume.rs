@@ -169,3 +169,59 @@ async fn a_multi_channel_event_missed_on_two_channels_is_replayed_once() {
     let mut third = client.subscribe(query, &[("last-event-id", &again_id)]).await;
     third.expect_ns(3..4).await;
 }
+
+#[tokio::test]
+async fn a_resume_of_two_channels_replays_each_channels_events_in_that_channels_order_once() {
+    let server = TestServer::with(|c| c.history_size = 1000).await;
+    let mut client = server.client(Proto::H1);
+    let query = "channel=channel:a&channel=channel:b";
+    let stream = client.subscribe(query, &[]).await;
+    let last = stream.connected_id();
+    drop(stream);
+    let mut accepted = support::publish_mixed(&mut client, "channel:a", "channel:b", 1..=300).await;
+    let mut resumed = client.subscribe(query, &[("last-event-id", &last)]).await;
+    let mut delivered = Vec::new();
+    let last = resumed.read_ids(&mut delivered, accepted.len()).await;
+    // Live events after the replay: each once, none of the replayed ones again.
+    accepted.extend(support::publish_mixed(&mut client, "channel:a", "channel:b", 301..=310).await);
+    resumed.read_ids(&mut delivered, accepted.len()).await;
+    support::assert_exactly_once_in_order("replay then live", &accepted, &delivered);
+    // The replay's last id says where the stream was on both channels: resuming from it
+    // gives exactly the live events.
+    let mut again = client.subscribe(query, &[("last-event-id", &last)]).await;
+    let mut live = Vec::new();
+    again.read_ids(&mut live, 10).await;
+    support::assert_exactly_once_in_order("resumed from the replay's last id", &accepted[300..], &live);
+}
+
+#[tokio::test]
+async fn resuming_two_channels_while_publishing_goes_on_writes_every_event_once_in_each_channels_order() {
+    const EVENTS: u64 = 900;
+    let server = TestServer::with(|c| c.history_size = 1000).await;
+    let (a, b) = ("channel:flow-a", "channel:flow-b");
+    let query = format!("channel={a}&channel={b}");
+    let mut sub = server.client(Proto::H2c);
+    let mut stream = sub.subscribe(&query, &[]).await;
+    let mut publisher = server.client(Proto::H2c);
+    let (progress, mut published) = tokio::sync::watch::channel(0);
+    let publishing = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        for n in (1..=EVENTS).step_by(10) {
+            accepted.extend(support::publish_mixed(&mut publisher, a, b, n..=n + 9).await);
+            progress.send_replace(n + 9);
+        }
+        accepted
+    });
+    let mut delivered = Vec::new();
+    // Every 100 events, leave, let 50 more be published, and resume while more keep coming.
+    for cut in (100..EVENTS as usize).step_by(100) {
+        let last = stream.read_ids(&mut delivered, cut).await;
+        drop(stream);
+        let missed = (cut as u64 + 50).min(EVENTS);
+        support::within("the publisher", published.wait_for(|&n| n >= missed)).await.unwrap_or_else(|e| panic!("{e}"));
+        stream = sub.subscribe(&query, &[("last-event-id", &last)]).await;
+    }
+    let mut accepted = publishing.await.unwrap_or_else(|e| panic!("publisher: {e}"));
+    support::read_to_the_end(&mut stream, &mut sub, (a, b), &mut accepted, &mut delivered).await;
+    support::assert_exactly_once_in_order("resumes during a flood", &accepted, &delivered);
+}

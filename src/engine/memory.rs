@@ -226,6 +226,24 @@ impl MemoryEngine {
             g.fold_chunk(chunk, event, pos, now, self.stream_ttls(ch));
         }
     }
+
+    /// One channel's history after `after` (or its head alone), from its log, whose lock the
+    /// caller holds.
+    fn read(&self, log: &mut Log, channel: &ChannelName, after: Option<Position>, now: u64) -> HistoryRead {
+        log.trim(self.limits(channel), now);
+        let head = log.last;
+        let events = match after {
+            None => Ok(Vec::new()),
+            Some(p) if p > head => Err(GapReason::UnknownPosition),
+            Some(p) if p < log.covered_after => Err(GapReason::HistoryExpired),
+            Some(p) => {
+                let from = log.positions.partition_point(|q| *q <= p);
+                Ok(log.entries.range(from..).cloned().collect())
+            }
+        };
+        let streams = log.snapshots(channel, now);
+        HistoryRead { head, events, streams }
+    }
 }
 
 impl Engine for MemoryEngine {
@@ -244,21 +262,31 @@ impl Engine for MemoryEngine {
         after: Option<Position>,
     ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
         let log = self.log(channel);
-        let mut log = lock(&log);
+        let read = self.read(&mut lock(&log), channel, after, now_ms());
+        Box::pin(async move { Ok(read) })
+    }
+
+    /// Reads every channel under all their logs' locks, taken in name order as a publish
+    /// takes them: no publish falls between two of the reads.
+    fn histories<'a>(
+        &'a self,
+        reads: &'a [(ChannelName, Option<Position>)],
+    ) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        let mut names: Vec<&ChannelName> = reads.iter().map(|(c, _)| c).collect();
+        names.sort();
+        names.dedup();
+        let logs: Vec<Arc<Mutex<Log>>> = names.iter().map(|c| self.log(c)).collect();
+        let mut guards: Vec<MutexGuard<'_, Log>> = logs.iter().map(|l| lock(l)).collect();
         let now = now_ms();
-        log.trim(self.limits(channel), now);
-        let head = log.last;
-        let events = match after {
-            None => Ok(Vec::new()),
-            Some(p) if p > head => Err(GapReason::UnknownPosition),
-            Some(p) if p < log.covered_after => Err(GapReason::HistoryExpired),
-            Some(p) => {
-                let from = log.positions.partition_point(|q| *q <= p);
-                Ok(log.entries.range(from..).cloned().collect())
-            }
-        };
-        let streams = log.snapshots(channel, now);
-        Box::pin(async move { Ok(HistoryRead { head, events, streams }) })
+        let out: Vec<HistoryRead> = reads
+            .iter()
+            .filter_map(|(channel, after)| {
+                let g = guards.get_mut(names.binary_search(&channel).ok()?)?;
+                Some(self.read(g, channel, *after, now))
+            })
+            .collect();
+        drop(guards);
+        Box::pin(async move { Ok(out) })
     }
 
     fn watch<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {

@@ -11,6 +11,7 @@
 //! [`NodeCommand`] on the node that holds a connection.
 
 pub mod memory;
+pub(crate) mod merge;
 pub mod redis;
 
 use std::future::Future;
@@ -167,6 +168,24 @@ pub trait Engine: Send + Sync + 'static {
         channel: &'a ChannelName,
         after: Option<Position>,
     ) -> BoxFuture<'a, Result<HistoryRead, EngineError>>;
+
+    /// [`Engine::history`] of several channels (each after its own position), read at one
+    /// instant where the engine can: then an event published to several of them is in all of
+    /// their lists or in none, which a resume needs to write each event once and in every
+    /// channel's order. The default reads one channel after another (say so in the engine's
+    /// documentation if it keeps it).
+    fn histories<'a>(
+        &'a self,
+        reads: &'a [(ChannelName, Option<Position>)],
+    ) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(reads.len());
+            for (channel, after) in reads {
+                out.push(self.history(channel, *after).await?);
+            }
+            Ok(out)
+        })
+    }
 
     /// Makes sure this node receives live events of `channels` before it resolves.
     fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>>;

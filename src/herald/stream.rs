@@ -4,7 +4,6 @@
 //! The same steps serve an SSE stream ([`Herald::open_stream`]) and a connection for
 //! another transport ([`Herald::connect`]); only the output differs ([`Emit`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,8 +13,8 @@ use super::{Herald, SubscribeError};
 use crate::auth::Principal;
 use crate::channel::ChannelName;
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
-use crate::engine::{AiSnapshot, GapReason};
-use crate::event::{Published, fields_match};
+use crate::engine::{AiSnapshot, GapReason, merge};
+use crate::event::fields_match;
 use crate::hub::connection::{ConnShared, Connection, Emit, KillSwitch, MessageOut, SseBody, SseOut, StreamCore};
 use crate::hub::{ConnLimits, Refused};
 
@@ -128,8 +127,8 @@ impl Herald {
         let parsed = req.last_event_id.as_deref().map(LastEventId::parse);
         let mut cursor = Cursor::at_start(channels.len());
         let mut gaps: Vec<(usize, &'static str)> = Vec::new();
-        let mut missed: Vec<(Position, usize, Arc<Published>)> = Vec::new();
-        let mut snapshots: Vec<AiSnapshot> = Vec::new();
+        let mut resumes: Vec<(usize, Resume)> = Vec::with_capacity(channels.len());
+        let mut reads: Vec<(ChannelName, Option<Position>)> = Vec::with_capacity(channels.len());
         for (i, ch) in channels.iter().enumerate() {
             if ch.is_pattern() {
                 if parsed.is_some() {
@@ -146,22 +145,27 @@ impl Herald {
                 Resume::From(p) => Some(p),
                 Resume::Fresh | Resume::Unknown => None,
             };
-            let read = self.engine().history(ch, after).await?;
+            resumes.push((i, resume));
+            reads.push((ch.clone(), after));
+        }
+        // All channels at one instant, so that an event on several of them is in every one
+        // of their lists or in none (see `write_replay`).
+        let read = self.engine().histories(&reads).await?;
+        let mut missed: Vec<merge::List> = vec![merge::List::new(); channels.len()];
+        let mut behind: Vec<Vec<String>> = vec![Vec::new(); channels.len()];
+        let mut snapshots: Vec<AiSnapshot> = Vec::new();
+        for ((i, resume), read) in resumes.into_iter().zip(read) {
+            let ch = channels[i].as_str();
             cursor.positions[i] = read.head;
             match (resume, read.events) {
                 (Resume::From(p), Ok(events)) => {
                     cursor.positions[i] = p;
                     // Streams the client saw all of need no snapshot; for the others, the
                     // snapshot stands for every missed chunk.
-                    let behind: Vec<AiSnapshot> = read.streams.into_iter().filter(|s| s.last > p).collect();
-                    for ev in events {
-                        if ev.ai_stream_id().is_some_and(|sid| behind.iter().any(|s| s.stream_id == sid)) {
-                            continue;
-                        }
-                        let pos = ev.copy_on(ch.as_str()).map_or(read.head, |c| c.position);
-                        missed.push((pos, i, ev));
-                    }
-                    snapshots.extend(behind);
+                    let streams: Vec<AiSnapshot> = read.streams.into_iter().filter(|s| s.last > p).collect();
+                    behind[i] = streams.iter().map(|s| s.stream_id.clone()).collect();
+                    missed[i] = events.into_iter().filter_map(|ev| Some((ev.copy_on(ch)?.position, ev))).collect();
+                    snapshots.extend(streams);
                 }
                 (Resume::Fresh, Ok(_)) => snapshots.extend(read.streams),
                 (Resume::Unknown, Ok(_)) => {
@@ -174,6 +178,7 @@ impl Herald {
                 }
             }
         }
+        gaps.sort_by_key(|(i, _)| *i);
 
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let connected = json!({
@@ -196,7 +201,7 @@ impl Herald {
             out.notice("reset", &id, reset.to_string().as_bytes());
         }
         let filters = shared.filters.clone();
-        write_replay(out, &channels, &mut cursor, missed, &filters);
+        write_replay(out, &channels, &mut cursor, missed, &behind, &filters);
         write_snapshots(out, &cursor.encode(&channels), snapshots, &filters);
         core.set_cursor(cursor);
         self.announce_arrival(&shared, &channels).await;
@@ -204,35 +209,43 @@ impl Herald {
     }
 }
 
-/// Writes missed events in position order, each once, with the cursor after it as its id.
+/// Writes the missed events of each channel (`missed[i]`, in channel `i`'s order) merged so
+/// that every channel's events come in that channel's order, and an event on several of the
+/// connection's channels comes once, where it is in order on all of them ([`merge`]). Each
+/// event's id is the cursor after it: a channel's position moves only over events of that
+/// channel that were written (or passed over, see below), so a client resuming from any of
+/// these ids misses nothing and gets nothing twice.
+///
+/// AI-stream chunks that a snapshot stands for (`behind[i]`, the streams of channel `i` the
+/// client is behind on) and events the filters refuse are passed over: the cursor moves over
+/// them, nothing is written.
 fn write_replay(
     out: &mut impl Emit,
     channels: &[ChannelName],
     cursor: &mut Cursor,
-    mut missed: Vec<(Position, usize, Arc<Published>)>,
+    missed: Vec<merge::List>,
+    behind: &[Vec<String>],
     filters: &[(String, String)],
 ) {
-    missed.sort_by_key(|m| (m.0, m.1));
-    // An event on several of the connection's channels appears once per channel (and, from
-    // some engines, as separate copies): advance every one of those channels together.
-    let mut by_id: HashMap<Arc<str>, Vec<(usize, Position)>> = HashMap::new();
-    for (pos, i, ev) in &missed {
-        by_id.entry(ev.id.clone()).or_default().push((*i, *pos));
-    }
     let mut id = String::new();
-    for (_, i, ev) in missed {
-        let Some(at) = by_id.remove(&ev.id) else {
-            continue;
-        };
-        for (j, pos) in at {
-            if pos > cursor.positions[j] {
-                cursor.positions[j] = pos;
+    for step in merge::merge(missed) {
+        for t in &step.taken {
+            if t.position > cursor.positions[t.list] {
+                cursor.positions[t.list] = t.position;
             }
         }
-        let Some(copy) = ev.copy_on(channels[i].as_str()) else {
+        // Taken in head order; write the copy of the connection's first channel among them.
+        let Some(t) = step.taken.iter().filter(|_| step.first).min_by_key(|t| t.list) else {
             continue;
         };
-        if !filters.is_empty() && !ev.matches_on(copy, filters) {
+        let ev = &t.event;
+        let snapshotted = ev.ai_stream_id().is_some_and(|sid| {
+            step.taken.iter().any(|t| behind.get(t.list).is_some_and(|b| b.iter().any(|s| s == sid)))
+        });
+        let Some(copy) = ev.copy_on(channels[t.list].as_str()) else {
+            continue;
+        };
+        if snapshotted || (!filters.is_empty() && !ev.matches_on(copy, filters)) {
             continue;
         }
         if channels.len() == 1 {
@@ -256,5 +269,64 @@ pub(super) fn write_snapshots(out: &mut impl Emit, id: &str, snapshots: Vec<AiSn
             }
         }
         out.notice(crate::event::AI_CHUNK_TYPE, id, snap.json.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Copy, Published};
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn event(id: &str, at: &[(&ChannelName, u64)]) -> Arc<Published> {
+        let copies = at.iter().map(|(c, ms)| Copy::new((*c).clone(), Position::new(*ms, 0), "t", b"{}")).collect();
+        Arc::new(Published::new(Arc::from(id), Arc::from("t"), copies, at.len() as u16))
+    }
+
+    fn cursor(ms: &[u64]) -> Cursor {
+        Cursor { positions: ms.iter().map(|&m| Position::new(m, 0)).collect() }
+    }
+
+    #[test]
+    fn a_replayed_events_id_moves_each_channel_only_over_what_was_written_on_it() {
+        let channels = [ch("channel:a"), ch("channel:b")];
+        let (a, b) = (&channels[0], &channels[1]);
+        // Crossed writes (a cluster): `x` before `y` on a, `y` before `x` on b.
+        let (x, y) = (event("x", &[(a, 10), (b, 21)]), event("y", &[(a, 11), (b, 20)]));
+        let z = event("z", &[(b, 22)]);
+        let mut missed = vec![merge::List::new(), merge::List::new()];
+        missed[0].extend([(Position::new(10, 0), Arc::clone(&x)), (Position::new(11, 0), Arc::clone(&y))]);
+        missed[1].extend([(Position::new(20, 0), y), (Position::new(21, 0), x), (Position::new(22, 0), z)]);
+        let mut out = MessageOut::default();
+        let mut at = cursor(&[1, 1]);
+        write_replay(&mut out, &channels, &mut at, missed, &[Vec::new(), Vec::new()], &[]);
+        let ids: Vec<String> = out.queue.iter().map(|m| m.id.clone()).collect();
+        let expected = [
+            // `x` is written first, but b's position stays before `y`, still unwritten there.
+            cursor(&[10, 1]),
+            cursor(&[11, 20]),
+            // `z` comes after `x`'s copy on b was passed over.
+            cursor(&[11, 22]),
+        ];
+        assert_eq!(ids, expected.iter().map(|c| c.encode(&channels)).collect::<Vec<_>>());
+        assert_eq!(at, cursor(&[11, 22]), "the live part starts after everything replayed");
+    }
+
+    #[test]
+    fn filtered_events_are_passed_over_so_the_cursor_covers_them() {
+        let channels = [ch("channel:a"), ch("channel:b")];
+        let both = event("both", &[(&channels[0], 5), (&channels[1], 7)]);
+        let mut missed = vec![merge::List::new(), merge::List::new()];
+        missed[0].push_back((Position::new(5, 0), Arc::clone(&both)));
+        missed[1].push_back((Position::new(7, 0), both));
+        let mut out = MessageOut::default();
+        let mut at = cursor(&[1, 1]);
+        let filters = [("kind".to_owned(), "none".to_owned())];
+        write_replay(&mut out, &channels, &mut at, missed, &[Vec::new(), Vec::new()], &filters);
+        assert!(out.queue.is_empty());
+        assert_eq!(at, cursor(&[5, 7]));
     }
 }

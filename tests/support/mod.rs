@@ -445,6 +445,19 @@ impl SseStream {
         last
     }
 
+    /// Reads events, pushing each one's event id to `delivered`, until it holds `count`;
+    /// returns the SSE id of the last one read. A `reset` fails the test.
+    pub async fn read_ids(&mut self, delivered: &mut Vec<String>, count: usize) -> String {
+        let mut last = String::new();
+        while delivered.len() < count {
+            let ev = self.expect().await;
+            assert_ne!(ev.data["type"], "reset", "history must cover it: {:?}", ev.data);
+            delivered.push(ev.data["id"].as_str().unwrap_or_default().to_owned());
+            last = ev.id;
+        }
+        last
+    }
+
     /// Waits for the server to end the stream, returning the events before the end.
     pub async fn until_end(&mut self) -> Vec<SseEvent> {
         let mut events = Vec::new();
@@ -793,4 +806,115 @@ pub async fn stalled_subscriber(addr: SocketAddr, query: &str) -> TcpStream {
         head.extend_from_slice(&buf[..n]);
     }
     stalled
+}
+
+/// The channels of event `n` in the mixed pattern of the ordering tests: every 5th to both
+/// `a` and `b`, every 7th (not a 5th) to `b` alone, the rest to `a` alone.
+pub fn mixed_channels(n: u64, a: &str, b: &str) -> Vec<String> {
+    if n.is_multiple_of(5) {
+        vec![a.to_owned(), b.to_owned()]
+    } else if n.is_multiple_of(7) {
+        vec![b.to_owned()]
+    } else {
+        vec![a.to_owned()]
+    }
+}
+
+/// One event a publisher got accepted: its id and its channels.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub id: String,
+    pub channels: Vec<String>,
+}
+
+/// Publishes `ns` in the mixed pattern ([`mixed_channels`]) in batches of up to 50 (so many
+/// events share a millisecond, and positions of different channels interleave), and returns
+/// what was accepted, in order.
+pub async fn publish_mixed(client: &mut Client, a: &str, b: &str, ns: std::ops::RangeInclusive<u64>) -> Vec<Accepted> {
+    let ns: Vec<u64> = ns.collect();
+    let mut accepted = Vec::new();
+    for batch in ns.chunks(50) {
+        let events: Vec<(u64, Vec<String>)> = batch.iter().map(|&n| (n, mixed_channels(n, a, b))).collect();
+        let body: Vec<Value> = events
+            .iter()
+            .map(|(n, channels)| serde_json::json!({"channels": channels, "type": "update", "n": n}))
+            .collect();
+        let answer = client.publish(&Value::Array(body)).await;
+        let ids = answer["ids"].as_array().cloned().unwrap_or_default();
+        assert_eq!(ids.len(), events.len(), "{answer}");
+        for (id, (_, channels)) in ids.iter().zip(events) {
+            accepted.push(Accepted { id: id.as_str().unwrap_or_default().to_owned(), channels });
+        }
+    }
+    accepted
+}
+
+/// Publishes one last event to both channels and reads `stream` until it: whatever was
+/// going to be written twice is written before it.
+pub async fn read_to_the_end(
+    stream: &mut SseStream,
+    publisher: &mut Client,
+    (a, b): (&str, &str),
+    accepted: &mut Vec<Accepted>,
+    delivered: &mut Vec<String>,
+) {
+    accepted.extend(publish_mixed(publisher, a, b, 10_000..=10_000).await);
+    let end = accepted.last().map(|e| e.id.clone()).unwrap_or_default();
+    while delivered.last() != Some(&end) {
+        let next = delivered.len() + 1;
+        stream.read_ids(delivered, next).await;
+    }
+}
+
+/// What a stream received, checked against what was accepted (by one publisher, one event
+/// after another, so the order of acceptance is every channel's order): every accepted event
+/// exactly once, each channel's events in that channel's order, nothing unknown. Returns one
+/// line per fault; empty when there is none.
+pub fn delivery_faults(accepted: &[Accepted], delivered: &[String]) -> Vec<String> {
+    use std::collections::HashMap;
+    let index: HashMap<&str, usize> = accepted.iter().enumerate().map(|(i, a)| (a.id.as_str(), i)).collect();
+    let mut faults = Vec::new();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    // The last accepted index written on each channel.
+    let mut last_on: HashMap<&str, usize> = HashMap::new();
+    for id in delivered {
+        let Some(&i) = index.get(id.as_str()) else {
+            faults.push(format!("unknown event {id}"));
+            continue;
+        };
+        let seen = count.entry(id.as_str()).or_default();
+        *seen += 1;
+        if *seen > 1 {
+            faults.push(format!("duplicate: event #{i} ({id}) written {} times", *seen));
+            continue;
+        }
+        for ch in &accepted[i].channels {
+            if let Some(&prev) = last_on.get(ch.as_str())
+                && prev > i
+            {
+                faults.push(format!("inversion on {ch}: event #{i} written after #{prev}"));
+            }
+            let last = last_on.entry(ch.as_str()).or_insert(i);
+            *last = (*last).max(i);
+        }
+    }
+    for (i, a) in accepted.iter().enumerate() {
+        if !count.contains_key(a.id.as_str()) {
+            faults.push(format!("lost: event #{i} ({})", a.id));
+        }
+    }
+    faults
+}
+
+/// Fails the test with the faults [`delivery_faults`] finds, counted by kind.
+pub fn assert_exactly_once_in_order(what: &str, accepted: &[Accepted], delivered: &[String]) {
+    let faults = delivery_faults(accepted, delivered);
+    if faults.is_empty() {
+        return;
+    }
+    let kinds = ["duplicate", "inversion", "lost", "unknown"];
+    let counts: Vec<String> =
+        kinds.iter().map(|k| format!("{k}: {}", faults.iter().filter(|f| f.starts_with(k)).count())).collect();
+    let shown: Vec<&String> = faults.iter().take(20).collect();
+    panic!("{what}: {} of {} accepted events, {}\n{shown:#?}", delivered.len(), accepted.len(), counts.join(", "));
 }

@@ -33,6 +33,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::merge;
 use super::{
     AiSnapshot, BoxFuture, CommandHandler, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply,
     PresenceEntry, PublishAck,
@@ -114,34 +115,43 @@ end
 return sids
 ";
 
+/// Reads the history of one or more channels at one instant (three keys and three arguments
+/// per channel: after, count, age limit); one reply per channel, in order.
 const HISTORY_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
--- The channel's AI streams, read with the head so that the two agree.
-local streams = {}
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  for _, sid in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-    local meta = KEYS[3] .. ':' .. sid
-    local m = redis.call('HMGET', meta, 'last', 'id', 'body')
-    local text = redis.call('GET', meta .. ':text')
-    if m[1] and m[2] and m[3] and text then streams[#streams + 1] = {sid, m[1], m[2], m[3], text} end
+local function read(stream, floor_key, ai, after, count, ttl)
+  -- The channel's AI streams, read with the head so that the two agree.
+  local streams = {}
+  if redis.call('EXISTS', ai) == 1 then
+    redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
+    for _, sid in ipairs(redis.call('ZRANGE', ai, 0, -1)) do
+      local meta = ai .. ':' .. sid
+      local m = redis.call('HMGET', meta, 'last', 'id', 'body')
+      local text = redis.call('GET', meta .. ':text')
+      if m[1] and m[2] and m[3] and text then streams[#streams + 1] = {sid, m[1], m[2], m[3], text} end
+    end
   end
+  if redis.call('EXISTS', stream) == 0 then
+    local here = tostring(now) .. '-0'
+    return {here, tostring(math.max(now - ttl, 0)) .. '-0', '0-0', {}, streams}
+  end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  local head, deleted = '0-0', '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then head = info[i + 1] end
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+  local floor = redis.call('GET', floor_key) or '0-0'
+  if after == '' then return {head, floor, deleted, {}, streams} end
+  return {head, floor, deleted, redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', count), streams}
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local here = tostring(now) .. '-0'
-  return {here, tostring(math.max(now - ttl, 0)) .. '-0', '0-0', {}, streams}
+local out = {}
+for i = 1, #KEYS / 3 do
+  local k, a = 3 * i - 2, 3 * i - 2
+  out[i] = read(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]))
 end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local head, deleted = '0-0', '0-0'
-for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' then head = info[i + 1] end
-  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
-end
-local floor = redis.call('GET', KEYS[2]) or '0-0'
-if ARGV[1] == '' then return {head, floor, deleted, {}, streams} end
-return {head, floor, deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2]), streams}
+return out
 ";
 
 /// Takes a connection slot of a user if fewer than the limit are held. KEYS[1] is the
@@ -457,31 +467,56 @@ impl RedisEngine {
     }
 
     async fn read(&self, channel: &ChannelName, after: Option<Position>) -> Result<HistoryRead, EngineError> {
-        let (size, ttl) = self.limits(channel);
-        let mut conn = self.conn.clone();
-        let after_arg = after.map(Position::to_stream_id).unwrap_or_default();
-        let reply: Value = self
-            .history_script
-            .key(self.stream_key(channel))
-            .key(self.floor_key(channel))
-            .key(self.streams_key(channel))
-            .arg(after_arg)
-            .arg(size.max(1))
-            .arg(ttl)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let (head, floor, entries, streams) =
-            parse_history(channel, &reply).ok_or_else(|| unavailable("unexpected history reply"))?;
-        let events = match after {
-            None => Ok(Vec::new()),
-            Some(p) if p > head => Err(GapReason::UnknownPosition),
-            Some(p) if p < floor => Err(GapReason::HistoryExpired),
-            Some(_) => {
-                Ok(entries.into_iter().filter_map(|(pos, fields)| stored_event(channel, pos, &fields)).collect())
+        let mut reads = self.read_many(&[(channel.clone(), after)]).await?;
+        reads.pop().ok_or_else(|| unavailable("unexpected history reply"))
+    }
+
+    /// Reads channels' histories with one script, at one instant; on a cluster, where a
+    /// script reaches one slot, one channel after another.
+    async fn read_many(&self, reads: &[(ChannelName, Option<Position>)]) -> Result<Vec<HistoryRead>, EngineError> {
+        if self.is_cluster() && reads.len() > 1 {
+            let mut out = Vec::with_capacity(reads.len());
+            for one in reads {
+                out.extend(self.read_script(std::slice::from_ref(one)).await?);
             }
-        };
-        Ok(HistoryRead { head, events, streams })
+            return Ok(out);
+        }
+        self.read_script(reads).await
+    }
+
+    /// One run of the history script for `reads`, whose keys must all be in one slot on a
+    /// cluster.
+    async fn read_script(&self, reads: &[(ChannelName, Option<Position>)]) -> Result<Vec<HistoryRead>, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.history_script.prepare_invoke();
+        for (channel, after) in reads {
+            let (size, ttl) = self.limits(channel);
+            inv.key(self.stream_key(channel)).key(self.floor_key(channel)).key(self.streams_key(channel));
+            inv.arg(after.map(Position::to_stream_id).unwrap_or_default()).arg(size.max(1)).arg(ttl);
+        }
+        let reply: Value = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let Value::Array(replies) = reply else { return Err(unavailable("unexpected history reply")) };
+        if replies.len() != reads.len() {
+            return Err(unavailable("unexpected history reply"));
+        }
+        reads
+            .iter()
+            .zip(&replies)
+            .map(|((channel, after), reply)| {
+                let (head, floor, entries, streams) =
+                    parse_history(channel, reply).ok_or_else(|| unavailable("unexpected history reply"))?;
+                let events = match *after {
+                    None => Ok(Vec::new()),
+                    Some(p) if p > head => Err(GapReason::UnknownPosition),
+                    Some(p) if p < floor => Err(GapReason::HistoryExpired),
+                    Some(_) => Ok(entries
+                        .into_iter()
+                        .filter_map(|(pos, fields)| stored_event(channel, pos, &fields))
+                        .collect()),
+                };
+                Ok(HistoryRead { head, events, streams })
+            })
+            .collect()
     }
 
     /// Moves a watched channel's catch-up point forward. Channels the node does not watch
@@ -529,23 +564,29 @@ impl RedisEngine {
         Some(Arc::new(Published::new(Arc::from(id), Arc::from(etype), copies, fanout)))
     }
 
-    /// After a reconnect: delivers what each watched channel got since its last delivered event.
+    /// After a reconnect: delivers what the watched channels got since the last event
+    /// delivered on each. They are read at one instant (one script; on a cluster, channel by
+    /// channel) and merged ([`merge`]), so that each channel's events go in that channel's
+    /// order and an event on several of them goes once, with its copies on all of them: a
+    /// stream following several channels must not get it once per channel, out of order.
     async fn catch_up(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        for ch in channels.iter().filter(|c| !c.is_pattern()) {
-            let from = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner).get(ch).copied();
-            let Some(from) = from else { continue };
-            let read = self.read(ch, Some(from)).await?;
+        let reads: Vec<(ChannelName, Option<Position>)> = {
+            let seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+            channels.iter().filter_map(|c| Some((c.clone(), Some(*seen.get(c)?)))).collect()
+        };
+        if reads.is_empty() {
+            return Ok(());
+        }
+        let mut lists = Vec::with_capacity(reads.len());
+        for ((ch, _), read) in reads.iter().zip(self.read_many(&reads).await?) {
             match read.events {
                 Ok(events) => {
                     if !events.is_empty() {
                         tracing::info!(channel = %ch, events = events.len(), "delivering events published during the outage");
                     }
-                    for ev in events {
-                        if let Some(pos) = ev.copy_on(ch.as_str()).map(|c| c.position) {
-                            self.note_seen(ch, pos);
-                        }
-                        self.hub.deliver(&ev);
-                    }
+                    lists.push(
+                        events.into_iter().filter_map(|ev| Some((ev.copy_on(ch.as_str())?.position, ev))).collect(),
+                    );
                 }
                 Err(_) => {
                     // Events were missed and cannot be replayed here: close the channel's
@@ -553,7 +594,19 @@ impl RedisEngine {
                     let closed = self.hub.disconnect_channel(ch);
                     tracing::warn!(channel = %ch, closed, "history no longer covers the outage; streams closed to resync");
                     self.note_seen(ch, read.head);
+                    lists.push(merge::List::new());
                 }
+            }
+        }
+        for step in merge::merge(lists) {
+            for t in &step.taken {
+                self.note_seen(&reads[t.list].0, t.position);
+            }
+            // Not first: a copy of an event whose writes crossed another's (a cluster). Its
+            // channel's subscribers still need it; the others drop it as a repeat.
+            let event = if step.first { step.joined() } else { step.taken.first().map(|t| Arc::clone(&t.event)) };
+            if let Some(event) = event {
+                self.hub.deliver(&event);
             }
         }
         Ok(())
@@ -1005,6 +1058,14 @@ impl Engine for RedisEngine {
         after: Option<Position>,
     ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
         Box::pin(self.read(channel, after))
+    }
+
+    /// One script for every channel on a single Redis; one channel after another on a cluster.
+    fn histories<'a>(
+        &'a self,
+        reads: &'a [(ChannelName, Option<Position>)],
+    ) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        Box::pin(self.read_many(reads))
     }
 
     fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {
