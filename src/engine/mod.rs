@@ -172,8 +172,8 @@ pub trait Engine: Send + Sync + 'static {
     /// [`Engine::history`] of several channels (each after its own position), read at one
     /// instant where the engine can: then an event published to several of them is in all of
     /// their lists or in none, which a resume needs to write each event once and in every
-    /// channel's order. The default reads one channel after another (say so in the engine's
-    /// documentation if it keeps it).
+    /// channel's order. The default reads one channel after another, which is not one
+    /// instant: an engine that can read them together overrides it.
     fn histories<'a>(
         &'a self,
         reads: &'a [(ChannelName, Option<Position>)],

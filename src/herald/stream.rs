@@ -201,9 +201,12 @@ impl Herald {
             out.notice("reset", &id, reset.to_string().as_bytes());
         }
         let filters = shared.filters.clone();
-        write_replay(out, &channels, &mut cursor, missed, &behind, &filters);
+        let split = write_replay(out, &channels, &mut cursor, missed, &behind, &filters);
         write_snapshots(out, &cursor.encode(&channels), snapshots, &filters);
         core.set_cursor(cursor);
+        for id in split {
+            core.remember_split(id);
+        }
         self.announce_arrival(&shared, &channels).await;
         Ok(core)
     }
@@ -219,6 +222,11 @@ impl Herald {
 /// AI-stream chunks that a snapshot stands for (`behind[i]`, the streams of channel `i` the
 /// client is behind on) and events the filters refuse are passed over: the cursor moves over
 /// them, nothing is written.
+///
+/// Returns the ids of the events taken (written or passed over) that are on more channels
+/// than they were read from: on Redis Cluster, where channels are read one after another,
+/// their copies on the other channels may still come through the queue, one at a time, and
+/// are repeats.
 fn write_replay(
     out: &mut impl Emit,
     channels: &[ChannelName],
@@ -226,8 +234,9 @@ fn write_replay(
     missed: Vec<merge::List>,
     behind: &[Vec<String>],
     filters: &[(String, String)],
-) {
+) -> Vec<Arc<str>> {
     let mut id = String::new();
+    let mut split = Vec::new();
     for step in merge::merge(missed) {
         for t in &step.taken {
             if t.position > cursor.positions[t.list] {
@@ -239,6 +248,9 @@ fn write_replay(
             continue;
         };
         let ev = &t.event;
+        if channels.len() > 1 && usize::from(ev.fanout) > step.taken.len() {
+            split.push(Arc::clone(&ev.id));
+        }
         let snapshotted = ev.ai_stream_id().is_some_and(|sid| {
             step.taken.iter().any(|t| behind.get(t.list).is_some_and(|b| b.iter().any(|s| s == sid)))
         });
@@ -256,6 +268,7 @@ fn write_replay(
             out.event(&ev.event_type, copy, Some(&id));
         }
     }
+    split
 }
 
 /// Writes AI-stream snapshots (each an `ai_chat_chunk` marked `snapshot`) that pass the
@@ -302,7 +315,9 @@ mod tests {
         missed[1].extend([(Position::new(20, 0), y), (Position::new(21, 0), x), (Position::new(22, 0), z)]);
         let mut out = MessageOut::default();
         let mut at = cursor(&[1, 1]);
-        write_replay(&mut out, &channels, &mut at, missed, &[Vec::new(), Vec::new()], &[]);
+        let split = write_replay(&mut out, &channels, &mut at, missed, &[Vec::new(), Vec::new()], &[]);
+        // `x` was taken from a alone when it was written: its copy on b may still come live.
+        assert_eq!(split, [Arc::from("x")]);
         let ids: Vec<String> = out.queue.iter().map(|m| m.id.clone()).collect();
         let expected = [
             // `x` is written first, but b's position stays before `y`, still unwritten there.

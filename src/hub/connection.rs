@@ -376,12 +376,19 @@ impl StreamCore {
             if self.recent_split.contains(&event.id) {
                 return None;
             }
-            if self.recent_split.len() == RECENT_SPLIT {
-                self.recent_split.pop_front();
-            }
-            self.recent_split.push_back(Arc::clone(&event.id));
+            self.remember_split(Arc::clone(&event.id));
         }
         first
+    }
+
+    /// Remembers an event written to the connection whose other channels' copies may still
+    /// come one at a time (a live copy, or one replayed from history), so that those copies
+    /// are dropped as repeats. Only the last [`RECENT_SPLIT`] are kept.
+    pub(crate) fn remember_split(&mut self, id: Arc<str>) {
+        if self.recent_split.len() == RECENT_SPLIT {
+            self.recent_split.pop_front();
+        }
+        self.recent_split.push_back(id);
     }
 
     fn emit_event(&mut self, out: &mut impl Emit, event: &Published, ci: usize) {
@@ -761,6 +768,25 @@ mod tests {
         assert!(!one.channels.spilled() && !one.cursor.positions.spilled(), "no allocation of their own");
         let two = core(&["channel:lobby", "channel:news"]);
         assert_eq!((two.channels.len(), two.cursor.positions.len()), (2, 2));
+    }
+
+    #[test]
+    fn a_copy_of_an_event_the_replay_wrote_through_another_channel_is_dropped_as_a_repeat() {
+        // Redis Cluster: each channel's copy of an event comes on its own, with its own
+        // position only; the replay wrote `x` from channel a, and b's copy comes live.
+        let hub = Arc::new(Hub::new());
+        let (a, b) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:b"));
+        let (Ok(a), Ok(b)) = (a, b) else { panic!("channel names") };
+        let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+        let mut core = StreamCore::new(shared, Arc::clone(&hub), &[a, b.clone()]);
+        let copy_on_b = |id: &str, ms: u64| {
+            let copy = Copy::new(b.clone(), Position::new(ms, 0), "t", b"{}");
+            Published::new(Arc::from(id), Arc::from("t"), vec![copy], 2)
+        };
+        core.remember_split(Arc::from("x"));
+        assert_eq!(core.advance(&copy_on_b("x", 5)), None, "written once already");
+        assert_eq!(core.cursor.positions[1], Position::new(5, 0), "b's position moves over it");
+        assert_eq!(core.advance(&copy_on_b("y", 6)), Some(0), "another event is written");
     }
 
     #[test]
