@@ -78,6 +78,16 @@ struct Count {
 
 /// Merges `lists` (each in its channel's order) into steps; see the module docs.
 pub(crate) fn merge(mut lists: Vec<List>) -> Vec<Step> {
+    if lists.iter().filter(|l| !l.is_empty()).count() <= 1 {
+        // One channel with missed events (the usual resume): its order is the order.
+        let one = lists.into_iter().enumerate().flat_map(|(list, l)| {
+            l.into_iter().map(move |(position, event)| Step {
+                first: true,
+                taken: smallvec::smallvec![Taken { list, position, event }],
+            })
+        });
+        return one.collect();
+    }
     let mut counts: HashMap<Arc<str>, Count> = HashMap::new();
     let mut len = 0;
     for (_, ev) in lists.iter().flatten() {
@@ -177,6 +187,14 @@ mod tests {
         let x = &steps[1];
         assert_eq!(x.taken.len(), 2, "`x` is taken from both channels at once");
         assert!(steps.iter().all(|s| s.first), "nothing is passed over when the writes were atomic");
+    }
+
+    #[test]
+    fn one_list_is_taken_as_it_is() {
+        let events = [event("a", &[(1, 5)]), event("b", &[(1, 9)])];
+        let steps = merge(lists(2, &events));
+        assert_eq!(written(&steps), ["a", "b"]);
+        assert!(steps.iter().all(|s| s.taken.len() == 1 && s.taken[0].list == 1));
     }
 
     #[test]
