@@ -173,18 +173,18 @@ impl Herald {
             return refused("invalid_channel", "not a channel of this node's configuration");
         };
         let max = self.config().max_channels_per_connection;
-        let (conn, slot, activated) = match self.hub().join(connection, &channel, max) {
+        let (conn, slot) = match self.hub().join(connection, &channel, max) {
             Ok(Joined::Already) => return NodeReply::Done,
-            Ok(Joined::Added { conn, slot, activated }) => (conn, slot, activated),
+            Ok(Joined::Added { conn, slot }) => (conn, slot),
             Err(NotJoined::NoConnection) => return NodeReply::NotHere,
             Err(NotJoined::TooManyChannels) => {
                 return refused("too_many_channels", "the connection follows too many channels");
             }
         };
         let start = async {
-            if activated {
-                self.engine().watch(std::slice::from_ref(&channel)).await?;
-            }
+            // Even when another connection follows it already: its SUBSCRIBE may still be
+            // in flight (see `open_stream`).
+            self.engine().watch(std::slice::from_ref(&channel)).await?;
             self.engine().history(&channel, None).await
         };
         match start.await {

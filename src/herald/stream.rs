@@ -112,7 +112,7 @@ impl Herald {
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         // Registered before history is read, so nothing published in between is missed;
         // what is both replayed and queued is dropped by the cursor.
-        let activated = hub.register(Arc::clone(&shared), &mut channels, limits).map_err(|r| match r {
+        hub.register(Arc::clone(&shared), &mut channels, limits).map_err(|r| match r {
             Refused::AtCapacity => SubscribeError::AtCapacity,
             Refused::UserLimit => SubscribeError::UserLimit { limit: cfg.max_connections_per_user },
         })?;
@@ -129,7 +129,11 @@ impl Herald {
                 return Err(SubscribeError::UserLimit { limit: cfg.max_connections_per_user });
             }
         }
-        self.engine().watch(&activated).await?;
+        // Every channel, not only those this stream was first on: a channel another stream
+        // opened a moment ago may still have its SUBSCRIBE in flight, and history read before
+        // it took effect would miss what is published in between. The engine answers for a
+        // channel it follows at once, after any subscription queued before.
+        self.engine().watch(&channels).await?;
 
         let parsed = req.last_event_id.as_deref().map(LastEventId::parse);
         let mut cursor = Cursor::at_start(channels.len());

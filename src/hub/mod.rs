@@ -97,9 +97,9 @@ pub enum NotJoined {
 
 /// What a live join did.
 pub(crate) enum Joined {
-    /// The connection follows the channel now; `activated` if it is the node's first
-    /// subscriber of it. The join waits at `slot` until the joiner fills in its start.
-    Added { conn: Arc<ConnShared>, slot: Arc<JoinSlot>, activated: bool },
+    /// The connection follows the channel now. The join waits at `slot` until the joiner
+    /// fills in its start.
+    Added { conn: Arc<ConnShared>, slot: Arc<JoinSlot> },
     /// The connection already followed the channel: nothing changed.
     Already,
 }
@@ -292,7 +292,7 @@ impl Hub {
             return Err(NotJoined::TooManyChannels);
         }
         let conn = Arc::clone(&entry.conn);
-        let (channel, activated) = reg.subscribe(channel, &conn);
+        let (channel, _) = reg.subscribe(channel, &conn);
         if let Some(entry) = reg.conns.get_mut(&key) {
             entry.channels.push(channel.clone());
         }
@@ -302,7 +302,7 @@ impl Hub {
             self.unregister(key);
             return Err(NotJoined::NoConnection);
         }
-        Ok(Joined::Added { conn, slot, activated })
+        Ok(Joined::Added { conn, slot })
     }
 
     /// Removes `channel` from a live connection. `Ok(None)` if it did not follow it;
@@ -612,8 +612,7 @@ mod tests {
         let mut elsewhere = vec![channel("channel:elsewhere")];
         assert!(hub.register(connection(&hub, "c3"), &mut elsewhere, LIMITS).is_ok());
         match hub.join("c3", &channel("channel:lobby"), 8) {
-            Ok(Joined::Added { slot, activated, .. }) => {
-                assert!(!activated);
+            Ok(Joined::Added { slot, .. }) => {
                 assert_eq!(slot.channel.as_str().as_ptr(), first[0].as_str().as_ptr());
             }
             _ => panic!("c3 joins channel:lobby"),

@@ -6,6 +6,8 @@
 //! an SSE parser independent of Herald's own code.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
