@@ -1138,51 +1138,14 @@ impl Engine for RedisEngine {
 
     /// Renews the leases of this node's users' connection slots and presence.
     fn sweep(&self) {
-        let presence = self.presence_renewals();
-        let mut presence_conn = self.conn.clone();
-        tokio::spawn(async move {
-            for pipe in presence {
-                let renewed: Result<(), _> = pipe.query_async(&mut presence_conn).await;
-                if let Err(e) = renewed {
-                    tracing::warn!(error = %e, "could not renew presence leases");
-                }
-            }
-        });
-        let slots = self.hub.user_connections();
-        if slots.is_empty() {
+        let renewals = self.lease_renewals();
+        if renewals.is_empty() {
             return;
         }
-        let mut conn = self.conn.clone();
-        let lease = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
-        let keys: Vec<(String, Arc<str>)> = slots.into_iter().map(|(u, c)| (self.slots_key(&u), c)).collect();
-        let cluster = self.is_cluster();
+        let conn = self.conn.clone();
         tokio::spawn(async move {
-            let now = crate::ids::now_ms();
-            let renew = |pipe: &mut redis::Pipeline, key: &str, conn_id: &str| {
-                pipe.cmd("ZADD").arg(key).arg("XX").arg(now + lease).arg(conn_id).ignore();
-                pipe.cmd("PEXPIRE").arg(key).arg(lease).ignore();
-            };
-            // A cluster pipeline must stay within one slot: renew user by user there.
-            let batches: Vec<redis::Pipeline> = if cluster {
-                keys.iter()
-                    .map(|(key, conn_id)| {
-                        let mut pipe = redis::pipe();
-                        renew(&mut pipe, key, conn_id);
-                        pipe
-                    })
-                    .collect()
-            } else {
-                let mut pipe = redis::pipe();
-                for (key, conn_id) in &keys {
-                    renew(&mut pipe, key, conn_id);
-                }
-                vec![pipe]
-            };
-            for pipe in batches {
-                let renewed: Result<(), _> = pipe.query_async(&mut conn).await;
-                if let Err(e) = renewed {
-                    tracing::warn!(error = %e, "could not renew connection slots");
-                }
+            if let Err(e) = presence::send_renewals(conn, renewals).await {
+                tracing::warn!(error = %e, "could not renew leases");
             }
         });
     }
