@@ -57,6 +57,10 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection (hyper's default is 200).
     pub http2_max_concurrent_streams: u32,
+    /// Kernel send buffer of each client TCP connection, in bytes (`SO_SNDBUF`; Linux
+    /// doubles it for its bookkeeping). Bounds what a stalled reader holds in the kernel; `0`
+    /// leaves the kernel's autotuning, which grows it to `net.ipv4.tcp_wmem`'s maximum.
+    pub socket_send_buffer: u32,
     /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); absent means
     /// the in-memory engine (one node).
     pub redis_url: Option<String>,
@@ -227,6 +231,7 @@ impl Default for Config {
             drain_reconnect_window: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             http2_max_concurrent_streams: 1000,
+            socket_send_buffer: 128 * 1024,
             redis_url: None,
             redis_prefix: "realtime".to_owned(),
             redis_tls_ca: None,
