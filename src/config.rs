@@ -46,6 +46,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most events in one batch publish.
     pub max_batch: usize,
+    /// How long an idempotency key (`Idempotency-Key`, a batch item's `idempotencyKey`) is
+    /// remembered: a retry under it within this window answers the first publish's id.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
     /// Longest time to finish open requests after SIGTERM.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
@@ -227,6 +231,7 @@ impl Default for Config {
             max_payload_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
             max_batch: 100,
+            idempotency_window: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(10),
             drain_reconnect_window: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
@@ -299,6 +304,7 @@ impl Config {
         check(self.max_payload_bytes > 0, "max_payload_bytes must be at least 1");
         check(self.max_body_bytes >= self.max_payload_bytes, "max_body_bytes must be at least max_payload_bytes");
         check(self.max_batch > 0, "max_batch must be at least 1");
+        check(!self.idempotency_window.is_zero(), "idempotency_window must be greater than zero");
         check(self.http2_max_concurrent_streams > 0, "http2_max_concurrent_streams must be at least 1");
         check(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key must be given together");
         check(self.max_connections_per_user > 0, "max_connections_per_user must be at least 1");
