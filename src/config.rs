@@ -48,6 +48,10 @@ pub struct Config {
     pub max_batch: usize,
     /// Most channels one published event may name; over it, `413`.
     pub max_channels_per_publish: usize,
+    /// How long an idempotency key (`Idempotency-Key`, a batch item's `idempotencyKey`) is
+    /// remembered: a retry under it within this window answers the first publish's id.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
     /// Longest time to finish open requests after SIGTERM.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
@@ -66,6 +70,10 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection (hyper's default is 200).
     pub http2_max_concurrent_streams: u32,
+    /// Kernel send buffer of each client TCP connection, in bytes (`SO_SNDBUF`; Linux
+    /// doubles it for its bookkeeping). Bounds what a stalled reader holds in the kernel; `0`
+    /// leaves the kernel's autotuning, which grows it to `net.ipv4.tcp_wmem`'s maximum.
+    pub socket_send_buffer: u32,
     /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); absent means
     /// the in-memory engine (one node).
     pub redis_url: Option<String>,
@@ -254,12 +262,14 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_batch: 100,
             max_channels_per_publish: 100,
+            idempotency_window: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(10),
             drain_reconnect_window: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             http2_max_concurrent_streams: 1000,
+            socket_send_buffer: 128 * 1024,
             redis_url: None,
             redis_prefix: "realtime".to_owned(),
             redis_tls_ca: None,
@@ -331,6 +341,7 @@ impl Config {
         check(self.max_channels_per_publish > 0, "max_channels_per_publish must be at least 1");
         check(!self.idle_timeout.is_zero(), "idle_timeout must be greater than zero");
         check(!self.body_read_timeout.is_zero(), "body_read_timeout must be greater than zero");
+        check(!self.idempotency_window.is_zero(), "idempotency_window must be greater than zero");
         check(self.http2_max_concurrent_streams > 0, "http2_max_concurrent_streams must be at least 1");
         check(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key must be given together");
         check(self.max_connections_per_user > 0, "max_connections_per_user must be at least 1");

@@ -21,8 +21,17 @@ use crate::channel::ChannelName;
 use crate::cursor::{Position, single_entry};
 use crate::sse::Frame;
 
-/// Keys of the wire event that only the server sets.
-pub const RESERVED_FIELDS: [&str; 7] = ["id", "type", "channel", "channels", "timestamp", "userId", "userName"];
+/// Keys of the wire event that only the server sets, and the per-item idempotency key of a
+/// batch, which is the publisher's and never part of the payload.
+pub const RESERVED_FIELDS: [&str; 8] =
+    ["id", "type", "channel", "channels", "timestamp", "userId", "userName", IDEMPOTENCY_FIELD];
+
+/// The field of a batch item that carries its idempotency key (the `Idempotency-Key` header
+/// of a single publish).
+pub const IDEMPOTENCY_FIELD: &str = "idempotencyKey";
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// Event types the server emits itself; publishers may not use them (a forged `disconnect`
 /// or `token_expired` would stop or reconnect every client of the channel).
@@ -45,6 +54,8 @@ pub enum EventError {
     NoChannel,
     #[error("the event payload is {size} bytes, more than the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error("an idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")]
+    BadIdempotencyKey,
 }
 
 /// An event to publish: a type and payload fields.
@@ -57,11 +68,13 @@ pub enum EventError {
 pub struct Event {
     event_type: String,
     fields: Map<String, Value>,
+    /// Boxed: an event without a key (nearly all) pays one null pointer.
+    idempotency: Option<Box<Idempotency>>,
 }
 
 impl Event {
     pub fn new(event_type: impl Into<String>) -> Self {
-        Self { event_type: event_type.into(), fields: Map::new() }
+        Self { event_type: event_type.into(), fields: Map::new(), idempotency: None }
     }
 
     /// Adds a payload field. Reserved keys (`id`, `type`, `channel`, `channels`,
@@ -74,7 +87,13 @@ impl Event {
 
     /// Builds an event from a type and a JSON object of payload fields.
     pub fn from_fields(event_type: impl Into<String>, fields: Map<String, Value>) -> Self {
-        Self { event_type: event_type.into(), fields }
+        Self { event_type: event_type.into(), fields, idempotency: None }
+    }
+
+    /// Makes the publish of this event idempotent under `key` (see [`Idempotency`]).
+    pub fn with_idempotency(mut self, key: Idempotency) -> Self {
+        self.idempotency = Some(Box::new(key));
+        self
     }
 
     pub fn event_type(&self) -> &str {
@@ -84,6 +103,59 @@ impl Event {
     pub fn fields(&self) -> &Map<String, Value> {
         &self.fields
     }
+}
+
+/// What makes a publish safe to retry: a retry under the same key, by the same publisher,
+/// within `window`, answers the first publish's id and delivers nothing new; under the same
+/// key with a different event it is refused (`idempotency_key_reused`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// A digest of the publisher's scope and key (hex): one publisher cannot reach another's
+    /// ids, and the stored key holds nothing the publisher wrote.
+    pub key: String,
+    /// A digest of the event as published (channels, type, fields), to tell a retry from a
+    /// different event under a reused key.
+    pub fingerprint: String,
+    /// How long the key is remembered.
+    pub window: std::time::Duration,
+}
+
+impl Idempotency {
+    /// The key `key` of publisher `scope` for `event` on `channels`.
+    pub fn new(
+        scope: &str,
+        key: &str,
+        channels: &[ChannelName],
+        event: &Event,
+        window: std::time::Duration,
+    ) -> Result<Self, EventError> {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(EventError::BadIdempotencyKey);
+        }
+        let mut scoped = ring::digest::Context::new(&ring::digest::SHA256);
+        // Length-prefixed, so that no (scope, key) pair spells another's.
+        scoped.update(&(scope.len() as u64).to_be_bytes());
+        scoped.update(scope.as_bytes());
+        scoped.update(key.as_bytes());
+        let mut print = ring::digest::Context::new(&ring::digest::SHA256);
+        for ch in channels {
+            print.update(ch.as_str().as_bytes());
+            print.update(b"\n");
+        }
+        let mut json = Vec::with_capacity(128);
+        push_member(&mut json, &event.event_type, &event.fields);
+        print.update(&json);
+        Ok(Self { key: hex(scoped.finish().as_ref()), fingerprint: hex(print.finish().as_ref()), window })
+    }
+}
+
+/// The first 16 bytes of a digest in hex: 128 bits, plenty against collisions here.
+fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write as _;
+    digest.iter().take(16).fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Who published an event, as established by the server (never by the request body).
@@ -121,6 +193,8 @@ pub struct Prepared {
     /// For an `ai_chat_chunk` with a string `streamId` and `text`: the chunk, which the
     /// engine adds to the stream's snapshot.
     pub ai: Option<AiChunk>,
+    /// The publisher's idempotency key, if it gave one.
+    pub idempotency: Option<Box<Idempotency>>,
 }
 
 /// One chunk of an AI token stream (document 000's `ai_chat_chunk`).
@@ -173,6 +247,7 @@ impl Prepared {
             channels: unique,
             body,
             ai,
+            idempotency: event.idempotency,
         })
     }
 

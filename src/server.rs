@@ -81,7 +81,7 @@ impl Server {
             _ => None,
         };
         let addr = cfg.listen;
-        let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = listen(addr, cfg.socket_send_buffer).map_err(|source| ServerError::Bind { addr, source })?;
         Ok(Self { listener, tls, herald, router })
     }
 
@@ -432,10 +432,15 @@ fn body_timeout() -> axum::response::Response {
     resp
 }
 
-/// Binds with a listen backlog fit for reconnect storms (the kernel caps it at somaxconn).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds with a listen backlog fit for reconnect storms (the kernel caps it at somaxconn),
+/// and the send buffer every accepted socket inherits (`0`: the kernel's autotuning). Set
+/// once on the listener rather than on each accepted socket: no system call per connection.
+fn listen(addr: SocketAddr, send_buffer: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(send_buffer)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }

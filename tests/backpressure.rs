@@ -66,3 +66,48 @@ async fn a_stalled_http2_stream_leaves_the_hub_without_disturbing_its_connection
     client.publish(&json!({"channel": "channel:h2flood", "type": "update", "n": n})).await;
     assert_eq!(healthy.expect().await.data["n"].as_u64(), Some(n), "the sibling stream goes on");
 }
+
+/// The kernel's send buffer (`tb`) and the bytes queued in it (`w`) on the server's side of
+/// the connection from `client_port`, as `ss -tmn` reports them.
+fn server_socket_memory(server_port: u16, client_port: u16) -> Option<(u64, u64)> {
+    let filter = format!("( sport = :{server_port} and dport = :{client_port} )");
+    let out = std::process::Command::new("ss")
+        .args(["-tmnH", "state", "established", &filter])
+        .output()
+        .unwrap_or_else(|e| panic!("this test reads socket memory with `ss` (iproute2): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let skmem = text.split("skmem:(").nth(1)?.split(')').next()?;
+    let field = |name: &str| skmem.split(',').find_map(|f| f.strip_prefix(name)?.parse::<u64>().ok());
+    Some((field("tb")?, field("w")?))
+}
+
+#[tokio::test]
+async fn a_stalled_reader_holds_no_more_kernel_send_buffer_than_configured_before_it_is_cut() {
+    const SEND_BUFFER: u32 = 32 * 1024;
+    let server = TestServer::with(|c| {
+        c.buffer_size = 8;
+        c.socket_send_buffer = SEND_BUFFER;
+    })
+    .await;
+    let stalled = support::stalled_subscriber(server.addr, "channel=channel:flood").await;
+    let client_port = stalled.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    let mut client = server.client(Proto::H1);
+    let payload = "x".repeat(EVENT_BYTES);
+    let hub = server.herald.hub().clone();
+    let (mut buffer, mut most_queued, mut published) = (0, 0, 0);
+    while hub.stats.slow_disconnects.load(Ordering::Relaxed) == 0 {
+        assert!(published < MAX_EVENTS, "the stalled reader was never disconnected");
+        client.publish(&json!({"channel": "channel:flood", "type": "update", "n": published, "pad": payload})).await;
+        if let Some((tb, w)) = server_socket_memory(server.addr.port(), client_port) {
+            buffer = buffer.max(tb);
+            most_queued = most_queued.max(w);
+        }
+        published += 1;
+    }
+    assert!(buffer > 0, "ss never showed the server's side of the stalled connection");
+    // Linux doubles SO_SNDBUF for its bookkeeping; left to autotuning it grows to megabytes.
+    let bound = 2 * u64::from(SEND_BUFFER);
+    assert!(buffer <= bound, "the send buffer grew to {buffer} bytes, over {bound}");
+    // A write may overshoot the buffer by the one segment that crossed it.
+    assert!(most_queued <= bound + 64 * 1024, "{most_queued} bytes queued in the kernel");
+}

@@ -294,6 +294,34 @@ async fn a_batch_from_stdin_and_a_multi_channel_event_print_their_ids_in_order()
 }
 
 /// Fast reconnects for the restart tests: a short `retry:` hint and no drain spread.
+#[tokio::test]
+async fn publish_retries_an_event_stored_while_redis_was_frozen_under_one_key_and_it_is_delivered_once() {
+    let redis = RedisServer::start().await;
+    let redis_url = redis.url();
+    let server = TestServer::secured(move |c| {
+        c.redis_url = Some(redis_url);
+        support::no_presence(c);
+    })
+    .await;
+    let mut stream = client_for(server.addr).user("1").subscribe("channel=channel:frozen", &[]).await;
+    // Redis caches the publish script on the first publish; a frozen EVALSHA of a script it
+    // does not know would fail on thaw, and nothing would be stored.
+    let first = client_for(server.addr).backend().publish(&json!({"channel": "channel:frozen", "type": "m"})).await;
+    assert_eq!(stream.expect().await.data["id"], first["id"]);
+    redis.signal("STOP");
+    let url = format!("http://{}", server.addr);
+    let args = ["publish", "--url", &url, "--api-key", support::API_KEY, "--channel", "channel:frozen", "--type", "t"];
+    let mut cli = ClientProcess::spawn(&args, &[]);
+    // The first try's script waits in the frozen Redis's socket; the node answers 503 after its
+    // timeout, and Redis runs the script once it thaws: stored, but the answer was lost.
+    cli.stderr_until("retry 1 of").await;
+    redis.signal("CONT");
+    let id = cli.line().await;
+    assert_eq!(stream.expect().await.data["id"], id.as_str());
+    let marker = client_for(server.addr).backend().publish(&json!({"channel": "channel:frozen", "type": "m"})).await;
+    assert_eq!(stream.expect().await.data["id"], marker["id"], "the retry published nothing more");
+}
+
 fn quick_retry(c: &mut Config) {
     c.retry = Duration::from_millis(100);
     c.drain_reconnect_window = Duration::ZERO;

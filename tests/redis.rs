@@ -532,3 +532,38 @@ async fn a_node_catching_up_after_its_pubsub_connection_was_killed_writes_every_
     assert!(b.herald.engine().counters().reconnects >= 1, "the node did reconnect");
     support::assert_exactly_once_in_order("catch-up after a pub/sub kill", &accepted, &delivered);
 }
+
+#[tokio::test]
+async fn a_node_with_no_streams_sends_no_lease_renewal_and_one_with_streams_renews_without_error() {
+    use herald::engine::redis::{RedisEngine, RedisOptions};
+    use std::sync::Arc;
+    let redis = RedisServer::start().await;
+    let mut config = support::test_config();
+    support::secure(&mut config);
+    let policies = Arc::new(herald::policy::Policies::from_config(&config));
+    let hub = Arc::new(herald::hub::Hub::new());
+    let opts = RedisOptions {
+        url: redis.url(),
+        tls_ca: None,
+        cluster: false,
+        prefix: "realtime".to_owned(),
+        slot_lease: std::time::Duration::from_secs(30),
+        node_id: "lease-test".to_owned(),
+    };
+    let engine =
+        RedisEngine::connect(opts, Arc::clone(&hub), Arc::clone(&policies)).await.unwrap_or_else(|e| panic!("{e}"));
+    // Before the fix this sent an empty pipeline, which Redis refuses (`empty command`).
+    assert_eq!(engine.renew_leases().await.map_err(|e| e.to_string()), Ok(0), "nothing to renew, nothing sent");
+    let node = herald::Herald::with_engine(config, policies, hub, engine.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let ann = herald::Principal::User(Arc::new(herald::auth::UserIdentity {
+        id: Arc::from("ann"),
+        name: None,
+        expires_at: None,
+        subscribe: None,
+        publish: None,
+    }));
+    let channel = node.parse_channel("channel:general").unwrap_or_else(|e| panic!("{e}"));
+    let _stream = node.connect(herald::StreamRequest::new(ann, vec![channel])).await.unwrap_or_else(|e| panic!("{e}"));
+    let renewed = engine.renew_leases().await.unwrap_or_else(|e| panic!("renewal failed: {e}"));
+    assert_eq!(renewed, 2, "presence of channel:general and ann's connection slot");
+}

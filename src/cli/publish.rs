@@ -1,5 +1,6 @@
 //! `herald publish`: one event (to one or several channels) or a batch, through
-//! `POST /api/publish`; prints the id of each published event, one a line.
+//! `POST /api/publish`; prints the id of each published event, one a line. A try whose
+//! outcome is unknown is retried under one idempotency key, so it publishes once.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -34,32 +35,44 @@ pub struct PublishArgs {
     /// in order, all or nothing; `-` reads it from stdin.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["channels", "event_type"])]
     batch: Option<String>,
+    /// Retries after an answer that may hide a published event (no answer, 502, 503, 504)
+    /// or asks to wait (408, 429); every try carries the same idempotency key.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    retries: u32,
+    /// The idempotency key of this publish (default: a new one for this run). Give the same
+    /// key to a second run to retry a publish whose outcome you did not see.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
     #[command(flatten)]
     remote: Remote,
 }
 
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
-    let body = body(&args)?;
+    let body = Bytes::from(body(&args)?.to_string());
     let endpoint = args.remote.endpoint()?;
-    let req = args
-        .remote
-        .authorize(endpoint.request("POST", "/api/publish"))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
+    // 128 random bits: unique among this publisher's keys of the last few minutes.
+    let key = args.idempotency_key.clone().unwrap_or_else(|| format!("cli-{:032x}", fastrand::u128(..)));
     let ids = super::runtime()?.block_on(async {
         tokio::time::timeout(TIMEOUT, async {
-            let resp = endpoint.send(req).await?;
-            if !resp.status().is_success() {
-                let refusal = Refusal::read(resp).await;
-                bail!("publish refused by {}: {refusal}", endpoint.url());
+            let mut attempt = 0;
+            loop {
+                let req = args
+                    .remote
+                    .authorize(endpoint.request("POST", "/api/publish"))
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .header("idempotency-key", key.as_str())
+                    .body(Full::new(body.clone()))?;
+                match publish_once(&endpoint, req).await {
+                    Ok(ids) => return Ok(ids),
+                    Err(Attempt::Retry { error, wait }) if attempt < args.retries => {
+                        attempt += 1;
+                        let wait = wait.unwrap_or_else(|| backoff(attempt));
+                        eprintln!("publish: {error:#}; retry {attempt} of {} in {wait:?}", args.retries);
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(Attempt::Retry { error, .. } | Attempt::Fail(error)) => return Err(error),
+                }
             }
-            let bytes = Limited::new(resp.into_body(), 1024 * 1024)
-                .collect()
-                .await
-                .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
-                .to_bytes();
-            let answer: Value = serde_json::from_slice(&bytes).context("the answer is not JSON")?;
-            ids(&answer).with_context(|| format!("unexpected answer: {answer}"))
         })
         .await
         .map_err(|_| anyhow::anyhow!("no answer from {} within {TIMEOUT:?}", endpoint.url()))?
@@ -75,6 +88,55 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How one try of a publish ended, if not with ids.
+enum Attempt {
+    /// The event may or may not have been published, or the server asked to wait: retry
+    /// (after `wait`, if the server named it), under the same key.
+    Retry { error: anyhow::Error, wait: Option<Duration> },
+    /// Retrying cannot help.
+    Fail(anyhow::Error),
+}
+
+/// Sends one try; answers the published ids.
+async fn publish_once(
+    endpoint: &super::http::Endpoint,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<Vec<String>, Attempt> {
+    let resp = endpoint
+        .send(req)
+        .await
+        .map_err(|error| if transient(&error) { Attempt::Retry { error, wait: None } } else { Attempt::Fail(error) })?;
+    if !resp.status().is_success() {
+        let refusal = Refusal::read(resp).await;
+        let retry = matches!(refusal.status.as_u16(), 408 | 429 | 502 | 503 | 504);
+        let wait = refusal.retry_after;
+        let error = anyhow::anyhow!("publish refused by {}: {refusal}", endpoint.url());
+        return Err(if retry { Attempt::Retry { error, wait } } else { Attempt::Fail(error) });
+    }
+    // An answer cut short hides the ids of a publish that happened: a retry reads them.
+    let bytes = match Limited::new(resp.into_body(), 1024 * 1024).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return Err(Attempt::Retry { error: anyhow::anyhow!("reading the answer: {e}"), wait: None }),
+    };
+    let answer: Value = serde_json::from_slice(&bytes).context("the answer is not JSON").map_err(Attempt::Fail)?;
+    ids(&answer).with_context(|| format!("unexpected answer: {answer}")).map_err(Attempt::Fail)
+}
+
+/// Whether a request that failed may pass on a retry: the network (refused, reset), not a
+/// certificate that will be refused again.
+fn transient(e: &anyhow::Error) -> bool {
+    let certificate = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).is_some_and(|inner| inner.is::<rustls::Error>())
+    });
+    !certificate && e.chain().any(|c| c.is::<std::io::Error>() || c.is::<hyper::Error>())
+}
+
+/// The wait before retry `attempt` (from 1): full jitter below 250 ms × 2^(attempt-1), at most 4 s.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = 250u64.saturating_mul(1 << attempt.saturating_sub(1).min(4));
+    Duration::from_millis(fastrand::u64(0..=ceiling))
 }
 
 /// The request body: the `--batch` array as it is, or one event built from the flags.

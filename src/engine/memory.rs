@@ -120,6 +120,17 @@ const MAX_TICKETS: usize = 100_000;
 /// Bans held at once; past it a new ban is refused until old ones expire.
 const MAX_BANS: usize = 100_000;
 
+/// Idempotency keys held at once; past it a publish with a new key is refused (and not
+/// stored) until old ones expire.
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// What an idempotency key answers while its window lasts.
+struct Remembered {
+    fingerprint: String,
+    ack: PublishAck,
+    until: Instant,
+}
+
 /// Users with a status (`away`) held at once.
 const MAX_STATUSES: usize = 100_000;
 
@@ -143,6 +154,8 @@ pub struct MemoryEngine {
     presence: Mutex<HashMap<ChannelName, HashMap<String, Present>>>,
     statuses: Mutex<HashMap<String, String>>,
     commands: std::sync::OnceLock<CommandHandler>,
+    /// Idempotency keys of recent publishes, by [`crate::event::Idempotency::key`].
+    idempotency: Mutex<HashMap<String, Remembered>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,7 +173,48 @@ impl MemoryEngine {
             presence: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             commands: std::sync::OnceLock::new(),
+            idempotency: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Publishes a batch of which some events carry an idempotency key: a key seen within its
+    /// window answers its first publish and publishes nothing. The keys are held locked from
+    /// the check to the publish, so a concurrent retry waits and then finds its key.
+    fn publish_keyed(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+        super::check_batch_keys(batch)?;
+        let mut keys = lock(&self.idempotency);
+        let now = Instant::now();
+        // Every key is checked before any event is published: a batch is accepted whole or
+        // not at all.
+        let mut fresh = 0;
+        for k in batch.iter().filter_map(|p| p.idempotency.as_deref()) {
+            match keys.get(&k.key).filter(|r| r.until > now) {
+                Some(r) if r.fingerprint != k.fingerprint => return Err(EngineError::IdempotencyKeyReused),
+                Some(_) => {}
+                None => fresh += 1,
+            }
+        }
+        if keys.len() + fresh > MAX_IDEMPOTENCY_KEYS {
+            keys.retain(|_, r| r.until > now);
+            if keys.len() + fresh > MAX_IDEMPOTENCY_KEYS {
+                return Err(EngineError::Unavailable("too many idempotency keys held; try again shortly".into()));
+            }
+        }
+        let acks = batch
+            .iter()
+            .map(|p| {
+                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p) };
+                if let Some(r) = keys.get(&k.key).filter(|r| r.until > now) {
+                    return r.ack.clone();
+                }
+                let ack = self.publish_one(p);
+                let remembered =
+                    Remembered { fingerprint: k.fingerprint.clone(), ack: ack.clone(), until: now + k.window };
+                keys.insert(k.key.clone(), remembered);
+                ack
+            })
+            .collect();
+        Ok(acks)
     }
 
     /// History size and age (ms) of a channel's namespace.
@@ -258,6 +312,10 @@ impl Engine for MemoryEngine {
     }
 
     fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>> {
+        if batch.iter().any(|p| p.idempotency.is_some()) {
+            let acks = self.publish_keyed(&batch);
+            return Box::pin(async move { acks });
+        }
         let acks = batch.iter().map(|p| self.publish_one(p)).collect();
         Box::pin(async move { Ok(acks) })
     }
@@ -519,6 +577,10 @@ impl Engine for MemoryEngine {
         bans.retain(|_, until| instant < *until);
         shrink(&mut bans);
         drop(bans);
+        let mut idempotency = lock(&self.idempotency);
+        idempotency.retain(|_, r| instant < r.until);
+        shrink(&mut idempotency);
+        drop(idempotency);
         shrink(&mut lock(&self.presence));
     }
 }

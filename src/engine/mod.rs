@@ -32,6 +32,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum EngineError {
     #[error("the event engine is unavailable: {0}")]
     Unavailable(String),
+    /// An idempotency key came back with a different event than the one it was first
+    /// published with.
+    #[error("this idempotency key was used for a different event; use a new key for a new event")]
+    IdempotencyKeyReused,
 }
 
 /// An engine's counters (zero where they do not apply).
@@ -55,6 +59,18 @@ pub struct PublishAck {
     pub id: Arc<str>,
     /// The event's position in each of its channels.
     pub positions: Vec<(ChannelName, Position)>,
+}
+
+/// Refuses a batch that names one idempotency key for two different events: checked before
+/// any of it is published, so such a batch is refused whole.
+pub(crate) fn check_batch_keys(batch: &[Prepared]) -> Result<(), EngineError> {
+    let keyed: Vec<&crate::event::Idempotency> = batch.iter().filter_map(|p| p.idempotency.as_deref()).collect();
+    for (i, a) in keyed.iter().enumerate() {
+        if keyed[i + 1..].iter().any(|b| b.key == a.key && b.fingerprint != a.fingerprint) {
+            return Err(EngineError::IdempotencyKeyReused);
+        }
+    }
+    Ok(())
 }
 
 /// Why history cannot serve a resume.

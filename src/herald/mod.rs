@@ -36,6 +36,10 @@ pub use rooms::{ChannelInfo, RoomError};
 pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, MAX_BAN, api_key_only};
 pub use stream::StreamRequest;
 
+/// The scope of the application's own idempotency keys (publishers over HTTP are scoped by
+/// their credential, which never spells this).
+pub const APP_SCOPE: &str = "app";
+
 /// A publish was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -274,6 +278,21 @@ impl Herald {
     /// no rate limit). A connection following several of the channels receives it once.
     pub async fn publish(&self, channels: Vec<ChannelName>, event: Event) -> Result<PublishAck, PublishError> {
         self.publish_for(channels, event, &Publisher::default()).await
+    }
+
+    /// Like [`Herald::publish`], safe to retry: every retry of one logical publish under the
+    /// same `key`, within `idempotency_window`, answers the first publish's id and delivers
+    /// nothing new, on every node. Generate one key per logical publish (a UUID, or an id the
+    /// application already has) and reuse it on each retry.
+    pub async fn publish_idempotent(
+        &self,
+        key: &str,
+        channels: Vec<ChannelName>,
+        event: Event,
+    ) -> Result<PublishAck, PublishError> {
+        let window = self.inner.config.idempotency_window;
+        let key = crate::event::Idempotency::new(APP_SCOPE, key, &channels, &event, window)?;
+        self.publish(channels, event.with_idempotency(key)).await
     }
 
     /// Like [`Herald::publish`], with the identity the event carries (`userId`, `userName`)

@@ -31,6 +31,7 @@ pub fn layer(origins: &[String]) -> Option<ListedOnlyLayer> {
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("x-api-key"),
             HeaderName::from_static("x-request-id"),

@@ -91,6 +91,7 @@ impl From<EventError> for ApiError {
             EventError::MissingType => "missing_type",
             EventError::BadType | EventError::ReservedType(_) => "invalid_type",
             EventError::NoChannel => "missing_channel",
+            EventError::BadIdempotencyKey => "invalid_idempotency_key",
             EventError::TooLarge { .. } => {
                 return Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string());
             }
@@ -101,6 +102,10 @@ impl From<EventError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
+        if let EngineError::IdempotencyKeyReused = e {
+            tracing::info!("publish refused: idempotency key reused for a different event");
+            return Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", e.to_string());
+        }
         // The engine's own words (Redis errors) go to the log, not to the client.
         tracing::warn!(error = %e, "engine unavailable");
         Self::new(

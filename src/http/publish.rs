@@ -3,6 +3,9 @@
 //! A body is one event object (`{"channel": ..., "type": ..., ...payload}` or
 //! `"channels": [...]` for one event on several channels) or a JSON array of them, which is
 //! published in order as one batch: all accepted or none. The answer carries the id(s).
+//!
+//! A publish is safe to retry with an idempotency key: the `Idempotency-Key` header for one
+//! event, an `idempotencyKey` field on each item of a batch (taken out of the payload).
 
 use std::sync::Arc;
 
@@ -20,8 +23,11 @@ use super::error::ApiError;
 use super::observe::count_publish_refusal;
 use crate::auth::Principal;
 use crate::channel::ChannelName;
-use crate::event::Event;
+use crate::event::{Event, EventError, IDEMPOTENCY_FIELD, Idempotency};
 use crate::herald::Herald;
+
+/// The header that makes a single publish safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The answer to a publish: the id of the event, or the ids of a batch's events in order.
 #[derive(Serialize)]
@@ -56,19 +62,52 @@ async fn publish_any(
     peer: Option<Extension<PeerAddr>>,
     req: Request,
 ) -> Result<Json<Published>, ApiError> {
-    let (who, key, body) = caller_and_body(herald, peer, req).await?;
+    let (who, key, idempotency, body) = caller_and_body(herald, peer, req).await?;
     match body {
         Value::Array(items) => {
             let batch = items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| parse_event(herald, item, None).map_err(|e| at_index(e, i)))
+                .map(|(i, item)| parse_item(herald, &key, idempotency.as_deref(), i, item).map_err(|e| at_index(e, i)))
                 .collect::<Result<Vec<_>, _>>()?;
             let acks = herald.publish_as(&who, &key, batch).await?;
             Ok(Json(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() }))
         }
-        item => publish_one(herald, &who, &key, parse_event(herald, item, None)?).await,
+        item => {
+            let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, item, None)?)?;
+            publish_one(herald, &who, &key, event).await
+        }
     }
+}
+
+/// Item `index` of a batch, with its own idempotency key (`idempotencyKey`) if it has one,
+/// else `<Idempotency-Key>/<index>` if the request has that header.
+fn parse_item(
+    herald: &Herald,
+    scope: &str,
+    batch_key: Option<&str>,
+    index: usize,
+    mut item: Value,
+) -> Result<(Vec<ChannelName>, Event), ApiError> {
+    let key = match item.as_object_mut().and_then(|fields| fields.remove(IDEMPOTENCY_FIELD)) {
+        None => batch_key.map(|k| format!("{k}/{index}")),
+        Some(Value::String(key)) => Some(key),
+        Some(_) => return Err(ApiError::from(EventError::BadIdempotencyKey)),
+    };
+    keyed(herald, scope, key.as_deref(), parse_event(herald, item, None)?)
+}
+
+/// Attaches the publisher's idempotency key, scoped to the publisher (`scope`, its rate-limit
+/// key: its API key's name, user id, or address), to an event.
+fn keyed(
+    herald: &Herald,
+    scope: &str,
+    key: Option<&str>,
+    (channels, event): (Vec<ChannelName>, Event),
+) -> Result<(Vec<ChannelName>, Event), ApiError> {
+    let Some(key) = key else { return Ok((channels, event)) };
+    let key = Idempotency::new(scope, key, &channels, &event, herald.config().idempotency_window)?;
+    Ok((channels, event.with_idempotency(key)))
 }
 
 /// `POST /api/channels/{channel}/events`: one event on the channel of the path.
@@ -80,23 +119,28 @@ async fn publish_on(
 ) -> Result<Json<Published>, ApiError> {
     let Path(channel) = channel.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
-    let (who, key, body) = caller_and_body(herald, peer, req).await?;
-    publish_one(herald, &who, &key, parse_event(herald, body, Some(channel))?).await
+    let (who, key, idempotency, body) = caller_and_body(herald, peer, req).await?;
+    let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, body, Some(channel))?)?;
+    publish_one(herald, &who, &key, event).await
 }
 
-/// The publisher, its rate-limit key, and the body as JSON, read only once the publisher is
-/// known.
+/// The publisher, its rate-limit key, its `Idempotency-Key`, and the body as JSON, read only
+/// once the publisher is known.
 async fn caller_and_body(
     herald: &Herald,
     peer: Option<Extension<PeerAddr>>,
     req: Request,
-) -> Result<(Principal, String, Value), ApiError> {
+) -> Result<(Principal, String, Option<String>, Value), ApiError> {
     let (parts, body) = req.into_parts();
     check_cookie_request(herald, &parts)?;
     let who = principal(herald, &parts.headers, None).await?;
     let key = rate_key(&who, peer.map(|Extension(p)| p));
+    let idempotency = match parts.headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
+    };
     let body = Bytes::from_request(Request::from_parts(parts, body), herald).await;
-    Ok((who, key, parse_body(body)?))
+    Ok((who, key, idempotency, parse_body(body)?))
 }
 
 /// Publishes one event and answers with its id.

@@ -137,6 +137,34 @@ export interface ChannelInfo {
   users: number;
 }
 
+/** How a publish is retried. A retry carries the same `Idempotency-Key` as the first try, so
+ * a publish whose answer was lost (a network error, `503` after a timeout) is published once
+ * however often it is retried. */
+export interface PublishOptions {
+  /** The key of this logical publish. Default: a new random key per call, reused by its
+   * retries. Pass your own (an order id, say) to make retries of your own safe too. */
+  idempotencyKey?: string;
+  /** Retries after a network error, `408`, `429`, `502`, `503` or `504`. Default 2. */
+  retries?: number;
+}
+
+const DEFAULT_PUBLISH_RETRIES = 2;
+
+/** Answers after which a publish may be retried: the network, timeouts, overload. */
+function retryable(e: HeraldError): boolean {
+  return e.status === 0 || [408, 429, 502, 503, 504].includes(e.status);
+}
+
+/** A random idempotency key: a UUID where the platform has one. */
+export function newIdempotencyKey(): string {
+  const c = (globalThis as { crypto?: Crypto }).crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  const bytes = new Uint8Array(16);
+  if (c?.getRandomValues) c.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 /** An event to publish: a channel (or several), a type, and flat payload fields. */
 export interface OutgoingEvent {
   channel?: string;
@@ -177,15 +205,37 @@ export class HeraldClient {
     return sub;
   }
 
-  /** Publishes one event (`POST /api/publish`); resolves to its id. */
-  publish(channel: string | string[], type: string, payload: Record<string, unknown> = {}): Promise<{ id: string }> {
+  /** Publishes one event (`POST /api/publish`); resolves to its id. Retried on failures
+   * that may hide a stored event, under one idempotency key (see `PublishOptions`). */
+  publish(
+    channel: string | string[],
+    type: string,
+    payload: Record<string, unknown> = {},
+    options: PublishOptions = {},
+  ): Promise<{ id: string }> {
     const target = Array.isArray(channel) ? { channels: channel } : { channel };
-    return this.request('POST', '/api/publish', { ...payload, ...target, type });
+    return this.publishRetried({ ...payload, ...target, type }, options);
   }
 
-  /** Publishes several events in order, all or none; resolves to their ids. */
-  publishBatch(events: OutgoingEvent[]): Promise<{ ids: string[] }> {
-    return this.request('POST', '/api/publish', events);
+  /** Publishes several events in order, all or none; resolves to their ids. Retried like
+   * `publish`: the key covers each event by its place in the batch. */
+  publishBatch(events: OutgoingEvent[], options: PublishOptions = {}): Promise<{ ids: string[] }> {
+    return this.publishRetried(events, options);
+  }
+
+  private async publishRetried<T>(body: unknown, options: PublishOptions): Promise<T> {
+    const headers = { 'Idempotency-Key': options.idempotencyKey ?? newIdempotencyKey() };
+    const retries = options.retries ?? DEFAULT_PUBLISH_RETRIES;
+    const backoff = new Backoff(this.backoff);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.request<T>('POST', '/api/publish', body, headers);
+      } catch (e) {
+        if (!(e instanceof HeraldError) || !retryable(e) || attempt >= retries) throw e;
+        const delay = e.retryAfterMs ?? backoff.next();
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
   }
 
   /** Who is in a channel now (`GET /api/channels/{channel}/presence`). */
@@ -240,8 +290,8 @@ export class HeraldClient {
   }
 
   /** One JSON call to Herald's API; throws `HeraldError` on an error answer. */
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const headers: Record<string, string> = { Accept: 'application/json', ...(await this.authHeaders()) };
+  async request<T>(method: string, path: string, body?: unknown, extra: Record<string, string> = {}): Promise<T> {
+    const headers: Record<string, string> = { Accept: 'application/json', ...(await this.authHeaders()), ...extra };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let resp: Response;
     try {

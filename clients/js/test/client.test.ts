@@ -325,8 +325,44 @@ describe('requests', () => {
   });
 
   it('reports an unreachable server as a network error', async () => {
-    const c = new HeraldClient({ url: 'http://127.0.0.1:9' });
+    const c = new HeraldClient({ url: 'http://127.0.0.1:9', backoff: { random: () => 0 } });
     const err = await c.publish('channel:a', 'chat').catch((e: unknown) => e);
     expect((err as HeraldError).code).toBe('network_error');
+  });
+});
+
+describe('publish retries', () => {
+  const publishes = () => server.requests.filter((r) => r.path === '/api/publish');
+
+  it('retries a publish whose answer was lost under the same idempotency key, publishing it once', async () => {
+    server.lostAnswers = 2;
+    const c = new HeraldClient({ url: server.url, backoff: { random: () => 0 } });
+    const { id } = await c.publish('channel:a', 'chat', { content: 'once' });
+    const keys = publishes().map((r) => r.headers['idempotency-key']);
+    expect(keys).toHaveLength(3);
+    expect(keys[0]).toBeTruthy();
+    expect(new Set(keys).size).toBe(1);
+    expect(server.log).toHaveLength(1);
+    expect(id).toBe(server.log[0]?.json.id);
+  });
+
+  it('gives each logical publish its own key, or the caller\'s', async () => {
+    const c = new HeraldClient({ url: server.url });
+    await c.publish('channel:a', 'chat');
+    await c.publish('channel:a', 'chat');
+    await c.publish('channel:a', 'chat', {}, { idempotencyKey: 'order-7' });
+    const keys = publishes().map((r) => r.headers['idempotency-key']);
+    expect(keys[0]).not.toBe(keys[1]);
+    expect(keys[2]).toBe('order-7');
+  });
+
+  it('does not retry a refusal that retrying cannot fix, nor past its retries', async () => {
+    const c = new HeraldClient({ url: server.url, backoff: { random: () => 0 } });
+    await c.publish([], 'chat').catch(() => undefined);
+    expect(publishes()).toHaveLength(1);
+    server.lostAnswers = 5;
+    const err = await c.publish('channel:a', 'chat', {}, { retries: 1 }).catch((e: unknown) => e);
+    expect((err as HeraldError).status).toBe(503);
+    expect(publishes()).toHaveLength(3);
   });
 });

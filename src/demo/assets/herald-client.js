@@ -223,6 +223,26 @@ var HeraldError = class extends Error {
 		].includes(this.status);
 	}
 };
+var DEFAULT_PUBLISH_RETRIES = 2;
+/** Answers after which a publish may be retried: the network, timeouts, overload. */
+function retryable(e) {
+	return e.status === 0 || [
+		408,
+		429,
+		502,
+		503,
+		504
+	].includes(e.status);
+}
+/** A random idempotency key: a UUID where the platform has one. */
+function newIdempotencyKey() {
+	const c = globalThis.crypto;
+	if (c?.randomUUID) return c.randomUUID();
+	const bytes = /* @__PURE__ */ new Uint8Array(16);
+	if (c?.getRandomValues) c.getRandomValues(bytes);
+	else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+	return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 var DEFAULT_IDLE_TIMEOUT_MS = 75e3;
 var HeraldClient = class {
 	url;
@@ -249,18 +269,32 @@ var HeraldClient = class {
 		sub.start();
 		return sub;
 	}
-	/** Publishes one event (`POST /api/publish`); resolves to its id. */
-	publish(channel, type, payload = {}) {
+	/** Publishes one event (`POST /api/publish`); resolves to its id. Retried on failures
+	* that may hide a stored event, under one idempotency key (see `PublishOptions`). */
+	publish(channel, type, payload = {}, options = {}) {
 		const target = Array.isArray(channel) ? { channels: channel } : { channel };
-		return this.request("POST", "/api/publish", {
+		return this.publishRetried({
 			...payload,
 			...target,
 			type
-		});
+		}, options);
 	}
-	/** Publishes several events in order, all or none; resolves to their ids. */
-	publishBatch(events) {
-		return this.request("POST", "/api/publish", events);
+	/** Publishes several events in order, all or none; resolves to their ids. Retried like
+	* `publish`: the key covers each event by its place in the batch. */
+	publishBatch(events, options = {}) {
+		return this.publishRetried(events, options);
+	}
+	async publishRetried(body, options) {
+		const headers = { "Idempotency-Key": options.idempotencyKey ?? newIdempotencyKey() };
+		const retries = options.retries ?? DEFAULT_PUBLISH_RETRIES;
+		const backoff = new Backoff(this.backoff);
+		for (let attempt = 0;; attempt++) try {
+			return await this.request("POST", "/api/publish", body, headers);
+		} catch (e) {
+			if (!(e instanceof HeraldError) || !retryable(e) || attempt >= retries) throw e;
+			const delay = e.retryAfterMs ?? backoff.next();
+			await new Promise((resolve) => setTimeout(resolve, delay));
+		}
 	}
 	/** Who is in a channel now (`GET /api/channels/{channel}/presence`). */
 	presence(channel) {
@@ -302,10 +336,11 @@ var HeraldClient = class {
 		return this.auth.mode === "cookie" ? "include" : "same-origin";
 	}
 	/** One JSON call to Herald's API; throws `HeraldError` on an error answer. */
-	async request(method, path, body) {
+	async request(method, path, body, extra = {}) {
 		const headers = {
 			Accept: "application/json",
-			...await this.authHeaders()
+			...await this.authHeaders(),
+			...extra
 		};
 		if (body !== void 0) headers["Content-Type"] = "application/json";
 		let resp;
@@ -725,4 +760,4 @@ var PresenceTracker = class {
 		for (const s of this.stop.splice(0)) s();
 	}
 };
-export { AiStreams, Backoff, DEFAULT_BASE_MS, DEFAULT_CAP_MS, DEFAULT_HEALTHY_AFTER_MS, HeraldClient, HeraldError, PresenceTracker, SseParser, Subscription, backoffCeiling, backoffDelay, devToken, is };
+export { AiStreams, Backoff, DEFAULT_BASE_MS, DEFAULT_CAP_MS, DEFAULT_HEALTHY_AFTER_MS, HeraldClient, HeraldError, PresenceTracker, SseParser, Subscription, backoffCeiling, backoffDelay, devToken, is, newIdempotencyKey };

@@ -60,7 +60,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, etype, body, pubcmd, fanout = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ai_sid, ai_text, ai_done, ai_keep = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
-local n = #KEYS / 3
+local n = math.floor(#KEYS / 3)
+-- An idempotent publish names its key after the channels' keys: a key seen within its
+-- window answers what it stored (fingerprint, id, stream ids) and publishes nothing.
+local idem, idem_arg = KEYS[3 * n + 1], 9 + 4 * n
+if idem then
+  local seen = redis.call('GET', idem)
+  if seen then return {'dup', seen} end
+end
 local sids, chans, names = {}, {}, {}
 for i = 1, n do
   local stream, floor, ai = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
@@ -111,6 +118,9 @@ if n > 1 then
 end
 for i = 1, n do
   redis.call(pubcmd, chans[i], sids[i] .. ' ' .. id .. ' ' .. etype .. ' ' .. fanout .. '\n' .. positions .. '\n' .. body)
+end
+if idem then
+  redis.call('SET', idem, ARGV[idem_arg + 1] .. ' ' .. id .. ' ' .. table.concat(sids, ' '), 'PX', ARGV[idem_arg + 2])
 end
 return sids
 ";
@@ -415,7 +425,36 @@ impl RedisEngine {
             inv.key(self.stream_key(ch)).key(self.floor_key(ch)).key(self.streams_key(ch));
             inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
         }
+        // The key goes with the event's first channel, in that channel's slot: on a cluster
+        // the script of the first channel decides whether the event is published at all.
+        if let (Some(key), Some(first)) = (&p.idempotency, channels.first())
+            && p.channels.first() == Some(first)
+        {
+            let window = u64::try_from(key.window.as_millis()).unwrap_or(u64::MAX).max(1);
+            inv.key(self.idempotency_key(first, &key.key)).arg(&key.fingerprint).arg(window);
+        }
         inv
+    }
+
+    /// Where an idempotency key is kept: `realtime:channel:{general}:idem:<digest>`, in the
+    /// slot of the event's first channel.
+    fn idempotency_key(&self, channel: &ChannelName, key: &str) -> String {
+        format!("{}:idem:{key}", self.pubsub_name(channel))
+    }
+
+    /// Before a batch with idempotency keys: refuses it whole if one of its keys is held for
+    /// a different event. (The scripts decide again, atomically, as each event is published;
+    /// this check keeps a reused key from leaving the rest of the batch published.)
+    async fn check_keys(&self, batch: &[Prepared]) -> Result<(), EngineError> {
+        super::check_batch_keys(batch)?;
+        let mut conn = self.conn.clone();
+        for (first, key) in batch.iter().filter_map(|p| Some((p.channels.first()?, p.idempotency.as_deref()?))) {
+            let seen: Option<String> = conn.get(self.idempotency_key(first, &key.key)).await.map_err(unavailable)?;
+            if seen.is_some_and(|s| s.split(' ').next() != Some(key.fingerprint.as_str())) {
+                return Err(EngineError::IdempotencyKeyReused);
+            }
+        }
+        Ok(())
     }
 
     /// On a cluster: each event, channel by channel, in order. A batch or a multi-channel
@@ -424,11 +463,15 @@ impl RedisEngine {
     async fn publish_cluster(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
         let mut conn = self.conn.clone();
         let mut acks = Vec::with_capacity(batch.len());
-        for p in batch {
+        'events: for p in batch {
             let mut positions = Vec::with_capacity(p.channels.len());
             for ch in &p.channels {
                 let ids: Vec<String> =
                     self.invocation(p, std::slice::from_ref(ch)).invoke_async(&mut conn).await.map_err(unavailable)?;
+                if let Some(stored) = replay(&ids) {
+                    acks.push(replayed(p, stored)?);
+                    continue 'events;
+                }
                 let id = ids.first().ok_or_else(|| unavailable("empty publish reply"))?;
                 let pos = Position::parse_stream_id(id).ok_or_else(|| unavailable(format!("bad stream id {id}")))?;
                 positions.push((ch.clone(), pos));
@@ -441,6 +484,9 @@ impl RedisEngine {
     /// Publishes a batch: one script for one event, or every event's script inside one
     /// MULTI/EXEC, so that a batch is all accepted or (Redis gone) not at all.
     async fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+        if batch.len() > 1 && batch.iter().any(|p| p.idempotency.is_some()) {
+            self.check_keys(batch).await?;
+        }
         if self.is_cluster() {
             return self.publish_cluster(batch).await;
         }
@@ -462,6 +508,9 @@ impl RedisEngine {
             .iter()
             .zip(ids)
             .map(|(p, ids)| {
+                if let Some(stored) = replay(&ids) {
+                    return replayed(p, stored);
+                }
                 let positions = ids
                     .iter()
                     .map(|id| Position::parse_stream_id(id).ok_or_else(|| unavailable(format!("bad stream id {id}"))))
@@ -626,6 +675,27 @@ impl RedisEngine {
         *entry = (*entry).max(head);
         Ok(())
     }
+}
+
+/// The stored answer of an idempotency key, when the publish script found one.
+fn replay(reply: &[String]) -> Option<&str> {
+    match reply {
+        [marker, stored] if marker == "dup" => Some(stored),
+        _ => None,
+    }
+}
+
+/// The first publish's answer under `p`'s key, stored as `<fingerprint> <id> <stream ids>`;
+/// refused if that key was first used for a different event.
+fn replayed(p: &Prepared, stored: &str) -> Result<PublishAck, EngineError> {
+    let mut words = stored.split(' ');
+    let fingerprint = p.idempotency.as_deref().map(|k| k.fingerprint.as_str());
+    if words.next() != fingerprint {
+        return Err(EngineError::IdempotencyKeyReused);
+    }
+    let id = words.next().ok_or_else(|| unavailable("bad idempotency record"))?;
+    let positions = p.channels.iter().cloned().zip(words.filter_map(Position::parse_stream_id)).collect();
+    Ok(PublishAck { id: Arc::from(id), positions })
 }
 
 fn published(channel: &ChannelName, pos: Position, id: &str, etype: &str, body: &str, fanout: u16) -> Arc<Published> {
@@ -1228,51 +1298,14 @@ impl Engine for RedisEngine {
 
     /// Renews the leases of this node's users' connection slots and presence.
     fn sweep(&self) {
-        let presence = self.presence_renewals();
-        let mut presence_conn = self.conn.clone();
-        tokio::spawn(async move {
-            for pipe in presence {
-                let renewed: Result<(), _> = pipe.query_async(&mut presence_conn).await;
-                if let Err(e) = renewed {
-                    tracing::warn!(error = %e, "could not renew presence leases");
-                }
-            }
-        });
-        let slots = self.hub.user_connections();
-        if slots.is_empty() {
+        let renewals = self.lease_renewals();
+        if renewals.is_empty() {
             return;
         }
-        let mut conn = self.conn.clone();
-        let lease = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
-        let keys: Vec<(String, Arc<str>)> = slots.into_iter().map(|(u, c)| (self.slots_key(&u), c)).collect();
-        let cluster = self.is_cluster();
+        let conn = self.conn.clone();
         tokio::spawn(async move {
-            let now = crate::ids::now_ms();
-            let renew = |pipe: &mut redis::Pipeline, key: &str, conn_id: &str| {
-                pipe.cmd("ZADD").arg(key).arg("XX").arg(now + lease).arg(conn_id).ignore();
-                pipe.cmd("PEXPIRE").arg(key).arg(lease).ignore();
-            };
-            // A cluster pipeline must stay within one slot: renew user by user there.
-            let batches: Vec<redis::Pipeline> = if cluster {
-                keys.iter()
-                    .map(|(key, conn_id)| {
-                        let mut pipe = redis::pipe();
-                        renew(&mut pipe, key, conn_id);
-                        pipe
-                    })
-                    .collect()
-            } else {
-                let mut pipe = redis::pipe();
-                for (key, conn_id) in &keys {
-                    renew(&mut pipe, key, conn_id);
-                }
-                vec![pipe]
-            };
-            for pipe in batches {
-                let renewed: Result<(), _> = pipe.query_async(&mut conn).await;
-                if let Err(e) = renewed {
-                    tracing::warn!(error = %e, "could not renew connection slots");
-                }
+            if let Err(e) = presence::send_renewals(conn, renewals).await {
+                tracing::warn!(error = %e, "could not renew leases");
             }
         });
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{RedisEngine, unavailable};
+use super::{Conn, RedisEngine, unavailable};
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PresenceEntry};
 
@@ -260,7 +260,7 @@ impl RedisEngine {
 
     /// Renews the presence leases of this node's connections (one pipeline per channel on
     /// a cluster, where a pipeline stays on one shard; one in all otherwise).
-    pub(super) fn presence_renewals(&self) -> Vec<redis::Pipeline> {
+    fn presence_renewals(&self) -> Vec<redis::Pipeline> {
         let lease = ms(self.slot_lease);
         let lifetime = self.presence_lifetime();
         let expiry = crate::ids::now_ms() + lease;
@@ -276,6 +276,7 @@ impl RedisEngine {
                 }
             }
         }
+        let by_channel_empty = by_channel.is_empty();
         let mut pipes = Vec::new();
         let mut pipe = redis::pipe();
         for (ch, conns) in by_channel {
@@ -290,9 +291,63 @@ impl RedisEngine {
                 pipes.push(std::mem::replace(&mut pipe, redis::pipe()));
             }
         }
-        if !self.is_cluster() {
+        // An empty pipeline is an error to Redis (`empty command`): a node with no streams
+        // sends nothing.
+        if !self.is_cluster() && !by_channel_empty {
             pipes.push(pipe);
         }
         pipes
     }
+
+    /// Renews the leases of this node's users' connection slots and presence now, as the
+    /// maintenance sweep does; answers how many pipelines it sent (none when the node has no
+    /// streams).
+    pub async fn renew_leases(&self) -> Result<usize, EngineError> {
+        send_renewals(self.conn.clone(), self.lease_renewals()).await
+    }
+
+    /// The pipelines that renew the leases of this node's presence and connection slots;
+    /// none when there is nothing to renew.
+    pub(super) fn lease_renewals(&self) -> Vec<redis::Pipeline> {
+        let mut pipes = self.presence_renewals();
+        let slots = self.hub.user_connections();
+        if slots.is_empty() {
+            return pipes;
+        }
+        let now = crate::ids::now_ms();
+        let lease = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
+        let renew = |pipe: &mut redis::Pipeline, user: &str, conn_id: &str| {
+            let key = self.slots_key(user);
+            pipe.cmd("ZADD").arg(&key).arg("XX").arg(now + lease).arg(conn_id).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(lease).ignore();
+        };
+        // A cluster pipeline must stay within one slot: renew user by user there.
+        if self.is_cluster() {
+            for (user, conn_id) in &slots {
+                let mut pipe = redis::pipe();
+                renew(&mut pipe, user, conn_id);
+                pipes.push(pipe);
+            }
+        } else {
+            let mut pipe = redis::pipe();
+            for (user, conn_id) in &slots {
+                renew(&mut pipe, user, conn_id);
+            }
+            pipes.push(pipe);
+        }
+        pipes
+    }
+}
+
+/// Sends lease renewals one pipeline after another, each even if one before it failed;
+/// answers how many were sent, or the first failure.
+pub(super) async fn send_renewals(mut conn: Conn, pipes: Vec<redis::Pipeline>) -> Result<usize, EngineError> {
+    let mut failed = None;
+    for pipe in &pipes {
+        let renewed: Result<(), _> = pipe.query_async(&mut conn).await;
+        if let Err(e) = renewed {
+            failed.get_or_insert(unavailable(e));
+        }
+    }
+    failed.map_or(Ok(pipes.len()), Err)
 }

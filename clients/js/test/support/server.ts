@@ -46,6 +46,10 @@ export class TestServer {
   hold: Promise<void> | undefined;
   /** Send a `reset` for this channel on the next connect. */
   resetNext: string | undefined;
+  /** The next publishes are stored, but answered `503` as if the answer were lost. */
+  lostAnswers = 0;
+  /** Idempotency keys seen, with the id of the event each published. */
+  readonly keys = new Map<string, string>();
   private server: http.Server;
   private nextConn = 1;
   url = '';
@@ -122,7 +126,7 @@ export class TestServer {
     res.setHeader('access-control-allow-origin', '*');
     if (req.method === 'OPTIONS') {
       res.writeHead(204, {
-        'access-control-allow-headers': 'authorization, content-type, last-event-id, x-api-key',
+        'access-control-allow-headers': 'authorization, content-type, idempotency-key, last-event-id, x-api-key',
         'access-control-allow-methods': 'GET, POST, DELETE',
       });
       res.end();
@@ -155,8 +159,15 @@ export class TestServer {
       if (!this.bearer(req)) return this.error(res, 401, 'unauthorized');
       const ev = JSON.parse(body) as Record<string, unknown>;
       if (typeof ev.channel !== 'string') return this.error(res, 400, 'missing_channel');
-      const stored = this.publish(ev.channel, ev);
-      return this.json(res, 200, { id: stored.json.id });
+      const key = req.headers['idempotency-key'];
+      const seen = typeof key === 'string' ? this.keys.get(key) : undefined;
+      const id = seen ?? (this.publish(ev.channel, ev).json.id as string);
+      if (typeof key === 'string') this.keys.set(key, id);
+      if (this.lostAnswers > 0) {
+        this.lostAnswers -= 1;
+        return this.error(res, 503, 'engine_unavailable');
+      }
+      return this.json(res, 200, { id });
     }
     const join = /^\/api\/connections\/([^/]+)\/channels(?:\/([^/]+))?$/.exec(path);
     if (join) {
