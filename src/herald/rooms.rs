@@ -1,4 +1,4 @@
-//! Live rooms (document 001's `JoinRoom`/`LeaveRoom`): channels added to and removed from
+//! Live rooms (`docs/http-api.md`, "Live rooms"): channels added to and removed from
 //! an open connection, events sent to one connection, and room counts, on whichever node
 //! the connection lives.
 //!

@@ -16,9 +16,10 @@
 //!   resubscribes, and reads from each Stream what was published since the last event it
 //!   delivered, before going back to live messages. Streams stay open meanwhile.
 //!
-//! Keys follow document 002's names under a configurable prefix, with the channel's name
-//! as a hash tag: `realtime:channel:{general}` (pub/sub), `realtime:channel:{general}:log`
-//! (Stream), `realtime:channel:{general}:floor`, `realtime:{system}` for `system`.
+//! Keys live under a configurable prefix (`redis_prefix`, default `realtime`), with the
+//! channel's name as a hash tag: `realtime:channel:{general}` (pub/sub),
+//! `realtime:channel:{general}:log` (Stream), `realtime:channel:{general}:floor`,
+//! `realtime:{system}` for `system`.
 
 mod commands;
 mod presence;
