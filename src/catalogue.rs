@@ -1,6 +1,6 @@
-//! The event catalogue: a typed constructor for every event type of the source documents.
+//! The event catalogue: a typed constructor for every event type listed in `docs/channels.md`.
 //!
-//! Each returns an [`Event`] with the document's type name and camelCase fields, ready for
+//! Each returns an [`Event`] with its type name and camelCase fields, ready for
 //! [`crate::Herald::send_to_user`] and friends. Identity fields (`userId`, `userName`) are
 //! never set here: the server writes them from the publisher's credential. Custom types
 //! (`incident.created`, ...) stay possible with [`Event::new`].

@@ -1,7 +1,7 @@
 //! Configuration: one typed struct, its defaults, loading from TOML, and validation.
 //!
-//! Sources apply in this order, each overriding the one before: the defaults below (from
-//! the source documents where they give one), a TOML file (`--config`), then `HERALD_*`
+//! Sources apply in this order, each overriding the one before: the defaults below (listed
+//! in `docs/configuration.md`), a TOML file (`--config`), then `HERALD_*`
 //! environment variables and command-line flags (merged by the binary). [`Config::validate`]
 //! runs once at start and explains every problem in words.
 
