@@ -12,8 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herald::http::error::ApiError;
-use herald::{Event, Herald};
+use herald::{ApiError, Event, Herald};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
