@@ -1,9 +1,9 @@
-//! The event catalogue: a typed constructor for every event type of the source documents.
+//! The event catalogue: a typed constructor for every event type listed in `docs/channels.md`.
 //!
-//! Each returns an [`Event`] with the document's type name and camelCase fields, ready for
+//! Each returns an [`Event`] with its type name and camelCase fields, ready for
 //! [`crate::Herald::send_to_user`] and friends. Identity fields (`userId`, `userName`) are
 //! never set here: the server writes them from the publisher's credential. Custom types
-//! (document 003's `incident.created`, ...) stay possible with [`Event::new`].
+//! (`incident.created`, ...) stay possible with [`Event::new`].
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -42,7 +42,7 @@ pub mod types {
     pub const SYSTEM_NOTIFICATION: &str = "system.notification";
 }
 
-/// A user's presence (document 000's `PresenceOnline`, `PresenceOffline`, `PresenceAway`).
+/// A user's presence: online, offline or away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceStatus {
@@ -51,7 +51,7 @@ pub enum PresenceStatus {
     Away,
 }
 
-/// The result of a finished generation job (document 000's `GenerationResult`).
+/// The result of a finished generation job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerationResult {
@@ -60,7 +60,7 @@ pub struct GenerationResult {
     pub latency_ms: u64,
 }
 
-/// The result of a finished upload (document 000's `UploadResult`).
+/// The result of a finished upload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadResult {
@@ -76,12 +76,12 @@ fn to_value(v: &impl Serialize) -> Value {
 }
 
 impl Event {
-    /// A chat message (document 002): `{"content"}`.
+    /// A chat message: `{"content"}`.
     pub fn chat(content: impl Into<String>) -> Self {
         Self::new(types::CHAT).with("content", content.into())
     }
 
-    /// A notification (document 004's `NotificationEvent(type, title, message, data)`);
+    /// A notification: `{"kind","title","message"}`;
     /// the notification's own kind is `kind`, since `type` is the event's.
     pub fn notification(kind: impl Into<String>, title: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(types::NOTIFICATION)
@@ -100,17 +100,17 @@ impl Event {
         Self::notification(kind, title, message).with("data", data)
     }
 
-    /// The unread count for a badge (document 004's `BadgeUpdateEvent(count)`).
+    /// The unread count for a badge: `{"count"}`.
     pub fn badge_update(count: u64) -> Self {
         Self::new(types::BADGE_UPDATE).with("count", count)
     }
 
-    /// A new item in a feed (document 004's `NewItemEvent(type, id, data)`).
+    /// A new item in a feed: `{"itemType","itemId","data"}`.
     pub fn new_item(item_type: impl Into<String>, id: impl Into<String>, data: Value) -> Self {
         Self::new(types::NEW_ITEM).with("itemType", item_type.into()).with("itemId", id.into()).with("data", data)
     }
 
-    /// A general data update (document 004): the given fields, flat.
+    /// A general data update: the given fields, flat.
     pub fn update(fields: Map<String, Value>) -> Self {
         Self::from_fields(types::UPDATE, fields)
     }
@@ -127,7 +127,7 @@ impl Event {
         Self::new(types::PRESENCE).with("status", to_value(&status))
     }
 
-    /// A user joined a room (document 000's `JoinLeaveData`; `userId` from the server).
+    /// A user joined a room: `{"room"}` (`userId` comes from the server).
     pub fn join(room: impl Into<String>) -> Self {
         Self::new(types::JOIN).with("room", room.into())
     }
@@ -137,7 +137,7 @@ impl Event {
         Self::new(types::LEAVE).with("room", room.into())
     }
 
-    /// A system message (document 000's `SystemMessage(msgType, data)`): `{"kind","data"}`.
+    /// A system message: `{"kind","data"}`.
     pub fn system_message(kind: impl Into<String>, data: Value) -> Self {
         Self::new(types::SYSTEM).with("kind", kind.into()).with("data", data)
     }
@@ -147,7 +147,7 @@ impl Event {
         Self::new(types::ERROR).with("code", code.into()).with("message", message.into())
     }
 
-    /// An async job started (document 002's job pattern): `{"jobId"}`.
+    /// An async job started: `{"jobId"}`.
     pub fn generation_started(job_id: impl Into<String>) -> Self {
         Self::new(types::GENERATION_STARTED).with("jobId", job_id.into())
     }
@@ -193,12 +193,12 @@ impl Event {
         Self::new(types::UPLOAD_FAILED).with("jobId", job_id.into()).with("error", error.into())
     }
 
-    /// A whole AI answer (document 000's `AIResponseData`): `{"content","provider"}`.
+    /// A whole AI answer: `{"content","provider"}`.
     pub fn ai_chat(content: impl Into<String>, provider: impl Into<String>) -> Self {
         Self::new(types::AI_CHAT).with("content", content.into()).with("provider", provider.into())
     }
 
-    /// One chunk of a streamed AI answer (document 000's `AIChunkData`):
+    /// One chunk of a streamed AI answer:
     /// `{"streamId","text","done"}`, and `provider` on the last chunk.
     pub fn ai_chat_chunk(
         stream_id: impl Into<String>,
@@ -216,7 +216,7 @@ impl Event {
         }
     }
 
-    /// An incident event of document 003 (`incident.created`, ...): `{"incidentId","severity","data"}`.
+    /// An incident event (`incident.created`, ...): `{"incidentId","severity","data"}`.
     pub fn incident(
         event_type: &str,
         incident_id: impl Into<String>,

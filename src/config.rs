@@ -1,7 +1,7 @@
 //! Configuration: one typed struct, its defaults, loading from TOML, and validation.
 //!
-//! Sources apply in this order, each overriding the one before: the defaults below (from
-//! the source documents where they give one), a TOML file (`--config`), then `HERALD_*`
+//! Sources apply in this order, each overriding the one before: the defaults below (listed
+//! in `docs/configuration.md`), a TOML file (`--config`), then `HERALD_*`
 //! environment variables and command-line flags (merged by the binary). [`Config::validate`]
 //! runs once at start and explains every problem in words.
 
@@ -20,10 +20,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// This node's id in status and logs (default: random).
     pub node_id: Option<String>,
-    /// Interval of heartbeat comments on idle streams (document 004: 30 s).
+    /// Interval of heartbeat comments on idle streams (default 30 s).
     #[serde(deserialize_with = "duration")]
     pub heartbeat_interval: Duration,
-    /// A stream that accepts nothing for this long is closed (document 004: 5 min).
+    /// A stream that accepts nothing for this long is closed (default 5 min).
     #[serde(deserialize_with = "duration")]
     pub client_timeout: Duration,
     /// The `retry:` hint sent at the start of each stream.
@@ -31,7 +31,7 @@ pub struct Config {
     pub retry: Duration,
     /// Events queued per connection before it counts as a slow consumer and is closed.
     pub buffer_size: usize,
-    /// Open SSE connections per node; over it, `503` (document 002: 10,000 per pod).
+    /// Open SSE connections per node; over it, `503` (default 10,000).
     pub max_connections: usize,
     /// Channels one connection may follow.
     pub max_channels_per_connection: usize,
@@ -82,13 +82,13 @@ pub struct Config {
     /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a
     /// private CA).
     pub redis_tls_ca: Option<PathBuf>,
-    /// Prefix of every Redis key and pub/sub channel (document 002: `realtime`).
+    /// Prefix of every Redis key and pub/sub channel (default `realtime`).
     pub redis_prefix: String,
     /// TLS certificate chain (PEM). With `tls_key`, serves HTTPS with HTTP/2 by ALPN.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
-    /// Open SSE connections per user; over it, `429` (document 004: 5).
+    /// Open SSE connections per user; over it, `429` (default 5).
     pub max_connections_per_user: usize,
     /// Events per second a user may publish (token bucket), and the burst above it.
     pub publish_rate: f64,

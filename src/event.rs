@@ -6,7 +6,7 @@
 //! payload serialized once) → [`Published`] (positions assigned by the engine, one SSE
 //! [`Frame`] per channel, shared by every subscriber through an `Arc`).
 //!
-//! The wire shape is the flat event of document 002:
+//! The wire shape is one flat JSON object (`docs/channels.md`, "The event on the wire"):
 //! `{"id","channel","type","timestamp","userId","userName", ...payload fields}`.
 //! The reserved keys are always written by the server; a publisher's values for them are
 //! dropped.
@@ -197,7 +197,7 @@ pub struct Prepared {
     pub idempotency: Option<Box<Idempotency>>,
 }
 
-/// One chunk of an AI token stream (document 000's `ai_chat_chunk`).
+/// One chunk of an AI token stream (an `ai_chat_chunk` event).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AiChunk {
     pub stream_id: String,

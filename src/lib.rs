@@ -16,7 +16,7 @@
 //! | [`policy`] | who may subscribe and publish where, per namespace |
 //! | [`limits`] | publish rate limits (token buckets) |
 //! | [`event`] | the event model: what is published, what is stored and fanned out |
-//! | [`catalogue`] | typed constructors for every event type of the source documents |
+//! | [`catalogue`] | typed constructors for every event type in `docs/channels.md` |
 //! | [`cursor`] | stream positions and the SSE id that lets a client resume |
 //! | [`sse`] | the wire format: frames, heartbeats, `retry:` |
 //! | [`engine`] | publishing, ordering and history (in-memory; Redis for several nodes) |
@@ -57,12 +57,18 @@ pub mod policy;
 pub mod server;
 pub mod sse;
 
-pub use auth::Principal;
-pub use channel::ChannelName;
-pub use config::Config;
-pub use event::{Event, Publisher};
+// What an embedding application names: the node handle, its requests and results, and every
+// error it returns, so that no one needs to spell a module path (`herald::herald::RoomError`).
+pub use auth::{Principal, UserIdentity};
+pub use channel::{ChannelError, ChannelName};
+pub use config::{Config, ConfigError};
+pub use engine::{EngineError, PresenceEntry, PublishAck};
+pub use event::{Event, EventError, Publisher};
 pub use herald::{
-    DisconnectError, DisconnectOptions, DisconnectTarget, Herald, PublishError, StreamRequest, SubscribeError,
+    ChannelInfo, DisconnectError, DisconnectOptions, DisconnectTarget, Herald, PresenceError, PublishError, RoomError,
+    StartError, Stats, StreamRequest, SubscribeError, UserPresence,
 };
+pub use http::ApiError;
 pub use hub::connection::{Connection, Message};
+pub use policy::Denied;
 pub use server::Server;

@@ -146,7 +146,7 @@ async fn a_job_hashes_for_real_and_reports_progress_to_its_user() {
     }
     let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(done["result"]["digest"], hex.as_str());
-    // Then the notification and the unread count (document 004's pattern).
+    // Then the notification and the unread count.
     assert_eq!(events.expect().await.data["type"], "notification");
     assert_eq!(events.expect().await.data["count"], 1);
 }

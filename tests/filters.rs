@@ -1,5 +1,5 @@
-//! Subscription filters (document 003): `filter=field:value`, repeatable, all must match,
-//! applied on the server to live events and to what a resume replays.
+//! Subscription filters (`docs/channels.md`, "Filters"): `filter=field:value`, repeatable,
+//! all must match, applied on the server to live events and to what a resume replays.
 
 mod support;
 

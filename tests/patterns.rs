@@ -1,5 +1,6 @@
-//! Pattern subscriptions (document 003): `channel=channel:incidents.*` follows every channel
-//! whose name starts so, authorized like the channels it matches. On both engines.
+//! Pattern subscriptions (`docs/channels.md`, "Patterns"): `channel=channel:incidents.*`
+//! follows every channel whose name starts so, authorized like the channels it matches. On
+//! both engines.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Live rooms (document 001's `JoinRoom`/`LeaveRoom`): channels added to and removed from an
+//! Live rooms (`docs/http-api.md`, "Live rooms"): channels added to and removed from an
 //! open connection, on whichever node it lives, and room counts across nodes.
 
 mod support;

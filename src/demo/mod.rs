@@ -264,7 +264,7 @@ fn sha256_chain(seed: &[u8], rounds: u64) -> [u8; 32] {
     d
 }
 
-/// A notification and the new unread count for `user_id` (document 004's pattern).
+/// A notification and the new unread count for `user_id`, as two events.
 async fn notify(demo: &Demo, user_id: &str, kind: &str, title: &str, message: &str) {
     let count = {
         let mut unread = demo.unread.lock().unwrap_or_else(PoisonError::into_inner);

@@ -256,7 +256,7 @@ impl Herald {
         self.inner.policies.parse_subscription(raw)
     }
 
-    /// This node's numbers (document 003's broadcaster statistics).
+    /// This node's numbers: connections, channels, events in and out.
     pub fn stats(&self) -> Stats {
         let hub = &self.inner.hub;
         Stats {
@@ -269,7 +269,7 @@ impl Herald {
         }
     }
 
-    /// Open connections on this node following `channel` (document 001's room count).
+    /// Open connections on this node following `channel` (the room count).
     pub fn room_count(&self, channel: &str) -> usize {
         self.inner.hub.subscriber_count(channel)
     }
@@ -392,7 +392,7 @@ impl Herald {
         Ok(prepared)
     }
 
-    /// Sends an event to one user's private channel `user:<id>` (document 000's `SendToUser`).
+    /// Sends an event to one user's private channel `user:<id>`, on every node.
     pub async fn send_to_user(&self, user_id: &str, event: Event) -> Result<PublishAck, PublishError> {
         self.publish(vec![ChannelName::user(user_id)?], event).await
     }

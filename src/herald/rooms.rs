@@ -1,4 +1,4 @@
-//! Live rooms (document 001's `JoinRoom`/`LeaveRoom`): channels added to and removed from
+//! Live rooms (`docs/http-api.md`, "Live rooms"): channels added to and removed from
 //! an open connection, events sent to one connection, and room counts, on whichever node
 //! the connection lives.
 //!
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Herald, PublishError};
+use super::Herald;
 use crate::auth::Principal;
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, NodeCommand, NodeReply};
@@ -248,15 +248,4 @@ fn asking_user(who: &Principal) -> Option<String> {
 
 fn refused(code: &str, message: &str) -> NodeReply {
     NodeReply::Refused { code: code.to_owned(), message: message.to_owned() }
-}
-
-impl From<RoomError> for PublishError {
-    fn from(e: RoomError) -> Self {
-        match e {
-            RoomError::Engine(e) => PublishError::Engine(e),
-            RoomError::Denied(d) => PublishError::Denied(d),
-            RoomError::Event(e) => PublishError::Event(e),
-            other => PublishError::Engine(EngineError::Unavailable(other.to_string())),
-        }
-    }
 }

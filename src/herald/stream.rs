@@ -30,8 +30,8 @@ pub struct StreamRequest {
     pub named: bool,
     /// Lets the hub tear down an HTTP/1.1 connection whose reader stalled.
     pub kill: Option<KillSwitch>,
-    /// Field filters (document 003): only events whose top-level `field` equals `value`,
-    /// for every pair, reach the stream.
+    /// Field filters (`docs/channels.md`, "Filters"): only events whose top-level `field`
+    /// equals `value`, for every pair, reach the stream.
     pub filters: Vec<(String, String)>,
 }
 
@@ -57,8 +57,8 @@ impl Herald {
         Ok(SseBody::new(core, named, preamble))
     }
 
-    /// Opens a connection for a transport of the application's own (document 000/001's
-    /// `Register`): the same checks, resume and live events as an SSE stream, as messages.
+    /// Opens a connection for a transport of the application's own: the same checks, resume
+    /// and live events as an SSE stream, as messages.
     pub async fn connect(&self, req: StreamRequest) -> Result<Connection, SubscribeError> {
         let mut out = MessageOut::default();
         let core = self.open(req, &mut out).await?;

@@ -37,7 +37,7 @@ pub async fn metrics(State(herald): State<Herald>) -> impl axum::response::IntoR
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render(&herald))
 }
 
-/// Node id, version, uptime, engine, and counts (document 004's connection status).
+/// Node id, version, uptime, engine, and counts (`GET /api/status` in `docs/http-api.md`).
 pub async fn status(State(herald): State<Herald>) -> Json<Value> {
     let engine = herald.engine();
     Json(json!({

@@ -187,7 +187,7 @@ pub struct ConnShared {
     pub user_name: Option<Arc<str>>,
     capacity: usize,
     kill: Option<KillSwitch>,
-    /// Field filters of the subscription (document 003): all must match.
+    /// Field filters of the subscription: all must match.
     pub filters: Filters,
     /// When the credential it was opened with expires, plus the leeway, in milliseconds
     /// since the Unix epoch (see [`Hub::expire_sessions`]).
@@ -746,9 +746,9 @@ impl Emit for MessageOut {
     }
 }
 
-/// A live connection for a transport other than Herald's SSE (document 000/001's
-/// `Connection`): the same queue, cursor, channels, filters, joins and leaves as an SSE
-/// stream, handed out as [`Message`]s. Dropping it unregisters the connection.
+/// A live connection for a transport other than Herald's SSE: the same queue, cursor,
+/// channels, filters, joins and leaves as an SSE stream, handed out as [`Message`]s.
+/// Dropping it unregisters the connection.
 ///
 /// ```no_run
 /// # async fn demo(herald: herald::Herald) -> Result<(), Box<dyn std::error::Error>> {

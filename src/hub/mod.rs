@@ -107,8 +107,6 @@ pub(crate) enum Joined {
 /// Counters the hub keeps as it works.
 #[derive(Default, Debug)]
 pub struct HubStats {
-    /// Events queued to connections (one per event per connection).
-    pub events_queued: AtomicU64,
     /// Connections closed because their queue overflowed.
     pub slow_disconnects: AtomicU64,
     /// Connections closed because they made no progress for the client timeout.
@@ -351,7 +349,6 @@ impl Hub {
     /// pattern matching one), once per connection.
     pub fn deliver(&self, event: &Arc<Published>) {
         let mut overflowed = Vec::new();
-        let mut queued = 0u64;
         {
             let reg = self.read();
             // A connection is pushed at the first copy it follows, the one it will write (see
@@ -361,9 +358,8 @@ impl Hub {
                     return;
                 }
                 match conn.push(event) {
-                    Pushed::Queued => queued += 1,
+                    Pushed::Queued | Pushed::Closed => {}
                     Pushed::Overflowed => overflowed.push(Arc::clone(conn)),
-                    Pushed::Closed => {}
                 }
             };
             match event.copies.as_slice() {
@@ -386,7 +382,6 @@ impl Hub {
                 }
             }
         }
-        self.stats.events_queued.fetch_add(queued, Ordering::Relaxed);
         for conn in overflowed {
             self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(

@@ -1,4 +1,4 @@
-// Reconnect delays: exponential backoff with FULL jitter, capped (document 002: start at
+// Reconnect delays: exponential backoff with FULL jitter, capped (start at
 // 1 s, double per failed attempt, at most 30 s). Full jitter draws the delay uniformly from
 // [0, min(cap, base * 2^attempt)), so clients that lost the same server at the same moment
 // come back spread over the whole window instead of in synchronized waves.

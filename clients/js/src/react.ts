@@ -1,6 +1,6 @@
-// React binding: `useEventChannel(channel, { onEvent })`, shaped like document 002's hook,
-// over one `Subscription` of the core client. React is a peer dependency of this entry
-// point only; `@herald/client` itself does not need it.
+// React binding: `useEventChannel(channel, { onEvent })`, a hook over one `Subscription` of
+// the core client. React is a peer dependency of this entry point only; `@herald/client`
+// itself does not need it.
 
 import { createContext, createElement, useContext, useEffect, useRef, useState, type ReactNode } from 'react';
 

@@ -1,6 +1,6 @@
 //! The jobs: a table of who started what and where it stands, a bounded queue, and the
 //! worker that runs each job on a blocking thread and reports to its owner's `user:<id>`
-//! channel with the catalogue's `generation_*` events, as document 002's worker does.
+//! channel with the catalogue's `generation_*` events (`docs/channels.md`, "Jobs").
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

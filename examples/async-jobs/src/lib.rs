@@ -21,9 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herald::auth::UserIdentity;
-use herald::http::ApiError;
-use herald::{Herald, Principal};
+use herald::{ApiError, Herald, Principal, UserIdentity};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -1,7 +1,6 @@
 //! An axum application that embeds Herald: it mounts Herald's routes (`/api/events`,
 //! `/api/publish`, ...) next to its own, and its handlers push events straight into the hub
-//! with [`Herald::send_to_user`] and [`Herald::broadcast`], as document 002 mounts its SSE
-//! handler with `r.Mount("/api/events", ..)` and document 004 calls `sseHub.SendToUser(..)`.
+//! with [`Herald::send_to_user`] and [`Herald::broadcast`], without a round trip over HTTP.
 //!
 //! Herald checks who subscribes: `user:<id>` channels are private, so a browser needs a
 //! token for its user. Here `GET /token/{user_id}` hands one out to anyone, to keep the
@@ -13,8 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herald::http::error::ApiError;
-use herald::{Event, Herald};
+use herald::{ApiError, Event, Herald};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

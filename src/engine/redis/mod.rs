@@ -16,9 +16,10 @@
 //!   resubscribes, and reads from each Stream what was published since the last event it
 //!   delivered, before going back to live messages. Streams stay open meanwhile.
 //!
-//! Keys follow document 002's names under a configurable prefix, with the channel's name
-//! as a hash tag: `realtime:channel:{general}` (pub/sub), `realtime:channel:{general}:log`
-//! (Stream), `realtime:channel:{general}:floor`, `realtime:{system}` for `system`.
+//! Keys live under a configurable prefix (`redis_prefix`, default `realtime`), with the
+//! channel's name as a hash tag: `realtime:channel:{general}` (pub/sub),
+//! `realtime:channel:{general}:log` (Stream), `realtime:channel:{general}:floor`,
+//! `realtime:{system}` for `system`.
 
 mod commands;
 mod presence;
@@ -44,137 +45,10 @@ use crate::event::{Copy, Prepared, Published, json_for};
 use crate::hub::Hub;
 use crate::policy::Policies;
 
-const PUBLISH_LUA: &str = r"
-local function newer(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
--- The floor is the newest id ever trimmed: resuming from before it is a gap.
-local function raise_floor(key, id)
-  local cur = redis.call('GET', key)
-  if (not cur) or newer(id, cur) then redis.call('SET', key, id) end
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id, etype, body, pubcmd, fanout = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ai_sid, ai_text, ai_done, ai_keep = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
-local n = math.floor(#KEYS / 3)
--- An idempotent publish names its key after the channels' keys: a key seen within its
--- window answers what it stored (fingerprint, id, stream ids) and publishes nothing.
-local idem, idem_arg = KEYS[3 * n + 1], 9 + 4 * n
-if idem then
-  local seen = redis.call('GET', idem)
-  if seen then return {'dup', seen} end
-end
-local sids, chans, names = {}, {}, {}
-for i = 1, n do
-  local stream, floor, ai = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local base = 9 + (i - 1) * 4
-  local chan, name, maxlen, ttl = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  local minid = tostring(math.max(now - ttl, 0)) .. '-0'
-  if redis.call('EXISTS', stream) == 0 then
-    redis.call('SET', floor, minid)
-  end
-  local drop = redis.call('XLEN', stream) + 1 - maxlen
-  if drop > 0 then
-    local gone = redis.call('XRANGE', stream, '-', '+', 'COUNT', drop)
-    if #gone > 0 then raise_floor(floor, gone[#gone][1]) end
-  end
-  local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
-  if maxlen == 0 then raise_floor(floor, sid) end
-  local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
-  if #old > 0 then
-    raise_floor(floor, old[1][1])
-    redis.call('XTRIM', stream, 'MINID', minid)
-  end
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', floor, ttl)
-  -- An AI stream chunk: fold it into the stream's snapshot (text so far, last chunk), kept
-  -- while chunks come and for the retention once done. Same hash tag, same slot.
-  if ai_sid ~= '' then
-    local meta = ai .. ':' .. ai_sid
-    local keep = ttl
-    if ai_done then keep = ai_keep end
-    redis.call('APPEND', meta .. ':text', ai_text)
-    redis.call('HSET', meta, 'last', sid, 'id', id, 'body', body)
-    redis.call('PEXPIRE', meta, keep)
-    redis.call('PEXPIRE', meta .. ':text', keep)
-    redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
-    redis.call('ZADD', ai, now + keep, ai_sid)
-    if redis.call('ZCARD', ai) > 64 then redis.call('ZPOPMIN', ai) end
-    if redis.call('PTTL', ai) < keep then redis.call('PEXPIRE', ai, keep) end
-  end
-  sids[i], chans[i], names[i] = sid, chan, name
-end
--- Every channel's message names every channel's position, so a node delivers the event
--- once and a connection following several of its channels advances on all of them.
-local positions = ''
-if n > 1 then
-  local parts = {}
-  for i = 1, n do parts[i] = names[i] .. ' ' .. sids[i] end
-  positions = table.concat(parts, ' ')
-end
-for i = 1, n do
-  redis.call(pubcmd, chans[i], sids[i] .. ' ' .. id .. ' ' .. etype .. ' ' .. fanout .. '\n' .. positions .. '\n' .. body)
-end
-if idem then
-  redis.call('SET', idem, ARGV[idem_arg + 1] .. ' ' .. id .. ' ' .. table.concat(sids, ' '), 'PX', ARGV[idem_arg + 2])
-end
-return sids
-";
-
-/// Reads the history of one or more channels at one instant (three keys and three arguments
-/// per channel: after, count, age limit); one reply per channel, in order.
-const HISTORY_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function read(stream, floor_key, ai, after, count, ttl)
-  -- The channel's AI streams, read with the head so that the two agree.
-  local streams = {}
-  if redis.call('EXISTS', ai) == 1 then
-    redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
-    for _, sid in ipairs(redis.call('ZRANGE', ai, 0, -1)) do
-      local meta = ai .. ':' .. sid
-      local m = redis.call('HMGET', meta, 'last', 'id', 'body')
-      local text = redis.call('GET', meta .. ':text')
-      if m[1] and m[2] and m[3] and text then streams[#streams + 1] = {sid, m[1], m[2], m[3], text} end
-    end
-  end
-  if redis.call('EXISTS', stream) == 0 then
-    local here = tostring(now) .. '-0'
-    return {here, tostring(math.max(now - ttl, 0)) .. '-0', '0-0', {}, streams}
-  end
-  local info = redis.call('XINFO', 'STREAM', stream)
-  local head, deleted = '0-0', '0-0'
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then head = info[i + 1] end
-    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
-  end
-  local floor = redis.call('GET', floor_key) or '0-0'
-  if after == '' then return {head, floor, deleted, {}, streams} end
-  return {head, floor, deleted, redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', count), streams}
-end
-local out = {}
-for i = 1, #KEYS / 3 do
-  local k, a = 3 * i - 2, 3 * i - 2
-  out[i] = read(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]))
-end
-return out
-";
-
-/// Takes a connection slot of a user if fewer than the limit are held. KEYS[1] is the
-/// user's sorted set of connection ids scored by lease expiry.
-const SLOT_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-return 1
-";
+// The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
+const PUBLISH_LUA: &str = include_str!("scripts/publish.lua");
+const HISTORY_LUA: &str = include_str!("scripts/history.lua");
+const SLOT_LUA: &str = include_str!("scripts/slot.lua");
 
 /// The command connection: one Redis, or a Redis Cluster (routed by key slot).
 #[derive(Clone)]

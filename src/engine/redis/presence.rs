@@ -24,79 +24,14 @@ use super::{Conn, RedisEngine, unavailable};
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PresenceEntry};
 
-/// Moves connections whose lease lapsed out, and their users to leaving (due now).
-const PURGE: &str = r"
-local function purge(now)
-  for _, c in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
-    redis.call('ZREM', KEYS[2], c)
-    local u = redis.call('HGET', KEYS[3], c)
-    redis.call('HDEL', KEYS[3], c)
-    if u then
-      if redis.call('HINCRBY', KEYS[4], u, -1) <= 0 then
-        redis.call('HDEL', KEYS[4], u)
-        redis.call('ZADD', KEYS[5], now, u)
-      end
-    end
-  end
-end
-local function keep(ms)
-  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ms) end
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-";
-
-/// ARGV: connection, user, entry JSON, lease ms, key lifetime ms. Returns 1 to announce.
-const JOIN: &str = r"
-purge(now)
-local added = redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-keep(tonumber(ARGV[5]))
-if added == 0 then return 0 end
-if redis.call('HINCRBY', KEYS[4], ARGV[2], 1) > 1 then return 0 end
-if redis.call('ZREM', KEYS[5], ARGV[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-return 1
-";
-
-/// ARGV: connection, grace ms.
-const LEAVE: &str = r"
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-local u = redis.call('HGET', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-if u and redis.call('HINCRBY', KEYS[4], u, -1) <= 0 then
-  redis.call('HDEL', KEYS[4], u)
-  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), u)
-end
-return 1
-";
-
-/// Returns `[user, entry, user, entry, ...]` of the users whose offline is due, once.
-const EXPIRE: &str = r"
-purge(now)
-local out = {}
-for _, u in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)) do
-  redis.call('ZREM', KEYS[5], u)
-  if not redis.call('HGET', KEYS[4], u) then
-    local entry = redis.call('HGET', KEYS[1], u)
-    redis.call('HDEL', KEYS[1], u)
-    out[#out + 1] = u
-    out[#out + 1] = entry or ''
-  end
-end
-return out
-";
-
-/// ARGV: user, status. Returns 1 if it changed.
-const STATUS: &str = r"
-local entry = redis.call('HGET', KEYS[1], ARGV[1])
-if not entry then return 0 end
-local e = cjson.decode(entry)
-if e.s == ARGV[2] then return 0 end
-e.s = ARGV[2]
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(e))
-return 1
-";
+// The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
+// Every script runs after the prelude, which purges lapsed leases and defines `now`.
+const PURGE: &str = include_str!("scripts/presence_prelude.lua");
+const JOIN: &str = include_str!("scripts/presence_join.lua");
+const LEAVE: &str = include_str!("scripts/presence_leave.lua");
+const EXPIRE: &str = include_str!("scripts/presence_expire.lua");
+const STATUS: &str = include_str!("scripts/presence_status.lua");
+const LIST: &str = include_str!("scripts/presence_list.lua");
 
 /// The scripts of this module, each with the shared prelude.
 pub(super) struct Scripts {
@@ -114,7 +49,7 @@ impl Scripts {
             join: with_prelude(JOIN),
             leave: with_prelude(LEAVE),
             expire: with_prelude(EXPIRE),
-            list: with_prelude("purge(now)\nreturn {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[4])}"),
+            list: with_prelude(LIST),
             status: with_prelude(STATUS),
         }
     }

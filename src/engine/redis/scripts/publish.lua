@@ -1,0 +1,89 @@
+-- Publishes one event to one or more channels at once: appends it to each channel's Stream
+-- (trimmed by length and age; the floor key remembers the newest id ever trimmed), folds an
+-- AI stream chunk into the channel's snapshot, then publishes one pub/sub message per channel.
+-- KEYS: per channel, three keys (Stream, floor, AI streams set); then, for an idempotent
+--   publish, the idempotency key.
+-- ARGV[1..9]: event id, event type, body, pub/sub command (PUBLISH or SPUBLISH), number of
+--   channels, AI stream id ('' if none), AI text, AI done ('1' or '0'), AI keep ms.
+-- ARGV[10..]: per channel four: pub/sub channel, channel name, max length, retention ms;
+--   then, for an idempotent publish: fingerprint, window ms.
+-- Returns the Stream ids, one per channel; or {'dup', stored answer} for a key already seen.
+
+local function newer(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+-- The floor is the newest id ever trimmed: resuming from before it is a gap.
+local function raise_floor(key, id)
+  local cur = redis.call('GET', key)
+  if (not cur) or newer(id, cur) then redis.call('SET', key, id) end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id, etype, body, pubcmd, fanout = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ai_sid, ai_text, ai_done, ai_keep = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
+local n = math.floor(#KEYS / 3)
+-- An idempotent publish names its key after the channels' keys: a key seen within its
+-- window answers what it stored (fingerprint, id, stream ids) and publishes nothing.
+local idem, idem_arg = KEYS[3 * n + 1], 9 + 4 * n
+if idem then
+  local seen = redis.call('GET', idem)
+  if seen then return {'dup', seen} end
+end
+local sids, chans, names = {}, {}, {}
+for i = 1, n do
+  local stream, floor, ai = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local base = 9 + (i - 1) * 4
+  local chan, name, maxlen, ttl = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local minid = tostring(math.max(now - ttl, 0)) .. '-0'
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('SET', floor, minid)
+  end
+  local drop = redis.call('XLEN', stream) + 1 - maxlen
+  if drop > 0 then
+    local gone = redis.call('XRANGE', stream, '-', '+', 'COUNT', drop)
+    if #gone > 0 then raise_floor(floor, gone[#gone][1]) end
+  end
+  local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
+  if maxlen == 0 then raise_floor(floor, sid) end
+  local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+  if #old > 0 then
+    raise_floor(floor, old[1][1])
+    redis.call('XTRIM', stream, 'MINID', minid)
+  end
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', floor, ttl)
+  -- An AI stream chunk: fold it into the stream's snapshot (text so far, last chunk), kept
+  -- while chunks come and for the retention once done. Same hash tag, same slot.
+  if ai_sid ~= '' then
+    local meta = ai .. ':' .. ai_sid
+    local keep = ttl
+    if ai_done then keep = ai_keep end
+    redis.call('APPEND', meta .. ':text', ai_text)
+    redis.call('HSET', meta, 'last', sid, 'id', id, 'body', body)
+    redis.call('PEXPIRE', meta, keep)
+    redis.call('PEXPIRE', meta .. ':text', keep)
+    redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
+    redis.call('ZADD', ai, now + keep, ai_sid)
+    if redis.call('ZCARD', ai) > 64 then redis.call('ZPOPMIN', ai) end
+    if redis.call('PTTL', ai) < keep then redis.call('PEXPIRE', ai, keep) end
+  end
+  sids[i], chans[i], names[i] = sid, chan, name
+end
+-- Every channel's message names every channel's position, so a node delivers the event
+-- once and a connection following several of its channels advances on all of them.
+local positions = ''
+if n > 1 then
+  local parts = {}
+  for i = 1, n do parts[i] = names[i] .. ' ' .. sids[i] end
+  positions = table.concat(parts, ' ')
+end
+for i = 1, n do
+  redis.call(pubcmd, chans[i], sids[i] .. ' ' .. id .. ' ' .. etype .. ' ' .. fanout .. '\n' .. positions .. '\n' .. body)
+end
+if idem then
+  redis.call('SET', idem, ARGV[idem_arg + 1] .. ' ' .. id .. ' ' .. table.concat(sids, ' '), 'PX', ARGV[idem_arg + 2])
+end
+return sids
