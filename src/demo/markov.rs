@@ -80,7 +80,17 @@ impl Chain {
             if out.len() >= words && self.words[b as usize].ends_with('.') {
                 break;
             }
-            let Some(options) = self.next.get(&(a, b)) else { break };
+            let Some(options) = self.next.get(&(a, b)) else {
+                // A dead end (the last words of a document): an answer too short yet goes
+                // on with a new sentence, so its length does not depend on where it ran out.
+                if out.len() >= words || self.starts.is_empty() {
+                    break;
+                }
+                (a, b) = self.starts[rng.usize(..self.starts.len())];
+                out.push(format!(" {}", self.words[a as usize]));
+                out.push(format!(" {}", self.words[b as usize]));
+                continue;
+            };
             let c = options[rng.usize(..options.len())];
             out.push(format!(" {}", self.words[c as usize]));
             (a, b) = (b, c);
@@ -151,5 +161,15 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         let tokens = chain().generate("How does resume work?", 40, &mut rng);
         assert!(tokens.len() >= 40, "{tokens:?}");
+    }
+
+    #[test]
+    fn an_answer_is_never_shorter_than_asked_even_when_the_chain_reaches_a_dead_end() {
+        for seed in 0..500 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let words = rng.usize(35..60);
+            let tokens = chain().generate("How does resume work?", words, &mut rng);
+            assert!(tokens.len() >= words, "seed {seed}: {} of {words}: {tokens:?}", tokens.len());
+        }
     }
 }
