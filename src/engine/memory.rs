@@ -197,7 +197,7 @@ impl MemoryEngine {
         if keys.len() + fresh > MAX_IDEMPOTENCY_KEYS {
             keys.retain(|_, r| r.until > now);
             if keys.len() + fresh > MAX_IDEMPOTENCY_KEYS {
-                return Err(EngineError::Unavailable("too many idempotency keys held; try again shortly".into()));
+                return Err(EngineError::Full("too many idempotency keys held; try again shortly".into()));
             }
         }
         let acks = batch
@@ -365,7 +365,7 @@ impl Engine for MemoryEngine {
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         let mut tickets = lock(&self.tickets);
         let result = if tickets.len() >= MAX_TICKETS {
-            Err(EngineError::Unavailable("too many outstanding tickets; try again shortly".into()))
+            Err(EngineError::Full("too many outstanding tickets; try again shortly".into()))
         } else {
             tickets.insert(ticket.to_owned(), (payload, Instant::now() + ttl));
             Ok(())
@@ -385,7 +385,7 @@ impl Engine for MemoryEngine {
             bans.retain(|_, until| now < *until);
         }
         let result = if bans.len() >= MAX_BANS && !bans.contains_key(user) {
-            Err(EngineError::Unavailable(format!("{MAX_BANS} bans are in force; lift or wait out some first")))
+            Err(EngineError::Full(format!("{MAX_BANS} bans are in force; lift or wait out some first")))
         } else {
             bans.insert(user.to_owned(), now + ttl);
             Ok(())
@@ -414,7 +414,7 @@ impl Engine for MemoryEngine {
             tokio::spawn(run(command))
                 .await
                 .map(|reply| vec![reply])
-                .map_err(|e| EngineError::Unavailable(format!("node command failed: {e}")))
+                .map_err(|e| EngineError::Internal(format!("node command failed: {e}")))
         })
     }
 

@@ -100,7 +100,7 @@ impl RedisEngine {
         user: &PresenceEntry,
     ) -> Result<bool, EngineError> {
         let stored = Stored { name: user.user_name.clone(), status: user.status.clone() };
-        let stored = serde_json::to_string(&stored).map_err(unavailable)?;
+        let stored = serde_json::to_string(&stored).map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut inv = self.presence_call(&self.presence_scripts.join, channel);
         inv.arg(conn).arg(&user.user_id).arg(stored).arg(ms(self.slot_lease)).arg(self.presence_lifetime());
         let announce: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
