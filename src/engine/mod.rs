@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
 use crate::cursor::Position;
 use crate::event::{Prepared, Published};
@@ -143,8 +144,8 @@ pub struct PresenceEntry {
     pub user_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_name: Option<String>,
-    /// `online` or `away`.
-    pub status: String,
+    /// `online` or `away` (`offline` once gone).
+    pub status: PresenceStatus,
     /// The user's open connections to the channel (0 while leaving, in the grace period).
     #[serde(default)]
     pub connections: usize,
@@ -164,7 +165,7 @@ pub enum NodeCommand {
     /// Count a channel's subscribers and users on each node.
     Count { channel: String },
     /// Set a user's presence status on every channel where their connections are.
-    SetStatus { user: String, user_name: Option<String>, status: String },
+    SetStatus { user: String, user_name: Option<String>, status: PresenceStatus },
     /// Close the connections `target` names, each with a last `disconnect` notice.
     Disconnect { target: DisconnectTarget, reconnect: bool, banned: bool },
 }
@@ -325,20 +326,25 @@ pub trait Engine: Send + Sync + 'static {
         &'a self,
         channel: &'a ChannelName,
         user: &'a str,
-        status: &'a str,
+        status: PresenceStatus,
     ) -> BoxFuture<'a, Result<bool, EngineError>>;
 
     /// Presence across channels: whether `user` has a connection on any node, and their
     /// status if set (`away`).
-    fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>>;
+    fn user_presence<'a>(&'a self, user: &'a str)
+    -> BoxFuture<'a, Result<(bool, Option<PresenceStatus>), EngineError>>;
 
     /// The status `user` set across channels (`away`), if any.
-    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
+    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceStatus>, EngineError>> {
         Box::pin(async move { Ok(self.user_presence(user).await?.1) })
     }
 
     /// Records `user`'s status across channels (`None` clears it).
-    fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>>;
+    fn set_user_status<'a>(
+        &'a self,
+        user: &'a str,
+        status: Option<PresenceStatus>,
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
 
     /// Whether the engine can accept publishes now (readiness).
     fn is_healthy(&self) -> bool;

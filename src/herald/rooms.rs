@@ -167,7 +167,7 @@ impl Herald {
                 let (subscribers, users) = self.hub().channel_members(&channel);
                 NodeReply::Count { subscribers, users: users.iter().map(|u| u.to_string()).collect() }
             }
-            NodeCommand::SetStatus { user, user_name, status } => self.apply_status(&user, user_name, &status).await,
+            NodeCommand::SetStatus { user, user_name, status } => self.apply_status(&user, user_name, status).await,
             NodeCommand::Disconnect { target, reconnect, banned } => self.local_disconnect(&target, reconnect, banned),
         }
     }

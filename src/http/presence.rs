@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use super::auth::{check_cookie_request, principal};
 use super::error::ApiError;
 use super::refusal::Refusal;
-use crate::herald::Herald;
+use crate::auth::Principal;
+use crate::catalogue::PresenceStatus;
+use crate::herald::{Herald, PresenceError};
 
 pub async fn channel(
     State(herald): State<Herald>,
@@ -48,6 +50,12 @@ pub async fn set_status(
         return Err(ApiError::refuse(Refusal::InvalidStatus, "give `status`: `online` or `away`"));
     };
     let who = principal(&herald, &headers, None).await?;
+    // Who asks is checked first, as `set_presence_status` does; then a name that is no
+    // status is refused like one a user may not set.
+    if !matches!(who, Principal::User(_)) {
+        return Err(PresenceError::NotAUser.into());
+    }
+    let status = PresenceStatus::parse(status).ok_or(PresenceError::BadStatus)?;
     herald.set_presence_status(&who, status).await?;
     Ok(Json(json!({"status": status})))
 }
