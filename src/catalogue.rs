@@ -5,7 +5,7 @@
 //! never set here: the server writes them from the publisher's credential. Custom types
 //! (`incident.created`, ...) stay possible with [`Event::new`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::event::Event;
@@ -42,13 +42,32 @@ pub mod types {
     pub const SYSTEM_NOTIFICATION: &str = "system.notification";
 }
 
-/// A user's presence: online, offline or away.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// A user's presence: online, offline or away. On every wire (events, the presence API,
+/// commands between nodes, Redis) it is its lowercase name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceStatus {
     Online,
     Offline,
     Away,
+}
+
+impl PresenceStatus {
+    /// The statuses a user may set (`POST /api/presence`); `offline` is the server's to say.
+    pub const USER_SETTABLE: [Self; 2] = [Self::Online, Self::Away];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+            Self::Away => "away",
+        }
+    }
+
+    /// The status a name stands for (`online`, `offline`, `away`).
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Online, Self::Offline, Self::Away].into_iter().find(|s| s.as_str() == name)
+    }
 }
 
 /// The result of a finished generation job.
@@ -297,5 +316,15 @@ mod tests {
         assert_eq!(last.fields()["provider"], "anthropic");
         assert!(Event::ai_chat_chunk("s", "t", false, None).fields().get("provider").is_none());
         assert_eq!(Event::presence(PresenceStatus::Away).fields()["status"], "away");
+    }
+
+    #[test]
+    fn a_presence_status_reads_back_from_its_wire_name() {
+        for s in [PresenceStatus::Online, PresenceStatus::Offline, PresenceStatus::Away] {
+            assert_eq!(serde_json::to_value(s).ok(), Some(Value::from(s.as_str())));
+            assert_eq!(serde_json::from_value::<PresenceStatus>(Value::from(s.as_str())).ok(), Some(s));
+            assert_eq!(PresenceStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(PresenceStatus::parse("busy"), None);
     }
 }

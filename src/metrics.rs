@@ -11,26 +11,74 @@ use std::time::Duration;
 
 use crate::herald::Herald;
 
-/// Reasons a publish is refused (the `reason` label).
-pub const PUBLISH_REFUSALS: [&str; 7] =
-    ["invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "auth_unavailable", "engine_unavailable"];
+/// Declares a label enum: its variants, the label each renders as, and `ALL`, every variant
+/// in declaration order. The counters are arrays indexed by `variant as usize`, and
+/// rendering walks `ALL`, so a new variant is counted and rendered without more code.
+macro_rules! labels {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
 
-/// Reasons a subscription is refused (the `reason` label).
-pub const SUBSCRIBE_REFUSALS: [&str; 10] = [
-    "invalid",
-    "unauthorized",
-    "forbidden",
-    "banned",
-    "at_capacity",
-    "user_limit",
-    "channel_limit",
-    "draining",
-    "auth_unavailable",
-    "engine_unavailable",
-];
+        impl $name {
+            /// Every variant, in declaration order (`ALL[v as usize] == v`).
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// How many variants there are.
+            pub const COUNT: usize = Self::ALL.len();
 
-/// What a disconnect names (the `target` label).
-pub const DISCONNECT_TARGETS: [&str; 3] = ["user", "connection", "channel"];
+            /// The label value in the Prometheus exposition.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+labels! {
+    /// Why a publish was refused (the `reason` label of `herald_publish_refused_total`).
+    PublishRefusal {
+        Invalid => "invalid",
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        RateLimited => "rate_limited",
+        TooLarge => "too_large",
+        AuthUnavailable => "auth_unavailable",
+        EngineUnavailable => "engine_unavailable",
+        /// A fault of the node itself (`500 internal_error`).
+        Internal => "internal",
+    }
+}
+
+labels! {
+    /// Why a stream was refused (the `reason` label of `herald_subscribe_refused_total`).
+    SubscribeRefusal {
+        Invalid => "invalid",
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        Banned => "banned",
+        AtCapacity => "at_capacity",
+        UserLimit => "user_limit",
+        ChannelLimit => "channel_limit",
+        Draining => "draining",
+        AuthUnavailable => "auth_unavailable",
+        EngineUnavailable => "engine_unavailable",
+        /// A fault of the node itself (`500 internal_error`).
+        Internal => "internal",
+    }
+}
+
+labels! {
+    /// What a disconnect names (the `target` label).
+    DisconnectKind {
+        User => "user",
+        Connection => "connection",
+        Channel => "channel",
+    }
+}
 
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -62,56 +110,42 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub publish_accepted: AtomicU64,
-    publish_refused: [AtomicU64; PUBLISH_REFUSALS.len()],
-    subscribe_refused: [AtomicU64; SUBSCRIBE_REFUSALS.len()],
+    publish_refused: [AtomicU64; PublishRefusal::COUNT],
+    subscribe_refused: [AtomicU64; SubscribeRefusal::COUNT],
     pub resumes_replayed: AtomicU64,
     pub resumes_reset: AtomicU64,
     /// Disconnects asked of this node, by target.
-    disconnects: [AtomicU64; DISCONNECT_TARGETS.len()],
+    disconnects: [AtomicU64; DisconnectKind::COUNT],
     /// Connections this node closed for a disconnect, by target.
-    disconnected: [AtomicU64; DISCONNECT_TARGETS.len()],
+    disconnected: [AtomicU64; DisconnectKind::COUNT],
     /// Bans set and lifted through this node.
     pub bans: AtomicU64,
     pub unbans: AtomicU64,
 }
 
 impl Metrics {
-    pub fn refuse_publish(&self, reason: &str) {
-        if let Some(i) = PUBLISH_REFUSALS.iter().position(|r| *r == reason) {
-            self.publish_refused[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn refuse_publish(&self, reason: PublishRefusal) {
+        self.publish_refused[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn refuse_subscribe(&self, reason: &str) {
-        if let Some(i) = SUBSCRIBE_REFUSALS.iter().position(|r| *r == reason) {
-            self.subscribe_refused[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn refuse_subscribe(&self, reason: SubscribeRefusal) {
+        self.subscribe_refused[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn count_disconnect(&self, target: &str) {
-        if let Some(i) = DISCONNECT_TARGETS.iter().position(|t| *t == target) {
-            self.disconnects[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn count_disconnect(&self, target: DisconnectKind) {
+        self.disconnects[target as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn count_disconnected(&self, target: &str, connections: usize) {
-        if let Some(i) = DISCONNECT_TARGETS.iter().position(|t| *t == target) {
-            self.disconnected[i].fetch_add(connections as u64, Ordering::Relaxed);
-        }
+    pub fn count_disconnected(&self, target: DisconnectKind, connections: usize) {
+        self.disconnected[target as usize].fetch_add(connections as u64, Ordering::Relaxed);
     }
 
-    pub fn publish_refused(&self, reason: &str) -> u64 {
-        PUBLISH_REFUSALS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.publish_refused[i].load(Ordering::Relaxed))
+    pub fn publish_refused(&self, reason: PublishRefusal) -> u64 {
+        self.publish_refused[reason as usize].load(Ordering::Relaxed)
     }
 
-    pub fn subscribe_refused(&self, reason: &str) -> u64 {
-        SUBSCRIBE_REFUSALS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.subscribe_refused[i].load(Ordering::Relaxed))
+    pub fn subscribe_refused(&self, reason: SubscribeRefusal) -> u64 {
+        self.subscribe_refused[reason as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -161,12 +195,14 @@ pub fn render(herald: &Herald) -> String {
     o.single("herald_users_connected", "gauge", "Distinct users with a connection on this node.", hub.user_count());
     o.single("herald_publish_accepted_total", "counter", "Events accepted for publishing.", load(&m.publish_accepted));
     o.metric("herald_publish_refused_total", "counter", "Publish requests refused, by reason.");
-    for (reason, v) in PUBLISH_REFUSALS.iter().zip(&m.publish_refused) {
-        o.value("herald_publish_refused_total", &format!("reason=\"{reason}\""), load(v));
+    for reason in PublishRefusal::ALL {
+        let v = m.publish_refused(*reason);
+        o.value("herald_publish_refused_total", &format!("reason=\"{}\"", reason.label()), v);
     }
     o.metric("herald_subscribe_refused_total", "counter", "Stream requests refused, by reason.");
-    for (reason, v) in SUBSCRIBE_REFUSALS.iter().zip(&m.subscribe_refused) {
-        o.value("herald_subscribe_refused_total", &format!("reason=\"{reason}\""), load(v));
+    for reason in SubscribeRefusal::ALL {
+        let v = m.subscribe_refused(*reason);
+        o.value("herald_subscribe_refused_total", &format!("reason=\"{}\"", reason.label()), v);
     }
     o.single(
         "herald_slow_consumer_disconnects_total",
@@ -175,16 +211,18 @@ pub fn render(herald: &Herald) -> String {
         load(&hub.stats.slow_disconnects),
     );
     o.metric("herald_disconnects_total", "counter", "Disconnects asked of this node (API or library), by target.");
-    for (target, v) in DISCONNECT_TARGETS.iter().zip(&m.disconnects) {
-        o.value("herald_disconnects_total", &format!("target=\"{target}\""), load(v));
+    for target in DisconnectKind::ALL {
+        let v = load(&m.disconnects[*target as usize]);
+        o.value("herald_disconnects_total", &format!("target=\"{}\"", target.label()), v);
     }
     o.metric(
         "herald_disconnected_connections_total",
         "counter",
         "Connections this node closed because a disconnect named them, by target.",
     );
-    for (target, v) in DISCONNECT_TARGETS.iter().zip(&m.disconnected) {
-        o.value("herald_disconnected_connections_total", &format!("target=\"{target}\""), load(v));
+    for target in DisconnectKind::ALL {
+        let v = load(&m.disconnected[*target as usize]);
+        o.value("herald_disconnected_connections_total", &format!("target=\"{}\"", target.label()), v);
     }
     o.metric("herald_bans_total", "counter", "User bans set and lifted through this node.");
     o.value("herald_bans_total", "action=\"ban\"", load(&m.bans));
@@ -238,4 +276,41 @@ pub fn render(herald: &Herald) -> String {
     o.metric("herald_build_info", "gauge", "Build information.");
     o.value("herald_build_info", &format!("version=\"{}\",engine=\"{}\"", env!("CARGO_PKG_VERSION"), engine.name()), 1);
     o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_enum_lists_each_variant_once_in_order() {
+        for (i, r) in PublishRefusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in SubscribeRefusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in DisconnectKind::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_refusal_reason_is_rendered_and_counts_where_it_is_named() {
+        let herald = Herald::new(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        herald.metrics().refuse_publish(PublishRefusal::TooLarge);
+        herald.metrics().refuse_subscribe(SubscribeRefusal::Banned);
+        herald.metrics().refuse_subscribe(SubscribeRefusal::Banned);
+        let text = render(&herald);
+        for r in PublishRefusal::ALL {
+            let n = u8::from(*r == PublishRefusal::TooLarge);
+            let line = format!("herald_publish_refused_total{{reason=\"{}\"}} {n}\n", r.label());
+            assert!(text.contains(&line), "{line}");
+        }
+        for r in SubscribeRefusal::ALL {
+            let n = if *r == SubscribeRefusal::Banned { 2 } else { 0 };
+            let line = format!("herald_subscribe_refused_total{{reason=\"{}\"}} {n}\n", r.label());
+            assert!(text.contains(&line), "{line}");
+        }
+    }
 }

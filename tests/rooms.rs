@@ -253,6 +253,33 @@ async fn joins_and_leaves_on_an_unknown_or_someone_elses_connection_answer_alike
     assert_eq!((answers[0][1].0, answers[0][1].1.as_str()), (404, "connection_not_found"));
 }
 
+#[tokio::test]
+async fn a_refusal_by_the_node_holding_the_connection_keeps_its_code_on_the_node_asked() {
+    let redis = RedisServer::start().await;
+    // Node a knows the namespace `team`; node b, which holds the stream, does not, and lets
+    // a stream follow one channel only.
+    let a = TestServer::secured(|c| {
+        quiet(c, Some(redis.url()));
+        c.namespaces.insert("team".to_owned(), herald::config::NamespaceConfig::default());
+    })
+    .await;
+    let b = TestServer::secured(|c| {
+        quiet(c, Some(redis.url()));
+        c.max_channels_per_connection = 1;
+    })
+    .await;
+    let ann = b.client(Proto::H1).user("ann").subscribe("channel=user:ann", &[]).await;
+    let path = format!("/api/connections/{}/channels", ann.connection_id());
+    let mut backend = a.client(Proto::H1).backend();
+
+    let unknown_there = refusal(backend.post_json(&path, &json!({"channel": "team:x"})).await);
+    assert_eq!((unknown_there.0, unknown_there.1.as_str()), (400, "invalid_channel"), "{unknown_there:?}");
+    let full = refusal(backend.post_json(&path, &json!({"channel": "channel:news"})).await);
+    assert_eq!((full.0, full.1.as_str()), (400, "too_many_channels"), "{full:?}");
+    let not_bobs = refusal(a.client(Proto::H1).user("bob").post_json(&path, &json!({"channel": "user:bob"})).await);
+    assert_eq!((not_bobs.0, not_bobs.1.as_str()), (404, "connection_not_found"), "{not_bobs:?}");
+}
+
 const APP: &str = "http://app.test:5173";
 
 #[tokio::test]

@@ -22,6 +22,7 @@ use super::{
     AiSnapshot, BoxFuture, CommandHandler, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply,
     PresenceEntry, PublishAck,
 };
+use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
 use crate::cursor::Position;
 use crate::event::{AiChunk, Prepared, Published};
@@ -137,7 +138,7 @@ const MAX_STATUSES: usize = 100_000;
 /// One user in one channel's presence.
 struct Present {
     name: Option<String>,
-    status: String,
+    status: PresenceStatus,
     conns: Vec<String>,
     /// Set when the last connection left: the user is offline once this passes.
     leaving_until: Option<Instant>,
@@ -152,7 +153,7 @@ pub struct MemoryEngine {
     /// Banned users, each until when.
     bans: Mutex<HashMap<String, Instant>>,
     presence: Mutex<HashMap<ChannelName, HashMap<String, Present>>>,
-    statuses: Mutex<HashMap<String, String>>,
+    statuses: Mutex<HashMap<String, PresenceStatus>>,
     commands: std::sync::OnceLock<CommandHandler>,
     /// Idempotency keys of recent publishes, by [`crate::event::Idempotency::key`].
     idempotency: Mutex<HashMap<String, Remembered>>,
@@ -197,7 +198,7 @@ impl MemoryEngine {
         if keys.len() + fresh > MAX_IDEMPOTENCY_KEYS {
             keys.retain(|_, r| r.until > now);
             if keys.len() + fresh > MAX_IDEMPOTENCY_KEYS {
-                return Err(EngineError::Unavailable("too many idempotency keys held; try again shortly".into()));
+                return Err(EngineError::Full("too many idempotency keys held; try again shortly".into()));
             }
         }
         let acks = batch
@@ -365,7 +366,7 @@ impl Engine for MemoryEngine {
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         let mut tickets = lock(&self.tickets);
         let result = if tickets.len() >= MAX_TICKETS {
-            Err(EngineError::Unavailable("too many outstanding tickets; try again shortly".into()))
+            Err(EngineError::Full("too many outstanding tickets; try again shortly".into()))
         } else {
             tickets.insert(ticket.to_owned(), (payload, Instant::now() + ttl));
             Ok(())
@@ -385,7 +386,7 @@ impl Engine for MemoryEngine {
             bans.retain(|_, until| now < *until);
         }
         let result = if bans.len() >= MAX_BANS && !bans.contains_key(user) {
-            Err(EngineError::Unavailable(format!("{MAX_BANS} bans are in force; lift or wait out some first")))
+            Err(EngineError::Full(format!("{MAX_BANS} bans are in force; lift or wait out some first")))
         } else {
             bans.insert(user.to_owned(), now + ttl);
             Ok(())
@@ -414,7 +415,7 @@ impl Engine for MemoryEngine {
             tokio::spawn(run(command))
                 .await
                 .map(|reply| vec![reply])
-                .map_err(|e| EngineError::Unavailable(format!("node command failed: {e}")))
+                .map_err(|e| EngineError::Internal(format!("node command failed: {e}")))
         })
     }
 
@@ -431,7 +432,7 @@ impl Engine for MemoryEngine {
         let mut book = lock(&self.presence);
         let present = book.entry(channel.clone()).or_default().entry(user.user_id.clone()).or_insert_with(|| Present {
             name: user.user_name.clone(),
-            status: user.status.clone(),
+            status: user.status,
             conns: Vec::new(),
             leaving_until: None,
         });
@@ -476,7 +477,7 @@ impl Engine for MemoryEngine {
                     gone.push(PresenceEntry {
                         user_id: id.clone(),
                         user_name: p.name.clone(),
-                        status: "offline".into(),
+                        status: PresenceStatus::Offline,
                         connections: 0,
                     });
                 }
@@ -498,7 +499,7 @@ impl Engine for MemoryEngine {
             .map(|(id, p)| PresenceEntry {
                 user_id: id.clone(),
                 user_name: p.name.clone(),
-                status: p.status.clone(),
+                status: p.status,
                 connections: p.conns.len(),
             })
             .collect();
@@ -510,12 +511,12 @@ impl Engine for MemoryEngine {
         &'a self,
         channel: &'a ChannelName,
         user: &'a str,
-        status: &'a str,
+        status: PresenceStatus,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         let mut book = lock(&self.presence);
         let changed = match book.get_mut(channel).and_then(|users| users.get_mut(user)) {
             Some(p) if p.status != status => {
-                p.status = status.to_owned();
+                p.status = status;
                 true
             }
             _ => false,
@@ -523,18 +524,25 @@ impl Engine for MemoryEngine {
         Box::pin(async move { Ok(changed) })
     }
 
-    fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>> {
+    fn user_presence<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, Option<PresenceStatus>), EngineError>> {
         let online = self.hub.has_user(user);
-        let status = lock(&self.statuses).get(user).cloned();
+        let status = lock(&self.statuses).get(user).copied();
         Box::pin(async move { Ok((online, status)) })
     }
 
-    fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn set_user_status<'a>(
+        &'a self,
+        user: &'a str,
+        status: Option<PresenceStatus>,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
         let mut statuses = lock(&self.statuses);
         match status {
             Some(s) => {
                 if statuses.len() < MAX_STATUSES || statuses.contains_key(user) {
-                    statuses.insert(user.to_owned(), s.to_owned());
+                    statuses.insert(user.to_owned(), s);
                 }
             }
             None => {

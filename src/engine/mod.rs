@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
 use crate::cursor::Position;
 use crate::event::{Prepared, Published};
@@ -27,11 +28,22 @@ use crate::hub::DisconnectTarget;
 /// A boxed future, as returned by [`Engine`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// An engine could not do what was asked.
+/// An engine could not do what was asked. Each variant says whose fault it is, which is
+/// what the HTTP answer and the log level follow.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
+    /// The backend cannot be reached or did not answer as it should (Redis down, a timeout,
+    /// an unexpected reply): worth a retry shortly.
     #[error("the event engine is unavailable: {0}")]
     Unavailable(String),
+    /// A bounded table of the in-memory engine is full (tickets, idempotency keys, bans):
+    /// worth a retry once some have expired.
+    #[error("the event engine is full: {0}")]
+    Full(String),
+    /// A fault of this node, not of the backend or the request: no secure random source,
+    /// a value it cannot encode, a command handler that failed.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// An idempotency key came back with a different event than the one it was first
     /// published with.
     #[error("this idempotency key was used for a different event; use a new key for a new event")]
@@ -132,8 +144,8 @@ pub struct PresenceEntry {
     pub user_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_name: Option<String>,
-    /// `online` or `away`.
-    pub status: String,
+    /// `online` or `away` (`offline` once gone).
+    pub status: PresenceStatus,
     /// The user's open connections to the channel (0 while leaving, in the grace period).
     #[serde(default)]
     pub connections: usize,
@@ -153,7 +165,7 @@ pub enum NodeCommand {
     /// Count a channel's subscribers and users on each node.
     Count { channel: String },
     /// Set a user's presence status on every channel where their connections are.
-    SetStatus { user: String, user_name: Option<String>, status: String },
+    SetStatus { user: String, user_name: Option<String>, status: PresenceStatus },
     /// Close the connections `target` names, each with a last `disconnect` notice.
     Disconnect { target: DisconnectTarget, reconnect: bool, banned: bool },
 }
@@ -166,12 +178,31 @@ pub enum NodeReply {
     Done,
     /// The connection is not on this node.
     NotHere,
-    /// Refused, with an error code and a sentence for a person.
-    Refused { code: String, message: String },
+    /// Refused, with why and a sentence for a person.
+    Refused { code: CommandRefusal, message: String },
     /// This node's subscribers of the channel and the users among them.
     Count { subscribers: usize, users: Vec<String> },
     /// This node closed that many connections.
     Disconnected { connections: usize },
+}
+
+/// Why a node refused a [`NodeCommand`]. On the wire it is the snake_case name, which is
+/// also the HTTP error code the refusal becomes; a name this node does not know (from a
+/// newer node) reads as [`CommandRefusal::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandRefusal {
+    /// The connection belongs to another user.
+    NotYours,
+    /// The channel is not one of that node's configuration.
+    InvalidChannel,
+    /// The connection follows as many channels as it may.
+    TooManyChannels,
+    /// That node's engine failed while doing it.
+    EngineUnavailable,
+    /// A refusal this node does not know.
+    #[serde(other)]
+    Unknown,
 }
 
 /// What runs [`NodeCommand`]s on a node (set by the node handle).
@@ -295,20 +326,25 @@ pub trait Engine: Send + Sync + 'static {
         &'a self,
         channel: &'a ChannelName,
         user: &'a str,
-        status: &'a str,
+        status: PresenceStatus,
     ) -> BoxFuture<'a, Result<bool, EngineError>>;
 
     /// Presence across channels: whether `user` has a connection on any node, and their
     /// status if set (`away`).
-    fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>>;
+    fn user_presence<'a>(&'a self, user: &'a str)
+    -> BoxFuture<'a, Result<(bool, Option<PresenceStatus>), EngineError>>;
 
     /// The status `user` set across channels (`away`), if any.
-    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
+    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceStatus>, EngineError>> {
         Box::pin(async move { Ok(self.user_presence(user).await?.1) })
     }
 
     /// Records `user`'s status across channels (`None` clears it).
-    fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>>;
+    fn set_user_status<'a>(
+        &'a self,
+        user: &'a str,
+        status: Option<PresenceStatus>,
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
 
     /// Whether the engine can accept publishes now (readiness).
     fn is_healthy(&self) -> bool;

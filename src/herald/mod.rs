@@ -424,9 +424,8 @@ impl Herald {
         if self.inner.engine.is_banned(&who.id).await? {
             return Err(SubscribeError::Banned);
         }
-        let ticket =
-            crate::auth::new_ticket().map_err(|_| EngineError::Unavailable("no secure random source".into()))?;
-        let payload = serde_json::to_string(who).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let ticket = crate::auth::new_ticket().map_err(|_| EngineError::Internal("no secure random source".into()))?;
+        let payload = serde_json::to_string(who).map_err(|e| EngineError::Internal(e.to_string()))?;
         self.inner.engine.put_ticket(&ticket, payload, self.inner.config.auth.ticket_ttl).await?;
         Ok(ticket)
     }

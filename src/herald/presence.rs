@@ -20,7 +20,7 @@ use crate::hub::connection::ConnShared;
 use crate::policy::Denied;
 
 /// Statuses a user may set.
-pub const USER_STATUSES: [&str; 2] = ["online", "away"];
+pub const USER_STATUSES: [PresenceStatus; 2] = PresenceStatus::USER_SETTABLE;
 
 /// A presence request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub struct UserPresence {
     pub user_id: String,
     pub online: bool,
     /// `online`, `away` or `offline`.
-    pub status: String,
+    pub status: PresenceStatus,
 }
 
 impl Herald {
@@ -73,7 +73,7 @@ impl Herald {
                 let entry = PresenceEntry {
                     user_id: user.to_string(),
                     user_name: who.user_name.clone(),
-                    status: status.as_str().to_owned(),
+                    status,
                     connections: 1,
                 };
                 match self.engine().presence_join(ch, &conn.id, &entry).await {
@@ -91,8 +91,8 @@ impl Herald {
     /// The status `user` set (`away`), or `online`.
     async fn status_of(&self, user: &str) -> PresenceStatus {
         match self.engine().user_status(user).await {
-            Ok(Some(s)) if s == "away" => PresenceStatus::Away,
-            Ok(_) => PresenceStatus::Online,
+            Ok(Some(PresenceStatus::Away)) => PresenceStatus::Away,
+            Ok(Some(PresenceStatus::Online | PresenceStatus::Offline) | None) => PresenceStatus::Online,
             Err(e) => {
                 tracing::debug!(error = %e, "could not read a user's status");
                 PresenceStatus::Online
@@ -187,33 +187,38 @@ impl Herald {
         }
         let (online, status) = self.engine().user_presence(user).await?;
         let status = match (online, status) {
-            (false, _) => "offline".to_owned(),
+            (false, _) => PresenceStatus::Offline,
             (true, Some(s)) => s,
-            (true, None) => "online".to_owned(),
+            (true, None) => PresenceStatus::Online,
         };
         Ok(UserPresence { user_id: user.to_owned(), online, status })
     }
 
     /// Sets the caller's status (`away`, `online`) on every channel where they are present,
     /// on every node (`POST /api/presence`).
-    pub async fn set_presence_status(&self, who: &Principal, status: &str) -> Result<(), PresenceError> {
+    pub async fn set_presence_status(&self, who: &Principal, status: PresenceStatus) -> Result<(), PresenceError> {
         let Principal::User(user) = who else { return Err(PresenceError::NotAUser) };
         if !USER_STATUSES.contains(&status) {
             return Err(PresenceError::BadStatus);
         }
-        let stored = (status != "online").then_some(status);
+        let stored = (status != PresenceStatus::Online).then_some(status);
         self.engine().set_user_status(&user.id, stored).await?;
         let command = NodeCommand::SetStatus {
             user: user.id.to_string(),
             user_name: user.name.as_deref().map(str::to_owned),
-            status: status.to_owned(),
+            status,
         };
         self.engine().command(command).await?;
         Ok(())
     }
 
     /// On this node: applies a status to the user's presence in their connections' channels.
-    pub(super) async fn apply_status(&self, user: &str, user_name: Option<String>, status: &str) -> NodeReply {
+    pub(super) async fn apply_status(
+        &self,
+        user: &str,
+        user_name: Option<String>,
+        status: PresenceStatus,
+    ) -> NodeReply {
         let mut channels: Vec<ChannelName> = Vec::new();
         for conn in self.hub().connections() {
             if conn.user.as_deref() == Some(user) {
@@ -225,10 +230,9 @@ impl Herald {
             }
         }
         let who = Publisher { user_id: Some(user.to_owned()), user_name };
-        let event_status = if status == "away" { PresenceStatus::Away } else { PresenceStatus::Online };
         for ch in channels {
             match self.engine().presence_set_status(&ch, user, status).await {
-                Ok(true) => self.announce(&ch, Event::presence(event_status), &who).await,
+                Ok(true) => self.announce(&ch, Event::presence(status), &who).await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(channel = %ch, error = %e, "presence status not recorded"),
             }
@@ -268,14 +272,4 @@ pub(super) fn check_not_presence(event: &Event) -> Result<(), PublishError> {
         return Err(PublishError::Event(crate::event::EventError::ReservedType(event.event_type().to_owned())));
     }
     Ok(())
-}
-
-impl PresenceStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Online => "online",
-            Self::Offline => "offline",
-            Self::Away => "away",
-        }
-    }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::Herald;
 use crate::auth::Principal;
 use crate::channel::ChannelName;
-use crate::engine::{EngineError, NodeCommand, NodeReply};
+use crate::engine::{CommandRefusal, EngineError, NodeCommand, NodeReply};
 use crate::event::{Event, EventError, Publisher};
 use crate::hub::connection::JoinStart;
 use crate::hub::{Departure, Joined, NotJoined};
@@ -33,10 +33,38 @@ pub enum RoomError {
     TooManyChannels(usize),
     #[error("pattern subscriptions cannot be added to a live connection")]
     Pattern,
+    /// The node that holds the connection does not know the channel (its configuration
+    /// differs from this node's).
+    #[error("the node that holds the connection refused the channel: {0}")]
+    ChannelRefused(String),
     #[error("{0}")]
     Event(#[from] EventError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+impl RoomError {
+    /// What the node holding `connection` refused, as this node answers it: each refusal
+    /// keeps its meaning (and so its HTTP code). `max_channels`: this node's limit, for the
+    /// message.
+    pub(crate) fn refused_by_node(
+        code: CommandRefusal,
+        message: String,
+        connection: &str,
+        max_channels: usize,
+    ) -> Self {
+        match code {
+            CommandRefusal::NotYours => {
+                tracing::info!(connection, "refused a change to another user's connection");
+                Self::NoConnection(connection.to_owned())
+            }
+            CommandRefusal::TooManyChannels => Self::TooManyChannels(max_channels),
+            CommandRefusal::InvalidChannel => Self::ChannelRefused(message),
+            CommandRefusal::EngineUnavailable | CommandRefusal::Unknown => {
+                Self::Engine(EngineError::Unavailable(message))
+            }
+        }
+    }
 }
 
 /// A channel's subscribers and users, across every node.
@@ -98,14 +126,9 @@ impl Herald {
             }
         }
         match refused {
-            Some((code, message)) => Err(match code.as_str() {
-                "not_yours" => {
-                    tracing::info!(connection, "refused a change to another user's connection");
-                    RoomError::NoConnection(connection.to_owned())
-                }
-                "too_many_channels" => RoomError::TooManyChannels(self.config().max_channels_per_connection),
-                _ => RoomError::Engine(EngineError::Unavailable(message)),
-            }),
+            Some((code, message)) => {
+                Err(RoomError::refused_by_node(code, message, connection, self.config().max_channels_per_connection))
+            }
             None => Err(RoomError::NoConnection(connection.to_owned())),
         }
     }
@@ -144,7 +167,7 @@ impl Herald {
                 let (subscribers, users) = self.hub().channel_members(&channel);
                 NodeReply::Count { subscribers, users: users.iter().map(|u| u.to_string()).collect() }
             }
-            NodeCommand::SetStatus { user, user_name, status } => self.apply_status(&user, user_name, &status).await,
+            NodeCommand::SetStatus { user, user_name, status } => self.apply_status(&user, user_name, status).await,
             NodeCommand::Disconnect { target, reconnect, banned } => self.local_disconnect(&target, reconnect, banned),
         }
     }
@@ -160,7 +183,7 @@ impl Herald {
             Some(user) => info.user.as_deref() == Some(user),
         };
         if !allowed {
-            return Err(refused("not_yours", "the connection belongs to another user"));
+            return Err(refused(CommandRefusal::NotYours, "the connection belongs to another user"));
         }
         Ok(info)
     }
@@ -170,7 +193,7 @@ impl Herald {
             return reply;
         }
         let Ok(channel) = self.parse_channel(channel) else {
-            return refused("invalid_channel", "not a channel of this node's configuration");
+            return refused(CommandRefusal::InvalidChannel, "not a channel of this node's configuration");
         };
         let max = self.config().max_channels_per_connection;
         let (conn, slot) = match self.hub().join(connection, &channel, max) {
@@ -178,7 +201,7 @@ impl Herald {
             Ok(Joined::Added { conn, slot }) => (conn, slot),
             Err(NotJoined::NoConnection) => return NodeReply::NotHere,
             Err(NotJoined::TooManyChannels) => {
-                return refused("too_many_channels", "the connection follows too many channels");
+                return refused(CommandRefusal::TooManyChannels, "the connection follows too many channels");
             }
         };
         let start = async {
@@ -205,7 +228,7 @@ impl Herald {
             Err(e) => {
                 conn.resolve_join(&slot, JoinStart::Failed);
                 let _ = self.hub().leave(connection, &channel);
-                refused("engine_unavailable", &e.to_string())
+                refused(CommandRefusal::EngineUnavailable, &e.to_string())
             }
         }
     }
@@ -246,6 +269,6 @@ fn asking_user(who: &Principal) -> Option<String> {
     }
 }
 
-fn refused(code: &str, message: &str) -> NodeReply {
-    NodeReply::Refused { code: code.to_owned(), message: message.to_owned() }
+fn refused(code: CommandRefusal, message: &str) -> NodeReply {
+    NodeReply::Refused { code, message: message.to_owned() }
 }

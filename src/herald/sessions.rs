@@ -16,6 +16,7 @@ use crate::channel::{ChannelError, ChannelName};
 use crate::engine::{EngineError, NodeCommand, NodeReply};
 pub use crate::hub::DisconnectTarget;
 use crate::hub::connection::CloseReason;
+use crate::metrics::DisconnectKind;
 
 /// The longest ban: a year. Longer belongs in the application's own user records.
 pub const MAX_BAN: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -105,7 +106,7 @@ impl Herald {
             let DisconnectTarget::User(user) = &target else { return Err(DisconnectError::BanNeedsUser) };
             self.ban_user(user, ttl).await?;
         }
-        let kind = target.kind();
+        let kind = kind_of(&target);
         let command = NodeCommand::Disconnect { target, reconnect: options.reconnect, banned: options.ban.is_some() };
         let replies = self.engine().command(command).await?;
         let cut = replies
@@ -116,7 +117,7 @@ impl Herald {
             })
             .sum();
         self.metrics().count_disconnect(kind);
-        tracing::info!(target = kind, connections = cut, reconnect = options.reconnect, "disconnect");
+        tracing::info!(target = kind.label(), connections = cut, reconnect = options.reconnect, "disconnect");
         Ok(cut)
     }
 
@@ -154,8 +155,9 @@ impl Herald {
     pub(super) fn local_disconnect(&self, target: &DisconnectTarget, reconnect: bool, banned: bool) -> NodeReply {
         let connections = self.hub().disconnect(target, CloseReason::Disconnect { reconnect, banned });
         if connections > 0 {
-            self.metrics().count_disconnected(target.kind(), connections);
-            tracing::info!(target = target.kind(), connections, reconnect, "closing connections the application cut");
+            let kind = kind_of(target);
+            self.metrics().count_disconnected(kind, connections);
+            tracing::info!(target = kind.label(), connections, reconnect, "closing connections the application cut");
         }
         NodeReply::Disconnected { connections }
     }
@@ -167,6 +169,15 @@ pub fn api_key_only(who: &Principal) -> Result<&ApiKey, DisconnectError> {
         Principal::ApiKey(key) => Ok(key),
         Principal::Anonymous => Err(DisconnectError::Unauthenticated),
         Principal::User(_) => Err(DisconnectError::NotAnApiKey),
+    }
+}
+
+/// What `target` names, as the metrics count it.
+fn kind_of(target: &DisconnectTarget) -> DisconnectKind {
+    match target {
+        DisconnectTarget::User(_) => DisconnectKind::User,
+        DisconnectTarget::Connection(_) => DisconnectKind::Connection,
+        DisconnectTarget::Channel(_) => DisconnectKind::Channel,
     }
 }
 

@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 
 use super::error::ApiError;
+use super::refusal::Refusal;
 use crate::auth::{AuthError, Principal, unix_ms};
 use crate::herald::Herald;
 
@@ -69,9 +70,8 @@ pub fn check_cookie_request(herald: &Herald, parts: &Parts) -> Result<(), ApiErr
         && !origin_allowed(herald, parts, origin)
     {
         tracing::info!(origin = ?origin, method = %parts.method, path = parts.uri.path(), "cookie request from a foreign origin");
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
+        return Err(ApiError::refuse(
+            Refusal::OriginNotAllowed,
             "a request authenticated by cookie must come from Herald's own origin or one of `cors_origins`",
         ));
     }
@@ -86,9 +86,8 @@ pub fn check_cookie_request(herald: &Herald, parts: &Parts) -> Result<(), ApiErr
     if json {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "json_required",
+        Err(ApiError::refuse(
+            Refusal::JsonRequired,
             "a request authenticated by cookie must have Content-Type: application/json",
         ))
     }
@@ -133,5 +132,5 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    ApiError::refuse(Refusal::Unauthorized, message)
 }

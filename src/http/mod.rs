@@ -9,6 +9,7 @@ pub mod error;
 pub mod observe;
 mod presence;
 mod publish;
+pub mod refusal;
 mod rooms;
 mod sessions;
 mod status;
@@ -17,12 +18,12 @@ mod tickets;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use tower::ServiceBuilder;
 
 use crate::herald::Herald;
 pub use error::ApiError;
+pub use refusal::Refusal;
 
 /// All of Herald's routes, with `herald` as state.
 pub fn router(herald: Herald) -> Router {
@@ -63,10 +64,10 @@ pub fn router(herald: Herald) -> Router {
 
 /// The JSON 404 of Herald's API, for an embedding app's own router.
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::refuse(Refusal::NotFound, "no such endpoint")
 }
 
 /// The JSON 405 of Herald's API, for an embedding app's own router.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+    ApiError::refuse(Refusal::MethodNotAllowed, "this endpoint does not accept that method")
 }

@@ -2,24 +2,22 @@
 //!
 //! Every response carries `x-request-id` (the client's, if it sent a sane one). The span
 //! records method and path, never the query string, so tickets and ids in queries stay out
-//! of the logs. Refusals of publishes and streams are counted by reason from the error code
-//! that [`super::ApiError`] leaves in the response.
+//! of the logs. Refusals of publishes and streams are counted by reason from the
+//! [`Refusal`] that [`super::ApiError`] leaves in the response.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::Response;
 use tower::{Layer, Service};
 use tracing::Span;
 
+use super::refusal::Refusal;
 use crate::herald::Herald;
-
-/// The `code` of an [`super::ApiError`], left in its response's extensions.
-#[derive(Clone, Copy, Debug)]
-pub struct ErrorCode(pub &'static str);
+use crate::metrics::{PublishRefusal, SubscribeRefusal};
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -109,7 +107,8 @@ where
 /// Counts a refused publish by reason; the publish handlers pass every answer through it.
 pub fn count_publish_refusal(herald: &Herald, resp: Response) -> Response {
     if !resp.status().is_success() {
-        herald.metrics().refuse_publish(publish_reason(&resp));
+        let reason = refusal(&resp).map_or(PublishRefusal::Invalid, Refusal::publish_reason);
+        herald.metrics().refuse_publish(reason);
     }
     resp
 }
@@ -117,41 +116,14 @@ pub fn count_publish_refusal(herald: &Herald, resp: Response) -> Response {
 /// Counts a refused stream by reason; the stream handler passes every answer through it.
 pub fn count_subscribe_refusal(herald: &Herald, resp: Response) -> Response {
     if !resp.status().is_success() {
-        herald.metrics().refuse_subscribe(subscribe_reason(&resp));
+        let reason = refusal(&resp).map_or(SubscribeRefusal::Invalid, Refusal::subscribe_reason);
+        herald.metrics().refuse_subscribe(reason);
     }
     resp
 }
 
-/// The reason a publish was refused, from its response.
-fn publish_reason(resp: &Response) -> &'static str {
-    match (resp.status(), error_code(resp)) {
-        (StatusCode::UNAUTHORIZED, _) => "unauthorized",
-        (StatusCode::FORBIDDEN, _) => "forbidden",
-        (StatusCode::TOO_MANY_REQUESTS, _) => "rate_limited",
-        (StatusCode::PAYLOAD_TOO_LARGE, _) => "too_large",
-        (_, "auth_unavailable") => "auth_unavailable",
-        (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
-        _ => "invalid",
-    }
-}
-
-/// The reason a stream was refused, from its response.
-fn subscribe_reason(resp: &Response) -> &'static str {
-    match (resp.status(), error_code(resp)) {
-        (StatusCode::UNAUTHORIZED, _) => "unauthorized",
-        (_, "banned") => "banned",
-        (StatusCode::FORBIDDEN, _) => "forbidden",
-        (StatusCode::TOO_MANY_REQUESTS, _) => "user_limit",
-        (_, "server_at_capacity") => "at_capacity",
-        (_, "too_many_channels") => "channel_limit",
-        (_, "server_draining") => "draining",
-        (_, "auth_unavailable") => "auth_unavailable",
-        (StatusCode::SERVICE_UNAVAILABLE, _) => "engine_unavailable",
-        _ => "invalid",
-    }
-}
-
-/// The `code` of the [`super::ApiError`] behind a response, or `""`.
-fn error_code(resp: &Response) -> &'static str {
-    resp.extensions().get::<ErrorCode>().map_or("", |c| c.0)
+/// The refusal behind a response; `None` for an application's own [`super::ApiError`], which
+/// counts as `invalid`.
+fn refusal(resp: &Response) -> Option<Refusal> {
+    resp.extensions().get::<Refusal>().copied()
 }

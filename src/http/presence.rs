@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 
 use super::auth::{check_cookie_request, principal};
 use super::error::ApiError;
-use crate::herald::Herald;
+use super::refusal::Refusal;
+use crate::auth::Principal;
+use crate::catalogue::PresenceStatus;
+use crate::herald::{Herald, PresenceError};
 
 pub async fn channel(
     State(herald): State<Herald>,
@@ -28,9 +31,9 @@ pub async fn user(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(user) = path.map_err(|e| ApiError::bad_request("invalid_user", e.body_text()))?;
+    let Path(user) = path.map_err(|e| ApiError::refuse(Refusal::InvalidUser, e.body_text()))?;
     // The same rule as the id in `user:<id>`.
-    crate::channel::ChannelName::user(&user).map_err(|_| ApiError::bad_request("invalid_user", "not a user id"))?;
+    crate::channel::ChannelName::user(&user).map_err(|_| ApiError::refuse(Refusal::InvalidUser, "not a user id"))?;
     let who = principal(&herald, &headers, None).await?;
     Ok(Json(json!(herald.user_presence(&who, &user).await?)))
 }
@@ -44,9 +47,15 @@ pub async fn set_status(
     let headers = parts.headers;
     let body = super::publish::parse_body(body)?;
     let Some(Value::String(status)) = body.get("status") else {
-        return Err(ApiError::bad_request("invalid_status", "give `status`: `online` or `away`"));
+        return Err(ApiError::refuse(Refusal::InvalidStatus, "give `status`: `online` or `away`"));
     };
     let who = principal(&herald, &headers, None).await?;
+    // Who asks is checked first, as `set_presence_status` does; then a name that is no
+    // status is refused like one a user may not set.
+    if !matches!(who, Principal::User(_)) {
+        return Err(PresenceError::NotAUser.into());
+    }
+    let status = PresenceStatus::parse(status).ok_or(PresenceError::BadStatus)?;
     herald.set_presence_status(&who, status).await?;
     Ok(Json(json!({"status": status})))
 }

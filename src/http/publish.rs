@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::auth::{PeerAddr, check_cookie_request, principal, rate_key};
 use super::error::ApiError;
 use super::observe::count_publish_refusal;
+use super::refusal::Refusal;
 use crate::auth::Principal;
 use crate::channel::ChannelName;
 use crate::event::{Event, EventError, IDEMPOTENCY_FIELD, Idempotency};
@@ -117,7 +118,7 @@ async fn publish_on(
     peer: Option<Extension<PeerAddr>>,
     req: Request,
 ) -> Result<Json<Published>, ApiError> {
-    let Path(channel) = channel.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
+    let Path(channel) = channel.map_err(|e| ApiError::refuse(Refusal::InvalidChannel, e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
     let (who, key, idempotency, body) = caller_and_body(herald, peer, req).await?;
     let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, body, Some(channel))?)?;
@@ -157,18 +158,17 @@ async fn publish_one(
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
+            ApiError::refuse(Refusal::BodyTooLarge, "the request body is too large")
         } else {
-            ApiError::bad_request("invalid_body", rejection.body_text())
+            ApiError::refuse(Refusal::InvalidBody, rejection.body_text())
         }
     })?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))
+        .map_err(|e| ApiError::refuse(Refusal::InvalidJson, format!("the body is not valid JSON: {e}")))
 }
 
-fn at_index(mut e: ApiError, i: usize) -> ApiError {
-    e.message = format!("event {i} of the batch: {}", e.message);
-    e
+fn at_index(e: ApiError, i: usize) -> ApiError {
+    e.prefixed(&format!("event {i} of the batch"))
 }
 
 /// Splits one event object into its channels, type and payload fields.
@@ -178,13 +178,13 @@ fn parse_event(
     path_channel: Option<ChannelName>,
 ) -> Result<(Vec<ChannelName>, Event), ApiError> {
     let Value::Object(mut fields) = item else {
-        return Err(ApiError::bad_request("invalid_event", "an event must be a JSON object"));
+        return Err(ApiError::refuse(Refusal::InvalidEvent, "an event must be a JSON object"));
     };
     let channels = match (path_channel, fields.remove("channel"), fields.remove("channels")) {
         (Some(ch), None, None) => vec![ch],
         (Some(_), _, _) => {
-            return Err(ApiError::bad_request(
-                "invalid_event",
+            return Err(ApiError::refuse(
+                Refusal::InvalidEvent,
                 "the channel is in the URL; the body must not name one",
             ));
         }
@@ -193,18 +193,18 @@ fn parse_event(
             .iter()
             .map(|v| match v {
                 Value::String(s) => herald.parse_channel(s).map_err(ApiError::from),
-                _ => Err(ApiError::bad_request("invalid_channel", "`channels` must be an array of strings")),
+                _ => Err(ApiError::refuse(Refusal::InvalidChannel, "`channels` must be an array of strings")),
             })
             .collect::<Result<Vec<_>, _>>()?,
         (None, None, None) => {
-            return Err(ApiError::bad_request("missing_channel", "give `channel` or `channels`"));
+            return Err(ApiError::refuse(Refusal::MissingChannel, "give `channel` or `channels`"));
         }
         (None, Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("invalid_event", "give `channel` or `channels`, not both"));
+            return Err(ApiError::refuse(Refusal::InvalidEvent, "give `channel` or `channels`, not both"));
         }
         (None, _, _) => {
-            return Err(ApiError::bad_request(
-                "invalid_channel",
+            return Err(ApiError::refuse(
+                Refusal::InvalidChannel,
                 "`channel` must be a string and `channels` a non-empty array of strings",
             ));
         }
@@ -212,10 +212,10 @@ fn parse_event(
     let event_type = match fields.remove("type") {
         Some(Value::String(t)) => t,
         None => {
-            return Err(ApiError::bad_request("missing_type", "event `type` is missing"));
+            return Err(ApiError::refuse(Refusal::MissingType, "event `type` is missing"));
         }
         Some(_) => {
-            return Err(ApiError::bad_request("invalid_type", "event `type` must be a string"));
+            return Err(ApiError::refuse(Refusal::InvalidType, "event `type` must be a string"));
         }
     };
     Ok((channels, Event::from_fields(event_type, fields)))

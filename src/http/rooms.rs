@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::auth::{check_cookie_request, principal};
 use super::error::ApiError;
+use super::refusal::Refusal;
 use crate::herald::Herald;
 
 pub async fn join(
@@ -25,13 +26,13 @@ pub async fn join(
     parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(connection) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    let Path(connection) = path.map_err(|e| ApiError::refuse(Refusal::InvalidPath, e.body_text()))?;
     check_cookie_request(&herald, &parts)?;
     let body = super::publish::parse_body(body)?;
     let channel = match body.get("channel") {
         Some(Value::String(c)) => herald.parse_channel(c)?,
-        Some(_) => return Err(ApiError::bad_request("invalid_channel", "`channel` must be a string")),
-        None => return Err(ApiError::bad_request("missing_channel", "give the `channel` to join")),
+        Some(_) => return Err(ApiError::refuse(Refusal::InvalidChannel, "`channel` must be a string")),
+        None => return Err(ApiError::refuse(Refusal::MissingChannel, "give the `channel` to join")),
     };
     let who = principal(&herald, &parts.headers, None).await?;
     herald.join(&who, &connection, &channel).await?;
@@ -43,7 +44,7 @@ pub async fn leave(
     path: Result<Path<(String, String)>, PathRejection>,
     parts: Parts,
 ) -> Result<Json<Value>, ApiError> {
-    let Path((connection, channel)) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    let Path((connection, channel)) = path.map_err(|e| ApiError::refuse(Refusal::InvalidPath, e.body_text()))?;
     check_cookie_request(&herald, &parts)?;
     let channel = herald.parse_channel(&channel)?;
     let who = principal(&herald, &parts.headers, None).await?;
@@ -67,7 +68,7 @@ pub(super) async fn channel_and_caller(
     path: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
 ) -> Result<(crate::channel::ChannelName, crate::auth::Principal), ApiError> {
-    let Path(channel) = path.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
+    let Path(channel) = path.map_err(|e| ApiError::refuse(Refusal::InvalidChannel, e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
     Ok((channel, principal(herald, headers, None).await?))
 }

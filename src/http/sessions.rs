@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::principal;
 use super::error::ApiError;
+use super::refusal::Refusal;
 use crate::auth::Principal;
 use crate::herald::{DisconnectOptions, DisconnectTarget, Herald, api_key_only};
 
@@ -31,14 +32,14 @@ pub async fn disconnect(
         match body.remove(field) {
             None => {}
             Some(Value::String(s)) => targets.push(make(s)),
-            Some(_) => return Err(ApiError::bad_request("invalid_target", format!("`{field}` must be a string"))),
+            Some(_) => return Err(ApiError::refuse(Refusal::InvalidTarget, format!("`{field}` must be a string"))),
         }
     }
     let target = match (targets.pop(), targets.is_empty()) {
         (Some(target), true) => target,
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_target",
+            return Err(ApiError::refuse(
+                Refusal::InvalidTarget,
                 "name exactly one of `user`, `connectionId` or `channel`",
             ));
         }
@@ -46,7 +47,7 @@ pub async fn disconnect(
     let reconnect = match body.remove("reconnect") {
         None => true,
         Some(Value::Bool(b)) => b,
-        Some(_) => return Err(ApiError::bad_request("invalid_parameter", "`reconnect` must be true or false")),
+        Some(_) => return Err(ApiError::refuse(Refusal::InvalidParameter, "`reconnect` must be true or false")),
     };
     let ban = match body.remove("ban") {
         None | Some(Value::Null) => None,
@@ -55,7 +56,7 @@ pub async fn disconnect(
             no_other_fields(&ban, "ban.")?;
             Some(ttl)
         }
-        Some(_) => return Err(ApiError::bad_request("invalid_ban", "`ban` is an object like {\"ttl\": \"10m\"}")),
+        Some(_) => return Err(ApiError::refuse(Refusal::InvalidBan, "`ban` is an object like {\"ttl\": \"10m\"}")),
     };
     no_other_fields(&body, "")?;
     herald.may_disconnect(&who, &target)?;
@@ -72,7 +73,7 @@ pub async fn ban(
     let (who, mut body) = caller_and_body(&herald, &headers, body).await?;
     let user = match body.remove("user") {
         Some(Value::String(user)) => user,
-        _ => return Err(ApiError::bad_request("invalid_user", "give the `user` id to ban, as a string")),
+        _ => return Err(ApiError::refuse(Refusal::InvalidUser, "give the `user` id to ban, as a string")),
     };
     let ttl = ttl(body.remove("ttl"))?;
     no_other_fields(&body, "")?;
@@ -88,7 +89,7 @@ pub async fn unban(
 ) -> Result<Json<Value>, ApiError> {
     let who = principal(&herald, &headers, None).await?;
     api_key_only(&who)?;
-    let Path(user) = path.map_err(|e| ApiError::bad_request("invalid_user", e.body_text()))?;
+    let Path(user) = path.map_err(|e| ApiError::refuse(Refusal::InvalidUser, e.body_text()))?;
     herald.may_disconnect(&who, &DisconnectTarget::User(user.clone()))?;
     let lifted = herald.unban_user(&user).await?;
     Ok(Json(json!({"user": user, "lifted": lifted})))
@@ -105,7 +106,7 @@ async fn caller_and_body(
     api_key_only(&who)?;
     match super::publish::parse_body(body)? {
         Value::Object(map) => Ok((who, map)),
-        _ => Err(ApiError::bad_request("invalid_body", "the body must be a JSON object")),
+        _ => Err(ApiError::refuse(Refusal::InvalidBody, "the body must be a JSON object")),
     }
 }
 
@@ -113,8 +114,8 @@ async fn caller_and_body(
 fn no_other_fields(rest: &Map<String, Value>, prefix: &str) -> Result<(), ApiError> {
     match rest.keys().next() {
         None => Ok(()),
-        Some(field) => Err(ApiError::bad_request(
-            "invalid_parameter",
+        Some(field) => Err(ApiError::refuse(
+            Refusal::InvalidParameter,
             format!("unknown field `{prefix}{}`", field.chars().take(64).collect::<String>()),
         )),
     }
@@ -122,7 +123,7 @@ fn no_other_fields(rest: &Map<String, Value>, prefix: &str) -> Result<(), ApiErr
 
 /// A ban's length: `"10m"`, `"1h 30m"` (as in the configuration) or a number of seconds.
 fn ttl(raw: Option<Value>) -> Result<Duration, ApiError> {
-    let bad = || ApiError::bad_request("invalid_ttl", "give `ttl` like \"10m\" or a number of seconds");
+    let bad = || ApiError::refuse(Refusal::InvalidTtl, "give `ttl` like \"10m\" or a number of seconds");
     match raw {
         Some(Value::String(s)) => humantime::parse_duration(&s).map_err(|_| bad()),
         Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs).ok_or_else(bad),

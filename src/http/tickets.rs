@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::auth::principal;
 use super::error::ApiError;
+use super::refusal::Refusal;
 use crate::auth::Principal;
 use crate::herald::Herald;
 
@@ -15,10 +16,10 @@ pub async fn issue(State(herald): State<Herald>, headers: HeaderMap) -> Result<(
     let user = match principal(&herald, &headers, None).await? {
         Principal::User(user) => user,
         Principal::Anonymous => {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a ticket needs a user token"));
+            return Err(ApiError::refuse(Refusal::Unauthorized, "a ticket needs a user token"));
         }
         Principal::ApiKey(_) => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "tickets are issued to users, not API keys"));
+            return Err(ApiError::refuse(Refusal::Forbidden, "tickets are issued to users, not API keys"));
         }
     };
     let ticket = herald.issue_ticket(&user).await?;

@@ -82,7 +82,7 @@ impl RedisEngine {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(rid.clone(), Gathering { replies: Vec::new(), expected: None, done: Some(tx) });
         let request = Request { rid: rid.clone(), from: self.node_id.clone(), cmd };
-        let payload = serde_json::to_string(&request).map_err(unavailable)?;
+        let payload = serde_json::to_string(&request).map_err(|e| EngineError::Internal(e.to_string()))?;
         let sent: Result<usize, _> = redis::cmd(self.publish_cmd())
             .arg(self.commands_channel())
             .arg(payload)

@@ -39,6 +39,7 @@ use super::{
     AiSnapshot, BoxFuture, CommandHandler, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply,
     PresenceEntry, PublishAck,
 };
+use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
 use crate::cursor::Position;
 use crate::event::{Copy, Prepared, Published, json_for};
@@ -1131,20 +1132,27 @@ impl Engine for RedisEngine {
         &'a self,
         channel: &'a ChannelName,
         user: &'a str,
-        status: &'a str,
+        status: PresenceStatus,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         Box::pin(self.presence_set_status(channel, user, status))
     }
 
-    fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>> {
+    fn user_presence<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, Option<PresenceStatus>), EngineError>> {
         Box::pin(self.user_presence(user))
     }
 
-    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
+    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceStatus>, EngineError>> {
         Box::pin(self.user_status(user))
     }
 
-    fn set_user_status<'a>(&'a self, user: &'a str, status: Option<&'a str>) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn set_user_status<'a>(
+        &'a self,
+        user: &'a str,
+        status: Option<PresenceStatus>,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(self.set_user_status(user, status))
     }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 
 use super::{Conn, RedisEngine, unavailable};
+use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PresenceEntry};
 
@@ -61,11 +62,11 @@ struct Stored {
     #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     #[serde(rename = "s")]
-    status: String,
+    status: PresenceStatus,
 }
 
 fn entry(user: String, stored: &str, connections: usize) -> PresenceEntry {
-    let stored: Stored = serde_json::from_str(stored).unwrap_or(Stored { name: None, status: "online".to_owned() });
+    let stored: Stored = serde_json::from_str(stored).unwrap_or(Stored { name: None, status: PresenceStatus::Online });
     PresenceEntry { user_id: user, user_name: stored.name, status: stored.status, connections }
 }
 
@@ -99,8 +100,8 @@ impl RedisEngine {
         conn: &str,
         user: &PresenceEntry,
     ) -> Result<bool, EngineError> {
-        let stored = Stored { name: user.user_name.clone(), status: user.status.clone() };
-        let stored = serde_json::to_string(&stored).map_err(unavailable)?;
+        let stored = Stored { name: user.user_name.clone(), status: user.status };
+        let stored = serde_json::to_string(&stored).map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut inv = self.presence_call(&self.presence_scripts.join, channel);
         inv.arg(conn).arg(&user.user_id).arg(stored).arg(ms(self.slot_lease)).arg(self.presence_lifetime());
         let announce: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
@@ -157,10 +158,10 @@ impl RedisEngine {
         &self,
         channel: &ChannelName,
         user: &str,
-        status: &str,
+        status: PresenceStatus,
     ) -> Result<bool, EngineError> {
         let mut inv = self.presence_call(&self.presence_scripts.status, channel);
-        inv.arg(user).arg(status);
+        inv.arg(user).arg(status.as_str());
         let changed: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(changed == 1)
     }
@@ -170,24 +171,25 @@ impl RedisEngine {
     }
 
     /// Online anywhere: the user holds a connection slot whose lease has not lapsed.
-    pub(super) async fn user_presence(&self, user: &str) -> Result<(bool, Option<String>), EngineError> {
+    pub(super) async fn user_presence(&self, user: &str) -> Result<(bool, Option<PresenceStatus>), EngineError> {
         let mut conn = self.conn.clone();
         let now = crate::ids::now_ms();
         let live: u64 = conn.zcount(self.slots_key(user), now, "+inf").await.map_err(unavailable)?;
         let status: Option<String> = conn.get(self.status_key(user)).await.map_err(unavailable)?;
-        Ok((live > 0, status))
+        Ok((live > 0, status.as_deref().and_then(PresenceStatus::parse)))
     }
 
-    pub(super) async fn user_status(&self, user: &str) -> Result<Option<String>, EngineError> {
-        self.conn.clone().get(self.status_key(user)).await.map_err(unavailable)
+    pub(super) async fn user_status(&self, user: &str) -> Result<Option<PresenceStatus>, EngineError> {
+        let status: Option<String> = self.conn.clone().get(self.status_key(user)).await.map_err(unavailable)?;
+        Ok(status.as_deref().and_then(PresenceStatus::parse))
     }
 
-    pub(super) async fn set_user_status(&self, user: &str, status: Option<&str>) -> Result<(), EngineError> {
+    pub(super) async fn set_user_status(&self, user: &str, status: Option<PresenceStatus>) -> Result<(), EngineError> {
         let mut conn = self.conn.clone();
         let key = self.status_key(user);
         match status {
             // A status outlives a session by a day at most.
-            Some(s) => conn.pset_ex::<_, _, ()>(key, s, 86_400_000).await,
+            Some(s) => conn.pset_ex::<_, _, ()>(key, s.as_str(), 86_400_000).await,
             None => conn.del::<_, ()>(key).await,
         }
         .map_err(unavailable)
