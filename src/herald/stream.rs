@@ -15,8 +15,11 @@ use crate::channel::ChannelName;
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
 use crate::engine::{AiSnapshot, GapReason, merge};
 use crate::event::fields_match;
-use crate::hub::connection::{ConnShared, Connection, Emit, KillSwitch, MessageOut, SseBody, SseOut, StreamCore};
+use crate::hub::connection::{ConnShared, Emit, StreamCore};
 use crate::hub::{ConnLimits, Refused};
+use crate::transport::messages::MessageOut;
+use crate::transport::sse::SseOut;
+use crate::transport::{Connection, KillSwitch, SseBody};
 
 /// How a client asked for its stream.
 #[derive(Clone, Debug)]
@@ -49,12 +52,10 @@ impl Herald {
     /// connection, resumes it from history if asked, and returns the body that delivers
     /// everything after.
     pub async fn open_stream(&self, req: StreamRequest) -> Result<SseBody, SubscribeError> {
-        let named = req.named;
-        let mut out = SseOut::new(named);
+        let mut out = SseOut::new(req.named);
         out.put_retry(self.config().retry.as_millis() as u64);
         let core = self.open(req, &mut out).await?;
-        let preamble = out.take().unwrap_or_default();
-        Ok(SseBody::new(core, named, preamble))
+        Ok(SseBody::new(core, out))
     }
 
     /// Opens a connection for a transport of the application's own: the same checks, resume

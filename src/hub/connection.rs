@@ -2,25 +2,22 @@
 //!
 //! The hub pushes `Item`s into [`ConnShared`]: events (`Arc<Published>` pointers, framed
 //! once for every subscriber), live changes of the channel list (join, leave) and events
-//! for this connection alone. A `StreamCore` takes everything queued at once, keeps the
-//! connection's cursor (its place in each channel) and hands what is new to an `Emit`:
-//! [`SseBody`] writes it as one SSE chunk for hyper; [`Connection`] hands it to an embedding
-//! application's own transport. There is no task and no channel per connection: a push
-//! wakes the transport's own task. An idle connection holds an empty queue, its cursor and
-//! its channel list, nothing else.
+//! for this connection alone. A [`StreamCore`] takes everything queued at once, keeps the
+//! connection's cursor (its place in each channel) and hands what is new to the [`Emit`] of
+//! the transport reading it (`crate::transport`: SSE bytes, or messages). There is no task
+//! and no channel per connection: a push wakes the transport's own task. An idle connection
+//! holds an empty queue, its cursor and its channel list, nothing else.
 //!
 //! When a queue is full the connection is closed (the client resumes from history) and the
 //! queue is emptied at once, so a reader that stopped never holds more than `capacity`
-//! items. For HTTP/1.1 a stalled connection is also torn down at the socket through its
-//! [`KillSwitch`], since hyper stops polling a body whose client stopped reading.
+//! items; a transport whose writer stalls with its client is also torn down through its
+//! [`KillSwitch`], since it would never poll again.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
 
@@ -28,7 +25,6 @@ use crate::channel::ChannelName;
 use crate::cursor::{Cursor, Position};
 use crate::event::{Copy, Published};
 use crate::hub::Hub;
-use crate::sse;
 
 /// Most items taken from the queue in one go; the rest follow on the next poll.
 const MAX_BATCH: usize = 64;
@@ -37,10 +33,6 @@ const MAX_BATCH: usize = 64;
 /// at a time without an allocation each, while a burst's larger queue is freed once drained,
 /// so that an idle stream holds no large buffer.
 const IDLE_QUEUE: usize = 8;
-
-/// Bytes of its write buffer a connection keeps between writes (larger ones are freed once
-/// handed to the writer).
-const IDLE_BUFFER: usize = 1024;
 
 /// Split multi-channel events remembered per connection to drop their repeated copies.
 const RECENT_SPLIT: usize = 16;
@@ -107,7 +99,10 @@ impl CloseReason {
     }
 }
 
-/// Tears down the HTTP/1.1 connection a stream lives on (see the module docs).
+/// Tells a connection's transport to tear down its socket: fired when the hub closes a
+/// connection and drops its queue, for a transport whose writer stops polling once its
+/// client stops reading (hyper's HTTP/1.1 body does). The transport hands it in when the
+/// connection opens.
 #[derive(Clone, Debug, Default)]
 pub struct KillSwitch(Arc<Notify>);
 
@@ -359,7 +354,7 @@ impl ConnShared {
     }
 }
 
-/// Where a connection's output goes: SSE bytes, or messages for another transport.
+/// Where a connection's output goes: the transport reading it (`crate::transport`).
 pub(crate) trait Emit {
     /// An event's copy on one channel. `id` is the id to show; `None` means the copy's own
     /// (single-channel) id, which is part of its shared frame.
@@ -369,9 +364,12 @@ pub(crate) trait Emit {
 }
 
 /// What one poll of the queue produced besides events.
-struct Polled {
-    heartbeat: bool,
-    close: Option<CloseReason>,
+pub(crate) struct Polled {
+    /// A heartbeat is due: the transport writes one if the poll wrote nothing else.
+    pub heartbeat: bool,
+    /// The connection is closing, and everything it is to be sent has been emitted: the
+    /// transport writes its own last words, if any, and ends.
+    pub close: Option<CloseReason>,
 }
 
 /// The transport-independent reader of a connection: drains the queue, keeps the cursor,
@@ -404,8 +402,18 @@ impl StreamCore {
         }
     }
 
+    /// The connection's public id.
+    pub(crate) fn id(&self) -> &str {
+        &self.shared.id
+    }
+
     pub(crate) fn channels(&self) -> &[ChannelName] {
         &self.channels
+    }
+
+    /// Why the server closed the connection, once it has.
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.close_reason()
     }
 
     pub(crate) fn set_cursor(&mut self, cursor: Cursor) {
@@ -491,9 +499,9 @@ impl StreamCore {
     }
 
     /// Takes what is queued and emits what is new. `Pending` when there is nothing to do
-    /// (the waker is registered); otherwise how many events were written, whether a
-    /// heartbeat is due, and whether the connection is closing.
-    fn poll_items(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<(usize, Polled)> {
+    /// (the waker is registered); otherwise whether a heartbeat is due, and whether the
+    /// connection is closing.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Polled> {
         let (heartbeat, close) = {
             let mut st = self.shared.lock();
             st.progressed = true;
@@ -575,7 +583,7 @@ impl StreamCore {
             self.backlog = VecDeque::new();
         }
         let close = if self.backlog.is_empty() { close } else { None };
-        Poll::Ready((written, Polled { heartbeat, close }))
+        Poll::Ready(Polled { heartbeat, close })
     }
 }
 
@@ -588,229 +596,6 @@ impl Drop for StreamCore {
             reason = reason.map_or("client_closed", CloseReason::as_str),
             "connection closed"
         );
-    }
-}
-
-/// Renders a connection's output as SSE. A single event of a single-channel connection is
-/// a slice of its shared frame; anything more is gathered into one buffer.
-pub(crate) struct SseOut {
-    named: bool,
-    first: Option<Bytes>,
-    buf: BytesMut,
-}
-
-impl SseOut {
-    pub(crate) fn new(named: bool) -> Self {
-        Self { named, first: None, buf: BytesMut::new() }
-    }
-
-    fn spill(&mut self) {
-        if let Some(first) = self.first.take() {
-            self.buf.extend_from_slice(&first);
-        }
-    }
-
-    pub(crate) fn put_retry(&mut self, ms: u64) {
-        self.spill();
-        sse::put_retry(&mut self.buf, ms);
-    }
-
-    fn put_raw(&mut self, bytes: &[u8]) {
-        self.spill();
-        self.buf.extend_from_slice(bytes);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.first.is_none() && self.buf.is_empty()
-    }
-
-    pub(crate) fn take(&mut self) -> Option<Bytes> {
-        if let Some(first) = self.first.take()
-            && self.buf.is_empty()
-        {
-            return Some(first);
-        }
-        self.spill();
-        if self.buf.is_empty() {
-            None
-        } else if self.buf.capacity() > IDLE_BUFFER {
-            Some(std::mem::take(&mut self.buf).freeze())
-        } else {
-            Some(self.buf.split().freeze())
-        }
-    }
-}
-
-impl Emit for SseOut {
-    fn event(&mut self, _event_type: &str, copy: &Copy, id: Option<&str>) {
-        match id {
-            None if self.is_empty() => self.first = Some(copy.frame.with_id(self.named)),
-            None => self.put_raw(&copy.frame.with_id(self.named)),
-            Some(id) => {
-                self.spill();
-                copy.frame.put_with_own_id(&mut self.buf, id, self.named);
-            }
-        }
-    }
-
-    fn notice(&mut self, event_type: &str, id: &str, json: &[u8]) {
-        self.spill();
-        sse::one_off_event(&mut self.buf, event_type, id, json, self.named);
-    }
-}
-
-/// The streaming response body of one SSE connection.
-pub struct SseBody {
-    core: StreamCore,
-    out: SseOut,
-    preamble: Option<Bytes>,
-    done: bool,
-}
-
-impl SseBody {
-    pub(crate) fn new(core: StreamCore, named: bool, preamble: Bytes) -> Self {
-        Self { core, out: SseOut::new(named), preamble: Some(preamble), done: false }
-    }
-
-    /// The public id of this connection.
-    pub fn connection_id(&self) -> &str {
-        &self.core.shared.id
-    }
-}
-
-impl http_body::Body for SseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        if let Some(pre) = this.preamble.take() {
-            return Poll::Ready(Some(Ok(http_body::Frame::data(pre))));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        loop {
-            let Poll::Ready((_, polled)) = this.core.poll_items(cx, &mut this.out) else {
-                return Poll::Pending;
-            };
-            if polled.heartbeat && this.out.is_empty() {
-                this.out.put_raw(sse::HEARTBEAT);
-            }
-            if let Some(reason) = polled.close {
-                this.done = true;
-                if let CloseReason::Drain { retry_ms } = reason {
-                    this.out.put_retry(retry_ms);
-                }
-            }
-            if let Some(bytes) = this.out.take() {
-                return Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-        }
-    }
-}
-
-/// One message of a [`Connection`]: an event for the connection, with the id that lets
-/// its client resume (the SSE `id`), its type and its JSON.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    pub id: String,
-    pub event_type: String,
-    pub json: Bytes,
-}
-
-/// Gathers a connection's output as [`Message`]s.
-#[derive(Default)]
-pub(crate) struct MessageOut {
-    pub(crate) queue: VecDeque<Message>,
-}
-
-impl Emit for MessageOut {
-    fn event(&mut self, event_type: &str, copy: &Copy, id: Option<&str>) {
-        let id = id.map_or_else(|| copy.frame.id().to_owned(), str::to_owned);
-        self.queue.push_back(Message { id, event_type: event_type.to_owned(), json: copy.frame.json_bytes() });
-    }
-
-    fn notice(&mut self, event_type: &str, id: &str, json: &[u8]) {
-        self.queue.push_back(Message {
-            id: id.to_owned(),
-            event_type: event_type.to_owned(),
-            json: Bytes::copy_from_slice(json),
-        });
-    }
-}
-
-/// A live connection for a transport other than Herald's SSE: the same queue, cursor,
-/// channels, filters, joins and leaves as an SSE stream, handed out as [`Message`]s.
-/// Dropping it unregisters the connection.
-///
-/// ```no_run
-/// # async fn demo(herald: herald::Herald) -> Result<(), Box<dyn std::error::Error>> {
-/// use herald::{Principal, herald::StreamRequest};
-/// let channel = herald.parse_channel("channel:general")?;
-/// let mut conn = herald.connect(StreamRequest::new(Principal::Anonymous, vec![channel])).await?;
-/// while let Some(msg) = conn.recv().await {
-///     println!("{} {} {}", msg.id, msg.event_type, String::from_utf8_lossy(&msg.json));
-/// }
-/// # Ok(()) }
-/// ```
-pub struct Connection {
-    core: StreamCore,
-    out: MessageOut,
-    done: bool,
-}
-
-impl Connection {
-    pub(crate) fn new(core: StreamCore, out: MessageOut) -> Self {
-        Self { core, out, done: false }
-    }
-
-    /// The connection's id, for [`crate::Herald::join`], [`crate::Herald::leave`] and
-    /// [`crate::Herald::send_to_connection`].
-    pub fn id(&self) -> &str {
-        &self.core.shared.id
-    }
-
-    /// The channels (and patterns) the connection follows now.
-    pub fn channels(&self) -> &[ChannelName] {
-        self.core.channels()
-    }
-
-    /// The next message; `None` once the server closed the connection (slow consumer,
-    /// timeout, drain, or the user's token expired, announced by a last `token_expired`
-    /// message: the client should resume with the last id it got).
-    pub async fn recv(&mut self) -> Option<Message> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// Why the server closed the connection, once it has.
-    pub fn close_reason(&self) -> Option<CloseReason> {
-        self.core.shared.close_reason()
-    }
-
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        loop {
-            if let Some(msg) = self.out.queue.pop_front() {
-                return Poll::Ready(Some(msg));
-            }
-            if self.done {
-                return Poll::Ready(None);
-            }
-            match self.core.poll_items(cx, &mut self.out) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready((_, polled)) => {
-                    if polled.close.is_some() {
-                        self.done = true;
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -850,20 +635,5 @@ mod tests {
         assert_eq!(core.advance(&copy_on_b("x", 5)), None, "written once already");
         assert_eq!(core.cursor.positions[1], Position::new(5, 0), "b's position moves over it");
         assert_eq!(core.advance(&copy_on_b("y", 6)), Some(0), "another event is written");
-    }
-
-    #[test]
-    fn a_large_batch_buffer_is_freed_once_handed_to_the_writer_and_a_small_one_is_reused() {
-        let mut out = SseOut::new(false);
-        // Grown in steps, as a batch of events is: the buffer ends up with room to spare.
-        for _ in 0..3 {
-            out.put_raw(&[b'x'; IDLE_BUFFER]);
-        }
-        assert_eq!(out.take().map(|b| b.len()), Some(3 * IDLE_BUFFER));
-        assert_eq!(out.buf.capacity(), 0, "an idle stream keeps no large buffer");
-        out.put_raw(b"data: small\n\n");
-        assert!(out.take().is_some());
-        assert!(out.buf.capacity() <= IDLE_BUFFER);
-        assert!(out.take().is_none());
     }
 }
