@@ -15,7 +15,7 @@ use crate::channel::ChannelName;
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
 use crate::engine::{AiSnapshot, GapReason, merge};
 use crate::event::fields_match;
-use crate::hub::connection::{ConnShared, Emit, StreamCore};
+use crate::hub::connection::{ConnShared, Emit, StreamCore, event_id};
 use crate::hub::{ConnLimits, Refused};
 use crate::transport::messages::MessageOut;
 use crate::transport::sse::SseOut;
@@ -272,13 +272,7 @@ fn write_replay(
         if snapshotted || (!filters.is_empty() && !ev.matches_on(copy, filters)) {
             continue;
         }
-        if channels.len() == 1 {
-            out.event(&ev.event_type, copy, None);
-        } else {
-            id.clear();
-            cursor.encode_into(channels, &mut id);
-            out.event(&ev.event_type, copy, Some(&id));
-        }
+        out.event(&ev.event_type, copy, event_id(channels, cursor, &mut id));
     }
     split
 }

@@ -357,10 +357,24 @@ impl ConnShared {
 /// Where a connection's output goes: the transport reading it (`crate::transport`).
 pub(crate) trait Emit {
     /// An event's copy on one channel. `id` is the id to show; `None` means the copy's own
-    /// (single-channel) id, which is part of its shared frame.
+    /// (single-channel) id, which is part of its shared frame ([`event_id`] says which).
     fn event(&mut self, event_type: &str, copy: &Copy, id: Option<&str>);
     /// An event made for this connection alone, with the id to show.
     fn notice(&mut self, event_type: &str, id: &str, json: &[u8]);
+}
+
+/// The id an event's copy is shown with on a connection that follows `channels` and is at
+/// `cursor` once the event is counted: on one channel, the copy's own id (`None`), which
+/// is that cursor already and is part of the frame shared by every subscriber, so nothing
+/// is written per connection; on several channels, the cursor, which alone says where the
+/// connection is in each of them. `buf` is the connection's buffer for it.
+pub(crate) fn event_id<'a>(channels: &[ChannelName], cursor: &Cursor, buf: &'a mut String) -> Option<&'a str> {
+    if channels.len() == 1 {
+        return None;
+    }
+    buf.clear();
+    cursor.encode_into(channels, buf);
+    Some(buf)
 }
 
 /// What one poll of the queue produced besides events.
@@ -457,13 +471,7 @@ impl StreamCore {
 
     fn emit_event(&mut self, out: &mut impl Emit, event: &Published, ci: usize) {
         let Some(copy) = event.copies.get(ci) else { return };
-        if self.channels.len() == 1 {
-            out.event(&event.event_type, copy, None);
-        } else {
-            self.id_buf.clear();
-            self.cursor.encode_into(&self.channels, &mut self.id_buf);
-            out.event(&event.event_type, copy, Some(&self.id_buf));
-        }
+        out.event(&event.event_type, copy, event_id(&self.channels, &self.cursor, &mut self.id_buf));
     }
 
     fn notice(&mut self, out: &mut impl Emit, event_type: &str, json: &[u8]) {
@@ -616,6 +624,20 @@ mod tests {
         assert!(!one.channels.spilled() && !one.cursor.positions.spilled(), "no allocation of their own");
         let two = core(&["channel:lobby", "channel:news"]);
         assert_eq!((two.channels.len(), two.cursor.positions.len()), (2, 2));
+    }
+
+    #[test]
+    fn one_channel_shows_the_frames_own_id_and_several_show_the_cursor() {
+        let (a, b) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:b"));
+        let (Ok(a), Ok(b)) = (a, b) else { panic!("channel names") };
+        let copy = Copy::new(a.clone(), Position::new(5, 0), "t", b"{}");
+        let mut buf = String::new();
+        let one = Cursor { positions: [Position::new(5, 0)].into_iter().collect() };
+        assert_eq!(event_id(std::slice::from_ref(&a), &one, &mut buf), None, "the shared frame's id");
+        assert_eq!(copy.frame.id(), one.encode(std::slice::from_ref(&a)), "which is the cursor after the event");
+        let two = Cursor { positions: [Position::new(5, 0), Position::new(3, 0)].into_iter().collect() };
+        let channels = [a, b];
+        assert_eq!(event_id(&channels, &two, &mut buf), Some(two.encode(&channels).as_str()));
     }
 
     #[test]
