@@ -415,6 +415,28 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_channel_starts_at_its_id_and_a_channel_that_cannot_resume_starts_at_its_head_with_a_gap() {
+        let (a, b) = (ch("channel:a"), ch("channel:b"));
+        let snap = |id: &str, ms| AiSnapshot { stream_id: id.into(), last: Position::new(ms, 0), json: "{}".into() };
+        let mut missed = Missed::new(2);
+        let read = HistoryRead {
+            head: Position::new(9, 0),
+            events: Ok(vec![event("x", &[(&a, 7)])]),
+            streams: vec![snap("seen", 4), snap("behind", 8)],
+        };
+        missed.take(0, a.as_str(), Resume::From(Position::new(5, 0)), read);
+        assert_eq!(missed.cursor.positions[0], Position::new(5, 0), "the replay moves it on from there");
+        assert_eq!(missed.events[0].len(), 1);
+        assert_eq!(missed.behind[0], ["behind"], "a stream the client saw all of needs no snapshot");
+        let read = HistoryRead { head: Position::new(3, 0), events: Ok(Vec::new()), streams: vec![snap("s", 2)] };
+        missed.take(1, b.as_str(), Resume::Unknown, read);
+        assert_eq!(missed.cursor.positions[1], Position::new(3, 0));
+        assert_eq!(missed.gaps, [(1, "unknown_position")]);
+        let snapshots: Vec<&str> = missed.snapshots.iter().map(|s| s.stream_id.as_str()).collect();
+        assert_eq!(snapshots, ["behind", "s"]);
+    }
+
+    #[test]
     fn filtered_events_are_passed_over_so_the_cursor_covers_them() {
         let channels = [ch("channel:a"), ch("channel:b")];
         let both = event("both", &[(&channels[0], 5), (&channels[1], 7)]);

@@ -6,7 +6,8 @@
 //!
 //! What a transport gets from the hub (`hub::connection`), once `Herald` has opened the
 //! connection (checks, registration, resume, the preamble: everything before the live
-//! events, written into the transport's own output):
+//! events, written into the transport's own output; each transport has its opening method
+//! in `herald/stream.rs`, `open_stream` and `connect`, both the same steps):
 //!
 //! - a `StreamCore`, the connection's reader. Polled with an output of the transport's own
 //!   (an `Emit`), it takes what the hub queued (at most 64 items a poll), keeps the cursor,
@@ -18,16 +19,19 @@
 //!   connection.
 //! - with each poll, whether a heartbeat is due and whether the connection is closing, and
 //!   why (`CloseReason`).
-//! - a [`KillSwitch`], if the transport asked for one when the connection opened: the hub
-//!   fires it when it closes a connection whose queue it dropped (a slow consumer, a client
-//!   timeout), because a writer blocked on a client that stopped reading never polls again.
+//! - a [`KillSwitch`], if the transport handed one in when the connection opened: the hub
+//!   fires it when it closes a connection and drops its queue (a slow consumer, a client
+//!   timeout, a resync), or when a closing connection's last words are never read, because
+//!   a writer blocked on a client that stopped reading never polls again.
 //!
 //! What a transport must do:
 //!
-//! - poll the reader whenever it is woken, and write what one poll produced as one write;
+//! - poll the reader whenever it is woken, heartbeats included: the hub closes a connection
+//!   whose reader has not polled for `client_timeout` as stalled. A
+//!   transport of bytes writes what one poll produced as one write;
 //! - when a heartbeat is due and the poll wrote nothing else, write a keep-alive of its own
 //!   (SSE: a comment line); a transport with its own keep-alive may skip it ([`Connection`]
-//!   does). The hub counts sweeps without progress and closes a connection that stalls;
+//!   does);
 //! - on a close, write its own last words after what the reader wrote (SSE: a drain's
 //!   `retry:` hint; a WebSocket would send a close frame), then end and drop the reader;
 //! - if its writer can block on a stalled client (hyper's HTTP/1.1 body, a WebSocket sink),

@@ -157,7 +157,62 @@ impl http_body::Body for SseBody {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    use http_body::Body as _;
+
     use super::*;
+    use crate::channel::ChannelName;
+    use crate::cursor::Position;
+    use crate::event::Published;
+    use crate::hub::Hub;
+    use crate::hub::connection::ConnShared;
+
+    /// A body on `channel:lobby` whose preamble is `retry: 1000`, and its queue.
+    fn body() -> (Arc<ConnShared>, ChannelName, SseBody) {
+        let hub = Arc::new(Hub::new());
+        let lobby = ChannelName::parse("channel:lobby").unwrap_or_else(|e| panic!("{e}"));
+        let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+        let core = StreamCore::new(Arc::clone(&shared), hub, std::slice::from_ref(&lobby));
+        let mut out = SseOut::new(false);
+        out.put_retry(1000);
+        (shared, lobby, SseBody::new(core, out))
+    }
+
+    /// Every chunk the body gives until it waits or ends, and whether it ended.
+    fn chunks(body: &mut SseBody) -> (Vec<Bytes>, bool) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut got = Vec::new();
+        loop {
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => got.extend(frame.into_data().ok()),
+                Poll::Ready(None) => return (got, true),
+                Poll::Pending => return (got, false),
+            }
+        }
+    }
+
+    #[test]
+    fn a_due_heartbeat_is_a_comment_when_nothing_else_is_written() {
+        let (shared, _, mut body) = body();
+        assert_eq!(chunks(&mut body), (vec![Bytes::from_static(b"retry: 1000\n\n")], false));
+        shared.sweep();
+        assert_eq!(chunks(&mut body), (vec![Bytes::from_static(sse::HEARTBEAT)], false));
+    }
+
+    #[test]
+    fn a_drain_writes_what_was_queued_then_the_retry_hint_and_ends_without_a_heartbeat() {
+        let (shared, lobby, mut body) = body();
+        let copy = Copy::new(lobby, Position::new(5, 0), "chat", b"{}");
+        let event = Arc::new(Published::new(Arc::from("e1"), Arc::from("chat"), vec![copy], 1));
+        shared.push(&event);
+        shared.sweep();
+        shared.close(CloseReason::Drain { retry_ms: 2500 });
+        let mut last = BytesMut::from(&event.copies[0].frame.with_id(false)[..]);
+        sse::put_retry(&mut last, 2500);
+        assert_eq!(chunks(&mut body), (vec![Bytes::from_static(b"retry: 1000\n\n"), last.freeze()], true));
+    }
 
     #[test]
     fn a_large_batch_buffer_is_freed_once_handed_to_the_writer_and_a_small_one_is_reused() {
