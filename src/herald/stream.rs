@@ -29,9 +29,10 @@ pub struct StreamRequest {
     pub channels: Vec<ChannelName>,
     /// The `Last-Event-ID` header or `lastEventId` query value, if any.
     pub last_event_id: Option<String>,
-    /// Send `event: <type>` lines (for `addEventListener`) instead of unnamed events.
+    /// SSE: send `event: <type>` lines (for `addEventListener`) instead of unnamed events.
     pub named: bool,
-    /// Lets the hub tear down an HTTP/1.1 connection whose reader stalled.
+    /// Lets the hub tear down the socket of a transport whose writer stalls with its client
+    /// (HTTP/1.1; see [`crate::transport`]).
     pub kill: Option<KillSwitch>,
     /// Field filters (`docs/channels.md`, "Filters"): only events whose top-level `field`
     /// equals `value`, for every pair, reach the stream.
