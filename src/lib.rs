@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! publish (http / library) → engine (order, history, other nodes) → hub (local fan-out)
-//!   → connection queue → SSE body → client
+//!   → connection queue → transport (SSE body) → client
 //! ```
 //!
 //! | module | owns |
@@ -21,6 +21,7 @@
 //! | [`sse`] | the wire format: frames, heartbeats, `retry:` |
 //! | [`engine`] | publishing, ordering and history (in-memory; Redis for several nodes) |
 //! | [`hub`] | this node's registry of connections and channels, and fan-out |
+//! | [`transport`] | how a connection's events leave the node: SSE over HTTP, or messages |
 //! | [`herald`] | the node handle tying them together: [`Herald`] |
 //! | [`http`] | the HTTP API (axum routes) |
 //! | [`server`] | listening, TLS, HTTP/2, graceful shutdown |
@@ -56,6 +57,7 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod sse;
+pub mod transport;
 
 // What an embedding application names: the node handle, its requests and results, and every
 // error it returns, so that no one needs to spell a module path (`herald::herald::RoomError`).
@@ -69,6 +71,6 @@ pub use herald::{
     StartError, Stats, StreamRequest, SubscribeError, UserPresence,
 };
 pub use http::ApiError;
-pub use hub::connection::{Connection, Message};
 pub use policy::Denied;
 pub use server::Server;
+pub use transport::{Connection, Message};

@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::herald::Herald;
 use crate::http::auth::PeerAddr;
-use crate::hub::connection::KillSwitch;
+use crate::transport::KillSwitch;
 use coalesce::Coalesce;
 
 mod coalesce;

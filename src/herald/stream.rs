@@ -13,10 +13,13 @@ use super::{Herald, SubscribeError};
 use crate::auth::Principal;
 use crate::channel::ChannelName;
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
-use crate::engine::{AiSnapshot, GapReason, merge};
+use crate::engine::{AiSnapshot, GapReason, HistoryRead, merge};
 use crate::event::fields_match;
-use crate::hub::connection::{ConnShared, Connection, Emit, KillSwitch, MessageOut, SseBody, SseOut, StreamCore};
+use crate::hub::connection::{ConnShared, Emit, StreamCore, event_id};
 use crate::hub::{ConnLimits, Refused};
+use crate::transport::messages::MessageOut;
+use crate::transport::sse::SseOut;
+use crate::transport::{Connection, KillSwitch, SseBody};
 
 /// How a client asked for its stream.
 #[derive(Clone, Debug)]
@@ -26,9 +29,10 @@ pub struct StreamRequest {
     pub channels: Vec<ChannelName>,
     /// The `Last-Event-ID` header or `lastEventId` query value, if any.
     pub last_event_id: Option<String>,
-    /// Send `event: <type>` lines (for `addEventListener`) instead of unnamed events.
+    /// SSE: send `event: <type>` lines (for `addEventListener`) instead of unnamed events.
     pub named: bool,
-    /// Lets the hub tear down an HTTP/1.1 connection whose reader stalled.
+    /// Lets the hub tear down the socket of a transport whose writer stalls with its client
+    /// (HTTP/1.1; see [`crate::transport`]).
     pub kill: Option<KillSwitch>,
     /// Field filters (`docs/channels.md`, "Filters"): only events whose top-level `field`
     /// equals `value`, for every pair, reach the stream.
@@ -49,12 +53,10 @@ impl Herald {
     /// connection, resumes it from history if asked, and returns the body that delivers
     /// everything after.
     pub async fn open_stream(&self, req: StreamRequest) -> Result<SseBody, SubscribeError> {
-        let named = req.named;
-        let mut out = SseOut::new(named);
+        let mut out = SseOut::new(req.named);
         out.put_retry(self.config().retry.as_millis() as u64);
         let core = self.open(req, &mut out).await?;
-        let preamble = out.take().unwrap_or_default();
-        Ok(SseBody::new(core, named, preamble))
+        Ok(SseBody::new(core, out))
     }
 
     /// Opens a connection for a transport of the application's own: the same checks, resume
@@ -65,13 +67,35 @@ impl Herald {
         Ok(Connection::new(core, out))
     }
 
+    /// Opens a connection, step by step: nothing is registered until the request is
+    /// admitted, and nothing live is written before what the connection missed.
     async fn open(&self, req: StreamRequest, out: &mut impl Emit) -> Result<StreamCore, SubscribeError> {
+        let StreamRequest { principal, channels, last_event_id, named: _, kill, filters } = req;
+        let mut channels = self.admit(&principal, channels)?;
+        let (shared, mut core) = self.register(&principal, &mut channels, kill, filters)?;
+        self.claim_user_slot(&principal, &shared.id).await?;
+        // Every channel, not only those this stream was first on: a channel another stream
+        // opened a moment ago may still have its SUBSCRIBE in flight, and history read before
+        // it took effect would miss what is published in between. The engine answers for a
+        // channel it follows at once, after any subscription queued before.
+        self.engine().watch(&channels).await?;
+        let last_event_id = last_event_id.as_deref().map(LastEventId::parse);
+        let missed = self.read_missed(&channels, &last_event_id).await?;
+        self.write_preamble(out, &shared.id, &channels, &missed, last_event_id.is_some());
+        missed.write(out, &mut core, &channels, &shared.filters);
+        self.announce_arrival(&shared, &channels).await;
+        Ok(core)
+    }
+
+    /// The request's channels, each once, if this node takes the stream and the principal
+    /// may follow every one of them.
+    fn admit(&self, principal: &Principal, requested: Vec<ChannelName>) -> Result<Vec<ChannelName>, SubscribeError> {
         let cfg = self.config();
         if self.is_draining() {
             return Err(SubscribeError::Draining);
         }
-        let mut channels: Vec<ChannelName> = Vec::with_capacity(req.channels.len());
-        for ch in req.channels {
+        let mut channels: Vec<ChannelName> = Vec::with_capacity(requested.len());
+        for ch in requested {
             if !channels.contains(&ch) {
                 channels.push(ch);
             }
@@ -86,68 +110,76 @@ impl Herald {
             return Err(SubscribeError::PatternsUnsupported);
         }
         for ch in &channels {
-            self.policies().can_subscribe(&req.principal, ch)?;
+            self.policies().can_subscribe(principal, ch)?;
         }
+        Ok(channels)
+    }
 
+    /// Registers the connection with the hub, within this node's limits. Registered before
+    /// history is read, so nothing published in between is missed; what is both replayed
+    /// and queued is dropped by the cursor. From here on, dropping the returned reader
+    /// unregisters the connection.
+    fn register(
+        &self,
+        principal: &Principal,
+        channels: &mut [ChannelName],
+        kill: Option<KillSwitch>,
+        filters: Vec<(String, String)>,
+    ) -> Result<(Arc<ConnShared>, StreamCore), SubscribeError> {
+        let cfg = self.config();
         let hub = self.hub();
         let conn_id: Arc<str> = Arc::from(format!("c{}", crate::ids::new_id().to_lowercase()));
-        let user = match &req.principal {
-            Principal::User(u) => Some((Arc::clone(&u.id), u.name.clone())),
-            _ => None,
+        let (user, deadline) = match principal {
+            Principal::User(u) => (Some((Arc::clone(&u.id), u.name.clone())), u.session_deadline_ms(cfg.auth.leeway)),
+            _ => (None, None),
         };
         let shared = Arc::new(
-            ConnShared::new(
-                hub.next_key(),
-                conn_id.clone(),
-                user,
-                cfg.buffer_size,
-                req.kill,
-                req.filters.into_boxed_slice(),
-            )
-            .expiring_at(match &req.principal {
-                Principal::User(u) => u.session_deadline_ms(cfg.auth.leeway),
-                _ => None,
-            }),
+            ConnShared::new(hub.next_key(), conn_id, user, cfg.buffer_size, kill, filters.into_boxed_slice())
+                .expiring_at(deadline),
         );
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
-        // Registered before history is read, so nothing published in between is missed;
-        // what is both replayed and queued is dropped by the cursor.
-        hub.register(Arc::clone(&shared), &mut channels, limits).map_err(|r| match r {
+        hub.register(Arc::clone(&shared), channels, limits).map_err(|r| match r {
             Refused::AtCapacity => SubscribeError::AtCapacity,
             Refused::UserLimit => SubscribeError::UserLimit { limit: cfg.max_connections_per_user },
         })?;
-        // From here on, dropping `core` unregisters the connection.
-        let mut core = StreamCore::new(Arc::clone(&shared), Arc::clone(hub), &channels);
-        if let Some(user) = req.principal.user_id() {
-            // Checked once registered: a disconnect with a ban bans first, then cuts what is
-            // registered, so a stream that opens meanwhile is either cut or refused here.
-            if self.engine().is_banned(user).await? {
-                return Err(SubscribeError::Banned);
-            }
-            // Across nodes (Redis); the hub has already checked this node.
-            if !self.engine().acquire_slot(user, &conn_id, cfg.max_connections_per_user).await? {
-                return Err(SubscribeError::UserLimit { limit: cfg.max_connections_per_user });
-            }
-        }
-        // Every channel, not only those this stream was first on: a channel another stream
-        // opened a moment ago may still have its SUBSCRIBE in flight, and history read before
-        // it took effect would miss what is published in between. The engine answers for a
-        // channel it follows at once, after any subscription queued before.
-        self.engine().watch(&channels).await?;
+        let core = StreamCore::new(Arc::clone(&shared), Arc::clone(hub), channels);
+        Ok((shared, core))
+    }
 
-        let parsed = req.last_event_id.as_deref().map(LastEventId::parse);
-        let mut cursor = Cursor::at_start(channels.len());
-        let mut gaps: Vec<(usize, &'static str)> = Vec::new();
+    /// For a user: refuses a banned one, and takes one of the user's connection slots across
+    /// nodes (Redis; the hub has already checked this node).
+    async fn claim_user_slot(&self, principal: &Principal, conn_id: &str) -> Result<(), SubscribeError> {
+        let Some(user) = principal.user_id() else { return Ok(()) };
+        let limit = self.config().max_connections_per_user;
+        // Checked once registered: a disconnect with a ban bans first, then cuts what is
+        // registered, so a stream that opens meanwhile is either cut or refused here.
+        if self.engine().is_banned(user).await? {
+            return Err(SubscribeError::Banned);
+        }
+        if !self.engine().acquire_slot(user, conn_id, limit).await? {
+            return Err(SubscribeError::UserLimit { limit });
+        }
+        Ok(())
+    }
+
+    /// Reads where the connection starts in each channel and what it missed since
+    /// `last_event_id` (`None`: none was given; `Some(None)`: one that is not Herald's).
+    async fn read_missed(
+        &self,
+        channels: &[ChannelName],
+        last_event_id: &Option<Option<LastEventId>>,
+    ) -> Result<Missed, SubscribeError> {
+        let mut missed = Missed::new(channels.len());
         let mut resumes: Vec<(usize, Resume)> = Vec::with_capacity(channels.len());
         let mut reads: Vec<(ChannelName, Option<Position>)> = Vec::with_capacity(channels.len());
         for (i, ch) in channels.iter().enumerate() {
             if ch.is_pattern() {
-                if parsed.is_some() {
-                    gaps.push((i, PATTERN_NOT_RESUMABLE));
+                if last_event_id.is_some() {
+                    missed.gaps.push((i, PATTERN_NOT_RESUMABLE));
                 }
                 continue;
             }
-            let resume = match &parsed {
+            let resume = match last_event_id {
                 None => Resume::Fresh,
                 Some(None) => Resume::Unknown,
                 Some(Some(id)) => id.resume_for(i, ch.as_str()),
@@ -162,64 +194,112 @@ impl Herald {
         // All channels at one instant, so that an event on several of them is in every one
         // of their lists or in none (see `write_replay`).
         let read = self.engine().histories(&reads).await?;
-        let mut missed: Vec<merge::List> = vec![merge::List::new(); channels.len()];
-        let mut behind: Vec<Vec<String>> = vec![Vec::new(); channels.len()];
-        let mut snapshots: Vec<AiSnapshot> = Vec::new();
         for ((i, resume), read) in resumes.into_iter().zip(read) {
-            let ch = channels[i].as_str();
-            cursor.positions[i] = read.head;
-            match (resume, read.events) {
-                (Resume::From(p), Ok(events)) => {
-                    cursor.positions[i] = p;
-                    // Streams the client saw all of need no snapshot; for the others, the
-                    // snapshot stands for every missed chunk.
-                    let streams: Vec<AiSnapshot> = read.streams.into_iter().filter(|s| s.last > p).collect();
-                    behind[i] = streams.iter().map(|s| s.stream_id.clone()).collect();
-                    missed[i] = events.into_iter().filter_map(|ev| Some((ev.copy_on(ch)?.position, ev))).collect();
-                    snapshots.extend(streams);
-                }
-                (Resume::Fresh, Ok(_)) => snapshots.extend(read.streams),
-                (Resume::Unknown, Ok(_)) => {
-                    gaps.push((i, GapReason::UnknownPosition.as_str()));
-                    snapshots.extend(read.streams);
-                }
-                (_, Err(reason)) => {
-                    gaps.push((i, reason.as_str()));
-                    snapshots.extend(read.streams);
-                }
-            }
+            missed.take(i, channels[i].as_str(), resume, read);
         }
-        gaps.sort_by_key(|(i, _)| *i);
+        missed.gaps.sort_by_key(|(i, _)| *i);
+        Ok(missed)
+    }
 
+    /// Writes the `connected` event and a `reset` for each channel that cannot be resumed,
+    /// all with the id of the connection's start, and counts a resume.
+    fn write_preamble(
+        &self,
+        out: &mut impl Emit,
+        conn_id: &str,
+        channels: &[ChannelName],
+        missed: &Missed,
+        resuming: bool,
+    ) {
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let connected = json!({
             "type": "connected",
-            "connectionId": &*conn_id,
+            "connectionId": conn_id,
             "nodeId": self.node_id(),
             "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
             "timestamp": now,
         });
-        let id = cursor.encode(&channels);
+        let id = missed.cursor.encode(channels);
         out.notice("connected", &id, connected.to_string().as_bytes());
-        if parsed.is_some() {
+        if resuming {
             let m = self.metrics();
-            let counter = if gaps.is_empty() { &m.resumes_replayed } else { &m.resumes_reset };
+            let counter = if missed.gaps.is_empty() { &m.resumes_replayed } else { &m.resumes_reset };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        for (i, reason) in gaps {
+        for &(i, reason) in &missed.gaps {
             let reset = json!({"type": "reset", "channel": channels[i].as_str(), "reason": reason, "timestamp": now});
             tracing::debug!(connection = %conn_id, channel = %channels[i], reason, "resume not possible; sent reset");
             out.notice("reset", &id, reset.to_string().as_bytes());
         }
-        let filters = shared.filters.clone();
-        let split = write_replay(out, &channels, &mut cursor, missed, &behind, &filters);
-        write_snapshots(out, &cursor.encode(&channels), snapshots, &filters);
-        core.set_cursor(cursor);
+    }
+}
+
+/// What a new connection missed, read from history: where it starts in each channel, and
+/// what is written before its live events.
+struct Missed {
+    /// Where the connection is in each channel once the missed events are written.
+    cursor: Cursor,
+    /// Channels that cannot be resumed, and why (each gets a `reset`), in channel order.
+    gaps: Vec<(usize, &'static str)>,
+    /// Each channel's missed events, in that channel's order.
+    events: Vec<merge::List>,
+    /// Each channel's AI streams the client is behind on: a snapshot stands for their chunks.
+    behind: Vec<Vec<String>>,
+    /// The AI-stream snapshots to write.
+    snapshots: Vec<AiSnapshot>,
+}
+
+impl Missed {
+    fn new(channels: usize) -> Self {
+        Self {
+            cursor: Cursor::at_start(channels),
+            gaps: Vec::new(),
+            events: vec![merge::List::new(); channels],
+            behind: vec![Vec::new(); channels],
+            snapshots: Vec::new(),
+        }
+    }
+
+    /// Takes channel `i`'s history `read`, as its `resume` asked for it.
+    fn take(&mut self, i: usize, ch: &str, resume: Resume, read: HistoryRead) {
+        self.cursor.positions[i] = read.head;
+        match (resume, read.events) {
+            (Resume::From(p), Ok(events)) => {
+                self.cursor.positions[i] = p;
+                // Streams the client saw all of need no snapshot; for the others, the
+                // snapshot stands for every missed chunk.
+                let streams: Vec<AiSnapshot> = read.streams.into_iter().filter(|s| s.last > p).collect();
+                self.behind[i] = streams.iter().map(|s| s.stream_id.clone()).collect();
+                self.events[i] = events.into_iter().filter_map(|ev| Some((ev.copy_on(ch)?.position, ev))).collect();
+                self.snapshots.extend(streams);
+            }
+            (Resume::Fresh, Ok(_)) => self.snapshots.extend(read.streams),
+            (Resume::Unknown, Ok(_)) => {
+                self.gaps.push((i, GapReason::UnknownPosition.as_str()));
+                self.snapshots.extend(read.streams);
+            }
+            (_, Err(reason)) => {
+                self.gaps.push((i, reason.as_str()));
+                self.snapshots.extend(read.streams);
+            }
+        }
+    }
+
+    /// Writes the missed events, then the snapshots, and starts the connection's reader
+    /// where they end.
+    fn write(
+        mut self,
+        out: &mut impl Emit,
+        core: &mut StreamCore,
+        channels: &[ChannelName],
+        filters: &[(String, String)],
+    ) {
+        let split = write_replay(out, channels, &mut self.cursor, self.events, &self.behind, filters);
+        write_snapshots(out, &self.cursor.encode(channels), self.snapshots, filters);
+        core.set_cursor(self.cursor);
         for id in split {
             core.remember_split(id);
         }
-        self.announce_arrival(&shared, &channels).await;
-        Ok(core)
     }
 }
 
@@ -271,13 +351,7 @@ fn write_replay(
         if snapshotted || (!filters.is_empty() && !ev.matches_on(copy, filters)) {
             continue;
         }
-        if channels.len() == 1 {
-            out.event(&ev.event_type, copy, None);
-        } else {
-            id.clear();
-            cursor.encode_into(channels, &mut id);
-            out.event(&ev.event_type, copy, Some(&id));
-        }
+        out.event(&ev.event_type, copy, event_id(channels, cursor, &mut id));
     }
     split
 }
@@ -339,6 +413,28 @@ mod tests {
         ];
         assert_eq!(ids, expected.iter().map(|c| c.encode(&channels)).collect::<Vec<_>>());
         assert_eq!(at, cursor(&[11, 22]), "the live part starts after everything replayed");
+    }
+
+    #[test]
+    fn a_resumed_channel_starts_at_its_id_and_a_channel_that_cannot_resume_starts_at_its_head_with_a_gap() {
+        let (a, b) = (ch("channel:a"), ch("channel:b"));
+        let snap = |id: &str, ms| AiSnapshot { stream_id: id.into(), last: Position::new(ms, 0), json: "{}".into() };
+        let mut missed = Missed::new(2);
+        let read = HistoryRead {
+            head: Position::new(9, 0),
+            events: Ok(vec![event("x", &[(&a, 7)])]),
+            streams: vec![snap("seen", 4), snap("behind", 8)],
+        };
+        missed.take(0, a.as_str(), Resume::From(Position::new(5, 0)), read);
+        assert_eq!(missed.cursor.positions[0], Position::new(5, 0), "the replay moves it on from there");
+        assert_eq!(missed.events[0].len(), 1);
+        assert_eq!(missed.behind[0], ["behind"], "a stream the client saw all of needs no snapshot");
+        let read = HistoryRead { head: Position::new(3, 0), events: Ok(Vec::new()), streams: vec![snap("s", 2)] };
+        missed.take(1, b.as_str(), Resume::Unknown, read);
+        assert_eq!(missed.cursor.positions[1], Position::new(3, 0));
+        assert_eq!(missed.gaps, [(1, "unknown_position")]);
+        let snapshots: Vec<&str> = missed.snapshots.iter().map(|s| s.stream_id.as_str()).collect();
+        assert_eq!(snapshots, ["behind", "s"]);
     }
 
     #[test]

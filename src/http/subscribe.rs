@@ -13,7 +13,7 @@ use super::auth::principal;
 use super::error::ApiError;
 use super::observe::count_subscribe_refusal;
 use crate::herald::{Herald, StreamRequest};
-use crate::hub::connection::KillSwitch;
+use crate::transport::KillSwitch;
 
 /// Most filters on one stream.
 const MAX_FILTERS: usize = 8;

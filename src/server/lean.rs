@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::hub::connection::KillSwitch;
+use crate::transport::KillSwitch;
 
 /// The request line every lean request starts with.
 const STREAM_PREFIX: &[u8] = b"GET /api/events";

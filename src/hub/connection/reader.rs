@@ -1,0 +1,337 @@
+//! The reader of one connection: what a transport drives (see `crate::transport`).
+//!
+//! A [`StreamCore`] takes everything the hub queued for its connection at once, keeps the
+//! connection's cursor (its place in each channel), applies live joins and leaves, drops
+//! what the connection has seen already, and hands what is new to its transport's [`Emit`]
+//! with the id that lets the client resume. It runs in the transport's own task, woken by
+//! the hub's pushes; dropping it unregisters the connection.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use smallvec::SmallVec;
+
+use super::{CloseReason, ConnShared, Item, JoinStart};
+use crate::channel::ChannelName;
+use crate::cursor::Cursor;
+use crate::event::{Copy, Published};
+use crate::hub::Hub;
+
+/// Most items taken from the queue in one go; the rest follow on the next poll.
+const MAX_BATCH: usize = 64;
+
+/// Queue slots a connection keeps once its queue is empty: enough for events that arrive one
+/// at a time without an allocation each, while a burst's larger queue is freed once drained,
+/// so that an idle stream holds no large buffer.
+const IDLE_QUEUE: usize = 8;
+
+/// Split multi-channel events remembered per connection to drop their repeated copies.
+const RECENT_SPLIT: usize = 16;
+
+/// Where a connection's output goes: the transport reading it (`crate::transport`).
+pub(crate) trait Emit {
+    /// An event's copy on one channel. `id` is the id to show; `None` means the copy's own
+    /// (single-channel) id, which is part of its shared frame ([`event_id`] says which).
+    fn event(&mut self, event_type: &str, copy: &Copy, id: Option<&str>);
+    /// An event made for this connection alone, with the id to show.
+    fn notice(&mut self, event_type: &str, id: &str, json: &[u8]);
+}
+
+/// The id an event's copy is shown with on a connection that follows `channels` and is at
+/// `cursor` once the event is counted: on one channel, the copy's own id (`None`), which
+/// is that cursor already and is part of the frame shared by every subscriber, so nothing
+/// is written per connection; on several channels, the cursor, which alone says where the
+/// connection is in each of them. `buf` is the connection's buffer for it.
+pub(crate) fn event_id<'a>(channels: &[ChannelName], cursor: &Cursor, buf: &'a mut String) -> Option<&'a str> {
+    if channels.len() == 1 {
+        return None;
+    }
+    buf.clear();
+    cursor.encode_into(channels, buf);
+    Some(buf)
+}
+
+/// What one poll of the queue produced besides events.
+pub(crate) struct Polled {
+    /// A heartbeat is due: the transport writes one if the poll wrote nothing else.
+    pub heartbeat: bool,
+    /// The connection is closing, and everything it is to be sent has been emitted: the
+    /// transport writes its own last words, if any, and ends.
+    pub close: Option<CloseReason>,
+}
+
+/// The transport-independent reader of a connection: drains the queue, keeps the cursor,
+/// applies live joins and leaves, drops what the connection has already seen.
+pub(crate) struct StreamCore {
+    shared: Arc<ConnShared>,
+    hub: Arc<Hub>,
+    /// Followed channels and patterns (`channel:incidents.*`), in subscription order; inline
+    /// for one, as the cursor's positions are.
+    channels: SmallVec<[ChannelName; 1]>,
+    cursor: Cursor,
+    /// Items taken from the queue and not processed yet (a join waiting for its start).
+    backlog: VecDeque<Item>,
+    id_buf: String,
+    /// Ids of recent events that reached this connection one channel copy at a time
+    /// (see [`Published::fanout`]); empty unless the connection follows several channels.
+    recent_split: VecDeque<Arc<str>>,
+}
+
+impl StreamCore {
+    pub(crate) fn new(shared: Arc<ConnShared>, hub: Arc<Hub>, channels: &[ChannelName]) -> Self {
+        Self {
+            shared,
+            hub,
+            channels: channels.iter().cloned().collect(),
+            cursor: Cursor::at_start(channels.len()),
+            backlog: VecDeque::new(),
+            id_buf: String::new(),
+            recent_split: VecDeque::new(),
+        }
+    }
+
+    /// The connection's public id.
+    pub(crate) fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    pub(crate) fn channels(&self) -> &[ChannelName] {
+        &self.channels
+    }
+
+    /// Why the server closed the connection, once it has.
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.close_reason()
+    }
+
+    pub(crate) fn set_cursor(&mut self, cursor: Cursor) {
+        self.cursor = cursor;
+    }
+
+    /// Advances the cursor for `event` and says which copy to write; `None` if the
+    /// connection has already seen it (replayed from history, queued twice across a resume
+    /// seam, or another channel's copy of the same event) or does not follow it.
+    fn advance(&mut self, event: &Published) -> Option<usize> {
+        let mut first = None;
+        for (ci, copy) in event.copies.iter().enumerate() {
+            if let Some(i) = self.channels.iter().position(|c| *c == copy.channel) {
+                if copy.position > self.cursor.positions[i] {
+                    self.cursor.positions[i] = copy.position;
+                    first.get_or_insert(ci);
+                }
+            } else if first.is_none() && self.channels.iter().any(|p| p.matches(&copy.channel)) {
+                // A pattern keeps no position: live only (see docs/channels.md).
+                first = Some(ci);
+            }
+        }
+        if first.is_some() && self.channels.len() > 1 && usize::from(event.fanout) > event.copies.len() {
+            if self.recent_split.contains(&event.id) {
+                return None;
+            }
+            self.remember_split(Arc::clone(&event.id));
+        }
+        first
+    }
+
+    /// Remembers an event written to the connection whose other channels' copies may still
+    /// come one at a time (a live copy, or one replayed from history), so that those copies
+    /// are dropped as repeats. Only the last [`RECENT_SPLIT`] are kept.
+    pub(crate) fn remember_split(&mut self, id: Arc<str>) {
+        if self.recent_split.len() == RECENT_SPLIT {
+            self.recent_split.pop_front();
+        }
+        self.recent_split.push_back(id);
+    }
+
+    fn emit_event(&mut self, out: &mut impl Emit, event: &Published, ci: usize) {
+        let Some(copy) = event.copies.get(ci) else { return };
+        out.event(&event.event_type, copy, event_id(&self.channels, &self.cursor, &mut self.id_buf));
+    }
+
+    fn notice(&mut self, out: &mut impl Emit, event_type: &str, json: &[u8]) {
+        self.id_buf.clear();
+        self.cursor.encode_into(&self.channels, &mut self.id_buf);
+        out.notice(event_type, &self.id_buf, json);
+    }
+
+    fn apply_join(&mut self, out: &mut impl Emit, channel: &ChannelName, start: JoinStart) {
+        match start {
+            JoinStart::At { head, lead } => {
+                if !self.channels.contains(channel) {
+                    self.channels.push(channel.clone());
+                    self.cursor.positions.push(head);
+                }
+                let notice = serde_json::json!({"type": "subscribed", "channel": channel.as_str()});
+                self.notice(out, "subscribed", notice.to_string().as_bytes());
+                for (event_type, json) in lead {
+                    self.notice(out, &event_type, &json);
+                }
+            }
+            JoinStart::Failed => {}
+        }
+    }
+
+    fn apply_leave(&mut self, out: &mut impl Emit, channel: &ChannelName) {
+        if let Some(i) = self.channels.iter().position(|c| c == channel) {
+            self.channels.remove(i);
+            self.cursor.positions.remove(i);
+            let notice = serde_json::json!({"type": "unsubscribed", "channel": channel.as_str()});
+            self.notice(out, "unsubscribed", notice.to_string().as_bytes());
+        }
+    }
+
+    /// Takes what is queued and emits what is new. `Pending` when there is nothing to do
+    /// (the waker is registered); otherwise whether a heartbeat is due, and whether the
+    /// connection is closing.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Polled> {
+        let (heartbeat, close) = {
+            let mut st = self.shared.lock();
+            st.progressed = true;
+            let blocked = matches!(self.backlog.front(), Some(Item::Join(slot)) if !slot.is_ready());
+            let empty = self.backlog.is_empty() && st.items.is_empty();
+            if (blocked || empty) && !st.heartbeat && st.close.is_none() {
+                match &st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            if !blocked {
+                if self.backlog.is_empty() && st.items.len() <= MAX_BATCH {
+                    // The usual case: take the queue whole, without copying its items into
+                    // the backlog's buffer (one memory line less to touch per write).
+                    std::mem::swap(&mut self.backlog, &mut st.items);
+                } else {
+                    let room = MAX_BATCH.saturating_sub(self.backlog.len());
+                    let n = st.items.len().min(room);
+                    self.backlog.extend(st.items.drain(..n));
+                }
+            }
+            let drained = st.items.is_empty();
+            if st.items.capacity() > IDLE_QUEUE && drained {
+                st.items = VecDeque::new();
+            }
+            let close = if drained { st.close } else { None };
+            (std::mem::take(&mut st.heartbeat), close)
+        };
+        let dropping = close.is_some_and(|reason| !reason.keeps_queue());
+        let mut written = 0;
+        let mut oldest: Option<Arc<Published>> = None;
+        while let Some(item) = self.backlog.pop_front() {
+            if dropping {
+                self.backlog.clear();
+                break;
+            }
+            match item {
+                Item::Event(event) => {
+                    if let Some(ci) = self.advance(&event) {
+                        self.emit_event(out, &event, ci);
+                        written += 1;
+                        oldest.get_or_insert(event);
+                    }
+                }
+                Item::Join(slot) => match slot.take() {
+                    Some(start) => self.apply_join(out, &slot.channel, start),
+                    None => {
+                        // Wait for the joiner, keeping the rest in order. The waker is
+                        // stored before the second look, so a start filled in between
+                        // cannot be missed.
+                        self.shared.lock().waker = Some(cx.waker().clone());
+                        let ready = slot.is_ready();
+                        self.backlog.push_front(Item::Join(slot));
+                        if !ready {
+                            break;
+                        }
+                    }
+                },
+                Item::Leave(channel) => self.apply_leave(out, &channel),
+                Item::Direct(direct) => {
+                    let (event_type, json) = &*direct;
+                    self.notice(out, event_type, json);
+                    written += 1;
+                }
+            }
+        }
+        if let Some(oldest) = &oldest {
+            self.hub.stats.record_write(written as u64, oldest);
+        }
+        if self.backlog.is_empty()
+            && let Some((event_type, json)) = close.and_then(|reason| reason.last_notice(&self.shared.id))
+        {
+            // Its id is the cursor after everything written: a resume loses nothing.
+            self.notice(out, event_type, json.as_bytes());
+        }
+        if self.backlog.is_empty() && self.backlog.capacity() > IDLE_QUEUE {
+            self.backlog = VecDeque::new();
+        }
+        let close = if self.backlog.is_empty() { close } else { None };
+        Poll::Ready(Polled { heartbeat, close })
+    }
+}
+
+impl Drop for StreamCore {
+    fn drop(&mut self) {
+        let reason = self.shared.close_reason();
+        self.hub.unregister(self.shared.key);
+        tracing::debug!(
+            connection = %self.shared.id,
+            reason = reason.map_or("client_closed", CloseReason::as_str),
+            "connection closed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cursor::Position;
+
+    #[test]
+    fn a_stream_of_one_channel_keeps_its_channel_and_position_inline() {
+        let hub = Arc::new(Hub::new());
+        let core = |names: &[&str]| {
+            let channels: Vec<_> =
+                names.iter().map(|n| ChannelName::parse(n).unwrap_or_else(|e| panic!("{e}"))).collect();
+            let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+            StreamCore::new(shared, Arc::clone(&hub), &channels)
+        };
+        let one = core(&["channel:lobby"]);
+        assert!(!one.channels.spilled() && !one.cursor.positions.spilled(), "no allocation of their own");
+        let two = core(&["channel:lobby", "channel:news"]);
+        assert_eq!((two.channels.len(), two.cursor.positions.len()), (2, 2));
+    }
+
+    #[test]
+    fn one_channel_shows_the_frames_own_id_and_several_show_the_cursor() {
+        let (a, b) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:b"));
+        let (Ok(a), Ok(b)) = (a, b) else { panic!("channel names") };
+        let copy = Copy::new(a.clone(), Position::new(5, 0), "t", b"{}");
+        let mut buf = String::new();
+        let one = Cursor { positions: [Position::new(5, 0)].into_iter().collect() };
+        assert_eq!(event_id(std::slice::from_ref(&a), &one, &mut buf), None, "the shared frame's id");
+        assert_eq!(copy.frame.id(), one.encode(std::slice::from_ref(&a)), "which is the cursor after the event");
+        let two = Cursor { positions: [Position::new(5, 0), Position::new(3, 0)].into_iter().collect() };
+        let channels = [a, b];
+        assert_eq!(event_id(&channels, &two, &mut buf), Some(two.encode(&channels).as_str()));
+    }
+
+    #[test]
+    fn a_copy_of_an_event_the_replay_wrote_through_another_channel_is_dropped_as_a_repeat() {
+        // Redis Cluster: each channel's copy of an event comes on its own, with its own
+        // position only; the replay wrote `x` from channel a, and b's copy comes live.
+        let hub = Arc::new(Hub::new());
+        let (a, b) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:b"));
+        let (Ok(a), Ok(b)) = (a, b) else { panic!("channel names") };
+        let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+        let mut core = StreamCore::new(shared, Arc::clone(&hub), &[a, b.clone()]);
+        let copy_on_b = |id: &str, ms: u64| {
+            let copy = Copy::new(b.clone(), Position::new(ms, 0), "t", b"{}");
+            Published::new(Arc::from(id), Arc::from("t"), vec![copy], 2)
+        };
+        core.remember_split(Arc::from("x"));
+        assert_eq!(core.advance(&copy_on_b("x", 5)), None, "written once already");
+        assert_eq!(core.cursor.positions[1], Position::new(5, 0), "b's position moves over it");
+        assert_eq!(core.advance(&copy_on_b("y", 6)), Some(0), "another event is written");
+    }
+}

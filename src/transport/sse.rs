@@ -1,0 +1,231 @@
+//! Server-Sent Events over HTTP: the transport of `GET /api/events`.
+//!
+//! [`SseBody`] is the streaming response body of one stream, polled by hyper or by the lean
+//! HTTP/1.1 writer (`server/lean.rs`); [`SseOut`] renders what the connection's reader hands
+//! it as SSE bytes. A single event of a single-channel stream is a slice of the frame its
+//! event was framed into once for every subscriber (`crate::sse::Frame`); anything more is
+//! gathered into one buffer, so one poll is one write.
+//!
+//! What it adds to the reader (see [`crate::transport`]): the `retry:` hint first, a
+//! heartbeat comment when one is due and nothing else was written, the `retry:` hint of a
+//! drain last. A stalled HTTP/1.1 reader is torn down through the [`super::KillSwitch`] the
+//! server put on its request.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::event::Copy;
+use crate::hub::connection::{CloseReason, Emit, StreamCore};
+use crate::sse;
+
+/// Bytes of its write buffer a stream keeps between writes (larger ones are freed once
+/// handed to the writer).
+const IDLE_BUFFER: usize = 1024;
+
+/// Renders a connection's output as SSE. A single event of a single-channel connection is
+/// a slice of its shared frame; anything more is gathered into one buffer.
+pub(crate) struct SseOut {
+    named: bool,
+    first: Option<Bytes>,
+    buf: BytesMut,
+}
+
+impl SseOut {
+    /// `named`: write `event: <type>` lines (for `addEventListener`).
+    pub(crate) fn new(named: bool) -> Self {
+        Self { named, first: None, buf: BytesMut::new() }
+    }
+
+    fn spill(&mut self) {
+        if let Some(first) = self.first.take() {
+            self.buf.extend_from_slice(&first);
+        }
+    }
+
+    pub(crate) fn put_retry(&mut self, ms: u64) {
+        self.spill();
+        sse::put_retry(&mut self.buf, ms);
+    }
+
+    fn put_raw(&mut self, bytes: &[u8]) {
+        self.spill();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.buf.is_empty()
+    }
+
+    /// What was written since the last take, as one chunk.
+    pub(crate) fn take(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take()
+            && self.buf.is_empty()
+        {
+            return Some(first);
+        }
+        self.spill();
+        if self.buf.is_empty() {
+            None
+        } else if self.buf.capacity() > IDLE_BUFFER {
+            Some(std::mem::take(&mut self.buf).freeze())
+        } else {
+            Some(self.buf.split().freeze())
+        }
+    }
+}
+
+impl Emit for SseOut {
+    fn event(&mut self, _event_type: &str, copy: &Copy, id: Option<&str>) {
+        match id {
+            None if self.is_empty() => self.first = Some(copy.frame.with_id(self.named)),
+            None => self.put_raw(&copy.frame.with_id(self.named)),
+            Some(id) => {
+                self.spill();
+                copy.frame.put_with_own_id(&mut self.buf, id, self.named);
+            }
+        }
+    }
+
+    fn notice(&mut self, event_type: &str, id: &str, json: &[u8]) {
+        self.spill();
+        sse::one_off_event(&mut self.buf, event_type, id, json, self.named);
+    }
+}
+
+/// The streaming response body of one SSE connection.
+pub struct SseBody {
+    core: StreamCore,
+    out: SseOut,
+    /// What was written while the stream opened (`retry:`, `connected`, the replay).
+    preamble: Option<Bytes>,
+    done: bool,
+}
+
+impl SseBody {
+    /// The body of a stream opened into `out`: what `out` holds is its first chunk.
+    pub(crate) fn new(core: StreamCore, mut out: SseOut) -> Self {
+        let preamble = out.take();
+        Self { core, out, preamble, done: false }
+    }
+
+    /// The public id of this connection.
+    pub fn connection_id(&self) -> &str {
+        self.core.id()
+    }
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(pre) = this.preamble.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(pre))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            let Poll::Ready(polled) = this.core.poll(cx, &mut this.out) else {
+                return Poll::Pending;
+            };
+            if polled.heartbeat && this.out.is_empty() {
+                this.out.put_raw(sse::HEARTBEAT);
+            }
+            if let Some(reason) = polled.close {
+                this.done = true;
+                if let CloseReason::Drain { retry_ms } = reason {
+                    this.out.put_retry(retry_ms);
+                }
+            }
+            if let Some(bytes) = this.out.take() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    use http_body::Body as _;
+
+    use super::*;
+    use crate::channel::ChannelName;
+    use crate::cursor::Position;
+    use crate::event::Published;
+    use crate::hub::Hub;
+    use crate::hub::connection::ConnShared;
+
+    /// A body on `channel:lobby` whose preamble is `retry: 1000`, and its queue.
+    fn body() -> (Arc<ConnShared>, ChannelName, SseBody) {
+        let hub = Arc::new(Hub::new());
+        let lobby = ChannelName::parse("channel:lobby").unwrap_or_else(|e| panic!("{e}"));
+        let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+        let core = StreamCore::new(Arc::clone(&shared), hub, std::slice::from_ref(&lobby));
+        let mut out = SseOut::new(false);
+        out.put_retry(1000);
+        (shared, lobby, SseBody::new(core, out))
+    }
+
+    /// Every chunk the body gives until it waits or ends, and whether it ended.
+    fn chunks(body: &mut SseBody) -> (Vec<Bytes>, bool) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut got = Vec::new();
+        loop {
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => got.extend(frame.into_data().ok()),
+                Poll::Ready(None) => return (got, true),
+                Poll::Pending => return (got, false),
+            }
+        }
+    }
+
+    #[test]
+    fn a_due_heartbeat_is_a_comment_when_nothing_else_is_written() {
+        let (shared, _, mut body) = body();
+        assert_eq!(chunks(&mut body), (vec![Bytes::from_static(b"retry: 1000\n\n")], false));
+        shared.sweep();
+        assert_eq!(chunks(&mut body), (vec![Bytes::from_static(sse::HEARTBEAT)], false));
+    }
+
+    #[test]
+    fn a_drain_writes_what_was_queued_then_the_retry_hint_and_ends_without_a_heartbeat() {
+        let (shared, lobby, mut body) = body();
+        let copy = Copy::new(lobby, Position::new(5, 0), "chat", b"{}");
+        let event = Arc::new(Published::new(Arc::from("e1"), Arc::from("chat"), vec![copy], 1));
+        shared.push(&event);
+        shared.sweep();
+        shared.close(CloseReason::Drain { retry_ms: 2500 });
+        let mut last = BytesMut::from(&event.copies[0].frame.with_id(false)[..]);
+        sse::put_retry(&mut last, 2500);
+        assert_eq!(chunks(&mut body), (vec![Bytes::from_static(b"retry: 1000\n\n"), last.freeze()], true));
+    }
+
+    #[test]
+    fn a_large_batch_buffer_is_freed_once_handed_to_the_writer_and_a_small_one_is_reused() {
+        let mut out = SseOut::new(false);
+        // Grown in steps, as a batch of events is: the buffer ends up with room to spare.
+        for _ in 0..3 {
+            out.put_raw(&[b'x'; IDLE_BUFFER]);
+        }
+        assert_eq!(out.take().map(|b| b.len()), Some(3 * IDLE_BUFFER));
+        assert_eq!(out.buf.capacity(), 0, "an idle stream keeps no large buffer");
+        out.put_raw(b"data: small\n\n");
+        assert!(out.take().is_some());
+        assert!(out.buf.capacity() <= IDLE_BUFFER);
+        assert!(out.take().is_none());
+    }
+}
