@@ -20,7 +20,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -422,12 +421,9 @@ impl http_body::Body for TimedBody {
 
 /// The answer to a request whose body did not arrive in time; the connection is not reused.
 fn body_timeout() -> axum::response::Response {
-    let mut resp = crate::http::ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "body_timeout",
-        "the request body did not arrive in time",
-    )
-    .into_response();
+    let mut resp =
+        crate::http::ApiError::refuse(crate::http::Refusal::BodyTimeout, "the request body did not arrive in time")
+            .into_response();
     resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     resp
 }

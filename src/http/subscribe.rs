@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::principal;
 use super::error::ApiError;
 use super::observe::count_subscribe_refusal;
+use super::refusal::Refusal;
 use crate::herald::{Herald, StreamRequest};
 use crate::transport::KillSwitch;
 
@@ -20,7 +21,7 @@ const MAX_FILTERS: usize = 8;
 
 /// `field:value`, the field a top-level event field name.
 fn parse_filter(raw: &str) -> Result<(String, String), ApiError> {
-    let bad = || ApiError::bad_request("invalid_filter", "a filter is `field:value`, like `filter=severity:SEV-1`");
+    let bad = || ApiError::refuse(Refusal::InvalidFilter, "a filter is `field:value`, like `filter=severity:SEV-1`");
     let (field, value) = raw.split_once(':').ok_or_else(bad)?;
     if field.is_empty() || field.len() > 64 || value.len() > 256 {
         return Err(bad());
@@ -41,7 +42,7 @@ pub async fn subscribe(State(herald): State<Herald>, RawQuery(query): RawQuery, 
 async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>) -> Result<Response, ApiError> {
     let query = query.unwrap_or_default();
     if query.len() > herald.config().max_query_bytes {
-        return Err(ApiError::new(StatusCode::URI_TOO_LONG, "query_too_long", "the query string is too long"));
+        return Err(ApiError::refuse(Refusal::QueryTooLong, "the query string is too long"));
     }
     let mut channels = Vec::new();
     let mut named = false;
@@ -56,8 +57,8 @@ async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>)
                     "named" => true,
                     "unnamed" => false,
                     _ => {
-                        return Err(ApiError::bad_request(
-                            "invalid_parameter",
+                        return Err(ApiError::refuse(
+                            Refusal::InvalidParameter,
                             "`events` must be `named` or `unnamed`",
                         ));
                     }
@@ -67,27 +68,27 @@ async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>)
             "ticket" => ticket = Some(value.into_owned()),
             "filter" => filters.push(parse_filter(&value)?),
             other => {
-                return Err(ApiError::bad_request(
-                    "invalid_parameter",
+                return Err(ApiError::refuse(
+                    Refusal::InvalidParameter,
                     format!("unknown query parameter `{}`", other.chars().take(64).collect::<String>()),
                 ));
             }
         }
     }
     if filters.len() > MAX_FILTERS {
-        return Err(ApiError::bad_request("invalid_filter", format!("at most {MAX_FILTERS} filters")));
+        return Err(ApiError::refuse(Refusal::InvalidFilter, format!("at most {MAX_FILTERS} filters")));
     }
     let headers = req.headers();
     // An empty header (some clients send one) does not cancel a `lastEventId` in the query.
     if let Some(v) = headers.get("last-event-id").filter(|v| !v.is_empty()) {
         let v = v
             .to_str()
-            .map_err(|_| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be visible ASCII"))?;
+            .map_err(|_| ApiError::refuse(Refusal::InvalidLastEventId, "Last-Event-ID must be visible ASCII"))?;
         last_event_id = Some(v.to_owned());
     }
     let last_event_id = last_event_id.filter(|v| !v.trim().is_empty());
     if last_event_id.as_ref().is_some_and(|v| v.len() > MAX_LAST_EVENT_ID) {
-        return Err(ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is too long"));
+        return Err(ApiError::refuse(Refusal::InvalidLastEventId, "Last-Event-ID is too long"));
     }
     let who = principal(herald, headers, ticket.as_deref()).await?;
     // A stalled HTTP/1.1 reader can only be freed by closing its socket; with HTTP/2 the
