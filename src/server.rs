@@ -109,6 +109,10 @@ impl Server {
             .max_concurrent_streams(cfg.http2_max_concurrent_streams)
             .max_header_list_size(MAX_HEADER_BYTES)
             .max_send_buf_size(WRITE_BUFFER);
+        if cfg.websocket {
+            // WebSocket over HTTP/2 (RFC 8441 extended CONNECT), beside HTTP/1.1's Upgrade.
+            builder.http2().enable_connect_protocol();
+        }
         let shared = Arc::new(Shared {
             builder,
             router,
@@ -270,7 +274,8 @@ impl Shared {
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
             }
         });
-        let conn = self.builder.serve_connection(io, service);
+        // With upgrades: a WebSocket (`GET /api/ws` with `Upgrade`) takes the socket over.
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
         let killed = kill.killed();
         let idle = activity.idle_for(self.idle_timeout);
         tokio::pin!(conn, killed, idle, no_first_request);

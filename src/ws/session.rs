@@ -1,0 +1,369 @@
+//! One WebSocket's life, in one task: the connection's events out, the client's commands
+//! in, ping/pong heartbeats, and the close with its code.
+//!
+//! The session owns the socket and, once something is subscribed, one [`Connection`]: the
+//! same queue, cursor, filters, joins and leaves as an SSE stream. A slow reader is cut the
+//! way an HTTP/1.1 SSE reader is: the hub closes the connection and fires its
+//! [`KillSwitch`], which ends a write that waits on the socket. Commands run one at a time;
+//! a client that sends too many frames (commands or pings) is closed, and nothing it sends
+//! reaches another client's connection except through the hub's own checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as Frame, WebSocket};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::protocol::{self, Close, Command, Kind};
+use crate::auth::{ApiKey, Principal};
+use crate::channel::ChannelName;
+use crate::herald::{Herald, StreamRequest};
+use crate::http::ApiError;
+use crate::http::auth::{PeerAddr, rate_key};
+use crate::http::observe::count_publish_refusal;
+use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
+use crate::hub::connection::{CloseReason, Connection, KillSwitch, Message};
+
+/// Frames a client may send per second, past the burst (commands, pings and pongs alike).
+const FRAME_RATE: f64 = 50.0;
+/// Frames a client may send at once.
+const FRAME_BURST: f64 = 100.0;
+
+/// Longest wait for the closing handshake: a peer that does not read or answer gets no more.
+const CLOSE_WRITE: Duration = Duration::from_secs(1);
+
+/// A socket's state.
+pub(super) struct Session {
+    herald: Herald,
+    who: Principal,
+    peer: Option<PeerAddr>,
+    conn: Option<Connection>,
+    kill: KillSwitch,
+    /// The socket came without a credential and nothing else was asked yet: an `auth`
+    /// command may still bring one.
+    may_authenticate: bool,
+    frames: Bucket,
+}
+
+/// What woke the session.
+enum Input {
+    Out(Option<Message>),
+    In(Option<Result<Frame, axum::Error>>),
+    Tick,
+    Deadline,
+}
+
+impl Session {
+    pub(super) fn new(
+        herald: Herald,
+        who: Principal,
+        peer: Option<PeerAddr>,
+        conn: Option<Connection>,
+        kill: KillSwitch,
+        may_authenticate: bool,
+    ) -> Self {
+        Self { herald, who, peer, conn, kill, may_authenticate, frames: Bucket::new(FRAME_RATE, FRAME_BURST) }
+    }
+
+    pub(super) async fn run(mut self, mut socket: WebSocket) {
+        match self.serve(&mut socket).await {
+            Some(End::Close(close)) => {
+                tracing::debug!(connection = self.conn.as_ref().map(Connection::id), ?close, "websocket closed");
+                // The closing handshake: what the client still sends is read (and dropped)
+                // until its close, so that the socket is not reset under the client's
+                // unread frames, our close among them.
+                let handshake = async {
+                    if socket.send(close.frame()).await.is_ok() {
+                        while let Some(Ok(_)) = socket.recv().await {}
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_WRITE, handshake).await;
+            }
+            // The client's close is answered (by tungstenite) on the next read.
+            Some(End::ByClient) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE, socket.recv()).await;
+            }
+            None => {}
+        }
+    }
+
+    /// Serves the socket until it ends; `None` when it is gone (or torn down) and no close
+    /// frame can be written.
+    async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
+        let cfg = self.herald.config();
+        let beat = cfg.heartbeat_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A socket must subscribe (and say who it is) as soon as a request's headers must
+        // arrive: an idle socket holds no hub connection, so no limit counts it.
+        let deadline = Instant::now() + cfg.header_read_timeout;
+        let mut last_heard = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        loop {
+            let input = tokio::select! {
+                msg = next(&mut self.conn) => Input::Out(msg),
+                frame = socket.recv() => Input::In(frame),
+                _ = ping.tick() => Input::Tick,
+                () = tokio::time::sleep_until(deadline), if self.conn.is_none() => Input::Deadline,
+            };
+            match input {
+                Input::Out(Some(msg)) => self.send(socket, protocol::event(&msg)).await?,
+                Input::Out(None) => return Some(End::Close(self.closed_by_server())),
+                Input::In(None) => return None,
+                Input::In(Some(Err(e))) => return read_error(e).map(End::Close),
+                Input::In(Some(Ok(frame))) => {
+                    last_heard = Instant::now();
+                    if !self.frames.take() {
+                        let e = ApiError::new(
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            "too many messages",
+                        );
+                        self.send(socket, protocol::error(None, &e)).await?;
+                        return Some(End::Close(Close::Policy("rate_limited")));
+                    }
+                    match frame {
+                        Frame::Text(text) => {
+                            let (answer, close) = self.command(text.as_str()).await;
+                            self.send(socket, answer).await?;
+                            if let Some(close) = close {
+                                return Some(End::Close(close));
+                            }
+                        }
+                        Frame::Binary(_) => {
+                            let e = ApiError::bad_request("binary_not_supported", "messages are JSON in text frames");
+                            self.send(socket, protocol::error(None, &e)).await?;
+                            return Some(End::Close(Close::Binary));
+                        }
+                        // tungstenite answers pings itself.
+                        Frame::Ping(_) | Frame::Pong(_) => {}
+                        Frame::Close(_) => return Some(End::ByClient),
+                    }
+                }
+                Input::Tick => {
+                    // Dead-peer detection: nothing heard since the last ping, not even its pong.
+                    if ping_sent.is_some_and(|sent| last_heard < sent) {
+                        return Some(End::Close(Close::TryAgain("client_timeout")));
+                    }
+                    ping_sent = Some(Instant::now());
+                    self.send(socket, Frame::Ping(bytes::Bytes::new())).await?;
+                }
+                Input::Deadline => {
+                    let e = ApiError::new(
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        "subscribe_timeout",
+                        "a socket must subscribe within `header_read_timeout` of opening",
+                    );
+                    self.send(socket, protocol::error(None, &e)).await?;
+                    return Some(End::Close(Close::Policy("subscribe_timeout")));
+                }
+            }
+        }
+    }
+
+    /// Writes one frame, unless the hub tears the connection down meanwhile (its reader is
+    /// too slow): `None` then, or when the socket is gone.
+    async fn send(&self, socket: &mut WebSocket, frame: Frame) -> Option<()> {
+        tokio::select! {
+            sent = socket.send(frame) => sent.ok(),
+            () = self.kill.killed() => None,
+        }
+    }
+
+    /// The close that follows the end of the connection, by the hub's reason.
+    fn closed_by_server(&self) -> Close {
+        let reason = self.conn.as_ref().and_then(Connection::close_reason);
+        match reason {
+            Some(CloseReason::Drain { retry_ms }) => Close::Drain { retry_ms },
+            Some(r @ (CloseReason::TokenExpired | CloseReason::Disconnect { .. })) => Close::Normal(r.as_str()),
+            Some(r) => Close::TryAgain(r.as_str()),
+            None => Close::TryAgain("closed"),
+        }
+    }
+
+    /// Runs one command: the frame that answers it, and the close that follows, if any.
+    async fn command(&mut self, text: &str) -> (Frame, Option<Close>) {
+        let Command { id, kind } = match protocol::parse(text) {
+            Ok(cmd) => cmd,
+            Err(bad) => return (protocol::error(bad.id, &bad.error), None),
+        };
+        let may_authenticate = std::mem::take(&mut self.may_authenticate);
+        let result = match kind {
+            Kind::Auth(auth) if may_authenticate => match self.authenticate(auth.token).await {
+                Ok(v) => Ok(v),
+                // As an SSE request with a refused credential gets no stream.
+                Err(e) => return (protocol::error(id, &e), Some(Close::Policy(e.code))),
+            },
+            Kind::Auth(_) => Err(ApiError::bad_request(
+                "already_authenticated",
+                "`auth` must be the first message of a socket opened without a credential",
+            )),
+            Kind::Subscribe(s) => self.subscribe(s).await,
+            Kind::Unsubscribe(u) => self.unsubscribe(u.channels).await,
+            Kind::Publish(p) => self.publish(p).await,
+            Kind::Presence(p) => self.presence(p).await,
+            Kind::Ping => Ok(json!({})),
+        };
+        match result {
+            Ok(result) => (protocol::reply(id, result), None),
+            Err(e) => (protocol::error(id, &e), None),
+        }
+    }
+
+    async fn authenticate(&mut self, token: Option<String>) -> Result<Value, ApiError> {
+        let Some(token) = token else { return Ok(json!({"userId": null})) };
+        let user = self.herald.auth().verify_token(&token).await?;
+        let answer = json!({"userId": &*user.id});
+        self.who = Principal::User(Arc::new(user));
+        Ok(answer)
+    }
+
+    async fn subscribe(&mut self, s: protocol::Subscribe) -> Result<Value, ApiError> {
+        if s.channels.is_empty() {
+            return Err(ApiError::bad_request("missing_channel", "give `channels`, a non-empty array"));
+        }
+        let channels =
+            s.channels.iter().map(|c| self.herald.parse_subscription(c)).collect::<Result<Vec<ChannelName>, _>>()?;
+        let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+        let answer = |conn: &Connection| json!({"connectionId": conn.id(), "channels": names});
+        let Some(conn) = &self.conn else {
+            if s.filters.len() > MAX_FILTERS {
+                return Err(ApiError::bad_request("invalid_filter", format!("at most {MAX_FILTERS} filters")));
+            }
+            let filters = s.filters.iter().map(|f| parse_filter(f)).collect::<Result<Vec<_>, _>>()?;
+            let req = StreamRequest {
+                principal: self.who.clone(),
+                channels: channels.clone(),
+                last_event_id: checked_last_event_id(s.last_event_id)?,
+                named: false,
+                kill: Some(self.kill.clone()),
+                filters,
+            };
+            let conn = self.herald.connect(req).await?;
+            tracing::debug!(connection = conn.id(), who = %self.who.describe(), "websocket subscribed");
+            let result = answer(&conn);
+            self.conn = Some(conn);
+            return Ok(result);
+        };
+        if s.last_event_id.is_some() || !s.filters.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "`lastEventId` and `filters` belong to the first subscribe of a socket; \
+                 a later one joins each channel live, from its head",
+            ));
+        }
+        for ch in &channels {
+            self.herald.policies().can_change_subscription(&self.who, ch)?;
+            self.herald.join(&own_connection(), conn.id(), ch).await?;
+        }
+        Ok(answer(conn))
+    }
+
+    async fn unsubscribe(&mut self, channels: Vec<String>) -> Result<Value, ApiError> {
+        let Some(conn) = &self.conn else {
+            return Err(ApiError::bad_request("not_subscribed", "this socket has no subscription yet"));
+        };
+        let channels =
+            channels.iter().map(|c| self.herald.parse_subscription(c)).collect::<Result<Vec<ChannelName>, _>>()?;
+        for ch in &channels {
+            self.herald.leave(&own_connection(), conn.id(), ch).await?;
+        }
+        let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+        Ok(json!({"connectionId": conn.id(), "channels": names}))
+    }
+
+    async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ApiError> {
+        let key = rate_key(&self.who, self.peer);
+        let published =
+            crate::http::publish::publish_body(&self.herald, &self.who, &key, p.idempotency_key.as_deref(), p.event)
+                .await
+                .inspect_err(|e| {
+                    count_publish_refusal(&self.herald, e.clone().into_response());
+                })?;
+        serde_json::to_value(published).map_err(|e| ApiError::bad_request("invalid_event", e.to_string()))
+    }
+
+    async fn presence(&mut self, p: protocol::Presence) -> Result<Value, ApiError> {
+        let herald = &self.herald;
+        match (p.channel, p.user, p.status) {
+            (Some(channel), None, None) => {
+                let channel = herald.parse_channel(&channel)?;
+                let users = herald.channel_presence(&self.who, &channel).await?;
+                Ok(json!({"channel": channel.as_str(), "users": users}))
+            }
+            (None, Some(user), None) => {
+                ChannelName::user(&user).map_err(|_| ApiError::bad_request("invalid_user", "not a user id"))?;
+                Ok(json!(herald.user_presence(&self.who, &user).await?))
+            }
+            (None, None, Some(status)) => {
+                herald.set_presence_status(&self.who, &status).await?;
+                Ok(json!({"status": status}))
+            }
+            _ => Err(ApiError::bad_request("invalid_command", "`presence` takes one of `channel`, `user`, `status`")),
+        }
+    }
+}
+
+/// How a session ends.
+enum End {
+    /// The server closes, with this code.
+    Close(Close),
+    /// The client sent a close frame.
+    ByClient,
+}
+
+/// The next message of the connection; never, while the socket has none.
+async fn next(conn: &mut Option<Connection>) -> Option<Message> {
+    match conn {
+        Some(conn) => conn.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The close that answers a frame tungstenite refused; `None` when the socket is gone.
+fn read_error(e: axum::Error) -> Option<Close> {
+    use tungstenite::error::{CapacityError, Error};
+    let Ok(e) = e.into_inner().downcast::<Error>() else { return None };
+    match *e {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => Some(Close::TooBig),
+        Error::Capacity(_) => Some(Close::TooBig),
+        Error::Utf8(_) => Some(Close::InvalidUtf8),
+        Error::Protocol(_) => Some(Close::Protocol),
+        _ => None,
+    }
+}
+
+/// The session's own rights over its connection: the caller's policy was checked already,
+/// and a socket may change its own subscription whoever it is (anonymous included, which
+/// owns no connection for `POST /api/connections/..`).
+fn own_connection() -> Principal {
+    Principal::ApiKey(Arc::new(ApiKey::publisher("websocket", vec!["*".to_owned()])))
+}
+
+/// A token bucket for one socket's incoming frames.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, tokens: burst, last: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
