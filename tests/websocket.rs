@@ -589,3 +589,76 @@ async fn the_connection_limits_count_sockets_like_streams() {
         open(&server, "channel=user:ann", &[("authorization", &ann)]).await.err().unwrap_or_else(|| panic!("opened"));
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("too_many_connections")));
 }
+
+#[tokio::test]
+async fn a_socket_that_stops_reading_is_cut_as_a_slow_consumer_and_leaves_the_hub() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.buffer_size = 4;
+    })
+    .await;
+    let mut ws = open_ok(&server, "channel=channel:slow", &[]).await;
+    expect_connected(&mut ws, &["channel:slow"]).await;
+    assert_eq!(server.herald.connection_count(), 1);
+    // Far more than the socket buffers hold: the writer blocks and the queue overflows.
+    let pad = "x".repeat(60 * 1024);
+    let mut p = publisher(&server);
+    for n in 0..300 {
+        p.publish(&json!({"channel": "channel:slow", "type": "note", "n": n, "pad": pad})).await;
+        if server.herald.connection_count() == 0 {
+            break;
+        }
+    }
+    support::eventually("the slow socket to leave the hub", || server.herald.connection_count() == 0).await;
+    // What the client reads now ends early: it never gets all 300.
+    let mut read = 0;
+    while let Some(Ok(frame)) = within("the end of the socket", ws.inner.next()).await {
+        if let Message::Close(Some(close)) = &frame {
+            assert_eq!(u16::from(close.code), 1013, "{close:?}");
+        }
+        read += 1;
+    }
+    assert!(read < 300, "read {read} frames");
+}
+
+#[tokio::test]
+async fn websocket_runs_over_http2_extended_connect() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let server = dev_server().await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap_or_else(|e| panic!("h2c handshake: {e}"));
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://{}/api/ws?channel=channel:h2", server.addr))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = within("the CONNECT", sender.send_request(req)).await.unwrap_or_else(|e| panic!("CONNECT: {e}"));
+    assert_eq!(resp.status(), StatusCode::OK);
+    let upgraded = within("the upgrade", hyper::upgrade::on(resp)).await.unwrap_or_else(|e| panic!("upgrade: {e}"));
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    let mut next_text = async || loop {
+        match within("a frame over HTTP/2", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str::<Value>(t.as_str()).unwrap_or_default(),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    };
+    assert_eq!(next_text().await["data"]["type"], "connected");
+    publish_ns(&server, "channel:h2", 0..1).await;
+    assert_eq!(next_text().await["data"]["n"], 0);
+    // The same HTTP/2 connection still carries other requests.
+    let req = hyper::Request::builder()
+        .uri(format!("http://{}/healthz", server.addr))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let health = within("healthz", sender.send_request(req)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(health.status(), StatusCode::OK);
+}

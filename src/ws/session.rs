@@ -22,7 +22,7 @@ use crate::channel::ChannelName;
 use crate::herald::{Herald, StreamRequest};
 use crate::http::ApiError;
 use crate::http::auth::{PeerAddr, rate_key};
-use crate::http::observe::count_publish_refusal;
+use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
 use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
 use crate::hub::connection::{CloseReason, Connection, KillSwitch, Message};
 
@@ -241,7 +241,9 @@ impl Session {
                 kill: Some(self.kill.clone()),
                 filters,
             };
-            let conn = self.herald.connect(req).await?;
+            let conn = self.herald.connect(req).await.map_err(ApiError::from).inspect_err(|e| {
+                count_subscribe_refusal(&self.herald, e.clone().into_response());
+            })?;
             tracing::debug!(connection = conn.id(), who = %self.who.describe(), "websocket subscribed");
             let result = answer(&conn);
             self.conn = Some(conn);
