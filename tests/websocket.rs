@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -51,8 +52,12 @@ struct Ws {
 
 /// Opens `/api/ws?<query>`; on a refused upgrade, the status and JSON body.
 async fn open(server: &TestServer, query: &str, headers: &[(&str, &str)]) -> Result<Ws, (StatusCode, Value)> {
+    open_at(server.addr, query, headers).await
+}
+
+async fn open_at(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Result<Ws, (StatusCode, Value)> {
     let mut req =
-        format!("ws://{}/api/ws?{query}", server.addr).into_client_request().unwrap_or_else(|e| panic!("request: {e}"));
+        format!("ws://{addr}/api/ws?{query}").into_client_request().unwrap_or_else(|e| panic!("request: {e}"));
     for (k, v) in headers {
         let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -547,6 +552,18 @@ async fn a_drain_closes_sockets_with_1012_and_a_reconnect_delay() {
     let retry = reason["retryMs"].as_u64().unwrap_or_default();
     assert!((500..1500).contains(&retry), "retry + jitter: {retry}");
     within("shutdown", stopping).await.ok();
+}
+
+#[tokio::test]
+async fn the_binary_turns_websocket_on_by_flag_and_drains_sockets_with_1012_before_it_exits() {
+    let mut cmd = support::herald();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--websocket"]);
+    let run = support::start(cmd).await;
+    let mut ws = open_at(run.addr, "channel=channel:d", &[]).await.unwrap_or_else(|(s, b)| panic!("{s}: {b}"));
+    expect_connected(&mut ws, &["channel:d"]).await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status();
+    let (code, reason) = ws.closed().await;
+    assert_eq!((code, reason["code"].as_str()), (1012, Some("server_draining")));
 }
 
 #[tokio::test]

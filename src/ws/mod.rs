@@ -23,6 +23,7 @@ use crate::http::auth::{PeerAddr, check_cookie_request, principal};
 use crate::http::observe::count_subscribe_refusal;
 use crate::http::subscribe::{StreamQuery, stream_query};
 use crate::hub::connection::KillSwitch;
+use crate::server::DrainGuard;
 
 /// Bytes tungstenite reads from the socket at once: commands are small, and an idle
 /// connection should hold little (its default is 128 KiB).
@@ -54,6 +55,8 @@ async fn open(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _body) = req.into_parts();
+    // Held by the session: a drain waits for the socket's close as for a connection.
+    let drain_guard = parts.extensions.remove::<DrainGuard>();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, herald)
         .await
         .map_err(|r| ApiError::new(r.status(), "websocket_required", r.body_text()))?;
@@ -87,6 +90,7 @@ async fn open(
     let may_authenticate = matches!(who, Principal::Anonymous) && conn.is_none();
     let max = herald.config().max_body_bytes;
     let session = session::Session::new(herald.clone(), who, peer, conn, kill, may_authenticate);
+    let session = session.holding(drain_guard);
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

@@ -25,6 +25,7 @@ use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
 use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
 use crate::hub::connection::{CloseReason, Connection, KillSwitch, Message};
+use crate::server::DrainGuard;
 
 /// Frames a client may send per second, past the burst (commands, pings and pongs alike).
 const FRAME_RATE: f64 = 50.0;
@@ -45,6 +46,9 @@ pub(super) struct Session {
     /// command may still bring one.
     may_authenticate: bool,
     frames: Bucket,
+    /// Keeps the server's drain waiting until the socket is closed (`None` when the router
+    /// is served by something other than Herald's server).
+    _drain_guard: Option<DrainGuard>,
 }
 
 /// What woke the session.
@@ -64,7 +68,13 @@ impl Session {
         kill: KillSwitch,
         may_authenticate: bool,
     ) -> Self {
-        Self { herald, who, peer, conn, kill, may_authenticate, frames: Bucket::new(FRAME_RATE, FRAME_BURST) }
+        let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
+        Self { herald, who, peer, conn, kill, may_authenticate, frames, _drain_guard: None }
+    }
+
+    pub(super) fn holding(mut self, guard: Option<DrainGuard>) -> Self {
+        self._drain_guard = guard;
+        self
     }
 
     pub(super) async fn run(mut self, mut socket: WebSocket) {
