@@ -679,3 +679,47 @@ async fn websocket_runs_over_http2_extended_connect() {
     let health = within("healthz", sender.send_request(req)).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_socket_is_joined_and_cut_by_its_connection_id_like_a_stream() {
+    let server = secured_server(|_| {}).await;
+    let ann = format!("Bearer {}", token("ann"));
+    let mut ws = open_ok(&server, "channel=user:ann", &[("authorization", &ann)]).await;
+    let (_, connected, _) = ws.event().await;
+    let conn = connected["connectionId"].as_str().unwrap_or_default().to_owned();
+    let mut backend = server.client(Proto::H1).backend();
+    let path = format!("/api/connections/{conn}/channels");
+    let (status, _) = backend.post_json(&path, &json!({"channel": "channel:news"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, joined, _) = ws.event().await;
+    assert_eq!((joined["type"].as_str(), joined["channel"].as_str()), (Some("subscribed"), Some("channel:news")));
+
+    let (status, _) = backend.post_json("/api/disconnect", &json!({"connectionId": conn, "reconnect": false})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, cut, _) = ws.event().await;
+    assert_eq!(cut, json!({"type": "disconnect", "reason": "disconnected", "reconnect": false}));
+    assert_eq!(ws.closed().await, (1000, json!({"code": "disconnected"})));
+}
+
+#[tokio::test]
+async fn a_socket_resumes_on_another_node_over_redis() {
+    let redis = support::RedisServer::start().await;
+    let node = |url: String| {
+        TestServer::with(move |c| {
+            ws_on(c);
+            c.redis_url = Some(url);
+        })
+    };
+    let (a, b) = (node(redis.url()).await, node(redis.url()).await);
+    let mut ws = open_ok(&a, "channel=channel:x", &[]).await;
+    expect_connected(&mut ws, &["channel:x"]).await;
+    publish_ns(&a, "channel:x", 0..2).await;
+    let last = ws.expect_ns(0..2).await;
+    drop(ws);
+    publish_ns(&b, "channel:x", 2..4).await;
+    let mut ws = open_ok(&b, &format!("channel=channel:x&lastEventId={last}"), &[]).await;
+    expect_connected(&mut ws, &["channel:x"]).await;
+    ws.expect_ns(2..4).await;
+    publish_ns(&a, "channel:x", 4..5).await;
+    ws.expect_ns(4..5).await;
+}
