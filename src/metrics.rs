@@ -73,6 +73,8 @@ pub struct Metrics {
     /// Bans set and lifted through this node.
     pub bans: AtomicU64,
     pub unbans: AtomicU64,
+    /// The WebSocket transport's own counters.
+    pub websocket: crate::ws::Metrics,
 }
 
 impl Metrics {
@@ -237,5 +239,6 @@ pub fn render(herald: &Herald) -> String {
     o.single("herald_uptime_seconds", "gauge", "Seconds since the node started.", herald.uptime().as_secs());
     o.metric("herald_build_info", "gauge", "Build information.");
     o.value("herald_build_info", &format!("version=\"{}\",engine=\"{}\"", env!("CARGO_PKG_VERSION"), engine.name()), 1);
+    m.websocket.render(&mut o.0);
     o.0
 }

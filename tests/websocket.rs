@@ -723,3 +723,26 @@ async fn a_socket_resumes_on_another_node_over_redis() {
     publish_ns(&a, "channel:x", 4..5).await;
     ws.expect_ns(4..5).await;
 }
+
+#[tokio::test]
+async fn metrics_count_open_sockets_frames_and_closes_by_code() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "channel=channel:m", &[]).await;
+    expect_connected(&mut ws, &["channel:m"]).await;
+    ws.request(json!({"type": "ping"})).await;
+    let mut c = server.client(Proto::H1);
+    assert_eq!(c.metric("herald_websocket_connections").await, 1.0);
+    assert_eq!(c.metric("herald_websocket_messages_total{direction=\"in\"}").await, 1.0);
+    assert_eq!(c.metric("herald_websocket_messages_total{direction=\"out\"}").await, 2.0, "connected and the reply");
+    ws.inner.send(Message::binary(vec![0])).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ws.closed().await.0, 1003);
+    drop(ws);
+    within("the socket to be counted closed", async {
+        while c.metric("herald_websocket_connections").await != 0.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(c.metric("herald_websocket_closes_total{code=\"1003\"}").await, 1.0);
+    assert_eq!(c.metric("herald_websocket_closes_total{code=\"1000\"}").await, 0.0);
+}

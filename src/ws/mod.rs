@@ -8,8 +8,11 @@
 //! [`protocol`]. It builds on the library's transport-neutral [`crate::Connection`] and must
 //! not reach into the hub's queue. The protocol is specified in `docs/websocket.md`.
 
+mod metrics;
 mod protocol;
 mod session;
+
+pub use metrics::Metrics;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Extension, FromRequestParts, RawQuery, Request, State};

@@ -186,18 +186,30 @@ pub(super) enum Close {
 }
 
 impl Close {
+    /// The close code (RFC 6455, section 7.4.1).
+    pub(super) fn code(self) -> u16 {
+        match self {
+            Self::Normal(_) => 1000,
+            Self::Protocol => 1002,
+            Self::Binary => 1003,
+            Self::InvalidUtf8 => 1007,
+            Self::Policy(_) => 1008,
+            Self::TooBig => 1009,
+            Self::Drain { .. } => 1012,
+            Self::TryAgain(_) => 1013,
+        }
+    }
+
     pub(super) fn frame(self) -> Frame {
-        let (code, reason) = match self {
-            Self::Normal(why) => (1000, json!({"code": why})),
-            Self::Protocol => (1002, json!({"code": "protocol_error"})),
-            Self::Binary => (1003, json!({"code": "binary_not_supported"})),
-            Self::InvalidUtf8 => (1007, json!({"code": "invalid_utf8"})),
-            Self::Policy(why) => (1008, json!({"code": why})),
-            Self::TooBig => (1009, json!({"code": "message_too_large"})),
-            Self::Drain { retry_ms } => (1012, json!({"code": "server_draining", "retryMs": retry_ms})),
-            Self::TryAgain(why) => (1013, json!({"code": why})),
+        let reason = match self {
+            Self::Normal(why) | Self::Policy(why) | Self::TryAgain(why) => json!({"code": why}),
+            Self::Protocol => json!({"code": "protocol_error"}),
+            Self::Binary => json!({"code": "binary_not_supported"}),
+            Self::InvalidUtf8 => json!({"code": "invalid_utf8"}),
+            Self::TooBig => json!({"code": "message_too_large"}),
+            Self::Drain { retry_ms } => json!({"code": "server_draining", "retryMs": retry_ms}),
         };
-        Frame::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason.to_string()) }))
+        Frame::Close(Some(CloseFrame { code: self.code(), reason: Utf8Bytes::from(reason.to_string()) }))
     }
 }
 

@@ -78,7 +78,10 @@ impl Session {
     }
 
     pub(super) async fn run(mut self, mut socket: WebSocket) {
-        match self.serve(&mut socket).await {
+        let herald = self.herald.clone();
+        let metrics = &herald.metrics().websocket;
+        metrics.opened();
+        let label = match self.serve(&mut socket).await {
             Some(End::Close(close)) => {
                 tracing::debug!(connection = self.conn.as_ref().map(Connection::id), ?close, "websocket closed");
                 // The closing handshake: what the client still sends is read (and dropped)
@@ -90,17 +93,20 @@ impl Session {
                     }
                 };
                 let _ = tokio::time::timeout(CLOSE_WRITE, handshake).await;
+                close.code().to_string()
             }
             // The client's close is answered (by tungstenite) on the next read.
             Some(End::ByClient) => {
                 let _ = tokio::time::timeout(CLOSE_WRITE, socket.recv()).await;
+                "client".to_owned()
             }
-            None => {}
-        }
+            None => "none".to_owned(),
+        };
+        metrics.closed(&label);
     }
 
-    /// Serves the socket until it ends; `None` when it is gone (or torn down) and no close
-    /// frame can be written.
+    /// Serves the socket until it ends; `None` when the server tore it down (a slow reader)
+    /// or could not write to it, so that no close frame can be written.
     async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
         let cfg = self.herald.config();
         let beat = cfg.heartbeat_interval;
@@ -121,10 +127,13 @@ impl Session {
             match input {
                 Input::Out(Some(msg)) => self.send(socket, protocol::event(&msg)).await?,
                 Input::Out(None) => return Some(End::Close(self.closed_by_server())),
-                Input::In(None) => return None,
+                Input::In(None) => return Some(End::ByClient),
                 Input::In(Some(Err(e))) => return read_error(e).map(End::Close),
                 Input::In(Some(Ok(frame))) => {
                     last_heard = Instant::now();
+                    if matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
+                        self.herald.metrics().websocket.frame_in();
+                    }
                     if !self.frames.take() {
                         let e = ApiError::new(
                             axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -177,7 +186,11 @@ impl Session {
     /// too slow): `None` then, or when the socket is gone.
     async fn send(&self, socket: &mut WebSocket, frame: Frame) -> Option<()> {
         tokio::select! {
-            sent = socket.send(frame) => sent.ok(),
+            sent = socket.send(frame) => {
+                sent.ok()?;
+                self.herald.metrics().websocket.frame_out();
+                Some(())
+            }
             () = self.kill.killed() => None,
         }
     }
@@ -322,7 +335,7 @@ impl Session {
 enum End {
     /// The server closes, with this code.
     Close(Close),
-    /// The client sent a close frame.
+    /// The client sent a close frame, or its TCP connection ended.
     ByClient,
 }
 
