@@ -185,6 +185,42 @@ fn publisher(server: &TestServer) -> support::Client {
     if server.herald.config().auth_configured() { client.backend() } else { client }
 }
 
+/// A raw WebSocket upgrade on plain TCP, for frames a proper client will not send; returns
+/// the socket after the `101` and its headers.
+async fn raw_upgrade(addr: SocketAddr, query: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let handshake = format!(
+        "GET /api/ws?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        within("the 101", tcp.read_exact(&mut byte)).await.unwrap_or_else(|e| panic!("{e}"));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+/// Checks that the server's frames in `bytes` end with a close of `code` and `reason`.
+fn assert_ends_with_close(bytes: &[u8], code: u16, reason: &[u8]) {
+    let head = [0x88, 2 + reason.len() as u8];
+    let text = String::from_utf8_lossy(bytes);
+    let close = bytes.windows(2).rposition(|w| w == head).unwrap_or_else(|| panic!("no close frame: {text}"));
+    assert_eq!(&bytes[close + 2..close + 4], &code.to_be_bytes(), "{text}");
+    assert!(bytes.ends_with(reason), "{text}");
+}
+
+/// A client frame (masked, with a zero mask) of `opcode`, final or not.
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![opcode | if fin { 0x80 } else { 0 }, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
 // ---------------------------------------------------------------------------------------
 // opening
 
@@ -504,6 +540,45 @@ async fn a_message_over_max_body_bytes_is_closed_with_1009() {
 }
 
 #[tokio::test]
+async fn an_unmasked_frame_is_closed_with_1002() {
+    let server = dev_server().await;
+    bystander_survives(&server, "channel:m", async |_| {
+        let mut tcp = raw_upgrade(server.addr, "channel=channel:m").await;
+        // A text frame without the mask bit, which every client frame must have.
+        tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = Vec::new();
+        within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_ends_with_close(&bytes, 1002, br#"{"code":"protocol_error"}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_fragmented_past_the_limit_is_closed_with_1009() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.max_payload_bytes = 1024;
+        c.max_body_bytes = 2048;
+    })
+    .await;
+    bystander_survives(&server, "channel:frag", async |_| {
+        let mut tcp = raw_upgrade(server.addr, "channel=channel:frag").await;
+        // A text message that never ends: a first fragment, then continuations, no FIN.
+        let chunk = [b'a'; 100];
+        tcp.write_all(&client_frame(0x1, false, &chunk)).await.unwrap_or_else(|e| panic!("{e}"));
+        // Just past the limit: a client that goes on sending after the server's close
+        // would have its unread frames answered by a TCP reset.
+        for _ in 0..20 {
+            tcp.write_all(&client_frame(0x0, false, &chunk)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut bytes = Vec::new();
+        within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_ends_with_close(&bytes, 1009, br#"{"code":"message_too_large"}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_flood_of_pings_is_closed_as_rate_limited() {
     let server = dev_server().await;
     bystander_survives(&server, "channel:f", async |mut ws| {
@@ -574,23 +649,10 @@ async fn a_peer_that_answers_no_ping_is_closed() {
     })
     .await;
     // A raw client that does the handshake and then only reads: it never answers a ping.
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap_or_else(|e| panic!("{e}"));
-    let handshake = format!(
-        "GET /api/ws?channel=channel:p HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    tcp.write_all(handshake.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut tcp = raw_upgrade(server.addr, "channel=channel:p").await;
     let mut bytes = Vec::new();
     within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
-    let text = String::from_utf8_lossy(&bytes);
-    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
-    // The last frame is a close (0x88) with code 1013 and the reason `client_timeout`.
-    let reason = br#"{"code":"client_timeout"}"#;
-    let head = [0x88, 2 + reason.len() as u8];
-    let close = bytes.windows(2).rposition(|w| w == head).unwrap_or_else(|| panic!("no close frame: {text}"));
-    assert_eq!(&bytes[close + 2..close + 4], &1013u16.to_be_bytes());
-    assert!(bytes.ends_with(reason), "{text}");
+    assert_ends_with_close(&bytes, 1013, br#"{"code":"client_timeout"}"#);
     assert!(bytes.windows(2).any(|w| w == [0x89, 0x00]), "pings were sent first");
 }
 
@@ -745,4 +807,15 @@ async fn metrics_count_open_sockets_frames_and_closes_by_code() {
     .await;
     assert_eq!(c.metric("herald_websocket_closes_total{code=\"1003\"}").await, 1.0);
     assert_eq!(c.metric("herald_websocket_closes_total{code=\"1000\"}").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_socket_that_subscribes_while_the_node_drains_is_refused_and_sent_elsewhere() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "", &[]).await;
+    server.herald.drain();
+    let refused = ws.request(json!({"type": "subscribe", "channels": ["channel:late"]})).await;
+    assert_eq!(refused["error"]["code"], "server_draining", "{refused}");
+    let (code, reason) = ws.closed().await;
+    assert_eq!((code, reason["code"].as_str()), (1012, Some("server_draining")));
 }

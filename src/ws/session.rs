@@ -231,6 +231,13 @@ impl Session {
         };
         match result {
             Ok(result) => (protocol::reply(id, result), None),
+            // A socket that could not subscribe because the node drains goes elsewhere, as
+            // the subscribed ones are told to.
+            Err(e) if e.code == "server_draining" && self.conn.is_none() => {
+                let retry_ms = self.herald.config().retry.as_millis() as u64;
+                let window = (self.herald.config().drain_reconnect_window.as_millis() as u64).max(1);
+                (protocol::error(id, &e), Some(Close::Drain { retry_ms: retry_ms + fastrand::u64(0..window) }))
+            }
             Err(e) => (protocol::error(id, &e), None),
         }
     }
