@@ -36,8 +36,8 @@ impl Metrics {
         self.frames_in.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn frame_out(&self) {
-        self.frames_out.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn frames_out(&self, n: u64) {
+        self.frames_out.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Appends the Prometheus text of these counters to `out`.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message as Frame, WebSocket};
 use axum::response::IntoResponse;
+use futures_util::{FutureExt as _, SinkExt as _};
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -31,6 +32,9 @@ use crate::server::DrainGuard;
 const FRAME_RATE: f64 = 50.0;
 /// Frames a client may send at once.
 const FRAME_BURST: f64 = 100.0;
+
+/// Most events gathered into one write.
+const MAX_BATCH: usize = 64;
 
 /// Longest wait for the closing handshake: a peer that does not read or answer gets no more.
 const CLOSE_WRITE: Duration = Duration::from_secs(1);
@@ -125,7 +129,7 @@ impl Session {
                 () = tokio::time::sleep_until(deadline), if self.conn.is_none() => Input::Deadline,
             };
             match input {
-                Input::Out(Some(msg)) => self.send(socket, protocol::event(&msg)).await?,
+                Input::Out(Some(msg)) => self.send_events(socket, msg).await?,
                 Input::Out(None) => return Some(End::Close(self.closed_by_server())),
                 Input::In(None) => return Some(End::ByClient),
                 Input::In(Some(Err(e))) => return read_error(e).map(End::Close),
@@ -182,13 +186,39 @@ impl Session {
         }
     }
 
-    /// Writes one frame, unless the hub tears the connection down meanwhile (its reader is
-    /// too slow): `None` then, or when the socket is gone.
+    /// Writes one frame (see [`Session::write`]).
     async fn send(&self, socket: &mut WebSocket, frame: Frame) -> Option<()> {
+        self.write(socket, vec![frame]).await
+    }
+
+    /// Writes `first` and whatever else the connection has ready (up to [`MAX_BATCH`]) in one
+    /// write (see [`Session::write`]).
+    async fn send_events(&mut self, socket: &mut WebSocket, first: Message) -> Option<()> {
+        let mut batch = vec![protocol::event(&first)];
+        // Taken without waiting: a pending poll leaves the connection's wake-up to the next
+        // `recv` of the main loop, which registers it again.
+        while batch.len() < MAX_BATCH
+            && let Some(Some(msg)) = self.conn.as_mut().and_then(|conn| conn.recv().now_or_never())
+        {
+            batch.push(protocol::event(&msg));
+        }
+        self.write(socket, batch).await
+    }
+
+    /// Writes `frames` in one go, unless the hub tears the connection down meanwhile (its
+    /// reader is too slow): `None` then, or when the socket is gone.
+    async fn write(&self, socket: &mut WebSocket, frames: Vec<Frame>) -> Option<()> {
+        let n = frames.len() as u64;
+        let write = async {
+            for frame in frames {
+                socket.feed(frame).await?;
+            }
+            socket.flush().await
+        };
         tokio::select! {
-            sent = socket.send(frame) => {
+            sent = write => {
                 sent.ok()?;
-                self.herald.metrics().websocket.frame_out();
+                self.herald.metrics().websocket.frames_out(n);
                 Some(())
             }
             () = self.kill.killed() => None,
