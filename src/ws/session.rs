@@ -25,8 +25,9 @@ use crate::http::ApiError;
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
 use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
-use crate::hub::connection::{CloseReason, Connection, KillSwitch, Message};
+use crate::hub::connection::{CloseReason, KillSwitch};
 use crate::server::DrainGuard;
+use crate::{Connection, Message};
 
 /// Frames a client may send per second, past the burst (commands, pings and pongs alike).
 const FRAME_RATE: f64 = 50.0;
