@@ -819,3 +819,36 @@ async fn a_socket_that_subscribes_while_the_node_drains_is_refused_and_sent_else
     let (code, reason) = ws.closed().await;
     assert_eq!((code, reason["code"].as_str()), (1012, Some("server_draining")));
 }
+
+#[tokio::test]
+async fn an_id_that_cannot_be_resumed_gets_a_reset_as_on_sse() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "channel=channel:z&lastEventId=garbled", &[]).await;
+    expect_connected(&mut ws, &["channel:z"]).await;
+    let (_, reset, _) = ws.event().await;
+    assert_eq!(
+        (reset["type"].as_str(), reset["channel"].as_str(), reset["reason"].as_str()),
+        (Some("reset"), Some("channel:z"), Some("unknown_position"))
+    );
+}
+
+#[tokio::test]
+async fn a_publish_over_the_socket_is_charged_to_the_users_rate_limit() {
+    let server = secured_server(|c| {
+        c.publish_rate = 1.0;
+        c.publish_burst = 2.0;
+    })
+    .await;
+    let ann = format!("Bearer {}", token("ann"));
+    let mut ws = open_ok(&server, "channel=channel:rl", &[("authorization", &ann)]).await;
+    expect_connected(&mut ws, &["channel:rl"]).await;
+    let event = json!({"type": "publish", "event": {"channel": "channel:rl", "type": "chat"}});
+    for _ in 0..2 {
+        assert_eq!(ws.request(event.clone()).await["type"], "reply");
+    }
+    let refused = ws.request(event).await;
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    assert!(refused["retryAfter"].as_u64().is_some_and(|s| s >= 1), "{refused}");
+    let mut c = server.client(Proto::H1);
+    assert_eq!(c.metric("herald_publish_refused_total{reason=\"rate_limited\"}").await, 1.0);
+}
