@@ -74,7 +74,7 @@ pub struct Metrics {
     pub bans: AtomicU64,
     pub unbans: AtomicU64,
     /// The WebSocket transport's own counters.
-    pub websocket: crate::ws::Metrics,
+    pub websocket: crate::ws::metrics::Metrics,
 }
 
 impl Metrics {

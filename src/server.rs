@@ -36,6 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::herald::Herald;
 use crate::http::auth::PeerAddr;
 use crate::hub::connection::KillSwitch;
+use crate::ws::guard::DrainGuard;
 use coalesce::Coalesce;
 
 mod coalesce;
@@ -168,12 +169,6 @@ struct Shared {
 /// Told when the server shuts down; dropped when the connection is done.
 type Watcher = tokio::sync::watch::Receiver<()>;
 
-/// Keeps a drain waiting, like an open connection: in the extensions of a request that may
-/// take its connection over (an HTTP/1.1 `Upgrade`, an HTTP/2 `CONNECT`), for what serves the
-/// upgraded socket (a WebSocket) after hyper has let go of the connection.
-#[derive(Clone, Debug)]
-pub struct DrainGuard(#[allow(dead_code, reason = "held, never read")] Watcher);
-
 impl Shared {
     async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
         let _ = tcp.set_nodelay(true);
@@ -264,7 +259,7 @@ impl Shared {
         let activity = Arc::new(Activity::new());
         let activity_for_requests = Arc::clone(&activity);
         let body_read_timeout = self.body_read_timeout;
-        let drain_guard = DrainGuard(watcher.clone());
+        let drain_guard = DrainGuard::new(watcher.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             arrived_for_requests.notify_one();
             let in_flight = activity_for_requests.begin();

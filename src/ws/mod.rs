@@ -8,11 +8,12 @@
 //! [`protocol`]. It builds on the library's transport-neutral [`crate::Connection`] and must
 //! not reach into the hub's queue. The protocol is specified in `docs/websocket.md`.
 
-mod metrics;
+pub mod guard;
+pub mod metrics;
 mod protocol;
 mod session;
 
-pub use metrics::Metrics;
+use guard::DrainGuard;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Extension, FromRequestParts, RawQuery, Request, State};
@@ -21,12 +22,11 @@ use axum::routing::{MethodRouter, get};
 
 use crate::auth::Principal;
 use crate::herald::{Herald, StreamRequest};
-use crate::http::ApiError;
 use crate::http::auth::{PeerAddr, check_cookie_request, principal};
+use crate::http::error::ApiError;
 use crate::http::observe::count_subscribe_refusal;
 use crate::http::subscribe::{StreamQuery, stream_query};
 use crate::hub::connection::KillSwitch;
-use crate::server::DrainGuard;
 
 /// Bytes tungstenite reads from the socket at once: commands are small, and an idle
 /// connection should hold little (its default is 128 KiB).

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::Message;
-use crate::http::ApiError;
+use crate::http::error::ApiError;
+use crate::hub::connection::Message;
 
 /// Longest request id, in bytes (a string id).
 const MAX_REQUEST_ID: usize = 128;

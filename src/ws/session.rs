@@ -17,17 +17,16 @@ use futures_util::{FutureExt as _, SinkExt as _};
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::guard::DrainGuard;
 use super::protocol::{self, Close, Command, Kind};
 use crate::auth::{ApiKey, Principal};
 use crate::channel::ChannelName;
 use crate::herald::{Herald, StreamRequest};
-use crate::http::ApiError;
 use crate::http::auth::{PeerAddr, rate_key};
+use crate::http::error::ApiError;
 use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
 use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
-use crate::hub::connection::{CloseReason, KillSwitch};
-use crate::server::DrainGuard;
-use crate::{Connection, Message};
+use crate::hub::connection::{CloseReason, Connection, KillSwitch, Message};
 
 /// Frames a client may send per second, past the burst (commands, pings and pongs alike).
 const FRAME_RATE: f64 = 50.0;
