@@ -113,6 +113,8 @@ pub struct Config {
     /// Serves the demo page and its routes (`herald serve` built with the `demo` feature)
     /// even with authentication configured; in dev mode it is served anyway.
     pub demo: bool,
+    /// Serves the WebSocket transport at `GET /api/ws` (`docs/websocket.md`), beside SSE.
+    pub websocket: bool,
     /// A user whose last connection to a channel closed is announced offline only after
     /// this long without a new one, so that a page reload does not flap.
     #[serde(deserialize_with = "duration")]
@@ -287,6 +289,7 @@ impl Default for Config {
             admin: false,
             admin_interval: Duration::from_secs(2),
             demo: false,
+            websocket: false,
             presence_grace: Duration::from_secs(5),
             ai_stream_retention: Duration::from_secs(300),
             auth: AuthConfig::default(),

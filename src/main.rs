@@ -95,6 +95,9 @@ struct ServeArgs {
     /// they are served anyway).
     #[arg(long, env = "HERALD_DEMO")]
     demo: bool,
+    /// Serve the WebSocket transport at `/api/ws` (docs/websocket.md).
+    #[arg(long, env = "HERALD_WEBSOCKET")]
+    websocket: bool,
     /// Open connections per user; over it, 429 [default: 5].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
     max_connections_per_user: Option<usize>,
@@ -155,6 +158,7 @@ impl ServeArgs {
         }
         c.allow_anonymous |= self.allow_anonymous;
         c.demo |= self.demo;
+        c.websocket |= self.websocket;
         if self.node_id.is_some() {
             c.node_id.clone_from(&self.node_id);
         }

@@ -121,6 +121,8 @@ pub struct Metrics {
     /// Bans set and lifted through this node.
     pub bans: AtomicU64,
     pub unbans: AtomicU64,
+    /// The WebSocket transport's own counters.
+    pub websocket: crate::ws::metrics::Metrics,
 }
 
 impl Metrics {
@@ -275,6 +277,7 @@ pub fn render(herald: &Herald) -> String {
     o.single("herald_uptime_seconds", "gauge", "Seconds since the node started.", herald.uptime().as_secs());
     o.metric("herald_build_info", "gauge", "Build information.");
     o.value("herald_build_info", &format!("version=\"{}\",engine=\"{}\"", env!("CARGO_PKG_VERSION"), engine.name()), 1);
+    m.websocket.render(&mut o.0);
     o.0
 }
 

@@ -35,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::herald::Herald;
 use crate::http::auth::PeerAddr;
 use crate::transport::KillSwitch;
+use crate::ws::guard::DrainGuard;
 use coalesce::Coalesce;
 
 mod coalesce;
@@ -108,6 +109,10 @@ impl Server {
             .max_concurrent_streams(cfg.http2_max_concurrent_streams)
             .max_header_list_size(MAX_HEADER_BYTES)
             .max_send_buf_size(WRITE_BUFFER);
+        if cfg.websocket {
+            // WebSocket over HTTP/2 (RFC 8441 extended CONNECT), beside HTTP/1.1's Upgrade.
+            builder.http2().enable_connect_protocol();
+        }
         let shared = Arc::new(Shared {
             builder,
             router,
@@ -253,11 +258,15 @@ impl Shared {
         let activity = Arc::new(Activity::new());
         let activity_for_requests = Arc::clone(&activity);
         let body_read_timeout = self.body_read_timeout;
+        let drain_guard = DrainGuard::new(watcher.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             arrived_for_requests.notify_one();
             let in_flight = activity_for_requests.begin();
             req.extensions_mut().insert(kill_for_requests.clone());
             req.extensions_mut().insert(PeerAddr(peer));
+            if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some() {
+                req.extensions_mut().insert(drain_guard.clone());
+            }
             let (req, timed_out) = TimedBody::wrap(req, body_read_timeout);
             let mut router = router.clone();
             async move {
@@ -269,7 +278,8 @@ impl Shared {
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
             }
         });
-        let conn = self.builder.serve_connection(io, service);
+        // With upgrades: a WebSocket (`GET /api/ws` with `Upgrade`) takes the socket over.
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
         let killed = kill.killed();
         let idle = activity.idle_for(self.idle_timeout);
         tokio::pin!(conn, killed, idle, no_first_request);

@@ -8,12 +8,12 @@ pub mod cors;
 pub mod error;
 pub mod observe;
 mod presence;
-mod publish;
+pub(crate) mod publish;
 pub mod refusal;
 mod rooms;
 mod sessions;
 mod status;
-mod subscribe;
+pub(crate) mod subscribe;
 mod tickets;
 
 use axum::Router;
@@ -47,7 +47,10 @@ pub fn router(herald: Herald) -> Router {
         .route("/admin", get(status::admin))
         .route("/api/status", get(status::status))
         .route("/healthz", get(status::healthz))
-        .route("/readyz", get(status::readyz))
+        .route("/readyz", get(status::readyz));
+    // Off unless configured: then `/api/ws` is a `404` like any unknown path.
+    let router = if herald.config().websocket { router.route("/api/ws", crate::ws::route()) } else { router };
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // One `layer` call for both: axum wraps every route once per call, and each wrapping

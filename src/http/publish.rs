@@ -64,19 +64,32 @@ async fn publish_any(
     req: Request,
 ) -> Result<Json<Published>, ApiError> {
     let (who, key, idempotency, body) = caller_and_body(herald, peer, req).await?;
+    publish_body(herald, &who, &key, idempotency.as_deref(), body).await.map(Json)
+}
+
+/// Publishes the body of a `POST /api/publish` (one event object, or an array of them as one
+/// batch) for `who`, rate-limited under `key`: the HTTP handler's and the WebSocket
+/// `publish` command's common part.
+pub(crate) async fn publish_body(
+    herald: &Herald,
+    who: &Principal,
+    key: &str,
+    idempotency: Option<&str>,
+    body: Value,
+) -> Result<Published, ApiError> {
     match body {
         Value::Array(items) => {
             let batch = items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| parse_item(herald, &key, idempotency.as_deref(), i, item).map_err(|e| at_index(e, i)))
+                .map(|(i, item)| parse_item(herald, key, idempotency, i, item).map_err(|e| at_index(e, i)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let acks = herald.publish_as(&who, &key, batch).await?;
-            Ok(Json(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() }))
+            let acks = herald.publish_as(who, key, batch).await?;
+            Ok(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() })
         }
         item => {
-            let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, item, None)?)?;
-            publish_one(herald, &who, &key, event).await
+            let event = keyed(herald, key, idempotency, parse_event(herald, item, None)?)?;
+            publish_one(herald, who, key, event).await.map(|Json(p)| p)
         }
     }
 }

@@ -99,6 +99,16 @@ refusals! {
     InvalidConnection => BAD_REQUEST, "invalid_connection", Invalid, Invalid, None;
     InvalidBan => BAD_REQUEST, "invalid_ban", Invalid, Invalid, None;
     InvalidTtl => BAD_REQUEST, "invalid_ttl", Invalid, Invalid, None;
+    // A WebSocket's own (`docs/websocket.md`); a socket's other refusals are the rows above.
+    /// `GET /api/ws` without a WebSocket upgrade.
+    WebsocketRequired => UPGRADE_REQUIRED, "websocket_required", Invalid, Invalid, None;
+    InvalidCommand => BAD_REQUEST, "invalid_command", Invalid, Invalid, None;
+    InvalidRequestId => BAD_REQUEST, "invalid_request_id", Invalid, Invalid, None;
+    UnknownCommand => BAD_REQUEST, "unknown_command", Invalid, Invalid, None;
+    AlreadyAuthenticated => BAD_REQUEST, "already_authenticated", Invalid, Invalid, None;
+    NotSubscribed => BAD_REQUEST, "not_subscribed", Invalid, Invalid, None;
+    BinaryNotSupported => BAD_REQUEST, "binary_not_supported", Invalid, Invalid, None;
+    SubscribeTimeout => REQUEST_TIMEOUT, "subscribe_timeout", Invalid, Invalid, None;
     // The node.
     ServerAtCapacity => SERVICE_UNAVAILABLE, "server_at_capacity", EngineUnavailable, AtCapacity, Some(5);
     ServerDraining => SERVICE_UNAVAILABLE, "server_draining", EngineUnavailable, Draining, Some(1);

@@ -6,21 +6,22 @@
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, Request, StatusCode, Version, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::principal;
 use super::error::ApiError;
 use super::observe::count_subscribe_refusal;
 use super::refusal::Refusal;
+use crate::channel::ChannelName;
 use crate::herald::{Herald, StreamRequest};
 use crate::transport::KillSwitch;
 
 /// Most filters on one stream.
-const MAX_FILTERS: usize = 8;
+pub(crate) const MAX_FILTERS: usize = 8;
 
 /// `field:value`, the field a top-level event field name.
-fn parse_filter(raw: &str) -> Result<(String, String), ApiError> {
+pub(crate) fn parse_filter(raw: &str) -> Result<(String, String), ApiError> {
     let bad = || ApiError::refuse(Refusal::InvalidFilter, "a filter is `field:value`, like `filter=severity:SEV-1`");
     let (field, value) = raw.split_once(':').ok_or_else(bad)?;
     if field.is_empty() || field.len() > 64 || value.len() > 256 {
@@ -39,7 +40,22 @@ pub async fn subscribe(State(herald): State<Herald>, RawQuery(query): RawQuery, 
     count_subscribe_refusal(&herald, answer.into_response())
 }
 
-async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>) -> Result<Response, ApiError> {
+/// What a stream request asks for: its query, with `Last-Event-ID` from the header. Shared by
+/// `GET /api/events` and `GET /api/ws`, so that both take the same query the same way.
+pub(crate) struct StreamQuery {
+    pub channels: Vec<ChannelName>,
+    pub named: bool,
+    pub last_event_id: Option<String>,
+    pub ticket: Option<String>,
+    pub filters: Vec<(String, String)>,
+}
+
+/// Parses a stream request's query and `Last-Event-ID` header.
+pub(crate) fn stream_query(
+    herald: &Herald,
+    query: Option<String>,
+    headers: &HeaderMap,
+) -> Result<StreamQuery, ApiError> {
     let query = query.unwrap_or_default();
     if query.len() > herald.config().max_query_bytes {
         return Err(ApiError::refuse(Refusal::QueryTooLong, "the query string is too long"));
@@ -78,7 +94,6 @@ async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>)
     if filters.len() > MAX_FILTERS {
         return Err(ApiError::refuse(Refusal::InvalidFilter, format!("at most {MAX_FILTERS} filters")));
     }
-    let headers = req.headers();
     // An empty header (some clients send one) does not cancel a `lastEventId` in the query.
     if let Some(v) = headers.get("last-event-id").filter(|v| !v.is_empty()) {
         let v = v
@@ -86,10 +101,22 @@ async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>)
             .map_err(|_| ApiError::refuse(Refusal::InvalidLastEventId, "Last-Event-ID must be visible ASCII"))?;
         last_event_id = Some(v.to_owned());
     }
-    let last_event_id = last_event_id.filter(|v| !v.trim().is_empty());
-    if last_event_id.as_ref().is_some_and(|v| v.len() > MAX_LAST_EVENT_ID) {
+    let last_event_id = checked_last_event_id(last_event_id)?;
+    Ok(StreamQuery { channels, named, last_event_id, ticket, filters })
+}
+
+/// A `Last-Event-ID` as a stream takes it: blank is none, and it has a length limit.
+pub(crate) fn checked_last_event_id(id: Option<String>) -> Result<Option<String>, ApiError> {
+    let id = id.filter(|v| !v.trim().is_empty());
+    if id.as_ref().is_some_and(|v| v.len() > MAX_LAST_EVENT_ID) {
         return Err(ApiError::refuse(Refusal::InvalidLastEventId, "Last-Event-ID is too long"));
     }
+    Ok(id)
+}
+
+async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>) -> Result<Response, ApiError> {
+    let headers = req.headers();
+    let StreamQuery { channels, named, last_event_id, ticket, filters } = stream_query(herald, query, headers)?;
     let who = principal(herald, headers, ticket.as_deref()).await?;
     // A stalled HTTP/1.1 reader can only be freed by closing its socket; with HTTP/2 the
     // stream is dropped and the connection's other streams go on.

@@ -1,0 +1,106 @@
+//! The WebSocket transport: `GET /api/ws` (HTTP/1.1 Upgrade, or HTTP/2 extended CONNECT),
+//! a sibling of the SSE stream on the same hub, opt-in with `websocket = true`.
+//!
+//! This module owns the upgrade: the same query and credentials as `GET /api/events`, and,
+//! when the query names channels, the same [`Herald::connect`] before the `101`, so that
+//! every refusal is the HTTP status and JSON error an SSE client would get. The socket's
+//! life (commands, events, heartbeats, closes) is [`session`]; its messages are
+//! [`protocol`]. It builds on the library's transport-neutral [`crate::Connection`] and must
+//! not reach into the hub's queue. The protocol is specified in `docs/websocket.md`.
+
+pub mod guard;
+pub mod metrics;
+mod protocol;
+mod session;
+
+use guard::DrainGuard;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Extension, FromRequestParts, RawQuery, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+
+use crate::auth::Principal;
+use crate::herald::{Herald, StreamRequest};
+use crate::http::auth::{PeerAddr, check_cookie_request, principal};
+use crate::http::error::ApiError;
+use crate::http::observe::count_subscribe_refusal;
+use crate::http::refusal::Refusal;
+use crate::http::subscribe::{StreamQuery, stream_query};
+use crate::transport::KillSwitch;
+
+/// Bytes tungstenite reads from the socket at once: commands are small, and an idle
+/// connection should hold little (its default is 128 KiB).
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Bytes of outgoing frames gathered before a write.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// The route of `/api/ws`: `GET` for HTTP/1.1, `CONNECT` for HTTP/2 (RFC 8441).
+pub fn route() -> MethodRouter<Herald> {
+    get(upgrade).connect(upgrade)
+}
+
+/// The handler; it counts its refusals as stream refusals, as `GET /api/events` does.
+pub async fn upgrade(
+    State(herald): State<Herald>,
+    RawQuery(query): RawQuery,
+    peer: Option<Extension<PeerAddr>>,
+    req: Request,
+) -> Response {
+    let answer = open(&herald, query, peer.map(|Extension(p)| p), req).await;
+    count_subscribe_refusal(&herald, answer.into_response())
+}
+
+async fn open(
+    herald: &Herald,
+    query: Option<String>,
+    peer: Option<PeerAddr>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _body) = req.into_parts();
+    // Held by the session: a drain waits for the socket's close as for a connection.
+    let drain_guard = parts.extensions.remove::<DrainGuard>();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, herald)
+        .await
+        .map_err(|r| ApiError::refuse(Refusal::WebsocketRequired, r.body_text()))?;
+    let StreamQuery { channels, last_event_id, ticket, filters, named: _ } =
+        stream_query(herald, query, &parts.headers)?;
+    // Cross-site WebSocket hijacking: a browser attaches the cookie to a WebSocket opened by
+    // any page, and no CORS preflight stands in the way. A ticket is not ambient.
+    if ticket.is_none() {
+        check_cookie_request(herald, &parts)?;
+    }
+    let who = principal(herald, &parts.headers, ticket.as_deref()).await?;
+    let kill = KillSwitch::default();
+    let conn = if channels.is_empty() {
+        None
+    } else {
+        let req = StreamRequest {
+            principal: who.clone(),
+            channels,
+            last_event_id,
+            named: false,
+            kill: Some(kill.clone()),
+            filters,
+        };
+        Some(herald.connect(req).await?)
+    };
+    if let Some(conn) = &conn {
+        tracing::debug!(connection = conn.id(), who = %who.describe(), "websocket opened");
+    }
+    // Without a credential, the first message may bring one (`auth`), until a subscription
+    // is open.
+    let may_authenticate = matches!(who, Principal::Anonymous) && conn.is_none();
+    let max = herald.config().max_body_bytes;
+    let session = session::Session::new(herald.clone(), who, peer, conn, kill, may_authenticate);
+    let session = session.holding(drain_guard);
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + max)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| session.run(socket)))
+}

@@ -1,0 +1,247 @@
+//! The WebSocket protocol's messages (`docs/websocket.md`): the commands a client sends and
+//! the frames the server sends, all JSON in text frames.
+//!
+//! A command is an object with a `type` and an optional request `id` (a string or a number,
+//! echoed in the answer). The server sends three kinds of frames, told apart by their keys:
+//! an event `{"id":<resume id>,"data":<event>}` (the SSE `id:` and `data:` of the same event,
+//! byte for byte), a reply `{"type":"reply","id":..,"result":..}` (`result` is what the HTTP
+//! endpoint of the same action answers) and an error `{"type":"error","id":..,"error":{..}}`
+//! (the HTTP API's error shape). Nothing here touches a socket.
+
+use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::http::error::ApiError;
+use crate::http::refusal::Refusal;
+use crate::transport::Message;
+
+/// Longest request id, in bytes (a string id).
+const MAX_REQUEST_ID: usize = 128;
+
+/// A command from the client.
+#[derive(Debug)]
+pub(super) struct Command {
+    /// The request id to echo, if the client gave one.
+    pub id: Option<Value>,
+    pub kind: Kind,
+}
+
+/// What a command asks for.
+#[derive(Debug)]
+pub(super) enum Kind {
+    Auth(Auth),
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
+    Publish(Publish),
+    Presence(Presence),
+    Ping,
+}
+
+/// `{"type":"auth","token":"<jwt>"}`: the credential of a socket opened without one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Auth {
+    pub token: Option<String>,
+}
+
+/// `{"type":"subscribe","channels":[..],"lastEventId":..,"filters":["field:value"]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Subscribe {
+    pub channels: Vec<String>,
+    pub last_event_id: Option<String>,
+    #[serde(default)]
+    pub filters: Vec<String>,
+}
+
+/// `{"type":"unsubscribe","channels":[..]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Unsubscribe {
+    pub channels: Vec<String>,
+}
+
+/// `{"type":"publish","event":<the body of POST /api/publish>,"idempotencyKey":..}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Publish {
+    pub event: Value,
+    pub idempotency_key: Option<String>,
+}
+
+/// `{"type":"presence","channel":..}` (who is there), `{"type":"presence","user":..}` (is
+/// the user online), `{"type":"presence","status":"away"}` (set the caller's status).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Presence {
+    pub channel: Option<String>,
+    pub user: Option<String>,
+    pub status: Option<String>,
+}
+
+/// A command that could not be read, with the request id if it had a usable one.
+#[derive(Debug)]
+pub(super) struct BadCommand {
+    pub id: Option<Value>,
+    pub error: ApiError,
+}
+
+/// Reads one text frame as a command.
+pub(super) fn parse(text: &str) -> Result<Command, BadCommand> {
+    let bad =
+        |id: Option<Value>, refusal, message: String| BadCommand { id, error: ApiError::refuse(refusal, message) };
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| bad(None, Refusal::InvalidJson, format!("the message is not JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad(None, Refusal::InvalidCommand, "a command is a JSON object with a `type`".into()));
+    };
+    let id = match fields.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID => Some(Value::String(s)),
+        Some(n @ Value::Number(_)) => Some(n),
+        Some(_) => {
+            return Err(bad(
+                None,
+                Refusal::InvalidRequestId,
+                format!("`id` must be a number or a string of at most {MAX_REQUEST_ID} bytes"),
+            ));
+        }
+    };
+    let kind = match fields.remove("type") {
+        Some(Value::String(t)) => t,
+        _ => return Err(bad(id, Refusal::InvalidCommand, "a command needs a `type` string".into())),
+    };
+    let kind = match kind.as_str() {
+        "auth" => Kind::Auth(body(fields, &id)?),
+        "subscribe" => Kind::Subscribe(body(fields, &id)?),
+        "unsubscribe" => Kind::Unsubscribe(body(fields, &id)?),
+        "publish" => Kind::Publish(body(fields, &id)?),
+        "presence" => Kind::Presence(body(fields, &id)?),
+        "ping" if fields.is_empty() => Kind::Ping,
+        "ping" => return Err(bad(id, Refusal::InvalidCommand, "`ping` takes no fields".into())),
+        other => {
+            let other: String = other.chars().take(64).collect();
+            return Err(bad(id, Refusal::UnknownCommand, format!("unknown command `{other}`")));
+        }
+    };
+    Ok(Command { id, kind })
+}
+
+/// A command's fields (its `type` and `id` taken out) as `T`.
+fn body<T: DeserializeOwned>(fields: Map<String, Value>, id: &Option<Value>) -> Result<T, BadCommand> {
+    serde_json::from_value(Value::Object(fields))
+        .map_err(|e| BadCommand { id: id.clone(), error: ApiError::refuse(Refusal::InvalidCommand, e.to_string()) })
+}
+
+/// An event for the client: the SSE id and the SSE data of the same event.
+pub(super) fn event(msg: &Message) -> Frame {
+    let mut text = String::with_capacity(msg.id.len() + msg.json.len() + 20);
+    text.push_str("{\"id\":");
+    // An id is visible ASCII with no `"` or `\` (cursor::encode), but it is escaped anyway.
+    text.push_str(&Value::String(msg.id.clone()).to_string());
+    text.push_str(",\"data\":");
+    text.push_str(&String::from_utf8_lossy(&msg.json));
+    text.push('}');
+    Frame::Text(Utf8Bytes::from(text))
+}
+
+/// A command's successful answer.
+pub(super) fn reply(id: Option<Value>, result: Value) -> Frame {
+    text(&json!({"type": "reply", "id": id, "result": result}))
+}
+
+/// A refusal, in the HTTP API's error shape; `retryAfter` (seconds) where HTTP would send
+/// `Retry-After`.
+pub(super) fn error(id: Option<Value>, e: &ApiError) -> Frame {
+    let mut frame = json!({"type": "error", "id": id, "error": {"code": e.code(), "message": e.message()}});
+    if let (Some(secs), Value::Object(fields)) = (e.retry_after(), &mut frame) {
+        fields.insert("retryAfter".into(), secs.into());
+    }
+    text(&frame)
+}
+
+fn text(v: &Value) -> Frame {
+    Frame::Text(Utf8Bytes::from(v.to_string()))
+}
+
+/// Close codes (RFC 6455, section 7.4.1) and the reason each sends, `{"code":..}` in JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Close {
+    /// The server ends the socket after a last `disconnect` or `token_expired` event.
+    Normal(&'static str),
+    /// A frame that breaks the WebSocket protocol (unmasked, bad opcode, ...).
+    Protocol,
+    /// A binary frame: the protocol is JSON text.
+    Binary,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// Credentials refused, no subscription in time, or a flood.
+    Policy(&'static str),
+    /// A message over `max_body_bytes`.
+    TooBig,
+    /// The server is draining: come back after `retry_ms` and resume.
+    Drain { retry_ms: u64 },
+    /// Slow consumer, timeout, resync: come back now and resume.
+    TryAgain(&'static str),
+}
+
+impl Close {
+    /// The close code (RFC 6455, section 7.4.1).
+    pub(super) fn code(self) -> u16 {
+        match self {
+            Self::Normal(_) => 1000,
+            Self::Protocol => 1002,
+            Self::Binary => 1003,
+            Self::InvalidUtf8 => 1007,
+            Self::Policy(_) => 1008,
+            Self::TooBig => 1009,
+            Self::Drain { .. } => 1012,
+            Self::TryAgain(_) => 1013,
+        }
+    }
+
+    pub(super) fn frame(self) -> Frame {
+        let reason = match self {
+            Self::Normal(why) | Self::Policy(why) | Self::TryAgain(why) => json!({"code": why}),
+            Self::Protocol => json!({"code": "protocol_error"}),
+            Self::Binary => json!({"code": "binary_not_supported"}),
+            Self::InvalidUtf8 => json!({"code": "invalid_utf8"}),
+            Self::TooBig => json!({"code": "message_too_large"}),
+            Self::Drain { retry_ms } => json!({"code": "server_draining", "retryMs": retry_ms}),
+        };
+        Frame::Close(Some(CloseFrame { code: self.code(), reason: Utf8Bytes::from(reason.to_string()) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_command_keeps_its_request_id_even_when_its_fields_are_wrong() {
+        let bad = parse(r#"{"type":"subscribe","id":7,"chanels":["channel:a"]}"#).err();
+        let bad = bad.unwrap_or_else(|| panic!("accepted a misspelt field"));
+        assert_eq!((bad.id, bad.error.code()), (Some(json!(7)), "invalid_command"));
+        let unknown = parse(r#"{"type":"shout","id":"r1"}"#).err().map(|b| (b.id, b.error.code()));
+        assert_eq!(unknown, Some((Some(json!("r1")), "unknown_command")));
+        let ok = parse(r#"{"type":"subscribe","channels":["channel:a"],"lastEventId":"x"}"#);
+        assert!(matches!(ok, Ok(Command { id: None, kind: Kind::Subscribe(Subscribe { .. }) })), "{ok:?}");
+    }
+
+    #[test]
+    fn an_event_frame_carries_the_sse_id_and_the_sse_data_unchanged() {
+        let msg = Message { id: "fte:mwrt3kgk".into(), event_type: "chat".into(), json: Bytes::from(r#"{"a":1}"#) };
+        let Frame::Text(text) = event(&msg) else { panic!("not text") };
+        assert_eq!(text.as_str(), r#"{"id":"fte:mwrt3kgk","data":{"a":1}}"#);
+    }
+
+    #[test]
+    fn close_reasons_fit_in_a_control_frame() {
+        let Frame::Close(Some(frame)) = Close::Drain { retry_ms: u64::MAX }.frame() else { panic!("not a close") };
+        assert!(frame.reason.len() <= 123, "{}", frame.reason.as_str());
+        assert_eq!(frame.code, 1012);
+    }
+}

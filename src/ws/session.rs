@@ -1,0 +1,434 @@
+//! One WebSocket's life, in one task: the connection's events out, the client's commands
+//! in, ping/pong heartbeats, and the close with its code.
+//!
+//! The session owns the socket and, once something is subscribed, one [`Connection`]: the
+//! same queue, cursor, filters, joins and leaves as an SSE stream. A slow reader is cut the
+//! way an HTTP/1.1 SSE reader is: the hub closes the connection and fires its
+//! [`KillSwitch`], which ends a write that waits on the socket. Commands run one at a time;
+//! a client that sends too many frames (commands or pings) is closed, and nothing it sends
+//! reaches another client's connection except through the hub's own checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as Frame, WebSocket};
+use axum::response::IntoResponse;
+use futures_util::{FutureExt as _, SinkExt as _};
+use serde_json::{Value, json};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::guard::DrainGuard;
+use super::protocol::{self, Close, Command, Kind};
+use crate::auth::{ApiKey, Principal};
+use crate::catalogue::PresenceStatus;
+use crate::channel::ChannelName;
+use crate::herald::{Herald, PresenceError, StreamRequest};
+use crate::http::auth::{PeerAddr, rate_key};
+use crate::http::error::ApiError;
+use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
+use crate::http::refusal::Refusal;
+use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
+use crate::hub::connection::CloseReason;
+use crate::transport::{Connection, KillSwitch, Message};
+
+/// Frames a client may send per second, past the burst (commands, pings and pongs alike).
+const FRAME_RATE: f64 = 50.0;
+/// Frames a client may send at once.
+const FRAME_BURST: f64 = 100.0;
+
+/// Most events gathered into one write.
+const MAX_BATCH: usize = 64;
+
+/// Longest wait for the closing handshake: a peer that does not read or answer gets no more.
+const CLOSE_WRITE: Duration = Duration::from_secs(1);
+
+/// A socket's state.
+pub(super) struct Session {
+    herald: Herald,
+    who: Principal,
+    peer: Option<PeerAddr>,
+    conn: Option<Connection>,
+    kill: KillSwitch,
+    /// The socket came without a credential and nothing else was asked yet: an `auth`
+    /// command may still bring one.
+    may_authenticate: bool,
+    frames: Bucket,
+    /// Keeps the server's drain waiting until the socket is closed (`None` when the router
+    /// is served by something other than Herald's server).
+    _drain_guard: Option<DrainGuard>,
+}
+
+/// What woke the session.
+enum Input {
+    Out(Option<Message>),
+    In(Option<Result<Frame, axum::Error>>),
+    Tick,
+    Deadline,
+}
+
+impl Session {
+    pub(super) fn new(
+        herald: Herald,
+        who: Principal,
+        peer: Option<PeerAddr>,
+        conn: Option<Connection>,
+        kill: KillSwitch,
+        may_authenticate: bool,
+    ) -> Self {
+        let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
+        Self { herald, who, peer, conn, kill, may_authenticate, frames, _drain_guard: None }
+    }
+
+    pub(super) fn holding(mut self, guard: Option<DrainGuard>) -> Self {
+        self._drain_guard = guard;
+        self
+    }
+
+    pub(super) async fn run(mut self, mut socket: WebSocket) {
+        let herald = self.herald.clone();
+        let metrics = &herald.metrics().websocket;
+        metrics.opened();
+        let label = match self.serve(&mut socket).await {
+            Some(End::Close(close)) => {
+                tracing::debug!(connection = self.conn.as_ref().map(Connection::id), ?close, "websocket closed");
+                // The closing handshake: what the client still sends is read (and dropped)
+                // until its close, so that the socket is not reset under the client's
+                // unread frames, our close among them.
+                let handshake = async {
+                    if socket.send(close.frame()).await.is_ok() {
+                        while let Some(Ok(_)) = socket.recv().await {}
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_WRITE, handshake).await;
+                close.code().to_string()
+            }
+            // The client's close is answered (by tungstenite) on the next read.
+            Some(End::ByClient) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE, socket.recv()).await;
+                "client".to_owned()
+            }
+            None => "none".to_owned(),
+        };
+        metrics.closed(&label);
+    }
+
+    /// Serves the socket until it ends; `None` when the server tore it down (a slow reader)
+    /// or could not write to it, so that no close frame can be written.
+    async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
+        let cfg = self.herald.config();
+        let beat = cfg.heartbeat_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A socket must subscribe (and say who it is) as soon as a request's headers must
+        // arrive: an idle socket holds no hub connection, so no limit counts it.
+        let deadline = Instant::now() + cfg.header_read_timeout;
+        let mut last_heard = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        loop {
+            let input = tokio::select! {
+                msg = next(&mut self.conn) => Input::Out(msg),
+                frame = socket.recv() => Input::In(frame),
+                _ = ping.tick() => Input::Tick,
+                () = tokio::time::sleep_until(deadline), if self.conn.is_none() => Input::Deadline,
+            };
+            match input {
+                Input::Out(Some(msg)) => self.send_events(socket, msg).await?,
+                Input::Out(None) => return Some(End::Close(self.closed_by_server())),
+                Input::In(None) => return Some(End::ByClient),
+                Input::In(Some(Err(e))) => return read_error(e).map(End::Close),
+                Input::In(Some(Ok(frame))) => {
+                    last_heard = Instant::now();
+                    if matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
+                        self.herald.metrics().websocket.frame_in();
+                    }
+                    if !self.frames.take() {
+                        let e = ApiError::refuse(Refusal::RateLimited, "too many messages");
+                        self.send(socket, protocol::error(None, &e)).await?;
+                        return Some(End::Close(Close::Policy("rate_limited")));
+                    }
+                    match frame {
+                        Frame::Text(text) => {
+                            let (answer, close) = self.command(text.as_str()).await;
+                            self.send(socket, answer).await?;
+                            if let Some(close) = close {
+                                return Some(End::Close(close));
+                            }
+                        }
+                        Frame::Binary(_) => {
+                            let e = ApiError::refuse(Refusal::BinaryNotSupported, "messages are JSON in text frames");
+                            self.send(socket, protocol::error(None, &e)).await?;
+                            return Some(End::Close(Close::Binary));
+                        }
+                        // tungstenite answers pings itself.
+                        Frame::Ping(_) | Frame::Pong(_) => {}
+                        Frame::Close(_) => return Some(End::ByClient),
+                    }
+                }
+                Input::Tick => {
+                    // Dead-peer detection: nothing heard since the last ping, not even its pong.
+                    if ping_sent.is_some_and(|sent| last_heard < sent) {
+                        return Some(End::Close(Close::TryAgain("client_timeout")));
+                    }
+                    ping_sent = Some(Instant::now());
+                    self.send(socket, Frame::Ping(bytes::Bytes::new())).await?;
+                }
+                Input::Deadline => {
+                    let e = ApiError::refuse(
+                        Refusal::SubscribeTimeout,
+                        "a socket must subscribe within `header_read_timeout` of opening",
+                    );
+                    self.send(socket, protocol::error(None, &e)).await?;
+                    return Some(End::Close(Close::Policy("subscribe_timeout")));
+                }
+            }
+        }
+    }
+
+    /// Writes one frame (see [`Session::write`]).
+    async fn send(&self, socket: &mut WebSocket, frame: Frame) -> Option<()> {
+        self.write(socket, vec![frame]).await
+    }
+
+    /// Writes `first` and whatever else the connection has ready (up to [`MAX_BATCH`]) in one
+    /// write (see [`Session::write`]).
+    async fn send_events(&mut self, socket: &mut WebSocket, first: Message) -> Option<()> {
+        let mut batch = vec![protocol::event(&first)];
+        // Taken without waiting: a pending poll leaves the connection's wake-up to the next
+        // `recv` of the main loop, which registers it again.
+        while batch.len() < MAX_BATCH
+            && let Some(Some(msg)) = self.conn.as_mut().and_then(|conn| conn.recv().now_or_never())
+        {
+            batch.push(protocol::event(&msg));
+        }
+        self.write(socket, batch).await
+    }
+
+    /// Writes `frames` in one go, unless the hub tears the connection down meanwhile (its
+    /// reader is too slow): `None` then, or when the socket is gone.
+    async fn write(&self, socket: &mut WebSocket, frames: Vec<Frame>) -> Option<()> {
+        let n = frames.len() as u64;
+        let write = async {
+            for frame in frames {
+                socket.feed(frame).await?;
+            }
+            socket.flush().await
+        };
+        tokio::select! {
+            sent = write => {
+                sent.ok()?;
+                self.herald.metrics().websocket.frames_out(n);
+                Some(())
+            }
+            () = self.kill.killed() => None,
+        }
+    }
+
+    /// The close that follows the end of the connection, by the hub's reason.
+    fn closed_by_server(&self) -> Close {
+        let reason = self.conn.as_ref().and_then(Connection::close_reason);
+        match reason {
+            Some(CloseReason::Drain { retry_ms }) => Close::Drain { retry_ms },
+            Some(r @ (CloseReason::TokenExpired | CloseReason::Disconnect { .. })) => Close::Normal(r.as_str()),
+            Some(r) => Close::TryAgain(r.as_str()),
+            None => Close::TryAgain("closed"),
+        }
+    }
+
+    /// Runs one command: the frame that answers it, and the close that follows, if any.
+    async fn command(&mut self, text: &str) -> (Frame, Option<Close>) {
+        let Command { id, kind } = match protocol::parse(text) {
+            Ok(cmd) => cmd,
+            Err(bad) => return (protocol::error(bad.id, &bad.error), None),
+        };
+        let may_authenticate = std::mem::take(&mut self.may_authenticate);
+        let result = match kind {
+            Kind::Auth(auth) if may_authenticate => match self.authenticate(auth.token).await {
+                Ok(v) => Ok(v),
+                // As an SSE request with a refused credential gets no stream.
+                Err(e) => return (protocol::error(id, &e), Some(Close::Policy(e.code()))),
+            },
+            Kind::Auth(_) => Err(ApiError::refuse(
+                Refusal::AlreadyAuthenticated,
+                "`auth` must be the first message of a socket opened without a credential",
+            )),
+            Kind::Subscribe(s) => self.subscribe(s).await,
+            Kind::Unsubscribe(u) => self.unsubscribe(u.channels).await,
+            Kind::Publish(p) => self.publish(p).await,
+            Kind::Presence(p) => self.presence(p).await,
+            Kind::Ping => Ok(json!({})),
+        };
+        match result {
+            Ok(result) => (protocol::reply(id, result), None),
+            // A socket that could not subscribe because the node drains goes elsewhere, as
+            // the subscribed ones are told to.
+            Err(e) if e.refusal() == Some(Refusal::ServerDraining) && self.conn.is_none() => {
+                let retry_ms = self.herald.config().retry.as_millis() as u64;
+                let window = (self.herald.config().drain_reconnect_window.as_millis() as u64).max(1);
+                (protocol::error(id, &e), Some(Close::Drain { retry_ms: retry_ms + fastrand::u64(0..window) }))
+            }
+            Err(e) => (protocol::error(id, &e), None),
+        }
+    }
+
+    async fn authenticate(&mut self, token: Option<String>) -> Result<Value, ApiError> {
+        let Some(token) = token else { return Ok(json!({"userId": null})) };
+        let user = self.herald.auth().verify_token(&token).await?;
+        let answer = json!({"userId": &*user.id});
+        self.who = Principal::User(Arc::new(user));
+        Ok(answer)
+    }
+
+    async fn subscribe(&mut self, s: protocol::Subscribe) -> Result<Value, ApiError> {
+        if s.channels.is_empty() {
+            return Err(ApiError::refuse(Refusal::MissingChannel, "give `channels`, a non-empty array"));
+        }
+        let channels =
+            s.channels.iter().map(|c| self.herald.parse_subscription(c)).collect::<Result<Vec<ChannelName>, _>>()?;
+        let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+        let answer = |conn: &Connection| json!({"connectionId": conn.id(), "channels": names});
+        let Some(conn) = &self.conn else {
+            if s.filters.len() > MAX_FILTERS {
+                return Err(ApiError::refuse(Refusal::InvalidFilter, format!("at most {MAX_FILTERS} filters")));
+            }
+            let filters = s.filters.iter().map(|f| parse_filter(f)).collect::<Result<Vec<_>, _>>()?;
+            let req = StreamRequest {
+                principal: self.who.clone(),
+                channels: channels.clone(),
+                last_event_id: checked_last_event_id(s.last_event_id)?,
+                named: false,
+                kill: Some(self.kill.clone()),
+                filters,
+            };
+            let conn = self.herald.connect(req).await.map_err(ApiError::from).inspect_err(|e| {
+                count_subscribe_refusal(&self.herald, e.clone().into_response());
+            })?;
+            tracing::debug!(connection = conn.id(), who = %self.who.describe(), "websocket subscribed");
+            let result = answer(&conn);
+            self.conn = Some(conn);
+            return Ok(result);
+        };
+        if s.last_event_id.is_some() || !s.filters.is_empty() {
+            return Err(ApiError::refuse(
+                Refusal::InvalidParameter,
+                "`lastEventId` and `filters` belong to the first subscribe of a socket; \
+                 a later one joins each channel live, from its head",
+            ));
+        }
+        for ch in &channels {
+            self.herald.policies().can_change_subscription(&self.who, ch)?;
+            self.herald.join(&own_connection(), conn.id(), ch).await?;
+        }
+        Ok(answer(conn))
+    }
+
+    async fn unsubscribe(&mut self, channels: Vec<String>) -> Result<Value, ApiError> {
+        let Some(conn) = &self.conn else {
+            return Err(ApiError::refuse(Refusal::NotSubscribed, "this socket has no subscription yet"));
+        };
+        let channels =
+            channels.iter().map(|c| self.herald.parse_subscription(c)).collect::<Result<Vec<ChannelName>, _>>()?;
+        for ch in &channels {
+            self.herald.leave(&own_connection(), conn.id(), ch).await?;
+        }
+        let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+        Ok(json!({"connectionId": conn.id(), "channels": names}))
+    }
+
+    async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ApiError> {
+        let key = rate_key(&self.who, self.peer);
+        let published =
+            crate::http::publish::publish_body(&self.herald, &self.who, &key, p.idempotency_key.as_deref(), p.event)
+                .await
+                .inspect_err(|e| {
+                    count_publish_refusal(&self.herald, e.clone().into_response());
+                })?;
+        serde_json::to_value(published).map_err(|e| ApiError::refuse(Refusal::Internal, e.to_string()))
+    }
+
+    async fn presence(&mut self, p: protocol::Presence) -> Result<Value, ApiError> {
+        let herald = &self.herald;
+        match (p.channel, p.user, p.status) {
+            (Some(channel), None, None) => {
+                let channel = herald.parse_channel(&channel)?;
+                let users = herald.channel_presence(&self.who, &channel).await?;
+                Ok(json!({"channel": channel.as_str(), "users": users}))
+            }
+            (None, Some(user), None) => {
+                ChannelName::user(&user).map_err(|_| ApiError::refuse(Refusal::InvalidUser, "not a user id"))?;
+                Ok(json!(herald.user_presence(&self.who, &user).await?))
+            }
+            (None, None, Some(status)) => {
+                // Who asks is checked first, as over HTTP; then a name that is no status.
+                if !matches!(self.who, Principal::User(_)) {
+                    return Err(PresenceError::NotAUser.into());
+                }
+                let status = PresenceStatus::parse(&status).ok_or(PresenceError::BadStatus)?;
+                herald.set_presence_status(&self.who, status).await?;
+                Ok(json!({"status": status}))
+            }
+            _ => Err(ApiError::refuse(Refusal::InvalidCommand, "`presence` takes one of `channel`, `user`, `status`")),
+        }
+    }
+}
+
+/// How a session ends.
+enum End {
+    /// The server closes, with this code.
+    Close(Close),
+    /// The client sent a close frame, or its TCP connection ended.
+    ByClient,
+}
+
+/// The next message of the connection; never, while the socket has none.
+async fn next(conn: &mut Option<Connection>) -> Option<Message> {
+    match conn {
+        Some(conn) => conn.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The close that answers a frame tungstenite refused; `None` when the socket is gone.
+fn read_error(e: axum::Error) -> Option<Close> {
+    use tungstenite::error::{CapacityError, Error};
+    let Ok(e) = e.into_inner().downcast::<Error>() else { return None };
+    match *e {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => Some(Close::TooBig),
+        Error::Capacity(_) => Some(Close::TooBig),
+        Error::Utf8(_) => Some(Close::InvalidUtf8),
+        Error::Protocol(_) => Some(Close::Protocol),
+        _ => None,
+    }
+}
+
+/// The session's own rights over its connection: the caller's policy was checked already,
+/// and a socket may change its own subscription whoever it is (anonymous included, which
+/// owns no connection for `POST /api/connections/..`).
+fn own_connection() -> Principal {
+    Principal::ApiKey(Arc::new(ApiKey::publisher("websocket", vec!["*".to_owned()])))
+}
+
+/// A token bucket for one socket's incoming frames.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, tokens: burst, last: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

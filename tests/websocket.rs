@@ -1,0 +1,854 @@
+//! The WebSocket transport (`docs/websocket.md`) over real sockets, with a real WebSocket
+//! client (tokio-tungstenite): the same query, credentials, events and ids as SSE, resume
+//! across the two transports, commands, refusals, hostile input and the server's closes.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::Config;
+use hyper::StatusCode;
+use serde_json::{Value, json};
+use support::{Proto, SseStream, TestServer, now, token, token_with, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+// ---------------------------------------------------------------------------------------
+// helpers
+
+/// WebSocket on, presence off (its events would interleave with the ones under test).
+fn ws_on(c: &mut Config) {
+    c.websocket = true;
+    support::no_presence(c);
+}
+
+async fn dev_server() -> TestServer {
+    TestServer::with(ws_on).await
+}
+
+async fn secured_server(configure: impl FnOnce(&mut Config)) -> TestServer {
+    TestServer::secured(|c| {
+        ws_on(c);
+        configure(c);
+    })
+    .await
+}
+
+/// A WebSocket client: events are kept aside while a command waits for its answer.
+struct Ws {
+    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    events: VecDeque<(String, Value, String)>,
+    next_id: u64,
+}
+
+/// Opens `/api/ws?<query>`; on a refused upgrade, the status and JSON body.
+async fn open(server: &TestServer, query: &str, headers: &[(&str, &str)]) -> Result<Ws, (StatusCode, Value)> {
+    open_at(server.addr, query, headers).await
+}
+
+async fn open_at(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Result<Ws, (StatusCode, Value)> {
+    let mut req =
+        format!("ws://{addr}/api/ws?{query}").into_client_request().unwrap_or_else(|e| panic!("request: {e}"));
+    for (k, v) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        req.headers_mut().insert(name, HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")));
+    }
+    match within("the upgrade", tokio_tungstenite::connect_async(req)).await {
+        Ok((inner, resp)) => {
+            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+            Ok(Ws { inner, events: VecDeque::new(), next_id: 0 })
+        }
+        Err(WsError::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            let body = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("refusal is not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+            Err((StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::IM_A_TEAPOT), body))
+        }
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+async fn open_ok(server: &TestServer, query: &str, headers: &[(&str, &str)]) -> Ws {
+    open(server, query, headers).await.unwrap_or_else(|(s, body)| panic!("refused {s}: {body}"))
+}
+
+impl Ws {
+    /// The next frame that is not a ping or pong.
+    async fn frame(&mut self) -> Option<Message> {
+        loop {
+            match within("the next WebSocket frame", self.inner.next()).await {
+                None => return None,
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(m)) => return Some(m),
+            }
+        }
+    }
+
+    /// The next JSON text frame, as its text and its value.
+    async fn json(&mut self) -> (String, Value) {
+        match self.frame().await {
+            Some(Message::Text(t)) => {
+                let v = serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"));
+                (t.as_str().to_owned(), v)
+            }
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next event: its resume id, its data and the whole frame's text.
+    async fn event(&mut self) -> (String, Value, String) {
+        if let Some(ev) = self.events.pop_front() {
+            return ev;
+        }
+        let (text, v) = self.json().await;
+        let id = v["id"].as_str().unwrap_or_else(|| panic!("not an event: {text}")).to_owned();
+        assert!(v.get("type").is_none(), "an event frame has no `type`: {text}");
+        (id, v["data"].clone(), text)
+    }
+
+    async fn send(&mut self, v: &Value) {
+        within("a send", self.inner.send(Message::text(v.to_string()))).await.unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    /// Sends a command with a fresh request id and returns its reply or error frame.
+    async fn request(&mut self, mut command: Value) -> Value {
+        self.next_id += 1;
+        let id = format!("r{}", self.next_id);
+        command["id"] = json!(id);
+        self.send(&command).await;
+        loop {
+            let (text, v) = self.json().await;
+            if v.get("type").is_some() {
+                assert_eq!(v["id"], json!(id), "an answer to this request: {text}");
+                return v;
+            }
+            self.events.push_back((v["id"].as_str().unwrap_or_default().to_owned(), v["data"].clone(), text));
+        }
+    }
+
+    /// Reads until the server's close frame: its code and reason (JSON).
+    async fn closed(&mut self) -> (u16, Value) {
+        loop {
+            match self.frame().await {
+                Some(Message::Close(Some(frame))) => {
+                    let reason = serde_json::from_str(&frame.reason).unwrap_or(Value::Null);
+                    return (u16::from(frame.code), reason);
+                }
+                Some(Message::Close(None)) | None => panic!("closed without a code"),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Expects the next events to carry `"n"` values `ns`; returns the last resume id.
+    async fn expect_ns(&mut self, ns: std::ops::Range<u64>) -> String {
+        let mut last = String::new();
+        for n in ns {
+            let (id, data, _) = self.event().await;
+            assert_eq!(data["n"].as_u64(), Some(n), "{data}");
+            last = id;
+        }
+        last
+    }
+}
+
+/// Expects `connected` on `channels` as the next event; returns its resume id.
+async fn expect_connected(ws: &mut Ws, channels: &[&str]) -> String {
+    let (id, data, _) = ws.event().await;
+    assert_eq!(data["type"], "connected", "{data}");
+    assert_eq!(data["channels"], json!(channels));
+    id
+}
+
+/// Publishes events `"n": ns` on `channel`: with the API key on a secured server,
+/// anonymously in dev mode.
+async fn publish_ns(server: &TestServer, channel: &str, ns: std::ops::Range<u64>) {
+    let mut p = publisher(server);
+    for n in ns {
+        p.publish(&json!({"channel": channel, "type": "note", "n": n})).await;
+    }
+}
+
+fn publisher(server: &TestServer) -> support::Client {
+    let client = server.client(Proto::H1);
+    if server.herald.config().auth_configured() { client.backend() } else { client }
+}
+
+/// A raw WebSocket upgrade on plain TCP, for frames a proper client will not send; returns
+/// the socket after the `101` and its headers.
+async fn raw_upgrade(addr: SocketAddr, query: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let handshake = format!(
+        "GET /api/ws?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        within("the 101", tcp.read_exact(&mut byte)).await.unwrap_or_else(|e| panic!("{e}"));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+/// Checks that the server's frames in `bytes` end with a close of `code` and `reason`.
+fn assert_ends_with_close(bytes: &[u8], code: u16, reason: &[u8]) {
+    let head = [0x88, 2 + reason.len() as u8];
+    let text = String::from_utf8_lossy(bytes);
+    let close = bytes.windows(2).rposition(|w| w == head).unwrap_or_else(|| panic!("no close frame: {text}"));
+    assert_eq!(&bytes[close + 2..close + 4], &code.to_be_bytes(), "{text}");
+    assert!(bytes.ends_with(reason), "{text}");
+}
+
+/// A client frame (masked, with a zero mask) of `opcode`, final or not.
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![opcode | if fin { 0x80 } else { 0 }, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+// ---------------------------------------------------------------------------------------
+// opening
+
+#[tokio::test]
+async fn the_endpoint_is_off_unless_configured() {
+    let server = TestServer::start().await;
+    let (status, body) = server.client(Proto::H1).get_json("/api/ws?channel=channel:a").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let refused = open(&server, "channel=channel:a", &[]).await.err().map(|(s, _)| s);
+    assert_eq!(refused, Some(StatusCode::NOT_FOUND));
+}
+
+#[tokio::test]
+async fn a_plain_get_without_an_upgrade_is_refused_in_the_error_shape() {
+    let server = dev_server().await;
+    let (status, body) = server.client(Proto::H1).get_json("/api/ws?channel=channel:a").await;
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(body["error"]["code"], "websocket_required", "{body}");
+}
+
+#[tokio::test]
+async fn a_socket_and_an_sse_stream_in_one_room_get_the_same_events_with_the_same_ids() {
+    let server = dev_server().await;
+    let mut sse = server.client(Proto::H1).subscribe("channel=channel:room", &[]).await;
+    let mut ws = open_ok(&server, "channel=channel:room", &[]).await;
+    let (_, connected, _) = ws.event().await;
+    assert_eq!(connected["type"], "connected");
+    assert_eq!(connected["channels"], json!(["channel:room"]));
+    assert!(connected["connectionId"].as_str().is_some_and(|c| c.starts_with('c')), "{connected}");
+
+    publish_ns(&server, "channel:room", 0..3).await;
+    for n in 0..3 {
+        let from_sse = sse.expect().await;
+        let (id, data, frame) = ws.event().await;
+        assert_eq!(data["n"], n);
+        assert_eq!(id, from_sse.id, "the same resume id");
+        // The SSE data, byte for byte, inside the frame.
+        assert_eq!(frame, format!("{{\"id\":{},\"data\":{}}}", json!(from_sse.id), from_sse.raw_data));
+    }
+}
+
+#[tokio::test]
+async fn the_query_filters_and_multi_channel_ids_are_those_of_sse() {
+    let server = dev_server().await;
+    let query = "channel=channel:a&channel=channel:b&filter=kind:keep";
+    let mut sse = server.client(Proto::H1).subscribe(query, &[]).await;
+    let mut ws = open_ok(&server, query, &[]).await;
+    expect_connected(&mut ws, &["channel:a", "channel:b"]).await;
+    let mut p = publisher(&server);
+    p.publish(&json!({"channel": "channel:a", "type": "note", "kind": "drop", "n": 0})).await;
+    p.publish(&json!({"channels": ["channel:a", "channel:b"], "type": "note", "kind": "keep", "n": 1})).await;
+    p.publish(&json!({"channel": "channel:b", "type": "note", "kind": "keep", "n": 2})).await;
+    for n in 1..3 {
+        let from_sse = sse.expect().await;
+        let (id, data, _) = ws.event().await;
+        assert_eq!((data["n"].as_u64(), &id), (Some(n), &from_sse.id));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// resume across transports
+
+#[tokio::test]
+async fn a_client_moves_from_websocket_to_sse_and_back_with_nothing_lost_or_repeated() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "channel=channel:r", &[]).await;
+    expect_connected(&mut ws, &["channel:r"]).await;
+    publish_ns(&server, "channel:r", 0..3).await;
+    let last = ws.expect_ns(0..3).await;
+    drop(ws);
+
+    publish_ns(&server, "channel:r", 3..6).await;
+    let mut sse = server.client(Proto::H1).subscribe("channel=channel:r", &[("last-event-id", &last)]).await;
+    let last = sse.expect_ns(3..6).await;
+    drop(sse);
+
+    publish_ns(&server, "channel:r", 6..9).await;
+    let mut ws = open_ok(&server, &format!("channel=channel:r&lastEventId={last}"), &[]).await;
+    expect_connected(&mut ws, &["channel:r"]).await;
+    ws.expect_ns(6..9).await;
+    // And nothing twice: the next event is the next one published.
+    publish_ns(&server, "channel:r", 9..10).await;
+    ws.expect_ns(9..10).await;
+}
+
+#[tokio::test]
+async fn a_first_subscribe_command_resumes_from_an_sse_id() {
+    let server = dev_server().await;
+    let mut sse: SseStream = server.client(Proto::H1).subscribe("channel=channel:s", &[]).await;
+    publish_ns(&server, "channel:s", 0..2).await;
+    let last = sse.expect_ns(0..2).await;
+    drop(sse);
+    publish_ns(&server, "channel:s", 2..4).await;
+
+    let mut ws = open_ok(&server, "", &[]).await;
+    let reply = ws.request(json!({"type": "subscribe", "channels": ["channel:s"], "lastEventId": last})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    assert_eq!(reply["result"]["channels"], json!(["channel:s"]));
+    expect_connected(&mut ws, &["channel:s"]).await;
+    ws.expect_ns(2..4).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// commands
+
+#[tokio::test]
+async fn a_publish_over_the_socket_reaches_an_sse_client_and_answers_the_events_id() {
+    let server = dev_server().await;
+    let mut sse = server.client(Proto::H1).subscribe("channel=channel:chat", &[]).await;
+    let mut ws = open_ok(&server, "channel=channel:chat", &[]).await;
+    expect_connected(&mut ws, &["channel:chat"]).await;
+    let reply = ws
+        .request(json!({"type": "publish", "event": {"channel": "channel:chat", "type": "chat", "text": "hi"}}))
+        .await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let id = reply["result"]["id"].as_str().unwrap_or_else(|| panic!("no id: {reply}")).to_owned();
+    let seen = sse.expect().await;
+    assert_eq!((seen.data["id"].as_str(), seen.data["text"].as_str()), (Some(id.as_str()), Some("hi")));
+    let (_, echoed, _) = ws.event().await;
+    assert_eq!(echoed["id"], json!(id), "the publisher's own socket gets it too");
+
+    // The same checks as `POST /api/publish`: a reserved type is refused, with the request id.
+    let refused =
+        ws.request(json!({"type": "publish", "event": {"channel": "channel:chat", "type": "connected"}})).await;
+    assert_eq!((refused["type"].as_str(), refused["error"]["code"].as_str()), (Some("error"), Some("invalid_type")));
+    // A batch answers its ids.
+    let batch = json!([{"channel": "channel:chat", "type": "a"}, {"channel": "channel:chat", "type": "b"}]);
+    let reply = ws.request(json!({"type": "publish", "event": batch})).await;
+    assert_eq!(reply["result"]["ids"].as_array().map(Vec::len), Some(2), "{reply}");
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_join_and_leave_the_open_connection_live() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "channel=channel:home", &[]).await;
+    expect_connected(&mut ws, &["channel:home"]).await;
+    let reply = ws.request(json!({"type": "subscribe", "channels": ["channel:extra"]})).await;
+    assert_eq!(reply["result"]["channels"], json!(["channel:extra"]), "{reply}");
+    let (_, joined, _) = ws.event().await;
+    assert_eq!((joined["type"].as_str(), joined["channel"].as_str()), (Some("subscribed"), Some("channel:extra")));
+    publish_ns(&server, "channel:extra", 0..1).await;
+    ws.expect_ns(0..1).await;
+
+    let reply = ws.request(json!({"type": "unsubscribe", "channels": ["channel:extra"]})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let (_, left, _) = ws.event().await;
+    assert_eq!((left["type"].as_str(), left["channel"].as_str()), (Some("unsubscribed"), Some("channel:extra")));
+    publish_ns(&server, "channel:extra", 1..2).await;
+    publish_ns(&server, "channel:home", 2..3).await;
+    ws.expect_ns(2..3).await;
+
+    // Resume and filters belong to the first subscribe.
+    let refused = ws.request(json!({"type": "subscribe", "channels": ["channel:x"], "lastEventId": "abc"})).await;
+    assert_eq!(refused["error"]["code"], "invalid_parameter", "{refused}");
+}
+
+#[tokio::test]
+async fn presence_is_queried_and_set_over_the_socket() {
+    let server = TestServer::secured(|c| c.websocket = true).await;
+    let auth = format!("Bearer {}", token("ann"));
+    let mut ws = open_ok(&server, "channel=channel:lobby", &[("authorization", &auth)]).await;
+    expect_connected(&mut ws, &["channel:lobby"]).await;
+    let (_, online, _) = ws.event().await;
+    assert_eq!((online["type"].as_str(), online["userId"].as_str()), (Some("presence"), Some("ann")), "{online}");
+
+    let here = ws.request(json!({"type": "presence", "channel": "channel:lobby"})).await;
+    assert_eq!(here["result"]["users"][0]["userId"], "ann", "{here}");
+    let set = ws.request(json!({"type": "presence", "status": "away"})).await;
+    assert_eq!(set["result"], json!({"status": "away"}));
+    let user = ws.request(json!({"type": "presence", "user": "ann"})).await;
+    assert_eq!(user["result"]["status"], "away", "{user}");
+    let bad = ws.request(json!({"type": "presence", "status": "asleep"})).await;
+    assert_eq!(bad["error"]["code"], "invalid_status");
+}
+
+// ---------------------------------------------------------------------------------------
+// credentials
+
+#[tokio::test]
+async fn a_socket_opened_without_a_credential_authenticates_with_its_first_message() {
+    let server = secured_server(|_| {}).await;
+    let mut ws = open_ok(&server, "", &[]).await;
+    let reply = ws.request(json!({"type": "auth", "token": token("ann")})).await;
+    assert_eq!(reply["result"], json!({"userId": "ann"}), "{reply}");
+    let reply = ws.request(json!({"type": "subscribe", "channels": ["user:ann"]})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    expect_connected(&mut ws, &["user:ann"]).await;
+    publish_ns(&server, "user:ann", 0..1).await;
+    ws.expect_ns(0..1).await;
+    let again = ws.request(json!({"type": "auth", "token": token("bob")})).await;
+    assert_eq!(again["error"]["code"], "already_authenticated");
+}
+
+#[tokio::test]
+async fn a_refused_first_message_credential_closes_the_socket() {
+    let server = secured_server(|_| {}).await;
+    let mut ws = open_ok(&server, "", &[]).await;
+    let reply = ws.request(json!({"type": "auth", "token": "not-a-jwt"})).await;
+    assert_eq!(reply["error"]["code"], "invalid_token", "{reply}");
+    assert_eq!(ws.closed().await, (1008, json!({"code": "invalid_token"})));
+}
+
+#[tokio::test]
+async fn refusals_at_open_are_the_http_answers_an_sse_request_gets() {
+    let server = secured_server(|_| {}).await;
+    let (status, body) = open(&server, "channel=user:bob", &[]).await.err().unwrap_or_else(|| panic!("opened"));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let ann = format!("Bearer {}", token("ann"));
+    let (status, body) =
+        open(&server, "channel=user:bob", &[("authorization", &ann)]).await.err().unwrap_or_else(|| panic!("opened"));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (status, body) = open(&server, "chanel=user:ann", &[]).await.err().unwrap_or_else(|| panic!("opened"));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_parameter")));
+    // A ticket, as for `EventSource`.
+    let (_, ticket) = server.client(Proto::H1).user("ann").post_json("/api/tickets", &json!({})).await;
+    let ticket = ticket["ticket"].as_str().unwrap_or_default().to_owned();
+    let mut ws = open_ok(&server, &format!("channel=user:ann&ticket={ticket}"), &[]).await;
+    expect_connected(&mut ws, &["user:ann"]).await;
+}
+
+#[tokio::test]
+async fn a_cookie_authenticated_upgrade_from_a_foreign_origin_is_refused() {
+    const APP: &str = "https://app.example";
+    let server = secured_server(|c| c.cors_origins = vec![APP.to_owned()]).await;
+    let cookie = format!("herald_token={}", token("ann"));
+    let evil = [("cookie", cookie.as_str()), ("origin", "https://evil.example")];
+    let (status, body) = open(&server, "channel=user:ann", &evil).await.err().unwrap_or_else(|| panic!("opened"));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("origin_not_allowed")));
+    let mut ws = open_ok(&server, "channel=user:ann", &[("cookie", &cookie), ("origin", APP)]).await;
+    expect_connected(&mut ws, &["user:ann"]).await;
+}
+
+#[tokio::test]
+async fn a_socket_whose_token_expires_gets_token_expired_then_a_close() {
+    let server = secured_server(|c| c.auth.leeway = Duration::ZERO).await;
+    let short = format!("Bearer {}", token_with(json!({"sub": "ann", "exp": now() + 2})));
+    let mut ws = open_ok(&server, "channel=user:ann", &[("authorization", &short)]).await;
+    expect_connected(&mut ws, &["user:ann"]).await;
+    publish_ns(&server, "user:ann", 0..1).await;
+    let last = ws.expect_ns(0..1).await;
+    let (id, expired, _) = ws.event().await;
+    assert_eq!(expired["type"], "token_expired", "{expired}");
+    assert_eq!(id, last, "its id is the cursor after the last event");
+    assert_eq!(ws.closed().await, (1000, json!({"code": "token_expired"})));
+}
+
+// ---------------------------------------------------------------------------------------
+// hostile input
+
+#[tokio::test]
+async fn bad_commands_get_error_frames_and_the_socket_goes_on() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "channel=channel:h", &[]).await;
+    expect_connected(&mut ws, &["channel:h"]).await;
+    let unknown = ws.request(json!({"type": "shout"})).await;
+    assert_eq!(unknown["error"]["code"], "unknown_command", "{unknown}");
+    let misspelt = ws.request(json!({"type": "subscribe", "chanels": ["channel:x"]})).await;
+    assert_eq!(misspelt["error"]["code"], "invalid_command", "{misspelt}");
+    ws.inner.send(Message::text("{not json")).await.unwrap_or_else(|e| panic!("{e}"));
+    let (_, not_json) = ws.json().await;
+    assert_eq!((not_json["type"].as_str(), not_json["error"]["code"].as_str()), (Some("error"), Some("invalid_json")));
+    let pong = ws.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["result"], json!({}));
+    publish_ns(&server, "channel:h", 0..1).await;
+    ws.expect_ns(0..1).await;
+}
+
+/// Opens a bystander in `channel`, runs `attack` on another socket, and checks that the
+/// bystander still gets the next event.
+async fn bystander_survives(server: &TestServer, channel: &str, attack: impl AsyncFnOnce(Ws)) {
+    let mut bystander = open_ok(server, &format!("channel={channel}"), &[]).await;
+    expect_connected(&mut bystander, &[channel]).await;
+    let mut attacker = open_ok(server, &format!("channel={channel}"), &[]).await;
+    expect_connected(&mut attacker, &[channel]).await;
+    attack(attacker).await;
+    publish_ns(server, channel, 0..1).await;
+    bystander.expect_ns(0..1).await;
+}
+
+#[tokio::test]
+async fn a_binary_frame_is_answered_with_an_error_and_close_1003() {
+    let server = dev_server().await;
+    bystander_survives(&server, "channel:b", async |mut ws| {
+        ws.inner.send(Message::binary(vec![1, 2, 3])).await.unwrap_or_else(|e| panic!("{e}"));
+        let (_, err) = ws.json().await;
+        assert_eq!(err["error"]["code"], "binary_not_supported");
+        assert_eq!(ws.closed().await.0, 1003);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_is_closed_with_1007() {
+    let server = dev_server().await;
+    bystander_survives(&server, "channel:u", async |mut ws| {
+        let frame = Frame::message(Bytes::from_static(&[0xff, 0xfe, b'{']), OpCode::Data(Data::Text), true);
+        ws.inner.send(Message::Frame(frame)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ws.closed().await.0, 1007);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_over_max_body_bytes_is_closed_with_1009() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.max_payload_bytes = 1024;
+        c.max_body_bytes = 2048;
+    })
+    .await;
+    bystander_survives(&server, "channel:big", async |mut ws| {
+        let big = json!({"type": "publish", "event": {"channel": "channel:big", "type": "x", "pad": "a".repeat(4096)}});
+        ws.inner.send(Message::text(big.to_string())).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ws.closed().await, (1009, json!({"code": "message_too_large"})));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unmasked_frame_is_closed_with_1002() {
+    let server = dev_server().await;
+    bystander_survives(&server, "channel:m", async |_| {
+        let mut tcp = raw_upgrade(server.addr, "channel=channel:m").await;
+        // A text frame without the mask bit, which every client frame must have.
+        tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = Vec::new();
+        within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_ends_with_close(&bytes, 1002, br#"{"code":"protocol_error"}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_fragmented_past_the_limit_is_closed_with_1009() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.max_payload_bytes = 1024;
+        c.max_body_bytes = 2048;
+    })
+    .await;
+    bystander_survives(&server, "channel:frag", async |_| {
+        let mut tcp = raw_upgrade(server.addr, "channel=channel:frag").await;
+        // A text message that never ends: a first fragment, then continuations, no FIN.
+        let chunk = [b'a'; 100];
+        tcp.write_all(&client_frame(0x1, false, &chunk)).await.unwrap_or_else(|e| panic!("{e}"));
+        // Just past the limit: a client that goes on sending after the server's close
+        // would have its unread frames answered by a TCP reset.
+        for _ in 0..20 {
+            tcp.write_all(&client_frame(0x0, false, &chunk)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut bytes = Vec::new();
+        within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_ends_with_close(&bytes, 1009, br#"{"code":"message_too_large"}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_flood_of_pings_is_closed_as_rate_limited() {
+    let server = dev_server().await;
+    bystander_survives(&server, "channel:f", async |mut ws| {
+        for _ in 0..300 {
+            // The server may close in the middle: later sends may fail.
+            if ws.inner.send(Message::Ping(Bytes::new())).await.is_err() {
+                break;
+            }
+        }
+        let (_, err) = ws.json().await;
+        assert_eq!(err["error"]["code"], "rate_limited", "{err}");
+        assert_eq!(ws.closed().await, (1008, json!({"code": "rate_limited"})));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// the server's closes
+
+#[tokio::test]
+async fn a_socket_that_subscribes_to_nothing_is_closed_after_the_header_timeout() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut ws = open_ok(&server, "", &[]).await;
+    let (_, err) = ws.json().await;
+    assert_eq!(err["error"]["code"], "subscribe_timeout", "{err}");
+    assert_eq!(ws.closed().await, (1008, json!({"code": "subscribe_timeout"})));
+}
+
+#[tokio::test]
+async fn a_drain_closes_sockets_with_1012_and_a_reconnect_delay() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.retry = Duration::from_millis(500);
+        c.drain_reconnect_window = Duration::from_millis(1000);
+    })
+    .await;
+    let mut ws = open_ok(&server, "channel=channel:d", &[]).await;
+    expect_connected(&mut ws, &["channel:d"]).await;
+    let stopping = tokio::spawn(server.stop());
+    let (code, reason) = ws.closed().await;
+    assert_eq!((code, reason["code"].as_str()), (1012, Some("server_draining")));
+    let retry = reason["retryMs"].as_u64().unwrap_or_default();
+    assert!((500..1500).contains(&retry), "retry + jitter: {retry}");
+    within("shutdown", stopping).await.ok();
+}
+
+#[tokio::test]
+async fn the_binary_turns_websocket_on_by_flag_and_drains_sockets_with_1012_before_it_exits() {
+    let mut cmd = support::herald();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--websocket"]);
+    let run = support::start(cmd).await;
+    let mut ws = open_at(run.addr, "channel=channel:d", &[]).await.unwrap_or_else(|(s, b)| panic!("{s}: {b}"));
+    expect_connected(&mut ws, &["channel:d"]).await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status();
+    let (code, reason) = ws.closed().await;
+    assert_eq!((code, reason["code"].as_str()), (1012, Some("server_draining")));
+}
+
+#[tokio::test]
+async fn a_peer_that_answers_no_ping_is_closed() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.heartbeat_interval = Duration::from_millis(200);
+    })
+    .await;
+    // A raw client that does the handshake and then only reads: it never answers a ping.
+    let mut tcp = raw_upgrade(server.addr, "channel=channel:p").await;
+    let mut bytes = Vec::new();
+    within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_ends_with_close(&bytes, 1013, br#"{"code":"client_timeout"}"#);
+    assert!(bytes.windows(2).any(|w| w == [0x89, 0x00]), "pings were sent first");
+}
+
+#[tokio::test]
+async fn the_connection_limits_count_sockets_like_streams() {
+    let server = secured_server(|c| c.max_connections_per_user = 1).await;
+    let ann = format!("Bearer {}", token("ann"));
+    let mut ws = open_ok(&server, "channel=user:ann", &[("authorization", &ann)]).await;
+    expect_connected(&mut ws, &["user:ann"]).await;
+    let refused = server.client(Proto::H1).user("ann").open_events("channel=user:ann", &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let (status, body) =
+        open(&server, "channel=user:ann", &[("authorization", &ann)]).await.err().unwrap_or_else(|| panic!("opened"));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("too_many_connections")));
+}
+
+#[tokio::test]
+async fn a_socket_that_stops_reading_is_cut_as_a_slow_consumer_and_leaves_the_hub() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.buffer_size = 4;
+    })
+    .await;
+    let mut ws = open_ok(&server, "channel=channel:slow", &[]).await;
+    expect_connected(&mut ws, &["channel:slow"]).await;
+    assert_eq!(server.herald.connection_count(), 1);
+    // Far more than the socket buffers hold: the writer blocks and the queue overflows.
+    let pad = "x".repeat(60 * 1024);
+    let mut p = publisher(&server);
+    for n in 0..300 {
+        p.publish(&json!({"channel": "channel:slow", "type": "note", "n": n, "pad": pad})).await;
+        if server.herald.connection_count() == 0 {
+            break;
+        }
+    }
+    support::eventually("the slow socket to leave the hub", || server.herald.connection_count() == 0).await;
+    // What the client reads now ends early: it never gets all 300.
+    let mut read = 0;
+    while let Some(Ok(frame)) = within("the end of the socket", ws.inner.next()).await {
+        if let Message::Close(Some(close)) = &frame {
+            assert_eq!(u16::from(close.code), 1013, "{close:?}");
+        }
+        read += 1;
+    }
+    assert!(read < 300, "read {read} frames");
+}
+
+#[tokio::test]
+async fn websocket_runs_over_http2_extended_connect() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let server = dev_server().await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap_or_else(|e| panic!("h2c handshake: {e}"));
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://{}/api/ws?channel=channel:h2", server.addr))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = within("the CONNECT", sender.send_request(req)).await.unwrap_or_else(|e| panic!("CONNECT: {e}"));
+    assert_eq!(resp.status(), StatusCode::OK);
+    let upgraded = within("the upgrade", hyper::upgrade::on(resp)).await.unwrap_or_else(|e| panic!("upgrade: {e}"));
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    let mut next_text = async || loop {
+        match within("a frame over HTTP/2", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str::<Value>(t.as_str()).unwrap_or_default(),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    };
+    assert_eq!(next_text().await["data"]["type"], "connected");
+    publish_ns(&server, "channel:h2", 0..1).await;
+    assert_eq!(next_text().await["data"]["n"], 0);
+    // The same HTTP/2 connection still carries other requests.
+    let req = hyper::Request::builder()
+        .uri(format!("http://{}/healthz", server.addr))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let health = within("healthz", sender.send_request(req)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_socket_is_joined_and_cut_by_its_connection_id_like_a_stream() {
+    let server = secured_server(|_| {}).await;
+    let ann = format!("Bearer {}", token("ann"));
+    let mut ws = open_ok(&server, "channel=user:ann", &[("authorization", &ann)]).await;
+    let (_, connected, _) = ws.event().await;
+    let conn = connected["connectionId"].as_str().unwrap_or_default().to_owned();
+    let mut backend = server.client(Proto::H1).backend();
+    let path = format!("/api/connections/{conn}/channels");
+    let (status, _) = backend.post_json(&path, &json!({"channel": "channel:news"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, joined, _) = ws.event().await;
+    assert_eq!((joined["type"].as_str(), joined["channel"].as_str()), (Some("subscribed"), Some("channel:news")));
+
+    let (status, _) = backend.post_json("/api/disconnect", &json!({"connectionId": conn, "reconnect": false})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, cut, _) = ws.event().await;
+    assert_eq!(cut, json!({"type": "disconnect", "reason": "disconnected", "reconnect": false}));
+    assert_eq!(ws.closed().await, (1000, json!({"code": "disconnected"})));
+}
+
+#[tokio::test]
+async fn a_socket_resumes_on_another_node_over_redis() {
+    let redis = support::RedisServer::start().await;
+    let node = |url: String| {
+        TestServer::with(move |c| {
+            ws_on(c);
+            c.redis_url = Some(url);
+        })
+    };
+    let (a, b) = (node(redis.url()).await, node(redis.url()).await);
+    let mut ws = open_ok(&a, "channel=channel:x", &[]).await;
+    expect_connected(&mut ws, &["channel:x"]).await;
+    publish_ns(&a, "channel:x", 0..2).await;
+    let last = ws.expect_ns(0..2).await;
+    drop(ws);
+    publish_ns(&b, "channel:x", 2..4).await;
+    let mut ws = open_ok(&b, &format!("channel=channel:x&lastEventId={last}"), &[]).await;
+    expect_connected(&mut ws, &["channel:x"]).await;
+    ws.expect_ns(2..4).await;
+    publish_ns(&a, "channel:x", 4..5).await;
+    ws.expect_ns(4..5).await;
+}
+
+#[tokio::test]
+async fn metrics_count_open_sockets_frames_and_closes_by_code() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "channel=channel:m", &[]).await;
+    expect_connected(&mut ws, &["channel:m"]).await;
+    ws.request(json!({"type": "ping"})).await;
+    let mut c = server.client(Proto::H1);
+    assert_eq!(c.metric("herald_websocket_connections").await, 1.0);
+    assert_eq!(c.metric("herald_websocket_messages_total{direction=\"in\"}").await, 1.0);
+    assert_eq!(c.metric("herald_websocket_messages_total{direction=\"out\"}").await, 2.0, "connected and the reply");
+    ws.inner.send(Message::binary(vec![0])).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ws.closed().await.0, 1003);
+    drop(ws);
+    within("the socket to be counted closed", async {
+        while c.metric("herald_websocket_connections").await != 0.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(c.metric("herald_websocket_closes_total{code=\"1003\"}").await, 1.0);
+    assert_eq!(c.metric("herald_websocket_closes_total{code=\"1000\"}").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_socket_that_subscribes_while_the_node_drains_is_refused_and_sent_elsewhere() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "", &[]).await;
+    server.herald.drain();
+    let refused = ws.request(json!({"type": "subscribe", "channels": ["channel:late"]})).await;
+    assert_eq!(refused["error"]["code"], "server_draining", "{refused}");
+    let (code, reason) = ws.closed().await;
+    assert_eq!((code, reason["code"].as_str()), (1012, Some("server_draining")));
+}
+
+#[tokio::test]
+async fn an_id_that_cannot_be_resumed_gets_a_reset_as_on_sse() {
+    let server = dev_server().await;
+    let mut ws = open_ok(&server, "channel=channel:z&lastEventId=garbled", &[]).await;
+    expect_connected(&mut ws, &["channel:z"]).await;
+    let (_, reset, _) = ws.event().await;
+    assert_eq!(
+        (reset["type"].as_str(), reset["channel"].as_str(), reset["reason"].as_str()),
+        (Some("reset"), Some("channel:z"), Some("unknown_position"))
+    );
+}
+
+#[tokio::test]
+async fn a_publish_over_the_socket_is_charged_to_the_users_rate_limit() {
+    let server = secured_server(|c| {
+        c.publish_rate = 1.0;
+        c.publish_burst = 2.0;
+    })
+    .await;
+    let ann = format!("Bearer {}", token("ann"));
+    let mut ws = open_ok(&server, "channel=channel:rl", &[("authorization", &ann)]).await;
+    expect_connected(&mut ws, &["channel:rl"]).await;
+    let event = json!({"type": "publish", "event": {"channel": "channel:rl", "type": "chat"}});
+    for _ in 0..2 {
+        assert_eq!(ws.request(event.clone()).await["type"], "reply");
+    }
+    let refused = ws.request(event).await;
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    assert!(refused["retryAfter"].as_u64().is_some_and(|s| s >= 1), "{refused}");
+    let mut c = server.client(Proto::H1);
+    assert_eq!(c.metric("herald_publish_refused_total{reason=\"rate_limited\"}").await, 1.0);
+}
