@@ -86,6 +86,8 @@ pub(crate) mod testing {
         pub(crate) subscribed: Mutex<Vec<ChannelName>>,
         pub(crate) delivered: Mutex<Vec<Arc<Published>>>,
         pub(crate) resynced: Mutex<Vec<ChannelName>>,
+        /// How many events were delivered, for a test that waits for them.
+        count: tokio::sync::watch::Sender<usize>,
     }
 
     impl RecordingSink {
@@ -96,7 +98,18 @@ pub(crate) mod testing {
                 subscribed: Mutex::new(Vec::new()),
                 delivered: Mutex::new(Vec::new()),
                 resynced: Mutex::new(Vec::new()),
+                count: tokio::sync::watch::Sender::new(0),
             })
+        }
+
+        /// Resolves once `n` events were delivered in all.
+        pub(crate) async fn delivered_at_least(&self, n: usize) {
+            let _ = self.count.subscribe().wait_for(|count| *count >= n).await;
+        }
+
+        /// Every event delivered so far, in order.
+        pub(crate) fn delivered(&self) -> Vec<Arc<Published>> {
+            self.delivered.lock().unwrap_or_else(PoisonError::into_inner).clone()
         }
 
         /// The ids of the events delivered so far, in order.
@@ -108,6 +121,7 @@ pub(crate) mod testing {
     impl NodeSink for RecordingSink {
         fn deliver(&self, event: &Arc<Published>) {
             self.delivered.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(event));
+            self.count.send_modify(|n| *n += 1);
         }
 
         fn resync(&self, channel: &ChannelName) -> usize {

@@ -86,3 +86,62 @@ impl LastMessage {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::parse_with(name, |_| true).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn sid(text: &str) -> Position {
+        Position::parse_stream_id(text).unwrap_or_else(|| panic!("{text}"))
+    }
+
+    #[test]
+    fn a_one_channel_message_is_its_event_at_the_message_position() {
+        let general = ch("channel:general");
+        let msg = parse(&general, b"1700000000000-3 ev1 chat 1\n\n{\"text\":\"hi\"}");
+        let Some(Message { event, positions }) = msg else { panic!("a well-formed message") };
+        assert_eq!(positions, vec![(general.clone(), sid("1700000000000-3"))]);
+        assert_eq!((&*event.id, &*event.event_type, event.fanout), ("ev1", "chat", 1));
+        let copy = event.copy_on("channel:general").unwrap_or_else(|| panic!("a copy on its channel"));
+        assert_eq!(copy.position, sid("1700000000000-3"));
+        assert_eq!(copy.frame.json(), &json_for("ev1", "channel:general", r#"{"text":"hi"}"#)[..]);
+    }
+
+    #[test]
+    fn a_several_channel_message_names_the_event_position_in_each() {
+        let payload = b"5-0 ev2 chat 2\nchannel:a 5-0 channel:b 7-1\n{}";
+        let Some(Message { event, positions }) = parse(&ch("channel:a"), payload) else { panic!("well-formed") };
+        assert_eq!(positions, vec![(ch("channel:a"), sid("5-0")), (ch("channel:b"), sid("7-1"))]);
+        assert_eq!(event.copies.len(), 2);
+        assert_eq!(event.copy_on("channel:b").map(|c| c.position), Some(sid("7-1")));
+    }
+
+    #[test]
+    fn a_malformed_message_is_refused() {
+        let general = ch("channel:general");
+        for payload in [
+            &b"1-0 ev chat 1"[..],
+            b"1-0 ev chat 1\n",
+            b"not-an-id ev chat 1\n\n{}",
+            b"1-0 ev chat many\n\n{}",
+            b"1-0 ev chat\n\n{}",
+            b"1-0 ev chat 2\nchannel:a nope\n{}",
+            b"\xff\xfe",
+        ] {
+            assert!(parse(&general, payload).is_none(), "{:?}", String::from_utf8_lossy(payload));
+        }
+    }
+
+    #[test]
+    fn a_copy_of_the_last_message_is_a_repeat_and_a_new_one_is_not() {
+        let mut last = LastMessage::default();
+        assert!(!last.repeats("realtime:channel:{a}", b"1-0 ev chat 1\n\n{}"));
+        assert!(last.repeats("realtime:channel:{a}", b"1-0 ev chat 1\n\n{}"), "the same message through a pattern");
+        assert!(!last.repeats("realtime:channel:{b}", b"1-0 ev chat 1\n\n{}"), "another channel");
+        assert!(!last.repeats("realtime:channel:{b}", b"1-1 ev3 chat 1\n\n{}"), "another message");
+    }
+}

@@ -310,3 +310,6 @@ impl Engine for RedisEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
