@@ -2,18 +2,16 @@
 //!
 //! Each channel has a log: its last position and a bounded history (size and age). A
 //! publish takes the logs of its channels, assigns positions Redis-style (milliseconds and a
-//! sequence), frames the event, appends it and hands it to the hub while still holding the
-//! logs, so that delivery order and position order agree on every channel.
+//! sequence), frames the event, appends it and hands it to the node's sink (the hub) while
+//! still holding the logs, so that delivery order and position order agree on every channel.
 //!
 //! A log also remembers `covered_after`: every event after that position is still in the log.
 //! A resume from before it is a gap, said plainly, never a silent one. Logs that have no
-//! events left and no local subscribers are dropped by [`MemoryEngine::sweep`].
+//! events left and no local subscribers are dropped by the sweep ([`Engine::sweep`]).
 //!
 //! A log also folds the channel's AI token streams (`ai_chat_chunk`) into snapshots, under
 //! the same lock as its positions, so a snapshot and the head it is read with agree.
-//! Presence (`presence`) and tickets, bans and idempotency-free session state (`sessions`)
-//! live in submodules: per channel, each user's connections and status, and the users whose
-//! last connection left and whose grace period runs.
+//! Presence lives in the `presence` submodule, tickets and bans in `sessions`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};

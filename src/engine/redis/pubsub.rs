@@ -1,7 +1,16 @@
 //! The node's pub/sub connection: subscriptions to the channels with local subscribers,
 //! live messages, node commands, reconnects and catch-up.
+//!
+//! One loop ([`run`]) serves both kinds of Redis over a [`Link`]: a standalone Redis (one
+//! connection with `SUBSCRIBE`/`PSUBSCRIBE`, which the loop opens again with backoff when it
+//! fails, then resubscribes and catches up), and a Redis Cluster (sharded `SSUBSCRIBE` on a
+//! RESP3 connection whose pushes arrive on a channel; redis-rs reconnects each shard and
+//! resubscribes by itself, and a second subscribe confirmation for a channel is that moment,
+//! when the channel catches up from its Stream). Subscriptions follow the node: a channel is
+//! subscribed before its first subscriber reads history and unsubscribed, batched, once it
+//! has had none for a reconcile tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{PoisonError, Weak};
 use std::time::Duration;
@@ -55,143 +64,180 @@ async fn deadline<T>(op: impl std::future::Future<Output = redis::RedisResult<T>
     }
 }
 
-/// The pub/sub side on a Redis Cluster: sharded subscriptions (`SSUBSCRIBE`) on a RESP3
-/// connection whose pushes arrive on a channel. redis-rs resubscribes by itself after a
-/// shard reconnects; a second subscribe confirmation for a channel is that moment, and the
-/// channel catches up from its Stream.
-pub(super) async fn cluster(
-    engine: Weak<RedisEngine>,
-    builder: redis::cluster::ClusterClientBuilder,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    ready: oneshot::Sender<()>,
-) {
-    let (push_tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
-    let client = match builder.push_sender(push_tx).build() {
-        Ok(c) => c,
-        Err(e) => return tracing::error!(error = %e, "cannot build the redis cluster client"),
-    };
-    let mut backoff = Duration::from_millis(50);
-    let mut conn = loop {
-        match deadline(client.get_async_connection()).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "redis cluster pub/sub connection failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                if engine.strong_count() == 0 {
-                    return;
+/// What arrives on a link.
+enum Incoming {
+    /// A message on a channel, or through a pattern.
+    Message(redis::Msg),
+    /// Redis confirmed a subscription to this pub/sub channel.
+    Subscribed(String),
+}
+
+/// A pub/sub connection as [`run`] uses it.
+trait Link: Sized {
+    /// Whether the link reconnects and resubscribes by itself. One that does not is dropped
+    /// at the first failure and opened again (with backoff) by [`run`], which resubscribes.
+    const HEALS_ITSELF: bool;
+    /// What opens a link.
+    type Opener: Send;
+
+    async fn open(opener: &mut Self::Opener) -> Result<Self, String>;
+    /// Subscribes channels and patterns, all of them or (an error) none.
+    async fn subscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String>;
+    async fn unsubscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String>;
+    async fn ping(&mut self) -> Result<(), String>;
+    /// The next message or confirmation; `None` once the link is gone.
+    async fn next(&mut self) -> Option<Incoming>;
+}
+
+/// A standalone Redis: one pub/sub connection.
+struct Standalone {
+    sink: redis::aio::PubSubSink,
+    stream: redis::aio::PubSubStream,
+}
+
+impl Link for Standalone {
+    const HEALS_ITSELF: bool = false;
+    type Opener = redis::Client;
+
+    async fn open(client: &mut redis::Client) -> Result<Self, String> {
+        let (sink, stream) = deadline(client.get_async_pubsub()).await?.split();
+        Ok(Self { sink, stream })
+    }
+
+    async fn subscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String> {
+        if !channels.is_empty() {
+            deadline(self.sink.subscribe(channels)).await?;
+        }
+        if !patterns.is_empty() {
+            deadline(self.sink.psubscribe(patterns)).await?;
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String> {
+        if !channels.is_empty() {
+            deadline(self.sink.unsubscribe(channels)).await?;
+        }
+        if !patterns.is_empty() {
+            deadline(self.sink.punsubscribe(patterns)).await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&mut self) -> Result<(), String> {
+        deadline(self.sink.ping::<Value>()).await.map(drop)
+    }
+
+    async fn next(&mut self) -> Option<Incoming> {
+        self.stream.next().await.map(Incoming::Message)
+    }
+}
+
+/// A Redis Cluster: sharded subscriptions, whose pushes arrive on a channel.
+struct Cluster {
+    conn: redis::cluster_async::ClusterConnection,
+    pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+}
+
+/// The cluster client, and where its pushes arrive (taken by the one link opened).
+struct ClusterOpener {
+    client: redis::cluster::ClusterClient,
+    pushes: Option<mpsc::UnboundedReceiver<redis::PushInfo>>,
+}
+
+impl Link for Cluster {
+    const HEALS_ITSELF: bool = true;
+    type Opener = ClusterOpener;
+
+    async fn open(opener: &mut ClusterOpener) -> Result<Self, String> {
+        let conn = deadline(opener.client.get_async_connection()).await?;
+        let pushes = opener.pushes.take().ok_or("the cluster link was opened already")?;
+        Ok(Self { conn, pushes })
+    }
+
+    /// One channel after another (they are on different shards); on a failure the ones
+    /// subscribed before it are unsubscribed again, so none is left unknown to the loop.
+    async fn subscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String> {
+        if !patterns.is_empty() {
+            return Err("a Redis Cluster has no pattern subscriptions".into());
+        }
+        for (i, name) in channels.iter().enumerate() {
+            if let Err(e) = deadline(self.conn.ssubscribe(name)).await {
+                for done in &channels[..i] {
+                    let _ = deadline(self.conn.sunsubscribe(done)).await;
                 }
+                return Err(e);
             }
         }
-    };
-    let (control, replies) = match engine.upgrade() {
-        Some(this) => (this.commands_channel(), this.replies_channel(&this.node_id)),
-        None => return,
-    };
-    // Node commands and replies, on sharded channels of their own.
-    for name in [&control, &replies] {
-        if let Err(e) = deadline(conn.ssubscribe(name)).await {
-            tracing::warn!(error = %e, "cannot subscribe to node commands; live joins across nodes will fail");
+        Ok(())
+    }
+
+    /// Every channel is tried; an error if one failed (the loop tries them all again later).
+    async fn unsubscribe(&mut self, channels: &[String], _patterns: &[String]) -> Result<(), String> {
+        let mut failed = None;
+        for name in channels {
+            if let Err(e) = deadline(self.conn.sunsubscribe(name)).await {
+                failed.get_or_insert(e);
+            }
         }
+        failed.map_or(Ok(()), Err)
     }
-    if let Some(this) = engine.upgrade() {
-        this.healthy.store(true, Ordering::Relaxed);
+
+    async fn ping(&mut self) -> Result<(), String> {
+        deadline(redis::cmd("PING").query_async::<String>(&mut self.conn)).await.map(drop)
     }
-    let _ = ready.send(());
-    let mut names: HashMap<String, ChannelName> = HashMap::new();
-    // Channels whose subscription Redis has confirmed once; a later confirmation is a
-    // resubscription after a shard reconnected.
-    let mut confirmed: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut reconcile = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            push = pushes.recv() => {
-                let Some(push) = push else { return };
-                let Some(this) = engine.upgrade() else { return };
-                let channel = push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
-                if push.kind == redis::PushKind::SMessage
-                    && let Some(name) = channel.as_deref().filter(|c| *c == control || *c == replies)
-                {
-                    if let Some(payload) = push.data.get(1).and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok()) {
-                        if name == control { this.on_command(&payload) } else { this.on_reply(&payload) }
-                    }
-                    continue;
-                }
-                let Some(ch) = channel.as_deref().and_then(|c| names.get(c)) else { continue };
-                match push.kind {
-                    redis::PushKind::SMessage => {
-                        if let Some(payload) = push.data.get(1).and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok()) {
-                            this.on_message(ch, &payload);
-                        }
-                    }
-                    redis::PushKind::SSubscribe => {
-                        let ch = ch.clone();
-                        let name = this.pubsub_name(&ch);
-                        if confirmed.insert(name) {
-                            continue;
-                        }
-                        this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = this.catch_up(std::slice::from_ref(&ch)).await {
-                            tracing::warn!(channel = %ch, error = %e, "catch-up after resubscribe failed");
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            cmd = commands.recv() => {
-                let Some(Command::Watch(channels, ack)) = cmd else { return };
-                let Some(this) = engine.upgrade() else { return };
-                let mut result = Ok(());
-                for ch in channels {
-                    let name = this.pubsub_name(&ch);
-                    if names.contains_key(&name) {
-                        continue;
-                    }
-                    match deadline(conn.ssubscribe(&name)).await {
-                        Ok(()) => {
-                            names.insert(name, ch.clone());
-                            if let Err(e) = this.mark_head(&ch).await {
-                                result = Err(e);
-                            }
-                        }
-                        Err(e) => result = Err(unavailable(e)),
+
+    async fn next(&mut self) -> Option<Incoming> {
+        loop {
+            let push = self.pushes.recv().await?;
+            match push.kind {
+                redis::PushKind::SMessage => {
+                    if let Some(msg) = redis::Msg::from_push_info(push) {
+                        return Some(Incoming::Message(msg));
                     }
                 }
-                let _ = ack.send(result);
-            }
-            _ = reconcile.tick() => {
-                let Some(this) = engine.upgrade() else { return };
-                let up = deadline(redis::cmd("PING").query_async::<String>(&mut conn)).await.is_ok();
-                if up != this.healthy.swap(up, Ordering::Relaxed) {
-                    if up {
-                        tracing::info!("redis cluster reachable again");
-                    } else {
-                        tracing::warn!("redis cluster does not answer");
+                redis::PushKind::SSubscribe => {
+                    if let Some(name) = push.data.first().and_then(|v| redis::from_redis_value_ref(v).ok()) {
+                        return Some(Incoming::Subscribed(name));
                     }
                 }
-                let idle: Vec<String> = names
-                    .iter()
-                    .filter(|(_, ch)| this.subscriber_count(ch) == 0)
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                for name in idle {
-                    if deadline(conn.sunsubscribe(&name)).await.is_ok()
-                        && let Some(ch) = names.remove(&name)
-                    {
-                        confirmed.remove(&name);
-                        this.last_seen.lock().unwrap_or_else(PoisonError::into_inner).remove(&ch);
-                    }
-                }
+                _ => {}
             }
         }
     }
 }
 
-/// The node's pub/sub connection: subscriptions (channels with `SUBSCRIBE`, patterns with
-/// `PSUBSCRIBE`), live messages, node commands, reconnects and catch-up.
+/// The pub/sub task on a standalone Redis.
 pub(super) async fn standalone(
     engine: Weak<RedisEngine>,
     client: redis::Client,
+    commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<()>,
+) {
+    run::<Standalone>(engine, client, commands, ready).await;
+}
+
+/// The pub/sub task on a Redis Cluster.
+pub(super) async fn cluster(
+    engine: Weak<RedisEngine>,
+    builder: redis::cluster::ClusterClientBuilder,
+    commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<()>,
+) {
+    let (push_tx, pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
+    let client = match builder.push_sender(push_tx).build() {
+        Ok(c) => c,
+        Err(e) => return tracing::error!(error = %e, "cannot build the redis cluster client"),
+    };
+    run::<Cluster>(engine, ClusterOpener { client, pushes: Some(pushes) }, commands, ready).await;
+}
+
+/// The pub/sub loop: opens the link (again, with backoff, after a failure of a link that
+/// does not heal itself), subscribes what the node follows and catches up what it missed,
+/// then serves messages, watch requests and the reconcile tick until the link fails.
+async fn run<L: Link>(
+    engine: Weak<RedisEngine>,
+    mut opener: L::Opener,
     mut commands: mpsc::UnboundedReceiver<Command>,
     ready: oneshot::Sender<()>,
 ) {
@@ -199,8 +245,8 @@ pub(super) async fn standalone(
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(this) = engine.upgrade() else { return };
-        let pubsub = match deadline(client.get_async_pubsub()).await {
-            Ok(p) => p,
+        let mut link = match L::open(&mut opener).await {
+            Ok(link) => link,
             Err(e) => {
                 this.healthy.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connection failed");
@@ -223,31 +269,27 @@ pub(super) async fn standalone(
                 continue;
             }
         };
-        let (mut sink, mut stream) = pubsub.split();
         let control = this.commands_channel();
         let replies = this.replies_channel(&this.node_id);
-        // Resubscribe what the hub has, then catch up what was missed while cut off.
+        // Resubscribe what the node follows, then catch up what was missed while cut off.
         let active = this.active_channels();
         {
             // Channels given up while cut off are watched no more.
-            let watched: std::collections::HashSet<&ChannelName> = active.iter().collect();
+            let watched: HashSet<&ChannelName> = active.iter().collect();
             this.last_seen.lock().unwrap_or_else(PoisonError::into_inner).retain(|ch, _| watched.contains(ch));
         }
         let mut names: HashMap<String, ChannelName> = active.iter().map(|c| (this.pubsub_name(c), c.clone())).collect();
-        let mut subscribed: Vec<String> =
-            names.iter().filter(|(_, c)| !c.is_pattern()).map(|(n, _)| n.clone()).collect();
-        subscribed.push(control.clone());
-        subscribed.push(replies.clone());
-        let patterns: Vec<String> = names.iter().filter(|(_, c)| c.is_pattern()).map(|(n, _)| n.clone()).collect();
-        if let Err(e) = deadline(sink.subscribe(&subscribed)).await {
-            tracing::warn!(error = %e, "resubscribing failed");
-            continue;
-        }
-        if !patterns.is_empty()
-            && let Err(e) = deadline(sink.psubscribe(&patterns)).await
-        {
-            tracing::warn!(error = %e, "resubscribing patterns failed");
-            continue;
+        let (plain, patterns) = split_patterns(names.iter().map(|(n, c)| (n.clone(), c.clone())));
+        let mut plain = names_of(&plain);
+        // Node commands and replies, on channels of their own.
+        plain.push(control.clone());
+        plain.push(replies.clone());
+        if let Err(e) = link.subscribe(&plain, &names_of(&patterns)).await {
+            if !L::HEALS_ITSELF {
+                tracing::warn!(error = %e, "resubscribing failed");
+                continue;
+            }
+            tracing::warn!(error = %e, "cannot subscribe to node commands; live joins across nodes will fail");
         }
         if let Err(e) = this.catch_up(&active).await {
             tracing::warn!(error = %e, "catch-up after reconnect failed");
@@ -269,102 +311,111 @@ pub(super) async fn standalone(
         backoff = Duration::from_millis(50);
         drop(this);
 
+        // Subscriptions Redis has confirmed once; a later confirmation is a resubscription
+        // after a shard reconnected (a link that heals itself).
+        let mut confirmed: HashSet<String> = HashSet::new();
         let mut reconcile = tokio::time::interval(Duration::from_secs(1));
         let mut last = LastMessage::default();
         loop {
             tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { break };
+                incoming = link.next() => {
+                    let Some(incoming) = incoming else {
+                        if L::HEALS_ITSELF { return }
+                        break;
+                    };
                     let Some(this) = engine.upgrade() else { return };
-                    let name = msg.get_channel_name();
-                    let channel = if msg.from_pattern() { this.channel_of(name) } else { names.get(name).cloned() };
-                    if let Some(ch) = channel {
-                        // A message reaches the node once per subscription that matches it
-                        // (the channel's own, each pattern), and Redis sends those copies
-                        // one after another. Delivering the first and dropping the ones
-                        // that repeat it holds whichever subscriptions come and go
-                        // meanwhile; deciding by the subscriptions instead lost or repeated
-                        // a message at the moment one started or stopped.
-                        let payload = msg.get_payload_bytes();
-                        if last.repeats(name, payload) {
-                            continue;
+                    match incoming {
+                        Incoming::Message(msg) => {
+                            let name = msg.get_channel_name();
+                            let channel =
+                                if msg.from_pattern() { this.channel_of(name) } else { names.get(name).cloned() };
+                            if let Some(ch) = channel {
+                                // A message reaches the node once per subscription that matches
+                                // it (the channel's own, each pattern), and Redis sends those
+                                // copies one after another. Delivering the first and dropping the
+                                // ones that repeat it holds whichever subscriptions come and go
+                                // meanwhile; deciding by the subscriptions instead lost or
+                                // repeated a message at the moment one started or stopped.
+                                let payload = msg.get_payload_bytes();
+                                if last.repeats(name, payload) {
+                                    continue;
+                                }
+                                this.on_message(&ch, payload);
+                            } else if name == control {
+                                this.on_command(msg.get_payload_bytes());
+                            } else if name == replies {
+                                this.on_reply(msg.get_payload_bytes());
+                            }
                         }
-                        this.on_message(&ch, payload);
-                    } else if name == control {
-                        this.on_command(msg.get_payload_bytes());
-                    } else if name == replies {
-                        this.on_reply(msg.get_payload_bytes());
+                        Incoming::Subscribed(name) => {
+                            let Some(ch) = names.get(&name).cloned() else { continue };
+                            if confirmed.insert(name) {
+                                continue;
+                            }
+                            this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) = this.catch_up(std::slice::from_ref(&ch)).await {
+                                tracing::warn!(channel = %ch, error = %e, "catch-up after resubscribe failed");
+                            }
+                        }
                     }
                 }
                 cmd = commands.recv() => {
                     let Some(Command::Watch(channels, ack)) = cmd else { return };
                     let Some(this) = engine.upgrade() else { return };
-                    let fresh: Vec<ChannelName> =
-                        channels.into_iter().filter(|c| !names.contains_key(&this.pubsub_name(c))).collect();
-                    if fresh.is_empty() {
+                    let fresh = channels.into_iter().filter(|c| !names.contains_key(&this.pubsub_name(c)));
+                    let (wanted, wanted_patterns) = split_patterns(fresh.map(|c| (this.pubsub_name(&c), c)));
+                    if wanted.is_empty() && wanted_patterns.is_empty() {
                         let _ = ack.send(Ok(()));
                         continue;
                     }
-                    let (patterns, plain): (Vec<ChannelName>, Vec<ChannelName>) =
-                        fresh.into_iter().partition(ChannelName::is_pattern);
-                    let wanted: Vec<String> = plain.iter().map(|c| this.pubsub_name(c)).collect();
-                    let wanted_patterns: Vec<String> = patterns.iter().map(|c| this.pubsub_name(c)).collect();
-                    let subscribed = async {
-                        if !wanted.is_empty() {
-                            deadline(sink.subscribe(&wanted)).await?;
-                        }
-                        if !wanted_patterns.is_empty() {
-                            deadline(sink.psubscribe(&wanted_patterns)).await?;
-                        }
-                        Ok::<(), String>(())
-                    };
-                    if let Err(e) = subscribed.await {
+                    if let Err(e) = link.subscribe(&names_of(&wanted), &names_of(&wanted_patterns)).await {
                         let _ = ack.send(Err(unavailable(e)));
+                        if L::HEALS_ITSELF { continue }
                         break;
                     }
                     let mut result = Ok(());
-                    for (name, ch) in wanted.into_iter().zip(plain) {
+                    for (name, ch) in wanted {
                         if let Err(e) = this.mark_head(&ch).await {
                             result = Err(e);
                         }
                         names.insert(name, ch);
                     }
-                    names.extend(wanted_patterns.into_iter().zip(patterns));
+                    names.extend(wanted_patterns);
                     let _ = ack.send(result);
                 }
                 _ = reconcile.tick() => {
-                    // A frozen Redis answers nothing: notice it, and reconnect.
-                    if let Err(e) = deadline(sink.ping::<Value>()).await {
-                        tracing::warn!(error = %e, "redis pub/sub connection does not answer");
-                        break;
-                    }
                     let Some(this) = engine.upgrade() else { return };
-                    type Named = Vec<(String, ChannelName)>;
-                    let (idle_patterns, idle): (Named, Named) = names
-                        .iter()
-                        .filter(|(_, ch)| this.subscriber_count(ch) == 0)
-                        .map(|(name, ch)| (name.clone(), ch.clone()))
-                        .partition(|(_, ch)| ch.is_pattern());
+                    // A frozen Redis answers nothing: notice it, and reconnect (or, on a link
+                    // that heals itself, say so until it answers again).
+                    match link.ping().await {
+                        Err(e) if !L::HEALS_ITSELF => {
+                            tracing::warn!(error = %e, "redis pub/sub connection does not answer");
+                            break;
+                        }
+                        answer => {
+                            let up = answer.is_ok();
+                            if up != this.healthy.swap(up, Ordering::Relaxed) {
+                                if up {
+                                    tracing::info!("redis reachable again");
+                                } else {
+                                    tracing::warn!("redis does not answer");
+                                }
+                            }
+                        }
+                    }
+                    let idle = names.iter().filter(|(_, ch)| this.subscriber_count(ch) == 0);
+                    let (idle, idle_patterns) = split_patterns(idle.map(|(n, c)| (n.clone(), c.clone())));
                     if idle.is_empty() && idle_patterns.is_empty() {
                         continue;
                     }
-                    let idle_names: Vec<&String> = idle.iter().map(|(n, _)| n).collect();
-                    let idle_pattern_names: Vec<&String> = idle_patterns.iter().map(|(n, _)| n).collect();
-                    let unsubscribed = async {
-                        if !idle_names.is_empty() {
-                            deadline(sink.unsubscribe(&idle_names)).await?;
-                        }
-                        if !idle_pattern_names.is_empty() {
-                            deadline(sink.punsubscribe(&idle_pattern_names)).await?;
-                        }
-                        Ok::<(), String>(())
-                    };
-                    if let Err(e) = unsubscribed.await {
+                    if let Err(e) = link.unsubscribe(&names_of(&idle), &names_of(&idle_patterns)).await {
                         tracing::warn!(error = %e, "unsubscribing idle channels failed");
+                        if L::HEALS_ITSELF { continue }
                         break;
                     }
                     let mut seen = this.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
                     for (name, _) in idle.into_iter().chain(idle_patterns) {
+                        confirmed.remove(&name);
                         if let Some(ch) = names.remove(&name) {
                             seen.remove(&ch);
                         }
@@ -377,4 +428,17 @@ pub(super) async fn standalone(
         }
         tracing::warn!("redis pub/sub connection lost; reconnecting");
     }
+}
+
+/// Channels and patterns, each with its pub/sub name.
+type Named = Vec<(String, ChannelName)>;
+
+/// Channels apart from patterns (they are subscribed apart).
+fn split_patterns(named: impl Iterator<Item = (String, ChannelName)>) -> (Named, Named) {
+    let (patterns, plain): (Named, Named) = named.partition(|(_, ch)| ch.is_pattern());
+    (plain, patterns)
+}
+
+fn names_of(named: &Named) -> Vec<String> {
+    named.iter().map(|(n, _)| n.clone()).collect()
 }
