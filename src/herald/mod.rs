@@ -9,7 +9,8 @@
 //!
 //! Submodules: `stream` opens and resumes connections (SSE or [`Herald::connect`] for other
 //! transports), `rooms` changes live connections on any node, `sessions` cuts them and bans
-//! users, `presence` announces who is where.
+//! users, `presence` announces who is where, `sink` is what the engine sees of the node (the
+//! hub, the policies, and commands from other nodes).
 
 mod presence;
 mod rooms;

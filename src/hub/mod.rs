@@ -2,9 +2,9 @@
 //!
 //! The hub owns membership (which connection follows which channel or pattern, including
 //! live joins and leaves) and fans a [`Published`] event out to the queues of local
-//! subscribers. It knows nothing about HTTP, history, presence or other nodes: engines call
-//! [`Hub::deliver`], the node handle registers and unregisters connections and is told of
-//! every departure. Fan-out clones one `Arc` per subscriber; the event's bytes were framed
+//! subscribers. It knows nothing about HTTP, history, presence or other nodes: the node
+//! handle's engine sink calls [`Hub::deliver`] for every accepted event, and the node handle
+//! registers and unregisters connections and is told of every departure. Fan-out clones one `Arc` per subscriber; the event's bytes were framed
 //! once, before they got here.
 
 pub mod connection;

@@ -20,6 +20,11 @@
 //! channel's name as a hash tag: `realtime:channel:{general}` (pub/sub),
 //! `realtime:channel:{general}:log` (Stream), `realtime:channel:{general}:floor`,
 //! `realtime:{system}` for `system`.
+//!
+//! By concern: `publish` (and the [`crate::engine::Broker`] seam), `history` (reads and the
+//! catch-up after a reconnect), `message` (the pub/sub message format, read once here),
+//! `pubsub` (the one pub/sub loop), `presence`, `sessions` (tickets, bans, connection slots),
+//! `commands` (between nodes); the Lua scripts are files in `scripts/`.
 
 mod commands;
 mod history;
