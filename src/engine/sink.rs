@@ -5,7 +5,7 @@
 //! attaches one ([`super::Engine::attach`]) built over its hub and policies; tests attach
 //! their own.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::{BoxFuture, NodeCommand, NodeReply};
@@ -65,6 +65,71 @@ pub trait NodeSink: Send + Sync + 'static {
 
     /// Runs a command from another node (or this one) here.
     fn run_command(&self, command: NodeCommand) -> BoxFuture<'static, NodeReply>;
+}
+
+/// The node an engine serves, once attached. An engine is built before the node handle that
+/// attaches itself to it; until then it talks to a node with no subscribers, no settings and
+/// nobody to run a command, so no engine checks for the attachment at every call.
+#[derive(Default)]
+pub(crate) struct Attached(OnceLock<Arc<dyn NodeSink>>);
+
+impl Attached {
+    /// Attaches the node (the first one stays).
+    pub(crate) fn attach(&self, sink: Arc<dyn NodeSink>) {
+        let _ = self.0.set(sink);
+    }
+
+    /// The node, or [`NoNode`] before one is attached.
+    pub(crate) fn node(&self) -> &dyn NodeSink {
+        match self.0.get() {
+            Some(sink) => &**sink,
+            None => &NoNode,
+        }
+    }
+
+    /// The node, if one is attached: for what must fail without one (a command).
+    pub(crate) fn get(&self) -> Option<Arc<dyn NodeSink>> {
+        self.0.get().cloned()
+    }
+}
+
+/// The node of an engine not attached yet: it takes every event and has nobody.
+struct NoNode;
+
+impl NodeSink for NoNode {
+    fn deliver(&self, _event: &Arc<Published>) {}
+
+    fn resync(&self, _channel: &ChannelName) -> usize {
+        0
+    }
+
+    fn subscriber_count(&self, _channel: &ChannelName) -> usize {
+        0
+    }
+
+    fn active_channels(&self) -> Vec<ChannelName> {
+        Vec::new()
+    }
+
+    fn has_user(&self, _user: &str) -> bool {
+        false
+    }
+
+    fn user_connections(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        Vec::new()
+    }
+
+    fn presence_connections(&self) -> Vec<(ChannelName, Arc<str>)> {
+        Vec::new()
+    }
+
+    fn history_limits(&self, _channel: &ChannelName) -> Option<HistoryLimits> {
+        None
+    }
+
+    fn run_command(&self, _command: NodeCommand) -> BoxFuture<'static, NodeReply> {
+        Box::pin(async { NodeReply::NotHere })
+    }
 }
 
 #[cfg(test)]

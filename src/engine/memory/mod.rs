@@ -14,12 +14,13 @@
 //! Presence lives in the `presence` submodule, tickets and bans in `sessions`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 mod presence;
 mod sessions;
 
+use super::sink::Attached;
 use super::{
     AiSnapshot, BoxFuture, Broker, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply, NodeSink,
     PublishAck,
@@ -130,7 +131,7 @@ struct Remembered {
 #[derive(Default)]
 pub struct MemoryEngine {
     /// The node this engine delivers to (attached once).
-    sink: OnceLock<Arc<dyn NodeSink>>,
+    sink: Attached,
     logs: Mutex<HashMap<ChannelName, Arc<Mutex<Log>>>>,
     tickets: Mutex<HashMap<String, (String, Instant)>>,
     /// Banned users, each until when.
@@ -149,17 +150,6 @@ impl MemoryEngine {
     /// An engine with no history and no node yet: [`Engine::attach`] gives it both.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Hands an accepted event to the node (nowhere before one is attached).
-    fn deliver(&self, event: &Arc<Published>) {
-        if let Some(sink) = self.sink.get() {
-            sink.deliver(event);
-        }
-    }
-
-    fn sink_limits(&self, channel: &ChannelName) -> Option<super::HistoryLimits> {
-        self.sink.get().and_then(|s| s.history_limits(channel))
     }
 
     /// Publishes a batch of which some events carry an idempotency key: a key seen within its
@@ -204,12 +194,12 @@ impl MemoryEngine {
 
     /// History size and age (ms) of a channel's namespace.
     fn limits(&self, channel: &ChannelName) -> (usize, u64) {
-        self.sink_limits(channel).map_or((0, 0), |l| (l.size, l.ttl_ms()))
+        self.sink.node().history_limits(channel).map_or((0, 0), |l| (l.size, l.ttl_ms()))
     }
 
     /// How long an open and a finished AI stream of the channel are kept (ms).
     fn stream_ttls(&self, channel: &ChannelName) -> (u64, u64) {
-        self.sink_limits(channel).map_or((0, 0), |l| (l.ttl_ms(), l.ai_retention_ms()))
+        self.sink.node().history_limits(channel).map_or((0, 0), |l| (l.ttl_ms(), l.ai_retention_ms()))
     }
 
     fn log(&self, channel: &ChannelName) -> Arc<Mutex<Log>> {
@@ -239,7 +229,7 @@ impl MemoryEngine {
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
             self.append(g, p, &event, ch, *pos, now);
         }
-        self.deliver(&event);
+        self.sink.node().deliver(&event);
         drop(guards);
         PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() }
     }
@@ -254,7 +244,7 @@ impl MemoryEngine {
         let pos = g.last;
         let event = Published::from_prepared(p, std::slice::from_ref(&pos));
         self.append(&mut g, p, &event, channel, pos, now);
-        self.deliver(&event);
+        self.sink.node().deliver(&event);
         drop(g);
         PublishAck { id: p.id.clone(), positions: vec![(channel.clone(), pos)] }
     }
@@ -336,7 +326,7 @@ impl Broker for MemoryEngine {
     }
 
     fn command(&self, command: NodeCommand) -> BoxFuture<'_, Result<Vec<NodeReply>, EngineError>> {
-        let sink = self.sink.get().cloned();
+        let sink = self.sink.get();
         Box::pin(async move {
             let Some(sink) = sink else {
                 return Err(EngineError::Unavailable("the node is not ready for commands".into()));
@@ -357,7 +347,7 @@ impl Engine for MemoryEngine {
     }
 
     fn attach(&self, sink: Arc<dyn NodeSink>) {
-        let _ = self.sink.set(sink);
+        self.sink.attach(sink);
     }
 
     fn is_healthy(&self) -> bool {
@@ -379,7 +369,7 @@ impl Engine for MemoryEngine {
             let mut log = lock(log);
             log.trim(limits, now);
             !log.entries.is_empty()
-                || self.sink.get().is_some_and(|s| s.subscriber_count(channel) > 0)
+                || self.sink.node().subscriber_count(channel) > 0
                 || log.last.ms.saturating_add(limits.1) >= now
         });
         shrink(&mut logs);

@@ -123,7 +123,7 @@ impl PresenceStore for MemoryEngine {
     }
 
     fn user_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(bool, Option<String>), EngineError>> {
-        let online = self.sink.get().is_some_and(|s| s.has_user(user));
+        let online = self.sink.node().has_user(user);
         let status = lock(&self.statuses).get(user).cloned();
         Box::pin(async move { Ok((online, status)) })
     }

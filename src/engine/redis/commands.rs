@@ -124,7 +124,7 @@ impl RedisEngine {
         let Ok(request) = serde_json::from_slice::<Request>(payload) else {
             return tracing::warn!("ignoring a malformed node command");
         };
-        let Some(sink) = self.sink.get().cloned() else { return };
+        let Some(sink) = self.sink.get() else { return };
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let reply = sink.run_command(request.cmd).await;

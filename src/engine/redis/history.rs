@@ -114,7 +114,7 @@ impl RedisEngine {
                 Err(_) => {
                     // Events were missed and cannot be replayed here: close the channel's
                     // streams, so that each client resumes and is told to refetch (`reset`).
-                    let closed = self.resync(ch);
+                    let closed = self.sink.node().resync(ch);
                     tracing::warn!(channel = %ch, closed, "history no longer covers the outage; streams closed to resync");
                     self.note_seen(ch, read.head);
                     lists.push(merge::List::new());
@@ -129,7 +129,7 @@ impl RedisEngine {
             // channel's subscribers still need it; the others drop it as a repeat.
             let event = if step.first { step.joined() } else { step.taken.first().map(|t| Arc::clone(&t.event)) };
             if let Some(event) = event {
-                self.deliver(&event);
+                self.sink.node().deliver(&event);
             }
         }
         Ok(())

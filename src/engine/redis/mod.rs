@@ -36,17 +36,17 @@ mod sessions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::sink::Attached;
 use super::{Engine, EngineError, HistoryLimits, NodeSink};
 use crate::channel::ChannelName;
 use crate::cursor::Position;
-use crate::event::Published;
 use pubsub::{Command, PubSubClient};
 
 // The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
@@ -118,7 +118,7 @@ pub struct RedisStats {
 /// The multi-node engine.
 pub struct RedisEngine {
     /// The node this engine delivers to (attached once).
-    sink: OnceLock<Arc<dyn NodeSink>>,
+    sink: Attached,
     prefix: String,
     conn: Conn,
     commands: mpsc::UnboundedSender<Command>,
@@ -179,7 +179,7 @@ impl RedisEngine {
             (Conn::Single(conn), PubSubClient::Single(client))
         };
         let engine = Arc::new(Self {
-            sink: OnceLock::new(),
+            sink: Attached::default(),
             prefix: opts.prefix,
             conn,
             commands: tx,
@@ -254,27 +254,7 @@ impl RedisEngine {
     }
 
     fn history_limits(&self, channel: &ChannelName) -> Option<HistoryLimits> {
-        self.sink.get().and_then(|s| s.history_limits(channel))
-    }
-
-    /// Hands an event to the node (nowhere before one is attached).
-    fn deliver(&self, event: &Arc<Published>) {
-        if let Some(sink) = self.sink.get() {
-            sink.deliver(event);
-        }
-    }
-
-    /// Closes the node's streams of `channel` so that each resumes from its own position.
-    fn resync(&self, channel: &ChannelName) -> usize {
-        self.sink.get().map_or(0, |s| s.resync(channel))
-    }
-
-    fn subscriber_count(&self, channel: &ChannelName) -> usize {
-        self.sink.get().map_or(0, |s| s.subscriber_count(channel))
-    }
-
-    fn active_channels(&self) -> Vec<ChannelName> {
-        self.sink.get().map(|s| s.active_channels()).unwrap_or_default()
+        self.sink.node().history_limits(channel)
     }
 }
 
@@ -284,7 +264,7 @@ impl Engine for RedisEngine {
     }
 
     fn attach(&self, sink: Arc<dyn NodeSink>) {
-        let _ = self.sink.set(sink);
+        self.sink.attach(sink);
     }
 
     fn is_healthy(&self) -> bool {

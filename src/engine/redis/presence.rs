@@ -201,7 +201,7 @@ impl RedisEngine {
         let expiry = crate::ids::now_ms() + lease;
         let mut by_channel: std::collections::HashMap<ChannelName, Vec<std::sync::Arc<str>>> =
             std::collections::HashMap::new();
-        for (ch, conn) in self.sink.get().map(|s| s.presence_connections()).unwrap_or_default() {
+        for (ch, conn) in self.sink.node().presence_connections() {
             by_channel.entry(ch).or_default().push(conn);
         }
         let by_channel_empty = by_channel.is_empty();
@@ -238,7 +238,7 @@ impl RedisEngine {
     /// none when there is nothing to renew.
     pub(super) fn lease_renewals(&self) -> Vec<redis::Pipeline> {
         let mut pipes = self.presence_renewals();
-        let slots = self.sink.get().map(|s| s.user_connections()).unwrap_or_default();
+        let slots = self.sink.node().user_connections();
         if slots.is_empty() {
             return pipes;
         }

@@ -45,7 +45,7 @@ impl RedisEngine {
                 for (ch, pos) in &msg.positions {
                     self.note_seen(ch, *pos);
                 }
-                self.deliver(&msg.event);
+                self.sink.node().deliver(&msg.event);
             }
             None => tracing::warn!(%channel, "ignoring a malformed pub/sub message"),
         }
@@ -272,7 +272,7 @@ async fn run<L: Link>(
         let control = this.commands_channel();
         let replies = this.replies_channel(&this.node_id);
         // Resubscribe what the node follows, then catch up what was missed while cut off.
-        let active = this.active_channels();
+        let active = this.sink.node().active_channels();
         {
             // Channels given up while cut off are watched no more.
             let watched: HashSet<&ChannelName> = active.iter().collect();
@@ -300,7 +300,7 @@ async fn run<L: Link>(
             // Patterns keep no position to catch up from: their streams resume, and are
             // told plainly that they cannot replay.
             for pattern in active.iter().filter(|c| c.is_pattern()) {
-                this.resync(pattern);
+                this.sink.node().resync(pattern);
             }
             tracing::info!(channels = active.len(), "redis pub/sub connection restored");
         }
@@ -403,7 +403,7 @@ async fn run<L: Link>(
                             }
                         }
                     }
-                    let idle = names.iter().filter(|(_, ch)| this.subscriber_count(ch) == 0);
+                    let idle = names.iter().filter(|(_, ch)| this.sink.node().subscriber_count(ch) == 0);
                     let (idle, idle_patterns) = split_patterns(idle.map(|(n, c)| (n.clone(), c.clone())));
                     if idle.is_empty() && idle_patterns.is_empty() {
                         continue;
