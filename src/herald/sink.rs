@@ -77,3 +77,46 @@ impl NodeSink for HubSink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Config, NamespaceConfig};
+
+    fn sink(config: &Config) -> HubSink {
+        HubSink { hub: Arc::new(Hub::new()), policies: Arc::new(Policies::from_config(config)), node: Weak::new() }
+    }
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::parse_with(name, |_| true).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn history_limits_are_the_channel_namespace_settings_and_none_outside_every_namespace() {
+        let mut config = Config::default();
+        config.namespaces.insert(
+            "brief".to_owned(),
+            NamespaceConfig {
+                history_size: Some(3),
+                history_ttl: Some(Duration::from_secs(7)),
+                ai_stream_retention: Some(Duration::from_secs(11)),
+                ..NamespaceConfig::default()
+            },
+        );
+        let sink = sink(&config);
+        let limits = HistoryLimits { size: 3, ttl: Duration::from_secs(7), ai_retention: Duration::from_secs(11) };
+        assert_eq!(sink.history_limits(&ch("brief:x")), Some(limits));
+        let room = sink.history_limits(&ch("channel:x")).map(|l| (l.size, l.ttl));
+        assert_eq!(room, Some((config.history_size, config.history_ttl)), "the defaults for a room");
+        assert_eq!(sink.history_limits(&ch("nowhere:x")), None);
+    }
+
+    #[tokio::test]
+    async fn a_command_for_a_node_that_is_gone_is_not_run_here() {
+        let sink = sink(&Config::default());
+        assert_eq!(sink.run_command(NodeCommand::Count { channel: "channel:x".into() }).await, NodeReply::NotHere);
+        assert_eq!((sink.active_channels(), sink.subscriber_count(&ch("channel:x"))), (Vec::new(), 0));
+    }
+}
