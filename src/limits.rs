@@ -65,7 +65,7 @@ impl RateLimiter {
             let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
             b.tokens + elapsed * self.rate < self.burst
         });
-        crate::engine::memory::shrink(&mut buckets);
+        crate::maps::shrink(&mut buckets);
     }
 
     /// Keys with a live bucket (for tests).

@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::herald::Herald;
+use crate::engine::Engine;
+pub use crate::histogram::{Histogram, LATENCY_BUCKETS};
+use crate::hub::Hub;
 
 /// Declares a label enum: its variants, the label each renders as, and `ALL`, every variant
 /// in declaration order. The counters are arrays indexed by `variant as usize`, and
@@ -80,32 +82,6 @@ labels! {
     }
 }
 
-/// Upper bounds of the latency histogram, in seconds.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-
-/// A histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    sum_nanos: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-}
-
 /// Node-level counters that are not the hub's or the engine's.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -172,21 +148,26 @@ impl Out {
     }
 }
 
+/// What the exposition reads from a node. The node handle implements it, so that this module
+/// reads the hub and the engine without importing the node handle above it.
+pub trait Source {
+    fn hub(&self) -> &Hub;
+    fn metrics(&self) -> &Metrics;
+    fn engine(&self) -> &dyn Engine;
+    fn is_draining(&self) -> bool;
+    fn uptime(&self) -> Duration;
+}
+
 /// The Prometheus text exposition of this node.
-pub fn render(herald: &Herald) -> String {
+pub fn render(herald: &impl Source) -> String {
     let hub = herald.hub();
     let m = herald.metrics();
     let engine = herald.engine();
     let counters = engine.counters();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut o = Out(String::with_capacity(4096));
-    o.single("sse_connections_total", "gauge", "Open SSE connections on this node.", herald.connection_count());
-    o.single(
-        "sse_channels_total",
-        "gauge",
-        "Channels with at least one subscriber on this node.",
-        herald.channel_count(),
-    );
+    o.single("sse_connections_total", "gauge", "Open SSE connections on this node.", hub.connection_count());
+    o.single("sse_channels_total", "gauge", "Channels with at least one subscriber on this node.", hub.channel_count());
     o.single("sse_events_sent", "counter", "Events written to SSE clients.", load(&hub.stats.events_written));
     o.single(
         "redis_publish_errors",
@@ -243,13 +224,11 @@ pub fn render(herald: &Herald) -> String {
     );
     let h = &hub.stats.latency;
     o.metric("herald_publish_to_write_seconds", "histogram", "Time from acceptance by this node to the write.");
-    let mut cumulative = 0;
-    for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-        cumulative += load(bucket);
+    for (bound, cumulative) in h.cumulative() {
         o.value("herald_publish_to_write_seconds_bucket", &format!("le=\"{bound}\""), cumulative);
     }
     o.value("herald_publish_to_write_seconds_bucket", "le=\"+Inf\"", h.count());
-    o.value("herald_publish_to_write_seconds_sum", "", load(&h.sum_nanos) as f64 / 1e9);
+    o.value("herald_publish_to_write_seconds_sum", "", h.sum_seconds());
     o.value("herald_publish_to_write_seconds_count", "", h.count());
     o.metric("herald_resumes_total", "counter", "Streams opened with Last-Event-ID, by result.");
     o.value("herald_resumes_total", "result=\"replayed\"", load(&m.resumes_replayed));
@@ -300,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_refusal_reason_is_rendered_and_counts_where_it_is_named() {
-        let herald = Herald::new(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let herald = crate::Herald::new(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
         herald.metrics().refuse_publish(PublishRefusal::TooLarge);
         herald.metrics().refuse_subscribe(SubscribeRefusal::Banned);
         herald.metrics().refuse_subscribe(SubscribeRefusal::Banned);

@@ -550,8 +550,7 @@ async fn a_node_with_no_streams_sends_no_lease_renewal_and_one_with_streams_rene
         slot_lease: std::time::Duration::from_secs(30),
         node_id: "lease-test".to_owned(),
     };
-    let engine =
-        RedisEngine::connect(opts, Arc::clone(&hub), Arc::clone(&policies)).await.unwrap_or_else(|e| panic!("{e}"));
+    let engine = RedisEngine::connect(opts).await.unwrap_or_else(|e| panic!("{e}"));
     // Before the fix this sent an empty pipeline, which Redis refuses (`empty command`).
     assert_eq!(engine.renew_leases().await.map_err(|e| e.to_string()), Ok(0), "nothing to renew, nothing sent");
     let node = herald::Herald::with_engine(config, policies, hub, engine.clone()).unwrap_or_else(|e| panic!("{e}"));

@@ -9,11 +9,13 @@
 //!
 //! Submodules: `stream` opens and resumes connections (SSE or [`Herald::connect`] for other
 //! transports), `rooms` changes live connections on any node, `sessions` cuts them and bans
-//! users, `presence` announces who is where.
+//! users, `presence` announces who is where, `sink` is what the engine sees of the node (the
+//! hub, the policies, and commands from other nodes).
 
 mod presence;
 mod rooms;
 mod sessions;
+mod sink;
 mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,8 +126,7 @@ impl Herald {
         config.validate()?;
         let policies = Arc::new(Policies::from_config(&config));
         let hub = Arc::new(Hub::new());
-        let engine = Arc::new(MemoryEngine::new(Arc::clone(&hub), Arc::clone(&policies)));
-        Self::with_engine(config, policies, hub, engine)
+        Self::with_engine(config, policies, hub, Arc::new(MemoryEngine::new()))
     }
 
     /// A node with the engine the configuration names: Redis with `redis_url`, the
@@ -146,12 +147,12 @@ impl Herald {
             slot_lease: config.heartbeat_interval * 3,
             node_id,
         };
-        let engine =
-            RedisEngine::connect(opts, Arc::clone(&hub), Arc::clone(&policies)).await.map_err(StartError::Engine)?;
+        let engine = RedisEngine::connect(opts).await.map_err(StartError::Engine)?;
         Ok(Self::with_engine(config, policies, hub, engine)?)
     }
 
-    /// A node with an engine built by the caller around `hub`.
+    /// A node with an engine built by the caller; the node attaches itself to it (an engine
+    /// serves one node).
     pub fn with_engine(
         config: Config,
         policies: Arc<Policies>,
@@ -177,15 +178,10 @@ impl Herald {
         let (departed_tx, departed_rx) = tokio::sync::mpsc::unbounded_channel();
         inner.hub.report_departures(departed_tx);
         tokio::spawn(presence::departures(Arc::downgrade(&inner), departed_rx));
-        let weak = Arc::downgrade(&inner);
-        inner.engine.set_command_handler(Arc::new(move |command| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                match weak.upgrade() {
-                    Some(inner) => Herald { inner }.handle_command(command).await,
-                    None => crate::engine::NodeReply::NotHere,
-                }
-            })
+        inner.engine.attach(Arc::new(sink::HubSink {
+            hub: Arc::clone(&inner.hub),
+            policies: Arc::clone(&inner.policies),
+            node: Arc::downgrade(&inner),
         }));
         tokio::spawn(maintenance(Arc::downgrade(&inner)));
         tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
@@ -443,6 +439,28 @@ impl Herald {
         let base = self.inner.config.retry.as_millis() as u64;
         let window = (self.inner.config.drain_reconnect_window.as_millis() as u64).max(1);
         self.inner.hub.drain(|| base + fastrand::u64(0..window));
+    }
+}
+
+impl crate::metrics::Source for Herald {
+    fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    fn engine(&self) -> &dyn Engine {
+        &*self.inner.engine
+    }
+
+    fn is_draining(&self) -> bool {
+        Herald::is_draining(self)
+    }
+
+    fn uptime(&self) -> Duration {
+        Herald::uptime(self)
     }
 }
 

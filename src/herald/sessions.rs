@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::Herald;
 use crate::auth::{ApiKey, Principal};
 use crate::channel::{ChannelError, ChannelName};
+pub use crate::engine::DisconnectTarget;
 use crate::engine::{EngineError, NodeCommand, NodeReply};
-pub use crate::hub::DisconnectTarget;
 use crate::hub::connection::CloseReason;
 use crate::metrics::DisconnectKind;
 

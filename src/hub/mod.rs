@@ -2,9 +2,9 @@
 //!
 //! The hub owns membership (which connection follows which channel or pattern, including
 //! live joins and leaves) and fans a [`Published`] event out to the queues of local
-//! subscribers. It knows nothing about HTTP, history, presence or other nodes: engines call
-//! [`Hub::deliver`], the node handle registers and unregisters connections and is told of
-//! every departure. Fan-out clones one `Arc` per subscriber; the event's bytes were framed
+//! subscribers. It knows nothing about HTTP, history, presence or other nodes: the node
+//! handle's engine sink calls [`Hub::deliver`] for every accepted event, and the node handle
+//! registers and unregisters connections and is told of every departure. Fan-out clones one `Arc` per subscriber; the event's bytes were framed
 //! once, before they got here.
 
 pub mod connection;
@@ -17,7 +17,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 
 use crate::channel::ChannelName;
+use crate::engine::DisconnectTarget;
 use crate::event::{Copy, Published};
+use crate::histogram::Histogram;
 use connection::{CloseReason, ConnShared, Item, JoinSlot, Pushed};
 
 struct Entry {
@@ -116,7 +118,7 @@ pub struct HubStats {
     /// Events written to clients (`sse_events_sent`).
     pub events_written: AtomicU64,
     /// Time from acceptance to write, one observation per write batch.
-    pub latency: crate::metrics::Histogram,
+    pub latency: Histogram,
 }
 
 impl HubStats {
@@ -134,28 +136,6 @@ pub struct Departure {
     pub user: Option<Arc<str>>,
     pub user_name: Option<Arc<str>>,
     pub channels: Vec<ChannelName>,
-}
-
-/// Which connections a disconnect cuts: a user's, one connection, or a channel's
-/// subscribers (or a pattern's, named as such). On the wire between nodes it is
-/// `{"user":"42"}`, `{"connection":"c01..."}` or `{"channel":"channel:general"}`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DisconnectTarget {
-    User(String),
-    Connection(String),
-    Channel(String),
-}
-
-impl DisconnectTarget {
-    /// `user`, `connection` or `channel`, for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::User(_) => "user",
-            Self::Connection(_) => "connection",
-            Self::Channel(_) => "channel",
-        }
-    }
 }
 
 /// One live connection as the hub sees it.

@@ -3,7 +3,8 @@
 //! Every node subscribes to one shared command channel and to a reply channel of its own.
 //! A command goes to all nodes; `PUBLISH` answers how many received it, so the sender
 //! knows how many replies to wait for (bounded by a deadline). Each node runs the command
-//! with the node handle's [`CommandHandler`] and publishes its reply to the sender.
+//! on its node ([`crate::engine::NodeSink::run_command`]) and publishes its reply to the
+//! sender.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{RedisEngine, unavailable};
-use crate::engine::{CommandHandler, EngineError, NodeCommand, NodeReply};
+use crate::engine::{EngineError, NodeCommand, NodeReply};
 
 /// Longest wait for every node's reply.
 const REPLY_DEADLINE: Duration = Duration::from_secs(3);
@@ -36,7 +37,6 @@ struct Reply {
 #[derive(Default)]
 pub(super) struct Pending {
     waiting: Mutex<HashMap<String, Gathering>>,
-    pub(super) handler: std::sync::OnceLock<CommandHandler>,
 }
 
 struct Gathering {
@@ -124,10 +124,10 @@ impl RedisEngine {
         let Ok(request) = serde_json::from_slice::<Request>(payload) else {
             return tracing::warn!("ignoring a malformed node command");
         };
-        let Some(handler) = self.pending.handler.get().cloned() else { return };
+        let Some(sink) = self.sink.get() else { return };
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let reply = handler(request.cmd).await;
+            let reply = sink.run_command(request.cmd).await;
             let payload = match serde_json::to_string(&Reply { rid: request.rid, reply }) {
                 Ok(p) => p,
                 Err(e) => return tracing::warn!(error = %e, "cannot encode a node reply"),

@@ -23,7 +23,7 @@ use redis::AsyncCommands;
 use super::{Conn, RedisEngine, unavailable};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
-use crate::engine::{EngineError, PresenceEntry};
+use crate::engine::{BoxFuture, EngineError, PresenceEntry, PresenceStore};
 
 // The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
 // Every script runs after the prelude, which purges lapsed leases and defines `now`.
@@ -203,15 +203,8 @@ impl RedisEngine {
         let expiry = crate::ids::now_ms() + lease;
         let mut by_channel: std::collections::HashMap<ChannelName, Vec<std::sync::Arc<str>>> =
             std::collections::HashMap::new();
-        for conn in self.hub.connections() {
-            if conn.user.is_none() {
-                continue;
-            }
-            for ch in conn.channels {
-                if !ch.is_pattern() && self.policies.of(&ch).is_some_and(|ns| ns.presence) {
-                    by_channel.entry(ch).or_default().push(conn.connection.clone());
-                }
-            }
+        for (ch, conn) in self.sink.node().presence_connections() {
+            by_channel.entry(ch).or_default().push(conn);
         }
         let by_channel_empty = by_channel.is_empty();
         let mut pipes = Vec::new();
@@ -247,7 +240,7 @@ impl RedisEngine {
     /// none when there is nothing to renew.
     pub(super) fn lease_renewals(&self) -> Vec<redis::Pipeline> {
         let mut pipes = self.presence_renewals();
-        let slots = self.hub.user_connections();
+        let slots = self.sink.node().user_connections();
         if slots.is_empty() {
             return pipes;
         }
@@ -287,4 +280,63 @@ pub(super) async fn send_renewals(mut conn: Conn, pipes: Vec<redis::Pipeline>) -
         }
     }
     failed.map_or(Ok(pipes.len()), Err)
+}
+
+impl PresenceStore for RedisEngine {
+    fn presence_join<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        conn: &'a str,
+        user: &'a PresenceEntry,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(self.presence_join(channel, conn, user))
+    }
+
+    fn presence_leave<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        conn: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(self.presence_leave(channel, conn, grace))
+    }
+
+    fn presence_expire<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>> {
+        Box::pin(self.presence_expire(channel))
+    }
+
+    fn presence_list<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>> {
+        Box::pin(self.presence_list(channel))
+    }
+
+    fn presence_set_status<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        user: &'a str,
+        status: PresenceStatus,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(self.presence_set_status(channel, user, status))
+    }
+
+    fn user_presence<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, Option<PresenceStatus>), EngineError>> {
+        Box::pin(self.user_presence(user))
+    }
+
+    fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceStatus>, EngineError>> {
+        Box::pin(self.user_status(user))
+    }
+
+    fn set_user_status<'a>(
+        &'a self,
+        user: &'a str,
+        status: Option<PresenceStatus>,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(self.set_user_status(user, status))
+    }
 }

@@ -2,33 +2,35 @@
 //!
 //! Each channel has a log: its last position and a bounded history (size and age). A
 //! publish takes the logs of its channels, assigns positions Redis-style (milliseconds and a
-//! sequence), frames the event, appends it and hands it to the hub while still holding the
-//! logs, so that delivery order and position order agree on every channel.
+//! sequence), frames the event, appends it and hands it to the node's sink (the hub) while
+//! still holding the logs, so that delivery order and position order agree on every channel.
 //!
 //! A log also remembers `covered_after`: every event after that position is still in the log.
 //! A resume from before it is a gap, said plainly, never a silent one. Logs that have no
-//! events left and no local subscribers are dropped by [`MemoryEngine::sweep`].
+//! events left and no local subscribers are dropped by the sweep ([`Engine::sweep`]).
 //!
 //! A log also folds the channel's AI token streams (`ai_chat_chunk`) into snapshots, under
 //! the same lock as its positions, so a snapshot and the head it is read with agree.
-//! Presence lives here too: per channel, each user's connections and status, and the
-//! users whose last connection left and whose grace period runs.
+//! Presence lives in the `presence` submodule, tickets and bans in `sessions`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+mod presence;
+mod sessions;
+
+use super::sink::Attached;
 use super::{
-    AiSnapshot, BoxFuture, CommandHandler, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply,
-    PresenceEntry, PublishAck,
+    AiSnapshot, BoxFuture, Broker, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply, NodeSink,
+    PublishAck,
 };
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
 use crate::cursor::Position;
 use crate::event::{AiChunk, Prepared, Published};
-use crate::hub::Hub;
 use crate::ids::now_ms;
-use crate::policy::Policies;
+use crate::maps::shrink;
 
 struct Log {
     last: Position,
@@ -115,12 +117,6 @@ impl Log {
     }
 }
 
-/// Tickets held at once; past it new tickets are refused until old ones expire.
-const MAX_TICKETS: usize = 100_000;
-
-/// Bans held at once; past it a new ban is refused until old ones expire.
-const MAX_BANS: usize = 100_000;
-
 /// Idempotency keys held at once; past it a publish with a new key is refused (and not
 /// stored) until old ones expire.
 const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
@@ -132,29 +128,17 @@ struct Remembered {
     until: Instant,
 }
 
-/// Users with a status (`away`) held at once.
-const MAX_STATUSES: usize = 100_000;
-
-/// One user in one channel's presence.
-struct Present {
-    name: Option<String>,
-    status: PresenceStatus,
-    conns: Vec<String>,
-    /// Set when the last connection left: the user is offline once this passes.
-    leaving_until: Option<Instant>,
-}
-
 /// The single-node engine.
+#[derive(Default)]
 pub struct MemoryEngine {
-    hub: Arc<Hub>,
-    policies: Arc<Policies>,
+    /// The node this engine delivers to (attached once).
+    sink: Attached,
     logs: Mutex<HashMap<ChannelName, Arc<Mutex<Log>>>>,
     tickets: Mutex<HashMap<String, (String, Instant)>>,
     /// Banned users, each until when.
     bans: Mutex<HashMap<String, Instant>>,
-    presence: Mutex<HashMap<ChannelName, HashMap<String, Present>>>,
+    presence: Mutex<HashMap<ChannelName, HashMap<String, presence::Present>>>,
     statuses: Mutex<HashMap<String, PresenceStatus>>,
-    commands: std::sync::OnceLock<CommandHandler>,
     /// Idempotency keys of recent publishes, by [`crate::event::Idempotency::key`].
     idempotency: Mutex<HashMap<String, Remembered>>,
 }
@@ -164,18 +148,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryEngine {
-    pub fn new(hub: Arc<Hub>, policies: Arc<Policies>) -> Self {
-        Self {
-            hub,
-            policies,
-            logs: Mutex::new(HashMap::new()),
-            tickets: Mutex::new(HashMap::new()),
-            bans: Mutex::new(HashMap::new()),
-            presence: Mutex::new(HashMap::new()),
-            statuses: Mutex::new(HashMap::new()),
-            commands: std::sync::OnceLock::new(),
-            idempotency: Mutex::new(HashMap::new()),
-        }
+    /// An engine with no history and no node yet: [`Engine::attach`] gives it both.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Publishes a batch of which some events carry an idempotency key: a key seen within its
@@ -220,15 +195,12 @@ impl MemoryEngine {
 
     /// History size and age (ms) of a channel's namespace.
     fn limits(&self, channel: &ChannelName) -> (usize, u64) {
-        self.policies
-            .of(channel)
-            .map_or((0, 0), |ns| (ns.history_size, u64::try_from(ns.history_ttl.as_millis()).unwrap_or(u64::MAX)))
+        self.sink.node().history_limits(channel).map_or((0, 0), |l| (l.size, l.ttl_ms()))
     }
 
     /// How long an open and a finished AI stream of the channel are kept (ms).
     fn stream_ttls(&self, channel: &ChannelName) -> (u64, u64) {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        self.policies.of(channel).map_or((0, 0), |ns| (ms(ns.history_ttl), ms(ns.ai_stream_retention)))
+        self.sink.node().history_limits(channel).map_or((0, 0), |l| (l.ttl_ms(), l.ai_retention_ms()))
     }
 
     fn log(&self, channel: &ChannelName) -> Arc<Mutex<Log>> {
@@ -258,7 +230,7 @@ impl MemoryEngine {
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
             self.append(g, p, &event, ch, *pos, now);
         }
-        self.hub.deliver(&event);
+        self.sink.node().deliver(&event);
         drop(guards);
         PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() }
     }
@@ -273,7 +245,7 @@ impl MemoryEngine {
         let pos = g.last;
         let event = Published::from_prepared(p, std::slice::from_ref(&pos));
         self.append(&mut g, p, &event, channel, pos, now);
-        self.hub.deliver(&event);
+        self.sink.node().deliver(&event);
         drop(g);
         PublishAck { id: p.id.clone(), positions: vec![(channel.clone(), pos)] }
     }
@@ -307,11 +279,7 @@ impl MemoryEngine {
     }
 }
 
-impl Engine for MemoryEngine {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-
+impl Broker for MemoryEngine {
     fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>> {
         if batch.iter().any(|p| p.idempotency.is_some()) {
             let acks = self.publish_keyed(&batch);
@@ -358,198 +326,29 @@ impl Engine for MemoryEngine {
         Box::pin(async { Ok(()) })
     }
 
-    fn put_ticket<'a>(
-        &'a self,
-        ticket: &'a str,
-        payload: String,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), EngineError>> {
-        let mut tickets = lock(&self.tickets);
-        let result = if tickets.len() >= MAX_TICKETS {
-            Err(EngineError::Full("too many outstanding tickets; try again shortly".into()))
-        } else {
-            tickets.insert(ticket.to_owned(), (payload, Instant::now() + ttl));
-            Ok(())
-        };
-        Box::pin(async move { result })
-    }
-
-    fn take_ticket<'a>(&'a self, ticket: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
-        let taken = lock(&self.tickets).remove(ticket).filter(|(_, until)| Instant::now() < *until).map(|(p, _)| p);
-        Box::pin(async move { Ok(taken) })
-    }
-
-    fn ban<'a>(&'a self, user: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), EngineError>> {
-        let now = Instant::now();
-        let mut bans = lock(&self.bans);
-        if bans.len() >= MAX_BANS && !bans.contains_key(user) {
-            bans.retain(|_, until| now < *until);
-        }
-        let result = if bans.len() >= MAX_BANS && !bans.contains_key(user) {
-            Err(EngineError::Full(format!("{MAX_BANS} bans are in force; lift or wait out some first")))
-        } else {
-            bans.insert(user.to_owned(), now + ttl);
-            Ok(())
-        };
-        Box::pin(async move { result })
-    }
-
-    fn unban<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, EngineError>> {
-        let lifted = lock(&self.bans).remove(user).is_some_and(|until| Instant::now() < until);
-        Box::pin(async move { Ok(lifted) })
-    }
-
-    fn is_banned<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, EngineError>> {
-        let banned = lock(&self.bans).get(user).is_some_and(|until| Instant::now() < *until);
-        Box::pin(async move { Ok(banned) })
-    }
-
     fn command(&self, command: NodeCommand) -> BoxFuture<'_, Result<Vec<NodeReply>, EngineError>> {
-        let handler = self.commands.get().cloned();
+        let sink = self.sink.get();
         Box::pin(async move {
-            let Some(run) = handler else {
+            let Some(sink) = sink else {
                 return Err(EngineError::Unavailable("the node is not ready for commands".into()));
             };
             // On a task of its own, as on Redis: a caller that goes away (a client that
             // hangs up) must not leave a live join half done.
-            tokio::spawn(run(command))
+            tokio::spawn(sink.run_command(command))
                 .await
                 .map(|reply| vec![reply])
                 .map_err(|e| EngineError::Internal(format!("node command failed: {e}")))
         })
     }
+}
 
-    fn set_command_handler(&self, handler: CommandHandler) {
-        let _ = self.commands.set(handler);
+impl Engine for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
     }
 
-    fn presence_join<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-        conn: &'a str,
-        user: &'a PresenceEntry,
-    ) -> BoxFuture<'a, Result<bool, EngineError>> {
-        let mut book = lock(&self.presence);
-        let present = book.entry(channel.clone()).or_default().entry(user.user_id.clone()).or_insert_with(|| Present {
-            name: user.user_name.clone(),
-            status: user.status,
-            conns: Vec::new(),
-            leaving_until: None,
-        });
-        // Announced when the user was absent: not after a leave still in its grace period.
-        let announce = present.conns.is_empty() && present.leaving_until.is_none();
-        present.leaving_until = None;
-        if !present.conns.iter().any(|c| c == conn) {
-            present.conns.push(conn.to_owned());
-        }
-        Box::pin(async move { Ok(announce) })
-    }
-
-    fn presence_leave<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-        conn: &'a str,
-        grace: Duration,
-    ) -> BoxFuture<'a, Result<(), EngineError>> {
-        let mut book = lock(&self.presence);
-        if let Some(present) =
-            book.get_mut(channel).and_then(|users| users.values_mut().find(|p| p.conns.iter().any(|c| c == conn)))
-        {
-            present.conns.retain(|c| c != conn);
-            if present.conns.is_empty() {
-                present.leaving_until = Some(Instant::now() + grace);
-            }
-        }
-        Box::pin(async { Ok(()) })
-    }
-
-    fn presence_expire<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>> {
-        let mut book = lock(&self.presence);
-        let now = Instant::now();
-        let mut gone = Vec::new();
-        if let Some(users) = book.get_mut(channel) {
-            users.retain(|id, p| {
-                let due = p.conns.is_empty() && p.leaving_until.is_none_or(|t| t <= now);
-                if due {
-                    gone.push(PresenceEntry {
-                        user_id: id.clone(),
-                        user_name: p.name.clone(),
-                        status: PresenceStatus::Offline,
-                        connections: 0,
-                    });
-                }
-                !due
-            });
-            if users.is_empty() {
-                book.remove(channel);
-            }
-        }
-        Box::pin(async move { Ok(gone) })
-    }
-
-    fn presence_list<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<Vec<PresenceEntry>, EngineError>> {
-        let book = lock(&self.presence);
-        let mut list: Vec<PresenceEntry> = book
-            .get(channel)
-            .into_iter()
-            .flatten()
-            .map(|(id, p)| PresenceEntry {
-                user_id: id.clone(),
-                user_name: p.name.clone(),
-                status: p.status,
-                connections: p.conns.len(),
-            })
-            .collect();
-        list.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        Box::pin(async move { Ok(list) })
-    }
-
-    fn presence_set_status<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-        user: &'a str,
-        status: PresenceStatus,
-    ) -> BoxFuture<'a, Result<bool, EngineError>> {
-        let mut book = lock(&self.presence);
-        let changed = match book.get_mut(channel).and_then(|users| users.get_mut(user)) {
-            Some(p) if p.status != status => {
-                p.status = status;
-                true
-            }
-            _ => false,
-        };
-        Box::pin(async move { Ok(changed) })
-    }
-
-    fn user_presence<'a>(
-        &'a self,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<(bool, Option<PresenceStatus>), EngineError>> {
-        let online = self.hub.has_user(user);
-        let status = lock(&self.statuses).get(user).copied();
-        Box::pin(async move { Ok((online, status)) })
-    }
-
-    fn set_user_status<'a>(
-        &'a self,
-        user: &'a str,
-        status: Option<PresenceStatus>,
-    ) -> BoxFuture<'a, Result<(), EngineError>> {
-        let mut statuses = lock(&self.statuses);
-        match status {
-            Some(s) => {
-                if statuses.len() < MAX_STATUSES || statuses.contains_key(user) {
-                    statuses.insert(user.to_owned(), s);
-                }
-            }
-            None => {
-                statuses.remove(user);
-            }
-        }
-        Box::pin(async { Ok(()) })
+    fn attach(&self, sink: Arc<dyn NodeSink>) {
+        self.sink.attach(sink);
     }
 
     fn is_healthy(&self) -> bool {
@@ -571,7 +370,7 @@ impl Engine for MemoryEngine {
             let mut log = lock(log);
             log.trim(limits, now);
             !log.entries.is_empty()
-                || self.hub.subscriber_count(channel.as_str()) > 0
+                || self.sink.node().subscriber_count(channel) > 0
                 || log.last.ms.saturating_add(limits.1) >= now
         });
         shrink(&mut logs);
@@ -593,22 +392,22 @@ impl Engine for MemoryEngine {
     }
 }
 
-/// Gives back the table of a map that held far more entries than it does now: `retain`
-/// never shrinks, so a burst of channels would otherwise keep its memory for good.
-pub(crate) fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 64 && map.capacity() / 4 > map.len() {
-        map.shrink_to(map.len() * 2);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::SessionStore;
+    use crate::engine::sink::testing::RecordingSink;
     use crate::event::{Event, Publisher};
+    use std::time::Duration;
 
     fn engine(size: usize) -> MemoryEngine {
-        let config = crate::Config { history_size: size, ..crate::Config::default() };
-        MemoryEngine::new(Arc::new(Hub::new()), Arc::new(Policies::from_config(&config)))
+        engine_with(RecordingSink::new(size))
+    }
+
+    fn engine_with(sink: Arc<RecordingSink>) -> MemoryEngine {
+        let e = MemoryEngine::new();
+        e.attach(sink);
+        e
     }
 
     #[tokio::test]
@@ -683,5 +482,42 @@ mod tests {
             let head = read(&e, c, None).await.head;
             assert_eq!(Some(head), acks[0].positions.iter().find(|(n, _)| n.as_str() == c).map(|(_, p)| *p));
         }
+    }
+
+    #[tokio::test]
+    async fn accepted_events_reach_the_attached_sink_in_publish_order_once_each() {
+        let sink = RecordingSink::new(10);
+        let e = engine_with(Arc::clone(&sink));
+        let mut acks = Vec::new();
+        acks.extend(
+            e.publish(vec![prep(&["channel:a"], 1), prep(&["channel:a", "channel:b"], 2)]).await.unwrap_or_default(),
+        );
+        acks.extend(e.publish(vec![prep(&["channel:b"], 3)]).await.unwrap_or_default());
+        let ids: Vec<Arc<str>> = acks.iter().map(|a| a.id.clone()).collect();
+        assert_eq!(sink.delivered_ids(), ids, "one delivery per event, a multi-channel one included");
+    }
+
+    #[tokio::test]
+    async fn an_engine_with_no_sink_keeps_history_and_delivers_nowhere() {
+        let e = MemoryEngine::new();
+        let acks = e.publish(vec![prep(&["channel:a"], 1)]).await.unwrap_or_default();
+        assert_eq!(acks.len(), 1);
+        assert!(e.command(NodeCommand::Count { channel: "channel:a".into() }).await.is_err(), "no node to run it");
+    }
+
+    #[test]
+    fn the_sweep_keeps_an_empty_log_while_the_sink_has_subscribers_of_it() {
+        let sink = RecordingSink::new(0);
+        let e = engine_with(Arc::clone(&sink));
+        // A log with no events, last written long ago.
+        for name in ["channel:kept", "channel:gone"] {
+            let mut log = Log::new(0);
+            log.last = Position::new(1, 0);
+            lock(&e.logs).insert(ch(name), Arc::new(Mutex::new(log)));
+        }
+        sink.subscribed.lock().unwrap_or_else(PoisonError::into_inner).push(ch("channel:kept"));
+        e.sweep();
+        let left: Vec<ChannelName> = lock(&e.logs).keys().cloned().collect();
+        assert_eq!(left, vec![ch("channel:kept")]);
     }
 }

@@ -1,0 +1,203 @@
+//! Publishing to Redis: one script per event appends it to each channel's Stream and
+//! publishes it on each channel's pub/sub channel, atomically on one Redis; idempotency keys
+//! answer a retry with the first publish's positions. The engine's [`Broker`] seam is here.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use redis::AsyncCommands;
+use tokio::sync::oneshot;
+
+use super::pubsub::Command;
+use super::{RedisEngine, unavailable};
+use crate::channel::ChannelName;
+use crate::cursor::Position;
+use crate::engine::{BoxFuture, Broker, EngineError, HistoryRead, NodeCommand, NodeReply, PublishAck};
+use crate::event::Prepared;
+
+impl RedisEngine {
+    /// The publish script for `p` on `channels` (all of its channels on one Redis; one at a
+    /// time on a cluster, where a script reaches one slot).
+    fn invocation(&self, p: &Prepared, channels: &[ChannelName]) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.publish_script.prepare_invoke();
+        let publish = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
+        inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg(publish).arg(p.channels.len());
+        match &p.ai {
+            Some(chunk) => {
+                // Every channel of one event shares its namespace's retention, or the
+                // shortest of them.
+                let keep = channels.iter().map(|c| self.stream_retention(c)).min().unwrap_or(1);
+                inv.arg(&chunk.stream_id).arg(&chunk.text).arg(if chunk.done { "1" } else { "0" }).arg(keep)
+            }
+            None => inv.arg("").arg("").arg("0").arg(0),
+        };
+        for ch in channels {
+            let (size, ttl) = self.limits(ch);
+            inv.key(self.stream_key(ch)).key(self.floor_key(ch)).key(self.streams_key(ch));
+            inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
+        }
+        // The key goes with the event's first channel, in that channel's slot: on a cluster
+        // the script of the first channel decides whether the event is published at all.
+        if let (Some(key), Some(first)) = (&p.idempotency, channels.first())
+            && p.channels.first() == Some(first)
+        {
+            let window = u64::try_from(key.window.as_millis()).unwrap_or(u64::MAX).max(1);
+            inv.key(self.idempotency_key(first, &key.key)).arg(&key.fingerprint).arg(window);
+        }
+        inv
+    }
+
+    /// Where an idempotency key is kept: `realtime:channel:{general}:idem:<digest>`, in the
+    /// slot of the event's first channel.
+    fn idempotency_key(&self, channel: &ChannelName, key: &str) -> String {
+        format!("{}:idem:{key}", self.pubsub_name(channel))
+    }
+
+    /// Before a batch with idempotency keys: refuses it whole if one of its keys is held for
+    /// a different event. (The scripts decide again, atomically, as each event is published;
+    /// this check keeps a reused key from leaving the rest of the batch published.)
+    async fn check_keys(&self, batch: &[Prepared]) -> Result<(), EngineError> {
+        crate::engine::check_batch_keys(batch)?;
+        let mut conn = self.conn.clone();
+        for (first, key) in batch.iter().filter_map(|p| Some((p.channels.first()?, p.idempotency.as_deref()?))) {
+            let seen: Option<String> = conn.get(self.idempotency_key(first, &key.key)).await.map_err(unavailable)?;
+            if seen.is_some_and(|s| s.split(' ').next() != Some(key.fingerprint.as_str())) {
+                return Err(EngineError::IdempotencyKeyReused);
+            }
+        }
+        Ok(())
+    }
+
+    /// On a cluster: each event, channel by channel, in order. A batch or a multi-channel
+    /// event spans slots there, so it is not atomic; a connection following several of an
+    /// event's channels still receives it once ([`Published::fanout`]).
+    async fn publish_cluster(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut acks = Vec::with_capacity(batch.len());
+        'events: for p in batch {
+            let mut positions = Vec::with_capacity(p.channels.len());
+            for ch in &p.channels {
+                let ids: Vec<String> =
+                    self.invocation(p, std::slice::from_ref(ch)).invoke_async(&mut conn).await.map_err(unavailable)?;
+                if let Some(stored) = replay(&ids) {
+                    acks.push(replayed(p, stored)?);
+                    continue 'events;
+                }
+                let id = ids.first().ok_or_else(|| unavailable("empty publish reply"))?;
+                let pos = Position::parse_stream_id(id).ok_or_else(|| unavailable(format!("bad stream id {id}")))?;
+                positions.push((ch.clone(), pos));
+            }
+            acks.push(PublishAck { id: p.id.clone(), positions });
+        }
+        Ok(acks)
+    }
+
+    /// Publishes a batch: one script for one event, or every event's script inside one
+    /// MULTI/EXEC, so that a batch is all accepted or (Redis gone) not at all.
+    async fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+        if batch.len() > 1 && batch.iter().any(|p| p.idempotency.is_some()) {
+            self.check_keys(batch).await?;
+        }
+        if self.is_cluster() {
+            return self.publish_cluster(batch).await;
+        }
+        let mut conn = self.conn.clone();
+        let ids: Vec<Vec<String>> = if let [one] = batch {
+            vec![self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?]
+        } else {
+            // EVALSHA inside MULTI cannot fall back to EVAL: load the script first.
+            self.publish_script.prepare_invoke().load_async(&mut conn).await.map_err(unavailable)?;
+            let invocations: Vec<_> = batch.iter().map(|p| self.invocation(p, &p.channels)).collect();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for inv in &invocations {
+                pipe.invoke_script(inv);
+            }
+            pipe.query_async(&mut conn).await.map_err(unavailable)?
+        };
+        batch
+            .iter()
+            .zip(ids)
+            .map(|(p, ids)| {
+                if let Some(stored) = replay(&ids) {
+                    return replayed(p, stored);
+                }
+                let positions = ids
+                    .iter()
+                    .map(|id| Position::parse_stream_id(id).ok_or_else(|| unavailable(format!("bad stream id {id}"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() })
+            })
+            .collect()
+    }
+}
+
+/// The stored answer of an idempotency key, when the publish script found one.
+fn replay(reply: &[String]) -> Option<&str> {
+    match reply {
+        [marker, stored] if marker == "dup" => Some(stored),
+        _ => None,
+    }
+}
+
+/// The first publish's answer under `p`'s key, stored as `<fingerprint> <id> <stream ids>`;
+/// refused if that key was first used for a different event.
+fn replayed(p: &Prepared, stored: &str) -> Result<PublishAck, EngineError> {
+    let mut words = stored.split(' ');
+    let fingerprint = p.idempotency.as_deref().map(|k| k.fingerprint.as_str());
+    if words.next() != fingerprint {
+        return Err(EngineError::IdempotencyKeyReused);
+    }
+    let id = words.next().ok_or_else(|| unavailable("bad idempotency record"))?;
+    let positions = p.channels.iter().cloned().zip(words.filter_map(Position::parse_stream_id)).collect();
+    Ok(PublishAck { id: Arc::from(id), positions })
+}
+
+impl Broker for RedisEngine {
+    fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>> {
+        Box::pin(async move {
+            let acks = self.publish_batch(&batch).await;
+            if let Err(e) = &acks {
+                self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, events = batch.len(), "publish refused: Redis did not take it");
+            }
+            acks
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        after: Option<Position>,
+    ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
+        Box::pin(self.read(channel, after))
+    }
+
+    /// One script for every channel on a single Redis; one channel after another on a cluster.
+    fn histories<'a>(
+        &'a self,
+        reads: &'a [(ChannelName, Option<Position>)],
+    ) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        Box::pin(self.read_many(reads))
+    }
+
+    fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            if channels.is_empty() {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            self.commands.send(Command::Watch(channels.to_vec(), tx)).map_err(|_| unavailable("engine stopped"))?;
+            rx.await.map_err(|_| unavailable("engine stopped"))?
+        })
+    }
+
+    fn command(&self, command: NodeCommand) -> BoxFuture<'_, Result<Vec<NodeReply>, EngineError>> {
+        Box::pin(self.send_command(command))
+    }
+
+    /// Sharded pub/sub has no pattern subscriptions.
+    fn supports_patterns(&self) -> bool {
+        !self.is_cluster()
+    }
+}

@@ -1,0 +1,444 @@
+//! The node's pub/sub connection: subscriptions to the channels with local subscribers,
+//! live messages, node commands, reconnects and catch-up.
+//!
+//! One loop ([`run`]) serves both kinds of Redis over a [`Link`]: a standalone Redis (one
+//! connection with `SUBSCRIBE`/`PSUBSCRIBE`, which the loop opens again with backoff when it
+//! fails, then resubscribes and catches up), and a Redis Cluster (sharded `SSUBSCRIBE` on a
+//! RESP3 connection whose pushes arrive on a channel; redis-rs reconnects each shard and
+//! resubscribes by itself, and a second subscribe confirmation for a channel is that moment,
+//! when the channel catches up from its Stream). Subscriptions follow the node: a channel is
+//! subscribed before its first subscriber reads history and unsubscribed, batched, once it
+//! has had none for a reconcile tick.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{PoisonError, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::message::{self, LastMessage};
+use super::{RedisEngine, unavailable};
+use crate::channel::ChannelName;
+use crate::engine::EngineError;
+
+/// What the pub/sub task connects with.
+#[allow(clippy::large_enum_variant, reason = "built once per node and moved into its task")]
+pub(super) enum PubSubClient {
+    Single(redis::Client),
+    /// A builder, not a client: the task adds its own push sender.
+    Cluster(redis::cluster::ClusterClientBuilder),
+}
+
+pub(super) enum Command {
+    Watch(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
+}
+
+impl RedisEngine {
+    /// Delivers one pub/sub message to the node ([`message`] says its format), and moves the
+    /// catch-up point of each watched channel it names.
+    fn on_message(&self, channel: &ChannelName, payload: &[u8]) {
+        match message::parse(channel, payload) {
+            Some(msg) => {
+                for (ch, pos) in &msg.positions {
+                    self.note_seen(ch, *pos);
+                }
+                self.sink.node().deliver(&msg.event);
+            }
+            None => tracing::warn!(%channel, "ignoring a malformed pub/sub message"),
+        }
+    }
+}
+
+/// How long one pub/sub operation may take before the connection counts as lost.
+const PUBSUB_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Runs a pub/sub operation with [`PUBSUB_DEADLINE`].
+async fn deadline<T>(op: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    match tokio::time::timeout(PUBSUB_DEADLINE, op).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PUBSUB_DEADLINE:?}")),
+    }
+}
+
+/// What arrives on a link.
+enum Incoming {
+    /// A message on a channel, or through a pattern.
+    Message(redis::Msg),
+    /// Redis confirmed a subscription to this pub/sub channel.
+    Subscribed(String),
+}
+
+/// A pub/sub connection as [`run`] uses it.
+trait Link: Sized {
+    /// Whether the link reconnects and resubscribes by itself. One that does not is dropped
+    /// at the first failure and opened again (with backoff) by [`run`], which resubscribes.
+    const HEALS_ITSELF: bool;
+    /// What opens a link.
+    type Opener: Send;
+
+    async fn open(opener: &mut Self::Opener) -> Result<Self, String>;
+    /// Subscribes channels and patterns, all of them or (an error) none.
+    async fn subscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String>;
+    async fn unsubscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String>;
+    async fn ping(&mut self) -> Result<(), String>;
+    /// The next message or confirmation; `None` once the link is gone.
+    async fn next(&mut self) -> Option<Incoming>;
+}
+
+/// A standalone Redis: one pub/sub connection.
+struct Standalone {
+    sink: redis::aio::PubSubSink,
+    stream: redis::aio::PubSubStream,
+}
+
+impl Link for Standalone {
+    const HEALS_ITSELF: bool = false;
+    type Opener = redis::Client;
+
+    async fn open(client: &mut redis::Client) -> Result<Self, String> {
+        let (sink, stream) = deadline(client.get_async_pubsub()).await?.split();
+        Ok(Self { sink, stream })
+    }
+
+    async fn subscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String> {
+        if !channels.is_empty() {
+            deadline(self.sink.subscribe(channels)).await?;
+        }
+        if !patterns.is_empty() {
+            deadline(self.sink.psubscribe(patterns)).await?;
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String> {
+        if !channels.is_empty() {
+            deadline(self.sink.unsubscribe(channels)).await?;
+        }
+        if !patterns.is_empty() {
+            deadline(self.sink.punsubscribe(patterns)).await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&mut self) -> Result<(), String> {
+        deadline(self.sink.ping::<Value>()).await.map(drop)
+    }
+
+    async fn next(&mut self) -> Option<Incoming> {
+        self.stream.next().await.map(Incoming::Message)
+    }
+}
+
+/// A Redis Cluster: sharded subscriptions, whose pushes arrive on a channel.
+struct Cluster {
+    conn: redis::cluster_async::ClusterConnection,
+    pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+}
+
+/// The cluster client, and where its pushes arrive (taken by the one link opened).
+struct ClusterOpener {
+    client: redis::cluster::ClusterClient,
+    pushes: Option<mpsc::UnboundedReceiver<redis::PushInfo>>,
+}
+
+impl Link for Cluster {
+    const HEALS_ITSELF: bool = true;
+    type Opener = ClusterOpener;
+
+    async fn open(opener: &mut ClusterOpener) -> Result<Self, String> {
+        let conn = deadline(opener.client.get_async_connection()).await?;
+        let pushes = opener.pushes.take().ok_or("the cluster link was opened already")?;
+        Ok(Self { conn, pushes })
+    }
+
+    /// One channel after another (they are on different shards); on a failure the ones
+    /// subscribed before it are unsubscribed again, so none is left unknown to the loop.
+    async fn subscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String> {
+        if !patterns.is_empty() {
+            return Err("a Redis Cluster has no pattern subscriptions".into());
+        }
+        for (i, name) in channels.iter().enumerate() {
+            if let Err(e) = deadline(self.conn.ssubscribe(name)).await {
+                for done in &channels[..i] {
+                    let _ = deadline(self.conn.sunsubscribe(done)).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every channel is tried; an error if one failed (the loop tries them all again later).
+    async fn unsubscribe(&mut self, channels: &[String], _patterns: &[String]) -> Result<(), String> {
+        let mut failed = None;
+        for name in channels {
+            if let Err(e) = deadline(self.conn.sunsubscribe(name)).await {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn ping(&mut self) -> Result<(), String> {
+        deadline(redis::cmd("PING").query_async::<String>(&mut self.conn)).await.map(drop)
+    }
+
+    async fn next(&mut self) -> Option<Incoming> {
+        loop {
+            let push = self.pushes.recv().await?;
+            match push.kind {
+                redis::PushKind::SMessage => {
+                    if let Some(msg) = redis::Msg::from_push_info(push) {
+                        return Some(Incoming::Message(msg));
+                    }
+                }
+                redis::PushKind::SSubscribe => {
+                    if let Some(name) = push.data.first().and_then(|v| redis::from_redis_value_ref(v).ok()) {
+                        return Some(Incoming::Subscribed(name));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The pub/sub task on a standalone Redis.
+pub(super) async fn standalone(
+    engine: Weak<RedisEngine>,
+    client: redis::Client,
+    commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<()>,
+) {
+    run::<Standalone>(engine, client, commands, ready).await;
+}
+
+/// The pub/sub task on a Redis Cluster.
+pub(super) async fn cluster(
+    engine: Weak<RedisEngine>,
+    builder: redis::cluster::ClusterClientBuilder,
+    commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<()>,
+) {
+    let (push_tx, pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
+    let client = match builder.push_sender(push_tx).build() {
+        Ok(c) => c,
+        Err(e) => return tracing::error!(error = %e, "cannot build the redis cluster client"),
+    };
+    run::<Cluster>(engine, ClusterOpener { client, pushes: Some(pushes) }, commands, ready).await;
+}
+
+/// The pub/sub loop: opens the link (again, with backoff, after a failure of a link that
+/// does not heal itself), subscribes what the node follows and catches up what it missed,
+/// then serves messages, watch requests and the reconcile tick until the link fails.
+async fn run<L: Link>(
+    engine: Weak<RedisEngine>,
+    mut opener: L::Opener,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(this) = engine.upgrade() else { return };
+        let mut link = match L::open(&mut opener).await {
+            Ok(link) => link,
+            Err(e) => {
+                this.healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connection failed");
+                drop(this);
+                // Refuse new subscriptions while down; existing streams stay open.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        () = &mut deadline => break,
+                        cmd = commands.recv() => match cmd {
+                            Some(Command::Watch(_, ack)) => {
+                                let _ = ack.send(Err(EngineError::Unavailable("redis is unreachable".into())));
+                            }
+                            None => return,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let control = this.commands_channel();
+        let replies = this.replies_channel(&this.node_id);
+        // Resubscribe what the node follows, then catch up what was missed while cut off.
+        let active = this.sink.node().active_channels();
+        {
+            // Channels given up while cut off are watched no more.
+            let watched: HashSet<&ChannelName> = active.iter().collect();
+            this.last_seen.lock().unwrap_or_else(PoisonError::into_inner).retain(|ch, _| watched.contains(ch));
+        }
+        let mut names: HashMap<String, ChannelName> = active.iter().map(|c| (this.pubsub_name(c), c.clone())).collect();
+        let (plain, patterns) = split_patterns(names.iter().map(|(n, c)| (n.clone(), c.clone())));
+        let mut plain = names_of(&plain);
+        // Node commands and replies, on channels of their own.
+        plain.push(control.clone());
+        plain.push(replies.clone());
+        if let Err(e) = link.subscribe(&plain, &names_of(&patterns)).await {
+            if !L::HEALS_ITSELF {
+                tracing::warn!(error = %e, "resubscribing failed");
+                continue;
+            }
+            tracing::warn!(error = %e, "cannot subscribe to node commands; live joins across nodes will fail");
+        }
+        if let Err(e) = this.catch_up(&active).await {
+            tracing::warn!(error = %e, "catch-up after reconnect failed");
+            continue;
+        }
+        if ready.is_none() {
+            this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            // Patterns keep no position to catch up from: their streams resume, and are
+            // told plainly that they cannot replay.
+            for pattern in active.iter().filter(|c| c.is_pattern()) {
+                this.sink.node().resync(pattern);
+            }
+            tracing::info!(channels = active.len(), "redis pub/sub connection restored");
+        }
+        this.healthy.store(true, Ordering::Relaxed);
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        backoff = Duration::from_millis(50);
+        drop(this);
+
+        // Subscriptions Redis has confirmed once; a later confirmation is a resubscription
+        // after a shard reconnected (a link that heals itself).
+        let mut confirmed: HashSet<String> = HashSet::new();
+        let mut reconcile = tokio::time::interval(Duration::from_secs(1));
+        let mut last = LastMessage::default();
+        loop {
+            tokio::select! {
+                incoming = link.next() => {
+                    let Some(incoming) = incoming else {
+                        if L::HEALS_ITSELF { return }
+                        break;
+                    };
+                    let Some(this) = engine.upgrade() else { return };
+                    match incoming {
+                        Incoming::Message(msg) => {
+                            let name = msg.get_channel_name();
+                            let channel =
+                                if msg.from_pattern() { this.channel_of(name) } else { names.get(name).cloned() };
+                            if let Some(ch) = channel {
+                                // A message reaches the node once per subscription that matches
+                                // it (the channel's own, each pattern), and Redis sends those
+                                // copies one after another. Delivering the first and dropping the
+                                // ones that repeat it holds whichever subscriptions come and go
+                                // meanwhile; deciding by the subscriptions instead lost or
+                                // repeated a message at the moment one started or stopped.
+                                let payload = msg.get_payload_bytes();
+                                if last.repeats(name, payload) {
+                                    continue;
+                                }
+                                this.on_message(&ch, payload);
+                            } else if name == control {
+                                this.on_command(msg.get_payload_bytes());
+                            } else if name == replies {
+                                this.on_reply(msg.get_payload_bytes());
+                            }
+                        }
+                        Incoming::Subscribed(name) => {
+                            let Some(ch) = names.get(&name).cloned() else { continue };
+                            if confirmed.insert(name) {
+                                continue;
+                            }
+                            this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) = this.catch_up(std::slice::from_ref(&ch)).await {
+                                tracing::warn!(channel = %ch, error = %e, "catch-up after resubscribe failed");
+                            }
+                        }
+                    }
+                }
+                cmd = commands.recv() => {
+                    let Some(Command::Watch(channels, ack)) = cmd else { return };
+                    let Some(this) = engine.upgrade() else { return };
+                    let fresh = channels.into_iter().filter(|c| !names.contains_key(&this.pubsub_name(c)));
+                    let (wanted, wanted_patterns) = split_patterns(fresh.map(|c| (this.pubsub_name(&c), c)));
+                    if wanted.is_empty() && wanted_patterns.is_empty() {
+                        let _ = ack.send(Ok(()));
+                        continue;
+                    }
+                    if let Err(e) = link.subscribe(&names_of(&wanted), &names_of(&wanted_patterns)).await {
+                        let _ = ack.send(Err(unavailable(e)));
+                        if L::HEALS_ITSELF { continue }
+                        break;
+                    }
+                    let mut result = Ok(());
+                    for (name, ch) in wanted {
+                        if let Err(e) = this.mark_head(&ch).await {
+                            result = Err(e);
+                        }
+                        names.insert(name, ch);
+                    }
+                    names.extend(wanted_patterns);
+                    let _ = ack.send(result);
+                }
+                _ = reconcile.tick() => {
+                    let Some(this) = engine.upgrade() else { return };
+                    // A frozen Redis answers nothing: notice it, and reconnect (or, on a link
+                    // that heals itself, say so until it answers again).
+                    match link.ping().await {
+                        Err(e) if !L::HEALS_ITSELF => {
+                            tracing::warn!(error = %e, "redis pub/sub connection does not answer");
+                            break;
+                        }
+                        answer => {
+                            let up = answer.is_ok();
+                            if up != this.healthy.swap(up, Ordering::Relaxed) {
+                                if up {
+                                    tracing::info!("redis reachable again");
+                                } else {
+                                    tracing::warn!("redis does not answer");
+                                }
+                            }
+                        }
+                    }
+                    let idle = names.iter().filter(|(_, ch)| this.sink.node().subscriber_count(ch) == 0);
+                    let (idle, idle_patterns) = split_patterns(idle.map(|(n, c)| (n.clone(), c.clone())));
+                    if idle.is_empty() && idle_patterns.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = link.unsubscribe(&names_of(&idle), &names_of(&idle_patterns)).await {
+                        tracing::warn!(error = %e, "unsubscribing idle channels failed");
+                        if L::HEALS_ITSELF { continue }
+                        break;
+                    }
+                    let mut seen = this.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (name, _) in idle.into_iter().chain(idle_patterns) {
+                        confirmed.remove(&name);
+                        if let Some(ch) = names.remove(&name) {
+                            seen.remove(&ch);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(this) = engine.upgrade() {
+            this.healthy.store(false, Ordering::Relaxed);
+        }
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+/// Channels and patterns, each with its pub/sub name.
+type Named = Vec<(String, ChannelName)>;
+
+/// Channels apart from patterns (they are subscribed apart).
+fn split_patterns(named: impl Iterator<Item = (String, ChannelName)>) -> (Named, Named) {
+    let (patterns, plain): (Named, Named) = named.partition(|(_, ch)| ch.is_pattern());
+    (plain, patterns)
+}
+
+fn names_of(named: &Named) -> Vec<String> {
+    named.iter().map(|(n, _)| n.clone()).collect()
+}

@@ -1,0 +1,98 @@
+//! The Redis engine against a real `redis-server` of the test's own, delivering into a
+//! recording sink: what the publish script writes is what the Rust side reads.
+
+use std::time::Duration;
+
+use super::{RedisEngine, RedisOptions};
+use crate::channel::ChannelName;
+use crate::engine::sink::testing::RecordingSink;
+use crate::engine::{Broker, Engine};
+use crate::event::{Event, Prepared, Publisher};
+
+/// A `redis-server` on a free port, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server could not start (is it installed?): {e}"));
+        let server = Self { child, port };
+        // Ready once it accepts a connection; bounded, so a server that never comes up fails.
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server did not accept connections on {port}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::parse(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test]
+async fn what_the_publish_script_writes_reaches_the_sink_as_the_event_that_was_published() {
+    let server = Server::start().await;
+    let opts = RedisOptions {
+        url: format!("redis://127.0.0.1:{}", server.port),
+        tls_ca: None,
+        cluster: false,
+        prefix: "realtime".to_owned(),
+        slot_lease: Duration::from_secs(30),
+        node_id: "sink-test".to_owned(),
+    };
+    let engine = RedisEngine::connect(opts).await.unwrap_or_else(|e| panic!("{e}"));
+    let sink = RecordingSink::new(100);
+    let (a, b) = (ch("channel:a"), ch("channel:b"));
+    sink.subscribed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend([a.clone(), b.clone()]);
+    engine.attach(sink.clone());
+    engine.watch(&[a.clone(), b.clone()]).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let prepare = |channels: Vec<ChannelName>, text: &str| {
+        let event = Event::new("chat").with("text", text);
+        Prepared::new(channels, event, &Publisher::default(), 1 << 16).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let one = prepare(vec![a.clone()], "one channel");
+    let two = prepare(vec![a.clone(), b.clone()], "two channels, with a \"quote\" and a\nnewline");
+    let expected = [one.clone(), two.clone()];
+    let acks = engine.publish(vec![one, two]).await.unwrap_or_else(|e| panic!("{e}"));
+
+    // One message per channel: the first event once, the second on each of its channels.
+    sink.delivered_at_least(3).await;
+    let delivered = sink.delivered();
+    assert_eq!(delivered.len(), 3);
+    let ids: Vec<&str> = delivered.iter().map(|e| &*e.id).collect();
+    assert_eq!(ids, [&*acks[0].id, &*acks[1].id, &*acks[1].id]);
+    for (event, (ack, prepared)) in
+        delivered.iter().zip([(0, 0), (1, 1), (1, 1)].map(|(i, j)| (&acks[i], &expected[j])))
+    {
+        assert_eq!(event.event_type, prepared.event_type);
+        assert_eq!(usize::from(event.fanout), prepared.channels.len());
+        assert_eq!(event.copies.len(), ack.positions.len(), "a copy on every channel of the event");
+        for (channel, position) in &ack.positions {
+            let copy = event.copy_on(channel.as_str()).unwrap_or_else(|| panic!("a copy on {channel}"));
+            assert_eq!(copy.position, *position, "the position the publish answered");
+            assert_eq!(copy.frame.json(), &prepared.json_for(channel)[..], "the JSON that was published");
+        }
+    }
+    assert!(sink.resynced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty());
+}
