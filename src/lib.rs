@@ -19,7 +19,6 @@
 //! | [`catalogue`] | typed constructors for every event type in `docs/channels.md` |
 //! | [`cursor`] | stream positions and the SSE id that lets a client resume |
 //! | [`sse`] | the wire format: frames, heartbeats, `retry:` |
-//! | [`ws`] | the WebSocket transport (`GET /api/ws`, opt-in), a sibling of SSE on the same hub |
 //! | [`engine`] | publishing, ordering and history (in-memory; Redis for several nodes) |
 //! | [`hub`] | this node's registry of connections and channels, and fan-out |
 //! | [`transport`] | how a connection's events leave the node: SSE over HTTP, or messages |
@@ -61,7 +60,6 @@ pub mod policy;
 pub mod server;
 pub mod sse;
 pub mod transport;
-pub mod ws;
 
 // What an embedding application names: the node handle, its requests and results, and every
 // error it returns, so that no one needs to spell a module path (`herald::herald::RoomError`).

@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub mod websocket;
+
 use crate::engine::Engine;
 pub use crate::histogram::{Histogram, LATENCY_BUCKETS};
 use crate::hub::Hub;
@@ -98,7 +100,7 @@ pub struct Metrics {
     pub bans: AtomicU64,
     pub unbans: AtomicU64,
     /// The WebSocket transport's own counters.
-    pub websocket: crate::ws::metrics::Metrics,
+    pub websocket: websocket::Metrics,
 }
 
 impl Metrics {

@@ -34,8 +34,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::herald::Herald;
 use crate::http::auth::PeerAddr;
-use crate::transport::KillSwitch;
-use crate::ws::guard::DrainGuard;
+use crate::transport::{DrainGuard, KillSwitch};
 use coalesce::Coalesce;
 
 mod coalesce;

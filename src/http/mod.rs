@@ -15,6 +15,7 @@ mod sessions;
 mod status;
 pub(crate) mod subscribe;
 mod tickets;
+pub mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -49,7 +50,7 @@ pub fn router(herald: Herald) -> Router {
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz));
     // Off unless configured: then `/api/ws` is a `404` like any unknown path.
-    let router = if herald.config().websocket { router.route("/api/ws", crate::ws::route()) } else { router };
+    let router = if herald.config().websocket { router.route("/api/ws", ws::route()) } else { router };
     let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

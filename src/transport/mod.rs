@@ -41,9 +41,11 @@
 //! is framed once when it is published, and every transport reads those shared bytes (SSE
 //! writes the frame; [`Message::json`] is a slice of it).
 
+pub mod drain;
 pub mod messages;
 pub mod sse;
 
 pub use crate::hub::connection::KillSwitch;
+pub use drain::DrainGuard;
 pub use messages::{Connection, Message};
 pub use sse::SseBody;

@@ -21,22 +21,22 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(super) fn opened(&self) {
+    pub(crate) fn opened(&self) {
         self.open.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn closed(&self, code: &str) {
+    pub(crate) fn closed(&self, code: &str) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(i) = CLOSE_CODES.iter().position(|c| *c == code) {
             self.closes[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub(super) fn frame_in(&self) {
+    pub(crate) fn frame_in(&self) {
         self.frames_in.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn frames_out(&self, n: u64) {
+    pub(crate) fn frames_out(&self, n: u64) {
         self.frames_out.fetch_add(n, Ordering::Relaxed);
     }
 

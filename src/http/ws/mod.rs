@@ -8,12 +8,8 @@
 //! [`protocol`]. It builds on the library's transport-neutral [`crate::Connection`] and must
 //! not reach into the hub's queue. The protocol is specified in `docs/websocket.md`.
 
-pub mod guard;
-pub mod metrics;
 mod protocol;
 mod session;
-
-use guard::DrainGuard;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Extension, FromRequestParts, RawQuery, Request, State};
@@ -27,7 +23,7 @@ use crate::http::error::ApiError;
 use crate::http::observe::count_subscribe_refusal;
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::{StreamQuery, stream_query};
-use crate::transport::KillSwitch;
+use crate::transport::{DrainGuard, KillSwitch};
 
 /// Bytes tungstenite reads from the socket at once: commands are small, and an idle
 /// connection should hold little (its default is 128 KiB).

@@ -17,7 +17,6 @@ use futures_util::{FutureExt as _, SinkExt as _};
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::guard::DrainGuard;
 use super::protocol::{self, Close, Command, Kind};
 use crate::auth::{ApiKey, Principal};
 use crate::catalogue::PresenceStatus;
@@ -29,7 +28,7 @@ use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
 use crate::hub::connection::CloseReason;
-use crate::transport::{Connection, KillSwitch, Message};
+use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// Frames a client may send per second, past the burst (commands, pings and pongs alike).
 const FRAME_RATE: f64 = 50.0;
