@@ -14,8 +14,8 @@ use support::{Proto, Running, TempDir, TestServer};
 
 /// How long a node may take to give memory back once the work that used it is gone: the
 /// allocator hands freed pages back over about ten seconds (jemalloc's decay), in a background
-/// thread.
-const RETURN_WITHIN: Duration = Duration::from_secs(20);
+/// thread; 7 to 15 s were measured on a debug build, on a busy machine.
+const RETURN_WITHIN: Duration = Duration::from_secs(30);
 
 /// `herald serve` in dev mode that sweeps expired history every 100 ms, keeps history for
 /// 3 s, and lets anonymous clients publish without a rate limit.
@@ -72,6 +72,7 @@ async fn until_returned(run: &Running, what: &str, base: u64, grown: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         now = rss(run);
     }
+    eprintln!("{what}: {} KiB, back under {} KiB in {:?}", now / 1024, bound / 1024, started.elapsed());
 }
 
 #[tokio::test]
