@@ -26,7 +26,7 @@
 //! | [`http`] | the HTTP API (axum routes) |
 //! | [`server`] | listening, TLS, HTTP/2, graceful shutdown |
 //! | [`metrics`] | counters and the Prometheus exposition |
-//! | `demo` | the demo page and its routes, which `herald serve` adds at `/` (cargo feature `demo`) |
+//! | `demo` | the demo page and its routes, which `herald serve` adds at `/` (cargo feature `demo`, off by default; the `herald` binary turns it on) |
 //!
 //! Embedding in an axum application:
 //!

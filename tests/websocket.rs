@@ -630,18 +630,6 @@ async fn a_drain_closes_sockets_with_1012_and_a_reconnect_delay() {
 }
 
 #[tokio::test]
-async fn the_binary_turns_websocket_on_by_flag_and_drains_sockets_with_1012_before_it_exits() {
-    let mut cmd = support::herald();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--websocket"]);
-    let run = support::start(cmd).await;
-    let mut ws = open_at(run.addr, "channel=channel:d", &[]).await.unwrap_or_else(|(s, b)| panic!("{s}: {b}"));
-    expect_connected(&mut ws, &["channel:d"]).await;
-    let _ = std::process::Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status();
-    let (code, reason) = ws.closed().await;
-    assert_eq!((code, reason["code"].as_str()), (1012, Some("server_draining")));
-}
-
-#[tokio::test]
 async fn a_peer_that_answers_no_ping_is_closed() {
     let server = TestServer::with(|c| {
         ws_on(c);

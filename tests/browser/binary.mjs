@@ -23,7 +23,8 @@ function newestMtime(dir) {
 export function heraldBinary() {
   let stale = true;
   try {
-    stale = statSync(BINARY).mtimeMs < newestMtime(join(ROOT, 'src'));
+    const sources = Math.max(newestMtime(join(ROOT, 'src')), newestMtime(join(ROOT, 'server/src')));
+    stale = statSync(BINARY).mtimeMs < sources;
   } catch {
     stale = true;
   }

@@ -699,12 +699,9 @@ impl Drop for Running {
     }
 }
 
-/// A command for the `herald` binary built with these tests.
-pub fn herald() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-}
-
-/// Starts the binary and waits for its "listening on" line.
+/// Starts the binary and waits for its "listening on" line. The command comes from
+/// `herald()` in `server/tests/support`: only the tests of the package that builds the binary
+/// know its path.
 pub async fn start(mut cmd: std::process::Command) -> Running {
     cmd.stderr(std::process::Stdio::null());
     start_with_stderr(cmd).await

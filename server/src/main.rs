@@ -11,6 +11,13 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use herald::{Config, Herald, Server};
 
+/// jemalloc, with its background thread, gives the memory of closed streams and freed channels
+/// back to the system (within about ten seconds, its decay time); glibc's malloc kept it, so a
+/// node's RSS stayed at its highest point forever. The library leaves the choice to the
+/// application; the figures are in docs/benchmarks.md ("Allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "herald", version, about = "A real-time event hub: HTTP in, Server-Sent Events out.")]
 struct Cli {
