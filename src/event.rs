@@ -4,7 +4,7 @@
 //! [`Event`] (type + payload fields, from a library call or a request body)
 //! → [`Prepared`] (validated, id and timestamp set, identity fields set by the server,
 //! payload serialized once) → [`Published`] (positions assigned by the engine, one SSE
-//! [`Frame`] per channel, shared by every subscriber through an `Arc`).
+//! `Frame` per channel, shared by every subscriber through an `Arc`).
 //!
 //! The wire shape is one flat JSON object (`docs/channels.md`, "The event on the wire"):
 //! `{"id","channel","type","timestamp","userId","userName", ...payload fields}`.

@@ -8,24 +8,23 @@
 //!   → connection queue → transport (SSE body) → client
 //! ```
 //!
-//! | module | owns |
+//! The public API is what an embedding application needs, re-exported here: the node handle
+//! [`Herald`] with its requests, results and errors; [`Config`]; [`Event`] and the typed
+//! [`catalogue`]; [`ChannelName`]; the [`http`] routes ([`http::router`], and the helpers a
+//! handler of the application's own uses to authenticate like Herald); [`Server`]; the
+//! transport-neutral [`Connection`]; and the [`engine`] traits, for an engine of one's own
+//! ([`Herald::with_engine`]). The rest (the hub, the SSE transport, policies, limits, metrics)
+//! is the crate's own; `docs/architecture.md` describes it.
+//!
+//! | public module | what |
 //! |---|---|
 //! | [`config`] | the typed configuration, its defaults and validation |
 //! | [`channel`] | channel names (`user:<id>`, `channel:<name>`, `system`) |
-//! | [`auth`] | who is asking: JWT (HS256/RS256/ES256, JWKS), API keys, tickets |
-//! | [`policy`] | who may subscribe and publish where, per namespace |
-//! | [`limits`] | publish rate limits (token buckets) |
 //! | [`event`] | the event model: what is published, what is stored and fanned out |
 //! | [`catalogue`] | typed constructors for every event type in `docs/channels.md` |
-//! | [`cursor`] | stream positions and the SSE id that lets a client resume |
-//! | [`sse`] | the wire format: frames, heartbeats, `retry:` |
+//! | [`cursor`] | stream positions, which an engine assigns |
 //! | [`engine`] | publishing, ordering and history (in-memory; Redis for several nodes) |
-//! | [`hub`] | this node's registry of connections and channels, and fan-out |
-//! | [`transport`] | how a connection's events leave the node: SSE over HTTP, or messages |
-//! | [`herald`] | the node handle tying them together: [`Herald`] |
 //! | [`http`] | the HTTP API (axum routes) |
-//! | [`server`] | listening, TLS, HTTP/2, graceful shutdown |
-//! | [`metrics`] | counters and the Prometheus exposition |
 //! | `demo` | the demo page and its routes, which `herald serve` adds at `/` (cargo feature `demo`, off by default; the `herald` binary turns it on) |
 //!
 //! Embedding in an axum application:
@@ -39,7 +38,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod catalogue;
 pub mod channel;
 pub mod config;
@@ -48,22 +47,22 @@ pub mod cursor;
 pub mod demo;
 pub mod engine;
 pub mod event;
-pub mod herald;
+pub(crate) mod herald;
 pub(crate) mod histogram;
 pub mod http;
-pub mod hub;
+pub(crate) mod hub;
 pub(crate) mod ids;
-pub mod limits;
+pub(crate) mod limits;
 pub(crate) mod maps;
-pub mod metrics;
-pub mod policy;
-pub mod server;
-pub mod sse;
-pub mod transport;
+pub(crate) mod metrics;
+pub(crate) mod policy;
+pub(crate) mod server;
+pub(crate) mod sse;
+pub(crate) mod transport;
 
 // What an embedding application names: the node handle, its requests and results, and every
 // error it returns, so that no one needs to spell a module path (`herald::herald::RoomError`).
-pub use auth::{Principal, UserIdentity};
+pub use auth::{ApiKey, Principal, UserIdentity};
 pub use channel::{ChannelError, ChannelName};
 pub use config::{Config, ConfigError};
 pub use engine::{EngineError, PresenceEntry, PublishAck};
@@ -75,4 +74,5 @@ pub use herald::{
 pub use http::ApiError;
 pub use policy::Denied;
 pub use server::Server;
-pub use transport::{Connection, Message};
+pub use hub::connection::CloseReason;
+pub use transport::{Connection, KillSwitch, Message, SseBody};

@@ -68,11 +68,13 @@ impl RateLimiter {
         crate::maps::shrink(&mut buckets);
     }
 
-    /// Keys with a live bucket (for tests).
+    /// Keys with a live bucket.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.buckets.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

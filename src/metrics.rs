@@ -12,7 +12,6 @@ use std::time::Duration;
 pub mod websocket;
 
 use crate::engine::Engine;
-pub use crate::histogram::{Histogram, LATENCY_BUCKETS};
 use crate::hub::Hub;
 
 /// Declares a label enum: its variants, the label each renders as, and `ALL`, every variant

@@ -517,8 +517,6 @@ async fn a_node_with_no_streams_sends_no_lease_renewal_and_one_with_streams_rene
     let redis = RedisServer::start().await;
     let mut config = support::test_config();
     support::secure(&mut config);
-    let policies = Arc::new(herald::policy::Policies::from_config(&config));
-    let hub = Arc::new(herald::hub::Hub::new());
     let opts = RedisOptions {
         url: redis.url(),
         tls_ca: None,
@@ -530,8 +528,8 @@ async fn a_node_with_no_streams_sends_no_lease_renewal_and_one_with_streams_rene
     let engine = RedisEngine::connect(opts).await.unwrap_or_else(|e| panic!("{e}"));
     // Before the fix this sent an empty pipeline, which Redis refuses (`empty command`).
     assert_eq!(engine.renew_leases().await.map_err(|e| e.to_string()), Ok(0), "nothing to renew, nothing sent");
-    let node = herald::Herald::with_engine(config, policies, hub, engine.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let ann = herald::Principal::User(Arc::new(herald::auth::UserIdentity {
+    let node = herald::Herald::with_engine(config, engine.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let ann = herald::Principal::User(Arc::new(herald::UserIdentity {
         id: Arc::from("ann"),
         name: None,
         expires_at: None,

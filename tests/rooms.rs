@@ -152,7 +152,7 @@ async fn room_counts_add_up_subscribers_and_users_across_nodes() {
 async fn the_library_sends_to_one_connection_and_serves_other_transports() {
     let server = on(None).await;
     let h = &server.herald;
-    let ann = herald::Principal::User(std::sync::Arc::new(herald::auth::UserIdentity {
+    let ann = herald::Principal::User(std::sync::Arc::new(herald::UserIdentity {
         id: "ann".into(),
         name: None,
         subscribe: None,
@@ -162,7 +162,7 @@ async fn the_library_sends_to_one_connection_and_serves_other_transports() {
     // A transport of the application's own (a WebSocket, say) registers a connection.
     let channel = h.parse_channel("user:ann").unwrap_or_else(|e| panic!("{e}"));
     let mut conn = h
-        .connect(herald::herald::StreamRequest::new(ann.clone(), vec![channel]))
+        .connect(herald::StreamRequest::new(ann.clone(), vec![channel]))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let connected = conn.recv().await.unwrap_or_else(|| panic!("no connected message"));
@@ -190,7 +190,7 @@ async fn the_library_sends_to_one_connection_and_serves_other_transports() {
     assert!(ev.data.get("channel").is_none(), "sent to the connection, on no channel");
     assert!(matches!(
         h.send_to_connection("cgone", herald::Event::chat("x")).await,
-        Err(herald::herald::RoomError::NoConnection(_))
+        Err(herald::RoomError::NoConnection(_))
     ));
     assert_eq!(h.stats().connections, 2);
     drop(conn);

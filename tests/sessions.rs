@@ -110,7 +110,7 @@ async fn a_ticket_does_not_outlive_the_token_it_was_issued_for() {
 async fn a_library_connection_of_a_user_ends_when_the_users_token_expires() {
     let server = strict_server().await;
     let h = &server.herald;
-    let who = herald::Principal::User(std::sync::Arc::new(herald::auth::UserIdentity {
+    let who = herald::Principal::User(std::sync::Arc::new(herald::UserIdentity {
         id: "dee".into(),
         name: None,
         subscribe: None,
@@ -119,7 +119,7 @@ async fn a_library_connection_of_a_user_ends_when_the_users_token_expires() {
     }));
     let channel = h.parse_channel("user:dee").unwrap_or_else(|e| panic!("{e}"));
     let mut conn = h
-        .connect(herald::herald::StreamRequest::new(who, vec![channel]))
+        .connect(herald::StreamRequest::new(who, vec![channel]))
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let connected = support::within("connected", conn.recv()).await.unwrap_or_else(|| panic!("ended early"));
@@ -128,6 +128,6 @@ async fn a_library_connection_of_a_user_ends_when_the_users_token_expires() {
     assert_eq!(expired.event_type, "token_expired");
     assert_eq!(expired.id, connected.id, "nothing was written in between: the cursor did not move");
     assert_eq!(support::within("the end", conn.recv()).await, None);
-    assert_eq!(conn.close_reason(), Some(herald::hub::connection::CloseReason::TokenExpired));
+    assert_eq!(conn.close_reason(), Some(herald::CloseReason::TokenExpired));
     assert_eq!(h.connection_count(), 0, "it left the hub");
 }

@@ -33,9 +33,9 @@ use crate::hub::Hub;
 use crate::limits::RateLimiter;
 use crate::policy::{Denied, Policies};
 
-pub use presence::{PresenceError, USER_STATUSES, UserPresence};
+pub use presence::{PresenceError, UserPresence};
 pub use rooms::{ChannelInfo, RoomError};
-pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, MAX_BAN, api_key_only};
+pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, api_key_only};
 pub use stream::StreamRequest;
 
 /// The scope of the application's own idempotency keys (publishers over HTTP are scoped by
@@ -123,10 +123,7 @@ impl Herald {
     /// A node with the in-memory engine. Starts its maintenance task, so call it inside a
     /// Tokio runtime.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        config.validate()?;
-        let policies = Arc::new(Policies::from_config(&config));
-        let hub = Arc::new(Hub::new());
-        Self::with_engine(config, policies, hub, Arc::new(MemoryEngine::new()))
+        Self::with_engine(config, Arc::new(MemoryEngine::new()))
     }
 
     /// A node with the engine the configuration names: Redis with `redis_url`, the
@@ -136,8 +133,6 @@ impl Herald {
         config.validate()?;
         // Other nodes address this one by its id: fix it before the engine starts.
         let node_id = config.node_id.get_or_insert_with(random_node_id).clone();
-        let policies = Arc::new(Policies::from_config(&config));
-        let hub = Arc::new(Hub::new());
         let opts = RedisOptions {
             url,
             tls_ca: config.redis_tls_ca.clone(),
@@ -148,18 +143,15 @@ impl Herald {
             node_id,
         };
         let engine = RedisEngine::connect(opts).await.map_err(StartError::Engine)?;
-        Ok(Self::with_engine(config, policies, hub, engine)?)
+        Ok(Self::with_engine(config, engine)?)
     }
 
     /// A node with an engine built by the caller; the node attaches itself to it (an engine
-    /// serves one node).
-    pub fn with_engine(
-        config: Config,
-        policies: Arc<Policies>,
-        hub: Arc<Hub>,
-        engine: Arc<dyn Engine>,
-    ) -> Result<Self, ConfigError> {
+    /// serves one node). Starts its maintenance task, so call it inside a Tokio runtime.
+    pub fn with_engine(config: Config, engine: Arc<dyn Engine>) -> Result<Self, ConfigError> {
         config.validate()?;
+        let policies = Arc::new(Policies::from_config(&config));
+        let hub = Arc::new(Hub::new());
         let auth = Authenticator::from_config(&config)?;
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         let inner = Arc::new(Inner {

@@ -32,7 +32,7 @@ pub struct StreamRequest {
     /// SSE: send `event: <type>` lines (for `addEventListener`) instead of unnamed events.
     pub named: bool,
     /// Lets the hub tear down the socket of a transport whose writer stalls with its client
-    /// (HTTP/1.1; see [`crate::transport`]).
+    /// (HTTP/1.1; see `transport`).
     pub kill: Option<KillSwitch>,
     /// Field filters (`docs/channels.md`, "Filters"): only events whose top-level `field`
     /// equals `value`, for every pair, reach the stream.

@@ -51,7 +51,7 @@ impl Emit for MessageOut {
 ///
 /// ```no_run
 /// # async fn demo(herald: herald::Herald) -> Result<(), Box<dyn std::error::Error>> {
-/// use herald::{Principal, herald::StreamRequest};
+/// use herald::{Principal, StreamRequest};
 /// let channel = herald.parse_channel("channel:general")?;
 /// let mut conn = herald.connect(StreamRequest::new(Principal::Anonymous, vec![channel])).await?;
 /// while let Some(msg) = conn.recv().await {

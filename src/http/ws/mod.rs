@@ -4,8 +4,8 @@
 //! This module owns the upgrade: the same query and credentials as `GET /api/events`, and,
 //! when the query names channels, the same [`Herald::connect`] before the `101`, so that
 //! every refusal is the HTTP status and JSON error an SSE client would get. The socket's
-//! life (commands, events, heartbeats, closes) is [`session`]; its messages are
-//! [`protocol`]. It builds on the library's transport-neutral [`crate::Connection`] and must
+//! life (commands, events, heartbeats, closes) is `session`; its messages are
+//! `protocol`. It builds on the library's transport-neutral [`crate::Connection`] and must
 //! not reach into the hub's queue. The protocol is specified in `docs/websocket.md`.
 
 mod protocol;
