@@ -219,6 +219,33 @@ describe('over a WebSocket', () => {
   });
 });
 
+it('waits out the drain hint of a closing node (1012 with `retryMs`) before it reconnects', async () => {
+  const draining = await startHerald('websocket = true\nretry = "2s"\ndrain_reconnect_window = "1s"\n');
+  try {
+    const { WebSocket } = tracked();
+    const client = new HeraldClient({ url: draining.url, auth: { mode: 'header', token: token('drained') }, WebSocket });
+    const delays: Array<number | undefined> = [];
+    const c = collect(client, 'user:drained', {
+      transport: 'websocket',
+      backoff: { random: () => 0 },
+      onStateChange: (s, info) => {
+        if (s === 'reconnecting') delays.push(info.delayMs);
+      },
+    });
+    await waitFor(() => c.sub.state === 'open', 'open');
+    await draining.drain();
+    await waitFor(() => delays.length > 0, 'reconnecting');
+    c.sub.close();
+    const drained = c.errors[0] as HeraldError;
+    expect(drained.code).toBe('server_draining');
+    expect(drained.retryAfterMs).toBeGreaterThanOrEqual(2000);
+    expect(drained.retryAfterMs).toBeLessThan(3000);
+    expect(delays[0]).toBe(drained.retryAfterMs);
+  } finally {
+    await draining.stop();
+  }
+}, 30_000);
+
 describe("transport 'auto'", () => {
   it('uses a socket where the server has them', async () => {
     const { WebSocket, sockets } = tracked();
