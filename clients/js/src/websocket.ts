@@ -103,6 +103,8 @@ export class Socket {
     this.ws.onmessage = (ev) => this.frame(ev.data);
     this.ws.onerror = () => {};
     this.ws.onclose = (ev) => this.lost(closeError(ev.code, ev.reason));
+    // An upgrade that hangs counts as silence too.
+    this.touch();
   }
 
   /** Sends a command; resolves to its `result`, rejects with its error frame. */

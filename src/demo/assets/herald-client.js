@@ -279,6 +279,7 @@ var Socket = class {
 		this.ws.onmessage = (ev) => this.frame(ev.data);
 		this.ws.onerror = () => {};
 		this.ws.onclose = (ev) => this.lost(closeError(ev.code, ev.reason));
+		this.touch();
 	}
 	/** Sends a command; resolves to its `result`, rejects with its error frame. */
 	request(type, fields) {
