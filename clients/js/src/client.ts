@@ -11,7 +11,11 @@
 
 import { Backoff, type BackoffOptions } from './backoff.js';
 import type { DisconnectEvent, EventMap, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
-import { SseParser, type SseMessage } from './sse.js';
+import { HeraldError } from './errors.js';
+import { SseParser } from './sse.js';
+import { Socket, type WebSocketConstructor } from './websocket.js';
+
+export { HeraldError };
 
 /** A token, or a function that returns a fresh one (called before every connect, and so
  * when the server ends a stream because its token expired: see `token_expired`). */
@@ -50,6 +54,11 @@ export interface HeraldClientOptions {
   fetch?: typeof fetch;
   /** Defaults to the global `EventSource`, when there is one. */
   EventSource?: EventSourceConstructor;
+  /** Defaults to the global `WebSocket`, when there is one. In Node, the `ws` package's
+   * (which also carries an `apiKey` in the upgrade's headers). */
+  WebSocket?: WebSocketConstructor;
+  /** The transport of every subscription (each may override it). Default `sse`. */
+  transport?: Transport;
   /** Reconnect timing for every subscription (each may override it). */
   backoff?: BackoffOptions;
   /** Fetch streams: reconnect when nothing, not even a heartbeat, arrives for this long.
@@ -57,7 +66,18 @@ export interface HeraldClientOptions {
   idleTimeoutMs?: number;
 }
 
-export type Transport = 'auto' | 'eventsource' | 'fetch';
+/** How a subscription reaches the server.
+ *
+ * - `sse` (default): Server-Sent Events, over `fetch` for `header`/`apiKey` auth or where
+ *   there is no `EventSource`, over `EventSource` otherwise.
+ * - `eventsource`, `fetch`: Server-Sent Events over that one.
+ * - `websocket`: `GET /api/ws` (the server needs `websocket = true`; see docs/websocket.md).
+ * - `auto`: a WebSocket, and SSE for the rest of the subscription's life once a socket
+ *   cannot be opened (the server has WebSocket off, or a proxy refuses the upgrade).
+ *
+ * Events, ids and resume are the same over each: a subscription that moves from one to
+ * another resumes with the id it has. */
+export type Transport = 'sse' | 'eventsource' | 'fetch' | 'websocket' | 'auto';
 
 export type SubscriptionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
 
@@ -87,31 +107,9 @@ export interface SubscribeOptions {
   filters?: string[];
   /** Resume from this SSE id on the first connect. */
   lastEventId?: string;
-  /** `auto` (default): fetch for `header`/`apiKey` auth or where there is no
-   * `EventSource`, `EventSource` otherwise. */
+  /** Default: the client's `transport`, `sse` if unset (see `Transport`). */
   transport?: Transport;
   backoff?: BackoffOptions;
-}
-
-/** An error answer of Herald's API (`{"error":{"code","message"}}`) or of the network. */
-export class HeraldError extends Error {
-  constructor(
-    message: string,
-    /** The HTTP status, 0 for a network failure. */
-    readonly status: number,
-    /** Herald's snake_case error code, like `invalid_channel`. */
-    readonly code: string,
-    /** From `Retry-After`, in ms. */
-    readonly retryAfterMs?: number,
-  ) {
-    super(message);
-    this.name = 'HeraldError';
-  }
-
-  /** Retrying cannot help: a bad request, a forbidden channel, an unknown endpoint. */
-  get fatal(): boolean {
-    return this.status >= 400 && this.status < 500 && ![401, 408, 425, 429].includes(this.status);
-  }
 }
 
 export interface PresenceUser {
@@ -180,8 +178,10 @@ export class HeraldClient {
   readonly auth: Auth;
   readonly backoff: BackoffOptions;
   readonly idleTimeoutMs: number;
+  readonly transport: Transport;
   private readonly fetchImpl: typeof fetch;
   private readonly eventSource?: EventSourceConstructor;
+  private readonly webSocket?: WebSocketConstructor;
 
   constructor(options: HeraldClientOptions = {}) {
     this.url = (options.url ?? '').replace(/\/+$/, '');
@@ -194,6 +194,8 @@ export class HeraldClient {
     this.fetchImpl = options.fetch ?? ((input, init) => f(input, init));
     this.eventSource =
       options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
+    this.webSocket = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    this.transport = options.transport ?? 'sse';
   }
 
   /** Opens a subscription to one or more channels. It connects at once and keeps
@@ -272,6 +274,15 @@ export class HeraldClient {
     return `${this.url}/api/events?${q.toString()}`;
   }
 
+  /** The `ws:`/`wss:` URL of `GET /api/ws` (relative to the page when `url` is unset). */
+  socketUrl(extra: Array<[string, string]> = []): string {
+    const base = (globalThis as { location?: { href: string } }).location?.href;
+    const u = new URL(`${this.url}/api/ws`, base);
+    u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+    for (const [k, v] of extra) u.searchParams.append(k, v);
+    return u.toString();
+  }
+
   /** The headers that carry this client's credential (none for `none`/`cookie`). */
   async authHeaders(): Promise<Record<string, string>> {
     switch (this.auth.mode) {
@@ -318,6 +329,11 @@ export class HeraldClient {
   get eventSourceConstructor(): EventSourceConstructor | undefined {
     return this.eventSource;
   }
+
+  /** @internal */
+  get webSocketConstructor(): WebSocketConstructor | undefined {
+    return this.webSocket;
+  }
 }
 
 /** Mints a token for `userId` on a dev-mode server (`POST /api/dev/token`); refused
@@ -359,6 +375,8 @@ type Listener = (event: any) => void;
 
 interface Connection {
   close(): void;
+  /** Set when the connection is a WebSocket: commands go over it. */
+  socket?: Socket;
 }
 
 /** A live subscription: events in order, reconnecting and resuming until closed. */
@@ -383,6 +401,8 @@ export class Subscription {
   /** Bumped on every connect and on close; callbacks of an older connection are ignored. */
   private generation = 0;
   private connectedAt = 0;
+  /** `auto`: a socket could not be opened, so this subscription stays on SSE. */
+  private socketFailed = false;
 
   constructor(
     private readonly client: HeraldClient,
@@ -452,6 +472,28 @@ export class Subscription {
     this.removeChannel(channel);
   }
 
+  /** Publishes one event: over this subscription's socket while it is an open WebSocket
+   * (the reply carries the id), over `POST /api/publish` (`HeraldClient.publish`)
+   * otherwise, or when the socket closes before the reply, under the same idempotency key. */
+  async publish(
+    channel: string | string[],
+    type: string,
+    payload: Record<string, unknown> = {},
+    options: PublishOptions = {},
+  ): Promise<{ id: string }> {
+    const socket = this.connection?.socket;
+    const idempotencyKey = options.idempotencyKey ?? newIdempotencyKey();
+    if (socket && this.state === 'open') {
+      const target = Array.isArray(channel) ? { channels: channel } : { channel };
+      try {
+        return await socket.request<{ id: string }>('publish', { event: { ...payload, ...target, type }, idempotencyKey });
+      } catch (e) {
+        if (!(e instanceof HeraldError && e.status === 0)) throw e;
+      }
+    }
+    return this.client.publish(channel, type, payload, { ...options, idempotencyKey });
+  }
+
   /** Closes the stream for good. */
   close(): void {
     this.shutdown(undefined);
@@ -467,9 +509,11 @@ export class Subscription {
     this.options.onStateChange?.(state, { attempt: this.backoff.attempt, ...info });
   }
 
-  private transport(): 'eventsource' | 'fetch' {
-    const wanted = this.options.transport ?? 'auto';
-    if (wanted !== 'auto') return wanted;
+  /** The transport of the next connect. */
+  private transport(): 'eventsource' | 'fetch' | 'websocket' {
+    let wanted = this.options.transport ?? this.client.transport;
+    if (wanted === 'auto') wanted = this.socketFailed || !this.client.webSocketConstructor ? 'sse' : 'websocket';
+    if (wanted !== 'sse') return wanted;
     const mode = this.client.auth.mode;
     if (mode === 'header' || mode === 'apiKey' || !this.client.eventSourceConstructor) return 'fetch';
     return 'eventsource';
@@ -481,7 +525,20 @@ export class Subscription {
     this.connectedAt = 0;
     const extra: Array<[string, string]> = (this.options.filters ?? []).map((f) => ['filter', f]);
     try {
-      if (this.transport() === 'eventsource') {
+      const transport = this.transport();
+      if (transport === 'websocket') {
+        const WS = this.client.webSocketConstructor;
+        if (!WS) throw new HeraldError('no WebSocket here: pass `WebSocket` in the options', 0, 'no_websocket');
+        // As for EventSource, which cannot send headers either: a ticket in the query. A
+        // bearer token goes in the first message; an API key in the upgrade's headers.
+        const auth = this.client.auth;
+        const query: Array<[string, string]> = [];
+        if (auth.mode === 'ticket') query.push(['ticket', await this.client.ticket()]);
+        const token = auth.mode === 'header' ? await resolveToken(auth.token) : undefined;
+        const headers = auth.mode === 'apiKey' ? { 'X-Api-Key': auth.key } : undefined;
+        if (gen !== this.generation) return;
+        this.connection = this.openSocket(WS, this.client.socketUrl(query), token, headers, gen);
+      } else if (transport === 'eventsource') {
         const ES = this.client.eventSourceConstructor;
         if (!ES) throw new HeraldError('no EventSource here: use transport `fetch`', 0, 'no_event_source');
         if (this.client.auth.mode === 'ticket') extra.push(['ticket', await this.client.ticket()]);
@@ -503,10 +560,42 @@ export class Subscription {
     }
   }
 
+  private openSocket(
+    WS: WebSocketConstructor,
+    url: string,
+    token: string | undefined,
+    headers: Record<string, string> | undefined,
+    gen: number,
+  ): Connection {
+    const auto = (this.options.transport ?? this.client.transport) === 'auto';
+    const socket = new Socket(WS, {
+      url,
+      token,
+      headers,
+      subscribe: { channels: [...this.channels], lastEventId: this.lastEventId, filters: this.options.filters },
+      idleMs: this.client.idleTimeoutMs,
+      onEvent: (id, event) => {
+        if (gen === this.generation) this.message(id, event);
+      },
+      onLost: (error, opened) => {
+        if (gen !== this.generation) return;
+        if (auto && !opened) {
+          // The upgrade failed: no sockets here (or a proxy in the way). SSE, at once.
+          this.socketFailed = true;
+          this.connection = undefined;
+          void this.connect();
+          return;
+        }
+        this.lost(error);
+      },
+    });
+    return { close: () => socket.close(), socket };
+  }
+
   private openEventSource(ES: EventSourceConstructor, url: string, gen: number): Connection {
     const es = new ES(url, { withCredentials: this.client.auth.mode === 'cookie' });
     es.onmessage = (ev) => {
-      if (gen === this.generation) this.message({ event: 'message', data: ev.data, id: ev.lastEventId });
+      if (gen === this.generation) this.sseMessage(ev.lastEventId, ev.data);
     };
     es.onerror = () => {
       // EventSource would reconnect by itself, but with the same URL (a spent ticket, the
@@ -544,7 +633,7 @@ export class Subscription {
       }
       const parser = new SseParser({
         onMessage: (m) => {
-          if (gen === this.generation) this.message(m);
+          if (gen === this.generation) this.sseMessage(m.id, m.data);
         },
         onRetry: (ms) => {
           if (!this.fixedBase && ms > 0) this.backoff.baseMs = ms;
@@ -576,15 +665,22 @@ export class Subscription {
     };
   }
 
-  private message(m: SseMessage): void {
-    if (m.id) this.lastEventId = m.id;
-    let event: StreamEvent;
+  private sseMessage(id: string, data: string): void {
+    let event: unknown;
     try {
-      event = JSON.parse(m.data) as StreamEvent;
+      event = JSON.parse(data);
     } catch {
+      if (id) this.lastEventId = id;
       this.options.onError?.(new HeraldError('an event is not JSON', 0, 'bad_event'));
       return;
     }
+    this.message(id, event);
+  }
+
+  /** One event, whatever carried it: the SSE `id:` and `data:`, or a socket frame's. */
+  private message(id: string, data: unknown): void {
+    if (id) this.lastEventId = id;
+    const event = data as StreamEvent;
     if (!event || typeof event !== 'object' || typeof event.type !== 'string') return;
     let stop: HeraldError | undefined;
     switch (event.type) {

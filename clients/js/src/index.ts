@@ -1,4 +1,4 @@
-// @herald/client: subscribe to Herald's Server-Sent Events with resume and jittered
+// @herald/client: subscribe to Herald's Server-Sent Events (or its WebSocket) with resume and jittered
 // reconnects, publish, presence and live rooms. The React hook is in `@herald/client/react`.
 
 export { AiStreams, type AiStream } from './ai.js';
@@ -36,3 +36,4 @@ export {
 export * from './events.js';
 export { PresenceTracker } from './presence.js';
 export { SseParser, type SseHandlers, type SseMessage } from './sse.js';
+export { type WebSocketConstructor, type WebSocketLike } from './websocket.js';

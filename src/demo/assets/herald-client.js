@@ -77,6 +77,29 @@ var Backoff = class {
 		this.attempt = 0;
 	}
 };
+// src/errors.ts
+/** An error answer of Herald's API (`{"error":{"code","message"}}`) or of the network. */
+var HeraldError = class extends Error {
+	status;
+	code;
+	retryAfterMs;
+	constructor(message, status, code, retryAfterMs) {
+		super(message);
+		this.status = status;
+		this.code = code;
+		this.retryAfterMs = retryAfterMs;
+		this.name = "HeraldError";
+	}
+	/** Retrying cannot help: a bad request, a forbidden channel, an unknown endpoint. */
+	get fatal() {
+		return this.status >= 400 && this.status < 500 && ![
+			401,
+			408,
+			425,
+			429
+		].includes(this.status);
+	}
+};
 // src/sse.ts
 /** An incremental SSE parser: feed it text or bytes as they arrive. */
 var SseParser = class {
@@ -200,29 +223,128 @@ var SseParser = class {
 		this.handlers.onMessage(message);
 	}
 };
-// src/client.ts
-/** An error answer of Herald's API (`{"error":{"code","message"}}`) or of the network. */
-var HeraldError = class extends Error {
-	status;
-	code;
-	retryAfterMs;
-	constructor(message, status, code, retryAfterMs) {
-		super(message);
-		this.status = status;
-		this.code = code;
-		this.retryAfterMs = retryAfterMs;
-		this.name = "HeraldError";
+// src/websocket.ts
+/** The HTTP status an error code carries on Herald's HTTP API, so that a refusal over a
+* socket is as fatal (or not) as the same refusal of an SSE request. */
+function statusOf(code) {
+	if (/^(invalid_token|token_expired|invalid_api_key|invalid_ticket|unauthorized)$/.test(code)) return 401;
+	if (/^(forbidden|banned|origin_not_allowed)$/.test(code)) return 403;
+	if (/^(rate_limited|too_many_connections)$/.test(code)) return 429;
+	if (/^(server_at_capacity|server_draining|engine_unavailable|auth_unavailable)$/.test(code)) return 503;
+	if (/not_found|presence_disabled/.test(code)) return 404;
+	if (/too_large/.test(code)) return 413;
+	if (code === "subscribe_timeout") return 408;
+	if (code === "internal_error") return 500;
+	return 400;
+}
+/** An error frame's `error` as a `HeraldError`. */
+function frameError(frame) {
+	const code = frame.error?.code ?? "websocket_error";
+	const retry = typeof frame.retryAfter === "number" ? frame.retryAfter * 1e3 : void 0;
+	return new HeraldError(frame.error?.message ?? code, statusOf(code), code, retry);
+}
+/** Why a socket ended, from its close code and JSON reason (`{"code","retryMs"}`). */
+function closeError(code, reason) {
+	let why = {};
+	try {
+		why = JSON.parse(reason);
+	} catch {}
+	const name = why.code ?? (code === 1006 ? "websocket_lost" : "websocket_closed");
+	return new HeraldError(`the socket closed (${code}${why.code ? ` ${why.code}` : ""})`, code === 1008 ? statusOf(name) : code === 1012 ? 503 : 0, name, typeof why.retryMs === "number" ? why.retryMs : void 0);
+}
+/** One open socket: its commands and their answers. */
+var Socket = class {
+	o;
+	ws;
+	pending = /* @__PURE__ */ new Map();
+	nextId = 1;
+	opened = false;
+	done = false;
+	idle;
+	pinger;
+	constructor(WS, o) {
+		this.o = o;
+		this.ws = o.headers ? new WS(o.url, [], { headers: o.headers }) : new WS(o.url);
+		this.ws.onopen = () => {
+			this.opened = true;
+			this.touch();
+			if (o.idleMs > 0) this.pinger = setInterval(() => void this.request("ping", {}).catch(() => {}), o.idleMs / 3);
+			if (o.token !== void 0) this.request("auth", { token: o.token }).catch((e) => this.lost(e));
+			const s = o.subscribe;
+			const sub = { channels: s.channels };
+			if (s.lastEventId) sub.lastEventId = s.lastEventId;
+			if (s.filters?.length) sub.filters = s.filters;
+			this.request("subscribe", sub).catch((e) => this.lost(e));
+		};
+		this.ws.onmessage = (ev) => this.frame(ev.data);
+		this.ws.onerror = () => {};
+		this.ws.onclose = (ev) => this.lost(closeError(ev.code, ev.reason));
+		this.touch();
 	}
-	/** Retrying cannot help: a bad request, a forbidden channel, an unknown endpoint. */
-	get fatal() {
-		return this.status >= 400 && this.status < 500 && ![
-			401,
-			408,
-			425,
-			429
-		].includes(this.status);
+	/** Sends a command; resolves to its `result`, rejects with its error frame. */
+	request(type, fields) {
+		if (this.done || this.ws.readyState !== 1) return Promise.reject(new HeraldError("the socket is not open", 0, "websocket_closed"));
+		const id = this.nextId++;
+		return new Promise((ok, fail) => {
+			this.pending.set(id, {
+				ok,
+				fail
+			});
+			this.ws.send(JSON.stringify({
+				type,
+				id,
+				...fields
+			}));
+		});
+	}
+	close() {
+		this.end(new HeraldError("the socket was closed", 0, "websocket_closed"));
+		try {
+			this.ws.close(1e3);
+		} catch {}
+	}
+	frame(data) {
+		if (this.done) return;
+		this.touch();
+		let f;
+		try {
+			f = JSON.parse(String(data));
+		} catch {
+			return;
+		}
+		if (f.type === "reply" || f.type === "error") {
+			const waiting = typeof f.id === "number" ? this.pending.get(f.id) : void 0;
+			if (waiting) {
+				this.pending.delete(f.id);
+				if (f.type === "reply") waiting.ok(f.result);
+				else waiting.fail(frameError(f));
+			}
+		} else if (typeof f.id === "string" && f.data !== void 0) this.o.onEvent(f.id, f.data);
+	}
+	touch() {
+		const ms = this.o.idleMs;
+		if (ms <= 0) return;
+		if (this.idle) clearTimeout(this.idle);
+		this.idle = setTimeout(() => {
+			this.lost(new HeraldError(`no frame for ${ms} ms`, 0, "idle_timeout"));
+			this.ws.close();
+		}, ms);
+	}
+	lost(error) {
+		if (this.done) return;
+		const opened = this.opened;
+		this.end(error);
+		this.o.onLost(error, opened);
+	}
+	end(error) {
+		this.done = true;
+		if (this.idle) clearTimeout(this.idle);
+		if (this.pinger) clearInterval(this.pinger);
+		for (const p of this.pending.values()) p.fail(error);
+		this.pending.clear();
 	}
 };
+// src/client.ts
 var DEFAULT_PUBLISH_RETRIES = 2;
 /** Answers after which a publish may be retried: the network, timeouts, overload. */
 function retryable(e) {
@@ -249,8 +371,10 @@ var HeraldClient = class {
 	auth;
 	backoff;
 	idleTimeoutMs;
+	transport;
 	fetchImpl;
 	eventSource;
+	webSocket;
 	constructor(options = {}) {
 		this.url = (options.url ?? "").replace(/\/+$/, "");
 		this.auth = options.auth ?? { mode: "none" };
@@ -260,6 +384,8 @@ var HeraldClient = class {
 		if (!f) throw new Error("no fetch: pass `fetch` in the options");
 		this.fetchImpl = options.fetch ?? ((input, init) => f(input, init));
 		this.eventSource = options.EventSource ?? globalThis.EventSource;
+		this.webSocket = options.WebSocket ?? globalThis.WebSocket;
+		this.transport = options.transport ?? "sse";
 	}
 	/** Opens a subscription to one or more channels. It connects at once and keeps
 	* reconnecting until `close()`. */
@@ -323,6 +449,14 @@ var HeraldClient = class {
 		for (const [k, v] of extra) q.append(k, v);
 		return `${this.url}/api/events?${q.toString()}`;
 	}
+	/** The `ws:`/`wss:` URL of `GET /api/ws` (relative to the page when `url` is unset). */
+	socketUrl(extra = []) {
+		const base = globalThis.location?.href;
+		const u = new URL(`${this.url}/api/ws`, base);
+		u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+		for (const [k, v] of extra) u.searchParams.append(k, v);
+		return u.toString();
+	}
 	/** The headers that carry this client's credential (none for `none`/`cookie`). */
 	async authHeaders() {
 		switch (this.auth.mode) {
@@ -365,6 +499,10 @@ var HeraldClient = class {
 	/** @internal */
 	get eventSourceConstructor() {
 		return this.eventSource;
+	}
+	/** @internal */
+	get webSocketConstructor() {
+		return this.webSocket;
 	}
 };
 /** Mints a token for `userId` on a dev-mode server (`POST /api/dev/token`); refused
@@ -421,6 +559,8 @@ var Subscription = class {
 	/** Bumped on every connect and on close; callbacks of an older connection are ignored. */
 	generation = 0;
 	connectedAt = 0;
+	/** `auto`: a socket could not be opened, so this subscription stays on SSE. */
+	socketFailed = false;
 	constructor(client, channels, options) {
 		this.client = client;
 		this.options = options;
@@ -470,6 +610,32 @@ var Subscription = class {
 		}
 		this.removeChannel(channel);
 	}
+	/** Publishes one event: over this subscription's socket while it is an open WebSocket
+	* (the reply carries the id), over `POST /api/publish` (`HeraldClient.publish`)
+	* otherwise, or when the socket closes before the reply, under the same idempotency key. */
+	async publish(channel, type, payload = {}, options = {}) {
+		const socket = this.connection?.socket;
+		const idempotencyKey = options.idempotencyKey ?? newIdempotencyKey();
+		if (socket && this.state === "open") {
+			const target = Array.isArray(channel) ? { channels: channel } : { channel };
+			try {
+				return await socket.request("publish", {
+					event: {
+						...payload,
+						...target,
+						type
+					},
+					idempotencyKey
+				});
+			} catch (e) {
+				if (!(e instanceof HeraldError && e.status === 0)) throw e;
+			}
+		}
+		return this.client.publish(channel, type, payload, {
+			...options,
+			idempotencyKey
+		});
+	}
 	/** Closes the stream for good. */
 	close() {
 		this.shutdown(void 0);
@@ -485,9 +651,11 @@ var Subscription = class {
 			...info
 		});
 	}
+	/** The transport of the next connect. */
 	transport() {
-		const wanted = this.options.transport ?? "auto";
-		if (wanted !== "auto") return wanted;
+		let wanted = this.options.transport ?? this.client.transport;
+		if (wanted === "auto") wanted = this.socketFailed || !this.client.webSocketConstructor ? "sse" : "websocket";
+		if (wanted !== "sse") return wanted;
 		const mode = this.client.auth.mode;
 		if (mode === "header" || mode === "apiKey" || !this.client.eventSourceConstructor) return "fetch";
 		return "eventsource";
@@ -498,7 +666,18 @@ var Subscription = class {
 		this.connectedAt = 0;
 		const extra = (this.options.filters ?? []).map((f) => ["filter", f]);
 		try {
-			if (this.transport() === "eventsource") {
+			const transport = this.transport();
+			if (transport === "websocket") {
+				const WS = this.client.webSocketConstructor;
+				if (!WS) throw new HeraldError("no WebSocket here: pass `WebSocket` in the options", 0, "no_websocket");
+				const auth = this.client.auth;
+				const query = [];
+				if (auth.mode === "ticket") query.push(["ticket", await this.client.ticket()]);
+				const token = auth.mode === "header" ? await resolveToken(auth.token) : void 0;
+				const headers = auth.mode === "apiKey" ? { "X-Api-Key": auth.key } : void 0;
+				if (gen !== this.generation) return;
+				this.connection = this.openSocket(WS, this.client.socketUrl(query), token, headers, gen);
+			} else if (transport === "eventsource") {
 				const ES = this.client.eventSourceConstructor;
 				if (!ES) throw new HeraldError("no EventSource here: use transport `fetch`", 0, "no_event_source");
 				if (this.client.auth.mode === "ticket") extra.push(["ticket", await this.client.ticket()]);
@@ -518,14 +697,41 @@ var Subscription = class {
 			if (gen === this.generation) this.lost(asError(e));
 		}
 	}
+	openSocket(WS, url, token, headers, gen) {
+		const auto = (this.options.transport ?? this.client.transport) === "auto";
+		const socket = new Socket(WS, {
+			url,
+			token,
+			headers,
+			subscribe: {
+				channels: [...this.channels],
+				lastEventId: this.lastEventId,
+				filters: this.options.filters
+			},
+			idleMs: this.client.idleTimeoutMs,
+			onEvent: (id, event) => {
+				if (gen === this.generation) this.message(id, event);
+			},
+			onLost: (error, opened) => {
+				if (gen !== this.generation) return;
+				if (auto && !opened) {
+					this.socketFailed = true;
+					this.connection = void 0;
+					this.connect();
+					return;
+				}
+				this.lost(error);
+			}
+		});
+		return {
+			close: () => socket.close(),
+			socket
+		};
+	}
 	openEventSource(ES, url, gen) {
 		const es = new ES(url, { withCredentials: this.client.auth.mode === "cookie" });
 		es.onmessage = (ev) => {
-			if (gen === this.generation) this.message({
-				event: "message",
-				data: ev.data,
-				id: ev.lastEventId
-			});
+			if (gen === this.generation) this.sseMessage(ev.lastEventId, ev.data);
 		};
 		es.onerror = () => {
 			es.close();
@@ -558,7 +764,7 @@ var Subscription = class {
 			if (!type.startsWith("text/event-stream") || !resp.body) throw new HeraldError(`not an event stream (${type || "no content type"})`, resp.status, "not_event_stream");
 			const parser = new SseParser({
 				onMessage: (m) => {
-					if (gen === this.generation) this.message(m);
+					if (gen === this.generation) this.sseMessage(m.id, m.data);
 				},
 				onRetry: (ms) => {
 					if (!this.fixedBase && ms > 0) this.backoff.baseMs = ms;
@@ -585,15 +791,21 @@ var Subscription = class {
 			if (idle) clearTimeout(idle);
 		} };
 	}
-	message(m) {
-		if (m.id) this.lastEventId = m.id;
+	sseMessage(id, data) {
 		let event;
 		try {
-			event = JSON.parse(m.data);
+			event = JSON.parse(data);
 		} catch {
+			if (id) this.lastEventId = id;
 			this.options.onError?.(new HeraldError("an event is not JSON", 0, "bad_event"));
 			return;
 		}
+		this.message(id, event);
+	}
+	/** One event, whatever carried it: the SSE `id:` and `data:`, or a socket frame's. */
+	message(id, data) {
+		if (id) this.lastEventId = id;
+		const event = data;
 		if (!event || typeof event !== "object" || typeof event.type !== "string") return;
 		let stop;
 		switch (event.type) {

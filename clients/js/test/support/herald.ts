@@ -39,6 +39,8 @@ export interface RunningHerald {
   /** Publishes with the API key; resolves to the event's id. */
   publish(channel: string, type: string, payload?: Record<string, unknown>): Promise<string>;
   stop(): Promise<void>;
+  /** SIGTERM: the node drains its streams and sockets, then exits. */
+  drain(): Promise<void>;
 }
 
 /** Starts `herald serve` with `toml` as its configuration file (auth is added by flags). */
@@ -73,6 +75,11 @@ export async function startHerald(toml = ''): Promise<RunningHerald> {
       });
       if (!resp.ok) throw new Error(`publish: HTTP ${resp.status} ${await resp.text()}`);
       return ((await resp.json()) as { id: string }).id;
+    },
+    async drain() {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
     },
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
