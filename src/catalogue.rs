@@ -33,7 +33,7 @@ pub mod types {
     pub const UPLOAD_FAILED: &str = "upload_failed";
     pub const AI_CHAT: &str = "ai_chat";
     pub const AI_CHAT_CHUNK: &str = "ai_chat_chunk";
-    /// Document 003's custom types, dot-named by domain.
+    /// An incident platform's custom types, dot-named by domain.
     pub const INCIDENT_CREATED: &str = "incident.created";
     pub const INCIDENT_UPDATED: &str = "incident.updated";
     pub const TIMELINE_UPDATED: &str = "timeline.updated";
