@@ -31,9 +31,9 @@ use crate::hub::connection::CloseReason;
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// Frames a client may send per second, past the burst (commands, pings and pongs alike).
-const FRAME_RATE: f64 = 50.0;
+pub(in crate::http) const FRAME_RATE: f64 = 50.0;
 /// Frames a client may send at once.
-const FRAME_BURST: f64 = 100.0;
+pub(in crate::http) const FRAME_BURST: f64 = 100.0;
 
 /// Most events gathered into one write.
 const MAX_BATCH: usize = 64;
@@ -379,7 +379,7 @@ enum End {
 }
 
 /// The next message of the connection; never, while the socket has none.
-async fn next(conn: &mut Option<Connection>) -> Option<Message> {
+pub(in crate::http) async fn next(conn: &mut Option<Connection>) -> Option<Message> {
     match conn {
         Some(conn) => conn.recv().await,
         None => std::future::pending().await,
@@ -387,7 +387,7 @@ async fn next(conn: &mut Option<Connection>) -> Option<Message> {
 }
 
 /// The close that answers a frame tungstenite refused; `None` when the socket is gone.
-fn read_error(e: axum::Error) -> Option<Close> {
+pub(in crate::http) fn read_error(e: axum::Error) -> Option<Close> {
     use tungstenite::error::{CapacityError, Error};
     let Ok(e) = e.into_inner().downcast::<Error>() else { return None };
     match *e {
@@ -402,12 +402,12 @@ fn read_error(e: axum::Error) -> Option<Close> {
 /// The session's own rights over its connection: the caller's policy was checked already,
 /// and a socket may change its own subscription whoever it is (anonymous included, which
 /// owns no connection for `POST /api/connections/..`).
-fn own_connection() -> Principal {
+pub(in crate::http) fn own_connection() -> Principal {
     Principal::ApiKey(Arc::new(ApiKey::publisher("websocket", vec!["*".to_owned()])))
 }
 
 /// A token bucket for one socket's incoming frames.
-struct Bucket {
+pub(in crate::http) struct Bucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -415,11 +415,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: f64, burst: f64) -> Self {
+    pub(in crate::http) fn new(rate: f64, burst: f64) -> Self {
         Self { rate, burst, tokens: burst, last: Instant::now() }
     }
 
-    fn take(&mut self) -> bool {
+    pub(in crate::http) fn take(&mut self) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;

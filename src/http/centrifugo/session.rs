@@ -1,0 +1,362 @@
+//! One Centrifugo client's socket, in one task: `connect` first (its token says who the
+//! client is), then subscriptions, publications pushed as they come, client publishes,
+//! presence, Centrifugo's application-level pings (`{}` out, `{}` back) and the close with a
+//! disconnect code the SDK understands.
+//!
+//! The session owns the socket and, once something is subscribed, one [`Connection`] with
+//! all its channels (later subscriptions join it live, as `/api/ws` does), so a Centrifugo
+//! client counts against Herald's limits as one connection. It keeps the name each channel
+//! was subscribed by, to push under that name. A slow reader is cut by the hub's
+//! [`KillSwitch`], as for every transport.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{Message as Frame, WebSocket};
+use futures_util::FutureExt as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::protocol::{self, ClientError, Disconnect, Kind};
+use crate::auth::{AuthError, Principal};
+use crate::channel::{ChannelError, ChannelName};
+use crate::cursor::{LastEventId, Resume};
+use crate::event::SERVER_EVENT_TYPES;
+use crate::herald::{Herald, StreamRequest};
+use crate::http::auth::{PeerAddr, rate_key};
+use crate::http::error::ApiError;
+use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, next, own_connection, read_error};
+use crate::hub::connection::CloseReason;
+use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
+
+/// Most messages gathered into one frame.
+const MAX_BATCH: usize = 64;
+
+/// Longest wait for the closing handshake.
+const CLOSE_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A socket's state.
+pub(super) struct Session {
+    herald: Herald,
+    peer: Option<PeerAddr>,
+    /// Who `connect` said the client is; `None` before `connect`.
+    who: Option<Principal>,
+    /// The client id told in the `connect` reply.
+    client: String,
+    conn: Option<Connection>,
+    kill: KillSwitch,
+    /// Herald channel → the name the client subscribed it by.
+    subs: HashMap<String, String>,
+    frames: Bucket,
+    _drain_guard: Option<DrainGuard>,
+}
+
+/// How a session ends.
+enum End {
+    /// A Centrifugo disconnect code.
+    Disconnect(Disconnect),
+    /// A WebSocket close of the transport's own (a frame too big, not UTF-8, ...).
+    Close(Close),
+    ByClient,
+}
+
+/// The channel of an event, read from Herald's event JSON.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+}
+
+impl Session {
+    pub(super) fn new(herald: Herald, peer: Option<PeerAddr>, drain_guard: Option<DrainGuard>) -> Self {
+        Self {
+            herald,
+            peer,
+            who: None,
+            client: crate::ids::new_id(),
+            conn: None,
+            kill: KillSwitch::default(),
+            subs: HashMap::new(),
+            frames: Bucket::new(FRAME_RATE, FRAME_BURST),
+            _drain_guard: drain_guard,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut socket: WebSocket) {
+        let end = self.serve(&mut socket).await;
+        tracing::debug!(client = %self.client, "centrifugo client closed");
+        let frame = match end {
+            Some(End::Disconnect(d)) => d.frame(),
+            Some(End::Close(c)) => c.frame(),
+            Some(End::ByClient) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE, socket.recv()).await;
+                return;
+            }
+            None => return,
+        };
+        let handshake = async {
+            if socket.send(frame).await.is_ok() {
+                while let Some(Ok(_)) = socket.recv().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE, handshake).await;
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
+        let cfg = self.herald.config();
+        let beat = cfg.heartbeat_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // `connect` must come as soon as a request's headers must.
+        let deadline = Instant::now() + cfg.header_read_timeout;
+        let mut last_heard = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                msg = next(&mut self.conn) => match msg {
+                    Some(msg) => self.push(socket, msg).await?,
+                    None => return Some(End::Disconnect(self.closed_by_server())),
+                },
+                frame = socket.recv() => {
+                    let frame = match frame {
+                        None => return Some(End::ByClient),
+                        Some(Err(e)) => return read_error(e).map(End::Close),
+                        Some(Ok(frame)) => frame,
+                    };
+                    last_heard = Instant::now();
+                    if !self.frames.take() {
+                        return Some(End::Disconnect(Disconnect::TooManyRequests));
+                    }
+                    match frame {
+                        Frame::Text(text) => {
+                            let (lines, end) = self.commands(text.as_str()).await;
+                            if !lines.is_empty() {
+                                self.write(socket, protocol::frame(lines)).await?;
+                            }
+                            if let Some(end) = end {
+                                return Some(End::Disconnect(end));
+                            }
+                        }
+                        Frame::Binary(_) => return Some(End::Disconnect(Disconnect::BadRequest)),
+                        Frame::Ping(_) | Frame::Pong(_) => {}
+                        Frame::Close(_) => return Some(End::ByClient),
+                    }
+                }
+                _ = ping.tick(), if self.who.is_some() => {
+                    if ping_sent.is_some_and(|sent| last_heard < sent) {
+                        return Some(End::Disconnect(Disconnect::NoPong));
+                    }
+                    ping_sent = Some(Instant::now());
+                    self.write(socket, protocol::ping()).await?;
+                }
+                () = tokio::time::sleep_until(deadline), if self.who.is_none() => {
+                    return Some(End::Disconnect(Disconnect::Stale));
+                }
+            }
+        }
+    }
+
+    /// Pushes `first` and whatever else the connection has ready, in one frame.
+    async fn push(&mut self, socket: &mut WebSocket, first: Message) -> Option<()> {
+        let mut lines = Vec::new();
+        lines.extend(self.publication(&first));
+        while lines.len() < MAX_BATCH
+            && let Some(Some(msg)) = self.conn.as_mut().and_then(|conn| conn.recv().now_or_never())
+        {
+            lines.extend(self.publication(&msg));
+        }
+        if lines.is_empty() {
+            return Some(());
+        }
+        self.write(socket, protocol::frame(lines)).await
+    }
+
+    /// The `pub` push of a published event; `None` for Herald's own notices (`connected`,
+    /// `subscribed`, presence, ...), which Centrifugo's protocol has no place for.
+    fn publication(&self, msg: &Message) -> Option<String> {
+        if SERVER_EVENT_TYPES.contains(&msg.event_type.as_str())
+            || matches!(msg.event_type.as_str(), "presence" | "join" | "leave")
+        {
+            return None;
+        }
+        let head: Head<'_> = serde_json::from_slice(&msg.json).ok()?;
+        let channel = head.channel?;
+        let name = self.subs.get(channel.as_ref())?;
+        let position = self.conn.as_ref().and_then(|conn| {
+            let index = conn.channels().iter().position(|c| c.as_str() == channel)?;
+            match LastEventId::parse(&msg.id)?.resume_for(index, &channel) {
+                Resume::From(pos) => Some(pos),
+                _ => None,
+            }
+        });
+        Some(protocol::publication(name, &msg.json, position))
+    }
+
+    async fn write(&self, socket: &mut WebSocket, frame: Frame) -> Option<()> {
+        tokio::select! {
+            sent = socket.send(frame) => sent.ok(),
+            () = self.kill.killed() => None,
+        }
+    }
+
+    /// The disconnect that follows the end of the connection, by the hub's reason.
+    fn closed_by_server(&self) -> Disconnect {
+        match self.conn.as_ref().and_then(Connection::close_reason) {
+            Some(CloseReason::Drain { .. }) => Disconnect::Shutdown,
+            Some(CloseReason::TokenExpired) => Disconnect::Expired,
+            Some(CloseReason::Disconnect { reconnect: true, .. }) => Disconnect::ForceReconnect,
+            Some(CloseReason::Disconnect { reconnect: false, .. }) => Disconnect::ForceNoReconnect,
+            Some(CloseReason::Overflow | CloseReason::Timeout) => Disconnect::Slow,
+            Some(CloseReason::Resync) | None => Disconnect::InsufficientState,
+        }
+    }
+
+    /// Runs the commands of one frame: the reply lines, and the disconnect that follows.
+    async fn commands(&mut self, text: &str) -> (Vec<String>, Option<Disconnect>) {
+        let Some(commands) = protocol::parse(text) else { return (Vec::new(), Some(Disconnect::BadRequest)) };
+        let mut lines = Vec::with_capacity(commands.len());
+        for (id, kind) in commands {
+            let result = match kind {
+                Kind::Pong => continue,
+                Kind::Connect(c) => match self.connect(c.token).await {
+                    Ok(result) => Ok(("connect", result)),
+                    Err(Ok(e)) => Err(e),
+                    Err(Err(d)) => return (lines, Some(d)),
+                },
+                // Anything before `connect` is out of order.
+                _ if self.who.is_none() => return (lines, Some(Disconnect::BadRequest)),
+                Kind::Subscribe(s) => self.subscribe(s.channel).await.map(|r| ("subscribe", r)),
+                Kind::Unsubscribe(u) => self.unsubscribe(u.channel).await.map(|r| ("unsubscribe", r)),
+                Kind::Publish(p) => self.publish(p).await.map(|r| ("publish", r)),
+                Kind::Presence(p) => self.presence(p.channel, false).await.map(|r| ("presence", r)),
+                Kind::PresenceStats(p) => self.presence(p.channel, true).await.map(|r| ("presence_stats", r)),
+                Kind::Unsupported => Err(ClientError::method_not_found()),
+            };
+            lines.push(match result {
+                Ok((method, result)) => protocol::reply(id, method, result),
+                Err(e) => protocol::error(id, e),
+            });
+        }
+        (lines, None)
+    }
+
+    /// `connect`: the token's `sub` is the user (an empty token is anonymous, if Herald
+    /// allows it); an expired token is `109` (the SDK fetches a new one), a bad one
+    /// `3500 invalid token`.
+    async fn connect(&mut self, token: String) -> Result<Value, Result<ClientError, Disconnect>> {
+        if self.who.is_some() {
+            return Err(Err(Disconnect::BadRequest));
+        }
+        let who = if token.is_empty() {
+            let cfg = self.herald.config();
+            if cfg.auth_configured() && !cfg.allow_anonymous {
+                return Err(Err(Disconnect::InvalidToken));
+            }
+            Principal::Anonymous
+        } else {
+            match self.herald.auth().verify_token(&token).await {
+                Ok(user) => Principal::User(Arc::new(user)),
+                Err(AuthError::Expired) => return Err(Ok(ClientError::token_expired())),
+                Err(AuthError::KeysUnavailable(_)) => {
+                    let mut e = ClientError::new(100, "internal server error");
+                    e.temporary = true;
+                    return Err(Ok(e));
+                }
+                Err(_) => return Err(Err(Disconnect::InvalidToken)),
+            }
+        };
+        tracing::debug!(client = %self.client, who = %who.describe(), "centrifugo client connected");
+        self.who = Some(who);
+        let ping = self.herald.config().heartbeat_interval.as_secs().max(1);
+        Ok(json!({
+            "client": self.client,
+            "version": concat!("herald ", env!("CARGO_PKG_VERSION")),
+            "ping": ping,
+            "pong": true,
+        }))
+    }
+
+    fn who(&self) -> Principal {
+        self.who.clone().unwrap_or(Principal::Anonymous)
+    }
+
+    /// The Herald channel a Centrifugo name stands for.
+    fn channel(&self, name: &str) -> Result<ChannelName, ClientError> {
+        let known =
+            |ns: &str| !matches!(self.herald.parse_channel(&format!("{ns}:a")), Err(ChannelError::UnknownNamespace(_)));
+        let herald = protocol::herald_channel(name, known).ok_or_else(ClientError::unknown_channel)?;
+        self.herald.parse_channel(&herald).map_err(|_| ClientError::unknown_channel())
+    }
+
+    async fn subscribe(&mut self, name: String) -> Result<Value, ClientError> {
+        let channel = self.channel(&name)?;
+        if self.subs.contains_key(channel.as_str()) {
+            return Err(ClientError::already_subscribed());
+        }
+        let who = self.who();
+        match &self.conn {
+            None => {
+                let req = StreamRequest {
+                    principal: who,
+                    channels: vec![channel.clone()],
+                    last_event_id: None,
+                    named: false,
+                    kill: Some(self.kill.clone()),
+                    filters: Vec::new(),
+                };
+                let conn = self.herald.connect(req).await.map_err(|e| ClientError::from(ApiError::from(e)))?;
+                self.conn = Some(conn);
+            }
+            Some(conn) => {
+                self.herald.policies().can_change_subscription(&who, &channel).map_err(ApiError::from)?;
+                self.herald.join(&own_connection(), conn.id(), &channel).await.map_err(ApiError::from)?;
+            }
+        }
+        self.subs.insert(channel.as_str().to_owned(), name);
+        Ok(json!({}))
+    }
+
+    async fn unsubscribe(&mut self, name: String) -> Result<Value, ClientError> {
+        let channel = self.channel(&name)?;
+        // Centrifugo answers an unsubscribe from a channel it does not follow with success.
+        if self.subs.remove(channel.as_str()).is_some()
+            && let Some(conn) = &self.conn
+        {
+            self.herald.leave(&own_connection(), conn.id(), &channel).await.map_err(ApiError::from)?;
+        }
+        Ok(json!({}))
+    }
+
+    /// A client publication: `data` (an object) becomes a Herald event on the channel, of
+    /// its own `type`, or `publication` when it has none, through Herald's policies and
+    /// rate limits as `POST /api/publish`.
+    async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ClientError> {
+        let channel = self.channel(&p.channel)?;
+        let Value::Object(mut event) = p.data else {
+            return Err(ClientError::new(107, "Herald publishes JSON objects: `data` must be one"));
+        };
+        event.entry("type").or_insert_with(|| "publication".into());
+        event.insert("channel".into(), channel.as_str().into());
+        let who = self.who();
+        let key = rate_key(&who, self.peer);
+        crate::http::publish::publish_body(&self.herald, &who, &key, None, Value::Object(event)).await?;
+        Ok(json!({}))
+    }
+
+    /// `presence` (users by user id: Herald's presence is per user, so one entry a user
+    /// with the user id as its client id) and `presence_stats`.
+    async fn presence(&mut self, name: String, stats: bool) -> Result<Value, ClientError> {
+        let channel = self.channel(&name)?;
+        let who = self.who();
+        let users = self.herald.channel_presence(&who, &channel).await.map_err(ApiError::from)?;
+        if stats {
+            let clients: usize = users.iter().map(|u| u.connections.max(1)).sum();
+            return Ok(json!({"num_clients": clients, "num_users": users.len()}));
+        }
+        let presence: serde_json::Map<String, Value> =
+            users.into_iter().map(|u| (u.user_id.clone(), json!({"client": u.user_id, "user": u.user_id}))).collect();
+        Ok(json!({"presence": presence}))
+    }
+}

@@ -1,0 +1,124 @@
+// The real `centrifuge` SDK (npm, v5, JSON protocol, in Node over `ws`) against a real
+// Herald: it connects with a JWT, subscribes, receives what Herald's own API publishes (and
+// an SSE client of the same channel gets the same event), publishes to an SSE client, and is
+// refused with the disconnect code it knows for a bad token.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { Centrifuge } from 'centrifuge';
+import WebSocket from 'ws';
+
+import { once, sse, startHerald, token } from './support.mjs';
+
+let herald;
+before(async () => {
+  herald = await startHerald();
+});
+after(async () => {
+  await herald?.stop();
+});
+
+function client(jwt) {
+  return new Centrifuge(herald.ws, { websocket: WebSocket, token: jwt });
+}
+
+test('the SDK connects with a JWT and gets a client id', async () => {
+  const c = client(token('alice'));
+  const connected = once(c, 'connected');
+  c.connect();
+  const ctx = await connected;
+  assert.equal(typeof ctx.client, 'string');
+  assert.ok(ctx.client.length > 0);
+  assert.equal(ctx.transport, 'websocket');
+  c.disconnect();
+});
+
+test('a publication from POST /api/publish reaches the SDK and an SSE client of the same channel alike', async () => {
+  const stream = sse(herald, ['channel:news'], 'bob');
+  const c = client(token('alice'));
+  const sub = c.newSubscription('news');
+  const subscribed = once(sub, 'subscribed');
+  const publication = once(sub, 'publication');
+  sub.subscribe();
+  c.connect();
+  await subscribed;
+  await stream.ready;
+  const id = await herald.publish({ channel: 'channel:news', type: 'incident.created', title: 'Disk full' });
+  const ctx = await publication;
+  const seen = await stream.next((ev) => ev.id === id);
+  assert.equal(ctx.channel, 'news');
+  assert.deepEqual(ctx.data, seen);
+  assert.equal(ctx.data.title, 'Disk full');
+  assert.equal(ctx.data.channel, 'channel:news');
+  assert.equal(typeof ctx.offset, 'number');
+  stream.close();
+  c.disconnect();
+});
+
+test('a namespaced channel and a user channel keep their Centrifugo names on the SDK side', async () => {
+  const c = client(token('42'));
+  const chat = c.newSubscription('chat:index');
+  const personal = c.newSubscription('personal:#42');
+  const got = Promise.all([once(chat, 'publication'), once(personal, 'publication')]);
+  const subscribed = Promise.all([once(chat, 'subscribed'), once(personal, 'subscribed')]);
+  chat.subscribe();
+  personal.subscribe();
+  c.connect();
+  await subscribed;
+  await herald.publish({ channel: 'chat:index', type: 'message', text: 'hi room' });
+  await herald.publish({ channel: 'user:42', type: 'note', text: 'hi you' });
+  const [room, mine] = await got;
+  assert.deepEqual([room.channel, room.data.text], ['chat:index', 'hi room']);
+  assert.deepEqual([mine.channel, mine.data.text, mine.data.channel], ['personal:#42', 'hi you', 'user:42']);
+  c.disconnect();
+});
+
+test("another user's personal channel is refused with Centrifugo's permission error", async () => {
+  const c = client(token('42'));
+  const sub = c.newSubscription('personal:#43');
+  // A permanent refusal (not temporary, not `109`) ends the subscription with its code.
+  const refused = once(sub, 'unsubscribed');
+  sub.subscribe();
+  c.connect();
+  const ctx = await refused;
+  assert.equal(ctx.code, 103);
+  assert.equal(sub.state, 'unsubscribed');
+  c.disconnect();
+});
+
+test('a publication from the SDK reaches an SSE client through Herald', async () => {
+  const stream = sse(herald, ['channel:ops'], 'bob');
+  await stream.ready;
+  const c = client(token('alice'));
+  const connected = once(c, 'connected');
+  c.connect();
+  await connected;
+  await c.publish('ops', { type: 'deploy', version: '1.2.3' });
+  const ev = await stream.next((e) => e.type === 'deploy');
+  assert.equal(ev.version, '1.2.3');
+  assert.equal(ev.channel, 'channel:ops');
+  stream.close();
+  c.disconnect();
+});
+
+test('an unknown namespace is an unknown channel', async () => {
+  const c = client(token('alice'));
+  const connected = once(c, 'connected');
+  c.connect();
+  await connected;
+  await assert.rejects(c.publish('nowhere:x', { text: 'x' }), (e) => e.code === 102);
+  c.disconnect();
+});
+
+test('a token that does not verify is refused with disconnect 3500 and the SDK does not reconnect', async () => {
+  const [head, claims] = token('mallory').split('.');
+  const bad = `${head}.${claims}.${'x'.repeat(43)}`;
+  const c = client(bad);
+  const disconnected = once(c, 'disconnected');
+  c.connect();
+  const ctx = await disconnected;
+  assert.equal(ctx.code, 3500);
+  assert.equal(ctx.reason, 'invalid token');
+  assert.equal(c.state, 'disconnected');
+});
