@@ -17,7 +17,7 @@ use axum::extract::ws::{Message as Frame, WebSocket};
 use futures_util::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use super::protocol::{self, ClientError, Disconnect, Kind};
 use crate::auth::{AuthError, Principal};
@@ -27,7 +27,7 @@ use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Herald, StreamRequest};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
-use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, next, own_connection, read_error};
+use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
 use crate::hub::connection::CloseReason;
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
@@ -106,13 +106,9 @@ impl Session {
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
         let cfg = self.herald.config();
-        let beat = cfg.heartbeat_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = Heartbeat::new(cfg.heartbeat_interval);
         // `connect` must come as soon as a request's headers must.
         let deadline = Instant::now() + cfg.header_read_timeout;
-        let mut last_heard = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
         loop {
             tokio::select! {
                 msg = next(&mut self.conn) => match msg {
@@ -125,7 +121,7 @@ impl Session {
                         Some(Err(e)) => return read_error(e).map(End::Close),
                         Some(Ok(frame)) => frame,
                     };
-                    last_heard = Instant::now();
+                    heartbeat.heard();
                     if !self.frames.take() {
                         return Some(End::Disconnect(Disconnect::TooManyRequests));
                     }
@@ -144,11 +140,10 @@ impl Session {
                         Frame::Close(_) => return Some(End::ByClient),
                     }
                 }
-                _ = ping.tick(), if self.who.is_some() => {
-                    if ping_sent.is_some_and(|sent| last_heard < sent) {
+                () = heartbeat.tick(), if self.who.is_some() => {
+                    if !heartbeat.alive() {
                         return Some(End::Disconnect(Disconnect::NoPong));
                     }
-                    ping_sent = Some(Instant::now());
                     self.write(socket, protocol::ping()).await?;
                 }
                 () = tokio::time::sleep_until(deadline), if self.who.is_none() => {

@@ -12,9 +12,10 @@ mod protocol;
 mod session;
 
 // What Centrifugo's protocol (`http::centrifugo`) shares with this transport: the frame
-// budget, the read-error close, the session's own rights and the connection's next message.
+// budget, the heartbeat, the read-error close, the session's own rights and the
+// connection's next message.
 pub(in crate::http) use protocol::Close;
-pub(in crate::http) use session::{Bucket, FRAME_BURST, FRAME_RATE, next, own_connection, read_error};
+pub(in crate::http) use session::{Bucket, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Extension, FromRequestParts, RawQuery, Request, State};

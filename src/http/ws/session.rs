@@ -115,19 +115,15 @@ impl Session {
     /// or could not write to it, so that no close frame can be written.
     async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
         let cfg = self.herald.config();
-        let beat = cfg.heartbeat_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = Heartbeat::new(cfg.heartbeat_interval);
         // A socket must subscribe (and say who it is) as soon as a request's headers must
         // arrive: an idle socket holds no hub connection, so no limit counts it.
         let deadline = Instant::now() + cfg.header_read_timeout;
-        let mut last_heard = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
         loop {
             let input = tokio::select! {
                 msg = next(&mut self.conn) => Input::Out(msg),
                 frame = socket.recv() => Input::In(frame),
-                _ = ping.tick() => Input::Tick,
+                () = heartbeat.tick() => Input::Tick,
                 () = tokio::time::sleep_until(deadline), if self.conn.is_none() => Input::Deadline,
             };
             match input {
@@ -136,7 +132,7 @@ impl Session {
                 Input::In(None) => return Some(End::ByClient),
                 Input::In(Some(Err(e))) => return read_error(e).map(End::Close),
                 Input::In(Some(Ok(frame))) => {
-                    last_heard = Instant::now();
+                    heartbeat.heard();
                     if matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
                         self.herald.metrics().websocket.frame_in();
                     }
@@ -164,11 +160,9 @@ impl Session {
                     }
                 }
                 Input::Tick => {
-                    // Dead-peer detection: nothing heard since the last ping, not even its pong.
-                    if ping_sent.is_some_and(|sent| last_heard < sent) {
+                    if !heartbeat.alive() {
                         return Some(End::Close(Close::TryAgain("client_timeout")));
                     }
-                    ping_sent = Some(Instant::now());
                     self.send(socket, Frame::Ping(bytes::Bytes::new())).await?;
                 }
                 Input::Deadline => {
@@ -404,6 +398,42 @@ pub(in crate::http) fn read_error(e: axum::Error) -> Option<Close> {
 /// owns no connection for `POST /api/connections/..`).
 pub(in crate::http) fn own_connection() -> Principal {
     Principal::ApiKey(Arc::new(ApiKey::publisher("websocket", vec!["*".to_owned()])))
+}
+
+/// Dead-peer detection for a socket: a ping every `heartbeat_interval`, and a peer from
+/// which nothing was heard since the last ping, not even its pong, is gone.
+pub(in crate::http) struct Heartbeat {
+    ping: tokio::time::Interval,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl Heartbeat {
+    pub(in crate::http) fn new(beat: Duration) -> Self {
+        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self { ping, last_heard: Instant::now(), ping_sent: None }
+    }
+
+    /// The next time to ping.
+    pub(in crate::http) async fn tick(&mut self) {
+        self.ping.tick().await;
+    }
+
+    /// Something came from the peer.
+    pub(in crate::http) fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// At a tick: whether the peer answered since the last ping; if so, the ping about to
+    /// be sent is the one the next tick checks.
+    pub(in crate::http) fn alive(&mut self) -> bool {
+        if self.ping_sent.is_some_and(|sent| self.last_heard < sent) {
+            return false;
+        }
+        self.ping_sent = Some(Instant::now());
+        true
+    }
 }
 
 /// A token bucket for one socket's incoming frames.
