@@ -122,3 +122,48 @@ test('a token that does not verify is refused with disconnect 3500 and the SDK d
   assert.equal(ctx.reason, 'invalid token');
   assert.equal(c.state, 'disconnected');
 });
+
+test('presence and presence stats list the users subscribed, by user id', async () => {
+  const c = client(token('carol'));
+  const sub = c.newSubscription('lobby');
+  const subscribed = once(sub, 'subscribed');
+  sub.subscribe();
+  c.connect();
+  await subscribed;
+  const presence = await sub.presence();
+  assert.deepEqual(Object.keys(presence.clients), ['carol']);
+  assert.equal(presence.clients.carol.user, 'carol');
+  const stats = await sub.presenceStats();
+  assert.deepEqual([stats.numUsers, stats.numClients], [1, 1]);
+  c.disconnect();
+});
+
+test('an unsubscribed channel delivers nothing and can be subscribed again (Herald forgot it: no `105 already subscribed`)', async () => {
+  const c = client(token('dave'));
+  const quiet = c.newSubscription('quiet');
+  const loud = c.newSubscription('loud');
+  const subscribed = Promise.all([once(quiet, 'subscribed'), once(loud, 'subscribed')]);
+  const seen = [];
+  quiet.on('publication', (ctx) => seen.push(ctx.data.n));
+  quiet.subscribe();
+  loud.subscribe();
+  c.connect();
+  await subscribed;
+  const unsubscribed = once(quiet, 'unsubscribed');
+  quiet.unsubscribe();
+  await unsubscribed;
+  // Pushes come in publication order on one socket: once `loud` has the marker published
+  // after `quiet`'s event, that event would have come already.
+  await herald.publish({ channel: 'channel:quiet', type: 'n', n: 1 });
+  const marker = once(loud, 'publication');
+  await herald.publish({ channel: 'channel:loud', type: 'n', n: 2 });
+  await marker;
+  assert.deepEqual(seen, []);
+  const again = once(quiet, 'publication');
+  const resubscribed = once(quiet, 'subscribed');
+  quiet.subscribe();
+  await resubscribed;
+  await herald.publish({ channel: 'channel:quiet', type: 'n', n: 3 });
+  assert.equal((await again).data.n, 3);
+  c.disconnect();
+});
