@@ -56,7 +56,18 @@ pub(super) struct Connect {
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Subscribe {
     pub channel: String,
+    /// Recover what was published since `offset` in `epoch`.
+    #[serde(default)]
+    pub recover: bool,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
 }
+
+/// Herald's epoch: positions are comparable for as long as history keeps them (Herald's
+/// resume tells a gap it cannot fill, as `recovered: false`), so there is one epoch.
+pub(super) const EPOCH: &str = "herald";
 
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ChannelOnly {
@@ -140,14 +151,21 @@ pub(super) fn publication(channel: &str, event: &[u8], position: Option<Position
     let mut out = String::with_capacity(event.len() + channel.len() + 48);
     out.push_str(r#"{"push":{"channel":"#);
     out.push_str(&Value::String(channel.to_owned()).to_string());
-    out.push_str(r#","pub":{"data":"#);
+    out.push_str(r#","pub":"#);
+    push_pub(&mut out, event, position);
+    out.push_str("}}");
+    out
+}
+
+/// A publication object, `{"data":<event>,"offset":<n>}`.
+pub(super) fn push_pub(out: &mut String, event: &[u8], position: Option<Position>) {
+    out.push_str(r#"{"data":"#);
     out.push_str(&String::from_utf8_lossy(event));
     if let Some(pos) = position {
         out.push_str(r#","offset":"#);
         out.push_str(&offset(pos).to_string());
     }
-    out.push_str("}}}");
-    out
+    out.push('}');
 }
 
 /// Centrifugo's offset (an integer the SDK keeps as a JavaScript number) for a Herald
@@ -156,6 +174,11 @@ pub(super) fn publication(channel: &str, event: &[u8], position: Option<Position
 /// millisecond holds fewer than 1000 events.
 pub(super) fn offset(pos: Position) -> u64 {
     pos.ms.saturating_mul(1000).saturating_add(pos.seq.min(999))
+}
+
+/// The Herald position a Centrifugo offset stands for (see [`offset`]).
+pub(super) fn position(offset: u64) -> Position {
+    Position::new(offset / 1000, offset % 1000)
 }
 
 /// The ping: an empty command.
@@ -319,7 +342,9 @@ mod tests {
         let cmds = cmds.unwrap_or_else(|| panic!("refused a well-formed frame"));
         assert_eq!(cmds.len(), 3);
         assert!(matches!(&cmds[0], (1, Kind::Connect(Connect { token })) if token == "t"));
-        assert!(matches!(&cmds[1], (2, Kind::Subscribe(Subscribe { channel })) if channel == "news"));
+        assert!(
+            matches!(&cmds[1], (2, Kind::Subscribe(Subscribe { channel, recover: false, .. })) if channel == "news")
+        );
         assert!(matches!(cmds[2], (0, Kind::Pong)));
     }
 
@@ -340,6 +365,7 @@ mod tests {
             r#"{"push":{"channel":"news","pub":{"data":{"id":"e1","channel":"channel:news","type":"t"},"offset":5002}}}"#
         );
         assert!(offset(Position::new(5, 2)) < offset(Position::new(6, 0)));
+        assert_eq!(position(offset(Position::new(1_796_308_119_032, 7))), Position::new(1_796_308_119_032, 7));
     }
 
     #[test]

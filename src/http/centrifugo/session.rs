@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::protocol::{self, ClientError, Disconnect, Kind};
 use crate::auth::{AuthError, Principal};
 use crate::channel::{ChannelError, ChannelName};
-use crate::cursor::{LastEventId, Resume};
+use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Herald, StreamRequest};
 use crate::http::auth::{PeerAddr, rate_key};
@@ -181,10 +181,7 @@ impl Session {
         let name = self.subs.get(channel.as_ref())?;
         let position = self.conn.as_ref().and_then(|conn| {
             let index = conn.channels().iter().position(|c| c.as_str() == channel)?;
-            match LastEventId::parse(&msg.id)?.resume_for(index, &channel) {
-                Resume::From(pos) => Some(pos),
-                _ => None,
-            }
+            position_of(&msg.id, index, &channel)
         });
         Some(protocol::publication(name, &msg.json, position))
     }
@@ -222,7 +219,7 @@ impl Session {
                 },
                 // Anything before `connect` is out of order.
                 _ if self.who.is_none() => return (lines, Some(Disconnect::BadRequest)),
-                Kind::Subscribe(s) => self.subscribe(s.channel).await.map(|r| ("subscribe", r)),
+                Kind::Subscribe(s) => self.subscribe(s).await.map(|r| ("subscribe", r)),
                 Kind::Unsubscribe(u) => self.unsubscribe(u.channel).await.map(|r| ("unsubscribe", r)),
                 Kind::Publish(p) => self.publish(p).await.map(|r| ("publish", r)),
                 Kind::Presence(p) => self.presence(p.channel, false).await.map(|r| ("presence", r)),
@@ -285,32 +282,63 @@ impl Session {
         self.herald.parse_channel(&herald).map_err(|_| ClientError::unknown_channel())
     }
 
-    async fn subscribe(&mut self, name: String) -> Result<Value, ClientError> {
-        let channel = self.channel(&name)?;
+    /// `subscribe`. The first subscription of a socket opens its Herald connection and is
+    /// recoverable: with `recover`, it resumes from `offset` as an SSE stream resumes from its
+    /// `Last-Event-ID`, and what it missed comes in the reply (`recovered: false` when
+    /// Herald's history no longer reaches back). Later ones join the connection live, from
+    /// the channel's head.
+    async fn subscribe(&mut self, s: protocol::Subscribe) -> Result<Value, ClientError> {
+        let channel = self.channel(&s.channel)?;
         if self.subs.contains_key(channel.as_str()) {
             return Err(ClientError::already_subscribed());
         }
         let who = self.who();
-        match &self.conn {
-            None => {
-                let req = StreamRequest {
-                    principal: who,
-                    channels: vec![channel.clone()],
-                    last_event_id: None,
-                    named: false,
-                    kill: Some(self.kill.clone()),
-                    filters: Vec::new(),
-                };
-                let conn = self.herald.connect(req).await.map_err(|e| ClientError::from(ApiError::from(e)))?;
-                self.conn = Some(conn);
-            }
-            Some(conn) => {
-                self.herald.policies().can_change_subscription(&who, &channel).map_err(ApiError::from)?;
-                self.herald.join(&own_connection(), conn.id(), &channel).await.map_err(ApiError::from)?;
+        if let Some(conn) = &self.conn {
+            self.herald.policies().can_change_subscription(&who, &channel).map_err(ApiError::from)?;
+            self.herald.join(&own_connection(), conn.id(), &channel).await.map_err(ApiError::from)?;
+            self.subs.insert(channel.as_str().to_owned(), s.channel);
+            return Ok(json!({}));
+        }
+        let resume = s.recover && s.epoch == protocol::EPOCH;
+        let req = StreamRequest {
+            principal: who,
+            channels: vec![channel.clone()],
+            last_event_id: resume.then(|| single_entry(channel.as_str(), protocol::position(s.offset))),
+            named: false,
+            kill: Some(self.kill.clone()),
+            filters: Vec::new(),
+        };
+        let mut conn = self.herald.connect(req).await.map_err(|e| ClientError::from(ApiError::from(e)))?;
+        self.subs.insert(channel.as_str().to_owned(), s.channel);
+        // What `connect` wrote before the live events: the `connected` notice (its id is the
+        // channel's position), a `reset` if history could not cover the gap, and the missed
+        // publications.
+        let mut top = None;
+        let mut reset = false;
+        let mut missed = Vec::new();
+        while let Some(Some(msg)) = conn.recv().now_or_never() {
+            match msg.event_type.as_str() {
+                "connected" => top = position_of(&msg.id, 0, channel.as_str()),
+                "reset" => reset = true,
+                _ if SERVER_EVENT_TYPES.contains(&msg.event_type.as_str()) => {}
+                _ => {
+                    let position = position_of(&msg.id, 0, channel.as_str());
+                    top = top.max(position);
+                    let mut publication = String::new();
+                    protocol::push_pub(&mut publication, &msg.json, position);
+                    missed.extend(serde_json::from_str::<Value>(&publication).ok());
+                }
             }
         }
-        self.subs.insert(channel.as_str().to_owned(), name);
-        Ok(json!({}))
+        self.conn = Some(conn);
+        let mut reply = json!({"recoverable": true, "epoch": protocol::EPOCH});
+        reply["offset"] = protocol::offset(top.unwrap_or_default()).into();
+        if resume {
+            reply["recovered"] = (!reset).into();
+            reply["was_recovering"] = true.into();
+            reply["publications"] = missed.into();
+        }
+        Ok(reply)
     }
 
     async fn unsubscribe(&mut self, name: String) -> Result<Value, ClientError> {
@@ -353,5 +381,14 @@ impl Session {
         let presence: serde_json::Map<String, Value> =
             users.into_iter().map(|u| (u.user_id.clone(), json!({"client": u.user_id, "user": u.user_id}))).collect();
         Ok(json!({"presence": presence}))
+    }
+}
+
+/// The position in `channel` (at `index` of the connection's channels) that a message's
+/// resume id names.
+fn position_of(id: &str, index: usize, channel: &str) -> Option<Position> {
+    match LastEventId::parse(id)?.resume_for(index, channel) {
+        Resume::From(pos) => Some(pos),
+        Resume::Fresh | Resume::Unknown => None,
     }
 }

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
-import { once, sse, startHerald, token } from './support.mjs';
+import { backend, once, sse, startHerald, token } from './support.mjs';
 
 let herald;
 before(async () => {
@@ -165,5 +165,49 @@ test('an unsubscribed channel delivers nothing and can be subscribed again (Hera
   await resubscribed;
   await herald.publish({ channel: 'channel:quiet', type: 'n', n: 3 });
   assert.equal((await again).data.n, 3);
+  c.disconnect();
+});
+
+test('after a reconnect the SDK recovers exactly what was published meanwhile (recovered: true)', async () => {
+  const c = client(token('erin'));
+  const sub = c.newSubscription('incidents');
+  const got = [];
+  sub.on('publication', (ctx) => got.push(ctx.data.n));
+  const first = once(sub, 'subscribed');
+  sub.subscribe();
+  c.connect();
+  const ctx = await first;
+  assert.equal(ctx.recoverable, true);
+  const one = once(sub, 'publication');
+  await herald.publish({ channel: 'channel:incidents', type: 'n', n: 1 });
+  await one;
+  // Herald cuts the socket (`3011 force reconnect`); what is published before the SDK is
+  // back comes in the subscribe reply of its new socket, what comes after, live.
+  const cut = once(c, 'connecting');
+  await backend(herald, '/api/disconnect', { user: 'erin' });
+  await cut;
+  const resubscribed = once(sub, 'subscribed');
+  await herald.publish({ channel: 'channel:incidents', type: 'n', n: 2 });
+  await herald.publish({ channel: 'channel:incidents', type: 'n', n: 3 });
+  const again = await resubscribed;
+  assert.equal(again.wasRecovering, true);
+  assert.equal(again.recovered, true);
+  await herald.publish({ channel: 'channel:incidents', type: 'n', n: 4 });
+  while (got.length < 4) await once(sub, 'publication');
+  assert.deepEqual(got, [1, 2, 3, 4]);
+  c.disconnect();
+});
+
+test('a recovery from a position history no longer covers is recovered: false', async () => {
+  const c = new Centrifuge(herald.ws, { websocket: WebSocket, token: token('frank') });
+  // A position far older than anything in history, as a client coming back after days.
+  const sub = c.newSubscription('archive', { since: { offset: 1000, epoch: 'herald' } });
+  await herald.publish({ channel: 'channel:archive', type: 'n', n: 1 });
+  const subscribed = once(sub, 'subscribed');
+  sub.subscribe();
+  c.connect();
+  const ctx = await subscribed;
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, false);
   c.disconnect();
 });

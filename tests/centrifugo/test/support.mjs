@@ -155,3 +155,14 @@ export function sse(herald, channels, user) {
 export function once(emitter, event) {
   return new Promise((ok) => emitter.once(event, ok));
 }
+
+/** A call of Herald's API with the API key; resolves to the JSON answer. */
+export async function backend(herald, path, body) {
+  const resp = await fetch(`${herald.url}${path}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-Api-Key': API_KEY },
+    body: JSON.stringify(body),
+  });
+  if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status} ${await resp.text()}`);
+  return resp.json();
+}
