@@ -239,11 +239,13 @@ pub enum Access {
 pub struct CentrifugoConfig {
     /// The WebSocket endpoint of Centrifugo's client protocol.
     pub path: String,
+    /// The prefix of Centrifugo's server HTTP API (`<prefix>/publish`, ...), for API keys.
+    pub api_prefix: String,
 }
 
 impl Default for CentrifugoConfig {
     fn default() -> Self {
-        Self { path: "/connection/websocket".to_owned() }
+        Self { path: "/connection/websocket".to_owned(), api_prefix: "/centrifugo/api".to_owned() }
     }
 }
 
@@ -410,10 +412,14 @@ impl Config {
             );
         }
         if let Some(c) = &self.centrifugo {
-            check(
-                c.path.starts_with('/') && !c.path.starts_with("/api/"),
-                "centrifugo.path must start with `/` and lie outside Herald's own `/api/`",
-            );
+            for (name, path) in [("path", &c.path), ("api_prefix", &c.api_prefix)] {
+                check(
+                    path.starts_with('/') && path.len() > 1 && !path.ends_with('/') && !path.starts_with("/api/"),
+                    &format!(
+                        "centrifugo.{name} must start with `/`, not end with one, and lie outside Herald's own `/api/`"
+                    ),
+                );
+            }
         }
         for ns in self.namespaces.keys() {
             check(

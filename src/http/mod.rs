@@ -53,7 +53,9 @@ pub fn router(herald: Herald) -> Router {
     // Off unless configured: then `/api/ws` is a `404` like any unknown path.
     let router = if herald.config().websocket { router.route("/api/ws", ws::route()) } else { router };
     let router = match &herald.config().centrifugo {
-        Some(c) => router.route(&c.path, centrifugo::route()),
+        Some(c) => router
+            .route(&c.path, centrifugo::route())
+            .route(&format!("{}/{{method}}", c.api_prefix), post(centrifugo::api::call)),
         None => router,
     };
     let router = router

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::protocol::{self, ClientError, Disconnect, Kind};
 use crate::auth::{AuthError, Principal};
-use crate::channel::{ChannelError, ChannelName};
+use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Herald, StreamRequest};
@@ -274,12 +274,8 @@ impl Session {
         self.who.clone().unwrap_or(Principal::Anonymous)
     }
 
-    /// The Herald channel a Centrifugo name stands for.
     fn channel(&self, name: &str) -> Result<ChannelName, ClientError> {
-        let known =
-            |ns: &str| !matches!(self.herald.parse_channel(&format!("{ns}:a")), Err(ChannelError::UnknownNamespace(_)));
-        let herald = protocol::herald_channel(name, known).ok_or_else(ClientError::unknown_channel)?;
-        self.herald.parse_channel(&herald).map_err(|_| ClientError::unknown_channel())
+        super::channel(&self.herald, name)
     }
 
     /// `subscribe`. The first subscription of a socket opens its Herald connection and is
@@ -357,30 +353,17 @@ impl Session {
     /// rate limits as `POST /api/publish`.
     async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ClientError> {
         let channel = self.channel(&p.channel)?;
-        let Value::Object(mut event) = p.data else {
-            return Err(ClientError::new(107, "Herald publishes JSON objects: `data` must be one"));
-        };
-        event.entry("type").or_insert_with(|| "publication".into());
-        event.insert("channel".into(), channel.as_str().into());
+        let event = super::event(&channel, p.data)
+            .ok_or_else(|| ClientError::new(107, "Herald publishes JSON objects: `data` must be one"))?;
         let who = self.who();
         let key = rate_key(&who, self.peer);
-        crate::http::publish::publish_body(&self.herald, &who, &key, None, Value::Object(event)).await?;
+        crate::http::publish::publish_body(&self.herald, &who, &key, None, event).await?;
         Ok(json!({}))
     }
 
-    /// `presence` (users by user id: Herald's presence is per user, so one entry a user
-    /// with the user id as its client id) and `presence_stats`.
     async fn presence(&mut self, name: String, stats: bool) -> Result<Value, ClientError> {
         let channel = self.channel(&name)?;
-        let who = self.who();
-        let users = self.herald.channel_presence(&who, &channel).await.map_err(ApiError::from)?;
-        if stats {
-            let clients: usize = users.iter().map(|u| u.connections.max(1)).sum();
-            return Ok(json!({"num_clients": clients, "num_users": users.len()}));
-        }
-        let presence: serde_json::Map<String, Value> =
-            users.into_iter().map(|u| (u.user_id.clone(), json!({"client": u.user_id, "user": u.user_id}))).collect();
-        Ok(json!({"presence": presence}))
+        super::presence(&self.herald, &self.who(), &channel, stats).await
     }
 }
 
