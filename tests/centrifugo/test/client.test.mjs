@@ -211,3 +211,24 @@ test('a recovery from a position history no longer covers is recovered: false', 
   assert.equal(ctx.recovered, false);
   c.disconnect();
 });
+
+test('an expired token is 109 at connect, and the SDK connects with the token its getToken gives', async () => {
+  const expired = token('gina', { exp: Math.floor(Date.now() / 1000) - 3600 });
+  let calls = 0;
+  const c = new Centrifuge(herald.ws, {
+    websocket: WebSocket,
+    token: expired,
+    getToken: async () => {
+      calls += 1;
+      return token('gina');
+    },
+  });
+  const refused = once(c, 'error');
+  const connected = once(c, 'connected');
+  c.connect();
+  const err = await refused;
+  assert.deepEqual([err.type, err.error.code], ['connect', 109]);
+  await connected;
+  assert.equal(calls, 1);
+  c.disconnect();
+});
