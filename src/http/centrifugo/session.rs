@@ -144,6 +144,11 @@ impl Session {
                     if !heartbeat.alive() {
                         return Some(End::Disconnect(Disconnect::NoPong));
                     }
+                    // A client with no subscription has no hub connection for the drain to
+                    // close: it is sent away here, within a heartbeat of the drain's start.
+                    if self.conn.is_none() && self.herald.is_draining() {
+                        return Some(End::Disconnect(Disconnect::Shutdown));
+                    }
                     self.write(socket, protocol::ping()).await?;
                 }
                 () = tokio::time::sleep_until(deadline), if self.who.is_none() => {
