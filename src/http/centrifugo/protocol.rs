@@ -157,6 +157,12 @@ pub(super) fn publication(channel: &str, event: &[u8], position: Option<Position
     out
 }
 
+/// A `join` or `leave` push on `channel` for `user` (Herald's join and leave are per user
+/// connection, and it tells the user, so the user id stands for the client id too).
+pub(super) fn join_leave(channel: &str, kind: &str, user: &str) -> String {
+    json!({"push": {"channel": channel, kind: {"info": {"client": user, "user": user}}}}).to_string()
+}
+
 /// A publication object, `{"data":<event>,"offset":<n>}`.
 pub(super) fn push_pub(out: &mut String, event: &[u8], position: Option<Position>) {
     out.push_str(r#"{"data":"#);
@@ -366,6 +372,15 @@ mod tests {
         );
         assert!(offset(Position::new(5, 2)) < offset(Position::new(6, 0)));
         assert_eq!(position(offset(Position::new(1_796_308_119_032, 7))), Position::new(1_796_308_119_032, 7));
+    }
+
+    #[test]
+    fn a_join_push_names_the_user_as_client_and_user() {
+        let push: Option<Value> = serde_json::from_str(&join_leave("room:a", "join", "42")).ok();
+        assert_eq!(
+            push,
+            Some(json!({"push": {"channel": "room:a", "join": {"info": {"client": "42", "user": "42"}}}}))
+        );
     }
 
     #[test]

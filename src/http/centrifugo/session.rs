@@ -67,6 +67,9 @@ enum End {
 struct Head<'a> {
     #[serde(borrow)]
     channel: Option<Cow<'a, str>>,
+    /// The user of a `join` or `leave`.
+    #[serde(borrow, rename = "userId")]
+    user_id: Option<Cow<'a, str>>,
 }
 
 impl Session {
@@ -173,17 +176,20 @@ impl Session {
         self.write(socket, protocol::frame(lines)).await
     }
 
-    /// The `pub` push of a published event; `None` for Herald's own notices (`connected`,
-    /// `subscribed`, presence, ...), which Centrifugo's protocol has no place for.
+    /// The push of a published event: `pub`, or `join`/`leave` for Herald's join and leave
+    /// events; `None` for Herald's own notices (`connected`, `subscribed`, presence, ...),
+    /// which Centrifugo's protocol has no place for.
     fn publication(&self, msg: &Message) -> Option<String> {
-        if SERVER_EVENT_TYPES.contains(&msg.event_type.as_str())
-            || matches!(msg.event_type.as_str(), "presence" | "join" | "leave")
-        {
+        let kind = msg.event_type.as_str();
+        if SERVER_EVENT_TYPES.contains(&kind) || kind == "presence" {
             return None;
         }
         let head: Head<'_> = serde_json::from_slice(&msg.json).ok()?;
         let channel = head.channel?;
         let name = self.subs.get(channel.as_ref())?;
+        if matches!(kind, "join" | "leave") {
+            return Some(protocol::join_leave(name, kind, head.user_id.as_deref()?));
+        }
         let position = self.conn.as_ref().and_then(|conn| {
             let index = conn.channels().iter().position(|c| c.as_str() == channel)?;
             position_of(&msg.id, index, &channel)

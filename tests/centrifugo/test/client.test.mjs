@@ -232,3 +232,24 @@ test('an expired token is 109 at connect, and the SDK connects with the token it
   assert.equal(calls, 1);
   c.disconnect();
 });
+
+test("Herald's join and leave reach the SDK as join and leave pushes, with the user", async () => {
+  const watcher = client(token('hank'));
+  const sub = watcher.newSubscription('room:standup');
+  const ready = once(sub, 'subscribed');
+  sub.subscribe();
+  watcher.connect();
+  await ready;
+  const joined = new Promise((ok) => sub.on('join', (ctx) => ctx.info.user === 'ivy' && ok(ctx)));
+  const left = new Promise((ok) => sub.on('leave', (ctx) => ctx.info.user === 'ivy' && ok(ctx)));
+  const other = client(token('ivy'));
+  const hers = other.newSubscription('room:standup');
+  hers.subscribe();
+  other.connect();
+  const ctx = await joined;
+  assert.equal(ctx.channel, 'room:standup');
+  hers.unsubscribe();
+  await left;
+  other.disconnect();
+  watcher.disconnect();
+});

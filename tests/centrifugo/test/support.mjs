@@ -23,6 +23,9 @@ centrifugo = true
 publish = "authenticated"
 
 [namespaces.chat]
+
+[namespaces.room]
+join_leave = true
 `;
 
 function freePort() {
