@@ -3,7 +3,7 @@
 //! bodies, the answer `{"result":..}` or `{"error":{"code":..,"message":..}}` with Centrifugo's
 //! codes, and the key in `X-API-Key` or `Authorization: apikey <key>` (Herald's API keys).
 //!
-//! Methods: `publish`, `broadcast`, `presence`, `presence_stats`. Publishing goes through
+//! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `disconnect` (by user). Publishing goes through
 //! Herald's own publish (policies, payload limits, the key's rate limit), so both kinds of
 //! clients get it.
 
@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 
 use super::protocol::ClientError;
 use crate::auth::Principal;
-use crate::herald::Herald;
+use crate::herald::{DisconnectOptions, DisconnectTarget, Herald};
 use crate::http::auth::PeerAddr;
+use crate::http::error::ApiError;
 use crate::http::publish::{caller_and_body, publish_body};
 
 #[derive(Deserialize)]
@@ -35,6 +36,19 @@ struct Broadcast {
 #[derive(Deserialize)]
 struct ChannelOnly {
     channel: String,
+}
+
+/// `{"user":"42","disconnect":{"code":..,"reason":..}}`: a code below 3500 (or none given:
+/// Centrifugo's default is `3503 force disconnect`, terminal) says whether to come back.
+#[derive(Deserialize)]
+struct Disconnect {
+    user: String,
+    disconnect: Option<DisconnectCode>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectCode {
+    code: u32,
 }
 
 /// `POST <api_prefix>/{method}`.
@@ -78,6 +92,10 @@ pub async fn call(
             },
             Err(e) => Err(e),
         },
+        "disconnect" => match params::<Disconnect>(body) {
+            Ok(d) => disconnect(&herald, &who, d).await,
+            Err(e) => Err(e),
+        },
         _ => Err(ClientError::method_not_found()),
     };
     answer(result)
@@ -89,6 +107,16 @@ async fn publish(herald: &Herald, who: &Principal, key: &str, name: &str, data: 
     let event = super::event(&channel, data)
         .ok_or_else(|| ClientError::new(107, "Herald publishes JSON objects: `data` must be one"))?;
     publish_body(herald, who, key, None, event).await?;
+    Ok(json!({}))
+}
+
+/// Cuts every connection of a user, on every node, as `POST /api/disconnect` does; the SDK
+/// sees `3011 force reconnect` or `3503 force disconnect`.
+async fn disconnect(herald: &Herald, who: &Principal, d: Disconnect) -> Result<Value, ClientError> {
+    let reconnect = d.disconnect.is_some_and(|c| c.code < 3500);
+    let target = DisconnectTarget::User(d.user);
+    herald.may_disconnect(who, &target).map_err(ApiError::from)?;
+    herald.disconnect(target, DisconnectOptions { reconnect, ban: None }).await.map_err(ApiError::from)?;
     Ok(json!({}))
 }
 

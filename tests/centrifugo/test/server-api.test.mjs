@@ -81,3 +81,21 @@ test('presence_stats counts the users of a channel', async () => {
   assert.deepEqual(json.result, { num_clients: 1, num_users: 1 });
   c.disconnect();
 });
+
+test('disconnect cuts a user: by default for good (3503), with a code below 3500 to come back', async () => {
+  const { c } = await subscribed('ops', 'jane');
+  const gone = once(c, 'disconnected');
+  const { json } = await api('disconnect', { user: 'jane' });
+  assert.deepEqual(json, { result: {} });
+  const ctx = await gone;
+  assert.equal(ctx.code, 3503);
+  assert.equal(c.state, 'disconnected');
+
+  const again = await subscribed('ops', 'kate');
+  const back = once(again.c, 'connecting');
+  await api('disconnect', { user: 'kate', disconnect: { code: 3000, reason: 'bye' } });
+  const cut = await back;
+  assert.equal(cut.code, 3011);
+  await once(again.c, 'connected');
+  again.c.disconnect();
+});
