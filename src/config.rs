@@ -115,6 +115,10 @@ pub struct Config {
     pub demo: bool,
     /// Serves the WebSocket transport at `GET /api/ws` (`docs/websocket.md`), beside SSE.
     pub websocket: bool,
+    /// Serves Centrifugo's client protocol (`docs/centrifugo.md`): `centrifugo = true`, or a
+    /// `[centrifugo]` table; off (`None`) by default.
+    #[serde(deserialize_with = "centrifugo")]
+    pub centrifugo: Option<CentrifugoConfig>,
     /// A user whose last connection to a channel closed is announced offline only after
     /// this long without a new one, so that a page reload does not flap.
     #[serde(deserialize_with = "duration")]
@@ -229,6 +233,37 @@ pub enum Access {
     ApiKey,
 }
 
+/// Centrifugo's client protocol (`docs/centrifugo.md`), the `[centrifugo]` table.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CentrifugoConfig {
+    /// The WebSocket endpoint of Centrifugo's client protocol.
+    pub path: String,
+    /// The prefix of Centrifugo's server HTTP API (`<prefix>/publish`, ...), for API keys.
+    pub api_prefix: String,
+}
+
+impl Default for CentrifugoConfig {
+    fn default() -> Self {
+        Self { path: "/connection/websocket".to_owned(), api_prefix: "/centrifugo/api".to_owned() }
+    }
+}
+
+/// `centrifugo = true` (the defaults), `false` (off), or a `[centrifugo]` table.
+fn centrifugo<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CentrifugoConfig>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        On(bool),
+        Table(CentrifugoConfig),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::On(true) => Some(CentrifugoConfig::default()),
+        Form::On(false) => None,
+        Form::Table(t) => Some(t),
+    })
+}
+
 /// Settings of one namespace; what is left out keeps the built-in or global default.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -290,6 +325,7 @@ impl Default for Config {
             admin_interval: Duration::from_secs(2),
             demo: false,
             websocket: false,
+            centrifugo: None,
             presence_grace: Duration::from_secs(5),
             ai_stream_retention: Duration::from_secs(300),
             auth: AuthConfig::default(),
@@ -375,6 +411,16 @@ impl Config {
                 ),
             );
         }
+        if let Some(c) = &self.centrifugo {
+            for (name, path) in [("path", &c.path), ("api_prefix", &c.api_prefix)] {
+                check(
+                    path.starts_with('/') && path.len() > 1 && !path.ends_with('/') && !path.starts_with("/api/"),
+                    &format!(
+                        "centrifugo.{name} must start with `/`, not end with one, and lie outside Herald's own `/api/`"
+                    ),
+                );
+            }
+        }
         for ns in self.namespaces.keys() {
             check(
                 !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
@@ -454,6 +500,18 @@ mod tests {
         assert_eq!(c.client_timeout, Duration::from_secs(300));
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn centrifugo_is_off_by_default_and_on_with_true_or_a_table() {
+        assert_eq!(Config::default().centrifugo, None);
+        let on = Config::from_toml("centrifugo = true").map(|c| c.centrifugo);
+        assert_eq!(on, Ok(Some(CentrifugoConfig::default())));
+        assert_eq!(Config::from_toml("centrifugo = false").map(|c| c.centrifugo), Ok(None));
+        let table = Config::from_toml("[centrifugo]\npath = \"/ws\"").map(|c| c.centrifugo.map(|c| c.path));
+        assert_eq!(table, Ok(Some("/ws".to_owned())));
+        let clash = Config::from_toml("[centrifugo]\npath = \"/api/ws\"").map(|c| c.validate().is_err());
+        assert_eq!(clash, Ok(true));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! application can mount. Handlers only translate between HTTP and [`Herald`]'s methods.
 
 pub mod auth;
+mod centrifugo;
 pub mod cors;
 pub mod error;
 pub mod observe;
@@ -51,6 +52,12 @@ pub fn router(herald: Herald) -> Router {
         .route("/readyz", get(status::readyz));
     // Off unless configured: then `/api/ws` is a `404` like any unknown path.
     let router = if herald.config().websocket { router.route("/api/ws", ws::route()) } else { router };
+    let router = match &herald.config().centrifugo {
+        Some(c) => router
+            .route(&c.path, centrifugo::route())
+            .route(&format!("{}/{{method}}", c.api_prefix), post(centrifugo::api::call)),
+        None => router,
+    };
     let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -140,7 +140,7 @@ async fn publish_on(
 
 /// The publisher, its rate-limit key, its `Idempotency-Key`, and the body as JSON, read only
 /// once the publisher is known.
-async fn caller_and_body(
+pub(crate) async fn caller_and_body(
     herald: &Herald,
     peer: Option<Extension<PeerAddr>>,
     req: Request,

@@ -11,6 +11,12 @@
 mod protocol;
 mod session;
 
+// What Centrifugo's protocol (`http::centrifugo`) shares with this transport: the frame
+// budget, the heartbeat, the read-error close, the session's own rights and the
+// connection's next message.
+pub(in crate::http) use protocol::Close;
+pub(in crate::http) use session::{Bucket, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
+
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Extension, FromRequestParts, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -27,10 +33,10 @@ use crate::transport::{DrainGuard, KillSwitch};
 
 /// Bytes tungstenite reads from the socket at once: commands are small, and an idle
 /// connection should hold little (its default is 128 KiB).
-const READ_BUFFER: usize = 4 * 1024;
+pub(in crate::http) const READ_BUFFER: usize = 4 * 1024;
 
 /// Bytes of outgoing frames gathered before a write.
-const WRITE_BUFFER: usize = 16 * 1024;
+pub(in crate::http) const WRITE_BUFFER: usize = 16 * 1024;
 
 /// The route of `/api/ws`: `GET` for HTTP/1.1, `CONNECT` for HTTP/2 (RFC 8441).
 pub fn route() -> MethodRouter<Herald> {

@@ -168,7 +168,7 @@ fn text(v: &Value) -> Frame {
 
 /// Close codes (RFC 6455, section 7.4.1) and the reason each sends, `{"code":..}` in JSON.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Close {
+pub(in crate::http) enum Close {
     /// The server ends the socket after a last `disconnect` or `token_expired` event.
     Normal(&'static str),
     /// A frame that breaks the WebSocket protocol (unmasked, bad opcode, ...).
@@ -189,7 +189,7 @@ pub(super) enum Close {
 
 impl Close {
     /// The close code (RFC 6455, section 7.4.1).
-    pub(super) fn code(self) -> u16 {
+    pub(in crate::http) fn code(self) -> u16 {
         match self {
             Self::Normal(_) => 1000,
             Self::Protocol => 1002,
@@ -202,7 +202,7 @@ impl Close {
         }
     }
 
-    pub(super) fn frame(self) -> Frame {
+    pub(in crate::http) fn frame(self) -> Frame {
         let reason = match self {
             Self::Normal(why) | Self::Policy(why) | Self::TryAgain(why) => json!({"code": why}),
             Self::Protocol => json!({"code": "protocol_error"}),

@@ -31,9 +31,9 @@ use crate::hub::connection::CloseReason;
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// Frames a client may send per second, past the burst (commands, pings and pongs alike).
-const FRAME_RATE: f64 = 50.0;
+pub(in crate::http) const FRAME_RATE: f64 = 50.0;
 /// Frames a client may send at once.
-const FRAME_BURST: f64 = 100.0;
+pub(in crate::http) const FRAME_BURST: f64 = 100.0;
 
 /// Most events gathered into one write.
 const MAX_BATCH: usize = 64;
@@ -115,19 +115,15 @@ impl Session {
     /// or could not write to it, so that no close frame can be written.
     async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
         let cfg = self.herald.config();
-        let beat = cfg.heartbeat_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = Heartbeat::new(cfg.heartbeat_interval);
         // A socket must subscribe (and say who it is) as soon as a request's headers must
         // arrive: an idle socket holds no hub connection, so no limit counts it.
         let deadline = Instant::now() + cfg.header_read_timeout;
-        let mut last_heard = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
         loop {
             let input = tokio::select! {
                 msg = next(&mut self.conn) => Input::Out(msg),
                 frame = socket.recv() => Input::In(frame),
-                _ = ping.tick() => Input::Tick,
+                () = heartbeat.tick() => Input::Tick,
                 () = tokio::time::sleep_until(deadline), if self.conn.is_none() => Input::Deadline,
             };
             match input {
@@ -136,7 +132,7 @@ impl Session {
                 Input::In(None) => return Some(End::ByClient),
                 Input::In(Some(Err(e))) => return read_error(e).map(End::Close),
                 Input::In(Some(Ok(frame))) => {
-                    last_heard = Instant::now();
+                    heartbeat.heard();
                     if matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
                         self.herald.metrics().websocket.frame_in();
                     }
@@ -164,11 +160,9 @@ impl Session {
                     }
                 }
                 Input::Tick => {
-                    // Dead-peer detection: nothing heard since the last ping, not even its pong.
-                    if ping_sent.is_some_and(|sent| last_heard < sent) {
+                    if !heartbeat.alive() {
                         return Some(End::Close(Close::TryAgain("client_timeout")));
                     }
-                    ping_sent = Some(Instant::now());
                     self.send(socket, Frame::Ping(bytes::Bytes::new())).await?;
                 }
                 Input::Deadline => {
@@ -379,7 +373,7 @@ enum End {
 }
 
 /// The next message of the connection; never, while the socket has none.
-async fn next(conn: &mut Option<Connection>) -> Option<Message> {
+pub(in crate::http) async fn next(conn: &mut Option<Connection>) -> Option<Message> {
     match conn {
         Some(conn) => conn.recv().await,
         None => std::future::pending().await,
@@ -387,7 +381,7 @@ async fn next(conn: &mut Option<Connection>) -> Option<Message> {
 }
 
 /// The close that answers a frame tungstenite refused; `None` when the socket is gone.
-fn read_error(e: axum::Error) -> Option<Close> {
+pub(in crate::http) fn read_error(e: axum::Error) -> Option<Close> {
     use tungstenite::error::{CapacityError, Error};
     let Ok(e) = e.into_inner().downcast::<Error>() else { return None };
     match *e {
@@ -402,12 +396,48 @@ fn read_error(e: axum::Error) -> Option<Close> {
 /// The session's own rights over its connection: the caller's policy was checked already,
 /// and a socket may change its own subscription whoever it is (anonymous included, which
 /// owns no connection for `POST /api/connections/..`).
-fn own_connection() -> Principal {
+pub(in crate::http) fn own_connection() -> Principal {
     Principal::ApiKey(Arc::new(ApiKey::publisher("websocket", vec!["*".to_owned()])))
 }
 
+/// Dead-peer detection for a socket: a ping every `heartbeat_interval`, and a peer from
+/// which nothing was heard since the last ping, not even its pong, is gone.
+pub(in crate::http) struct Heartbeat {
+    ping: tokio::time::Interval,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl Heartbeat {
+    pub(in crate::http) fn new(beat: Duration) -> Self {
+        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self { ping, last_heard: Instant::now(), ping_sent: None }
+    }
+
+    /// The next time to ping.
+    pub(in crate::http) async fn tick(&mut self) {
+        self.ping.tick().await;
+    }
+
+    /// Something came from the peer.
+    pub(in crate::http) fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// At a tick: whether the peer answered since the last ping; if so, the ping about to
+    /// be sent is the one the next tick checks.
+    pub(in crate::http) fn alive(&mut self) -> bool {
+        if self.ping_sent.is_some_and(|sent| self.last_heard < sent) {
+            return false;
+        }
+        self.ping_sent = Some(Instant::now());
+        true
+    }
+}
+
 /// A token bucket for one socket's incoming frames.
-struct Bucket {
+pub(in crate::http) struct Bucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -415,11 +445,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: f64, burst: f64) -> Self {
+    pub(in crate::http) fn new(rate: f64, burst: f64) -> Self {
         Self { rate, burst, tokens: burst, last: Instant::now() }
     }
 
-    fn take(&mut self) -> bool {
+    pub(in crate::http) fn take(&mut self) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;

@@ -1,0 +1,393 @@
+//! Centrifugo's client protocol, version 2, JSON (`docs/centrifugo.md`): the commands the
+//! `centrifuge` SDKs send, the replies and pushes Herald sends back, the error and disconnect
+//! codes they understand, and the mapping of Centrifugo channel names onto Herald's.
+//!
+//! A text frame holds one or more commands, one JSON object a line; the server answers with
+//! one reply a line in one frame. An empty object is a ping (server to client) or its pong
+//! (client to server). Nothing here touches a socket or the hub.
+
+use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cursor::Position;
+use crate::http::error::ApiError;
+
+/// A command from the client. Unknown fields are ignored, as Centrifugo does, so that a newer
+/// SDK's additions do not break an older server.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Command {
+    #[serde(default)]
+    pub id: u32,
+    pub connect: Option<Connect>,
+    pub subscribe: Option<Subscribe>,
+    pub unsubscribe: Option<ChannelOnly>,
+    pub publish: Option<Publish>,
+    pub presence: Option<ChannelOnly>,
+    pub presence_stats: Option<ChannelOnly>,
+    pub history: Option<ChannelOnly>,
+    pub refresh: Option<Value>,
+    pub sub_refresh: Option<Value>,
+    pub rpc: Option<Value>,
+    pub send: Option<Value>,
+}
+
+/// What a command asks for, once read.
+#[derive(Debug)]
+pub(super) enum Kind {
+    /// An empty command: the client's pong.
+    Pong,
+    Connect(Connect),
+    Subscribe(Subscribe),
+    Unsubscribe(ChannelOnly),
+    Publish(Publish),
+    Presence(ChannelOnly),
+    PresenceStats(ChannelOnly),
+    /// A method Herald does not serve (yet): answered with `104 method not found`.
+    Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Connect {
+    #[serde(default)]
+    pub token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Subscribe {
+    pub channel: String,
+    /// Recover what was published since `offset` in `epoch`.
+    #[serde(default)]
+    pub recover: bool,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
+}
+
+/// Herald's epoch: positions are comparable for as long as history keeps them (Herald's
+/// resume tells a gap it cannot fill, as `recovered: false`), so there is one epoch.
+pub(super) const EPOCH: &str = "herald";
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ChannelOnly {
+    pub channel: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Publish {
+    pub channel: String,
+    #[serde(default)]
+    pub data: Value,
+}
+
+impl Command {
+    /// The one method a command carries; several (or an unreadable line) is a bad request.
+    pub(super) fn kind(self) -> Option<Kind> {
+        let Command {
+            id: _,
+            connect,
+            subscribe,
+            unsubscribe,
+            publish,
+            presence,
+            presence_stats,
+            history,
+            refresh,
+            sub_refresh,
+            rpc,
+            send,
+        } = self;
+        let unsupported = [history.is_some(), refresh.is_some(), sub_refresh.is_some(), rpc.is_some(), send.is_some()];
+        let mut kinds: Vec<Kind> = Vec::with_capacity(1);
+        kinds.extend(connect.map(Kind::Connect));
+        kinds.extend(subscribe.map(Kind::Subscribe));
+        kinds.extend(unsubscribe.map(Kind::Unsubscribe));
+        kinds.extend(publish.map(Kind::Publish));
+        kinds.extend(presence.map(Kind::Presence));
+        kinds.extend(presence_stats.map(Kind::PresenceStats));
+        kinds.extend(unsupported.iter().filter(|u| **u).map(|_| Kind::Unsupported));
+        match kinds.len() {
+            0 => Some(Kind::Pong),
+            1 => kinds.pop(),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the commands of one text frame: one JSON object a line, blank lines skipped.
+/// `None` when a line is not a command (the SDK is then told `3501 bad request`).
+pub(super) fn parse(text: &str) -> Option<Vec<(u32, Kind)>> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let cmd: Command = serde_json::from_str(line).ok()?;
+            let id = cmd.id;
+            Some((id, cmd.kind()?))
+        })
+        .collect()
+}
+
+/// A reply to command `id`: `{"id":..,"<method>":<result>}`.
+pub(super) fn reply(id: u32, method: &str, result: Value) -> String {
+    let mut reply = serde_json::Map::with_capacity(2);
+    reply.insert("id".into(), id.into());
+    reply.insert(method.into(), result);
+    Value::Object(reply).to_string()
+}
+
+/// An error reply to command `id`.
+pub(super) fn error(id: u32, e: ClientError) -> String {
+    let mut err = json!({"code": e.code, "message": e.message});
+    if e.temporary {
+        err["temporary"] = true.into();
+    }
+    json!({"id": id, "error": err}).to_string()
+}
+
+/// A publication pushed on `channel` (the name the client subscribed with): `data` is
+/// Herald's event JSON as an SSE client gets it, unchanged.
+pub(super) fn publication(channel: &str, event: &[u8], position: Option<Position>) -> String {
+    let mut out = String::with_capacity(event.len() + channel.len() + 48);
+    out.push_str(r#"{"push":{"channel":"#);
+    out.push_str(&Value::String(channel.to_owned()).to_string());
+    out.push_str(r#","pub":"#);
+    push_pub(&mut out, event, position);
+    out.push_str("}}");
+    out
+}
+
+/// A `join` or `leave` push on `channel` for `user` (Herald's join and leave are per user
+/// connection, and it tells the user, so the user id stands for the client id too).
+pub(super) fn join_leave(channel: &str, kind: &str, user: &str) -> String {
+    json!({"push": {"channel": channel, kind: {"info": {"client": user, "user": user}}}}).to_string()
+}
+
+/// A publication object, `{"data":<event>,"offset":<n>}`.
+pub(super) fn push_pub(out: &mut String, event: &[u8], position: Option<Position>) {
+    out.push_str(r#"{"data":"#);
+    out.push_str(&String::from_utf8_lossy(event));
+    if let Some(pos) = position {
+        out.push_str(r#","offset":"#);
+        out.push_str(&offset(pos).to_string());
+    }
+    out.push('}');
+}
+
+/// Centrifugo's offset (an integer the SDK keeps as a JavaScript number) for a Herald
+/// position: milliseconds times 1000 plus the sequence within the millisecond, which stays
+/// exact (below 2^53) until the year 2255 and increases with the position while a
+/// millisecond holds fewer than 1000 events.
+pub(super) fn offset(pos: Position) -> u64 {
+    pos.ms.saturating_mul(1000).saturating_add(pos.seq.min(999))
+}
+
+/// The Herald position a Centrifugo offset stands for (see [`offset`]).
+pub(super) fn position(offset: u64) -> Position {
+    Position::new(offset / 1000, offset % 1000)
+}
+
+/// The ping: an empty command.
+pub(super) fn ping() -> Frame {
+    Frame::Text(Utf8Bytes::from_static("{}"))
+}
+
+/// Several replies in one frame, one a line.
+pub(super) fn frame(lines: Vec<String>) -> Frame {
+    Frame::Text(Utf8Bytes::from(lines.join("\n")))
+}
+
+/// An error in a reply: Centrifugo's client error codes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ClientError {
+    pub code: u32,
+    pub message: String,
+    pub temporary: bool,
+}
+
+impl ClientError {
+    pub(super) fn new(code: u32, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), temporary: false }
+    }
+
+    pub(super) fn unknown_channel() -> Self {
+        Self::new(102, "unknown channel")
+    }
+
+    pub(super) fn method_not_found() -> Self {
+        Self::new(104, "method not found")
+    }
+
+    pub(super) fn already_subscribed() -> Self {
+        Self::new(105, "already subscribed")
+    }
+
+    pub(super) fn token_expired() -> Self {
+        Self::new(109, "token expired")
+    }
+}
+
+/// Herald's refusal as the nearest Centrifugo error: by HTTP status, with Herald's own
+/// message (which names the cause) kept.
+impl From<ApiError> for ClientError {
+    fn from(e: ApiError) -> Self {
+        let status = e.status().as_u16();
+        let code = match status {
+            401 => 101,
+            403 => 103,
+            404 => 102,
+            429 => 111,
+            413 => 106,
+            s if s >= 500 => 100,
+            _ => 107,
+        };
+        Self { code, message: e.message().to_owned(), temporary: status >= 500 || status == 429 }
+    }
+}
+
+/// Centrifugo's disconnect codes (3000..3999 over a WebSocket close): 35xx tell the SDK not
+/// to reconnect, the others to come back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Disconnect {
+    Shutdown,
+    Expired,
+    Slow,
+    InsufficientState,
+    ForceReconnect,
+    NoPong,
+    TooManyRequests,
+    InvalidToken,
+    BadRequest,
+    Stale,
+    ForceNoReconnect,
+}
+
+impl Disconnect {
+    pub(super) fn code(self) -> u16 {
+        match self {
+            Self::Shutdown => 3001,
+            Self::Expired => 3005,
+            Self::Slow => 3008,
+            Self::InsufficientState => 3010,
+            Self::ForceReconnect => 3011,
+            Self::NoPong => 3012,
+            Self::TooManyRequests => 3013,
+            Self::InvalidToken => 3500,
+            Self::BadRequest => 3501,
+            Self::Stale => 3502,
+            Self::ForceNoReconnect => 3503,
+        }
+    }
+
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Expired => "connection expired",
+            Self::Slow => "slow",
+            Self::InsufficientState => "insufficient state",
+            Self::ForceReconnect => "force reconnect",
+            Self::NoPong => "no pong",
+            Self::TooManyRequests => "too many requests",
+            Self::InvalidToken => "invalid token",
+            Self::BadRequest => "bad request",
+            Self::Stale => "stale",
+            Self::ForceNoReconnect => "force disconnect",
+        }
+    }
+
+    /// The close frame; its reason is plain text, which the SDK shows as the reason.
+    pub(super) fn frame(self) -> Frame {
+        Frame::Close(Some(CloseFrame { code: self.code(), reason: Utf8Bytes::from_static(self.reason()) }))
+    }
+}
+
+/// A Centrifugo channel name as Herald's: `news` is `channel:news`; `ns:rest` is Herald's
+/// `ns:rest` when `known(ns)` (a configured namespace, or the built-in `channel` and
+/// `user`); a user-limited `ns:#42` (or `#42`) is `user:42`. `None` for a name with an
+/// unknown namespace. Herald's channel rules (characters, length) apply to the result.
+pub(super) fn herald_channel(name: &str, known: impl Fn(&str) -> bool) -> Option<String> {
+    let (ns, rest) = match name.split_once(':') {
+        Some((ns, rest)) => (Some(ns), rest),
+        None => (None, name),
+    };
+    if let Some((_, user)) = rest.split_once('#') {
+        // One user only: `#42,43` (a channel shared by two users) has no Herald counterpart.
+        return (!user.is_empty() && !user.contains(',')).then(|| format!("user:{user}"));
+    }
+    match ns {
+        None => Some(format!("channel:{name}")),
+        Some(ns) if known(ns) => Some(name.to_owned()),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(ns: &str) -> bool {
+        matches!(ns, "channel" | "user" | "chat")
+    }
+
+    #[test]
+    fn centrifugo_channel_names_map_onto_herald_namespaces() {
+        assert_eq!(herald_channel("news", known).as_deref(), Some("channel:news"));
+        assert_eq!(herald_channel("chat:index", known).as_deref(), Some("chat:index"));
+        assert_eq!(herald_channel("channel:news", known).as_deref(), Some("channel:news"));
+        assert_eq!(herald_channel("personal:#42", known).as_deref(), Some("user:42"));
+        assert_eq!(herald_channel("#42", known).as_deref(), Some("user:42"));
+        assert_eq!(herald_channel("dialog:#42,43", known), None);
+        assert_eq!(herald_channel("secret:index", known), None);
+    }
+
+    #[test]
+    fn a_frame_of_several_lines_is_several_commands_and_an_empty_object_is_a_pong() {
+        let cmds = parse(
+            "{\"id\":1,\"connect\":{\"token\":\"t\",\"name\":\"js\"}}\n{\"id\":2,\"subscribe\":{\"channel\":\"news\"}}\n{}",
+        );
+        let cmds = cmds.unwrap_or_else(|| panic!("refused a well-formed frame"));
+        assert_eq!(cmds.len(), 3);
+        assert!(matches!(&cmds[0], (1, Kind::Connect(Connect { token })) if token == "t"));
+        assert!(
+            matches!(&cmds[1], (2, Kind::Subscribe(Subscribe { channel, recover: false, .. })) if channel == "news")
+        );
+        assert!(matches!(cmds[2], (0, Kind::Pong)));
+    }
+
+    #[test]
+    fn a_command_with_two_methods_or_no_json_is_a_bad_request_and_an_unserved_method_is_not_found() {
+        assert!(parse(r#"{"id":1,"subscribe":{"channel":"a"},"publish":{"channel":"a"}}"#).is_none());
+        assert!(parse("not json").is_none());
+        let cmds = parse(r#"{"id":3,"rpc":{"method":"x"}}"#).unwrap_or_default();
+        assert!(matches!(cmds.as_slice(), [(3, Kind::Unsupported)]));
+    }
+
+    #[test]
+    fn a_publication_push_carries_the_event_json_unchanged_and_its_offset() {
+        let push =
+            publication("news", br#"{"id":"e1","channel":"channel:news","type":"t"}"#, Some(Position::new(5, 2)));
+        assert_eq!(
+            push,
+            r#"{"push":{"channel":"news","pub":{"data":{"id":"e1","channel":"channel:news","type":"t"},"offset":5002}}}"#
+        );
+        assert!(offset(Position::new(5, 2)) < offset(Position::new(6, 0)));
+        assert_eq!(position(offset(Position::new(1_796_308_119_032, 7))), Position::new(1_796_308_119_032, 7));
+    }
+
+    #[test]
+    fn a_join_push_names_the_user_as_client_and_user() {
+        let push: Option<Value> = serde_json::from_str(&join_leave("room:a", "join", "42")).ok();
+        assert_eq!(
+            push,
+            Some(json!({"push": {"channel": "room:a", "join": {"info": {"client": "42", "user": "42"}}}}))
+        );
+    }
+
+    #[test]
+    fn an_error_reply_has_the_centrifugo_shape() {
+        let parsed = |s: String| serde_json::from_str::<Value>(&s).ok();
+        let err = parsed(error(4, ClientError::already_subscribed()));
+        assert_eq!(err, Some(json!({"id": 4, "error": {"code": 105, "message": "already subscribed"}})));
+        assert_eq!(parsed(reply(1, "subscribe", json!({}))), Some(json!({"id": 1, "subscribe": {}})));
+    }
+}

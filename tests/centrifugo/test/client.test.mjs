@@ -1,0 +1,255 @@
+// The real `centrifuge` SDK (npm, v5, JSON protocol, in Node over `ws`) against a real
+// Herald: it connects with a JWT, subscribes, receives what Herald's own API publishes (and
+// an SSE client of the same channel gets the same event), publishes to an SSE client, and is
+// refused with the disconnect code it knows for a bad token.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { Centrifuge } from 'centrifuge';
+import WebSocket from 'ws';
+
+import { backend, once, sse, startHerald, token } from './support.mjs';
+
+let herald;
+before(async () => {
+  herald = await startHerald();
+});
+after(async () => {
+  await herald?.stop();
+});
+
+function client(jwt) {
+  return new Centrifuge(herald.ws, { websocket: WebSocket, token: jwt });
+}
+
+test('the SDK connects with a JWT and gets a client id', async () => {
+  const c = client(token('alice'));
+  const connected = once(c, 'connected');
+  c.connect();
+  const ctx = await connected;
+  assert.equal(typeof ctx.client, 'string');
+  assert.ok(ctx.client.length > 0);
+  assert.equal(ctx.transport, 'websocket');
+  c.disconnect();
+});
+
+test('a publication from POST /api/publish reaches the SDK and an SSE client of the same channel alike', async () => {
+  const stream = sse(herald, ['channel:news'], 'bob');
+  const c = client(token('alice'));
+  const sub = c.newSubscription('news');
+  const subscribed = once(sub, 'subscribed');
+  const publication = once(sub, 'publication');
+  sub.subscribe();
+  c.connect();
+  await subscribed;
+  await stream.ready;
+  const id = await herald.publish({ channel: 'channel:news', type: 'incident.created', title: 'Disk full' });
+  const ctx = await publication;
+  const seen = await stream.next((ev) => ev.id === id);
+  assert.equal(ctx.channel, 'news');
+  assert.deepEqual(ctx.data, seen);
+  assert.equal(ctx.data.title, 'Disk full');
+  assert.equal(ctx.data.channel, 'channel:news');
+  assert.equal(typeof ctx.offset, 'number');
+  stream.close();
+  c.disconnect();
+});
+
+test('a namespaced channel and a user channel keep their Centrifugo names on the SDK side', async () => {
+  const c = client(token('42'));
+  const chat = c.newSubscription('chat:index');
+  const personal = c.newSubscription('personal:#42');
+  const got = Promise.all([once(chat, 'publication'), once(personal, 'publication')]);
+  const subscribed = Promise.all([once(chat, 'subscribed'), once(personal, 'subscribed')]);
+  chat.subscribe();
+  personal.subscribe();
+  c.connect();
+  await subscribed;
+  await herald.publish({ channel: 'chat:index', type: 'message', text: 'hi room' });
+  await herald.publish({ channel: 'user:42', type: 'note', text: 'hi you' });
+  const [room, mine] = await got;
+  assert.deepEqual([room.channel, room.data.text], ['chat:index', 'hi room']);
+  assert.deepEqual([mine.channel, mine.data.text, mine.data.channel], ['personal:#42', 'hi you', 'user:42']);
+  c.disconnect();
+});
+
+test("another user's personal channel is refused with Centrifugo's permission error", async () => {
+  const c = client(token('42'));
+  const sub = c.newSubscription('personal:#43');
+  // A permanent refusal (not temporary, not `109`) ends the subscription with its code.
+  const refused = once(sub, 'unsubscribed');
+  sub.subscribe();
+  c.connect();
+  const ctx = await refused;
+  assert.equal(ctx.code, 103);
+  assert.equal(sub.state, 'unsubscribed');
+  c.disconnect();
+});
+
+test('a publication from the SDK reaches an SSE client through Herald', async () => {
+  const stream = sse(herald, ['channel:ops'], 'bob');
+  await stream.ready;
+  const c = client(token('alice'));
+  const connected = once(c, 'connected');
+  c.connect();
+  await connected;
+  await c.publish('ops', { type: 'deploy', version: '1.2.3' });
+  const ev = await stream.next((e) => e.type === 'deploy');
+  assert.equal(ev.version, '1.2.3');
+  assert.equal(ev.channel, 'channel:ops');
+  stream.close();
+  c.disconnect();
+});
+
+test('an unknown namespace is an unknown channel', async () => {
+  const c = client(token('alice'));
+  const connected = once(c, 'connected');
+  c.connect();
+  await connected;
+  await assert.rejects(c.publish('nowhere:x', { text: 'x' }), (e) => e.code === 102);
+  c.disconnect();
+});
+
+test('a token that does not verify is refused with disconnect 3500 and the SDK does not reconnect', async () => {
+  const [head, claims] = token('mallory').split('.');
+  const bad = `${head}.${claims}.${'x'.repeat(43)}`;
+  const c = client(bad);
+  const disconnected = once(c, 'disconnected');
+  c.connect();
+  const ctx = await disconnected;
+  assert.equal(ctx.code, 3500);
+  assert.equal(ctx.reason, 'invalid token');
+  assert.equal(c.state, 'disconnected');
+});
+
+test('presence and presence stats list the users subscribed, by user id', async () => {
+  const c = client(token('carol'));
+  const sub = c.newSubscription('lobby');
+  const subscribed = once(sub, 'subscribed');
+  sub.subscribe();
+  c.connect();
+  await subscribed;
+  const presence = await sub.presence();
+  assert.deepEqual(Object.keys(presence.clients), ['carol']);
+  assert.equal(presence.clients.carol.user, 'carol');
+  const stats = await sub.presenceStats();
+  assert.deepEqual([stats.numUsers, stats.numClients], [1, 1]);
+  c.disconnect();
+});
+
+test('an unsubscribed channel delivers nothing and can be subscribed again (Herald forgot it: no `105 already subscribed`)', async () => {
+  const c = client(token('dave'));
+  const quiet = c.newSubscription('quiet');
+  const loud = c.newSubscription('loud');
+  const subscribed = Promise.all([once(quiet, 'subscribed'), once(loud, 'subscribed')]);
+  const seen = [];
+  quiet.on('publication', (ctx) => seen.push(ctx.data.n));
+  quiet.subscribe();
+  loud.subscribe();
+  c.connect();
+  await subscribed;
+  const unsubscribed = once(quiet, 'unsubscribed');
+  quiet.unsubscribe();
+  await unsubscribed;
+  // Pushes come in publication order on one socket: once `loud` has the marker published
+  // after `quiet`'s event, that event would have come already.
+  await herald.publish({ channel: 'channel:quiet', type: 'n', n: 1 });
+  const marker = once(loud, 'publication');
+  await herald.publish({ channel: 'channel:loud', type: 'n', n: 2 });
+  await marker;
+  assert.deepEqual(seen, []);
+  const again = once(quiet, 'publication');
+  const resubscribed = once(quiet, 'subscribed');
+  quiet.subscribe();
+  await resubscribed;
+  await herald.publish({ channel: 'channel:quiet', type: 'n', n: 3 });
+  assert.equal((await again).data.n, 3);
+  c.disconnect();
+});
+
+test('after a reconnect the SDK recovers exactly what was published meanwhile (recovered: true)', async () => {
+  const c = client(token('erin'));
+  const sub = c.newSubscription('incidents');
+  const got = [];
+  sub.on('publication', (ctx) => got.push(ctx.data.n));
+  const first = once(sub, 'subscribed');
+  sub.subscribe();
+  c.connect();
+  const ctx = await first;
+  assert.equal(ctx.recoverable, true);
+  const one = once(sub, 'publication');
+  await herald.publish({ channel: 'channel:incidents', type: 'n', n: 1 });
+  await one;
+  // Herald cuts the socket (`3011 force reconnect`); what is published before the SDK is
+  // back comes in the subscribe reply of its new socket, what comes after, live.
+  const cut = once(c, 'connecting');
+  await backend(herald, '/api/disconnect', { user: 'erin' });
+  await cut;
+  const resubscribed = once(sub, 'subscribed');
+  await herald.publish({ channel: 'channel:incidents', type: 'n', n: 2 });
+  await herald.publish({ channel: 'channel:incidents', type: 'n', n: 3 });
+  const again = await resubscribed;
+  assert.equal(again.wasRecovering, true);
+  assert.equal(again.recovered, true);
+  await herald.publish({ channel: 'channel:incidents', type: 'n', n: 4 });
+  while (got.length < 4) await once(sub, 'publication');
+  assert.deepEqual(got, [1, 2, 3, 4]);
+  c.disconnect();
+});
+
+test('a recovery from a position history no longer covers is recovered: false', async () => {
+  const c = new Centrifuge(herald.ws, { websocket: WebSocket, token: token('frank') });
+  // A position far older than anything in history, as a client coming back after days.
+  const sub = c.newSubscription('archive', { since: { offset: 1000, epoch: 'herald' } });
+  await herald.publish({ channel: 'channel:archive', type: 'n', n: 1 });
+  const subscribed = once(sub, 'subscribed');
+  sub.subscribe();
+  c.connect();
+  const ctx = await subscribed;
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, false);
+  c.disconnect();
+});
+
+test('an expired token is 109 at connect, and the SDK connects with the token its getToken gives', async () => {
+  const expired = token('gina', { exp: Math.floor(Date.now() / 1000) - 3600 });
+  let calls = 0;
+  const c = new Centrifuge(herald.ws, {
+    websocket: WebSocket,
+    token: expired,
+    getToken: async () => {
+      calls += 1;
+      return token('gina');
+    },
+  });
+  const refused = once(c, 'error');
+  const connected = once(c, 'connected');
+  c.connect();
+  const err = await refused;
+  assert.deepEqual([err.type, err.error.code], ['connect', 109]);
+  await connected;
+  assert.equal(calls, 1);
+  c.disconnect();
+});
+
+test("Herald's join and leave reach the SDK as join and leave pushes, with the user", async () => {
+  const watcher = client(token('hank'));
+  const sub = watcher.newSubscription('room:standup');
+  const ready = once(sub, 'subscribed');
+  sub.subscribe();
+  watcher.connect();
+  await ready;
+  const joined = new Promise((ok) => sub.on('join', (ctx) => ctx.info.user === 'ivy' && ok(ctx)));
+  const left = new Promise((ok) => sub.on('leave', (ctx) => ctx.info.user === 'ivy' && ok(ctx)));
+  const other = client(token('ivy'));
+  const hers = other.newSubscription('room:standup');
+  hers.subscribe();
+  other.connect();
+  const ctx = await joined;
+  assert.equal(ctx.channel, 'room:standup');
+  hers.unsubscribe();
+  await left;
+  other.disconnect();
+  watcher.disconnect();
+});
