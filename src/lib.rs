@@ -50,6 +50,7 @@ pub mod engine;
 pub mod event;
 pub mod herald;
 pub(crate) mod histogram;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub(crate) mod ids;

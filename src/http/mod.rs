@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod cors;
 pub mod error;
+mod hooked;
 pub mod observe;
 mod presence;
 pub(crate) mod publish;
