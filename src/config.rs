@@ -564,6 +564,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hook_url_must_be_plain_http_with_a_host() {
+        let mut c = Config::from_toml(
+            "[hooks]\nconnect_url = \"https://app.example/hook\"\ntimeout = \"500ms\"\n\
+             [namespaces.chat]\nsubscribe_hook = \"app.example/sub\"\npublish_hook = \"\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.hooks.timeout, Duration::from_millis(500));
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(r#""https://app.example/hook" is not an http:// URL"#), "{msg}");
+        assert!(msg.contains(r#""app.example/sub" is not an http:// URL"#), "{msg}");
+        c.hooks.connect_url = Some("http://127.0.0.1:3000/hook".to_owned());
+        c.namespaces.clear();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn origins_are_scheme_host_and_port_only() {
         for ok in ["https://app.example.com", "http://localhost:5173", "http://127.0.0.1:3000", "https://[::1]:8443"] {
             assert!(is_origin(ok), "{ok}");

@@ -272,3 +272,107 @@ async fn an_answer_is_reused_for_an_identical_request_within_cache_ttl() {
     assert_eq!(app.requests().len(), 1);
     assert_eq!(ann.metric(r#"herald_hook_requests_total{hook="connect",result="cached"}"#).await, 1.0);
 }
+
+/// Opens `/api/ws?<query>` with a cookie; the socket, or the refusal's status.
+async fn websocket(
+    server: &TestServer,
+    query: &str,
+    cookie: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req =
+        format!("ws://{}/api/ws?{query}", server.addr).into_client_request().unwrap_or_else(|e| panic!("{e}"));
+    req.headers_mut().insert("cookie", cookie.parse().unwrap_or_else(|e| panic!("{e}")));
+    let (ws, _) = support::within("the upgrade", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade: {e}"));
+    ws
+}
+
+/// The next text frame of a socket, as JSON.
+async fn next_json(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match support::within("a frame", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("{e}")),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_is_named_by_the_connect_hook_and_its_later_subscribe_is_asked_about() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = App::start().await;
+    let server = herald(|c| {
+        app.hooks_of(c);
+        c.websocket = true;
+    })
+    .await;
+    let mut ws = websocket(&server, "channel=channel:lobby", "sid=s-ann").await;
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["data"]["userId"], "ann", "{connected}");
+    let subscribe = json!({"type": "subscribe", "id": "r1", "channels": ["channel:secret"]});
+    ws.send(Message::text(subscribe.to_string())).await.unwrap_or_else(|e| panic!("send: {e}"));
+    let answer = next_json(&mut ws).await;
+    assert_eq!((&answer["type"], &answer["error"]["code"]), (&json!("error"), &json!("not_member")), "{answer}");
+    let seen = app.requests();
+    let asked = seen.iter().find(|r| r.starts_with("POST /subscribe") && r.contains("channel:secret"));
+    let asked = asked.cloned().unwrap_or_default();
+    assert!(asked.contains(r#""transport":"websocket""#) && asked.contains(r#""connectionId":"c"#), "{asked}");
+}
+
+#[tokio::test]
+async fn a_users_live_join_is_asked_about_with_its_connection_id() {
+    let app = App::start().await;
+    let server = herald(|c| c.hooks.subscribe_url = Some(app.url("/subscribe"))).await;
+    let stream = server.client(Proto::H1).user("bob").subscribe("channel=channel:lobby", &[]).await;
+    let conn = stream.connection_id();
+    let path = format!("/api/connections/{conn}/channels");
+    let mut bob = server.client(Proto::H1).user("bob");
+    let (status, body) = bob.post_json(&path, &json!({"channel": "channel:secret"})).await;
+    assert_eq!((status.as_u16(), &body["error"]["code"]), (403, &json!("not_member")));
+    let (status, _) = bob.post_json(&path, &json!({"channel": "channel:news"})).await;
+    assert_eq!(status.as_u16(), 200);
+    let seen = app.requests();
+    let join = seen.iter().find(|r| r.contains("channel:news")).cloned().unwrap_or_default();
+    assert!(join.contains(&format!(r#""connectionId":"{conn}""#)) && join.contains(r#""id":"bob""#), "{join}");
+}
+
+#[tokio::test]
+async fn a_namespace_can_turn_the_subscribe_hook_off_for_its_channels() {
+    let app = App::start().await;
+    let server = herald(|c| {
+        c.hooks.subscribe_url = Some(app.url("/subscribe"));
+        c.namespaces.entry("channel".to_owned()).or_default().subscribe_hook = Some(String::new());
+    })
+    .await;
+    let _stream = server.client(Proto::H1).user("ann").subscribe("channel=channel:secret", &[]).await;
+    assert!(app.requests().is_empty(), "{:?}", app.requests());
+}
+
+#[tokio::test]
+async fn on_redis_a_cookie_users_publish_on_one_node_reaches_a_stream_on_another_named() {
+    let redis = support::RedisServer::start().await;
+    let app = App::start().await;
+    let node = || {
+        herald(|c| {
+            app.hooks_of(c);
+            c.redis_url = Some(redis.url());
+        })
+    };
+    let (a, b) = (node().await, node().await);
+    let mut stream =
+        a.client(Proto::H1).with_header("cookie", "sid=s-ann").subscribe("channel=channel:lobby", &[]).await;
+    let mut browser = b.client(Proto::H1).with_header("cookie", "sid=s-ann");
+    let (status, _) =
+        browser.post_json("/api/publish", &json!({"channel": "channel:lobby", "type": "chat", "text": "darn"})).await;
+    assert_eq!(status.as_u16(), 200);
+    let ev = stream.expect().await;
+    assert_eq!((&ev.data["userId"], &ev.data["text"]), (&json!("ann"), &json!("****")));
+}
