@@ -373,6 +373,10 @@ impl HooksConfig {
                 problems
                     .push(format!("hooks.headers: {name:?} is not a header name (pass cookies with hooks.cookies)"));
             }
+            // An API key is Herald's secret even when a client sends it.
+            if name.eq_ignore_ascii_case("x-api-key") {
+                problems.push("hooks.headers: X-Api-Key carries Herald's API keys and is never passed on".to_owned());
+            }
         }
         problems
     }
@@ -574,6 +578,10 @@ mod tests {
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains(r#""https://app.example/hook" is not an http:// URL"#), "{msg}");
         assert!(msg.contains(r#""app.example/sub" is not an http:// URL"#), "{msg}");
+        c.hooks.headers = vec!["X-Api-Key".to_owned()];
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("X-Api-Key carries Herald's API keys"), "{msg}");
+        c.hooks.headers = vec!["authorization".to_owned()];
         c.hooks.connect_url = Some("http://127.0.0.1:3000/hook".to_owned());
         c.namespaces.clear();
         assert!(c.validate().is_ok());

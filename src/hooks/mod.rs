@@ -328,6 +328,19 @@ mod tests {
         assert!(matches!(fail, Err(HookError::Unavailable { .. })), "{fail:?}");
     }
 
+    #[tokio::test]
+    async fn a_request_that_finds_no_free_slot_within_the_timeout_is_a_failure() {
+        let hooks_cfg =
+            HooksConfig { max_concurrency: 1, timeout: Duration::from_millis(50), ..HooksConfig::default() };
+        let hooks = Hooks::from_config(&Config { hooks: hooks_cfg, ..Config::default() });
+        let metrics = Metrics::default();
+        // The one slot is taken: the request never goes out.
+        let _held = hooks.permits.acquire().await;
+        let answer = hooks.ask(&metrics, Hook::Connect, "http://127.0.0.1:9/never", &Value::Null, &[]).await;
+        let Err(HookError::Unavailable { why, .. }) = answer else { panic!("{answer:?}") };
+        assert!(why.contains("no answer within"), "{why}");
+    }
+
     #[test]
     fn only_the_named_headers_and_cookies_are_passed() {
         let cfg = Config {
