@@ -161,11 +161,7 @@ async fn a_cookie_session_app_without_jwts_names_the_user_of_a_stream_and_of_its
 #[tokio::test]
 async fn a_denial_reaches_the_client_with_the_apps_status_and_code() {
     let app = App::start().await;
-    let server = herald(|c| {
-        c.hooks.connect_url = Some(app.url("/connect"));
-        c.hooks.subscribe_url = Some(app.url("/subscribe"));
-    })
-    .await;
+    let server = herald(|c| app.hooks_of(c)).await;
     let resp = server.client(Proto::H1).open_events("channel=channel:lobby", &[]).await;
     let (status, body) = support::read_json(resp).await;
     assert_eq!((status.as_u16(), &body["error"]["code"]), (401, &json!("login_required")));
@@ -175,10 +171,18 @@ async fn a_denial_reaches_the_client_with_the_apps_status_and_code() {
     let resp = ann.open_events("channel=channel:lobby&channel=channel:secret", &[]).await;
     let (status, body) = support::read_json(resp).await;
     assert_eq!((status.as_u16(), &body["error"]["code"]), (403, &json!("not_member")));
+    let (status, body) = server
+        .client(Proto::H1)
+        .user("bob")
+        .post_json("/api/publish", &json!({"channel": "channel:lobby", "type": "chat"}))
+        .await;
+    assert_eq!((status.as_u16(), &body["error"]["code"]), (401, &json!("login_required")), "the publish hook's no");
     let denied = ann.metric(r#"herald_hook_requests_total{hook="subscribe",result="denied"}"#).await;
     assert_eq!(denied, 1.0);
     let refused = ann.metric(r#"herald_subscribe_refused_total{reason="hook_denied"}"#).await;
     assert_eq!(refused, 2.0);
+    let refused = ann.metric(r#"herald_publish_refused_total{reason="hook_denied"}"#).await;
+    assert_eq!(refused, 1.0);
 }
 
 #[tokio::test]
@@ -375,4 +379,18 @@ async fn on_redis_a_cookie_users_publish_on_one_node_reaches_a_stream_on_another
     assert_eq!(status.as_u16(), 200);
     let ev = stream.expect().await;
     assert_eq!((&ev.data["userId"], &ev.data["text"]), (&json!("ann"), &json!("****")));
+}
+
+#[tokio::test]
+async fn an_oversized_stream_request_is_refused_before_the_application_is_asked() {
+    let app = App::start().await;
+    let server = herald(|c| {
+        c.hooks.subscribe_url = Some(app.url("/subscribe"));
+        c.max_channels_per_connection = 2;
+    })
+    .await;
+    let query = "channel=channel:a&channel=channel:b&channel=channel:c";
+    let (status, body) = support::read_json(server.client(Proto::H1).user("ann").open_events(query, &[]).await).await;
+    assert_eq!((status.as_u16(), &body["error"]["code"]), (400, &json!("too_many_channels")));
+    assert!(app.requests().is_empty(), "{:?}", app.requests());
 }

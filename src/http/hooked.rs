@@ -15,7 +15,7 @@ use super::error::ApiError;
 use crate::auth::{Principal, UserIdentity};
 use crate::channel::ChannelName;
 use crate::event::Event;
-use crate::herald::Herald;
+use crate::herald::{Herald, SubscribeError};
 use crate::hooks::{Hook, HookError, HookUser};
 
 /// Longest user id a hook may name.
@@ -78,8 +78,16 @@ pub(crate) async fn subscribe(
     connection: Option<&str>,
 ) -> Result<(), ApiError> {
     let hooks = herald.hooks();
-    for ch in channels {
+    // Refused before the application is asked once per channel of an oversized request.
+    let limit = herald.config().max_channels_per_connection;
+    if channels.len() > limit {
+        return Err(SubscribeError::TooManyChannels { limit }.into());
+    }
+    for (i, ch) in channels.iter().enumerate() {
         let Some(url) = hooks.url(Hook::Subscribe, Some(ch)) else { continue };
+        if channels[..i].contains(ch) {
+            continue;
+        }
         let req = json!({
             "transport": client.transport,
             "ip": client.ip,
