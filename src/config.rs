@@ -359,7 +359,9 @@ impl HooksConfig {
         let per_ns = namespaces.values().flat_map(|ns| [&ns.subscribe_hook, &ns.publish_hook]).flatten();
         for url in urls.chain(per_ns.filter(|u| !u.is_empty())) {
             if !is_hook_url(url) {
-                problems.push(format!("hooks: {url:?} is not an http:// URL with a host (https is not supported yet)"));
+                problems.push(format!(
+                    "hooks: {url:?} is not an http:// URL with a host and no credentials (https is not supported yet)"
+                ));
             }
         }
         if self.timeout.is_zero() {
@@ -382,10 +384,11 @@ impl HooksConfig {
     }
 }
 
-/// Whether `url` is one Herald's hook client can call: `http://host[:port][/path]`.
+/// Whether `url` is one Herald's hook client can call: `http://host[:port][/path]`, with no
+/// credentials in it (they would be sent nowhere, and logged with the URL).
 fn is_hook_url(url: &str) -> bool {
     url.parse::<axum::http::Uri>()
-        .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty()))
+        .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty()) && !url.contains('@'))
 }
 
 /// A configuration problem, said so that a person can fix it.
@@ -578,6 +581,9 @@ mod tests {
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains(r#""https://app.example/hook" is not an http:// URL"#), "{msg}");
         assert!(msg.contains(r#""app.example/sub" is not an http:// URL"#), "{msg}");
+        c.hooks.connect_url = Some("http://user:pw@app.example/hook".to_owned());
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("user:pw@app.example/hook\" is not an http:// URL"), "{msg}");
         c.hooks.headers = vec!["X-Api-Key".to_owned()];
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("X-Api-Key carries Herald's API keys"), "{msg}");

@@ -215,7 +215,8 @@ async fn a_dead_hook_refuses_the_stream_and_a_publish_with_hook_unavailable() {
     assert_eq!((status.as_u16(), &body["error"]["code"]), (503, &json!("hook_unavailable")));
     let (status, body) = ann.post_json("/api/publish", &json!({"channel": "channel:lobby", "type": "chat"})).await;
     assert_eq!((status.as_u16(), &body["error"]["code"]), (503, &json!("hook_unavailable")));
-    // A backend's own publish is not the publish hook's business.
+    // A backend's own stream and publish are not the hooks' business.
+    let _stream = server.client(Proto::H1).backend().subscribe("channel=channel:lobby", &[]).await;
     let (status, _) = server
         .client(Proto::H1)
         .backend()

@@ -35,13 +35,18 @@ impl Client {
 }
 
 /// Runs the connect hook, then the subscribe hook for each requested channel, for a stream
-/// about to open: the principal it opens as and every channel it follows.
+/// about to open: the principal it opens as and every channel it follows. A stream opened
+/// with an API key is not asked about.
 pub(crate) async fn open(
     herald: &Herald,
     client: &Client,
     mut who: Principal,
     mut channels: Vec<ChannelName>,
 ) -> Result<(Principal, Vec<ChannelName>), ApiError> {
+    // An API key is the application's own backend (or its admin page): not asked about.
+    if matches!(who, Principal::ApiKey(_)) {
+        return Ok((who, channels));
+    }
     let hooks = herald.hooks();
     let metrics = &herald.metrics().hooks;
     let requested = channels.len();
@@ -68,8 +73,8 @@ pub(crate) async fn open(
     Ok((who, channels))
 }
 
-/// Runs the subscribe hook for each of `channels` (where one is set) that `who` is about to
-/// follow, on a new stream or (`connection`) joining an open one live.
+/// Runs the subscribe hook for each of `channels` (where one is set) that `who` (not an API
+/// key) is about to follow, on a new stream or (`connection`) joining an open one live.
 pub(crate) async fn subscribe(
     herald: &Herald,
     client: &Client,
@@ -77,6 +82,9 @@ pub(crate) async fn subscribe(
     channels: &[ChannelName],
     connection: Option<&str>,
 ) -> Result<(), ApiError> {
+    if matches!(who, Principal::ApiKey(_)) {
+        return Ok(());
+    }
     let hooks = herald.hooks();
     // Refused before the application is asked once per channel of an oversized request.
     let limit = herald.config().max_channels_per_connection;
