@@ -383,6 +383,17 @@ async fn on_redis_a_cookie_users_publish_on_one_node_reaches_a_stream_on_another
 }
 
 #[tokio::test]
+async fn a_cross_site_publish_carried_by_the_apps_session_cookie_is_refused() {
+    let app = App::start().await;
+    let server = herald(|c| app.hooks_of(c)).await;
+    let mut forged =
+        server.client(Proto::H1).with_header("cookie", "sid=s-ann").with_header("origin", "https://evil.example");
+    let (status, body) = forged.post_json("/api/publish", &json!({"channel": "channel:lobby", "type": "chat"})).await;
+    assert_eq!((status.as_u16(), &body["error"]["code"]), (403, &json!("origin_not_allowed")));
+    assert!(!app.requests().iter().any(|r| r.starts_with("POST /publish")), "the hook was not asked");
+}
+
+#[tokio::test]
 async fn an_oversized_stream_request_is_refused_before_the_application_is_asked() {
     let app = App::start().await;
     let server = herald(|c| {

@@ -65,7 +65,7 @@ async fn publish_any(
     req: Request,
 ) -> Result<Json<Published>, ApiError> {
     let (who, key, idempotency, body, client) = caller_and_body(herald, peer, req).await?;
-    publish_body(herald, &who, &key, idempotency.as_deref(), body, Some(&client)).await.map(Json)
+    publish_body(herald, &who, &key, idempotency.as_deref(), body, &client).await.map(Json)
 }
 
 /// Publishes the body of a `POST /api/publish` (one event object, or an array of them as one
@@ -77,7 +77,7 @@ pub(crate) async fn publish_body(
     key: &str,
     idempotency: Option<&str>,
     body: Value,
-    client: Option<&hooked::Client>,
+    client: &hooked::Client,
 ) -> Result<Published, ApiError> {
     match body {
         Value::Array(items) => {
@@ -86,7 +86,7 @@ pub(crate) async fn publish_body(
                 .enumerate()
                 .map(|(i, item)| parse_item(herald, key, idempotency, i, item).map_err(|e| at_index(e, i)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let who = hooked_publisher(herald, client, who, &mut batch).await?;
+            let who = hooked::publish(herald, client, who.clone(), &mut batch).await?;
             let acks = herald.publish_as(&who, key, batch).await?;
             Ok(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() })
         }
@@ -94,20 +94,6 @@ pub(crate) async fn publish_body(
             let event = keyed(herald, key, idempotency, parse_event(herald, item, None)?)?;
             publish_one(herald, who, key, event, client).await.map(|Json(p)| p)
         }
-    }
-}
-
-/// The publisher once the publish hook has seen the events (and perhaps replaced their
-/// payloads), for a request that came over HTTP.
-async fn hooked_publisher(
-    herald: &Herald,
-    client: Option<&hooked::Client>,
-    who: &Principal,
-    events: &mut [(Vec<ChannelName>, Event)],
-) -> Result<Principal, ApiError> {
-    match client {
-        Some(client) => hooked::publish(herald, client, who.clone(), events).await,
-        None => Ok(who.clone()),
     }
 }
 
@@ -152,7 +138,7 @@ async fn publish_on(
     let channel = herald.parse_channel(&channel)?;
     let (who, key, idempotency, body, client) = caller_and_body(herald, peer, req).await?;
     let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, body, Some(channel))?)?;
-    publish_one(herald, &who, &key, event, Some(&client)).await
+    publish_one(herald, &who, &key, event, &client).await
 }
 
 /// The publisher, its rate-limit key, its `Idempotency-Key`, and the body as JSON, read only
@@ -182,10 +168,10 @@ async fn publish_one(
     who: &Principal,
     key: &str,
     event: (Vec<ChannelName>, Event),
-    client: Option<&hooked::Client>,
+    client: &hooked::Client,
 ) -> Result<Json<Published>, ApiError> {
     let mut events = vec![event];
-    let who = hooked_publisher(herald, client, who, &mut events).await?;
+    let who = hooked::publish(herald, client, who.clone(), &mut events).await?;
     let acks = herald.publish_as(&who, key, events).await?;
     Ok(Json(Published::One { id: acks.into_iter().next().map(|a| a.id) }))
 }

@@ -352,7 +352,7 @@ impl Session {
             &key,
             p.idempotency_key.as_deref(),
             p.event,
-            Some(&self.client),
+            &self.client,
         )
         .await
         .inspect_err(|e| {
