@@ -154,6 +154,7 @@ async fn a_cookie_session_app_without_jwts_names_the_user_of_a_stream_and_of_its
         connect.contains(r#""channels":["channel:lobby"]"#) && connect.contains(r#""transport":"sse""#),
         "{connect}"
     );
+    assert!(connect.contains(r#""ip":"127.0.0.1""#) && connect.contains(r#""user":null"#), "{connect}");
     assert!(seen.iter().any(|r| r.starts_with("POST /subscribe") && r.contains(r#""channel":"channel:lobby""#)));
     assert!(!seen.iter().any(|r| r.starts_with("POST /subscribe") && r.contains("user:ann")), "{seen:?}");
 }
