@@ -333,6 +333,9 @@ pub struct HooksConfig {
     pub headers: Vec<String>,
     /// Cookies of the client's request passed on to the hook, by name.
     pub cookies: Vec<String>,
+    /// PEM file of a CA that `https://` hooks' certificates may chain to, besides the public
+    /// roots (a private CA).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for HooksConfig {
@@ -347,6 +350,7 @@ impl Default for HooksConfig {
             cache_ttl: Duration::ZERO,
             headers: Vec::new(),
             cookies: Vec::new(),
+            tls_ca: None,
         }
     }
 }
@@ -359,9 +363,8 @@ impl HooksConfig {
         let per_ns = namespaces.values().flat_map(|ns| [&ns.subscribe_hook, &ns.publish_hook]).flatten();
         for url in urls.chain(per_ns.filter(|u| !u.is_empty())) {
             if !is_hook_url(url) {
-                problems.push(format!(
-                    "hooks: {url:?} is not an http:// URL with a host and no credentials (https is not supported yet)"
-                ));
+                problems
+                    .push(format!("hooks: {url:?} is not an http:// or https:// URL with a host and no credentials"));
             }
         }
         if self.timeout.is_zero() {
@@ -384,11 +387,14 @@ impl HooksConfig {
     }
 }
 
-/// Whether `url` is one Herald's hook client can call: `http://host[:port][/path]`, with no
+/// Whether `url` is one Herald's hook client can call: `http(s)://host[:port][/path]`, with no
 /// credentials in it (they would be sent nowhere, and logged with the URL).
 fn is_hook_url(url: &str) -> bool {
-    url.parse::<axum::http::Uri>()
-        .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty()) && !url.contains('@'))
+    url.parse::<axum::http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.host().is_some_and(|h| !h.is_empty())
+            && !url.contains('@')
+    })
 }
 
 /// A configuration problem, said so that a person can fix it.
@@ -573,17 +579,17 @@ mod tests {
     #[test]
     fn a_hook_url_must_be_plain_http_with_a_host() {
         let mut c = Config::from_toml(
-            "[hooks]\nconnect_url = \"https://app.example/hook\"\ntimeout = \"500ms\"\n\
+            "[hooks]\nconnect_url = \"ftp://app.example/hook\"\ntimeout = \"500ms\"\n\
              [namespaces.chat]\nsubscribe_hook = \"app.example/sub\"\npublish_hook = \"\"",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.hooks.timeout, Duration::from_millis(500));
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains(r#""https://app.example/hook" is not an http:// URL"#), "{msg}");
-        assert!(msg.contains(r#""app.example/sub" is not an http:// URL"#), "{msg}");
+        assert!(msg.contains(r#""ftp://app.example/hook" is not an http:// or https:// URL"#), "{msg}");
+        assert!(msg.contains(r#""app.example/sub" is not an http://"#), "{msg}");
         c.hooks.connect_url = Some("http://user:pw@app.example/hook".to_owned());
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains("user:pw@app.example/hook\" is not an http:// URL"), "{msg}");
+        assert!(msg.contains("user:pw@app.example/hook\" is not an http://"), "{msg}");
         c.hooks.headers = vec!["X-Api-Key".to_owned()];
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("X-Api-Key carries Herald's API keys"), "{msg}");

@@ -57,6 +57,7 @@ pub(crate) mod ids;
 pub mod limits;
 pub(crate) mod maps;
 pub mod metrics;
+pub(crate) mod outbound;
 pub mod policy;
 pub mod server;
 pub mod sse;

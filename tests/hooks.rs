@@ -30,12 +30,7 @@ struct App {
 impl App {
     async fn start() -> Self {
         let seen = Seen::default();
-        let router = axum::Router::new()
-            .route("/connect", post(connect))
-            .route("/subscribe", post(subscribe))
-            .route("/publish", post(publish))
-            .route("/slow", post(slow))
-            .with_state(Arc::clone(&seen));
+        let router = routes(&seen);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
         let task = tokio::spawn(async move {
@@ -58,6 +53,16 @@ impl App {
     fn requests(&self) -> Vec<String> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
+}
+
+/// The app's hook routes, recording every request in `seen`.
+fn routes(seen: &Seen) -> axum::Router {
+    axum::Router::new()
+        .route("/connect", post(connect))
+        .route("/subscribe", post(subscribe))
+        .route("/publish", post(publish))
+        .route("/slow", post(slow))
+        .with_state(Arc::clone(seen))
 }
 
 fn record(seen: &Seen, path: &str, headers: &HeaderMap, body: &Value) {
@@ -406,4 +411,38 @@ async fn an_oversized_stream_request_is_refused_before_the_application_is_asked(
     let (status, body) = support::read_json(server.client(Proto::H1).user("ann").open_events(query, &[]).await).await;
     assert_eq!((status.as_u16(), &body["error"]["code"]), (400, &json!("too_many_channels")));
     assert!(app.requests().is_empty(), "{:?}", app.requests());
+}
+
+#[tokio::test]
+async fn a_hook_over_https_is_verified_against_the_configured_ca() {
+    // The app's hooks over TLS, with a certificate for `localhost` made for this test (served
+    // by a Herald server, which speaks TLS, with the app's router).
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+    let tmp = support::TempDir::new();
+    let (cert, private) = (tmp.path.join("cert.pem"), tmp.path.join("key.pem"));
+    std::fs::write(&cert, key.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&private, key.signing_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    let tls = Config { tls_cert: Some(cert.clone()), tls_key: Some(private), ..support::test_config() };
+    let host = herald::Herald::new(tls).unwrap_or_else(|e| panic!("{e}"));
+    let seen = Seen::default();
+    let app = herald::Server::bind_with_router(host, routes(&seen)).await.unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("https://localhost:{}/connect", app.local_addr().map(|a| a.port()).unwrap_or_default());
+    let _app = tokio::spawn(app.run(std::future::pending()));
+
+    let trusting = herald(|c| {
+        c.hooks.connect_url = Some(url.clone());
+        c.hooks.tls_ca = Some(cert);
+    })
+    .await;
+    let mut ann = trusting.client(Proto::H1).with_header("cookie", "sid=s-ann");
+    let stream = ann.subscribe("channel=channel:lobby", &[]).await;
+    assert_eq!(stream.connected.map(|c| c.data["userId"].clone()), Some(json!("ann")));
+
+    // Without the CA, the certificate is not trusted: the hook is unavailable.
+    let doubting = herald(|c| c.hooks.connect_url = Some(url.clone())).await;
+    let resp =
+        doubting.client(Proto::H1).with_header("cookie", "sid=s-ann").open_events("channel=channel:lobby", &[]).await;
+    let (status, body) = support::read_json(resp).await;
+    assert_eq!((status.as_u16(), &body["error"]["code"]), (503, &json!("hook_unavailable")));
+    assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 1, "only the trusting node's request arrived");
 }

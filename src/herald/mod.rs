@@ -168,7 +168,7 @@ impl Herald {
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
             metrics: crate::metrics::Metrics::default(),
-            hooks: crate::hooks::Hooks::from_config(&config),
+            hooks: crate::hooks::Hooks::from_config(&config)?,
             config,
             policies,
             auth,

@@ -14,7 +14,7 @@
 mod client;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::channel::ChannelName;
-use crate::config::{Config, HooksConfig};
+use crate::config::{Config, ConfigError, HooksConfig};
 use crate::metrics::hooks::Metrics;
 
 /// Most answers remembered; the cache is emptied when it is full.
@@ -91,22 +91,28 @@ pub struct Hooks {
     per_namespace: HashMap<String, (Option<String>, Option<String>)>,
     permits: Semaphore,
     cache: Mutex<HashMap<String, Cached>>,
+    /// How `https://` hooks are reached.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Hooks {
-    pub fn from_config(cfg: &Config) -> Self {
+    /// The hooks `cfg` configures; fails only on an unreadable `hooks.tls_ca`.
+    pub fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
         let per_namespace = cfg
             .namespaces
             .iter()
             .filter(|(_, ns)| ns.subscribe_hook.is_some() || ns.publish_hook.is_some())
             .map(|(name, ns)| (name.clone(), (ns.subscribe_hook.clone(), ns.publish_hook.clone())))
             .collect();
-        Self {
+        let tls = crate::outbound::tls_client(cfg.hooks.tls_ca.as_deref())
+            .map_err(|e| ConfigError::Invalid(format!("hooks.tls_ca: {e}")))?;
+        Ok(Self {
             cfg: cfg.hooks.clone(),
             per_namespace,
             permits: Semaphore::new(cfg.hooks.max_concurrency),
             cache: Mutex::new(HashMap::new()),
-        }
+            tls,
+        })
     }
 
     /// The URL of `hook` for `channel` (its namespace's own, else the node's), if one is set.
@@ -199,7 +205,7 @@ impl Hooks {
         let uri: Uri = url.parse().map_err(|_| unavailable(hook, "the URL is not valid".to_owned()))?;
         let _permit = self.permits.acquire().await.map_err(|_| unavailable(hook, "closed".to_owned()))?;
         let (status, answer) =
-            client::post(&uri, Bytes::from(body), passed).await.map_err(|why| unavailable(hook, why))?;
+            client::post(&uri, Bytes::from(body), passed, &self.tls).await.map_err(|why| unavailable(hook, why))?;
         read_answer(hook, status, &answer)
     }
 
@@ -332,7 +338,8 @@ mod tests {
     async fn a_request_that_finds_no_free_slot_within_the_timeout_is_a_failure() {
         let hooks_cfg =
             HooksConfig { max_concurrency: 1, timeout: Duration::from_millis(50), ..HooksConfig::default() };
-        let hooks = Hooks::from_config(&Config { hooks: hooks_cfg, ..Config::default() });
+        let hooks =
+            Hooks::from_config(&Config { hooks: hooks_cfg, ..Config::default() }).unwrap_or_else(|e| panic!("{e}"));
         let metrics = Metrics::default();
         // The one slot is taken: the request never goes out.
         let _held = hooks.permits.acquire().await;
@@ -351,7 +358,7 @@ mod tests {
             },
             ..Config::default()
         };
-        let hooks = Hooks::from_config(&cfg);
+        let hooks = Hooks::from_config(&cfg).unwrap_or_else(|e| panic!("{e}"));
         let mut h = HeaderMap::new();
         h.insert("x-tenant", HeaderValue::from_static("t1"));
         h.insert("authorization", HeaderValue::from_static("Bearer secret"));
