@@ -86,16 +86,20 @@ pub(crate) async fn subscribe(
         return Ok(());
     }
     let hooks = herald.hooks();
-    // Refused before the application is asked once per channel of an oversized request.
+    // Each channel once, and an oversized request refused before the application is asked
+    // once per channel of it (repeats count once, as when the stream is admitted).
+    let mut distinct: Vec<&ChannelName> = Vec::with_capacity(channels.len());
+    for ch in channels {
+        if !distinct.contains(&ch) {
+            distinct.push(ch);
+        }
+    }
     let limit = herald.config().max_channels_per_connection;
-    if channels.len() > limit {
+    if distinct.len() > limit {
         return Err(SubscribeError::TooManyChannels { limit }.into());
     }
-    for (i, ch) in channels.iter().enumerate() {
+    for ch in distinct {
         let Some(url) = hooks.url(Hook::Subscribe, Some(ch)) else { continue };
-        if channels[..i].contains(ch) {
-            continue;
-        }
         let req = json!({
             "transport": client.transport,
             "ip": client.ip,
