@@ -134,6 +134,8 @@ pub struct Config {
     /// Channel policies per namespace; `user`, `channel` and `system` are built in and may be
     /// adjusted here, other namespaces are added here.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// The application's backend hooks (`docs/hooks.md`).
+    pub hooks: HooksConfig,
 }
 
 /// Authentication settings. With none of `jwt_secret`, `jwt_public_keys`, `jwks_url` or
@@ -280,6 +282,12 @@ pub struct NamespaceConfig {
     #[serde(deserialize_with = "opt_duration")]
     pub ai_stream_retention: Option<Duration>,
     pub max_payload_bytes: Option<usize>,
+    /// The subscribe hook for this namespace's channels, instead of `hooks.subscribe_url`;
+    /// `""` turns it off here.
+    pub subscribe_hook: Option<String>,
+    /// The publish hook for this namespace's channels, instead of `hooks.publish_url`; `""`
+    /// turns it off here.
+    pub publish_hook: Option<String>,
 }
 
 impl Default for Config {
@@ -331,8 +339,98 @@ impl Default for Config {
             auth: AuthConfig::default(),
             api_keys: Vec::new(),
             namespaces: BTreeMap::new(),
+            hooks: HooksConfig::default(),
         }
     }
+}
+
+/// The application's backend hooks (`docs/hooks.md`): URLs Herald asks before it opens a
+/// stream, follows a channel or publishes a client's event. All off by default.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Asked when a stream opens (`GET /api/events`, `GET /api/ws`).
+    pub connect_url: Option<String>,
+    /// Asked for each channel a stream follows.
+    pub subscribe_url: Option<String>,
+    /// Asked before a user's (not an API key's) event is published.
+    pub publish_url: Option<String>,
+    /// Longest wait for a hook's answer, a free slot included (default 2 s).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Hook requests in flight at once, per node (default 64).
+    pub max_concurrency: usize,
+    /// Let a request through when its hook does not answer (default: refuse it).
+    pub fail_open: bool,
+    /// How long an answer is reused for an identical hook request (default 0: never).
+    #[serde(deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+    /// Headers of the client's request passed on to the hook (`Authorization` only if named).
+    pub headers: Vec<String>,
+    /// Cookies of the client's request passed on to the hook, by name.
+    pub cookies: Vec<String>,
+    /// PEM file of a CA that `https://` hooks' certificates may chain to, besides the public
+    /// roots (a private CA).
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            connect_url: None,
+            subscribe_url: None,
+            publish_url: None,
+            timeout: Duration::from_secs(2),
+            max_concurrency: 64,
+            fail_open: false,
+            cache_ttl: Duration::ZERO,
+            headers: Vec::new(),
+            cookies: Vec::new(),
+            tls_ca: None,
+        }
+    }
+}
+
+impl HooksConfig {
+    /// Every problem with the hooks' settings, in words.
+    fn problems(&self, namespaces: &BTreeMap<String, NamespaceConfig>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let urls = [&self.connect_url, &self.subscribe_url, &self.publish_url].into_iter().flatten();
+        let per_ns = namespaces.values().flat_map(|ns| [&ns.subscribe_hook, &ns.publish_hook]).flatten();
+        for url in urls.chain(per_ns.filter(|u| !u.is_empty())) {
+            if !is_hook_url(url) {
+                problems
+                    .push(format!("hooks: {url:?} is not an http:// or https:// URL with a host and no credentials"));
+            }
+        }
+        if self.timeout.is_zero() {
+            problems.push("hooks.timeout must be greater than zero".to_owned());
+        }
+        if self.max_concurrency == 0 {
+            problems.push("hooks.max_concurrency must be at least 1".to_owned());
+        }
+        for name in &self.headers {
+            if axum::http::HeaderName::try_from(name.as_str()).is_err() || name.eq_ignore_ascii_case("cookie") {
+                problems
+                    .push(format!("hooks.headers: {name:?} is not a header name (pass cookies with hooks.cookies)"));
+            }
+            // An API key is Herald's secret even when a client sends it.
+            if name.eq_ignore_ascii_case("x-api-key") {
+                problems.push("hooks.headers: X-Api-Key carries Herald's API keys and is never passed on".to_owned());
+            }
+        }
+        problems
+    }
+}
+
+/// Whether `url` is one Herald's hook client can call: `http(s)://host[:port][/path]`, with no
+/// credentials in it (they would be sent nowhere, and logged with the URL).
+fn is_hook_url(url: &str) -> bool {
+    url.parse::<axum::http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.host().is_some_and(|h| !h.is_empty())
+            && !url.contains('@')
+    })
 }
 
 /// A configuration problem, said so that a person can fix it.
@@ -438,6 +536,7 @@ impl Config {
                 "node_id must be 1 to 64 visible ASCII characters",
             );
         }
+        problems.extend(self.hooks.problems(&self.namespaces));
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
     }
 }
@@ -533,6 +632,29 @@ mod tests {
         let c = Config { buffer_size: 0, tls_cert: Some("a".into()), ..Config::default() };
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("buffer_size") && msg.contains("tls_cert and tls_key"), "{msg}");
+    }
+
+    #[test]
+    fn a_hook_url_must_be_plain_http_with_a_host() {
+        let mut c = Config::from_toml(
+            "[hooks]\nconnect_url = \"ftp://app.example/hook\"\ntimeout = \"500ms\"\n\
+             [namespaces.chat]\nsubscribe_hook = \"app.example/sub\"\npublish_hook = \"\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.hooks.timeout, Duration::from_millis(500));
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(r#""ftp://app.example/hook" is not an http:// or https:// URL"#), "{msg}");
+        assert!(msg.contains(r#""app.example/sub" is not an http://"#), "{msg}");
+        c.hooks.connect_url = Some("http://user:pw@app.example/hook".to_owned());
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("user:pw@app.example/hook\" is not an http://"), "{msg}");
+        c.hooks.headers = vec!["X-Api-Key".to_owned()];
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("X-Api-Key carries Herald's API keys"), "{msg}");
+        c.hooks.headers = vec!["authorization".to_owned()];
+        c.hooks.connect_url = Some("http://127.0.0.1:3000/hook".to_owned());
+        c.namespaces.clear();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -103,6 +103,12 @@ impl Event {
     pub fn fields(&self) -> &Map<String, Value> {
         &self.fields
     }
+
+    /// Replaces the payload fields (a publish hook's replacement), keeping the type and the
+    /// idempotency key, which stays that of the event as the publisher sent it.
+    pub fn set_fields(&mut self, fields: Map<String, Value>) {
+        self.fields = fields;
+    }
 }
 
 /// What makes a publish safe to retry: a retry under the same key, by the same publisher,

@@ -49,12 +49,14 @@ pub mod engine;
 pub mod event;
 pub(crate) mod herald;
 pub(crate) mod histogram;
+pub(crate) mod hooks;
 pub mod http;
 pub(crate) mod hub;
 pub(crate) mod ids;
 pub(crate) mod limits;
 pub(crate) mod maps;
 pub(crate) mod metrics;
+pub(crate) mod outbound;
 pub(crate) mod policy;
 pub(crate) mod server;
 pub(crate) mod sse;
@@ -72,7 +74,7 @@ pub use herald::{
     StartError, Stats, StreamRequest, SubscribeError, UserPresence,
 };
 pub use http::ApiError;
+pub use hub::connection::CloseReason;
 pub use policy::Denied;
 pub use server::Server;
-pub use hub::connection::CloseReason;
 pub use transport::{Connection, KillSwitch, Message, SseBody};

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub mod hooks;
 pub mod websocket;
 
 use crate::engine::Engine;
@@ -51,6 +52,10 @@ labels! {
         TooLarge => "too_large",
         AuthUnavailable => "auth_unavailable",
         EngineUnavailable => "engine_unavailable",
+        /// The application's hook said no.
+        HookDenied => "hook_denied",
+        /// The application's hook gave no usable answer in time.
+        HookUnavailable => "hook_unavailable",
         /// A fault of the node itself (`500 internal_error`).
         Internal => "internal",
     }
@@ -69,6 +74,10 @@ labels! {
         Draining => "draining",
         AuthUnavailable => "auth_unavailable",
         EngineUnavailable => "engine_unavailable",
+        /// The application's hook said no.
+        HookDenied => "hook_denied",
+        /// The application's hook gave no usable answer in time.
+        HookUnavailable => "hook_unavailable",
         /// A fault of the node itself (`500 internal_error`).
         Internal => "internal",
     }
@@ -100,6 +109,8 @@ pub struct Metrics {
     pub unbans: AtomicU64,
     /// The WebSocket transport's own counters.
     pub websocket: websocket::Metrics,
+    /// The backend hooks' counters.
+    pub hooks: hooks::Metrics,
 }
 
 impl Metrics {
@@ -258,6 +269,7 @@ pub fn render(herald: &impl Source) -> String {
     o.metric("herald_build_info", "gauge", "Build information.");
     o.value("herald_build_info", &format!("version=\"{}\",engine=\"{}\"", env!("CARGO_PKG_VERSION"), engine.name()), 1);
     m.websocket.render(&mut o.0);
+    m.hooks.render(&mut o.0);
     o.0
 }
 

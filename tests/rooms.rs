@@ -161,10 +161,8 @@ async fn the_library_sends_to_one_connection_and_serves_other_transports() {
     }));
     // A transport of the application's own (a WebSocket, say) registers a connection.
     let channel = h.parse_channel("user:ann").unwrap_or_else(|e| panic!("{e}"));
-    let mut conn = h
-        .connect(herald::StreamRequest::new(ann.clone(), vec![channel]))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut conn =
+        h.connect(herald::StreamRequest::new(ann.clone(), vec![channel])).await.unwrap_or_else(|e| panic!("{e}"));
     let connected = conn.recv().await.unwrap_or_else(|| panic!("no connected message"));
     assert_eq!(connected.event_type, "connected");
     assert_eq!(h.stats().connections, 1);

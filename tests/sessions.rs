@@ -118,10 +118,8 @@ async fn a_library_connection_of_a_user_ends_when_the_users_token_expires() {
         expires_at: Some(now() + 2),
     }));
     let channel = h.parse_channel("user:dee").unwrap_or_else(|e| panic!("{e}"));
-    let mut conn = h
-        .connect(herald::StreamRequest::new(who, vec![channel]))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut conn =
+        h.connect(herald::StreamRequest::new(who, vec![channel])).await.unwrap_or_else(|e| panic!("connect: {e}"));
     let connected = support::within("connected", conn.recv()).await.unwrap_or_else(|| panic!("ended early"));
     assert_eq!(connected.event_type, "connected");
     let expired = support::within("token_expired", conn.recv()).await.unwrap_or_else(|| panic!("ended early"));

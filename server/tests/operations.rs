@@ -41,9 +41,8 @@ async fn the_binary_turns_websocket_on_by_flag_and_drains_sockets_with_1012_befo
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--websocket"]);
     let run = support::start(cmd).await;
     let url = format!("ws://{}/api/ws?channel=channel:d", run.addr);
-    let (mut ws, _) = support::within("the upgrade", tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut ws, _) =
+        support::within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
     let first = support::within("the connected event", ws.next()).await;
     let Some(Ok(Message::Text(first))) = first else { panic!("first frame: {first:?}") };
     assert!(first.as_str().contains("connected"), "{first}");

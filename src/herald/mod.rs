@@ -111,6 +111,8 @@ struct Inner {
     node_id: String,
     started: Instant,
     draining: AtomicBool,
+    /// The application's backend hooks.
+    hooks: crate::hooks::Hooks,
 }
 
 /// A Herald node. Cheap to clone; all clones share one hub and engine.
@@ -158,6 +160,7 @@ impl Herald {
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
             metrics: crate::metrics::Metrics::default(),
+            hooks: crate::hooks::Hooks::from_config(&config)?,
             config,
             policies,
             auth,
@@ -185,6 +188,11 @@ impl Herald {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The application's backend hooks (`docs/hooks.md`).
+    pub fn hooks(&self) -> &crate::hooks::Hooks {
+        &self.inner.hooks
     }
 
     pub fn policies(&self) -> &Policies {

@@ -81,7 +81,7 @@ impl Herald {
         self.engine().watch(&channels).await?;
         let last_event_id = last_event_id.as_deref().map(LastEventId::parse);
         let missed = self.read_missed(&channels, &last_event_id).await?;
-        self.write_preamble(out, &shared.id, &channels, &missed, last_event_id.is_some());
+        self.write_preamble(out, &shared, &channels, &missed, last_event_id.is_some());
         missed.write(out, &mut core, &channels, &shared.filters);
         self.announce_arrival(&shared, &channels).await;
         Ok(core)
@@ -201,24 +201,30 @@ impl Herald {
         Ok(missed)
     }
 
-    /// Writes the `connected` event and a `reset` for each channel that cannot be resumed,
-    /// all with the id of the connection's start, and counts a resume.
+    /// Writes the `connected` event (with the connection's user, if it has one) and a `reset`
+    /// for each channel that cannot be resumed, all with the id of the connection's start,
+    /// and counts a resume.
     fn write_preamble(
         &self,
         out: &mut impl Emit,
-        conn_id: &str,
+        shared: &ConnShared,
         channels: &[ChannelName],
         missed: &Missed,
         resuming: bool,
     ) {
+        let conn_id = &*shared.id;
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let connected = json!({
+        let mut connected = json!({
             "type": "connected",
             "connectionId": conn_id,
             "nodeId": self.node_id(),
             "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
             "timestamp": now,
         });
+        if let Some(user) = &shared.user_id {
+            connected["userId"] = json!(user);
+            connected["userName"] = json!(shared.user_name);
+        }
         let id = missed.cursor.encode(channels);
         out.notice("connected", &id, connected.to_string().as_bytes());
         if resuming {

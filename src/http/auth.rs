@@ -54,7 +54,8 @@ pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str
     Ok(Principal::Anonymous)
 }
 
-/// Guards a request that changes state and is authenticated by the cookie alone, which a
+/// Guards a request that changes state and is authenticated by a cookie alone (Herald's, or
+/// one of `hooks.cookies`, from which the backend hooks name the user), which a
 /// browser attaches to cross-site requests too: its `Origin`, when the browser sends one,
 /// must be Herald's own or one of `cors_origins` (`403 origin_not_allowed`), and a request
 /// with a body must be `application/json` (`415 json_required`), which a cross-site form
@@ -63,7 +64,11 @@ pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str
 pub fn check_cookie_request(herald: &Herald, parts: &Parts) -> Result<(), ApiError> {
     let headers = &parts.headers;
     let explicit = headers.contains_key("x-api-key") || headers.contains_key(header::AUTHORIZATION);
-    if explicit || cookie(headers, &herald.auth().cookie_name).is_none() {
+    // The application's session cookies passed to the backend hooks are credentials too: the
+    // hooks name the user from them.
+    let ambient = cookie(headers, &herald.auth().cookie_name).is_some()
+        || herald.config().hooks.cookies.iter().any(|name| cookie(headers, name).is_some());
+    if explicit || !ambient {
         return Ok(());
     }
     if let Some(origin) = headers.get(header::ORIGIN)

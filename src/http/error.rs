@@ -26,12 +26,14 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Kind {
     /// One of Herald's own refusals.
     Herald(Refusal),
     /// An embedding application's own (`ApiError::new`).
     App { status: StatusCode, code: &'static str },
+    /// The application's backend hook said no, with its own status and code.
+    Hook { status: StatusCode, code: std::sync::Arc<str> },
 }
 
 impl ApiError {
@@ -62,16 +64,17 @@ impl ApiError {
     }
 
     pub fn status(&self) -> StatusCode {
-        match self.kind {
+        match &self.kind {
             Kind::Herald(r) => r.status(),
-            Kind::App { status, .. } => status,
+            Kind::App { status, .. } | Kind::Hook { status, .. } => *status,
         }
     }
 
-    pub fn code(&self) -> &'static str {
-        match self.kind {
+    pub fn code(&self) -> &str {
+        match &self.kind {
             Kind::Herald(r) => r.code(),
             Kind::App { code, .. } => code,
+            Kind::Hook { code, .. } => code,
         }
     }
 
@@ -79,6 +82,7 @@ impl ApiError {
     pub fn refusal(&self) -> Option<Refusal> {
         match self.kind {
             Kind::Herald(r) => Some(r),
+            Kind::Hook { .. } => Some(Refusal::HookDenied),
             Kind::App { .. } => None,
         }
     }
@@ -101,7 +105,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(status = status.as_u16(), code, "{}", self.message);
         }
-        let body = json!({"error": {"code": code, "message": self.message}});
+        let body = json!({"error": {"code": code, "message": &self.message}});
         let mut resp = (status, axum::Json(body)).into_response();
         // The refusal counters read the type (`super::observe`).
         if let Some(refusal) = self.refusal() {
@@ -111,6 +115,22 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+impl From<crate::hooks::HookError> for ApiError {
+    fn from(e: crate::hooks::HookError) -> Self {
+        use crate::hooks::HookError;
+        match e {
+            HookError::Denied { status, code, message } => {
+                let code = code.unwrap_or_else(|| Refusal::HookDenied.code().to_owned());
+                Self { kind: Kind::Hook { status, code: code.into() }, message, retry_after: None }
+            }
+            HookError::Unavailable { hook, .. } => Self::refuse(
+                Refusal::HookUnavailable,
+                format!("the application's {hook} hook did not answer; try again shortly"),
+            ),
+        }
     }
 }
 
@@ -264,9 +284,12 @@ mod tests {
     use super::*;
     use crate::engine::{CommandRefusal, NodeReply};
 
+    /// The status and code of one of Herald's own refusals.
     fn answer(e: impl Into<ApiError>) -> (u16, &'static str) {
         let e = e.into();
-        (e.status().as_u16(), e.code())
+        let refusal = e.refusal().unwrap_or_else(|| panic!("not Herald's refusal: {e:?}"));
+        assert_eq!(e.code(), refusal.code());
+        (e.status().as_u16(), refusal.code())
     }
 
     #[test]

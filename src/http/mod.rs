@@ -7,6 +7,7 @@ pub mod auth;
 mod centrifugo;
 pub mod cors;
 pub mod error;
+mod hooked;
 pub mod observe;
 mod presence;
 pub(crate) mod publish;

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::auth::{PeerAddr, check_cookie_request, principal, rate_key};
 use super::error::ApiError;
+use super::hooked;
 use super::observe::count_publish_refusal;
 use super::refusal::Refusal;
 use crate::auth::Principal;
@@ -63,8 +64,8 @@ async fn publish_any(
     peer: Option<Extension<PeerAddr>>,
     req: Request,
 ) -> Result<Json<Published>, ApiError> {
-    let (who, key, idempotency, body) = caller_and_body(herald, peer, req).await?;
-    publish_body(herald, &who, &key, idempotency.as_deref(), body).await.map(Json)
+    let (who, key, idempotency, body, client) = caller_and_body(herald, peer, req).await?;
+    publish_body(herald, &who, &key, idempotency.as_deref(), body, &client).await.map(Json)
 }
 
 /// Publishes the body of a `POST /api/publish` (one event object, or an array of them as one
@@ -76,20 +77,22 @@ pub(crate) async fn publish_body(
     key: &str,
     idempotency: Option<&str>,
     body: Value,
+    client: &hooked::Client,
 ) -> Result<Published, ApiError> {
     match body {
         Value::Array(items) => {
-            let batch = items
+            let mut batch = items
                 .into_iter()
                 .enumerate()
                 .map(|(i, item)| parse_item(herald, key, idempotency, i, item).map_err(|e| at_index(e, i)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let acks = herald.publish_as(who, key, batch).await?;
+            let who = hooked::publish(herald, client, who.clone(), &mut batch).await?;
+            let acks = herald.publish_as(&who, key, batch).await?;
             Ok(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() })
         }
         item => {
             let event = keyed(herald, key, idempotency, parse_event(herald, item, None)?)?;
-            publish_one(herald, who, key, event).await.map(|Json(p)| p)
+            publish_one(herald, who, key, event, client).await.map(|Json(p)| p)
         }
     }
 }
@@ -133,9 +136,9 @@ async fn publish_on(
 ) -> Result<Json<Published>, ApiError> {
     let Path(channel) = channel.map_err(|e| ApiError::refuse(Refusal::InvalidChannel, e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
-    let (who, key, idempotency, body) = caller_and_body(herald, peer, req).await?;
+    let (who, key, idempotency, body, client) = caller_and_body(herald, peer, req).await?;
     let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, body, Some(channel))?)?;
-    publish_one(herald, &who, &key, event).await
+    publish_one(herald, &who, &key, event, &client).await
 }
 
 /// The publisher, its rate-limit key, its `Idempotency-Key`, and the body as JSON, read only
@@ -144,17 +147,19 @@ pub(crate) async fn caller_and_body(
     herald: &Herald,
     peer: Option<Extension<PeerAddr>>,
     req: Request,
-) -> Result<(Principal, String, Option<String>, Value), ApiError> {
+) -> Result<(Principal, String, Option<String>, Value, hooked::Client), ApiError> {
     let (parts, body) = req.into_parts();
     check_cookie_request(herald, &parts)?;
     let who = principal(herald, &parts.headers, None).await?;
-    let key = rate_key(&who, peer.map(|Extension(p)| p));
+    let peer = peer.map(|Extension(p)| p);
+    let key = rate_key(&who, peer);
+    let client = hooked::Client::new(herald, "http", &parts.headers, peer);
     let idempotency = match parts.headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
     };
     let body = Bytes::from_request(Request::from_parts(parts, body), herald).await;
-    Ok((who, key, idempotency, parse_body(body)?))
+    Ok((who, key, idempotency, parse_body(body)?, client))
 }
 
 /// Publishes one event and answers with its id.
@@ -163,8 +168,11 @@ async fn publish_one(
     who: &Principal,
     key: &str,
     event: (Vec<ChannelName>, Event),
+    client: &hooked::Client,
 ) -> Result<Json<Published>, ApiError> {
-    let acks = herald.publish_as(who, key, vec![event]).await?;
+    let mut events = vec![event];
+    let who = hooked::publish(herald, client, who.clone(), &mut events).await?;
+    let acks = herald.publish_as(&who, key, events).await?;
     Ok(Json(Published::One { id: acks.into_iter().next().map(|a| a.id) }))
 }
 

@@ -109,6 +109,12 @@ refusals! {
     NotSubscribed => BAD_REQUEST, "not_subscribed", Invalid, Invalid, None;
     BinaryNotSupported => BAD_REQUEST, "binary_not_supported", Invalid, Invalid, None;
     SubscribeTimeout => REQUEST_TIMEOUT, "subscribe_timeout", Invalid, Invalid, None;
+    // The application's backend hooks (`docs/hooks.md`).
+    /// The hook said no; the answer carries the hook's own status and code, this row's when
+    /// it gave none that Herald can pass on.
+    HookDenied => FORBIDDEN, "hook_denied", HookDenied, HookDenied, None;
+    /// The hook did not answer in time, could not be reached, or answered nonsense.
+    HookUnavailable => SERVICE_UNAVAILABLE, "hook_unavailable", HookUnavailable, HookUnavailable, Some(1);
     // The node.
     ServerAtCapacity => SERVICE_UNAVAILABLE, "server_at_capacity", EngineUnavailable, AtCapacity, Some(5);
     ServerDraining => SERVICE_UNAVAILABLE, "server_draining", EngineUnavailable, Draining, Some(1);
@@ -181,9 +187,17 @@ mod tests {
 
     #[test]
     fn every_refusal_counts_under_the_reason_its_status_and_code_gave_before() {
-        for r in Refusal::ALL.iter().filter(|r| **r != Refusal::Internal) {
+        let newer = [Refusal::Internal, Refusal::HookDenied, Refusal::HookUnavailable];
+        for r in Refusal::ALL.iter().filter(|r| !newer.contains(r)) {
             assert_eq!(r.publish_reason(), publish_rule(r.status(), r.code()), "{r:?}");
             assert_eq!(r.subscribe_reason(), subscribe_rule(r.status(), r.code()), "{r:?}");
+        }
+        // New with the backend hooks: the application's no and its silence have their own.
+        for (r, publish, subscribe) in [
+            (Refusal::HookDenied, PublishRefusal::HookDenied, SubscribeRefusal::HookDenied),
+            (Refusal::HookUnavailable, PublishRefusal::HookUnavailable, SubscribeRefusal::HookUnavailable),
+        ] {
+            assert_eq!((r.publish_reason(), r.subscribe_reason()), (publish, subscribe), "{r:?}");
         }
         // New with the split of engine failures: a fault of the node is neither the client's
         // nor the engine's.

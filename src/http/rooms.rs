@@ -15,9 +15,11 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use serde_json::{Value, json};
 
-use super::auth::{check_cookie_request, principal};
+use super::auth::{PeerAddr, check_cookie_request, principal};
 use super::error::ApiError;
+use super::hooked;
 use super::refusal::Refusal;
+use crate::auth::Principal;
 use crate::herald::Herald;
 
 pub async fn join(
@@ -35,6 +37,13 @@ pub async fn join(
         None => return Err(ApiError::refuse(Refusal::MissingChannel, "give the `channel` to join")),
     };
     let who = principal(&herald, &parts.headers, None).await?;
+    // A backend (API key) joins connections to rooms of its own accord; a user's own join is
+    // a subscription the subscribe hook is asked about.
+    if !matches!(who, Principal::ApiKey(_)) {
+        let peer = parts.extensions.get::<PeerAddr>().copied();
+        let client = hooked::Client::new(&herald, "http", &parts.headers, peer);
+        hooked::subscribe(&herald, &client, &who, std::slice::from_ref(&channel), Some(&connection)).await?;
+    }
     herald.join(&who, &connection, &channel).await?;
     Ok(Json(json!({"connectionId": connection, "channel": channel.as_str()})))
 }

@@ -9,8 +9,9 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::principal;
+use super::auth::{PeerAddr, principal};
 use super::error::ApiError;
+use super::hooked;
 use super::observe::count_subscribe_refusal;
 use super::refusal::Refusal;
 use crate::channel::ChannelName;
@@ -118,6 +119,9 @@ async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>)
     let headers = req.headers();
     let StreamQuery { channels, named, last_event_id, ticket, filters } = stream_query(herald, query, headers)?;
     let who = principal(herald, headers, ticket.as_deref()).await?;
+    let peer = req.extensions().get::<PeerAddr>().copied();
+    let (who, channels) =
+        hooked::open(herald, &hooked::Client::new(herald, "sse", headers, peer), who, channels).await?;
     // A stalled HTTP/1.1 reader can only be freed by closing its socket; with HTTP/2 the
     // stream is dropped and the connection's other streams go on.
     let kill = match req.version() {

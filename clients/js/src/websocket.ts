@@ -26,9 +26,9 @@ export type WebSocketConstructor = new (
  * socket is as fatal (or not) as the same refusal of an SSE request. */
 function statusOf(code: string): number {
   if (/^(invalid_token|token_expired|invalid_api_key|invalid_ticket|unauthorized)$/.test(code)) return 401;
-  if (/^(forbidden|banned|origin_not_allowed)$/.test(code)) return 403;
+  if (/^(forbidden|banned|origin_not_allowed|hook_denied)$/.test(code)) return 403;
   if (/^(rate_limited|too_many_connections)$/.test(code)) return 429;
-  if (/^(server_at_capacity|server_draining|engine_unavailable|auth_unavailable)$/.test(code)) return 503;
+  if (/^(server_at_capacity|server_draining|engine_unavailable|auth_unavailable|hook_unavailable)$/.test(code)) return 503;
   if (/not_found|presence_disabled/.test(code)) return 404;
   if (/too_large/.test(code)) return 413;
   if (code === 'subscribe_timeout') return 408;

@@ -6,7 +6,7 @@
 use std::error::Error;
 use std::net::SocketAddr;
 
-use herald_example_axum_app::app;
+use herald_example_axum_app::{Sessions, app, serve_hooks};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -17,8 +17,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| "demo-secret-change-me-in-production".to_owned());
     let mut config = herald::Config { listen: SocketAddr::from(([127, 0, 0, 1], port)), ..herald::Config::default() };
     config.auth.jwt_secret = Some(secret);
+    let sessions = Sessions::default();
+    serve_hooks(&mut config, sessions.clone()).await?;
     let herald = herald::Herald::new(config)?;
-    let server = herald::Server::bind_with_router(herald.clone(), app(herald)).await?;
+    let server = herald::Server::bind_with_router(herald.clone(), app(herald, sessions)).await?;
     println!("listening on http://{}", server.local_addr()?);
     server
         .run(async {

@@ -41,8 +41,10 @@ impl TestApp {
             ..herald::Config::default()
         };
         config.auth.jwt_secret = Some("embedded-test-secret-0123".to_owned());
+        let sessions = herald_example_axum_app::Sessions::default();
+        herald_example_axum_app::serve_hooks(&mut config, sessions.clone()).await?;
         let herald = herald::Herald::new(config)?;
-        let app = herald_example_axum_app::app(herald.clone());
+        let app = herald_example_axum_app::app(herald.clone(), sessions);
         let server = herald::Server::bind_with_router(herald, app).await?;
         let addr = server.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -65,12 +67,24 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> TestResult<Response<Incoming>> {
+        let auth = token.map(|t| ("authorization", format!("Bearer {t}")));
+        self.request_with(auth, method, path, body).await
+    }
+
+    /// Sends one request, with one more header if given.
+    async fn request_with(
+        &self,
+        header: Option<(&str, String)>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> TestResult<Response<Incoming>> {
         let tcp = within("connect", TcpStream::connect(self.addr)).await??;
         let (mut sender, conn) = within("handshake", http1::handshake(TokioIo::new(tcp))).await??;
         tokio::spawn(conn);
         let mut builder = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
-        if let Some(token) = token {
-            builder = builder.header("authorization", format!("Bearer {token}"));
+        if let Some((name, value)) = header {
+            builder = builder.header(name, value);
         }
         let req = match body {
             Some(v) => {
@@ -176,6 +190,30 @@ async fn notify_route_delivers_a_notification_to_the_users_open_stream() -> Test
     assert!(event.id.as_deref().is_some_and(|v| !v.is_empty()), "no `id:` line: {event:?}");
 
     drop(stream);
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_cookie_session_without_a_token_follows_its_users_channel_through_the_connect_hook() -> TestResult {
+    let app = TestApp::start().await?;
+    let login = app.request("POST", "/login/42", None).await?;
+    assert_eq!(login.status(), StatusCode::OK);
+    let set_cookie = login.headers().get("set-cookie").ok_or("no session cookie")?.to_str()?;
+    let session = set_cookie.split(';').next().ok_or("empty cookie")?.to_owned();
+
+    let resp = app.request_with(Some(("cookie", session)), "GET", "/api/events?channel=user:42", None).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = SseStream { body: resp.into_body(), buf: Vec::new() };
+    let connected = stream.next_event().await?;
+    assert_eq!((&connected.data["type"], &connected.data["userId"]), (&"connected".into(), &"42".into()));
+
+    let (status, answer) = app.json("POST", "/notify/42", Some(notice())).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(stream.next_event().await?.data["type"], "notification");
+
+    // Without a session or a token, `user:42` stays private.
+    let resp = app.request("GET", "/api/events?channel=user:42", None).await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     app.stop().await
 }
 

@@ -39,7 +39,10 @@ async fn upgrade(State(herald): State<Herald>, peer: Option<Extension<PeerAddr>>
         Err(r) => return ApiError::refuse(Refusal::WebsocketRequired, r.body_text()).into_response(),
     };
     let max = herald.config().max_body_bytes;
-    let session = session::Session::new(herald, peer.map(|Extension(p)| p), drain_guard);
+    let peer = peer.map(|Extension(p)| p);
+    // The publish hook sees a Centrifugo client's publishes like a WebSocket's.
+    let hooks = crate::http::hooked::Client::new(&herald, "centrifugo", &parts.headers, peer);
+    let session = session::Session::new(herald, peer, hooks, drain_guard);
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

@@ -50,6 +50,8 @@ pub(super) struct Session {
     /// Herald channel → the name the client subscribed it by.
     subs: HashMap<String, String>,
     frames: Bucket,
+    /// What the application's publish hook is told of this client.
+    hooks: crate::http::hooked::Client,
     _drain_guard: Option<DrainGuard>,
 }
 
@@ -73,7 +75,12 @@ struct Head<'a> {
 }
 
 impl Session {
-    pub(super) fn new(herald: Herald, peer: Option<PeerAddr>, drain_guard: Option<DrainGuard>) -> Self {
+    pub(super) fn new(
+        herald: Herald,
+        peer: Option<PeerAddr>,
+        hooks: crate::http::hooked::Client,
+        drain_guard: Option<DrainGuard>,
+    ) -> Self {
         Self {
             herald,
             peer,
@@ -83,6 +90,7 @@ impl Session {
             kill: KillSwitch::default(),
             subs: HashMap::new(),
             frames: Bucket::new(FRAME_RATE, FRAME_BURST),
+            hooks,
             _drain_guard: drain_guard,
         }
     }
@@ -368,7 +376,7 @@ impl Session {
             .ok_or_else(|| ClientError::new(107, "Herald publishes JSON objects: `data` must be one"))?;
         let who = self.who();
         let key = rate_key(&who, self.peer);
-        crate::http::publish::publish_body(&self.herald, &who, &key, None, event).await?;
+        crate::http::publish::publish_body(&self.herald, &who, &key, None, event, &self.hooks).await?;
         Ok(json!({}))
     }
 

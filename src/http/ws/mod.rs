@@ -26,6 +26,7 @@ use crate::auth::Principal;
 use crate::herald::{Herald, StreamRequest};
 use crate::http::auth::{PeerAddr, check_cookie_request, principal};
 use crate::http::error::ApiError;
+use crate::http::hooked;
 use crate::http::observe::count_subscribe_refusal;
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::{StreamQuery, stream_query};
@@ -74,6 +75,8 @@ async fn open(
         check_cookie_request(herald, &parts)?;
     }
     let who = principal(herald, &parts.headers, ticket.as_deref()).await?;
+    let client = hooked::Client::new(herald, "websocket", &parts.headers, peer);
+    let (who, channels) = hooked::open(herald, &client, who, channels).await?;
     let kill = KillSwitch::default();
     let conn = if channels.is_empty() {
         None
@@ -95,7 +98,7 @@ async fn open(
     // is open.
     let may_authenticate = matches!(who, Principal::Anonymous) && conn.is_none();
     let max = herald.config().max_body_bytes;
-    let session = session::Session::new(herald.clone(), who, peer, conn, kill, may_authenticate);
+    let session = session::Session::new(herald.clone(), who, peer, client, conn, kill, may_authenticate);
     let session = session.holding(drain_guard);
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)

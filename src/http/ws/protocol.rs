@@ -225,8 +225,8 @@ mod tests {
         let bad = parse(r#"{"type":"subscribe","id":7,"chanels":["channel:a"]}"#).err();
         let bad = bad.unwrap_or_else(|| panic!("accepted a misspelt field"));
         assert_eq!((bad.id, bad.error.code()), (Some(json!(7)), "invalid_command"));
-        let unknown = parse(r#"{"type":"shout","id":"r1"}"#).err().map(|b| (b.id, b.error.code()));
-        assert_eq!(unknown, Some((Some(json!("r1")), "unknown_command")));
+        let unknown = parse(r#"{"type":"shout","id":"r1"}"#).err().map(|b| (b.id, b.error.code().to_owned()));
+        assert_eq!(unknown, Some((Some(json!("r1")), "unknown_command".to_owned())));
         let ok = parse(r#"{"type":"subscribe","channels":["channel:a"],"lastEventId":"x"}"#);
         assert!(matches!(ok, Ok(Command { id: None, kind: Kind::Subscribe(Subscribe { .. }) })), "{ok:?}");
     }

@@ -24,6 +24,7 @@ use crate::channel::ChannelName;
 use crate::herald::{Herald, PresenceError, StreamRequest};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
+use crate::http::hooked;
 use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
@@ -46,6 +47,8 @@ pub(super) struct Session {
     herald: Herald,
     who: Principal,
     peer: Option<PeerAddr>,
+    /// The client as the backend hooks are told about it.
+    client: hooked::Client,
     conn: Option<Connection>,
     kill: KillSwitch,
     /// The socket came without a credential and nothing else was asked yet: an `auth`
@@ -70,12 +73,13 @@ impl Session {
         herald: Herald,
         who: Principal,
         peer: Option<PeerAddr>,
+        client: hooked::Client,
         conn: Option<Connection>,
         kill: KillSwitch,
         may_authenticate: bool,
     ) -> Self {
         let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
-        Self { herald, who, peer, conn, kill, may_authenticate, frames, _drain_guard: None }
+        Self { herald, who, peer, client, conn, kill, may_authenticate, frames, _drain_guard: None }
     }
 
     pub(super) fn holding(mut self, guard: Option<DrainGuard>) -> Self {
@@ -238,7 +242,12 @@ impl Session {
             Kind::Auth(auth) if may_authenticate => match self.authenticate(auth.token).await {
                 Ok(v) => Ok(v),
                 // As an SSE request with a refused credential gets no stream.
-                Err(e) => return (protocol::error(id, &e), Some(Close::Policy(e.code()))),
+                Err(e) => {
+                    return (
+                        protocol::error(id, &e),
+                        Some(Close::Policy(e.refusal().map_or("forbidden", Refusal::code))),
+                    );
+                }
             },
             Kind::Auth(_) => Err(ApiError::refuse(
                 Refusal::AlreadyAuthenticated,
@@ -278,6 +287,8 @@ impl Session {
         let channels =
             s.channels.iter().map(|c| self.herald.parse_subscription(c)).collect::<Result<Vec<ChannelName>, _>>()?;
         let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+        hooked::subscribe(&self.herald, &self.client, &self.who, &channels, self.conn.as_ref().map(Connection::id))
+            .await?;
         let answer = |conn: &Connection| json!({"connectionId": conn.id(), "channels": names});
         let Some(conn) = &self.conn else {
             if s.filters.len() > MAX_FILTERS {
@@ -329,12 +340,18 @@ impl Session {
 
     async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ApiError> {
         let key = rate_key(&self.who, self.peer);
-        let published =
-            crate::http::publish::publish_body(&self.herald, &self.who, &key, p.idempotency_key.as_deref(), p.event)
-                .await
-                .inspect_err(|e| {
-                    count_publish_refusal(&self.herald, e.clone().into_response());
-                })?;
+        let published = crate::http::publish::publish_body(
+            &self.herald,
+            &self.who,
+            &key,
+            p.idempotency_key.as_deref(),
+            p.event,
+            &self.client,
+        )
+        .await
+        .inspect_err(|e| {
+            count_publish_refusal(&self.herald, e.clone().into_response());
+        })?;
         serde_json::to_value(published).map_err(|e| ApiError::refuse(Refusal::Internal, e.to_string()))
     }
 

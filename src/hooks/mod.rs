@@ -1,0 +1,374 @@
+//! The application's backend hooks (`docs/hooks.md`): Herald asks a URL of the application
+//! before it opens a stream (connect), follows a channel (subscribe) or publishes a user's
+//! event (publish), and the application allows, denies, names the user, adds channels or
+//! replaces the payload.
+//!
+//! This module owns the asking: the request's JSON is built by the caller (the HTTP edge,
+//! which knows the client), and what comes back is an [`Allowed`] or a [`HookError`]. It
+//! bounds the requests in flight (a semaphore) and their time (`hooks.timeout`, the wait for
+//! a slot included), remembers answers for `hooks.cache_ttl`, applies `fail_open`, and counts
+//! every outcome. It never adds Herald's own credentials to a request: what reaches the hook
+//! is the JSON given and the client's headers and cookies that `hooks.headers` and
+//! `hooks.cookies` name.
+
+mod client;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+
+use crate::channel::ChannelName;
+use crate::config::{Config, ConfigError, HooksConfig};
+use crate::metrics::hooks::Metrics;
+
+/// Most answers remembered; the cache is emptied when it is full.
+const MAX_CACHED: usize = 10_000;
+
+/// Which hook is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Subscribe,
+    Publish,
+}
+
+impl Hook {
+    /// Its index in [`crate::metrics::hooks::HOOKS`].
+    const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn label(self) -> &'static str {
+        crate::metrics::hooks::HOOKS[self.index()]
+    }
+}
+
+/// A user the hook names.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct HookUser {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The hook's yes, with what it adds (`result` in its answer).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Allowed {
+    /// Who the client is (connect, publish).
+    pub user: Option<HookUser>,
+    /// More channels for the stream to follow (connect).
+    pub channels: Vec<String>,
+    /// The payload to publish instead of the client's (publish).
+    pub data: Option<Map<String, Value>>,
+}
+
+/// Why a hook did not allow a request.
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+pub enum HookError {
+    /// The application said no; `status` is 4xx, `code` snake_case (or `None`: it gave
+    /// none Herald can pass on).
+    #[error("{message}")]
+    Denied { status: StatusCode, code: Option<String>, message: String },
+    /// No usable answer in time.
+    #[error("the {hook} hook is unavailable: {why}")]
+    Unavailable { hook: &'static str, why: String },
+}
+
+/// An answer remembered for `cache_ttl`, and when it came.
+type Cached = (Instant, Result<Allowed, HookError>);
+
+/// The hooks of one node.
+pub struct Hooks {
+    cfg: HooksConfig,
+    /// `namespace -> (subscribe URL, publish URL)` where a namespace overrides them (`""`: off).
+    per_namespace: HashMap<String, (Option<String>, Option<String>)>,
+    permits: Semaphore,
+    cache: Mutex<HashMap<String, Cached>>,
+    /// How `https://` hooks are reached.
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Hooks {
+    /// The hooks `cfg` configures; fails only on an unreadable `hooks.tls_ca`.
+    pub fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
+        let per_namespace = cfg
+            .namespaces
+            .iter()
+            .filter(|(_, ns)| ns.subscribe_hook.is_some() || ns.publish_hook.is_some())
+            .map(|(name, ns)| (name.clone(), (ns.subscribe_hook.clone(), ns.publish_hook.clone())))
+            .collect();
+        let tls = crate::outbound::tls_client(cfg.hooks.tls_ca.as_deref())
+            .map_err(|e| ConfigError::Invalid(format!("hooks.tls_ca: {e}")))?;
+        Ok(Self {
+            cfg: cfg.hooks.clone(),
+            per_namespace,
+            permits: Semaphore::new(cfg.hooks.max_concurrency),
+            cache: Mutex::new(HashMap::new()),
+            tls,
+        })
+    }
+
+    /// The URL of `hook` for `channel` (its namespace's own, else the node's), if one is set.
+    pub fn url(&self, hook: Hook, channel: Option<&ChannelName>) -> Option<&str> {
+        let own = channel.and_then(|ch| self.per_namespace.get(ch.namespace())).and_then(|(sub, publ)| match hook {
+            Hook::Subscribe => sub.as_deref(),
+            Hook::Publish => publ.as_deref(),
+            Hook::Connect => None,
+        });
+        let url = own.or(match hook {
+            Hook::Connect => self.cfg.connect_url.as_deref(),
+            Hook::Subscribe => self.cfg.subscribe_url.as_deref(),
+            Hook::Publish => self.cfg.publish_url.as_deref(),
+        });
+        url.filter(|u| !u.is_empty())
+    }
+
+    /// The client's headers and cookies that the configuration passes on to hooks.
+    pub fn passed(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+        let mut passed = Vec::new();
+        for name in &self.cfg.headers {
+            for value in headers.get_all(name.as_str()) {
+                if let Ok(name) = HeaderName::try_from(name.as_str()) {
+                    passed.push((name, value.clone()));
+                }
+            }
+        }
+        let cookies: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .filter(|pair| pair.split_once('=').is_some_and(|(name, _)| self.cfg.cookies.iter().any(|c| c == name)))
+            .collect();
+        if let Ok(value) = HeaderValue::try_from(cookies.join("; "))
+            && !cookies.is_empty()
+        {
+            passed.push((header::COOKIE, value));
+        }
+        passed
+    }
+
+    /// Asks `hook` at `url` with `request`: its answer, a cached one, or (with `fail_open`)
+    /// a plain yes when it gives none.
+    pub async fn ask(
+        &self,
+        metrics: &Metrics,
+        hook: Hook,
+        url: &str,
+        request: &Value,
+        passed: &[(HeaderName, HeaderValue)],
+    ) -> Result<Allowed, HookError> {
+        let body = request.to_string();
+        let key = self.cache_key(hook, url, &body, passed);
+        if let Some(answer) = key.as_deref().and_then(|k| self.cached(k)) {
+            metrics.count(hook.index(), 3);
+            return answer;
+        }
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.cfg.timeout, self.post(hook, url, body, passed))
+            .await
+            .unwrap_or_else(|_| Err(unavailable(hook, format!("no answer within {:?}", self.cfg.timeout))));
+        metrics.waited(hook.index(), started.elapsed());
+        match &answer {
+            Ok(_) => metrics.count(hook.index(), 0),
+            Err(HookError::Denied { code, message, .. }) => {
+                metrics.count(hook.index(), 1);
+                tracing::info!(hook = hook.label(), code = code.as_deref().unwrap_or("-"), message, "hook denied");
+            }
+            Err(e @ HookError::Unavailable { .. }) => {
+                metrics.count(hook.index(), 2);
+                tracing::warn!(hook = hook.label(), url, fail_open = self.cfg.fail_open, "{e}");
+                return if self.cfg.fail_open { Ok(Allowed::default()) } else { answer };
+            }
+        }
+        if let Some(key) = key {
+            self.remember(key, &answer);
+        }
+        answer
+    }
+
+    async fn post(
+        &self,
+        hook: Hook,
+        url: &str,
+        body: String,
+        passed: &[(HeaderName, HeaderValue)],
+    ) -> Result<Allowed, HookError> {
+        let uri: Uri = url.parse().map_err(|_| unavailable(hook, "the URL is not valid".to_owned()))?;
+        let _permit = self.permits.acquire().await.map_err(|_| unavailable(hook, "closed".to_owned()))?;
+        let (status, answer) =
+            client::post(&uri, Bytes::from(body), passed, &self.tls).await.map_err(|why| unavailable(hook, why))?;
+        read_answer(hook, status, &answer)
+    }
+
+    /// The cache key of a request, if answers are cached.
+    fn cache_key(&self, hook: Hook, url: &str, body: &str, passed: &[(HeaderName, HeaderValue)]) -> Option<String> {
+        if self.cfg.cache_ttl.is_zero() {
+            return None;
+        }
+        let mut key = format!("{}\n{url}\n{body}", hook.label());
+        for (name, value) in passed {
+            key.push('\n');
+            key.push_str(name.as_str());
+            key.push(':');
+            key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        }
+        Some(key)
+    }
+
+    fn cached(&self, key: &str) -> Option<Result<Allowed, HookError>> {
+        let cache = self.cache.lock().ok()?;
+        let (at, answer) = cache.get(key)?;
+        (at.elapsed() < self.cfg.cache_ttl).then(|| answer.clone())
+    }
+
+    fn remember(&self, key: String, answer: &Result<Allowed, HookError>) {
+        let Ok(mut cache) = self.cache.lock() else { return };
+        if cache.len() >= MAX_CACHED {
+            let ttl = self.cfg.cache_ttl;
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Instant::now(), answer.clone()));
+    }
+
+    /// How long the client should wait before trying again after a hook failure.
+    pub fn retry_after(&self) -> Duration {
+        self.cfg.timeout.max(Duration::from_secs(1))
+    }
+}
+
+fn unavailable(hook: Hook, why: String) -> HookError {
+    HookError::Unavailable { hook: hook.label(), why }
+}
+
+/// A hook's answer: `{"result": {...}}` (or `{}`) allows, `{"error": {"code", "message",
+/// "status"}}` denies; anything else, or a status other than 2xx without an `error`, is a
+/// failure.
+fn read_answer(hook: Hook, status: StatusCode, body: &[u8]) -> Result<Allowed, HookError> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        result: Option<Allowed>,
+        #[serde(default)]
+        error: Option<Denial>,
+    }
+    #[derive(Deserialize)]
+    struct Denial {
+        #[serde(default)]
+        code: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        status: Option<u16>,
+    }
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    let answer: Result<Answer, _> = serde_json::from_slice(body);
+    match answer {
+        Ok(Answer { error: Some(d), .. }) => {
+            let status = d
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .or(Some(status))
+                .filter(StatusCode::is_client_error)
+                .unwrap_or(StatusCode::FORBIDDEN);
+            let code = d.code.filter(|c| is_code(c));
+            let message: String = d.message.unwrap_or_default().chars().take(256).collect();
+            let message = if message.is_empty() { "refused by the application".to_owned() } else { message };
+            Err(HookError::Denied { status, code, message })
+        }
+        Ok(Answer { result, .. }) if status.is_success() => Ok(result.unwrap_or_default()),
+        Ok(_) => Err(unavailable(hook, format!("it answered {status}"))),
+        Err(e) => Err(unavailable(hook, format!("its answer is not the JSON expected ({status}): {e}"))),
+    }
+}
+
+/// Whether the application's `code` can be passed on: 1 to 64 snake_case characters.
+fn is_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_allows_denies_or_fails() {
+        let ok = read_answer(
+            Hook::Connect,
+            StatusCode::OK,
+            br#"{"result":{"user":{"id":"u1","name":"Ann"},"channels":["channel:x"]}}"#,
+        );
+        let user = ok.as_ref().ok().and_then(|a| a.user.clone());
+        assert_eq!(user, Some(HookUser { id: "u1".into(), name: Some("Ann".into()) }));
+        assert_eq!(read_answer(Hook::Connect, StatusCode::OK, b""), Ok(Allowed::default()));
+        let denied = read_answer(Hook::Subscribe, StatusCode::OK, br#"{"error":{"code":"not_member","message":"no"}}"#);
+        assert_eq!(
+            denied,
+            Err(HookError::Denied {
+                status: StatusCode::FORBIDDEN,
+                code: Some("not_member".into()),
+                message: "no".into()
+            })
+        );
+        let own = read_answer(Hook::Subscribe, StatusCode::OK, br#"{"error":{"code":"Bad Code","status":402}}"#);
+        assert!(
+            matches!(own, Err(HookError::Denied { status: StatusCode::PAYMENT_REQUIRED, code: None, .. })),
+            "{own:?}"
+        );
+        let fail = read_answer(Hook::Publish, StatusCode::INTERNAL_SERVER_ERROR, b"oops");
+        assert!(matches!(fail, Err(HookError::Unavailable { .. })), "{fail:?}");
+        let fail = read_answer(Hook::Publish, StatusCode::BAD_GATEWAY, b"{}");
+        assert!(matches!(fail, Err(HookError::Unavailable { .. })), "{fail:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_finds_no_free_slot_within_the_timeout_is_a_failure() {
+        let hooks_cfg =
+            HooksConfig { max_concurrency: 1, timeout: Duration::from_millis(50), ..HooksConfig::default() };
+        let hooks =
+            Hooks::from_config(&Config { hooks: hooks_cfg, ..Config::default() }).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Metrics::default();
+        // The one slot is taken: the request never goes out.
+        let _held = hooks.permits.acquire().await;
+        let answer = hooks.ask(&metrics, Hook::Connect, "http://127.0.0.1:9/never", &Value::Null, &[]).await;
+        let Err(HookError::Unavailable { why, .. }) = answer else { panic!("{answer:?}") };
+        assert!(why.contains("no answer within"), "{why}");
+    }
+
+    #[test]
+    fn only_the_named_headers_and_cookies_are_passed() {
+        let cfg = Config {
+            hooks: HooksConfig {
+                headers: vec!["x-tenant".into()],
+                cookies: vec!["sid".into()],
+                ..HooksConfig::default()
+            },
+            ..Config::default()
+        };
+        let hooks = Hooks::from_config(&cfg).unwrap_or_else(|e| panic!("{e}"));
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", HeaderValue::from_static("t1"));
+        h.insert("authorization", HeaderValue::from_static("Bearer secret"));
+        h.insert("x-api-key", HeaderValue::from_static("key"));
+        h.insert(header::COOKIE, HeaderValue::from_static("herald_token=jwt; sid=abc; other=1"));
+        let passed: Vec<(String, String)> = hooks
+            .passed(&h)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        assert_eq!(passed, [("x-tenant".to_owned(), "t1".to_owned()), ("cookie".to_owned(), "sid=abc".to_owned())]);
+    }
+}

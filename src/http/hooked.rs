@@ -1,0 +1,171 @@
+//! The backend hooks at the HTTP edge (`docs/hooks.md`): what Herald tells the application's
+//! hooks about a client (its address, the transport, the user a credential proved, the
+//! headers and cookies `[hooks]` names) and what it does with the answers: a user the
+//! connect or publish hook names becomes the principal, a connect hook's channels join the
+//! stream, a publish hook's `data` replaces the payload. The asking itself is
+//! [`crate::hooks`]'s.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+
+use super::auth::PeerAddr;
+use super::error::ApiError;
+use crate::auth::{Principal, UserIdentity};
+use crate::channel::ChannelName;
+use crate::event::Event;
+use crate::herald::{Herald, SubscribeError};
+use crate::hooks::{Hook, HookError, HookUser};
+
+/// Longest user id a hook may name.
+const MAX_USER_ID: usize = 128;
+
+/// The client as the hooks are told about it.
+pub(crate) struct Client {
+    transport: &'static str,
+    ip: Option<String>,
+    passed: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Client {
+    pub(crate) fn new(herald: &Herald, transport: &'static str, headers: &HeaderMap, peer: Option<PeerAddr>) -> Self {
+        Self { transport, ip: peer.map(|p| p.0.ip().to_string()), passed: herald.hooks().passed(headers) }
+    }
+}
+
+/// Runs the connect hook, then the subscribe hook for each requested channel, for a stream
+/// about to open: the principal it opens as and every channel it follows. A stream opened
+/// with an API key is not asked about.
+pub(crate) async fn open(
+    herald: &Herald,
+    client: &Client,
+    mut who: Principal,
+    mut channels: Vec<ChannelName>,
+) -> Result<(Principal, Vec<ChannelName>), ApiError> {
+    // An API key is the application's own backend (or its admin page): not asked about.
+    if matches!(who, Principal::ApiKey(_)) {
+        return Ok((who, channels));
+    }
+    let hooks = herald.hooks();
+    let metrics = &herald.metrics().hooks;
+    let requested = channels.len();
+    if let Some(url) = hooks.url(Hook::Connect, None) {
+        let req = json!({
+            "transport": client.transport,
+            "ip": client.ip,
+            "user": user_json(&who),
+            "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
+        });
+        let allowed = hooks.ask(metrics, Hook::Connect, url, &req, &client.passed).await?;
+        who = named(Hook::Connect, who, allowed.user)?;
+        for raw in allowed.channels {
+            let ch = herald.parse_subscription(&raw).map_err(|e| {
+                ApiError::from(HookError::Unavailable { hook: Hook::Connect.label(), why: format!("channel: {e}") })
+            })?;
+            if !channels.contains(&ch) {
+                channels.push(ch);
+            }
+        }
+    }
+    // The connect hook's own channels need no second asking.
+    subscribe(herald, client, &who, &channels[..requested], None).await?;
+    Ok((who, channels))
+}
+
+/// Runs the subscribe hook for each of `channels` (where one is set) that `who` (not an API
+/// key) is about to follow, on a new stream or (`connection`) joining an open one live.
+pub(crate) async fn subscribe(
+    herald: &Herald,
+    client: &Client,
+    who: &Principal,
+    channels: &[ChannelName],
+    connection: Option<&str>,
+) -> Result<(), ApiError> {
+    if matches!(who, Principal::ApiKey(_)) {
+        return Ok(());
+    }
+    let hooks = herald.hooks();
+    // Each channel once, and an oversized request refused before the application is asked
+    // once per channel of it (repeats count once, as when the stream is admitted).
+    let mut distinct: Vec<&ChannelName> = Vec::with_capacity(channels.len());
+    for ch in channels {
+        if !distinct.contains(&ch) {
+            distinct.push(ch);
+        }
+    }
+    let limit = herald.config().max_channels_per_connection;
+    if distinct.len() > limit {
+        return Err(SubscribeError::TooManyChannels { limit }.into());
+    }
+    for ch in distinct {
+        let Some(url) = hooks.url(Hook::Subscribe, Some(ch)) else { continue };
+        let req = json!({
+            "transport": client.transport,
+            "ip": client.ip,
+            "user": user_json(who),
+            "channel": ch.as_str(),
+            "connectionId": connection,
+        });
+        hooks.ask(&herald.metrics().hooks, Hook::Subscribe, url, &req, &client.passed).await?;
+    }
+    Ok(())
+}
+
+/// Runs the publish hook on each event a user (not an API key) publishes: the principal it
+/// is published as (the hook may name the user), each payload possibly replaced.
+pub(crate) async fn publish(
+    herald: &Herald,
+    client: &Client,
+    mut who: Principal,
+    events: &mut [(Vec<ChannelName>, Event)],
+) -> Result<Principal, ApiError> {
+    if matches!(who, Principal::ApiKey(_)) {
+        return Ok(who);
+    }
+    let hooks = herald.hooks();
+    for (channels, event) in events.iter_mut() {
+        let Some(url) = hooks.url(Hook::Publish, channels.first()) else { continue };
+        let req = json!({
+            "ip": client.ip,
+            "user": user_json(&who),
+            "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
+            "type": event.event_type(),
+            "data": Value::Object(event.fields().clone()),
+        });
+        let allowed = hooks.ask(&herald.metrics().hooks, Hook::Publish, url, &req, &client.passed).await?;
+        who = named(Hook::Publish, who, allowed.user)?;
+        if let Some(data) = allowed.data {
+            event.set_fields(data);
+        }
+    }
+    Ok(who)
+}
+
+/// `{"id", "name"}` of the user a credential proved, or `null`.
+fn user_json(who: &Principal) -> Value {
+    match who {
+        Principal::User(u) => json!({"id": u.id, "name": u.name}),
+        _ => Value::Null,
+    }
+}
+
+/// The principal once the hook has answered: the user it names, if it names one and the
+/// request is not an API key's.
+fn named(hook: Hook, who: Principal, user: Option<HookUser>) -> Result<Principal, ApiError> {
+    let Some(user) = user else { return Ok(who) };
+    if matches!(who, Principal::ApiKey(_)) {
+        return Ok(who);
+    }
+    if user.id.is_empty() || user.id.len() > MAX_USER_ID {
+        let why = format!("a user id is 1 to {MAX_USER_ID} bytes");
+        return Err(HookError::Unavailable { hook: hook.label(), why }.into());
+    }
+    Ok(Principal::User(Arc::new(UserIdentity {
+        id: user.id.into(),
+        name: user.name.map(Into::into),
+        subscribe: None,
+        publish: None,
+        expires_at: None,
+    })))
+}
