@@ -59,6 +59,19 @@ impl SseOut {
         self.first.is_none() && self.buf.is_empty()
     }
 
+    /// Everything written so far, as one chunk, leaving no buffer behind: what a stream
+    /// wrote while it opened goes out once, and an idle stream keeps no allocation for it
+    /// (a `split` would keep the whole preamble's buffer alive for the stream's life).
+    pub(crate) fn take_all(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take()
+            && self.buf.is_empty()
+        {
+            return Some(first);
+        }
+        self.spill();
+        (!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf).freeze())
+    }
+
     /// What was written since the last take, as one chunk.
     pub(crate) fn take(&mut self) -> Option<Bytes> {
         if let Some(first) = self.first.take()
@@ -107,7 +120,7 @@ pub struct SseBody {
 impl SseBody {
     /// The body of a stream opened into `out`: what `out` holds is its first chunk.
     pub(crate) fn new(core: StreamCore, mut out: SseOut) -> Self {
-        let preamble = out.take();
+        let preamble = out.take_all();
         Self { core, out, preamble, done: false }
     }
 
@@ -227,5 +240,18 @@ mod tests {
         assert!(out.take().is_some());
         assert!(out.buf.capacity() <= IDLE_BUFFER);
         assert!(out.take().is_none());
+    }
+
+    #[test]
+    fn a_stream_keeps_no_write_buffer_once_its_preamble_is_taken() {
+        let mut out = SseOut::new(false);
+        out.put_retry(1000);
+        out.put_raw(&[b'x'; 300]);
+        let preamble = out.take_all().unwrap_or_else(|| panic!("no preamble"));
+        assert!(preamble.len() > 300);
+        // Once written and dropped, the preamble's buffer is freed: the stream holds no
+        // share of it.
+        assert!(preamble.is_unique(), "the stream still holds the preamble's buffer");
+        assert!(out.take_all().is_none());
     }
 }
