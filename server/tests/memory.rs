@@ -1,6 +1,8 @@
-//! Memory that a node gives back: after thousands of streams close, and after a publish burst
-//! to thousands of channels nobody follows, the process's resident memory falls back near
-//! where it started. Which allocator does that is the binary's choice (`server/src/main.rs`),
+//! Memory that a node gives back: after a publish burst to thousands of channels nobody
+//! follows, the process's resident memory falls back near where it started. (Closed streams
+//! are measured on release builds in `docs/benchmarks.md`: on a debug build glibc gives back
+//! half of a stream's memory too, its tasks being large enough to be mapped on their own, so a
+//! test there cannot tell the allocators apart.) Which allocator does that is the binary's choice (`server/src/main.rs`),
 //! so these tests run the `herald` binary and read its `VmRSS` from `/proc`.
 
 mod support;
@@ -9,7 +11,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::raw::Conn;
 use support::{Proto, Running, TempDir, TestServer};
 
 /// How long a node may take to give memory back once the work that used it is gone: the
@@ -73,34 +74,6 @@ async fn until_returned(run: &Running, what: &str, base: u64, grown: u64) {
         now = rss(run);
     }
     eprintln!("{what}: {} KiB, back under {} KiB in {:?}", now / 1024, bound / 1024, started.elapsed());
-}
-
-#[tokio::test]
-async fn memory_of_closed_streams_returns_to_the_system() {
-    const STREAMS: usize = 4000;
-    let (run, _dir) = node().await;
-    until_metric(run.addr, "sse_connections_total", 0.0).await;
-    let base = rss(&run);
-
-    // Each stream on a channel of its own, so that channels are created and freed too.
-    let mut streams = Vec::with_capacity(STREAMS);
-    for i in 0..STREAMS {
-        let mut conn = Conn::open(run.addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
-        let head = format!("GET /api/events?channel=channel:idle-{i} HTTP/1.1\r\nhost: herald");
-        conn.send(&head, b"").await.unwrap_or_else(|e| panic!("send: {e}"));
-        let head = conn.head().await.unwrap_or_else(|e| panic!("head: {e}"));
-        assert_eq!(head.status, 200);
-        streams.push(conn);
-    }
-    until_metric(run.addr, "sse_connections_total", STREAMS as f64).await;
-    let peak = rss(&run);
-    let grown = peak.saturating_sub(base);
-    assert!(grown > 4 << 20, "{STREAMS} streams grew RSS by only {} KiB: nothing to give back", grown / 1024);
-
-    drop(streams);
-    until_metric(run.addr, "sse_connections_total", 0.0).await;
-    until_metric(run.addr, "sse_channels_total", 0.0).await;
-    until_returned(&run, "closed streams", base, grown).await;
 }
 
 #[tokio::test]
