@@ -57,6 +57,42 @@ pub struct HistoryRead {
     pub events: Result<Vec<Arc<Published>>, GapReason>,
     /// The channel's AI streams kept for late joiners, as of `head`.
     pub streams: Vec<AiSnapshot>,
+    /// The channel's last events as of `head`, oldest first, when a [`StartRead`] asked for
+    /// them (`last`); empty otherwise.
+    pub recent: Vec<Arc<Published>>,
+}
+
+/// One channel of a stream that opens, for [`Broker::read_starts`]: the events after a
+/// position (a resume), and the channel's last `last` events (state on subscribe), which
+/// the stream writes only where it does not resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRead {
+    pub channel: ChannelName,
+    pub after: Option<Position>,
+    pub last: usize,
+}
+
+/// A page of one channel's history ([`Broker::history_page`]): the events strictly after
+/// `after` and strictly before `before`, at most `limit` of them, from the newest end of
+/// that range or from its oldest end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageQuery {
+    pub after: Option<Position>,
+    pub before: Option<Position>,
+    pub limit: usize,
+    pub newest_first: bool,
+}
+
+/// The answer of [`Broker::history_page`], read at one instant.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The channel's last position.
+    pub head: Position,
+    /// The events in the order asked for; or why history cannot serve a page after `after`
+    /// (it was trimmed past it, or never had it).
+    pub events: Result<Vec<Arc<Published>>, GapReason>,
+    /// More events of the range are kept than the page holds.
+    pub more: bool,
 }
 
 /// An AI token stream (`ai_chat_chunk` events sharing a `streamId`) as of its last chunk:
@@ -98,6 +134,10 @@ pub enum NodeCommand {
     SetStatus { user: String, user_name: Option<String>, status: PresenceStatus },
     /// Close the connections `target` names, each with a last `disconnect` notice.
     Disconnect { target: DisconnectTarget, reconnect: bool, banned: bool },
+    /// List the channels with local subscribers whose names match `pattern` (a glob).
+    Channels { pattern: String },
+    /// List a user's connections.
+    UserConnections { user: String },
 }
 
 /// A node's answer to a [`NodeCommand`].
@@ -114,6 +154,25 @@ pub enum NodeReply {
     Count { subscribers: usize, users: Vec<String> },
     /// This node closed that many connections.
     Disconnected { connections: usize },
+    /// This node's channels and their subscribers, as `(channel, subscribers)`.
+    Channels { channels: Vec<(String, usize)> },
+    /// This node's connections of a user.
+    Connections { connections: Vec<ConnectionInfo> },
+}
+
+/// One open connection as [`NodeCommand::UserConnections`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    pub connection_id: String,
+    /// The node that holds it.
+    pub node: String,
+    pub channels: Vec<String>,
+    /// `sse`, `websocket`, `centrifugo`, or `library` (a [`crate::Connection`] of the
+    /// application's own transport).
+    pub transport: String,
+    /// When it opened, in milliseconds since the Unix epoch.
+    pub opened_ms: u64,
 }
 
 /// Why a node refused a [`NodeCommand`]. On the wire it is the snake_case name, which is
@@ -187,6 +246,33 @@ pub trait Broker: Send + Sync + 'static {
             Ok(out)
         })
     }
+
+    /// The channels of a stream that opens, each with the events after its position and
+    /// its last `last` events, read at one instant where the engine can (see
+    /// [`Broker::histories`]). The default reads one channel after another.
+    fn read_starts<'a>(&'a self, reads: &'a [StartRead]) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(reads.len());
+            for r in reads {
+                let mut read = self.history(&r.channel, r.after).await?;
+                if r.last > 0 {
+                    let query = PageQuery { after: None, before: None, limit: r.last, newest_first: true };
+                    let mut recent = self.history_page(&r.channel, query).await?.events.unwrap_or_default();
+                    recent.reverse();
+                    read.recent = recent;
+                }
+                out.push(read);
+            }
+            Ok(out)
+        })
+    }
+
+    /// A page of `channel`'s history ([`PageQuery`]), read at one instant.
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        query: PageQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>>;
 
     /// Makes sure this node receives live events of `channels` before it resolves.
     fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>>;

@@ -122,7 +122,11 @@ impl Herald {
             match reply {
                 NodeReply::Done => return Ok(()),
                 NodeReply::Refused { code, message } => refused = Some((code, message)),
-                NodeReply::NotHere | NodeReply::Count { .. } | NodeReply::Disconnected { .. } => {}
+                NodeReply::NotHere
+                | NodeReply::Count { .. }
+                | NodeReply::Disconnected { .. }
+                | NodeReply::Channels { .. }
+                | NodeReply::Connections { .. } => {}
             }
         }
         match refused {
@@ -169,6 +173,8 @@ impl Herald {
             }
             NodeCommand::SetStatus { user, user_name, status } => self.apply_status(&user, user_name, status).await,
             NodeCommand::Disconnect { target, reconnect, banned } => self.local_disconnect(&target, reconnect, banned),
+            NodeCommand::Channels { pattern } => self.local_channels(&pattern),
+            NodeCommand::UserConnections { user } => self.local_user_connections(&user),
         }
     }
 

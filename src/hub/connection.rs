@@ -170,6 +170,8 @@ pub struct ConnShared {
     pub user_id: Option<Arc<str>>,
     /// The user's display name, for presence events.
     pub user_name: Option<Arc<str>>,
+    /// The transport it was opened for (`sse`, `websocket`, `centrifugo`, `library`).
+    pub transport: &'static str,
     capacity: usize,
     kill: Option<KillSwitch>,
     /// Field filters of the subscription: all must match.
@@ -211,6 +213,7 @@ impl ConnShared {
             id,
             user_id,
             user_name,
+            transport: "library",
             capacity: capacity.max(1),
             kill,
             filters,
@@ -229,6 +232,12 @@ impl ConnShared {
     /// The connection ends at `deadline_ms` (milliseconds since the Unix epoch), if any.
     pub(crate) fn expiring_at(mut self, deadline_ms: Option<u64>) -> Self {
         self.expires_at_ms = deadline_ms;
+        self
+    }
+
+    /// The connection was opened for `transport`.
+    pub(crate) fn over(mut self, transport: &'static str) -> Self {
+        self.transport = transport;
         self
     }
 

@@ -22,8 +22,8 @@ mod sessions;
 
 use super::sink::Attached;
 use super::{
-    AiSnapshot, BoxFuture, Broker, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply, NodeSink,
-    PublishAck,
+    AiSnapshot, BoxFuture, Broker, Engine, EngineError, GapReason, HistoryPage, HistoryRead, NodeCommand, NodeReply,
+    NodeSink, PageQuery, PublishAck, StartRead,
 };
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
@@ -260,22 +260,73 @@ impl MemoryEngine {
         }
     }
 
-    /// One channel's history after `after` (or its head alone), from its log, whose lock the
-    /// caller holds.
-    fn read(&self, log: &mut Log, channel: &ChannelName, after: Option<Position>, now: u64) -> HistoryRead {
+    /// Reads every channel under all their logs' locks, taken in name order as a publish
+    /// takes them: no publish falls between two of the reads.
+    fn read_at_once(&self, reads: &[StartRead]) -> Vec<HistoryRead> {
+        let mut names: Vec<&ChannelName> = reads.iter().map(|r| &r.channel).collect();
+        names.sort();
+        names.dedup();
+        let logs: Vec<Arc<Mutex<Log>>> = names.iter().map(|c| self.log(c)).collect();
+        let mut guards: Vec<MutexGuard<'_, Log>> = logs.iter().map(|l| lock(l)).collect();
+        let now = now_ms();
+        reads
+            .iter()
+            .filter_map(|r| {
+                let g = guards.get_mut(names.binary_search(&&r.channel).ok()?)?;
+                Some(self.read(g, &r.channel, r.after, r.last, now))
+            })
+            .collect()
+    }
+
+    /// One channel's history after `after` (or its head alone), and its last `last` events,
+    /// from its log, whose lock the caller holds.
+    fn read(
+        &self,
+        log: &mut Log,
+        channel: &ChannelName,
+        after: Option<Position>,
+        last: usize,
+        now: u64,
+    ) -> HistoryRead {
         log.trim(self.limits(channel), now);
         let head = log.last;
         let events = match after {
             None => Ok(Vec::new()),
-            Some(p) if p > head => Err(GapReason::UnknownPosition),
-            Some(p) if p < log.covered_after => Err(GapReason::HistoryExpired),
-            Some(p) => {
-                let from = log.positions.partition_point(|q| *q <= p);
-                Ok(log.entries.range(from..).cloned().collect())
-            }
+            Some(_) => log.after(after).map(|from| log.entries.range(from..).cloned().collect()),
         };
         let streams = log.snapshots(channel, now);
-        HistoryRead { head, events, streams }
+        let recent = log.entries.range(log.entries.len().saturating_sub(last)..).cloned().collect();
+        HistoryRead { head, events, streams, recent }
+    }
+}
+
+impl Log {
+    /// The index of the first entry after `after` (all of them for `None`), or why the log
+    /// cannot say what came after it.
+    fn after(&self, after: Option<Position>) -> Result<usize, GapReason> {
+        match after {
+            None => Ok(0),
+            Some(p) if p > self.last => Err(GapReason::UnknownPosition),
+            Some(p) if p < self.covered_after => Err(GapReason::HistoryExpired),
+            Some(p) => Ok(self.positions.partition_point(|q| *q <= p)),
+        }
+    }
+
+    /// A page of the log ([`PageQuery`]).
+    fn page(&self, q: PageQuery) -> HistoryPage {
+        let head = self.last;
+        let from = match self.after(q.after) {
+            Ok(from) => from,
+            Err(reason) => return HistoryPage { head, events: Err(reason), more: false },
+        };
+        let to = q.before.map_or(self.positions.len(), |b| self.positions.partition_point(|p| *p < b)).max(from);
+        let take = q.limit.min(to - from);
+        let range = if q.newest_first { to - take..to } else { from..from + take };
+        let mut events: Vec<Arc<Published>> = self.entries.range(range).cloned().collect();
+        if q.newest_first {
+            events.reverse();
+        }
+        HistoryPage { head, events: Ok(events), more: to - from > take }
     }
 }
 
@@ -295,31 +346,38 @@ impl Broker for MemoryEngine {
         after: Option<Position>,
     ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
         let log = self.log(channel);
-        let read = self.read(&mut lock(&log), channel, after, now_ms());
+        let read = self.read(&mut lock(&log), channel, after, 0, now_ms());
         Box::pin(async move { Ok(read) })
     }
 
-    /// Reads every channel under all their logs' locks, taken in name order as a publish
-    /// takes them: no publish falls between two of the reads.
     fn histories<'a>(
         &'a self,
         reads: &'a [(ChannelName, Option<Position>)],
     ) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
-        let mut names: Vec<&ChannelName> = reads.iter().map(|(c, _)| c).collect();
-        names.sort();
-        names.dedup();
-        let logs: Vec<Arc<Mutex<Log>>> = names.iter().map(|c| self.log(c)).collect();
-        let mut guards: Vec<MutexGuard<'_, Log>> = logs.iter().map(|l| lock(l)).collect();
-        let now = now_ms();
-        let out: Vec<HistoryRead> = reads
+        let reads: Vec<StartRead> = reads
             .iter()
-            .filter_map(|(channel, after)| {
-                let g = guards.get_mut(names.binary_search(&channel).ok()?)?;
-                Some(self.read(g, channel, *after, now))
-            })
+            .map(|(channel, after)| StartRead { channel: channel.clone(), after: *after, last: 0 })
             .collect();
-        drop(guards);
+        let out = self.read_at_once(&reads);
         Box::pin(async move { Ok(out) })
+    }
+
+    fn read_starts<'a>(&'a self, reads: &'a [StartRead]) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        let out = self.read_at_once(reads);
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        query: PageQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
+        let log = self.log(channel);
+        let mut g = lock(&log);
+        g.trim(self.limits(channel), now_ms());
+        let page = g.page(query);
+        drop(g);
+        Box::pin(async move { Ok(page) })
     }
 
     fn watch<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {

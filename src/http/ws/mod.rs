@@ -67,7 +67,7 @@ async fn open(
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, herald)
         .await
         .map_err(|r| ApiError::refuse(Refusal::WebsocketRequired, r.body_text()))?;
-    let StreamQuery { channels, last_event_id, ticket, filters, named: _ } =
+    let StreamQuery { channels, last_event_id, ticket, filters, last, named: _ } =
         stream_query(herald, query, &parts.headers)?;
     // Cross-site WebSocket hijacking: a browser attaches the cookie to a WebSocket opened by
     // any page, and no CORS preflight stands in the way. A ticket is not ambient.
@@ -88,6 +88,8 @@ async fn open(
             named: false,
             kill: Some(kill.clone()),
             filters,
+            last,
+            transport: "websocket",
         };
         Some(herald.connect(req).await?)
     };

@@ -21,7 +21,7 @@ use super::protocol::{self, Close, Command, Kind};
 use crate::auth::{ApiKey, Principal};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
-use crate::herald::{Herald, PresenceError, StreamRequest};
+use crate::herald::{Herald, LastEvents, PresenceError, StreamRequest};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::hooked;
@@ -302,6 +302,8 @@ impl Session {
                 named: false,
                 kill: Some(self.kill.clone()),
                 filters,
+                last: LastEvents::default(),
+                transport: "websocket",
             };
             let conn = self.herald.connect(req).await.map_err(ApiError::from).inspect_err(|e| {
                 count_subscribe_refusal(&self.herald, e.clone().into_response());
