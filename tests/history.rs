@@ -324,3 +324,58 @@ async fn active_channels_and_a_users_connections_are_listed_across_nodes() {
     assert_eq!(code(backend.get_json("/api/channels?pattern=").await), (400, "invalid_pattern".into()));
     assert_eq!(code(backend.get_json("/api/users/a%20b/connections").await), (400, "invalid_user".into()));
 }
+
+/// The `n` of the next `count` event frames of a WebSocket carrying one (`connected` and
+/// command replies are passed over).
+async fn ws_ns(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    count: usize,
+) -> Vec<u64> {
+    use futures_util::StreamExt;
+    let mut ns = Vec::new();
+    while ns.len() < count {
+        let frame = support::within("a WebSocket frame", ws.next()).await;
+        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = frame else { continue };
+        let v: Value = serde_json::from_str(text.as_str()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        ns.extend(v["data"]["n"].as_u64());
+    }
+    ns
+}
+
+#[tokio::test]
+async fn a_websockets_open_query_takes_last_for_its_stream_or_its_first_subscribe() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::secured(|c| {
+        quiet(c, None);
+        c.websocket = true;
+    })
+    .await;
+    let mut p = server.client(Proto::H1).backend();
+    publish_n(&mut p, "channel:w", 0..4).await;
+    let open = |query: &str| {
+        let mut req =
+            format!("ws://{}/api/ws?{query}", server.addr).into_client_request().unwrap_or_else(|e| panic!("{e}"));
+        let bearer = format!("Bearer {}", support::token("ann")).parse().unwrap_or_else(|e| panic!("{e}"));
+        req.headers_mut().insert("authorization", bearer);
+        async move {
+            support::within("the upgrade", tokio_tungstenite::connect_async(req))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .0
+        }
+    };
+    let mut ws = open("channel=channel:w&last=2").await;
+    assert_eq!(ws_ns(&mut ws, 2).await, vec![2, 3]);
+
+    let mut later = open("last=1").await;
+    let subscribe = json!({"type": "subscribe", "id": "r1", "channels": ["channel:w"]});
+    later
+        .send(tokio_tungstenite::tungstenite::Message::text(subscribe.to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ws_ns(&mut later, 1).await, vec![3]);
+    publish_n(&mut p, "channel:w", 4..5).await;
+    assert_eq!(ws_ns(&mut later, 1).await, vec![4]);
+    assert_eq!(ws_ns(&mut ws, 1).await, vec![4]);
+}

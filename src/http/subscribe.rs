@@ -119,7 +119,9 @@ pub(crate) fn stream_query(
             }
         }
     }
-    if let Some((c, _)) = last.per_channel.iter().find(|(c, _)| !channels.contains(c)) {
+    // Without channels (a WebSocket whose first `subscribe` names them) the check is left to
+    // that command's channels: a count for a channel it does not follow is unused.
+    if let Some((c, _)) = last.per_channel.iter().find(|(c, _)| !channels.is_empty() && !channels.contains(c)) {
         return Err(ApiError::refuse(
             Refusal::InvalidLast,
             format!("`last` names `{c}`, which the stream does not follow"),

@@ -55,6 +55,8 @@ pub(super) struct Session {
     /// command may still bring one.
     may_authenticate: bool,
     frames: Bucket,
+    /// The open query's `last`, for the stream the first `subscribe` opens.
+    last: LastEvents,
     /// Keeps the server's drain waiting until the socket is closed (`None` when the router
     /// is served by something other than Herald's server).
     _drain_guard: Option<DrainGuard>,
@@ -79,7 +81,15 @@ impl Session {
         may_authenticate: bool,
     ) -> Self {
         let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
-        Self { herald, who, peer, client, conn, kill, may_authenticate, frames, _drain_guard: None }
+        let last = LastEvents::default();
+        Self { herald, who, peer, client, conn, kill, may_authenticate, frames, last, _drain_guard: None }
+    }
+
+    /// The stream the first `subscribe` opens starts with these last events (the open
+    /// query's `last`).
+    pub(super) fn starting_with(mut self, last: LastEvents) -> Self {
+        self.last = last;
+        self
     }
 
     pub(super) fn holding(mut self, guard: Option<DrainGuard>) -> Self {
@@ -302,7 +312,7 @@ impl Session {
                 named: false,
                 kill: Some(self.kill.clone()),
                 filters,
-                last: LastEvents::default(),
+                last: std::mem::take(&mut self.last),
                 transport: "websocket",
             };
             let conn = self.herald.connect(req).await.map_err(ApiError::from).inspect_err(|e| {
