@@ -107,6 +107,11 @@ export interface SubscribeOptions {
   filters?: string[];
   /** Resume from this SSE id on the first connect. */
   lastEventId?: string;
+  /** State on subscribe: each channel's last `N` events come before the live ones (a number
+   * for every channel, or a count per channel: `{ 'channel:prices': 1 }`; at most 100). A
+   * reconnect resumes from the last id instead, so nothing comes twice. `0` turns a
+   * namespace's `deliver_last` off. */
+  last?: number | Record<string, number>;
   /** Default: the client's `transport`, `sse` if unset (see `Transport`). */
   transport?: Transport;
   backoff?: BackoffOptions;
@@ -523,7 +528,8 @@ export class Subscription {
     const gen = ++this.generation;
     this.connectionId = undefined;
     this.connectedAt = 0;
-    const extra: Array<[string, string]> = (this.options.filters ?? []).map((f) => ['filter', f]);
+    const last = lastParams(this.options.last);
+    const extra: Array<[string, string]> = [...(this.options.filters ?? []).map((f): [string, string] => ['filter', f]), ...last];
     try {
       const transport = this.transport();
       if (transport === 'websocket') {
@@ -532,7 +538,8 @@ export class Subscription {
         // As for EventSource, which cannot send headers either: a ticket in the query. A
         // bearer token goes in the first message; an API key in the upgrade's headers.
         const auth = this.client.auth;
-        const query: Array<[string, string]> = [];
+        // The socket's first `subscribe` opens the stream with the query's `last`.
+        const query: Array<[string, string]> = [...last];
         if (auth.mode === 'ticket') query.push(['ticket', await this.client.ticket()]);
         const token = auth.mode === 'header' ? await resolveToken(auth.token) : undefined;
         const headers = auth.mode === 'apiKey' ? { 'X-Api-Key': auth.key } : undefined;
@@ -800,4 +807,11 @@ export class Subscription {
 function asError(e: unknown): Error {
   if (e instanceof Error) return e;
   return new Error(String(e));
+}
+
+/** `last` as query parameters: `last=N` for every channel, `last=<channel>:N` for one. */
+function lastParams(last: SubscribeOptions['last']): Array<[string, string]> {
+  if (last === undefined) return [];
+  if (typeof last === 'number') return [['last', String(last)]];
+  return Object.entries(last).map(([channel, n]): [string, string] => ['last', `${channel}:${n}`]);
 }

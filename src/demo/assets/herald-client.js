@@ -664,14 +664,15 @@ var Subscription = class {
 		const gen = ++this.generation;
 		this.connectionId = void 0;
 		this.connectedAt = 0;
-		const extra = (this.options.filters ?? []).map((f) => ["filter", f]);
+		const last = lastParams(this.options.last);
+		const extra = [...(this.options.filters ?? []).map((f) => ["filter", f]), ...last];
 		try {
 			const transport = this.transport();
 			if (transport === "websocket") {
 				const WS = this.client.webSocketConstructor;
 				if (!WS) throw new HeraldError("no WebSocket here: pass `WebSocket` in the options", 0, "no_websocket");
 				const auth = this.client.auth;
-				const query = [];
+				const query = [...last];
 				if (auth.mode === "ticket") query.push(["ticket", await this.client.ticket()]);
 				const token = auth.mode === "header" ? await resolveToken(auth.token) : void 0;
 				const headers = auth.mode === "apiKey" ? { "X-Api-Key": auth.key } : void 0;
@@ -912,6 +913,12 @@ var Subscription = class {
 function asError(e) {
 	if (e instanceof Error) return e;
 	return new Error(String(e));
+}
+/** `last` as query parameters: `last=N` for every channel, `last=<channel>:N` for one. */
+function lastParams(last) {
+	if (last === void 0) return [];
+	if (typeof last === "number") return [["last", String(last)]];
+	return Object.entries(last).map(([channel, n]) => ["last", `${channel}:${n}`]);
 }
 // src/events.ts
 /** Narrows an event to a catalogue type: `if (is(e, 'chat')) e.content`. */
