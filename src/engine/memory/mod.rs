@@ -502,6 +502,24 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    #[tokio::test]
+    async fn a_start_read_brings_the_last_events_oldest_first_with_the_head() {
+        let e = engine(3);
+        for n in 0..5 {
+            e.publish(vec![prep(&["channel:s"], n)]).await.unwrap_or_default();
+        }
+        let reads = [StartRead { channel: ch("channel:s"), after: None, last: 2 }];
+        let read = e.read_starts(&reads).await.unwrap_or_else(|e| panic!("{e}")).pop();
+        let read = read.unwrap_or_else(|| panic!("one read"));
+        let n = |ev: &Arc<Published>| {
+            let json = ev.copy_on("channel:s")?.frame.json();
+            serde_json::from_slice::<serde_json::Value>(json).ok()?["n"].as_u64()
+        };
+        let ns: Vec<Option<u64>> = read.recent.iter().map(n).collect();
+        assert_eq!(ns, [Some(3), Some(4)]);
+        assert_eq!(read.recent.last().and_then(|ev| ev.copy_on("channel:s")).map(|c| c.position), Some(read.head));
+    }
+
     async fn read(e: &MemoryEngine, c: &str, after: Option<Position>) -> HistoryRead {
         e.history(&ch(c), after).await.unwrap_or_else(|e| panic!("{e}"))
     }
@@ -529,6 +547,30 @@ mod tests {
         assert_eq!(read(&e, "channel:a", Some(future)).await.events.err(), Some(GapReason::UnknownPosition));
         // At the head: nothing missed.
         assert!(read(&e, "channel:a", Some(pos(4))).await.events.is_ok_and(|evs| evs.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_page_takes_its_end_of_an_exclusive_range_and_says_whether_more_is_kept() {
+        let e = engine(10);
+        let mut acks = Vec::new();
+        for n in 0..6 {
+            acks.extend(e.publish(vec![prep(&["channel:p"], n)]).await.unwrap_or_default());
+        }
+        let pos = |i: usize| acks[i].positions[0].1;
+        let page = |after, before, limit, newest_first| {
+            let q = PageQuery { after, before, limit, newest_first };
+            let p = lock(&e.log(&ch("channel:p"))).page(q);
+            let ids = p.events.map(|evs| evs.iter().map(|ev| ev.id.clone()).collect::<Vec<_>>());
+            (ids, p.more)
+        };
+        let ids = |is: &[usize]| Ok(is.iter().map(|&i| acks[i].id.clone()).collect::<Vec<_>>());
+        assert_eq!(page(None, None, 2, true), (ids(&[5, 4]), true));
+        assert_eq!(page(None, None, 2, false), (ids(&[0, 1]), true));
+        assert_eq!(page(Some(pos(1)), Some(pos(4)), 10, false), (ids(&[2, 3]), false));
+        assert_eq!(page(Some(pos(1)), Some(pos(4)), 1, true), (ids(&[3]), true));
+        assert_eq!(page(None, None, 0, true), (ids(&[]), true), "limit 0: the head alone");
+        assert_eq!(page(Some(pos(4)), Some(pos(2)), 10, true), (ids(&[]), false), "an empty range");
+        assert_eq!(page(Some(pos(5)), None, 10, true), (ids(&[]), false), "after the head: nothing yet");
     }
 
     #[tokio::test]
