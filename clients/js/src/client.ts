@@ -117,6 +117,28 @@ export interface SubscribeOptions {
   backoff?: BackoffOptions;
 }
 
+/** What `history` asks for: at most `limit` events (default 100, at most 1000) strictly
+ * after `after` and strictly before `before` (positions from a page or SSE ids), from the
+ * newest end of that range (`order: 'newest'`, the default) or the oldest. */
+export interface HistoryQuery {
+  limit?: number;
+  after?: string;
+  before?: string;
+  order?: 'newest' | 'oldest';
+}
+
+/** A page of a channel's history. */
+export interface HistoryPage {
+  channel: string;
+  order: 'newest' | 'oldest';
+  /** The channel's last position: subscribe with `lastEventId: head` to follow on from it. */
+  head: string;
+  /** The range holds more events than the page. */
+  more: boolean;
+  /** Each event as a stream delivers it, with its position (an SSE id of the channel). */
+  events: Array<{ position: string; event: StreamEvent }>;
+}
+
 export interface PresenceUser {
   userId: string;
   userName?: string;
@@ -243,6 +265,18 @@ export class HeraldClient {
         await new Promise((resolve) => setTimeout(resolve, delay));
       }
     }
+  }
+
+  /** A page of a channel's history (`GET /api/channels/{channel}/history`), for whoever may
+   * subscribe to it. */
+  history(channel: string, query: HistoryQuery = {}): Promise<HistoryPage> {
+    const q = new URLSearchParams();
+    if (query.limit !== undefined) q.set('limit', String(query.limit));
+    if (query.after !== undefined) q.set('after', query.after);
+    if (query.before !== undefined) q.set('before', query.before);
+    if (query.order !== undefined) q.set('order', query.order);
+    const tail = q.size > 0 ? `?${q.toString()}` : '';
+    return this.request('GET', `/api/channels/${encodeURIComponent(channel)}/history${tail}`);
   }
 
   /** Who is in a channel now (`GET /api/channels/{channel}/presence`). */

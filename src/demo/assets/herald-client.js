@@ -422,6 +422,17 @@ var HeraldClient = class {
 			await new Promise((resolve) => setTimeout(resolve, delay));
 		}
 	}
+	/** A page of a channel's history (`GET /api/channels/{channel}/history`), for whoever may
+	* subscribe to it. */
+	history(channel, query = {}) {
+		const q = new URLSearchParams();
+		if (query.limit !== void 0) q.set("limit", String(query.limit));
+		if (query.after !== void 0) q.set("after", query.after);
+		if (query.before !== void 0) q.set("before", query.before);
+		if (query.order !== void 0) q.set("order", query.order);
+		const tail = q.size > 0 ? `?${q.toString()}` : "";
+		return this.request("GET", `/api/channels/${encodeURIComponent(channel)}/history${tail}`);
+	}
 	/** Who is in a channel now (`GET /api/channels/{channel}/presence`). */
 	presence(channel) {
 		return this.request("GET", `/api/channels/${encodeURIComponent(channel)}/presence`);

@@ -1,12 +1,20 @@
-// State on subscribe (`last`) against a real `herald serve`: each channel's last events come
-// before the live ones over every transport, and a reconnect resumes from its id instead of
-// asking for them again, so nothing comes twice.
+// History and state against a real `herald serve`: with `last`, each channel's last events
+// come before the live ones over every transport, and a reconnect resumes from its id instead
+// of asking for them again, so nothing comes twice; `history` pages back and hands over to a
+// subscription at its head.
 
 import { EventSource } from 'eventsource';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WS from 'ws';
 
-import { HeraldClient, is, type StreamEvent, type Transport, type WebSocketConstructor } from '../src/index.js';
+import {
+  HeraldClient,
+  type HeraldError,
+  is,
+  type StreamEvent,
+  type Transport,
+  type WebSocketConstructor,
+} from '../src/index.js';
 import { backend, type RunningHerald, startHerald, token } from './support/herald.js';
 import { waitFor } from './support/server.js';
 
@@ -83,5 +91,36 @@ describe.each(['fetch', 'eventsource', 'websocket'] as const)('over %s', (transp
     } finally {
       sub.close();
     }
+  });
+});
+
+describe('history', () => {
+  it('pages back newest first and hands over to a subscription at its head', async () => {
+    const channel = 'channel:history';
+    for (let i = 1; i <= 5; i++) await herald.publish(channel, 'chat', { content: `h${i}` });
+    const c = client('cat', 'fetch');
+    const first = await c.history(channel, { limit: 2 });
+    expect(first.events.map((e) => (is(e.event, 'chat') ? e.event.content : '?'))).toEqual(['h5', 'h4']);
+    expect(first.more).toBe(true);
+    const back = await c.history(channel, { limit: 10, before: first.events[1]?.position });
+    expect(back.events.map((e) => (is(e.event, 'chat') ? e.event.content : '?'))).toEqual(['h3', 'h2', 'h1']);
+    expect(back.more).toBe(false);
+
+    const events: StreamEvent[] = [];
+    const sub = c.subscribe(channel, { lastEventId: first.head, onEvent: (e) => events.push(e) });
+    try {
+      await waitFor(() => sub.state === 'open', 'open');
+      await herald.publish(channel, 'chat', { content: 'h6' });
+      await waitFor(() => chats(events).length === 1, 'the next event');
+      expect(chats(events)).toEqual(['h6']);
+    } finally {
+      sub.close();
+    }
+  });
+
+  it("is refused with the server's code for a channel the user may not read", async () => {
+    const refused = await client('cat', 'fetch').history('user:dog').catch((e: HeraldError) => e);
+    expect((refused as HeraldError).code).toBe('forbidden');
+    expect((refused as HeraldError).status).toBe(403);
   });
 });
