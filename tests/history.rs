@@ -379,3 +379,51 @@ async fn a_websockets_open_query_takes_last_for_its_stream_or_its_first_subscrib
     assert_eq!(ws_ns(&mut later, 1).await, vec![4]);
     assert_eq!(ws_ns(&mut ws, 1).await, vec![4]);
 }
+
+/// A cookie-session application's hooks: `sid=s-ann` is Ann, `channel:secret` is refused.
+async fn hook_app() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::routing::post;
+    async fn connect(headers: axum::http::HeaderMap) -> axum::Json<Value> {
+        let ann = headers.get("cookie").and_then(|c| c.to_str().ok()).is_some_and(|c| c.contains("sid=s-ann"));
+        axum::Json(if ann {
+            json!({"result": {"user": {"id": "ann", "name": "Ann"}}})
+        } else {
+            json!({"error": {"code": "login_required", "message": "log in first", "status": 401}})
+        })
+    }
+    async fn subscribe(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
+        axum::Json(if body["channel"] == "channel:secret" {
+            json!({"error": {"code": "not_member", "message": "members only"}})
+        } else {
+            json!({"result": {}})
+        })
+    }
+    let app = axum::Router::new().route("/connect", post(connect)).route("/subscribe", post(subscribe));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+    (addr, tokio::spawn(async move { axum::serve(listener, app).await.unwrap_or_default() }))
+}
+
+#[tokio::test]
+async fn a_history_read_asks_the_backend_hooks_as_a_stream_would() {
+    let (app, _task) = hook_app().await;
+    let server = TestServer::secured(|c| {
+        quiet(c, None);
+        c.hooks.connect_url = Some(format!("http://{app}/connect"));
+        c.hooks.subscribe_url = Some(format!("http://{app}/subscribe"));
+        c.hooks.cookies = vec!["sid".to_owned()];
+    })
+    .await;
+    let mut p = server.client(Proto::H1).backend();
+    publish_n(&mut p, "user:ann", 0..1).await;
+    publish_n(&mut p, "channel:secret", 0..1).await;
+    // No JWT: the connect hook names the user from the application's own session cookie.
+    let mut browser = server.client(Proto::H1).with_header("cookie", "sid=s-ann");
+    let (status, own) = browser.get_json("/api/channels/user:ann/history").await;
+    assert_eq!((status.as_u16(), page(&own).0), (200, vec![0]), "{own}");
+    assert_eq!(code(browser.get_json("/api/channels/channel:secret/history").await), (403, "not_member".into()));
+    let stranger = server.client(Proto::H1).get_json("/api/channels/channel:lobby/history").await;
+    assert_eq!(code(stranger), (401, "login_required".into()));
+    // An API key is the application itself: not asked about.
+    assert_eq!(p.get_json("/api/channels/channel:secret/history").await.0, 200);
+}
