@@ -168,6 +168,15 @@ async fn a_history_page_after_a_trimmed_position_is_gone_not_silently_short() {
         assert_eq!(code(p.get_json(&after).await), (410, "history_expired".into()));
         let (_, kept) = p.get_json("/api/channels/channel:trim/history?order=oldest").await;
         assert_eq!(page(&kept).0, vec![3, 4, 5]);
+        // A stream resuming from there gets its reset, then the last events it asked for.
+        let mut ann = server.client(Proto::H1).user("ann");
+        let mut stream = ann.subscribe("channel=channel:trim&last=2", &[("last-event-id", &trimmed)]).await;
+        let reset = stream.expect().await;
+        assert_eq!(
+            (reset.data["type"].as_str(), reset.data["reason"].as_str()),
+            (Some("reset"), Some("history_expired"))
+        );
+        stream.expect_ns(4..6).await;
     }
 }
 

@@ -1,7 +1,8 @@
 -- Reads the history of one or more channels at one instant (after stream_prelude.lua).
 -- KEYS: per channel, three keys (Stream, floor, AI streams set).
 -- ARGV: per channel, four: read after this Stream id ('' for none), count, retention ms, and
---   how many of the newest entries to return besides (0 for none).
+--   how many of the newest entries to return where the read does not resume (no id, or one
+--   history does not cover; 0 for none).
 -- Returns per channel, in order: {head id, floor id, max deleted id, entries, AI streams,
 --   newest entries (newest first)}.
 
@@ -19,8 +20,10 @@ local function read(stream, floor_key, ai, after, count, ttl, last)
   end
   local head, floor, deleted, exists = stream_state(stream, floor_key, ttl)
   if not exists then return {head, floor, deleted, {}, streams, {}} end
+  local resumes = after ~= '' and not id_before(after, floor) and not id_before(after, deleted)
+    and not id_before(head, after)
   local recent = {}
-  if last > 0 then recent = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', last) end
+  if last > 0 and not resumes then recent = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', last) end
   if after == '' then return {head, floor, deleted, {}, streams, recent} end
   return {head, floor, deleted, redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', count), streams, recent}
 end

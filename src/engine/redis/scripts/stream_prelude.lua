@@ -4,6 +4,14 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- Whether Stream id `a` is before Stream id `b`.
+local function id_before(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+
 -- {head, floor, max deleted id} of a Stream, and whether it exists. A Stream that does not
 -- exist has its head now and vouches for nothing older than its retention (`ttl` ms).
 local function stream_state(stream, floor_key, ttl)
