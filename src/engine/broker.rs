@@ -87,7 +87,15 @@ impl AiSnapshot {
 pub enum NodeCommand {
     /// Add a channel to a live connection. `user`: the user asking (`None`: a trusted
     /// caller, an API key or the application); a user may only change their own connections.
-    Join { connection: String, channel: String, user: Option<String> },
+    /// `from`: where the connection starts in the channel (absent on the wire: its head, as
+    /// nodes that predate it join).
+    Join {
+        connection: String,
+        channel: String,
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "JoinFrom::is_head")]
+        from: JoinFrom,
+    },
     /// Remove a channel from a live connection.
     Leave { connection: String, channel: String, user: Option<String> },
     /// Send an event to one connection alone.
@@ -98,6 +106,49 @@ pub enum NodeCommand {
     SetStatus { user: String, user_name: Option<String>, status: PresenceStatus },
     /// Close the connections `target` names, each with a last `disconnect` notice.
     Disconnect { target: DisconnectTarget, reconnect: bool, banned: bool },
+}
+
+/// Where a live join starts in its channel. On the wire between nodes it is a string:
+/// `"head"`, `"unknown"`, or the position as a stream id (`"1700000000123-0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum JoinFrom {
+    /// At the channel's head: only what is published from now on.
+    #[default]
+    Head,
+    /// After this position: the channel's events since, from history, then the live ones;
+    /// a `reset` and the head when history does not reach back that far.
+    After(Position),
+    /// The client named a position that is not Herald's: the head, with a `reset`.
+    Unknown,
+}
+
+impl JoinFrom {
+    pub fn is_head(&self) -> bool {
+        matches!(self, Self::Head)
+    }
+}
+
+impl From<JoinFrom> for String {
+    fn from(from: JoinFrom) -> Self {
+        match from {
+            JoinFrom::Head => "head".to_owned(),
+            JoinFrom::Unknown => "unknown".to_owned(),
+            JoinFrom::After(p) => p.to_stream_id(),
+        }
+    }
+}
+
+impl TryFrom<String> for JoinFrom {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "head" => Ok(Self::Head),
+            "unknown" => Ok(Self::Unknown),
+            id => Position::parse_stream_id(id).map(Self::After).ok_or_else(|| format!("not a join start: `{s}`")),
+        }
+    }
 }
 
 /// A node's answer to a [`NodeCommand`].
