@@ -6,6 +6,18 @@
 //! sends a [`NodeCommand`] to every node through the engine; the node holding the
 //! connection checks that it belongs to the caller (or that the caller is trusted), and
 //! does it. Counts gather every node's answer.
+//!
+//! **Joining at a position** ([`Herald::join_at`]) is the seam a transport uses to add a
+//! subscription to a connection it holds, resumed where its client left off: Herald's
+//! WebSocket `subscribe` with `positions`/`lastEventId` today, a Centrifugo `recover` on a
+//! later subscription tomorrow. It is transport-neutral: the caller names the connection, the
+//! channel (or pattern) and a [`JoinFrom`] (the head, after a position, or a position that is
+//! not Herald's), and the connection's own reader writes `subscribed`, then a `reset` if the
+//! position cannot be resumed, then the channel's events after it, then the live ones. No
+//! gap and no repeat while events are published during the join: the hub queues the join in
+//! the connection under its registry lock (every live event of the channel comes behind it),
+//! only then is history read (`join_start`), and the reader drops each queued event that the
+//! history covered, by position (`hub/connection/reader.rs`, `StreamCore::replayed`).
 
 use std::sync::Arc;
 
