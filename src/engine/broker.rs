@@ -250,3 +250,25 @@ pub trait Broker: Send + Sync + 'static {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_says_where_it_starts_on_the_wire_and_an_older_nodes_join_starts_at_the_head() {
+        let join = |from| NodeCommand::Join { connection: "c1".into(), channel: "channel:a".into(), user: None, from };
+        let at = join(JoinFrom::After(Position::new(1_700_000_000_123, 2)));
+        let wire = serde_json::to_value(&at).unwrap_or_default();
+        assert_eq!(wire["from"], "1700000000123-2");
+        assert_eq!(serde_json::from_value::<NodeCommand>(wire).ok(), Some(at));
+        let head = serde_json::to_value(join(JoinFrom::Head)).unwrap_or_default();
+        assert!(head.get("from").is_none(), "as nodes that predate it send it: {head}");
+        assert_eq!(serde_json::from_value::<NodeCommand>(head).ok(), Some(join(JoinFrom::Head)));
+        let unknown = serde_json::to_value(join(JoinFrom::Unknown)).unwrap_or_default();
+        assert_eq!(serde_json::from_value::<NodeCommand>(unknown).ok(), Some(join(JoinFrom::Unknown)));
+        let garbled =
+            serde_json::json!({"op": "join", "connection": "c1", "channel": "channel:a", "user": null, "from": "x"});
+        assert!(serde_json::from_value::<NodeCommand>(garbled).is_err());
+    }
+}
