@@ -418,6 +418,8 @@ async fn a_later_subscribe_resumes_each_channel_after_the_position_it_names() {
     ws.expect_ns(2..5).await;
     publish_ns(&server, "channel:side", 5..6).await;
     let id = ws.expect_ns(5..6).await;
+    let replayed = server.client(Proto::H1).metric("herald_resumes_total{result=\"replayed\"}").await;
+    assert_eq!(replayed, 1.0, "a join at a position counts as a resume");
     // The id names both channels: an SSE stream resumed from it repeats nothing.
     publish_ns(&server, "channel:side", 6..7).await;
     let mut sse = server
@@ -468,6 +470,8 @@ async fn a_later_subscribe_that_history_cannot_cover_gets_the_reset_an_sse_strea
     }
     publish_ns(&server, "channel:old", 5..6).await;
     ws.expect_ns(5..6).await;
+    let resets = server.client(Proto::H1).metric("herald_resumes_total{result=\"reset\"}").await;
+    assert_eq!(resets, 2.0, "a join that cannot resume counts as a resume reset");
     // A position for a channel the command does not name is a mistake, not a no-op.
     let stray = json!({"type": "subscribe", "channels": ["channel:x"], "positions": {"channel:y": last}});
     assert_eq!(ws.request(stray).await["error"]["code"], "invalid_parameter");

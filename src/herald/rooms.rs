@@ -253,6 +253,11 @@ impl Herald {
         };
         match self.join_start(&channel, from, &conn.filters).await {
             Ok(start) => {
+                if let (false, JoinStart::At { reset, .. }) = (from.is_head(), &start) {
+                    let m = self.metrics();
+                    let counter = if reset.is_none() { &m.resumes_replayed } else { &m.resumes_reset };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 conn.resolve_join(&slot, start);
                 tracing::debug!(connection, %channel, ?from, "live join");
                 self.announce_arrival(&conn, std::slice::from_ref(&channel)).await;
