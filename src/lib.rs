@@ -67,7 +67,7 @@ pub(crate) mod transport;
 pub use auth::{ApiKey, Principal, UserIdentity};
 pub use channel::{ChannelError, ChannelName};
 pub use config::{Config, ConfigError};
-pub use engine::{EngineError, PresenceEntry, PublishAck};
+pub use engine::{EngineError, JoinFrom, PresenceEntry, PublishAck};
 pub use event::{Event, EventError, Publisher};
 pub use herald::{
     ChannelInfo, DisconnectError, DisconnectOptions, DisconnectTarget, Herald, PresenceError, PublishError, RoomError,
