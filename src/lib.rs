@@ -68,7 +68,7 @@ pub use auth::{ApiKey, Principal, UserIdentity};
 pub use channel::{ChannelError, ChannelName};
 pub use config::{Config, ConfigError};
 pub use cursor::Position;
-pub use engine::{ConnectionInfo, EngineError, PresenceEntry, PublishAck};
+pub use engine::{ConnectionInfo, EngineError, JoinFrom, PresenceEntry, PublishAck};
 pub use event::{Event, EventError, Publisher};
 pub use herald::{
     CensusError, ChannelCount, ChannelInfo, DisconnectError, DisconnectOptions, DisconnectTarget, Herald, History,

@@ -123,7 +123,15 @@ impl AiSnapshot {
 pub enum NodeCommand {
     /// Add a channel to a live connection. `user`: the user asking (`None`: a trusted
     /// caller, an API key or the application); a user may only change their own connections.
-    Join { connection: String, channel: String, user: Option<String> },
+    /// `from`: where the connection starts in the channel (absent on the wire: its head, as
+    /// nodes that predate it join).
+    Join {
+        connection: String,
+        channel: String,
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "JoinFrom::is_head")]
+        from: JoinFrom,
+    },
     /// Remove a channel from a live connection.
     Leave { connection: String, channel: String, user: Option<String> },
     /// Send an event to one connection alone.
@@ -138,6 +146,49 @@ pub enum NodeCommand {
     Channels { pattern: String },
     /// List a user's connections.
     UserConnections { user: String },
+}
+
+/// Where a live join starts in its channel. On the wire between nodes it is a string:
+/// `"head"`, `"unknown"`, or the position as a stream id (`"1700000000123-0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum JoinFrom {
+    /// At the channel's head: only what is published from now on.
+    #[default]
+    Head,
+    /// After this position: the channel's events since, from history, then the live ones;
+    /// a `reset` and the head when history does not reach back that far.
+    After(Position),
+    /// The client named a position that is not Herald's: the head, with a `reset`.
+    Unknown,
+}
+
+impl JoinFrom {
+    pub fn is_head(&self) -> bool {
+        matches!(self, Self::Head)
+    }
+}
+
+impl From<JoinFrom> for String {
+    fn from(from: JoinFrom) -> Self {
+        match from {
+            JoinFrom::Head => "head".to_owned(),
+            JoinFrom::Unknown => "unknown".to_owned(),
+            JoinFrom::After(p) => p.to_stream_id(),
+        }
+    }
+}
+
+impl TryFrom<String> for JoinFrom {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "head" => Ok(Self::Head),
+            "unknown" => Ok(Self::Unknown),
+            id => Position::parse_stream_id(id).map(Self::After).ok_or_else(|| format!("not a join start: `{s}`")),
+        }
+    }
 }
 
 /// A node's answer to a [`NodeCommand`].
@@ -283,5 +334,27 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether pattern subscriptions (`channel:incidents.*`) can be served.
     fn supports_patterns(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_says_where_it_starts_on_the_wire_and_an_older_nodes_join_starts_at_the_head() {
+        let join = |from| NodeCommand::Join { connection: "c1".into(), channel: "channel:a".into(), user: None, from };
+        let at = join(JoinFrom::After(Position::new(1_700_000_000_123, 2)));
+        let wire = serde_json::to_value(&at).unwrap_or_default();
+        assert_eq!(wire["from"], "1700000000123-2");
+        assert_eq!(serde_json::from_value::<NodeCommand>(wire).ok(), Some(at));
+        let head = serde_json::to_value(join(JoinFrom::Head)).unwrap_or_default();
+        assert!(head.get("from").is_none(), "as nodes that predate it send it: {head}");
+        assert_eq!(serde_json::from_value::<NodeCommand>(head).ok(), Some(join(JoinFrom::Head)));
+        let unknown = serde_json::to_value(join(JoinFrom::Unknown)).unwrap_or_default();
+        assert_eq!(serde_json::from_value::<NodeCommand>(unknown).ok(), Some(join(JoinFrom::Unknown)));
+        let garbled =
+            serde_json::json!({"op": "join", "connection": "c1", "channel": "channel:a", "user": null, "from": "x"});
+        assert!(serde_json::from_value::<NodeCommand>(garbled).is_err());
     }
 }

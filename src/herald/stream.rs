@@ -89,7 +89,7 @@ impl LastEvents {
 }
 
 /// Why a resume cannot say what was missed on a pattern: patterns keep no position.
-const PATTERN_NOT_RESUMABLE: &str = "pattern_not_resumable";
+pub(super) const PATTERN_NOT_RESUMABLE: &str = "pattern_not_resumable";
 
 impl Herald {
     /// Opens an SSE stream: checks the principal against every channel, registers the

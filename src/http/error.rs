@@ -246,6 +246,7 @@ impl From<RoomError> for ApiError {
             RoomError::Event(e) => return e.into(),
             RoomError::NoConnection(_) => Refusal::ConnectionNotFound,
             RoomError::TooManyChannels(_) => Refusal::TooManyChannels,
+            RoomError::PatternsUnsupported => Refusal::PatternsUnsupported,
             RoomError::Pattern | RoomError::ChannelRefused(_) => Refusal::InvalidChannel,
         };
         Self::refuse(refusal, e.to_string())

@@ -129,11 +129,20 @@ pub(crate) struct JoinSlot {
 }
 
 /// The outcome of a live join.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) enum JoinStart {
-    /// Follow the channel from `head`; `lead` are events to write first (AI-stream
-    /// snapshots), as `(type, JSON)`.
-    At { head: Position, lead: Vec<(Arc<str>, Bytes)> },
+    /// Follow the channel from `from` (its head, or the position a client resumes after).
+    /// After the `subscribed` notice come: a `reset` if `reset` says why the position asked
+    /// for could not be resumed; `replay`, the channel's events after `from`, oldest first,
+    /// each with whether to write it (`false`: the cursor moves over it, nothing is written:
+    /// a filter refused it, or a snapshot stands for it); then `lead`, events to write
+    /// first (AI-stream snapshots), as `(type, JSON)`.
+    At {
+        from: Position,
+        reset: Option<&'static str>,
+        replay: Vec<(Arc<Published>, bool)>,
+        lead: Vec<(Arc<str>, Bytes)>,
+    },
     /// The join failed after registration (engine unavailable): drop the channel again.
     Failed,
 }

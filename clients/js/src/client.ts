@@ -442,6 +442,9 @@ export class Subscription {
   private connectedAt = 0;
   /** `auto`: a socket could not be opened, so this subscription stays on SSE. */
   private socketFailed = false;
+  /** Per channel not followed now, the last id that named it (kept when it was left, or
+   * given to `join`): where a later `subscribe` on a socket resumes it. */
+  private readonly positions = new Map<string, string>();
 
   constructor(
     private readonly client: HeraldClient,
@@ -474,12 +477,27 @@ export class Subscription {
     return () => set.delete(listener);
   }
 
-  /** Adds a live room to this connection (`POST /api/connections/{id}/channels`); a
-   * reconnect then subscribes to it too. While disconnected, it is only added to the list
-   * the next connect uses. */
-  async join(channel: string): Promise<void> {
+  /** Adds a live room to this connection (`POST /api/connections/{id}/channels`, or a
+   * `subscribe` command over an open WebSocket); a reconnect then subscribes to it too.
+   * While disconnected, it is only added to the list the next connect uses.
+   *
+   * Over a WebSocket the channel resumes where this subscription left it (the last id it
+   * had of it, kept when it left), or after `options.lastEventId` (an id of an event of
+   * that channel the application kept): the events since come first, from history, then
+   * the live ones, or a `reset` when history no longer covers them. Over SSE, and without
+   * a position, it starts at the channel's head. */
+  async join(channel: string, options: { lastEventId?: string } = {}): Promise<void> {
     if (this.state === 'closed') throw new Error('the subscription is closed');
-    if (this.state === 'open' && this.connectionId) {
+    if (options.lastEventId) this.positions.set(channel, options.lastEventId);
+    const socket = this.connection?.socket;
+    if (this.state === 'open' && socket && !this.channels.includes(channel)) {
+      try {
+        await this.subscribeOn(socket, channel);
+      } catch (e) {
+        // The socket is gone (it is reconnecting): the next connect includes the room.
+        if (!(e instanceof HeraldError && e.status === 0)) throw e;
+      }
+    } else if (this.state === 'open' && this.connectionId) {
       try {
         await this.client.request('POST', `/api/connections/${encodeURIComponent(this.connectionId)}/channels`, {
           channel,
@@ -490,6 +508,13 @@ export class Subscription {
       }
     }
     if (!this.channels.includes(channel)) this.channels.push(channel);
+  }
+
+  /** Subscribes the open socket to `channel`, resuming it from the position this
+   * subscription keeps for it, if any. */
+  private async subscribeOn(socket: Socket, channel: string): Promise<void> {
+    const from = this.positions.get(channel);
+    await socket.request('subscribe', from ? { channels: [channel], positions: { [channel]: from } } : { channels: [channel] });
   }
 
   /** Removes a channel from this connection; reconnects no longer include it. */
@@ -613,7 +638,9 @@ export class Subscription {
       url,
       token,
       headers,
-      subscribe: { channels: [...this.channels], lastEventId: this.lastEventId, filters: this.options.filters },
+      // A channel with a kept position joins after `connected`, from that position
+      // (`reconcile`): the first subscribe resumes from one id only.
+      subscribe: { channels: this.openingChannels(), lastEventId: this.lastEventId, filters: this.options.filters },
       idleMs: this.client.idleTimeoutMs,
       onEvent: (id, event) => {
         if (gen === this.generation) this.message(id, event);
@@ -631,6 +658,13 @@ export class Subscription {
       },
     });
     return { close: () => socket.close(), socket };
+  }
+
+  /** The channels a socket's first `subscribe` names: all but those waiting to resume
+   * from a kept position (unless that would leave none). */
+  private openingChannels(): string[] {
+    const fresh = this.channels.filter((c) => !this.positions.has(c));
+    return fresh.length > 0 ? fresh : [...this.channels];
   }
 
   private openEventSource(ES: EventSourceConstructor, url: string, gen: number): Connection {
@@ -720,6 +754,7 @@ export class Subscription {
 
   /** One event, whatever carried it: the SSE `id:` and `data:`, or a socket frame's. */
   private message(id: string, data: unknown): void {
+    const before = this.lastEventId;
     if (id) this.lastEventId = id;
     const event = data as StreamEvent;
     if (!event || typeof event !== 'object' || typeof event.type !== 'string') return;
@@ -751,11 +786,17 @@ export class Subscription {
       case 'subscribed': {
         const ch = (event as EventMap['subscribed']).channel;
         if (typeof ch === 'string' && !this.channels.includes(ch)) this.channels.push(ch);
+        // From here its position is in the connection's ids.
+        if (typeof ch === 'string') this.positions.delete(ch);
         break;
       }
       case 'unsubscribed': {
         const ch = (event as EventMap['unsubscribed']).channel;
-        if (typeof ch === 'string') this.removeChannel(ch);
+        if (typeof ch === 'string') {
+          this.removeChannel(ch);
+          // The id before this notice was the last to name the channel.
+          if (before) this.positions.set(ch, before);
+        }
         break;
       }
       default:
@@ -782,10 +823,16 @@ export class Subscription {
     void this.connect();
   }
 
-  /** Joins and leaves made while this connection was being opened apply to it now. */
+  /** Joins and leaves made while this connection was being opened apply to it now; over
+   * a socket, a channel with a kept position joins from there. */
   private reconcile(opened: string[]): void {
     const wanted = [...this.channels];
+    const socket = this.connection?.socket;
     const apply = (method: 'POST' | 'DELETE', channel: string) => {
+      if (method === 'POST' && socket) {
+        this.subscribeOn(socket, channel).catch((e: unknown) => this.options.onError?.(asError(e)));
+        return;
+      }
       const base = `/api/connections/${encodeURIComponent(this.connectionId ?? '')}/channels`;
       const call =
         method === 'POST'

@@ -323,16 +323,20 @@ impl Session {
             self.conn = Some(conn);
             return Ok(result);
         };
-        if s.last_event_id.is_some() || !s.filters.is_empty() {
+        if !s.filters.is_empty() {
             return Err(ApiError::refuse(
                 Refusal::InvalidParameter,
-                "`lastEventId` and `filters` belong to the first subscribe of a socket; \
-                 a later one joins each channel live, from its head",
+                "`filters` belong to the first subscribe of a socket; they hold for every channel it adds",
             ));
         }
+        // Each channel joins live where the client left off (`Herald::join_at`), with the
+        // checks of a subscription at open.
+        let starts = s.join_starts(&channels)?;
         for ch in &channels {
-            self.herald.policies().can_change_subscription(&self.who, ch)?;
-            self.herald.join(&own_connection(), conn.id(), ch).await?;
+            self.herald.policies().can_subscribe(&self.who, ch)?;
+        }
+        for (ch, from) in channels.iter().zip(starts) {
+            self.herald.join_at(&own_connection(), conn.id(), ch, from).await?;
         }
         Ok(answer(conn))
     }
