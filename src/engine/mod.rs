@@ -33,7 +33,7 @@ pub(crate) use broker::check_batch_keys;
 pub use broker::{
     AiSnapshot, Broker, CommandRefusal, DisconnectTarget, GapReason, HistoryRead, NodeCommand, NodeReply, PublishAck,
 };
-pub use presence::{PresenceEntry, PresenceStore};
+pub use presence::{OccupancyChange, PresenceEntry, PresenceStore};
 pub use sessions::SessionStore;
 pub use sink::{HistoryLimits, NodeSink};
 

@@ -10,8 +10,10 @@
 //! Submodules: `stream` opens and resumes connections (SSE or [`Herald::connect`] for other
 //! transports), `rooms` changes live connections on any node, `sessions` cuts them and bans
 //! users, `presence` announces who is where, `sink` is what the engine sees of the node (the
-//! hub, the policies, and commands from other nodes).
+//! hub, the policies, and commands from other nodes), `lifecycle` what the node reports to the
+//! lifecycle webhooks.
 
+mod lifecycle;
 mod presence;
 mod rooms;
 mod sessions;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Principal};
 use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, WebhookEvent};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions};
 use crate::engine::{Engine, EngineError, PublishAck};
@@ -113,6 +115,10 @@ struct Inner {
     draining: AtomicBool,
     /// The application's backend hooks.
     hooks: crate::hooks::Hooks,
+    /// The lifecycle webhooks.
+    webhooks: crate::webhooks::Webhooks,
+    /// Nudges the occupancy task, when channel webhooks are on (`lifecycle.rs`).
+    occupancy: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A Herald node. Cheap to clone; all clones share one hub and engine.
@@ -156,11 +162,19 @@ impl Herald {
         let hub = Arc::new(Hub::new());
         let auth = Authenticator::from_config(&config)?;
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
+        let metrics = crate::metrics::Metrics::default();
+        let webhooks = crate::webhooks::Webhooks::start(&config, &node_id, Arc::clone(&metrics.webhooks))?;
+        let occupancy = [WebhookEvent::ChannelOccupied, WebhookEvent::ChannelVacated]
+            .into_iter()
+            .any(|kind| webhooks.sends(kind))
+            .then(|| Arc::new(tokio::sync::Notify::new()));
         let inner = Arc::new(Inner {
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
             hooks: crate::hooks::Hooks::from_config(&config)?,
+            webhooks,
+            occupancy,
             config,
             policies,
             auth,
@@ -180,6 +194,10 @@ impl Herald {
         }));
         tokio::spawn(maintenance(Arc::downgrade(&inner)));
         tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
+        if let Some(nudge) = &inner.occupancy {
+            let every = inner.config.heartbeat_interval;
+            tokio::spawn(lifecycle::track_occupancy(Arc::downgrade(&inner), Arc::clone(nudge), every));
+        }
         if inner.config.admin {
             tokio::spawn(publish_node_stats(Arc::downgrade(&inner)));
         }
@@ -190,7 +208,7 @@ impl Herald {
         &self.inner.config
     }
 
-    /// The application's backend hooks (`docs/hooks.md`).
+    /// The application's backend hooks (`docs/backend.md`).
     pub fn hooks(&self) -> &crate::hooks::Hooks {
         &self.inner.hooks
     }
@@ -352,8 +370,12 @@ impl Herald {
     }
 
     async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, PublishError> {
+        let reported = self.inner.webhooks.sends(WebhookEvent::EventPublished).then(|| prepared.clone());
         let acks = self.inner.engine.publish(prepared).await?;
         self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
+        if let Some(prepared) = reported {
+            self.report_published(&prepared, &acks);
+        }
         Ok(acks)
     }
 

@@ -1,0 +1,151 @@
+//! What the node reports to the lifecycle webhooks (`docs/backend.md`), and which node reports
+//! what: a connection's opening and closing by the node that holds it; a user online or
+//! offline by the node whose presence call made the change (the engine decides it
+//! atomically, `presence.rs`); a channel occupied or vacated by the node whose occupancy call
+//! made the change (the engine decides it atomically too, from which nodes hold the channel);
+//! an event published by the node that published it. So each occurrence is reported once by a
+//! cluster. [`crate::webhooks`] queues, signs and sends.
+//!
+//! Occupancy is followed by one task per node ([`track_occupancy`]), only when a channel
+//! webhook is configured: nudged when a connection opens, joins or leaves, it compares the
+//! channels with local subscribers to those it told the engine it holds, and tells the engine
+//! the difference; every heartbeat it renews what it holds.
+
+use std::collections::HashSet;
+use std::sync::Weak;
+
+use serde_json::{Map, Value, json};
+
+use super::{Herald, Inner};
+use crate::channel::ChannelName;
+use crate::config::WebhookEvent;
+use crate::engine::{OccupancyChange, PublishAck};
+use crate::event::Prepared;
+use crate::hub::connection::ConnShared;
+
+impl Herald {
+    /// A connection opened on this node, following `channels`.
+    pub(super) fn report_opened(&self, conn: &ConnShared, channels: &[ChannelName]) {
+        let webhooks = &self.inner.webhooks;
+        if webhooks.sends(WebhookEvent::ConnectionOpened) {
+            webhooks.emit(WebhookEvent::ConnectionOpened, connection(&conn.id, conn.user_id.as_deref(), channels));
+        }
+    }
+
+    /// A connection closed, following `channels`.
+    pub(super) fn report_closed(&self, id: &str, user: Option<&str>, channels: &[ChannelName]) {
+        self.nudge_occupancy();
+        let webhooks = &self.inner.webhooks;
+        if webhooks.sends(WebhookEvent::ConnectionClosed) {
+            webhooks.emit(WebhookEvent::ConnectionClosed, connection(id, user, channels));
+        }
+    }
+
+    /// A user came online (`online`) or went offline in `channel`.
+    pub(super) fn report_presence(&self, channel: &ChannelName, user: &str, name: Option<&str>, online: bool) {
+        let kind = if online { WebhookEvent::PresenceOnline } else { WebhookEvent::PresenceOffline };
+        let webhooks = &self.inner.webhooks;
+        if webhooks.sends(kind) {
+            let mut fields = Map::new();
+            fields.insert("channel".into(), json!(channel.as_str()));
+            fields.insert("user".into(), json!(user));
+            if let Some(name) = name {
+                fields.insert("userName".into(), json!(name));
+            }
+            webhooks.emit(kind, fields);
+        }
+    }
+
+    /// Events the engine accepted: reported where their namespace asks (`publish_webhook`).
+    /// An idempotent retry the engine answered from memory (its ack names the first
+    /// publish's id) is not reported again.
+    pub(super) fn report_published(&self, prepared: &[Prepared], acks: &[PublishAck]) {
+        let webhooks = &self.inner.webhooks;
+        if !webhooks.sends(WebhookEvent::EventPublished) {
+            return;
+        }
+        for (event, ack) in prepared.iter().zip(acks) {
+            let reported: Vec<&str> = event
+                .channels
+                .iter()
+                .filter(|c| self.config().namespaces.get(c.namespace()).is_some_and(|ns| ns.publish_webhook == Some(true)))
+                .map(ChannelName::as_str)
+                .collect();
+            if reported.is_empty() || ack.id != event.id {
+                continue;
+            }
+            // The event as subscribers get it, less the channel (one a channel, below).
+            let json = format!("{{\"id\":{},{}}}", json!(&*event.id), event.body);
+            let Ok(Value::Object(mut fields)) = serde_json::from_str(&json) else { continue };
+            fields.insert("channels".into(), json!(reported));
+            let mut occurrence = Map::new();
+            occurrence.insert("event".into(), Value::Object(fields));
+            webhooks.emit(WebhookEvent::EventPublished, occurrence);
+        }
+    }
+
+    /// A connection followed or left channels: the occupancy task looks again.
+    pub(super) fn nudge_occupancy(&self) {
+        if let Some(nudge) = &self.inner.occupancy {
+            nudge.notify_one();
+        }
+    }
+
+    fn report_occupancy(&self, channel: &ChannelName, changes: Vec<OccupancyChange>) {
+        for change in changes {
+            let kind = if change.occupied { WebhookEvent::ChannelOccupied } else { WebhookEvent::ChannelVacated };
+            let mut fields = Map::new();
+            fields.insert("channel".into(), json!(channel.as_str()));
+            fields.insert("seq".into(), json!(change.seq));
+            self.inner.webhooks.emit(kind, fields);
+        }
+    }
+}
+
+fn connection(id: &str, user: Option<&str>, channels: &[ChannelName]) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("connection".into(), json!(id));
+    if let Some(user) = user {
+        fields.insert("user".into(), json!(user));
+    }
+    fields.insert("channels".into(), json!(channels.iter().map(ChannelName::as_str).collect::<Vec<_>>()));
+    fields
+}
+
+/// Follows this node's channels for the occupancy webhooks until the node is gone.
+pub(super) async fn track_occupancy(node: Weak<Inner>, nudge: std::sync::Arc<tokio::sync::Notify>, every: std::time::Duration) {
+    let mut held: HashSet<ChannelName> = HashSet::new();
+    let mut renew = tokio::time::interval(every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let renewing = tokio::select! {
+            () = nudge.notified() => false,
+            _ = renew.tick() => true,
+        };
+        let Some(inner) = node.upgrade() else { return };
+        let herald = Herald { inner };
+        let active: HashSet<ChannelName> =
+            herald.hub().active_channels().into_iter().filter(|c| !c.is_pattern()).collect();
+        let arrived: Vec<ChannelName> = active.difference(&held).cloned().collect();
+        let left: Vec<ChannelName> = held.difference(&active).cloned().collect();
+        for ch in left {
+            held.remove(&ch);
+            match herald.engine().occupancy(&ch, false).await {
+                Ok(changes) => herald.report_occupancy(&ch, changes),
+                // Its lease lapses; the next call on the channel reports the vacancy.
+                Err(e) => tracing::warn!(channel = %ch, error = %e, "channel vacancy not recorded"),
+            }
+        }
+        let renewed: Vec<ChannelName> = if renewing { held.iter().cloned().collect() } else { Vec::new() };
+        for ch in arrived.into_iter().chain(renewed) {
+            match herald.engine().occupancy(&ch, true).await {
+                Ok(changes) => {
+                    held.insert(ch.clone());
+                    herald.report_occupancy(&ch, changes);
+                }
+                // Tried again on the next nudge or heartbeat.
+                Err(e) => tracing::warn!(channel = %ch, error = %e, "channel occupancy not recorded"),
+            }
+        }
+    }
+}
