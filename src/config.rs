@@ -537,7 +537,9 @@ impl WebhooksConfig {
         let mut problems = Vec::new();
         let Some(url) = &self.url else { return problems };
         if !is_hook_url(url) {
-            problems.push(format!("webhooks.url: {url:?} is not an http:// or https:// URL with a host and no credentials"));
+            problems.push(format!(
+                "webhooks.url: {url:?} is not an http:// or https:// URL with a host and no credentials"
+            ));
         }
         if self.secret.as_ref().is_none_or(|s| s.len() < 16) {
             problems.push("webhooks.secret must be set, at least 16 bytes, with webhooks.url".to_owned());
@@ -762,6 +764,23 @@ mod tests {
         let c = Config { buffer_size: 0, tls_cert: Some("a".into()), ..Config::default() };
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("buffer_size") && msg.contains("tls_cert and tls_key"), "{msg}");
+    }
+
+    #[test]
+    fn webhooks_need_a_url_and_a_secret_and_name_known_events() {
+        let mut c = Config::from_toml(
+            "[webhooks]\nurl = \"http://127.0.0.1:3000/wh\"\nevents = [\"channel.occupied\", \"event.published\"]\n\
+             [namespaces.orders]\npublish_webhook = true",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.webhooks.events, [WebhookEvent::ChannelOccupied, WebhookEvent::EventPublished]);
+        assert_eq!(c.namespaces.get("orders").and_then(|ns| ns.publish_webhook), Some(true));
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("webhooks.secret must be set"), "{msg}");
+        c.webhooks.secret = Some("0123456789abcdef".to_owned());
+        assert!(c.validate().is_ok());
+        assert!(Config::from_toml("[webhooks]\nevents = [\"channel.renamed\"]").is_err());
+        assert!(WebhooksConfig::default().events.iter().all(|e| *e != WebhookEvent::EventPublished));
     }
 
     #[test]

@@ -97,8 +97,7 @@ fn signed(headers: &HeaderMap, body: &[u8]) -> bool {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
     let mut message = format!("{t}.").into_bytes();
     message.extend_from_slice(body);
-    let expected: String =
-        ring::hmac::sign(&key, &message).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let expected: String = ring::hmac::sign(&key, &message).as_ref().iter().map(|b| format!("{b:02x}")).collect();
     fresh && expected == v1
 }
 
@@ -153,8 +152,7 @@ async fn on_redis_each_occurrence_arrives_once_signed_and_in_order_per_channel()
     let second_id = second.connection_id();
     app.until("the second connection", |e| !of(e, "connection.opened", "connection", &second_id).is_empty()).await;
     drop(first);
-    app.until("the first connection closed", |e| !of(e, "connection.closed", "connection", &first_id).is_empty())
-        .await;
+    app.until("the first connection closed", |e| !of(e, "connection.closed", "connection", &first_id).is_empty()).await;
     drop(second);
     app.until("the lobby vacated", |e| !of(e, "channel.vacated", "channel", "channel:lobby").is_empty()).await;
 
@@ -210,7 +208,8 @@ async fn users_online_and_offline_are_reported_once_across_two_nodes() {
             app.configure(c);
             c.redis_url = Some(redis.url());
             c.presence_grace = std::time::Duration::from_millis(200);
-            c.webhooks.events = vec![herald::config::WebhookEvent::PresenceOnline, herald::config::WebhookEvent::PresenceOffline];
+            c.webhooks.events =
+                vec![herald::config::WebhookEvent::PresenceOnline, herald::config::WebhookEvent::PresenceOffline];
         })
     };
     let (a, b) = (node().await, node().await);
@@ -236,7 +235,8 @@ async fn a_backend_that_fails_then_recovers_gets_the_same_occurrences_again() {
     .await;
     let stream = server.client(Proto::H1).subscribe("channel=channel:lobby", &[]).await;
     let id = stream.connection_id();
-    let events = app.until("the connection opened", |e| !of(e, "connection.opened", "connection", &id).is_empty()).await;
+    let events =
+        app.until("the connection opened", |e| !of(e, "connection.opened", "connection", &id).is_empty()).await;
     let taken = of(&events, "connection.opened", "connection", &id);
     assert_eq!(taken.len(), 1);
     let failed = app.inbox.failed_ids.lock().map(|f| f.clone()).unwrap_or_default();
@@ -280,4 +280,50 @@ async fn a_full_queue_drops_and_counts_what_does_not_fit() {
     let opened: Vec<&Value> = events.iter().map(|e| &e["channels"][0]).collect();
     assert_eq!(opened, [&json!("channel:a"), &json!("channel:n0"), &json!("channel:n1")]);
     assert_eq!(metrics.metric("herald_webhook_events_total{result=\"sent\"}").await, 3.0);
+}
+
+#[tokio::test]
+async fn on_one_node_a_channel_shared_by_two_streams_is_occupied_and_vacated_once() {
+    let app = App::start(Inbox::default()).await;
+    let server = TestServer::with(|c| {
+        app.configure(c);
+        c.webhooks.events =
+            vec![herald::config::WebhookEvent::ChannelOccupied, herald::config::WebhookEvent::ChannelVacated];
+    })
+    .await;
+    let one = server.client(Proto::H1).subscribe("channel=channel:lobby", &[]).await;
+    let two = server.client(Proto::H1).subscribe("channel=channel:lobby&channel=channel:side", &[]).await;
+    app.until("the side channel", |e| !of(e, "channel.occupied", "channel", "channel:side").is_empty()).await;
+    drop(one);
+    drop(two);
+    let events = app
+        .until("both vacated", |e| {
+            of(e, "channel.vacated", "channel", "channel:side").len() == 1
+                && of(e, "channel.vacated", "channel", "channel:lobby").len() == 1
+        })
+        .await;
+    let lobby: Vec<&Value> = events.iter().filter(|e| e["channel"] == "channel:lobby").map(|e| &e["type"]).collect();
+    assert_eq!(lobby, [&json!("channel.occupied"), &json!("channel.vacated")]);
+}
+
+#[tokio::test]
+async fn events_are_reported_published_only_where_their_namespace_asks() {
+    let app = App::start(Inbox::default()).await;
+    let server = TestServer::secured(|c| {
+        app.configure(c);
+        c.webhooks.events = vec![herald::config::WebhookEvent::EventPublished];
+        c.namespaces.insert(
+            "orders".to_owned(),
+            herald::config::NamespaceConfig { publish_webhook: Some(true), ..Default::default() },
+        );
+    })
+    .await;
+    let mut backend = server.client(Proto::H1).backend();
+    backend.publish(&json!({"channel": "channel:lobby", "type": "chat", "text": "not reported"})).await;
+    let ack = backend.publish(&json!({"channel": "orders:42", "type": "paid", "amount": 12})).await;
+    let events = app.until("the order", |e| !e.is_empty()).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0]["event"];
+    assert_eq!((&event["id"], &event["type"], &event["amount"]), (&ack["id"], &json!("paid"), &json!(12)));
+    assert_eq!(event["channels"], json!(["orders:42"]));
 }

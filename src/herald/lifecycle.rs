@@ -68,7 +68,9 @@ impl Herald {
             let reported: Vec<&str> = event
                 .channels
                 .iter()
-                .filter(|c| self.config().namespaces.get(c.namespace()).is_some_and(|ns| ns.publish_webhook == Some(true)))
+                .filter(|c| {
+                    self.config().namespaces.get(c.namespace()).is_some_and(|ns| ns.publish_webhook == Some(true))
+                })
                 .map(ChannelName::as_str)
                 .collect();
             if reported.is_empty() || ack.id != event.id {
@@ -113,7 +115,11 @@ fn connection(id: &str, user: Option<&str>, channels: &[ChannelName]) -> Map<Str
 }
 
 /// Follows this node's channels for the occupancy webhooks until the node is gone.
-pub(super) async fn track_occupancy(node: Weak<Inner>, nudge: std::sync::Arc<tokio::sync::Notify>, every: std::time::Duration) {
+pub(super) async fn track_occupancy(
+    node: Weak<Inner>,
+    nudge: std::sync::Arc<tokio::sync::Notify>,
+    every: std::time::Duration,
+) {
     let mut held: HashSet<ChannelName> = HashSet::new();
     let mut renew = tokio::time::interval(every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

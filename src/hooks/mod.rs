@@ -1,4 +1,4 @@
-//! The application's backend hooks (`docs/hooks.md`): Herald asks a URL of the application
+//! The application's backend hooks (`docs/backend.md`): Herald asks a URL of the application
 //! before it opens a stream (connect), follows a channel (subscribe) or publishes a user's
 //! event (publish), and the application allows, denies, names the user, adds channels or
 //! replaces the payload.
