@@ -4,7 +4,9 @@
 //! busy hook or webhook URL costs one TCP (and TLS) handshake, not one a request.
 //!
 //! A connection is reused only after a complete exchange. One whose request was given up (the
-//! caller's timeout dropped it) is dropped with it, and hyper closes its socket.
+//! caller's timeout dropped it) is dropped with it, and hyper closes its socket. A request on
+//! a reused connection that the server closed meanwhile, which got no answer at all, is sent
+//! once more on a new connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,11 +63,24 @@ impl Client {
         for (name, value) in headers {
             req.headers_mut().append(name.clone(), value.clone());
         }
-        let mut sender = match self.take_idle(&key).await {
-            Some(sender) => sender,
-            None => self.connect(url, https).await?,
+        let (sender, resp) = match self.take_idle(&key).await {
+            Some(mut sender) => match sender.send_request(clone(&req)).await {
+                Ok(resp) => (sender, resp),
+                // The server closed the idle connection as the request went out: once more on
+                // a new one (a request that got no answer at all).
+                Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
+                    let mut sender = self.connect(url, https).await?;
+                    let resp = sender.send_request(req).await.map_err(|e| format!("request failed: {e}"))?;
+                    (sender, resp)
+                }
+                Err(e) => return Err(format!("request failed: {e}")),
+            },
+            None => {
+                let mut sender = self.connect(url, https).await?;
+                let resp = sender.send_request(req).await.map_err(|e| format!("request failed: {e}"))?;
+                (sender, resp)
+            }
         };
-        let resp = sender.send_request(req).await.map_err(|e| format!("request failed: {e}"))?;
         let status = resp.status();
         let answer = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
@@ -128,6 +143,15 @@ impl Client {
     }
 }
 
+/// A copy of `req` (its body is shared bytes).
+fn clone(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 async fn handshake<T>(io: T) -> Result<Sender, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -169,5 +193,34 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "five requests, one connection");
         assert_eq!(client.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_replaced_not_failed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A server that answers the first request of a connection, and closes it when the
+        // next one arrives (as a server whose idle timeout struck just then).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = tcp.read(&mut buf).await;
+                    let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+                    let _ = tcp.read(&mut buf).await;
+                });
+            }
+        });
+        let client = Client::new(crate::outbound::tls_client(None).unwrap_or_else(|e| panic!("{e}")));
+        let url: Uri = format!("http://{addr}/").parse().unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..3 {
+            let (status, _) = client.post(&url, Bytes::from_static(b"{}"), &[]).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status, StatusCode::OK);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "the second and third went again on new connections");
     }
 }
