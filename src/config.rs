@@ -527,11 +527,6 @@ impl Default for WebhooksConfig {
 }
 
 impl WebhooksConfig {
-    /// Whether `event` is sent.
-    pub fn sends(&self, event: WebhookEvent) -> bool {
-        self.url.is_some() && self.events.contains(&event)
-    }
-
     /// Every problem with the webhooks' settings, in words.
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();

@@ -56,33 +56,41 @@ impl Herald {
         }
     }
 
-    /// Events the engine accepted: reported where their namespace asks (`publish_webhook`).
-    /// An idempotent retry the engine answered from memory (its ack names the first
-    /// publish's id) is not reported again.
-    pub(super) fn report_published(&self, prepared: &[Prepared], acks: &[PublishAck]) {
-        let webhooks = &self.inner.webhooks;
-        if !webhooks.sends(WebhookEvent::EventPublished) {
-            return;
+    /// The events of a batch about to be published that are to be reported once accepted (an
+    /// `event.published` webhook, where their namespace sets `publish_webhook`), each with
+    /// its place in the batch and the channels reported; nothing is copied when none is.
+    pub(super) fn to_report_published(&self, batch: &[Prepared]) -> Vec<(usize, Prepared, Vec<ChannelName>)> {
+        if !self.inner.webhooks.sends(WebhookEvent::EventPublished) {
+            return Vec::new();
         }
-        for (event, ack) in prepared.iter().zip(acks) {
-            let reported: Vec<&str> = event
-                .channels
-                .iter()
-                .filter(|c| {
-                    self.config().namespaces.get(c.namespace()).is_some_and(|ns| ns.publish_webhook == Some(true))
-                })
-                .map(ChannelName::as_str)
-                .collect();
-            if reported.is_empty() || ack.id != event.id {
+        let asks = |c: &&ChannelName| {
+            self.config().namespaces.get(c.namespace()).is_some_and(|ns| ns.publish_webhook == Some(true))
+        };
+        batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, event)| {
+                let channels: Vec<ChannelName> = event.channels.iter().filter(asks).cloned().collect();
+                (!channels.is_empty()).then(|| (i, event.clone(), channels))
+            })
+            .collect()
+    }
+
+    /// Reports the events [`Herald::to_report_published`] chose, now that the engine accepted
+    /// them. An idempotent retry the engine answered from memory (its ack names the first
+    /// publish's id) is not reported again.
+    pub(super) fn report_published(&self, reported: Vec<(usize, Prepared, Vec<ChannelName>)>, acks: &[PublishAck]) {
+        for (i, event, channels) in reported {
+            if acks.get(i).is_none_or(|ack| ack.id != event.id) {
                 continue;
             }
-            // The event as subscribers get it, less the channel (one a channel, below).
+            // The event as subscribers get it, with the channels reported instead of one.
             let json = format!("{{\"id\":{},{}}}", json!(&*event.id), event.body);
             let Ok(Value::Object(mut fields)) = serde_json::from_str(&json) else { continue };
-            fields.insert("channels".into(), json!(reported));
+            fields.insert("channels".into(), json!(channels.iter().map(ChannelName::as_str).collect::<Vec<_>>()));
             let mut occurrence = Map::new();
             occurrence.insert("event".into(), Value::Object(fields));
-            webhooks.emit(WebhookEvent::EventPublished, occurrence);
+            self.inner.webhooks.emit(WebhookEvent::EventPublished, occurrence);
         }
     }
 

@@ -370,12 +370,10 @@ impl Herald {
     }
 
     async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, PublishError> {
-        let reported = self.inner.webhooks.sends(WebhookEvent::EventPublished).then(|| prepared.clone());
+        let reported = self.to_report_published(&prepared);
         let acks = self.inner.engine.publish(prepared).await?;
         self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
-        if let Some(prepared) = reported {
-            self.report_published(&prepared, &acks);
-        }
+        self.report_published(reported, &acks);
         Ok(acks)
     }
 
