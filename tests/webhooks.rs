@@ -128,6 +128,22 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
     StatusCode::NO_CONTENT
 }
 
+/// Waits until `key`, a channel's occupancy set in Redis, names `nodes` nodes.
+async fn until_held_by(redis: &RedisServer, key: &str, nodes: usize) {
+    let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis: {e}"));
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap_or_else(|e| panic!("redis: {e}"));
+    within("the nodes holding the channel", async {
+        loop {
+            let held: usize = redis::cmd("ZCARD").arg(key).query_async(&mut conn).await.unwrap_or_default();
+            if held == nodes {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 fn of<'a>(events: &'a [Value], kind: &str, field: &str, value: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind && e[field] == value).collect()
 }
@@ -151,6 +167,8 @@ async fn on_redis_each_occurrence_arrives_once_signed_and_in_order_per_channel()
     let second = b.client(Proto::H2c).subscribe("channel=channel:lobby", &[]).await;
     let second_id = second.connection_id();
     app.until("the second connection", |e| !of(e, "connection.opened", "connection", &second_id).is_empty()).await;
+    // Both nodes hold the lobby in Redis before the first subscriber leaves.
+    until_held_by(&redis, "realtime:channel:{lobby}:occ", 2).await;
     drop(first);
     app.until("the first connection closed", |e| !of(e, "connection.closed", "connection", &first_id).is_empty()).await;
     drop(second);

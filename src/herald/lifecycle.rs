@@ -7,12 +7,17 @@
 //! cluster. [`crate::webhooks`] queues, signs and sends.
 //!
 //! Occupancy is followed by one task per node ([`track_occupancy`]), only when a channel
-//! webhook is configured: nudged when a connection opens, joins or leaves, it compares the
-//! channels with local subscribers to those it told the engine it holds, and tells the engine
-//! the difference; every heartbeat it renews what it holds.
+//! webhook is configured: told which channels a connection opened on, joined or left, it
+//! checks each against the hub (any local subscriber left?) and against what it told the
+//! engine it holds, and tells the engine the difference; every heartbeat it renews what it
+//! holds (and lets go of any it holds without subscribers). One task, one change at a time,
+//! so the engine hears a channel's changes in the order they happened on this node.
 
 use std::collections::HashSet;
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use serde_json::{Map, Value, json};
 
@@ -34,7 +39,7 @@ impl Herald {
 
     /// A connection closed, following `channels`.
     pub(super) fn report_closed(&self, id: &str, user: Option<&str>, channels: &[ChannelName]) {
-        self.nudge_occupancy();
+        self.nudge_occupancy(channels);
         let webhooks = &self.inner.webhooks;
         if webhooks.sends(WebhookEvent::ConnectionClosed) {
             webhooks.emit(WebhookEvent::ConnectionClosed, connection(id, user, channels));
@@ -94,10 +99,13 @@ impl Herald {
         }
     }
 
-    /// A connection followed or left channels: the occupancy task looks again.
-    pub(super) fn nudge_occupancy(&self) {
-        if let Some(nudge) = &self.inner.occupancy {
-            nudge.notify_one();
+    /// A connection followed or left `channels`: the occupancy task looks at them again.
+    pub(super) fn nudge_occupancy(&self, channels: &[ChannelName]) {
+        if let Some(changed) = &self.inner.occupancy {
+            if let Ok(mut dirty) = changed.channels.lock() {
+                dirty.extend(channels.iter().filter(|c| !c.is_pattern()).cloned());
+            }
+            changed.nudge.notify_one();
         }
     }
 
@@ -122,43 +130,52 @@ fn connection(id: &str, user: Option<&str>, channels: &[ChannelName]) -> Map<Str
     fields
 }
 
+/// Channels whose local subscribers changed since the occupancy task last looked.
+#[derive(Default)]
+pub(super) struct Changed {
+    channels: Mutex<HashSet<ChannelName>>,
+    nudge: Notify,
+}
+
 /// Follows this node's channels for the occupancy webhooks until the node is gone.
-pub(super) async fn track_occupancy(
-    node: Weak<Inner>,
-    nudge: std::sync::Arc<tokio::sync::Notify>,
-    every: std::time::Duration,
-) {
+pub(super) async fn track_occupancy(node: Weak<Inner>, changed: Arc<Changed>, every: Duration) {
     let mut held: HashSet<ChannelName> = HashSet::new();
     let mut renew = tokio::time::interval(every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let renewing = tokio::select! {
-            () = nudge.notified() => false,
+            () = changed.nudge.notified() => false,
             _ = renew.tick() => true,
         };
         let Some(inner) = node.upgrade() else { return };
         let herald = Herald { inner };
-        let active: HashSet<ChannelName> =
-            herald.hub().active_channels().into_iter().filter(|c| !c.is_pattern()).collect();
-        let arrived: Vec<ChannelName> = active.difference(&held).cloned().collect();
-        let left: Vec<ChannelName> = held.difference(&active).cloned().collect();
-        for ch in left {
-            held.remove(&ch);
-            match herald.engine().occupancy(&ch, false).await {
-                Ok(changes) => herald.report_occupancy(&ch, changes),
-                // Its lease lapses; the next call on the channel reports the vacancy.
-                Err(e) => tracing::warn!(channel = %ch, error = %e, "channel vacancy not recorded"),
-            }
+        let mut look: HashSet<ChannelName> =
+            changed.channels.lock().map(|mut dirty| dirty.drain().collect()).unwrap_or_default();
+        if renewing {
+            look.extend(held.iter().cloned());
         }
-        let renewed: Vec<ChannelName> = if renewing { held.iter().cloned().collect() } else { Vec::new() };
-        for ch in arrived.into_iter().chain(renewed) {
-            match herald.engine().occupancy(&ch, true).await {
-                Ok(changes) => {
-                    held.insert(ch.clone());
-                    herald.report_occupancy(&ch, changes);
+        for ch in look {
+            let subscribed = herald.hub().subscriber_count(ch.as_str()) > 0;
+            if !subscribed && held.remove(&ch) {
+                match herald.engine().occupancy(&ch, false).await {
+                    Ok(changes) => herald.report_occupancy(&ch, changes),
+                    // Its lease lapses; the next call on the channel reports the vacancy.
+                    Err(e) => tracing::warn!(channel = %ch, error = %e, "channel vacancy not recorded"),
                 }
-                // Tried again on the next nudge or heartbeat.
-                Err(e) => tracing::warn!(channel = %ch, error = %e, "channel occupancy not recorded"),
+            } else if subscribed && (renewing || !held.contains(&ch)) {
+                match herald.engine().occupancy(&ch, true).await {
+                    Ok(changes) => {
+                        held.insert(ch.clone());
+                        herald.report_occupancy(&ch, changes);
+                    }
+                    // Tried again at the next heartbeat (a channel held stays held).
+                    Err(e) => {
+                        if let Ok(mut dirty) = changed.channels.lock() {
+                            dirty.insert(ch.clone());
+                        }
+                        tracing::warn!(channel = %ch, error = %e, "channel occupancy not recorded");
+                    }
+                }
             }
         }
     }

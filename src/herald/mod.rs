@@ -117,8 +117,9 @@ struct Inner {
     hooks: crate::hooks::Hooks,
     /// The lifecycle webhooks.
     webhooks: crate::webhooks::Webhooks,
-    /// Nudges the occupancy task, when channel webhooks are on (`lifecycle.rs`).
-    occupancy: Option<Arc<tokio::sync::Notify>>,
+    /// The channels the occupancy task is to look at, when channel webhooks are on
+    /// (`lifecycle.rs`).
+    occupancy: Option<Arc<lifecycle::Changed>>,
 }
 
 /// A Herald node. Cheap to clone; all clones share one hub and engine.
@@ -167,7 +168,7 @@ impl Herald {
         let occupancy = [WebhookEvent::ChannelOccupied, WebhookEvent::ChannelVacated]
             .into_iter()
             .any(|kind| webhooks.sends(kind))
-            .then(|| Arc::new(tokio::sync::Notify::new()));
+            .then(|| Arc::new(lifecycle::Changed::default()));
         let inner = Arc::new(Inner {
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
@@ -194,9 +195,9 @@ impl Herald {
         }));
         tokio::spawn(maintenance(Arc::downgrade(&inner)));
         tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
-        if let Some(nudge) = &inner.occupancy {
+        if let Some(changed) = &inner.occupancy {
             let every = inner.config.heartbeat_interval;
-            tokio::spawn(lifecycle::track_occupancy(Arc::downgrade(&inner), Arc::clone(nudge), every));
+            tokio::spawn(lifecycle::track_occupancy(Arc::downgrade(&inner), Arc::clone(changed), every));
         }
         if inner.config.admin {
             tokio::spawn(publish_node_stats(Arc::downgrade(&inner)));

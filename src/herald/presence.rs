@@ -59,7 +59,7 @@ impl Herald {
     /// A connection of a user now follows `channels`: presence and `join` events. A user's
     /// status is one value: one who is `away` arrives `away` in a new channel.
     pub(super) async fn announce_arrival(&self, conn: &ConnShared, channels: &[ChannelName]) {
-        self.nudge_occupancy();
+        self.nudge_occupancy(channels);
         let Some(user) = &conn.user_id else { return };
         let who =
             Publisher { user_id: Some(user.to_string()), user_name: conn.user_name.as_deref().map(str::to_owned) };
@@ -107,7 +107,7 @@ impl Herald {
     /// A connection left `channels` (closed, or a live leave): presence leave, with the
     /// offline announced after the grace period if no other connection of the user came.
     pub(super) async fn announce_departure(&self, departure: Departure) {
-        self.nudge_occupancy();
+        self.nudge_occupancy(&departure.channels);
         let Some(user) = departure.user else { return };
         let who =
             Publisher { user_id: Some(user.to_string()), user_name: departure.user_name.as_deref().map(str::to_owned) };
