@@ -17,9 +17,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
 
 use super::{Herald, Inner};
 use crate::channel::ChannelName;
