@@ -345,3 +345,19 @@ async fn events_are_reported_published_only_where_their_namespace_asks() {
     assert_eq!((&event["id"], &event["type"], &event["amount"]), (&ack["id"], &json!("paid"), &json!(12)));
     assert_eq!(event["channels"], json!(["orders:42"]));
 }
+
+#[tokio::test]
+async fn a_node_that_stops_lets_go_of_its_channels_and_sends_what_is_queued_first() {
+    let app = App::start(Inbox::default()).await;
+    let server = TestServer::with(|c| {
+        app.configure(c);
+        c.drain_timeout = std::time::Duration::from_secs(5);
+    })
+    .await;
+    let _stream = server.client(Proto::H1).subscribe("channel=channel:lobby", &[]).await;
+    app.until("the lobby occupied", |e| !of(e, "channel.occupied", "channel", "channel:lobby").is_empty()).await;
+    server.stop().await.unwrap_or_else(|e| panic!("stop: {e}"));
+    // Delivered before the server's run returned: no wait here.
+    let events = app.events();
+    assert_eq!(of(&events, "channel.vacated", "channel", "channel:lobby").len(), 1, "{events:?}");
+}

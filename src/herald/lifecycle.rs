@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::{Herald, Inner};
 use crate::channel::ChannelName;
@@ -98,6 +98,26 @@ impl Herald {
         }
     }
 
+    /// Lets the webhooks finish as the node stops, within `within`: the channels this node
+    /// holds are let go (reported vacated where it was the last to hold them), then what is
+    /// queued is sent. Returns at once when webhooks are off.
+    pub async fn settle_webhooks(&self, within: Duration) {
+        let settle = async {
+            if let Some(changed) = &self.inner.occupancy {
+                let (done, released) = oneshot::channel();
+                if let Ok(mut release) = changed.release.lock() {
+                    release.push(done);
+                }
+                changed.nudge.notify_one();
+                let _ = released.await;
+            }
+            self.inner.webhooks.flush().await;
+        };
+        if tokio::time::timeout(within, settle).await.is_err() {
+            tracing::warn!("webhooks not settled within {within:?}; what is still queued is lost");
+        }
+    }
+
     /// A connection followed or left `channels`: the occupancy task looks at them again.
     pub(super) fn nudge_occupancy(&self, channels: &[ChannelName]) {
         if let Some(changed) = &self.inner.occupancy {
@@ -133,6 +153,8 @@ fn connection(id: &str, user: Option<&str>, channels: &[ChannelName]) -> Map<Str
 #[derive(Default)]
 pub(super) struct Changed {
     channels: Mutex<HashSet<ChannelName>>,
+    /// Asks for every channel held to be let go (the node is stopping), and is answered.
+    release: Mutex<Vec<oneshot::Sender<()>>>,
     nudge: Notify,
 }
 
@@ -150,11 +172,13 @@ pub(super) async fn track_occupancy(node: Weak<Inner>, changed: Arc<Changed>, ev
         let herald = Herald { inner };
         let mut look: HashSet<ChannelName> =
             changed.channels.lock().map(|mut dirty| dirty.drain().collect()).unwrap_or_default();
-        if renewing {
+        let release: Vec<oneshot::Sender<()>> =
+            changed.release.lock().map(|mut r| r.drain(..).collect()).unwrap_or_default();
+        if renewing || !release.is_empty() {
             look.extend(held.iter().cloned());
         }
         for ch in look {
-            let subscribed = herald.hub().subscriber_count(ch.as_str()) > 0;
+            let subscribed = release.is_empty() && herald.hub().subscriber_count(ch.as_str()) > 0;
             if !subscribed && held.remove(&ch) {
                 match herald.engine().occupancy(&ch, false).await {
                     Ok(changes) => herald.report_occupancy(&ch, changes),
@@ -176,6 +200,9 @@ pub(super) async fn track_occupancy(node: Weak<Inner>, changed: Arc<Changed>, ev
                     }
                 }
             }
+        }
+        for done in release {
+            let _ = done.send(());
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue, Uri};
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, ConfigError, WebhookEvent, WebhooksConfig};
 use crate::metrics::webhooks::Metrics;
@@ -39,7 +39,7 @@ const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("x-herald-signature
 pub struct Webhooks {
     cfg: WebhooksConfig,
     /// The queue of the delivery task (`None`: webhooks are off).
-    tx: Option<mpsc::Sender<Value>>,
+    tx: Option<mpsc::Sender<Item>>,
     metrics: Arc<Metrics>,
 }
 
@@ -82,7 +82,7 @@ impl Webhooks {
         occurrence.insert("type".into(), Value::String(kind.name().to_owned()));
         occurrence.insert("time".into(), Value::from(crate::ids::now_ms()));
         occurrence.extend(fields);
-        match tx.try_send(Value::Object(occurrence)) {
+        match tx.try_send(Item::Occurrence(Value::Object(occurrence))) {
             Ok(()) => {
                 self.metrics.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -93,6 +93,23 @@ impl Webhooks {
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
+
+    /// Waits until everything queued so far was sent or given up (a node shutting down).
+    pub async fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (done, flushed) = oneshot::channel();
+        if tx.send(Item::Flushed(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+    }
+}
+
+/// What the queue holds.
+enum Item {
+    /// An occurrence to send.
+    Occurrence(Value),
+    /// Answered once everything queued before it was sent or given up.
+    Flushed(oneshot::Sender<()>),
 }
 
 /// The delivery task's own state.
@@ -107,20 +124,26 @@ struct Delivery {
 
 impl Delivery {
     /// Sends what is queued, a batch at a time, until the node is gone and the queue empty.
-    async fn run(self, mut rx: mpsc::Receiver<Value>) {
-        let mut batch = Vec::with_capacity(self.cfg.max_batch);
-        while rx.recv_many(&mut batch, self.cfg.max_batch).await > 0 {
-            let n = batch.len() as u64;
-            self.metrics.queued.fetch_sub(n, Ordering::Relaxed);
-            let body = serde_json::json!({
-                "id": crate::ids::new_id(),
-                "node": self.node,
-                "events": std::mem::take(&mut batch),
-            });
-            if self.deliver(&body).await {
-                self.metrics.sent.fetch_add(n, Ordering::Relaxed);
-            } else {
-                self.metrics.failed.fetch_add(n, Ordering::Relaxed);
+    async fn run(self, mut rx: mpsc::Receiver<Item>) {
+        let mut items = Vec::with_capacity(self.cfg.max_batch);
+        while rx.recv_many(&mut items, self.cfg.max_batch).await > 0 {
+            let mut events = Vec::with_capacity(items.len());
+            let mut flushed = Vec::new();
+            for item in items.drain(..) {
+                match item {
+                    Item::Occurrence(event) => events.push(event),
+                    Item::Flushed(done) => flushed.push(done),
+                }
+            }
+            let n = events.len() as u64;
+            if n > 0 {
+                self.metrics.queued.fetch_sub(n, Ordering::Relaxed);
+                let body = serde_json::json!({"id": crate::ids::new_id(), "node": self.node, "events": events});
+                let counter = if self.deliver(&body).await { &self.metrics.sent } else { &self.metrics.failed };
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+            for done in flushed {
+                let _ = done.send(());
             }
         }
     }
