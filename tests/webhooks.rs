@@ -354,10 +354,12 @@ async fn a_node_that_stops_lets_go_of_its_channels_and_sends_what_is_queued_firs
         c.drain_timeout = std::time::Duration::from_secs(5);
     })
     .await;
-    let _stream = server.client(Proto::H1).subscribe("channel=channel:lobby", &[]).await;
+    let stream = server.client(Proto::H1).subscribe("channel=channel:lobby", &[]).await;
+    let id = stream.connection_id();
     app.until("the lobby occupied", |e| !of(e, "channel.occupied", "channel", "channel:lobby").is_empty()).await;
     server.stop().await.unwrap_or_else(|e| panic!("stop: {e}"));
     // Delivered before the server's run returned: no wait here.
     let events = app.events();
+    assert_eq!(of(&events, "connection.closed", "connection", &id).len(), 1, "{events:?}");
     assert_eq!(of(&events, "channel.vacated", "channel", "channel:lobby").len(), 1, "{events:?}");
 }

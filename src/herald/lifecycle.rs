@@ -25,6 +25,7 @@ use crate::channel::ChannelName;
 use crate::config::WebhookEvent;
 use crate::engine::{OccupancyChange, PublishAck};
 use crate::event::Prepared;
+use crate::hub::Departure;
 use crate::hub::connection::ConnShared;
 
 impl Herald {
@@ -103,6 +104,7 @@ impl Herald {
     /// queued is sent. Returns at once when webhooks are off.
     pub async fn settle_webhooks(&self, within: Duration) {
         let settle = async {
+            self.departures_handled().await;
             if let Some(changed) = &self.inner.occupancy {
                 let (done, released) = oneshot::channel();
                 if let Ok(mut release) = changed.release.lock() {
@@ -115,6 +117,18 @@ impl Herald {
         };
         if tokio::time::timeout(within, settle).await.is_err() {
             tracing::warn!("webhooks not settled within {within:?}; what is still queued is lost");
+        }
+    }
+
+    /// Waits until the departures the hub reported so far were handled (their
+    /// `connection.closed` queued), by sending a marker after them.
+    async fn departures_handled(&self) {
+        let handled = self.inner.departures_handled.notified();
+        let mut handled = std::pin::pin!(handled);
+        handled.as_mut().enable();
+        let marker = Departure { connection: Arc::from(""), user: None, user_name: None, channels: Vec::new() };
+        if self.inner.departures.send(marker).is_ok() {
+            handled.await;
         }
     }
 
@@ -147,6 +161,12 @@ fn connection(id: &str, user: Option<&str>, channels: &[ChannelName]) -> Map<Str
     }
     fields.insert("channels".into(), json!(channels.iter().map(ChannelName::as_str).collect::<Vec<_>>()));
     fields
+}
+
+/// Whether `departure` is the marker of [`Herald::departures_handled`] (no connection has an
+/// empty id).
+pub(super) fn is_marker(departure: &Departure) -> bool {
+    departure.connection.is_empty()
 }
 
 /// Channels whose local subscribers changed since the occupancy task last looked.

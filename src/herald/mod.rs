@@ -120,6 +120,10 @@ struct Inner {
     /// The channels the occupancy task is to look at, when channel webhooks are on
     /// (`lifecycle.rs`).
     occupancy: Option<Arc<lifecycle::Changed>>,
+    /// The hub's departures queue, for a marker that says when those before it were handled
+    /// (`lifecycle.rs`, at shutdown), and the signal that it was.
+    departures: tokio::sync::mpsc::UnboundedSender<crate::hub::Departure>,
+    departures_handled: tokio::sync::Notify,
 }
 
 /// A Herald node. Cheap to clone; all clones share one hub and engine.
@@ -169,6 +173,7 @@ impl Herald {
             .into_iter()
             .any(|kind| webhooks.sends(kind))
             .then(|| Arc::new(lifecycle::Changed::default()));
+        let (departed_tx, departed_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
@@ -176,6 +181,8 @@ impl Herald {
             hooks: crate::hooks::Hooks::from_config(&config)?,
             webhooks,
             occupancy,
+            departures: departed_tx.clone(),
+            departures_handled: tokio::sync::Notify::new(),
             config,
             policies,
             auth,
@@ -185,7 +192,6 @@ impl Herald {
             started: Instant::now(),
             draining: AtomicBool::new(false),
         });
-        let (departed_tx, departed_rx) = tokio::sync::mpsc::unbounded_channel();
         inner.hub.report_departures(departed_tx);
         tokio::spawn(presence::departures(Arc::downgrade(&inner), departed_rx));
         inner.engine.attach(Arc::new(sink::HubSink {

@@ -255,6 +255,10 @@ pub(super) async fn departures(
     while let Some(departure) = rx.recv().await {
         let Some(inner) = herald.upgrade() else { return };
         let herald = Herald { inner };
+        if super::lifecycle::is_marker(&departure) {
+            herald.inner.departures_handled.notify_waiters();
+            continue;
+        }
         herald.report_closed(&departure.connection, departure.user.as_deref(), &departure.channels);
         if let Some(user) = departure.user.clone() {
             herald.engine().release_slot(&user, &departure.connection).await;
