@@ -172,6 +172,17 @@ mod tests {
 
     use super::*;
 
+    /// Posts `n` requests to `addr` with one client, each answered 200; the client.
+    async fn post_n(addr: std::net::SocketAddr, n: usize) -> Client {
+        let client = Client::new(crate::outbound::tls_client(None).unwrap_or_else(|e| panic!("{e}")));
+        let url: Uri = format!("http://{addr}/").parse().unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..n {
+            let (status, _) = client.post(&url, Bytes::from_static(b"{}"), &[]).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status, StatusCode::OK);
+        }
+        client
+    }
+
     #[tokio::test]
     async fn requests_to_one_host_reuse_one_connection() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
@@ -185,12 +196,7 @@ mod tests {
             });
             let _ = axum::serve(listener, app).await;
         });
-        let client = Client::new(crate::outbound::tls_client(None).unwrap_or_else(|e| panic!("{e}")));
-        let url: Uri = format!("http://{addr}/").parse().unwrap_or_else(|e| panic!("{e}"));
-        for _ in 0..5 {
-            let (status, _) = client.post(&url, Bytes::from_static(b"{}"), &[]).await.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(status, StatusCode::OK);
-        }
+        let client = post_n(addr, 5).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "five requests, one connection");
         assert_eq!(client.idle_count(), 1);
     }
@@ -215,12 +221,7 @@ mod tests {
                 });
             }
         });
-        let client = Client::new(crate::outbound::tls_client(None).unwrap_or_else(|e| panic!("{e}")));
-        let url: Uri = format!("http://{addr}/").parse().unwrap_or_else(|e| panic!("{e}"));
-        for _ in 0..3 {
-            let (status, _) = client.post(&url, Bytes::from_static(b"{}"), &[]).await.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(status, StatusCode::OK);
-        }
+        post_n(addr, 3).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 3, "the second and third went again on new connections");
     }
 }
