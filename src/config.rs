@@ -134,8 +134,10 @@ pub struct Config {
     /// Channel policies per namespace; `user`, `channel` and `system` are built in and may be
     /// adjusted here, other namespaces are added here.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
-    /// The application's backend hooks (`docs/hooks.md`).
+    /// The application's backend hooks (`docs/backend.md`).
     pub hooks: HooksConfig,
+    /// Lifecycle webhooks to the application's backend (`docs/backend.md`).
+    pub webhooks: WebhooksConfig,
 }
 
 /// Authentication settings. With none of `jwt_secret`, `jwt_public_keys`, `jwks_url` or
@@ -295,6 +297,9 @@ pub struct NamespaceConfig {
     /// The publish hook for this namespace's channels, instead of `hooks.publish_url`; `""`
     /// turns it off here.
     pub publish_hook: Option<String>,
+    /// Send an `event.published` webhook for every event published on this namespace's
+    /// channels (with `event.published` in `webhooks.events`).
+    pub publish_webhook: Option<bool>,
 }
 
 impl Default for Config {
@@ -347,11 +352,12 @@ impl Default for Config {
             api_keys: Vec::new(),
             namespaces: BTreeMap::new(),
             hooks: HooksConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
 
-/// The application's backend hooks (`docs/hooks.md`): URLs Herald asks before it opens a
+/// The application's backend hooks (`docs/backend.md`): URLs Herald asks before it opens a
 /// stream, follows a channel or publishes a client's event. All off by default.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -425,6 +431,126 @@ impl HooksConfig {
             if name.eq_ignore_ascii_case("x-api-key") {
                 problems.push("hooks.headers: X-Api-Key carries Herald's API keys and is never passed on".to_owned());
             }
+        }
+        problems
+    }
+}
+
+/// What a lifecycle webhook reports (`webhooks.events`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+pub enum WebhookEvent {
+    /// A connection (SSE stream or WebSocket) opened on a node.
+    #[serde(rename = "connection.opened")]
+    ConnectionOpened,
+    /// A connection closed.
+    #[serde(rename = "connection.closed")]
+    ConnectionClosed,
+    /// A channel got its first subscriber, across every node.
+    #[serde(rename = "channel.occupied")]
+    ChannelOccupied,
+    /// A channel lost its last subscriber, across every node.
+    #[serde(rename = "channel.vacated")]
+    ChannelVacated,
+    /// A user came online in a presence channel.
+    #[serde(rename = "presence.online")]
+    PresenceOnline,
+    /// A user went offline in a presence channel (after `presence_grace`).
+    #[serde(rename = "presence.offline")]
+    PresenceOffline,
+    /// An event was published on a namespace with `publish_webhook = true`.
+    #[serde(rename = "event.published")]
+    EventPublished,
+}
+
+impl WebhookEvent {
+    /// Every kind, in the order of the docs.
+    pub const ALL: [Self; 7] = [
+        Self::ConnectionOpened,
+        Self::ConnectionClosed,
+        Self::ChannelOccupied,
+        Self::ChannelVacated,
+        Self::PresenceOnline,
+        Self::PresenceOffline,
+        Self::EventPublished,
+    ];
+
+    /// Its name on the wire and in `webhooks.events`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ConnectionOpened => "connection.opened",
+            Self::ConnectionClosed => "connection.closed",
+            Self::ChannelOccupied => "channel.occupied",
+            Self::ChannelVacated => "channel.vacated",
+            Self::PresenceOnline => "presence.online",
+            Self::PresenceOffline => "presence.offline",
+            Self::EventPublished => "event.published",
+        }
+    }
+}
+
+/// Lifecycle webhooks (`docs/backend.md`): Herald tells a URL of the application what happened,
+/// signed, batched and retried. Off without `url`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Where the webhooks are posted.
+    pub url: Option<String>,
+    /// The HMAC-SHA256 key of `X-Herald-Signature` (at least 16 bytes; required with `url`).
+    pub secret: Option<String>,
+    /// What is reported (default: every kind but `event.published`).
+    pub events: Vec<WebhookEvent>,
+    /// Longest wait for one delivery's answer (default 5 s).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Occurrences waiting to be sent, per node; beyond it new ones are dropped and counted
+    /// (default 10000).
+    pub queue_size: usize,
+    /// Most occurrences in one request (default 100).
+    pub max_batch: usize,
+    /// Tries of one batch before it is given up and counted as failed (default 10).
+    pub max_attempts: u32,
+    /// The wait before the first retry, doubled each time up to 30 s (default 500 ms).
+    #[serde(deserialize_with = "duration")]
+    pub retry_backoff: Duration,
+    /// PEM file of a CA that an `https://` URL's certificate may chain to, besides the public
+    /// roots.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            events: WebhookEvent::ALL.into_iter().filter(|e| *e != WebhookEvent::EventPublished).collect(),
+            timeout: Duration::from_secs(5),
+            queue_size: 10_000,
+            max_batch: 100,
+            max_attempts: 10,
+            retry_backoff: Duration::from_millis(500),
+            tls_ca: None,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// Every problem with the webhooks' settings, in words.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(url) = &self.url else { return problems };
+        if !is_hook_url(url) {
+            problems.push(format!(
+                "webhooks.url: {url:?} is not an http:// or https:// URL with a host and no credentials"
+            ));
+        }
+        if self.secret.as_ref().is_none_or(|s| s.len() < 16) {
+            problems.push("webhooks.secret must be set, at least 16 bytes, with webhooks.url".to_owned());
+        }
+        if self.timeout.is_zero() {
+            problems.push("webhooks.timeout must be greater than zero".to_owned());
+        }
+        if self.queue_size == 0 || self.max_batch == 0 || self.max_attempts == 0 {
+            problems.push("webhooks.queue_size, max_batch and max_attempts must be at least 1".to_owned());
         }
         problems
     }
@@ -548,6 +674,7 @@ impl Config {
             );
         }
         problems.extend(self.hooks.problems(&self.namespaces));
+        problems.extend(self.webhooks.problems());
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
     }
 }
@@ -643,6 +770,23 @@ mod tests {
         let c = Config { buffer_size: 0, tls_cert: Some("a".into()), ..Config::default() };
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("buffer_size") && msg.contains("tls_cert and tls_key"), "{msg}");
+    }
+
+    #[test]
+    fn webhooks_need_a_url_and_a_secret_and_name_known_events() {
+        let mut c = Config::from_toml(
+            "[webhooks]\nurl = \"http://127.0.0.1:3000/wh\"\nevents = [\"channel.occupied\", \"event.published\"]\n\
+             [namespaces.orders]\npublish_webhook = true",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.webhooks.events, [WebhookEvent::ChannelOccupied, WebhookEvent::EventPublished]);
+        assert_eq!(c.namespaces.get("orders").and_then(|ns| ns.publish_webhook), Some(true));
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("webhooks.secret must be set"), "{msg}");
+        c.webhooks.secret = Some("0123456789abcdef".to_owned());
+        assert!(c.validate().is_ok());
+        assert!(Config::from_toml("[webhooks]\nevents = [\"channel.renamed\"]").is_err());
+        assert!(WebhooksConfig::default().events.iter().all(|e| *e != WebhookEvent::EventPublished));
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub(crate) mod policy;
 pub(crate) mod server;
 pub(crate) mod sse;
 pub(crate) mod transport;
+pub(crate) mod webhooks;
 
 // What an embedding application names: the node handle, its requests and results, and every
 // error it returns, so that no one needs to spell a module path (`herald::herald::RoomError`).
@@ -80,3 +81,5 @@ pub use hub::connection::CloseReason;
 pub use policy::Denied;
 pub use server::Server;
 pub use transport::{Connection, KillSwitch, Message, SseBody};
+/// Checks a webhook's `X-Herald-Signature` (`docs/backend.md`), for a Rust application.
+pub use webhooks::signature::verify as verify_webhook_signature;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub mod hooks;
+pub mod webhooks;
 pub mod websocket;
 
 use crate::engine::Engine;
@@ -111,6 +112,8 @@ pub struct Metrics {
     pub websocket: websocket::Metrics,
     /// The backend hooks' counters.
     pub hooks: hooks::Metrics,
+    /// The lifecycle webhooks' counters, shared with their delivery task.
+    pub webhooks: std::sync::Arc<webhooks::Metrics>,
 }
 
 impl Metrics {
@@ -270,6 +273,7 @@ pub fn render(herald: &impl Source) -> String {
     o.value("herald_build_info", &format!("version=\"{}\",engine=\"{}\"", env!("CARGO_PKG_VERSION"), engine.name()), 1);
     m.websocket.render(&mut o.0);
     m.hooks.render(&mut o.0);
+    m.webhooks.render(&mut o.0);
     o.0
 }
 

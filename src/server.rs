@@ -150,6 +150,7 @@ impl Server {
         if tokio::time::timeout(cfg.drain_timeout, graceful.closed()).await.is_err() {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
+        herald.settle_webhooks(cfg.drain_timeout).await;
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! Backend hooks (`docs/hooks.md`) against a real application: an axum app started by the
+//! Backend hooks (`docs/backend.md`) against a real application: an axum app started by the
 //! test on a free port, with cookie sessions and no JWTs, that Herald asks before a stream
 //! opens, before it follows a channel and before a user's event is published.
 

@@ -34,7 +34,7 @@ pub use broker::{
     AiSnapshot, Broker, CommandRefusal, ConnectionInfo, DisconnectTarget, GapReason, HistoryPage, HistoryRead,
     JoinFrom, NodeCommand, NodeReply, PageQuery, PublishAck, StartRead,
 };
-pub use presence::{PresenceEntry, PresenceStore};
+pub use presence::{OccupancyChange, PresenceEntry, PresenceStore};
 pub use sessions::SessionStore;
 pub use sink::{HistoryLimits, NodeSink};
 

@@ -22,6 +22,15 @@ pub struct PresenceEntry {
     pub connections: usize,
 }
 
+/// A channel's occupancy changed across every node: its first subscriber arrived
+/// (`occupied`) or its last one left (not `occupied`). `seq` counts the channel's changes, so
+/// that reports sent by different nodes can be put in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OccupancyChange {
+    pub occupied: bool,
+    pub seq: u64,
+}
+
 /// Presence state, per channel and per user.
 pub trait PresenceStore: Send + Sync + 'static {
     /// Presence: `conn` of `user` is in `channel`. True if the user was not there before
@@ -69,6 +78,18 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn user_status<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceStatus>, EngineError>> {
         Box::pin(async move { Ok(self.user_presence(user).await?.1) })
     }
+
+    /// Channel occupancy: this node has local subscribers of `channel` (`held`), or has none
+    /// left. The changes across every node that this call made, in order: the node that
+    /// makes one is the one that reports it, so each is reported once. A node renews the
+    /// channels it holds (calls again with `held`) at least once a heartbeat; a node that
+    /// stops renewing leaves them when its lease lapses, and the next call on the channel
+    /// reports the vacancy.
+    fn occupancy<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        held: bool,
+    ) -> BoxFuture<'a, Result<Vec<OccupancyChange>, EngineError>>;
 
     /// Records `user`'s status across channels (`None` clears it).
     fn set_user_status<'a>(

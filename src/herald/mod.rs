@@ -11,10 +11,12 @@
 //! transports), `history` reads a channel's history on request, `census` lists channels
 //! and a user's connections across nodes, `rooms` changes live connections on any node, `sessions` cuts them and bans
 //! users, `presence` announces who is where, `sink` is what the engine sees of the node (the
-//! hub, the policies, and commands from other nodes).
+//! hub, the policies, and commands from other nodes), `lifecycle` what the node reports to the
+//! lifecycle webhooks.
 
 mod census;
 mod history;
+mod lifecycle;
 mod presence;
 mod rooms;
 mod sessions;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Principal};
 use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, WebhookEvent};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions};
 use crate::engine::{Engine, EngineError, PublishAck};
@@ -118,6 +120,15 @@ struct Inner {
     draining: AtomicBool,
     /// The application's backend hooks.
     hooks: crate::hooks::Hooks,
+    /// The lifecycle webhooks.
+    webhooks: crate::webhooks::Webhooks,
+    /// The channels the occupancy task is to look at, when channel webhooks are on
+    /// (`lifecycle.rs`).
+    occupancy: Option<Arc<lifecycle::Changed>>,
+    /// The hub's departures queue, for a marker that says when those before it were handled
+    /// (`lifecycle.rs`, at shutdown), and the signal that it was.
+    departures: tokio::sync::mpsc::UnboundedSender<crate::hub::Departure>,
+    departures_handled: tokio::sync::Notify,
 }
 
 /// A Herald node. Cheap to clone; all clones share one hub and engine.
@@ -161,11 +172,22 @@ impl Herald {
         let hub = Arc::new(Hub::new());
         let auth = Authenticator::from_config(&config)?;
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
+        let metrics = crate::metrics::Metrics::default();
+        let webhooks = crate::webhooks::Webhooks::start(&config, &node_id, Arc::clone(&metrics.webhooks))?;
+        let occupancy = [WebhookEvent::ChannelOccupied, WebhookEvent::ChannelVacated]
+            .into_iter()
+            .any(|kind| webhooks.sends(kind))
+            .then(|| Arc::new(lifecycle::Changed::default()));
+        let (departed_tx, departed_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
             hooks: crate::hooks::Hooks::from_config(&config)?,
+            webhooks,
+            occupancy,
+            departures: departed_tx.clone(),
+            departures_handled: tokio::sync::Notify::new(),
             config,
             policies,
             auth,
@@ -175,7 +197,6 @@ impl Herald {
             started: Instant::now(),
             draining: AtomicBool::new(false),
         });
-        let (departed_tx, departed_rx) = tokio::sync::mpsc::unbounded_channel();
         inner.hub.report_departures(departed_tx);
         tokio::spawn(presence::departures(Arc::downgrade(&inner), departed_rx));
         inner.engine.attach(Arc::new(sink::HubSink {
@@ -185,6 +206,10 @@ impl Herald {
         }));
         tokio::spawn(maintenance(Arc::downgrade(&inner)));
         tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
+        if let Some(changed) = &inner.occupancy {
+            let every = inner.config.heartbeat_interval;
+            tokio::spawn(lifecycle::track_occupancy(Arc::downgrade(&inner), Arc::clone(changed), every));
+        }
         if inner.config.admin {
             tokio::spawn(publish_node_stats(Arc::downgrade(&inner)));
         }
@@ -195,7 +220,7 @@ impl Herald {
         &self.inner.config
     }
 
-    /// The application's backend hooks (`docs/hooks.md`).
+    /// The application's backend hooks (`docs/backend.md`).
     pub fn hooks(&self) -> &crate::hooks::Hooks {
         &self.inner.hooks
     }
@@ -357,8 +382,10 @@ impl Herald {
     }
 
     async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, PublishError> {
+        let reported = self.to_report_published(&prepared);
         let acks = self.inner.engine.publish(prepared).await?;
         self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
+        self.report_published(reported, &acks);
         Ok(acks)
     }
 

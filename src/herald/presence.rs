@@ -59,6 +59,7 @@ impl Herald {
     /// A connection of a user now follows `channels`: presence and `join` events. A user's
     /// status is one value: one who is `away` arrives `away` in a new channel.
     pub(super) async fn announce_arrival(&self, conn: &ConnShared, channels: &[ChannelName]) {
+        self.nudge_occupancy(channels);
         let Some(user) = &conn.user_id else { return };
         let who =
             Publisher { user_id: Some(user.to_string()), user_name: conn.user_name.as_deref().map(str::to_owned) };
@@ -77,7 +78,10 @@ impl Herald {
                     connections: 1,
                 };
                 match self.engine().presence_join(ch, &conn.id, &entry).await {
-                    Ok(true) => self.announce(ch, Event::presence(status), &who).await,
+                    Ok(true) => {
+                        self.report_presence(ch, user, who.user_name.as_deref(), true);
+                        self.announce(ch, Event::presence(status), &who).await
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(channel = %ch, error = %e, "presence join not recorded"),
                 }
@@ -103,6 +107,7 @@ impl Herald {
     /// A connection left `channels` (closed, or a live leave): presence leave, with the
     /// offline announced after the grace period if no other connection of the user came.
     pub(super) async fn announce_departure(&self, departure: Departure) {
+        self.nudge_occupancy(&departure.channels);
         let Some(user) = departure.user else { return };
         let who =
             Publisher { user_id: Some(user.to_string()), user_name: departure.user_name.as_deref().map(str::to_owned) };
@@ -139,6 +144,7 @@ impl Herald {
         match self.engine().presence_expire(channel).await {
             Ok(gone) => {
                 for entry in gone {
+                    self.report_presence(channel, &entry.user_id, entry.user_name.as_deref(), false);
                     let who = Publisher { user_id: Some(entry.user_id), user_name: entry.user_name };
                     self.announce(channel, Event::presence(PresenceStatus::Offline), &who).await;
                 }
@@ -249,6 +255,11 @@ pub(super) async fn departures(
     while let Some(departure) = rx.recv().await {
         let Some(inner) = herald.upgrade() else { return };
         let herald = Herald { inner };
+        if super::lifecycle::is_marker(&departure) {
+            herald.inner.departures_handled.notify_waiters();
+            continue;
+        }
+        herald.report_closed(&departure.connection, departure.user.as_deref(), &departure.channels);
         if let Some(user) = departure.user.clone() {
             herald.engine().release_slot(&user, &departure.connection).await;
             // Presence calls may wait on the engine; departures keep flowing meanwhile.

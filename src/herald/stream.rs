@@ -127,6 +127,7 @@ impl Herald {
         self.write_preamble(out, &shared, &channels, &missed, last_event_id.is_some());
         missed.write(out, &mut core, &channels, &shared.filters);
         self.announce_arrival(&shared, &channels).await;
+        self.report_opened(&shared, &channels);
         Ok(core)
     }
 

@@ -1,4 +1,4 @@
-//! The application's backend hooks (`docs/hooks.md`): Herald asks a URL of the application
+//! The application's backend hooks (`docs/backend.md`): Herald asks a URL of the application
 //! before it opens a stream (connect), follows a channel (subscribe) or publishes a user's
 //! event (publish), and the application allows, denies, names the user, adds channels or
 //! replaces the payload.
@@ -11,10 +11,8 @@
 //! is the JSON given and the client's headers and cookies that `hooks.headers` and
 //! `hooks.cookies` name.
 
-mod client;
-
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
@@ -26,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::channel::ChannelName;
 use crate::config::{Config, ConfigError, HooksConfig};
 use crate::metrics::hooks::Metrics;
+use crate::outbound::client::Client;
 
 /// Most answers remembered; the cache is emptied when it is full.
 const MAX_CACHED: usize = 10_000;
@@ -91,8 +90,8 @@ pub struct Hooks {
     per_namespace: HashMap<String, (Option<String>, Option<String>)>,
     permits: Semaphore,
     cache: Mutex<HashMap<String, Cached>>,
-    /// How `https://` hooks are reached.
-    tls: Arc<rustls::ClientConfig>,
+    /// How hooks are reached: connections kept alive, `https://` verified.
+    client: Client,
 }
 
 impl Hooks {
@@ -111,7 +110,7 @@ impl Hooks {
             per_namespace,
             permits: Semaphore::new(cfg.hooks.max_concurrency),
             cache: Mutex::new(HashMap::new()),
-            tls,
+            client: Client::new(tls),
         })
     }
 
@@ -209,7 +208,7 @@ impl Hooks {
         let uri: Uri = url.parse().map_err(|_| unavailable(hook, "the URL is not valid".to_owned()))?;
         let _permit = self.permits.acquire().await.map_err(|_| unavailable(hook, "closed".to_owned()))?;
         let (status, answer) =
-            client::post(&uri, Bytes::from(body), passed, &self.tls).await.map_err(|why| unavailable(hook, why))?;
+            self.client.post(&uri, Bytes::from(body), passed).await.map_err(|why| unavailable(hook, why))?;
         read_answer(hook, status, &answer)
     }
 

@@ -1,4 +1,4 @@
-//! The backend hooks at the HTTP edge (`docs/hooks.md`): what Herald tells the application's
+//! The backend hooks at the HTTP edge (`docs/backend.md`): what Herald tells the application's
 //! hooks about a client (its address, the transport, the user a credential proved, the
 //! headers and cookies `[hooks]` names) and what it does with the answers: a user the
 //! connect or publish hook names becomes the principal, a connect hook's channels join the

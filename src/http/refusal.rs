@@ -120,7 +120,7 @@ refusals! {
     NotSubscribed => BAD_REQUEST, "not_subscribed", Invalid, Invalid, None;
     BinaryNotSupported => BAD_REQUEST, "binary_not_supported", Invalid, Invalid, None;
     SubscribeTimeout => REQUEST_TIMEOUT, "subscribe_timeout", Invalid, Invalid, None;
-    // The application's backend hooks (`docs/hooks.md`).
+    // The application's backend hooks (`docs/backend.md`).
     /// The hook said no; the answer carries the hook's own status and code, this row's when
     /// it gave none that Herald can pass on.
     HookDenied => FORBIDDEN, "hook_denied", HookDenied, HookDenied, None;

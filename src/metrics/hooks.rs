@@ -1,4 +1,4 @@
-//! The backend hooks' counters (`docs/hooks.md`): answers by hook and result, and the time
+//! The backend hooks' counters (`docs/backend.md`): answers by hook and result, and the time
 //! spent waiting for them. They live in the node's [`crate::metrics::Metrics`] and are
 //! rendered with the rest of `/metrics`.
 

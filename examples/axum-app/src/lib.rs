@@ -4,7 +4,7 @@
 //!
 //! Herald checks who subscribes: `user:<id>` channels are private, so a browser must be its
 //! user. Two ways are shown. With cookie sessions (no JWT at all): `POST /login/{user_id}`
-//! sets a `sid` cookie, and Herald's connect hook (`docs/hooks.md`), served by [`hooks`] on a
+//! sets a `sid` cookie, and Herald's connect hook (`docs/backend.md`), served by [`hooks`] on a
 //! listener of its own that only Herald calls, names the session's user. With tokens:
 //! `GET /token/{user_id}` hands one out. Both log in anyone, to keep the example short; in a
 //! real application the login checks a password, and the app's own routes (`/notify`,
@@ -75,7 +75,7 @@ pub fn app(herald: Herald, sessions: Sessions) -> Router {
         .merge(herald::http::router(herald))
 }
 
-/// The hooks Herald asks (`docs/hooks.md`): `POST /hooks/connect` names the user of the
+/// The hooks Herald asks (`docs/backend.md`): `POST /hooks/connect` names the user of the
 /// request's session. Serve them where only Herald reaches them (see [`serve_hooks`]):
 /// whoever can call them can be anyone.
 pub fn hooks(sessions: Sessions) -> Router {

@@ -139,6 +139,8 @@ pub struct MemoryEngine {
     bans: Mutex<HashMap<String, Instant>>,
     presence: Mutex<HashMap<ChannelName, HashMap<String, presence::Present>>>,
     statuses: Mutex<HashMap<String, PresenceStatus>>,
+    /// Channels this (only) node holds, and the occupancy changes so far.
+    occupied: Mutex<(u64, std::collections::HashSet<ChannelName>)>,
     /// Idempotency keys of recent publishes, by [`crate::event::Idempotency::key`].
     idempotency: Mutex<HashMap<String, Remembered>>,
 }

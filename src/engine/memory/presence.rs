@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{MemoryEngine, lock};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
-use crate::engine::{BoxFuture, EngineError, PresenceEntry, PresenceStore};
+use crate::engine::{BoxFuture, EngineError, OccupancyChange, PresenceEntry, PresenceStore};
 
 /// Users with a status (`away`) held at once.
 const MAX_STATUSES: usize = 100_000;
@@ -22,6 +22,24 @@ pub(super) struct Present {
 }
 
 impl PresenceStore for MemoryEngine {
+    fn occupancy<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        held: bool,
+    ) -> BoxFuture<'a, Result<Vec<OccupancyChange>, EngineError>> {
+        // One node: its own changes are the cluster's.
+        let mut occupied = lock(&self.occupied);
+        let (seq, channels) = &mut *occupied;
+        let changed = if held { channels.insert(channel.clone()) } else { channels.remove(channel) };
+        let changes = if changed {
+            *seq += 1;
+            vec![OccupancyChange { occupied: held, seq: *seq }]
+        } else {
+            Vec::new()
+        };
+        Box::pin(std::future::ready(Ok(changes)))
+    }
+
     fn presence_join<'a>(
         &'a self,
         channel: &'a ChannelName,

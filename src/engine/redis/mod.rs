@@ -23,12 +23,14 @@
 //!
 //! By concern: `publish` (and the [`crate::engine::Broker`] seam), `history` (reads and the
 //! catch-up after a reconnect), `message` (the pub/sub message format, read once here),
-//! `pubsub` (the one pub/sub loop), `presence`, `sessions` (tickets, bans, connection slots),
+//! `pubsub` (the one pub/sub loop), `presence`, `occupancy` (which nodes hold a channel, for
+//! the webhooks), `sessions` (tickets, bans, connection slots),
 //! `commands` (between nodes); the Lua scripts are files in `scripts/`.
 
 mod commands;
 mod history;
 mod message;
+mod occupancy;
 mod presence;
 mod publish;
 mod pubsub;
@@ -137,6 +139,7 @@ pub struct RedisEngine {
     node_id: String,
     pending: commands::Pending,
     presence_scripts: presence::Scripts,
+    occupancy_script: Script,
     pub stats: RedisStats,
 }
 
@@ -196,6 +199,7 @@ impl RedisEngine {
             node_id: opts.node_id,
             pending: commands::Pending::default(),
             presence_scripts: presence::Scripts::new(),
+            occupancy_script: Script::new(occupancy::SCRIPT),
             stats: RedisStats::default(),
         });
         let (ready_tx, ready_rx) = oneshot::channel();

@@ -23,7 +23,7 @@ use redis::AsyncCommands;
 use super::{Conn, RedisEngine, unavailable};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
-use crate::engine::{BoxFuture, EngineError, PresenceEntry, PresenceStore};
+use crate::engine::{BoxFuture, EngineError, OccupancyChange, PresenceEntry, PresenceStore};
 
 // The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
 // Every script runs after the prelude, which purges lapsed leases and defines `now`.
@@ -283,6 +283,14 @@ pub(super) async fn send_renewals(mut conn: Conn, pipes: Vec<redis::Pipeline>) -
 }
 
 impl PresenceStore for RedisEngine {
+    fn occupancy<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        held: bool,
+    ) -> BoxFuture<'a, Result<Vec<OccupancyChange>, EngineError>> {
+        Box::pin(self.occupancy(channel, held))
+    }
+
     fn presence_join<'a>(
         &'a self,
         channel: &'a ChannelName,

@@ -1,5 +1,8 @@
-//! TLS client settings for Herald's own outgoing HTTPS requests (the JWKS fetch, `https://`
-//! backend hooks): the public roots, and a private CA where one is configured.
+//! Herald's own outgoing HTTP requests: the TLS client settings (the JWKS fetch, `https://`
+//! backend hooks and webhooks), with the public roots and a private CA where one is
+//! configured, and the keep-alive HTTP/1.1 client of the hooks and webhooks (`client.rs`).
+
+pub mod client;
 
 use std::path::Path;
 use std::sync::Arc;
