@@ -288,6 +288,21 @@ pub struct NamespaceConfig {
     /// The publish hook for this namespace's channels, instead of `hooks.publish_url`; `""`
     /// turns it off here.
     pub publish_hook: Option<String>,
+    /// What a stream of this namespace's channels gets when its queue is full.
+    pub slow_consumer: Option<SlowConsumer>,
+}
+
+/// What happens to a stream whose queue (`buffer_size` events) is full when one more event
+/// comes: the policy for slow consumers, per namespace.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// The stream is closed and its queue freed; the client resumes from history.
+    #[default]
+    Disconnect,
+    /// The stream stays open: the oldest queued event is dropped, and the client is told
+    /// which ones it missed with a `gap` event.
+    DropOldest,
 }
 
 impl Default for Config {
