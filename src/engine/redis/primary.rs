@@ -11,7 +11,7 @@
 //! publish made while there is no primary is refused, never taken for accepted.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelServerType};
@@ -61,9 +61,13 @@ struct Inner {
     primary: Primary,
     config: AsyncConnectionConfig,
     current: Mutex<Option<MultiplexedConnection>>,
-    /// One discovery at a time: the commands that find no connection wait for it.
-    discovering: tokio::sync::Mutex<()>,
+    /// One discovery at a time: the commands that find no connection wait for it, and
+    /// share its failure if it failed (each trying again would make them wait in turn).
+    discovering: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
+
+/// How long a failed discovery answers for the commands that waited on it.
+const FAILURE_SHARED: Duration = Duration::from_millis(200);
 
 impl Following {
     /// Connects to the primary the Sentinels name now.
@@ -72,9 +76,10 @@ impl Following {
             primary,
             config,
             current: Mutex::new(None),
-            discovering: tokio::sync::Mutex::new(()),
+            discovering: tokio::sync::Mutex::new(None),
         }));
-        following.connection().await?;
+        // Boxed: the start of a node awaits this inside futures that are deep already.
+        Box::pin(following.connection()).await?;
         Ok(following)
     }
 
@@ -86,12 +91,26 @@ impl Following {
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let _one = self.0.discovering.lock().await;
+        let mut last_failure = self.0.discovering.lock().await;
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let client = self.0.primary.client().await.map_err(|e| RedisError::from(std::io::Error::other(e)))?;
-        let conn = client.get_multiplexed_async_connection_with_config(&self.0.config).await?;
+        if let Some((at, e)) = last_failure.as_ref().filter(|(at, _)| at.elapsed() < FAILURE_SHARED) {
+            return Err(RedisError::from(std::io::Error::other(format!("{e} ({:?} ago)", at.elapsed()))));
+        }
+        let connected = async {
+            let client = self.0.primary.client().await.map_err(|e| RedisError::from(std::io::Error::other(e)))?;
+            let conn = client.get_multiplexed_async_connection_with_config(&self.0.config).await?;
+            Ok::<_, RedisError>((client, conn))
+        };
+        let (client, conn) = match connected.await {
+            Ok(found) => found,
+            Err(e) => {
+                *last_failure = Some((Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
+        *last_failure = None;
         *self.0.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         tracing::info!(primary = ?client.get_connection_info().addr(), "redis command connection follows the primary");
         Ok(conn)
