@@ -23,7 +23,8 @@
 //!
 //! By concern: `publish` (and the [`crate::engine::Broker`] seam), `history` (reads and the
 //! catch-up after a reconnect), `message` (the pub/sub message format, read once here),
-//! `pubsub` (the one pub/sub loop), `presence`, `sessions` (tickets, bans, connection slots),
+//! `pubsub` (the one pub/sub loop), `primary` (a fixed Redis, or the primary Redis Sentinel
+//! names, asked again after a failure), `presence`, `sessions` (tickets, bans, connection slots),
 //! `commands` (between nodes); the Lua scripts are files in `scripts/`.
 
 mod commands;
