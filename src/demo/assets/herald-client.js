@@ -820,6 +820,9 @@ var Subscription = class {
 			case "reset":
 				this.options.onReset?.(event);
 				break;
+			case "gap":
+				this.options.onGap?.(event);
+				break;
 			case "disconnect": {
 				const cut = event;
 				this.disconnect = cut;
