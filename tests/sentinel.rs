@@ -2,7 +2,8 @@
 //! `redis-server --sentinel` the test starts (beside a real primary and its replica, on free
 //! ports), and follow a failover while events are published: every publish answered `200`
 //! before, during or after it reaches the subscriber exactly once, and every publish made
-//! while there is no primary is refused with `503`, never accepted and lost.
+//! while there is no primary is refused with `503`, never accepted and lost; the new
+//! primary's history holds every accepted event.
 
 mod support;
 
@@ -186,6 +187,19 @@ async fn nodes_follow_a_sentinel_failover_and_every_accepted_event_is_delivered_
     .await;
     let expected: Vec<(u64, String)> = accepted.into_iter().collect();
     assert_eq!(delivered, expected, "each accepted event once, in order, with its id; no refused one");
+
+    // And the new primary's history holds them all: a client resuming from before the first
+    // one, on the publisher's node, gets exactly those again.
+    let start = subscriber.connected_id();
+    let mut resumed = a.client(Proto::H1).subscribe(&format!("channel={CHANNEL}"), &[("last-event-id", &start)]).await;
+    let mut replayed = Vec::new();
+    while replayed.len() < expected.len() {
+        let ev = resumed.expect().await;
+        assert_ne!(ev.data["type"], "reset", "history covers the failover: {:?}", ev.data);
+        let n = ev.data["n"].as_u64().unwrap_or_else(|| panic!("{:?}", ev.data));
+        replayed.push((n, ev.data["id"].as_str().unwrap_or_default().to_owned()));
+    }
+    assert_eq!(replayed, expected, "the history after the failover is the events accepted");
     assert!(b.herald.engine().counters().reconnects >= 1, "the subscriber's node reconnected to the new primary");
 }
 
