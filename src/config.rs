@@ -79,6 +79,11 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `redis_url` is a Redis Cluster (seed URLs separated by commas): sharded pub/sub.
     pub redis_cluster: bool,
+    /// Redis Sentinels (`host:port`), asked where the primary of `redis_sentinel_master` is,
+    /// instead of a fixed `redis_url`; asked again whenever the primary stops answering.
+    pub redis_sentinels: Vec<String>,
+    /// The name the Sentinels know the primary by (`sentinel monitor <name> ...`).
+    pub redis_sentinel_master: Option<String>,
     /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a
     /// private CA).
     pub redis_tls_ca: Option<PathBuf>,
@@ -300,6 +305,21 @@ pub struct NamespaceConfig {
     /// Send an `event.published` webhook for every event published on this namespace's
     /// channels (with `event.published` in `webhooks.events`).
     pub publish_webhook: Option<bool>,
+    /// What a stream of this namespace's channels gets when its queue is full.
+    pub slow_consumer: Option<SlowConsumer>,
+}
+
+/// What happens to a stream whose queue (`buffer_size` events) is full when one more event
+/// comes: the policy for slow consumers, per namespace.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// The stream is closed and its queue freed; the client resumes from history.
+    #[default]
+    Disconnect,
+    /// The stream stays open: the oldest queued event is dropped, and the client is told
+    /// which ones it missed with a `gap` event.
+    DropOldest,
 }
 
 impl Default for Config {
@@ -331,6 +351,8 @@ impl Default for Config {
             redis_prefix: "realtime".to_owned(),
             redis_tls_ca: None,
             redis_cluster: false,
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
             tls_cert: None,
             tls_key: None,
             max_connections_per_user: 5,
@@ -615,6 +637,13 @@ impl Config {
         check(self.http2_max_concurrent_streams > 0, "http2_max_concurrent_streams must be at least 1");
         check(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key must be given together");
         check(self.max_connections_per_user > 0, "max_connections_per_user must be at least 1");
+        let sentinel = !self.redis_sentinels.is_empty();
+        check(
+            sentinel == self.redis_sentinel_master.as_deref().is_some_and(|m| !m.is_empty()),
+            "redis_sentinels and redis_sentinel_master must be given together",
+        );
+        check(!sentinel || self.redis_url.is_none(), "redis_sentinels replace redis_url: give one of them");
+        check(!sentinel || !self.redis_cluster, "redis_sentinels and redis_cluster cannot be combined");
         check(
             self.publish_rate > 0.0 && self.publish_burst >= 1.0,
             "publish_rate must be positive and publish_burst at least 1",

@@ -35,8 +35,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// Event types the server emits itself; publishers may not use them (a forged `disconnect`
 /// or `token_expired` would stop or reconnect every client of the channel).
-pub const SERVER_EVENT_TYPES: [&str; 6] =
-    ["connected", "reset", "subscribed", "unsubscribed", "token_expired", "disconnect"];
+pub const SERVER_EVENT_TYPES: [&str; 7] =
+    ["connected", "reset", "gap", "subscribed", "unsubscribed", "token_expired", "disconnect"];
 
 /// Longest event type accepted.
 pub const MAX_TYPE_LEN: usize = 64;

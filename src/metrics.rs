@@ -208,6 +208,18 @@ pub fn render(herald: &impl Source) -> String {
         "Connections closed because their queue overflowed.",
         load(&hub.stats.slow_disconnects),
     );
+    o.single(
+        "herald_slow_consumer_dropped_events_total",
+        "counter",
+        "Events dropped from full queues of drop_oldest streams.",
+        load(&hub.stats.slow_dropped),
+    );
+    o.single(
+        "herald_slow_consumer_gaps_total",
+        "counter",
+        "gap notices written to drop_oldest streams.",
+        load(&hub.stats.slow_gaps),
+    );
     o.metric("herald_disconnects_total", "counter", "Disconnects asked of this node (API or library), by target.");
     for target in DisconnectKind::ALL {
         let v = load(&m.disconnects[*target as usize]);

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::auth::Principal;
 use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE, SYSTEM_CHANNEL, USER_NAMESPACE};
-use crate::config::{Access, Config, NamespaceConfig};
+use crate::config::{Access, Config, NamespaceConfig, SlowConsumer};
 
 /// The namespace of the admin view's channels (`admin:nodes`), present when `admin` is on.
 pub const ADMIN_NAMESPACE: &str = "admin";
@@ -41,6 +41,8 @@ pub struct Namespace {
     /// How long a finished AI token stream is kept for late joiners.
     pub ai_stream_retention: Duration,
     pub max_payload_bytes: usize,
+    /// What a stream of this namespace's channels gets when its queue is full.
+    pub slow_consumer: SlowConsumer,
 }
 
 /// Why an action on a channel was refused.
@@ -88,6 +90,7 @@ impl Policies {
             join_leave: false,
             ai_stream_retention: cfg.ai_stream_retention,
             max_payload_bytes: cfg.max_payload_bytes,
+            slow_consumer: SlowConsumer::default(),
         };
         let mut namespaces = HashMap::new();
         namespaces.insert(USER_NAMESPACE.to_owned(), base(Access::Owner, Access::ApiKey, false));
@@ -121,6 +124,16 @@ impl Policies {
     /// The policy of a channel's namespace.
     pub fn of(&self, channel: &ChannelName) -> Option<&Namespace> {
         self.namespaces.get(channel.namespace())
+    }
+
+    /// The slow-consumer policy of a stream following `channels`: `drop_oldest` only if every
+    /// one of their namespaces asks for it, since dropping events of a channel whose
+    /// namespace wants its streams closed instead would break that namespace's promise.
+    pub fn slow_consumer<'a>(&self, channels: impl IntoIterator<Item = &'a ChannelName>) -> SlowConsumer {
+        let mut channels = channels.into_iter().peekable();
+        let all_drop = channels.peek().is_some()
+            && channels.all(|c| self.of(c).is_some_and(|ns| ns.slow_consumer == SlowConsumer::DropOldest));
+        if all_drop { SlowConsumer::DropOldest } else { SlowConsumer::Disconnect }
     }
 
     pub fn can_subscribe(&self, who: &Principal, channel: &ChannelName) -> Result<(), Denied> {
@@ -209,6 +222,9 @@ fn apply(ns: &mut Namespace, over: &NamespaceConfig) {
     }
     if let Some(v) = over.max_payload_bytes {
         ns.max_payload_bytes = v;
+    }
+    if let Some(v) = over.slow_consumer {
+        ns.slow_consumer = v;
     }
 }
 
@@ -379,5 +395,19 @@ mod tests {
         assert_eq!(p.of(&inc).map(|n| (n.subscribe, n.history_size)), Some((Access::Anyone, 7)));
         assert_eq!(p.of(&ch(&p, "channel:x")).map(|n| n.presence), Some(false));
         assert!(p.parse_channel("unknown:x").is_err());
+    }
+
+    #[test]
+    fn a_stream_drops_its_oldest_events_only_if_every_namespace_of_its_channels_asks_for_it() {
+        let cfg = Config::from_toml(
+            "[namespaces.ticker]\nslow_consumer = \"drop_oldest\"\n[namespaces.channel]\nslow_consumer = \"drop_oldest\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = Policies::from_config(&cfg);
+        let (ticker, room, system) = (ch(&p, "ticker:eur"), ch(&p, "channel:x"), ch(&p, "system"));
+        assert_eq!(p.slow_consumer([&ticker, &room]), SlowConsumer::DropOldest);
+        assert_eq!(p.slow_consumer([&ticker, &system]), SlowConsumer::Disconnect, "system keeps the default");
+        assert_eq!(p.slow_consumer([&system]), SlowConsumer::Disconnect);
+        assert_eq!(p.slow_consumer(std::iter::empty()), SlowConsumer::Disconnect);
     }
 }

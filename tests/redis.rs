@@ -521,6 +521,7 @@ async fn a_node_with_no_streams_sends_no_lease_renewal_and_one_with_streams_rene
         url: redis.url(),
         tls_ca: None,
         cluster: false,
+        sentinel: None,
         prefix: "realtime".to_owned(),
         slot_lease: std::time::Duration::from_secs(30),
         node_id: "lease-test".to_owned(),

@@ -89,6 +89,13 @@ struct ServeArgs {
     /// The Redis URL names a Redis Cluster (seed nodes separated by commas).
     #[arg(long, env = "HERALD_REDIS_CLUSTER")]
     redis_cluster: bool,
+    /// Redis Sentinels (`host:port`, separated by commas) to ask where the primary is, instead
+    /// of --redis-url.
+    #[arg(long, env = "HERALD_REDIS_SENTINELS", value_delimiter = ',')]
+    redis_sentinels: Vec<String>,
+    /// The name the Sentinels monitor the primary by.
+    #[arg(long, env = "HERALD_REDIS_SENTINEL_MASTER")]
+    redis_sentinel_master: Option<String>,
     /// HS256 secret for user tokens (JWT).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -146,6 +153,12 @@ impl ServeArgs {
             c.redis_url.clone_from(&self.redis_url);
         }
         c.redis_cluster |= self.redis_cluster;
+        if !self.redis_sentinels.is_empty() {
+            c.redis_sentinels.clone_from(&self.redis_sentinels);
+        }
+        if self.redis_sentinel_master.is_some() {
+            c.redis_sentinel_master.clone_from(&self.redis_sentinel_master);
+        }
         if let Some(prefix) = &self.redis_prefix {
             c.redis_prefix.clone_from(prefix);
         }

@@ -147,14 +147,20 @@ impl Herald {
     /// A node with the engine the configuration names: Redis with `redis_url`, the
     /// in-memory engine without. Connects to Redis before it returns.
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
-        let Some(url) = config.redis_url.clone() else { return Ok(Self::new(config)?) };
+        let url = match &config.redis_url {
+            Some(url) => url.clone(),
+            None if !config.redis_sentinels.is_empty() => String::new(),
+            None => return Ok(Self::new(config)?),
+        };
         config.validate()?;
+        let sentinel = config.redis_sentinel_master.clone().map(|master| (config.redis_sentinels.clone(), master));
         // Other nodes address this one by its id: fix it before the engine starts.
         let node_id = config.node_id.get_or_insert_with(random_node_id).clone();
         let opts = RedisOptions {
             url,
             tls_ca: config.redis_tls_ca.clone(),
             cluster: config.redis_cluster,
+            sentinel: sentinel.filter(|(sentinels, _)| !sentinels.is_empty()),
             prefix: config.redis_prefix.clone(),
             // A user's connection slot outlives three missed renewals (one per heartbeat).
             slot_lease: config.heartbeat_interval * 3,

@@ -251,7 +251,10 @@ impl Herald {
         let max = self.config().max_channels_per_connection;
         let (conn, slot) = match self.hub().join(connection, &channel, max) {
             Ok(Joined::Already) => return NodeReply::Done,
-            Ok(Joined::Added { conn, slot }) => (conn, slot),
+            Ok(Joined::Added { conn, slot }) => {
+                conn.joined_with(self.policies().slow_consumer([&channel]));
+                (conn, slot)
+            }
             Err(NotJoined::NoConnection) => return NodeReply::NotHere,
             Err(NotJoined::TooManyChannels) => {
                 return refused(CommandRefusal::TooManyChannels, "the connection follows too many channels");

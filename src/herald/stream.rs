@@ -181,7 +181,8 @@ impl Herald {
         let shared = Arc::new(
             ConnShared::new(hub.next_key(), conn_id, user, cfg.buffer_size, kill, filters.into_boxed_slice())
                 .expiring_at(deadline)
-                .over(transport),
+                .over(transport)
+                .with_slow_consumer(self.policies().slow_consumer(channels.iter())),
         );
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         hub.register(Arc::clone(&shared), channels, limits).map_err(|r| match r {

@@ -7,10 +7,14 @@
 //! task and no channel per connection: a push wakes the transport's own task. An idle
 //! connection holds an empty queue, its cursor and its channel list, nothing else.
 //!
-//! When a queue is full the connection is closed (the client resumes from history) and the
-//! queue is emptied at once, so a reader that stopped never holds more than `capacity`
+//! When a queue is full, what happens is the connection's [`SlowConsumer`] policy. Under
+//! `disconnect` (the default) the connection is closed (the client resumes from history) and
+//! the queue is emptied at once, so a reader that stopped never holds more than `capacity`
 //! items; a transport whose writer stalls with its client is also torn down through its
-//! [`KillSwitch`], since it would never poll again.
+//! [`KillSwitch`], since it would never poll again. Under `drop_oldest` the oldest queued
+//! event makes room and is remembered as a [`Gap`] (per channel, the first and last missing
+//! positions and a count, at most [`MAX_GAP_CHANNELS`] of them), which the reader tells the
+//! client before anything queued after it; the queue still never holds more than `capacity`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -20,6 +24,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::channel::ChannelName;
+pub use crate::config::SlowConsumer;
 use crate::cursor::Position;
 use crate::event::Published;
 
@@ -110,14 +115,32 @@ impl KillSwitch {
 /// every event is pushed to every subscriber's queue, so the queues' memory and the bytes
 /// moved per delivery follow this size.
 pub(crate) enum Item {
-    /// An event of one (or several) of the connection's channels.
-    Event(Arc<Published>),
+    /// An event of one (or several) of the connection's channels, and the index of the copy
+    /// the hub pushed it for (the first one the connection follows, the one it writes).
+    Event(Arc<Published>, u32),
     /// The connection now follows a channel; its starting point follows in the slot.
     Join(Arc<JoinSlot>),
     /// The connection no longer follows a channel.
     Leave(Box<ChannelName>),
     /// An event for this connection alone: its type and JSON.
     Direct(Box<(Arc<str>, Bytes)>),
+    /// Here come the gaps of a `drop_oldest` queue that the reader took with the queue (only
+    /// in the reader's backlog, never in the queue; the gaps wait in the reader).
+    Gaps,
+}
+
+/// Most channels a `drop_oldest` connection may have dropped events of before its reader
+/// takes the gaps: past this (a pattern subscription over many busy channels) it is
+/// closed as under `disconnect`, so what it remembers stays bounded.
+pub const MAX_GAP_CHANNELS: usize = 32;
+
+/// Events of one channel dropped from a `drop_oldest` queue and not yet told to the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Gap {
+    pub channel: ChannelName,
+    pub first: Position,
+    pub last: Position,
+    pub missed: u64,
 }
 
 /// Where a live join starts, filled in by the joiner once it has read the channel's head.
@@ -170,6 +193,33 @@ struct QueueState {
     /// Sweeps in a row with data pending and no progress.
     stalled_sweeps: u32,
     close: Option<CloseReason>,
+    policy: SlowConsumer,
+    /// Events dropped under `drop_oldest` since the reader last took the queue.
+    gaps: Vec<Gap>,
+}
+
+impl QueueState {
+    /// Makes room under `drop_oldest`: drops the oldest queued event and remembers it as a
+    /// gap. False if there is no event to drop (the queue holds only joins, leaves and
+    /// direct events, none of which may be lost) or too many channels have gaps already.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(i) = self.items.iter().position(|item| matches!(item, Item::Event(..))) else { return false };
+        let Some(Item::Event(event, ci)) = self.items.get(i) else { return false };
+        let Some(copy) = event.copies.get(*ci as usize) else { return false };
+        let (channel, position) = (&copy.channel, copy.position);
+        if let Some(gap) = self.gaps.iter_mut().find(|g| g.channel == *channel) {
+            gap.first = gap.first.min(position);
+            gap.last = gap.last.max(position);
+            gap.missed += 1;
+        } else if self.gaps.len() < MAX_GAP_CHANNELS {
+            let gap = Gap { channel: channel.clone(), first: position, last: position, missed: 1 };
+            self.gaps.push(gap);
+        } else {
+            return false;
+        }
+        self.items.remove(i);
+        true
+    }
 }
 
 /// The part of a connection the hub holds: identity and the queue.
@@ -198,6 +248,9 @@ pub type Filters = Box<[(String, String)]>;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
+    /// The queue was full and the connection is `drop_oldest`: its oldest event was dropped
+    /// (and will be told as a gap) to queue this one.
+    DroppedOldest,
     /// The queue was full: the connection is now closed and must leave the hub.
     Overflowed,
     /// The connection was already closing.
@@ -234,7 +287,24 @@ impl ConnShared {
                 progressed: true,
                 stalled_sweeps: 0,
                 close: None,
+                policy: SlowConsumer::Disconnect,
+                gaps: Vec::new(),
             }),
+        }
+    }
+
+    /// What the connection gets when its queue is full.
+    pub(crate) fn with_slow_consumer(self, policy: SlowConsumer) -> Self {
+        self.lock().policy = policy;
+        self
+    }
+
+    /// The connection now follows a channel whose namespace wants `policy`: a
+    /// `disconnect` channel makes the whole connection `disconnect` (see
+    /// [`crate::policy::Policies::slow_consumer`]).
+    pub(crate) fn joined_with(&self, policy: SlowConsumer) {
+        if policy == SlowConsumer::Disconnect {
+            self.lock().policy = policy;
         }
     }
 
@@ -254,9 +324,15 @@ impl ConnShared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an event for this connection.
+    /// Queues an event for this connection, which writes its first copy.
     pub fn push(&self, event: &Arc<Published>) -> Pushed {
-        self.push_item(Item::Event(Arc::clone(event)))
+        self.push_copy(event, 0)
+    }
+
+    /// Queues an event for this connection, which writes its copy `copy` (the first of the
+    /// event's channels it follows).
+    pub fn push_copy(&self, event: &Arc<Published>, copy: usize) -> Pushed {
+        self.push_item(Item::Event(Arc::clone(event), u32::try_from(copy).unwrap_or(u32::MAX)))
     }
 
     pub(crate) fn push_item(&self, item: Item) -> Pushed {
@@ -264,9 +340,14 @@ impl ConnShared {
         if st.close.is_some() {
             return Pushed::Closed;
         }
+        let mut pushed = Pushed::Queued;
+        if st.items.len() >= self.capacity && st.policy == SlowConsumer::DropOldest && st.drop_oldest() {
+            pushed = Pushed::DroppedOldest;
+        }
         if st.items.len() >= self.capacity {
             st.close = Some(CloseReason::Overflow);
             st.items = VecDeque::new();
+            st.gaps = Vec::new();
             let waker = st.waker.take();
             drop(st);
             self.after_close(waker);
@@ -278,7 +359,7 @@ impl ConnShared {
         if let Some(w) = waker {
             w.wake();
         }
-        Pushed::Queued
+        pushed
     }
 
     /// Wakes the reader (a join's start was filled in).
@@ -309,6 +390,7 @@ impl ConnShared {
         st.close = Some(reason);
         if !reason.keeps_queue() {
             st.items = VecDeque::new();
+            st.gaps = Vec::new();
         }
         let waker = st.waker.take();
         drop(st);
@@ -359,5 +441,66 @@ impl ConnShared {
 
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.lock().close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Copy;
+
+    fn event(channel: &ChannelName, ms: u64) -> Arc<Published> {
+        let copy = Copy::new(channel.clone(), Position::new(ms, 0), "t", b"{}");
+        Arc::new(Published::new(Arc::from(format!("e{ms}")), Arc::from("t"), vec![copy], 1))
+    }
+
+    fn conn(capacity: usize, policy: SlowConsumer) -> ConnShared {
+        ConnShared::new(1, Arc::from("c1"), None, capacity, None, Box::new([])).with_slow_consumer(policy)
+    }
+
+    #[test]
+    fn a_drop_oldest_queue_never_holds_more_than_its_capacity_and_keeps_one_gap_per_channel() {
+        let (a, b) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:b"));
+        let (Ok(a), Ok(b)) = (a, b) else { panic!("channel names") };
+        let conn = conn(8, SlowConsumer::DropOldest);
+        for ms in 1..=1000 {
+            let pushed = conn.push(&event(if ms % 2 == 0 { &a } else { &b }, ms));
+            assert_eq!(pushed, if ms <= 8 { Pushed::Queued } else { Pushed::DroppedOldest }, "event {ms}");
+        }
+        let st = conn.lock();
+        assert_eq!((st.items.len(), st.close), (8, None), "still open, never over capacity");
+        let gap = |c: &ChannelName| st.gaps.iter().find(|g| g.channel == *c).cloned();
+        let b_gap = Gap { channel: b.clone(), first: Position::new(1, 0), last: Position::new(991, 0), missed: 496 };
+        let a_gap = Gap { channel: a.clone(), first: Position::new(2, 0), last: Position::new(992, 0), missed: 496 };
+        assert_eq!((gap(&a), gap(&b), st.gaps.len()), (Some(a_gap), Some(b_gap), 2));
+    }
+
+    #[test]
+    fn a_drop_oldest_queue_that_fell_behind_on_too_many_channels_is_closed_as_a_disconnect_one_is() {
+        let conn = conn(2, SlowConsumer::DropOldest);
+        let channels: Vec<ChannelName> = (0..=MAX_GAP_CHANNELS + 2)
+            .map(|i| ChannelName::parse(&format!("channel:c{i}")).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let mut results = Vec::new();
+        for (i, channel) in channels.iter().enumerate() {
+            results.push(conn.push(&event(channel, i as u64 + 1)));
+        }
+        // Two fit, then one drop per channel until the gaps are full.
+        assert_eq!(results.iter().filter(|r| **r == Pushed::DroppedOldest).count(), MAX_GAP_CHANNELS);
+        assert_eq!(results.last(), Some(&Pushed::Overflowed));
+        assert_eq!(conn.push(&event(&channels[0], 100)), Pushed::Closed);
+        assert_eq!(conn.close_reason(), Some(CloseReason::Overflow));
+        assert!(conn.lock().gaps.is_empty() && conn.lock().items.is_empty(), "its memory is freed");
+    }
+
+    #[test]
+    fn a_disconnect_queue_is_closed_at_its_first_overflow_and_a_joined_disconnect_channel_makes_it_so() {
+        let Ok(a) = ChannelName::parse("channel:a") else { panic!("channel name") };
+        let conn = conn(1, SlowConsumer::DropOldest);
+        conn.joined_with(SlowConsumer::DropOldest);
+        assert_eq!(conn.push(&event(&a, 1)), Pushed::Queued);
+        assert_eq!(conn.push(&event(&a, 2)), Pushed::DroppedOldest);
+        conn.joined_with(SlowConsumer::Disconnect);
+        assert_eq!(conn.push(&event(&a, 3)), Pushed::Overflowed);
     }
 }

@@ -109,8 +109,12 @@ pub(crate) enum Joined {
 /// Counters the hub keeps as it works.
 #[derive(Default, Debug)]
 pub struct HubStats {
-    /// Connections closed because their queue overflowed.
+    /// Connections closed because their queue overflowed (`slow_consumer = "disconnect"`).
     pub slow_disconnects: AtomicU64,
+    /// Events dropped from the front of full queues (`slow_consumer = "drop_oldest"`).
+    pub slow_dropped: AtomicU64,
+    /// `gap` notices written for such drops (one per channel and gap).
+    pub slow_gaps: AtomicU64,
     /// Connections closed because they made no progress for the client timeout.
     pub timeout_disconnects: AtomicU64,
     /// Connections closed because the credential they were opened with expired.
@@ -277,10 +281,16 @@ impl Hub {
             entry.channels.push(channel.clone());
         }
         let slot = JoinSlot::new(channel);
-        if conn.push_item(Item::Join(Arc::clone(&slot))) == Pushed::Overflowed {
-            drop(reg);
-            self.unregister(key);
-            return Err(NotJoined::NoConnection);
+        match conn.push_item(Item::Join(Arc::clone(&slot))) {
+            Pushed::Overflowed => {
+                drop(reg);
+                self.unregister(key);
+                return Err(NotJoined::NoConnection);
+            }
+            Pushed::DroppedOldest => {
+                self.stats.slow_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Queued | Pushed::Closed => {}
         }
         Ok(Joined::Added { conn, slot })
     }
@@ -308,9 +318,15 @@ impl Hub {
             let Some(entry) = reg.ids.get(connection).and_then(|k| reg.conns.get(k)) else { return false };
             Arc::clone(&entry.conn)
         };
-        if conn.push_item(Item::Direct(Box::new((event_type, json)))) == Pushed::Overflowed {
-            self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-            self.unregister(conn.key);
+        match conn.push_item(Item::Direct(Box::new((event_type, json)))) {
+            Pushed::Overflowed => {
+                self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                self.unregister(conn.key);
+            }
+            Pushed::DroppedOldest => {
+                self.stats.slow_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Queued | Pushed::Closed => {}
         }
         true
     }
@@ -331,38 +347,43 @@ impl Hub {
     /// pattern matching one), once per connection.
     pub fn deliver(&self, event: &Arc<Published>) {
         let mut overflowed = Vec::new();
+        let mut dropped = 0;
         {
             let reg = self.read();
             // A connection is pushed at the first copy it follows, the one it will write (see
             // `StreamCore::advance`), and its filters are matched on that copy.
-            let mut push = |conn: &Arc<ConnShared>, copy: &Copy| {
+            let mut push = |conn: &Arc<ConnShared>, ci: usize, copy: &Copy| {
                 if !conn.filters.is_empty() && !event.matches_on(copy, &conn.filters) {
                     return;
                 }
-                match conn.push(event) {
+                match conn.push_copy(event, ci) {
                     Pushed::Queued | Pushed::Closed => {}
+                    Pushed::DroppedOldest => dropped += 1,
                     Pushed::Overflowed => overflowed.push(Arc::clone(conn)),
                 }
             };
             match event.copies.as_slice() {
                 [only] if reg.patterns.is_empty() => {
                     for conn in reg.channels.get(&only.channel).into_iter().flatten() {
-                        push(conn, only);
+                        push(conn, 0, only);
                     }
                 }
                 copies => {
                     let mut seen = HashSet::new();
-                    for copy in copies {
+                    for (ci, copy) in copies.iter().enumerate() {
                         let matching = reg.patterns.iter().filter(|(p, _)| p.matches(&copy.channel));
                         let exact = reg.channels.get(&copy.channel).into_iter();
                         for conn in exact.chain(matching.map(|(_, subs)| subs)).flatten() {
                             if seen.insert(conn.key) {
-                                push(conn, copy);
+                                push(conn, ci, copy);
                             }
                         }
                     }
                 }
             }
+        }
+        if dropped > 0 {
+            self.stats.slow_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
         for conn in overflowed {
             self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,7 @@
 // token, and resumes from the notice's id: nothing is lost and the app does nothing.
 
 import { Backoff, type BackoffOptions } from './backoff.js';
-import type { DisconnectEvent, EventMap, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
+import type { DisconnectEvent, EventMap, GapEvent, PresenceStatus, ResetEvent, StreamEvent } from './events.js';
 import { HeraldError } from './errors.js';
 import { SseParser } from './sse.js';
 import { Socket, type WebSocketConstructor } from './websocket.js';
@@ -91,10 +91,13 @@ export interface StateInfo {
 }
 
 export interface SubscribeOptions {
-  /** Every event, in order (control events such as `connected` and `reset` included). */
+  /** Every event, in order (control events such as `connected`, `reset` and `gap` included). */
   onEvent?: (event: StreamEvent) => void;
   /** The server could not resume a channel: refetch that channel's state. */
   onReset?: (event: ResetEvent) => void;
+  /** The server dropped events this slow reader had queued (`slow_consumer = "drop_oldest"`):
+   * the stream goes on; `firstId`..`lastId` on `channel` were missed. */
+  onGap?: (event: GapEvent) => void;
   /** The application cut the stream (`POST /api/disconnect`). With `reconnect: false` the
    * subscription then closes for good (state `closed`, `error.code` the event's `reason`:
    * `disconnected` or `banned`); otherwise it reconnects and resumes as after any cut. */
@@ -770,6 +773,9 @@ export class Subscription {
       }
       case 'reset':
         this.options.onReset?.(event as ResetEvent);
+        break;
+      case 'gap':
+        this.options.onGap?.(event as GapEvent);
         break;
       case 'disconnect': {
         // EventSource would come back after `retry:` whatever the server says: only the

@@ -39,6 +39,20 @@ export interface ResetEvent {
   timestamp?: string;
 }
 
+/** The client read so slowly that the server dropped the oldest events it had queued for it
+ * (a namespace with `slow_consumer = "drop_oldest"`); the stream goes on. `firstId` and
+ * `lastId` are the ids of the first and last dropped events on `channel`, as a stream of that
+ * one channel shows them; `missed` counts them. Refetch them from history if they matter. */
+export interface GapEvent {
+  type: 'gap';
+  channel: string;
+  reason: 'slow_consumer' | (string & {});
+  firstId: string;
+  lastId: string;
+  missed: number;
+  timestamp?: string;
+}
+
 /** The application cut this stream (`POST /api/disconnect`); it is the stream's last event.
  * With `reconnect: false` the client must not come back (the client closes the
  * subscription); `reason` is `disconnected`, or `banned` when the user was banned with it. */
@@ -225,6 +239,7 @@ export interface AiChatChunkEvent extends EventEnvelope {
 export interface EventMap {
   connected: ConnectedEvent;
   reset: ResetEvent;
+  gap: GapEvent;
   disconnect: DisconnectEvent;
   subscribed: SubscribedEvent;
   unsubscribed: UnsubscribedEvent;

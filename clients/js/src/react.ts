@@ -5,7 +5,7 @@
 import { createContext, createElement, useContext, useEffect, useRef, useState, type ReactNode } from 'react';
 
 import type { HeraldClient, SubscribeOptions, Subscription, SubscriptionState } from './client.js';
-import type { DisconnectEvent, ResetEvent, StreamEvent } from './events.js';
+import type { DisconnectEvent, GapEvent, ResetEvent, StreamEvent } from './events.js';
 
 const ClientContext = createContext<HeraldClient | null>(null);
 
@@ -14,9 +14,12 @@ export function HeraldProvider(props: { client: HeraldClient; children?: ReactNo
   return createElement(ClientContext.Provider, { value: props.client }, props.children);
 }
 
-export interface EventChannelConfig extends Omit<SubscribeOptions, 'onEvent' | 'onReset' | 'onStateChange'> {
+export interface EventChannelConfig
+  extends Omit<SubscribeOptions, 'onEvent' | 'onReset' | 'onGap' | 'onStateChange'> {
   onEvent: (event: StreamEvent) => void;
   onReset?: (event: ResetEvent) => void;
+  /** Events this slow reader had queued were dropped (`slow_consumer = "drop_oldest"`). */
+  onGap?: (event: GapEvent) => void;
   /** The client to use; default: the one of the nearest `HeraldProvider`. */
   client?: HeraldClient;
   /** `false` holds the subscription closed (e.g. until a user id is known). */
@@ -62,6 +65,7 @@ export function useEventChannel(channel: string | string[], config: EventChannel
       backoff,
       onEvent: (e) => configRef.current.onEvent(e),
       onReset: (e) => configRef.current.onReset?.(e),
+      onGap: (e) => configRef.current.onGap?.(e),
       onError: (e) => configRef.current.onError?.(e),
       onDisconnect: (e) => configRef.current.onDisconnect?.(e),
       onStateChange: (state, info) =>

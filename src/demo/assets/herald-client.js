@@ -864,6 +864,9 @@ var Subscription = class {
 			case "reset":
 				this.options.onReset?.(event);
 				break;
+			case "gap":
+				this.options.onGap?.(event);
+				break;
 			case "disconnect": {
 				const cut = event;
 				this.disconnect = cut;

@@ -23,7 +23,8 @@
 //!
 //! By concern: `publish` (and the [`crate::engine::Broker`] seam), `history` (reads and the
 //! catch-up after a reconnect), `message` (the pub/sub message format, read once here),
-//! `pubsub` (the one pub/sub loop), `presence`, `occupancy` (which nodes hold a channel, for
+//! `pubsub` (the one pub/sub loop), `primary` (a fixed Redis, or the primary Redis Sentinel
+//! names, asked again after a failure), `presence`, `occupancy` (which nodes hold a channel, for
 //! the webhooks), `sessions` (tickets, bans, connection slots),
 //! `commands` (between nodes); the Lua scripts are files in `scripts/`.
 
@@ -32,6 +33,7 @@ mod history;
 mod message;
 mod occupancy;
 mod presence;
+mod primary;
 mod publish;
 mod pubsub;
 mod sessions;
@@ -49,6 +51,7 @@ use super::sink::Attached;
 use super::{Engine, EngineError, HistoryLimits, NodeSink};
 use crate::channel::ChannelName;
 use crate::cursor::Position;
+use primary::{Following, Primary};
 use pubsub::{Command, PubSubClient};
 
 // The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
@@ -58,10 +61,12 @@ const HISTORY_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), in
 const PAGE_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/page.lua"));
 const SLOT_LUA: &str = include_str!("scripts/slot.lua");
 
-/// The command connection: one Redis, or a Redis Cluster (routed by key slot).
+/// The command connection: one Redis, the primary Redis Sentinel names, or a Redis Cluster
+/// (routed by key slot).
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
+    Sentinel(Following),
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
@@ -69,6 +74,7 @@ impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
+            Self::Sentinel(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -81,6 +87,7 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -88,6 +95,7 @@ impl redis::aio::ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
+            Self::Sentinel(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
     }
@@ -102,6 +110,9 @@ pub struct RedisOptions {
     pub tls_ca: Option<std::path::PathBuf>,
     /// Use Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`), one script per slot.
     pub cluster: bool,
+    /// Ask these Redis Sentinels (`host:port`) for the primary of this name instead of using
+    /// `url`, and ask them again after the primary fails.
+    pub sentinel: Option<(Vec<String>, String)>,
     /// Prefix of every key and pub/sub channel.
     pub prefix: String,
     /// How long a user's connection slot (and presence) lives without renewal.
@@ -170,19 +181,31 @@ impl RedisEngine {
             let conn = commands.get_async_connection().await.map_err(unavailable)?;
             (Conn::Cluster(conn), PubSubClient::Cluster(builder(true)))
         } else {
-            let client = match root_cert {
-                Some(root_cert) => {
-                    let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
-                    redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(unavailable)?
-                }
-                None => redis::Client::open(opts.url.as_str()).map_err(unavailable)?,
-            };
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(2)))
                 .set_number_of_retries(2);
-            let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
-            (Conn::Single(conn), PubSubClient::Single(client))
+            match &opts.sentinel {
+                Some((sentinels, master)) => {
+                    let primary = Primary::sentinel(sentinels, master).map_err(unavailable)?;
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(2)))
+                        .set_response_timeout(Some(Duration::from_secs(2)));
+                    let conn = Following::connect(primary.clone(), config).await.map_err(unavailable)?;
+                    (Conn::Sentinel(conn), PubSubClient::Single(primary))
+                }
+                None => {
+                    let client = match root_cert {
+                        Some(root_cert) => {
+                            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                            redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(unavailable)?
+                        }
+                        None => redis::Client::open(opts.url.as_str()).map_err(unavailable)?,
+                    };
+                    let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+                    (Conn::Single(conn), PubSubClient::Single(Primary::Fixed(Box::new(client))))
+                }
+            }
         };
         let engine = Arc::new(Self {
             sink: Attached::default(),

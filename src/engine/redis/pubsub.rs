@@ -20,6 +20,7 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::message::{self, LastMessage};
+use super::primary::Primary;
 use super::{RedisEngine, unavailable};
 use crate::channel::ChannelName;
 use crate::engine::EngineError;
@@ -27,7 +28,8 @@ use crate::engine::EngineError;
 /// What the pub/sub task connects with.
 #[allow(clippy::large_enum_variant, reason = "built once per node and moved into its task")]
 pub(super) enum PubSubClient {
-    Single(redis::Client),
+    /// A standalone Redis, fixed or found through Sentinel, asked for at every (re)connect.
+    Single(Primary),
     /// A builder, not a client: the task adds its own push sender.
     Cluster(redis::cluster::ClusterClientBuilder),
 }
@@ -97,9 +99,10 @@ struct Standalone {
 
 impl Link for Standalone {
     const HEALS_ITSELF: bool = false;
-    type Opener = redis::Client;
+    type Opener = Primary;
 
-    async fn open(client: &mut redis::Client) -> Result<Self, String> {
+    async fn open(primary: &mut Primary) -> Result<Self, String> {
+        let client = primary.client().await?;
         let (sink, stream) = deadline(client.get_async_pubsub()).await?.split();
         Ok(Self { sink, stream })
     }
@@ -210,11 +213,11 @@ impl Link for Cluster {
 /// The pub/sub task on a standalone Redis.
 pub(super) async fn standalone(
     engine: Weak<RedisEngine>,
-    client: redis::Client,
+    primary: Primary,
     commands: mpsc::UnboundedReceiver<Command>,
     ready: oneshot::Sender<()>,
 ) {
-    run::<Standalone>(engine, client, commands, ready).await;
+    run::<Standalone>(engine, primary, commands, ready).await;
 }
 
 /// The pub/sub task on a Redis Cluster.

@@ -56,6 +56,7 @@ async fn what_the_publish_script_writes_reaches_the_sink_as_the_event_that_was_p
         url: format!("redis://127.0.0.1:{}", server.port),
         tls_ca: None,
         cluster: false,
+        sentinel: None,
         prefix: "realtime".to_owned(),
         slot_lease: Duration::from_secs(30),
         node_id: "sink-test".to_owned(),

@@ -12,9 +12,9 @@ use std::task::{Context, Poll};
 
 use smallvec::SmallVec;
 
-use super::{CloseReason, ConnShared, Item, JoinStart};
+use super::{CloseReason, ConnShared, Gap, Item, JoinStart};
 use crate::channel::ChannelName;
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, write_entry};
 use crate::event::{Copy, Published};
 use crate::hub::Hub;
 
@@ -76,6 +76,8 @@ pub(crate) struct StreamCore {
     /// Ids of recent events that reached this connection one channel copy at a time
     /// (see [`Published::fanout`]); empty unless the connection follows several channels.
     recent_split: VecDeque<Arc<str>>,
+    /// Gaps taken from the queue, each set told at its `Item::Gaps` in the backlog.
+    gaps: VecDeque<Vec<Gap>>,
 }
 
 impl StreamCore {
@@ -88,6 +90,7 @@ impl StreamCore {
             backlog: VecDeque::new(),
             id_buf: String::new(),
             recent_split: VecDeque::new(),
+            gaps: VecDeque::new(),
         }
     }
 
@@ -221,6 +224,31 @@ impl StreamCore {
         !seen
     }
 
+    /// Tells the client of events its `drop_oldest` queue dropped, one `gap` per channel,
+    /// and moves its cursor over them: the notice's id is past the gap, and the gap's ids
+    /// say what to fetch from history. A gap wholly at or before the cursor (events it had
+    /// already, queued twice across a resume seam) was no loss and is not told.
+    fn tell_gaps(&mut self, out: &mut impl Emit, gaps: Vec<Gap>) {
+        for gap in gaps {
+            if let Some(i) = self.channels.iter().position(|c| *c == gap.channel) {
+                if gap.last <= self.cursor.positions[i] {
+                    continue;
+                }
+                self.cursor.positions[i] = gap.last;
+            }
+            let (mut first, mut last) = (String::new(), String::new());
+            write_entry(&mut first, gap.channel.as_str(), gap.first);
+            write_entry(&mut last, gap.channel.as_str(), gap.last);
+            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let notice = serde_json::json!({
+                "type": "gap", "channel": gap.channel.as_str(), "reason": "slow_consumer",
+                "firstId": first, "lastId": last, "missed": gap.missed, "timestamp": now,
+            });
+            self.notice(out, "gap", notice.to_string().as_bytes());
+            self.hub.stats.slow_gaps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn apply_leave(&mut self, out: &mut impl Emit, channel: &ChannelName) {
         if let Some(i) = self.channels.iter().position(|c| c == channel) {
             self.channels.remove(i);
@@ -247,6 +275,12 @@ impl StreamCore {
                 return Poll::Pending;
             }
             if !blocked {
+                if !st.gaps.is_empty() {
+                    // The dropped events came after what the backlog holds and before
+                    // everything still queued.
+                    self.gaps.push_back(std::mem::take(&mut st.gaps));
+                    self.backlog.push_back(Item::Gaps);
+                }
                 if self.backlog.is_empty() && st.items.len() <= MAX_BATCH {
                     // The usual case: take the queue whole, without copying its items into
                     // the backlog's buffer (one memory line less to touch per write).
@@ -273,7 +307,7 @@ impl StreamCore {
                 break;
             }
             match item {
-                Item::Event(event) => {
+                Item::Event(event, _) => {
                     if let Some(ci) = self.advance(&event) {
                         self.emit_event(out, &event, ci);
                         written += 1;
@@ -297,6 +331,10 @@ impl StreamCore {
                     }
                 },
                 Item::Leave(channel) => self.apply_leave(out, &channel),
+                Item::Gaps => {
+                    let gaps = self.gaps.pop_front().unwrap_or_default();
+                    self.tell_gaps(out, gaps);
+                }
                 Item::Direct(direct) => {
                     let (event_type, json) = &*direct;
                     self.notice(out, event_type, json);
