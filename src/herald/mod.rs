@@ -36,7 +36,7 @@ use crate::policy::{Denied, Policies};
 pub use presence::{PresenceError, UserPresence};
 pub use rooms::{ChannelInfo, RoomError};
 pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, api_key_only};
-pub use stream::StreamRequest;
+pub use stream::{Admission, StreamRequest, new_connection_id};
 
 /// The scope of the application's own idempotency keys (publishers over HTTP are scoped by
 /// their credential, which never spells this).

@@ -25,6 +25,9 @@ use connection::{CloseReason, ConnShared, Item, JoinSlot, Pushed};
 struct Entry {
     conn: Arc<ConnShared>,
     channels: Vec<ChannelName>,
+    /// When its credential expires (ms since the epoch): the connection's own deadline
+    /// until [`Hub::extend_expiry`] moves it.
+    expires_at: Option<u64>,
 }
 
 #[derive(Default)]
@@ -214,7 +217,8 @@ impl Hub {
             }
         }
         reg.ids.insert(Arc::clone(&conn.id), conn.key);
-        reg.conns.insert(conn.key, Entry { conn, channels: channels.to_vec() });
+        let expires_at = conn.expires_at_ms;
+        reg.conns.insert(conn.key, Entry { conn, channels: channels.to_vec(), expires_at });
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(activated)
     }
@@ -222,11 +226,11 @@ impl Hub {
     /// Removes a connection (idempotent). Returns the channels left with no local subscriber.
     pub fn unregister(&self, key: u64) -> Vec<ChannelName> {
         let mut reg = self.write();
-        let Some(Entry { conn, channels }) = reg.conns.remove(&key) else {
+        let Some(Entry { conn, channels, expires_at }) = reg.conns.remove(&key) else {
             return Vec::new();
         };
         reg.ids.remove(&conn.id);
-        if let Some(at) = conn.expires_at_ms {
+        if let Some(at) = expires_at {
             reg.expiries.remove(&(at, key));
         }
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -409,6 +413,23 @@ impl Hub {
         self.expiry_moved.notified().await;
     }
 
+    /// Moves the expiry of connection `connection` to `deadline_ms` (its client presented a
+    /// fresh credential without reconnecting). `false` when no such connection is here.
+    pub fn extend_expiry(&self, connection: &str, deadline_ms: u64) -> bool {
+        let mut reg = self.write();
+        let Some(&key) = reg.ids.get(connection) else { return false };
+        let Some(old) = reg.conns.get_mut(&key).map(|e| e.expires_at.replace(deadline_ms)) else { return false };
+        if let Some(at) = old {
+            reg.expiries.remove(&(at, key));
+        }
+        let earliest = reg.expiries.first().is_none_or(|&first| (deadline_ms, key) < first);
+        reg.expiries.insert((deadline_ms, key));
+        if earliest {
+            self.expiry_moved.notify_one();
+        }
+        true
+    }
+
     /// Ends every connection whose credential expired at or before `now_ms`: each writes
     /// what was queued before, then `token_expired`, and leaves the hub, so no event
     /// published later reaches it. Returns how many were closed.
@@ -571,6 +592,24 @@ mod tests {
 
     fn connection(hub: &Hub, id: &str) -> Arc<ConnShared> {
         Arc::new(ConnShared::new(hub.next_key(), Arc::from(id), None, 16, None, Box::new([])))
+    }
+
+    #[test]
+    fn a_moved_expiry_ends_the_connection_at_the_new_deadline_not_the_old_one() {
+        let hub = Hub::new();
+        let conn = Arc::new(
+            ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])).expiring_at(Some(1_000)),
+        );
+        let mut channels = vec![channel("channel:lobby")];
+        assert!(hub.register(Arc::clone(&conn), &mut channels, LIMITS).is_ok());
+        assert!(hub.extend_expiry("c1", 5_000));
+        assert!(!hub.extend_expiry("c2", 5_000));
+        assert_eq!(hub.next_expiry(), Some(5_000));
+        assert_eq!(hub.expire_sessions(1_000), 0);
+        assert_eq!(hub.connection_count(), 1);
+        assert_eq!(hub.expire_sessions(5_000), 1);
+        assert_eq!(hub.connection_count(), 0);
+        assert_eq!(hub.next_expiry(), None);
     }
 
     #[test]

@@ -87,3 +87,38 @@ async fn presence(
         users.into_iter().map(|u| (u.user_id.clone(), json!({"client": u.user_id, "user": u.user_id}))).collect();
     Ok(json!({"presence": presence}))
 }
+
+/// A Centrifugo `history` read: the channel's head and at most `limit` events after
+/// `since`, oldest first, each as its JSON and position.
+///
+/// This reads the engine's history after a position ([`crate::engine::Broker::history`]),
+/// which serves a read `since` a position and the head alone (`limit` 0). A read without
+/// `since` (the channel's oldest or newest kept events) or backwards from it (`reverse`)
+/// needs a paged history read, which the engine does not have yet: `108 not available`.
+async fn read_history(
+    herald: &Herald,
+    channel: &ChannelName,
+    since: Option<crate::cursor::Position>,
+    limit: usize,
+    reverse: bool,
+) -> Result<(crate::cursor::Position, Vec<(bytes::Bytes, crate::cursor::Position)>), protocol::ClientError> {
+    if limit > 0 && (since.is_none() || reverse) {
+        return Err(protocol::ClientError::new(108, "history without `since`, or `reverse`, is not available yet"));
+    }
+    let read = herald.engine().history(channel, since.filter(|_| limit > 0)).await.map_err(|e| {
+        tracing::warn!(channel = %channel, error = %e, "centrifugo history read failed");
+        let mut e = protocol::ClientError::new(100, "internal server error");
+        e.temporary = true;
+        e
+    })?;
+    let events = read.events.map_err(|_| protocol::ClientError::unrecoverable_position())?;
+    let mut out: Vec<_> = events
+        .iter()
+        .filter_map(|event| {
+            let copy = event.copies.iter().find(|c| c.channel == *channel)?;
+            Some((bytes::Bytes::copy_from_slice(copy.frame.json()), copy.position))
+        })
+        .collect();
+    out.truncate(limit);
+    Ok((read.head, out))
+}
