@@ -504,6 +504,23 @@ mod tests {
     }
 
     #[test]
+    fn server_side_pushes_have_the_shape_the_sdk_reads() {
+        let parsed = |s: String| serde_json::from_str::<Value>(&s).ok();
+        assert_eq!(parsed(subscribe_push("news")), Some(json!({"push": {"channel": "news", "subscribe": {}}})));
+        assert_eq!(
+            parsed(unsubscribe_push("news", Unsubscribe::Server)),
+            Some(json!({"push": {"channel": "news", "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}}))
+        );
+        // 2501 is at or above 2500: the SDK subscribes again (with a fresh token).
+        assert_eq!(
+            parsed(unsubscribe_push("$plans", Unsubscribe::Expired)),
+            Some(
+                json!({"push": {"channel": "$plans", "unsubscribe": {"code": 2501, "reason": "subscription expired"}}})
+            )
+        );
+    }
+
+    #[test]
     fn an_error_reply_has_the_centrifugo_shape() {
         let parsed = |s: String| serde_json::from_str::<Value>(&s).ok();
         let err = parsed(error(4, ClientError::already_subscribed()));

@@ -656,11 +656,15 @@ impl Session {
         Ok(json!({}))
     }
 
-    /// `history`: a channel this client may subscribe to, read from the engine's history
-    /// (`publications` oldest first, and the channel's `offset` and `epoch`).
+    /// `history`: a channel this client follows or may subscribe to, read from the engine's
+    /// history (`publications` oldest first, and the channel's `offset` and `epoch`).
     async fn history(&mut self, h: protocol::History) -> Result<Value, Fail> {
         let channel = self.channel(&h.channel)?;
         if !self.subs.contains_key(channel.as_str()) {
+            // A `$` channel is read by its subscribers only, as it is subscribed: with a token.
+            if h.channel.starts_with(protocol::PRIVATE_PREFIX) {
+                return Err(ClientError::permission_denied().into());
+            }
             self.herald.policies().can_subscribe(&self.who(), &channel).map_err(ApiError::from)?;
         }
         let since = match h.since {

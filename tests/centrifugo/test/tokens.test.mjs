@@ -87,7 +87,7 @@ test("a refresh with another user's token ends the connection with 3500 invalid 
   assert.deepEqual([ctx.code, ctx.reason], [3500, 'invalid token']);
 });
 
-test('a $ channel needs a subscription token: without one 103, with one for the user and channel it subscribes', async () => {
+test('a $ channel needs a subscription token: without one 103 (and no history), with one for the user and channel it subscribes', async () => {
   const c = client(token('pat'));
   const denied = c.newSubscription('$secret');
   const refused = once(denied, 'unsubscribed');
@@ -109,6 +109,9 @@ test('a $ channel needs a subscription token: without one 103, with one for the 
   await herald.publish({ channel: 'channel:plans', type: 'plan', text: 'q3' });
   const pub = await got;
   assert.deepEqual([pub.channel, pub.data.text], ['$plans', 'q3']);
+  // A $ channel's history is its subscribers' only.
+  assert.equal((await allowed.history({ limit: 0 })).epoch, 'herald');
+  await assert.rejects(c.history('$secret', { limit: 0 }), (e) => e.code === 103);
   c.disconnect();
 });
 
