@@ -95,6 +95,8 @@ async fn presence(
 /// which serves a read `since` a position and the head alone (`limit` 0). A read without
 /// `since` (the channel's oldest or newest kept events) or backwards from it (`reverse`)
 /// needs a paged history read, which the engine does not have yet: `108 not available`.
+/// With one, Centrifugo's reads are: no `since`, the first (`reverse`: last) `limit` kept;
+/// `since`, the `limit` after it (`reverse`: before it, newest first).
 async fn read_history(
     herald: &Herald,
     channel: &ChannelName,

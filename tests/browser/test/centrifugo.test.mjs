@@ -2,7 +2,8 @@
 // one Redis: the page connects with a short-lived JWT and refreshes it without reconnecting,
 // subscribes a `$` channel with a subscription token, reads history since a position, and
 // after its node is killed and restarted recovers exactly what the other node published
-// meanwhile (`recovered: true`).
+// meanwhile (`recovered: true`); the other node's live join of its connection is a
+// server-side subscription.
 
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
@@ -33,7 +34,7 @@ function config() {
   return path;
 }
 
-test('the SDK in Chromium refreshes its token in place, subscribes a $ channel with a token, reads history, and recovers after its node restarts behind Redis', async () => {
+test('the SDK in Chromium refreshes its token in place, subscribes a $ channel with a token, reads history, recovers after its node restarts behind Redis, and is joined live from the other node', async () => {
   const redis = await startRedis();
   const args = ['--config', config(), '--jwt-secret', SECRET, '--api-key', API_KEY, '--redis-url', redis.url];
   let first = await startHerald(args);
@@ -65,7 +66,12 @@ test('the SDK in Chromium refreshes its token in place, subscribes a $ channel w
         sub.on('publication', (ctx) => window.seen.pubs.push([ctx.data.n, ctx.offset]));
         sub.on('subscribed', (ctx) => window.seen.subscribed.push({ recovered: ctx.recovered, wasRecovering: ctx.wasRecovering }));
         c.on('connecting', () => (window.seen.connecting += 1));
-        c.on('connected', () => (window.seen.connected += 1));
+        c.on('connected', (ctx) => {
+          window.seen.connected += 1;
+          window.seen.client = ctx.client;
+        });
+        c.on('subscribed', (ctx) => (window.seen.serverSide = ctx.channel));
+        c.on('publication', (ctx) => (window.seen.serverPub = [ctx.channel, ctx.data.n]));
         sub.subscribe();
         c.connect();
         window.sub = sub;
@@ -106,5 +112,16 @@ test('the SDK in Chromium refreshes its token in place, subscribes a $ channel w
     await publish(first.url, 5);
     await waitFor(async () => (await seen()).pubs.length >= 5, 'five publications');
     assert.deepEqual((await seen()).pubs.map(([n]) => n), [1, 2, 3, 4, 5]);
+
+    // The other node's live join of the page's connection (its `client` id) reaches the
+    // page's node through Redis: a server-side subscription in the SDK.
+    const { client } = await seen();
+    const [status, body] = await post(other.url, `/api/connections/${client}/channels`, { channel: 'channel:ops' }, { 'X-Api-Key': API_KEY });
+    assert.equal(status, 200, JSON.stringify(body));
+    await waitFor(async () => (await seen()).serverSide === 'ops', 'the server-side subscription');
+    const [sent] = await post(other.url, '/api/publish', { channel: 'channel:ops', type: 'n', n: 6 }, { 'X-Api-Key': API_KEY });
+    assert.equal(sent, 200);
+    await waitFor(async () => (await seen()).serverPub?.[1] === 6, 'its publication');
+    assert.deepEqual((await seen()).serverPub, ['ops', 6]);
   });
 });
