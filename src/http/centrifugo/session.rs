@@ -102,17 +102,14 @@ impl From<Disconnect> for Fail {
     }
 }
 
-/// The claims of a Centrifugo connection token beyond Herald's own.
+/// The claims of a Centrifugo token beyond Herald's own.
 #[derive(Default, Deserialize)]
-struct ConnectClaims {
-    /// Server-side subscriptions: channels the client follows from `connect` on.
+struct Claims {
+    /// A connection token's server-side subscriptions: channels the client follows from
+    /// `connect` on.
     #[serde(default)]
     channels: Vec<String>,
-}
-
-/// The claim of a Centrifugo subscription token beyond Herald's own.
-#[derive(Default, Deserialize)]
-struct SubscribeClaims {
+    /// A subscription token's channel. A token with one is not a connection token.
     channel: Option<String>,
 }
 
@@ -359,9 +356,9 @@ impl Session {
             if cfg.auth_configured() && !cfg.allow_anonymous {
                 return Err(Disconnect::InvalidToken.into());
             }
-            (Principal::Anonymous, ConnectClaims::default())
+            (Principal::Anonymous, Claims::default())
         } else {
-            let (user, claims) = self.verify::<ConnectClaims>(&token).await?;
+            let (user, claims) = self.verify_connection(&token).await?;
             (Principal::User(Arc::new(user)), claims)
         };
         tracing::debug!(client = %self.client, who = %who.describe(), "centrifugo client connected");
@@ -386,10 +383,21 @@ impl Session {
         Ok(reply)
     }
 
+    /// A connection token: as [`Session::verify`], and a subscription token (one with a
+    /// `channel`) is `3500 invalid token` here.
+    async fn verify_connection(&self, token: &str) -> Result<(UserIdentity, Claims), Fail> {
+        let (user, claims) = self.verify(token).await?;
+        if claims.channel.is_some() {
+            tracing::info!(client = %self.client, "a subscription token presented as a connection token");
+            return Err(Disconnect::InvalidToken.into());
+        }
+        Ok((user, claims))
+    }
+
     /// Verifies a connection or subscription token: expired is `109` (the SDK gets
     /// another), keys out of reach a temporary `100`, anything else `3500 invalid token`.
-    async fn verify<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<(UserIdentity, T), Fail> {
-        match self.herald.auth().verify_token_with::<T>(token).await {
+    async fn verify(&self, token: &str) -> Result<(UserIdentity, Claims), Fail> {
+        match self.herald.auth().verify_token_with::<Claims>(token).await {
             Ok(verified) => Ok(verified),
             Err(AuthError::Expired) => Err(ClientError::token_expired().into()),
             Err(AuthError::KeysUnavailable(_)) => {
@@ -470,7 +478,7 @@ impl Session {
         if token.is_empty() {
             return Err(Disconnect::BadRequest.into());
         }
-        let user = match self.verify::<SubscribeClaims>(&token).await {
+        let user = match self.verify_connection(&token).await {
             Ok((user, _)) => user,
             Err(Fail::Error(e)) if e == ClientError::token_expired() => return Err(Disconnect::Expired.into()),
             Err(fail) => return Err(fail),
@@ -492,7 +500,7 @@ impl Session {
     /// `channel` the name subscribed. Returns its `exp` in ms since the epoch, if it has
     /// one.
     async fn subscription_token(&self, name: &str, token: &str) -> Result<Option<u64>, Fail> {
-        let (user, claims) = self.verify::<SubscribeClaims>(token).await?;
+        let (user, claims) = self.verify(token).await?;
         if self.who().user_id() != Some(&user.id) || claims.channel.as_deref() != Some(name) {
             tracing::info!(client = %self.client, channel = %name, "subscription token of another user or channel");
             return Err(Disconnect::InvalidToken.into());

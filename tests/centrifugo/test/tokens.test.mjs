@@ -145,6 +145,13 @@ test('a subscription token of another channel or another user ends the connectio
   }
 });
 
+test('a subscription token is not a connection token: connecting with one is 3500', async () => {
+  const c = client(token('rita', { channel: 'vault:a' }));
+  const disconnected = once(c, 'disconnected');
+  c.connect();
+  assert.deepEqual([(await disconnected).code, c.state], [3500, 'disconnected']);
+});
+
 test('an expired subscription token is 109: the SDK subscribes with the one its getToken gives', async () => {
   let calls = 0;
   const c = client(token('sam'));
