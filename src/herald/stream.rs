@@ -56,6 +56,9 @@ pub struct Admission<'a> {
     /// The connection's id, when the transport told its client one before the connection
     /// opened (from [`new_connection_id`]).
     pub id: Option<Arc<str>>,
+    /// What the application says of the connection (a Centrifugo token's `info`): its
+    /// `join` and `leave` events carry it.
+    pub info: Option<Arc<serde_json::Value>>,
 }
 
 /// A fresh connection id (`c` and a lowercase ULID), as `connectionId` shows it.
@@ -105,7 +108,7 @@ impl Herald {
     ) -> Result<StreamCore, SubscribeError> {
         let StreamRequest { principal, channels, last_event_id, named: _, kill, filters } = req;
         let mut channels = self.admit(&principal, channels, admission.granted)?;
-        let (shared, mut core) = self.register(&principal, &mut channels, kill, filters, admission.id)?;
+        let (shared, mut core) = self.register(&principal, &mut channels, kill, filters, admission)?;
         self.claim_user_slot(&principal, &shared.id).await?;
         // Every channel, not only those this stream was first on: a channel another stream
         // opened a moment ago may still have its SUBSCRIBE in flight, and history read before
@@ -163,18 +166,19 @@ impl Herald {
         channels: &mut [ChannelName],
         kill: Option<KillSwitch>,
         filters: Vec<(String, String)>,
-        id: Option<Arc<str>>,
+        admission: Admission<'_>,
     ) -> Result<(Arc<ConnShared>, StreamCore), SubscribeError> {
         let cfg = self.config();
         let hub = self.hub();
-        let conn_id = id.unwrap_or_else(new_connection_id);
+        let conn_id = admission.id.unwrap_or_else(new_connection_id);
         let (user, deadline) = match principal {
             Principal::User(u) => (Some((Arc::clone(&u.id), u.name.clone())), u.session_deadline_ms(cfg.auth.leeway)),
             _ => (None, None),
         };
         let shared = Arc::new(
             ConnShared::new(hub.next_key(), conn_id, user, cfg.buffer_size, kill, filters.into_boxed_slice())
-                .expiring_at(deadline),
+                .expiring_at(deadline)
+                .with_info(admission.info),
         );
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         hub.register(Arc::clone(&shared), channels, limits).map_err(|r| match r {

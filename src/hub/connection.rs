@@ -177,6 +177,9 @@ pub struct ConnShared {
     /// When the credential it was opened with expires, plus the leeway, in milliseconds
     /// since the Unix epoch (see [`Hub::expire_sessions`]).
     pub expires_at_ms: Option<u64>,
+    /// What the application says of this connection (a Centrifugo token's `info` claim):
+    /// its `join` and `leave` events carry it.
+    pub info: Option<Arc<serde_json::Value>>,
     state: Mutex<QueueState>,
 }
 
@@ -215,6 +218,7 @@ impl ConnShared {
             kill,
             filters,
             expires_at_ms: None,
+            info: None,
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
                 waker: None,
@@ -229,6 +233,12 @@ impl ConnShared {
     /// The connection ends at `deadline_ms` (milliseconds since the Unix epoch), if any.
     pub(crate) fn expiring_at(mut self, deadline_ms: Option<u64>) -> Self {
         self.expires_at_ms = deadline_ms;
+        self
+    }
+
+    /// The connection's [`ConnShared::info`].
+    pub(crate) fn with_info(mut self, info: Option<Arc<serde_json::Value>>) -> Self {
+        self.info = info;
         self
     }
 

@@ -138,6 +138,7 @@ pub struct Departure {
     pub connection: Arc<str>,
     pub user: Option<Arc<str>>,
     pub user_name: Option<Arc<str>>,
+    pub info: Option<Arc<serde_json::Value>>,
     pub channels: Vec<ChannelName>,
 }
 
@@ -147,6 +148,7 @@ pub struct ConnInfo {
     pub connection: Arc<str>,
     pub user: Option<Arc<str>>,
     pub user_name: Option<Arc<str>>,
+    pub info: Option<Arc<serde_json::Value>>,
     pub channels: Vec<ChannelName>,
 }
 
@@ -249,6 +251,7 @@ impl Hub {
                 connection: Arc::clone(&conn.id),
                 user: conn.user_id.clone(),
                 user_name: conn.user_name.clone(),
+                info: conn.info.clone(),
                 channels,
             });
         }
@@ -576,6 +579,7 @@ fn info(entry: &Entry) -> ConnInfo {
         connection: Arc::clone(&entry.conn.id),
         user: entry.conn.user_id.clone(),
         user_name: entry.conn.user_name.clone(),
+        info: entry.conn.info.clone(),
         channels: entry.channels.clone(),
     }
 }

@@ -202,9 +202,14 @@ pub(super) fn publication(channel: &str, event: &[u8], position: Option<Position
 }
 
 /// A `join` or `leave` push on `channel` for `user` (Herald's join and leave are per user
-/// connection, and it tells the user, so the user id stands for the client id too).
-pub(super) fn join_leave(channel: &str, kind: &str, user: &str) -> String {
-    json!({"push": {"channel": channel, kind: {"info": {"client": user, "user": user}}}}).to_string()
+/// connection, and it tells the user, so the user id stands for the client id too), with
+/// the connection's `info` (JSON) as `conn_info`.
+pub(super) fn join_leave(channel: &str, kind: &str, user: &str, info: Option<&str>) -> String {
+    let mut client = json!({"client": user, "user": user});
+    if let Some(info) = info.and_then(|i| serde_json::from_str::<Value>(i).ok()) {
+        client["conn_info"] = info;
+    }
+    json!({"push": {"channel": channel, kind: {"info": client}}}).to_string()
 }
 
 /// The push that tells the SDK it was subscribed to `channel` by the server (a live join
@@ -496,10 +501,18 @@ mod tests {
 
     #[test]
     fn a_join_push_names_the_user_as_client_and_user() {
-        let push: Option<Value> = serde_json::from_str(&join_leave("room:a", "join", "42")).ok();
+        let push: Option<Value> = serde_json::from_str(&join_leave("room:a", "join", "42", None)).ok();
         assert_eq!(
             push,
             Some(json!({"push": {"channel": "room:a", "join": {"info": {"client": "42", "user": "42"}}}}))
+        );
+        let push: Option<Value> =
+            serde_json::from_str(&join_leave("room:a", "leave", "42", Some(r#"{"n":"Ann"}"#))).ok();
+        assert_eq!(
+            push,
+            Some(
+                json!({"push": {"channel": "room:a", "leave": {"info": {"client": "42", "user": "42", "conn_info": {"n": "Ann"}}}}})
+            )
         );
     }
 

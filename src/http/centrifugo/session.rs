@@ -63,6 +63,8 @@ pub(super) struct Session {
     /// The join and leave notices (`subscribed`, `unsubscribed` and the channel) that this
     /// session's own commands will bring back, to tell them from the application's.
     own_notices: Vec<(&'static str, String)>,
+    /// The connection token's `info`, for the Herald connection the socket opens.
+    info: Option<Arc<Value>>,
     frames: Bucket,
     /// What the application's publish hook is told of this client.
     hooks: crate::http::hooked::Client,
@@ -111,6 +113,8 @@ struct Claims {
     channels: Vec<String>,
     /// A subscription token's channel. A token with one is not a connection token.
     channel: Option<String>,
+    /// A connection token's `info`: the connection's `join` and `leave` carry it.
+    info: Option<Value>,
 }
 
 /// The channel of an event, read from Herald's event JSON.
@@ -121,6 +125,9 @@ struct Head<'a> {
     /// The user of a `join` or `leave`.
     #[serde(borrow, rename = "userId")]
     user_id: Option<Cow<'a, str>>,
+    /// The connection's `info`, on a `join` or `leave`.
+    #[serde(borrow)]
+    info: Option<&'a serde_json::value::RawValue>,
 }
 
 impl Session {
@@ -140,6 +147,7 @@ impl Session {
             subs: HashMap::new(),
             sub_deadlines: HashMap::new(),
             own_notices: Vec::new(),
+            info: None,
             frames: Bucket::new(FRAME_RATE, FRAME_BURST),
             hooks,
             _drain_guard: drain_guard,
@@ -286,7 +294,7 @@ impl Session {
         let channel = head.channel?;
         let name = self.subs.get(channel.as_ref())?;
         if matches!(kind, "join" | "leave") {
-            return Some(protocol::join_leave(name, kind, head.user_id.as_deref()?));
+            return Some(protocol::join_leave(name, kind, head.user_id.as_deref()?, head.info.map(|i| i.get())));
         }
         let position = self.conn.as_ref().and_then(|conn| {
             let index = conn.channels().iter().position(|c| c.as_str() == channel)?;
@@ -351,7 +359,7 @@ impl Session {
         if self.who.is_some() {
             return Err(Disconnect::BadRequest.into());
         }
-        let (who, claims) = if token.is_empty() {
+        let (who, mut claims) = if token.is_empty() {
             let cfg = self.herald.config();
             if cfg.auth_configured() && !cfg.allow_anonymous {
                 return Err(Disconnect::InvalidToken.into());
@@ -363,6 +371,7 @@ impl Session {
         };
         tracing::debug!(client = %self.client, who = %who.describe(), "centrifugo client connected");
         self.who = Some(who);
+        self.info = claims.info.map(Arc::new);
         let ping = self.herald.config().heartbeat_interval.as_secs().max(1);
         let mut reply = json!({
             "client": self.client,
@@ -372,7 +381,7 @@ impl Session {
         });
         self.tell_expiry(&mut reply);
         if !claims.channels.is_empty() {
-            match self.subscribe_server_side(claims.channels).await {
+            match self.subscribe_server_side(std::mem::take(&mut claims.channels)).await {
                 Ok(subs) => reply["subs"] = subs,
                 Err(e) => {
                     self.who = None;
@@ -445,7 +454,7 @@ impl Session {
             return Ok(Value::Object(subs));
         }
         let req = self.stream_request(channels.clone(), None);
-        let admission = Admission { granted: &channels, id: Some(Arc::clone(&self.client)) };
+        let admission = Admission { granted: &channels, id: Some(Arc::clone(&self.client)), info: self.info.clone() };
         let opened = self.herald.connect_admitted(req, admission).await;
         let mut conn = match opened {
             Ok(conn) => conn,
@@ -571,6 +580,7 @@ impl Session {
         let admission = Admission {
             granted: if granted { std::slice::from_ref(channel) } else { &[] },
             id: Some(Arc::clone(&self.client)),
+            info: self.info.clone(),
         };
         let mut conn = self.herald.connect_admitted(req, admission).await.map_err(ApiError::from)?;
         // What `connect` wrote before the live events: the `connected` notice (its id is the

@@ -254,6 +254,26 @@ async function remove(connection, channel) {
   assert.equal(resp.status, 200, await resp.text());
 }
 
+test("the connection token's info reaches the join and leave pushes of others as connInfo", async () => {
+  const watcher = client(token('yan'));
+  const sub = watcher.newSubscription('room:intro');
+  const ready = once(sub, 'subscribed');
+  sub.subscribe();
+  watcher.connect();
+  await ready;
+  const joined = new Promise((ok) => sub.on('join', (ctx) => ctx.info.user === 'xena' && ok(ctx.info)));
+  const left = new Promise((ok) => sub.on('leave', (ctx) => ctx.info.user === 'xena' && ok(ctx.info)));
+  const other = client(token('xena', { info: { name: 'Xena', role: 'sre' } }));
+  const hers = other.newSubscription('room:intro');
+  hers.subscribe();
+  other.connect();
+  assert.deepEqual((await joined).connInfo, { name: 'Xena', role: 'sre' });
+  hers.unsubscribe();
+  assert.deepEqual((await left).connInfo, { name: 'Xena', role: 'sre' });
+  other.disconnect();
+  watcher.disconnect();
+});
+
 test('history since a position gives the publications after it with their offsets; no limit gives the position alone', async () => {
   const c = client(token('wes'));
   const sub = c.newSubscription('log');
