@@ -75,6 +75,7 @@ impl Herald {
                     user_name: who.user_name.clone(),
                     status,
                     connections: 1,
+                    info: conn.info.as_deref().cloned(),
                 };
                 match self.engine().presence_join(ch, &conn.id, &entry).await {
                     Ok(true) => self.announce(ch, Event::presence(status), &who).await,

@@ -70,7 +70,8 @@ fn event(channel: &ChannelName, data: serde_json::Value) -> Option<serde_json::V
 }
 
 /// `presence` (one entry a user, keyed and `client` by user id: Herald's presence is per
-/// user) or, with `stats`, `presence_stats`.
+/// user; `conn_info`, the `info` of the connection that brought the user in) or, with
+/// `stats`, `presence_stats`.
 async fn presence(
     herald: &Herald,
     who: &crate::auth::Principal,
@@ -83,8 +84,16 @@ async fn presence(
         let clients: usize = users.iter().map(|u| u.connections.max(1)).sum();
         return Ok(json!({"num_clients": clients, "num_users": users.len()}));
     }
-    let presence: serde_json::Map<String, serde_json::Value> =
-        users.into_iter().map(|u| (u.user_id.clone(), json!({"client": u.user_id, "user": u.user_id}))).collect();
+    let presence: serde_json::Map<String, serde_json::Value> = users
+        .into_iter()
+        .map(|u| {
+            let mut client = json!({"client": u.user_id, "user": u.user_id});
+            if let Some(info) = u.info {
+                client["conn_info"] = info;
+            }
+            (u.user_id, client)
+        })
+        .collect();
     Ok(json!({"presence": presence}))
 }
 

@@ -1,9 +1,9 @@
 // The real `centrifuge` SDK (npm, its browser bundle) in Chromium against two Herald nodes on
 // one Redis: the page connects with a short-lived JWT and refreshes it without reconnecting,
-// subscribes a `$` channel with a subscription token, reads history since a position, and
-// after its node is killed and restarted recovers exactly what the other node published
-// meanwhile (`recovered: true`); the other node's live join of its connection is a
-// server-side subscription.
+// subscribes a `$` channel with a subscription token, reads history since a position, is
+// present with its token's info on the other node, and after its node is killed and
+// restarted recovers exactly what the other node published meanwhile (`recovered: true`);
+// the other node's live join of its connection is a server-side subscription.
 
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
@@ -34,7 +34,7 @@ function config() {
   return path;
 }
 
-test('the SDK in Chromium refreshes its token in place, subscribes a $ channel with a token, reads history, recovers after its node restarts behind Redis, and is joined live from the other node', async () => {
+test('the SDK in Chromium refreshes its token in place, subscribes a $ channel with a token, reads history, is present with its info, recovers after its node restarts behind Redis, and is joined live from the other node', async () => {
   const redis = await startRedis();
   const args = ['--config', config(), '--jwt-secret', SECRET, '--api-key', API_KEY, '--redis-url', redis.url];
   let first = await startHerald(args);
@@ -49,7 +49,7 @@ test('the SDK in Chromium refreshes its token in place, subscribes a $ channel w
     await page.exposeFunction('mintToken', (sub, claims) => token(sub, claims));
     await page.goto(`${first.url}/healthz`);
     await page.addScriptTag({ path: SDK });
-    const short = token('zoe', { exp: Math.floor(Date.now() / 1000) + 2 });
+    const short = token('zoe', { exp: Math.floor(Date.now() / 1000) + 2, info: { device: 'chromium' } });
     await page.evaluate(
       ({ ws, short }) => {
         window.seen = { pubs: [], subscribed: [], connecting: 0, connected: 0, tokens: 0 };
@@ -100,6 +100,12 @@ test('the SDK in Chromium refreshes its token in place, subscribes a $ channel w
       before.pubs[0][1],
     );
     assert.deepEqual(history, [2]);
+
+    // The token's info is the page's presence, kept in Redis: the other node reads it.
+    const presence = await fetch(`${other.url}/api/channels/channel:plans/presence`, { headers: { 'X-Api-Key': API_KEY } });
+    assert.equal(presence.status, 200);
+    const { users } = await presence.json();
+    assert.deepEqual(users.map((u) => [u.userId, u.info]), [['zoe', { device: 'chromium' }]]);
 
     // The page's node dies; the other node publishes meanwhile; the node comes back.
     await first.stop('SIGKILL');

@@ -13,10 +13,15 @@ import WebSocket from 'ws';
 import { API_KEY, backend, once, startHerald, token } from './support.mjs';
 
 // `vault` is subscribed by the application only (`api_key`): a Centrifugo client needs a
-// subscription token. A second of leeway keeps the expiry tests short.
+// subscription token; `team` has presence and join/leave. A second of leeway keeps the expiry
+// tests short.
 const EXTRA = `
 [namespaces.vault]
 subscribe = "api_key"
+
+[namespaces.team]
+join_leave = true
+presence = true
 
 [auth]
 leeway = "1s"
@@ -254,9 +259,9 @@ async function remove(connection, channel) {
   assert.equal(resp.status, 200, await resp.text());
 }
 
-test("the connection token's info reaches the join and leave pushes of others as connInfo", async () => {
+test("the connection token's info reaches presence and the join and leave pushes of others as connInfo", async () => {
   const watcher = client(token('yan'));
-  const sub = watcher.newSubscription('room:intro');
+  const sub = watcher.newSubscription('team:intro');
   const ready = once(sub, 'subscribed');
   sub.subscribe();
   watcher.connect();
@@ -264,10 +269,13 @@ test("the connection token's info reaches the join and leave pushes of others as
   const joined = new Promise((ok) => sub.on('join', (ctx) => ctx.info.user === 'xena' && ok(ctx.info)));
   const left = new Promise((ok) => sub.on('leave', (ctx) => ctx.info.user === 'xena' && ok(ctx.info)));
   const other = client(token('xena', { info: { name: 'Xena', role: 'sre' } }));
-  const hers = other.newSubscription('room:intro');
+  const hers = other.newSubscription('team:intro');
   hers.subscribe();
   other.connect();
   assert.deepEqual((await joined).connInfo, { name: 'Xena', role: 'sre' });
+  const present = await sub.presence();
+  assert.deepEqual(present.clients.xena.connInfo, { name: 'Xena', role: 'sre' });
+  assert.equal(present.clients.yan.connInfo, undefined);
   hers.unsubscribe();
   assert.deepEqual((await left).connInfo, { name: 'Xena', role: 'sre' });
   other.disconnect();
