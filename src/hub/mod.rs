@@ -160,7 +160,8 @@ pub struct Hub {
     next_key: AtomicU64,
     /// Where departures are reported (presence, connection slots).
     departures: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Departure>>,
-    /// Signalled when a connection registers with a deadline earlier than any before it.
+    /// Signalled when a connection registers (or its expiry moves) with a deadline earlier
+    /// than any before it.
     expiry_moved: tokio::sync::Notify,
     pub stats: HubStats,
 }
@@ -410,8 +411,9 @@ impl Hub {
         self.read().expiries.first().map(|&(at, _)| at)
     }
 
-    /// Resolves when a connection registered with a deadline earlier than
-    /// [`Hub::next_expiry`] was (a permit is kept if nobody waits, so none is missed).
+    /// Resolves when a connection registered, or had its expiry moved, with a deadline
+    /// earlier than [`Hub::next_expiry`] was (a permit is kept if nobody waits, so none is
+    /// missed).
     pub async fn expiry_moved(&self) {
         self.expiry_moved.notified().await;
     }
