@@ -58,6 +58,19 @@ pub struct Verifier {
     leeway: u64,
 }
 
+/// Herald's claims and a caller's own, from one payload.
+#[derive(Deserialize)]
+struct WithExtra<T> {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(flatten)]
+    extra: T,
+}
+
+/// No claims beyond Herald's.
+#[derive(Deserialize)]
+struct NoExtra {}
+
 #[derive(Deserialize)]
 struct Claims {
     /// Optional here so that a token without it is told so, not given a parser's words.
@@ -113,6 +126,15 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<UserIdentity, AuthError> {
+        self.verify_with::<NoExtra>(token).await.map(|(user, NoExtra {})| user)
+    }
+
+    /// Verifies `token` as [`Verifier::verify`] does, and reads the claims of `T` (claims
+    /// other than Herald's own, such as a Centrifugo token's) from the same payload.
+    pub async fn verify_with<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+    ) -> Result<(UserIdentity, T), AuthError> {
         let header = decode_header(token).map_err(|e| {
             tracing::debug!(error = %e, "token header refused");
             AuthError::InvalidToken(header_problem(token))
@@ -153,8 +175,8 @@ impl Verifier {
         }
         let mut last = TokenProblem::Signature;
         for key in &candidates {
-            match decode::<Claims>(token, key, &validation) {
-                Ok(data) => return identity(data.claims),
+            match decode::<WithExtra<T>>(token, key, &validation) {
+                Ok(data) => return Ok((identity(data.claims.claims)?, data.claims.extra)),
                 Err(e) => {
                     // The library's words (parser positions, variant lists) go to the log;
                     // the client gets Herald's own sentence for the case.

@@ -224,6 +224,18 @@ impl Authenticator {
         }
     }
 
+    /// Verifies a token as [`Authenticator::verify_token`] does, and reads the claims of `T`
+    /// from it too.
+    pub async fn verify_token_with<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+    ) -> Result<(UserIdentity, T), AuthError> {
+        match &self.jwt {
+            Some(v) => v.verify_with(token).await,
+            None => Err(AuthError::InvalidToken(TokenProblem::NotAccepted)),
+        }
+    }
+
     /// Finds the API key presented, comparing digests so timing says nothing of the keys.
     pub fn verify_api_key(&self, presented: &str) -> Result<Arc<ApiKey>, AuthError> {
         let d = digest(presented);

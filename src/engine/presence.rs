@@ -20,6 +20,10 @@ pub struct PresenceEntry {
     /// The user's open connections to the channel (0 while leaving, in the grace period).
     #[serde(default)]
     pub connections: usize,
+    /// What the application said of the connection that brought the user in (a Centrifugo
+    /// token's `info`), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// A channel's occupancy changed across every node: its first subscriber arrived

@@ -43,7 +43,7 @@ pub use history::{History, HistoryError, HistoryOrder, HistoryQuery, MAX_HISTORY
 pub use presence::{PresenceError, UserPresence};
 pub use rooms::{ChannelInfo, RoomError};
 pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, api_key_only};
-pub use stream::{LastEvents, StreamRequest};
+pub use stream::{Admission, LastEvents, StreamRequest, new_connection_id};
 
 /// The scope of the application's own idempotency keys (publishers over HTTP are scoped by
 /// their credential, which never spells this).

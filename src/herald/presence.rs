@@ -76,6 +76,7 @@ impl Herald {
                     user_name: who.user_name.clone(),
                     status,
                     connections: 1,
+                    info: conn.info.as_deref().cloned(),
                 };
                 match self.engine().presence_join(ch, &conn.id, &entry).await {
                     Ok(true) => {
@@ -87,7 +88,7 @@ impl Herald {
                 }
             }
             if self.join_leave_on(ch) {
-                self.announce(ch, Event::join(ch.as_str()), &who).await;
+                self.announce(ch, with_info(Event::join(ch.as_str()), conn.info.as_deref()), &who).await;
             }
         }
     }
@@ -123,7 +124,7 @@ impl Herald {
                 }
             }
             if self.join_leave_on(ch) {
-                self.announce(ch, Event::leave(ch.as_str()), &who).await;
+                self.announce(ch, with_info(Event::leave(ch.as_str()), departure.info.as_deref()), &who).await;
             }
         }
         if left.is_empty() {
@@ -283,4 +284,12 @@ pub(super) fn check_not_presence(event: &Event) -> Result<(), PublishError> {
         return Err(PublishError::Event(crate::event::EventError::ReservedType(event.event_type().to_owned())));
     }
     Ok(())
+}
+
+/// A `join` or `leave` event with the connection's `info`, if the application gave one.
+fn with_info(event: Event, info: Option<&serde_json::Value>) -> Event {
+    match info {
+        Some(info) => event.with("info", info.clone()),
+        None => event,
+    }
 }

@@ -345,6 +345,7 @@ impl Herald {
                     connection: info.connection,
                     user: info.user,
                     user_name: info.user_name,
+                    info: info.info,
                     channels: vec![channel],
                 };
                 self.announce_departure(departure).await;

@@ -88,6 +88,27 @@ impl LastEvents {
     }
 }
 
+/// What a transport that authorizes on its own (Centrifugo's protocol) adds to a
+/// [`StreamRequest`].
+#[derive(Debug, Default)]
+pub struct Admission<'a> {
+    /// Channels the application granted already (a verified subscription token, a token's
+    /// server-side channels): the channel policy is not asked, as for a live join by the
+    /// application.
+    pub granted: &'a [ChannelName],
+    /// The connection's id, when the transport told its client one before the connection
+    /// opened (from [`new_connection_id`]).
+    pub id: Option<Arc<str>>,
+    /// What the application says of the connection (a Centrifugo token's `info`): its
+    /// `join` and `leave` events carry it.
+    pub info: Option<Arc<serde_json::Value>>,
+}
+
+/// A fresh connection id (`c` and a lowercase ULID), as `connectionId` shows it.
+pub fn new_connection_id() -> Arc<str> {
+    Arc::from(format!("c{}", crate::ids::new_id().to_lowercase()))
+}
+
 /// Why a resume cannot say what was missed on a pattern: patterns keep no position.
 pub(super) const PATTERN_NOT_RESUMABLE: &str = "pattern_not_resumable";
 
@@ -98,24 +119,39 @@ impl Herald {
     pub async fn open_stream(&self, req: StreamRequest) -> Result<SseBody, SubscribeError> {
         let mut out = SseOut::new(req.named);
         out.put_retry(self.config().retry.as_millis() as u64);
-        let core = self.open(req, &mut out).await?;
+        let core = self.open(req, Admission::default(), &mut out).await?;
         Ok(SseBody::new(core, out))
     }
 
     /// Opens a connection for a transport of the application's own: the same checks, resume
     /// and live events as an SSE stream, as messages.
     pub async fn connect(&self, req: StreamRequest) -> Result<Connection, SubscribeError> {
+        self.connect_admitted(req, Admission::default()).await
+    }
+
+    /// [`Herald::connect`] for a transport that authorized part of it already
+    /// ([`Admission`]).
+    pub async fn connect_admitted(
+        &self,
+        req: StreamRequest,
+        admission: Admission<'_>,
+    ) -> Result<Connection, SubscribeError> {
         let mut out = MessageOut::default();
-        let core = self.open(req, &mut out).await?;
+        let core = self.open(req, admission, &mut out).await?;
         Ok(Connection::new(core, out))
     }
 
     /// Opens a connection, step by step: nothing is registered until the request is
     /// admitted, and nothing live is written before what the connection missed.
-    async fn open(&self, req: StreamRequest, out: &mut impl Emit) -> Result<StreamCore, SubscribeError> {
+    async fn open(
+        &self,
+        req: StreamRequest,
+        admission: Admission<'_>,
+        out: &mut impl Emit,
+    ) -> Result<StreamCore, SubscribeError> {
         let StreamRequest { principal, channels, last_event_id, named: _, kill, filters, last, transport } = req;
-        let mut channels = self.admit(&principal, channels)?;
-        let (shared, mut core) = self.register(&principal, &mut channels, kill, filters, transport)?;
+        let mut channels = self.admit(&principal, channels, admission.granted)?;
+        let (shared, mut core) = self.register(&principal, &mut channels, kill, filters, transport, admission)?;
         self.claim_user_slot(&principal, &shared.id).await?;
         // Every channel, not only those this stream was first on: a channel another stream
         // opened a moment ago may still have its SUBSCRIBE in flight, and history read before
@@ -132,8 +168,13 @@ impl Herald {
     }
 
     /// The request's channels, each once, if this node takes the stream and the principal
-    /// may follow every one of them.
-    fn admit(&self, principal: &Principal, requested: Vec<ChannelName>) -> Result<Vec<ChannelName>, SubscribeError> {
+    /// may follow every one of them (the `granted` ones without asking the policy).
+    fn admit(
+        &self,
+        principal: &Principal,
+        requested: Vec<ChannelName>,
+        granted: &[ChannelName],
+    ) -> Result<Vec<ChannelName>, SubscribeError> {
         let cfg = self.config();
         if self.is_draining() {
             return Err(SubscribeError::Draining);
@@ -153,7 +194,7 @@ impl Herald {
         if channels.iter().any(ChannelName::is_pattern) && !self.engine().supports_patterns() {
             return Err(SubscribeError::PatternsUnsupported);
         }
-        for ch in &channels {
+        for ch in channels.iter().filter(|ch| !granted.contains(ch)) {
             self.policies().can_subscribe(principal, ch)?;
         }
         Ok(channels)
@@ -170,10 +211,11 @@ impl Herald {
         kill: Option<KillSwitch>,
         filters: Vec<(String, String)>,
         transport: &'static str,
+        admission: Admission<'_>,
     ) -> Result<(Arc<ConnShared>, StreamCore), SubscribeError> {
         let cfg = self.config();
         let hub = self.hub();
-        let conn_id: Arc<str> = Arc::from(format!("c{}", crate::ids::new_id().to_lowercase()));
+        let conn_id = admission.id.unwrap_or_else(new_connection_id);
         let (user, deadline) = match principal {
             Principal::User(u) => (Some((Arc::clone(&u.id), u.name.clone())), u.session_deadline_ms(cfg.auth.leeway)),
             _ => (None, None),
@@ -182,7 +224,8 @@ impl Herald {
             ConnShared::new(hub.next_key(), conn_id, user, cfg.buffer_size, kill, filters.into_boxed_slice())
                 .expiring_at(deadline)
                 .over(transport)
-                .with_slow_consumer(self.policies().slow_consumer(channels.iter())),
+                .with_slow_consumer(self.policies().slow_consumer(channels.iter()))
+                .with_info(admission.info),
         );
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         hub.register(Arc::clone(&shared), channels, limits).map_err(|r| match r {

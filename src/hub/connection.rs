@@ -238,6 +238,9 @@ pub struct ConnShared {
     /// When the credential it was opened with expires, plus the leeway, in milliseconds
     /// since the Unix epoch (see [`Hub::expire_sessions`]).
     pub expires_at_ms: Option<u64>,
+    /// What the application says of this connection (a Centrifugo token's `info` claim):
+    /// its `join` and `leave` events carry it.
+    pub info: Option<Arc<serde_json::Value>>,
     state: Mutex<QueueState>,
 }
 
@@ -280,6 +283,7 @@ impl ConnShared {
             kill,
             filters,
             expires_at_ms: None,
+            info: None,
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
                 waker: None,
@@ -317,6 +321,12 @@ impl ConnShared {
     /// The connection was opened for `transport`.
     pub(crate) fn over(mut self, transport: &'static str) -> Self {
         self.transport = transport;
+        self
+    }
+
+    /// The connection's [`ConnShared::info`].
+    pub(crate) fn with_info(mut self, info: Option<Arc<serde_json::Value>>) -> Self {
+        self.info = info;
         self
     }
 

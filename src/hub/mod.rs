@@ -25,6 +25,9 @@ use connection::{CloseReason, ConnShared, Item, JoinSlot, Pushed};
 struct Entry {
     conn: Arc<ConnShared>,
     channels: Vec<ChannelName>,
+    /// When its credential expires (ms since the epoch): the connection's own deadline
+    /// until [`Hub::extend_expiry`] moves it.
+    expires_at: Option<u64>,
 }
 
 #[derive(Default)]
@@ -139,6 +142,7 @@ pub struct Departure {
     pub connection: Arc<str>,
     pub user: Option<Arc<str>>,
     pub user_name: Option<Arc<str>>,
+    pub info: Option<Arc<serde_json::Value>>,
     pub channels: Vec<ChannelName>,
 }
 
@@ -150,6 +154,7 @@ pub struct ConnInfo {
     pub transport: &'static str,
     pub user: Option<Arc<str>>,
     pub user_name: Option<Arc<str>>,
+    pub info: Option<Arc<serde_json::Value>>,
     pub channels: Vec<ChannelName>,
 }
 
@@ -161,7 +166,8 @@ pub struct Hub {
     next_key: AtomicU64,
     /// Where departures are reported (presence, connection slots).
     departures: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Departure>>,
-    /// Signalled when a connection registers with a deadline earlier than any before it.
+    /// Signalled when a connection registers (or its expiry moves) with a deadline earlier
+    /// than any before it.
     expiry_moved: tokio::sync::Notify,
     pub stats: HubStats,
 }
@@ -220,7 +226,8 @@ impl Hub {
             }
         }
         reg.ids.insert(Arc::clone(&conn.id), conn.key);
-        reg.conns.insert(conn.key, Entry { conn, channels: channels.to_vec() });
+        let expires_at = conn.expires_at_ms;
+        reg.conns.insert(conn.key, Entry { conn, channels: channels.to_vec(), expires_at });
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(activated)
     }
@@ -228,11 +235,11 @@ impl Hub {
     /// Removes a connection (idempotent). Returns the channels left with no local subscriber.
     pub fn unregister(&self, key: u64) -> Vec<ChannelName> {
         let mut reg = self.write();
-        let Some(Entry { conn, channels }) = reg.conns.remove(&key) else {
+        let Some(Entry { conn, channels, expires_at }) = reg.conns.remove(&key) else {
             return Vec::new();
         };
         reg.ids.remove(&conn.id);
-        if let Some(at) = conn.expires_at_ms {
+        if let Some(at) = expires_at {
             reg.expiries.remove(&(at, key));
         }
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -251,6 +258,7 @@ impl Hub {
                 connection: Arc::clone(&conn.id),
                 user: conn.user_id.clone(),
                 user_name: conn.user_name.clone(),
+                info: conn.info.clone(),
                 channels,
             });
         }
@@ -426,10 +434,28 @@ impl Hub {
         self.read().expiries.first().map(|&(at, _)| at)
     }
 
-    /// Resolves when a connection registered with a deadline earlier than
-    /// [`Hub::next_expiry`] was (a permit is kept if nobody waits, so none is missed).
+    /// Resolves when a connection registered, or had its expiry moved, with a deadline
+    /// earlier than [`Hub::next_expiry`] was (a permit is kept if nobody waits, so none is
+    /// missed).
     pub async fn expiry_moved(&self) {
         self.expiry_moved.notified().await;
+    }
+
+    /// Moves the expiry of connection `connection` to `deadline_ms` (its client presented a
+    /// fresh credential without reconnecting). `false` when no such connection is here.
+    pub fn extend_expiry(&self, connection: &str, deadline_ms: u64) -> bool {
+        let mut reg = self.write();
+        let Some(&key) = reg.ids.get(connection) else { return false };
+        let Some(old) = reg.conns.get_mut(&key).map(|e| e.expires_at.replace(deadline_ms)) else { return false };
+        if let Some(at) = old {
+            reg.expiries.remove(&(at, key));
+        }
+        let earliest = reg.expiries.first().is_none_or(|&first| (deadline_ms, key) < first);
+        reg.expiries.insert((deadline_ms, key));
+        if earliest {
+            self.expiry_moved.notify_one();
+        }
+        true
     }
 
     /// Ends every connection whose credential expired at or before `now_ms`: each writes
@@ -595,6 +621,7 @@ fn info(entry: &Entry) -> ConnInfo {
         transport: entry.conn.transport,
         user: entry.conn.user_id.clone(),
         user_name: entry.conn.user_name.clone(),
+        info: entry.conn.info.clone(),
         channels: entry.channels.clone(),
     }
 }
@@ -611,6 +638,24 @@ mod tests {
 
     fn connection(hub: &Hub, id: &str) -> Arc<ConnShared> {
         Arc::new(ConnShared::new(hub.next_key(), Arc::from(id), None, 16, None, Box::new([])))
+    }
+
+    #[test]
+    fn a_moved_expiry_ends_the_connection_at_the_new_deadline_not_the_old_one() {
+        let hub = Hub::new();
+        let conn = Arc::new(
+            ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])).expiring_at(Some(1_000)),
+        );
+        let mut channels = vec![channel("channel:lobby")];
+        assert!(hub.register(Arc::clone(&conn), &mut channels, LIMITS).is_ok());
+        assert!(hub.extend_expiry("c1", 5_000));
+        assert!(!hub.extend_expiry("c2", 5_000));
+        assert_eq!(hub.next_expiry(), Some(5_000));
+        assert_eq!(hub.expire_sessions(1_000), 0);
+        assert_eq!(hub.connection_count(), 1);
+        assert_eq!(hub.expire_sessions(5_000), 1);
+        assert_eq!(hub.connection_count(), 0);
+        assert_eq!(hub.next_expiry(), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ const MAX_STATUSES: usize = 100_000;
 pub(super) struct Present {
     name: Option<String>,
     status: PresenceStatus,
+    info: Option<serde_json::Value>,
     conns: Vec<String>,
     /// Set when the last connection left: the user is offline once this passes.
     leaving_until: Option<Instant>,
@@ -50,6 +51,7 @@ impl PresenceStore for MemoryEngine {
         let present = book.entry(channel.clone()).or_default().entry(user.user_id.clone()).or_insert_with(|| Present {
             name: user.user_name.clone(),
             status: user.status,
+            info: user.info.clone(),
             conns: Vec::new(),
             leaving_until: None,
         });
@@ -96,6 +98,7 @@ impl PresenceStore for MemoryEngine {
                         user_name: p.name.clone(),
                         status: PresenceStatus::Offline,
                         connections: 0,
+                        info: p.info.clone(),
                     });
                 }
                 !due
@@ -118,6 +121,7 @@ impl PresenceStore for MemoryEngine {
                 user_name: p.name.clone(),
                 status: p.status,
                 connections: p.conns.len(),
+                info: p.info.clone(),
             })
             .collect();
         list.sort_by(|a, b| a.user_id.cmp(&b.user_id));

@@ -63,11 +63,14 @@ struct Stored {
     name: Option<String>,
     #[serde(rename = "s")]
     status: PresenceStatus,
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    info: Option<serde_json::Value>,
 }
 
 fn entry(user: String, stored: &str, connections: usize) -> PresenceEntry {
-    let stored: Stored = serde_json::from_str(stored).unwrap_or(Stored { name: None, status: PresenceStatus::Online });
-    PresenceEntry { user_id: user, user_name: stored.name, status: stored.status, connections }
+    let stored: Stored =
+        serde_json::from_str(stored).unwrap_or(Stored { name: None, status: PresenceStatus::Online, info: None });
+    PresenceEntry { user_id: user, user_name: stored.name, status: stored.status, connections, info: stored.info }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -100,7 +103,7 @@ impl RedisEngine {
         conn: &str,
         user: &PresenceEntry,
     ) -> Result<bool, EngineError> {
-        let stored = Stored { name: user.user_name.clone(), status: user.status };
+        let stored = Stored { name: user.user_name.clone(), status: user.status, info: user.info.clone() };
         let stored = serde_json::to_string(&stored).map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut inv = self.presence_call(&self.presence_scripts.join, channel);
         inv.arg(conn).arg(&user.user_id).arg(stored).arg(ms(self.slot_lease)).arg(self.presence_lifetime());

@@ -70,7 +70,8 @@ fn event(channel: &ChannelName, data: serde_json::Value) -> Option<serde_json::V
 }
 
 /// `presence` (one entry a user, keyed and `client` by user id: Herald's presence is per
-/// user) or, with `stats`, `presence_stats`.
+/// user; `conn_info`, the `info` of the connection that brought the user in) or, with
+/// `stats`, `presence_stats`.
 async fn presence(
     herald: &Herald,
     who: &crate::auth::Principal,
@@ -83,7 +84,52 @@ async fn presence(
         let clients: usize = users.iter().map(|u| u.connections.max(1)).sum();
         return Ok(json!({"num_clients": clients, "num_users": users.len()}));
     }
-    let presence: serde_json::Map<String, serde_json::Value> =
-        users.into_iter().map(|u| (u.user_id.clone(), json!({"client": u.user_id, "user": u.user_id}))).collect();
+    let presence: serde_json::Map<String, serde_json::Value> = users
+        .into_iter()
+        .map(|u| {
+            let mut client = json!({"client": u.user_id, "user": u.user_id});
+            if let Some(info) = u.info {
+                client["conn_info"] = info;
+            }
+            (u.user_id, client)
+        })
+        .collect();
     Ok(json!({"presence": presence}))
+}
+
+/// A Centrifugo `history` read: the channel's head and at most `limit` events after
+/// `since`, oldest first, each as its JSON and position.
+///
+/// This reads the engine's history after a position ([`crate::engine::Broker::history`]),
+/// which serves a read `since` a position and the head alone (`limit` 0). A read without
+/// `since` (the channel's oldest or newest kept events) or backwards from it (`reverse`)
+/// needs a paged history read, which the engine does not have yet: `108 not available`.
+/// With one, Centrifugo's reads are: no `since`, the first (`reverse`: last) `limit` kept;
+/// `since`, the `limit` after it (`reverse`: before it, newest first).
+async fn read_history(
+    herald: &Herald,
+    channel: &ChannelName,
+    since: Option<crate::cursor::Position>,
+    limit: usize,
+    reverse: bool,
+) -> Result<(crate::cursor::Position, Vec<(bytes::Bytes, crate::cursor::Position)>), protocol::ClientError> {
+    if limit > 0 && (since.is_none() || reverse) {
+        return Err(protocol::ClientError::new(108, "history without `since`, or `reverse`, is not available yet"));
+    }
+    let read = herald.engine().history(channel, since.filter(|_| limit > 0)).await.map_err(|e| {
+        tracing::warn!(channel = %channel, error = %e, "centrifugo history read failed");
+        let mut e = protocol::ClientError::new(100, "internal server error");
+        e.temporary = true;
+        e
+    })?;
+    let events = read.events.map_err(|_| protocol::ClientError::unrecoverable_position())?;
+    let mut out: Vec<_> = events
+        .iter()
+        .filter_map(|event| {
+            let copy = event.copies.iter().find(|c| c.channel == *channel)?;
+            Some((bytes::Bytes::copy_from_slice(copy.frame.json()), copy.position))
+        })
+        .collect();
+    out.truncate(limit);
+    Ok((read.head, out))
 }

@@ -25,9 +25,9 @@ pub(super) struct Command {
     pub publish: Option<Publish>,
     pub presence: Option<ChannelOnly>,
     pub presence_stats: Option<ChannelOnly>,
-    pub history: Option<ChannelOnly>,
-    pub refresh: Option<Value>,
-    pub sub_refresh: Option<Value>,
+    pub history: Option<History>,
+    pub refresh: Option<Refresh>,
+    pub sub_refresh: Option<SubRefresh>,
     pub rpc: Option<Value>,
     pub send: Option<Value>,
 }
@@ -43,6 +43,9 @@ pub(super) enum Kind {
     Publish(Publish),
     Presence(ChannelOnly),
     PresenceStats(ChannelOnly),
+    History(History),
+    Refresh(Refresh),
+    SubRefresh(SubRefresh),
     /// A method Herald does not serve (yet): answered with `104 method not found`.
     Unsupported,
 }
@@ -59,6 +62,44 @@ pub(super) struct Subscribe {
     /// Recover what was published since `offset` in `epoch`.
     #[serde(default)]
     pub recover: bool,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
+    /// A subscription token (`docs/centrifugo.md`, "Subscription tokens").
+    #[serde(default)]
+    pub token: String,
+}
+
+/// `refresh`: a fresh connection token.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Refresh {
+    #[serde(default)]
+    pub token: String,
+}
+
+/// `sub_refresh`: a fresh subscription token for `channel`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct SubRefresh {
+    pub channel: String,
+    #[serde(default)]
+    pub token: String,
+}
+
+/// `history`: at most `limit` publications of `channel` (none with 0), after `since`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct History {
+    pub channel: String,
+    #[serde(default)]
+    pub limit: i32,
+    pub since: Option<StreamPosition>,
+    #[serde(default)]
+    pub reverse: bool,
+}
+
+/// A position in a channel, as the SDK keeps it.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct StreamPosition {
     #[serde(default)]
     pub offset: u64,
     #[serde(default)]
@@ -98,7 +139,7 @@ impl Command {
             rpc,
             send,
         } = self;
-        let unsupported = [history.is_some(), refresh.is_some(), sub_refresh.is_some(), rpc.is_some(), send.is_some()];
+        let unsupported = [rpc.is_some(), send.is_some()];
         let mut kinds: Vec<Kind> = Vec::with_capacity(1);
         kinds.extend(connect.map(Kind::Connect));
         kinds.extend(subscribe.map(Kind::Subscribe));
@@ -106,6 +147,9 @@ impl Command {
         kinds.extend(publish.map(Kind::Publish));
         kinds.extend(presence.map(Kind::Presence));
         kinds.extend(presence_stats.map(Kind::PresenceStats));
+        kinds.extend(history.map(Kind::History));
+        kinds.extend(refresh.map(Kind::Refresh));
+        kinds.extend(sub_refresh.map(Kind::SubRefresh));
         kinds.extend(unsupported.iter().filter(|u| **u).map(|_| Kind::Unsupported));
         match kinds.len() {
             0 => Some(Kind::Pong),
@@ -158,9 +202,52 @@ pub(super) fn publication(channel: &str, event: &[u8], position: Option<Position
 }
 
 /// A `join` or `leave` push on `channel` for `user` (Herald's join and leave are per user
-/// connection, and it tells the user, so the user id stands for the client id too).
-pub(super) fn join_leave(channel: &str, kind: &str, user: &str) -> String {
-    json!({"push": {"channel": channel, kind: {"info": {"client": user, "user": user}}}}).to_string()
+/// connection, and it tells the user, so the user id stands for the client id too), with
+/// the connection's `info` (JSON) as `conn_info`.
+pub(super) fn join_leave(channel: &str, kind: &str, user: &str, info: Option<&str>) -> String {
+    let mut client = json!({"client": user, "user": user});
+    if let Some(info) = info.and_then(|i| serde_json::from_str::<Value>(i).ok()) {
+        client["conn_info"] = info;
+    }
+    json!({"push": {"channel": channel, kind: {"info": client}}}).to_string()
+}
+
+/// The push that tells the SDK it was subscribed to `channel` by the server (a live join
+/// of its connection): it then emits `subscribed` and the channel's publications on the
+/// client.
+pub(super) fn subscribe_push(channel: &str) -> String {
+    json!({"push": {"channel": channel, "subscribe": {}}}).to_string()
+}
+
+/// The push that tells the SDK the server unsubscribed it from `channel`.
+pub(super) fn unsubscribe_push(channel: &str, why: Unsubscribe) -> String {
+    json!({"push": {"channel": channel, "unsubscribe": {"code": why.code(), "reason": why.reason()}}}).to_string()
+}
+
+/// Why the server ends a subscription (Centrifugo's unsubscribe codes: below 2500 the SDK
+/// stays unsubscribed, from 2500 it subscribes again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unsubscribe {
+    /// The application removed the channel (a live leave).
+    Server,
+    /// The subscription token expired and was not refreshed.
+    Expired,
+}
+
+impl Unsubscribe {
+    fn code(self) -> u32 {
+        match self {
+            Self::Server => 2000,
+            Self::Expired => 2501,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Server => "server unsubscribe",
+            Self::Expired => "subscription expired",
+        }
+    }
 }
 
 /// A publication object, `{"data":<event>,"offset":<n>}`.
@@ -224,6 +311,14 @@ impl ClientError {
 
     pub(super) fn token_expired() -> Self {
         Self::new(109, "token expired")
+    }
+
+    pub(super) fn permission_denied() -> Self {
+        Self::new(103, "permission denied")
+    }
+
+    pub(super) fn unrecoverable_position() -> Self {
+        Self::new(112, "unrecoverable position")
     }
 }
 
@@ -301,11 +396,28 @@ impl Disconnect {
     }
 }
 
+/// The Centrifugo name of a Herald channel the server subscribed a client to: the inverse
+/// of [`herald_channel`] (`channel:news` is `news`, `user:42` is `#42`).
+pub(super) fn centrifugo_channel(herald: &str) -> String {
+    if let Some(name) = herald.strip_prefix("channel:") {
+        return name.to_owned();
+    }
+    match herald.strip_prefix("user:") {
+        Some(user) => format!("#{user}"),
+        None => herald.to_owned(),
+    }
+}
+
+/// Centrifugo's private-channel prefix: a name that starts with it may only be subscribed
+/// with a subscription token; the prefix is not part of the Herald channel.
+pub(super) const PRIVATE_PREFIX: char = '$';
+
 /// A Centrifugo channel name as Herald's: `news` is `channel:news`; `ns:rest` is Herald's
 /// `ns:rest` when `known(ns)` (a configured namespace, or the built-in `channel` and
 /// `user`); a user-limited `ns:#42` (or `#42`) is `user:42`. `None` for a name with an
 /// unknown namespace. Herald's channel rules (characters, length) apply to the result.
 pub(super) fn herald_channel(name: &str, known: impl Fn(&str) -> bool) -> Option<String> {
+    let name = name.strip_prefix(PRIVATE_PREFIX).unwrap_or(name);
     let (ns, rest) = match name.split_once(':') {
         Some((ns, rest)) => (Some(ns), rest),
         None => (None, name),
@@ -338,6 +450,11 @@ mod tests {
         assert_eq!(herald_channel("#42", known).as_deref(), Some("user:42"));
         assert_eq!(herald_channel("dialog:#42,43", known), None);
         assert_eq!(herald_channel("secret:index", known), None);
+        assert_eq!(herald_channel("$chat:index", known).as_deref(), Some("chat:index"));
+        assert_eq!(herald_channel("$news", known).as_deref(), Some("channel:news"));
+        for name in ["news", "chat:index", "#42"] {
+            assert_eq!(herald_channel(name, known).map(|h| centrifugo_channel(&h)).as_deref(), Some(name));
+        }
     }
 
     #[test]
@@ -360,6 +477,14 @@ mod tests {
         assert!(parse("not json").is_none());
         let cmds = parse(r#"{"id":3,"rpc":{"method":"x"}}"#).unwrap_or_default();
         assert!(matches!(cmds.as_slice(), [(3, Kind::Unsupported)]));
+        let cmds = parse(r#"{"id":4,"history":{"channel":"a","limit":2,"since":{"offset":7,"epoch":"herald"}}}"#);
+        assert!(matches!(
+            cmds.unwrap_or_default().as_slice(),
+            [(
+                4,
+                Kind::History(History { limit: 2, since: Some(StreamPosition { offset: 7, .. }), reverse: false, .. })
+            )]
+        ));
     }
 
     #[test]
@@ -376,10 +501,35 @@ mod tests {
 
     #[test]
     fn a_join_push_names_the_user_as_client_and_user() {
-        let push: Option<Value> = serde_json::from_str(&join_leave("room:a", "join", "42")).ok();
+        let push: Option<Value> = serde_json::from_str(&join_leave("room:a", "join", "42", None)).ok();
         assert_eq!(
             push,
             Some(json!({"push": {"channel": "room:a", "join": {"info": {"client": "42", "user": "42"}}}}))
+        );
+        let push: Option<Value> =
+            serde_json::from_str(&join_leave("room:a", "leave", "42", Some(r#"{"n":"Ann"}"#))).ok();
+        assert_eq!(
+            push,
+            Some(
+                json!({"push": {"channel": "room:a", "leave": {"info": {"client": "42", "user": "42", "conn_info": {"n": "Ann"}}}}})
+            )
+        );
+    }
+
+    #[test]
+    fn server_side_pushes_have_the_shape_the_sdk_reads() {
+        let parsed = |s: String| serde_json::from_str::<Value>(&s).ok();
+        assert_eq!(parsed(subscribe_push("news")), Some(json!({"push": {"channel": "news", "subscribe": {}}})));
+        assert_eq!(
+            parsed(unsubscribe_push("news", Unsubscribe::Server)),
+            Some(json!({"push": {"channel": "news", "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}}))
+        );
+        // 2501 is at or above 2500: the SDK subscribes again (with a fresh token).
+        assert_eq!(
+            parsed(unsubscribe_push("$plans", Unsubscribe::Expired)),
+            Some(
+                json!({"push": {"channel": "$plans", "unsubscribe": {"code": 2501, "reason": "subscription expired"}}})
+            )
         );
     }
 

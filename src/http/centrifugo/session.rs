@@ -8,6 +8,12 @@
 //! client counts against Herald's limits as one connection. It keeps the name each channel
 //! was subscribed by, to push under that name. A slow reader is cut by the hub's
 //! [`KillSwitch`], as for every transport.
+//!
+//! Tokens: the connection token's `exp` is the Herald connection's, moved by `refresh`
+//! (the hub ends it, as it ends every stream); a subscription token's `exp` is kept here,
+//! per channel, and ends that subscription alone (`2501`) unless `sub_refresh` moves it.
+//! The application's live joins and leaves of the connection reach the SDK as server-side
+//! `subscribe` and `unsubscribe` pushes.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,12 +25,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::protocol::{self, ClientError, Disconnect, Kind};
-use crate::auth::{AuthError, Principal};
+use super::protocol::{self, ClientError, Disconnect, Kind, Unsubscribe};
+use crate::auth::{AuthError, Principal, UserIdentity, unix_ms};
 use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::event::SERVER_EVENT_TYPES;
-use crate::herald::{Herald, LastEvents, StreamRequest};
+use crate::herald::{Admission, Herald, LastEvents, StreamRequest, new_connection_id};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
@@ -43,12 +49,22 @@ pub(super) struct Session {
     peer: Option<PeerAddr>,
     /// Who `connect` said the client is; `None` before `connect`.
     who: Option<Principal>,
-    /// The client id told in the `connect` reply.
-    client: String,
+    /// The client id told in the `connect` reply: the id of the Herald connection the
+    /// socket opens, so that the application's live joins and leaves name it.
+    client: Arc<str>,
     conn: Option<Connection>,
     kill: KillSwitch,
-    /// Herald channel → the name the client subscribed it by.
+    /// Herald channel → the name the client subscribed it by (or the server did, under
+    /// [`protocol::centrifugo_channel`]).
     subs: HashMap<String, String>,
+    /// Herald channel → when its subscription token's `exp` (plus `auth.leeway`) passes, in
+    /// ms since the epoch: the subscriptions made with a token that expires.
+    sub_deadlines: HashMap<String, u64>,
+    /// The join and leave notices (`subscribed`, `unsubscribed` and the channel) that this
+    /// session's own commands will bring back, to tell them from the application's.
+    own_notices: Vec<(&'static str, String)>,
+    /// The connection token's `info`, for the Herald connection the socket opens.
+    info: Option<Arc<Value>>,
     frames: Bucket,
     /// What the application's publish hook is told of this client.
     hooks: crate::http::hooked::Client,
@@ -64,6 +80,43 @@ enum End {
     ByClient,
 }
 
+/// Why a command failed: an error reply, or the end of the connection.
+enum Fail {
+    Error(ClientError),
+    Disconnect(Disconnect),
+}
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Self {
+        Self::Error(e)
+    }
+}
+
+impl From<ApiError> for Fail {
+    fn from(e: ApiError) -> Self {
+        Self::Error(e.into())
+    }
+}
+
+impl From<Disconnect> for Fail {
+    fn from(d: Disconnect) -> Self {
+        Self::Disconnect(d)
+    }
+}
+
+/// The claims of a Centrifugo token beyond Herald's own.
+#[derive(Default, Deserialize)]
+struct Claims {
+    /// A connection token's server-side subscriptions: channels the client follows from
+    /// `connect` on.
+    #[serde(default)]
+    channels: Vec<String>,
+    /// A subscription token's channel. A token with one is not a connection token.
+    channel: Option<String>,
+    /// A connection token's `info`: the connection's `join` and `leave` carry it.
+    info: Option<Value>,
+}
+
 /// The channel of an event, read from Herald's event JSON.
 #[derive(Deserialize)]
 struct Head<'a> {
@@ -72,6 +125,9 @@ struct Head<'a> {
     /// The user of a `join` or `leave`.
     #[serde(borrow, rename = "userId")]
     user_id: Option<Cow<'a, str>>,
+    /// The connection's `info`, on a `join` or `leave`.
+    #[serde(borrow)]
+    info: Option<&'a serde_json::value::RawValue>,
 }
 
 impl Session {
@@ -85,10 +141,13 @@ impl Session {
             herald,
             peer,
             who: None,
-            client: crate::ids::new_id(),
+            client: new_connection_id(),
             conn: None,
             kill: KillSwitch::default(),
             subs: HashMap::new(),
+            sub_deadlines: HashMap::new(),
+            own_notices: Vec::new(),
+            info: None,
             frames: Bucket::new(FRAME_RATE, FRAME_BURST),
             hooks,
             _drain_guard: drain_guard,
@@ -121,6 +180,7 @@ impl Session {
         // `connect` must come as soon as a request's headers must.
         let deadline = Instant::now() + cfg.header_read_timeout;
         loop {
+            let sub_deadline = self.next_sub_deadline();
             tokio::select! {
                 msg = next(&mut self.conn) => match msg {
                     Some(msg) => self.push(socket, msg).await?,
@@ -165,6 +225,12 @@ impl Session {
                 () = tokio::time::sleep_until(deadline), if self.who.is_none() => {
                     return Some(End::Disconnect(Disconnect::Stale));
                 }
+                () = sleep_until_ms(sub_deadline), if sub_deadline < u64::MAX => {
+                    let lines = self.expire_subscriptions().await;
+                    if !lines.is_empty() {
+                        self.write(socket, protocol::frame(lines)).await?;
+                    }
+                }
             }
         }
     }
@@ -172,11 +238,11 @@ impl Session {
     /// Pushes `first` and whatever else the connection has ready, in one frame.
     async fn push(&mut self, socket: &mut WebSocket, first: Message) -> Option<()> {
         let mut lines = Vec::new();
-        lines.extend(self.publication(&first));
+        lines.extend(self.pushed(&first));
         while lines.len() < MAX_BATCH
             && let Some(Some(msg)) = self.conn.as_mut().and_then(|conn| conn.recv().now_or_never())
         {
-            lines.extend(self.publication(&msg));
+            lines.extend(self.pushed(&msg));
         }
         if lines.is_empty() {
             return Some(());
@@ -184,9 +250,41 @@ impl Session {
         self.write(socket, protocol::frame(lines)).await
     }
 
+    /// What a message of the connection becomes: a publication, or the server-side
+    /// subscribe or unsubscribe of a live join or leave the application made.
+    fn pushed(&mut self, msg: &Message) -> Option<String> {
+        match msg.event_type.as_str() {
+            "subscribed" => self.server_side("subscribed", msg),
+            "unsubscribed" => self.server_side("unsubscribed", msg),
+            _ => self.publication(msg),
+        }
+    }
+
+    /// A live join (`subscribed`) or leave (`unsubscribed`) of the connection: pushed when
+    /// the application made it, not when it answers one of this client's commands.
+    fn server_side(&mut self, kind: &'static str, msg: &Message) -> Option<String> {
+        let head: Head<'_> = serde_json::from_slice(&msg.json).ok()?;
+        let channel = head.channel?.into_owned();
+        if let Some(i) = self.own_notices.iter().position(|(k, c)| *k == kind && *c == channel) {
+            self.own_notices.swap_remove(i);
+            return None;
+        }
+        if kind == "subscribed" {
+            if self.subs.contains_key(&channel) {
+                return None;
+            }
+            let name = protocol::centrifugo_channel(&channel);
+            self.subs.insert(channel, name.clone());
+            return Some(protocol::subscribe_push(&name));
+        }
+        self.sub_deadlines.remove(&channel);
+        let name = self.subs.remove(&channel)?;
+        Some(protocol::unsubscribe_push(&name, Unsubscribe::Server))
+    }
+
     /// The push of a published event: `pub`, or `join`/`leave` for Herald's join and leave
-    /// events; `None` for Herald's own notices (`connected`, `subscribed`, presence, ...),
-    /// which Centrifugo's protocol has no place for.
+    /// events; `None` for Herald's own notices (`connected`, presence, ...), which
+    /// Centrifugo's protocol has no place for.
     fn publication(&self, msg: &Message) -> Option<String> {
         let kind = msg.event_type.as_str();
         if SERVER_EVENT_TYPES.contains(&kind) || kind == "presence" {
@@ -196,7 +294,7 @@ impl Session {
         let channel = head.channel?;
         let name = self.subs.get(channel.as_ref())?;
         if matches!(kind, "join" | "leave") {
-            return Some(protocol::join_leave(name, kind, head.user_id.as_deref()?));
+            return Some(protocol::join_leave(name, kind, head.user_id.as_deref()?, head.info.map(|i| i.get())));
         }
         let position = self.conn.as_ref().and_then(|conn| {
             let index = conn.channels().iter().position(|c| c.as_str() == channel)?;
@@ -231,11 +329,7 @@ impl Session {
         for (id, kind) in commands {
             let result = match kind {
                 Kind::Pong => continue,
-                Kind::Connect(c) => match self.connect(c.token).await {
-                    Ok(result) => Ok(("connect", result)),
-                    Err(Ok(e)) => Err(e),
-                    Err(Err(d)) => return (lines, Some(d)),
-                },
+                Kind::Connect(c) => self.connect(c.token).await.map(|r| ("connect", r)),
                 // Anything before `connect` is out of order.
                 _ if self.who.is_none() => return (lines, Some(Disconnect::BadRequest)),
                 Kind::Subscribe(s) => self.subscribe(s).await.map(|r| ("subscribe", r)),
@@ -243,11 +337,15 @@ impl Session {
                 Kind::Publish(p) => self.publish(p).await.map(|r| ("publish", r)),
                 Kind::Presence(p) => self.presence(p.channel, false).await.map(|r| ("presence", r)),
                 Kind::PresenceStats(p) => self.presence(p.channel, true).await.map(|r| ("presence_stats", r)),
-                Kind::Unsupported => Err(ClientError::method_not_found()),
+                Kind::History(h) => self.history(h).await.map(|r| ("history", r)),
+                Kind::Refresh(r) => self.refresh(r.token).await.map(|r| ("refresh", r)),
+                Kind::SubRefresh(r) => self.sub_refresh(r).await.map(|r| ("sub_refresh", r)),
+                Kind::Unsupported => Err(ClientError::method_not_found().into()),
             };
             lines.push(match result {
                 Ok((method, result)) => protocol::reply(id, method, result),
-                Err(e) => protocol::error(id, e),
+                Err(Fail::Error(e)) => protocol::error(id, e),
+                Err(Fail::Disconnect(d)) => return (lines, Some(d)),
             });
         }
         (lines, None)
@@ -255,38 +353,180 @@ impl Session {
 
     /// `connect`: the token's `sub` is the user (an empty token is anonymous, if Herald
     /// allows it); an expired token is `109` (the SDK fetches a new one), a bad one
-    /// `3500 invalid token`.
-    async fn connect(&mut self, token: String) -> Result<Value, Result<ClientError, Disconnect>> {
+    /// `3500 invalid token`. The reply says when the token expires (`ttl`, for the SDK's
+    /// `refresh`), and the token's `channels` are subscribed at once (`subs`).
+    async fn connect(&mut self, token: String) -> Result<Value, Fail> {
         if self.who.is_some() {
-            return Err(Err(Disconnect::BadRequest));
+            return Err(Disconnect::BadRequest.into());
         }
-        let who = if token.is_empty() {
+        let (who, mut claims) = if token.is_empty() {
             let cfg = self.herald.config();
             if cfg.auth_configured() && !cfg.allow_anonymous {
-                return Err(Err(Disconnect::InvalidToken));
+                return Err(Disconnect::InvalidToken.into());
             }
-            Principal::Anonymous
+            (Principal::Anonymous, Claims::default())
         } else {
-            match self.herald.auth().verify_token(&token).await {
-                Ok(user) => Principal::User(Arc::new(user)),
-                Err(AuthError::Expired) => return Err(Ok(ClientError::token_expired())),
-                Err(AuthError::KeysUnavailable(_)) => {
-                    let mut e = ClientError::new(100, "internal server error");
-                    e.temporary = true;
-                    return Err(Ok(e));
-                }
-                Err(_) => return Err(Err(Disconnect::InvalidToken)),
-            }
+            let (user, claims) = self.verify_connection(&token).await?;
+            (Principal::User(Arc::new(user)), claims)
         };
         tracing::debug!(client = %self.client, who = %who.describe(), "centrifugo client connected");
         self.who = Some(who);
+        self.info = claims.info.map(Arc::new);
         let ping = self.herald.config().heartbeat_interval.as_secs().max(1);
-        Ok(json!({
+        let mut reply = json!({
             "client": self.client,
             "version": concat!("herald ", env!("CARGO_PKG_VERSION")),
             "ping": ping,
             "pong": true,
-        }))
+        });
+        self.tell_expiry(&mut reply);
+        if !claims.channels.is_empty() {
+            match self.subscribe_server_side(std::mem::take(&mut claims.channels)).await {
+                Ok(subs) => reply["subs"] = subs,
+                Err(e) => {
+                    self.who = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    /// A connection token: as [`Session::verify`], and a subscription token (one with a
+    /// `channel`) is `3500 invalid token` here.
+    async fn verify_connection(&self, token: &str) -> Result<(UserIdentity, Claims), Fail> {
+        let (user, claims) = self.verify(token).await?;
+        if claims.channel.is_some() {
+            tracing::info!(client = %self.client, "a subscription token presented as a connection token");
+            return Err(Disconnect::InvalidToken.into());
+        }
+        Ok((user, claims))
+    }
+
+    /// Verifies a connection or subscription token: expired is `109` (the SDK gets
+    /// another), keys out of reach a temporary `100`, anything else `3500 invalid token`.
+    async fn verify(&self, token: &str) -> Result<(UserIdentity, Claims), Fail> {
+        match self.herald.auth().verify_token_with::<Claims>(token).await {
+            Ok(verified) => Ok(verified),
+            Err(AuthError::Expired) => Err(ClientError::token_expired().into()),
+            Err(AuthError::KeysUnavailable(_)) => {
+                let mut e = ClientError::new(100, "internal server error");
+                e.temporary = true;
+                Err(e.into())
+            }
+            Err(e) => {
+                tracing::info!(client = %self.client, error = %e, "centrifugo token refused");
+                Err(Disconnect::InvalidToken.into())
+            }
+        }
+    }
+
+    /// Adds `expires` and `ttl` (whole seconds until the connection token's `exp`, rounded
+    /// down, so that the SDK refreshes before it) to a reply.
+    fn tell_expiry(&self, reply: &mut Value) {
+        if let Some(Principal::User(user)) = &self.who
+            && let Some(exp) = user.expires_at
+        {
+            reply["expires"] = true.into();
+            reply["ttl"] = ttl(exp.saturating_mul(1000)).into();
+        }
+    }
+
+    /// The token's `channels`, subscribed by the server: the connection opens with them,
+    /// granted (the application signed the list). A name Herald cannot map is left out.
+    async fn subscribe_server_side(&mut self, names: Vec<String>) -> Result<Value, Fail> {
+        let mut channels = Vec::with_capacity(names.len());
+        let mut subs = serde_json::Map::with_capacity(names.len());
+        for name in names {
+            match self.channel(&name) {
+                Ok(ch) if !channels.contains(&ch) => {
+                    self.subs.insert(ch.as_str().to_owned(), name.clone());
+                    channels.push(ch);
+                    subs.insert(name, json!({}));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::info!(client = %self.client, channel = %name, "token names a channel Herald does not map")
+                }
+            }
+        }
+        if channels.is_empty() {
+            return Ok(Value::Object(subs));
+        }
+        let req = self.stream_request(channels.clone(), None);
+        let admission = Admission { granted: &channels, id: Some(Arc::clone(&self.client)), info: self.info.clone() };
+        let opened = self.herald.connect_admitted(req, admission).await;
+        let mut conn = match opened {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.subs.clear();
+                return Err(ApiError::from(e).into());
+            }
+        };
+        // What `connect` wrote before the live events is Herald's own (`connected`).
+        while let Some(Some(_)) = conn.recv().now_or_never() {}
+        self.conn = Some(conn);
+        Ok(Value::Object(subs))
+    }
+
+    fn stream_request(&self, channels: Vec<ChannelName>, last_event_id: Option<String>) -> StreamRequest {
+        StreamRequest {
+            principal: self.who(),
+            channels,
+            last_event_id,
+            named: false,
+            kill: Some(self.kill.clone()),
+            filters: Vec::new(),
+            // Centrifugo's own recovery says what a subscription gets first.
+            last: LastEvents::none(),
+            transport: "centrifugo",
+        }
+    }
+
+    /// `refresh`: a fresh token of the same user moves the connection's expiry (the hub's
+    /// deadline for its Herald connection) without reconnecting. An expired token is
+    /// `3005`, another user's or a bad one `3500`, as Centrifugo does.
+    async fn refresh(&mut self, token: String) -> Result<Value, Fail> {
+        if token.is_empty() {
+            return Err(Disconnect::BadRequest.into());
+        }
+        let user = match self.verify_connection(&token).await {
+            Ok((user, _)) => user,
+            Err(Fail::Error(e)) if e == ClientError::token_expired() => return Err(Disconnect::Expired.into()),
+            Err(fail) => return Err(fail),
+        };
+        if self.who().user_id() != Some(&user.id) {
+            tracing::info!(client = %self.client, "centrifugo refresh with another user's token");
+            return Err(Disconnect::InvalidToken.into());
+        }
+        if let (Some(conn), Some(deadline)) = (&self.conn, user.session_deadline_ms(self.herald.config().auth.leeway)) {
+            self.herald.hub().extend_expiry(conn.id(), deadline);
+        }
+        self.who = Some(Principal::User(Arc::new(user)));
+        let mut reply = json!({"client": self.client, "version": concat!("herald ", env!("CARGO_PKG_VERSION"))});
+        self.tell_expiry(&mut reply);
+        Ok(reply)
+    }
+
+    /// A subscription token for `name`: its `sub` must be this client's user and its
+    /// `channel` the name subscribed. Returns its `exp` in ms since the epoch, if it has
+    /// one.
+    async fn subscription_token(&self, name: &str, token: &str) -> Result<Option<u64>, Fail> {
+        let (user, claims) = self.verify(token).await?;
+        if self.who().user_id() != Some(&user.id) || claims.channel.as_deref() != Some(name) {
+            tracing::info!(client = %self.client, channel = %name, "subscription token of another user or channel");
+            return Err(Disconnect::InvalidToken.into());
+        }
+        Ok(user.expires_at.map(|exp| exp.saturating_mul(1000)))
+    }
+
+    /// Keeps a subscription token's expiry (`exp_ms`) for `channel`: the subscription ends
+    /// at it plus `auth.leeway`. Tells the SDK when to refresh it.
+    fn keep_sub_expiry(&mut self, channel: &ChannelName, exp_ms: u64, reply: &mut Value) {
+        let leeway = u64::try_from(self.herald.config().auth.leeway.as_millis()).unwrap_or(u64::MAX);
+        self.sub_deadlines.insert(channel.as_str().to_owned(), exp_ms.saturating_add(leeway));
+        reply["expires"] = true.into();
+        reply["ttl"] = ttl(exp_ms).into();
     }
 
     fn who(&self) -> Principal {
@@ -297,37 +537,55 @@ impl Session {
         super::channel(&self.herald, name)
     }
 
-    /// `subscribe`. The first subscription of a socket opens its Herald connection and is
-    /// recoverable: with `recover`, it resumes from `offset` as an SSE stream resumes from its
+    /// `subscribe`. A subscription token grants the channel (the application signed it);
+    /// without one, Herald's policies decide, and a `$` name needs one. The first
+    /// subscription of a socket opens its Herald connection and is recoverable: with
+    /// `recover`, it resumes from `offset` as an SSE stream resumes from its
     /// `Last-Event-ID`, and what it missed comes in the reply (`recovered: false` when
     /// Herald's history no longer reaches back). Later ones join the connection live, from
     /// the channel's head.
-    async fn subscribe(&mut self, s: protocol::Subscribe) -> Result<Value, ClientError> {
+    async fn subscribe(&mut self, s: protocol::Subscribe) -> Result<Value, Fail> {
         let channel = self.channel(&s.channel)?;
         if self.subs.contains_key(channel.as_str()) {
-            return Err(ClientError::already_subscribed());
+            return Err(ClientError::already_subscribed().into());
         }
-        let who = self.who();
-        if let Some(conn) = &self.conn {
-            self.herald.policies().can_change_subscription(&who, &channel).map_err(ApiError::from)?;
-            self.herald.join(&own_connection(), conn.id(), &channel).await.map_err(ApiError::from)?;
-            self.subs.insert(channel.as_str().to_owned(), s.channel);
-            return Ok(json!({}));
+        let granted = !s.token.is_empty();
+        if !granted && s.channel.starts_with(protocol::PRIVATE_PREFIX) {
+            return Err(ClientError::permission_denied().into());
         }
-        let resume = s.recover && s.epoch == protocol::EPOCH;
-        let req = StreamRequest {
-            principal: who,
-            channels: vec![channel.clone()],
-            last_event_id: resume.then(|| single_entry(channel.as_str(), protocol::position(s.offset))),
-            named: false,
-            kill: Some(self.kill.clone()),
-            filters: Vec::new(),
-            // Centrifugo's own recovery says what a subscription gets first.
-            last: LastEvents::none(),
-            transport: "centrifugo",
+        let token_exp = if granted { self.subscription_token(&s.channel, &s.token).await? } else { None };
+        let mut reply = match &self.conn {
+            Some(conn) => {
+                if !granted {
+                    self.herald.policies().can_change_subscription(&self.who(), &channel).map_err(ApiError::from)?;
+                }
+                self.own_notices.push(("subscribed", channel.as_str().to_owned()));
+                if let Err(e) = self.herald.join(&own_connection(), conn.id(), &channel).await {
+                    self.own_notices.pop();
+                    return Err(ApiError::from(e).into());
+                }
+                json!({})
+            }
+            None => self.open(&channel, &s, granted).await?,
         };
-        let mut conn = self.herald.connect(req).await.map_err(|e| ClientError::from(ApiError::from(e)))?;
         self.subs.insert(channel.as_str().to_owned(), s.channel);
+        if let Some(exp_ms) = token_exp {
+            self.keep_sub_expiry(&channel, exp_ms, &mut reply);
+        }
+        Ok(reply)
+    }
+
+    /// Opens the socket's Herald connection with its first channel, resumed if asked.
+    async fn open(&mut self, channel: &ChannelName, s: &protocol::Subscribe, granted: bool) -> Result<Value, Fail> {
+        let resume = s.recover && s.epoch == protocol::EPOCH;
+        let last_event_id = resume.then(|| single_entry(channel.as_str(), protocol::position(s.offset)));
+        let req = self.stream_request(vec![channel.clone()], last_event_id);
+        let admission = Admission {
+            granted: if granted { std::slice::from_ref(channel) } else { &[] },
+            id: Some(Arc::clone(&self.client)),
+            info: self.info.clone(),
+        };
+        let mut conn = self.herald.connect_admitted(req, admission).await.map_err(ApiError::from)?;
         // What `connect` wrote before the live events: the `connected` notice (its id is the
         // channel's position), a `reset` if history could not cover the gap, and the missed
         // publications.
@@ -342,9 +600,7 @@ impl Session {
                 _ => {
                     let position = position_of(&msg.id, 0, channel.as_str());
                     top = top.max(position);
-                    let mut publication = String::new();
-                    protocol::push_pub(&mut publication, &msg.json, position);
-                    missed.extend(serde_json::from_str::<Value>(&publication).ok());
+                    missed.extend(publication_value(&msg.json, position));
                 }
             }
         }
@@ -359,21 +615,95 @@ impl Session {
         Ok(reply)
     }
 
-    async fn unsubscribe(&mut self, name: String) -> Result<Value, ClientError> {
+    /// `sub_refresh`: a fresh subscription token for a channel subscribed with one moves
+    /// that subscription's expiry.
+    async fn sub_refresh(&mut self, r: protocol::SubRefresh) -> Result<Value, Fail> {
+        let channel = self.channel(&r.channel)?;
+        if !self.subs.contains_key(channel.as_str()) {
+            return Err(ClientError::permission_denied().into());
+        }
+        if r.token.is_empty() {
+            return Err(ClientError::new(107, "`sub_refresh` needs a token").into());
+        }
+        let mut reply = json!({});
+        match self.subscription_token(&r.channel, &r.token).await? {
+            Some(exp_ms) => self.keep_sub_expiry(&channel, exp_ms, &mut reply),
+            None => {
+                self.sub_deadlines.remove(channel.as_str());
+            }
+        }
+        Ok(reply)
+    }
+
+    /// The earliest subscription token deadline (ms since the epoch).
+    fn next_sub_deadline(&self) -> u64 {
+        self.sub_deadlines.values().copied().min().unwrap_or(u64::MAX)
+    }
+
+    /// Ends the subscriptions whose token expired unrefreshed: each leaves the connection
+    /// and the SDK is told `2501 subscription expired` (it subscribes again with a fresh
+    /// token).
+    async fn expire_subscriptions(&mut self) -> Vec<String> {
+        let now = unix_ms();
+        let due: Vec<String> =
+            self.sub_deadlines.iter().filter(|(_, at)| **at <= now).map(|(c, _)| c.clone()).collect();
+        let mut lines = Vec::with_capacity(due.len());
+        for channel in due {
+            self.sub_deadlines.remove(&channel);
+            let Some(name) = self.subs.remove(&channel) else { continue };
+            self.leave(&channel).await;
+            lines.push(protocol::unsubscribe_push(&name, Unsubscribe::Expired));
+        }
+        lines
+    }
+
+    /// Takes `channel` (no longer in `subs`) off the connection.
+    async fn leave(&mut self, channel: &str) {
+        let (Some(conn), Ok(ch)) = (&self.conn, self.herald.parse_channel(channel)) else { return };
+        self.own_notices.push(("unsubscribed", channel.to_owned()));
+        if let Err(e) = self.herald.leave(&own_connection(), conn.id(), &ch).await {
+            self.own_notices.pop();
+            tracing::debug!(client = %self.client, channel, error = %e, "centrifugo leave failed");
+        }
+    }
+
+    async fn unsubscribe(&mut self, name: String) -> Result<Value, Fail> {
         let channel = self.channel(&name)?;
         // Centrifugo answers an unsubscribe from a channel it does not follow with success.
-        if self.subs.remove(channel.as_str()).is_some()
-            && let Some(conn) = &self.conn
-        {
-            self.herald.leave(&own_connection(), conn.id(), &channel).await.map_err(ApiError::from)?;
+        self.sub_deadlines.remove(channel.as_str());
+        if self.subs.remove(channel.as_str()).is_some() {
+            self.leave(channel.as_str()).await;
         }
         Ok(json!({}))
+    }
+
+    /// `history`: a channel this client follows or may subscribe to, read from the engine's
+    /// history (`publications` oldest first, and the channel's `offset` and `epoch`).
+    async fn history(&mut self, h: protocol::History) -> Result<Value, Fail> {
+        let channel = self.channel(&h.channel)?;
+        if !self.subs.contains_key(channel.as_str()) {
+            // A `$` channel is read by its subscribers only, as it is subscribed: with a token.
+            if h.channel.starts_with(protocol::PRIVATE_PREFIX) {
+                return Err(ClientError::permission_denied().into());
+            }
+            self.herald.policies().can_subscribe(&self.who(), &channel).map_err(ApiError::from)?;
+        }
+        let since = match h.since {
+            Some(p) if p.epoch != protocol::EPOCH => return Err(ClientError::unrecoverable_position().into()),
+            Some(p) => Some(protocol::position(p.offset)),
+            None => None,
+        };
+        let limit = usize::try_from(h.limit).unwrap_or(usize::MAX);
+        let (top, events) = super::read_history(&self.herald, &channel, since, limit, h.reverse).await?;
+        let publications: Vec<Value> =
+            events.iter().filter_map(|(json, pos)| publication_value(json, Some(*pos))).collect();
+        Ok(json!({"publications": publications, "epoch": protocol::EPOCH, "offset": protocol::offset(top)}))
     }
 
     /// A client publication: `data` (an object) becomes a Herald event on the channel, of
     /// its own `type`, or `publication` when it has none, through Herald's policies and
     /// rate limits as `POST /api/publish`.
-    async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ClientError> {
+    async fn publish(&mut self, p: protocol::Publish) -> Result<Value, Fail> {
         let channel = self.channel(&p.channel)?;
         let event = super::event(&channel, p.data)
             .ok_or_else(|| ClientError::new(107, "Herald publishes JSON objects: `data` must be one"))?;
@@ -383,10 +713,29 @@ impl Session {
         Ok(json!({}))
     }
 
-    async fn presence(&mut self, name: String, stats: bool) -> Result<Value, ClientError> {
+    async fn presence(&mut self, name: String, stats: bool) -> Result<Value, Fail> {
         let channel = self.channel(&name)?;
-        super::presence(&self.herald, &self.who(), &channel, stats).await
+        Ok(super::presence(&self.herald, &self.who(), &channel, stats).await?)
     }
+}
+
+/// A publication as a JSON value, for a reply that lists several.
+fn publication_value(event: &[u8], position: Option<Position>) -> Option<Value> {
+    let mut publication = String::with_capacity(event.len() + 32);
+    protocol::push_pub(&mut publication, event, position);
+    serde_json::from_str(&publication).ok()
+}
+
+/// Whole seconds from now until `at_ms` (ms since the epoch), rounded down.
+fn ttl(at_ms: u64) -> u64 {
+    at_ms.saturating_sub(unix_ms()) / 1000
+}
+
+/// Sleeps until `at_ms` (milliseconds since the Unix epoch, by the clock tokens are read
+/// against).
+async fn sleep_until_ms(at_ms: u64) {
+    let wait = std::time::Duration::from_millis(at_ms.saturating_sub(unix_ms()));
+    tokio::time::sleep(wait).await;
 }
 
 /// The position in `channel` (at `index` of the connection's channels) that a message's

@@ -39,19 +39,21 @@ function freePort() {
   });
 }
 
-/** An HS256 JWT for `sub`, valid for an hour unless `claims` say otherwise. */
+/** An HS256 JWT for `sub`, valid for an hour unless `claims` say otherwise (a Centrifugo
+ * subscription token is one with a `channel` claim). */
 export function token(sub, claims = {}) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
   const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
   return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
 }
 
-/** Starts `herald serve`; resolves once it listens. */
-export async function startHerald() {
+/** Starts `herald serve` with the test configuration and `extra` lines; resolves once it
+ * listens. */
+export async function startHerald(extra = '') {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'herald-centrifugo-'));
   const config = join(dir, 'herald.toml');
-  writeFileSync(config, CONFIG);
+  writeFileSync(config, CONFIG + extra);
   const child = spawn(
     heraldBinary(),
     ['serve', '--listen', `127.0.0.1:${port}`, '--log', 'warn', '--config', config, '--jwt-secret', SECRET, '--api-key', API_KEY],
