@@ -52,6 +52,9 @@ impl GapReason {
 pub struct HistoryRead {
     /// The channel's last position.
     pub head: Position,
+    /// Every event after this position is still kept: a read after it is complete (the
+    /// oldest history there is starts right after it).
+    pub floor: Position,
     /// Every event after the requested position, oldest first (empty for a fresh read);
     /// or why history cannot say what was missed (the client must refetch state).
     pub events: Result<Vec<Arc<Published>>, GapReason>,
@@ -98,6 +101,14 @@ pub enum NodeCommand {
     SetStatus { user: String, user_name: Option<String>, status: PresenceStatus },
     /// Close the connections `target` names, each with a last `disconnect` notice.
     Disconnect { target: DisconnectTarget, reconnect: bool, banned: bool },
+    /// Add a channel to every live connection of a user (a trusted caller's).
+    JoinUser { user: String, channel: String },
+    /// Remove a channel from every live connection of a user.
+    LeaveUser { user: String, channel: String },
+    /// Describe the node: its id, counts and uptime.
+    Info,
+    /// List the channels with subscribers on the node, with their counts.
+    Channels,
 }
 
 /// A node's answer to a [`NodeCommand`].
@@ -114,6 +125,26 @@ pub enum NodeReply {
     Count { subscribers: usize, users: Vec<String> },
     /// This node closed that many connections.
     Disconnected { connections: usize },
+    /// This node changed that many connections of a user.
+    Changed { connections: usize },
+    /// What the node says of itself.
+    Info(NodeInfo),
+    /// The node's channels with subscribers, each with their number.
+    Channels { channels: Vec<(String, usize)> },
+}
+
+/// A node as it describes itself to [`NodeCommand::Info`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub version: String,
+    pub connections: usize,
+    pub users: usize,
+    pub channels: usize,
+    /// Subscriptions: each connection counted once per channel it follows.
+    pub subscriptions: usize,
+    pub uptime_secs: u64,
 }
 
 /// Why a node refused a [`NodeCommand`]. On the wire it is the snake_case name, which is
@@ -187,6 +218,10 @@ pub trait Broker: Send + Sync + 'static {
             Ok(out)
         })
     }
+
+    /// Forgets every kept event of `channel` (and its AI streams); its position stays, so
+    /// later events go on from it and a resume from before now is a gap.
+    fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), EngineError>>;
 
     /// Makes sure this node receives live events of `channels` before it resolves.
     fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>>;

@@ -31,7 +31,8 @@ use std::sync::Arc;
 
 pub(crate) use broker::check_batch_keys;
 pub use broker::{
-    AiSnapshot, Broker, CommandRefusal, DisconnectTarget, GapReason, HistoryRead, NodeCommand, NodeReply, PublishAck,
+    AiSnapshot, Broker, CommandRefusal, DisconnectTarget, GapReason, HistoryRead, NodeCommand, NodeInfo, NodeReply,
+    PublishAck,
 };
 pub use presence::{PresenceEntry, PresenceStore};
 pub use sessions::SessionStore;

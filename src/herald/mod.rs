@@ -10,13 +10,15 @@
 //! Submodules: `stream` opens and resumes connections (SSE or [`Herald::connect`] for other
 //! transports), `rooms` changes live connections on any node, `sessions` cuts them and bans
 //! users, `presence` announces who is where, `sink` is what the engine sees of the node (the
-//! hub, the policies, and commands from other nodes).
+//! hub, the policies, and commands from other nodes), `survey` gathers what every node says
+//! of itself (its counts, its channels).
 
 mod presence;
 mod rooms;
 mod sessions;
 mod sink;
 mod stream;
+mod survey;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

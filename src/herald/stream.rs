@@ -428,6 +428,7 @@ mod tests {
         let mut missed = Missed::new(2);
         let read = HistoryRead {
             head: Position::new(9, 0),
+            floor: Position::default(),
             events: Ok(vec![event("x", &[(&a, 7)])]),
             streams: vec![snap("seen", 4), snap("behind", 8)],
         };
@@ -435,7 +436,12 @@ mod tests {
         assert_eq!(missed.cursor.positions[0], Position::new(5, 0), "the replay moves it on from there");
         assert_eq!(missed.events[0].len(), 1);
         assert_eq!(missed.behind[0], ["behind"], "a stream the client saw all of needs no snapshot");
-        let read = HistoryRead { head: Position::new(3, 0), events: Ok(Vec::new()), streams: vec![snap("s", 2)] };
+        let read = HistoryRead {
+            head: Position::new(3, 0),
+            floor: Position::default(),
+            events: Ok(Vec::new()),
+            streams: vec![snap("s", 2)],
+        };
         missed.take(1, b.as_str(), Resume::Unknown, read);
         assert_eq!(missed.cursor.positions[1], Position::new(3, 0));
         assert_eq!(missed.gaps, [(1, "unknown_position")]);

@@ -539,6 +539,11 @@ impl Hub {
         reg.channels.get(channel).or_else(|| reg.patterns.get(channel)).map_or(0, Vec::len)
     }
 
+    /// Channels with local subscribers (not patterns), each with their number.
+    pub fn channel_counts(&self) -> Vec<(ChannelName, usize)> {
+        self.read().channels.iter().map(|(c, subs)| (c.clone(), subs.len())).collect()
+    }
+
     /// Local subscribers of one channel, and the distinct users among them.
     pub fn channel_members(&self, channel: &str) -> (usize, Vec<Arc<str>>) {
         let reg = self.read();

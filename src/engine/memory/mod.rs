@@ -275,7 +275,7 @@ impl MemoryEngine {
             }
         };
         let streams = log.snapshots(channel, now);
-        HistoryRead { head, events, streams }
+        HistoryRead { head, floor: log.covered_after, events, streams }
     }
 }
 
@@ -320,6 +320,17 @@ impl Broker for MemoryEngine {
             .collect();
         drop(guards);
         Box::pin(async move { Ok(out) })
+    }
+
+    fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), EngineError>> {
+        let log = self.log(channel);
+        let mut g = lock(&log);
+        g.entries.clear();
+        g.positions.clear();
+        g.streams.clear();
+        g.covered_after = g.last;
+        drop(g);
+        Box::pin(async { Ok(()) })
     }
 
     fn watch<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {
@@ -471,6 +482,25 @@ mod tests {
         assert_eq!(read(&e, "channel:a", Some(future)).await.events.err(), Some(GapReason::UnknownPosition));
         // At the head: nothing missed.
         assert!(read(&e, "channel:a", Some(pos(4))).await.events.is_ok_and(|evs| evs.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn removed_history_is_empty_from_its_floor_and_positions_go_on() {
+        let e = engine(10);
+        let mut acks = Vec::new();
+        for n in 0..3 {
+            acks.extend(e.publish(vec![prep(&["channel:a"], n)]).await.unwrap_or_default());
+        }
+        let first = acks[0].positions[0].1;
+        let full = read(&e, "channel:a", None).await;
+        assert_eq!(read(&e, "channel:a", Some(full.floor)).await.events.map(|v| v.len()).ok(), Some(3));
+        e.remove_history(&ch("channel:a")).await.unwrap_or_else(|e| panic!("{e}"));
+        let emptied = read(&e, "channel:a", None).await;
+        assert_eq!((emptied.head, emptied.floor), (full.head, full.head), "the floor rises to the head");
+        assert_eq!(read(&e, "channel:a", Some(first)).await.events.err(), Some(GapReason::HistoryExpired));
+        let later = e.publish(vec![prep(&["channel:a"], 3)]).await.unwrap_or_default();
+        assert!(later[0].positions[0].1 > full.head);
+        assert_eq!(read(&e, "channel:a", Some(emptied.floor)).await.events.map(|v| v.len()).ok(), Some(1));
     }
 
     #[tokio::test]

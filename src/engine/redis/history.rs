@@ -70,9 +70,18 @@ impl RedisEngine {
                         .filter_map(|(pos, fields)| stored_event(channel, pos, &fields))
                         .collect()),
                 };
-                Ok(HistoryRead { head, events, streams })
+                Ok(HistoryRead { head, floor, events, streams })
             })
             .collect()
+    }
+
+    /// Forgets a channel's kept events and AI streams (`history_remove.lua`).
+    pub(super) async fn remove(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.history_remove_script.prepare_invoke();
+        inv.key(self.stream_key(channel)).key(self.floor_key(channel)).key(self.streams_key(channel));
+        let _: Value = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
     }
 
     /// Moves a watched channel's catch-up point forward. Channels the node does not watch

@@ -53,6 +53,7 @@ use pubsub::{Command, PubSubClient};
 const PUBLISH_LUA: &str = include_str!("scripts/publish.lua");
 const HISTORY_LUA: &str = include_str!("scripts/history.lua");
 const SLOT_LUA: &str = include_str!("scripts/slot.lua");
+const HISTORY_REMOVE_LUA: &str = include_str!("scripts/history_remove.lua");
 
 /// The command connection: one Redis, or a Redis Cluster (routed by key slot).
 #[derive(Clone)]
@@ -125,6 +126,7 @@ pub struct RedisEngine {
     healthy: AtomicBool,
     publish_script: Script,
     history_script: Script,
+    history_remove_script: Script,
     slot_script: Script,
     /// How long a user's connection slot lives without renewal (a dead node's slots lapse).
     slot_lease: Duration,
@@ -186,6 +188,7 @@ impl RedisEngine {
             healthy: AtomicBool::new(false),
             publish_script: Script::new(PUBLISH_LUA),
             history_script: Script::new(HISTORY_LUA),
+            history_remove_script: Script::new(HISTORY_REMOVE_LUA),
             slot_script: Script::new(SLOT_LUA),
             slot_lease: opts.slot_lease,
             last_seen: Mutex::new(HashMap::new()),
