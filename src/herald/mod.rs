@@ -115,6 +115,8 @@ struct Inner {
     draining: AtomicBool,
     /// The application's backend hooks.
     hooks: crate::hooks::Hooks,
+    /// Where published events are also sent during a migration (`centrifugo.mirror_url`).
+    mirror: Option<crate::mirror::Mirror>,
 }
 
 /// A Herald node. Cheap to clone; all clones share one hub and engine.
@@ -158,10 +160,14 @@ impl Herald {
         let hub = Arc::new(Hub::new());
         let auth = Authenticator::from_config(&config)?;
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
+        let metrics = crate::metrics::Metrics::default();
+        let mirror =
+            config.centrifugo.as_ref().and_then(|c| crate::mirror::Mirror::start(c, Arc::clone(&metrics.mirror)));
         let inner = Arc::new(Inner {
+            mirror,
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
             hooks: crate::hooks::Hooks::from_config(&config)?,
             config,
             policies,
@@ -354,7 +360,13 @@ impl Herald {
     }
 
     async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, PublishError> {
+        // Offered once accepted, without the events (the engine takes them): a copy of the
+        // few fields the mirror needs only when it is on.
+        let mirrored = self.inner.mirror.as_ref().map(|_| prepared.clone());
         let acks = self.inner.engine.publish(prepared).await?;
+        if let (Some(mirror), Some(events)) = (&self.inner.mirror, mirrored) {
+            mirror.offer(&events);
+        }
         self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
         Ok(acks)
     }

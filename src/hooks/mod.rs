@@ -11,7 +11,7 @@
 //! is the JSON given and the client's headers and cookies that `hooks.headers` and
 //! `hooks.cookies` name.
 
-mod client;
+pub(crate) mod client;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -245,22 +245,12 @@ async fn channels(herald: &Herald, who: &Principal, pattern: String) -> Result<V
         if herald.policies().can_subscribe(who, &channel).is_err() {
             continue;
         }
-        let name = centrifugo_name(channel.as_str());
+        let name = crate::mirror::centrifugo_name(channel.as_str());
         if pattern.is_empty() || crate::policy::glob(&pattern, &name) {
             channels.insert(name, json!({"num_clients": n}));
         }
     }
     Ok(json!({"channels": channels}))
-}
-
-/// The Centrifugo name of a Herald channel, the one a client would subscribe with:
-/// `channel:news` is `news`, `user:42` is `#42`, a configured namespace's name is itself.
-fn centrifugo_name(channel: &str) -> String {
-    match channel.split_once(':') {
-        Some(("channel", name)) if !name.contains(':') && !name.contains('#') => name.to_owned(),
-        Some(("user", id)) => format!("#{id}"),
-        _ => channel.to_owned(),
-    }
 }
 
 /// Every node: on Redis each node answers for itself.

@@ -50,13 +50,13 @@ export function token(sub, claims = {}) {
 }
 
 /** Starts `herald serve`; resolves once it listens. `opts`: `port` (to come back on the port
- * of a stopped one), `config` (TOML added to the test configuration, before its tables),
- * `args` (more command-line arguments, e.g. `--redis-url`). */
+ * of a stopped one), `config` (a `[centrifugo]` table of the test's own, in place of
+ * `centrifugo = true`), `args` (more command-line arguments, e.g. `--redis-url`). */
 export async function startHerald(opts = {}) {
   const port = opts.port ?? (await freePort());
   const dir = mkdtempSync(join(tmpdir(), 'herald-centrifugo-'));
   const config = join(dir, 'herald.toml');
-  writeFileSync(config, `${opts.config ?? ''}\n${CONFIG}`);
+  writeFileSync(config, opts.config ? `${opts.config}\n${CONFIG.replace('centrifugo = true\n', '')}` : CONFIG);
   const child = spawn(
     heraldBinary(),
     [
