@@ -250,6 +250,16 @@ pub struct CentrifugoConfig {
     pub mirror_api_key: Option<String>,
     /// Events waiting for `mirror_url` at most; past it new ones are dropped and counted.
     pub mirror_queue: usize,
+    /// Also serve the unidirectional transports (`uni_sse`, `uni_http_stream`,
+    /// `uni_websocket`) beside `path`: `/connection/uni_sse`, ...
+    pub uni: bool,
+}
+
+impl CentrifugoConfig {
+    /// Where the unidirectional transports are served (`path`'s folder), when they are on.
+    pub fn uni_prefix(&self) -> Option<&str> {
+        self.uni.then(|| self.path.rsplit_once('/').map_or("", |(folder, _)| folder))
+    }
 }
 
 impl Default for CentrifugoConfig {
@@ -260,6 +270,7 @@ impl Default for CentrifugoConfig {
             mirror_url: None,
             mirror_api_key: None,
             mirror_queue: 10_000,
+            uni: false,
         }
     }
 }
