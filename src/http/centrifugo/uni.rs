@@ -4,8 +4,9 @@
 //! in `cf_connect` or as the first message, one push a text frame).
 //!
 //! The connect request's `token` says who the client is, as `connect` does on the
-//! bidirectional socket; the token's `channels` claim lists the server-side subscriptions,
-//! which open one Herald connection (so live joins and leaves of the server API reach it as
+//! bidirectional socket; the token's `channels` claim lists the server-side subscriptions
+//! (recovered from the offsets in the request's `subs`, on either engine), which open one
+//! Herald connection (so live joins and leaves of the server API reach it as
 //! `subscribe` and `unsubscribe` pushes). Everything is a Centrifugo push without the reply
 //! around it: `{"connect":{..}}` first, then `{"channel":..,"pub":{..}}`, `join`, `leave`,
 //! `{}` pings every `heartbeat_interval`, and a last `{"disconnect":{"code","reason"}}`.
@@ -28,6 +29,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::protocol::{self, Disconnect};
 use crate::auth::{AuthError, Principal};
+use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Resume};
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Herald, StreamRequest};
@@ -49,12 +51,26 @@ pub fn websocket_route() -> MethodRouter<Herald> {
     get(websocket)
 }
 
-/// The connect request: its `token` alone is read (`data`, `name`, `version` and `subs` are
-/// accepted and ignored).
+/// The connect request: its `token`, and in `subs` where the client's server-side
+/// subscriptions were, to recover them (`data`, `name` and `version` are accepted and
+/// ignored).
 #[derive(Deserialize, Default)]
 struct ConnectRequest {
     #[serde(default)]
     token: String,
+    #[serde(default)]
+    subs: HashMap<String, Recover>,
+}
+
+/// `{"recover":true,"offset":..,"epoch":"herald"}` of a channel in `subs`.
+#[derive(Deserialize, Default)]
+struct Recover {
+    #[serde(default)]
+    recover: bool,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
 }
 
 /// A disconnect: Centrifugo's code and reason.
@@ -298,6 +314,8 @@ struct Uni {
     /// Herald channel → the Centrifugo name pushes carry.
     names: HashMap<String, String>,
     ping: Interval,
+    /// Messages read with the recovery that are not part of it: pushed first.
+    pending: std::collections::VecDeque<Message>,
 }
 
 impl Uni {
@@ -319,23 +337,39 @@ impl Uni {
         }
         let kill = kill.unwrap_or_default();
         let mut conn = None;
+        let mut pending = Vec::new();
         let mut subs = serde_json::Map::new();
         if !channels.is_empty() {
+            // A recovery resumes each channel from its offset, as an SSE stream resumes from
+            // its `Last-Event-ID`.
+            let mut resume = String::new();
+            for channel in &channels {
+                let name = names.get(channel.as_str()).map_or("", String::as_str);
+                if let Some(r) = connect.subs.get(name).filter(|r| r.recover && r.epoch == protocol::EPOCH) {
+                    if !resume.is_empty() {
+                        resume.push(',');
+                    }
+                    crate::cursor::write_entry(&mut resume, channel.as_str(), protocol::position(r.offset));
+                }
+            }
             let mut req = StreamRequest::new(who, channels.clone());
             req.kill = Some(kill.clone());
+            req.last_event_id = (!resume.is_empty()).then_some(resume);
             let mut c = herald.connect(req).await.map_err(|e| refused(ApiError::from(e)))?;
-            // The `connected` notice: its id is the position of each channel.
-            let head = match c.recv().now_or_never() {
-                Some(Some(msg)) if msg.event_type == "connected" => LastEventId::parse(&msg.id),
-                _ => None,
-            };
+            let recovering: Vec<&str> = channels
+                .iter()
+                .map(ChannelName::as_str)
+                .filter(|c| {
+                    let name = names.get(*c).map_or("", String::as_str);
+                    connect.subs.get(name).is_some_and(|r| r.recover && r.epoch == protocol::EPOCH)
+                })
+                .collect();
+            let recovered = Recovered::read(&mut c, &recovering);
             for (i, channel) in channels.iter().enumerate() {
-                let mut sub = json!({"epoch": protocol::EPOCH});
-                if let Some(Resume::From(pos)) = head.as_ref().map(|h| h.resume_for(i, channel.as_str())) {
-                    sub["offset"] = protocol::offset(pos).into();
-                }
-                subs.insert(names.get(channel.as_str()).cloned().unwrap_or_default(), sub);
+                let name = names.get(channel.as_str()).cloned().unwrap_or_default();
+                subs.insert(name, recovered.sub(i, channel.as_str(), recovering.contains(&channel.as_str())));
             }
+            pending = recovered.rest;
             conn = Some(c);
         }
         let beat = herald.config().heartbeat_interval;
@@ -347,11 +381,17 @@ impl Uni {
             "subs": subs,
             "ping": beat.as_secs().max(1),
         }});
-        Ok((Self { herald, conn, kill, names, ping }, push.to_string()))
+        let pending = pending.into();
+        Ok((Self { herald, conn, kill, names, ping, pending }, push.to_string()))
     }
 
     /// The next push, ping or end.
     async fn next(&mut self) -> Step {
+        while let Some(msg) = self.pending.pop_front() {
+            if let Some(push) = self.push(&msg) {
+                return Step::Push(push);
+            }
+        }
         loop {
             tokio::select! {
                 msg = crate::http::ws::next(&mut self.conn) => match msg {
@@ -417,6 +457,74 @@ impl Uni {
     /// The disconnect that follows the end of the connection, by the hub's reason.
     fn closed(&self) -> Bye {
         bye(super::disconnect_for(self.conn.as_ref().and_then(Connection::close_reason)))
+    }
+}
+
+/// What `connect` wrote before the live events: the `connected` notice (its id is each
+/// channel's position), a `reset` for each channel history could not cover, and the missed
+/// publications, in order.
+struct Recovered {
+    head: Option<LastEventId>,
+    reset: Vec<String>,
+    /// Herald channel → its missed publications (`{"data","offset"}`) and the last position.
+    missed: HashMap<String, (Vec<Value>, Option<crate::cursor::Position>)>,
+    /// What else came meanwhile (live events of the channels not recovering, join and
+    /// leave), in order.
+    rest: Vec<Message>,
+}
+
+impl Recovered {
+    /// Reads what is ready; the publications of the `recovering` channels are the missed ones.
+    fn read(conn: &mut Connection, recovering: &[&str]) -> Self {
+        let mut out = Self { head: None, reset: Vec::new(), missed: HashMap::new(), rest: Vec::new() };
+        while let Some(Some(msg)) = conn.recv().now_or_never() {
+            let kind = msg.event_type.as_str();
+            let channel = serde_json::from_slice::<Value>(&msg.json)
+                .ok()
+                .and_then(|v| v.get("channel").and_then(Value::as_str).map(str::to_owned));
+            match (kind, channel) {
+                ("connected", _) => out.head = LastEventId::parse(&msg.id),
+                ("reset", Some(channel)) => out.reset.push(channel),
+                (kind, Some(channel))
+                    if recovering.contains(&channel.as_str())
+                        && !SERVER_EVENT_TYPES.contains(&kind)
+                        && !matches!(kind, "presence" | "join" | "leave") =>
+                {
+                    let Some(index) = conn.channels().iter().position(|c| c.as_str() == channel) else { continue };
+                    let position = match LastEventId::parse(&msg.id).map(|id| id.resume_for(index, &channel)) {
+                        Some(Resume::From(pos)) => Some(pos),
+                        _ => None,
+                    };
+                    let mut publication = String::new();
+                    protocol::push_pub(&mut publication, &msg.json, position);
+                    let entry = out.missed.entry(channel).or_default();
+                    entry.0.extend(serde_json::from_str::<Value>(&publication).ok());
+                    entry.1 = entry.1.max(position);
+                }
+                _ => out.rest.push(msg),
+            }
+        }
+        out
+    }
+
+    /// The connect push's entry of the channel at `index`: its position, and with
+    /// `recovering` whether it was recovered and what was missed.
+    fn sub(&self, index: usize, channel: &str, recovering: bool) -> Value {
+        let mut sub = json!({"recoverable": true, "epoch": protocol::EPOCH});
+        let head = match self.head.as_ref().map(|h| h.resume_for(index, channel)) {
+            Some(Resume::From(pos)) => Some(pos),
+            _ => None,
+        };
+        let (missed, last) = self.missed.get(channel).cloned().unwrap_or_default();
+        if let Some(top) = head.max(last) {
+            sub["offset"] = protocol::offset(top).into();
+        }
+        if recovering {
+            sub["was_recovering"] = true.into();
+            sub["recovered"] = (!self.reset.iter().any(|c| c == channel)).into();
+            sub["publications"] = missed.into();
+        }
+        sub
     }
 }
 

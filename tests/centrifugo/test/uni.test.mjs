@@ -152,3 +152,35 @@ test('uni_websocket: the connect request as the first message, one push a frame,
   assert.deepEqual(await refused.next(), { disconnect: { code: 3500, reason: 'invalid token' } });
   assert.equal((await refused.closed).code, 3500);
 });
+
+test('a uni client that comes back with subs {recover, offset, epoch} gets what it missed in the connect push', async () => {
+  const open = (subs) =>
+    fetch(`${herald.url}/connection/uni_http_stream`, {
+      method: 'POST',
+      body: JSON.stringify({ token: token('xia', { channels: ['comeback', 'other'] }), subs }),
+    });
+  const first = pushes(await open(), false);
+  const hello = (await first.next((p) => p.connect)).connect;
+  assert.equal(hello.subs.comeback.recoverable, true);
+  await api(herald, 'publish', { channel: 'comeback', data: { n: 1 } });
+  const seen = (await first.next((p) => p.pub)).pub;
+  await api(herald, 'disconnect', { user: 'xia' });
+  await first.ended;
+
+  for (const n of [2, 3]) await api(herald, 'publish', { channel: 'comeback', data: { n } });
+  const subs = { comeback: { recover: true, offset: seen.offset, epoch: 'herald' } };
+  const again = pushes(await open(subs), false);
+  const back = (await again.next((p) => p.connect)).connect.subs;
+  assert.deepEqual([back.comeback.was_recovering, back.comeback.recovered], [true, true]);
+  assert.deepEqual(back.comeback.publications.map((p) => p.data.n), [2, 3]);
+  assert.equal(back.comeback.offset, back.comeback.publications[1].offset);
+  assert.equal(back.other.was_recovering, undefined, 'a channel not in subs is not recovering');
+  await api(herald, 'publish', { channel: 'comeback', data: { n: 4 } });
+  assert.equal((await again.next((p) => p.pub)).pub.data.n, 4);
+
+  const gone = pushes(await open({ comeback: { recover: true, offset: 1000, epoch: 'herald' } }), false);
+  const stale = (await gone.next((p) => p.connect)).connect.subs.comeback;
+  assert.deepEqual([stale.was_recovering, stale.recovered], [true, false], 'history does not reach back that far');
+  await api(herald, 'disconnect', { user: 'xia' });
+  await Promise.all([again.ended, gone.ended]);
+});
