@@ -79,11 +79,12 @@ pub async fn call(
     peer: Option<Extension<PeerAddr>>,
     req: Request,
 ) -> Response {
+    let transport = req.headers().get("x-centrifugo-error-mode").is_some_and(|v| v.as_bytes() == b"transport");
     let (who, key, _, body, hooks) = match caller_and_body(&herald, peer, req).await {
         Ok(caller) => caller,
         // No or a bad key: Centrifugo answers `401` with no body of its own.
         Err(e) if e.status() == StatusCode::UNAUTHORIZED => return e.into_response(),
-        Err(e) => return answer(Err(e.into())),
+        Err(e) => return answer(Err(e.into()), transport),
     };
     if !matches!(who, Principal::ApiKey(_)) {
         return (StatusCode::UNAUTHORIZED, "").into_response();
@@ -99,7 +100,7 @@ pub async fn call(
     if let Err(e) = &result {
         tracing::info!(method, code = e.code, message = %e.message, "centrifugo API call refused");
     }
-    answer(result)
+    answer(result, transport)
 }
 
 /// Who calls, with what they need to publish: one API request, or the commands of a batch.
@@ -290,10 +291,28 @@ fn error_body(e: &ClientError) -> Value {
     json!({"code": e.code, "message": e.message})
 }
 
-/// Centrifugo answers `200` with the result or the error in the body.
-fn answer(result: Result<Value, ClientError>) -> Response {
+/// Centrifugo answers `200` with the result or the error in the body; in its transport
+/// error mode (`X-Centrifugo-Error-Mode: transport`), an error is the HTTP status its code
+/// maps to, with the error alone as the body.
+fn answer(result: Result<Value, ClientError>, transport: bool) -> Response {
     match result {
         Ok(result) => Json(json!({"result": result})).into_response(),
+        Err(e) if transport => (transport_status(e.code), Json(error_body(&e))).into_response(),
         Err(e) => Json(json!({"error": error_body(&e)})).into_response(),
+    }
+}
+
+/// Centrifugo's HTTP status for an error code (and the nearest for Herald's client codes).
+fn transport_status(code: u32) -> StatusCode {
+    match code {
+        101 => StatusCode::UNAUTHORIZED,
+        102 | 104 => StatusCode::NOT_FOUND,
+        103 => StatusCode::FORBIDDEN,
+        106 => StatusCode::PAYLOAD_TOO_LARGE,
+        107 | 108 => StatusCode::BAD_REQUEST,
+        111 => StatusCode::TOO_MANY_REQUESTS,
+        112 => StatusCode::RANGE_NOT_SATISFIABLE,
+        113 => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -229,3 +229,22 @@ test('batch runs its commands in order and answers one reply each; parallel too'
   assert.deepEqual(pub, { publish: {} });
   c.disconnect();
 });
+
+test('X-Centrifugo-Error-Mode: transport answers an error with its HTTP status and the error alone', async () => {
+  const headers = { 'X-API-Key': API_KEY, 'X-Centrifugo-Error-Mode': 'transport' };
+  const resp = await fetch(`${herald.url}/centrifugo/api/publish`, {
+    method: 'POST',
+    headers,
+    body: JSON.stringify({ channel: 'nowhere:x', data: {} }),
+  });
+  assert.equal(resp.status, 404);
+  assert.equal((await resp.json()).code, 102);
+  const range = await fetch(`${herald.url}/centrifugo/api/history`, {
+    method: 'POST',
+    headers,
+    body: JSON.stringify({ channel: 'hist', limit: 1, since: { offset: 1, epoch: 'other' } }),
+  });
+  assert.deepEqual([range.status, (await range.json()).code], [416, 112]);
+  const ok = await api('publish', { channel: 'news', data: { n: 1 } }, headers);
+  assert.deepEqual(ok.json, { result: {} }, 'a success is as always');
+});
