@@ -43,14 +43,17 @@ struct ChannelOnly {
     channel: String,
 }
 
-/// `subscribe` and `unsubscribe`: a user's connections and a channel (`client`, `session`
-/// and the subscription options are not supported and ignored).
+/// `subscribe` and `unsubscribe`: a user's connections, or with `client` only that one
+/// (Herald's connection id), and a channel (`session` and the subscription options are not
+/// supported and ignored).
 #[derive(Deserialize)]
 struct UserChannel {
     #[serde(default)]
     user: String,
     #[serde(default)]
     channel: String,
+    #[serde(default)]
+    client: String,
 }
 
 #[derive(Deserialize)]
@@ -144,11 +147,17 @@ impl Caller {
                     return Err(ClientError::new(107, "`user` is required: Herald subscribes a user's connections"));
                 }
                 let channel = super::channel(herald, &required(&s.channel)?)?;
-                herald
-                    .change_user(&self.who, &s.user, &channel, method == "subscribe")
-                    .await
-                    .map_err(ApiError::from)?;
-                Ok(json!({}))
+                let join = method == "subscribe";
+                let changed = match s.client.as_str() {
+                    "" => herald.change_user(&self.who, &s.user, &channel, join).await.map(|_| ()),
+                    client if join => herald.join(&self.who, client, &channel).await,
+                    client => herald.leave(&self.who, client, &channel).await,
+                };
+                match changed {
+                    // Centrifugo answers success for a client that is not connected.
+                    Ok(()) | Err(crate::herald::RoomError::NoConnection(_)) => Ok(json!({})),
+                    Err(e) => Err(ApiError::from(e).into()),
+                }
             }
             "history" => history::history(herald, &self.who, params(body)?).await,
             "history_remove" => history::remove(herald, &self.who, &params::<ChannelOnly>(body)?.channel).await,
@@ -192,7 +201,10 @@ async fn batch(caller: &Caller, b: Batch) -> Value {
             if method == "batch" { Err(ClientError::method_not_found()) } else { caller.run(&method, body).await };
         match result {
             Ok(result) => json!({method: result}),
-            Err(e) => json!({"error": error_body(&e)}),
+            Err(e) => {
+                tracing::info!(method, code = e.code, message = %e.message, "centrifugo API batch command refused");
+                json!({"error": error_body(&e)})
+            }
         }
     };
     let replies: Vec<Value> = if b.parallel {

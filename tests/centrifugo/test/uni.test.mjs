@@ -116,10 +116,16 @@ test('uni_http_stream: the connect request as the POST body, one push a line', a
   });
   assert.equal(resp.status, 200);
   const s = pushes(resp, false);
-  assert.deepEqual(Object.keys((await s.next((p) => p.connect)).connect.subs), ['stream']);
+  const hello = (await s.next((p) => p.connect)).connect;
+  assert.deepEqual(Object.keys(hello.subs), ['stream']);
   await api(herald, 'publish', { channel: 'stream', data: { n: 7 } });
   const pub = await s.next((p) => p.pub);
   assert.deepEqual([pub.channel, pub.pub.data.n], ['stream', 7]);
+  // The server API's `client` names this one connection.
+  assert.deepEqual((await api(herald, 'subscribe', { channel: 'solo', user: 'vic', client: hello.client })).json, { result: {} });
+  assert.equal((await s.next((p) => p.subscribe)).channel, 'solo');
+  const absent = await api(herald, 'subscribe', { channel: 'solo', user: 'vic', client: 'c0000000000000000000000000' });
+  assert.deepEqual(absent.json, { result: {} }, 'a client that is not connected is no error');
   await api(herald, 'disconnect', { user: 'vic', disconnect: { code: 3000, reason: 'again' } });
   assert.deepEqual(await s.next((p) => p.disconnect), { disconnect: { code: 3011, reason: 'force reconnect' } });
   await s.ended;
