@@ -290,6 +290,10 @@ fn centrifugo<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CentrifugoConfig
     })
 }
 
+/// Most of a channel's last events a stream may ask for before its live ones (`?last=`,
+/// `deliver_last`): they are written when the stream opens, outside its bounded queue.
+pub const MAX_LAST: usize = 100;
+
 /// Settings of one namespace; what is left out keeps the built-in or global default.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -300,6 +304,9 @@ pub struct NamespaceConfig {
     #[serde(deserialize_with = "opt_duration")]
     pub history_ttl: Option<Duration>,
     pub presence: Option<bool>,
+    /// How many of a channel's last events a new stream gets before the live ones, unless it
+    /// asks otherwise (`?last=`): `1` makes a channel "current state, then updates".
+    pub deliver_last: Option<usize>,
     /// Publish `join`/`leave` events when a connection enters or leaves a channel.
     pub join_leave: Option<bool>,
     /// How long a finished AI token stream is kept for late joiners.
@@ -553,10 +560,14 @@ impl Config {
                 check(c.mirror_queue > 0, "centrifugo.mirror_queue must be at least 1");
             }
         }
-        for ns in self.namespaces.keys() {
+        for (name, ns) in &self.namespaces {
             check(
-                !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "namespace names are lowercase ASCII letters and `_`",
+            );
+            check(
+                ns.deliver_last.is_none_or(|n| n <= MAX_LAST),
+                &format!("namespaces.{name}.deliver_last must be at most {MAX_LAST}"),
             );
         }
         check(

@@ -35,6 +35,15 @@ impl Position {
         if now_ms > self.ms { Self { ms: now_ms, seq: 0 } } else { Self { ms: self.ms, seq: self.seq + 1 } }
     }
 
+    /// The position just before `self`: a read after it starts with `self`.
+    pub fn prev(self) -> Self {
+        match (self.ms, self.seq) {
+            (ms, seq) if seq > 0 => Self { ms, seq: seq - 1 },
+            (0, _) => self,
+            (ms, _) => Self { ms: ms - 1, seq: u64::MAX },
+        }
+    }
+
     /// Compact form used inside SSE ids: base-36 milliseconds, `-seq` when `seq > 0`.
     pub fn write_compact(self, out: &mut String) {
         push_base36(out, self.ms);

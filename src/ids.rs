@@ -28,6 +28,18 @@ fn as_str(id: &[u8; 26]) -> &str {
     std::str::from_utf8(id).unwrap_or_default()
 }
 
+/// When an identifier (or a connection id, `c` and an identifier in lower case) was made, in
+/// milliseconds since the Unix epoch: its first ten characters.
+pub fn id_time_ms(id: &str) -> Option<u64> {
+    let id = id.strip_prefix('c').filter(|rest| rest.len() == 26).unwrap_or(id);
+    let mut ms: u64 = 0;
+    for b in id.bytes().take(10) {
+        let digit = CROCKFORD.iter().position(|c| *c == b.to_ascii_uppercase())?;
+        ms = (ms << 5) | digit as u64;
+    }
+    (id.len() >= 10).then_some(ms)
+}
+
 fn new_id_bytes() -> [u8; 26] {
     let value: u128 = (u128::from(now_ms() & 0xFFFF_FFFF_FFFF) << 80)
         | (u128::from(fastrand::u64(..)) << 16)
@@ -54,5 +66,16 @@ mod tests {
         assert_eq!(shared.len(), 26);
         assert!(shared.bytes().all(|c| CROCKFORD.contains(&c)), "{shared}");
         assert!(a[..10] <= shared[..10], "{a} then {shared}");
+    }
+
+    #[test]
+    fn an_ids_time_is_when_it_was_made_in_either_case() {
+        let before = now_ms();
+        let id = new_id();
+        let after = now_ms();
+        let made = id_time_ms(&id).unwrap_or_default();
+        assert!((before..=after).contains(&made), "{before} <= {made} <= {after}");
+        assert_eq!(id_time_ms(&format!("c{}", id.to_lowercase())), Some(made));
+        assert_eq!(id_time_ms("short"), None);
     }
 }

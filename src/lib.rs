@@ -68,10 +68,12 @@ pub(crate) mod transport;
 pub use auth::{ApiKey, Principal, UserIdentity};
 pub use channel::{ChannelError, ChannelName};
 pub use config::{Config, ConfigError};
-pub use engine::{EngineError, PresenceEntry, PublishAck};
+pub use cursor::Position;
+pub use engine::{ConnectionInfo, EngineError, JoinFrom, PresenceEntry, PublishAck};
 pub use event::{Event, EventError, Publisher};
 pub use herald::{
-    ChannelInfo, DisconnectError, DisconnectOptions, DisconnectTarget, Herald, PresenceError, PublishError, RoomError,
+    CensusError, ChannelCount, ChannelInfo, DisconnectError, DisconnectOptions, DisconnectTarget, Herald, History,
+    HistoryError, HistoryOrder, HistoryQuery, LastEvents, MAX_HISTORY_LIMIT, PresenceError, PublishError, RoomError,
     StartError, Stats, StreamRequest, SubscribeError, UserPresence,
 };
 pub use http::ApiError;

@@ -34,6 +34,8 @@ pub struct Namespace {
     pub history_size: usize,
     pub history_ttl: Duration,
     pub presence: bool,
+    /// How many of a channel's last events a new stream gets unless it asks otherwise.
+    pub deliver_last: usize,
     /// `join`/`leave` events when a connection enters or leaves a channel.
     pub join_leave: bool,
     /// How long a finished AI token stream is kept for late joiners.
@@ -82,6 +84,7 @@ impl Policies {
             history_size: cfg.history_size,
             history_ttl: cfg.history_ttl,
             presence,
+            deliver_last: 0,
             join_leave: false,
             ai_stream_retention: cfg.ai_stream_retention,
             max_payload_bytes: cfg.max_payload_bytes,
@@ -194,6 +197,9 @@ fn apply(ns: &mut Namespace, over: &NamespaceConfig) {
     }
     if let Some(v) = over.presence {
         ns.presence = v;
+    }
+    if let Some(v) = over.deliver_last {
+        ns.deliver_last = v;
     }
     if let Some(v) = over.join_leave {
         ns.join_leave = v;

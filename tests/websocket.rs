@@ -372,9 +372,188 @@ async fn subscribe_and_unsubscribe_join_and_leave_the_open_connection_live() {
     publish_ns(&server, "channel:home", 2..3).await;
     ws.expect_ns(2..3).await;
 
-    // Resume and filters belong to the first subscribe.
-    let refused = ws.request(json!({"type": "subscribe", "channels": ["channel:x"], "lastEventId": "abc"})).await;
+    // Filters belong to the first subscribe.
+    let refused = ws.request(json!({"type": "subscribe", "channels": ["channel:x"], "filters": ["a:b"]})).await;
     assert_eq!(refused["error"]["code"], "invalid_parameter", "{refused}");
+}
+
+/// Two nodes with WebSockets on one Redis (kept running while the result is held).
+async fn redis_nodes() -> (support::RedisServer, TestServer, TestServer) {
+    let redis = support::RedisServer::start().await;
+    let node = |url: String| {
+        TestServer::with(move |c| {
+            ws_on(c);
+            c.redis_url = Some(url);
+        })
+    };
+    let (a, b) = (node(redis.url()).await, node(redis.url()).await);
+    (redis, a, b)
+}
+
+/// The id of the last of events `"n": 0..n` on `channel`, as a socket on it alone saw it.
+async fn position_after(server: &TestServer, channel: &str, n: u64) -> String {
+    let mut ws = open_ok(server, &format!("channel={channel}"), &[]).await;
+    expect_connected(&mut ws, &[channel]).await;
+    publish_ns(server, channel, 0..n).await;
+    ws.expect_ns(0..n).await
+}
+
+/// Expects `subscribed` for `channel` as the next event.
+async fn expect_subscribed(ws: &mut Ws, channel: &str) {
+    let (_, joined, _) = ws.event().await;
+    assert_eq!((joined["type"].as_str(), joined["channel"].as_str()), (Some("subscribed"), Some(channel)), "{joined}");
+}
+
+#[tokio::test]
+async fn a_later_subscribe_resumes_each_channel_after_the_position_it_names() {
+    let server = dev_server().await;
+    let last = position_after(&server, "channel:side", 2).await;
+    publish_ns(&server, "channel:side", 2..5).await;
+    let mut ws = open_ok(&server, "channel=channel:home", &[]).await;
+    expect_connected(&mut ws, &["channel:home"]).await;
+    let positions = json!({ "channel:side": last });
+    let reply = ws.request(json!({"type": "subscribe", "channels": ["channel:side"], "positions": positions})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    expect_subscribed(&mut ws, "channel:side").await;
+    ws.expect_ns(2..5).await;
+    publish_ns(&server, "channel:side", 5..6).await;
+    let id = ws.expect_ns(5..6).await;
+    let replayed = server.client(Proto::H1).metric("herald_resumes_total{result=\"replayed\"}").await;
+    assert_eq!(replayed, 1.0, "a join at a position counts as a resume");
+    // The id names both channels: an SSE stream resumed from it repeats nothing.
+    publish_ns(&server, "channel:side", 6..7).await;
+    let mut sse = server
+        .client(Proto::H1)
+        .subscribe("channel=channel:home&channel=channel:side", &[("last-event-id", &id)])
+        .await;
+    sse.expect_ns(6..7).await;
+}
+
+#[tokio::test]
+async fn a_later_subscribe_with_a_last_event_id_resumes_the_channels_it_names_and_starts_the_others_fresh() {
+    let server = dev_server().await;
+    let last = position_after(&server, "channel:named", 1).await;
+    publish_ns(&server, "channel:named", 1..3).await;
+    publish_ns(&server, "channel:fresh", 100..101).await;
+    let mut ws = open_ok(&server, "channel=channel:home", &[]).await;
+    expect_connected(&mut ws, &["channel:home"]).await;
+    let command = json!({"type": "subscribe", "channels": ["channel:named", "channel:fresh"], "lastEventId": last});
+    assert_eq!(ws.request(command).await["type"], "reply");
+    expect_subscribed(&mut ws, "channel:named").await;
+    ws.expect_ns(1..3).await;
+    expect_subscribed(&mut ws, "channel:fresh").await;
+    publish_ns(&server, "channel:fresh", 3..4).await;
+    ws.expect_ns(3..4).await;
+}
+
+#[tokio::test]
+async fn a_later_subscribe_that_history_cannot_cover_gets_the_reset_an_sse_stream_gets() {
+    let server = TestServer::with(|c| {
+        ws_on(c);
+        c.history_size = 2;
+    })
+    .await;
+    let last = position_after(&server, "channel:old", 1).await;
+    publish_ns(&server, "channel:old", 1..5).await;
+    let mut ws = open_ok(&server, "channel=channel:home", &[]).await;
+    expect_connected(&mut ws, &["channel:home"]).await;
+    let positions = json!({"channel:old": last, "channel:odd": "garbled"});
+    let command = json!({"type": "subscribe", "channels": ["channel:old", "channel:odd"], "positions": positions});
+    assert_eq!(ws.request(command).await["type"], "reply");
+    for (channel, reason) in [("channel:old", "history_expired"), ("channel:odd", "unknown_position")] {
+        expect_subscribed(&mut ws, channel).await;
+        let (_, reset, _) = ws.event().await;
+        assert_eq!(
+            (reset["type"].as_str(), reset["channel"].as_str(), reset["reason"].as_str()),
+            (Some("reset"), Some(channel), Some(reason))
+        );
+    }
+    publish_ns(&server, "channel:old", 5..6).await;
+    ws.expect_ns(5..6).await;
+    let resets = server.client(Proto::H1).metric("herald_resumes_total{result=\"reset\"}").await;
+    assert_eq!(resets, 2.0, "a join that cannot resume counts as a resume reset");
+    // A position for a channel the command does not name is a mistake, not a no-op.
+    let stray = json!({"type": "subscribe", "channels": ["channel:x"], "positions": {"channel:y": last}});
+    assert_eq!(ws.request(stray).await["error"]["code"], "invalid_parameter");
+}
+
+/// A socket joins `channel:side` after the id of its event 1 while another node (or the
+/// same one) keeps publishing to it: it gets every later event once, in order.
+async fn a_join_at_a_position_races_publishes(node: &TestServer, publisher_node: &TestServer) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const END: u64 = 150;
+    let last = position_after(node, "channel:side", 2).await;
+    let mut ws = open_ok(node, "channel=channel:home", &[]).await;
+    expect_connected(&mut ws, &["channel:home"]).await;
+    let published = Arc::new(AtomicU64::new(2));
+    let mut p = publisher(publisher_node);
+    let counter = Arc::clone(&published);
+    let publishing = tokio::spawn(async move {
+        for n in 2..END {
+            p.publish(&json!({"channel": "channel:side", "type": "note", "n": n})).await;
+            counter.store(n + 1, Ordering::SeqCst);
+        }
+    });
+    within("some events to be published before the join", async {
+        while published.load(Ordering::SeqCst) < 20 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let positions = json!({ "channel:side": last });
+    let reply = ws.request(json!({"type": "subscribe", "channels": ["channel:side"], "positions": positions})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    assert!(published.load(Ordering::SeqCst) < END, "the join happened while events were being published");
+    expect_subscribed(&mut ws, "channel:side").await;
+    ws.expect_ns(2..END).await;
+    within("the publisher", publishing).await.unwrap_or_else(|e| panic!("{e}"));
+    publish_ns(publisher_node, "channel:side", END..END + 1).await;
+    ws.expect_ns(END..END + 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_at_a_position_during_publishes_loses_and_repeats_nothing_in_memory() {
+    let server = dev_server().await;
+    a_join_at_a_position_races_publishes(&server, &server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_at_a_position_during_publishes_on_another_node_loses_and_repeats_nothing_over_redis() {
+    let (_redis, a, b) = redis_nodes().await;
+    a_join_at_a_position_races_publishes(&a, &b).await;
+}
+
+#[tokio::test]
+async fn a_later_subscribe_joins_a_pattern_live_with_the_policy_of_an_open() {
+    let server = secured_server(|_| {}).await;
+    let granted = support::token_with(json!({"sub": "g", "exp": now() + 60, "subscribe": ["channel:team-*"]}));
+    let auth = format!("Bearer {granted}");
+    let mut ws = open_ok(&server, "channel=user:g", &[("authorization", &auth)]).await;
+    expect_connected(&mut ws, &["user:g"]).await;
+    let refused = ws.request(json!({"type": "subscribe", "channels": ["channel:*"]})).await;
+    assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
+    let reply = ws.request(json!({"type": "subscribe", "channels": ["channel:team-a*"]})).await;
+    assert_eq!(reply["result"]["channels"], json!(["channel:team-a*"]), "{reply}");
+    expect_subscribed(&mut ws, "channel:team-a*").await;
+    publish_ns(&server, "channel:team-b", 0..1).await;
+    publish_ns(&server, "channel:team-a1", 1..2).await;
+    let (_, data, _) = ws.event().await;
+    assert_eq!((data["n"].as_u64(), data["channel"].as_str()), (Some(1), Some("channel:team-a1")), "{data}");
+    // A pattern keeps no position: asked to resume, it says so.
+    let positions = json!({"channel:team-c*": "fte:mwrt3kgk"});
+    let command = json!({"type": "subscribe", "channels": ["channel:team-c*"], "positions": positions});
+    assert_eq!(ws.request(command).await["type"], "reply");
+    expect_subscribed(&mut ws, "channel:team-c*").await;
+    let (_, reset, _) = ws.event().await;
+    assert_eq!(reset["reason"], "pattern_not_resumable", "{reset}");
+    let reply = ws.request(json!({"type": "unsubscribe", "channels": ["channel:team-a*"]})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let (_, left, _) = ws.event().await;
+    assert_eq!(left["type"], "unsubscribed");
+    publish_ns(&server, "channel:team-a1", 2..3).await;
+    publish_ns(&server, "channel:team-c1", 3..4).await;
+    ws.expect_ns(3..4).await;
 }
 
 #[tokio::test]
@@ -753,14 +932,7 @@ async fn a_socket_is_joined_and_cut_by_its_connection_id_like_a_stream() {
 
 #[tokio::test]
 async fn a_socket_resumes_on_another_node_over_redis() {
-    let redis = support::RedisServer::start().await;
-    let node = |url: String| {
-        TestServer::with(move |c| {
-            ws_on(c);
-            c.redis_url = Some(url);
-        })
-    };
-    let (a, b) = (node(redis.url()).await, node(redis.url()).await);
+    let (_redis, a, b) = redis_nodes().await;
     let mut ws = open_ok(&a, "channel=channel:x", &[]).await;
     expect_connected(&mut ws, &["channel:x"]).await;
     publish_ns(&a, "channel:x", 0..2).await;

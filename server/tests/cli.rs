@@ -346,15 +346,28 @@ async fn on_a_fixed_port(configure: impl Fn(&mut Config)) -> TestServer {
 
 #[tokio::test]
 async fn subscribe_survives_a_server_restart_and_resumes_without_loss_or_duplicates() {
+    survives_a_server_restart(&[]).await;
+}
+
+#[tokio::test]
+async fn subscribe_over_the_websocket_survives_a_server_restart_and_resumes_without_loss_or_duplicates() {
+    survives_a_server_restart(&["--ws"]).await;
+}
+
+/// `herald subscribe <transport>` follows a node that drains and comes back on the same
+/// port, while another node publishes in between.
+async fn survives_a_server_restart(transport: &[&str]) {
     let redis = RedisServer::start().await;
     let url = redis.url();
     let on_redis = |c: &mut Config| {
         quick_retry(c);
         c.redis_url = Some(url.clone());
+        c.websocket = true;
     };
     let first = on_a_fixed_port(on_redis).await;
     let addr = first.addr;
-    let mut sub = ClientProcess::subscribe(addr, &["--channel", "channel:general", "--json"]);
+    let mut sub =
+        ClientProcess::subscribe(addr, &[&["--channel", "channel:general", "--json"][..], transport].concat());
     assert_eq!(sub.json().await["type"], "connected");
     let tick = |n: u64| json!({"channel": "channel:general", "type": "tick", "n": n});
     let mut client = first.client(Proto::H1);
@@ -447,6 +460,71 @@ async fn refusals_exit_non_zero_with_the_servers_error_message_on_one_line() {
     let out = run(&["publish", "--url", &url, "--channel", "channel:a", "--type", "t", "--data", "[1]"], &[], "").await;
     assert!(!out.status.success());
     assert_eq!(stderr_of(&out), "error: --data must be a JSON object, like '{\"content\":\"hi\"}'\n");
+}
+
+#[tokio::test]
+async fn subscribe_and_publish_over_the_websocket_print_what_the_sse_mode_prints() {
+    let server = TestServer::with(|c| c.websocket = true).await;
+    let channels = ["--channel", "channel:a", "--channel", "channel:b"];
+    let mut sse = ClientProcess::subscribe(server.addr, &[&channels[..], &["--json"]].concat());
+    let mut ws = ClientProcess::subscribe(server.addr, &[&channels[..], &["--json", "--ws"]].concat());
+    let mut pretty_sse = ClientProcess::subscribe(server.addr, &channels);
+    let mut pretty_ws = ClientProcess::subscribe(server.addr, &[&channels[..], &["--ws"]].concat());
+    assert_eq!(sse.json().await["type"], "connected");
+    assert_eq!(ws.json().await["type"], "connected");
+    pretty_sse.stderr_until("connected to").await;
+    pretty_ws.stderr_until("connected to").await;
+
+    let data = r#"{"content":"hi","nested":{"z":1,"a":2}}"#;
+    let ids = publish(server.addr, &["--ws", "--channel", "channel:a", "--type", "chat", "--data", data], "").await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let batch =
+        json!([{"channel": "channel:b", "type": "tick", "n": 0}, {"channel": "channel:a", "type": "tick", "n": 1}]);
+    let batch_ids = publish(server.addr, &["--ws", "--batch", "-"], &batch.to_string()).await;
+    assert_eq!(batch_ids.len(), 2, "{batch_ids:?}");
+    for id in ids.iter().chain(&batch_ids) {
+        let line = sse.line().await;
+        assert_eq!(ws.line().await, line, "the same bytes over both transports");
+        let ev: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(ev["id"].as_str(), Some(id.as_str()), "{line}");
+        assert_eq!(pretty_ws.line().await, pretty_sse.line().await);
+    }
+}
+
+#[tokio::test]
+async fn the_websocket_modes_refuse_as_the_http_ones_do_and_resume_from_an_id() {
+    let server = TestServer::secured(|c| c.websocket = true).await;
+    let url = format!("http://{}", server.addr);
+    let other_user = token("43");
+    let env = [("HERALD_URL", url.as_str()), ("HERALD_TOKEN", other_user.as_str())];
+    let sse = run(&["subscribe", "--channel", "user:42"], &env, "").await;
+    let ws = run(&["subscribe", "--ws", "--channel", "user:42"], &env, "").await;
+    assert!(!ws.status.success());
+    assert_eq!(stderr_of(&ws), stderr_of(&sse), "the same refusal, word for word");
+    let args = ["publish", "--ws", "--channel", "user:42", "--type", "note"];
+    let out = run(&args, &env, "").await;
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.starts_with(&format!("error: publish refused by {url}: ")) && err.ends_with("(forbidden)\n"), "{err}");
+
+    // Published over a socket with the API key, and resumed from an SSE id with
+    // `--last-event-id`, as over SSE.
+    let mut sse = client_for(server.addr).user("42").subscribe("channel=user:42", &[]).await;
+    let key = [("HERALD_URL", url.as_str()), ("HERALD_API_KEY", support::API_KEY)];
+    for n in 0..3 {
+        let note = format!("{{\"n\":{n}}}");
+        let out = run(&["publish", "--ws", "--channel", "user:42", "--type", "note", "--data", &note], &key, "").await;
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    let after_first = sse.expect_ns(0..1).await;
+    let owner = token("42");
+    let args =
+        ["--channel", "user:42", "--json", "--ws", "--token", owner.as_str(), "--last-event-id", after_first.as_str()];
+    let mut resumed = ClientProcess::subscribe(server.addr, &args);
+    assert_eq!(resumed.json().await["type"], "connected");
+    for n in 1..3 {
+        assert_eq!(resumed.json().await["n"], n);
+    }
 }
 
 #[tokio::test]

@@ -52,14 +52,47 @@ impl GapReason {
 pub struct HistoryRead {
     /// The channel's last position.
     pub head: Position,
-    /// Every event after this position is still kept: a read after it is complete (the
-    /// oldest history there is starts right after it).
-    pub floor: Position,
     /// Every event after the requested position, oldest first (empty for a fresh read);
     /// or why history cannot say what was missed (the client must refetch state).
     pub events: Result<Vec<Arc<Published>>, GapReason>,
     /// The channel's AI streams kept for late joiners, as of `head`.
     pub streams: Vec<AiSnapshot>,
+    /// The channel's last events as of `head`, oldest first, when a [`StartRead`] asked for
+    /// them (`last`); empty otherwise.
+    pub recent: Vec<Arc<Published>>,
+}
+
+/// One channel of a stream that opens, for [`Broker::read_starts`]: the events after a
+/// position (a resume), and the channel's last `last` events (state on subscribe), which
+/// the stream writes only where it does not resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRead {
+    pub channel: ChannelName,
+    pub after: Option<Position>,
+    pub last: usize,
+}
+
+/// A page of one channel's history ([`Broker::history_page`]): the events strictly after
+/// `after` and strictly before `before`, at most `limit` of them, from the newest end of
+/// that range or from its oldest end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageQuery {
+    pub after: Option<Position>,
+    pub before: Option<Position>,
+    pub limit: usize,
+    pub newest_first: bool,
+}
+
+/// The answer of [`Broker::history_page`], read at one instant.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The channel's last position.
+    pub head: Position,
+    /// The events in the order asked for; or why history cannot serve a page after `after`
+    /// (it was trimmed past it, or never had it).
+    pub events: Result<Vec<Arc<Published>>, GapReason>,
+    /// More events of the range are kept than the page holds.
+    pub more: bool,
 }
 
 /// An AI token stream (`ai_chat_chunk` events sharing a `streamId`) as of its last chunk:
@@ -90,7 +123,15 @@ impl AiSnapshot {
 pub enum NodeCommand {
     /// Add a channel to a live connection. `user`: the user asking (`None`: a trusted
     /// caller, an API key or the application); a user may only change their own connections.
-    Join { connection: String, channel: String, user: Option<String> },
+    /// `from`: where the connection starts in the channel (absent on the wire: its head, as
+    /// nodes that predate it join).
+    Join {
+        connection: String,
+        channel: String,
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "JoinFrom::is_head")]
+        from: JoinFrom,
+    },
     /// Remove a channel from a live connection.
     Leave { connection: String, channel: String, user: Option<String> },
     /// Send an event to one connection alone.
@@ -101,14 +142,59 @@ pub enum NodeCommand {
     SetStatus { user: String, user_name: Option<String>, status: PresenceStatus },
     /// Close the connections `target` names, each with a last `disconnect` notice.
     Disconnect { target: DisconnectTarget, reconnect: bool, banned: bool },
+    /// List the channels with local subscribers whose names match `pattern` (a glob).
+    Channels { pattern: String },
+    /// List a user's connections.
+    UserConnections { user: String },
     /// Add a channel to every live connection of a user (a trusted caller's).
     JoinUser { user: String, channel: String },
     /// Remove a channel from every live connection of a user.
     LeaveUser { user: String, channel: String },
     /// Describe the node: its id, counts and uptime.
     Info,
-    /// List the channels with subscribers on the node, with their counts.
-    Channels,
+}
+
+/// Where a live join starts in its channel. On the wire between nodes it is a string:
+/// `"head"`, `"unknown"`, or the position as a stream id (`"1700000000123-0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum JoinFrom {
+    /// At the channel's head: only what is published from now on.
+    #[default]
+    Head,
+    /// After this position: the channel's events since, from history, then the live ones;
+    /// a `reset` and the head when history does not reach back that far.
+    After(Position),
+    /// The client named a position that is not Herald's: the head, with a `reset`.
+    Unknown,
+}
+
+impl JoinFrom {
+    pub fn is_head(&self) -> bool {
+        matches!(self, Self::Head)
+    }
+}
+
+impl From<JoinFrom> for String {
+    fn from(from: JoinFrom) -> Self {
+        match from {
+            JoinFrom::Head => "head".to_owned(),
+            JoinFrom::Unknown => "unknown".to_owned(),
+            JoinFrom::After(p) => p.to_stream_id(),
+        }
+    }
+}
+
+impl TryFrom<String> for JoinFrom {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "head" => Ok(Self::Head),
+            "unknown" => Ok(Self::Unknown),
+            id => Position::parse_stream_id(id).map(Self::After).ok_or_else(|| format!("not a join start: `{s}`")),
+        }
+    }
 }
 
 /// A node's answer to a [`NodeCommand`].
@@ -125,12 +211,14 @@ pub enum NodeReply {
     Count { subscribers: usize, users: Vec<String> },
     /// This node closed that many connections.
     Disconnected { connections: usize },
+    /// This node's channels and their subscribers, as `(channel, subscribers)`.
+    Channels { channels: Vec<(String, usize)> },
+    /// This node's connections of a user.
+    Connections { connections: Vec<ConnectionInfo> },
     /// This node changed that many connections of a user.
     Changed { connections: usize },
     /// What the node says of itself.
     Info(NodeInfo),
-    /// The node's channels with subscribers, each with their number.
-    Channels { channels: Vec<(String, usize)> },
 }
 
 /// A node as it describes itself to [`NodeCommand::Info`].
@@ -145,6 +233,21 @@ pub struct NodeInfo {
     /// Subscriptions: each connection counted once per channel it follows.
     pub subscriptions: usize,
     pub uptime_secs: u64,
+}
+
+/// One open connection as [`NodeCommand::UserConnections`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    pub connection_id: String,
+    /// The node that holds it.
+    pub node: String,
+    pub channels: Vec<String>,
+    /// `sse`, `websocket`, `centrifugo`, or `library` (a [`crate::Connection`] of the
+    /// application's own transport).
+    pub transport: String,
+    /// When it opened, in milliseconds since the Unix epoch.
+    pub opened_ms: u64,
 }
 
 /// Why a node refused a [`NodeCommand`]. On the wire it is the snake_case name, which is
@@ -219,9 +322,36 @@ pub trait Broker: Send + Sync + 'static {
         })
     }
 
+    /// The channels of a stream that opens, each with the events after its position and
+    /// its last `last` events, read at one instant where the engine can (see
+    /// [`Broker::histories`]). The default reads one channel after another.
+    fn read_starts<'a>(&'a self, reads: &'a [StartRead]) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(reads.len());
+            for r in reads {
+                let mut read = self.history(&r.channel, r.after).await?;
+                if r.last > 0 {
+                    let query = PageQuery { after: None, before: None, limit: r.last, newest_first: true };
+                    let mut recent = self.history_page(&r.channel, query).await?.events.unwrap_or_default();
+                    recent.reverse();
+                    read.recent = recent;
+                }
+                out.push(read);
+            }
+            Ok(out)
+        })
+    }
+
     /// Forgets every kept event of `channel` (and its AI streams); its position stays, so
     /// later events go on from it and a resume from before now is a gap.
     fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// A page of `channel`'s history ([`PageQuery`]), read at one instant.
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        query: PageQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>>;
 
     /// Makes sure this node receives live events of `channels` before it resolves.
     fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>>;
@@ -232,5 +362,27 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether pattern subscriptions (`channel:incidents.*`) can be served.
     fn supports_patterns(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_says_where_it_starts_on_the_wire_and_an_older_nodes_join_starts_at_the_head() {
+        let join = |from| NodeCommand::Join { connection: "c1".into(), channel: "channel:a".into(), user: None, from };
+        let at = join(JoinFrom::After(Position::new(1_700_000_000_123, 2)));
+        let wire = serde_json::to_value(&at).unwrap_or_default();
+        assert_eq!(wire["from"], "1700000000123-2");
+        assert_eq!(serde_json::from_value::<NodeCommand>(wire).ok(), Some(at));
+        let head = serde_json::to_value(join(JoinFrom::Head)).unwrap_or_default();
+        assert!(head.get("from").is_none(), "as nodes that predate it send it: {head}");
+        assert_eq!(serde_json::from_value::<NodeCommand>(head).ok(), Some(join(JoinFrom::Head)));
+        let unknown = serde_json::to_value(join(JoinFrom::Unknown)).unwrap_or_default();
+        assert_eq!(serde_json::from_value::<NodeCommand>(unknown).ok(), Some(join(JoinFrom::Unknown)));
+        let garbled =
+            serde_json::json!({"op": "join", "connection": "c1", "channel": "channel:a", "user": null, "from": "x"});
+        assert!(serde_json::from_value::<NodeCommand>(garbled).is_err());
     }
 }

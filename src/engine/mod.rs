@@ -31,8 +31,8 @@ use std::sync::Arc;
 
 pub(crate) use broker::check_batch_keys;
 pub use broker::{
-    AiSnapshot, Broker, CommandRefusal, DisconnectTarget, GapReason, HistoryRead, NodeCommand, NodeInfo, NodeReply,
-    PublishAck,
+    AiSnapshot, Broker, CommandRefusal, ConnectionInfo, DisconnectTarget, GapReason, HistoryPage, HistoryRead,
+    JoinFrom, NodeCommand, NodeInfo, NodeReply, PageQuery, PublishAck, StartRead,
 };
 pub use presence::{PresenceEntry, PresenceStore};
 pub use sessions::SessionStore;

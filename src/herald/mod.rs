@@ -8,11 +8,14 @@
 //! [`Herald::send_to_all`] and [`Herald::broadcast`].
 //!
 //! Submodules: `stream` opens and resumes connections (SSE or [`Herald::connect`] for other
-//! transports), `rooms` changes live connections on any node, `sessions` cuts them and bans
+//! transports), `history` reads a channel's history on request, `census` lists channels
+//! and a user's connections across nodes, `rooms` changes live connections on any node, `sessions` cuts them and bans
 //! users, `presence` announces who is where, `sink` is what the engine sees of the node (the
 //! hub, the policies, and commands from other nodes), `survey` gathers what every node says
 //! of itself (its counts, its channels).
 
+mod census;
+mod history;
 mod presence;
 mod rooms;
 mod sessions;
@@ -35,10 +38,12 @@ use crate::hub::Hub;
 use crate::limits::RateLimiter;
 use crate::policy::{Denied, Policies};
 
+pub use census::{CensusError, ChannelCount};
+pub use history::{History, HistoryError, HistoryOrder, HistoryQuery, MAX_HISTORY_LIMIT};
 pub use presence::{PresenceError, UserPresence};
 pub use rooms::{ChannelInfo, RoomError};
 pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, api_key_only};
-pub use stream::StreamRequest;
+pub use stream::{LastEvents, StreamRequest};
 
 /// The scope of the application's own idempotency keys (publishers over HTTP are scoped by
 /// their credential, which never spells this).

@@ -6,17 +6,31 @@
 //! sends a [`NodeCommand`] to every node through the engine; the node holding the
 //! connection checks that it belongs to the caller (or that the caller is trusted), and
 //! does it. Counts gather every node's answer.
+//!
+//! **Joining at a position** ([`Herald::join_at`]) is the seam a transport uses to add a
+//! subscription to a connection it holds, resumed where its client left off: Herald's
+//! WebSocket `subscribe` with `positions`/`lastEventId` today, a Centrifugo `recover` on a
+//! later subscription tomorrow. It is transport-neutral: the caller names the connection, the
+//! channel (or pattern) and a [`JoinFrom`] (the head, after a position, or a position that is
+//! not Herald's), and the connection's own reader writes `subscribed`, then a `reset` if the
+//! position cannot be resumed, then the channel's events after it, then the live ones. No
+//! gap and no repeat while events are published during the join: the hub queues the join in
+//! the connection under its registry lock (every live event of the channel comes behind it),
+//! only then is history read (`join_start`), and the reader drops each queued event that the
+//! history covered, by position (`hub/connection/reader.rs`, `StreamCore::replayed`).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::Herald;
+use super::stream::PATTERN_NOT_RESUMABLE;
 use crate::auth::Principal;
 use crate::channel::ChannelName;
-use crate::engine::{CommandRefusal, EngineError, NodeCommand, NodeReply};
-use crate::event::{Event, EventError, Publisher};
-use crate::hub::connection::JoinStart;
+use crate::cursor::Position;
+use crate::engine::{CommandRefusal, EngineError, GapReason, JoinFrom, NodeCommand, NodeReply};
+use crate::event::{Event, EventError, Published, Publisher};
+use crate::hub::connection::{Filters, JoinStart};
 use crate::hub::{Departure, Joined, NotJoined};
 use crate::policy::Denied;
 
@@ -33,6 +47,8 @@ pub enum RoomError {
     TooManyChannels(usize),
     #[error("pattern subscriptions cannot be added to a live connection")]
     Pattern,
+    #[error("this engine cannot follow patterns")]
+    PatternsUnsupported,
     /// The node that holds the connection does not know the channel (its configuration
     /// differs from this node's).
     #[error("the node that holds the connection refused the channel: {0}")]
@@ -77,18 +93,47 @@ pub struct ChannelInfo {
 }
 
 impl Herald {
-    /// Adds `channel` to the open connection `connection`, wherever it lives. The caller
-    /// must be allowed to subscribe to the channel, and be the connection's user or trusted
-    /// (an API key, or the application with [`Principal::ApiKey`]).
+    /// Adds `channel` to the open connection `connection`, wherever it lives, from the
+    /// channel's head. The caller must be allowed to subscribe to the channel, and be the
+    /// connection's user or trusted (an API key, or the application with
+    /// [`Principal::ApiKey`]). Patterns are refused: see [`Herald::join_at`].
     pub async fn join(&self, who: &Principal, connection: &str, channel: &ChannelName) -> Result<(), RoomError> {
         if channel.is_pattern() {
             return Err(RoomError::Pattern);
+        }
+        self.join_at(who, connection, channel, JoinFrom::Head).await
+    }
+
+    /// Joins `channel` (or a pattern) to the open connection `connection` at a position:
+    /// the seam a transport uses to add a subscription to a connection it holds, resumed
+    /// where its client left off. Checked like [`Herald::join`].
+    ///
+    /// With [`JoinFrom::After`], the connection gets exactly the channel's events after
+    /// that position, then the live ones, nothing missed and nothing twice, even while
+    /// events are published during the join: the join is queued in the connection first
+    /// (every live event of the channel comes behind it), then the history after the
+    /// position is read, and the connection's reader writes that history at the join and
+    /// drops the queued events it covered, by position (see `hub/connection/reader.rs`).
+    /// When history does not reach back that far ([`JoinFrom::Unknown`] included), the
+    /// connection gets the `reset` an SSE stream gets for the channel, and starts at the
+    /// head. A pattern keeps no position: it starts live, with a `reset`
+    /// (`pattern_not_resumable`) if a position was asked for.
+    pub async fn join_at(
+        &self,
+        who: &Principal,
+        connection: &str,
+        channel: &ChannelName,
+        from: JoinFrom,
+    ) -> Result<(), RoomError> {
+        if channel.is_pattern() && !self.engine().supports_patterns() {
+            return Err(RoomError::PatternsUnsupported);
         }
         self.policies().can_change_subscription(who, channel)?;
         let command = NodeCommand::Join {
             connection: connection.to_owned(),
             channel: channel.to_string(),
             user: asking_user(who),
+            from,
         };
         self.run_on_connection(command, connection).await
     }
@@ -125,9 +170,10 @@ impl Herald {
                 NodeReply::NotHere
                 | NodeReply::Count { .. }
                 | NodeReply::Disconnected { .. }
+                | NodeReply::Channels { .. }
+                | NodeReply::Connections { .. }
                 | NodeReply::Changed { .. }
-                | NodeReply::Info(_)
-                | NodeReply::Channels { .. } => {}
+                | NodeReply::Info(_) => {}
             }
         }
         match refused {
@@ -159,7 +205,9 @@ impl Herald {
     /// Runs a command from any node (this one included) on this node.
     pub(super) async fn handle_command(&self, command: NodeCommand) -> NodeReply {
         match command {
-            NodeCommand::Join { connection, channel, user } => self.local_join(&connection, &channel, user).await,
+            NodeCommand::Join { connection, channel, user, from } => {
+                self.local_join(&connection, &channel, user, from).await
+            }
             NodeCommand::Leave { connection, channel, user } => self.local_leave(&connection, &channel, user).await,
             NodeCommand::Send { connection, event_type, json } => {
                 if self.hub().send_to(&connection, Arc::from(event_type), Bytes::from(json)) {
@@ -174,10 +222,11 @@ impl Herald {
             }
             NodeCommand::SetStatus { user, user_name, status } => self.apply_status(&user, user_name, status).await,
             NodeCommand::Disconnect { target, reconnect, banned } => self.local_disconnect(&target, reconnect, banned),
+            NodeCommand::Channels { pattern } => self.local_channels(&pattern),
+            NodeCommand::UserConnections { user } => self.local_user_connections(&user),
             NodeCommand::JoinUser { user, channel } => self.local_user_change(&user, &channel, true).await,
             NodeCommand::LeaveUser { user, channel } => self.local_user_change(&user, &channel, false).await,
             NodeCommand::Info => NodeReply::Info(self.local_info()),
-            NodeCommand::Channels => self.local_channels(),
         }
     }
 
@@ -211,7 +260,7 @@ impl Herald {
         let mut connections = 0;
         for connection in mine {
             let reply = if join {
-                self.local_join(&connection, channel, None).await
+                self.local_join(&connection, channel, None, JoinFrom::Head).await
             } else {
                 self.local_leave(&connection, channel, None).await
             };
@@ -242,11 +291,11 @@ impl Herald {
         Ok(info)
     }
 
-    async fn local_join(&self, connection: &str, channel: &str, user: Option<String>) -> NodeReply {
+    async fn local_join(&self, connection: &str, channel: &str, user: Option<String>, from: JoinFrom) -> NodeReply {
         if let Err(reply) = self.owned_here(connection, user.as_deref()) {
             return reply;
         }
-        let Ok(channel) = self.parse_channel(channel) else {
+        let Ok(channel) = self.parse_subscription(channel) else {
             return refused(CommandRefusal::InvalidChannel, "not a channel of this node's configuration");
         };
         let max = self.config().max_channels_per_connection;
@@ -258,24 +307,15 @@ impl Herald {
                 return refused(CommandRefusal::TooManyChannels, "the connection follows too many channels");
             }
         };
-        let start = async {
-            // Even when another connection follows it already: its SUBSCRIBE may still be
-            // in flight (see `open_stream`).
-            self.engine().watch(std::slice::from_ref(&channel)).await?;
-            self.engine().history(&channel, None).await
-        };
-        match start.await {
-            Ok(read) => {
-                let mut lead = Vec::new();
-                let filters = &conn.filters;
-                for snap in read.streams {
-                    let fields = serde_json::from_str(&snap.json).unwrap_or_default();
-                    if filters.is_empty() || crate::event::fields_match(&fields, filters) {
-                        lead.push((Arc::from(crate::event::AI_CHUNK_TYPE), Bytes::from(snap.json)));
-                    }
+        match self.join_start(&channel, from, &conn.filters).await {
+            Ok(start) => {
+                if let (false, JoinStart::At { reset, .. }) = (from.is_head(), &start) {
+                    let m = self.metrics();
+                    let counter = if reset.is_none() { &m.resumes_replayed } else { &m.resumes_reset };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                conn.resolve_join(&slot, JoinStart::At { head: read.head, lead });
-                tracing::debug!(connection, %channel, "live join");
+                conn.resolve_join(&slot, start);
+                tracing::debug!(connection, %channel, ?from, "live join");
                 self.announce_arrival(&conn, std::slice::from_ref(&channel)).await;
                 NodeReply::Done
             }
@@ -285,6 +325,56 @@ impl Herald {
                 refused(CommandRefusal::EngineUnavailable, &e.to_string())
             }
         }
+    }
+
+    /// Where a live join of `channel` starts, read once the join is queued: the head, or
+    /// the history after `from` (see [`Herald::join_at`]).
+    async fn join_start(
+        &self,
+        channel: &ChannelName,
+        from: JoinFrom,
+        filters: &Filters,
+    ) -> Result<JoinStart, EngineError> {
+        // Even when another connection follows it already: its SUBSCRIBE may still be in
+        // flight (see `open_stream`).
+        self.engine().watch(std::slice::from_ref(channel)).await?;
+        if channel.is_pattern() {
+            let reset = (!from.is_head()).then_some(PATTERN_NOT_RESUMABLE);
+            return Ok(JoinStart::At { from: Position::default(), reset, replay: Vec::new(), lead: Vec::new() });
+        }
+        let after = match from {
+            JoinFrom::After(p) => Some(p),
+            JoinFrom::Head | JoinFrom::Unknown => None,
+        };
+        let read = self.engine().history(channel, after).await?;
+        let passes = |json: &str| {
+            filters.is_empty() || crate::event::fields_match(&serde_json::from_str(json).unwrap_or_default(), filters)
+        };
+        let (mut start, mut reset, mut replay, mut streams) = (read.head, None, Vec::new(), read.streams);
+        match (from, read.events) {
+            (JoinFrom::After(p), Ok(events)) => {
+                start = p;
+                // As at open: a snapshot stands for the chunks of a stream the client is
+                // behind on; a stream it saw all of needs none.
+                streams.retain(|s| s.last > p);
+                let behind =
+                    |ev: &Published| ev.ai_stream_id().is_some_and(|id| streams.iter().any(|s| s.stream_id == id));
+                for ev in events {
+                    let Some(copy) = ev.copy_on(channel.as_str()) else { continue };
+                    let write = !behind(&ev) && (filters.is_empty() || ev.matches_on(copy, filters));
+                    replay.push((ev, write));
+                }
+            }
+            (JoinFrom::After(_), Err(gap)) => reset = Some(gap.as_str()),
+            (JoinFrom::Unknown, _) => reset = Some(GapReason::UnknownPosition.as_str()),
+            (JoinFrom::Head, _) => {}
+        }
+        let lead = streams
+            .into_iter()
+            .filter(|s| passes(&s.json))
+            .map(|s| (Arc::from(crate::event::AI_CHUNK_TYPE), Bytes::from(s.json)))
+            .collect();
+        Ok(JoinStart::At { from: start, reset, replay, lead })
     }
 
     async fn local_leave(&self, connection: &str, channel: &str, user: Option<String>) -> NodeReply {

@@ -12,9 +12,10 @@ use serde_json::json;
 use super::{Herald, SubscribeError};
 use crate::auth::Principal;
 use crate::channel::ChannelName;
+use crate::config::MAX_LAST;
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
-use crate::engine::{AiSnapshot, GapReason, HistoryRead, merge};
-use crate::event::fields_match;
+use crate::engine::{AiSnapshot, GapReason, HistoryRead, StartRead, merge};
+use crate::event::{Published, fields_match};
 use crate::hub::connection::{ConnShared, Emit, StreamCore, event_id};
 use crate::hub::{ConnLimits, Refused};
 use crate::transport::messages::MessageOut;
@@ -37,16 +38,58 @@ pub struct StreamRequest {
     /// Field filters (`docs/channels.md`, "Filters"): only events whose top-level `field`
     /// equals `value`, for every pair, reach the stream.
     pub filters: Vec<(String, String)>,
+    /// How many of each channel's last events to write before the live ones, where the
+    /// stream does not resume that channel (`?last=`).
+    pub last: LastEvents,
+    /// The transport it is opened for, as a user's connection list shows it (`sse`,
+    /// `websocket`, `centrifugo`; `library` by default).
+    pub transport: &'static str,
 }
 
 impl StreamRequest {
     pub fn new(principal: Principal, channels: Vec<ChannelName>) -> Self {
-        Self { principal, channels, last_event_id: None, named: false, kill: None, filters: Vec::new() }
+        Self {
+            principal,
+            channels,
+            last_event_id: None,
+            named: false,
+            kill: None,
+            filters: Vec::new(),
+            last: LastEvents::default(),
+            transport: "library",
+        }
+    }
+}
+
+/// State on subscribe: how many of each channel's last events a new stream gets before its
+/// live ones. A channel's own count wins over `all`, which wins over its namespace's
+/// `deliver_last`; at most [`MAX_LAST`]. A channel the stream resumes (its position is in
+/// `Last-Event-ID`) gets what it missed instead; a channel that cannot resume gets its
+/// `reset`, then its last events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LastEvents {
+    /// For every channel of the stream (`?last=5`); `Some(0)` turns the namespaces'
+    /// `deliver_last` off.
+    pub all: Option<usize>,
+    /// For one channel (`?last=channel:news:1`).
+    pub per_channel: Vec<(ChannelName, usize)>,
+}
+
+impl LastEvents {
+    /// None, whatever the namespaces say.
+    pub fn none() -> Self {
+        Self { all: Some(0), per_channel: Vec::new() }
+    }
+
+    /// How many of `channel`'s last events a stream gets, `deliver_last` its namespace's.
+    fn of(&self, channel: &ChannelName, deliver_last: usize) -> usize {
+        let own = self.per_channel.iter().find(|(c, _)| c == channel).map(|(_, n)| *n);
+        own.or(self.all).unwrap_or(deliver_last).min(MAX_LAST)
     }
 }
 
 /// Why a resume cannot say what was missed on a pattern: patterns keep no position.
-const PATTERN_NOT_RESUMABLE: &str = "pattern_not_resumable";
+pub(super) const PATTERN_NOT_RESUMABLE: &str = "pattern_not_resumable";
 
 impl Herald {
     /// Opens an SSE stream: checks the principal against every channel, registers the
@@ -70,9 +113,9 @@ impl Herald {
     /// Opens a connection, step by step: nothing is registered until the request is
     /// admitted, and nothing live is written before what the connection missed.
     async fn open(&self, req: StreamRequest, out: &mut impl Emit) -> Result<StreamCore, SubscribeError> {
-        let StreamRequest { principal, channels, last_event_id, named: _, kill, filters } = req;
+        let StreamRequest { principal, channels, last_event_id, named: _, kill, filters, last, transport } = req;
         let mut channels = self.admit(&principal, channels)?;
-        let (shared, mut core) = self.register(&principal, &mut channels, kill, filters)?;
+        let (shared, mut core) = self.register(&principal, &mut channels, kill, filters, transport)?;
         self.claim_user_slot(&principal, &shared.id).await?;
         // Every channel, not only those this stream was first on: a channel another stream
         // opened a moment ago may still have its SUBSCRIBE in flight, and history read before
@@ -80,7 +123,7 @@ impl Herald {
         // channel it follows at once, after any subscription queued before.
         self.engine().watch(&channels).await?;
         let last_event_id = last_event_id.as_deref().map(LastEventId::parse);
-        let missed = self.read_missed(&channels, &last_event_id).await?;
+        let missed = self.read_missed(&channels, &last_event_id, &last).await?;
         self.write_preamble(out, &shared, &channels, &missed, last_event_id.is_some());
         missed.write(out, &mut core, &channels, &shared.filters);
         self.announce_arrival(&shared, &channels).await;
@@ -125,6 +168,7 @@ impl Herald {
         channels: &mut [ChannelName],
         kill: Option<KillSwitch>,
         filters: Vec<(String, String)>,
+        transport: &'static str,
     ) -> Result<(Arc<ConnShared>, StreamCore), SubscribeError> {
         let cfg = self.config();
         let hub = self.hub();
@@ -135,7 +179,8 @@ impl Herald {
         };
         let shared = Arc::new(
             ConnShared::new(hub.next_key(), conn_id, user, cfg.buffer_size, kill, filters.into_boxed_slice())
-                .expiring_at(deadline),
+                .expiring_at(deadline)
+                .over(transport),
         );
         let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
         hub.register(Arc::clone(&shared), channels, limits).map_err(|r| match r {
@@ -163,15 +208,17 @@ impl Herald {
     }
 
     /// Reads where the connection starts in each channel and what it missed since
-    /// `last_event_id` (`None`: none was given; `Some(None)`: one that is not Herald's).
+    /// `last_event_id` (`None`: none was given; `Some(None)`: one that is not Herald's), and
+    /// the last events of the channels it does not resume, as `last` asks.
     async fn read_missed(
         &self,
         channels: &[ChannelName],
         last_event_id: &Option<Option<LastEventId>>,
+        last: &LastEvents,
     ) -> Result<Missed, SubscribeError> {
         let mut missed = Missed::new(channels.len());
         let mut resumes: Vec<(usize, Resume)> = Vec::with_capacity(channels.len());
-        let mut reads: Vec<(ChannelName, Option<Position>)> = Vec::with_capacity(channels.len());
+        let mut reads: Vec<StartRead> = Vec::with_capacity(channels.len());
         for (i, ch) in channels.iter().enumerate() {
             if ch.is_pattern() {
                 if last_event_id.is_some() {
@@ -189,11 +236,12 @@ impl Herald {
                 Resume::Fresh | Resume::Unknown => None,
             };
             resumes.push((i, resume));
-            reads.push((ch.clone(), after));
+            let deliver_last = self.policies().of(ch).map_or(0, |ns| ns.deliver_last);
+            reads.push(StartRead { channel: ch.clone(), after, last: last.of(ch, deliver_last) });
         }
         // All channels at one instant, so that an event on several of them is in every one
         // of their lists or in none (see `write_replay`).
-        let read = self.engine().histories(&reads).await?;
+        let read = self.engine().read_starts(&reads).await?;
         for ((i, resume), read) in resumes.into_iter().zip(read) {
             missed.take(i, channels[i].as_str(), resume, read);
         }
@@ -266,29 +314,46 @@ impl Missed {
         }
     }
 
-    /// Takes channel `i`'s history `read`, as its `resume` asked for it.
+    /// Takes channel `i`'s history `read`, as its `resume` asked for it: what it missed
+    /// after its position, or (where it does not resume) its last events.
     fn take(&mut self, i: usize, ch: &str, resume: Resume, read: HistoryRead) {
         self.cursor.positions[i] = read.head;
         match (resume, read.events) {
             (Resume::From(p), Ok(events)) => {
-                self.cursor.positions[i] = p;
                 // Streams the client saw all of need no snapshot; for the others, the
                 // snapshot stands for every missed chunk.
                 let streams: Vec<AiSnapshot> = read.streams.into_iter().filter(|s| s.last > p).collect();
-                self.behind[i] = streams.iter().map(|s| s.stream_id.clone()).collect();
-                self.events[i] = events.into_iter().filter_map(|ev| Some((ev.copy_on(ch)?.position, ev))).collect();
-                self.snapshots.extend(streams);
+                self.replay(i, ch, p, events, streams);
             }
-            (Resume::Fresh, Ok(_)) => self.snapshots.extend(read.streams),
+            (Resume::Fresh, Ok(_)) => self.start_recent(i, ch, read.recent, read.streams),
             (Resume::Unknown, Ok(_)) => {
                 self.gaps.push((i, GapReason::UnknownPosition.as_str()));
-                self.snapshots.extend(read.streams);
+                self.start_recent(i, ch, read.recent, read.streams);
             }
             (_, Err(reason)) => {
                 self.gaps.push((i, reason.as_str()));
-                self.snapshots.extend(read.streams);
+                self.start_recent(i, ch, read.recent, read.streams);
             }
         }
+    }
+
+    /// Channel `i` starts just before its last events (`recent`, none for a stream that
+    /// did not ask for them) and replays them. The client saw none of the AI streams, so
+    /// each snapshot stands for its chunks among them.
+    fn start_recent(&mut self, i: usize, ch: &str, recent: Vec<Arc<Published>>, streams: Vec<AiSnapshot>) {
+        match recent.first().and_then(|ev| ev.copy_on(ch)).map(|c| c.position) {
+            Some(first) => self.replay(i, ch, first.prev(), recent, streams),
+            None => self.snapshots.extend(streams),
+        }
+    }
+
+    /// Channel `i` starts at `from` and replays `events` (those after it) with `streams`,
+    /// whose snapshots stand for their chunks among the events.
+    fn replay(&mut self, i: usize, ch: &str, from: Position, events: Vec<Arc<Published>>, streams: Vec<AiSnapshot>) {
+        self.cursor.positions[i] = from;
+        self.behind[i] = streams.iter().map(|s| s.stream_id.clone()).collect();
+        self.events[i] = events.into_iter().filter_map(|ev| Some((ev.copy_on(ch)?.position, ev))).collect();
+        self.snapshots.extend(streams);
     }
 
     /// Writes the missed events, then the snapshots, and starts the connection's reader
@@ -428,9 +493,9 @@ mod tests {
         let mut missed = Missed::new(2);
         let read = HistoryRead {
             head: Position::new(9, 0),
-            floor: Position::default(),
             events: Ok(vec![event("x", &[(&a, 7)])]),
             streams: vec![snap("seen", 4), snap("behind", 8)],
+            recent: Vec::new(),
         };
         missed.take(0, a.as_str(), Resume::From(Position::new(5, 0)), read);
         assert_eq!(missed.cursor.positions[0], Position::new(5, 0), "the replay moves it on from there");
@@ -438,9 +503,9 @@ mod tests {
         assert_eq!(missed.behind[0], ["behind"], "a stream the client saw all of needs no snapshot");
         let read = HistoryRead {
             head: Position::new(3, 0),
-            floor: Position::default(),
             events: Ok(Vec::new()),
             streams: vec![snap("s", 2)],
+            recent: Vec::new(),
         };
         missed.take(1, b.as_str(), Resume::Unknown, read);
         assert_eq!(missed.cursor.positions[1], Position::new(3, 0));

@@ -1,8 +1,6 @@
 //! What every node says of itself, gathered through the engine: each node's id, counts and
-//! uptime ([`Herald::nodes`]), and the channels with subscribers anywhere, with their
-//! numbers ([`Herald::active_channels`]). One node answers alone on the in-memory engine.
-
-use std::collections::BTreeMap;
+//! uptime ([`Herald::nodes`]). One node answers alone on the in-memory engine. (The active
+//! channels and a user's connections are `census`.)
 
 use super::Herald;
 use crate::engine::{EngineError, NodeCommand, NodeInfo, NodeReply};
@@ -17,21 +15,6 @@ impl Herald {
         Ok(nodes)
     }
 
-    /// The channels with at least one subscriber on some node, each with its subscribers on
-    /// every node summed, by name.
-    pub async fn active_channels(&self) -> Result<BTreeMap<String, usize>, EngineError> {
-        let replies = self.engine().command(NodeCommand::Channels).await?;
-        let mut all = BTreeMap::new();
-        for reply in replies {
-            if let NodeReply::Channels { channels } = reply {
-                for (channel, n) in channels {
-                    *all.entry(channel).or_insert(0) += n;
-                }
-            }
-        }
-        Ok(all)
-    }
-
     pub(super) fn local_info(&self) -> NodeInfo {
         let hub = self.hub();
         NodeInfo {
@@ -40,13 +23,8 @@ impl Herald {
             connections: hub.connection_count(),
             users: hub.user_count(),
             channels: hub.channel_count(),
-            subscriptions: hub.channel_counts().iter().map(|(_, n)| n).sum(),
+            subscriptions: hub.channel_counts(|_| true).iter().map(|(_, n)| n).sum(),
             uptime_secs: self.uptime().as_secs(),
         }
-    }
-
-    pub(super) fn local_channels(&self) -> NodeReply {
-        let channels = self.hub().channel_counts().into_iter().map(|(c, n)| (c.to_string(), n)).collect();
-        NodeReply::Channels { channels }
     }
 }

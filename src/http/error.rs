@@ -15,7 +15,9 @@ use crate::auth::AuthError;
 use crate::channel::ChannelError;
 use crate::engine::EngineError;
 use crate::event::EventError;
-use crate::herald::{DisconnectError, PresenceError, PublishError, RoomError, SubscribeError};
+use crate::herald::{
+    CensusError, DisconnectError, HistoryError, PresenceError, PublishError, RoomError, SubscribeError,
+};
 use crate::policy::Denied;
 
 /// A refused request: a status, a stable snake_case code and a sentence for a person.
@@ -244,6 +246,7 @@ impl From<RoomError> for ApiError {
             RoomError::Event(e) => return e.into(),
             RoomError::NoConnection(_) => Refusal::ConnectionNotFound,
             RoomError::TooManyChannels(_) => Refusal::TooManyChannels,
+            RoomError::PatternsUnsupported => Refusal::PatternsUnsupported,
             RoomError::Pattern | RoomError::ChannelRefused(_) => Refusal::InvalidChannel,
         };
         Self::refuse(refusal, e.to_string())
@@ -258,6 +261,33 @@ impl From<PresenceError> for ApiError {
             PresenceError::Disabled(_) => Refusal::PresenceDisabled,
             PresenceError::NotAUser => Refusal::Forbidden,
             PresenceError::BadStatus => Refusal::InvalidStatus,
+        };
+        Self::refuse(refusal, e.to_string())
+    }
+}
+
+impl From<HistoryError> for ApiError {
+    fn from(e: HistoryError) -> Self {
+        let refusal = match e {
+            HistoryError::Denied(d) => return d.into(),
+            HistoryError::Engine(e) => return e.into(),
+            HistoryError::Limit => Refusal::InvalidLimit,
+            HistoryError::Pattern => Refusal::InvalidChannel,
+            HistoryError::Expired => Refusal::HistoryExpired,
+            HistoryError::UnknownPosition => Refusal::UnknownPosition,
+        };
+        Self::refuse(refusal, e.to_string())
+    }
+}
+
+impl From<CensusError> for ApiError {
+    fn from(e: CensusError) -> Self {
+        let refusal = match e {
+            CensusError::Engine(e) => return e.into(),
+            CensusError::Unauthenticated => Refusal::Unauthorized,
+            CensusError::NotAnApiKey | CensusError::KeyCannotReach(_) => Refusal::Forbidden,
+            CensusError::InvalidPattern => Refusal::InvalidPattern,
+            CensusError::InvalidUser => Refusal::InvalidUser,
         };
         Self::refuse(refusal, e.to_string())
     }

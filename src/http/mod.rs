@@ -7,6 +7,7 @@ pub mod auth;
 mod centrifugo;
 pub mod cors;
 pub mod error;
+mod history;
 mod hooked;
 pub mod observe;
 mod presence;
@@ -38,9 +39,12 @@ pub fn router(herald: Herald) -> Router {
         .route("/api/events", get(subscribe::subscribe))
         .route("/api/tickets", post(tickets::issue))
         .route("/api/presence", post(presence::set_status))
+        .route("/api/channels", get(history::channels))
         .route("/api/channels/{channel}", get(rooms::channel_info))
+        .route("/api/channels/{channel}/history", get(history::history))
         .route("/api/channels/{channel}/presence", get(presence::channel))
         .route("/api/users/{user}/presence", get(presence::user))
+        .route("/api/users/{user}/connections", get(history::user_connections))
         .route("/api/connections/{connection}/channels", post(rooms::join))
         .route("/api/connections/{connection}/channels/{channel}", delete(rooms::leave))
         .route("/api/disconnect", post(sessions::disconnect))

@@ -70,6 +70,8 @@ refusals! {
     InvalidParameter => BAD_REQUEST, "invalid_parameter", Invalid, Invalid, None;
     InvalidFilter => BAD_REQUEST, "invalid_filter", Invalid, Invalid, None;
     InvalidLastEventId => BAD_REQUEST, "invalid_last_event_id", Invalid, Invalid, None;
+    /// `?last=` is not a count up to the most, or names a channel the stream does not follow.
+    InvalidLast => BAD_REQUEST, "invalid_last", Invalid, Invalid, None;
     QueryTooLong => URI_TOO_LONG, "query_too_long", Invalid, Invalid, None;
     InvalidPath => BAD_REQUEST, "invalid_path", Invalid, Invalid, None;
     InvalidJson => BAD_REQUEST, "invalid_json", Invalid, Invalid, None;
@@ -90,6 +92,15 @@ refusals! {
     /// The publisher's rate limit is spent; the caller sets `Retry-After` from the limiter.
     RateLimited => TOO_MANY_REQUESTS, "rate_limited", RateLimited, UserLimit, None;
     TooManyConnections => TOO_MANY_REQUESTS, "too_many_connections", RateLimited, UserLimit, Some(5);
+    // History (`GET /api/channels/{channel}/history`) and listings.
+    InvalidLimit => BAD_REQUEST, "invalid_limit", Invalid, Invalid, None;
+    /// `after` or `before` is not an event id of the channel.
+    InvalidPosition => BAD_REQUEST, "invalid_position", Invalid, Invalid, None;
+    /// `after` is ahead of the channel's last event (an id from another deployment).
+    UnknownPosition => CONFLICT, "unknown_position", Invalid, Invalid, None;
+    /// History no longer reaches back to `after`.
+    HistoryExpired => GONE, "history_expired", Invalid, Invalid, None;
+    InvalidPattern => BAD_REQUEST, "invalid_pattern", Invalid, Invalid, None;
     // Live rooms, presence, disconnects and bans.
     ConnectionNotFound => NOT_FOUND, "connection_not_found", Invalid, Invalid, None;
     PresenceDisabled => NOT_FOUND, "presence_disabled", Invalid, Invalid, None;

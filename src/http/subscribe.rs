@@ -1,7 +1,8 @@
 //! `GET /api/events`: open an SSE stream on one or more channels.
 //!
 //! Query: `channel` (repeatable), `events=named` for `event:` lines, `lastEventId` (the
-//! `Last-Event-ID` header wins when both are present), `ticket` (from `POST /api/tickets`).
+//! `Last-Event-ID` header wins when both are present), `ticket` (from `POST /api/tickets`),
+//! `last` (state on subscribe: `last=5` for every channel, `last=channel:news:1` for one).
 //! Other parameters are refused, so a typo (`chanel=`) is an error, not a silent no-op.
 
 use axum::body::Body;
@@ -15,7 +16,8 @@ use super::hooked;
 use super::observe::count_subscribe_refusal;
 use super::refusal::Refusal;
 use crate::channel::ChannelName;
-use crate::herald::{Herald, StreamRequest};
+use crate::config::MAX_LAST;
+use crate::herald::{Herald, LastEvents, StreamRequest};
 use crate::transport::KillSwitch;
 
 /// Most filters on one stream.
@@ -49,6 +51,29 @@ pub(crate) struct StreamQuery {
     pub last_event_id: Option<String>,
     pub ticket: Option<String>,
     pub filters: Vec<(String, String)>,
+    pub last: LastEvents,
+}
+
+/// One `last` value: `<n>` for every channel, `<channel>:<n>` for one of the stream's.
+fn parse_last(herald: &Herald, raw: &str, last: &mut LastEvents) -> Result<(), ApiError> {
+    let count = |n: &str| {
+        n.parse::<usize>().ok().filter(|n| *n <= MAX_LAST).ok_or_else(|| {
+            ApiError::refuse(
+                Refusal::InvalidLast,
+                format!("`last` is a count from 0 to {MAX_LAST}, or `<channel>:<count>` like `channel:news:1`"),
+            )
+        })
+    };
+    match raw.rsplit_once(':') {
+        None => last.all = Some(count(raw)?),
+        Some((channel, n)) => {
+            let n = count(n)?;
+            let channel = herald.parse_subscription(channel)?;
+            last.per_channel.retain(|(c, _)| *c != channel);
+            last.per_channel.push((channel, n));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a stream request's query and `Last-Event-ID` header.
@@ -66,6 +91,7 @@ pub(crate) fn stream_query(
     let mut last_event_id = None;
     let mut ticket = None;
     let mut filters = Vec::new();
+    let mut last = LastEvents::default();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "channel" => channels.push(herald.parse_subscription(&value)?),
@@ -84,6 +110,7 @@ pub(crate) fn stream_query(
             "lastEventId" => last_event_id = Some(value.into_owned()),
             "ticket" => ticket = Some(value.into_owned()),
             "filter" => filters.push(parse_filter(&value)?),
+            "last" => parse_last(herald, &value, &mut last)?,
             other => {
                 return Err(ApiError::refuse(
                     Refusal::InvalidParameter,
@@ -91,6 +118,14 @@ pub(crate) fn stream_query(
                 ));
             }
         }
+    }
+    // Without channels (a WebSocket whose first `subscribe` names them) the check is left to
+    // that command's channels: a count for a channel it does not follow is unused.
+    if let Some((c, _)) = last.per_channel.iter().find(|(c, _)| !channels.is_empty() && !channels.contains(c)) {
+        return Err(ApiError::refuse(
+            Refusal::InvalidLast,
+            format!("`last` names `{c}`, which the stream does not follow"),
+        ));
     }
     if filters.len() > MAX_FILTERS {
         return Err(ApiError::refuse(Refusal::InvalidFilter, format!("at most {MAX_FILTERS} filters")));
@@ -103,7 +138,7 @@ pub(crate) fn stream_query(
         last_event_id = Some(v.to_owned());
     }
     let last_event_id = checked_last_event_id(last_event_id)?;
-    Ok(StreamQuery { channels, named, last_event_id, ticket, filters })
+    Ok(StreamQuery { channels, named, last_event_id, ticket, filters, last })
 }
 
 /// A `Last-Event-ID` as a stream takes it: blank is none, and it has a length limit.
@@ -117,7 +152,7 @@ pub(crate) fn checked_last_event_id(id: Option<String>) -> Result<Option<String>
 
 async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>) -> Result<Response, ApiError> {
     let headers = req.headers();
-    let StreamQuery { channels, named, last_event_id, ticket, filters } = stream_query(herald, query, headers)?;
+    let StreamQuery { channels, named, last_event_id, ticket, filters, last } = stream_query(herald, query, headers)?;
     let who = principal(herald, headers, ticket.as_deref()).await?;
     let peer = req.extensions().get::<PeerAddr>().copied();
     let (who, channels) =
@@ -130,8 +165,18 @@ async fn open_stream(herald: &Herald, query: Option<String>, req: Request<Body>)
     };
 
     let described = who.describe();
-    let body =
-        herald.open_stream(StreamRequest { principal: who, channels, last_event_id, named, kill, filters }).await?;
+    let body = herald
+        .open_stream(StreamRequest {
+            principal: who,
+            channels,
+            last_event_id,
+            named,
+            kill,
+            filters,
+            last,
+            transport: "sse",
+        })
+        .await?;
     tracing::debug!(connection = body.connection_id(), who = %described, "sse connection opened");
     let mut resp = (StatusCode::OK, Body::new(body)).into_response();
     let h = resp.headers_mut();

@@ -129,11 +129,20 @@ pub(crate) struct JoinSlot {
 }
 
 /// The outcome of a live join.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) enum JoinStart {
-    /// Follow the channel from `head`; `lead` are events to write first (AI-stream
-    /// snapshots), as `(type, JSON)`.
-    At { head: Position, lead: Vec<(Arc<str>, Bytes)> },
+    /// Follow the channel from `from` (its head, or the position a client resumes after).
+    /// After the `subscribed` notice come: a `reset` if `reset` says why the position asked
+    /// for could not be resumed; `replay`, the channel's events after `from`, oldest first,
+    /// each with whether to write it (`false`: the cursor moves over it, nothing is written:
+    /// a filter refused it, or a snapshot stands for it); then `lead`, events to write
+    /// first (AI-stream snapshots), as `(type, JSON)`.
+    At {
+        from: Position,
+        reset: Option<&'static str>,
+        replay: Vec<(Arc<Published>, bool)>,
+        lead: Vec<(Arc<str>, Bytes)>,
+    },
     /// The join failed after registration (engine unavailable): drop the channel again.
     Failed,
 }
@@ -170,6 +179,8 @@ pub struct ConnShared {
     pub user_id: Option<Arc<str>>,
     /// The user's display name, for presence events.
     pub user_name: Option<Arc<str>>,
+    /// The transport it was opened for (`sse`, `websocket`, `centrifugo`, `library`).
+    pub transport: &'static str,
     capacity: usize,
     kill: Option<KillSwitch>,
     /// Field filters of the subscription: all must match.
@@ -211,6 +222,7 @@ impl ConnShared {
             id,
             user_id,
             user_name,
+            transport: "library",
             capacity: capacity.max(1),
             kill,
             filters,
@@ -229,6 +241,12 @@ impl ConnShared {
     /// The connection ends at `deadline_ms` (milliseconds since the Unix epoch), if any.
     pub(crate) fn expiring_at(mut self, deadline_ms: Option<u64>) -> Self {
         self.expires_at_ms = deadline_ms;
+        self
+    }
+
+    /// The connection was opened for `transport`.
+    pub(crate) fn over(mut self, transport: &'static str) -> Self {
+        self.transport = transport;
         self
     }
 

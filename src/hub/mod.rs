@@ -142,6 +142,8 @@ pub struct Departure {
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub connection: Arc<str>,
+    /// The transport it was opened for (`sse`, `websocket`, ...).
+    pub transport: &'static str,
     pub user: Option<Arc<str>>,
     pub user_name: Option<Arc<str>>,
     pub channels: Vec<ChannelName>,
@@ -539,9 +541,20 @@ impl Hub {
         reg.channels.get(channel).or_else(|| reg.patterns.get(channel)).map_or(0, Vec::len)
     }
 
-    /// Channels with local subscribers (not patterns), each with their number.
-    pub fn channel_counts(&self) -> Vec<(ChannelName, usize)> {
-        self.read().channels.iter().map(|(c, subs)| (c.clone(), subs.len())).collect()
+    /// The channels with local subscribers whose names `keep` accepts, with how many each
+    /// has, read under one lock.
+    pub fn channel_counts(&self, keep: impl Fn(&str) -> bool) -> Vec<(ChannelName, usize)> {
+        let reg = self.read();
+        reg.channels.iter().filter(|(ch, _)| keep(ch.as_str())).map(|(ch, subs)| (ch.clone(), subs.len())).collect()
+    }
+
+    /// This node's connections of one user.
+    pub fn connections_of(&self, user: &str) -> Vec<ConnInfo> {
+        let reg = self.read();
+        if !reg.users.contains_key(user) {
+            return Vec::new();
+        }
+        reg.conns.values().filter(|e| e.conn.user_id.as_deref() == Some(user)).map(info).collect()
     }
 
     /// Local subscribers of one channel, and the distinct users among them.
@@ -558,6 +571,7 @@ impl Hub {
 fn info(entry: &Entry) -> ConnInfo {
     ConnInfo {
         connection: Arc::clone(&entry.conn.id),
+        transport: entry.conn.transport,
         user: entry.conn.user_id.clone(),
         user_name: entry.conn.user_name.clone(),
         channels: entry.channels.clone(),

@@ -107,9 +107,36 @@ export interface SubscribeOptions {
   filters?: string[];
   /** Resume from this SSE id on the first connect. */
   lastEventId?: string;
+  /** State on subscribe: each channel's last `N` events come before the live ones (a number
+   * for every channel, or a count per channel: `{ 'channel:prices': 1 }`; at most 100). A
+   * reconnect resumes from the last id instead, so nothing comes twice. `0` turns a
+   * namespace's `deliver_last` off. */
+  last?: number | Record<string, number>;
   /** Default: the client's `transport`, `sse` if unset (see `Transport`). */
   transport?: Transport;
   backoff?: BackoffOptions;
+}
+
+/** What `history` asks for: at most `limit` events (default 100, at most 1000) strictly
+ * after `after` and strictly before `before` (positions from a page or SSE ids), from the
+ * newest end of that range (`order: 'newest'`, the default) or the oldest. */
+export interface HistoryQuery {
+  limit?: number;
+  after?: string;
+  before?: string;
+  order?: 'newest' | 'oldest';
+}
+
+/** A page of a channel's history. */
+export interface HistoryPage {
+  channel: string;
+  order: 'newest' | 'oldest';
+  /** The channel's last position: subscribe with `lastEventId: head` to follow on from it. */
+  head: string;
+  /** The range holds more events than the page. */
+  more: boolean;
+  /** Each event as a stream delivers it, with its position (an SSE id of the channel). */
+  events: Array<{ position: string; event: StreamEvent }>;
 }
 
 export interface PresenceUser {
@@ -238,6 +265,18 @@ export class HeraldClient {
         await new Promise((resolve) => setTimeout(resolve, delay));
       }
     }
+  }
+
+  /** A page of a channel's history (`GET /api/channels/{channel}/history`), for whoever may
+   * subscribe to it. */
+  history(channel: string, query: HistoryQuery = {}): Promise<HistoryPage> {
+    const q = new URLSearchParams();
+    if (query.limit !== undefined) q.set('limit', String(query.limit));
+    if (query.after !== undefined) q.set('after', query.after);
+    if (query.before !== undefined) q.set('before', query.before);
+    if (query.order !== undefined) q.set('order', query.order);
+    const tail = q.size > 0 ? `?${q.toString()}` : '';
+    return this.request('GET', `/api/channels/${encodeURIComponent(channel)}/history${tail}`);
   }
 
   /** Who is in a channel now (`GET /api/channels/{channel}/presence`). */
@@ -403,6 +442,9 @@ export class Subscription {
   private connectedAt = 0;
   /** `auto`: a socket could not be opened, so this subscription stays on SSE. */
   private socketFailed = false;
+  /** Per channel not followed now, the last id that named it (kept when it was left, or
+   * given to `join`): where a later `subscribe` on a socket resumes it. */
+  private readonly positions = new Map<string, string>();
 
   constructor(
     private readonly client: HeraldClient,
@@ -435,12 +477,27 @@ export class Subscription {
     return () => set.delete(listener);
   }
 
-  /** Adds a live room to this connection (`POST /api/connections/{id}/channels`); a
-   * reconnect then subscribes to it too. While disconnected, it is only added to the list
-   * the next connect uses. */
-  async join(channel: string): Promise<void> {
+  /** Adds a live room to this connection (`POST /api/connections/{id}/channels`, or a
+   * `subscribe` command over an open WebSocket); a reconnect then subscribes to it too.
+   * While disconnected, it is only added to the list the next connect uses.
+   *
+   * Over a WebSocket the channel resumes where this subscription left it (the last id it
+   * had of it, kept when it left), or after `options.lastEventId` (an id of an event of
+   * that channel the application kept): the events since come first, from history, then
+   * the live ones, or a `reset` when history no longer covers them. Over SSE, and without
+   * a position, it starts at the channel's head. */
+  async join(channel: string, options: { lastEventId?: string } = {}): Promise<void> {
     if (this.state === 'closed') throw new Error('the subscription is closed');
-    if (this.state === 'open' && this.connectionId) {
+    if (options.lastEventId) this.positions.set(channel, options.lastEventId);
+    const socket = this.connection?.socket;
+    if (this.state === 'open' && socket && !this.channels.includes(channel)) {
+      try {
+        await this.subscribeOn(socket, channel);
+      } catch (e) {
+        // The socket is gone (it is reconnecting): the next connect includes the room.
+        if (!(e instanceof HeraldError && e.status === 0)) throw e;
+      }
+    } else if (this.state === 'open' && this.connectionId) {
       try {
         await this.client.request('POST', `/api/connections/${encodeURIComponent(this.connectionId)}/channels`, {
           channel,
@@ -451,6 +508,13 @@ export class Subscription {
       }
     }
     if (!this.channels.includes(channel)) this.channels.push(channel);
+  }
+
+  /** Subscribes the open socket to `channel`, resuming it from the position this
+   * subscription keeps for it, if any. */
+  private async subscribeOn(socket: Socket, channel: string): Promise<void> {
+    const from = this.positions.get(channel);
+    await socket.request('subscribe', from ? { channels: [channel], positions: { [channel]: from } } : { channels: [channel] });
   }
 
   /** Removes a channel from this connection; reconnects no longer include it. */
@@ -523,7 +587,8 @@ export class Subscription {
     const gen = ++this.generation;
     this.connectionId = undefined;
     this.connectedAt = 0;
-    const extra: Array<[string, string]> = (this.options.filters ?? []).map((f) => ['filter', f]);
+    const last = lastParams(this.options.last);
+    const extra: Array<[string, string]> = [...(this.options.filters ?? []).map((f): [string, string] => ['filter', f]), ...last];
     try {
       const transport = this.transport();
       if (transport === 'websocket') {
@@ -532,7 +597,8 @@ export class Subscription {
         // As for EventSource, which cannot send headers either: a ticket in the query. A
         // bearer token goes in the first message; an API key in the upgrade's headers.
         const auth = this.client.auth;
-        const query: Array<[string, string]> = [];
+        // The socket's first `subscribe` opens the stream with the query's `last`.
+        const query: Array<[string, string]> = [...last];
         if (auth.mode === 'ticket') query.push(['ticket', await this.client.ticket()]);
         const token = auth.mode === 'header' ? await resolveToken(auth.token) : undefined;
         const headers = auth.mode === 'apiKey' ? { 'X-Api-Key': auth.key } : undefined;
@@ -572,7 +638,9 @@ export class Subscription {
       url,
       token,
       headers,
-      subscribe: { channels: [...this.channels], lastEventId: this.lastEventId, filters: this.options.filters },
+      // A channel with a kept position joins after `connected`, from that position
+      // (`reconcile`): the first subscribe resumes from one id only.
+      subscribe: { channels: this.openingChannels(), lastEventId: this.lastEventId, filters: this.options.filters },
       idleMs: this.client.idleTimeoutMs,
       onEvent: (id, event) => {
         if (gen === this.generation) this.message(id, event);
@@ -590,6 +658,13 @@ export class Subscription {
       },
     });
     return { close: () => socket.close(), socket };
+  }
+
+  /** The channels a socket's first `subscribe` names: all but those waiting to resume
+   * from a kept position (unless that would leave none). */
+  private openingChannels(): string[] {
+    const fresh = this.channels.filter((c) => !this.positions.has(c));
+    return fresh.length > 0 ? fresh : [...this.channels];
   }
 
   private openEventSource(ES: EventSourceConstructor, url: string, gen: number): Connection {
@@ -679,6 +754,7 @@ export class Subscription {
 
   /** One event, whatever carried it: the SSE `id:` and `data:`, or a socket frame's. */
   private message(id: string, data: unknown): void {
+    const before = this.lastEventId;
     if (id) this.lastEventId = id;
     const event = data as StreamEvent;
     if (!event || typeof event !== 'object' || typeof event.type !== 'string') return;
@@ -710,11 +786,17 @@ export class Subscription {
       case 'subscribed': {
         const ch = (event as EventMap['subscribed']).channel;
         if (typeof ch === 'string' && !this.channels.includes(ch)) this.channels.push(ch);
+        // From here its position is in the connection's ids.
+        if (typeof ch === 'string') this.positions.delete(ch);
         break;
       }
       case 'unsubscribed': {
         const ch = (event as EventMap['unsubscribed']).channel;
-        if (typeof ch === 'string') this.removeChannel(ch);
+        if (typeof ch === 'string') {
+          this.removeChannel(ch);
+          // The id before this notice was the last to name the channel.
+          if (before) this.positions.set(ch, before);
+        }
         break;
       }
       default:
@@ -741,10 +823,16 @@ export class Subscription {
     void this.connect();
   }
 
-  /** Joins and leaves made while this connection was being opened apply to it now. */
+  /** Joins and leaves made while this connection was being opened apply to it now; over
+   * a socket, a channel with a kept position joins from there. */
   private reconcile(opened: string[]): void {
     const wanted = [...this.channels];
+    const socket = this.connection?.socket;
     const apply = (method: 'POST' | 'DELETE', channel: string) => {
+      if (method === 'POST' && socket) {
+        this.subscribeOn(socket, channel).catch((e: unknown) => this.options.onError?.(asError(e)));
+        return;
+      }
       const base = `/api/connections/${encodeURIComponent(this.connectionId ?? '')}/channels`;
       const call =
         method === 'POST'
@@ -800,4 +888,11 @@ export class Subscription {
 function asError(e: unknown): Error {
   if (e instanceof Error) return e;
   return new Error(String(e));
+}
+
+/** `last` as query parameters: `last=N` for every channel, `last=<channel>:N` for one. */
+function lastParams(last: SubscribeOptions['last']): Array<[string, string]> {
+  if (last === undefined) return [];
+  if (typeof last === 'number') return [['last', String(last)]];
+  return Object.entries(last).map(([channel, n]): [string, string] => ['last', `${channel}:${n}`]);
 }

@@ -23,6 +23,8 @@ export {
   type EventSourceConstructor,
   type EventSourceLike,
   type HeraldClientOptions,
+  type HistoryPage,
+  type HistoryQuery,
   type OutgoingEvent,
   type PresenceUser,
   type PublishOptions,

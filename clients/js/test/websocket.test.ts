@@ -219,6 +219,76 @@ describe('over a WebSocket', () => {
   });
 });
 
+describe('a channel joined later on a socket', () => {
+  /** A subscription on `home` over a socket (API key), collecting the notes of `room`. */
+  function onRoom(home: string, room: string, backoff: SubscribeOptions['backoff'] = {}) {
+    const { WebSocket, sockets } = tracked();
+    const client = new HeraldClient({ url: herald.url, auth: { mode: 'apiKey', key: API_KEY }, WebSocket });
+    const c = collect(client, home, { transport: 'websocket', backoff });
+    const roomNotes = () =>
+      ns(c.seen.filter((e) => e.event.type === 'note' && (e.event as { channel?: string }).channel === room).map((e) => e.event as { n?: number }));
+    const said = (type: string) => c.seen.filter((e) => e.event.type === type && (e.event as { channel?: string }).channel === room).length;
+    return { c, sockets, roomNotes, said };
+  }
+
+  it('resumes a channel it left where it left it, losing and repeating nothing', async () => {
+    const room = 'channel:rejoin-room';
+    const { c, sockets, roomNotes, said } = onRoom('channel:rejoin-home', room);
+    try {
+      await waitFor(() => c.sub.state === 'open', 'open');
+      await c.sub.join(room);
+      await waitFor(() => said('subscribed') === 1, 'subscribed');
+      await publishNotes(room, 1, 3);
+      await waitFor(() => roomNotes().length === 3, 'three notes');
+      await c.sub.leave(room);
+      await waitFor(() => said('unsubscribed') === 1, 'unsubscribed');
+      await publishNotes(room, 4, 6);
+      await c.sub.join(room);
+      await waitFor(() => roomNotes().length === 6, 'the missed notes');
+      await publishNotes(room, 7, 7);
+      await waitFor(() => roomNotes().length === 7, 'a live note');
+      expect(roomNotes()).toEqual([1, 2, 3, 4, 5, 6, 7]);
+      const joins = sockets[0]?.sent.filter((f) => f.type === 'subscribe').slice(1) ?? [];
+      expect(joins.map((f) => f.positions)).toEqual([undefined, { [room]: c.notes()[2]?.id }]);
+      expect(c.seen.filter((e) => e.event.type === 'reset')).toEqual([]);
+    } finally {
+      c.sub.close();
+    }
+  });
+
+  it('joins from an id the application kept, and after a reconnect from the position it kept', async () => {
+    const room = 'channel:kept-room';
+    const { c, sockets, roomNotes } = onRoom('channel:kept-home', room, { baseMs: 300, capMs: 300, random: () => 1 });
+    const elsewhere = collect(new HeraldClient({ url: herald.url, auth: { mode: 'apiKey', key: API_KEY } }), room, {
+      transport: 'fetch',
+    });
+    try {
+      await waitFor(() => c.sub.state === 'open' && elsewhere.sub.state === 'open', 'open');
+      await publishNotes(room, 1, 4);
+      await waitFor(() => elsewhere.notes().length === 4, 'four notes elsewhere');
+      elsewhere.sub.close();
+      // An id of note 2 from another stream: notes 3 and 4 come from history.
+      await c.sub.join(room, { lastEventId: elsewhere.notes()[1]?.id });
+      await waitFor(() => roomNotes().length === 2, 'notes 3 and 4');
+      await c.sub.leave(room);
+      await waitFor(() => !c.sub.channels.includes(room), 'left');
+      // Cut while the room is left; joined again while reconnecting, from the kept position.
+      sockets[0]?.ws.terminate();
+      await waitFor(() => c.sub.state === 'reconnecting', 'the cut noticed');
+      await publishNotes(room, 5, 6);
+      await c.sub.join(room);
+      await waitFor(() => c.sub.state === 'open' && sockets.length === 2, 'a second socket');
+      await waitFor(() => roomNotes().length === 4, 'notes 5 and 6 after the reconnect');
+      expect(roomNotes()).toEqual([3, 4, 5, 6]);
+      const sent = sockets[1]?.sent.filter((f) => f.type === 'subscribe') ?? [];
+      expect(sent.map((f) => f.channels)).toEqual([['channel:kept-home'], [room]]);
+      expect(sent[1]?.positions).toBeDefined();
+    } finally {
+      c.sub.close();
+    }
+  });
+});
+
 it('waits out the drain hint of a closing node (1012 with `retryMs`) before it reconnects', async () => {
   const draining = await startHerald('websocket = true\nretry = "2s"\ndrain_reconnect_window = "1s"\n');
   try {

@@ -72,6 +72,11 @@ impl Endpoint {
 
     /// Opens a connection and sends `req`; the response body streams while it is read.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> anyhow::Result<Response<Incoming>> {
+        send_on(TokioIo::new(self.connect().await?), req).await
+    }
+
+    /// Opens a connection (TCP, and TLS for `https://`) to the server.
+    pub async fn connect(&self) -> anyhow::Result<Box<dyn Io>> {
         let what = || format!("cannot connect to {}", self.url);
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((self.host.as_str(), self.port)))
             .await
@@ -80,7 +85,7 @@ impl Endpoint {
             .with_context(what)?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => send_on(TokioIo::new(tcp), req).await,
+            None => Ok(Box::new(tcp)),
             Some(connector) => {
                 let name = ServerName::try_from(self.host.clone())
                     .with_context(|| format!("`{}` is not a valid TLS server name", self.host))?;
@@ -89,11 +94,22 @@ impl Endpoint {
                     .map_err(|_| anyhow!("TLS handshake timed out after {CONNECT_TIMEOUT:?}"))
                     .with_context(what)?
                     .with_context(|| format!("TLS handshake with {} failed", self.url))?;
-                send_on(TokioIo::new(tls), req).await
+                Ok(Box::new(tls))
             }
         }
     }
+
+    /// The WebSocket URL of `path_and_query` below the base URL (`ws://` or `wss://`).
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}{}{path_and_query}", self.authority, self.base)
+    }
 }
+
+/// A connection to the server, plain or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 async fn send_on<T>(io: T, req: Request<Full<Bytes>>) -> anyhow::Result<Response<Incoming>>
 where
@@ -139,24 +155,38 @@ impl Refusal {
     /// Reads the error body of `resp` (Herald's JSON error shape, or whatever else came).
     pub async fn read(resp: Response<Incoming>) -> Self {
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(resp.headers());
         let body = match Limited::new(resp.into_body(), MAX_ERROR_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => Bytes::new(),
         };
-        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        Self::from_body(status, retry_after, &body)
+    }
+
+    /// A refused WebSocket upgrade, read like any other answer.
+    pub fn upgrade_refused(resp: &Response<Option<Vec<u8>>>) -> Self {
+        let body = resp.body().as_deref().unwrap_or_default();
+        Self::from_body(resp.status(), retry_after(resp.headers()), body)
+    }
+
+    fn from_body(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Self {
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         let field = |name: &str| json.as_ref().and_then(|j| j["error"][name].as_str()).map(str::to_owned);
         let code = field("code").unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_lowercase());
         let message = field("message").unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&body);
+            let text = String::from_utf8_lossy(body);
             let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
             if text.is_empty() { format!("the server answered {status}") } else { text.chars().take(300).collect() }
         });
         Self { status, code: code.replace(' ', "_"), message, retry_after }
     }
+}
+
+/// The `Retry-After` header, in seconds.
+fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
+    headers
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }

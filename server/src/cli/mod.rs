@@ -1,13 +1,15 @@
 //! The command-line clients of a running Herald: `herald publish` and `herald subscribe`.
 //!
 //! They speak Herald's public HTTP API like any other client (HTTP/1.1, `https://` with
-//! TLS), so they work against a remote node as well as a local one. Nothing here touches
+//! TLS), or with `--ws` its WebSocket endpoint (`ws.rs`), so they work against a remote node
+//! as well as a local one. Nothing here touches
 //! the library's internals.
 
 mod http;
 pub mod publish;
 mod sse;
 pub mod subscribe;
+mod ws;
 
 use std::path::PathBuf;
 
@@ -38,10 +40,18 @@ impl Remote {
 
     /// Adds the credential, if any.
     fn authorize(&self, req: hyper::http::request::Builder) -> hyper::http::request::Builder {
+        match self.credential() {
+            Some((name, value)) => req.header(name, value),
+            None => req,
+        }
+    }
+
+    /// The credential's header, if any.
+    fn credential(&self) -> Option<(&'static str, String)> {
         match (&self.api_key, &self.token) {
-            (Some(key), _) => req.header("x-api-key", key),
-            (None, Some(token)) => req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}")),
-            (None, None) => req,
+            (Some(key), _) => Some(("x-api-key", key.clone())),
+            (None, Some(token)) => Some(("authorization", format!("Bearer {token}"))),
+            (None, None) => None,
         }
     }
 }

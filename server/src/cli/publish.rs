@@ -1,6 +1,7 @@
 //! `herald publish`: one event (to one or several channels) or a batch, through
-//! `POST /api/publish`; prints the id of each published event, one a line. A try whose
-//! outcome is unknown is retried under one idempotency key, so it publishes once.
+//! `POST /api/publish` (or, with `--ws`, a `publish` command over the WebSocket `/api/ws`);
+//! prints the id of each published event, one a line. A try whose outcome is unknown is
+//! retried under one idempotency key, so it publishes once.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -10,10 +11,11 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full, Limited};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::Remote;
 use super::http::Refusal;
+use super::ws;
 
 /// How long the whole publish may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,12 +45,17 @@ pub struct PublishArgs {
     /// key to a second run to retry a publish whose outcome you did not see.
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
+    /// Publish over the WebSocket endpoint (`/api/ws`, which the server must have on): the
+    /// same body, checks and answer, as a `publish` command on a socket.
+    #[arg(long)]
+    ws: bool,
     #[command(flatten)]
     remote: Remote,
 }
 
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
-    let body = Bytes::from(body(&args)?.to_string());
+    let event = body(&args)?;
+    let body = Bytes::from(event.to_string());
     let endpoint = args.remote.endpoint()?;
     // 128 random bits: unique among this publisher's keys of the last few minutes.
     let key = args.idempotency_key.clone().unwrap_or_else(|| format!("cli-{:032x}", fastrand::u128(..)));
@@ -56,13 +63,18 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
         tokio::time::timeout(TIMEOUT, async {
             let mut attempt = 0;
             loop {
-                let req = args
-                    .remote
-                    .authorize(endpoint.request("POST", "/api/publish"))
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .header("idempotency-key", key.as_str())
-                    .body(Full::new(body.clone()))?;
-                match publish_once(&endpoint, req).await {
+                let outcome = if args.ws {
+                    publish_over_socket(&args.remote, &endpoint, &event, &key).await
+                } else {
+                    let req = args
+                        .remote
+                        .authorize(endpoint.request("POST", "/api/publish"))
+                        .header(hyper::header::CONTENT_TYPE, "application/json")
+                        .header("idempotency-key", key.as_str())
+                        .body(Full::new(body.clone()))?;
+                    publish_once(&endpoint, req).await
+                };
+                match outcome {
                     Ok(ids) => return Ok(ids),
                     Err(Attempt::Retry { error, wait }) if attempt < args.retries => {
                         attempt += 1;
@@ -109,11 +121,7 @@ async fn publish_once(
         .await
         .map_err(|error| if transient(&error) { Attempt::Retry { error, wait: None } } else { Attempt::Fail(error) })?;
     if !resp.status().is_success() {
-        let refusal = Refusal::read(resp).await;
-        let retry = matches!(refusal.status.as_u16(), 408 | 429 | 502 | 503 | 504);
-        let wait = refusal.retry_after;
-        let error = anyhow::anyhow!("publish refused by {}: {refusal}", endpoint.url());
-        return Err(if retry { Attempt::Retry { error, wait } } else { Attempt::Fail(error) });
+        return Err(refused(endpoint, Refusal::read(resp).await));
     }
     // An answer cut short hides the ids of a publish that happened: a retry reads them.
     let bytes = match Limited::new(resp.into_body(), 1024 * 1024).collect().await {
@@ -122,6 +130,55 @@ async fn publish_once(
     };
     let answer: Value = serde_json::from_slice(&bytes).context("the answer is not JSON").map_err(Attempt::Fail)?;
     ids(&answer).with_context(|| format!("unexpected answer: {answer}")).map_err(Attempt::Fail)
+}
+
+/// Sends one try as a `publish` command on a socket of its own; answers the published ids.
+async fn publish_over_socket(
+    remote: &super::Remote,
+    endpoint: &super::http::Endpoint,
+    event: &Value,
+    key: &str,
+) -> Result<Vec<String>, Attempt> {
+    let retry_if = |error: anyhow::Error| {
+        if transient(&error) { Attempt::Retry { error, wait: None } } else { Attempt::Fail(error) }
+    };
+    let mut socket = match ws::open(remote, endpoint, "").await {
+        Ok(socket) => socket,
+        Err(ws::OpenError::Network(e)) => return Err(retry_if(e)),
+        Err(ws::OpenError::Refused(refusal)) => return Err(refused(endpoint, refusal)),
+    };
+    let command = json!({"type": "publish", "id": 1, "event": event, "idempotencyKey": key});
+    ws::send(&mut socket, &command).await.map_err(|error| Attempt::Retry { error, wait: None })?;
+    // Whatever ends the socket before the answer hides the outcome: a retry under the same
+    // key finds out.
+    let unknown = |error: anyhow::Error| Attempt::Retry { error, wait: None };
+    loop {
+        match ws::next(&mut socket).await {
+            None => return Err(unknown(anyhow::anyhow!("the socket ended before the answer"))),
+            Some(Err(e)) => return Err(unknown(e)),
+            Some(Ok(ws::Frame::Reply { result, .. })) => {
+                let _ = socket.close(None).await;
+                return ids(&result).with_context(|| format!("unexpected answer: {result}")).map_err(Attempt::Fail);
+            }
+            Some(Ok(ws::Frame::Error { code, message, retry_after, .. })) => {
+                let error = anyhow::anyhow!("publish refused by {}: {message} ({code})", endpoint.url());
+                let retry = retry_after.is_some() || matches!(code.as_str(), "engine_unavailable" | "server_draining");
+                return Err(if retry { Attempt::Retry { error, wait: retry_after } } else { Attempt::Fail(error) });
+            }
+            Some(Ok(ws::Frame::Closed { code, reason })) => {
+                return Err(unknown(anyhow::anyhow!("the server closed the socket: {code} {reason}")));
+            }
+            Some(Ok(ws::Frame::Event { .. } | ws::Frame::Other)) => {}
+        }
+    }
+}
+
+/// A refused request as a try's outcome: worth a retry for 408, 429, 502, 503, 504.
+fn refused(endpoint: &super::http::Endpoint, refusal: Refusal) -> Attempt {
+    let retry = matches!(refusal.status.as_u16(), 408 | 429 | 502 | 503 | 504);
+    let wait = refusal.retry_after;
+    let error = anyhow::anyhow!("publish refused by {}: {refusal}", endpoint.url());
+    if retry { Attempt::Retry { error, wait } } else { Attempt::Fail(error) }
 }
 
 /// Whether a request that failed may pass on a retry: the network (refused, reset), not a

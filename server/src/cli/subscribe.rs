@@ -1,7 +1,8 @@
-//! `herald subscribe`: follows channels over `GET /api/events` and prints each event, one
-//! readable line each (or its raw JSON with `--json`), for as long as it runs.
+//! `herald subscribe`: follows channels over `GET /api/events` (or, with `--ws`, over the
+//! WebSocket `GET /api/ws`) and prints each event, one readable line each (or its raw JSON
+//! with `--json`), for as long as it runs. Both transports print the same.
 //!
-//! A dropped stream is reopened with `Last-Event-ID`, so the server replays what was missed
+//! A dropped stream is reopened with `Last-Event-ID` (`lastEventId` for a socket), so the server replays what was missed
 //! (or says `reset` when it cannot). The wait before reopening starts at the server's
 //! `retry:` hint and doubles after each failed attempt up to 30 s, plus up to half again at
 //! random so that many clients do not return at once. A stream that brings nothing, not
@@ -21,6 +22,7 @@ use serde_json::Value;
 use super::Remote;
 use super::http::{Endpoint, Refusal};
 use super::sse::{Item, Parser};
+use super::ws;
 
 /// The longest wait between attempts (unless the server's own hint is longer).
 const MAX_DELAY: Duration = Duration::from_secs(30);
@@ -47,6 +49,10 @@ pub struct SubscribeArgs {
     /// Start after this SSE id, as a reconnect would (to continue an earlier run).
     #[arg(long, value_name = "ID")]
     last_event_id: Option<String>,
+    /// Follow the channels over the WebSocket endpoint (`/api/ws`, which the server must
+    /// have on) instead of an SSE stream.
+    #[arg(long)]
+    ws: bool,
     /// Reconnect when nothing, not even a heartbeat, arrives for this long.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -122,7 +128,15 @@ impl Session {
     }
 
     fn query(&self) -> String {
+        self.query_with(None)
+    }
+
+    /// The query, with `lastEventId` when given (a socket cannot send `Last-Event-ID`).
+    fn query_with(&self, last_id: Option<&str>) -> String {
         let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(id) = last_id {
+            q.append_pair("lastEventId", id);
+        }
         for c in &self.channels {
             q.append_pair("channel", c);
         }
@@ -137,6 +151,9 @@ impl Session {
 
     /// One connection, from the request to the end of its stream. `Err` is final.
     async fn connect(&mut self) -> anyhow::Result<Interrupted> {
+        if self.args.ws {
+            return self.connect_ws().await;
+        }
         let path = format!("/api/events?{}", self.query());
         let mut req =
             self.args.remote.authorize(self.endpoint.request("GET", &path)).header("accept", "text/event-stream");
@@ -147,14 +164,8 @@ impl Session {
             Ok(resp) => resp,
             Err(e) => return Ok(Interrupted { reason: format!("{e:#}"), at_least: None }),
         };
-        let status_code = resp.status();
-        if !status_code.is_success() {
-            let refusal = Refusal::read(resp).await;
-            if status_code.is_client_error() {
-                bail!("subscription refused by {}: {refusal}", self.endpoint.url());
-            }
-            let at_least = refusal.retry_after;
-            return Ok(Interrupted { reason: format!("{} answered: {refusal}", self.endpoint.url()), at_least });
+        if !resp.status().is_success() {
+            return self.refused(Refusal::read(resp).await);
         }
         let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
         if !content_type.starts_with("text/event-stream") {
@@ -191,6 +202,65 @@ impl Session {
                         self.event(&data)?;
                     }
                 }
+            }
+        }
+    }
+
+    /// A refused request: final for a 4xx, another try later otherwise.
+    fn refused(&self, refusal: Refusal) -> anyhow::Result<Interrupted> {
+        if refusal.status.is_client_error() {
+            bail!("subscription refused by {}: {refusal}", self.endpoint.url());
+        }
+        let at_least = refusal.retry_after;
+        Ok(Interrupted { reason: format!("{} answered: {refusal}", self.endpoint.url()), at_least })
+    }
+
+    /// One socket, from the upgrade to its close. `Err` is final: a refusal, or a close
+    /// that says the client is at fault.
+    async fn connect_ws(&mut self) -> anyhow::Result<Interrupted> {
+        let query = self.query_with(self.last_id.as_deref());
+        let mut socket = match ws::open(&self.args.remote, &self.endpoint, &query).await {
+            Ok(socket) => socket,
+            Err(ws::OpenError::Network(e)) => return Ok(Interrupted { reason: format!("{e:#}"), at_least: None }),
+            Err(ws::OpenError::Refused(refusal)) => return self.refused(refusal),
+        };
+        loop {
+            let frame = match tokio::time::timeout(self.args.idle_timeout, ws::next(&mut socket)).await {
+                Err(_) => {
+                    let reason = format!("nothing received for {}", seconds(self.args.idle_timeout));
+                    return Ok(Interrupted { reason, at_least: None });
+                }
+                Ok(None) => {
+                    return Ok(Interrupted { reason: "the server ended the socket".to_owned(), at_least: None });
+                }
+                Ok(Some(Err(e))) => {
+                    return Ok(Interrupted { reason: format!("the socket broke: {e:#}"), at_least: None });
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            match frame {
+                ws::Frame::Event { id, data } => {
+                    if !id.is_empty() {
+                        self.last_id = Some(id);
+                    }
+                    self.event(&data)?;
+                }
+                ws::Frame::Closed { code, reason } => {
+                    let why = reason["code"].as_str().unwrap_or_default().to_owned();
+                    // Protocol, data and policy closes (1002, 1003, 1007, 1008, 1009) will
+                    // come again: the others (normal, going away, drain, try again) end a
+                    // socket the way a stream ends.
+                    if matches!(code, 1002 | 1003 | 1007 | 1008 | 1009) {
+                        bail!("{} closed the socket: {code} {why}", self.endpoint.url());
+                    }
+                    let at_least = reason["retryMs"].as_u64().map(Duration::from_millis);
+                    return Ok(Interrupted {
+                        reason: format!("the server closed the socket ({code} {why})"),
+                        at_least,
+                    });
+                }
+                ws::Frame::Error { code, message, .. } => status(&format!("the server says: {message} ({code})")),
+                ws::Frame::Reply { .. } | ws::Frame::Other => {}
             }
         }
     }

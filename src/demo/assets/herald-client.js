@@ -422,6 +422,17 @@ var HeraldClient = class {
 			await new Promise((resolve) => setTimeout(resolve, delay));
 		}
 	}
+	/** A page of a channel's history (`GET /api/channels/{channel}/history`), for whoever may
+	* subscribe to it. */
+	history(channel, query = {}) {
+		const q = new URLSearchParams();
+		if (query.limit !== void 0) q.set("limit", String(query.limit));
+		if (query.after !== void 0) q.set("after", query.after);
+		if (query.before !== void 0) q.set("before", query.before);
+		if (query.order !== void 0) q.set("order", query.order);
+		const tail = q.size > 0 ? `?${q.toString()}` : "";
+		return this.request("GET", `/api/channels/${encodeURIComponent(channel)}/history${tail}`);
+	}
 	/** Who is in a channel now (`GET /api/channels/{channel}/presence`). */
 	presence(channel) {
 		return this.request("GET", `/api/channels/${encodeURIComponent(channel)}/presence`);
@@ -561,6 +572,9 @@ var Subscription = class {
 	connectedAt = 0;
 	/** `auto`: a socket could not be opened, so this subscription stays on SSE. */
 	socketFailed = false;
+	/** Per channel not followed now, the last id that named it (kept when it was left, or
+	* given to `join`): where a later `subscribe` on a socket resumes it. */
+	positions = /* @__PURE__ */ new Map();
 	constructor(client, channels, options) {
 		this.client = client;
 		this.options = options;
@@ -587,17 +601,39 @@ var Subscription = class {
 		set.add(listener);
 		return () => set.delete(listener);
 	}
-	/** Adds a live room to this connection (`POST /api/connections/{id}/channels`); a
-	* reconnect then subscribes to it too. While disconnected, it is only added to the list
-	* the next connect uses. */
-	async join(channel) {
+	/** Adds a live room to this connection (`POST /api/connections/{id}/channels`, or a
+	* `subscribe` command over an open WebSocket); a reconnect then subscribes to it too.
+	* While disconnected, it is only added to the list the next connect uses.
+	*
+	* Over a WebSocket the channel resumes where this subscription left it (the last id it
+	* had of it, kept when it left), or after `options.lastEventId` (an id of an event of
+	* that channel the application kept): the events since come first, from history, then
+	* the live ones, or a `reset` when history no longer covers them. Over SSE, and without
+	* a position, it starts at the channel's head. */
+	async join(channel, options = {}) {
 		if (this.state === "closed") throw new Error("the subscription is closed");
-		if (this.state === "open" && this.connectionId) try {
+		if (options.lastEventId) this.positions.set(channel, options.lastEventId);
+		const socket = this.connection?.socket;
+		if (this.state === "open" && socket && !this.channels.includes(channel)) try {
+			await this.subscribeOn(socket, channel);
+		} catch (e) {
+			if (!(e instanceof HeraldError && e.status === 0)) throw e;
+		}
+		else if (this.state === "open" && this.connectionId) try {
 			await this.client.request("POST", `/api/connections/${encodeURIComponent(this.connectionId)}/channels`, { channel });
 		} catch (e) {
 			if (!(e instanceof HeraldError && e.status === 404)) throw e;
 		}
 		if (!this.channels.includes(channel)) this.channels.push(channel);
+	}
+	/** Subscribes the open socket to `channel`, resuming it from the position this
+	* subscription keeps for it, if any. */
+	async subscribeOn(socket, channel) {
+		const from = this.positions.get(channel);
+		await socket.request("subscribe", from ? {
+			channels: [channel],
+			positions: { [channel]: from }
+		} : { channels: [channel] });
 	}
 	/** Removes a channel from this connection; reconnects no longer include it. */
 	async leave(channel) {
@@ -664,14 +700,15 @@ var Subscription = class {
 		const gen = ++this.generation;
 		this.connectionId = void 0;
 		this.connectedAt = 0;
-		const extra = (this.options.filters ?? []).map((f) => ["filter", f]);
+		const last = lastParams(this.options.last);
+		const extra = [...(this.options.filters ?? []).map((f) => ["filter", f]), ...last];
 		try {
 			const transport = this.transport();
 			if (transport === "websocket") {
 				const WS = this.client.webSocketConstructor;
 				if (!WS) throw new HeraldError("no WebSocket here: pass `WebSocket` in the options", 0, "no_websocket");
 				const auth = this.client.auth;
-				const query = [];
+				const query = [...last];
 				if (auth.mode === "ticket") query.push(["ticket", await this.client.ticket()]);
 				const token = auth.mode === "header" ? await resolveToken(auth.token) : void 0;
 				const headers = auth.mode === "apiKey" ? { "X-Api-Key": auth.key } : void 0;
@@ -704,7 +741,7 @@ var Subscription = class {
 			token,
 			headers,
 			subscribe: {
-				channels: [...this.channels],
+				channels: this.openingChannels(),
 				lastEventId: this.lastEventId,
 				filters: this.options.filters
 			},
@@ -727,6 +764,12 @@ var Subscription = class {
 			close: () => socket.close(),
 			socket
 		};
+	}
+	/** The channels a socket's first `subscribe` names: all but those waiting to resume
+	* from a kept position (unless that would leave none). */
+	openingChannels() {
+		const fresh = this.channels.filter((c) => !this.positions.has(c));
+		return fresh.length > 0 ? fresh : [...this.channels];
 	}
 	openEventSource(ES, url, gen) {
 		const es = new ES(url, { withCredentials: this.client.auth.mode === "cookie" });
@@ -804,6 +847,7 @@ var Subscription = class {
 	}
 	/** One event, whatever carried it: the SSE `id:` and `data:`, or a socket frame's. */
 	message(id, data) {
+		const before = this.lastEventId;
 		if (id) this.lastEventId = id;
 		const event = data;
 		if (!event || typeof event !== "object" || typeof event.type !== "string") return;
@@ -833,11 +877,15 @@ var Subscription = class {
 			case "subscribed": {
 				const ch = event.channel;
 				if (typeof ch === "string" && !this.channels.includes(ch)) this.channels.push(ch);
+				if (typeof ch === "string") this.positions.delete(ch);
 				break;
 			}
 			case "unsubscribed": {
 				const ch = event.channel;
-				if (typeof ch === "string") this.removeChannel(ch);
+				if (typeof ch === "string") {
+					this.removeChannel(ch);
+					if (before) this.positions.set(ch, before);
+				}
 				break;
 			}
 		}
@@ -860,10 +908,16 @@ var Subscription = class {
 		});
 		this.connect();
 	}
-	/** Joins and leaves made while this connection was being opened apply to it now. */
+	/** Joins and leaves made while this connection was being opened apply to it now; over
+	* a socket, a channel with a kept position joins from there. */
 	reconcile(opened) {
 		const wanted = [...this.channels];
+		const socket = this.connection?.socket;
 		const apply = (method, channel) => {
+			if (method === "POST" && socket) {
+				this.subscribeOn(socket, channel).catch((e) => this.options.onError?.(asError(e)));
+				return;
+			}
 			const base = `/api/connections/${encodeURIComponent(this.connectionId ?? "")}/channels`;
 			(method === "POST" ? this.client.request(method, base, { channel }) : this.client.request(method, `${base}/${encodeURIComponent(channel)}`)).catch((e) => this.options.onError?.(asError(e)));
 		};
@@ -912,6 +966,12 @@ var Subscription = class {
 function asError(e) {
 	if (e instanceof Error) return e;
 	return new Error(String(e));
+}
+/** `last` as query parameters: `last=N` for every channel, `last=<channel>:N` for one. */
+function lastParams(last) {
+	if (last === void 0) return [];
+	if (typeof last === "number") return [["last", String(last)]];
+	return Object.entries(last).map(([channel, n]) => ["last", `${channel}:${n}`]);
 }
 // src/events.ts
 /** Narrows an event to a catalogue type: `if (is(e, 'chat')) e.content`. */

@@ -22,8 +22,8 @@ mod sessions;
 
 use super::sink::Attached;
 use super::{
-    AiSnapshot, BoxFuture, Broker, Engine, EngineError, GapReason, HistoryRead, NodeCommand, NodeReply, NodeSink,
-    PublishAck,
+    AiSnapshot, BoxFuture, Broker, Engine, EngineError, GapReason, HistoryPage, HistoryRead, NodeCommand, NodeReply,
+    NodeSink, PageQuery, PublishAck, StartRead,
 };
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
@@ -260,22 +260,73 @@ impl MemoryEngine {
         }
     }
 
-    /// One channel's history after `after` (or its head alone), from its log, whose lock the
-    /// caller holds.
-    fn read(&self, log: &mut Log, channel: &ChannelName, after: Option<Position>, now: u64) -> HistoryRead {
+    /// Reads every channel under all their logs' locks, taken in name order as a publish
+    /// takes them: no publish falls between two of the reads.
+    fn read_at_once(&self, reads: &[StartRead]) -> Vec<HistoryRead> {
+        let mut names: Vec<&ChannelName> = reads.iter().map(|r| &r.channel).collect();
+        names.sort();
+        names.dedup();
+        let logs: Vec<Arc<Mutex<Log>>> = names.iter().map(|c| self.log(c)).collect();
+        let mut guards: Vec<MutexGuard<'_, Log>> = logs.iter().map(|l| lock(l)).collect();
+        let now = now_ms();
+        reads
+            .iter()
+            .filter_map(|r| {
+                let g = guards.get_mut(names.binary_search(&&r.channel).ok()?)?;
+                Some(self.read(g, &r.channel, r.after, r.last, now))
+            })
+            .collect()
+    }
+
+    /// One channel's history after `after` (or its head alone), and its last `last` events,
+    /// from its log, whose lock the caller holds.
+    fn read(
+        &self,
+        log: &mut Log,
+        channel: &ChannelName,
+        after: Option<Position>,
+        last: usize,
+        now: u64,
+    ) -> HistoryRead {
         log.trim(self.limits(channel), now);
         let head = log.last;
         let events = match after {
             None => Ok(Vec::new()),
-            Some(p) if p > head => Err(GapReason::UnknownPosition),
-            Some(p) if p < log.covered_after => Err(GapReason::HistoryExpired),
-            Some(p) => {
-                let from = log.positions.partition_point(|q| *q <= p);
-                Ok(log.entries.range(from..).cloned().collect())
-            }
+            Some(_) => log.after(after).map(|from| log.entries.range(from..).cloned().collect()),
         };
         let streams = log.snapshots(channel, now);
-        HistoryRead { head, floor: log.covered_after, events, streams }
+        let recent = log.entries.range(log.entries.len().saturating_sub(last)..).cloned().collect();
+        HistoryRead { head, events, streams, recent }
+    }
+}
+
+impl Log {
+    /// The index of the first entry after `after` (all of them for `None`), or why the log
+    /// cannot say what came after it.
+    fn after(&self, after: Option<Position>) -> Result<usize, GapReason> {
+        match after {
+            None => Ok(0),
+            Some(p) if p > self.last => Err(GapReason::UnknownPosition),
+            Some(p) if p < self.covered_after => Err(GapReason::HistoryExpired),
+            Some(p) => Ok(self.positions.partition_point(|q| *q <= p)),
+        }
+    }
+
+    /// A page of the log ([`PageQuery`]).
+    fn page(&self, q: PageQuery) -> HistoryPage {
+        let head = self.last;
+        let from = match self.after(q.after) {
+            Ok(from) => from,
+            Err(reason) => return HistoryPage { head, events: Err(reason), more: false },
+        };
+        let to = q.before.map_or(self.positions.len(), |b| self.positions.partition_point(|p| *p < b)).max(from);
+        let take = q.limit.min(to - from);
+        let range = if q.newest_first { to - take..to } else { from..from + take };
+        let mut events: Vec<Arc<Published>> = self.entries.range(range).cloned().collect();
+        if q.newest_first {
+            events.reverse();
+        }
+        HistoryPage { head, events: Ok(events), more: to - from > take }
     }
 }
 
@@ -295,30 +346,24 @@ impl Broker for MemoryEngine {
         after: Option<Position>,
     ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
         let log = self.log(channel);
-        let read = self.read(&mut lock(&log), channel, after, now_ms());
+        let read = self.read(&mut lock(&log), channel, after, 0, now_ms());
         Box::pin(async move { Ok(read) })
     }
 
-    /// Reads every channel under all their logs' locks, taken in name order as a publish
-    /// takes them: no publish falls between two of the reads.
     fn histories<'a>(
         &'a self,
         reads: &'a [(ChannelName, Option<Position>)],
     ) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
-        let mut names: Vec<&ChannelName> = reads.iter().map(|(c, _)| c).collect();
-        names.sort();
-        names.dedup();
-        let logs: Vec<Arc<Mutex<Log>>> = names.iter().map(|c| self.log(c)).collect();
-        let mut guards: Vec<MutexGuard<'_, Log>> = logs.iter().map(|l| lock(l)).collect();
-        let now = now_ms();
-        let out: Vec<HistoryRead> = reads
+        let reads: Vec<StartRead> = reads
             .iter()
-            .filter_map(|(channel, after)| {
-                let g = guards.get_mut(names.binary_search(&channel).ok()?)?;
-                Some(self.read(g, channel, *after, now))
-            })
+            .map(|(channel, after)| StartRead { channel: channel.clone(), after: *after, last: 0 })
             .collect();
-        drop(guards);
+        let out = self.read_at_once(&reads);
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn read_starts<'a>(&'a self, reads: &'a [StartRead]) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        let out = self.read_at_once(reads);
         Box::pin(async move { Ok(out) })
     }
 
@@ -331,6 +376,19 @@ impl Broker for MemoryEngine {
         g.covered_after = g.last;
         drop(g);
         Box::pin(async { Ok(()) })
+    }
+
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        query: PageQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
+        let log = self.log(channel);
+        let mut g = lock(&log);
+        g.trim(self.limits(channel), now_ms());
+        let page = g.page(query);
+        drop(g);
+        Box::pin(async move { Ok(page) })
     }
 
     fn watch<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {
@@ -455,6 +513,24 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    #[tokio::test]
+    async fn a_start_read_brings_the_last_events_oldest_first_with_the_head() {
+        let e = engine(3);
+        for n in 0..5 {
+            e.publish(vec![prep(&["channel:s"], n)]).await.unwrap_or_default();
+        }
+        let reads = [StartRead { channel: ch("channel:s"), after: None, last: 2 }];
+        let read = e.read_starts(&reads).await.unwrap_or_else(|e| panic!("{e}")).pop();
+        let read = read.unwrap_or_else(|| panic!("one read"));
+        let n = |ev: &Arc<Published>| {
+            let json = ev.copy_on("channel:s")?.frame.json();
+            serde_json::from_slice::<serde_json::Value>(json).ok()?["n"].as_u64()
+        };
+        let ns: Vec<Option<u64>> = read.recent.iter().map(n).collect();
+        assert_eq!(ns, [Some(3), Some(4)]);
+        assert_eq!(read.recent.last().and_then(|ev| ev.copy_on("channel:s")).map(|c| c.position), Some(read.head));
+    }
+
     async fn read(e: &MemoryEngine, c: &str, after: Option<Position>) -> HistoryRead {
         e.history(&ch(c), after).await.unwrap_or_else(|e| panic!("{e}"))
     }
@@ -485,22 +561,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn removed_history_is_empty_from_its_floor_and_positions_go_on() {
+    async fn a_page_takes_its_end_of_an_exclusive_range_and_says_whether_more_is_kept() {
+        let e = engine(10);
+        let mut acks = Vec::new();
+        for n in 0..6 {
+            acks.extend(e.publish(vec![prep(&["channel:p"], n)]).await.unwrap_or_default());
+        }
+        let pos = |i: usize| acks[i].positions[0].1;
+        let page = |after, before, limit, newest_first| {
+            let q = PageQuery { after, before, limit, newest_first };
+            let p = lock(&e.log(&ch("channel:p"))).page(q);
+            let ids = p.events.map(|evs| evs.iter().map(|ev| ev.id.clone()).collect::<Vec<_>>());
+            (ids, p.more)
+        };
+        let ids = |is: &[usize]| Ok(is.iter().map(|&i| acks[i].id.clone()).collect::<Vec<_>>());
+        assert_eq!(page(None, None, 2, true), (ids(&[5, 4]), true));
+        assert_eq!(page(None, None, 2, false), (ids(&[0, 1]), true));
+        assert_eq!(page(Some(pos(1)), Some(pos(4)), 10, false), (ids(&[2, 3]), false));
+        assert_eq!(page(Some(pos(1)), Some(pos(4)), 1, true), (ids(&[3]), true));
+        assert_eq!(page(None, None, 0, true), (ids(&[]), true), "limit 0: the head alone");
+        assert_eq!(page(Some(pos(4)), Some(pos(2)), 10, true), (ids(&[]), false), "an empty range");
+        assert_eq!(page(Some(pos(5)), None, 10, true), (ids(&[]), false), "after the head: nothing yet");
+    }
+
+    #[tokio::test]
+    async fn removed_history_is_a_gap_before_the_head_and_positions_go_on() {
         let e = engine(10);
         let mut acks = Vec::new();
         for n in 0..3 {
             acks.extend(e.publish(vec![prep(&["channel:a"], n)]).await.unwrap_or_default());
         }
         let first = acks[0].positions[0].1;
-        let full = read(&e, "channel:a", None).await;
-        assert_eq!(read(&e, "channel:a", Some(full.floor)).await.events.map(|v| v.len()).ok(), Some(3));
+        let all = PageQuery { after: None, before: None, limit: 10, newest_first: false };
+        let page = |q| lock(&e.log(&ch("channel:a"))).page(q);
+        assert_eq!(page(all).events.map(|v| v.len()).ok(), Some(3));
+        let head = read(&e, "channel:a", None).await.head;
         e.remove_history(&ch("channel:a")).await.unwrap_or_else(|e| panic!("{e}"));
-        let emptied = read(&e, "channel:a", None).await;
-        assert_eq!((emptied.head, emptied.floor), (full.head, full.head), "the floor rises to the head");
+        assert_eq!(page(all).events.map(|v| v.len()).ok(), Some(0));
+        assert_eq!(read(&e, "channel:a", None).await.head, head, "the position stays");
         assert_eq!(read(&e, "channel:a", Some(first)).await.events.err(), Some(GapReason::HistoryExpired));
         let later = e.publish(vec![prep(&["channel:a"], 3)]).await.unwrap_or_default();
-        assert!(later[0].positions[0].1 > full.head);
-        assert_eq!(read(&e, "channel:a", Some(emptied.floor)).await.events.map(|v| v.len()).ok(), Some(1));
+        assert!(later[0].positions[0].1 > head);
+        assert_eq!(page(all).events.map(|v| v.len()).ok(), Some(1));
     }
 
     #[tokio::test]

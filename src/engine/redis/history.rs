@@ -11,7 +11,7 @@ use super::message::published;
 use super::{RedisEngine, unavailable};
 use crate::channel::ChannelName;
 use crate::cursor::Position;
-use crate::engine::{AiSnapshot, EngineError, GapReason, HistoryRead, merge};
+use crate::engine::{AiSnapshot, EngineError, GapReason, HistoryPage, HistoryRead, PageQuery, StartRead, merge};
 use crate::event::{Published, json_for};
 
 impl RedisEngine {
@@ -20,16 +20,13 @@ impl RedisEngine {
         channel: &ChannelName,
         after: Option<Position>,
     ) -> Result<HistoryRead, EngineError> {
-        let mut reads = self.read_many(&[(channel.clone(), after)]).await?;
+        let mut reads = self.read_many(&[StartRead { channel: channel.clone(), after, last: 0 }]).await?;
         reads.pop().ok_or_else(|| unavailable("unexpected history reply"))
     }
 
     /// Reads channels' histories with one script, at one instant; on a cluster, where a
     /// script reaches one slot, one channel after another.
-    pub(super) async fn read_many(
-        &self,
-        reads: &[(ChannelName, Option<Position>)],
-    ) -> Result<Vec<HistoryRead>, EngineError> {
+    pub(super) async fn read_many(&self, reads: &[StartRead]) -> Result<Vec<HistoryRead>, EngineError> {
         if self.is_cluster() && reads.len() > 1 {
             let mut out = Vec::with_capacity(reads.len());
             for one in reads {
@@ -42,13 +39,13 @@ impl RedisEngine {
 
     /// One run of the history script for `reads`, whose keys must all be in one slot on a
     /// cluster.
-    async fn read_script(&self, reads: &[(ChannelName, Option<Position>)]) -> Result<Vec<HistoryRead>, EngineError> {
+    async fn read_script(&self, reads: &[StartRead]) -> Result<Vec<HistoryRead>, EngineError> {
         let mut conn = self.conn.clone();
         let mut inv = self.history_script.prepare_invoke();
-        for (channel, after) in reads {
+        for StartRead { channel, after, last } in reads {
             let (size, ttl) = self.limits(channel);
             inv.key(self.stream_key(channel)).key(self.floor_key(channel)).key(self.streams_key(channel));
-            inv.arg(after.map(Position::to_stream_id).unwrap_or_default()).arg(size.max(1)).arg(ttl);
+            inv.arg(after.map(Position::to_stream_id).unwrap_or_default()).arg(size.max(1)).arg(ttl).arg(*last);
         }
         let reply: Value = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         let Value::Array(replies) = reply else { return Err(unavailable("unexpected history reply")) };
@@ -58,21 +55,48 @@ impl RedisEngine {
         reads
             .iter()
             .zip(&replies)
-            .map(|((channel, after), reply)| {
-                let (head, floor, entries, streams) =
-                    parse_history(channel, reply).ok_or_else(|| unavailable("unexpected history reply"))?;
+            .map(|(StartRead { channel, after, .. }, reply)| {
+                let read = parse_history(channel, reply).ok_or_else(|| unavailable("unexpected history reply"))?;
                 let events = match *after {
                     None => Ok(Vec::new()),
-                    Some(p) if p > head => Err(GapReason::UnknownPosition),
-                    Some(p) if p < floor => Err(GapReason::HistoryExpired),
-                    Some(_) => Ok(entries
-                        .into_iter()
-                        .filter_map(|(pos, fields)| stored_event(channel, pos, &fields))
-                        .collect()),
+                    Some(p) => gap(p, read.head, read.floor).map(|()| stored_events(channel, read.entries)),
                 };
-                Ok(HistoryRead { head, floor, events, streams })
+                let mut recent = stored_events(channel, read.recent);
+                recent.reverse();
+                Ok(HistoryRead { head: read.head, events, streams: read.streams, recent })
             })
             .collect()
+    }
+
+    /// A page of one channel's history: one script, which reads the head and floor with it.
+    pub(super) async fn page(&self, channel: &ChannelName, q: PageQuery) -> Result<HistoryPage, EngineError> {
+        let mut conn = self.conn.clone();
+        let (_, ttl) = self.limits(channel);
+        let bound =
+            |p: Option<Position>, open: &str| p.map_or_else(|| open.to_owned(), |p| format!("({}", p.to_stream_id()));
+        let reply: Value = self
+            .page_script
+            .key(self.stream_key(channel))
+            .key(self.floor_key(channel))
+            .arg(bound(q.after, "-"))
+            .arg(bound(q.before, "+"))
+            // One more than asked: whether there are more.
+            .arg(q.limit.saturating_add(1))
+            .arg(if q.newest_first { 1 } else { 0 })
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let read = parse_history(channel, &reply).ok_or_else(|| unavailable("unexpected history reply"))?;
+        if let Some(p) = q.after
+            && let Err(reason) = gap(p, read.head, read.floor)
+        {
+            return Ok(HistoryPage { head: read.head, events: Err(reason), more: false });
+        }
+        let mut events = stored_events(channel, read.entries);
+        let more = events.len() > q.limit;
+        events.truncate(q.limit);
+        Ok(HistoryPage { head: read.head, events: Ok(events), more })
     }
 
     /// Forgets a channel's kept events and AI streams (`history_remove.lua`).
@@ -102,15 +126,18 @@ impl RedisEngine {
     /// order and an event on several of them goes once, with its copies on all of them: a
     /// stream following several channels must not get it once per channel, out of order.
     pub(super) async fn catch_up(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        let reads: Vec<(ChannelName, Option<Position>)> = {
+        let reads: Vec<StartRead> = {
             let seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
-            channels.iter().filter_map(|c| Some((c.clone(), Some(*seen.get(c)?)))).collect()
+            channels
+                .iter()
+                .filter_map(|c| Some(StartRead { channel: c.clone(), after: Some(*seen.get(c)?), last: 0 }))
+                .collect()
         };
         if reads.is_empty() {
             return Ok(());
         }
         let mut lists = Vec::with_capacity(reads.len());
-        for ((ch, _), read) in reads.iter().zip(self.read_many(&reads).await?) {
+        for (StartRead { channel: ch, .. }, read) in reads.iter().zip(self.read_many(&reads).await?) {
             match read.events {
                 Ok(events) => {
                     if !events.is_empty() {
@@ -132,7 +159,7 @@ impl RedisEngine {
         }
         for step in merge::merge(lists) {
             for t in &step.taken {
-                self.note_seen(&reads[t.list].0, t.position);
+                self.note_seen(&reads[t.list].channel, t.position);
             }
             // Not first: a copy of an event whose writes crossed another's (a cluster). Its
             // channel's subscribers still need it; the others drop it as a repeat.
@@ -155,6 +182,21 @@ impl RedisEngine {
     }
 }
 
+/// Whether history read up to `head`, complete above `floor`, covers what came after `p`.
+fn gap(p: Position, head: Position, floor: Position) -> Result<(), GapReason> {
+    if p > head {
+        Err(GapReason::UnknownPosition)
+    } else if p < floor {
+        Err(GapReason::HistoryExpired)
+    } else {
+        Ok(())
+    }
+}
+
+fn stored_events(channel: &ChannelName, entries: Entries) -> Vec<Arc<Published>> {
+    entries.into_iter().filter_map(|(pos, fields)| stored_event(channel, pos, &fields)).collect()
+}
+
 fn stored_event(channel: &ChannelName, pos: Position, fields: &HashMap<String, String>) -> Option<Arc<Published>> {
     let fanout = fields.get("n").and_then(|n| n.parse().ok()).unwrap_or(1);
     Some(published(channel, pos, fields.get("i")?, fields.get("t")?, fields.get("b")?, fanout))
@@ -162,29 +204,48 @@ fn stored_event(channel: &ChannelName, pos: Position, fields: &HashMap<String, S
 
 type Entries = Vec<(Position, HashMap<String, String>)>;
 
-fn parse_history(channel: &ChannelName, reply: &Value) -> Option<(Position, Position, Entries, Vec<AiSnapshot>)> {
+/// A channel's reply of the history script (or the page script, which leaves out the AI
+/// streams and the recent entries).
+struct ParsedRead {
+    head: Position,
+    /// Where the Stream stops vouching for completeness.
+    floor: Position,
+    entries: Entries,
+    streams: Vec<AiSnapshot>,
+    /// Newest first, as `XREVRANGE` gives them.
+    recent: Entries,
+}
+
+fn text(v: &Value) -> Option<String> {
+    redis::from_redis_value_ref::<String>(v).ok()
+}
+
+fn parse_entries(reply: Option<&Value>) -> Entries {
+    let mut entries = Vec::new();
+    let Some(Value::Array(list)) = reply else { return entries };
+    for entry in list {
+        let Value::Array(pair) = entry else { continue };
+        let (Some(id), Some(Value::Array(kv))) = (pair.first(), pair.get(1)) else { continue };
+        let Some(pos) = text(id).and_then(|s| Position::parse_stream_id(&s)) else { continue };
+        let mut fields = HashMap::new();
+        for chunk in kv.chunks(2) {
+            if let [k, v] = chunk
+                && let (Some(k), Some(v)) = (text(k), text(v))
+            {
+                fields.insert(k, v);
+            }
+        }
+        entries.push((pos, fields));
+    }
+    entries
+}
+
+fn parse_history(channel: &ChannelName, reply: &Value) -> Option<ParsedRead> {
     let Value::Array(items) = reply else { return None };
-    let text = |v: &Value| -> Option<String> { redis::from_redis_value_ref::<String>(v).ok() };
     let head = Position::parse_stream_id(&text(items.first()?)?)?;
     let floor = Position::parse_stream_id(&text(items.get(1)?)?)?;
     let deleted = Position::parse_stream_id(&text(items.get(2)?)?)?;
-    let mut entries = Vec::new();
-    if let Value::Array(list) = items.get(3)? {
-        for entry in list {
-            let Value::Array(pair) = entry else { continue };
-            let (Some(id), Some(Value::Array(kv))) = (pair.first(), pair.get(1)) else { continue };
-            let Some(pos) = text(id).and_then(|s| Position::parse_stream_id(&s)) else { continue };
-            let mut fields = HashMap::new();
-            for chunk in kv.chunks(2) {
-                if let [k, v] = chunk
-                    && let (Some(k), Some(v)) = (text(k), text(v))
-                {
-                    fields.insert(k, v);
-                }
-            }
-            entries.push((pos, fields));
-        }
-    }
+    let entries = parse_entries(items.get(3));
     let mut streams = Vec::new();
     if let Some(Value::Array(list)) = items.get(4) {
         for stream in list {
@@ -200,5 +261,5 @@ fn parse_history(channel: &ChannelName, reply: &Value) -> Option<(Position, Posi
             streams.extend(AiSnapshot::from_last_chunk(sid, last, &json, all));
         }
     }
-    Some((head, floor.max(deleted), entries, streams))
+    Some(ParsedRead { head, floor: floor.max(deleted), entries, streams, recent: parse_entries(items.get(5)) })
 }

@@ -51,7 +51,9 @@ use pubsub::{Command, PubSubClient};
 
 // The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
 const PUBLISH_LUA: &str = include_str!("scripts/publish.lua");
-const HISTORY_LUA: &str = include_str!("scripts/history.lua");
+// The history and page scripts run after the prelude, which reads a Stream's head and floor.
+const HISTORY_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/history.lua"));
+const PAGE_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/page.lua"));
 const SLOT_LUA: &str = include_str!("scripts/slot.lua");
 const HISTORY_REMOVE_LUA: &str = include_str!("scripts/history_remove.lua");
 
@@ -126,8 +128,9 @@ pub struct RedisEngine {
     healthy: AtomicBool,
     publish_script: Script,
     history_script: Script,
-    history_remove_script: Script,
+    page_script: Script,
     slot_script: Script,
+    history_remove_script: Script,
     /// How long a user's connection slot lives without renewal (a dead node's slots lapse).
     slot_lease: Duration,
     /// The position of the last event delivered per watched channel: where catch-up starts.
@@ -188,8 +191,9 @@ impl RedisEngine {
             healthy: AtomicBool::new(false),
             publish_script: Script::new(PUBLISH_LUA),
             history_script: Script::new(HISTORY_LUA),
-            history_remove_script: Script::new(HISTORY_REMOVE_LUA),
+            page_script: Script::new(PAGE_LUA),
             slot_script: Script::new(SLOT_LUA),
+            history_remove_script: Script::new(HISTORY_REMOVE_LUA),
             slot_lease: opts.slot_lease,
             last_seen: Mutex::new(HashMap::new()),
             node_id: opts.node_id,

@@ -12,7 +12,9 @@ use super::pubsub::Command;
 use super::{RedisEngine, unavailable};
 use crate::channel::ChannelName;
 use crate::cursor::Position;
-use crate::engine::{BoxFuture, Broker, EngineError, HistoryRead, NodeCommand, NodeReply, PublishAck};
+use crate::engine::{
+    BoxFuture, Broker, EngineError, HistoryPage, HistoryRead, NodeCommand, NodeReply, PageQuery, PublishAck, StartRead,
+};
 use crate::event::Prepared;
 
 impl RedisEngine {
@@ -178,7 +180,24 @@ impl Broker for RedisEngine {
         &'a self,
         reads: &'a [(ChannelName, Option<Position>)],
     ) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
+        let reads: Vec<StartRead> = reads
+            .iter()
+            .map(|(channel, after)| StartRead { channel: channel.clone(), after: *after, last: 0 })
+            .collect();
+        Box::pin(async move { self.read_many(&reads).await })
+    }
+
+    /// Like [`Broker::histories`]: one script on a single Redis.
+    fn read_starts<'a>(&'a self, reads: &'a [StartRead]) -> BoxFuture<'a, Result<Vec<HistoryRead>, EngineError>> {
         Box::pin(self.read_many(reads))
+    }
+
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        query: PageQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
+        Box::pin(self.page(channel, query))
     }
 
     fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), EngineError>> {

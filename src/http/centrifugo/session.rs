@@ -24,7 +24,7 @@ use crate::auth::{AuthError, Principal};
 use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::event::SERVER_EVENT_TYPES;
-use crate::herald::{Herald, StreamRequest};
+use crate::herald::{Herald, LastEvents, StreamRequest};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
@@ -314,6 +314,9 @@ impl Session {
             named: false,
             kill: Some(self.kill.clone()),
             filters: Vec::new(),
+            // Centrifugo's own recovery says what a subscription gets first.
+            last: LastEvents::none(),
+            transport: "centrifugo",
         };
         let mut conn = self.herald.connect(req).await.map_err(|e| ClientError::from(ApiError::from(e)))?;
         self.subs.insert(channel.as_str().to_owned(), s.channel);

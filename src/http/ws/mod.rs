@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 
 use crate::auth::Principal;
-use crate::herald::{Herald, StreamRequest};
+use crate::herald::{Herald, LastEvents, StreamRequest};
 use crate::http::auth::{PeerAddr, check_cookie_request, principal};
 use crate::http::error::ApiError;
 use crate::http::hooked;
@@ -67,7 +67,7 @@ async fn open(
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, herald)
         .await
         .map_err(|r| ApiError::refuse(Refusal::WebsocketRequired, r.body_text()))?;
-    let StreamQuery { channels, last_event_id, ticket, filters, named: _ } =
+    let StreamQuery { channels, last_event_id, ticket, filters, last, named: _ } =
         stream_query(herald, query, &parts.headers)?;
     // Cross-site WebSocket hijacking: a browser attaches the cookie to a WebSocket opened by
     // any page, and no CORS preflight stands in the way. A ticket is not ambient.
@@ -78,7 +78,10 @@ async fn open(
     let client = hooked::Client::new(herald, "websocket", &parts.headers, peer);
     let (who, channels) = hooked::open(herald, &client, who, channels).await?;
     let kill = KillSwitch::default();
+    // Without channels, the first `subscribe` opens the stream: the query's `last` waits for it.
+    let mut later = LastEvents::default();
     let conn = if channels.is_empty() {
+        later = last;
         None
     } else {
         let req = StreamRequest {
@@ -88,6 +91,8 @@ async fn open(
             named: false,
             kill: Some(kill.clone()),
             filters,
+            last,
+            transport: "websocket",
         };
         Some(herald.connect(req).await?)
     };
@@ -99,7 +104,7 @@ async fn open(
     let may_authenticate = matches!(who, Principal::Anonymous) && conn.is_none();
     let max = herald.config().max_body_bytes;
     let session = session::Session::new(herald.clone(), who, peer, client, conn, kill, may_authenticate);
-    let session = session.holding(drain_guard);
+    let session = session.holding(drain_guard).starting_with(later);
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

@@ -8,13 +8,19 @@
 //! endpoint of the same action answers) and an error `{"type":"error","id":..,"error":{..}}`
 //! (the HTTP API's error shape). Nothing here touches a socket.
 
+use std::collections::BTreeMap;
+
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
+use crate::channel::ChannelName;
+use crate::cursor::{LastEventId, Resume};
+use crate::engine::JoinFrom;
 use crate::http::error::ApiError;
 use crate::http::refusal::Refusal;
+use crate::http::subscribe::checked_last_event_id;
 use crate::transport::Message;
 
 /// Longest request id, in bytes (a string id).
@@ -46,14 +52,60 @@ pub(super) struct Auth {
     pub token: Option<String>,
 }
 
-/// `{"type":"subscribe","channels":[..],"lastEventId":..,"filters":["field:value"]}`.
+/// `{"type":"subscribe","channels":[..],"lastEventId":..,"positions":{..},"filters":["field:value"]}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct Subscribe {
     pub channels: Vec<String>,
     pub last_event_id: Option<String>,
+    /// Per channel (as named in `channels`), the id of the last event the client has of it:
+    /// where a later `subscribe` resumes that channel.
+    #[serde(default)]
+    pub positions: BTreeMap<String, String>,
     #[serde(default)]
     pub filters: Vec<String>,
+}
+
+impl Subscribe {
+    /// Where each of `channels` (the parsed `channels`, in order) starts when a later
+    /// `subscribe` joins it to the open connection: after its entry of `positions`, else
+    /// after its entry of `lastEventId`, else at its head. An id that is not Herald's
+    /// (or that names another channel) starts it at the head with a `reset`.
+    pub(super) fn join_starts(&self, channels: &[ChannelName]) -> Result<Vec<JoinFrom>, ApiError> {
+        let named =
+            |key: &str| self.channels.iter().zip(channels).position(|(raw, ch)| raw == key || ch.as_str() == key);
+        if let Some(key) = self.positions.keys().find(|k| named(k).is_none()) {
+            let key: String = key.chars().take(64).collect();
+            return Err(ApiError::refuse(
+                Refusal::InvalidParameter,
+                format!("`positions` names `{key}`, which is not in `channels`"),
+            ));
+        }
+        let last = checked_last_event_id(self.last_event_id.clone())?.map(|raw| LastEventId::parse(&raw));
+        let mut starts = Vec::with_capacity(channels.len());
+        for (i, ch) in channels.iter().enumerate() {
+            let own = self.positions.iter().find(|(k, _)| named(k) == Some(i)).map(|(_, id)| id);
+            let resume = match (own, &last) {
+                (Some(id), _) => {
+                    let id = checked_last_event_id(Some(id.clone()))?.and_then(|raw| LastEventId::parse(&raw));
+                    id.map_or(Resume::Unknown, |id| match id.resume_for(0, ch.as_str()) {
+                        // An id that does not name the channel cannot say where to resume it.
+                        Resume::Fresh => Resume::Unknown,
+                        r => r,
+                    })
+                }
+                (None, Some(Some(id))) => id.resume_for(i, ch.as_str()),
+                (None, Some(None)) => Resume::Unknown,
+                (None, None) => Resume::Fresh,
+            };
+            starts.push(match resume {
+                Resume::From(p) => JoinFrom::After(p),
+                Resume::Fresh => JoinFrom::Head,
+                Resume::Unknown => JoinFrom::Unknown,
+            });
+        }
+        Ok(starts)
+    }
 }
 
 /// `{"type":"unsubscribe","channels":[..]}`.

@@ -21,7 +21,7 @@ use super::protocol::{self, Close, Command, Kind};
 use crate::auth::{ApiKey, Principal};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
-use crate::herald::{Herald, PresenceError, StreamRequest};
+use crate::herald::{Herald, LastEvents, PresenceError, StreamRequest};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::hooked;
@@ -55,6 +55,8 @@ pub(super) struct Session {
     /// command may still bring one.
     may_authenticate: bool,
     frames: Bucket,
+    /// The open query's `last`, for the stream the first `subscribe` opens.
+    last: LastEvents,
     /// Keeps the server's drain waiting until the socket is closed (`None` when the router
     /// is served by something other than Herald's server).
     _drain_guard: Option<DrainGuard>,
@@ -79,7 +81,15 @@ impl Session {
         may_authenticate: bool,
     ) -> Self {
         let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
-        Self { herald, who, peer, client, conn, kill, may_authenticate, frames, _drain_guard: None }
+        let last = LastEvents::default();
+        Self { herald, who, peer, client, conn, kill, may_authenticate, frames, last, _drain_guard: None }
+    }
+
+    /// The stream the first `subscribe` opens starts with these last events (the open
+    /// query's `last`).
+    pub(super) fn starting_with(mut self, last: LastEvents) -> Self {
+        self.last = last;
+        self
     }
 
     pub(super) fn holding(mut self, guard: Option<DrainGuard>) -> Self {
@@ -302,6 +312,8 @@ impl Session {
                 named: false,
                 kill: Some(self.kill.clone()),
                 filters,
+                last: std::mem::take(&mut self.last),
+                transport: "websocket",
             };
             let conn = self.herald.connect(req).await.map_err(ApiError::from).inspect_err(|e| {
                 count_subscribe_refusal(&self.herald, e.clone().into_response());
@@ -311,16 +323,20 @@ impl Session {
             self.conn = Some(conn);
             return Ok(result);
         };
-        if s.last_event_id.is_some() || !s.filters.is_empty() {
+        if !s.filters.is_empty() {
             return Err(ApiError::refuse(
                 Refusal::InvalidParameter,
-                "`lastEventId` and `filters` belong to the first subscribe of a socket; \
-                 a later one joins each channel live, from its head",
+                "`filters` belong to the first subscribe of a socket; they hold for every channel it adds",
             ));
         }
+        // Each channel joins live where the client left off (`Herald::join_at`), with the
+        // checks of a subscription at open.
+        let starts = s.join_starts(&channels)?;
         for ch in &channels {
-            self.herald.policies().can_change_subscription(&self.who, ch)?;
-            self.herald.join(&own_connection(), conn.id(), ch).await?;
+            self.herald.policies().can_subscribe(&self.who, ch)?;
+        }
+        for (ch, from) in channels.iter().zip(starts) {
+            self.herald.join_at(&own_connection(), conn.id(), ch, from).await?;
         }
         Ok(answer(conn))
     }

@@ -155,21 +155,70 @@ impl StreamCore {
         out.notice(event_type, &self.id_buf, json);
     }
 
-    fn apply_join(&mut self, out: &mut impl Emit, channel: &ChannelName, start: JoinStart) {
-        match start {
-            JoinStart::At { head, lead } => {
-                if !self.channels.contains(channel) {
-                    self.channels.push(channel.clone());
-                    self.cursor.positions.push(head);
-                }
-                let notice = serde_json::json!({"type": "subscribed", "channel": channel.as_str()});
-                self.notice(out, "subscribed", notice.to_string().as_bytes());
-                for (event_type, json) in lead {
-                    self.notice(out, &event_type, &json);
+    fn apply_join(&mut self, out: &mut impl Emit, channel: &ChannelName, start: JoinStart) -> u64 {
+        let JoinStart::At { from, reset, replay, lead } = start else { return 0 };
+        let i = match self.channels.iter().position(|c| c == channel) {
+            Some(i) => i,
+            None => {
+                self.channels.push(channel.clone());
+                self.cursor.positions.push(from);
+                self.channels.len() - 1
+            }
+        };
+        let notice = serde_json::json!({"type": "subscribed", "channel": channel.as_str()});
+        self.notice(out, "subscribed", notice.to_string().as_bytes());
+        if let Some(reason) = reset {
+            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let reset =
+                serde_json::json!({"type": "reset", "channel": channel.as_str(), "reason": reason, "timestamp": now});
+            self.notice(out, "reset", reset.to_string().as_bytes());
+        }
+        let mut written = 0;
+        for (event, write) in replay {
+            if self.replayed(i, &event) && write {
+                let Some(ci) = event.copies.iter().position(|c| c.channel == *channel) else { continue };
+                self.emit_event(out, &event, ci);
+                written += 1;
+            }
+        }
+        for (event_type, json) in lead {
+            self.notice(out, &event_type, &json);
+        }
+        written
+    }
+
+    /// Counts an event replayed for the channel at `i` of a live join (the join's history,
+    /// read after the join was queued: the same event may also be in the queue behind it).
+    /// True if it is to be written here: new on that channel and not one the connection
+    /// gets through another of its channels. An event whose copy on another followed
+    /// channel is at or before the cursor was written already; one beyond it is queued
+    /// behind the join and written from there, so that the other channel's events keep
+    /// their order and its position never passes one of them unwritten.
+    fn replayed(&mut self, i: usize, event: &Published) -> bool {
+        let channel = &self.channels[i];
+        let Some(copy) = event.copies.iter().find(|c| c.channel == *channel) else { return false };
+        if copy.position <= self.cursor.positions[i] {
+            return false;
+        }
+        let position = copy.position;
+        let mut seen = false;
+        let mut queued = false;
+        for other in &event.copies {
+            if let Some(j) = self.channels.iter().position(|c| *c == other.channel)
+                && j != i
+            {
+                if other.position <= self.cursor.positions[j] {
+                    seen = true;
+                } else {
+                    queued = true;
                 }
             }
-            JoinStart::Failed => {}
         }
+        if queued && !seen {
+            return false;
+        }
+        self.cursor.positions[i] = position;
+        !seen
     }
 
     fn apply_leave(&mut self, out: &mut impl Emit, channel: &ChannelName) {
@@ -232,7 +281,9 @@ impl StreamCore {
                     }
                 }
                 Item::Join(slot) => match slot.take() {
-                    Some(start) => self.apply_join(out, &slot.channel, start),
+                    Some(start) => {
+                        written += self.apply_join(out, &slot.channel, start);
+                    }
                     None => {
                         // Wait for the joiner, keeping the rest in order. The waker is
                         // stored before the second look, so a start filled in between
@@ -254,7 +305,7 @@ impl StreamCore {
             }
         }
         if let Some(oldest) = &oldest {
-            self.hub.stats.record_write(written as u64, oldest);
+            self.hub.stats.record_write(written, oldest);
         }
         if self.backlog.is_empty()
             && let Some((event_type, json)) = close.and_then(|reason| reason.last_notice(&self.shared.id))
@@ -333,5 +384,30 @@ mod tests {
         assert_eq!(core.advance(&copy_on_b("x", 5)), None, "written once already");
         assert_eq!(core.cursor.positions[1], Position::new(5, 0), "b's position moves over it");
         assert_eq!(core.advance(&copy_on_b("y", 6)), Some(0), "another event is written");
+    }
+
+    #[test]
+    fn a_join_replays_only_what_no_other_channel_of_the_connection_brings() {
+        let hub = Arc::new(Hub::new());
+        let (a, c) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:c"));
+        let (Ok(a), Ok(c)) = (a, c) else { panic!("channel names") };
+        let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+        let mut core = StreamCore::new(shared, Arc::clone(&hub), std::slice::from_ref(&a));
+        core.set_cursor(Cursor { positions: [Position::new(5, 0)].into_iter().collect() });
+        let on = |id: &str, at: &[(&ChannelName, u64)]| {
+            let copies =
+                at.iter().map(|(ch, ms)| Copy::new((*ch).clone(), Position::new(*ms, 0), "t", b"{}")).collect();
+            Arc::new(Published::new(Arc::from(id), Arc::from("t"), copies, at.len() as u16))
+        };
+        let seen = on("seen", &[(&a, 3), (&c, 1)]);
+        let queued = on("queued", &[(&a, 7), (&c, 2)]);
+        let only = on("only", &[(&c, 3)]);
+        let replay = [&seen, &queued, &only].into_iter().map(|e| (Arc::clone(e), true)).collect();
+        let start = JoinStart::At { from: Position::new(0, 0), reset: None, replay, lead: Vec::new() };
+        let mut out = crate::transport::messages::MessageOut::default();
+        assert_eq!(core.apply_join(&mut out, &c, start), 1, "only the event no other channel brings");
+        assert_eq!(core.cursor.positions[1], Position::new(3, 0));
+        assert_eq!(core.advance(&queued), Some(0), "the queued event comes once, through channel a");
+        assert_eq!(core.advance(&seen), None);
     }
 }

@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 use super::super::protocol::{self, ClientError};
 use crate::auth::Principal;
 use crate::channel::ChannelName;
-use crate::cursor::Position;
-use crate::engine::HistoryRead;
+use crate::engine::PageQuery;
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::Herald;
 use crate::http::error::ApiError;
@@ -42,9 +41,9 @@ fn unrecoverable() -> ClientError {
     ClientError::new(112, "unrecoverable position")
 }
 
-/// `{"publications":[{"data","offset"}, ..],"epoch":"herald","offset":<the channel's>}`:
-/// forward from the oldest kept event (or from after `since`), or with `reverse` back from
-/// the newest (or from before `since`).
+/// `{"publications":[{"data","offset"}, ..],"epoch":"herald","offset":<the channel's>}`, a
+/// page of the engine's history ([`PageQuery`]): forward from the oldest kept event (or from
+/// after `since`), or with `reverse` back from the newest (or from before `since`).
 pub(super) async fn history(herald: &Herald, who: &Principal, h: History) -> Result<Value, ClientError> {
     let channel = kept(herald, &h.channel)?;
     herald.policies().can_subscribe(who, &channel).map_err(ApiError::from)?;
@@ -53,45 +52,33 @@ pub(super) async fn history(herald: &Herald, who: &Principal, h: History) -> Res
         Some(s) => Some(protocol::position(s.offset)),
         None => None,
     };
-    let top = read(herald, &channel, None).await?;
+    // Never more than the namespace keeps (`-1`: all of it).
+    let kept = herald.policies().of(&channel).map_or(0, |ns| ns.history_size);
     let limit = match h.limit {
-        0 => 0,
-        n if n < 0 => usize::MAX,
-        n => usize::try_from(n).unwrap_or(usize::MAX),
+        n if n < 0 => kept,
+        n => usize::try_from(n).unwrap_or(usize::MAX).min(kept),
     };
+    // Forward after `since` (or from the oldest kept); with `reverse` back from before
+    // `since` (or from the newest).
+    let query = match (since, h.reverse) {
+        (since, false) => PageQuery { after: since, before: None, limit, newest_first: false },
+        (since, true) => PageQuery { after: None, before: since, limit, newest_first: true },
+    };
+    let page = herald.engine().history_page(&channel, query).await.map_err(ApiError::from)?;
+    let events = page.events.map_err(|_| unrecoverable())?;
     let mut publications = Vec::new();
-    if limit > 0 {
-        // Forward after `since`; otherwise (and for a reverse read, which ends before
-        // `since`) everything kept, from the floor.
-        let after = match since {
-            Some(p) if !h.reverse => p,
-            _ => top.floor,
-        };
-        let events = read(herald, &channel, Some(after)).await?.events.map_err(|_| unrecoverable())?;
-        // Publications only: Herald's own notices, presence and join/leave are kept in
-        // history for its own clients but are not Centrifugo publications.
-        let mut list: Vec<(Position, &[u8])> = events
-            .iter()
-            .filter(|e| !is_notice(&e.event_type))
-            .filter_map(|e| e.copy_on(channel.as_str()).map(|c| (c.position, c.frame.json())))
-            .collect();
-        if h.reverse {
-            if let Some(before) = since {
-                if before < top.floor {
-                    return Err(unrecoverable());
-                }
-                list.retain(|(p, _)| *p < before);
-            }
-            list.reverse();
-        }
-        list.truncate(limit);
-        for (position, json) in list {
-            let mut publication = String::new();
-            protocol::push_pub(&mut publication, json, Some(position));
-            publications.extend(serde_json::from_str::<Value>(&publication).ok());
-        }
+    // Publications only: Herald's own notices, presence and join/leave are kept in history
+    // for its own clients but are not Centrifugo publications.
+    for (position, json) in events
+        .iter()
+        .filter(|e| !is_notice(&e.event_type))
+        .filter_map(|e| e.copy_on(channel.as_str()).map(|c| (c.position, c.frame.json())))
+    {
+        let mut publication = String::new();
+        protocol::push_pub(&mut publication, json, Some(position));
+        publications.extend(serde_json::from_str::<Value>(&publication).ok());
     }
-    Ok(json!({"publications": publications, "epoch": protocol::EPOCH, "offset": protocol::offset(top.head)}))
+    Ok(json!({"publications": publications, "epoch": protocol::EPOCH, "offset": protocol::offset(page.head)}))
 }
 
 fn is_notice(event_type: &str) -> bool {
@@ -119,8 +106,4 @@ fn kept(herald: &Herald, name: &str) -> Result<ChannelName, ClientError> {
         return Err(ClientError::new(108, "not available: the channel's namespace keeps no history"));
     }
     Ok(channel)
-}
-
-async fn read(herald: &Herald, channel: &ChannelName, after: Option<Position>) -> Result<HistoryRead, ClientError> {
-    Ok(herald.engine().history(channel, after).await.map_err(ApiError::from)?)
 }

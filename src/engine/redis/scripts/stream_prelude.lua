@@ -1,0 +1,28 @@
+-- Shared by the history and page scripts, which run after it: `now` (ms, Redis's clock) and
+-- `stream_state`, a channel's head, floor and max deleted id, read together.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Whether Stream id `a` is before Stream id `b`.
+local function id_before(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+
+-- {head, floor, max deleted id} of a Stream, and whether it exists. A Stream that does not
+-- exist has its head now and vouches for nothing older than its retention (`ttl` ms).
+local function stream_state(stream, floor_key, ttl)
+  if redis.call('EXISTS', stream) == 0 then
+    return tostring(now) .. '-0', tostring(math.max(now - ttl, 0)) .. '-0', '0-0', false
+  end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  local head, deleted = '0-0', '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then head = info[i + 1] end
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+  return head, redis.call('GET', floor_key) or '0-0', deleted, true
+end

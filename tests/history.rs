@@ -1,0 +1,438 @@
+//! History and state (`docs/http-api.md`: "GET /api/channels/{channel}/history", "State on
+//! subscribe", "GET /api/channels", "GET /api/users/{id}/connections"), on the in-memory
+//! engine and on a real `redis-server`.
+
+mod support;
+
+use std::collections::HashSet;
+
+use herald::Config;
+use herald::config::NamespaceConfig;
+use serde_json::{Value, json};
+use support::{Client, Proto, RedisServer, TestServer};
+
+fn quiet(c: &mut Config, redis: Option<String>) {
+    c.redis_url = redis;
+    support::no_presence(c);
+}
+
+/// A node on `redis` (or in memory), with a `prices` namespace whose streams start with the
+/// channel's last event.
+async fn on(redis: Option<String>) -> TestServer {
+    TestServer::secured(move |c| {
+        quiet(c, redis);
+        c.namespaces.insert("prices".into(), NamespaceConfig { deliver_last: Some(1), ..Default::default() });
+    })
+    .await
+}
+
+/// One node in memory and one on a fresh Redis, for each engine's run of a test.
+async fn engines() -> Vec<(&'static str, TestServer, Option<RedisServer>)> {
+    let redis = RedisServer::start().await;
+    let on_redis = on(Some(redis.url())).await;
+    vec![("memory", on(None).await, None), ("redis", on_redis, Some(redis))]
+}
+
+async fn publish_n(p: &mut Client, channel: &str, ns: std::ops::Range<u64>) -> Vec<Value> {
+    let mut acks = Vec::new();
+    for n in ns {
+        acks.push(p.publish(&json!({"channel": channel, "type": "update", "n": n})).await);
+    }
+    acks
+}
+
+/// The `n` of each event of a history answer, and their positions.
+fn page(answer: &Value) -> (Vec<u64>, Vec<String>) {
+    let events = answer["events"].as_array().cloned().unwrap_or_default();
+    let ns = events.iter().map(|e| e["event"]["n"].as_u64().unwrap_or(u64::MAX)).collect();
+    let positions = events.iter().map(|e| e["position"].as_str().unwrap_or_default().to_owned()).collect();
+    (ns, positions)
+}
+
+/// Status and error code of an answer.
+fn code((status, answer): (hyper::StatusCode, Value)) -> (u16, String) {
+    (status.as_u16(), answer["error"]["code"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn a_history_page_is_newest_first_by_default_pages_both_ways_and_hands_over_to_a_stream() {
+    for (engine, server, _redis) in engines().await {
+        let mut p = server.client(Proto::H1).backend();
+        publish_n(&mut p, "channel:h", 0..5).await;
+        let mut ann = server.client(Proto::H1).user("ann");
+        let (status, first) = ann.get_json("/api/channels/channel:h/history?limit=2").await;
+        assert_eq!(status, 200, "{engine}: {first}");
+        let (ns, positions) = page(&first);
+        assert_eq!((ns, first["more"].as_bool(), first["order"].as_str()), (vec![4, 3], Some(true), Some("newest")));
+        // The event is as a stream delivers it, and its position is its SSE id.
+        assert_eq!(first["events"][0]["event"]["channel"], "channel:h", "{engine}");
+        assert_eq!(first["head"].as_str(), Some(positions[0].as_str()), "{engine}: the head is the newest event");
+
+        let (_, back) = ann.get_json(&format!("/api/channels/channel:h/history?limit=2&before={}", positions[1])).await;
+        assert_eq!((page(&back).0, back["more"].as_bool()), (vec![2, 1], Some(true)), "{engine}");
+        let oldest = page(&back).1[1].clone();
+        let path = format!("/api/channels/channel:h/history?order=oldest&after={oldest}&limit=10");
+        let (_, forward) = ann.get_json(&path).await;
+        assert_eq!((page(&forward).0, forward["more"].as_bool()), (vec![2, 3, 4], Some(false)), "{engine}");
+        let (_, range) = ann
+            .get_json(&format!("/api/channels/channel:h/history?order=oldest&after={oldest}&before={}", positions[1]))
+            .await;
+        assert_eq!(page(&range).0, vec![2], "{engine}: both bounds are exclusive");
+        let (_, head_only) = ann.get_json("/api/channels/channel:h/history?limit=0").await;
+        assert_eq!((page(&head_only).0, &head_only["head"]), (vec![], &first["head"]), "{engine}");
+
+        // A stream opened at the head follows on from the page: nothing missed, nothing twice.
+        let head = first["head"].as_str().unwrap_or_default().to_owned();
+        publish_n(&mut p, "channel:h", 5..6).await;
+        let mut stream = ann.subscribe(&format!("channel=channel:h&lastEventId={head}"), &[]).await;
+        publish_n(&mut p, "channel:h", 6..7).await;
+        stream.expect_ns(5..7).await;
+
+        // The library answers the same.
+        let channel = server.herald.parse_channel("channel:h").unwrap_or_else(|e| panic!("{e}"));
+        let query = herald::HistoryQuery { limit: 3, order: herald::HistoryOrder::OldestFirst, ..Default::default() };
+        let lib = server.herald.history(&herald::Principal::Anonymous, &channel, query).await;
+        assert!(matches!(lib, Err(herald::HistoryError::Denied(_))), "{engine}: anonymous on a secured node");
+        let key = herald::Principal::ApiKey(std::sync::Arc::new(herald::ApiKey::publisher("t", vec!["*".into()])));
+        let lib = server.herald.history(&key, &channel, query).await.unwrap_or_else(|e| panic!("{engine}: {e}"));
+        assert_eq!((lib.events.len(), lib.more), (3, true), "{engine}");
+    }
+}
+
+#[tokio::test]
+async fn history_is_allowed_to_whoever_may_subscribe_to_the_channel() {
+    for (engine, server, _redis) in engines().await {
+        let mut p = server.client(Proto::H1).backend();
+        publish_n(&mut p, "user:ann", 0..2).await;
+        let path = "/api/channels/user:ann/history";
+        let (status, own) = server.client(Proto::H1).user("ann").get_json(path).await;
+        assert_eq!((status.as_u16(), page(&own).0), (200, vec![1, 0]), "{engine}");
+        assert_eq!(code(server.client(Proto::H1).user("bob").get_json(path).await), (403, "forbidden".into()));
+        assert_eq!(code(server.client(Proto::H2c).get_json(path).await), (401, "unauthorized".into()), "{engine}");
+        assert_eq!(p.get_json(path).await.0, 200, "{engine}: an API key reaching the channel");
+        let (status, answer) = server.client(Proto::H1).user("ann").get_json("/api/channels/rooms:x/history").await;
+        assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (400, Some("invalid_channel")));
+    }
+}
+
+#[tokio::test]
+async fn bad_history_requests_get_their_own_codes_and_change_nothing() {
+    for (engine, server, _redis) in engines().await {
+        let mut p = server.client(Proto::H1).backend();
+        publish_n(&mut p, "channel:bad", 0..3).await;
+        let (_, all) = p.get_json("/api/channels/channel:bad/history").await;
+        let (_, positions) = page(&all);
+        let mut other = server.client(Proto::H1).user("ann").subscribe("channel=channel:other", &[]).await;
+        let other_id = other.connected_id();
+        let ask = |q: String| {
+            let mut p = p.clone();
+            async move { code(p.get_json(&format!("/api/channels/channel:bad/history?{q}")).await) }
+        };
+        let cases = [
+            ("limit=1001".to_owned(), (400, "invalid_limit")),
+            ("limit=ten".to_owned(), (400, "invalid_limit")),
+            ("limit=-1".to_owned(), (400, "invalid_limit")),
+            ("after=garbage".to_owned(), (400, "invalid_position")),
+            (format!("before={other_id}"), (400, "invalid_position")),
+            ("order=sideways".to_owned(), (400, "invalid_parameter")),
+            ("chanel=x".to_owned(), (400, "invalid_parameter")),
+        ];
+        for (q, (status, c)) in cases {
+            assert_eq!(ask(q.clone()).await, (status, c.to_owned()), "{engine}: {q}");
+        }
+        // A position ahead of the head: from somewhere else.
+        let ahead = positions[0].replace(':', ":z");
+        assert_eq!(ask(format!("after={ahead}")).await, (409, "unknown_position".into()), "{engine}");
+        // Nothing of it reached anyone, and the channel is as it was.
+        publish_n(&mut p, "channel:other", 7..8).await;
+        other.expect_ns(7..8).await;
+        assert_eq!(p.get_json("/api/channels/channel:bad/history").await.1["events"], all["events"]);
+    }
+}
+
+#[tokio::test]
+async fn a_history_page_after_a_trimmed_position_is_gone_not_silently_short() {
+    let redis = RedisServer::start().await;
+    for url in [None, Some(redis.url())] {
+        let server = TestServer::secured(|c| {
+            quiet(c, url);
+            c.history_size = 3;
+        })
+        .await;
+        let mut p = server.client(Proto::H1).backend();
+        publish_n(&mut p, "channel:trim", 0..1).await;
+        let (_, first) = p.get_json("/api/channels/channel:trim/history").await;
+        let trimmed = page(&first).1[0].clone();
+        publish_n(&mut p, "channel:trim", 1..6).await;
+        let after = format!("/api/channels/channel:trim/history?after={trimmed}");
+        assert_eq!(code(p.get_json(&after).await), (410, "history_expired".into()));
+        let (_, kept) = p.get_json("/api/channels/channel:trim/history?order=oldest").await;
+        assert_eq!(page(&kept).0, vec![3, 4, 5]);
+        // A stream resuming from there gets its reset, then the last events it asked for.
+        let mut ann = server.client(Proto::H1).user("ann");
+        let mut stream = ann.subscribe("channel=channel:trim&last=2", &[("last-event-id", &trimmed)]).await;
+        let reset = stream.expect().await;
+        assert_eq!(
+            (reset.data["type"].as_str(), reset.data["reason"].as_str()),
+            (Some("reset"), Some("history_expired"))
+        );
+        stream.expect_ns(4..6).await;
+    }
+}
+
+#[tokio::test]
+async fn last_writes_each_channels_last_events_before_the_live_ones_and_a_resume_wins() {
+    for (engine, server, _redis) in engines().await {
+        let mut p = server.client(Proto::H1).backend();
+        publish_n(&mut p, "channel:a", 0..5).await;
+        publish_n(&mut p, "channel:b", 10..13).await;
+        let mut ann = server.client(Proto::H1).user("ann");
+        let mut s = ann.subscribe("channel=channel:a&channel=channel:b&last=1&last=channel:a:2", &[]).await;
+        let mut got: Vec<u64> = Vec::new();
+        for _ in 0..3 {
+            got.push(s.expect().await.data["n"].as_u64().unwrap_or(u64::MAX));
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![3, 4, 12], "{engine}: a's last two, b's last one");
+        publish_n(&mut p, "channel:b", 13..14).await;
+        let last = s.expect_ns(13..14).await;
+        drop(s);
+
+        // Reconnecting with its id: a and b resume (no `last` again), c is new and gets its last.
+        publish_n(&mut p, "channel:c", 20..23).await;
+        publish_n(&mut p, "channel:a", 5..6).await;
+        let q = "channel=channel:a&channel=channel:b&channel=channel:c&last=2";
+        let mut resumed = ann.subscribe(q, &[("last-event-id", &last)]).await;
+        let mut got: Vec<u64> = Vec::new();
+        for _ in 0..3 {
+            got.push(resumed.expect().await.data["n"].as_u64().unwrap_or(u64::MAX));
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![5, 21, 22], "{engine}: what a missed, and c's last two");
+        publish_n(&mut p, "channel:c", 23..24).await;
+        resumed.expect_ns(23..24).await;
+    }
+}
+
+#[tokio::test]
+async fn deliver_last_turns_a_channel_into_current_state_then_updates() {
+    for (engine, server, _redis) in engines().await {
+        let mut p = server.client(Proto::H1).backend();
+        let mut ann = server.client(Proto::H2c).user("ann");
+        // Nothing published yet: nothing to deliver, and the stream opens.
+        let mut empty = ann.subscribe("channel=prices:eur", &[]).await;
+        publish_n(&mut p, "prices:eur", 0..3).await;
+        empty.expect_ns(0..3).await;
+
+        let mut state = ann.subscribe("channel=prices:eur", &[]).await;
+        let first = state.expect_ns(2..3).await;
+        assert_ne!(first, state.connected_id(), "{engine}: the state event has its own id");
+        publish_n(&mut p, "prices:eur", 3..4).await;
+        state.expect_ns(3..4).await;
+
+        // `last=0` turns the default off; the next event is the first one.
+        let mut live = ann.subscribe("channel=prices:eur&last=0", &[]).await;
+        publish_n(&mut p, "prices:eur", 4..5).await;
+        live.expect_ns(4..5).await;
+
+        // A resume that history cannot serve gets its reset, then the state.
+        let mut reset = ann.subscribe("channel=prices:eur", &[("last-event-id", "not-ours")]).await;
+        let ev = reset.expect().await;
+        assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("unknown_position")));
+        reset.expect_ns(4..5).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_opened_with_last_while_events_pour_in_gets_each_event_once_in_order() {
+    const EVENTS: u64 = 300;
+    for (engine, server, _redis) in engines().await {
+        let mut p = server.client(Proto::H2c).backend();
+        publish_n(&mut p, "channel:pour", 0..10).await;
+        let publishing = tokio::spawn(async move {
+            publish_n(&mut p, "channel:pour", 10..EVENTS).await;
+        });
+        let mut ann = server.client(Proto::H1).user("ann");
+        let mut streams = Vec::new();
+        for _ in 0..5 {
+            streams.push(ann.subscribe("channel=channel:pour&last=5", &[]).await);
+        }
+        for mut s in streams {
+            let start = s.expect().await.data["n"].as_u64().unwrap_or(u64::MAX);
+            assert!(start < EVENTS, "{engine}");
+            s.expect_ns(start + 1..EVENTS).await;
+        }
+        publishing.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[tokio::test]
+async fn bad_last_values_are_refused_with_invalid_last() {
+    let server = on(None).await;
+    let mut ann = server.client(Proto::H1).user("ann");
+    for q in ["last=101", "last=x", "last=channel:zz:1", "last=channel:a:-1", "last=rooms:x:1"] {
+        let resp = ann.open_events(&format!("channel=channel:a&{q}"), &[]).await;
+        let (status, answer) = support::read_json(resp).await;
+        let expected = if q.starts_with("last=rooms") { "invalid_channel" } else { "invalid_last" };
+        assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (400, Some(expected)), "{q}");
+    }
+}
+
+#[tokio::test]
+async fn active_channels_and_a_users_connections_are_listed_across_nodes() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (on(Some(redis.url())).await, on(Some(redis.url())).await);
+    let _ann_a = a.client(Proto::H1).user("ann").subscribe("channel=channel:team-a&channel=user:ann", &[]).await;
+    let _bob_b = b.client(Proto::H2c).user("bob").subscribe("channel=channel:team-a&channel=channel:x", &[]).await;
+    let ann_channel = herald::ChannelName::parse("user:ann").unwrap_or_else(|e| panic!("{e}"));
+    let ann_key = herald::Principal::User(std::sync::Arc::new(herald::UserIdentity {
+        id: "ann".into(),
+        name: None,
+        subscribe: None,
+        publish: None,
+        expires_at: None,
+    }));
+    let _ann_b = b
+        .herald
+        .connect(herald::StreamRequest::new(ann_key, vec![ann_channel]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let mut backend = a.client(Proto::H1).backend();
+    let (status, listed) = backend.get_json("/api/channels?pattern=channel:team-*").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["channels"], json!([{"channel": "channel:team-a", "subscribers": 2}]));
+    let (_, all) = backend.get_json("/api/channels").await;
+    let names: Vec<&str> =
+        all["channels"].as_array().into_iter().flatten().filter_map(|c| c["channel"].as_str()).collect();
+    assert_eq!(names, ["channel:team-a", "channel:x", "user:ann"]);
+
+    let (status, conns) = backend.get_json("/api/users/ann/connections").await;
+    assert_eq!(status, 200, "{conns}");
+    let conns = conns["connections"].as_array().cloned().unwrap_or_default();
+    let seen: HashSet<(String, String)> = conns
+        .iter()
+        .map(|c| {
+            (c["node"].as_str().unwrap_or_default().to_owned(), c["transport"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    let expected: HashSet<(String, String)> =
+        [(a.herald.node_id().to_owned(), "sse".to_owned()), (b.herald.node_id().to_owned(), "library".to_owned())]
+            .into_iter()
+            .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(conns[0]["channels"], json!(["channel:team-a", "user:ann"]), "oldest first");
+    let opened = conns[0]["openedAt"].as_str().unwrap_or_default();
+    assert!(humantime::parse_rfc3339(opened).is_ok(), "{opened}");
+
+    // API keys only.
+    let mut ann = a.client(Proto::H1).user("ann");
+    assert_eq!(code(ann.get_json("/api/users/ann/connections").await), (403, "forbidden".into()));
+    assert_eq!(code(ann.get_json("/api/channels").await), (403, "forbidden".into()));
+    assert_eq!(code(a.client(Proto::H1).get_json("/api/channels").await), (401, "unauthorized".into()));
+    assert_eq!(code(backend.get_json("/api/channels?pattern=").await), (400, "invalid_pattern".into()));
+    assert_eq!(code(backend.get_json("/api/users/a%20b/connections").await), (400, "invalid_user".into()));
+}
+
+/// The `n` of the next `count` event frames of a WebSocket carrying one (`connected` and
+/// command replies are passed over).
+async fn ws_ns(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    count: usize,
+) -> Vec<u64> {
+    use futures_util::StreamExt;
+    let mut ns = Vec::new();
+    while ns.len() < count {
+        let frame = support::within("a WebSocket frame", ws.next()).await;
+        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = frame else { continue };
+        let v: Value = serde_json::from_str(text.as_str()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        ns.extend(v["data"]["n"].as_u64());
+    }
+    ns
+}
+
+#[tokio::test]
+async fn a_websockets_open_query_takes_last_for_its_stream_or_its_first_subscribe() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::secured(|c| {
+        quiet(c, None);
+        c.websocket = true;
+    })
+    .await;
+    let mut p = server.client(Proto::H1).backend();
+    publish_n(&mut p, "channel:w", 0..4).await;
+    let open = |query: &str| {
+        let mut req =
+            format!("ws://{}/api/ws?{query}", server.addr).into_client_request().unwrap_or_else(|e| panic!("{e}"));
+        let bearer = format!("Bearer {}", support::token("ann")).parse().unwrap_or_else(|e| panic!("{e}"));
+        req.headers_mut().insert("authorization", bearer);
+        async move {
+            support::within("the upgrade", tokio_tungstenite::connect_async(req))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .0
+        }
+    };
+    let mut ws = open("channel=channel:w&last=2").await;
+    assert_eq!(ws_ns(&mut ws, 2).await, vec![2, 3]);
+
+    let mut later = open("last=1").await;
+    let subscribe = json!({"type": "subscribe", "id": "r1", "channels": ["channel:w"]});
+    later
+        .send(tokio_tungstenite::tungstenite::Message::text(subscribe.to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ws_ns(&mut later, 1).await, vec![3]);
+    publish_n(&mut p, "channel:w", 4..5).await;
+    assert_eq!(ws_ns(&mut later, 1).await, vec![4]);
+    assert_eq!(ws_ns(&mut ws, 1).await, vec![4]);
+}
+
+/// A cookie-session application's hooks: `sid=s-ann` is Ann, `channel:secret` is refused.
+async fn hook_app() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::routing::post;
+    async fn connect(headers: axum::http::HeaderMap) -> axum::Json<Value> {
+        let ann = headers.get("cookie").and_then(|c| c.to_str().ok()).is_some_and(|c| c.contains("sid=s-ann"));
+        axum::Json(if ann {
+            json!({"result": {"user": {"id": "ann", "name": "Ann"}}})
+        } else {
+            json!({"error": {"code": "login_required", "message": "log in first", "status": 401}})
+        })
+    }
+    async fn subscribe(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
+        axum::Json(if body["channel"] == "channel:secret" {
+            json!({"error": {"code": "not_member", "message": "members only"}})
+        } else {
+            json!({"result": {}})
+        })
+    }
+    let app = axum::Router::new().route("/connect", post(connect)).route("/subscribe", post(subscribe));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+    (addr, tokio::spawn(async move { axum::serve(listener, app).await.unwrap_or_default() }))
+}
+
+#[tokio::test]
+async fn a_history_read_asks_the_backend_hooks_as_a_stream_would() {
+    let (app, _task) = hook_app().await;
+    let server = TestServer::secured(|c| {
+        quiet(c, None);
+        c.hooks.connect_url = Some(format!("http://{app}/connect"));
+        c.hooks.subscribe_url = Some(format!("http://{app}/subscribe"));
+        c.hooks.cookies = vec!["sid".to_owned()];
+    })
+    .await;
+    let mut p = server.client(Proto::H1).backend();
+    publish_n(&mut p, "user:ann", 0..1).await;
+    publish_n(&mut p, "channel:secret", 0..1).await;
+    // No JWT: the connect hook names the user from the application's own session cookie.
+    let mut browser = server.client(Proto::H1).with_header("cookie", "sid=s-ann");
+    let (status, own) = browser.get_json("/api/channels/user:ann/history").await;
+    assert_eq!((status.as_u16(), page(&own).0), (200, vec![0]), "{own}");
+    assert_eq!(code(browser.get_json("/api/channels/channel:secret/history").await), (403, "not_member".into()));
+    let stranger = server.client(Proto::H1).get_json("/api/channels/channel:lobby/history").await;
+    assert_eq!(code(stranger), (401, "login_required".into()));
+    // An API key is the application itself: not asked about.
+    assert_eq!(p.get_json("/api/channels/channel:secret/history").await.0, 200);
+}
