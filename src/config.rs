@@ -250,11 +250,35 @@ pub struct CentrifugoConfig {
     pub path: String,
     /// The prefix of Centrifugo's server HTTP API (`<prefix>/publish`, ...), for API keys.
     pub api_prefix: String,
+    /// An existing Centrifugo-compatible server API (`http://old:8000/api`) that every event
+    /// published through this node is forwarded to, during a migration; off when unset.
+    pub mirror_url: Option<String>,
+    /// The key sent to `mirror_url` (`X-API-Key`).
+    pub mirror_api_key: Option<String>,
+    /// Events waiting for `mirror_url` at most; past it new ones are dropped and counted.
+    pub mirror_queue: usize,
+    /// Also serve the unidirectional transports (`uni_sse`, `uni_http_stream`,
+    /// `uni_websocket`) beside `path`: `/connection/uni_sse`, ...
+    pub uni: bool,
+}
+
+impl CentrifugoConfig {
+    /// Where the unidirectional transports are served (`path`'s folder), when they are on.
+    pub fn uni_prefix(&self) -> Option<&str> {
+        self.uni.then(|| self.path.rsplit_once('/').map_or("", |(folder, _)| folder))
+    }
 }
 
 impl Default for CentrifugoConfig {
     fn default() -> Self {
-        Self { path: "/connection/websocket".to_owned(), api_prefix: "/centrifugo/api".to_owned() }
+        Self {
+            path: "/connection/websocket".to_owned(),
+            api_prefix: "/centrifugo/api".to_owned(),
+            mirror_url: None,
+            mirror_api_key: None,
+            mirror_queue: 10_000,
+            uni: false,
+        }
     }
 }
 
@@ -680,6 +704,16 @@ impl Config {
                     ),
                 );
             }
+            if let Some(url) = &c.mirror_url {
+                let ok = url.parse::<axum::http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+                });
+                check(
+                    ok,
+                    "centrifugo.mirror_url must be an http:// or https:// URL, such as \"http://centrifugo:8000/api\"",
+                );
+                check(c.mirror_queue > 0, "centrifugo.mirror_queue must be at least 1");
+            }
         }
         for (name, ns) in &self.namespaces {
             check(
@@ -778,6 +812,17 @@ mod tests {
         assert_eq!(table, Ok(Some("/ws".to_owned())));
         let clash = Config::from_toml("[centrifugo]\npath = \"/api/ws\"").map(|c| c.validate().is_err());
         assert_eq!(clash, Ok(true));
+    }
+
+    #[test]
+    fn a_centrifugo_mirror_url_must_be_an_http_url() {
+        let valid = |mirror: &str| {
+            Config::from_toml(&format!("[centrifugo]\nmirror_url = \"{mirror}\"")).map(|c| c.validate().is_ok())
+        };
+        assert_eq!(valid("http://centrifugo:8000/api"), Ok(true));
+        assert_eq!(valid("https://centrifugo.example.com/api"), Ok(true));
+        assert_eq!(valid("centrifugo:8000/api"), Ok(false));
+        assert_eq!(valid("ftp://centrifugo/api"), Ok(false));
     }
 
     #[test]

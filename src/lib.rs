@@ -56,6 +56,7 @@ pub(crate) mod ids;
 pub(crate) mod limits;
 pub(crate) mod maps;
 pub(crate) mod metrics;
+pub(crate) mod mirror;
 pub(crate) mod outbound;
 pub(crate) mod policy;
 pub(crate) mod server;

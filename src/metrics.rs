@@ -114,6 +114,19 @@ pub struct Metrics {
     pub hooks: hooks::Metrics,
     /// The lifecycle webhooks' counters, shared with their delivery task.
     pub webhooks: std::sync::Arc<webhooks::Metrics>,
+    /// Events forwarded to `centrifugo.mirror_url`, by outcome (shared with the mirror's task).
+    pub mirror: std::sync::Arc<MirrorCounters>,
+}
+
+/// What became of the events offered to `centrifugo.mirror_url`.
+#[derive(Debug, Default)]
+pub struct MirrorCounters {
+    /// Accepted by the mirror's API.
+    pub sent: AtomicU64,
+    /// Sent, but refused or not answered.
+    pub failed: AtomicU64,
+    /// Dropped because the mirror's queue was full.
+    pub dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -233,6 +246,14 @@ pub fn render(herald: &impl Source) -> String {
     for target in DisconnectKind::ALL {
         let v = load(&m.disconnected[*target as usize]);
         o.value("herald_disconnected_connections_total", &format!("target=\"{}\"", target.label()), v);
+    }
+    o.metric(
+        "herald_centrifugo_mirror_events_total",
+        "counter",
+        "Events forwarded to centrifugo.mirror_url, by outcome.",
+    );
+    for (result, v) in [("sent", &m.mirror.sent), ("failed", &m.mirror.failed), ("dropped", &m.mirror.dropped)] {
+        o.value("herald_centrifugo_mirror_events_total", &format!("result=\"{result}\""), load(v));
     }
     o.metric("herald_bans_total", "counter", "User bans set and lifted through this node.");
     o.value("herald_bans_total", "action=\"ban\"", load(&m.bans));

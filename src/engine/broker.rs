@@ -146,6 +146,12 @@ pub enum NodeCommand {
     Channels { pattern: String },
     /// List a user's connections.
     UserConnections { user: String },
+    /// Add a channel to every live connection of a user (a trusted caller's).
+    JoinUser { user: String, channel: String },
+    /// Remove a channel from every live connection of a user.
+    LeaveUser { user: String, channel: String },
+    /// Describe the node: its id, counts and uptime.
+    Info,
 }
 
 /// Where a live join starts in its channel. On the wire between nodes it is a string:
@@ -209,6 +215,24 @@ pub enum NodeReply {
     Channels { channels: Vec<(String, usize)> },
     /// This node's connections of a user.
     Connections { connections: Vec<ConnectionInfo> },
+    /// This node changed that many connections of a user.
+    Changed { connections: usize },
+    /// What the node says of itself.
+    Info(NodeInfo),
+}
+
+/// A node as it describes itself to [`NodeCommand::Info`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub version: String,
+    pub connections: usize,
+    pub users: usize,
+    pub channels: usize,
+    /// Subscriptions: each connection counted once per channel it follows.
+    pub subscriptions: usize,
+    pub uptime_secs: u64,
 }
 
 /// One open connection as [`NodeCommand::UserConnections`] reports it.
@@ -317,6 +341,10 @@ pub trait Broker: Send + Sync + 'static {
             Ok(out)
         })
     }
+
+    /// Forgets every kept event of `channel` (and its AI streams); its position stays, so
+    /// later events go on from it and a resume from before now is a gap.
+    fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), EngineError>>;
 
     /// A page of `channel`'s history ([`PageQuery`]), read at one instant.
     fn history_page<'a>(

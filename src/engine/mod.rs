@@ -32,7 +32,7 @@ use std::sync::Arc;
 pub(crate) use broker::check_batch_keys;
 pub use broker::{
     AiSnapshot, Broker, CommandRefusal, ConnectionInfo, DisconnectTarget, GapReason, HistoryPage, HistoryRead,
-    JoinFrom, NodeCommand, NodeReply, PageQuery, PublishAck, StartRead,
+    JoinFrom, NodeCommand, NodeInfo, NodeReply, PageQuery, PublishAck, StartRead,
 };
 pub use presence::{OccupancyChange, PresenceEntry, PresenceStore};
 pub use sessions::SessionStore;

@@ -12,7 +12,7 @@
 //! and a user's connections across nodes, `rooms` changes live connections on any node, `sessions` cuts them and bans
 //! users, `presence` announces who is where, `sink` is what the engine sees of the node (the
 //! hub, the policies, and commands from other nodes), `lifecycle` what the node reports to the
-//! lifecycle webhooks.
+//! lifecycle webhooks, `survey` gathers what every node says of itself (its counts, its channels).
 
 mod census;
 mod history;
@@ -22,6 +22,7 @@ mod rooms;
 mod sessions;
 mod sink;
 mod stream;
+mod survey;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -129,6 +130,8 @@ struct Inner {
     /// (`lifecycle.rs`, at shutdown), and the signal that it was.
     departures: tokio::sync::mpsc::UnboundedSender<crate::hub::Departure>,
     departures_handled: tokio::sync::Notify,
+    /// Where published events are also sent during a migration (`centrifugo.mirror_url`).
+    mirror: Option<crate::mirror::Mirror>,
 }
 
 /// A Herald node. Cheap to clone; all clones share one hub and engine.
@@ -185,7 +188,10 @@ impl Herald {
             .any(|kind| webhooks.sends(kind))
             .then(|| Arc::new(lifecycle::Changed::default()));
         let (departed_tx, departed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mirror =
+            config.centrifugo.as_ref().and_then(|c| crate::mirror::Mirror::start(c, Arc::clone(&metrics.mirror)));
         let inner = Arc::new(Inner {
+            mirror,
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
             metrics,
@@ -389,7 +395,13 @@ impl Herald {
 
     async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, PublishError> {
         let reported = self.to_report_published(&prepared);
+        // Offered once accepted, without the events (the engine takes them): a copy of the
+        // few fields the mirror needs only when it is on.
+        let mirrored = self.inner.mirror.as_ref().map(|_| prepared.clone());
         let acks = self.inner.engine.publish(prepared).await?;
+        if let (Some(mirror), Some(events)) = (&self.inner.mirror, mirrored) {
+            mirror.offer(&events);
+        }
         self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
         self.report_published(reported, &acks);
         Ok(acks)

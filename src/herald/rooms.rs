@@ -171,7 +171,9 @@ impl Herald {
                 | NodeReply::Count { .. }
                 | NodeReply::Disconnected { .. }
                 | NodeReply::Channels { .. }
-                | NodeReply::Connections { .. } => {}
+                | NodeReply::Connections { .. }
+                | NodeReply::Changed { .. }
+                | NodeReply::Info(_) => {}
             }
         }
         match refused {
@@ -222,7 +224,55 @@ impl Herald {
             NodeCommand::Disconnect { target, reconnect, banned } => self.local_disconnect(&target, reconnect, banned),
             NodeCommand::Channels { pattern } => self.local_channels(&pattern),
             NodeCommand::UserConnections { user } => self.local_user_connections(&user),
+            NodeCommand::JoinUser { user, channel } => self.local_user_change(&user, &channel, true).await,
+            NodeCommand::LeaveUser { user, channel } => self.local_user_change(&user, &channel, false).await,
+            NodeCommand::Info => NodeReply::Info(self.local_info()),
         }
+    }
+
+    /// Adds `channel` to (or, with `join` false, removes it from) every connection of `user`
+    /// on every node, as [`Herald::join`] and [`Herald::leave`] do for one (a trusted
+    /// caller's: the application or an API key that may subscribe to the channel). Answers
+    /// how many connections were changed; a user with none is no error.
+    pub async fn change_user(
+        &self,
+        who: &Principal,
+        user: &str,
+        channel: &ChannelName,
+        join: bool,
+    ) -> Result<usize, RoomError> {
+        if channel.is_pattern() {
+            return Err(RoomError::Pattern);
+        }
+        self.policies().can_change_subscription(who, channel)?;
+        let (user, channel) = (user.to_owned(), channel.to_string());
+        let command =
+            if join { NodeCommand::JoinUser { user, channel } } else { NodeCommand::LeaveUser { user, channel } };
+        let replies = self.engine().command(command).await?;
+        Ok(replies.iter().map(|r| if let NodeReply::Changed { connections } = r { *connections } else { 0 }).sum())
+    }
+
+    /// [`Herald::change_user`] on this node: each connection of the user in turn; one that
+    /// cannot take the channel (too many channels) is logged and skipped.
+    async fn local_user_change(&self, user: &str, channel: &str, join: bool) -> NodeReply {
+        let mine: Vec<Arc<str>> =
+            self.hub().user_connections().into_iter().filter(|(u, _)| &**u == user).map(|(_, c)| c).collect();
+        let mut connections = 0;
+        for connection in mine {
+            let reply = if join {
+                self.local_join(&connection, channel, None, JoinFrom::Head).await
+            } else {
+                self.local_leave(&connection, channel, None).await
+            };
+            match reply {
+                NodeReply::Done => connections += 1,
+                NodeReply::Refused { code, message } => {
+                    tracing::info!(%connection, channel, ?code, message, "a user's connection could not change");
+                }
+                _ => {}
+            }
+        }
+        NodeReply::Changed { connections }
     }
 
     /// The connection is here and `user` may change it: its own user; for an anonymous

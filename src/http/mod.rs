@@ -58,9 +58,18 @@ pub fn router(herald: Herald) -> Router {
     // Off unless configured: then `/api/ws` is a `404` like any unknown path.
     let router = if herald.config().websocket { router.route("/api/ws", ws::route()) } else { router };
     let router = match &herald.config().centrifugo {
-        Some(c) => router
-            .route(&c.path, centrifugo::route())
-            .route(&format!("{}/{{method}}", c.api_prefix), post(centrifugo::api::call)),
+        Some(c) => {
+            let router = router
+                .route(&c.path, centrifugo::route())
+                .route(&format!("{}/{{method}}", c.api_prefix), post(centrifugo::api::call));
+            match c.uni_prefix() {
+                Some(prefix) => router
+                    .route(&format!("{prefix}/uni_sse"), centrifugo::uni::sse_route())
+                    .route(&format!("{prefix}/uni_http_stream"), centrifugo::uni::http_stream_route())
+                    .route(&format!("{prefix}/uni_websocket"), centrifugo::uni::websocket_route()),
+                None => router,
+            }
+        }
         None => router,
     };
     let router = router

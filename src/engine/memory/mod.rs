@@ -369,6 +369,17 @@ impl Broker for MemoryEngine {
         Box::pin(async move { Ok(out) })
     }
 
+    fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), EngineError>> {
+        let log = self.log(channel);
+        let mut g = lock(&log);
+        g.entries.clear();
+        g.positions.clear();
+        g.streams.clear();
+        g.covered_after = g.last;
+        drop(g);
+        Box::pin(async { Ok(()) })
+    }
+
     fn history_page<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -573,6 +584,27 @@ mod tests {
         assert_eq!(page(None, None, 0, true), (ids(&[]), true), "limit 0: the head alone");
         assert_eq!(page(Some(pos(4)), Some(pos(2)), 10, true), (ids(&[]), false), "an empty range");
         assert_eq!(page(Some(pos(5)), None, 10, true), (ids(&[]), false), "after the head: nothing yet");
+    }
+
+    #[tokio::test]
+    async fn removed_history_is_a_gap_before_the_head_and_positions_go_on() {
+        let e = engine(10);
+        let mut acks = Vec::new();
+        for n in 0..3 {
+            acks.extend(e.publish(vec![prep(&["channel:a"], n)]).await.unwrap_or_default());
+        }
+        let first = acks[0].positions[0].1;
+        let all = PageQuery { after: None, before: None, limit: 10, newest_first: false };
+        let page = |q| lock(&e.log(&ch("channel:a"))).page(q);
+        assert_eq!(page(all).events.map(|v| v.len()).ok(), Some(3));
+        let head = read(&e, "channel:a", None).await.head;
+        e.remove_history(&ch("channel:a")).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(page(all).events.map(|v| v.len()).ok(), Some(0));
+        assert_eq!(read(&e, "channel:a", None).await.head, head, "the position stays");
+        assert_eq!(read(&e, "channel:a", Some(first)).await.events.err(), Some(GapReason::HistoryExpired));
+        let later = e.publish(vec![prep(&["channel:a"], 3)]).await.unwrap_or_default();
+        assert!(later[0].positions[0].1 > head);
+        assert_eq!(page(all).events.map(|v| v.len()).ok(), Some(1));
     }
 
     #[tokio::test]

@@ -99,6 +99,15 @@ impl RedisEngine {
         Ok(HistoryPage { head: read.head, events: Ok(events), more })
     }
 
+    /// Forgets a channel's kept events and AI streams (`history_remove.lua`).
+    pub(super) async fn remove(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.history_remove_script.prepare_invoke();
+        inv.key(self.stream_key(channel)).key(self.floor_key(channel)).key(self.streams_key(channel));
+        let _: Value = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Moves a watched channel's catch-up point forward. Channels the node does not watch
     /// (the other channels of a multi-channel event, channels reached through a pattern) are
     /// not remembered: nothing would ever forget them.

@@ -60,6 +60,7 @@ const PUBLISH_LUA: &str = include_str!("scripts/publish.lua");
 const HISTORY_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/history.lua"));
 const PAGE_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/page.lua"));
 const SLOT_LUA: &str = include_str!("scripts/slot.lua");
+const HISTORY_REMOVE_LUA: &str = include_str!("scripts/history_remove.lua");
 
 /// The command connection: one Redis, the primary Redis Sentinel names, or a Redis Cluster
 /// (routed by key slot).
@@ -142,6 +143,7 @@ pub struct RedisEngine {
     history_script: Script,
     page_script: Script,
     slot_script: Script,
+    history_remove_script: Script,
     /// How long a user's connection slot lives without renewal (a dead node's slots lapse).
     slot_lease: Duration,
     /// The position of the last event delivered per watched channel: where catch-up starts.
@@ -217,6 +219,7 @@ impl RedisEngine {
             history_script: Script::new(HISTORY_LUA),
             page_script: Script::new(PAGE_LUA),
             slot_script: Script::new(SLOT_LUA),
+            history_remove_script: Script::new(HISTORY_REMOVE_LUA),
             slot_lease: opts.slot_lease,
             last_seen: Mutex::new(HashMap::new()),
             node_id: opts.node_id,

@@ -200,6 +200,10 @@ impl Broker for RedisEngine {
         Box::pin(self.page(channel, query))
     }
 
+    fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(self.remove(channel))
+    }
+
     fn watch<'a>(&'a self, channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
             if channels.is_empty() {

@@ -3,7 +3,9 @@
 //! bodies, the answer `{"result":..}` or `{"error":{"code":..,"message":..}}` with Centrifugo's
 //! codes, and the key in `X-API-Key` or `Authorization: apikey <key>` (Herald's API keys).
 //!
-//! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `disconnect` (by user). Publishing goes through
+//! Methods: `publish`, `broadcast`, `subscribe` and `unsubscribe` (a user's live
+//! connections), `presence`, `presence_stats`, `history`, `history_remove` ([`history`]),
+//! `channels`, `info`, `disconnect` (by user) and `batch` of them. Publishing goes through
 //! Herald's own publish (policies, payload limits, the key's rate limit), so both kinds of
 //! clients get it.
 
@@ -21,6 +23,8 @@ use crate::http::auth::PeerAddr;
 use crate::http::error::ApiError;
 use crate::http::publish::{caller_and_body, publish_body};
 
+mod history;
+
 #[derive(Deserialize)]
 struct Publish {
     channel: String,
@@ -35,7 +39,27 @@ struct Broadcast {
 
 #[derive(Deserialize)]
 struct ChannelOnly {
+    #[serde(default)]
     channel: String,
+}
+
+/// `subscribe` and `unsubscribe`: a user's connections, or with `client` only that one
+/// (Herald's connection id), and a channel (`session` and the subscription options are not
+/// supported and ignored).
+#[derive(Deserialize)]
+struct UserChannel {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    client: String,
+}
+
+#[derive(Deserialize)]
+struct Channels {
+    #[serde(default)]
+    pattern: String,
 }
 
 /// `{"user":"42","disconnect":{"code":..,"reason":..}}`: a code below 3500 (or none given:
@@ -58,47 +82,142 @@ pub async fn call(
     peer: Option<Extension<PeerAddr>>,
     req: Request,
 ) -> Response {
+    let transport = req.headers().get("x-centrifugo-error-mode").is_some_and(|v| v.as_bytes() == b"transport");
     let (who, key, _, body, hooks) = match caller_and_body(&herald, peer, req).await {
         Ok(caller) => caller,
         // No or a bad key: Centrifugo answers `401` with no body of its own.
         Err(e) if e.status() == StatusCode::UNAUTHORIZED => return e.into_response(),
-        Err(e) => return answer(Err(e.into())),
+        Err(e) => return answer(Err(e.into()), transport),
     };
     if !matches!(who, Principal::ApiKey(_)) {
         return (StatusCode::UNAUTHORIZED, "").into_response();
     }
+    let caller = Caller { herald, who, key, hooks };
     let result = match method.as_str() {
-        "publish" => match params::<Publish>(body) {
-            Ok(p) => publish(&herald, &who, &key, &hooks, &p.channel, p.data).await,
+        "batch" => match params::<Batch>(body) {
+            Ok(b) => Ok(batch(&caller, b).await),
             Err(e) => Err(e),
         },
-        "broadcast" => match params::<Broadcast>(body) {
-            Ok(b) => {
+        _ => caller.run(&method, body).await,
+    };
+    if let Err(e) = &result {
+        tracing::info!(method, code = e.code, message = %e.message, "centrifugo API call refused");
+    }
+    answer(result, transport)
+}
+
+/// Who calls, with what they need to publish: one API request, or the commands of a batch.
+struct Caller {
+    herald: Herald,
+    who: Principal,
+    key: String,
+    hooks: crate::http::hooked::Client,
+}
+
+impl Caller {
+    /// One method with its parameters; `batch` is not one (Centrifugo's batch holds no batch).
+    async fn run(&self, method: &str, body: Value) -> Result<Value, ClientError> {
+        let herald = &self.herald;
+        match method {
+            "publish" => {
+                let p = params::<Publish>(body)?;
+                publish(herald, &self.who, &self.key, &self.hooks, &p.channel, p.data).await
+            }
+            "broadcast" => {
+                let b = params::<Broadcast>(body)?;
                 let mut responses = Vec::with_capacity(b.channels.len());
                 for channel in &b.channels {
-                    responses.push(match publish(&herald, &who, &key, &hooks, channel, b.data.clone()).await {
-                        Ok(result) => json!({"result": result}),
-                        Err(e) => json!({"error": error_body(&e)}),
-                    });
+                    responses.push(
+                        match publish(herald, &self.who, &self.key, &self.hooks, channel, b.data.clone()).await {
+                            Ok(result) => json!({"result": result}),
+                            Err(e) => json!({"error": error_body(&e)}),
+                        },
+                    );
                 }
                 Ok(json!({"responses": responses}))
             }
-            Err(e) => Err(e),
-        },
-        "presence" | "presence_stats" => match params::<ChannelOnly>(body) {
-            Ok(p) => match super::channel(&herald, &p.channel) {
-                Ok(channel) => super::presence(&herald, &who, &channel, method == "presence_stats").await,
-                Err(e) => Err(e),
+            "presence" | "presence_stats" => {
+                let channel = super::channel(herald, &params::<ChannelOnly>(body)?.channel)?;
+                super::presence(herald, &self.who, &channel, method == "presence_stats").await
+            }
+            "disconnect" => disconnect(herald, &self.who, params(body)?).await,
+            "subscribe" | "unsubscribe" => {
+                let s = params::<UserChannel>(body)?;
+                if s.user.is_empty() {
+                    return Err(ClientError::new(107, "`user` is required: Herald subscribes a user's connections"));
+                }
+                let channel = super::channel(herald, &required(&s.channel)?)?;
+                let join = method == "subscribe";
+                let changed = match s.client.as_str() {
+                    "" => herald.change_user(&self.who, &s.user, &channel, join).await.map(|_| ()),
+                    client if join => herald.join(&self.who, client, &channel).await,
+                    client => herald.leave(&self.who, client, &channel).await,
+                };
+                match changed {
+                    // Centrifugo answers success for a client that is not connected.
+                    Ok(()) | Err(crate::herald::RoomError::NoConnection(_)) => Ok(json!({})),
+                    Err(e) => Err(ApiError::from(e).into()),
+                }
+            }
+            "history" => history::history(herald, &self.who, params(body)?).await,
+            "history_remove" => history::remove(herald, &self.who, &params::<ChannelOnly>(body)?.channel).await,
+            "channels" => channels(herald, &self.who, params::<Channels>(body)?.pattern).await,
+            "info" => info(herald).await,
+            _ => Err(ClientError::method_not_found()),
+        }
+    }
+}
+
+/// `{"commands":[{"publish":{..}}, ..],"parallel":false}`: each command an object with one
+/// method's parameters under its name.
+#[derive(Deserialize)]
+struct Batch {
+    #[serde(default)]
+    commands: Vec<Value>,
+    #[serde(default)]
+    parallel: bool,
+}
+
+/// At most this many commands of a parallel batch run at once (Centrifugo's bound).
+const BATCH_CONCURRENCY: usize = 1024;
+
+/// `{"replies":[{"publish":{}}, {"error":{..}}, ..]}`, one a command, in order. Commands run
+/// one after another, each after the last finished; with `parallel`, all at once.
+async fn batch(caller: &Caller, b: Batch) -> Value {
+    let one = |command: Value| async move {
+        let (method, body) = match command {
+            Value::Object(map) if map.len() == 1 => match map.into_iter().next() {
+                Some((method, body)) => (method, body),
+                None => return json!({"error": error_body(&ClientError::method_not_found())}),
             },
-            Err(e) => Err(e),
-        },
-        "disconnect" => match params::<Disconnect>(body) {
-            Ok(d) => disconnect(&herald, &who, d).await,
-            Err(e) => Err(e),
-        },
-        _ => Err(ClientError::method_not_found()),
+            Value::Object(map) if map.is_empty() => {
+                return json!({"error": error_body(&ClientError::method_not_found())});
+            }
+            _ => {
+                return json!({"error": error_body(&ClientError::new(107, "bad request: a command is an object with one method"))});
+            }
+        };
+        let result =
+            if method == "batch" { Err(ClientError::method_not_found()) } else { caller.run(&method, body).await };
+        match result {
+            Ok(result) => json!({method: result}),
+            Err(e) => {
+                tracing::info!(method, code = e.code, message = %e.message, "centrifugo API batch command refused");
+                json!({"error": error_body(&e)})
+            }
+        }
     };
-    answer(result)
+    let replies: Vec<Value> = if b.parallel {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(b.commands.into_iter().map(one)).buffered(BATCH_CONCURRENCY).collect().await
+    } else {
+        let mut replies = Vec::with_capacity(b.commands.len());
+        for command in b.commands {
+            replies.push(one(command).await);
+        }
+        replies
+    };
+    json!({"replies": replies})
 }
 
 /// One publication, as `POST /api/publish` would publish it.
@@ -128,6 +247,50 @@ async fn disconnect(herald: &Herald, who: &Principal, d: Disconnect) -> Result<V
     Ok(json!({}))
 }
 
+/// The channels with subscribers on any node, by their Centrifugo names, with their number of
+/// subscriptions; `pattern` (`*` for any run of characters) filters the names. Only channels
+/// the key may subscribe to are listed.
+async fn channels(herald: &Herald, who: &Principal, pattern: String) -> Result<Value, ClientError> {
+    let all = herald.active_channels(who, "*").await.map_err(ApiError::from)?;
+    let mut channels = serde_json::Map::new();
+    for count in all {
+        let name = crate::mirror::centrifugo_name(&count.channel);
+        if pattern.is_empty() || crate::policy::glob(&pattern, &name) {
+            channels.insert(name, json!({"num_clients": count.subscribers}));
+        }
+    }
+    Ok(json!({"channels": channels}))
+}
+
+/// Every node: on Redis each node answers for itself.
+async fn info(herald: &Herald) -> Result<Value, ClientError> {
+    let nodes = herald.nodes().await.map_err(ApiError::from)?;
+    let nodes: Vec<Value> = nodes
+        .into_iter()
+        .map(|n| {
+            json!({
+                "uid": n.node_id,
+                "name": n.node_id,
+                "version": format!("herald {}", n.version),
+                "num_clients": n.connections,
+                "num_users": n.users,
+                "num_channels": n.channels,
+                "num_subs": n.subscriptions,
+                "uptime": n.uptime_secs,
+            })
+        })
+        .collect();
+    Ok(json!({"nodes": nodes}))
+}
+
+/// A channel name that must be there: an empty one is Centrifugo's `107 bad request`.
+fn required(channel: &str) -> Result<String, ClientError> {
+    if channel.is_empty() {
+        return Err(ClientError::new(107, "bad request: `channel` is required"));
+    }
+    Ok(channel.to_owned())
+}
+
 fn params<T: DeserializeOwned>(body: Value) -> Result<T, ClientError> {
     serde_json::from_value(body).map_err(|e| ClientError::new(107, format!("bad request: {e}")))
 }
@@ -136,10 +299,28 @@ fn error_body(e: &ClientError) -> Value {
     json!({"code": e.code, "message": e.message})
 }
 
-/// Centrifugo answers `200` with the result or the error in the body.
-fn answer(result: Result<Value, ClientError>) -> Response {
+/// Centrifugo answers `200` with the result or the error in the body; in its transport
+/// error mode (`X-Centrifugo-Error-Mode: transport`), an error is the HTTP status its code
+/// maps to, with the error alone as the body.
+fn answer(result: Result<Value, ClientError>, transport: bool) -> Response {
     match result {
         Ok(result) => Json(json!({"result": result})).into_response(),
+        Err(e) if transport => (transport_status(e.code), Json(error_body(&e))).into_response(),
         Err(e) => Json(json!({"error": error_body(&e)})).into_response(),
+    }
+}
+
+/// Centrifugo's HTTP status for an error code (and the nearest for Herald's client codes).
+fn transport_status(code: u32) -> StatusCode {
+    match code {
+        101 => StatusCode::UNAUTHORIZED,
+        102 | 104 => StatusCode::NOT_FOUND,
+        103 => StatusCode::FORBIDDEN,
+        106 => StatusCode::PAYLOAD_TOO_LARGE,
+        107 | 108 => StatusCode::BAD_REQUEST,
+        111 => StatusCode::TOO_MANY_REQUESTS,
+        112 => StatusCode::RANGE_NOT_SATISFIABLE,
+        113 => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -4,7 +4,7 @@
 //! `[centrifugo]` table; specified in `docs/centrifugo.md`.
 //!
 //! Centrifugo's server HTTP API (`<api_prefix>/publish`, ...) is [`api`], for backends with
-//! Herald's API keys. This module owns the upgrade; the socket's life is [`session`], its
+//! Herald's API keys; the unidirectional transports (`uni = true`) are [`uni`]. This module owns the upgrade; the socket's life is [`session`], its
 //! messages and the channel-name mapping are [`protocol`]. Credentials come in the `connect` command, not the
 //! upgrade request. It reuses the WebSocket transport's frame budget and read-error closes
 //! (`http::ws`) and, like it, reads the hub only through [`crate::Connection`].
@@ -12,6 +12,7 @@
 pub(super) mod api;
 mod protocol;
 mod session;
+pub(super) mod uni;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Extension, FromRequestParts, Request, State};
@@ -51,6 +52,20 @@ async fn upgrade(State(herald): State<Herald>, peer: Option<Extension<PeerAddr>>
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "centrifugo upgrade failed"))
         .on_upgrade(move |socket| session.run(socket))
+}
+
+/// The disconnect that follows the end of a connection, by the hub's reason for closing it.
+fn disconnect_for(reason: Option<crate::hub::connection::CloseReason>) -> protocol::Disconnect {
+    use crate::hub::connection::CloseReason;
+    use protocol::Disconnect;
+    match reason {
+        Some(CloseReason::Drain { .. }) => Disconnect::Shutdown,
+        Some(CloseReason::TokenExpired) => Disconnect::Expired,
+        Some(CloseReason::Disconnect { reconnect: true, .. }) => Disconnect::ForceReconnect,
+        Some(CloseReason::Disconnect { reconnect: false, .. }) => Disconnect::ForceNoReconnect,
+        Some(CloseReason::Overflow | CloseReason::Timeout) => Disconnect::Slow,
+        Some(CloseReason::Resync) | None => Disconnect::InsufficientState,
+    }
 }
 
 /// The Herald channel a Centrifugo channel name stands for (`docs/centrifugo.md`).

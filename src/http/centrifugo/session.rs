@@ -34,7 +34,6 @@ use crate::herald::{Admission, Herald, LastEvents, StreamRequest, new_connection
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
-use crate::hub::connection::CloseReason;
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// Most messages gathered into one frame.
@@ -312,14 +311,7 @@ impl Session {
 
     /// The disconnect that follows the end of the connection, by the hub's reason.
     fn closed_by_server(&self) -> Disconnect {
-        match self.conn.as_ref().and_then(Connection::close_reason) {
-            Some(CloseReason::Drain { .. }) => Disconnect::Shutdown,
-            Some(CloseReason::TokenExpired) => Disconnect::Expired,
-            Some(CloseReason::Disconnect { reconnect: true, .. }) => Disconnect::ForceReconnect,
-            Some(CloseReason::Disconnect { reconnect: false, .. }) => Disconnect::ForceNoReconnect,
-            Some(CloseReason::Overflow | CloseReason::Timeout) => Disconnect::Slow,
-            Some(CloseReason::Resync) | None => Disconnect::InsufficientState,
-        }
+        super::disconnect_for(self.conn.as_ref().and_then(Connection::close_reason))
     }
 
     /// Runs the commands of one frame: the reply lines, and the disconnect that follows.

@@ -26,6 +26,9 @@ publish = "authenticated"
 
 [namespaces.room]
 join_leave = true
+
+[namespaces.nohist]
+history_size = 0
 `;
 
 function freePort() {
@@ -47,16 +50,23 @@ export function token(sub, claims = {}) {
   return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
 }
 
-/** Starts `herald serve` with the test configuration and `extra` lines; resolves once it
- * listens. */
-export async function startHerald(extra = '') {
-  const port = await freePort();
+/** Starts `herald serve`; resolves once it listens. `opts`: `port` (to come back on the port
+ * of a stopped one), `config` (a `[centrifugo]` table of the test's own, in place of
+ * `centrifugo = true`), `extra` (more configuration lines), `args` (more command-line
+ * arguments, e.g. `--redis-url`); a string is taken as `extra`. */
+export async function startHerald(opts = {}) {
+  if (typeof opts === 'string') opts = { extra: opts };
+  const port = opts.port ?? (await freePort());
   const dir = mkdtempSync(join(tmpdir(), 'herald-centrifugo-'));
   const config = join(dir, 'herald.toml');
-  writeFileSync(config, CONFIG + extra);
+  const base = opts.config ? `${opts.config}\n${CONFIG.replace('centrifugo = true\n', '')}` : CONFIG;
+  writeFileSync(config, base + (opts.extra ?? ''));
   const child = spawn(
     heraldBinary(),
-    ['serve', '--listen', `127.0.0.1:${port}`, '--log', 'warn', '--config', config, '--jwt-secret', SECRET, '--api-key', API_KEY],
+    [
+      'serve', '--listen', `127.0.0.1:${port}`, '--log', 'warn', '--config', config,
+      '--jwt-secret', SECRET, '--api-key', API_KEY, ...(opts.args ?? []),
+    ],
     { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let log = '';
@@ -72,6 +82,9 @@ export async function startHerald(extra = '') {
   const url = `http://127.0.0.1:${port}`;
   return {
     url,
+    port,
+    /** What the process wrote to stderr so far (its logs). */
+    log: () => log,
     ws: `ws://127.0.0.1:${port}/connection/websocket`,
     /** `POST /api/publish` with the API key; resolves to the event's id. */
     async publish(event) {
@@ -92,6 +105,44 @@ export async function startHerald(extra = '') {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A `redis-server` of the test's own on a free loopback port, without persistence;
+ * `stop()` ends it. */
+export async function startRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  await new Promise((ok, fail) => {
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d.toString();
+      if (out.includes('Ready to accept connections')) ok();
+    });
+    child.on('exit', (code) => fail(new Error(`redis-server exited (${code}):\n${out}`)));
+  });
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
+  };
+}
+
+/** Calls Centrifugo's server API of `herald` (`POST /centrifugo/api/<method>`) with the API
+ * key; resolves to the status and, on `200`, the JSON answer. */
+export async function api(herald, method, body, headers = { 'X-API-Key': API_KEY }) {
+  const resp = await fetch(`${herald.url}/centrifugo/api/${method}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', ...headers },
+    body: JSON.stringify(body),
+  });
+  return { status: resp.status, json: resp.status === 200 ? await resp.json() : null };
 }
 
 /** An SSE stream of Herald's own (`GET /api/events`) as `user`: `next(pred)` resolves to the
