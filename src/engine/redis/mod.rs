@@ -21,8 +21,7 @@
 //! `realtime:channel:{general}:log` (Stream), `realtime:channel:{general}:floor`,
 //! `realtime:{system}` for `system`.
 //!
-//! By concern: `publish` (and the [`crate::engine::Broker`] seam; `pipeline`, where concurrent
-//! publishes share round trips), `history` (reads and the
+//! By concern: `publish` (and the [`crate::engine::Broker`] seam), `history` (reads and the
 //! catch-up after a reconnect), `message` (the pub/sub message format, read once here),
 //! `pubsub` (the one pub/sub loop), `presence`, `sessions` (tickets, bans, connection slots),
 //! `commands` (between nodes); the Lua scripts are files in `scripts/`.
@@ -30,7 +29,6 @@
 mod commands;
 mod history;
 mod message;
-mod pipeline;
 mod presence;
 mod publish;
 mod pubsub;
@@ -126,8 +124,6 @@ pub struct RedisEngine {
     commands: mpsc::UnboundedSender<Command>,
     healthy: AtomicBool,
     publish_script: Script,
-    /// Where concurrent single-event publishes gather to share a round trip.
-    pipeliner: pipeline::Pipeliner,
     history_script: Script,
     slot_script: Script,
     /// How long a user's connection slot lives without renewal (a dead node's slots lapse).
@@ -189,7 +185,6 @@ impl RedisEngine {
             commands: tx,
             healthy: AtomicBool::new(false),
             publish_script: Script::new(PUBLISH_LUA),
-            pipeliner: pipeline::Pipeliner::default(),
             history_script: Script::new(HISTORY_LUA),
             slot_script: Script::new(SLOT_LUA),
             slot_lease: opts.slot_lease,

@@ -1,7 +1,6 @@
 //! Publishing to Redis: one script per event appends it to each channel's Stream and
 //! publishes it on each channel's pub/sub channel, atomically on one Redis; idempotency keys
-//! answer a retry with the first publish's positions. Single-event publishes running at the
-//! same time share round trips ([`super::pipeline`]). The engine's [`Broker`] seam is here.
+//! answer a retry with the first publish's positions. The engine's [`Broker`] seam is here.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -104,10 +103,7 @@ impl RedisEngine {
         }
         let mut conn = self.conn.clone();
         let ids: Vec<Vec<String>> = if let [one] = batch {
-            // Alone, it shares a round trip with the publishes running beside it.
-            let call = redis::Cmd::invoke_script(&self.invocation(one, &one.channels));
-            let reply = self.pipeliner.call(&self.conn, &self.publish_script, call).await.map_err(unavailable)?;
-            vec![redis::from_redis_value_ref(&reply).map_err(unavailable)?]
+            vec![self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?]
         } else {
             // EVALSHA inside MULTI cannot fall back to EVAL: load the script first.
             self.publish_script.prepare_invoke().load_async(&mut conn).await.map_err(unavailable)?;
