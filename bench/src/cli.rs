@@ -120,6 +120,11 @@ pub struct RunArgs {
     /// private: publishing connections (each channel always uses the same one, so order holds).
     #[arg(long, default_value_t = 4)]
     pub publishers: u64,
+    /// private: events per publish request. Above 1 the body is a JSON array of that many
+    /// `--pub-body` renders, each with its own `{i}` (Herald's batch publish); the body, not
+    /// the URL, must then name the channel.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
     /// idle: seconds to hold the connections before measuring memory.
     #[arg(long, default_value_t = 5.0)]
     pub hold: f64,

@@ -219,8 +219,17 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     // Fail early on a bad URL, before any process starts.
     Target::parse(&sub_template.render(&Vars { run: &run_id, ..Vars::default() }))?;
     Target::parse(&pub_template.render(&Vars { run: &run_id, ..Vars::default() }))?;
-    if scenario == Scenario::Private && !(sub_template.uses_index() && pub_template.uses_index()) {
-        bail!("private: --sub-url and --pub-url need `{{i}}` so that each subscriber has its own channel");
+    if !(1..=10_000).contains(&args.batch) {
+        bail!("--batch must be 1..=10000");
+    }
+    if args.batch > 1 && scenario != Scenario::Private {
+        bail!("--batch is for the private scenario");
+    }
+    let names_channel = if args.batch > 1 { body_template.uses_index() } else { pub_template.uses_index() };
+    if scenario == Scenario::Private && !(sub_template.uses_index() && names_channel) {
+        bail!(
+            "private: --sub-url and --pub-url (with --batch, --pub-body) need `{{i}}` so that each subscriber has its own channel"
+        );
     }
 
     let per_worker = args.per_worker.clamp(1, 19_000);
@@ -456,6 +465,26 @@ impl PublishCtx<'_> {
         self.accepted(p).await
     }
 
+    /// Publishes `events` (channel, seq) in one request whose body is a JSON array of them.
+    async fn publish_batch(&self, p: &mut Publisher, events: &[(u64, u64)], body: &mut String) -> anyhow::Result<()> {
+        let target = Target::parse(&self.pub_template.render(&Vars { run: self.run, ..Vars::default() }))?;
+        body.clear();
+        body.push('[');
+        let mut deliveries = self.published_deliveries.get();
+        for (k, &(channel, seq)) in events.iter().enumerate() {
+            if k > 0 {
+                body.push(',');
+            }
+            let vars = Vars { index: channel, seq, ts: now_us(), run: self.run };
+            self.body_template.render_into(&vars, body);
+            deliveries += subscribers_of(channel, self.subscribers, self.channels);
+        }
+        body.push(']');
+        p.write(&self.args.pub_method, &target.path, &self.args.pub_headers, body.as_bytes()).await?;
+        self.published_deliveries.set(deliveries);
+        self.accepted(p).await
+    }
+
     fn publisher(&self, n: u64) -> anyhow::Result<Publisher> {
         let target = Target::parse(&self.pub_template.render(&Vars { run: self.run, ..Vars::default() }))?;
         Ok(Publisher::new(target, source_ip(n, self.args.source_ips), REQUEST_TIMEOUT))
@@ -528,6 +557,28 @@ async fn publish_private(ctx: &PublishCtx<'_>, events: u64, last_seq: &mut [u64]
         async move {
             let mut p = ctx.publisher(k as u64)?;
             let mut body = String::new();
+            let batch = ctx.args.batch.max(1) as usize;
+            if batch > 1 {
+                for chunk in plan.chunks(batch) {
+                    if window > 0 {
+                        let ok = ctx
+                            .workers
+                            .wait(ctx.stall(), |b| {
+                                ctx.published_deliveries.get().saturating_sub(b.delivered()) < window
+                            })
+                            .await;
+                        if !ok {
+                            bail!("no progress for {} s: deliveries stopped", ctx.args.stall_timeout);
+                        }
+                    }
+                    ctx.publish_batch(&mut p, chunk, &mut body).await?;
+                    let mut sent = sent.borrow_mut();
+                    for &(c, seq) in chunk {
+                        sent[c as usize] = seq;
+                    }
+                }
+                return anyhow::Ok(());
+            }
             for (c, seq) in plan {
                 if window > 0 {
                     let ok = ctx

@@ -178,6 +178,33 @@ async fn workers_that_poll_without_sleeping_still_read_every_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_events_published_in_batches_arrive_once_and_in_order() {
+    let node = node(None).await;
+    let args = herald_args("private", node.addr, node.addr, "user:batch{run}-{i}");
+    // Batches of 16 (and a last, shorter one) to /api/publish; the body names each channel.
+    let publish = format!("http://{}/api/publish", node.addr);
+    let body = r#"{"channel":"user:batch{run}-{i}","type":"bench","seq":{seq},"ts":{ts}}"#;
+    let more =
+        ["-n", "12", "-m", "250", "--publishers", "2", "--batch", "16", "--pub-url", &publish, "--pub-body", body];
+    let (code, o) = bench(with(args, &more)).await;
+    assert_correct(code, &o, 12, 250, 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_needs_the_channel_in_its_body() {
+    let node = node(None).await;
+    // The URL names the channel, the body does not: each batch item would have none.
+    let args = with(herald_args("private", node.addr, node.addr, "user:b{run}-{i}"), &["--batch", "4"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("herald-bench: {e}"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pub-body"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_that_never_arrive_are_counted_lost_and_fail_the_run() {
     let node = node(None).await;
     let mut args = herald_args("fanout", node.addr, node.addr, "channel:heard{run}");
