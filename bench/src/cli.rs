@@ -176,6 +176,13 @@ pub struct RunArgs {
     /// no such cost on the server. Their core then shows 100% busy.
     #[arg(long)]
     pub busy_poll: bool,
+    /// `--proto centrifugo`: the channel each subscriber subscribes to (`{i}`, `{run}`),
+    /// like `channel:b{run}`.
+    #[arg(long, default_value = "")]
+    pub centrifugo_channel: String,
+    /// `--proto centrifugo`: the connection token sent in `connect` (empty: anonymous).
+    #[arg(long, default_value = "")]
+    pub centrifugo_token: String,
 }
 
 #[derive(Args, Clone, Debug)]
