@@ -13,8 +13,8 @@ use crate::protocol::Proto;
     name = "herald-bench",
     version,
     args_override_self = true,
-    about = "Load generator for SSE servers (Herald, Nchan, ...): memory per idle connection, fan-out \
-             throughput, latency, private channels, clusters. Loopback only."
+    about = "Load generator for SSE and WebSocket servers (Herald, Nchan, ...): memory per idle \
+             connection, fan-out throughput, latency, private channels, clusters. Loopback only."
 )]
 pub struct Cli {
     #[command(subcommand)]

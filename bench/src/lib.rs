@@ -1,4 +1,4 @@
-//! `herald-bench`: a load generator for Server-Sent Events servers, so that Herald and its
+//! `herald-bench`: a load generator for Server-Sent Events and WebSocket servers, so that Herald and its
 //! peers (Nchan, ...) are measured by the same tool on the same machine.
 //!
 //! | module | owns |

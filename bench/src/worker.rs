@@ -23,7 +23,7 @@ use tokio::task::spawn_local;
 use crate::hist::Hist;
 use crate::net::{connect_from, now_us, source_ip};
 use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
-use crate::sse::{Dechunker, Numbers, Scanner, parse_head};
+use crate::sse::{Dechunker, Head, Numbers, Scanner, parse_head};
 use crate::target::Target;
 use crate::template::{Template, Vars};
 use crate::ws;
@@ -354,15 +354,16 @@ fn open_subscribers(plan: &WorkerPlan, shared: &Rc<RefCell<Shared>>) -> anyhow::
     match plan.proto {
         Proto::H1 => {
             for (k, target) in targets.into_iter().enumerate() {
-                spawn_local(h1_subscriber(Rc::clone(&ctx), k, target));
+                spawn_local(h1_subscriber(Rc::clone(&ctx), k, target, Over::Sse));
             }
         }
         Proto::Ws | Proto::Centrifugo => {
             let channel = Template::parse(&plan.centrifugo_channel);
             for (k, target) in targets.into_iter().enumerate() {
                 let vars = Vars { index: (plan.first + k as u64) % channels, run: &plan.run, ..Vars::default() };
-                let hello = (plan.proto == Proto::Centrifugo).then(|| centrifugo_hello(&plan.centrifugo_token, &channel.render(&vars)));
-                spawn_local(ws_subscriber(Rc::clone(&ctx), k, target, hello));
+                let hello = (plan.proto == Proto::Centrifugo)
+                    .then(|| centrifugo_hello(&plan.centrifugo_token, &channel.render(&vars)));
+                spawn_local(h1_subscriber(Rc::clone(&ctx), k, target, Over::Ws(hello)));
             }
         }
         Proto::H2 => {
@@ -446,25 +447,7 @@ async fn h1_open(ctx: &Ctx, k: usize, target: &Target) -> anyhow::Result<H1Strea
     }
     req.push_str("\r\n");
     tcp.write_all(req.as_bytes()).await?;
-    let mut head_buf = Vec::with_capacity(1024);
-    let head = loop {
-        let mut chunk = [0u8; 2048];
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("closed before the response head");
-        }
-        head_buf.extend_from_slice(&chunk[..n]);
-        if let Some(head) = parse_head(&head_buf).map_err(anyhow::Error::msg)? {
-            break head;
-        }
-        if head_buf.len() > 16 * 1024 {
-            bail!("response head too long");
-        }
-    };
-    if head.status != 200 {
-        let body: String = String::from_utf8_lossy(&head_buf[head.len..]).chars().take(300).collect();
-        bail!("status {}: {}", head.status, body.trim());
-    }
+    let (head, head_buf) = read_head(&mut tcp, 200).await?;
     let mut s = H1Stream {
         tcp,
         dechunk: head.chunked.then(Dechunker::default),
@@ -488,10 +471,62 @@ async fn h1_open(ctx: &Ctx, k: usize, target: &Target) -> anyhow::Result<H1Strea
     Ok(s)
 }
 
-async fn h1_subscriber(ctx: Rc<Ctx>, k: usize, target: Target) {
+/// Reads a response head (and what came with it) and checks that its status is `want`.
+async fn read_head(tcp: &mut TcpStream, want: u16) -> anyhow::Result<(Head, Vec<u8>)> {
+    let mut head_buf = Vec::with_capacity(1024);
+    let head = loop {
+        let mut chunk = [0u8; 2048];
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("closed before the response head");
+        }
+        head_buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = parse_head(&head_buf).map_err(anyhow::Error::msg)? {
+            break head;
+        }
+        if head_buf.len() > 16 * 1024 {
+            bail!("response head too long");
+        }
+    };
+    if head.status != want {
+        let body: String = String::from_utf8_lossy(&head_buf[head.len..]).chars().take(300).collect();
+        bail!("status {} (not {want}): {}", head.status, body.trim());
+    }
+    Ok((head, head_buf))
+}
+
+/// How a subscriber over its own TCP connection subscribes.
+enum Over {
+    Sse,
+    /// WebSocket, with the frame to send once upgraded (Centrifugo's commands), if any.
+    Ws(Option<Vec<u8>>),
+}
+
+/// An established subscriber over its own TCP connection.
+enum Opened {
+    Sse(H1Stream),
+    Ws(WsStream),
+}
+
+impl Opened {
+    async fn read(&mut self, ctx: &Ctx, k: usize, ready: &mut bool) -> anyhow::Result<bool> {
+        match self {
+            Self::Sse(s) => s.read(ctx, k, ready).await,
+            Self::Ws(s) => s.read(ctx, k, ready).await,
+        }
+    }
+}
+
+async fn h1_subscriber(ctx: Rc<Ctx>, k: usize, target: Target, over: Over) {
     let opened = {
         let _permit = ctx.connecting.acquire().await;
-        tokio::time::timeout(ctx.connect_timeout, h1_open(&ctx, k, &target)).await
+        let open = async {
+            match over {
+                Over::Sse => h1_open(&ctx, k, &target).await.map(Opened::Sse),
+                Over::Ws(hello) => ws_open(&ctx, k, &target, hello).await.map(Opened::Ws),
+            }
+        };
+        tokio::time::timeout(ctx.connect_timeout, open).await
     };
     let mut stream = match opened {
         Ok(Ok(s)) => s,
@@ -591,25 +626,7 @@ async fn ws_open(ctx: &Ctx, k: usize, target: &Target, hello: Option<Vec<u8>>) -
     let mut tcp =
         connect_from(src, target.addr).await.with_context(|| format!("connect {} from {src}", target.addr))?;
     tcp.write_all(ws::upgrade_request(target, &ctx.plan.headers).as_bytes()).await?;
-    let mut head_buf = Vec::with_capacity(1024);
-    let head = loop {
-        let mut chunk = [0u8; 2048];
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("closed before the response head");
-        }
-        head_buf.extend_from_slice(&chunk[..n]);
-        if let Some(head) = parse_head(&head_buf).map_err(anyhow::Error::msg)? {
-            break head;
-        }
-        if head_buf.len() > 16 * 1024 {
-            bail!("response head too long");
-        }
-    };
-    if head.status != 101 {
-        let body: String = String::from_utf8_lossy(&head_buf[head.len..]).chars().take(300).collect();
-        bail!("status {} (not 101): {}", head.status, body.trim());
-    }
+    let (head, head_buf) = read_head(&mut tcp, 101).await?;
     let centrifugo = hello.is_some();
     if let Some(hello) = hello {
         tcp.write_all(&hello).await?;
@@ -633,28 +650,6 @@ async fn ws_open(ctx: &Ctx, k: usize, target: &Target, hello: Option<Vec<u8>>) -
         }
     }
     Ok(s)
-}
-
-async fn ws_subscriber(ctx: Rc<Ctx>, k: usize, target: Target, hello: Option<Vec<u8>>) {
-    let opened = {
-        let _permit = ctx.connecting.acquire().await;
-        tokio::time::timeout(ctx.connect_timeout, ws_open(&ctx, k, &target, hello)).await
-    };
-    let mut stream = match opened {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return ctx.shared.borrow_mut().failed(format!("{}: {e:#}", target.url())),
-        Err(_) => return ctx.shared.borrow_mut().failed(format!("{}: not established in time", target.url())),
-    };
-    ctx.shared.borrow_mut().established(k);
-    let mut ready = true;
-    let why = loop {
-        match stream.read(&ctx, k, &mut ready).await {
-            Ok(true) => {}
-            Ok(false) => break "the server closed the socket".to_owned(),
-            Err(e) => break format!("socket error: {e:#}"),
-        }
-    };
-    ctx.shared.borrow_mut().closed(k, why);
 }
 
 // --- HTTP/2 ----------------------------------------------------------------------------

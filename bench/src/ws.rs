@@ -84,10 +84,8 @@ impl Reader {
                         bail!("a message over {MAX_MESSAGE} bytes");
                     }
                     so_far.extend_from_slice(payload);
-                    if fin {
-                        if let Some((op, whole)) = self.partial.take() {
-                            each(op, &whole);
-                        }
+                    if fin && let Some((op, whole)) = self.partial.take() {
+                        each(op, &whole);
                     }
                 }
             }

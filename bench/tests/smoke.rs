@@ -45,14 +45,7 @@ async fn node(redis_url: Option<String>) -> Node {
         redis_url,
         ..Config::default()
     };
-    let herald = Herald::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
-    let server = Server::bind(herald).await.unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = server.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    Node { addr, _stop: stop, task }
+    serve(config).await
 }
 
 /// Runs `herald-bench <args> --json`; returns its exit code and its outcome.
@@ -166,6 +159,18 @@ async fn every_scenario_over_h2c_delivers_every_event_once_and_in_order() {
     every_scenario("h2").await;
 }
 
+/// A node of `config`, serving until dropped.
+async fn serve(config: Config) -> Node {
+    let herald = Herald::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let server = Server::bind(herald).await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = server.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Node { addr, _stop: stop, task }
+}
+
 /// A node with `/api/ws` and Centrifugo's protocol on, and no authentication (dev mode), so
 /// that a Centrifugo client may `connect` without a token.
 async fn websocket_node() -> Node {
@@ -179,14 +184,7 @@ async fn websocket_node() -> Node {
         centrifugo: Some(herald::config::CentrifugoConfig::default()),
         ..Config::default()
     };
-    let herald = Herald::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
-    let server = Server::bind(herald).await.unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = server.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    Node { addr, _stop: stop, task }
+    serve(config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
