@@ -13,8 +13,8 @@ use crate::protocol::Proto;
     name = "herald-bench",
     version,
     args_override_self = true,
-    about = "Load generator for SSE servers (Herald, Nchan, ...): memory per idle connection, fan-out \
-             throughput, latency, private channels, clusters. Loopback only."
+    about = "Load generator for SSE and WebSocket servers (Herald, Nchan, ...): memory per idle \
+             connection, fan-out throughput, latency, private channels, clusters. Loopback only."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -181,6 +181,13 @@ pub struct RunArgs {
     /// no such cost on the server. Their core then shows 100% busy.
     #[arg(long)]
     pub busy_poll: bool,
+    /// `--proto centrifugo`: the channel each subscriber subscribes to (`{i}`, `{run}`),
+    /// like `channel:b{run}`.
+    #[arg(long, default_value = "")]
+    pub centrifugo_channel: String,
+    /// `--proto centrifugo`: the connection token sent in `connect` (empty: anonymous).
+    #[arg(long, default_value = "")]
+    pub centrifugo_token: String,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -202,6 +202,9 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     if events > MAX_EVENTS {
         bail!("--events must be at most {MAX_EVENTS}");
     }
+    if args.proto == Proto::Centrifugo && args.centrifugo_channel.is_empty() {
+        bail!("--proto centrifugo needs --centrifugo-channel");
+    }
     if !(1..=254).contains(&args.source_ips) {
         bail!("--source-ips must be 1..=254");
     }
@@ -250,6 +253,8 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
             floor_events: if channels == 1 { events } else { 0 },
             read_buf: args.read_buf.clamp(512, 1 << 20),
             busy_poll: args.busy_poll,
+            centrifugo_channel: args.centrifugo_channel.clone(),
+            centrifugo_token: args.centrifugo_token.clone(),
         })
         .collect();
 
@@ -388,11 +393,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         label: args.label.clone(),
         case: if args.case.is_empty() { scenario.name().to_owned() } else { args.case.clone() },
         scenario: scenario.name().to_owned(),
-        proto: match args.proto {
-            Proto::H1 => "h1",
-            Proto::H2 => "h2",
-        }
-        .to_owned(),
+        proto: args.proto.name().to_owned(),
         run: run_id.clone(),
         subscribers: n,
         established,

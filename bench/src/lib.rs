@@ -1,4 +1,4 @@
-//! `herald-bench`: a load generator for Server-Sent Events servers, so that Herald and its
+//! `herald-bench`: a load generator for Server-Sent Events and WebSocket servers, so that Herald and its
 //! peers (Nchan, ...) are measured by the same tool on the same machine.
 //!
 //! | module | owns |
@@ -8,6 +8,7 @@
 //! | [`worker`] | a worker process: its subscribers' connections and what they received |
 //! | [`protocol`] | the lines coordinator and workers exchange |
 //! | [`sse`] | reading streams cheaply: chunked decoding, frames, `seq` and `ts` |
+//! | [`ws`] | WebSocket subscribers: the upgrade, the server's frames, masked client frames |
 //! | [`net`] | sockets from several source addresses, the HTTP/1.1 publisher |
 //! | [`target`] | loopback URLs |
 //! | [`template`] | `{i}`, `{seq}`, `{ts}`, `{run}` in URLs and bodies |
@@ -27,3 +28,4 @@ pub mod sse;
 pub mod target;
 pub mod template;
 pub mod worker;
+pub mod ws;

@@ -11,6 +11,24 @@ pub enum Proto {
     H1,
     /// HTTP/2 with prior knowledge (h2c): many subscribers per TCP connection.
     H2,
+    /// WebSocket over HTTP/1.1: one connection per subscriber, subscribed by the URL
+    /// (Herald's `/api/ws?channel=..`, Nchan's `nchan_subscriber websocket`); each text
+    /// or binary message is an event (or several, one a line).
+    Ws,
+    /// Centrifugo's client protocol (JSON) over WebSocket: `connect`, then `subscribe` to
+    /// `--centrifugo-channel`, and the server's `{}` pings answered with `{}`.
+    Centrifugo,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::H1 => "h1",
+            Self::H2 => "h2",
+            Self::Ws => "ws",
+            Self::Centrifugo => "centrifugo",
+        }
+    }
 }
 
 /// A worker's share of the subscribers and how to open them.
@@ -44,6 +62,12 @@ pub struct WorkerPlan {
     pub read_buf: usize,
     /// Never sleep: poll the sockets in a loop.
     pub busy_poll: bool,
+    /// Centrifugo: the channel template each subscriber subscribes to.
+    #[serde(default)]
+    pub centrifugo_channel: String,
+    /// Centrifugo: the token of `connect`.
+    #[serde(default)]
+    pub centrifugo_token: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

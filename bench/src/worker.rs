@@ -23,9 +23,10 @@ use tokio::task::spawn_local;
 use crate::hist::Hist;
 use crate::net::{connect_from, now_us, source_ip};
 use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
-use crate::sse::{Dechunker, Numbers, Scanner, parse_head};
+use crate::sse::{Dechunker, Head, Numbers, Scanner, parse_head};
 use crate::target::Target;
 use crate::template::{Template, Vars};
+use crate::ws;
 
 /// Errors kept per worker (the first ones; the rest are counted).
 const MAX_ERRORS: usize = 5;
@@ -340,7 +341,12 @@ fn open_subscribers(plan: &WorkerPlan, shared: &Rc<RefCell<Shared>>) -> anyhow::
         .collect::<anyhow::Result<Vec<_>>>()?;
     let ctx = Rc::new(Ctx {
         plan: plan.clone(),
-        scanner: Scanner::new(&plan.ready),
+        // Centrifugo's subscription is ready at the `subscribe` reply.
+        scanner: Scanner::new(if plan.proto == Proto::Centrifugo && plan.ready.is_empty() {
+            "\"subscribe\":"
+        } else {
+            &plan.ready
+        }),
         shared: Rc::clone(shared),
         connecting: Semaphore::new(plan.connect_concurrency.max(1)),
         connect_timeout: Duration::from_millis(plan.connect_timeout_ms),
@@ -348,7 +354,16 @@ fn open_subscribers(plan: &WorkerPlan, shared: &Rc<RefCell<Shared>>) -> anyhow::
     match plan.proto {
         Proto::H1 => {
             for (k, target) in targets.into_iter().enumerate() {
-                spawn_local(h1_subscriber(Rc::clone(&ctx), k, target));
+                spawn_local(h1_subscriber(Rc::clone(&ctx), k, target, Over::Sse));
+            }
+        }
+        Proto::Ws | Proto::Centrifugo => {
+            let channel = Template::parse(&plan.centrifugo_channel);
+            for (k, target) in targets.into_iter().enumerate() {
+                let vars = Vars { index: (plan.first + k as u64) % channels, run: &plan.run, ..Vars::default() };
+                let hello = (plan.proto == Proto::Centrifugo)
+                    .then(|| centrifugo_hello(&plan.centrifugo_token, &channel.render(&vars)));
+                spawn_local(h1_subscriber(Rc::clone(&ctx), k, target, Over::Ws(hello)));
             }
         }
         Proto::H2 => {
@@ -432,25 +447,7 @@ async fn h1_open(ctx: &Ctx, k: usize, target: &Target) -> anyhow::Result<H1Strea
     }
     req.push_str("\r\n");
     tcp.write_all(req.as_bytes()).await?;
-    let mut head_buf = Vec::with_capacity(1024);
-    let head = loop {
-        let mut chunk = [0u8; 2048];
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("closed before the response head");
-        }
-        head_buf.extend_from_slice(&chunk[..n]);
-        if let Some(head) = parse_head(&head_buf).map_err(anyhow::Error::msg)? {
-            break head;
-        }
-        if head_buf.len() > 16 * 1024 {
-            bail!("response head too long");
-        }
-    };
-    if head.status != 200 {
-        let body: String = String::from_utf8_lossy(&head_buf[head.len..]).chars().take(300).collect();
-        bail!("status {}: {}", head.status, body.trim());
-    }
+    let (head, head_buf) = read_head(&mut tcp, 200).await?;
     let mut s = H1Stream {
         tcp,
         dechunk: head.chunked.then(Dechunker::default),
@@ -474,10 +471,62 @@ async fn h1_open(ctx: &Ctx, k: usize, target: &Target) -> anyhow::Result<H1Strea
     Ok(s)
 }
 
-async fn h1_subscriber(ctx: Rc<Ctx>, k: usize, target: Target) {
+/// Reads a response head (and what came with it) and checks that its status is `want`.
+async fn read_head(tcp: &mut TcpStream, want: u16) -> anyhow::Result<(Head, Vec<u8>)> {
+    let mut head_buf = Vec::with_capacity(1024);
+    let head = loop {
+        let mut chunk = [0u8; 2048];
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("closed before the response head");
+        }
+        head_buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = parse_head(&head_buf).map_err(anyhow::Error::msg)? {
+            break head;
+        }
+        if head_buf.len() > 16 * 1024 {
+            bail!("response head too long");
+        }
+    };
+    if head.status != want {
+        let body: String = String::from_utf8_lossy(&head_buf[head.len..]).chars().take(300).collect();
+        bail!("status {} (not {want}): {}", head.status, body.trim());
+    }
+    Ok((head, head_buf))
+}
+
+/// How a subscriber over its own TCP connection subscribes.
+enum Over {
+    Sse,
+    /// WebSocket, with the frame to send once upgraded (Centrifugo's commands), if any.
+    Ws(Option<Vec<u8>>),
+}
+
+/// An established subscriber over its own TCP connection.
+enum Opened {
+    Sse(H1Stream),
+    Ws(WsStream),
+}
+
+impl Opened {
+    async fn read(&mut self, ctx: &Ctx, k: usize, ready: &mut bool) -> anyhow::Result<bool> {
+        match self {
+            Self::Sse(s) => s.read(ctx, k, ready).await,
+            Self::Ws(s) => s.read(ctx, k, ready).await,
+        }
+    }
+}
+
+async fn h1_subscriber(ctx: Rc<Ctx>, k: usize, target: Target, over: Over) {
     let opened = {
         let _permit = ctx.connecting.acquire().await;
-        tokio::time::timeout(ctx.connect_timeout, h1_open(&ctx, k, &target)).await
+        let open = async {
+            match over {
+                Over::Sse => h1_open(&ctx, k, &target).await.map(Opened::Sse),
+                Over::Ws(hello) => ws_open(&ctx, k, &target, hello).await.map(Opened::Ws),
+            }
+        };
+        tokio::time::timeout(ctx.connect_timeout, open).await
     };
     let mut stream = match opened {
         Ok(Ok(s)) => s,
@@ -494,6 +543,113 @@ async fn h1_subscriber(ctx: Rc<Ctx>, k: usize, target: Target) {
         }
     };
     ctx.shared.borrow_mut().closed(k, why);
+}
+
+// --- WebSocket -------------------------------------------------------------------------
+
+/// Centrifugo's `connect` and `subscribe`, one command a line in one frame.
+fn centrifugo_hello(token: &str, channel: &str) -> Vec<u8> {
+    let hello = [
+        serde_json::json!({"id": 1, "connect": {"token": token}}),
+        serde_json::json!({"id": 2, "subscribe": {"channel": channel}}),
+    ];
+    let text = format!("{}\n{}", hello[0], hello[1]);
+    let mut frame = Vec::new();
+    ws::client_frame(ws::TEXT, text.as_bytes(), &mut frame);
+    frame
+}
+
+struct WsStream {
+    tcp: TcpStream,
+    reader: ws::Reader,
+    buf: Vec<u8>,
+    /// Frames to send back (pongs), written after the read that asked for them.
+    replies: Vec<u8>,
+    centrifugo: bool,
+}
+
+impl WsStream {
+    /// Reads once, takes the complete messages and answers pings; `Ok(false)` at the end.
+    async fn read(&mut self, ctx: &Ctx, k: usize, ready: &mut bool) -> anyhow::Result<bool> {
+        self.buf.reserve(ctx.plan.read_buf);
+        if self.tcp.read_buf(&mut self.buf).await? == 0 {
+            return Ok(false);
+        }
+        self.take(ctx, k, ready).await
+    }
+
+    async fn take(&mut self, ctx: &Ctx, k: usize, ready: &mut bool) -> anyhow::Result<bool> {
+        let now = now_us();
+        let mut closed = false;
+        let mut refused = None;
+        {
+            let mut sh = ctx.shared.borrow_mut();
+            let mut any = false;
+            let (replies, centrifugo) = (&mut self.replies, self.centrifugo);
+            self.reader.messages(&mut self.buf, |opcode, payload| match opcode {
+                ws::TEXT | ws::BINARY => {
+                    for line in payload.split(|b| *b == b'\n') {
+                        if let Some(n) = ctx.scanner.numbers(line) {
+                            sh.on_event(k, n, now);
+                            any = true;
+                        } else if centrifugo && line == b"{}" {
+                            ws::client_frame(ws::TEXT, b"{}", replies);
+                        } else if !*ready && ctx.scanner.is_ready_frame(line) {
+                            *ready = true;
+                        } else if !*ready && centrifugo && line.starts_with(b"{\"error\"") {
+                            refused.get_or_insert_with(|| String::from_utf8_lossy(line).into_owned());
+                        }
+                    }
+                }
+                ws::PING => ws::client_frame(ws::PONG, payload, replies),
+                ws::CLOSE => closed = true,
+                _ => {}
+            })?;
+            if any {
+                sh.changed.notify_one();
+            }
+        }
+        if let Some(refused) = refused {
+            bail!("refused: {refused}");
+        }
+        if !self.replies.is_empty() {
+            self.tcp.write_all(&self.replies).await?;
+            self.replies.clear();
+        }
+        Ok(!closed)
+    }
+}
+
+async fn ws_open(ctx: &Ctx, k: usize, target: &Target, hello: Option<Vec<u8>>) -> anyhow::Result<WsStream> {
+    let global = ctx.plan.first + k as u64;
+    let src = source_ip(global, ctx.plan.source_ips);
+    let mut tcp =
+        connect_from(src, target.addr).await.with_context(|| format!("connect {} from {src}", target.addr))?;
+    tcp.write_all(ws::upgrade_request(target, &ctx.plan.headers).as_bytes()).await?;
+    let (head, head_buf) = read_head(&mut tcp, 101).await?;
+    let centrifugo = hello.is_some();
+    if let Some(hello) = hello {
+        tcp.write_all(&hello).await?;
+    }
+    let mut s = WsStream {
+        tcp,
+        reader: ws::Reader::default(),
+        buf: head_buf[head.len..].to_vec(),
+        replies: Vec::new(),
+        centrifugo,
+    };
+    // Without a ready text, the upgrade is the subscription (Nchan sends nothing before the
+    // first event); Centrifugo's is the `subscribe` reply.
+    let mut ready = ctx.plan.ready.is_empty() && !centrifugo;
+    if !s.take(ctx, k, &mut ready).await? {
+        bail!("closed by the server before its ready message");
+    }
+    while !ready {
+        if !s.read(ctx, k, &mut ready).await? {
+            bail!("closed before its ready message");
+        }
+    }
+    Ok(s)
 }
 
 // --- HTTP/2 ----------------------------------------------------------------------------

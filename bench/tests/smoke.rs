@@ -45,14 +45,7 @@ async fn node(redis_url: Option<String>) -> Node {
         redis_url,
         ..Config::default()
     };
-    let herald = Herald::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
-    let server = Server::bind(herald).await.unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = server.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    Node { addr, _stop: stop, task }
+    serve(config).await
 }
 
 /// Runs `herald-bench <args> --json`; returns its exit code and its outcome.
@@ -164,6 +157,67 @@ async fn every_scenario_over_http1_delivers_every_event_once_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_over_h2c_delivers_every_event_once_and_in_order() {
     every_scenario("h2").await;
+}
+
+/// A node of `config`, serving until dropped.
+async fn serve(config: Config) -> Node {
+    let herald = Herald::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let server = Server::bind(herald).await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = server.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Node { addr, _stop: stop, task }
+}
+
+/// A node with `/api/ws` and Centrifugo's protocol on, and no authentication (dev mode), so
+/// that a Centrifugo client may `connect` without a token.
+async fn websocket_node() -> Node {
+    let config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_key_publish_rate: 1e9,
+        api_key_publish_burst: 1e9,
+        publish_rate: 1e9,
+        publish_burst: 1e9,
+        websocket: true,
+        centrifugo: Some(herald::config::CentrifugoConfig::default()),
+        ..Config::default()
+    };
+    serve(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_centrifugo_subscribers_get_every_event_once_and_in_order() {
+    let node = websocket_node().await;
+    let a = node.addr;
+    let room = "channel:ws{run}";
+    // The node has no API keys: the requests go without one.
+    let args_for = |scenario: &str| {
+        let key = format!("x-api-key: {KEY}");
+        herald_args(scenario, a, a, room)
+            .into_iter()
+            .map(|arg| if arg == key { "x-no-key: 1".to_owned() } else { arg })
+            .collect::<Vec<_>>()
+    };
+    let mut ws = args_for("fanout");
+    ws[2] = format!("http://{a}/api/ws?channel={room}");
+    let (code, o) = bench(with(ws, &["--proto", "ws", "-n", "12", "-m", "200", "--window", "16"])).await;
+    assert_correct(code, &o, 12, 200, 2400);
+    assert_eq!(o.proto, "ws");
+
+    let mut cf = args_for("fanout");
+    cf[2] = format!("http://{a}/connection/websocket");
+    let cf = with(cf, &["--proto", "centrifugo", "--centrifugo-channel", room, "-n", "9", "-m", "150", "--ready", ""]);
+    let (code, o) = bench(cf).await;
+    assert_correct(code, &o, 9, 150, 1350);
+    assert_eq!(o.proto, "centrifugo");
+
+    let mut idle = args_for("idle");
+    idle[2] = format!("http://{a}/connection/websocket");
+    let idle = with(idle, &["--proto", "centrifugo", "--centrifugo-channel", room, "-n", "10", "--hold", "0.2"]);
+    let (code, o) = bench(with(idle, &["--ready", ""])).await;
+    assert_correct(code, &o, 10, 1, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

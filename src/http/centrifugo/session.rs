@@ -197,7 +197,8 @@ impl Session {
                     }
                     match frame {
                         Frame::Text(text) => {
-                            let (lines, end) = self.commands(text.as_str()).await;
+                            // Boxed, as `/api/ws` does: idle sockets do not carry its size.
+                            let (lines, end) = Box::pin(self.commands(text.as_str())).await;
                             if !lines.is_empty() {
                                 self.write(socket, protocol::frame(lines)).await?;
                             }

@@ -32,9 +32,10 @@ use crate::http::refusal::Refusal;
 use crate::http::subscribe::{StreamQuery, stream_query};
 use crate::transport::{DrainGuard, KillSwitch};
 
-/// Bytes tungstenite reads from the socket at once: commands are small, and an idle
-/// connection should hold little (its default is 128 KiB).
-pub(in crate::http) const READ_BUFFER: usize = 4 * 1024;
+/// Bytes tungstenite reads from the socket at once, and the buffer every socket keeps for
+/// it: commands are small, and an idle connection should hold little (tungstenite's default
+/// is 128 KiB; a larger message grows the buffer while it arrives).
+pub(in crate::http) const READ_BUFFER: usize = 256;
 
 /// Bytes of outgoing frames gathered before a write.
 pub(in crate::http) const WRITE_BUFFER: usize = 16 * 1024;

@@ -187,14 +187,24 @@ fn body<T: DeserializeOwned>(fields: Map<String, Value>, id: &Option<Value>) -> 
         .map_err(|e| BadCommand { id: id.clone(), error: ApiError::refuse(Refusal::InvalidCommand, e.to_string()) })
 }
 
-/// An event for the client: the SSE id and the SSE data of the same event.
+/// An event for the client: the SSE id and the SSE data of the same event, built in one
+/// allocation that becomes the frame's payload (this runs once per event and subscriber).
 pub(super) fn event(msg: &Message) -> Frame {
     let mut text = String::with_capacity(msg.id.len() + msg.json.len() + 20);
     text.push_str("{\"id\":");
-    // An id is visible ASCII with no `"` or `\` (cursor::encode), but it is escaped anyway.
-    text.push_str(&Value::String(msg.id.clone()).to_string());
+    // An id is visible ASCII with no `"` or `\` (cursor::encode); anything else is escaped.
+    if msg.id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        text.push('"');
+        text.push_str(&msg.id);
+        text.push('"');
+    } else {
+        text.push_str(&Value::String(msg.id.clone()).to_string());
+    }
     text.push_str(",\"data\":");
-    text.push_str(&String::from_utf8_lossy(&msg.json));
+    match std::str::from_utf8(&msg.json) {
+        Ok(json) => text.push_str(json),
+        Err(_) => text.push_str(&String::from_utf8_lossy(&msg.json)),
+    }
     text.push('}');
     Frame::Text(Utf8Bytes::from(text))
 }
@@ -288,6 +298,9 @@ mod tests {
         let msg = Message { id: "fte:mwrt3kgk".into(), event_type: "chat".into(), json: Bytes::from(r#"{"a":1}"#) };
         let Frame::Text(text) = event(&msg) else { panic!("not text") };
         assert_eq!(text.as_str(), r#"{"id":"fte:mwrt3kgk","data":{"a":1}}"#);
+        let odd = Message { id: "a\"b c".into(), ..msg };
+        let Frame::Text(text) = event(&odd) else { panic!("not text") };
+        assert_eq!(text.as_str(), r#"{"id":"a\"b c","data":{"a":1}}"#, "an unexpected id is still a JSON string");
     }
 
     #[test]

@@ -157,7 +157,9 @@ impl Session {
                     }
                     match frame {
                         Frame::Text(text) => {
-                            let (answer, close) = self.command(text.as_str()).await;
+                            // Boxed: the command's future (hooks, hub calls) lives only while
+                            // it runs, not in every idle socket's task.
+                            let (answer, close) = Box::pin(self.command(text.as_str())).await;
                             self.send(socket, answer).await?;
                             if let Some(close) = close {
                                 return Some(End::Close(close));
