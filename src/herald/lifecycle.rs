@@ -126,7 +126,8 @@ impl Herald {
         let handled = self.inner.departures_handled.notified();
         let mut handled = std::pin::pin!(handled);
         handled.as_mut().enable();
-        let marker = Departure { connection: Arc::from(""), user: None, user_name: None, channels: Vec::new(), info: None };
+        let marker =
+            Departure { connection: Arc::from(""), user: None, user_name: None, channels: Vec::new(), info: None };
         if self.inner.departures.send(marker).is_ok() {
             handled.await;
         }
