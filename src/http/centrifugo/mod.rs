@@ -112,39 +112,60 @@ async fn presence(
     Ok(json!({"presence": presence}))
 }
 
-/// A Centrifugo `history` read: the channel's head and at most `limit` events after
-/// `since`, oldest first, each as its JSON and position.
-///
-/// This reads the engine's history after a position ([`crate::engine::Broker::history`]),
-/// which serves a read `since` a position and the head alone (`limit` 0). A read without
-/// `since` (the channel's oldest or newest kept events) or backwards from it (`reverse`)
-/// needs a paged history read, which the engine does not have yet: `108 not available`.
-/// With one, Centrifugo's reads are: no `since`, the first (`reverse`: last) `limit` kept;
-/// `since`, the `limit` after it (`reverse`: before it, newest first).
+/// A Centrifugo `history` read, for the client's command and the server API alike:
+/// `{"publications":[{"data","offset"}, ..],"epoch":"herald","offset":<the channel's>}`, a
+/// page of the engine's history ([`crate::engine::PageQuery`]): forward from the oldest kept
+/// event (or from after `since`), or with `reverse` back from the newest (or from before
+/// `since`). `limit` 0 reads the position alone, `-1` all that is kept. A channel whose
+/// namespace keeps no history is `108 not available`, a `since` history no longer reaches
+/// (or of another epoch) `112 unrecoverable position`. The caller checks who may read.
 async fn read_history(
     herald: &Herald,
     channel: &ChannelName,
-    since: Option<crate::cursor::Position>,
-    limit: usize,
+    since: Option<&protocol::StreamPosition>,
+    limit: i64,
     reverse: bool,
-) -> Result<(crate::cursor::Position, Vec<(bytes::Bytes, crate::cursor::Position)>), protocol::ClientError> {
-    if limit > 0 && (since.is_none() || reverse) {
-        return Err(protocol::ClientError::new(108, "history without `since`, or `reverse`, is not available yet"));
+) -> Result<serde_json::Value, protocol::ClientError> {
+    let kept = herald.policies().of(channel).filter(|ns| !ns.history_ttl.is_zero()).map_or(0, |ns| ns.history_size);
+    if kept == 0 {
+        return Err(protocol::ClientError::new(108, "not available: the channel's namespace keeps no history"));
     }
-    let read = herald.engine().history(channel, since.filter(|_| limit > 0)).await.map_err(|e| {
-        tracing::warn!(channel = %channel, error = %e, "centrifugo history read failed");
-        let mut e = protocol::ClientError::new(100, "internal server error");
-        e.temporary = true;
-        e
-    })?;
-    let events = read.events.map_err(|_| protocol::ClientError::unrecoverable_position())?;
-    let mut out: Vec<_> = events
+    let since = match since {
+        Some(s) if s.epoch != protocol::EPOCH => return Err(protocol::ClientError::unrecoverable_position()),
+        Some(s) => Some(protocol::position(s.offset)),
+        None => None,
+    };
+    // Never more than the namespace keeps (`-1`: all of it).
+    let limit = match limit {
+        n if n < 0 => kept,
+        n => usize::try_from(n).unwrap_or(usize::MAX).min(kept),
+    };
+    // `limit` counts publications, and history also keeps Herald's own notices (presence,
+    // join and leave): the page is all that is kept that way, cut to `limit` below.
+    let read = if limit == 0 { 0 } else { kept };
+    let query = match (since, reverse) {
+        (since, false) => crate::engine::PageQuery { after: since, before: None, limit: read, newest_first: false },
+        (since, true) => crate::engine::PageQuery { after: None, before: since, limit: read, newest_first: true },
+    };
+    let page = herald.engine().history_page(channel, query).await.map_err(ApiError::from)?;
+    let events = page.events.map_err(|_| protocol::ClientError::unrecoverable_position())?;
+    let mut publications = Vec::new();
+    // Publications only: Herald's own notices, presence and join/leave are kept in history
+    // for its own clients but are not Centrifugo publications.
+    for (position, json) in events
         .iter()
-        .filter_map(|event| {
-            let copy = event.copies.iter().find(|c| c.channel == *channel)?;
-            Some((bytes::Bytes::copy_from_slice(copy.frame.json()), copy.position))
-        })
-        .collect();
-    out.truncate(limit);
-    Ok((read.head, out))
+        .filter(|e| !is_notice(&e.event_type))
+        .filter_map(|e| e.copy_on(channel.as_str()).map(|c| (c.position, c.frame.json())))
+        .take(limit)
+    {
+        let mut publication = String::new();
+        protocol::push_pub(&mut publication, json, Some(position));
+        publications.extend(serde_json::from_str::<serde_json::Value>(&publication).ok());
+    }
+    Ok(serde_json::json!({"publications": publications, "epoch": protocol::EPOCH, "offset": protocol::offset(page.head)}))
+}
+
+/// Herald's own events that history keeps but that are not Centrifugo publications.
+fn is_notice(event_type: &str) -> bool {
+    crate::event::SERVER_EVENT_TYPES.contains(&event_type) || matches!(event_type, "presence" | "join" | "leave")
 }

@@ -30,6 +30,7 @@ use crate::auth::{AuthError, Principal, UserIdentity, unix_ms};
 use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::event::SERVER_EVENT_TYPES;
+use crate::engine::JoinFrom;
 use crate::herald::{Admission, Herald, LastEvents, StreamRequest, new_connection_id};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
@@ -41,6 +42,10 @@ const MAX_BATCH: usize = 64;
 
 /// Longest wait for the closing handshake.
 const CLOSE_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest wait for a later subscription's join to reach the connection's reader (the
+/// connection is this socket's, on this node: the join is queued before `join_at` returns).
+const JOIN_NOTICE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A socket's state.
 pub(super) struct Session {
@@ -62,6 +67,9 @@ pub(super) struct Session {
     /// The join and leave notices (`subscribed`, `unsubscribed` and the channel) that this
     /// session's own commands will bring back, to tell them from the application's.
     own_notices: Vec<(&'static str, String)>,
+    /// Messages of the connection read while a later subscription waited for its join,
+    /// pushed after the command's reply.
+    held: Vec<Message>,
     /// The connection token's `info`, for the Herald connection the socket opens.
     info: Option<Arc<Value>>,
     frames: Bucket,
@@ -146,6 +154,7 @@ impl Session {
             subs: HashMap::new(),
             sub_deadlines: HashMap::new(),
             own_notices: Vec::new(),
+            held: Vec::new(),
             info: None,
             frames: Bucket::new(FRAME_RATE, FRAME_BURST),
             hooks,
@@ -201,6 +210,11 @@ impl Session {
                             let (lines, end) = Box::pin(self.commands(text.as_str())).await;
                             if !lines.is_empty() {
                                 self.write(socket, protocol::frame(lines)).await?;
+                            }
+                            let held: Vec<String> =
+                                std::mem::take(&mut self.held).iter().filter_map(|m| self.pushed(m)).collect();
+                            if !held.is_empty() {
+                                self.write(socket, protocol::frame(held)).await?;
                             }
                             if let Some(end) = end {
                                 return Some(End::Disconnect(end));
@@ -547,19 +561,14 @@ impl Session {
             return Err(ClientError::permission_denied().into());
         }
         let token_exp = if granted { self.subscription_token(&s.channel, &s.token).await? } else { None };
-        let mut reply = match &self.conn {
-            Some(conn) => {
+        let mut reply = match self.conn.is_some() {
+            true => {
                 if !granted {
                     self.herald.policies().can_change_subscription(&self.who(), &channel).map_err(ApiError::from)?;
                 }
-                self.own_notices.push(("subscribed", channel.as_str().to_owned()));
-                if let Err(e) = self.herald.join(&own_connection(), conn.id(), &channel).await {
-                    self.own_notices.pop();
-                    return Err(ApiError::from(e).into());
-                }
-                json!({})
+                self.join(&channel, &s).await?
             }
-            None => self.open(&channel, &s, granted).await?,
+            false => self.open(&channel, &s, granted).await?,
         };
         self.subs.insert(channel.as_str().to_owned(), s.channel);
         if let Some(exp_ms) = token_exp {
@@ -598,6 +607,69 @@ impl Session {
             }
         }
         self.conn = Some(conn);
+        let mut reply = json!({"recoverable": true, "epoch": protocol::EPOCH});
+        reply["offset"] = protocol::offset(top.unwrap_or_default()).into();
+        if resume {
+            reply["recovered"] = (!reset).into();
+            reply["was_recovering"] = true.into();
+            reply["publications"] = missed.into();
+        }
+        Ok(reply)
+    }
+
+    /// Adds a later subscription to the socket's Herald connection, resumed after the
+    /// SDK's `offset` when it asks to recover ([`Herald::join_at`]: the channel's history
+    /// after that position, then its live events, nothing missed or repeated). The
+    /// connection's reader writes the join's `subscribed` notice, a `reset` when history
+    /// no longer reaches back, then what was missed: read here, up to what is ready, so
+    /// that the reply says `recovered` and carries the `publications`, as for the first
+    /// subscription. Messages of other channels read meanwhile are pushed after the reply.
+    async fn join(&mut self, channel: &ChannelName, s: &protocol::Subscribe) -> Result<Value, Fail> {
+        let Some(conn) = self.conn.as_ref() else { return Err(ClientError::new(100, "internal server error").into()) };
+        let resume = s.recover && s.epoch == protocol::EPOCH;
+        let from = if resume { JoinFrom::After(protocol::position(s.offset)) } else { JoinFrom::Head };
+        if let Err(e) = self.herald.join_at(&own_connection(), conn.id(), channel, from).await {
+            return Err(ApiError::from(e).into());
+        }
+        let Some(conn) = self.conn.as_mut() else { return Err(ClientError::new(100, "internal server error").into()) };
+        let mut top = None;
+        let mut reset = false;
+        let mut missed = Vec::new();
+        let mut joined = false;
+        loop {
+            let msg = if joined {
+                match conn.recv().now_or_never() {
+                    Some(Some(msg)) => msg,
+                    _ => break,
+                }
+            } else {
+                // The join is queued in this connection: its notice comes as soon as the
+                // reader gets to it.
+                match tokio::time::timeout(JOIN_NOTICE, conn.recv()).await {
+                    Ok(Some(msg)) => msg,
+                    _ => break,
+                }
+            };
+            let Some(index) = conn.channels().iter().position(|c| c == channel) else {
+                self.held.push(msg);
+                continue;
+            };
+            let head: Option<Head<'_>> = serde_json::from_slice(&msg.json).ok();
+            let ours = head.as_ref().and_then(|h| h.channel.as_deref()) == Some(channel.as_str());
+            match msg.event_type.as_str() {
+                "subscribed" if ours && !joined => {
+                    joined = true;
+                    top = position_of(&msg.id, index, channel.as_str());
+                }
+                "reset" if ours && joined => reset = true,
+                kind if ours && joined && !SERVER_EVENT_TYPES.contains(&kind) && !matches!(kind, "presence" | "join" | "leave") => {
+                    let position = position_of(&msg.id, index, channel.as_str());
+                    top = top.max(position);
+                    missed.extend(publication_value(&msg.json, position));
+                }
+                _ => self.held.push(msg),
+            }
+        }
         let mut reply = json!({"recoverable": true, "epoch": protocol::EPOCH});
         reply["offset"] = protocol::offset(top.unwrap_or_default()).into();
         if resume {
@@ -670,8 +742,8 @@ impl Session {
         Ok(json!({}))
     }
 
-    /// `history`: a channel this client follows or may subscribe to, read from the engine's
-    /// history (`publications` oldest first, and the channel's `offset` and `epoch`).
+    /// `history`: a channel this client follows or may subscribe to, read as the server API
+    /// reads it (`read_history`: `limit`, `since`, `reverse`).
     async fn history(&mut self, h: protocol::History) -> Result<Value, Fail> {
         let channel = self.channel(&h.channel)?;
         if !self.subs.contains_key(channel.as_str()) {
@@ -681,16 +753,7 @@ impl Session {
             }
             self.herald.policies().can_subscribe(&self.who(), &channel).map_err(ApiError::from)?;
         }
-        let since = match h.since {
-            Some(p) if p.epoch != protocol::EPOCH => return Err(ClientError::unrecoverable_position().into()),
-            Some(p) => Some(protocol::position(p.offset)),
-            None => None,
-        };
-        let limit = usize::try_from(h.limit).unwrap_or(usize::MAX);
-        let (top, events) = super::read_history(&self.herald, &channel, since, limit, h.reverse).await?;
-        let publications: Vec<Value> =
-            events.iter().filter_map(|(json, pos)| publication_value(json, Some(*pos))).collect();
-        Ok(json!({"publications": publications, "epoch": protocol::EPOCH, "offset": protocol::offset(top)}))
+        Ok(super::read_history(&self.herald, &channel, h.since.as_ref(), i64::from(h.limit), h.reverse).await?)
     }
 
     /// A client publication: `data` (an object) becomes a Herald event on the channel, of
