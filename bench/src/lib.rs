@@ -8,6 +8,7 @@
 //! | [`worker`] | a worker process: its subscribers' connections and what they received |
 //! | [`protocol`] | the lines coordinator and workers exchange |
 //! | [`sse`] | reading streams cheaply: chunked decoding, frames, `seq` and `ts` |
+//! | [`nodes`] | the `nodes` scenario: subscribers and publishes spread over several nodes, each server read apart |
 //! | [`net`] | sockets from several source addresses, the HTTP/1.1 publisher |
 //! | [`target`] | loopback URLs |
 //! | [`template`] | `{i}`, `{seq}`, `{ts}`, `{run}` in URLs and bodies |
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod hist;
 pub mod net;
+pub mod nodes;
 pub mod procfs;
 pub mod protocol;
 pub mod report;
