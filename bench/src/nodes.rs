@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::RunArgs;
 use crate::procfs::{Cpu, cpu, memory};
-use crate::report::Outcome;
 use crate::template::Template;
 
 /// The subscribe URLs of every node, the first one's (`--sub-url`) first.
@@ -96,26 +95,6 @@ pub fn human(servers: &[ServerReading], nodes: u64, per_node: f64, delivery_s: f
         );
     }
     s
-}
-
-/// The nodes' readings of an outcome (its servers past the nodes, like Redis, left out).
-fn node_readings(o: &Outcome) -> &[ServerReading] {
-    &o.servers[..(o.nodes as usize).min(o.servers.len())]
-}
-
-/// The largest growth of a node's RSS while its subscribers connected, per subscriber it
-/// holds, bytes per KiB (a table row).
-pub fn most_rss_per_connection(o: &Outcome) -> f64 {
-    let per_node = o.established as f64 / o.nodes.max(1) as f64;
-    node_readings(o)
-        .iter()
-        .map(|r| (r.rss_held_kb as f64 - r.rss_before_kb as f64) / per_node.max(1.0))
-        .fold(0.0, f64::max)
-}
-
-/// The CPU seconds of the busiest node while publishing (a table row).
-pub fn most_node_cpu(o: &Outcome) -> f64 {
-    node_readings(o).iter().map(|r| r.cpu_s).fold(0.0, f64::max)
 }
 
 #[cfg(test)]
