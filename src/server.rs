@@ -218,6 +218,15 @@ impl Shared {
                 request.extensions_mut().insert(PeerAddr(peer));
                 match lean::serve(&mut tcp, &self.router, request, rest, &kill).await {
                     Ok(lean::After::Closed) => return,
+                    // The stream gets a task of its own, sized for what a stream holds (its
+                    // socket, body, write state, kill switch and the shutdown watcher), and
+                    // this one, sized for every path a connection may take, ends: most of an
+                    // idle stream's memory was this task.
+                    Ok(lean::After::Stream(streaming)) => {
+                        let task = streaming.into_task(tcp, &kill, watcher);
+                        tokio::spawn(task);
+                        return;
+                    }
                     // A refused stream on a keep-alive connection: its next request is due
                     // as on any idle HTTP/1.1 connection of hyper's.
                     Ok(lean::After::KeepAlive(rest)) => {

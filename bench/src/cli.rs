@@ -33,6 +33,11 @@ pub enum Command {
     Private(RunArgs),
     /// Like fanout, with --pub-url on one node and --sub-url on another.
     Cluster(RunArgs),
+    /// Several nodes of one cluster: worker process w subscribes on node w % nodes
+    /// (--sub-url, then each --node-sub-url), subscriber i follows channel i % --channels,
+    /// M events to random channels, channel c published on node c % nodes; memory and CPU
+    /// of each --server-pid apart.
+    Nodes(RunArgs),
     /// A markdown table (median and min–max per case and server) from `--json` result files.
     Table(TableArgs),
     /// Internal: a worker process, driven over stdin/stdout by the coordinator.
@@ -48,6 +53,7 @@ pub enum Scenario {
     Latency,
     Private,
     Cluster,
+    Nodes,
 }
 
 impl Scenario {
@@ -58,6 +64,7 @@ impl Scenario {
             Self::Latency => "latency",
             Self::Private => "private",
             Self::Cluster => "cluster",
+            Self::Nodes => "nodes",
         }
     }
 
@@ -67,6 +74,7 @@ impl Scenario {
             Self::Fanout | Self::Cluster => 1000,
             Self::Latency => 500,
             Self::Private => 10_000,
+            Self::Nodes => 1000,
         }
     }
 }
@@ -188,6 +196,15 @@ pub struct RunArgs {
     /// `--proto centrifugo`: the connection token sent in `connect` (empty: anonymous).
     #[arg(long, default_value = "")]
     pub centrifugo_token: String,
+    /// nodes: the subscribe URL of a further node (repeat for each).
+    #[arg(long = "node-sub-url")]
+    pub node_sub_urls: Vec<String>,
+    /// nodes: the publish URL of a further node, in the order of --node-sub-url.
+    #[arg(long = "node-pub-url")]
+    pub node_pub_urls: Vec<String>,
+    /// nodes: channels the subscribers are spread over (subscriber i follows i % channels).
+    #[arg(long, default_value_t = 60)]
+    pub channels: u64,
 }
 
 #[derive(Args, Clone, Debug)]

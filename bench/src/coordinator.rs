@@ -20,6 +20,7 @@ use tokio::task::spawn_local;
 use crate::cli::{MAX_EVENTS, MAX_SUBSCRIBERS, RunArgs, Scenario};
 use crate::hist::Hist;
 use crate::net::{Publisher, now_us, source_ip};
+use crate::nodes::{self, Snapshot};
 use crate::procfs::{cpu_all, kernel_slab_kb, memory_all, steal_s};
 use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
 use crate::report::{Latency, MemoryReport, Outcome};
@@ -215,7 +216,19 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         .run
         .clone()
         .unwrap_or_else(|| (0..6).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect::<String>());
-    let channels = if scenario == Scenario::Private { n } else { 1 };
+    let channels = match scenario {
+        Scenario::Private => n,
+        Scenario::Nodes => args.channels.clamp(1, n),
+        _ => 1,
+    };
+    let sub_urls = nodes::sub_urls(args);
+    let pub_templates = nodes::pub_templates(args);
+    if sub_urls.len() != pub_templates.len() {
+        bail!("--node-sub-url and --node-pub-url must name the same nodes, one of each per node");
+    }
+    for url in &sub_urls[1..] {
+        Target::parse(&Template::parse(url).render(&Vars { run: &run_id, ..Vars::default() }))?;
+    }
     let sub_template = Template::parse(&args.sub_url);
     let pub_template = Template::parse(&args.pub_url);
     let body_template = Template::parse(&args.pub_body);
@@ -234,13 +247,19 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
             "private: --sub-url and --pub-url (with --batch, --pub-body) need `{{i}}` so that each subscriber has its own channel"
         );
     }
+    if scenario == Scenario::Nodes
+        && channels > 1
+        && !std::iter::once(&sub_template).chain(&pub_templates).all(Template::uses_index)
+    {
+        bail!("nodes: --sub-url and every --pub-url need `{{i}}` to spread subscribers over --channels channels");
+    }
 
     let per_worker = args.per_worker.clamp(1, 19_000);
     let plans: Vec<WorkerPlan> = (0..n.div_ceil(per_worker))
         .map(|w| WorkerPlan {
             first: w * per_worker,
             count: per_worker.min(n - w * per_worker),
-            sub_url: args.sub_url.clone(),
+            sub_url: sub_urls[(w as usize) % sub_urls.len()].clone(),
             channels,
             run: run_id.clone(),
             headers: args.sub_headers.clone(),
@@ -260,6 +279,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
 
     let servers = &args.server_pids;
     let mem_before = memory_all(servers);
+    let snap_before = Snapshot::take(servers);
     let slab_before = kernel_slab_kb().unwrap_or(0);
     let server_cpu_start = cpu_all(servers);
     let connect_start = Instant::now();
@@ -297,11 +317,13 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         }
     }
 
-    if scenario == Scenario::Idle && args.hold > 0.0 {
+    let measures_memory = matches!(scenario, Scenario::Idle | Scenario::Nodes);
+    if measures_memory && args.hold > 0.0 {
         // The measurement itself: connections sit idle for a while before memory is read.
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     }
-    let memory = (scenario == Scenario::Idle && !servers.is_empty()).then(|| {
+    let snap_held = Snapshot::take(servers);
+    let memory = (measures_memory && !servers.is_empty()).then(|| {
         let after = memory_all(servers);
         let per = |a: u64, b: u64| (a as f64 - b as f64) * 1024.0 / established.max(1) as f64;
         MemoryReport {
@@ -315,6 +337,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
 
     let me = std::process::id();
     let client_pids: Vec<u32> = std::iter::once(me).chain(workers.pids()).collect();
+    let snap_publish = Snapshot::take(servers);
     let server_cpu0 = cpu_all(servers);
     let client_cpu0 = cpu_all(&client_pids);
     let steal0 = steal_s();
@@ -325,6 +348,12 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         run: &run_id,
         pub_template,
         body_template,
+        pub_templates,
+        publishers: if scenario == Scenario::Nodes {
+            nodes::publishers(args.publishers, sub_urls.len() as u64)
+        } else {
+            args.publishers.clamp(1, 256)
+        },
         workers: &workers,
         subscribers: n,
         channels,
@@ -332,7 +361,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     };
     let mut last_seq = vec![0u64; channels as usize];
     let published = match scenario {
-        Scenario::Private => publish_private(&ctx, events, &mut last_seq).await,
+        Scenario::Private | Scenario::Nodes => publish_private(&ctx, events, &mut last_seq).await,
         Scenario::Latency => publish_one_channel(&ctx, events, 0, Some(args.rate), &mut last_seq).await,
         Scenario::Idle | Scenario::Fanout | Scenario::Cluster => {
             publish_one_channel(&ctx, events, args.window, None, &mut last_seq).await
@@ -348,6 +377,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         errors.push("a worker did not report".to_owned());
     }
     let server_cpu = cpu_all(servers).since(server_cpu0);
+    let snap_end = Snapshot::take(servers);
     let server_cpu_s = server_cpu.total();
     let client_cpu_s = cpu_all(&client_pids).since(client_cpu0).total();
     let steal_s = steal0.zip(steal_s()).map(|(before, after)| after - before);
@@ -422,6 +452,12 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         client_busy: if delivery_s > 0.0 { client_cpu_s / delivery_s } else { 0.0 },
         busy_poll: args.busy_poll,
         memory,
+        nodes: if scenario == Scenario::Nodes { sub_urls.len() as u64 } else { 0 },
+        servers: if scenario == Scenario::Nodes {
+            nodes::readings(&snap_before, &snap_held, &snap_publish, &snap_end)
+        } else {
+            Vec::new()
+        },
         ok,
         errors,
     })
@@ -432,6 +468,10 @@ struct PublishCtx<'a> {
     run: &'a str,
     pub_template: Template,
     body_template: Template,
+    /// Publish URLs of every node: publishing connection `k` goes to node `k % nodes`.
+    pub_templates: Vec<Template>,
+    /// Publishing connections of the private and nodes scenarios.
+    publishers: u64,
     workers: &'a Workers,
     subscribers: u64,
     channels: u64,
@@ -487,7 +527,8 @@ impl PublishCtx<'_> {
     }
 
     fn publisher(&self, n: u64) -> anyhow::Result<Publisher> {
-        let target = Target::parse(&self.pub_template.render(&Vars { run: self.run, ..Vars::default() }))?;
+        let template = &self.pub_templates[(n as usize) % self.pub_templates.len()];
+        let target = Target::parse(&template.render(&Vars { run: self.run, ..Vars::default() }))?;
         Ok(Publisher::new(target, source_ip(n, self.args.source_ips), REQUEST_TIMEOUT))
     }
 
@@ -540,7 +581,7 @@ async fn publish_one_channel(
 /// Publishes `events` to random channels over `--publishers` connections; channel `c`
 /// always goes through connection `c % publishers`, so each channel's order holds.
 async fn publish_private(ctx: &PublishCtx<'_>, events: u64, last_seq: &mut [u64]) -> anyhow::Result<()> {
-    let publishers = ctx.args.publishers.clamp(1, 256);
+    let publishers = ctx.publishers;
     let mut plans: Vec<Vec<(u64, u64)>> = vec![Vec::new(); publishers as usize];
     let mut rng = fastrand::Rng::new();
     let mut next = vec![0u64; ctx.channels as usize];

@@ -9,6 +9,7 @@
 //! | [`protocol`] | the lines coordinator and workers exchange |
 //! | [`sse`] | reading streams cheaply: chunked decoding, frames, `seq` and `ts` |
 //! | [`ws`] | WebSocket subscribers: the upgrade, the server's frames, masked client frames |
+//! | [`nodes`] | the `nodes` scenario: subscribers and publishes spread over several nodes, each server read apart |
 //! | [`net`] | sockets from several source addresses, the HTTP/1.1 publisher |
 //! | [`target`] | loopback URLs |
 //! | [`template`] | `{i}`, `{seq}`, `{ts}`, `{run}` in URLs and bodies |
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod hist;
 pub mod net;
+pub mod nodes;
 pub mod procfs;
 pub mod protocol;
 pub mod report;

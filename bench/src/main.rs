@@ -38,6 +38,7 @@ fn run() -> anyhow::Result<bool> {
         Command::Latency(a) => (Scenario::Latency, a),
         Command::Private(a) => (Scenario::Private, a),
         Command::Cluster(a) => (Scenario::Cluster, a),
+        Command::Nodes(a) => (Scenario::Nodes, a),
     };
     let json = args.json;
     let outcome = coordinator::main(scenario, args)?;

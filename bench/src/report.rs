@@ -7,7 +7,12 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::hist::Hist;
+use crate::nodes::ServerReading;
 use crate::procfs::Memory;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Latency {
@@ -99,6 +104,12 @@ pub struct Outcome {
     #[serde(default)]
     pub busy_poll: bool,
     pub memory: Option<MemoryReport>,
+    /// nodes: how many nodes the subscribers were spread over (0 in other scenarios).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nodes: u64,
+    /// nodes: each `--server-pid` read apart, in order (the nodes first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerReading>,
     /// Every subscriber established, every event delivered once and in order.
     pub ok: bool,
     pub errors: Vec<String>,
@@ -152,6 +163,10 @@ impl Outcome {
                 m.pss_per_connection / 1024.0,
                 m.kernel_slab_per_connection / 1024.0
             );
+        }
+        if !self.servers.is_empty() {
+            let per_node = self.established as f64 / self.nodes.max(1) as f64;
+            s.push_str(&crate::nodes::human(&self.servers, self.nodes, per_node, self.delivery_s));
         }
         let _ = writeln!(
             s,
@@ -243,6 +258,26 @@ fn steal() -> Metric {
     }
 }
 
+/// The nodes' readings of an outcome (its servers past the nodes, like Redis, left out).
+fn node_readings(o: &Outcome) -> &[ServerReading] {
+    &o.servers[..(o.nodes as usize).min(o.servers.len())]
+}
+
+/// The largest growth of a node's RSS while its subscribers connected, per subscriber it
+/// holds, bytes per KiB (a table row).
+pub fn most_rss_per_connection(o: &Outcome) -> f64 {
+    let per_node = o.established as f64 / o.nodes.max(1) as f64;
+    node_readings(o)
+        .iter()
+        .map(|r| (r.rss_held_kb as f64 - r.rss_before_kb as f64) / per_node.max(1.0))
+        .fold(0.0, f64::max)
+}
+
+/// The CPU seconds of the busiest node while publishing (a table row).
+pub fn most_node_cpu(o: &Outcome) -> f64 {
+    node_readings(o).iter().map(|r| r.cpu_s).fold(0.0, f64::max)
+}
+
 fn metrics_for(scenario: &str) -> Vec<Metric> {
     let m = |name, get, digits| Metric { name, get, digits, compare: true };
     let established = m("connections established", (|o: &Outcome| o.established as f64) as fn(&Outcome) -> f64, 0);
@@ -267,6 +302,23 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
             ),
             m("server CPU to accept them (s)", |o| o.connect_server_cpu_s, 2),
             m("seconds to connect all", |o| o.connect_s, 2),
+            lost,
+        ],
+        "nodes" => vec![
+            established,
+            m(
+                "server RSS per connection, nodes and Redis (KiB)",
+                |o| o.memory.as_ref().map_or(0.0, |m| m.rss_per_connection / 1024.0),
+                2,
+            ),
+            m("largest node's RSS per connection it holds (KiB)", most_rss_per_connection, 2),
+            m("deliveries per second", |o| o.deliveries_per_s, 0),
+            m("deliveries per server CPU-second (nodes and Redis)", |o| o.deliveries_per_server_cpu_s, 0),
+            m("server CPU, nodes and Redis (s)", |o| o.server_cpu_s, 2),
+            m("busiest node's CPU (s)", most_node_cpu, 2),
+            m("latency p50 (ms)", |o| o.latency.p50_ms, 2),
+            m("latency p99 (ms)", |o| o.latency.p99_ms, 2),
+            steal(),
             lost,
         ],
         "latency" => vec![

@@ -109,6 +109,12 @@ impl KillSwitch {
     pub async fn killed(&self) {
         self.0.notified().await;
     }
+
+    /// The same as [`Self::killed`], owning its share of the switch: for a future that
+    /// holds it beside the switch's other owners.
+    pub fn killed_owned(&self) -> tokio::sync::futures::OwnedNotified {
+        Arc::clone(&self.0).notified_owned()
+    }
 }
 
 /// What the hub queues for a connection. Two words wide (the rare variants are boxed):

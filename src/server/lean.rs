@@ -8,7 +8,9 @@
 //! middleware, request id, refusal counters and JSON errors), and if the answer is an event
 //! stream, this module writes the response head and then each body chunk straight to the
 //! socket, with `Transfer-Encoding: chunked` exactly as hyper would (close-delimited for
-//! HTTP/1.0). While streaming it holds the socket, the body and a few words of state.
+//! HTTP/1.0). While streaming it holds the socket, the body and a few words of state, in a
+//! task of their own ([`StreamTask`]): the connection's first task, sized for routing and
+//! for every other path, ends once the stream is handed over.
 //!
 //! Everything else goes to hyper, with the bytes already read replayed first ([`Prefixed`]):
 //! another first request, an HTTP/2 preface, a head too big for the small buffer or one that
@@ -19,7 +21,7 @@
 //! header deadline; a stalled reader is cut off through its [`KillSwitch`] when its queue
 //! overflows; a client that closes is noticed by a read of a tiny buffer.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -31,6 +33,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
 use crate::transport::KillSwitch;
@@ -151,14 +154,48 @@ fn parse(buf: &[u8]) -> Parsed {
 
 /// How the connection goes on after a lean request.
 pub(super) enum After {
-    /// Closed (the stream ended, the client left, or the connection may not be reused).
+    /// Closed (the connection may not be reused).
     Closed,
     /// The answer was a complete response on a keep-alive connection: hyper serves what
     /// follows, starting with these bytes.
     KeepAlive(BytesMut),
+    /// The answer is an event stream: its [`StreamTask`] writes it for as long as it lasts.
+    Stream(Streaming),
 }
 
-/// Serves one lean request: routes it, then streams or writes the answer.
+/// An event stream's answer, routed and not yet written: what a stream holds for its life,
+/// and nothing of the request that opened it. The server runs it in a task of its own, so
+/// that the memory of an idle stream is this and its socket, not a future sized for the
+/// request's routing and the connection's other paths.
+pub(super) struct Streaming {
+    head: Bytes,
+    body: Body,
+    framing: Framing,
+}
+
+impl Streaming {
+    /// The stream's task over its socket, holding the shutdown watcher for its life.
+    pub(super) fn into_task(
+        self,
+        tcp: TcpStream,
+        kill: &KillSwitch,
+        watcher: tokio::sync::watch::Receiver<()>,
+    ) -> StreamTask {
+        StreamTask {
+            tcp,
+            body: self.body,
+            out: Pending::new(self.head),
+            framing: self.framing,
+            killed: Box::pin(kill.killed_owned()),
+            ignored: 0,
+            ended: false,
+            _watcher: watcher,
+        }
+    }
+}
+
+/// Serves one lean request: routes it, then writes a complete answer, or hands an event
+/// stream back to be run ([`After::Stream`]).
 pub(super) async fn serve(
     tcp: &mut TcpStream,
     router: &Router,
@@ -176,8 +213,7 @@ pub(super) async fn serve(
         }
         Framing::Chunked | Framing::Close => {
             drop(rest);
-            stream(tcp, head, body, framing, kill).await?;
-            Ok(After::Closed)
+            Ok(After::Stream(Streaming { head, body, framing }))
         }
     }
 }
@@ -281,22 +317,46 @@ fn encode_head(version: Version, status: StatusCode, headers: &HeaderMap, keep_a
     out.freeze()
 }
 
-/// Writes the head and then every chunk of `body` until the body ends, the client goes
-/// away, or the kill switch fires.
-async fn stream(
-    tcp: &mut TcpStream,
-    head: Bytes,
-    mut body: Body,
+/// A stream being written: the head, then every chunk of the body until the body ends, the
+/// client goes away, or the kill switch fires. A future of its own rather than an `async fn`:
+/// it is what an idle stream's task holds for hours, and a generated future keeps its
+/// arguments and its inner futures' copies of them side by side (432 bytes against 208).
+pub(super) struct StreamTask {
+    tcp: TcpStream,
+    body: Body,
+    out: Pending,
     framing: Framing,
-    kill: &KillSwitch,
-) -> io::Result<()> {
-    let killed = kill.killed();
-    tokio::pin!(killed);
-    let mut out = Pending::new(head);
-    let mut ignored = 0usize;
-    let mut ended = false;
-    let sock: &TcpStream = tcp;
-    poll_fn(|cx| {
+    /// Fired by the hub; boxed, since a notification waiter must not move.
+    killed: Pin<Box<OwnedNotified>>,
+    /// Bytes the client sent, read and dropped.
+    ignored: usize,
+    ended: bool,
+    /// The shutdown watcher: a drain waits for it to be dropped with the stream.
+    _watcher: tokio::sync::watch::Receiver<()>,
+}
+
+impl Future for StreamTask {
+    type Output = ();
+
+    /// Streams to the end; a clean end (the drain's `retry:`) then shuts the socket's
+    /// writing side down, so that the client reads it all before the FIN.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match ready!(this.poll_stream(cx)) {
+            Err(e) => tracing::debug!(error = %e, "event stream ended with an error"),
+            Ok(()) if this.ended => {
+                let _ = ready!(Pin::new(&mut this.tcp).poll_shutdown(cx));
+            }
+            Ok(()) => {}
+        }
+        Poll::Ready(())
+    }
+}
+
+impl StreamTask {
+    fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self;
+        let sock = &this.tcp;
         // The client's side: EOF means it left. An event-stream client sends nothing, so
         // whatever it sends is read (to see the EOF behind it) and dropped, up to a limit.
         while sock.poll_read_ready(cx)?.is_ready() {
@@ -304,8 +364,8 @@ async fn stream(
             match sock.try_read(&mut scratch) {
                 Ok(0) => return Poll::Ready(Ok(())),
                 Ok(n) => {
-                    ignored += n;
-                    if ignored > MAX_IGNORED_INPUT {
+                    this.ignored += n;
+                    if this.ignored > MAX_IGNORED_INPUT {
                         return Poll::Ready(Ok(()));
                     }
                 }
@@ -314,41 +374,35 @@ async fn stream(
             }
         }
         loop {
-            if out.poll_flush(sock, cx)?.is_pending() {
+            if this.out.poll_flush(sock, cx)?.is_pending() {
                 // Blocked on a full socket: the hub fires the kill switch when the queue
                 // behind this write overflows or stalls too long. (While the socket takes
                 // writes, a close reaches this loop through the body, which then ends; so
                 // the switch, whose every poll takes a lock, is polled only here.)
-                return if killed.as_mut().poll(cx).is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending };
+                return if this.killed.as_mut().poll(cx).is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending };
             }
-            if ended {
+            if this.ended {
                 return Poll::Ready(Ok(()));
             }
-            match Pin::new(&mut body).poll_frame(cx) {
+            match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
                     {
-                        out.set_data(data, framing);
+                        this.out.set_data(data, this.framing);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e.to_string()))),
                 Poll::Ready(None) => {
-                    ended = true;
-                    if framing == Framing::Chunked {
-                        out.set_static(b"0\r\n\r\n");
+                    this.ended = true;
+                    if this.framing == Framing::Chunked {
+                        this.out.set_static(b"0\r\n\r\n");
                     }
                 }
                 Poll::Pending => return Poll::Pending,
             }
         }
-    })
-    .await?;
-    if ended {
-        // A clean end (the drain's `retry:`): let the client read it all before the FIN.
-        let _ = tokio::io::AsyncWriteExt::shutdown(tcp).await;
     }
-    Ok(())
 }
 
 /// Bytes waiting to be written: an optional head, then one body chunk (its size line, the
