@@ -162,7 +162,9 @@ async fn read_history(
         protocol::push_pub(&mut publication, json, Some(position));
         publications.extend(serde_json::from_str::<serde_json::Value>(&publication).ok());
     }
-    Ok(serde_json::json!({"publications": publications, "epoch": protocol::EPOCH, "offset": protocol::offset(page.head)}))
+    Ok(
+        serde_json::json!({"publications": publications, "epoch": protocol::EPOCH, "offset": protocol::offset(page.head)}),
+    )
 }
 
 /// Herald's own events that history keeps but that are not Centrifugo publications.

@@ -29,8 +29,8 @@ use super::protocol::{self, ClientError, Disconnect, Kind, Unsubscribe};
 use crate::auth::{AuthError, Principal, UserIdentity, unix_ms};
 use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Position, Resume, single_entry};
-use crate::event::SERVER_EVENT_TYPES;
 use crate::engine::JoinFrom;
+use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Admission, Herald, LastEvents, StreamRequest, new_connection_id};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
@@ -662,7 +662,11 @@ impl Session {
                     top = position_of(&msg.id, index, channel.as_str());
                 }
                 "reset" if ours && joined => reset = true,
-                kind if ours && joined && !SERVER_EVENT_TYPES.contains(&kind) && !matches!(kind, "presence" | "join" | "leave") => {
+                kind if ours
+                    && joined
+                    && !SERVER_EVENT_TYPES.contains(&kind)
+                    && !matches!(kind, "presence" | "join" | "leave") =>
+                {
                     let position = position_of(&msg.id, index, channel.as_str());
                     top = top.max(position);
                     missed.extend(publication_value(&msg.json, position));
