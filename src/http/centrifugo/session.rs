@@ -591,30 +591,15 @@ impl Session {
         // What `connect` wrote before the live events: the `connected` notice (its id is the
         // channel's position), a `reset` if history could not cover the gap, and the missed
         // publications.
-        let mut top = None;
-        let mut reset = false;
-        let mut missed = Vec::new();
+        let mut start = Start::default();
         while let Some(Some(msg)) = conn.recv().now_or_never() {
             match msg.event_type.as_str() {
-                "connected" => top = position_of(&msg.id, 0, channel.as_str()),
-                "reset" => reset = true,
-                _ if SERVER_EVENT_TYPES.contains(&msg.event_type.as_str()) => {}
-                _ => {
-                    let position = position_of(&msg.id, 0, channel.as_str());
-                    top = top.max(position);
-                    missed.extend(publication_value(&msg.json, position));
-                }
+                "connected" => start.top = position_of(&msg.id, 0, channel.as_str()),
+                _ => start.read(&msg, 0, channel.as_str()),
             }
         }
         self.conn = Some(conn);
-        let mut reply = json!({"recoverable": true, "epoch": protocol::EPOCH});
-        reply["offset"] = protocol::offset(top.unwrap_or_default()).into();
-        if resume {
-            reply["recovered"] = (!reset).into();
-            reply["was_recovering"] = true.into();
-            reply["publications"] = missed.into();
-        }
-        Ok(reply)
+        Ok(start.reply(resume))
     }
 
     /// Adds a later subscription to the socket's Herald connection, resumed after the
@@ -632,9 +617,7 @@ impl Session {
             return Err(ApiError::from(e).into());
         }
         let Some(conn) = self.conn.as_mut() else { return Err(ClientError::new(100, "internal server error").into()) };
-        let mut top = None;
-        let mut reset = false;
-        let mut missed = Vec::new();
+        let mut start = Start::default();
         let mut joined = false;
         loop {
             let msg = if joined {
@@ -659,29 +642,15 @@ impl Session {
             match msg.event_type.as_str() {
                 "subscribed" if ours && !joined => {
                     joined = true;
-                    top = position_of(&msg.id, index, channel.as_str());
+                    start.top = position_of(&msg.id, index, channel.as_str());
                 }
-                "reset" if ours && joined => reset = true,
-                kind if ours
-                    && joined
-                    && !SERVER_EVENT_TYPES.contains(&kind)
-                    && !matches!(kind, "presence" | "join" | "leave") =>
-                {
-                    let position = position_of(&msg.id, index, channel.as_str());
-                    top = top.max(position);
-                    missed.extend(publication_value(&msg.json, position));
+                kind if ours && joined && (kind == "reset" || Start::is_publication(kind)) => {
+                    start.read(&msg, index, channel.as_str());
                 }
                 _ => self.held.push(msg),
             }
         }
-        let mut reply = json!({"recoverable": true, "epoch": protocol::EPOCH});
-        reply["offset"] = protocol::offset(top.unwrap_or_default()).into();
-        if resume {
-            reply["recovered"] = (!reset).into();
-            reply["was_recovering"] = true.into();
-            reply["publications"] = missed.into();
-        }
-        Ok(reply)
+        Ok(start.reply(resume))
     }
 
     /// `sub_refresh`: a fresh subscription token for a channel subscribed with one moves
@@ -780,6 +749,49 @@ impl Session {
 }
 
 /// A publication as a JSON value, for a reply that lists several.
+/// Where a subscription starts and what it missed, read from what the connection wrote for
+/// its channel before the live events: what its reply says.
+#[derive(Default)]
+struct Start {
+    top: Option<Position>,
+    reset: bool,
+    missed: Vec<Value>,
+}
+
+impl Start {
+    /// An event type that is a Centrifugo publication (not one of Herald's own notices).
+    fn is_publication(kind: &str) -> bool {
+        !SERVER_EVENT_TYPES.contains(&kind) && !matches!(kind, "presence" | "join" | "leave")
+    }
+
+    /// Takes one message of the channel at `index` of the connection: a `reset`, or a
+    /// missed publication.
+    fn read(&mut self, msg: &Message, index: usize, channel: &str) {
+        match msg.event_type.as_str() {
+            "reset" => self.reset = true,
+            kind if !Self::is_publication(kind) => {}
+            _ => {
+                let position = position_of(&msg.id, index, channel);
+                self.top = self.top.max(position);
+                self.missed.extend(publication_value(&msg.json, position));
+            }
+        }
+    }
+
+    /// The subscribe reply: recoverable at the channel's offset, and with `resume` whether
+    /// it was recovered and the publications missed.
+    fn reply(self, resume: bool) -> Value {
+        let mut reply = json!({"recoverable": true, "epoch": protocol::EPOCH});
+        reply["offset"] = protocol::offset(self.top.unwrap_or_default()).into();
+        if resume {
+            reply["recovered"] = (!self.reset).into();
+            reply["was_recovering"] = true.into();
+            reply["publications"] = self.missed.into();
+        }
+        reply
+    }
+}
+
 fn publication_value(event: &[u8], position: Option<Position>) -> Option<Value> {
     let mut publication = String::with_capacity(event.len() + 32);
     protocol::push_pub(&mut publication, event, position);
