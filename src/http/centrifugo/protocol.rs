@@ -54,6 +54,28 @@ pub(super) enum Kind {
 pub(super) struct Connect {
     #[serde(default)]
     pub token: String,
+    /// Where the client's server-side subscriptions were, to recover them.
+    #[serde(default)]
+    pub subs: std::collections::HashMap<String, Recover>,
+}
+
+/// `{"recover":true,"offset":..,"epoch":"herald"}` of a server-side subscription in a
+/// connect request's `subs`.
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct Recover {
+    #[serde(default)]
+    pub recover: bool,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
+}
+
+impl Recover {
+    /// Whether this entry asks to recover from a position of Herald's.
+    pub fn resumes(&self) -> bool {
+        self.recover && self.epoch == EPOCH
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -336,7 +336,7 @@ impl Session {
         for (id, kind) in commands {
             let result = match kind {
                 Kind::Pong => continue,
-                Kind::Connect(c) => self.connect(c.token).await.map(|r| ("connect", r)),
+                Kind::Connect(c) => self.connect(c).await.map(|r| ("connect", r)),
                 // Anything before `connect` is out of order.
                 _ if self.who.is_none() => return (lines, Some(Disconnect::BadRequest)),
                 Kind::Subscribe(s) => self.subscribe(s).await.map(|r| ("subscribe", r)),
@@ -362,7 +362,8 @@ impl Session {
     /// allows it); an expired token is `109` (the SDK fetches a new one), a bad one
     /// `3500 invalid token`. The reply says when the token expires (`ttl`, for the SDK's
     /// `refresh`), and the token's `channels` are subscribed at once (`subs`).
-    async fn connect(&mut self, token: String) -> Result<Value, Fail> {
+    async fn connect(&mut self, connect: protocol::Connect) -> Result<Value, Fail> {
+        let protocol::Connect { token, subs } = connect;
         if self.who.is_some() {
             return Err(Disconnect::BadRequest.into());
         }
@@ -388,7 +389,7 @@ impl Session {
         });
         self.tell_expiry(&mut reply);
         if !claims.channels.is_empty() {
-            match self.subscribe_server_side(std::mem::take(&mut claims.channels)).await {
+            match self.subscribe_server_side(std::mem::take(&mut claims.channels), &subs).await {
                 Ok(subs) => reply["subs"] = subs,
                 Err(e) => {
                     self.who = None;
@@ -441,7 +442,11 @@ impl Session {
 
     /// The token's `channels`, subscribed by the server: the connection opens with them,
     /// granted (the application signed the list). A name Herald cannot map is left out.
-    async fn subscribe_server_side(&mut self, names: Vec<String>) -> Result<Value, Fail> {
+    async fn subscribe_server_side(
+        &mut self,
+        names: Vec<String>,
+        recover: &HashMap<String, protocol::Recover>,
+    ) -> Result<Value, Fail> {
         let mut channels = Vec::with_capacity(names.len());
         let mut subs = serde_json::Map::with_capacity(names.len());
         for name in names {
@@ -449,7 +454,6 @@ impl Session {
                 Ok(ch) if !channels.contains(&ch) => {
                     self.subs.insert(ch.as_str().to_owned(), name.clone());
                     channels.push(ch);
-                    subs.insert(name, json!({}));
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -460,7 +464,8 @@ impl Session {
         if channels.is_empty() {
             return Ok(Value::Object(subs));
         }
-        let req = self.stream_request(channels.clone(), None);
+        let (resume, recovering) = super::uni::resume_subs(&channels, &self.subs, recover);
+        let req = self.stream_request(channels.clone(), resume);
         let admission = Admission { granted: &channels, id: Some(Arc::clone(&self.client)), info: self.info.clone() };
         let opened = self.herald.connect_admitted(req, admission).await;
         let mut conn = match opened {
@@ -470,8 +475,14 @@ impl Session {
                 return Err(ApiError::from(e).into());
             }
         };
-        // What `connect` wrote before the live events is Herald's own (`connected`).
-        while let Some(Some(_)) = conn.recv().now_or_never() {}
+        // What `connect` wrote before the live events: the position of each channel, and
+        // what the recovered ones missed; the rest is pushed after the reply.
+        let recovered = super::uni::Recovered::read(&mut conn, &recovering);
+        for (i, channel) in channels.iter().enumerate() {
+            let name = self.subs.get(channel.as_str()).cloned().unwrap_or_default();
+            subs.insert(name, recovered.sub(i, channel.as_str(), recovering.contains(&channel.as_str())));
+        }
+        self.held.extend(recovered.rest);
         self.conn = Some(conn);
         Ok(Value::Object(subs))
     }

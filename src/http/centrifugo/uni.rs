@@ -59,19 +59,9 @@ struct ConnectRequest {
     #[serde(default)]
     token: String,
     #[serde(default)]
-    subs: HashMap<String, Recover>,
+    subs: HashMap<String, protocol::Recover>,
 }
 
-/// `{"recover":true,"offset":..,"epoch":"herald"}` of a channel in `subs`.
-#[derive(Deserialize, Default)]
-struct Recover {
-    #[serde(default)]
-    recover: bool,
-    #[serde(default)]
-    offset: u64,
-    #[serde(default)]
-    epoch: String,
-}
 
 /// A disconnect: Centrifugo's code and reason.
 type Bye = (u16, &'static str);
@@ -340,30 +330,11 @@ impl Uni {
         let mut pending = Vec::new();
         let mut subs = serde_json::Map::new();
         if !channels.is_empty() {
-            // A recovery resumes each channel from its offset, as an SSE stream resumes from
-            // its `Last-Event-ID`.
-            let mut resume = String::new();
-            for channel in &channels {
-                let name = names.get(channel.as_str()).map_or("", String::as_str);
-                if let Some(r) = connect.subs.get(name).filter(|r| r.recover && r.epoch == protocol::EPOCH) {
-                    if !resume.is_empty() {
-                        resume.push(',');
-                    }
-                    crate::cursor::write_entry(&mut resume, channel.as_str(), protocol::position(r.offset));
-                }
-            }
+            let (resume, recovering) = resume_subs(&channels, &names, &connect.subs);
             let mut req = StreamRequest::new(who, channels.clone());
             req.kill = Some(kill.clone());
-            req.last_event_id = (!resume.is_empty()).then_some(resume);
+            req.last_event_id = resume;
             let mut c = herald.connect(req).await.map_err(|e| refused(ApiError::from(e)))?;
-            let recovering: Vec<&str> = channels
-                .iter()
-                .map(ChannelName::as_str)
-                .filter(|c| {
-                    let name = names.get(*c).map_or("", String::as_str);
-                    connect.subs.get(name).is_some_and(|r| r.recover && r.epoch == protocol::EPOCH)
-                })
-                .collect();
             let recovered = Recovered::read(&mut c, &recovering);
             for (i, channel) in channels.iter().enumerate() {
                 let name = names.get(channel.as_str()).cloned().unwrap_or_default();
@@ -463,19 +434,43 @@ impl Uni {
 /// What `connect` wrote before the live events: the `connected` notice (its id is each
 /// channel's position), a `reset` for each channel history could not cover, and the missed
 /// publications, in order.
-struct Recovered {
+/// The `Last-Event-ID` that resumes each server-side subscription a connect request's `subs`
+/// asks to recover (`channels` Herald's, `names` their Centrifugo names), as an SSE stream
+/// resumes; and the channels it recovers.
+pub(super) fn resume_subs<'a>(
+    channels: &'a [ChannelName],
+    names: &HashMap<String, String>,
+    subs: &HashMap<String, protocol::Recover>,
+) -> (Option<String>, Vec<&'a str>) {
+    let mut resume = String::new();
+    let mut recovering = Vec::new();
+    for channel in channels {
+        let name = names.get(channel.as_str()).map_or("", String::as_str);
+        if let Some(r) = subs.get(name).filter(|r| r.resumes()) {
+            if !resume.is_empty() {
+                resume.push(',');
+            }
+            crate::cursor::write_entry(&mut resume, channel.as_str(), protocol::position(r.offset));
+            recovering.push(channel.as_str());
+        }
+    }
+    ((!resume.is_empty()).then_some(resume), recovering)
+}
+
+/// What a connection wrote before its live events, read for the subscriptions it recovers.
+pub(super) struct Recovered {
     head: Option<LastEventId>,
     reset: Vec<String>,
     /// Herald channel → its missed publications (`{"data","offset"}`) and the last position.
     missed: HashMap<String, (Vec<Value>, Option<crate::cursor::Position>)>,
     /// What else came meanwhile (live events of the channels not recovering, join and
     /// leave), in order.
-    rest: Vec<Message>,
+    pub(super) rest: Vec<Message>,
 }
 
 impl Recovered {
     /// Reads what is ready; the publications of the `recovering` channels are the missed ones.
-    fn read(conn: &mut Connection, recovering: &[&str]) -> Self {
+    pub(super) fn read(conn: &mut Connection, recovering: &[&str]) -> Self {
         let mut out = Self { head: None, reset: Vec::new(), missed: HashMap::new(), rest: Vec::new() };
         while let Some(Some(msg)) = conn.recv().now_or_never() {
             let kind = msg.event_type.as_str();
@@ -509,7 +504,7 @@ impl Recovered {
 
     /// The connect push's entry of the channel at `index`: its position, and with
     /// `recovering` whether it was recovered and what was missed.
-    fn sub(&self, index: usize, channel: &str, recovering: bool) -> Value {
+    pub(super) fn sub(&self, index: usize, channel: &str, recovering: bool) -> Value {
         let mut sub = json!({"recoverable": true, "epoch": protocol::EPOCH});
         let head = match self.head.as_ref().map(|h| h.resume_for(index, channel)) {
             Some(Resume::From(pos)) => Some(pos),

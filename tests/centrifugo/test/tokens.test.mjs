@@ -225,6 +225,40 @@ test("the token's channels are server-side subscriptions: subscribed at connect,
   c.disconnect();
 });
 
+test("the token's server-side subscriptions recover what was published while the SDK reconnected", async () => {
+  const c = client(token('ulla', { channels: ['alerts-r', 'chat:ops-r'] }));
+  const got = { 'alerts-r': [], 'chat:ops-r': [] };
+  c.on('publication', (ctx) => got[ctx.channel].push(ctx.data.n));
+  const first = [];
+  c.on('subscribed', (ctx) => first.push(ctx));
+  const connected = once(c, 'connected');
+  c.connect();
+  await connected;
+  assert.ok(first.every((ctx) => ctx.recoverable === true));
+  await herald.publish({ channel: 'channel:alerts-r', type: 'n', n: 1 });
+  await herald.publish({ channel: 'chat:ops-r', type: 'n', n: 1 });
+  while (got['alerts-r'].length < 1 || got['chat:ops-r'].length < 1) await once(c, 'publication');
+  const cut = once(c, 'connecting');
+  await backend(herald, '/api/disconnect', { user: 'ulla' });
+  await cut;
+  first.length = 0;
+  const back = once(c, 'connected');
+  for (const n of [2, 3]) {
+    await herald.publish({ channel: 'channel:alerts-r', type: 'n', n });
+    await herald.publish({ channel: 'chat:ops-r', type: 'n', n });
+  }
+  await back;
+  assert.deepEqual(first.map((ctx) => [ctx.channel, ctx.wasRecovering, ctx.recovered]).sort(), [
+    ['alerts-r', true, true],
+    ['chat:ops-r', true, true],
+  ]);
+  await herald.publish({ channel: 'channel:alerts-r', type: 'n', n: 4 });
+  await herald.publish({ channel: 'chat:ops-r', type: 'n', n: 4 });
+  while (got['alerts-r'].length < 4 || got['chat:ops-r'].length < 4) await once(c, 'publication');
+  assert.deepEqual(got, { 'alerts-r': [1, 2, 3, 4], 'chat:ops-r': [1, 2, 3, 4] });
+  c.disconnect();
+});
+
 test("the application's live join and leave of the client's connection are server-side subscribe and unsubscribe pushes", async () => {
   const c = client(token('vic'));
   const anchor = c.newSubscription('anchor');
