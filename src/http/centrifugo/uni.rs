@@ -62,7 +62,6 @@ struct ConnectRequest {
     subs: HashMap<String, protocol::Recover>,
 }
 
-
 /// A disconnect: Centrifugo's code and reason.
 type Bye = (u16, &'static str);
 
