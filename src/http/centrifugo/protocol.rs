@@ -486,7 +486,7 @@ mod tests {
         );
         let cmds = cmds.unwrap_or_else(|| panic!("refused a well-formed frame"));
         assert_eq!(cmds.len(), 3);
-        assert!(matches!(&cmds[0], (1, Kind::Connect(Connect { token })) if token == "t"));
+        assert!(matches!(&cmds[0], (1, Kind::Connect(Connect { token, .. })) if token == "t"));
         assert!(
             matches!(&cmds[1], (2, Kind::Subscribe(Subscribe { channel, recover: false, .. })) if channel == "news")
         );
