@@ -108,7 +108,6 @@ impl Herald {
     /// A connection left `channels` (closed, or a live leave): presence leave, with the
     /// offline announced after the grace period if no other connection of the user came.
     pub(super) async fn announce_departure(&self, departure: Departure) {
-        self.nudge_occupancy(&departure.channels);
         let Some(user) = departure.user else { return };
         let who =
             Publisher { user_id: Some(user.to_string()), user_name: departure.user_name.as_deref().map(str::to_owned) };

@@ -398,6 +398,8 @@ impl Herald {
                     info: info.info,
                     channels: vec![channel],
                 };
+                // A closed connection's channels are nudged when its close is reported.
+                self.nudge_occupancy(&departure.channels);
                 self.announce_departure(departure).await;
                 NodeReply::Done
             }

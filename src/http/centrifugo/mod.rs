@@ -126,7 +126,7 @@ async fn read_history(
     limit: i64,
     reverse: bool,
 ) -> Result<serde_json::Value, protocol::ClientError> {
-    let kept = herald.policies().of(channel).filter(|ns| !ns.history_ttl.is_zero()).map_or(0, |ns| ns.history_size);
+    let kept = kept_size(herald, channel);
     if kept == 0 {
         return Err(protocol::ClientError::new(108, "not available: the channel's namespace keeps no history"));
     }
@@ -165,6 +165,11 @@ async fn read_history(
     Ok(
         serde_json::json!({"publications": publications, "epoch": protocol::EPOCH, "offset": protocol::offset(page.head)}),
     )
+}
+
+/// How many events the channel's namespace keeps (0: none, or for no time at all).
+fn kept_size(herald: &Herald, channel: &ChannelName) -> usize {
+    herald.policies().of(channel).filter(|ns| !ns.history_ttl.is_zero()).map_or(0, |ns| ns.history_size)
 }
 
 /// Herald's own events that history keeps but that are not Centrifugo publications.

@@ -59,8 +59,8 @@ pub(super) struct Connect {
     pub subs: std::collections::HashMap<String, Recover>,
 }
 
-/// `{"recover":true,"offset":..,"epoch":"herald"}` of a server-side subscription in a
-/// connect request's `subs`.
+/// `{"recover":true,"offset":..,"epoch":"herald"}`: where a subscription was, to recover it
+/// (a `subscribe` command's, or a server-side subscription's in a connect request's `subs`).
 #[derive(Debug, Deserialize, Default)]
 pub(super) struct Recover {
     #[serde(default)]
@@ -81,13 +81,9 @@ impl Recover {
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Subscribe {
     pub channel: String,
-    /// Recover what was published since `offset` in `epoch`.
-    #[serde(default)]
-    pub recover: bool,
-    #[serde(default)]
-    pub offset: u64,
-    #[serde(default)]
-    pub epoch: String,
+    /// Recover what was published since `offset` in `epoch` (`recover`, `offset`, `epoch`).
+    #[serde(flatten)]
+    pub from: Recover,
     /// A subscription token (`docs/centrifugo.md`, "Subscription tokens").
     #[serde(default)]
     pub token: String,
@@ -488,7 +484,7 @@ mod tests {
         assert_eq!(cmds.len(), 3);
         assert!(matches!(&cmds[0], (1, Kind::Connect(Connect { token, .. })) if token == "t"));
         assert!(
-            matches!(&cmds[1], (2, Kind::Subscribe(Subscribe { channel, recover: false, .. })) if channel == "news")
+            matches!(&cmds[1], (2, Kind::Subscribe(Subscribe { channel, from: Recover { recover: false, .. }, .. })) if channel == "news")
         );
         assert!(matches!(cmds[2], (0, Kind::Pong)));
     }

@@ -590,8 +590,8 @@ impl Session {
 
     /// Opens the socket's Herald connection with its first channel, resumed if asked.
     async fn open(&mut self, channel: &ChannelName, s: &protocol::Subscribe, granted: bool) -> Result<Value, Fail> {
-        let resume = s.recover && s.epoch == protocol::EPOCH;
-        let last_event_id = resume.then(|| single_entry(channel.as_str(), protocol::position(s.offset)));
+        let resume = s.from.resumes();
+        let last_event_id = resume.then(|| single_entry(channel.as_str(), protocol::position(s.from.offset)));
         let req = self.stream_request(vec![channel.clone()], last_event_id);
         let admission = Admission {
             granted: if granted { std::slice::from_ref(channel) } else { &[] },
@@ -622,8 +622,8 @@ impl Session {
     /// subscription. Messages of other channels read meanwhile are pushed after the reply.
     async fn join(&mut self, channel: &ChannelName, s: &protocol::Subscribe) -> Result<Value, Fail> {
         let Some(conn) = self.conn.as_ref() else { return Err(ClientError::new(100, "internal server error").into()) };
-        let resume = s.recover && s.epoch == protocol::EPOCH;
-        let from = if resume { JoinFrom::After(protocol::position(s.offset)) } else { JoinFrom::Head };
+        let resume = s.from.resumes();
+        let from = if resume { JoinFrom::After(protocol::position(s.from.offset)) } else { JoinFrom::Head };
         if let Err(e) = self.herald.join_at(&own_connection(), conn.id(), channel, from).await {
             return Err(ApiError::from(e).into());
         }

@@ -48,8 +48,7 @@ fn kept(herald: &Herald, name: &str) -> Result<ChannelName, ClientError> {
         return Err(ClientError::new(107, "bad request: `channel` is required"));
     }
     let channel = super::super::channel(herald, name)?;
-    let keeps = herald.policies().of(&channel).is_some_and(|ns| ns.history_size > 0 && !ns.history_ttl.is_zero());
-    if !keeps {
+    if super::super::kept_size(herald, &channel) == 0 {
         return Err(ClientError::new(108, "not available: the channel's namespace keeps no history"));
     }
     Ok(channel)
