@@ -97,3 +97,34 @@ async fn what_the_publish_script_writes_reaches_the_sink_as_the_event_that_was_p
     }
     assert!(sink.resynced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty());
 }
+
+/// A channel with no Stream yet reports a head; the first event published there must come
+/// after it, even when the publish falls in the same millisecond as the read (Redis gives
+/// a new Stream's first entry `<now>-0`). A head equal to that id made a stream opened on a
+/// fresh channel skip its first event as already seen. Many fresh channels, each read then
+/// published at once, put reads and publishes in the same millisecond again and again.
+#[tokio::test]
+async fn the_first_event_of_a_fresh_channel_comes_after_the_head_read_before_it() {
+    let server = Server::start().await;
+    let opts = RedisOptions {
+        url: format!("redis://127.0.0.1:{}", server.port),
+        tls_ca: None,
+        cluster: false,
+        sentinel: None,
+        prefix: "realtime".to_owned(),
+        slot_lease: Duration::from_secs(30),
+        node_id: "head-test".to_owned(),
+    };
+    let engine = RedisEngine::connect(opts).await.unwrap_or_else(|e| panic!("{e}"));
+    engine.attach(RecordingSink::new(100));
+    for i in 0..200 {
+        let channel = ch(&format!("channel:fresh{i}"));
+        let head = engine.history(&channel, None).await.unwrap_or_else(|e| panic!("{e}")).head;
+        let event = Event::new("chat").with("n", i);
+        let prepared = Prepared::new(vec![channel.clone()], event, &Publisher::default(), 1 << 16)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let acks = engine.publish(vec![prepared]).await.unwrap_or_else(|e| panic!("{e}"));
+        let first = acks[0].positions[0].1;
+        assert!(first > head, "{channel}: first event at {first:?}, head read before it {head:?}");
+    }
+}

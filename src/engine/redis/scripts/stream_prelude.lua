@@ -13,10 +13,14 @@ local function id_before(a, b)
 end
 
 -- {head, floor, max deleted id} of a Stream, and whether it exists. A Stream that does not
--- exist has its head now and vouches for nothing older than its retention (`ttl` ms).
+-- exist has its head just before now, so that its first entry comes after it: `XADD *`
+-- gives that entry `<now>-0` when it lands in this same millisecond, and a head equal to
+-- it made a reader starting at the head take the entry for one it had seen. It vouches
+-- for nothing older than its retention (`ttl` ms).
 local function stream_state(stream, floor_key, ttl)
   if redis.call('EXISTS', stream) == 0 then
-    return tostring(now) .. '-0', tostring(math.max(now - ttl, 0)) .. '-0', '0-0', false
+    local before = math.max(now - 1, 0)
+    return tostring(before) .. '-0', tostring(math.max(before - ttl, 0)) .. '-0', '0-0', false
   end
   local info = redis.call('XINFO', 'STREAM', stream)
   local head, deleted = '0-0', '0-0'
