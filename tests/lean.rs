@@ -516,3 +516,32 @@ async fn an_idle_publish_connection_is_closed_on_shutdown() {
     raw.read_to_end().await;
     stopping.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test]
+async fn publishes_the_lean_path_leaves_to_hyper_are_still_answered() {
+    let server = TestServer::start().await;
+    let ev = r#"{"type":"t"}"#;
+    // `Expect: 100-continue`: hyper says continue, then answers.
+    let mut raw = Raw::connect(server.addr).await;
+    let request = post("/api/channels/channel:h/events", "Expect: 100-continue\r\n", ev);
+    raw.send(&request.as_bytes()[..request.len() - ev.len()]).await;
+    assert!(raw.read_until(b"HTTP/1.1 100 Continue\r\n\r\n").await, "{}", raw.text());
+    raw.seen.clear();
+    raw.send(ev.as_bytes()).await;
+    let (head, body) = raw.responses(1).await.remove(0);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(json_of(&body)["id"].is_string());
+    // No length: an empty body, which is not JSON.
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(b"POST /api/channels/channel:h/events HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (head, body) = raw.responses(1).await.remove(0);
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert_eq!(json_of(&body)["error"]["code"], "invalid_json");
+    // HTTP/1.0, and a channel with an escape, which axum decodes.
+    let mut raw = Raw::connect(server.addr).await;
+    let request = post("/api/channels/channel%3Ah/events", "", ev).replacen("HTTP/1.1", "HTTP/1.0", 1);
+    raw.send(request.as_bytes()).await;
+    raw.read_to_end().await;
+    assert!(raw.text().starts_with("HTTP/1.0 200 OK\r\n"), "{}", raw.text());
+    assert!(json_of(body_of(&raw.seen))["id"].is_string());
+}

@@ -274,7 +274,7 @@ async fn write_all(tcp: &TcpStream, head: Bytes, body: Body) -> io::Result<()> {
 }
 
 /// Whether the client lets the connection be reused after this request (hyper's rule).
-pub(super) fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
     let has = |token: &str| {
         headers
             .get_all(header::CONNECTION)
@@ -326,6 +326,15 @@ pub(super) fn encode_head(
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    // Where axum's routing would have put it: after the response's own headers (a lean
+    // publish's answer is not routed).
+    if let Framing::Length(n) = framing
+        && !wrote_length
+    {
+        out.put_slice(b"content-length: ");
+        let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{n}"));
+        out.put_slice(b"\r\n");
+    }
     // As hyper does, even for a close-delimited HTTP/1.0 body (the connection closes after it),
     // unless the response says it itself.
     if !headers.contains_key(header::CONNECTION) {
@@ -336,19 +345,32 @@ pub(super) fn encode_head(
         }
     }
     match framing {
-        Framing::Length(_) if wrote_length => {}
-        Framing::Length(n) => {
-            out.put_slice(b"content-length: ");
-            out.put_slice(n.to_string().as_bytes());
-            out.put_slice(b"\r\n");
-        }
+        Framing::Length(_) => {}
         Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Close => {}
     }
     out.put_slice(b"date: ");
-    out.put_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    with_date(|date| out.put_slice(date));
     out.put_slice(b"\r\n\r\n");
     out.freeze()
+}
+
+thread_local! {
+    /// The `date` of this second, formatted once per second per thread, as hyper does.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Calls `f` with the current `date` header value.
+fn with_date(f: impl FnOnce(&[u8])) {
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        f(text.as_bytes());
+    });
 }
 
 /// A stream being written: the head, then every chunk of the body until the body ends, the

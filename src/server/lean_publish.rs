@@ -27,12 +27,13 @@ use std::time::Duration;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::lean::{Framing, Pending, encode_head, wants_keep_alive};
+use super::lean::{Framing, Pending, encode_head};
 use crate::herald::Herald;
 use crate::http::ApiError;
 use crate::http::Refusal;
@@ -49,12 +50,15 @@ const MAX_HEADERS: usize = 32;
 /// Room kept free in the connection's buffer before each read.
 const READ_ROOM: usize = 1024;
 
-/// A publish request head that the lean path serves.
-pub(super) struct PublishHead {
+/// A publish request head that the lean path serves, as found in the connection's buffer.
+pub(super) struct Scanned {
     /// Bytes of the head.
     len: usize,
     route: Route,
-    parts: Parts,
+    /// The request target's place in the head.
+    target: (usize, usize),
+    /// Each header's name, and its value's place in the head.
+    headers: smallvec::SmallVec<[(HeaderName, usize, usize); 8]>,
     body_len: usize,
     keep_alive: bool,
 }
@@ -62,10 +66,10 @@ pub(super) struct PublishHead {
 pub(super) enum Head {
     Partial,
     NotLean,
-    Lean(Box<PublishHead>),
+    Lean(Box<Scanned>),
 }
 
-/// Parses the head at the start of `buf` if it is a publish the lean path serves.
+/// Reads the head at the start of `buf` if it is a publish the lean path serves.
 pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -78,19 +82,20 @@ pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
         return Head::NotLean;
     };
     let Some(route) = route(target) else { return Head::NotLean };
-    let Ok(uri) = Uri::try_from(target) else { return Head::NotLean };
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + part.len())
+    };
     let cfg = herald.config();
     let cors = !cfg.cors_origins.is_empty();
     let mut body_len = None;
-    let mut map = HeaderMap::with_capacity(req.headers.len());
+    let mut keep_alive = true;
+    let mut scanned = smallvec::SmallVec::new();
     for h in req.headers.iter() {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value))
-        else {
-            return Head::NotLean;
-        };
+        let Ok(name) = header_name(h.name) else { return Head::NotLean };
         if name == header::CONTENT_LENGTH {
             // One plain decimal length, within the limit; anything else is hyper's to judge.
-            let digits = value.as_bytes();
+            let digits = h.value;
             let n = match std::str::from_utf8(digits).ok().and_then(|d| d.parse::<usize>().ok()) {
                 Some(n) if body_len.is_none() && !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => n,
                 _ => return Head::NotLean,
@@ -99,6 +104,11 @@ pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
                 return Head::NotLean;
             }
             body_len = Some(n);
+        } else if name == header::CONNECTION {
+            // HTTP/1.1's rule (hyper's): reused unless the client says `close`.
+            let close = std::str::from_utf8(h.value)
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+            keep_alive &= !close;
         } else if name == header::TRANSFER_ENCODING
             || name == header::UPGRADE
             || name == header::EXPECT
@@ -106,16 +116,39 @@ pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
         {
             return Head::NotLean;
         }
-        map.append(name, value);
+        let (start, end) = at(h.value);
+        scanned.push((name, start, end));
     }
     let Some(body_len) = body_len else { return Head::NotLean };
-    let keep_alive = wants_keep_alive(Version::HTTP_11, &map);
+    let target = at(target.as_bytes());
+    Head::Lean(Box::new(Scanned { len, route, target, headers: scanned, body_len, keep_alive }))
+}
+
+/// A header's name; the custom ones a publish carries without an allocation.
+fn header_name(name: &str) -> Result<HeaderName, axum::http::header::InvalidHeaderName> {
+    for known in ["x-api-key", "x-request-id", "idempotency-key"] {
+        if name.eq_ignore_ascii_case(known) {
+            return Ok(HeaderName::from_static(known));
+        }
+    }
+    HeaderName::from_bytes(name.as_bytes())
+}
+
+/// The request of a scanned head, out of the head's bytes (its values are slices of them);
+/// `None` if a value or the target is not one `http` takes (hyper answers those).
+fn request_parts(head: &Bytes, scanned: &Scanned) -> Option<Parts> {
+    let mut map = HeaderMap::with_capacity(scanned.headers.len());
+    for (name, start, end) in &scanned.headers {
+        let value = HeaderValue::from_maybe_shared(head.slice(*start..*end)).ok()?;
+        map.append(name.clone(), value);
+    }
+    let uri = Uri::from_maybe_shared(head.slice(scanned.target.0..scanned.target.1)).ok()?;
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = Method::POST;
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = map;
-    Head::Lean(Box::new(PublishHead { len, route, parts, body_len, keep_alive }))
+    Some(parts)
 }
 
 /// The publish route of a request target, as axum would route it: the path without its
@@ -186,8 +219,14 @@ pub(super) async fn serve_publishes(
                 }
             }
         };
-        let PublishHead { len, route, mut parts, body_len, keep_alive } = *head;
-        buf.advance(len);
+        let bytes = buf.split_to(head.len).freeze();
+        let Some(mut parts) = request_parts(&bytes, &head) else {
+            // A value or target `http` refuses: hyper answers it, from the start of its head.
+            let mut all = BytesMut::from(&bytes[..]);
+            all.extend_from_slice(&buf);
+            return Ok(Handoff::Hyper(all));
+        };
+        let Scanned { route, body_len, keep_alive, .. } = *head;
         let id = request_id(&mut parts.headers);
         let span = request_span(id.as_ref(), &parts.method, parts.uri.path());
         let mut body = BodyState::Unread;
@@ -203,7 +242,6 @@ pub(super) async fn serve_publishes(
         if let Some(id) = id {
             answer_with_id(&mut resp, id);
         }
-        let mut routed = true;
         let keep_alive = match body {
             BodyState::Read => keep_alive,
             // Answered without reading the body (a refusal): skipped if it is all here,
@@ -217,12 +255,11 @@ pub(super) async fn serve_publishes(
                 tracing::debug!(peer = %ctx.peer, "request body not received in time");
                 // As on hyper's path, where this answer replaces the router's.
                 resp = super::body_timeout();
-                routed = false;
                 false
             }
             BodyState::Gone => return Ok(Handoff::Closed),
         };
-        write_response(tcp, resp, keep_alive, routed).await?;
+        write_response(tcp, resp, keep_alive).await?;
         if !keep_alive {
             let _ = tcp.shutdown().await;
             return Ok(Handoff::Closed);
@@ -231,18 +268,15 @@ pub(super) async fn serve_publishes(
     }
 }
 
-/// Writes a complete response with its `Content-Length`: in its header map (where axum's
-/// routing puts it, after the handler's and the request id's headers) if `routed`.
-async fn write_response(
-    tcp: &TcpStream,
-    resp: axum::response::Response,
-    keep_alive: bool,
-    routed: bool,
-) -> io::Result<()> {
-    let (mut parts, body) = resp.into_parts();
-    let data = http_body_util::BodyExt::collect(body).await.map_err(|e| io::Error::other(e.to_string()))?.to_bytes();
-    if routed && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+/// Writes a complete response with its `Content-Length`.
+async fn write_response(tcp: &TcpStream, resp: axum::response::Response, keep_alive: bool) -> io::Result<()> {
+    let (parts, mut body) = resp.into_parts();
+    // A publish's answer is one frame; collected without a list of frames.
+    let mut data = Bytes::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(more) = frame.map_err(|e| io::Error::other(e.to_string()))?.into_data() {
+            data = if data.is_empty() { more } else { [data, more].concat().into() };
+        }
     }
     let framing = Framing::Length(data.len() as u64);
     let head = encode_head(Version::HTTP_11, parts.status, &parts.headers, keep_alive, framing);
