@@ -28,7 +28,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -210,7 +210,7 @@ pub(super) async fn serve_publishes(
                 buf.reserve(READ_ROOM);
                 let idle = buf.is_empty();
                 let read = tokio::select! {
-                    read = tokio::time::timeout_at(deadline, read_some(tcp, &mut buf)) => read,
+                    read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)) => read,
                     _ = watcher.changed(), if idle => return Ok(Handoff::Closed),
                 };
                 match read {
@@ -268,33 +268,6 @@ pub(super) async fn serve_publishes(
     }
 }
 
-/// Reads what the socket has into `buf`'s spare room: `0` at the end of the stream.
-///
-/// A read that leaves room unfilled has emptied the socket, so the socket is then taken as
-/// not readable until the next readiness event, as a read that fails with `WouldBlock`
-/// would have it: a publisher that waits for each answer before its next request costs one
-/// `recvfrom` per request, not a second one that finds nothing. (The readiness is cleared
-/// only if no event came since it was seen before the read, so nothing that arrives during
-/// or after the read is missed.)
-async fn read_some(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    loop {
-        tcp.readable().await?;
-        let room = buf.capacity() - buf.len();
-        let mut got = None;
-        let read = tcp.try_io(tokio::io::Interest::READABLE, || {
-            let n = tcp.try_read_buf(buf)?;
-            got = Some(n);
-            if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
-        });
-        match (read, got) {
-            (Ok(n), _) => return Ok(n),
-            (Err(_), Some(n)) => return Ok(n),
-            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            (Err(e), None) => return Err(e),
-        }
-    }
-}
-
 /// Writes a complete response with its `Content-Length`.
 async fn write_response(tcp: &TcpStream, resp: axum::response::Response, keep_alive: bool) -> io::Result<()> {
     let (parts, mut body) = resp.into_parts();
@@ -335,7 +308,7 @@ impl BodySource for LeanBody<'_> {
     async fn read(self, _: &Herald, _: Parts) -> Result<Bytes, ApiError> {
         while self.buf.len() < self.len {
             self.buf.reserve(self.len - self.buf.len());
-            match tokio::time::timeout_at(self.deadline, read_some(self.tcp, self.buf)).await {
+            match tokio::time::timeout_at(self.deadline, self.tcp.read_buf(self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Err(_) => {
                     *self.state = BodyState::TimedOut;
