@@ -39,6 +39,7 @@ use coalesce::Coalesce;
 
 mod coalesce;
 mod lean;
+mod lean_publish;
 
 /// Bytes hyper may buffer per connection (HTTP/1.1) or stream (HTTP/2) before it stops
 /// polling a body: keeps a stalled reader's footprint small.
@@ -63,13 +64,18 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     herald: Herald,
     router: Router,
+    /// Whether the router is Herald's own, so that publishes may take the lean path, which
+    /// serves Herald's publish routes without the router.
+    own_routes: bool,
 }
 
 impl Server {
     /// Binds the configured address and loads TLS material, serving Herald's own routes.
     pub async fn bind(herald: Herald) -> Result<Self, ServerError> {
         let router = crate::http::router(herald.clone());
-        Self::bind_with_router(herald, router).await
+        let mut server = Self::bind_with_router(herald, router).await?;
+        server.own_routes = true;
+        Ok(server)
     }
 
     /// Like [`Server::bind`], with a router of the caller's (one that mounts Herald's).
@@ -81,7 +87,7 @@ impl Server {
         };
         let addr = cfg.listen;
         let listener = listen(addr, cfg.socket_send_buffer).map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Self { listener, tls, herald, router })
+        Ok(Self { listener, tls, herald, router, own_routes: false })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -94,7 +100,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let Self { listener, tls, herald, router } = self;
+        let Self { listener, tls, herald, router, own_routes } = self;
         let cfg = herald.config().clone();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -115,6 +121,7 @@ impl Server {
         let shared = Arc::new(Shared {
             builder,
             router,
+            lean_publish: own_routes.then(|| herald.clone()),
             tls,
             first_request_timeout: cfg.header_read_timeout,
             idle_timeout: cfg.idle_timeout,
@@ -159,6 +166,8 @@ impl Server {
 struct Shared {
     builder: auto::Builder<TokioExecutor>,
     router: Router,
+    /// The node whose publishes the lean path serves, when the router is Herald's own.
+    lean_publish: Option<Herald>,
     tls: Option<TlsAcceptor>,
     first_request_timeout: Duration,
     idle_timeout: Duration,
@@ -207,13 +216,28 @@ impl Shared {
         &self,
         mut tcp: TcpStream,
         peer: SocketAddr,
-        watcher: Watcher,
+        mut watcher: Watcher,
         kill: KillSwitch,
         deadline: tokio::time::Instant,
     ) {
-        let (prefix, first_request) = match lean::sniff(&mut tcp, deadline).await {
+        let (prefix, first_request) = match lean::sniff(&mut tcp, deadline, self.lean_publish.as_ref()).await {
             lean::Sniffed::Gone => return tracing::debug!(%peer, "no request in time; closing"),
             lean::Sniffed::Other(prefix) => (prefix, Some(deadline)),
+            lean::Sniffed::Publish(buf) => {
+                let Some(herald) = &self.lean_publish else { return };
+                let ctx = lean_publish::Publishing {
+                    herald,
+                    peer,
+                    next_request: self.first_request_timeout.min(self.idle_timeout),
+                    body_timeout: self.body_read_timeout,
+                };
+                // Boxed: a publish's future is large, and a stream's task must not be sized for it.
+                match Box::pin(lean_publish::serve_publishes(&mut tcp, buf, &ctx, &mut watcher, deadline)).await {
+                    Ok(lean_publish::Handoff::Closed) => return,
+                    Ok(lean_publish::Handoff::Hyper(rest)) => (rest, Some(Instant::now() + ctx.next_request)),
+                    Err(e) => return tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                }
+            }
             lean::Sniffed::Stream { mut request, rest } => {
                 request.extensions_mut().insert(PeerAddr(peer));
                 match lean::serve(&mut tcp, &self.router, request, rest, &kill).await {

@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 
 use serde_json::json;
-use support::{Proto, TestServer, eventually, within};
+use support::{API_KEY, Proto, TestServer, eventually, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -271,4 +271,277 @@ async fn a_client_that_keeps_sending_on_its_stream_is_cut_off() {
     raw.read_to_end().await;
     let herald = server.herald.clone();
     eventually("the flooding stream to leave the hub", || herald.connection_count() == 0).await;
+}
+
+// --- Publishes -----------------------------------------------------------------------------
+
+/// A publish request to `path` with `body` and extra header lines.
+fn post(path: &str, extra: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+/// The complete responses (head with `date` masked, body) at the start of `seen`, each framed
+/// by its `content-length`.
+fn responses(seen: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = seen;
+    while let Some(at) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..at]).into_owned();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no content-length in {head}"));
+        if rest.len() < at + 4 + len {
+            break;
+        }
+        let masked =
+            head.lines().map(|l| if l.starts_with("date: ") { "date: <masked>" } else { l }).collect::<Vec<_>>();
+        out.push((masked.join("\r\n"), rest[at + 4..at + 4 + len].to_vec()));
+        rest = &rest[at + 4 + len..];
+    }
+    out
+}
+
+impl Raw {
+    /// Reads until `n` complete responses have arrived; returns them.
+    async fn responses(&mut self, n: usize) -> Vec<(String, Vec<u8>)> {
+        within("responses from the server", async {
+            while responses(&self.seen).len() < n {
+                let mut buf = [0u8; 4096];
+                match self.tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => self.seen.extend_from_slice(&buf[..k]),
+                }
+            }
+        })
+        .await;
+        let got = responses(&self.seen);
+        assert_eq!(got.len(), n, "responses expected, got: {}", self.text());
+        got
+    }
+}
+
+fn json_of(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("json: {e}: {}", String::from_utf8_lossy(body)))
+}
+
+fn key() -> String {
+    format!("x-api-key: {API_KEY}\r\n")
+}
+
+#[tokio::test]
+async fn lean_publishes_are_answered_byte_for_byte_as_hyper_answers_them() {
+    let server = TestServer::secured(|_| {}).await;
+    let ev = r#"{"type":"t","n":1}"#;
+    let cases = [
+        ("a publish to a channel", post("/api/channels/channel:a/events", &key(), ev), 200),
+        ("a publish by body", post("/api/publish", &key(), r#"{"channel":"channel:a","type":"t"}"#), 200),
+        ("a batch", post("/api/publish", &key(), r#"[{"channel":"channel:a","type":"t"}]"#), 200),
+        ("bad JSON", post("/api/channels/channel:a/events", &key(), "{\"type\":"), 400),
+        ("no credentials", post("/api/channels/channel:a/events", "", ev), 401),
+        ("a wrong key", post("/api/channels/channel:a/events", "x-api-key: nope\r\n", ev), 401),
+        ("a bad channel", post("/api/channels/no_such_ns:x!/events", &key(), ev), 400),
+        (
+            "a channel in the body too",
+            post("/api/channels/channel:a/events", &key(), r#"{"channel":"x","type":"t"}"#),
+            400,
+        ),
+        (
+            "connection: close",
+            post("/api/channels/channel:a/events", &format!("{}Connection: close\r\n", key()), ev),
+            200,
+        ),
+    ];
+    for (what, request, status) in cases {
+        // The same request id on both, so that the heads can be compared whole.
+        let with_id = request.replacen("Host: x\r\n", "Host: x\r\nx-request-id: fixed-id\r\n", 1);
+        let mut lean = Raw::connect(server.addr).await;
+        lean.send(with_id.as_bytes()).await;
+        let mut hyper = Raw::connect(server.addr).await;
+        hyper.send(with_id.replacen("Host: x\r\n", &format!("Host: x\r\n{}", padding()), 1).as_bytes()).await;
+        let (lean_head, lean_body) = lean.responses(1).await.remove(0);
+        let (hyper_head, hyper_body) = hyper.responses(1).await.remove(0);
+        assert!(lean_head.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {lean_head}");
+        let lean_json = json_of(&lean_body);
+        let hyper_json = json_of(&hyper_body);
+        if status == 200 {
+            // Two events, two ids of the same shape.
+            assert_eq!(lean_body.len(), hyper_body.len(), "{what}");
+            assert_eq!(
+                lean_json.as_object().map(|o| o.keys().collect::<Vec<_>>()),
+                hyper_json.as_object().map(|o| o.keys().collect::<Vec<_>>()),
+                "{what}"
+            );
+        } else {
+            assert_eq!(lean_json, hyper_json, "{what}");
+            assert!(lean_json["error"]["code"].is_string(), "{what}: {lean_json}");
+        }
+        assert_eq!(lean_head, hyper_head, "{what}");
+        assert!(lean_head.contains("x-request-id: fixed-id"), "{what}: {lean_head}");
+    }
+}
+
+#[tokio::test]
+async fn several_publishes_on_one_keep_alive_connection_are_each_answered_and_delivered_in_order() {
+    let server = TestServer::start().await;
+    let mut stream = server.client(Proto::H1).subscribe("channel=channel:ka", &[]).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        raw.seen.clear();
+        raw.send(post("/api/channels/channel:ka/events", "", &format!(r#"{{"type":"t","n":{n}}}"#)).as_bytes()).await;
+        let (head, body) = raw.responses(1).await.remove(0);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && !head.contains("connection: close"), "{head}");
+        ids.push(json_of(&body)["id"].as_str().unwrap_or_else(|| panic!("no id")).to_owned());
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let ev = stream.expect().await;
+        assert_eq!((ev.data["id"].as_str(), &ev.data["n"]), (Some(id.as_str()), &json!(n)));
+    }
+}
+
+#[tokio::test]
+async fn pipelined_publishes_are_answered_in_order_and_a_request_for_another_route_follows() {
+    let server = TestServer::start().await;
+    let mut stream = server.client(Proto::H1).subscribe("channel=channel:pipe", &[]).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let mut all = String::new();
+    for n in 0..4 {
+        all += &post("/api/channels/channel:pipe/events", "", &format!(r#"{{"type":"t","n":{n}}}"#));
+    }
+    all += &post("/api/publish", "", r#"{"channel":"channel:pipe","type":"t","n":4}"#);
+    all += "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw.send(all.as_bytes()).await;
+    let answers = raw.responses(6).await;
+    for (n, (head, body)) in answers.iter().take(5).enumerate() {
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{n}: {head}");
+        let ev = stream.expect().await;
+        assert_eq!(ev.data["id"], json_of(body)["id"], "{n}");
+        assert_eq!(ev.data["n"], json!(n));
+    }
+    assert_eq!(json_of(&answers[5].1)["status"], "ok");
+}
+
+#[tokio::test]
+async fn a_body_that_comes_after_its_head_is_waited_for() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::connect(server.addr).await;
+    let request = post("/api/channels/channel:slow/events", "", r#"{"type":"t"}"#);
+    let (head, body) = request.split_at(request.find("\r\n\r\n").unwrap_or_default() + 4);
+    raw.send(head.as_bytes()).await;
+    raw.send(&body.as_bytes()[..3]).await;
+    raw.send(&body.as_bytes()[3..]).await;
+    let (head, body) = raw.responses(1).await.remove(0);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(json_of(&body)["id"].is_string());
+}
+
+#[tokio::test]
+async fn a_refused_publish_keeps_the_connection_for_the_next_one() {
+    let server = TestServer::secured(|_| {}).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let ev = r#"{"type":"t"}"#;
+    raw.send(post("/api/channels/channel:r/events", "", ev).as_bytes()).await;
+    raw.send(post("/api/channels/channel:r/events", &key(), "{oops").as_bytes()).await;
+    raw.send(post("/api/channels/channel:r/events", &key(), ev).as_bytes()).await;
+    let answers = raw.responses(3).await;
+    let codes: Vec<_> = answers.iter().map(|(_, b)| json_of(b)["error"]["code"].clone()).collect();
+    assert_eq!(codes, [json!("unauthorized"), json!("invalid_json"), serde_json::Value::Null], "{answers:?}");
+    assert!(answers[0].0.starts_with("HTTP/1.1 401 ") && answers[1].0.starts_with("HTTP/1.1 400 "));
+    assert!(json_of(&answers[2].1)["id"].is_string());
+}
+
+#[tokio::test]
+async fn an_oversized_body_after_lean_publishes_is_refused_with_413() {
+    let server = TestServer::with(|c| {
+        c.max_payload_bytes = 64;
+        c.max_body_bytes = 128;
+    })
+    .await;
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(post("/api/channels/channel:big/events", "", r#"{"type":"t"}"#).as_bytes()).await;
+    let (head, _) = raw.responses(1).await.remove(0);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    raw.seen.clear();
+    let big = format!(r#"{{"type":"t","pad":"{}"}}"#, "p".repeat(200));
+    raw.send(post("/api/channels/channel:big/events", "", &big).as_bytes()).await;
+    let (head, body) = raw.responses(1).await.remove(0);
+    assert!(head.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{head}");
+    assert_eq!(json_of(&body)["error"]["code"], "body_too_large");
+}
+
+#[tokio::test]
+async fn a_chunked_publish_after_a_lean_one_is_served_on_the_same_connection() {
+    let server = TestServer::start().await;
+    let mut stream = server.client(Proto::H1).subscribe("channel=channel:ch", &[]).await;
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(post("/api/channels/channel:ch/events", "", r#"{"type":"t","n":0}"#).as_bytes()).await;
+    let body = r#"{"type":"t","n":1}"#;
+    let chunked = format!(
+        "POST /api/channels/channel:ch/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:X}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    raw.send(chunked.as_bytes()).await;
+    let answers = raw.responses(2).await;
+    for (n, (head, body)) in answers.iter().enumerate() {
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{n}: {head}");
+        let ev = stream.expect().await;
+        assert_eq!((&ev.data["id"], &ev.data["n"]), (&json_of(body)["id"], &json!(n)));
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_the_connection_closes() {
+    let server = TestServer::with(|c| c.body_read_timeout = std::time::Duration::from_millis(200)).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let request = post("/api/channels/channel:late/events", "", r#"{"type":"t"}"#);
+    raw.send(&request.as_bytes()[..request.len() - 2]).await;
+    raw.read_to_end().await;
+    assert!(raw.text().starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{}", raw.text());
+    assert!(raw.head().contains("connection: close"), "{}", raw.head());
+    assert_eq!(json_of(body_of(&raw.seen))["error"]["code"], "body_timeout");
+}
+
+#[tokio::test]
+async fn an_idle_publish_connection_is_closed_on_shutdown() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(post("/api/channels/channel:bye/events", "", r#"{"type":"t"}"#).as_bytes()).await;
+    raw.responses(1).await;
+    let stopping = tokio::spawn(server.stop());
+    raw.read_to_end().await;
+    stopping.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn publishes_the_lean_path_leaves_to_hyper_are_still_answered() {
+    let server = TestServer::start().await;
+    let ev = r#"{"type":"t"}"#;
+    // `Expect: 100-continue`: hyper says continue, then answers.
+    let mut raw = Raw::connect(server.addr).await;
+    let request = post("/api/channels/channel:h/events", "Expect: 100-continue\r\n", ev);
+    raw.send(&request.as_bytes()[..request.len() - ev.len()]).await;
+    assert!(raw.read_until(b"HTTP/1.1 100 Continue\r\n\r\n").await, "{}", raw.text());
+    raw.seen.clear();
+    raw.send(ev.as_bytes()).await;
+    let (head, body) = raw.responses(1).await.remove(0);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(json_of(&body)["id"].is_string());
+    // No length: an empty body, which is not JSON.
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(b"POST /api/channels/channel:h/events HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (head, body) = raw.responses(1).await.remove(0);
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert_eq!(json_of(&body)["error"]["code"], "invalid_json");
+    // HTTP/1.0, and a channel with an escape, which axum decodes.
+    let mut raw = Raw::connect(server.addr).await;
+    let request = post("/api/channels/channel%3Ah/events", "", ev).replacen("HTTP/1.1", "HTTP/1.0", 1);
+    raw.send(request.as_bytes()).await;
+    raw.read_to_end().await;
+    assert!(raw.text().starts_with("HTTP/1.0 200 OK\r\n"), "{}", raw.text());
+    assert!(json_of(body_of(&raw.seen))["id"].is_string());
 }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::Response;
 use tower::{Layer, Service};
 use tracing::Span;
@@ -60,24 +60,38 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let given = req
-            .headers()
-            .get(REQUEST_ID)
-            .filter(|v| !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(u8::is_ascii_graphic))
-            .cloned();
-        let id = given.or_else(|| HeaderValue::try_from(crate::ids::new_id()).ok());
-        let span = match id.as_ref().and_then(|v| v.to_str().ok()) {
-            Some(id) => {
-                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-            }
-            None => tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
-        };
-        if let Some(id) = &id {
-            req.headers_mut().insert(REQUEST_ID, id.clone());
-        }
+        let id = request_id(req.headers_mut());
+        let span = request_span(id.as_ref(), req.method(), req.uri().path());
         let inner = span.in_scope(|| self.inner.call(req));
         WithRequestId { inner, id, span }
     }
+}
+
+/// The request's id: the client's, if it sent a sane one, else a new one, set in `headers`
+/// too. The response carries it back as `x-request-id`.
+pub(crate) fn request_id(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let given = headers
+        .get(REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned();
+    let id = given.or_else(|| HeaderValue::try_from(crate::ids::new_id()).ok());
+    if let Some(id) = &id {
+        headers.insert(REQUEST_ID, id.clone());
+    }
+    id
+}
+
+/// The request's span: its id, method and path (never the query).
+pub(crate) fn request_span(id: Option<&HeaderValue>, method: &Method, path: &str) -> Span {
+    match id.and_then(|v| v.to_str().ok()) {
+        Some(id) => tracing::info_span!("request", request_id = %id, method = %method, path = %path),
+        None => tracing::info_span!("request", method = %method, path = %path),
+    }
+}
+
+/// Puts the request's id on its response.
+pub(crate) fn answer_with_id(resp: &mut Response, id: HeaderValue) {
+    resp.headers_mut().insert(REQUEST_ID, id);
 }
 
 /// The response of a [`RequestId`] service, with the id added.
@@ -98,7 +112,7 @@ where
         let _entered = this.span.enter();
         let mut resp = ready!(Pin::new(&mut this.inner).poll(cx))?;
         if let Some(id) = this.id.take() {
-            resp.headers_mut().insert(REQUEST_ID, id);
+            answer_with_id(&mut resp, id);
         }
         Poll::Ready(Ok(resp))
     }

@@ -7,6 +7,7 @@
 //! A publish is safe to retry with an idempotency key: the `Idempotency-Key` header for one
 //! event, an `idempotencyKey` field on each item of a batch (taken out of the payload).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Json;
@@ -14,6 +15,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -44,8 +46,8 @@ pub enum Published {
 // own refusals: a route layer would cost a boxed clone of the route per request.
 
 pub async fn publish(State(herald): State<Herald>, peer: Option<Extension<PeerAddr>>, req: Request) -> Response {
-    let answer = publish_any(&herald, peer, req).await;
-    count_publish_refusal(&herald, answer.into_response())
+    let (parts, body) = req.into_parts();
+    answer(&herald, Route::Publish, peer.map(|Extension(p)| p), parts, AxumBody(body)).await
 }
 
 pub async fn publish_to_channel(
@@ -54,17 +56,58 @@ pub async fn publish_to_channel(
     peer: Option<Extension<PeerAddr>>,
     req: Request,
 ) -> Response {
-    let answer = publish_on(&herald, channel, peer, req).await;
-    count_publish_refusal(&herald, answer.into_response())
+    let channel = channel.map(|Path(c)| c).map_err(|e| ApiError::refuse(Refusal::InvalidChannel, e.body_text()));
+    let (parts, body) = req.into_parts();
+    answer(&herald, Route::Channel(channel), peer.map(|Extension(p)| p), parts, AxumBody(body)).await
+}
+
+/// Which publish endpoint a request is for.
+pub(crate) enum Route {
+    /// `POST /api/publish`.
+    Publish,
+    /// `POST /api/channels/{channel}/events`, with the path's channel as decoded (or why not).
+    Channel(Result<String, ApiError>),
+}
+
+/// Where a publish's body comes from: axum's request, or the bytes the lean HTTP/1.1 path
+/// reads off the socket itself (`server::lean`). It is read only once the publisher is known.
+pub(crate) trait BodySource {
+    /// The whole body, within the size limit.
+    fn read(self, herald: &Herald, parts: Parts) -> impl Future<Output = Result<Bytes, ApiError>> + Send;
+}
+
+/// The body of a request routed by axum, under its `DefaultBodyLimit`.
+struct AxumBody(axum::body::Body);
+
+impl BodySource for AxumBody {
+    async fn read(self, herald: &Herald, parts: Parts) -> Result<Bytes, ApiError> {
+        body_bytes(Bytes::from_request(Request::from_parts(parts, self.0), herald).await)
+    }
+}
+
+/// The answer to a publish request, its refusal counted: the handlers' and the lean path's.
+pub(crate) async fn answer(
+    herald: &Herald,
+    route: Route,
+    peer: Option<PeerAddr>,
+    parts: Parts,
+    body: impl BodySource,
+) -> Response {
+    let answer = match route {
+        Route::Publish => publish_any(herald, peer, parts, body).await,
+        Route::Channel(channel) => publish_on(herald, channel, peer, parts, body).await,
+    };
+    count_publish_refusal(herald, answer.into_response())
 }
 
 /// `POST /api/publish`: one event object, or an array of them as one batch.
 async fn publish_any(
     herald: &Herald,
-    peer: Option<Extension<PeerAddr>>,
-    req: Request,
+    peer: Option<PeerAddr>,
+    parts: Parts,
+    body: impl BodySource,
 ) -> Result<Json<Published>, ApiError> {
-    let (who, key, idempotency, body, client) = caller_and_body(herald, peer, req).await?;
+    let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
     publish_body(herald, &who, &key, idempotency.as_deref(), body, &client).await.map(Json)
 }
 
@@ -130,36 +173,45 @@ fn keyed(
 /// `POST /api/channels/{channel}/events`: one event on the channel of the path.
 async fn publish_on(
     herald: &Herald,
-    channel: Result<Path<String>, PathRejection>,
-    peer: Option<Extension<PeerAddr>>,
-    req: Request,
+    channel: Result<String, ApiError>,
+    peer: Option<PeerAddr>,
+    parts: Parts,
+    body: impl BodySource,
 ) -> Result<Json<Published>, ApiError> {
-    let Path(channel) = channel.map_err(|e| ApiError::refuse(Refusal::InvalidChannel, e.body_text()))?;
-    let channel = herald.parse_channel(&channel)?;
-    let (who, key, idempotency, body, client) = caller_and_body(herald, peer, req).await?;
+    let channel = herald.parse_channel(&channel?)?;
+    let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
     let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, body, Some(channel))?)?;
     publish_one(herald, &who, &key, event, &client).await
 }
 
 /// The publisher, its rate-limit key, its `Idempotency-Key`, and the body as JSON, read only
-/// once the publisher is known.
+/// once the publisher is known: for a request routed by axum.
 pub(crate) async fn caller_and_body(
     herald: &Herald,
     peer: Option<Extension<PeerAddr>>,
     req: Request,
 ) -> Result<(Principal, String, Option<String>, Value, hooked::Client), ApiError> {
     let (parts, body) = req.into_parts();
+    caller_with_body(herald, peer.map(|Extension(p)| p), parts, AxumBody(body)).await
+}
+
+/// [`caller_and_body`] with the body from any source.
+async fn caller_with_body(
+    herald: &Herald,
+    peer: Option<PeerAddr>,
+    parts: Parts,
+    body: impl BodySource,
+) -> Result<(Principal, String, Option<String>, Value, hooked::Client), ApiError> {
     check_cookie_request(herald, &parts)?;
     let who = principal(herald, &parts.headers, None).await?;
-    let peer = peer.map(|Extension(p)| p);
     let key = rate_key(&who, peer);
     let client = hooked::Client::new(herald, "http", &parts.headers, peer);
     let idempotency = match parts.headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
     };
-    let body = Bytes::from_request(Request::from_parts(parts, body), herald).await;
-    Ok((who, key, idempotency, parse_body(body)?, client))
+    let body = body.read(herald, parts).await?;
+    Ok((who, key, idempotency, parse_json(&body)?, client))
 }
 
 /// Publishes one event and answers with its id.
@@ -177,14 +229,22 @@ async fn publish_one(
 }
 
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|rejection| {
+    parse_json(&body_bytes(body)?)
+}
+
+/// The body, or the refusal for a body that could not be read.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::refuse(Refusal::BodyTooLarge, "the request body is too large")
         } else {
             ApiError::refuse(Refusal::InvalidBody, rejection.body_text())
         }
-    })?;
-    serde_json::from_slice(&bytes)
+    })
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::refuse(Refusal::InvalidJson, format!("the body is not valid JSON: {e}")))
 }
 

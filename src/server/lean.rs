@@ -36,10 +36,15 @@ use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
+use super::lean_publish::{Head, publish_head};
+use crate::herald::Herald;
 use crate::transport::KillSwitch;
 
-/// The request line every lean request starts with.
+/// The request line every lean stream request starts with.
 const STREAM_PREFIX: &[u8] = b"GET /api/events";
+
+/// The start of every lean publish request.
+pub(super) const PUBLISH_PREFIX: &[u8] = b"POST /api/";
 
 /// The largest request head read here; a bigger one is left to hyper (which has its own,
 /// larger limit and answers 431 past it).
@@ -61,6 +66,9 @@ pub(super) enum Sniffed {
     /// An event-stream request to serve here; `rest` is what followed its head. Boxed, so
     /// that the connection's future is not sized for a request it has already handed on.
     Stream { request: Box<Request<Body>>, rest: BytesMut },
+    /// A publish to serve here ([`serve_publishes`]): the bytes read so far, which start with
+    /// its whole head.
+    Publish(BytesMut),
     /// Anything else, for hyper, with the bytes read so far.
     Other(BytesMut),
     /// The client closed, failed, or did not finish its head before the deadline.
@@ -68,23 +76,34 @@ pub(super) enum Sniffed {
 }
 
 /// Reads the start of a connection until it is known whether it is a lean event-stream
-/// request. Only a connection that keeps matching `GET /api/events` is read further than
-/// its first bytes.
-pub(super) async fn sniff(tcp: &mut TcpStream, deadline: Instant) -> Sniffed {
+/// request, or (with `publish`, the server's own routes) a lean publish. Only a connection
+/// that keeps matching `GET /api/events` or `POST /api/` is read further than its first
+/// bytes.
+pub(super) async fn sniff(tcp: &mut TcpStream, deadline: Instant, publish: Option<&Herald>) -> Sniffed {
     let mut buf = BytesMut::with_capacity(INITIAL_HEAD);
     loop {
         match tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Sniffed::Gone,
             Ok(Ok(_)) => {}
         }
-        let known = buf.len().min(STREAM_PREFIX.len());
-        if buf[..known] != STREAM_PREFIX[..known] {
+        let parsed = if starts(&buf, STREAM_PREFIX) {
+            if buf.len() < STREAM_PREFIX.len() {
+                continue;
+            }
+            parse(&buf)
+        } else if let Some(herald) = publish.filter(|_| starts(&buf, PUBLISH_PREFIX)) {
+            if buf.len() < PUBLISH_PREFIX.len() {
+                continue;
+            }
+            match publish_head(&buf, herald) {
+                Head::Lean(_) => return Sniffed::Publish(buf),
+                Head::Partial => Parsed::Partial,
+                Head::NotLean => Parsed::NotLean,
+            }
+        } else {
             return Sniffed::Other(buf);
-        }
-        if known < STREAM_PREFIX.len() {
-            continue;
-        }
-        match parse(&buf) {
+        };
+        match parsed {
             Parsed::Partial if buf.len() < MAX_HEAD => {
                 if buf.capacity() == buf.len() {
                     buf.reserve((buf.len() * 2).min(MAX_HEAD) - buf.len());
@@ -98,6 +117,12 @@ pub(super) async fn sniff(tcp: &mut TcpStream, deadline: Instant) -> Sniffed {
             }
         }
     }
+}
+
+/// Whether what was read so far agrees with `prefix`.
+pub(super) fn starts(buf: &[u8], prefix: &[u8]) -> bool {
+    let known = buf.len().min(prefix.len());
+    buf[..known] == prefix[..known]
 }
 
 enum Parsed {
@@ -263,7 +288,7 @@ fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// `Content-Length`.
     Length(u64),
     /// `Transfer-Encoding: chunked` (HTTP/1.1).
@@ -274,7 +299,13 @@ enum Framing {
 
 /// The response head as hyper writes it: the status line, the response's headers in order,
 /// `connection` when keep-alive differs from the version's default, the framing, `date`.
-fn encode_head(version: Version, status: StatusCode, headers: &HeaderMap, keep_alive: bool, framing: Framing) -> Bytes {
+pub(super) fn encode_head(
+    version: Version,
+    status: StatusCode,
+    headers: &HeaderMap,
+    keep_alive: bool,
+    framing: Framing,
+) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     out.put_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.put_slice(status.as_str().as_bytes());
@@ -295,26 +326,51 @@ fn encode_head(version: Version, status: StatusCode, headers: &HeaderMap, keep_a
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    // As hyper does, even for a close-delimited HTTP/1.0 body (the connection closes after it).
-    match (version, keep_alive) {
-        (Version::HTTP_10, true) => out.put_slice(b"connection: keep-alive\r\n"),
-        (Version::HTTP_11, false) => out.put_slice(b"connection: close\r\n"),
-        _ => {}
+    // Where axum's routing would have put it: after the response's own headers (a lean
+    // publish's answer is not routed).
+    if let Framing::Length(n) = framing
+        && !wrote_length
+    {
+        out.put_slice(b"content-length: ");
+        let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{n}"));
+        out.put_slice(b"\r\n");
+    }
+    // As hyper does, even for a close-delimited HTTP/1.0 body (the connection closes after it),
+    // unless the response says it itself.
+    if !headers.contains_key(header::CONNECTION) {
+        match (version, keep_alive) {
+            (Version::HTTP_10, true) => out.put_slice(b"connection: keep-alive\r\n"),
+            (Version::HTTP_11, false) => out.put_slice(b"connection: close\r\n"),
+            _ => {}
+        }
     }
     match framing {
-        Framing::Length(_) if wrote_length => {}
-        Framing::Length(n) => {
-            out.put_slice(b"content-length: ");
-            out.put_slice(n.to_string().as_bytes());
-            out.put_slice(b"\r\n");
-        }
+        Framing::Length(_) => {}
         Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Close => {}
     }
     out.put_slice(b"date: ");
-    out.put_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    with_date(|date| out.put_slice(date));
     out.put_slice(b"\r\n\r\n");
     out.freeze()
+}
+
+thread_local! {
+    /// The `date` of this second, formatted once per second per thread, as hyper does.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Calls `f` with the current `date` header value.
+fn with_date(f: impl FnOnce(&[u8])) {
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        f(text.as_bytes());
+    });
 }
 
 /// A stream being written: the head, then every chunk of the body until the body ends, the
@@ -407,7 +463,7 @@ impl StreamTask {
 
 /// Bytes waiting to be written: an optional head, then one body chunk (its size line, the
 /// data, the chunk's CRLF), written with one vectored write and no copy of the data.
-struct Pending {
+pub(super) struct Pending {
     head: Bytes,
     size: [u8; 18],
     size_len: u8,
@@ -417,7 +473,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(head: Bytes) -> Self {
+    pub(super) fn new(head: Bytes) -> Self {
         Self { head, size: [0; 18], size_len: 0, size_at: 0, data: Bytes::new(), tail: b"" }
     }
 
@@ -425,7 +481,7 @@ impl Pending {
         self.head.is_empty() && self.size_at == self.size_len && self.data.is_empty() && self.tail.is_empty()
     }
 
-    fn set_data(&mut self, data: Bytes, framing: Framing) {
+    pub(super) fn set_data(&mut self, data: Bytes, framing: Framing) {
         if framing == Framing::Chunked {
             // hyper writes chunk sizes in upper-case hex.
             let mut digits = [0u8; 16];
@@ -457,7 +513,7 @@ impl Pending {
     }
 
     /// Writes until everything is written or the socket is full.
-    fn poll_flush(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(super) fn poll_flush(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_empty() {
             let size = &self.size[usize::from(self.size_at)..usize::from(self.size_len)];
             let slices =

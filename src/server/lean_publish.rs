@@ -1,0 +1,352 @@
+//! The lean HTTP/1.1 path for publishes on plain TCP: `POST /api/channels/{channel}/events`
+//! and `POST /api/publish`, one after another on a keep-alive connection.
+//!
+//! A backend that sends one event per request spends most of Herald's user-space time per
+//! event in the HTTP machinery around the publish (hyper's dispatcher, axum's routing, the
+//! tower layers, collecting the body: docs/benchmarks.md, "Round two"). A connection whose
+//! first request is a publish to Herald's own routes is served here instead: each request
+//! head is parsed with `httparse`, its `Content-Length` body is read into the connection's
+//! buffer, and the request goes to the same function as the axum handlers'
+//! ([`publish::answer`]: cookie and origin checks, credentials, channel policies, rate
+//! limits, JSON, hooks, refusal counters), under the same request id and span. The answer is
+//! written as hyper writes it ([`super::lean::encode_head`]).
+//!
+//! Only the plain cases are served here; everything else goes to hyper with the bytes already
+//! read, for the rest of the connection: another route or method, HTTP/1.0, a body that is
+//! chunked, announced with `Expect`, absent, or over `max_body_bytes`, an `Upgrade`, a
+//! request with an `Origin` when CORS is on (the CORS layer answers it), a head that is too
+//! big or does not parse (hyper answers 431 or 400), a path with `%` escapes. Pipelined
+//! requests are answered in order. The limits of the hyper path hold: each request head is
+//! due within the keep-alive deadline, a body within `body_read_timeout` (else `408` and the
+//! connection closes), and a shutdown closes the connection between requests.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::lean::{Framing, Pending, encode_head};
+use crate::herald::Herald;
+use crate::http::ApiError;
+use crate::http::Refusal;
+use crate::http::auth::PeerAddr;
+use crate::http::observe::{answer_with_id, request_id, request_span};
+use crate::http::publish::{self, BodySource, Route};
+
+/// The largest request head read here; a bigger one is left to hyper.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Most headers in a lean request head; more is left to hyper.
+const MAX_HEADERS: usize = 32;
+
+/// Room kept free in the connection's buffer before each read.
+const READ_ROOM: usize = 1024;
+
+/// A publish request head that the lean path serves, as found in the connection's buffer.
+pub(super) struct Scanned {
+    /// Bytes of the head.
+    len: usize,
+    route: Route,
+    /// The request target's place in the head.
+    target: (usize, usize),
+    /// Each header's name, and its value's place in the head.
+    headers: smallvec::SmallVec<[(HeaderName, usize, usize); 8]>,
+    body_len: usize,
+    keep_alive: bool,
+}
+
+pub(super) enum Head {
+    Partial,
+    NotLean,
+    Lean(Box<Scanned>),
+}
+
+/// Reads the head at the start of `buf` if it is a publish the lean path serves.
+pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::NotLean,
+    };
+    let (Some("POST"), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Head::NotLean;
+    };
+    let Some(route) = route(target) else { return Head::NotLean };
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + part.len())
+    };
+    let cfg = herald.config();
+    let cors = !cfg.cors_origins.is_empty();
+    let mut body_len = None;
+    let mut keep_alive = true;
+    let mut scanned = smallvec::SmallVec::new();
+    for h in req.headers.iter() {
+        let Ok(name) = header_name(h.name) else { return Head::NotLean };
+        if name == header::CONTENT_LENGTH {
+            // One plain decimal length, within the limit; anything else is hyper's to judge.
+            let digits = h.value;
+            let n = match std::str::from_utf8(digits).ok().and_then(|d| d.parse::<usize>().ok()) {
+                Some(n) if body_len.is_none() && !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => n,
+                _ => return Head::NotLean,
+            };
+            if n > cfg.max_body_bytes {
+                return Head::NotLean;
+            }
+            body_len = Some(n);
+        } else if name == header::CONNECTION {
+            // HTTP/1.1's rule (hyper's): reused unless the client says `close`.
+            let close = std::str::from_utf8(h.value)
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+            keep_alive &= !close;
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+            || (cors && name == header::ORIGIN)
+        {
+            return Head::NotLean;
+        }
+        let (start, end) = at(h.value);
+        scanned.push((name, start, end));
+    }
+    let Some(body_len) = body_len else { return Head::NotLean };
+    let target = at(target.as_bytes());
+    Head::Lean(Box::new(Scanned { len, route, target, headers: scanned, body_len, keep_alive }))
+}
+
+/// A header's name; the custom ones a publish carries without an allocation.
+fn header_name(name: &str) -> Result<HeaderName, axum::http::header::InvalidHeaderName> {
+    for known in ["x-api-key", "x-request-id", "idempotency-key"] {
+        if name.eq_ignore_ascii_case(known) {
+            return Ok(HeaderName::from_static(known));
+        }
+    }
+    HeaderName::from_bytes(name.as_bytes())
+}
+
+/// The request of a scanned head, out of the head's bytes (its values are slices of them);
+/// `None` if a value or the target is not one `http` takes (hyper answers those).
+fn request_parts(head: &Bytes, scanned: &Scanned) -> Option<Parts> {
+    let mut map = HeaderMap::with_capacity(scanned.headers.len());
+    for (name, start, end) in &scanned.headers {
+        let value = HeaderValue::from_maybe_shared(head.slice(*start..*end)).ok()?;
+        map.append(name.clone(), value);
+    }
+    let uri = Uri::from_maybe_shared(head.slice(scanned.target.0..scanned.target.1)).ok()?;
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::POST;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = map;
+    Some(parts)
+}
+
+/// The publish route of a request target, as axum would route it: the path without its
+/// query; a channel segment is taken as it is (one with `%` escapes is left to axum, which
+/// decodes it).
+fn route(target: &str) -> Option<Route> {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if path == "/api/publish" {
+        return Some(Route::Publish);
+    }
+    let channel = path.strip_prefix("/api/channels/")?.strip_suffix("/events")?;
+    if channel.is_empty() || channel.contains(['/', '%']) {
+        return None;
+    }
+    Some(Route::Channel(Ok(channel.to_owned())))
+}
+
+/// What a lean publish connection's owner does next.
+pub(super) enum Handoff {
+    /// The connection is done.
+    Closed,
+    /// Its next request is not one for this path: hyper serves the rest, starting with
+    /// these bytes.
+    Hyper(BytesMut),
+}
+
+/// What the lean publish path needs of its server.
+pub(super) struct Publishing<'a> {
+    pub herald: &'a Herald,
+    pub peer: SocketAddr,
+    /// How long a keep-alive connection may wait for its next request head.
+    pub next_request: Duration,
+    pub body_timeout: Duration,
+}
+
+/// Serves the publishes at the start of `buf` and those that follow on the connection, until
+/// it closes or a request comes that this path does not serve. `deadline` is when the first
+/// head is due; a shutdown (`watcher`) closes the connection between requests.
+pub(super) async fn serve_publishes(
+    tcp: &mut TcpStream,
+    mut buf: BytesMut,
+    ctx: &Publishing<'_>,
+    watcher: &mut tokio::sync::watch::Receiver<()>,
+    mut deadline: Instant,
+) -> io::Result<Handoff> {
+    loop {
+        let head = match publish_head(&buf, ctx.herald) {
+            Head::Lean(head) => head,
+            Head::NotLean => return Ok(Handoff::Hyper(buf)),
+            // Another route's request coming in pieces: hyper reads the rest.
+            Head::Partial if !buf.is_empty() && !super::lean::starts(&buf, super::lean::PUBLISH_PREFIX) => {
+                return Ok(Handoff::Hyper(buf));
+            }
+            Head::Partial if buf.len() >= MAX_HEAD => return Ok(Handoff::Hyper(buf)),
+            Head::Partial => {
+                if buf.is_empty() && watcher.has_changed().unwrap_or(true) {
+                    return Ok(Handoff::Closed);
+                }
+                buf.reserve(READ_ROOM);
+                let idle = buf.is_empty();
+                let read = tokio::select! {
+                    read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)) => read,
+                    _ = watcher.changed(), if idle => return Ok(Handoff::Closed),
+                };
+                match read {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(Handoff::Closed),
+                    Ok(Ok(_)) => continue,
+                }
+            }
+        };
+        let bytes = buf.split_to(head.len).freeze();
+        let Some(mut parts) = request_parts(&bytes, &head) else {
+            // A value or target `http` refuses: hyper answers it, from the start of its head.
+            let mut all = BytesMut::from(&bytes[..]);
+            all.extend_from_slice(&buf);
+            return Ok(Handoff::Hyper(all));
+        };
+        let Scanned { route, body_len, keep_alive, .. } = *head;
+        let id = request_id(&mut parts.headers);
+        let span = request_span(id.as_ref(), &parts.method, parts.uri.path());
+        let mut body = BodyState::Unread;
+        let source = LeanBody {
+            tcp: &mut *tcp,
+            buf: &mut buf,
+            len: body_len,
+            deadline: Instant::now() + ctx.body_timeout,
+            state: &mut body,
+        };
+        let peer = Some(PeerAddr(ctx.peer));
+        let mut resp = publish::answer(ctx.herald, route, peer, parts, source).instrument(span).await;
+        if let Some(id) = id {
+            answer_with_id(&mut resp, id);
+        }
+        let keep_alive = match body {
+            BodyState::Read => keep_alive,
+            // Answered without reading the body (a refusal): skipped if it is all here,
+            // else the connection is not reused.
+            BodyState::Unread if buf.len() >= body_len => {
+                buf.advance(body_len);
+                keep_alive
+            }
+            BodyState::Unread => false,
+            BodyState::TimedOut => {
+                tracing::debug!(peer = %ctx.peer, "request body not received in time");
+                // As on hyper's path, where this answer replaces the router's.
+                resp = super::body_timeout();
+                false
+            }
+            BodyState::Gone => return Ok(Handoff::Closed),
+        };
+        write_response(tcp, resp, keep_alive).await?;
+        if !keep_alive {
+            let _ = tcp.shutdown().await;
+            return Ok(Handoff::Closed);
+        }
+        deadline = Instant::now() + ctx.next_request;
+    }
+}
+
+/// Writes a complete response with its `Content-Length`.
+async fn write_response(tcp: &TcpStream, resp: axum::response::Response, keep_alive: bool) -> io::Result<()> {
+    let (parts, mut body) = resp.into_parts();
+    // A publish's answer is one frame; collected without a list of frames.
+    let mut data = Bytes::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(more) = frame.map_err(|e| io::Error::other(e.to_string()))?.into_data() {
+            data = if data.is_empty() { more } else { [data, more].concat().into() };
+        }
+    }
+    let framing = Framing::Length(data.len() as u64);
+    let head = encode_head(Version::HTTP_11, parts.status, &parts.headers, keep_alive, framing);
+    let mut out = Pending::new(head);
+    out.set_data(data, framing);
+    std::future::poll_fn(|cx| out.poll_flush(tcp, cx)).await
+}
+
+/// How far a lean request's body was read.
+enum BodyState {
+    Unread,
+    Read,
+    /// It did not arrive within `body_read_timeout`.
+    TimedOut,
+    /// The client closed or the read failed.
+    Gone,
+}
+
+/// A lean request's body: the next `len` bytes of the connection, read on demand.
+struct LeanBody<'a> {
+    tcp: &'a mut TcpStream,
+    buf: &'a mut BytesMut,
+    len: usize,
+    deadline: Instant,
+    state: &'a mut BodyState,
+}
+
+impl BodySource for LeanBody<'_> {
+    async fn read(self, _: &Herald, _: Parts) -> Result<Bytes, ApiError> {
+        while self.buf.len() < self.len {
+            self.buf.reserve(self.len - self.buf.len());
+            match tokio::time::timeout_at(self.deadline, self.tcp.read_buf(self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Err(_) => {
+                    *self.state = BodyState::TimedOut;
+                    return Err(ApiError::refuse(Refusal::InvalidBody, "the request body did not arrive in time"));
+                }
+                Ok(_) => {
+                    *self.state = BodyState::Gone;
+                    return Err(ApiError::refuse(Refusal::InvalidBody, "the request body ended early"));
+                }
+            }
+        }
+        *self.state = BodyState::Read;
+        Ok(self.buf.split_to(self.len).freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(target: &str) -> Option<String> {
+        route(target).map(|r| match r {
+            Route::Publish => "publish".to_owned(),
+            Route::Channel(c) => c.unwrap_or_default(),
+        })
+    }
+
+    #[test]
+    fn only_the_publish_routes_are_lean_and_escaped_channels_are_left_to_axum() {
+        assert_eq!(routed("/api/publish").as_deref(), Some("publish"));
+        assert_eq!(routed("/api/publish?x=1").as_deref(), Some("publish"));
+        assert_eq!(routed("/api/channels/user:1/events").as_deref(), Some("user:1"));
+        assert_eq!(routed("/api/channels/user:1/events?a=b").as_deref(), Some("user:1"));
+        assert_eq!(routed("/api/channels//events"), None);
+        assert_eq!(routed("/api/channels/a/b/events"), None);
+        assert_eq!(routed("/api/channels/a%3Ab/events"), None);
+        assert_eq!(routed("/api/channels/a/events/"), None);
+        assert_eq!(routed("/api/publishx"), None);
+        assert_eq!(routed("/api/channels/a/history"), None);
+    }
+}
