@@ -302,14 +302,18 @@ impl Shared {
             }
             let (req, timed_out) = TimedBody::wrap(req, body_read_timeout);
             let mut router = router.clone();
-            async move {
+            // Boxed: hyper runs each HTTP/2 stream as a task that holds this future until the
+            // response head is out and the body after it, in one allocation sized for both.
+            // Unboxed, every idle HTTP/2 stream kept room for routing the request it was
+            // opened by; boxed, that room is freed once the response is ready.
+            Box::pin(async move {
                 let Ok(mut resp) = tower::Service::call(&mut router, req).await;
                 if timed_out.is_some_and(|t| t.load(Ordering::Relaxed)) {
                     tracing::debug!(%peer, "request body not received in time");
                     resp = body_timeout();
                 }
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
-            }
+            })
         });
         // With upgrades: a WebSocket (`GET /api/ws` with `Upgrade`) takes the socket over.
         let conn = self.builder.serve_connection_with_upgrades(io, service);
