@@ -347,6 +347,10 @@ pub struct Copy {
     pub channel: ChannelName,
     pub position: Position,
     pub frame: Frame,
+    /// The copy as a WebSocket event message (`{"id":..,"data":..}` with the frame's own
+    /// id), built by the first WebSocket subscriber that is shown that id and shared by
+    /// the others ([`Copy::websocket`]).
+    websocket: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// An event after the engine accepted it: what the hub fans out and history replays.
@@ -433,7 +437,18 @@ impl Copy {
     pub fn new(channel: ChannelName, position: Position, event_type: &str, json: &[u8]) -> Self {
         let id = single_entry(channel.as_str(), position);
         let frame = Frame::new(event_type, &id, json);
-        Self { channel, position, frame }
+        Self::framed(channel, position, frame)
+    }
+
+    /// A copy around a frame built already (another copy's, shared).
+    pub(crate) fn framed(channel: ChannelName, position: Position, frame: Frame) -> Self {
+        Self { channel, position, frame, websocket: std::sync::OnceLock::new() }
+    }
+
+    /// The copy's WebSocket message with its own id: `build` makes it from the frame the
+    /// first time, every later call shares those bytes.
+    pub(crate) fn websocket(&self, build: impl FnOnce(&Frame) -> bytes::Bytes) -> bytes::Bytes {
+        self.websocket.get_or_init(|| build(&self.frame)).clone()
     }
 }
 

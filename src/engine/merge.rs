@@ -61,7 +61,7 @@ impl Step {
             .taken
             .iter()
             .flat_map(|t| &t.event.copies)
-            .map(|c| Copy { channel: c.channel.clone(), position: c.position, frame: c.frame.clone() })
+            .map(|c| Copy::framed(c.channel.clone(), c.position, c.frame.clone()))
             .collect();
         let ev = &first.event;
         Some(Arc::new(Published::new(Arc::clone(&ev.id), Arc::clone(&ev.event_type), copies, ev.fanout)))

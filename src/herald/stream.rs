@@ -519,7 +519,7 @@ mod tests {
         let split = write_replay(&mut out, &channels, &mut at, missed, &[Vec::new(), Vec::new()], &[]);
         // `x` was taken from a alone when it was written: its copy on b may still come live.
         assert_eq!(split, [Arc::from("x")]);
-        let ids: Vec<String> = out.queue.iter().map(|m| m.id.clone()).collect();
+        let ids: Vec<String> = out.queue.iter().filter_map(|m| m.message()).map(|m| m.id.clone()).collect();
         let expected = [
             // `x` is written first, but b's position stays before `y`, still unwritten there.
             cursor(&[10, 1]),

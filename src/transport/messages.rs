@@ -5,6 +5,11 @@
 //! JSON of a shared event is a slice of the bytes framed once for every subscriber. What a
 //! message becomes on the wire, and what a heartbeat or the end of the stream looks like
 //! there, is the reading transport's business (see [`crate::transport`]).
+//!
+//! Herald's own WebSocket transport reads the same connection without the `Message`s of its
+//! events: it asks for [`Item`]s ([`Connection::for_websocket`]), and an event comes as its
+//! WebSocket message already written (`{"id":..,"data":..}`), built once per event and
+//! channel and shared by every socket that is shown the copy's own id.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
@@ -24,25 +29,87 @@ pub struct Message {
     pub json: Bytes,
 }
 
-/// Gathers a connection's output as [`Message`]s.
+/// One item of a connection's output.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// An event or notice, as [`Connection::recv`] hands it out.
+    Message(Message),
+    /// An event of a connection read by Herald's WebSocket transport: its whole WebSocket
+    /// message (see [`websocket_message`]), UTF-8.
+    WebSocket(Bytes),
+}
+
+/// Gathers a connection's output as [`Item`]s: [`Message`]s, or for the WebSocket
+/// transport the events' messages as it sends them.
 #[derive(Default)]
 pub(crate) struct MessageOut {
-    pub(crate) queue: VecDeque<Message>,
+    pub(crate) queue: VecDeque<Item>,
+    /// Events as [`Item::WebSocket`].
+    websocket: bool,
+}
+
+impl Item {
+    /// The message, unless the item is a WebSocket transport's.
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> Option<&Message> {
+        match self {
+            Self::Message(msg) => Some(msg),
+            Self::WebSocket(_) => None,
+        }
+    }
+}
+
+impl MessageOut {
+    fn message(&mut self, id: String, event_type: &str, json: Bytes) {
+        self.queue.push_back(Item::Message(Message { id, event_type: event_type.to_owned(), json }));
+    }
 }
 
 impl Emit for MessageOut {
     fn event(&mut self, event_type: &str, copy: &Copy, id: Option<&str>) {
-        let id = id.map_or_else(|| copy.frame.id().to_owned(), str::to_owned);
-        self.queue.push_back(Message { id, event_type: event_type.to_owned(), json: copy.frame.json_bytes() });
+        match (self.websocket, id) {
+            // The common case: one message for every socket shown the copy's own id.
+            (true, None) => {
+                let message = copy.websocket(|frame| Bytes::from(websocket_message(frame.id(), frame.json())));
+                self.queue.push_back(Item::WebSocket(message));
+            }
+            (true, Some(id)) => {
+                self.queue.push_back(Item::WebSocket(Bytes::from(websocket_message(id, copy.frame.json()))));
+            }
+            (false, id) => {
+                let id = id.map_or_else(|| copy.frame.id().to_owned(), str::to_owned);
+                self.message(id, event_type, copy.frame.json_bytes());
+            }
+        }
     }
 
     fn notice(&mut self, event_type: &str, id: &str, json: &[u8]) {
-        self.queue.push_back(Message {
-            id: id.to_owned(),
-            event_type: event_type.to_owned(),
-            json: Bytes::copy_from_slice(json),
-        });
+        self.message(id.to_owned(), event_type, Bytes::copy_from_slice(json));
     }
+}
+
+/// The WebSocket transport's event message (`docs/websocket.md`): the SSE id and the SSE
+/// data of the same event, `{"id":<id>,"data":<json>}`, in one allocation. UTF-8 whenever
+/// `json` is (Herald's event JSON always is; anything else is replaced lossily).
+pub(crate) fn websocket_message(id: &str, json: &[u8]) -> Vec<u8> {
+    let mut text = Vec::with_capacity(id.len() + json.len() + 20);
+    text.extend_from_slice(b"{\"id\":");
+    // An id is visible ASCII with no `"` or `\` (cursor::encode); anything else is escaped.
+    if id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        text.push(b'"');
+        text.extend_from_slice(id.as_bytes());
+        text.push(b'"');
+    } else {
+        // A string always serializes, and writing to a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut text, id);
+    }
+    text.extend_from_slice(b",\"data\":");
+    match std::str::from_utf8(json) {
+        Ok(_) => text.extend_from_slice(json),
+        Err(_) => text.extend_from_slice(String::from_utf8_lossy(json).as_bytes()),
+    }
+    text.push(b'}');
+    text
 }
 
 /// A live connection for a transport other than Herald's SSE: the same queue, cursor,
@@ -94,12 +161,38 @@ impl Connection {
         self.core.close_reason()
     }
 
-    /// Heartbeats are not messages: a transport of the application's own keeps its
-    /// connection alive its own way.
+    /// From now on, the connection's events come as [`Item::WebSocket`], for
+    /// [`Connection::recv_item`]; what was queued before stays as it was. Herald's WebSocket
+    /// transport alone reads a connection this way, and never with [`Connection::recv`].
+    pub(crate) fn for_websocket(mut self) -> Self {
+        self.out.websocket = true;
+        self
+    }
+
+    /// The next item; `None` once the server closed the connection (as [`Connection::recv`]).
+    pub(crate) async fn recv_item(&mut self) -> Option<Item> {
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    /// [`Connection::poll_item`] for the public API: a connection of the application's
+    /// never reads WebSocket messages ([`Connection::for_websocket`] is Herald's), so
+    /// there is nothing to skip.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         loop {
-            if let Some(msg) = self.out.queue.pop_front() {
-                return Poll::Ready(Some(msg));
+            match std::task::ready!(self.poll_item(cx)) {
+                Some(Item::Message(msg)) => return Poll::Ready(Some(msg)),
+                Some(Item::WebSocket(_)) => {}
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    /// Heartbeats are not messages: a transport of the application's own keeps its
+    /// connection alive its own way.
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        loop {
+            if let Some(item) = self.out.queue.pop_front() {
+                return Poll::Ready(Some(item));
             }
             if self.done {
                 return Poll::Ready(None);
@@ -113,5 +206,51 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::ChannelName;
+    use crate::cursor::Position;
+
+    fn websocket(out: &MessageOut) -> Vec<Bytes> {
+        out.queue
+            .iter()
+            .filter_map(|item| match item {
+                Item::WebSocket(message) => Some(message.clone()),
+                Item::Message(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sockets_shown_a_copys_own_id_share_one_message_and_others_get_their_own() {
+        let channel = ChannelName::parse("channel:a").unwrap_or_else(|e| panic!("{e}"));
+        let copy = Copy::new(channel, Position::new(5, 0), "chat", br#"{"x":"\u00e9"}"#);
+        let (mut one, mut two, mut multi) = (MessageOut::default(), MessageOut::default(), MessageOut::default());
+        for out in [&mut one, &mut two, &mut multi] {
+            out.websocket = true;
+        }
+        one.event("chat", &copy, None);
+        two.event("chat", &copy, None);
+        multi.event("chat", &copy, Some("a:5,b:7"));
+        let (one, two, multi) = (websocket(&one), websocket(&two), websocket(&multi));
+        let expected = format!(r#"{{"id":"{}","data":{{"x":"\u00e9"}}}}"#, copy.frame.id());
+        assert_eq!(one[0], expected.as_bytes());
+        assert_eq!(one[0].as_ptr(), two[0].as_ptr(), "the same bytes, not a copy");
+        assert_eq!(multi[0], &br#"{"id":"a:5,b:7","data":{"x":"\u00e9"}}"#[..]);
+    }
+
+    #[test]
+    fn an_application_connection_reads_messages_with_ids_and_types() {
+        let channel = ChannelName::parse("channel:a").unwrap_or_else(|e| panic!("{e}"));
+        let copy = Copy::new(channel, Position::new(5, 0), "chat", b"{}");
+        let mut out = MessageOut::default();
+        out.event("chat", &copy, None);
+        let msg = out.queue.front().and_then(Item::message).cloned();
+        let expected = Message { id: copy.frame.id().to_owned(), event_type: "chat".into(), json: Bytes::from("{}") };
+        assert_eq!(msg, Some(expected));
     }
 }

@@ -95,7 +95,8 @@ async fn open(
             last,
             transport: "websocket",
         };
-        Some(herald.connect(req).await?)
+        // Its events come as the WebSocket messages the session sends.
+        Some(herald.connect(req).await?.for_websocket())
     };
     if let Some(conn) = &conn {
         tracing::debug!(connection = conn.id(), who = %who.describe(), "websocket opened");

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -22,6 +23,7 @@ use crate::http::error::ApiError;
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::checked_last_event_id;
 use crate::transport::Message;
+use crate::transport::messages::websocket_message;
 
 /// Longest request id, in bytes (a string id).
 const MAX_REQUEST_ID: usize = 128;
@@ -188,25 +190,20 @@ fn body<T: DeserializeOwned>(fields: Map<String, Value>, id: &Option<Value>) -> 
 }
 
 /// An event for the client: the SSE id and the SSE data of the same event, built in one
-/// allocation that becomes the frame's payload (this runs once per event and subscriber).
+/// allocation that becomes the frame's payload (an event written before the connection was
+/// read as WebSocket items, or a notice).
 pub(super) fn event(msg: &Message) -> Frame {
-    let mut text = String::with_capacity(msg.id.len() + msg.json.len() + 20);
-    text.push_str("{\"id\":");
-    // An id is visible ASCII with no `"` or `\` (cursor::encode); anything else is escaped.
-    if msg.id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
-        text.push('"');
-        text.push_str(&msg.id);
-        text.push('"');
-    } else {
-        text.push_str(&Value::String(msg.id.clone()).to_string());
+    event_message(Bytes::from(websocket_message(&msg.id, &msg.json)))
+}
+
+/// An event's message as [`websocket_message`] wrote it, shared by every socket that sends
+/// it: the frame holds the same bytes (checked as UTF-8, not copied).
+pub(super) fn event_message(message: Bytes) -> Frame {
+    match Utf8Bytes::try_from(message.clone()) {
+        Ok(text) => Frame::Text(text),
+        // Not reached: `websocket_message` writes UTF-8.
+        Err(_) => Frame::Text(Utf8Bytes::from(String::from_utf8_lossy(&message).into_owned())),
     }
-    text.push_str(",\"data\":");
-    match std::str::from_utf8(&msg.json) {
-        Ok(json) => text.push_str(json),
-        Err(_) => text.push_str(&String::from_utf8_lossy(&msg.json)),
-    }
-    text.push('}');
-    Frame::Text(Utf8Bytes::from(text))
 }
 
 /// A command's successful answer.
@@ -280,7 +277,6 @@ impl Close {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn a_command_keeps_its_request_id_even_when_its_fields_are_wrong() {

@@ -29,6 +29,7 @@ use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
 use crate::hub::connection::CloseReason;
+use crate::transport::messages::Item;
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// Frames a client may send per second, past the burst (commands, pings and pongs alike).
@@ -64,7 +65,7 @@ pub(super) struct Session {
 
 /// What woke the session.
 enum Input {
-    Out(Option<Message>),
+    Out(Option<Item>),
     In(Option<Result<Frame, axum::Error>>),
     Tick,
     Deadline,
@@ -135,13 +136,13 @@ impl Session {
         let deadline = Instant::now() + cfg.header_read_timeout;
         loop {
             let input = tokio::select! {
-                msg = next(&mut self.conn) => Input::Out(msg),
+                item = next_item(&mut self.conn) => Input::Out(item),
                 frame = socket.recv() => Input::In(frame),
                 () = heartbeat.tick() => Input::Tick,
                 () = tokio::time::sleep_until(deadline), if self.conn.is_none() => Input::Deadline,
             };
             match input {
-                Input::Out(Some(msg)) => self.send_events(socket, msg).await?,
+                Input::Out(Some(item)) => self.send_events(socket, item).await?,
                 Input::Out(None) => return Some(End::Close(self.closed_by_server())),
                 Input::In(None) => return Some(End::ByClient),
                 Input::In(Some(Err(e))) => return read_error(e).map(End::Close),
@@ -200,14 +201,14 @@ impl Session {
 
     /// Writes `first` and whatever else the connection has ready (up to [`MAX_BATCH`]) in one
     /// write (see [`Session::write`]).
-    async fn send_events(&mut self, socket: &mut WebSocket, first: Message) -> Option<()> {
-        let mut batch = vec![protocol::event(&first)];
+    async fn send_events(&mut self, socket: &mut WebSocket, first: Item) -> Option<()> {
+        let mut batch = vec![event_frame(first)];
         // Taken without waiting: a pending poll leaves the connection's wake-up to the next
-        // `recv` of the main loop, which registers it again.
+        // `recv_item` of the main loop, which registers it again.
         while batch.len() < MAX_BATCH
-            && let Some(Some(msg)) = self.conn.as_mut().and_then(|conn| conn.recv().now_or_never())
+            && let Some(Some(item)) = self.conn.as_mut().and_then(|conn| conn.recv_item().now_or_never())
         {
-            batch.push(protocol::event(&msg));
+            batch.push(event_frame(item));
         }
         self.write(socket, batch).await
     }
@@ -320,6 +321,7 @@ impl Session {
             let conn = self.herald.connect(req).await.map_err(ApiError::from).inspect_err(|e| {
                 count_subscribe_refusal(&self.herald, e.clone().into_response());
             })?;
+            let conn = conn.for_websocket();
             tracing::debug!(connection = conn.id(), who = %self.who.describe(), "websocket subscribed");
             let result = answer(&conn);
             self.conn = Some(conn);
@@ -405,6 +407,23 @@ enum End {
     Close(Close),
     /// The client sent a close frame, or its TCP connection ended.
     ByClient,
+}
+
+/// An item of the connection as its frame: an event's shared message as it is, a message
+/// written for the socket alone.
+fn event_frame(item: Item) -> Frame {
+    match item {
+        Item::WebSocket(message) => protocol::event_message(message),
+        Item::Message(msg) => protocol::event(&msg),
+    }
+}
+
+/// The next item of the connection; never, while the socket has none.
+async fn next_item(conn: &mut Option<Connection>) -> Option<Item> {
+    match conn {
+        Some(conn) => conn.recv_item().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next message of the connection; never, while the socket has none.
