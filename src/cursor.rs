@@ -79,7 +79,15 @@ impl Position {
 
 const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
-fn push_base36(out: &mut String, mut n: u64) {
+fn push_base36(out: &mut String, n: u64) {
+    let (buf, i) = base36(n);
+    for &b in &buf[i..] {
+        out.push(b as char);
+    }
+}
+
+/// `n` in base 36: the digits are `buf[i..]` of the returned `(buf, i)`.
+fn base36(mut n: u64) -> ([u8; 13], usize) {
     let mut buf = [0u8; 13];
     let mut i = buf.len();
     loop {
@@ -90,9 +98,7 @@ fn push_base36(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &b in &buf[i..] {
-        out.push(b as char);
-    }
+    (buf, i)
 }
 
 fn parse_base36(s: &str) -> Option<u64> {
@@ -134,6 +140,19 @@ pub fn write_entry(out: &mut String, channel: &str, pos: Position) {
     }
     out.push(':');
     pos.write_compact(out);
+}
+
+/// [`write_entry`] into a byte buffer (a frame being built), with no `String` on the way.
+pub fn write_entry_bytes(out: &mut Vec<u8>, channel: &str, pos: Position) {
+    out.extend_from_slice(&channel_tag(channel));
+    out.push(b':');
+    let (ms, i) = base36(pos.ms);
+    out.extend_from_slice(&ms[i..]);
+    if pos.seq > 0 {
+        out.push(b'-');
+        let (seq, i) = base36(pos.seq);
+        out.extend_from_slice(&seq[i..]);
+    }
 }
 
 /// A connection's position in each of its channels, in subscription order.
@@ -244,6 +263,20 @@ mod tests {
 
     fn ch(s: &str) -> ChannelName {
         ChannelName::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn an_entry_written_as_bytes_is_the_entry_written_as_a_string() {
+        for pos in [
+            Position::new(0, 0),
+            Position::new(1_764_800_000_123, 0),
+            Position::new(35, 36),
+            Position::new(u64::MAX, u64::MAX),
+        ] {
+            let mut bytes = Vec::new();
+            write_entry_bytes(&mut bytes, "user:42", pos);
+            assert_eq!(String::from_utf8(bytes).ok(), Some(single_entry("user:42", pos)));
+        }
     }
 
     #[test]

@@ -235,11 +235,27 @@ impl Prepared {
         publisher: &Publisher,
         max_payload: usize,
     ) -> Result<Self, EventError> {
+        Self::sharing_type(channels, event, publisher, max_payload, None)
+    }
+
+    /// [`Prepared::new`] for an event of a batch: when its type is `previous`'s (the type of
+    /// the event before it, nearly always the same), it shares that string.
+    pub fn sharing_type(
+        channels: Vec<ChannelName>,
+        event: Event,
+        publisher: &Publisher,
+        max_payload: usize,
+        previous: Option<&Arc<str>>,
+    ) -> Result<Self, EventError> {
         validate_type(&event.event_type)?;
-        let mut unique: Vec<ChannelName> = Vec::with_capacity(channels.len());
-        for ch in channels {
-            if !unique.contains(&ch) {
-                unique.push(ch);
+        // Deduplicated in place: the publisher's list is kept, not copied.
+        let mut unique = channels;
+        let mut i = 1;
+        while i < unique.len() {
+            if unique[..i].contains(&unique[i]) {
+                unique.remove(i);
+            } else {
+                i += 1;
             }
         }
         if unique.is_empty() {
@@ -249,7 +265,10 @@ impl Prepared {
         let ai = ai_chunk(&event.event_type, &event.fields);
         Ok(Self {
             id: crate::ids::new_shared_id(),
-            event_type: Arc::from(event.event_type),
+            event_type: match previous {
+                Some(t) if **t == *event.event_type => Arc::clone(t),
+                _ => Arc::from(event.event_type),
+            },
             channels: unique,
             body,
             ai,
@@ -282,9 +301,10 @@ pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> R
 fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> Result<String, EventError> {
     let mut body = Vec::with_capacity(128);
     body.extend_from_slice(br#""type":"#);
-    push_json(&mut body, event.event_type.as_str());
-    // An RFC 3339 timestamp needs no escaping: written in place, not through a `String`.
-    let _ = write!(body, r#","timestamp":"{}""#, humantime::format_rfc3339_millis(SystemTime::now()));
+    push_plain_str(&mut body, event.event_type.as_str());
+    body.extend_from_slice(br#","timestamp":""#);
+    push_timestamp(&mut body, SystemTime::now());
+    body.push(b'"');
     if let Some(uid) = &publisher.user_id {
         body.extend_from_slice(br#","userId":"#);
         push_json(&mut body, uid.as_str());
@@ -299,7 +319,9 @@ fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> R
             continue;
         }
         body.push(b',');
-        push_member(&mut body, k, v);
+        push_plain_str(&mut body, k);
+        body.push(b':');
+        push_json(&mut body, v);
     }
     let size = body.len() - fixed;
     if size > max_payload {
@@ -308,17 +330,67 @@ fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> R
     Ok(into_string(body))
 }
 
+/// The RFC 3339 text of the last millisecond a timestamp was written for, on this thread.
+/// The events of a batch are prepared within one or two milliseconds: each formats the date
+/// once per millisecond, not once per event.
+#[derive(Clone, Copy)]
+struct Stamp {
+    ms: u128,
+    text: [u8; STAMP_LEN],
+}
+
+/// `2026-12-04T15:44:11.123Z`: the length of every timestamp from year 1000 to 9999.
+const STAMP_LEN: usize = 24;
+
+thread_local! {
+    static LAST_STAMP: std::cell::Cell<Option<Stamp>> = const { std::cell::Cell::new(None) };
+}
+
+/// Writes `at` as an RFC 3339 timestamp with milliseconds (it needs no escaping).
+fn push_timestamp(out: &mut Vec<u8>, at: SystemTime) {
+    let Ok(ms) = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()) else {
+        let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
+        return;
+    };
+    if let Some(stamp) = LAST_STAMP.get().filter(|s| s.ms == ms) {
+        out.extend_from_slice(&stamp.text);
+        return;
+    }
+    let start = out.len();
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
+    if let Ok(text) = <[u8; STAMP_LEN]>::try_from(&out[start..]) {
+        LAST_STAMP.set(Some(Stamp { ms, text }));
+    }
+}
+
 /// Assembles the wire JSON from the id, the channel and the prepared body members.
 pub fn json_for(id: &str, channel: &str, body: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + id.len() + channel.len() + 24);
+    write_json(&mut out, id, channel, body);
+    out
+}
+
+/// Appends the wire JSON of [`json_for`] to `out`.
+fn write_json(out: &mut Vec<u8>, id: &str, channel: &str, body: &str) {
     out.extend_from_slice(br#"{"id":"#);
-    push_json(&mut out, id);
+    push_plain_str(out, id);
     out.extend_from_slice(br#","channel":"#);
-    push_json(&mut out, channel);
+    push_plain_str(out, channel);
     out.push(b',');
     out.extend_from_slice(body.as_bytes());
     out.push(b'}');
-    out
+}
+
+/// A JSON string, copied as it is when nothing in it needs escaping (ids and channel names
+/// never do), through the serializer otherwise.
+fn push_plain_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        push_json(out, s);
+    }
 }
 
 /// Appends `"key":value`, both as JSON, serialized straight into `out`: no `Value` and no
@@ -373,12 +445,8 @@ pub struct Published {
 impl Published {
     /// Frames a prepared event at the positions the engine gave it (one per channel).
     pub fn from_prepared(p: &Prepared, positions: &[Position]) -> Arc<Self> {
-        let copies: Vec<Copy> = p
-            .channels
-            .iter()
-            .zip(positions)
-            .map(|(ch, pos)| Copy::new(ch.clone(), *pos, &p.event_type, &p.json_for(ch)))
-            .collect();
+        let copies: Vec<Copy> =
+            p.channels.iter().zip(positions).map(|(ch, pos)| Copy::of_prepared(p, ch, *pos)).collect();
         let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
         Arc::new(Self::new(p.id.clone(), p.event_type.clone(), copies, fanout))
     }
@@ -450,6 +518,21 @@ impl Copy {
     pub(crate) fn websocket(&self, build: impl FnOnce(&Frame) -> bytes::Bytes) -> bytes::Bytes {
         self.websocket.get_or_init(|| build(&self.frame)).clone()
     }
+
+    /// [`Copy::new`] for a prepared event: the SSE id and the event's JSON are written
+    /// straight into the frame's one buffer (no `String` for the id, no JSON built apart and
+    /// copied in). The bytes are those `Copy::new` frames from [`Prepared::json_for`].
+    fn of_prepared(p: &Prepared, channel: &ChannelName, position: Position) -> Self {
+        let (id, ch, body) = (&*p.id, channel.as_str(), p.body.as_str());
+        let capacity = 2 * ch.len() + id.len() + body.len() + 48;
+        let frame = Frame::build(
+            &p.event_type,
+            capacity,
+            |out| crate::cursor::write_entry_bytes(out, ch, position),
+            |out| write_json(out, id, ch, body),
+        );
+        Self { channel: channel.clone(), position, frame }
+    }
 }
 
 #[cfg(test)]
@@ -496,6 +579,37 @@ mod tests {
         assert_eq!(v["payload"], payload);
         assert_eq!(v["userId"], "u\"1");
         assert_eq!(v["userName"], "Ann \"The\" O'Neil\n");
+    }
+
+    #[test]
+    fn a_published_copy_frames_the_json_and_id_of_its_channel_as_framed_apart() {
+        let me = Publisher { user_id: Some("u\"1".into()), user_name: None };
+        let event = Event::new("chat").with("text", "line one\nline \"two\" \u{2028}");
+        let mut p =
+            Prepared::new(vec![ch("channel:a"), ch("user:42")], event, &me, 4096).unwrap_or_else(|e| panic!("{e}"));
+        for id in [None, Some("not \"plain\"\n\u{e9}")] {
+            if let Some(id) = id {
+                p.id = Arc::from(id);
+            }
+            let positions = [Position::new(1_764_800_000_123, 0), Position::new(1_764_800_000_124, 7)];
+            let published = Published::from_prepared(&p, &positions);
+            for ((copy, channel), pos) in published.copies.iter().zip(&p.channels).zip(positions) {
+                let apart = Copy::new(channel.clone(), pos, &p.event_type, &p.json_for(channel));
+                assert_eq!(copy.frame.with_id(true), apart.frame.with_id(true));
+                assert_eq!(copy.frame.id(), single_entry(channel.as_str(), pos));
+                assert_eq!((&copy.channel, copy.position), (channel, pos));
+            }
+        }
+    }
+
+    #[test]
+    fn a_timestamp_reused_within_its_millisecond_is_the_one_formatted_for_it() {
+        let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        for ms in [1_764_863_051_123, 1_764_863_051_123, 1_764_863_051_124, 0, 1_764_863_051_123] {
+            let mut out = Vec::new();
+            push_timestamp(&mut out, at(ms));
+            assert_eq!(String::from_utf8(out).ok(), Some(humantime::format_rfc3339_millis(at(ms)).to_string()));
+        }
     }
 
     #[test]

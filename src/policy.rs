@@ -156,9 +156,25 @@ impl Policies {
         self.check(who, channel, Action::Subscribe)
     }
 
+    /// [`Policies::can_publish`] with the policy of the channel's namespace already looked up
+    /// (`ns`, what [`Policies::of`] answers for it): a batch looks each namespace up once.
+    pub fn can_publish_in(&self, who: &Principal, channel: &ChannelName, ns: Option<&Namespace>) -> Result<(), Denied> {
+        self.check_in(who, channel, ns, Action::Publish)
+    }
+
     fn check(&self, who: &Principal, channel: &ChannelName, action: Action) -> Result<(), Denied> {
+        self.check_in(who, channel, self.of(channel), action)
+    }
+
+    fn check_in(
+        &self,
+        who: &Principal,
+        channel: &ChannelName,
+        ns: Option<&Namespace>,
+        action: Action,
+    ) -> Result<(), Denied> {
         let forbidden = || Denied::Forbidden { action: action.as_str(), channel: channel.to_string() };
-        let Some(ns) = self.of(channel) else {
+        let Some(ns) = ns else {
             return Err(forbidden());
         };
         let access = match action {

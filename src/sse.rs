@@ -38,6 +38,47 @@ impl Frame {
         Self { bytes: buf.freeze(), id_at, data_at }
     }
 
+    /// Frames an event whose id and JSON are written by the caller straight into the frame's
+    /// buffer (`capacity` bytes reserved for both), rather than each built apart and copied
+    /// in: one allocation per frame. The framing rules hold as in [`Frame::new`]: an id or
+    /// data written with a CR or LF in it is rewritten the way `new` writes it.
+    pub fn build(
+        event_type: &str,
+        capacity: usize,
+        id: impl FnOnce(&mut Vec<u8>),
+        data: impl FnOnce(&mut Vec<u8>),
+    ) -> Self {
+        let mut buf = Vec::with_capacity(event_type.len() + capacity + 24);
+        buf.extend_from_slice(b"event: ");
+        for chunk in event_type.as_bytes().split(|&b| b == b'\n' || b == b'\r') {
+            buf.extend_from_slice(chunk);
+        }
+        buf.push(b'\n');
+        let id_at = buf.len();
+        buf.extend_from_slice(b"id: ");
+        let id_start = buf.len();
+        id(&mut buf);
+        if memchr::memchr2(b'\n', b'\r', &buf[id_start..]).is_some() {
+            let written = buf.split_off(id_start);
+            buf.extend(written.into_iter().filter(|&b| b != b'\n' && b != b'\r'));
+        }
+        buf.push(b'\n');
+        let data_at = buf.len();
+        buf.extend_from_slice(b"data: ");
+        let data_start = buf.len();
+        data(&mut buf);
+        if memchr::memchr2(b'\n', b'\r', &buf[data_start..]).is_some() {
+            let written = buf.split_off(data_start);
+            buf.truncate(data_at);
+            let mut out = BytesMut::from(&buf[..]);
+            put_data(&mut out, &written);
+            out.put_u8(b'\n');
+            return Self { bytes: out.freeze(), id_at, data_at };
+        }
+        buf.extend_from_slice(b"\n\n");
+        Self { bytes: Bytes::from(buf), id_at, data_at }
+    }
+
     /// The frame for a subscriber of one channel: `id:` and `data:`, optionally `event:`.
     pub fn with_id(&self, named: bool) -> Bytes {
         if named { self.bytes.clone() } else { self.bytes.slice(self.id_at..) }
@@ -157,5 +198,22 @@ mod tests {
     fn names_and_ids_cannot_inject_lines() {
         let f = Frame::new("a\nevent: evil", "1\n\ndata: x", b"{}");
         assert_eq!(&f.with_id(true)[..], b"event: aevent: evil\nid: 1data: x\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn a_frame_built_in_place_is_the_frame_new_makes_of_the_same_parts() {
+        let parts = [
+            ("chat", "abc:1", &br#"{"x":1}"#[..]),
+            ("a\nevent: evil", "1\n\ndata: x", b"{}"),
+            ("chat", "abc:1", b"line one\r\nline two\rthree\n"),
+        ];
+        for (event_type, id, data) in parts {
+            let built =
+                Frame::build(event_type, 4, |b| b.extend_from_slice(id.as_bytes()), |b| b.extend_from_slice(data));
+            let made = Frame::new(event_type, id, data);
+            assert_eq!(built.with_id(true), made.with_id(true));
+            assert_eq!(built.with_id(false), made.with_id(false));
+            assert_eq!((built.id(), built.json()), (made.id(), made.json()));
+        }
     }
 }

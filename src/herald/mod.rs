@@ -37,7 +37,7 @@ use crate::engine::{Engine, EngineError, PublishAck};
 use crate::event::{Event, EventError, Prepared, Publisher};
 use crate::hub::Hub;
 use crate::limits::RateLimiter;
-use crate::policy::{Denied, Policies};
+use crate::policy::{Denied, Namespace, Policies};
 
 pub use census::{CensusError, ChannelCount};
 pub use history::{History, HistoryError, HistoryOrder, HistoryQuery, MAX_HISTORY_LIMIT};
@@ -356,13 +356,15 @@ impl Herald {
         batch: Vec<(Vec<ChannelName>, Event)>,
     ) -> Result<Vec<PublishAck>, PublishError> {
         let limit = self.inner.config.max_channels_per_publish;
+        let mut namespaces = NamespaceMemo::default();
         for (channels, event) in &batch {
             if channels.len() > limit {
                 return Err(PublishError::TooManyChannels { count: channels.len(), limit });
             }
             presence::check_not_presence(event)?;
             for ch in channels {
-                self.inner.policies.can_publish(who, ch)?;
+                let ns = namespaces.of(&self.inner.policies, ch);
+                self.inner.policies.can_publish_in(who, ch, ns)?;
             }
         }
         let prepared = self.prepare(batch, &who.publisher())?;
@@ -421,20 +423,25 @@ impl Herald {
             return Err(PublishError::BatchTooLarge { size: batch.len(), limit: cfg.max_batch });
         }
         let single = batch.len() == 1;
-        let prepared = batch
-            .into_iter()
-            .enumerate()
-            .map(|(index, (channels, event))| {
-                let limit = channels
-                    .iter()
-                    .filter_map(|c| self.inner.policies.of(c).map(|ns| ns.max_payload_bytes))
-                    .min()
-                    .unwrap_or(cfg.max_payload_bytes);
-                Prepared::new(channels, event, publisher, limit).map_err(|source| {
-                    if single { PublishError::Event(source) } else { PublishError::InBatch { index, source } }
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(batch.len());
+        let mut namespaces = NamespaceMemo::default();
+        for (index, (channels, event)) in batch.into_iter().enumerate() {
+            let mut limit: Option<usize> = None;
+            for c in &channels {
+                let of = namespaces.of(&self.inner.policies, c).map(|ns| ns.max_payload_bytes);
+                limit = match (limit, of) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let previous = prepared.last().map(|p| &p.event_type);
+            let p =
+                Prepared::sharing_type(channels, event, publisher, limit.unwrap_or(cfg.max_payload_bytes), previous)
+                    .map_err(|source| {
+                        if single { PublishError::Event(source) } else { PublishError::InBatch { index, source } }
+                    })?;
+            prepared.push(p);
+        }
         Ok(prepared)
     }
 
@@ -515,6 +522,24 @@ impl crate::metrics::Source for Herald {
 }
 
 /// For the admin view: this node's numbers on `admin:nodes`, every `admin_interval`.
+/// The policy of the last namespace a batch's channel was looked up in: a batch's events
+/// nearly always go to one namespace, which is then looked up once, not once per event.
+#[derive(Default)]
+struct NamespaceMemo<'p>(Option<(ChannelName, Option<&'p Namespace>)>);
+
+impl<'p> NamespaceMemo<'p> {
+    fn of(&mut self, policies: &'p Policies, channel: &ChannelName) -> Option<&'p Namespace> {
+        match &self.0 {
+            Some((seen, ns)) if seen.namespace() == channel.namespace() => *ns,
+            _ => {
+                let ns = policies.of(channel);
+                self.0 = Some((channel.clone(), ns));
+                ns
+            }
+        }
+    }
+}
+
 async fn publish_node_stats(inner: Weak<Inner>) {
     let Some(period) = inner.upgrade().map(|i| i.config.admin_interval) else { return };
     let Ok(channel) = ChannelName::parse_with("admin:nodes", |ns| ns == crate::policy::ADMIN_NAMESPACE) else { return };

@@ -128,6 +128,11 @@ struct Remembered {
     until: Instant,
 }
 
+/// The history limits of the last namespace a batch published to, as
+/// `(namespace, (size, ttl in ms))`.
+#[derive(Default)]
+struct LimitsMemo<'a>(Option<(&'a str, (usize, u64))>);
+
 /// The single-node engine.
 #[derive(Default)]
 pub struct MemoryEngine {
@@ -178,14 +183,15 @@ impl MemoryEngine {
                 return Err(EngineError::Full("too many idempotency keys held; try again shortly".into()));
             }
         }
+        let mut memo = LimitsMemo::default();
         let acks = batch
             .iter()
             .map(|p| {
-                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p) };
+                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p, &mut memo) };
                 if let Some(r) = keys.get(&k.key).filter(|r| r.until > now) {
                     return r.ack.clone();
                 }
-                let ack = self.publish_one(p);
+                let ack = self.publish_one(p, &mut memo);
                 let remembered =
                     Remembered { fingerprint: k.fingerprint.clone(), ack: ack.clone(), until: now + k.window };
                 keys.insert(k.key.clone(), remembered);
@@ -207,12 +213,30 @@ impl MemoryEngine {
 
     fn log(&self, channel: &ChannelName) -> Arc<Mutex<Log>> {
         let mut logs = lock(&self.logs);
+        // Looked up first: a channel with a log (nearly every publish) costs no clone of its
+        // name, which `entry` would take and drop.
+        if let Some(log) = logs.get(channel) {
+            return Arc::clone(log);
+        }
         Arc::clone(logs.entry(channel.clone()).or_insert_with(|| Arc::new(Mutex::new(Log::new(now_ms())))))
     }
 
-    fn publish_one(&self, p: &Prepared) -> PublishAck {
+    /// History size and age of `channel`'s namespace, looked up once per namespace in a
+    /// batch (its events nearly always share one).
+    fn limits_in<'a>(&self, memo: &mut LimitsMemo<'a>, channel: &'a ChannelName) -> (usize, u64) {
+        match memo.0 {
+            Some((ns, limits)) if ns == channel.namespace() => limits,
+            _ => {
+                let limits = self.limits(channel);
+                memo.0 = Some((channel.namespace(), limits));
+                limits
+            }
+        }
+    }
+
+    fn publish_one<'a>(&self, p: &'a Prepared, memo: &mut LimitsMemo<'a>) -> PublishAck {
         if let [channel] = p.channels.as_slice() {
-            return self.publish_single(p, channel);
+            return self.publish_single(p, channel, memo);
         }
         let logs: Vec<Arc<Mutex<Log>>> = p.channels.iter().map(|c| self.log(c)).collect();
         // Lock in channel-name order so concurrent multi-channel publishes cannot deadlock.
@@ -231,6 +255,7 @@ impl MemoryEngine {
         let event = Published::from_prepared(p, &positions);
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
             self.append(g, p, &event, ch, *pos, now);
+            g.trim(self.limits_in(memo, ch), now);
         }
         self.sink.node().deliver(&event);
         drop(guards);
@@ -239,7 +264,8 @@ impl MemoryEngine {
 
     /// [`Self::publish_one`] for one channel, nearly every publish: one lock to take, so no
     /// lock order and none of the lists that keep it.
-    fn publish_single(&self, p: &Prepared, channel: &ChannelName) -> PublishAck {
+    fn publish_single<'a>(&self, p: &Prepared, channel: &'a ChannelName, memo: &mut LimitsMemo<'a>) -> PublishAck {
+        let limits = self.limits_in(memo, channel);
         let log = self.log(channel);
         let mut g = lock(&log);
         let now = now_ms();
@@ -247,16 +273,17 @@ impl MemoryEngine {
         let pos = g.last;
         let event = Published::from_prepared(p, std::slice::from_ref(&pos));
         self.append(&mut g, p, &event, channel, pos, now);
+        g.trim(limits, now);
         self.sink.node().deliver(&event);
         drop(g);
         PublishAck { id: p.id.clone(), positions: vec![(channel.clone(), pos)] }
     }
 
-    /// Appends an event at `pos` to one channel's log, whose lock the caller holds.
+    /// Appends an event at `pos` to one channel's log, whose lock the caller holds (and
+    /// which it trims to the namespace's limits).
     fn append(&self, g: &mut Log, p: &Prepared, event: &Arc<Published>, ch: &ChannelName, pos: Position, now: u64) {
         g.entries.push_back(Arc::clone(event));
         g.positions.push_back(pos);
-        g.trim(self.limits(ch), now);
         if let Some(chunk) = &p.ai {
             g.fold_chunk(chunk, event, pos, now, self.stream_ttls(ch));
         }
@@ -338,7 +365,8 @@ impl Broker for MemoryEngine {
             let acks = self.publish_keyed(&batch);
             return Box::pin(async move { acks });
         }
-        let acks = batch.iter().map(|p| self.publish_one(p)).collect();
+        let mut memo = LimitsMemo::default();
+        let acks = batch.iter().map(|p| self.publish_one(p, &mut memo)).collect();
         Box::pin(async move { Ok(acks) })
     }
 
