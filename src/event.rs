@@ -531,7 +531,7 @@ impl Copy {
             |out| crate::cursor::write_entry_bytes(out, ch, position),
             |out| write_json(out, id, ch, body),
         );
-        Self { channel: channel.clone(), position, frame }
+        Self::framed(channel.clone(), position, frame)
     }
 }
 
