@@ -102,7 +102,7 @@ impl Session {
         self.herald.metrics().websocket.opened();
         let end = self.serve(&mut socket).await;
         // Boxed: the closing handshake's futures would otherwise take room beside the
-        // serving loop's in every idle socket's task (2,472 bytes in all against 1,616).
+        // serving loop's in every idle socket's task (`run`'s future was 2,472 bytes, the loop's 768).
         Box::pin(self.close(socket, end)).await;
     }
 
