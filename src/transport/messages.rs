@@ -198,7 +198,15 @@ impl Connection {
                 return Poll::Ready(None);
             }
             match self.core.poll(cx, &mut self.out) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Nothing more for now: the queue's buffer is given back, since a
+                    // connection spends most of its life idle and the buffer holds what
+                    // its largest burst held.
+                    if self.out.queue.is_empty() && self.out.queue.capacity() > 0 {
+                        self.out.queue = VecDeque::new();
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(polled) => {
                     if polled.close.is_some() {
                         self.done = true;

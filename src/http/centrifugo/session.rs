@@ -164,6 +164,13 @@ impl Session {
 
     pub(super) async fn run(mut self, mut socket: WebSocket) {
         let end = self.serve(&mut socket).await;
+        // Boxed, as `/api/ws` does: the closing handshake's futures take no room in an idle
+        // socket's task.
+        Box::pin(self.close(socket, end)).await;
+    }
+
+    /// Ends the socket: the disconnect or close frame and the closing handshake.
+    async fn close(self, mut socket: WebSocket, end: Option<End>) {
         tracing::debug!(client = %self.client, "centrifugo client closed");
         let frame = match end {
             Some(End::Disconnect(d)) => d.frame(),
@@ -187,6 +194,9 @@ impl Session {
         let mut heartbeat = Heartbeat::new(cfg.heartbeat_interval);
         // `connect` must come as soon as a request's headers must.
         let deadline = Instant::now() + cfg.header_read_timeout;
+        // The heartbeat's timer, pinned in this future (see [`Heartbeat`]).
+        let ping = tokio::time::sleep_until(heartbeat.due());
+        tokio::pin!(ping);
         loop {
             let sub_deadline = self.next_sub_deadline();
             tokio::select! {
@@ -225,10 +235,11 @@ impl Session {
                         Frame::Close(_) => return Some(End::ByClient),
                     }
                 }
-                () = heartbeat.tick(), if self.who.is_some() => {
+                () = &mut ping, if self.who.is_some() => {
                     if !heartbeat.alive() {
                         return Some(End::Disconnect(Disconnect::NoPong));
                     }
+                    ping.as_mut().reset(heartbeat.due());
                     // A client with no subscription has no hub connection for the drain to
                     // close: it is sent away here, within a heartbeat of the drain's start.
                     if self.conn.is_none() && self.herald.is_draining() {
