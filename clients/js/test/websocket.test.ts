@@ -258,7 +258,7 @@ describe('a channel joined later on a socket', () => {
 
   it('joins from an id the application kept, and after a reconnect from the position it kept', async () => {
     const room = 'channel:kept-room';
-    const { c, sockets, roomNotes } = onRoom('channel:kept-home', room, { baseMs: 300, capMs: 300, random: () => 1 });
+    const { c, sockets, roomNotes, said } = onRoom('channel:kept-home', room, { baseMs: 300, capMs: 300, random: () => 1 });
     const elsewhere = collect(new HeraldClient({ url: herald.url, auth: { mode: 'apiKey', key: API_KEY } }), room, {
       transport: 'fetch',
     });
@@ -271,7 +271,9 @@ describe('a channel joined later on a socket', () => {
       await c.sub.join(room, { lastEventId: elsewhere.notes()[1]?.id });
       await waitFor(() => roomNotes().length === 2, 'notes 3 and 4');
       await c.sub.leave(room);
-      await waitFor(() => !c.sub.channels.includes(room), 'left');
+      // The `unsubscribed` notice (which keeps the room's position) comes over the socket,
+      // apart from the DELETE's answer: the cut waits for it.
+      await waitFor(() => !c.sub.channels.includes(room) && said('unsubscribed') === 1, 'left');
       // Cut while the room is left; joined again while reconnecting, from the kept position.
       sockets[0]?.ws.terminate();
       await waitFor(() => c.sub.state === 'reconnecting', 'the cut noticed');
