@@ -90,6 +90,15 @@ impl Server {
         Ok(Self { listener, tls, herald, router, own_routes: false })
     }
 
+    /// Says that the router given to [`Server::bind_with_router`] serves Herald's publish
+    /// routes as [`crate::http::router`] does (Herald's router with routes of the
+    /// application's merged in, none of them a publish route), so that publishes may take
+    /// the lean HTTP/1.1 path, which serves those routes without the router.
+    pub fn with_heralds_publish_routes(mut self) -> Self {
+        self.own_routes = true;
+        self
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

@@ -238,7 +238,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if herald.config().demo_enabled() {
             router = router.merge(herald::demo::router(herald.clone()));
         }
-        let server = Server::bind_with_router(herald.clone(), router).await?;
+        // The demo's routes are none of the publish routes: publishes keep the lean path.
+        let server = Server::bind_with_router(herald.clone(), router).await?.with_heralds_publish_routes();
         let addr = server.local_addr()?;
         let scheme = if herald.config().tls_cert.is_some() { "https" } else { "http" };
         tracing::info!(
