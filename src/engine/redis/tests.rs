@@ -49,18 +49,23 @@ fn ch(name: &str) -> ChannelName {
     ChannelName::parse(name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-#[tokio::test]
-async fn what_the_publish_script_writes_reaches_the_sink_as_the_event_that_was_published() {
-    let server = Server::start().await;
-    let opts = RedisOptions {
+/// One node's options on the test's Redis.
+fn options(server: &Server, node_id: &str) -> RedisOptions {
+    RedisOptions {
         url: format!("redis://127.0.0.1:{}", server.port),
         tls_ca: None,
         cluster: false,
         sentinel: None,
         prefix: "realtime".to_owned(),
         slot_lease: Duration::from_secs(30),
-        node_id: "sink-test".to_owned(),
-    };
+        node_id: node_id.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn what_the_publish_script_writes_reaches_the_sink_as_the_event_that_was_published() {
+    let server = Server::start().await;
+    let opts = options(&server, "sink-test");
     let engine = RedisEngine::connect(opts).await.unwrap_or_else(|e| panic!("{e}"));
     let sink = RecordingSink::new(100);
     let (a, b) = (ch("channel:a"), ch("channel:b"));
@@ -106,15 +111,7 @@ async fn what_the_publish_script_writes_reaches_the_sink_as_the_event_that_was_p
 #[tokio::test]
 async fn the_first_event_of_a_fresh_channel_comes_after_the_head_read_before_it() {
     let server = Server::start().await;
-    let opts = RedisOptions {
-        url: format!("redis://127.0.0.1:{}", server.port),
-        tls_ca: None,
-        cluster: false,
-        sentinel: None,
-        prefix: "realtime".to_owned(),
-        slot_lease: Duration::from_secs(30),
-        node_id: "head-test".to_owned(),
-    };
+    let opts = options(&server, "head-test");
     let engine = RedisEngine::connect(opts).await.unwrap_or_else(|e| panic!("{e}"));
     engine.attach(RecordingSink::new(100));
     for i in 0..200 {
