@@ -586,6 +586,14 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     .await;
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"))
+}
+
 /// A `redis-server` of the test's own, on a free port, with an append-only file so that a
 /// restart keeps the Streams (as a production Redis with persistence would).
 pub struct RedisServer {
@@ -601,20 +609,33 @@ impl RedisServer {
         Self::start_with(|port, _| vec!["--port".into(), port.to_string()]).await
     }
 
-    /// Starts with the listening arguments `listen(port, dir)` returns.
-    pub async fn start_with(listen: impl FnOnce(u16, &std::path::Path) -> Vec<String>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("free port: {e}"));
-        let dir = TempDir::new();
-        let listen_args = listen(port, &dir.path);
-        let mut server = Self { port, child: None, dir, listen_args };
-        server.spawn().await;
-        server
+    /// Starts with the listening arguments `listen(port, dir)` returns. A free port found by
+    /// binding port 0 can be taken by another process before redis-server binds it; a start
+    /// that fails is tried again on a fresh port (a restart keeps its port and does not retry).
+    pub async fn start_with(listen: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = TempDir::new();
+            let listen_args = listen(port, &dir.path);
+            let mut server = Self { port, child: None, dir, listen_args };
+            match server.try_spawn().await {
+                Ok(()) => return server,
+                Err(log) => failures.push(log),
+            }
+        }
+        panic!("redis-server exited before it was ready, five times:\n{}", failures.join("\n---\n"))
     }
 
     async fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn().await {
+            panic!("redis-server exited before it was ready:\n{log}");
+        }
+    }
+
+    /// Starts the process and waits for it to accept connections; on exit before that, the
+    /// lines it printed (which say why: port in use, port too high, bad option).
+    async fn try_spawn(&mut self) -> Result<(), String> {
         use std::io::BufRead;
         let mut child = std::process::Command::new("redis-server")
             .args(&self.listen_args)
@@ -628,20 +649,35 @@ impl RedisServer {
                 panic!("redis-server could not start (is it installed? scripts/test installs it): {e}")
             });
         let stdout = child.stdout.take().unwrap_or_else(|| panic!("redis stdout"));
-        self.child = Some(child);
-        within(
+        let ready = within(
             "redis-server to accept connections",
             tokio::task::spawn_blocking(move || {
                 let mut lines = std::io::BufReader::new(stdout).lines();
-                let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Ready to accept connections"));
-                // Keep draining so redis never blocks on a full pipe.
-                std::thread::spawn(move || lines.for_each(drop));
-                ready
+                let mut seen = Vec::new();
+                for line in lines.by_ref().map_while(Result::ok) {
+                    if line.contains("Ready to accept connections") {
+                        // Keep draining so redis never blocks on a full pipe.
+                        std::thread::spawn(move || lines.for_each(drop));
+                        return Ok(());
+                    }
+                    seen.push(line);
+                }
+                Err(seen.join("\n"))
             }),
         )
         .await
-        .map(|ready| assert!(ready, "redis-server exited before it was ready"))
         .unwrap_or_else(|e| panic!("{e}"));
+        match ready {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(log) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(log)
+            }
+        }
     }
 
     pub fn url(&self) -> String {
@@ -758,10 +794,15 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
             nodes.push(
+                // The cluster bus listens on a port of its own, chosen free too (by default it
+                // is the port plus 10,000, past 65,535 for ports above 55,535).
                 RedisServer::start_with(|port, _| {
-                    ["--port", &port.to_string(), "--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                    let bus = free_port().to_string();
+                    ["--port", &port.to_string(), "--cluster-port", &bus, "--cluster-enabled", "yes"]
+                        .into_iter()
+                        .chain(["--cluster-node-timeout", "2000"])
                         .map(str::to_owned)
-                        .to_vec()
+                        .collect()
                 })
                 .await,
             );
