@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 
 use serde_json::json;
-use support::{API_KEY, Proto, TestServer, eventually, within};
+use support::{API_KEY, Proto, RedisServer, TestServer, eventually, redis_node, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -544,4 +544,147 @@ async fn publishes_the_lean_path_leaves_to_hyper_are_still_answered() {
     raw.read_to_end().await;
     assert!(raw.text().starts_with("HTTP/1.0 200 OK\r\n"), "{}", raw.text());
     assert!(json_of(body_of(&raw.seen))["id"].is_string());
+}
+
+// --- Pipelined publishes served together -------------------------------------------------
+
+/// Transactions (`MULTI`/`EXEC`) Redis has run so far.
+fn transactions(redis: &RedisServer) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A Redis, a node `a` to publish on, and a stream on node `b` following `channel`.
+async fn two_nodes(channel: &str) -> (RedisServer, TestServer, TestServer, support::SseStream) {
+    let redis = RedisServer::start().await;
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
+    let stream = b.client(Proto::H1).user("1").subscribe(&format!("channel={channel}"), &[]).await;
+    (redis, a, b, stream)
+}
+
+/// Expects the next events on `stream` to be these `(n, id)`, then, after one more publish
+/// (`n` = `next`) on `a`, that one: nothing was delivered twice.
+async fn expect_once_in_order(
+    stream: &mut support::SseStream,
+    a: &TestServer,
+    channel: &str,
+    events: &[(u64, String)],
+) {
+    for (n, id) in events {
+        let ev = stream.expect().await;
+        assert_eq!((ev.data["id"].as_str(), ev.data["n"].as_u64()), (Some(id.as_str()), Some(*n)), "{:?}", ev.data);
+    }
+    let next = events.last().map_or(0, |(n, _)| n + 1);
+    a.client(Proto::H1).backend().publish(&json!({"channel": channel, "type": "t", "n": next})).await;
+    stream.expect_ns(next..next + 1).await;
+}
+
+/// The `id` of a 200 answer, or of the first event of a batch's.
+fn id_of(what: &str, (head, body): &(String, Vec<u8>)) -> String {
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{what}: {head}");
+    let json = json_of(body);
+    json["id"]
+        .as_str()
+        .or_else(|| json["ids"][0].as_str())
+        .unwrap_or_else(|| panic!("{what}: no id in {json}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn pipelined_publishes_over_redis_go_to_redis_together_and_each_is_answered_and_delivered_once_in_order() {
+    let (redis, a, _b, mut on_b) = two_nodes("channel:together").await;
+    let before = transactions(&redis);
+    let mut all = String::new();
+    for n in 0..6 {
+        all += &post("/api/channels/channel:together/events", &key(), &format!(r#"{{"type":"t","n":{n}}}"#));
+    }
+    all += &post("/api/publish", &key(), r#"{"channel":"channel:together","type":"t","n":6}"#);
+    all += &post("/api/publish", &key(), r#"[{"channel":"channel:together","type":"t","n":7}]"#);
+    let mut raw = Raw::connect(a.addr).await;
+    raw.send(all.as_bytes()).await;
+    let answers = raw.responses(8).await;
+    let accepted: Vec<_> = answers.iter().enumerate().map(|(n, a)| (n as u64, id_of(&format!("{n}"), a))).collect();
+    expect_once_in_order(&mut on_b, &a, "channel:together", &accepted).await;
+    let together = transactions(&redis) - before;
+    assert!(
+        (1..8).contains(&together),
+        "eight single-event requests reached Redis in {together} transactions (one each would be none)"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_request_among_pipelined_ones_gets_its_own_answer_and_the_others_are_delivered() {
+    let (_redis, a, _b, mut on_b) = two_nodes("channel:mixed").await;
+    let ev = |n: u64| format!(r#"{{"type":"t","n":{n}}}"#);
+    let path = "/api/channels/channel:mixed/events";
+    let all = [
+        post(path, &key(), &ev(0)),
+        post(path, &key(), "{\"type\":"),
+        post(path, &key(), &ev(1)),
+        post(path, "", &ev(98)),
+        post("/api/publish", &key(), r#"{"channel":"channel:mixed","type":"t","n":2,"channels":["x"]}"#),
+        post(path, &key(), &ev(3)),
+    ]
+    .concat();
+    let mut raw = Raw::connect(a.addr).await;
+    raw.send(all.as_bytes()).await;
+    let answers = raw.responses(6).await;
+    let statuses: Vec<_> = answers.iter().map(|(h, _)| h.split(' ').nth(1).unwrap_or_default().to_owned()).collect();
+    assert_eq!(statuses, ["200", "400", "200", "401", "400", "200"], "{answers:?}");
+    let codes: Vec<_> = answers.iter().map(|(_, b)| json_of(b)["error"]["code"].clone()).collect();
+    assert_eq!((&codes[1], &codes[3]), (&json!("invalid_json"), &json!("unauthorized")));
+    let accepted: Vec<_> = [(0, 0), (1, 2), (3, 5)].map(|(n, at)| (n, id_of("accepted", &answers[at]))).into();
+    expect_once_in_order(&mut on_b, &a, "channel:mixed", &accepted).await;
+}
+
+#[tokio::test]
+async fn a_pipelined_publish_with_an_idempotency_key_keeps_its_place_and_its_retry_answers_the_same_id() {
+    let (_redis, a, _b, mut on_b) = two_nodes("channel:keyed").await;
+    let path = "/api/channels/channel:keyed/events";
+    let keyed = format!("{}Idempotency-Key: order-1\r\n", key());
+    let all = [
+        post(path, &key(), r#"{"type":"t","n":0}"#),
+        post(path, &keyed, r#"{"type":"t","n":1}"#),
+        post(path, &key(), r#"{"type":"t","n":2}"#),
+        post(path, &keyed, r#"{"type":"t","n":1}"#),
+        post(path, &key(), r#"{"type":"t","n":3}"#),
+    ]
+    .concat();
+    let mut raw = Raw::connect(a.addr).await;
+    raw.send(all.as_bytes()).await;
+    let answers = raw.responses(5).await;
+    let ids: Vec<_> = answers.iter().enumerate().map(|(i, a)| id_of(&format!("{i}"), a)).collect();
+    assert_eq!(ids[1], ids[3], "the retry answers the first publish's id");
+    let accepted: Vec<_> = [(0, 0), (1, 1), (2, 2), (3, 4)].map(|(n, at)| (n, ids[at].clone())).into();
+    expect_once_in_order(&mut on_b, &a, "channel:keyed", &accepted).await;
+}
+
+#[tokio::test]
+async fn when_redis_dies_under_pipelined_publishes_each_is_answered_503_and_none_is_delivered() {
+    let (mut redis, a, b, mut on_b) = two_nodes("channel:crash").await;
+    expect_once_in_order(&mut on_b, &a, "channel:crash", &[]).await;
+
+    // Frozen, Redis reads nothing more; killed, it never runs what was sent to it.
+    redis.signal("STOP");
+    let all: String = (90..96)
+        .map(|n| post("/api/channels/channel:crash/events", &key(), &format!(r#"{{"type":"t","n":{n}}}"#)))
+        .collect();
+    let mut raw = Raw::connect(a.addr).await;
+    raw.send(all.as_bytes()).await;
+    redis.kill();
+    for (head, body) in raw.responses(6).await {
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert_eq!(json_of(&body)["error"]["code"], "engine_unavailable");
+    }
+
+    redis.restart().await;
+    eventually("both nodes to reconnect", || a.herald.is_ready() && b.herald.is_ready()).await;
+    // The next event is the next publish: none of the refused ones was half delivered.
+    a.client(Proto::H1).backend().publish(&json!({"channel": "channel:crash", "type": "t", "n": 1})).await;
+    on_b.expect_ns(1..2).await;
 }

@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Proto, RedisServer, TestServer, eventually, within};
+use support::{Proto, RedisServer, TestServer, eventually, redis_node, within};
 
 /// A node on `redis` that keeps 1,000 events of history per channel, for the tests that
 /// publish hundreds while a stream is away.
@@ -18,21 +18,10 @@ async fn deep_node(redis: &RedisServer) -> TestServer {
     .await
 }
 
-/// A node on `redis`. Presence is off: these tests are about events, and presence has its
-/// own (tests/presence.rs).
-async fn node(redis: &RedisServer) -> TestServer {
-    let url = redis.url();
-    TestServer::secured(move |c| {
-        c.redis_url = Some(url);
-        support::no_presence(c);
-    })
-    .await
-}
-
 #[tokio::test]
 async fn an_event_published_on_one_node_reaches_subscribers_on_every_node() {
     let redis = RedisServer::start().await;
-    let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    let (a, b, c) = (redis_node(&redis).await, redis_node(&redis).await, redis_node(&redis).await);
     let mut on_b = b.client(Proto::H2c).user("1").subscribe("channel=channel:general&channel=user:1", &[]).await;
     let mut on_c = c.client(Proto::H1).user("2").subscribe("channel=channel:general", &[]).await;
     let mut publisher = a.client(Proto::H1).backend();
@@ -55,7 +44,7 @@ async fn an_event_published_on_one_node_reaches_subscribers_on_every_node() {
 #[tokio::test]
 async fn a_multi_channel_event_reaches_a_connection_on_another_node_once() {
     let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
     let mut both = b.client(Proto::H1).user("1").subscribe("channel=channel:x&channel=channel:y", &[]).await;
     let mut p = a.client(Proto::H1).backend();
     p.publish(&json!({"channels": ["channel:x", "channel:y"], "type": "alert", "n": 0})).await;
@@ -66,7 +55,7 @@ async fn a_multi_channel_event_reaches_a_connection_on_another_node_once() {
 #[tokio::test]
 async fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
     let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
     let query = "channel=channel:r&channel=user:7";
     let mut on_a = a.client(Proto::H1).user("7").subscribe(query, &[]).await;
     let mut publisher = b.client(Proto::H1).backend();
@@ -85,7 +74,7 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
 #[tokio::test]
 async fn when_redis_restarts_streams_stay_open_publishes_fail_loudly_and_nothing_accepted_is_lost() {
     let mut redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
     let mut on_b = b.client(Proto::H1).user("1").subscribe("channel=channel:outage", &[]).await;
     let mut publisher = a.client(Proto::H1).backend();
     publisher.publish(&json!({"channel": "channel:outage", "type": "update", "n": 0})).await;
@@ -110,7 +99,7 @@ async fn when_redis_restarts_streams_stay_open_publishes_fail_loudly_and_nothing
 #[tokio::test]
 async fn events_published_while_a_node_was_cut_off_from_redis_are_delivered_when_it_returns() {
     let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
     let mut on_b = b.client(Proto::H1).user("1").subscribe("channel=channel:cut", &[]).await;
     let mut publisher = a.client(Proto::H1).backend();
     publisher.publish(&json!({"channel": "channel:cut", "type": "update", "n": 0})).await;
@@ -129,7 +118,7 @@ async fn events_published_while_a_node_was_cut_off_from_redis_are_delivered_when
 #[tokio::test]
 async fn a_ticket_is_single_use_across_nodes() {
     let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
     let (status, body) = a.client(Proto::H1).user("9").post_raw("/api/tickets", "").await;
     assert_eq!(status, 201);
     let ticket = body["ticket"].as_str().unwrap_or_default().to_owned();
@@ -142,7 +131,7 @@ async fn a_ticket_is_single_use_across_nodes() {
 #[tokio::test]
 async fn a_node_subscribes_in_redis_only_to_channels_it_has_subscribers_for() {
     let redis = RedisServer::start().await;
-    let a = node(&redis).await;
+    let a = redis_node(&redis).await;
     let channels = |r: &RedisServer| {
         let mut v: Vec<String> = r
             .cli(&["PUBSUB", "CHANNELS", "*"])
@@ -274,7 +263,7 @@ async fn a_resume_from_before_the_trimmed_history_is_a_reset_never_a_silent_gap(
 #[tokio::test]
 async fn a_multi_channel_event_is_not_replayed_after_a_resume_from_its_own_id() {
     let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
     let query = "channel=channel:m1&channel=channel:m2";
     let mut stream = b.client(Proto::H1).user("1").subscribe(query, &[]).await;
     let mut p = a.client(Proto::H1).backend();
@@ -289,7 +278,7 @@ async fn a_multi_channel_event_is_not_replayed_after_a_resume_from_its_own_id() 
 #[tokio::test]
 async fn a_frozen_redis_makes_the_node_unready_and_new_streams_fail_fast_until_it_thaws() {
     let redis = RedisServer::start().await;
-    let a = node(&redis).await;
+    let a = redis_node(&redis).await;
     let mut stream = a.client(Proto::H1).user("1").subscribe("channel=channel:freeze", &[]).await;
     redis.signal("STOP");
     eventually("the node to notice a frozen Redis", || !a.herald.is_ready()).await;
@@ -304,7 +293,7 @@ async fn a_frozen_redis_makes_the_node_unready_and_new_streams_fail_fast_until_i
 #[tokio::test]
 async fn a_batch_over_redis_is_published_in_one_transaction_and_delivered_in_order() {
     let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
     let mut stream = b.client(Proto::H1).user("1").subscribe("channel=channel:batch&channel=user:1", &[]).await;
     let batch: Vec<_> = (0..6)
         .map(|n| json!({"channel": if n % 2 == 0 { "channel:batch" } else { "user:1" }, "type": "update", "n": n}))
@@ -387,7 +376,7 @@ async fn on_a_redis_cluster_a_client_resumes_on_another_node_with_what_it_missed
 #[tokio::test]
 async fn a_node_with_subscribers_keeps_one_healthy_pubsub_connection() {
     let redis = RedisServer::start().await;
-    let a = node(&redis).await;
+    let a = redis_node(&redis).await;
     let _stream = a.client(Proto::H1).user("1").subscribe("channel=channel:steady", &[]).await;
     // The pub/sub connection is pinged once a second; watch two pings go by. (This waits
     // for the periodic check itself, which is what is under test.)
@@ -399,7 +388,7 @@ async fn a_node_with_subscribers_keeps_one_healthy_pubsub_connection() {
 #[tokio::test]
 async fn a_node_keeps_catch_up_points_only_for_the_channels_it_follows() {
     let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
     let mut admin = a.client(Proto::H1).backend();
     let mut reader = a.client(Proto::H1).user("ann").subscribe("channel=channel:watched", &[]).await;
     let mut follower = a.client(Proto::H2c).user("bob").subscribe("channel=channel:elsewhere.*", &[]).await;

@@ -296,6 +296,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Accepts a batch in order; resolves once the engine has every event of it.
     fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>>;
 
+    /// Whether [`Broker::publish`] takes a batch all or nothing. Only then may the events of
+    /// several requests share one call (a refusal then answers each of them truly).
+    fn batches_are_atomic(&self) -> bool {
+        true
+    }
+
     /// The events of `channel` after `after` (or, with `None`, just its head), with its AI
     /// streams, read at one instant.
     fn history<'a>(

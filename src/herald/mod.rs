@@ -355,6 +355,18 @@ impl Herald {
         rate_key: &str,
         batch: Vec<(Vec<ChannelName>, Event)>,
     ) -> Result<Vec<PublishAck>, PublishError> {
+        let prepared = self.admit_publish(who, rate_key, batch)?;
+        Ok(self.publish_ready(prepared).await?)
+    }
+
+    /// The checks of [`Herald::publish_as`] without the engine: policies, limits, payloads,
+    /// then the rate limit charged; the batch prepared for [`Herald::publish_ready`].
+    pub(crate) fn admit_publish(
+        &self,
+        who: &Principal,
+        rate_key: &str,
+        batch: Vec<(Vec<ChannelName>, Event)>,
+    ) -> Result<Vec<Prepared>, PublishError> {
         let limit = self.inner.config.max_channels_per_publish;
         let mut namespaces = NamespaceMemo::default();
         for (channels, event) in &batch {
@@ -373,7 +385,7 @@ impl Herald {
         // costs the publisher nothing.
         let cost = prepared.iter().map(|p| p.channels.len()).sum();
         self.charge(who, rate_key, cost)?;
-        self.publish_ready(prepared).await
+        Ok(prepared)
     }
 
     /// Takes `cost` tokens from the publish rate limit of `who` (kept under `rate_key`),
@@ -392,10 +404,12 @@ impl Herald {
         publisher: &Publisher,
     ) -> Result<Vec<PublishAck>, PublishError> {
         let prepared = self.prepare(batch, publisher)?;
-        self.publish_ready(prepared).await
+        Ok(self.publish_ready(prepared).await?)
     }
 
-    async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, PublishError> {
+    /// Hands prepared events to the engine in one call, in order; all accepted or none
+    /// (where the engine's [`Broker::batches_are_atomic`](crate::engine::Broker::batches_are_atomic)).
+    pub(crate) async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, EngineError> {
         let reported = self.to_report_published(&prepared);
         // Offered once accepted, without the events (the engine takes them): a copy of the
         // few fields the mirror needs only when it is on.
@@ -407,6 +421,13 @@ impl Herald {
         self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
         self.report_published(reported, &acks);
         Ok(acks)
+    }
+
+    /// Whether the events of several publish requests may go to the engine in one call: the
+    /// engine takes a batch all or nothing (a Redis cluster does not), and no publish hook
+    /// is configured (a hook's call would hold the requests before it).
+    pub(crate) fn merges_publishes(&self) -> bool {
+        self.inner.engine.batches_are_atomic() && !self.inner.hooks.any(crate::hooks::Hook::Publish)
     }
 
     /// Validates a batch and serializes each event once.

@@ -129,6 +129,22 @@ impl Hooks {
         url.filter(|u| !u.is_empty())
     }
 
+    /// Whether `hook` is set for the node or for any namespace.
+    pub fn any(&self, hook: Hook) -> bool {
+        let set = |url: Option<&String>| url.is_some_and(|u| !u.is_empty());
+        let node = match hook {
+            Hook::Connect => self.cfg.connect_url.as_ref(),
+            Hook::Subscribe => self.cfg.subscribe_url.as_ref(),
+            Hook::Publish => self.cfg.publish_url.as_ref(),
+        };
+        set(node)
+            || self.per_namespace.values().any(|(sub, publ)| match hook {
+                Hook::Subscribe => set(sub.as_ref()),
+                Hook::Publish => set(publ.as_ref()),
+                Hook::Connect => false,
+            })
+    }
+
     /// The client's headers and cookies that the configuration passes on to hooks.
     pub fn passed(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         let mut passed = Vec::new();

@@ -27,7 +27,8 @@ use super::observe::count_publish_refusal;
 use super::refusal::Refusal;
 use crate::auth::Principal;
 use crate::channel::ChannelName;
-use crate::event::{Event, EventError, IDEMPOTENCY_FIELD, Idempotency};
+use crate::engine::{EngineError, PublishAck};
+use crate::event::{Event, EventError, IDEMPOTENCY_FIELD, Idempotency, Prepared};
 use crate::herald::Herald;
 
 /// The header that makes a single publish safe to retry.
@@ -93,51 +94,132 @@ pub(crate) async fn answer(
     parts: Parts,
     body: impl BodySource,
 ) -> Response {
-    let answer = match route {
-        Route::Publish => publish_any(herald, peer, parts, body).await,
-        Route::Channel(channel) => publish_on(herald, channel, peer, parts, body).await,
+    let answer = match stage(herald, route, peer, parts, body).await {
+        Ok(staged) => commit(herald, staged).await,
+        Err(e) => Err(e),
     };
-    count_publish_refusal(herald, answer.into_response())
+    count_publish_refusal(herald, answer.map(Json).into_response())
 }
 
-/// `POST /api/publish`: one event object, or an array of them as one batch.
-async fn publish_any(
+/// A publish request that passed every check (credentials, policies, hooks, JSON, the rate
+/// limit, charged): its events prepared for the engine, and the shape of its answer.
+pub(crate) struct Staged {
+    events: Vec<Prepared>,
+    /// Answered with `ids` (a JSON array was published), else with `id`.
+    batch: bool,
+}
+
+impl Staged {
+    /// Whether its events may share one engine call with other requests' events
+    /// ([`commit_together`]): not when one carries an idempotency key, since the engine
+    /// checks a batch's keys together, and a key held for another event would then refuse
+    /// every request of the call.
+    pub(crate) fn mergeable(&self) -> bool {
+        self.events.iter().all(|p| p.idempotency.is_none())
+    }
+
+    /// Its events.
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn answer(batch: bool, acks: impl Iterator<Item = PublishAck>) -> Published {
+        if batch {
+            Published::Batch { ids: acks.map(|a| a.id).collect() }
+        } else {
+            Published::One { id: acks.map(|a| a.id).next() }
+        }
+    }
+}
+
+/// Checks a publish request and prepares its events: everything but the engine's part.
+pub(crate) async fn stage(
     herald: &Herald,
+    route: Route,
     peer: Option<PeerAddr>,
     parts: Parts,
     body: impl BodySource,
-) -> Result<Json<Published>, ApiError> {
-    let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
-    publish_body(herald, &who, &key, idempotency.as_deref(), body, &client).await.map(Json)
+) -> Result<Staged, ApiError> {
+    match route {
+        // `POST /api/publish`: one event object, or an array of them as one batch.
+        Route::Publish => {
+            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
+            stage_body(herald, &who, &key, idempotency.as_deref(), body, &client).await
+        }
+        // `POST /api/channels/{channel}/events`: one event on the channel of the path.
+        Route::Channel(channel) => {
+            let channel = herald.parse_channel(&channel?)?;
+            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
+            let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, body, Some(channel))?)?;
+            stage_events(herald, &who, &key, vec![event], false, &client).await
+        }
+    }
 }
 
-/// Publishes the body of a `POST /api/publish` (one event object, or an array of them as one
-/// batch) for `who`, rate-limited under `key`: the HTTP handler's and the WebSocket
-/// `publish` command's common part.
-pub(crate) async fn publish_body(
+/// Hands a staged request's events to the engine; its answer.
+pub(crate) async fn commit(herald: &Herald, staged: Staged) -> Result<Published, ApiError> {
+    let batch = staged.batch;
+    let acks = herald.publish_ready(staged.events).await?;
+    Ok(Staged::answer(batch, acks.into_iter()))
+}
+
+/// Hands the events of several staged requests to the engine in one call, in order (all
+/// accepted or none: only where [`Herald::merges_publishes`]); each request's answer in
+/// order, or the engine's refusal for every one of them.
+pub(crate) async fn commit_together(herald: &Herald, staged: Vec<Staged>) -> Vec<Result<Published, ApiError>> {
+    let shapes: Vec<(usize, bool)> = staged.iter().map(|s| (s.events.len(), s.batch)).collect();
+    let events: Vec<Prepared> = staged.into_iter().flat_map(|s| s.events).collect();
+    let expected = events.len();
+    let refused = |e: EngineError| shapes.iter().map(|_| Err(ApiError::from(e.clone()))).collect();
+    match herald.publish_ready(events).await {
+        Ok(acks) if acks.len() == expected => {
+            let mut acks = acks.into_iter();
+            shapes.iter().map(|&(n, batch)| Ok(Staged::answer(batch, acks.by_ref().take(n)))).collect()
+        }
+        Ok(_) => refused(EngineError::Internal("the engine answered a batch with the wrong number of acks".into())),
+        Err(e) => refused(e),
+    }
+}
+
+/// Checks the body of a `POST /api/publish` (one event object, or an array of them as one
+/// batch) for `who`, rate-limited under `key`, and prepares its events ([`stage`]'s part
+/// for that route, and the WebSocket and Centrifugo `publish` commands', which then
+/// [`commit`] it).
+pub(crate) async fn stage_body(
     herald: &Herald,
     who: &Principal,
     key: &str,
     idempotency: Option<&str>,
     body: Value,
     client: &hooked::Client,
-) -> Result<Published, ApiError> {
+) -> Result<Staged, ApiError> {
     match body {
         Value::Array(items) => {
-            let mut batch = items
+            let batch = items
                 .into_iter()
                 .enumerate()
                 .map(|(i, item)| parse_item(herald, key, idempotency, i, item).map_err(|e| at_index(e, i)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let who = hooked::publish(herald, client, who.clone(), &mut batch).await?;
-            let acks = herald.publish_as(&who, key, batch).await?;
-            Ok(Published::Batch { ids: acks.into_iter().map(|a| a.id).collect() })
+            stage_events(herald, who, key, batch, true, client).await
         }
         item => {
             let event = keyed(herald, key, idempotency, parse_event(herald, item, None)?)?;
-            publish_one(herald, who, key, event, client).await.map(|Json(p)| p)
+            stage_events(herald, who, key, vec![event], false, client).await
         }
     }
+}
+
+/// Runs the publish hook, then [`Herald::admit_publish`]: the last checks before the engine.
+async fn stage_events(
+    herald: &Herald,
+    who: &Principal,
+    key: &str,
+    mut events: Vec<(Vec<ChannelName>, Event)>,
+    batch: bool,
+    client: &hooked::Client,
+) -> Result<Staged, ApiError> {
+    let who = hooked::publish(herald, client, who.clone(), &mut events).await?;
+    Ok(Staged { events: herald.admit_publish(&who, key, events)?, batch })
 }
 
 /// Item `index` of a batch, with its own idempotency key (`idempotencyKey`) if it has one,
@@ -170,20 +252,6 @@ fn keyed(
     Ok((channels, event.with_idempotency(key)))
 }
 
-/// `POST /api/channels/{channel}/events`: one event on the channel of the path.
-async fn publish_on(
-    herald: &Herald,
-    channel: Result<String, ApiError>,
-    peer: Option<PeerAddr>,
-    parts: Parts,
-    body: impl BodySource,
-) -> Result<Json<Published>, ApiError> {
-    let channel = herald.parse_channel(&channel?)?;
-    let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
-    let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, body, Some(channel))?)?;
-    publish_one(herald, &who, &key, event, &client).await
-}
-
 /// The publisher, its rate-limit key, its `Idempotency-Key`, and the body as JSON, read only
 /// once the publisher is known: for a request routed by axum.
 pub(crate) async fn caller_and_body(
@@ -212,20 +280,6 @@ async fn caller_with_body(
     };
     let body = body.read(herald, parts).await?;
     Ok((who, key, idempotency, parse_json(&body)?, client))
-}
-
-/// Publishes one event and answers with its id.
-async fn publish_one(
-    herald: &Herald,
-    who: &Principal,
-    key: &str,
-    event: (Vec<ChannelName>, Event),
-    client: &hooked::Client,
-) -> Result<Json<Published>, ApiError> {
-    let mut events = vec![event];
-    let who = hooked::publish(herald, client, who.clone(), &mut events).await?;
-    let acks = herald.publish_as(&who, key, events).await?;
-    Ok(Json(Published::One { id: acks.into_iter().next().map(|a| a.id) }))
 }
 
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {

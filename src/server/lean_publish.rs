@@ -11,6 +11,15 @@
 //! limits, JSON, hooks, refusal counters), under the same request id and span. The answer is
 //! written as hyper writes it ([`super::lean::encode_head`]).
 //!
+//! Pipelined requests already in the buffer are served together ([`serve_together`]): each
+//! is checked alone, in order ([`publish::stage`]), then the events of the accepted ones go to
+//! the engine in one call, in order ([`publish::commit_together`]), and the answers are
+//! written in order in one write. On Redis that is one transaction, whose pub/sub messages
+//! reach the nodes together, so a subscriber's write carries several events, as in memory.
+//! Only where the engine takes a batch all or nothing and no publish hook is set
+//! ([`Herald::merges_publishes`]); a request whose events carry idempotency keys gets an
+//! engine call of its own, in its place.
+//!
 //! Only the plain cases are served here; everything else goes to hyper with the bytes already
 //! read, for the rest of the connection: another route or method, HTTP/1.0, a body that is
 //! chunked, announced with `Expect`, absent, or over `max_body_bytes`, an `Upgrade`, a
@@ -26,6 +35,7 @@ use std::time::Duration;
 
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+use axum::response::IntoResponse;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,11 +44,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::lean::{Framing, Pending, encode_head};
+use crate::engine::EngineError;
 use crate::herald::Herald;
 use crate::http::ApiError;
 use crate::http::Refusal;
 use crate::http::auth::PeerAddr;
-use crate::http::observe::{answer_with_id, request_id, request_span};
+use crate::http::observe::{answer_with_id, count_publish_refusal, request_id, request_span};
 use crate::http::publish::{self, BodySource, Route};
 
 /// The largest request head read here; a bigger one is left to hyper.
@@ -47,8 +58,12 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Most headers in a lean request head; more is left to hyper.
 const MAX_HEADERS: usize = 32;
 
-/// Room kept free in the connection's buffer before each read.
-const READ_ROOM: usize = 1024;
+/// Room kept free in the connection's buffer before each read: a few dozen pipelined
+/// publishes, which are then served together ([`serve_together`]).
+const READ_ROOM: usize = 8 * 1024;
+
+/// Most pipelined requests served together.
+const MAX_TOGETHER: usize = 32;
 
 /// A publish request head that the lean path serves, as found in the connection's buffer.
 pub(super) struct Scanned {
@@ -219,6 +234,21 @@ pub(super) async fn serve_publishes(
                 }
             }
         };
+        let head = if ctx.herald.merges_publishes() {
+            match take_buffered(&mut buf, head, ctx.herald) {
+                Ok(taken) => {
+                    if !serve_together(tcp, taken, ctx).await? {
+                        let _ = tcp.shutdown().await;
+                        return Ok(Handoff::Closed);
+                    }
+                    deadline = Instant::now() + ctx.next_request;
+                    continue;
+                }
+                Err(head) => head,
+            }
+        } else {
+            head
+        };
         let bytes = buf.split_to(head.len).freeze();
         let Some(mut parts) = request_parts(&bytes, &head) else {
             // A value or target `http` refuses: hyper answers it, from the start of its head.
@@ -268,8 +298,154 @@ pub(super) async fn serve_publishes(
     }
 }
 
+/// A complete publish request taken out of the connection's buffer.
+struct Taken {
+    route: Route,
+    parts: Parts,
+    body: Bytes,
+    keep_alive: bool,
+}
+
+/// The complete publish requests at the start of `buf` (`first` is the head there), taken
+/// out of it if there are at least two (else `first` is given back): up to
+/// [`MAX_TOGETHER`], up to one that closes the connection, up to one that is incomplete or
+/// not for this path.
+fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Result<Vec<Taken>, Box<Scanned>> {
+    let whole = |s: &Scanned| s.len + s.body_len;
+    if buf.len() < whole(&first) {
+        return Err(first);
+    }
+    let mut at = whole(&first);
+    let mut more = Vec::new();
+    let mut keep_alive = first.keep_alive;
+    while keep_alive && more.len() + 1 < MAX_TOGETHER {
+        let Head::Lean(next) = publish_head(&buf[at..], herald) else { break };
+        if buf.len() - at < whole(&next) {
+            break;
+        }
+        at += whole(&next);
+        keep_alive = next.keep_alive;
+        more.push(next);
+    }
+    if more.is_empty() {
+        return Err(first);
+    }
+    let mut taken = Vec::with_capacity(more.len() + 1);
+    for scanned in std::iter::once(first).chain(more) {
+        let head = buf.split_to(scanned.len).freeze();
+        let Some(parts) = request_parts(&head, &scanned) else {
+            // A value or target `http` refuses: left in the buffer for hyper to answer,
+            // after the requests before it.
+            let mut rest = BytesMut::from(&head[..]);
+            rest.extend_from_slice(buf);
+            *buf = rest;
+            break;
+        };
+        let Scanned { route, body_len, keep_alive, .. } = *scanned;
+        taken.push(Taken { route, parts, body: buf.split_to(body_len).freeze(), keep_alive });
+    }
+    Ok(taken)
+}
+
+/// Serves pipelined requests together: each is checked in turn as if alone (its own
+/// credentials, policies, rate limit, JSON; a refusal is its own answer), then the events of
+/// the accepted ones go to the engine in one call, in order (on Redis one transaction, whose
+/// pub/sub messages reach the nodes together, so that a subscriber's write carries several
+/// events), and each request is answered in order, in one write. A request whose events
+/// carry idempotency keys has an engine call of its own, in its place. Whether the
+/// connection stays open.
+async fn serve_together(tcp: &TcpStream, taken: Vec<Taken>, ctx: &Publishing<'_>) -> io::Result<bool> {
+    let herald = ctx.herald;
+    let peer = Some(PeerAddr(ctx.peer));
+    let keep_alive = taken.last().is_none_or(|t| t.keep_alive);
+    let mut ids = Vec::with_capacity(taken.len());
+    let mut staged = Vec::with_capacity(taken.len());
+    for Taken { route, mut parts, body, .. } in taken {
+        let id = request_id(&mut parts.headers);
+        let span = request_span(id.as_ref(), &parts.method, parts.uri.path());
+        staged.push(publish::stage(herald, route, peer, parts, Buffered(body)).instrument(span).await);
+        ids.push(id);
+    }
+    let answers = commit_in_order(herald, staged).await;
+    let mut out = BytesMut::new();
+    let last = answers.len().saturating_sub(1);
+    for (i, (answer, id)) in answers.into_iter().zip(ids).enumerate() {
+        let mut resp = count_publish_refusal(herald, answer.map(axum::Json).into_response());
+        if let Some(id) = id {
+            answer_with_id(&mut resp, id);
+        }
+        encode_response(&mut out, resp, i < last || keep_alive).await?;
+    }
+    write_bytes(tcp, out.freeze()).await?;
+    Ok(keep_alive)
+}
+
+/// The staged requests' events handed to the engine in order: the accepted ones together,
+/// at most `max_batch` events a call, one with idempotency keys alone; each request's answer.
+async fn commit_in_order(
+    herald: &Herald,
+    staged: Vec<Result<publish::Staged, ApiError>>,
+) -> Vec<Result<publish::Published, ApiError>> {
+    let mut answers: Vec<Option<Result<publish::Published, ApiError>>> = staged.iter().map(|_| None).collect();
+    let limit = herald.config().max_batch;
+    let mut group: Vec<(usize, publish::Staged)> = Vec::new();
+    let mut events = 0;
+    for (i, staged) in staged.into_iter().enumerate() {
+        match staged {
+            Err(e) => answers[i] = Some(Err(e)),
+            Ok(s) if !s.mergeable() || (events + s.len() > limit && !group.is_empty()) => {
+                commit_group(herald, std::mem::take(&mut group), &mut answers).await;
+                events = 0;
+                if s.mergeable() {
+                    events = s.len();
+                    group.push((i, s));
+                } else {
+                    answers[i] = Some(publish::commit(herald, s).await);
+                }
+            }
+            Ok(s) => {
+                events += s.len();
+                group.push((i, s));
+            }
+        }
+    }
+    commit_group(herald, group, &mut answers).await;
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(ApiError::from(EngineError::Internal("a publish was not answered".into())))))
+        .collect()
+}
+
+/// One engine call for a group of staged requests; their answers in their places.
+async fn commit_group(
+    herald: &Herald,
+    group: Vec<(usize, publish::Staged)>,
+    answers: &mut [Option<Result<publish::Published, ApiError>>],
+) {
+    if group.is_empty() {
+        return;
+    }
+    let (places, staged): (Vec<usize>, Vec<publish::Staged>) = group.into_iter().unzip();
+    for (i, answer) in places.into_iter().zip(publish::commit_together(herald, staged).await) {
+        answers[i] = Some(answer);
+    }
+}
+
 /// Writes a complete response with its `Content-Length`.
 async fn write_response(tcp: &TcpStream, resp: axum::response::Response, keep_alive: bool) -> io::Result<()> {
+    let mut out = BytesMut::new();
+    encode_response(&mut out, resp, keep_alive).await?;
+    write_bytes(tcp, out.freeze()).await
+}
+
+/// Writes `bytes` whole.
+async fn write_bytes(tcp: &TcpStream, bytes: Bytes) -> io::Result<()> {
+    let mut out = Pending::new(bytes);
+    std::future::poll_fn(|cx| out.poll_flush(tcp, cx)).await
+}
+
+/// Appends a complete response with its `Content-Length` to `out`, as hyper writes it.
+async fn encode_response(out: &mut BytesMut, resp: axum::response::Response, keep_alive: bool) -> io::Result<()> {
     let (parts, mut body) = resp.into_parts();
     // A publish's answer is one frame; collected without a list of frames.
     let mut data = Bytes::new();
@@ -279,10 +455,18 @@ async fn write_response(tcp: &TcpStream, resp: axum::response::Response, keep_al
         }
     }
     let framing = Framing::Length(data.len() as u64);
-    let head = encode_head(Version::HTTP_11, parts.status, &parts.headers, keep_alive, framing);
-    let mut out = Pending::new(head);
-    out.set_data(data, framing);
-    std::future::poll_fn(|cx| out.poll_flush(tcp, cx)).await
+    out.extend_from_slice(&encode_head(Version::HTTP_11, parts.status, &parts.headers, keep_alive, framing));
+    out.extend_from_slice(&data);
+    Ok(())
+}
+
+/// A body already in the connection's buffer.
+struct Buffered(Bytes);
+
+impl BodySource for Buffered {
+    async fn read(self, _: &Herald, _: Parts) -> Result<Bytes, ApiError> {
+        Ok(self.0)
+    }
 }
 
 /// How far a lean request's body was read.

@@ -722,6 +722,17 @@ impl Drop for RedisServer {
     }
 }
 
+/// A node on `redis` that takes the test API key. Presence is off: the tests that use it are
+/// about events, and presence has its own (tests/presence.rs).
+pub async fn redis_node(redis: &RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::secured(move |c| {
+        c.redis_url = Some(url);
+        no_presence(c);
+    })
+    .await
+}
+
 /// The `herald` binary running as a process of its own.
 pub struct Running {
     pub child: std::process::Child,

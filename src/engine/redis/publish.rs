@@ -95,7 +95,9 @@ impl RedisEngine {
     }
 
     /// Publishes a batch: one script for one event, or every event's script inside one
-    /// MULTI/EXEC, so that a batch is all accepted or (Redis gone) not at all.
+    /// MULTI/EXEC, so that a batch is all accepted or (Redis gone) not at all. The batch may
+    /// be the events of several pipelined requests (`server::lean_publish`): their pub/sub
+    /// messages then reach every node together.
     async fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
         if batch.len() > 1 && batch.iter().any(|p| p.idempotency.is_some()) {
             self.check_keys(batch).await?;
@@ -107,11 +109,12 @@ impl RedisEngine {
         let ids: Vec<Vec<String>> = if let [one] = batch {
             vec![self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?]
         } else {
-            // EVALSHA inside MULTI cannot fall back to EVAL: load the script first.
-            self.publish_script.prepare_invoke().load_async(&mut conn).await.map_err(unavailable)?;
+            // EVALSHA inside MULTI cannot fall back to EVAL: the transaction loads the script
+            // first (one round trip, not two).
             let invocations: Vec<_> = batch.iter().map(|p| self.invocation(p, &p.channels)).collect();
             let mut pipe = redis::pipe();
             pipe.atomic();
+            pipe.cmd("SCRIPT").arg("LOAD").arg(super::PUBLISH_LUA).ignore();
             for inv in &invocations {
                 pipe.invoke_script(inv);
             }
@@ -165,6 +168,11 @@ impl Broker for RedisEngine {
             }
             acks
         })
+    }
+
+    /// One MULTI/EXEC on a single Redis; event by event on a cluster.
+    fn batches_are_atomic(&self) -> bool {
+        !self.is_cluster()
     }
 
     fn history<'a>(

@@ -34,6 +34,7 @@ use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Admission, Herald, LastEvents, StreamRequest, new_connection_id};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
+use crate::http::publish;
 use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
@@ -760,7 +761,8 @@ impl Session {
             .ok_or_else(|| ClientError::new(107, "Herald publishes JSON objects: `data` must be one"))?;
         let who = self.who();
         let key = rate_key(&who, self.peer);
-        crate::http::publish::publish_body(&self.herald, &who, &key, None, event, &self.hooks).await?;
+        let staged = publish::stage_body(&self.herald, &who, &key, None, event, &self.hooks).await?;
+        publish::commit(&self.herald, staged).await?;
         Ok(json!({}))
     }
 

@@ -27,6 +27,7 @@ use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::hooked;
 use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
+use crate::http::publish;
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::{MAX_FILTERS, checked_last_event_id, parse_filter};
 use crate::hub::connection::CloseReason;
@@ -402,16 +403,13 @@ impl Session {
 
     async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ApiError> {
         let key = rate_key(&self.who, self.peer);
-        let published = crate::http::publish::publish_body(
-            &self.herald,
-            &self.who,
-            &key,
-            p.idempotency_key.as_deref(),
-            p.event,
-            &self.client,
-        )
-        .await
-        .inspect_err(|e| {
+        let idempotency = p.idempotency_key.as_deref();
+        let published =
+            match publish::stage_body(&self.herald, &self.who, &key, idempotency, p.event, &self.client).await {
+                Ok(staged) => publish::commit(&self.herald, staged).await,
+                Err(e) => Err(e),
+            };
+        let published = published.inspect_err(|e| {
             count_publish_refusal(&self.herald, e.clone().into_response());
         })?;
         serde_json::to_value(published).map_err(|e| ApiError::refuse(Refusal::Internal, e.to_string()))
