@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 
 use serde_json::json;
-use support::{API_KEY, Proto, RedisServer, TestServer, eventually, redis_node, within};
+use support::{API_KEY, Proto, RedisServer, TestServer, cluster_node, eventually, redis_node, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -687,4 +687,19 @@ async fn when_redis_dies_under_pipelined_publishes_each_is_answered_503_and_none
     // The next event is the next publish: none of the refused ones was half delivered.
     a.client(Proto::H1).backend().publish(&json!({"channel": "channel:crash", "type": "t", "n": 1})).await;
     on_b.expect_ns(1..2).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_pipelined_publishes_are_each_answered_and_delivered_once_in_order() {
+    let cluster = support::RedisCluster::start().await;
+    let (a, b) = (cluster_node(&cluster).await, cluster_node(&cluster).await);
+    let mut on_b = b.client(Proto::H1).user("1").subscribe("channel=channel:sharded", &[]).await;
+    let all: String = (0..6)
+        .map(|n| post("/api/channels/channel:sharded/events", &key(), &format!(r#"{{"type":"t","n":{n}}}"#)))
+        .collect();
+    let mut raw = Raw::connect(a.addr).await;
+    raw.send(all.as_bytes()).await;
+    let answers = raw.responses(6).await;
+    let accepted: Vec<_> = answers.iter().enumerate().map(|(n, a)| (n as u64, id_of(&format!("{n}"), a))).collect();
+    expect_once_in_order(&mut on_b, &a, "channel:sharded", &accepted).await;
 }

@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Proto, RedisServer, TestServer, eventually, redis_node, within};
+use support::{Proto, RedisServer, TestServer, cluster_node, eventually, redis_node, within};
 
 /// A node on `redis` that keeps 1,000 events of history per channel, for the tests that
 /// publish hundreds while a stream is away.
@@ -301,16 +301,6 @@ async fn a_batch_over_redis_is_published_in_one_transaction_and_delivered_in_ord
     let answer = a.client(Proto::H1).backend().publish(&json!(batch)).await;
     assert_eq!(answer["ids"].as_array().map(Vec::len), Some(6));
     stream.expect_ns(0..6).await;
-}
-
-async fn cluster_node(cluster: &support::RedisCluster) -> TestServer {
-    let url = cluster.url();
-    TestServer::secured(move |c| {
-        c.redis_url = Some(url);
-        c.redis_cluster = true;
-        support::no_presence(c);
-    })
-    .await
 }
 
 #[tokio::test]

@@ -733,6 +733,17 @@ pub async fn redis_node(redis: &RedisServer) -> TestServer {
     .await
 }
 
+/// A node on the Redis `cluster`, like [`redis_node`].
+pub async fn cluster_node(cluster: &RedisCluster) -> TestServer {
+    let url = cluster.url();
+    TestServer::secured(move |c| {
+        c.redis_url = Some(url);
+        c.redis_cluster = true;
+        no_presence(c);
+    })
+    .await
+}
+
 /// The `herald` binary running as a process of its own.
 pub struct Running {
     pub child: std::process::Child,
