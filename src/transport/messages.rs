@@ -189,7 +189,7 @@ impl Connection {
 
     /// Heartbeats are not messages: a transport of the application's own keeps its
     /// connection alive its own way.
-    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         loop {
             if let Some(item) = self.out.queue.pop_front() {
                 return Poll::Ready(Some(item));

@@ -114,5 +114,10 @@ async fn open(
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| session.run(socket)))
+        // The socket gets a task of its own, sized for what an open socket holds: axum's,
+        // which upgrades it, is sized for the upgrade too, and ends here.
+        .on_upgrade(move |socket| {
+            tokio::spawn(session.serving(socket));
+            std::future::ready(())
+        }))
 }
