@@ -105,8 +105,8 @@ async fn open(
     // is open.
     let may_authenticate = matches!(who, Principal::Anonymous) && conn.is_none();
     let max = herald.config().max_body_bytes;
-    let session = session::Session::new(herald.clone(), who, peer, client, conn, kill, may_authenticate);
-    let session = session.holding(drain_guard).starting_with(later);
+    let session = session::Session::new(herald.clone(), who, client, conn, kill, may_authenticate, later);
+    let session = session.holding(drain_guard);
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

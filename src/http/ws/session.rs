@@ -26,7 +26,7 @@ use crate::auth::{ApiKey, Principal};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
 use crate::herald::{Herald, LastEvents, PresenceError, StreamRequest};
-use crate::http::auth::{PeerAddr, rate_key};
+use crate::http::auth::rate_key_of;
 use crate::http::error::ApiError;
 use crate::http::hooked;
 use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
@@ -51,42 +51,48 @@ const CLOSE_WRITE: Duration = Duration::from_secs(1);
 pub(super) struct Session {
     herald: Herald,
     who: Principal,
-    peer: Option<PeerAddr>,
     /// The client as the backend hooks are told about it.
     client: hooked::Client,
     conn: Option<Connection>,
     kill: KillSwitch,
-    /// The socket came without a credential and nothing else was asked yet: an `auth`
-    /// command may still bring one.
-    may_authenticate: bool,
     frames: Bucket,
-    /// The open query's `last`, for the stream the first `subscribe` opens.
-    last: LastEvents,
+    /// Until the socket's stream opens; boxed, so that an open socket holds none of it.
+    opening: Option<Box<Opening>>,
     /// Keeps the server's drain waiting until the socket is closed (`None` when the router
     /// is served by something other than Herald's server).
     _drain_guard: Option<DrainGuard>,
 }
 
+/// What a socket opened without a stream holds until its first `subscribe` opens one.
+struct Opening {
+    /// The socket came without a credential and nothing else was asked yet: an `auth`
+    /// command may still bring one.
+    may_authenticate: bool,
+    /// The open query's `last`, for the stream the first `subscribe` opens.
+    last: LastEvents,
+    /// A socket must subscribe (and say who it is) as soon as a request's headers must
+    /// arrive: an idle socket holds no hub connection, so no limit counts it.
+    deadline: Instant,
+}
+
 impl Session {
+    /// A session on `conn`, or, without one, waiting for the first `subscribe` to open a
+    /// stream that starts with the `last` events of the open query.
     pub(super) fn new(
         herald: Herald,
         who: Principal,
-        peer: Option<PeerAddr>,
         client: hooked::Client,
         conn: Option<Connection>,
         kill: KillSwitch,
         may_authenticate: bool,
+        last: LastEvents,
     ) -> Self {
         let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
-        let last = LastEvents::default();
-        Self { herald, who, peer, client, conn, kill, may_authenticate, frames, last, _drain_guard: None }
-    }
-
-    /// The stream the first `subscribe` opens starts with these last events (the open
-    /// query's `last`).
-    pub(super) fn starting_with(mut self, last: LastEvents) -> Self {
-        self.last = last;
-        self
+        let opening = conn.is_none().then(|| {
+            let deadline = Instant::now() + herald.config().header_read_timeout;
+            Box::new(Opening { may_authenticate, last, deadline })
+        });
+        Self { herald, who, client, conn, kill, frames, opening, _drain_guard: None }
     }
 
     pub(super) fn holding(mut self, guard: Option<DrainGuard>) -> Self {
@@ -99,18 +105,8 @@ impl Session {
         self.herald.metrics().websocket.opened();
         let cfg = self.herald.config();
         let heartbeat = Heartbeat::new(cfg.heartbeat_interval);
-        // A socket must subscribe (and say who it is) as soon as a request's headers must
-        // arrive: an idle socket holds no hub connection, so no limit counts it.
-        let deadline = Instant::now() + cfg.header_read_timeout;
-        let timer = Box::pin(tokio::time::sleep_until(self.wake_at(&heartbeat, deadline)));
-        SessionTask(Phase::Serving(Serving {
-            session: Some(self),
-            socket,
-            heartbeat,
-            deadline,
-            timer,
-            step: Step::Waiting,
-        }))
+        let timer = Box::pin(tokio::time::sleep_until(self.wake_at(&heartbeat)));
+        SessionTask(Phase::Serving(Serving { session: Some(self), socket, heartbeat, timer, step: Step::Waiting }))
     }
 
     /// Ends the socket: the close frame and its handshake, and the count of the close.
@@ -141,8 +137,16 @@ impl Session {
 
     /// When the session's timer must fire next: the ping's time, or the subscribe deadline
     /// while the socket has no subscription.
-    fn wake_at(&self, heartbeat: &Heartbeat, deadline: Instant) -> Instant {
-        if self.conn.is_none() { heartbeat.due().min(deadline) } else { heartbeat.due() }
+    fn wake_at(&self, heartbeat: &Heartbeat) -> Instant {
+        match self.subscribe_deadline() {
+            Some(deadline) => heartbeat.due().min(deadline),
+            None => heartbeat.due(),
+        }
+    }
+
+    /// When the socket must have subscribed by, while it has not.
+    fn subscribe_deadline(&self) -> Option<Instant> {
+        self.opening.as_ref().filter(|_| self.conn.is_none()).map(|o| o.deadline)
     }
 
     /// Runs one command, owning the session while it runs (the socket's task holds the
@@ -184,7 +188,7 @@ impl Session {
             Ok(cmd) => cmd,
             Err(bad) => return (protocol::error(bad.id, &bad.error), None),
         };
-        let may_authenticate = std::mem::take(&mut self.may_authenticate);
+        let may_authenticate = self.opening.as_mut().is_some_and(|o| std::mem::take(&mut o.may_authenticate));
         let result = match kind {
             Kind::Auth(auth) if may_authenticate => match self.authenticate(auth.token).await {
                 Ok(v) => Ok(v),
@@ -249,7 +253,7 @@ impl Session {
                 named: false,
                 kill: Some(self.kill.clone()),
                 filters,
-                last: std::mem::take(&mut self.last),
+                last: self.opening.as_mut().map(|o| std::mem::take(&mut o.last)).unwrap_or_default(),
                 transport: "websocket",
             };
             let conn = self.herald.connect(req).await.map_err(ApiError::from).inspect_err(|e| {
@@ -259,6 +263,7 @@ impl Session {
             tracing::debug!(connection = conn.id(), who = %self.who.describe(), "websocket subscribed");
             let result = answer(&conn);
             self.conn = Some(conn);
+            self.opening = None;
             return Ok(result);
         };
         if !s.filters.is_empty() {
@@ -293,7 +298,7 @@ impl Session {
     }
 
     async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ApiError> {
-        let key = rate_key(&self.who, self.peer);
+        let key = rate_key_of(&self.who, self.client.ip());
         let published = crate::http::publish::publish_body(
             &self.herald,
             &self.who,
@@ -363,8 +368,6 @@ struct Serving {
     session: Option<Session>,
     socket: WebSocket,
     heartbeat: Heartbeat,
-    /// The subscribe deadline.
-    deadline: Instant,
     /// One timer for the next ping and the subscribe deadline.
     timer: Pin<Box<Sleep>>,
     step: Step,
@@ -515,7 +518,7 @@ impl Serving {
                     }
                     if self.timer.as_mut().poll(cx).is_ready() {
                         let now = Instant::now();
-                        if session.conn.is_none() && now >= self.deadline {
+                        if session.subscribe_deadline().is_some_and(|deadline| now >= deadline) {
                             let e = ApiError::refuse(
                                 Refusal::SubscribeTimeout,
                                 "a socket must subscribe within `header_read_timeout` of opening",
@@ -532,7 +535,7 @@ impl Serving {
                             }
                             self.step = Step::write(vec![Frame::Ping(bytes::Bytes::new())], None);
                         }
-                        self.timer.as_mut().reset(session.wake_at(&self.heartbeat, self.deadline));
+                        self.timer.as_mut().reset(session.wake_at(&self.heartbeat));
                         continue;
                     }
                     let Some(conn) = session.conn.as_mut() else { return Poll::Pending };
