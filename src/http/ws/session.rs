@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket};
 use axum::response::IntoResponse;
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
@@ -154,21 +154,6 @@ impl Session {
     async fn command_owned(mut self, text: Utf8Bytes) -> (Self, Frame, Option<Close>) {
         let (answer, close) = self.command(text.as_str()).await;
         (self, answer, close)
-    }
-
-    /// The frames of `first` and whatever else the connection has ready (up to
-    /// [`MAX_BATCH`]), for one write. Not `async`: the item is gone before the write
-    /// waits, so that it takes no room in the session's future.
-    fn events(&mut self, first: Item) -> Vec<Frame> {
-        let mut batch = vec![event_frame(first)];
-        // Taken without waiting: a pending poll leaves the connection's wake-up to the next
-        // `recv_item` of the main loop, which registers it again.
-        while batch.len() < MAX_BATCH
-            && let Some(Some(item)) = self.conn.as_mut().and_then(|conn| conn.recv_item().now_or_never())
-        {
-            batch.push(event_frame(item));
-        }
-        batch
     }
 
     /// The close that follows the end of the connection, by the hub's reason.
@@ -387,37 +372,67 @@ enum Step {
 /// that follows, if any, when it is done.
 type Running = Pin<Box<dyn Future<Output = (Session, Frame, Option<Close>)> + Send>>;
 
-/// Frames being written in one go, and the close that follows them, if any.
+/// One write: a frame and, for an event, the events the connection has ready behind it
+/// (up to [`MAX_BATCH`]), each taken as the socket takes it and flushed together; then the
+/// close that follows, if any.
 struct Write {
-    frames: std::vec::IntoIter<Frame>,
-    n: u64,
+    /// The frame the socket takes next.
+    next: Option<Frame>,
+    /// Events the connection may still add to this write.
+    more: u32,
+    /// Frames written.
+    n: u32,
     /// Taken once the write waits on the socket: the hub may give up on this reader
     /// meanwhile (a notification waiter must not move, so it is boxed, and only then).
     killed: Option<Pin<Box<OwnedNotified>>>,
-    then: Option<Close>,
+    /// Boxed: rare, and every socket's task has room for it.
+    then: Option<Box<Close>>,
 }
 
 impl Step {
-    /// Writing `frames`, then closing with `then`, if any.
-    fn write(frames: Vec<Frame>, then: Option<Close>) -> Self {
-        Self::Writing(Write { n: frames.len() as u64, frames: frames.into_iter(), killed: None, then })
+    /// Writing `frame`, then closing with `then`, if any.
+    fn write(frame: Frame, then: Option<Close>) -> Self {
+        Self::Writing(Write { next: Some(frame), more: 0, n: 0, killed: None, then: then.map(Box::new) })
+    }
+
+    /// Writing the event `first` and whatever else the connection has ready.
+    fn events(first: Frame) -> Self {
+        let more = MAX_BATCH as u32 - 1;
+        Self::Writing(Write { next: Some(first), more, n: 0, killed: None, then: None })
     }
 }
 
 impl Write {
     /// Writes the frames and flushes them: `false` when the socket failed, or when the
     /// hub tore the connection down (its reader is too slow) while the write waited.
-    fn poll(&mut self, socket: &mut WebSocket, kill: &KillSwitch, cx: &mut Context<'_>) -> Poll<bool> {
+    fn poll(
+        &mut self,
+        socket: &mut WebSocket,
+        mut conn: Option<&mut Connection>,
+        kill: &KillSwitch,
+        cx: &mut Context<'_>,
+    ) -> Poll<bool> {
         let written = loop {
             match socket.poll_ready_unpin(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => break Poll::Ready(false),
                 Poll::Pending => break Poll::Pending,
             }
-            let Some(frame) = self.frames.next() else { break socket.poll_flush_unpin(cx).map(|r| r.is_ok()) };
+            if self.next.is_none() && self.more > 0 {
+                // Not waited for: what is not ready now waits for the next write.
+                match conn.as_deref_mut().map(|conn| conn.poll_item(cx)) {
+                    Some(Poll::Ready(Some(item))) => {
+                        self.next = Some(event_frame(item));
+                        self.more -= 1;
+                    }
+                    _ => self.more = 0,
+                }
+            }
+            let Some(frame) = self.next.take() else { break socket.poll_flush_unpin(cx).map(|r| r.is_ok()) };
             if socket.start_send_unpin(frame).is_err() {
                 break Poll::Ready(false);
             }
+            self.n += 1;
         };
         match written {
             Poll::Ready(ok) => Poll::Ready(ok),
@@ -464,19 +479,19 @@ impl Serving {
             if let Step::Command(command) = &mut self.step {
                 let (session, answer, close) = ready!(command.as_mut().poll(cx));
                 self.session = Some(session);
-                self.step = Step::write(vec![answer], close);
+                self.step = Step::write(answer, close);
             }
             let Some(session) = self.session.as_mut() else { return Poll::Ready(None) };
             match &mut self.step {
                 Step::Writing(write) => {
-                    if !ready!(write.poll(&mut self.socket, &session.kill, cx)) {
+                    if !ready!(write.poll(&mut self.socket, session.conn.as_mut(), &session.kill, cx)) {
                         return Poll::Ready(None);
                     }
-                    session.herald.metrics().websocket.frames_out(write.n);
+                    session.herald.metrics().websocket.frames_out(u64::from(write.n));
                     let then = write.then.take();
                     self.step = Step::Waiting;
                     if let Some(close) = then {
-                        return Poll::Ready(Some(End::Close(close)));
+                        return Poll::Ready(Some(End::Close(*close)));
                     }
                 }
                 Step::Command(_) => {}
@@ -495,8 +510,7 @@ impl Serving {
                         }
                         if !session.frames.take() {
                             let e = ApiError::refuse(Refusal::RateLimited, "too many messages");
-                            self.step =
-                                Step::write(vec![protocol::error(None, &e)], Some(Close::Policy("rate_limited")));
+                            self.step = Step::write(protocol::error(None, &e), Some(Close::Policy("rate_limited")));
                             continue;
                         }
                         match frame {
@@ -508,7 +522,7 @@ impl Serving {
                             Frame::Binary(_) => {
                                 let e =
                                     ApiError::refuse(Refusal::BinaryNotSupported, "messages are JSON in text frames");
-                                self.step = Step::write(vec![protocol::error(None, &e)], Some(Close::Binary));
+                                self.step = Step::write(protocol::error(None, &e), Some(Close::Binary));
                             }
                             // tungstenite answers pings itself.
                             Frame::Ping(_) | Frame::Pong(_) => {}
@@ -524,7 +538,7 @@ impl Serving {
                                 "a socket must subscribe within `header_read_timeout` of opening",
                             );
                             let close = Close::Policy("subscribe_timeout");
-                            self.step = Step::write(vec![protocol::error(None, &e)], Some(close));
+                            self.step = Step::write(protocol::error(None, &e), Some(close));
                             continue;
                         }
                         // Else the ping's time, or the deadline passed with a subscription
@@ -533,14 +547,14 @@ impl Serving {
                             if !self.heartbeat.alive() {
                                 return Poll::Ready(Some(End::Close(Close::TryAgain("client_timeout"))));
                             }
-                            self.step = Step::write(vec![Frame::Ping(bytes::Bytes::new())], None);
+                            self.step = Step::write(Frame::Ping(bytes::Bytes::new()), None);
                         }
                         self.timer.as_mut().reset(session.wake_at(&self.heartbeat));
                         continue;
                     }
                     let Some(conn) = session.conn.as_mut() else { return Poll::Pending };
                     match ready!(conn.poll_item(cx)) {
-                        Some(item) => self.step = Step::write(session.events(item), None),
+                        Some(item) => self.step = Step::events(event_frame(item)),
                         None => return Poll::Ready(Some(End::Close(session.closed_by_server()))),
                     }
                 }
