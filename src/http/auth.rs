@@ -114,10 +114,15 @@ fn origin_allowed(herald: &Herald, parts: &Parts, origin: &HeaderValue) -> bool 
 
 /// The key a publisher's rate limit is kept under.
 pub fn rate_key(who: &Principal, peer: Option<PeerAddr>) -> String {
+    rate_key_of(who, peer.map(|PeerAddr(addr)| addr.ip()))
+}
+
+/// [`rate_key`] by the client's address alone (the port plays no part).
+pub(crate) fn rate_key_of(who: &Principal, ip: Option<std::net::IpAddr>) -> String {
     // Concatenated, not `format!`ted: this runs on every publish.
     match who {
-        Principal::Anonymous => match peer {
-            Some(PeerAddr(addr)) => format!("anon:{}", addr.ip()),
+        Principal::Anonymous => match ip {
+            Some(ip) => format!("anon:{ip}"),
             None => "anon".to_owned(),
         },
         Principal::User(u) => ["user:", &u.id].concat(),

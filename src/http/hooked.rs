@@ -27,12 +27,18 @@ pub(crate) struct Client {
     /// Serialized as its text (`"127.0.0.1"`); kept as an address so that a request to a
     /// node without hooks costs no allocation for it.
     ip: Option<std::net::IpAddr>,
-    passed: Vec<(HeaderName, HeaderValue)>,
+    /// Boxed as a slice: every open socket holds one.
+    passed: Box<[(HeaderName, HeaderValue)]>,
 }
 
 impl Client {
     pub(crate) fn new(herald: &Herald, transport: &'static str, headers: &HeaderMap, peer: Option<PeerAddr>) -> Self {
-        Self { transport, ip: peer.map(|p| p.0.ip()), passed: herald.hooks().passed(headers) }
+        Self { transport, ip: peer.map(|p| p.0.ip()), passed: herald.hooks().passed(headers).into_boxed_slice() }
+    }
+
+    /// The client's address, when the server knows it.
+    pub(crate) fn ip(&self) -> Option<std::net::IpAddr> {
+        self.ip
     }
 }
 

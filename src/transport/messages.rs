@@ -162,16 +162,11 @@ impl Connection {
     }
 
     /// From now on, the connection's events come as [`Item::WebSocket`], for
-    /// [`Connection::recv_item`]; what was queued before stays as it was. Herald's WebSocket
+    /// [`Connection::poll_item`]; what was queued before stays as it was. Herald's WebSocket
     /// transport alone reads a connection this way, and never with [`Connection::recv`].
     pub(crate) fn for_websocket(mut self) -> Self {
         self.out.websocket = true;
         self
-    }
-
-    /// The next item; `None` once the server closed the connection (as [`Connection::recv`]).
-    pub(crate) async fn recv_item(&mut self) -> Option<Item> {
-        std::future::poll_fn(|cx| self.poll_item(cx)).await
     }
 
     /// [`Connection::poll_item`] for the public API: a connection of the application's
@@ -187,9 +182,10 @@ impl Connection {
         }
     }
 
+    /// The next item; `None` once the server closed the connection (as [`Connection::recv`]).
     /// Heartbeats are not messages: a transport of the application's own keeps its
     /// connection alive its own way.
-    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         loop {
             if let Some(item) = self.out.queue.pop_front() {
                 return Poll::Ready(Some(item));

@@ -105,8 +105,8 @@ async fn open(
     // is open.
     let may_authenticate = matches!(who, Principal::Anonymous) && conn.is_none();
     let max = herald.config().max_body_bytes;
-    let session = session::Session::new(herald.clone(), who, peer, client, conn, kill, may_authenticate);
-    let session = session.holding(drain_guard).starting_with(later);
+    let session = session::Session::new(herald.clone(), who, client, conn, kill, may_authenticate, later);
+    let session = session.holding(drain_guard);
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -114,5 +114,10 @@ async fn open(
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| session.run(socket)))
+        // The socket gets a task of its own, sized for what an open socket holds: axum's,
+        // which upgrades it, is sized for the upgrade too, and ends here.
+        .on_upgrade(move |socket| {
+            tokio::spawn(session.serving(socket));
+            std::future::ready(())
+        }))
 }

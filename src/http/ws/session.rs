@@ -8,22 +8,25 @@
 //! a client that sends too many frames (commands or pings) is closed, and nothing it sends
 //! reaches another client's connection except through the hub's own checks.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::ws::{Message as Frame, WebSocket};
+use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket};
 use axum::response::IntoResponse;
-use futures_util::{FutureExt as _, SinkExt as _};
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::time::Instant;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
 
 use super::protocol::{self, Close, Command, Kind};
 use crate::auth::{ApiKey, Principal};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
 use crate::herald::{Herald, LastEvents, PresenceError, StreamRequest};
-use crate::http::auth::{PeerAddr, rate_key};
+use crate::http::auth::rate_key_of;
 use crate::http::error::ApiError;
 use crate::http::hooked;
 use crate::http::observe::{count_publish_refusal, count_subscribe_refusal};
@@ -49,50 +52,48 @@ const CLOSE_WRITE: Duration = Duration::from_secs(1);
 pub(super) struct Session {
     herald: Herald,
     who: Principal,
-    peer: Option<PeerAddr>,
     /// The client as the backend hooks are told about it.
     client: hooked::Client,
     conn: Option<Connection>,
     kill: KillSwitch,
-    /// The socket came without a credential and nothing else was asked yet: an `auth`
-    /// command may still bring one.
-    may_authenticate: bool,
     frames: Bucket,
-    /// The open query's `last`, for the stream the first `subscribe` opens.
-    last: LastEvents,
+    /// Until the socket's stream opens; boxed, so that an open socket holds none of it.
+    opening: Option<Box<Opening>>,
     /// Keeps the server's drain waiting until the socket is closed (`None` when the router
     /// is served by something other than Herald's server).
     _drain_guard: Option<DrainGuard>,
 }
 
-/// What woke the session.
-enum Input {
-    Out(Option<Item>),
-    In(Option<Result<Frame, axum::Error>>),
-    Tick,
-    Deadline,
+/// What a socket opened without a stream holds until its first `subscribe` opens one.
+struct Opening {
+    /// The socket came without a credential and nothing else was asked yet: an `auth`
+    /// command may still bring one.
+    may_authenticate: bool,
+    /// The open query's `last`, for the stream the first `subscribe` opens.
+    last: LastEvents,
+    /// A socket must subscribe (and say who it is) as soon as a request's headers must
+    /// arrive: an idle socket holds no hub connection, so no limit counts it.
+    deadline: Instant,
 }
 
 impl Session {
+    /// A session on `conn`, or, without one, waiting for the first `subscribe` to open a
+    /// stream that starts with the `last` events of the open query.
     pub(super) fn new(
         herald: Herald,
         who: Principal,
-        peer: Option<PeerAddr>,
         client: hooked::Client,
         conn: Option<Connection>,
         kill: KillSwitch,
         may_authenticate: bool,
+        last: LastEvents,
     ) -> Self {
         let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
-        let last = LastEvents::default();
-        Self { herald, who, peer, client, conn, kill, may_authenticate, frames, last, _drain_guard: None }
-    }
-
-    /// The stream the first `subscribe` opens starts with these last events (the open
-    /// query's `last`).
-    pub(super) fn starting_with(mut self, last: LastEvents) -> Self {
-        self.last = last;
-        self
+        let opening = conn.is_none().then(|| {
+            let deadline = Instant::now() + herald.config().header_read_timeout;
+            Box::new(Opening { may_authenticate, last, deadline })
+        });
+        Self { herald, who, client, conn, kill, frames, opening, _drain_guard: None }
     }
 
     pub(super) fn holding(mut self, guard: Option<DrainGuard>) -> Self {
@@ -100,12 +101,13 @@ impl Session {
         self
     }
 
-    pub(super) async fn run(mut self, mut socket: WebSocket) {
+    /// The socket's task: the session serving `socket`, then the socket's close.
+    pub(super) fn serving(self, socket: WebSocket) -> SessionTask {
         self.herald.metrics().websocket.opened();
-        let end = self.serve(&mut socket).await;
-        // Boxed: the closing handshake's futures need no room in an idle socket's task
-        // (measured: `run`'s future 2,472 bytes before, 2,456 after; the loop's is 768).
-        Box::pin(self.close(socket, end)).await;
+        let cfg = self.herald.config();
+        let heartbeat = Heartbeat::new(cfg.heartbeat_interval);
+        let timer = Box::pin(tokio::time::sleep_until(self.wake_at(&heartbeat)));
+        SessionTask(Phase::Serving(Serving { session: Some(self), socket, heartbeat, timer, step: Step::Waiting }))
     }
 
     /// Ends the socket: the close frame and its handshake, and the count of the close.
@@ -134,146 +136,25 @@ impl Session {
         self.herald.metrics().websocket.closed(&label);
     }
 
-    /// Serves the socket until it ends; `None` when the server tore it down (a slow reader)
-    /// or could not write to it, so that no close frame can be written.
-    async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
-        let cfg = self.herald.config();
-        let mut heartbeat = Heartbeat::new(cfg.heartbeat_interval);
-        // A socket must subscribe (and say who it is) as soon as a request's headers must
-        // arrive: an idle socket holds no hub connection, so no limit counts it.
-        let deadline = Instant::now() + cfg.header_read_timeout;
-        // One timer for the next ping and the subscribe deadline, pinned in this future.
-        let timer = tokio::time::sleep_until(self.wake_at(&heartbeat, deadline));
-        tokio::pin!(timer);
-        loop {
-            let input = tokio::select! {
-                item = next_item(&mut self.conn) => Input::Out(item),
-                frame = socket.recv() => Input::In(frame),
-                () = &mut timer => {
-                    if self.conn.is_none() && Instant::now() >= deadline {
-                        Input::Deadline
-                    } else if Instant::now() >= heartbeat.due() {
-                        Input::Tick
-                    } else {
-                        // The deadline passed with a subscription open: the ping's time is next.
-                        timer.as_mut().reset(self.wake_at(&heartbeat, deadline));
-                        continue;
-                    }
-                }
-            };
-            match input {
-                Input::Out(Some(item)) => {
-                    let frames = self.events(item);
-                    self.write(socket, frames).await?;
-                }
-                Input::Out(None) => return Some(End::Close(self.closed_by_server())),
-                Input::In(None) => return Some(End::ByClient),
-                Input::In(Some(Err(e))) => return read_error(e).map(End::Close),
-                Input::In(Some(Ok(frame))) => {
-                    heartbeat.heard();
-                    if matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
-                        self.herald.metrics().websocket.frame_in();
-                    }
-                    if !self.frames.take() {
-                        let e = ApiError::refuse(Refusal::RateLimited, "too many messages");
-                        self.send(socket, protocol::error(None, &e)).await?;
-                        return Some(End::Close(Close::Policy("rate_limited")));
-                    }
-                    match frame {
-                        Frame::Text(text) => {
-                            // Boxed: the command's future (hooks, hub calls) lives only while
-                            // it runs, not in every idle socket's task.
-                            let (answer, close) = Box::pin(self.command(text.as_str())).await;
-                            self.send(socket, answer).await?;
-                            if let Some(close) = close {
-                                return Some(End::Close(close));
-                            }
-                        }
-                        Frame::Binary(_) => {
-                            let e = ApiError::refuse(Refusal::BinaryNotSupported, "messages are JSON in text frames");
-                            self.send(socket, protocol::error(None, &e)).await?;
-                            return Some(End::Close(Close::Binary));
-                        }
-                        // tungstenite answers pings itself.
-                        Frame::Ping(_) | Frame::Pong(_) => {}
-                        Frame::Close(_) => return Some(End::ByClient),
-                    }
-                }
-                Input::Tick => {
-                    if !heartbeat.alive() {
-                        return Some(End::Close(Close::TryAgain("client_timeout")));
-                    }
-                    timer.as_mut().reset(self.wake_at(&heartbeat, deadline));
-                    self.send(socket, Frame::Ping(bytes::Bytes::new())).await?;
-                }
-                Input::Deadline => {
-                    let e = ApiError::refuse(
-                        Refusal::SubscribeTimeout,
-                        "a socket must subscribe within `header_read_timeout` of opening",
-                    );
-                    self.send(socket, protocol::error(None, &e)).await?;
-                    return Some(End::Close(Close::Policy("subscribe_timeout")));
-                }
-            }
-        }
-    }
-
     /// When the session's timer must fire next: the ping's time, or the subscribe deadline
     /// while the socket has no subscription.
-    fn wake_at(&self, heartbeat: &Heartbeat, deadline: Instant) -> Instant {
-        if self.conn.is_none() { heartbeat.due().min(deadline) } else { heartbeat.due() }
-    }
-
-    /// Writes one frame (see [`Session::write`]).
-    async fn send(&self, socket: &mut WebSocket, frame: Frame) -> Option<()> {
-        self.write(socket, vec![frame]).await
-    }
-
-    /// The frames of `first` and whatever else the connection has ready (up to
-    /// [`MAX_BATCH`]), for one write. Not `async`: the item is gone before the write
-    /// waits, so that it takes no room in the session's future.
-    fn events(&mut self, first: Item) -> Vec<Frame> {
-        let mut batch = vec![event_frame(first)];
-        // Taken without waiting: a pending poll leaves the connection's wake-up to the next
-        // `recv_item` of the main loop, which registers it again.
-        while batch.len() < MAX_BATCH
-            && let Some(Some(item)) = self.conn.as_mut().and_then(|conn| conn.recv_item().now_or_never())
-        {
-            batch.push(event_frame(item));
+    fn wake_at(&self, heartbeat: &Heartbeat) -> Instant {
+        match self.subscribe_deadline() {
+            Some(deadline) => heartbeat.due().min(deadline),
+            None => heartbeat.due(),
         }
-        batch
     }
 
-    /// Writes `frames` in one go, unless the hub tears the connection down meanwhile (its
-    /// reader is too slow): `None` then, or when the socket is gone. Polled by hand: an
-    /// idle session's future is as large as its largest wait, and this one is the largest.
-    async fn write(&self, socket: &mut WebSocket, frames: Vec<Frame>) -> Option<()> {
-        let n = frames.len() as u64;
-        let mut frames = frames.into_iter();
-        let killed = self.kill.killed();
-        tokio::pin!(killed);
-        let sent = std::future::poll_fn(|cx| {
-            let written = loop {
-                match socket.poll_ready_unpin(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
-                    Poll::Pending => break Poll::Pending,
-                }
-                let Some(frame) = frames.next() else { break socket.poll_flush_unpin(cx) };
-                if let Err(e) = socket.start_send_unpin(frame) {
-                    break Poll::Ready(Err(e));
-                }
-            };
-            match written {
-                Poll::Ready(r) => Poll::Ready(r.ok()),
-                // Waiting on the socket: the hub may give up on this reader meanwhile.
-                Poll::Pending => killed.as_mut().poll(cx).map(|()| None),
-            }
-        })
-        .await;
-        sent?;
-        self.herald.metrics().websocket.frames_out(n);
-        Some(())
+    /// When the socket must have subscribed by, while it has not.
+    fn subscribe_deadline(&self) -> Option<Instant> {
+        self.opening.as_ref().filter(|_| self.conn.is_none()).map(|o| o.deadline)
+    }
+
+    /// Runs one command, owning the session while it runs (the socket's task holds the
+    /// command's future, boxed, in the session's place).
+    async fn command_owned(mut self, text: Utf8Bytes) -> (Self, Frame, Option<Close>) {
+        let (answer, close) = self.command(text.as_str()).await;
+        (self, answer, close)
     }
 
     /// The close that follows the end of the connection, by the hub's reason.
@@ -293,7 +174,7 @@ impl Session {
             Ok(cmd) => cmd,
             Err(bad) => return (protocol::error(bad.id, &bad.error), None),
         };
-        let may_authenticate = std::mem::take(&mut self.may_authenticate);
+        let may_authenticate = self.opening.as_mut().is_some_and(|o| std::mem::take(&mut o.may_authenticate));
         let result = match kind {
             Kind::Auth(auth) if may_authenticate => match self.authenticate(auth.token).await {
                 Ok(v) => Ok(v),
@@ -358,7 +239,7 @@ impl Session {
                 named: false,
                 kill: Some(self.kill.clone()),
                 filters,
-                last: std::mem::take(&mut self.last),
+                last: self.opening.as_mut().map(|o| std::mem::take(&mut o.last)).unwrap_or_default(),
                 transport: "websocket",
             };
             let conn = self.herald.connect(req).await.map_err(ApiError::from).inspect_err(|e| {
@@ -368,6 +249,7 @@ impl Session {
             tracing::debug!(connection = conn.id(), who = %self.who.describe(), "websocket subscribed");
             let result = answer(&conn);
             self.conn = Some(conn);
+            self.opening = None;
             return Ok(result);
         };
         if !s.filters.is_empty() {
@@ -402,7 +284,7 @@ impl Session {
     }
 
     async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ApiError> {
-        let key = rate_key(&self.who, self.peer);
+        let key = rate_key_of(&self.who, self.client.ip());
         let idempotency = p.idempotency_key.as_deref();
         let published =
             match publish::stage_body(&self.herald, &self.who, &key, idempotency, p.event, &self.client).await {
@@ -449,20 +331,242 @@ enum End {
     ByClient,
 }
 
+/// A socket's task: the session, its socket, the heartbeat and the one timer, and what the
+/// socket is doing. A future of its own rather than an `async fn`: it is what an idle socket
+/// holds for hours, and a generated future kept its arguments twice and room for its largest
+/// wait beside them (measured in docs/benchmarks.md, issue 19). A command's future and the
+/// closing handshake are boxed for the time they run.
+pub(super) struct SessionTask(Phase);
+
+#[allow(clippy::large_enum_variant, reason = "the serving state is the task; boxed it would cost a second allocation")]
+enum Phase {
+    Serving(Serving),
+    /// The close frame and its handshake.
+    Closing(Pin<Box<dyn Future<Output = ()> + Send>>),
+    Done,
+}
+
+struct Serving {
+    /// `None` while a command runs: the command's future owns it.
+    session: Option<Session>,
+    socket: WebSocket,
+    heartbeat: Heartbeat,
+    /// One timer for the next ping and the subscribe deadline.
+    timer: Pin<Box<Sleep>>,
+    step: Step,
+}
+
+/// What a serving socket is doing. Commands run one at a time, and a write is finished
+/// before anything else is read, as in a loop that awaits each.
+enum Step {
+    /// Waiting for the client's next frame, the timer or the connection's next event.
+    Waiting,
+    /// A command runs; its answer is written next.
+    Command(Running),
+    Writing(Write),
+}
+
+/// A command running, with the session it owns: the session, the answer and the close
+/// that follows, if any, when it is done.
+type Running = Pin<Box<dyn Future<Output = (Session, Frame, Option<Close>)> + Send>>;
+
+/// One write: a frame and, for an event, the events the connection has ready behind it
+/// (up to [`MAX_BATCH`]), each taken as the socket takes it and flushed together; then the
+/// close that follows, if any.
+struct Write {
+    /// The frame the socket takes next.
+    next: Option<Frame>,
+    /// Events the connection may still add to this write.
+    more: u32,
+    /// Frames written.
+    n: u32,
+    /// Taken once the write waits on the socket: the hub may give up on this reader
+    /// meanwhile (a notification waiter must not move, so it is boxed, and only then).
+    killed: Option<Pin<Box<OwnedNotified>>>,
+    /// Boxed: rare, and every socket's task has room for it.
+    then: Option<Box<Close>>,
+}
+
+impl Step {
+    /// Writing `frame`, then closing with `then`, if any.
+    fn write(frame: Frame, then: Option<Close>) -> Self {
+        Self::Writing(Write { next: Some(frame), more: 0, n: 0, killed: None, then: then.map(Box::new) })
+    }
+
+    /// Writing the event `first` and whatever else the connection has ready.
+    fn events(first: Frame) -> Self {
+        let more = MAX_BATCH as u32 - 1;
+        Self::Writing(Write { next: Some(first), more, n: 0, killed: None, then: None })
+    }
+}
+
+impl Write {
+    /// Writes the frames and flushes them: `false` when the socket failed, or when the
+    /// hub tore the connection down (its reader is too slow) while the write waited.
+    fn poll(
+        &mut self,
+        socket: &mut WebSocket,
+        mut conn: Option<&mut Connection>,
+        kill: &KillSwitch,
+        cx: &mut Context<'_>,
+    ) -> Poll<bool> {
+        let written = loop {
+            match socket.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => break Poll::Ready(false),
+                Poll::Pending => break Poll::Pending,
+            }
+            if self.next.is_none() && self.more > 0 {
+                // Not waited for: what is not ready now waits for the next write.
+                match conn.as_deref_mut().map(|conn| conn.poll_item(cx)) {
+                    Some(Poll::Ready(Some(item))) => {
+                        self.next = Some(event_frame(item));
+                        self.more -= 1;
+                    }
+                    _ => self.more = 0,
+                }
+            }
+            let Some(frame) = self.next.take() else { break socket.poll_flush_unpin(cx).map(|r| r.is_ok()) };
+            if socket.start_send_unpin(frame).is_err() {
+                break Poll::Ready(false);
+            }
+            self.n += 1;
+        };
+        match written {
+            Poll::Ready(ok) => Poll::Ready(ok),
+            Poll::Pending => {
+                let killed = self.killed.get_or_insert_with(|| Box::pin(kill.killed_owned()));
+                killed.as_mut().poll(cx).map(|()| false)
+            }
+        }
+    }
+}
+
+impl Future for SessionTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.0 {
+                Phase::Serving(serving) => {
+                    let end = ready!(serving.poll_serve(cx));
+                    let Phase::Serving(Serving { session, socket, .. }) = std::mem::replace(&mut this.0, Phase::Done)
+                    else {
+                        return Poll::Ready(());
+                    };
+                    // Always there: a command gives the session back before the socket ends.
+                    let Some(session) = session else { return Poll::Ready(()) };
+                    this.0 = Phase::Closing(Box::pin(session.close(socket, end)));
+                }
+                Phase::Closing(close) => {
+                    ready!(close.as_mut().poll(cx));
+                    this.0 = Phase::Done;
+                }
+                Phase::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl Serving {
+    /// Serves the socket until it ends; `None` when the server tore it down (a slow reader)
+    /// or could not write to it, so that no close frame can be written.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Option<End>> {
+        loop {
+            if let Step::Command(command) = &mut self.step {
+                let (session, answer, close) = ready!(command.as_mut().poll(cx));
+                self.session = Some(session);
+                self.step = Step::write(answer, close);
+            }
+            let Some(session) = self.session.as_mut() else { return Poll::Ready(None) };
+            match &mut self.step {
+                Step::Writing(write) => {
+                    if !ready!(write.poll(&mut self.socket, session.conn.as_mut(), &session.kill, cx)) {
+                        return Poll::Ready(None);
+                    }
+                    session.herald.metrics().websocket.frames_out(u64::from(write.n));
+                    let then = write.then.take();
+                    self.step = Step::Waiting;
+                    if let Some(close) = then {
+                        return Poll::Ready(Some(End::Close(*close)));
+                    }
+                }
+                Step::Command(_) => {}
+                // The client's frames first, then the timer, then the connection: a busy
+                // channel must not keep a pong or a close from being read.
+                Step::Waiting => {
+                    if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
+                        let frame = match frame {
+                            None => return Poll::Ready(Some(End::ByClient)),
+                            Some(Err(e)) => return Poll::Ready(read_error(e).map(End::Close)),
+                            Some(Ok(frame)) => frame,
+                        };
+                        self.heartbeat.heard();
+                        if matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
+                            session.herald.metrics().websocket.frame_in();
+                        }
+                        if !session.frames.take() {
+                            let e = ApiError::refuse(Refusal::RateLimited, "too many messages");
+                            self.step = Step::write(protocol::error(None, &e), Some(Close::Policy("rate_limited")));
+                            continue;
+                        }
+                        match frame {
+                            Frame::Text(text) => {
+                                if let Some(session) = self.session.take() {
+                                    self.step = Step::Command(Box::pin(session.command_owned(text)));
+                                }
+                            }
+                            Frame::Binary(_) => {
+                                let e =
+                                    ApiError::refuse(Refusal::BinaryNotSupported, "messages are JSON in text frames");
+                                self.step = Step::write(protocol::error(None, &e), Some(Close::Binary));
+                            }
+                            // tungstenite answers pings itself.
+                            Frame::Ping(_) | Frame::Pong(_) => {}
+                            Frame::Close(_) => return Poll::Ready(Some(End::ByClient)),
+                        }
+                        continue;
+                    }
+                    if self.timer.as_mut().poll(cx).is_ready() {
+                        let now = Instant::now();
+                        if session.subscribe_deadline().is_some_and(|deadline| now >= deadline) {
+                            let e = ApiError::refuse(
+                                Refusal::SubscribeTimeout,
+                                "a socket must subscribe within `header_read_timeout` of opening",
+                            );
+                            let close = Close::Policy("subscribe_timeout");
+                            self.step = Step::write(protocol::error(None, &e), Some(close));
+                            continue;
+                        }
+                        // Else the ping's time, or the deadline passed with a subscription
+                        // open: the ping's time is next.
+                        if now >= self.heartbeat.due() {
+                            if !self.heartbeat.alive() {
+                                return Poll::Ready(Some(End::Close(Close::TryAgain("client_timeout"))));
+                            }
+                            self.step = Step::write(Frame::Ping(bytes::Bytes::new()), None);
+                        }
+                        self.timer.as_mut().reset(session.wake_at(&self.heartbeat));
+                        continue;
+                    }
+                    let Some(conn) = session.conn.as_mut() else { return Poll::Pending };
+                    match ready!(conn.poll_item(cx)) {
+                        Some(item) => self.step = Step::events(event_frame(item)),
+                        None => return Poll::Ready(Some(End::Close(session.closed_by_server()))),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// An item of the connection as its frame: an event's shared message as it is, a message
 /// written for the socket alone.
 fn event_frame(item: Item) -> Frame {
     match item {
         Item::WebSocket(message) => protocol::event_message(message),
         Item::Message(msg) => protocol::event(&msg),
-    }
-}
-
-/// The next item of the connection; never, while the socket has none.
-async fn next_item(conn: &mut Option<Connection>) -> Option<Item> {
-    match conn {
-        Some(conn) => conn.recv_item().await,
-        None => std::future::pending().await,
     }
 }
 
