@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::StatusCode;
 use serde_json::{Value, json};
-use support::{Client, Proto, RedisServer, SseStream, TestServer, read_json, within};
+use support::{Client, Proto, RedisServer, SseStream, TestServer, read_json, redis_node_with, within};
 
 /// Publishes `body` to `path` with `Idempotency-Key: key`.
 async fn publish_keyed(client: &mut Client, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
@@ -53,16 +53,6 @@ async fn node_with_stream(channel: &str) -> (TestServer, SseStream, Client) {
     let stream = server.client(Proto::H1).user("1").subscribe(&format!("channel={channel}"), &[]).await;
     let publisher = server.client(Proto::H2c).backend();
     (server, stream, publisher)
-}
-
-async fn redis_node(redis: &RedisServer, configure: impl FnOnce(&mut herald::Config)) -> TestServer {
-    let url = redis.url();
-    TestServer::secured(move |c| {
-        c.redis_url = Some(url);
-        support::no_presence(c);
-        configure(c);
-    })
-    .await
 }
 
 #[tokio::test]
@@ -218,7 +208,7 @@ async fn the_library_publishes_idempotently_under_the_applications_own_keys() {
 #[tokio::test]
 async fn on_redis_a_retry_through_another_node_answers_the_first_id_and_delivers_once() {
     let redis = RedisServer::start().await;
-    let (a, b) = (redis_node(&redis, |_| {}).await, redis_node(&redis, |_| {}).await);
+    let (a, b) = (redis_node_with(&redis, |_| {}).await, redis_node_with(&redis, |_| {}).await);
     let mut on_a = a.client(Proto::H1).user("1").subscribe("channel=channel:r&channel=channel:s", &[]).await;
     let mut on_b = b.client(Proto::H2c).user("2").subscribe("channel=channel:s", &[]).await;
     let (mut via_a, mut via_b) = (a.client(Proto::H1).backend(), b.client(Proto::H2c).backend());
@@ -241,8 +231,8 @@ async fn on_redis_a_retry_through_another_node_answers_the_first_id_and_delivers
 #[tokio::test]
 async fn on_redis_a_batch_with_a_reused_key_is_refused_whole_and_keys_expire() {
     let redis = RedisServer::start().await;
-    let a = redis_node(&redis, |c| c.idempotency_window = Duration::from_millis(300)).await;
-    let b = redis_node(&redis, |c| c.idempotency_window = Duration::from_millis(300)).await;
+    let a = redis_node_with(&redis, |c| c.idempotency_window = Duration::from_millis(300)).await;
+    let b = redis_node_with(&redis, |c| c.idempotency_window = Duration::from_millis(300)).await;
     let mut stream = b.client(Proto::H1).user("1").subscribe("channel=channel:t", &[]).await;
     let mut publisher = a.client(Proto::H1).backend();
     let batch = json!([

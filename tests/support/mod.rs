@@ -725,10 +725,16 @@ impl Drop for RedisServer {
 /// A node on `redis` that takes the test API key. Presence is off: the tests that use it are
 /// about events, and presence has its own (tests/presence.rs).
 pub async fn redis_node(redis: &RedisServer) -> TestServer {
+    redis_node_with(redis, |_| {}).await
+}
+
+/// [`redis_node`], its configuration then changed by `configure`.
+pub async fn redis_node_with(redis: &RedisServer, configure: impl FnOnce(&mut Config)) -> TestServer {
     let url = redis.url();
     TestServer::secured(move |c| {
         c.redis_url = Some(url);
         no_presence(c);
+        configure(c);
     })
     .await
 }
