@@ -37,13 +37,14 @@ pub(super) struct Item {
 
 /// The body of `POST /api/publish`, or `None` when the `Value` path must read it.
 pub(super) fn publish(herald: &Herald, bytes: &[u8]) -> Option<Body> {
-    read(bytes, |de| de.deserialize_any(BodyVisitor { herald }))
+    read(bytes, |de| de.deserialize_any(BodyVisitor(Reader { herald, previous: &mut None })))
 }
 
 /// The body of `POST /api/channels/{channel}/events` (an object that names no channel), or
 /// `None` when the `Value` path must read it.
 pub(super) fn on_path(herald: &Herald, bytes: &[u8]) -> Option<Item> {
-    read(bytes, |de| de.deserialize_map(ItemVisitor { herald, in_batch: false, on_path: true }))
+    let reader = Reader { herald, previous: &mut None };
+    read(bytes, |de| de.deserialize_map(ItemVisitor { reader, in_batch: false, on_path: true }))
 }
 
 fn read<T>(
@@ -62,9 +63,24 @@ fn give_up<E: de::Error>() -> E {
     E::custom("read by the Value path")
 }
 
-struct BodyVisitor<'h> {
-    herald: &'h Herald,
+/// What every part of one body's read needs: the node, for its namespaces, and the last
+/// channel read, whose namespace is known (see [`Policies::parse_channel_after`]).
+///
+/// [`Policies::parse_channel_after`]: crate::policy::Policies::parse_channel_after
+struct Reader<'a> {
+    herald: &'a Herald,
+    previous: &'a mut Option<ChannelName>,
 }
+
+impl Reader<'_> {
+    /// The reader, lent to the read of one value.
+    fn lend(&mut self) -> Reader<'_> {
+        Reader { herald: self.herald, previous: &mut *self.previous }
+    }
+}
+
+/// A whole body.
+struct BodyVisitor<'a>(Reader<'a>);
 
 impl<'de> Visitor<'de> for BodyVisitor<'_> {
     type Value = Body;
@@ -73,36 +89,32 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
         f.write_str("an event object or an array of them")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Body, A::Error> {
         let mut items = Vec::new();
-        let item = ItemSeed { herald: self.herald };
-        while let Some(item) = seq.next_element_seed(item)? {
+        while let Some(item) = seq.next_element_seed(ItemSeed(self.0.lend()))? {
             items.push(item);
         }
         Ok(Body::Batch(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
-        ItemVisitor { herald: self.herald, in_batch: false, on_path: false }.visit_map(map).map(Body::One)
+        ItemVisitor { reader: self.0, in_batch: false, on_path: false }.visit_map(map).map(Body::One)
     }
 }
 
 /// An item of a batch.
-#[derive(Clone, Copy)]
-struct ItemSeed<'h> {
-    herald: &'h Herald,
-}
+struct ItemSeed<'a>(Reader<'a>);
 
 impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
     type Value = Item;
 
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Item, D::Error> {
-        de.deserialize_map(ItemVisitor { herald: self.herald, in_batch: true, on_path: false })
+        de.deserialize_map(ItemVisitor { reader: self.0, in_batch: true, on_path: false })
     }
 }
 
-struct ItemVisitor<'h> {
-    herald: &'h Herald,
+struct ItemVisitor<'a> {
+    reader: Reader<'a>,
     in_batch: bool,
     on_path: bool,
 }
@@ -114,15 +126,15 @@ impl<'de> Visitor<'de> for ItemVisitor<'_> {
         f.write_str("an event object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Item, A::Error> {
         let (mut channel, mut channels, mut event_type, mut key) = (None, None, None, None);
         let mut fields = Map::new();
         // A key that comes twice: the last one counts, as in a `Value`'s map.
         while let Some(name) = map.next_key::<Key>()? {
             match name {
                 Key::Channel | Key::Channels if self.on_path => return Err(give_up()),
-                Key::Channel => channel = Some(map.next_value_seed(ChannelSeed(self.herald))?),
-                Key::Channels => channels = Some(map.next_value_seed(ChannelsSeed(self.herald))?),
+                Key::Channel => channel = Some(map.next_value_seed(ChannelSeed(self.reader.lend()))?),
+                Key::Channels => channels = Some(map.next_value_seed(ChannelsSeed(self.reader.lend()))?),
                 Key::Type => event_type = Some(map.next_value::<String>()?),
                 Key::Idempotency if self.in_batch => key = Some(map.next_value::<String>()?),
                 Key::Idempotency => {
@@ -191,8 +203,7 @@ impl Visitor<'_> for KeyVisitor {
 }
 
 /// A channel name, parsed from the body's text where it has no escapes (no `String` first).
-#[derive(Clone, Copy)]
-struct ChannelSeed<'h>(&'h Herald);
+struct ChannelSeed<'a>(Reader<'a>);
 
 impl<'de> DeserializeSeed<'de> for ChannelSeed<'_> {
     type Value = ChannelName;
@@ -210,12 +221,15 @@ impl Visitor<'_> for ChannelSeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, raw: &str) -> Result<ChannelName, E> {
-        self.0.parse_channel(raw).map_err(|_| give_up())
+        let Reader { herald, previous } = self.0;
+        let channel = herald.policies().parse_channel_after(raw, previous.as_ref()).map_err(|_| give_up())?;
+        *previous = Some(channel.clone());
+        Ok(channel)
     }
 }
 
 /// The `channels` array.
-struct ChannelsSeed<'h>(&'h Herald);
+struct ChannelsSeed<'a>(Reader<'a>);
 
 impl<'de> DeserializeSeed<'de> for ChannelsSeed<'_> {
     type Value = Vec<ChannelName>;
@@ -232,9 +246,9 @@ impl<'de> Visitor<'de> for ChannelsSeed<'_> {
         f.write_str("an array of channel names")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<ChannelName>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Vec<ChannelName>, A::Error> {
         let mut list = Vec::new();
-        while let Some(channel) = seq.next_element_seed(ChannelSeed(self.0))? {
+        while let Some(channel) = seq.next_element_seed(ChannelSeed(self.0.lend()))? {
             list.push(channel);
         }
         Ok(list)
@@ -351,6 +365,8 @@ mod tests {
             r#"{"type":"chat"}"#,
             r#"[{"channel":"channel:a","type":"chat"},{"channel":"channel:a","type":"chat","idempotencyKey":1}]"#,
             r#"[{"channel":"channel:a","type":"chat"},42]"#,
+            r#"[{"channel":"user:1","type":"chat"},{"channels":["user:2","users:3"],"type":"chat"}]"#,
+            r#"[{"channel":"system","type":"chat"},{"channel":"system:x","type":"chat"}]"#,
             "42",
             "\"x\"",
         ];
@@ -382,6 +398,9 @@ mod tests {
         let value = prop::sample::select(vec![
             r#""channel:a""#,
             r#""user:42""#,
+            r#""system""#,
+            r#""system:x""#,
+            r#""users:1""#,
             r#""channel:\u0062""#,
             r#""bad""#,
             r#""channel:a b""#,
