@@ -116,6 +116,15 @@ impl Policies {
         ChannelName::parse_with(raw, |ns| self.namespaces.contains_key(ns))
     }
 
+    /// [`Policies::parse_channel`] for the next channel of a request whose channel before it
+    /// was `previous` (parsed here): a namespace known already is not looked up again, and a
+    /// batch's channels nearly always share one.
+    pub fn parse_channel_after(&self, raw: &str, previous: Option<&ChannelName>) -> Result<ChannelName, ChannelError> {
+        ChannelName::parse_with(raw, |ns| {
+            previous.is_some_and(|p| p.namespace() == ns) || self.namespaces.contains_key(ns)
+        })
+    }
+
     /// Parses a subscription: a channel or a pattern (`channel:incidents.*`).
     pub fn parse_subscription(&self, raw: &str) -> Result<ChannelName, ChannelError> {
         ChannelName::parse_subscription_with(raw, |ns| self.namespaces.contains_key(ns))
@@ -411,6 +420,20 @@ mod tests {
         assert_eq!(p.of(&inc).map(|n| (n.subscribe, n.history_size)), Some((Access::Anyone, 7)));
         assert_eq!(p.of(&ch(&p, "channel:x")).map(|n| n.presence), Some(false));
         assert!(p.parse_channel("unknown:x").is_err());
+    }
+
+    #[test]
+    fn a_channel_parsed_after_another_is_refused_or_accepted_as_on_its_own() {
+        let cfg = Config::from_toml("[namespaces.incidents]\n").unwrap_or_else(|e| panic!("{e}"));
+        let p = Policies::from_config(&cfg);
+        let names =
+            ["user:1", "incidents:a", "system", "system:x", "rooms:x", "user:", "user:a b", "channel:b", "users:1"];
+        for before in names {
+            let previous = p.parse_channel(before).ok();
+            for raw in names {
+                assert_eq!(p.parse_channel_after(raw, previous.as_ref()), p.parse_channel(raw), "{raw} after {before}");
+            }
+        }
     }
 
     #[test]

@@ -268,6 +268,62 @@ async fn both_channel_and_channels_is_400_invalid_event() {
     }
 }
 
+/// What the JSON of a body says is what is published: a channel name or a key written with
+/// escapes is the one it spells, a key given twice counts with its last value, fields the
+/// publish does not read are payload whatever their depth, a number past 64 bits is a float.
+#[tokio::test]
+async fn escapes_repeated_keys_unknown_fields_and_big_numbers_publish_what_the_json_says() {
+    let server = TestServer::start().await;
+    for proto in ALL_PLAIN {
+        let mut client = server.client(proto);
+        let mut stream = server.client(proto).subscribe("channel=channel:general&channel=channel:b", &[]).await;
+        let bodies: [(&str, &str); 6] = [
+            ("/api/publish", r#"{"channel":"channel:\u0067eneral","\u0074ype":"ch\u0061t","n":1}"#),
+            ("/api/publish", r#"{"channel":"channel:a","channel":"channel:b","type":"x","type":"chat","n":0,"n":2}"#),
+            ("/api/publish", r#"{"channel":5,"channel":"channel:b","type":"chat","n":3}"#),
+            (
+                "/api/publish",
+                r#"[{"channel":"channel:general","type":"chat","n":4,"big":18446744073709551616,"deep":{"a":[1,{"b":null}]},"quote\"d":"a\nb"},
+                    {"channels":["channel:b","channel:\u0067eneral"],"type":"chat","n":5}]"#,
+            ),
+            ("/api/channels/channel:general/events", r#"{"\u0074ype":"chat","n":6,"n":6}"#),
+            ("/api/publish", r#"{"channel":"channel:b","type":"chat","n":7,"idempotencyKey":"stays"}"#),
+        ];
+        for (path, body) in bodies {
+            let answer = call(&mut client, "POST", path, body).await;
+            assert_eq!(answer.status, StatusCode::OK, "{proto:?} {body}: {}", answer.body);
+        }
+        let channels = [
+            "channel:general",
+            "channel:b",
+            "channel:b",
+            "channel:general",
+            "channel:b",
+            "channel:general",
+            "channel:b",
+        ];
+        for (n, channel) in (1..=7).zip(channels) {
+            let ev = stream.expect().await;
+            assert_eq!(
+                (ev.data["n"].as_u64(), ev.data["channel"].as_str(), ev.data["type"].as_str()),
+                (Some(n), Some(channel), Some("chat")),
+                "{proto:?} {:?}",
+                ev.data
+            );
+            if n == 4 {
+                assert_eq!(ev.data["big"].as_f64(), Some(18_446_744_073_709_551_616.0), "{:?}", ev.data);
+                assert_eq!((&ev.data["deep"], &ev.data["quote\"d"]), (&json!({"a": [1, {"b": null}]}), &json!("a\nb")));
+            }
+        }
+        // A key given twice whose last value is wrong is refused as that value.
+        let answer = publish_raw(&mut client, r#"{"channel":"channel:b","channel":5,"type":"chat"}"#).await;
+        assert_error(&answer, 400, "invalid_channel", "a repeated channel, the last a number");
+        let answer = publish_raw(&mut client, r#"[{"channel":"channel:\u0062 ","type":"chat"}]"#).await;
+        assert_error(&answer, 400, "invalid_channel", "an escaped space in a channel name");
+        next_good_event_arrives(&mut client, "channel:b", &mut [&mut stream]).await;
+    }
+}
+
 #[tokio::test]
 async fn invalid_utf8_in_the_body_is_400_not_500_and_the_server_carries_on() {
     let server = TestServer::start().await;

@@ -6,6 +6,12 @@
 //!
 //! A publish is safe to retry with an idempotency key: the `Idempotency-Key` header for one
 //! event, an `idempotencyKey` field on each item of a batch (taken out of the payload).
+//!
+//! A body that comes over HTTP is read straight into events (`body`); a body that is a
+//! `Value` already (a WebSocket's `publish` command, Centrifugo's) and any body the fast
+//! read gives up on take the `Value` path here, which alone words the refusals.
+
+mod body;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -144,16 +150,31 @@ pub(crate) async fn stage(
         // `POST /api/publish`: one event object, or an array of them as one batch.
         Route::Publish => {
             let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
-            stage_body(herald, &who, &key, idempotency.as_deref(), body, &client).await
+            let events = match body::publish(herald, &body) {
+                Some(read) => events_read(herald, &key, idempotency.as_deref(), read)?,
+                None => events_of(herald, &key, idempotency.as_deref(), parse_json(&body)?)?,
+            };
+            stage_parsed(herald, &who, &key, events, &client).await
         }
         // `POST /api/channels/{channel}/events`: one event on the channel of the path.
         Route::Channel(channel) => {
             let channel = herald.parse_channel(&channel?)?;
             let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
-            let event = keyed(herald, &key, idempotency.as_deref(), parse_event(herald, body, Some(channel))?)?;
+            let event = match body::on_path(herald, &body) {
+                Some(read) => (vec![channel], read.event),
+                None => parse_event(herald, parse_json(&body)?, Some(channel))?,
+            };
+            let event = keyed(herald, &key, idempotency.as_deref(), event)?;
             stage_events(herald, &who, &key, vec![event], false, &client).await
         }
     }
+}
+
+/// The events of a publish body, each with its idempotency key.
+#[derive(Debug, PartialEq)]
+enum Events {
+    One((Vec<ChannelName>, Event)),
+    Batch(Vec<(Vec<ChannelName>, Event)>),
 }
 
 /// Hands a staged request's events to the engine; its answer.
@@ -193,19 +214,51 @@ pub(crate) async fn stage_body(
     body: Value,
     client: &hooked::Client,
 ) -> Result<Staged, ApiError> {
+    let events = events_of(herald, key, idempotency, body)?;
+    stage_parsed(herald, who, key, events, client).await
+}
+
+/// [`stage_events`] for the events of a body.
+async fn stage_parsed(
+    herald: &Herald,
+    who: &Principal,
+    key: &str,
+    events: Events,
+    client: &hooked::Client,
+) -> Result<Staged, ApiError> {
+    match events {
+        Events::Batch(batch) => stage_events(herald, who, key, batch, true, client).await,
+        Events::One(event) => stage_events(herald, who, key, vec![event], false, client).await,
+    }
+}
+
+/// The events of a body read as a `Value`, keyed by the request's `Idempotency-Key`
+/// (`idempotency`) or their own, scoped to `key`.
+fn events_of(herald: &Herald, key: &str, idempotency: Option<&str>, body: Value) -> Result<Events, ApiError> {
     match body {
-        Value::Array(items) => {
-            let batch = items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| parse_item(herald, key, idempotency, i, item).map_err(|e| at_index(e, i)))
-                .collect::<Result<Vec<_>, _>>()?;
-            stage_events(herald, who, key, batch, true, client).await
-        }
-        item => {
-            let event = keyed(herald, key, idempotency, parse_event(herald, item, None)?)?;
-            stage_events(herald, who, key, vec![event], false, client).await
-        }
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| parse_item(herald, key, idempotency, i, item).map_err(|e| at_index(e, i)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Events::Batch),
+        item => Ok(Events::One(keyed(herald, key, idempotency, parse_event(herald, item, None)?)?)),
+    }
+}
+
+/// [`events_of`] for a body read straight into events (`body::publish`).
+fn events_read(herald: &Herald, key: &str, idempotency: Option<&str>, read: body::Body) -> Result<Events, ApiError> {
+    match read {
+        body::Body::Batch(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let own = item_key(item.key, idempotency, i);
+                keyed(herald, key, own.as_deref(), (item.channels, item.event)).map_err(|e| at_index(e, i))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Events::Batch),
+        body::Body::One(item) => Ok(Events::One(keyed(herald, key, idempotency, (item.channels, item.event))?)),
     }
 }
 
@@ -231,12 +284,18 @@ fn parse_item(
     index: usize,
     mut item: Value,
 ) -> Result<(Vec<ChannelName>, Event), ApiError> {
-    let key = match item.as_object_mut().and_then(|fields| fields.remove(IDEMPOTENCY_FIELD)) {
-        None => batch_key.map(|k| format!("{k}/{index}")),
+    let own = match item.as_object_mut().and_then(|fields| fields.remove(IDEMPOTENCY_FIELD)) {
+        None => None,
         Some(Value::String(key)) => Some(key),
         Some(_) => return Err(ApiError::from(EventError::BadIdempotencyKey)),
     };
+    let key = item_key(own, batch_key, index);
     keyed(herald, scope, key.as_deref(), parse_event(herald, item, None)?)
+}
+
+/// The idempotency key of item `index` of a batch: its own, else `<Idempotency-Key>/<index>`.
+fn item_key(own: Option<String>, batch_key: Option<&str>, index: usize) -> Option<String> {
+    own.or_else(|| batch_key.map(|k| format!("{k}/{index}")))
 }
 
 /// Attaches the publisher's idempotency key, scoped to the publisher (`scope`, its rate-limit
@@ -260,16 +319,18 @@ pub(crate) async fn caller_and_body(
     req: Request,
 ) -> Result<(Principal, String, Option<String>, Value, hooked::Client), ApiError> {
     let (parts, body) = req.into_parts();
-    caller_with_body(herald, peer.map(|Extension(p)| p), parts, AxumBody(body)).await
+    let (who, key, idempotency, body, client) =
+        caller_with_body(herald, peer.map(|Extension(p)| p), parts, AxumBody(body)).await?;
+    Ok((who, key, idempotency, parse_json(&body)?, client))
 }
 
-/// [`caller_and_body`] with the body from any source.
+/// [`caller_and_body`] with the body from any source, as bytes (not yet JSON).
 async fn caller_with_body(
     herald: &Herald,
     peer: Option<PeerAddr>,
     parts: Parts,
     body: impl BodySource,
-) -> Result<(Principal, String, Option<String>, Value, hooked::Client), ApiError> {
+) -> Result<(Principal, String, Option<String>, Bytes, hooked::Client), ApiError> {
     check_cookie_request(herald, &parts)?;
     let who = principal(herald, &parts.headers, None).await?;
     let key = rate_key(&who, peer);
@@ -279,7 +340,7 @@ async fn caller_with_body(
         Some(v) => Some(v.to_str().map_err(|_| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
     };
     let body = body.read(herald, parts).await?;
-    Ok((who, key, idempotency, parse_json(&body)?, client))
+    Ok((who, key, idempotency, body, client))
 }
 
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {

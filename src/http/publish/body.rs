@@ -1,0 +1,448 @@
+//! The fast read of a publish request's JSON body: straight into the channels (as
+//! [`ChannelName`]s), type and payload fields that `Herald::publish_as` takes, without a
+//! `serde_json::Value` tree of the whole body to take apart again.
+//!
+//! It refuses nothing itself and decides nothing of its own: it reads only the bodies that
+//! the `Value` path of `super` accepts, and builds from them exactly what that path builds
+//! (the payload fields are the same `Map` of `Value`s, the same keys win when a key comes
+//! twice, the same depth limit holds: the same `serde_json` deserializer reads the same
+//! values). On anything else, malformed JSON, a value of the wrong type, a bad channel name,
+//! it gives up and the caller runs the `Value` path on the same bytes, whose refusal (its
+//! code, its message, and which of several faults it names first) is the answer. So a
+//! refused body is read twice, an accepted one once.
+
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::channel::ChannelName;
+use crate::event::{Event, IDEMPOTENCY_FIELD};
+use crate::herald::Herald;
+
+/// A publish body as read: one event object, or an array of them (a batch).
+pub(super) enum Body {
+    One(Item),
+    Batch(Vec<Item>),
+}
+
+/// One event object of a body.
+pub(super) struct Item {
+    /// Its channels (`channel` or `channels`); empty for the body of
+    /// `POST /api/channels/{channel}/events`, whose channel is the path's.
+    pub channels: Vec<ChannelName>,
+    pub event: Event,
+    /// A batch item's own `idempotencyKey`, taken out of its payload. (In a single event's
+    /// body the field stays in the payload, as on the `Value` path.)
+    pub key: Option<String>,
+}
+
+/// The body of `POST /api/publish`, or `None` when the `Value` path must read it.
+pub(super) fn publish(herald: &Herald, bytes: &[u8]) -> Option<Body> {
+    read(bytes, |de| de.deserialize_any(BodyVisitor(Reader { herald, previous: &mut None })))
+}
+
+/// The body of `POST /api/channels/{channel}/events` (an object that names no channel), or
+/// `None` when the `Value` path must read it.
+pub(super) fn on_path(herald: &Herald, bytes: &[u8]) -> Option<Item> {
+    let reader = Reader { herald, previous: &mut None };
+    read(bytes, |de| de.deserialize_map(ItemVisitor { reader, in_batch: false, on_path: true }))
+}
+
+fn read<T>(
+    bytes: &[u8],
+    with: impl FnOnce(&mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>) -> Result<T, serde_json::Error>,
+) -> Option<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = with(&mut de).ok()?;
+    // Only whitespace may follow, as for `serde_json::from_slice`.
+    de.end().ok()?;
+    Some(value)
+}
+
+/// Why the fast read gave up; never shown (the `Value` path's refusal is).
+fn give_up<E: de::Error>() -> E {
+    E::custom("read by the Value path")
+}
+
+/// What every part of one body's read needs: the node, for its namespaces, and the last
+/// channel read, whose namespace is known (see [`Policies::parse_channel_after`]).
+///
+/// [`Policies::parse_channel_after`]: crate::policy::Policies::parse_channel_after
+struct Reader<'a> {
+    herald: &'a Herald,
+    previous: &'a mut Option<ChannelName>,
+}
+
+impl Reader<'_> {
+    /// The reader, lent to the read of one value.
+    fn lend(&mut self) -> Reader<'_> {
+        Reader { herald: self.herald, previous: &mut *self.previous }
+    }
+}
+
+/// A whole body.
+struct BodyVisitor<'a>(Reader<'a>);
+
+impl<'de> Visitor<'de> for BodyVisitor<'_> {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event object or an array of them")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Body, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(ItemSeed(self.0.lend()))? {
+            items.push(item);
+        }
+        Ok(Body::Batch(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
+        ItemVisitor { reader: self.0, in_batch: false, on_path: false }.visit_map(map).map(Body::One)
+    }
+}
+
+/// An item of a batch.
+struct ItemSeed<'a>(Reader<'a>);
+
+impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
+    type Value = Item;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Item, D::Error> {
+        de.deserialize_map(ItemVisitor { reader: self.0, in_batch: true, on_path: false })
+    }
+}
+
+struct ItemVisitor<'a> {
+    reader: Reader<'a>,
+    in_batch: bool,
+    on_path: bool,
+}
+
+impl<'de> Visitor<'de> for ItemVisitor<'_> {
+    type Value = Item;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Item, A::Error> {
+        let (mut channel, mut channels, mut event_type, mut key) = (None, None, None, None);
+        let mut fields = Map::new();
+        // A key that comes twice: the last one counts, as in a `Value`'s map.
+        while let Some(name) = map.next_key::<Key>()? {
+            match name {
+                Key::Channel | Key::Channels if self.on_path => return Err(give_up()),
+                Key::Channel => channel = Some(map.next_value_seed(ChannelSeed(self.reader.lend()))?),
+                Key::Channels => channels = Some(map.next_value_seed(ChannelsSeed(self.reader.lend()))?),
+                Key::Type => event_type = Some(map.next_value::<String>()?),
+                Key::Idempotency if self.in_batch => key = Some(map.next_value::<String>()?),
+                Key::Idempotency => {
+                    fields.insert(IDEMPOTENCY_FIELD.to_owned(), map.next_value::<Value>()?);
+                }
+                Key::Other(name) => {
+                    fields.insert(name, map.next_value::<Value>()?);
+                }
+            }
+        }
+        let channels = match (channel, channels) {
+            (Some(channel), None) => vec![channel],
+            (None, Some(list)) if !list.is_empty() => list,
+            (None, None) if self.on_path => Vec::new(),
+            _ => return Err(give_up()),
+        };
+        let event_type = event_type.ok_or_else(give_up)?;
+        Ok(Item { channels, event: Event::from_fields(event_type, fields), key })
+    }
+}
+
+/// A key of an event object: one the publish reads, or a payload field's.
+enum Key {
+    Channel,
+    Channels,
+    Type,
+    Idempotency,
+    Other(String),
+}
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: de::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl KeyVisitor {
+    fn known(name: &str) -> Option<Key> {
+        match name {
+            "channel" => Some(Key::Channel),
+            "channels" => Some(Key::Channels),
+            "type" => Some(Key::Type),
+            IDEMPOTENCY_FIELD => Some(Key::Idempotency),
+            _ => None,
+        }
+    }
+}
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    // A name with escapes arrives unescaped, so `"\u0074ype"` is `type`, as in a `Value`.
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+        Ok(Self::known(name).unwrap_or_else(|| Key::Other(name.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, name: String) -> Result<Key, E> {
+        Ok(Self::known(&name).unwrap_or(Key::Other(name)))
+    }
+}
+
+/// A channel name, parsed from the body's text where it has no escapes (no `String` first).
+struct ChannelSeed<'a>(Reader<'a>);
+
+impl<'de> DeserializeSeed<'de> for ChannelSeed<'_> {
+    type Value = ChannelName;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<ChannelName, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for ChannelSeed<'_> {
+    type Value = ChannelName;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a channel name")
+    }
+
+    fn visit_str<E: de::Error>(self, raw: &str) -> Result<ChannelName, E> {
+        let Reader { herald, previous } = self.0;
+        let channel = herald.policies().parse_channel_after(raw, previous.as_ref()).map_err(|_| give_up())?;
+        *previous = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+/// The `channels` array.
+struct ChannelsSeed<'a>(Reader<'a>);
+
+impl<'de> DeserializeSeed<'de> for ChannelsSeed<'_> {
+    type Value = Vec<ChannelName>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Vec<ChannelName>, D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChannelsSeed<'_> {
+    type Value = Vec<ChannelName>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of channel names")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Vec<ChannelName>, A::Error> {
+        let mut list = Vec::new();
+        while let Some(channel) = seq.next_element_seed(ChannelSeed(self.0.lend()))? {
+            list.push(channel);
+        }
+        Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use proptest::test_runner::{TestCaseError, TestRunner};
+
+    use super::super::{Events, events_of, events_read, parse_event, parse_json};
+    use super::*;
+    use crate::Config;
+
+    fn herald() -> Herald {
+        Herald::new(Config::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// What the `Value` path makes of `body` on `POST /api/publish`, refusal as code and text.
+    fn value_path(herald: &Herald, body: &[u8], header: Option<&str>) -> Result<Events, (String, String)> {
+        parse_json(body)
+            .and_then(|v| events_of(herald, "scope", header, v))
+            .map_err(|e| (e.code().to_owned(), e.message().to_owned()))
+    }
+
+    /// What the fast read makes of it, or `None` where it leaves the body to the `Value` path.
+    fn fast_path(herald: &Herald, body: &[u8], header: Option<&str>) -> Option<Result<Events, (String, String)>> {
+        let read = publish(herald, body)?;
+        Some(events_read(herald, "scope", header, read).map_err(|e| (e.code().to_owned(), e.message().to_owned())))
+    }
+
+    /// An event on its channels.
+    type Parsed = (Vec<ChannelName>, Event);
+
+    /// The body of `POST /api/channels/channel:path/events`, both ways.
+    fn on_path_both(herald: &Herald, body: &[u8]) -> (Option<Parsed>, Result<Parsed, String>) {
+        let channel = || herald.parse_channel("channel:path").unwrap_or_else(|e| panic!("{e}"));
+        let fast = on_path(herald, body).map(|item| (vec![channel()], item.event));
+        let slow =
+            parse_json(body).and_then(|v| parse_event(herald, v, Some(channel()))).map_err(|e| e.code().to_owned());
+        (fast, slow)
+    }
+
+    /// Whatever the fast read takes, it reads as the `Value` path does: the same events,
+    /// channels, fields and idempotency keys, or the same refusal of a key.
+    fn agrees(herald: &Herald, body: &[u8]) -> Result<bool, TestCaseError> {
+        let shown = String::from_utf8_lossy(body);
+        let mut taken = false;
+        for header in [None, Some("h-1")] {
+            if let Some(fast) = fast_path(herald, body, header) {
+                let slow = value_path(herald, body, header);
+                prop_assert_eq!(&fast, &slow, "{} with header {:?}", shown, header);
+                taken = true;
+            }
+        }
+        let (fast, slow) = on_path_both(herald, body);
+        if let Some(fast) = fast {
+            prop_assert_eq!(Ok(fast), slow, "{} on the path", shown);
+        }
+        Ok(taken)
+    }
+
+    #[tokio::test]
+    async fn the_fast_read_takes_the_usual_bodies_and_reads_them_as_the_value_path() {
+        let h = herald();
+        let bodies = [
+            r#"{"channel":"channel:a","type":"chat","content":"hi"}"#,
+            r#"{"channels":["channel:a","user:42","channel:a"],"type":"chat","n":1}"#,
+            r#"[{"channel":"user:1","type":"bench","seq":1,"ts":2},{"channel":"user:2","type":"bench","seq":3}]"#,
+            // An item's own key, a non-string key in a single event (a payload field there).
+            r#"[{"channel":"user:1","type":"t","idempotencyKey":"own"},{"channel":"user:2","type":"t"}]"#,
+            r#"{"channel":"user:1","type":"t","idempotencyKey":5}"#,
+            // Escapes in a channel name, a key and a type spell what they decode to.
+            r#"{"channel":"channel:\u0067eneral","\u0074ype":"ch\u0061t"}"#,
+            r#"{"channels":["\u0075ser:42"],"type":"chat","quote\"d":"a\nb"}"#,
+            // A key given twice: the last value counts.
+            r#"{"channel":"channel:a","channel":"channel:b","type":"x","type":"chat","n":1,"n":2}"#,
+            // Reserved and unknown fields stay in the payload (dropped or kept on the wire later).
+            r#"{"channel":"channel:a","type":"chat","id":"forged","userId":"spoof","anything":{"deep":[1,{"a":null}]}}"#,
+            // Numbers past u64 are floats, as in a `Value`; nesting well under the limit.
+            r#"{"channel":"channel:a","type":"chat","big":18446744073709551616,"neg":-9223372036854775809,"f":1e300}"#,
+            "[]",
+            " \n{\"channel\":\"channel:a\",\"type\":\"chat\"}\t ",
+        ];
+        for body in bodies {
+            let taken = agrees(&h, body.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(taken, "the fast read gave up on {body}");
+        }
+        let deep = format!(r#"{{"channel":"channel:a","type":"chat","d":{}1{}}}"#, "[".repeat(125), "]".repeat(125));
+        assert!(agrees(&h, deep.as_bytes()).unwrap_or_else(|e| panic!("{e}")), "125 arrays deep");
+        let (fast, slow) = on_path_both(&h, br#"{"type":"chat","idempotencyKey":"k","n":1}"#);
+        assert_eq!(fast.map(Ok), Some(slow));
+    }
+
+    #[tokio::test]
+    async fn the_fast_read_leaves_every_refused_body_to_the_value_path() {
+        let h = herald();
+        let too_deep =
+            format!(r#"{{"channel":"channel:a","type":"chat","d":{}1{}}}"#, "[".repeat(127), "]".repeat(127));
+        let bodies = [
+            too_deep.as_str(),
+            r#"{"channel":"channel:a","type":"chat","n":1e400}"#,
+            r#"{"channel":"channel:a","type":"chat"} x"#,
+            r#"{"channel":"channel:a b","type":"chat"}"#,
+            r#"{"channel":"channel:\u0020","type":"chat"}"#,
+            r#"{"channel":"channel:\ud800","type":"chat"}"#,
+            r#"{"channel":5,"type":"chat"}"#,
+            r#"{"channels":[],"type":"chat"}"#,
+            r#"{"channels":["channel:a",null],"type":"chat"}"#,
+            r#"{"channel":"channel:a","channels":["channel:b"],"type":"chat"}"#,
+            r#"{"channel":"channel:a","type":5}"#,
+            r#"{"channel":"channel:a"}"#,
+            r#"{"type":"chat"}"#,
+            r#"[{"channel":"channel:a","type":"chat"},{"channel":"channel:a","type":"chat","idempotencyKey":1}]"#,
+            r#"[{"channel":"channel:a","type":"chat"},42]"#,
+            r#"[{"channel":"user:1","type":"chat"},{"channels":["user:2","users:3"],"type":"chat"}]"#,
+            r#"[{"channel":"system","type":"chat"},{"channel":"system:x","type":"chat"}]"#,
+            "42",
+            "\"x\"",
+        ];
+        for body in bodies {
+            assert!(fast_path(&h, body.as_bytes(), None).is_none(), "the fast read took {body}");
+            assert!(value_path(&h, body.as_bytes(), None).is_err(), "the Value path took {body}");
+        }
+        // On the path, a body that names a channel is the Value path's to refuse.
+        for body in [r#"{"channel":"channel:a","type":"chat"}"#, r#"{"channels":["channel:a"],"type":"chat"}"#, "[]"] {
+            let (fast, slow) = on_path_both(&h, body.as_bytes());
+            assert!(fast.is_none() && slow.is_err(), "{body}");
+        }
+    }
+
+    /// JSON text of event-like objects, written out (not through a `Value`, which would
+    /// merge repeated keys), from the keys and values that decide a publish.
+    fn body_text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            r#""channel""#,
+            r#""channels""#,
+            r#""type""#,
+            r#""idempotencyKey""#,
+            r#""\u0063hannel""#,
+            r#""typ\u0065""#,
+            r#""content""#,
+            r#""id""#,
+            r#""n""#,
+        ]);
+        let value = prop::sample::select(vec![
+            r#""channel:a""#,
+            r#""user:42""#,
+            r#""system""#,
+            r#""system:x""#,
+            r#""users:1""#,
+            r#""channel:\u0062""#,
+            r#""bad""#,
+            r#""channel:a b""#,
+            r#""chat""#,
+            r#""""#,
+            r#""connected""#,
+            "5",
+            "null",
+            "true",
+            r#"["channel:a"]"#,
+            r#"["user:1","channel:a"]"#,
+            "[]",
+            r#"["channel:a",5]"#,
+            r#"{"x":[1,2.5,"s"]}"#,
+            "18446744073709551616",
+            "1e400",
+            r#""k\"1""#,
+        ]);
+        let object = prop::collection::vec((key, value), 0..7).prop_map(|members| {
+            let inner: Vec<String> = members.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            format!("{{{}}}", inner.join(","))
+        });
+        prop_oneof![
+            3 => object.clone(),
+            3 => prop::collection::vec(object, 0..4).prop_map(|items| format!("[{}]", items.join(","))),
+            1 => prop::sample::select(vec!["42", "null", "\"x\"", "[1]", "{", "[{}"]).prop_map(str::to_owned),
+        ]
+    }
+
+    #[tokio::test]
+    async fn any_body_the_fast_read_takes_is_read_as_the_value_path_reads_it() {
+        let h = herald();
+        let mut runner =
+            TestRunner::new(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() });
+        let taken = std::cell::Cell::new(0);
+        let result = runner.run(&body_text(), |body| {
+            taken.set(taken.get() + usize::from(agrees(&h, body.as_bytes())?));
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        assert!(taken.get() > 100, "the fast read took only {} of the bodies", taken.get());
+    }
+}
