@@ -720,3 +720,24 @@ async fn with_a_publish_hook_set_pipelined_publishes_go_to_redis_one_at_a_time_a
     expect_once_in_order(&mut stream, &a, "channel:hooked", &accepted).await;
     assert_eq!(transactions(&redis), 0, "a hook's call would hold the requests before it: none is merged");
 }
+
+#[tokio::test]
+async fn a_pipelined_request_whose_target_http_refuses_is_left_to_hyper_in_its_place() {
+    // httparse takes `<` in a query, the `http` crate's `Uri` does not: such a request goes
+    // to hyper, which refuses it. First in a pipeline, then after a good one.
+    let server = TestServer::secured(support::no_presence).await;
+    let mut stream = server.client(Proto::H1).user("u").subscribe("channel=channel:lt", &[]).await;
+    let ev = |n: u64| format!(r#"{{"channel":"channel:lt","type":"t","n":{n}}}"#);
+    let mut first = Raw::connect(server.addr).await;
+    first.send((post("/api/publish?a<b", &key(), &ev(98)) + &post("/api/publish", &key(), &ev(99))).as_bytes()).await;
+    first.read_to_end().await;
+    assert!(first.text().starts_with("HTTP/1.1 400 Bad Request\r\n"), "{}", first.text());
+    let mut second = Raw::connect(server.addr).await;
+    second.send((post("/api/publish", &key(), &ev(0)) + &post("/api/publish?a<b", &key(), &ev(97))).as_bytes()).await;
+    second.read_to_end().await;
+    let text = second.text();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    // Only the good request was published.
+    server.client(Proto::H1).backend().publish(&json!({"channel": "channel:lt", "type": "t", "n": 1})).await;
+    stream.expect_ns(0..2).await;
+}

@@ -335,10 +335,14 @@ fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Re
         let head = buf.split_to(scanned.len).freeze();
         let Some(parts) = request_parts(&head, &scanned) else {
             // A value or target `http` refuses: left in the buffer for hyper to answer,
-            // after the requests before it.
+            // after the requests before it (the first one: by the one-request path, which
+            // hands it over).
             let mut rest = BytesMut::from(&head[..]);
             rest.extend_from_slice(buf);
             *buf = rest;
+            if taken.is_empty() {
+                return Err(scanned);
+            }
             break;
         };
         let Scanned { route, body_len, keep_alive, .. } = *scanned;
