@@ -4,9 +4,10 @@
 //! enters Herald (a subscribe query, a publish body, a library call) passes through
 //! [`ChannelName::parse`], so the rest of the crate never sees a malformed name.
 
-use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 /// Longest channel name accepted, namespace included.
 pub const MAX_CHANNEL_LEN: usize = 160;
@@ -38,10 +39,55 @@ pub enum ChannelError {
 }
 
 /// A validated channel name such as `channel:general`, `user:42` or `system`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChannelName(Arc<str>);
+///
+/// It carries its hash, computed once when the name is parsed (SipHash under a key drawn when
+/// the process starts, so that no client can choose names that collide): the node's maps of
+/// channels ([`ChannelMap`]: the hub's registry, the engine's logs) take it as it is instead
+/// of hashing the name again at each lookup. Hence no `Borrow<str>`: a `&str` hashes otherwise.
+#[derive(Clone)]
+pub struct ChannelName {
+    name: Arc<str>,
+    hash: u64,
+}
+
+/// A map keyed by channel, hashed by the hash each [`ChannelName`] carries.
+pub type ChannelMap<V> = HashMap<ChannelName, V, BuildHasherDefault<CarriedHash>>;
+
+/// The hasher of a [`ChannelMap`]: the channel's own hash, as it is.
+#[derive(Clone, Copy, Default)]
+pub struct CarriedHash(u64);
+
+impl Hasher for CarriedHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 ^= hash;
+    }
+
+    // Only a `ChannelName` is hashed here, with `write_u64`; any other bytes are folded in
+    // all the same.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+}
 
 impl ChannelName {
+    /// A name as given, not validated, to look a [`ChannelMap`] up with (a name that came as a
+    /// string from another node); never kept.
+    pub(crate) fn key(raw: &str) -> Self {
+        Self::new(raw)
+    }
+
+    fn new(name: &str) -> Self {
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        let hash = KEY.get_or_init(RandomState::new).hash_one(name);
+        Self { name: Arc::from(name), hash }
+    }
+
     /// Parses and validates a channel name against the built-in namespaces.
     pub fn parse(raw: &str) -> Result<Self, ChannelError> {
         Self::parse_with(raw, |ns| ns == USER_NAMESPACE || ns == ROOM_NAMESPACE)
@@ -56,7 +102,7 @@ impl ChannelName {
             return Err(ChannelError::TooLong);
         }
         if raw == SYSTEM_CHANNEL {
-            return Ok(Self(Arc::from(raw)));
+            return Ok(Self::new(raw));
         }
         let (ns, name) = raw.split_once(':').ok_or(ChannelError::MissingNamespace)?;
         if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -72,7 +118,7 @@ impl ChannelName {
         if !name.bytes().all(is_name_byte) {
             return Err(ChannelError::BadCharacter);
         }
-        Ok(Self(Arc::from(raw)))
+        Ok(Self::new(raw))
     }
 
     /// Parses a subscription: a channel, or a pattern (`channel:incidents.*`: every channel
@@ -94,17 +140,17 @@ impl ChannelName {
         if !name.bytes().all(is_name_byte) {
             return Err(ChannelError::BadPattern);
         }
-        Ok(Self(Arc::from(raw)))
+        Ok(Self::new(raw))
     }
 
     /// Whether this is a pattern subscription rather than a channel.
     pub fn is_pattern(&self) -> bool {
-        self.0.ends_with('*')
+        self.name.ends_with('*')
     }
 
     /// Whether this pattern matches `channel` (never true for a plain channel).
     pub fn matches(&self, channel: &ChannelName) -> bool {
-        self.0.strip_suffix('*').is_some_and(|prefix| channel.0.starts_with(prefix) && !channel.is_pattern())
+        self.name.strip_suffix('*').is_some_and(|prefix| channel.name.starts_with(prefix) && !channel.is_pattern())
     }
 
     /// The private channel of one user.
@@ -114,16 +160,16 @@ impl ChannelName {
 
     /// The `system` channel.
     pub fn system() -> Self {
-        Self(Arc::from(SYSTEM_CHANNEL))
+        Self::new(SYSTEM_CHANNEL)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
     }
 
     /// The namespace (`user`, `channel`, ...; `system` for the system channel).
     pub fn namespace(&self) -> &str {
-        self.0.split_once(':').map_or(&*self.0, |(ns, _)| ns)
+        self.name.split_once(':').map_or(&*self.name, |(ns, _)| ns)
     }
 }
 
@@ -131,27 +177,47 @@ fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'=' | b'+')
 }
 
+impl PartialEq for ChannelName {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.name == other.name
+    }
+}
+
+impl Eq for ChannelName {}
+
+impl Hash for ChannelName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for ChannelName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ChannelName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name.cmp(&other.name)
+    }
+}
+
 impl fmt::Display for ChannelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 
 impl fmt::Debug for ChannelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl Borrow<str> for ChannelName {
-    fn borrow(&self) -> &str {
-        &self.0
+        fmt::Debug::fmt(&*self.name, f)
     }
 }
 
 impl AsRef<str> for ChannelName {
     fn as_ref(&self) -> &str {
-        &self.0
+        &self.name
     }
 }
 
@@ -178,6 +244,26 @@ mod tests {
         assert_eq!(ChannelName::parse("channel:a*"), Err(ChannelError::BadCharacter));
         let long = format!("channel:{}", "x".repeat(MAX_CHANNEL_LEN));
         assert_eq!(ChannelName::parse(&long), Err(ChannelError::TooLong));
+    }
+
+    #[test]
+    fn a_channel_map_finds_a_name_however_it_was_made_and_only_that_name() {
+        let parsed = |s: &str| ChannelName::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let mut map = ChannelMap::default();
+        for (i, name) in ["user:1", "user:2", "channel:a", "system"].into_iter().enumerate() {
+            map.insert(parsed(name), i);
+        }
+        for (i, name) in ["user:1", "user:2", "channel:a", "system"].into_iter().enumerate() {
+            assert_eq!(map.get(&ChannelName::key(name)), Some(&i), "{name}");
+            assert_eq!(map.get(&parsed(name)), Some(&i), "{name}");
+        }
+        assert_eq!(ChannelName::system(), parsed("system"));
+        for other in ["user:3", "user:1 ", "channel:A", "", "channel:a*"] {
+            assert_eq!(map.get(&ChannelName::key(other)), None, "{other:?}");
+        }
+        let mut sorted = [parsed("user:2"), parsed("channel:b"), parsed("channel:a")];
+        sorted.sort();
+        assert_eq!(sorted.iter().map(ChannelName::as_str).collect::<Vec<_>>(), ["channel:a", "channel:b", "user:2"]);
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub(super) async fn track_occupancy(node: Weak<Inner>, changed: Arc<Changed>, ev
             look.extend(held.iter().cloned());
         }
         for ch in look {
-            let subscribed = release.is_empty() && herald.hub().subscriber_count(ch.as_str()) > 0;
+            let subscribed = release.is_empty() && herald.hub().subscriber_count(&ch) > 0;
             if !subscribed && held.remove(&ch) {
                 match herald.engine().occupancy(&ch, false).await {
                     Ok(changes) => herald.report_occupancy(&ch, changes),

@@ -309,7 +309,7 @@ impl Herald {
 
     /// Open connections on this node following `channel` (the room count).
     pub fn room_count(&self, channel: &str) -> usize {
-        self.inner.hub.subscriber_count(channel)
+        self.inner.hub.subscriber_count(&ChannelName::key(channel))
     }
 
     /// Publishes one event to `channels` as the application (trusted: no policy check and

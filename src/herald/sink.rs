@@ -29,7 +29,7 @@ impl NodeSink for HubSink {
     }
 
     fn subscriber_count(&self, channel: &ChannelName) -> usize {
-        self.hub.subscriber_count(channel.as_str())
+        self.hub.subscriber_count(channel)
     }
 
     fn active_channels(&self) -> Vec<ChannelName> {

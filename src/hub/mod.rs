@@ -16,7 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 
-use crate::channel::ChannelName;
+use crate::channel::{ChannelMap, ChannelName};
 use crate::engine::DisconnectTarget;
 use crate::event::{Copy, Published};
 use crate::histogram::Histogram;
@@ -32,9 +32,9 @@ struct Entry {
 
 #[derive(Default)]
 struct Registry {
-    channels: HashMap<ChannelName, Vec<Arc<ConnShared>>>,
+    channels: ChannelMap<Vec<Arc<ConnShared>>>,
     /// Pattern subscriptions (`channel:incidents.*`), checked against every event.
-    patterns: HashMap<ChannelName, Vec<Arc<ConnShared>>>,
+    patterns: ChannelMap<Vec<Arc<ConnShared>>>,
     conns: HashMap<u64, Entry>,
     /// Public connection id → key.
     ids: HashMap<Arc<str>, u64>,
@@ -506,8 +506,8 @@ impl Hub {
                     .collect(),
                 DisconnectTarget::Channel(channel) => reg
                     .channels
-                    .get(channel.as_str())
-                    .or_else(|| reg.patterns.get(channel.as_str()))
+                    .get(&ChannelName::key(channel))
+                    .or_else(|| reg.patterns.get(&ChannelName::key(channel)))
                     .map(|subs| subs.to_vec())
                     .unwrap_or_default(),
             }
@@ -583,7 +583,7 @@ impl Hub {
     }
 
     /// Local subscribers of one channel (or pattern).
-    pub fn subscriber_count(&self, channel: &str) -> usize {
+    pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
         let reg = self.read();
         reg.channels.get(channel).or_else(|| reg.patterns.get(channel)).map_or(0, Vec::len)
     }
@@ -607,7 +607,7 @@ impl Hub {
     /// Local subscribers of one channel, and the distinct users among them.
     pub fn channel_members(&self, channel: &str) -> (usize, Vec<Arc<str>>) {
         let reg = self.read();
-        let Some(subs) = reg.channels.get(channel) else { return (0, Vec::new()) };
+        let Some(subs) = reg.channels.get(&ChannelName::key(channel)) else { return (0, Vec::new()) };
         let mut users: Vec<Arc<str>> = subs.iter().filter_map(|c| c.user_id.clone()).collect();
         users.sort_unstable();
         users.dedup();
@@ -677,6 +677,6 @@ mod tests {
             }
             _ => panic!("c3 joins channel:lobby"),
         }
-        assert_eq!(hub.subscriber_count("channel:lobby"), 3);
+        assert_eq!(hub.subscriber_count(&channel("channel:lobby")), 3);
     }
 }

@@ -26,7 +26,7 @@ use super::{
     NodeSink, PageQuery, PublishAck, StartRead,
 };
 use crate::catalogue::PresenceStatus;
-use crate::channel::ChannelName;
+use crate::channel::{ChannelMap, ChannelName};
 use crate::cursor::Position;
 use crate::event::{AiChunk, Prepared, Published};
 use crate::ids::now_ms;
@@ -138,7 +138,7 @@ struct LimitsMemo<'a>(Option<(&'a str, (usize, u64))>);
 pub struct MemoryEngine {
     /// The node this engine delivers to (attached once).
     sink: Attached,
-    logs: Mutex<HashMap<ChannelName, Arc<Mutex<Log>>>>,
+    logs: Mutex<ChannelMap<Arc<Mutex<Log>>>>,
     tickets: Mutex<HashMap<String, (String, Instant)>>,
     /// Banned users, each until when.
     bans: Mutex<HashMap<String, Instant>>,
