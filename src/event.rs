@@ -15,6 +15,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{Map, Value};
 
 use crate::channel::ChannelName;
@@ -421,8 +422,9 @@ pub struct Copy {
     pub frame: Frame,
     /// The copy as a WebSocket event message (`{"id":..,"data":..}` with the frame's own
     /// id), built by the first WebSocket subscriber that is shown that id and shared by
-    /// the others ([`Copy::websocket`]).
-    websocket: std::sync::OnceLock<bytes::Bytes>,
+    /// the others ([`Copy::websocket`]). Kept as the socket library's text type, checked
+    /// as UTF-8 once here rather than by every socket that sends it.
+    websocket: std::sync::OnceLock<Utf8Bytes>,
 }
 
 /// An event after the engine accepted it: what the hub fans out and history replays.
@@ -515,7 +517,7 @@ impl Copy {
 
     /// The copy's WebSocket message with its own id: `build` makes it from the frame the
     /// first time, every later call shares those bytes.
-    pub(crate) fn websocket(&self, build: impl FnOnce(&Frame) -> bytes::Bytes) -> bytes::Bytes {
+    pub(crate) fn websocket(&self, build: impl FnOnce(&Frame) -> Utf8Bytes) -> Utf8Bytes {
         self.websocket.get_or_init(|| build(&self.frame)).clone()
     }
 

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
+use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 
 use crate::channel::ChannelName;
@@ -35,8 +36,8 @@ pub(crate) enum Item {
     /// An event or notice, as [`Connection::recv`] hands it out.
     Message(Message),
     /// An event of a connection read by Herald's WebSocket transport: its whole WebSocket
-    /// message (see [`websocket_message`]), UTF-8.
-    WebSocket(Bytes),
+    /// message (see [`websocket_message`]), as the text the socket sends.
+    WebSocket(Utf8Bytes),
 }
 
 /// Gathers a connection's output as [`Item`]s: [`Message`]s, or for the WebSocket
@@ -70,11 +71,11 @@ impl Emit for MessageOut {
         match (self.websocket, id) {
             // The common case: one message for every socket shown the copy's own id.
             (true, None) => {
-                let message = copy.websocket(|frame| Bytes::from(websocket_message(frame.id(), frame.json())));
+                let message = copy.websocket(|frame| Utf8Bytes::from(websocket_message(frame.id(), frame.json())));
                 self.queue.push_back(Item::WebSocket(message));
             }
             (true, Some(id)) => {
-                self.queue.push_back(Item::WebSocket(Bytes::from(websocket_message(id, copy.frame.json()))));
+                self.queue.push_back(Item::WebSocket(Utf8Bytes::from(websocket_message(id, copy.frame.json()))));
             }
             (false, id) => {
                 let id = id.map_or_else(|| copy.frame.id().to_owned(), str::to_owned);
@@ -86,29 +87,37 @@ impl Emit for MessageOut {
     fn notice(&mut self, event_type: &str, id: &str, json: &[u8]) {
         self.message(id.to_owned(), event_type, Bytes::copy_from_slice(json));
     }
+
+    /// The queue is given back whenever the connection waits (`Connection::poll_item`), so
+    /// a batch would otherwise grow it from nothing, reallocating as it doubles.
+    fn reserve(&mut self, n: usize) {
+        self.queue.reserve(n);
+    }
 }
 
 /// The WebSocket transport's event message (`docs/websocket.md`): the SSE id and the SSE
-/// data of the same event, `{"id":<id>,"data":<json>}`, in one allocation. UTF-8 whenever
-/// `json` is (Herald's event JSON always is; anything else is replaced lossily).
-pub(crate) fn websocket_message(id: &str, json: &[u8]) -> Vec<u8> {
-    let mut text = Vec::with_capacity(id.len() + json.len() + 20);
-    text.extend_from_slice(b"{\"id\":");
+/// data of the same event, `{"id":<id>,"data":<json>}`, in one allocation. Written as a
+/// `String`, so that a socket sends it as text with no check of its own; `json` is checked
+/// as UTF-8 here, once per message (Herald's event JSON always is; anything else is replaced
+/// lossily).
+pub(crate) fn websocket_message(id: &str, json: &[u8]) -> String {
+    let mut text = String::with_capacity(id.len() + json.len() + 20);
+    text.push_str("{\"id\":");
     // An id is visible ASCII with no `"` or `\` (cursor::encode); anything else is escaped.
     if id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
-        text.push(b'"');
-        text.extend_from_slice(id.as_bytes());
-        text.push(b'"');
+        text.push('"');
+        text.push_str(id);
+        text.push('"');
     } else {
-        // A string always serializes, and writing to a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut text, id);
+        // A string always serializes.
+        text.push_str(&serde_json::to_string(id).unwrap_or_default());
     }
-    text.extend_from_slice(b",\"data\":");
+    text.push_str(",\"data\":");
     match std::str::from_utf8(json) {
-        Ok(_) => text.extend_from_slice(json),
-        Err(_) => text.extend_from_slice(String::from_utf8_lossy(json).as_bytes()),
+        Ok(json) => text.push_str(json),
+        Err(_) => text.push_str(&String::from_utf8_lossy(json)),
     }
-    text.push(b'}');
+    text.push('}');
     text
 }
 
@@ -219,7 +228,7 @@ mod tests {
     use crate::channel::ChannelName;
     use crate::cursor::Position;
 
-    fn websocket(out: &MessageOut) -> Vec<Bytes> {
+    fn websocket(out: &MessageOut) -> Vec<Utf8Bytes> {
         out.queue
             .iter()
             .filter_map(|item| match item {
@@ -242,9 +251,9 @@ mod tests {
         multi.event("chat", &copy, Some("a:5,b:7"));
         let (one, two, multi) = (websocket(&one), websocket(&two), websocket(&multi));
         let expected = format!(r#"{{"id":"{}","data":{{"x":"\u00e9"}}}}"#, copy.frame.id());
-        assert_eq!(one[0], expected.as_bytes());
+        assert_eq!(one[0], expected.as_str());
         assert_eq!(one[0].as_ptr(), two[0].as_ptr(), "the same bytes, not a copy");
-        assert_eq!(multi[0], &br#"{"id":"a:5,b:7","data":{"x":"\u00e9"}}"#[..]);
+        assert_eq!(multi[0], r#"{"id":"a:5,b:7","data":{"x":"\u00e9"}}"#);
     }
 
     #[test]

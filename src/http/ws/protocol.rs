@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -193,17 +192,7 @@ fn body<T: DeserializeOwned>(fields: Map<String, Value>, id: &Option<Value>) -> 
 /// allocation that becomes the frame's payload (an event written before the connection was
 /// read as WebSocket items, or a notice).
 pub(super) fn event(msg: &Message) -> Frame {
-    event_message(Bytes::from(websocket_message(&msg.id, &msg.json)))
-}
-
-/// An event's message as [`websocket_message`] wrote it, shared by every socket that sends
-/// it: the frame holds the same bytes (checked as UTF-8, not copied).
-pub(super) fn event_message(message: Bytes) -> Frame {
-    match Utf8Bytes::try_from(message.clone()) {
-        Ok(text) => Frame::Text(text),
-        // Not reached: `websocket_message` writes UTF-8.
-        Err(_) => Frame::Text(Utf8Bytes::from(String::from_utf8_lossy(&message).into_owned())),
-    }
+    Frame::Text(Utf8Bytes::from(websocket_message(&msg.id, &msg.json)))
 }
 
 /// A command's successful answer.
@@ -276,6 +265,8 @@ impl Close {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]

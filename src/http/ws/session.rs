@@ -565,7 +565,7 @@ impl Serving {
 /// written for the socket alone.
 fn event_frame(item: Item) -> Frame {
     match item {
-        Item::WebSocket(message) => protocol::event_message(message),
+        Item::WebSocket(message) => Frame::Text(message),
         Item::Message(msg) => protocol::event(&msg),
     }
 }

@@ -36,6 +36,8 @@ pub(crate) trait Emit {
     fn event(&mut self, event_type: &str, copy: &Copy, id: Option<&str>);
     /// An event made for this connection alone, with the id to show.
     fn notice(&mut self, event_type: &str, id: &str, json: &[u8]);
+    /// About `n` items follow (a hint, so that a queue grows once per batch, not by halves).
+    fn reserve(&mut self, _n: usize) {}
 }
 
 /// The id an event's copy is shown with on a connection that follows `channels` and is at
@@ -299,6 +301,9 @@ impl StreamCore {
             (std::mem::take(&mut st.heartbeat), close)
         };
         let dropping = close.is_some_and(|reason| !reason.keeps_queue());
+        if !dropping {
+            out.reserve(self.backlog.len());
+        }
         let mut written = 0;
         let mut oldest: Option<Arc<Published>> = None;
         while let Some(item) = self.backlog.pop_front() {
