@@ -202,11 +202,23 @@ pub(crate) async fn commit_together(herald: &Herald, staged: Vec<Staged>) -> Vec
     }
 }
 
-/// Checks the body of a `POST /api/publish` (one event object, or an array of them as one
-/// batch) for `who`, rate-limited under `key`, and prepares its events ([`stage`]'s part
-/// for that route, and the WebSocket and Centrifugo `publish` commands', which then
-/// [`commit`] it).
-pub(crate) async fn stage_body(
+/// Publishes a body that is a `Value` already (one event object, or an array of them as
+/// one batch) for `who`, rate-limited under `key`: the WebSocket and Centrifugo `publish`
+/// commands' path, one request, one engine call.
+pub(crate) async fn publish_body(
+    herald: &Herald,
+    who: &Principal,
+    key: &str,
+    idempotency: Option<&str>,
+    body: Value,
+    client: &hooked::Client,
+) -> Result<Published, ApiError> {
+    commit(herald, stage_body(herald, who, key, idempotency, body, client).await?).await
+}
+
+/// Checks a body that is a `Value` for `who`, rate-limited under `key`, and prepares its
+/// events.
+async fn stage_body(
     herald: &Herald,
     who: &Principal,
     key: &str,

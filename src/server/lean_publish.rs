@@ -209,6 +209,8 @@ pub(super) async fn serve_publishes(
     watcher: &mut tokio::sync::watch::Receiver<()>,
     mut deadline: Instant,
 ) -> io::Result<Handoff> {
+    // Fixed for the node's life (its engine and hooks): asked once per connection.
+    let merges = ctx.herald.merges_publishes();
     loop {
         let head = match publish_head(&buf, ctx.herald) {
             Head::Lean(head) => head,
@@ -234,7 +236,7 @@ pub(super) async fn serve_publishes(
                 }
             }
         };
-        let head = if ctx.herald.merges_publishes() {
+        let head = if merges {
             match take_buffered(&mut buf, head, ctx.herald) {
                 Ok(taken) => {
                     if !serve_together(tcp, taken, ctx).await? {

@@ -21,7 +21,7 @@ use crate::auth::Principal;
 use crate::herald::{DisconnectOptions, DisconnectTarget, Herald};
 use crate::http::auth::PeerAddr;
 use crate::http::error::ApiError;
-use crate::http::publish::{caller_and_body, commit, stage_body};
+use crate::http::publish::{caller_and_body, publish_body};
 
 mod history;
 
@@ -233,7 +233,7 @@ async fn publish(
     let channel = super::channel(herald, name)?;
     let event = super::event(&channel, data)
         .ok_or_else(|| ClientError::new(107, "Herald publishes JSON objects: `data` must be one"))?;
-    commit(herald, stage_body(herald, who, key, None, event, hooks).await?).await?;
+    publish_body(herald, who, key, None, event, hooks).await?;
     Ok(json!({}))
 }
 

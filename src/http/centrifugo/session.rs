@@ -761,8 +761,7 @@ impl Session {
             .ok_or_else(|| ClientError::new(107, "Herald publishes JSON objects: `data` must be one"))?;
         let who = self.who();
         let key = rate_key(&who, self.peer);
-        let staged = publish::stage_body(&self.herald, &who, &key, None, event, &self.hooks).await?;
-        publish::commit(&self.herald, staged).await?;
+        publish::publish_body(&self.herald, &who, &key, None, event, &self.hooks).await?;
         Ok(json!({}))
     }
 

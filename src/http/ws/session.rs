@@ -286,14 +286,11 @@ impl Session {
     async fn publish(&mut self, p: protocol::Publish) -> Result<Value, ApiError> {
         let key = rate_key_of(&self.who, self.client.ip());
         let idempotency = p.idempotency_key.as_deref();
-        let published =
-            match publish::stage_body(&self.herald, &self.who, &key, idempotency, p.event, &self.client).await {
-                Ok(staged) => publish::commit(&self.herald, staged).await,
-                Err(e) => Err(e),
-            };
-        let published = published.inspect_err(|e| {
-            count_publish_refusal(&self.herald, e.clone().into_response());
-        })?;
+        let published = publish::publish_body(&self.herald, &self.who, &key, idempotency, p.event, &self.client)
+            .await
+            .inspect_err(|e| {
+                count_publish_refusal(&self.herald, e.clone().into_response());
+            })?;
         serde_json::to_value(published).map_err(|e| ApiError::refuse(Refusal::Internal, e.to_string()))
     }
 
