@@ -35,7 +35,7 @@ use crate::herald::{Admission, Herald, LastEvents, StreamRequest, new_connection
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::publish;
-use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
+use crate::http::ws::{Bucket, Close, Heartbeat, next, own_connection, read_error};
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// Most messages gathered into one frame.
@@ -157,7 +157,7 @@ impl Session {
             own_notices: Vec::new(),
             held: Vec::new(),
             info: None,
-            frames: Bucket::new(FRAME_RATE, FRAME_BURST),
+            frames: Bucket::new(),
             hooks,
             _drain_guard: drain_guard,
         }

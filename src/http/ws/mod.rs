@@ -17,7 +17,7 @@ mod socket;
 // budget, the heartbeat, the read-error close, the session's own rights and the
 // connection's next message.
 pub(in crate::http) use protocol::Close;
-pub(in crate::http) use session::{Bucket, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
+pub(in crate::http) use session::{Bucket, Heartbeat, next, own_connection, read_error};
 
 use axum::extract::{Extension, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};

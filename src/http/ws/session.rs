@@ -88,7 +88,7 @@ impl Session {
         may_authenticate: bool,
         last: LastEvents,
     ) -> Self {
-        let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
+        let frames = Bucket::new();
         let opening = conn.is_none().then(|| {
             let deadline = Instant::now() + herald.config().header_read_timeout;
             Box::new(Opening { may_authenticate, last, deadline })
@@ -645,22 +645,21 @@ impl Heartbeat {
     }
 }
 
-/// A token bucket for one socket's incoming frames.
+/// A token bucket for one socket's incoming frames: [`FRAME_BURST`] at once, [`FRAME_RATE`]
+/// a second past that (constants, not fields: every idle socket holds its bucket).
 pub(in crate::http) struct Bucket {
-    rate: f64,
-    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
-    pub(in crate::http) fn new(rate: f64, burst: f64) -> Self {
-        Self { rate, burst, tokens: burst, last: Instant::now() }
+    pub(in crate::http) fn new() -> Self {
+        Self { tokens: FRAME_BURST, last: Instant::now() }
     }
 
     pub(in crate::http) fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * FRAME_RATE).min(FRAME_BURST);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

@@ -160,20 +160,21 @@ pub(in crate::http) struct Socket<S> {
     io: S,
     /// Bytes read and not yet a whole frame; no allocation while there are none.
     buf: Vec<u8>,
-    /// How many more bytes the frame in `buf` needs, when known.
-    want: usize,
     /// A fragmented message, until its last frame.
     partial: Option<Box<Partial>>,
     /// Payload bytes still to drop of a frame being skipped (while closing).
     skip: u64,
+    /// How many more bytes the frame in `buf` needs, when known (at most [`MAX_READ_CHUNK`]).
+    want: u32,
     /// The largest message (or frame) a client may send.
-    max_message: usize,
+    max_message: u32,
     /// Whole frames to write, the first perhaps partly written; no allocation between writes.
     out: VecDeque<Bytes>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     pub(in crate::http) fn new(io: S, max_message: usize) -> Self {
+        let max_message = u32::try_from(max_message).unwrap_or(u32::MAX);
         Self { io, buf: Vec::new(), want: 0, partial: None, skip: 0, max_message, out: VecDeque::new() }
     }
 
@@ -203,7 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             return Poll::Ready(Ok(read.filled().len()));
         }
         let start = self.buf.len();
-        let chunk = self.want.clamp(READ_CHUNK, MAX_READ_CHUNK);
+        let chunk = (self.want as usize).clamp(READ_CHUNK, MAX_READ_CHUNK);
         self.buf.resize(start + chunk, 0);
         let mut read = ReadBuf::new(&mut self.buf[start..]);
         let polled = Pin::new(&mut self.io).poll_read(cx, &mut read);
@@ -225,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             }
             let mut cursor = Cursor::new(&self.buf[..]);
             let Some((header, len)) = FrameHeader::parse(&mut cursor).map_err(|_| Close::Protocol)? else {
-                self.want = 14 - self.buf.len().min(14);
+                self.want = 14;
                 return Ok(None);
             };
             let head = cursor.position() as usize;
@@ -241,7 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 OpCode::Data(Data::Text | Data::Binary) if self.partial.is_some() => return Err(Close::Protocol),
                 OpCode::Data(_) => {
                     let so_far = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
-                    if so_far + len > self.max_message as u64 {
+                    if so_far + len > u64::from(self.max_message) {
                         return Err(Close::TooBig);
                     }
                 }
@@ -249,7 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             // Within `max_message` (or 125), so it fits in memory.
             let end = head + len as usize;
             if self.buf.len() < end {
-                self.want = end - self.buf.len();
+                self.want = u32::try_from(end - self.buf.len()).unwrap_or(u32::MAX);
                 return Ok(None);
             }
             let mut payload = self.buf[head..end].to_vec();
