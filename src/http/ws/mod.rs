@@ -13,11 +13,12 @@ mod protocol;
 mod session;
 mod socket;
 
-// What Centrifugo's protocol (`http::centrifugo`) shares with this transport: the frame
-// budget, the heartbeat, the read-error close, the session's own rights and the
-// connection's next message.
+// What Centrifugo's protocol (`http::centrifugo`) shares with this transport: the socket
+// and its handshake, the frame budget, the heartbeat, the closes of broken frames, the
+// session's own rights and the connection's next message.
 pub(in crate::http) use protocol::Close;
-pub(in crate::http) use session::{Bucket, Heartbeat, next, own_connection, read_error};
+pub(in crate::http) use session::{Bucket, Heartbeat, next, own_connection};
+pub(in crate::http) use socket::{In, Socket, Upgrade, UpgradedIo, close_frame, pong};
 
 use axum::extract::{Extension, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -32,15 +33,6 @@ use crate::http::observe::count_subscribe_refusal;
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::{StreamQuery, stream_query};
 use crate::transport::{DrainGuard, KillSwitch};
-
-/// For Centrifugo's sockets (axum's WebSocket): bytes tungstenite reads from the socket at
-/// once, and the buffer every socket keeps for it: commands are small, and an idle
-/// connection should hold little (tungstenite's default is 128 KiB; a larger message grows
-/// the buffer while it arrives).
-pub(in crate::http) const READ_BUFFER: usize = 256;
-
-/// For Centrifugo's sockets: bytes of outgoing frames gathered before a write.
-pub(in crate::http) const WRITE_BUFFER: usize = 16 * 1024;
 
 /// The route of `/api/ws`: `GET` for HTTP/1.1, `CONNECT` for HTTP/2 (RFC 8441).
 pub fn route() -> MethodRouter<Herald> {

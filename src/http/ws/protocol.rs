@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -252,13 +251,8 @@ impl Close {
         }
     }
 
-    /// The close frame, for a socket of axum's (Centrifugo's protocol).
-    pub(in crate::http) fn frame(self) -> Frame {
-        Frame::Close(Some(CloseFrame { code: self.code(), reason: Utf8Bytes::from(self.reason()) }))
-    }
-
     /// The whole close frame, as `socket` writes it.
-    pub(super) fn framed(self) -> Bytes {
+    pub(in crate::http) fn framed(self) -> Bytes {
         super::socket::close_frame(Some(self.code()), self.reason().as_bytes())
     }
 

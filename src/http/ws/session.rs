@@ -21,7 +21,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 use super::protocol::{self, Close, Command, Kind};
-use super::socket::{In, PING, Socket, UpgradedIo, close_frame, pong};
+use super::socket::{In, PING, Socket, UpgradedIo, pong};
 use crate::auth::{ApiKey, Principal};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
@@ -112,35 +112,17 @@ impl Session {
 
     /// Ends the socket: the close frame and its handshake, and the count of the close.
     async fn close(self, mut socket: Socket<UpgradedIo>, end: Option<End>) {
-        use std::future::poll_fn;
         let label = match end {
             Some(End::Close(close)) => {
                 tracing::debug!(connection = self.conn.as_ref().map(Connection::id), ?close, "websocket closed");
-                // The closing handshake: what the client still sends is read (and dropped)
-                // until its close, so that the socket is not reset under the client's
-                // unread frames, our close among them; then the server ends the TCP
-                // connection first (RFC 6455, 7.1.1).
-                let handshake = async {
-                    socket.queue(close.framed());
-                    if poll_fn(|cx| socket.poll_write(cx)).await.is_ok() {
-                        poll_fn(|cx| socket.poll_closed(cx)).await;
-                        let _ = poll_fn(|cx| socket.poll_shutdown(cx)).await;
-                    }
-                };
-                let _ = tokio::time::timeout(CLOSE_WRITE, handshake).await;
+                let _ = tokio::time::timeout(CLOSE_WRITE, socket.close_handshake(close.framed())).await;
                 close.code().to_string()
             }
             // The client's close is answered with its code.
             Some(End::ByClient(code)) => {
-                let answer = async {
-                    if let Some(code) = code {
-                        socket.queue(close_frame(code, b""));
-                        if poll_fn(|cx| socket.poll_write(cx)).await.is_ok() {
-                            let _ = poll_fn(|cx| socket.poll_shutdown(cx)).await;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(CLOSE_WRITE, answer).await;
+                if let Some(code) = code {
+                    let _ = tokio::time::timeout(CLOSE_WRITE, socket.answer_close(code)).await;
+                }
                 "client".to_owned()
             }
             None => "none".to_owned(),
@@ -580,20 +562,6 @@ pub(in crate::http) async fn next(conn: &mut Option<Connection>) -> Option<Messa
     match conn {
         Some(conn) => conn.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The close that answers a frame tungstenite refused (Centrifugo's sockets, on axum's
-/// WebSocket); `None` when the socket is gone.
-pub(in crate::http) fn read_error(e: axum::Error) -> Option<Close> {
-    use tungstenite::error::{CapacityError, Error};
-    let Ok(e) = e.into_inner().downcast::<Error>() else { return None };
-    match *e {
-        Error::Capacity(CapacityError::MessageTooLong { .. }) => Some(Close::TooBig),
-        Error::Capacity(_) => Some(Close::TooBig),
-        Error::Utf8(_) => Some(Close::InvalidUtf8),
-        Error::Protocol(_) => Some(Close::Protocol),
-        _ => None,
     }
 }
 

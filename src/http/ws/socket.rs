@@ -12,6 +12,7 @@
 //! whole are kept only while one arrives, and queued frames only until they are written.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io::{self, Cursor, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -362,9 +363,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Ends the connection's writing side (TCP's FIN, or the end of the HTTP/2 stream).
-    pub(in crate::http) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    /// [`Socket::poll_next`], awaited; cancelled, it loses nothing (what was read stays).
+    pub(in crate::http) async fn recv(&mut self) -> Option<Result<In, Close>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Queues `frame` and writes everything queued.
+    pub(in crate::http) async fn send(&mut self, frame: Bytes) -> io::Result<()> {
+        self.queue(frame);
+        poll_fn(|cx| self.poll_write(cx)).await
+    }
+
+    /// The server's side of the closing handshake: its close `frame` (after whatever else
+    /// is queued), then what the client still sends is read and dropped until its close, so
+    /// that the socket is not reset under the client's unread frames, the close among them;
+    /// then the server ends the connection first (RFC 6455, 7.1.1). Not bounded in time:
+    /// the caller bounds it.
+    pub(in crate::http) async fn close_handshake(&mut self, frame: Bytes) {
+        if self.send(frame).await.is_ok() {
+            poll_fn(|cx| self.poll_closed(cx)).await;
+            let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+        }
+    }
+
+    /// Answers the client's close (with its `code`, if it gave one) and ends the connection.
+    pub(in crate::http) async fn answer_close(&mut self, code: Option<u16>) {
+        if self.send(close_frame(code, b"")).await.is_ok() {
+            let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+        }
     }
 }
 
