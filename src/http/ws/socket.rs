@@ -438,20 +438,14 @@ pub(in crate::http) fn close_frame(code: Option<u16>, reason: &[u8]) -> Bytes {
 mod tests {
     use super::*;
 
-    /// A client's frame, masked with `mask`.
+    /// A client's frame, masked with `mask`: a server's frame of the same payload (its
+    /// header is checked in `transport::messages`) with `first` as its first byte, the mask
+    /// bit and the mask.
     fn masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut frame = vec![first];
-        match payload.len() {
-            n @ 0..=125 => frame.push(0x80 | n as u8),
-            n @ 126..=0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
+        let server = websocket_frame(first & 0x0F, payload);
+        let mut frame = server[..server.len() - payload.len()].to_vec();
+        frame[0] = first;
+        frame[1] |= 0x80;
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
         frame
