@@ -15,7 +15,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::channel::ChannelName;
@@ -420,11 +420,12 @@ pub struct Copy {
     pub channel: ChannelName,
     pub position: Position,
     pub frame: Frame,
-    /// The copy as a WebSocket event message (`{"id":..,"data":..}` with the frame's own
-    /// id), built by the first WebSocket subscriber that is shown that id and shared by
-    /// the others ([`Copy::websocket`]). Kept as the socket library's text type, checked
-    /// as UTF-8 once here rather than by every socket that sends it.
-    websocket: std::sync::OnceLock<Utf8Bytes>,
+    /// The copy as a whole WebSocket frame (a server's text frame: its header, then the
+    /// message `{"id":..,"data":..}` with the frame's own id), built by the first WebSocket
+    /// subscriber that is shown that id and written as it is to every other such socket
+    /// ([`Copy::websocket`]): a server's frames are unmasked, so the bytes are the same
+    /// for all of them.
+    websocket: std::sync::OnceLock<Bytes>,
 }
 
 /// An event after the engine accepted it: what the hub fans out and history replays.
@@ -515,9 +516,9 @@ impl Copy {
         Self { channel, position, frame, websocket: std::sync::OnceLock::new() }
     }
 
-    /// The copy's WebSocket message with its own id: `build` makes it from the frame the
+    /// The copy's WebSocket frame with its own id: `build` makes it from the SSE frame the
     /// first time, every later call shares those bytes.
-    pub(crate) fn websocket(&self, build: impl FnOnce(&Frame) -> Utf8Bytes) -> Utf8Bytes {
+    pub(crate) fn websocket(&self, build: impl FnOnce(&Frame) -> Bytes) -> Bytes {
         self.websocket.get_or_init(|| build(&self.frame)).clone()
     }
 

@@ -221,6 +221,27 @@ fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The next whole frame the server writes on a raw socket (unmasked: its header and payload).
+async fn raw_frame(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut frame = vec![0u8; 2];
+    within("a frame", tcp.read_exact(&mut frame)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(frame[1] & 0x80, 0, "a server's frame is unmasked");
+    let len = match frame[1] {
+        126 | 127 => {
+            let extra = if frame[1] == 126 { 2 } else { 8 };
+            let mut ext = vec![0u8; extra];
+            within("a frame's length", tcp.read_exact(&mut ext)).await.unwrap_or_else(|e| panic!("{e}"));
+            frame.extend_from_slice(&ext);
+            ext.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
+        }
+        n => usize::from(n),
+    };
+    let start = frame.len();
+    frame.resize(start + len, 0);
+    within("a frame's payload", tcp.read_exact(&mut frame[start..])).await.unwrap_or_else(|e| panic!("{e}"));
+    frame
+}
+
 // ---------------------------------------------------------------------------------------
 // opening
 
@@ -753,6 +774,62 @@ async fn a_message_fragmented_past_the_limit_is_closed_with_1009() {
         let mut bytes = Vec::new();
         within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
         assert_ends_with_close(&bytes, 1009, br#"{"code":"message_too_large"}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_sockets_are_written_an_event_as_the_same_frame_bytes() {
+    let server = dev_server().await;
+    let mut one = raw_upgrade(server.addr, "channel=channel:same").await;
+    let mut two = raw_upgrade(server.addr, "channel=channel:same").await;
+    // Each socket's own `connected` first.
+    for tcp in [&mut one, &mut two] {
+        let connected = raw_frame(tcp).await;
+        assert!(String::from_utf8_lossy(&connected).contains("connected"), "{connected:?}");
+    }
+    publish_ns(&server, "channel:same", 0..2).await;
+    for _ in 0..2 {
+        let (a, b) = (raw_frame(&mut one).await, raw_frame(&mut two).await);
+        assert_eq!(a, b, "one frame for every socket shown the same id");
+        assert_eq!(a[0], 0x81, "a final text frame");
+        let head = if a[1] == 126 { 4 } else { 2 };
+        let text = std::str::from_utf8(&a[head..]).unwrap_or_else(|e| panic!("{e}"));
+        let event: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(event["id"].is_string() && event["data"]["n"].is_u64(), "{event}");
+    }
+}
+
+#[tokio::test]
+async fn a_ping_is_answered_with_its_payload_and_a_close_with_its_code() {
+    let server = dev_server().await;
+    let mut tcp = raw_upgrade(server.addr, "channel=channel:pp").await;
+    raw_frame(&mut tcp).await;
+    // Split across writes, at the mask, as a slow client's TCP may deliver it.
+    let ping = client_frame(0x9, true, b"are you there");
+    tcp.write_all(&ping[..4]).await.unwrap_or_else(|e| panic!("{e}"));
+    tcp.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(&ping[4..]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(raw_frame(&mut tcp).await, [&[0x8A, 13][..], b"are you there"].concat());
+    tcp.write_all(&client_frame(0x8, true, &[0x03, 0xE9])).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(raw_frame(&mut tcp).await, [0x88, 2, 0x03, 0xE9], "the client's code (1001) echoed");
+    let mut rest = Vec::new();
+    within("the server to end the connection", tcp.read_to_end(&mut rest)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(rest.is_empty(), "nothing after the close: {rest:?}");
+}
+
+#[tokio::test]
+async fn a_frame_with_an_extension_bit_is_closed_with_1002() {
+    let server = dev_server().await;
+    bystander_survives(&server, "channel:rsv", async |_| {
+        let mut tcp = raw_upgrade(server.addr, "channel=channel:rsv").await;
+        // RSV1 (compression) set, with no extension agreed.
+        let mut frame = client_frame(0x1, true, br#"{"type":"ping"}"#);
+        frame[0] |= 0x40;
+        tcp.write_all(&frame).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = Vec::new();
+        within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_ends_with_close(&bytes, 1002, br#"{"code":"protocol_error"}"#);
     })
     .await;
 }

@@ -8,13 +8,13 @@
 //!
 //! Herald's own WebSocket transport reads the same connection without the `Message`s of its
 //! events: it asks for [`Item`]s ([`Connection::for_websocket`]), and an event comes as its
-//! WebSocket message already written (`{"id":..,"data":..}`), built once per event and
-//! channel and shared by every socket that is shown the copy's own id.
+//! whole WebSocket frame already written (the header of a server's text frame, then
+//! `{"id":..,"data":..}`), built once per event and channel and written as it is by every
+//! socket that is shown the copy's own id.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 
 use crate::channel::ChannelName;
@@ -36,8 +36,8 @@ pub(crate) enum Item {
     /// An event or notice, as [`Connection::recv`] hands it out.
     Message(Message),
     /// An event of a connection read by Herald's WebSocket transport: its whole WebSocket
-    /// message (see [`websocket_message`]), as the text the socket sends.
-    WebSocket(Utf8Bytes),
+    /// frame (see [`websocket_event_frame`]), as the socket writes it.
+    WebSocket(Bytes),
 }
 
 /// Gathers a connection's output as [`Item`]s: [`Message`]s, or for the WebSocket
@@ -71,11 +71,11 @@ impl Emit for MessageOut {
         match (self.websocket, id) {
             // The common case: one message for every socket shown the copy's own id.
             (true, None) => {
-                let message = copy.websocket(|frame| Utf8Bytes::from(websocket_message(frame.id(), frame.json())));
-                self.queue.push_back(Item::WebSocket(message));
+                let frame = copy.websocket(|frame| websocket_event_frame(frame.id(), frame.json()));
+                self.queue.push_back(Item::WebSocket(frame));
             }
             (true, Some(id)) => {
-                self.queue.push_back(Item::WebSocket(Utf8Bytes::from(websocket_message(id, copy.frame.json()))));
+                self.queue.push_back(Item::WebSocket(websocket_event_frame(id, copy.frame.json())));
             }
             (false, id) => {
                 let id = id.map_or_else(|| copy.frame.id().to_owned(), str::to_owned);
@@ -95,16 +95,77 @@ impl Emit for MessageOut {
     }
 }
 
+/// The opcode of a WebSocket text frame.
+pub(crate) const TEXT: u8 = 0x1;
+
+/// A server's WebSocket frame (RFC 6455, section 5.2): final, unmasked, of `opcode`, with
+/// `payload`, in one allocation of its exact size.
+pub(crate) fn websocket_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(frame_head_len(payload.len()) + payload.len());
+    push_frame_head(&mut frame, opcode, payload.len());
+    frame.extend_from_slice(payload);
+    Bytes::from(frame)
+}
+
+/// Bytes of the header of a server's frame with `len` bytes of payload.
+fn frame_head_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    }
+}
+
+/// The header of a server's frame: FIN, no extension bits, `opcode`, no mask, the length.
+fn push_frame_head(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    match len {
+        0..=125 => out.push(len as u8),
+        126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+}
+
+/// The WebSocket transport's event (`docs/websocket.md`) as the whole text frame a socket
+/// writes: the frame's header, then the SSE id and the SSE data of the same event,
+/// `{"id":<id>,"data":<json>}` ([`websocket_message`]), in one allocation. `json` is checked
+/// as UTF-8 here, once per frame, so that the frame is valid text with no check by each
+/// socket that writes it.
+pub(crate) fn websocket_event_frame(id: &str, json: &[u8]) -> Bytes {
+    if !plain_id(id) || std::str::from_utf8(json).is_err() {
+        return websocket_frame(TEXT, websocket_message(id, json).as_bytes());
+    }
+    // `{"id":"` id `","data":` json `}`
+    let len = 17 + id.len() + json.len();
+    let mut frame = Vec::with_capacity(frame_head_len(len) + len);
+    push_frame_head(&mut frame, TEXT, len);
+    frame.extend_from_slice(b"{\"id\":\"");
+    frame.extend_from_slice(id.as_bytes());
+    frame.extend_from_slice(b"\",\"data\":");
+    frame.extend_from_slice(json);
+    frame.push(b'}');
+    Bytes::from(frame)
+}
+
+/// An id is visible ASCII with no `"` or `\` (cursor::encode): a JSON string as it is.
+fn plain_id(id: &str) -> bool {
+    id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
 /// The WebSocket transport's event message (`docs/websocket.md`): the SSE id and the SSE
-/// data of the same event, `{"id":<id>,"data":<json>}`, in one allocation. Written as a
-/// `String`, so that a socket sends it as text with no check of its own; `json` is checked
-/// as UTF-8 here, once per message (Herald's event JSON always is; anything else is replaced
-/// lossily).
+/// data of the same event, `{"id":<id>,"data":<json>}`, in one allocation. `json` is
+/// checked as UTF-8 (Herald's event JSON always is; anything else is replaced lossily).
 pub(crate) fn websocket_message(id: &str, json: &[u8]) -> String {
     let mut text = String::with_capacity(id.len() + json.len() + 20);
     text.push_str("{\"id\":");
-    // An id is visible ASCII with no `"` or `\` (cursor::encode); anything else is escaped.
-    if id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+    // Anything but a plain id is escaped.
+    if plain_id(id) {
         text.push('"');
         text.push_str(id);
         text.push('"');
@@ -228,18 +289,30 @@ mod tests {
     use crate::channel::ChannelName;
     use crate::cursor::Position;
 
-    fn websocket(out: &MessageOut) -> Vec<Utf8Bytes> {
+    fn websocket(out: &MessageOut) -> Vec<Bytes> {
         out.queue
             .iter()
             .filter_map(|item| match item {
-                Item::WebSocket(message) => Some(message.clone()),
+                Item::WebSocket(frame) => Some(frame.clone()),
                 Item::Message(_) => None,
             })
             .collect()
     }
 
+    /// A server's text frame: its payload, after checking the header.
+    fn text_of(frame: &[u8]) -> &str {
+        let (head, len) = match frame[1] {
+            126 => (4, usize::from(u16::from_be_bytes([frame[2], frame[3]]))),
+            127 => (10, u64::from_be_bytes(frame[2..10].try_into().unwrap_or_default()) as usize),
+            n => (2, usize::from(n)),
+        };
+        assert_eq!(frame[0], 0x81, "final, text, no extension bits");
+        assert_eq!(frame.len(), head + len, "the length is the payload's");
+        std::str::from_utf8(&frame[head..]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
-    fn sockets_shown_a_copys_own_id_share_one_message_and_others_get_their_own() {
+    fn sockets_shown_a_copys_own_id_share_one_frame_and_others_get_their_own() {
         let channel = ChannelName::parse("channel:a").unwrap_or_else(|e| panic!("{e}"));
         let copy = Copy::new(channel, Position::new(5, 0), "chat", br#"{"x":"\u00e9"}"#);
         let (mut one, mut two, mut multi) = (MessageOut::default(), MessageOut::default(), MessageOut::default());
@@ -251,9 +324,22 @@ mod tests {
         multi.event("chat", &copy, Some("a:5,b:7"));
         let (one, two, multi) = (websocket(&one), websocket(&two), websocket(&multi));
         let expected = format!(r#"{{"id":"{}","data":{{"x":"\u00e9"}}}}"#, copy.frame.id());
-        assert_eq!(one[0], expected.as_str());
+        assert_eq!(text_of(&one[0]), expected);
         assert_eq!(one[0].as_ptr(), two[0].as_ptr(), "the same bytes, not a copy");
-        assert_eq!(multi[0], r#"{"id":"a:5,b:7","data":{"x":"\u00e9"}}"#);
+        assert_eq!(text_of(&multi[0]), r#"{"id":"a:5,b:7","data":{"x":"\u00e9"}}"#);
+    }
+
+    #[test]
+    fn an_event_frame_has_the_length_of_its_message_at_every_length_format() {
+        for pad in [0, 90, 200, 70_000] {
+            let json = format!(r#"{{"p":"{}"}}"#, "a".repeat(pad));
+            let frame = websocket_event_frame("c:1", json.as_bytes());
+            assert_eq!(text_of(&frame), websocket_message("c:1", json.as_bytes()));
+        }
+        let odd = websocket_event_frame("a\"b", b"{}");
+        assert_eq!(text_of(&odd), r#"{"id":"a\"b","data":{}}"#, "an unexpected id is still a JSON string");
+        let lossy = websocket_event_frame("c:1", b"{\"x\":\"\xff\"}");
+        assert!(text_of(&lossy).contains('\u{fffd}'), "text frames carry UTF-8 only");
     }
 
     #[test]

@@ -14,8 +14,7 @@ mod protocol;
 mod session;
 pub(super) mod uni;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Extension, FromRequestParts, Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 
@@ -24,7 +23,7 @@ use crate::herald::Herald;
 use crate::http::auth::PeerAddr;
 use crate::http::error::ApiError;
 use crate::http::refusal::Refusal;
-use crate::http::ws::{READ_BUFFER, WRITE_BUFFER};
+use crate::http::ws::Upgrade;
 use crate::transport::DrainGuard;
 
 /// The route of Centrifugo's WebSocket endpoint.
@@ -35,23 +34,18 @@ pub fn route() -> MethodRouter<Herald> {
 async fn upgrade(State(herald): State<Herald>, peer: Option<Extension<PeerAddr>>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let drain_guard = parts.extensions.remove::<DrainGuard>();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &herald).await {
+    let upgrade = match Upgrade::from_parts(&mut parts) {
         Ok(upgrade) => upgrade,
-        Err(r) => return ApiError::refuse(Refusal::WebsocketRequired, r.body_text()).into_response(),
+        Err(why) => return ApiError::refuse(Refusal::WebsocketRequired, why).into_response(),
     };
     let max = herald.config().max_body_bytes;
     let peer = peer.map(|Extension(p)| p);
     // The publish hook sees a Centrifugo client's publishes like a WebSocket's.
     let hooks = crate::http::hooked::Client::new(&herald, "centrifugo", &parts.headers, peer);
     let session = session::Session::new(herald, peer, hooks, drain_guard);
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + max)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "centrifugo upgrade failed"))
-        .on_upgrade(move |socket| session.run(socket))
+    upgrade.respond(max, move |socket| {
+        tokio::spawn(session.run(socket));
+    })
 }
 
 /// The disconnect that follows the end of a connection, by the hub's reason for closing it.

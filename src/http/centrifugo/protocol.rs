@@ -6,12 +6,14 @@
 //! one reply a line in one frame. An empty object is a ping (server to client) or its pong
 //! (client to server). Nothing here touches a socket or the hub.
 
-use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cursor::Position;
 use crate::http::error::ApiError;
+use crate::http::ws::close_frame;
+use crate::transport::messages::{TEXT, websocket_frame};
 
 /// A command from the client. Unknown fields are ignored, as Centrifugo does, so that a newer
 /// SDK's additions do not break an older server.
@@ -292,14 +294,17 @@ pub(super) fn position(offset: u64) -> Position {
     Position::new(offset / 1000, offset % 1000)
 }
 
-/// The ping: an empty command.
-pub(super) fn ping() -> Frame {
-    Frame::Text(Utf8Bytes::from_static("{}"))
+/// The ping: an empty command, as a whole text frame.
+pub(super) const PING: Bytes = Bytes::from_static(b"\x81\x02{}");
+
+/// Several replies in one text frame, one a line.
+pub(super) fn frame(lines: &[String]) -> Bytes {
+    text_frame(&lines.join("\n"))
 }
 
-/// Several replies in one frame, one a line.
-pub(super) fn frame(lines: Vec<String>) -> Frame {
-    Frame::Text(Utf8Bytes::from(lines.join("\n")))
+/// One push (or reply) in a text frame of its own.
+pub(super) fn text_frame(text: &str) -> Bytes {
+    websocket_frame(TEXT, text.as_bytes())
 }
 
 /// An error in a reply: Centrifugo's client error codes.
@@ -409,8 +414,8 @@ impl Disconnect {
     }
 
     /// The close frame; its reason is plain text, which the SDK shows as the reason.
-    pub(super) fn frame(self) -> Frame {
-        Frame::Close(Some(CloseFrame { code: self.code(), reason: Utf8Bytes::from_static(self.reason()) }))
+    pub(super) fn frame(self) -> Bytes {
+        close_frame(Some(self.code()), self.reason().as_bytes())
     }
 }
 

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message as Frame, WebSocket};
+use bytes::Bytes;
 use futures_util::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -35,7 +35,7 @@ use crate::herald::{Admission, Herald, LastEvents, StreamRequest, new_connection
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::publish;
-use crate::http::ws::{Bucket, Close, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
+use crate::http::ws::{Bucket, Close, Heartbeat, In, Socket, UpgradedIo, next, own_connection, pong};
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// Most messages gathered into one frame.
@@ -85,7 +85,9 @@ enum End {
     Disconnect(Disconnect),
     /// A WebSocket close of the transport's own (a frame too big, not UTF-8, ...).
     Close(Close),
-    ByClient,
+    /// The client's close (`Some`, with its code, if it gave one), or the end of its TCP
+    /// connection (`None`).
+    ByClient(Option<Option<u16>>),
 }
 
 /// Why a command failed: an error reply, or the end of the connection.
@@ -157,13 +159,13 @@ impl Session {
             own_notices: Vec::new(),
             held: Vec::new(),
             info: None,
-            frames: Bucket::new(FRAME_RATE, FRAME_BURST),
+            frames: Bucket::new(),
             hooks,
             _drain_guard: drain_guard,
         }
     }
 
-    pub(super) async fn run(mut self, mut socket: WebSocket) {
+    pub(super) async fn run(mut self, mut socket: Socket<UpgradedIo>) {
         let end = self.serve(&mut socket).await;
         // Boxed, as `/api/ws` does: the closing handshake's futures take no room in an idle
         // socket's task.
@@ -171,26 +173,21 @@ impl Session {
     }
 
     /// Ends the socket: the disconnect or close frame and the closing handshake.
-    async fn close(self, mut socket: WebSocket, end: Option<End>) {
+    async fn close(self, mut socket: Socket<UpgradedIo>, end: Option<End>) {
         tracing::debug!(client = %self.client, "centrifugo client closed");
         let frame = match end {
             Some(End::Disconnect(d)) => d.frame(),
-            Some(End::Close(c)) => c.frame(),
-            Some(End::ByClient) => {
-                let _ = tokio::time::timeout(CLOSE_WRITE, socket.recv()).await;
+            Some(End::Close(c)) => c.framed(),
+            Some(End::ByClient(Some(code))) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE, socket.answer_close(code)).await;
                 return;
             }
-            None => return,
+            Some(End::ByClient(None)) | None => return,
         };
-        let handshake = async {
-            if socket.send(frame).await.is_ok() {
-                while let Some(Ok(_)) = socket.recv().await {}
-            }
-        };
-        let _ = tokio::time::timeout(CLOSE_WRITE, handshake).await;
+        let _ = tokio::time::timeout(CLOSE_WRITE, socket.close_handshake(frame)).await;
     }
 
-    async fn serve(&mut self, socket: &mut WebSocket) -> Option<End> {
+    async fn serve(&mut self, socket: &mut Socket<UpgradedIo>) -> Option<End> {
         let cfg = self.herald.config();
         let mut heartbeat = Heartbeat::new(cfg.heartbeat_interval);
         // `connect` must come as soon as a request's headers must.
@@ -207,8 +204,8 @@ impl Session {
                 },
                 frame = socket.recv() => {
                     let frame = match frame {
-                        None => return Some(End::ByClient),
-                        Some(Err(e)) => return read_error(e).map(End::Close),
+                        None => return Some(End::ByClient(None)),
+                        Some(Err(close)) => return Some(End::Close(close)),
                         Some(Ok(frame)) => frame,
                     };
                     heartbeat.heard();
@@ -216,24 +213,25 @@ impl Session {
                         return Some(End::Disconnect(Disconnect::TooManyRequests));
                     }
                     match frame {
-                        Frame::Text(text) => {
+                        In::Text(text) => {
                             // Boxed, as `/api/ws` does: idle sockets do not carry its size.
-                            let (lines, end) = Box::pin(self.commands(text.as_str())).await;
+                            let (lines, end) = Box::pin(self.commands(&text)).await;
                             if !lines.is_empty() {
-                                self.write(socket, protocol::frame(lines)).await?;
+                                self.write(socket, protocol::frame(&lines)).await?;
                             }
                             let held: Vec<String> =
                                 std::mem::take(&mut self.held).iter().filter_map(|m| self.pushed(m)).collect();
                             if !held.is_empty() {
-                                self.write(socket, protocol::frame(held)).await?;
+                                self.write(socket, protocol::frame(&held)).await?;
                             }
                             if let Some(end) = end {
                                 return Some(End::Disconnect(end));
                             }
                         }
-                        Frame::Binary(_) => return Some(End::Disconnect(Disconnect::BadRequest)),
-                        Frame::Ping(_) | Frame::Pong(_) => {}
-                        Frame::Close(_) => return Some(End::ByClient),
+                        In::Binary => return Some(End::Disconnect(Disconnect::BadRequest)),
+                        In::Ping(payload) => self.write(socket, pong(&payload)).await?,
+                        In::Pong => {}
+                        In::Close(code) => return Some(End::ByClient(Some(code))),
                     }
                 }
                 () = &mut ping, if self.who.is_some() => {
@@ -246,7 +244,7 @@ impl Session {
                     if self.conn.is_none() && self.herald.is_draining() {
                         return Some(End::Disconnect(Disconnect::Shutdown));
                     }
-                    self.write(socket, protocol::ping()).await?;
+                    self.write(socket, protocol::PING).await?;
                 }
                 () = tokio::time::sleep_until(deadline), if self.who.is_none() => {
                     return Some(End::Disconnect(Disconnect::Stale));
@@ -254,7 +252,7 @@ impl Session {
                 () = sleep_until_ms(sub_deadline), if sub_deadline < u64::MAX => {
                     let lines = self.expire_subscriptions().await;
                     if !lines.is_empty() {
-                        self.write(socket, protocol::frame(lines)).await?;
+                        self.write(socket, protocol::frame(&lines)).await?;
                     }
                 }
             }
@@ -262,7 +260,7 @@ impl Session {
     }
 
     /// Pushes `first` and whatever else the connection has ready, in one frame.
-    async fn push(&mut self, socket: &mut WebSocket, first: Message) -> Option<()> {
+    async fn push(&mut self, socket: &mut Socket<UpgradedIo>, first: Message) -> Option<()> {
         let mut lines = Vec::new();
         lines.extend(self.pushed(&first));
         while lines.len() < MAX_BATCH
@@ -273,7 +271,7 @@ impl Session {
         if lines.is_empty() {
             return Some(());
         }
-        self.write(socket, protocol::frame(lines)).await
+        self.write(socket, protocol::frame(&lines)).await
     }
 
     /// What a message of the connection becomes: a publication, or the server-side
@@ -329,7 +327,7 @@ impl Session {
         Some(protocol::publication(name, &msg.json, position))
     }
 
-    async fn write(&self, socket: &mut WebSocket, frame: Frame) -> Option<()> {
+    async fn write(&self, socket: &mut Socket<UpgradedIo>, frame: Bytes) -> Option<()> {
         tokio::select! {
             sent = socket.send(frame) => sent.ok(),
             () = self.kill.killed() => None,

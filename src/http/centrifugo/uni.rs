@@ -16,8 +16,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -34,6 +33,7 @@ use crate::cursor::{LastEventId, Resume};
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Herald, StreamRequest};
 use crate::http::error::ApiError;
+use crate::http::ws::{In, Socket, Upgrade, UpgradedIo, close_frame, pong};
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// `/connection/uni_sse`.
@@ -206,20 +206,19 @@ async fn websocket(State(herald): State<Herald>, req: Request) -> Response {
         }
         None => None,
     };
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &herald).await {
+    let upgrade = match Upgrade::from_parts(&mut parts) {
         Ok(upgrade) => upgrade,
-        Err(r) => return r.into_response(),
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
     };
     let max = herald.config().max_body_bytes;
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| serve_socket(herald, socket, connect, drain_guard))
+    upgrade.respond(max, move |socket| {
+        tokio::spawn(serve_socket(herald, socket, connect, drain_guard));
+    })
 }
 
 async fn serve_socket(
     herald: Herald,
-    mut socket: WebSocket,
+    mut socket: Socket<UpgradedIo>,
     connect: Option<ConnectRequest>,
     _guard: Option<DrainGuard>,
 ) {
@@ -229,7 +228,7 @@ async fn serve_socket(
             // The first message, within the time a request's headers have.
             let first = tokio::time::timeout(herald.config().header_read_timeout, socket.recv()).await;
             match first {
-                Ok(Some(Ok(Frame::Text(text)))) => match serde_json::from_str::<Option<ConnectRequest>>(&text) {
+                Ok(Some(Ok(In::Text(text)))) => match serde_json::from_str::<Option<ConnectRequest>>(&text) {
                     Ok(connect) => connect.unwrap_or_default(),
                     Err(_) => return close(&mut socket, bye(Disconnect::BadRequest)).await,
                 },
@@ -241,7 +240,7 @@ async fn serve_socket(
     };
     let mut uni = match Uni::open(herald, connect, None).await {
         Ok((uni, push)) => {
-            if socket.send(Frame::Text(push.into())).await.is_err() {
+            if socket.send(protocol::text_frame(&push)).await.is_err() {
                 return;
             }
             uni
@@ -252,7 +251,7 @@ async fn serve_socket(
         tokio::select! {
             step = uni.next() => match step {
                 Step::Push(push) => {
-                    if socket.send(Frame::Text(push.into())).await.is_err() {
+                    if socket.send(protocol::text_frame(&push)).await.is_err() {
                         return;
                     }
                 }
@@ -262,7 +261,16 @@ async fn serve_socket(
             // What the client sends is not read (unidirectional), but a close or a dead
             // socket ends the session.
             frame = socket.recv() => match frame {
-                Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(In::Close(code))) => {
+                    let _ = tokio::time::timeout(CLOSE_WRITE, socket.answer_close(code)).await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
+                Some(Ok(In::Ping(payload))) => {
+                    if socket.send(pong(&payload)).await.is_err() {
+                        return;
+                    }
+                }
                 Some(Ok(_)) => {}
             },
         }
@@ -270,16 +278,14 @@ async fn serve_socket(
 }
 
 /// The disconnect push, then the close frame with the same code and reason.
-async fn close(socket: &mut WebSocket, (code, reason): Bye) {
+async fn close(socket: &mut Socket<UpgradedIo>, (code, reason): Bye) {
     let push = disconnect_push((code, reason));
-    let close = axum::extract::ws::CloseFrame { code, reason: reason.into() };
-    let bye = async {
-        if socket.send(Frame::Text(push.into())).await.is_ok() && socket.send(Frame::Close(Some(close))).await.is_ok() {
-            while let Some(Ok(_)) = socket.recv().await {}
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), bye).await;
+    socket.queue(protocol::text_frame(&push));
+    let _ = tokio::time::timeout(CLOSE_WRITE, socket.close_handshake(close_frame(Some(code), reason.as_bytes()))).await;
 }
+
+/// Longest wait for the closing handshake.
+const CLOSE_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn disconnect_push((code, reason): Bye) -> String {
     json!({"disconnect": {"code": code, "reason": reason}}).to_string()

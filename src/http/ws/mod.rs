@@ -5,20 +5,22 @@
 //! when the query names channels, the same [`Herald::connect`] before the `101`, so that
 //! every refusal is the HTTP status and JSON error an SSE client would get. The socket's
 //! life (commands, events, heartbeats, closes) is `session`; its messages are
-//! `protocol`. It builds on the library's transport-neutral [`crate::Connection`] and must
+//! `protocol`; its frames and bytes on the upgraded connection, and the handshake's
+//! headers, are `socket`. It builds on the library's transport-neutral [`crate::Connection`] and must
 //! not reach into the hub's queue. The protocol is specified in `docs/websocket.md`.
 
 mod protocol;
 mod session;
+mod socket;
 
-// What Centrifugo's protocol (`http::centrifugo`) shares with this transport: the frame
-// budget, the heartbeat, the read-error close, the session's own rights and the
-// connection's next message.
+// What Centrifugo's protocol (`http::centrifugo`) shares with this transport: the socket
+// and its handshake, the frame budget, the heartbeat, the closes of broken frames, the
+// session's own rights and the connection's next message.
 pub(in crate::http) use protocol::Close;
-pub(in crate::http) use session::{Bucket, FRAME_BURST, FRAME_RATE, Heartbeat, next, own_connection, read_error};
+pub(in crate::http) use session::{Bucket, Heartbeat, next, own_connection};
+pub(in crate::http) use socket::{In, Socket, Upgrade, UpgradedIo, close_frame, pong};
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Extension, FromRequestParts, RawQuery, Request, State};
+use axum::extract::{Extension, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 
@@ -31,14 +33,6 @@ use crate::http::observe::count_subscribe_refusal;
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::{StreamQuery, stream_query};
 use crate::transport::{DrainGuard, KillSwitch};
-
-/// Bytes tungstenite reads from the socket at once, and the buffer every socket keeps for
-/// it: commands are small, and an idle connection should hold little (tungstenite's default
-/// is 128 KiB; a larger message grows the buffer while it arrives).
-pub(in crate::http) const READ_BUFFER: usize = 256;
-
-/// Bytes of outgoing frames gathered before a write.
-pub(in crate::http) const WRITE_BUFFER: usize = 16 * 1024;
 
 /// The route of `/api/ws`: `GET` for HTTP/1.1, `CONNECT` for HTTP/2 (RFC 8441).
 pub fn route() -> MethodRouter<Herald> {
@@ -65,9 +59,8 @@ async fn open(
     let (mut parts, _body) = req.into_parts();
     // Held by the session: a drain waits for the socket's close as for a connection.
     let drain_guard = parts.extensions.remove::<DrainGuard>();
-    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, herald)
-        .await
-        .map_err(|r| ApiError::refuse(Refusal::WebsocketRequired, r.body_text()))?;
+    let upgrade =
+        socket::Upgrade::from_parts(&mut parts).map_err(|why| ApiError::refuse(Refusal::WebsocketRequired, why))?;
     let StreamQuery { channels, last_event_id, ticket, filters, last, named: _ } =
         stream_query(herald, query, &parts.headers)?;
     // Cross-site WebSocket hijacking: a browser attaches the cookie to a WebSocket opened by
@@ -107,17 +100,9 @@ async fn open(
     let max = herald.config().max_body_bytes;
     let session = session::Session::new(herald.clone(), who, client, conn, kill, may_authenticate, later);
     let session = session.holding(drain_guard);
-    Ok(upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + max)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        // The socket gets a task of its own, sized for what an open socket holds: axum's,
-        // which upgrades it, is sized for the upgrade too, and ends here.
-        .on_upgrade(move |socket| {
-            tokio::spawn(session.serving(socket));
-            std::future::ready(())
-        }))
+    // The socket gets a task of its own, sized for what an open socket holds: the one that
+    // waits for the upgrade ends here.
+    Ok(upgrade.respond(max, move |socket| {
+        tokio::spawn(session.serving(socket));
+    }))
 }

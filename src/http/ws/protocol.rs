@@ -6,11 +6,12 @@
 //! an event `{"id":<resume id>,"data":<event>}` (the SSE `id:` and `data:` of the same event,
 //! byte for byte), a reply `{"type":"reply","id":..,"result":..}` (`result` is what the HTTP
 //! endpoint of the same action answers) and an error `{"type":"error","id":..,"error":{..}}`
-//! (the HTTP API's error shape). Nothing here touches a socket.
+//! (the HTTP API's error shape). Nothing here touches a socket: the server's messages are
+//! built as whole text frames (`socket` writes them as they are).
 
 use std::collections::BTreeMap;
 
-use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -22,7 +23,7 @@ use crate::http::error::ApiError;
 use crate::http::refusal::Refusal;
 use crate::http::subscribe::checked_last_event_id;
 use crate::transport::Message;
-use crate::transport::messages::websocket_message;
+use crate::transport::messages::{TEXT, websocket_event_frame, websocket_frame};
 
 /// Longest request id, in bytes (a string id).
 const MAX_REQUEST_ID: usize = 128;
@@ -188,21 +189,21 @@ fn body<T: DeserializeOwned>(fields: Map<String, Value>, id: &Option<Value>) -> 
         .map_err(|e| BadCommand { id: id.clone(), error: ApiError::refuse(Refusal::InvalidCommand, e.to_string()) })
 }
 
-/// An event for the client: the SSE id and the SSE data of the same event, built in one
-/// allocation that becomes the frame's payload (an event written before the connection was
-/// read as WebSocket items, or a notice).
-pub(super) fn event(msg: &Message) -> Frame {
-    Frame::Text(Utf8Bytes::from(websocket_message(&msg.id, &msg.json)))
+/// An event for the client, as its text frame: the SSE id and the SSE data of the same
+/// event, in one allocation (an event written before the connection was read as WebSocket
+/// items, or a notice).
+pub(super) fn event(msg: &Message) -> Bytes {
+    websocket_event_frame(&msg.id, &msg.json)
 }
 
 /// A command's successful answer.
-pub(super) fn reply(id: Option<Value>, result: Value) -> Frame {
+pub(super) fn reply(id: Option<Value>, result: Value) -> Bytes {
     text(&json!({"type": "reply", "id": id, "result": result}))
 }
 
 /// A refusal, in the HTTP API's error shape; `retryAfter` (seconds) where HTTP would send
 /// `Retry-After`.
-pub(super) fn error(id: Option<Value>, e: &ApiError) -> Frame {
+pub(super) fn error(id: Option<Value>, e: &ApiError) -> Bytes {
     let mut frame = json!({"type": "error", "id": id, "error": {"code": e.code(), "message": e.message()}});
     if let (Some(secs), Value::Object(fields)) = (e.retry_after(), &mut frame) {
         fields.insert("retryAfter".into(), secs.into());
@@ -210,8 +211,8 @@ pub(super) fn error(id: Option<Value>, e: &ApiError) -> Frame {
     text(&frame)
 }
 
-fn text(v: &Value) -> Frame {
-    Frame::Text(Utf8Bytes::from(v.to_string()))
+fn text(v: &Value) -> Bytes {
+    websocket_frame(TEXT, v.to_string().as_bytes())
 }
 
 /// Close codes (RFC 6455, section 7.4.1) and the reason each sends, `{"code":..}` in JSON.
@@ -250,7 +251,13 @@ impl Close {
         }
     }
 
-    pub(in crate::http) fn frame(self) -> Frame {
+    /// The whole close frame, as `socket` writes it.
+    pub(in crate::http) fn framed(self) -> Bytes {
+        super::socket::close_frame(Some(self.code()), self.reason().as_bytes())
+    }
+
+    /// The reason, `{"code":..}` (at most 123 bytes, as a close frame's).
+    fn reason(self) -> String {
         let reason = match self {
             Self::Normal(why) | Self::Policy(why) | Self::TryAgain(why) => json!({"code": why}),
             Self::Protocol => json!({"code": "protocol_error"}),
@@ -259,7 +266,7 @@ impl Close {
             Self::TooBig => json!({"code": "message_too_large"}),
             Self::Drain { retry_ms } => json!({"code": "server_draining", "retryMs": retry_ms}),
         };
-        Frame::Close(Some(CloseFrame { code: self.code(), reason: Utf8Bytes::from(reason.to_string()) }))
+        reason.to_string()
     }
 }
 
@@ -283,17 +290,18 @@ mod tests {
     #[test]
     fn an_event_frame_carries_the_sse_id_and_the_sse_data_unchanged() {
         let msg = Message { id: "fte:mwrt3kgk".into(), event_type: "chat".into(), json: Bytes::from(r#"{"a":1}"#) };
-        let Frame::Text(text) = event(&msg) else { panic!("not text") };
-        assert_eq!(text.as_str(), r#"{"id":"fte:mwrt3kgk","data":{"a":1}}"#);
+        let frame = event(&msg);
+        assert_eq!(&frame[..2], [0x81, frame.len() as u8 - 2], "a final text frame, unmasked");
+        assert_eq!(&frame[2..], br#"{"id":"fte:mwrt3kgk","data":{"a":1}}"#);
         let odd = Message { id: "a\"b c".into(), ..msg };
-        let Frame::Text(text) = event(&odd) else { panic!("not text") };
-        assert_eq!(text.as_str(), r#"{"id":"a\"b c","data":{"a":1}}"#, "an unexpected id is still a JSON string");
+        let frame = event(&odd);
+        assert_eq!(&frame[2..], br#"{"id":"a\"b c","data":{"a":1}}"#, "an unexpected id is still a JSON string");
     }
 
     #[test]
     fn close_reasons_fit_in_a_control_frame() {
-        let Frame::Close(Some(frame)) = Close::Drain { retry_ms: u64::MAX }.frame() else { panic!("not a close") };
-        assert!(frame.reason.len() <= 123, "{}", frame.reason.as_str());
-        assert_eq!(frame.code, 1012);
+        let frame = Close::Drain { retry_ms: u64::MAX }.framed();
+        assert!(frame.len() <= 2 + 125, "{frame:?}");
+        assert_eq!(&frame[..4], [0x88, frame.len() as u8 - 2, 0x03, 0xF4], "a close frame, 1012");
     }
 }

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket};
 use axum::response::IntoResponse;
-use futures_util::{SinkExt as _, StreamExt as _};
+use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 use super::protocol::{self, Close, Command, Kind};
+use super::socket::{In, PING, Socket, UpgradedIo, pong};
 use crate::auth::{ApiKey, Principal};
 use crate::catalogue::PresenceStatus;
 use crate::channel::ChannelName;
@@ -88,7 +88,7 @@ impl Session {
         may_authenticate: bool,
         last: LastEvents,
     ) -> Self {
-        let frames = Bucket::new(FRAME_RATE, FRAME_BURST);
+        let frames = Bucket::new();
         let opening = conn.is_none().then(|| {
             let deadline = Instant::now() + herald.config().header_read_timeout;
             Box::new(Opening { may_authenticate, last, deadline })
@@ -102,7 +102,7 @@ impl Session {
     }
 
     /// The socket's task: the session serving `socket`, then the socket's close.
-    pub(super) fn serving(self, socket: WebSocket) -> SessionTask {
+    pub(super) fn serving(self, socket: Socket<UpgradedIo>) -> SessionTask {
         self.herald.metrics().websocket.opened();
         let cfg = self.herald.config();
         let heartbeat = Heartbeat::new(cfg.heartbeat_interval);
@@ -111,24 +111,18 @@ impl Session {
     }
 
     /// Ends the socket: the close frame and its handshake, and the count of the close.
-    async fn close(self, mut socket: WebSocket, end: Option<End>) {
+    async fn close(self, mut socket: Socket<UpgradedIo>, end: Option<End>) {
         let label = match end {
             Some(End::Close(close)) => {
                 tracing::debug!(connection = self.conn.as_ref().map(Connection::id), ?close, "websocket closed");
-                // The closing handshake: what the client still sends is read (and dropped)
-                // until its close, so that the socket is not reset under the client's
-                // unread frames, our close among them.
-                let handshake = async {
-                    if socket.send(close.frame()).await.is_ok() {
-                        while let Some(Ok(_)) = socket.recv().await {}
-                    }
-                };
-                let _ = tokio::time::timeout(CLOSE_WRITE, handshake).await;
+                let _ = tokio::time::timeout(CLOSE_WRITE, socket.close_handshake(close.framed())).await;
                 close.code().to_string()
             }
-            // The client's close is answered (by tungstenite) on the next read.
-            Some(End::ByClient) => {
-                let _ = tokio::time::timeout(CLOSE_WRITE, socket.recv()).await;
+            // The client's close is answered with its code.
+            Some(End::ByClient(code)) => {
+                if let Some(code) = code {
+                    let _ = tokio::time::timeout(CLOSE_WRITE, socket.answer_close(code)).await;
+                }
                 "client".to_owned()
             }
             None => "none".to_owned(),
@@ -152,8 +146,8 @@ impl Session {
 
     /// Runs one command, owning the session while it runs (the socket's task holds the
     /// command's future, boxed, in the session's place).
-    async fn command_owned(mut self, text: Utf8Bytes) -> (Self, Frame, Option<Close>) {
-        let (answer, close) = self.command(text.as_str()).await;
+    async fn command_owned(mut self, text: String) -> (Self, Bytes, Option<Close>) {
+        let (answer, close) = self.command(&text).await;
         (self, answer, close)
     }
 
@@ -169,7 +163,7 @@ impl Session {
     }
 
     /// Runs one command: the frame that answers it, and the close that follows, if any.
-    async fn command(&mut self, text: &str) -> (Frame, Option<Close>) {
+    async fn command(&mut self, text: &str) -> (Bytes, Option<Close>) {
         let Command { id, kind } = match protocol::parse(text) {
             Ok(cmd) => cmd,
             Err(bad) => return (protocol::error(bad.id, &bad.error), None),
@@ -324,8 +318,9 @@ impl Session {
 enum End {
     /// The server closes, with this code.
     Close(Close),
-    /// The client sent a close frame, or its TCP connection ended.
-    ByClient,
+    /// The client sent a close frame (`Some`, with the close to answer it with: its code,
+    /// if it gave one), or its TCP connection ended (`None`).
+    ByClient(Option<Option<u16>>),
 }
 
 /// A socket's task: the session, its socket, the heartbeat and the one timer, and what the
@@ -346,7 +341,7 @@ enum Phase {
 struct Serving {
     /// `None` while a command runs: the command's future owns it.
     session: Option<Session>,
-    socket: WebSocket,
+    socket: Socket<UpgradedIo>,
     heartbeat: Heartbeat,
     /// One timer for the next ping and the subscribe deadline.
     timer: Pin<Box<Sleep>>,
@@ -365,17 +360,17 @@ enum Step {
 
 /// A command running, with the session it owns: the session, the answer and the close
 /// that follows, if any, when it is done.
-type Running = Pin<Box<dyn Future<Output = (Session, Frame, Option<Close>)> + Send>>;
+type Running = Pin<Box<dyn Future<Output = (Session, Bytes, Option<Close>)> + Send>>;
 
 /// One write: a frame and, for an event, the events the connection has ready behind it
-/// (up to [`MAX_BATCH`]), each taken as the socket takes it and flushed together; then the
-/// close that follows, if any.
+/// (up to [`MAX_BATCH`]), queued on the socket and written together; then the close that
+/// follows, if any.
 struct Write {
-    /// The frame the socket takes next.
-    next: Option<Frame>,
+    /// The frame the socket queues first.
+    next: Option<Bytes>,
     /// Events the connection may still add to this write.
     more: u32,
-    /// Frames written.
+    /// Frames queued.
     n: u32,
     /// Taken once the write waits on the socket: the hub may give up on this reader
     /// meanwhile (a notification waiter must not move, so it is boxed, and only then).
@@ -386,51 +381,46 @@ struct Write {
 
 impl Step {
     /// Writing `frame`, then closing with `then`, if any.
-    fn write(frame: Frame, then: Option<Close>) -> Self {
+    fn write(frame: Bytes, then: Option<Close>) -> Self {
         Self::Writing(Write { next: Some(frame), more: 0, n: 0, killed: None, then: then.map(Box::new) })
     }
 
     /// Writing the event `first` and whatever else the connection has ready.
-    fn events(first: Frame) -> Self {
+    fn events(first: Bytes) -> Self {
         let more = MAX_BATCH as u32 - 1;
         Self::Writing(Write { next: Some(first), more, n: 0, killed: None, then: None })
     }
 }
 
 impl Write {
-    /// Writes the frames and flushes them: `false` when the socket failed, or when the
-    /// hub tore the connection down (its reader is too slow) while the write waited.
+    /// Queues the frames and writes them: `false` when the socket failed, or when the hub
+    /// tore the connection down (its reader is too slow) while the write waited.
     fn poll(
         &mut self,
-        socket: &mut WebSocket,
-        mut conn: Option<&mut Connection>,
+        socket: &mut Socket<UpgradedIo>,
+        conn: Option<&mut Connection>,
         kill: &KillSwitch,
         cx: &mut Context<'_>,
     ) -> Poll<bool> {
-        let written = loop {
-            match socket.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => break Poll::Ready(false),
-                Poll::Pending => break Poll::Pending,
+        if let Some(first) = self.next.take() {
+            if self.more > 0 {
+                socket.reserve(1 + self.more as usize);
             }
-            if self.next.is_none() && self.more > 0 {
-                // Not waited for: what is not ready now waits for the next write.
-                match conn.as_deref_mut().map(|conn| conn.poll_item(cx)) {
-                    Some(Poll::Ready(Some(item))) => {
-                        self.next = Some(event_frame(item));
-                        self.more -= 1;
-                    }
-                    _ => self.more = 0,
+            socket.queue(first);
+            self.n += 1;
+            // Not waited for: what is not ready now waits for the next write.
+            if let Some(conn) = conn {
+                while self.more > 0 {
+                    let Poll::Ready(Some(item)) = conn.poll_item(cx) else { break };
+                    socket.queue(event_frame(item));
+                    self.more -= 1;
+                    self.n += 1;
                 }
             }
-            let Some(frame) = self.next.take() else { break socket.poll_flush_unpin(cx).map(|r| r.is_ok()) };
-            if socket.start_send_unpin(frame).is_err() {
-                break Poll::Ready(false);
-            }
-            self.n += 1;
-        };
-        match written {
-            Poll::Ready(ok) => Poll::Ready(ok),
+            self.more = 0;
+        }
+        match socket.poll_write(cx) {
+            Poll::Ready(written) => Poll::Ready(written.is_ok()),
             Poll::Pending => {
                 let killed = self.killed.get_or_insert_with(|| Box::pin(kill.killed_owned()));
                 killed.as_mut().poll(cx).map(|()| false)
@@ -493,14 +483,14 @@ impl Serving {
                 // The client's frames first, then the timer, then the connection: a busy
                 // channel must not keep a pong or a close from being read.
                 Step::Waiting => {
-                    if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
+                    if let Poll::Ready(frame) = self.socket.poll_next(cx) {
                         let frame = match frame {
-                            None => return Poll::Ready(Some(End::ByClient)),
-                            Some(Err(e)) => return Poll::Ready(read_error(e).map(End::Close)),
+                            None => return Poll::Ready(Some(End::ByClient(None))),
+                            Some(Err(close)) => return Poll::Ready(Some(End::Close(close))),
                             Some(Ok(frame)) => frame,
                         };
                         self.heartbeat.heard();
-                        if matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
+                        if matches!(frame, In::Text(_) | In::Binary) {
                             session.herald.metrics().websocket.frame_in();
                         }
                         if !session.frames.take() {
@@ -509,19 +499,19 @@ impl Serving {
                             continue;
                         }
                         match frame {
-                            Frame::Text(text) => {
+                            In::Text(text) => {
                                 if let Some(session) = self.session.take() {
                                     self.step = Step::Command(Box::pin(session.command_owned(text)));
                                 }
                             }
-                            Frame::Binary(_) => {
+                            In::Binary => {
                                 let e =
                                     ApiError::refuse(Refusal::BinaryNotSupported, "messages are JSON in text frames");
                                 self.step = Step::write(protocol::error(None, &e), Some(Close::Binary));
                             }
-                            // tungstenite answers pings itself.
-                            Frame::Ping(_) | Frame::Pong(_) => {}
-                            Frame::Close(_) => return Poll::Ready(Some(End::ByClient)),
+                            In::Ping(payload) => self.step = Step::write(pong(&payload), None),
+                            In::Pong => {}
+                            In::Close(code) => return Poll::Ready(Some(End::ByClient(Some(code)))),
                         }
                         continue;
                     }
@@ -542,7 +532,7 @@ impl Serving {
                             if !self.heartbeat.alive() {
                                 return Poll::Ready(Some(End::Close(Close::TryAgain("client_timeout"))));
                             }
-                            self.step = Step::write(Frame::Ping(bytes::Bytes::new()), None);
+                            self.step = Step::write(PING, None);
                         }
                         self.timer.as_mut().reset(session.wake_at(&self.heartbeat));
                         continue;
@@ -558,11 +548,11 @@ impl Serving {
     }
 }
 
-/// An item of the connection as its frame: an event's shared message as it is, a message
+/// An item of the connection as its frame: an event's shared frame as it is, a frame
 /// written for the socket alone.
-fn event_frame(item: Item) -> Frame {
+fn event_frame(item: Item) -> Bytes {
     match item {
-        Item::WebSocket(message) => Frame::Text(message),
+        Item::WebSocket(frame) => frame,
         Item::Message(msg) => protocol::event(&msg),
     }
 }
@@ -572,19 +562,6 @@ pub(in crate::http) async fn next(conn: &mut Option<Connection>) -> Option<Messa
     match conn {
         Some(conn) => conn.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The close that answers a frame tungstenite refused; `None` when the socket is gone.
-pub(in crate::http) fn read_error(e: axum::Error) -> Option<Close> {
-    use tungstenite::error::{CapacityError, Error};
-    let Ok(e) = e.into_inner().downcast::<Error>() else { return None };
-    match *e {
-        Error::Capacity(CapacityError::MessageTooLong { .. }) => Some(Close::TooBig),
-        Error::Capacity(_) => Some(Close::TooBig),
-        Error::Utf8(_) => Some(Close::InvalidUtf8),
-        Error::Protocol(_) => Some(Close::Protocol),
-        _ => None,
     }
 }
 
@@ -636,22 +613,21 @@ impl Heartbeat {
     }
 }
 
-/// A token bucket for one socket's incoming frames.
+/// A token bucket for one socket's incoming frames: [`FRAME_BURST`] at once, [`FRAME_RATE`]
+/// a second past that (constants, not fields: every idle socket holds its bucket).
 pub(in crate::http) struct Bucket {
-    rate: f64,
-    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
-    pub(in crate::http) fn new(rate: f64, burst: f64) -> Self {
-        Self { rate, burst, tokens: burst, last: Instant::now() }
+    pub(in crate::http) fn new() -> Self {
+        Self { tokens: FRAME_BURST, last: Instant::now() }
     }
 
     pub(in crate::http) fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * FRAME_RATE).min(FRAME_BURST);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
