@@ -92,7 +92,7 @@ impl BodySource for AxumBody {
     }
 }
 
-/// The answer to a publish request, its refusal counted: the handlers' and the lean path's.
+/// The answer to a publish request, its refusal counted: the handlers'.
 pub(crate) async fn answer(
     herald: &Herald,
     route: Route,
@@ -100,11 +100,22 @@ pub(crate) async fn answer(
     parts: Parts,
     body: impl BodySource,
 ) -> Response {
-    let answer = match stage(herald, route, peer, parts, body).await {
+    count_publish_refusal(herald, outcome(herald, route, peer, parts, body).await.map(Json).into_response())
+}
+
+/// What a publish request comes to: the published id(s), or why not (not counted yet). The
+/// lean path writes an accepted answer itself and counts refusals as [`answer`] does.
+pub(crate) async fn outcome(
+    herald: &Herald,
+    route: Route,
+    peer: Option<PeerAddr>,
+    parts: Parts,
+    body: impl BodySource,
+) -> Result<Published, ApiError> {
+    match stage(herald, route, peer, parts, body).await {
         Ok(staged) => commit(herald, staged).await,
         Err(e) => Err(e),
-    };
-    count_publish_refusal(herald, answer.map(Json).into_response())
+    }
 }
 
 /// A publish request that passed every check (credentials, policies, hooks, JSON, the rate

@@ -326,18 +326,35 @@ pub(super) fn encode_head(
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    let said = Said { length: wrote_length, connection: headers.contains_key(header::CONNECTION) };
+    put_head_end(&mut out, version, keep_alive, said, framing);
+    out.freeze()
+}
+
+/// Which of the headers [`put_head_end`] writes the response's own headers had already.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Said {
+    pub length: bool,
+    pub connection: bool,
+}
+
+/// The end of a response head, after the response's own headers, as hyper writes it: the
+/// `content-length` of a body of known length, `connection` when keep-alive differs from the
+/// version's default (each unless the response's own headers had it), the chunked framing,
+/// `date`, and the blank line.
+pub(super) fn put_head_end(out: &mut BytesMut, version: Version, keep_alive: bool, said: Said, framing: Framing) {
     // Where axum's routing would have put it: after the response's own headers (a lean
     // publish's answer is not routed).
     if let Framing::Length(n) = framing
-        && !wrote_length
+        && !said.length
     {
         out.put_slice(b"content-length: ");
-        let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{n}"));
+        let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
         out.put_slice(b"\r\n");
     }
     // As hyper does, even for a close-delimited HTTP/1.0 body (the connection closes after it),
     // unless the response says it itself.
-    if !headers.contains_key(header::CONNECTION) {
+    if !said.connection {
         match (version, keep_alive) {
             (Version::HTTP_10, true) => out.put_slice(b"connection: keep-alive\r\n"),
             (Version::HTTP_11, false) => out.put_slice(b"connection: close\r\n"),
@@ -352,7 +369,6 @@ pub(super) fn encode_head(
     out.put_slice(b"date: ");
     with_date(|date| out.put_slice(date));
     out.put_slice(b"\r\n\r\n");
-    out.freeze()
 }
 
 thread_local! {
