@@ -20,8 +20,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, FromRequest, Path, Request, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -38,7 +38,8 @@ use crate::event::{Event, EventError, IDEMPOTENCY_FIELD, Idempotency, Prepared};
 use crate::herald::Herald;
 
 /// The header that makes a single publish safe to retry.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// A name, not a `&str`: a lookup by `&str` parses the name again every time.
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The answer to a publish: the id of the event, or the ids of a batch's events in order.
 #[derive(Serialize)]
@@ -358,7 +359,7 @@ async fn caller_with_body(
     let who = principal(herald, &parts.headers, None).await?;
     let key = rate_key(&who, peer);
     let client = hooked::Client::new(herald, "http", &parts.headers, peer);
-    let idempotency = match parts.headers.get(IDEMPOTENCY_KEY) {
+    let idempotency = match parts.headers.get(&IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
     };
