@@ -349,7 +349,7 @@ pub(super) fn put_head_end(out: &mut BytesMut, version: Version, keep_alive: boo
         && !said.length
     {
         out.put_slice(b"content-length: ");
-        let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
+        put_decimal(out, n);
         out.put_slice(b"\r\n");
     }
     // As hyper does, even for a close-delimited HTTP/1.0 body (the connection closes after it),
@@ -369,6 +369,21 @@ pub(super) fn put_head_end(out: &mut BytesMut, version: Version, keep_alive: boo
     out.put_slice(b"date: ");
     with_date(|date| out.put_slice(date));
     out.put_slice(b"\r\n\r\n");
+}
+
+/// Writes `n` in decimal, without `fmt`'s machinery (a few hundred instructions per answer).
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
 }
 
 thread_local! {
@@ -648,6 +663,15 @@ mod tests {
         assert!(!wants_keep_alive(Version::HTTP_11, &with("Close")));
         assert!(!wants_keep_alive(Version::HTTP_10, &HeaderMap::new()));
         assert!(wants_keep_alive(Version::HTTP_10, &with("keep-alive")));
+    }
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 100, 12_345, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_decimal(&mut out, n);
+            assert_eq!(&out[..], n.to_string().as_bytes());
+        }
     }
 
     #[test]

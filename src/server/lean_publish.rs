@@ -474,8 +474,18 @@ impl Answer {
 /// [`encode_head`] adds), and the JSON of the ids.
 fn encode_published(out: &mut BytesMut, published: &publish::Published, id: Option<&HeaderValue>, keep_alive: bool) {
     let mut json = Vec::with_capacity(64);
-    // Ids and an array of them always serialize, and writing to a `Vec` cannot fail.
-    let _ = serde_json::to_writer(&mut json, published);
+    match published {
+        // Herald's ids need no escaping: the one id of a single publish is written as it is.
+        publish::Published::One { id: Some(id) } if id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            json.extend_from_slice(b"{\"id\":\"");
+            json.extend_from_slice(id.as_bytes());
+            json.extend_from_slice(b"\"}");
+        }
+        // Ids and an array of them always serialize, and writing to a `Vec` cannot fail.
+        _ => {
+            let _ = serde_json::to_writer(&mut json, published);
+        }
+    }
     out.reserve(json.len() + 192);
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n");
     if let Some(id) = id {
