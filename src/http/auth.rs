@@ -9,12 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 
 use super::error::ApiError;
 use super::refusal::Refusal;
 use crate::auth::{AuthError, Principal, unix_ms};
 use crate::herald::Herald;
+
+/// A name, not a `&str`: a lookup by `&str` parses the name again every time.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The peer's address, set by Herald's server on every request.
 #[derive(Clone, Copy, Debug)]
@@ -23,7 +26,7 @@ pub struct PeerAddr(pub SocketAddr);
 /// Establishes the principal of a request.
 pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str>) -> Result<Principal, ApiError> {
     let auth = herald.auth();
-    if let Some(key) = headers.get("x-api-key") {
+    if let Some(key) = headers.get(&X_API_KEY) {
         let key = key.to_str().map_err(|_| AuthError::InvalidApiKey)?;
         return Ok(Principal::ApiKey(auth.verify_api_key(key)?));
     }
@@ -63,7 +66,7 @@ pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str
 /// browsers on their own, so requests carrying one pass.
 pub fn check_cookie_request(herald: &Herald, parts: &Parts) -> Result<(), ApiError> {
     let headers = &parts.headers;
-    let explicit = headers.contains_key("x-api-key") || headers.contains_key(header::AUTHORIZATION);
+    let explicit = headers.contains_key(&X_API_KEY) || headers.contains_key(header::AUTHORIZATION);
     // The application's session cookies passed to the backend hooks are credentials too: the
     // hooks name the user from them.
     let ambient = cookie(headers, &herald.auth().cookie_name).is_some()

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use tower::{Layer, Service};
 use tracing::Span;
@@ -19,7 +19,8 @@ use super::refusal::Refusal;
 use crate::herald::Herald;
 use crate::metrics::{PublishRefusal, SubscribeRefusal};
 
-const REQUEST_ID: &str = "x-request-id";
+/// A name, not a `&str`: a lookup by `&str` parses the name again every time.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 // The request id is a layer written out, and the refusal counters are plain functions the
 // handlers call, rather than `axum::middleware::from_fn` or a route layer, which clone and
@@ -71,12 +72,12 @@ where
 /// too. The response carries it back as `x-request-id`.
 pub(crate) fn request_id(headers: &mut HeaderMap) -> Option<HeaderValue> {
     let given = headers
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned();
     let id = given.or_else(|| HeaderValue::try_from(crate::ids::new_id()).ok());
     if let Some(id) = &id {
-        headers.insert(REQUEST_ID, id.clone());
+        headers.insert(REQUEST_ID.clone(), id.clone());
     }
     id
 }
@@ -91,7 +92,7 @@ pub(crate) fn request_span(id: Option<&HeaderValue>, method: &Method, path: &str
 
 /// Puts the request's id on its response.
 pub(crate) fn answer_with_id(resp: &mut Response, id: HeaderValue) {
-    resp.headers_mut().insert(REQUEST_ID, id);
+    resp.headers_mut().insert(REQUEST_ID.clone(), id);
 }
 
 /// The response of a [`RequestId`] service, with the id added.

@@ -20,8 +20,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, FromRequest, Path, Request, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -38,7 +38,8 @@ use crate::event::{Event, EventError, IDEMPOTENCY_FIELD, Idempotency, Prepared};
 use crate::herald::Herald;
 
 /// The header that makes a single publish safe to retry.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// A name, not a `&str`: a lookup by `&str` parses the name again every time.
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The answer to a publish: the id of the event, or the ids of a batch's events in order.
 #[derive(Serialize)]
@@ -92,7 +93,7 @@ impl BodySource for AxumBody {
     }
 }
 
-/// The answer to a publish request, its refusal counted: the handlers' and the lean path's.
+/// The answer to a publish request, its refusal counted: the handlers'.
 pub(crate) async fn answer(
     herald: &Herald,
     route: Route,
@@ -100,11 +101,22 @@ pub(crate) async fn answer(
     parts: Parts,
     body: impl BodySource,
 ) -> Response {
-    let answer = match stage(herald, route, peer, parts, body).await {
+    count_publish_refusal(herald, outcome(herald, route, peer, parts, body).await.map(Json).into_response())
+}
+
+/// What a publish request comes to: the published id(s), or why not (not counted yet). The
+/// lean path writes an accepted answer itself and counts refusals as [`answer`] does.
+pub(crate) async fn outcome(
+    herald: &Herald,
+    route: Route,
+    peer: Option<PeerAddr>,
+    parts: Parts,
+    body: impl BodySource,
+) -> Result<Published, ApiError> {
+    match stage(herald, route, peer, parts, body).await {
         Ok(staged) => commit(herald, staged).await,
         Err(e) => Err(e),
-    };
-    count_publish_refusal(herald, answer.map(Json).into_response())
+    }
 }
 
 /// A publish request that passed every check (credentials, policies, hooks, JSON, the rate
@@ -347,7 +359,7 @@ async fn caller_with_body(
     let who = principal(herald, &parts.headers, None).await?;
     let key = rate_key(&who, peer);
     let client = hooked::Client::new(herald, "http", &parts.headers, peer);
-    let idempotency = match parts.headers.get(IDEMPOTENCY_KEY) {
+    let idempotency = match parts.headers.get(&IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
     };

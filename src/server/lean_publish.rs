@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::lean::{Framing, Pending, encode_head};
+use super::lean::{Framing, Pending, Said, encode_head, put_head_end};
 use crate::engine::EngineError;
 use crate::herald::Herald;
 use crate::http::ApiError;
@@ -270,10 +270,8 @@ pub(super) async fn serve_publishes(
             state: &mut body,
         };
         let peer = Some(PeerAddr(ctx.peer));
-        let mut resp = publish::answer(ctx.herald, route, peer, parts, source).instrument(span).await;
-        if let Some(id) = id {
-            answer_with_id(&mut resp, id);
-        }
+        let outcome = publish::outcome(ctx.herald, route, peer, parts, source).instrument(span).await;
+        let mut resp = Answer::new(ctx.herald, outcome, id);
         let keep_alive = match body {
             BodyState::Read => keep_alive,
             // Answered without reading the body (a refusal): skipped if it is all here,
@@ -286,12 +284,14 @@ pub(super) async fn serve_publishes(
             BodyState::TimedOut => {
                 tracing::debug!(peer = %ctx.peer, "request body not received in time");
                 // As on hyper's path, where this answer replaces the router's.
-                resp = super::body_timeout();
+                resp = Answer::Refused(super::body_timeout());
                 false
             }
             BodyState::Gone => return Ok(Handoff::Closed),
         };
-        write_response(tcp, resp, keep_alive).await?;
+        let mut out = BytesMut::new();
+        resp.encode(&mut out, keep_alive).await?;
+        write_bytes(tcp, out.freeze()).await?;
         if !keep_alive {
             let _ = tcp.shutdown().await;
             return Ok(Handoff::Closed);
@@ -376,11 +376,7 @@ async fn serve_together(tcp: &TcpStream, taken: Vec<Taken>, ctx: &Publishing<'_>
     let mut out = BytesMut::new();
     let last = answers.len().saturating_sub(1);
     for (i, (answer, id)) in answers.into_iter().zip(ids).enumerate() {
-        let mut resp = count_publish_refusal(herald, answer.map(axum::Json).into_response());
-        if let Some(id) = id {
-            answer_with_id(&mut resp, id);
-        }
-        encode_response(&mut out, resp, i < last || keep_alive).await?;
+        Answer::new(herald, answer, id).encode(&mut out, i < last || keep_alive).await?;
     }
     write_bytes(tcp, out.freeze()).await?;
     Ok(keep_alive)
@@ -437,11 +433,85 @@ async fn commit_group(
     }
 }
 
-/// Writes a complete response with its `Content-Length`.
-async fn write_response(tcp: &TcpStream, resp: axum::response::Response, keep_alive: bool) -> io::Result<()> {
-    let mut out = BytesMut::new();
-    encode_response(&mut out, resp, keep_alive).await?;
-    write_bytes(tcp, out.freeze()).await
+/// The answer to one publish request, as it will be written.
+enum Answer {
+    /// Accepted: written straight from the ids, as hyper would write axum's `Json` of them
+    /// (no response, header map or body to build and take apart again for every publish).
+    Published(publish::Published, Option<HeaderValue>),
+    /// Refused (counted already), with its request id: a response like the handlers'.
+    Refused(axum::response::Response),
+}
+
+impl Answer {
+    /// The answer to a request with id `id`, its refusal counted.
+    fn new(herald: &Herald, outcome: Result<publish::Published, ApiError>, id: Option<HeaderValue>) -> Self {
+        match outcome {
+            Ok(published) => Self::Published(published, id),
+            Err(e) => {
+                let mut resp = count_publish_refusal(herald, e.into_response());
+                if let Some(id) = id {
+                    answer_with_id(&mut resp, id);
+                }
+                Self::Refused(resp)
+            }
+        }
+    }
+
+    /// Appends the answer, whole, to `out`.
+    async fn encode(self, out: &mut BytesMut, keep_alive: bool) -> io::Result<()> {
+        match self {
+            Self::Published(published, id) => {
+                encode_published(out, &published, id.as_ref(), keep_alive);
+                Ok(())
+            }
+            Self::Refused(resp) => encode_response(out, resp, keep_alive).await,
+        }
+    }
+}
+
+/// Appends the `200` answer of an accepted publish to `out`: the head hyper writes for
+/// axum's `Json` with the request id added (`content-type`, `x-request-id`, then what
+/// [`encode_head`] adds), and the JSON of the ids.
+fn encode_published(out: &mut BytesMut, published: &publish::Published, id: Option<&HeaderValue>, keep_alive: bool) {
+    // Herald's ids need no escaping: they are written as they are, into a buffer sized for
+    // them (a batch's answer carries one per event); anything else goes through serde.
+    let plain = |id: &str| id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let mut json;
+    match published {
+        publish::Published::One { id: Some(id) } if plain(id) => {
+            json = Vec::with_capacity(id.len() + 10);
+            json.extend_from_slice(b"{\"id\":\"");
+            json.extend_from_slice(id.as_bytes());
+            json.extend_from_slice(b"\"}");
+        }
+        publish::Published::Batch { ids } if ids.iter().all(|id| plain(id)) => {
+            json = Vec::with_capacity(ids.iter().map(|id| id.len() + 3).sum::<usize>() + 10);
+            json.extend_from_slice(b"{\"ids\":[");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    json.push(b',');
+                }
+                json.push(b'"');
+                json.extend_from_slice(id.as_bytes());
+                json.push(b'"');
+            }
+            json.extend_from_slice(b"]}");
+        }
+        // Ids and an array of them always serialize, and writing to a `Vec` cannot fail.
+        _ => {
+            json = Vec::with_capacity(64);
+            let _ = serde_json::to_writer(&mut json, published);
+        }
+    }
+    out.reserve(json.len() + 192);
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n");
+    if let Some(id) = id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    put_head_end(out, Version::HTTP_11, keep_alive, Said::default(), Framing::Length(json.len() as u64));
+    out.extend_from_slice(&json);
 }
 
 /// Writes `bytes` whole.
@@ -517,6 +587,8 @@ impl BodySource for LeanBody<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn routed(target: &str) -> Option<String> {
@@ -524,6 +596,28 @@ mod tests {
             Route::Publish => "publish".to_owned(),
             Route::Channel(c) => c.unwrap_or_default(),
         })
+    }
+
+    #[test]
+    fn an_accepted_answer_is_the_json_serde_writes() {
+        let ids = |n: usize| (0..n).map(|i| Arc::from(format!("01KBQ{i:021}"))).collect::<Vec<Arc<str>>>();
+        let answers = [
+            publish::Published::One { id: Some(Arc::from("01KBQ5X0M9V2N3P4Q5R6S7T8V9")) },
+            publish::Published::One { id: None },
+            publish::Published::One { id: Some(Arc::from("with \"quotes\"")) },
+            publish::Published::Batch { ids: ids(0) },
+            publish::Published::Batch { ids: ids(1) },
+            publish::Published::Batch { ids: ids(100) },
+        ];
+        for answer in answers {
+            let mut out = BytesMut::new();
+            encode_published(&mut out, &answer, None, true);
+            let body = out.split_off(out.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| i + 4));
+            let serde = serde_json::to_vec(&answer).unwrap_or_default();
+            assert_eq!(&body[..], &serde[..]);
+            let length = format!("content-length: {}\r\n", serde.len());
+            assert!(std::str::from_utf8(&out).is_ok_and(|head| head.contains(&length)));
+        }
     }
 
     #[test]
