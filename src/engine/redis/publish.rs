@@ -1,7 +1,9 @@
-//! Publishing to Redis: one script per event appends it to each channel's Stream and
-//! publishes it on each channel's pub/sub channel, atomically on one Redis; idempotency keys
-//! answer a retry with the first publish's positions. The engine's [`Broker`] seam is here.
+//! Publishing to Redis: one script per batch appends each event to its channels' Streams and
+//! publishes the batch on the channels' pub/sub channels, atomically on one Redis (a run of
+//! events on one channel as one message); idempotency keys answer a retry with the first
+//! publish's positions. The engine's [`Broker`] seam is here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -18,33 +20,53 @@ use crate::engine::{
 use crate::event::Prepared;
 
 impl RedisEngine {
-    /// The publish script for `p` on `channels` (all of its channels on one Redis; one at a
-    /// time on a cluster, where a script reaches one slot).
-    fn invocation(&self, p: &Prepared, channels: &[ChannelName]) -> redis::ScriptInvocation<'_> {
+    /// The publish script for a batch: each event with the channels it goes to in this call
+    /// (all of its channels on one Redis; one at a time on a cluster, where a script reaches
+    /// one slot). `scripts/publish.lua` says the arguments.
+    fn invocation(&self, events: &[(&Prepared, &[ChannelName])]) -> redis::ScriptInvocation<'_> {
+        // The channels of the batch, each once, in the order they first appear.
+        let mut index: HashMap<&ChannelName, usize> = HashMap::new();
+        let mut channels: Vec<&ChannelName> = Vec::new();
+        for ch in events.iter().flat_map(|(_, chs)| chs.iter()) {
+            index.entry(ch).or_insert_with(|| {
+                channels.push(ch);
+                channels.len()
+            });
+        }
         let mut inv = self.publish_script.prepare_invoke();
         let publish = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
-        inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg(publish).arg(p.channels.len());
-        match &p.ai {
-            Some(chunk) => {
-                // Every channel of one event shares its namespace's retention, or the
-                // shortest of them.
-                let keep = channels.iter().map(|c| self.stream_retention(c)).min().unwrap_or(1);
-                inv.arg(&chunk.stream_id).arg(&chunk.text).arg(if chunk.done { "1" } else { "0" }).arg(keep)
-            }
-            None => inv.arg("").arg("").arg("0").arg(0),
-        };
-        for ch in channels {
+        inv.arg(publish).arg(channels.len()).arg(events.len());
+        for ch in &channels {
             let (size, ttl) = self.limits(ch);
             inv.key(self.stream_key(ch)).key(self.floor_key(ch)).key(self.streams_key(ch));
             inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
         }
-        // The key goes with the event's first channel, in that channel's slot: on a cluster
-        // the script of the first channel decides whether the event is published at all.
-        if let (Some(key), Some(first)) = (&p.idempotency, channels.first())
-            && p.channels.first() == Some(first)
-        {
-            let window = u64::try_from(key.window.as_millis()).unwrap_or(u64::MAX).max(1);
-            inv.key(self.idempotency_key(first, &key.key)).arg(&key.fingerprint).arg(window);
+        let mut keys = 3 * channels.len();
+        for (p, on) in events {
+            inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg(p.channels.len());
+            match &p.ai {
+                Some(chunk) => {
+                    // Every channel of one event shares its namespace's retention, or the
+                    // shortest of them.
+                    let keep = on.iter().map(|c| self.stream_retention(c)).min().unwrap_or(1);
+                    inv.arg(&chunk.stream_id).arg(&chunk.text).arg(if chunk.done { "1" } else { "0" }).arg(keep)
+                }
+                None => inv.arg("").arg("").arg("0").arg(0),
+            };
+            // The key goes with the event's first channel, in that channel's slot: on a
+            // cluster the script of the first channel decides whether the event is published.
+            match (&p.idempotency, on.first()) {
+                (Some(key), Some(first)) if p.channels.first() == Some(first) => {
+                    keys += 1;
+                    let window = u64::try_from(key.window.as_millis()).unwrap_or(u64::MAX).max(1);
+                    inv.key(self.idempotency_key(first, &key.key)).arg(keys).arg(&key.fingerprint).arg(window)
+                }
+                _ => inv.arg(0).arg("").arg(0),
+            };
+            inv.arg(on.len());
+            for ch in *on {
+                inv.arg(index.get(ch).copied().unwrap_or_default());
+            }
         }
         inv
     }
@@ -79,8 +101,12 @@ impl RedisEngine {
         'events: for p in batch {
             let mut positions = Vec::with_capacity(p.channels.len());
             for ch in &p.channels {
-                let ids: Vec<String> =
-                    self.invocation(p, std::slice::from_ref(ch)).invoke_async(&mut conn).await.map_err(unavailable)?;
+                let replies: Vec<Vec<String>> = self
+                    .invocation(&[(p, std::slice::from_ref(ch))])
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                let ids = replies.into_iter().next().unwrap_or_default();
                 if let Some(stored) = replay(&ids) {
                     acks.push(replayed(p, stored)?);
                     continue 'events;
@@ -94,11 +120,13 @@ impl RedisEngine {
         Ok(acks)
     }
 
-    /// Publishes a batch: one script for one event, or every event's script inside one
-    /// MULTI/EXEC, so that a batch is all accepted or (Redis gone) not at all. The batch may
-    /// be the events of several pipelined requests (`server::lean_publish`): their pub/sub
-    /// messages then reach every node together.
+    /// Publishes a batch with one script (`scripts/publish.lua`), which Redis runs whole or
+    /// (Redis gone) not at all, and whose messages reach every node together. The batch may
+    /// be the events of several pipelined requests (`server::lean_publish`).
     async fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         if batch.len() > 1 && batch.iter().any(|p| p.idempotency.is_some()) {
             self.check_keys(batch).await?;
         }
@@ -106,20 +134,11 @@ impl RedisEngine {
             return self.publish_cluster(batch).await;
         }
         let mut conn = self.conn.clone();
-        let ids: Vec<Vec<String>> = if let [one] = batch {
-            vec![self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?]
-        } else {
-            // EVALSHA inside MULTI cannot fall back to EVAL: the transaction loads the script
-            // first (one round trip, not two).
-            let invocations: Vec<_> = batch.iter().map(|p| self.invocation(p, &p.channels)).collect();
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            pipe.cmd("SCRIPT").arg("LOAD").arg(super::PUBLISH_LUA).ignore();
-            for inv in &invocations {
-                pipe.invoke_script(inv);
-            }
-            pipe.query_async(&mut conn).await.map_err(unavailable)?
-        };
+        let events: Vec<(&Prepared, &[ChannelName])> = batch.iter().map(|p| (p, p.channels.as_slice())).collect();
+        let ids: Vec<Vec<String>> = self.invocation(&events).invoke_async(&mut conn).await.map_err(unavailable)?;
+        if ids.len() != batch.len() {
+            return Err(unavailable("unexpected publish reply"));
+        }
         batch
             .iter()
             .zip(ids)
@@ -170,7 +189,7 @@ impl Broker for RedisEngine {
         })
     }
 
-    /// One MULTI/EXEC on a single Redis; event by event on a cluster.
+    /// One script on a single Redis; event by event on a cluster.
     fn batches_are_atomic(&self) -> bool {
         !self.is_cluster()
     }
