@@ -30,139 +30,145 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pubcmd, nchans, nevents = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local at = 3
-local chans = {}
-for c = 1, nchans do
-  local ttl = tonumber(ARGV[at + 4])
-  chans[c] = {
-    stream = KEYS[3 * c - 2], floor = KEYS[3 * c - 1], ai = KEYS[3 * c],
-    pubsub = ARGV[at + 1], name = ARGV[at + 2], maxlen = tonumber(ARGV[at + 3]), ttl = ttl,
-    minid = tostring(math.max(now - ttl, 0)) .. '-0',
-    -- Set at the channel's first append: its length before the batch, the ids appended.
-    len = nil, sids = {},
-  }
-  at = at + 4
-end
-
-local events, replies = {}, {}
+-- Per channel c its arguments start at ARGV[3 + 4 * (c - 1)] (+1 pub/sub channel, +2 name,
+-- +3 max length, +4 retention); set at its first append: its length before the batch and
+-- the ids appended.
+local lens, added = {}, {}
+-- Per event e its arguments start at ARGV[firsts[e]] (+1 id, +2 type, +3 body, +4 fanout,
+-- +5..+8 AI, +9 key index, +10 fingerprint, +11 window, +12 m, +13.. its channels).
+local firsts, replies = {}, {}
+local at = 3 + 4 * nchans
 for e = 1, nevents do
-  local ev = {
-    id = ARGV[at + 1], etype = ARGV[at + 2], body = ARGV[at + 3], fanout = ARGV[at + 4],
-    ai_sid = ARGV[at + 5], ai_text = ARGV[at + 6], ai_done = ARGV[at + 7] == '1', ai_keep = tonumber(ARGV[at + 8]),
-    idem = tonumber(ARGV[at + 9]), fingerprint = ARGV[at + 10], window = ARGV[at + 11], on = {},
-  }
-  local m = tonumber(ARGV[at + 12])
-  for j = 1, m do ev.on[j] = tonumber(ARGV[at + 12 + j]) end
-  at = at + 12 + m
-  events[e] = ev
+  firsts[e] = at
+  local id, etype, body, fanout, ai_sid = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
+  local idem, m = tonumber(ARGV[at + 9]), tonumber(ARGV[at + 12])
   -- A key seen within its window answers what it stored (fingerprint, id, stream ids), and
   -- its event is not published again.
-  local seen = ev.idem > 0 and redis.call('GET', KEYS[ev.idem])
+  local seen = idem > 0 and redis.call('GET', KEYS[idem])
   if seen then
-    ev.dup = true
     replies[e] = {'dup', seen}
   else
     local sids = {}
-    for j, c in ipairs(ev.on) do
-      local ch = chans[c]
-      if not ch.len then
-        if redis.call('EXISTS', ch.stream) == 0 then
-          redis.call('SET', ch.floor, ch.minid)
-          ch.len = 0
+    for j = 1, m do
+      local c = tonumber(ARGV[at + 12 + j])
+      local stream = KEYS[3 * c - 2]
+      if not lens[c] then
+        if redis.call('EXISTS', stream) == 0 then
+          local ttl = tonumber(ARGV[3 + 4 * c])
+          redis.call('SET', KEYS[3 * c - 1], tostring(math.max(now - ttl, 0)) .. '-0')
+          lens[c] = 0
         else
-          ch.len = redis.call('XLEN', ch.stream)
+          lens[c] = redis.call('XLEN', stream)
         end
+        added[c] = {}
       end
-      local sid = redis.call('XADD', ch.stream, '*', 'i', ev.id, 't', ev.etype, 'b', ev.body, 'n', ev.fanout)
-      ch.sids[#ch.sids + 1] = sid
+      local sid = redis.call('XADD', stream, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
+      local mine = added[c]
+      mine[#mine + 1] = sid
       -- An AI stream chunk: fold it into the stream's snapshot (text so far, last chunk),
       -- kept while chunks come and for the retention once done. Same hash tag, same slot.
-      if ev.ai_sid ~= '' then
-        local meta = ch.ai .. ':' .. ev.ai_sid
-        local keep = ch.ttl
-        if ev.ai_done then keep = ev.ai_keep end
-        redis.call('APPEND', meta .. ':text', ev.ai_text)
-        redis.call('HSET', meta, 'last', sid, 'id', ev.id, 'body', ev.body)
+      if ai_sid ~= '' then
+        local ai = KEYS[3 * c]
+        local meta = ai .. ':' .. ai_sid
+        local keep = tonumber(ARGV[3 + 4 * c])
+        if ARGV[at + 7] == '1' then keep = tonumber(ARGV[at + 8]) end
+        redis.call('APPEND', meta .. ':text', ARGV[at + 6])
+        redis.call('HSET', meta, 'last', sid, 'id', id, 'body', body)
         redis.call('PEXPIRE', meta, keep)
         redis.call('PEXPIRE', meta .. ':text', keep)
-        redis.call('ZREMRANGEBYSCORE', ch.ai, '-inf', now)
-        redis.call('ZADD', ch.ai, now + keep, ev.ai_sid)
-        if redis.call('ZCARD', ch.ai) > 64 then redis.call('ZPOPMIN', ch.ai) end
-        if redis.call('PTTL', ch.ai) < keep then redis.call('PEXPIRE', ch.ai, keep) end
+        redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
+        redis.call('ZADD', ai, now + keep, ai_sid)
+        if redis.call('ZCARD', ai) > 64 then redis.call('ZPOPMIN', ai) end
+        if redis.call('PTTL', ai) < keep then redis.call('PEXPIRE', ai, keep) end
       end
       sids[j] = sid
     end
-    ev.sids = sids
     replies[e] = sids
   end
+  at = at + 12 + m
 end
 
 -- Once per channel: keep the newest `maxlen` entries and none older than the retention.
 for c = 1, nchans do
-  local ch = chans[c]
-  if ch.len then
-    local drop = ch.len + #ch.sids - ch.maxlen
+  if lens[c] then
+    local stream, floor = KEYS[3 * c - 2], KEYS[3 * c - 1]
+    local maxlen, ttl = tonumber(ARGV[2 + 4 * c]), tonumber(ARGV[3 + 4 * c])
+    local len, mine = lens[c], added[c]
+    local drop = len + #mine - maxlen
     if drop > 0 then
-      -- The newest entry trimmed is one of this batch's, or one read before them.
-      if drop > ch.len then
-        raise_floor(ch.floor, ch.sids[drop - ch.len])
+      -- The newest entry trimmed is one of this batch's, or one there before them.
+      if drop > len then
+        raise_floor(floor, mine[drop - len])
       else
-        local gone = redis.call('XRANGE', ch.stream, '-', '+', 'COUNT', drop)
-        if #gone > 0 then raise_floor(ch.floor, gone[#gone][1]) end
+        local gone = redis.call('XRANGE', stream, '-', '+', 'COUNT', drop)
+        if #gone > 0 then raise_floor(floor, gone[#gone][1]) end
       end
-      redis.call('XTRIM', ch.stream, 'MAXLEN', ch.maxlen)
+      redis.call('XTRIM', stream, 'MAXLEN', maxlen)
     end
-    local old = redis.call('XREVRANGE', ch.stream, '(' .. ch.minid, '-', 'COUNT', 1)
+    local minid = tostring(math.max(now - ttl, 0)) .. '-0'
+    local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
     if #old > 0 then
-      raise_floor(ch.floor, old[1][1])
-      redis.call('XTRIM', ch.stream, 'MINID', ch.minid)
+      raise_floor(floor, old[1][1])
+      redis.call('XTRIM', stream, 'MINID', minid)
     end
-    redis.call('PEXPIRE', ch.stream, ch.ttl)
-    redis.call('PEXPIRE', ch.floor, ch.ttl)
+    redis.call('PEXPIRE', stream, ttl)
+    redis.call('PEXPIRE', floor, ttl)
   end
 end
 
--- The messages, in the batch's order. A run of events on one channel goes as one message.
+-- The messages, in the batch's order: a run of events on one channel goes as one message.
+-- An event's head: its stream id on its j-th channel, id, type, fanout.
+local function head(e, j)
+  local a = firsts[e]
+  return replies[e][j] .. ' ' .. ARGV[a + 1] .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[a + 4]
+end
 local run_chan, run = nil, {}
 local function flush()
   if #run == 1 then
-    local ev = run[1]
-    redis.call(pubcmd, chans[run_chan].pubsub, ev.sids[1] .. ' ' .. ev.id .. ' ' .. ev.etype .. ' ' .. ev.fanout .. '\n\n' .. ev.body)
+    local e = run[1]
+    redis.call(pubcmd, ARGV[4 * run_chan], head(e, 1) .. '\n\n' .. ARGV[firsts[e] + 3])
   elseif #run > 1 then
-    local parts = {'batch ' .. run[1].sids[1] .. ' ' .. #run .. '\n'}
-    for i, ev in ipairs(run) do
-      parts[i + 1] = ev.sids[1] .. ' ' .. ev.id .. ' ' .. ev.etype .. ' ' .. ev.fanout .. ' ' .. #ev.body .. '\n' .. ev.body
+    local parts = {'batch ' .. replies[run[1]][1] .. ' ' .. #run .. '\n'}
+    for i, e in ipairs(run) do
+      local body = ARGV[firsts[e] + 3]
+      parts[i + 1] = head(e, 1) .. ' ' .. #body .. '\n' .. body
     end
-    redis.call(pubcmd, chans[run_chan].pubsub, table.concat(parts))
+    redis.call(pubcmd, ARGV[4 * run_chan], table.concat(parts))
   end
   run_chan, run = nil, {}
 end
-for _, ev in ipairs(events) do
-  if not ev.dup then
-    if #ev.on == 1 then
-      if run_chan ~= ev.on[1] then
+for e = 1, nevents do
+  if replies[e][1] ~= 'dup' then
+    local a = firsts[e]
+    local m = tonumber(ARGV[a + 12])
+    if m == 1 then
+      local c = tonumber(ARGV[a + 13])
+      if run_chan ~= c then
         flush()
-        run_chan = ev.on[1]
+        run_chan = c
       end
-      run[#run + 1] = ev
+      run[#run + 1] = e
     else
       -- Every channel's message names every channel's position, so a node delivers the
       -- event once and a connection following several of its channels advances on all.
       flush()
       local parts = {}
-      for j, c in ipairs(ev.on) do parts[j] = chans[c].name .. ' ' .. ev.sids[j] end
+      for j = 1, m do parts[j] = ARGV[5 + 4 * (tonumber(ARGV[a + 12 + j]) - 1)] .. ' ' .. replies[e][j] end
       local positions = table.concat(parts, ' ')
-      for j, c in ipairs(ev.on) do
-        redis.call(pubcmd, chans[c].pubsub, ev.sids[j] .. ' ' .. ev.id .. ' ' .. ev.etype .. ' ' .. ev.fanout .. '\n' .. positions .. '\n' .. ev.body)
+      for j = 1, m do
+        local c = tonumber(ARGV[a + 12 + j])
+        redis.call(pubcmd, ARGV[4 * c], head(e, j) .. '\n' .. positions .. '\n' .. ARGV[a + 3])
       end
     end
   end
 end
 flush()
 
-for _, ev in ipairs(events) do
-  if ev.idem > 0 and not ev.dup then
-    redis.call('SET', KEYS[ev.idem], ev.fingerprint .. ' ' .. ev.id .. ' ' .. table.concat(ev.sids, ' '), 'PX', ev.window)
+for e = 1, nevents do
+  local a = firsts[e]
+  local idem = tonumber(ARGV[a + 9])
+  if idem > 0 and replies[e][1] ~= 'dup' then
+    redis.call('SET', KEYS[idem], ARGV[a + 10] .. ' ' .. ARGV[a + 1] .. ' ' .. table.concat(replies[e], ' '), 'PX', ARGV[a + 11])
   end
 end
 return replies
