@@ -540,8 +540,9 @@ async fn a_batch_reaches_another_node_in_order_once_in_one_message_per_run_and_r
     // Runs on one channel, a switch, an event on both in the middle, then more runs.
     let plan: [&[&str]; 10] = [&[p], &[p], &[p], &[q], &[q], &[p, q], &[p], &[p], &[q], &[p]];
     let batch: Vec<_> = plan.iter().enumerate().map(|(n, chs)| json!({"channels": chs, "type": "t", "n": n})).collect();
-    // The script is loaded by a first publish, elsewhere.
-    a.client(Proto::H1).backend().publish(&json!({"channel": "channel:elsewhere", "type": "t"})).await;
+    // The batch script is loaded by a first batch, elsewhere.
+    let elsewhere = json!({"channel": "channel:elsewhere", "type": "t"});
+    a.client(Proto::H1).backend().publish(&json!([elsewhere, elsewhere])).await;
     let (scripts, messages) = (redis.calls("evalsha") + redis.calls("eval"), redis.calls("publish"));
     let ids = answered_ids(&a.client(Proto::H1).backend().publish(&json!(batch)).await);
     let mut sse_ids = Vec::new();

@@ -1,7 +1,7 @@
-//! Publishing to Redis: one script per batch appends each event to its channels' Streams and
-//! publishes the batch on the channels' pub/sub channels, atomically on one Redis (a run of
-//! events on one channel as one message); idempotency keys answer a retry with the first
-//! publish's positions. The engine's [`Broker`] seam is here.
+//! Publishing to Redis: one script run per event or per batch appends the events to their
+//! channels' Streams and publishes them on the channels' pub/sub channels, atomically on one
+//! Redis (a run of a batch's events on one channel as one message); idempotency keys answer a
+//! retry with the first publish's positions. The engine's [`Broker`] seam is here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,29 +20,59 @@ use crate::engine::{
 use crate::event::Prepared;
 
 impl RedisEngine {
-    /// The publish script for a batch: each event with the channels it goes to in this call
-    /// (all of its channels on one Redis; one at a time on a cluster, where a script reaches
-    /// one slot). `scripts/publish.lua` says the arguments.
-    fn invocation(&self, events: &[(&Prepared, &[ChannelName])]) -> redis::ScriptInvocation<'_> {
+    /// The publish script for `p` on `channels` (all of its channels on one Redis; one at a
+    /// time on a cluster, where a script reaches one slot).
+    fn invocation(&self, p: &Prepared, channels: &[ChannelName]) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.publish_script.prepare_invoke();
+        let publish = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
+        inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg(publish).arg(p.channels.len());
+        match &p.ai {
+            Some(chunk) => {
+                // Every channel of one event shares its namespace's retention, or the
+                // shortest of them.
+                let keep = channels.iter().map(|c| self.stream_retention(c)).min().unwrap_or(1);
+                inv.arg(&chunk.stream_id).arg(&chunk.text).arg(if chunk.done { "1" } else { "0" }).arg(keep)
+            }
+            None => inv.arg("").arg("").arg("0").arg(0),
+        };
+        for ch in channels {
+            let (size, ttl) = self.limits(ch);
+            inv.key(self.stream_key(ch)).key(self.floor_key(ch)).key(self.streams_key(ch));
+            inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
+        }
+        // The key goes with the event's first channel, in that channel's slot: on a cluster
+        // the script of the first channel decides whether the event is published at all.
+        if let (Some(key), Some(first)) = (&p.idempotency, channels.first())
+            && p.channels.first() == Some(first)
+        {
+            let window = u64::try_from(key.window.as_millis()).unwrap_or(u64::MAX).max(1);
+            inv.key(self.idempotency_key(first, &key.key)).arg(&key.fingerprint).arg(window);
+        }
+        inv
+    }
+
+    /// The batch script for `batch` on one Redis, every event on all of its channels
+    /// (`scripts/publish_batch.lua` says the arguments).
+    fn batch_invocation(&self, batch: &[Prepared]) -> redis::ScriptInvocation<'_> {
         // The channels of the batch, each once, in the order they first appear.
         let mut index: HashMap<&ChannelName, usize> = HashMap::new();
         let mut channels: Vec<&ChannelName> = Vec::new();
-        for ch in events.iter().flat_map(|(_, chs)| chs.iter()) {
+        for ch in batch.iter().flat_map(|p| p.channels.iter()) {
             index.entry(ch).or_insert_with(|| {
                 channels.push(ch);
                 channels.len()
             });
         }
-        let mut inv = self.publish_script.prepare_invoke();
-        let publish = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
-        inv.arg(publish).arg(channels.len()).arg(events.len());
+        let mut inv = self.publish_batch_script.prepare_invoke();
+        inv.arg("PUBLISH").arg(channels.len()).arg(batch.len());
         for ch in &channels {
             let (size, ttl) = self.limits(ch);
             inv.key(self.stream_key(ch)).key(self.floor_key(ch)).key(self.streams_key(ch));
             inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
         }
         let mut keys = 3 * channels.len();
-        for (p, on) in events {
+        for p in batch {
+            let on = &p.channels;
             inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg(p.channels.len());
             match &p.ai {
                 Some(chunk) => {
@@ -53,10 +83,8 @@ impl RedisEngine {
                 }
                 None => inv.arg("").arg("").arg("0").arg(0),
             };
-            // The key goes with the event's first channel, in that channel's slot: on a
-            // cluster the script of the first channel decides whether the event is published.
             match (&p.idempotency, on.first()) {
-                (Some(key), Some(first)) if p.channels.first() == Some(first) => {
+                (Some(key), Some(first)) => {
                     keys += 1;
                     let window = u64::try_from(key.window.as_millis()).unwrap_or(u64::MAX).max(1);
                     inv.key(self.idempotency_key(first, &key.key)).arg(keys).arg(&key.fingerprint).arg(window)
@@ -64,7 +92,7 @@ impl RedisEngine {
                 _ => inv.arg(0).arg("").arg(0),
             };
             inv.arg(on.len());
-            for ch in *on {
+            for ch in on {
                 inv.arg(index.get(ch).copied().unwrap_or_default());
             }
         }
@@ -101,12 +129,8 @@ impl RedisEngine {
         'events: for p in batch {
             let mut positions = Vec::with_capacity(p.channels.len());
             for ch in &p.channels {
-                let replies: Vec<Vec<String>> = self
-                    .invocation(&[(p, std::slice::from_ref(ch))])
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
-                let ids = replies.into_iter().next().unwrap_or_default();
+                let ids: Vec<String> =
+                    self.invocation(p, std::slice::from_ref(ch)).invoke_async(&mut conn).await.map_err(unavailable)?;
                 if let Some(stored) = replay(&ids) {
                     acks.push(replayed(p, stored)?);
                     continue 'events;
@@ -120,9 +144,10 @@ impl RedisEngine {
         Ok(acks)
     }
 
-    /// Publishes a batch with one script (`scripts/publish.lua`), which Redis runs whole or
-    /// (Redis gone) not at all, and whose messages reach every node together. The batch may
-    /// be the events of several pipelined requests (`server::lean_publish`).
+    /// Publishes a batch with one script run (`scripts/publish.lua` for one event,
+    /// `scripts/publish_batch.lua` for several), which Redis runs whole or (Redis gone) not at
+    /// all, and whose messages reach every node together. The batch may be the events of
+    /// several pipelined requests (`server::lean_publish`).
     async fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -134,8 +159,13 @@ impl RedisEngine {
             return self.publish_cluster(batch).await;
         }
         let mut conn = self.conn.clone();
-        let events: Vec<(&Prepared, &[ChannelName])> = batch.iter().map(|p| (p, p.channels.as_slice())).collect();
-        let ids: Vec<Vec<String>> = self.invocation(&events).invoke_async(&mut conn).await.map_err(unavailable)?;
+        // One event keeps the script of its own: the batch script's bookkeeping cost a single
+        // event about 9% more of Redis's time (docs/benchmarks.md).
+        let ids: Vec<Vec<String>> = if let [one] = batch {
+            vec![self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?]
+        } else {
+            self.batch_invocation(batch).invoke_async(&mut conn).await.map_err(unavailable)?
+        };
         if ids.len() != batch.len() {
             return Err(unavailable("unexpected publish reply"));
         }
