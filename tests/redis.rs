@@ -18,6 +18,17 @@ async fn deep_node(redis: &RedisServer) -> TestServer {
     .await
 }
 
+/// A node on `redis` that keeps 2 events of history per channel, for the tests of trimming.
+async fn shallow_node(redis: &RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::secured(move |c| {
+        c.redis_url = Some(url);
+        c.history_size = 2;
+        support::no_presence(c);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_event_published_on_one_node_reaches_subscribers_on_every_node() {
     let redis = RedisServer::start().await;
@@ -239,13 +250,7 @@ async fn redis_over_tls_with_a_private_ca_works_end_to_end() {
 #[tokio::test]
 async fn a_resume_from_before_the_trimmed_history_is_a_reset_never_a_silent_gap() {
     let redis = RedisServer::start().await;
-    let url = redis.url();
-    let node = TestServer::secured(move |c| {
-        c.redis_url = Some(url);
-        c.history_size = 2;
-        support::no_presence(c);
-    })
-    .await;
+    let node = shallow_node(&redis).await;
     let mut stream = node.client(Proto::H1).user("1").subscribe("channel=channel:trim", &[]).await;
     let mut p = node.client(Proto::H1).backend();
     p.publish(&json!({"channel": "channel:trim", "type": "update", "n": 0})).await;
@@ -610,13 +615,7 @@ async fn batch_messages_and_single_messages_mixed_reach_another_node_once_in_ord
 #[tokio::test]
 async fn a_batch_longer_than_the_history_keeps_its_newest_events_and_an_older_resume_is_a_reset() {
     let redis = RedisServer::start().await;
-    let url = redis.url();
-    let node = TestServer::secured(move |c| {
-        c.redis_url = Some(url);
-        c.history_size = 2;
-        support::no_presence(c);
-    })
-    .await;
+    let node = shallow_node(&redis).await;
     let query = "channel=channel:short";
     let mut stream = node.client(Proto::H1).user("1").subscribe(query, &[]).await;
     let batch: Vec<_> = (0..5).map(|n| json!({"channel": "channel:short", "type": "t", "n": n})).collect();

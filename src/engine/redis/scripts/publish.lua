@@ -36,13 +36,7 @@ for i = 1, n do
   end
   local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
   if maxlen == 0 then raise_floor(floor, sid) end
-  local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
-  if #old > 0 then
-    raise_floor(floor, old[1][1])
-    redis.call('XTRIM', stream, 'MINID', minid)
-  end
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', floor, ttl)
+  trim_by_age(stream, floor, minid, ttl)
   if ai_sid ~= '' then
     local keep = ttl
     if ai_done then keep = ai_keep end

@@ -82,13 +82,7 @@ for c = 1, nchans do
       redis.call('XTRIM', stream, 'MAXLEN', maxlen)
     end
     local minid = tostring(math.max(now - ttl, 0)) .. '-0'
-    local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
-    if #old > 0 then
-      raise_floor(floor, old[1][1])
-      redis.call('XTRIM', stream, 'MINID', minid)
-    end
-    redis.call('PEXPIRE', stream, ttl)
-    redis.call('PEXPIRE', floor, ttl)
+    trim_by_age(stream, floor, minid, ttl)
   end
 end
 

@@ -1,5 +1,5 @@
 -- Shared by the publish scripts, which run after it: `now` (ms, Redis's clock), the floor
--- (`raise_floor`) and the AI stream snapshot (`fold_ai_chunk`).
+-- (`raise_floor`), the age limit (`trim_by_age`) and the AI stream snapshot (`fold_ai_chunk`).
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -14,6 +14,18 @@ end
 local function raise_floor(key, id)
   local cur = redis.call('GET', key)
   if (not cur) or newer(id, cur) then redis.call('SET', key, id) end
+end
+-- Drops a channel's entries older than `minid` (its retention, `ttl` ms, before now) after
+-- raising the floor to the newest of them, and renews the Stream's and floor's expiry: a
+-- channel nobody publishes to for that long leaves nothing behind.
+local function trim_by_age(stream, floor, minid, ttl)
+  local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+  if #old > 0 then
+    raise_floor(floor, old[1][1])
+    redis.call('XTRIM', stream, 'MINID', minid)
+  end
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', floor, ttl)
 end
 -- An AI stream chunk at `sid` on a channel whose AI streams set is `ai`: fold it into the
 -- stream's snapshot (text so far, last chunk), kept `keep` ms (the channel's retention while
