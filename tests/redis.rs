@@ -505,6 +505,7 @@ async fn a_node_with_no_streams_sends_no_lease_renewal_and_one_with_streams_rene
         url: redis.url(),
         tls_ca: None,
         cluster: false,
+        batch_messages: false,
         sentinel: None,
         prefix: "realtime".to_owned(),
         slot_lease: std::time::Duration::from_secs(30),
@@ -527,7 +528,22 @@ async fn a_node_with_no_streams_sends_no_lease_renewal_and_one_with_streams_rene
     assert_eq!(renewed, 2, "presence of channel:general and ann's connection slot");
 }
 
-// --- Batches: one script, a run of events on one channel as one pub/sub message ----------
+// --- Batches: one script; with `redis_batch_messages`, a run of events on one channel as one
+// pub/sub message, without it (the default) one single message per event ----------------
+
+/// A node on `redis` that sends batch messages (`redis_batch_messages`).
+async fn batch_node(redis: &RedisServer) -> TestServer {
+    support::redis_node_with(redis, |c| c.redis_batch_messages = true).await
+}
+
+/// [`deep_node`] sending batch messages.
+async fn deep_batch_node(redis: &RedisServer) -> TestServer {
+    support::redis_node_with(redis, |c| {
+        c.history_size = 1000;
+        c.redis_batch_messages = true;
+    })
+    .await
+}
 
 /// The event ids a batch publish answered, in order.
 fn answered_ids(answer: &serde_json::Value) -> Vec<String> {
@@ -538,7 +554,7 @@ fn answered_ids(answer: &serde_json::Value) -> Vec<String> {
 #[tokio::test]
 async fn a_batch_reaches_another_node_in_order_once_in_one_message_per_run_and_resumes_from_its_middle() {
     let redis = RedisServer::start().await;
-    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
+    let (a, b) = (batch_node(&redis).await, batch_node(&redis).await);
     let query = "channel=channel:bp&channel=channel:bq";
     let mut on_b = b.client(Proto::H1).user("1").subscribe(query, &[]).await;
     let (p, q) = ("channel:bp", "channel:bq");
@@ -584,9 +600,32 @@ async fn a_batch_reaches_another_node_in_order_once_in_one_message_per_run_and_r
 }
 
 #[tokio::test]
+async fn by_default_a_batch_is_one_script_but_one_single_message_per_event_that_reaches_another_node_in_order() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);
+    let (p, q) = ("channel:dp", "channel:dq");
+    let mut on_b = b.client(Proto::H1).user("1").subscribe(&format!("channel={p}&channel={q}"), &[]).await;
+    let plan: [&[&str]; 6] = [&[p], &[p], &[p], &[q], &[p, q], &[p]];
+    let batch: Vec<_> = plan.iter().enumerate().map(|(n, chs)| json!({"channels": chs, "type": "t", "n": n})).collect();
+    // The batch script is loaded by a first batch, elsewhere.
+    let elsewhere = json!({"channel": "channel:elsewhere", "type": "t"});
+    a.client(Proto::H1).backend().publish(&json!([elsewhere, elsewhere])).await;
+    let (scripts, messages) = (redis.calls("evalsha") + redis.calls("eval"), redis.calls("publish"));
+    let ids = answered_ids(&a.client(Proto::H1).backend().publish(&json!(batch)).await);
+    for (n, id) in ids.iter().enumerate() {
+        let ev = on_b.expect().await;
+        assert_eq!((ev.data["id"].as_str(), ev.data["n"].as_u64()), (Some(id.as_str()), Some(n as u64)));
+    }
+    assert_eq!(redis.calls("evalsha") + redis.calls("eval") - scripts, 1, "one script for the batch");
+    // One message per event and channel (the event on both: one on each), none a batch
+    // message, which a node of a version before them could not read.
+    assert_eq!(redis.calls("publish") - messages, 7, "one single message per event per channel");
+}
+
+#[tokio::test]
 async fn batch_messages_and_single_messages_mixed_reach_another_node_once_in_order() {
     let redis = RedisServer::start().await;
-    let (a, b) = (deep_node(&redis).await, deep_node(&redis).await);
+    let (a, b) = (deep_batch_node(&redis).await, deep_batch_node(&redis).await);
     let (p, q) = ("channel:mix-a", "user:4");
     let query = format!("channel={p}&channel={q}");
     let mut stream = b.client(Proto::H1).user("4").subscribe(&query, &[]).await;
@@ -663,7 +702,7 @@ async fn a_batch_sent_to_a_frozen_redis_that_dies_is_refused_whole_and_none_of_i
 #[tokio::test]
 async fn when_redis_dies_during_a_flood_of_batches_every_accepted_event_is_delivered_once_in_order() {
     let mut redis = RedisServer::start().await;
-    let (a, b) = (deep_node(&redis).await, deep_node(&redis).await);
+    let (a, b) = (deep_batch_node(&redis).await, deep_batch_node(&redis).await);
     let channels = ("channel:flood", "user:5");
     let query = format!("channel={}&channel={}", channels.0, channels.1);
     let mut stream = b.client(Proto::H1).user("5").subscribe(&query, &[]).await;

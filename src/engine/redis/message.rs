@@ -23,7 +23,8 @@
 //! ```
 //!
 //! A node of a version before batch messages cannot read one (its first word is not a stream
-//! id): it logs a malformed message and drops it (see docs/operations.md, upgrading).
+//! id): it logs a malformed message and drops it. So nodes always read batch messages but send
+//! them only with `redis_batch_messages` (see docs/operations.md, upgrading).
 
 use std::sync::Arc;
 

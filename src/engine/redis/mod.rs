@@ -2,9 +2,9 @@
 //!
 //! * **Publish**: one Lua script run per event, or per batch, appends the events to their
 //!   channels' Streams (`XADD`, bounded by size and age) and `PUBLISH`es them on the channels'
-//!   pub/sub channels (a run of a batch's events on one channel as one message), atomically,
-//!   so the order of ids and the order of live delivery agree. A publish is acknowledged only
-//!   when Redis answered; otherwise the publisher gets `503`.
+//!   pub/sub channels (with `batch_messages`, a run of a batch's events on one channel as one
+//!   message), atomically, so the order of ids and the order of live delivery agree. A
+//!   publish is acknowledged only when Redis answered; otherwise the publisher gets `503`.
 //! * **Fan-out**: one pub/sub connection per node, subscribed only to the channels that
 //!   have local subscribers (subscribe before the first subscriber reads history;
 //!   unsubscribe, batched, once a channel has had none for a reconcile tick). Messages
@@ -116,6 +116,10 @@ pub struct RedisOptions {
     pub tls_ca: Option<std::path::PathBuf>,
     /// Use Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`), one script per slot.
     pub cluster: bool,
+    /// Send a run of a batch's events on one channel as one pub/sub batch message; off, one
+    /// single message per event, which nodes of a version before batch messages read too.
+    /// Batch messages are always read.
+    pub batch_messages: bool,
     /// Ask these Redis Sentinels (`host:port`) for the primary of this name instead of using
     /// `url`, and ask them again after the primary fails.
     pub sentinel: Option<(Vec<String>, String)>,
@@ -146,6 +150,8 @@ pub struct RedisEngine {
     healthy: AtomicBool,
     publish_script: Script,
     publish_batch_script: Script,
+    /// [`RedisOptions::batch_messages`].
+    batch_messages: bool,
     history_script: Script,
     page_script: Script,
     slot_script: Script,
@@ -223,6 +229,7 @@ impl RedisEngine {
             healthy: AtomicBool::new(false),
             publish_script: Script::new(PUBLISH_LUA),
             publish_batch_script: Script::new(PUBLISH_BATCH_LUA),
+            batch_messages: opts.batch_messages,
             history_script: Script::new(HISTORY_LUA),
             page_script: Script::new(PAGE_LUA),
             slot_script: Script::new(SLOT_LUA),

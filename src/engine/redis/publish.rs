@@ -1,7 +1,8 @@
 //! Publishing to Redis: one script run per event or per batch appends the events to their
 //! channels' Streams and publishes them on the channels' pub/sub channels, atomically on one
-//! Redis (a run of a batch's events on one channel as one message); idempotency keys answer a
-//! retry with the first publish's positions. The engine's [`Broker`] seam is here.
+//! Redis (with `batch_messages`, a run of a batch's events on one channel as one message);
+//! idempotency keys answer a retry with the first publish's positions. The engine's
+//! [`Broker`] seam is here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,7 +65,8 @@ impl RedisEngine {
             });
         }
         let mut inv = self.publish_batch_script.prepare_invoke();
-        inv.arg("PUBLISH").arg(channels.len()).arg(batch.len());
+        let batch_messages = if self.batch_messages { "1" } else { "0" };
+        inv.arg("PUBLISH").arg(channels.len()).arg(batch.len()).arg(batch_messages);
         for ch in &channels {
             let (size, ttl) = self.limits(ch);
             inv.key(self.stream_key(ch)).key(self.floor_key(ch)).key(self.streams_key(ch));
