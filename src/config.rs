@@ -79,6 +79,11 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `redis_url` is a Redis Cluster (seed URLs separated by commas): sharded pub/sub.
     pub redis_cluster: bool,
+    /// Send a run of a batch's events on one channel as one pub/sub *batch message* (fewer
+    /// messages for Redis to fan out). Nodes of this version always read them; nodes of a
+    /// version before them cannot, so turn it on only once every node reads them (default
+    /// off: one message per event, which every version reads).
+    pub redis_batch_messages: bool,
     /// Redis Sentinels (`host:port`), asked where the primary of `redis_sentinel_master` is,
     /// instead of a fixed `redis_url`; asked again whenever the primary stops answering.
     pub redis_sentinels: Vec<String>,
@@ -375,6 +380,7 @@ impl Default for Config {
             redis_prefix: "realtime".to_owned(),
             redis_tls_ca: None,
             redis_cluster: false,
+            redis_batch_messages: false,
             redis_sentinels: Vec::new(),
             redis_sentinel_master: None,
             tls_cert: None,
@@ -833,6 +839,13 @@ mod tests {
         assert_eq!(c.history_ttl, Duration::from_secs(60));
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.buffer_size, Config::default().buffer_size);
+    }
+
+    #[test]
+    fn batch_messages_are_off_by_default_and_on_with_the_toml_key() {
+        assert!(!Config::default().redis_batch_messages);
+        let on = Config::from_toml("redis_batch_messages = true").map(|c| c.redis_batch_messages);
+        assert_eq!(on, Ok(true));
     }
 
     #[test]

@@ -548,17 +548,6 @@ async fn publishes_the_lean_path_leaves_to_hyper_are_still_answered() {
 
 // --- Pipelined publishes served together -------------------------------------------------
 
-/// Transactions (`MULTI`/`EXEC`) Redis has run so far.
-fn transactions(redis: &RedisServer) -> u64 {
-    let stats = redis.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A Redis, a node `a` to publish on, and a stream on node `b` following `channel`.
 async fn two_nodes(channel: &str) -> (RedisServer, TestServer, TestServer, support::SseStream) {
     let redis = RedisServer::start().await;
@@ -609,7 +598,7 @@ fn id_of(what: &str, (head, body): &(String, Vec<u8>)) -> String {
 #[tokio::test]
 async fn pipelined_publishes_over_redis_go_to_redis_together_and_each_is_answered_and_delivered_once_in_order() {
     let (redis, a, _b, mut on_b) = two_nodes("channel:together").await;
-    let before = transactions(&redis);
+    let (scripts, messages) = (redis.calls("evalsha"), redis.calls("publish"));
     let mut all = String::new();
     for n in 0..6 {
         all += &post("/api/channels/channel:together/events", &key(), &format!(r#"{{"type":"t","n":{n}}}"#));
@@ -621,11 +610,11 @@ async fn pipelined_publishes_over_redis_go_to_redis_together_and_each_is_answere
     let answers = raw.responses(8).await;
     let accepted: Vec<_> = answers.iter().enumerate().map(|(n, a)| (n as u64, id_of(&format!("{n}"), a))).collect();
     expect_once_in_order(&mut on_b, &a, "channel:together", &accepted).await;
-    let together = transactions(&redis) - before;
-    assert!(
-        (1..8).contains(&together),
-        "eight single-event requests reached Redis in {together} transactions (one each would be none)"
-    );
+    // Nine events: the eight, then the one `expect_once_in_order` publishes alone.
+    let (scripts, messages) = (redis.calls("evalsha") - scripts, redis.calls("publish") - messages);
+    assert!((1..9).contains(&scripts), "nine single-event requests ran {scripts} publish scripts (one each: 9)");
+    // Without `redis_batch_messages` (the default), one single message per event.
+    assert_eq!(messages, 9, "nine events went in {messages} pub/sub messages");
 }
 
 #[tokio::test]
@@ -718,7 +707,8 @@ async fn with_a_publish_hook_set_pipelined_publishes_go_to_redis_one_at_a_time_a
     let mut stream = a.client(Proto::H1).user("1").subscribe("channel=channel:hooked", &[]).await;
     let accepted = publish_pipelined(a.addr, "channel:hooked", 6).await;
     expect_once_in_order(&mut stream, &a, "channel:hooked", &accepted).await;
-    assert_eq!(transactions(&redis), 0, "a hook's call would hold the requests before it: none is merged");
+    // Seven events: the six, then the one `expect_once_in_order` publishes.
+    assert_eq!(redis.calls("publish"), 7, "a hook's call would hold the requests before it: none is merged");
 }
 
 #[tokio::test]

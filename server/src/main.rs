@@ -89,6 +89,10 @@ struct ServeArgs {
     /// The Redis URL names a Redis Cluster (seed nodes separated by commas).
     #[arg(long, env = "HERALD_REDIS_CLUSTER")]
     redis_cluster: bool,
+    /// Send a run of a batch's events on one channel as one pub/sub batch message; only once
+    /// every node runs a version that reads them (docs/configuration.md).
+    #[arg(long, env = "HERALD_REDIS_BATCH_MESSAGES")]
+    redis_batch_messages: bool,
     /// Redis Sentinels (`host:port`, separated by commas) to ask where the primary is, instead
     /// of --redis-url.
     #[arg(long, env = "HERALD_REDIS_SENTINELS", value_delimiter = ',')]
@@ -153,6 +157,7 @@ impl ServeArgs {
             c.redis_url.clone_from(&self.redis_url);
         }
         c.redis_cluster |= self.redis_cluster;
+        c.redis_batch_messages |= self.redis_batch_messages;
         if !self.redis_sentinels.is_empty() {
             c.redis_sentinels.clone_from(&self.redis_sentinels);
         }

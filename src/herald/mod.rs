@@ -163,6 +163,7 @@ impl Herald {
             url,
             tls_ca: config.redis_tls_ca.clone(),
             cluster: config.redis_cluster,
+            batch_messages: config.redis_batch_messages,
             sentinel: sentinel.filter(|(sentinels, _)| !sentinels.is_empty()),
             prefix: config.redis_prefix.clone(),
             // A user's connection slot outlives three missed renewals (one per heartbeat).

@@ -705,6 +705,19 @@ impl RedisServer {
         self.spawn().await;
     }
 
+    /// How many times Redis has run `command` (lower case, as `INFO commandstats` names it),
+    /// from clients and from scripts.
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Runs a command with `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = std::process::Command::new("redis-cli")

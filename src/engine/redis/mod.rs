@@ -1,9 +1,10 @@
 //! The Redis engine: several nodes act as one.
 //!
-//! * **Publish**: one Lua script per batch event appends the event to each channel's Stream
-//!   (`XADD`, bounded by size and age) and `PUBLISH`es it on the channel's pub/sub channel,
-//!   atomically, so the order of ids and the order of live delivery agree. A publish is
-//!   acknowledged only when Redis answered; otherwise the publisher gets `503`.
+//! * **Publish**: one Lua script run per event, or per batch, appends the events to their
+//!   channels' Streams (`XADD`, bounded by size and age) and `PUBLISH`es them on the channels'
+//!   pub/sub channels (with `batch_messages`, a run of a batch's events on one channel as one
+//!   message), atomically, so the order of ids and the order of live delivery agree. A
+//!   publish is acknowledged only when Redis answered; otherwise the publisher gets `503`.
 //! * **Fan-out**: one pub/sub connection per node, subscribed only to the channels that
 //!   have local subscribers (subscribe before the first subscriber reads history;
 //!   unsubscribe, batched, once a channel has had none for a reconcile tick). Messages
@@ -55,7 +56,11 @@ use primary::{Following, Primary};
 use pubsub::{Command, PubSubClient};
 
 // The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
-const PUBLISH_LUA: &str = include_str!("scripts/publish.lua");
+// The publish scripts (one event; a batch) run after the prelude, which reads Redis's clock
+// and holds what both do to a channel's floor and AI streams.
+const PUBLISH_LUA: &str = concat!(include_str!("scripts/publish_prelude.lua"), include_str!("scripts/publish.lua"));
+const PUBLISH_BATCH_LUA: &str =
+    concat!(include_str!("scripts/publish_prelude.lua"), include_str!("scripts/publish_batch.lua"));
 // The history and page scripts run after the prelude, which reads a Stream's head and floor.
 const HISTORY_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/history.lua"));
 const PAGE_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/page.lua"));
@@ -111,6 +116,10 @@ pub struct RedisOptions {
     pub tls_ca: Option<std::path::PathBuf>,
     /// Use Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`), one script per slot.
     pub cluster: bool,
+    /// Send a run of a batch's events on one channel as one pub/sub batch message; off, one
+    /// single message per event, which nodes of a version before batch messages read too.
+    /// Batch messages are always read.
+    pub batch_messages: bool,
     /// Ask these Redis Sentinels (`host:port`) for the primary of this name instead of using
     /// `url`, and ask them again after the primary fails.
     pub sentinel: Option<(Vec<String>, String)>,
@@ -140,6 +149,9 @@ pub struct RedisEngine {
     commands: mpsc::UnboundedSender<Command>,
     healthy: AtomicBool,
     publish_script: Script,
+    publish_batch_script: Script,
+    /// [`RedisOptions::batch_messages`].
+    batch_messages: bool,
     history_script: Script,
     page_script: Script,
     slot_script: Script,
@@ -216,6 +228,8 @@ impl RedisEngine {
             commands: tx,
             healthy: AtomicBool::new(false),
             publish_script: Script::new(PUBLISH_LUA),
+            publish_batch_script: Script::new(PUBLISH_BATCH_LUA),
+            batch_messages: opts.batch_messages,
             history_script: Script::new(HISTORY_LUA),
             page_script: Script::new(PAGE_LUA),
             slot_script: Script::new(SLOT_LUA),

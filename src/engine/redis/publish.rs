@@ -1,7 +1,10 @@
-//! Publishing to Redis: one script per event appends it to each channel's Stream and
-//! publishes it on each channel's pub/sub channel, atomically on one Redis; idempotency keys
-//! answer a retry with the first publish's positions. The engine's [`Broker`] seam is here.
+//! Publishing to Redis: one script run per event or per batch appends the events to their
+//! channels' Streams and publishes them on the channels' pub/sub channels, atomically on one
+//! Redis (with `batch_messages`, a run of a batch's events on one channel as one message);
+//! idempotency keys answer a retry with the first publish's positions. The engine's
+//! [`Broker`] seam is here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -45,6 +48,55 @@ impl RedisEngine {
         {
             let window = u64::try_from(key.window.as_millis()).unwrap_or(u64::MAX).max(1);
             inv.key(self.idempotency_key(first, &key.key)).arg(&key.fingerprint).arg(window);
+        }
+        inv
+    }
+
+    /// The batch script for `batch` on one Redis, every event on all of its channels
+    /// (`scripts/publish_batch.lua` says the arguments).
+    fn batch_invocation(&self, batch: &[Prepared]) -> redis::ScriptInvocation<'_> {
+        // The channels of the batch, each once, in the order they first appear.
+        let mut index: HashMap<&ChannelName, usize> = HashMap::new();
+        let mut channels: Vec<&ChannelName> = Vec::new();
+        for ch in batch.iter().flat_map(|p| p.channels.iter()) {
+            index.entry(ch).or_insert_with(|| {
+                channels.push(ch);
+                channels.len()
+            });
+        }
+        let mut inv = self.publish_batch_script.prepare_invoke();
+        let batch_messages = if self.batch_messages { "1" } else { "0" };
+        inv.arg("PUBLISH").arg(channels.len()).arg(batch.len()).arg(batch_messages);
+        for ch in &channels {
+            let (size, ttl) = self.limits(ch);
+            inv.key(self.stream_key(ch)).key(self.floor_key(ch)).key(self.streams_key(ch));
+            inv.arg(self.pubsub_name(ch)).arg(ch.as_str()).arg(size).arg(ttl);
+        }
+        let mut keys = 3 * channels.len();
+        for p in batch {
+            let on = &p.channels;
+            inv.arg(&*p.id).arg(&*p.event_type).arg(&p.body).arg(p.channels.len());
+            match &p.ai {
+                Some(chunk) => {
+                    // Every channel of one event shares its namespace's retention, or the
+                    // shortest of them.
+                    let keep = on.iter().map(|c| self.stream_retention(c)).min().unwrap_or(1);
+                    inv.arg(&chunk.stream_id).arg(&chunk.text).arg(if chunk.done { "1" } else { "0" }).arg(keep)
+                }
+                None => inv.arg("").arg("").arg("0").arg(0),
+            };
+            match (&p.idempotency, on.first()) {
+                (Some(key), Some(first)) => {
+                    keys += 1;
+                    let window = u64::try_from(key.window.as_millis()).unwrap_or(u64::MAX).max(1);
+                    inv.key(self.idempotency_key(first, &key.key)).arg(keys).arg(&key.fingerprint).arg(window)
+                }
+                _ => inv.arg(0).arg("").arg(0),
+            };
+            inv.arg(on.len());
+            for ch in on {
+                inv.arg(index.get(ch).copied().unwrap_or_default());
+            }
         }
         inv
     }
@@ -94,11 +146,14 @@ impl RedisEngine {
         Ok(acks)
     }
 
-    /// Publishes a batch: one script for one event, or every event's script inside one
-    /// MULTI/EXEC, so that a batch is all accepted or (Redis gone) not at all. The batch may
-    /// be the events of several pipelined requests (`server::lean_publish`): their pub/sub
-    /// messages then reach every node together.
+    /// Publishes a batch with one script run (`scripts/publish.lua` for one event,
+    /// `scripts/publish_batch.lua` for several), which Redis runs whole or (Redis gone) not at
+    /// all, and whose messages reach every node together. The batch may be the events of
+    /// several pipelined requests (`server::lean_publish`).
     async fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         if batch.len() > 1 && batch.iter().any(|p| p.idempotency.is_some()) {
             self.check_keys(batch).await?;
         }
@@ -106,20 +161,16 @@ impl RedisEngine {
             return self.publish_cluster(batch).await;
         }
         let mut conn = self.conn.clone();
+        // One event keeps the script of its own: the batch script's bookkeeping cost a single
+        // event about 9% more of Redis's time (docs/benchmarks.md).
         let ids: Vec<Vec<String>> = if let [one] = batch {
             vec![self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?]
         } else {
-            // EVALSHA inside MULTI cannot fall back to EVAL: the transaction loads the script
-            // first (one round trip, not two).
-            let invocations: Vec<_> = batch.iter().map(|p| self.invocation(p, &p.channels)).collect();
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            pipe.cmd("SCRIPT").arg("LOAD").arg(super::PUBLISH_LUA).ignore();
-            for inv in &invocations {
-                pipe.invoke_script(inv);
-            }
-            pipe.query_async(&mut conn).await.map_err(unavailable)?
+            self.batch_invocation(batch).invoke_async(&mut conn).await.map_err(unavailable)?
         };
+        if ids.len() != batch.len() {
+            return Err(unavailable("unexpected publish reply"));
+        }
         batch
             .iter()
             .zip(ids)
@@ -170,7 +221,7 @@ impl Broker for RedisEngine {
         })
     }
 
-    /// One MULTI/EXEC on a single Redis; event by event on a cluster.
+    /// One script on a single Redis; event by event on a cluster.
     fn batches_are_atomic(&self) -> bool {
         !self.is_cluster()
     }

@@ -39,15 +39,17 @@ pub(super) enum Command {
 }
 
 impl RedisEngine {
-    /// Delivers one pub/sub message to the node ([`message`] says its format), and moves the
-    /// catch-up point of each watched channel it names.
+    /// Delivers one pub/sub message's events to the node, in order ([`message`] says the
+    /// formats), and moves the catch-up point of each watched channel they name.
     fn on_message(&self, channel: &ChannelName, payload: &[u8]) {
         match message::parse(channel, payload) {
-            Some(msg) => {
-                for (ch, pos) in &msg.positions {
-                    self.note_seen(ch, *pos);
+            Some(events) => {
+                for msg in events {
+                    for (ch, pos) in &msg.positions {
+                        self.note_seen(ch, *pos);
+                    }
+                    self.sink.node().deliver(&msg.event);
                 }
-                self.sink.node().deliver(&msg.event);
             }
             None => tracing::warn!(%channel, "ignoring a malformed pub/sub message"),
         }

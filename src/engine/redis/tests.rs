@@ -55,6 +55,7 @@ fn options(server: &Server, node_id: &str) -> RedisOptions {
         url: format!("redis://127.0.0.1:{}", server.port),
         tls_ca: None,
         cluster: false,
+        batch_messages: false,
         sentinel: None,
         prefix: "realtime".to_owned(),
         slot_lease: Duration::from_secs(30),

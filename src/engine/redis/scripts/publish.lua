@@ -1,4 +1,5 @@
--- Publishes one event to one or more channels at once: appends it to each channel's Stream
+-- Runs after publish_prelude.lua. Publishes one event to one or more channels at once (a
+-- batch of several events goes through publish_batch.lua): appends it to each channel's Stream
 -- (trimmed by length and age; the floor key remembers the newest id ever trimmed), folds an
 -- AI stream chunk into the channel's snapshot, then publishes one pub/sub message per channel.
 -- KEYS: per channel, three keys (Stream, floor, AI streams set); then, for an idempotent
@@ -9,19 +10,6 @@
 --   then, for an idempotent publish: fingerprint, window ms.
 -- Returns the Stream ids, one per channel; or {'dup', stored answer} for a key already seen.
 
-local function newer(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
--- The floor is the newest id ever trimmed: resuming from before it is a gap.
-local function raise_floor(key, id)
-  local cur = redis.call('GET', key)
-  if (not cur) or newer(id, cur) then redis.call('SET', key, id) end
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, etype, body, pubcmd, fanout = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ai_sid, ai_text, ai_done, ai_keep = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
 local n = math.floor(#KEYS / 3)
@@ -48,27 +36,11 @@ for i = 1, n do
   end
   local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
   if maxlen == 0 then raise_floor(floor, sid) end
-  local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
-  if #old > 0 then
-    raise_floor(floor, old[1][1])
-    redis.call('XTRIM', stream, 'MINID', minid)
-  end
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', floor, ttl)
-  -- An AI stream chunk: fold it into the stream's snapshot (text so far, last chunk), kept
-  -- while chunks come and for the retention once done. Same hash tag, same slot.
+  trim_by_age(stream, floor, minid, ttl)
   if ai_sid ~= '' then
-    local meta = ai .. ':' .. ai_sid
     local keep = ttl
     if ai_done then keep = ai_keep end
-    redis.call('APPEND', meta .. ':text', ai_text)
-    redis.call('HSET', meta, 'last', sid, 'id', id, 'body', body)
-    redis.call('PEXPIRE', meta, keep)
-    redis.call('PEXPIRE', meta .. ':text', keep)
-    redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
-    redis.call('ZADD', ai, now + keep, ai_sid)
-    if redis.call('ZCARD', ai) > 64 then redis.call('ZPOPMIN', ai) end
-    if redis.call('PTTL', ai) < keep then redis.call('PEXPIRE', ai, keep) end
+    fold_ai_chunk(ai, ai_sid, ai_text, keep, sid, id, body)
   end
   sids[i], chans[i], names[i] = sid, chan, name
 end

@@ -1,0 +1,43 @@
+-- Shared by the publish scripts, which run after it: `now` (ms, Redis's clock), the floor
+-- (`raise_floor`), the age limit (`trim_by_age`) and the AI stream snapshot (`fold_ai_chunk`).
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function newer(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+-- The floor is the newest id ever trimmed: resuming from before it is a gap.
+local function raise_floor(key, id)
+  local cur = redis.call('GET', key)
+  if (not cur) or newer(id, cur) then redis.call('SET', key, id) end
+end
+-- Drops a channel's entries older than `minid` (its retention, `ttl` ms, before now) after
+-- raising the floor to the newest of them, and renews the Stream's and floor's expiry: a
+-- channel nobody publishes to for that long leaves nothing behind.
+local function trim_by_age(stream, floor, minid, ttl)
+  local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+  if #old > 0 then
+    raise_floor(floor, old[1][1])
+    redis.call('XTRIM', stream, 'MINID', minid)
+  end
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', floor, ttl)
+end
+-- An AI stream chunk at `sid` on a channel whose AI streams set is `ai`: fold it into the
+-- stream's snapshot (text so far, last chunk), kept `keep` ms (the channel's retention while
+-- chunks come, the AI retention once done). Same hash tag, same slot.
+local function fold_ai_chunk(ai, ai_sid, text, keep, sid, id, body)
+  local meta = ai .. ':' .. ai_sid
+  redis.call('APPEND', meta .. ':text', text)
+  redis.call('HSET', meta, 'last', sid, 'id', id, 'body', body)
+  redis.call('PEXPIRE', meta, keep)
+  redis.call('PEXPIRE', meta .. ':text', keep)
+  redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
+  redis.call('ZADD', ai, now + keep, ai_sid)
+  if redis.call('ZCARD', ai) > 64 then redis.call('ZPOPMIN', ai) end
+  if redis.call('PTTL', ai) < keep then redis.call('PEXPIRE', ai, keep) end
+end
