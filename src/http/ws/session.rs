@@ -377,18 +377,28 @@ struct Write {
     killed: Option<Pin<Box<OwnedNotified>>>,
     /// Boxed: rare, and every socket's task has room for it.
     then: Option<Box<Close>>,
+    /// The connection had nothing more when the frames were gathered: its waker is
+    /// registered, and asking again in the same poll would find nothing new.
+    drained: bool,
 }
 
 impl Step {
     /// Writing `frame`, then closing with `then`, if any.
     fn write(frame: Bytes, then: Option<Close>) -> Self {
-        Self::Writing(Write { next: Some(frame), more: 0, n: 0, killed: None, then: then.map(Box::new) })
+        Self::Writing(Write {
+            next: Some(frame),
+            more: 0,
+            n: 0,
+            killed: None,
+            then: then.map(Box::new),
+            drained: false,
+        })
     }
 
     /// Writing the event `first` and whatever else the connection has ready.
     fn events(first: Bytes) -> Self {
         let more = MAX_BATCH as u32 - 1;
-        Self::Writing(Write { next: Some(first), more, n: 0, killed: None, then: None })
+        Self::Writing(Write { next: Some(first), more, n: 0, killed: None, then: None, drained: false })
     }
 }
 
@@ -411,7 +421,14 @@ impl Write {
             // Not waited for: what is not ready now waits for the next write.
             if let Some(conn) = conn {
                 while self.more > 0 {
-                    let Poll::Ready(Some(item)) = conn.poll_item(cx) else { break };
+                    let item = match conn.poll_item(cx) {
+                        Poll::Ready(Some(item)) => item,
+                        Poll::Ready(None) => break,
+                        Poll::Pending => {
+                            self.drained = true;
+                            break;
+                        }
+                    };
                     socket.queue(event_frame(item));
                     self.more -= 1;
                     self.n += 1;
@@ -460,6 +477,10 @@ impl Serving {
     /// Serves the socket until it ends; `None` when the server tore it down (a slow reader)
     /// or could not write to it, so that no close frame can be written.
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Option<End>> {
+        // What answered `Pending` in this poll has this task's waker and wakes it when it is
+        // ready: after a write, only what has not said so yet is asked again (an event
+        // delivered alone pays one read poll, one timer poll and one queue poll, not two).
+        let (mut read_waits, mut timer_waits, mut conn_waits) = (false, false, false);
         loop {
             if let Step::Command(command) = &mut self.step {
                 let (session, answer, close) = ready!(command.as_mut().poll(cx));
@@ -473,6 +494,7 @@ impl Serving {
                         return Poll::Ready(None);
                     }
                     session.herald.metrics().websocket.frames_out(u64::from(write.n));
+                    conn_waits = write.drained;
                     let then = write.then.take();
                     self.step = Step::Waiting;
                     if let Some(close) = then {
@@ -483,7 +505,11 @@ impl Serving {
                 // The client's frames first, then the timer, then the connection: a busy
                 // channel must not keep a pong or a close from being read.
                 Step::Waiting => {
-                    if let Poll::Ready(frame) = self.socket.poll_next(cx) {
+                    if !read_waits {
+                        let Poll::Ready(frame) = self.socket.poll_next(cx) else {
+                            read_waits = true;
+                            continue;
+                        };
                         let frame = match frame {
                             None => return Poll::Ready(Some(End::ByClient(None))),
                             Some(Err(close)) => return Poll::Ready(Some(End::Close(close))),
@@ -515,7 +541,11 @@ impl Serving {
                         }
                         continue;
                     }
-                    if self.timer.as_mut().poll(cx).is_ready() {
+                    if !timer_waits {
+                        if self.timer.as_mut().poll(cx).is_pending() {
+                            timer_waits = true;
+                            continue;
+                        }
                         let now = Instant::now();
                         if session.subscribe_deadline().is_some_and(|deadline| now >= deadline) {
                             let e = ApiError::refuse(
@@ -538,6 +568,9 @@ impl Serving {
                         continue;
                     }
                     let Some(conn) = session.conn.as_mut() else { return Poll::Pending };
+                    if conn_waits {
+                        return Poll::Pending;
+                    }
                     match ready!(conn.poll_item(cx)) {
                         Some(item) => self.step = Step::events(event_frame(item)),
                         None => return Poll::Ready(Some(End::Close(session.closed_by_server()))),
