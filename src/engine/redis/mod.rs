@@ -56,14 +56,30 @@ use primary::{Following, Primary};
 use pubsub::{Command, PubSubClient};
 
 // The Lua scripts; each file's header says what it does and which KEYS and ARGV it takes.
-// The publish scripts (one event; a batch) run after the prelude, which reads Redis's clock
-// and holds what both do to a channel's floor and AI streams.
-const PUBLISH_LUA: &str = concat!(include_str!("scripts/publish_prelude.lua"), include_str!("scripts/publish.lua"));
-const PUBLISH_BATCH_LUA: &str =
-    concat!(include_str!("scripts/publish_prelude.lua"), include_str!("scripts/publish_batch.lua"));
-// The history and page scripts run after the prelude, which reads a Stream's head and floor.
-const HISTORY_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/history.lua"));
-const PAGE_LUA: &str = concat!(include_str!("scripts/stream_prelude.lua"), include_str!("scripts/page.lua"));
+// The publish scripts (one event; a batch) run after the clock's prelude (Redis's clock, Stream
+// ids compared) and the publish prelude (what both do to a channel's floor and AI streams).
+const PUBLISH_LUA: &str = concat!(
+    include_str!("scripts/clock_prelude.lua"),
+    include_str!("scripts/publish_prelude.lua"),
+    include_str!("scripts/publish.lua")
+);
+const PUBLISH_BATCH_LUA: &str = concat!(
+    include_str!("scripts/clock_prelude.lua"),
+    include_str!("scripts/publish_prelude.lua"),
+    include_str!("scripts/publish_batch.lua")
+);
+// The history and page scripts run after the clock's prelude and the stream prelude, which
+// reads a Stream's head and floor.
+const HISTORY_LUA: &str = concat!(
+    include_str!("scripts/clock_prelude.lua"),
+    include_str!("scripts/stream_prelude.lua"),
+    include_str!("scripts/history.lua")
+);
+const PAGE_LUA: &str = concat!(
+    include_str!("scripts/clock_prelude.lua"),
+    include_str!("scripts/stream_prelude.lua"),
+    include_str!("scripts/page.lua")
+);
 const SLOT_LUA: &str = include_str!("scripts/slot.lua");
 const HISTORY_REMOVE_LUA: &str = include_str!("scripts/history_remove.lua");
 

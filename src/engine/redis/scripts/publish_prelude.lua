@@ -1,19 +1,10 @@
--- Shared by the publish scripts, which run after it: `now` (ms, Redis's clock), the floor
+-- Shared by the publish scripts, which run after it (and after clock_prelude.lua): the floor
 -- (`raise_floor`), the age limit (`trim_by_age`) and the AI stream snapshot (`fold_ai_chunk`).
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local function newer(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
 -- The floor is the newest id ever trimmed: resuming from before it is a gap.
 local function raise_floor(key, id)
   local cur = redis.call('GET', key)
-  if (not cur) or newer(id, cur) then redis.call('SET', key, id) end
+  if (not cur) or id_before(cur, id) then redis.call('SET', key, id) end
 end
 -- Drops a channel's entries older than `minid` (its retention, `ttl` ms, before now) after
 -- raising the floor to the newest of them, and renews the Stream's and floor's expiry: a

@@ -1,16 +1,5 @@
--- Shared by the history and page scripts, which run after it: `now` (ms, Redis's clock) and
+-- Shared by the history and page scripts, which run after it (and after clock_prelude.lua):
 -- `stream_state`, a channel's head, floor and max deleted id, read together.
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
--- Whether Stream id `a` is before Stream id `b`.
-local function id_before(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am < bm or (am == bm and as < bs)
-end
 
 -- {head, floor, max deleted id} of a Stream, and whether it exists. A Stream that does not
 -- exist has its head just before now, so that its first entry comes after it: `XADD *`
