@@ -17,8 +17,9 @@ mod socket;
 // and its handshake, the frame budget, the heartbeat, the closes of broken frames, the
 // session's own rights and the connection's next message.
 pub(in crate::http) use protocol::Close;
+pub(in crate::http) use protocol::close_frame;
 pub(in crate::http) use session::{Bucket, Heartbeat, next, own_connection};
-pub(in crate::http) use socket::{In, Socket, Upgrade, UpgradedIo, close_frame, pong};
+pub(in crate::http) use socket::{In, Socket, Upgrade, UpgradedIo, pong};
 
 use axum::extract::{Extension, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};

@@ -253,7 +253,7 @@ impl Close {
 
     /// The whole close frame, as `socket` writes it.
     pub(in crate::http) fn framed(self) -> Bytes {
-        super::socket::close_frame(Some(self.code()), self.reason().as_bytes())
+        close_frame(Some(self.code()), self.reason().as_bytes())
     }
 
     /// The reason, `{"code":..}` (at most 123 bytes, as a close frame's).
@@ -267,6 +267,22 @@ impl Close {
             Self::Drain { retry_ms } => json!({"code": "server_draining", "retryMs": retry_ms}),
         };
         reason.to_string()
+    }
+}
+
+/// The opcode of a close frame (RFC 6455, section 5.5.1).
+const OP_CLOSE: u8 = 0x8;
+
+/// A close frame with `code` and `reason` (at most 123 bytes), or with no payload.
+pub(in crate::http) fn close_frame(code: Option<u16>, reason: &[u8]) -> Bytes {
+    match code {
+        Some(code) => {
+            let mut payload = Vec::with_capacity(2 + reason.len());
+            payload.extend_from_slice(&code.to_be_bytes());
+            payload.extend_from_slice(reason);
+            websocket_frame(OP_CLOSE, &payload)
+        }
+        None => websocket_frame(OP_CLOSE, &[]),
     }
 }
 

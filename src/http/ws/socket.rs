@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
-use super::protocol::Close;
+use super::protocol::{Close, close_frame};
 use crate::transport::messages::websocket_frame;
 
 /// The socket of an upgraded request, as hyper hands it over.
@@ -48,7 +48,6 @@ const MAX_SLICES: usize = 64;
 /// A server's ping, with no payload.
 pub(in crate::http) const PING: Bytes = Bytes::from_static(&[0x89, 0x00]);
 
-const OP_CLOSE: u8 = 0x8;
 const OP_PONG: u8 = 0xA;
 
 /// A request to open a WebSocket, checked as RFC 6455 (HTTP/1.1) or RFC 8441 (HTTP/2) asks.
@@ -419,19 +418,6 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 /// A pong answering a ping with `payload` (at most 125 bytes, as the ping's).
 pub(in crate::http) fn pong(payload: &[u8]) -> Bytes {
     websocket_frame(OP_PONG, payload)
-}
-
-/// A close frame with `code` and `reason` (at most 123 bytes), or with no payload.
-pub(in crate::http) fn close_frame(code: Option<u16>, reason: &[u8]) -> Bytes {
-    match code {
-        Some(code) => {
-            let mut payload = Vec::with_capacity(2 + reason.len());
-            payload.extend_from_slice(&code.to_be_bytes());
-            payload.extend_from_slice(reason);
-            websocket_frame(OP_CLOSE, &payload)
-        }
-        None => websocket_frame(OP_CLOSE, &[]),
-    }
 }
 
 #[cfg(test)]
