@@ -412,6 +412,9 @@ impl Write {
         kill: &KillSwitch,
         cx: &mut Context<'_>,
     ) -> Poll<bool> {
+        // Only a queue found empty in this very poll still holds this task's waker: one
+        // found empty before a write that waited may have woken the task since.
+        self.drained = false;
         if let Some(first) = self.next.take() {
             if self.more > 0 {
                 socket.reserve(1 + self.more as usize);
