@@ -201,6 +201,9 @@ pub(crate) struct PayloadReader {
     state: Reading,
 }
 
+/// The bytes a payload's text is first given room for.
+const TEXT_ROOM: usize = 96;
+
 enum Reading {
     /// The text of [`Written`], and where each member starts and how long its key is.
     Text {
@@ -278,7 +281,8 @@ impl PayloadReader {
         value: Scalar<'_>,
     ) {
         let start = text.len();
-        text.reserve(key.len() + 24);
+        // Room for the usual payload at once: growing member by member costs a `realloc` each.
+        text.reserve((key.len() + 24).max(TEXT_ROOM.saturating_sub(start)));
         text.extend_from_slice(b",\"");
         text.extend_from_slice(key.as_bytes());
         text.extend_from_slice(b"\":");
