@@ -96,7 +96,8 @@ enum Payload {
 #[derive(Clone, Debug)]
 struct Written {
     text: Vec<u8>,
-    fields: std::sync::OnceLock<Map<String, Value>>,
+    /// Boxed: most events never parse it, and an event is moved several times.
+    fields: std::sync::OnceLock<Box<Map<String, Value>>>,
 }
 
 impl Written {
@@ -113,7 +114,7 @@ impl Written {
     }
 
     fn into_fields(self) -> Map<String, Value> {
-        self.fields.into_inner().unwrap_or_else(|| Self::parse(&self.text))
+        self.fields.into_inner().map_or_else(|| Self::parse(&self.text), |fields| *fields)
     }
 }
 
@@ -153,7 +154,7 @@ impl Event {
     pub fn fields(&self) -> &Map<String, Value> {
         match &self.payload {
             Payload::Fields(fields) => fields,
-            Payload::Text(written) => written.fields.get_or_init(|| Written::parse(&written.text)),
+            Payload::Text(written) => written.fields.get_or_init(|| Box::new(Written::parse(&written.text))),
         }
     }
 
@@ -201,8 +202,9 @@ pub(crate) struct PayloadReader {
     state: Reading,
 }
 
-/// The bytes a payload's text is first given room for.
-const TEXT_ROOM: usize = 96;
+/// The bytes a payload's text is first given room for: the room a body of the usual event
+/// needs, as the text becomes its body (see `serialize_body_at`).
+const TEXT_ROOM: usize = 128;
 
 enum Reading {
     /// The text of [`Written`], and where each member starts and how long its key is.
@@ -252,7 +254,7 @@ impl PayloadReader {
     /// but in the map), is there already (the last value wins, in the map), or it or the
     /// value needs escaping, or the text would pass what `u32` offsets hold.
     fn slot(text: &[u8], members: &[(u32, u32)], key: &str, value: Scalar<'_>) -> Option<usize> {
-        let plain = |s: &str| s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        let plain = |s: &str| s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
         if !plain(key) || matches!(value, Scalar::Str(s) if !plain(s)) || RESERVED_FIELDS.contains(&key) {
             return None;
         }
@@ -465,18 +467,19 @@ impl Prepared {
         if unique.is_empty() {
             return Err(EventError::NoChannel);
         }
-        let body = serialize_body(&event, publisher, max_payload)?;
         let ai = ai_chunk(&event);
+        let Event { event_type, payload, idempotency } = event;
+        let body = serialize_body(&event_type, payload, publisher, max_payload)?;
         Ok(Self {
             id: crate::ids::new_shared_id(),
             event_type: match previous {
-                Some(t) if **t == *event.event_type => Arc::clone(t),
-                _ => Arc::from(event.event_type),
+                Some(t) if **t == *event_type => Arc::clone(t),
+                _ => Arc::from(event_type),
             },
             channels: unique,
             body,
             ai,
-            idempotency: event.idempotency,
+            idempotency,
         })
     }
 
@@ -490,32 +493,57 @@ impl Prepared {
 /// `(type, {"id","type","timestamp",...payload})`.
 pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> Result<(String, String), EventError> {
     validate_type(&event.event_type)?;
-    let body = serialize_body(&event, publisher, max_payload)?;
+    let Event { event_type, payload, .. } = event;
+    let body = serialize_body(&event_type, payload, publisher, max_payload)?;
     let mut out = Vec::with_capacity(body.len() + 40);
     out.push(b'{');
     push_member(&mut out, "id", crate::ids::new_id().as_str());
     out.push(b',');
     out.extend_from_slice(body.as_bytes());
     out.push(b'}');
-    Ok((event.event_type, into_string(out)))
+    Ok((event_type, into_string(out)))
 }
 
 /// The members after `id` and `channel`: type, timestamp, identity, then the payload
 /// without reserved keys. Refuses a payload over `max_payload` bytes.
-fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> Result<String, EventError> {
-    serialize_body_at(event, publisher, max_payload, SystemTime::now())
+fn serialize_body(
+    event_type: &str,
+    payload: Payload,
+    publisher: &Publisher,
+    max_payload: usize,
+) -> Result<String, EventError> {
+    serialize_body_at(event_type, payload, publisher, max_payload, SystemTime::now())
 }
 
-/// [`serialize_body`] with the timestamp `at`.
-pub(crate) fn serialize_body_at(
+/// [`serialize_body`] of `event` with the timestamp `at`.
+#[cfg(test)]
+pub(crate) fn body_at(
     event: &Event,
     publisher: &Publisher,
     max_payload: usize,
     at: SystemTime,
 ) -> Result<String, EventError> {
-    let mut body = Vec::with_capacity(128);
+    serialize_body_at(&event.event_type, event.payload.clone(), publisher, max_payload, at)
+}
+
+fn serialize_body_at(
+    event_type: &str,
+    payload: Payload,
+    publisher: &Publisher,
+    max_payload: usize,
+    at: SystemTime,
+) -> Result<String, EventError> {
+    // A payload held as text becomes the body: the members before it are written after it
+    // and rotated to the front, which costs less than a buffer of its own and a copy.
+    let (mut body, written, fields) = match payload {
+        Payload::Text(written) => {
+            let len = written.text.len();
+            (written.text, len, None)
+        }
+        Payload::Fields(fields) => (Vec::with_capacity(128), 0, Some(fields)),
+    };
     body.extend_from_slice(br#""type":"#);
-    push_plain_str(&mut body, event.event_type.as_str());
+    push_plain_str(&mut body, event_type);
     body.extend_from_slice(br#","timestamp":""#);
     push_timestamp(&mut body, at);
     body.push(b'"');
@@ -527,11 +555,11 @@ pub(crate) fn serialize_body_at(
         body.extend_from_slice(br#","userName":"#);
         push_json(&mut body, name.as_str());
     }
-    let fixed = body.len();
-    match &event.payload {
-        Payload::Text(written) => body.extend_from_slice(&written.text),
-        Payload::Fields(fields) => push_fields(&mut body, fields),
+    let fixed = body.len() - written;
+    if let Some(fields) = &fields {
+        push_fields(&mut body, fields);
     }
+    body.rotate_left(written);
     let size = body.len() - fixed;
     if size > max_payload {
         return Err(EventError::TooLarge { size, limit: max_payload });
@@ -606,7 +634,11 @@ fn write_json(out: &mut Vec<u8>, id: &str, channel: &str, body: &str) {
 /// A JSON string, copied as it is when nothing in it needs escaping (ids and channel names
 /// never do), through the serializer otherwise.
 fn push_plain_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    // A fold with no early exit: the compiler checks many bytes at once (an id, a channel
+    // name and each key of a map pass here, for every event).
+    let plain = s.bytes().fold(true, |plain, b| plain & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

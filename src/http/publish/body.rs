@@ -528,7 +528,7 @@ mod tests {
         };
         let me = crate::event::Publisher { user_id: Some("u1".into()), user_name: None };
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_863_051_123);
-        list.into_iter().map(|(_, e)| crate::event::serialize_body_at(e, &me, 200, at)).collect()
+        list.into_iter().map(|(_, e)| crate::event::body_at(e, &me, 200, at)).collect()
     }
 
     /// Payload members written out as JSON text (keys and values as a publisher may spell
