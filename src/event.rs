@@ -82,7 +82,7 @@ impl PartialEq for Event {
 
 /// The payload fields of an event: a map, or, for an event read from a request body whose
 /// fields are all plain scalars, the JSON text they are written as on the wire. The text
-/// spares such an event (nearly every one published over HTTP) a `String` per key, a map
+/// spares such an event (the usual one published over HTTP) a `String` per key, a map
 /// node, and its serialization and frees; the map is parsed from the text only when
 /// something asks for it (a publish hook, an idempotency fingerprint, an AI chunk).
 #[derive(Clone, Debug)]
@@ -210,7 +210,7 @@ enum Reading {
     /// The text of [`Written`], and where each member starts and how long its key is.
     Text {
         text: Vec<u8>,
-        members: smallvec::SmallVec<[(u32, u32); 8]>,
+        members: smallvec::SmallVec<[(usize, usize); 8]>,
     },
     Fields(Map<String, Value>),
 }
@@ -252,16 +252,13 @@ impl PayloadReader {
     /// Where the member for `key` goes among the members written (sorted by key), or `None`
     /// when the field cannot be written as text: its key is reserved (dropped from the wire,
     /// but in the map), is there already (the last value wins, in the map), or it or the
-    /// value needs escaping, or the text would pass what `u32` offsets hold.
-    fn slot(text: &[u8], members: &[(u32, u32)], key: &str, value: Scalar<'_>) -> Option<usize> {
+    /// value needs escaping.
+    fn slot(text: &[u8], members: &[(usize, usize)], key: &str, value: Scalar<'_>) -> Option<usize> {
         let plain = |s: &str| s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
         if !plain(key) || matches!(value, Scalar::Str(s) if !plain(s)) || RESERVED_FIELDS.contains(&key) {
             return None;
         }
-        if text.len() + key.len() > u32::MAX as usize / 2 {
-            return None;
-        }
-        let key_of = |&(start, len): &(u32, u32)| &text[start as usize + 2..][..len as usize];
+        let key_of = |&(start, len): &(usize, usize)| &text[start + 2..][..len];
         // Fields nearly always come in order, or nearly: the search starts at the end.
         let mut at = members.len();
         while at > 0 {
@@ -277,7 +274,7 @@ impl PayloadReader {
     /// Writes `,"key":value` as member `at`.
     fn write(
         text: &mut Vec<u8>,
-        members: &mut smallvec::SmallVec<[(u32, u32); 8]>,
+        members: &mut smallvec::SmallVec<[(usize, usize); 8]>,
         at: usize,
         key: &str,
         value: Scalar<'_>,
@@ -299,19 +296,16 @@ impl PayloadReader {
             Scalar::Bool(b) => push_json(text, &b),
             Scalar::Null => text.extend_from_slice(b"null"),
         }
-        // Offsets fit: `slot` keeps the text under half of `u32::MAX` before a member, and a
-        // member is its key and a request's string at most (bodies are limited far below).
-        let offset = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let (pos, len) = (offset(start), offset(text.len() - start));
-        let key_len = offset(key.len());
+        // Written at the end, then rotated into place before the members that sort after it.
+        let len = text.len() - start;
         if let Some(&(before, _)) = members.get(at) {
-            text[before as usize..].rotate_right(len as usize);
+            text[before..].rotate_right(len);
             for member in &mut members[at..] {
                 member.0 += len;
             }
-            members.insert(at, (before, key_len));
+            members.insert(at, (before, key.len()));
         } else {
-            members.push((pos, key_len));
+            members.push((start, key.len()));
         }
     }
 }

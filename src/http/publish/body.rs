@@ -6,7 +6,8 @@
 //! the `Value` path of `super` accepts, and builds from them exactly what that path builds
 //! (the payload fields are the same `Map` of `Value`s, the same keys win when a key comes
 //! twice, the same depth limit holds: the same `serde_json` deserializer reads the same
-//! values). On anything else, malformed JSON, a value of the wrong type, a bad channel name,
+//! values; plain scalar fields are kept as the JSON text they are written as, which is that
+//! map's, see `event::PayloadReader`). On anything else, malformed JSON, a value of the wrong type, a bad channel name,
 //! it gives up and the caller runs the `Value` path on the same bytes, whose refusal (its
 //! code, its message, and which of several faults it names first) is the answer. So a
 //! refused body is read twice, an accepted one once.
