@@ -65,30 +65,80 @@ pub enum EventError {
 /// let e = herald::Event::new("notification").with("title", "New follower!");
 /// assert_eq!(e.event_type(), "notification");
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Event {
     event_type: String,
-    fields: Map<String, Value>,
+    payload: Payload,
     /// Boxed: an event without a key (nearly all) pays one null pointer.
     idempotency: Option<Box<Idempotency>>,
 }
 
+/// Two events are equal when their types, fields and keys are, however the fields are held.
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.event_type == other.event_type && self.fields() == other.fields() && self.idempotency == other.idempotency
+    }
+}
+
+/// The payload fields of an event: a map, or, for an event read from a request body whose
+/// fields are all plain scalars, the JSON text they are written as on the wire. The text
+/// spares such an event (the usual one published over HTTP) a `String` per key, a map
+/// node, and its serialization and frees; the map is parsed from the text only when
+/// something asks for it (a publish hook, an idempotency fingerprint, an AI chunk).
+#[derive(Clone, Debug)]
+enum Payload {
+    Fields(Map<String, Value>),
+    Text(Written),
+}
+
+/// Payload members as written: `,"key":value` for each, sorted by key as a map iterates
+/// them, with no reserved key (see [`PayloadReader`]).
+#[derive(Clone, Debug)]
+struct Written {
+    text: Vec<u8>,
+    /// Boxed: most events never parse it, and an event is moved several times.
+    fields: std::sync::OnceLock<Box<Map<String, Value>>>,
+}
+
+impl Written {
+    /// The fields the text was written from (the same keys and the same `Value`s: every
+    /// value in it is a scalar in the form `serde_json` writes and reads back as it was).
+    fn parse(text: &[u8]) -> Map<String, Value> {
+        let Some(members) = text.get(1..) else { return Map::new() };
+        let mut object = Vec::with_capacity(members.len() + 2);
+        object.push(b'{');
+        object.extend_from_slice(members);
+        object.push(b'}');
+        // It always parses: it is an object of members written by `PayloadReader`.
+        serde_json::from_slice(&object).unwrap_or_default()
+    }
+
+    fn into_fields(self) -> Map<String, Value> {
+        self.fields.into_inner().map_or_else(|| Self::parse(&self.text), |fields| *fields)
+    }
+}
+
 impl Event {
     pub fn new(event_type: impl Into<String>) -> Self {
-        Self { event_type: event_type.into(), fields: Map::new(), idempotency: None }
+        Self::from_fields(event_type, Map::new())
     }
 
     /// Adds a payload field. Reserved keys (`id`, `type`, `channel`, `channels`,
     /// `timestamp`, `userId`, `userName`) are set by the server: they are dropped when the
     /// event is prepared.
     pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.fields.insert(key.into(), value.into());
+        let mut fields = match self.payload {
+            Payload::Fields(fields) => fields,
+            Payload::Text(written) => written.into_fields(),
+        };
+        fields.insert(key.into(), value.into());
+        self.payload = Payload::Fields(fields);
         self
     }
 
     /// Builds an event from a type and a JSON object of payload fields.
     pub fn from_fields(event_type: impl Into<String>, fields: Map<String, Value>) -> Self {
-        Self { event_type: event_type.into(), fields, idempotency: None }
+        Self { event_type: event_type.into(), payload: Payload::Fields(fields), idempotency: None }
     }
 
     /// Makes the publish of this event idempotent under `key` (see [`Idempotency`]).
@@ -102,13 +152,161 @@ impl Event {
     }
 
     pub fn fields(&self) -> &Map<String, Value> {
-        &self.fields
+        match &self.payload {
+            Payload::Fields(fields) => fields,
+            Payload::Text(written) => written.fields.get_or_init(|| Box::new(Written::parse(&written.text))),
+        }
     }
 
     /// Replaces the payload fields (a publish hook's replacement), keeping the type and the
     /// idempotency key, which stays that of the event as the publisher sent it.
     pub fn set_fields(&mut self, fields: Map<String, Value>) {
-        self.fields = fields;
+        self.payload = Payload::Fields(fields);
+    }
+
+    /// Whether the fields are held as the text they are written as.
+    #[cfg(test)]
+    pub(crate) fn is_written(&self) -> bool {
+        matches!(self.payload, Payload::Text(_))
+    }
+}
+
+/// A top-level payload value that is written as it is read: its JSON text is one a
+/// [`PayloadReader`] writes itself, byte for byte as `serde_json` would.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scalar<'a> {
+    Str(&'a str),
+    U64(u64),
+    I64(i64),
+    Bool(bool),
+    Null,
+}
+
+impl From<Scalar<'_>> for Value {
+    fn from(scalar: Scalar<'_>) -> Self {
+        match scalar {
+            Scalar::Str(s) => Value::String(s.to_owned()),
+            Scalar::U64(n) => Value::from(n),
+            Scalar::I64(n) => Value::from(n),
+            Scalar::Bool(b) => Value::Bool(b),
+            Scalar::Null => Value::Null,
+        }
+    }
+}
+
+/// The payload fields of an event being read from a request body, in the order they come:
+/// written as text while every one is a [`Scalar`] under a new, unreserved key whose
+/// strings need no escaping, made a map (the same map as inserting every field in turn) at
+/// the first that is not.
+pub(crate) struct PayloadReader {
+    state: Reading,
+}
+
+/// The bytes a payload's text is first given room for: the room a body of the usual event
+/// needs, as the text becomes its body (see `serialize_body_at`).
+const TEXT_ROOM: usize = 128;
+
+enum Reading {
+    /// The text of [`Written`], and where each member starts and how long its key is.
+    Text {
+        text: Vec<u8>,
+        members: smallvec::SmallVec<[(usize, usize); 8]>,
+    },
+    Fields(Map<String, Value>),
+}
+
+impl PayloadReader {
+    pub(crate) fn new() -> Self {
+        Self { state: Reading::Text { text: Vec::new(), members: smallvec::SmallVec::new() } }
+    }
+
+    /// Adds a field whose value is a scalar.
+    pub(crate) fn scalar(&mut self, key: &str, value: Scalar<'_>) {
+        if let Reading::Text { text, members } = &mut self.state
+            && let Some(at) = Self::slot(text, members, key, value)
+        {
+            Self::write(text, members, at, key, value);
+            return;
+        }
+        self.insert(key.to_owned(), value.into());
+    }
+
+    /// Adds a field of any value.
+    pub(crate) fn insert(&mut self, key: String, value: Value) {
+        if let Reading::Text { text, .. } = &self.state {
+            self.state = Reading::Fields(Written::parse(text));
+        }
+        if let Reading::Fields(fields) = &mut self.state {
+            fields.insert(key, value);
+        }
+    }
+
+    pub(crate) fn into_event(self, event_type: String) -> Event {
+        let payload = match self.state {
+            Reading::Text { text, .. } => Payload::Text(Written { text, fields: std::sync::OnceLock::new() }),
+            Reading::Fields(fields) => Payload::Fields(fields),
+        };
+        Event { event_type, payload, idempotency: None }
+    }
+
+    /// Where the member for `key` goes among the members written (sorted by key), or `None`
+    /// when the field cannot be written as text: its key is reserved (dropped from the wire,
+    /// but in the map), is there already (the last value wins, in the map), or it or the
+    /// value needs escaping.
+    fn slot(text: &[u8], members: &[(usize, usize)], key: &str, value: Scalar<'_>) -> Option<usize> {
+        let plain = |s: &str| s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+        if !plain(key) || matches!(value, Scalar::Str(s) if !plain(s)) || RESERVED_FIELDS.contains(&key) {
+            return None;
+        }
+        let key_of = |&(start, len): &(usize, usize)| &text[start + 2..][..len];
+        // Fields nearly always come in order, or nearly: the search starts at the end.
+        let mut at = members.len();
+        while at > 0 {
+            match key.as_bytes().cmp(key_of(&members[at - 1])) {
+                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Equal => return None,
+                std::cmp::Ordering::Less => at -= 1,
+            }
+        }
+        Some(at)
+    }
+
+    /// Writes `,"key":value` as member `at`.
+    fn write(
+        text: &mut Vec<u8>,
+        members: &mut smallvec::SmallVec<[(usize, usize); 8]>,
+        at: usize,
+        key: &str,
+        value: Scalar<'_>,
+    ) {
+        let start = text.len();
+        // Room for the usual payload at once: growing member by member costs a `realloc` each.
+        text.reserve((key.len() + 24).max(TEXT_ROOM.saturating_sub(start)));
+        text.extend_from_slice(b",\"");
+        text.extend_from_slice(key.as_bytes());
+        text.extend_from_slice(b"\":");
+        match value {
+            Scalar::Str(s) => {
+                text.push(b'"');
+                text.extend_from_slice(s.as_bytes());
+                text.push(b'"');
+            }
+            Scalar::U64(n) => push_json(text, &n),
+            Scalar::I64(n) => push_json(text, &n),
+            Scalar::Bool(b) => push_json(text, &b),
+            Scalar::Null => text.extend_from_slice(b"null"),
+        }
+        // Written at the end, then rotated into place before the members that sort after it.
+        let len = text.len() - start;
+        if let Some(&(before, _)) = members.get(at) {
+            text[before..].rotate_right(len);
+            for member in &mut members[at..] {
+                member.0 += len;
+            }
+            members.insert(at, (before, key.len()));
+        } else {
+            members.push((start, key.len()));
+        }
     }
 }
 
@@ -150,7 +348,7 @@ impl Idempotency {
             print.update(b"\n");
         }
         let mut json = Vec::with_capacity(128);
-        push_member(&mut json, &event.event_type, &event.fields);
+        push_member(&mut json, &event.event_type, event.fields());
         print.update(&json);
         Ok(Self { key: hex(scoped.finish().as_ref()), fingerprint: hex(print.finish().as_ref()), window })
     }
@@ -218,10 +416,11 @@ pub const AI_CHUNK_TYPE: &str = "ai_chat_chunk";
 /// Longest `streamId` whose chunks are kept as a snapshot.
 pub const MAX_STREAM_ID: usize = 128;
 
-fn ai_chunk(event_type: &str, fields: &Map<String, Value>) -> Option<AiChunk> {
-    if event_type != AI_CHUNK_TYPE {
+fn ai_chunk(event: &Event) -> Option<AiChunk> {
+    if event.event_type != AI_CHUNK_TYPE {
         return None;
     }
+    let fields = event.fields();
     let stream_id = fields.get("streamId")?.as_str().filter(|s| !s.is_empty() && s.len() <= MAX_STREAM_ID)?;
     let text = fields.get("text").and_then(Value::as_str).unwrap_or_default();
     let done = fields.get("done").and_then(Value::as_bool).unwrap_or(false);
@@ -262,18 +461,19 @@ impl Prepared {
         if unique.is_empty() {
             return Err(EventError::NoChannel);
         }
-        let body = serialize_body(&event, publisher, max_payload)?;
-        let ai = ai_chunk(&event.event_type, &event.fields);
+        let ai = ai_chunk(&event);
+        let Event { event_type, payload, idempotency } = event;
+        let body = serialize_body(&event_type, payload, publisher, max_payload)?;
         Ok(Self {
             id: crate::ids::new_shared_id(),
             event_type: match previous {
-                Some(t) if **t == *event.event_type => Arc::clone(t),
-                _ => Arc::from(event.event_type),
+                Some(t) if **t == *event_type => Arc::clone(t),
+                _ => Arc::from(event_type),
             },
             channels: unique,
             body,
             ai,
-            idempotency: event.idempotency,
+            idempotency,
         })
     }
 
@@ -287,24 +487,59 @@ impl Prepared {
 /// `(type, {"id","type","timestamp",...payload})`.
 pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> Result<(String, String), EventError> {
     validate_type(&event.event_type)?;
-    let body = serialize_body(&event, publisher, max_payload)?;
+    let Event { event_type, payload, .. } = event;
+    let body = serialize_body(&event_type, payload, publisher, max_payload)?;
     let mut out = Vec::with_capacity(body.len() + 40);
     out.push(b'{');
     push_member(&mut out, "id", crate::ids::new_id().as_str());
     out.push(b',');
     out.extend_from_slice(body.as_bytes());
     out.push(b'}');
-    Ok((event.event_type, into_string(out)))
+    Ok((event_type, into_string(out)))
 }
 
 /// The members after `id` and `channel`: type, timestamp, identity, then the payload
 /// without reserved keys. Refuses a payload over `max_payload` bytes.
-fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> Result<String, EventError> {
-    let mut body = Vec::with_capacity(128);
+fn serialize_body(
+    event_type: &str,
+    payload: Payload,
+    publisher: &Publisher,
+    max_payload: usize,
+) -> Result<String, EventError> {
+    serialize_body_at(event_type, payload, publisher, max_payload, SystemTime::now())
+}
+
+/// [`serialize_body`] of `event` with the timestamp `at`.
+#[cfg(test)]
+pub(crate) fn body_at(
+    event: &Event,
+    publisher: &Publisher,
+    max_payload: usize,
+    at: SystemTime,
+) -> Result<String, EventError> {
+    serialize_body_at(&event.event_type, event.payload.clone(), publisher, max_payload, at)
+}
+
+fn serialize_body_at(
+    event_type: &str,
+    payload: Payload,
+    publisher: &Publisher,
+    max_payload: usize,
+    at: SystemTime,
+) -> Result<String, EventError> {
+    // A payload held as text becomes the body: the members before it are written after it
+    // and rotated to the front, which costs less than a buffer of its own and a copy.
+    let (mut body, written, fields) = match payload {
+        Payload::Text(written) => {
+            let len = written.text.len();
+            (written.text, len, None)
+        }
+        Payload::Fields(fields) => (Vec::with_capacity(128), 0, Some(fields)),
+    };
     body.extend_from_slice(br#""type":"#);
-    push_plain_str(&mut body, event.event_type.as_str());
+    push_plain_str(&mut body, event_type);
     body.extend_from_slice(br#","timestamp":""#);
-    push_timestamp(&mut body, SystemTime::now());
+    push_timestamp(&mut body, at);
     body.push(b'"');
     if let Some(uid) = &publisher.user_id {
         body.extend_from_slice(br#","userId":"#);
@@ -314,21 +549,29 @@ fn serialize_body(event: &Event, publisher: &Publisher, max_payload: usize) -> R
         body.extend_from_slice(br#","userName":"#);
         push_json(&mut body, name.as_str());
     }
-    let fixed = body.len();
-    for (k, v) in &event.fields {
-        if RESERVED_FIELDS.contains(&k.as_str()) {
-            continue;
-        }
-        body.push(b',');
-        push_plain_str(&mut body, k);
-        body.push(b':');
-        push_json(&mut body, v);
+    let fixed = body.len() - written;
+    if let Some(fields) = &fields {
+        push_fields(&mut body, fields);
     }
+    body.rotate_left(written);
     let size = body.len() - fixed;
     if size > max_payload {
         return Err(EventError::TooLarge { size, limit: max_payload });
     }
     Ok(into_string(body))
+}
+
+/// Appends `,"key":value` for every field but the reserved ones, in the map's order.
+fn push_fields(out: &mut Vec<u8>, fields: &Map<String, Value>) {
+    for (k, v) in fields {
+        if RESERVED_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        out.push(b',');
+        push_plain_str(out, k);
+        out.push(b':');
+        push_json(out, v);
+    }
 }
 
 /// The RFC 3339 text of the last millisecond a timestamp was written for, on this thread.
@@ -385,7 +628,11 @@ fn write_json(out: &mut Vec<u8>, id: &str, channel: &str, body: &str) {
 /// A JSON string, copied as it is when nothing in it needs escaping (ids and channel names
 /// never do), through the serializer otherwise.
 fn push_plain_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    // A fold with no early exit: the compiler checks many bytes at once (an id, a channel
+    // name and each key of a map pass here, for every event).
+    let plain = s.bytes().fold(true, |plain, b| plain & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

@@ -6,16 +6,18 @@
 //! the `Value` path of `super` accepts, and builds from them exactly what that path builds
 //! (the payload fields are the same `Map` of `Value`s, the same keys win when a key comes
 //! twice, the same depth limit holds: the same `serde_json` deserializer reads the same
-//! values). On anything else, malformed JSON, a value of the wrong type, a bad channel name,
+//! values; plain scalar fields are kept as the JSON text they are written as, which is that
+//! map's, see `event::PayloadReader`). On anything else, malformed JSON, a value of the wrong type, a bad channel name,
 //! it gives up and the caller runs the `Value` path on the same bytes, whose refusal (its
 //! code, its message, and which of several faults it names first) is the answer. So a
 //! refused body is read twice, an accepted one once.
 
-use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde::Deserialize as _;
+use serde::de::{self, DeserializeSeed, Deserializer as _, IntoDeserializer as _, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 
 use crate::channel::ChannelName;
-use crate::event::{Event, IDEMPOTENCY_FIELD};
+use crate::event::{Event, IDEMPOTENCY_FIELD, PayloadReader, Scalar};
 use crate::herald::Herald;
 
 /// A publish body as read: one event object, or an array of them (a batch).
@@ -128,21 +130,18 @@ impl<'de> Visitor<'de> for ItemVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Item, A::Error> {
         let (mut channel, mut channels, mut event_type, mut key) = (None, None, None, None);
-        let mut fields = Map::new();
+        let mut fields = PayloadReader::new();
         // A key that comes twice: the last one counts, as in a `Value`'s map.
-        while let Some(name) = map.next_key::<Key>()? {
+        while let Some(name) = map.next_key::<Key<'de>>()? {
             match name {
                 Key::Channel | Key::Channels if self.on_path => return Err(give_up()),
                 Key::Channel => channel = Some(map.next_value_seed(ChannelSeed(self.reader.lend()))?),
                 Key::Channels => channels = Some(map.next_value_seed(ChannelsSeed(self.reader.lend()))?),
                 Key::Type => event_type = Some(map.next_value::<String>()?),
                 Key::Idempotency if self.in_batch => key = Some(map.next_value::<String>()?),
-                Key::Idempotency => {
-                    fields.insert(IDEMPOTENCY_FIELD.to_owned(), map.next_value::<Value>()?);
-                }
-                Key::Other(name) => {
-                    fields.insert(name, map.next_value::<Value>()?);
-                }
+                Key::Idempotency => map.next_value_seed(Field { fields: &mut fields, key: IDEMPOTENCY_FIELD })?,
+                Key::Plain(name) => map.next_value_seed(Field { fields: &mut fields, key: name })?,
+                Key::Other(name) => map.next_value_seed(Field { fields: &mut fields, key: &name })?,
             }
         }
         let channels = match (channel, channels) {
@@ -152,20 +151,22 @@ impl<'de> Visitor<'de> for ItemVisitor<'_> {
             _ => return Err(give_up()),
         };
         let event_type = event_type.ok_or_else(give_up)?;
-        Ok(Item { channels, event: Event::from_fields(event_type, fields), key })
+        Ok(Item { channels, event: fields.into_event(event_type), key })
     }
 }
 
-/// A key of an event object: one the publish reads, or a payload field's.
-enum Key {
+/// A key of an event object: one the publish reads, or a payload field's (as it is in the
+/// body, or unescaped).
+enum Key<'de> {
     Channel,
     Channels,
     Type,
     Idempotency,
+    Plain(&'de str),
     Other(String),
 }
 
-impl<'de> de::Deserialize<'de> for Key {
+impl<'de> de::Deserialize<'de> for Key<'de> {
     fn deserialize<D: de::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         de.deserialize_str(KeyVisitor)
     }
@@ -174,7 +175,7 @@ impl<'de> de::Deserialize<'de> for Key {
 struct KeyVisitor;
 
 impl KeyVisitor {
-    fn known(name: &str) -> Option<Key> {
+    fn known<'de>(name: &str) -> Option<Key<'de>> {
         match name {
             "channel" => Some(Key::Channel),
             "channels" => Some(Key::Channels),
@@ -185,20 +186,93 @@ impl KeyVisitor {
     }
 }
 
-impl Visitor<'_> for KeyVisitor {
-    type Value = Key;
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a field name")
     }
 
     // A name with escapes arrives unescaped, so `"\u0074ype"` is `type`, as in a `Value`.
-    fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Key<'de>, E> {
         Ok(Self::known(name).unwrap_or_else(|| Key::Other(name.to_owned())))
     }
 
-    fn visit_string<E: de::Error>(self, name: String) -> Result<Key, E> {
+    fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Key<'de>, E> {
+        Ok(Self::known(name).unwrap_or(Key::Plain(name)))
+    }
+
+    fn visit_string<E: de::Error>(self, name: String) -> Result<Key<'de>, E> {
         Ok(Self::known(&name).unwrap_or(Key::Other(name)))
+    }
+}
+
+/// The value of payload field `key`, added to `fields`: a scalar as what it is, anything
+/// else as the `Value` that `Value`'s own deserializer makes of it (the same visitor, called
+/// from within the same `deserialize_any`, so under the same depth limit).
+struct Field<'a, 'k> {
+    fields: &'a mut PayloadReader,
+    key: &'k str,
+}
+
+impl Field<'_, '_> {
+    fn scalar<E>(self, value: Scalar<'_>) -> Result<(), E> {
+        self.fields.scalar(self.key, value);
+        Ok(())
+    }
+
+    fn value<'de, D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        let value = Value::deserialize(de)?;
+        self.fields.insert(self.key.to_owned(), value);
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Field<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Field<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
+        self.scalar(Scalar::Bool(b))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<(), E> {
+        self.scalar(Scalar::I64(n))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<(), E> {
+        self.scalar(Scalar::U64(n))
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<(), E> {
+        self.value(n.into_deserializer())
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        self.scalar(Scalar::Str(s))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.scalar(Scalar::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.value(de::value::SeqAccessDeserializer::new(seq))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.value(de::value::MapAccessDeserializer::new(map))
     }
 }
 
@@ -444,5 +518,117 @@ mod tests {
             panic!("{e}");
         }
         assert!(taken.get() > 100, "the fast read took only {} of the bodies", taken.get());
+    }
+
+    /// The event JSON (the members after `id` and `channel`, at a fixed time) of every
+    /// event of a body, or the refusal of each.
+    fn written(events: &Events) -> Vec<Result<String, crate::event::EventError>> {
+        let list: Vec<&(Vec<ChannelName>, Event)> = match events {
+            Events::One(one) => vec![one],
+            Events::Batch(all) => all.iter().collect(),
+        };
+        let me = crate::event::Publisher { user_id: Some("u1".into()), user_name: None };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_863_051_123);
+        list.into_iter().map(|(_, e)| crate::event::body_at(e, &me, 200, at)).collect()
+    }
+
+    /// Payload members written out as JSON text (keys and values as a publisher may spell
+    /// them), with `channel` and `type` somewhere among them.
+    fn item_text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            r#""a""#,
+            r#""b""#,
+            r#""ab""#,
+            r#""B""#,
+            r#""z""#,
+            r#""é""#,
+            r#""\u0061""#,
+            r#""k\"q""#,
+            r#""tab\t""#,
+            r#""id""#,
+            r#""userId""#,
+            r#""timestamp""#,
+            r#""idempotencyKey""#,
+            r#""$serde_json::private::RawValue""#,
+        ]);
+        let value = prop::sample::select(vec![
+            r#""""#,
+            r#""x""#,
+            r#""hello world""#,
+            r#""café 🎉""#,
+            "\"\u{7f}\u{2028}\"",
+            r#""a\"b""#,
+            r#""line\nbreak""#,
+            r#""\u0041\u00e9""#,
+            r#""\ud83c\udf89""#,
+            r#""<\/script>""#,
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "42",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1.0",
+            "-0.0",
+            "2.50",
+            "1e2",
+            "1E+2",
+            "0.1",
+            "123456789012345678901234567890",
+            "1e400",
+            "true",
+            "false",
+            "null",
+            "[]",
+            "{}",
+            r#"[1,"a",{"b":null}]"#,
+            r#"{"b":{"a":1},"a":[2.5]}"#,
+            r#"{"$serde_json::private::RawValue":"[1]"}"#,
+        ]);
+        let colon = prop::sample::select(vec![":", " : ", ":\n"]);
+        let members = prop::collection::vec((key, colon, value), 0..9);
+        (members, 0..10usize, 0..10usize).prop_map(|(members, c, t)| {
+            let mut inner: Vec<String> = members.iter().map(|(k, colon, v)| format!("{k}{colon}{v}")).collect();
+            inner.insert(c.min(inner.len()), r#""channel":"user:1""#.to_owned());
+            inner.insert(t.min(inner.len()), r#""type":"t""#.to_owned());
+            format!("{{{}}}", inner.join(","))
+        })
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_fields_are_kept_as_text_is_written_byte_for_byte_as_from_its_map() {
+        let h = herald();
+        let mut runner =
+            TestRunner::new(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() });
+        let (text, map) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let bodies = prop_oneof![
+            2 => item_text(),
+            1 => prop::collection::vec(item_text(), 1..4).prop_map(|items| format!("[{}]", items.join(","))),
+        ];
+        let result = runner.run(&bodies, |body| {
+            for header in [None, Some("h-1")] {
+                let Some(fast) = fast_path(&h, body.as_bytes(), header) else { continue };
+                let slow = value_path(&h, body.as_bytes(), header);
+                let (Ok(fast), Ok(slow)) = (fast, slow) else { continue };
+                prop_assert_eq!(written(&fast), written(&slow), "{}", body);
+                let events = match &fast {
+                    Events::One(one) => vec![&one.1],
+                    Events::Batch(all) => all.iter().map(|(_, e)| e).collect(),
+                };
+                for e in events {
+                    let count = if e.is_written() { &text } else { &map };
+                    count.set(count.get() + 1);
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        assert!(text.get() > 1000 && map.get() > 1000, "{} events as text, {} as maps", text.get(), map.get());
     }
 }
