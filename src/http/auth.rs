@@ -67,10 +67,12 @@ pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&
 pub fn check_cookie_request(herald: &Herald, head: &impl RequestHead) -> Result<(), ApiError> {
     let explicit = head.header(&X_API_KEY).is_some() || head.header(&header::AUTHORIZATION).is_some();
     // The application's session cookies passed to the backend hooks are credentials too: the
-    // hooks name the user from them.
-    let ambient = cookie(head, &herald.auth().cookie_name).is_some()
-        || herald.config().hooks.cookies.iter().any(|name| cookie(head, name).is_some());
-    if explicit || !ambient {
+    // hooks name the user from them. (Not looked for when a credential is explicit.)
+    let ambient = || {
+        cookie(head, &herald.auth().cookie_name).is_some()
+            || herald.config().hooks.cookies.iter().any(|name| cookie(head, name).is_some())
+    };
+    if explicit || !ambient() {
         return Ok(());
     }
     if let Some(origin) = head.header(&header::ORIGIN)

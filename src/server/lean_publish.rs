@@ -172,22 +172,24 @@ fn uri_path(target: &str) -> Option<&str> {
 }
 
 impl Scanned {
-    /// The request it heads, once its bytes (`head`) are out of the buffer.
-    fn request(self, head: Bytes) -> (LeanHead, Route, usize, bool) {
-        let Self { route, path, fields, body_len, keep_alive, .. } = self;
+    /// The request it heads, once its bytes (`head`) are out of the buffer: the head (which
+    /// keeps the scan in its box, so that a move of it through the publish's futures is
+    /// small), its route, its body's length, and whether the connection stays open.
+    fn request(mut self: Box<Self>, head: Bytes) -> (LeanHead, Route, usize, bool) {
+        let route = std::mem::replace(&mut self.route, Route::Publish);
+        let (body_len, keep_alive) = (self.body_len, self.keep_alive);
         // The client's id if it sent a sane one, else a new one: as on hyper's path, the
         // request then carries that id alone.
-        let given = places(&head, &fields, LeanRequestId::name()).next().map(|(s, e)| head.slice(s..e));
+        let given = places(&head, &self.fields, LeanRequestId::name()).next().map(|(s, e)| head.slice(s..e));
         let id = LeanRequestId::of(given);
-        (LeanHead { head, path, fields, id }, route, body_len, keep_alive)
+        (LeanHead { head, scanned: self, id }, route, body_len, keep_alive)
     }
 }
 
 /// A lean publish's head, read where it was scanned: what the publish checks see of it.
 struct LeanHead {
     head: Bytes,
-    path: (usize, usize),
-    fields: Fields,
+    scanned: Box<Scanned>,
     /// The request's id, which its `x-request-id` reads as.
     id: LeanRequestId,
 }
@@ -203,13 +205,13 @@ impl Headers for LeanHead {
         if name == LeanRequestId::name() {
             return Some(self.id.as_bytes());
         }
-        places(&self.head, &self.fields, name).next().map(|(s, e)| &self.head[s..e])
+        places(&self.head, &self.scanned.fields, name).next().map(|(s, e)| &self.head[s..e])
     }
 
     fn header_values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
         let id = (name == LeanRequestId::name()).then(|| self.id.as_bytes());
         let values =
-            places(&self.head, &self.fields, name).filter(move |_| id.is_none()).map(|(s, e)| &self.head[s..e]);
+            places(&self.head, &self.scanned.fields, name).filter(move |_| id.is_none()).map(|(s, e)| &self.head[s..e]);
         id.into_iter().chain(values)
     }
 }
@@ -223,7 +225,8 @@ impl RequestHead for LeanHead {
     }
 
     fn path(&self) -> &str {
-        std::str::from_utf8(&self.head[self.path.0..self.path.1]).unwrap_or("/")
+        let (start, end) = self.scanned.path;
+        std::str::from_utf8(&self.head[start..end]).unwrap_or("/")
     }
 
     /// A lean target is a path: no authority.
