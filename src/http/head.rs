@@ -37,8 +37,12 @@ pub trait RequestHead: Headers {
 
 /// A header value as text: `HeaderValue::to_str`'s rule (visible ASCII and tabs only).
 pub fn text(value: &[u8]) -> Option<&str> {
-    let visible = value.iter().all(|&b| (32..127).contains(&b) || b == b'\t');
-    if visible { std::str::from_utf8(value).ok() } else { None }
+    // No early return, so that the loop vectorizes (as `http`'s does).
+    let mut bad = false;
+    for &b in value {
+        bad |= !((32..127).contains(&b) || b == b'\t');
+    }
+    if bad { None } else { std::str::from_utf8(value).ok() }
 }
 
 impl Headers for HeaderMap {
