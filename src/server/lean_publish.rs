@@ -161,7 +161,7 @@ fn uri_path(target: &str) -> Option<&str> {
         match b {
             b'#' => return Some(&target[..path_end.unwrap_or(i)]),
             b'?' if path_end.is_none() => path_end = Some(i),
-            // Refused in a path, and (but `` ` ``) in a query.
+            // Before a `#`: `<` and `>` are refused anywhere, `` ` `` in the path, `"` in the query.
             b'<' | b'>' => return None,
             b'`' if path_end.is_none() => return None,
             b'"' if path_end.is_some() => return None,
@@ -176,6 +176,7 @@ impl Scanned {
     /// keeps the scan in its box, so that a move of it through the publish's futures is
     /// small), its route, its body's length, and whether the connection stays open.
     fn request(mut self: Box<Self>, head: Bytes) -> (LeanHead, Route, usize, bool) {
+        // Taken out; the box keeps a placeholder that nothing reads.
         let route = std::mem::replace(&mut self.route, Route::Publish);
         let (body_len, keep_alive) = (self.body_len, self.keep_alive);
         // The client's id if it sent a sane one, else a new one: as on hyper's path, the
