@@ -94,6 +94,10 @@ pub(super) enum Head {
 /// has no control byte but tabs: see the tests), so any header is read here as hyper would
 /// read it; a target is checked as `http`'s `Uri` checks it ([`uri_path`]).
 pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
+    // As httparse would say, without setting up its headers: asked after every request.
+    if buf.is_empty() {
+        return Head::Partial;
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
