@@ -40,7 +40,8 @@ pub fn id_time_ms(id: &str) -> Option<u64> {
     (id.len() >= 10).then_some(ms)
 }
 
-fn new_id_bytes() -> [u8; 26] {
+/// A new identifier's 26 ASCII characters, made in place.
+pub(crate) fn new_id_bytes() -> [u8; 26] {
     let value: u128 = (u128::from(now_ms() & 0xFFFF_FFFF_FFFF) << 80)
         | (u128::from(fastrand::u64(..)) << 16)
         | u128::from(fastrand::u16(..));

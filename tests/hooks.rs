@@ -446,3 +446,52 @@ async fn a_hook_over_https_is_verified_against_the_configured_ca() {
     assert_eq!((status.as_u16(), &body["error"]["code"]), (503, &json!("hook_unavailable")));
     assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 1, "only the trusting node's request arrived");
 }
+
+/// A publish sent whole on a fresh plain connection that closes after it (the lean
+/// HTTP/1.1 path serves it; `pad` makes the head too big for that path, so hyper does): the
+/// response's text.
+async fn publish_raw(addr: SocketAddr, headers: &str, pad: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"channel":"channel:lobby","type":"chat","text":"hi"}"#;
+    let pad = if pad { format!("x-pad: {}\r\n", "p".repeat(9 * 1024)) } else { String::new() };
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}{pad}\r\n{body}",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    tcp.write_all(request.as_bytes()).await.unwrap_or_else(|e| panic!("write: {e}"));
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut seen)).await;
+    read.unwrap_or_else(|_| panic!("no answer")).unwrap_or_else(|e| panic!("read: {e}"));
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_lean_publish_passes_the_hook_the_headers_and_cookies_hyper_passes_and_its_request_id_alone() {
+    let app = App::start().await;
+    let server = herald(|c| {
+        app.hooks_of(c);
+        c.hooks.headers = vec!["X-Tenant".to_owned(), "x-request-id".to_owned()];
+    })
+    .await;
+    // Two values of a passed header, its name in another case, cookies among others, and two
+    // request ids: the first one is the request's, and the hook is told that one alone.
+    let headers = "x-tenant: acme\r\nCookie: a=1; sid=s-ann\r\nX-TENANT: beta\r\ncookie: b=2\r\nx-request-id: trace-1\r\nx-request-id: trace-2\r\n";
+    let mut told = Vec::new();
+    for pad in [false, true] {
+        let answer = publish_raw(server.addr, headers, pad).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.contains("x-request-id: trace-1\r\n"), "{answer}");
+        let seen = app.requests();
+        told.push(seen.last().cloned().unwrap_or_default());
+    }
+    assert_eq!(told[0], told[1], "lean, then hyper");
+    let hook = &told[0];
+    assert!(hook.contains("x-tenant: acme\nx-tenant: beta\n") && hook.contains("cookie: sid=s-ann\n"), "{hook}");
+    assert!(hook.contains("x-request-id: trace-1\n") && !hook.contains("trace-2"), "{hook}");
+    // Without one, the hook is told the id made for the request, which its answer carries.
+    let answer = publish_raw(server.addr, "cookie: sid=s-ann\r\n", false).await;
+    let id = answer.lines().find_map(|l| l.strip_prefix("x-request-id: ")).unwrap_or_default();
+    assert_eq!(id.len(), 26, "{answer}");
+    let hook = app.requests().last().cloned().unwrap_or_default();
+    assert!(hook.contains(&format!("x-request-id: {id}\n")), "{id}: {hook}");
+}

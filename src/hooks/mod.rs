@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::channel::ChannelName;
 use crate::config::{Config, ConfigError, HooksConfig};
+use crate::http::head::{Headers, text};
 use crate::metrics::hooks::Metrics;
 use crate::outbound::client::Client;
 
@@ -146,23 +147,22 @@ impl Hooks {
     }
 
     /// The client's headers and cookies that the configuration passes on to hooks.
-    pub fn passed(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    pub fn passed(&self, headers: &impl Headers) -> Vec<(HeaderName, HeaderValue)> {
         let mut passed = Vec::new();
         // Every publish and stream request asks; a node that passes nothing reads nothing.
         if self.cfg.headers.is_empty() && self.cfg.cookies.is_empty() {
             return passed;
         }
         for name in &self.cfg.headers {
-            for value in headers.get_all(name.as_str()) {
-                if let Ok(name) = HeaderName::try_from(name.as_str()) {
-                    passed.push((name, value.clone()));
-                }
+            // A name that is not one has no values.
+            let Ok(name) = HeaderName::try_from(name.as_str()) else { continue };
+            for value in headers.owned_values(&name) {
+                passed.push((name.clone(), value));
             }
         }
         let cookies: Vec<&str> = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+            .header_values(&header::COOKIE)
+            .filter_map(text)
             .flat_map(|v| v.split(';'))
             .map(str::trim)
             .filter(|pair| pair.split_once('=').is_some_and(|(name, _)| self.cfg.cookies.iter().any(|c| c == name)))
@@ -321,6 +321,8 @@ fn is_code(code: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderMap;
+
     use super::*;
 
     #[test]

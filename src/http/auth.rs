@@ -8,10 +8,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderName, Method, header};
 
 use super::error::ApiError;
+use super::head::{Headers, RequestHead, text};
 use super::refusal::Refusal;
 use crate::auth::{AuthError, Principal, unix_ms};
 use crate::herald::Herald;
@@ -24,14 +24,14 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub struct PeerAddr(pub SocketAddr);
 
 /// Establishes the principal of a request.
-pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str>) -> Result<Principal, ApiError> {
+pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&str>) -> Result<Principal, ApiError> {
     let auth = herald.auth();
-    if let Some(key) = headers.get(&X_API_KEY) {
-        let key = key.to_str().map_err(|_| AuthError::InvalidApiKey)?;
+    if let Some(key) = headers.header(&X_API_KEY) {
+        let key = text(key).ok_or(AuthError::InvalidApiKey)?;
         return Ok(Principal::ApiKey(auth.verify_api_key(key)?));
     }
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| unauthorized("malformed Authorization header"))?;
+    if let Some(value) = headers.header(&header::AUTHORIZATION) {
+        let value = text(value).ok_or_else(|| unauthorized("malformed Authorization header"))?;
         let (scheme, credential) =
             value.trim().split_once(' ').ok_or_else(|| unauthorized("malformed Authorization header"))?;
         let credential = credential.trim();
@@ -64,32 +64,33 @@ pub async fn principal(herald: &Herald, headers: &HeaderMap, ticket: Option<&str
 /// with a body must be `application/json` (`415 json_required`), which a cross-site form
 /// cannot send without a CORS preflight. Bearer tokens and API keys are not sent by
 /// browsers on their own, so requests carrying one pass.
-pub fn check_cookie_request(herald: &Herald, parts: &Parts) -> Result<(), ApiError> {
-    let headers = &parts.headers;
-    let explicit = headers.contains_key(&X_API_KEY) || headers.contains_key(header::AUTHORIZATION);
+pub fn check_cookie_request(herald: &Herald, head: &impl RequestHead) -> Result<(), ApiError> {
+    let explicit = head.header(&X_API_KEY).is_some() || head.header(&header::AUTHORIZATION).is_some();
     // The application's session cookies passed to the backend hooks are credentials too: the
-    // hooks name the user from them.
-    let ambient = cookie(headers, &herald.auth().cookie_name).is_some()
-        || herald.config().hooks.cookies.iter().any(|name| cookie(headers, name).is_some());
-    if explicit || !ambient {
+    // hooks name the user from them. (Not looked for when a credential is explicit.)
+    let ambient = || {
+        cookie(head, &herald.auth().cookie_name).is_some()
+            || herald.config().hooks.cookies.iter().any(|name| cookie(head, name).is_some())
+    };
+    if explicit || !ambient() {
         return Ok(());
     }
-    if let Some(origin) = headers.get(header::ORIGIN)
-        && !origin_allowed(herald, parts, origin)
+    if let Some(origin) = head.header(&header::ORIGIN)
+        && !origin_allowed(herald, head, origin)
     {
-        tracing::info!(origin = ?origin, method = %parts.method, path = parts.uri.path(), "cookie request from a foreign origin");
+        tracing::info!(origin = ?Shown(origin), method = %head.method(), path = head.path(), "cookie request from a foreign origin");
         return Err(ApiError::refuse(
             Refusal::OriginNotAllowed,
             "a request authenticated by cookie must come from Herald's own origin or one of `cors_origins`",
         ));
     }
     // A DELETE (or PUT) cannot be sent cross-site without a preflight at all.
-    if parts.method != Method::POST {
+    if head.method() != Method::POST {
         return Ok(());
     }
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    let json = head
+        .header(&header::CONTENT_TYPE)
+        .and_then(text)
         .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
     if json {
         Ok(())
@@ -103,14 +104,13 @@ pub fn check_cookie_request(herald: &Herald, parts: &Parts) -> Result<(), ApiErr
 
 /// Whether `origin` is the origin of the request's own host, or listed in `cors_origins`
 /// (`*` does not count: it never admits credentials).
-fn origin_allowed(herald: &Herald, parts: &Parts, origin: &HeaderValue) -> bool {
-    let Ok(origin) = origin.to_str() else { return false };
+fn origin_allowed(herald: &Herald, head: &impl RequestHead, origin: &[u8]) -> bool {
+    let Some(origin) = text(origin) else { return false };
     if herald.config().cors_origins.iter().any(|o| o != "*" && o.eq_ignore_ascii_case(origin)) {
         return true;
     }
     // Same origin: the part after the scheme is the host the request was sent to.
-    let host =
-        parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(parts.uri.authority().map(|a| a.as_str()));
+    let host = head.header(&header::HOST).and_then(text).or(head.authority());
     let authority = origin.split_once("://").map(|(_, rest)| rest);
     matches!((host, authority), (Some(host), Some(authority)) if host.eq_ignore_ascii_case(authority))
 }
@@ -133,15 +133,26 @@ pub(crate) fn rate_key_of(who: &Principal, ip: Option<std::net::IpAddr>) -> Stri
     }
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+fn cookie(headers: &impl Headers, name: &str) -> Option<String> {
     headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .header_values(&header::COOKIE)
+        .filter_map(text)
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"').to_owned())
+}
+
+/// A header value in a log line as `HeaderValue`'s `Debug` writes it.
+struct Shown<'a>(&'a [u8]);
+
+impl std::fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match axum::http::HeaderValue::from_bytes(self.0) {
+            Ok(value) => value.fmt(f),
+            Err(_) => self.0.fmt(f),
+        }
+    }
 }
 
 fn unauthorized(message: &str) -> ApiError {

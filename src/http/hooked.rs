@@ -7,11 +7,12 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use super::auth::PeerAddr;
 use super::error::ApiError;
+use super::head::Headers;
 use crate::auth::{Principal, UserIdentity};
 use crate::channel::ChannelName;
 use crate::event::Event;
@@ -32,7 +33,12 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(herald: &Herald, transport: &'static str, headers: &HeaderMap, peer: Option<PeerAddr>) -> Self {
+    pub(crate) fn new(
+        herald: &Herald,
+        transport: &'static str,
+        headers: &impl Headers,
+        peer: Option<PeerAddr>,
+    ) -> Self {
         Self { transport, ip: peer.map(|p| p.0.ip()), passed: herald.hooks().passed(headers).into_boxed_slice() }
     }
 

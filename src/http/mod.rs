@@ -7,6 +7,7 @@ pub mod auth;
 mod centrifugo;
 pub mod cors;
 pub mod error;
+pub mod head;
 mod history;
 mod hooked;
 pub mod observe;

@@ -12,6 +12,7 @@ use std::task::{Context, Poll, ready};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::Response;
+use bytes::Bytes;
 use tower::{Layer, Service};
 use tracing::Span;
 
@@ -62,7 +63,7 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let id = request_id(req.headers_mut());
-        let span = request_span(id.as_ref(), req.method(), req.uri().path());
+        let span = request_span(id.as_ref().and_then(|v| v.to_str().ok()), req.method(), req.uri().path());
         let inner = span.in_scope(|| self.inner.call(req));
         WithRequestId { inner, id, span }
     }
@@ -71,10 +72,7 @@ where
 /// The request's id: the client's, if it sent a sane one, else a new one, set in `headers`
 /// too. The response carries it back as `x-request-id`.
 pub(crate) fn request_id(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    let given = headers
-        .get(&REQUEST_ID)
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(u8::is_ascii_graphic))
-        .cloned();
+    let given = headers.get(&REQUEST_ID).filter(|v| sane(v.as_bytes())).cloned();
     let id = given.or_else(|| HeaderValue::try_from(crate::ids::new_id()).ok());
     if let Some(id) = &id {
         headers.insert(REQUEST_ID.clone(), id.clone());
@@ -82,9 +80,57 @@ pub(crate) fn request_id(headers: &mut HeaderMap) -> Option<HeaderValue> {
     id
 }
 
+/// Whether a client's request id is kept: 1 to 64 visible ASCII characters.
+fn sane(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// A request's id as the lean publish path keeps it (`server::lean_publish`): the client's
+/// (a slice of its head), else a new one in place; a `HeaderValue` only for a refusal.
+#[derive(Clone)]
+pub(crate) enum LeanRequestId {
+    Given(Bytes),
+    New([u8; 26]),
+}
+
+impl LeanRequestId {
+    /// [`request_id`]'s choice for a request whose first `x-request-id` is `given`.
+    pub(crate) fn of(given: Option<Bytes>) -> Self {
+        match given {
+            Some(id) if sane(&id) => Self::Given(id),
+            _ => Self::New(crate::ids::new_id_bytes()),
+        }
+    }
+
+    /// The header's name.
+    pub(crate) fn name() -> &'static HeaderName {
+        &REQUEST_ID
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Given(id) => id,
+            Self::New(id) => id,
+        }
+    }
+
+    /// The id as text: it is visible ASCII either way.
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The id as a header value, for a refusal's response.
+    pub(crate) fn to_value(&self) -> Option<HeaderValue> {
+        match self {
+            Self::Given(id) => HeaderValue::from_maybe_shared(id.clone()).ok(),
+            Self::New(id) => HeaderValue::from_bytes(id).ok(),
+        }
+    }
+}
+
 /// The request's span: its id, method and path (never the query).
-pub(crate) fn request_span(id: Option<&HeaderValue>, method: &Method, path: &str) -> Span {
-    match id.and_then(|v| v.to_str().ok()) {
+pub(crate) fn request_span(id: Option<&str>, method: &Method, path: &str) -> Span {
+    match id {
         Some(id) => tracing::info_span!("request", request_id = %id, method = %method, path = %path),
         None => tracing::info_span!("request", method = %method, path = %path),
     }

@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use super::auth::{PeerAddr, check_cookie_request, principal, rate_key};
 use super::error::ApiError;
+use super::head::{RequestHead, text};
 use super::hooked;
 use super::observe::count_publish_refusal;
 use super::refusal::Refusal;
@@ -77,17 +78,18 @@ pub(crate) enum Route {
     Channel(Result<String, ApiError>),
 }
 
-/// Where a publish's body comes from: axum's request, or the bytes the lean HTTP/1.1 path
-/// reads off the socket itself (`server::lean`). It is read only once the publisher is known.
-pub(crate) trait BodySource {
+/// Where a publish's body comes from: axum's request (under its head `H`, `Parts`), or the
+/// bytes the lean HTTP/1.1 path reads off the socket itself (`server::lean_publish`). It is
+/// read only once the publisher is known.
+pub(crate) trait BodySource<H> {
     /// The whole body, within the size limit.
-    fn read(self, herald: &Herald, parts: Parts) -> impl Future<Output = Result<Bytes, ApiError>> + Send;
+    fn read(self, herald: &Herald, head: H) -> impl Future<Output = Result<Bytes, ApiError>> + Send;
 }
 
 /// The body of a request routed by axum, under its `DefaultBodyLimit`.
 struct AxumBody(axum::body::Body);
 
-impl BodySource for AxumBody {
+impl BodySource<Parts> for AxumBody {
     async fn read(self, herald: &Herald, parts: Parts) -> Result<Bytes, ApiError> {
         body_bytes(Bytes::from_request(Request::from_parts(parts, self.0), herald).await)
     }
@@ -99,21 +101,21 @@ pub(crate) async fn answer(
     route: Route,
     peer: Option<PeerAddr>,
     parts: Parts,
-    body: impl BodySource,
+    body: impl BodySource<Parts>,
 ) -> Response {
     count_publish_refusal(herald, outcome(herald, route, peer, parts, body).await.map(Json).into_response())
 }
 
 /// What a publish request comes to: the published id(s), or why not (not counted yet). The
 /// lean path writes an accepted answer itself and counts refusals as [`answer`] does.
-pub(crate) async fn outcome(
+pub(crate) async fn outcome<H: RequestHead + Send>(
     herald: &Herald,
     route: Route,
     peer: Option<PeerAddr>,
-    parts: Parts,
-    body: impl BodySource,
+    head: H,
+    body: impl BodySource<H>,
 ) -> Result<Published, ApiError> {
-    match stage(herald, route, peer, parts, body).await {
+    match stage(herald, route, peer, head, body).await {
         Ok(staged) => commit(herald, staged).await,
         Err(e) => Err(e),
     }
@@ -151,17 +153,17 @@ impl Staged {
 }
 
 /// Checks a publish request and prepares its events: everything but the engine's part.
-pub(crate) async fn stage(
+pub(crate) async fn stage<H: RequestHead + Send>(
     herald: &Herald,
     route: Route,
     peer: Option<PeerAddr>,
-    parts: Parts,
-    body: impl BodySource,
+    head: H,
+    body: impl BodySource<H>,
 ) -> Result<Staged, ApiError> {
     match route {
         // `POST /api/publish`: one event object, or an array of them as one batch.
         Route::Publish => {
-            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
+            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, head, body).await?;
             let events = match body::publish(herald, &body) {
                 Some(read) => events_read(herald, &key, idempotency.as_deref(), read)?,
                 None => events_of(herald, &key, idempotency.as_deref(), parse_json(&body)?)?,
@@ -171,7 +173,7 @@ pub(crate) async fn stage(
         // `POST /api/channels/{channel}/events`: one event on the channel of the path.
         Route::Channel(channel) => {
             let channel = herald.parse_channel(&channel?)?;
-            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, parts, body).await?;
+            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, head, body).await?;
             let event = match body::on_path(herald, &body) {
                 Some(read) => (vec![channel], read.event),
                 None => parse_event(herald, parse_json(&body)?, Some(channel))?,
@@ -349,21 +351,21 @@ pub(crate) async fn caller_and_body(
 }
 
 /// [`caller_and_body`] with the body from any source, as bytes (not yet JSON).
-async fn caller_with_body(
+async fn caller_with_body<H: RequestHead + Send>(
     herald: &Herald,
     peer: Option<PeerAddr>,
-    parts: Parts,
-    body: impl BodySource,
+    head: H,
+    body: impl BodySource<H>,
 ) -> Result<(Principal, String, Option<String>, Bytes, hooked::Client), ApiError> {
-    check_cookie_request(herald, &parts)?;
-    let who = principal(herald, &parts.headers, None).await?;
+    check_cookie_request(herald, &head)?;
+    let who = principal(herald, &head, None).await?;
     let key = rate_key(&who, peer);
-    let client = hooked::Client::new(herald, "http", &parts.headers, peer);
-    let idempotency = match parts.headers.get(&IDEMPOTENCY_KEY) {
+    let client = hooked::Client::new(herald, "http", &head, peer);
+    let idempotency = match head.header(&IDEMPOTENCY_KEY) {
         None => None,
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
+        Some(v) => Some(text(v).ok_or_else(|| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
     };
-    let body = body.read(herald, parts).await?;
+    let body = body.read(herald, head).await?;
     Ok((who, key, idempotency, body, client))
 }
 

@@ -6,10 +6,12 @@
 //! tower layers, collecting the body: docs/benchmarks.md, "Round two"). A connection whose
 //! first request is a publish to Herald's own routes is served here instead: each request
 //! head is parsed with `httparse`, its `Content-Length` body is read into the connection's
-//! buffer, and the request goes to the same function as the axum handlers'
-//! ([`publish::answer`]: cookie and origin checks, credentials, channel policies, rate
-//! limits, JSON, hooks, refusal counters), under the same request id and span. The answer is
-//! written as hyper writes it ([`super::lean::encode_head`]).
+//! buffer, and the request goes to the same functions as the axum handlers'
+//! ([`publish::outcome`]: cookie and origin checks, credentials, channel policies, rate
+//! limits, JSON, hooks, refusal counters), under the same request id and span. Those read
+//! the head where it was scanned ([`LeanHead`], a [`RequestHead`]): no header map, header
+//! name or value, or URI is built for a publish, and a new request id is made in place. The
+//! answer is written as hyper writes it ([`super::lean::encode_head`]).
 //!
 //! Pipelined requests already in the buffer are served together ([`serve_together`]): each
 //! is checked alone, in order ([`publish::stage`]), then the events of the accepted ones go to
@@ -33,8 +35,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+use axum::http::{HeaderName, Method, Version};
 use axum::response::IntoResponse;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -49,7 +50,8 @@ use crate::herald::Herald;
 use crate::http::ApiError;
 use crate::http::Refusal;
 use crate::http::auth::PeerAddr;
-use crate::http::observe::{answer_with_id, count_publish_refusal, request_id, request_span};
+use crate::http::head::{Headers, RequestHead};
+use crate::http::observe::{LeanRequestId, answer_with_id, count_publish_refusal, request_span};
 use crate::http::publish::{self, BodySource, Route};
 
 /// The largest request head read here; a bigger one is left to hyper.
@@ -70,13 +72,15 @@ pub(super) struct Scanned {
     /// Bytes of the head.
     len: usize,
     route: Route,
-    /// The request target's place in the head.
-    target: (usize, usize),
-    /// Each header's name, and its value's place in the head.
-    headers: smallvec::SmallVec<[(HeaderName, usize, usize); 8]>,
+    /// The request path's place in the head (the target without its query).
+    path: (usize, usize),
+    fields: Fields,
     body_len: usize,
     keep_alive: bool,
 }
+
+/// Each header's name and value, as places in the head.
+type Fields = smallvec::SmallVec<[((usize, usize), (usize, usize)); 8]>;
 
 pub(super) enum Head {
     Partial,
@@ -85,7 +89,15 @@ pub(super) enum Head {
 }
 
 /// Reads the head at the start of `buf` if it is a publish the lean path serves.
+///
+/// httparse takes only names and values that `http` takes too (a name is a token, a value
+/// has no control byte but tabs: see the tests), so any header is read here as hyper would
+/// read it; a target is checked as `http`'s `Uri` checks it ([`uri_path`]).
 pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
+    // As httparse would say, without setting up its headers: asked after every request.
+    if buf.is_empty() {
+        return Head::Partial;
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -97,6 +109,8 @@ pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
         return Head::NotLean;
     };
     let Some(route) = route(target) else { return Head::NotLean };
+    // A target `http` refuses: hyper answers it.
+    let Some(path) = uri_path(target) else { return Head::NotLean };
     let at = |part: &[u8]| {
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
         (start, start + part.len())
@@ -105,10 +119,11 @@ pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
     let cors = !cfg.cors_origins.is_empty();
     let mut body_len = None;
     let mut keep_alive = true;
-    let mut scanned = smallvec::SmallVec::new();
+    let mut fields = Fields::new();
     for h in req.headers.iter() {
-        let Ok(name) = header_name(h.name) else { return Head::NotLean };
-        if name == header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        if is("content-length") {
             // One plain decimal length, within the limit; anything else is hyper's to judge.
             let digits = h.value;
             let n = match std::str::from_utf8(digits).ok().and_then(|d| d.parse::<usize>().ok()) {
@@ -119,51 +134,112 @@ pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
                 return Head::NotLean;
             }
             body_len = Some(n);
-        } else if name == header::CONNECTION {
+        } else if is("connection") {
             // HTTP/1.1's rule (hyper's): reused unless the client says `close`.
             let close = std::str::from_utf8(h.value)
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
             keep_alive &= !close;
-        } else if name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::EXPECT
-            || (cors && name == header::ORIGIN)
-        {
+        } else if is("transfer-encoding") || is("upgrade") || is("expect") || (cors && is("origin")) {
             return Head::NotLean;
         }
-        let (start, end) = at(h.value);
-        scanned.push((name, start, end));
+        fields.push((at(name), at(h.value)));
     }
     let Some(body_len) = body_len else { return Head::NotLean };
-    let target = at(target.as_bytes());
-    Head::Lean(Box::new(Scanned { len, route, target, headers: scanned, body_len, keep_alive }))
+    let (start, _) = at(target.as_bytes());
+    let path = (start, start + path.len());
+    Head::Lean(Box::new(Scanned { len, route, path, fields, body_len, keep_alive }))
 }
 
-/// A header's name; the custom ones a publish carries without an allocation.
-fn header_name(name: &str) -> Result<HeaderName, axum::http::header::InvalidHeaderName> {
-    for known in ["x-api-key", "x-request-id", "idempotency-key"] {
-        if name.eq_ignore_ascii_case(known) {
-            return Ok(HeaderName::from_static(known));
+/// The path of a request target as `http`'s `Uri` reads it (up to a `?` or `#`), or `None`
+/// where `Uri` refuses the target. Only for an origin-form target of a publish route, which
+/// httparse has read (visible ASCII, or UTF-8 beyond it).
+fn uri_path(target: &str) -> Option<&str> {
+    // `Uri`'s limit; a lean head is far smaller.
+    const MAX_URI: usize = u16::MAX as usize - 1;
+    let bytes = target.as_bytes();
+    if bytes.len() > MAX_URI {
+        return None;
+    }
+    let mut path_end = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'#' => return Some(&target[..path_end.unwrap_or(i)]),
+            b'?' if path_end.is_none() => path_end = Some(i),
+            // Before a `#`: `<` and `>` are refused anywhere, `` ` `` in the path, `"` in the query.
+            b'<' | b'>' => return None,
+            b'`' if path_end.is_none() => return None,
+            b'"' if path_end.is_some() => return None,
+            _ => {}
         }
     }
-    HeaderName::from_bytes(name.as_bytes())
+    Some(&target[..path_end.unwrap_or(bytes.len())])
 }
 
-/// The request of a scanned head, out of the head's bytes (its values are slices of them);
-/// `None` if a value or the target is not one `http` takes (hyper answers those).
-fn request_parts(head: &Bytes, scanned: &Scanned) -> Option<Parts> {
-    let mut map = HeaderMap::with_capacity(scanned.headers.len());
-    for (name, start, end) in &scanned.headers {
-        let value = HeaderValue::from_maybe_shared(head.slice(*start..*end)).ok()?;
-        map.append(name.clone(), value);
+impl Scanned {
+    /// The request it heads, once its bytes (`head`) are out of the buffer: the head (which
+    /// keeps the scan in its box, so that a move of it through the publish's futures is
+    /// small), its route, its body's length, and whether the connection stays open.
+    fn request(mut self: Box<Self>, head: Bytes) -> (LeanHead, Route, usize, bool) {
+        // Taken out; the box keeps a placeholder that nothing reads.
+        let route = std::mem::replace(&mut self.route, Route::Publish);
+        let (body_len, keep_alive) = (self.body_len, self.keep_alive);
+        // The client's id if it sent a sane one, else a new one: as on hyper's path, the
+        // request then carries that id alone.
+        let given = places(&head, &self.fields, LeanRequestId::name()).next().map(|(s, e)| head.slice(s..e));
+        let id = LeanRequestId::of(given);
+        (LeanHead { head, scanned: self, id }, route, body_len, keep_alive)
     }
-    let uri = Uri::from_maybe_shared(head.slice(scanned.target.0..scanned.target.1)).ok()?;
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = Method::POST;
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    parts.headers = map;
-    Some(parts)
+}
+
+/// A lean publish's head, read where it was scanned: what the publish checks see of it.
+struct LeanHead {
+    head: Bytes,
+    scanned: Box<Scanned>,
+    /// The request's id, which its `x-request-id` reads as.
+    id: LeanRequestId,
+}
+
+/// The places of header `name`'s values in `head`, in order.
+fn places<'a>(head: &'a [u8], fields: &'a Fields, name: &'a HeaderName) -> impl Iterator<Item = (usize, usize)> {
+    let name = name.as_str().as_bytes();
+    // `name` is in lower case, as clients mostly send it: compared as it is first.
+    let named = move |n: &[u8]| n == name || n.eq_ignore_ascii_case(name);
+    fields.iter().filter(move |(n, _)| named(&head[n.0..n.1])).map(|&(_, v)| v)
+}
+
+impl Headers for LeanHead {
+    fn header(&self, name: &HeaderName) -> Option<&[u8]> {
+        if name == LeanRequestId::name() {
+            return Some(self.id.as_bytes());
+        }
+        places(&self.head, &self.scanned.fields, name).next().map(|(s, e)| &self.head[s..e])
+    }
+
+    fn header_values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        let id = (name == LeanRequestId::name()).then(|| self.id.as_bytes());
+        let values =
+            places(&self.head, &self.scanned.fields, name).filter(move |_| id.is_none()).map(|(s, e)| &self.head[s..e]);
+        id.into_iter().chain(values)
+    }
+}
+
+/// The one method the lean path serves.
+static POST: Method = Method::POST;
+
+impl RequestHead for LeanHead {
+    fn method(&self) -> &Method {
+        &POST
+    }
+
+    fn path(&self) -> &str {
+        let (start, end) = self.scanned.path;
+        std::str::from_utf8(&self.head[start..end]).unwrap_or("/")
+    }
+
+    /// A lean target is a path: no authority.
+    fn authority(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The publish route of a request target, as axum would route it: the path without its
@@ -252,15 +328,9 @@ pub(super) async fn serve_publishes(
             head
         };
         let bytes = buf.split_to(head.len).freeze();
-        let Some(mut parts) = request_parts(&bytes, &head) else {
-            // A value or target `http` refuses: hyper answers it, from the start of its head.
-            let mut all = BytesMut::from(&bytes[..]);
-            all.extend_from_slice(&buf);
-            return Ok(Handoff::Hyper(all));
-        };
-        let Scanned { route, body_len, keep_alive, .. } = *head;
-        let id = request_id(&mut parts.headers);
-        let span = request_span(id.as_ref(), &parts.method, parts.uri.path());
+        let (request, route, body_len, keep_alive) = head.request(bytes);
+        let span = request_span(Some(request.id.as_str()), request.method(), request.path());
+        let id = request.id.clone();
         let mut body = BodyState::Unread;
         let source = LeanBody {
             tcp: &mut *tcp,
@@ -270,7 +340,7 @@ pub(super) async fn serve_publishes(
             state: &mut body,
         };
         let peer = Some(PeerAddr(ctx.peer));
-        let outcome = publish::outcome(ctx.herald, route, peer, parts, source).instrument(span).await;
+        let outcome = publish::outcome(ctx.herald, route, peer, request, source).instrument(span).await;
         let mut resp = Answer::new(ctx.herald, outcome, id);
         let keep_alive = match body {
             BodyState::Read => keep_alive,
@@ -303,7 +373,7 @@ pub(super) async fn serve_publishes(
 /// A complete publish request taken out of the connection's buffer.
 struct Taken {
     route: Route,
-    parts: Parts,
+    request: LeanHead,
     body: Bytes,
     keep_alive: bool,
 }
@@ -335,20 +405,8 @@ fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Re
     let mut taken = Vec::with_capacity(more.len() + 1);
     for scanned in std::iter::once(first).chain(more) {
         let head = buf.split_to(scanned.len).freeze();
-        let Some(parts) = request_parts(&head, &scanned) else {
-            // A value or target `http` refuses: left in the buffer for hyper to answer,
-            // after the requests before it (the first one: by the one-request path, which
-            // hands it over).
-            let mut rest = BytesMut::from(&head[..]);
-            rest.extend_from_slice(buf);
-            *buf = rest;
-            if taken.is_empty() {
-                return Err(scanned);
-            }
-            break;
-        };
-        let Scanned { route, body_len, keep_alive, .. } = *scanned;
-        taken.push(Taken { route, parts, body: buf.split_to(body_len).freeze(), keep_alive });
+        let (request, route, body_len, keep_alive) = scanned.request(head);
+        taken.push(Taken { route, request, body: buf.split_to(body_len).freeze(), keep_alive });
     }
     Ok(taken)
 }
@@ -366,11 +424,10 @@ async fn serve_together(tcp: &TcpStream, taken: Vec<Taken>, ctx: &Publishing<'_>
     let keep_alive = taken.last().is_none_or(|t| t.keep_alive);
     let mut ids = Vec::with_capacity(taken.len());
     let mut staged = Vec::with_capacity(taken.len());
-    for Taken { route, mut parts, body, .. } in taken {
-        let id = request_id(&mut parts.headers);
-        let span = request_span(id.as_ref(), &parts.method, parts.uri.path());
-        staged.push(publish::stage(herald, route, peer, parts, Buffered(body)).instrument(span).await);
-        ids.push(id);
+    for Taken { route, request, body, .. } in taken {
+        let span = request_span(Some(request.id.as_str()), request.method(), request.path());
+        ids.push(request.id.clone());
+        staged.push(publish::stage(herald, route, peer, request, Buffered(body)).instrument(span).await);
     }
     let answers = commit_in_order(herald, staged).await;
     let mut out = BytesMut::new();
@@ -437,19 +494,19 @@ async fn commit_group(
 enum Answer {
     /// Accepted: written straight from the ids, as hyper would write axum's `Json` of them
     /// (no response, header map or body to build and take apart again for every publish).
-    Published(publish::Published, Option<HeaderValue>),
+    Published(publish::Published, LeanRequestId),
     /// Refused (counted already), with its request id: a response like the handlers'.
     Refused(axum::response::Response),
 }
 
 impl Answer {
     /// The answer to a request with id `id`, its refusal counted.
-    fn new(herald: &Herald, outcome: Result<publish::Published, ApiError>, id: Option<HeaderValue>) -> Self {
+    fn new(herald: &Herald, outcome: Result<publish::Published, ApiError>, id: LeanRequestId) -> Self {
         match outcome {
             Ok(published) => Self::Published(published, id),
             Err(e) => {
                 let mut resp = count_publish_refusal(herald, e.into_response());
-                if let Some(id) = id {
+                if let Some(id) = id.to_value() {
                     answer_with_id(&mut resp, id);
                 }
                 Self::Refused(resp)
@@ -461,7 +518,7 @@ impl Answer {
     async fn encode(self, out: &mut BytesMut, keep_alive: bool) -> io::Result<()> {
         match self {
             Self::Published(published, id) => {
-                encode_published(out, &published, id.as_ref(), keep_alive);
+                encode_published(out, &published, Some(id.as_bytes()), keep_alive);
                 Ok(())
             }
             Self::Refused(resp) => encode_response(out, resp, keep_alive).await,
@@ -472,7 +529,7 @@ impl Answer {
 /// Appends the `200` answer of an accepted publish to `out`: the head hyper writes for
 /// axum's `Json` with the request id added (`content-type`, `x-request-id`, then what
 /// [`encode_head`] adds), and the JSON of the ids.
-fn encode_published(out: &mut BytesMut, published: &publish::Published, id: Option<&HeaderValue>, keep_alive: bool) {
+fn encode_published(out: &mut BytesMut, published: &publish::Published, id: Option<&[u8]>, keep_alive: bool) {
     // Herald's ids need no escaping: they are written as they are, into a buffer sized for
     // them (a batch's answer carries one per event); anything else goes through serde.
     let plain = |id: &str| id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -507,7 +564,7 @@ fn encode_published(out: &mut BytesMut, published: &publish::Published, id: Opti
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n");
     if let Some(id) = id {
         out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(id);
         out.extend_from_slice(b"\r\n");
     }
     put_head_end(out, Version::HTTP_11, keep_alive, Said::default(), Framing::Length(json.len() as u64));
@@ -539,8 +596,8 @@ async fn encode_response(out: &mut BytesMut, resp: axum::response::Response, kee
 /// A body already in the connection's buffer.
 struct Buffered(Bytes);
 
-impl BodySource for Buffered {
-    async fn read(self, _: &Herald, _: Parts) -> Result<Bytes, ApiError> {
+impl<H: Send> BodySource<H> for Buffered {
+    async fn read(self, _: &Herald, _: H) -> Result<Bytes, ApiError> {
         Ok(self.0)
     }
 }
@@ -564,8 +621,8 @@ struct LeanBody<'a> {
     state: &'a mut BodyState,
 }
 
-impl BodySource for LeanBody<'_> {
-    async fn read(self, _: &Herald, _: Parts) -> Result<Bytes, ApiError> {
+impl<H: Send> BodySource<H> for LeanBody<'_> {
+    async fn read(self, _: &Herald, _: H) -> Result<Bytes, ApiError> {
         while self.buf.len() < self.len {
             self.buf.reserve(self.len - self.buf.len());
             match tokio::time::timeout_at(self.deadline, self.tcp.read_buf(self.buf)).await {
@@ -617,6 +674,52 @@ mod tests {
             assert_eq!(&body[..], &serde[..]);
             let length = format!("content-length: {}\r\n", serde.len());
             assert!(std::str::from_utf8(&out).is_ok_and(|head| head.contains(&length)));
+        }
+    }
+
+    #[test]
+    fn a_target_is_taken_and_its_path_read_exactly_as_the_uri_hyper_builds() {
+        let mut targets = vec![
+            "/api/publish".to_owned(),
+            "/api/publish?a=1&b=2?c".to_owned(),
+            "/api/publish#frag<>".to_owned(),
+            "/api/publish?q#f\"`".to_owned(),
+            "/api/channels/a#b/events".to_owned(),
+            "/api/channels/caf\u{e9}/events?x=\u{e9}".to_owned(),
+        ];
+        for b in (0x21..0x7f_u8).map(char::from) {
+            targets.push(format!("/api/channels/a{b}b/events"));
+            targets.push(format!("/api/publish?x={b}y"));
+            targets.push(format!("/api/publish?x#{b}"));
+        }
+        for target in &targets {
+            let uri = axum::http::Uri::try_from(target.as_str()).ok();
+            assert_eq!(uri_path(target), uri.as_ref().map(|u| u.path()), "{target:?}");
+        }
+    }
+
+    /// A head whose one header is `name: value`, as httparse reads it.
+    fn parsed(name: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let head = [b"POST /api/publish HTTP/1.1\r\n", name, b": ", value, b"\r\n\r\n"].concat();
+        let mut headers = [httparse::EMPTY_HEADER; 1];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => Some((req.headers[0].name.into(), req.headers[0].value.to_vec())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_header_httparse_reads_is_one_http_takes_so_none_needs_hyper_for_its_bytes() {
+        for b in 0..=255u8 {
+            let name = [b'x', b, b'y'];
+            if let Some((name, _)) = parsed(&name, b"v") {
+                assert!(HeaderName::from_bytes(&name).is_ok(), "name byte {b:#x}");
+            }
+            let value = [b'a', b, b'z'];
+            if let Some((_, value)) = parsed(b"x-v", &value) {
+                assert!(axum::http::HeaderValue::from_bytes(&value).is_ok(), "value byte {b:#x}");
+            }
         }
     }
 
