@@ -507,6 +507,31 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_the_connection_
 }
 
 #[tokio::test]
+async fn a_publish_connection_in_use_outlives_its_first_deadline_and_is_closed_once_idle_past_it() {
+    let deadline = std::time::Duration::from_millis(400);
+    let server = TestServer::with(|c| c.header_read_timeout = deadline).await;
+    let mut raw = Raw::connect(server.addr).await;
+    // Publishes 150 ms apart for twice the deadline: each is due within the deadline that
+    // follows the answer before it, so the connection stays open past its first deadline.
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    let mut last = started;
+    while started.elapsed() < deadline * 2 {
+        raw.send(post("/api/channels/channel:kept/events", "", r#"{"type":"t"}"#).as_bytes()).await;
+        n += 1;
+        let answers = raw.responses(n).await;
+        assert!(answers[n - 1].0.starts_with("HTTP/1.1 200 OK\r\n"), "publish {n}: {}", answers[n - 1].0);
+        last = std::time::Instant::now();
+        tokio::time::sleep(deadline * 3 / 8).await;
+    }
+    assert!(n >= 5, "only {n} publishes in twice the deadline");
+    // Then idle: closed once the deadline after the last answer has passed, and not before.
+    raw.read_to_end().await;
+    let idle = last.elapsed();
+    assert!(idle >= deadline * 3 / 4, "closed {idle:?} after the last answer, before its deadline of {deadline:?}");
+}
+
+#[tokio::test]
 async fn an_idle_publish_connection_is_closed_on_shutdown() {
     let server = TestServer::start().await;
     let mut raw = Raw::connect(server.addr).await;

@@ -128,8 +128,15 @@ impl LeanRequestId {
     }
 }
 
-/// The request's span: its id, method and path (never the query).
-pub(crate) fn request_span(id: Option<&str>, method: &Method, path: &str) -> Span {
+impl std::fmt::Display for LeanRequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The request's span: its id, method and path (never the query). The id and the path are
+/// formatted only if the span is recorded (not at all under `--log warn`).
+pub(crate) fn request_span(id: Option<impl std::fmt::Display>, method: &Method, path: impl std::fmt::Display) -> Span {
     match id {
         Some(id) => tracing::info_span!("request", request_id = %id, method = %method, path = %path),
         None => tracing::info_span!("request", method = %method, path = %path),
