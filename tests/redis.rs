@@ -9,24 +9,12 @@ use support::{Proto, RedisServer, TestServer, cluster_node, eventually, redis_no
 /// A node on `redis` that keeps 1,000 events of history per channel, for the tests that
 /// publish hundreds while a stream is away.
 async fn deep_node(redis: &RedisServer) -> TestServer {
-    let url = redis.url();
-    TestServer::secured(move |c| {
-        c.redis_url = Some(url);
-        c.history_size = 1000;
-        support::no_presence(c);
-    })
-    .await
+    support::redis_node_with(redis, |c| c.history_size = 1000).await
 }
 
 /// A node on `redis` that keeps 2 events of history per channel, for the tests of trimming.
 async fn shallow_node(redis: &RedisServer) -> TestServer {
-    let url = redis.url();
-    TestServer::secured(move |c| {
-        c.redis_url = Some(url);
-        c.history_size = 2;
-        support::no_presence(c);
-    })
-    .await
+    support::redis_node_with(redis, |c| c.history_size = 2).await
 }
 
 #[tokio::test]
