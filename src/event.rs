@@ -435,10 +435,11 @@ impl Prepared {
         publisher: &Publisher,
         max_payload: usize,
     ) -> Result<Self, EventError> {
-        Self::sharing_type(channels, event, publisher, max_payload, None)
+        Self::sharing_type(channels, event, publisher, max_payload, None, SystemTime::now())
     }
 
-    /// [`Prepared::new`] for an event of a batch: when its type is `previous`'s (the type of
+    /// [`Prepared::new`] for an event of a batch made at `at` (the clock read once for the
+    /// batch: its id's time and its timestamp): when its type is `previous`'s (the type of
     /// the event before it, nearly always the same), it shares that string.
     pub fn sharing_type(
         channels: Vec<ChannelName>,
@@ -446,6 +447,7 @@ impl Prepared {
         publisher: &Publisher,
         max_payload: usize,
         previous: Option<&Arc<str>>,
+        at: SystemTime,
     ) -> Result<Self, EventError> {
         validate_type(&event.event_type)?;
         // Deduplicated in place: the publisher's list is kept, not copied.
@@ -463,9 +465,9 @@ impl Prepared {
         }
         let ai = ai_chunk(&event);
         let Event { event_type, payload, idempotency } = event;
-        let body = serialize_body(&event_type, payload, publisher, max_payload)?;
+        let body = serialize_body_at(&event_type, payload, publisher, max_payload, at)?;
         Ok(Self {
-            id: crate::ids::new_shared_id(),
+            id: crate::ids::new_shared_id_at(crate::ids::ms_of(at)),
             event_type: match previous {
                 Some(t) if **t == *event_type => Arc::clone(t),
                 _ => Arc::from(event_type),
@@ -695,14 +697,28 @@ pub struct Published {
 impl Published {
     /// Frames a prepared event at the positions the engine gave it (one per channel).
     pub fn from_prepared(p: &Prepared, positions: &[Position]) -> Arc<Self> {
+        Self::from_prepared_at(p, positions, std::time::Instant::now())
+    }
+
+    /// [`Published::from_prepared`] accepted at `accepted` (read once for a batch).
+    pub fn from_prepared_at(p: &Prepared, positions: &[Position], accepted: std::time::Instant) -> Arc<Self> {
         let copies: Vec<Copy> =
             p.channels.iter().zip(positions).map(|(ch, pos)| Copy::of_prepared(p, ch, *pos)).collect();
         let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
-        Arc::new(Self::new(p.id.clone(), p.event_type.clone(), copies, fanout))
+        Arc::new(Self::accepted_at(p.id.clone(), p.event_type.clone(), copies, fanout, accepted))
     }
 
     pub fn new(id: Arc<str>, event_type: Arc<str>, copies: Vec<Copy>, fanout: u16) -> Self {
-        let accepted = std::time::Instant::now();
+        Self::accepted_at(id, event_type, copies, fanout, std::time::Instant::now())
+    }
+
+    fn accepted_at(
+        id: Arc<str>,
+        event_type: Arc<str>,
+        copies: Vec<Copy>,
+        fanout: u16,
+        accepted: std::time::Instant,
+    ) -> Self {
         Self { id, event_type, copies, fanout, accepted, fields: std::sync::OnceLock::new() }
     }
 
