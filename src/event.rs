@@ -470,7 +470,7 @@ impl Prepared {
             id: crate::ids::new_shared_id_at(crate::ids::ms_of(at)),
             event_type: match previous {
                 Some(t) if **t == *event_type => Arc::clone(t),
-                _ => Arc::from(event_type),
+                _ => shared_type(event_type),
             },
             channels: unique,
             body,
@@ -483,6 +483,22 @@ impl Prepared {
     pub fn json_for(&self, channel: &ChannelName) -> Vec<u8> {
         json_for(&self.id, channel.as_str(), &self.body)
     }
+}
+
+thread_local! {
+    /// The type of the last event prepared on this thread but one of a batch's later events
+    /// (those share the type of the event before them).
+    static LAST_TYPE: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `event_type` as a shared string: the last one made on this thread when it is the same
+/// type, nearly always (a publisher sends a few types), where a new one costs an allocation
+/// and, with the event, its freeing.
+fn shared_type(event_type: String) -> Arc<str> {
+    LAST_TYPE.with_borrow_mut(|last| match last {
+        Some(t) if **t == *event_type => Arc::clone(t),
+        _ => Arc::clone(last.insert(Arc::from(event_type))),
+    })
 }
 
 /// The JSON of an event sent to one connection alone (no channel, kept nowhere):
@@ -682,7 +698,9 @@ pub struct Copy {
 pub struct Published {
     pub id: Arc<str>,
     pub event_type: Arc<str>,
-    pub copies: Vec<Copy>,
+    /// One per channel: held in the event itself for an event of one channel, nearly
+    /// every one, rather than in an allocation of its own.
+    pub copies: smallvec::SmallVec<[Copy; 1]>,
     /// How many channels the event was published to. An engine that delivers each channel's
     /// copy separately (Redis) sets it above `copies.len()`, so that a connection following
     /// several of those channels can drop the repeats.
@@ -702,20 +720,20 @@ impl Published {
 
     /// [`Published::from_prepared`] accepted at `accepted` (read once for a batch).
     pub fn from_prepared_at(p: &Prepared, positions: &[Position], accepted: std::time::Instant) -> Arc<Self> {
-        let copies: Vec<Copy> =
+        let copies: smallvec::SmallVec<[Copy; 1]> =
             p.channels.iter().zip(positions).map(|(ch, pos)| Copy::of_prepared(p, ch, *pos)).collect();
         let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
         Arc::new(Self::accepted_at(p.id.clone(), p.event_type.clone(), copies, fanout, accepted))
     }
 
     pub fn new(id: Arc<str>, event_type: Arc<str>, copies: Vec<Copy>, fanout: u16) -> Self {
-        Self::accepted_at(id, event_type, copies, fanout, std::time::Instant::now())
+        Self::accepted_at(id, event_type, smallvec::SmallVec::from_vec(copies), fanout, std::time::Instant::now())
     }
 
     fn accepted_at(
         id: Arc<str>,
         event_type: Arc<str>,
-        copies: Vec<Copy>,
+        copies: smallvec::SmallVec<[Copy; 1]>,
         fanout: u16,
         accepted: std::time::Instant,
     ) -> Self {
@@ -866,6 +884,19 @@ mod tests {
                 assert_eq!((&copy.channel, copy.position), (channel, pos));
             }
         }
+    }
+
+    #[test]
+    fn an_events_type_is_the_string_of_the_last_event_of_that_type() {
+        let prepare = |t: &str| {
+            Prepared::new(vec![ch("channel:a")], Event::new(t), &Publisher::default(), 64)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .event_type
+        };
+        let (a, b, c) = (prepare("chat"), prepare("chat"), prepare("typing"));
+        assert!(Arc::ptr_eq(&a, &b), "one string for one type");
+        assert_eq!((&*b, &*c), ("chat", "typing"));
+        assert_eq!(&*prepare("chat"), "chat");
     }
 
     #[test]
