@@ -597,6 +597,9 @@ fn push_fields(out: &mut Vec<u8>, fields: &Map<String, Value>) {
 /// once per millisecond, not once per event.
 #[derive(Clone, Copy)]
 struct Stamp {
+    /// The time last written: the events of a batch share one reading of the clock, whose
+    /// text is then found without turning it into milliseconds again.
+    at: SystemTime,
     ms: u128,
     text: [u8; STAMP_LEN],
 }
@@ -610,18 +613,24 @@ thread_local! {
 
 /// Writes `at` as an RFC 3339 timestamp with milliseconds (it needs no escaping).
 fn push_timestamp(out: &mut Vec<u8>, at: SystemTime) {
+    let last = LAST_STAMP.get();
+    if let Some(stamp) = last.filter(|s| s.at == at) {
+        out.extend_from_slice(&stamp.text);
+        return;
+    }
     let Ok(ms) = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()) else {
         let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
         return;
     };
-    if let Some(stamp) = LAST_STAMP.get().filter(|s| s.ms == ms) {
+    if let Some(stamp) = last.filter(|s| s.ms == ms) {
         out.extend_from_slice(&stamp.text);
+        LAST_STAMP.set(Some(Stamp { at, ..stamp }));
         return;
     }
     let start = out.len();
     let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
     if let Ok(text) = <[u8; STAMP_LEN]>::try_from(&out[start..]) {
-        LAST_STAMP.set(Some(Stamp { ms, text }));
+        LAST_STAMP.set(Some(Stamp { at, ms, text }));
     }
 }
 
@@ -901,11 +910,14 @@ mod tests {
 
     #[test]
     fn a_timestamp_reused_within_its_millisecond_is_the_one_formatted_for_it() {
-        let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-        for ms in [1_764_863_051_123, 1_764_863_051_123, 1_764_863_051_124, 0, 1_764_863_051_123] {
+        let at = |ms: u64, ns: u64| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms) + std::time::Duration::from_nanos(ns)
+        };
+        let times = [(1_764_863_051_123, 0), (1_764_863_051_123, 0), (1_764_863_051_123, 5), (1_764_863_051_124, 0)];
+        for (ms, ns) in times.into_iter().chain([(0, 0), (1_764_863_051_123, 999_999), (1_764_863_051_123, 999_999)]) {
             let mut out = Vec::new();
-            push_timestamp(&mut out, at(ms));
-            assert_eq!(String::from_utf8(out).ok(), Some(humantime::format_rfc3339_millis(at(ms)).to_string()));
+            push_timestamp(&mut out, at(ms, ns));
+            assert_eq!(String::from_utf8(out).ok(), Some(humantime::format_rfc3339_millis(at(ms, ns)).to_string()));
         }
     }
 
