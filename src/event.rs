@@ -67,7 +67,9 @@ pub enum EventError {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Event {
-    event_type: String,
+    /// Shared: the events of a batch, and the events one thread prepares, nearly always
+    /// share a handful of types (see [`shared_type`]).
+    event_type: Arc<str>,
     payload: Payload,
     /// Boxed: an event without a key (nearly all) pays one null pointer.
     idempotency: Option<Box<Idempotency>>,
@@ -138,7 +140,7 @@ impl Event {
 
     /// Builds an event from a type and a JSON object of payload fields.
     pub fn from_fields(event_type: impl Into<String>, fields: Map<String, Value>) -> Self {
-        Self { event_type: event_type.into(), payload: Payload::Fields(fields), idempotency: None }
+        Self { event_type: shared_type(&event_type.into()), payload: Payload::Fields(fields), idempotency: None }
     }
 
     /// Makes the publish of this event idempotent under `key` (see [`Idempotency`]).
@@ -241,7 +243,7 @@ impl PayloadReader {
         }
     }
 
-    pub(crate) fn into_event(self, event_type: String) -> Event {
+    pub(crate) fn into_event(self, event_type: Arc<str>) -> Event {
         let payload = match self.state {
             Reading::Text { text, .. } => Payload::Text(Written { text, fields: std::sync::OnceLock::new() }),
             Reading::Fields(fields) => Payload::Fields(fields),
@@ -417,7 +419,7 @@ pub const AI_CHUNK_TYPE: &str = "ai_chat_chunk";
 pub const MAX_STREAM_ID: usize = 128;
 
 fn ai_chunk(event: &Event) -> Option<AiChunk> {
-    if event.event_type != AI_CHUNK_TYPE {
+    if &*event.event_type != AI_CHUNK_TYPE {
         return None;
     }
     let fields = event.fields();
@@ -470,7 +472,7 @@ impl Prepared {
             id: crate::ids::new_shared_id_at(crate::ids::ms_of(at)),
             event_type: match previous {
                 Some(t) if **t == *event_type => Arc::clone(t),
-                _ => shared_type(event_type),
+                _ => event_type,
             },
             channels: unique,
             body,
@@ -486,15 +488,14 @@ impl Prepared {
 }
 
 thread_local! {
-    /// The type of the last event prepared on this thread but one of a batch's later events
-    /// (those share the type of the event before them).
+    /// The type of the last event made on this thread.
     static LAST_TYPE: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// `event_type` as a shared string: the last one made on this thread when it is the same
-/// type, nearly always (a publisher sends a few types), where a new one costs an allocation
-/// and, with the event, its freeing.
-fn shared_type(event_type: String) -> Arc<str> {
+/// type, nearly always (a publisher sends a few types, a batch nearly always one), where a
+/// new one costs an allocation and, with the event, its freeing.
+pub(crate) fn shared_type(event_type: &str) -> Arc<str> {
     LAST_TYPE.with_borrow_mut(|last| match last {
         Some(t) if **t == *event_type => Arc::clone(t),
         _ => Arc::clone(last.insert(Arc::from(event_type))),
@@ -513,7 +514,7 @@ pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> R
     out.push(b',');
     out.extend_from_slice(body.as_bytes());
     out.push(b'}');
-    Ok((event_type, into_string(out)))
+    Ok((event_type.to_string(), into_string(out)))
 }
 
 /// The members after `id` and `channel`: type, timestamp, identity, then the payload

@@ -141,7 +141,7 @@ impl<'de> Visitor<'de> for ItemVisitor<'_> {
                 Key::Channel | Key::Channels if self.on_path => return Err(give_up()),
                 Key::Channel => channel = Some(map.next_value_seed(ChannelSeed(self.reader.lend()))?),
                 Key::Channels => channels = Some(map.next_value_seed(ChannelsSeed(self.reader.lend()))?),
-                Key::Type => event_type = Some(map.next_value::<String>()?),
+                Key::Type => event_type = Some(map.next_value_seed(TypeSeed)?),
                 Key::Idempotency if self.in_batch => key = Some(map.next_value::<String>()?),
                 Key::Idempotency => map.next_value_seed(Field { fields: &mut fields, key: IDEMPOTENCY_FIELD })?,
                 Key::Plain(name) => map.next_value_seed(Field { fields: &mut fields, key: name })?,
@@ -277,6 +277,30 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         self.value(de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+/// An event's type, read as the string shared with the events before it of that type
+/// (`event::shared_type`): no `String` per event.
+struct TypeSeed;
+
+impl<'de> DeserializeSeed<'de> for TypeSeed {
+    type Value = std::sync::Arc<str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for TypeSeed {
+    type Value = std::sync::Arc<str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event type")
+    }
+
+    fn visit_str<E: de::Error>(self, event_type: &str) -> Result<Self::Value, E> {
+        Ok(crate::event::shared_type(event_type))
     }
 }
 
