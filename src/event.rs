@@ -67,7 +67,9 @@ pub enum EventError {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Event {
-    event_type: String,
+    /// Shared: the events of a batch, and the events one thread prepares, nearly always
+    /// share a handful of types (see [`shared_type`]).
+    event_type: Arc<str>,
     payload: Payload,
     /// Boxed: an event without a key (nearly all) pays one null pointer.
     idempotency: Option<Box<Idempotency>>,
@@ -138,7 +140,7 @@ impl Event {
 
     /// Builds an event from a type and a JSON object of payload fields.
     pub fn from_fields(event_type: impl Into<String>, fields: Map<String, Value>) -> Self {
-        Self { event_type: event_type.into(), payload: Payload::Fields(fields), idempotency: None }
+        Self { event_type: shared_type(&event_type.into()), payload: Payload::Fields(fields), idempotency: None }
     }
 
     /// Makes the publish of this event idempotent under `key` (see [`Idempotency`]).
@@ -241,7 +243,7 @@ impl PayloadReader {
         }
     }
 
-    pub(crate) fn into_event(self, event_type: String) -> Event {
+    pub(crate) fn into_event(self, event_type: Arc<str>) -> Event {
         let payload = match self.state {
             Reading::Text { text, .. } => Payload::Text(Written { text, fields: std::sync::OnceLock::new() }),
             Reading::Fields(fields) => Payload::Fields(fields),
@@ -417,7 +419,7 @@ pub const AI_CHUNK_TYPE: &str = "ai_chat_chunk";
 pub const MAX_STREAM_ID: usize = 128;
 
 fn ai_chunk(event: &Event) -> Option<AiChunk> {
-    if event.event_type != AI_CHUNK_TYPE {
+    if &*event.event_type != AI_CHUNK_TYPE {
         return None;
     }
     let fields = event.fields();
@@ -435,10 +437,11 @@ impl Prepared {
         publisher: &Publisher,
         max_payload: usize,
     ) -> Result<Self, EventError> {
-        Self::sharing_type(channels, event, publisher, max_payload, None)
+        Self::sharing_type(channels, event, publisher, max_payload, None, SystemTime::now())
     }
 
-    /// [`Prepared::new`] for an event of a batch: when its type is `previous`'s (the type of
+    /// [`Prepared::new`] for an event of a batch made at `at` (the clock read once for the
+    /// batch: its id's time and its timestamp): when its type is `previous`'s (the type of
     /// the event before it, nearly always the same), it shares that string.
     pub fn sharing_type(
         channels: Vec<ChannelName>,
@@ -446,6 +449,7 @@ impl Prepared {
         publisher: &Publisher,
         max_payload: usize,
         previous: Option<&Arc<str>>,
+        at: SystemTime,
     ) -> Result<Self, EventError> {
         validate_type(&event.event_type)?;
         // Deduplicated in place: the publisher's list is kept, not copied.
@@ -463,12 +467,12 @@ impl Prepared {
         }
         let ai = ai_chunk(&event);
         let Event { event_type, payload, idempotency } = event;
-        let body = serialize_body(&event_type, payload, publisher, max_payload)?;
+        let body = serialize_body_at(&event_type, payload, publisher, max_payload, at)?;
         Ok(Self {
-            id: crate::ids::new_shared_id(),
+            id: crate::ids::new_shared_id_at(crate::ids::ms_of(at)),
             event_type: match previous {
                 Some(t) if **t == *event_type => Arc::clone(t),
-                _ => Arc::from(event_type),
+                _ => event_type,
             },
             channels: unique,
             body,
@@ -483,6 +487,21 @@ impl Prepared {
     }
 }
 
+thread_local! {
+    /// The type of the last event made on this thread.
+    static LAST_TYPE: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `event_type` as a shared string: the last one made on this thread when it is the same
+/// type, nearly always (a publisher sends a few types, a batch nearly always one), where a
+/// new one costs an allocation and, with the event, its freeing.
+pub(crate) fn shared_type(event_type: &str) -> Arc<str> {
+    LAST_TYPE.with_borrow_mut(|last| match last {
+        Some(t) if **t == *event_type => Arc::clone(t),
+        _ => Arc::clone(last.insert(Arc::from(event_type))),
+    })
+}
+
 /// The JSON of an event sent to one connection alone (no channel, kept nowhere):
 /// `(type, {"id","type","timestamp",...payload})`.
 pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> Result<(String, String), EventError> {
@@ -495,7 +514,7 @@ pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> R
     out.push(b',');
     out.extend_from_slice(body.as_bytes());
     out.push(b'}');
-    Ok((event_type, into_string(out)))
+    Ok((event_type.to_string(), into_string(out)))
 }
 
 /// The members after `id` and `channel`: type, timestamp, identity, then the payload
@@ -579,6 +598,9 @@ fn push_fields(out: &mut Vec<u8>, fields: &Map<String, Value>) {
 /// once per millisecond, not once per event.
 #[derive(Clone, Copy)]
 struct Stamp {
+    /// The time last written: the events of a batch share one reading of the clock, whose
+    /// text is then found without turning it into milliseconds again.
+    at: SystemTime,
     ms: u128,
     text: [u8; STAMP_LEN],
 }
@@ -592,18 +614,24 @@ thread_local! {
 
 /// Writes `at` as an RFC 3339 timestamp with milliseconds (it needs no escaping).
 fn push_timestamp(out: &mut Vec<u8>, at: SystemTime) {
+    let last = LAST_STAMP.get();
+    if let Some(stamp) = last.filter(|s| s.at == at) {
+        out.extend_from_slice(&stamp.text);
+        return;
+    }
     let Ok(ms) = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()) else {
         let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
         return;
     };
-    if let Some(stamp) = LAST_STAMP.get().filter(|s| s.ms == ms) {
+    if let Some(stamp) = last.filter(|s| s.ms == ms) {
         out.extend_from_slice(&stamp.text);
+        LAST_STAMP.set(Some(Stamp { at, ..stamp }));
         return;
     }
     let start = out.len();
     let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
     if let Ok(text) = <[u8; STAMP_LEN]>::try_from(&out[start..]) {
-        LAST_STAMP.set(Some(Stamp { ms, text }));
+        LAST_STAMP.set(Some(Stamp { at, ms, text }));
     }
 }
 
@@ -680,7 +708,9 @@ pub struct Copy {
 pub struct Published {
     pub id: Arc<str>,
     pub event_type: Arc<str>,
-    pub copies: Vec<Copy>,
+    /// One per channel: held in the event itself for an event of one channel, nearly
+    /// every one, rather than in an allocation of its own.
+    pub copies: smallvec::SmallVec<[Copy; 1]>,
     /// How many channels the event was published to. An engine that delivers each channel's
     /// copy separately (Redis) sets it above `copies.len()`, so that a connection following
     /// several of those channels can drop the repeats.
@@ -695,14 +725,28 @@ pub struct Published {
 impl Published {
     /// Frames a prepared event at the positions the engine gave it (one per channel).
     pub fn from_prepared(p: &Prepared, positions: &[Position]) -> Arc<Self> {
-        let copies: Vec<Copy> =
+        Self::from_prepared_at(p, positions, std::time::Instant::now())
+    }
+
+    /// [`Published::from_prepared`] accepted at `accepted` (read once for a batch).
+    pub fn from_prepared_at(p: &Prepared, positions: &[Position], accepted: std::time::Instant) -> Arc<Self> {
+        let copies: smallvec::SmallVec<[Copy; 1]> =
             p.channels.iter().zip(positions).map(|(ch, pos)| Copy::of_prepared(p, ch, *pos)).collect();
         let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
-        Arc::new(Self::new(p.id.clone(), p.event_type.clone(), copies, fanout))
+        Arc::new(Self::accepted_at(p.id.clone(), p.event_type.clone(), copies, fanout, accepted))
     }
 
     pub fn new(id: Arc<str>, event_type: Arc<str>, copies: Vec<Copy>, fanout: u16) -> Self {
-        let accepted = std::time::Instant::now();
+        Self::accepted_at(id, event_type, smallvec::SmallVec::from_vec(copies), fanout, std::time::Instant::now())
+    }
+
+    fn accepted_at(
+        id: Arc<str>,
+        event_type: Arc<str>,
+        copies: smallvec::SmallVec<[Copy; 1]>,
+        fanout: u16,
+        accepted: std::time::Instant,
+    ) -> Self {
         Self { id, event_type, copies, fanout, accepted, fields: std::sync::OnceLock::new() }
     }
 
@@ -853,12 +897,28 @@ mod tests {
     }
 
     #[test]
+    fn an_events_type_is_the_string_of_the_last_event_of_that_type() {
+        let prepare = |t: &str| {
+            Prepared::new(vec![ch("channel:a")], Event::new(t), &Publisher::default(), 64)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .event_type
+        };
+        let (a, b, c) = (prepare("chat"), prepare("chat"), prepare("typing"));
+        assert!(Arc::ptr_eq(&a, &b), "one string for one type");
+        assert_eq!((&*b, &*c), ("chat", "typing"));
+        assert_eq!(&*prepare("chat"), "chat");
+    }
+
+    #[test]
     fn a_timestamp_reused_within_its_millisecond_is_the_one_formatted_for_it() {
-        let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-        for ms in [1_764_863_051_123, 1_764_863_051_123, 1_764_863_051_124, 0, 1_764_863_051_123] {
+        let at = |ms: u64, ns: u64| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms) + std::time::Duration::from_nanos(ns)
+        };
+        let times = [(1_764_863_051_123, 0), (1_764_863_051_123, 0), (1_764_863_051_123, 5), (1_764_863_051_124, 0)];
+        for (ms, ns) in times.into_iter().chain([(0, 0), (1_764_863_051_123, 999_999), (1_764_863_051_123, 999_999)]) {
             let mut out = Vec::new();
-            push_timestamp(&mut out, at(ms));
-            assert_eq!(String::from_utf8(out).ok(), Some(humantime::format_rfc3339_millis(at(ms)).to_string()));
+            push_timestamp(&mut out, at(ms, ns));
+            assert_eq!(String::from_utf8(out).ok(), Some(humantime::format_rfc3339_millis(at(ms, ns)).to_string()));
         }
     }
 

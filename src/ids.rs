@@ -10,7 +10,12 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    ms_of(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch at `at`.
+pub fn ms_of(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A new 26-character identifier.
@@ -18,9 +23,11 @@ pub fn new_id() -> String {
     as_str(&new_id_bytes()).to_owned()
 }
 
-/// A new identifier as a shared string: one allocation, not a `String` copied into an `Arc`.
-pub fn new_shared_id() -> Arc<str> {
-    Arc::from(as_str(&new_id_bytes()))
+/// A new identifier made at `ms` (Unix milliseconds, read by the caller: the events of a
+/// publish share one reading of the clock, which costs more than the rest of the id), as a
+/// shared string: one allocation, not a `String` copied into an `Arc`.
+pub fn new_shared_id_at(ms: u64) -> Arc<str> {
+    Arc::from(as_str(&id_bytes_at(ms)))
 }
 
 /// Every byte of an id is one of `CROCKFORD`'s ASCII letters and digits.
@@ -42,7 +49,11 @@ pub fn id_time_ms(id: &str) -> Option<u64> {
 
 /// A new identifier's 26 ASCII characters, made in place.
 pub(crate) fn new_id_bytes() -> [u8; 26] {
-    let value: u128 = (u128::from(now_ms() & 0xFFFF_FFFF_FFFF) << 80)
+    id_bytes_at(now_ms())
+}
+
+fn id_bytes_at(ms: u64) -> [u8; 26] {
+    let value: u128 = (u128::from(ms & 0xFFFF_FFFF_FFFF) << 80)
         | (u128::from(fastrand::u64(..)) << 16)
         | u128::from(fastrand::u16(..));
     let mut out = [0u8; 26];
@@ -63,10 +74,12 @@ mod tests {
         assert_eq!(a.len(), 26);
         assert_ne!(a, b);
         assert!(a[..10] <= b[..10], "{a} then {b}");
-        let shared = new_shared_id();
+        let shared = new_shared_id_at(now_ms());
         assert_eq!(shared.len(), 26);
         assert!(shared.bytes().all(|c| CROCKFORD.contains(&c)), "{shared}");
         assert!(a[..10] <= shared[..10], "{a} then {shared}");
+        let at = new_shared_id_at(1_700_000_000_123);
+        assert_eq!(id_time_ms(&at), Some(1_700_000_000_123));
     }
 
     #[test]

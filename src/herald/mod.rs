@@ -26,7 +26,7 @@ mod survey;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::{Authenticator, Principal};
 use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE};
@@ -380,7 +380,7 @@ impl Herald {
                 self.inner.policies.can_publish_in(who, ch, ns)?;
             }
         }
-        let prepared = self.prepare(batch, &who.publisher())?;
+        let prepared = self.prepare(batch, &who.publisher(), &mut namespaces)?;
         // Charged only for valid events, and per channel reached (after duplicates are
         // merged): each one costs the node a log entry and a fan-out. A refused request
         // costs the publisher nothing.
@@ -404,7 +404,7 @@ impl Herald {
         batch: Vec<(Vec<ChannelName>, Event)>,
         publisher: &Publisher,
     ) -> Result<Vec<PublishAck>, PublishError> {
-        let prepared = self.prepare(batch, publisher)?;
+        let prepared = self.prepare(batch, publisher, &mut NamespaceMemo::default())?;
         Ok(self.publish_ready(prepared).await?)
     }
 
@@ -431,11 +431,13 @@ impl Herald {
         self.inner.engine.batches_are_atomic() && !self.inner.hooks.any(crate::hooks::Hook::Publish)
     }
 
-    /// Validates a batch and serializes each event once.
-    fn prepare(
-        &self,
+    /// Validates a batch and serializes each event once. `namespaces` is the memo of the
+    /// checks before (a publish's channel is looked up once for both).
+    fn prepare<'p>(
+        &'p self,
         batch: Vec<(Vec<ChannelName>, Event)>,
         publisher: &Publisher,
+        namespaces: &mut NamespaceMemo<'p>,
     ) -> Result<Vec<Prepared>, PublishError> {
         let cfg = &self.inner.config;
         if batch.is_empty() {
@@ -446,7 +448,8 @@ impl Herald {
         }
         let single = batch.len() == 1;
         let mut prepared: Vec<Prepared> = Vec::with_capacity(batch.len());
-        let mut namespaces = NamespaceMemo::default();
+        // One reading of the clock for the batch: every event's id time and timestamp.
+        let at = SystemTime::now();
         for (index, (channels, event)) in batch.into_iter().enumerate() {
             let mut limit: Option<usize> = None;
             for c in &channels {
@@ -457,11 +460,11 @@ impl Herald {
                 };
             }
             let previous = prepared.last().map(|p| &p.event_type);
+            let max_payload = limit.unwrap_or(cfg.max_payload_bytes);
             let p =
-                Prepared::sharing_type(channels, event, publisher, limit.unwrap_or(cfg.max_payload_bytes), previous)
-                    .map_err(|source| {
-                        if single { PublishError::Event(source) } else { PublishError::InBatch { index, source } }
-                    })?;
+                Prepared::sharing_type(channels, event, publisher, max_payload, previous, at).map_err(|source| {
+                    if single { PublishError::Event(source) } else { PublishError::InBatch { index, source } }
+                })?;
             prepared.push(p);
         }
         Ok(prepared)

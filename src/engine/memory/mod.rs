@@ -150,6 +150,21 @@ pub struct MemoryEngine {
     idempotency: Mutex<HashMap<String, Remembered>>,
 }
 
+/// The clock read once for a publish call, for all its events: the time their positions
+/// and history ages are counted from, and when the node accepted them. A position read
+/// before its log's lock stays after the log's last (`Position::next_at`).
+#[derive(Clone, Copy)]
+struct Clock {
+    ms: u64,
+    accepted: Instant,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Self { ms: now_ms(), accepted: Instant::now() }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -184,14 +199,15 @@ impl MemoryEngine {
             }
         }
         let mut memo = LimitsMemo::default();
+        let clock = Clock { ms: now_ms(), accepted: now };
         let acks = batch
             .iter()
             .map(|p| {
-                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p, &mut memo) };
+                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p, &mut memo, clock) };
                 if let Some(r) = keys.get(&k.key).filter(|r| r.until > now) {
                     return r.ack.clone();
                 }
-                let ack = self.publish_one(p, &mut memo);
+                let ack = self.publish_one(p, &mut memo, clock);
                 let remembered =
                     Remembered { fingerprint: k.fingerprint.clone(), ack: ack.clone(), until: now + k.window };
                 keys.insert(k.key.clone(), remembered);
@@ -234,9 +250,9 @@ impl MemoryEngine {
         }
     }
 
-    fn publish_one<'a>(&self, p: &'a Prepared, memo: &mut LimitsMemo<'a>) -> PublishAck {
+    fn publish_one<'a>(&self, p: &'a Prepared, memo: &mut LimitsMemo<'a>, clock: Clock) -> PublishAck {
         if let [channel] = p.channels.as_slice() {
-            return self.publish_single(p, channel, memo);
+            return self.publish_single(p, channel, memo, clock);
         }
         let logs: Vec<Arc<Mutex<Log>>> = p.channels.iter().map(|c| self.log(c)).collect();
         // Lock in channel-name order so concurrent multi-channel publishes cannot deadlock.
@@ -246,13 +262,13 @@ impl MemoryEngine {
         for i in order {
             guards[i] = Some(lock(&logs[i]));
         }
-        let now = now_ms();
+        let now = clock.ms;
         let mut positions = Vec::with_capacity(logs.len());
         for g in guards.iter_mut().flatten() {
             g.last = g.last.next_at(now);
             positions.push(g.last);
         }
-        let event = Published::from_prepared(p, &positions);
+        let event = Published::from_prepared_at(p, &positions, clock.accepted);
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
             self.append(g, p, &event, ch, *pos, now);
             g.trim(self.limits_in(memo, ch), now);
@@ -264,14 +280,20 @@ impl MemoryEngine {
 
     /// [`Self::publish_one`] for one channel, nearly every publish: one lock to take, so no
     /// lock order and none of the lists that keep it.
-    fn publish_single<'a>(&self, p: &Prepared, channel: &'a ChannelName, memo: &mut LimitsMemo<'a>) -> PublishAck {
+    fn publish_single<'a>(
+        &self,
+        p: &Prepared,
+        channel: &'a ChannelName,
+        memo: &mut LimitsMemo<'a>,
+        clock: Clock,
+    ) -> PublishAck {
         let limits = self.limits_in(memo, channel);
         let log = self.log(channel);
         let mut g = lock(&log);
-        let now = now_ms();
+        let now = clock.ms;
         g.last = g.last.next_at(now);
         let pos = g.last;
-        let event = Published::from_prepared(p, std::slice::from_ref(&pos));
+        let event = Published::from_prepared_at(p, std::slice::from_ref(&pos), clock.accepted);
         self.append(&mut g, p, &event, channel, pos, now);
         g.trim(limits, now);
         self.sink.node().deliver(&event);
@@ -366,7 +388,8 @@ impl Broker for MemoryEngine {
             return Box::pin(async move { acks });
         }
         let mut memo = LimitsMemo::default();
-        let acks = batch.iter().map(|p| self.publish_one(p, &mut memo)).collect();
+        let clock = Clock::now();
+        let acks = batch.iter().map(|p| self.publish_one(p, &mut memo, clock)).collect();
         Box::pin(async move { Ok(acks) })
     }
 

@@ -51,9 +51,13 @@ pub(super) fn on_path(herald: &Herald, bytes: &[u8]) -> Option<Item> {
 
 fn read<T>(
     bytes: &[u8],
-    with: impl FnOnce(&mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>) -> Result<T, serde_json::Error>,
+    with: impl FnOnce(&mut serde_json::Deserializer<serde_json::de::StrRead<'_>>) -> Result<T, serde_json::Error>,
 ) -> Option<T> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // The body is checked as UTF-8 once, as a whole: read from a `&str`, `serde_json` does
+    // not check each string again (about 100 instructions a string, six an event). A body
+    // that is not UTF-8 is none that JSON takes, and the `Value` path refuses it.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let value = with(&mut de).ok()?;
     // Only whitespace may follow, as for `serde_json::from_slice`.
     de.end().ok()?;
@@ -137,7 +141,7 @@ impl<'de> Visitor<'de> for ItemVisitor<'_> {
                 Key::Channel | Key::Channels if self.on_path => return Err(give_up()),
                 Key::Channel => channel = Some(map.next_value_seed(ChannelSeed(self.reader.lend()))?),
                 Key::Channels => channels = Some(map.next_value_seed(ChannelsSeed(self.reader.lend()))?),
-                Key::Type => event_type = Some(map.next_value::<String>()?),
+                Key::Type => event_type = Some(map.next_value_seed(TypeSeed)?),
                 Key::Idempotency if self.in_batch => key = Some(map.next_value::<String>()?),
                 Key::Idempotency => map.next_value_seed(Field { fields: &mut fields, key: IDEMPOTENCY_FIELD })?,
                 Key::Plain(name) => map.next_value_seed(Field { fields: &mut fields, key: name })?,
@@ -273,6 +277,30 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         self.value(de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+/// An event's type, read as the string shared with the events before it of that type
+/// (`event::shared_type`): no `String` per event.
+struct TypeSeed;
+
+impl<'de> DeserializeSeed<'de> for TypeSeed {
+    type Value = std::sync::Arc<str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for TypeSeed {
+    type Value = std::sync::Arc<str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event type")
+    }
+
+    fn visit_str<E: de::Error>(self, event_type: &str) -> Result<Self::Value, E> {
+        Ok(crate::event::shared_type(event_type))
     }
 }
 
@@ -447,6 +475,17 @@ mod tests {
         for body in bodies {
             assert!(fast_path(&h, body.as_bytes(), None).is_none(), "the fast read took {body}");
             assert!(value_path(&h, body.as_bytes(), None).is_err(), "the Value path took {body}");
+        }
+        // Bytes that are not UTF-8, in a string or between values.
+        for body in [
+            &b"{\"channel\":\"channel:a\",\"type\":\"chat\",\"s\":\"\xff\"}"[..],
+            b"{\"channel\":\"channel:a\",\"type\":\"chat\"}\xc3",
+        ] {
+            let shown = String::from_utf8_lossy(body);
+            assert!(fast_path(&h, body, None).is_none(), "the fast read took {shown}");
+            assert!(value_path(&h, body, None).is_err(), "the Value path took {shown}");
+            let (fast, slow) = on_path_both(&h, body);
+            assert!(fast.is_none() && slow.is_err(), "{shown} on the path");
         }
         // On the path, a body that names a channel is the Value path's to refuse.
         for body in [r#"{"channel":"channel:a","type":"chat"}"#, r#"{"channels":["channel:a"],"type":"chat"}"#, "[]"] {
