@@ -116,20 +116,39 @@ fn origin_allowed(herald: &Herald, head: &impl RequestHead, origin: &[u8]) -> bo
 }
 
 /// The key a publisher's rate limit is kept under.
-pub fn rate_key(who: &Principal, peer: Option<PeerAddr>) -> String {
+pub fn rate_key(who: &Principal, peer: Option<PeerAddr>) -> RateKey {
     rate_key_of(who, peer.map(|PeerAddr(addr)| addr.ip()))
 }
 
 /// [`rate_key`] by the client's address alone (the port plays no part).
-pub(crate) fn rate_key_of(who: &Principal, ip: Option<std::net::IpAddr>) -> String {
+pub(crate) fn rate_key_of(who: &Principal, ip: Option<std::net::IpAddr>) -> RateKey {
     // Concatenated, not `format!`ted: this runs on every publish.
     match who {
-        Principal::Anonymous => match ip {
+        Principal::Anonymous => RateKey::Owned(match ip {
             Some(ip) => format!("anon:{ip}"),
             None => "anon".to_owned(),
-        },
-        Principal::User(u) => ["user:", &u.id].concat(),
-        Principal::ApiKey(k) => ["key:", &k.name].concat(),
+        }),
+        Principal::User(u) => RateKey::Owned(["user:", &u.id].concat()),
+        // An API key's is made with the key: most publishes come with one.
+        Principal::ApiKey(k) => RateKey::Shared(Arc::clone(k.rate_key())),
+    }
+}
+
+/// The key a publisher's rate limit is kept under, read as a `&str`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateKey {
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl std::ops::Deref for RateKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Self::Shared(key) => key,
+            Self::Owned(key) => key,
+        }
     }
 }
 
