@@ -33,6 +33,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::http::{HeaderName, Method, Version};
@@ -44,7 +45,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::lean::{Framing, Pending, Said, encode_head, put_head_end};
+use super::lean::{Framing, Said, encode_head, put_head_end};
 use crate::engine::EngineError;
 use crate::herald::Herald;
 use crate::http::ApiError;
@@ -324,7 +325,7 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
         return None;
     }
     // Path bytes make no query: the target is its path.
-    let route = route(target)?;
+    let route = ascii_route(target)?;
     let path = (START.len(), START.len() + target_len);
     let mut at = path.1 + VERSION.len();
     let mut fields = HeadFields::new(herald);
@@ -368,7 +369,7 @@ fn parsed_head(buf: &[u8], herald: &Herald) -> Head {
     let (Some("POST"), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Head::NotLean;
     };
-    let Some(route) = route(target.as_bytes()) else { return Head::NotLean };
+    let Some(route) = route(target) else { return Head::NotLean };
     // A target `http` refuses: hyper answers it.
     let Some(path) = uri_path(target) else { return Head::NotLean };
     let at = |part: &[u8]| {
@@ -494,17 +495,37 @@ impl RequestHead for LeanHead {
 /// The publish route of a request target, as axum would route it: the path without its
 /// query; a channel segment is taken as it is (one with `%` escapes is left to axum, which
 /// decodes it).
-fn route(target: &[u8]) -> Option<Route> {
+fn route(target: &str) -> Option<Route> {
+    let channel = match route_of(target.as_bytes())? {
+        Some(channel) => channel,
+        None => return Some(Route::Publish),
+    };
+    // Cut from the target at ASCII bytes: text as the target is.
+    Some(Route::Channel(Ok(std::str::from_utf8(channel).ok()?.to_owned())))
+}
+
+/// [`route`] for a target of ASCII bytes, whose channel is taken byte for byte (not
+/// checked as UTF-8 again).
+fn ascii_route(target: &[u8]) -> Option<Route> {
+    let channel = match route_of(target)? {
+        Some(channel) => channel,
+        None => return Some(Route::Publish),
+    };
+    Some(Route::Channel(Ok(channel.iter().map(|&b| char::from(b)).collect())))
+}
+
+/// Which publish route `target` is for: `POST /api/publish` (`None`), or the channel's
+/// place in a channel's route.
+fn route_of(target: &[u8]) -> Option<Option<&[u8]>> {
     let path = memchr::memchr(b'?', target).map_or(target, |query| &target[..query]);
     if path == b"/api/publish" {
-        return Some(Route::Publish);
+        return Some(None);
     }
     let channel = path.strip_prefix(b"/api/channels/")?.strip_suffix(b"/events")?;
     if channel.is_empty() || memchr::memchr2(b'/', b'%', channel).is_some() {
         return None;
     }
-    // Cut from a target at ASCII bytes: text whenever the target is.
-    Some(Route::Channel(Ok(std::str::from_utf8(channel).ok()?.to_owned())))
+    Some(Some(channel))
 }
 
 /// What a lean publish connection's owner does next.
@@ -538,6 +559,8 @@ pub(super) async fn serve_publishes(
     // Fixed for the node's life (its engine and hooks): asked once per connection.
     let merges = ctx.herald.merges_publishes();
     let mut deadline = Deadline::new(deadline);
+    // The answers, written from one buffer that the connection keeps (not one per answer).
+    let mut out = BytesMut::new();
     loop {
         let head = match publish_head(&buf, ctx.herald) {
             Head::Lean(head) => head,
@@ -568,7 +591,7 @@ pub(super) async fn serve_publishes(
         let head = if merges {
             match take_buffered(&mut buf, head, ctx.herald) {
                 Ok(taken) => {
-                    if !serve_together(tcp, taken, ctx).await? {
+                    if !serve_together(tcp, taken, ctx, &mut out).await? {
                         let _ = tcp.shutdown().await;
                         return Ok(Handoff::Closed);
                     }
@@ -612,9 +635,8 @@ pub(super) async fn serve_publishes(
             }
             BodyState::Gone => return Ok(Handoff::Closed),
         };
-        let mut out = BytesMut::new();
         resp.encode(&mut out, keep_alive).await?;
-        write_bytes(tcp, out.freeze()).await?;
+        write_out(tcp, &mut out).await?;
         if !keep_alive {
             let _ = tcp.shutdown().await;
             return Ok(Handoff::Closed);
@@ -705,7 +727,12 @@ fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Re
 /// events), and each request is answered in order, in one write. A request whose events
 /// carry idempotency keys has an engine call of its own, in its place. Whether the
 /// connection stays open.
-async fn serve_together(tcp: &TcpStream, taken: Vec<Taken>, ctx: &Publishing<'_>) -> io::Result<bool> {
+async fn serve_together(
+    tcp: &TcpStream,
+    taken: Vec<Taken>,
+    ctx: &Publishing<'_>,
+    out: &mut BytesMut,
+) -> io::Result<bool> {
     let herald = ctx.herald;
     let peer = Some(PeerAddr(ctx.peer));
     let keep_alive = taken.last().is_none_or(|t| t.keep_alive);
@@ -717,12 +744,11 @@ async fn serve_together(tcp: &TcpStream, taken: Vec<Taken>, ctx: &Publishing<'_>
         staged.push(publish::stage(herald, route, peer, request, Buffered(body)).instrument(span).await);
     }
     let answers = commit_in_order(herald, staged).await;
-    let mut out = BytesMut::new();
     let last = answers.len().saturating_sub(1);
     for (i, (answer, id)) in answers.into_iter().zip(ids).enumerate() {
-        Answer::new(herald, answer, id).encode(&mut out, i < last || keep_alive).await?;
+        Answer::new(herald, answer, id).encode(out, i < last || keep_alive).await?;
     }
-    write_bytes(tcp, out.freeze()).await?;
+    write_out(tcp, out).await?;
     Ok(keep_alive)
 }
 
@@ -868,10 +894,30 @@ fn encode_published(out: &mut BytesMut, published: &publish::Published, id: Opti
     debug_assert_eq!(out.len() - body_at, len, "the content-length counted is the body written");
 }
 
-/// Writes `bytes` whole.
-async fn write_bytes(tcp: &TcpStream, bytes: Bytes) -> io::Result<()> {
-    let mut out = Pending::new(bytes);
-    std::future::poll_fn(|cx| out.poll_flush(tcp, cx)).await
+/// The most room an answer buffer keeps between answers (a batch's answer may grow it).
+const OUT_ROOM: usize = 16 * 1024;
+
+/// Writes the answers in `out` whole, and empties it for the next ones.
+async fn write_out(tcp: &TcpStream, out: &mut BytesMut) -> io::Result<()> {
+    let mut at = 0;
+    std::future::poll_fn(|cx| {
+        while at < out.len() {
+            match tcp.try_write(&out[at..]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::task::ready!(tcp.poll_write_ready(cx))?,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await?;
+    if out.capacity() > OUT_ROOM {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
+    Ok(())
 }
 
 /// Appends a complete response with its `Content-Length` to `out`, as hyper writes it.
@@ -946,7 +992,7 @@ mod tests {
     use super::*;
 
     fn routed(target: &str) -> Option<String> {
-        route(target.as_bytes()).map(|r| match r {
+        route(target).map(|r| match r {
             Route::Publish => "publish".to_owned(),
             Route::Channel(c) => c.unwrap_or_default(),
         })
