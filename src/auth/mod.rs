@@ -286,7 +286,7 @@ impl ApiKeys {
 }
 
 /// Whether `a` and `b` are equal, in a time that depends on their lengths only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

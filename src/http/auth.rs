@@ -27,6 +27,9 @@ pub struct PeerAddr(pub SocketAddr);
 pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&str>) -> Result<Principal, ApiError> {
     let auth = herald.auth();
     if let Some(key) = headers.header(&X_API_KEY) {
+        if let Some(known) = headers.verified_api_key() {
+            return Ok(Principal::ApiKey(known));
+        }
         let key = text(key).ok_or(AuthError::InvalidApiKey)?;
         return Ok(Principal::ApiKey(auth.verify_api_key(key)?));
     }

@@ -33,6 +33,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -46,12 +47,13 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::lean::{Framing, Said, encode_head, put_head_end};
+use crate::auth::{ApiKey, constant_time_eq};
 use crate::engine::EngineError;
 use crate::herald::Herald;
 use crate::http::ApiError;
 use crate::http::Refusal;
 use crate::http::auth::PeerAddr;
-use crate::http::head::{Headers, RequestHead};
+use crate::http::head::{Headers, RequestHead, text};
 use crate::http::observe::{LeanRequestId, answer_with_id, count_publish_refusal, request_span};
 use crate::http::publish::{self, BodySource, Route};
 
@@ -418,7 +420,12 @@ impl Scanned {
     /// The request it heads, once its bytes (`head`) are out of the buffer: the head (which
     /// keeps the scan in its box, so that a move of it through the publish's futures is
     /// small), its route, its body's length, and whether the connection stays open.
-    fn request(mut self: Box<Self>, head: Bytes) -> (LeanHead, Route, usize, bool) {
+    fn request(
+        mut self: Box<Self>,
+        head: Bytes,
+        keys: &mut KnownKey,
+        herald: &Herald,
+    ) -> (LeanHead, Route, usize, bool) {
         // Taken out; the box keeps a placeholder that nothing reads.
         let route = std::mem::replace(&mut self.route, Route::Publish);
         let (body_len, keep_alive) = (self.body_len, self.keep_alive);
@@ -426,7 +433,29 @@ impl Scanned {
         // request then carries that id alone.
         let given = self.known[Known::RequestId as usize].map(|(s, e)| head.slice(s..e));
         let id = LeanRequestId::of(given);
-        (LeanHead { head, scanned: self, id }, route, body_len, keep_alive)
+        let api_key = self.known[Known::ApiKey as usize].and_then(|(s, e)| keys.of(&head[s..e], herald));
+        (LeanHead { head, scanned: self, id, api_key }, route, body_len, keep_alive)
+    }
+}
+
+/// The API key a connection presented last, as presented and as verified: a backend sends
+/// the same key with every publish, which is then not hashed again for each one. Another
+/// key is verified as before (and kept instead). A request compares the bytes it presents
+/// only with those its own connection presented, in constant time.
+#[derive(Default)]
+struct KnownKey(Option<(Box<[u8]>, Arc<ApiKey>)>);
+
+impl KnownKey {
+    /// The key `presented` is, if it is one.
+    fn of(&mut self, presented: &[u8], herald: &Herald) -> Option<Arc<ApiKey>> {
+        if let Some((known, key)) = &self.0
+            && constant_time_eq(known, presented)
+        {
+            return Some(Arc::clone(key));
+        }
+        let key = herald.auth().verify_api_key(text(presented)?).ok()?;
+        self.0 = Some((presented.into(), Arc::clone(&key)));
+        Some(key)
     }
 }
 
@@ -436,6 +465,8 @@ struct LeanHead {
     scanned: Box<Scanned>,
     /// The request's id, which its `x-request-id` reads as.
     id: LeanRequestId,
+    /// The API key its `x-api-key` is, if it is one ([`KnownKey`]).
+    api_key: Option<Arc<ApiKey>>,
 }
 
 /// A lean request's path, read out of its head only when it is formatted (a request's span
@@ -463,6 +494,10 @@ impl Headers for LeanHead {
             Some(known) => self.scanned.known[known as usize].map(|(s, e)| &self.head[s..e]),
             None => places(&self.head, &self.scanned.fields, name).next().map(|(s, e)| &self.head[s..e]),
         }
+    }
+
+    fn verified_api_key(&self) -> Option<Arc<ApiKey>> {
+        self.api_key.clone()
     }
 
     fn header_values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
@@ -561,6 +596,7 @@ pub(super) async fn serve_publishes(
     let mut deadline = Deadline::new(deadline);
     // The answers, written from one buffer that the connection keeps (not one per answer).
     let mut out = BytesMut::new();
+    let mut keys = KnownKey::default();
     loop {
         let head = match publish_head(&buf, ctx.herald) {
             Head::Lean(head) => head,
@@ -589,7 +625,7 @@ pub(super) async fn serve_publishes(
             }
         };
         let head = if merges {
-            match take_buffered(&mut buf, head, ctx.herald) {
+            match take_buffered(&mut buf, head, ctx.herald, &mut keys) {
                 Ok(taken) => {
                     if !serve_together(tcp, taken, ctx, &mut out).await? {
                         let _ = tcp.shutdown().await;
@@ -604,7 +640,7 @@ pub(super) async fn serve_publishes(
             head
         };
         let bytes = buf.split_to(head.len).freeze();
-        let (request, route, body_len, keep_alive) = head.request(bytes);
+        let (request, route, body_len, keep_alive) = head.request(bytes, &mut keys, ctx.herald);
         let span = request_span(Some(&request.id), request.method(), PathOf(&request));
         let id = request.id.clone();
         let mut body = BodyState::Unread;
@@ -691,7 +727,12 @@ struct Taken {
 /// out of it if there are at least two (else `first` is given back): up to
 /// [`MAX_TOGETHER`], up to one that closes the connection, up to one that is incomplete or
 /// not for this path.
-fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Result<Vec<Taken>, Box<Scanned>> {
+fn take_buffered(
+    buf: &mut BytesMut,
+    first: Box<Scanned>,
+    herald: &Herald,
+    keys: &mut KnownKey,
+) -> Result<Vec<Taken>, Box<Scanned>> {
     let whole = |s: &Scanned| s.len + s.body_len;
     if buf.len() < whole(&first) {
         return Err(first);
@@ -714,7 +755,7 @@ fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Re
     let mut taken = Vec::with_capacity(more.len() + 1);
     for scanned in std::iter::once(first).chain(more) {
         let head = buf.split_to(scanned.len).freeze();
-        let (request, route, body_len, keep_alive) = scanned.request(head);
+        let (request, route, body_len, keep_alive) = scanned.request(head, keys, herald);
         taken.push(Taken { route, request, body: buf.split_to(body_len).freeze(), keep_alive });
     }
     Ok(taken)
@@ -1195,6 +1236,31 @@ mod tests {
         for refused in [&b""[..], b"+6", b"-6", b"6 0", b"0x6", b"18446744073709551616", b"99999999999"] {
             assert_eq!(length(refused), None, "{refused:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_s_key_is_verified_once_and_any_other_bytes_as_before() {
+        let key = |name: &str, key: &str| crate::config::ApiKeyConfig {
+            name: name.to_owned(),
+            key: key.to_owned(),
+            channels: vec!["*".to_owned()],
+            scopes: vec![crate::config::Scope::Publish],
+        };
+        let cfg = crate::Config {
+            api_keys: vec![key("one", "key-one-0123456789"), key("two", "key-two-0123456789")],
+            ..crate::Config::default()
+        };
+        let herald = Herald::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+        let mut keys = KnownKey::default();
+        let mut named = |presented: &[u8]| keys.of(presented, &herald).map(|k| k.name.clone());
+        assert_eq!(named(b"key-one-0123456789").as_deref(), Some("one"));
+        assert_eq!(named(b"key-one-0123456789").as_deref(), Some("one"));
+        for wrong in [&b""[..], b"key-one-012345678", b"key-one-01234567890", b"Key-one-0123456789", b"key-one\x01"] {
+            assert_eq!(named(wrong), None, "{wrong:?}");
+        }
+        assert_eq!(named(b"key-one-0123456789").as_deref(), Some("one"));
+        assert_eq!(named(b"key-two-0123456789").as_deref(), Some("two"));
+        assert_eq!(named(b"key-one-0123456789").as_deref(), Some("one"));
     }
 
     /// `replace` for bytes.
