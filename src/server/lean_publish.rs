@@ -165,27 +165,28 @@ fn lower_eq(name: &[u8], known: &[u8]) -> bool {
     name.len() == known.len() && name.iter().zip(known).fold(0, |diff, (&b, &k)| diff | ((b | 0x20) ^ k)) == 0
 }
 
-/// A lean head's headers as they are read, one after another.
+/// A lean head's headers as they are read, one after another, into the box the scanned head
+/// is kept in (not moved into it at the end: it is a few hundred bytes).
 struct HeadFields {
     max_body: usize,
     cors: bool,
     body_len: Option<usize>,
-    keep_alive: bool,
-    fields: Fields,
-    known: [Option<(usize, usize)>; Known::COUNT],
+    scanned: Box<Scanned>,
 }
 
 impl HeadFields {
     fn new(herald: &Herald) -> Self {
         let cfg = herald.config();
-        Self {
-            max_body: cfg.max_body_bytes,
-            cors: !cfg.cors_origins.is_empty(),
-            body_len: None,
-            keep_alive: true,
+        let scanned = Box::new(Scanned {
+            len: 0,
+            route: Route::Publish,
+            path: (0, 0),
             fields: Fields::new(),
             known: [None; Known::COUNT],
-        }
+            body_len: 0,
+            keep_alive: true,
+        });
+        Self { max_body: cfg.max_body_bytes, cors: !cfg.cors_origins.is_empty(), body_len: None, scanned }
     }
 
     /// Takes a header whose name and value are at `name` and `value` in `head`; `None` if it
@@ -212,26 +213,27 @@ impl HeadFields {
                 // HTTP/1.1's rule (hyper's): reused unless the client says `close`.
                 let close = std::str::from_utf8(bytes)
                     .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
-                self.keep_alive &= !close;
+                self.scanned.keep_alive &= !close;
             }
             Field::NotLean => return None,
             Field::Known(known) => {
-                let first = &mut self.known[known as usize];
+                let first = &mut self.scanned.known[known as usize];
                 if first.is_none() {
                     *first = Some(value);
                 }
             }
             Field::Other => {}
         }
-        self.fields.push((name, value));
+        self.scanned.fields.push((name, value));
         Some(())
     }
 
     /// The scanned head of `len` bytes; `None` without a `Content-Length`.
     fn done(self, len: usize, route: Route, path: (usize, usize)) -> Option<Box<Scanned>> {
-        let body_len = self.body_len?;
-        let (fields, known, keep_alive) = (self.fields, self.known, self.keep_alive);
-        Some(Box::new(Scanned { len, route, path, fields, known, body_len, keep_alive }))
+        let mut scanned = self.scanned;
+        scanned.body_len = self.body_len?;
+        (scanned.len, scanned.route, scanned.path) = (len, route, path);
+        Some(scanned)
     }
 }
 
@@ -327,7 +329,7 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
         return None;
     }
     // Path bytes make no query: the target is its path.
-    let route = ascii_route(target)?;
+    let route = route(target)?;
     let path = (START.len(), START.len() + target_len);
     let mut at = path.1 + VERSION.len();
     let mut fields = HeadFields::new(herald);
@@ -371,7 +373,7 @@ fn parsed_head(buf: &[u8], herald: &Herald) -> Head {
     let (Some("POST"), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Head::NotLean;
     };
-    let Some(route) = route(target) else { return Head::NotLean };
+    let Some(route) = route(target.as_bytes()) else { return Head::NotLean };
     // A target `http` refuses: hyper answers it.
     let Some(path) = uri_path(target) else { return Head::NotLean };
     let at = |part: &[u8]| {
@@ -530,37 +532,17 @@ impl RequestHead for LeanHead {
 /// The publish route of a request target, as axum would route it: the path without its
 /// query; a channel segment is taken as it is (one with `%` escapes is left to axum, which
 /// decodes it).
-fn route(target: &str) -> Option<Route> {
-    let channel = match route_of(target.as_bytes())? {
-        Some(channel) => channel,
-        None => return Some(Route::Publish),
-    };
-    // Cut from the target at ASCII bytes: text as the target is.
-    Some(Route::Channel(Ok(std::str::from_utf8(channel).ok()?.to_owned())))
-}
-
-/// [`route`] for a target of ASCII bytes, whose channel is taken byte for byte (not
-/// checked as UTF-8 again).
-fn ascii_route(target: &[u8]) -> Option<Route> {
-    let channel = match route_of(target)? {
-        Some(channel) => channel,
-        None => return Some(Route::Publish),
-    };
-    Some(Route::Channel(Ok(channel.iter().map(|&b| char::from(b)).collect())))
-}
-
-/// Which publish route `target` is for: `POST /api/publish` (`None`), or the channel's
-/// place in a channel's route.
-fn route_of(target: &[u8]) -> Option<Option<&[u8]>> {
+fn route(target: &[u8]) -> Option<Route> {
     let path = memchr::memchr(b'?', target).map_or(target, |query| &target[..query]);
     if path == b"/api/publish" {
-        return Some(None);
+        return Some(Route::Publish);
     }
     let channel = path.strip_prefix(b"/api/channels/")?.strip_suffix(b"/events")?;
     if channel.is_empty() || memchr::memchr2(b'/', b'%', channel).is_some() {
         return None;
     }
-    Some(Some(channel))
+    // Cut from the target at ASCII bytes: text as the target is.
+    Some(Route::Channel(Ok(std::str::from_utf8(channel).ok()?.to_owned())))
 }
 
 /// What a lean publish connection's owner does next.
@@ -1033,7 +1015,7 @@ mod tests {
     use super::*;
 
     fn routed(target: &str) -> Option<String> {
-        route(target).map(|r| match r {
+        route(target.as_bytes()).map(|r| match r {
             Route::Publish => "publish".to_owned(),
             Route::Channel(c) => c.unwrap_or_default(),
         })
