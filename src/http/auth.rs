@@ -24,6 +24,10 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub struct PeerAddr(pub SocketAddr);
 
 /// Establishes the principal of a request.
+///
+/// A token's and a ticket's verification are boxed futures: they may fetch keys or ask the
+/// engine, and unboxed they would make this future (and every publish's, which holds it)
+/// large, to be moved at each `.await` even for an API key, which most publishes carry.
 pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&str>) -> Result<Principal, ApiError> {
     let auth = herald.auth();
     if let Some(key) = headers.header(&X_API_KEY) {
@@ -39,13 +43,13 @@ pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&
             value.trim().split_once(' ').ok_or_else(|| unauthorized("malformed Authorization header"))?;
         let credential = credential.trim();
         return match scheme.to_ascii_lowercase().as_str() {
-            "bearer" => Ok(Principal::User(Arc::new(auth.verify_token(credential).await?))),
+            "bearer" => Ok(Principal::User(Arc::new(Box::pin(auth.verify_token(credential)).await?))),
             "apikey" => Ok(Principal::ApiKey(auth.verify_api_key(credential)?)),
             _ => Err(unauthorized("the Authorization scheme must be Bearer or apikey")),
         };
     }
     if let Some(ticket) = ticket {
-        return match herald.redeem_ticket(ticket).await? {
+        return match Box::pin(herald.redeem_ticket(ticket)).await? {
             // A ticket lives `ticket_ttl`, but stands for its token no longer than the token.
             Some(user) if user.session_deadline_ms(herald.config().auth.leeway).is_some_and(|at| at <= unix_ms()) => {
                 Err(AuthError::Expired.into())
@@ -55,7 +59,7 @@ pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&
         };
     }
     if let Some(token) = cookie(headers, &auth.cookie_name) {
-        return Ok(Principal::User(Arc::new(auth.verify_token(&token).await?)));
+        return Ok(Principal::User(Arc::new(Box::pin(auth.verify_token(&token)).await?)));
     }
     Ok(Principal::Anonymous)
 }

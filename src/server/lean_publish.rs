@@ -31,6 +31,7 @@
 //! due within the keep-alive deadline, a body within `body_read_timeout` (else `408` and the
 //! connection closes), and a shutdown closes the connection between requests.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -988,7 +989,23 @@ struct LeanBody<'a> {
 }
 
 impl<H: Send> BodySource<H> for LeanBody<'_> {
-    async fn read(self, _: &Herald, _: H) -> Result<Bytes, ApiError> {
+    /// A small future: the body is mostly in the buffer already, and reading the rest (with
+    /// its timer) is a boxed future of its own, which would otherwise be moved with every
+    /// publish's future. The head is not needed.
+    fn read(self, _: &Herald, _: H) -> impl Future<Output = Result<Bytes, ApiError>> + Send {
+        async move {
+            if self.buf.len() >= self.len {
+                *self.state = BodyState::Read;
+                return Ok(self.buf.split_to(self.len).freeze());
+            }
+            Box::pin(self.read_rest()).await
+        }
+    }
+}
+
+impl LeanBody<'_> {
+    /// The body, read off the connection until it is all in the buffer.
+    async fn read_rest(self) -> Result<Bytes, ApiError> {
         while self.buf.len() < self.len {
             self.buf.reserve(self.len - self.buf.len());
             match tokio::time::timeout_at(self.deadline, self.tcp.read_buf(self.buf)).await {
