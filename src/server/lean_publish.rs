@@ -991,8 +991,9 @@ struct LeanBody<'a> {
 impl<H: Send> BodySource<H> for LeanBody<'_> {
     /// A small future: the body is mostly in the buffer already, and reading the rest (with
     /// its timer) is a boxed future of its own, which would otherwise be moved with every
-    /// publish's future. The head is not needed.
-    fn read(self, _: &Herald, _: H) -> impl Future<Output = Result<Bytes, ApiError>> + Send {
+    /// publish's future. The head is not needed: not kept in the future either.
+    fn read(self, _: &Herald, head: H) -> impl Future<Output = Result<Bytes, ApiError>> + Send {
+        drop(head);
         async move {
             if self.buf.len() >= self.len {
                 *self.state = BodyState::Read;
