@@ -456,6 +456,23 @@ async fn a_refused_publish_keeps_the_connection_for_the_next_one() {
 }
 
 #[tokio::test]
+async fn a_wrong_key_after_a_right_one_on_the_same_connection_is_refused_and_the_right_one_still_taken() {
+    let server = TestServer::secured(|_| {}).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let ev = r#"{"type":"t"}"#;
+    let wrong = format!("x-api-key: {}x\r\n", API_KEY);
+    let near = format!("x-api-key: {}\r\n", &API_KEY[..API_KEY.len() - 1]);
+    for extra in [key(), wrong, near, key()] {
+        raw.send(post("/api/channels/channel:k/events", &extra, ev).as_bytes()).await;
+    }
+    let answers = raw.responses(4).await;
+    let codes: Vec<_> = answers.iter().map(|(_, b)| json_of(b)["error"]["code"].clone()).collect();
+    let refused = json!("invalid_api_key");
+    assert_eq!(codes, [serde_json::Value::Null, refused.clone(), refused, serde_json::Value::Null], "{answers:?}");
+    assert!(json_of(&answers[0].1)["id"].is_string() && json_of(&answers[3].1)["id"].is_string());
+}
+
+#[tokio::test]
 async fn an_oversized_body_after_lean_publishes_is_refused_with_413() {
     let server = TestServer::with(|c| {
         c.max_payload_bytes = 64;

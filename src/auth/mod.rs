@@ -63,12 +63,16 @@ pub struct ApiKey {
     pub channels: Vec<String>,
     /// The `admin` scope: the key may read the admin view's channels (`admin:`).
     pub admin: bool,
+    /// `key:<name>`, the key its publish rate limit is kept under: made once, not for every
+    /// publish.
+    rate_key: Arc<str>,
 }
 
 impl ApiKey {
     /// A key with the `publish` scope over `channels`, and no other.
     pub fn publisher(name: impl Into<String>, channels: Vec<String>) -> Self {
-        Self { name: name.into(), channels, admin: false }
+        let name = name.into();
+        Self { rate_key: Self::rate_key_of(&name), name, channels, admin: false }
     }
 
     fn from_config(cfg: &crate::config::ApiKeyConfig) -> Self {
@@ -78,7 +82,17 @@ impl ApiKey {
             name: cfg.name.clone(),
             channels: if publish { cfg.channels.clone() } else { Vec::new() },
             admin: cfg.scopes.contains(&Scope::Admin),
+            rate_key: Self::rate_key_of(&cfg.name),
         }
+    }
+
+    fn rate_key_of(name: &str) -> Arc<str> {
+        Arc::from(["key:", name].concat())
+    }
+
+    /// The key this key's publish rate limit is kept under: `key:<name>`.
+    pub fn rate_key(&self) -> &Arc<str> {
+        &self.rate_key
     }
 
     /// Whether the key has the `publish` scope: what backends do besides reading stats
@@ -272,7 +286,7 @@ impl ApiKeys {
 }
 
 /// Whether `a` and `b` are equal, in a time that depends on their lengths only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

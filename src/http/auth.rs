@@ -24,9 +24,16 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub struct PeerAddr(pub SocketAddr);
 
 /// Establishes the principal of a request.
+///
+/// A token's and a ticket's verification are boxed futures: they may fetch keys or ask the
+/// engine, and unboxed they would make this future (and every publish's, which holds it)
+/// large, to be moved at each `.await` even for an API key, which most publishes carry.
 pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&str>) -> Result<Principal, ApiError> {
     let auth = herald.auth();
     if let Some(key) = headers.header(&X_API_KEY) {
+        if let Some(known) = headers.verified_api_key() {
+            return Ok(Principal::ApiKey(known));
+        }
         let key = text(key).ok_or(AuthError::InvalidApiKey)?;
         return Ok(Principal::ApiKey(auth.verify_api_key(key)?));
     }
@@ -36,13 +43,13 @@ pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&
             value.trim().split_once(' ').ok_or_else(|| unauthorized("malformed Authorization header"))?;
         let credential = credential.trim();
         return match scheme.to_ascii_lowercase().as_str() {
-            "bearer" => Ok(Principal::User(Arc::new(auth.verify_token(credential).await?))),
+            "bearer" => Ok(Principal::User(Arc::new(Box::pin(auth.verify_token(credential)).await?))),
             "apikey" => Ok(Principal::ApiKey(auth.verify_api_key(credential)?)),
             _ => Err(unauthorized("the Authorization scheme must be Bearer or apikey")),
         };
     }
     if let Some(ticket) = ticket {
-        return match herald.redeem_ticket(ticket).await? {
+        return match Box::pin(herald.redeem_ticket(ticket)).await? {
             // A ticket lives `ticket_ttl`, but stands for its token no longer than the token.
             Some(user) if user.session_deadline_ms(herald.config().auth.leeway).is_some_and(|at| at <= unix_ms()) => {
                 Err(AuthError::Expired.into())
@@ -52,7 +59,7 @@ pub async fn principal(herald: &Herald, headers: &impl Headers, ticket: Option<&
         };
     }
     if let Some(token) = cookie(headers, &auth.cookie_name) {
-        return Ok(Principal::User(Arc::new(auth.verify_token(&token).await?)));
+        return Ok(Principal::User(Arc::new(Box::pin(auth.verify_token(&token)).await?)));
     }
     Ok(Principal::Anonymous)
 }
@@ -116,20 +123,39 @@ fn origin_allowed(herald: &Herald, head: &impl RequestHead, origin: &[u8]) -> bo
 }
 
 /// The key a publisher's rate limit is kept under.
-pub fn rate_key(who: &Principal, peer: Option<PeerAddr>) -> String {
+pub fn rate_key(who: &Principal, peer: Option<PeerAddr>) -> RateKey {
     rate_key_of(who, peer.map(|PeerAddr(addr)| addr.ip()))
 }
 
 /// [`rate_key`] by the client's address alone (the port plays no part).
-pub(crate) fn rate_key_of(who: &Principal, ip: Option<std::net::IpAddr>) -> String {
+pub(crate) fn rate_key_of(who: &Principal, ip: Option<std::net::IpAddr>) -> RateKey {
     // Concatenated, not `format!`ted: this runs on every publish.
     match who {
-        Principal::Anonymous => match ip {
+        Principal::Anonymous => RateKey::Owned(match ip {
             Some(ip) => format!("anon:{ip}"),
             None => "anon".to_owned(),
-        },
-        Principal::User(u) => ["user:", &u.id].concat(),
-        Principal::ApiKey(k) => ["key:", &k.name].concat(),
+        }),
+        Principal::User(u) => RateKey::Owned(["user:", &u.id].concat()),
+        // An API key's is made with the key: most publishes come with one.
+        Principal::ApiKey(k) => RateKey::Shared(Arc::clone(k.rate_key())),
+    }
+}
+
+/// The key a publisher's rate limit is kept under, read as a `&str`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateKey {
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl std::ops::Deref for RateKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Self::Shared(key) => key,
+            Self::Owned(key) => key,
+        }
     }
 }
 

@@ -7,8 +7,12 @@
 //! Both give the checks the same bytes: a value is read as text by [`text`], the rule of
 //! `HeaderValue::to_str`, so that a check passes or refuses alike on either path.
 
+use std::sync::Arc;
+
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::auth::ApiKey;
 
 /// A request's headers, looked up by name. `Sync`: the checks hold values across awaits.
 pub trait Headers: Sync {
@@ -21,6 +25,13 @@ pub trait Headers: Sync {
     /// Every value of header `name` as a `HeaderValue` of its own (for a hook's request).
     fn owned_values(&self, name: &HeaderName) -> Vec<HeaderValue> {
         self.header_values(name).filter_map(|v| HeaderValue::from_bytes(v).ok()).collect()
+    }
+
+    /// The API key that this request's `x-api-key` is known to be already, without
+    /// verifying it again: the lean publish path's, for a connection that presents the key
+    /// it presented before (`server::lean_publish`). `None`: verify it.
+    fn verified_api_key(&self) -> Option<Arc<ApiKey>> {
+        None
     }
 }
 

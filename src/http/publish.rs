@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::auth::{PeerAddr, check_cookie_request, principal, rate_key};
+use super::auth::{PeerAddr, RateKey, check_cookie_request, principal, rate_key};
 use super::error::ApiError;
 use super::head::{RequestHead, text};
 use super::hooked;
@@ -347,7 +347,7 @@ pub(crate) async fn caller_and_body(
     let (parts, body) = req.into_parts();
     let (who, key, idempotency, body, client) =
         caller_with_body(herald, peer.map(|Extension(p)| p), parts, AxumBody(body)).await?;
-    Ok((who, key, idempotency, parse_json(&body)?, client))
+    Ok((who, key.to_string(), idempotency, parse_json(&body)?, client))
 }
 
 /// [`caller_and_body`] with the body from any source, as bytes (not yet JSON).
@@ -356,7 +356,7 @@ async fn caller_with_body<H: RequestHead + Send>(
     peer: Option<PeerAddr>,
     head: H,
     body: impl BodySource<H>,
-) -> Result<(Principal, String, Option<String>, Bytes, hooked::Client), ApiError> {
+) -> Result<(Principal, RateKey, Option<String>, Bytes, hooked::Client), ApiError> {
     check_cookie_request(herald, &head)?;
     let who = principal(herald, &head, None).await?;
     let key = rate_key(&who, peer);

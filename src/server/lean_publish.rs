@@ -31,8 +31,11 @@
 //! due within the keep-alive deadline, a body within `body_read_timeout` (else `408` and the
 //! connection closes), and a shutdown closes the connection between requests.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::http::{HeaderName, Method, Version};
@@ -44,13 +47,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::lean::{Framing, Pending, Said, encode_head, put_head_end};
+use super::lean::{Framing, Said, encode_head, put_head_end};
+use crate::auth::{ApiKey, constant_time_eq};
 use crate::engine::EngineError;
 use crate::herald::Herald;
 use crate::http::ApiError;
 use crate::http::Refusal;
 use crate::http::auth::PeerAddr;
-use crate::http::head::{Headers, RequestHead};
+use crate::http::head::{Headers, RequestHead, text};
 use crate::http::observe::{LeanRequestId, answer_with_id, count_publish_refusal, request_span};
 use crate::http::publish::{self, BodySource, Route};
 
@@ -75,12 +79,164 @@ pub(super) struct Scanned {
     /// The request path's place in the head (the target without its query).
     path: (usize, usize),
     fields: Fields,
+    /// The first value of each header the checks look up ([`Known`]), found in the scan.
+    known: [Option<(usize, usize)>; Known::COUNT],
     body_len: usize,
     keep_alive: bool,
 }
 
 /// Each header's name and value, as places in the head.
 type Fields = smallvec::SmallVec<[((usize, usize), (usize, usize)); 8]>;
+
+/// The headers that the publish checks look up by name (credentials, the cookie and origin
+/// check, `Idempotency-Key`, the request id): their first values are noted as the head is
+/// scanned, so that a lookup does not compare every header's name again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    ApiKey,
+    Authorization,
+    IdempotencyKey,
+    RequestId,
+    ContentType,
+    Host,
+    Origin,
+}
+
+impl Known {
+    const COUNT: usize = 7;
+
+    /// The known header named `name` (in lower case, as `HeaderName`s are).
+    fn of(name: &str) -> Option<Self> {
+        Some(match name {
+            "x-api-key" => Self::ApiKey,
+            "authorization" => Self::Authorization,
+            "idempotency-key" => Self::IdempotencyKey,
+            "x-request-id" => Self::RequestId,
+            "content-type" => Self::ContentType,
+            "host" => Self::Host,
+            "origin" => Self::Origin,
+            _ => return None,
+        })
+    }
+}
+
+/// What a header's name makes of it in a lean head.
+enum Field {
+    ContentLength,
+    Connection,
+    /// Left to hyper: `Transfer-Encoding`, `Upgrade`, `Expect`, or `Origin` when CORS is on
+    /// (the CORS layer answers it).
+    NotLean,
+    Known(Known),
+    Other,
+}
+
+impl Field {
+    /// Header name `name`, in any case, with CORS on or not.
+    fn of(name: &[u8], cors: bool) -> Self {
+        let is = |known: &str| lower_eq(name, known.as_bytes());
+        match name.len() {
+            4 if is("host") => Self::Known(Known::Host),
+            6 if is("origin") => {
+                if cors {
+                    Self::NotLean
+                } else {
+                    Self::Known(Known::Origin)
+                }
+            }
+            6 if is("expect") => Self::NotLean,
+            7 if is("upgrade") => Self::NotLean,
+            9 if is("x-api-key") => Self::Known(Known::ApiKey),
+            10 if is("connection") => Self::Connection,
+            12 if is("content-type") => Self::Known(Known::ContentType),
+            12 if is("x-request-id") => Self::Known(Known::RequestId),
+            13 if is("authorization") => Self::Known(Known::Authorization),
+            14 if is("content-length") => Self::ContentLength,
+            15 if is("idempotency-key") => Self::Known(Known::IdempotencyKey),
+            17 if is("transfer-encoding") => Self::NotLean,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Whether header name `name` (a token) is `known` (lower-case letters and `-`) in any case.
+/// A token's byte with bit 0x20 set (lower case, for a letter) is a letter of `known` only
+/// if it is that letter in either case, and `-` only if it is `-`.
+fn lower_eq(name: &[u8], known: &[u8]) -> bool {
+    name.len() == known.len() && name.iter().zip(known).fold(0, |diff, (&b, &k)| diff | ((b | 0x20) ^ k)) == 0
+}
+
+/// A lean head's headers as they are read, one after another, into the box the scanned head
+/// is kept in (not moved into it at the end: it is a few hundred bytes).
+struct HeadFields {
+    max_body: usize,
+    cors: bool,
+    body_len: Option<usize>,
+    scanned: Box<Scanned>,
+}
+
+impl HeadFields {
+    fn new(herald: &Herald) -> Self {
+        let cfg = herald.config();
+        let scanned = Box::new(Scanned {
+            len: 0,
+            route: Route::Publish,
+            path: (0, 0),
+            fields: Fields::new(),
+            known: [None; Known::COUNT],
+            body_len: 0,
+            keep_alive: true,
+        });
+        Self { max_body: cfg.max_body_bytes, cors: !cfg.cors_origins.is_empty(), body_len: None, scanned }
+    }
+
+    /// Takes a header whose name and value are at `name` and `value` in `head`; `None` if it
+    /// makes the request one for hyper.
+    fn add(&mut self, head: &[u8], name: (usize, usize), value: (usize, usize)) -> Option<()> {
+        let bytes = &head[value.0..value.1];
+        match Field::of(&head[name.0..name.1], self.cors) {
+            Field::ContentLength => {
+                // One plain decimal length, within the limit; anything else is hyper's to judge.
+                let digits = bytes.iter().try_fold(0usize, |n, &b| {
+                    let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+                    n.checked_mul(10)?.checked_add(usize::from(digit))
+                });
+                let n = match digits {
+                    Some(n) if self.body_len.is_none() && !bytes.is_empty() => n,
+                    _ => return None,
+                };
+                if n > self.max_body {
+                    return None;
+                }
+                self.body_len = Some(n);
+            }
+            Field::Connection => {
+                // HTTP/1.1's rule (hyper's): reused unless the client says `close`.
+                let close = std::str::from_utf8(bytes)
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+                self.scanned.keep_alive &= !close;
+            }
+            Field::NotLean => return None,
+            Field::Known(known) => {
+                let first = &mut self.scanned.known[known as usize];
+                if first.is_none() {
+                    *first = Some(value);
+                }
+            }
+            Field::Other => {}
+        }
+        self.scanned.fields.push((name, value));
+        Some(())
+    }
+
+    /// The scanned head of `len` bytes; `None` without a `Content-Length`.
+    fn done(self, len: usize, route: Route, path: (usize, usize)) -> Option<Box<Scanned>> {
+        let mut scanned = self.scanned;
+        scanned.body_len = self.body_len?;
+        (scanned.len, scanned.route, scanned.path) = (len, route, path);
+        Some(scanned)
+    }
+}
 
 pub(super) enum Head {
     Partial,
@@ -90,14 +246,124 @@ pub(super) enum Head {
 
 /// Reads the head at the start of `buf` if it is a publish the lean path serves.
 ///
-/// httparse takes only names and values that `http` takes too (a name is a token, a value
-/// has no control byte but tabs: see the tests), so any header is read here as hyper would
-/// read it; a target is checked as `http`'s `Uri` checks it ([`uri_path`]).
+/// The plain heads that backends send are read by [`plain_head`]; any other is left to
+/// httparse ([`parsed_head`]), which takes only names and values that `http` takes too (a
+/// name is a token, a value has no control byte but tabs: see the tests), so any header is
+/// read here as hyper would read it; a target is checked as `http`'s `Uri` checks it
+/// ([`uri_path`]).
 pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
     // As httparse would say, without setting up its headers: asked after every request.
     if buf.is_empty() {
         return Head::Partial;
     }
+    match plain_head(buf, herald) {
+        Some(head) => Head::Lean(head),
+        None => parsed_head(buf, herald),
+    }
+}
+
+/// Bytes of a target that [`plain_head`] reads: those of a path (RFC 3986's `pchar` and `/`)
+/// without `%`, which httparse and `Uri` take as they are, and which make no query.
+static PLAIN_TARGET: [bool; 256] = {
+    let mut map = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        map[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            );
+        b += 1;
+    }
+    map
+};
+
+/// Bytes of a header name: a token (httparse's and `http`'s).
+static TOKEN: [bool; 256] = {
+    let mut map = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        map[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
+        b += 1;
+    }
+    map
+};
+
+/// The head at the start of `buf` if it is a complete publish head of the plain form that
+/// backends send, read in one pass: `POST`, a target of path bytes ([`PLAIN_TARGET`]) on a
+/// publish route, `HTTP/1.1`, at most [`MAX_HEADERS`] headers of visible ASCII, spaces and
+/// tabs, each line ending in CRLF, and a `Content-Length`. Any other head, or one that is
+/// not all here, is `None`: httparse reads it ([`parsed_head`]). What is read here is what
+/// httparse reads (the tests compare them).
+fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
+    const START: &[u8] = b"POST ";
+    const VERSION: &[u8] = b" HTTP/1.1\r\n";
+    let rest = buf.strip_prefix(START)?;
+    let target_len = memchr::memchr(b' ', rest)?;
+    let target = &rest[..target_len];
+    if !target.iter().fold(true, |plain, &b| plain & PLAIN_TARGET[usize::from(b)]) {
+        return None;
+    }
+    if !rest[target_len..].starts_with(VERSION) {
+        return None;
+    }
+    // Path bytes make no query: the target is its path.
+    let route = route(target)?;
+    let path = (START.len(), START.len() + target_len);
+    let mut at = path.1 + VERSION.len();
+    let mut fields = HeadFields::new(herald);
+    let mut count = 0;
+    loop {
+        let line = &buf[at..];
+        if line.starts_with(b"\r\n") {
+            return fields.done(at + 2, route, path);
+        }
+        let cr = memchr::memchr(b'\r', line)?;
+        if line.get(cr + 1) != Some(&b'\n') {
+            return None;
+        }
+        let colon = memchr::memchr(b':', &line[..cr])?;
+        let (name, value) = (&line[..colon], &line[colon + 1..cr]);
+        // Folded without an early exit: loops the compiler widens.
+        let token = name.iter().fold(!name.is_empty(), |ok, &b| ok & TOKEN[usize::from(b)]);
+        let visible = value.iter().fold(true, |ok, &b| ok & ((b' '..=b'~').contains(&b) | (b == b'\t')));
+        count += 1;
+        if !token || !visible || count > MAX_HEADERS {
+            return None;
+        }
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
+        let end = value.iter().rposition(|b| !blank(b)).map_or(start, |last| last + 1);
+        let value_at = at + colon + 1;
+        fields.add(buf, (at, at + colon), (value_at + start, value_at + end))?;
+        at += cr + 2;
+    }
+}
+
+/// [`publish_head`] by httparse, for any head [`plain_head`] does not read.
+fn parsed_head(buf: &[u8], herald: &Herald) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -108,46 +374,24 @@ pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
     let (Some("POST"), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Head::NotLean;
     };
-    let Some(route) = route(target) else { return Head::NotLean };
+    let Some(route) = route(target.as_bytes()) else { return Head::NotLean };
     // A target `http` refuses: hyper answers it.
     let Some(path) = uri_path(target) else { return Head::NotLean };
     let at = |part: &[u8]| {
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
         (start, start + part.len())
     };
-    let cfg = herald.config();
-    let cors = !cfg.cors_origins.is_empty();
-    let mut body_len = None;
-    let mut keep_alive = true;
-    let mut fields = Fields::new();
+    let mut fields = HeadFields::new(herald);
     for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
-        if is("content-length") {
-            // One plain decimal length, within the limit; anything else is hyper's to judge.
-            let digits = h.value;
-            let n = match std::str::from_utf8(digits).ok().and_then(|d| d.parse::<usize>().ok()) {
-                Some(n) if body_len.is_none() && !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => n,
-                _ => return Head::NotLean,
-            };
-            if n > cfg.max_body_bytes {
-                return Head::NotLean;
-            }
-            body_len = Some(n);
-        } else if is("connection") {
-            // HTTP/1.1's rule (hyper's): reused unless the client says `close`.
-            let close = std::str::from_utf8(h.value)
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
-            keep_alive &= !close;
-        } else if is("transfer-encoding") || is("upgrade") || is("expect") || (cors && is("origin")) {
+        if fields.add(buf, at(h.name.as_bytes()), at(h.value)).is_none() {
             return Head::NotLean;
         }
-        fields.push((at(name), at(h.value)));
     }
-    let Some(body_len) = body_len else { return Head::NotLean };
     let (start, _) = at(target.as_bytes());
-    let path = (start, start + path.len());
-    Head::Lean(Box::new(Scanned { len, route, path, fields, body_len, keep_alive }))
+    match fields.done(len, route, (start, start + path.len())) {
+        Some(head) => Head::Lean(head),
+        None => Head::NotLean,
+    }
 }
 
 /// The path of a request target as `http`'s `Uri` reads it (up to a `?` or `#`), or `None`
@@ -179,15 +423,42 @@ impl Scanned {
     /// The request it heads, once its bytes (`head`) are out of the buffer: the head (which
     /// keeps the scan in its box, so that a move of it through the publish's futures is
     /// small), its route, its body's length, and whether the connection stays open.
-    fn request(mut self: Box<Self>, head: Bytes) -> (LeanHead, Route, usize, bool) {
+    fn request(
+        mut self: Box<Self>,
+        head: Bytes,
+        keys: &mut KnownKey,
+        herald: &Herald,
+    ) -> (LeanHead, Route, usize, bool) {
         // Taken out; the box keeps a placeholder that nothing reads.
         let route = std::mem::replace(&mut self.route, Route::Publish);
         let (body_len, keep_alive) = (self.body_len, self.keep_alive);
         // The client's id if it sent a sane one, else a new one: as on hyper's path, the
         // request then carries that id alone.
-        let given = places(&head, &self.fields, LeanRequestId::name()).next().map(|(s, e)| head.slice(s..e));
+        let given = self.known[Known::RequestId as usize].map(|(s, e)| head.slice(s..e));
         let id = LeanRequestId::of(given);
-        (LeanHead { head, scanned: self, id }, route, body_len, keep_alive)
+        let api_key = self.known[Known::ApiKey as usize].and_then(|(s, e)| keys.of(&head[s..e], herald));
+        (LeanHead { head, scanned: self, id, api_key }, route, body_len, keep_alive)
+    }
+}
+
+/// The API key a connection presented last, as presented and as verified: a backend sends
+/// the same key with every publish, which is then not hashed again for each one. Another
+/// key is verified as before (and kept instead). A request compares the bytes it presents
+/// only with those its own connection presented, in constant time.
+#[derive(Default)]
+struct KnownKey(Option<(Box<[u8]>, Arc<ApiKey>)>);
+
+impl KnownKey {
+    /// The key `presented` is, if it is one.
+    fn of(&mut self, presented: &[u8], herald: &Herald) -> Option<Arc<ApiKey>> {
+        if let Some((known, key)) = &self.0
+            && constant_time_eq(known, presented)
+        {
+            return Some(Arc::clone(key));
+        }
+        let key = herald.auth().verify_api_key(text(presented)?).ok()?;
+        self.0 = Some((presented.into(), Arc::clone(&key)));
+        Some(key)
     }
 }
 
@@ -197,6 +468,8 @@ struct LeanHead {
     scanned: Box<Scanned>,
     /// The request's id, which its `x-request-id` reads as.
     id: LeanRequestId,
+    /// The API key its `x-api-key` is, if it is one ([`KnownKey`]).
+    api_key: Option<Arc<ApiKey>>,
 }
 
 /// A lean request's path, read out of its head only when it is formatted (a request's span
@@ -219,10 +492,15 @@ fn places<'a>(head: &'a [u8], fields: &'a Fields, name: &'a HeaderName) -> impl 
 
 impl Headers for LeanHead {
     fn header(&self, name: &HeaderName) -> Option<&[u8]> {
-        if name == LeanRequestId::name() {
-            return Some(self.id.as_bytes());
+        match Known::of(name.as_str()) {
+            Some(Known::RequestId) => Some(self.id.as_bytes()),
+            Some(known) => self.scanned.known[known as usize].map(|(s, e)| &self.head[s..e]),
+            None => places(&self.head, &self.scanned.fields, name).next().map(|(s, e)| &self.head[s..e]),
         }
-        places(&self.head, &self.scanned.fields, name).next().map(|(s, e)| &self.head[s..e])
+    }
+
+    fn verified_api_key(&self) -> Option<Arc<ApiKey>> {
+        self.api_key.clone()
     }
 
     fn header_values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
@@ -255,16 +533,17 @@ impl RequestHead for LeanHead {
 /// The publish route of a request target, as axum would route it: the path without its
 /// query; a channel segment is taken as it is (one with `%` escapes is left to axum, which
 /// decodes it).
-fn route(target: &str) -> Option<Route> {
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
-    if path == "/api/publish" {
+fn route(target: &[u8]) -> Option<Route> {
+    let path = memchr::memchr(b'?', target).map_or(target, |query| &target[..query]);
+    if path == b"/api/publish" {
         return Some(Route::Publish);
     }
-    let channel = path.strip_prefix("/api/channels/")?.strip_suffix("/events")?;
-    if channel.is_empty() || channel.contains(['/', '%']) {
+    let channel = path.strip_prefix(b"/api/channels/")?.strip_suffix(b"/events")?;
+    if channel.is_empty() || memchr::memchr2(b'/', b'%', channel).is_some() {
         return None;
     }
-    Some(Route::Channel(Ok(channel.to_owned())))
+    // Cut from the target at ASCII bytes: text as the target is.
+    Some(Route::Channel(Ok(std::str::from_utf8(channel).ok()?.to_owned())))
 }
 
 /// What a lean publish connection's owner does next.
@@ -298,6 +577,9 @@ pub(super) async fn serve_publishes(
     // Fixed for the node's life (its engine and hooks): asked once per connection.
     let merges = ctx.herald.merges_publishes();
     let mut deadline = Deadline::new(deadline);
+    // The answers, written from one buffer that the connection keeps (not one per answer).
+    let mut out = BytesMut::new();
+    let mut keys = KnownKey::default();
     loop {
         let head = match publish_head(&buf, ctx.herald) {
             Head::Lean(head) => head,
@@ -326,9 +608,9 @@ pub(super) async fn serve_publishes(
             }
         };
         let head = if merges {
-            match take_buffered(&mut buf, head, ctx.herald) {
+            match take_buffered(&mut buf, head, ctx.herald, &mut keys) {
                 Ok(taken) => {
-                    if !serve_together(tcp, taken, ctx).await? {
+                    if !serve_together(tcp, taken, ctx, &mut out).await? {
                         let _ = tcp.shutdown().await;
                         return Ok(Handoff::Closed);
                     }
@@ -341,7 +623,7 @@ pub(super) async fn serve_publishes(
             head
         };
         let bytes = buf.split_to(head.len).freeze();
-        let (request, route, body_len, keep_alive) = head.request(bytes);
+        let (request, route, body_len, keep_alive) = head.request(bytes, &mut keys, ctx.herald);
         let span = request_span(Some(&request.id), request.method(), PathOf(&request));
         let id = request.id.clone();
         let mut body = BodyState::Unread;
@@ -372,9 +654,8 @@ pub(super) async fn serve_publishes(
             }
             BodyState::Gone => return Ok(Handoff::Closed),
         };
-        let mut out = BytesMut::new();
         resp.encode(&mut out, keep_alive).await?;
-        write_bytes(tcp, out.freeze()).await?;
+        write_out(tcp, &mut out).await?;
         if !keep_alive {
             let _ = tcp.shutdown().await;
             return Ok(Handoff::Closed);
@@ -429,7 +710,12 @@ struct Taken {
 /// out of it if there are at least two (else `first` is given back): up to
 /// [`MAX_TOGETHER`], up to one that closes the connection, up to one that is incomplete or
 /// not for this path.
-fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Result<Vec<Taken>, Box<Scanned>> {
+fn take_buffered(
+    buf: &mut BytesMut,
+    first: Box<Scanned>,
+    herald: &Herald,
+    keys: &mut KnownKey,
+) -> Result<Vec<Taken>, Box<Scanned>> {
     let whole = |s: &Scanned| s.len + s.body_len;
     if buf.len() < whole(&first) {
         return Err(first);
@@ -452,7 +738,7 @@ fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Re
     let mut taken = Vec::with_capacity(more.len() + 1);
     for scanned in std::iter::once(first).chain(more) {
         let head = buf.split_to(scanned.len).freeze();
-        let (request, route, body_len, keep_alive) = scanned.request(head);
+        let (request, route, body_len, keep_alive) = scanned.request(head, keys, herald);
         taken.push(Taken { route, request, body: buf.split_to(body_len).freeze(), keep_alive });
     }
     Ok(taken)
@@ -465,7 +751,12 @@ fn take_buffered(buf: &mut BytesMut, first: Box<Scanned>, herald: &Herald) -> Re
 /// events), and each request is answered in order, in one write. A request whose events
 /// carry idempotency keys has an engine call of its own, in its place. Whether the
 /// connection stays open.
-async fn serve_together(tcp: &TcpStream, taken: Vec<Taken>, ctx: &Publishing<'_>) -> io::Result<bool> {
+async fn serve_together(
+    tcp: &TcpStream,
+    taken: Vec<Taken>,
+    ctx: &Publishing<'_>,
+    out: &mut BytesMut,
+) -> io::Result<bool> {
     let herald = ctx.herald;
     let peer = Some(PeerAddr(ctx.peer));
     let keep_alive = taken.last().is_none_or(|t| t.keep_alive);
@@ -477,12 +768,11 @@ async fn serve_together(tcp: &TcpStream, taken: Vec<Taken>, ctx: &Publishing<'_>
         staged.push(publish::stage(herald, route, peer, request, Buffered(body)).instrument(span).await);
     }
     let answers = commit_in_order(herald, staged).await;
-    let mut out = BytesMut::new();
     let last = answers.len().saturating_sub(1);
     for (i, (answer, id)) in answers.into_iter().zip(ids).enumerate() {
-        Answer::new(herald, answer, id).encode(&mut out, i < last || keep_alive).await?;
+        Answer::new(herald, answer, id).encode(out, i < last || keep_alive).await?;
     }
-    write_bytes(tcp, out.freeze()).await?;
+    write_out(tcp, out).await?;
     Ok(keep_alive)
 }
 
@@ -628,10 +918,30 @@ fn encode_published(out: &mut BytesMut, published: &publish::Published, id: Opti
     debug_assert_eq!(out.len() - body_at, len, "the content-length counted is the body written");
 }
 
-/// Writes `bytes` whole.
-async fn write_bytes(tcp: &TcpStream, bytes: Bytes) -> io::Result<()> {
-    let mut out = Pending::new(bytes);
-    std::future::poll_fn(|cx| out.poll_flush(tcp, cx)).await
+/// The most room an answer buffer keeps between answers (a batch's answer may grow it).
+const OUT_ROOM: usize = 16 * 1024;
+
+/// Writes the answers in `out` whole, and empties it for the next ones.
+async fn write_out(tcp: &TcpStream, out: &mut BytesMut) -> io::Result<()> {
+    let mut at = 0;
+    std::future::poll_fn(|cx| {
+        while at < out.len() {
+            match tcp.try_write(&out[at..]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::task::ready!(tcp.poll_write_ready(cx))?,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await?;
+    if out.capacity() > OUT_ROOM {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
+    Ok(())
 }
 
 /// Appends a complete response with its `Content-Length` to `out`, as hyper writes it.
@@ -679,7 +989,24 @@ struct LeanBody<'a> {
 }
 
 impl<H: Send> BodySource<H> for LeanBody<'_> {
-    async fn read(self, _: &Herald, _: H) -> Result<Bytes, ApiError> {
+    /// A small future: the body is mostly in the buffer already, and reading the rest (with
+    /// its timer) is a boxed future of its own, which would otherwise be moved with every
+    /// publish's future. The head is not needed: not kept in the future either.
+    fn read(self, _: &Herald, head: H) -> impl Future<Output = Result<Bytes, ApiError>> + Send {
+        drop(head);
+        async move {
+            if self.buf.len() >= self.len {
+                *self.state = BodyState::Read;
+                return Ok(self.buf.split_to(self.len).freeze());
+            }
+            Box::pin(self.read_rest()).await
+        }
+    }
+}
+
+impl LeanBody<'_> {
+    /// The body, read off the connection until it is all in the buffer.
+    async fn read_rest(self) -> Result<Bytes, ApiError> {
         while self.buf.len() < self.len {
             self.buf.reserve(self.len - self.buf.len());
             match tokio::time::timeout_at(self.deadline, self.tcp.read_buf(self.buf)).await {
@@ -706,7 +1033,7 @@ mod tests {
     use super::*;
 
     fn routed(target: &str) -> Option<String> {
-        route(target).map(|r| match r {
+        route(target.as_bytes()).map(|r| match r {
             Route::Publish => "publish".to_owned(),
             Route::Channel(c) => c.unwrap_or_default(),
         })
@@ -778,6 +1105,192 @@ mod tests {
                 assert!(axum::http::HeaderValue::from_bytes(&value).is_ok(), "value byte {b:#x}");
             }
         }
+    }
+
+    fn herald(cors: bool) -> Herald {
+        let mut cfg = crate::Config::default();
+        if cors {
+            cfg.cors_origins = vec!["https://app.example".to_owned()];
+        }
+        Herald::new(cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// What a lean head reads as, in bytes: its length, route, path, headers, the first value
+    /// of each known header, body length and keep-alive.
+    type Read = (usize, Option<String>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>, Vec<Option<Vec<u8>>>, usize, bool);
+
+    fn read(head: &[u8], s: &Scanned) -> Read {
+        let at = |(start, end): (usize, usize)| head[start..end].to_vec();
+        let route = match &s.route {
+            Route::Publish => None,
+            Route::Channel(c) => c.as_ref().ok().cloned(),
+        };
+        let fields = s.fields.iter().map(|&(n, v)| (at(n), at(v))).collect();
+        let known = s.known.iter().map(|k| k.map(at)).collect();
+        (s.len, route, at(s.path), fields, known, s.body_len, s.keep_alive)
+    }
+
+    /// Asserts that a head the plain scan reads is read by httparse alike; whether it was read.
+    fn same_as_httparse(herald: &Herald, head: &[u8]) -> bool {
+        let Some(plain) = plain_head(head, herald) else { return false };
+        match parsed_head(head, herald) {
+            Head::Lean(parsed) => {
+                assert_eq!(read(head, &plain), read(head, &parsed), "{:?}", String::from_utf8_lossy(head))
+            }
+            _ => panic!("httparse does not take {:?}", String::from_utf8_lossy(head)),
+        }
+        true
+    }
+
+    const PLAIN: &[u8] = b"POST /api/channels/user:b0-1/events HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\
+        content-type: application/json\r\ncontent-length: 60\r\nx-api-key: bench-key-0123456789abcdef\r\n\r\n{}";
+
+    #[tokio::test]
+    async fn a_plain_head_is_read_by_the_plain_scan_exactly_as_httparse_reads_it() {
+        let herald = herald(false);
+        assert!(same_as_httparse(&herald, PLAIN));
+        let with = |line: &[u8]| [&PLAIN[..PLAIN.len() - 4], line, b"\r\n\r\n{}"].concat();
+        let mut heads = vec![
+            PLAIN.to_vec(),
+            PLAIN.replace_bytes(b"/api/channels/user:b0-1/events", b"/api/publish"),
+            with(b"Connection: keep-alive, Close"),
+            with(b"CONNECTION: keep-alive"),
+            with(b"X-Request-Id: abc"),
+            with(b"x-request-id: abc\r\nx-request-id: def"),
+            with(b"Idempotency-Key:\t k1 \t"),
+            with(b"authorization: Bearer x"),
+            with(b"origin: https://a.example"),
+            with(b"cookie: a=b\r\ncookie: c=d"),
+            with(b"x-empty:"),
+            with(b"x-blank:  \t "),
+            with(b"content-length: 61"),
+            with(b"content-length: +1"),
+            with(b"transfer-encoding: chunked"),
+            with(b"expect: 100-continue"),
+            with(b"upgrade: h2c"),
+            with(b"x-obs: a\r\n folded"),
+            with(b"x-lf: a\nx-b: c"),
+            with(b"x-cr: a\rb"),
+            with(b"x name: v"),
+            with(b"x-colon:: v"),
+            with(b": v"),
+            with(&b"x-h: v\r\n".repeat(28)[..28 * 8 - 2]),
+            with(&b"x-h: v\r\n".repeat(29)[..29 * 8 - 2]),
+            PLAIN.replace_bytes(b"length: 60", b"length: 0060"),
+            PLAIN.replace_bytes(b"length: 60", b"LENGTH: 18446744073709551615"),
+            PLAIN.replace_bytes(b"length: 60", b"length: 18446744073709551616"),
+            PLAIN.replace_bytes(b"length: 60", b"length: 6 0"),
+            PLAIN.replace_bytes(b"length: 60", b"length: "),
+            PLAIN.replace_bytes(b"HTTP/1.1", b"HTTP/1.0"),
+            PLAIN.replace_bytes(b"POST", b"post"),
+            PLAIN.replace_bytes(b"content-length: 60\r\n", b""),
+            [b"\r\n", PLAIN].concat(),
+        ];
+        // Every byte in the target, in a name, in a value.
+        for b in 0..=255u8 {
+            heads.push(PLAIN.replace_bytes(b"user:b0-1", &[b'a', b, b'z']));
+            heads.push(with(&[b'x', b, b'y', b':', b' ', b'v']));
+            heads.push(with(&[b'x', b':', b' ', b'a', b, b'z']));
+            heads.push(with(&[b'x', b':', b, b'z', b]));
+        }
+        // Every head cut short.
+        heads.extend((0..PLAIN.len()).map(|n| PLAIN[..n].to_vec()));
+        for cors in [false, true] {
+            let herald = self::herald(cors);
+            for head in &heads {
+                same_as_httparse(&herald, head);
+            }
+        }
+        // What backends send is read by the plain scan.
+        for head in &heads[..12] {
+            assert!(same_as_httparse(&herald, head), "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn a_header_name_is_known_in_any_case_and_only_then() {
+        let tokens: Vec<u8> = (0..=255u8).filter(|&b| TOKEN[usize::from(b)]).collect();
+        for known in ["host", "origin", "x-api-key", "content-length", "idempotency-key", "transfer-encoding"] {
+            let known = known.as_bytes();
+            assert!(lower_eq(&known.to_ascii_uppercase(), known));
+            for i in 0..known.len() {
+                for &b in &tokens {
+                    let mut name = known.to_vec();
+                    name[i] = b;
+                    assert_eq!(lower_eq(&name, known), name.eq_ignore_ascii_case(known), "{name:?}");
+                }
+            }
+            assert!(!lower_eq(&known[1..], known));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_content_length_is_one_plain_decimal_within_the_limit() {
+        let herald = herald(false);
+        let length = |value: &[u8]| match parsed_head(&PLAIN.replace_bytes(b"60", value), &herald) {
+            Head::Lean(head) => Some(head.body_len),
+            _ => None,
+        };
+        assert_eq!(length(b"0060"), Some(60));
+        assert_eq!(length(b"0"), Some(0));
+        for refused in [&b""[..], b"+6", b"-6", b"6 0", b"0x6", b"18446744073709551616", b"99999999999"] {
+            assert_eq!(length(refused), None, "{refused:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_s_key_is_verified_once_and_any_other_bytes_as_before() {
+        let key = |name: &str, key: &str| crate::config::ApiKeyConfig {
+            name: name.to_owned(),
+            key: key.to_owned(),
+            channels: vec!["*".to_owned()],
+            scopes: vec![crate::config::Scope::Publish],
+        };
+        let cfg = crate::Config {
+            api_keys: vec![key("one", "key-one-0123456789"), key("two", "key-two-0123456789")],
+            ..crate::Config::default()
+        };
+        let herald = Herald::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+        let mut keys = KnownKey::default();
+        let mut named = |presented: &[u8]| keys.of(presented, &herald).map(|k| k.name.clone());
+        assert_eq!(named(b"key-one-0123456789").as_deref(), Some("one"));
+        assert_eq!(named(b"key-one-0123456789").as_deref(), Some("one"));
+        for wrong in [&b""[..], b"key-one-012345678", b"key-one-01234567890", b"Key-one-0123456789", b"key-one\x01"] {
+            assert_eq!(named(wrong), None, "{wrong:?}");
+        }
+        assert_eq!(named(b"key-one-0123456789").as_deref(), Some("one"));
+        assert_eq!(named(b"key-two-0123456789").as_deref(), Some("two"));
+        assert_eq!(named(b"key-one-0123456789").as_deref(), Some("one"));
+    }
+
+    /// `replace` for bytes.
+    trait ReplaceBytes {
+        fn replace_bytes(&self, from: &[u8], to: &[u8]) -> Vec<u8>;
+    }
+
+    impl ReplaceBytes for [u8] {
+        fn replace_bytes(&self, from: &[u8], to: &[u8]) -> Vec<u8> {
+            match self.windows(from.len()).position(|w| w == from) {
+                Some(i) => [&self[..i], to, &self[i + from.len()..]].concat(),
+                None => self.to_vec(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_read_by_the_plain_scan_is_read_alike_by_httparse_whatever_its_bytes() {
+        let herald = herald(false);
+        let bytes = proptest::collection::vec((0..PLAIN.len(), proptest::num::u8::ANY), 1..4);
+        let mut runner = proptest::test_runner::TestRunner::default();
+        let result = runner.run(&bytes, |changes| {
+            let mut head = PLAIN.to_vec();
+            for (at, b) in changes {
+                head[at] = b;
+            }
+            same_as_httparse(&herald, &head);
+            Ok(())
+        });
+        assert!(result.is_ok(), "{result:?}");
     }
 
     #[test]
