@@ -5,7 +5,8 @@
 //! event in the HTTP machinery around the publish (hyper's dispatcher, axum's routing, the
 //! tower layers, collecting the body: docs/benchmarks.md, "Round two"). A connection whose
 //! first request is a publish to Herald's own routes is served here instead: each request
-//! head is parsed with `httparse`, its `Content-Length` body is read into the connection's
+//! head is read in one pass when it has the plain form backends send ([`plain_head`]), else
+//! by `httparse` ([`parsed_head`]), its `Content-Length` body is read into the connection's
 //! buffer, and the request goes to the same functions as the axum handlers'
 //! ([`publish::outcome`]: cookie and origin checks, credentials, channel policies, rate
 //! limits, JSON, hooks, refusal counters), under the same request id and span. Those read
