@@ -186,16 +186,7 @@ fn is_name_byte(b: u8) -> bool {
 
 /// The bytes a channel's name may hold, by value: one look-up a byte where the tests of
 /// `is_name_byte` were a chain of comparisons, for every byte of every channel published to.
-const NAME_BYTES: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'@' | b'=' | b'+');
-        b += 1;
-    }
-    table
-};
+const NAME_BYTES: [bool; 256] = crate::ascii::alphanumeric_and(b"_-.@=+");
 
 impl PartialEq for ChannelName {
     fn eq(&self, other: &Self) -> bool {

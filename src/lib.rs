@@ -38,6 +38,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub(crate) mod ascii;
 pub(crate) mod auth;
 pub mod catalogue;
 pub mod channel;

@@ -265,52 +265,10 @@ pub(super) fn publish_head(buf: &[u8], herald: &Herald) -> Head {
 
 /// Bytes of a target that [`plain_head`] reads: those of a path (RFC 3986's `pchar` and `/`)
 /// without `%`, which httparse and `Uri` take as they are, and which make no query.
-static PLAIN_TARGET: [bool; 256] = {
-    let mut map = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        map[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'/'
-            );
-        b += 1;
-    }
-    map
-};
+static PLAIN_TARGET: [bool; 256] = crate::ascii::alphanumeric_and(b"-._~!$&'()*+,;=:@/");
 
 /// Bytes of a header name: a token (httparse's and `http`'s).
-static TOKEN: [bool; 256] = {
-    let mut map = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        map[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-            );
-        b += 1;
-    }
-    map
-};
+static TOKEN: [bool; 256] = crate::ascii::alphanumeric_and(b"!#$%&'*+-.^_`|~");
 
 /// The head at the start of `buf` if it is a complete publish head of the plain form that
 /// backends send, read in one pass: `POST`, a target of path bytes ([`PLAIN_TARGET`]) on a
