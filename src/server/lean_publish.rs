@@ -106,18 +106,12 @@ enum Known {
 impl Known {
     const COUNT: usize = 7;
 
-    /// The known header named `name` (in lower case, as `HeaderName`s are).
-    fn of(name: &str) -> Option<Self> {
-        Some(match name {
-            "x-api-key" => Self::ApiKey,
-            "authorization" => Self::Authorization,
-            "idempotency-key" => Self::IdempotencyKey,
-            "x-request-id" => Self::RequestId,
-            "content-type" => Self::ContentType,
-            "host" => Self::Host,
-            "origin" => Self::Origin,
-            _ => return None,
-        })
+    /// The known header named `name`, as the scan names it ([`Field::of`]).
+    fn of(name: &HeaderName) -> Option<Self> {
+        match Field::of(name.as_str().as_bytes(), false) {
+            Field::Known(known) => Some(known),
+            _ => None,
+        }
     }
 }
 
@@ -451,7 +445,7 @@ fn places<'a>(head: &'a [u8], fields: &'a Fields, name: &'a HeaderName) -> impl 
 
 impl Headers for LeanHead {
     fn header(&self, name: &HeaderName) -> Option<&[u8]> {
-        match Known::of(name.as_str()) {
+        match Known::of(name) {
             Some(Known::RequestId) => Some(self.id.as_bytes()),
             Some(known) => self.scanned.known[known as usize].map(|(s, e)| &self.head[s..e]),
             None => places(&self.head, &self.scanned.fields, name).next().map(|(s, e)| &self.head[s..e]),
