@@ -309,6 +309,7 @@ impl Shared {
             if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some() {
                 req.extensions_mut().insert(drain_guard.clone());
             }
+            let h2 = req.version() == hyper::Version::HTTP_2;
             let (req, timed_out) = TimedBody::wrap(req, body_read_timeout);
             let mut router = router.clone();
             // Boxed: hyper runs each HTTP/2 stream as a task that holds this future until the
@@ -320,6 +321,9 @@ impl Shared {
                 if timed_out.is_some_and(|t| t.load(Ordering::Relaxed)) {
                     tracing::debug!(%peer, "request body not received in time");
                     resp = body_timeout();
+                }
+                if h2 {
+                    never_index_request_id(&mut resp);
                 }
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
             })
@@ -402,6 +406,15 @@ impl Drop for InFlight {
         // Stored before the count drops, so that a reader who sees none in flight sees it.
         a.last_end_ms.fetch_max(ms, Ordering::Release);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// HTTP/2: a response's `x-request-id` is sent as never indexed. Each is unique, so HPACK's
+/// dynamic table (4 KiB of entries, and h2's index of them, kept for the connection's life)
+/// would fill with ids that are never sent again, evicting the headers that are.
+fn never_index_request_id(resp: &mut axum::response::Response) {
+    if let Some(id) = resp.headers_mut().get_mut(crate::http::observe::LeanRequestId::name()) {
+        id.set_sensitive(true);
     }
 }
 
