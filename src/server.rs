@@ -322,10 +322,12 @@ impl Shared {
                     tracing::debug!(%peer, "request body not received in time");
                     resp = body_timeout();
                 }
+                let mut held = false;
                 if h2 {
                     never_index_request_id(&mut resp);
+                    held = resp.body().size_hint().exact().is_none();
                 }
-                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight, held }))
             })
         });
         // With upgrades: a WebSocket (`GET /api/ws` with `Upgrade`) takes the socket over.
@@ -422,6 +424,13 @@ fn never_index_request_id(resp: &mut axum::response::Response) {
 struct Tracked {
     body: axum::body::Body,
     _in_flight: InFlight,
+    /// An HTTP/2 stream's body (one of no known length: an event stream) whose first poll
+    /// yields once, so that the connection writes the response heads of a burst of streams
+    /// before their first data. h2 queues every frame in one slab per connection that is
+    /// never shrunk: a burst of 100 streams queued 100 heads and 100 first chunks at once
+    /// (256 slots of 312 bytes); yielding, it queues the heads, writes them, then the chunks
+    /// (128 slots).
+    held: bool,
 }
 
 impl http_body::Body for Tracked {
@@ -429,6 +438,11 @@ impl http_body::Body for Tracked {
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if self.held {
+            self.held = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
