@@ -547,3 +547,45 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_answers_request_id_is_kept_and_marked_never_indexed() {
+        let mut resp = axum::response::Response::new(axum::body::Body::empty());
+        crate::http::observe::answer_with_id(&mut resp, axum::http::HeaderValue::from_static("01abc"));
+        never_index_request_id(&mut resp);
+        let id = resp.headers().get("x-request-id");
+        assert_eq!(id.map(|v| v.as_bytes()), Some(b"01abc".as_slice()));
+        assert!(id.is_some_and(|v| v.is_sensitive()));
+    }
+
+    #[test]
+    fn a_held_body_yields_once_and_wakes_itself_then_gives_its_first_chunk() {
+        let activity = Arc::new(Activity::new());
+        let mut body =
+            Tracked { body: axum::body::Body::from("data: x\n\n"), _in_flight: activity.begin(), held: true };
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(woken.0.load(Ordering::Relaxed), "a held body must wake its task, or the stream never starts");
+        let frame = Pin::new(&mut body).poll_frame(&mut cx);
+        let data = match frame {
+            Poll::Ready(Some(Ok(f))) => f.into_data().ok(),
+            _ => None,
+        };
+        assert_eq!(data.as_deref(), Some(b"data: x\n\n".as_slice()));
+    }
+
+    #[derive(Default)]
+    struct Woken(AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
