@@ -309,6 +309,7 @@ impl Shared {
             if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some() {
                 req.extensions_mut().insert(drain_guard.clone());
             }
+            let h2 = req.version() == hyper::Version::HTTP_2;
             let (req, timed_out) = TimedBody::wrap(req, body_read_timeout);
             let mut router = router.clone();
             // Boxed: hyper runs each HTTP/2 stream as a task that holds this future until the
@@ -321,7 +322,12 @@ impl Shared {
                     tracing::debug!(%peer, "request body not received in time");
                     resp = body_timeout();
                 }
-                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
+                let mut held = false;
+                if h2 {
+                    never_index_request_id(&mut resp);
+                    held = resp.body().size_hint().exact().is_none();
+                }
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight, held }))
             })
         });
         // With upgrades: a WebSocket (`GET /api/ws` with `Upgrade`) takes the socket over.
@@ -405,10 +411,26 @@ impl Drop for InFlight {
     }
 }
 
+/// HTTP/2: a response's `x-request-id` is sent as never indexed. Each is unique, so HPACK's
+/// dynamic table (4 KiB of entries, and h2's index of them, kept for the connection's life)
+/// would fill with ids that are never sent again, evicting the headers that are.
+fn never_index_request_id(resp: &mut axum::response::Response) {
+    if let Some(id) = resp.headers_mut().get_mut(crate::http::observe::LeanRequestId::name()) {
+        id.set_sensitive(true);
+    }
+}
+
 /// A response body that keeps its request counted as in flight until it is done.
 struct Tracked {
     body: axum::body::Body,
     _in_flight: InFlight,
+    /// An HTTP/2 stream's body (one of no known length: an event stream) whose first poll
+    /// yields once, so that the connection writes the response heads of a burst of streams
+    /// before their first data. h2 queues every frame in one slab per connection that is
+    /// never shrunk: a burst of 100 streams queued 100 heads and 100 first chunks at once
+    /// (256 slots of 312 bytes); yielding, it queues the heads, writes them, then the chunks
+    /// (128 slots).
+    held: bool,
 }
 
 impl http_body::Body for Tracked {
@@ -416,6 +438,11 @@ impl http_body::Body for Tracked {
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if self.held {
+            self.held = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -519,4 +546,46 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
         .map_err(|e| tls_err("certificate and key", cert, e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_answers_request_id_is_kept_and_marked_never_indexed() {
+        let mut resp = axum::response::Response::new(axum::body::Body::empty());
+        crate::http::observe::answer_with_id(&mut resp, axum::http::HeaderValue::from_static("01abc"));
+        never_index_request_id(&mut resp);
+        let id = resp.headers().get("x-request-id");
+        assert_eq!(id.map(|v| v.as_bytes()), Some(b"01abc".as_slice()));
+        assert!(id.is_some_and(|v| v.is_sensitive()));
+    }
+
+    #[test]
+    fn a_held_body_yields_once_and_wakes_itself_then_gives_its_first_chunk() {
+        let activity = Arc::new(Activity::new());
+        let mut body =
+            Tracked { body: axum::body::Body::from("data: x\n\n"), _in_flight: activity.begin(), held: true };
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(woken.0.load(Ordering::Relaxed), "a held body must wake its task, or the stream never starts");
+        let frame = Pin::new(&mut body).poll_frame(&mut cx);
+        let data = match frame {
+            Poll::Ready(Some(Ok(f))) => f.into_data().ok(),
+            _ => None,
+        };
+        assert_eq!(data.as_deref(), Some(b"data: x\n\n".as_slice()));
+    }
+
+    #[derive(Default)]
+    struct Woken(AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
