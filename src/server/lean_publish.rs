@@ -274,8 +274,9 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
     const START: &[u8] = b"POST ";
     const VERSION: &[u8] = b" HTTP/1.1\r\n";
     let rest = buf.strip_prefix(START)?;
-    let target_len = memchr::memchr(b' ', rest)?;
+    let target_len = find_byte(rest, b' ')?;
     let target = &rest[..target_len];
+    // Folded without an early exit: loops the compiler widens.
     if !target.iter().fold(true, |plain, &b| plain & PLAIN_TARGET[usize::from(b)]) {
         return None;
     }
@@ -293,26 +294,71 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
         if line.starts_with(b"\r\n") {
             return fields.done(at + 2, route, path);
         }
-        let cr = memchr::memchr(b'\r', line)?;
-        if line.get(cr + 1) != Some(&b'\n') {
+        // A name of token bytes (no CR, LF or colon among them), up to a colon.
+        let colon = find_byte(line, b':')?;
+        let name = &line[..colon];
+        if !name.iter().fold(!name.is_empty(), |ok, &b| ok & TOKEN[usize::from(b)]) {
             return None;
         }
-        let colon = memchr::memchr(b':', &line[..cr])?;
-        let (name, value) = (&line[..colon], &line[colon + 1..cr]);
-        // Folded without an early exit: loops the compiler widens.
-        let token = name.iter().fold(!name.is_empty(), |ok, &b| ok & TOKEN[usize::from(b)]);
-        let visible = value.iter().fold(true, |ok, &b| ok & ((b' '..=b'~').contains(&b) | (b == b'\t')));
+        // A value of visible ASCII, spaces and tabs, up to a CRLF.
+        let value = &line[colon + 1..];
+        let value_len = plain_value_len(value);
+        if value.get(value_len..value_len + 2) != Some(b"\r\n") {
+            return None;
+        }
         count += 1;
-        if !token || !visible || count > MAX_HEADERS {
+        if count > MAX_HEADERS {
             return None;
         }
+        let value = &value[..value_len];
         let blank = |b: &u8| *b == b' ' || *b == b'\t';
         let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
         let end = value.iter().rposition(|b| !blank(b)).map_or(start, |last| last + 1);
         let value_at = at + colon + 1;
         fields.add(buf, (at, at + colon), (value_at + start, value_at + end))?;
-        at += cr + 2;
+        at = value_at + value_len + 2;
     }
+}
+
+/// Where the first `byte` of `bytes` is, looked for eight bytes at a time: for the short runs
+/// of a head (its target, a header's name), shorter than what `memchr` sets up for.
+fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let (words, _) = bytes.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        // A byte of `x` is zero where `byte` is: the first (lowest) one borrows into its
+        // high bit; a borrow marks only bytes above it.
+        let x = u64::from_le_bytes(*word) ^ (ONES * u64::from(byte));
+        let zero = x.wrapping_sub(ONES) & !x & HIGH;
+        if zero != 0 {
+            return Some(i * 8 + zero.trailing_zeros() as usize / 8);
+        }
+    }
+    let at = words.len() * 8;
+    bytes[at..].iter().position(|&b| b == byte).map(|i| at + i)
+}
+
+/// How many bytes at the start of `bytes` are visible ASCII, spaces or tabs: what a header
+/// value of a plain head is made of (`HeaderValue::to_str`'s bytes).
+fn plain_value_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let (words, _) = bytes.as_chunks::<8>();
+    // Eight bytes at a time while each is a space or visible ASCII: one below 0x20 (a tab,
+    // the CR that ends the line) borrows into its high bit, one from 0x7f up has it or
+    // carries into it. (A borrow or carry may mark a byte next to it too: this word is
+    // then read byte by byte.)
+    let plain = words
+        .iter()
+        .take_while(|word| {
+            let x = u64::from_ne_bytes(**word);
+            (x.wrapping_sub(ONES * 0x20) & !x | x.wrapping_add(ONES) | x) & HIGH == 0
+        })
+        .count()
+        * 8;
+    let rest = &bytes[plain..];
+    plain + rest.iter().position(|&b| !((b' '..=b'~').contains(&b) || b == b'\t')).unwrap_or(rest.len())
 }
 
 /// [`publish_head`] by httparse, for any head [`plain_head`] does not read.
@@ -487,12 +533,12 @@ impl RequestHead for LeanHead {
 /// query; a channel segment is taken as it is (one with `%` escapes is left to axum, which
 /// decodes it).
 fn route(target: &[u8]) -> Option<Route> {
-    let path = memchr::memchr(b'?', target).map_or(target, |query| &target[..query]);
+    let path = find_byte(target, b'?').map_or(target, |query| &target[..query]);
     if path == b"/api/publish" {
         return Some(Route::Publish);
     }
     let channel = path.strip_prefix(b"/api/channels/")?.strip_suffix(b"/events")?;
-    if channel.is_empty() || memchr::memchr2(b'/', b'%', channel).is_some() {
+    if channel.is_empty() || channel.iter().any(|&b| b == b'/' || b == b'%') {
         return None;
     }
     // Cut from the target at ASCII bytes: text as the target is.
@@ -1145,6 +1191,10 @@ mod tests {
             heads.push(with(&[b'x', b, b'y', b':', b' ', b'v']));
             heads.push(with(&[b'x', b':', b' ', b'a', b, b'z']));
             heads.push(with(&[b'x', b':', b, b'z', b]));
+            // In a long value, at each place of the words it is read by.
+            for i in [0, 3, 7, 8, 12, 15, 16, 17, 23, 24] {
+                heads.push(with(&[&b"x-long: "[..], &b"v".repeat(i), &[b], b"w"].concat()));
+            }
         }
         // Every head cut short.
         heads.extend((0..PLAIN.len()).map(|n| PLAIN[..n].to_vec()));
@@ -1157,6 +1207,39 @@ mod tests {
         // What backends send is read by the plain scan.
         for head in &heads[..12] {
             assert!(same_as_httparse(&herald, head), "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn a_value_s_bytes_are_counted_up_to_the_first_that_is_not_visible_ascii_a_space_or_a_tab() {
+        for b in 0..=255u8 {
+            let plain = (b' '..=b'~').contains(&b) || b == b'\t';
+            for at in 0..26 {
+                let mut bytes = [b'v'; 26];
+                bytes[at] = b;
+                bytes[25] = b'\r';
+                let expected = if plain { 25 } else { at };
+                assert_eq!(plain_value_len(&bytes), expected, "byte {b:#x} at {at}");
+                assert_eq!(plain_value_len(&bytes[..at]), at, "byte {b:#x} at {at}, cut");
+            }
+        }
+    }
+
+    #[test]
+    fn a_byte_is_found_where_it_first_is_wherever_it_is_among_others() {
+        for b in 0..=255u8 {
+            for len in 0..20 {
+                for at in 0..len {
+                    let mut bytes = vec![b.wrapping_add(1); len];
+                    // Bytes that borrow next to it, before and after.
+                    for (i, x) in bytes.iter_mut().enumerate().skip(at + 1).step_by(3) {
+                        *x = if i % 2 == 0 { b } else { b.wrapping_sub(1) };
+                    }
+                    bytes[at] = b;
+                    assert_eq!(find_byte(&bytes, b), Some(at), "{b:#x} at {at} of {len}");
+                }
+                assert_eq!(find_byte(&vec![b.wrapping_add(1); len], b), None);
+            }
         }
     }
 
