@@ -80,8 +80,10 @@ pub(super) struct Scanned {
     /// The request path's place in the head (the target without its query).
     path: (usize, usize),
     fields: Fields,
-    /// The first value of each header the checks look up ([`Known`]), found in the scan.
-    known: [Option<(usize, usize)>; Known::COUNT],
+    /// The first of each header the checks look up ([`Known`]), found in the scan: its
+    /// place in `fields`, or [`Scanned::NONE`]. (Indices, not places: the box is filled
+    /// in place of a copy the size of the scan.)
+    known: [u8; Known::COUNT],
     body_len: usize,
     keep_alive: bool,
 }
@@ -178,7 +180,7 @@ impl HeadFields {
             route: Route::Publish,
             path: (0, 0),
             fields: Fields::new(),
-            known: [None; Known::COUNT],
+            known: [Scanned::NONE; Known::COUNT],
             body_len: 0,
             keep_alive: true,
         });
@@ -213,9 +215,10 @@ impl HeadFields {
             }
             Field::NotLean => return None,
             Field::Known(known) => {
+                let at = u8::try_from(self.scanned.fields.len()).ok().filter(|at| *at != Scanned::NONE)?;
                 let first = &mut self.scanned.known[known as usize];
-                if first.is_none() {
-                    *first = Some(value);
+                if *first == Scanned::NONE {
+                    *first = at;
                 }
             }
             Field::Other => {}
@@ -419,6 +422,14 @@ fn uri_path(target: &str) -> Option<&str> {
 }
 
 impl Scanned {
+    /// No header's place in `known`.
+    const NONE: u8 = u8::MAX;
+
+    /// The place of the first value of header `known`.
+    fn known(&self, known: Known) -> Option<(usize, usize)> {
+        self.fields.get(usize::from(self.known[known as usize])).map(|&(_, value)| value)
+    }
+
     /// The request it heads, once its bytes (`head`) are out of the buffer: the head (which
     /// keeps the scan in its box, so that a move of it through the publish's futures is
     /// small), its route, its body's length, and whether the connection stays open.
@@ -433,9 +444,9 @@ impl Scanned {
         let (body_len, keep_alive) = (self.body_len, self.keep_alive);
         // The client's id if it sent a sane one, else a new one: as on hyper's path, the
         // request then carries that id alone.
-        let given = self.known[Known::RequestId as usize].map(|(s, e)| head.slice(s..e));
+        let given = self.known(Known::RequestId).map(|(s, e)| head.slice(s..e));
         let id = LeanRequestId::of(given);
-        let api_key = self.known[Known::ApiKey as usize].and_then(|(s, e)| keys.of(&head[s..e], herald));
+        let api_key = self.known(Known::ApiKey).and_then(|(s, e)| keys.of(&head[s..e], herald));
         (LeanHead { head, scanned: self, id, api_key }, route, body_len, keep_alive)
     }
 }
@@ -493,7 +504,7 @@ impl Headers for LeanHead {
     fn header(&self, name: &HeaderName) -> Option<&[u8]> {
         match Known::of(name) {
             Some(Known::RequestId) => Some(self.id.as_bytes()),
-            Some(known) => self.scanned.known[known as usize].map(|(s, e)| &self.head[s..e]),
+            Some(known) => self.scanned.known(known).map(|(s, e)| &self.head[s..e]),
             None => places(&self.head, &self.scanned.fields, name).next().map(|(s, e)| &self.head[s..e]),
         }
     }
@@ -1125,7 +1136,7 @@ mod tests {
             Route::Channel(c) => c.as_ref().ok().cloned(),
         };
         let fields = s.fields.iter().map(|&(n, v)| (at(n), at(v))).collect();
-        let known = s.known.iter().map(|k| k.map(at)).collect();
+        let known = s.known.iter().map(|&k| s.fields.get(usize::from(k)).map(|&(_, v)| at(v))).collect();
         (s.len, route, at(s.path), fields, known, s.body_len, s.keep_alive)
     }
 
