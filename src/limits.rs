@@ -91,10 +91,14 @@ impl RateLimiter {
     fn sweep_at(&self, now: Instant) {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let Buckets { index, slots, .. } = &mut *buckets;
+        let live = slots.len();
         slots.retain(|(_, b)| {
             let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
             b.tokens + elapsed * self.rate < self.burst
         });
+        if slots.len() == live {
+            return;
+        }
         // The slots left have moved: each key's is found anew.
         index.clear();
         index.extend(slots.iter().enumerate().map(|(slot, (key, _))| (Arc::clone(key), slot)));
