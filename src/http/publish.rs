@@ -326,13 +326,28 @@ fn item_key(own: Option<String>, batch_key: Option<&str>, index: usize) -> Optio
 
 /// Attaches the publisher's idempotency key, scoped to the publisher (`scope`, its rate-limit
 /// key: its API key's name, user id, or address), to an event.
+///
+/// Inlined, so that an event without a key (most are) is not moved into a call and back out.
+#[inline]
 fn keyed(
     herald: &Herald,
     scope: &str,
     key: Option<&str>,
+    event: (Vec<ChannelName>, Event),
+) -> Result<(Vec<ChannelName>, Event), ApiError> {
+    match key {
+        None => Ok(event),
+        Some(key) => with_key(herald, scope, key, event),
+    }
+}
+
+/// [`keyed`] with a key.
+fn with_key(
+    herald: &Herald,
+    scope: &str,
+    key: &str,
     (channels, event): (Vec<ChannelName>, Event),
 ) -> Result<(Vec<ChannelName>, Event), ApiError> {
-    let Some(key) = key else { return Ok((channels, event)) };
     let key = Idempotency::new(scope, key, &channels, &event, herald.config().idempotency_window)?;
     Ok((channels, event.with_idempotency(key)))
 }

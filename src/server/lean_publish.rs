@@ -80,8 +80,10 @@ pub(super) struct Scanned {
     /// The request path's place in the head (the target without its query).
     path: (usize, usize),
     fields: Fields,
-    /// The first value of each header the checks look up ([`Known`]), found in the scan.
-    known: [Option<(usize, usize)>; Known::COUNT],
+    /// The first of each header the checks look up ([`Known`]), found in the scan: its
+    /// place in `fields`, or [`Scanned::NONE`]. (Indices, not places: the box is filled
+    /// in place of a copy the size of the scan.)
+    known: [u8; Known::COUNT],
     body_len: usize,
     keep_alive: bool,
 }
@@ -178,7 +180,7 @@ impl HeadFields {
             route: Route::Publish,
             path: (0, 0),
             fields: Fields::new(),
-            known: [None; Known::COUNT],
+            known: [Scanned::NONE; Known::COUNT],
             body_len: 0,
             keep_alive: true,
         });
@@ -186,7 +188,8 @@ impl HeadFields {
     }
 
     /// Takes a header whose name and value are at `name` and `value` in `head`; `None` if it
-    /// makes the request one for hyper.
+    /// makes the request one for hyper. Inlined into the scans' loops: it runs for every header.
+    #[inline(always)]
     fn add(&mut self, head: &[u8], name: (usize, usize), value: (usize, usize)) -> Option<()> {
         let bytes = &head[value.0..value.1];
         match Field::of(&head[name.0..name.1], self.cors) {
@@ -213,9 +216,10 @@ impl HeadFields {
             }
             Field::NotLean => return None,
             Field::Known(known) => {
+                let at = u8::try_from(self.scanned.fields.len()).ok().filter(|at| *at != Scanned::NONE)?;
                 let first = &mut self.scanned.known[known as usize];
-                if first.is_none() {
-                    *first = Some(value);
+                if *first == Scanned::NONE {
+                    *first = at;
                 }
             }
             Field::Other => {}
@@ -274,8 +278,9 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
     const START: &[u8] = b"POST ";
     const VERSION: &[u8] = b" HTTP/1.1\r\n";
     let rest = buf.strip_prefix(START)?;
-    let target_len = memchr::memchr(b' ', rest)?;
+    let target_len = find_byte(rest, b' ')?;
     let target = &rest[..target_len];
+    // Folded without an early exit: loops the compiler widens.
     if !target.iter().fold(true, |plain, &b| plain & PLAIN_TARGET[usize::from(b)]) {
         return None;
     }
@@ -293,26 +298,71 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
         if line.starts_with(b"\r\n") {
             return fields.done(at + 2, route, path);
         }
-        let cr = memchr::memchr(b'\r', line)?;
-        if line.get(cr + 1) != Some(&b'\n') {
+        // A name of token bytes (no CR, LF or colon among them), up to a colon.
+        let colon = find_byte(line, b':')?;
+        let name = &line[..colon];
+        if !name.iter().fold(!name.is_empty(), |ok, &b| ok & TOKEN[usize::from(b)]) {
             return None;
         }
-        let colon = memchr::memchr(b':', &line[..cr])?;
-        let (name, value) = (&line[..colon], &line[colon + 1..cr]);
-        // Folded without an early exit: loops the compiler widens.
-        let token = name.iter().fold(!name.is_empty(), |ok, &b| ok & TOKEN[usize::from(b)]);
-        let visible = value.iter().fold(true, |ok, &b| ok & ((b' '..=b'~').contains(&b) | (b == b'\t')));
+        // A value of visible ASCII, spaces and tabs, up to a CRLF.
+        let value = &line[colon + 1..];
+        let value_len = plain_value_len(value);
+        if value.get(value_len..value_len + 2) != Some(b"\r\n") {
+            return None;
+        }
         count += 1;
-        if !token || !visible || count > MAX_HEADERS {
+        if count > MAX_HEADERS {
             return None;
         }
+        let value = &value[..value_len];
         let blank = |b: &u8| *b == b' ' || *b == b'\t';
         let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
         let end = value.iter().rposition(|b| !blank(b)).map_or(start, |last| last + 1);
         let value_at = at + colon + 1;
         fields.add(buf, (at, at + colon), (value_at + start, value_at + end))?;
-        at += cr + 2;
+        at = value_at + value_len + 2;
     }
+}
+
+/// Where the first `byte` of `bytes` is, looked for eight bytes at a time: for the short runs
+/// of a head (its target, a header's name), shorter than what `memchr` sets up for.
+fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let (words, _) = bytes.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        // A byte of `x` is zero where `byte` is: the first (lowest) one borrows into its
+        // high bit; a borrow marks only bytes above it.
+        let x = u64::from_le_bytes(*word) ^ (ONES * u64::from(byte));
+        let zero = x.wrapping_sub(ONES) & !x & HIGH;
+        if zero != 0 {
+            return Some(i * 8 + zero.trailing_zeros() as usize / 8);
+        }
+    }
+    let at = words.len() * 8;
+    bytes[at..].iter().position(|&b| b == byte).map(|i| at + i)
+}
+
+/// How many bytes at the start of `bytes` are visible ASCII, spaces or tabs: what a header
+/// value of a plain head is made of (`HeaderValue::to_str`'s bytes).
+fn plain_value_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let (words, _) = bytes.as_chunks::<8>();
+    // Eight bytes at a time while each is a space or visible ASCII: one below 0x20 (a tab,
+    // the CR that ends the line) borrows into its high bit, one from 0x7f up has it or
+    // carries into it. (A borrow or carry may mark a byte next to it too: this word is
+    // then read byte by byte.)
+    let plain = words
+        .iter()
+        .take_while(|word| {
+            let x = u64::from_ne_bytes(**word);
+            (x.wrapping_sub(ONES * 0x20) & !x | x.wrapping_add(ONES) | x) & HIGH == 0
+        })
+        .count()
+        * 8;
+    let rest = &bytes[plain..];
+    plain + rest.iter().position(|&b| !((b' '..=b'~').contains(&b) || b == b'\t')).unwrap_or(rest.len())
 }
 
 /// [`publish_head`] by httparse, for any head [`plain_head`] does not read.
@@ -327,7 +377,7 @@ fn parsed_head(buf: &[u8], herald: &Herald) -> Head {
     let (Some("POST"), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Head::NotLean;
     };
-    let Some(route) = route(target.as_bytes()) else { return Head::NotLean };
+    let Some(route) = route(without_query(target.as_bytes())) else { return Head::NotLean };
     // A target `http` refuses: hyper answers it.
     let Some(path) = uri_path(target) else { return Head::NotLean };
     let at = |part: &[u8]| {
@@ -373,6 +423,14 @@ fn uri_path(target: &str) -> Option<&str> {
 }
 
 impl Scanned {
+    /// No header's place in `known`.
+    const NONE: u8 = u8::MAX;
+
+    /// The place of the first value of header `known`.
+    fn known(&self, known: Known) -> Option<(usize, usize)> {
+        self.fields.get(usize::from(self.known[known as usize])).map(|&(_, value)| value)
+    }
+
     /// The request it heads, once its bytes (`head`) are out of the buffer: the head (which
     /// keeps the scan in its box, so that a move of it through the publish's futures is
     /// small), its route, its body's length, and whether the connection stays open.
@@ -387,9 +445,9 @@ impl Scanned {
         let (body_len, keep_alive) = (self.body_len, self.keep_alive);
         // The client's id if it sent a sane one, else a new one: as on hyper's path, the
         // request then carries that id alone.
-        let given = self.known[Known::RequestId as usize].map(|(s, e)| head.slice(s..e));
+        let given = self.known(Known::RequestId).map(|(s, e)| head.slice(s..e));
         let id = LeanRequestId::of(given);
-        let api_key = self.known[Known::ApiKey as usize].and_then(|(s, e)| keys.of(&head[s..e], herald));
+        let api_key = self.known(Known::ApiKey).and_then(|(s, e)| keys.of(&head[s..e], herald));
         (LeanHead { head, scanned: self, id, api_key }, route, body_len, keep_alive)
     }
 }
@@ -447,7 +505,7 @@ impl Headers for LeanHead {
     fn header(&self, name: &HeaderName) -> Option<&[u8]> {
         match Known::of(name) {
             Some(Known::RequestId) => Some(self.id.as_bytes()),
-            Some(known) => self.scanned.known[known as usize].map(|(s, e)| &self.head[s..e]),
+            Some(known) => self.scanned.known(known).map(|(s, e)| &self.head[s..e]),
             None => places(&self.head, &self.scanned.fields, name).next().map(|(s, e)| &self.head[s..e]),
         }
     }
@@ -483,16 +541,21 @@ impl RequestHead for LeanHead {
     }
 }
 
-/// The publish route of a request target, as axum would route it: the path without its
-/// query; a channel segment is taken as it is (one with `%` escapes is left to axum, which
-/// decodes it).
-fn route(target: &[u8]) -> Option<Route> {
-    let path = memchr::memchr(b'?', target).map_or(target, |query| &target[..query]);
+/// A request target without its query, as axum routes it.
+fn without_query(target: &[u8]) -> &[u8] {
+    memchr::memchr(b'?', target).map_or(target, |query| &target[..query])
+}
+
+/// The publish route of a request path (a target [`without_query`]), as axum would route it;
+/// a channel segment is taken as it is (one with `%` escapes is left to axum, which decodes
+/// it).
+fn route(path: &[u8]) -> Option<Route> {
     if path == b"/api/publish" {
         return Some(Route::Publish);
     }
     let channel = path.strip_prefix(b"/api/channels/")?.strip_suffix(b"/events")?;
-    if channel.is_empty() || memchr::memchr2(b'/', b'%', channel).is_some() {
+    // Folded without an early exit: a loop the compiler widens.
+    if channel.is_empty() || channel.iter().fold(false, |bad, &b| bad | (b == b'/') | (b == b'%')) {
         return None;
     }
     // Cut from the target at ASCII bytes: text as the target is.
@@ -986,7 +1049,7 @@ mod tests {
     use super::*;
 
     fn routed(target: &str) -> Option<String> {
-        route(target.as_bytes()).map(|r| match r {
+        route(without_query(target.as_bytes())).map(|r| match r {
             Route::Publish => "publish".to_owned(),
             Route::Channel(c) => c.unwrap_or_default(),
         })
@@ -1079,7 +1142,7 @@ mod tests {
             Route::Channel(c) => c.as_ref().ok().cloned(),
         };
         let fields = s.fields.iter().map(|&(n, v)| (at(n), at(v))).collect();
-        let known = s.known.iter().map(|k| k.map(at)).collect();
+        let known = s.known.iter().map(|&k| s.fields.get(usize::from(k)).map(|&(_, v)| at(v))).collect();
         (s.len, route, at(s.path), fields, known, s.body_len, s.keep_alive)
     }
 
@@ -1145,6 +1208,10 @@ mod tests {
             heads.push(with(&[b'x', b, b'y', b':', b' ', b'v']));
             heads.push(with(&[b'x', b':', b' ', b'a', b, b'z']));
             heads.push(with(&[b'x', b':', b, b'z', b]));
+            // In a long value, at each place of the words it is read by.
+            for i in [0, 3, 7, 8, 12, 15, 16, 17, 23, 24] {
+                heads.push(with(&[&b"x-long: "[..], &b"v".repeat(i), &[b], b"w"].concat()));
+            }
         }
         // Every head cut short.
         heads.extend((0..PLAIN.len()).map(|n| PLAIN[..n].to_vec()));
@@ -1157,6 +1224,39 @@ mod tests {
         // What backends send is read by the plain scan.
         for head in &heads[..12] {
             assert!(same_as_httparse(&herald, head), "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn a_value_s_bytes_are_counted_up_to_the_first_that_is_not_visible_ascii_a_space_or_a_tab() {
+        for b in 0..=255u8 {
+            let plain = (b' '..=b'~').contains(&b) || b == b'\t';
+            for at in 0..26 {
+                let mut bytes = [b'v'; 26];
+                bytes[at] = b;
+                bytes[25] = b'\r';
+                let expected = if plain { 25 } else { at };
+                assert_eq!(plain_value_len(&bytes), expected, "byte {b:#x} at {at}");
+                assert_eq!(plain_value_len(&bytes[..at]), at, "byte {b:#x} at {at}, cut");
+            }
+        }
+    }
+
+    #[test]
+    fn a_byte_is_found_where_it_first_is_wherever_it_is_among_others() {
+        for b in 0..=255u8 {
+            for len in 0..20 {
+                for at in 0..len {
+                    let mut bytes = vec![b.wrapping_add(1); len];
+                    // Bytes that borrow next to it, before and after.
+                    for (i, x) in bytes.iter_mut().enumerate().skip(at + 1).step_by(3) {
+                        *x = if i % 2 == 0 { b } else { b.wrapping_sub(1) };
+                    }
+                    bytes[at] = b;
+                    assert_eq!(find_byte(&bytes, b), Some(at), "{b:#x} at {at} of {len}");
+                }
+                assert_eq!(find_byte(&vec![b.wrapping_add(1); len], b), None);
+            }
         }
     }
 
