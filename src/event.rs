@@ -595,11 +595,12 @@ fn push_fields(out: &mut Vec<u8>, fields: &Map<String, Value>) {
     }
 }
 
-/// The RFC 3339 text of the last second a timestamp was written in, on this thread, with
-/// any milliseconds: the events of a second share its date and time of day, and each
-/// writes only its three digits of milliseconds into a copy.
+/// The RFC 3339 text of the last millisecond a timestamp was written for, on this thread:
+/// the events of a batch share one millisecond and copy its text, and the events of a
+/// second share its date and time of day, and rewrite only the three digits of
+/// milliseconds.
 struct Stamp {
-    second: u64,
+    ms: u64,
     text: [u8; STAMP_LEN],
 }
 
@@ -608,24 +609,25 @@ const STAMP_LEN: usize = 24;
 
 thread_local! {
     static LAST_STAMP: std::cell::RefCell<Stamp> =
-        const { std::cell::RefCell::new(Stamp { second: u64::MAX, text: [0; STAMP_LEN] }) };
+        const { std::cell::RefCell::new(Stamp { ms: u64::MAX, text: [0; STAMP_LEN] }) };
 }
 
 /// Writes `ms` (Unix milliseconds) as an RFC 3339 timestamp with milliseconds (it needs no
 /// escaping), byte for byte as `humantime::format_rfc3339_millis` writes it; nothing from
 /// the year 10000 on, which humantime refuses.
 fn push_timestamp(out: &mut Vec<u8>, ms: u64) {
-    let second = ms / 1000;
     LAST_STAMP.with_borrow_mut(|stamp| {
-        if stamp.second != second {
-            let Some(text) = rfc3339_second(second) else { return };
-            *stamp = Stamp { second, text };
+        if stamp.ms != ms {
+            if stamp.ms / 1000 != ms / 1000 {
+                let Some(text) = rfc3339_second(ms / 1000) else { return };
+                stamp.text = text;
+            }
+            let millis = (ms % 1000) as usize;
+            stamp.text[20] = b'0' + (millis / 100) as u8;
+            stamp.text[21..23].copy_from_slice(two_digits(millis % 100));
+            stamp.ms = ms;
         }
-        let mut text = stamp.text;
-        let millis = (ms % 1000) as usize;
-        text[20] = b'0' + (millis / 100) as u8;
-        text[21..23].copy_from_slice(two_digits(millis % 100));
-        out.extend_from_slice(&text);
+        out.extend_from_slice(&stamp.text);
     });
 }
 
