@@ -401,6 +401,8 @@ pub struct Prepared {
     pub ai: Option<AiChunk>,
     /// The publisher's idempotency key, if it gave one.
     pub idempotency: Option<Box<Idempotency>>,
+    /// When the event was made (Unix milliseconds): the time of its id and its timestamp.
+    pub at_ms: u64,
 }
 
 /// One chunk of an AI token stream (an `ai_chat_chunk` event).
@@ -480,6 +482,7 @@ impl Prepared {
             body,
             ai,
             idempotency,
+            at_ms: ms,
         })
     }
 

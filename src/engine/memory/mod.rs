@@ -150,9 +150,10 @@ pub struct MemoryEngine {
     idempotency: Mutex<HashMap<String, Remembered>>,
 }
 
-/// The clock read once for a publish call, for all its events: the time their positions
-/// and history ages are counted from, and when the node accepted them. A position read
-/// before its log's lock stays after the log's last (`Position::next_at`).
+/// The clock of a publish call, for all its events: the time their positions and history
+/// ages are counted from (the wall clock read when the batch was prepared, which its ids
+/// and timestamps carry), and when the node accepted them. A position of a time before its
+/// log's last stays after it (`Position::next_at`).
 #[derive(Clone, Copy)]
 struct Clock {
     ms: u64,
@@ -160,8 +161,10 @@ struct Clock {
 }
 
 impl Clock {
-    fn now() -> Self {
-        Self { ms: now_ms(), accepted: Instant::now() }
+    /// The clock of a publish of `batch` accepted at `accepted`: the wall clock is the one
+    /// the batch was prepared at (its events' ids and timestamps), not read again.
+    fn of(batch: &[Prepared], accepted: Instant) -> Self {
+        Self { ms: batch.first().map_or_else(now_ms, |p| p.at_ms), accepted }
     }
 }
 
@@ -199,7 +202,7 @@ impl MemoryEngine {
             }
         }
         let mut memo = LimitsMemo::default();
-        let clock = Clock { ms: now_ms(), accepted: now };
+        let clock = Clock::of(batch, now);
         let acks = batch
             .iter()
             .map(|p| {
@@ -388,7 +391,7 @@ impl Broker for MemoryEngine {
             return Box::pin(async move { acks });
         }
         let mut memo = LimitsMemo::default();
-        let clock = Clock::now();
+        let clock = Clock::of(&batch, Instant::now());
         let acks = batch.iter().map(|p| self.publish_one(p, &mut memo, clock)).collect();
         Box::pin(async move { Ok(acks) })
     }
