@@ -54,6 +54,10 @@ struct AiStream {
     expires_ms: u64,
 }
 
+/// The events a log makes room for at its first (a channel's history is often a few events;
+/// a longer one grows from there by doubling).
+const FIRST_ROOM: usize = 8;
+
 /// Open AI streams kept per channel at most; the oldest is forgotten past it.
 const MAX_STREAMS: usize = 64;
 
@@ -104,6 +108,18 @@ impl Log {
     fn pop_front(&mut self) {
         if let (Some(pos), Some(_)) = (self.positions.pop_front(), self.entries.pop_front()) {
             self.covered_after = pos;
+        }
+    }
+
+    /// Before an event is appended to a log trimmed to `size` events: the first makes room
+    /// for a few, where growing from nothing reallocates both lists at the 1st, 5th and
+    /// 9th event.
+    fn make_room(&mut self, size: usize) {
+        if self.entries.capacity() == 0 {
+            // One over the size: the new event is in before the oldest is trimmed.
+            let room = FIRST_ROOM.min(size.saturating_add(1));
+            self.entries.reserve_exact(room);
+            self.positions.reserve_exact(room);
         }
     }
 
@@ -273,8 +289,10 @@ impl MemoryEngine {
         }
         let event = Published::from_prepared_at(p, &positions, clock.accepted);
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
+            let limits = self.limits_in(memo, ch);
+            g.make_room(limits.0);
             self.append(g, p, &event, ch, *pos, now);
-            g.trim(self.limits_in(memo, ch), now);
+            g.trim(limits, now);
         }
         self.sink.node().deliver(&event);
         drop(guards);
@@ -297,6 +315,7 @@ impl MemoryEngine {
         g.last = g.last.next_at(now);
         let pos = g.last;
         let event = Published::from_prepared_at(p, std::slice::from_ref(&pos), clock.accepted);
+        g.make_room(limits.0);
         self.append(&mut g, p, &event, channel, pos, now);
         g.trim(limits, now);
         self.sink.node().deliver(&event);
