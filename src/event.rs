@@ -11,7 +11,6 @@
 //! The reserved keys are always written by the server; a publisher's values for them are
 //! dropped.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -402,6 +401,8 @@ pub struct Prepared {
     pub ai: Option<AiChunk>,
     /// The publisher's idempotency key, if it gave one.
     pub idempotency: Option<Box<Idempotency>>,
+    /// When the event was made (Unix milliseconds): the time of its id and its timestamp.
+    pub at_ms: u64,
 }
 
 /// One chunk of an AI token stream (an `ai_chat_chunk` event).
@@ -467,9 +468,12 @@ impl Prepared {
         }
         let ai = ai_chunk(&event);
         let Event { event_type, payload, idempotency } = event;
-        let body = serialize_body_at(&event_type, payload, publisher, max_payload, at)?;
+        // The id's time and the timestamp are one reading of the clock, turned into
+        // milliseconds once.
+        let ms = crate::ids::ms_of(at);
+        let body = serialize_body_at(&event_type, payload, publisher, max_payload, ms)?;
         Ok(Self {
-            id: crate::ids::new_shared_id_at(crate::ids::ms_of(at)),
+            id: crate::ids::new_shared_id_at(ms),
             event_type: match previous {
                 Some(t) if **t == *event_type => Arc::clone(t),
                 _ => event_type,
@@ -478,6 +482,7 @@ impl Prepared {
             body,
             ai,
             idempotency,
+            at_ms: ms,
         })
     }
 
@@ -525,10 +530,10 @@ fn serialize_body(
     publisher: &Publisher,
     max_payload: usize,
 ) -> Result<String, EventError> {
-    serialize_body_at(event_type, payload, publisher, max_payload, SystemTime::now())
+    serialize_body_at(event_type, payload, publisher, max_payload, crate::ids::now_ms())
 }
 
-/// [`serialize_body`] of `event` with the timestamp `at`.
+/// [`serialize_body`] of `event` with the timestamp `at` (to the millisecond).
 #[cfg(test)]
 pub(crate) fn body_at(
     event: &Event,
@@ -536,7 +541,7 @@ pub(crate) fn body_at(
     max_payload: usize,
     at: SystemTime,
 ) -> Result<String, EventError> {
-    serialize_body_at(&event.event_type, event.payload.clone(), publisher, max_payload, at)
+    serialize_body_at(&event.event_type, event.payload.clone(), publisher, max_payload, crate::ids::ms_of(at))
 }
 
 fn serialize_body_at(
@@ -544,7 +549,7 @@ fn serialize_body_at(
     payload: Payload,
     publisher: &Publisher,
     max_payload: usize,
-    at: SystemTime,
+    ms: u64,
 ) -> Result<String, EventError> {
     // A payload held as text becomes the body: the members before it are written after it
     // and rotated to the front, which costs less than a buffer of its own and a copy.
@@ -558,7 +563,7 @@ fn serialize_body_at(
     body.extend_from_slice(br#""type":"#);
     push_plain_str(&mut body, event_type);
     body.extend_from_slice(br#","timestamp":""#);
-    push_timestamp(&mut body, at);
+    push_timestamp(&mut body, ms);
     body.push(b'"');
     if let Some(uid) = &publisher.user_id {
         body.extend_from_slice(br#","userId":"#);
@@ -593,15 +598,12 @@ fn push_fields(out: &mut Vec<u8>, fields: &Map<String, Value>) {
     }
 }
 
-/// The RFC 3339 text of the last millisecond a timestamp was written for, on this thread.
-/// The events of a batch are prepared within one or two milliseconds: each formats the date
-/// once per millisecond, not once per event.
-#[derive(Clone, Copy)]
+/// The RFC 3339 text of the last millisecond a timestamp was written for, on this thread:
+/// the events of a batch share one millisecond and copy its text, and the events of a
+/// second share its date and time of day, and rewrite only the three digits of
+/// milliseconds.
 struct Stamp {
-    /// The time last written: the events of a batch share one reading of the clock, whose
-    /// text is then found without turning it into milliseconds again.
-    at: SystemTime,
-    ms: u128,
+    ms: u64,
     text: [u8; STAMP_LEN],
 }
 
@@ -609,30 +611,70 @@ struct Stamp {
 const STAMP_LEN: usize = 24;
 
 thread_local! {
-    static LAST_STAMP: std::cell::Cell<Option<Stamp>> = const { std::cell::Cell::new(None) };
+    static LAST_STAMP: std::cell::RefCell<Stamp> =
+        const { std::cell::RefCell::new(Stamp { ms: u64::MAX, text: [0; STAMP_LEN] }) };
 }
 
-/// Writes `at` as an RFC 3339 timestamp with milliseconds (it needs no escaping).
-fn push_timestamp(out: &mut Vec<u8>, at: SystemTime) {
-    let last = LAST_STAMP.get();
-    if let Some(stamp) = last.filter(|s| s.at == at) {
+/// Writes `ms` (Unix milliseconds) as an RFC 3339 timestamp with milliseconds (it needs no
+/// escaping), byte for byte as `humantime::format_rfc3339_millis` writes it; nothing from
+/// the year 10000 on, which humantime refuses.
+fn push_timestamp(out: &mut Vec<u8>, ms: u64) {
+    LAST_STAMP.with_borrow_mut(|stamp| {
+        if stamp.ms != ms {
+            if stamp.ms / 1000 != ms / 1000 {
+                let Some(text) = rfc3339_second(ms / 1000) else { return };
+                stamp.text = text;
+            }
+            let millis = (ms % 1000) as usize;
+            stamp.text[20] = b'0' + (millis / 100) as u8;
+            stamp.text[21..23].copy_from_slice(two_digits(millis % 100));
+            stamp.ms = ms;
+        }
         out.extend_from_slice(&stamp.text);
-        return;
-    }
-    let Ok(ms) = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()) else {
-        let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
-        return;
+    });
+}
+
+/// The two ASCII digits of `n` (below 100).
+fn two_digits(n: usize) -> &'static [u8] {
+    const DIGITS: [u8; 200] = {
+        let mut table = [0; 200];
+        let mut n = 0;
+        while n < 100 {
+            table[2 * n] = b'0' + (n / 10) as u8;
+            table[2 * n + 1] = b'0' + (n % 10) as u8;
+            n += 1;
+        }
+        table
     };
-    if let Some(stamp) = last.filter(|s| s.ms == ms) {
-        out.extend_from_slice(&stamp.text);
-        LAST_STAMP.set(Some(Stamp { at, ..stamp }));
-        return;
+    &DIGITS[2 * n..2 * n + 2]
+}
+
+/// The second `second` (since the Unix epoch) in RFC 3339, `.000Z` for its milliseconds:
+/// the civil date of a day count (Howard Hinnant's `civil_from_days`, in unsigned
+/// arithmetic since the days count from 1970). `None` from the year 10000 on.
+fn rfc3339_second(second: u64) -> Option<[u8; STAMP_LEN]> {
+    if second >= 253_402_300_800 {
+        return None;
     }
-    let start = out.len();
-    let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
-    if let Ok(text) = <[u8; STAMP_LEN]>::try_from(&out[start..]) {
-        LAST_STAMP.set(Some(Stamp { at, ms, text }));
+    let (days, of_day) = (second / 86_400, (second % 86_400) as usize);
+    // Days since 0000-03-01, in eras of 400 years (146,097 days), each from a 1 March.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let of_era = z - era * 146_097;
+    let year_of_era = (of_era - of_era / 1_460 + of_era / 36_524 - of_era / 146_096) / 365;
+    let of_year = of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * of_year + 2) / 153;
+    let day = (of_year - (153 * month_from_march + 2) / 5 + 1) as usize;
+    let month = (if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 }) as usize;
+    let year = (year_of_era + era * 400 + u64::from(month <= 2)) as usize;
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    for (at, n) in [(0, year / 100), (2, year % 100), (5, month), (8, day)] {
+        text[at..at + 2].copy_from_slice(two_digits(n));
     }
+    for (at, n) in [(11, of_day / 3_600), (14, of_day / 60 % 60), (17, of_day % 60)] {
+        text[at..at + 2].copy_from_slice(two_digits(n));
+    }
+    Some(text)
 }
 
 /// Assembles the wire JSON from the id, the channel and the prepared body members.
@@ -910,16 +952,53 @@ mod tests {
     }
 
     #[test]
-    fn a_timestamp_reused_within_its_millisecond_is_the_one_formatted_for_it() {
-        let at = |ms: u64, ns: u64| {
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms) + std::time::Duration::from_nanos(ns)
-        };
-        let times = [(1_764_863_051_123, 0), (1_764_863_051_123, 0), (1_764_863_051_123, 5), (1_764_863_051_124, 0)];
-        for (ms, ns) in times.into_iter().chain([(0, 0), (1_764_863_051_123, 999_999), (1_764_863_051_123, 999_999)]) {
+    fn a_timestamp_reused_within_its_second_is_the_one_formatted_for_it() {
+        let times = [
+            1_764_863_051_123,
+            1_764_863_051_123,
+            1_764_863_051_124,
+            1_764_863_051_009,
+            0,
+            1_764_863_051_999,
+            1_764_863_052_000,
+        ];
+        for ms in times {
             let mut out = Vec::new();
-            push_timestamp(&mut out, at(ms, ns));
-            assert_eq!(String::from_utf8(out).ok(), Some(humantime::format_rfc3339_millis(at(ms, ns)).to_string()));
+            push_timestamp(&mut out, ms);
+            assert_eq!(String::from_utf8(out).ok(), Some(humantime_millis(ms)));
         }
+    }
+
+    fn humantime_millis(ms: u64) -> String {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    }
+
+    #[test]
+    fn a_timestamp_is_written_as_humantime_writes_it() {
+        let day = 86_400_000u64;
+        // Year, leap-day and century boundaries, then a walk over every year to 9999 with
+        // odd steps that land on every hour, minute, second and millisecond digit.
+        let mut times = vec![0, 1, 999, 1_000, day - 1, day, 951_782_400_000 - 1, 951_782_400_000, 951_868_800_000];
+        // 2000 (a leap year of a century), 2100 (a century not leap), 2001 (not leap), 2024.
+        for year_start in [946_684_800_000u64, 4_102_444_800_000, 978_307_200_000, 1_704_067_200_000] {
+            for d in [0, 58, 59, 60, 364, 365] {
+                times.extend([year_start + d * day - 1, year_start + d * day, year_start + d * day + 86_399_999]);
+            }
+        }
+        let mut ms = 0u64;
+        while ms < 253_402_300_800_000 {
+            times.push(ms);
+            ms += 3_217_123_457_u64 + ms % 7_919;
+        }
+        times.push(253_402_300_799_999);
+        for ms in times {
+            let mut out = Vec::new();
+            push_timestamp(&mut out, ms);
+            assert_eq!(String::from_utf8(out).ok(), Some(humantime_millis(ms)), "{ms}");
+        }
+        let mut out = Vec::new();
+        push_timestamp(&mut out, 253_402_300_800_000);
+        assert_eq!(out, b"", "humantime refuses the year 10000");
     }
 
     #[test]

@@ -50,33 +50,41 @@ impl Frame {
     ) -> Self {
         let mut buf = Vec::with_capacity(event_type.len() + capacity + 24);
         buf.extend_from_slice(b"event: ");
-        for chunk in event_type.as_bytes().split(|&b| b == b'\n' || b == b'\r') {
-            buf.extend_from_slice(chunk);
+        if event_type.bytes().fold(false, |line_end, b| line_end | (b == b'\n') | (b == b'\r')) {
+            buf.extend(event_type.bytes().filter(|&b| b != b'\n' && b != b'\r'));
+        } else {
+            buf.extend_from_slice(event_type.as_bytes());
         }
         buf.push(b'\n');
         let id_at = buf.len();
         buf.extend_from_slice(b"id: ");
         let id_start = buf.len();
         id(&mut buf);
-        if memchr::memchr2(b'\n', b'\r', &buf[id_start..]).is_some() {
-            let written = buf.split_off(id_start);
-            buf.extend(written.into_iter().filter(|&b| b != b'\n' && b != b'\r'));
-        }
-        buf.push(b'\n');
+        // The id's line end is written once the id and the data are checked together, in one
+        // scan: a space stands in for it until then.
+        let id_end = buf.len();
+        buf.push(b' ');
         let data_at = buf.len();
         buf.extend_from_slice(b"data: ");
         let data_start = buf.len();
         data(&mut buf);
-        if memchr::memchr2(b'\n', b'\r', &buf[data_start..]).is_some() {
-            let written = buf.split_off(data_start);
-            buf.truncate(data_at);
-            let mut out = BytesMut::from(&buf[..]);
-            put_data(&mut out, &written);
-            out.put_u8(b'\n');
-            return Self { bytes: out.freeze(), id_at, data_at };
+        let clean = memchr::memchr2(b'\n', b'\r', &buf[id_start..]).is_none();
+        buf[id_end] = b'\n';
+        if clean {
+            buf.extend_from_slice(b"\n\n");
+            return Self { bytes: Bytes::from(buf), id_at, data_at };
         }
-        buf.extend_from_slice(b"\n\n");
-        Self { bytes: Bytes::from(buf), id_at, data_at }
+        // A line end in the id or the data: rewritten the way `new` writes them.
+        let data = buf.split_off(data_start);
+        buf.truncate(id_end);
+        let id = buf.split_off(id_start);
+        let mut out = BytesMut::from(&buf[..]);
+        out.extend(id.into_iter().filter(|&b| b != b'\n' && b != b'\r'));
+        out.put_u8(b'\n');
+        let data_at = out.len();
+        put_data(&mut out, &data);
+        out.put_u8(b'\n');
+        Self { bytes: out.freeze(), id_at, data_at }
     }
 
     /// The frame for a subscriber of one channel: `id:` and `data:`, optionally `event:`.
@@ -206,6 +214,10 @@ mod tests {
             ("chat", "abc:1", &br#"{"x":1}"#[..]),
             ("a\nevent: evil", "1\n\ndata: x", b"{}"),
             ("chat", "abc:1", b"line one\r\nline two\rthree\n"),
+            ("chat", "abc\r:1", b"{}"),
+            ("ty\rpe", "abc\n:1\r\n", b"a\n"),
+            ("chat", "", b""),
+            ("chat", "abc:1", b"\r"),
         ];
         for (event_type, id, data) in parts {
             let built =

@@ -54,6 +54,10 @@ struct AiStream {
     expires_ms: u64,
 }
 
+/// The events a log makes room for at its first (a channel's history is often a few events;
+/// a longer one grows from there by doubling).
+const FIRST_ROOM: usize = 8;
+
 /// Open AI streams kept per channel at most; the oldest is forgotten past it.
 const MAX_STREAMS: usize = 64;
 
@@ -107,6 +111,18 @@ impl Log {
         }
     }
 
+    /// Before an event is appended to a log trimmed to `size` events: the first makes room
+    /// for a few, where growing from nothing reallocates both lists at the 1st, 5th and
+    /// 9th event.
+    fn make_room(&mut self, size: usize) {
+        if self.entries.capacity() == 0 {
+            // One over the size: the new event is in before the oldest is trimmed.
+            let room = FIRST_ROOM.min(size.saturating_add(1));
+            self.entries.reserve_exact(room);
+            self.positions.reserve_exact(room);
+        }
+    }
+
     fn trim(&mut self, (size, ttl_ms): (usize, u64), now: u64) {
         while self.entries.len() > size {
             self.pop_front();
@@ -150,9 +166,10 @@ pub struct MemoryEngine {
     idempotency: Mutex<HashMap<String, Remembered>>,
 }
 
-/// The clock read once for a publish call, for all its events: the time their positions
-/// and history ages are counted from, and when the node accepted them. A position read
-/// before its log's lock stays after the log's last (`Position::next_at`).
+/// The clock of a publish call, for all its events: the time their positions and history
+/// ages are counted from (the wall clock read when the batch was prepared, which its ids
+/// and timestamps carry), and when the node accepted them. A position of a time before its
+/// log's last stays after it (`Position::next_at`).
 #[derive(Clone, Copy)]
 struct Clock {
     ms: u64,
@@ -160,8 +177,10 @@ struct Clock {
 }
 
 impl Clock {
-    fn now() -> Self {
-        Self { ms: now_ms(), accepted: Instant::now() }
+    /// The clock of a publish of `batch` accepted at `accepted`: the wall clock is the one
+    /// the batch was prepared at (its events' ids and timestamps), not read again.
+    fn of(batch: &[Prepared], accepted: Instant) -> Self {
+        Self { ms: batch.first().map_or_else(now_ms, |p| p.at_ms), accepted }
     }
 }
 
@@ -199,7 +218,7 @@ impl MemoryEngine {
             }
         }
         let mut memo = LimitsMemo::default();
-        let clock = Clock { ms: now_ms(), accepted: now };
+        let clock = Clock::of(batch, now);
         let acks = batch
             .iter()
             .map(|p| {
@@ -270,8 +289,10 @@ impl MemoryEngine {
         }
         let event = Published::from_prepared_at(p, &positions, clock.accepted);
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
+            let limits = self.limits_in(memo, ch);
+            g.make_room(limits.0);
             self.append(g, p, &event, ch, *pos, now);
-            g.trim(self.limits_in(memo, ch), now);
+            g.trim(limits, now);
         }
         self.sink.node().deliver(&event);
         drop(guards);
@@ -294,6 +315,7 @@ impl MemoryEngine {
         g.last = g.last.next_at(now);
         let pos = g.last;
         let event = Published::from_prepared_at(p, std::slice::from_ref(&pos), clock.accepted);
+        g.make_room(limits.0);
         self.append(&mut g, p, &event, channel, pos, now);
         g.trim(limits, now);
         self.sink.node().deliver(&event);
@@ -388,7 +410,7 @@ impl Broker for MemoryEngine {
             return Box::pin(async move { acks });
         }
         let mut memo = LimitsMemo::default();
-        let clock = Clock::now();
+        let clock = Clock::of(&batch, Instant::now());
         let acks = batch.iter().map(|p| self.publish_one(p, &mut memo, clock)).collect();
         Box::pin(async move { Ok(acks) })
     }
