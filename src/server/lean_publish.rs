@@ -324,11 +324,14 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
     }
 }
 
+/// A byte of one in each of a word's eight bytes, and of each byte its high bit: the
+/// constants of the word-at-a-time scans ([`find_byte`], [`plain_value_len`]).
+const ONES: u64 = u64::from_ne_bytes([1; 8]);
+const HIGH: u64 = ONES * 0x80;
+
 /// Where the first `byte` of `bytes` is, looked for eight bytes at a time: for the short runs
 /// of a head (its target, a header's name), shorter than what `memchr` sets up for.
 fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES * 0x80;
     let (words, _) = bytes.as_chunks::<8>();
     for (i, word) in words.iter().enumerate() {
         // A byte of `x` is zero where `byte` is: the first (lowest) one borrows into its
@@ -346,8 +349,6 @@ fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
 /// How many bytes at the start of `bytes` are visible ASCII, spaces or tabs: what a header
 /// value of a plain head is made of (`HeaderValue::to_str`'s bytes).
 fn plain_value_len(bytes: &[u8]) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES * 0x80;
     let (words, _) = bytes.as_chunks::<8>();
     // Eight bytes at a time while each is a space or visible ASCII: one below 0x20 (a tab,
     // the CR that ends the line) borrows into its high bit, one from 0x7f up has it or

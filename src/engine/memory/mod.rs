@@ -289,10 +289,7 @@ impl MemoryEngine {
         }
         let event = Published::from_prepared_at(p, &positions, clock.accepted);
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
-            let limits = self.limits_in(memo, ch);
-            g.make_room(limits.0);
-            self.append(g, p, &event, ch, *pos, now);
-            g.trim(limits, now);
+            self.append(g, p, &event, ch, *pos, self.limits_in(memo, ch), now);
         }
         self.sink.node().deliver(&event);
         drop(guards);
@@ -315,22 +312,32 @@ impl MemoryEngine {
         g.last = g.last.next_at(now);
         let pos = g.last;
         let event = Published::from_prepared_at(p, std::slice::from_ref(&pos), clock.accepted);
-        g.make_room(limits.0);
-        self.append(&mut g, p, &event, channel, pos, now);
-        g.trim(limits, now);
+        self.append(&mut g, p, &event, channel, pos, limits, now);
         self.sink.node().deliver(&event);
         drop(g);
         PublishAck { id: p.id.clone(), positions: vec![(channel.clone(), pos)] }
     }
 
-    /// Appends an event at `pos` to one channel's log, whose lock the caller holds (and
-    /// which it trims to the namespace's limits).
-    fn append(&self, g: &mut Log, p: &Prepared, event: &Arc<Published>, ch: &ChannelName, pos: Position, now: u64) {
+    /// Appends an event at `pos` to one channel's log, whose lock the caller holds, and trims
+    /// the log to the namespace's `limits` (size, age).
+    #[allow(clippy::too_many_arguments, reason = "the parts of one append, each named")]
+    fn append(
+        &self,
+        g: &mut Log,
+        p: &Prepared,
+        event: &Arc<Published>,
+        ch: &ChannelName,
+        pos: Position,
+        limits: (usize, u64),
+        now: u64,
+    ) {
+        g.make_room(limits.0);
         g.entries.push_back(Arc::clone(event));
         g.positions.push_back(pos);
         if let Some(chunk) = &p.ai {
             g.fold_chunk(chunk, event, pos, now, self.stream_ttls(ch));
         }
+        g.trim(limits, now);
     }
 
     /// Reads every channel under all their logs' locks, taken in name order as a publish
