@@ -415,7 +415,12 @@ impl Herald {
         // Offered once accepted, without the events (the engine takes them): a copy of the
         // few fields the mirror needs only when it is on.
         let mirrored = self.inner.mirror.as_ref().map(|_| prepared.clone());
-        let acks = self.inner.engine.publish(prepared).await?;
+        // An engine that needs not wait (the in-memory one) publishes at once, without the
+        // boxed future of `publish`.
+        let acks = match self.inner.engine.publish_now(prepared) {
+            Ok(acks) => acks?,
+            Err(prepared) => self.inner.engine.publish(prepared).await?,
+        };
         if let (Some(mirror), Some(events)) = (&self.inner.mirror, mirrored) {
             mirror.offer(&events);
         }
