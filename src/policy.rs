@@ -91,7 +91,15 @@ impl NamespaceTable {
     /// nearly all differ in length, so about one comparison of bytes, where the binary
     /// search compared two or three names byte by byte (`Ord`, about 100 instructions each).
     fn get(&self, name: &str) -> Option<&Namespace> {
-        self.0.iter().find(|(n, _)| n.len() == name.len() && n.as_bytes() == name.as_bytes()).map(|(_, ns)| ns)
+        self.get_named(name).map(|(_, ns)| ns)
+    }
+
+    /// [`NamespaceTable::get`] with the name as the table holds it.
+    fn get_named(&self, name: &str) -> Option<(&str, &Namespace)> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.len() == name.len() && n.as_bytes() == name.as_bytes())
+            .map(|(n, ns)| (n.as_str(), ns))
     }
 
     fn contains_key(&self, name: &str) -> bool {
@@ -173,6 +181,12 @@ impl Policies {
     /// The policy of a channel's namespace.
     pub fn of(&self, channel: &ChannelName) -> Option<&Namespace> {
         self.namespaces.get(channel.namespace())
+    }
+
+    /// [`Policies::of`] with the namespace's name: a memo of the look-up knows the next
+    /// channel of that namespace by it ([`ChannelName::is_in`]) without another.
+    pub(crate) fn of_named(&self, channel: &ChannelName) -> Option<(&str, &Namespace)> {
+        self.namespaces.get_named(channel.namespace())
     }
 
     /// The slow-consumer policy of a stream following `channels`: `drop_oldest` only if every

@@ -551,25 +551,31 @@ impl crate::metrics::Source for Herald {
     }
 }
 
-/// For the admin view: this node's numbers on `admin:nodes`, every `admin_interval`.
-/// The policy of the last namespace a batch's channel was looked up in: a batch's events
-/// nearly always go to one namespace, which is then looked up once, not once per event.
+/// The policy of the last namespace a batch's channel was looked up in, with the name it is
+/// configured under: a batch's events nearly always go to one namespace, which is then
+/// looked up once, not once per event, and a channel is known to be in it by one compare of
+/// its first bytes.
 #[derive(Default)]
-struct NamespaceMemo<'p>(Option<(ChannelName, Option<&'p Namespace>)>);
+struct NamespaceMemo<'p>(Option<(&'p str, &'p Namespace)>);
 
 impl<'p> NamespaceMemo<'p> {
     fn of(&mut self, policies: &'p Policies, channel: &ChannelName) -> Option<&'p Namespace> {
-        match &self.0 {
-            Some((seen, ns)) if seen.namespace() == channel.namespace() => *ns,
+        match self.0 {
+            Some((name, ns)) if channel.is_in(name) => Some(ns),
             _ => {
-                let ns = policies.of(channel);
-                self.0 = Some((channel.clone(), ns));
-                ns
+                // A channel of no configured namespace is looked up each time (a trusted
+                // publish can name one; it finds nothing, and nothing is kept of it).
+                let found = policies.of_named(channel);
+                if found.is_some() {
+                    self.0 = found;
+                }
+                found.map(|(_, ns)| ns)
             }
         }
     }
 }
 
+/// For the admin view: this node's numbers on `admin:nodes`, every `admin_interval`.
 async fn publish_node_stats(inner: Weak<Inner>) {
     let Some(period) = inner.upgrade().map(|i| i.config.admin_interval) else { return };
     let Ok(channel) = ChannelName::parse_with("admin:nodes", |ns| ns == crate::policy::ADMIN_NAMESPACE) else { return };
