@@ -213,11 +213,12 @@ impl MemoryEngine {
         let acks = batch
             .iter()
             .map(|p| {
-                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p, clock) };
+                // Whole acks: a key remembers its ack for every later retry, whoever asks.
+                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p, clock, false) };
                 if let Some(r) = keys.get(&k.key).filter(|r| r.until > now) {
                     return r.ack.clone();
                 }
-                let ack = self.publish_one(p, clock);
+                let ack = self.publish_one(p, clock, false);
                 let remembered =
                     Remembered { fingerprint: k.fingerprint.clone(), ack: ack.clone(), until: now + k.window };
                 keys.insert(k.key.clone(), remembered);
@@ -260,9 +261,10 @@ impl MemoryEngine {
         limits
     }
 
-    fn publish_one(&self, p: &Prepared, clock: Clock) -> PublishAck {
+    /// Publishes one event of a batch; its ack without positions when `ids_only`.
+    fn publish_one(&self, p: &Prepared, clock: Clock, ids_only: bool) -> PublishAck {
         if let [channel] = p.channels.as_slice() {
-            return self.publish_single(p, channel, clock);
+            return self.publish_single(p, channel, clock, ids_only);
         }
         let logs: Vec<Arc<Mutex<Log>>> = p.channels.iter().map(|c| self.log(c)).collect();
         // Lock in channel-name order so concurrent multi-channel publishes cannot deadlock.
@@ -285,12 +287,13 @@ impl MemoryEngine {
         }
         self.sink.node().deliver(&event);
         drop(guards);
-        PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() }
+        let positions = if ids_only { Vec::new() } else { p.channels.iter().cloned().zip(positions).collect() };
+        PublishAck { id: p.id.clone(), positions }
     }
 
     /// [`Self::publish_one`] for one channel, nearly every publish: one lock to take, so no
     /// lock order and none of the lists that keep it.
-    fn publish_single(&self, p: &Prepared, channel: &ChannelName, clock: Clock) -> PublishAck {
+    fn publish_single(&self, p: &Prepared, channel: &ChannelName, clock: Clock, ids_only: bool) -> PublishAck {
         let log = self.log(channel);
         let mut g = lock(&log);
         let limits = self.limits_of(&mut g, channel);
@@ -301,7 +304,8 @@ impl MemoryEngine {
         self.append(&mut g, p, &event, channel, pos, limits, now);
         self.sink.node().deliver(&event);
         drop(g);
-        PublishAck { id: p.id.clone(), positions: vec![(channel.clone(), pos)] }
+        let positions = if ids_only { Vec::new() } else { vec![(channel.clone(), pos)] };
+        PublishAck { id: p.id.clone(), positions }
     }
 
     /// Appends an event at `pos` to one channel's log, whose lock the caller holds, and trims
@@ -403,23 +407,28 @@ impl Log {
 
 impl MemoryEngine {
     /// A batch published: nothing here waits, so the answer is there when this returns.
-    fn publish_batch(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
+    /// With `ids_only`, the acks of events without a key carry no positions.
+    fn publish_batch(&self, batch: &[Prepared], ids_only: bool) -> Result<Vec<PublishAck>, EngineError> {
         if batch.iter().any(|p| p.idempotency.is_some()) {
             return self.publish_keyed(batch);
         }
         let clock = Clock::of(batch, Instant::now());
-        Ok(batch.iter().map(|p| self.publish_one(p, clock)).collect())
+        Ok(batch.iter().map(|p| self.publish_one(p, clock, ids_only)).collect())
     }
 }
 
 impl Broker for MemoryEngine {
     fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>> {
-        let acks = self.publish_batch(&batch);
+        let acks = self.publish_batch(&batch, false);
         Box::pin(async move { acks })
     }
 
-    fn publish_now(&self, batch: Vec<Prepared>) -> Result<Result<Vec<PublishAck>, EngineError>, Vec<Prepared>> {
-        Ok(self.publish_batch(&batch))
+    fn publish_now(
+        &self,
+        batch: Vec<Prepared>,
+        ids_only: bool,
+    ) -> Result<Result<Vec<PublishAck>, EngineError>, Vec<Prepared>> {
+        Ok(self.publish_batch(&batch, ids_only))
     }
 
     fn history<'a>(
