@@ -98,7 +98,7 @@ impl NamespaceTable {
     fn get_named(&self, name: &str) -> Option<(&str, &Namespace)> {
         self.0
             .iter()
-            .find(|(n, _)| n.len() == name.len() && n.as_bytes() == name.as_bytes())
+            .find(|(n, _)| crate::channel::same_bytes(n.as_bytes(), name.as_bytes()))
             .map(|(n, ns)| (n.as_str(), ns))
     }
 
@@ -313,6 +313,11 @@ fn apply(ns: &mut Namespace, over: &NamespaceConfig) {
 /// a character), a glob matches only if it matches every channel the pattern covers: the
 /// pattern's trailing `*` can only be absorbed by a trailing `*` of the glob.
 pub fn glob(pattern: &str, text: &str) -> bool {
+    // `*` alone, an API key's usual channels, takes any text: one compare of the pattern,
+    // once per channel an API key publishes to, before any scan.
+    if pattern.as_bytes() == b"*" {
+        return true;
+    }
     // A byte scan for the first star: a pattern is a few bytes, where `split_once` sets up a
     // `memchr` search, once per event an API key publishes.
     let Some(star) = pattern.bytes().position(|b| b == b'*') else {
