@@ -39,7 +39,7 @@ impl Buckets {
     /// `key`'s bucket, a full one made if it has none.
     fn of(&mut self, key: &str, full: impl FnOnce() -> Bucket) -> &mut Bucket {
         let slot = match self.slots.get(self.last) {
-            Some((known, _)) if **known == *key => self.last,
+            Some((known, _)) if crate::channel::same_bytes(known.as_bytes(), key.as_bytes()) => self.last,
             // Looked up before it is inserted, so that a known key costs no allocation.
             _ => match self.index.get(key) {
                 Some(&slot) => slot,

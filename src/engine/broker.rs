@@ -296,6 +296,21 @@ pub trait Broker: Send + Sync + 'static {
     /// Accepts a batch in order; resolves once the engine has every event of it.
     fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>>;
 
+    /// [`Broker::publish`] for an engine that accepts a batch without waiting on anything
+    /// (the in-memory one): done before it returns, which spares the caller a boxed future
+    /// and its poll for each publish. With `ids_only` the caller reads each ack's id alone,
+    /// and the engine may leave its positions empty. An engine that must wait gives the
+    /// batch back (`Err`), for [`Broker::publish`]; so does this default.
+    #[allow(clippy::type_complexity, reason = "the answer of `publish`, or its batch back")]
+    fn publish_now(
+        &self,
+        batch: Vec<Prepared>,
+        ids_only: bool,
+    ) -> Result<Result<Vec<PublishAck>, EngineError>, Vec<Prepared>> {
+        let _ = ids_only;
+        Err(batch)
+    }
+
     /// Whether [`Broker::publish`] takes a batch all or nothing. Only then may the events of
     /// several requests share one call (a refusal then answers each of them truly).
     fn batches_are_atomic(&self) -> bool {

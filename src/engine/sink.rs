@@ -91,6 +91,12 @@ impl Attached {
     pub(crate) fn get(&self) -> Option<Arc<dyn NodeSink>> {
         self.0.get().cloned()
     }
+
+    /// Whether a node is attached: what it answers then holds for good (the first one
+    /// stays), what [`NoNode`] answers before does not.
+    pub(crate) fn is_attached(&self) -> bool {
+        self.0.get().is_some()
+    }
 }
 
 /// The node of an engine not attached yet: it takes every event and has nobody.

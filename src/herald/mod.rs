@@ -357,7 +357,7 @@ impl Herald {
         batch: Vec<(Vec<ChannelName>, Event)>,
     ) -> Result<Vec<PublishAck>, PublishError> {
         let prepared = self.admit_publish(who, rate_key, batch)?;
-        Ok(self.publish_ready(prepared).await?)
+        Ok(self.publish_acked(prepared, false).await?)
     }
 
     /// The checks of [`Herald::publish_as`] without the engine: policies, limits, payloads,
@@ -405,22 +405,41 @@ impl Herald {
         publisher: &Publisher,
     ) -> Result<Vec<PublishAck>, PublishError> {
         let prepared = self.prepare(batch, publisher, &mut NamespaceMemo::default())?;
-        Ok(self.publish_ready(prepared).await?)
+        Ok(self.publish_acked(prepared, false).await?)
     }
 
     /// Hands prepared events to the engine in one call, in order; all accepted or none
     /// (where the engine's [`Broker::batches_are_atomic`](crate::engine::Broker::batches_are_atomic)).
-    pub(crate) async fn publish_ready(&self, prepared: Vec<Prepared>) -> Result<Vec<PublishAck>, EngineError> {
+    /// For an answer that names each event's id alone (the HTTP publishes'): an ack's
+    /// positions may be left out, which spares the engine a list for each event.
+    pub(crate) fn publish_ready(
+        &self,
+        prepared: Vec<Prepared>,
+    ) -> impl Future<Output = Result<Vec<PublishAck>, EngineError>> + Send + '_ {
+        // `publish_acked`'s own future, not one around it.
+        self.publish_acked(prepared, true)
+    }
+
+    /// [`Herald::publish_ready`], with each ack whole unless `ids_only`.
+    async fn publish_acked(&self, prepared: Vec<Prepared>, ids_only: bool) -> Result<Vec<PublishAck>, EngineError> {
         let reported = self.to_report_published(&prepared);
         // Offered once accepted, without the events (the engine takes them): a copy of the
         // few fields the mirror needs only when it is on.
         let mirrored = self.inner.mirror.as_ref().map(|_| prepared.clone());
-        let acks = self.inner.engine.publish(prepared).await?;
+        // An engine that needs not wait (the in-memory one) publishes at once, without the
+        // boxed future of `publish`.
+        let acks = match self.inner.engine.publish_now(prepared, ids_only) {
+            Ok(acks) => acks?,
+            Err(prepared) => self.inner.engine.publish(prepared).await?,
+        };
         if let (Some(mirror), Some(events)) = (&self.inner.mirror, mirrored) {
             mirror.offer(&events);
         }
         self.inner.metrics.publish_accepted.fetch_add(acks.len() as u64, Ordering::Relaxed);
-        self.report_published(reported, &acks);
+        // Nothing chosen to report (no `event.published` webhook, nearly always): no call.
+        if !reported.is_empty() {
+            self.report_published(reported, &acks);
+        }
         Ok(acks)
     }
 
@@ -546,25 +565,31 @@ impl crate::metrics::Source for Herald {
     }
 }
 
-/// For the admin view: this node's numbers on `admin:nodes`, every `admin_interval`.
-/// The policy of the last namespace a batch's channel was looked up in: a batch's events
-/// nearly always go to one namespace, which is then looked up once, not once per event.
+/// The policy of the last namespace a batch's channel was looked up in, with the name it is
+/// configured under: a batch's events nearly always go to one namespace, which is then
+/// looked up once, not once per event, and a channel is known to be in it by one compare of
+/// its first bytes.
 #[derive(Default)]
-struct NamespaceMemo<'p>(Option<(ChannelName, Option<&'p Namespace>)>);
+struct NamespaceMemo<'p>(Option<(&'p str, &'p Namespace)>);
 
 impl<'p> NamespaceMemo<'p> {
     fn of(&mut self, policies: &'p Policies, channel: &ChannelName) -> Option<&'p Namespace> {
-        match &self.0 {
-            Some((seen, ns)) if seen.namespace() == channel.namespace() => *ns,
+        match self.0 {
+            Some((name, ns)) if channel.is_in(name) => Some(ns),
             _ => {
-                let ns = policies.of(channel);
-                self.0 = Some((channel.clone(), ns));
-                ns
+                // A channel of no configured namespace is looked up each time (a trusted
+                // publish can name one; it finds nothing, and nothing is kept of it).
+                let found = policies.of_named(channel);
+                if found.is_some() {
+                    self.0 = found;
+                }
+                found.map(|(_, ns)| ns)
             }
         }
     }
 }
 
+/// For the admin view: this node's numbers on `admin:nodes`, every `admin_interval`.
 async fn publish_node_stats(inner: Weak<Inner>) {
     let Some(period) = inner.upgrade().map(|i| i.config.admin_interval) else { return };
     let Ok(channel) = ChannelName::parse_with("admin:nodes", |ns| ns == crate::policy::ADMIN_NAMESPACE) else { return };

@@ -35,11 +35,16 @@ use crate::maps::shrink;
 struct Log {
     last: Position,
     covered_after: Position,
-    entries: VecDeque<Arc<Published>>,
-    /// The position of `entries[i]` in this channel, kept beside it for binary search.
-    positions: VecDeque<Position>,
+    /// The events kept, oldest first, each with its position in this channel (searched by
+    /// it): one list, so an append grows, pushes and trims one list where two lists did
+    /// each of it twice.
+    entries: VecDeque<(Position, Arc<Published>)>,
     /// AI token streams of the channel, oldest first.
     streams: Vec<AiStream>,
+    /// The history limits of the channel's namespace (size, age in ms), found at the first
+    /// publish once the node is attached: a node's policies never change, and a publish
+    /// then looks them up by the channel's namespace no more.
+    limits: Option<(usize, u64)>,
 }
 
 /// An AI token stream folded so far.
@@ -64,13 +69,7 @@ const MAX_STREAMS: usize = 64;
 impl Log {
     fn new(now: u64) -> Self {
         let start = Position::new(now, 0);
-        Self {
-            last: start,
-            covered_after: start,
-            entries: VecDeque::new(),
-            positions: VecDeque::new(),
-            streams: Vec::new(),
-        }
+        Self { last: start, covered_after: start, entries: VecDeque::new(), streams: Vec::new(), limits: None }
     }
 
     fn fold_chunk(&mut self, chunk: &AiChunk, event: &Arc<Published>, pos: Position, now: u64, ttl: (u64, u64)) {
@@ -106,20 +105,18 @@ impl Log {
     }
 
     fn pop_front(&mut self) {
-        if let (Some(pos), Some(_)) = (self.positions.pop_front(), self.entries.pop_front()) {
+        if let Some((pos, _)) = self.entries.pop_front() {
             self.covered_after = pos;
         }
     }
 
     /// Before an event is appended to a log trimmed to `size` events: the first makes room
-    /// for a few, where growing from nothing reallocates both lists at the 1st, 5th and
-    /// 9th event.
+    /// for a few, where growing from nothing reallocates the list at the 1st, 5th and 9th
+    /// event.
     fn make_room(&mut self, size: usize) {
         if self.entries.capacity() == 0 {
             // One over the size: the new event is in before the oldest is trimmed.
-            let room = FIRST_ROOM.min(size.saturating_add(1));
-            self.entries.reserve_exact(room);
-            self.positions.reserve_exact(room);
+            self.entries.reserve_exact(FIRST_ROOM.min(size.saturating_add(1)));
         }
     }
 
@@ -127,7 +124,7 @@ impl Log {
         while self.entries.len() > size {
             self.pop_front();
         }
-        while self.positions.front().is_some_and(|p| p.ms.saturating_add(ttl_ms) < now) {
+        while self.entries.front().is_some_and(|(p, _)| p.ms.saturating_add(ttl_ms) < now) {
             self.pop_front();
         }
     }
@@ -143,11 +140,6 @@ struct Remembered {
     ack: PublishAck,
     until: Instant,
 }
-
-/// The history limits of the last namespace a batch published to, as
-/// `(namespace, (size, ttl in ms))`.
-#[derive(Default)]
-struct LimitsMemo<'a>(Option<(&'a str, (usize, u64))>);
 
 /// The single-node engine.
 #[derive(Default)]
@@ -217,16 +209,16 @@ impl MemoryEngine {
                 return Err(EngineError::Full("too many idempotency keys held; try again shortly".into()));
             }
         }
-        let mut memo = LimitsMemo::default();
         let clock = Clock::of(batch, now);
         let acks = batch
             .iter()
             .map(|p| {
-                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p, &mut memo, clock) };
+                // Whole acks: a key remembers its ack for every later retry, whoever asks.
+                let Some(k) = p.idempotency.as_deref() else { return self.publish_one(p, clock, false) };
                 if let Some(r) = keys.get(&k.key).filter(|r| r.until > now) {
                     return r.ack.clone();
                 }
-                let ack = self.publish_one(p, &mut memo, clock);
+                let ack = self.publish_one(p, clock, false);
                 let remembered =
                     Remembered { fingerprint: k.fingerprint.clone(), ack: ack.clone(), until: now + k.window };
                 keys.insert(k.key.clone(), remembered);
@@ -256,22 +248,23 @@ impl MemoryEngine {
         Arc::clone(logs.entry(channel.clone()).or_insert_with(|| Arc::new(Mutex::new(Log::new(now_ms())))))
     }
 
-    /// History size and age of `channel`'s namespace, looked up once per namespace in a
-    /// batch (its events nearly always share one).
-    fn limits_in<'a>(&self, memo: &mut LimitsMemo<'a>, channel: &'a ChannelName) -> (usize, u64) {
-        match memo.0 {
-            Some((ns, limits)) if ns == channel.namespace() => limits,
-            _ => {
-                let limits = self.limits(channel);
-                memo.0 = Some((channel.namespace(), limits));
-                limits
-            }
+    /// History size and age of `channel`'s namespace, from its log once the log knows them
+    /// (an engine not attached yet has no node to ask, and asks again at the next call).
+    fn limits_of(&self, log: &mut Log, channel: &ChannelName) -> (usize, u64) {
+        if let Some(limits) = log.limits {
+            return limits;
         }
+        let limits = self.limits(channel);
+        if self.sink.is_attached() {
+            log.limits = Some(limits);
+        }
+        limits
     }
 
-    fn publish_one<'a>(&self, p: &'a Prepared, memo: &mut LimitsMemo<'a>, clock: Clock) -> PublishAck {
+    /// Publishes one event of a batch; its ack without positions when `ids_only`.
+    fn publish_one(&self, p: &Prepared, clock: Clock, ids_only: bool) -> PublishAck {
         if let [channel] = p.channels.as_slice() {
-            return self.publish_single(p, channel, memo, clock);
+            return self.publish_single(p, channel, clock, ids_only);
         }
         let logs: Vec<Arc<Mutex<Log>>> = p.channels.iter().map(|c| self.log(c)).collect();
         // Lock in channel-name order so concurrent multi-channel publishes cannot deadlock.
@@ -289,25 +282,21 @@ impl MemoryEngine {
         }
         let event = Published::from_prepared_at(p, &positions, clock.accepted);
         for ((g, pos), ch) in guards.iter_mut().flatten().zip(&positions).zip(&p.channels) {
-            self.append(g, p, &event, ch, *pos, self.limits_in(memo, ch), now);
+            let limits = self.limits_of(g, ch);
+            self.append(g, p, &event, ch, *pos, limits, now);
         }
         self.sink.node().deliver(&event);
         drop(guards);
-        PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() }
+        let positions = if ids_only { Vec::new() } else { p.channels.iter().cloned().zip(positions).collect() };
+        PublishAck { id: p.id.clone(), positions }
     }
 
     /// [`Self::publish_one`] for one channel, nearly every publish: one lock to take, so no
     /// lock order and none of the lists that keep it.
-    fn publish_single<'a>(
-        &self,
-        p: &Prepared,
-        channel: &'a ChannelName,
-        memo: &mut LimitsMemo<'a>,
-        clock: Clock,
-    ) -> PublishAck {
-        let limits = self.limits_in(memo, channel);
+    fn publish_single(&self, p: &Prepared, channel: &ChannelName, clock: Clock, ids_only: bool) -> PublishAck {
         let log = self.log(channel);
         let mut g = lock(&log);
+        let limits = self.limits_of(&mut g, channel);
         let now = clock.ms;
         g.last = g.last.next_at(now);
         let pos = g.last;
@@ -315,7 +304,8 @@ impl MemoryEngine {
         self.append(&mut g, p, &event, channel, pos, limits, now);
         self.sink.node().deliver(&event);
         drop(g);
-        PublishAck { id: p.id.clone(), positions: vec![(channel.clone(), pos)] }
+        let positions = if ids_only { Vec::new() } else { vec![(channel.clone(), pos)] };
+        PublishAck { id: p.id.clone(), positions }
     }
 
     /// Appends an event at `pos` to one channel's log, whose lock the caller holds, and trims
@@ -332,8 +322,7 @@ impl MemoryEngine {
         now: u64,
     ) {
         g.make_room(limits.0);
-        g.entries.push_back(Arc::clone(event));
-        g.positions.push_back(pos);
+        g.entries.push_back((pos, Arc::clone(event)));
         if let Some(chunk) = &p.ai {
             g.fold_chunk(chunk, event, pos, now, self.stream_ttls(ch));
         }
@@ -368,19 +357,25 @@ impl MemoryEngine {
         last: usize,
         now: u64,
     ) -> HistoryRead {
-        log.trim(self.limits(channel), now);
+        let limits = self.limits_of(log, channel);
+        log.trim(limits, now);
         let head = log.last;
         let events = match after {
             None => Ok(Vec::new()),
-            Some(_) => log.after(after).map(|from| log.entries.range(from..).cloned().collect()),
+            Some(_) => log.after(after).map(|from| log.events(from..)),
         };
         let streams = log.snapshots(channel, now);
-        let recent = log.entries.range(log.entries.len().saturating_sub(last)..).cloned().collect();
+        let recent = log.events(log.entries.len().saturating_sub(last)..);
         HistoryRead { head, events, streams, recent }
     }
 }
 
 impl Log {
+    /// The events of a range of the log, oldest first.
+    fn events(&self, range: impl std::ops::RangeBounds<usize>) -> Vec<Arc<Published>> {
+        self.entries.range(range).map(|(_, event)| Arc::clone(event)).collect()
+    }
+
     /// The index of the first entry after `after` (all of them for `None`), or why the log
     /// cannot say what came after it.
     fn after(&self, after: Option<Position>) -> Result<usize, GapReason> {
@@ -388,7 +383,7 @@ impl Log {
             None => Ok(0),
             Some(p) if p > self.last => Err(GapReason::UnknownPosition),
             Some(p) if p < self.covered_after => Err(GapReason::HistoryExpired),
-            Some(p) => Ok(self.positions.partition_point(|q| *q <= p)),
+            Some(p) => Ok(self.entries.partition_point(|(q, _)| *q <= p)),
         }
     }
 
@@ -399,10 +394,10 @@ impl Log {
             Ok(from) => from,
             Err(reason) => return HistoryPage { head, events: Err(reason), more: false },
         };
-        let to = q.before.map_or(self.positions.len(), |b| self.positions.partition_point(|p| *p < b)).max(from);
+        let to = q.before.map_or(self.entries.len(), |b| self.entries.partition_point(|(p, _)| *p < b)).max(from);
         let take = q.limit.min(to - from);
         let range = if q.newest_first { to - take..to } else { from..from + take };
-        let mut events: Vec<Arc<Published>> = self.entries.range(range).cloned().collect();
+        let mut events = self.events(range);
         if q.newest_first {
             events.reverse();
         }
@@ -410,16 +405,30 @@ impl Log {
     }
 }
 
+impl MemoryEngine {
+    /// A batch published: nothing here waits, so the answer is there when this returns.
+    /// With `ids_only`, the acks of events without a key carry no positions.
+    fn publish_batch(&self, batch: &[Prepared], ids_only: bool) -> Result<Vec<PublishAck>, EngineError> {
+        if batch.iter().any(|p| p.idempotency.is_some()) {
+            return self.publish_keyed(batch);
+        }
+        let clock = Clock::of(batch, Instant::now());
+        Ok(batch.iter().map(|p| self.publish_one(p, clock, ids_only)).collect())
+    }
+}
+
 impl Broker for MemoryEngine {
     fn publish(&self, batch: Vec<Prepared>) -> BoxFuture<'_, Result<Vec<PublishAck>, EngineError>> {
-        if batch.iter().any(|p| p.idempotency.is_some()) {
-            let acks = self.publish_keyed(&batch);
-            return Box::pin(async move { acks });
-        }
-        let mut memo = LimitsMemo::default();
-        let clock = Clock::of(&batch, Instant::now());
-        let acks = batch.iter().map(|p| self.publish_one(p, &mut memo, clock)).collect();
-        Box::pin(async move { Ok(acks) })
+        let acks = self.publish_batch(&batch, false);
+        Box::pin(async move { acks })
+    }
+
+    fn publish_now(
+        &self,
+        batch: Vec<Prepared>,
+        ids_only: bool,
+    ) -> Result<Result<Vec<PublishAck>, EngineError>, Vec<Prepared>> {
+        Ok(self.publish_batch(&batch, ids_only))
     }
 
     fn history<'a>(
@@ -453,7 +462,6 @@ impl Broker for MemoryEngine {
         let log = self.log(channel);
         let mut g = lock(&log);
         g.entries.clear();
-        g.positions.clear();
         g.streams.clear();
         g.covered_after = g.last;
         drop(g);
@@ -467,7 +475,8 @@ impl Broker for MemoryEngine {
     ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
         let log = self.log(channel);
         let mut g = lock(&log);
-        g.trim(self.limits(channel), now_ms());
+        let limits = self.limits_of(&mut g, channel);
+        g.trim(limits, now_ms());
         let page = g.page(query);
         drop(g);
         Box::pin(async move { Ok(page) })
@@ -517,8 +526,8 @@ impl Engine for MemoryEngine {
         let now = now_ms();
         let mut logs = lock(&self.logs);
         logs.retain(|channel, log| {
-            let limits = self.limits(channel);
             let mut log = lock(log);
+            let limits = self.limits_of(&mut log, channel);
             log.trim(limits, now);
             !log.entries.is_empty()
                 || self.sink.node().subscriber_count(channel) > 0
