@@ -200,7 +200,7 @@ impl MemoryEngine {
     fn publish_keyed(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
         super::check_batch_keys(batch)?;
         let mut keys = lock(&self.idempotency);
-        let now = Instant::now();
+        let now = crate::clock::mono();
         // Every key is checked before any event is published: a batch is accepted whole or
         // not at all.
         let mut fresh = 0;
@@ -417,7 +417,7 @@ impl Broker for MemoryEngine {
             return Box::pin(async move { acks });
         }
         let mut memo = LimitsMemo::default();
-        let clock = Clock::of(&batch, Instant::now());
+        let clock = Clock::of(&batch, crate::clock::mono());
         let acks = batch.iter().map(|p| self.publish_one(p, &mut memo, clock)).collect();
         Box::pin(async move { Ok(acks) })
     }
