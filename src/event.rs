@@ -438,7 +438,7 @@ impl Prepared {
         publisher: &Publisher,
         max_payload: usize,
     ) -> Result<Self, EventError> {
-        Self::sharing_type(channels, event, publisher, max_payload, None, SystemTime::now())
+        Self::sharing_type(channels, event, publisher, max_payload, None, crate::clock::wall())
     }
 
     /// [`Prepared::new`] for an event of a batch made at `at` (the clock read once for the

@@ -10,7 +10,7 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    ms_of(SystemTime::now())
+    ms_of(crate::clock::wall())
 }
 
 /// Milliseconds since the Unix epoch at `at`.

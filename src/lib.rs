@@ -42,6 +42,7 @@ pub(crate) mod ascii;
 pub(crate) mod auth;
 pub mod catalogue;
 pub mod channel;
+pub(crate) mod clock;
 pub mod config;
 pub mod cursor;
 #[cfg(feature = "demo")]

@@ -63,7 +63,7 @@ impl RateLimiter {
 
     /// Takes `cost` tokens from `key`'s bucket, or says how long until they would be there.
     pub fn check(&self, key: &str, cost: f64) -> Result<(), Duration> {
-        self.check_at(key, cost, Instant::now())
+        self.check_at(key, cost, crate::clock::mono())
     }
 
     fn check_at(&self, key: &str, cost: f64, now: Instant) -> Result<(), Duration> {

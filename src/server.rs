@@ -144,7 +144,8 @@ impl Server {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        tokio::spawn(Arc::clone(&shared).serve(tcp, peer, watcher.clone()));
+                        // Each poll of a connection is one turn of the clock (`crate::clock`).
+                        tokio::spawn(crate::clock::in_turns(Arc::clone(&shared).serve(tcp, peer, watcher.clone())));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: say so, and keep serving

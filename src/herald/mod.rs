@@ -26,7 +26,7 @@ mod survey;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Principal};
 use crate::channel::{ChannelError, ChannelName, ROOM_NAMESPACE};
@@ -468,7 +468,7 @@ impl Herald {
         let single = batch.len() == 1;
         let mut prepared: Vec<Prepared> = Vec::with_capacity(batch.len());
         // One reading of the clock for the batch: every event's id time and timestamp.
-        let at = SystemTime::now();
+        let at = crate::clock::wall();
         for (index, (channels, event)) in batch.into_iter().enumerate() {
             let mut limit: Option<usize> = None;
             for c in &channels {

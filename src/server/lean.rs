@@ -425,7 +425,7 @@ thread_local! {
 
 /// Calls `f` with the current `date` header value.
 fn with_date(f: impl FnOnce(&[u8])) {
-    let now = SystemTime::now();
+    let now = crate::clock::wall();
     DATE.with_borrow_mut(|(from, until, text)| {
         // Two comparisons, not the seconds since the epoch worked out for every answer.
         if !(*from <= now && now < *until) {

@@ -631,7 +631,7 @@ pub(super) async fn serve_publishes(
                         let _ = tcp.shutdown().await;
                         return Ok(Handoff::Closed);
                     }
-                    deadline.set(Instant::now() + ctx.next_request);
+                    deadline.set(Instant::from_std(crate::clock::mono()) + ctx.next_request);
                     continue;
                 }
                 Err(head) => head,
@@ -648,7 +648,7 @@ pub(super) async fn serve_publishes(
             tcp: &mut *tcp,
             buf: &mut buf,
             len: body_len,
-            deadline: Instant::now() + ctx.body_timeout,
+            deadline: Instant::from_std(crate::clock::mono()) + ctx.body_timeout,
             state: &mut body,
         };
         let peer = Some(PeerAddr(ctx.peer));
@@ -677,7 +677,7 @@ pub(super) async fn serve_publishes(
             let _ = tcp.shutdown().await;
             return Ok(Handoff::Closed);
         }
-        deadline.set(Instant::now() + ctx.next_request);
+        deadline.set(Instant::from_std(crate::clock::mono()) + ctx.next_request);
     }
 }
 
@@ -707,7 +707,7 @@ impl Deadline {
     fn poll_passed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         loop {
             std::task::ready!(self.timer.as_mut().poll(cx));
-            if Instant::now() >= self.at {
+            if Instant::from_std(crate::clock::mono()) >= self.at {
                 return std::task::Poll::Ready(());
             }
             self.timer.as_mut().reset(self.at);

@@ -192,7 +192,7 @@ impl MemoryEngine {
     fn publish_keyed(&self, batch: &[Prepared]) -> Result<Vec<PublishAck>, EngineError> {
         super::check_batch_keys(batch)?;
         let mut keys = lock(&self.idempotency);
-        let now = Instant::now();
+        let now = crate::clock::mono();
         // Every key is checked before any event is published: a batch is accepted whole or
         // not at all.
         let mut fresh = 0;
@@ -412,7 +412,7 @@ impl MemoryEngine {
         if batch.iter().any(|p| p.idempotency.is_some()) {
             return self.publish_keyed(batch);
         }
-        let clock = Clock::of(batch, Instant::now());
+        let clock = Clock::of(batch, crate::clock::mono());
         Ok(batch.iter().map(|p| self.publish_one(p, clock, ids_only)).collect())
     }
 }
