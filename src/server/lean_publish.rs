@@ -296,7 +296,7 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
         return None;
     }
     // Path bytes make no query: the target is its path.
-    let route = route(target)?;
+    let route = route(target, herald)?;
     let path = (START.len(), START.len() + target_len);
     let mut at = path.1 + VERSION.len();
     let mut fields = HeadFields::new(herald);
@@ -386,7 +386,7 @@ fn parsed_head(buf: &[u8], herald: &Herald) -> Head {
     let (Some("POST"), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Head::NotLean;
     };
-    let Some(route) = route(without_query(target.as_bytes())) else { return Head::NotLean };
+    let Some(route) = route(without_query(target.as_bytes()), herald) else { return Head::NotLean };
     // A target `http` refuses: hyper answers it.
     let Some(path) = uri_path(target) else { return Head::NotLean };
     let at = |part: &[u8]| {
@@ -519,6 +519,10 @@ impl Headers for LeanHead {
         }
     }
 
+    fn idempotency_key(&self) -> Option<&[u8]> {
+        self.scanned.known(Known::IdempotencyKey).map(|(s, e)| &self.head[s..e])
+    }
+
     fn verified_api_key(&self) -> Option<Arc<ApiKey>> {
         self.api_key.clone()
     }
@@ -557,8 +561,8 @@ fn without_query(target: &[u8]) -> &[u8] {
 
 /// The publish route of a request path (a target [`without_query`]), as axum would route it;
 /// a channel segment is taken as it is (one with `%` escapes is left to axum, which decodes
-/// it).
-fn route(path: &[u8]) -> Option<Route> {
+/// it), and parsed here, as the publish would parse it first thing.
+fn route(path: &[u8], herald: &Herald) -> Option<Route> {
     if path == b"/api/publish" {
         return Some(Route::Publish);
     }
@@ -568,7 +572,7 @@ fn route(path: &[u8]) -> Option<Route> {
         return None;
     }
     // Cut from the target at ASCII bytes: text as the target is.
-    Some(Route::Channel(Ok(std::str::from_utf8(channel).ok()?.to_owned())))
+    Some(Route::Parsed(herald.parse_channel(std::str::from_utf8(channel).ok()?).map_err(ApiError::from)))
 }
 
 /// What a lean publish connection's owner does next.
@@ -679,7 +683,9 @@ pub(super) async fn serve_publishes(
             }
             BodyState::Gone => return Ok(Handoff::Closed),
         };
-        resp.encode(&mut out, keep_alive).await?;
+        if let Some(refused) = resp.encode_accepted(&mut out, keep_alive) {
+            encode_response(&mut out, refused, keep_alive).await?;
+        }
         write_out(tcp, &mut out).await?;
         if !keep_alive {
             let _ = tcp.shutdown().await;
@@ -693,14 +699,21 @@ pub(super) async fn serve_publishes(
 /// request, and tokio's timer is not set and cleared for each one (a timeout per read cost
 /// about 600 instructions of a publish's 26,000): the timer is set once, and when it fires
 /// before the deadline, which has moved on since, it is set again to the deadline.
+///
+/// Nor is the timer polled again at each wait once it holds the connection's waker (a poll
+/// registers the waker anew: about 150 instructions of a publish): it wakes the connection
+/// when it fires, and is polled then.
 struct Deadline {
     at: Instant,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The waker the timer was last left pending with: it holds it until it fires or is set
+    /// again.
+    armed: Option<std::task::Waker>,
 }
 
 impl Deadline {
     fn new(at: Instant) -> Self {
-        Self { at, timer: Box::pin(tokio::time::sleep_until(at)) }
+        Self { at, timer: Box::pin(tokio::time::sleep_until(at)), armed: None }
     }
 
     /// Moves the deadline; the timer only when it would fire too late.
@@ -708,15 +721,27 @@ impl Deadline {
         self.at = at;
         if at < self.timer.deadline() {
             self.timer.as_mut().reset(at);
+            self.armed = None;
         }
     }
 
     /// Ready once the deadline has passed.
-    fn poll_passed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll_passed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !self.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        self.armed = None;
         loop {
-            std::task::ready!(self.timer.as_mut().poll(cx));
+            // A timer polled without budget left is pending without holding the waker.
+            let budget = tokio::task::coop::has_budget_remaining();
+            if self.timer.as_mut().poll(cx).is_pending() {
+                if budget {
+                    self.armed = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
             if Instant::now() >= self.at {
-                return std::task::Poll::Ready(());
+                return Poll::Ready(());
             }
             self.timer.as_mut().reset(self.at);
         }
@@ -878,12 +903,22 @@ impl Answer {
 
     /// Appends the answer, whole, to `out`.
     async fn encode(self, out: &mut BytesMut, keep_alive: bool) -> io::Result<()> {
+        match self.encode_accepted(out, keep_alive) {
+            None => Ok(()),
+            Some(refused) => encode_response(out, refused, keep_alive).await,
+        }
+    }
+
+    /// Appends an accepted answer to `out`; a refusal is given back, whose body is then
+    /// collected ([`encode_response`]). Not a future: most answers are accepted, and the
+    /// answer would be moved into one for each.
+    fn encode_accepted(self, out: &mut BytesMut, keep_alive: bool) -> Option<axum::response::Response> {
         match self {
             Self::Published(published, id) => {
                 encode_published(out, &published, Some(id.as_bytes()), keep_alive);
-                Ok(())
+                None
             }
-            Self::Refused(resp) => encode_response(out, resp, keep_alive).await,
+            Self::Refused(resp) => Some(resp),
         }
     }
 }
@@ -1058,10 +1093,34 @@ mod tests {
     use super::*;
 
     fn routed(target: &str) -> Option<String> {
-        route(without_query(target.as_bytes())).map(|r| match r {
+        route(without_query(target.as_bytes()), &herald(false)).map(|r| match r {
             Route::Publish => "publish".to_owned(),
             Route::Channel(c) => c.unwrap_or_default(),
+            Route::Parsed(c) => c.map(|c| c.as_str().to_owned()).unwrap_or_else(|e| format!("refused: {e:?}")),
         })
+    }
+
+    #[tokio::test]
+    async fn a_deadline_passes_when_it_is_due_however_often_the_connection_wakes_meanwhile() {
+        for (first, moved, wakes) in [(40, 80, 0), (40, 80, 3), (80, 40, 3), (40, 40, 1)] {
+            let start = Instant::now();
+            let mut deadline = Deadline::new(start + Duration::from_millis(first));
+            deadline.set(start + Duration::from_millis(moved));
+            // The connection's task, woken every few milliseconds by something else.
+            let mut ticks = tokio::time::interval(Duration::from_millis(wakes.max(1)));
+            let waited = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = std::future::poll_fn(|cx| deadline.poll_passed(cx)) => return,
+                        _ = ticks.tick(), if wakes > 0 => {}
+                    }
+                }
+            })
+            .await;
+            assert!(waited.is_ok(), "{first} {moved} {wakes}: the deadline never passed");
+            assert!(start.elapsed() >= Duration::from_millis(moved), "{first} {moved} {wakes}: early");
+        }
     }
 
     #[test]
@@ -1149,6 +1208,7 @@ mod tests {
         let route = match &s.route {
             Route::Publish => None,
             Route::Channel(c) => c.as_ref().ok().cloned(),
+            Route::Parsed(c) => Some(c.as_ref().map_or_else(|e| format!("refused: {e:?}"), |c| c.as_str().to_owned())),
         };
         let fields = s.fields.iter().map(|&(n, v)| (at(n), at(v))).collect();
         let known = s.known.iter().map(|&k| s.fields.get(usize::from(k)).map(|&(_, v)| at(v))).collect();
@@ -1401,8 +1461,8 @@ mod tests {
         assert!(result.is_ok(), "{result:?}");
     }
 
-    #[test]
-    fn only_the_publish_routes_are_lean_and_escaped_channels_are_left_to_axum() {
+    #[tokio::test]
+    async fn only_the_publish_routes_are_lean_and_escaped_channels_are_left_to_axum() {
         assert_eq!(routed("/api/publish").as_deref(), Some("publish"));
         assert_eq!(routed("/api/publish?x=1").as_deref(), Some("publish"));
         assert_eq!(routed("/api/channels/user:1/events").as_deref(), Some("user:1"));
@@ -1413,5 +1473,9 @@ mod tests {
         assert_eq!(routed("/api/channels/a/events/"), None);
         assert_eq!(routed("/api/publishx"), None);
         assert_eq!(routed("/api/channels/a/history"), None);
+        // A channel is parsed as the publish parses it: a refusal is the publish's answer.
+        let refused = herald(false).parse_channel("nowhere:1").map_err(ApiError::from).err();
+        assert!(refused.is_some());
+        assert_eq!(routed("/api/channels/nowhere:1/events"), refused.map(|e| format!("refused: {e:?}")));
     }
 }
