@@ -159,21 +159,30 @@ pub(crate) async fn stage<H: RequestHead + Send>(
     head: H,
     body: impl BodySource<H>,
 ) -> Result<Staged, ApiError> {
+    // The path's channel first: a publish to what is no channel is refused before its caller
+    // is asked about.
     let channel = match route {
+        Route::Publish => None,
+        Route::Channel(channel) => Some(herald.parse_channel(&channel?)?),
+        Route::Parsed(channel) => Some(channel?),
+    };
+    // [`caller_with_body`], written out: its future is then not made and moved into this one
+    // for every publish.
+    check_cookie_request(herald, &head)?;
+    let who = principal(herald, &head, None).await?;
+    let key = rate_key(&who, peer);
+    let client = hooked::Client::new(herald, "http", &head, peer);
+    let idempotency = idempotency_key(&head)?;
+    let body = body.read(herald, head).await?;
+    let Some(channel) = channel else {
         // `POST /api/publish`: one event object, or an array of them as one batch.
-        Route::Publish => {
-            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, head, body).await?;
-            let events = match body::publish(herald, &body) {
-                Some(read) => events_read(herald, &key, idempotency.as_deref(), read)?,
-                None => events_of(herald, &key, idempotency.as_deref(), parse_json(&body)?)?,
-            };
-            return stage_parsed(herald, &who, &key, events, &client).await;
-        }
-        Route::Channel(channel) => herald.parse_channel(&channel?)?,
-        Route::Parsed(channel) => channel?,
+        let events = match body::publish(herald, &body) {
+            Some(read) => events_read(herald, &key, idempotency.as_deref(), read)?,
+            None => events_of(herald, &key, idempotency.as_deref(), parse_json(&body)?)?,
+        };
+        return stage_parsed(herald, &who, &key, events, &client).await;
     };
     // `POST /api/channels/{channel}/events`: one event on the channel of the path.
-    let (who, key, idempotency, body, client) = caller_with_body(herald, peer, head, body).await?;
     let event = match body::on_path(herald, &body) {
         Some(read) => (vec![channel], read.event),
         None => parse_event(herald, parse_json(&body)?, Some(channel))?,
@@ -374,12 +383,17 @@ async fn caller_with_body<H: RequestHead + Send>(
     let who = principal(herald, &head, None).await?;
     let key = rate_key(&who, peer);
     let client = hooked::Client::new(herald, "http", &head, peer);
-    let idempotency = match head.idempotency_key() {
-        None => None,
-        Some(v) => Some(text(v).ok_or_else(|| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
-    };
+    let idempotency = idempotency_key(&head)?;
     let body = body.read(herald, head).await?;
     Ok((who, key, idempotency, body, client))
+}
+
+/// The request's `Idempotency-Key`, if it has one that is text.
+fn idempotency_key(head: &impl RequestHead) -> Result<Option<String>, ApiError> {
+    match head.idempotency_key() {
+        None => Ok(None),
+        Some(v) => Ok(Some(text(v).ok_or_else(|| ApiError::from(EventError::BadIdempotencyKey))?.to_owned())),
+    }
 }
 
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {

@@ -664,7 +664,17 @@ pub(super) async fn serve_publishes(
             state: &mut body,
         };
         let peer = Some(PeerAddr(ctx.peer));
-        let outcome = publish::outcome(ctx.herald, route, peer, request, source).instrument(span).await;
+        // Under a span only if it is recorded: one that is not does nothing when entered, and
+        // wrapping the publish's future in it moves the whole future once more.
+        let outcome = if span.is_disabled() {
+            // `publish::outcome`, written out: its future is not made and moved into this one.
+            match publish::stage(ctx.herald, route, peer, request, source).await {
+                Ok(staged) => publish::commit(ctx.herald, staged).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            publish::outcome(ctx.herald, route, peer, request, source).instrument(span).await
+        };
         let mut resp = Answer::new(ctx.herald, outcome, id);
         let keep_alive = match body {
             BodyState::Read => keep_alive,
@@ -815,7 +825,12 @@ async fn serve_together(
     for Taken { route, request, body, .. } in taken {
         let span = request_span(Some(&request.id), request.method(), PathOf(&request));
         ids.push(request.id.clone());
-        staged.push(publish::stage(herald, route, peer, request, Buffered(body)).instrument(span).await);
+        // As in `serve_publishes`: under the span only if it is recorded.
+        staged.push(if span.is_disabled() {
+            publish::stage(herald, route, peer, request, Buffered(body)).await
+        } else {
+            publish::stage(herald, route, peer, request, Buffered(body)).instrument(span).await
+        });
     }
     let answers = commit_in_order(herald, staged).await;
     let last = answers.len().saturating_sub(1);
