@@ -20,19 +20,34 @@ pub fn ms_of(at: SystemTime) -> u64 {
 
 /// A new 26-character identifier.
 pub fn new_id() -> String {
-    as_str(&new_id_bytes()).to_owned()
+    IdText::new(new_id_bytes()).as_str().to_owned()
 }
 
 /// A new identifier made at `ms` (Unix milliseconds, read by the caller: the events of a
 /// publish share one reading of the clock, which costs more than the rest of the id), as a
 /// shared string: one allocation, not a `String` copied into an `Arc`.
 pub fn new_shared_id_at(ms: u64) -> Arc<str> {
-    Arc::from(as_str(&id_bytes_at(ms)))
+    Arc::from(IdText::new(id_bytes_at(ms)).as_str())
 }
 
-/// Every byte of an id is one of `CROCKFORD`'s ASCII letters and digits.
-fn as_str(id: &[u8; 26]) -> &str {
-    std::str::from_utf8(id).unwrap_or_default()
+/// An id's characters where `str::from_utf8` checks them fastest: aligned to a word and
+/// padded to a whole number of its two-word blocks, which it then reads a block at a time
+/// (about 60 instructions an id fewer than byte by byte, for an unaligned array of 26).
+#[repr(C, align(16))]
+struct IdText([u8; 32]);
+
+impl IdText {
+    fn new(id: [u8; 26]) -> Self {
+        let mut text = [b'0'; 32];
+        text[..26].copy_from_slice(&id);
+        Self(text)
+    }
+
+    /// Every byte of an id (and of the padding) is one of `CROCKFORD`'s ASCII letters and
+    /// digits.
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).ok().and_then(|text| text.get(..26)).unwrap_or_default()
+    }
 }
 
 /// When an identifier (or a connection id, `c` and an identifier in lower case) was made, in
@@ -52,13 +67,44 @@ pub(crate) fn new_id_bytes() -> [u8; 26] {
     id_bytes_at(now_ms())
 }
 
+/// Each pair of characters, by the ten bits they stand for: an id is 13 lookups, not 26 (and
+/// no shifts of a `u128`).
+static PAIRS: [[u8; 2]; 1024] = {
+    let mut pairs = [[0; 2]; 1024];
+    let mut bits = 0;
+    while bits < 1024 {
+        pairs[bits] = [CROCKFORD[bits >> 5], CROCKFORD[bits & 31]];
+        bits += 1;
+    }
+    pairs
+};
+
+/// The id of 48 bits of `ms` then 80 random bits (a `u64`, then a `u16`), five bits a
+/// character from the highest (the two above 128 are zero).
 fn id_bytes_at(ms: u64) -> [u8; 26] {
-    let value: u128 = (u128::from(ms & 0xFFFF_FFFF_FFFF) << 80)
-        | (u128::from(fastrand::u64(..)) << 16)
-        | u128::from(fastrand::u16(..));
+    let ms = ms & 0xFFFF_FFFF_FFFF;
+    let high = fastrand::u64(..);
+    // The 40 random bits below `high`'s top 40: its low 24, then 16 more.
+    let low = ((high & 0xFF_FFFF) << 16) | u64::from(fastrand::u16(..));
+    // Ten bits a pair: the top two zeros and eight of `ms`, its other 40, the random 80.
+    let tens = [
+        ms >> 40,
+        ms >> 30,
+        ms >> 20,
+        ms >> 10,
+        ms,
+        high >> 54,
+        high >> 44,
+        high >> 34,
+        high >> 24,
+        low >> 30,
+        low >> 20,
+        low >> 10,
+        low,
+    ];
     let mut out = [0u8; 26];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = CROCKFORD[((value >> ((25 - i) * 5)) & 31) as usize];
+    for (pair, bits) in out.as_chunks_mut::<2>().0.iter_mut().zip(tens) {
+        *pair = PAIRS[(bits & 1023) as usize];
     }
     out
 }
@@ -80,6 +126,31 @@ mod tests {
         assert!(a[..10] <= shared[..10], "{a} then {shared}");
         let at = new_shared_id_at(1_700_000_000_123);
         assert_eq!(id_time_ms(&at), Some(1_700_000_000_123));
+    }
+
+    /// The id of `ms` and the random `high` and `low`, a character at a time from a `u128`.
+    fn id_of_u128(ms: u64, high: u64, low: u16) -> [u8; 26] {
+        let value: u128 = (u128::from(ms & 0xFFFF_FFFF_FFFF) << 80) | (u128::from(high) << 16) | u128::from(low);
+        std::array::from_fn(|i| CROCKFORD[((value >> ((25 - i) * 5)) & 31) as usize])
+    }
+
+    #[test]
+    fn an_id_is_its_time_and_random_bits_five_bits_a_character_from_the_highest() {
+        let mut cases = vec![(0, 0, 0), (u64::MAX, u64::MAX, u16::MAX), (1_700_000_000_123, 1 << 63, 1)];
+        for bit in 0..64 {
+            cases.push((1 << bit, 1 << bit, 1 << (bit % 16)));
+        }
+        let mut rng = fastrand::Rng::with_seed(22);
+        cases.extend((0..10_000).map(|_| (rng.u64(..), rng.u64(..), rng.u16(..))));
+        for (ms, high, low) in cases {
+            // The same draws, in the same order, as `id_bytes_at` makes them.
+            fastrand::seed(high ^ u64::from(low));
+            let (h, l) = (fastrand::u64(..), fastrand::u16(..));
+            fastrand::seed(high ^ u64::from(low));
+            let id = id_bytes_at(ms);
+            assert_eq!(id, id_of_u128(ms, h, l), "{ms} {h} {l}");
+            assert_eq!(IdText::new(id).as_str().as_bytes(), id);
+        }
     }
 
     #[test]

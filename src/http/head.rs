@@ -14,10 +14,20 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::auth::ApiKey;
 
+/// The header that makes a single publish safe to retry.
+/// A name, not a `&str`: a lookup by `&str` parses the name again every time.
+pub(crate) static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// A request's headers, looked up by name. `Sync`: the checks hold values across awaits.
 pub trait Headers: Sync {
     /// The first value of header `name`.
     fn header(&self, name: &HeaderName) -> Option<&[u8]>;
+
+    /// The first value of `Idempotency-Key`, which every publish looks for: a head that noted
+    /// it as it was read gives it without comparing names (`server::lean_publish`).
+    fn idempotency_key(&self) -> Option<&[u8]> {
+        self.header(&IDEMPOTENCY_KEY)
+    }
 
     /// Every value of header `name`, in order.
     fn header_values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]>;

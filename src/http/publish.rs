@@ -20,8 +20,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, FromRequest, Path, Request, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -37,10 +37,6 @@ use crate::channel::ChannelName;
 use crate::engine::{EngineError, PublishAck};
 use crate::event::{Event, EventError, IDEMPOTENCY_FIELD, Idempotency, Prepared};
 use crate::herald::Herald;
-
-/// The header that makes a single publish safe to retry.
-/// A name, not a `&str`: a lookup by `&str` parses the name again every time.
-static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The answer to a publish: the id of the event, or the ids of a batch's events in order.
 #[derive(Serialize)]
@@ -76,6 +72,9 @@ pub(crate) enum Route {
     Publish,
     /// `POST /api/channels/{channel}/events`, with the path's channel as decoded (or why not).
     Channel(Result<String, ApiError>),
+    /// The same, its channel parsed where the path was read (or why not): the lean HTTP/1.1
+    /// path's, which then makes no copy of the channel's text to parse later.
+    Parsed(Result<ChannelName, ApiError>),
 }
 
 /// Where a publish's body comes from: axum's request (under its head `H`, `Parts`), or the
@@ -160,28 +159,36 @@ pub(crate) async fn stage<H: RequestHead + Send>(
     head: H,
     body: impl BodySource<H>,
 ) -> Result<Staged, ApiError> {
-    match route {
+    // The path's channel first: a publish to what is no channel is refused before its caller
+    // is asked about.
+    let channel = match route {
+        Route::Publish => None,
+        Route::Channel(channel) => Some(herald.parse_channel(&channel?)?),
+        Route::Parsed(channel) => Some(channel?),
+    };
+    // [`caller_with_body`], written out: its future is then not made and moved into this one
+    // for every publish.
+    check_cookie_request(herald, &head)?;
+    let who = principal(herald, &head, None).await?;
+    let key = rate_key(&who, peer);
+    let client = hooked::Client::new(herald, "http", &head, peer);
+    let idempotency = idempotency_key(&head)?;
+    let body = body.read(herald, head).await?;
+    let Some(channel) = channel else {
         // `POST /api/publish`: one event object, or an array of them as one batch.
-        Route::Publish => {
-            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, head, body).await?;
-            let events = match body::publish(herald, &body) {
-                Some(read) => events_read(herald, &key, idempotency.as_deref(), read)?,
-                None => events_of(herald, &key, idempotency.as_deref(), parse_json(&body)?)?,
-            };
-            stage_parsed(herald, &who, &key, events, &client).await
-        }
-        // `POST /api/channels/{channel}/events`: one event on the channel of the path.
-        Route::Channel(channel) => {
-            let channel = herald.parse_channel(&channel?)?;
-            let (who, key, idempotency, body, client) = caller_with_body(herald, peer, head, body).await?;
-            let event = match body::on_path(herald, &body) {
-                Some(read) => (vec![channel], read.event),
-                None => parse_event(herald, parse_json(&body)?, Some(channel))?,
-            };
-            let event = keyed(herald, &key, idempotency.as_deref(), event)?;
-            stage_events(herald, &who, &key, vec![event], false, &client).await
-        }
-    }
+        let events = match body::publish(herald, &body) {
+            Some(read) => events_read(herald, &key, idempotency.as_deref(), read)?,
+            None => events_of(herald, &key, idempotency.as_deref(), parse_json(&body)?)?,
+        };
+        return stage_parsed(herald, &who, &key, events, &client).await;
+    };
+    // `POST /api/channels/{channel}/events`: one event on the channel of the path.
+    let event = match body::on_path(herald, &body) {
+        Some(read) => (vec![channel], read.event),
+        None => parse_event(herald, parse_json(&body)?, Some(channel))?,
+    };
+    let event = keyed(herald, &key, idempotency.as_deref(), event)?;
+    stage_events(herald, &who, &key, vec![event], false, &client).await
 }
 
 /// The events of a publish body, each with its idempotency key.
@@ -376,12 +383,17 @@ async fn caller_with_body<H: RequestHead + Send>(
     let who = principal(herald, &head, None).await?;
     let key = rate_key(&who, peer);
     let client = hooked::Client::new(herald, "http", &head, peer);
-    let idempotency = match head.header(&IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => Some(text(v).ok_or_else(|| ApiError::from(EventError::BadIdempotencyKey))?.to_owned()),
-    };
+    let idempotency = idempotency_key(&head)?;
     let body = body.read(herald, head).await?;
     Ok((who, key, idempotency, body, client))
+}
+
+/// The request's `Idempotency-Key`, if it has one that is text.
+fn idempotency_key(head: &impl RequestHead) -> Result<Option<String>, ApiError> {
+    match head.idempotency_key() {
+        None => Ok(None),
+        Some(v) => Ok(Some(text(v).ok_or_else(|| ApiError::from(EventError::BadIdempotencyKey))?.to_owned())),
+    }
 }
 
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {

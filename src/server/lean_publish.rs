@@ -108,10 +108,18 @@ enum Known {
 impl Known {
     const COUNT: usize = 7;
 
-    /// The known header named `name`, as the scan names it ([`Field::of`]).
+    /// The known header named `name`, as the scan names it ([`Field::of`]). A `HeaderName` is
+    /// in lower case: compared as it is, by length first (the checks look up three names per
+    /// publish).
     fn of(name: &HeaderName) -> Option<Self> {
-        match Field::of(name.as_str().as_bytes(), false) {
-            Field::Known(known) => Some(known),
+        match name.as_str().as_bytes() {
+            b"host" => Some(Self::Host),
+            b"origin" => Some(Self::Origin),
+            b"x-api-key" => Some(Self::ApiKey),
+            b"content-type" => Some(Self::ContentType),
+            b"x-request-id" => Some(Self::RequestId),
+            b"authorization" => Some(Self::Authorization),
+            b"idempotency-key" => Some(Self::IdempotencyKey),
             _ => None,
         }
     }
@@ -288,7 +296,7 @@ fn plain_head(buf: &[u8], herald: &Herald) -> Option<Box<Scanned>> {
         return None;
     }
     // Path bytes make no query: the target is its path.
-    let route = route(target)?;
+    let route = route(target, herald)?;
     let path = (START.len(), START.len() + target_len);
     let mut at = path.1 + VERSION.len();
     let mut fields = HeadFields::new(herald);
@@ -378,7 +386,7 @@ fn parsed_head(buf: &[u8], herald: &Herald) -> Head {
     let (Some("POST"), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Head::NotLean;
     };
-    let Some(route) = route(without_query(target.as_bytes())) else { return Head::NotLean };
+    let Some(route) = route(without_query(target.as_bytes()), herald) else { return Head::NotLean };
     // A target `http` refuses: hyper answers it.
     let Some(path) = uri_path(target) else { return Head::NotLean };
     let at = |part: &[u8]| {
@@ -511,6 +519,10 @@ impl Headers for LeanHead {
         }
     }
 
+    fn idempotency_key(&self) -> Option<&[u8]> {
+        self.scanned.known(Known::IdempotencyKey).map(|(s, e)| &self.head[s..e])
+    }
+
     fn verified_api_key(&self) -> Option<Arc<ApiKey>> {
         self.api_key.clone()
     }
@@ -549,18 +561,18 @@ fn without_query(target: &[u8]) -> &[u8] {
 
 /// The publish route of a request path (a target [`without_query`]), as axum would route it;
 /// a channel segment is taken as it is (one with `%` escapes is left to axum, which decodes
-/// it).
-fn route(path: &[u8]) -> Option<Route> {
+/// it), and parsed here, as the publish would parse it first thing.
+fn route(path: &[u8], herald: &Herald) -> Option<Route> {
     if path == b"/api/publish" {
         return Some(Route::Publish);
     }
     let channel = path.strip_prefix(b"/api/channels/")?.strip_suffix(b"/events")?;
-    // Folded without an early exit: a loop the compiler widens.
-    if channel.is_empty() || channel.iter().fold(false, |bad, &b| bad | (b == b'/') | (b == b'%')) {
+    // Looked for a word at a time: a channel is shorter than a widened loop's first step.
+    if channel.is_empty() || find_byte(channel, b'/').is_some() || find_byte(channel, b'%').is_some() {
         return None;
     }
     // Cut from the target at ASCII bytes: text as the target is.
-    Some(Route::Channel(Ok(std::str::from_utf8(channel).ok()?.to_owned())))
+    Some(Route::Parsed(herald.parse_channel(std::str::from_utf8(channel).ok()?).map_err(ApiError::from)))
 }
 
 /// What a lean publish connection's owner does next.
@@ -652,7 +664,17 @@ pub(super) async fn serve_publishes(
             state: &mut body,
         };
         let peer = Some(PeerAddr(ctx.peer));
-        let outcome = publish::outcome(ctx.herald, route, peer, request, source).instrument(span).await;
+        // Under a span only if it is recorded: one that is not does nothing when entered, and
+        // wrapping the publish's future in it moves the whole future once more.
+        let outcome = if span.is_disabled() {
+            // `publish::outcome`, written out: its future is not made and moved into this one.
+            match publish::stage(ctx.herald, route, peer, request, source).await {
+                Ok(staged) => publish::commit(ctx.herald, staged).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            publish::outcome(ctx.herald, route, peer, request, source).instrument(span).await
+        };
         let mut resp = Answer::new(ctx.herald, outcome, id);
         let keep_alive = match body {
             BodyState::Read => keep_alive,
@@ -671,7 +693,9 @@ pub(super) async fn serve_publishes(
             }
             BodyState::Gone => return Ok(Handoff::Closed),
         };
-        resp.encode(&mut out, keep_alive).await?;
+        if let Some(refused) = resp.encode_accepted(&mut out, keep_alive) {
+            encode_response(&mut out, refused, keep_alive).await?;
+        }
         write_out(tcp, &mut out).await?;
         if !keep_alive {
             let _ = tcp.shutdown().await;
@@ -685,14 +709,21 @@ pub(super) async fn serve_publishes(
 /// request, and tokio's timer is not set and cleared for each one (a timeout per read cost
 /// about 600 instructions of a publish's 26,000): the timer is set once, and when it fires
 /// before the deadline, which has moved on since, it is set again to the deadline.
+///
+/// Nor is the timer polled again at each wait once it holds the connection's waker (a poll
+/// registers the waker anew: about 150 instructions of a publish): it wakes the connection
+/// when it fires, and is polled then.
 struct Deadline {
     at: Instant,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The waker the timer was last left pending with: it holds it until it fires or is set
+    /// again.
+    armed: Option<std::task::Waker>,
 }
 
 impl Deadline {
     fn new(at: Instant) -> Self {
-        Self { at, timer: Box::pin(tokio::time::sleep_until(at)) }
+        Self { at, timer: Box::pin(tokio::time::sleep_until(at)), armed: None }
     }
 
     /// Moves the deadline; the timer only when it would fire too late.
@@ -700,15 +731,30 @@ impl Deadline {
         self.at = at;
         if at < self.timer.deadline() {
             self.timer.as_mut().reset(at);
+            self.armed = None;
         }
     }
 
     /// Ready once the deadline has passed.
-    fn poll_passed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll_passed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !self.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        self.armed = None;
         loop {
-            std::task::ready!(self.timer.as_mut().poll(cx));
-            if Instant::from_std(crate::clock::mono()) >= self.at {
-                return std::task::Poll::Ready(());
+            // A timer polled without budget left is pending without holding the waker.
+            let budget = tokio::task::coop::has_budget_remaining();
+            if self.timer.as_mut().poll(cx).is_pending() {
+                if budget {
+                    self.armed = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            // A fresh reading, not the turn's (`crate::clock`): another worker may have moved
+            // the timer past this poll's reading, and a reset to a passed deadline fires at
+            // once, so the turn's reading could go round this loop for ever.
+            if Instant::now() >= self.at {
+                return Poll::Ready(());
             }
             self.timer.as_mut().reset(self.at);
         }
@@ -782,7 +828,12 @@ async fn serve_together(
     for Taken { route, request, body, .. } in taken {
         let span = request_span(Some(&request.id), request.method(), PathOf(&request));
         ids.push(request.id.clone());
-        staged.push(publish::stage(herald, route, peer, request, Buffered(body)).instrument(span).await);
+        // As in `serve_publishes`: under the span only if it is recorded.
+        staged.push(if span.is_disabled() {
+            publish::stage(herald, route, peer, request, Buffered(body)).await
+        } else {
+            publish::stage(herald, route, peer, request, Buffered(body)).instrument(span).await
+        });
     }
     let answers = commit_in_order(herald, staged).await;
     let last = answers.len().saturating_sub(1);
@@ -870,12 +921,22 @@ impl Answer {
 
     /// Appends the answer, whole, to `out`.
     async fn encode(self, out: &mut BytesMut, keep_alive: bool) -> io::Result<()> {
+        match self.encode_accepted(out, keep_alive) {
+            None => Ok(()),
+            Some(refused) => encode_response(out, refused, keep_alive).await,
+        }
+    }
+
+    /// Appends an accepted answer to `out`; a refusal is given back, whose body is then
+    /// collected ([`encode_response`]). Not a future: most answers are accepted, and the
+    /// answer would be moved into one for each.
+    fn encode_accepted(self, out: &mut BytesMut, keep_alive: bool) -> Option<axum::response::Response> {
         match self {
             Self::Published(published, id) => {
                 encode_published(out, &published, Some(id.as_bytes()), keep_alive);
-                Ok(())
+                None
             }
-            Self::Refused(resp) => encode_response(out, resp, keep_alive).await,
+            Self::Refused(resp) => Some(resp),
         }
     }
 }
@@ -1050,10 +1111,34 @@ mod tests {
     use super::*;
 
     fn routed(target: &str) -> Option<String> {
-        route(without_query(target.as_bytes())).map(|r| match r {
+        route(without_query(target.as_bytes()), &herald(false)).map(|r| match r {
             Route::Publish => "publish".to_owned(),
             Route::Channel(c) => c.unwrap_or_default(),
+            Route::Parsed(c) => c.map(|c| c.as_str().to_owned()).unwrap_or_else(|e| format!("refused: {e:?}")),
         })
+    }
+
+    #[tokio::test]
+    async fn a_deadline_passes_when_it_is_due_however_often_the_connection_wakes_meanwhile() {
+        for (first, moved, wakes) in [(40, 80, 0), (40, 80, 3), (80, 40, 3), (40, 40, 1)] {
+            let start = Instant::now();
+            let mut deadline = Deadline::new(start + Duration::from_millis(first));
+            deadline.set(start + Duration::from_millis(moved));
+            // The connection's task, woken every few milliseconds by something else.
+            let mut ticks = tokio::time::interval(Duration::from_millis(wakes.max(1)));
+            let waited = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = std::future::poll_fn(|cx| deadline.poll_passed(cx)) => return,
+                        _ = ticks.tick(), if wakes > 0 => {}
+                    }
+                }
+            })
+            .await;
+            assert!(waited.is_ok(), "{first} {moved} {wakes}: the deadline never passed");
+            assert!(start.elapsed() >= Duration::from_millis(moved), "{first} {moved} {wakes}: early");
+        }
     }
 
     #[test]
@@ -1141,6 +1226,7 @@ mod tests {
         let route = match &s.route {
             Route::Publish => None,
             Route::Channel(c) => c.as_ref().ok().cloned(),
+            Route::Parsed(c) => Some(c.as_ref().map_or_else(|e| format!("refused: {e:?}"), |c| c.as_str().to_owned())),
         };
         let fields = s.fields.iter().map(|&(n, v)| (at(n), at(v))).collect();
         let known = s.known.iter().map(|&k| s.fields.get(usize::from(k)).map(|&(_, v)| at(v))).collect();
@@ -1262,6 +1348,52 @@ mod tests {
     }
 
     #[test]
+    fn a_header_name_the_checks_look_up_is_known_as_the_scan_knows_it() {
+        let scanned = |name: &[u8]| match Field::of(name, false) {
+            Field::Known(known) => Some(known),
+            _ => None,
+        };
+        let tokens: Vec<u8> = (0..=255u8).filter(|&b| TOKEN[usize::from(b)]).collect();
+        let mut names: Vec<Vec<u8>> = [
+            "host",
+            "origin",
+            "x-api-key",
+            "content-type",
+            "x-request-id",
+            "authorization",
+            "idempotency-key",
+            "expect",
+            "upgrade",
+            "connection",
+            "content-length",
+            "transfer-encoding",
+            "cookie",
+            "accept",
+            "",
+        ]
+        .iter()
+        .map(|n| n.as_bytes().to_vec())
+        .collect();
+        for known in names.clone() {
+            for i in 0..known.len() {
+                for &b in &tokens {
+                    let mut name = known.clone();
+                    name[i] = b;
+                    names.push(name);
+                }
+            }
+            names.push([&known[..], b"x"].concat());
+        }
+        let mut seen = 0;
+        for name in names {
+            let Ok(name) = HeaderName::from_bytes(&name) else { continue };
+            assert_eq!(Known::of(&name), scanned(name.as_str().as_bytes()), "{name}");
+            seen += usize::from(Known::of(&name).is_some());
+        }
+        assert!(seen >= Known::COUNT);
+    }
+
+    #[test]
     fn a_header_name_is_known_in_any_case_and_only_then() {
         let tokens: Vec<u8> = (0..=255u8).filter(|&b| TOKEN[usize::from(b)]).collect();
         for known in ["host", "origin", "x-api-key", "content-length", "idempotency-key", "transfer-encoding"] {
@@ -1347,8 +1479,8 @@ mod tests {
         assert!(result.is_ok(), "{result:?}");
     }
 
-    #[test]
-    fn only_the_publish_routes_are_lean_and_escaped_channels_are_left_to_axum() {
+    #[tokio::test]
+    async fn only_the_publish_routes_are_lean_and_escaped_channels_are_left_to_axum() {
         assert_eq!(routed("/api/publish").as_deref(), Some("publish"));
         assert_eq!(routed("/api/publish?x=1").as_deref(), Some("publish"));
         assert_eq!(routed("/api/channels/user:1/events").as_deref(), Some("user:1"));
@@ -1359,5 +1491,9 @@ mod tests {
         assert_eq!(routed("/api/channels/a/events/"), None);
         assert_eq!(routed("/api/publishx"), None);
         assert_eq!(routed("/api/channels/a/history"), None);
+        // A channel is parsed as the publish parses it: a refusal is the publish's answer.
+        let refused = herald(false).parse_channel("nowhere:1").map_err(ApiError::from).err();
+        assert!(refused.is_some());
+        assert_eq!(routed("/api/channels/nowhere:1/events"), refused.map(|e| format!("refused: {e:?}")));
     }
 }
