@@ -10,8 +10,9 @@
 //! asked. A poll does not block, so a reading is at most that poll's own work old, and a
 //! later poll reads again.
 //!
-//! What must measure a span of time within one poll keeps `Instant::now()`: [`wall`] and
-//! [`mono`] are for "now" as a timestamp or a deadline's start. Outside a turn (an
+//! What must measure a span of time within one poll, or asks again and again whether a time
+//! has passed (a loop round a timer), keeps `Instant::now()`: [`wall`] and [`mono`] are for
+//! "now" as a timestamp or a deadline's start. Outside a turn (an
 //! application's own task, a test) they read the clock each time.
 
 use std::cell::Cell;
