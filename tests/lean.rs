@@ -560,6 +560,26 @@ async fn an_idle_publish_connection_is_closed_on_shutdown() {
 }
 
 #[tokio::test]
+async fn a_publish_connection_idle_after_several_requests_is_closed_on_shutdown_at_once() {
+    // The connection waits for the shutdown through one wait kept across its requests: after
+    // several requests and waits it must still be woken by the shutdown, not left to the
+    // drain timeout (10 s).
+    let server = TestServer::start().await;
+    let mut raw = Raw::connect(server.addr).await;
+    for n in 1..=3 {
+        raw.send(post("/api/channels/channel:bye/events", "", r#"{"type":"t"}"#).as_bytes()).await;
+        // Answered: the connection then waits for its next request, and for the shutdown.
+        raw.responses(n).await;
+    }
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(server.stop());
+    raw.read_to_end().await;
+    let closed = started.elapsed();
+    stopping.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(closed < std::time::Duration::from_secs(5), "closed {closed:?} after the shutdown began");
+}
+
+#[tokio::test]
 async fn publishes_the_lean_path_leaves_to_hyper_are_still_answered() {
     let server = TestServer::start().await;
     let ev = r#"{"type":"t"}"#;

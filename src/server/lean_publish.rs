@@ -609,6 +609,11 @@ pub(super) async fn serve_publishes(
     // The answers, written from one buffer that the connection keeps (not one per answer).
     let mut out = BytesMut::new();
     let mut keys = KnownKey::default();
+    let mut shutdown = Shutdown { probe: watcher.clone(), armed: None };
+    // One wait for the shutdown for the connection's life, not one per request: a new wait
+    // joins the watch's list of waiters and a dropped one leaves it, under its lock, each
+    // time (about 330 instructions and five locked ones of a publish).
+    let mut changed = std::pin::pin!(watcher.changed());
     loop {
         let head = match publish_head(&buf, ctx.herald) {
             Head::Lean(head) => head,
@@ -619,7 +624,7 @@ pub(super) async fn serve_publishes(
             }
             Head::Partial if buf.len() >= MAX_HEAD => return Ok(Handoff::Hyper(buf)),
             Head::Partial => {
-                if buf.is_empty() && watcher.has_changed().unwrap_or(true) {
+                if buf.is_empty() && shutdown.probe.has_changed().unwrap_or(true) {
                     return Ok(Handoff::Closed);
                 }
                 buf.reserve(READ_ROOM);
@@ -628,7 +633,9 @@ pub(super) async fn serve_publishes(
                     biased;
                     read = tcp.read_buf(&mut buf) => read,
                     () = std::future::poll_fn(|cx| deadline.poll_passed(cx)) => return Ok(Handoff::Closed),
-                    _ = watcher.changed(), if idle => return Ok(Handoff::Closed),
+                    () = std::future::poll_fn(|cx| shutdown.poll_started(cx, changed.as_mut())), if idle => {
+                        return Ok(Handoff::Closed);
+                    }
                 };
                 match read {
                     Ok(0) | Err(_) => return Ok(Handoff::Closed),
@@ -757,6 +764,43 @@ impl Deadline {
                 return Poll::Ready(());
             }
             self.timer.as_mut().reset(self.at);
+        }
+    }
+}
+
+/// The node's shutdown as a publish connection waits for it between requests, through one
+/// wait on the watch kept for the connection's life. As with [`Deadline`], the wait is not
+/// polled again while it holds the connection's waker and the watch has not changed (a poll
+/// of a waiting wait takes the watch's lock).
+struct Shutdown {
+    /// A copy of the connection's receiver, asked whether the watch changed (one load).
+    probe: tokio::sync::watch::Receiver<()>,
+    /// The waker the wait was last left pending with.
+    armed: Option<std::task::Waker>,
+}
+
+impl Shutdown {
+    /// Ready once the shutdown has started (or the watch's sender is gone). `changed` is the
+    /// connection's wait, never polled again once ready: the connection closes then.
+    fn poll_started<F: std::future::Future>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        changed: std::pin::Pin<&mut F>,
+    ) -> Poll<()> {
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !self.probe.has_changed().unwrap_or(true) {
+            return Poll::Pending;
+        }
+        self.armed = None;
+        // A wait polled without budget left is pending without holding the waker.
+        let budget = tokio::task::coop::has_budget_remaining();
+        match changed.poll(cx) {
+            Poll::Ready(_) => Poll::Ready(()),
+            Poll::Pending => {
+                if budget {
+                    self.armed = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
         }
     }
 }
