@@ -618,7 +618,6 @@ pub(crate) fn body_at(
 
 /// The body of an event whose type `validate_type` took (every caller checks it first): a
 /// type of ASCII letters, digits and `_ - . :`, which is written as it is.
-
 fn serialize_body_at(
     event_type: &str,
     payload: Payload,
