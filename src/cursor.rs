@@ -86,17 +86,37 @@ fn push_base36(out: &mut String, n: u64) {
     }
 }
 
+/// The two base-36 digits of every number below 36², in order: a number is written two
+/// digits per division (a position's milliseconds, eight digits, in four rather than eight).
+const PAIRS: [u8; 2 * 36 * 36] = {
+    let mut table = [0; 2 * 36 * 36];
+    let mut n = 0;
+    while n < 36 * 36 {
+        table[2 * n] = DIGITS[n / 36];
+        table[2 * n + 1] = DIGITS[n % 36];
+        n += 1;
+    }
+    table
+};
+
 /// `n` in base 36: the digits are `buf[i..]` of the returned `(buf, i)`.
 fn base36(mut n: u64) -> ([u8; 13], usize) {
     let mut buf = [0u8; 13];
     let mut i = buf.len();
-    loop {
+    // At most six pairs: 36¹² is below `u64::MAX`, 36¹³ above it.
+    while n >= 36 * 36 {
+        let pair = (n % (36 * 36)) as usize;
+        n /= 36 * 36;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[2 * pair..2 * pair + 2]);
+    }
+    let n = n as usize;
+    if n >= 36 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[2 * n..2 * n + 2]);
+    } else {
         i -= 1;
-        buf[i] = DIGITS[(n % 36) as usize];
-        n /= 36;
-        if n == 0 {
-            break;
-        }
+        buf[i] = DIGITS[n];
     }
     (buf, i)
 }
@@ -276,6 +296,34 @@ mod tests {
             let mut bytes = Vec::new();
             write_entry_bytes(&mut bytes, "user:42", pos);
             assert_eq!(String::from_utf8(bytes).ok(), Some(single_entry("user:42", pos)));
+        }
+    }
+
+    #[test]
+    fn a_number_is_written_in_base_36_as_digit_by_digit() {
+        let by_digit = |mut n: u64| {
+            let mut digits = Vec::new();
+            loop {
+                digits.insert(0, DIGITS[(n % 36) as usize]);
+                n /= 36;
+                if n == 0 {
+                    break digits;
+                }
+            }
+        };
+        let mut numbers = vec![0, 1, 35, 36, 37, 1_295, 1_296, 1_297, 46_655, 46_656, 1_764_863_051_123, u64::MAX];
+        numbers.extend((0..13).flat_map(|k| {
+            let p = 36u64.saturating_pow(k);
+            [p.saturating_sub(1), p, p.saturating_add(1)]
+        }));
+        let mut n = 1u64;
+        while let Some(next) = n.checked_mul(7).and_then(|n| n.checked_add(3)) {
+            numbers.push(n);
+            n = next;
+        }
+        for n in numbers {
+            let (buf, i) = base36(n);
+            assert_eq!(&buf[i..], &by_digit(n)[..], "{n}");
         }
     }
 

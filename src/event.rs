@@ -170,6 +170,15 @@ impl Event {
     pub(crate) fn is_written(&self) -> bool {
         matches!(self.payload, Payload::Text(_))
     }
+
+    /// The text the fields are held as, if they are.
+    #[cfg(test)]
+    pub(crate) fn written_text(&self) -> Option<&[u8]> {
+        match &self.payload {
+            Payload::Text(written) => Some(&written.text),
+            Payload::Fields(_) => None,
+        }
+    }
 }
 
 /// A top-level payload value that is written as it is read: its JSON text is one a
@@ -223,13 +232,57 @@ impl PayloadReader {
 
     /// Adds a field whose value is a scalar.
     pub(crate) fn scalar(&mut self, key: &str, value: Scalar<'_>) {
+        let plain = |s: &str| s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
         if let Reading::Text { text, members } = &mut self.state
-            && let Some(at) = Self::slot(text, members, key, value)
+            && plain(key)
+            && !matches!(value, Scalar::Str(s) if !plain(s))
+            && let Some(at) = Self::slot(text, members, key.as_bytes())
         {
-            Self::write(text, members, at, key, value);
+            Self::write(text, members, at, key.len(), |text| {
+                push_key(text, key.as_bytes());
+                match value {
+                    Scalar::Str(s) => {
+                        text.push(b'"');
+                        text.extend_from_slice(s.as_bytes());
+                        text.push(b'"');
+                    }
+                    Scalar::U64(n) => push_json(text, &n),
+                    Scalar::I64(n) => push_json(text, &n),
+                    Scalar::Bool(b) => push_json(text, &b),
+                    Scalar::Null => text.extend_from_slice(b"null"),
+                }
+            });
             return;
         }
         self.insert(key.to_owned(), value.into());
+    }
+
+    /// Adds a field read by hand from a body (`http::publish::body`) as the text it is
+    /// written as, when [`PayloadReader::scalar`] would write it as text too; `false`, adding
+    /// nothing, where it would not (a reserved key, a key there already, fields made a map).
+    ///
+    /// `key` is a key's text with nothing that needs escaping; `value` is a scalar's JSON
+    /// text exactly as `serde_json` writes the value it reads from it (a string with nothing
+    /// to escape, an integer of `u64` or `i64` in its one form, `true`, `false`, `null`), so
+    /// the text is the one `scalar` writes of the value.
+    pub(crate) fn written(&mut self, key: &[u8], value: &[u8]) -> bool {
+        self.written_with(key, |text| {
+            push_key(text, key);
+            text.extend_from_slice(value);
+        })
+    }
+
+    /// [`PayloadReader::written`] of a member given whole, `"key":value` with nothing
+    /// between its parts (as a body nearly always writes it): one copy, not two.
+    pub(crate) fn written_member(&mut self, key: &[u8], member: &[u8]) -> bool {
+        self.written_with(key, |text| text.extend_from_slice(member))
+    }
+
+    fn written_with(&mut self, key: &[u8], member: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let Reading::Text { text, members } = &mut self.state else { return false };
+        let Some(at) = Self::slot(text, members, key) else { return false };
+        Self::write(text, members, at, key.len(), member);
+        true
     }
 
     /// Adds a field of any value.
@@ -250,20 +303,25 @@ impl PayloadReader {
         Event { event_type, payload, idempotency: None }
     }
 
-    /// Where the member for `key` goes among the members written (sorted by key), or `None`
-    /// when the field cannot be written as text: its key is reserved (dropped from the wire,
-    /// but in the map), is there already (the last value wins, in the map), or it or the
-    /// value needs escaping.
-    fn slot(text: &[u8], members: &[(usize, usize)], key: &str, value: Scalar<'_>) -> Option<usize> {
-        let plain = |s: &str| s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
-        if !plain(key) || matches!(value, Scalar::Str(s) if !plain(s)) || RESERVED_FIELDS.contains(&key) {
+    /// Where the member for `key` (a key that needs no escaping) goes among the members
+    /// written (sorted by key), or `None` when the field cannot be written as text: its key
+    /// is reserved (dropped from the wire, but in the map) or is there already (the last
+    /// value wins, in the map).
+    fn slot(text: &[u8], members: &[(usize, usize)], key: &[u8]) -> Option<usize> {
+        if is_reserved(key) {
             return None;
         }
         let key_of = |&(start, len): &(usize, usize)| &text[start + 2..][..len];
         // Fields nearly always come in order, or nearly: the search starts at the end.
         let mut at = members.len();
         while at > 0 {
-            match key.as_bytes().cmp(key_of(&members[at - 1])) {
+            let other = key_of(&members[at - 1]);
+            // Keys nearly always differ in their first byte: compared here, not by `memcmp`.
+            let order = match (key.first(), other.first()) {
+                (Some(a), Some(b)) if a != b => a.cmp(b),
+                _ => key.cmp(other),
+            };
+            match order {
                 std::cmp::Ordering::Greater => break,
                 std::cmp::Ordering::Equal => return None,
                 std::cmp::Ordering::Less => at -= 1,
@@ -272,31 +330,19 @@ impl PayloadReader {
         Some(at)
     }
 
-    /// Writes `,"key":value` as member `at`.
+    /// Writes `,` and the member (`"key":value`, written by `member`) as member `at`.
     fn write(
         text: &mut Vec<u8>,
         members: &mut smallvec::SmallVec<[(usize, usize); 8]>,
         at: usize,
-        key: &str,
-        value: Scalar<'_>,
+        key_len: usize,
+        member: impl FnOnce(&mut Vec<u8>),
     ) {
         let start = text.len();
         // Room for the usual payload at once: growing member by member costs a `realloc` each.
-        text.reserve((key.len() + 24).max(TEXT_ROOM.saturating_sub(start)));
-        text.extend_from_slice(b",\"");
-        text.extend_from_slice(key.as_bytes());
-        text.extend_from_slice(b"\":");
-        match value {
-            Scalar::Str(s) => {
-                text.push(b'"');
-                text.extend_from_slice(s.as_bytes());
-                text.push(b'"');
-            }
-            Scalar::U64(n) => push_json(text, &n),
-            Scalar::I64(n) => push_json(text, &n),
-            Scalar::Bool(b) => push_json(text, &b),
-            Scalar::Null => text.extend_from_slice(b"null"),
-        }
+        text.reserve((key_len + 24).max(TEXT_ROOM.saturating_sub(start)));
+        text.push(b',');
+        member(text);
         // Written at the end, then rotated into place before the members that sort after it.
         let len = text.len() - start;
         if let Some(&(before, _)) = members.get(at) {
@@ -304,11 +350,27 @@ impl PayloadReader {
             for member in &mut members[at..] {
                 member.0 += len;
             }
-            members.insert(at, (before, key.len()));
+            members.insert(at, (before, key_len));
         } else {
-            members.push((start, key.len()));
+            members.push((start, key_len));
         }
     }
+}
+
+/// Writes `"key":`, for a key that needs no escaping.
+fn push_key(text: &mut Vec<u8>, key: &[u8]) {
+    text.push(b'"');
+    text.extend_from_slice(key);
+    text.extend_from_slice(b"\":");
+}
+
+/// Whether `key` is one of [`RESERVED_FIELDS`]: a match on the bytes, which the compiler
+/// sorts by length first, rather than a comparison with each in turn.
+fn is_reserved(key: &[u8]) -> bool {
+    matches!(
+        key,
+        b"id" | b"type" | b"channel" | b"channels" | b"timestamp" | b"userId" | b"userName" | b"idempotencyKey"
+    )
 }
 
 /// What makes a publish safe to retry: a retry under the same key, by the same publisher,
@@ -507,6 +569,15 @@ pub(crate) fn shared_type(event_type: &str) -> Arc<str> {
     })
 }
 
+/// [`shared_type`] of a type read from a body as bytes: checked as UTF-8 only when it is not
+/// the last type (`None` if it is not UTF-8).
+pub(crate) fn shared_type_of(event_type: &[u8]) -> Option<Arc<str>> {
+    LAST_TYPE.with_borrow_mut(|last| match last {
+        Some(t) if t.as_bytes() == event_type => Some(Arc::clone(t)),
+        _ => Some(Arc::clone(last.insert(Arc::from(std::str::from_utf8(event_type).ok()?)))),
+    })
+}
+
 /// The JSON of an event sent to one connection alone (no channel, kept nowhere):
 /// `(type, {"id","type","timestamp",...payload})`.
 pub fn direct_json(event: Event, publisher: &Publisher, max_payload: usize) -> Result<(String, String), EventError> {
@@ -541,9 +612,12 @@ pub(crate) fn body_at(
     max_payload: usize,
     at: SystemTime,
 ) -> Result<String, EventError> {
+    validate_type(&event.event_type)?;
     serialize_body_at(&event.event_type, event.payload.clone(), publisher, max_payload, crate::ids::ms_of(at))
 }
 
+/// The body of an event whose type `validate_type` took (every caller checks it first): a
+/// type of ASCII letters, digits and `_ - . :`, which is written as it is.
 fn serialize_body_at(
     event_type: &str,
     payload: Payload,
@@ -560,9 +634,9 @@ fn serialize_body_at(
         }
         Payload::Fields(fields) => (Vec::with_capacity(128), 0, Some(fields)),
     };
-    body.extend_from_slice(br#""type":"#);
-    push_plain_str(&mut body, event_type);
-    body.extend_from_slice(br#","timestamp":""#);
+    body.extend_from_slice(br#""type":""#);
+    body.extend_from_slice(event_type.as_bytes());
+    body.extend_from_slice(br#"","timestamp":""#);
     push_timestamp(&mut body, ms);
     body.push(b'"');
     if let Some(uid) = &publisher.user_id {
@@ -588,7 +662,7 @@ fn serialize_body_at(
 /// Appends `,"key":value` for every field but the reserved ones, in the map's order.
 fn push_fields(out: &mut Vec<u8>, fields: &Map<String, Value>) {
     for (k, v) in fields {
-        if RESERVED_FIELDS.contains(&k.as_str()) {
+        if is_reserved(k.as_bytes()) {
             continue;
         }
         out.push(b',');
@@ -686,22 +760,30 @@ pub fn json_for(id: &str, channel: &str, body: &str) -> Vec<u8> {
 
 /// Appends the wire JSON of [`json_for`] to `out`.
 fn write_json(out: &mut Vec<u8>, id: &str, channel: &str, body: &str) {
-    out.extend_from_slice(br#"{"id":"#);
-    push_plain_str(out, id);
-    out.extend_from_slice(br#","channel":"#);
-    push_plain_str(out, channel);
-    out.push(b',');
+    // Ids and channel names never need escaping: both are checked in one go and copied
+    // between constant parts, rather than each framed by a call of its own.
+    if is_plain(id.as_bytes()) && is_plain(channel.as_bytes()) {
+        out.reserve(id.len() + channel.len() + body.len() + 22);
+        out.extend_from_slice(br#"{"id":""#);
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(br#"","channel":""#);
+        out.extend_from_slice(channel.as_bytes());
+        out.extend_from_slice(br#"","#);
+    } else {
+        out.extend_from_slice(br#"{"id":"#);
+        push_json(out, id);
+        out.extend_from_slice(br#","channel":"#);
+        push_json(out, channel);
+        out.push(b',');
+    }
     out.extend_from_slice(body.as_bytes());
     out.push(b'}');
 }
 
-/// A JSON string, copied as it is when nothing in it needs escaping (ids and channel names
-/// never do), through the serializer otherwise.
+/// A JSON string, copied as it is when nothing in it needs escaping (each key of a map
+/// passes here), through the serializer otherwise.
 fn push_plain_str(out: &mut Vec<u8>, s: &str) {
-    // A fold with no early exit: the compiler checks many bytes at once (an id, a channel
-    // name and each key of a map pass here, for every event).
-    let plain = s.bytes().fold(true, |plain, b| plain & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\'));
-    if plain {
+    if is_plain(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -709,6 +791,15 @@ fn push_plain_str(out: &mut Vec<u8>, s: &str) {
     } else {
         push_json(out, s);
     }
+}
+
+/// Whether nothing in `s` needs escaping in JSON and it is printable ASCII: written
+/// between quotes as it is, it is what `serde_json` writes of it.
+fn is_plain(s: &[u8]) -> bool {
+    // A fold with no early exit: the compiler checks many bytes at once (an id, a channel
+    // name and each key of a map pass here, for every event), which costs less than eight
+    // bytes at a time in a word for strings this short.
+    s.iter().fold(true, |plain, &b| plain & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\'))
 }
 
 /// Appends `"key":value`, both as JSON, serialized straight into `out`: no `Value` and no
@@ -935,6 +1026,54 @@ mod tests {
                 assert_eq!(copy.frame.id(), single_entry(channel.as_str(), pos));
                 assert_eq!((&copy.channel, copy.position), (channel, pos));
             }
+        }
+    }
+
+    #[test]
+    fn a_string_copied_as_it_is_is_the_string_serde_json_writes() {
+        let mut strings: Vec<String> = (0..=0x7f_u8).map(|b| format!("ab{}cd", b as char)).collect();
+        for len in 0..40_usize {
+            for c in ['a', '"', '\\', '\n', '\u{1f}', '\u{7f}', 'é', '\u{2028}', '🎉', '\u{0}'] {
+                for at in [0, len / 2, len.saturating_sub(1)] {
+                    let mut chars = vec!['x'; len];
+                    if let Some(slot) = chars.get_mut(at) {
+                        *slot = c;
+                    }
+                    strings.push(chars.into_iter().collect());
+                }
+            }
+        }
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|e| panic!("{e}"));
+        for s in &strings {
+            let by_byte = s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+            assert_eq!(is_plain(s.as_bytes()), by_byte, "{s:?}");
+            let mut out = Vec::new();
+            push_plain_str(&mut out, s);
+            assert_eq!(String::from_utf8(out).ok(), Some(json(s)), "{s:?}");
+            for (id, channel) in [(s.as_str(), "user:1"), ("01ABC", s.as_str()), (s.as_str(), s.as_str())] {
+                let want = format!(r#"{{"id":{},"channel":{},"type":"t"}}"#, json(id), json(channel));
+                assert_eq!(String::from_utf8(json_for(id, channel, r#""type":"t""#)).ok(), Some(want));
+            }
+        }
+    }
+
+    #[test]
+    fn a_type_read_as_bytes_is_the_type_read_as_a_string() {
+        let a = shared_type_of(b"chat").unwrap_or_else(|| panic!("UTF-8"));
+        assert!(Arc::ptr_eq(&a, &shared_type("chat")), "the last type, shared");
+        let b = shared_type_of("caf\u{e9}".as_bytes()).unwrap_or_else(|| panic!("UTF-8"));
+        assert_eq!(&*b, "caf\u{e9}");
+        assert!(Arc::ptr_eq(&b, &shared_type_of("caf\u{e9}".as_bytes()).unwrap_or_else(|| panic!("UTF-8"))));
+        assert_eq!(shared_type_of(b"caf\xe9"), None);
+    }
+
+    #[test]
+    fn a_reserved_key_is_one_of_the_reserved_fields() {
+        for key in RESERVED_FIELDS {
+            assert!(is_reserved(key.as_bytes()), "{key}");
+        }
+        for key in ["", "i", "ids", "Id", "typ", "types", "channelz", "userid", "idempotencykey", "timestamp "] {
+            assert!(!is_reserved(key.as_bytes()), "{key}");
         }
     }
 

@@ -24,13 +24,17 @@ pub struct Frame {
 impl Frame {
     /// Frames `data` as an event of type `event_type` with the given SSE id.
     pub fn new(event_type: &str, id: &str, data: &[u8]) -> Self {
+        Self::of_parts(event_type.as_bytes(), id.as_bytes(), data)
+    }
+
+    fn of_parts(event_type: &[u8], id: &[u8], data: &[u8]) -> Self {
         let mut buf = BytesMut::with_capacity(event_type.len() + id.len() + data.len() + 24);
         buf.put_slice(b"event: ");
-        put_single_line(&mut buf, event_type.as_bytes());
+        put_single_line(&mut buf, event_type);
         buf.put_u8(b'\n');
         let id_at = buf.len();
         buf.put_slice(b"id: ");
-        put_single_line(&mut buf, id.as_bytes());
+        put_single_line(&mut buf, id);
         buf.put_u8(b'\n');
         let data_at = buf.len();
         put_data(&mut buf, data);
@@ -40,51 +44,40 @@ impl Frame {
 
     /// Frames an event whose id and JSON are written by the caller straight into the frame's
     /// buffer (`capacity` bytes reserved for both), rather than each built apart and copied
-    /// in: one allocation per frame. The framing rules hold as in [`Frame::new`]: an id or
-    /// data written with a CR or LF in it is rewritten the way `new` writes it.
+    /// in: one allocation per frame. The framing rules hold as in [`Frame::new`]: a type, an
+    /// id or data written with a CR or LF in it is rewritten the way `new` writes it.
     pub fn build(
         event_type: &str,
         capacity: usize,
         id: impl FnOnce(&mut Vec<u8>),
         data: impl FnOnce(&mut Vec<u8>),
     ) -> Self {
+        const TYPE_AT: usize = b"event: ".len();
         let mut buf = Vec::with_capacity(event_type.len() + capacity + 24);
         buf.extend_from_slice(b"event: ");
-        if event_type.bytes().fold(false, |line_end, b| line_end | (b == b'\n') | (b == b'\r')) {
-            buf.extend(event_type.bytes().filter(|&b| b != b'\n' && b != b'\r'));
-        } else {
-            buf.extend_from_slice(event_type.as_bytes());
-        }
-        buf.push(b'\n');
+        buf.extend_from_slice(event_type.as_bytes());
+        // The line ends of the type and the id are written once the three parts are checked
+        // together, in one scan: a space stands in for each until then.
+        let type_end = buf.len();
+        buf.push(b' ');
         let id_at = buf.len();
         buf.extend_from_slice(b"id: ");
         let id_start = buf.len();
         id(&mut buf);
-        // The id's line end is written once the id and the data are checked together, in one
-        // scan: a space stands in for it until then.
         let id_end = buf.len();
         buf.push(b' ');
         let data_at = buf.len();
         buf.extend_from_slice(b"data: ");
         let data_start = buf.len();
         data(&mut buf);
-        let clean = memchr::memchr2(b'\n', b'\r', &buf[id_start..]).is_none();
-        buf[id_end] = b'\n';
-        if clean {
+        if memchr::memchr2(b'\n', b'\r', &buf[TYPE_AT..]).is_none() {
+            buf[type_end] = b'\n';
+            buf[id_end] = b'\n';
             buf.extend_from_slice(b"\n\n");
             return Self { bytes: Bytes::from(buf), id_at, data_at };
         }
-        // A line end in the id or the data: rewritten the way `new` writes them.
-        let data = buf.split_off(data_start);
-        buf.truncate(id_end);
-        let id = buf.split_off(id_start);
-        let mut out = BytesMut::from(&buf[..]);
-        out.extend(id.into_iter().filter(|&b| b != b'\n' && b != b'\r'));
-        out.put_u8(b'\n');
-        let data_at = out.len();
-        put_data(&mut out, &data);
-        out.put_u8(b'\n');
-        Self { bytes: out.freeze(), id_at, data_at }
+        // A line end in the type, the id or the data: framed the way `new` frames them.
+        Self::of_parts(&buf[TYPE_AT..type_end], &buf[id_start..id_end], &buf[data_start..])
     }
 
     /// The frame for a subscriber of one channel: `id:` and `data:`, optionally `event:`.
@@ -218,6 +211,9 @@ mod tests {
             ("ty\rpe", "abc\n:1\r\n", b"a\n"),
             ("chat", "", b""),
             ("chat", "abc:1", b"\r"),
+            ("ty\npe", "abc:1", b"{}"),
+            ("type\r", "abc:1", br#"{"x":1}"#),
+            ("", "", b""),
         ];
         for (event_type, id, data) in parts {
             let built =
