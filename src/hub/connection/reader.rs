@@ -156,15 +156,24 @@ impl StreamCore {
         recent.push_back(id);
     }
 
+    /// Inlined into the poll, as it was before the id buffer moved out of line: this is
+    /// every delivery's path.
+    #[inline(always)]
     fn emit_event(&mut self, out: &mut impl Emit, event: &Published, ci: usize) {
         let Some(copy) = event.copies.get(ci) else { return };
         if self.channels.len() == 1 {
             // The frame's own id (see `event_id`): no buffer of this connection's is touched.
             out.event(&event.event_type, copy, None);
-            return;
+        } else {
+            self.emit_with_cursor(out, &event.event_type, copy);
         }
+    }
+
+    /// An event's copy on a connection of several channels, shown with its cursor.
+    #[inline(never)]
+    fn emit_with_cursor(&mut self, out: &mut impl Emit, event_type: &str, copy: &Copy) {
         let buf = &mut self.rare.get_or_insert_default().id_buf;
-        out.event(&event.event_type, copy, event_id(&self.channels, &self.cursor, buf));
+        out.event(event_type, copy, event_id(&self.channels, &self.cursor, buf));
     }
 
     fn notice(&mut self, out: &mut impl Emit, event_type: &str, json: &[u8]) {
