@@ -33,55 +33,6 @@ mod reader;
 
 pub(crate) use reader::{Emit, StreamCore, event_id};
 
-/// The channels and patterns a connection follows, in subscription order (its reader's
-/// list, and the hub's): one inline, as most connections have, several boxed. Three words
-/// (the box fits beside the name's non-null pointer), where a `SmallVec` of one keeps its
-/// capacity and a tag besides, and a `Vec` is three words and an allocation: both lists are
-/// memory of every idle stream.
-pub(crate) enum Channels {
-    One(ChannelName),
-    Many(Box<[ChannelName]>),
-}
-
-impl Channels {
-    pub(crate) fn new(channels: &[ChannelName]) -> Self {
-        match channels {
-            [one] => Self::One(one.clone()),
-            _ => Self::Many(channels.into()),
-        }
-    }
-
-    pub(crate) fn push(&mut self, channel: ChannelName) {
-        let mut all = std::mem::replace(self, Self::Many(Box::default())).into_vec();
-        all.push(channel);
-        *self = Self::Many(all.into_boxed_slice());
-    }
-
-    pub(crate) fn remove(&mut self, i: usize) {
-        let mut all = std::mem::replace(self, Self::Many(Box::default())).into_vec();
-        all.remove(i);
-        *self = Self::new(&all);
-    }
-
-    pub(crate) fn into_vec(self) -> Vec<ChannelName> {
-        match self {
-            Self::One(one) => vec![one],
-            Self::Many(many) => many.into_vec(),
-        }
-    }
-}
-
-impl std::ops::Deref for Channels {
-    type Target = [ChannelName];
-
-    fn deref(&self) -> &[ChannelName] {
-        match self {
-            Self::One(one) => std::slice::from_ref(one),
-            Self::Many(many) => many,
-        }
-    }
-}
-
 /// Why a connection was closed by the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::{Channels, CloseReason, ConnShared, Gap, Item, JoinStart};
+use super::{CloseReason, ConnShared, Gap, Item, JoinStart};
 use crate::channel::ChannelName;
 use crate::cursor::{Cursor, write_entry};
 use crate::event::{Copy, Published};
@@ -75,6 +75,54 @@ pub(crate) struct StreamCore {
     /// What a stream of one channel that is not `drop_oldest` never needs: allocated on
     /// first use, so that every idle stream does not carry it (its body is boxed whole).
     rare: Option<Box<Rare>>,
+}
+
+/// The channels and patterns a connection's reader follows, in subscription order: one
+/// inline, as most connections have, several boxed. Three words (the box fits beside the
+/// name's non-null pointer), where a `SmallVec` of one keeps its capacity and a tag
+/// besides: the reader is in every idle stream's body.
+enum Channels {
+    One(ChannelName),
+    Many(Box<[ChannelName]>),
+}
+
+impl Channels {
+    fn new(channels: &[ChannelName]) -> Self {
+        match channels {
+            [one] => Self::One(one.clone()),
+            _ => Self::Many(channels.into()),
+        }
+    }
+
+    fn push(&mut self, channel: ChannelName) {
+        let mut all = std::mem::replace(self, Self::Many(Box::default())).into_vec();
+        all.push(channel);
+        *self = Self::Many(all.into_boxed_slice());
+    }
+
+    fn remove(&mut self, i: usize) {
+        let mut all = std::mem::replace(self, Self::Many(Box::default())).into_vec();
+        all.remove(i);
+        *self = Self::new(&all);
+    }
+
+    fn into_vec(self) -> Vec<ChannelName> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many.into_vec(),
+        }
+    }
+}
+
+impl std::ops::Deref for Channels {
+    type Target = [ChannelName];
+
+    fn deref(&self) -> &[ChannelName] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
 }
 
 /// The parts of a reader only some connections use (see [`StreamCore::rare`]).
