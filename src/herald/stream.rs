@@ -221,7 +221,7 @@ impl Herald {
             _ => (None, None),
         };
         let shared = Arc::new(
-            ConnShared::new(hub.next_key(), conn_id, user, cfg.buffer_size, kill, filters.into_boxed_slice())
+            ConnShared::new(conn_id, user, cfg.buffer_size, kill, filters)
                 .expiring_at(deadline)
                 .over(transport)
                 .with_slow_consumer(self.policies().slow_consumer(channels.iter()))

@@ -17,6 +17,7 @@
 //! client before anything queued after it; the queue still never holds more than `capacity`.
 
 use std::collections::VecDeque;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 
@@ -200,8 +201,10 @@ struct QueueState {
     stalled_sweeps: u32,
     close: Option<CloseReason>,
     policy: SlowConsumer,
-    /// Events dropped under `drop_oldest` since the reader last took the queue.
-    gaps: Vec<Gap>,
+    /// Events dropped under `drop_oldest` since the reader last took the queue: none (and
+    /// no allocation) unless some were.
+    #[allow(clippy::box_collection, reason = "one word in every connection, not a `Vec`'s three")]
+    gaps: Option<Box<Vec<Gap>>>,
 }
 
 impl QueueState {
@@ -213,13 +216,14 @@ impl QueueState {
         let Some(Item::Event(event, ci)) = self.items.get(i) else { return false };
         let Some(copy) = event.copies.get(*ci as usize) else { return false };
         let (channel, position) = (&copy.channel, copy.position);
-        if let Some(gap) = self.gaps.iter_mut().find(|g| g.channel == *channel) {
+        let gaps = self.gaps.get_or_insert_default();
+        if let Some(gap) = gaps.iter_mut().find(|g| g.channel == *channel) {
             gap.first = gap.first.min(position);
             gap.last = gap.last.max(position);
             gap.missed += 1;
-        } else if self.gaps.len() < MAX_GAP_CHANNELS {
+        } else if gaps.len() < MAX_GAP_CHANNELS {
             let gap = Gap { channel: channel.clone(), first: position, last: position, missed: 1 };
-            self.gaps.push(gap);
+            gaps.push(gap);
         } else {
             return false;
         }
@@ -229,29 +233,53 @@ impl QueueState {
 }
 
 /// The part of a connection the hub holds: identity and the queue.
+///
+/// One per connection for as long as it lives, idle or not, so it is kept small (a size
+/// class of the allocator smaller is memory saved on every idle stream; a test holds the
+/// bound): what few connections have (a user, filters, a deadline, the application's
+/// info) is in [`ConnExtras`], allocated only for a connection that has some of it, and
+/// read through this type (`conn.user_id`) as if it were its own.
 pub struct ConnShared {
-    pub(crate) key: u64,
     pub id: Arc<str>,
+    /// The transport it was opened for (`sse`, `websocket`, `centrifugo`, `library`).
+    pub transport: &'static str,
+    kill: Option<KillSwitch>,
+    extras: Option<Box<ConnExtras>>,
+    capacity: usize,
+    state: Mutex<QueueState>,
+}
+
+/// What a connection may have besides its id and queue; most have none of it (a stream of
+/// a server-side API key, of an anonymous reader).
+#[derive(Default)]
+pub struct ConnExtras {
     pub user_id: Option<Arc<str>>,
     /// The user's display name, for presence events.
     pub user_name: Option<Arc<str>>,
-    /// The transport it was opened for (`sse`, `websocket`, `centrifugo`, `library`).
-    pub transport: &'static str,
-    capacity: usize,
-    kill: Option<KillSwitch>,
     /// Field filters of the subscription: all must match.
     pub filters: Filters,
     /// When the credential it was opened with expires, plus the leeway, in milliseconds
-    /// since the Unix epoch (see [`Hub::expire_sessions`]).
+    /// since the Unix epoch (see [`crate::hub::Hub::expire_sessions`]).
     pub expires_at_ms: Option<u64>,
     /// What the application says of this connection (a Centrifugo token's `info` claim):
     /// its `join` and `leave` events carry it.
     pub info: Option<Arc<serde_json::Value>>,
-    state: Mutex<QueueState>,
+}
+
+/// The extras of a connection that has none.
+static NO_EXTRAS: ConnExtras =
+    ConnExtras { user_id: None, user_name: None, filters: Vec::new(), expires_at_ms: None, info: None };
+
+impl Deref for ConnShared {
+    type Target = ConnExtras;
+
+    fn deref(&self) -> &ConnExtras {
+        self.extras.as_deref().unwrap_or(&NO_EXTRAS)
+    }
 }
 
 /// A subscription's field filters, `(field, value)`, all of which an event must match.
-pub type Filters = Box<[(String, String)]>;
+pub type Filters = Vec<(String, String)>;
 
 /// What happened to a pushed item.
 #[derive(Debug, PartialEq, Eq)]
@@ -268,28 +296,18 @@ pub enum Pushed {
 
 impl ConnShared {
     pub(crate) fn new(
-        key: u64,
         id: Arc<str>,
         user: Option<(Arc<str>, Option<Arc<str>>)>,
         capacity: usize,
         kill: Option<KillSwitch>,
         filters: Filters,
     ) -> Self {
-        let (user_id, user_name) = match user {
-            Some((id, name)) => (Some(id), name),
-            None => (None, None),
-        };
-        Self {
-            key,
+        let mut conn = Self {
             id,
-            user_id,
-            user_name,
             transport: "library",
-            capacity: capacity.max(1),
             kill,
-            filters,
-            expires_at_ms: None,
-            info: None,
+            extras: None,
+            capacity: capacity.max(1),
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
                 waker: None,
@@ -298,9 +316,28 @@ impl ConnShared {
                 stalled_sweeps: 0,
                 close: None,
                 policy: SlowConsumer::Disconnect,
-                gaps: Vec::new(),
+                gaps: None,
             }),
+        };
+        if let Some((id, name)) = user {
+            let extras = conn.extras_mut();
+            extras.user_id = Some(id);
+            extras.user_name = name;
         }
+        if !filters.is_empty() {
+            conn.extras_mut().filters = filters;
+        }
+        conn
+    }
+
+    /// The connection's extras, allocated on the first one it gets.
+    fn extras_mut(&mut self) -> &mut ConnExtras {
+        self.extras.get_or_insert_default()
+    }
+
+    /// Whether the connection has field filters: a look at one word, for every delivery.
+    pub(crate) fn has_filters(&self) -> bool {
+        self.extras.as_ref().is_some_and(|e| !e.filters.is_empty())
     }
 
     /// What the connection gets when its queue is full.
@@ -320,7 +357,9 @@ impl ConnShared {
 
     /// The connection ends at `deadline_ms` (milliseconds since the Unix epoch), if any.
     pub(crate) fn expiring_at(mut self, deadline_ms: Option<u64>) -> Self {
-        self.expires_at_ms = deadline_ms;
+        if deadline_ms.is_some() {
+            self.extras_mut().expires_at_ms = deadline_ms;
+        }
         self
     }
 
@@ -332,7 +371,9 @@ impl ConnShared {
 
     /// The connection's [`ConnShared::info`].
     pub(crate) fn with_info(mut self, info: Option<Arc<serde_json::Value>>) -> Self {
-        self.info = info;
+        if info.is_some() {
+            self.extras_mut().info = info;
+        }
         self
     }
 
@@ -363,7 +404,7 @@ impl ConnShared {
         if st.items.len() >= self.capacity {
             st.close = Some(CloseReason::Overflow);
             st.items = VecDeque::new();
-            st.gaps = Vec::new();
+            st.gaps = None;
             let waker = st.waker.take();
             drop(st);
             self.after_close(waker);
@@ -406,7 +447,7 @@ impl ConnShared {
         st.close = Some(reason);
         if !reason.keeps_queue() {
             st.items = VecDeque::new();
-            st.gaps = Vec::new();
+            st.gaps = None;
         }
         let waker = st.waker.take();
         drop(st);
@@ -471,7 +512,7 @@ mod tests {
     }
 
     fn conn(capacity: usize, policy: SlowConsumer) -> ConnShared {
-        ConnShared::new(1, Arc::from("c1"), None, capacity, None, Box::new([])).with_slow_consumer(policy)
+        ConnShared::new(Arc::from("c1"), None, capacity, None, Vec::new()).with_slow_consumer(policy)
     }
 
     #[test]
@@ -485,10 +526,11 @@ mod tests {
         }
         let st = conn.lock();
         assert_eq!((st.items.len(), st.close), (8, None), "still open, never over capacity");
-        let gap = |c: &ChannelName| st.gaps.iter().find(|g| g.channel == *c).cloned();
+        let gaps = st.gaps.as_deref().map_or(&[][..], Vec::as_slice);
+        let gap = |c: &ChannelName| gaps.iter().find(|g| g.channel == *c).cloned();
         let b_gap = Gap { channel: b.clone(), first: Position::new(1, 0), last: Position::new(991, 0), missed: 496 };
         let a_gap = Gap { channel: a.clone(), first: Position::new(2, 0), last: Position::new(992, 0), missed: 496 };
-        assert_eq!((gap(&a), gap(&b), st.gaps.len()), (Some(a_gap), Some(b_gap), 2));
+        assert_eq!((gap(&a), gap(&b), gaps.len()), (Some(a_gap), Some(b_gap), 2));
     }
 
     #[test]
@@ -506,7 +548,24 @@ mod tests {
         assert_eq!(results.last(), Some(&Pushed::Overflowed));
         assert_eq!(conn.push(&event(&channels[0], 100)), Pushed::Closed);
         assert_eq!(conn.close_reason(), Some(CloseReason::Overflow));
-        assert!(conn.lock().gaps.is_empty() && conn.lock().items.is_empty(), "its memory is freed");
+        assert!(conn.lock().gaps.is_none() && conn.lock().items.is_empty(), "its memory is freed");
+    }
+
+    #[test]
+    fn a_connection_stays_within_its_allocation_size_class_and_keeps_its_extras_apart() {
+        // With the `Arc`'s two counts, 160 bytes: one of jemalloc's size classes, which the
+        // next is 192. Growing it costs every idle stream the difference.
+        assert!(std::mem::size_of::<ConnShared>() <= 144, "{}", std::mem::size_of::<ConnShared>());
+        let plain = conn(4, SlowConsumer::Disconnect);
+        assert!(plain.extras.is_none() && plain.user_id.is_none() && !plain.has_filters());
+        let filters = vec![("kind".to_owned(), "a".to_owned())];
+        let user = Some((Arc::from("u1"), Some(Arc::from("Ann"))));
+        let rich = ConnShared::new(Arc::from("c2"), user, 4, None, filters.clone())
+            .expiring_at(Some(5))
+            .with_info(Some(Arc::new(serde_json::json!({"a": 1}))));
+        assert_eq!((rich.user_id.as_deref(), rich.user_name.as_deref()), (Some("u1"), Some("Ann")));
+        assert_eq!((&rich.filters, rich.expires_at_ms, rich.has_filters()), (&filters, Some(5), true));
+        assert_eq!(rich.info.as_deref(), Some(&serde_json::json!({"a": 1})));
     }
 
     #[test]

@@ -9,8 +9,10 @@
 
 pub mod connection;
 
+use std::borrow::Borrow;
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -22,12 +24,39 @@ use crate::event::{Copy, Published};
 use crate::histogram::Histogram;
 use connection::{CloseReason, ConnShared, Item, JoinSlot, Pushed};
 
-struct Entry {
-    conn: Arc<ConnShared>,
-    channels: Vec<ChannelName>,
-    /// When its credential expires (ms since the epoch): the connection's own deadline
-    /// until [`Hub::extend_expiry`] moves it.
-    expires_at: Option<u64>,
+/// A registered connection as the key of [`Registry::conns`]: hashed and compared by its
+/// public id, so that one map finds a connection by id (`Borrow<str>`) and by itself. A
+/// slot is three words with its boxed channels: the table is up to twice the size of its
+/// contents, and is most of what the hub costs an idle stream. (Channels held inline, one
+/// word more a slot, measured 20 to 30 bytes more per idle stream at 15,000, not less:
+/// a larger table, and larger tables left behind as it grew.)
+struct ById(Arc<ConnShared>);
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As the `str` it borrows as hashes, which `HashMap::get(&str)` requires.
+        self.0.id.hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+/// A connection's identity in the registry for as long as it is registered (the registry
+/// holds it, so no other connection has its address meanwhile).
+fn addr(conn: &ConnShared) -> usize {
+    std::ptr::from_ref(conn).addr()
 }
 
 #[derive(Default)]
@@ -35,16 +64,33 @@ struct Registry {
     channels: ChannelMap<Vec<Arc<ConnShared>>>,
     /// Pattern subscriptions (`channel:incidents.*`), checked against every event.
     patterns: ChannelMap<Vec<Arc<ConnShared>>>,
-    conns: HashMap<u64, Entry>,
-    /// Public connection id → key.
-    ids: HashMap<Arc<str>, u64>,
+    /// Every connection, by public id, with the channels it follows.
+    conns: HashMap<ById, Box<[ChannelName]>>,
+    /// Connections registered with an id another registered connection has (ids are fresh
+    /// ULIDs, so none is expected): the later one is found by the id, and these are still
+    /// swept, listed and unregistered.
+    shadowed: Vec<(Arc<ConnShared>, Box<[ChannelName]>)>,
     users: HashMap<Arc<str>, usize>,
-    /// Connections whose credential expires, as `(deadline in ms since the epoch, key)`,
-    /// earliest first: the node's one timer looks at the first.
-    expiries: BTreeSet<(u64, u64)>,
+    /// Connections whose credential expires, by `(deadline in ms since the epoch,
+    /// address)`, earliest first: the node's one timer looks at the first.
+    expiries: BTreeMap<(u64, usize), Arc<ConnShared>>,
+    /// The deadline of each connection in `expiries`, by address: its own deadline until
+    /// [`Hub::extend_expiry`] moves it.
+    deadlines: HashMap<usize, u64>,
 }
 
 impl Registry {
+    /// Every registered connection, with the channels it follows.
+    fn every(&self) -> impl Iterator<Item = (&Arc<ConnShared>, &[ChannelName])> {
+        let shadowed = self.shadowed.iter().map(|(conn, channels)| (conn, &channels[..]));
+        self.conns.iter().map(|(key, channels)| (&key.0, &channels[..])).chain(shadowed)
+    }
+
+    /// The connection with public id `id`.
+    fn by_id(&self, id: &str) -> Option<&Arc<ConnShared>> {
+        self.conns.get_key_value(id).map(|(key, _)| &key.0)
+    }
+
     /// Adds `conn` to `ch`'s subscribers. Returns the registry's own copy of the name,
     /// which every subscriber of the channel then shares (one string, read once per event
     /// for all of them, not one per subscriber), and whether `ch` had none before.
@@ -62,11 +108,11 @@ impl Registry {
         }
     }
 
-    /// Removes `key` from `ch`'s subscribers; true if the channel has none left.
-    fn remove_subscriber(&mut self, ch: &ChannelName, key: u64) -> bool {
+    /// Removes `conn` from `ch`'s subscribers; true if the channel has none left.
+    fn remove_subscriber(&mut self, ch: &ChannelName, conn: &ConnShared) -> bool {
         let map = if ch.is_pattern() { &mut self.patterns } else { &mut self.channels };
         let Some(subs) = map.get_mut(ch) else { return false };
-        if let Some(i) = subs.iter().position(|c| c.key == key) {
+        if let Some(i) = subs.iter().position(|c| std::ptr::eq(&**c, conn)) {
             subs.swap_remove(i);
         }
         if subs.is_empty() {
@@ -163,7 +209,6 @@ pub struct ConnInfo {
 pub struct Hub {
     registry: RwLock<Registry>,
     connections: AtomicUsize,
-    next_key: AtomicU64,
     /// Where departures are reported (presence, connection slots).
     departures: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Departure>>,
     /// Signalled when a connection registers (or its expiry moves) with a deadline earlier
@@ -185,11 +230,6 @@ impl Hub {
         self.registry.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A fresh key for a connection about to be registered.
-    pub(crate) fn next_key(&self) -> u64 {
-        self.next_key.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// Adds a connection following `channels` (and patterns), each replaced by the name the
     /// registry keeps (equal, and shared by the channel's subscribers). Returns the ones
     /// that had no local subscriber before (the ones an engine must start receiving).
@@ -200,7 +240,7 @@ impl Hub {
         limits: ConnLimits,
     ) -> Result<Vec<ChannelName>, Refused> {
         let mut reg = self.write();
-        if reg.conns.len() >= limits.max_connections {
+        if reg.conns.len() + reg.shadowed.len() >= limits.max_connections {
             return Err(Refused::AtCapacity);
         }
         if let Some(user) = &conn.user_id {
@@ -219,28 +259,35 @@ impl Hub {
             }
         }
         if let Some(at) = conn.expires_at_ms {
-            let earliest = reg.expiries.first().is_none_or(|&first| (at, conn.key) < first);
-            reg.expiries.insert((at, conn.key));
+            let key = (at, addr(&conn));
+            let earliest = reg.expiries.first_key_value().is_none_or(|(&first, _)| key < first);
+            reg.expiries.insert(key, Arc::clone(&conn));
+            reg.deadlines.insert(key.1, at);
             if earliest {
                 self.expiry_moved.notify_one();
             }
         }
-        reg.ids.insert(Arc::clone(&conn.id), conn.key);
-        let expires_at = conn.expires_at_ms;
-        reg.conns.insert(conn.key, Entry { conn, channels: channels.to_vec(), expires_at });
+        if let Some((taken, theirs)) = reg.conns.remove_entry(&*conn.id) {
+            reg.shadowed.push((taken.0, theirs));
+        }
+        reg.conns.insert(ById(conn), channels.into());
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(activated)
     }
 
     /// Removes a connection (idempotent). Returns the channels left with no local subscriber.
-    pub fn unregister(&self, key: u64) -> Vec<ChannelName> {
+    pub fn unregister(&self, conn: &ConnShared) -> Vec<ChannelName> {
         let mut reg = self.write();
-        let Some(Entry { conn, channels, expires_at }) = reg.conns.remove(&key) else {
+        let channels = match reg.conns.get_key_value(&*conn.id) {
+            Some((key, _)) if std::ptr::eq(&*key.0, conn) => reg.conns.remove(&*conn.id),
+            _ => reg.shadowed.iter().position(|(c, _)| std::ptr::eq(&**c, conn)).map(|i| reg.shadowed.swap_remove(i).1),
+        };
+        let Some(channels) = channels else {
             return Vec::new();
         };
-        reg.ids.remove(&conn.id);
-        if let Some(at) = expires_at {
-            reg.expiries.remove(&(at, key));
+        let channels = channels.into_vec();
+        if let Some(at) = reg.deadlines.remove(&addr(conn)) {
+            reg.expiries.remove(&(at, addr(conn)));
         }
         self.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(user) = &conn.user_id
@@ -251,7 +298,7 @@ impl Hub {
                 reg.users.remove(user);
             }
         }
-        let emptied = channels.iter().filter(|ch| reg.remove_subscriber(ch, key)).cloned().collect();
+        let emptied = channels.iter().filter(|ch| reg.remove_subscriber(ch, conn)).cloned().collect();
         drop(reg);
         if let Some(tx) = self.departures.get() {
             let _ = tx.send(Departure {
@@ -275,24 +322,26 @@ impl Hub {
         max_channels: usize,
     ) -> Result<Joined, NotJoined> {
         let mut reg = self.write();
-        let key = *reg.ids.get(connection).ok_or(NotJoined::NoConnection)?;
-        let entry = reg.conns.get_mut(&key).ok_or(NotJoined::NoConnection)?;
-        if entry.channels.contains(channel) {
+        let (key, channels) = reg.conns.get_key_value(connection).ok_or(NotJoined::NoConnection)?;
+        if channels.contains(channel) {
             return Ok(Joined::Already);
         }
-        if entry.channels.len() >= max_channels {
+        if channels.len() >= max_channels {
             return Err(NotJoined::TooManyChannels);
         }
-        let conn = Arc::clone(&entry.conn);
+        let conn = Arc::clone(&key.0);
         let (channel, _) = reg.subscribe(channel, &conn);
-        if let Some(entry) = reg.conns.get_mut(&key) {
-            entry.channels.push(channel.clone());
+        if let Some(channels) = reg.conns.get_mut(connection) {
+            // Boxed to their number, since most never change: a join allocates anew.
+            let mut more = std::mem::take(channels).into_vec();
+            more.push(channel.clone());
+            *channels = more.into_boxed_slice();
         }
         let slot = JoinSlot::new(channel);
         match conn.push_item(Item::Join(Arc::clone(&slot))) {
             Pushed::Overflowed => {
                 drop(reg);
-                self.unregister(key);
+                self.unregister(&conn);
                 return Err(NotJoined::NoConnection);
             }
             Pushed::DroppedOldest => {
@@ -307,14 +356,17 @@ impl Hub {
     /// otherwise the connection and whether the channel has no local subscriber left.
     pub fn leave(&self, connection: &str, channel: &ChannelName) -> Result<Option<(Arc<ConnShared>, bool)>, NotJoined> {
         let mut reg = self.write();
-        let key = *reg.ids.get(connection).ok_or(NotJoined::NoConnection)?;
-        let entry = reg.conns.get_mut(&key).ok_or(NotJoined::NoConnection)?;
-        let Some(i) = entry.channels.iter().position(|c| c == channel) else {
+        let (key, channels) = reg.conns.get_key_value(connection).ok_or(NotJoined::NoConnection)?;
+        let Some(i) = channels.iter().position(|c| c == channel) else {
             return Ok(None);
         };
-        entry.channels.remove(i);
-        let conn = Arc::clone(&entry.conn);
-        let emptied = reg.remove_subscriber(channel, key);
+        let conn = Arc::clone(&key.0);
+        if let Some(channels) = reg.conns.get_mut(connection) {
+            let mut fewer = std::mem::take(channels).into_vec();
+            fewer.remove(i);
+            *channels = fewer.into_boxed_slice();
+        }
+        let emptied = reg.remove_subscriber(channel, &conn);
         let _ = conn.push_item(Item::Leave(Box::new(channel.clone())));
         Ok(Some((conn, emptied)))
     }
@@ -323,13 +375,13 @@ impl Hub {
     pub fn send_to(&self, connection: &str, event_type: Arc<str>, json: Bytes) -> bool {
         let conn = {
             let reg = self.read();
-            let Some(entry) = reg.ids.get(connection).and_then(|k| reg.conns.get(k)) else { return false };
-            Arc::clone(&entry.conn)
+            let Some(conn) = reg.by_id(connection) else { return false };
+            Arc::clone(conn)
         };
         match conn.push_item(Item::Direct(Box::new((event_type, json)))) {
             Pushed::Overflowed => {
                 self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-                self.unregister(conn.key);
+                self.unregister(&conn);
             }
             Pushed::DroppedOldest => {
                 self.stats.slow_dropped.fetch_add(1, Ordering::Relaxed);
@@ -342,13 +394,13 @@ impl Hub {
     /// One connection of this node, by its public id.
     pub fn connection(&self, connection: &str) -> Option<ConnInfo> {
         let reg = self.read();
-        let entry = reg.ids.get(connection).and_then(|k| reg.conns.get(k))?;
-        Some(info(entry))
+        let (key, channels) = reg.conns.get_key_value(connection)?;
+        Some(info(&key.0, channels))
     }
 
     /// Every connection of this node.
     pub fn connections(&self) -> Vec<ConnInfo> {
-        self.read().conns.values().map(info).collect()
+        self.read().every().map(|(conn, channels)| info(conn, channels)).collect()
     }
 
     /// Queues `event` for every local subscriber of any of its channels (and of every
@@ -361,7 +413,7 @@ impl Hub {
             // A connection is pushed at the first copy it follows, the one it will write (see
             // `StreamCore::advance`), and its filters are matched on that copy.
             let mut push = |conn: &Arc<ConnShared>, ci: usize, copy: &Copy| {
-                if !conn.filters.is_empty() && !event.matches_on(copy, &conn.filters) {
+                if conn.has_filters() && !event.matches_on(copy, &conn.filters) {
                     return;
                 }
                 match conn.push_copy(event, ci) {
@@ -382,7 +434,7 @@ impl Hub {
                         let matching = reg.patterns.iter().filter(|(p, _)| p.matches(&copy.channel));
                         let exact = reg.channels.get(&copy.channel).into_iter();
                         for conn in exact.chain(matching.map(|(_, subs)| subs)).flatten() {
-                            if seen.insert(conn.key) {
+                            if seen.insert(addr(conn)) {
                                 push(conn, ci, copy);
                             }
                         }
@@ -400,12 +452,12 @@ impl Hub {
                 user = conn.user_id.as_deref().unwrap_or("-"),
                 "disconnecting a slow consumer: its queue is full; it will resume from history"
             );
-            self.unregister(conn.key);
+            self.unregister(&conn);
         }
     }
 
     fn all(&self) -> Vec<Arc<ConnShared>> {
-        self.read().conns.values().map(|e| Arc::clone(&e.conn)).collect()
+        self.read().every().map(|(conn, _)| Arc::clone(conn)).collect()
     }
 
     /// Asks every connection for a heartbeat, and closes those that made no progress for
@@ -424,14 +476,14 @@ impl Hub {
             closed += 1;
             self.stats.timeout_disconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!(connection = %conn.id, "closing a connection that made no progress for the client timeout");
-            self.unregister(conn.key);
+            self.unregister(&conn);
         }
         closed
     }
 
     /// The earliest deadline of a connection's credential, in ms since the Unix epoch.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.read().expiries.first().map(|&(at, _)| at)
+        self.read().expiries.first_key_value().map(|(&(at, _), _)| at)
     }
 
     /// Resolves when a connection registered, or had its expiry moved, with a deadline
@@ -445,13 +497,13 @@ impl Hub {
     /// fresh credential without reconnecting). `false` when no such connection is here.
     pub fn extend_expiry(&self, connection: &str, deadline_ms: u64) -> bool {
         let mut reg = self.write();
-        let Some(&key) = reg.ids.get(connection) else { return false };
-        let Some(old) = reg.conns.get_mut(&key).map(|e| e.expires_at.replace(deadline_ms)) else { return false };
-        if let Some(at) = old {
-            reg.expiries.remove(&(at, key));
+        let Some(conn) = reg.by_id(connection).cloned() else { return false };
+        let key = (deadline_ms, addr(&conn));
+        if let Some(at) = reg.deadlines.insert(key.1, deadline_ms) {
+            reg.expiries.remove(&(at, key.1));
         }
-        let earliest = reg.expiries.first().is_none_or(|&first| (deadline_ms, key) < first);
-        reg.expiries.insert((deadline_ms, key));
+        let earliest = reg.expiries.first_key_value().is_none_or(|(&first, _)| key < first);
+        reg.expiries.insert(key, conn);
         if earliest {
             self.expiry_moved.notify_one();
         }
@@ -464,10 +516,7 @@ impl Hub {
     pub fn expire_sessions(&self, now_ms: u64) -> usize {
         let due: Vec<Arc<ConnShared>> = {
             let reg = self.read();
-            reg.expiries
-                .range(..=(now_ms, u64::MAX))
-                .filter_map(|(_, key)| reg.conns.get(key).map(|e| Arc::clone(&e.conn)))
-                .collect()
+            reg.expiries.range(..=(now_ms, usize::MAX)).map(|(_, conn)| Arc::clone(conn)).collect()
         };
         let mut closed = 0;
         for conn in due {
@@ -480,7 +529,7 @@ impl Hub {
                     "closing a stream whose token expired; the client reconnects with a fresh one"
                 );
             }
-            self.unregister(conn.key);
+            self.unregister(&conn);
         }
         closed
     }
@@ -492,18 +541,11 @@ impl Hub {
             let reg = self.read();
             match target {
                 DisconnectTarget::User(user) => reg
-                    .conns
-                    .values()
-                    .filter(|e| e.conn.user_id.as_deref() == Some(user.as_str()))
-                    .map(|e| Arc::clone(&e.conn))
+                    .every()
+                    .filter(|(conn, _)| conn.user_id.as_deref() == Some(user.as_str()))
+                    .map(|(conn, _)| Arc::clone(conn))
                     .collect(),
-                DisconnectTarget::Connection(id) => reg
-                    .ids
-                    .get(id.as_str())
-                    .and_then(|k| reg.conns.get(k))
-                    .map(|e| Arc::clone(&e.conn))
-                    .into_iter()
-                    .collect(),
+                DisconnectTarget::Connection(id) => reg.by_id(id.as_str()).cloned().into_iter().collect(),
                 DisconnectTarget::Channel(channel) => reg
                     .channels
                     .get(&ChannelName::key(channel))
@@ -530,7 +572,7 @@ impl Hub {
             if conn.close(CloseReason::Resync) {
                 closed += 1;
             }
-            self.unregister(conn.key);
+            self.unregister(&conn);
         }
         closed
     }
@@ -555,9 +597,8 @@ impl Hub {
     /// Every user's connection on this node, as `(user id, connection id)`.
     pub fn user_connections(&self) -> Vec<(Arc<str>, Arc<str>)> {
         self.read()
-            .conns
-            .values()
-            .filter_map(|e| e.conn.user_id.as_ref().map(|u| (Arc::clone(u), Arc::clone(&e.conn.id))))
+            .every()
+            .filter_map(|(conn, _)| conn.user_id.as_ref().map(|u| (Arc::clone(u), Arc::clone(&conn.id))))
             .collect()
     }
 
@@ -601,7 +642,10 @@ impl Hub {
         if !reg.users.contains_key(user) {
             return Vec::new();
         }
-        reg.conns.values().filter(|e| e.conn.user_id.as_deref() == Some(user)).map(info).collect()
+        reg.every()
+            .filter(|(conn, _)| conn.user_id.as_deref() == Some(user))
+            .map(|(conn, channels)| info(conn, channels))
+            .collect()
     }
 
     /// Local subscribers of one channel, and the distinct users among them.
@@ -615,14 +659,14 @@ impl Hub {
     }
 }
 
-fn info(entry: &Entry) -> ConnInfo {
+fn info(conn: &ConnShared, channels: &[ChannelName]) -> ConnInfo {
     ConnInfo {
-        connection: Arc::clone(&entry.conn.id),
-        transport: entry.conn.transport,
-        user: entry.conn.user_id.clone(),
-        user_name: entry.conn.user_name.clone(),
-        info: entry.conn.info.clone(),
-        channels: entry.channels.clone(),
+        connection: Arc::clone(&conn.id),
+        transport: conn.transport,
+        user: conn.user_id.clone(),
+        user_name: conn.user_name.clone(),
+        info: conn.info.clone(),
+        channels: channels.to_vec(),
     }
 }
 
@@ -636,16 +680,14 @@ mod tests {
         ChannelName::parse(name).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
-    fn connection(hub: &Hub, id: &str) -> Arc<ConnShared> {
-        Arc::new(ConnShared::new(hub.next_key(), Arc::from(id), None, 16, None, Box::new([])))
+    fn connection(id: &str) -> Arc<ConnShared> {
+        Arc::new(ConnShared::new(Arc::from(id), None, 16, None, Vec::new()))
     }
 
     #[test]
     fn a_moved_expiry_ends_the_connection_at_the_new_deadline_not_the_old_one() {
         let hub = Hub::new();
-        let conn = Arc::new(
-            ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])).expiring_at(Some(1_000)),
-        );
+        let conn = Arc::new(ConnShared::new(Arc::from("c1"), None, 16, None, Vec::new()).expiring_at(Some(1_000)));
         let mut channels = vec![channel("channel:lobby")];
         assert!(hub.register(Arc::clone(&conn), &mut channels, LIMITS).is_ok());
         assert!(hub.extend_expiry("c1", 5_000));
@@ -659,18 +701,50 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_registered_with_a_taken_id_is_still_swept_listed_and_unregistered() {
+        let hub = Hub::new();
+        let (first, second) = (connection("c1"), connection("c1"));
+        assert!(hub.register(Arc::clone(&first), &mut [channel("channel:a")], LIMITS).is_ok());
+        assert!(hub.register(Arc::clone(&second), &mut [channel("channel:b")], LIMITS).is_ok());
+        assert_eq!((hub.connection_count(), hub.connections().len(), hub.all().len()), (2, 2, 2));
+        // The id finds the later one.
+        assert_eq!(hub.connection("c1").map(|c| c.channels), Some(vec![channel("channel:b")]));
+        assert_eq!(hub.unregister(&first), vec![channel("channel:a")]);
+        assert!(hub.unregister(&first).is_empty(), "idempotent");
+        assert_eq!(hub.connection("c1").map(|c| c.channels), Some(vec![channel("channel:b")]));
+        assert_eq!(hub.unregister(&second), vec![channel("channel:b")]);
+        assert_eq!((hub.connection_count(), hub.connections().len()), (0, 0));
+    }
+
+    #[test]
+    fn live_joins_and_leaves_change_the_channels_the_hub_lists() {
+        let hub = Hub::new();
+        assert!(hub.register(connection("c1"), &mut [channel("channel:a")], LIMITS).is_ok());
+        assert!(matches!(hub.join("c1", &channel("channel:b"), 8), Ok(Joined::Added { .. })));
+        assert!(matches!(hub.join("c1", &channel("channel:b"), 8), Ok(Joined::Already)));
+        assert!(matches!(hub.join("c1", &channel("channel:c"), 2), Err(NotJoined::TooManyChannels)));
+        assert!(matches!(hub.join("c9", &channel("channel:c"), 8), Err(NotJoined::NoConnection)));
+        let listed = || hub.connection("c1").map(|c| c.channels).unwrap_or_default();
+        assert_eq!(listed(), [channel("channel:a"), channel("channel:b")]);
+        assert!(matches!(hub.leave("c1", &channel("channel:a")), Ok(Some((_, true)))));
+        assert!(matches!(hub.leave("c1", &channel("channel:a")), Ok(None)));
+        assert_eq!(listed(), [channel("channel:b")]);
+        assert_eq!(hub.subscriber_count(&channel("channel:a")), 0);
+    }
+
+    #[test]
     fn subscribers_of_a_channel_share_one_copy_of_its_name() {
         let hub = Hub::new();
         let (mut first, mut second) = (vec![channel("channel:lobby")], vec![channel("channel:lobby")]);
         assert_ne!(first[0].as_str().as_ptr(), second[0].as_str().as_ptr(), "parsed apart, stored apart");
-        assert_eq!(hub.register(connection(&hub, "c1"), &mut first, LIMITS), Ok(vec![channel("channel:lobby")]));
-        assert_eq!(hub.register(connection(&hub, "c2"), &mut second, LIMITS), Ok(vec![]));
+        assert_eq!(hub.register(connection("c1"), &mut first, LIMITS), Ok(vec![channel("channel:lobby")]));
+        assert_eq!(hub.register(connection("c2"), &mut second, LIMITS), Ok(vec![]));
         assert_eq!(second, first);
         assert_eq!(second[0].as_str().as_ptr(), first[0].as_str().as_ptr());
 
         // A live join follows the same name.
         let mut elsewhere = vec![channel("channel:elsewhere")];
-        assert!(hub.register(connection(&hub, "c3"), &mut elsewhere, LIMITS).is_ok());
+        assert!(hub.register(connection("c3"), &mut elsewhere, LIMITS).is_ok());
         match hub.join("c3", &channel("channel:lobby"), 8) {
             Ok(Joined::Added { slot, .. }) => {
                 assert_eq!(slot.channel.as_str().as_ptr(), first[0].as_str().as_ptr());

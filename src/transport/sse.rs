@@ -29,6 +29,9 @@ const IDLE_BUFFER: usize = 1024;
 /// a slice of its shared frame; anything more is gathered into one buffer.
 pub(crate) struct SseOut {
     named: bool,
+    /// The stream wrote its last chunk: its body's flag, kept here, where it takes no room
+    /// of its own (beside `named`).
+    done: bool,
     first: Option<Bytes>,
     buf: BytesMut,
 }
@@ -36,7 +39,7 @@ pub(crate) struct SseOut {
 impl SseOut {
     /// `named`: write `event: <type>` lines (for `addEventListener`).
     pub(crate) fn new(named: bool) -> Self {
-        Self { named, first: None, buf: BytesMut::new() }
+        Self { named, done: false, first: None, buf: BytesMut::new() }
     }
 
     fn spill(&mut self) {
@@ -108,20 +111,21 @@ impl Emit for SseOut {
     }
 }
 
-/// The streaming response body of one SSE connection.
+/// The streaming response body of one SSE connection. An idle stream holds it for hours,
+/// boxed (by axum's `Body`): every word of it is memory of every idle stream, and a test
+/// holds it within an allocator size class.
 pub struct SseBody {
     core: StreamCore,
+    /// Between polls, holds nothing but what was written while the stream opened (`retry:`,
+    /// `connected`, the replay), as one chunk in `first`, until it is taken.
     out: SseOut,
-    /// What was written while the stream opened (`retry:`, `connected`, the replay).
-    preamble: Option<Bytes>,
-    done: bool,
 }
 
 impl SseBody {
     /// The body of a stream opened into `out`: what `out` holds is its first chunk.
     pub(crate) fn new(core: StreamCore, mut out: SseOut) -> Self {
-        let preamble = out.take_all();
-        Self { core, out, preamble, done: false }
+        out.first = out.take_all();
+        Self { core, out }
     }
 
     /// The public id of this connection.
@@ -139,10 +143,12 @@ impl http_body::Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if let Some(pre) = this.preamble.take() {
+        // The preamble: every poll below takes all it wrote, so `out` holds nothing else
+        // between polls.
+        if let Some(pre) = this.out.first.take() {
             return Poll::Ready(Some(Ok(http_body::Frame::data(pre))));
         }
-        if this.done {
+        if this.out.done {
             return Poll::Ready(None);
         }
         loop {
@@ -150,10 +156,12 @@ impl http_body::Body for SseBody {
                 return Poll::Pending;
             };
             if polled.heartbeat && this.out.is_empty() {
-                this.out.put_raw(sse::HEARTBEAT);
+                // The static comment itself, as an event's shared frame is: no copy, and no
+                // write buffer kept by a stream that is only ever sent heartbeats.
+                this.out.first = Some(Bytes::from_static(sse::HEARTBEAT));
             }
             if let Some(reason) = polled.close {
-                this.done = true;
+                this.out.done = true;
                 if let CloseReason::Drain { retry_ms } = reason {
                     this.out.put_retry(retry_ms);
                 }
@@ -161,7 +169,7 @@ impl http_body::Body for SseBody {
             if let Some(bytes) = this.out.take() {
                 return Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
             }
-            if this.done {
+            if this.out.done {
                 return Poll::Ready(None);
             }
         }
@@ -186,7 +194,7 @@ mod tests {
     fn body() -> (Arc<ConnShared>, ChannelName, SseBody) {
         let hub = Arc::new(Hub::new());
         let lobby = ChannelName::parse("channel:lobby").unwrap_or_else(|e| panic!("{e}"));
-        let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+        let shared = Arc::new(ConnShared::new(Arc::from("c1"), None, 16, None, Vec::new()));
         let core = StreamCore::new(Arc::clone(&shared), hub, std::slice::from_ref(&lobby));
         let mut out = SseOut::new(false);
         out.put_retry(1000);
@@ -212,6 +220,14 @@ mod tests {
         assert_eq!(chunks(&mut body), (vec![Bytes::from_static(b"retry: 1000\n\n")], false));
         shared.sweep();
         assert_eq!(chunks(&mut body), (vec![Bytes::from_static(sse::HEARTBEAT)], false));
+        assert_eq!(body.out.buf.capacity(), 0, "a stream sent only heartbeats keeps no write buffer");
+    }
+
+    #[test]
+    fn a_body_stays_within_its_allocation_size_class() {
+        // Boxed by axum's `Body` for the stream's life: 192 bytes is one of jemalloc's size
+        // classes, the next is 224. Growing it costs every idle stream the difference.
+        assert!(std::mem::size_of::<SseBody>() <= 192, "{}", std::mem::size_of::<SseBody>());
     }
 
     #[test]

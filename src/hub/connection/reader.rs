@@ -10,8 +10,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use smallvec::SmallVec;
-
 use super::{CloseReason, ConnShared, Gap, Item, JoinStart};
 use crate::channel::ChannelName;
 use crate::cursor::{Cursor, write_entry};
@@ -70,10 +68,68 @@ pub(crate) struct StreamCore {
     hub: Arc<Hub>,
     /// Followed channels and patterns (`channel:incidents.*`), in subscription order; inline
     /// for one, as the cursor's positions are.
-    channels: SmallVec<[ChannelName; 1]>,
+    channels: Channels,
     cursor: Cursor,
     /// Items taken from the queue and not processed yet (a join waiting for its start).
     backlog: VecDeque<Item>,
+    /// What a stream of one channel that is not `drop_oldest` never needs: allocated on
+    /// first use, so that every idle stream does not carry it (its body is boxed whole).
+    rare: Option<Box<Rare>>,
+}
+
+/// The channels and patterns a connection's reader follows, in subscription order: one
+/// inline, as most connections have, several boxed. Three words (the box fits beside the
+/// name's non-null pointer), where a `SmallVec` of one keeps its capacity and a tag
+/// besides: the reader is in every idle stream's body.
+enum Channels {
+    One(ChannelName),
+    Many(Box<[ChannelName]>),
+}
+
+impl Channels {
+    fn new(channels: &[ChannelName]) -> Self {
+        match channels {
+            [one] => Self::One(one.clone()),
+            _ => Self::Many(channels.into()),
+        }
+    }
+
+    fn push(&mut self, channel: ChannelName) {
+        let mut all = std::mem::replace(self, Self::Many(Box::default())).into_vec();
+        all.push(channel);
+        *self = Self::Many(all.into_boxed_slice());
+    }
+
+    fn remove(&mut self, i: usize) {
+        let mut all = std::mem::replace(self, Self::Many(Box::default())).into_vec();
+        all.remove(i);
+        *self = Self::new(&all);
+    }
+
+    fn into_vec(self) -> Vec<ChannelName> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many.into_vec(),
+        }
+    }
+}
+
+impl std::ops::Deref for Channels {
+    type Target = [ChannelName];
+
+    fn deref(&self) -> &[ChannelName] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+}
+
+/// The parts of a reader only some connections use (see [`StreamCore::rare`]).
+#[derive(Default)]
+struct Rare {
+    /// Where an id made for this connection is written: notices, and every event of a
+    /// connection of several channels (one channel shows the frame's own id).
     id_buf: String,
     /// Ids of recent events that reached this connection one channel copy at a time
     /// (see [`Published::fanout`]); empty unless the connection follows several channels.
@@ -87,12 +143,10 @@ impl StreamCore {
         Self {
             shared,
             hub,
-            channels: channels.iter().cloned().collect(),
+            channels: Channels::new(channels),
             cursor: Cursor::at_start(channels.len()),
             backlog: VecDeque::new(),
-            id_buf: String::new(),
-            recent_split: VecDeque::new(),
-            gaps: VecDeque::new(),
+            rare: None,
         }
     }
 
@@ -131,7 +185,7 @@ impl StreamCore {
             }
         }
         if first.is_some() && self.channels.len() > 1 && usize::from(event.fanout) > event.copies.len() {
-            if self.recent_split.contains(&event.id) {
+            if self.rare.as_ref().is_some_and(|r| r.recent_split.contains(&event.id)) {
                 return None;
             }
             self.remember_split(Arc::clone(&event.id));
@@ -143,21 +197,38 @@ impl StreamCore {
     /// come one at a time (a live copy, or one replayed from history), so that those copies
     /// are dropped as repeats. Only the last [`RECENT_SPLIT`] are kept.
     pub(crate) fn remember_split(&mut self, id: Arc<str>) {
-        if self.recent_split.len() == RECENT_SPLIT {
-            self.recent_split.pop_front();
+        let recent = &mut self.rare.get_or_insert_default().recent_split;
+        if recent.len() == RECENT_SPLIT {
+            recent.pop_front();
         }
-        self.recent_split.push_back(id);
+        recent.push_back(id);
     }
 
+    /// Inlined into the poll, as it was before the id buffer moved out of line: this is
+    /// every delivery's path.
+    #[inline(always)]
     fn emit_event(&mut self, out: &mut impl Emit, event: &Published, ci: usize) {
         let Some(copy) = event.copies.get(ci) else { return };
-        out.event(&event.event_type, copy, event_id(&self.channels, &self.cursor, &mut self.id_buf));
+        if self.channels.len() == 1 {
+            // The frame's own id (see `event_id`): no buffer of this connection's is touched.
+            out.event(&event.event_type, copy, None);
+        } else {
+            self.emit_with_cursor(out, &event.event_type, copy);
+        }
+    }
+
+    /// An event's copy on a connection of several channels, shown with its cursor.
+    #[inline(never)]
+    fn emit_with_cursor(&mut self, out: &mut impl Emit, event_type: &str, copy: &Copy) {
+        let buf = &mut self.rare.get_or_insert_default().id_buf;
+        out.event(event_type, copy, event_id(&self.channels, &self.cursor, buf));
     }
 
     fn notice(&mut self, out: &mut impl Emit, event_type: &str, json: &[u8]) {
-        self.id_buf.clear();
-        self.cursor.encode_into(&self.channels, &mut self.id_buf);
-        out.notice(event_type, &self.id_buf, json);
+        let buf = &mut self.rare.get_or_insert_default().id_buf;
+        buf.clear();
+        self.cursor.encode_into(&self.channels, buf);
+        out.notice(event_type, buf, json);
     }
 
     fn apply_join(&mut self, out: &mut impl Emit, channel: &ChannelName, start: JoinStart) -> u64 {
@@ -277,10 +348,10 @@ impl StreamCore {
                 return Poll::Pending;
             }
             if !blocked {
-                if !st.gaps.is_empty() {
+                if let Some(gaps) = st.gaps.take() {
                     // The dropped events came after what the backlog holds and before
                     // everything still queued.
-                    self.gaps.push_back(std::mem::take(&mut st.gaps));
+                    self.rare.get_or_insert_default().gaps.push_back(*gaps);
                     self.backlog.push_back(Item::Gaps);
                 }
                 if self.backlog.is_empty() && st.items.len() <= MAX_BATCH {
@@ -337,7 +408,7 @@ impl StreamCore {
                 },
                 Item::Leave(channel) => self.apply_leave(out, &channel),
                 Item::Gaps => {
-                    let gaps = self.gaps.pop_front().unwrap_or_default();
+                    let gaps = self.rare.as_mut().and_then(|r| r.gaps.pop_front()).unwrap_or_default();
                     self.tell_gaps(out, gaps);
                 }
                 Item::Direct(direct) => {
@@ -367,7 +438,7 @@ impl StreamCore {
 impl Drop for StreamCore {
     fn drop(&mut self) {
         let reason = self.shared.close_reason();
-        self.hub.unregister(self.shared.key);
+        self.hub.unregister(&self.shared);
         tracing::debug!(
             connection = %self.shared.id,
             reason = reason.map_or("client_closed", CloseReason::as_str),
@@ -387,11 +458,14 @@ mod tests {
         let core = |names: &[&str]| {
             let channels: Vec<_> =
                 names.iter().map(|n| ChannelName::parse(n).unwrap_or_else(|e| panic!("{e}"))).collect();
-            let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+            let shared = Arc::new(ConnShared::new(Arc::from("c1"), None, 16, None, Vec::new()));
             StreamCore::new(shared, Arc::clone(&hub), &channels)
         };
         let one = core(&["channel:lobby"]);
-        assert!(!one.channels.spilled() && !one.cursor.positions.spilled(), "no allocation of their own");
+        assert!(
+            matches!(one.channels, Channels::One(_)) && !one.cursor.positions.spilled(),
+            "no allocation of their own"
+        );
         let two = core(&["channel:lobby", "channel:news"]);
         assert_eq!((two.channels.len(), two.cursor.positions.len()), (2, 2));
     }
@@ -417,7 +491,7 @@ mod tests {
         let hub = Arc::new(Hub::new());
         let (a, b) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:b"));
         let (Ok(a), Ok(b)) = (a, b) else { panic!("channel names") };
-        let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+        let shared = Arc::new(ConnShared::new(Arc::from("c1"), None, 16, None, Vec::new()));
         let mut core = StreamCore::new(shared, Arc::clone(&hub), &[a, b.clone()]);
         let copy_on_b = |id: &str, ms: u64| {
             let copy = Copy::new(b.clone(), Position::new(ms, 0), "t", b"{}");
@@ -434,7 +508,7 @@ mod tests {
         let hub = Arc::new(Hub::new());
         let (a, c) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:c"));
         let (Ok(a), Ok(c)) = (a, c) else { panic!("channel names") };
-        let shared = Arc::new(ConnShared::new(hub.next_key(), Arc::from("c1"), None, 16, None, Box::new([])));
+        let shared = Arc::new(ConnShared::new(Arc::from("c1"), None, 16, None, Vec::new()));
         let mut core = StreamCore::new(shared, Arc::clone(&hub), std::slice::from_ref(&a));
         core.set_cursor(Cursor { positions: [Position::new(5, 0)].into_iter().collect() });
         let on = |id: &str, at: &[(&ChannelName, u64)]| {
