@@ -372,7 +372,9 @@ pub(crate) async fn caller_and_body(
     Ok((who, key.to_string(), idempotency, parse_json(&body)?, client))
 }
 
-/// [`caller_and_body`] with the body from any source, as bytes (not yet JSON).
+/// [`caller_and_body`] with the body from any source, as bytes (not yet JSON). `stage` writes
+/// the same steps out for the lean publish path (so that this future is not made and moved
+/// into its own): a check added here is added there, in the same place.
 async fn caller_with_body<H: RequestHead + Send>(
     herald: &Herald,
     peer: Option<PeerAddr>,
