@@ -36,30 +36,25 @@ thread_local! {
 
 /// The wall clock: this turn's reading, or a fresh one outside a turn.
 pub(crate) fn wall() -> SystemTime {
-    TURN.with(|turn| {
-        let mut r = turn.get();
-        if let Some(at) = r.wall {
-            return at;
-        }
-        let at = SystemTime::now();
-        if r.on {
-            r.wall = Some(at);
-            turn.set(r);
-        }
-        at
-    })
+    reading(|r| &mut r.wall, SystemTime::now)
 }
 
 /// The monotonic clock: this turn's reading, or a fresh one outside a turn.
 pub(crate) fn mono() -> Instant {
+    reading(|r| &mut r.mono, Instant::now)
+}
+
+/// The turn's reading of one clock (`slot` of the readings), read by `now` when first asked;
+/// outside a turn, `now` each time.
+fn reading<T: Copy>(slot: fn(&mut Readings) -> &mut Option<T>, now: fn() -> T) -> T {
     TURN.with(|turn| {
         let mut r = turn.get();
-        if let Some(at) = r.mono {
+        if let Some(at) = *slot(&mut r) {
             return at;
         }
-        let at = Instant::now();
+        let at = now();
         if r.on {
-            r.mono = Some(at);
+            *slot(&mut r) = Some(at);
             turn.set(r);
         }
         at

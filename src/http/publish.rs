@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::auth::{PeerAddr, RateKey, check_cookie_request, principal, rate_key};
+use super::auth::{PeerAddr, check_cookie_request, principal, rate_key};
 use super::error::ApiError;
 use super::head::{RequestHead, text};
 use super::hooked;
@@ -151,6 +151,24 @@ impl Staged {
     }
 }
 
+/// The caller's checks and the body, in their order: the cookie check, who is asking, the
+/// rate key, the hook's client, the idempotency key, then the body read once the caller is
+/// known. `(who, key, idempotency, body, client)`; a refusal returns from the function it is
+/// written in. A macro, not an `async fn`, so that each publish path awaits the steps in its
+/// own future: a helper's future was made and moved into the caller's for every publish.
+macro_rules! caller_with_body {
+    ($herald:expr, $peer:expr, $head:expr, $body:expr) => {{
+        let (herald, peer, head) = ($herald, $peer, $head);
+        check_cookie_request(herald, &head)?;
+        let who = principal(herald, &head, None).await?;
+        let key = rate_key(&who, peer);
+        let client = hooked::Client::new(herald, "http", &head, peer);
+        let idempotency = idempotency_key(&head)?;
+        let body = $body.read(herald, head).await?;
+        (who, key, idempotency, body, client)
+    }};
+}
+
 /// Checks a publish request and prepares its events: everything but the engine's part.
 pub(crate) async fn stage<H: RequestHead + Send>(
     herald: &Herald,
@@ -166,14 +184,7 @@ pub(crate) async fn stage<H: RequestHead + Send>(
         Route::Channel(channel) => Some(herald.parse_channel(&channel?)?),
         Route::Parsed(channel) => Some(channel?),
     };
-    // [`caller_with_body`], written out: its future is then not made and moved into this one
-    // for every publish.
-    check_cookie_request(herald, &head)?;
-    let who = principal(herald, &head, None).await?;
-    let key = rate_key(&who, peer);
-    let client = hooked::Client::new(herald, "http", &head, peer);
-    let idempotency = idempotency_key(&head)?;
-    let body = body.read(herald, head).await?;
+    let (who, key, idempotency, body, client) = caller_with_body!(herald, peer, head, body);
     let Some(channel) = channel else {
         // `POST /api/publish`: one event object, or an array of them as one batch.
         let events = match body::publish(herald, &body) {
@@ -368,26 +379,8 @@ pub(crate) async fn caller_and_body(
 ) -> Result<(Principal, String, Option<String>, Value, hooked::Client), ApiError> {
     let (parts, body) = req.into_parts();
     let (who, key, idempotency, body, client) =
-        caller_with_body(herald, peer.map(|Extension(p)| p), parts, AxumBody(body)).await?;
+        caller_with_body!(herald, peer.map(|Extension(p)| p), parts, AxumBody(body));
     Ok((who, key.to_string(), idempotency, parse_json(&body)?, client))
-}
-
-/// [`caller_and_body`] with the body from any source, as bytes (not yet JSON). `stage` writes
-/// the same steps out for the lean publish path (so that this future is not made and moved
-/// into its own): a check added here is added there, in the same place.
-async fn caller_with_body<H: RequestHead + Send>(
-    herald: &Herald,
-    peer: Option<PeerAddr>,
-    head: H,
-    body: impl BodySource<H>,
-) -> Result<(Principal, RateKey, Option<String>, Bytes, hooked::Client), ApiError> {
-    check_cookie_request(herald, &head)?;
-    let who = principal(herald, &head, None).await?;
-    let key = rate_key(&who, peer);
-    let client = hooked::Client::new(herald, "http", &head, peer);
-    let idempotency = idempotency_key(&head)?;
-    let body = body.read(herald, head).await?;
-    Ok((who, key, idempotency, body, client))
 }
 
 /// The request's `Idempotency-Key`, if it has one that is text.

@@ -609,7 +609,7 @@ pub(super) async fn serve_publishes(
     // The answers, written from one buffer that the connection keeps (not one per answer).
     let mut out = BytesMut::new();
     let mut keys = KnownKey::default();
-    let mut shutdown = Shutdown { probe: watcher.clone(), armed: None };
+    let mut shutdown = Shutdown { probe: watcher.clone(), armed: Armed::default() };
     // One wait for the shutdown for the connection's life, not one per request: a new wait
     // joins the watch's list of waiters and a dropped one leaves it, under its lock, each
     // time (about 330 instructions and five locked ones of a publish).
@@ -712,25 +712,50 @@ pub(super) async fn serve_publishes(
     }
 }
 
+/// The waker a wait (a timer, a watch) was last left pending with. Such a wait holds the
+/// waker until it fires, and polling it again registers the waker anew (tokio's timer: about
+/// 150 instructions and four locked ones; a watch's wait: its lock), so a connection does not
+/// poll it at each of its waits while it holds this task's waker and has not fired.
+#[derive(Default)]
+struct Armed(Option<std::task::Waker>);
+
+impl Armed {
+    /// Whether the wait holds `cx`'s waker (and so need not be polled unless it fired).
+    fn holds(&self, cx: &std::task::Context<'_>) -> bool {
+        self.0.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// Polls the wait; if it stays pending, it holds the waker from now on, unless tokio's
+    /// budget was spent (a wait polled without budget is pending without holding the waker).
+    fn poll<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        wait: impl FnOnce(&mut std::task::Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        self.0 = None;
+        let budget = tokio::task::coop::has_budget_remaining();
+        let polled = wait(cx);
+        if polled.is_pending() && budget {
+            self.0 = Some(cx.waker().clone());
+        }
+        polled
+    }
+}
+
 /// When a keep-alive connection's next request head is due. It moves forward with every
 /// request, and tokio's timer is not set and cleared for each one (a timeout per read cost
 /// about 600 instructions of a publish's 26,000): the timer is set once, and when it fires
-/// before the deadline, which has moved on since, it is set again to the deadline.
-///
-/// Nor is the timer polled again at each wait once it holds the connection's waker (a poll
-/// registers the waker anew: about 150 instructions of a publish): it wakes the connection
-/// when it fires, and is polled then.
+/// before the deadline, which has moved on since, it is set again to the deadline. Nor is
+/// the timer polled at each wait once it holds the connection's waker ([`Armed`]).
 struct Deadline {
     at: Instant,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// The waker the timer was last left pending with: it holds it until it fires or is set
-    /// again.
-    armed: Option<std::task::Waker>,
+    armed: Armed,
 }
 
 impl Deadline {
     fn new(at: Instant) -> Self {
-        Self { at, timer: Box::pin(tokio::time::sleep_until(at)), armed: None }
+        Self { at, timer: Box::pin(tokio::time::sleep_until(at)), armed: Armed::default() }
     }
 
     /// Moves the deadline; the timer only when it would fire too late.
@@ -738,25 +763,18 @@ impl Deadline {
         self.at = at;
         if at < self.timer.deadline() {
             self.timer.as_mut().reset(at);
-            self.armed = None;
+            self.armed = Armed::default();
         }
     }
 
     /// Ready once the deadline has passed.
     fn poll_passed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !self.timer.is_elapsed() {
+        if self.armed.holds(cx) && !self.timer.is_elapsed() {
             return Poll::Pending;
         }
-        self.armed = None;
         loop {
-            // A timer polled without budget left is pending without holding the waker.
-            let budget = tokio::task::coop::has_budget_remaining();
-            if self.timer.as_mut().poll(cx).is_pending() {
-                if budget {
-                    self.armed = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
+            let timer = &mut self.timer;
+            std::task::ready!(self.armed.poll(cx, |cx| timer.as_mut().poll(cx)));
             // A fresh reading, not the turn's (`crate::clock`): another worker may have moved
             // the timer past this poll's reading, and a reset to a passed deadline fires at
             // once, so the turn's reading could go round this loop for ever.
@@ -769,14 +787,12 @@ impl Deadline {
 }
 
 /// The node's shutdown as a publish connection waits for it between requests, through one
-/// wait on the watch kept for the connection's life. As with [`Deadline`], the wait is not
-/// polled again while it holds the connection's waker and the watch has not changed (a poll
-/// of a waiting wait takes the watch's lock).
+/// wait on the watch kept for the connection's life, not polled at each wait once it holds
+/// the connection's waker and the watch has not changed ([`Armed`]).
 struct Shutdown {
     /// A copy of the connection's receiver, asked whether the watch changed (one load).
     probe: tokio::sync::watch::Receiver<()>,
-    /// The waker the wait was last left pending with.
-    armed: Option<std::task::Waker>,
+    armed: Armed,
 }
 
 impl Shutdown {
@@ -787,21 +803,10 @@ impl Shutdown {
         cx: &mut std::task::Context<'_>,
         changed: std::pin::Pin<&mut F>,
     ) -> Poll<()> {
-        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !self.probe.has_changed().unwrap_or(true) {
+        if self.armed.holds(cx) && !self.probe.has_changed().unwrap_or(true) {
             return Poll::Pending;
         }
-        self.armed = None;
-        // A wait polled without budget left is pending without holding the waker.
-        let budget = tokio::task::coop::has_budget_remaining();
-        match changed.poll(cx) {
-            Poll::Ready(_) => Poll::Ready(()),
-            Poll::Pending => {
-                if budget {
-                    self.armed = Some(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-        }
+        self.armed.poll(cx, |cx| changed.poll(cx)).map(|_| ())
     }
 }
 
