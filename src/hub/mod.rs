@@ -734,10 +734,15 @@ mod tests {
 
     #[test]
     fn subscribers_of_a_channel_share_one_copy_of_its_name() {
+        // A name too long to be held in the `ChannelName` itself (short ones are copied).
         let hub = Hub::new();
-        let (mut first, mut second) = (vec![channel("channel:lobby")], vec![channel("channel:lobby")]);
+        let (mut first, mut second) =
+            (vec![channel("channel:lobby-of-the-east-wing")], vec![channel("channel:lobby-of-the-east-wing")]);
         assert_ne!(first[0].as_str().as_ptr(), second[0].as_str().as_ptr(), "parsed apart, stored apart");
-        assert_eq!(hub.register(connection("c1"), &mut first, LIMITS), Ok(vec![channel("channel:lobby")]));
+        assert_eq!(
+            hub.register(connection("c1"), &mut first, LIMITS),
+            Ok(vec![channel("channel:lobby-of-the-east-wing")])
+        );
         assert_eq!(hub.register(connection("c2"), &mut second, LIMITS), Ok(vec![]));
         assert_eq!(second, first);
         assert_eq!(second[0].as_str().as_ptr(), first[0].as_str().as_ptr());
@@ -745,12 +750,12 @@ mod tests {
         // A live join follows the same name.
         let mut elsewhere = vec![channel("channel:elsewhere")];
         assert!(hub.register(connection("c3"), &mut elsewhere, LIMITS).is_ok());
-        match hub.join("c3", &channel("channel:lobby"), 8) {
+        match hub.join("c3", &channel("channel:lobby-of-the-east-wing"), 8) {
             Ok(Joined::Added { slot, .. }) => {
                 assert_eq!(slot.channel.as_str().as_ptr(), first[0].as_str().as_ptr());
             }
-            _ => panic!("c3 joins channel:lobby"),
+            _ => panic!("c3 joins channel:lobby-of-the-east-wing"),
         }
-        assert_eq!(hub.subscriber_count(&channel("channel:lobby")), 3);
+        assert_eq!(hub.subscriber_count(&channel("channel:lobby-of-the-east-wing")), 3);
     }
 }
