@@ -935,11 +935,25 @@ impl Published {
     /// [`Published::from_prepared`] accepted at `accepted` (read once for a batch).
     pub fn from_prepared_at(p: &Prepared, positions: &[Position], accepted: std::time::Instant) -> Arc<Self> {
         let copies = match (p.channels.as_slice(), positions) {
-            ([channel], [pos]) => Copies(Held::One(Copy::of_prepared(p, channel, *pos))),
-            _ => p.channels.iter().zip(positions).map(|(ch, pos)| Copy::of_prepared(p, ch, *pos)).collect(),
+            ([channel], [pos]) => Copies(Held::One(Copy::of_prepared(p, channel.clone(), *pos))),
+            _ => p.channels.iter().zip(positions).map(|(ch, pos)| Copy::of_prepared(p, ch.clone(), *pos)).collect(),
         };
         let fanout = u16::try_from(copies.len()).unwrap_or(u16::MAX);
         Arc::new(Self::accepted_at(p.id.clone(), p.event_type.clone(), copies, fanout, accepted))
+    }
+
+    /// [`Published::from_prepared_at`] of an event of one channel, at `pos`, its copy holding
+    /// `channel`: the event's one channel, as the engine keeps it. The engine's name lives
+    /// as long as the channel, where the prepared event's was parsed for its request alone:
+    /// the event kept in history holds no name of its own.
+    pub fn from_prepared_on(
+        p: &Prepared,
+        channel: ChannelName,
+        pos: Position,
+        accepted: std::time::Instant,
+    ) -> Arc<Self> {
+        let copies = Copies(Held::One(Copy::of_prepared(p, channel, pos)));
+        Arc::new(Self::accepted_at(p.id.clone(), p.event_type.clone(), copies, 1, accepted))
     }
 
     pub fn new(id: Arc<str>, event_type: Arc<str>, copies: Vec<Copy>, fanout: u16) -> Self {
@@ -1022,7 +1036,7 @@ impl Copy {
     /// [`Copy::new`] for a prepared event: the SSE id and the event's JSON are written
     /// straight into the frame's one buffer (no `String` for the id, no JSON built apart and
     /// copied in). The bytes are those `Copy::new` frames from [`Prepared::json_for`].
-    fn of_prepared(p: &Prepared, channel: &ChannelName, position: Position) -> Self {
+    fn of_prepared(p: &Prepared, channel: ChannelName, position: Position) -> Self {
         let (id, ch, body) = (&*p.id, channel.as_str(), p.body.as_str());
         let capacity = 2 * ch.len() + id.len() + body.len() + 48;
         let frame = Frame::build(
@@ -1031,7 +1045,7 @@ impl Copy {
             |out| crate::cursor::write_entry_bytes(out, ch, position),
             |out| write_json(out, id, ch, body),
         );
-        Self::framed(channel.clone(), position, frame)
+        Self::framed(channel, position, frame)
     }
 }
 

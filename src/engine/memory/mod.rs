@@ -288,6 +288,19 @@ impl MemoryEngine {
         Arc::clone(logs.entry(channel.clone()).or_insert_with(|| Arc::new(Mutex::new(Log::new(now_ms())))))
     }
 
+    /// [`Self::log`] with the name the engine keeps for the channel (the key of its log,
+    /// which lives as long as the log: the name a kept event holds, see
+    /// [`Published::from_prepared_on`]).
+    fn log_named(&self, channel: &ChannelName) -> (ChannelName, Arc<Mutex<Log>>) {
+        let mut logs = lock(&self.logs);
+        if let Some((name, log)) = logs.get_key_value(channel) {
+            return (name.clone(), Arc::clone(log));
+        }
+        let log = Arc::new(Mutex::new(Log::new(now_ms())));
+        logs.insert(channel.clone(), Arc::clone(&log));
+        (channel.clone(), log)
+    }
+
     /// History size and age of `channel`'s namespace, from its log once the log knows them
     /// (an engine not attached yet has no node to ask, and asks again at the next call).
     fn limits_of(&self, log: &mut Log, channel: &ChannelName) -> (usize, u64) {
@@ -334,13 +347,13 @@ impl MemoryEngine {
     /// [`Self::publish_one`] for one channel, nearly every publish: one lock to take, so no
     /// lock order and none of the lists that keep it.
     fn publish_single(&self, p: &Prepared, channel: &ChannelName, clock: Clock, ids_only: bool) -> PublishAck {
-        let log = self.log(channel);
+        let (name, log) = self.log_named(channel);
         let mut g = lock(&log);
         let limits = self.limits_of(&mut g, channel);
         let now = clock.ms;
         g.last = g.last.next_at(now);
         let pos = g.last;
-        let event = Published::from_prepared_at(p, std::slice::from_ref(&pos), clock.accepted);
+        let event = Published::from_prepared_on(p, name, pos, clock.accepted);
         self.append(&mut g, p, &event, channel, pos, limits, now);
         self.sink.node().deliver(&event);
         drop(g);
@@ -766,6 +779,23 @@ mod tests {
         let acks = e.publish(vec![prep(&["channel:a"], 1)]).await.unwrap_or_default();
         assert_eq!(acks.len(), 1);
         assert!(e.command(NodeCommand::Count { channel: "channel:a".into() }).await.is_err(), "no node to run it");
+    }
+
+    #[tokio::test]
+    async fn kept_events_hold_the_engines_name_of_their_channel() {
+        let e = engine(10);
+        for n in 0..3 {
+            e.publish(vec![prep(&["channel:k"], n)]).await.unwrap_or_default();
+        }
+        let logs = lock(&e.logs);
+        let Some((name, log)) = logs.get_key_value(&ch("channel:k")) else { panic!("a log") };
+        let log = lock(log);
+        assert_eq!(log.entries.len(), 3);
+        for (pos, event) in &log.entries {
+            let copy = &event.copies[0];
+            assert_eq!((&copy.channel, copy.position), (name, *pos));
+            assert!(std::ptr::eq(copy.channel.as_str(), name.as_str()), "the log's name, not one of its own");
+        }
     }
 
     #[test]
