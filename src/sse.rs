@@ -17,8 +17,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 #[derive(Clone, Debug)]
 pub struct Frame {
     bytes: Bytes,
-    id_at: usize,
-    data_at: usize,
+    /// Where the `id:` and `data:` lines start: after the type and after the id, in 32 bits
+    /// (8 bytes of every event kept, which holds its frame; see `Published`).
+    id_at: u32,
+    data_at: u32,
 }
 
 thread_local! {
@@ -116,7 +118,7 @@ impl Frame {
             let data_at = buf.len();
             put_data(buf, data);
             buf.put_u8(b'\n');
-            Self { bytes: frame_bytes(buf), id_at, data_at }
+            Self::at(frame_bytes(buf), id_at, data_at)
         })
     }
 
@@ -153,40 +155,55 @@ impl Frame {
                 buf[type_end] = b'\n';
                 buf[id_end] = b'\n';
                 buf.extend_from_slice(b"\n\n");
-                return Self { bytes: frame_bytes(buf), id_at, data_at };
+                return Self::at(frame_bytes(buf), id_at, data_at);
             }
             // A line end in the type, the id or the data: framed the way `new` frames them.
             Self::of_parts(&buf[TYPE_AT..type_end], &buf[id_start..id_end], &buf[data_start..])
         })
     }
 
+    /// A frame of `bytes` whose `id:` and `data:` lines start at `id_at` and `data_at`: the
+    /// ends of a type and an id, never near 4 GiB.
+    fn at(bytes: Bytes, id_at: usize, data_at: usize) -> Self {
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self { bytes, id_at: at(id_at), data_at: at(data_at) }
+    }
+
+    fn id_at(&self) -> usize {
+        self.id_at as usize
+    }
+
+    fn data_at(&self) -> usize {
+        self.data_at as usize
+    }
+
     /// The frame for a subscriber of one channel: `id:` and `data:`, optionally `event:`.
     pub fn with_id(&self, named: bool) -> Bytes {
-        if named { self.bytes.clone() } else { self.bytes.slice(self.id_at..) }
+        if named { self.bytes.clone() } else { self.bytes.slice(self.id_at()..) }
     }
 
     /// Writes the frame without its `id:` line, after the caller's own `id:` line.
     pub fn put_with_own_id(&self, out: &mut BytesMut, id: &str, named: bool) {
         if named {
-            out.put_slice(&self.bytes[..self.id_at]);
+            out.put_slice(&self.bytes[..self.id_at()]);
         }
         out.put_slice(b"id: ");
         put_single_line(out, id.as_bytes());
         out.put_u8(b'\n');
-        out.put_slice(&self.bytes[self.data_at..]);
+        out.put_slice(&self.bytes[self.data_at()..]);
     }
 
     /// The event's JSON, as framed (Herald frames its single-line JSON on one `data:` line).
     pub fn json(&self) -> &[u8] {
-        let data = &self.bytes[self.data_at..];
+        let data = &self.bytes[self.data_at()..];
         data.strip_prefix(b"data: ").and_then(|d| d.strip_suffix(b"\n\n")).unwrap_or(data)
     }
 
     /// [`Frame::json`] as a slice of the shared buffer (no copy).
     pub fn json_bytes(&self) -> Bytes {
         let json = self.json();
-        if json.len() + 8 == self.bytes.len() - self.data_at {
-            let start = self.data_at + 6;
+        if json.len() + 8 == self.bytes.len() - self.data_at() {
+            let start = self.data_at() + 6;
             self.bytes.slice(start..start + json.len())
         } else {
             Bytes::copy_from_slice(json)
@@ -195,7 +212,7 @@ impl Frame {
 
     /// The frame's own SSE id (the single-channel id of its event).
     pub fn id(&self) -> &str {
-        let line = &self.bytes[self.id_at..self.data_at];
+        let line = &self.bytes[self.id_at()..self.data_at()];
         let id = line.strip_prefix(b"id: ").and_then(|l| l.strip_suffix(b"\n")).unwrap_or_default();
         std::str::from_utf8(id).unwrap_or_default()
     }
