@@ -32,15 +32,25 @@ use crate::event::{AiChunk, Prepared, Published};
 use crate::ids::now_ms;
 use crate::maps::shrink;
 
+/// A channel's log. Within 112 bytes (a test holds it there): with its lock and the `Arc`'s
+/// two counts, 128, jemalloc's size class of two cache lines, both of which a publish
+/// touches (where 136 bytes took the 160 class and three lines).
 struct Log {
     last: Position,
     covered_after: Position,
     /// The events kept, oldest first, each with its position in this channel (searched by
     /// it): one list, so an append grows, pushes and trims one list where two lists did
-    /// each of it twice.
+    /// each of it twice. Changed only through [`Log::push`], [`Log::pop_front`] and
+    /// [`Log::clear`], which keep `oldest_ms`.
     entries: VecDeque<(Position, Arc<Published>)>,
-    /// AI token streams of the channel, oldest first.
-    streams: Vec<AiStream>,
+    /// The milliseconds of the oldest entry's position (`u64::MAX` with no entries): the
+    /// age check of every publish's trim reads it here, not in the entry, whose line of
+    /// the list is out of cache by then (a channel's oldest event is long written).
+    oldest_ms: u64,
+    /// AI token streams of the channel, oldest first. Boxed: most channels never see one,
+    /// and a `Vec` here takes 24 bytes of every log.
+    #[allow(clippy::box_collection, reason = "8 bytes in every log, not a `Vec`'s 24")]
+    streams: Option<Box<Vec<AiStream>>>,
     /// The history limits of the channel's namespace (size, age in ms), found at the first
     /// publish once the node is attached: a node's policies never change, and a publish
     /// then looks them up by the channel's namespace no more.
@@ -69,22 +79,30 @@ const MAX_STREAMS: usize = 64;
 impl Log {
     fn new(now: u64) -> Self {
         let start = Position::new(now, 0);
-        Self { last: start, covered_after: start, entries: VecDeque::new(), streams: Vec::new(), limits: None }
+        Self {
+            last: start,
+            covered_after: start,
+            entries: VecDeque::new(),
+            oldest_ms: u64::MAX,
+            streams: None,
+            limits: None,
+        }
     }
 
     fn fold_chunk(&mut self, chunk: &AiChunk, event: &Arc<Published>, pos: Position, now: u64, ttl: (u64, u64)) {
         let expires_ms = now.saturating_add(if chunk.done { ttl.1 } else { ttl.0 });
-        if let Some(s) = self.streams.iter_mut().find(|s| s.id == chunk.stream_id) {
+        let streams = self.streams.get_or_insert_default();
+        if let Some(s) = streams.iter_mut().find(|s| s.id == chunk.stream_id) {
             s.text.push_str(&chunk.text);
             s.last = pos;
             s.last_chunk = Arc::clone(event);
             s.expires_ms = expires_ms;
             return;
         }
-        if self.streams.len() >= MAX_STREAMS {
-            self.streams.remove(0);
+        if streams.len() >= MAX_STREAMS {
+            streams.remove(0);
         }
-        self.streams.push(AiStream {
+        streams.push(AiStream {
             id: chunk.stream_id.clone(),
             text: chunk.text.clone(),
             last: pos,
@@ -94,8 +112,13 @@ impl Log {
     }
 
     fn snapshots(&mut self, channel: &ChannelName, now: u64) -> Vec<AiSnapshot> {
-        self.streams.retain(|s| s.expires_ms >= now);
-        self.streams
+        let Some(streams) = &mut self.streams else { return Vec::new() };
+        streams.retain(|s| s.expires_ms >= now);
+        if streams.is_empty() {
+            self.streams = None;
+            return Vec::new();
+        }
+        streams
             .iter()
             .filter_map(|s| {
                 let json = s.last_chunk.copy_on(channel.as_str())?.frame.json();
@@ -108,6 +131,21 @@ impl Log {
         if let Some((pos, _)) = self.entries.pop_front() {
             self.covered_after = pos;
         }
+        self.oldest_ms = self.entries.front().map_or(u64::MAX, |(p, _)| p.ms);
+    }
+
+    /// Appends an event at `pos` (after every position in the log).
+    fn push(&mut self, pos: Position, event: Arc<Published>) {
+        if self.entries.is_empty() {
+            self.oldest_ms = pos.ms;
+        }
+        self.entries.push_back((pos, event));
+    }
+
+    /// Forgets every event kept.
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.oldest_ms = u64::MAX;
     }
 
     /// Before an event is appended to a log trimmed to `size` events: the first makes room
@@ -124,7 +162,9 @@ impl Log {
         while self.entries.len() > size {
             self.pop_front();
         }
-        while self.entries.front().is_some_and(|(p, _)| p.ms.saturating_add(ttl_ms) < now) {
+        // Positions only grow, so the oldest entry is the first to expire: its age is read
+        // from `oldest_ms`, and the entry itself only when it is due.
+        while self.oldest_ms.saturating_add(ttl_ms) < now {
             self.pop_front();
         }
     }
@@ -248,6 +288,19 @@ impl MemoryEngine {
         Arc::clone(logs.entry(channel.clone()).or_insert_with(|| Arc::new(Mutex::new(Log::new(now_ms())))))
     }
 
+    /// [`Self::log`] with the name the engine keeps for the channel (the key of its log,
+    /// which lives as long as the log: the name a kept event holds, see
+    /// [`Published::from_prepared_on`]).
+    fn log_named(&self, channel: &ChannelName) -> (ChannelName, Arc<Mutex<Log>>) {
+        let mut logs = lock(&self.logs);
+        if let Some((name, log)) = logs.get_key_value(channel) {
+            return (name.clone(), Arc::clone(log));
+        }
+        let log = Arc::new(Mutex::new(Log::new(now_ms())));
+        logs.insert(channel.clone(), Arc::clone(&log));
+        (channel.clone(), log)
+    }
+
     /// History size and age of `channel`'s namespace, from its log once the log knows them
     /// (an engine not attached yet has no node to ask, and asks again at the next call).
     fn limits_of(&self, log: &mut Log, channel: &ChannelName) -> (usize, u64) {
@@ -294,13 +347,13 @@ impl MemoryEngine {
     /// [`Self::publish_one`] for one channel, nearly every publish: one lock to take, so no
     /// lock order and none of the lists that keep it.
     fn publish_single(&self, p: &Prepared, channel: &ChannelName, clock: Clock, ids_only: bool) -> PublishAck {
-        let log = self.log(channel);
+        let (name, log) = self.log_named(channel);
         let mut g = lock(&log);
         let limits = self.limits_of(&mut g, channel);
         let now = clock.ms;
         g.last = g.last.next_at(now);
         let pos = g.last;
-        let event = Published::from_prepared_at(p, std::slice::from_ref(&pos), clock.accepted);
+        let event = Published::from_prepared_on(p, name, pos, clock.accepted);
         self.append(&mut g, p, &event, channel, pos, limits, now);
         self.sink.node().deliver(&event);
         drop(g);
@@ -322,7 +375,7 @@ impl MemoryEngine {
         now: u64,
     ) {
         g.make_room(limits.0);
-        g.entries.push_back((pos, Arc::clone(event)));
+        g.push(pos, Arc::clone(event));
         if let Some(chunk) = &p.ai {
             g.fold_chunk(chunk, event, pos, now, self.stream_ttls(ch));
         }
@@ -461,8 +514,8 @@ impl Broker for MemoryEngine {
     fn remove_history<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), EngineError>> {
         let log = self.log(channel);
         let mut g = lock(&log);
-        g.entries.clear();
-        g.streams.clear();
+        g.clear();
+        g.streams = None;
         g.covered_after = g.last;
         drop(g);
         Box::pin(async { Ok(()) })
@@ -726,6 +779,57 @@ mod tests {
         let acks = e.publish(vec![prep(&["channel:a"], 1)]).await.unwrap_or_default();
         assert_eq!(acks.len(), 1);
         assert!(e.command(NodeCommand::Count { channel: "channel:a".into() }).await.is_err(), "no node to run it");
+    }
+
+    #[tokio::test]
+    async fn kept_events_hold_the_engines_name_of_their_channel() {
+        let e = engine(10);
+        for n in 0..3 {
+            e.publish(vec![prep(&["channel:k"], n)]).await.unwrap_or_default();
+        }
+        let logs = lock(&e.logs);
+        let Some((name, log)) = logs.get_key_value(&ch("channel:k")) else { panic!("a log") };
+        let log = lock(log);
+        assert_eq!(log.entries.len(), 3);
+        for (pos, event) in &log.entries {
+            let copy = &event.copies[0];
+            assert_eq!((&copy.channel, copy.position), (name, *pos));
+            assert!(std::ptr::eq(copy.channel.as_str(), name.as_str()), "the log's name, not one of its own");
+        }
+    }
+
+    #[test]
+    fn a_log_stays_within_its_allocation_size_class() {
+        // With the `Arc`'s two counts, 128 bytes: jemalloc's size class of two cache lines;
+        // the next is 160 (three lines, every one of them touched by a publish).
+        let size = std::mem::size_of::<Mutex<Log>>();
+        assert!(size <= 112, "{size}");
+    }
+
+    #[test]
+    fn a_trim_drops_by_size_then_by_age_and_keeps_the_oldest_entrys_time() {
+        let event = Arc::new(Published::new(Arc::from("e"), Arc::from("t"), Vec::new(), 0));
+        let mut log = Log::new(0);
+        assert_eq!(log.oldest_ms, u64::MAX, "no entries: nothing is ever due");
+        for ms in [10, 20, 20, 30, 40] {
+            log.last = log.last.next_at(ms);
+            log.push(log.last, Arc::clone(&event));
+        }
+        assert_eq!(log.oldest_ms, 10);
+        log.trim((4, 100), 50);
+        assert_eq!((log.entries.len(), log.oldest_ms, log.covered_after.ms), (4, 20, 10), "by size");
+        // Due when the oldest is more than the age old: 20 + 15 < 36, not < 35.
+        log.trim((10, 15), 35);
+        assert_eq!((log.entries.len(), log.oldest_ms), (4, 20));
+        log.trim((10, 15), 36);
+        assert_eq!((log.entries.len(), log.oldest_ms, log.covered_after.ms), (2, 30, 20), "both of 20 ms");
+        log.trim((10, 15), 1_000);
+        assert_eq!((log.entries.len(), log.oldest_ms, log.covered_after), (0, u64::MAX, log.last));
+        log.last = log.last.next_at(2_000);
+        log.push(log.last, Arc::clone(&event));
+        assert_eq!(log.oldest_ms, 2_000, "the first entry pushed into an empty log");
+        log.clear();
+        assert_eq!((log.entries.len(), log.oldest_ms), (0, u64::MAX));
     }
 
     #[test]
