@@ -783,12 +783,15 @@ mod tests {
 
     #[tokio::test]
     async fn kept_events_hold_the_engines_name_of_their_channel() {
+        // A name held in an allocation of its own (a short one is copied in the name itself).
         let e = engine(10);
         for n in 0..3 {
-            e.publish(vec![prep(&["channel:k"], n)]).await.unwrap_or_default();
+            e.publish(vec![prep(&["channel:a-name-too-long-to-be-inline"], n)]).await.unwrap_or_default();
         }
         let logs = lock(&e.logs);
-        let Some((name, log)) = logs.get_key_value(&ch("channel:k")) else { panic!("a log") };
+        let Some((name, log)) = logs.get_key_value(&ch("channel:a-name-too-long-to-be-inline")) else {
+            panic!("a log")
+        };
         let log = lock(log);
         assert_eq!(log.entries.len(), 3);
         for (pos, event) in &log.entries {
