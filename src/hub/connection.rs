@@ -191,8 +191,54 @@ impl JoinSlot {
     }
 }
 
+/// A connection's queued items, oldest first: `first`, then `rest`. An item pushed into an
+/// empty queue (the usual case: one event at a time, read before the next) is kept in
+/// `first`, inside the connection, so its push and its read touch no other memory; the
+/// buffer of `rest`, allocated once a second item waits, holds what comes behind it.
+/// Three words, where a `VecDeque` is four: the connection's size class holds.
+#[derive(Default)]
+struct Queue {
+    /// The oldest item, if it came to an empty queue (and was not taken since).
+    first: Option<Item>,
+    /// The items after `first` (all of them, once `first` was taken and these were not).
+    #[allow(clippy::box_collection, reason = "one word in every connection, not a `VecDeque`'s four")]
+    rest: Option<Box<VecDeque<Item>>>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.as_ref().is_none_or(|rest| rest.is_empty())
+    }
+
+    fn push_back(&mut self, item: Item) {
+        if self.is_empty() {
+            self.first = Some(item);
+        } else {
+            self.rest.get_or_insert_default().push_back(item);
+        }
+    }
+
+    /// The items, oldest first.
+    fn iter(&self) -> impl Iterator<Item = &Item> {
+        self.first.iter().chain(self.rest.iter().flat_map(|rest| rest.iter()))
+    }
+
+    fn remove(&mut self, i: usize) -> Option<Item> {
+        match (i, &mut self.first, &mut self.rest) {
+            (0, first @ Some(_), _) => first.take(),
+            (i, Some(_), Some(rest)) => rest.remove(i - 1),
+            (i, None, Some(rest)) => rest.remove(i),
+            _ => None,
+        }
+    }
+}
+
 struct QueueState {
-    items: VecDeque<Item>,
+    items: Queue,
     waker: Option<Waker>,
     heartbeat: bool,
     /// The writer took something since the last sweep.
@@ -212,8 +258,11 @@ impl QueueState {
     /// gap. False if there is no event to drop (the queue holds only joins, leaves and
     /// direct events, none of which may be lost) or too many channels have gaps already.
     fn drop_oldest(&mut self) -> bool {
-        let Some(i) = self.items.iter().position(|item| matches!(item, Item::Event(..))) else { return false };
-        let Some(Item::Event(event, ci)) = self.items.get(i) else { return false };
+        let Some((i, Item::Event(event, ci))) =
+            self.items.iter().enumerate().find(|(_, item)| matches!(item, Item::Event(..)))
+        else {
+            return false;
+        };
         let Some(copy) = event.copies.get(*ci as usize) else { return false };
         let (channel, position) = (&copy.channel, copy.position);
         let gaps = self.gaps.get_or_insert_default();
@@ -309,7 +358,7 @@ impl ConnShared {
             extras: None,
             capacity: capacity.max(1),
             state: Mutex::new(QueueState {
-                items: VecDeque::new(),
+                items: Queue::default(),
                 waker: None,
                 heartbeat: false,
                 progressed: true,
@@ -403,7 +452,7 @@ impl ConnShared {
         }
         if st.items.len() >= self.capacity {
             st.close = Some(CloseReason::Overflow);
-            st.items = VecDeque::new();
+            st.items = Queue::default();
             st.gaps = None;
             let waker = st.waker.take();
             drop(st);
@@ -446,7 +495,7 @@ impl ConnShared {
         }
         st.close = Some(reason);
         if !reason.keeps_queue() {
-            st.items = VecDeque::new();
+            st.items = Queue::default();
             st.gaps = None;
         }
         let waker = st.waker.take();

@@ -335,6 +335,8 @@ impl StreamCore {
     /// (the waker is registered); otherwise whether a heartbeat is due, and whether the
     /// connection is closing.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Polled> {
+        // The queue's first item, when the backlog is empty: processed before the backlog.
+        let mut head = None;
         let (heartbeat, close) = {
             let mut st = self.shared.lock();
             st.progressed = true;
@@ -354,30 +356,47 @@ impl StreamCore {
                     self.rare.get_or_insert_default().gaps.push_back(*gaps);
                     self.backlog.push_back(Item::Gaps);
                 }
-                if self.backlog.is_empty() && st.items.len() <= MAX_BATCH {
-                    // The usual case: take the queue whole, without copying its items into
-                    // the backlog's buffer (one memory line less to touch per write).
-                    std::mem::swap(&mut self.backlog, &mut st.items);
-                } else {
-                    let room = MAX_BATCH.saturating_sub(self.backlog.len());
-                    let n = st.items.len().min(room);
-                    self.backlog.extend(st.items.drain(..n));
+                let queue = &mut st.items;
+                let mut room = MAX_BATCH.saturating_sub(self.backlog.len());
+                if self.backlog.is_empty() {
+                    // The usual case: the queue's first item is processed from here, with
+                    // nothing written to the backlog's buffer (no memory line besides the
+                    // connection's is touched for it).
+                    head = queue.first.take();
+                    room -= usize::from(head.is_some());
+                } else if room > 0
+                    && let Some(first) = queue.first.take()
+                {
+                    self.backlog.push_back(first);
+                    room -= 1;
+                }
+                if let Some(rest) = queue.rest.as_deref_mut() {
+                    if self.backlog.is_empty() && rest.len() <= room {
+                        // Take the rest whole, without copying its items into the backlog's
+                        // buffer.
+                        std::mem::swap(&mut self.backlog, rest);
+                    } else {
+                        let n = rest.len().min(room);
+                        self.backlog.extend(rest.drain(..n));
+                    }
                 }
             }
             let drained = st.items.is_empty();
-            if st.items.capacity() > IDLE_QUEUE && drained {
-                st.items = VecDeque::new();
+            if drained
+                && st.items.rest.as_ref().is_some_and(|rest| rest.capacity() == 0 || rest.capacity() > IDLE_QUEUE)
+            {
+                st.items.rest = None;
             }
             let close = if drained { st.close } else { None };
             (std::mem::take(&mut st.heartbeat), close)
         };
         let dropping = close.is_some_and(|reason| !reason.keeps_queue());
         if !dropping {
-            out.reserve(self.backlog.len());
+            out.reserve(self.backlog.len() + usize::from(head.is_some()));
         }
         let mut written = 0;
         let mut oldest: Option<Arc<Published>> = None;
-        while let Some(item) = self.backlog.pop_front() {
+        while let Some(item) = head.take().or_else(|| self.backlog.pop_front()) {
             if dropping {
                 self.backlog.clear();
                 break;
