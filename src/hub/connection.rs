@@ -601,6 +601,29 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_oldest_queue_keeps_a_join_waiting_inline_and_drops_the_oldest_event_behind_it() {
+        let Ok(a) = ChannelName::parse("channel:a") else { panic!("channel name") };
+        let conn = conn(3, SlowConsumer::DropOldest);
+        let join = JoinSlot::new(a.clone());
+        assert_eq!(conn.push_item(Item::Join(Arc::clone(&join))), Pushed::Queued);
+        for ms in 1..=4 {
+            let expected = if ms <= 2 { Pushed::Queued } else { Pushed::DroppedOldest };
+            assert_eq!(conn.push(&event(&a, ms)), expected, "event {ms}");
+        }
+        let st = conn.lock();
+        let queued: Vec<Option<u64>> = st
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Event(event, _) => Some(event.copies[0].position.ms),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(queued, [None, Some(3), Some(4)], "the join first, then the newest events");
+        assert!(matches!(st.items.first, Some(Item::Join(_))));
+    }
+
+    #[test]
     fn a_connection_stays_within_its_allocation_size_class_and_keeps_its_extras_apart() {
         // With the `Arc`'s two counts, 160 bytes: one of jemalloc's size classes, which the
         // next is 192. Growing it costs every idle stream the difference.

@@ -490,6 +490,45 @@ mod tests {
     }
 
     #[test]
+    fn queued_items_come_out_in_order_whether_one_waits_inline_or_many_in_batches() {
+        use crate::hub::connection::Pushed;
+        let hub = Arc::new(Hub::new());
+        let Ok(a) = ChannelName::parse("channel:a") else { panic!("channel name") };
+        let shared = Arc::new(ConnShared::new(Arc::from("c1"), None, 200, None, Vec::new()));
+        let mut core = StreamCore::new(Arc::clone(&shared), Arc::clone(&hub), std::slice::from_ref(&a));
+        let event = |ms: u64| {
+            let copy = Copy::new(a.clone(), Position::new(ms, 0), "t", b"{}");
+            Arc::new(Published::new(Arc::from(format!("e{ms}")), Arc::from("t"), vec![copy], 1))
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = crate::transport::messages::MessageOut::default();
+        let mut poll = |core: &mut StreamCore| {
+            out.queue.clear();
+            let polled = matches!(core.poll(&mut cx, &mut out), Poll::Ready(_));
+            // Each event is written only if it is newer than the last one: out of order, fewer.
+            (polled, out.queue.len(), core.cursor.positions[0])
+        };
+        assert!(!poll(&mut core).0, "nothing queued");
+        // One at a time: each waits inside the connection, no buffer is allocated.
+        for ms in 1..=3 {
+            assert_eq!(shared.push(&event(ms)), Pushed::Queued);
+            assert!(shared.lock().items.rest.is_none());
+            assert_eq!(poll(&mut core), (true, 1, Position::new(ms, 0)));
+        }
+        // A burst: the first inline, the rest behind it, taken at most `MAX_BATCH` at a time.
+        for ms in 4..=(3 + MAX_BATCH as u64 + 10) {
+            assert_eq!(shared.push(&event(ms)), Pushed::Queued);
+        }
+        assert!(shared.lock().items.first.is_some());
+        assert_eq!(poll(&mut core), (true, MAX_BATCH, Position::new(3 + MAX_BATCH as u64, 0)));
+        assert_eq!(shared.lock().items.len(), 10);
+        assert_eq!(shared.push(&event(100)), Pushed::Queued);
+        assert_eq!(poll(&mut core), (true, 11, Position::new(100, 0)), "the rest, then the newer one, in order");
+        assert!(shared.lock().items.is_empty() && shared.lock().items.rest.is_none(), "a large buffer is freed");
+        assert!(!poll(&mut core).0);
+    }
+
+    #[test]
     fn one_channel_shows_the_frames_own_id_and_several_show_the_cursor() {
         let (a, b) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:b"));
         let (Ok(a), Ok(b)) = (a, b) else { panic!("channel names") };
