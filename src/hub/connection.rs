@@ -214,12 +214,9 @@ impl Queue {
         self.first.is_none() && self.rest.as_ref().is_none_or(|rest| rest.is_empty())
     }
 
-    fn push_back(&mut self, item: Item) {
-        if self.is_empty() {
-            self.first = Some(item);
-        } else {
-            self.rest.get_or_insert_default().push_back(item);
-        }
+    /// Queues `item` behind what the queue holds (in `rest`, whether `first` is taken or not).
+    fn push_behind(&mut self, item: Item) {
+        self.rest.get_or_insert_default().push_back(item);
     }
 
     /// The items, oldest first.
@@ -447,19 +444,24 @@ impl ConnShared {
             return Pushed::Closed;
         }
         let mut pushed = Pushed::Queued;
-        if st.items.len() >= self.capacity && st.policy == SlowConsumer::DropOldest && st.drop_oldest() {
-            pushed = Pushed::DroppedOldest;
+        if st.items.is_empty() {
+            // The usual case (the capacity is at least one): it waits inside the connection.
+            st.items.first = Some(item);
+        } else {
+            if st.items.len() >= self.capacity && st.policy == SlowConsumer::DropOldest && st.drop_oldest() {
+                pushed = Pushed::DroppedOldest;
+            }
+            if st.items.len() >= self.capacity {
+                st.close = Some(CloseReason::Overflow);
+                st.items = Queue::default();
+                st.gaps = None;
+                let waker = st.waker.take();
+                drop(st);
+                self.after_close(waker);
+                return Pushed::Overflowed;
+            }
+            st.items.push_behind(item);
         }
-        if st.items.len() >= self.capacity {
-            st.close = Some(CloseReason::Overflow);
-            st.items = Queue::default();
-            st.gaps = None;
-            let waker = st.waker.take();
-            drop(st);
-            self.after_close(waker);
-            return Pushed::Overflowed;
-        }
-        st.items.push_back(item);
         let waker = st.waker.take();
         drop(st);
         if let Some(w) = waker {

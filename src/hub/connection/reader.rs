@@ -52,6 +52,12 @@ pub(crate) fn event_id<'a>(channels: &[ChannelName], cursor: &Cursor, buf: &'a m
     Some(buf)
 }
 
+/// What one poll's items wrote: how many, and the oldest event among them.
+struct Batch {
+    written: u64,
+    oldest: Option<Arc<Published>>,
+}
+
 /// What one poll of the queue produced besides events.
 pub(crate) struct Polled {
     /// A heartbeat is due: the transport writes one if the poll wrote nothing else.
@@ -331,13 +337,52 @@ impl StreamCore {
         }
     }
 
+    /// Processes one item taken from the queue. False when the items after it must wait (a
+    /// join waiting for its start, put back at the front of the backlog).
+    #[inline(always)]
+    fn take(&mut self, item: Item, cx: &mut Context<'_>, out: &mut impl Emit, batch: &mut Batch) -> bool {
+        match item {
+            Item::Event(event, _) => {
+                if let Some(ci) = self.advance(&event) {
+                    self.emit_event(out, &event, ci);
+                    batch.written += 1;
+                    batch.oldest.get_or_insert(event);
+                }
+            }
+            Item::Join(slot) => match slot.take() {
+                Some(start) => {
+                    batch.written += self.apply_join(out, &slot.channel, start);
+                }
+                None => {
+                    // Wait for the joiner, keeping the rest in order. The waker is
+                    // stored before the second look, so a start filled in between
+                    // cannot be missed.
+                    self.shared.lock().waker = Some(cx.waker().clone());
+                    let ready = slot.is_ready();
+                    self.backlog.push_front(Item::Join(slot));
+                    return ready;
+                }
+            },
+            Item::Leave(channel) => self.apply_leave(out, &channel),
+            Item::Gaps => {
+                let gaps = self.rare.as_mut().and_then(|r| r.gaps.pop_front()).unwrap_or_default();
+                self.tell_gaps(out, gaps);
+            }
+            Item::Direct(direct) => {
+                let (event_type, json) = &*direct;
+                self.notice(out, event_type, json);
+                batch.written += 1;
+            }
+        }
+        true
+    }
+
     /// Takes what is queued and emits what is new. `Pending` when there is nothing to do
     /// (the waker is registered); otherwise whether a heartbeat is due, and whether the
     /// connection is closing.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Polled> {
-        // The queue's first item, when the backlog is empty: processed before the backlog.
-        let mut head = None;
-        let (heartbeat, close) = {
+        // `head`: the queue's first item, when the backlog was empty; processed before it.
+        let (head, heartbeat, close) = {
             let mut st = self.shared.lock();
             st.progressed = true;
             let blocked = matches!(self.backlog.front(), Some(Item::Join(slot)) if !slot.is_ready());
@@ -349,6 +394,7 @@ impl StreamCore {
                 }
                 return Poll::Pending;
             }
+            let mut head = None;
             if !blocked {
                 if let Some(gaps) = st.gaps.take() {
                     // The dropped events came after what the backlog holds and before
@@ -388,55 +434,27 @@ impl StreamCore {
                 st.items.rest = None;
             }
             let close = if drained { st.close } else { None };
-            (std::mem::take(&mut st.heartbeat), close)
+            (head, std::mem::take(&mut st.heartbeat), close)
         };
         let dropping = close.is_some_and(|reason| !reason.keeps_queue());
         if !dropping {
             out.reserve(self.backlog.len() + usize::from(head.is_some()));
         }
-        let mut written = 0;
-        let mut oldest: Option<Arc<Published>> = None;
-        while let Some(item) = head.take().or_else(|| self.backlog.pop_front()) {
-            if dropping {
-                self.backlog.clear();
-                break;
-            }
-            match item {
-                Item::Event(event, _) => {
-                    if let Some(ci) = self.advance(&event) {
-                        self.emit_event(out, &event, ci);
-                        written += 1;
-                        oldest.get_or_insert(event);
-                    }
-                }
-                Item::Join(slot) => match slot.take() {
-                    Some(start) => {
-                        written += self.apply_join(out, &slot.channel, start);
-                    }
-                    None => {
-                        // Wait for the joiner, keeping the rest in order. The waker is
-                        // stored before the second look, so a start filled in between
-                        // cannot be missed.
-                        self.shared.lock().waker = Some(cx.waker().clone());
-                        let ready = slot.is_ready();
-                        self.backlog.push_front(Item::Join(slot));
-                        if !ready {
-                            break;
-                        }
-                    }
-                },
-                Item::Leave(channel) => self.apply_leave(out, &channel),
-                Item::Gaps => {
-                    let gaps = self.rare.as_mut().and_then(|r| r.gaps.pop_front()).unwrap_or_default();
-                    self.tell_gaps(out, gaps);
-                }
-                Item::Direct(direct) => {
-                    let (event_type, json) = &*direct;
-                    self.notice(out, event_type, json);
-                    written += 1;
-                }
+        let mut batch = Batch { written: 0, oldest: None };
+        if dropping {
+            drop(head);
+            self.backlog.clear();
+        } else {
+            // `head` is moved, not dropped: no drop glue runs for the empty slot it left.
+            let mut more = match head {
+                Some(item) => self.take(item, cx, out, &mut batch),
+                None => true,
+            };
+            while more && let Some(item) = self.backlog.pop_front() {
+                more = self.take(item, cx, out, &mut batch);
             }
         }
+        let Batch { written, oldest } = batch;
         if let Some(oldest) = &oldest {
             self.hub.stats.record_write(written, oldest);
         }
