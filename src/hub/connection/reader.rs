@@ -416,15 +416,20 @@ impl StreamCore {
                     self.backlog.push_back(first);
                     room -= 1;
                 }
-                if let Some(rest) = queue.rest.as_deref_mut() {
-                    if self.backlog.is_empty() && rest.len() <= room {
+                match queue.rest.as_deref_mut() {
+                    // Nothing came behind the first item since the last poll: the buffer goes,
+                    // so that a push into the empty queue reads nothing but the connection.
+                    Some(rest) if rest.is_empty() => queue.rest = None,
+                    Some(rest) if self.backlog.is_empty() && rest.len() <= room => {
                         // Take the rest whole, without copying its items into the backlog's
                         // buffer.
                         std::mem::swap(&mut self.backlog, rest);
-                    } else {
+                    }
+                    Some(rest) => {
                         let n = rest.len().min(room);
                         self.backlog.extend(rest.drain(..n));
                     }
+                    None => {}
                 }
             }
             let drained = st.items.is_empty();
@@ -544,6 +549,16 @@ mod tests {
         assert_eq!(poll(&mut core), (true, 11, Position::new(100, 0)), "the rest, then the newer one, in order");
         assert!(shared.lock().items.is_empty() && shared.lock().items.rest.is_none(), "a large buffer is freed");
         assert!(!poll(&mut core).0);
+        // Two at once, twice: a small buffer is left behind the first item (the backlog's,
+        // swapped), then one alone: the poll that finds the buffer empty lets it go.
+        for ms in [101, 103] {
+            assert_eq!((shared.push(&event(ms)), shared.push(&event(ms + 1))), (Pushed::Queued, Pushed::Queued));
+            assert_eq!(poll(&mut core), (true, 2, Position::new(ms + 1, 0)));
+        }
+        assert!(shared.lock().items.rest.as_ref().is_some_and(|rest| rest.is_empty()));
+        assert_eq!(shared.push(&event(105)), Pushed::Queued);
+        assert_eq!(poll(&mut core), (true, 1, Position::new(105, 0)));
+        assert!(shared.lock().items.rest.is_none());
     }
 
     #[test]
