@@ -52,6 +52,12 @@ pub(crate) fn event_id<'a>(channels: &[ChannelName], cursor: &Cursor, buf: &'a m
     Some(buf)
 }
 
+/// What one poll's items wrote: how many, and the oldest event among them.
+struct Batch {
+    written: u64,
+    oldest: Option<Arc<Published>>,
+}
+
 /// What one poll of the queue produced besides events.
 pub(crate) struct Polled {
     /// A heartbeat is due: the transport writes one if the poll wrote nothing else.
@@ -331,11 +337,52 @@ impl StreamCore {
         }
     }
 
+    /// Processes one item taken from the queue. False when the items after it must wait (a
+    /// join waiting for its start, put back at the front of the backlog).
+    #[inline(always)]
+    fn take(&mut self, item: Item, cx: &mut Context<'_>, out: &mut impl Emit, batch: &mut Batch) -> bool {
+        match item {
+            Item::Event(event, _) => {
+                if let Some(ci) = self.advance(&event) {
+                    self.emit_event(out, &event, ci);
+                    batch.written += 1;
+                    batch.oldest.get_or_insert(event);
+                }
+            }
+            Item::Join(slot) => match slot.take() {
+                Some(start) => {
+                    batch.written += self.apply_join(out, &slot.channel, start);
+                }
+                None => {
+                    // Wait for the joiner, keeping the rest in order. The waker is
+                    // stored before the second look, so a start filled in between
+                    // cannot be missed.
+                    self.shared.lock().waker = Some(cx.waker().clone());
+                    let ready = slot.is_ready();
+                    self.backlog.push_front(Item::Join(slot));
+                    return ready;
+                }
+            },
+            Item::Leave(channel) => self.apply_leave(out, &channel),
+            Item::Gaps => {
+                let gaps = self.rare.as_mut().and_then(|r| r.gaps.pop_front()).unwrap_or_default();
+                self.tell_gaps(out, gaps);
+            }
+            Item::Direct(direct) => {
+                let (event_type, json) = &*direct;
+                self.notice(out, event_type, json);
+                batch.written += 1;
+            }
+        }
+        true
+    }
+
     /// Takes what is queued and emits what is new. `Pending` when there is nothing to do
     /// (the waker is registered); otherwise whether a heartbeat is due, and whether the
     /// connection is closing.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Polled> {
-        let (heartbeat, close) = {
+        // `head`: the queue's first item, when the backlog was empty; processed before it.
+        let (head, heartbeat, close) = {
             let mut st = self.shared.lock();
             st.progressed = true;
             let blocked = matches!(self.backlog.front(), Some(Item::Join(slot)) if !slot.is_ready());
@@ -347,6 +394,7 @@ impl StreamCore {
                 }
                 return Poll::Pending;
             }
+            let mut head = None;
             if !blocked {
                 if let Some(gaps) = st.gaps.take() {
                     // The dropped events came after what the backlog holds and before
@@ -354,70 +402,64 @@ impl StreamCore {
                     self.rare.get_or_insert_default().gaps.push_back(*gaps);
                     self.backlog.push_back(Item::Gaps);
                 }
-                if self.backlog.is_empty() && st.items.len() <= MAX_BATCH {
-                    // The usual case: take the queue whole, without copying its items into
-                    // the backlog's buffer (one memory line less to touch per write).
-                    std::mem::swap(&mut self.backlog, &mut st.items);
-                } else {
-                    let room = MAX_BATCH.saturating_sub(self.backlog.len());
-                    let n = st.items.len().min(room);
-                    self.backlog.extend(st.items.drain(..n));
+                let queue = &mut st.items;
+                let mut room = MAX_BATCH.saturating_sub(self.backlog.len());
+                if self.backlog.is_empty() {
+                    // The usual case: the queue's first item is processed from here, with
+                    // nothing written to the backlog's buffer (no memory line besides the
+                    // connection's is touched for it).
+                    head = queue.first.take();
+                    room -= usize::from(head.is_some());
+                } else if room > 0
+                    && let Some(first) = queue.first.take()
+                {
+                    self.backlog.push_back(first);
+                    room -= 1;
+                }
+                match queue.rest.as_deref_mut() {
+                    // Nothing came behind the first item since the last poll: the buffer goes,
+                    // so that a push into the empty queue reads nothing but the connection.
+                    Some(rest) if rest.is_empty() => queue.rest = None,
+                    Some(rest) if self.backlog.is_empty() && rest.len() <= room => {
+                        // Take the rest whole, without copying its items into the backlog's
+                        // buffer.
+                        std::mem::swap(&mut self.backlog, rest);
+                    }
+                    Some(rest) => {
+                        let n = rest.len().min(room);
+                        self.backlog.extend(rest.drain(..n));
+                    }
+                    None => {}
                 }
             }
             let drained = st.items.is_empty();
-            if st.items.capacity() > IDLE_QUEUE && drained {
-                st.items = VecDeque::new();
+            if drained
+                && st.items.rest.as_ref().is_some_and(|rest| rest.capacity() == 0 || rest.capacity() > IDLE_QUEUE)
+            {
+                st.items.rest = None;
             }
             let close = if drained { st.close } else { None };
-            (std::mem::take(&mut st.heartbeat), close)
+            (head, std::mem::take(&mut st.heartbeat), close)
         };
         let dropping = close.is_some_and(|reason| !reason.keeps_queue());
         if !dropping {
-            out.reserve(self.backlog.len());
+            out.reserve(self.backlog.len() + usize::from(head.is_some()));
         }
-        let mut written = 0;
-        let mut oldest: Option<Arc<Published>> = None;
-        while let Some(item) = self.backlog.pop_front() {
-            if dropping {
-                self.backlog.clear();
-                break;
-            }
-            match item {
-                Item::Event(event, _) => {
-                    if let Some(ci) = self.advance(&event) {
-                        self.emit_event(out, &event, ci);
-                        written += 1;
-                        oldest.get_or_insert(event);
-                    }
-                }
-                Item::Join(slot) => match slot.take() {
-                    Some(start) => {
-                        written += self.apply_join(out, &slot.channel, start);
-                    }
-                    None => {
-                        // Wait for the joiner, keeping the rest in order. The waker is
-                        // stored before the second look, so a start filled in between
-                        // cannot be missed.
-                        self.shared.lock().waker = Some(cx.waker().clone());
-                        let ready = slot.is_ready();
-                        self.backlog.push_front(Item::Join(slot));
-                        if !ready {
-                            break;
-                        }
-                    }
-                },
-                Item::Leave(channel) => self.apply_leave(out, &channel),
-                Item::Gaps => {
-                    let gaps = self.rare.as_mut().and_then(|r| r.gaps.pop_front()).unwrap_or_default();
-                    self.tell_gaps(out, gaps);
-                }
-                Item::Direct(direct) => {
-                    let (event_type, json) = &*direct;
-                    self.notice(out, event_type, json);
-                    written += 1;
-                }
+        let mut batch = Batch { written: 0, oldest: None };
+        if dropping {
+            drop(head);
+            self.backlog.clear();
+        } else {
+            // `head` is moved, not dropped: no drop glue runs for the empty slot it left.
+            let mut more = match head {
+                Some(item) => self.take(item, cx, out, &mut batch),
+                None => true,
+            };
+            while more && let Some(item) = self.backlog.pop_front() {
+                more = self.take(item, cx, out, &mut batch);
             }
         }
+        let Batch { written, oldest } = batch;
         if let Some(oldest) = &oldest {
             self.hub.stats.record_write(written, oldest);
         }
@@ -468,6 +510,55 @@ mod tests {
         );
         let two = core(&["channel:lobby", "channel:news"]);
         assert_eq!((two.channels.len(), two.cursor.positions.len()), (2, 2));
+    }
+
+    #[test]
+    fn queued_items_come_out_in_order_whether_one_waits_inline_or_many_in_batches() {
+        use crate::hub::connection::Pushed;
+        let hub = Arc::new(Hub::new());
+        let Ok(a) = ChannelName::parse("channel:a") else { panic!("channel name") };
+        let shared = Arc::new(ConnShared::new(Arc::from("c1"), None, 200, None, Vec::new()));
+        let mut core = StreamCore::new(Arc::clone(&shared), Arc::clone(&hub), std::slice::from_ref(&a));
+        let event = |ms: u64| {
+            let copy = Copy::new(a.clone(), Position::new(ms, 0), "t", b"{}");
+            Arc::new(Published::new(Arc::from(format!("e{ms}")), Arc::from("t"), vec![copy], 1))
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = crate::transport::messages::MessageOut::default();
+        let mut poll = |core: &mut StreamCore| {
+            out.queue.clear();
+            let polled = matches!(core.poll(&mut cx, &mut out), Poll::Ready(_));
+            // Each event is written only if it is newer than the last one: out of order, fewer.
+            (polled, out.queue.len(), core.cursor.positions[0])
+        };
+        assert!(!poll(&mut core).0, "nothing queued");
+        // One at a time: each waits inside the connection, no buffer is allocated.
+        for ms in 1..=3 {
+            assert_eq!(shared.push(&event(ms)), Pushed::Queued);
+            assert!(shared.lock().items.rest.is_none());
+            assert_eq!(poll(&mut core), (true, 1, Position::new(ms, 0)));
+        }
+        // A burst: the first inline, the rest behind it, taken at most `MAX_BATCH` at a time.
+        for ms in 4..=(3 + MAX_BATCH as u64 + 10) {
+            assert_eq!(shared.push(&event(ms)), Pushed::Queued);
+        }
+        assert!(shared.lock().items.first.is_some());
+        assert_eq!(poll(&mut core), (true, MAX_BATCH, Position::new(3 + MAX_BATCH as u64, 0)));
+        assert_eq!(shared.lock().items.len(), 10);
+        assert_eq!(shared.push(&event(100)), Pushed::Queued);
+        assert_eq!(poll(&mut core), (true, 11, Position::new(100, 0)), "the rest, then the newer one, in order");
+        assert!(shared.lock().items.is_empty() && shared.lock().items.rest.is_none(), "a large buffer is freed");
+        assert!(!poll(&mut core).0);
+        // Two at once, twice: a small buffer is left behind the first item (the backlog's,
+        // swapped), then one alone: the poll that finds the buffer empty lets it go.
+        for ms in [101, 103] {
+            assert_eq!((shared.push(&event(ms)), shared.push(&event(ms + 1))), (Pushed::Queued, Pushed::Queued));
+            assert_eq!(poll(&mut core), (true, 2, Position::new(ms + 1, 0)));
+        }
+        assert!(shared.lock().items.rest.as_ref().is_some_and(|rest| rest.is_empty()));
+        assert_eq!(shared.push(&event(105)), Pushed::Queued);
+        assert_eq!(poll(&mut core), (true, 1, Position::new(105, 0)));
+        assert!(shared.lock().items.rest.is_none());
     }
 
     #[test]
