@@ -276,7 +276,14 @@ fn sip_round(v: &mut [u64; 4]) {
 
 impl PartialEq for ChannelName {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && same_bytes(self.name.as_bytes(), other.name.as_bytes())
+        self.hash == other.hash
+            && if self.name.is_heap_allocated() {
+                same_bytes(self.name.as_bytes(), other.name.as_bytes())
+            } else {
+                // Two names held in themselves compare as their lengths and bytes, in place
+                // (`SmolStr`'s own comparison), without making a `&str` of either.
+                self.name == other.name
+            }
     }
 }
 
