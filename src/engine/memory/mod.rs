@@ -279,13 +279,7 @@ impl MemoryEngine {
     }
 
     fn log(&self, channel: &ChannelName) -> Arc<Mutex<Log>> {
-        let mut logs = lock(&self.logs);
-        // Looked up first: a channel with a log (nearly every publish) costs no clone of its
-        // name, which `entry` would take and drop.
-        if let Some(log) = logs.get(channel) {
-            return Arc::clone(log);
-        }
-        Arc::clone(logs.entry(channel.clone()).or_insert_with(|| Arc::new(Mutex::new(Log::new(now_ms())))))
+        self.log_named(channel).1
     }
 
     /// [`Self::log`] with the name the engine keeps for the channel (the key of its log,
@@ -293,6 +287,7 @@ impl MemoryEngine {
     /// [`Published::from_prepared_on`]).
     fn log_named(&self, channel: &ChannelName) -> (ChannelName, Arc<Mutex<Log>>) {
         let mut logs = lock(&self.logs);
+        // Looked up first: a channel with a log (nearly every publish) is not inserted anew.
         if let Some((name, log)) = logs.get_key_value(channel) {
             return (name.clone(), Arc::clone(log));
         }
