@@ -70,6 +70,50 @@ async fn one_http2_connection_carries_hundreds_of_concurrent_streams() {
     }
 }
 
+/// Opens `count` streams on one HTTP/2 connection at once (their heads reach the server in a
+/// burst), each subscribed to `channel:burst`.
+async fn open_burst(client: &support::Client, count: usize) -> Vec<support::SseStream> {
+    let mut opening = Vec::new();
+    for _ in 0..count {
+        let mut c = client.clone();
+        opening.push(tokio::spawn(async move { c.subscribe("channel=channel:burst", &[]).await }));
+    }
+    let mut streams = Vec::new();
+    for task in opening {
+        streams.push(within("a stream", task).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    streams
+}
+
+#[tokio::test]
+async fn an_http2_connection_keeps_every_stream_in_order_after_its_burst_buffers_are_freed() {
+    // h2 (vendor/h2) frees a frame buffer of more than 16 slots once it is empty and grows it back
+    // at the next frame: a burst of 150 heads fills the received one, each round of events fills
+    // the queued one, and between rounds streams close and a burst of new ones opens.
+    let server = TestServer::start().await;
+    let client = server.client(Proto::H2c);
+    let mut publisher = client.clone();
+    let mut streams = open_burst(&client, 150).await;
+    let mut next = 0u64;
+    for round in 0..4 {
+        let batch: Vec<_> =
+            (next..next + 5).map(|n| json!({"channel": "channel:burst", "type": "update", "n": n})).collect();
+        publisher.publish(&json!(batch)).await;
+        for s in &mut streams {
+            s.expect_ns(next..next + 5).await;
+        }
+        next += 5;
+        // Every third stream leaves; a burst of 20 joins and takes the next round from its start.
+        let mut kept = 0;
+        streams.retain(|_| {
+            kept += 1;
+            kept % 3 != 0
+        });
+        streams.extend(open_burst(&client, 20 + round).await);
+    }
+    assert!(streams.len() > 60, "{} streams left", streams.len());
+}
+
 #[tokio::test]
 async fn a_multi_channel_event_reaches_each_connection_once() {
     let server = TestServer::start().await;
