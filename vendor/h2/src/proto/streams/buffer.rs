@@ -26,10 +26,10 @@ const KEEP_WHEN_EMPTY: usize = 16;
 /// A buffer whose large slab has emptied in `BUSY_STEPS` steps of `BUSY_STEP` in a row (with no
 /// step missed) is busy, and keeps its slab: it would only allocate it again (freeing and
 /// reallocating a large slab on every event cost a connection that sends 50 events a second to
-/// 100 streams about a tenth more CPU). A client opening 100 streams at once empties the send
-/// buffer up to about 30 times within a few tens of milliseconds, as heads and first chunks go
-/// out in waves, and 15,000 streams open within half a second: fewer steps than a busy buffer's
-/// second.
+/// 100 streams a tenth to a fifth more CPU). A client opening 100 streams at once empties the
+/// send buffer up to about 30 times within a few tens of milliseconds, as heads and first
+/// chunks go out in waves, and 15,000 streams open within half a second: fewer steps than a
+/// busy buffer's second.
 const BUSY_STEPS: u32 = 10;
 const BUSY_STEP: Duration = Duration::from_millis(100);
 
@@ -89,7 +89,10 @@ impl<T> Buffer<T> {
     /// row.
     fn busy(&mut self) -> bool {
         let now = Instant::now();
-        match self.last_step.map(|last| now.saturating_duration_since(last)) {
+        let since = self
+            .last_step
+            .map(|last| now.saturating_duration_since(last));
+        match since {
             Some(since) if since < BUSY_STEP => {}
             Some(since) if since < 2 * BUSY_STEP => {
                 self.steps = self.steps.saturating_add(1);
