@@ -87,9 +87,10 @@ async fn open_burst(client: &support::Client, count: usize) -> Vec<support::SseS
 
 #[tokio::test]
 async fn an_http2_connection_keeps_every_stream_in_order_after_its_burst_buffers_are_freed() {
-    // h2 (vendor/h2) frees a frame buffer of more than 16 slots once it is empty and grows it back
-    // at the next frame: a burst of 150 heads fills the received one, each round of events fills
-    // the queued one, and between rounds streams close and a burst of new ones opens.
+    // h2 (vendor/h2) frees a frame buffer of more than 16 slots once it is empty (unless it has
+    // been busy for a second, which this test never is) and grows it back at the next frame: a
+    // burst of 150 heads fills the received one, each round of events fills the queued one, and
+    // between rounds streams close and a burst of new ones opens.
     let server = TestServer::start().await;
     let client = server.client(Proto::H2c);
     let mut publisher = client.clone();
