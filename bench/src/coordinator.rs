@@ -21,7 +21,7 @@ use crate::cli::{MAX_EVENTS, MAX_SUBSCRIBERS, RunArgs, Scenario};
 use crate::hist::Hist;
 use crate::net::{Publisher, now_us, source_ip};
 use crate::nodes::{self, Snapshot};
-use crate::procfs::{cpu_all, kernel_slab_kb, memory_all, steal_s};
+use crate::procfs::{cpu_all, kernel_slab_kb, memory_all, steal_s, writes_all};
 use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
 use crate::report::{Latency, MemoryReport, Outcome};
 use crate::target::Target;
@@ -339,6 +339,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     let client_pids: Vec<u32> = std::iter::once(me).chain(workers.pids()).collect();
     let snap_publish = Snapshot::take(servers);
     let server_cpu0 = cpu_all(servers);
+    let server_writes0 = writes_all(servers);
     let client_cpu0 = cpu_all(&client_pids);
     let steal0 = steal_s();
     let start_us = now_us();
@@ -377,6 +378,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         errors.push("a worker did not report".to_owned());
     }
     let server_cpu = cpu_all(servers).since(server_cpu0);
+    let server_writes = server_writes0.zip(writes_all(servers)).map(|(before, after)| after.saturating_sub(before));
     let snap_end = Snapshot::take(servers);
     let server_cpu_s = server_cpu.total();
     let client_cpu_s = cpu_all(&client_pids).since(client_cpu0).total();
@@ -445,6 +447,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         connect_server_cpu_s,
         server_cpu_s,
         server_system_cpu_s: Some(server_cpu.system),
+        server_writes,
         steal_s,
         client_cpu_s,
         deliveries_per_server_cpu_s: rate(total.delivered, server_cpu_s),

@@ -1,6 +1,7 @@
 //! Readings of a process from `/proc`: CPU time (`stat`: utime + stime, all threads, in
-//! clock ticks of 1/100 s, Linux's USER_HZ) and memory (`status` VmRSS, `smaps_rollup` Pss);
-//! and of the machine: kernel slab memory, and time stolen by the hypervisor.
+//! clock ticks of 1/100 s, Linux's USER_HZ), write system calls (`io` syscw) and memory
+//! (`status` VmRSS, `smaps_rollup` Pss); and of the machine: kernel slab memory, and time
+//! stolen by the hypervisor.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,19 @@ pub fn cpu_all(pids: &[u32]) -> Cpu {
     pids.iter()
         .filter_map(|p| cpu(*p))
         .fold(Cpu::default(), |a, c| Cpu { user: a.user + c.user, system: a.system + c.system })
+}
+
+/// The write system calls `pid` has made so far (`syscw` of `/proc/<pid>/io`: `write`,
+/// `writev` and their kin, not `send`/`sendto`), all threads; `None` if it is gone or not
+/// ours to read.
+pub fn writes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("syscw:")?.trim().parse().ok())
+}
+
+/// Sum of [`writes`] over several processes; `None` if none could be read.
+pub fn writes_all(pids: &[u32]) -> Option<u64> {
+    pids.iter().filter_map(|p| writes(*p)).fold(None, |sum, w| Some(sum.unwrap_or(0) + w))
 }
 
 /// Memory of a set of processes, in KiB.

@@ -87,6 +87,12 @@ pub struct Outcome {
     /// before it was measured; the table shows `–` for them.
     #[serde(default)]
     pub server_system_cpu_s: Option<f64>,
+    /// The servers' write system calls over the same time (`write`/`writev`, from
+    /// `/proc/<pid>/io`): with the deliveries, how many events one write carried, which
+    /// decides most of a fan-out's CPU. `None` in result files written before it was
+    /// measured, or where `/proc/<pid>/io` could not be read.
+    #[serde(default)]
+    pub server_writes: Option<u64>,
     /// CPU time the hypervisor stole from the machine (all CPUs) over the same time: the
     /// servers' and the bench's CPU times leave it out, their latencies do not. `None` in
     /// result files written before it was measured.
@@ -205,6 +211,14 @@ impl Outcome {
             self.connect_server_cpu_s,
             self.steal_s.map_or_else(|| "not measured".to_owned(), |st| format!("{:.0} ms", st * 1000.0))
         );
+        if let Some(w) = self.server_writes.filter(|w| *w > 0) {
+            let _ = writeln!(
+                s,
+                "  server writes: {} write calls, {:.1} deliveries per call",
+                si(w as f64),
+                self.delivered as f64 / w as f64
+            );
+        }
         for e in &self.errors {
             let _ = writeln!(s, "  error: {e}");
         }
@@ -245,6 +259,18 @@ fn kernel_per_delivery() -> Metric {
             None => f64::NAN,
         },
         digits: 2,
+        compare: true,
+    }
+}
+
+fn deliveries_per_write() -> Metric {
+    Metric {
+        name: "deliveries per server write call",
+        get: |o| match o.server_writes {
+            Some(w) if w > 0 => o.delivered as f64 / w as f64,
+            _ => f64::NAN,
+        },
+        digits: 1,
         compare: true,
     }
 }
@@ -330,6 +356,7 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
             m("server CPU (s)", |o| o.server_cpu_s, 2),
             kernel_share(),
             kernel_per_delivery(),
+            deliveries_per_write(),
             steal(),
             lost,
         ],
@@ -339,6 +366,7 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
             m("server CPU (s)", |o| o.server_cpu_s, 2),
             kernel_share(),
             kernel_per_delivery(),
+            deliveries_per_write(),
             m("server core busy (%)", |o| o.server_busy * 100.0, 0),
             m("client core busy (%)", |o| o.client_busy * 100.0, 0),
             m("latency p50 (ms)", |o| o.latency.p50_ms, 2),
@@ -516,6 +544,23 @@ mod tests {
         let t = table(&[again, other]);
         let row = t.lines().find(|l| l.contains("stolen by the hypervisor")).unwrap_or_default();
         assert!(row.contains("| 250 | 500 | – |"), "{t}");
+    }
+
+    #[test]
+    fn deliveries_per_write_are_the_deliveries_over_the_servers_write_calls() {
+        let mut herald = outcome("herald", 100_000.0, true);
+        herald.delivered = 5_000_000;
+        herald.server_writes = Some(125_000);
+        let mut nchan = outcome("nchan", 100_000.0, true);
+        nchan.delivered = 5_000_000;
+        nchan.server_writes = Some(5_000_000);
+        let t = table(&[herald.clone(), nchan]);
+        let row = t.lines().find(|l| l.contains("deliveries per server write call")).unwrap_or_default();
+        assert!(row.contains("| 40.0 | 1.0 | 40.00x |"), "{t}");
+        // Not measured (an older result file): a dash, not zero.
+        let t = table(&[herald, outcome("nchan", 100_000.0, true)]);
+        let row = t.lines().find(|l| l.contains("deliveries per server write call")).unwrap_or_default();
+        assert!(row.contains("| 40.0 | – | – |"), "{t}");
     }
 
     #[test]
