@@ -88,9 +88,9 @@ pub struct Outcome {
     #[serde(default)]
     pub server_system_cpu_s: Option<f64>,
     /// The servers' write system calls over the same time (`write`/`writev`, from
-    /// `/proc/<pid>/io`): with the deliveries, how many events one write carried, which
-    /// decides most of a fan-out's CPU. `None` in result files written before it was
-    /// measured, or where `/proc/<pid>/io` could not be read.
+    /// `/proc/<pid>/io`): with the deliveries, how many events one write carried, which much
+    /// of a fan-out's CPU follows. `None` in result files written before it was measured, or
+    /// where `/proc/<pid>/io` could not be read.
     #[serde(default)]
     pub server_writes: Option<u64>,
     /// CPU time the hypervisor stole from the machine (all CPUs) over the same time: the
