@@ -59,7 +59,7 @@ pub fn writes(pid: u32) -> Option<u64> {
 
 /// Sum of [`writes`] over several processes; `None` if none could be read.
 pub fn writes_all(pids: &[u32]) -> Option<u64> {
-    pids.iter().filter_map(|p| writes(*p)).fold(None, |sum, w| Some(sum.unwrap_or(0) + w))
+    pids.iter().filter_map(|p| writes(*p)).reduce(|a, b| a + b)
 }
 
 /// Memory of a set of processes, in KiB.
