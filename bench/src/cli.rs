@@ -117,6 +117,11 @@ pub struct RunArgs {
     /// latency: events per second.
     #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
+    /// fanout, cluster: publish at this many events a second, on schedule, with up to
+    /// `--pipeline` requests in flight (an open loop: the offered load is the same whatever
+    /// the server's answers cost it), instead of as fast as the server answers.
+    #[arg(long)]
+    pub pace: Option<f64>,
     /// Most events published but not yet received by every subscriber (0: no limit).
     /// With one channel it is exact; with several, it bounds deliveries in flight.
     #[arg(long, default_value_t = 100)]

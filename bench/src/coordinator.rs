@@ -212,6 +212,9 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     if scenario == Scenario::Latency && !(args.rate > 0.0 && args.rate <= 1e6) {
         bail!("--rate must be above 0 and at most 1,000,000");
     }
+    if args.pace.is_some_and(|r| !(r > 0.0 && r <= 1e6)) {
+        bail!("--pace must be above 0 and at most 1,000,000");
+    }
     let run_id = args
         .run
         .clone()
@@ -363,9 +366,10 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     let mut last_seq = vec![0u64; channels as usize];
     let published = match scenario {
         Scenario::Private | Scenario::Nodes => publish_private(&ctx, events, &mut last_seq).await,
-        Scenario::Latency => publish_one_channel(&ctx, events, 0, Some(args.rate), &mut last_seq).await,
+        Scenario::Latency => publish_one_channel(&ctx, events, 0, Some(args.rate), 1, &mut last_seq).await,
         Scenario::Idle | Scenario::Fanout | Scenario::Cluster => {
-            publish_one_channel(&ctx, events, args.window, None, &mut last_seq).await
+            let depth = args.pipeline.clamp(1, 1024) as usize;
+            publish_one_channel(&ctx, events, args.window, args.pace, depth, &mut last_seq).await
         }
     };
     if let Err(e) = &published {
@@ -540,19 +544,19 @@ impl PublishCtx<'_> {
     }
 }
 
-/// Publishes `events` to channel 0 over one connection: at a fixed `rate`, one request at a
-/// time, or as fast as the server accepts them, `--pipeline` requests in flight, while at
-/// most `window` events are not yet everywhere.
+/// Publishes `events` to channel 0 over one connection, `depth` requests in flight, while at
+/// most `window` events are not yet everywhere: at a fixed `rate` (the latency case, one at a
+/// time; `--pace`), or as fast as the server accepts them.
 async fn publish_one_channel(
     ctx: &PublishCtx<'_>,
     events: u64,
     window: u64,
     rate: Option<f64>,
+    depth: usize,
     last_seq: &mut [u64],
 ) -> anyhow::Result<()> {
     let mut p = ctx.publisher(0)?;
     let mut body = String::new();
-    let depth = if rate.is_some() { 1 } else { ctx.args.pipeline.clamp(1, 1024) as usize };
     let mut ticks = rate.map(|r| {
         let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

@@ -225,6 +225,17 @@ async fn websocket_and_centrifugo_subscribers_get_every_event_once_and_in_order(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_fanout_publishes_on_schedule_and_delivers_every_event() {
+    let node = node(None).await;
+    let args = herald_args("fanout", node.addr, node.addr, "channel:paced{run}");
+    let (code, o) = bench(with(args, &["-n", "10", "-m", "40", "--pace", "200"])).await;
+    assert_correct(code, &o, 10, 40, 400);
+    // 40 events at 200 a second: the last goes out 39 ticks of 5 ms after the first, however
+    // fast the node answers (an unpaced run of this size takes a few milliseconds).
+    assert!(o.delivery_s >= 0.19, "published faster than the pace: {} s", o.delivery_s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_that_poll_without_sleeping_still_read_every_event() {
     // The polling task must leave the sockets their turn: if it starved them, nothing
     // would arrive and the run would fail at its drain timeout.
