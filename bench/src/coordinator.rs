@@ -458,6 +458,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
         server_busy: if delivery_s > 0.0 { server_cpu_s / delivery_s } else { 0.0 },
         client_busy: if delivery_s > 0.0 { client_cpu_s / delivery_s } else { 0.0 },
         busy_poll: args.busy_poll,
+        pace: args.pace.filter(|_| matches!(scenario, Scenario::Fanout | Scenario::Cluster)),
         memory,
         nodes: if scenario == Scenario::Nodes { sub_urls.len() as u64 } else { 0 },
         servers: if scenario == Scenario::Nodes {

@@ -109,6 +109,10 @@ pub struct Outcome {
     /// The workers polled without sleeping (`--busy-poll`); `false` in older result files.
     #[serde(default)]
     pub busy_poll: bool,
+    /// fanout, cluster: the events a second the publisher kept to (`--pace`), when it did not
+    /// publish as fast as answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace: Option<f64>,
     pub memory: Option<MemoryReport>,
     /// nodes: how many nodes the subscribers were spread over (0 in other scenarios).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -176,8 +180,9 @@ impl Outcome {
         }
         let _ = writeln!(
             s,
-            "  events {}: deliveries {} of {} expected; lost {}, duplicates {}, gaps {}, closed early {}",
+            "  events {}{}: deliveries {} of {} expected; lost {}, duplicates {}, gaps {}, closed early {}",
             self.events,
+            self.pace.map_or_else(String::new, |r| format!(" (paced at {r} a second)")),
             self.delivered,
             self.expected_deliveries,
             self.lost,
@@ -444,12 +449,13 @@ pub fn table(outcomes: &[Outcome]) -> String {
         };
         let runs = labels.iter().filter_map(|l| by.get(&(case.clone(), l.clone())).map(Vec::len)).max().unwrap_or(0);
         let title = format!(
-            "{} ({} {}, {} subs, {} events, {} run{}{})",
+            "{} ({} {}, {} subs, {} events{}, {} run{}{})",
             case,
             first.scenario,
             first.proto,
             first.subscribers,
             first.events,
+            first.pace.map_or_else(String::new, |r| format!(" at {r} a second")),
             runs,
             if runs == 1 { "" } else { "s" },
             if first.busy_poll { ", the generator polling without sleeping" } else { "" }
@@ -571,6 +577,16 @@ mod tests {
         assert!(t.contains("1 run, the generator polling without sleeping)"), "{t}");
         let t = table(&[outcome("herald", 100_000.0, true)]);
         assert!(t.contains("1 run)") && !t.contains("polling"), "{t}");
+    }
+
+    #[test]
+    fn a_paced_case_says_its_pace_in_its_title_and_its_text() {
+        let mut paced = outcome("herald", 100_000.0, true);
+        paced.pace = Some(1500.0);
+        assert!(table(std::slice::from_ref(&paced)).contains("0 events at 1500 a second, 1 run)"));
+        assert!(paced.human().contains("(paced at 1500 a second)"), "{}", paced.human());
+        let unpaced = outcome("herald", 100_000.0, true);
+        assert!(!table(std::slice::from_ref(&unpaced)).contains("a second") && !unpaced.human().contains("paced"));
     }
 
     #[test]

@@ -230,6 +230,7 @@ async fn a_paced_fanout_publishes_on_schedule_and_delivers_every_event() {
     let args = herald_args("fanout", node.addr, node.addr, "channel:paced{run}");
     let (code, o) = bench(with(args, &["-n", "10", "-m", "40", "--pace", "200"])).await;
     assert_correct(code, &o, 10, 40, 400);
+    assert_eq!(o.pace, Some(200.0), "the result says how it was published");
     // 40 events at 200 a second: the last goes out 39 ticks of 5 ms after the first, however
     // fast the node answers (an unpaced run of this size takes a few milliseconds).
     assert!(o.delivery_s >= 0.19, "published faster than the pace: {} s", o.delivery_s);
