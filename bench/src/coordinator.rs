@@ -209,10 +209,11 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     if !(1..=254).contains(&args.source_ips) {
         bail!("--source-ips must be 1..=254");
     }
-    if scenario == Scenario::Latency && !(args.rate > 0.0 && args.rate <= 1e6) {
+    let per_second = |r: f64| r > 0.0 && r <= 1e6;
+    if scenario == Scenario::Latency && !per_second(args.rate) {
         bail!("--rate must be above 0 and at most 1,000,000");
     }
-    if args.pace.is_some_and(|r| !(r > 0.0 && r <= 1e6)) {
+    if args.pace.is_some_and(|r| !per_second(r)) {
         bail!("--pace must be above 0 and at most 1,000,000");
     }
     let run_id = args

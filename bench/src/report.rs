@@ -145,6 +145,12 @@ fn si(v: f64) -> String {
 }
 
 impl Outcome {
+    /// How many deliveries one of the servers' write calls carried; `None` where the writes
+    /// were not counted (or none were made).
+    pub fn deliveries_per_write(&self) -> Option<f64> {
+        self.server_writes.filter(|w| *w > 0).map(|w| self.delivered as f64 / w as f64)
+    }
+
     pub fn human(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -216,13 +222,8 @@ impl Outcome {
             self.connect_server_cpu_s,
             self.steal_s.map_or_else(|| "not measured".to_owned(), |st| format!("{:.0} ms", st * 1000.0))
         );
-        if let Some(w) = self.server_writes.filter(|w| *w > 0) {
-            let _ = writeln!(
-                s,
-                "  server writes: {} write calls, {:.1} deliveries per call",
-                si(w as f64),
-                self.delivered as f64 / w as f64
-            );
+        if let (Some(w), Some(per)) = (self.server_writes, self.deliveries_per_write()) {
+            let _ = writeln!(s, "  server writes: {} write calls, {per:.1} deliveries per call", si(w as f64));
         }
         for e in &self.errors {
             let _ = writeln!(s, "  error: {e}");
@@ -271,10 +272,7 @@ fn kernel_per_delivery() -> Metric {
 fn deliveries_per_write() -> Metric {
     Metric {
         name: "deliveries per server write call",
-        get: |o| match o.server_writes {
-            Some(w) if w > 0 => o.delivered as f64 / w as f64,
-            _ => f64::NAN,
-        },
+        get: |o| o.deliveries_per_write().unwrap_or(f64::NAN),
         digits: 1,
         compare: true,
     }
