@@ -368,6 +368,26 @@ async fn a_node_with_subscribers_keeps_one_healthy_pubsub_connection() {
     assert!(a.herald.is_ready());
 }
 
+/// A publish's reply and its event's message come on one connection: a node holds one
+/// connection to Redis, subscribed to what it follows, for its commands too.
+#[tokio::test]
+async fn a_node_holds_one_connection_to_redis_for_its_commands_and_its_pubsub() {
+    let redis = RedisServer::start().await;
+    let a = redis_node(&redis).await;
+    let mut stream = a.client(Proto::H1).user("1").subscribe("channel=channel:one", &[]).await;
+    let mut backend = a.client(Proto::H1).backend();
+    let answer = backend.publish(&json!({"channel": "channel:one", "type": "t"})).await;
+    let id = answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned();
+    let mut delivered = Vec::new();
+    stream.read_ids(&mut delivered, 1).await;
+    assert_eq!(delivered, [id]);
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let node: Vec<&str> = clients.lines().filter(|l| !l.contains("cmd=client|list")).collect();
+    assert_eq!(node.len(), 1, "{clients}");
+    assert!(node[0].contains(" sub=") && !node[0].contains(" sub=0 "), "subscribed: {clients}");
+    assert!(node[0].contains(" resp=3"), "RESP3: {clients}");
+}
+
 #[tokio::test]
 async fn a_node_keeps_catch_up_points_only_for_the_channels_it_follows() {
     let redis = RedisServer::start().await;
@@ -457,29 +477,31 @@ async fn over_redis_resuming_on_another_node_while_publishing_goes_on_writes_eve
 
 #[tokio::test]
 async fn a_node_catching_up_after_its_pubsub_connection_was_killed_writes_every_event_once_in_order() {
-    const EVENTS: u64 = 600;
+    const EVENTS: usize = 600;
     let redis = RedisServer::start().await;
     let (a, b) = (deep_node(&redis).await, deep_node(&redis).await);
     let channels = ("channel:cu", "user:3");
     let query = format!("channel={}&channel={}", channels.0, channels.1);
     let mut stream = b.client(Proto::H1).user("3").subscribe(&query, &[]).await;
     let mut publisher = a.client(Proto::H1).backend();
+    // A node's one connection to Redis carries its commands and its pub/sub: a batch in
+    // flight when it is cut is refused (and may still have been stored).
     let publishing = tokio::spawn(async move {
-        let mut accepted = Vec::new();
-        for n in (1..=EVENTS).step_by(10) {
-            accepted.extend(support::publish_mixed(&mut publisher, channels.0, channels.1, n..=n + 9).await);
-        }
+        let accepted = publish_through_faults(&mut publisher, channels, EVENTS, None).await;
         (publisher, accepted)
     });
     let mut delivered = Vec::new();
     stream.read_ids(&mut delivered, 100).await;
     // Cut every node's pub/sub connection while the events keep coming: node b catches up
     // on both channels from their Streams, then goes live again.
-    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed.trim(), "2", "one pub/sub connection a node");
     let (mut publisher, mut accepted) = publishing.await.unwrap_or_else(|e| panic!("publisher: {e}"));
     support::read_to_the_end(&mut stream, &mut publisher, channels, &mut accepted, &mut delivered).await;
     assert!(b.herald.engine().counters().reconnects >= 1, "the node did reconnect");
-    support::assert_exactly_once_in_order("catch-up after a pub/sub kill", &accepted, &delivered);
+    let faults: Vec<_> =
+        support::delivery_faults(&accepted, &delivered).into_iter().filter(|f| !f.starts_with("unknown")).collect();
+    assert!(faults.is_empty(), "{} of {} accepted: {faults:#?}", delivered.len(), accepted.len());
 }
 
 #[tokio::test]
@@ -534,6 +556,39 @@ async fn deep_batch_node(redis: &RedisServer) -> TestServer {
 }
 
 /// The event ids a batch publish answered, in order.
+/// Publishes batches of ten events to the two channels, mixed, until `count` are accepted,
+/// through whatever fault the test makes: a batch refused with `503` is skipped (it may
+/// still have been stored: its events are unknown, allowed to arrive, never counted).
+/// `progress` hears how many are accepted.
+async fn publish_through_faults(
+    publisher: &mut support::Client,
+    (a, b): (&str, &str),
+    count: usize,
+    progress: Option<&tokio::sync::watch::Sender<usize>>,
+) -> Vec<support::Accepted> {
+    let mut accepted = Vec::new();
+    let mut n = 1;
+    while accepted.len() < count {
+        let events: Vec<_> =
+            (n..n + 10).map(|n| json!({"channels": support::mixed_channels(n, a, b), "type": "t", "n": n})).collect();
+        let (status, answer) = publisher.post_json("/api/publish", &json!(events)).await;
+        match status.as_u16() {
+            200 => {
+                for (id, n) in answered_ids(&answer).into_iter().zip(n..) {
+                    accepted.push(support::Accepted { id, channels: support::mixed_channels(n, a, b) });
+                }
+            }
+            503 => {}
+            other => panic!("{other}: {answer}"),
+        }
+        n += 10;
+        if let Some(progress) = progress {
+            progress.send_replace(accepted.len());
+        }
+    }
+    accepted
+}
+
 fn answered_ids(answer: &serde_json::Value) -> Vec<String> {
     let ids = answer["ids"].as_array().unwrap_or_else(|| panic!("no ids in {answer}"));
     ids.iter().map(|id| id.as_str().unwrap_or_else(|| panic!("{id}")).to_owned()).collect()
@@ -697,29 +752,7 @@ async fn when_redis_dies_during_a_flood_of_batches_every_accepted_event_is_deliv
     let mut publisher = a.client(Proto::H1).backend();
     let (progress, mut published) = tokio::sync::watch::channel(0usize);
     let publishing = tokio::spawn(async move {
-        let mut accepted = Vec::new();
-        let mut n = 1;
-        // Batches of ten, on while Redis dies and comes back, until 300 events are accepted.
-        while accepted.len() < 300 {
-            let events: Vec<_> = (n..n + 10)
-                .map(|n| json!({"channels": support::mixed_channels(n, channels.0, channels.1), "type": "t", "n": n}))
-                .collect();
-            let (status, answer) = publisher.post_json("/api/publish", &json!(events)).await;
-            match status.as_u16() {
-                200 => {
-                    for (id, n) in answered_ids(&answer).into_iter().zip(n..) {
-                        accepted.push(support::Accepted {
-                            id,
-                            channels: support::mixed_channels(n, channels.0, channels.1),
-                        });
-                    }
-                }
-                503 => {}
-                other => panic!("{other}: {answer}"),
-            }
-            n += 10;
-            progress.send_replace(accepted.len());
-        }
+        let accepted = publish_through_faults(&mut publisher, channels, 300, Some(&progress)).await;
         (publisher, accepted)
     });
     let mut delivered = Vec::new();

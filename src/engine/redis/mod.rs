@@ -5,15 +5,18 @@
 //!   pub/sub channels (with `batch_messages`, a run of a batch's events on one channel as one
 //!   message), atomically, so the order of ids and the order of live delivery agree. A
 //!   publish is acknowledged only when Redis answered; otherwise the publisher gets `503`.
-//! * **Fan-out**: one pub/sub connection per node, subscribed only to the channels that
-//!   have local subscribers (subscribe before the first subscriber reads history;
-//!   unsubscribe, batched, once a channel has had none for a reconcile tick). Messages
-//!   carry the Stream id, so every node frames the event with the same SSE id.
+//! * **Fan-out**: the node's pub/sub subscriptions, only to the channels that have local
+//!   subscribers (subscribe before the first subscriber reads history; unsubscribe, batched,
+//!   once a channel has had none for a reconcile tick). On a single Redis they are on the
+//!   node's one connection, which carries its commands too (RESP3), so that a publish's reply
+//!   and its event's message are read together; with Sentinel, on a pub/sub connection of
+//!   their own; on a cluster, sharded. Messages carry the Stream id, so every node frames the
+//!   event with the same SSE id.
 //! * **History**: resume reads the Stream after the client's position. A channel's *floor*
 //!   is the position below which the Stream no longer vouches for completeness (the highest
 //!   trimmed id, or the time the Stream was created minus its age limit); resuming from
 //!   below it is a gap, said plainly.
-//! * **Outage**: when the pub/sub connection drops, the node reconnects with backoff,
+//! * **Outage**: when the connection carrying the subscriptions drops, the node reconnects,
 //!   resubscribes, and reads from each Stream what was published since the last event it
 //!   delivered, before going back to live messages. Streams stay open meanwhile.
 //!
@@ -24,8 +27,8 @@
 //!
 //! By concern: `publish` (and the [`crate::engine::Broker`] seam), `history` (reads and the
 //! catch-up after a reconnect), `message` (the pub/sub message format, read once here),
-//! `pubsub` (the one pub/sub loop), `primary` (a fixed Redis, or the primary Redis Sentinel
-//! names, asked again after a failure), `presence`, `occupancy` (which nodes hold a channel, for
+//! `pubsub` (the one pub/sub loop), `primary` (the primary Redis Sentinel names, asked again
+//! after a failure), `presence`, `occupancy` (which nodes hold a channel, for
 //! the webhooks), `sessions` (tickets, bans, connection slots),
 //! `commands` (between nodes); the Lua scripts are files in `scripts/`.
 
@@ -83,8 +86,8 @@ const PAGE_LUA: &str = concat!(
 const SLOT_LUA: &str = include_str!("scripts/slot.lua");
 const HISTORY_REMOVE_LUA: &str = include_str!("scripts/history_remove.lua");
 
-/// The command connection: one Redis, the primary Redis Sentinel names, or a Redis Cluster
-/// (routed by key slot).
+/// The command connection: one Redis (its subscriptions on it too), the primary Redis
+/// Sentinel names, or a Redis Cluster (routed by key slot).
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
@@ -184,6 +187,10 @@ pub struct RedisEngine {
     pub stats: RedisStats,
 }
 
+/// How long bytes sent to Redis may go unacknowledged before the kernel closes the
+/// connection (`TCP_USER_TIMEOUT`).
+const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(5);
+
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(format!("redis: {e}"))
 }
@@ -225,15 +232,27 @@ impl RedisEngine {
                     (Conn::Sentinel(conn), PubSubClient::Single(primary))
                 }
                 None => {
+                    // One RESP3 connection for commands and pub/sub alike ([`pubsub`]): a
+                    // publish's reply and its event's message come on one socket, read by one
+                    // task. A connection whose bytes Redis stops acknowledging (a peer gone
+                    // without a word) is closed by the kernel, so that the manager reconnects;
+                    // the once-a-second `PING` keeps bytes in flight.
+                    let info =
+                        redis::IntoConnectionInfo::into_connection_info(opts.url.as_str()).map_err(unavailable)?;
+                    let resp3 = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+                    let tcp = info.tcp_settings().clone().set_user_timeout(UNACKNOWLEDGED_LIMIT);
+                    let info = info.set_redis_settings(resp3).set_tcp_settings(tcp);
                     let client = match root_cert {
                         Some(root_cert) => {
                             let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
-                            redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(unavailable)?
+                            redis::Client::build_with_tls(info, certs).map_err(unavailable)?
                         }
-                        None => redis::Client::open(opts.url.as_str()).map_err(unavailable)?,
+                        None => redis::Client::open(info).map_err(unavailable)?,
                     };
+                    let (push_tx, pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
+                    let config = config.set_push_sender(push_tx).set_automatic_resubscription();
                     let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
-                    (Conn::Single(conn), PubSubClient::Single(Primary::Fixed(Box::new(client))))
+                    (Conn::Single(conn.clone()), PubSubClient::Shared(conn, pushes))
                 }
             }
         };
@@ -262,6 +281,9 @@ impl RedisEngine {
         match pubsub {
             PubSubClient::Single(client) => {
                 tokio::spawn(pubsub::standalone(Arc::downgrade(&engine), client, rx, ready_tx));
+            }
+            PubSubClient::Shared(conn, pushes) => {
+                tokio::spawn(pubsub::shared(Arc::downgrade(&engine), conn, pushes, rx, ready_tx));
             }
             PubSubClient::Cluster(builder) => {
                 tokio::spawn(pubsub::cluster(Arc::downgrade(&engine), builder, rx, ready_tx));

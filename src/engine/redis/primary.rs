@@ -1,10 +1,11 @@
-//! Where a standalone Redis is: one fixed address (`redis_url`), or the primary that Redis
-//! Sentinel names (`redis_sentinels`, `redis_sentinel_master`), asked again whenever a
-//! connection to it fails, so that the node follows a failover.
+//! Where the primary Redis is when Redis Sentinel names it (`redis_sentinels`,
+//! `redis_sentinel_master`), asked again whenever a connection to it fails, so that the node
+//! follows a failover. (A fixed `redis_url` needs none of this: its one connection is a
+//! connection manager that reconnects to the same address by itself.)
 //!
-//! Both of the node's connections go through here: the pub/sub link asks [`Primary::client`]
-//! each time it opens (after a failure it opens again with backoff, resubscribes and catches
-//! up, as after any reconnect), and the command connection of a Sentinel setup is a
+//! Both of a Sentinel node's connections go through here: the pub/sub link asks
+//! [`Primary::client`] each time it opens (after a failure it opens again with backoff,
+//! resubscribes and catches up, as after any reconnect), and the command connection is a
 //! [`Following`], which drops its connection when the primary fails or turns out to be a
 //! replica now (`READONLY`), and connects to the one the Sentinels name at the next command.
 //! A command that meets the failure is not retried: its caller answers `503`, so that a
@@ -20,12 +21,9 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Redis
 /// How long finding and reaching the primary may take before a command fails.
 const DISCOVERY_DEADLINE: Duration = Duration::from_secs(2);
 
-/// How a standalone Redis is reached.
+/// The Sentinels that name the primary.
 #[derive(Clone)]
-pub(super) enum Primary {
-    Fixed(Box<redis::Client>),
-    Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
-}
+pub(super) struct Primary(Arc<tokio::sync::Mutex<SentinelClient>>);
 
 impl Primary {
     /// Asks the Sentinels at `sentinels` (`host:port` or `redis://host:port`) for `master`.
@@ -33,21 +31,16 @@ impl Primary {
         let urls: Vec<String> =
             sentinels.iter().map(|s| if s.contains("://") { s.clone() } else { format!("redis://{s}") }).collect();
         let client = SentinelClient::build(urls, master, None, SentinelServerType::Master)?;
-        Ok(Self::Sentinel(Arc::new(tokio::sync::Mutex::new(client))))
+        Ok(Self(Arc::new(tokio::sync::Mutex::new(client))))
     }
 
     /// A client for the primary as it is now: the Sentinels' answer is checked with `ROLE`.
     pub(super) async fn client(&self) -> Result<redis::Client, String> {
-        match self {
-            Self::Fixed(client) => Ok((**client).clone()),
-            Self::Sentinel(sentinel) => {
-                let ask = async { sentinel.lock().await.async_get_client().await };
-                match tokio::time::timeout(DISCOVERY_DEADLINE, ask).await {
-                    Ok(Ok(client)) => Ok(client),
-                    Ok(Err(e)) => Err(format!("no primary from the sentinels: {e}")),
-                    Err(_) => Err(format!("the sentinels named no primary within {DISCOVERY_DEADLINE:?}")),
-                }
-            }
+        let ask = async { self.0.lock().await.async_get_client().await };
+        match tokio::time::timeout(DISCOVERY_DEADLINE, ask).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(format!("no primary from the sentinels: {e}")),
+            Err(_) => Err(format!("the sentinels named no primary within {DISCOVERY_DEADLINE:?}")),
         }
     }
 }

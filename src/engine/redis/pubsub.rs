@@ -1,14 +1,27 @@
-//! The node's pub/sub connection: subscriptions to the channels with local subscribers,
-//! live messages, node commands, reconnects and catch-up.
+//! The node's pub/sub link: subscriptions to the channels with local subscribers, live
+//! messages, node commands, reconnects and catch-up.
 //!
-//! One loop ([`run`]) serves both kinds of Redis over a [`Link`]: a standalone Redis (one
-//! connection with `SUBSCRIBE`/`PSUBSCRIBE`, which the loop opens again with backoff when it
-//! fails, then resubscribes and catches up), and a Redis Cluster (sharded `SSUBSCRIBE` on a
-//! RESP3 connection whose pushes arrive on a channel; redis-rs reconnects each shard and
-//! resubscribes by itself, and a second subscribe confirmation for a channel is that moment,
-//! when the channel catches up from its Stream). Subscriptions follow the node: a channel is
-//! subscribed before its first subscriber reads history and unsubscribed, batched, once it
-//! has had none for a reconcile tick.
+//! One loop ([`run`]) serves three kinds of link ([`Link`]):
+//!
+//! * a single Redis at a fixed address ([`Shared`]): the subscriptions are on the node's
+//!   command connection, a RESP3 connection manager whose messages and confirmations arrive
+//!   as pushes on a channel. A publish's reply and its event's message then come on one
+//!   socket and are read by one task; with a pub/sub connection of its own, the reply's
+//!   reader waited behind the stream tasks the message had woken (docs/benchmarks.md, issue
+//!   22). The manager reconnects and resubscribes by itself; its disconnection push is the
+//!   moment the loop catches every followed channel up from its Stream (again at each
+//!   reconcile tick until that succeeds), letting the channels' live messages go until then:
+//!   the catch-up reads them from the Streams.
+//! * a Redis found through Sentinel ([`Standalone`]): a pub/sub connection of its own, with
+//!   `SUBSCRIBE`/`PSUBSCRIBE`, which the loop opens again with backoff when it fails, then
+//!   resubscribes and catches up.
+//! * a Redis Cluster ([`Cluster`]): sharded `SSUBSCRIBE` on a RESP3 connection whose pushes
+//!   arrive on a channel; redis-rs reconnects each shard and resubscribes by itself, and a
+//!   second subscribe confirmation for a channel is that moment, when the channel catches up
+//!   from its Stream.
+//!
+//! Subscriptions follow the node: a channel is subscribed before its first subscriber reads
+//! history and unsubscribed, batched, once it has had none for a reconcile tick.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -28,8 +41,11 @@ use crate::engine::EngineError;
 /// What the pub/sub task connects with.
 #[allow(clippy::large_enum_variant, reason = "built once per node and moved into its task")]
 pub(super) enum PubSubClient {
-    /// A standalone Redis, fixed or found through Sentinel, asked for at every (re)connect.
+    /// A standalone Redis found through Sentinel, asked for at every (re)connect.
     Single(Primary),
+    /// A single Redis at a fixed address, through the command connection (RESP3), whose
+    /// pushes arrive on a channel.
+    Shared(redis::aio::ConnectionManager, mpsc::UnboundedReceiver<redis::PushInfo>),
     /// A builder, not a client: the task adds its own push sender.
     Cluster(redis::cluster::ClusterClientBuilder),
 }
@@ -74,6 +90,9 @@ enum Incoming {
     Message(redis::Msg),
     /// Redis confirmed a subscription to this pub/sub channel.
     Subscribed(String),
+    /// The connection was lost; the link reconnects and resubscribes before its next command,
+    /// and what was published meanwhile is to be caught up.
+    Lost,
 }
 
 /// A pub/sub connection as [`run`] uses it.
@@ -93,7 +112,7 @@ trait Link: Sized {
     async fn next(&mut self) -> Option<Incoming>;
 }
 
-/// A standalone Redis: one pub/sub connection.
+/// A standalone Redis found through Sentinel: one pub/sub connection.
 struct Standalone {
     sink: redis::aio::PubSubSink,
     stream: redis::aio::PubSubStream,
@@ -138,26 +157,36 @@ impl Link for Standalone {
     }
 }
 
-/// A Redis Cluster: sharded subscriptions, whose pushes arrive on a channel.
-struct Cluster {
-    conn: redis::cluster_async::ClusterConnection,
+/// A connection whose messages arrive as pushes on a channel: a link that heals itself.
+struct Pushed<C> {
+    conn: C,
     pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
 }
 
-/// The cluster client, and where its pushes arrive (taken by the one link opened).
-struct ClusterOpener {
-    client: redis::cluster::ClusterClient,
+/// What opens a [`Pushed`] link (a client, or the connection itself), and where its pushes
+/// arrive, taken by the one link opened.
+struct PushedOpener<O> {
+    opens: O,
     pushes: Option<mpsc::UnboundedReceiver<redis::PushInfo>>,
 }
 
+impl<O> PushedOpener<O> {
+    fn link<C>(&mut self, conn: C) -> Result<Pushed<C>, String> {
+        let pushes = self.pushes.take().ok_or("the link was opened already")?;
+        Ok(Pushed { conn, pushes })
+    }
+}
+
+/// A Redis Cluster: sharded subscriptions.
+type Cluster = Pushed<redis::cluster_async::ClusterConnection>;
+
 impl Link for Cluster {
     const HEALS_ITSELF: bool = true;
-    type Opener = ClusterOpener;
+    type Opener = PushedOpener<redis::cluster::ClusterClient>;
 
-    async fn open(opener: &mut ClusterOpener) -> Result<Self, String> {
-        let conn = deadline(opener.client.get_async_connection()).await?;
-        let pushes = opener.pushes.take().ok_or("the cluster link was opened already")?;
-        Ok(Self { conn, pushes })
+    async fn open(opener: &mut Self::Opener) -> Result<Self, String> {
+        let conn = deadline(opener.opens.get_async_connection()).await?;
+        opener.link(conn)
     }
 
     /// One channel after another (they are on different shards); on a failure the ones
@@ -212,7 +241,80 @@ impl Link for Cluster {
     }
 }
 
-/// The pub/sub task on a standalone Redis.
+/// A single Redis through the node's command connection (RESP3): subscriptions are commands
+/// on it, messages pushes. The connection manager reconnects and resubscribes by itself
+/// (before any other command on the new connection) and says it lost the connection with a
+/// disconnection push: [`Incoming::Lost`].
+type Shared = Pushed<redis::aio::ConnectionManager>;
+
+impl Link for Shared {
+    const HEALS_ITSELF: bool = true;
+    type Opener = PushedOpener<redis::aio::ConnectionManager>;
+
+    async fn open(opener: &mut Self::Opener) -> Result<Self, String> {
+        let conn = opener.opens.clone();
+        opener.link(conn)
+    }
+
+    async fn subscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String> {
+        if !channels.is_empty() {
+            deadline(self.conn.subscribe(channels)).await?;
+        }
+        if !patterns.is_empty()
+            && let Err(e) = deadline(self.conn.psubscribe(patterns)).await
+        {
+            if !channels.is_empty() {
+                let _ = deadline(self.conn.unsubscribe(channels)).await;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String], patterns: &[String]) -> Result<(), String> {
+        if !channels.is_empty() {
+            deadline(self.conn.unsubscribe(channels)).await?;
+        }
+        if !patterns.is_empty() {
+            deadline(self.conn.punsubscribe(patterns)).await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&mut self) -> Result<(), String> {
+        deadline(redis::cmd("PING").query_async::<String>(&mut self.conn)).await.map(drop)
+    }
+
+    async fn next(&mut self) -> Option<Incoming> {
+        loop {
+            let push = self.pushes.recv().await?;
+            match push.kind {
+                redis::PushKind::Message | redis::PushKind::PMessage => {
+                    if let Some(msg) = redis::Msg::from_push_info(push) {
+                        return Some(Incoming::Message(msg));
+                    }
+                }
+                redis::PushKind::Disconnection => return Some(Incoming::Lost),
+                // Confirmations: a subscribe's answer says it is done; a resubscription
+                // follows a disconnection, which said so already.
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The pub/sub task on a standalone Redis, through the command connection.
+pub(super) async fn shared(
+    engine: Weak<RedisEngine>,
+    conn: redis::aio::ConnectionManager,
+    pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<()>,
+) {
+    run::<Shared>(engine, PushedOpener { opens: conn, pushes: Some(pushes) }, commands, ready).await;
+}
+
+/// The pub/sub task on a standalone Redis found through Sentinel.
 pub(super) async fn standalone(
     engine: Weak<RedisEngine>,
     primary: Primary,
@@ -234,7 +336,7 @@ pub(super) async fn cluster(
         Ok(c) => c,
         Err(e) => return tracing::error!(error = %e, "cannot build the redis cluster client"),
     };
-    run::<Cluster>(engine, ClusterOpener { client, pushes: Some(pushes) }, commands, ready).await;
+    run::<Cluster>(engine, PushedOpener { opens: client, pushes: Some(pushes) }, commands, ready).await;
 }
 
 /// The pub/sub loop: opens the link (again, with backoff, after a failure of a link that
@@ -321,6 +423,10 @@ async fn run<L: Link>(
         let mut confirmed: HashSet<String> = HashSet::new();
         let mut reconcile = tokio::time::interval(Duration::from_secs(1));
         let mut last = LastMessage::default();
+        // A link that heals itself lost its connection and has not caught up since: the
+        // channels' messages are let go meanwhile, since the catch-up reads every event after
+        // the last one delivered (so they cannot pile up while it keeps failing).
+        let mut behind = false;
         loop {
             tokio::select! {
                 incoming = link.next() => {
@@ -335,6 +441,9 @@ async fn run<L: Link>(
                             let channel =
                                 if msg.from_pattern() { this.channel_of(name) } else { names.get(name).cloned() };
                             if let Some(ch) = channel {
+                                if behind {
+                                    continue;
+                                }
                                 // A message reaches the node once per subscription that matches
                                 // it (the channel's own, each pattern), and Redis sends those
                                 // copies one after another. Delivering the first and dropping the
@@ -361,6 +470,11 @@ async fn run<L: Link>(
                             if let Err(e) = this.catch_up(std::slice::from_ref(&ch)).await {
                                 tracing::warn!(channel = %ch, error = %e, "catch-up after resubscribe failed");
                             }
+                        }
+                        Incoming::Lost => {
+                            this.healthy.store(false, Ordering::Relaxed);
+                            tracing::warn!("redis connection lost; catching up once it is back");
+                            behind = !recover(&this, &names).await;
                         }
                     }
                 }
@@ -397,8 +511,9 @@ async fn run<L: Link>(
                             tracing::warn!(error = %e, "redis pub/sub connection does not answer");
                             break;
                         }
+                        Ok(()) if behind => behind = !recover(&this, &names).await,
                         answer => {
-                            let up = answer.is_ok();
+                            let up = answer.is_ok() && !behind;
                             if up != this.healthy.swap(up, Ordering::Relaxed) {
                                 if up {
                                     tracing::info!("redis reachable again");
@@ -433,6 +548,25 @@ async fn run<L: Link>(
         }
         tracing::warn!("redis pub/sub connection lost; reconnecting");
     }
+}
+
+/// After a link that heals itself lost its connection: delivers what the channels it
+/// follows got meanwhile, read once the link is back (it resubscribed before this command
+/// ran), and tells the streams of patterns, which keep no position, to resync. `true` once
+/// done; otherwise the reconcile tick tries again.
+async fn recover(this: &RedisEngine, names: &HashMap<String, ChannelName>) -> bool {
+    let followed: Vec<ChannelName> = names.values().cloned().collect();
+    if let Err(e) = this.catch_up(&followed).await {
+        tracing::warn!(error = %e, "catch-up after a lost connection failed; trying again");
+        return false;
+    }
+    this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    for pattern in followed.iter().filter(|c| c.is_pattern()) {
+        this.sink.node().resync(pattern);
+    }
+    this.healthy.store(true, Ordering::Relaxed);
+    tracing::info!(channels = followed.len(), "redis connection restored");
+    true
 }
 
 /// Channels and patterns, each with its pub/sub name.
