@@ -171,3 +171,21 @@ async fn a_pattern_loses_and_repeats_nothing_while_a_channel_it_covers_is_follow
     let received = reader.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(received.to_vec(), sent, "everything published arrived");
 }
+
+/// A pattern keeps no position, so a node that lost its connection to Redis cannot replay what
+/// a pattern's stream missed meanwhile: once the node is back it ends the pattern's streams
+/// (their clients resume and are told plainly), and a stream opened then hears the events
+/// published after it.
+#[tokio::test]
+async fn after_its_node_lost_its_redis_connection_a_pattern_stream_ends_and_a_new_one_is_live() {
+    let redis = RedisServer::start().await;
+    let node = server(Some(redis.url())).await;
+    let mut lost = node.client(Proto::H1).user("u").subscribe("channel=channel:inc.*", &[]).await;
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed.trim(), "1", "the node's connection");
+    assert!(lost.until_end().await.is_empty(), "nothing but the end");
+    assert!(node.herald.engine().counters().reconnects >= 1, "the node did reconnect");
+    let mut live = node.client(Proto::H1).user("u").subscribe("channel=channel:inc.*", &[]).await;
+    node.client(Proto::H1).backend().publish(&json!({"channel": "channel:inc.db", "type": "update", "n": 7})).await;
+    live.expect_ns(7..8).await;
+}

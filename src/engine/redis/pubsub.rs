@@ -550,11 +550,15 @@ async fn run<L: Link>(
     }
 }
 
-/// After a link that heals itself lost its connection: delivers what the channels it
-/// follows got meanwhile, read once the link is back (it resubscribed before this command
-/// ran), and tells the streams of patterns, which keep no position, to resync. `true` once
-/// done; otherwise the reconcile tick tries again.
+/// After a link that heals itself lost its connection: once it is back (a `PING` answered
+/// on it: it resubscribed before that), delivers what the channels it follows got meanwhile
+/// and tells the streams of patterns, which keep no position, to resync. `true` once done;
+/// otherwise the reconcile tick tries again.
 async fn recover(this: &RedisEngine, names: &HashMap<String, ChannelName>) -> bool {
+    if let Err(e) = deadline(redis::cmd("PING").query_async::<String>(&mut this.conn.clone())).await {
+        tracing::warn!(error = %e, "redis is not back yet; trying again");
+        return false;
+    }
     let followed: Vec<ChannelName> = names.values().cloned().collect();
     if let Err(e) = this.catch_up(&followed).await {
         tracing::warn!(error = %e, "catch-up after a lost connection failed; trying again");
