@@ -555,7 +555,6 @@ async fn deep_batch_node(redis: &RedisServer) -> TestServer {
     .await
 }
 
-/// The event ids a batch publish answered, in order.
 /// Publishes batches of ten events to the two channels, mixed, until `count` are accepted,
 /// through whatever fault the test makes: a batch refused with `503` is skipped (it may
 /// still have been stored: its events are unknown, allowed to arrive, never counted).
@@ -589,6 +588,7 @@ async fn publish_through_faults(
     accepted
 }
 
+/// The event ids a batch publish answered, in order.
 fn answered_ids(answer: &serde_json::Value) -> Vec<String> {
     let ids = answer["ids"].as_array().unwrap_or_else(|| panic!("no ids in {answer}"));
     ids.iter().map(|id| id.as_str().unwrap_or_else(|| panic!("{id}")).to_owned()).collect()
