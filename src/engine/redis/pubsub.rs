@@ -403,13 +403,7 @@ async fn run<L: Link>(
             continue;
         }
         if ready.is_none() {
-            this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-            // Patterns keep no position to catch up from: their streams resume, and are
-            // told plainly that they cannot replay.
-            for pattern in active.iter().filter(|c| c.is_pattern()) {
-                this.sink.node().resync(pattern);
-            }
-            tracing::info!(channels = active.len(), "redis pub/sub connection restored");
+            restored(&this, &active, "redis pub/sub connection restored");
         }
         this.healthy.store(true, Ordering::Relaxed);
         if let Some(r) = ready.take() {
@@ -552,8 +546,7 @@ async fn run<L: Link>(
 
 /// After a link that heals itself lost its connection: once it is back (a `PING` answered
 /// on it: it resubscribed before that), delivers what the channels it follows got meanwhile
-/// and tells the streams of patterns, which keep no position, to resync. `true` once done;
-/// otherwise the reconcile tick tries again.
+/// and is [`restored`]. `true` once done; otherwise the reconcile tick tries again.
 async fn recover(this: &RedisEngine, names: &HashMap<String, ChannelName>) -> bool {
     if let Err(e) = deadline(redis::cmd("PING").query_async::<String>(&mut this.conn.clone())).await {
         tracing::warn!(error = %e, "redis is not back yet; trying again");
@@ -564,13 +557,20 @@ async fn recover(this: &RedisEngine, names: &HashMap<String, ChannelName>) -> bo
         tracing::warn!(error = %e, "catch-up after a lost connection failed; trying again");
         return false;
     }
+    restored(this, &followed, "redis connection restored");
+    true
+}
+
+/// A lost connection back and its channels caught up: counted, the node ready again, and the
+/// streams of patterns told to resync (a pattern keeps no position to catch up from: its
+/// streams resume, and are told plainly that they cannot replay).
+fn restored(this: &RedisEngine, channels: &[ChannelName], said: &str) {
     this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-    for pattern in followed.iter().filter(|c| c.is_pattern()) {
+    for pattern in channels.iter().filter(|c| c.is_pattern()) {
         this.sink.node().resync(pattern);
     }
     this.healthy.store(true, Ordering::Relaxed);
-    tracing::info!(channels = followed.len(), "redis connection restored");
-    true
+    tracing::info!(channels = channels.len(), "{said}");
 }
 
 /// Channels and patterns, each with its pub/sub name.
