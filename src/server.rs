@@ -38,6 +38,7 @@ use crate::transport::{DrainGuard, KillSwitch};
 use coalesce::Coalesce;
 
 mod coalesce;
+mod h1;
 mod lean;
 mod lean_publish;
 

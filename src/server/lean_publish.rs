@@ -12,7 +12,7 @@
 //! limits, JSON, hooks, refusal counters), under the same request id and span. Those read
 //! the head where it was scanned ([`LeanHead`], a [`RequestHead`]): no header map, header
 //! name or value, or URI is built for a publish, and a new request id is made in place. The
-//! answer is written as hyper writes it ([`super::lean::encode_head`]).
+//! answer is written as hyper writes it ([`super::h1::encode_head`]).
 //!
 //! Pipelined requests already in the buffer are served together ([`serve_together`]): each
 //! is checked alone, in order ([`publish::stage`]), then the events of the accepted ones go to
@@ -48,7 +48,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::lean::{Framing, Said, encode_head, put_head_end};
+use super::h1::{Framing, Said, encode_head, put_head_end, starts};
 use crate::auth::{ApiKey, constant_time_eq};
 use crate::engine::EngineError;
 use crate::herald::Herald;
@@ -58,6 +58,9 @@ use crate::http::auth::PeerAddr;
 use crate::http::head::{Headers, RequestHead, text};
 use crate::http::observe::{LeanRequestId, answer_with_id, count_publish_refusal, request_span};
 use crate::http::publish::{self, BodySource, Route};
+
+/// The start of every lean publish request.
+pub(super) const PUBLISH_PREFIX: &[u8] = b"POST /api/";
 
 /// The largest request head read here; a bigger one is left to hyper.
 const MAX_HEAD: usize = 8 * 1024;
@@ -619,7 +622,7 @@ pub(super) async fn serve_publishes(
             Head::Lean(head) => head,
             Head::NotLean => return Ok(Handoff::Hyper(buf)),
             // Another route's request coming in pieces: hyper reads the rest.
-            Head::Partial if !buf.is_empty() && !super::lean::starts(&buf, super::lean::PUBLISH_PREFIX) => {
+            Head::Partial if !buf.is_empty() && !starts(&buf, PUBLISH_PREFIX) => {
                 return Ok(Handoff::Hyper(buf));
             }
             Head::Partial if buf.len() >= MAX_HEAD => return Ok(Handoff::Hyper(buf)),
