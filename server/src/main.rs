@@ -22,7 +22,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// An event to a thousand streams wakes a thousand stream tasks, each a write; at 61, a reply
 /// from Redis waited behind up to that many writes before its task was woken (0.33 ms, median,
 /// in a traced fan-out), and so did the next publishes, and each stream's write carried fewer
-/// events. At 15 the wait is 0.09 ms: on Redis 7 to 8% fewer write calls and 5 to 9% more
+/// events. At 15 the wait is 0.09 ms: on Redis 7 to 9% fewer write calls and 5 to 9% more
 /// deliveries per CPU-second in that fan-out; the in-memory fan-out, the one-event-per-request
 /// cases and latency unchanged within their noise (docs/benchmarks.md, issue 22's seventh
 /// session). A look at the sockets with nothing new is one `epoll_wait` that returns at once.
