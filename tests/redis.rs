@@ -283,6 +283,40 @@ async fn a_frozen_redis_makes_the_node_unready_and_new_streams_fail_fast_until_i
     stream.expect_ns(0..1).await;
 }
 
+/// A Redis whose host vanished without a word: the kernel acknowledges nothing the node sends.
+/// The node's connection carries a `PING` a second, and `TCP_USER_TIMEOUT` (5 s) has the
+/// kernel close it; without it the connection would wait out TCP's retransmissions (about 15
+/// minutes), the manager never reconnecting. Once packets flow again the node reconnects on a
+/// new connection, catches up and delivers.
+#[tokio::test]
+async fn a_node_closes_a_redis_connection_whose_bytes_go_unacknowledged_and_reconnects_when_packets_flow() {
+    let redis = RedisServer::start().await;
+    let a = redis_node(&redis).await;
+    let mut stream = a.client(Proto::H1).user("1").subscribe("channel=channel:vanish", &[]).await;
+    let mut backend = a.client(Proto::H1).backend();
+    backend.publish(&json!({"channel": "channel:vanish", "type": "update", "n": 0})).await;
+    stream.expect_ns(0..1).await;
+    let before = redis.established_clients();
+    assert_eq!(before.len(), 1, "the node's one connection: {before:?}");
+    let vanished = redis.vanish();
+    // Five seconds of unacknowledged bytes, after the next PING: more than `within` waits.
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while redis.established_clients().contains(&before[0]) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the kernel to close the node's connection to a vanished Redis"));
+    assert!(!a.herald.is_ready(), "a node whose Redis vanished is not ready");
+    drop(vanished);
+    eventually("the node to reconnect and be ready", || a.herald.is_ready()).await;
+    let after = redis.established_clients();
+    assert!(after.len() == 1 && after[0] != before[0], "a new connection: {before:?} then {after:?}");
+    assert!(a.herald.engine().counters().reconnects >= 1, "the reconnect is counted");
+    backend.publish(&json!({"channel": "channel:vanish", "type": "update", "n": 1})).await;
+    stream.expect_ns(1..2).await;
+}
+
 #[tokio::test]
 async fn a_batch_over_redis_is_published_in_one_transaction_and_delivered_in_order() {
     let redis = RedisServer::start().await;

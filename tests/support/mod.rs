@@ -594,6 +594,18 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("free port: {e}"))
 }
 
+/// Packets to and from a Redis server's port dropped ([`RedisServer::vanish`]) until this is
+/// dropped.
+pub struct Vanished {
+    table: String,
+}
+
+impl Drop for Vanished {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}
+
 /// A `redis-server` of the test's own, on a free port, with an append-only file so that a
 /// restart keeps the Streams (as a production Redis with persistence would).
 pub struct RedisServer {
@@ -697,6 +709,50 @@ impl RedisServer {
         if let Some(child) = &self.child {
             let _ = std::process::Command::new("kill").args([format!("-{sig}"), child.id().to_string()]).status();
         }
+    }
+
+    /// Drops every packet to and from its port on loopback (nftables), until the guard is
+    /// dropped: as when its host vanishes without closing a connection, so that what a node
+    /// sends goes unacknowledged (a frozen process, by contrast, still has its kernel
+    /// acknowledge). Needs root and `nft`, which `scripts/test` installs as root.
+    pub fn vanish(&self) -> Vanished {
+        let table = format!("herald_test_vanish_{}", self.port);
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} input {{ type filter hook input priority -10; }}\n\
+             add rule inet {table} input tcp dport {port} drop\n\
+             add rule inet {table} input tcp sport {port} drop\n",
+            port = self.port
+        );
+        let mut nft = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("nft (nftables, as root) drops a vanished Redis's packets: {e}"));
+        if let Some(mut stdin) = nft.stdin.take() {
+            use std::io::Write as _;
+            stdin.write_all(script.as_bytes()).unwrap_or_else(|e| panic!("nft reads its rules: {e}"));
+        }
+        let status = nft.wait().unwrap_or_else(|e| panic!("nft runs: {e}"));
+        assert!(status.success(), "nft could not add {table} (root is needed): {status}");
+        Vanished { table }
+    }
+
+    /// The local ports of the established TCP connections to this server (any process's;
+    /// only the node under test connects to it).
+    pub fn established_clients(&self) -> Vec<u16> {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_else(|e| panic!("/proc/net/tcp: {e}"));
+        let port = |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // Field 3 is the state: 01, ESTABLISHED.
+                let (local, remote, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+                (*state == "01" && port(remote) == Some(self.port)).then(|| port(local)).flatten()
+            })
+            .collect()
     }
 
     /// Starts it again on the same port with the same data.
