@@ -121,14 +121,18 @@ mod tests {
     #[test]
     fn this_process_has_cpu_time_memory_and_files() {
         let me = std::process::id();
-        // Spin a little so the tick counter moves past zero on any machine.
+        // Spin until the tick counter moves past zero: on a loaded machine 30 ms of wall
+        // time was not always one tick of this thread's CPU. A reading that never moves
+        // fails after 10 s.
         let start = std::time::Instant::now();
         let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(30) {
-            x = x.wrapping_mul(31).wrapping_add(1);
+        while !cpu(me).is_some_and(|c| c.total() > 0.0) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "no CPU time read: {:?}", cpu(me));
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(31).wrapping_add(1);
+            }
         }
         assert!(x != 1);
-        assert!(cpu(me).is_some_and(|c| c.total() > 0.0));
         let m = memory(me).unwrap_or_else(|| panic!("no memory reading"));
         assert!(m.rss_kb > 100, "{m:?}");
         assert!(open_fds(me).is_some_and(|n| n >= 3));
