@@ -285,9 +285,9 @@ async fn a_frozen_redis_makes_the_node_unready_and_new_streams_fail_fast_until_i
 
 /// A Redis whose host vanished without a word: the kernel acknowledges nothing the node sends.
 /// The node's connection carries a `PING` a second, and `TCP_USER_TIMEOUT` (5 s) has the
-/// kernel close it; without it the connection would wait out TCP's retransmissions (about 15
-/// minutes), the manager never reconnecting. Once packets flow again the node reconnects on a
-/// new connection, catches up and delivers.
+/// kernel close it; without it the connection stays open through TCP's retransmissions (about
+/// 15 minutes) and the manager does not reconnect. Once packets flow again the node reconnects
+/// on a new connection, catches up and delivers.
 #[tokio::test]
 async fn a_node_closes_a_redis_connection_whose_bytes_go_unacknowledged_and_reconnects_when_packets_flow() {
     let redis = RedisServer::start().await;
