@@ -468,7 +468,14 @@ async fn run<L: Link>(
                         Incoming::Lost => {
                             this.healthy.store(false, Ordering::Relaxed);
                             tracing::warn!("redis connection lost; catching up once it is back");
-                            behind = !recover(&this, &names).await;
+                            // It resubscribed before answering anything on the new connection.
+                            behind = match link.ping().await {
+                                Ok(()) => !recover(&this, &names).await,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "redis is not back yet; trying again");
+                                    true
+                                }
+                            };
                         }
                     }
                 }
@@ -544,14 +551,11 @@ async fn run<L: Link>(
     }
 }
 
-/// After a link that heals itself lost its connection: once it is back (a `PING` answered
-/// on it: it resubscribed before that), delivers what the channels it follows got meanwhile
-/// and is [`restored`]. `true` once done; otherwise the reconcile tick tries again.
+/// After a link that heals itself lost its connection, once a `PING` answered on the new one
+/// (the link's own, at the loss or at a reconcile tick): delivers what the channels it follows
+/// got meanwhile and is [`restored`]. `true` once done; otherwise the reconcile tick tries
+/// again.
 async fn recover(this: &RedisEngine, names: &HashMap<String, ChannelName>) -> bool {
-    if let Err(e) = deadline(redis::cmd("PING").query_async::<String>(&mut this.conn.clone())).await {
-        tracing::warn!(error = %e, "redis is not back yet; trying again");
-        return false;
-    }
     let followed: Vec<ChannelName> = names.values().cloned().collect();
     if let Err(e) = this.catch_up(&followed).await {
         tracing::warn!(error = %e, "catch-up after a lost connection failed; trying again");
