@@ -253,6 +253,42 @@ async fn a_resume_from_before_the_trimmed_history_is_a_reset_never_a_silent_gap(
     assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
 }
 
+/// Events older than the channel's retention are dropped from its Stream when the next event
+/// is published (the Stream itself stays, renewed by every publish), and the floor rises with
+/// them: a resume from before them is a reset, and one from within the retention replays.
+#[tokio::test]
+async fn on_redis_events_past_their_retention_are_trimmed_and_a_resume_from_before_them_is_a_reset() {
+    let redis = RedisServer::start().await;
+    let ttl = std::time::Duration::from_millis(1000);
+    let node = support::redis_node_with(&redis, |c| c.history_ttl = ttl).await;
+    let mut stream = node.client(Proto::H1).user("1").subscribe("channel=channel:aging", &[]).await;
+    let mut p = node.client(Proto::H1).backend();
+    let started = std::time::Instant::now();
+    p.publish(&json!({"channel": "channel:aging", "type": "update", "n": 0})).await;
+    let first = stream.expect_ns(0..1).await;
+    p.publish(&json!({"channel": "channel:aging", "type": "update", "n": 1})).await;
+    // Time passing is what is tested: events a step apart, never a retention apart, so the
+    // Stream never expires as a whole and n=0 and n=1 age out of it one publish at a time.
+    let mut n = 2;
+    while started.elapsed() < ttl * 2 {
+        tokio::time::sleep(ttl / 8).await;
+        p.publish(&json!({"channel": "channel:aging", "type": "update", "n": n})).await;
+        n += 1;
+    }
+    let recent = stream.expect_ns(1..n - 1).await;
+    let mut resumed =
+        node.client(Proto::H1).user("1").subscribe("channel=channel:aging", &[("last-event-id", &first)]).await;
+    let ev = resumed.expect().await;
+    assert_eq!(
+        (ev.data["type"].as_str(), ev.data["reason"].as_str()),
+        (Some("reset"), Some("history_expired")),
+        "n=1 was trimmed by age: resuming after n=0 must not skip it silently"
+    );
+    let mut within_retention =
+        node.client(Proto::H1).user("1").subscribe("channel=channel:aging", &[("last-event-id", &recent)]).await;
+    within_retention.expect_ns(n - 1..n).await;
+}
+
 #[tokio::test]
 async fn a_multi_channel_event_is_not_replayed_after_a_resume_from_its_own_id() {
     let redis = RedisServer::start().await;

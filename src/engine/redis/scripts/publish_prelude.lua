@@ -8,10 +8,13 @@ local function raise_floor(key, id)
 end
 -- Drops a channel's entries older than `minid` (its retention, `ttl` ms, before now) after
 -- raising the floor to the newest of them, and renews the Stream's and floor's expiry: a
--- channel nobody publishes to for that long leaves nothing behind.
+-- channel nobody publishes to for that long leaves nothing behind. Whether anything is that
+-- old is asked from the oldest end: a reverse range that finds nothing walks the Stream's
+-- oldest node (up to 100 entries) from its newest entry back: 14 µs, a fifth of a publish's
+-- script time (docs/benchmarks.md, the eighth session of 2026-12-06).
 local function trim_by_age(stream, floor, minid, ttl)
-  local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
-  if #old > 0 then
+  if #redis.call('XRANGE', stream, '-', '(' .. minid, 'COUNT', 1) > 0 then
+    local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
     raise_floor(floor, old[1][1])
     redis.call('XTRIM', stream, 'MINID', minid)
   end
