@@ -8,9 +8,11 @@
 //! middleware, request id, refusal counters and JSON errors), and if the answer is an event
 //! stream, this module writes the response head and then each body chunk straight to the
 //! socket, with `Transfer-Encoding: chunked` exactly as hyper would (close-delimited for
-//! HTTP/1.0). While streaming it holds the socket, the body and a few words of state, in a
-//! task of their own ([`StreamTask`]): the connection's first task, sized for routing and
-//! for every other path, ends once the stream is handed over.
+//! HTTP/1.0). The connection ends with the stream, and the head says so (`connection:
+//! close`, where hyper would keep the connection for another request). While streaming it
+//! holds the socket, the body and a few words of state, in a task of their own
+//! ([`StreamTask`]): the connection's first task, sized for routing and for every other
+//! path, ends once the stream is handed over.
 //!
 //! Everything else goes to hyper, with the bytes already read replayed first ([`Prefixed`]):
 //! another first request, an HTTP/2 preface, a head too big for the small buffer or one that
@@ -252,6 +254,10 @@ async fn respond(router: &Router, request: Box<Request<Body>>, kill: &KillSwitch
         None if version == Version::HTTP_10 => Framing::Close,
         None => Framing::Chunked,
     };
+    // A stream's connection closes when the stream ends ([`StreamTask`]), and its head says
+    // so: a client that pooled the connection again on the last chunk would send its next
+    // request into the close and lose it. (hyper keeps its connections after a stream.)
+    let keep_alive = keep_alive && matches!(framing, Framing::Length(_));
     // The response's header map is dropped here: a stream keeps only its encoded head, and
     // only until it is written.
     (encode_head(version, parts.status, &parts.headers, keep_alive, framing), body, framing, keep_alive)
