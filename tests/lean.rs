@@ -1,7 +1,7 @@
 //! The lean HTTP/1.1 path: event-stream requests on plain TCP are served without hyper, and
 //! must look exactly as if hyper had served them, but for the `connection: close` of a stream
-//! (its connection ends with it). Each test speaks raw HTTP over a real
-//! socket, so that framing, heads and connection handling are seen byte for byte.
+//! (its connection ends with it). Each test speaks raw HTTP over a real socket, so that
+//! framing, heads and connection handling are seen byte for byte.
 //!
 //! A request head bigger than the lean path's buffer (8 KB) is left to hyper: padding a
 //! request with a large header is how these tests get hyper's answer to compare with.
