@@ -140,14 +140,13 @@ async fn a_stream_head_is_byte_for_byte_the_head_hyper_writes_for_a_connection_t
         hyper.send(format!("{STREAM}{extra}{}\r\n", padding()).as_bytes()).await;
         assert!(lean.read_until(b"\"connected\"").await && hyper.read_until(b"\"connected\"").await);
         assert_eq!(hyper.head().contains("connection: close"), !extra.is_empty(), "{}", hyper.head());
-        let closing = hyper.head().replace(
-            "\r\ntransfer-encoding: chunked",
-            if extra.is_empty() {
-                "\r\nconnection: close\r\ntransfer-encoding: chunked"
-            } else {
-                "\r\ntransfer-encoding: chunked"
-            },
-        );
+        let closing = if extra.is_empty() {
+            hyper
+                .head()
+                .replace("\r\ntransfer-encoding: chunked", "\r\nconnection: close\r\ntransfer-encoding: chunked")
+        } else {
+            hyper.head()
+        };
         assert_eq!(lean.head(), closing, "with {extra:?}");
         assert!(lean.head().contains("transfer-encoding: chunked"), "{}", lean.head());
         open.extend([lean, hyper]);
