@@ -495,6 +495,75 @@ pub fn table(outcomes: &[Outcome]) -> String {
             let _ = writeln!(s);
         }
     }
+    s.push_str(&engines_run_by_run(&cases, &labels, &by));
+    s
+}
+
+/// A case run on both engines (`C` and `C-redis`, as `scripts/bench` interleaves them: the
+/// k-th run of each back to back) compared pair by pair, for each server: the Redis run's
+/// deliveries per CPU-second as a share of its in-memory neighbour's, or its p99 less the
+/// neighbour's in a latency case. A load that drifts over the minutes of an invocation moves
+/// both runs of a pair alike, where the ratio of two medians takes each from another time.
+/// Empty when no case has its `-redis` twin with as many runs.
+fn engines_run_by_run(cases: &[String], labels: &[String], by: &BTreeMap<(String, String), Vec<&Outcome>>) -> String {
+    let mut rows = String::new();
+    for case in cases {
+        let Some(memory_case) = case.strip_suffix("-redis") else { continue };
+        let Some(first) = labels.iter().find_map(|l| by.get(&(case.clone(), l.clone()))).and_then(|v| v.first()) else {
+            continue;
+        };
+        let latency = first.scenario == "latency";
+        let (name, digits) = if latency {
+            ("latency p99, Redis less memory (ms)", 2)
+        } else {
+            ("deliveries per server CPU-second, Redis / memory (%)", 1)
+        };
+        let mut cells = Vec::new();
+        let mut pairs = 0;
+        for l in labels {
+            let runs = (by.get(&(memory_case.to_owned(), l.clone())), by.get(&(case.clone(), l.clone())));
+            let values: Vec<f64> = match runs {
+                (Some(memory), Some(redis)) if memory.len() == redis.len() => memory
+                    .iter()
+                    .zip(redis.iter())
+                    .map(|(m, r)| {
+                        if latency {
+                            r.latency.p99_ms - m.latency.p99_ms
+                        } else if m.deliveries_per_server_cpu_s > 0.0 {
+                            r.deliveries_per_server_cpu_s / m.deliveries_per_server_cpu_s * 100.0
+                        } else {
+                            f64::NAN
+                        }
+                    })
+                    .filter(|v| !v.is_nan())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            pairs = pairs.max(values.len());
+            cells.push(if values.is_empty() { "–".to_owned() } else { cell(&values, digits) });
+        }
+        if pairs > 0 {
+            let _ = writeln!(
+                rows,
+                "| {case} against {memory_case} ({pairs} pair{}) | {name} | {} |",
+                if pairs == 1 { "" } else { "s" },
+                cells.join(" | ")
+            );
+        }
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    let mut s = String::from("\n| engines, run by run | metric |");
+    for l in labels {
+        let _ = write!(s, " {l} |");
+    }
+    let _ = write!(s, "\n|---|---|");
+    for _ in labels {
+        let _ = write!(s, "---:|");
+    }
+    s.push('\n');
+    s.push_str(&rows);
     s
 }
 
@@ -526,6 +595,54 @@ mod tests {
         let row = t.lines().find(|l| l.contains("deliveries per second")).unwrap_or_default();
         assert!(row.contains("200,000 (100,000–300,000) ⚠1 failed"), "{t}");
         assert!(row.contains("| 100,000 |") && row.contains("2.00x"), "{t}");
+    }
+
+    #[test]
+    fn a_case_on_both_engines_is_also_compared_run_by_run() {
+        let run = |case: &str, label: &str, per_cpu: f64, p99: f64| Outcome {
+            label: label.into(),
+            case: case.into(),
+            scenario: if case.starts_with("latency") { "latency" } else { "fanout" }.into(),
+            proto: "h1".into(),
+            deliveries_per_server_cpu_s: per_cpu,
+            latency: Latency { p99_ms: p99, ..Latency::default() },
+            ok: true,
+            ..Outcome::default()
+        };
+        // Interleaved as scripts/bench runs them: memory, Redis, memory, Redis, ... Herald's
+        // pairs are 95%, 50% and 90% (median 90%), where the ratio of its medians would say
+        // 50% (2.5 against 5 million): the pairs are what is compared.
+        let runs = [
+            run("fanout-1k", "herald", 2_000_000.0, 0.0),
+            run("fanout-1k", "nchan", 400_000.0, 0.0),
+            run("fanout-1k-redis", "herald", 1_900_000.0, 0.0),
+            run("fanout-1k-redis", "nchan", 400_000.0, 0.0),
+            run("fanout-1k", "herald", 5_000_000.0, 0.0),
+            run("fanout-1k", "nchan", 400_000.0, 0.0),
+            run("fanout-1k-redis", "herald", 2_500_000.0, 0.0),
+            run("fanout-1k-redis", "nchan", 200_000.0, 0.0),
+            run("fanout-1k", "herald", 6_000_000.0, 0.0),
+            run("fanout-1k", "nchan", 400_000.0, 0.0),
+            run("fanout-1k-redis", "herald", 5_400_000.0, 0.0),
+            run("fanout-1k-redis", "nchan", 400_000.0, 0.0),
+            run("latency-1k", "herald", 0.0, 5.0),
+            run("latency-1k-redis", "herald", 0.0, 5.5),
+        ];
+        let t = table(&runs);
+        assert!(t.contains("| engines, run by run | metric | herald | nchan |"), "{t}");
+        assert!(
+            t.contains("| fanout-1k-redis against fanout-1k (3 pairs) | deliveries per server CPU-second, Redis / memory (%) | 90.0 (50.0–95.0) | 100.0 (50.0–100.0) |"),
+            "{t}"
+        );
+        // Nchan ran no latency case: its cell is a dash.
+        assert!(
+            t.contains(
+                "| latency-1k-redis against latency-1k (1 pair) | latency p99, Redis less memory (ms) | 0.50 | – |"
+            ),
+            "{t}"
+        );
+        // One engine alone gives no such table.
+        assert!(!table(&runs[..2]).contains("run by run"));
     }
 
     #[test]
