@@ -842,3 +842,84 @@ async fn when_redis_dies_during_a_flood_of_batches_every_accepted_event_is_deliv
         support::delivery_faults(&accepted, &delivered).into_iter().filter(|f| !f.starts_with("unknown")).collect();
     assert!(faults.is_empty(), "{} of {} accepted: {faults:#?}", delivered.len(), accepted.len());
 }
+
+/// Publishes batches of five events on `channel` (marked `p`) until `count` are accepted,
+/// skipping a batch refused with `503` (its events may still have been stored). Returns the
+/// accepted ids in order.
+async fn publish_one_channel(publisher: &mut support::Client, channel: &str, p: usize, count: usize) -> Vec<String> {
+    let mut accepted = Vec::new();
+    let mut n = 0;
+    while accepted.len() < count {
+        let events: Vec<_> = (n..n + 5).map(|n| json!({"channel": channel, "type": "t", "p": p, "n": n})).collect();
+        let (status, answer) = publisher.post_json("/api/publish", &json!(events)).await;
+        match status.as_u16() {
+            200 => accepted.extend(answered_ids(&answer)),
+            503 => {}
+            other => panic!("{other}: {answer}"),
+        }
+        n += 5;
+    }
+    accepted
+}
+
+/// A node delivers its own publishes itself once Redis answers, when it has delivered the
+/// entry before them, and everything else from its pub/sub messages
+/// (`RedisEngine::deliver_own`). Two nodes publishing batches to one channel at once, two
+/// connections each, with Redis killed and restarted meanwhile: subscribers on both nodes
+/// get every accepted event once, each publisher's in its order, and both the same events in
+/// the same order, the channel's.
+#[tokio::test]
+async fn two_nodes_publishing_to_one_channel_through_a_restart_deliver_the_same_order_on_both() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = (deep_node(&redis).await, deep_node(&redis).await);
+    let channel = "channel:both";
+    let query = format!("channel={channel}");
+    let mut on_a = a.client(Proto::H1).user("1").subscribe(&query, &[]).await;
+    let mut on_b = b.client(Proto::H1).user("2").subscribe(&query, &[]).await;
+    let publishers = [
+        a.client(Proto::H1).backend(),
+        a.client(Proto::H1).backend(),
+        b.client(Proto::H1).backend(),
+        b.client(Proto::H1).backend(),
+    ];
+    let tasks: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut publisher)| {
+            tokio::spawn(async move {
+                let accepted = publish_one_channel(&mut publisher, channel, p, 150).await;
+                (publisher, accepted)
+            })
+        })
+        .collect();
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    on_a.read_ids(&mut seen_a, 20).await;
+    redis.kill();
+    redis.restart().await;
+    let mut accepted = Vec::new();
+    let mut last_publisher = None;
+    for task in tasks {
+        let (publisher, ids) = task.await.unwrap_or_else(|e| panic!("publisher: {e}"));
+        accepted.push(ids);
+        last_publisher = Some(publisher);
+    }
+    // A last event after all of them: read up to it, whatever was stored but refused too.
+    let mut last_publisher = last_publisher.unwrap_or_else(|| panic!("no publisher"));
+    let end = last_publisher.publish(&json!({"channel": channel, "type": "t", "end": true})).await;
+    let end = end["id"].as_str().unwrap_or_else(|| panic!("{end}")).to_owned();
+    for (stream, seen) in [(&mut on_a, &mut seen_a), (&mut on_b, &mut seen_b)] {
+        while seen.last() != Some(&end) {
+            let next = seen.len() + 1;
+            stream.read_ids(seen, next).await;
+        }
+    }
+    assert_eq!(seen_a, seen_b, "both nodes in one order");
+    let at: std::collections::HashMap<&str, usize> =
+        seen_a.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    assert_eq!(at.len(), seen_a.len(), "no event twice");
+    for (p, ids) in accepted.iter().enumerate() {
+        let places: Vec<usize> =
+            ids.iter().map(|id| *at.get(id.as_str()).unwrap_or_else(|| panic!("publisher {p}: {id} lost"))).collect();
+        assert!(places.windows(2).all(|w| w[0] < w[1]), "publisher {p}: its events out of order: {places:?}");
+    }
+}

@@ -112,12 +112,7 @@ impl RedisEngine {
     /// (the other channels of a multi-channel event, channels reached through a pattern) are
     /// not remembered: nothing would ever forget them.
     pub(super) fn note_seen(&self, channel: &ChannelName, pos: Position) {
-        let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = seen.get_mut(channel)
-            && pos > *entry
-        {
-            *entry = pos;
-        }
+        raise_seen(&mut self.last_seen.lock().unwrap_or_else(PoisonError::into_inner), channel, pos);
     }
 
     /// After a reconnect: delivers what the watched channels got since the last event
@@ -157,9 +152,12 @@ impl RedisEngine {
                 }
             }
         }
+        // Seen and delivered under one lock, as the pub/sub loop and a publisher deliver
+        // (`RedisEngine::deliver_own`): a position seen is a position delivered.
+        let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
         for step in merge::merge(lists) {
             for t in &step.taken {
-                self.note_seen(&reads[t.list].channel, t.position);
+                raise_seen(&mut seen, &reads[t.list].channel, t.position);
             }
             // Not first: a copy of an event whose writes crossed another's (a cluster). Its
             // channel's subscribers still need it; the others drop it as a repeat.
@@ -179,6 +177,15 @@ impl RedisEngine {
         let entry = seen.entry(channel.clone()).or_default();
         *entry = (*entry).max(head);
         Ok(())
+    }
+}
+
+/// Moves a watched channel's catch-up point up to `pos` (never back).
+pub(super) fn raise_seen(seen: &mut HashMap<ChannelName, Position>, channel: &ChannelName, pos: Position) {
+    if let Some(entry) = seen.get_mut(channel)
+        && pos > *entry
+    {
+        *entry = pos;
     }
 }
 

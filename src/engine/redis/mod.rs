@@ -42,7 +42,7 @@ mod publish;
 mod pubsub;
 mod sessions;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -179,6 +179,10 @@ pub struct RedisEngine {
     slot_lease: Duration,
     /// The position of the last event delivered per watched channel: where catch-up starts.
     last_seen: Mutex<HashMap<ChannelName, Position>>,
+    /// Per watched channel, the positions a publisher on this node delivered itself whose
+    /// messages have not come yet: the pub/sub loop skips them when they come
+    /// ([`RedisEngine::deliver_own`]). Locked after `last_seen`, never before.
+    ahead: Mutex<HashMap<ChannelName, VecDeque<Position>>>,
     /// This node's id: where other nodes send replies to its commands.
     node_id: String,
     pending: commands::Pending,
@@ -271,6 +275,7 @@ impl RedisEngine {
             history_remove_script: Script::new(HISTORY_REMOVE_LUA),
             slot_lease: opts.slot_lease,
             last_seen: Mutex::new(HashMap::new()),
+            ahead: Mutex::new(HashMap::new()),
             node_id: opts.node_id,
             pending: commands::Pending::default(),
             presence_scripts: presence::Scripts::new(),

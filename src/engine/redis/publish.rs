@@ -1,18 +1,19 @@
 //! Publishing to Redis: one script run per event or per batch appends the events to their
 //! channels' Streams and publishes them on the channels' pub/sub channels, atomically on one
 //! Redis (with `batch_messages`, a run of a batch's events on one channel as one message);
-//! idempotency keys answer a retry with the first publish's positions. The engine's
-//! [`Broker`] seam is here.
+//! idempotency keys answer a retry with the first publish's positions; a node delivers its
+//! own events on one channel from the answer when nothing can come between
+//! ([`RedisEngine::deliver_own`]). The engine's [`Broker`] seam is here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
 use redis::AsyncCommands;
 use tokio::sync::oneshot;
 
 use super::pubsub::Command;
-use super::{RedisEngine, unavailable};
+use super::{RedisEngine, message, unavailable};
 use crate::channel::ChannelName;
 use crate::cursor::Position;
 use crate::engine::{
@@ -163,15 +164,24 @@ impl RedisEngine {
         let mut conn = self.conn.clone();
         // One event keeps the script of its own: the batch script's bookkeeping cost a single
         // event about 9% more of Redis's time (docs/benchmarks.md).
-        let ids: Vec<Vec<String>> = if let [one] = batch {
-            vec![self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?]
+        let (ids, before): (Vec<Vec<String>>, Option<String>) = if let [one] = batch {
+            let mut ids: Vec<String> =
+                self.invocation(one, &one.channels).invoke_async(&mut conn).await.map_err(unavailable)?;
+            // On one channel, the id of the entry before it there follows its own.
+            let before = (one.channels.len() == 1 && replay(&ids).is_none()).then(|| ids.pop()).flatten();
+            (vec![ids], before)
         } else {
-            self.batch_invocation(batch).invoke_async(&mut conn).await.map_err(unavailable)?
+            let mut ids: Vec<Vec<String>> =
+                self.batch_invocation(batch).invoke_async(&mut conn).await.map_err(unavailable)?;
+            // The last list: for a batch on one channel, the entry before it there; of no use
+            // if an event of the batch was a retry (not published again).
+            let before = ids.pop().and_then(|mut b| b.pop()).filter(|_| ids.iter().all(|i| replay(i).is_none()));
+            (ids, before)
         };
         if ids.len() != batch.len() {
             return Err(unavailable("unexpected publish reply"));
         }
-        batch
+        let acks = batch
             .iter()
             .zip(ids)
             .map(|(p, ids)| {
@@ -184,9 +194,60 @@ impl RedisEngine {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(PublishAck { id: p.id.clone(), positions: p.channels.iter().cloned().zip(positions).collect() })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(before) = before.as_deref().and_then(Position::parse_stream_id) {
+            self.deliver_own(batch, &acks, before);
+        }
+        Ok(acks)
+    }
+
+    /// Delivers a batch of events on one channel to this node at once, as the in-memory engine
+    /// delivers before it answers, when the node has delivered the entry just before the
+    /// batch there (`before`): nothing can then come between. Otherwise, and on a channel the
+    /// node does not watch, the pub/sub loop delivers them when their messages come, as it
+    /// delivers every other node's; the ones delivered here it skips when they come
+    /// (`ahead`). The node's catch-up point and delivery are moved under one lock, here, in
+    /// the loop and in a catch-up, so that no entry is delivered before the one ahead of it.
+    ///
+    /// Why: the message of a publish reaches the loop through two tasks (redis-rs's
+    /// connection manager forwards pushes from a task of its own), each run after the
+    /// subscribers' writers the last event woke, so the loop delivered after those writers had
+    /// written: in a fan-out the new events missed the writes in progress and took writes of
+    /// their own, 39 events a write where the in-memory engine's publisher, which delivers,
+    /// made 48 (docs/benchmarks.md, issue 22, the tenth session).
+    fn deliver_own(&self, batch: &[Prepared], acks: &[PublishAck], before: Position) {
+        let Some(channel) = batch.first().and_then(|p| p.channels.first()) else { return };
+        let one_channel = batch
+            .iter()
+            .zip(acks)
+            .all(|(p, a)| p.channels.len() == 1 && a.positions.len() == 1 && p.channels[0] == *channel && a.id == p.id);
+        if !one_channel {
+            return;
+        }
+        let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(last) = seen.get_mut(channel) else { return };
+        if *last != before {
+            return;
+        }
+        let mut ahead = self.ahead.lock().unwrap_or_else(PoisonError::into_inner);
+        let own = ahead.entry(channel.clone()).or_default();
+        for (p, ack) in batch.iter().zip(acks) {
+            let pos = ack.positions[0].1;
+            let event = message::published(channel, pos, &p.id, &p.event_type, &p.body, 1);
+            *last = pos;
+            if own.len() == AHEAD_LIMIT {
+                // Its message is late beyond reason: if it comes, it is delivered again, and
+                // each stream drops it as seen.
+                own.pop_front();
+            }
+            own.push_back(pos);
+            self.sink.node().deliver(&event);
+        }
     }
 }
+
+/// How many of a channel's positions a node keeps as delivered ahead of their messages.
+const AHEAD_LIMIT: usize = 4096;
 
 /// The stored answer of an idempotency key, when the publish script found one.
 fn replay(reply: &[String]) -> Option<&str> {

@@ -22,6 +22,9 @@
 //!
 //! Subscriptions follow the node: a channel is subscribed before its first subscriber reads
 //! history and unsubscribed, batched, once it has had none for a reconcile tick.
+//!
+//! A message whose event this node's publisher delivered already, from Redis's answer
+//! (`RedisEngine::deliver_own`), is skipped when it comes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -32,6 +35,7 @@ use futures_util::StreamExt;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use super::history::raise_seen;
 use super::message::{self, LastMessage};
 use super::primary::Primary;
 use super::{RedisEngine, unavailable};
@@ -60,9 +64,26 @@ impl RedisEngine {
     fn on_message(&self, channel: &ChannelName, payload: &[u8]) {
         match message::parse(channel, payload) {
             Some(events) => {
+                // Seen and delivered under one lock, as a publisher delivers its own events
+                // (`RedisEngine::deliver_own`): a position seen is a position delivered.
+                let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut ahead = self.ahead.lock().unwrap_or_else(PoisonError::into_inner);
                 for msg in events {
+                    // Delivered already by its publisher on this node.
+                    if let [(ch, pos)] = &msg.positions[..]
+                        && let Some(own) = ahead.get_mut(ch)
+                    {
+                        // Older ones whose messages will not come (a lost connection) go.
+                        while own.front().is_some_and(|p| p < pos) {
+                            own.pop_front();
+                        }
+                        if own.front() == Some(pos) {
+                            own.pop_front();
+                            continue;
+                        }
+                    }
                     for (ch, pos) in &msg.positions {
-                        self.note_seen(ch, *pos);
+                        raise_seen(&mut seen, ch, *pos);
                     }
                     self.sink.node().deliver(&msg.event);
                 }
@@ -384,6 +405,7 @@ async fn run<L: Link>(
             // Channels given up while cut off are watched no more.
             let watched: HashSet<&ChannelName> = active.iter().collect();
             this.last_seen.lock().unwrap_or_else(PoisonError::into_inner).retain(|ch, _| watched.contains(ch));
+            this.ahead.lock().unwrap_or_else(PoisonError::into_inner).clear();
         }
         let mut names: HashMap<String, ChannelName> = active.iter().map(|c| (this.pubsub_name(c), c.clone())).collect();
         let (plain, patterns) = split_patterns(names.iter().map(|(n, c)| (n.clone(), c.clone())));
@@ -467,6 +489,8 @@ async fn run<L: Link>(
                         }
                         Incoming::Lost => {
                             this.healthy.store(false, Ordering::Relaxed);
+                            // The messages of what its publishers delivered are gone with it.
+                            this.ahead.lock().unwrap_or_else(PoisonError::into_inner).clear();
                             tracing::warn!("redis connection lost; catching up once it is back");
                             // It resubscribed before answering anything on the new connection.
                             behind = match link.ping().await {
@@ -539,6 +563,7 @@ async fn run<L: Link>(
                         confirmed.remove(&name);
                         if let Some(ch) = names.remove(&name) {
                             seen.remove(&ch);
+                            this.ahead.lock().unwrap_or_else(PoisonError::into_inner).remove(&ch);
                         }
                     }
                 }

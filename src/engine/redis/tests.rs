@@ -126,3 +126,42 @@ async fn the_first_event_of_a_fresh_channel_comes_after_the_head_read_before_it(
         assert!(first > head, "{channel}: first event at {first:?}, head read before it {head:?}");
     }
 }
+
+/// On a single Redis, a publisher delivers its events to its own node once Redis answers,
+/// before the publish returns, when the node has delivered the entry before them
+/// (`RedisEngine::deliver_own`): the pub/sub loop would deliver them later, behind the
+/// subscribers' writers. Their messages, when they come, are not delivered again. One
+/// worker, so that the loop cannot run meanwhile on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn on_a_single_redis_a_publish_reaches_its_own_node_before_it_returns_and_once() {
+    let server = Server::start().await;
+    let engine = RedisEngine::connect(options(&server, "own-test")).await.unwrap_or_else(|e| panic!("{e}"));
+    let sink = RecordingSink::new(100);
+    let channel = ch("channel:own");
+    sink.subscribed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(channel.clone());
+    engine.attach(sink.clone());
+    engine.watch(std::slice::from_ref(&channel)).await.unwrap_or_else(|e| panic!("{e}"));
+    let prepare = |n: usize| {
+        let event = Event::new("chat").with("n", n);
+        Prepared::new(vec![channel.clone()], event, &Publisher::default(), 1 << 16).unwrap_or_else(|e| panic!("{e}"))
+    };
+    // The first event of a channel new to Redis has no entry before it: the loop delivers it.
+    let first = engine.publish(vec![prepare(0)]).await.unwrap_or_else(|e| panic!("{e}"));
+    sink.delivered_at_least(1).await;
+    let mut ids = vec![first[0].id.clone()];
+    for n in 1..20 {
+        // One event (its own script), then batches of three (the batch script).
+        let batch: Vec<Prepared> =
+            if n % 2 == 1 { vec![prepare(n)] } else { (0..3).map(|k| prepare(100 * n + k)).collect() };
+        let acks = engine.publish(batch).await.unwrap_or_else(|e| panic!("{e}"));
+        ids.extend(acks.iter().map(|a| a.id.clone()));
+        assert_eq!(sink.delivered_ids(), ids, "publish {n}: delivered before it returned, in order");
+    }
+    // Their messages come too, before another node's event after them, which the loop
+    // delivers: by then it has passed every one of them without delivering it again.
+    let other = RedisEngine::connect(options(&server, "other-test")).await.unwrap_or_else(|e| panic!("{e}"));
+    let theirs = other.publish(vec![prepare(999)]).await.unwrap_or_else(|e| panic!("{e}"));
+    ids.push(theirs[0].id.clone());
+    sink.delivered_at_least(ids.len()).await;
+    assert_eq!(sink.delivered_ids(), ids, "each event once, in order");
+}

@@ -8,7 +8,9 @@
 --   channels, AI stream id ('' if none), AI text, AI done ('1' or '0'), AI keep ms.
 -- ARGV[10..]: per channel four: pub/sub channel, channel name, max length, retention ms;
 --   then, for an idempotent publish: fingerprint, window ms.
--- Returns the Stream ids, one per channel; or {'dup', stored answer} for a key already seen.
+-- Returns the Stream ids, one per channel, and for an event on one channel the id of the
+--   entry before it there ('' if none): a node that delivered that one delivers this one
+--   itself (src/engine/redis/publish.rs); or {'dup', stored answer} for a key already seen.
 
 local id, etype, body, pubcmd, fanout = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ai_sid, ai_text, ai_done, ai_keep = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
@@ -21,6 +23,7 @@ if idem then
   if seen then return {'dup', seen} end
 end
 local sids, chans, names = {}, {}, {}
+local before = ''
 for i = 1, n do
   local stream, floor, ai = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local base = 9 + (i - 1) * 4
@@ -33,6 +36,10 @@ for i = 1, n do
   if drop > 0 then
     local gone = redis.call('XRANGE', stream, '-', '+', 'COUNT', drop)
     if #gone > 0 then raise_floor(floor, gone[#gone][1]) end
+  end
+  if n == 1 then
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    if #last > 0 then before = last[1][1] end
   end
   local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
   if maxlen == 0 then raise_floor(floor, sid) end
@@ -58,4 +65,5 @@ end
 if idem then
   redis.call('SET', idem, ARGV[idem_arg + 1] .. ' ' .. id .. ' ' .. table.concat(sids, ' '), 'PX', ARGV[idem_arg + 2])
 end
+if n == 1 then sids[2] = before end
 return sids

@@ -17,7 +17,10 @@
 --   idempotency key's index in KEYS (0 if none), fingerprint, window ms, the number m of
 --   its channels in this call; then those m channels' numbers (1-based, in its order).
 -- Returns per event its Stream ids, one per channel in its order; or {'dup', stored answer}
---   for an idempotency key already seen (that event is not published).
+--   for an idempotency key already seen (that event is not published). Then one more list:
+--   for a batch on one channel, the id of the entry before the batch there ('' if none), which
+--   lets a node that delivered that one deliver the batch itself (src/engine/redis/publish.rs);
+--   empty otherwise.
 
 local pubcmd, nchans, nevents = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local batch_messages = ARGV[4] == '1'
@@ -28,6 +31,8 @@ local lens, added = {}, {}
 -- Per event e its arguments start at ARGV[firsts[e]] (+1 id, +2 type, +3 body, +4 fanout,
 -- +5..+8 AI, +9 key index, +10 fingerprint, +11 window, +12 m, +13.. its channels).
 local firsts, replies = {}, {}
+-- For a batch on one channel: the entry before it there.
+local before = {}
 local at = 4 + 4 * nchans
 for e = 1, nevents do
   firsts[e] = at
@@ -44,6 +49,11 @@ for e = 1, nevents do
       local c = tonumber(ARGV[at + 12 + j])
       local stream = KEYS[3 * c - 2]
       if not lens[c] then
+        if nchans == 1 then
+          local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+          before = {''}
+          if #last > 0 then before[1] = last[1][1] end
+        end
         if redis.call('EXISTS', stream) == 0 then
           local ttl = tonumber(ARGV[4 + 4 * c])
           redis.call('SET', KEYS[3 * c - 1], tostring(math.max(now - ttl, 0)) .. '-0')
@@ -147,4 +157,5 @@ for e = 1, nevents do
     redis.call('SET', KEYS[idem], ARGV[a + 10] .. ' ' .. ARGV[a + 1] .. ' ' .. table.concat(replies[e], ' '), 'PX', ARGV[a + 11])
   end
 end
+replies[nevents + 1] = before
 return replies
