@@ -153,7 +153,7 @@ impl RedisEngine {
             }
         }
         // Seen and delivered under one lock, as the pub/sub loop and a publisher deliver
-        // (`RedisEngine::deliver_own`): a position seen is a position delivered.
+        // (`RedisEngine::deliver_own`): no entry is delivered ahead of the one before it.
         let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
         for step in merge::merge(lists) {
             for t in &step.taken {

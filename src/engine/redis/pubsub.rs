@@ -65,7 +65,7 @@ impl RedisEngine {
         match message::parse(channel, payload) {
             Some(events) => {
                 // Seen and delivered under one lock, as a publisher delivers its own events
-                // (`RedisEngine::deliver_own`): a position seen is a position delivered.
+                // (`RedisEngine::deliver_own`): no entry is delivered ahead of the one before it.
                 let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut ahead = self.ahead.lock().unwrap_or_else(PoisonError::into_inner);
                 for msg in events {
