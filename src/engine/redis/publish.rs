@@ -203,7 +203,8 @@ impl RedisEngine {
 
     /// Delivers a batch of events on one channel to this node at once, as the in-memory engine
     /// delivers before it answers, when the node has delivered the entry just before the
-    /// batch there (`before`): nothing can then come between. Otherwise, and on a channel the
+    /// batch there (`before`), or some of the batch's first events: nothing can then come
+    /// between. Otherwise, and on a channel the
     /// node does not watch, the pub/sub loop delivers them when their messages come, as it
     /// delivers every other node's; the ones delivered here it skips when they come
     /// (`ahead`). The node's catch-up point and delivery are moved under one lock, here, in
@@ -226,12 +227,19 @@ impl RedisEngine {
         }
         let mut seen = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(last) = seen.get_mut(channel) else { return };
-        if *last != before {
-            return;
-        }
+        // Where the node is on the channel: just before the batch, or within it (the loop
+        // delivered its first events already, from messages that came before this answer).
+        let from = if *last == before {
+            0
+        } else {
+            match acks.iter().position(|a| a.positions[0].1 == *last) {
+                Some(i) => i + 1,
+                None => return,
+            }
+        };
         let mut ahead = self.ahead.lock().unwrap_or_else(PoisonError::into_inner);
         let own = ahead.entry(channel.clone()).or_default();
-        for (p, ack) in batch.iter().zip(acks) {
+        for (p, ack) in batch.iter().zip(acks).skip(from) {
             let pos = ack.positions[0].1;
             let event = message::published(channel, pos, &p.id, &p.event_type, &p.body, 1);
             *last = pos;

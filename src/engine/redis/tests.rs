@@ -130,8 +130,9 @@ async fn the_first_event_of_a_fresh_channel_comes_after_the_head_read_before_it(
 /// On a single Redis, a publisher delivers its events to its own node once Redis answers,
 /// before the publish returns, when the node has delivered the entry before them
 /// (`RedisEngine::deliver_own`): the pub/sub loop would deliver them later, behind the
-/// subscribers' writers. Their messages, when they come, are not delivered again. One
-/// worker, so that the loop cannot run meanwhile on another.
+/// subscribers' writers (it may deliver the first ones, if their messages came in a read
+/// before the answer; the publisher then delivers the rest). Their messages, when they come,
+/// are not delivered again. One worker, so that the loop cannot run meanwhile on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn on_a_single_redis_a_publish_reaches_its_own_node_before_it_returns_and_once() {
     let server = Server::start().await;
