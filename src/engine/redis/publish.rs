@@ -204,11 +204,11 @@ impl RedisEngine {
     /// Delivers a batch of events on one channel to this node at once, as the in-memory engine
     /// delivers before it answers, when the node has delivered the entry just before the
     /// batch there (`before`), or some of the batch's first events: nothing can then come
-    /// between. Otherwise, and on a channel the
-    /// node does not watch, the pub/sub loop delivers them when their messages come, as it
-    /// delivers every other node's; the ones delivered here it skips when they come
-    /// (`ahead`). The node's catch-up point and delivery are moved under one lock, here, in
-    /// the loop and in a catch-up, so that no entry is delivered before the one ahead of it.
+    /// between. Otherwise, and on a channel the node does not watch, the pub/sub loop
+    /// delivers them when their messages come, as it delivers every other node's; the ones
+    /// delivered here it skips when they come (`ahead`). The node's catch-up point and its
+    /// deliveries move under one lock, here, in the loop and in a catch-up, so that no entry
+    /// is delivered ahead of the one before it.
     ///
     /// Why: the message of a publish reaches the loop through two tasks (redis-rs's
     /// connection manager forwards pushes from a task of its own), each run after the
