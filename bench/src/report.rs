@@ -424,23 +424,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
         by.entry((o.case.clone(), o.label.clone())).or_default().push(o);
     }
     let mut s = String::new();
-    let _ = write!(s, "| case | metric |");
-    for l in &labels {
-        let _ = write!(s, " {l} |");
-    }
     let ratio = labels.len() == 2;
-    if ratio {
-        let _ = write!(s, " {} / {} |", labels[0], labels[1]);
-    }
-    let _ = writeln!(s);
-    let _ = write!(s, "|---|---|");
-    for _ in &labels {
-        let _ = write!(s, "---:|");
-    }
-    if ratio {
-        let _ = write!(s, "---:|");
-    }
-    let _ = writeln!(s);
+    let ratio_column = ratio.then(|| format!("{} / {}", labels[0], labels[1]));
+    header(&mut s, "case", &labels, ratio_column.as_deref());
     for case in &cases {
         let Some(first) = labels.iter().find_map(|l| by.get(&(case.clone(), l.clone()))).and_then(|v| v.first()) else {
             continue;
@@ -554,17 +540,23 @@ fn engines_run_by_run(cases: &[String], labels: &[String], by: &BTreeMap<(String
     if rows.is_empty() {
         return rows;
     }
-    let mut s = String::from("\n| engines, run by run | metric |");
-    for l in labels {
+    let mut s = String::from("\n");
+    header(&mut s, "engines, run by run", labels, None);
+    s.push_str(&rows);
+    s
+}
+
+/// A table's two header lines: `first`, the metric, a column per server, and `extra` last.
+fn header(s: &mut String, first: &str, labels: &[String], extra: Option<&str>) {
+    let _ = write!(s, "| {first} | metric |");
+    for l in labels.iter().map(String::as_str).chain(extra) {
         let _ = write!(s, " {l} |");
     }
     let _ = write!(s, "\n|---|---|");
-    for _ in labels {
+    for _ in 0..labels.len() + usize::from(extra.is_some()) {
         let _ = write!(s, "---:|");
     }
     s.push('\n');
-    s.push_str(&rows);
-    s
 }
 
 #[cfg(test)]
