@@ -292,6 +292,56 @@ async fn on_redis_events_past_their_retention_are_trimmed_and_a_resume_from_befo
     within_retention.expect_ns(n..n + 1).await;
 }
 
+/// A publish that trims a full Stream by length skips the age check when what it trimmed is
+/// within the retention; when what it trimmed is older, the rest that is past the retention
+/// goes too, with one event (`publish.lua`) or a batch (`publish_batch.lua`).
+#[tokio::test]
+async fn on_redis_a_stream_trimmed_by_length_still_drops_what_is_past_its_retention() {
+    let redis = RedisServer::start().await;
+    let ttl = std::time::Duration::from_secs(3);
+    let node = support::redis_node_with(&redis, |c| {
+        c.history_size = 4;
+        c.history_ttl = ttl;
+    })
+    .await;
+    let channels = ["channel:aged-one", "channel:aged-batch"];
+    let event = |channel: &str, n: u64| json!({"channel": channel, "type": "update", "n": n});
+    let mut p = node.client(Proto::H1).backend();
+    let mut held = Vec::new();
+    for channel in channels {
+        let mut stream = node.client(Proto::H1).user("1").subscribe(&format!("channel={channel}"), &[]).await;
+        for n in 0..4 {
+            p.publish(&event(channel, n)).await;
+        }
+        stream.expect_ns(0..2).await;
+        held.push((stream.expect_ns(2..3).await, stream.expect_ns(3..4).await));
+    }
+    // Time passing is what is tested. n=4 trims n=0 by length, within the retention: the
+    // age check is skipped, and n=1..3 stay.
+    tokio::time::sleep(ttl * 3 / 5).await;
+    for channel in channels {
+        p.publish(&event(channel, 4)).await;
+    }
+    // Now n=1..3 are past the retention, n=4 within it. The last publish trims n=1 (one
+    // event) or n=1 and n=2 (a batch of two) by length, past the retention: the age check
+    // runs and takes the rest of them, n=3 included.
+    tokio::time::sleep(ttl * 3 / 5).await;
+    p.publish(&event(channels[0], 5)).await;
+    p.publish(&json!([event(channels[1], 5), event(channels[1], 6)])).await;
+    for (channel, (n2, n3), end) in [(channels[0], &held[0], 6), (channels[1], &held[1], 7)] {
+        let query = format!("channel={channel}");
+        let mut after_n2 = node.client(Proto::H1).user("1").subscribe(&query, &[("last-event-id", n2)]).await;
+        let ev = after_n2.expect().await;
+        assert_eq!(
+            (ev.data["type"].as_str(), ev.data["reason"].as_str()),
+            (Some("reset"), Some("history_expired")),
+            "{channel}: n=3 is past the retention, a resume after n=2 must not replay it"
+        );
+        let mut after_n3 = node.client(Proto::H1).user("1").subscribe(&query, &[("last-event-id", n3)]).await;
+        after_n3.expect_ns(4..end).await;
+    }
+}
+
 #[tokio::test]
 async fn a_multi_channel_event_is_not_replayed_after_a_resume_from_its_own_id() {
     let redis = RedisServer::start().await;

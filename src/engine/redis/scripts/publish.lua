@@ -33,17 +33,25 @@ for i = 1, n do
     redis.call('SET', floor, minid)
   end
   local drop = redis.call('XLEN', stream) + 1 - maxlen
+  -- The newest entry this publish trims by length, if any.
+  local trimmed
   if drop > 0 then
     local gone = redis.call('XRANGE', stream, '-', '+', 'COUNT', drop)
-    if #gone > 0 then raise_floor(floor, gone[#gone][1]) end
+    if #gone > 0 then
+      trimmed = gone[#gone][1]
+      raise_floor(floor, trimmed)
+    end
   end
   if n == 1 then
     local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
     if #last > 0 then before = last[1][1] end
   end
   local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
-  if maxlen == 0 then raise_floor(floor, sid) end
-  trim_by_age(stream, floor, minid, ttl)
+  if maxlen == 0 then
+    raise_floor(floor, sid)
+    trimmed = sid
+  end
+  trim_by_age(stream, floor, minid, ttl, trimmed)
   if ai_sid ~= '' then
     local keep = ttl
     if ai_done then keep = ai_keep end

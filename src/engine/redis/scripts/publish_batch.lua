@@ -85,18 +85,21 @@ for c = 1, nchans do
     local maxlen, ttl = tonumber(ARGV[3 + 4 * c]), tonumber(ARGV[4 + 4 * c])
     local len, mine = lens[c], added[c]
     local drop = len + #mine - maxlen
+    -- The newest entry trimmed by length, if any.
+    local trimmed
     if drop > 0 then
       -- The newest entry trimmed is one of this batch's, or one there before them.
       if drop > len then
-        raise_floor(floor, mine[drop - len])
+        trimmed = mine[drop - len]
       else
         local gone = redis.call('XRANGE', stream, '-', '+', 'COUNT', drop)
-        if #gone > 0 then raise_floor(floor, gone[#gone][1]) end
+        if #gone > 0 then trimmed = gone[#gone][1] end
       end
+      if trimmed then raise_floor(floor, trimmed) end
       redis.call('XTRIM', stream, 'MAXLEN', maxlen)
     end
     local minid = tostring(math.max(now - ttl, 0)) .. '-0'
-    trim_by_age(stream, floor, minid, ttl)
+    trim_by_age(stream, floor, minid, ttl, trimmed)
   end
 end
 

@@ -11,9 +11,15 @@ end
 -- channel nobody publishes to for that long leaves nothing behind. Whether anything is that
 -- old is asked from the oldest end: a reverse range that finds nothing walks the Stream's
 -- oldest node (up to 100 entries) from its newest entry back: 14 µs, a fifth of a publish's
--- script time (docs/benchmarks.md, the eighth session of 2026-12-06).
-local function trim_by_age(stream, floor, minid, ttl)
-  if #redis.call('XRANGE', stream, '-', '(' .. minid, 'COUNT', 1) > 0 then
+-- script time (docs/benchmarks.md, the eighth session of 2026-12-06). Not asked at all when
+-- this publish trimmed the Stream by length up to `trimmed`, an entry no older than `minid`
+-- (its milliseconds not before `now - ttl`): every entry left is newer. That is a busy
+-- channel's case, where the forward range walks the entries earlier length trims left
+-- deleted in the oldest node: 2.5% of the instructions of a nine-event batch's script
+-- (docs/benchmarks.md, the eleventh session).
+local function trim_by_age(stream, floor, minid, ttl, trimmed)
+  if (trimmed == nil or tonumber(string.match(trimmed, '^%d+')) < now - ttl)
+    and #redis.call('XRANGE', stream, '-', '(' .. minid, 'COUNT', 1) > 0 then
     local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
     raise_floor(floor, old[1][1])
     redis.call('XTRIM', stream, 'MINID', minid)
