@@ -8,9 +8,11 @@
 --   channels, AI stream id ('' if none), AI text, AI done ('1' or '0'), AI keep ms.
 -- ARGV[10..]: per channel four: pub/sub channel, channel name, max length, retention ms;
 --   then, for an idempotent publish: fingerprint, window ms.
--- Returns the Stream ids, one per channel, and for an event on one channel the id of the
---   entry before it there ('' if none): a node that delivered that one delivers this one
---   itself (src/engine/redis/publish.rs); or {'dup', stored answer} for a key already seen.
+-- Returns the Stream ids, one per channel, and for an event on one channel of a single Redis
+--   (PUBLISH) the id of the entry before it there ('' if none): a node that delivered that
+--   one delivers this one itself (src/engine/redis/publish.rs; on a cluster, SPUBLISH, every
+--   event goes through the node's pub/sub loop); or {'dup', stored answer} for a key
+--   already seen.
 
 local id, etype, body, pubcmd, fanout = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ai_sid, ai_text, ai_done, ai_keep = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
@@ -42,7 +44,7 @@ for i = 1, n do
       raise_floor(floor, trimmed)
     end
   end
-  if n == 1 then
+  if n == 1 and pubcmd == 'PUBLISH' then
     local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
     if #last > 0 then before = last[1][1] end
   end
@@ -73,5 +75,5 @@ end
 if idem then
   redis.call('SET', idem, ARGV[idem_arg + 1] .. ' ' .. id .. ' ' .. table.concat(sids, ' '), 'PX', ARGV[idem_arg + 2])
 end
-if n == 1 then sids[2] = before end
+if n == 1 and pubcmd == 'PUBLISH' then sids[2] = before end
 return sids
