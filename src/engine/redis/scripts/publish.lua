@@ -25,7 +25,8 @@ if idem then
   if seen then return {'dup', seen} end
 end
 local sids, chans, names = {}, {}, {}
-local before = ''
+-- The entry before the event, when it is asked for ('' if none).
+local before
 for i = 1, n do
   local stream, floor, ai = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local base = 9 + (i - 1) * 4
@@ -46,6 +47,7 @@ for i = 1, n do
   end
   if n == 1 and pubcmd == 'PUBLISH' then
     local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    before = ''
     if #last > 0 then before = last[1][1] end
   end
   local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
@@ -75,5 +77,5 @@ end
 if idem then
   redis.call('SET', idem, ARGV[idem_arg + 1] .. ' ' .. id .. ' ' .. table.concat(sids, ' '), 'PX', ARGV[idem_arg + 2])
 end
-if n == 1 and pubcmd == 'PUBLISH' then sids[2] = before end
+if before then sids[2] = before end
 return sids
