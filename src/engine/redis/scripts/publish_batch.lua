@@ -24,6 +24,12 @@
 
 local pubcmd, nchans, nevents = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local batch_messages = ARGV[4] == '1'
+-- An event's number of channels and its channels' numbers, all within 0..nchans, are looked
+-- up by their decimal strings here: `tonumber` parses its string twice (`strtod`), and six
+-- calls an event were 5% of a nine-event batch's instructions (docs/benchmarks.md, the
+-- twelfth session).
+local small = {}
+for i = 0, nchans do small[tostring(i)] = i end
 -- Per channel c its arguments start at ARGV[4 * c] (+1 pub/sub channel, +2 name,
 -- +3 max length, +4 retention); set at its first append: its length before the batch and
 -- the ids appended.
@@ -37,16 +43,16 @@ local at = 4 + 4 * nchans
 for e = 1, nevents do
   firsts[e] = at
   local id, etype, body, fanout, ai_sid = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
-  local idem, m = tonumber(ARGV[at + 9]), tonumber(ARGV[at + 12])
+  local idem, m = ARGV[at + 9], small[ARGV[at + 12]]
   -- A key seen within its window answers what it stored (fingerprint, id, stream ids), and
   -- its event is not published again.
-  local seen = idem > 0 and redis.call('GET', KEYS[idem])
+  local seen = idem ~= '0' and redis.call('GET', KEYS[tonumber(idem)])
   if seen then
     replies[e] = {'dup', seen}
   else
     local sids = {}
     for j = 1, m do
-      local c = tonumber(ARGV[at + 12 + j])
+      local c = small[ARGV[at + 12 + j]]
       local stream = KEYS[3 * c - 2]
       if not lens[c] then
         if nchans == 1 then
@@ -129,9 +135,9 @@ end
 for e = 1, nevents do
   if replies[e][1] ~= 'dup' then
     local a = firsts[e]
-    local m = tonumber(ARGV[a + 12])
+    local m = small[ARGV[a + 12]]
     if m == 1 then
-      local c = tonumber(ARGV[a + 13])
+      local c = small[ARGV[a + 13]]
       if run_chan ~= c then
         flush()
         run_chan = c
@@ -142,10 +148,10 @@ for e = 1, nevents do
       -- event once and a connection following several of its channels advances on all.
       flush()
       local parts = {}
-      for j = 1, m do parts[j] = ARGV[4 * tonumber(ARGV[a + 12 + j]) + 2] .. ' ' .. replies[e][j] end
+      for j = 1, m do parts[j] = ARGV[4 * small[ARGV[a + 12 + j]] + 2] .. ' ' .. replies[e][j] end
       local positions = table.concat(parts, ' ')
       for j = 1, m do
-        local c = tonumber(ARGV[a + 12 + j])
+        local c = small[ARGV[a + 12 + j]]
         redis.call(pubcmd, ARGV[4 * c + 1], head(e, j) .. '\n' .. positions .. '\n' .. ARGV[a + 3])
       end
     end
@@ -155,9 +161,9 @@ flush()
 
 for e = 1, nevents do
   local a = firsts[e]
-  local idem = tonumber(ARGV[a + 9])
-  if idem > 0 and replies[e][1] ~= 'dup' then
-    redis.call('SET', KEYS[idem], ARGV[a + 10] .. ' ' .. ARGV[a + 1] .. ' ' .. table.concat(replies[e], ' '), 'PX', ARGV[a + 11])
+  local idem = ARGV[a + 9]
+  if idem ~= '0' and replies[e][1] ~= 'dup' then
+    redis.call('SET', KEYS[tonumber(idem)], ARGV[a + 10] .. ' ' .. ARGV[a + 1] .. ' ' .. table.concat(replies[e], ' '), 'PX', ARGV[a + 11])
   end
 end
 replies[nevents + 1] = before
