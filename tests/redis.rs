@@ -292,6 +292,43 @@ async fn on_redis_events_past_their_retention_are_trimmed_and_a_resume_from_befo
     within_retention.expect_ns(n..n + 1).await;
 }
 
+/// A channel nobody publishes to for its retention leaves nothing in Redis; the publish that
+/// starts it again sets its floor at the retention's start, by one event (`publish.lua`) or
+/// a batch (`publish_batch.lua`): a resume from its earlier life, whose later events expired
+/// with it, is a reset, never those events skipped silently.
+#[tokio::test]
+async fn on_redis_a_channel_started_again_after_it_expired_answers_a_resume_from_its_earlier_life_with_a_reset() {
+    let redis = RedisServer::start().await;
+    let ttl = std::time::Duration::from_millis(1000);
+    let node = support::redis_node_with(&redis, |c| c.history_ttl = ttl).await;
+    let event = |channel: &str, n: u64| json!({"channel": channel, "type": "update", "n": n});
+    let mut p = node.client(Proto::H1).backend();
+    for (channel, batch) in [("channel:reborn-one", false), ("channel:reborn-batch", true)] {
+        let query = format!("channel={channel}");
+        let mut stream = node.client(Proto::H1).user("1").subscribe(&query, &[]).await;
+        p.publish(&event(channel, 0)).await;
+        p.publish(&event(channel, 1)).await;
+        let first = stream.expect_ns(0..1).await;
+        stream.expect_ns(1..2).await;
+        drop(stream);
+        let name = channel.trim_start_matches("channel:");
+        let log = format!("realtime:channel:{{{name}}}:log");
+        eventually("the channel's Stream to expire", || redis.cli(&["EXISTS", &log]).trim() == "0").await;
+        if batch {
+            p.publish(&json!([event(channel, 2), event(channel, 3)])).await;
+        } else {
+            p.publish(&event(channel, 2)).await;
+        }
+        let mut resumed = node.client(Proto::H1).user("1").subscribe(&query, &[("last-event-id", &first)]).await;
+        let ev = resumed.expect().await;
+        assert_eq!(
+            (ev.data["type"].as_str(), ev.data["reason"].as_str()),
+            (Some("reset"), Some("history_expired")),
+            "{channel}: n=1 expired with the Stream, a resume after n=0 must not skip it silently"
+        );
+    }
+}
+
 /// A publish that trims a full Stream by length skips the age check when what it trimmed is
 /// within the retention; when what it trimmed is older, the rest that is past the retention
 /// goes too, with one event (`publish.lua`) or a batch (`publish_batch.lua`).
