@@ -32,10 +32,13 @@ for i = 1, n do
   local base = 9 + (i - 1) * 4
   local chan, name, maxlen, ttl = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local minid = tostring(math.max(now - ttl, 0)) .. '-0'
-  if redis.call('EXISTS', stream) == 0 then
+  -- A new Stream's floor is its retention's start. XLEN answers 0 for a Stream that does
+  -- not exist, so EXISTS is asked only then.
+  local len = redis.call('XLEN', stream)
+  if len == 0 and redis.call('EXISTS', stream) == 0 then
     redis.call('SET', floor, minid)
   end
-  local drop = redis.call('XLEN', stream) + 1 - maxlen
+  local drop = len + 1 - maxlen
   -- The newest entry this publish trims by length, if any.
   local trimmed
   if drop > 0 then

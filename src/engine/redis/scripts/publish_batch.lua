@@ -60,12 +60,12 @@ for e = 1, nevents do
           before = {''}
           if #last > 0 then before[1] = last[1][1] end
         end
-        if redis.call('EXISTS', stream) == 0 then
+        -- A new Stream's floor is its retention's start. XLEN answers 0 for a Stream that
+        -- does not exist, so EXISTS is asked only then.
+        lens[c] = redis.call('XLEN', stream)
+        if lens[c] == 0 and redis.call('EXISTS', stream) == 0 then
           local ttl = tonumber(ARGV[4 + 4 * c])
           redis.call('SET', KEYS[3 * c - 1], tostring(math.max(now - ttl, 0)) .. '-0')
-          lens[c] = 0
-        else
-          lens[c] = redis.call('XLEN', stream)
         end
         added[c] = {}
       end
