@@ -30,13 +30,13 @@ local before
 for i = 1, n do
   local stream, floor, ai = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local base = 9 + (i - 1) * 4
-  local chan, name, maxlen, ttl = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  local minid = tostring(math.max(now - ttl, 0)) .. '-0'
+  local chan, name, maxlen_arg, ttl_arg = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local maxlen, ttl = tonumber(maxlen_arg), tonumber(ttl_arg)
   -- A new Stream's floor is its retention's start. XLEN answers 0 for a Stream that does
   -- not exist, so EXISTS is asked only then.
   local len = redis.call('XLEN', stream)
   if len == 0 and redis.call('EXISTS', stream) == 0 then
-    redis.call('SET', floor, minid)
+    redis.call('SET', floor, start_of(ttl))
   end
   local drop = len + 1 - maxlen
   -- The newest entry this publish trims by length, if any.
@@ -53,12 +53,12 @@ for i = 1, n do
     before = ''
     if #last > 0 then before = last[1][1] end
   end
-  local sid = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
+  local sid = redis.call('XADD', stream, 'MAXLEN', maxlen_arg, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
   if maxlen == 0 then
     raise_floor(floor, sid)
     trimmed = sid
   end
-  trim_by_age(stream, floor, minid, ttl, trimmed)
+  trim_by_age(stream, floor, ttl, ttl_arg, trimmed)
   if ai_sid ~= '' then
     local keep = ttl
     if ai_done then keep = ai_keep end

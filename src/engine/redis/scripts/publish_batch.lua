@@ -64,8 +64,7 @@ for e = 1, nevents do
         -- does not exist, so EXISTS is asked only then.
         lens[c] = redis.call('XLEN', stream)
         if lens[c] == 0 and redis.call('EXISTS', stream) == 0 then
-          local ttl = tonumber(ARGV[4 + 4 * c])
-          redis.call('SET', KEYS[3 * c - 1], tostring(math.max(now - ttl, 0)) .. '-0')
+          redis.call('SET', KEYS[3 * c - 1], start_of(tonumber(ARGV[4 + 4 * c])))
         end
         added[c] = {}
       end
@@ -88,7 +87,8 @@ end
 for c = 1, nchans do
   if lens[c] then
     local stream, floor = KEYS[3 * c - 2], KEYS[3 * c - 1]
-    local maxlen, ttl = tonumber(ARGV[3 + 4 * c]), tonumber(ARGV[4 + 4 * c])
+    local maxlen_arg, ttl_arg = ARGV[3 + 4 * c], ARGV[4 + 4 * c]
+    local maxlen, ttl = tonumber(maxlen_arg), tonumber(ttl_arg)
     local len, mine = lens[c], added[c]
     local drop = len + #mine - maxlen
     -- The newest entry trimmed by length, if any.
@@ -102,10 +102,9 @@ for c = 1, nchans do
         if #gone > 0 then trimmed = gone[#gone][1] end
       end
       if trimmed then raise_floor(floor, trimmed) end
-      redis.call('XTRIM', stream, 'MAXLEN', maxlen)
+      redis.call('XTRIM', stream, 'MAXLEN', maxlen_arg)
     end
-    local minid = tostring(math.max(now - ttl, 0)) .. '-0'
-    trim_by_age(stream, floor, minid, ttl, trimmed)
+    trim_by_age(stream, floor, ttl, ttl_arg, trimmed)
   end
 end
 

@@ -1,31 +1,51 @@
 -- Shared by the publish scripts, which run after it (and after clock_prelude.lua): the floor
--- (`raise_floor`), the age limit (`trim_by_age`) and the AI stream snapshot (`fold_ai_chunk`).
+-- (`raise_floor`), the age limit (`start_of` and `trim_by_age`) and the AI stream snapshot
+-- (`fold_ai_chunk`).
+--
+-- A number the node sent goes to `redis.call` as the node's string on a publish's common
+-- path, not as a Lua number: Redis turns a number argument into text with
+-- `printf("%.17g")`, and Lua's `tostring` with `printf("%.14g")`, thousands of instructions
+-- each (docs/benchmarks.md, the thirteenth session).
+
+-- The id at which a retention of `ttl` ms starts (now less `ttl`), made once a run for each
+-- retention.
+local starts = {}
+local function start_of(ttl)
+  local id = starts[ttl]
+  if not id then
+    id = tostring(math.max(now - ttl, 0)) .. '-0'
+    starts[ttl] = id
+  end
+  return id
+end
 
 -- The floor is the newest id ever trimmed: resuming from before it is a gap.
 local function raise_floor(key, id)
   local cur = redis.call('GET', key)
   if (not cur) or id_before(cur, id) then redis.call('SET', key, id) end
 end
--- Drops a channel's entries older than `minid` (its retention, `ttl` ms, before now) after
--- raising the floor to the newest of them, and renews the Stream's and floor's expiry: a
--- channel nobody publishes to for that long leaves nothing behind. Whether anything is that
--- old is asked from the oldest end: a reverse range that finds nothing walks the Stream's
--- oldest node (up to 100 entries) from its newest entry back: 14 µs, a fifth of a publish's
--- script time (docs/benchmarks.md, the eighth session of 2026-12-06). Not asked at all when
--- this publish trimmed the Stream by length up to `trimmed`, an entry no older than `minid`
--- (its milliseconds not before `now - ttl`): every entry left is newer. That is a busy
--- channel's case, where the forward range walks the entries earlier length trims left
--- deleted in the oldest node: 2.5% of the instructions of a nine-event batch's script
--- (docs/benchmarks.md, the eleventh session).
-local function trim_by_age(stream, floor, minid, ttl, trimmed)
-  if (trimmed == nil or tonumber(string.match(trimmed, '^%d+')) < now - ttl)
-    and #redis.call('XRANGE', stream, '-', '(' .. minid, 'COUNT', 1) > 0 then
-    local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
-    raise_floor(floor, old[1][1])
-    redis.call('XTRIM', stream, 'MINID', minid)
+-- Drops a channel's entries older than its retention (`ttl` ms before now; `ttl_arg` the
+-- same as the node sent it) after raising the floor to the newest of them, and renews the
+-- Stream's and floor's expiry: a channel nobody publishes to for that long leaves nothing
+-- behind. Whether anything is that old is asked from the oldest end: a reverse range that
+-- finds nothing walks the Stream's oldest node (up to 100 entries) from its newest entry
+-- back: 14 µs, a fifth of a publish's script time (docs/benchmarks.md, the eighth session
+-- of 2026-12-06). Not asked at all when this publish trimmed the Stream by length up to
+-- `trimmed`, an entry within the retention (its milliseconds not before `now - ttl`): every
+-- entry left is newer. That is a busy channel's case, where the forward range walks the
+-- entries earlier length trims left deleted in the oldest node: 2.5% of the instructions of
+-- a nine-event batch's script (docs/benchmarks.md, the eleventh session).
+local function trim_by_age(stream, floor, ttl, ttl_arg, trimmed)
+  if trimmed == nil or tonumber(string.match(trimmed, '^%d+')) < now - ttl then
+    local minid = start_of(ttl)
+    if #redis.call('XRANGE', stream, '-', '(' .. minid, 'COUNT', '1') > 0 then
+      local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', '1')
+      raise_floor(floor, old[1][1])
+      redis.call('XTRIM', stream, 'MINID', minid)
+    end
   end
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', floor, ttl)
+  redis.call('PEXPIRE', stream, ttl_arg)
+  redis.call('PEXPIRE', floor, ttl_arg)
 end
 -- An AI stream chunk at `sid` on a channel whose AI streams set is `ai`: fold it into the
 -- stream's snapshot (text so far, last chunk), kept `keep` ms (the channel's retention while
