@@ -32,13 +32,7 @@ for i = 1, n do
   local base = 9 + (i - 1) * 4
   local chan, name, maxlen_arg, ttl_arg = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local maxlen, ttl = tonumber(maxlen_arg), tonumber(ttl_arg)
-  -- A new Stream's floor is its retention's start. XLEN answers 0 for a Stream that does
-  -- not exist, so EXISTS is asked only then.
-  local len = redis.call('XLEN', stream)
-  if len == 0 and redis.call('EXISTS', stream) == 0 then
-    redis.call('SET', floor, start_of(ttl))
-  end
-  local drop = len + 1 - maxlen
+  local drop = length_before(stream, floor, ttl) + 1 - maxlen
   -- The newest entry this publish trims by length, if any.
   local trimmed
   if drop > 0 then

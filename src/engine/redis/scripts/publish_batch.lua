@@ -60,12 +60,7 @@ for e = 1, nevents do
           before = {''}
           if #last > 0 then before[1] = last[1][1] end
         end
-        -- A new Stream's floor is its retention's start. XLEN answers 0 for a Stream that
-        -- does not exist, so EXISTS is asked only then.
-        lens[c] = redis.call('XLEN', stream)
-        if lens[c] == 0 and redis.call('EXISTS', stream) == 0 then
-          redis.call('SET', KEYS[3 * c - 1], start_of(tonumber(ARGV[4 + 4 * c])))
-        end
+        lens[c] = length_before(stream, KEYS[3 * c - 1], tonumber(ARGV[4 + 4 * c]))
         added[c] = {}
       end
       local sid = redis.call('XADD', stream, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)

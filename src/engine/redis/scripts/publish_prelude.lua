@@ -1,6 +1,6 @@
 -- Shared by the publish scripts, which run after it (and after clock_prelude.lua): the floor
--- (`raise_floor`), the age limit (`start_of` and `trim_by_age`) and the AI stream snapshot
--- (`fold_ai_chunk`).
+-- (`length_before`, `raise_floor`), the age limit (`start_of` and `trim_by_age`) and the AI
+-- stream snapshot (`fold_ai_chunk`).
 --
 -- A number the node sent goes to `redis.call` as the node's string on a publish's common
 -- path, not as a Lua number: Redis turns a number argument into text with
@@ -17,6 +17,17 @@ local function start_of(ttl)
     starts[ttl] = id
   end
   return id
+end
+
+-- A channel's Stream length before a publish appends to it. A new Stream's floor is its
+-- retention's start (`ttl` ms): XLEN answers 0 for a Stream that does not exist, so EXISTS
+-- is asked only then.
+local function length_before(stream, floor, ttl)
+  local len = redis.call('XLEN', stream)
+  if len == 0 and redis.call('EXISTS', stream) == 0 then
+    redis.call('SET', floor, start_of(ttl))
+  end
+  return len
 end
 
 -- The floor is the newest id ever trimmed: resuming from before it is a gap.
