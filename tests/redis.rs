@@ -879,6 +879,36 @@ async fn a_batch_longer_than_the_history_keeps_its_newest_events_and_an_older_re
     assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
 }
 
+/// A batch exactly as long as the history, on a channel that has some: every entry there
+/// before it is trimmed, the newest of them by the batch's count alone (none of the batch's
+/// own entries), and the Stream keeps the batch and nothing more.
+#[tokio::test]
+async fn a_batch_as_long_as_the_history_replaces_it_in_redis_and_a_resume_from_before_it_is_a_reset() {
+    let redis = RedisServer::start().await;
+    let node = shallow_node(&redis).await;
+    let query = "channel=channel:swap";
+    let mut stream = node.client(Proto::H1).user("1").subscribe(query, &[]).await;
+    let mut publisher = node.client(Proto::H1).backend();
+    for n in 0..2 {
+        publisher.publish(&json!({"channel": "channel:swap", "type": "t", "n": n})).await;
+    }
+    let batch: Vec<_> = (2..4).map(|n| json!({"channel": "channel:swap", "type": "t", "n": n})).collect();
+    publisher.publish(&json!(batch)).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(stream.expect_ns(n..n + 1).await);
+    }
+    drop(stream);
+    let xlen = redis.cli(&["XLEN", "realtime:channel:{swap}:log"]);
+    assert_eq!(xlen.trim(), "2", "the Stream holds the history's 2 entries, not more");
+    // From 1, the newest entry trimmed, nothing is missing; from 0, event 1 is gone.
+    let mut from_1 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[1])]).await;
+    from_1.expect_ns(2..4).await;
+    let mut from_0 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[0])]).await;
+    let ev = from_0.expect().await;
+    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
+}
+
 #[tokio::test]
 async fn a_batch_sent_to_a_frozen_redis_that_dies_is_refused_whole_and_none_of_it_is_delivered() {
     let mut redis = RedisServer::start().await;
