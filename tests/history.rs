@@ -180,6 +180,53 @@ async fn a_history_page_after_a_trimmed_position_is_gone_not_silently_short() {
     }
 }
 
+/// `history_size = 0`: nothing is kept, so a stream resuming from any event but the newest
+/// missed something and is told so, whether the events came one at a time or as a batch
+/// (each of the Redis engine's publish scripts); one resuming from the newest missed nothing.
+#[tokio::test]
+async fn on_a_channel_that_keeps_no_history_a_resume_from_before_the_newest_event_is_a_reset() {
+    let redis = RedisServer::start().await;
+    for url in [None, Some(redis.url())] {
+        let engine = if url.is_some() { "redis" } else { "memory" };
+        let server = TestServer::secured(|c| {
+            quiet(c, url);
+            c.namespaces.insert("ticks".into(), NamespaceConfig { history_size: Some(0), ..Default::default() });
+        })
+        .await;
+        let mut p = server.client(Proto::H1).backend();
+        let mut ann = server.client(Proto::H1).user("ann");
+        for (channel, batch) in [("ticks:one", false), ("ticks:batch", true)] {
+            let query = format!("channel={channel}");
+            let mut stream = ann.subscribe(&query, &[]).await;
+            publish_n(&mut p, channel, 0..1).await;
+            let seen = stream.expect_ns(0..1).await;
+            drop(stream);
+            if batch {
+                let events: Vec<_> = (1..3).map(|n| json!({"channel": channel, "type": "update", "n": n})).collect();
+                p.publish(&json!(events)).await;
+            } else {
+                publish_n(&mut p, channel, 1..3).await;
+            }
+            let (_, kept) = p.get_json(&format!("/api/channels/{channel}/history")).await;
+            assert_eq!(page(&kept).0, Vec::<u64>::new(), "{engine} {channel}: {kept}");
+            let newest = kept["head"].as_str().unwrap_or_default().to_owned();
+            assert!(!newest.is_empty(), "{engine} {channel}: the head is the newest event's position: {kept}");
+
+            let mut missed = ann.subscribe(&query, &[("last-event-id", &seen)]).await;
+            let reset = missed.expect().await;
+            assert_eq!(
+                (reset.data["type"].as_str(), reset.data["reason"].as_str()),
+                (Some("reset"), Some("history_expired")),
+                "{engine} {channel}: events 1 and 2 are kept nowhere"
+            );
+            let mut current = ann.subscribe(&query, &[("last-event-id", &newest)]).await;
+            publish_n(&mut p, channel, 3..4).await;
+            missed.expect_ns(3..4).await;
+            current.expect_ns(3..4).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn last_writes_each_channels_last_events_before_the_live_ones_and_a_resume_wins() {
     for (engine, server, _redis) in engines().await {
