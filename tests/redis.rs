@@ -909,6 +909,60 @@ async fn a_batch_as_long_as_the_history_replaces_it_in_redis_and_a_resume_from_b
     assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
 }
 
+/// An entry someone deletes from a channel's Stream by hand (`XDEL`) moves the Stream's
+/// `max-deleted-entry-id`, which counts as the floor (docs/scaling.md, "The floor"): a resume
+/// from before it is a reset, followed by the last events it asked for; one from it is not.
+#[tokio::test]
+async fn on_redis_an_entry_deleted_by_hand_makes_a_resume_from_before_it_a_reset() {
+    let redis = RedisServer::start().await;
+    let node = redis_node(&redis).await;
+    let query = "channel=channel:xdel&last=1";
+    let mut stream = node.client(Proto::H1).user("1").subscribe(query, &[]).await;
+    let mut publisher = node.client(Proto::H1).backend();
+    for n in 0..4 {
+        publisher.publish(&json!({"channel": "channel:xdel", "type": "t", "n": n})).await;
+    }
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(stream.expect_ns(n..n + 1).await);
+    }
+    drop(stream);
+    // A stream on one channel has the id `tag:<position>`, the position compact.
+    let compact = ids[1].split_once(':').map_or("", |(_, pos)| pos);
+    let entry = herald::Position::parse_compact(compact).map(herald::Position::to_stream_id).unwrap_or_default();
+    let deleted = redis.cli(&["XDEL", "realtime:channel:{xdel}:log", &entry]);
+    assert_eq!(deleted.trim(), "1", "event 1's Stream entry {entry}");
+
+    let mut from_1 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[1])]).await;
+    from_1.expect_ns(2..4).await;
+    let mut from_0 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[0])]).await;
+    let ev = from_0.expect().await;
+    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
+    from_0.expect_ns(3..4).await;
+}
+
+/// A channel whose Stream expired with nobody publishing vouches for nothing older than its
+/// retention: a resume from its earlier life is a reset even before a new event starts it
+/// again (`stream_prelude.lua`'s floor for a Stream that does not exist).
+#[tokio::test]
+async fn on_redis_a_resume_into_a_channel_whose_stream_expired_is_a_reset() {
+    let redis = RedisServer::start().await;
+    let node = support::redis_node_with(&redis, |c| c.history_ttl = std::time::Duration::from_millis(1000)).await;
+    let query = "channel=channel:lapsed";
+    let mut stream = node.client(Proto::H1).user("1").subscribe(query, &[]).await;
+    let mut p = node.client(Proto::H1).backend();
+    p.publish(&json!({"channel": "channel:lapsed", "type": "t", "n": 0})).await;
+    let seen = stream.expect_ns(0..1).await;
+    drop(stream);
+    let log = "realtime:channel:{lapsed}:log";
+    eventually("the channel's Stream to expire", || redis.cli(&["EXISTS", log]).trim() == "0").await;
+    let mut resumed = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &seen)]).await;
+    let ev = resumed.expect().await;
+    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
+    p.publish(&json!({"channel": "channel:lapsed", "type": "t", "n": 1})).await;
+    resumed.expect_ns(1..2).await;
+}
+
 #[tokio::test]
 async fn a_batch_sent_to_a_frozen_redis_that_dies_is_refused_whole_and_none_of_it_is_delivered() {
     let mut redis = RedisServer::start().await;
