@@ -227,6 +227,33 @@ async fn on_a_channel_that_keeps_no_history_a_resume_from_before_the_newest_even
     }
 }
 
+/// A position ahead of the channel's newest event (from another deployment, or made up) is
+/// `unknown_position`; the stream then gets the last events it asked for, as after any reset.
+#[tokio::test]
+async fn a_resume_from_ahead_of_the_channel_gets_its_reset_then_the_last_events_asked_for() {
+    for (engine, server, _redis) in engines().await {
+        let mut p = server.client(Proto::H1).backend();
+        let mut ann = server.client(Proto::H1).user("ann");
+        let mut stream = ann.subscribe("channel=channel:ahead", &[]).await;
+        publish_n(&mut p, "channel:ahead", 0..5).await;
+        let newest = stream.expect_ns(0..5).await;
+        drop(stream);
+        // `tag:<position>`: the same tag, a day later.
+        let (tag, pos) = newest.split_once(':').unwrap_or_default();
+        let ms = herald::Position::parse_compact(pos).map_or(0, |p| p.ms);
+        let mut ahead = format!("{tag}:");
+        herald::Position::new(ms + 86_400_000, 0).write_compact(&mut ahead);
+        let mut resumed = ann.subscribe("channel=channel:ahead&last=2", &[("last-event-id", &ahead)]).await;
+        let ev = resumed.expect().await;
+        assert_eq!(
+            (ev.data["type"].as_str(), ev.data["reason"].as_str()),
+            (Some("reset"), Some("unknown_position")),
+            "{engine}: {ahead}"
+        );
+        resumed.expect_ns(3..5).await;
+    }
+}
+
 #[tokio::test]
 async fn last_writes_each_channels_last_events_before_the_live_ones_and_a_resume_wins() {
     for (engine, server, _redis) in engines().await {
