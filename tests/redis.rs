@@ -866,17 +866,13 @@ async fn a_batch_longer_than_the_history_keeps_its_newest_events_and_an_older_re
     let mut stream = node.client(Proto::H1).user("1").subscribe(query, &[]).await;
     let batch: Vec<_> = (0..5).map(|n| json!({"channel": "channel:short", "type": "t", "n": n})).collect();
     node.client(Proto::H1).backend().publish(&json!(batch)).await;
-    let mut ids = Vec::new();
-    for n in 0..5 {
-        ids.push(stream.expect_ns(n..n + 1).await);
-    }
+    let ids = stream.expect_each(0..5).await;
     drop(stream);
     // Kept: 3 and 4. From 2, nothing is missing; from 1, event 2 is gone.
     let mut from_2 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[2])]).await;
     from_2.expect_ns(3..5).await;
     let mut from_1 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[1])]).await;
-    let ev = from_1.expect().await;
-    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
+    from_1.expect_reset("history_expired").await;
 }
 
 /// A batch exactly as long as the history, on a channel that has some: every entry there
@@ -894,10 +890,7 @@ async fn a_batch_as_long_as_the_history_replaces_it_in_redis_and_a_resume_from_b
     }
     let batch: Vec<_> = (2..4).map(|n| json!({"channel": "channel:swap", "type": "t", "n": n})).collect();
     publisher.publish(&json!(batch)).await;
-    let mut ids = Vec::new();
-    for n in 0..4 {
-        ids.push(stream.expect_ns(n..n + 1).await);
-    }
+    let ids = stream.expect_each(0..4).await;
     drop(stream);
     let xlen = redis.cli(&["XLEN", "realtime:channel:{swap}:log"]);
     assert_eq!(xlen.trim(), "2", "the Stream holds the history's 2 entries, not more");
@@ -905,8 +898,7 @@ async fn a_batch_as_long_as_the_history_replaces_it_in_redis_and_a_resume_from_b
     let mut from_1 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[1])]).await;
     from_1.expect_ns(2..4).await;
     let mut from_0 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[0])]).await;
-    let ev = from_0.expect().await;
-    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
+    from_0.expect_reset("history_expired").await;
 }
 
 /// An entry someone deletes from a channel's Stream by hand (`XDEL`) moves the Stream's
@@ -922,10 +914,7 @@ async fn on_redis_an_entry_deleted_by_hand_makes_a_resume_from_before_it_a_reset
     for n in 0..4 {
         publisher.publish(&json!({"channel": "channel:xdel", "type": "t", "n": n})).await;
     }
-    let mut ids = Vec::new();
-    for n in 0..4 {
-        ids.push(stream.expect_ns(n..n + 1).await);
-    }
+    let ids = stream.expect_each(0..4).await;
     drop(stream);
     // A stream on one channel has the id `tag:<position>`, the position compact.
     let compact = ids[1].split_once(':').map_or("", |(_, pos)| pos);
@@ -936,8 +925,7 @@ async fn on_redis_an_entry_deleted_by_hand_makes_a_resume_from_before_it_a_reset
     let mut from_1 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[1])]).await;
     from_1.expect_ns(2..4).await;
     let mut from_0 = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &ids[0])]).await;
-    let ev = from_0.expect().await;
-    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
+    from_0.expect_reset("history_expired").await;
     from_0.expect_ns(3..4).await;
 }
 
@@ -957,8 +945,7 @@ async fn on_redis_a_resume_into_a_channel_whose_stream_expired_is_a_reset() {
     let log = "realtime:channel:{lapsed}:log";
     eventually("the channel's Stream to expire", || redis.cli(&["EXISTS", log]).trim() == "0").await;
     let mut resumed = node.client(Proto::H1).user("1").subscribe(query, &[("last-event-id", &seen)]).await;
-    let ev = resumed.expect().await;
-    assert_eq!((ev.data["type"].as_str(), ev.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
+    resumed.expect_reset("history_expired").await;
     p.publish(&json!({"channel": "channel:lapsed", "type": "t", "n": 1})).await;
     resumed.expect_ns(1..2).await;
 }

@@ -448,6 +448,26 @@ impl SseStream {
         last
     }
 
+    /// Expects the next events to carry `"n"` values `ns`, in order; returns each one's SSE id.
+    pub async fn expect_each(&mut self, ns: std::ops::Range<u64>) -> Vec<String> {
+        let mut ids = Vec::new();
+        for n in ns {
+            ids.push(self.expect_ns(n..n + 1).await);
+        }
+        ids
+    }
+
+    /// Expects the next event to be a `reset` for `reason` (`history_expired`, `unknown_position`).
+    pub async fn expect_reset(&mut self, reason: &str) {
+        let ev = self.expect().await;
+        assert_eq!(
+            (ev.data["type"].as_str(), ev.data["reason"].as_str()),
+            (Some("reset"), Some(reason)),
+            "{:?}",
+            ev.data
+        );
+    }
+
     /// Reads events, pushing each one's event id to `delivered`, until it holds `count`;
     /// returns the SSE id of the last one read. A `reset` fails the test.
     pub async fn read_ids(&mut self, delivered: &mut Vec<String>, count: usize) -> String {
