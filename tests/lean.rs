@@ -822,3 +822,53 @@ async fn a_pipelined_request_whose_target_http_refuses_is_left_to_hyper_in_its_p
     server.client(Proto::H1).backend().publish(&json!({"channel": "channel:lt", "type": "t", "n": 1})).await;
     stream.expect_ns(0..2).await;
 }
+
+/// A publish whose head frames its body two ways is not the lean path's to read (request
+/// smuggling): two different `Content-Length`s are refused (400, the connection closed, nothing
+/// published), though the second would frame a publish with a second request behind it; a
+/// `Content-Length` beside `Transfer-Encoding: chunked` is read as chunked (RFC 9112, 6.3).
+#[tokio::test]
+async fn a_publish_whose_head_frames_its_body_two_ways_is_never_framed_by_the_lean_path() {
+    let server = TestServer::start().await;
+    let mut stream = server.client(Proto::H1).subscribe("channel=channel:frame", &[]).await;
+    let path = "/api/channels/channel:frame/events";
+    let first = r#"{"type":"t","n":9}"#;
+    let body = format!("{first}{}", post(path, "", r#"{"type":"t","n":8}"#));
+    let lengths = format!("content-length: {}\r\ncontent-length: {}\r\n", body.len(), first.len());
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n{lengths}\r\n{body}").as_bytes(),
+    )
+    .await;
+    raw.read_to_end().await;
+    assert!(raw.text().starts_with("HTTP/1.1 400 Bad Request\r\n"), "{}", raw.text());
+    assert_eq!(raw.text().matches("HTTP/1.1 ").count(), 1, "one answer: {}", raw.text());
+
+    let chunk = r#"{"type":"t","n":1}"#;
+    let mut raw = Raw::connect(server.addr).await;
+    let framed =
+        format!("content-length: 3\r\ntransfer-encoding: chunked\r\n\r\n{:X}\r\n{chunk}\r\n0\r\n\r\n", chunk.len());
+    raw.send(format!("POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n{framed}").as_bytes()).await;
+    raw.read_to_end().await;
+    let answers = responses(&raw.seen);
+    assert_eq!(answers.len(), 1, "{}", raw.text());
+    assert!(answers[0].0.starts_with("HTTP/1.1 200 OK\r\n"), "{}", raw.text());
+    // What reached the channel: the chunked body, then the next publish; nothing of the first.
+    stream.expect_ns(1..2).await;
+    server.client(Proto::H1).publish(&json!({"channel": "channel:frame", "type": "t", "n": 2})).await;
+    stream.expect_ns(2..3).await;
+}
+
+/// `Connection: close` is a token in any case (RFC 9110, 7.6.1): the answer says so, and the
+/// connection closes after it.
+#[tokio::test]
+async fn a_publish_that_says_connection_close_in_capitals_is_answered_then_its_connection_closed() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(post("/api/channels/channel:bye/events", "Connection: CLOSE\r\n", r#"{"type":"t"}"#).as_bytes()).await;
+    raw.read_to_end().await;
+    let answers = responses(&raw.seen);
+    assert_eq!(answers.len(), 1, "{}", raw.text());
+    assert!(answers[0].0.starts_with("HTTP/1.1 200 OK\r\n"), "{}", raw.text());
+    assert!(answers[0].0.contains("\r\nconnection: close\r\n"), "{}", answers[0].0);
+}
