@@ -301,6 +301,21 @@ async fn a_listed_origin_may_call_herald_with_credentials_and_no_other_origin_ma
     assert!(vary.to_lowercase().contains("origin"), "vary: {vary}");
     let h2 = server.client(Proto::H2c).user("u1").open_events("channel=user:u1", &me).await;
     assert_eq!(cors_of(&h2).0.as_deref(), Some(APP));
+    // A publish from the page: on HTTP/1.1 the lean publish path leaves it to the CORS layer.
+    for proto in [Proto::H1, Proto::H2c] {
+        let mut page = server.client(proto).user("u1");
+        let body = json!({"channel": "channel:general", "type": "chat"}).to_string();
+        let req = page
+            .request("POST", "/api/publish")
+            .header("origin", APP)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let published = page.send(req).await;
+        assert_eq!(published.status(), 200, "{proto:?} publish");
+        let (origin, credentials, _) = cors_of(&published);
+        assert_eq!((origin.as_deref(), credentials.as_deref()), (Some(APP), Some("true")), "{proto:?} publish");
+    }
 
     // Errors carry the headers too, so the page can read them; the exposed request id with them.
     let refused = server.client(Proto::H1).open_events("channel=user:u1", &me).await;
