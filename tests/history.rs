@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use herald::Config;
 use herald::config::NamespaceConfig;
 use serde_json::{Value, json};
-use support::{Client, Proto, RedisServer, TestServer};
+use support::{Proto, RedisServer, TestServer};
 
 fn quiet(c: &mut Config, redis: Option<String>) {
     c.redis_url = redis;
@@ -33,14 +33,6 @@ async fn engines() -> Vec<(&'static str, TestServer, Option<RedisServer>)> {
     vec![("memory", on(None).await, None), ("redis", on_redis, Some(redis))]
 }
 
-async fn publish_n(p: &mut Client, channel: &str, ns: std::ops::Range<u64>) -> Vec<Value> {
-    let mut acks = Vec::new();
-    for n in ns {
-        acks.push(p.publish(&json!({"channel": channel, "type": "update", "n": n})).await);
-    }
-    acks
-}
-
 /// The `n` of each event of a history answer, and their positions.
 fn page(answer: &Value) -> (Vec<u64>, Vec<String>) {
     let events = answer["events"].as_array().cloned().unwrap_or_default();
@@ -58,7 +50,7 @@ fn code((status, answer): (hyper::StatusCode, Value)) -> (u16, String) {
 async fn a_history_page_is_newest_first_by_default_pages_both_ways_and_hands_over_to_a_stream() {
     for (engine, server, _redis) in engines().await {
         let mut p = server.client(Proto::H1).backend();
-        publish_n(&mut p, "channel:h", 0..5).await;
+        p.publish_ns("channel:h", 0..5).await;
         let mut ann = server.client(Proto::H1).user("ann");
         let (status, first) = ann.get_json("/api/channels/channel:h/history?limit=2").await;
         assert_eq!(status, 200, "{engine}: {first}");
@@ -83,9 +75,9 @@ async fn a_history_page_is_newest_first_by_default_pages_both_ways_and_hands_ove
 
         // A stream opened at the head follows on from the page: nothing missed, nothing twice.
         let head = first["head"].as_str().unwrap_or_default().to_owned();
-        publish_n(&mut p, "channel:h", 5..6).await;
+        p.publish_ns("channel:h", 5..6).await;
         let mut stream = ann.subscribe(&format!("channel=channel:h&lastEventId={head}"), &[]).await;
-        publish_n(&mut p, "channel:h", 6..7).await;
+        p.publish_ns("channel:h", 6..7).await;
         stream.expect_ns(5..7).await;
 
         // The library answers the same.
@@ -103,7 +95,7 @@ async fn a_history_page_is_newest_first_by_default_pages_both_ways_and_hands_ove
 async fn history_is_allowed_to_whoever_may_subscribe_to_the_channel() {
     for (engine, server, _redis) in engines().await {
         let mut p = server.client(Proto::H1).backend();
-        publish_n(&mut p, "user:ann", 0..2).await;
+        p.publish_ns("user:ann", 0..2).await;
         let path = "/api/channels/user:ann/history";
         let (status, own) = server.client(Proto::H1).user("ann").get_json(path).await;
         assert_eq!((status.as_u16(), page(&own).0), (200, vec![1, 0]), "{engine}");
@@ -119,7 +111,7 @@ async fn history_is_allowed_to_whoever_may_subscribe_to_the_channel() {
 async fn bad_history_requests_get_their_own_codes_and_change_nothing() {
     for (engine, server, _redis) in engines().await {
         let mut p = server.client(Proto::H1).backend();
-        publish_n(&mut p, "channel:bad", 0..3).await;
+        p.publish_ns("channel:bad", 0..3).await;
         let (_, all) = p.get_json("/api/channels/channel:bad/history").await;
         let (_, positions) = page(&all);
         let mut other = server.client(Proto::H1).user("ann").subscribe("channel=channel:other", &[]).await;
@@ -144,7 +136,7 @@ async fn bad_history_requests_get_their_own_codes_and_change_nothing() {
         let ahead = positions[0].replace(':', ":z");
         assert_eq!(ask(format!("after={ahead}")).await, (409, "unknown_position".into()), "{engine}");
         // Nothing of it reached anyone, and the channel is as it was.
-        publish_n(&mut p, "channel:other", 7..8).await;
+        p.publish_ns("channel:other", 7..8).await;
         other.expect_ns(7..8).await;
         assert_eq!(p.get_json("/api/channels/channel:bad/history").await.1["events"], all["events"]);
     }
@@ -160,10 +152,10 @@ async fn a_history_page_after_a_trimmed_position_is_gone_not_silently_short() {
         })
         .await;
         let mut p = server.client(Proto::H1).backend();
-        publish_n(&mut p, "channel:trim", 0..1).await;
+        p.publish_ns("channel:trim", 0..1).await;
         let (_, first) = p.get_json("/api/channels/channel:trim/history").await;
         let trimmed = page(&first).1[0].clone();
-        publish_n(&mut p, "channel:trim", 1..6).await;
+        p.publish_ns("channel:trim", 1..6).await;
         let after = format!("/api/channels/channel:trim/history?after={trimmed}");
         assert_eq!(code(p.get_json(&after).await), (410, "history_expired".into()));
         let (_, kept) = p.get_json("/api/channels/channel:trim/history?order=oldest").await;
@@ -198,14 +190,14 @@ async fn on_a_channel_that_keeps_no_history_a_resume_from_before_the_newest_even
         for (channel, batch) in [("ticks:one", false), ("ticks:batch", true)] {
             let query = format!("channel={channel}");
             let mut stream = ann.subscribe(&query, &[]).await;
-            publish_n(&mut p, channel, 0..1).await;
+            p.publish_ns(channel, 0..1).await;
             let seen = stream.expect_ns(0..1).await;
             drop(stream);
             if batch {
                 let events: Vec<_> = (1..3).map(|n| json!({"channel": channel, "type": "update", "n": n})).collect();
                 p.publish(&json!(events)).await;
             } else {
-                publish_n(&mut p, channel, 1..3).await;
+                p.publish_ns(channel, 1..3).await;
             }
             let (_, kept) = p.get_json(&format!("/api/channels/{channel}/history")).await;
             assert_eq!(page(&kept).0, Vec::<u64>::new(), "{engine} {channel}: {kept}");
@@ -216,7 +208,7 @@ async fn on_a_channel_that_keeps_no_history_a_resume_from_before_the_newest_even
             let mut missed = ann.subscribe(&query, &[("last-event-id", &seen)]).await;
             missed.expect_reset("history_expired").await;
             let mut current = ann.subscribe(&query, &[("last-event-id", &newest)]).await;
-            publish_n(&mut p, channel, 3..4).await;
+            p.publish_ns(channel, 3..4).await;
             missed.expect_ns(3..4).await;
             current.expect_ns(3..4).await;
         }
@@ -231,7 +223,7 @@ async fn a_resume_from_ahead_of_the_channel_gets_its_reset_then_the_last_events_
         let mut p = server.client(Proto::H1).backend();
         let mut ann = server.client(Proto::H1).user("ann");
         let mut stream = ann.subscribe("channel=channel:ahead", &[]).await;
-        publish_n(&mut p, "channel:ahead", 0..5).await;
+        p.publish_ns("channel:ahead", 0..5).await;
         let newest = stream.expect_ns(0..5).await;
         drop(stream);
         // `tag:<position>`: the same tag, a day later.
@@ -250,8 +242,8 @@ async fn a_resume_from_ahead_of_the_channel_gets_its_reset_then_the_last_events_
 async fn last_writes_each_channels_last_events_before_the_live_ones_and_a_resume_wins() {
     for (engine, server, _redis) in engines().await {
         let mut p = server.client(Proto::H1).backend();
-        publish_n(&mut p, "channel:a", 0..5).await;
-        publish_n(&mut p, "channel:b", 10..13).await;
+        p.publish_ns("channel:a", 0..5).await;
+        p.publish_ns("channel:b", 10..13).await;
         let mut ann = server.client(Proto::H1).user("ann");
         let mut s = ann.subscribe("channel=channel:a&channel=channel:b&last=1&last=channel:a:2", &[]).await;
         let mut got: Vec<u64> = Vec::new();
@@ -260,13 +252,13 @@ async fn last_writes_each_channels_last_events_before_the_live_ones_and_a_resume
         }
         got.sort_unstable();
         assert_eq!(got, vec![3, 4, 12], "{engine}: a's last two, b's last one");
-        publish_n(&mut p, "channel:b", 13..14).await;
+        p.publish_ns("channel:b", 13..14).await;
         let last = s.expect_ns(13..14).await;
         drop(s);
 
         // Reconnecting with its id: a and b resume (no `last` again), c is new and gets its last.
-        publish_n(&mut p, "channel:c", 20..23).await;
-        publish_n(&mut p, "channel:a", 5..6).await;
+        p.publish_ns("channel:c", 20..23).await;
+        p.publish_ns("channel:a", 5..6).await;
         let q = "channel=channel:a&channel=channel:b&channel=channel:c&last=2";
         let mut resumed = ann.subscribe(q, &[("last-event-id", &last)]).await;
         let mut got: Vec<u64> = Vec::new();
@@ -275,7 +267,7 @@ async fn last_writes_each_channels_last_events_before_the_live_ones_and_a_resume
         }
         got.sort_unstable();
         assert_eq!(got, vec![5, 21, 22], "{engine}: what a missed, and c's last two");
-        publish_n(&mut p, "channel:c", 23..24).await;
+        p.publish_ns("channel:c", 23..24).await;
         resumed.expect_ns(23..24).await;
     }
 }
@@ -287,18 +279,18 @@ async fn deliver_last_turns_a_channel_into_current_state_then_updates() {
         let mut ann = server.client(Proto::H2c).user("ann");
         // Nothing published yet: nothing to deliver, and the stream opens.
         let mut empty = ann.subscribe("channel=prices:eur", &[]).await;
-        publish_n(&mut p, "prices:eur", 0..3).await;
+        p.publish_ns("prices:eur", 0..3).await;
         empty.expect_ns(0..3).await;
 
         let mut state = ann.subscribe("channel=prices:eur", &[]).await;
         let first = state.expect_ns(2..3).await;
         assert_ne!(first, state.connected_id(), "{engine}: the state event has its own id");
-        publish_n(&mut p, "prices:eur", 3..4).await;
+        p.publish_ns("prices:eur", 3..4).await;
         state.expect_ns(3..4).await;
 
         // `last=0` turns the default off; the next event is the first one.
         let mut live = ann.subscribe("channel=prices:eur&last=0", &[]).await;
-        publish_n(&mut p, "prices:eur", 4..5).await;
+        p.publish_ns("prices:eur", 4..5).await;
         live.expect_ns(4..5).await;
 
         // A resume that history cannot serve gets its reset, then the state.
@@ -314,9 +306,9 @@ async fn a_stream_opened_with_last_while_events_pour_in_gets_each_event_once_in_
     const EVENTS: u64 = 300;
     for (engine, server, _redis) in engines().await {
         let mut p = server.client(Proto::H2c).backend();
-        publish_n(&mut p, "channel:pour", 0..10).await;
+        p.publish_ns("channel:pour", 0..10).await;
         let publishing = tokio::spawn(async move {
-            publish_n(&mut p, "channel:pour", 10..EVENTS).await;
+            p.publish_ns("channel:pour", 10..EVENTS).await;
         });
         let mut ann = server.client(Proto::H1).user("ann");
         let mut streams = Vec::new();
@@ -427,7 +419,7 @@ async fn a_websockets_open_query_takes_last_for_its_stream_or_its_first_subscrib
     })
     .await;
     let mut p = server.client(Proto::H1).backend();
-    publish_n(&mut p, "channel:w", 0..4).await;
+    p.publish_ns("channel:w", 0..4).await;
     let open = |query: &str| {
         let mut req =
             format!("ws://{}/api/ws?{query}", server.addr).into_client_request().unwrap_or_else(|e| panic!("{e}"));
@@ -450,7 +442,7 @@ async fn a_websockets_open_query_takes_last_for_its_stream_or_its_first_subscrib
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ws_ns(&mut later, 1).await, vec![3]);
-    publish_n(&mut p, "channel:w", 4..5).await;
+    p.publish_ns("channel:w", 4..5).await;
     assert_eq!(ws_ns(&mut later, 1).await, vec![4]);
     assert_eq!(ws_ns(&mut ws, 1).await, vec![4]);
 }
@@ -490,8 +482,8 @@ async fn a_history_read_asks_the_backend_hooks_as_a_stream_would() {
     })
     .await;
     let mut p = server.client(Proto::H1).backend();
-    publish_n(&mut p, "user:ann", 0..1).await;
-    publish_n(&mut p, "channel:secret", 0..1).await;
+    p.publish_ns("user:ann", 0..1).await;
+    p.publish_ns("channel:secret", 0..1).await;
     // No JWT: the connect hook names the user from the application's own session cookie.
     let mut browser = server.client(Proto::H1).with_header("cookie", "sid=s-ann");
     let (status, own) = browser.get_json("/api/channels/user:ann/history").await;

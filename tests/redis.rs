@@ -885,9 +885,7 @@ async fn a_batch_as_long_as_the_history_replaces_it_in_redis_and_a_resume_from_b
     let query = "channel=channel:swap";
     let mut stream = node.client(Proto::H1).user("1").subscribe(query, &[]).await;
     let mut publisher = node.client(Proto::H1).backend();
-    for n in 0..2 {
-        publisher.publish(&json!({"channel": "channel:swap", "type": "t", "n": n})).await;
-    }
+    publisher.publish_ns("channel:swap", 0..2).await;
     let batch: Vec<_> = (2..4).map(|n| json!({"channel": "channel:swap", "type": "t", "n": n})).collect();
     publisher.publish(&json!(batch)).await;
     let ids = stream.expect_each(0..4).await;
@@ -911,9 +909,7 @@ async fn on_redis_an_entry_deleted_by_hand_makes_a_resume_from_before_it_a_reset
     let query = "channel=channel:xdel&last=1";
     let mut stream = node.client(Proto::H1).user("1").subscribe(query, &[]).await;
     let mut publisher = node.client(Proto::H1).backend();
-    for n in 0..4 {
-        publisher.publish(&json!({"channel": "channel:xdel", "type": "t", "n": n})).await;
-    }
+    publisher.publish_ns("channel:xdel", 0..4).await;
     let ids = stream.expect_each(0..4).await;
     drop(stream);
     // A stream on one channel has the id `tag:<position>`, the position compact.

@@ -6,13 +6,7 @@ mod support;
 use std::collections::HashMap;
 
 use serde_json::json;
-use support::{Client, Proto, TestServer};
-
-async fn publish_n(client: &mut Client, channel: &str, range: std::ops::Range<u64>) {
-    for n in range {
-        client.publish(&json!({"channel": channel, "type": "update", "n": n})).await;
-    }
-}
+use support::{Proto, TestServer};
 
 #[tokio::test]
 async fn reconnecting_with_last_event_id_replays_exactly_the_missed_events_then_goes_live() {
@@ -21,17 +15,17 @@ async fn reconnecting_with_last_event_id_replays_exactly_the_missed_events_then_
         let channel = format!("channel:resume-{via_query}");
         let mut client = server.client(proto);
         let mut stream = client.subscribe(&format!("channel={channel}"), &[]).await;
-        publish_n(&mut client, &channel, 0..2).await;
+        client.publish_ns(&channel, 0..2).await;
         let last = stream.expect_ns(0..2).await;
         drop(stream);
-        publish_n(&mut client, &channel, 2..5).await;
+        client.publish_ns(&channel, 2..5).await;
         let mut resumed = if via_query {
             client.subscribe(&format!("channel={channel}&lastEventId={last}"), &[]).await
         } else {
             client.subscribe(&format!("channel={channel}"), &[("last-event-id", &last)]).await
         };
         resumed.expect_ns(2..5).await;
-        publish_n(&mut client, &channel, 5..6).await;
+        client.publish_ns(&channel, 5..6).await;
         resumed.expect_ns(5..6).await;
     }
 }
@@ -95,7 +89,7 @@ async fn a_garbled_last_event_id_gets_a_reset_for_each_channel() {
         assert_eq!((ev.data["type"].as_str(), ev.data["channel"].as_str()), (Some("reset"), Some(ch)));
         assert_eq!(ev.data["reason"], "unknown_position");
     }
-    publish_n(&mut client, "channel:b", 0..1).await;
+    client.publish_ns("channel:b", 0..1).await;
     stream.expect_ns(0..1).await;
 }
 
@@ -104,15 +98,15 @@ async fn a_resume_from_before_the_kept_history_is_a_reset_never_a_silent_gap() {
     let server = TestServer::with(|c| c.history_size = 2).await;
     let mut client = server.client(Proto::H1);
     let mut stream = client.subscribe("channel=channel:short", &[]).await;
-    publish_n(&mut client, "channel:short", 0..1).await;
+    client.publish_ns("channel:short", 0..1).await;
     let last = stream.expect_ns(0..1).await;
     drop(stream);
-    publish_n(&mut client, "channel:short", 1..5).await; // history keeps only 3 and 4
+    client.publish_ns("channel:short", 1..5).await; // history keeps only 3 and 4
     let mut resumed = client.subscribe("channel=channel:short", &[("last-event-id", &last)]).await;
     let reset = resumed.expect().await;
     assert_eq!((reset.data["type"].as_str(), reset.data["reason"].as_str()), (Some("reset"), Some("history_expired")));
     // After the reset the client is at the head: the next event is the next live one.
-    publish_n(&mut client, "channel:short", 5..6).await;
+    client.publish_ns("channel:short", 5..6).await;
     resumed.expect_ns(5..6).await;
 }
 
@@ -135,14 +129,14 @@ async fn a_channel_added_on_reconnect_starts_fresh_while_the_others_resume() {
     let server = TestServer::start().await;
     let mut client = server.client(Proto::H1);
     let mut stream = client.subscribe("channel=channel:old", &[]).await;
-    publish_n(&mut client, "channel:old", 0..1).await;
+    client.publish_ns("channel:old", 0..1).await;
     let last = stream.expect_ns(0..1).await;
     drop(stream);
-    publish_n(&mut client, "channel:old", 1..3).await;
-    publish_n(&mut client, "channel:new", 100..101).await; // before the new subscription: not replayed
+    client.publish_ns("channel:old", 1..3).await;
+    client.publish_ns("channel:new", 100..101).await; // before the new subscription: not replayed
     let mut resumed = client.subscribe("channel=channel:new&channel=channel:old", &[("last-event-id", &last)]).await;
     resumed.expect_ns(1..3).await;
-    publish_n(&mut client, "channel:new", 101..102).await;
+    client.publish_ns("channel:new", 101..102).await;
     let ev = resumed.expect().await;
     assert_eq!((ev.data["channel"].as_str(), ev.data["n"].as_u64()), (Some("channel:new"), Some(101)));
 }

@@ -313,6 +313,16 @@ impl Client {
         answer
     }
 
+    /// Publishes one `update` event per `n` of `ns` to `channel`, one request each, asserting
+    /// success; returns the answers.
+    pub async fn publish_ns(&mut self, channel: &str, ns: std::ops::Range<u64>) -> Vec<Value> {
+        let mut answers = Vec::new();
+        for n in ns {
+            answers.push(self.publish(&serde_json::json!({"channel": channel, "type": "update", "n": n})).await);
+        }
+        answers
+    }
+
     pub async fn delete(&mut self, path: &str) -> (StatusCode, Value) {
         let req = self.request("DELETE", path).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("request: {e}"));
         let resp = self.send(req).await;
