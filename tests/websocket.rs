@@ -779,6 +779,26 @@ async fn a_message_fragmented_past_the_limit_is_closed_with_1009() {
 }
 
 #[tokio::test]
+async fn a_frame_length_with_its_top_bit_set_is_closed_with_1002_even_after_a_fragment() {
+    let server = dev_server().await;
+    bystander_survives(&server, "channel:len", async |_| {
+        let mut tcp = raw_upgrade(server.addr, "channel=channel:len").await;
+        // A first fragment of 10 bytes, then a continuation whose 64-bit length is 2^64 - 10:
+        // added to the fragment's, a length past `u64::MAX`. RFC 6455 keeps that length's
+        // top bit clear.
+        tcp.write_all(&client_frame(0x1, false, b"0123456789")).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut continuation = vec![0x00, 0x80 | 127];
+        continuation.extend_from_slice(&(u64::MAX - 9).to_be_bytes());
+        continuation.extend_from_slice(&[0; 4]);
+        tcp.write_all(&continuation).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = Vec::new();
+        within("the server to close", tcp.read_to_end(&mut bytes)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_ends_with_close(&bytes, 1002, br#"{"code":"protocol_error"}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn two_sockets_are_written_an_event_as_the_same_frame_bytes() {
     let server = dev_server().await;
     let mut one = raw_upgrade(server.addr, "channel=channel:same").await;

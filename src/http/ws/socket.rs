@@ -235,6 +235,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 return Err(Close::Protocol);
             }
             let Some(mask) = header.mask else { return Err(Close::Protocol) };
+            // A 64-bit length has its most significant bit clear (RFC 6455, 5.2): with it
+            // set, a continuation's length would overflow the message's length so far.
+            if len > i64::MAX as u64 {
+                return Err(Close::Protocol);
+            }
             match header.opcode {
                 OpCode::Control(_) if !header.is_final || len > 125 => return Err(Close::Protocol),
                 OpCode::Control(_) => {}
@@ -242,7 +247,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 OpCode::Data(Data::Text | Data::Binary) if self.partial.is_some() => return Err(Close::Protocol),
                 OpCode::Data(_) => {
                     let so_far = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
-                    if so_far + len > u64::from(self.max_message) {
+                    if so_far.saturating_add(len) > u64::from(self.max_message) {
                         return Err(Close::TooBig);
                     }
                 }
