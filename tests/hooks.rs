@@ -284,6 +284,50 @@ async fn an_answer_is_reused_for_an_identical_request_within_cache_ttl() {
     assert_eq!(ann.metric(r#"herald_hook_requests_total{hook="connect",result="cached"}"#).await, 1.0);
 }
 
+#[tokio::test]
+async fn a_cached_answer_is_never_given_to_a_request_with_other_cookies() {
+    let app = App::start().await;
+    let server = herald(|c| {
+        c.hooks.connect_url = Some(app.url("/connect"));
+        c.hooks.cache_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let ann = server.client(Proto::H1).with_header("cookie", "sid=s-ann").subscribe("channel=channel:lobby", &[]).await;
+    assert_eq!(ann.connected.map(|c| c.data["userId"].clone()), Some(json!("ann")));
+    // The same request with another session's cookie, or with none: the app is asked, and
+    // says no, instead of the stream opening as Ann's.
+    for cookie in ["sid=s-bob", "sid=s-ann-2", "other=s-ann"] {
+        let resp =
+            server.client(Proto::H1).with_header("cookie", cookie).open_events("channel=channel:lobby", &[]).await;
+        let (status, body) = support::read_json(resp).await;
+        assert_eq!((status.as_u16(), &body["error"]["code"]), (401, &json!("login_required")), "{cookie}");
+    }
+    let resp = server.client(Proto::H1).open_events("channel=channel:lobby", &[]).await;
+    assert_eq!(resp.status(), 401, "no cookie at all");
+    // `other` is not a cookie passed to hooks: that request and the cookie-less one are the
+    // same request to the app, asked once (a denial is cached too).
+    assert_eq!(app.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_asked_again_once_cache_ttl_has_passed() {
+    let app = App::start().await;
+    let ttl = Duration::from_millis(300);
+    let server = herald(|c| {
+        c.hooks.connect_url = Some(app.url("/connect"));
+        c.hooks.cache_ttl = ttl;
+    })
+    .await;
+    let mut ann = server.client(Proto::H1).with_header("cookie", "sid=s-ann");
+    drop(ann.subscribe("channel=channel:lobby", &[]).await);
+    assert_eq!(app.requests().len(), 1);
+    // The passing of `cache_ttl` is what is under test.
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let stream = ann.subscribe("channel=channel:lobby", &[]).await;
+    assert_eq!(stream.connected.map(|c| c.data["userId"].clone()), Some(json!("ann")));
+    assert_eq!(app.requests().len(), 2, "the answer was too old to be used");
+}
+
 /// Opens `/api/ws?<query>` with a cookie; the socket, or the refusal's status.
 async fn websocket(
     server: &TestServer,
