@@ -28,8 +28,8 @@ struct Inbox {
     forged: AtomicUsize,
     /// Requests received, answered or not.
     requests: AtomicUsize,
-    /// Requests still to fail with a 500.
-    fail: AtomicUsize,
+    /// The statuses the next requests fail with, in order (then they succeed).
+    fail: Mutex<Vec<StatusCode>>,
     /// The occurrence ids of the requests failed.
     failed_ids: Mutex<Vec<String>>,
     /// Requests wait for a permit when `hold` is set.
@@ -108,11 +108,12 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
         let _ = hold.acquire().await.map(|p| p.forget());
     }
     let batch: Value = serde_json::from_slice(&body).unwrap_or_default();
-    if inbox.fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+    let failing = inbox.fail.lock().ok().and_then(|mut fail| (!fail.is_empty()).then(|| fail.remove(0)));
+    if let Some(status) = failing {
         if let (Ok(mut failed), Some(list)) = (inbox.failed_ids.lock(), batch["events"].as_array()) {
             failed.extend(list.iter().filter_map(|e| e["id"].as_str().map(str::to_owned)));
         }
-        return StatusCode::INTERNAL_SERVER_ERROR;
+        return status;
     }
     if !signed(&headers, &body) {
         inbox.forged.fetch_add(1, Ordering::SeqCst);
@@ -244,7 +245,9 @@ async fn users_online_and_offline_are_reported_once_across_two_nodes() {
 
 #[tokio::test]
 async fn a_backend_that_fails_then_recovers_gets_the_same_occurrences_again() {
-    let app = App::start(Inbox { fail: AtomicUsize::new(2), ..Inbox::default() }).await;
+    // A server error, then a client error: neither is a 2xx, so both are tried again.
+    let fail = Mutex::new(vec![StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_REQUEST]);
+    let app = App::start(Inbox { fail, ..Inbox::default() }).await;
     let server = TestServer::with(|c| {
         app.configure(c);
         c.webhooks.retry_backoff = std::time::Duration::from_millis(20);
@@ -322,6 +325,26 @@ async fn on_one_node_a_channel_shared_by_two_streams_is_occupied_and_vacated_onc
         .await;
     let lobby: Vec<&Value> = events.iter().filter(|e| e["channel"] == "channel:lobby").map(|e| &e["type"]).collect();
     assert_eq!(lobby, [&json!("channel.occupied"), &json!("channel.vacated")]);
+}
+
+#[tokio::test]
+async fn a_node_that_reports_only_occupied_channels_never_sends_their_vacating() {
+    let app = App::start(Inbox::default()).await;
+    let server = TestServer::with(|c| {
+        app.configure(c);
+        c.webhooks.events = vec![herald::config::WebhookEvent::ChannelOccupied];
+    })
+    .await;
+    drop(server.client(Proto::H1).subscribe("channel=channel:first", &[]).await);
+    let _second = server.client(Proto::H1).subscribe("channel=channel:second", &[]).await;
+    app.until("both channels", |e| of(e, "channel.occupied", "channel", "channel:second").len() == 1).await;
+    // Occupancy is tracked (for `channel.occupied`), so both channels are vacated in the end:
+    // the first as its stream goes, both as the node lets go of its channels. Settling sends
+    // everything queued, so any `channel.vacated` would have arrived.
+    server.herald.settle_webhooks(std::time::Duration::from_secs(10)).await;
+    let mut kinds: Vec<String> = app.events().iter().map(|e| format!("{} {}", e["type"], e["channel"])).collect();
+    kinds.sort();
+    assert_eq!(kinds, [r#""channel.occupied" "channel:first""#, r#""channel.occupied" "channel:second""#]);
 }
 
 #[tokio::test]
