@@ -128,6 +128,8 @@ async fn away_and_queries(redis: Option<&RedisServer>) {
     watcher.expect_presence("watcher", "online").await;
     let _bob = b.client(Proto::H1).user("bob").subscribe(room, &[]).await;
     watcher.expect_presence("bob", "online").await;
+    // A second tab of Bob's in the same room: his status is still announced once.
+    let _bob_tab = b.client(Proto::H1).user("bob").subscribe(room, &[]).await;
     let carol = b.client(Proto::H1).user("carol").subscribe(room, &[]).await;
     watcher.expect_presence("carol", "online").await;
 

@@ -252,6 +252,33 @@ async fn joins_and_leaves_on_an_unknown_or_someone_elses_connection_answer_alike
 }
 
 #[tokio::test]
+async fn outside_dev_mode_an_anonymous_caller_changes_no_anonymous_connection() {
+    let server = TestServer::secured(|c| {
+        support::no_presence(c);
+        let open = herald::config::Access::Anyone;
+        let lobby =
+            herald::config::NamespaceConfig { subscribe: Some(open), publish: Some(open), ..Default::default() };
+        c.namespaces.insert("lobby".to_owned(), lobby);
+    })
+    .await;
+    let mut stream = server.client(Proto::H1).subscribe("channel=lobby:a", &[]).await;
+    let conn = stream.connection_id();
+    // Connection ids are not secrets: an anonymous caller owns no connection, not even an
+    // anonymous one, once Herald is out of dev mode.
+    let mut anonymous = server.client(Proto::H1);
+    let joined =
+        anonymous.post_json(&format!("/api/connections/{conn}/channels"), &json!({"channel": "lobby:b"})).await;
+    let left = anonymous.delete(&format!("/api/connections/{conn}/channels/lobby:a")).await;
+    for (status, answer) in [joined, left] {
+        assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (404, Some("connection_not_found")));
+    }
+    // The stream still follows `lobby:a` alone.
+    anonymous.publish(&json!({"channel": "lobby:b", "type": "note", "n": 9})).await;
+    anonymous.publish(&json!({"channel": "lobby:a", "type": "note", "n": 0})).await;
+    stream.expect_ns(0..1).await;
+}
+
+#[tokio::test]
 async fn a_refusal_by_the_node_holding_the_connection_keeps_its_code_on_the_node_asked() {
     let redis = RedisServer::start().await;
     // Node a knows the namespace `team`; node b, which holds the stream, does not, and lets
