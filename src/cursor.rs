@@ -29,6 +29,9 @@ impl Position {
         Self { ms, seq }
     }
 
+    /// The last position there is: nothing comes after it (a client may still name it).
+    pub const MAX: Self = Self::new(u64::MAX, u64::MAX);
+
     /// The next position after `self` at wall-clock `now_ms`, never going backwards
     /// (the rule Redis applies to `XADD *`).
     pub fn next_at(self, now_ms: u64) -> Self {

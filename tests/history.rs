@@ -239,6 +239,35 @@ async fn a_resume_from_ahead_of_the_channel_gets_its_reset_then_the_last_events_
 }
 
 #[tokio::test]
+async fn positions_past_either_end_of_the_id_space_are_answered_like_any_other() {
+    for (engine, server, _redis) in engines().await {
+        let mut p = server.client(Proto::H1).backend();
+        let mut ann = server.client(Proto::H1).user("ann");
+        let connected = ann.subscribe("channel=channel:ends", &[]).await.connected_id();
+        let (tag, _) = connected.split_once(':').unwrap_or_default();
+        p.publish_ns("channel:ends", 0..3).await;
+        // Positions no event can have: the last there is, and the first (`0-0`).
+        let mut last = format!("{tag}:");
+        herald::Position::MAX.write_compact(&mut last);
+        let first = format!("{tag}:0");
+        let history = |q: String| {
+            let mut p = p.clone();
+            async move { p.get_json(&format!("/api/channels/channel:ends/history?{q}")).await }
+        };
+        assert_eq!(code(history(format!("after={last}")).await), (409, "unknown_position".into()), "{engine}");
+        for order in ["newest", "oldest"] {
+            let (status, answer) = history(format!("before={first}&order={order}")).await;
+            let got = (status.as_u16(), &answer["events"], &answer["more"]);
+            assert_eq!(got, (200, &json!([]), &json!(false)), "{engine}, {order}: {answer}");
+        }
+        // A stream resuming from the last position is ahead of the channel, as from any.
+        let mut resumed = ann.subscribe("channel=channel:ends&last=2", &[("last-event-id", &last)]).await;
+        resumed.expect_reset("unknown_position").await;
+        resumed.expect_ns(1..3).await;
+    }
+}
+
+#[tokio::test]
 async fn last_writes_each_channels_last_events_before_the_live_ones_and_a_resume_wins() {
     for (engine, server, _redis) in engines().await {
         let mut p = server.client(Proto::H1).backend();

@@ -74,12 +74,18 @@ impl RedisEngine {
         let (_, ttl) = self.limits(channel);
         let bound =
             |p: Option<Position>, open: &str| p.map_or_else(|| open.to_owned(), |p| format!("({}", p.to_stream_id()));
+        // Nothing lies after the last id or before `0-0`, and Redis refuses a range bounded
+        // there (`invalid start ID`): a client may still ask for one, and gets an empty
+        // range, `+` to `-`.
+        let beyond = q.after == Some(Position::MAX) || q.before == Some(Position::default());
+        let (low, high) =
+            if beyond { ("+".to_owned(), "-".to_owned()) } else { (bound(q.after, "-"), bound(q.before, "+")) };
         let reply: Value = self
             .page_script
             .key(self.stream_key(channel))
             .key(self.floor_key(channel))
-            .arg(bound(q.after, "-"))
-            .arg(bound(q.before, "+"))
+            .arg(low)
+            .arg(high)
             // One more than asked: whether there are more.
             .arg(q.limit.saturating_add(1))
             .arg(if q.newest_first { 1 } else { 0 })

@@ -24,7 +24,10 @@ local function read(stream, floor_key, ai, after, count, ttl, last)
     and not id_before(head, after)
   local recent = {}
   if last > 0 and not resumes then recent = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', last) end
-  if after == '' then return {head, floor, deleted, {}, streams, recent} end
+  -- A read that does not resume needs no entries (it starts at the head, or the node answers
+  -- it with a reset); and Redis refuses a range after the last id there is, which a client
+  -- may name. `resumes` is the node's own test (`gap` in history.rs).
+  if not resumes then return {head, floor, deleted, {}, streams, recent} end
   return {head, floor, deleted, redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', count), streams, recent}
 end
 local out = {}
