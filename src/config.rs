@@ -306,6 +306,12 @@ fn centrifugo<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CentrifugoConfig
 /// `deliver_last`): they are written when the stream opens, outside its bounded queue.
 pub const MAX_LAST: usize = 100;
 
+/// The longest retention (`history_ttl`, `ai_stream_retention`): 100 years as `100y` says it
+/// (365.25 days a year), which keeps everything. A longer one buys nothing, and past about
+/// 285,000 years its milliseconds are no longer exact in the Redis scripts' numbers, past
+/// 292 million years no expiry Redis takes.
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// Settings of one namespace; what is left out keeps the built-in or global default.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -657,6 +663,8 @@ impl Config {
         check(self.max_channels_per_connection > 0, "max_channels_per_connection must be at least 1");
         check(!self.history_ttl.is_zero(), "history_ttl must be greater than zero");
         check(!self.ai_stream_retention.is_zero(), "ai_stream_retention must be greater than zero");
+        check(self.history_ttl <= MAX_RETENTION, "history_ttl must be at most 100 years");
+        check(self.ai_stream_retention <= MAX_RETENTION, "ai_stream_retention must be at most 100 years");
         check(self.max_payload_bytes > 0, "max_payload_bytes must be at least 1");
         check(self.max_body_bytes >= self.max_payload_bytes, "max_body_bytes must be at least max_payload_bytes");
         check(self.max_batch > 0, "max_batch must be at least 1");
@@ -730,6 +738,12 @@ impl Config {
                 ns.deliver_last.is_none_or(|n| n <= MAX_LAST),
                 &format!("namespaces.{name}.deliver_last must be at most {MAX_LAST}"),
             );
+            for (key, retention) in [("history_ttl", ns.history_ttl), ("ai_stream_retention", ns.ai_stream_retention)] {
+                check(
+                    retention.is_none_or(|r| r <= MAX_RETENTION),
+                    &format!("namespaces.{name}.{key} must be at most 100 years"),
+                );
+            }
         }
         check(
             self.auth_configured() || self.allow_anonymous || self.listen.ip().is_loopback(),
@@ -829,6 +843,24 @@ mod tests {
         assert_eq!(valid("https://centrifugo.example.com/api"), Ok(true));
         assert_eq!(valid("centrifugo:8000/api"), Ok(false));
         assert_eq!(valid("ftp://centrifugo/api"), Ok(false));
+    }
+
+    #[test]
+    fn a_retention_of_a_hundred_years_is_the_longest_taken() {
+        let valid = |toml: &str| Config::from_toml(toml).map(|c| c.validate().map_err(|e| e.to_string()));
+        for ok in
+            ["history_ttl = \"100y\"", "ai_stream_retention = \"100y\"", "[namespaces.log]\nhistory_ttl = \"100y\""]
+        {
+            assert_eq!(valid(ok), Ok(Ok(())), "{ok}");
+        }
+        for (toml, key) in [
+            ("history_ttl = \"101y\"", "history_ttl"),
+            ("ai_stream_retention = \"1000y\"", "ai_stream_retention"),
+            ("[namespaces.log]\nhistory_ttl = \"101y\"", "namespaces.log.history_ttl"),
+        ] {
+            let refused = valid(toml).ok().and_then(Result::err).unwrap_or_default();
+            assert!(refused.contains(&format!("{key} must be at most 100 years")), "{toml}: {refused}");
+        }
     }
 
     #[test]

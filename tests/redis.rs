@@ -380,6 +380,31 @@ async fn on_redis_a_stream_trimmed_by_length_still_drops_what_is_past_its_retent
 }
 
 #[tokio::test]
+async fn on_redis_a_channel_that_keeps_its_events_for_a_hundred_years_publishes_and_resumes() {
+    let redis = RedisServer::start().await;
+    // `100y`, the longest retention taken: it reaches back past 1970, where no Stream id is.
+    let node = support::redis_node_with(&redis, |c| {
+        c.history_size = 3;
+        c.history_ttl = herald::config::MAX_RETENTION;
+    })
+    .await;
+    let mut p = node.client(Proto::H1).backend();
+    let mut stream = node.client(Proto::H1).user("1").subscribe("channel=channel:forever", &[]).await;
+    let event = |n: u64| json!({"channel": "channel:forever", "type": "update", "n": n});
+    // One by one, then a batch that trims the Stream by length.
+    for n in 0..2 {
+        p.publish(&event(n)).await;
+    }
+    p.publish(&json!([event(2), event(3)])).await;
+    let after_0 = stream.expect_ns(0..1).await;
+    stream.expect_ns(1..4).await;
+    drop(stream);
+    let mut resumed =
+        node.client(Proto::H1).user("1").subscribe("channel=channel:forever", &[("last-event-id", &after_0)]).await;
+    resumed.expect_ns(1..4).await;
+}
+
+#[tokio::test]
 async fn a_multi_channel_event_is_not_replayed_after_a_resume_from_its_own_id() {
     let redis = RedisServer::start().await;
     let (a, b) = (redis_node(&redis).await, redis_node(&redis).await);

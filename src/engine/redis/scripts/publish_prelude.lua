@@ -49,7 +49,9 @@ end
 local function trim_by_age(stream, floor, ttl, ttl_arg, trimmed)
   if trimmed == nil or tonumber(string.match(trimmed, '^%d+')) < now - ttl then
     local minid = start_of(ttl)
-    if #redis.call('XRANGE', stream, '-', '(' .. minid, 'COUNT', '1') > 0 then
+    -- A retention reaching back past 1970 keeps everything (and Redis refuses a range that
+    -- ends before `0-0`).
+    if minid ~= '0-0' and #redis.call('XRANGE', stream, '-', '(' .. minid, 'COUNT', '1') > 0 then
       local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', '1')
       raise_floor(floor, old[1][1])
       redis.call('XTRIM', stream, 'MINID', minid)
