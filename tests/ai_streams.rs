@@ -33,9 +33,9 @@ fn chunk(stream: &str, i: usize) -> Value {
 }
 
 /// Reads a stream's text the way a client must, from what it already has: a snapshot
-/// replaces, a chunk appends; returns the text once a chunk says `done`, and how many
-/// snapshots came.
-async fn read_answer(s: &mut SseStream, stream_id: &str, so_far: &str) -> (String, usize) {
+/// replaces, a chunk appends; returns the text once a chunk says `done`, how many
+/// snapshots came, and the id of that last chunk.
+async fn read_answer(s: &mut SseStream, stream_id: &str, so_far: &str) -> (String, usize, String) {
     let (mut text, mut snapshots) = (so_far.to_owned(), 0);
     loop {
         let ev = s.expect().await;
@@ -51,7 +51,7 @@ async fn read_answer(s: &mut SseStream, stream_id: &str, so_far: &str) -> (Strin
         }
         if ev.data["done"] == true {
             assert_eq!(ev.data["provider"], "anthropic", "the last chunk names the provider");
-            return (text, snapshots);
+            return (text, snapshots, ev.id);
         }
     }
 }
@@ -93,14 +93,20 @@ async fn late_joiner_and_resume(redis: Option<String>) {
         p.publish(&chunk("s1", i)).await;
     }
     let full: String = WORDS.concat();
-    let (text, snapshots) = read_answer(&mut late, "s1", "The answer to life ").await;
+    let (text, snapshots, _) = read_answer(&mut late, "s1", "The answer to life ").await;
     assert_eq!((text.as_str(), snapshots), (full.as_str(), 0), "late joiner: the snapshot, then every chunk once");
-    let (text, snapshots) = read_answer(&mut resumed, "s1", "The answer to life ").await;
+    let (text, snapshots, done) = read_answer(&mut resumed, "s1", "The answer to life ").await;
     assert_eq!((text.as_str(), snapshots), (full.as_str(), 0), "resumed reader");
+    // Back again from the last chunk: the reader has the whole answer, and gets no snapshot.
+    drop(resumed);
+    let mut again =
+        node.client(Proto::H1).user("early").subscribe("channel=channel:ai", &[("last-event-id", &done)]).await;
+    p.publish(&json!({"channel": "channel:ai", "type": "chat", "content": "after the answer"})).await;
+    assert_eq!(again.expect().await.data["content"], "after the answer", "no snapshot of an answer read to its end");
 
     // A finished stream is kept for the retention, then forgotten.
     let mut after = node.client(Proto::H1).user("after").subscribe("channel=channel:ai", &[]).await;
-    let (text, snapshots) = read_answer(&mut after, "s1", "").await;
+    let (text, snapshots, _) = read_answer(&mut after, "s1", "").await;
     assert_eq!((text.as_str(), snapshots), (full.as_str(), 1));
     support::within("the finished stream to be forgotten", async {
         loop {
@@ -142,6 +148,6 @@ async fn a_live_join_mid_stream_starts_with_the_snapshot() {
     for i in 4..WORDS.len() {
         p.publish(&chunk("s2", i)).await;
     }
-    let (text, snapshots) = read_answer(&mut s, "s2", "").await;
+    let (text, snapshots, _) = read_answer(&mut s, "s2", "").await;
     assert_eq!((text, snapshots), (WORDS.concat(), 1));
 }
