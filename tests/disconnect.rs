@@ -313,6 +313,17 @@ async fn a_ban_on_one_node_refuses_streams_and_tickets_on_the_other_until_it_run
     b.client(Proto::H1).user("77").subscribe("channel=user:77", &[]).await;
 }
 
+/// Whether the server's side of the connection from `client_port` is still established, as
+/// `ss` (iproute2) reports it.
+fn established(server_port: u16, client_port: u16) -> bool {
+    let filter = format!("( sport = :{server_port} and dport = :{client_port} )");
+    let out = std::process::Command::new("ss")
+        .args(["-tnH", "state", "established", &filter])
+        .output()
+        .unwrap_or_else(|e| panic!("this test reads socket states with `ss` (iproute2): {e}"));
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
 #[tokio::test]
 async fn a_disconnected_stream_whose_reader_stopped_is_closed_at_the_client_timeout() {
     use tokio::io::AsyncReadExt;
@@ -337,6 +348,11 @@ async fn a_disconnected_stream_whose_reader_stopped_is_closed_at_the_client_time
     assert_eq!(server.herald.disconnect(target, DisconnectOptions::default()).await.ok(), Some(1));
     support::eventually("the stalled connection to leave the hub", || server.herald.connection_count() == 0).await;
     assert_eq!(stats.timeout_disconnects.load(Ordering::Relaxed), 1, "closed by the client timeout");
+    // The server lets go of the socket while nothing reads it: a reader that never reads
+    // again does not keep it, and the events stuck in it, for ever.
+    let client_port = stalled.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
+    support::eventually("the server to let go of the stalled socket", || !established(server.addr.port(), client_port))
+        .await;
     within("the stalled socket to be closed", async {
         let mut sink = vec![0u8; 64 * 1024];
         while stalled.read(&mut sink).await.is_ok_and(|n| n > 0) {}
