@@ -151,3 +151,63 @@ async fn a_live_join_mid_stream_starts_with_the_snapshot() {
     let (text, snapshots, _) = read_answer(&mut s, "s2", "").await;
     assert_eq!((text, snapshots), (WORDS.concat(), 1));
 }
+
+/// An answer that goes on past the 1 MiB kept for snapshots: from there it is no longer
+/// snapshotted (its text is let go of), and its chunks are replayed as the events they are.
+async fn an_answer_past_the_snapshot_limit(redis: Option<&RedisServer>) {
+    let node = server(redis.map(RedisServer::url)).await;
+    let mut p = node.client(Proto::H1).backend();
+    let mut reader = node.client(Proto::H1).user("r").subscribe("channel=channel:ai", &[]).await;
+    let short = json!({"channel": "channel:ai", "type": "ai_chat_chunk", "streamId": "short", "text": "kept"});
+    p.publish(&short).await;
+    // 60,000 bytes a chunk: seventeen are 1,020,000 bytes, the eighteenth passes 1 MiB.
+    let piece = "x".repeat(60_000);
+    let long = |n: usize| {
+        let done = n == 19;
+        json!({"channel": "channel:ai", "type": "ai_chat_chunk", "streamId": "long", "text": piece, "n": n, "done": done})
+    };
+    for n in 0..17 {
+        p.publish(&long(n)).await;
+    }
+    assert_eq!(reader.expect().await.data["streamId"], "short");
+    let mut after_15 = String::new();
+    for n in 0..17 {
+        let ev = reader.expect().await;
+        assert_eq!(ev.data["n"], n);
+        if n == 15 {
+            after_15 = ev.id;
+        }
+    }
+    for n in 17..20 {
+        p.publish(&long(n)).await;
+    }
+    // A late joiner: the short answer's snapshot, none of the long one's.
+    let mut late = node.client(Proto::H1).user("late").subscribe("channel=channel:ai", &[]).await;
+    let snap = late.expect().await;
+    assert_eq!((snap.data["streamId"].as_str(), snap.data["text"].as_str()), (Some("short"), Some("kept")));
+    p.publish(&json!({"channel": "channel:ai", "type": "chat", "content": "marker"})).await;
+    assert_eq!(late.expect().await.data["content"], "marker", "no snapshot of the answer past the limit");
+    // A reader back from chunk 15 gets 16 to 19 as they were, no snapshot standing for them.
+    drop(reader);
+    let mut back =
+        node.client(Proto::H1).user("r").subscribe("channel=channel:ai", &[("last-event-id", &after_15)]).await;
+    for n in 16..20u64 {
+        let ev = back.expect().await;
+        assert_eq!((ev.data["n"].as_u64(), ev.data.get("snapshot")), (Some(n), None));
+    }
+    if let Some(redis) = redis {
+        let texts = redis.cli(&["KEYS", "*:ai:long:text"]);
+        assert!(texts.trim().is_empty(), "the long answer's text is let go of: {texts}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_past_the_snapshot_limit_is_replayed_chunk_by_chunk_and_its_text_let_go_in_memory() {
+    an_answer_past_the_snapshot_limit(None).await;
+}
+
+#[tokio::test]
+async fn an_answer_past_the_snapshot_limit_is_replayed_chunk_by_chunk_and_its_text_let_go_on_redis() {
+    let redis = RedisServer::start().await;
+    an_answer_past_the_snapshot_limit(Some(&redis)).await;
+}

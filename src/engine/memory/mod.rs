@@ -60,7 +60,11 @@ struct Log {
 /// An AI token stream folded so far.
 struct AiStream {
     id: String,
+    /// Its text so far; emptied for good once it would pass [`MAX_AI_TEXT`].
     text: String,
+    /// Its text passed [`MAX_AI_TEXT`]: it is no longer snapshotted (its chunks are replayed
+    /// as the events they are), and kept only so that a later chunk does not start it again.
+    over: bool,
     last: Position,
     /// The last chunk, whose other fields the snapshot carries.
     last_chunk: Arc<Published>,
@@ -75,6 +79,11 @@ const FIRST_ROOM: usize = 8;
 
 /// Open AI streams kept per channel at most; the oldest is forgotten past it.
 const MAX_STREAMS: usize = 64;
+
+/// The most text of one AI stream kept for its snapshots (1 MiB; the Redis engine's
+/// `MAX_AI_TEXT` in publish_prelude.lua is the same): a publisher that goes on and on with one
+/// `streamId` must not grow the node's memory without bound.
+pub(crate) const MAX_AI_TEXT: usize = 1024 * 1024;
 
 impl Log {
     fn new(now: u64) -> Self {
@@ -93,7 +102,13 @@ impl Log {
         let expires_ms = now.saturating_add(if chunk.done { ttl.1 } else { ttl.0 });
         let streams = self.streams.get_or_insert_default();
         if let Some(s) = streams.iter_mut().find(|s| s.id == chunk.stream_id) {
-            s.text.push_str(&chunk.text);
+            if !s.over && s.text.len() + chunk.text.len() > MAX_AI_TEXT {
+                s.over = true;
+                s.text = String::new();
+            }
+            if !s.over {
+                s.text.push_str(&chunk.text);
+            }
             s.last = pos;
             s.last_chunk = Arc::clone(event);
             s.expires_ms = expires_ms;
@@ -102,9 +117,11 @@ impl Log {
         if streams.len() >= MAX_STREAMS {
             streams.remove(0);
         }
+        let over = chunk.text.len() > MAX_AI_TEXT;
         streams.push(AiStream {
             id: chunk.stream_id.clone(),
-            text: chunk.text.clone(),
+            text: if over { String::new() } else { chunk.text.clone() },
+            over,
             last: pos,
             last_chunk: Arc::clone(event),
             expires_ms,
@@ -120,6 +137,7 @@ impl Log {
         }
         streams
             .iter()
+            .filter(|s| !s.over)
             .filter_map(|s| {
                 let json = s.last_chunk.copy_on(channel.as_str())?.frame.json();
                 AiSnapshot::from_last_chunk(s.id.clone(), s.last, json, s.text.clone())

@@ -63,12 +63,25 @@ end
 -- An AI stream chunk at `sid` on a channel whose AI streams set is `ai`: fold it into the
 -- stream's snapshot (text so far, last chunk), kept `keep` ms (the channel's retention while
 -- chunks come, the AI retention once done). Same hash tag, same slot.
+-- A stream's text is kept up to `MAX_AI_TEXT` bytes (`MAX_AI_TEXT` in
+-- src/engine/memory/mod.rs, the same): past it the stream is marked `over` (its text and last
+-- chunk dropped, the mark kept while chunks come so that none starts it again), the history
+-- script finds no text for it and it is no longer snapshotted.
+local MAX_AI_TEXT = 1048576
 local function fold_ai_chunk(ai, ai_sid, text, keep, sid, id, body)
   local meta = ai .. ':' .. ai_sid
-  redis.call('APPEND', meta .. ':text', text)
-  redis.call('HSET', meta, 'last', sid, 'id', id, 'body', body)
+  local over = redis.call('HEXISTS', meta, 'over') == 1
+  if not over and redis.call('STRLEN', meta .. ':text') + #text > MAX_AI_TEXT then
+    over = true
+    redis.call('DEL', meta, meta .. ':text')
+    redis.call('HSET', meta, 'over', '1')
+  end
+  if not over then
+    redis.call('APPEND', meta .. ':text', text)
+    redis.call('HSET', meta, 'last', sid, 'id', id, 'body', body)
+    redis.call('PEXPIRE', meta .. ':text', keep)
+  end
   redis.call('PEXPIRE', meta, keep)
-  redis.call('PEXPIRE', meta .. ':text', keep)
   redis.call('ZREMRANGEBYSCORE', ai, '-inf', now)
   redis.call('ZADD', ai, now + keep, ai_sid)
   if redis.call('ZCARD', ai) > 64 then redis.call('ZPOPMIN', ai) end
