@@ -107,6 +107,34 @@ async fn the_publish_rate_limit_trips_at_its_burst_for_that_user_only_and_refill
 }
 
 #[tokio::test]
+async fn a_user_minting_tickets_in_a_loop_is_refused_past_the_burst_and_keeps_publishing() {
+    // Each ticket is kept `ticket_ttl` by the engine: a loop must not fill it.
+    let server = TestServer::secured(|c| {
+        c.publish_rate = 1.0;
+        c.publish_burst = 3.0;
+    })
+    .await;
+    let mut minter = server.client(Proto::H1).user("minter");
+    for i in 0..3 {
+        assert_eq!(minter.post_json("/api/tickets", &json!({})).await.0, 201, "ticket {i} is within the burst");
+    }
+    let resp = minter
+        .send(
+            minter
+                .request("POST", "/api/tickets")
+                .body(http_body_util::Full::new("{}".into()))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await;
+    let (status, code, retry) = status_and_code(resp).await;
+    assert_eq!((status, code.as_str(), retry.as_deref()), (429, "rate_limited", Some("1")));
+    // Its own bucket: the user still publishes, and another user still gets tickets.
+    let event = json!({"channel": "channel:general", "type": "chat"});
+    assert_eq!(minter.post_json("/api/publish", &event).await.0, 200);
+    assert_eq!(server.client(Proto::H1).user("calm").post_json("/api/tickets", &json!({})).await.0, 201);
+}
+
+#[tokio::test]
 async fn a_publish_is_charged_per_channel_and_names_at_most_max_channels_per_publish() {
     let server = TestServer::secured(|c| {
         c.publish_rate = 0.01;

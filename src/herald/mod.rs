@@ -103,6 +103,8 @@ pub enum SubscribeError {
     PatternsUnsupported,
     #[error("this user is banned for now")]
     Banned,
+    #[error("too many tickets at once; wait a moment")]
+    TicketsRateLimited { retry_after: Duration },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -521,6 +523,13 @@ impl Herald {
         if self.inner.engine.is_banned(&who.id).await? {
             return Err(SubscribeError::Banned);
         }
+        // Each is kept `ticket_ttl`: a user minting them in a loop must not fill the engine.
+        // A bucket of the user's own, at the publish rate (a stream needs one at each open).
+        let key = ["ticket:", &who.id].concat();
+        self.inner
+            .user_rate
+            .check(&key, 1.0)
+            .map_err(|retry_after| SubscribeError::TicketsRateLimited { retry_after })?;
         let ticket = crate::auth::new_ticket().map_err(|_| EngineError::Internal("no secure random source".into()))?;
         let payload = serde_json::to_string(who).map_err(|e| EngineError::Internal(e.to_string()))?;
         self.inner.engine.put_ticket(&ticket, payload, self.inner.config.auth.ticket_ttl).await?;

@@ -233,6 +233,10 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::Draining => Refusal::ServerDraining,
             SubscribeError::Banned => Refusal::Banned,
             SubscribeError::UserLimit { .. } => Refusal::TooManyConnections,
+            SubscribeError::TicketsRateLimited { retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                return Self::refuse(Refusal::RateLimited, e.to_string()).with_retry_after(secs);
+            }
         };
         Self::refuse(refusal, e.to_string())
     }
