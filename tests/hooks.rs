@@ -310,6 +310,28 @@ async fn a_cached_answer_is_never_given_to_a_request_with_other_cookies() {
 }
 
 #[tokio::test]
+async fn a_publish_too_long_to_remember_is_asked_about_every_time() {
+    let app = App::start().await;
+    let server = herald(|c| {
+        c.hooks.publish_url = Some(app.url("/publish"));
+        c.hooks.cache_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let mut ann =
+        server.client(Proto::H1).with_header("cookie", "sid=s-ann").with_header("content-type", "application/json");
+    // Twice the same short publish: asked once. Twice the same publish of 5,000 bytes: asked
+    // twice (a cache of long requests, each unique, would grow to gigabytes).
+    for (text, asked) in [("hi".to_owned(), 1), ("x".repeat(5_000), 3)] {
+        for _ in 0..2 {
+            let (status, _) =
+                ann.post_json("/api/publish", &json!({"channel": "channel:lobby", "type": "chat", "text": text})).await;
+            assert_eq!(status, 200);
+        }
+        assert_eq!(app.requests().len(), asked, "after two publishes of {} bytes", text.len());
+    }
+}
+
+#[tokio::test]
 async fn a_cached_answer_is_asked_again_once_cache_ttl_has_passed() {
     let app = App::start().await;
     let ttl = Duration::from_millis(300);

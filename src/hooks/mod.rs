@@ -30,6 +30,10 @@ use crate::outbound::client::Client;
 /// Most answers remembered; the cache is emptied when it is full.
 const MAX_CACHED: usize = 10_000;
 
+/// The longest request remembered (its hook, URL, body and passed headers): a publish's body
+/// holds its payload, and 10,000 of those, each unique, would hold a gigabyte.
+const MAX_CACHED_REQUEST: usize = 4 * 1024;
+
 /// Which hook is asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -228,9 +232,14 @@ impl Hooks {
         read_answer(hook, status, &answer)
     }
 
-    /// The cache key of a request, if answers are cached.
+    /// The cache key of a request, if answers are cached and the request is not too long
+    /// to remember.
     fn cache_key(&self, hook: Hook, url: &str, body: &str, passed: &[(HeaderName, HeaderValue)]) -> Option<String> {
         if self.cfg.cache_ttl.is_zero() {
+            return None;
+        }
+        let passed_len: usize = passed.iter().map(|(n, v)| n.as_str().len() + v.len() + 2).sum();
+        if hook.label().len() + url.len() + body.len() + passed_len + 2 > MAX_CACHED_REQUEST {
             return None;
         }
         let mut key = format!("{}\n{url}\n{body}", hook.label());
