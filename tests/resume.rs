@@ -219,3 +219,39 @@ async fn resuming_two_channels_while_publishing_goes_on_writes_every_event_once_
     support::read_to_the_end(&mut stream, &mut sub, (a, b), &mut accepted, &mut delivered).await;
     support::assert_exactly_once_in_order("resumes during a flood", &accepted, &delivered);
 }
+
+#[tokio::test]
+async fn a_replay_too_long_to_copy_at_once_comes_whole_and_in_order_with_resumable_ids() {
+    // 40 events of 4 KB: 160 KB to replay, past the 64 KiB of a stream's preamble copied into
+    // one chunk, so its frames go out shared, a chunk each (src/transport/sse.rs).
+    let server = TestServer::start().await;
+    let pad = "p".repeat(4000);
+    let cases = [
+        (Proto::H1, "channel:long-1", "channel=channel:long-1"),
+        (Proto::H2c, "channel:long-2", "channel=channel:long-2"),
+        // Two channels: each event is written with the connection's own id.
+        (Proto::H1, "channel:long-3", "channel=channel:long-3&channel=channel:long-3b"),
+        (Proto::H2c, "channel:long-4", "channel=channel:long-4&channel=channel:long-4b"),
+    ];
+    for (proto, channel, query) in cases {
+        let mut client = server.client(proto);
+        let start = client.subscribe(query, &[]).await.connected_id();
+        for n in 0..40 {
+            client.publish(&json!({"channel": channel, "type": "note", "n": n, "pad": pad})).await;
+        }
+        let mut resumed = client.subscribe(query, &[("last-event-id", &start)]).await;
+        let mut ids = Vec::new();
+        for n in 0..40 {
+            let ev = resumed.expect().await;
+            assert_eq!(
+                (ev.data["n"].as_u64(), ev.data["pad"].as_str().map(str::len)),
+                (Some(n), Some(4000)),
+                "{query}"
+            );
+            ids.push(ev.id);
+        }
+        drop(resumed);
+        let mut again = client.subscribe(query, &[("last-event-id", &ids[19])]).await;
+        again.expect_ns(20..40).await;
+    }
+}
