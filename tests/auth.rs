@@ -227,6 +227,63 @@ async fn jwks_keys_are_fetched_cached_and_refetched_for_an_unknown_kid() {
 }
 
 #[tokio::test]
+async fn a_token_whose_key_is_cached_is_not_held_up_by_a_hung_fetch_for_a_forged_kid() {
+    let k1 = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let doc = json!({"keys": [ec_jwk(&k1, "k1")]}).to_string();
+    // A key server that answers its first request and hangs on the others, holding each
+    // connection until Herald lets go of it (`open` counts the ones it holds).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (fetches, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn({
+        let (fetches, open, arrived) = (fetches.clone(), open.clone(), arrived.clone());
+        async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (doc, open, arrived) = (doc.clone(), open.clone(), arrived.clone());
+                let first = fetches.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = tcp.read(&mut buf).await;
+                    if first {
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", doc.len());
+                        let _ = tcp.write_all(format!("{head}{doc}").as_bytes()).await;
+                        return;
+                    }
+                    open.fetch_add(1, Ordering::SeqCst);
+                    arrived.notify_one();
+                    while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        }
+    });
+    let server = TestServer::with(|c| {
+        c.auth.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
+        c.auth.jwks_refetch_gap = std::time::Duration::ZERO;
+    })
+    .await;
+    let q = "channel=channel:general";
+    assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k1, "k1", "a"))]).await.0, 200);
+    // A token naming a kid nobody has sends Herald back to the key server, which hangs.
+    let forged = tokio::spawn({
+        let (addr, token) = (server.addr, es256(&k1, "forged", "eve"));
+        async move {
+            let mut client =
+                TestServer::client_at(addr, Proto::H1).with_header("authorization", &format!("Bearer {token}"));
+            client.open_events(q, &[]).await.status()
+        }
+    });
+    support::within("the fetch for the forged kid to reach the key server", arrived.notified()).await;
+    // Meanwhile a token of the cached key is verified, while that fetch is still held open.
+    assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k1, "k1", "b"))]).await.0, 200);
+    assert_eq!(open.load(Ordering::SeqCst), 1, "the hung fetch was still under way");
+    assert!(!forged.is_finished());
+    forged.abort();
+}
+
+#[tokio::test]
 async fn a_key_server_that_is_down_refuses_tokens_with_503_counted_as_auth_unavailable() {
     // A port nothing listens on: connecting is refused at once.
     let closed =

@@ -6,10 +6,11 @@
 //! (algorithm confusion), and `alg: none` is not an algorithm here at all. JWKS keys are
 //! cached and refetched when they are older than `jwks_refresh` or a token names an
 //! unknown `kid` (at most once per `jwks_refetch_gap`, so forged `kid`s cannot make Herald
-//! hammer the key server).
+//! hammer the key server). A fetch under way holds up only the tokens that need what it
+//! brings: one whose key is cached is verified at once, however slow the key server is.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,17 +36,33 @@ struct Key {
     key: DecodingKey,
 }
 
-struct JwksState {
+/// The keys last fetched, and when.
+#[derive(Default)]
+struct Fetched {
     keys: Vec<Key>,
-    fetched: Option<Instant>,
-    last_attempt: Option<Instant>,
+    at: Option<Instant>,
 }
 
 struct Jwks {
     url: String,
     refresh: Duration,
     refetch_gap: Duration,
-    state: tokio::sync::Mutex<JwksState>,
+    /// Read by every token; written once a fetch brought keys.
+    fetched: RwLock<Fetched>,
+    /// Held through a fetch, with when the last one started: one fetch at a time, and a
+    /// token that needs its keys waits for it here.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Jwks {
+    /// What the cached keys say for a token of `kid`: whether they are due a refresh, and
+    /// whether they lack that `kid`.
+    fn wants(&self, kid: Option<&str>) -> (bool, bool) {
+        let f = self.fetched.read().unwrap_or_else(PoisonError::into_inner);
+        let stale = f.at.is_none_or(|t| t.elapsed() >= self.refresh);
+        let unknown_kid = kid.is_some_and(|kid| !f.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+        (stale, unknown_kid)
+    }
 }
 
 /// Verifies tokens against the configured keys.
@@ -117,7 +134,8 @@ impl Verifier {
                 url: url.clone(),
                 refresh: cfg.jwks_refresh,
                 refetch_gap: cfg.jwks_refetch_gap,
-                state: tokio::sync::Mutex::new(JwksState { keys: Vec::new(), fetched: None, last_attempt: None }),
+                fetched: RwLock::new(Fetched::default()),
+                fetching: tokio::sync::Mutex::new(None),
             }),
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
@@ -215,30 +233,43 @@ impl Verifier {
         let Some(jwks) = &self.jwks else {
             return Ok(found);
         };
-        let mut st = jwks.state.lock().await;
-        let stale = st.fetched.is_none_or(|t| t.elapsed() >= jwks.refresh);
-        let unknown_kid = kid.is_some_and(|kid| !st.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
-        let may_refetch = st.last_attempt.is_none_or(|t| t.elapsed() >= jwks.refetch_gap);
+        let cached = || pick(&jwks.fetched.read().unwrap_or_else(PoisonError::into_inner).keys);
+        let (stale, unknown_kid) = jwks.wants(kid);
         // Refetch when the keys are old or a token names one we lack, but never more often
-        // than the refetch gap: a key server that is down must not stall every token.
-        if (stale || unknown_kid) && may_refetch {
-            st.last_attempt = Some(Instant::now());
-            match fetch_jwks(&jwks.url).await {
-                Ok(keys) => {
-                    tracing::debug!(keys = keys.len(), url = %jwks.url, "fetched JWKS");
-                    st.keys = keys;
-                    st.fetched = Some(Instant::now());
-                }
-                Err(e) if st.keys.is_empty() && found.is_empty() => {
-                    tracing::warn!(url = %jwks.url, error = %e, "cannot fetch JWKS");
-                    return Err(AuthError::KeysUnavailable(e));
-                }
-                Err(e) => {
-                    tracing::warn!(url = %jwks.url, error = %e, "cannot refresh JWKS; using the cached keys")
+        // than the refetch gap: a key server that is down must not stall every token. A
+        // token whose key is cached does not wait for a fetch (a forged `kid`'s, say) under
+        // way, nor for a refresh another token started.
+        let fetching = match (stale, unknown_kid) {
+            (false, false) => None,
+            (true, false) if !cached().is_empty() => jwks.fetching.try_lock().ok(),
+            _ => Some(jwks.fetching.lock().await),
+        };
+        if let Some(mut last_attempt) = fetching {
+            // What a fetch this one waited for brought may be enough.
+            let (stale, unknown_kid) = jwks.wants(kid);
+            let may_refetch = last_attempt.is_none_or(|t| t.elapsed() >= jwks.refetch_gap);
+            if (stale || unknown_kid) && may_refetch {
+                *last_attempt = Some(Instant::now());
+                match fetch_jwks(&jwks.url).await {
+                    Ok(keys) => {
+                        tracing::debug!(keys = keys.len(), url = %jwks.url, "fetched JWKS");
+                        let mut f = jwks.fetched.write().unwrap_or_else(PoisonError::into_inner);
+                        *f = Fetched { keys, at: Some(Instant::now()) };
+                    }
+                    Err(e)
+                        if jwks.fetched.read().unwrap_or_else(PoisonError::into_inner).keys.is_empty()
+                            && found.is_empty() =>
+                    {
+                        tracing::warn!(url = %jwks.url, error = %e, "cannot fetch JWKS");
+                        return Err(AuthError::KeysUnavailable(e));
+                    }
+                    Err(e) => {
+                        tracing::warn!(url = %jwks.url, error = %e, "cannot refresh JWKS; using the cached keys")
+                    }
                 }
             }
         }
-        found.extend(pick(&st.keys));
+        found.extend(cached());
         Ok(found)
     }
 }
