@@ -135,6 +135,34 @@ async fn a_user_minting_tickets_in_a_loop_is_refused_past_the_burst_and_keeps_pu
 }
 
 #[tokio::test]
+async fn a_user_toggling_their_status_in_a_loop_is_refused_past_the_burst() {
+    // Each change is announced in every room the user is in: a loop must not flood them.
+    let server = TestServer::secured(|c| {
+        c.publish_rate = 1.0;
+        c.publish_burst = 3.0;
+    })
+    .await;
+    let mut watcher = server.client(Proto::H1).user("watcher").subscribe("channel=channel:room", &[]).await;
+    watcher.expect_presence("watcher", "online").await;
+    let _toggler = server.client(Proto::H1).user("toggler").subscribe("channel=channel:room", &[]).await;
+    watcher.expect_presence("toggler", "online").await;
+    let mut toggler = server.client(Proto::H1).user("toggler");
+    for status in ["away", "online", "away"] {
+        assert_eq!(toggler.post_json("/api/presence", &json!({"status": status})).await.0, 200, "{status}");
+        watcher.expect_presence("toggler", status).await;
+    }
+    let body = http_body_util::Full::new(json!({"status": "online"}).to_string().into());
+    let resp =
+        toggler.send(toggler.request("POST", "/api/presence").body(body).unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, code, retry) = status_and_code(resp).await;
+    assert_eq!((status, code.as_str(), retry.as_deref()), (429, "rate_limited", Some("1")));
+    // Nothing was announced for the refused change; the user still publishes.
+    let event = json!({"channel": "channel:room", "type": "chat", "n": 1});
+    assert_eq!(toggler.post_json("/api/publish", &event).await.0, 200);
+    assert_eq!(watcher.expect().await.data["n"], 1, "the next event is the publish, no presence");
+}
+
+#[tokio::test]
 async fn a_publish_is_charged_per_channel_and_names_at_most_max_channels_per_publish() {
     let server = TestServer::secured(|c| {
         c.publish_rate = 0.01;

@@ -33,6 +33,8 @@ pub enum PresenceError {
     NotAUser,
     #[error("status must be one of `online`, `away`")]
     BadStatus,
+    #[error("too many status changes at once; wait a moment")]
+    RateLimited { retry_after: std::time::Duration },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -207,6 +209,12 @@ impl Herald {
         if !USER_STATUSES.contains(&status) {
             return Err(PresenceError::BadStatus);
         }
+        // Each change is announced in every room the user is present in: toggling in a loop
+        // must not flood them. A bucket of the user's own, at the publish rate.
+        self.inner
+            .user_rate
+            .check(&["status:", &user.id].concat(), 1.0)
+            .map_err(|retry_after| PresenceError::RateLimited { retry_after })?;
         let stored = (status != PresenceStatus::Online).then_some(status);
         self.engine().set_user_status(&user.id, stored).await?;
         let command = NodeCommand::SetStatus {

@@ -265,6 +265,10 @@ impl From<PresenceError> for ApiError {
             PresenceError::Disabled(_) => Refusal::PresenceDisabled,
             PresenceError::NotAUser => Refusal::Forbidden,
             PresenceError::BadStatus => Refusal::InvalidStatus,
+            PresenceError::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                return Self::refuse(Refusal::RateLimited, e.to_string()).with_retry_after(secs);
+            }
         };
         Self::refuse(refusal, e.to_string())
     }
