@@ -163,6 +163,40 @@ async fn a_user_toggling_their_status_in_a_loop_is_refused_past_the_burst() {
 }
 
 #[tokio::test]
+async fn a_user_joining_and_leaving_rooms_in_a_loop_is_refused_past_the_burst() {
+    // Each live join and leave may be announced in the room: a loop must not flood it.
+    let server = TestServer::secured(|c| {
+        c.publish_rate = 1.0;
+        c.publish_burst = 3.0;
+        support::no_presence(c);
+    })
+    .await;
+    let mut stream = server.client(Proto::H1).user("hopper").subscribe("channel=user:hopper", &[]).await;
+    let path = format!("/api/connections/{}/channels", stream.connection_id());
+    let mut hopper = server.client(Proto::H1).user("hopper");
+    assert_eq!(hopper.post_json(&path, &json!({"channel": "channel:a"})).await.0, 200);
+    assert_eq!(hopper.delete(&format!("{path}/channel:a")).await.0, 200);
+    assert_eq!(hopper.post_json(&path, &json!({"channel": "channel:b"})).await.0, 200);
+    let (status, answer) = hopper.post_json(&path, &json!({"channel": "channel:c"})).await;
+    assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (429, Some("rate_limited")));
+    // A backend still moves the user; the stream follows what it was given.
+    let (status, _) = server.client(Proto::H1).backend().post_json(&path, &json!({"channel": "channel:d"})).await;
+    assert_eq!(status, 200);
+    let mut p = server.client(Proto::H1).backend();
+    for channel in ["channel:c", "channel:b", "channel:d"] {
+        p.publish(&json!({"channel": channel, "type": "note", "on": channel})).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let ev = stream.expect().await;
+        if ev.data["type"] == "note" {
+            seen.push(ev.data["on"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(seen, ["channel:b", "channel:d"], "not channel:c, refused");
+}
+
+#[tokio::test]
 async fn a_publish_is_charged_per_channel_and_names_at_most_max_channels_per_publish() {
     let server = TestServer::secured(|c| {
         c.publish_rate = 0.01;

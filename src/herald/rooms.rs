@@ -55,6 +55,8 @@ pub enum RoomError {
     ChannelRefused(String),
     #[error("{0}")]
     Event(#[from] EventError),
+    #[error("too many joins and leaves at once; wait a moment")]
+    RateLimited { retry_after: std::time::Duration },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -129,6 +131,7 @@ impl Herald {
             return Err(RoomError::PatternsUnsupported);
         }
         self.policies().can_change_subscription(who, channel)?;
+        self.charge_change(who)?;
         let command = NodeCommand::Join {
             connection: connection.to_owned(),
             channel: channel.to_string(),
@@ -142,6 +145,7 @@ impl Herald {
     /// like [`Herald::join`]: a caller may only remove what it could have added.
     pub async fn leave(&self, who: &Principal, connection: &str, channel: &ChannelName) -> Result<(), RoomError> {
         self.policies().can_change_subscription(who, channel)?;
+        self.charge_change(who)?;
         let command = NodeCommand::Leave {
             connection: connection.to_owned(),
             channel: channel.to_string(),
@@ -158,6 +162,18 @@ impl Herald {
         let (event_type, json) = json;
         let command = NodeCommand::Send { connection: connection.to_owned(), event_type, json };
         self.run_on_connection(command, connection).await
+    }
+
+    /// A user's live joins and leaves come from a bucket of their own, at the publish rate:
+    /// each may be announced in the room (`join_leave`, presence), and a loop must not flood
+    /// it. (The application, API keys and a socket's own subscribe commands are not charged:
+    /// a socket's frames have their own limit.)
+    fn charge_change(&self, who: &Principal) -> Result<(), RoomError> {
+        if let Principal::User(user) = who {
+            let key = ["rooms:", &user.id].concat();
+            self.inner.user_rate.check(&key, 1.0).map_err(|retry_after| RoomError::RateLimited { retry_after })?;
+        }
+        Ok(())
     }
 
     async fn run_on_connection(&self, command: NodeCommand, connection: &str) -> Result<(), RoomError> {

@@ -252,6 +252,10 @@ impl From<RoomError> for ApiError {
             RoomError::TooManyChannels(_) => Refusal::TooManyChannels,
             RoomError::PatternsUnsupported => Refusal::PatternsUnsupported,
             RoomError::Pattern | RoomError::ChannelRefused(_) => Refusal::InvalidChannel,
+            RoomError::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                return Self::refuse(Refusal::RateLimited, e.to_string()).with_retry_after(secs);
+            }
         };
         Self::refuse(refusal, e.to_string())
     }
