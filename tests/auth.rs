@@ -186,6 +186,16 @@ async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, fetches: Arc<AtomicUsize
     addr
 }
 
+/// A node that takes tokens signed by the keys of the JWKS at `addr`, and may refetch it for
+/// any token (no refetch gap).
+async fn jwks_node(addr: std::net::SocketAddr) -> TestServer {
+    TestServer::with(|c| {
+        c.auth.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
+        c.auth.jwks_refetch_gap = std::time::Duration::ZERO;
+    })
+    .await
+}
+
 fn ec_jwk(key: &rcgen::KeyPair, kid: &str) -> Value {
     let raw = key.public_key_raw(); // 0x04 || X || Y
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
@@ -206,11 +216,7 @@ async fn jwks_keys_are_fetched_cached_and_refetched_for_an_unknown_kid() {
     let doc = Arc::new(std::sync::Mutex::new(json!({"keys": [ec_jwk(&k1, "k1")]})));
     let fetches = Arc::new(AtomicUsize::new(0));
     let addr = jwks_server(doc.clone(), fetches.clone()).await;
-    let server = TestServer::with(|c| {
-        c.auth.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
-        c.auth.jwks_refetch_gap = std::time::Duration::ZERO;
-    })
-    .await;
+    let server = jwks_node(addr).await;
     let q = "channel=channel:general";
     assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k1, "k1", "a"))]).await.0, 200);
     assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k1, "k1", "b"))]).await.0, 200);
@@ -259,11 +265,7 @@ async fn a_token_whose_key_is_cached_is_not_held_up_by_a_hung_fetch_for_a_forged
             }
         }
     });
-    let server = TestServer::with(|c| {
-        c.auth.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
-        c.auth.jwks_refetch_gap = std::time::Duration::ZERO;
-    })
-    .await;
+    let server = jwks_node(addr).await;
     let q = "channel=channel:general";
     assert_eq!(try_subscribe(&server, q, &[bearer(&es256(&k1, "k1", "a"))]).await.0, 200);
     // A token naming a kid nobody has sends Herald back to the key server, which hangs.
@@ -288,11 +290,7 @@ async fn a_key_server_that_is_down_refuses_tokens_with_503_counted_as_auth_unava
     // A port nothing listens on: connecting is refused at once.
     let closed =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap_or_else(|e| panic!("{e}"));
-    let server = TestServer::with(|c| {
-        c.auth.jwks_url = Some(format!("http://{closed}/.well-known/jwks.json"));
-        c.auth.jwks_refetch_gap = std::time::Duration::ZERO;
-    })
-    .await;
+    let server = jwks_node(closed).await;
     let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
     let token = es256(&key, "k1", "a");
     let q = "channel=channel:general";
