@@ -517,18 +517,23 @@ impl Herald {
         self.publish(vec![channel], event).await
     }
 
+    /// Takes one token from `user`'s bucket for `kind` (`ticket:`, `status:`, `rooms:`): what
+    /// a user does besides publishing that costs the node or other clients (each kept, or
+    /// announced to a room) comes from a bucket of its own at the publish rate, or is refused
+    /// with the time until it would fit.
+    pub(super) fn charge_user(&self, kind: &str, user: &str) -> Result<(), Duration> {
+        self.inner.user_rate.check(&[kind, user].concat(), 1.0)
+    }
+
     /// Issues a single-use ticket for `GET /api/events?ticket=` that stands for `who`
     /// (refused while `who` is banned).
     pub async fn issue_ticket(&self, who: &crate::auth::UserIdentity) -> Result<String, SubscribeError> {
         if self.inner.engine.is_banned(&who.id).await? {
             return Err(SubscribeError::Banned);
         }
-        // Each is kept `ticket_ttl`: a user minting them in a loop must not fill the engine.
-        // A bucket of the user's own, at the publish rate (a stream needs one at each open).
-        let key = ["ticket:", &who.id].concat();
-        self.inner
-            .user_rate
-            .check(&key, 1.0)
+        // Each is kept `ticket_ttl`: a user minting them in a loop must not fill the engine
+        // (a stream needs one at each open).
+        self.charge_user("ticket:", &who.id)
             .map_err(|retry_after| SubscribeError::TicketsRateLimited { retry_after })?;
         let ticket = crate::auth::new_ticket().map_err(|_| EngineError::Internal("no secure random source".into()))?;
         let payload = serde_json::to_string(who).map_err(|e| EngineError::Internal(e.to_string()))?;

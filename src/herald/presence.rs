@@ -210,11 +210,8 @@ impl Herald {
             return Err(PresenceError::BadStatus);
         }
         // Each change is announced in every room the user is present in: toggling in a loop
-        // must not flood them. A bucket of the user's own, at the publish rate.
-        self.inner
-            .user_rate
-            .check(&["status:", &user.id].concat(), 1.0)
-            .map_err(|retry_after| PresenceError::RateLimited { retry_after })?;
+        // must not flood them.
+        self.charge_user("status:", &user.id).map_err(|retry_after| PresenceError::RateLimited { retry_after })?;
         let stored = (status != PresenceStatus::Online).then_some(status);
         self.engine().set_user_status(&user.id, stored).await?;
         let command = NodeCommand::SetStatus {

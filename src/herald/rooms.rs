@@ -164,14 +164,13 @@ impl Herald {
         self.run_on_connection(command, connection).await
     }
 
-    /// A user's live joins and leaves come from a bucket of their own, at the publish rate:
+    /// A user's live joins and leaves come from a bucket of their own ([`Herald::charge_user`]):
     /// each may be announced in the room (`join_leave`, presence), and a loop must not flood
     /// it. (The application, API keys and a socket's own subscribe commands are not charged:
     /// a socket's frames have their own limit.)
     fn charge_change(&self, who: &Principal) -> Result<(), RoomError> {
         if let Principal::User(user) = who {
-            let key = ["rooms:", &user.id].concat();
-            self.inner.user_rate.check(&key, 1.0).map_err(|retry_after| RoomError::RateLimited { retry_after })?;
+            self.charge_user("rooms:", &user.id).map_err(|retry_after| RoomError::RateLimited { retry_after })?;
         }
         Ok(())
     }

@@ -238,10 +238,6 @@ impl Hooks {
         if self.cfg.cache_ttl.is_zero() {
             return None;
         }
-        let passed_len: usize = passed.iter().map(|(n, v)| n.as_str().len() + v.len() + 2).sum();
-        if hook.label().len() + url.len() + body.len() + passed_len + 2 > MAX_CACHED_REQUEST {
-            return None;
-        }
         let mut key = format!("{}\n{url}\n{body}", hook.label());
         for (name, value) in passed {
             key.push('\n');
@@ -249,7 +245,7 @@ impl Hooks {
             key.push(':');
             key.push_str(&String::from_utf8_lossy(value.as_bytes()));
         }
-        Some(key)
+        (key.len() <= MAX_CACHED_REQUEST).then_some(key)
     }
 
     fn cached(&self, key: &str) -> Option<Result<Allowed, HookError>> {

@@ -59,6 +59,12 @@ impl ApiError {
         self
     }
 
+    /// `429 rate_limited` with `message`, and `Retry-After` in whole seconds, rounded up.
+    fn rate_limited(message: String, retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        Self::refuse(Refusal::RateLimited, message).with_retry_after(secs)
+    }
+
     /// Puts `prefix` before the message (`event 2 of the batch: ...`).
     pub(crate) fn prefixed(mut self, prefix: &str) -> Self {
         self.message = format!("{prefix}: {}", self.message);
@@ -208,10 +214,7 @@ impl From<PublishError> for ApiError {
             PublishError::InBatch { index, source } => {
                 return Self::from(source).prefixed(&format!("event {index} of the batch"));
             }
-            PublishError::RateLimited { retry_after } => {
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                return Self::refuse(Refusal::RateLimited, e.to_string()).with_retry_after(secs);
-            }
+            PublishError::RateLimited { retry_after } => return Self::rate_limited(e.to_string(), retry_after),
             PublishError::BatchTooLarge { .. } => Refusal::BatchTooLarge,
             PublishError::TooManyChannels { .. } => Refusal::EventTooManyChannels,
             PublishError::EmptyBatch => Refusal::EmptyBatch,
@@ -234,8 +237,7 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::Banned => Refusal::Banned,
             SubscribeError::UserLimit { .. } => Refusal::TooManyConnections,
             SubscribeError::TicketsRateLimited { retry_after } => {
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                return Self::refuse(Refusal::RateLimited, e.to_string()).with_retry_after(secs);
+                return Self::rate_limited(e.to_string(), retry_after);
             }
         };
         Self::refuse(refusal, e.to_string())
@@ -252,10 +254,7 @@ impl From<RoomError> for ApiError {
             RoomError::TooManyChannels(_) => Refusal::TooManyChannels,
             RoomError::PatternsUnsupported => Refusal::PatternsUnsupported,
             RoomError::Pattern | RoomError::ChannelRefused(_) => Refusal::InvalidChannel,
-            RoomError::RateLimited { retry_after } => {
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                return Self::refuse(Refusal::RateLimited, e.to_string()).with_retry_after(secs);
-            }
+            RoomError::RateLimited { retry_after } => return Self::rate_limited(e.to_string(), retry_after),
         };
         Self::refuse(refusal, e.to_string())
     }
@@ -269,10 +268,7 @@ impl From<PresenceError> for ApiError {
             PresenceError::Disabled(_) => Refusal::PresenceDisabled,
             PresenceError::NotAUser => Refusal::Forbidden,
             PresenceError::BadStatus => Refusal::InvalidStatus,
-            PresenceError::RateLimited { retry_after } => {
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                return Self::refuse(Refusal::RateLimited, e.to_string()).with_retry_after(secs);
-            }
+            PresenceError::RateLimited { retry_after } => return Self::rate_limited(e.to_string(), retry_after),
         };
         Self::refuse(refusal, e.to_string())
     }
