@@ -383,6 +383,24 @@ async fn a_listed_origin_may_call_herald_with_credentials_and_no_other_origin_ma
     assert_eq!(cors_of(&foreign).0, None);
 }
 
+#[tokio::test]
+async fn a_listed_origin_is_matched_whatever_the_case_it_was_configured_in() {
+    // Scheme and host are case-insensitive and a browser sends them in lowercase; the cookie
+    // guard already took such an origin, and CORS must take it too, or the page could not
+    // read what the guard let through.
+    let server = TestServer::secured(|c| c.cors_origins = vec!["http://App.Test:5173".to_owned()]).await;
+    let ok = preflight(&server, APP, "/api/publish").await;
+    assert!(ok.status().is_success(), "preflight: {}", ok.status());
+    assert_eq!((cors_of(&ok).0.as_deref(), cors_of(&ok).1.as_deref()), (Some(APP), Some("true")));
+    for proto in [Proto::H1, Proto::H2c] {
+        let stream = server.client(proto).user("u1").open_events("channel=user:u1", &[("origin", APP)]).await;
+        assert_eq!(stream.status(), 200, "{proto:?}");
+        assert_eq!(cors_of(&stream).0.as_deref(), Some(APP), "{proto:?}");
+    }
+    let other = preflight(&server, "http://app.test:5174", "/api/publish").await;
+    assert_eq!(cors_headers(&other), Vec::<String>::new(), "another port is another origin");
+}
+
 /// The names of an answer's `access-control-*` headers.
 fn cors_headers(resp: &hyper::Response<hyper::body::Incoming>) -> Vec<String> {
     resp.headers().keys().map(|k| k.as_str().to_owned()).filter(|k| k.starts_with("access-control-")).collect()

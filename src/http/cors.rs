@@ -41,11 +41,17 @@ pub fn layer(origins: &[String]) -> Option<ListedOnlyLayer> {
     if origins.iter().any(|o| o == "*") {
         return Some(ListedOnlyLayer { cors: layer.allow_origin(AllowOrigin::any()), listed: None });
     }
-    let listed: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
-    Some(ListedOnlyLayer {
-        cors: layer.allow_origin(AllowOrigin::list(listed.clone())).allow_credentials(true),
-        listed: Some(listed.into()),
-    })
+    // Origins compare without regard to case (scheme and host are case-insensitive, and a
+    // browser sends them in lowercase), as the cookie guard compares them: a listed
+    // `https://App.example` admits the page at `https://app.example`.
+    let listed: Arc<[HeaderValue]> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let allowed = Arc::clone(&listed);
+    let allow = AllowOrigin::predicate(move |origin, _| is_listed(&allowed, origin));
+    Some(ListedOnlyLayer { cors: layer.allow_origin(allow).allow_credentials(true), listed: Some(listed) })
+}
+
+fn is_listed(listed: &[HeaderValue], origin: &HeaderValue) -> bool {
+    listed.iter().any(|l| l.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
 }
 
 /// Applies the CORS rules to requests from a listed origin only (every origin with `*`).
@@ -89,7 +95,7 @@ where
         let admitted = match (&self.listed, req.headers().get(header::ORIGIN)) {
             (_, None) => false,
             (None, Some(_)) => true,
-            (Some(listed), Some(origin)) => listed.contains(origin),
+            (Some(listed), Some(origin)) => is_listed(listed, origin),
         };
         if admitted { Either::Left(self.cors.call(req)) } else { Either::Right(self.cors.get_mut().call(req)) }
     }
