@@ -257,6 +257,17 @@ async fn a_ban_refuses_new_streams_and_tickets_until_it_is_lifted_or_runs_out() 
 }
 
 #[tokio::test]
+async fn a_ban_of_a_year_written_1y_is_taken_and_a_second_more_is_not() {
+    let server = node(None).await;
+    let mut backend = server.client(Proto::H1).backend();
+    let (status, answer) = backend.post_json("/api/bans", &json!({"user": "9", "ttl": "1y"})).await;
+    assert_eq!((status.as_u16(), &answer), (200, &json!({"user": "9", "expiresIn": 31_557_600})));
+    expect_banned(&server, "9").await;
+    let (status, answer) = backend.post_json("/api/bans", &json!({"user": "9", "ttl": "1y 1s"})).await;
+    assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (400, Some("invalid_ttl")), "{answer}");
+}
+
+#[tokio::test]
 async fn a_disconnect_with_a_ban_cuts_with_reason_banned_and_refuses_the_reconnect() {
     let server = node(None).await;
     let mut stream = server.client(Proto::H2c).user("13").subscribe("channel=user:13", &[]).await;

@@ -18,8 +18,9 @@ use crate::engine::{EngineError, NodeCommand, NodeReply};
 use crate::hub::connection::CloseReason;
 use crate::metrics::DisconnectKind;
 
-/// The longest ban: a year. Longer belongs in the application's own user records.
-pub const MAX_BAN: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest ban: a year, as a duration reads it (`"1y"`, 365.25 days). Longer belongs in
+/// the application's own user records.
+pub const MAX_BAN: Duration = Duration::from_secs(31_557_600);
 
 /// How a disconnect ends the streams it cuts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +54,7 @@ pub enum DisconnectError {
     InvalidConnection,
     #[error("a ban names a user: disconnect by `user` to ban")]
     BanNeedsUser,
-    #[error("a ban lasts from 1 second to 365 days")]
+    #[error("a ban lasts from 1 second to a year (`1y`)")]
     InvalidTtl,
     #[error(transparent)]
     Engine(#[from] EngineError),
