@@ -163,6 +163,46 @@ async fn a_user_toggling_their_status_in_a_loop_is_refused_past_the_burst() {
 }
 
 #[tokio::test]
+async fn a_user_opening_and_closing_streams_in_a_join_leave_room_in_a_loop_is_refused_past_the_burst() {
+    // Where a namespace has `join_leave`, each stream's open is announced as a join and its
+    // close as a leave: a loop of them must not flood the room. They come from the bucket of
+    // the user's live joins and leaves.
+    let server = TestServer::secured(|c| {
+        c.publish_rate = 1.0;
+        c.publish_burst = 3.0;
+        let room = herald::config::NamespaceConfig { join_leave: Some(true), ..Default::default() };
+        c.namespaces.insert("room".to_owned(), room);
+    })
+    .await;
+    let mut watcher = server.client(Proto::H1).user("watcher").subscribe("channel=room:lobby", &[]).await;
+    let mut next_of = async |user: &str| loop {
+        let ev = watcher.expect().await;
+        if ev.data["userId"] == user || ev.data["type"] == "note" {
+            return (ev.data["type"].as_str().unwrap_or_default().to_owned(), ev.data["room"].clone());
+        }
+    };
+    for proto in [Proto::H1, Proto::H2c, Proto::H1] {
+        let stream = server.client(proto).user("hopper").subscribe("channel=room:lobby", &[]).await;
+        assert_eq!(next_of("hopper").await, ("join".to_owned(), json!("room:lobby")), "{proto:?}");
+        drop(stream);
+        assert_eq!(next_of("hopper").await, ("leave".to_owned(), json!("room:lobby")), "{proto:?}");
+    }
+    let refused = server.client(Proto::H2c).user("hopper").open_events("channel=room:lobby", &[]).await;
+    let (status, code, retry) = status_and_code(refused).await;
+    assert_eq!((status, code.as_str(), retry.as_deref()), (429, "rate_limited", Some("1")));
+    // The same bucket as live joins; a stream where nothing is announced is not charged.
+    let own = server.client(Proto::H1).user("hopper").subscribe("channel=user:hopper", &[]).await;
+    let path = format!("/api/connections/{}/channels", own.connection_id());
+    let (status, answer) =
+        server.client(Proto::H1).user("hopper").post_json(&path, &json!({"channel": "room:lobby"})).await;
+    assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (429, Some("rate_limited")));
+    // Nothing was announced for the refused ones: the next event is the backend's note.
+    let note = json!({"channel": "room:lobby", "type": "note"});
+    assert_eq!(server.client(Proto::H1).backend().post_json("/api/publish", &note).await.0, 200);
+    assert_eq!(next_of("hopper").await, ("note".to_owned(), json!(null)));
+}
+
+#[tokio::test]
 async fn a_user_joining_and_leaving_rooms_in_a_loop_is_refused_past_the_burst() {
     // Each live join and leave may be announced in the room: a loop must not flood it.
     let server = TestServer::secured(|c| {

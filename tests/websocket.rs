@@ -1109,3 +1109,107 @@ async fn a_publish_over_the_socket_is_charged_to_the_users_rate_limit() {
     let mut c = server.client(Proto::H1);
     assert_eq!(c.metric("herald_publish_refused_total{reason=\"rate_limited\"}").await, 1.0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Centrifugo's client protocol (`centrifugo = true`): frames that hold many commands. The
+// SDK's own behaviour is proven with the real `centrifuge` package (tests/centrifugo); these
+// frames are ones it would not send.
+
+type RawWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A Centrifugo socket past its `connect` with `token` (empty: anonymous, in dev mode).
+async fn centrifugo_connected(server: &TestServer, token: &str) -> RawWs {
+    let url = format!("ws://{}/connection/websocket", server.addr);
+    let (mut ws, _) =
+        within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
+    let connect = json!({"id": 1, "connect": {"token": token}}).to_string();
+    ws.send(Message::text(connect)).await.unwrap_or_else(|e| panic!("{e}"));
+    let reply = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert!(reply.len() == 1 && reply[0]["connect"]["client"].is_string(), "{reply:?}");
+    ws
+}
+
+/// The replies of the next text frame (one JSON object a line), or the close code and
+/// reason that ended the socket.
+async fn centrifugo_frame(ws: &mut RawWs) -> Result<Vec<Value>, Option<(u16, String)>> {
+    loop {
+        match within("the next Centrifugo frame", ws.next()).await {
+            Some(Ok(Message::Text(t))) => {
+                let lines = t.as_str().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")));
+                return Ok(lines.collect());
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                return Err(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())));
+            }
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+fn centrifugo_on(c: &mut Config) {
+    ws_on(c);
+    c.centrifugo = Some(herald::config::CentrifugoConfig::default());
+}
+
+#[tokio::test]
+async fn a_socket_subscribing_to_join_leave_rooms_in_a_loop_is_refused_past_the_burst() {
+    // Each subscribe to a `join_leave` room is announced there as a join: a socket's own
+    // commands come from the user's bucket of live joins and leaves, as a stream's open does.
+    let server = secured_server(|c| {
+        c.publish_rate = 1.0;
+        c.publish_burst = 3.0;
+        let room = herald::config::NamespaceConfig { join_leave: Some(true), ..Default::default() };
+        c.namespaces.insert("room".to_owned(), room);
+    })
+    .await;
+    let ann = format!("Bearer {}", token("ann"));
+    let mut ws = open_ok(&server, "channel=user:ann", &[("authorization", &ann)]).await;
+    expect_connected(&mut ws, &["user:ann"]).await;
+    // Not charged: a channel where nothing is announced.
+    let reply = ws.request(json!({"type": "subscribe", "channels": ["channel:quiet"]})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    // One a command, whatever the number of its rooms; unsubscribes are not charged.
+    for _ in 0..3 {
+        let reply = ws.request(json!({"type": "subscribe", "channels": ["room:a", "room:b"]})).await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+        let reply = ws.request(json!({"type": "unsubscribe", "channels": ["room:a", "room:b"]})).await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+    }
+    let refused = ws.request(json!({"type": "subscribe", "channels": ["room:a"]})).await;
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    assert!(refused["retryAfter"].as_u64().is_some_and(|s| s >= 1), "{refused}");
+}
+
+#[tokio::test]
+async fn a_centrifugo_client_subscribing_to_a_join_leave_room_in_a_loop_is_refused_with_111() {
+    let server = TestServer::secured(|c| {
+        centrifugo_on(c);
+        c.publish_rate = 1.0;
+        c.publish_burst = 3.0;
+        let room = herald::config::NamespaceConfig { join_leave: Some(true), ..Default::default() };
+        c.namespaces.insert("room".to_owned(), room);
+    })
+    .await;
+    let mut ws = centrifugo_connected(&server, &token("ann")).await;
+    let mut command = async |line: Value| {
+        ws.send(Message::text(line.to_string())).await.unwrap_or_else(|e| panic!("{e}"));
+        loop {
+            // Pushes (the room's join and leave) may come between the replies.
+            let frame = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+            if let Some(reply) = frame.into_iter().find(|r| r["id"] == line["id"]) {
+                return reply;
+            }
+        }
+    };
+    // The first subscribe opens the socket's connection (a stream's open), the later ones
+    // join it: each is announced in the room, each is charged.
+    for id in 0..3 {
+        let reply = command(json!({"id": 10 + id, "subscribe": {"channel": "room:x"}})).await;
+        assert!(reply["subscribe"].is_object(), "{reply}");
+        let reply = command(json!({"id": 20 + id, "unsubscribe": {"channel": "room:x"}})).await;
+        assert!(reply["unsubscribe"].is_object(), "{reply}");
+    }
+    let refused = command(json!({"id": 30, "subscribe": {"channel": "room:x"}})).await;
+    assert_eq!((refused["error"]["code"].as_u64(), refused["error"]["temporary"].as_bool()), (Some(111), Some(true)));
+}

@@ -105,6 +105,8 @@ pub enum SubscribeError {
     Banned,
     #[error("too many tickets at once; wait a moment")]
     TicketsRateLimited { retry_after: Duration },
+    #[error("too many joins and leaves at once (streams opened where arrivals are announced); wait a moment")]
+    JoinsRateLimited { retry_after: Duration },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }

@@ -54,7 +54,7 @@ impl Herald {
         !channel.is_pattern() && self.policies().of(channel).is_some_and(|ns| ns.presence)
     }
 
-    fn join_leave_on(&self, channel: &ChannelName) -> bool {
+    pub(super) fn join_leave_on(&self, channel: &ChannelName) -> bool {
         !channel.is_pattern() && self.policies().of(channel).is_some_and(|ns| ns.join_leave)
     }
 

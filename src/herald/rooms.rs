@@ -20,6 +20,7 @@
 //! history covered, by position (`hub/connection/reader.rs`, `StreamCore::replayed`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -56,7 +57,7 @@ pub enum RoomError {
     #[error("{0}")]
     Event(#[from] EventError),
     #[error("too many joins and leaves at once; wait a moment")]
-    RateLimited { retry_after: std::time::Duration },
+    RateLimited { retry_after: Duration },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -173,6 +174,29 @@ impl Herald {
             self.charge_user("rooms:", &user.id).map_err(|retry_after| RoomError::RateLimited { retry_after })?;
         }
         Ok(())
+    }
+
+    /// A socket's own subscribe (`/api/ws`, Centrifugo's) joins its connection as the socket
+    /// itself, which [`Herald::join_at`] does not charge; where a namespace has `join_leave`
+    /// it is announced like any join, so it takes one from the user's bucket of live joins
+    /// and leaves (`429 rate_limited` past it), as a stream's open does. Its unsubscribe is
+    /// not charged, as a stream's close is not: each follows a join that was.
+    pub fn charge_socket_join(&self, who: &Principal, channels: &[ChannelName]) -> Result<(), RoomError> {
+        self.charge_announced_join(who, channels).map_err(|retry_after| RoomError::RateLimited { retry_after })
+    }
+
+    /// A user's stream open or socket subscribe that is announced as a `join` (a channel
+    /// whose namespace has `join_leave`) comes from the bucket of their live joins and
+    /// leaves, one a stream or command whatever the number of its channels (each room is
+    /// told once), so that a loop of them cannot flood a room. (Presence alone is not
+    /// charged: a user's `offline` waits out `presence_grace` and a user back within it is
+    /// not announced again, so such a loop announces at most twice a grace period.)
+    pub(super) fn charge_announced_join(&self, who: &Principal, channels: &[ChannelName]) -> Result<(), Duration> {
+        let Principal::User(user) = who else { return Ok(()) };
+        if !channels.iter().any(|ch| self.join_leave_on(ch)) {
+            return Ok(());
+        }
+        self.charge_user("rooms:", &user.id)
     }
 
     async fn run_on_connection(&self, command: NodeCommand, connection: &str) -> Result<(), RoomError> {

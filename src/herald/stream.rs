@@ -151,6 +151,9 @@ impl Herald {
     ) -> Result<StreamCore, SubscribeError> {
         let StreamRequest { principal, channels, last_event_id, named: _, kill, filters, last, transport } = req;
         let mut channels = self.admit(&principal, channels, admission.granted)?;
+        // Announced as a join where a namespace has `join_leave`, and its close as a leave.
+        self.charge_announced_join(&principal, &channels)
+            .map_err(|retry_after| SubscribeError::JoinsRateLimited { retry_after })?;
         let (shared, mut core) = self.register(&principal, &mut channels, kill, filters, transport, admission)?;
         self.claim_user_slot(&principal, &shared.id).await?;
         // Every channel, not only those this stream was first on: a channel another stream

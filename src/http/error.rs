@@ -236,7 +236,7 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::Draining => Refusal::ServerDraining,
             SubscribeError::Banned => Refusal::Banned,
             SubscribeError::UserLimit { .. } => Refusal::TooManyConnections,
-            SubscribeError::TicketsRateLimited { retry_after } => {
+            SubscribeError::TicketsRateLimited { retry_after } | SubscribeError::JoinsRateLimited { retry_after } => {
                 return Self::rate_limited(e.to_string(), retry_after);
             }
         };

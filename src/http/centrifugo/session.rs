@@ -634,6 +634,7 @@ impl Session {
         let Some(conn) = self.conn.as_ref() else { return Err(ClientError::new(100, "internal server error").into()) };
         let resume = s.from.resumes();
         let from = if resume { JoinFrom::After(protocol::position(s.from.offset)) } else { JoinFrom::Head };
+        self.herald.charge_socket_join(&self.who(), std::slice::from_ref(channel)).map_err(ApiError::from)?;
         if let Err(e) = self.herald.join_at(&own_connection(), conn.id(), channel, from).await {
             return Err(ApiError::from(e).into());
         }

@@ -258,6 +258,7 @@ impl Session {
         for ch in &channels {
             self.herald.policies().can_subscribe(&self.who, ch)?;
         }
+        self.herald.charge_socket_join(&self.who, &channels)?;
         for (ch, from) in channels.iter().zip(starts) {
             self.herald.join_at(&own_connection(), conn.id(), ch, from).await?;
         }
