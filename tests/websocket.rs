@@ -1147,9 +1147,59 @@ async fn centrifugo_frame(ws: &mut RawWs) -> Result<Vec<Value>, Option<(u16, Str
     }
 }
 
+/// One frame of `n` history reads of `news`, ids from 2.
+fn history_frame(n: u32) -> Message {
+    let lines: Vec<String> =
+        (2..2 + n).map(|id| json!({"id": id, "history": {"channel": "news", "limit": -1}}).to_string()).collect();
+    Message::text(lines.join("\n"))
+}
+
 fn centrifugo_on(c: &mut Config) {
     ws_on(c);
     c.centrifugo = Some(herald::config::CentrifugoConfig::default());
+}
+
+#[tokio::test]
+async fn each_command_of_a_centrifugo_frame_is_charged_and_a_frame_past_the_budget_is_cut_with_3013() {
+    let server = TestServer::with(centrifugo_on).await;
+    let mut ws = centrifugo_connected(&server, "").await;
+    // A frame of 50 commands is 50 requests, all answered.
+    ws.send(history_frame(50)).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut answered = Vec::new();
+    while answered.len() < 50 {
+        let replies = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+        answered.extend(replies.iter().map(|r| r["id"].as_u64().unwrap_or_else(|| panic!("{r}"))));
+    }
+    assert_eq!(answered, (2..52).collect::<Vec<u64>>());
+    // One of 200 is more than is left of the socket's budget: none runs, the socket is cut
+    // as Centrifugo cuts a client that sends too much.
+    ws.send(history_frame(200)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(centrifugo_frame(&mut ws).await, Err(Some((3013, "too many requests".to_owned()))));
+    // Others carry on.
+    let mut other = centrifugo_connected(&server, "").await;
+    other.send(history_frame(1)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(centrifugo_frame(&mut other).await.map(|r| r[0]["id"].clone()), Ok(json!(2)));
+}
+
+#[tokio::test]
+async fn a_centrifugo_frame_of_history_reads_is_answered_page_by_page_not_gathered_whole() {
+    // Each page is about 320 KB: gathered, a frame of many such reads would hold them all
+    // at once.
+    let server = TestServer::with(centrifugo_on).await;
+    let mut p = publisher(&server);
+    for n in 0..8 {
+        p.publish(&json!({"channel": "channel:news", "type": "big", "n": n, "text": "x".repeat(40_000)})).await;
+    }
+    let mut ws = centrifugo_connected(&server, "").await;
+    ws.send(history_frame(6)).await.unwrap_or_else(|e| panic!("{e}"));
+    for id in 2..8 {
+        let replies = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+        let pages: Vec<(u64, usize)> = replies
+            .iter()
+            .map(|r| (r["id"].as_u64().unwrap_or(0), r["history"]["publications"].as_array().map_or(0, Vec::len)))
+            .collect();
+        assert_eq!(pages, [(id, 8)], "one page a frame");
+    }
 }
 
 #[tokio::test]

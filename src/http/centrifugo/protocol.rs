@@ -179,11 +179,20 @@ impl Command {
     }
 }
 
+/// How many commands a text frame holds (its lines that are not blank), counted before
+/// any is read.
+pub(super) fn command_count(text: &str) -> usize {
+    command_lines(text).count()
+}
+
+fn command_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter(|line| !line.trim().is_empty())
+}
+
 /// Reads the commands of one text frame: one JSON object a line, blank lines skipped.
 /// `None` when a line is not a command (the SDK is then told `3501 bad request`).
 pub(super) fn parse(text: &str) -> Option<Vec<(u32, Kind)>> {
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
+    command_lines(text)
         .map(|line| {
             let cmd: Command = serde_json::from_str(line).ok()?;
             let id = cmd.id;

@@ -41,6 +41,11 @@ use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 /// Most messages gathered into one frame.
 const MAX_BATCH: usize = 64;
 
+/// Reply lines gathered past this many bytes are written before the frame's next command
+/// runs: a frame of many commands (each a history page of up to `history_size` events)
+/// holds one page at a time, and a client that does not read holds up its own commands.
+const WRITE_REPLIES_PAST: usize = 64 * 1024;
+
 /// Longest wait for the closing handshake.
 const CLOSE_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -215,7 +220,7 @@ impl Session {
                     match frame {
                         In::Text(text) => {
                             // Boxed, as `/api/ws` does: idle sockets do not carry its size.
-                            let (lines, end) = Box::pin(self.commands(&text)).await;
+                            let (lines, end) = Box::pin(self.commands(socket, &text)).await?;
                             if !lines.is_empty() {
                                 self.write(socket, protocol::frame(&lines)).await?;
                             }
@@ -339,16 +344,28 @@ impl Session {
         super::disconnect_for(self.conn.as_ref().and_then(Connection::close_reason))
     }
 
-    /// Runs the commands of one frame: the reply lines, and the disconnect that follows.
-    async fn commands(&mut self, text: &str) -> (Vec<String>, Option<Disconnect>) {
-        let Some(commands) = protocol::parse(text) else { return (Vec::new(), Some(Disconnect::BadRequest)) };
+    /// Runs the commands of one frame: the reply lines not written yet, and the disconnect
+    /// that follows; `None` when the socket failed. Each command past the first costs a
+    /// frame of the socket's budget (the frame paid for one), taken before any is read: a
+    /// frame of a thousand commands is a thousand requests.
+    async fn commands(
+        &mut self,
+        socket: &mut Socket<UpgradedIo>,
+        text: &str,
+    ) -> Option<(Vec<String>, Option<Disconnect>)> {
+        let count = protocol::command_count(text);
+        if count > 1 && !self.frames.take_n(count - 1) {
+            return Some((Vec::new(), Some(Disconnect::TooManyRequests)));
+        }
+        let Some(commands) = protocol::parse(text) else { return Some((Vec::new(), Some(Disconnect::BadRequest))) };
         let mut lines = Vec::with_capacity(commands.len());
+        let mut gathered = 0;
         for (id, kind) in commands {
             let result = match kind {
                 Kind::Pong => continue,
                 Kind::Connect(c) => self.connect(c).await.map(|r| ("connect", r)),
                 // Anything before `connect` is out of order.
-                _ if self.who.is_none() => return (lines, Some(Disconnect::BadRequest)),
+                _ if self.who.is_none() => return Some((lines, Some(Disconnect::BadRequest))),
                 Kind::Subscribe(s) => self.subscribe(s).await.map(|r| ("subscribe", r)),
                 Kind::Unsubscribe(u) => self.unsubscribe(u.channel).await.map(|r| ("unsubscribe", r)),
                 Kind::Publish(p) => self.publish(p).await.map(|r| ("publish", r)),
@@ -359,13 +376,20 @@ impl Session {
                 Kind::SubRefresh(r) => self.sub_refresh(r).await.map(|r| ("sub_refresh", r)),
                 Kind::Unsupported => Err(ClientError::method_not_found().into()),
             };
-            lines.push(match result {
+            let line = match result {
                 Ok((method, result)) => protocol::reply(id, method, result),
                 Err(Fail::Error(e)) => protocol::error(id, e),
-                Err(Fail::Disconnect(d)) => return (lines, Some(d)),
-            });
+                Err(Fail::Disconnect(d)) => return Some((lines, Some(d))),
+            };
+            gathered += line.len();
+            lines.push(line);
+            if gathered > WRITE_REPLIES_PAST {
+                self.write(socket, protocol::frame(&lines)).await?;
+                lines.clear();
+                gathered = 0;
+            }
         }
-        (lines, None)
+        Some((lines, None))
     }
 
     /// `connect`: the token's `sub` is the user (an empty token is anonymous, if Herald

@@ -663,11 +663,17 @@ impl Bucket {
     }
 
     pub(in crate::http) fn take(&mut self) -> bool {
+        self.take_n(1)
+    }
+
+    /// Takes `n` tokens at once, or none: `false` when fewer are left.
+    pub(in crate::http) fn take_n(&mut self, n: usize) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * FRAME_RATE).min(FRAME_BURST);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = n as f64;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
