@@ -120,9 +120,73 @@ impl RateLimiter {
     }
 }
 
+/// Slots per key, each held by a [`Slot`] until it is dropped: how many of a client's large
+/// answers are being written at once (`http::answers`).
+#[derive(Default)]
+pub struct InFlight {
+    counts: Mutex<HashMap<Box<str>, usize>>,
+}
+
+impl InFlight {
+    /// Whether `key` holds `max` slots already.
+    pub fn full(&self, key: &str, max: usize) -> bool {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).get(key).is_some_and(|n| *n >= max)
+    }
+
+    /// One of `key`'s `max` slots, or `None` when it holds them all.
+    pub fn take(self: &Arc<Self>, key: &str, max: usize) -> Option<Slot> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = counts.entry(key.into()).or_insert(0);
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(Slot { owner: Arc::clone(self), key: key.into() })
+    }
+
+    /// Keys holding a slot.
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+/// A slot of [`InFlight`], given back when dropped (a key holding none is forgotten).
+pub struct Slot {
+    owner: Arc<InFlight>,
+    key: Box<str>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = counts.get_mut(&*self.key) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&*self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_holds_at_most_its_slots_and_gets_one_back_when_one_is_dropped() {
+        let in_flight = Arc::new(InFlight::default());
+        let held: Vec<Slot> = (0..3).filter_map(|_| in_flight.take("ann", 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(in_flight.full("ann", 3) && in_flight.take("ann", 3).is_none());
+        assert!(in_flight.take("bob", 3).is_some(), "another key has its own");
+        let mut held = held;
+        held.pop();
+        assert!(!in_flight.full("ann", 3));
+        assert!(in_flight.take("ann", 3).is_some());
+        drop(held);
+        assert_eq!(in_flight.keys(), 0, "a key that holds nothing is forgotten");
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_refills_at_its_rate() {

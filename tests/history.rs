@@ -523,3 +523,58 @@ async fn a_history_read_asks_the_backend_hooks_as_a_stream_would() {
     // An API key is the application itself: not asked about.
     assert_eq!(p.get_json("/api/channels/channel:secret/history").await.0, 200);
 }
+
+/// Sends `GET <path>` as `user` on a raw HTTP/1.1 connection and reads the answer's head
+/// alone, never its body: a client that asks and does not read.
+async fn ask_and_read_nothing(addr: std::net::SocketAddr, path: &str, user: &str) -> (u16, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", support::token(user));
+    tcp.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = support::within("the answer's head", tcp.read(&mut buf)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let status = String::from_utf8_lossy(&got[9..12]).parse().unwrap_or(0);
+    (status, tcp)
+}
+
+#[tokio::test]
+async fn a_client_that_reads_none_of_its_large_history_pages_holds_eight_at_most() {
+    // Each page is about 6 MB: a client asking for pages without reading them made the node
+    // hold every one.
+    let server = on(None).await;
+    let mut p = server.client(Proto::H1).backend();
+    for n in 0..100 {
+        p.publish(&json!({"channel": "channel:big", "type": "big", "n": n, "text": "x".repeat(60_000)})).await;
+    }
+    let path = "/api/channels/channel:big/history?limit=100";
+    let mut unread = Vec::new();
+    for _ in 0..8 {
+        let (status, tcp) = ask_and_read_nothing(server.addr, path, "ann").await;
+        assert_eq!(status, 200);
+        unread.push(tcp);
+    }
+    // The ninth is refused before anything is read for it, over either protocol; others are
+    // not held up.
+    for proto in [Proto::H1, Proto::H2c] {
+        let refused = server.client(proto).user("ann").get_json(path).await;
+        assert_eq!(code(refused.clone()), (429, "rate_limited".to_owned()), "{proto:?}: {}", refused.1);
+        let (status, answer) = server.client(proto).user("bob").get_json(path).await;
+        assert_eq!((status.as_u16(), page(&answer).0.len()), (200, 100), "{proto:?}");
+    }
+    // A presence list may be as large: it waits for the same slots.
+    let presence = server.client(Proto::H1).user("ann").get_json("/api/channels/channel:big/presence").await;
+    assert_eq!(code(presence), (429, "rate_limited".to_owned()));
+    // One read to its end, or given up, gives its place back.
+    drop(unread.pop());
+    support::within("a slot to come back", async {
+        while server.client(Proto::H1).user("ann").get_json(path).await.0 != 200 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}

@@ -120,6 +120,8 @@ struct Inner {
     metrics: crate::metrics::Metrics,
     user_rate: RateLimiter,
     key_rate: RateLimiter,
+    /// Each client's large answers being written (`http::answers`).
+    answers: Arc<crate::limits::InFlight>,
     node_id: String,
     started: Instant,
     draining: AtomicBool,
@@ -199,6 +201,7 @@ impl Herald {
             mirror,
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
+            answers: Arc::default(),
             metrics,
             hooks: crate::hooks::Hooks::from_config(&config)?,
             webhooks,
@@ -235,6 +238,11 @@ impl Herald {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Each client's large answers being written (`http::answers`).
+    pub(crate) fn answers_in_flight(&self) -> &Arc<crate::limits::InFlight> {
+        &self.inner.answers
     }
 
     /// The application's backend hooks (`docs/backend.md`).

@@ -60,7 +60,7 @@ impl ApiError {
     }
 
     /// `429 rate_limited` with `message`, and `Retry-After` in whole seconds, rounded up.
-    fn rate_limited(message: String, retry_after: std::time::Duration) -> Self {
+    pub(crate) fn rate_limited(message: String, retry_after: std::time::Duration) -> Self {
         let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         Self::refuse(Refusal::RateLimited, message).with_retry_after(secs)
     }

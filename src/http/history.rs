@@ -7,9 +7,11 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::request::Parts;
+use axum::response::Response;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use super::answers;
 use super::auth::{PeerAddr, principal};
 use super::error::ApiError;
 use super::hooked;
@@ -26,12 +28,22 @@ struct Entry<'a> {
     event: &'a RawValue,
 }
 
+/// A page of history as it is answered.
+#[derive(serde::Serialize)]
+struct Page<'a> {
+    channel: &'a str,
+    order: &'a str,
+    head: String,
+    more: bool,
+    events: Vec<Entry<'a>>,
+}
+
 pub async fn history(
     State(herald): State<Herald>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     parts: Parts,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path(channel) = path.map_err(|e| ApiError::refuse(Refusal::InvalidChannel, e.body_text()))?;
     let channel = herald.parse_channel(&channel)?;
     let query = history_query(&herald, &channel, query)?;
@@ -41,6 +53,8 @@ pub async fn history(
     let peer = parts.extensions.get::<PeerAddr>().copied();
     let client = hooked::Client::new(&herald, "http", &parts.headers, peer);
     let (who, _) = hooked::open(&herald, &client, who, vec![channel.clone()]).await?;
+    // A page may be megabytes: a client has only so many being written at once.
+    let answer = answers::Client::admit(&herald, &who, peer)?;
     let page = herald.history(&who, &channel, query).await?;
     let mut events = Vec::with_capacity(page.events.len());
     for ev in &page.events {
@@ -49,13 +63,9 @@ pub async fn history(
             .map_err(|e| ApiError::refuse(Refusal::Internal, format!("a stored event is not JSON: {e}")))?;
         events.push(Entry { position: page.id_of(copy.position), event });
     }
-    Ok(Json(json!({
-        "channel": channel.as_str(),
-        "order": query.order.as_str(),
-        "head": page.id_of(page.head),
-        "more": page.more,
-        "events": events,
-    })))
+    let order = query.order.as_str();
+    let head = page.id_of(page.head);
+    answer.json(&herald, &Page { channel: channel.as_str(), order, head, more: page.more, events })
 }
 
 /// The query of a history request: `limit`, `after`, `before`, `order`.

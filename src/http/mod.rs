@@ -3,6 +3,7 @@
 //! [`router`] builds the axum `Router` that `herald serve` runs and that an embedding
 //! application can mount. Handlers only translate between HTTP and [`Herald`]'s methods.
 
+mod answers;
 pub mod auth;
 mod centrifugo;
 pub mod cors;

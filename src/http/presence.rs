@@ -7,9 +7,10 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::auth::{check_cookie_request, principal};
+use super::auth::{PeerAddr, check_cookie_request, principal};
 use super::error::ApiError;
 use super::refusal::Refusal;
 use crate::auth::Principal;
@@ -19,11 +20,13 @@ use crate::herald::{Herald, PresenceError};
 pub async fn channel(
     State(herald): State<Herald>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let (channel, who) = super::rooms::channel_and_caller(&herald, path, &headers).await?;
+    parts: Parts,
+) -> Result<Response, ApiError> {
+    let (channel, who) = super::rooms::channel_and_caller(&herald, path, &parts.headers).await?;
+    // A crowded room's list may be megabytes: a client has only so many being written at once.
+    let answer = super::answers::Client::admit(&herald, &who, parts.extensions.get::<PeerAddr>().copied())?;
     let users = herald.channel_presence(&who, &channel).await?;
-    Ok(Json(json!({"channel": channel.as_str(), "users": users})))
+    answer.json(&herald, &json!({"channel": channel.as_str(), "users": users}))
 }
 
 pub async fn user(
