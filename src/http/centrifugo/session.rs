@@ -790,6 +790,10 @@ impl Session {
 
     async fn presence(&mut self, name: String, stats: bool) -> Result<Value, Fail> {
         let channel = self.channel(&name)?;
+        // A `$` channel's presence is its subscribers' only, as its history is.
+        if name.starts_with(protocol::PRIVATE_PREFIX) && !self.subs.contains_key(channel.as_str()) {
+            return Err(ClientError::permission_denied().into());
+        }
         Ok(super::presence(&self.herald, &self.who(), &channel, stats).await?)
     }
 }

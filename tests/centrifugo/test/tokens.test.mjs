@@ -92,7 +92,7 @@ test("a refresh with another user's token ends the connection with 3500 invalid 
   assert.deepEqual([ctx.code, ctx.reason], [3500, 'invalid token']);
 });
 
-test('a $ channel needs a subscription token: without one 103 (and no history), with one for the user and channel it subscribes', async () => {
+test('a $ channel needs a subscription token: without one 103 (and no history or presence), with one for the user and channel it subscribes', async () => {
   const c = client(token('pat'));
   const denied = c.newSubscription('$secret');
   const refused = once(denied, 'unsubscribed');
@@ -117,6 +117,10 @@ test('a $ channel needs a subscription token: without one 103 (and no history), 
   // A $ channel's history is its subscribers' only.
   assert.equal((await allowed.history({ limit: 0 })).epoch, 'herald');
   await assert.rejects(c.history('$secret', { limit: 0 }), (e) => e.code === 103);
+  // So is its presence.
+  await assert.rejects(c.presence('$secret'), (e) => e.code === 103);
+  await assert.rejects(c.presenceStats('$secret'), (e) => e.code === 103);
+  assert.equal((await allowed.presenceStats()).numUsers, 1, 'its subscriber reads it');
   c.disconnect();
 });
 
