@@ -1263,3 +1263,39 @@ async fn a_centrifugo_client_subscribing_to_a_join_leave_room_in_a_loop_is_refus
     let refused = command(json!({"id": 30, "subscribe": {"channel": "room:x"}})).await;
     assert_eq!((refused["error"]["code"].as_u64(), refused["error"]["temporary"].as_bool()), (Some(111), Some(true)));
 }
+
+/// Sends `commands` in one frame and reads until each has its reply: everything read, in
+/// order (pushes included).
+async fn centrifugo_call(ws: &mut RawWs, commands: &[Value]) -> Vec<Value> {
+    let frame: Vec<String> = commands.iter().map(Value::to_string).collect();
+    ws.send(Message::text(frame.join("\n"))).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut read: Vec<Value> = Vec::new();
+    while !commands.iter().all(|c| read.iter().any(|r| r["id"] == c["id"])) {
+        read.extend(centrifugo_frame(ws).await.unwrap_or_else(|close| panic!("closed: {close:?}")));
+    }
+    read
+}
+
+#[tokio::test]
+async fn a_centrifugo_subscription_is_refused_twice_and_kept_through_an_unsubscribe_and_subscribe_in_one_frame() {
+    let server = TestServer::with(centrifugo_on).await;
+    let mut ws = centrifugo_connected(&server, "").await;
+    let subscribe = |id: u32| json!({"id": id, "subscribe": {"channel": "news"}});
+    let read = centrifugo_call(&mut ws, &[subscribe(2)]).await;
+    assert!(read[0]["subscribe"].is_object(), "{read:?}");
+    let read = centrifugo_call(&mut ws, &[subscribe(3)]).await;
+    assert_eq!(read[0]["error"]["code"], 105, "already subscribed: {read:?}");
+    // `sub_refresh` is for a channel the client follows.
+    let refresh = json!({"id": 4, "sub_refresh": {"channel": "other", "token": "x"}});
+    let read = centrifugo_call(&mut ws, &[refresh]).await;
+    assert_eq!(read[0]["error"]["code"], 103, "{read:?}");
+    // The leave's own notice comes back after the new subscription: it is the client's own,
+    // not a server-side unsubscribe.
+    let unsubscribe = json!({"id": 5, "unsubscribe": {"channel": "news"}});
+    let read = centrifugo_call(&mut ws, &[unsubscribe, subscribe(6)]).await;
+    assert!(read.iter().all(|r| r.get("push").is_none()), "{read:?}");
+    publisher(&server).publish(&json!({"channel": "channel:news", "type": "note", "n": 1})).await;
+    let pushes = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!((&pushes[0]["push"]["channel"], &pushes[0]["push"]["pub"]["data"]["n"]), (&json!("news"), &json!(1)));
+}

@@ -74,7 +74,7 @@ test('a namespaced channel and a user channel keep their Centrifugo names on the
   c.disconnect();
 });
 
-test("another user's personal channel is refused with Centrifugo's permission error", async () => {
+test("another user's personal channel is refused with Centrifugo's permission error, its history and presence too", async () => {
   const c = client(token('42'));
   const sub = c.newSubscription('personal:#43');
   // A permanent refusal (not temporary, not `109`) ends the subscription with its code.
@@ -84,6 +84,10 @@ test("another user's personal channel is refused with Centrifugo's permission er
   const ctx = await refused;
   assert.equal(ctx.code, 103);
   assert.equal(sub.state, 'unsubscribed');
+  // Nor can its history or presence be read.
+  await herald.publish({ channel: 'user:43', type: 'note', text: 'private' });
+  await assert.rejects(c.history('#43', { limit: 10 }), (e) => e.code === 103);
+  await assert.rejects(c.presence('#43'), (e) => e.code === 103);
   c.disconnect();
 });
 
@@ -121,6 +125,14 @@ test('a token that does not verify is refused with disconnect 3500 and the SDK d
   assert.equal(ctx.code, 3500);
   assert.equal(ctx.reason, 'invalid token');
   assert.equal(c.state, 'disconnected');
+});
+
+test('a connect without a token is refused with 3500 where Herald requires authentication', async () => {
+  const c = new Centrifuge(herald.ws, { websocket: WebSocket });
+  const disconnected = once(c, 'disconnected');
+  c.connect();
+  const ctx = await disconnected;
+  assert.deepEqual([ctx.code, ctx.reason, c.state], [3500, 'invalid token', 'disconnected']);
 });
 
 test('presence and presence stats list the users subscribed, by user id', async () => {
