@@ -167,13 +167,7 @@ async fn a_user_opening_and_closing_streams_in_a_join_leave_room_in_a_loop_is_re
     // Where a namespace has `join_leave`, each stream's open is announced as a join and its
     // close as a leave: a loop of them must not flood the room. They come from the bucket of
     // the user's live joins and leaves.
-    let server = TestServer::secured(|c| {
-        c.publish_rate = 1.0;
-        c.publish_burst = 3.0;
-        let room = herald::config::NamespaceConfig { join_leave: Some(true), ..Default::default() };
-        c.namespaces.insert("room".to_owned(), room);
-    })
-    .await;
+    let server = TestServer::secured(support::join_leave_rooms_three_at_once).await;
     let mut watcher = server.client(Proto::H1).user("watcher").subscribe("channel=room:lobby", &[]).await;
     let mut next_of = async |user: &str| loop {
         let ev = watcher.expect().await;

@@ -1206,13 +1206,7 @@ async fn a_centrifugo_frame_of_history_reads_is_answered_page_by_page_not_gather
 async fn a_socket_subscribing_to_join_leave_rooms_in_a_loop_is_refused_past_the_burst() {
     // Each subscribe to a `join_leave` room is announced there as a join: a socket's own
     // commands come from the user's bucket of live joins and leaves, as a stream's open does.
-    let server = secured_server(|c| {
-        c.publish_rate = 1.0;
-        c.publish_burst = 3.0;
-        let room = herald::config::NamespaceConfig { join_leave: Some(true), ..Default::default() };
-        c.namespaces.insert("room".to_owned(), room);
-    })
-    .await;
+    let server = secured_server(support::join_leave_rooms_three_at_once).await;
     let ann = format!("Bearer {}", token("ann"));
     let mut ws = open_ok(&server, "channel=user:ann", &[("authorization", &ann)]).await;
     expect_connected(&mut ws, &["user:ann"]).await;
@@ -1235,22 +1229,14 @@ async fn a_socket_subscribing_to_join_leave_rooms_in_a_loop_is_refused_past_the_
 async fn a_centrifugo_client_subscribing_to_a_join_leave_room_in_a_loop_is_refused_with_111() {
     let server = TestServer::secured(|c| {
         centrifugo_on(c);
-        c.publish_rate = 1.0;
-        c.publish_burst = 3.0;
-        let room = herald::config::NamespaceConfig { join_leave: Some(true), ..Default::default() };
-        c.namespaces.insert("room".to_owned(), room);
+        support::join_leave_rooms_three_at_once(c);
     })
     .await;
     let mut ws = centrifugo_connected(&server, &token("ann")).await;
+    // Pushes (the room's join and leave) may come between the replies.
     let mut command = async |line: Value| {
-        ws.send(Message::text(line.to_string())).await.unwrap_or_else(|e| panic!("{e}"));
-        loop {
-            // Pushes (the room's join and leave) may come between the replies.
-            let frame = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
-            if let Some(reply) = frame.into_iter().find(|r| r["id"] == line["id"]) {
-                return reply;
-            }
-        }
+        let read = centrifugo_call(&mut ws, std::slice::from_ref(&line)).await;
+        read.into_iter().find(|r| r["id"] == line["id"]).unwrap_or_else(|| panic!("no reply to {line}"))
     };
     // The first subscribe opens the socket's connection (a stream's open), the later ones
     // join it: each is announced in the room, each is charged.

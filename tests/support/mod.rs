@@ -51,6 +51,15 @@ pub fn test_config() -> Config {
     }
 }
 
+/// A `room` namespace whose joins and leaves are announced (`join_leave`), and a user's
+/// bucket of them (the publish rate's) small: 3 at once, then 1 a second.
+pub fn join_leave_rooms_three_at_once(config: &mut Config) {
+    config.publish_rate = 1.0;
+    config.publish_burst = 3.0;
+    let room = herald::config::NamespaceConfig { join_leave: Some(true), ..Default::default() };
+    config.namespaces.insert("room".to_owned(), room);
+}
+
 /// Turns presence off for rooms (`channel:`), for tests about something else.
 pub fn no_presence(config: &mut Config) {
     config
