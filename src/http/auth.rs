@@ -132,12 +132,26 @@ pub(crate) fn rate_key_of(who: &Principal, ip: Option<std::net::IpAddr>) -> Rate
     // Concatenated, not `format!`ted: this runs on every publish.
     match who {
         Principal::Anonymous => RateKey::Owned(match ip {
-            Some(ip) => format!("anon:{ip}"),
+            Some(ip) => format!("anon:{}", client_block(ip)),
             None => "anon".to_owned(),
         }),
         Principal::User(u) => RateKey::Owned(["user:", &u.id].concat()),
         // An API key's is made with the key: most publishes come with one.
         Principal::ApiKey(k) => RateKey::Shared(Arc::clone(k.rate_key())),
+    }
+}
+
+/// What names an anonymous caller: an IPv4 address whole, an IPv6 one by its /64 (the
+/// network one subscriber is given: a host there picks any of its 2^64 addresses, and keyed
+/// by the whole address it would have as many rate limits), an IPv4-mapped IPv6 address as
+/// its IPv4 one.
+fn client_block(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("{}/64", std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -183,4 +197,23 @@ impl std::fmt::Debug for Shown<'_> {
 
 fn unauthorized(message: &str) -> ApiError {
     ApiError::refuse(Refusal::Unauthorized, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_anonymous_caller_is_keyed_by_its_ipv4_address_or_its_ipv6_64() {
+        let key = |ip: &str| rate_key_of(&Principal::Anonymous, ip.parse().ok()).to_string();
+        assert_eq!(key("203.0.113.7"), "anon:203.0.113.7");
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+        // Any address of one /64 is one caller; the next /64 is another.
+        assert_eq!(key("2001:db8:1:2::1"), "anon:2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:fffe"), key("2001:db8:1:2::1"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        // An IPv4 client on a dual-stack socket is its IPv4 address.
+        assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"));
+        assert_eq!(rate_key_of(&Principal::Anonymous, None).to_string(), "anon");
+    }
 }
