@@ -1,4 +1,4 @@
-//! Rate limits: token buckets keyed by who is publishing.
+//! Rate limits: token buckets keyed by who is publishing, and slots held at once.
 //!
 //! A bucket holds up to `burst` tokens and refills at `rate` per second; a publish of n
 //! events takes n tokens or is refused with the time until it would fit. A batch larger
@@ -6,6 +6,10 @@
 //! rate holds and no batch size is refused forever. Buckets of keys
 //! that have been idle long enough to be full again are dropped by [`RateLimiter::sweep`],
 //! so the map holds only recently active publishers.
+//!
+//! [`InFlight`] counts what a key holds at once rather than what it does per second: the
+//! large answers being written to a client (`http::answers`), each a [`Slot`] given back when
+//! it is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
