@@ -16,6 +16,12 @@ async fn status_and_code(resp: hyper::Response<hyper::body::Incoming>) -> (u16, 
     (status, body["error"]["code"].as_str().unwrap_or_default().to_owned(), retry)
 }
 
+/// `POST path` with `body` as `client`: the status, the error code and `Retry-After`.
+async fn post_for_refusal(client: &mut support::Client, path: &str, body: String) -> (u16, String, Option<String>) {
+    let req = client.request("POST", path).body(http_body_util::Full::new(body.into()));
+    status_and_code(client.send(req.unwrap_or_else(|e| panic!("{e}"))).await).await
+}
+
 /// Waits until the server has unregistered connections down to `n`.
 async fn connections_drop_to(server: &TestServer, n: usize) {
     within("connections to be released", async {
@@ -78,9 +84,7 @@ async fn the_publish_rate_limit_trips_at_its_burst_for_that_user_only_and_refill
     for i in 0..5 {
         assert_eq!(flooder.post_json("/api/publish", &event).await.0, 200, "publish {i} is within the burst");
     }
-    let req = flooder.request("POST", "/api/publish").body(http_body_util::Full::new(event.to_string().into()));
-    let resp = flooder.send(req.unwrap_or_else(|e| panic!("{e}"))).await;
-    let (status, code, retry) = status_and_code(resp).await;
+    let (status, code, retry) = post_for_refusal(&mut flooder, "/api/publish", event.to_string()).await;
     assert_eq!((status, code.as_str()), (429, "rate_limited"));
     assert_eq!(retry.as_deref(), Some("1"), "Retry-After in whole seconds, rounded up");
     // A batch costs one token per event; one bigger than the burst passes a full bucket
@@ -109,24 +113,12 @@ async fn the_publish_rate_limit_trips_at_its_burst_for_that_user_only_and_refill
 #[tokio::test]
 async fn a_user_minting_tickets_in_a_loop_is_refused_past_the_burst_and_keeps_publishing() {
     // Each ticket is kept `ticket_ttl` by the engine: a loop must not fill it.
-    let server = TestServer::secured(|c| {
-        c.publish_rate = 1.0;
-        c.publish_burst = 3.0;
-    })
-    .await;
+    let server = TestServer::secured(support::buckets_of_three).await;
     let mut minter = server.client(Proto::H1).user("minter");
     for i in 0..3 {
         assert_eq!(minter.post_json("/api/tickets", &json!({})).await.0, 201, "ticket {i} is within the burst");
     }
-    let resp = minter
-        .send(
-            minter
-                .request("POST", "/api/tickets")
-                .body(http_body_util::Full::new("{}".into()))
-                .unwrap_or_else(|e| panic!("{e}")),
-        )
-        .await;
-    let (status, code, retry) = status_and_code(resp).await;
+    let (status, code, retry) = post_for_refusal(&mut minter, "/api/tickets", "{}".to_owned()).await;
     assert_eq!((status, code.as_str(), retry.as_deref()), (429, "rate_limited", Some("1")));
     // Its own bucket: the user still publishes, and another user still gets tickets.
     let event = json!({"channel": "channel:general", "type": "chat"});
@@ -137,11 +129,7 @@ async fn a_user_minting_tickets_in_a_loop_is_refused_past_the_burst_and_keeps_pu
 #[tokio::test]
 async fn a_user_toggling_their_status_in_a_loop_is_refused_past_the_burst() {
     // Each change is announced in every room the user is in: a loop must not flood them.
-    let server = TestServer::secured(|c| {
-        c.publish_rate = 1.0;
-        c.publish_burst = 3.0;
-    })
-    .await;
+    let server = TestServer::secured(support::buckets_of_three).await;
     let mut watcher = server.client(Proto::H1).user("watcher").subscribe("channel=channel:room", &[]).await;
     watcher.expect_presence("watcher", "online").await;
     let _toggler = server.client(Proto::H1).user("toggler").subscribe("channel=channel:room", &[]).await;
@@ -151,10 +139,8 @@ async fn a_user_toggling_their_status_in_a_loop_is_refused_past_the_burst() {
         assert_eq!(toggler.post_json("/api/presence", &json!({"status": status})).await.0, 200, "{status}");
         watcher.expect_presence("toggler", status).await;
     }
-    let body = http_body_util::Full::new(json!({"status": "online"}).to_string().into());
-    let resp =
-        toggler.send(toggler.request("POST", "/api/presence").body(body).unwrap_or_else(|e| panic!("{e}"))).await;
-    let (status, code, retry) = status_and_code(resp).await;
+    let online = json!({"status": "online"}).to_string();
+    let (status, code, retry) = post_for_refusal(&mut toggler, "/api/presence", online).await;
     assert_eq!((status, code.as_str(), retry.as_deref()), (429, "rate_limited", Some("1")));
     // Nothing was announced for the refused change; the user still publishes.
     let event = json!({"channel": "channel:room", "type": "chat", "n": 1});
@@ -200,8 +186,7 @@ async fn a_user_opening_and_closing_streams_in_a_join_leave_room_in_a_loop_is_re
 async fn a_user_joining_and_leaving_rooms_in_a_loop_is_refused_past_the_burst() {
     // Each live join and leave may be announced in the room: a loop must not flood it.
     let server = TestServer::secured(|c| {
-        c.publish_rate = 1.0;
-        c.publish_burst = 3.0;
+        support::buckets_of_three(c);
         support::no_presence(c);
     })
     .await;

@@ -95,6 +95,10 @@ pub struct ChannelInfo {
     pub users: usize,
 }
 
+/// The kind of the user's bucket ([`Herald::charge_user`]) that their joins and leaves come
+/// from, live or by a stream's open or a socket's subscribe.
+const JOINS_BUCKET: &str = "rooms:";
+
 impl Herald {
     /// Adds `channel` to the open connection `connection`, wherever it lives, from the
     /// channel's head. The caller must be allowed to subscribe to the channel, and be the
@@ -171,7 +175,7 @@ impl Herald {
     /// a socket's frames have their own limit.)
     fn charge_change(&self, who: &Principal) -> Result<(), RoomError> {
         if let Principal::User(user) = who {
-            self.charge_user("rooms:", &user.id).map_err(|retry_after| RoomError::RateLimited { retry_after })?;
+            self.charge_user(JOINS_BUCKET, &user.id).map_err(|retry_after| RoomError::RateLimited { retry_after })?;
         }
         Ok(())
     }
@@ -196,7 +200,7 @@ impl Herald {
         if !channels.iter().any(|ch| self.join_leave_on(ch)) {
             return Ok(());
         }
-        self.charge_user("rooms:", &user.id)
+        self.charge_user(JOINS_BUCKET, &user.id)
     }
 
     async fn run_on_connection(&self, command: NodeCommand, connection: &str) -> Result<(), RoomError> {

@@ -51,11 +51,17 @@ pub fn test_config() -> Config {
     }
 }
 
-/// A `room` namespace whose joins and leaves are announced (`join_leave`), and a user's
-/// bucket of them (the publish rate's) small: 3 at once, then 1 a second.
-pub fn join_leave_rooms_three_at_once(config: &mut Config) {
+/// A user's buckets (publishes, and the other ones at the publish rate: tickets, status
+/// changes, joins and leaves) small: 3 at once, then 1 a second.
+pub fn buckets_of_three(config: &mut Config) {
     config.publish_rate = 1.0;
     config.publish_burst = 3.0;
+}
+
+/// A `room` namespace whose joins and leaves are announced (`join_leave`), and a user's
+/// bucket of them small ([`buckets_of_three`]).
+pub fn join_leave_rooms_three_at_once(config: &mut Config) {
+    buckets_of_three(config);
     let room = herald::config::NamespaceConfig { join_leave: Some(true), ..Default::default() };
     config.namespaces.insert("room".to_owned(), room);
 }
