@@ -1049,6 +1049,16 @@ impl Copy {
     }
 }
 
+/// Events made by tests.
+#[cfg(test)]
+impl Published {
+    /// An event `id` of type `t` and JSON `{}`, at position `(ms, 0)` of each `(channel, ms)`.
+    pub(crate) fn at(id: &str, at: &[(&ChannelName, u64)]) -> Arc<Self> {
+        let copies = at.iter().map(|(c, ms)| Copy::new((*c).clone(), Position::new(*ms, 0), "t", b"{}")).collect();
+        Arc::new(Self::new(Arc::from(id), Arc::from("t"), copies, at.len() as u16))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

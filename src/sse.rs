@@ -184,24 +184,13 @@ impl Frame {
 
     /// Writes the frame without its `id:` line, after the caller's own `id:` line.
     pub fn put_with_own_id(&self, out: &mut BytesMut, id: &str, named: bool) {
-        self.put_own_id_line(out, id, named);
-        out.put_slice(&self.bytes[self.data_at()..]);
-    }
-
-    /// What [`Frame::put_with_own_id`] writes before [`Frame::after_id`]: the `event:` line
-    /// if `named`, and the caller's own `id:` line.
-    pub fn put_own_id_line(&self, out: &mut BytesMut, id: &str, named: bool) {
         if named {
             out.put_slice(&self.bytes[..self.id_at()]);
         }
         out.put_slice(b"id: ");
         put_single_line(out, id.as_bytes());
         out.put_u8(b'\n');
-    }
-
-    /// The frame after its `id:` line (its `data:` lines and end), shared, not copied.
-    pub fn after_id(&self) -> Bytes {
-        self.bytes.slice(self.data_at()..)
+        out.put_slice(&self.bytes[self.data_at()..]);
     }
 
     /// The frame's length in bytes, with its `event:` line.

@@ -499,7 +499,9 @@ async fn a_later_subscribe_that_history_cannot_cover_gets_the_reset_an_sse_strea
 }
 
 /// A socket joins `channel:side` after the id of its event 1 while another node (or the
-/// same one) keeps publishing to it: it gets every later event once, in order.
+/// same one) keeps publishing to it: it gets every later event once, in order. The events
+/// are of 2 KB, so that the join's history is written in several pieces while later ones
+/// queue behind it.
 async fn a_join_at_a_position_races_publishes(node: &TestServer, publisher_node: &TestServer) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -511,8 +513,9 @@ async fn a_join_at_a_position_races_publishes(node: &TestServer, publisher_node:
     let mut p = publisher(publisher_node);
     let counter = Arc::clone(&published);
     let publishing = tokio::spawn(async move {
+        let pad = "p".repeat(2000);
         for n in 2..END {
-            p.publish(&json!({"channel": "channel:side", "type": "note", "n": n})).await;
+            p.publish(&json!({"channel": "channel:side", "type": "note", "n": n, "pad": pad})).await;
             counter.store(n + 1, Ordering::SeqCst);
         }
     });

@@ -15,8 +15,8 @@ use crate::channel::ChannelName;
 use crate::config::MAX_LAST;
 use crate::cursor::{Cursor, LastEventId, Position, Resume};
 use crate::engine::{AiSnapshot, GapReason, HistoryRead, StartRead, merge};
-use crate::event::{Published, fields_match};
-use crate::hub::connection::{ConnShared, Emit, StreamCore, event_id};
+use crate::event::Published;
+use crate::hub::connection::{ConnShared, Emit, Opening, StreamCore};
 use crate::hub::{ConnLimits, Refused};
 use crate::transport::messages::MessageOut;
 use crate::transport::sse::SseOut;
@@ -164,7 +164,7 @@ impl Herald {
         let last_event_id = last_event_id.as_deref().map(LastEventId::parse);
         let missed = self.read_missed(&channels, &last_event_id, &last).await?;
         self.write_preamble(out, &shared, &channels, &missed, last_event_id.is_some());
-        missed.write(out, &mut core, &channels, &shared.filters);
+        missed.start(&mut core);
         self.announce_arrival(&shared, &channels).await;
         self.report_opened(&shared, &channels);
         Ok(core)
@@ -404,134 +404,28 @@ impl Missed {
         self.snapshots.extend(streams);
     }
 
-    /// Writes the missed events, then the snapshots, and starts the connection's reader
-    /// where they end.
-    fn write(
-        mut self,
-        out: &mut impl Emit,
-        core: &mut StreamCore,
-        channels: &[ChannelName],
-        filters: &[(String, String)],
-    ) {
-        let split = write_replay(out, channels, &mut self.cursor, self.events, &self.behind, filters);
-        write_snapshots(out, &self.cursor.encode(channels), self.snapshots, filters);
-        core.set_cursor(self.cursor);
-        for id in split {
+    /// Starts the connection's reader where the missed events end, with them (then the
+    /// snapshots) to write before anything queued: the reader writes them a piece at a time,
+    /// as its client reads ([`Opening`]).
+    fn start(self, core: &mut StreamCore) {
+        let (opening, end) = Opening::new(self.cursor, self.events, self.behind, self.snapshots);
+        core.set_cursor(end.cursor);
+        for id in end.split {
             core.remember_split(id);
         }
-    }
-}
-
-/// Writes the missed events of each channel (`missed[i]`, in channel `i`'s order) merged so
-/// that every channel's events come in that channel's order, and an event on several of the
-/// connection's channels comes once, where it is in order on all of them ([`merge`]). Each
-/// event's id is the cursor after it: a channel's position moves only over events of that
-/// channel that were written (or passed over, see below), so a client resuming from any of
-/// these ids misses nothing and gets nothing twice.
-///
-/// AI-stream chunks that a snapshot stands for (`behind[i]`, the streams of channel `i` the
-/// client is behind on) and events the filters refuse are passed over: the cursor moves over
-/// them, nothing is written.
-///
-/// Returns the ids of the events taken (written or passed over) that are on more channels
-/// than they were read from: on Redis Cluster, where channels are read one after another,
-/// their copies on the other channels may still come through the queue, one at a time, and
-/// are repeats.
-fn write_replay(
-    out: &mut impl Emit,
-    channels: &[ChannelName],
-    cursor: &mut Cursor,
-    missed: Vec<merge::List>,
-    behind: &[Vec<String>],
-    filters: &[(String, String)],
-) -> Vec<Arc<str>> {
-    let mut id = String::new();
-    let mut split = Vec::new();
-    for step in merge::merge(missed) {
-        for t in &step.taken {
-            if t.position > cursor.positions[t.list] {
-                cursor.positions[t.list] = t.position;
-            }
+        if !opening.is_empty() {
+            core.replay_first(opening);
         }
-        // Taken in head order; write the copy of the connection's first channel among them.
-        let Some(t) = step.taken.iter().filter(|_| step.first).min_by_key(|t| t.list) else {
-            continue;
-        };
-        let ev = &t.event;
-        if channels.len() > 1 && usize::from(ev.fanout) > step.taken.len() {
-            split.push(Arc::clone(&ev.id));
-        }
-        let snapshotted = ev.ai_stream_id().is_some_and(|sid| {
-            step.taken.iter().any(|t| behind.get(t.list).is_some_and(|b| b.iter().any(|s| s == sid)))
-        });
-        let Some(copy) = ev.copy_on(channels[t.list].as_str()) else {
-            continue;
-        };
-        if snapshotted || (!filters.is_empty() && !ev.matches_on(copy, filters)) {
-            continue;
-        }
-        out.event(&ev.event_type, copy, event_id(channels, cursor, &mut id));
-    }
-    split
-}
-
-/// Writes AI-stream snapshots (each an `ai_chat_chunk` marked `snapshot`) that pass the
-/// connection's filters.
-pub(super) fn write_snapshots(out: &mut impl Emit, id: &str, snapshots: Vec<AiSnapshot>, filters: &[(String, String)]) {
-    for snap in snapshots {
-        if !filters.is_empty() {
-            let fields = serde_json::from_str(&snap.json).unwrap_or_default();
-            if !fields_match(&fields, filters) {
-                continue;
-            }
-        }
-        out.notice(crate::event::AI_CHUNK_TYPE, id, snap.json.as_bytes());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Copy, Published};
+    use crate::event::Published;
 
     fn ch(s: &str) -> ChannelName {
         ChannelName::parse(s).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn event(id: &str, at: &[(&ChannelName, u64)]) -> Arc<Published> {
-        let copies = at.iter().map(|(c, ms)| Copy::new((*c).clone(), Position::new(*ms, 0), "t", b"{}")).collect();
-        Arc::new(Published::new(Arc::from(id), Arc::from("t"), copies, at.len() as u16))
-    }
-
-    fn cursor(ms: &[u64]) -> Cursor {
-        Cursor { positions: ms.iter().map(|&m| Position::new(m, 0)).collect() }
-    }
-
-    #[test]
-    fn a_replayed_events_id_moves_each_channel_only_over_what_was_written_on_it() {
-        let channels = [ch("channel:a"), ch("channel:b")];
-        let (a, b) = (&channels[0], &channels[1]);
-        // Crossed writes (a cluster): `x` before `y` on a, `y` before `x` on b.
-        let (x, y) = (event("x", &[(a, 10), (b, 21)]), event("y", &[(a, 11), (b, 20)]));
-        let z = event("z", &[(b, 22)]);
-        let mut missed = vec![merge::List::new(), merge::List::new()];
-        missed[0].extend([(Position::new(10, 0), Arc::clone(&x)), (Position::new(11, 0), Arc::clone(&y))]);
-        missed[1].extend([(Position::new(20, 0), y), (Position::new(21, 0), x), (Position::new(22, 0), z)]);
-        let mut out = MessageOut::default();
-        let mut at = cursor(&[1, 1]);
-        let split = write_replay(&mut out, &channels, &mut at, missed, &[Vec::new(), Vec::new()], &[]);
-        // `x` was taken from a alone when it was written: its copy on b may still come live.
-        assert_eq!(split, [Arc::from("x")]);
-        let ids: Vec<String> = out.queue.iter().filter_map(|m| m.message()).map(|m| m.id.clone()).collect();
-        let expected = [
-            // `x` is written first, but b's position stays before `y`, still unwritten there.
-            cursor(&[10, 1]),
-            cursor(&[11, 20]),
-            // `z` comes after `x`'s copy on b was passed over.
-            cursor(&[11, 22]),
-        ];
-        assert_eq!(ids, expected.iter().map(|c| c.encode(&channels)).collect::<Vec<_>>());
-        assert_eq!(at, cursor(&[11, 22]), "the live part starts after everything replayed");
     }
 
     #[test]
@@ -541,7 +435,7 @@ mod tests {
         let mut missed = Missed::new(2);
         let read = HistoryRead {
             head: Position::new(9, 0),
-            events: Ok(vec![event("x", &[(&a, 7)])]),
+            events: Ok(vec![Published::at("x", &[(&a, 7)])]),
             streams: vec![snap("seen", 4), snap("behind", 8)],
             recent: Vec::new(),
         };
@@ -560,20 +454,5 @@ mod tests {
         assert_eq!(missed.gaps, [(1, "unknown_position")]);
         let snapshots: Vec<&str> = missed.snapshots.iter().map(|s| s.stream_id.as_str()).collect();
         assert_eq!(snapshots, ["behind", "s"]);
-    }
-
-    #[test]
-    fn filtered_events_are_passed_over_so_the_cursor_covers_them() {
-        let channels = [ch("channel:a"), ch("channel:b")];
-        let both = event("both", &[(&channels[0], 5), (&channels[1], 7)]);
-        let mut missed = vec![merge::List::new(), merge::List::new()];
-        missed[0].push_back((Position::new(5, 0), Arc::clone(&both)));
-        missed[1].push_back((Position::new(7, 0), both));
-        let mut out = MessageOut::default();
-        let mut at = cursor(&[1, 1]);
-        let filters = [("kind".to_owned(), "none".to_owned())];
-        write_replay(&mut out, &channels, &mut at, missed, &[Vec::new(), Vec::new()], &filters);
-        assert!(out.queue.is_empty());
-        assert_eq!(at, cursor(&[5, 7]));
     }
 }

@@ -30,8 +30,10 @@ use crate::cursor::Position;
 use crate::event::Published;
 
 mod reader;
+mod replay;
 
-pub(crate) use reader::{Emit, StreamCore, event_id};
+pub(crate) use reader::{Emit, StreamCore};
+pub(crate) use replay::Opening;
 
 /// Why a connection was closed by the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,17 +4,16 @@
 //! HTTP/1.1 writer (`server/lean.rs`); [`SseOut`] renders what the connection's reader hands
 //! it as SSE bytes. A single event of a single-channel stream is a slice of the frame its
 //! event was framed into once for every subscriber (`crate::sse::Frame`); anything more is
-//! gathered into one buffer, so one poll is one write. A long preamble (a resume or `last=`
-//! that replays much) is the exception: past [`PREAMBLE_COPIED`] bytes it keeps the events'
-//! shared frames as they are, one chunk each, so that a client that opens streams and never
-//! reads them holds no copy of the history they replay.
+//! gathered into one buffer, so one poll is one write. What a stream replays from history
+//! (a resume, `last=`) comes from the reader a piece a poll, as the writer asks for more
+//! (`hub/connection/replay.rs`), so a client that opens streams and never reads them holds
+//! no copy of it.
 //!
 //! What it adds to the reader (see [`crate::transport`]): the `retry:` hint first, a
 //! heartbeat comment when one is due and nothing else was written, the `retry:` hint of a
 //! drain last. A stalled HTTP/1.1 reader is torn down through the [`super::KillSwitch`] the
 //! server put on its request.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -29,10 +28,6 @@ use crate::sse;
 /// handed to the writer).
 const IDLE_BUFFER: usize = 1024;
 
-/// Bytes of a stream's preamble copied into one chunk at most; past them its events' frames
-/// are kept shared, a chunk each (32 channels of 100 events of 64 KiB were 200 MB a stream).
-const PREAMBLE_COPIED: usize = 64 * 1024;
-
 /// Renders a connection's output as SSE. A single event of a single-channel connection is
 /// a slice of its shared frame; anything more is gathered into one buffer.
 pub(crate) struct SseOut {
@@ -40,118 +35,47 @@ pub(crate) struct SseOut {
     /// The stream wrote its last chunk: its body's flag, kept here, where it takes no room
     /// of its own (beside `named`).
     done: bool,
-    /// The stream is still writing its preamble (until its body is made).
-    opening: bool,
     first: Option<Bytes>,
-    buf: Buf,
-}
-
-/// Where an [`SseOut`] gathers what it writes: one buffer, or for a long preamble its chunks
-/// with a buffer after them (boxed: one word, in the buffer's place, for every stream).
-enum Buf {
-    One(BytesMut),
-    Chunks(Box<Chunks>),
-}
-
-/// A long preamble: its chunks in order (shared frames, and what was written between them),
-/// then what was written since the last one. The body gives them one a poll.
-struct Chunks {
-    chunks: VecDeque<Bytes>,
     buf: BytesMut,
 }
 
 impl SseOut {
     /// `named`: write `event: <type>` lines (for `addEventListener`).
     pub(crate) fn new(named: bool) -> Self {
-        Self { named, done: false, opening: true, first: None, buf: Buf::One(BytesMut::new()) }
-    }
-
-    /// The buffer written to now.
-    fn buf(&mut self) -> &mut BytesMut {
-        match &mut self.buf {
-            Buf::One(buf) => buf,
-            Buf::Chunks(c) => &mut c.buf,
-        }
+        Self { named, done: false, first: None, buf: BytesMut::new() }
     }
 
     fn spill(&mut self) {
         if let Some(first) = self.first.take() {
-            self.buf().extend_from_slice(&first);
-        }
-    }
-
-    /// Whether a frame of `len` bytes is kept as a chunk of its own: in a preamble that is
-    /// long already, or would be with it.
-    fn keeps_shared(&self, len: usize) -> bool {
-        self.opening
-            && match &self.buf {
-                Buf::Chunks(_) => true,
-                Buf::One(buf) => self.first.as_ref().map_or(0, Bytes::len) + buf.len() + len > PREAMBLE_COPIED,
-            }
-    }
-
-    /// Adds `chunk` after everything written so far.
-    fn push_chunk(&mut self, chunk: Bytes) {
-        let first = self.first.take();
-        if let Buf::One(buf) = &mut self.buf {
-            let buf = std::mem::take(buf);
-            self.buf = Buf::Chunks(Box::new(Chunks { chunks: first.into_iter().collect(), buf }));
-        }
-        if let Buf::Chunks(c) = &mut self.buf {
-            if !c.buf.is_empty() {
-                let written = c.buf.split().freeze();
-                c.chunks.push_back(written);
-            }
-            c.chunks.push_back(chunk);
+            self.buf.extend_from_slice(&first);
         }
     }
 
     pub(crate) fn put_retry(&mut self, ms: u64) {
         self.spill();
-        sse::put_retry(self.buf(), ms);
+        sse::put_retry(&mut self.buf, ms);
     }
 
     fn put_raw(&mut self, bytes: &[u8]) {
         self.spill();
-        self.buf().extend_from_slice(bytes);
+        self.buf.extend_from_slice(bytes);
     }
 
     fn is_empty(&self) -> bool {
-        self.first.is_none() && matches!(&self.buf, Buf::One(buf) if buf.is_empty())
+        self.first.is_none() && self.buf.is_empty()
     }
 
     /// Everything written so far, as one chunk, leaving no buffer behind: what a stream
     /// wrote while it opened goes out once, and an idle stream keeps no allocation for it
-    /// (a `split` would keep the whole preamble's buffer alive for the stream's life). A long
-    /// preamble's first chunk: [`SseOut::next_chunk`] gives the others.
+    /// (a `split` would keep the whole preamble's buffer alive for the stream's life).
     pub(crate) fn take_all(&mut self) -> Option<Bytes> {
-        if let Buf::Chunks(c) = &mut self.buf {
-            if !c.buf.is_empty() {
-                let written = std::mem::take(&mut c.buf).freeze();
-                c.chunks.push_back(written);
-            }
-            return self.next_chunk();
-        }
         if let Some(first) = self.first.take()
             && self.is_empty()
         {
             return Some(first);
         }
         self.spill();
-        let buf = self.buf();
-        (!buf.is_empty()).then(|| std::mem::take(buf).freeze())
-    }
-
-    /// The next of a long preamble's chunks, if any are left (once none are, the stream
-    /// writes into one buffer again).
-    fn next_chunk(&mut self) -> Option<Bytes> {
-        let Buf::Chunks(c) = &mut self.buf else { return None };
-        let next = c.chunks.pop_front();
-        if c.chunks.is_empty() {
-            let buf = std::mem::take(&mut c.buf);
-            self.buf = Buf::One(buf);
-        }
-        next
+        (!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf).freeze())
     }
 
     /// What was written since the last take, as one chunk.
@@ -162,7 +86,7 @@ impl SseOut {
             return Some(first);
         }
         self.spill();
-        let buf = self.buf();
+        let buf = &mut self.buf;
         if buf.is_empty() {
             None
         } else if buf.capacity() > IDLE_BUFFER {
@@ -177,20 +101,11 @@ impl Emit for SseOut {
     fn event(&mut self, _event_type: &str, copy: &Copy, id: Option<&str>) {
         match id {
             None if self.is_empty() => self.first = Some(copy.frame.with_id(self.named)),
-            None => {
-                let frame = copy.frame.with_id(self.named);
-                if self.keeps_shared(frame.len()) { self.push_chunk(frame) } else { self.put_raw(&frame) }
-            }
+            None => self.put_raw(&copy.frame.with_id(self.named)),
             Some(id) => {
                 self.spill();
                 let named = self.named;
-                if self.keeps_shared(copy.frame.wire_len()) {
-                    // The connection's own id line, then the rest of the shared frame.
-                    copy.frame.put_own_id_line(self.buf(), id, named);
-                    self.push_chunk(copy.frame.after_id());
-                } else {
-                    copy.frame.put_with_own_id(self.buf(), id, named);
-                }
+                copy.frame.put_with_own_id(&mut self.buf, id, named);
             }
         }
     }
@@ -198,7 +113,7 @@ impl Emit for SseOut {
     fn notice(&mut self, event_type: &str, id: &str, json: &[u8]) {
         self.spill();
         let named = self.named;
-        sse::one_off_event(self.buf(), event_type, id, json, named);
+        sse::one_off_event(&mut self.buf, event_type, id, json, named);
     }
 }
 
@@ -208,7 +123,7 @@ impl Emit for SseOut {
 pub struct SseBody {
     core: StreamCore,
     /// Between polls, holds nothing but what was written while the stream opened (`retry:`,
-    /// `connected`, the replay), as one chunk in `first`, until it is taken.
+    /// `connected`, the `reset`s), as one chunk in `first`, until it is taken.
     out: SseOut,
 }
 
@@ -216,7 +131,6 @@ impl SseBody {
     /// The body of a stream opened into `out`: what `out` holds is its first chunk.
     pub(crate) fn new(core: StreamCore, mut out: SseOut) -> Self {
         out.first = out.take_all();
-        out.opening = false;
         Self { core, out }
     }
 
@@ -237,7 +151,7 @@ impl http_body::Body for SseBody {
         let this = self.get_mut();
         // The preamble: every poll below takes all it wrote, so `out` holds nothing else
         // between polls.
-        if let Some(pre) = this.out.first.take().or_else(|| this.out.next_chunk()) {
+        if let Some(pre) = this.out.first.take() {
             return Poll::Ready(Some(Ok(http_body::Frame::data(pre))));
         }
         if this.out.done {
@@ -312,7 +226,7 @@ mod tests {
         assert_eq!(chunks(&mut body), (vec![Bytes::from_static(b"retry: 1000\n\n")], false));
         shared.sweep();
         assert_eq!(chunks(&mut body), (vec![Bytes::from_static(sse::HEARTBEAT)], false));
-        assert_eq!(body.out.buf().capacity(), 0, "a stream sent only heartbeats keeps no write buffer");
+        assert_eq!(body.out.buf.capacity(), 0, "a stream sent only heartbeats keeps no write buffer");
     }
 
     #[test]
@@ -343,46 +257,11 @@ mod tests {
             out.put_raw(&[b'x'; IDLE_BUFFER]);
         }
         assert_eq!(out.take().map(|b| b.len()), Some(3 * IDLE_BUFFER));
-        assert_eq!(out.buf().capacity(), 0, "an idle stream keeps no large buffer");
+        assert_eq!(out.buf.capacity(), 0, "an idle stream keeps no large buffer");
         out.put_raw(b"data: small\n\n");
         assert!(out.take().is_some());
-        assert!(out.buf().capacity() <= IDLE_BUFFER);
+        assert!(out.buf.capacity() <= IDLE_BUFFER);
         assert!(out.take().is_none());
-    }
-
-    #[test]
-    fn a_long_preamble_writes_the_same_bytes_with_its_later_frames_shared_not_copied() {
-        let lobby = ChannelName::parse("channel:lobby").unwrap_or_else(|e| panic!("{e}"));
-        let json = format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000));
-        let copies: Vec<Copy> =
-            (0..8).map(|n| Copy::new(lobby.clone(), Position::new(5, n), "chat", json.as_bytes())).collect();
-        for (named, own_id) in [(false, false), (true, false), (false, true), (true, true)] {
-            let mut out = SseOut::new(named);
-            out.put_retry(1000);
-            let mut expected = BytesMut::new();
-            sse::put_retry(&mut expected, 1000);
-            for (n, copy) in copies.iter().enumerate() {
-                let id = own_id.then(|| format!("abc:5-{n},def:9"));
-                out.event("chat", copy, id.as_deref());
-                match &id {
-                    Some(id) => copy.frame.put_with_own_id(&mut expected, id, named),
-                    None => expected.extend_from_slice(&copy.frame.with_id(named)),
-                }
-            }
-            out.notice("reset", "abc:5-7", b"{}");
-            sse::one_off_event(&mut expected, "reset", "abc:5-7", b"{}", named);
-            let mut chunks: Vec<Bytes> = out.take_all().into_iter().collect();
-            chunks.extend(std::iter::from_fn(|| out.next_chunk()));
-            assert_eq!(chunks.concat(), expected.to_vec(), "named {named}, own id {own_id}");
-            // 160 KB of events: the last ones are the frames' own bytes, not copies.
-            let last = &copies[7].frame;
-            let shared = if own_id { last.after_id() } else { last.with_id(named) };
-            assert!(
-                chunks.iter().any(|c| c.as_ptr() == shared.as_ptr() && c.len() == shared.len()),
-                "named {named}, own id {own_id}: the last frame was copied"
-            );
-            assert!(out.is_empty());
-        }
     }
 
     #[test]
@@ -396,5 +275,47 @@ mod tests {
         // share of it.
         assert!(preamble.is_unique(), "the stream still holds the preamble's buffer");
         assert!(out.take_all().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_replays_much_holds_its_preamble_alone_until_read_then_writes_a_piece_a_poll() {
+        use crate::herald::{LastEvents, StreamRequest};
+        let herald = crate::Herald::new(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let channels: Vec<ChannelName> =
+            (0..32).map(|i| herald.parse_channel(&format!("channel:c{i}")).unwrap_or_else(|e| panic!("{e}"))).collect();
+        let pad = "x".repeat(8000);
+        for n in 0..10u64 {
+            for ch in &channels {
+                let event = crate::Event::new("note").with("n", n).with("pad", pad.as_str());
+                herald.publish(vec![ch.clone()], event).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let mut req = StreamRequest::new(crate::Principal::Anonymous, channels.clone());
+        req.last = LastEvents { all: Some(10), per_channel: Vec::new() };
+        let mut body = herald.open_stream(req).await.unwrap_or_else(|e| panic!("{e}"));
+        // 2.6 MB to replay, each event with an id of 32 channels: none of it is written yet.
+        let preamble = body.out.first.as_ref().map_or(0, Bytes::len);
+        assert!(preamble < 4096, "the body holds {preamble} bytes before it is read");
+        let (chunks, ended) = chunks(&mut body);
+        assert!(!ended);
+        // About 64 KiB a poll: the event that crosses it is the poll's last.
+        let largest = chunks[1..].iter().map(Bytes::len).max().unwrap_or_default();
+        assert!(largest <= 64 * 1024 + 8100 + 1024, "a poll wrote {largest} bytes");
+        // Every event, each channel's in order, each id past the one before.
+        let text = String::from_utf8(chunks.concat()).unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = vec![Vec::new(); 32];
+        let mut ids = Vec::new();
+        for frame in text.split("\n\n").filter(|f| f.contains("\"type\":\"note\"")) {
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or_default();
+            let event: serde_json::Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}"));
+            let channel = event["channel"].as_str().and_then(|c| c.strip_prefix("channel:c"));
+            let Some(i) = channel.and_then(|c| c.parse::<usize>().ok()) else { panic!("{event}") };
+            seen[i].push(event["n"].as_u64().unwrap_or(u64::MAX));
+            ids.push(frame.lines().find_map(|l| l.strip_prefix("id: ")).unwrap_or_default().to_owned());
+        }
+        assert!(seen.iter().all(|ns| *ns == (0..10).collect::<Vec<u64>>()), "{seen:?}");
+        let mut distinct = ids.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 320, "every event has an id of its own");
     }
 }

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::replay::{self, Joining, Opening, Replay};
 use super::{CloseReason, ConnShared, Gap, Item, JoinStart};
 use crate::channel::ChannelName;
 use crate::cursor::{Cursor, write_entry};
@@ -142,6 +143,18 @@ struct Rare {
     recent_split: VecDeque<Arc<str>>,
     /// Gaps taken from the queue, each set told at its `Item::Gaps` in the backlog.
     gaps: VecDeque<Vec<Gap>>,
+    /// What is still to be written from history before anything queued (see [`Replay`]).
+    replay: Option<Replay>,
+}
+
+impl Rare {
+    /// Whether it holds nothing a connection of one channel needs kept.
+    fn is_unused(&self) -> bool {
+        self.id_buf.capacity() == 0
+            && self.recent_split.capacity() == 0
+            && self.gaps.capacity() == 0
+            && self.replay.is_none()
+    }
 }
 
 impl StreamCore {
@@ -172,6 +185,17 @@ impl StreamCore {
 
     pub(crate) fn set_cursor(&mut self, cursor: Cursor) {
         self.cursor = cursor;
+    }
+
+    /// Writes `opening` (what the connection missed) before anything queued, a piece a
+    /// poll. The cursor is already where it ends ([`Opening::new`]): what is both replayed
+    /// and queued is dropped as seen.
+    pub(crate) fn replay_first(&mut self, opening: Opening) {
+        self.rare.get_or_insert_default().replay = Some(Replay::Opening(Box::new(opening)));
+    }
+
+    fn is_replaying(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.replay.is_some())
     }
 
     /// Advances the cursor for `event` and says which copy to write; `None` if the
@@ -237,8 +261,10 @@ impl StreamCore {
         out.notice(event_type, buf, json);
     }
 
-    fn apply_join(&mut self, out: &mut impl Emit, channel: &ChannelName, start: JoinStart) -> u64 {
-        let JoinStart::At { from, reset, replay, lead } = start else { return 0 };
+    /// Applies a live join: the channel joins the cursor at `from`, its notices are
+    /// written, and its history is left to write before anything queued behind it.
+    fn apply_join(&mut self, out: &mut impl Emit, channel: &ChannelName, start: JoinStart) {
+        let JoinStart::At { from, reset, replay, lead } = start else { return };
         let i = match self.channels.iter().position(|c| c == channel) {
             Some(i) => i,
             None => {
@@ -255,18 +281,71 @@ impl StreamCore {
                 serde_json::json!({"type": "reset", "channel": channel.as_str(), "reason": reason, "timestamp": now});
             self.notice(out, "reset", reset.to_string().as_bytes());
         }
-        let mut written = 0;
-        for (event, write) in replay {
-            if self.replayed(i, &event) && write {
+        if replay.is_empty() {
+            for (event_type, json) in lead {
+                self.notice(out, &event_type, &json);
+            }
+            return;
+        }
+        let joining = Joining { channel: i, events: replay.into_iter(), lead };
+        self.rare.get_or_insert_default().replay = Some(Replay::Joining(Box::new(joining)));
+    }
+
+    /// Writes the next piece of a live join's history; true once all of it is written.
+    fn write_join_piece(&mut self, out: &mut impl Emit, join: &mut Joining) -> bool {
+        let (mut bytes, mut steps, mut written) = (0, 0, 0);
+        while bytes < replay::PIECE && steps < replay::MAX_STEPS {
+            let Some((event, write)) = join.events.next() else { break };
+            steps += 1;
+            if self.replayed(join.channel, &event) && write {
+                let channel = &self.channels[join.channel];
                 let Some(ci) = event.copies.iter().position(|c| c.channel == *channel) else { continue };
+                bytes += event.copies[ci].frame.wire_len();
                 self.emit_event(out, &event, ci);
                 written += 1;
             }
         }
-        for (event_type, json) in lead {
+        self.hub.stats.events_written.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+        if join.events.len() > 0 {
+            return false;
+        }
+        for (event_type, json) in std::mem::take(&mut join.lead) {
             self.notice(out, &event_type, &json);
         }
-        written
+        true
+    }
+
+    /// Writes the next piece of what the connection replays before its queue, unless it is
+    /// closing and its queue was dropped (the client resumes from history: the replay is
+    /// dropped too, and the poll goes on to the close). `None` once there is nothing to
+    /// write.
+    #[inline(never)]
+    fn poll_replay(&mut self, out: &mut impl Emit) -> Option<Polled> {
+        let close = {
+            let mut st = self.shared.lock();
+            st.progressed = true;
+            st.close
+        };
+        let rare = self.rare.as_mut()?;
+        let replay = rare.replay.take()?;
+        if close.is_some_and(|reason| !reason.keeps_queue()) {
+            return None;
+        }
+        let (done, replay) = match replay {
+            Replay::Opening(mut opening) => {
+                let done = opening.write_piece(out, &self.channels, &self.shared.filters, &mut rare.id_buf);
+                (done, Replay::Opening(opening))
+            }
+            Replay::Joining(mut joining) => (self.write_join_piece(out, &mut joining), Replay::Joining(joining)),
+        };
+        if let Some(rare) = self.rare.as_mut() {
+            if !done {
+                rare.replay = Some(replay);
+            } else if self.channels.len() == 1 && rare.is_unused() {
+                self.rare = None;
+            }
+        }
+        Some(Polled { heartbeat: false, close: None })
     }
 
     /// Counts an event replayed for the channel at `i` of a live join (the join's history,
@@ -351,7 +430,9 @@ impl StreamCore {
             }
             Item::Join(slot) => match slot.take() {
                 Some(start) => {
-                    batch.written += self.apply_join(out, &slot.channel, start);
+                    self.apply_join(out, &slot.channel, start);
+                    // Its history is written before anything queued behind it.
+                    return !self.is_replaying();
                 }
                 None => {
                     // Wait for the joiner, keeping the rest in order. The waker is
@@ -381,6 +462,11 @@ impl StreamCore {
     /// (the waker is registered); otherwise whether a heartbeat is due, and whether the
     /// connection is closing.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Polled> {
+        if self.is_replaying()
+            && let Some(polled) = self.poll_replay(out)
+        {
+            return Poll::Ready(polled);
+        }
         // `head`: the queue's first item, when the backlog was empty; processed before it.
         let (head, heartbeat, close) = {
             let mut st = self.shared.lock();
@@ -463,16 +549,17 @@ impl StreamCore {
         if let Some(oldest) = &oldest {
             self.hub.stats.record_write(written, oldest);
         }
-        if self.backlog.is_empty()
-            && let Some((event_type, json)) = close.and_then(|reason| reason.last_notice(&self.shared.id))
-        {
+        // Everything before the close is written unless items wait in the backlog, or a
+        // join's history is still to be written.
+        let finished = self.backlog.is_empty() && !self.is_replaying();
+        if finished && let Some((event_type, json)) = close.and_then(|reason| reason.last_notice(&self.shared.id)) {
             // Its id is the cursor after everything written: a resume loses nothing.
             self.notice(out, event_type, json.as_bytes());
         }
         if self.backlog.is_empty() && self.backlog.capacity() > IDLE_QUEUE {
             self.backlog = VecDeque::new();
         }
-        let close = if self.backlog.is_empty() { close } else { None };
+        let close = if finished { close } else { None };
         Poll::Ready(Polled { heartbeat, close })
     }
 }
@@ -493,6 +580,7 @@ impl Drop for StreamCore {
 mod tests {
     use super::*;
     use crate::cursor::Position;
+    use crate::hub::connection::JoinSlot;
 
     #[test]
     fn a_stream_of_one_channel_keeps_its_channel_and_position_inline() {
@@ -613,9 +701,87 @@ mod tests {
         let replay = [&seen, &queued, &only].into_iter().map(|e| (Arc::clone(e), true)).collect();
         let start = JoinStart::At { from: Position::new(0, 0), reset: None, replay, lead: Vec::new() };
         let mut out = crate::transport::messages::MessageOut::default();
-        assert_eq!(core.apply_join(&mut out, &c, start), 1, "only the event no other channel brings");
+        core.apply_join(&mut out, &c, start);
+        assert!(core.is_replaying(), "its history is written as the reader polls");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(core.poll(&mut cx, &mut out), Poll::Ready(_)));
+        let written: Vec<&str> = out.queue.iter().filter_map(|m| m.message()).map(|m| m.id.as_str()).collect();
+        let expected = Cursor { positions: [Position::new(5, 0), Position::new(3, 0)].into_iter().collect() };
+        let subscribed = Cursor { positions: [Position::new(5, 0), Position::new(0, 0)].into_iter().collect() };
+        let expected = [subscribed.encode(&[a.clone(), c.clone()]), expected.encode(&[a.clone(), c.clone()])];
+        assert_eq!(written, expected, "the notice, then only the event no other channel brings");
+        assert!(!core.is_replaying());
         assert_eq!(core.cursor.positions[1], Position::new(3, 0));
         assert_eq!(core.advance(&queued), Some(0), "the queued event comes once, through channel a");
         assert_eq!(core.advance(&seen), None);
+    }
+
+    /// A connection on `channel:a` that joins `channel:c`, whose history is 40 events of
+    /// 6 KB, with an event of `a` queued behind the join.
+    fn joining_a_long_history() -> (Arc<ConnShared>, StreamCore, Arc<Published>) {
+        let hub = Arc::new(Hub::new());
+        let (a, c) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:c"));
+        let (Ok(a), Ok(c)) = (a, c) else { panic!("channel names") };
+        let shared = Arc::new(ConnShared::new(Arc::from("c1"), None, 16, None, Vec::new()));
+        let core = StreamCore::new(Arc::clone(&shared), Arc::clone(&hub), std::slice::from_ref(&a));
+        let json = format!("{{\"pad\":\"{}\"}}", "x".repeat(6000));
+        let on = |ch: &ChannelName, ms: u64| {
+            let copy = Copy::new(ch.clone(), Position::new(ms, 0), "t", json.as_bytes());
+            Arc::new(Published::new(Arc::from(format!("e{ms}")), Arc::from("t"), vec![copy], 1))
+        };
+        let replay = (1..=40).map(|ms| (on(&c, ms), true)).collect();
+        let slot = JoinSlot::new(c);
+        shared.push_item(Item::Join(Arc::clone(&slot)));
+        shared.resolve_join(&slot, JoinStart::At { from: Position::new(0, 0), reset: None, replay, lead: Vec::new() });
+        let live = on(&a, 100);
+        shared.push(&live);
+        (shared, core, live)
+    }
+
+    /// Polls once; what it wrote (the type of each event or notice), and how it ended.
+    fn poll_once(core: &mut StreamCore) -> (Vec<String>, Option<CloseReason>) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = crate::transport::messages::MessageOut::default();
+        let Poll::Ready(polled) = core.poll(&mut cx, &mut out) else { panic!("the poll waited") };
+        let types = out.queue.iter().filter_map(|m| m.message()).map(|m| m.event_type.clone()).collect();
+        (types, polled.close)
+    }
+
+    #[test]
+    fn a_joins_history_is_written_a_piece_a_poll_before_what_is_queued_behind_it() {
+        let (_, mut core, _) = joining_a_long_history();
+        let mut pieces = Vec::new();
+        while core.is_replaying() || pieces.is_empty() {
+            pieces.push(poll_once(&mut core).0);
+        }
+        // The `subscribed` notice, then 11 events of 6 KB a poll (the 11th crosses 64 KiB).
+        let sizes: Vec<usize> = pieces.iter().map(|p| p.iter().filter(|t| *t == "t").count()).collect();
+        assert_eq!(sizes, [0, 11, 11, 11, 7], "{pieces:?}");
+        assert_eq!(pieces[0], ["subscribed"]);
+        assert_eq!(core.cursor.positions[1], Position::new(40, 0));
+        let (after, _) = poll_once(&mut core);
+        assert_eq!(after, ["t"], "the event queued behind the join, once its history is written");
+        assert_eq!(core.cursor.positions[0], Position::new(100, 0));
+    }
+
+    #[test]
+    fn a_connection_closed_mid_replay_drops_the_rest_unless_what_is_queued_is_still_written() {
+        let (shared, mut core, _) = joining_a_long_history();
+        poll_once(&mut core);
+        poll_once(&mut core);
+        shared.close(CloseReason::Overflow);
+        assert_eq!(poll_once(&mut core), (Vec::new(), Some(CloseReason::Overflow)), "nothing more is written");
+        let (shared, mut core, _) = joining_a_long_history();
+        poll_once(&mut core);
+        shared.close(CloseReason::Drain { retry_ms: 1000 });
+        let mut written = 0;
+        let close = loop {
+            let (events, close) = poll_once(&mut core);
+            written += events.len();
+            if close.is_some() {
+                break close;
+            }
+        };
+        assert_eq!((written, close), (41, Some(CloseReason::Drain { retry_ms: 1000 })), "the rest, then the live one");
     }
 }
