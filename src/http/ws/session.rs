@@ -45,6 +45,12 @@ pub(in crate::http) const FRAME_BURST: f64 = 100.0;
 /// Most events gathered into one write.
 const MAX_BATCH: usize = 64;
 
+/// Bytes of frames one write gathers, about: the frame that crosses it is the write's last.
+/// A socket that stops reading holds one write, so this (not [`MAX_BATCH`] frames of up to
+/// 64 KiB, each a copy on a socket of several channels) is what a replay it never reads
+/// costs the node.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// Longest wait for the closing handshake: a peer that does not read or answer gets no more.
 const CLOSE_WRITE: Duration = Duration::from_secs(1);
 
@@ -364,8 +370,8 @@ enum Step {
 type Running = Pin<Box<dyn Future<Output = (Session, Bytes, Option<Close>)> + Send>>;
 
 /// One write: a frame and, for an event, the events the connection has ready behind it
-/// (up to [`MAX_BATCH`]), queued on the socket and written together; then the close that
-/// follows, if any.
+/// (up to [`MAX_BATCH`] frames and about [`BATCH_BYTES`]), queued on the socket and written
+/// together; then the close that follows, if any.
 struct Write {
     /// The frame the socket queues first.
     next: Option<Bytes>,
@@ -406,9 +412,9 @@ impl Step {
 impl Write {
     /// Queues the frames and writes them: `false` when the socket failed, or when the hub
     /// tore the connection down (its reader is too slow) while the write waited.
-    fn poll(
+    fn poll<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         &mut self,
-        socket: &mut Socket<UpgradedIo>,
+        socket: &mut Socket<S>,
         conn: Option<&mut Connection>,
         kill: &KillSwitch,
         cx: &mut Context<'_>,
@@ -420,11 +426,12 @@ impl Write {
             if self.more > 0 {
                 socket.reserve(1 + self.more as usize);
             }
+            let mut bytes = first.len();
             socket.queue(first);
             self.n += 1;
             // Not waited for: what is not ready now waits for the next write.
             if let Some(conn) = conn {
-                while self.more > 0 {
+                while self.more > 0 && bytes < BATCH_BYTES {
                     let item = match conn.poll_item(cx) {
                         Poll::Ready(Some(item)) => item,
                         Poll::Ready(None) => break,
@@ -433,7 +440,9 @@ impl Write {
                             break;
                         }
                     };
-                    socket.queue(event_frame(item));
+                    let frame = event_frame(item);
+                    bytes += frame.len();
+                    socket.queue(frame);
                     self.more -= 1;
                     self.n += 1;
                 }
@@ -678,5 +687,38 @@ impl Bucket {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::herald::{LastEvents, StreamRequest};
+
+    #[tokio::test]
+    async fn a_write_gathers_about_64_kib_of_a_replay_not_64_frames() {
+        let herald = Herald::new(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let channels: Vec<ChannelName> = ["channel:a", "channel:b"]
+            .iter()
+            .map(|c| herald.parse_channel(c).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let pad = "x".repeat(30_000);
+        for n in 0..50u64 {
+            let event = crate::Event::new("note").with("n", n).with("pad", pad.as_str());
+            herald.publish(vec![channels[0].clone()], event).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        // Two channels: each event's frame is written for this socket alone, a copy.
+        let mut req = StreamRequest::new(crate::Principal::Anonymous, channels);
+        req.last = LastEvents { all: Some(50), per_channel: Vec::new() };
+        let mut conn = herald.connect(req).await.unwrap_or_else(|e| panic!("{e}")).for_websocket();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Some(first)) = conn.poll_item(&mut cx) else { panic!("no connected notice") };
+        // A client that reads nothing: the socket takes a few KiB, then waits.
+        let (io, _client) = tokio::io::duplex(4096);
+        let mut socket = Socket::new(io, 1 << 20);
+        let Step::Writing(mut write) = Step::events(event_frame(first)) else { panic!("not a write") };
+        assert!(write.poll(&mut socket, Some(&mut conn), &KillSwitch::default(), &mut cx).is_pending());
+        // The notice, then 30 KB frames up to the one that crosses 64 KiB.
+        assert_eq!(write.n, 4, "frames gathered into the write");
     }
 }
