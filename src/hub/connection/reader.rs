@@ -718,7 +718,7 @@ mod tests {
 
     /// A connection on `channel:a` that joins `channel:c`, whose history is 40 events of
     /// 6 KB, with an event of `a` queued behind the join.
-    fn joining_a_long_history() -> (Arc<ConnShared>, StreamCore, Arc<Published>) {
+    fn joining_a_long_history() -> (Arc<ConnShared>, StreamCore) {
         let hub = Arc::new(Hub::new());
         let (a, c) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:c"));
         let (Ok(a), Ok(c)) = (a, c) else { panic!("channel names") };
@@ -733,9 +733,8 @@ mod tests {
         let slot = JoinSlot::new(c);
         shared.push_item(Item::Join(Arc::clone(&slot)));
         shared.resolve_join(&slot, JoinStart::At { from: Position::new(0, 0), reset: None, replay, lead: Vec::new() });
-        let live = on(&a, 100);
-        shared.push(&live);
-        (shared, core, live)
+        shared.push(&on(&a, 100));
+        (shared, core)
     }
 
     /// Polls once; what it wrote (the type of each event or notice), and how it ended.
@@ -749,7 +748,7 @@ mod tests {
 
     #[test]
     fn a_joins_history_is_written_a_piece_a_poll_before_what_is_queued_behind_it() {
-        let (_, mut core, _) = joining_a_long_history();
+        let (_, mut core) = joining_a_long_history();
         let mut pieces = Vec::new();
         while core.is_replaying() || pieces.is_empty() {
             pieces.push(poll_once(&mut core).0);
@@ -766,12 +765,12 @@ mod tests {
 
     #[test]
     fn a_connection_closed_mid_replay_drops_the_rest_unless_what_is_queued_is_still_written() {
-        let (shared, mut core, _) = joining_a_long_history();
+        let (shared, mut core) = joining_a_long_history();
         poll_once(&mut core);
         poll_once(&mut core);
         shared.close(CloseReason::Overflow);
         assert_eq!(poll_once(&mut core), (Vec::new(), Some(CloseReason::Overflow)), "nothing more is written");
-        let (shared, mut core, _) = joining_a_long_history();
+        let (shared, mut core) = joining_a_long_history();
         poll_once(&mut core);
         shared.close(CloseReason::Drain { retry_ms: 1000 });
         let mut written = 0;

@@ -293,4 +293,20 @@ mod tests {
         assert_eq!(ids(&out), expected);
         assert_eq!(at, end.cursor);
     }
+
+    #[test]
+    fn a_replay_its_filters_refuse_takes_a_bounded_number_of_events_a_poll() {
+        let channels = [ch("channel:a")];
+        let mut missed = vec![merge::List::new()];
+        for ms in 1..=3000 {
+            missed[0].push_back((Position::new(ms, 0), Published::at(&format!("e{ms}"), &[(&channels[0], ms)])));
+        }
+        let (mut opening, _) = Opening::new(cursor(&[0]), missed, vec![Vec::new()], Vec::new());
+        let filters = [("kind".to_owned(), "none".to_owned())];
+        let (mut out, mut id) = (MessageOut::default(), String::new());
+        assert!(!opening.write_piece(&mut out, &channels, &filters, &mut id), "a poll passes over 1,024 at most");
+        assert_eq!(opening.at, cursor(&[1024]));
+        let (pieces, at) = write_all(opening, &mut out, &channels, &filters);
+        assert_eq!((pieces, at, out.queue.len()), (2, cursor(&[3000]), 0));
+    }
 }
