@@ -717,8 +717,8 @@ mod tests {
     }
 
     /// A connection on `channel:a` that joins `channel:c`, whose history is 40 events of
-    /// 6 KB, with an event of `a` queued behind the join.
-    fn joining_a_long_history() -> (Arc<ConnShared>, StreamCore) {
+    /// 6 KB and an AI-stream snapshot, with an event of `a` queued behind the join if `live`.
+    fn joining_a_long_history(live: bool) -> (Arc<ConnShared>, StreamCore) {
         let hub = Arc::new(Hub::new());
         let (a, c) = (ChannelName::parse("channel:a"), ChannelName::parse("channel:c"));
         let (Ok(a), Ok(c)) = (a, c) else { panic!("channel names") };
@@ -730,10 +730,13 @@ mod tests {
             Arc::new(Published::new(Arc::from(format!("e{ms}")), Arc::from("t"), vec![copy], 1))
         };
         let replay = (1..=40).map(|ms| (on(&c, ms), true)).collect();
+        let lead = vec![(Arc::from("ai_chat_chunk"), bytes::Bytes::from_static(b"{}"))];
         let slot = JoinSlot::new(c);
         shared.push_item(Item::Join(Arc::clone(&slot)));
-        shared.resolve_join(&slot, JoinStart::At { from: Position::new(0, 0), reset: None, replay, lead: Vec::new() });
-        shared.push(&on(&a, 100));
+        shared.resolve_join(&slot, JoinStart::At { from: Position::new(0, 0), reset: None, replay, lead });
+        if live {
+            shared.push(&on(&a, 100));
+        }
         (shared, core)
     }
 
@@ -748,15 +751,17 @@ mod tests {
 
     #[test]
     fn a_joins_history_is_written_a_piece_a_poll_before_what_is_queued_behind_it() {
-        let (_, mut core) = joining_a_long_history();
+        let (_, mut core) = joining_a_long_history(true);
         let mut pieces = Vec::new();
         while core.is_replaying() || pieces.is_empty() {
             pieces.push(poll_once(&mut core).0);
         }
-        // The `subscribed` notice, then 11 events of 6 KB a poll (the 11th crosses 64 KiB).
+        // The `subscribed` notice, then 11 events of 6 KB a poll (the 11th crosses 64 KiB),
+        // the snapshot after the last.
         let sizes: Vec<usize> = pieces.iter().map(|p| p.iter().filter(|t| *t == "t").count()).collect();
         assert_eq!(sizes, [0, 11, 11, 11, 7], "{pieces:?}");
         assert_eq!(pieces[0], ["subscribed"]);
+        assert_eq!(pieces[4].last().map(String::as_str), Some("ai_chat_chunk"));
         assert_eq!(core.cursor.positions[1], Position::new(40, 0));
         let (after, _) = poll_once(&mut core);
         assert_eq!(after, ["t"], "the event queued behind the join, once its history is written");
@@ -765,22 +770,40 @@ mod tests {
 
     #[test]
     fn a_connection_closed_mid_replay_drops_the_rest_unless_what_is_queued_is_still_written() {
-        let (shared, mut core) = joining_a_long_history();
+        let (shared, mut core) = joining_a_long_history(true);
         poll_once(&mut core);
         poll_once(&mut core);
         shared.close(CloseReason::Overflow);
         assert_eq!(poll_once(&mut core), (Vec::new(), Some(CloseReason::Overflow)), "nothing more is written");
-        let (shared, mut core) = joining_a_long_history();
-        poll_once(&mut core);
-        shared.close(CloseReason::Drain { retry_ms: 1000 });
-        let mut written = 0;
-        let close = loop {
-            let (events, close) = poll_once(&mut core);
-            written += events.len();
-            if close.is_some() {
-                break close;
+        // A drain and an expired token keep what is queued: the rest of the history, its
+        // snapshot and the live event, then (for the token) its notice; whether the close came
+        // before the join was applied, the join the last item queued, or after.
+        for (reason, live, early) in [
+            (CloseReason::Drain { retry_ms: 1000 }, true, false),
+            (CloseReason::TokenExpired, false, true),
+            (CloseReason::TokenExpired, true, true),
+        ] {
+            let (shared, mut core) = joining_a_long_history(live);
+            if early {
+                shared.close(reason);
             }
-        };
-        assert_eq!((written, close), (41, Some(CloseReason::Drain { retry_ms: 1000 })), "the rest, then the live one");
+            let mut written = poll_once(&mut core).0;
+            if !early {
+                shared.close(reason);
+            }
+            let close = loop {
+                let (more, close) = poll_once(&mut core);
+                written.extend(more);
+                if close.is_some() {
+                    break close;
+                }
+            };
+            let mut expected = vec!["subscribed".to_owned()];
+            expected.extend(std::iter::repeat_n("t".to_owned(), 40));
+            expected.push("ai_chat_chunk".to_owned());
+            expected.extend(live.then(|| "t".to_owned()));
+            expected.extend((reason == CloseReason::TokenExpired).then(|| "token_expired".to_owned()));
+            assert_eq!((written, close), (expected, Some(reason)), "{reason:?}, live {live}, early {early}");
+        }
     }
 }
