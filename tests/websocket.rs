@@ -1288,3 +1288,66 @@ async fn a_centrifugo_subscription_is_refused_twice_and_kept_through_an_unsubscr
     assert_eq!(pushes.len(), 1, "{pushes:?}");
     assert_eq!((&pushes[0]["push"]["channel"], &pushes[0]["push"]["pub"]["data"]["n"]), (&json!("news"), &json!(1)));
 }
+
+/// A Centrifugo socket's `connect` with `token`, and what ended the socket, if it ended.
+async fn centrifugo_connect_refused(server: &TestServer, token: &str) -> Option<(u16, String)> {
+    let url = format!("ws://{}/connection/websocket", server.addr);
+    let (mut ws, _) =
+        within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
+    let connect = json!({"id": 1, "connect": {"token": token}}).to_string();
+    ws.send(Message::text(connect)).await.unwrap_or_else(|e| panic!("{e}"));
+    centrifugo_frame(&mut ws).await.err().unwrap_or_else(|| panic!("connected"))
+}
+
+/// Opens a stream of `user` once the node has a place for it (a place given back as a
+/// socket's session ends comes a moment after the client's end of the socket).
+async fn stream_once_placed(server: &TestServer, user: &str) -> SseStream {
+    within("a place for the stream", async {
+        loop {
+            let resp = server.client(Proto::H1).user(user).open_events(&format!("channel=user:{user}"), &[]).await;
+            if resp.status() == StatusCode::OK {
+                return SseStream::new(resp);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_centrifugo_socket_holds_one_of_its_users_connections_from_its_connect_subscribed_or_not() {
+    let server = TestServer::secured(|c| {
+        centrifugo_on(c);
+        c.max_connections_per_user = 2;
+    })
+    .await;
+    let ann = token("ann");
+    // Two sockets that connect and never subscribe hold the user's two places: a third
+    // socket is cut as Centrifugo cuts a client past its limit, a stream is refused.
+    let idle = centrifugo_connected(&server, &ann).await;
+    let mut second = centrifugo_connected(&server, &ann).await;
+    let limit = Some((3504, "connection limit".to_owned()));
+    assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
+    let refused = server.client(Proto::H1).user("ann").open_events("channel=user:ann", &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A subscription opens the socket's connection in the place it held (no more), and a
+    // refused one leaves the socket its place.
+    let subscribe =
+        |id: u64, channel: &str| Message::text(json!({"id": id, "subscribe": {"channel": channel}}).to_string());
+    second.send(subscribe(2, "user:bob")).await.unwrap_or_else(|e| panic!("{e}"));
+    let denied = centrifugo_frame(&mut second).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert_eq!(denied[0]["error"]["code"], 103, "{denied:?}");
+    assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
+    second.send(subscribe(3, "news")).await.unwrap_or_else(|e| panic!("{e}"));
+    let reply = centrifugo_frame(&mut second).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert!(reply[0]["subscribe"].is_object(), "{reply:?}");
+    assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
+    // Another user has places of their own.
+    centrifugo_connected(&server, &token("bob")).await;
+    // The idle socket goes: its place is given back, and the user's stream takes it.
+    drop(idle);
+    let mut stream = stream_once_placed(&server, "ann").await;
+    let connected = stream.next().await.unwrap_or_else(|| panic!("stream ended"));
+    assert_eq!(connected.data["type"], "connected");
+    assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
+}

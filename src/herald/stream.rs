@@ -17,7 +17,7 @@ use crate::cursor::{Cursor, LastEventId, Position, Resume};
 use crate::engine::{AiSnapshot, GapReason, HistoryRead, StartRead, merge};
 use crate::event::Published;
 use crate::hub::connection::{ConnShared, Emit, Opening, StreamCore};
-use crate::hub::{ConnLimits, Refused};
+use crate::hub::{ConnLimits, Place, Refused};
 use crate::transport::messages::MessageOut;
 use crate::transport::sse::SseOut;
 use crate::transport::{Connection, KillSwitch, SseBody};
@@ -102,6 +102,9 @@ pub struct Admission<'a> {
     /// What the application says of the connection (a Centrifugo token's `info`): its
     /// `join` and `leave` events carry it.
     pub info: Option<Arc<serde_json::Value>>,
+    /// The place in the node's limits the client held until now ([`Herald::hold_place`]),
+    /// which the connection takes over.
+    pub place: Option<Place>,
 }
 
 /// A fresh connection id (`c` and a lowercase ULID), as `connectionId` shows it.
@@ -230,13 +233,32 @@ impl Herald {
                 .with_slow_consumer(self.policies().slow_consumer(channels.iter()))
                 .with_info(admission.info),
         );
-        let limits = ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user };
-        hub.register(Arc::clone(&shared), channels, limits).map_err(|r| match r {
-            Refused::AtCapacity => SubscribeError::AtCapacity,
-            Refused::UserLimit => SubscribeError::UserLimit { limit: cfg.max_connections_per_user },
-        })?;
+        let limits = self.conn_limits();
+        hub.register_placed(Arc::clone(&shared), channels, limits, admission.place).map_err(|r| self.refusal(r))?;
         let core = StreamCore::new(Arc::clone(&shared), Arc::clone(hub), channels);
         Ok((shared, core))
+    }
+
+    /// The node's connection limits.
+    fn conn_limits(&self) -> ConnLimits {
+        let cfg = self.config();
+        ConnLimits { max_connections: cfg.max_connections, max_per_user: cfg.max_connections_per_user }
+    }
+
+    /// Holds a place in this node's connection limits for a client of `principal` that has
+    /// no connection yet (a Centrifugo socket before its first subscription): counted as a
+    /// connection against `max_connections` and the user's `max_connections_per_user` until
+    /// it is dropped, or until the client's connection takes it over ([`Admission::place`]).
+    pub fn hold_place(&self, principal: &Principal) -> Result<Place, SubscribeError> {
+        let user = principal.user_id().cloned();
+        self.hub().hold_place(user, self.conn_limits()).map_err(|r| self.refusal(r))
+    }
+
+    fn refusal(&self, refused: Refused) -> SubscribeError {
+        match refused {
+            Refused::AtCapacity => SubscribeError::AtCapacity,
+            Refused::UserLimit => SubscribeError::UserLimit { limit: self.config().max_connections_per_user },
+        }
     }
 
     /// For a user: refuses a banned one, and takes one of the user's connection slots across

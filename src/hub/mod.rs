@@ -131,7 +131,10 @@ struct Registry {
     /// ULIDs, so none is expected): the later one is found by the id, and these are still
     /// swept, listed and unregistered.
     shadowed: Vec<(Arc<ConnShared>, Box<[ChannelName]>)>,
+    /// Each user's connections and [`Place`]s on this node.
     users: HashMap<Arc<str>, usize>,
+    /// [`Place`]s held: counted with the connections against `max_connections`.
+    places: usize,
     /// Connections whose credential expires, by `(deadline in ms since the epoch,
     /// address)`, earliest first: the node's one timer looks at the first.
     expiries: BTreeMap<(u64, usize), Arc<ConnShared>>,
@@ -141,6 +144,32 @@ struct Registry {
 }
 
 impl Registry {
+    /// Takes one of the node's places for a connection or a [`Place`] of `user`, within
+    /// `limits`.
+    fn take_place(&mut self, user: Option<&Arc<str>>, limits: ConnLimits) -> Result<(), Refused> {
+        if self.conns.len() + self.shadowed.len() + self.places >= limits.max_connections {
+            return Err(Refused::AtCapacity);
+        }
+        if let Some(user) = user {
+            let count = self.users.entry(Arc::clone(user)).or_insert(0);
+            if *count >= limits.max_per_user {
+                return Err(Refused::UserLimit);
+            }
+            *count += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives back one of `user`'s places (a connection's or a [`Place`]'s).
+    fn forget_user_place(&mut self, user: &Arc<str>) {
+        if let Some(count) = self.users.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                self.users.remove(user);
+            }
+        }
+    }
+
     /// Every registered connection, with the channels it follows.
     fn every(&self) -> impl Iterator<Item = (&Arc<ConnShared>, &[ChannelName])> {
         let shadowed = self.shadowed.iter().map(|(conn, channels)| (conn, &channels[..]));
@@ -186,6 +215,35 @@ impl Registry {
 pub struct ConnLimits {
     pub max_connections: usize,
     pub max_per_user: usize,
+}
+
+/// A place in this node's connection limits (`max_connections`, and the user's
+/// `max_connections_per_user`) held by a client that has no connection yet: a Centrifugo
+/// socket between its `connect` and its first subscription, or a unidirectional Centrifugo
+/// stream with no channel. Its client's first connection takes it over
+/// ([`Hub::register_placed`]); dropped, it is given back.
+pub struct Place {
+    /// `None` once a connection took it over.
+    hub: Option<Arc<Hub>>,
+    user: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Place").field("user", &self.user).field("held", &self.hub.is_some()).finish()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.take() {
+            let mut reg = hub.write();
+            reg.places -= 1;
+            if let Some(user) = &self.user {
+                reg.forget_user_place(user);
+            }
+        }
+    }
 }
 
 /// Why a connection was not registered.
@@ -284,6 +342,16 @@ impl Hub {
         self.registry.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Holds a place in this node's limits for a client of `user` (anonymous: `None`) that
+    /// has no connection yet (see [`Place`]).
+    pub fn hold_place(self: &Arc<Self>, user: Option<Arc<str>>, limits: ConnLimits) -> Result<Place, Refused> {
+        let mut reg = self.write();
+        reg.take_place(user.as_ref(), limits)?;
+        reg.places += 1;
+        drop(reg);
+        Ok(Place { hub: Some(Arc::clone(self)), user })
+    }
+
     fn write(&self) -> RwLockWriteGuard<'_, Registry> {
         self.registry.write().unwrap_or_else(PoisonError::into_inner)
     }
@@ -297,16 +365,36 @@ impl Hub {
         channels: &mut [ChannelName],
         limits: ConnLimits,
     ) -> Result<Vec<ChannelName>, Refused> {
+        self.register_placed(conn, channels, limits, None)
+    }
+
+    /// [`Hub::register`] for a client that holds a `place` already: the connection takes it
+    /// over, within the limits it was taken in (the place must be this hub's and the
+    /// connection's user's).
+    pub fn register_placed(
+        &self,
+        conn: Arc<ConnShared>,
+        channels: &mut [ChannelName],
+        limits: ConnLimits,
+        place: Option<Place>,
+    ) -> Result<Vec<ChannelName>, Refused> {
+        // A place handed over: its counts are the connection's from now on (so it is not
+        // given back when dropped), as its user's.
+        let handed = place.and_then(|mut place| place.hub.take().map(|_| place.user.take()));
         let mut reg = self.write();
-        if reg.conns.len() + reg.shadowed.len() >= limits.max_connections {
-            return Err(Refused::AtCapacity);
-        }
-        if let Some(user) = &conn.user_id {
-            let count = reg.users.entry(Arc::clone(user)).or_insert(0);
-            if *count >= limits.max_per_user {
-                return Err(Refused::UserLimit);
+        match handed {
+            Some(user) => {
+                reg.places -= 1;
+                if user != conn.user_id {
+                    if let Some(user) = &user {
+                        reg.forget_user_place(user);
+                    }
+                    if let Some(user) = &conn.user_id {
+                        *reg.users.entry(Arc::clone(user)).or_insert(0) += 1;
+                    }
+                }
             }
-            *count += 1;
+            None => reg.take_place(conn.user_id.as_ref(), limits)?,
         }
         let mut activated = Vec::new();
         for ch in channels.iter_mut() {
@@ -348,13 +436,8 @@ impl Hub {
             reg.expiries.remove(&(at, addr(conn)));
         }
         self.connections.fetch_sub(1, Ordering::Relaxed);
-        if let Some(user) = &conn.user_id
-            && let Some(count) = reg.users.get_mut(user)
-        {
-            *count -= 1;
-            if *count == 0 {
-                reg.users.remove(user);
-            }
+        if let Some(user) = &conn.user_id {
+            reg.forget_user_place(user);
         }
         let emptied = channels.iter().filter(|ch| reg.remove_subscriber(ch, conn)).cloned().collect();
         drop(reg);

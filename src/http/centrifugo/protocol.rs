@@ -387,6 +387,7 @@ pub(super) enum Disconnect {
     BadRequest,
     Stale,
     ForceNoReconnect,
+    ConnectionLimit,
 }
 
 impl Disconnect {
@@ -403,6 +404,7 @@ impl Disconnect {
             Self::BadRequest => 3501,
             Self::Stale => 3502,
             Self::ForceNoReconnect => 3503,
+            Self::ConnectionLimit => 3504,
         }
     }
 
@@ -419,6 +421,7 @@ impl Disconnect {
             Self::BadRequest => "bad request",
             Self::Stale => "stale",
             Self::ForceNoReconnect => "force disconnect",
+            Self::ConnectionLimit => "connection limit",
         }
     }
 

@@ -31,11 +31,12 @@ use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::engine::JoinFrom;
 use crate::event::SERVER_EVENT_TYPES;
-use crate::herald::{Admission, Herald, LastEvents, StreamRequest, new_connection_id};
+use crate::herald::{Admission, Herald, LastEvents, StreamRequest, SubscribeError, new_connection_id};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::publish;
 use crate::http::ws::{Bucket, Close, Heartbeat, In, Socket, UpgradedIo, next, own_connection, pong};
+use crate::hub::Place;
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// Most messages gathered into one frame.
@@ -63,6 +64,10 @@ pub(super) struct Session {
     /// socket opens, so that the application's live joins and leaves name it.
     client: Arc<str>,
     conn: Option<Connection>,
+    /// From `connect` until its connection opens (and takes it over): the socket's place in
+    /// the node's connection limits, so that a client that connects and never subscribes is
+    /// counted as one that does.
+    place: Option<Place>,
     kill: KillSwitch,
     /// Herald channel → the name the client subscribed it by (or the server did, under
     /// [`protocol::centrifugo_channel`]).
@@ -119,6 +124,14 @@ impl From<Disconnect> for Fail {
     }
 }
 
+/// The disconnect of a socket refused a place in the node's connection limits.
+fn place_refused(e: &SubscribeError) -> Disconnect {
+    match e {
+        SubscribeError::AtCapacity => Disconnect::Shutdown,
+        _ => Disconnect::ConnectionLimit,
+    }
+}
+
 /// The claims of a Centrifugo token beyond Herald's own.
 #[derive(Default, Deserialize)]
 struct Claims {
@@ -158,6 +171,7 @@ impl Session {
             who: None,
             client: new_connection_id(),
             conn: None,
+            place: None,
             kill: KillSwitch::default(),
             subs: HashMap::new(),
             sub_deadlines: HashMap::new(),
@@ -411,6 +425,13 @@ impl Session {
             let (user, claims) = self.verify_connection(&token).await?;
             (Principal::User(Arc::new(user)), claims)
         };
+        // Counted from here on, as a stream is: past the user's connections `3504 connection
+        // limit`, as Centrifugo's own limit answers; past the node's, `3001 shutdown` (the
+        // SDK comes back, maybe to another node).
+        self.place = Some(self.herald.hold_place(&who).map_err(|e| {
+            tracing::info!(client = %self.client, who = %who.describe(), error = %e, "centrifugo client refused");
+            place_refused(&e)
+        })?);
         tracing::debug!(client = %self.client, who = %who.describe(), "centrifugo client connected");
         self.who = Some(who);
         self.info = claims.info.map(Arc::new);
@@ -427,6 +448,7 @@ impl Session {
                 Ok(subs) => reply["subs"] = subs,
                 Err(e) => {
                     self.who = None;
+                    self.place = None;
                     return Err(e);
                 }
             }
@@ -500,7 +522,12 @@ impl Session {
         }
         let (resume, recovering) = super::uni::resume_subs(&channels, &self.subs, recover);
         let req = self.stream_request(channels.clone(), resume);
-        let admission = Admission { granted: &channels, id: Some(Arc::clone(&self.client)), info: self.info.clone() };
+        let admission = Admission {
+            granted: &channels,
+            id: Some(Arc::clone(&self.client)),
+            info: self.info.clone(),
+            place: self.place.take(),
+        };
         let opened = self.herald.connect_admitted(req, admission).await;
         let mut conn = match opened {
             Ok(conn) => conn,
@@ -631,8 +658,16 @@ impl Session {
             granted: if granted { std::slice::from_ref(channel) } else { &[] },
             id: Some(Arc::clone(&self.client)),
             info: self.info.clone(),
+            place: self.place.take(),
         };
-        let mut conn = self.herald.connect_admitted(req, admission).await.map_err(ApiError::from)?;
+        let mut conn = match self.herald.connect_admitted(req, admission).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // The socket stays, without a connection: it holds a place again, or goes.
+                self.place = Some(self.herald.hold_place(&self.who()).map_err(|e| place_refused(&e))?);
+                return Err(ApiError::from(e).into());
+            }
+        };
         // What `connect` wrote before the live events: the `connected` notice (its id is the
         // channel's position), a `reset` if history could not cover the gap, and the missed
         // publications.

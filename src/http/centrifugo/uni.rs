@@ -34,6 +34,7 @@ use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Herald, StreamRequest};
 use crate::http::error::ApiError;
 use crate::http::ws::{In, Socket, Upgrade, UpgradedIo, close_frame, pong};
+use crate::hub::Place;
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
 
 /// `/connection/uni_sse`.
@@ -71,7 +72,6 @@ fn bye(d: Disconnect) -> Bye {
 
 const INTERNAL: Bye = (3004, "internal server error");
 const PERMISSION_DENIED: Bye = (3507, "permission denied");
-const CONNECTION_LIMIT: Bye = (3504, "connection limit");
 
 /// How pushes are written on a stream.
 #[derive(Clone, Copy)]
@@ -305,6 +305,9 @@ enum Step {
 struct Uni {
     herald: Herald,
     conn: Option<Connection>,
+    /// Without a connection (a token with no channels), the client's place in the node's
+    /// connection limits: counted as a stream is, for as long as it stays.
+    _place: Option<Place>,
     kill: KillSwitch,
     /// Herald channel → the Centrifugo name pushes carry.
     names: HashMap<String, String>,
@@ -331,6 +334,10 @@ impl Uni {
             }
         }
         let kill = kill.unwrap_or_default();
+        let place = match channels.is_empty() {
+            true => Some(herald.hold_place(&who).map_err(|e| refused(ApiError::from(e)))?),
+            false => None,
+        };
         let mut conn = None;
         let mut pending = Vec::new();
         let mut subs = serde_json::Map::new();
@@ -358,7 +365,7 @@ impl Uni {
             "ping": beat.as_secs().max(1),
         }});
         let pending = pending.into();
-        Ok((Self { herald, conn, kill, names, ping, pending }, push.to_string()))
+        Ok((Self { herald, conn, _place: place, kill, names, ping, pending }, push.to_string()))
     }
 
     /// The next push, ping or end.
@@ -565,7 +572,7 @@ fn refused(e: ApiError) -> Bye {
     match e.status().as_u16() {
         401 => bye(Disconnect::InvalidToken),
         403 => PERMISSION_DENIED,
-        429 => CONNECTION_LIMIT,
+        429 => bye(Disconnect::ConnectionLimit),
         503 => bye(Disconnect::Shutdown),
         s if s >= 500 => INTERNAL,
         _ => bye(Disconnect::BadRequest),

@@ -321,3 +321,47 @@ test("Herald's join and leave reach the SDK as join and leave pushes, with the u
   other.disconnect();
   watcher.disconnect();
 });
+
+test('a client past its user\'s connections is disconnected with 3504 and stays so; one that never subscribes counts', async () => {
+  const limited = await startHerald({ args: ['--max-connections-per-user', '1'] });
+  const make = (jwt) => new Centrifuge(limited.ws, { websocket: WebSocket, token: jwt });
+  try {
+    // Connected without a subscription: it holds the user's one connection.
+    const first = make(token('lim'));
+    const connected = once(first, 'connected');
+    first.connect();
+    await connected;
+    const second = make(token('lim'));
+    const refused = once(second, 'disconnected');
+    second.connect();
+    const ctx = await refused;
+    assert.deepEqual([ctx.code, ctx.reason], [3504, 'connection limit']);
+    assert.equal(second.state, 'disconnected', 'the SDK does not come back by itself');
+    // So does a stream of the same user, and another user is not held back.
+    const stream = await fetch(`${limited.url}/api/events?channel=user:lim`, {
+      headers: { authorization: `Bearer ${token('lim')}` },
+    });
+    assert.equal(stream.status, 429);
+    await stream.body?.cancel();
+    const other = make(token('other'));
+    const otherConnected = once(other, 'connected');
+    other.connect();
+    await otherConnected;
+    other.disconnect();
+    // Once the first goes, its place is the next client's (given back as its session ends,
+    // a moment after the SDK's end of the socket).
+    first.disconnect();
+    let taken = false;
+    for (let attempt = 0; attempt < 200 && !taken; attempt++) {
+      const next = make(token('lim'));
+      const outcome = Promise.race([once(next, 'connected').then(() => true), once(next, 'disconnected').then(() => false)]);
+      next.connect();
+      taken = await outcome;
+      next.disconnect();
+      if (!taken) await new Promise((ok) => setTimeout(ok, 10));
+    }
+    assert.ok(taken, 'the place was given back');
+  } finally {
+    await limited.stop();
+  }
+});

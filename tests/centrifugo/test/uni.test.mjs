@@ -190,3 +190,44 @@ test('a uni client that comes back with subs {recover, offset, epoch} gets what 
   await api(herald, 'disconnect', { user: 'xia' });
   await Promise.all([again.ended, gone.ended]);
 });
+
+test('uni_sse: a client whose token names no channel holds one of its user\'s connections for as long as it stays', async () => {
+  const limited = await startHerald({ config: '[centrifugo]\nuni = true\n', args: ['--max-connections-per-user', '1'] });
+  const open = (signal) => {
+    const connect = JSON.stringify({ token: token('una') });
+    return fetch(`${limited.url}/connection/uni_sse?cf_connect=${encodeURIComponent(connect)}`, { signal });
+  };
+  const holder = new AbortController();
+  let s;
+  try {
+    s = pushes(await open(holder.signal), true);
+    const { connect: hello } = await s.next((p) => p.connect);
+    assert.deepEqual(hello.subs, {});
+    const second = pushes(await open(), true);
+    assert.deepEqual(await second.next(), { disconnect: { code: 3504, reason: 'connection limit' } });
+    await second.ended;
+    const stream = await fetch(`${limited.url}/api/events?channel=user:una`, {
+      headers: { authorization: `Bearer ${token('una')}` },
+    });
+    assert.equal(stream.status, 429);
+    await stream.body?.cancel();
+    // Once it goes, its place is given back (as its session ends, a moment after).
+    holder.abort();
+    await s.ended.catch(() => {});
+    let hello2;
+    for (let attempt = 0; attempt < 200 && !hello2; attempt++) {
+      const ctrl = new AbortController();
+      const next = pushes(await open(ctrl.signal), true);
+      const push = await next.next();
+      hello2 = push.connect;
+      ctrl.abort();
+      await next.ended.catch(() => {});
+      if (!hello2) await new Promise((ok) => setTimeout(ok, 10));
+    }
+    assert.ok(hello2, 'the place was given back');
+  } finally {
+    holder.abort();
+    await s?.ended.catch(() => {});
+    await limited.stop();
+  }
+});
