@@ -334,9 +334,10 @@ impl Uni {
             }
         }
         let kill = kill.unwrap_or_default();
-        let place = match channels.is_empty() {
-            true => Some(herald.hold_place(&who).map_err(|e| refused(ApiError::from(e)))?),
-            false => None,
+        let place = if channels.is_empty() {
+            Some(herald.hold_place(&who).map_err(|e| refused(ApiError::from(e)))?)
+        } else {
+            None
         };
         let mut conn = None;
         let mut pending = Vec::new();
