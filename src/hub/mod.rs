@@ -925,4 +925,33 @@ mod tests {
         }
         assert_eq!(hub.subscriber_count(&channel("channel:lobby-of-the-east-wing")), 3);
     }
+
+    #[test]
+    fn a_place_counts_as_a_connection_until_given_back_or_taken_over_by_its_clients_connection() {
+        let hub = Arc::new(Hub::new());
+        let limits = ConnLimits { max_connections: 3, max_per_user: 2 };
+        let ann: Arc<str> = Arc::from("ann");
+        let of_ann =
+            |id: &str| Arc::new(ConnShared::new(Arc::from(id), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
+        let place = hub.hold_place(Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
+        let other = hub.hold_place(Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(hub.hold_place(Some(Arc::clone(&ann)), limits).err(), Some(Refused::UserLimit));
+        assert_eq!(hub.register(of_ann("c1"), &mut [channel("channel:a")], limits).err(), Some(Refused::UserLimit));
+        // Its client's connection takes it over: still two of Ann's, and three in all with an
+        // anonymous place, past which the node is full.
+        let conn = of_ann("c2");
+        assert!(hub.register_placed(Arc::clone(&conn), &mut [channel("channel:a")], limits, Some(place)).is_ok());
+        let anonymous = hub.hold_place(None, limits).unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(hub.hold_place(None, limits).err(), Some(Refused::AtCapacity));
+        assert_eq!(
+            hub.register(connection("c3"), &mut [channel("channel:a")], limits).err(),
+            Some(Refused::AtCapacity)
+        );
+        // Given back when dropped, and a connection's count when it leaves.
+        drop((other, anonymous));
+        assert!(hub.register(of_ann("c4"), &mut [channel("channel:a")], limits).is_ok());
+        hub.unregister(&conn);
+        assert!(hub.hold_place(Some(Arc::clone(&ann)), limits).is_ok());
+        assert_eq!(hub.read().users.get("ann"), Some(&1), "the dropped place went back at once");
+    }
 }
