@@ -3,7 +3,8 @@
 //! The hub pushes `Item`s into [`ConnShared`]: events (`Arc<Published>` pointers, framed
 //! once for every subscriber), live changes of the channel list (join, leave) and events
 //! for this connection alone. The connection's [`StreamCore`] (`reader.rs`) takes them
-//! for the transport reading it (`crate::transport`: SSE bytes, or messages). There is no
+//! for the transport reading it (`crate::transport`: SSE bytes, or messages, through an
+//! [`Emit`], `emit.rs`), after what it replays from history (`replay.rs`). There is no
 //! task and no channel per connection: a push wakes the transport's own task. An idle
 //! connection holds an empty queue, its cursor and its channel list, nothing else.
 //!
@@ -29,10 +30,12 @@ pub use crate::config::SlowConsumer;
 use crate::cursor::Position;
 use crate::event::Published;
 
+mod emit;
 mod reader;
 mod replay;
 
-pub(crate) use reader::{Emit, StreamCore};
+pub(crate) use emit::Emit;
+pub(crate) use reader::StreamCore;
 pub(crate) use replay::Opening;
 
 /// Why a connection was closed by the server.

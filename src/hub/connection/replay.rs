@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::reader::{Emit, event_id};
+use super::emit::{Emit, event_id};
 use crate::channel::ChannelName;
 use crate::cursor::{Cursor, Position};
 use crate::engine::{AiSnapshot, merge};
