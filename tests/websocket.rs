@@ -1351,3 +1351,34 @@ async fn a_centrifugo_socket_holds_one_of_its_users_connections_from_its_connect
     assert_eq!(connected.data["type"], "connected");
     assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
 }
+
+#[tokio::test]
+async fn a_centrifugo_socket_without_a_subscription_is_cut_when_its_token_expires_unless_refreshed() {
+    let server = TestServer::secured(|c| {
+        centrifugo_on(c);
+        c.auth.leeway = Duration::ZERO;
+    })
+    .await;
+    // Connected, following nothing, silent: cut at its token's expiry, as a connection is,
+    // instead of publishing as its user for as long as it likes.
+    let mut ws = centrifugo_connected(&server, &token_with(json!({"sub": "ann", "exp": now() + 1}))).await;
+    let end = loop {
+        if let Err(close) = centrifugo_frame(&mut ws).await {
+            break close;
+        }
+    };
+    assert_eq!(end, Some((3005, "connection expired".to_owned())));
+    // A refresh moves the deadline: past the first one the socket still publishes.
+    let mut ws = centrifugo_connected(&server, &token_with(json!({"sub": "ann", "exp": now() + 1}))).await;
+    let refresh = json!({"id": 2, "refresh": {"token": token("ann")}}).to_string();
+    ws.send(Message::text(refresh)).await.unwrap_or_else(|e| panic!("{e}"));
+    let reply = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert!(reply[0]["refresh"].is_object(), "{reply:?}");
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), centrifugo_frame(&mut ws)).await;
+    assert!(quiet.is_err(), "nothing came past the first token's expiry: {quiet:?}");
+    let publish = json!({"id": 3, "publish": {"channel": "news", "data": {"text": "still here"}}}).to_string();
+    ws.send(Message::text(publish)).await.unwrap_or_else(|e| panic!("{e}"));
+    let reply = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert_eq!(reply[0]["id"], 3, "{reply:?}");
+    assert!(reply[0].get("error").is_none(), "{reply:?}");
+}

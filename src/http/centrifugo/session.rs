@@ -216,6 +216,7 @@ impl Session {
         tokio::pin!(ping);
         loop {
             let sub_deadline = self.next_sub_deadline();
+            let expiry = self.expiry_without_connection();
             tokio::select! {
                 msg = next(&mut self.conn) => match msg {
                     Some(msg) => self.push(socket, msg).await?,
@@ -267,6 +268,9 @@ impl Session {
                 }
                 () = tokio::time::sleep_until(deadline), if self.who.is_none() => {
                     return Some(End::Disconnect(Disconnect::Stale));
+                }
+                () = sleep_until_ms(expiry), if expiry < u64::MAX => {
+                    return Some(End::Disconnect(Disconnect::Expired));
                 }
                 () = sleep_until_ms(sub_deadline), if sub_deadline < u64::MAX => {
                     let lines = self.expire_subscriptions().await;
@@ -354,6 +358,18 @@ impl Session {
     }
 
     /// The disconnect that follows the end of the connection, by the hub's reason.
+    /// When a connected socket that has no Herald connection must go (ms since the epoch):
+    /// its connection token's `exp` plus `auth.leeway`, as the hub cuts a connection at that
+    /// deadline (`3005 connection expired`, unless a `refresh` moved it); `u64::MAX` for none.
+    fn expiry_without_connection(&self) -> u64 {
+        match (&self.conn, &self.who) {
+            (None, Some(Principal::User(user))) => {
+                user.session_deadline_ms(self.herald.config().auth.leeway).unwrap_or(u64::MAX)
+            }
+            _ => u64::MAX,
+        }
+    }
+
     fn closed_by_server(&self) -> Disconnect {
         super::disconnect_for(self.conn.as_ref().and_then(Connection::close_reason))
     }
@@ -890,7 +906,7 @@ fn ttl(at_ms: u64) -> u64 {
 
 /// Sleeps until `at_ms` (milliseconds since the Unix epoch, by the clock tokens are read
 /// against).
-async fn sleep_until_ms(at_ms: u64) {
+pub(super) async fn sleep_until_ms(at_ms: u64) {
     let wait = std::time::Duration::from_millis(at_ms.saturating_sub(unix_ms()));
     tokio::time::sleep(wait).await;
 }

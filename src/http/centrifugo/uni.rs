@@ -308,6 +308,9 @@ struct Uni {
     /// Without a connection (a token with no channels), the client's place in the node's
     /// connection limits: counted as a stream is, for as long as it stays.
     _place: Option<Place>,
+    /// Without a connection, when the token's `exp` plus `auth.leeway` passes (ms since the
+    /// epoch; `u64::MAX` for none): the client goes then, as a connection is cut.
+    expiry: u64,
     kill: KillSwitch,
     /// Herald channel → the Centrifugo name pushes carry.
     names: HashMap<String, String>,
@@ -339,6 +342,12 @@ impl Uni {
         } else {
             None
         };
+        let expiry = match &who {
+            Principal::User(user) if channels.is_empty() => {
+                user.session_deadline_ms(herald.config().auth.leeway).unwrap_or(u64::MAX)
+            }
+            _ => u64::MAX,
+        };
         let mut conn = None;
         let mut pending = Vec::new();
         let mut subs = serde_json::Map::new();
@@ -366,7 +375,7 @@ impl Uni {
             "ping": beat.as_secs().max(1),
         }});
         let pending = pending.into();
-        Ok((Self { herald, conn, _place: place, kill, names, ping, pending }, push.to_string()))
+        Ok((Self { herald, conn, _place: place, expiry, kill, names, ping, pending }, push.to_string()))
     }
 
     /// The next push, ping or end.
@@ -392,6 +401,9 @@ impl Uni {
                         return Step::End(bye(Disconnect::Shutdown));
                     }
                     return Step::Push("{}".to_owned());
+                }
+                () = super::session::sleep_until_ms(self.expiry), if self.expiry < u64::MAX => {
+                    return Step::End(bye(Disconnect::Expired));
                 }
                 () = self.kill.killed() => return Step::Gone,
             }

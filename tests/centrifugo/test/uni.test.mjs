@@ -231,3 +231,17 @@ test('uni_sse: a client whose token names no channel holds one of its user\'s co
     await limited.stop();
   }
 });
+
+test('uni_sse: a client whose token names no channel is cut with 3005 when its token expires', async () => {
+  const short = await startHerald({ config: '[centrifugo]\nuni = true\n', extra: '[auth]\nleeway = "0s"\n' });
+  try {
+    const connect = JSON.stringify({ token: token('ula', { exp: Math.floor(Date.now() / 1000) + 1 }) });
+    const resp = await fetch(`${short.url}/connection/uni_sse?cf_connect=${encodeURIComponent(connect)}`);
+    const s = pushes(resp, true);
+    assert.deepEqual((await s.next((p) => p.connect)).connect.subs, {});
+    assert.deepEqual(await s.next((p) => p.disconnect), { disconnect: { code: 3005, reason: 'connection expired' } });
+    await s.ended;
+  } finally {
+    await short.stop();
+  }
+});
