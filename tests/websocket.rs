@@ -1382,3 +1382,40 @@ async fn a_centrifugo_socket_without_a_subscription_is_cut_when_its_token_expire
     assert_eq!(reply[0]["id"], 3, "{reply:?}");
     assert!(reply[0].get("error").is_none(), "{reply:?}");
 }
+
+#[tokio::test]
+async fn a_disconnect_of_a_user_or_a_client_id_cuts_its_centrifugo_sockets_that_follow_nothing() {
+    let server = TestServer::secured(centrifugo_on).await;
+    let ann = token("ann");
+    let cut = |body: Value| {
+        let server = &server;
+        async move {
+            let (status, answer) = server.client(Proto::H1).backend().post_json("/api/disconnect", &body).await;
+            assert_eq!(status, 200, "{answer}");
+            answer["disconnected"].as_u64()
+        }
+    };
+    // By user, for good: the socket is told as a connection would be, and goes.
+    let mut idle = centrifugo_connected(&server, &ann).await;
+    assert_eq!(cut(json!({"user": "ann", "reconnect": false})).await, Some(1));
+    assert_eq!(centrifugo_frame(&mut idle).await, Err(Some((3503, "force disconnect".to_owned()))));
+    // By the client id its `connect` reply gave it, to come back.
+    let url = format!("ws://{}/connection/websocket", server.addr);
+    let (mut idle, _) =
+        within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
+    idle.send(Message::text(json!({"id": 1, "connect": {"token": ann}}).to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reply = centrifugo_frame(&mut idle).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    let client = reply[0]["connect"]["client"].as_str().unwrap_or_else(|| panic!("{reply:?}")).to_owned();
+    let mut other = centrifugo_connected(&server, &ann).await;
+    assert_eq!(cut(json!({"connectionId": client, "reconnect": true})).await, Some(1));
+    assert_eq!(centrifugo_frame(&mut idle).await, Err(Some((3011, "force reconnect".to_owned()))));
+    // The user's other socket stays.
+    other
+        .send(Message::text(json!({"id": 2, "presence_stats": {"channel": "news"}}).to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reply = centrifugo_frame(&mut other).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert_eq!(reply[0]["id"], 2, "{reply:?}");
+}

@@ -249,9 +249,12 @@ impl Herald {
     /// no connection yet (a Centrifugo socket before its first subscription): counted as a
     /// connection against `max_connections` and the user's `max_connections_per_user` until
     /// it is dropped, or until the client's connection takes it over ([`Admission::place`]).
-    pub(crate) fn hold_place(&self, principal: &Principal) -> Result<Place, SubscribeError> {
+    ///
+    /// `id` is the id its connection will have: a disconnect that names it, or the user,
+    /// cuts the place ([`Place::cut`]).
+    pub(crate) fn hold_place(&self, id: &Arc<str>, principal: &Principal) -> Result<Place, SubscribeError> {
         let user = principal.user_id().cloned();
-        self.hub().hold_place(user, self.conn_limits()).map_err(|r| self.refusal(r))
+        self.hub().hold_place(Arc::clone(id), user, self.conn_limits()).map_err(|r| self.refusal(r))
     }
 
     fn refusal(&self, refused: Refused) -> SubscribeError {

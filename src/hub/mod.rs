@@ -133,8 +133,9 @@ struct Registry {
     shadowed: Vec<(Arc<ConnShared>, Box<[ChannelName]>)>,
     /// Each user's connections and [`Place`]s on this node.
     users: HashMap<Arc<str>, usize>,
-    /// [`Place`]s held: counted with the connections against `max_connections`.
-    places: usize,
+    /// [`Place`]s held, by the address of their state: counted with the connections
+    /// against `max_connections`, and cut by a disconnect of their user or client id.
+    places: HashMap<usize, Arc<PlaceState>>,
     /// Connections whose credential expires, by `(deadline in ms since the epoch,
     /// address)`, earliest first: the node's one timer looks at the first.
     expiries: BTreeMap<(u64, usize), Arc<ConnShared>>,
@@ -147,7 +148,7 @@ impl Registry {
     /// Takes one of the node's places for a connection or a [`Place`] of `user`, within
     /// `limits`.
     fn take_place(&mut self, user: Option<&Arc<str>>, limits: ConnLimits) -> Result<(), Refused> {
-        if self.conns.len() + self.shadowed.len() + self.places >= limits.max_connections {
+        if self.conns.len() + self.shadowed.len() + self.places.len() >= limits.max_connections {
             return Err(Refused::AtCapacity);
         }
         if let Some(user) = user {
@@ -225,12 +226,51 @@ pub struct ConnLimits {
 pub struct Place {
     /// `None` once a connection took it over.
     hub: Option<Arc<Hub>>,
+    state: Arc<PlaceState>,
+}
+
+/// What the hub keeps of a [`Place`]: whose it is, and whether a disconnect cut it.
+pub(crate) struct PlaceState {
+    /// The id its client's connection will have.
+    id: Arc<str>,
     user: Option<Arc<str>>,
+    cut: std::sync::Mutex<Option<CloseReason>>,
+    cut_notify: tokio::sync::Notify,
+}
+
+impl PlaceState {
+    fn cut(&self, reason: CloseReason) -> bool {
+        let mut cut = self.cut.lock().unwrap_or_else(PoisonError::into_inner);
+        if cut.is_some() {
+            return false;
+        }
+        *cut = Some(reason);
+        self.cut_notify.notify_one();
+        true
+    }
+}
+
+impl Place {
+    /// Why a disconnect cut the place's client (`POST /api/disconnect` of its user or its
+    /// id), once one has: its client must go, as a connection would.
+    pub async fn cut(&self) -> CloseReason {
+        loop {
+            if let Some(reason) = *self.state.cut.lock().unwrap_or_else(PoisonError::into_inner) {
+                return reason;
+            }
+            self.state.cut_notify.notified().await;
+        }
+    }
 }
 
 impl std::fmt::Debug for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Place").field("user", &self.user).field("held", &self.hub.is_some()).finish()
+        let state = &self.state;
+        f.debug_struct("Place")
+            .field("id", &state.id)
+            .field("user", &state.user)
+            .field("held", &self.hub.is_some())
+            .finish()
     }
 }
 
@@ -238,12 +278,17 @@ impl Drop for Place {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.take() {
             let mut reg = hub.write();
-            reg.places -= 1;
-            if let Some(user) = &self.user {
+            reg.places.remove(&place_addr(&self.state));
+            if let Some(user) = &self.state.user {
                 reg.forget_user_place(user);
             }
         }
     }
+}
+
+/// The key of a place's state in the registry.
+fn place_addr(state: &Arc<PlaceState>) -> usize {
+    Arc::as_ptr(state).addr()
 }
 
 /// Why a connection was not registered.
@@ -344,12 +389,18 @@ impl Hub {
 
     /// Holds a place in this node's limits for a client of `user` (anonymous: `None`) that
     /// has no connection yet (see [`Place`]).
-    pub fn hold_place(self: &Arc<Self>, user: Option<Arc<str>>, limits: ConnLimits) -> Result<Place, Refused> {
+    pub fn hold_place(
+        self: &Arc<Self>,
+        id: Arc<str>,
+        user: Option<Arc<str>>,
+        limits: ConnLimits,
+    ) -> Result<Place, Refused> {
+        let state = Arc::new(PlaceState { id, user, cut: std::sync::Mutex::new(None), cut_notify: Default::default() });
         let mut reg = self.write();
-        reg.take_place(user.as_ref(), limits)?;
-        reg.places += 1;
+        reg.take_place(state.user.as_ref(), limits)?;
+        reg.places.insert(place_addr(&state), Arc::clone(&state));
         drop(reg);
-        Ok(Place { hub: Some(Arc::clone(self)), user })
+        Ok(Place { hub: Some(Arc::clone(self)), state })
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Registry> {
@@ -380,13 +431,14 @@ impl Hub {
     ) -> Result<Vec<ChannelName>, Refused> {
         // A place handed over: its counts are the connection's from now on (so it is not
         // given back when dropped), as its user's.
-        let handed = place.and_then(|mut place| place.hub.take().map(|_| place.user.take()));
+        let handed = place.and_then(|mut place| place.hub.take().map(|_| Arc::clone(&place.state)));
         let mut reg = self.write();
         match handed {
-            Some(user) => {
-                reg.places -= 1;
-                if user != conn.user_id {
-                    if let Some(user) = &user {
+            Some(state) => {
+                reg.places.remove(&place_addr(&state));
+                let user = &state.user;
+                if *user != conn.user_id {
+                    if let Some(user) = user {
                         reg.forget_user_place(user);
                     }
                     if let Some(user) = &conn.user_id {
@@ -695,9 +747,22 @@ impl Hub {
                     .unwrap_or_default(),
             }
         };
+        // Clients that hold a place and no connection yet (a Centrifugo socket that has not
+        // subscribed) go too.
+        let places: Vec<Arc<PlaceState>> = {
+            let reg = self.read();
+            let places = reg.places.values();
+            match target {
+                DisconnectTarget::User(user) => {
+                    places.filter(|p| p.user.as_deref() == Some(user.as_str())).cloned().collect()
+                }
+                DisconnectTarget::Connection(id) => places.filter(|p| *p.id == **id).cloned().collect(),
+                DisconnectTarget::Channel(_) => Vec::new(),
+            }
+        };
         // Each leaves the hub once its last notice is written (or at the next sweeps, if
         // its reader stopped reading).
-        conns.iter().filter(|conn| conn.close(reason)).count()
+        conns.iter().filter(|conn| conn.close(reason)).count() + places.iter().filter(|p| p.cut(reason)).count()
     }
 
     /// Closes every local connection following `channel` (or a pattern), so that each
@@ -933,16 +998,16 @@ mod tests {
         let ann: Arc<str> = Arc::from("ann");
         let of_ann =
             |id: &str| Arc::new(ConnShared::new(Arc::from(id), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
-        let place = hub.hold_place(Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
-        let other = hub.hold_place(Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
-        assert_eq!(hub.hold_place(Some(Arc::clone(&ann)), limits).err(), Some(Refused::UserLimit));
+        let place = hub.hold_place(Arc::from("p"), Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
+        let other = hub.hold_place(Arc::from("p"), Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(hub.hold_place(Arc::from("p"), Some(Arc::clone(&ann)), limits).err(), Some(Refused::UserLimit));
         assert_eq!(hub.register(of_ann("c1"), &mut [channel("channel:a")], limits).err(), Some(Refused::UserLimit));
         // Its client's connection takes it over: still two of Ann's, and three in all with an
         // anonymous place, past which the node is full.
         let conn = of_ann("c2");
         assert!(hub.register_placed(Arc::clone(&conn), &mut [channel("channel:a")], limits, Some(place)).is_ok());
-        let anonymous = hub.hold_place(None, limits).unwrap_or_else(|r| panic!("{r:?}"));
-        assert_eq!(hub.hold_place(None, limits).err(), Some(Refused::AtCapacity));
+        let anonymous = hub.hold_place(Arc::from("p"), None, limits).unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(hub.hold_place(Arc::from("p"), None, limits).err(), Some(Refused::AtCapacity));
         assert_eq!(
             hub.register(connection("c3"), &mut [channel("channel:a")], limits).err(),
             Some(Refused::AtCapacity)
@@ -951,7 +1016,7 @@ mod tests {
         drop((other, anonymous));
         assert!(hub.register(of_ann("c4"), &mut [channel("channel:a")], limits).is_ok());
         hub.unregister(&conn);
-        assert!(hub.hold_place(Some(Arc::clone(&ann)), limits).is_ok());
+        assert!(hub.hold_place(Arc::from("p"), Some(Arc::clone(&ann)), limits).is_ok());
         assert_eq!(hub.read().users.get("ann"), Some(&1), "the dropped place went back at once");
     }
 }

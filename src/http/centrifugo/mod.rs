@@ -62,6 +62,15 @@ fn disconnect_for(reason: Option<crate::hub::connection::CloseReason>) -> protoc
     }
 }
 
+/// Why a disconnect cut a client that holds a place and no connection yet; never, for
+/// none.
+async fn place_cut(place: &Option<crate::hub::Place>) -> crate::hub::connection::CloseReason {
+    match place {
+        Some(place) => place.cut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The Herald channel a Centrifugo channel name stands for (`docs/centrifugo.md`).
 fn channel(herald: &Herald, name: &str) -> Result<ChannelName, protocol::ClientError> {
     let known = |ns: &str| !matches!(herald.parse_channel(&format!("{ns}:a")), Err(ChannelError::UnknownNamespace(_)));

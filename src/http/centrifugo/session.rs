@@ -272,6 +272,9 @@ impl Session {
                 () = sleep_until_ms(expiry), if expiry < u64::MAX => {
                     return Some(End::Disconnect(Disconnect::Expired));
                 }
+                reason = super::place_cut(&self.place) => {
+                    return Some(End::Disconnect(super::disconnect_for(Some(reason))));
+                }
                 () = sleep_until_ms(sub_deadline), if sub_deadline < u64::MAX => {
                     let lines = self.expire_subscriptions().await;
                     if !lines.is_empty() {
@@ -444,7 +447,7 @@ impl Session {
         // Counted from here on, as a stream is: past the user's connections `3504 connection
         // limit`, as Centrifugo's own limit answers; past the node's, `3001 shutdown` (the
         // SDK comes back, maybe to another node).
-        self.place = Some(self.herald.hold_place(&who).map_err(|e| {
+        self.place = Some(self.herald.hold_place(&self.client, &who).map_err(|e| {
             tracing::info!(client = %self.client, who = %who.describe(), error = %e, "centrifugo client refused");
             place_refused(&e)
         })?);
@@ -680,7 +683,7 @@ impl Session {
             Ok(conn) => conn,
             Err(e) => {
                 // The socket stays, without a connection: it holds a place again, or goes.
-                self.place = Some(self.herald.hold_place(&self.who()).map_err(|e| place_refused(&e))?);
+                self.place = Some(self.herald.hold_place(&self.client, &self.who()).map_err(|e| place_refused(&e))?);
                 return Err(ApiError::from(e).into());
             }
         };

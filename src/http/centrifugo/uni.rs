@@ -307,7 +307,7 @@ struct Uni {
     conn: Option<Connection>,
     /// Without a connection (a token with no channels), the client's place in the node's
     /// connection limits: counted as a stream is, for as long as it stays.
-    _place: Option<Place>,
+    place: Option<Place>,
     /// Without a connection, when the token's `exp` plus `auth.leeway` passes (ms since the
     /// epoch; `u64::MAX` for none): the client goes then, as a connection is cut.
     expiry: u64,
@@ -337,8 +337,10 @@ impl Uni {
             }
         }
         let kill = kill.unwrap_or_default();
+        // Without channels the client has no connection: its id is made here.
+        let client = crate::herald::new_connection_id();
         let place = if channels.is_empty() {
-            Some(herald.hold_place(&who).map_err(|e| refused(ApiError::from(e)))?)
+            Some(herald.hold_place(&client, &who).map_err(|e| refused(ApiError::from(e)))?)
         } else {
             None
         };
@@ -369,13 +371,13 @@ impl Uni {
         let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let push = json!({"connect": {
-            "client": conn.as_ref().map_or_else(crate::ids::new_id, |c| c.id().to_owned()),
+            "client": conn.as_ref().map_or_else(|| client.to_string(), |c| c.id().to_owned()),
             "version": concat!("herald ", env!("CARGO_PKG_VERSION")),
             "subs": subs,
             "ping": beat.as_secs().max(1),
         }});
         let pending = pending.into();
-        Ok((Self { herald, conn, _place: place, expiry, kill, names, ping, pending }, push.to_string()))
+        Ok((Self { herald, conn, place, expiry, kill, names, ping, pending }, push.to_string()))
     }
 
     /// The next push, ping or end.
@@ -405,6 +407,7 @@ impl Uni {
                 () = super::session::sleep_until_ms(self.expiry), if self.expiry < u64::MAX => {
                     return Step::End(bye(Disconnect::Expired));
                 }
+                reason = super::place_cut(&self.place) => return Step::End(bye(super::disconnect_for(Some(reason)))),
                 () = self.kill.killed() => return Step::Gone,
             }
         }

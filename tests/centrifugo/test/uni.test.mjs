@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 
 import WebSocket from 'ws';
 
-import { api, startHerald, token } from './support.mjs';
+import { api, backend, startHerald, token } from './support.mjs';
 
 let herald;
 before(async () => {
@@ -244,4 +244,20 @@ test('uni_sse: a client whose token names no channel is cut with 3005 when its t
   } finally {
     await short.stop();
   }
+});
+
+test('uni_sse: a client whose token names no channel is cut by a disconnect of its user, or of its client id', async () => {
+  const open = async (user) => {
+    const connect = JSON.stringify({ token: token(user) });
+    const s = pushes(await fetch(`${herald.url}/connection/uni_sse?cf_connect=${encodeURIComponent(connect)}`), true);
+    return { s, client: (await s.next((p) => p.connect)).connect.client };
+  };
+  const byUser = await open('uda');
+  assert.deepEqual(await backend(herald, '/api/disconnect', { user: 'uda', reconnect: false }), { disconnected: 1 });
+  assert.deepEqual(await byUser.s.next((p) => p.disconnect), { disconnect: { code: 3503, reason: 'force disconnect' } });
+  await byUser.s.ended;
+  const byId = await open('udb');
+  assert.deepEqual(await backend(herald, '/api/disconnect', { connectionId: byId.client }), { disconnected: 1 });
+  assert.deepEqual(await byId.s.next((p) => p.disconnect), { disconnect: { code: 3011, reason: 'force reconnect' } });
+  await byId.s.ended;
 });
