@@ -62,6 +62,13 @@ fn disconnect_for(reason: Option<crate::hub::connection::CloseReason>) -> protoc
     }
 }
 
+/// Sleeps until `at_ms` (milliseconds since the Unix epoch, by the clock tokens are read
+/// against).
+async fn sleep_until_ms(at_ms: u64) {
+    let wait = std::time::Duration::from_millis(at_ms.saturating_sub(crate::auth::unix_ms()));
+    tokio::time::sleep(wait).await;
+}
+
 /// Why a disconnect cut a client that holds a place and no connection yet; never, for
 /// none.
 async fn place_cut(place: &Option<crate::hub::Place>) -> crate::hub::connection::CloseReason {

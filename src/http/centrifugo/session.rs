@@ -269,13 +269,13 @@ impl Session {
                 () = tokio::time::sleep_until(deadline), if self.who.is_none() => {
                     return Some(End::Disconnect(Disconnect::Stale));
                 }
-                () = sleep_until_ms(expiry), if expiry < u64::MAX => {
+                () = super::sleep_until_ms(expiry), if expiry < u64::MAX => {
                     return Some(End::Disconnect(Disconnect::Expired));
                 }
                 reason = super::place_cut(&self.place) => {
                     return Some(End::Disconnect(super::disconnect_for(Some(reason))));
                 }
-                () = sleep_until_ms(sub_deadline), if sub_deadline < u64::MAX => {
+                () = super::sleep_until_ms(sub_deadline), if sub_deadline < u64::MAX => {
                     let lines = self.expire_subscriptions().await;
                     if !lines.is_empty() {
                         self.write(socket, protocol::frame(&lines)).await?;
@@ -905,13 +905,6 @@ fn publication_value(event: &[u8], position: Option<Position>) -> Option<Value> 
 /// Whole seconds from now until `at_ms` (ms since the epoch), rounded down.
 fn ttl(at_ms: u64) -> u64 {
     at_ms.saturating_sub(unix_ms()) / 1000
-}
-
-/// Sleeps until `at_ms` (milliseconds since the Unix epoch, by the clock tokens are read
-/// against).
-pub(super) async fn sleep_until_ms(at_ms: u64) {
-    let wait = std::time::Duration::from_millis(at_ms.saturating_sub(unix_ms()));
-    tokio::time::sleep(wait).await;
 }
 
 /// The position in `channel` (at `index` of the connection's channels) that a message's

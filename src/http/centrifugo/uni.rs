@@ -404,7 +404,7 @@ impl Uni {
                     }
                     return Step::Push("{}".to_owned());
                 }
-                () = super::session::sleep_until_ms(self.expiry), if self.expiry < u64::MAX => {
+                () = super::sleep_until_ms(self.expiry), if self.expiry < u64::MAX => {
                     return Step::End(bye(Disconnect::Expired));
                 }
                 reason = super::place_cut(&self.place) => return Step::End(bye(super::disconnect_for(Some(reason)))),
