@@ -1120,16 +1120,30 @@ async fn a_publish_over_the_socket_is_charged_to_the_users_rate_limit() {
 
 type RawWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A Centrifugo socket past its `connect` with `token` (empty: anonymous, in dev mode).
-async fn centrifugo_connected(server: &TestServer, token: &str) -> RawWs {
+/// A Centrifugo socket that sent `connect` with `token` (empty: anonymous, in dev mode),
+/// and the answer: the reply's frame, or the close that ended the socket.
+async fn centrifugo_connect(server: &TestServer, token: &str) -> (RawWs, Result<Vec<Value>, Option<(u16, String)>>) {
     let url = format!("ws://{}/connection/websocket", server.addr);
     let (mut ws, _) =
         within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
     let connect = json!({"id": 1, "connect": {"token": token}}).to_string();
     ws.send(Message::text(connect)).await.unwrap_or_else(|e| panic!("{e}"));
-    let reply = centrifugo_frame(&mut ws).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
-    assert!(reply.len() == 1 && reply[0]["connect"]["client"].is_string(), "{reply:?}");
-    ws
+    let answer = centrifugo_frame(&mut ws).await;
+    (ws, answer)
+}
+
+/// A Centrifugo socket past its `connect` with `token`, and the client id it was told.
+async fn centrifugo_client(server: &TestServer, token: &str) -> (RawWs, String) {
+    let (ws, answer) = centrifugo_connect(server, token).await;
+    let reply = answer.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    let client = reply[0]["connect"]["client"].as_str().map(str::to_owned);
+    assert!(reply.len() == 1 && client.is_some(), "{reply:?}");
+    (ws, client.unwrap_or_default())
+}
+
+/// A Centrifugo socket past its `connect` with `token` (empty: anonymous, in dev mode).
+async fn centrifugo_connected(server: &TestServer, token: &str) -> RawWs {
+    centrifugo_client(server, token).await.0
 }
 
 /// The replies of the next text frame (one JSON object a line), or the close code and
@@ -1291,12 +1305,7 @@ async fn a_centrifugo_subscription_is_refused_twice_and_kept_through_an_unsubscr
 
 /// A Centrifugo socket's `connect` with `token`, and what ended the socket, if it ended.
 async fn centrifugo_connect_refused(server: &TestServer, token: &str) -> Option<(u16, String)> {
-    let url = format!("ws://{}/connection/websocket", server.addr);
-    let (mut ws, _) =
-        within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
-    let connect = json!({"id": 1, "connect": {"token": token}}).to_string();
-    ws.send(Message::text(connect)).await.unwrap_or_else(|e| panic!("{e}"));
-    centrifugo_frame(&mut ws).await.err().unwrap_or_else(|| panic!("connected"))
+    centrifugo_connect(server, token).await.1.err().unwrap_or_else(|| panic!("connected"))
 }
 
 /// Opens a stream of `user` once the node has a place for it (a place given back as a
@@ -1400,14 +1409,7 @@ async fn a_disconnect_of_a_user_or_a_client_id_cuts_its_centrifugo_sockets_that_
     assert_eq!(cut(json!({"user": "ann", "reconnect": false})).await, Some(1));
     assert_eq!(centrifugo_frame(&mut idle).await, Err(Some((3503, "force disconnect".to_owned()))));
     // By the client id its `connect` reply gave it, to come back.
-    let url = format!("ws://{}/connection/websocket", server.addr);
-    let (mut idle, _) =
-        within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
-    idle.send(Message::text(json!({"id": 1, "connect": {"token": ann}}).to_string()))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let reply = centrifugo_frame(&mut idle).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
-    let client = reply[0]["connect"]["client"].as_str().unwrap_or_else(|| panic!("{reply:?}")).to_owned();
+    let (mut idle, client) = centrifugo_client(&server, &ann).await;
     let mut other = centrifugo_connected(&server, &ann).await;
     assert_eq!(cut(json!({"connectionId": client, "reconnect": true})).await, Some(1));
     assert_eq!(centrifugo_frame(&mut idle).await, Err(Some((3011, "force reconnect".to_owned()))));

@@ -429,22 +429,13 @@ impl Hub {
         limits: ConnLimits,
         place: Option<Place>,
     ) -> Result<Vec<ChannelName>, Refused> {
-        // A place handed over: its counts are the connection's from now on (so it is not
-        // given back when dropped), as its user's.
+        // A place handed over: its counts (the node's, its user's) are the connection's
+        // from now on, so it is not given back when dropped.
         let handed = place.and_then(|mut place| place.hub.take().map(|_| Arc::clone(&place.state)));
         let mut reg = self.write();
         match handed {
             Some(state) => {
                 reg.places.remove(&place_addr(&state));
-                let user = &state.user;
-                if *user != conn.user_id {
-                    if let Some(user) = user {
-                        reg.forget_user_place(user);
-                    }
-                    if let Some(user) = &conn.user_id {
-                        *reg.users.entry(Arc::clone(user)).or_insert(0) += 1;
-                    }
-                }
             }
             None => reg.take_place(conn.user_id.as_ref(), limits)?,
         }

@@ -62,6 +62,16 @@ fn disconnect_for(reason: Option<crate::hub::connection::CloseReason>) -> protoc
     }
 }
 
+/// When a client of `who` that has no Herald connection must go (ms since the epoch): its
+/// token's `exp` plus `auth.leeway`, the deadline at which the hub cuts a connection;
+/// `u64::MAX` for none.
+fn token_deadline(herald: &Herald, who: &crate::auth::Principal) -> u64 {
+    match who {
+        crate::auth::Principal::User(user) => user.session_deadline_ms(herald.config().auth.leeway).unwrap_or(u64::MAX),
+        _ => u64::MAX,
+    }
+}
+
 /// Sleeps until `at_ms` (milliseconds since the Unix epoch, by the clock tokens are read
 /// against).
 async fn sleep_until_ms(at_ms: u64) {

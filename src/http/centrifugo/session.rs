@@ -366,9 +366,7 @@ impl Session {
     /// deadline (`3005 connection expired`, unless a `refresh` moved it); `u64::MAX` for none.
     fn expiry_without_connection(&self) -> u64 {
         match (&self.conn, &self.who) {
-            (None, Some(Principal::User(user))) => {
-                user.session_deadline_ms(self.herald.config().auth.leeway).unwrap_or(u64::MAX)
-            }
+            (None, Some(who)) => super::token_deadline(&self.herald, who),
             _ => u64::MAX,
         }
     }

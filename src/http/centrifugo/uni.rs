@@ -344,12 +344,7 @@ impl Uni {
         } else {
             None
         };
-        let expiry = match &who {
-            Principal::User(user) if channels.is_empty() => {
-                user.session_deadline_ms(herald.config().auth.leeway).unwrap_or(u64::MAX)
-            }
-            _ => u64::MAX,
-        };
+        let expiry = if channels.is_empty() { super::token_deadline(&herald, &who) } else { u64::MAX };
         let mut conn = None;
         let mut pending = Vec::new();
         let mut subs = serde_json::Map::new();
