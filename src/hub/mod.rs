@@ -433,12 +433,17 @@ impl Hub {
         // from now on, so it is not given back when dropped.
         let handed = place.and_then(|mut place| place.hub.take().map(|_| Arc::clone(&place.state)));
         let mut reg = self.write();
-        match handed {
+        // A disconnect that cut the place before it was handed over cuts its connection.
+        let cut = match handed {
             Some(state) => {
                 reg.places.remove(&place_addr(&state));
+                *state.cut.lock().unwrap_or_else(PoisonError::into_inner)
             }
-            None => reg.take_place(conn.user_id.as_ref(), limits)?,
-        }
+            None => {
+                reg.take_place(conn.user_id.as_ref(), limits)?;
+                None
+            }
+        };
         let mut activated = Vec::new();
         for ch in channels.iter_mut() {
             let (shared, fresh) = reg.subscribe(ch, &conn);
@@ -459,8 +464,12 @@ impl Hub {
         if let Some((taken, theirs)) = reg.conns.remove_entry(&*conn.id) {
             reg.shadowed.push((taken.0, theirs));
         }
-        reg.conns.insert(ById(conn), channels.into());
+        reg.conns.insert(ById(Arc::clone(&conn)), channels.into());
         self.connections.fetch_add(1, Ordering::Relaxed);
+        drop(reg);
+        if let Some(reason) = cut {
+            conn.close(reason);
+        }
         Ok(activated)
     }
 
@@ -721,9 +730,12 @@ impl Hub {
     /// Closes this node's connections that `target` names, each with `reason` (and the last
     /// notice the reason writes). Returns how many it closed.
     pub fn disconnect(&self, target: &DisconnectTarget, reason: CloseReason) -> usize {
-        let conns: Vec<Arc<ConnShared>> = {
+        // Connections and places are read under one lock, and the places cut under it: a
+        // place handed to its client's connection meanwhile is either cut here (and the
+        // connection closed as it registers) or already that connection, named here.
+        let (conns, places_cut) = {
             let reg = self.read();
-            match target {
+            let conns: Vec<Arc<ConnShared>> = match target {
                 DisconnectTarget::User(user) => reg
                     .every()
                     .filter(|(conn, _)| conn.user_id.as_deref() == Some(user.as_str()))
@@ -736,24 +748,20 @@ impl Hub {
                     .or_else(|| reg.patterns.get(&ChannelName::key(channel)))
                     .map(|subs| subs.to_vec())
                     .unwrap_or_default(),
-            }
-        };
-        // Clients that hold a place and no connection yet (a Centrifugo socket that has not
-        // subscribed) go too.
-        let places: Vec<Arc<PlaceState>> = {
-            let reg = self.read();
-            let places = reg.places.values();
-            match target {
-                DisconnectTarget::User(user) => {
-                    places.filter(|p| p.user.as_deref() == Some(user.as_str())).cloned().collect()
-                }
-                DisconnectTarget::Connection(id) => places.filter(|p| *p.id == **id).cloned().collect(),
-                DisconnectTarget::Channel(_) => Vec::new(),
-            }
+            };
+            // Clients that hold a place and no connection yet (a Centrifugo socket that has
+            // not subscribed) go too.
+            let named = |p: &&Arc<PlaceState>| match target {
+                DisconnectTarget::User(user) => p.user.as_deref() == Some(user.as_str()),
+                DisconnectTarget::Connection(id) => *p.id == **id,
+                DisconnectTarget::Channel(_) => false,
+            };
+            let cut = reg.places.values().filter(named).filter(|p| p.cut(reason)).count();
+            (conns, cut)
         };
         // Each leaves the hub once its last notice is written (or at the next sweeps, if
         // its reader stopped reading).
-        conns.iter().filter(|conn| conn.close(reason)).count() + places.iter().filter(|p| p.cut(reason)).count()
+        conns.iter().filter(|conn| conn.close(reason)).count() + places_cut
     }
 
     /// Closes every local connection following `channel` (or a pattern), so that each
@@ -1009,5 +1017,31 @@ mod tests {
         hub.unregister(&conn);
         assert!(hub.hold_place(Arc::from("p"), Some(Arc::clone(&ann)), limits).is_ok());
         assert_eq!(hub.read().users.get("ann"), Some(&1), "the dropped place went back at once");
+    }
+
+    /// A disconnect that lands while a client's first connection is opening (its place cut
+    /// before the connection takes it over) cuts that connection as it registers; one that
+    /// lands after finds the connection. Before, the cut was lost with the place and the new
+    /// connection lived.
+    #[test]
+    fn a_place_cut_before_its_connection_takes_it_over_closes_that_connection() {
+        let hub = Arc::new(Hub::new());
+        let limits = ConnLimits { max_connections: 10, max_per_user: 5 };
+        let ann: Arc<str> = Arc::from("ann");
+        let of_ann =
+            |id: &str| Arc::new(ConnShared::new(Arc::from(id), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
+        let reason = CloseReason::Disconnect { reconnect: false, banned: true };
+        let place = hub.hold_place(Arc::from("c1"), Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(hub.disconnect(&DisconnectTarget::User("ann".into()), reason), 1, "the place is cut");
+        let conn = of_ann("c1");
+        assert!(hub.register_placed(Arc::clone(&conn), &mut [channel("channel:a")], limits, Some(place)).is_ok());
+        assert_eq!(conn.close_reason(), Some(reason), "registered closed, with the cut's reason");
+        // An uncut place's connection opens, and a disconnect after finds it (once).
+        let place = hub.hold_place(Arc::from("c2"), Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
+        let open = of_ann("c2");
+        assert!(hub.register_placed(Arc::clone(&open), &mut [channel("channel:a")], limits, Some(place)).is_ok());
+        assert_eq!(open.close_reason(), None);
+        assert_eq!(hub.disconnect(&DisconnectTarget::Connection("c2".into()), reason), 1);
+        assert_eq!(open.close_reason(), Some(reason));
     }
 }
