@@ -1421,3 +1421,31 @@ async fn a_disconnect_of_a_user_or_a_client_id_cuts_its_centrifugo_sockets_that_
     let reply = centrifugo_frame(&mut other).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
     assert_eq!(reply[0]["id"], 2, "{reply:?}");
 }
+
+/// A banned user's Centrifugo client is refused at its `connect`, as a stream is (and as
+/// Centrifugo PRO refuses a blocked user), with the code a disconnect with a ban cuts a
+/// client with. Before, it connected, held a place and published as the user.
+#[tokio::test]
+async fn a_banned_users_centrifugo_connect_is_refused_with_3503_and_holds_no_place() {
+    let server = TestServer::secured(centrifugo_on).await;
+    let mut backend = server.client(Proto::H1).backend();
+    let (status, answer) = backend.post_json("/api/bans", &json!({"user": "ann", "ttl": "1h"})).await;
+    assert_eq!(status, 200, "{answer}");
+    // More refusals than the user has connections: none of them keeps one.
+    let mut refused = Vec::new();
+    for _ in 0..6 {
+        let (ws, answer) = centrifugo_connect(&server, &token("ann")).await;
+        assert_eq!(answer, Err(Some((3503, "force disconnect".to_owned()))));
+        refused.push(ws);
+    }
+    let _bob = centrifugo_connected(&server, &token("bob")).await;
+    let (status, answer) = backend.delete("/api/bans/ann").await;
+    assert_eq!((status.as_u16(), answer["lifted"].as_bool()), (200, Some(true)), "{answer}");
+    // Lifted: all five of the user's connections are there to take.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(centrifugo_connected(&server, &token("ann")).await);
+    }
+    let (_ws, answer) = centrifugo_connect(&server, &token("ann")).await;
+    assert_eq!(answer, Err(Some((3504, "connection limit".to_owned()))), "the sixth is past the limit");
+}

@@ -257,6 +257,20 @@ impl Herald {
         self.hub().hold_place(Arc::clone(id), user, self.conn_limits()).map_err(|r| self.refusal(r))
     }
 
+    /// [`Herald::hold_place`] for a client that connects: refused while its user is banned,
+    /// as a stream is. Checked once the place is held: a disconnect with a ban bans first,
+    /// then cuts what is held, so a client that connects meanwhile is either cut or refused
+    /// here.
+    pub(crate) async fn admit_client(&self, id: &Arc<str>, principal: &Principal) -> Result<Place, SubscribeError> {
+        let place = self.hold_place(id, principal)?;
+        if let Some(user) = principal.user_id()
+            && self.engine().is_banned(user).await?
+        {
+            return Err(SubscribeError::Banned);
+        }
+        Ok(place)
+    }
+
     fn refusal(&self, refused: Refused) -> SubscribeError {
         match refused {
             Refused::AtCapacity => SubscribeError::AtCapacity,

@@ -124,11 +124,16 @@ impl From<Disconnect> for Fail {
     }
 }
 
-/// The disconnect of a socket refused a place in the node's connection limits.
-fn place_refused(e: &SubscribeError) -> Disconnect {
+/// The answer to a socket refused a place in the node's connection limits: past the node's
+/// `3001 shutdown` (the SDK comes back, maybe to another node), past the user's `3504
+/// connection limit` (Centrifugo's own), a banned user `3503 force disconnect` (what a
+/// disconnect with a ban cuts a client with), and the engine's failure a temporary `100`.
+fn place_refused(e: SubscribeError) -> Fail {
     match e {
-        SubscribeError::AtCapacity => Disconnect::Shutdown,
-        _ => Disconnect::ConnectionLimit,
+        SubscribeError::AtCapacity => Disconnect::Shutdown.into(),
+        SubscribeError::UserLimit { .. } => Disconnect::ConnectionLimit.into(),
+        SubscribeError::Banned => Disconnect::ForceNoReconnect.into(),
+        other => ClientError::from(ApiError::from(other)).into(),
     }
 }
 
@@ -442,12 +447,11 @@ impl Session {
             let (user, claims) = self.verify_connection(&token).await?;
             (Principal::User(Arc::new(user)), claims)
         };
-        // Counted from here on, as a stream is: past the user's connections `3504 connection
-        // limit`, as Centrifugo's own limit answers; past the node's, `3001 shutdown` (the
-        // SDK comes back, maybe to another node).
-        self.place = Some(self.herald.hold_place(&self.client, &who).map_err(|e| {
+        // Counted from here on, as a stream is, and refused as a stream is past the limits or
+        // while the user is banned (see `place_refused`).
+        self.place = Some(self.herald.admit_client(&self.client, &who).await.map_err(|e| {
             tracing::info!(client = %self.client, who = %who.describe(), error = %e, "centrifugo client refused");
-            place_refused(&e)
+            place_refused(e)
         })?);
         tracing::debug!(client = %self.client, who = %who.describe(), "centrifugo client connected");
         self.who = Some(who);
@@ -681,7 +685,7 @@ impl Session {
             Ok(conn) => conn,
             Err(e) => {
                 // The socket stays, without a connection: it holds a place again, or goes.
-                self.place = Some(self.herald.hold_place(&self.client, &self.who()).map_err(|e| place_refused(&e))?);
+                self.place = Some(self.herald.hold_place(&self.client, &self.who()).map_err(place_refused)?);
                 return Err(ApiError::from(e).into());
             }
         };

@@ -340,7 +340,7 @@ impl Uni {
         // Without channels the client has no connection: its id is made here.
         let client = crate::herald::new_connection_id();
         let place = if channels.is_empty() {
-            Some(herald.hold_place(&client, &who).map_err(|e| refused(ApiError::from(e)))?)
+            Some(herald.admit_client(&client, &who).await.map_err(|e| refused(ApiError::from(e)))?)
         } else {
             None
         };

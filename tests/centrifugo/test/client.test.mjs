@@ -365,3 +365,18 @@ test('a client past its user\'s connections is disconnected with 3504 and stays 
     await limited.stop();
   }
 });
+
+test('a banned user\'s client is disconnected at connect with 3503 and stays so; another user connects', async () => {
+  await backend(herald, '/api/bans', { user: 'banned-sdk', ttl: '1h' });
+  const c = client(token('banned-sdk'));
+  const refused = once(c, 'disconnected');
+  c.connect();
+  const ctx = await refused;
+  assert.deepEqual([ctx.code, ctx.reason], [3503, 'force disconnect']);
+  assert.equal(c.state, 'disconnected', 'the SDK does not come back by itself');
+  const other = client(token('not-banned'));
+  const connected = once(other, 'connected');
+  other.connect();
+  await connected;
+  other.disconnect();
+});

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 
 import WebSocket from 'ws';
 
-import { api, backend, startHerald, token } from './support.mjs';
+import { API_KEY, api, backend, startHerald, token } from './support.mjs';
 
 let herald;
 before(async () => {
@@ -260,4 +260,27 @@ test('uni_sse: a client whose token names no channel is cut by a disconnect of i
   assert.deepEqual(await backend(herald, '/api/disconnect', { connectionId: byId.client }), { disconnected: 1 });
   assert.deepEqual(await byId.s.next((p) => p.disconnect), { disconnect: { code: 3011, reason: 'force reconnect' } });
   await byId.s.ended;
+});
+
+test('uni_sse: a banned user is refused with 3507 whether the token names channels or none, and connects once the ban is lifted', async () => {
+  const open = (claims, signal) => {
+    const connect = JSON.stringify({ token: token('ubn', claims) });
+    return fetch(`${herald.url}/connection/uni_sse?cf_connect=${encodeURIComponent(connect)}`, { signal }).then((r) => pushes(r, true));
+  };
+  assert.deepEqual(await backend(herald, '/api/bans', { user: 'ubn', ttl: '1h' }), { user: 'ubn', expiresIn: 3600 });
+  for (const claims of [{}, { channels: ['news'] }]) {
+    const s = await open(claims);
+    assert.deepEqual(await s.next(), { disconnect: { code: 3507, reason: 'permission denied' } }, JSON.stringify(claims));
+    await s.ended;
+  }
+  const lifted = await fetch(`${herald.url}/api/bans/ubn`, { method: 'DELETE', headers: { 'X-Api-Key': API_KEY } });
+  assert.deepEqual(await lifted.json(), { user: 'ubn', lifted: true });
+  const ctrl = new AbortController();
+  const s = await open({}, ctrl.signal);
+  try {
+    assert.ok((await s.next()).connect, 'connected once lifted');
+  } finally {
+    ctrl.abort();
+    await s.ended.catch(() => {});
+  }
 });
