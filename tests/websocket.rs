@@ -1361,6 +1361,54 @@ async fn a_centrifugo_socket_holds_one_of_its_users_connections_from_its_connect
     assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
 }
 
+/// On Redis the per-user limit holds across nodes for Centrifugo sockets that follow nothing
+/// too: each takes a slot of the user's from its `connect`, its first subscription's
+/// connection takes the slot over (counted once), a refused subscription keeps it, and it is
+/// given back when the socket goes. Before, such sockets were counted on their own node only,
+/// so a user held `max_connections_per_user` of them on every node.
+#[tokio::test]
+async fn on_redis_a_centrifugo_socket_that_follows_nothing_holds_one_of_its_users_slots_on_every_node() {
+    let redis = support::RedisServer::start().await;
+    let node = |url: String| {
+        TestServer::secured(move |c| {
+            centrifugo_on(c);
+            c.redis_url = Some(url);
+            c.max_connections_per_user = 2;
+        })
+    };
+    let (a, b) = (node(redis.url()).await, node(redis.url()).await);
+    let ann = token("ann");
+    let slots = || redis.cli(&["ZCARD", "realtime:conns:{ann}"]).trim().to_owned();
+    let limit = Some((3504, "connection limit".to_owned()));
+    let mut on_a = centrifugo_connected(&a, &ann).await;
+    let on_b = centrifugo_connected(&b, &ann).await;
+    assert_eq!(slots(), "2", "one slot each");
+    // A third is refused on either node, and so is a stream.
+    assert_eq!(centrifugo_connect_refused(&a, &ann).await, limit);
+    assert_eq!(centrifugo_connect_refused(&b, &ann).await, limit);
+    let refused = b.client(Proto::H1).user("ann").open_events("channel=user:ann", &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A refused subscription keeps the socket its slot; a granted one takes it over.
+    let subscribe =
+        |id: u64, channel: &str| Message::text(json!({"id": id, "subscribe": {"channel": channel}}).to_string());
+    on_a.send(subscribe(2, "user:bob")).await.unwrap_or_else(|e| panic!("{e}"));
+    let denied = centrifugo_frame(&mut on_a).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert_eq!(denied[0]["error"]["code"], 103, "{denied:?}");
+    assert_eq!(slots(), "2");
+    on_a.send(subscribe(3, "news")).await.unwrap_or_else(|e| panic!("{e}"));
+    let reply = centrifugo_frame(&mut on_a).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
+    assert!(reply[0]["subscribe"].is_object(), "{reply:?}");
+    assert_eq!(slots(), "2", "the connection's slot in place of the socket's");
+    assert_eq!(centrifugo_connect_refused(&b, &ann).await, limit);
+    // The idle socket on b goes: its slot is given back, and a stream on a takes it.
+    drop(on_b);
+    support::eventually("node b to give the idle socket's slot back", || slots() == "1").await;
+    let mut stream = stream_once_placed(&a, "ann").await;
+    let connected = stream.next().await.unwrap_or_else(|| panic!("stream ended"));
+    assert_eq!(connected.data["type"], "connected");
+    assert_eq!(centrifugo_connect_refused(&b, &ann).await, limit);
+}
+
 #[tokio::test]
 async fn a_centrifugo_socket_without_a_subscription_is_cut_when_its_token_expires_unless_refreshed() {
     let server = TestServer::secured(|c| {

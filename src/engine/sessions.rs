@@ -19,12 +19,15 @@ pub trait SessionStore: Send + Sync + 'static {
     fn take_ticket<'a>(&'a self, ticket: &'a str) -> BoxFuture<'a, Result<Option<String>, EngineError>>;
 
     /// Takes one of `user`'s connection slots across every node, or answers `false` when the
-    /// user already holds `limit`. Engines of one node leave the count to the hub.
+    /// user already holds `limit`. `replacing`: a slot of the same client given up in the
+    /// same step (a place's, taken over by its connection). Engines of one node leave the
+    /// count to the hub.
     fn acquire_slot<'a>(
         &'a self,
         _user: &'a str,
         _conn: &'a str,
         _limit: usize,
+        _replacing: Option<&'a str>,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         Box::pin(async { Ok(true) })
     }

@@ -53,8 +53,10 @@ pub trait NodeSink: Send + Sync + 'static {
     /// Whether `user` has a connection on this node.
     fn has_user(&self, user: &str) -> bool;
 
-    /// Every user's connection on this node, as `(user id, connection id)`.
-    fn user_connections(&self) -> Vec<(Arc<str>, Arc<str>)>;
+    /// The slots this node's users hold among their connections across nodes, as `(user id,
+    /// slot)`: a connection's is its id, a place's its own (a Centrifugo client that follows
+    /// nothing yet). Their leases are what an engine with leases renews.
+    fn held_slots(&self) -> Vec<(Arc<str>, Arc<str>)>;
 
     /// This node's users' connections in channels with presence, as `(channel, connection
     /// id)`: the presence an engine with leases renews.
@@ -121,7 +123,7 @@ impl NodeSink for NoNode {
         false
     }
 
-    fn user_connections(&self) -> Vec<(Arc<str>, Arc<str>)> {
+    fn held_slots(&self) -> Vec<(Arc<str>, Arc<str>)> {
         Vec::new()
     }
 
@@ -212,7 +214,7 @@ pub(crate) mod testing {
             false
         }
 
-        fn user_connections(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        fn held_slots(&self) -> Vec<(Arc<str>, Arc<str>)> {
             Vec::new()
         }
 

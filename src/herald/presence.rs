@@ -252,6 +252,25 @@ impl Herald {
     }
 }
 
+impl Herald {
+    /// Gives back the slot of a user's place (a Centrifugo client that followed nothing, gone
+    /// or taken over by nothing), as a departure gives back a connection's.
+    pub(super) async fn release_place_slot(&self, user: &str, slot: &str) {
+        self.engine().release_slot(user, slot).await;
+        self.forget_status_if_offline(user).await;
+    }
+
+    /// A user who comes back after being offline everywhere is no longer away: once the user
+    /// holds no slot anywhere, their status is cleared.
+    async fn forget_status_if_offline(&self, user: &str) {
+        if let Ok((false, Some(_))) = self.engine().user_presence(user).await
+            && let Err(e) = self.engine().set_user_status(user, None).await
+        {
+            tracing::debug!(error = %e, "could not clear a user's status");
+        }
+    }
+}
+
 /// Reports each departure from the hub to presence, and gives back the connection's slot.
 pub(super) async fn departures(
     herald: std::sync::Weak<super::Inner>,
@@ -269,12 +288,7 @@ pub(super) async fn departures(
             herald.engine().release_slot(&user, &departure.connection).await;
             // Presence calls may wait on the engine; departures keep flowing meanwhile.
             tokio::spawn(async move {
-                // A user who comes back after being offline everywhere is no longer away.
-                if let Ok((false, Some(_))) = herald.engine().user_presence(&user).await
-                    && let Err(e) = herald.engine().set_user_status(&user, None).await
-                {
-                    tracing::debug!(error = %e, "could not clear a user's status");
-                }
+                herald.forget_status_if_offline(&user).await;
                 herald.announce_departure(departure).await
             });
         }

@@ -40,8 +40,8 @@ impl NodeSink for HubSink {
         self.hub.has_user(user)
     }
 
-    fn user_connections(&self) -> Vec<(Arc<str>, Arc<str>)> {
-        self.hub.user_connections()
+    fn held_slots(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.hub.held_slots()
     }
 
     fn presence_connections(&self) -> Vec<(ChannelName, Arc<str>)> {

@@ -102,9 +102,10 @@ pub struct Admission<'a> {
     /// What the application says of the connection (a Centrifugo token's `info`): its
     /// `join` and `leave` events carry it.
     pub info: Option<Arc<serde_json::Value>>,
-    /// The place in the node's limits the client held until now ([`Herald::hold_place`]),
-    /// which the connection takes over.
-    pub place: Option<Place>,
+    /// The place in the node's limits the client held until now ([`Herald::admit_client`]),
+    /// which the connection takes over as it registers. Refused before that, the client
+    /// keeps it.
+    pub place: Option<&'a mut Option<Place>>,
 }
 
 /// A fresh connection id (`c` and a lowercase ULID), as `connectionId` shows it.
@@ -157,8 +158,10 @@ impl Herald {
         // Announced as a join where a namespace has `join_leave`, and its close as a leave.
         self.charge_announced_join(&principal, &channels)
             .map_err(|retry_after| SubscribeError::JoinsRateLimited { retry_after })?;
+        // A place taken over gives up its slot across nodes as the connection takes its own.
+        let place_slot = admission.place.as_deref().and_then(Option::as_ref).and_then(Place::slot).cloned();
         let (shared, mut core) = self.register(&principal, &mut channels, kill, filters, transport, admission)?;
-        self.claim_user_slot(&principal, &shared.id).await?;
+        self.claim_user_slot(&principal, &shared.id, place_slot).await?;
         // Every channel, not only those this stream was first on: a channel another stream
         // opened a moment ago may still have its SUBSCRIBE in flight, and history read before
         // it took effect would miss what is published in between. The engine answers for a
@@ -234,7 +237,8 @@ impl Herald {
                 .with_info(admission.info),
         );
         let limits = self.conn_limits();
-        hub.register_placed(Arc::clone(&shared), channels, limits, admission.place).map_err(|r| self.refusal(r))?;
+        let place = admission.place.and_then(Option::take);
+        hub.register_placed(Arc::clone(&shared), channels, limits, place).map_err(|r| self.refusal(r))?;
         let core = StreamCore::new(Arc::clone(&shared), Arc::clone(hub), channels);
         Ok((shared, core))
     }
@@ -252,7 +256,7 @@ impl Herald {
     ///
     /// `id` is the id its connection will have: a disconnect that names it, or the user,
     /// cuts the place ([`Place::cut`]).
-    pub(crate) fn hold_place(&self, id: &Arc<str>, principal: &Principal) -> Result<Place, SubscribeError> {
+    fn hold_place(&self, id: &Arc<str>, principal: &Principal) -> Result<Place, SubscribeError> {
         let user = principal.user_id().cloned();
         self.hub().hold_place(Arc::clone(id), user, self.conn_limits()).map_err(|r| self.refusal(r))
     }
@@ -261,12 +265,30 @@ impl Herald {
     /// as a stream is. Checked once the place is held: a disconnect with a ban bans first,
     /// then cuts what is held, so a client that connects meanwhile is either cut or refused
     /// here.
+    ///
+    /// A user's place also takes a slot of its own among the user's connections across nodes
+    /// (Redis), as a stream does, given back when the place is dropped; the client's
+    /// connection takes it over with the place.
     pub(crate) async fn admit_client(&self, id: &Arc<str>, principal: &Principal) -> Result<Place, SubscribeError> {
-        let place = self.hold_place(id, principal)?;
-        if let Some(user) = principal.user_id()
-            && self.engine().is_banned(user).await?
-        {
+        let mut place = self.hold_place(id, principal)?;
+        let Some(user) = principal.user_id() else { return Ok(place) };
+        if self.engine().is_banned(user).await? {
             return Err(SubscribeError::Banned);
+        }
+        // A slot of its own, not the connection's id: a place given back and another taken
+        // for the same client (after a refused subscription) never touch each other's. Its
+        // release is set before it is taken, so that a client gone while it is being taken
+        // gives it back too (after it, on the same connection to Redis).
+        let slot: Arc<str> = Arc::from(format!("p{}", crate::ids::new_id().to_lowercase()));
+        let (herald, owner, released) = (self.clone(), Arc::clone(user), Arc::clone(&slot));
+        place.hold_slot(Arc::clone(&slot), move || {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { herald.release_place_slot(&owner, &released).await });
+            }
+        });
+        let limit = self.config().max_connections_per_user;
+        if !self.engine().acquire_slot(user, &slot, limit, None).await? {
+            return Err(SubscribeError::UserLimit { limit });
         }
         Ok(place)
     }
@@ -279,19 +301,34 @@ impl Herald {
     }
 
     /// For a user: refuses a banned one, and takes one of the user's connection slots across
-    /// nodes (Redis; the hub has already checked this node).
-    async fn claim_user_slot(&self, principal: &Principal, conn_id: &str) -> Result<(), SubscribeError> {
+    /// nodes (Redis; the hub has already checked this node), in place of `place_slot`, the
+    /// slot of the place the connection took over. Refused, the place's slot is given back.
+    async fn claim_user_slot(
+        &self,
+        principal: &Principal,
+        conn_id: &str,
+        place_slot: Option<Arc<str>>,
+    ) -> Result<(), SubscribeError> {
         let Some(user) = principal.user_id() else { return Ok(()) };
         let limit = self.config().max_connections_per_user;
-        // Checked once registered: a disconnect with a ban bans first, then cuts what is
-        // registered, so a stream that opens meanwhile is either cut or refused here.
-        if self.engine().is_banned(user).await? {
-            return Err(SubscribeError::Banned);
+        let claimed = async {
+            // Checked once registered: a disconnect with a ban bans first, then cuts what is
+            // registered, so a stream that opens meanwhile is either cut or refused here.
+            if self.engine().is_banned(user).await? {
+                return Err(SubscribeError::Banned);
+            }
+            if !self.engine().acquire_slot(user, conn_id, limit, place_slot.as_deref()).await? {
+                return Err(SubscribeError::UserLimit { limit });
+            }
+            Ok(())
         }
-        if !self.engine().acquire_slot(user, conn_id, limit).await? {
-            return Err(SubscribeError::UserLimit { limit });
+        .await;
+        if claimed.is_err()
+            && let Some(slot) = &place_slot
+        {
+            self.engine().release_slot(user, slot).await;
         }
-        Ok(())
+        claimed
     }
 
     /// Reads where the connection starts in each channel and what it missed since

@@ -227,6 +227,9 @@ pub struct Place {
     /// `None` once a connection took it over.
     hub: Option<Arc<Hub>>,
     state: Arc<PlaceState>,
+    /// Gives back what the place holds beyond this node (its user's slot across nodes, see
+    /// [`Place::hold_slot`]) when it is dropped, not when a connection takes it over.
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 /// What the hub keeps of a [`Place`]: whose it is, and whether a disconnect cut it.
@@ -236,6 +239,9 @@ pub(crate) struct PlaceState {
     user: Option<Arc<str>>,
     cut: std::sync::Mutex<Option<CloseReason>>,
     cut_notify: tokio::sync::Notify,
+    /// The place's own slot among its user's connections across nodes (Redis), once taken:
+    /// renewed with the connections' slots ([`Hub::held_slots`]).
+    slot: std::sync::OnceLock<Arc<str>>,
 }
 
 impl PlaceState {
@@ -251,6 +257,20 @@ impl PlaceState {
 }
 
 impl Place {
+    /// Records the place's `slot` among its user's connections across nodes, renewed while
+    /// the place is held, and how to give it back when the place is dropped without a
+    /// connection taking it over (the connection's own slot replaces it then).
+    pub fn hold_slot(&mut self, slot: Arc<str>, release: impl FnOnce() + Send + Sync + 'static) {
+        if self.state.slot.set(slot).is_ok() {
+            self.release = Some(Box::new(release));
+        }
+    }
+
+    /// The place's slot among its user's connections across nodes, if it holds one.
+    pub fn slot(&self) -> Option<&Arc<str>> {
+        self.state.slot.get()
+    }
+
     /// Why a disconnect cut the place's client (`POST /api/disconnect` of its user or its
     /// id), once one has: its client must go, as a connection would.
     pub async fn cut(&self) -> CloseReason {
@@ -281,6 +301,10 @@ impl Drop for Place {
             reg.places.remove(&place_addr(&self.state));
             if let Some(user) = &self.state.user {
                 reg.forget_user_place(user);
+            }
+            drop(reg);
+            if let Some(release) = self.release.take() {
+                release();
             }
         }
     }
@@ -395,12 +419,18 @@ impl Hub {
         user: Option<Arc<str>>,
         limits: ConnLimits,
     ) -> Result<Place, Refused> {
-        let state = Arc::new(PlaceState { id, user, cut: std::sync::Mutex::new(None), cut_notify: Default::default() });
+        let state = Arc::new(PlaceState {
+            id,
+            user,
+            cut: std::sync::Mutex::new(None),
+            cut_notify: Default::default(),
+            slot: Default::default(),
+        });
         let mut reg = self.write();
         reg.take_place(state.user.as_ref(), limits)?;
         reg.places.insert(place_addr(&state), Arc::clone(&state));
         drop(reg);
-        Ok(Place { hub: Some(Arc::clone(self)), state })
+        Ok(Place { hub: Some(Arc::clone(self)), state, release: None })
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Registry> {
@@ -807,6 +837,18 @@ impl Hub {
             .collect()
     }
 
+    /// The slots this node's users hold across nodes, as `(user id, slot)`: each connection's
+    /// (its id), and each place's that took one ([`Place::hold_slot`]). What the node renews
+    /// the leases of.
+    pub fn held_slots(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut slots = self.user_connections();
+        let reg = self.read();
+        let places =
+            reg.places.values().filter_map(|p| Some((Arc::clone(p.user.as_ref()?), Arc::clone(p.slot.get()?))));
+        slots.extend(places);
+        slots
+    }
+
     /// Channels and patterns with at least one local subscriber, by name.
     pub fn active_channels(&self) -> Vec<ChannelName> {
         let reg = self.read();
@@ -1043,5 +1085,42 @@ mod tests {
         assert_eq!(open.close_reason(), None);
         assert_eq!(hub.disconnect(&DisconnectTarget::Connection("c2".into()), reason), 1);
         assert_eq!(open.close_reason(), Some(reason));
+    }
+
+    /// A place's slot across nodes is renewed with the connections' while the place is held,
+    /// given back when the place is dropped, and left to the connection that takes it over
+    /// (whose own slot replaced it).
+    #[test]
+    fn a_places_slot_is_renewed_while_held_and_given_back_only_when_the_place_is_dropped() {
+        let hub = Arc::new(Hub::new());
+        let limits = ConnLimits { max_connections: 10, max_per_user: 5 };
+        let ann: Arc<str> = Arc::from("ann");
+        let released = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let slotted = |id: &str, slot: &str| {
+            let mut place =
+                hub.hold_place(Arc::from(id), Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
+            let (released, slot) = (Arc::clone(&released), Arc::<str>::from(slot));
+            place.hold_slot(Arc::clone(&slot), move || {
+                released.lock().unwrap_or_else(PoisonError::into_inner).push(slot)
+            });
+            place
+        };
+        let dropped = slotted("c1", "p1");
+        let handed = slotted("c2", "p2");
+        let _anonymous = hub.hold_place(Arc::from("c3"), None, limits).unwrap_or_else(|r| panic!("{r:?}"));
+        let conn = Arc::new(ConnShared::new(Arc::from("c0"), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
+        assert!(hub.register(Arc::clone(&conn), &mut [channel("channel:a")], limits).is_ok());
+        let mut held = hub.held_slots();
+        held.sort();
+        let pair = |slot: &str| (Arc::clone(&ann), Arc::<str>::from(slot));
+        assert_eq!(held, vec![pair("c0"), pair("p1"), pair("p2")], "the connection's and each slotted place's");
+        drop(dropped);
+        let conn2 = Arc::new(ConnShared::new(Arc::from("c2"), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
+        assert!(hub.register_placed(conn2, &mut [channel("channel:a")], limits, Some(handed)).is_ok());
+        let released: Vec<Arc<str>> = released.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert_eq!(released, vec![Arc::<str>::from("p1")], "the dropped place's slot only");
+        let mut held = hub.held_slots();
+        held.sort();
+        assert_eq!(held, vec![pair("c0"), pair("c2")], "the places' slots are no longer renewed");
     }
 }

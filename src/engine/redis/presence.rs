@@ -243,7 +243,7 @@ impl RedisEngine {
     /// none when there is nothing to renew.
     pub(super) fn lease_renewals(&self) -> Vec<redis::Pipeline> {
         let mut pipes = self.presence_renewals();
-        let slots = self.sink.node().user_connections();
+        let slots = self.sink.node().held_slots();
         if slots.is_empty() {
             return pipes;
         }

@@ -55,19 +55,17 @@ impl SessionStore for RedisEngine {
         user: &'a str,
         conn_id: &'a str,
         limit: usize,
+        replacing: Option<&'a str>,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let lease = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
-            let taken: i64 = self
-                .slot_script
-                .key(self.slots_key(user))
-                .arg(conn_id)
-                .arg(limit)
-                .arg(lease)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let mut call = self.slot_script.key(self.slots_key(user));
+            call.arg(conn_id).arg(limit).arg(lease);
+            if let Some(replaced) = replacing {
+                call.arg(replaced);
+            }
+            let taken: i64 = call.invoke_async(&mut conn).await.map_err(unavailable)?;
             Ok(taken == 1)
         })
     }

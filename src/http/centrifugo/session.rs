@@ -547,7 +547,7 @@ impl Session {
             granted: &channels,
             id: Some(Arc::clone(&self.client)),
             info: self.info.clone(),
-            place: self.place.take(),
+            place: Some(&mut self.place),
         };
         let opened = self.herald.connect_admitted(req, admission).await;
         let mut conn = match opened {
@@ -679,13 +679,21 @@ impl Session {
             granted: if granted { std::slice::from_ref(channel) } else { &[] },
             id: Some(Arc::clone(&self.client)),
             info: self.info.clone(),
-            place: self.place.take(),
+            place: Some(&mut self.place),
         };
         let mut conn = match self.herald.connect_admitted(req, admission).await {
             Ok(conn) => conn,
             Err(e) => {
-                // The socket stays, without a connection: it holds a place again, or goes.
-                self.place = Some(self.herald.hold_place(&self.client, &self.who()).map_err(place_refused)?);
+                // The socket stays, without a connection: in the place it held if the refusal
+                // came before the connection took it over; else in a new one, or it goes.
+                if self.place.is_none() {
+                    let place = self.herald.admit_client(&self.client, &self.who()).await;
+                    self.place = Some(place.map_err(|e| match place_refused(e) {
+                        // Without a place the socket cannot stay: it comes back later.
+                        Fail::Error(_) => Fail::Disconnect(Disconnect::Shutdown),
+                        refused => refused,
+                    })?);
+                }
                 return Err(ApiError::from(e).into());
             }
         };
