@@ -43,7 +43,7 @@ pub use census::{CensusError, ChannelCount};
 pub use history::{History, HistoryError, HistoryOrder, HistoryQuery, MAX_HISTORY_LIMIT};
 pub use presence::{PresenceError, UserPresence};
 pub use rooms::{ChannelInfo, RoomError};
-pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, api_key_only};
+pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, MAX_BAN, api_key_only};
 pub use stream::{Admission, LastEvents, StreamRequest, new_connection_id};
 
 /// The scope of the application's own idempotency keys (publishers over HTTP are scoped by

@@ -5,7 +5,8 @@
 //!
 //! Methods: `publish`, `broadcast`, `subscribe` and `unsubscribe` (a user's live
 //! connections), `presence`, `presence_stats`, `history`, `history_remove` ([`history`]),
-//! `channels`, `info`, `disconnect` (by user) and `batch` of them. Publishing goes through
+//! `channels`, `info`, `disconnect` (by user), `block_user` and `unblock_user` (Centrifugo
+//! PRO's user blocking, on Herald's bans) and `batch` of them. Publishing goes through
 //! Herald's own publish (policies, payload limits, the key's rate limit), so both kinds of
 //! clients get it.
 
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::protocol::ClientError;
 use crate::auth::Principal;
-use crate::herald::{DisconnectOptions, DisconnectTarget, Herald};
+use crate::herald::{DisconnectOptions, DisconnectTarget, Herald, MAX_BAN};
 use crate::http::auth::PeerAddr;
 use crate::http::error::ApiError;
 use crate::http::publish::{caller_and_body, publish_body};
@@ -73,6 +74,21 @@ struct Disconnect {
 #[derive(Deserialize)]
 struct DisconnectCode {
     code: u32,
+}
+
+/// `{"user":"42","expire_at":1767225600}`: Centrifugo PRO's `block_user`, the block lasting
+/// until `expire_at` (Unix seconds).
+#[derive(Deserialize)]
+struct Block {
+    user: String,
+    #[serde(default)]
+    expire_at: i64,
+}
+
+/// `{"user":"42"}`: `unblock_user`.
+#[derive(Deserialize)]
+struct Unblock {
+    user: String,
 }
 
 /// `POST <api_prefix>/{method}`.
@@ -141,6 +157,14 @@ impl Caller {
                 super::presence(herald, &self.who, &channel, method == "presence_stats").await
             }
             "disconnect" => disconnect(herald, &self.who, params(body)?).await,
+            "block_user" => block_user(herald, &self.who, params(body)?).await,
+            "unblock_user" => {
+                let user = params::<Unblock>(body)?.user;
+                let target = DisconnectTarget::User(required_user(&user)?);
+                herald.may_disconnect(&self.who, &target).map_err(ApiError::from)?;
+                herald.unban_user(&user).await.map_err(ApiError::from)?;
+                Ok(json!({}))
+            }
             "subscribe" | "unsubscribe" => {
                 let s = params::<UserChannel>(body)?;
                 if s.user.is_empty() {
@@ -247,6 +271,28 @@ async fn disconnect(herald: &Herald, who: &Principal, d: Disconnect) -> Result<V
     Ok(json!({}))
 }
 
+/// Blocks a user as Centrifugo PRO does, on Herald's bans: banned on every node until
+/// `expire_at` (without it, for the longest ban Herald keeps, a year; at least a second, at
+/// most a year from now), and every connection of the user cut for good (`3503 force
+/// disconnect`, as a banned user's `connect` is answered).
+async fn block_user(herald: &Herald, who: &Principal, b: Block) -> Result<Value, ClientError> {
+    let target = DisconnectTarget::User(required_user(&b.user)?);
+    let ttl = match b.expire_at {
+        0 => MAX_BAN,
+        at => {
+            let left_ms = i128::from(at) * 1000 - i128::from(crate::ids::now_ms());
+            if left_ms <= 0 {
+                return Err(ClientError::new(107, "`expire_at` is in the past: nothing to block"));
+            }
+            let left = std::time::Duration::from_millis(u64::try_from(left_ms).unwrap_or(u64::MAX));
+            left.clamp(std::time::Duration::from_secs(1), MAX_BAN)
+        }
+    };
+    herald.may_disconnect(who, &target).map_err(ApiError::from)?;
+    herald.disconnect(target, DisconnectOptions { reconnect: false, ban: Some(ttl) }).await.map_err(ApiError::from)?;
+    Ok(json!({}))
+}
+
 /// The channels with subscribers on any node, by their Centrifugo names, with their number of
 /// subscriptions; `pattern` (`*` for any run of characters) filters the names. Only channels
 /// the key may subscribe to are listed.
@@ -289,6 +335,13 @@ fn required(channel: &str) -> Result<String, ClientError> {
         return Err(ClientError::new(107, "bad request: `channel` is required"));
     }
     Ok(channel.to_owned())
+}
+
+fn required_user(user: &str) -> Result<String, ClientError> {
+    if user.is_empty() {
+        return Err(ClientError::new(107, "bad request: `user` is required"));
+    }
+    Ok(user.to_owned())
 }
 
 fn params<T: DeserializeOwned>(body: Value) -> Result<T, ClientError> {

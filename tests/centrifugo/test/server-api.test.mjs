@@ -95,6 +95,30 @@ test('disconnect cuts a user: by default for good (3503), with a code below 3500
   again.c.disconnect();
 });
 
+test('block_user cuts a user for good (3503) and refuses their connect and streams until unblock_user', async () => {
+  const { c } = await subscribed('ops', 'blocked');
+  const gone = once(c, 'disconnected');
+  const block = await api('block_user', { user: 'blocked', expire_at: Math.floor(Date.now() / 1000) + 3600 });
+  assert.deepEqual(block.json, { result: {} });
+  assert.equal((await gone).code, 3503);
+  const again = new Centrifuge(herald.ws, { websocket: WebSocket, token: token('blocked') });
+  const refused = once(again, 'disconnected');
+  again.connect();
+  assert.deepEqual([(await refused).code, again.state], [3503, 'disconnected']);
+  const stream = await fetch(`${herald.url}/api/events?channel=user:blocked`, {
+    headers: { authorization: `Bearer ${token('blocked')}` },
+  });
+  assert.equal(stream.status, 403);
+  await stream.body?.cancel();
+  assert.deepEqual((await api('unblock_user', { user: 'blocked' })).json, { result: {} });
+  const back = await subscribed('ops', 'blocked');
+  back.c.disconnect();
+  // A block that has ended already, or no user: 107.
+  const past = await api('block_user', { user: 'blocked', expire_at: Math.floor(Date.now() / 1000) - 10 });
+  assert.equal(past.json.error.code, 107);
+  assert.equal((await api('unblock_user', {})).json.error.code, 107);
+});
+
 test('subscribe adds a channel to every live connection of the user, unsubscribe removes it', async () => {
   const stream = sse(herald, ['channel:base'], 'dave');
   await stream.ready;
