@@ -1456,9 +1456,16 @@ async fn a_disconnect_of_a_user_or_a_client_id_cuts_its_centrifugo_sockets_that_
     let mut idle = centrifugo_connected(&server, &ann).await;
     assert_eq!(cut(json!({"user": "ann", "reconnect": false})).await, Some(1));
     assert_eq!(centrifugo_frame(&mut idle).await, Err(Some((3503, "force disconnect".to_owned()))));
-    // By the client id its `connect` reply gave it, to come back.
+    // By the client id its `connect` reply gave it, to come back. The user's connections list
+    // it (with no channel) as it counts.
     let (mut idle, client) = centrifugo_client(&server, &ann).await;
     let mut other = centrifugo_connected(&server, &ann).await;
+    let (status, listed) = server.client(Proto::H1).backend().get_json("/api/users/ann/connections").await;
+    assert_eq!(status, 200, "{listed}");
+    let mine =
+        listed["connections"].as_array().and_then(|all| all.iter().find(|c| c["connectionId"] == client.as_str()));
+    let shown = mine.map(|c| (c["transport"].clone(), c["channels"].clone()));
+    assert_eq!(shown, Some((json!("centrifugo"), json!([]))), "{listed}");
     assert_eq!(cut(json!({"connectionId": client, "reconnect": true})).await, Some(1));
     assert_eq!(centrifugo_frame(&mut idle).await, Err(Some((3011, "force reconnect".to_owned()))));
     // The user's other socket stays.

@@ -889,10 +889,21 @@ impl Hub {
         if !reg.users.contains_key(user) {
             return Vec::new();
         }
-        reg.every()
+        let conns = reg
+            .every()
             .filter(|(conn, _)| conn.user_id.as_deref() == Some(user))
-            .map(|(conn, channels)| info(conn, channels))
-            .collect()
+            .map(|(conn, channels)| info(conn, channels));
+        // A client that holds a place (a Centrifugo client that follows nothing yet) is one
+        // of the user's connections too, with no channel.
+        let places = reg.places.values().filter(|p| p.user.as_deref() == Some(user)).map(|p| ConnInfo {
+            connection: Arc::clone(&p.id),
+            transport: "centrifugo",
+            user: p.user.clone(),
+            user_name: None,
+            info: None,
+            channels: Vec::new(),
+        });
+        conns.chain(places).collect()
     }
 
     /// Local subscribers of one channel, and the distinct users among them.

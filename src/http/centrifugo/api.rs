@@ -5,8 +5,9 @@
 //!
 //! Methods: `publish`, `broadcast`, `subscribe` and `unsubscribe` (a user's live
 //! connections), `presence`, `presence_stats`, `history`, `history_remove` ([`history`]),
-//! `channels`, `info`, `disconnect` (by user), `block_user` and `unblock_user` (Centrifugo
-//! PRO's user blocking, on Herald's bans) and `batch` of them. Publishing goes through
+//! `channels`, `info`, `disconnect` (by user), `block_user`, `unblock_user` and
+//! `connections` (Centrifugo PRO's user blocking and a user's connections, on Herald's bans
+//! and connection listing) and `batch` of them. Publishing goes through
 //! Herald's own publish (policies, payload limits, the key's rate limit), so both kinds of
 //! clients get it.
 
@@ -85,6 +86,16 @@ struct Block {
     expire_at: i64,
 }
 
+/// `{"user":"42"}`: Centrifugo PRO's `connections` (the user's, on every node); its
+/// `expression` (a CEL filter) is not supported.
+#[derive(Deserialize)]
+struct Connections {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    expression: String,
+}
+
 /// `{"user":"42"}`: `unblock_user`.
 #[derive(Deserialize)]
 struct Unblock {
@@ -158,6 +169,7 @@ impl Caller {
             }
             "disconnect" => disconnect(herald, &self.who, params(body)?).await,
             "block_user" => block_user(herald, &self.who, params(body)?).await,
+            "connections" => connections(herald, &self.who, params(body)?).await,
             "unblock_user" => {
                 let user = params::<Unblock>(body)?.user;
                 let target = DisconnectTarget::User(required_user(&user)?);
@@ -291,6 +303,35 @@ async fn block_user(herald: &Herald, who: &Principal, b: Block) -> Result<Value,
     herald.may_disconnect(who, &target).map_err(ApiError::from)?;
     herald.disconnect(target, DisconnectOptions { reconnect: false, ban: Some(ttl) }).await.map_err(ApiError::from)?;
     Ok(json!({}))
+}
+
+/// A user's connections on every node as Centrifugo PRO's `connections` lists them, by client
+/// id: its `transport` Herald's (`sse`, `websocket`, `centrifugo`, `library`), `protocol`
+/// `json`, `connected_at_ms`, and its channels by their Centrifugo names in `state`. A
+/// Centrifugo client that follows nothing yet is listed with no channel.
+async fn connections(herald: &Herald, who: &Principal, c: Connections) -> Result<Value, ClientError> {
+    if !c.expression.is_empty() {
+        return Err(ClientError::new(
+            107,
+            "bad request: Herald lists a `user`'s connections; `expression` is not supported",
+        ));
+    }
+    let user = required_user(&c.user)?;
+    let all = herald.user_connections(who, &user).await.map_err(ApiError::from)?;
+    let mut connections = serde_json::Map::with_capacity(all.len());
+    for conn in all {
+        let channels: serde_json::Map<String, Value> =
+            conn.channels.iter().map(|ch| (crate::mirror::centrifugo_name(ch), json!({}))).collect();
+        let info = json!({
+            "transport": conn.transport,
+            "protocol": "json",
+            "user": user,
+            "connected_at_ms": conn.opened_ms,
+            "state": {"channels": channels},
+        });
+        connections.insert(conn.connection_id, info);
+    }
+    Ok(json!({"connections": connections}))
 }
 
 /// The channels with subscribers on any node, by their Centrifugo names, with their number of

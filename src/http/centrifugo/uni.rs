@@ -351,6 +351,7 @@ impl Uni {
         if !channels.is_empty() {
             let (resume, recovering) = resume_subs(&channels, &names, &connect.subs);
             let mut req = StreamRequest::new(who, channels.clone());
+            req.transport = "centrifugo";
             req.kill = Some(kill.clone());
             req.last_event_id = resume;
             let mut c = herald.connect(req).await.map_err(|e| refused(ApiError::from(e)))?;

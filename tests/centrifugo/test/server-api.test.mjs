@@ -119,6 +119,34 @@ test('block_user cuts a user for good (3503) and refuses their connect and strea
   assert.equal((await api('unblock_user', {})).json.error.code, 107);
 });
 
+test("connections lists a user's clients by id: the SDK's with its channels, an idle one, an SSE stream", async () => {
+  const { c } = await subscribed('ops', 'lister');
+  const idle = new Centrifuge(herald.ws, { websocket: WebSocket, token: token('lister') });
+  const idleUp = once(idle, 'connected');
+  idle.connect();
+  const idleId = (await idleUp).client;
+  const stream = sse(herald, ['user:lister'], 'lister');
+  await stream.ready;
+  const other = await subscribed('ops', 'not-listed');
+  const { json } = await api('connections', { user: 'lister' });
+  const listed = json.result.connections;
+  const byId = Object.fromEntries(
+    Object.entries(listed).map(([id, conn]) => [id, [conn.transport, conn.user, conn.protocol, Object.keys(conn.state.channels)]]),
+  );
+  const sdk = Object.keys(listed).find((id) => 'ops' in listed[id].state.channels);
+  assert.deepEqual(byId[sdk], ['centrifugo', 'lister', 'json', ['ops']]);
+  assert.deepEqual(byId[idleId], ['centrifugo', 'lister', 'json', []]);
+  assert.equal(Object.values(byId).filter(([transport]) => transport === 'sse').length, 1, JSON.stringify(json));
+  assert.equal(Object.keys(listed).length, 3, JSON.stringify(json));
+  assert.ok(Object.values(listed).every((conn) => conn.connected_at_ms > 0));
+  assert.equal((await api('connections', {})).json.error.code, 107);
+  assert.equal((await api('connections', { expression: 'user == "x"' })).json.error.code, 107);
+  c.disconnect();
+  idle.disconnect();
+  other.c.disconnect();
+  stream.close();
+});
+
 test('subscribe adds a channel to every live connection of the user, unsubscribe removes it', async () => {
   const stream = sse(herald, ['channel:base'], 'dave');
   await stream.ready;
