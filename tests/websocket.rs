@@ -1493,6 +1493,15 @@ async fn a_banned_users_centrifugo_connect_is_refused_with_3503_and_holds_no_pla
         assert_eq!(answer, Err(Some((3503, "force disconnect".to_owned()))));
         refused.push(ws);
     }
+    // Counted as refused streams are, by reason.
+    let refusals = |reason: &'static str| {
+        let server = &server;
+        async move {
+            let series = format!("herald_subscribe_refused_total{{reason=\"{reason}\"}}");
+            server.client(Proto::H1).metric(&series).await
+        }
+    };
+    assert_eq!(refusals("banned").await, 6.0);
     let _bob = centrifugo_connected(&server, &token("bob")).await;
     let (status, answer) = backend.delete("/api/bans/ann").await;
     assert_eq!((status.as_u16(), answer["lifted"].as_bool()), (200, Some(true)), "{answer}");
@@ -1503,4 +1512,5 @@ async fn a_banned_users_centrifugo_connect_is_refused_with_3503_and_holds_no_pla
     }
     let (_ws, answer) = centrifugo_connect(&server, &token("ann")).await;
     assert_eq!(answer, Err(Some((3504, "connection limit".to_owned()))), "the sixth is past the limit");
+    assert_eq!(refusals("user_limit").await, 1.0);
 }

@@ -62,6 +62,13 @@ fn disconnect_for(reason: Option<crate::hub::connection::CloseReason>) -> protoc
     }
 }
 
+/// Counts a client refused at its `connect` or its first subscription (which opens its
+/// connection) in `herald_subscribe_refused_total`, by the reasons a refused stream has.
+fn count_refusal(herald: &Herald, e: &ApiError) {
+    let reason = e.refusal().map_or(crate::metrics::SubscribeRefusal::Invalid, Refusal::subscribe_reason);
+    herald.metrics().refuse_subscribe(reason);
+}
+
 /// When a client of `who` that has no Herald connection must go (ms since the epoch): its
 /// token's `exp` plus `auth.leeway`, the deadline at which the hub cuts a connection;
 /// `u64::MAX` for none.

@@ -124,17 +124,29 @@ impl From<Disconnect> for Fail {
     }
 }
 
-/// The answer to a socket refused a place in the node's connection limits: past the node's
-/// `3001 shutdown` (the SDK comes back, maybe to another node), past the user's `3504
-/// connection limit` (Centrifugo's own), a banned user `3503 force disconnect` (what a
-/// disconnect with a ban cuts a client with), and the engine's failure a temporary `100`.
-fn place_refused(e: SubscribeError) -> Fail {
-    match e {
-        SubscribeError::AtCapacity => Disconnect::Shutdown.into(),
-        SubscribeError::UserLimit { .. } => Disconnect::ConnectionLimit.into(),
-        SubscribeError::Banned => Disconnect::ForceNoReconnect.into(),
-        other => ClientError::from(ApiError::from(other)).into(),
-    }
+/// The answer to a socket refused a place in the node's connection limits (counted as a
+/// refused stream is): past the node's `3001 shutdown` (the SDK comes back, maybe to another
+/// node), past the user's `3504 connection limit` (Centrifugo's own), a banned user `3503
+/// force disconnect` (what a disconnect with a ban cuts a client with), and the engine's
+/// failure a temporary `100`.
+fn place_refused(herald: &Herald, e: SubscribeError) -> Fail {
+    let disconnect = match e {
+        SubscribeError::AtCapacity => Some(Disconnect::Shutdown),
+        SubscribeError::UserLimit { .. } => Some(Disconnect::ConnectionLimit),
+        SubscribeError::Banned => Some(Disconnect::ForceNoReconnect),
+        _ => None,
+    };
+    let e = ApiError::from(e);
+    super::count_refusal(herald, &e);
+    disconnect.map_or_else(|| ClientError::from(e).into(), Fail::from)
+}
+
+/// A refused first subscription, which would have opened the socket's connection: counted
+/// as a refused stream is, and answered with Centrifugo's error for it.
+fn open_refused(herald: &Herald, e: SubscribeError) -> Fail {
+    let e = ApiError::from(e);
+    super::count_refusal(herald, &e);
+    e.into()
 }
 
 /// The claims of a Centrifugo token beyond Herald's own.
@@ -451,7 +463,7 @@ impl Session {
         // while the user is banned (see `place_refused`).
         self.place = Some(self.herald.admit_client(&self.client, &who).await.map_err(|e| {
             tracing::info!(client = %self.client, who = %who.describe(), error = %e, "centrifugo client refused");
-            place_refused(e)
+            place_refused(&self.herald, e)
         })?);
         tracing::debug!(client = %self.client, who = %who.describe(), "centrifugo client connected");
         self.who = Some(who);
@@ -554,7 +566,7 @@ impl Session {
             Ok(conn) => conn,
             Err(e) => {
                 self.subs.clear();
-                return Err(ApiError::from(e).into());
+                return Err(open_refused(&self.herald, e));
             }
         };
         // What `connect` wrote before the live events: the position of each channel, and
@@ -688,13 +700,13 @@ impl Session {
                 // came before the connection took it over; else in a new one, or it goes.
                 if self.place.is_none() {
                     let place = self.herald.admit_client(&self.client, &self.who()).await;
-                    self.place = Some(place.map_err(|e| match place_refused(e) {
+                    self.place = Some(place.map_err(|e| match place_refused(&self.herald, e) {
                         // Without a place the socket cannot stay: it comes back later.
                         Fail::Error(_) => Fail::Disconnect(Disconnect::Shutdown),
                         refused => refused,
                     })?);
                 }
-                return Err(ApiError::from(e).into());
+                return Err(open_refused(&self.herald, e));
             }
         };
         // What `connect` wrote before the live events: the `connected` notice (its id is the

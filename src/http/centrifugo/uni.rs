@@ -340,7 +340,7 @@ impl Uni {
         // Without channels the client has no connection: its id is made here.
         let client = crate::herald::new_connection_id();
         let place = if channels.is_empty() {
-            Some(herald.admit_client(&client, &who).await.map_err(|e| refused(ApiError::from(e)))?)
+            Some(herald.admit_client(&client, &who).await.map_err(|e| refused(&herald, ApiError::from(e)))?)
         } else {
             None
         };
@@ -354,7 +354,7 @@ impl Uni {
             req.transport = "centrifugo";
             req.kill = Some(kill.clone());
             req.last_event_id = resume;
-            let mut c = herald.connect(req).await.map_err(|e| refused(ApiError::from(e)))?;
+            let mut c = herald.connect(req).await.map_err(|e| refused(&herald, ApiError::from(e)))?;
             let recovered = Recovered::read(&mut c, &recovering);
             for (i, channel) in channels.iter().enumerate() {
                 let name = names.get(channel.as_str()).cloned().unwrap_or_default();
@@ -578,8 +578,10 @@ fn claimed_channels(token: &str) -> Vec<String> {
     list.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
 }
 
-/// A refused connection as Centrifugo's unidirectional disconnect.
-fn refused(e: ApiError) -> Bye {
+/// A refused connection as Centrifugo's unidirectional disconnect (counted as a refused
+/// stream is).
+fn refused(herald: &Herald, e: ApiError) -> Bye {
+    super::count_refusal(herald, &e);
     tracing::info!(status = %e.status(), message = e.message(), "uni client refused");
     match e.status().as_u16() {
         401 => bye(Disconnect::InvalidToken),
