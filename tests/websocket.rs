@@ -1483,9 +1483,15 @@ async fn a_disconnect_of_a_user_or_a_client_id_cuts_its_centrifugo_sockets_that_
 #[tokio::test]
 async fn a_banned_users_centrifugo_connect_is_refused_with_3503_and_holds_no_place() {
     let server = TestServer::secured(centrifugo_on).await;
+    let mut before = centrifugo_connected(&server, &token("ann")).await;
     let mut backend = server.client(Proto::H1).backend();
     let (status, answer) = backend.post_json("/api/bans", &json!({"user": "ann", "ttl": "1h"})).await;
     assert_eq!(status, 200, "{answer}");
+    // A socket connected before the ban (a ban alone cuts nothing) is cut at its first
+    // subscription, whose connection the ban refuses, with the same code.
+    let subscribe = json!({"id": 2, "subscribe": {"channel": "news"}}).to_string();
+    before.send(Message::text(subscribe)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(centrifugo_frame(&mut before).await, Err(Some((3503, "force disconnect".to_owned()))));
     // More refusals than the user has connections: none of them keeps one.
     let mut refused = Vec::new();
     for _ in 0..6 {
@@ -1501,7 +1507,7 @@ async fn a_banned_users_centrifugo_connect_is_refused_with_3503_and_holds_no_pla
             server.client(Proto::H1).metric(&series).await
         }
     };
-    assert_eq!(refusals("banned").await, 6.0);
+    assert_eq!(refusals("banned").await, 7.0, "the subscription and six connects");
     let _bob = centrifugo_connected(&server, &token("bob")).await;
     let (status, answer) = backend.delete("/api/bans/ann").await;
     assert_eq!((status.as_u16(), answer["lifted"].as_bool()), (200, Some(true)), "{answer}");

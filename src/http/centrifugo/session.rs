@@ -701,9 +701,11 @@ impl Session {
                 if self.place.is_none() {
                     let place = self.herald.admit_client(&self.client, &self.who()).await;
                     self.place = Some(place.map_err(|e| match place_refused(&self.herald, e) {
-                        // Without a place the socket cannot stay: it comes back later.
-                        Fail::Error(_) => Fail::Disconnect(Disconnect::Shutdown),
-                        refused => refused,
+                        banned @ Fail::Disconnect(Disconnect::ForceNoReconnect) => banned,
+                        // Without a place the socket cannot stay: it comes back later, and its
+                        // `connect` is answered then (the slot its failed connection took may
+                        // not be given back yet).
+                        _ => Fail::Disconnect(Disconnect::Shutdown),
                     })?);
                 }
                 return Err(open_refused(&self.herald, e));
