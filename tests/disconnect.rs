@@ -232,10 +232,20 @@ async fn expect_banned(server: &TestServer, user: &str) {
     assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (403, Some("banned")), "stream: {answer}");
     let (status, answer) = client.post_json("/api/tickets", &json!({})).await;
     assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (403, Some("banned")), "ticket: {answer}");
+    // Nor may the user publish, on the lean HTTP/1.1 path or over HTTP/2.
+    for proto in [Proto::H1, Proto::H2c] {
+        let (status, answer) = server.client(proto).user(user).post_json("/api/publish", &chat()).await;
+        assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (403, Some("banned")), "publish: {answer}");
+    }
+}
+
+/// A chat event a user may publish.
+fn chat() -> Value {
+    json!({"channel": "channel:general", "type": "chat", "text": "hi"})
 }
 
 #[tokio::test]
-async fn a_ban_refuses_new_streams_and_tickets_until_it_is_lifted_or_runs_out() {
+async fn a_ban_refuses_new_streams_tickets_and_publishes_until_it_is_lifted_or_runs_out() {
     let server = node(None).await;
     let mut open = server.client(Proto::H1).user("9").subscribe("channel=user:9", &[]).await;
     let mut backend = server.client(Proto::H1).backend();
@@ -248,6 +258,7 @@ async fn a_ban_refuses_new_streams_and_tickets_until_it_is_lifted_or_runs_out() 
 
     assert_eq!(backend.delete("/api/bans/9").await, (hyper::StatusCode::OK, json!({"user": "9", "lifted": true})));
     server.client(Proto::H1).user("9").subscribe("channel=user:9", &[]).await;
+    assert_eq!(server.client(Proto::H1).user("9").post_json("/api/publish", &chat()).await.0, 200);
     assert_eq!(backend.delete("/api/bans/9").await.1["lifted"], false);
 
     let (status, _) = backend.post_json("/api/bans", &json!({"user": "9", "ttl": 1})).await;

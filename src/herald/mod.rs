@@ -69,6 +69,8 @@ pub enum PublishError {
     InBatch { index: usize, source: EventError },
     #[error("publish rate limit reached; retry in {} ms", retry_after.as_millis())]
     RateLimited { retry_after: Duration },
+    #[error("this user is banned for now")]
+    Banned,
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -368,8 +370,20 @@ impl Herald {
         rate_key: &str,
         batch: Vec<(Vec<ChannelName>, Event)>,
     ) -> Result<Vec<PublishAck>, PublishError> {
+        self.refuse_banned_publisher(who).await?;
         let prepared = self.admit_publish(who, rate_key, batch)?;
         Ok(self.publish_acked(prepared, false).await?)
+    }
+
+    /// Refuses a user who is banned ([`Herald::ban_user`]): a ban keeps the user from
+    /// publishing, as from opening streams, whatever tokens they still hold.
+    pub(crate) async fn refuse_banned_publisher(&self, who: &Principal) -> Result<(), PublishError> {
+        if let Principal::User(user) = who
+            && self.inner.engine.is_banned(&user.id).await?
+        {
+            return Err(PublishError::Banned);
+        }
+        Ok(())
     }
 
     /// The checks of [`Herald::publish_as`] without the engine: policies, limits, payloads,

@@ -122,7 +122,7 @@ impl Herald {
         Ok(cut)
     }
 
-    /// Bans `user` for `ttl` on every node: their new streams and tickets are refused
+    /// Bans `user` for `ttl` on every node: their new streams, tickets and publishes are refused
     /// (`403 banned`) until it ends. Streams already open stay open: cut them with
     /// [`Herald::disconnect`] (or pass the ban to it).
     pub async fn ban_user(&self, user: &str, ttl: Duration) -> Result<(), DisconnectError> {

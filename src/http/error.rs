@@ -218,6 +218,7 @@ impl From<PublishError> for ApiError {
             PublishError::BatchTooLarge { .. } => Refusal::BatchTooLarge,
             PublishError::TooManyChannels { .. } => Refusal::EventTooManyChannels,
             PublishError::EmptyBatch => Refusal::EmptyBatch,
+            PublishError::Banned => Refusal::Banned,
         };
         Self::refuse(refusal, e.to_string())
     }

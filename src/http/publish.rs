@@ -316,6 +316,7 @@ async fn stage_events(
     client: &hooked::Client,
 ) -> Result<Staged, ApiError> {
     let who = hooked::publish(herald, client, who.clone(), &mut events).await?;
+    herald.refuse_banned_publisher(&who).await?;
     Ok(Staged { events: herald.admit_publish(&who, key, events)?, batch })
 }
 
