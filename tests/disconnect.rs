@@ -312,7 +312,7 @@ async fn a_disconnect_on_one_node_cuts_exactly_the_matching_streams_on_every_nod
 }
 
 #[tokio::test]
-async fn a_ban_on_one_node_refuses_streams_and_tickets_on_the_other_until_it_runs_out() {
+async fn a_ban_on_one_node_refuses_streams_tickets_and_publishes_on_the_other_until_it_runs_out() {
     let redis = RedisServer::start().await;
     let (a, b) = (node(Some(redis.url())).await, node(Some(redis.url())).await);
     let mut on_b = b.client(Proto::H1).user("77").subscribe("channel=user:77", &[]).await;
