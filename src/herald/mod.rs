@@ -363,7 +363,8 @@ impl Herald {
 
     /// Publishes a batch on behalf of `who`: every channel is checked against the policies,
     /// the publisher's rate limit is charged, and identity fields come from `who`. Either
-    /// every event is accepted or none is.
+    /// every event is accepted or none is. A user who is banned is refused
+    /// ([`PublishError::Banned`]).
     pub async fn publish_as(
         &self,
         who: &Principal,
