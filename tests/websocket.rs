@@ -1309,9 +1309,10 @@ async fn centrifugo_connect_refused(server: &TestServer, token: &str) -> Option<
 }
 
 /// Opens a stream of `user` once the node has a place for it (a place given back as a
-/// socket's session ends comes a moment after the client's end of the socket).
+/// socket's session ends comes a moment after the client's end of the socket), and reads
+/// its `connected` notice.
 async fn stream_once_placed(server: &TestServer, user: &str) -> SseStream {
-    within("a place for the stream", async {
+    let mut stream = within("a place for the stream", async {
         loop {
             let resp = server.client(Proto::H1).user(user).open_events(&format!("channel=user:{user}"), &[]).await;
             if resp.status() == StatusCode::OK {
@@ -1320,7 +1321,15 @@ async fn stream_once_placed(server: &TestServer, user: &str) -> SseStream {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
-    .await
+    .await;
+    let connected = stream.next().await.unwrap_or_else(|| panic!("stream ended"));
+    assert_eq!(connected.data["type"], "connected");
+    stream
+}
+
+/// A Centrifugo `subscribe` command with `id` for `channel`.
+fn centrifugo_subscribe(id: u64, channel: &str) -> Message {
+    Message::text(json!({"id": id, "subscribe": {"channel": channel}}).to_string())
 }
 
 #[tokio::test]
@@ -1341,13 +1350,11 @@ async fn a_centrifugo_socket_holds_one_of_its_users_connections_from_its_connect
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     // A subscription opens the socket's connection in the place it held (no more), and a
     // refused one leaves the socket its place.
-    let subscribe =
-        |id: u64, channel: &str| Message::text(json!({"id": id, "subscribe": {"channel": channel}}).to_string());
-    second.send(subscribe(2, "user:bob")).await.unwrap_or_else(|e| panic!("{e}"));
+    second.send(centrifugo_subscribe(2, "user:bob")).await.unwrap_or_else(|e| panic!("{e}"));
     let denied = centrifugo_frame(&mut second).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
     assert_eq!(denied[0]["error"]["code"], 103, "{denied:?}");
     assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
-    second.send(subscribe(3, "news")).await.unwrap_or_else(|e| panic!("{e}"));
+    second.send(centrifugo_subscribe(3, "news")).await.unwrap_or_else(|e| panic!("{e}"));
     let reply = centrifugo_frame(&mut second).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
     assert!(reply[0]["subscribe"].is_object(), "{reply:?}");
     assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
@@ -1355,9 +1362,7 @@ async fn a_centrifugo_socket_holds_one_of_its_users_connections_from_its_connect
     centrifugo_connected(&server, &token("bob")).await;
     // The idle socket goes: its place is given back, and the user's stream takes it.
     drop(idle);
-    let mut stream = stream_once_placed(&server, "ann").await;
-    let connected = stream.next().await.unwrap_or_else(|| panic!("stream ended"));
-    assert_eq!(connected.data["type"], "connected");
+    let _stream = stream_once_placed(&server, "ann").await;
     assert_eq!(centrifugo_connect_refused(&server, &ann).await, limit);
 }
 
@@ -1393,13 +1398,11 @@ async fn on_redis_a_centrifugo_socket_that_follows_nothing_holds_one_of_its_user
     // over.
     let members = || redis.cli(&["ZRANGE", "realtime:conns:{ann}", "0", "-1"]);
     let held = members();
-    let subscribe =
-        |id: u64, channel: &str| Message::text(json!({"id": id, "subscribe": {"channel": channel}}).to_string());
-    on_a.send(subscribe(2, "user:bob")).await.unwrap_or_else(|e| panic!("{e}"));
+    on_a.send(centrifugo_subscribe(2, "user:bob")).await.unwrap_or_else(|e| panic!("{e}"));
     let denied = centrifugo_frame(&mut on_a).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
     assert_eq!(denied[0]["error"]["code"], 103, "{denied:?}");
     assert_eq!(members(), held);
-    on_a.send(subscribe(3, "news")).await.unwrap_or_else(|e| panic!("{e}"));
+    on_a.send(centrifugo_subscribe(3, "news")).await.unwrap_or_else(|e| panic!("{e}"));
     let reply = centrifugo_frame(&mut on_a).await.unwrap_or_else(|close| panic!("closed: {close:?}"));
     assert!(reply[0]["subscribe"].is_object(), "{reply:?}");
     assert_eq!(slots(), "2", "the connection's slot in place of the socket's");
@@ -1407,9 +1410,7 @@ async fn on_redis_a_centrifugo_socket_that_follows_nothing_holds_one_of_its_user
     // The idle socket on b goes: its slot is given back, and a stream on a takes it.
     drop(on_b);
     support::eventually("node b to give the idle socket's slot back", || slots() == "1").await;
-    let mut stream = stream_once_placed(&a, "ann").await;
-    let connected = stream.next().await.unwrap_or_else(|| panic!("stream ended"));
-    assert_eq!(connected.data["type"], "connected");
+    let _stream = stream_once_placed(&a, "ann").await;
     assert_eq!(centrifugo_connect_refused(&b, &ann).await, limit);
 }
 
@@ -1493,8 +1494,7 @@ async fn a_banned_users_centrifugo_connect_is_refused_with_3503_and_holds_no_pla
     assert_eq!(status, 200, "{answer}");
     // A socket connected before the ban (a ban alone cuts nothing) is cut at its first
     // subscription, whose connection the ban refuses, with the same code.
-    let subscribe = json!({"id": 2, "subscribe": {"channel": "news"}}).to_string();
-    before.send(Message::text(subscribe)).await.unwrap_or_else(|e| panic!("{e}"));
+    before.send(centrifugo_subscribe(2, "news")).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(centrifugo_frame(&mut before).await, Err(Some((3503, "force disconnect".to_owned()))));
     // More refusals than the user has connections: none of them keeps one.
     let mut refused = Vec::new();

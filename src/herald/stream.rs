@@ -272,9 +272,6 @@ impl Herald {
     pub(crate) async fn admit_client(&self, id: &Arc<str>, principal: &Principal) -> Result<Place, SubscribeError> {
         let mut place = self.hold_place(id, principal)?;
         let Some(user) = principal.user_id() else { return Ok(place) };
-        if self.engine().is_banned(user).await? {
-            return Err(SubscribeError::Banned);
-        }
         // A slot of its own, not the connection's id: a place given back and another taken
         // for the same client (after a refused subscription) never touch each other's. Its
         // release is set before it is taken, so that a client gone while it is being taken
@@ -286,10 +283,7 @@ impl Herald {
                 runtime.spawn(async move { herald.release_place_slot(&owner, &released).await });
             }
         });
-        let limit = self.config().max_connections_per_user;
-        if !self.engine().acquire_slot(user, &slot, limit, None).await? {
-            return Err(SubscribeError::UserLimit { limit });
-        }
+        self.take_user_slot(user, &slot, None).await?;
         Ok(place)
     }
 
@@ -310,25 +304,28 @@ impl Herald {
         place_slot: Option<Arc<str>>,
     ) -> Result<(), SubscribeError> {
         let Some(user) = principal.user_id() else { return Ok(()) };
-        let limit = self.config().max_connections_per_user;
-        let claimed = async {
-            // Checked once registered: a disconnect with a ban bans first, then cuts what is
-            // registered, so a stream that opens meanwhile is either cut or refused here.
-            if self.engine().is_banned(user).await? {
-                return Err(SubscribeError::Banned);
-            }
-            if !self.engine().acquire_slot(user, conn_id, limit, place_slot.as_deref()).await? {
-                return Err(SubscribeError::UserLimit { limit });
-            }
-            Ok(())
-        }
-        .await;
+        // Checked once registered: a disconnect with a ban bans first, then cuts what is
+        // registered, so a stream that opens meanwhile is either cut or refused here.
+        let claimed = self.take_user_slot(user, conn_id, place_slot.as_deref()).await;
         if claimed.is_err()
             && let Some(slot) = &place_slot
         {
             self.engine().release_slot(user, slot).await;
         }
         claimed
+    }
+
+    /// Refuses `user` while banned, else takes `slot` among the user's connection slots
+    /// across nodes (in place of `replacing`), or refuses the user past the limit.
+    async fn take_user_slot(&self, user: &str, slot: &str, replacing: Option<&str>) -> Result<(), SubscribeError> {
+        if self.engine().is_banned(user).await? {
+            return Err(SubscribeError::Banned);
+        }
+        let limit = self.config().max_connections_per_user;
+        if !self.engine().acquire_slot(user, slot, limit, replacing).await? {
+            return Err(SubscribeError::UserLimit { limit });
+        }
+        Ok(())
     }
 
     /// Reads where the connection starts in each channel and what it missed since

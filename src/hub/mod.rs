@@ -171,6 +171,11 @@ impl Registry {
         }
     }
 
+    /// Every user's connection, as `(user id, connection id)`.
+    fn user_connections(&self) -> impl Iterator<Item = (Arc<str>, Arc<str>)> {
+        self.every().filter_map(|(conn, _)| conn.user_id.as_ref().map(|u| (Arc::clone(u), Arc::clone(&conn.id))))
+    }
+
     /// Every registered connection, with the channels it follows.
     fn every(&self) -> impl Iterator<Item = (&Arc<ConnShared>, &[ChannelName])> {
         let shadowed = self.shadowed.iter().map(|(conn, channels)| (conn, &channels[..]));
@@ -831,22 +836,17 @@ impl Hub {
 
     /// Every user's connection on this node, as `(user id, connection id)`.
     pub fn user_connections(&self) -> Vec<(Arc<str>, Arc<str>)> {
-        self.read()
-            .every()
-            .filter_map(|(conn, _)| conn.user_id.as_ref().map(|u| (Arc::clone(u), Arc::clone(&conn.id))))
-            .collect()
+        self.read().user_connections().collect()
     }
 
     /// The slots this node's users hold across nodes, as `(user id, slot)`: each connection's
     /// (its id), and each place's that took one ([`Place::hold_slot`]). What the node renews
     /// the leases of.
     pub fn held_slots(&self) -> Vec<(Arc<str>, Arc<str>)> {
-        let mut slots = self.user_connections();
         let reg = self.read();
         let places =
             reg.places.values().filter_map(|p| Some((Arc::clone(p.user.as_ref()?), Arc::clone(p.slot.get()?))));
-        slots.extend(places);
-        slots
+        reg.user_connections().chain(places).collect()
     }
 
     /// Channels and patterns with at least one local subscriber, by name.
@@ -1043,13 +1043,17 @@ mod tests {
         assert_eq!(hub.subscriber_count(&channel("channel:lobby-of-the-east-wing")), 3);
     }
 
+    /// A connection of `user` with id `id`.
+    fn of_user(id: &str, user: &Arc<str>) -> Arc<ConnShared> {
+        Arc::new(ConnShared::new(Arc::from(id), Some((Arc::clone(user), None)), 16, None, Vec::new()))
+    }
+
     #[test]
     fn a_place_counts_as_a_connection_until_given_back_or_taken_over_by_its_clients_connection() {
         let hub = Arc::new(Hub::new());
         let limits = ConnLimits { max_connections: 3, max_per_user: 2 };
         let ann: Arc<str> = Arc::from("ann");
-        let of_ann =
-            |id: &str| Arc::new(ConnShared::new(Arc::from(id), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
+        let of_ann = |id: &str| of_user(id, &ann);
         let place = hub.hold_place(Arc::from("p"), Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
         let other = hub.hold_place(Arc::from("p"), Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
         assert_eq!(hub.hold_place(Arc::from("p"), Some(Arc::clone(&ann)), limits).err(), Some(Refused::UserLimit));
@@ -1081,8 +1085,7 @@ mod tests {
         let hub = Arc::new(Hub::new());
         let limits = ConnLimits { max_connections: 10, max_per_user: 5 };
         let ann: Arc<str> = Arc::from("ann");
-        let of_ann =
-            |id: &str| Arc::new(ConnShared::new(Arc::from(id), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
+        let of_ann = |id: &str| of_user(id, &ann);
         let reason = CloseReason::Disconnect { reconnect: false, banned: true };
         let place = hub.hold_place(Arc::from("c1"), Some(Arc::clone(&ann)), limits).unwrap_or_else(|r| panic!("{r:?}"));
         assert_eq!(hub.disconnect(&DisconnectTarget::User("ann".into()), reason), 1, "the place is cut");
@@ -1119,14 +1122,14 @@ mod tests {
         let dropped = slotted("c1", "p1");
         let handed = slotted("c2", "p2");
         let _anonymous = hub.hold_place(Arc::from("c3"), None, limits).unwrap_or_else(|r| panic!("{r:?}"));
-        let conn = Arc::new(ConnShared::new(Arc::from("c0"), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
+        let conn = of_user("c0", &ann);
         assert!(hub.register(Arc::clone(&conn), &mut [channel("channel:a")], limits).is_ok());
         let mut held = hub.held_slots();
         held.sort();
         let pair = |slot: &str| (Arc::clone(&ann), Arc::<str>::from(slot));
         assert_eq!(held, vec![pair("c0"), pair("p1"), pair("p2")], "the connection's and each slotted place's");
         drop(dropped);
-        let conn2 = Arc::new(ConnShared::new(Arc::from("c2"), Some((Arc::clone(&ann), None)), 16, None, Vec::new()));
+        let conn2 = of_user("c2", &ann);
         assert!(hub.register_placed(conn2, &mut [channel("channel:a")], limits, Some(handed)).is_ok());
         let released: Vec<Arc<str>> = released.lock().unwrap_or_else(PoisonError::into_inner).clone();
         assert_eq!(released, vec![Arc::<str>::from("p1")], "the dropped place's slot only");

@@ -172,7 +172,7 @@ impl Caller {
             "connections" => connections(herald, &self.who, params(body)?).await,
             "unblock_user" => {
                 let user = params::<Unblock>(body)?.user;
-                let target = DisconnectTarget::User(required_user(&user)?);
+                let target = DisconnectTarget::User(required("user", &user)?);
                 herald.may_disconnect(&self.who, &target).map_err(ApiError::from)?;
                 herald.unban_user(&user).await.map_err(ApiError::from)?;
                 Ok(json!({}))
@@ -182,7 +182,7 @@ impl Caller {
                 if s.user.is_empty() {
                     return Err(ClientError::new(107, "`user` is required: Herald subscribes a user's connections"));
                 }
-                let channel = super::channel(herald, &required(&s.channel)?)?;
+                let channel = super::channel(herald, &required("channel", &s.channel)?)?;
                 let join = method == "subscribe";
                 let changed = match s.client.as_str() {
                     "" => herald.change_user(&self.who, &s.user, &channel, join).await.map(|_| ()),
@@ -288,7 +288,7 @@ async fn disconnect(herald: &Herald, who: &Principal, d: Disconnect) -> Result<V
 /// most a year from now), and every connection of the user cut for good (`3503 force
 /// disconnect`, as a banned user's `connect` is answered).
 async fn block_user(herald: &Herald, who: &Principal, b: Block) -> Result<Value, ClientError> {
-    let target = DisconnectTarget::User(required_user(&b.user)?);
+    let target = DisconnectTarget::User(required("user", &b.user)?);
     let ttl = match b.expire_at {
         0 => MAX_BAN,
         at => {
@@ -316,7 +316,7 @@ async fn connections(herald: &Herald, who: &Principal, c: Connections) -> Result
             "bad request: Herald lists a `user`'s connections; `expression` is not supported",
         ));
     }
-    let user = required_user(&c.user)?;
+    let user = required("user", &c.user)?;
     let all = herald.user_connections(who, &user).await.map_err(ApiError::from)?;
     let mut connections = serde_json::Map::with_capacity(all.len());
     for conn in all {
@@ -371,18 +371,12 @@ async fn info(herald: &Herald) -> Result<Value, ClientError> {
 }
 
 /// A channel name that must be there: an empty one is Centrifugo's `107 bad request`.
-fn required(channel: &str) -> Result<String, ClientError> {
-    if channel.is_empty() {
-        return Err(ClientError::new(107, "bad request: `channel` is required"));
+/// The parameter `field` (`channel`, `user`), which must not be empty.
+fn required(field: &str, value: &str) -> Result<String, ClientError> {
+    if value.is_empty() {
+        return Err(ClientError::new(107, format!("bad request: `{field}` is required")));
     }
-    Ok(channel.to_owned())
-}
-
-fn required_user(user: &str) -> Result<String, ClientError> {
-    if user.is_empty() {
-        return Err(ClientError::new(107, "bad request: `user` is required"));
-    }
-    Ok(user.to_owned())
+    Ok(value.to_owned())
 }
 
 fn params<T: DeserializeOwned>(body: Value) -> Result<T, ClientError> {

@@ -339,12 +339,12 @@ impl Uni {
         let kill = kill.unwrap_or_default();
         // Without channels the client has no connection: its id is made here.
         let client = crate::herald::new_connection_id();
-        let place = if channels.is_empty() {
-            Some(herald.admit_client(&client, &who).await.map_err(|e| refused(&herald, ApiError::from(e)))?)
+        let (place, expiry) = if channels.is_empty() {
+            let place = herald.admit_client(&client, &who).await.map_err(|e| refused(&herald, ApiError::from(e)))?;
+            (Some(place), super::token_deadline(&herald, &who))
         } else {
-            None
+            (None, u64::MAX)
         };
-        let expiry = if channels.is_empty() { super::token_deadline(&herald, &who) } else { u64::MAX };
         let mut conn = None;
         let mut pending = Vec::new();
         let mut subs = serde_json::Map::new();
