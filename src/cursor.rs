@@ -32,10 +32,24 @@ impl Position {
     /// The last position there is: nothing comes after it (a client may still name it).
     pub const MAX: Self = Self::new(u64::MAX, u64::MAX);
 
+    /// The largest sequence an event gets within one millisecond of a channel: a Centrifugo
+    /// offset is milliseconds × 1000 + the sequence (`src/http/centrifugo/protocol.rs`), so
+    /// with more, offsets would repeat and an SDK recovering from one of them would get the
+    /// rest of that millisecond again. The Redis publish scripts keep to it as well
+    /// (`publish_prelude.lua`, `bound_sequence`).
+    pub const MAX_SEQ: u64 = 999;
+
     /// The next position after `self` at wall-clock `now_ms`, never going backwards
-    /// (the rule Redis applies to `XADD *`).
+    /// (the rule Redis applies to `XADD *`), and never past [`Self::MAX_SEQ`] within a
+    /// millisecond: the one after that is the next millisecond's first.
     pub fn next_at(self, now_ms: u64) -> Self {
-        if now_ms > self.ms { Self { ms: now_ms, seq: 0 } } else { Self { ms: self.ms, seq: self.seq + 1 } }
+        if now_ms > self.ms {
+            Self { ms: now_ms, seq: 0 }
+        } else if self.seq >= Self::MAX_SEQ && self.ms < u64::MAX {
+            Self { ms: self.ms + 1, seq: 0 }
+        } else {
+            Self { ms: self.ms, seq: self.seq.saturating_add(1) }
+        }
     }
 
     /// The position just before `self`: a read after it starts with `self`.
@@ -336,6 +350,19 @@ mod tests {
         assert_eq!(p.next_at(1001), Position::new(1001, 0));
         assert_eq!(p.next_at(1000), Position::new(1000, 1));
         assert_eq!(p.next_at(999), Position::new(1000, 1), "a clock step back keeps order");
+    }
+
+    #[test]
+    fn a_millisecond_holds_at_most_1000_positions_then_the_next_one_starts() {
+        let mut p = Position::new(1000, 0);
+        for seq in 1..=Position::MAX_SEQ {
+            p = p.next_at(1000);
+            assert_eq!(p, Position::new(1000, seq));
+        }
+        assert_eq!(p.next_at(1000), Position::new(1001, 0), "the 1001st of a millisecond");
+        assert_eq!(p.next_at(999), Position::new(1001, 0), "and after a clock step back");
+        assert_eq!(p.next_at(1005), Position::new(1005, 0), "a later clock still wins");
+        assert_eq!(Position::new(1001, 0).prev(), Position::new(1000, u64::MAX));
     }
 
     #[test]

@@ -762,6 +762,28 @@ mod tests {
         assert_eq!(page(all).events.map(|v| v.len()).ok(), Some(1));
     }
 
+    /// A batch is published at one instant (one clock read), so 1,500 events on a channel
+    /// fall in one millisecond: its 1,000 sequences (`Position::MAX_SEQ`, which Centrifugo
+    /// offsets need) are used up, and the rest go on in the next millisecond, through the
+    /// single-channel and the multi-channel path alike; history replays them all in order.
+    #[tokio::test]
+    async fn a_batch_past_1000_events_of_a_channel_goes_on_in_the_next_millisecond() {
+        let e = engine(2_000);
+        let start = read(&e, "channel:a", None).await.head;
+        let batch = (0..1_500).map(|n| prep(if n % 3 == 0 { &["channel:a", "channel:b"] } else { &["channel:a"] }, n));
+        let acks = e.publish(batch.collect()).await.unwrap_or_else(|e| panic!("{e}"));
+        let on_a: Vec<Position> = acks.iter().map(|ack| ack.positions[0].1).collect();
+        for (k, pair) in on_a.windows(2).enumerate() {
+            let (ms, seq) = (pair[0].ms, pair[0].seq);
+            let next = if seq == 999 { Position::new(ms + 1, 0) } else { Position::new(ms, seq + 1) };
+            assert_eq!(pair[1], next, "event {}", k + 1);
+        }
+        assert_eq!(on_a[1_499].ms, on_a[0].ms + 1, "one millisecond's sequences used up, the next one's begun");
+        let replayed = read(&e, "channel:a", Some(start)).await.events.unwrap_or_else(|gap| panic!("{gap:?}"));
+        let ids: Vec<&str> = replayed.iter().map(|ev| &*ev.id).collect();
+        assert_eq!(ids, acks.iter().map(|ack| &*ack.id).collect::<Vec<_>>());
+    }
+
     #[tokio::test]
     async fn a_multi_channel_event_has_a_position_in_each_channel() {
         let e = engine(10);

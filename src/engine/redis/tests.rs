@@ -166,3 +166,72 @@ async fn on_a_single_redis_a_publish_reaches_its_own_node_before_it_returns_and_
     sink.delivered_at_least(ids.len()).await;
     assert_eq!(sink.delivered_ids(), ids, "each event once, in order");
 }
+
+/// A channel's events get at most 1000 sequences a millisecond on Redis as in memory
+/// (`Position::MAX_SEQ`): a Centrifugo offset is milliseconds × 1000 + the sequence, and past
+/// 999 offsets repeated. Each publish script is driven across a full millisecond: the
+/// single-event one on one channel and on two, the batch one on one channel and on two. The
+/// Streams start in a millisecond of the future, near its end (as a clock stepped back, or a
+/// burst, leaves them), so that every append lands in a full millisecond whatever the clock.
+/// History resumes from the first position with every event in order and no gap.
+#[tokio::test]
+async fn a_channels_positions_hold_at_most_1000_sequences_a_millisecond_in_every_publish_script() {
+    use crate::cursor::Position;
+
+    let server = Server::start().await;
+    let engine = RedisEngine::connect(options(&server, "seq-test")).await.unwrap_or_else(|e| panic!("{e}"));
+    engine.attach(RecordingSink::new(100));
+    let (a, b) = (ch("channel:seq-a"), ch("channel:seq-b"));
+    let future = crate::ids::now_ms() + 3_600_000;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", server.port)).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap_or_else(|e| panic!("{e}"));
+    for (channel, seq) in [(&a, 980), (&b, 998)] {
+        let _: String = redis::cmd("XADD")
+            .arg(engine.stream_key(channel))
+            .arg(format!("{future}-{seq}"))
+            .arg(&["i", "seed", "t", "seed", "b", "{}", "n", "1"])
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let prepare = |channels: &[&ChannelName], n: usize| {
+        let channels = channels.iter().map(|c| (*c).clone()).collect();
+        Prepared::new(channels, Event::new("chat").with("n", n), &Publisher::default(), 1 << 16)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut got: Vec<(ChannelName, Position)> = Vec::new();
+    let mut publish = async |batch: Vec<Prepared>| {
+        let acks = engine.publish(batch).await.unwrap_or_else(|e| panic!("{e}"));
+        got.extend(acks.into_iter().flat_map(|ack| ack.positions));
+    };
+    // publish.lua on one channel: a's 981st to 995th sequences.
+    for n in 0..15 {
+        publish(vec![prepare(&[&a], n)]).await;
+    }
+    // publish.lua on two: b's 999th, the last of its millisecond.
+    publish(vec![prepare(&[&a, &b], 15)]).await;
+    let head = engine.history(&b, None).await.unwrap_or_else(|e| panic!("{e}")).head;
+    assert_eq!(head, Position::new(future, u64::MAX), "a full millisecond's head is its end");
+    publish(vec![prepare(&[&b], 16)]).await;
+    // publish_batch.lua on one channel, then on two.
+    publish((17..20).map(|n| prepare(&[&a], n)).collect()).await;
+    publish((20..30).map(|n| prepare(&[if n % 4 == 0 { &b } else { &a }], n)).collect()).await;
+
+    let on = |channel: &ChannelName| -> Vec<Position> {
+        got.iter().filter(|(c, _)| c == channel).map(|(_, p)| *p).collect()
+    };
+    let expected = |first: u64, count: u64| -> Vec<Position> {
+        (first..first + count).map(|k| Position::new(future + k / 1000, k % 1000)).collect()
+    };
+    assert_eq!(on(&a), expected(981, 26), "a: 981 to 999, then the next millisecond's 0 to 6");
+    assert_eq!(on(&b), expected(999, 5), "b: 999, then the next millisecond's 0 to 3");
+    for (channel, seed) in [(&a, 980), (&b, 998)] {
+        let read = engine.history(channel, Some(Position::new(future, seed))).await.unwrap_or_else(|e| panic!("{e}"));
+        let events = read.events.unwrap_or_else(|gap| panic!("{channel}: a gap ({gap:?}) where none was trimmed"));
+        let positions: Vec<Position> = events
+            .iter()
+            .map(|e| e.copy_on(channel.as_str()).unwrap_or_else(|| panic!("a copy on {channel}")).position)
+            .collect();
+        assert_eq!(positions, on(channel), "{channel}: history resumes with every event, in order");
+    }
+}

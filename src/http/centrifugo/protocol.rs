@@ -292,10 +292,12 @@ pub(super) fn push_pub(out: &mut String, event: &[u8], position: Option<Position
 
 /// Centrifugo's offset (an integer the SDK keeps as a JavaScript number) for a Herald
 /// position: milliseconds times 1000 plus the sequence within the millisecond, which stays
-/// exact (below 2^53) until the year 2255 and increases with the position while a
-/// millisecond holds fewer than 1000 events.
+/// exact (below 2^53) until the year 2255 and increases with the position: both engines give
+/// a channel's events at most 1000 sequences a millisecond ([`Position::MAX_SEQ`]). A
+/// position past them (a Redis channel's head once its millisecond is full, `<ms>-<u64::MAX>`)
+/// is its millisecond's last offset, the offset of the last event there.
 pub(super) fn offset(pos: Position) -> u64 {
-    pos.ms.saturating_mul(1000).saturating_add(pos.seq.min(999))
+    pos.ms.saturating_mul(1000).saturating_add(pos.seq.min(Position::MAX_SEQ))
 }
 
 /// The Herald position a Centrifugo offset stands for (see [`offset`]).

@@ -213,6 +213,44 @@ test('after a reconnect the SDK recovers exactly what was published meanwhile (r
   c.disconnect();
 });
 
+test('after 1,500 events of a channel in one millisecond the SDK recovers what came after them, not that millisecond again', async () => {
+  // One batch is published at one instant: a millisecond holds 1,000 offsets of a channel,
+  // and the batch's last 500 events take the next millisecond's, so the offset the SDK
+  // recovers from is the last event's alone (past 999, every event had the same one).
+  const own = await startHerald({ config: 'max_batch = 2000\ncentrifugo = true', args: ['--history-size', '2000', '--buffer-size', '4096'] });
+  const c = new Centrifuge(own.ws, { websocket: WebSocket, token: token('mia') });
+  try {
+    const sub = c.newSubscription('burst');
+    const got = [];
+    sub.on('publication', (ctx) => got.push(ctx.data.n));
+    const first = once(sub, 'subscribed');
+    sub.subscribe();
+    c.connect();
+    assert.equal((await first).recoverable, true);
+    const until = (n) => new Promise((ok) => {
+      const check = () => got.length >= n && (sub.off('publication', check), ok());
+      sub.on('publication', check);
+      check();
+    });
+    const burst = Array.from({ length: 1500 }, (_, n) => ({ channel: 'channel:burst', type: 'n', n }));
+    await backend(own, '/api/publish', burst);
+    await until(1500);
+    const cut = once(c, 'connecting');
+    await backend(own, '/api/disconnect', { user: 'mia' });
+    await cut;
+    const resubscribed = once(sub, 'subscribed');
+    for (const n of [1500, 1501]) await own.publish({ channel: 'channel:burst', type: 'n', n });
+    const again = await resubscribed;
+    assert.deepEqual([again.wasRecovering, again.recovered], [true, true]);
+    await own.publish({ channel: 'channel:burst', type: 'n', n: 1502 });
+    await until(1503);
+    assert.deepEqual(got, Array.from({ length: 1503 }, (_, n) => n));
+  } finally {
+    c.disconnect();
+    await own.stop();
+  }
+});
+
 test('every subscription of a socket recovers after a reconnect, not only the one that opens it', async () => {
   const c = client(token('erik'));
   const names = ['rec-a', 'rec-b', 'rec-c'];

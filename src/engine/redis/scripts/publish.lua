@@ -48,6 +48,7 @@ for i = 1, n do
     if #last > 0 then before = last[1][1] end
   end
   local sid = redis.call('XADD', stream, 'MAXLEN', maxlen_arg, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
+  if string.byte(sid, -4) == 45 and string.sub(sid, -3) == '999' then fill_millisecond(stream, sid) end
   if maxlen == 0 then
     raise_floor(floor, sid)
     trimmed = sid

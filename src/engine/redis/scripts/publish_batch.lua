@@ -64,6 +64,7 @@ for e = 1, nevents do
         added[c] = {}
       end
       local sid = redis.call('XADD', stream, '*', 'i', id, 't', etype, 'b', body, 'n', fanout)
+      if string.byte(sid, -4) == 45 and string.sub(sid, -3) == '999' then fill_millisecond(stream, sid) end
       local mine = added[c]
       mine[#mine + 1] = sid
       if ai_sid ~= '' then

@@ -30,6 +30,18 @@ local function length_before(stream, floor, ttl)
   return len
 end
 
+-- A channel's events get at most 1000 sequences a millisecond (`Position::MAX_SEQ` in
+-- src/cursor.rs, which the in-memory engine keeps to): a Centrifugo offset is milliseconds ×
+-- 1000 + the sequence, so past 999 offsets would repeat and an SDK recovering from one would
+-- get the rest of its millisecond again. An entry appended at sequence 999 moves the Stream's
+-- last id to the end of its millisecond, so that the next `XADD *` there gives `<ms + 1>-0`
+-- (Redis's rule once a millisecond's sequences run out), or a later clock's id; the channel's
+-- head is then that id, whose offset is the entry's. The caller looks at each new id: its
+-- fourth byte from the end is `-` (45) and only then is a string made of its last three.
+local function fill_millisecond(stream, sid)
+  redis.call('XSETID', stream, string.sub(sid, 1, -4) .. '18446744073709551615')
+end
+
 -- The floor is the newest id ever trimmed: resuming from before it is a gap.
 local function raise_floor(key, id)
   local cur = redis.call('GET', key)
