@@ -416,7 +416,8 @@ impl Default for Config {
 }
 
 /// The application's backend hooks (`docs/backend.md`): URLs Herald asks before it opens a
-/// stream, follows a channel or publishes a client's event. All off by default.
+/// stream, follows a channel or publishes a client's event, and that answers a Centrifugo
+/// client's `rpc`. All off by default.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HooksConfig {
@@ -426,6 +427,8 @@ pub struct HooksConfig {
     pub subscribe_url: Option<String>,
     /// Asked before a user's (not an API key's) event is published.
     pub publish_url: Option<String>,
+    /// Answers a Centrifugo client's `rpc` (Centrifugo's RPC proxy).
+    pub rpc_url: Option<String>,
     /// Longest wait for a hook's answer, a free slot included (default 2 s).
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
@@ -451,6 +454,7 @@ impl Default for HooksConfig {
             connect_url: None,
             subscribe_url: None,
             publish_url: None,
+            rpc_url: None,
             timeout: Duration::from_secs(2),
             max_concurrency: 64,
             fail_open: false,
@@ -466,7 +470,7 @@ impl HooksConfig {
     /// Every problem with the hooks' settings, in words.
     fn problems(&self, namespaces: &BTreeMap<String, NamespaceConfig>) -> Vec<String> {
         let mut problems = Vec::new();
-        let urls = [&self.connect_url, &self.subscribe_url, &self.publish_url].into_iter().flatten();
+        let urls = [&self.connect_url, &self.subscribe_url, &self.publish_url, &self.rpc_url].into_iter().flatten();
         let per_ns = namespaces.values().flat_map(|ns| [&ns.subscribe_hook, &ns.publish_hook]).flatten();
         for url in urls.chain(per_ns.filter(|u| !u.is_empty())) {
             if !is_hook_url(url) {
@@ -929,6 +933,9 @@ mod tests {
         c.hooks.connect_url = Some("http://127.0.0.1:3000/hook".to_owned());
         c.namespaces.clear();
         assert!(c.validate().is_ok());
+        c.hooks.rpc_url = Some("app.example/rpc".to_owned());
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(r#""app.example/rpc" is not an http://"#), "{msg}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The application's backend hooks (`docs/backend.md`): Herald asks a URL of the application
 //! before it opens a stream (connect), follows a channel (subscribe) or publishes a user's
 //! event (publish), and the application allows, denies, names the user, adds channels or
-//! replaces the payload.
+//! replaces the payload; and a Centrifugo client's `rpc` is answered by the application
+//! (the RPC hook, [`Hooks::rpc`], Centrifugo's RPC proxy).
 //!
 //! This module owns the asking: the request's JSON is built by the caller (the HTTP edge,
 //! which knows the client), and what comes back is an [`Allowed`] or a [`HookError`]. It
@@ -40,6 +41,8 @@ pub enum Hook {
     Connect,
     Subscribe,
     Publish,
+    /// A Centrifugo client's `rpc`, answered by the application ([`Hooks::rpc`]).
+    Rpc,
 }
 
 impl Hook {
@@ -124,12 +127,13 @@ impl Hooks {
         let own = channel.and_then(|ch| self.per_namespace.get(ch.namespace())).and_then(|(sub, publ)| match hook {
             Hook::Subscribe => sub.as_deref(),
             Hook::Publish => publ.as_deref(),
-            Hook::Connect => None,
+            Hook::Connect | Hook::Rpc => None,
         });
         let url = own.or(match hook {
             Hook::Connect => self.cfg.connect_url.as_deref(),
             Hook::Subscribe => self.cfg.subscribe_url.as_deref(),
             Hook::Publish => self.cfg.publish_url.as_deref(),
+            Hook::Rpc => self.cfg.rpc_url.as_deref(),
         });
         url.filter(|u| !u.is_empty())
     }
@@ -141,12 +145,13 @@ impl Hooks {
             Hook::Connect => self.cfg.connect_url.as_ref(),
             Hook::Subscribe => self.cfg.subscribe_url.as_ref(),
             Hook::Publish => self.cfg.publish_url.as_ref(),
+            Hook::Rpc => self.cfg.rpc_url.as_ref(),
         };
         set(node)
             || self.per_namespace.values().any(|(sub, publ)| match hook {
                 Hook::Subscribe => set(sub.as_ref()),
                 Hook::Publish => set(publ.as_ref()),
-                Hook::Connect => false,
+                Hook::Connect | Hook::Rpc => false,
             })
     }
 
@@ -225,11 +230,54 @@ impl Hooks {
         body: String,
         passed: &[(HeaderName, HeaderValue)],
     ) -> Result<Allowed, HookError> {
+        let (status, answer) = self.send(hook, url, body, passed).await?;
+        read_answer(hook, status, &answer)
+    }
+
+    /// Posts `body` to `url` in one of the slots: the status and body of the answer.
+    async fn send(
+        &self,
+        hook: Hook,
+        url: &str,
+        body: String,
+        passed: &[(HeaderName, HeaderValue)],
+    ) -> Result<(StatusCode, Bytes), HookError> {
         let uri: Uri = url.parse().map_err(|_| unavailable(hook, "the URL is not valid".to_owned()))?;
         let _permit = self.permits.acquire().await.map_err(|_| unavailable(hook, "closed".to_owned()))?;
-        let (status, answer) =
-            self.client.post(&uri, Bytes::from(body), passed).await.map_err(|why| unavailable(hook, why))?;
-        read_answer(hook, status, &answer)
+        self.client.post(&uri, Bytes::from(body), passed).await.map_err(|why| unavailable(hook, why))
+    }
+
+    /// Asks the RPC hook at `url` to answer a Centrifugo client's `rpc` (`request`, the
+    /// shape of Centrifugo's RPC proxy): the `data` of its `{"result": {"data": ...}}`, or
+    /// the error it gave. An RPC is not a yes or no: its answers are never cached, and one
+    /// that does not come is a failure even with `fail_open`.
+    pub async fn rpc(
+        &self,
+        metrics: &Metrics,
+        url: &str,
+        request: &Value,
+        passed: &[(HeaderName, HeaderValue)],
+    ) -> Result<Value, RpcError> {
+        let hook = Hook::Rpc;
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.cfg.timeout, self.send(hook, url, request.to_string(), passed))
+            .await
+            .unwrap_or_else(|_| Err(unavailable(hook, format!("no answer within {:?}", self.cfg.timeout))))
+            .map_err(|e| RpcError::Unavailable(e.to_string()))
+            .and_then(|(status, body)| read_rpc_answer(status, &body));
+        metrics.waited(hook.index(), started.elapsed());
+        match &answer {
+            Ok(_) => metrics.count(hook.index(), 0),
+            Err(RpcError::Refused { code, message }) => {
+                metrics.count(hook.index(), 1);
+                tracing::info!(hook = hook.label(), code, message, "hook denied");
+            }
+            Err(RpcError::Unavailable(why)) => {
+                metrics.count(hook.index(), 2);
+                tracing::warn!(hook = hook.label(), url, "the rpc hook is unavailable: {why}");
+            }
+        }
+        answer
     }
 
     /// The cache key of a request, if answers are cached and the request is not too long
@@ -317,6 +365,46 @@ fn read_answer(hook: Hook, status: StatusCode, body: &[u8]) -> Result<Allowed, H
     }
 }
 
+/// Why the RPC hook gave no result.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RpcError {
+    /// The application's error: a Centrifugo client error code (its own from 400 to 1999,
+    /// or one of Centrifugo's), and a message.
+    Refused { code: u32, message: String },
+    /// No usable answer in time.
+    Unavailable(String),
+}
+
+/// The RPC hook's answer, as Centrifugo's RPC proxy reads it: `{"result": {"data": ...}}`
+/// (`data` any JSON, absent: `null`), or `{"error": {"code", "message"}}` with a numeric
+/// code from 100 to 1999 (another code, or none, is `103 permission denied`); anything else,
+/// or a status other than 2xx without an `error`, is a failure.
+fn read_rpc_answer(status: StatusCode, body: &[u8]) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        result: Option<Map<String, Value>>,
+        #[serde(default)]
+        error: Option<Map<String, Value>>,
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| RpcError::Unavailable(format!("its answer is not the JSON expected ({status}): {e}")))?;
+    if let Some(error) = answer.error {
+        let code = error.get("code").and_then(Value::as_u64).and_then(|c| u32::try_from(c).ok());
+        let message = error.get("message").and_then(Value::as_str).unwrap_or_default();
+        let message: String = message.chars().take(256).collect();
+        return Err(match code.filter(|c| (100..2000).contains(c)) {
+            Some(code) => RpcError::Refused { code, message },
+            None if message.is_empty() => RpcError::Refused { code: 103, message: "permission denied".to_owned() },
+            None => RpcError::Refused { code: 103, message },
+        });
+    }
+    match answer.result {
+        Some(mut result) if status.is_success() => Ok(result.remove("data").unwrap_or(Value::Null)),
+        _ => Err(RpcError::Unavailable(format!("it answered {status} without a result"))),
+    }
+}
+
 /// Whether the application's `code` can be passed on: 1 to 64 snake_case characters.
 fn is_code(code: &str) -> bool {
     !code.is_empty()
@@ -358,6 +446,24 @@ mod tests {
         assert!(matches!(fail, Err(HookError::Unavailable { .. })), "{fail:?}");
         let fail = read_answer(Hook::Publish, StatusCode::BAD_GATEWAY, b"{}");
         assert!(matches!(fail, Err(HookError::Unavailable { .. })), "{fail:?}");
+    }
+
+    #[test]
+    fn an_rpc_answer_is_its_data_or_a_centrifugo_error_or_a_failure() {
+        let read = |status: u16, body: &str| {
+            read_rpc_answer(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body.as_bytes())
+        };
+        assert_eq!(read(200, r#"{"result":{"data":[1,"two"]}}"#), Ok(serde_json::json!([1, "two"])));
+        assert_eq!(read(200, r#"{"result":{}}"#), Ok(Value::Null), "no data: null");
+        let refused = |code: u32, message: &str| Err(RpcError::Refused { code, message: message.to_owned() });
+        assert_eq!(read(200, r#"{"error":{"code":1001,"message":"not for you"}}"#), refused(1001, "not for you"));
+        assert_eq!(read(400, r#"{"error":{"code":107,"message":"bad"}}"#), refused(107, "bad"), "any status");
+        assert_eq!(read(200, r#"{"error":{"code":5000,"message":"x"}}"#), refused(103, "x"), "a code out of range");
+        assert_eq!(read(200, r#"{"error":{"code":"nope"}}"#), refused(103, "permission denied"));
+        for (status, body) in [(500, "oops"), (502, r#"{"result":{"data":1}}"#), (200, "{}"), (200, "")] {
+            let failed = read(status, body);
+            assert!(matches!(failed, Err(RpcError::Unavailable(_))), "{status} {body}: {failed:?}");
+        }
     }
 
     #[tokio::test]

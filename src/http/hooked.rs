@@ -87,6 +87,34 @@ pub(crate) async fn open(
     Ok((who, channels))
 }
 
+/// Asks the RPC hook, if one is set, to answer `method` with `data` for a Centrifugo client
+/// (`client`, its client id): the request is Centrifugo's RPC proxy's (`client`,
+/// `transport`, `protocol`, `encoding`, `user`: the user id or `""`, `method`, `data`), with
+/// Herald's `ip`, so that an application's RPC handler written for Centrifugo answers it
+/// unchanged. `None` without an RPC hook.
+pub(crate) async fn rpc(
+    herald: &Herald,
+    client: &Client,
+    id: &str,
+    who: &Principal,
+    method: &str,
+    data: Value,
+) -> Option<Result<Value, crate::hooks::RpcError>> {
+    let hooks = herald.hooks();
+    let url = hooks.url(Hook::Rpc, None)?;
+    let req = json!({
+        "client": id,
+        "transport": "websocket",
+        "protocol": "json",
+        "encoding": "json",
+        "user": who.user_id().map_or("", |u| &**u),
+        "ip": client.ip,
+        "method": method,
+        "data": data,
+    });
+    Some(hooks.rpc(&herald.metrics().hooks, url, &req, &client.passed).await)
+}
+
 /// Runs the subscribe hook for each of `channels` (where one is set) that `who` (not an API
 /// key) is about to follow, on a new stream or (`connection`) joining an open one live.
 pub(crate) async fn subscribe(

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The `hook` label: which hook was asked.
-pub const HOOKS: [&str; 3] = ["connect", "subscribe", "publish"];
+pub const HOOKS: [&str; 4] = ["connect", "subscribe", "publish", "rpc"];
 
 /// The `result` label: `allowed`, `denied` (the app said no), `failed` (no usable answer in
 /// time; the request was refused or, with `fail_open`, let through), `cached` (answered

@@ -30,7 +30,7 @@ pub(super) struct Command {
     pub history: Option<History>,
     pub refresh: Option<Refresh>,
     pub sub_refresh: Option<SubRefresh>,
-    pub rpc: Option<Value>,
+    pub rpc: Option<Rpc>,
     pub send: Option<Value>,
 }
 
@@ -48,8 +48,18 @@ pub(super) enum Kind {
     History(History),
     Refresh(Refresh),
     SubRefresh(SubRefresh),
+    Rpc(Rpc),
     /// A method Herald does not serve (yet): answered with `104 method not found`.
     Unsupported,
+}
+
+/// `rpc`: a call of the application's `method` with `data`, answered by the RPC hook.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Rpc {
+    #[serde(default)]
+    pub method: String,
+    #[serde(default)]
+    pub data: Value,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,7 +169,7 @@ impl Command {
             rpc,
             send,
         } = self;
-        let unsupported = [rpc.is_some(), send.is_some()];
+        let unsupported = [send.is_some()];
         let mut kinds: Vec<Kind> = Vec::with_capacity(1);
         kinds.extend(connect.map(Kind::Connect));
         kinds.extend(subscribe.map(Kind::Subscribe));
@@ -170,6 +180,7 @@ impl Command {
         kinds.extend(history.map(Kind::History));
         kinds.extend(refresh.map(Kind::Refresh));
         kinds.extend(sub_refresh.map(Kind::SubRefresh));
+        kinds.extend(rpc.map(Kind::Rpc));
         kinds.extend(unsupported.iter().filter(|u| **u).map(|_| Kind::Unsupported));
         match kinds.len() {
             0 => Some(Kind::Pong),
@@ -512,8 +523,10 @@ mod tests {
     fn a_command_with_two_methods_or_no_json_is_a_bad_request_and_an_unserved_method_is_not_found() {
         assert!(parse(r#"{"id":1,"subscribe":{"channel":"a"},"publish":{"channel":"a"}}"#).is_none());
         assert!(parse("not json").is_none());
-        let cmds = parse(r#"{"id":3,"rpc":{"method":"x"}}"#).unwrap_or_default();
+        let cmds = parse(r#"{"id":3,"send":{"data":"x"}}"#).unwrap_or_default();
         assert!(matches!(cmds.as_slice(), [(3, Kind::Unsupported)]));
+        let cmds = parse(r#"{"id":5,"rpc":{"method":"x","data":[1]}}"#).unwrap_or_default();
+        assert!(matches!(cmds.as_slice(), [(5, Kind::Rpc(Rpc { method, data }))] if method == "x" && data[0] == 1));
         let cmds = parse(r#"{"id":4,"history":{"channel":"a","limit":2,"since":{"offset":7,"epoch":"herald"}}}"#);
         assert!(matches!(
             cmds.unwrap_or_default().as_slice(),

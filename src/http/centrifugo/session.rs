@@ -1,6 +1,6 @@
 //! One Centrifugo client's socket, in one task: `connect` first (its token says who the
 //! client is), then subscriptions, publications pushed as they come, client publishes,
-//! presence, Centrifugo's application-level pings (`{}` out, `{}` back) and the close with a
+//! presence, RPCs (answered by the application's RPC hook), Centrifugo's application-level pings (`{}` out, `{}` back) and the close with a
 //! disconnect code the SDK understands.
 //!
 //! The session owns the socket and, once something is subscribed, one [`Connection`] with
@@ -32,6 +32,7 @@ use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::engine::JoinFrom;
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Admission, Herald, LastEvents, StreamRequest, SubscribeError, new_connection_id};
+use crate::hooks::RpcError;
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::publish;
@@ -422,6 +423,7 @@ impl Session {
                 Kind::History(h) => self.history(h).await.map(|r| ("history", r)),
                 Kind::Refresh(r) => self.refresh(r.token).await.map(|r| ("refresh", r)),
                 Kind::SubRefresh(r) => self.sub_refresh(r).await.map(|r| ("sub_refresh", r)),
+                Kind::Rpc(r) => self.rpc(r).await.map(|r| ("rpc", r)),
                 Kind::Unsupported => Err(ClientError::method_not_found().into()),
             };
             let line = match result {
@@ -837,6 +839,23 @@ impl Session {
             self.leave(channel.as_str()).await;
         }
         Ok(json!({}))
+    }
+
+    /// `rpc`: answered by the application's RPC hook (`hooks.rpc_url`, Centrifugo's RPC
+    /// proxy): its `result.data` is the reply's `data`, its error (a code from 100 to 1999)
+    /// the reply's error; a hook that gives no answer is `100 internal server error`, to be
+    /// tried again. Without an RPC hook, `104 method not found`.
+    async fn rpc(&mut self, r: protocol::Rpc) -> Result<Value, Fail> {
+        let who = self.who();
+        let asked = crate::http::hooked::rpc(&self.herald, &self.hooks, &self.client, &who, &r.method, r.data).await;
+        match asked {
+            None => Err(ClientError::method_not_found().into()),
+            Some(Ok(data)) => Ok(json!({ "data": data })),
+            Some(Err(RpcError::Refused { code, message })) => Err(ClientError::new(code, message).into()),
+            Some(Err(RpcError::Unavailable(_))) => {
+                Err(ClientError { code: 100, message: "internal server error".to_owned(), temporary: true }.into())
+            }
+        }
     }
 
     /// `history`: a channel this client follows or may subscribe to, read as the server API

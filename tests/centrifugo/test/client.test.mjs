@@ -4,6 +4,7 @@
 // refused with the disconnect code it knows for a bad token.
 
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, test } from 'node:test';
 
 import { Centrifuge } from 'centrifuge';
@@ -248,6 +249,50 @@ test('after 1,500 events of a channel in one millisecond the SDK recovers what c
   } finally {
     c.disconnect();
     await own.stop();
+  }
+});
+
+test("an rpc is answered by the application's RPC hook as Centrifugo's RPC proxy is, and is 104 without one", async () => {
+  // The application's backend: Centrifugo's RPC proxy requests in, its answers out.
+  const asked = [];
+  const app = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => (body += d));
+    req.on('end', () => {
+      const r = JSON.parse(body);
+      asked.push(r);
+      res.setHeader('Content-Type', 'application/json');
+      if (r.method === 'sum') res.end(JSON.stringify({ result: { data: { sum: r.data.a + r.data.b } } }));
+      else if (r.method === 'secret') res.end(JSON.stringify({ error: { code: 1001, message: 'not for you' } }));
+      else if (r.method === 'broken') (res.statusCode = 500), res.end('oops');
+      else res.end(JSON.stringify({ result: {} }));
+    });
+  });
+  await new Promise((ok) => app.listen(0, '127.0.0.1', ok));
+  const own = await startHerald({ extra: `\n[hooks]\nrpc_url = "http://127.0.0.1:${app.address().port}/rpc"\n` });
+  const c = new Centrifuge(own.ws, { websocket: WebSocket, token: token('rpc-user') });
+  const plain = client(token('rpc-user'));
+  try {
+    const connected = once(c, 'connected');
+    c.connect();
+    const { client: id } = await connected;
+    assert.deepEqual(await c.rpc('sum', { a: 2, b: 3 }), { data: { sum: 5 } });
+    assert.deepEqual(asked[0], {
+      client: id, transport: 'websocket', protocol: 'json', encoding: 'json', user: 'rpc-user', ip: '127.0.0.1',
+      method: 'sum', data: { a: 2, b: 3 },
+    });
+    await assert.rejects(c.rpc('secret', {}), (e) => e.code === 1001 && e.message === 'not for you');
+    await assert.rejects(c.rpc('broken', {}), (e) => e.code === 100 && e.temporary === true);
+    assert.deepEqual(await c.rpc('empty', [1, 2]), { data: null });
+    assert.deepEqual(asked.map((r) => r.method), ['sum', 'secret', 'broken', 'empty']);
+    // A node without an RPC hook: Centrifugo's answer to a method it does not serve.
+    plain.connect();
+    await assert.rejects(plain.rpc('sum', { a: 1, b: 1 }), (e) => e.code === 104);
+  } finally {
+    c.disconnect();
+    plain.disconnect();
+    await own.stop();
+    app.close();
   }
 });
 
