@@ -54,37 +54,47 @@ impl Client {
 pub(crate) async fn open(
     herald: &Herald,
     client: &Client,
-    mut who: Principal,
+    who: Principal,
     mut channels: Vec<ChannelName>,
 ) -> Result<(Principal, Vec<ChannelName>), ApiError> {
     // An API key is the application's own backend (or its admin page): not asked about.
     if matches!(who, Principal::ApiKey(_)) {
         return Ok((who, channels));
     }
-    let hooks = herald.hooks();
-    let metrics = &herald.metrics().hooks;
     let requested = channels.len();
-    if let Some(url) = hooks.url(Hook::Connect, None) {
-        let req = json!({
-            "transport": client.transport,
-            "ip": client.ip,
-            "user": user_json(&who),
-            "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
-        });
-        let allowed = hooks.ask(metrics, Hook::Connect, url, &req, &client.passed).await?;
-        who = named(Hook::Connect, who, allowed.user)?;
-        for raw in allowed.channels {
-            let ch = herald.parse_subscription(&raw).map_err(|e| {
-                ApiError::from(HookError::Unavailable { hook: Hook::Connect.label(), why: format!("channel: {e}") })
-            })?;
-            if !channels.contains(&ch) {
-                channels.push(ch);
-            }
+    let (who, added) = connect(herald, client, who, &channels).await?;
+    for raw in added {
+        let ch = herald.parse_subscription(&raw).map_err(|e| {
+            ApiError::from(HookError::Unavailable { hook: Hook::Connect.label(), why: format!("channel: {e}") })
+        })?;
+        if !channels.contains(&ch) {
+            channels.push(ch);
         }
     }
     // The connect hook's own channels need no second asking.
     subscribe(herald, client, &who, &channels[..requested], None).await?;
     Ok((who, channels))
+}
+
+/// Runs the connect hook, if one is set, for a client about to connect with `channels`: the
+/// principal it connects as (the user the hook names, else `who`) and the channels the hook
+/// adds, as it wrote them.
+pub(crate) async fn connect(
+    herald: &Herald,
+    client: &Client,
+    who: Principal,
+    channels: &[ChannelName],
+) -> Result<(Principal, Vec<String>), ApiError> {
+    let hooks = herald.hooks();
+    let Some(url) = hooks.url(Hook::Connect, None) else { return Ok((who, Vec::new())) };
+    let req = json!({
+        "transport": client.transport,
+        "ip": client.ip,
+        "user": user_json(&who),
+        "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
+    });
+    let allowed = hooks.ask(&herald.metrics().hooks, Hook::Connect, url, &req, &client.passed).await?;
+    Ok((named(Hook::Connect, who, allowed.user)?, allowed.channels))
 }
 
 /// Asks the RPC hook, if one is set, to answer `method` with `data` for a Centrifugo client

@@ -95,6 +95,43 @@ async fn place_cut(place: &Option<crate::hub::Place>) -> crate::hub::connection:
     }
 }
 
+/// Whether a client without a token is refused (auth configured, anonymous clients not
+/// allowed), unless the connect hook names its user.
+fn anonymous_refused(herald: &Herald) -> bool {
+    let cfg = herald.config();
+    cfg.auth_configured() && !cfg.allow_anonymous
+}
+
+/// Why the connect hook left a client out.
+enum Refused {
+    /// The hook refused it, or gave no answer.
+    Api(ApiError),
+    /// No token and no user named by the hook, where anonymous clients are refused.
+    Anonymous,
+}
+
+/// Asks the connect hook, if one is set, about a Centrifugo client (either kind) that
+/// connects as `who` with the server-side subscriptions `names` (its token's `channels`), as a
+/// stream's open asks it (`docs/backend.md`): the principal it connects as, the user the hook
+/// names if any (a cookie session, with no token). The channels the hook adds are for
+/// streams: a Centrifugo client's server-side subscriptions are its token's.
+async fn ask_connect_hook(
+    herald: &Herald,
+    hooks: &crate::http::hooked::Client,
+    who: crate::auth::Principal,
+    names: &[String],
+) -> Result<crate::auth::Principal, Refused> {
+    if !herald.hooks().any(crate::hooks::Hook::Connect) {
+        return Ok(who);
+    }
+    let channels: Vec<ChannelName> = names.iter().filter_map(|n| channel(herald, n).ok()).collect();
+    let (who, _) = crate::http::hooked::connect(herald, hooks, who, &channels).await.map_err(Refused::Api)?;
+    if anonymous_refused(herald) && matches!(who, crate::auth::Principal::Anonymous) {
+        return Err(Refused::Anonymous);
+    }
+    Ok(who)
+}
+
 /// The Herald channel a Centrifugo channel name stands for (`docs/centrifugo.md`).
 fn channel(herald: &Herald, name: &str) -> Result<ChannelName, protocol::ClientError> {
     let known = |ns: &str| !matches!(herald.parse_channel(&format!("{ns}:a")), Err(ChannelError::UnknownNamespace(_)));

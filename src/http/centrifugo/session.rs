@@ -1,7 +1,8 @@
-//! One Centrifugo client's socket, in one task: `connect` first (its token says who the
-//! client is), then subscriptions, publications pushed as they come, client publishes,
-//! presence, RPCs (answered by the application's RPC hook), Centrifugo's application-level pings (`{}` out, `{}` back) and the close with a
-//! disconnect code the SDK understands.
+//! One Centrifugo client's socket, in one task: `connect` first (its token, or the connect
+//! hook, says who the client is), then subscriptions (the subscribe hook asked as for a
+//! stream's), publications pushed as they come, client publishes, presence, RPCs (answered by
+//! the application's RPC hook), Centrifugo's application-level pings (`{}` out, `{}` back)
+//! and the close with a disconnect code the SDK understands.
 //!
 //! The session owns the socket and, once something is subscribed, one [`Connection`] with
 //! all its channels (later subscriptions join it live, as `/api/ws` does), so a Centrifugo
@@ -32,9 +33,10 @@ use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::engine::JoinFrom;
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Admission, Herald, LastEvents, StreamRequest, SubscribeError, new_connection_id};
-use crate::hooks::RpcError;
+use crate::hooks::{Hook, RpcError};
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
+use crate::http::hooked;
 use crate::http::publish;
 use crate::http::ws::{Bucket, Close, Heartbeat, In, Socket, UpgradedIo, next, own_connection, pong};
 use crate::hub::Place;
@@ -86,7 +88,7 @@ pub(super) struct Session {
     info: Option<Arc<Value>>,
     frames: Bucket,
     /// What the application's publish hook is told of this client.
-    hooks: crate::http::hooked::Client,
+    hooks: hooked::Client,
     _drain_guard: Option<DrainGuard>,
 }
 
@@ -180,7 +182,7 @@ impl Session {
     pub(super) fn new(
         herald: Herald,
         peer: Option<PeerAddr>,
-        hooks: crate::http::hooked::Client,
+        hooks: hooked::Client,
         drain_guard: Option<DrainGuard>,
     ) -> Self {
         Self {
@@ -452,14 +454,21 @@ impl Session {
             return Err(Disconnect::BadRequest.into());
         }
         let (who, mut claims) = if token.is_empty() {
-            let cfg = self.herald.config();
-            if cfg.auth_configured() && !cfg.allow_anonymous {
+            if super::anonymous_refused(&self.herald) && !self.herald.hooks().any(Hook::Connect) {
                 return Err(Disconnect::InvalidToken.into());
             }
             (Principal::Anonymous, Claims::default())
         } else {
             let (user, claims) = self.verify_connection(&token).await?;
             (Principal::User(Arc::new(user)), claims)
+        };
+        let who = match super::ask_connect_hook(&self.herald, &self.hooks, who, &claims.channels).await {
+            Ok(who) => who,
+            Err(super::Refused::Api(e)) => {
+                super::count_refusal(&self.herald, &e);
+                return Err(e.into());
+            }
+            Err(super::Refused::Anonymous) => return Err(Disconnect::InvalidToken.into()),
         };
         // Counted from here on, as a stream is, and refused as a stream is past the limits or
         // while the user is banned (see `place_refused`).
@@ -668,6 +677,13 @@ impl Session {
             return Err(ClientError::permission_denied().into());
         }
         let token_exp = if granted { self.subscription_token(&s.channel, &s.token).await? } else { None };
+        // The subscribe hook is asked as for a stream's channel, unless a subscription token
+        // granted it (the application's own grant).
+        if !granted {
+            let connection = self.conn.as_ref().map(Connection::id);
+            hooked::subscribe(&self.herald, &self.hooks, &self.who(), std::slice::from_ref(&channel), connection)
+                .await?;
+        }
         let mut reply = match self.conn.is_some() {
             true => {
                 if !granted {
@@ -847,7 +863,7 @@ impl Session {
     /// tried again. Without an RPC hook, `104 method not found`.
     async fn rpc(&mut self, r: protocol::Rpc) -> Result<Value, Fail> {
         let who = self.who();
-        let asked = crate::http::hooked::rpc(&self.herald, &self.hooks, &self.client, &who, &r.method, r.data).await;
+        let asked = hooked::rpc(&self.herald, &self.hooks, &self.client, &who, &r.method, r.data).await;
         match asked {
             None => Err(ClientError::method_not_found().into()),
             Some(Ok(data)) => Ok(json!({ "data": data })),
@@ -868,6 +884,8 @@ impl Session {
                 return Err(ClientError::permission_denied().into());
             }
             self.herald.policies().can_subscribe(&self.who(), &channel).map_err(ApiError::from)?;
+            // As a history read over HTTP: the subscribe hook decides as for a subscription.
+            hooked::subscribe(&self.herald, &self.hooks, &self.who(), std::slice::from_ref(&channel), None).await?;
         }
         Ok(super::read_history(&self.herald, &channel, h.since.as_ref(), i64::from(h.limit), h.reverse).await?)
     }

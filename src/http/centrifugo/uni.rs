@@ -32,7 +32,10 @@ use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Resume};
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Herald, StreamRequest};
+use crate::hooks::Hook;
+use crate::http::auth::PeerAddr;
 use crate::http::error::ApiError;
+use crate::http::hooked;
 use crate::http::ws::{In, Socket, Upgrade, UpgradedIo, close_frame, pong};
 use crate::hub::Place;
 use crate::transport::{Connection, DrainGuard, KillSwitch, Message};
@@ -91,7 +94,14 @@ impl Framing {
     }
 }
 
+/// What the backend hooks are told of a uni client: its headers and address at its request.
+fn hooks_client(herald: &Herald, req: &Request) -> hooked::Client {
+    let peer = req.extensions().get::<PeerAddr>().copied();
+    hooked::Client::new(herald, "centrifugo", req.headers(), peer)
+}
+
 async fn sse(State(herald): State<Herald>, req: Request) -> Response {
+    let hooks = hooks_client(&herald, &req);
     let connect = if req.method() == Method::GET {
         match cf_connect(req.uri()) {
             Some(raw) => serde_json::from_str::<Option<ConnectRequest>>(&raw).map(Option::unwrap_or_default),
@@ -99,14 +109,14 @@ async fn sse(State(herald): State<Herald>, req: Request) -> Response {
         }
     } else {
         match body_request(&herald, req).await {
-            Ok((connect, kill)) => return stream(herald, connect, kill, Framing::Sse).await,
+            Ok((connect, kill)) => return stream(herald, hooks, connect, kill, Framing::Sse).await,
             Err(status) => return status.into_response(),
         }
     };
     match connect {
         Ok(connect) => {
             let kill = kill_switch(&req);
-            stream(herald, connect, kill, Framing::Sse).await
+            stream(herald, hooks, connect, kill, Framing::Sse).await
         }
         Err(e) => {
             tracing::info!(error = %e, "uni_sse: unreadable cf_connect");
@@ -116,8 +126,9 @@ async fn sse(State(herald): State<Herald>, req: Request) -> Response {
 }
 
 async fn http_stream(State(herald): State<Herald>, req: Request) -> Response {
+    let hooks = hooks_client(&herald, &req);
     match body_request(&herald, req).await {
-        Ok((connect, kill)) => stream(herald, connect, kill, Framing::Lines).await,
+        Ok((connect, kill)) => stream(herald, hooks, connect, kill, Framing::Lines).await,
         Err(status) => status.into_response(),
     }
 }
@@ -151,12 +162,18 @@ async fn body_request(herald: &Herald, req: Request) -> Result<(ConnectRequest, 
 
 /// A `200` stream of pushes: the connect push, then publications and pings, and a last
 /// disconnect push (also when the connect is refused, as Centrifugo does).
-async fn stream(herald: Herald, connect: ConnectRequest, kill: Option<KillSwitch>, framing: Framing) -> Response {
+async fn stream(
+    herald: Herald,
+    hooks: hooked::Client,
+    connect: ConnectRequest,
+    kill: Option<KillSwitch>,
+    framing: Framing,
+) -> Response {
     let mut first = Vec::new();
     if matches!(framing, Framing::Sse) {
         first.push(Bytes::from_static(b"\r\n"));
     }
-    let uni = match Uni::open(herald, connect, kill).await {
+    let uni = match Uni::open(herald, &hooks, connect, kill).await {
         Ok((uni, push)) => {
             first.push(framing.frame(&push));
             Some(uni)
@@ -196,6 +213,7 @@ async fn stream(herald: Herald, connect: ConnectRequest, kill: Option<KillSwitch
 }
 
 async fn websocket(State(herald): State<Herald>, req: Request) -> Response {
+    let hooks = hooks_client(&herald, &req);
     let (mut parts, _body) = req.into_parts();
     let drain_guard = parts.extensions.remove::<DrainGuard>();
     let connect = match cf_connect(&parts.uri).map(|raw| serde_json::from_str::<Option<ConnectRequest>>(&raw)) {
@@ -212,12 +230,13 @@ async fn websocket(State(herald): State<Herald>, req: Request) -> Response {
     };
     let max = herald.config().max_body_bytes;
     upgrade.respond(max, move |socket| {
-        tokio::spawn(serve_socket(herald, socket, connect, drain_guard));
+        tokio::spawn(serve_socket(herald, hooks, socket, connect, drain_guard));
     })
 }
 
 async fn serve_socket(
     herald: Herald,
+    hooks: hooked::Client,
     mut socket: Socket<UpgradedIo>,
     connect: Option<ConnectRequest>,
     _guard: Option<DrainGuard>,
@@ -238,7 +257,7 @@ async fn serve_socket(
             }
         }
     };
-    let mut uni = match Uni::open(herald, connect, None).await {
+    let mut uni = match Uni::open(herald, &hooks, connect, None).await {
         Ok((uni, push)) => {
             if socket.send(protocol::text_frame(&push)).await.is_err() {
                 return;
@@ -320,10 +339,21 @@ struct Uni {
 }
 
 impl Uni {
-    /// Verifies the token and opens the connection of its `channels`; the connect push, or
-    /// the disconnect that refuses the client.
-    async fn open(herald: Herald, connect: ConnectRequest, kill: Option<KillSwitch>) -> Result<(Self, String), Bye> {
+    /// Verifies the token, asks the connect hook (as the bidirectional `connect` does) and
+    /// opens the connection of the token's `channels`; the connect push, or the disconnect
+    /// that refuses the client.
+    async fn open(
+        herald: Herald,
+        hooks: &hooked::Client,
+        connect: ConnectRequest,
+        kill: Option<KillSwitch>,
+    ) -> Result<(Self, String), Bye> {
         let who = principal(&herald, &connect.token).await?;
+        let who = match super::ask_connect_hook(&herald, hooks, who, &claimed_channels(&connect.token)).await {
+            Ok(who) => who,
+            Err(super::Refused::Api(e)) => return Err(refused(&herald, e)),
+            Err(super::Refused::Anonymous) => return Err(bye(Disconnect::InvalidToken)),
+        };
         let mut names = HashMap::new();
         let mut channels = Vec::new();
         for name in claimed_channels(&connect.token) {
@@ -551,8 +581,7 @@ impl Recovered {
 /// ends the connection with `3005` (Centrifugo's unidirectional mapping of `109`).
 async fn principal(herald: &Herald, token: &str) -> Result<Principal, Bye> {
     if token.is_empty() {
-        let cfg = herald.config();
-        if cfg.auth_configured() && !cfg.allow_anonymous {
+        if super::anonymous_refused(herald) && !herald.hooks().any(Hook::Connect) {
             return Err(bye(Disconnect::InvalidToken));
         }
         return Ok(Principal::Anonymous);

@@ -4,13 +4,12 @@
 // refused with the disconnect code it knows for a bad token.
 
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { after, before, test } from 'node:test';
 
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
-import { backend, once, sse, startHerald, token } from './support.mjs';
+import { backend, hookApp, once, sse, startHerald, token } from './support.mjs';
 
 let herald;
 before(async () => {
@@ -254,22 +253,13 @@ test('after 1,500 events of a channel in one millisecond the SDK recovers what c
 
 test("an rpc is answered by the application's RPC hook as Centrifugo's RPC proxy is, and is 104 without one", async () => {
   // The application's backend: Centrifugo's RPC proxy requests in, its answers out.
-  const asked = [];
-  const app = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (d) => (body += d));
-    req.on('end', () => {
-      const r = JSON.parse(body);
-      asked.push(r);
-      res.setHeader('Content-Type', 'application/json');
-      if (r.method === 'sum') res.end(JSON.stringify({ result: { data: { sum: r.data.a + r.data.b } } }));
-      else if (r.method === 'secret') res.end(JSON.stringify({ error: { code: 1001, message: 'not for you' } }));
-      else if (r.method === 'broken') (res.statusCode = 500), res.end('oops');
-      else res.end(JSON.stringify({ result: {} }));
-    });
+  const app = await hookApp((path, r) => {
+    if (r.method === 'sum') return { result: { data: { sum: r.data.a + r.data.b } } };
+    if (r.method === 'secret') return { error: { code: 1001, message: 'not for you' } };
+    if (r.method === 'broken') return { status: 500, body: 'oops' };
+    return { result: {} };
   });
-  await new Promise((ok) => app.listen(0, '127.0.0.1', ok));
-  const own = await startHerald({ extra: `\n[hooks]\nrpc_url = "http://127.0.0.1:${app.address().port}/rpc"\n` });
+  const own = await startHerald({ extra: `\n[hooks]\nrpc_url = "${app.url}/rpc"\n` });
   const c = new Centrifuge(own.ws, { websocket: WebSocket, token: token('rpc-user') });
   const plain = client(token('rpc-user'));
   try {
@@ -277,14 +267,14 @@ test("an rpc is answered by the application's RPC hook as Centrifugo's RPC proxy
     c.connect();
     const { client: id } = await connected;
     assert.deepEqual(await c.rpc('sum', { a: 2, b: 3 }), { data: { sum: 5 } });
-    assert.deepEqual(asked[0], {
+    assert.deepEqual(app.asked[0].body, {
       client: id, transport: 'websocket', protocol: 'json', encoding: 'json', user: 'rpc-user', ip: '127.0.0.1',
       method: 'sum', data: { a: 2, b: 3 },
     });
     await assert.rejects(c.rpc('secret', {}), (e) => e.code === 1001 && e.message === 'not for you');
     await assert.rejects(c.rpc('broken', {}), (e) => e.code === 100 && e.temporary === true);
     assert.deepEqual(await c.rpc('empty', [1, 2]), { data: null });
-    assert.deepEqual(asked.map((r) => r.method), ['sum', 'secret', 'broken', 'empty']);
+    assert.deepEqual(app.asked.map((a) => [a.path, a.body.method]), [['/rpc', 'sum'], ['/rpc', 'secret'], ['/rpc', 'broken'], ['/rpc', 'empty']]);
     // A node without an RPC hook: Centrifugo's answer to a method it does not serve.
     plain.connect();
     await assert.rejects(plain.rpc('sum', { a: 1, b: 1 }), (e) => e.code === 104);
@@ -292,7 +282,65 @@ test("an rpc is answered by the application's RPC hook as Centrifugo's RPC proxy
     c.disconnect();
     plain.disconnect();
     await own.stop();
-    app.close();
+    await app.close();
+  }
+});
+
+test("the connect and subscribe hooks are asked for a Centrifugo client as for a stream: a refusal holds, a cookie names the user", async () => {
+  const app = await hookApp((path, r, headers) => {
+    if (path === '/connect') {
+      if (r.user?.id === 'mallory') return { error: { code: 'blocked', message: 'go away' } };
+      if (!r.user && headers.cookie === 'sid=s3cret') return { result: { user: { id: 'carol' } } };
+      return { result: {} };
+    }
+    if (r.channel === 'channel:vault') return { error: { code: 'not_member', message: 'members only' } };
+    return { result: {} };
+  });
+  const own = await startHerald({ extra: `\n[hooks]\nconnect_url = "${app.url}/connect"\nsubscribe_url = "${app.url}/subscribe"\ncookies = ["sid"]\n` });
+  // A WebSocket that sends the session cookie of a browser logged in to the application.
+  class WithCookie extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols, { headers: { Cookie: 'sid=s3cret' } });
+    }
+  }
+  const clients = [];
+  const open = (opts) => {
+    const c = new Centrifuge(own.ws, { websocket: WebSocket, ...opts });
+    clients.push(c);
+    return c;
+  };
+  try {
+    // Refused at connect: the SDK is told why and does not come back.
+    const mallory = open({ token: token('mallory') });
+    const gone = once(mallory, 'disconnected');
+    mallory.connect();
+    assert.deepEqual(await gone, { code: 103, reason: 'go away' });
+    assert.deepEqual(app.asked[0], { path: '/connect', body: { transport: 'centrifugo', ip: '127.0.0.1', user: { id: 'mallory', name: null }, channels: [] }, headers: app.asked[0].headers });
+
+    // No token, but the application's session cookie: the hook names the user.
+    const carol = open({ websocket: WithCookie });
+    const connected = once(carol, 'connected');
+    carol.connect();
+    await connected;
+    const lobby = carol.newSubscription('lobby');
+    const subscribed = once(lobby, 'subscribed');
+    lobby.subscribe();
+    await subscribed;
+    const asked = app.asked.find((a) => a.path === '/subscribe' && a.body.channel === 'channel:lobby');
+    assert.equal(asked.body.user.id, 'carol');
+
+    // A channel the subscribe hook refuses stays refused, with the application's message.
+    const vault = carol.newSubscription('vault');
+    const refused = once(vault, 'unsubscribed');
+    vault.subscribe();
+    const ctx = await refused;
+    assert.deepEqual([ctx.code, ctx.reason], [103, 'members only']);
+    // And its history with it.
+    await assert.rejects(carol.history('vault', { limit: 1 }), (e) => e.code === 103);
+  } finally {
+    for (const c of clients) c.disconnect();
+    await own.stop();
+    await app.close();
   }
 });
 

@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -105,6 +106,33 @@ export async function startHerald(opts = {}) {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** An application's backend for Herald's hooks: an HTTP server on a free loopback port that
+ * records each request (`asked`: its path, JSON body and headers) and answers with
+ * `answer(path, body, headers)`, an object sent as JSON (`{status, body}` for another status
+ * or a body that is not JSON). */
+export async function hookApp(answer) {
+  const asked = [];
+  const server = http.createServer((req, res) => {
+    let raw = '';
+    req.on('data', (d) => (raw += d));
+    req.on('end', () => {
+      const body = JSON.parse(raw);
+      asked.push({ path: req.url, body, headers: req.headers });
+      const out = answer(req.url, body, req.headers);
+      if (out && typeof out.status === 'number') {
+        res.statusCode = out.status;
+        res.end(out.body);
+      } else {
+        res.setHeader('Content-Type', 'application/json');
+        res.end(JSON.stringify(out));
+      }
+    });
+  });
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  return { url, asked, close: () => new Promise((ok) => server.close(ok)) };
 }
 
 /** A `redis-server` of the test's own on a free loopback port, without persistence;

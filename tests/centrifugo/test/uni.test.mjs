@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 
 import WebSocket from 'ws';
 
-import { API_KEY, api, backend, startHerald, token } from './support.mjs';
+import { API_KEY, api, backend, hookApp, startHerald, token } from './support.mjs';
 
 let herald;
 before(async () => {
@@ -282,5 +282,37 @@ test('uni_sse: a banned user is refused with 3507 whether the token names channe
   } finally {
     ctrl.abort();
     await s.ended.catch(() => {});
+  }
+});
+
+test("uni_sse: the connect hook is asked as for a stream: a refusal is 3507, a cookie names the user of a client without a token", async () => {
+  const app = await hookApp((path, r, headers) => {
+    if (r.user?.id === 'mallory') return { error: { code: 'blocked', message: 'go away' } };
+    if (!r.user && headers.cookie === 'sid=s3cret') return { result: { user: { id: 'dave' } } };
+    return { result: {} };
+  });
+  const own = await startHerald({ config: '[centrifugo]\nuni = true\n', extra: `\n[hooks]\nconnect_url = "${app.url}/connect"\ncookies = ["sid"]\n` });
+  const open = (connect, headers, signal) =>
+    fetch(`${own.url}/connection/uni_sse?cf_connect=${encodeURIComponent(JSON.stringify(connect))}`, { headers, signal }).then((r) => pushes(r, true));
+  const ctrl = new AbortController();
+  let dave;
+  try {
+    const refused = await open({ token: token('mallory', { channels: ['news'] }) });
+    assert.deepEqual(await refused.next(), { disconnect: { code: 3507, reason: 'permission denied' } });
+    await refused.ended;
+    assert.deepEqual(app.asked[0].body, { transport: 'centrifugo', ip: '127.0.0.1', user: { id: 'mallory', name: null }, channels: ['channel:news'] });
+    // No token: refused without the cookie (the hook names nobody), connected as dave with it.
+    const anonymous = await open({});
+    assert.deepEqual(await anonymous.next(), { disconnect: { code: 3500, reason: 'invalid token' } });
+    await anonymous.ended;
+    dave = await open({}, { Cookie: 'sid=s3cret' }, ctrl.signal);
+    assert.ok((await dave.next()).connect, 'connected');
+    const listed = await fetch(`${own.url}/api/users/dave/connections`, { headers: { 'X-Api-Key': API_KEY } });
+    assert.equal((await listed.json()).connections.length, 1, 'the connection is dave\'s');
+  } finally {
+    ctrl.abort();
+    await dave?.ended.catch(() => {});
+    await own.stop();
+    await app.close();
   }
 });
