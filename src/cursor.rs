@@ -36,7 +36,7 @@ impl Position {
     /// offset is milliseconds × 1000 + the sequence (`src/http/centrifugo/protocol.rs`), so
     /// with more, offsets would repeat and an SDK recovering from one of them would get the
     /// rest of that millisecond again. The Redis publish scripts keep to it as well
-    /// (`publish_prelude.lua`, `bound_sequence`).
+    /// (`publish_prelude.lua`, `fill_millisecond`).
     pub const MAX_SEQ: u64 = 999;
 
     /// The next position after `self` at wall-clock `now_ms`, never going backwards

@@ -366,12 +366,14 @@ fn read_answer(hook: Hook, status: StatusCode, body: &[u8]) -> Result<Allowed, H
 }
 
 /// Why the RPC hook gave no result.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum RpcError {
     /// The application's error: a Centrifugo client error code (its own from 400 to 1999,
     /// or one of Centrifugo's), and a message.
+    #[error("{code} {message}")]
     Refused { code: u32, message: String },
     /// No usable answer in time.
+    #[error("the rpc hook is unavailable: {0}")]
     Unavailable(String),
 }
 

@@ -2,8 +2,8 @@
 //! hooks about a client (its address, the transport, the user a credential proved, the
 //! headers and cookies `[hooks]` names) and what it does with the answers: a user the
 //! connect or publish hook names becomes the principal, a connect hook's channels join the
-//! stream, a publish hook's `data` replaces the payload. The asking itself is
-//! [`crate::hooks`]'s.
+//! stream, a publish hook's `data` replaces the payload, an RPC hook's `data` answers a
+//! Centrifugo client's `rpc`. The asking itself is [`crate::hooks`]'s.
 
 use std::sync::Arc;
 
@@ -98,7 +98,7 @@ pub(crate) async fn connect(
 }
 
 /// Asks the RPC hook, if one is set, to answer `method` with `data` for a Centrifugo client
-/// (`client`, its client id): the request is Centrifugo's RPC proxy's (`client`,
+/// (`id`, its client id): the request is Centrifugo's RPC proxy's (`client`,
 /// `transport`, `protocol`, `encoding`, `user`: the user id or `""`, `method`, `data`), with
 /// Herald's `ip`, so that an application's RPC handler written for Centrifugo answers it
 /// unchanged. `None` without an RPC hook.

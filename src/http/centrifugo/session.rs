@@ -87,7 +87,7 @@ pub(super) struct Session {
     /// The connection token's `info`, for the Herald connection the socket opens.
     info: Option<Arc<Value>>,
     frames: Bucket,
-    /// What the application's publish hook is told of this client.
+    /// What the application's hooks (connect, subscribe, publish, rpc) are told of this client.
     hooks: hooked::Client,
     _drain_guard: Option<DrainGuard>,
 }
