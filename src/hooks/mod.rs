@@ -201,9 +201,8 @@ impl Hooks {
             return answer;
         }
         let started = Instant::now();
-        let answer = tokio::time::timeout(self.cfg.timeout, self.post(hook, url, body, passed))
-            .await
-            .unwrap_or_else(|_| Err(unavailable(hook, format!("no answer within {:?}", self.cfg.timeout))));
+        let answer =
+            self.send(hook, url, body, passed).await.and_then(|(status, body)| read_answer(hook, status, &body));
         metrics.waited(hook.index(), started.elapsed());
         match &answer {
             Ok(_) => metrics.count(hook.index(), 0),
@@ -223,18 +222,8 @@ impl Hooks {
         answer
     }
 
-    async fn post(
-        &self,
-        hook: Hook,
-        url: &str,
-        body: String,
-        passed: &[(HeaderName, HeaderValue)],
-    ) -> Result<Allowed, HookError> {
-        let (status, answer) = self.send(hook, url, body, passed).await?;
-        read_answer(hook, status, &answer)
-    }
-
-    /// Posts `body` to `url` in one of the slots: the status and body of the answer.
+    /// Posts `body` to `url` in one of the slots, within `timeout` (the wait for the slot
+    /// included): the status and body of the answer.
     async fn send(
         &self,
         hook: Hook,
@@ -242,9 +231,14 @@ impl Hooks {
         body: String,
         passed: &[(HeaderName, HeaderValue)],
     ) -> Result<(StatusCode, Bytes), HookError> {
-        let uri: Uri = url.parse().map_err(|_| unavailable(hook, "the URL is not valid".to_owned()))?;
-        let _permit = self.permits.acquire().await.map_err(|_| unavailable(hook, "closed".to_owned()))?;
-        self.client.post(&uri, Bytes::from(body), passed).await.map_err(|why| unavailable(hook, why))
+        let exchange = async {
+            let uri: Uri = url.parse().map_err(|_| unavailable(hook, "the URL is not valid".to_owned()))?;
+            let _permit = self.permits.acquire().await.map_err(|_| unavailable(hook, "closed".to_owned()))?;
+            self.client.post(&uri, Bytes::from(body), passed).await.map_err(|why| unavailable(hook, why))
+        };
+        tokio::time::timeout(self.cfg.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(unavailable(hook, format!("no answer within {:?}", self.cfg.timeout))))
     }
 
     /// Asks the RPC hook at `url` to answer a Centrifugo client's `rpc` (`request`, the
@@ -260,9 +254,7 @@ impl Hooks {
     ) -> Result<Value, RpcError> {
         let hook = Hook::Rpc;
         let started = Instant::now();
-        let answer = tokio::time::timeout(self.cfg.timeout, self.send(hook, url, request.to_string(), passed))
-            .await
-            .unwrap_or_else(|_| Err(unavailable(hook, format!("no answer within {:?}", self.cfg.timeout))))
+        let answer = (self.send(hook, url, request.to_string(), passed).await)
             .map_err(|e| RpcError::Unavailable(e.to_string()))
             .and_then(|(status, body)| read_rpc_answer(status, &body));
         metrics.waited(hook.index(), started.elapsed());

@@ -102,6 +102,12 @@ fn anonymous_refused(herald: &Herald) -> bool {
     cfg.auth_configured() && !cfg.allow_anonymous
 }
 
+/// Whether a client without a token is refused before anything is asked: anonymous clients
+/// are refused and no connect hook could name its user.
+fn tokenless_refused(herald: &Herald) -> bool {
+    anonymous_refused(herald) && !herald.hooks().any(crate::hooks::Hook::Connect)
+}
+
 /// Why the connect hook left a client out.
 enum Refused {
     /// The hook refused it, or gave no answer.

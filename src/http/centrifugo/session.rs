@@ -33,7 +33,7 @@ use crate::cursor::{LastEventId, Position, Resume, single_entry};
 use crate::engine::JoinFrom;
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Admission, Herald, LastEvents, StreamRequest, SubscribeError, new_connection_id};
-use crate::hooks::{Hook, RpcError};
+use crate::hooks::RpcError;
 use crate::http::auth::{PeerAddr, rate_key};
 use crate::http::error::ApiError;
 use crate::http::hooked;
@@ -454,7 +454,7 @@ impl Session {
             return Err(Disconnect::BadRequest.into());
         }
         let (who, mut claims) = if token.is_empty() {
-            if super::anonymous_refused(&self.herald) && !self.herald.hooks().any(Hook::Connect) {
+            if super::tokenless_refused(&self.herald) {
                 return Err(Disconnect::InvalidToken.into());
             }
             (Principal::Anonymous, Claims::default())

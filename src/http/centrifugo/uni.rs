@@ -32,7 +32,6 @@ use crate::channel::ChannelName;
 use crate::cursor::{LastEventId, Resume};
 use crate::event::SERVER_EVENT_TYPES;
 use crate::herald::{Herald, StreamRequest};
-use crate::hooks::Hook;
 use crate::http::auth::PeerAddr;
 use crate::http::error::ApiError;
 use crate::http::hooked;
@@ -581,7 +580,7 @@ impl Recovered {
 /// ends the connection with `3005` (Centrifugo's unidirectional mapping of `109`).
 async fn principal(herald: &Herald, token: &str) -> Result<Principal, Bye> {
     if token.is_empty() {
-        if super::anonymous_refused(herald) && !herald.hooks().any(Hook::Connect) {
+        if super::tokenless_refused(herald) {
             return Err(bye(Disconnect::InvalidToken));
         }
         return Ok(Principal::Anonymous);

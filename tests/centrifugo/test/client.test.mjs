@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
-import { backend, hookApp, once, sse, startHerald, token } from './support.mjs';
+import { backend, collecting, hookApp, once, sse, startHerald, token } from './support.mjs';
 
 let herald;
 before(async () => {
@@ -185,13 +185,9 @@ test('an unsubscribed channel delivers nothing and subscribed again recovers wha
 
 test('after a reconnect the SDK recovers exactly what was published meanwhile (recovered: true)', async () => {
   const c = client(token('erin'));
-  const sub = c.newSubscription('incidents');
-  const got = [];
-  sub.on('publication', (ctx) => got.push(ctx.data.n));
-  const first = once(sub, 'subscribed');
-  sub.subscribe();
+  const { sub, got, subscribed } = collecting(c, 'incidents');
   c.connect();
-  const ctx = await first;
+  const ctx = await subscribed;
   assert.equal(ctx.recoverable, true);
   const one = once(sub, 'publication');
   await herald.publish({ channel: 'channel:incidents', type: 'n', n: 1 });
@@ -220,13 +216,9 @@ test('after 1,500 events of a channel in one millisecond the SDK recovers what c
   const own = await startHerald({ config: 'max_batch = 2000\ncentrifugo = true', args: ['--history-size', '2000', '--buffer-size', '4096'] });
   const c = new Centrifuge(own.ws, { websocket: WebSocket, token: token('mia') });
   try {
-    const sub = c.newSubscription('burst');
-    const got = [];
-    sub.on('publication', (ctx) => got.push(ctx.data.n));
-    const first = once(sub, 'subscribed');
-    sub.subscribe();
+    const { sub, got, subscribed } = collecting(c, 'burst');
     c.connect();
-    assert.equal((await first).recoverable, true);
+    assert.equal((await subscribed).recoverable, true);
     const until = (n) => new Promise((ok) => {
       const check = () => got.length >= n && (sub.off('publication', check), ok());
       sub.on('publication', check);

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
-import { api, once, sse, startHerald, startRedis, token } from './support.mjs';
+import { api, collecting, once, sse, startHerald, startRedis, token } from './support.mjs';
 
 let redis;
 let a;
@@ -72,13 +72,9 @@ test('history and history_remove work on the Redis engine, from either node', as
 
 test('after a Herald restart behind Redis the SDK recovers (recovered: true), nothing lost or repeated', async () => {
   const c = new Centrifuge(a.ws, { websocket: WebSocket, token: token('rita'), minReconnectDelay: 50, maxReconnectDelay: 200 });
-  const sub = c.newSubscription('restart');
-  const got = [];
-  sub.on('publication', (ctx) => got.push(ctx.data.n));
-  const first = once(sub, 'subscribed');
-  sub.subscribe();
+  const { sub, got, subscribed } = collecting(c, 'restart');
   c.connect();
-  assert.equal((await first).recoverable, true);
+  assert.equal((await subscribed).recoverable, true);
   const two = new Promise((ok) => sub.on('publication', () => got.length === 2 && ok()));
   for (const n of [1, 2]) await api(b, 'publish', { channel: 'restart', data: { n } });
   await two;

@@ -240,6 +240,17 @@ export function once(emitter, event) {
   return new Promise((ok) => emitter.once(event, ok));
 }
 
+/** A subscription of `client` to `channel` that collects each publication's `data.n` in
+ * `got`, subscribing now: `subscribed` resolves to its first `subscribed` context. */
+export function collecting(client, channel) {
+  const sub = client.newSubscription(channel);
+  const got = [];
+  sub.on('publication', (ctx) => got.push(ctx.data.n));
+  const subscribed = once(sub, 'subscribed');
+  sub.subscribe();
+  return { sub, got, subscribed };
+}
+
 /** A call of Herald's API with the API key; resolves to the JSON answer. */
 export async function backend(herald, path, body) {
   const resp = await fetch(`${herald.url}${path}`, {
