@@ -118,24 +118,30 @@ enum Refused {
 
 /// Asks the connect hook, if one is set, about a Centrifugo client (either kind) that
 /// connects as `who` with the server-side subscriptions `names` (its token's `channels`), as a
-/// stream's open asks it (`docs/backend.md`): the principal it connects as, the user the hook
-/// names if any (a cookie session, with no token). The channels the hook adds are for
-/// streams: a Centrifugo client's server-side subscriptions are its token's.
+/// stream's open asks it (`docs/backend.md`): the principal it connects as (the user the hook
+/// names if any: a cookie session, with no token) and `names` with the channels the hook
+/// adds, each once, as it wrote them. Those become server-side subscriptions as the token's
+/// do, as Centrifugo's connect proxy's `channels` do.
 async fn ask_connect_hook(
     herald: &Herald,
     hooks: &crate::http::hooked::Client,
     who: crate::auth::Principal,
-    names: &[String],
-) -> Result<crate::auth::Principal, Refused> {
+    mut names: Vec<String>,
+) -> Result<(crate::auth::Principal, Vec<String>), Refused> {
     if !herald.hooks().any(crate::hooks::Hook::Connect) {
-        return Ok(who);
+        return Ok((who, names));
     }
     let channels: Vec<ChannelName> = names.iter().filter_map(|n| channel(herald, n).ok()).collect();
-    let (who, _) = crate::http::hooked::connect(herald, hooks, who, &channels).await.map_err(Refused::Api)?;
+    let (who, added) = crate::http::hooked::connect(herald, hooks, who, &channels).await.map_err(Refused::Api)?;
     if anonymous_refused(herald) && matches!(who, crate::auth::Principal::Anonymous) {
         return Err(Refused::Anonymous);
     }
-    Ok(who)
+    for name in added {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok((who, names))
 }
 
 /// The Herald channel a Centrifugo channel name stands for (`docs/centrifugo.md`).

@@ -49,8 +49,10 @@ pub(super) enum Kind {
     Refresh(Refresh),
     SubRefresh(SubRefresh),
     Rpc(Rpc),
-    /// A method Herald does not serve (yet): answered with `104 method not found`.
-    Unsupported,
+    /// `send`, an asynchronous message the client expects no reply to: Herald has no
+    /// handler for it, and says so as Centrifugo does without one (`3508 not available`),
+    /// since an error reply without an id would pass for a ping and drop it unseen.
+    Send,
 }
 
 /// `rpc`: a call of the application's `method` with `data`, answered by the RPC hook.
@@ -169,7 +171,6 @@ impl Command {
             rpc,
             send,
         } = self;
-        let unsupported = [send.is_some()];
         let mut kinds: Vec<Kind> = Vec::with_capacity(1);
         kinds.extend(connect.map(Kind::Connect));
         kinds.extend(subscribe.map(Kind::Subscribe));
@@ -181,7 +182,7 @@ impl Command {
         kinds.extend(refresh.map(Kind::Refresh));
         kinds.extend(sub_refresh.map(Kind::SubRefresh));
         kinds.extend(rpc.map(Kind::Rpc));
-        kinds.extend(unsupported.iter().filter(|u| **u).map(|_| Kind::Unsupported));
+        kinds.extend(send.map(|_| Kind::Send));
         match kinds.len() {
             0 => Some(Kind::Pong),
             1 => kinds.pop(),
@@ -401,6 +402,7 @@ pub(super) enum Disconnect {
     Stale,
     ForceNoReconnect,
     ConnectionLimit,
+    NotAvailable,
 }
 
 impl Disconnect {
@@ -418,6 +420,7 @@ impl Disconnect {
             Self::Stale => 3502,
             Self::ForceNoReconnect => 3503,
             Self::ConnectionLimit => 3504,
+            Self::NotAvailable => 3508,
         }
     }
 
@@ -435,6 +438,7 @@ impl Disconnect {
             Self::Stale => "stale",
             Self::ForceNoReconnect => "force disconnect",
             Self::ConnectionLimit => "connection limit",
+            Self::NotAvailable => "not available",
         }
     }
 
@@ -524,7 +528,7 @@ mod tests {
         assert!(parse(r#"{"id":1,"subscribe":{"channel":"a"},"publish":{"channel":"a"}}"#).is_none());
         assert!(parse("not json").is_none());
         let cmds = parse(r#"{"id":3,"send":{"data":"x"}}"#).unwrap_or_default();
-        assert!(matches!(cmds.as_slice(), [(3, Kind::Unsupported)]));
+        assert!(matches!(cmds.as_slice(), [(3, Kind::Send)]));
         let cmds = parse(r#"{"id":5,"rpc":{"method":"x","data":[1]}}"#).unwrap_or_default();
         assert!(matches!(cmds.as_slice(), [(5, Kind::Rpc(Rpc { method, data }))] if method == "x" && data[0] == 1));
         let cmds = parse(r#"{"id":4,"history":{"channel":"a","limit":2,"since":{"offset":7,"epoch":"herald"}}}"#);

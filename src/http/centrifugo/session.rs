@@ -426,7 +426,10 @@ impl Session {
                 Kind::Refresh(r) => self.refresh(r.token).await.map(|r| ("refresh", r)),
                 Kind::SubRefresh(r) => self.sub_refresh(r).await.map(|r| ("sub_refresh", r)),
                 Kind::Rpc(r) => self.rpc(r).await.map(|r| ("rpc", r)),
-                Kind::Unsupported => Err(ClientError::method_not_found().into()),
+                Kind::Send => {
+                    tracing::info!(client = %self.client, "centrifugo send: no handler, the client is disconnected");
+                    Err(Disconnect::NotAvailable.into())
+                }
             };
             let line = match result {
                 Ok((method, result)) => protocol::reply(id, method, result),
@@ -462,8 +465,10 @@ impl Session {
             let (user, claims) = self.verify_connection(&token).await?;
             (Principal::User(Arc::new(user)), claims)
         };
-        let who = match super::ask_connect_hook(&self.herald, &self.hooks, who, &claims.channels).await {
-            Ok(who) => who,
+        // The token's `channels` and the connect hook's: the server-side subscriptions.
+        let server_side = std::mem::take(&mut claims.channels);
+        let (who, server_side) = match super::ask_connect_hook(&self.herald, &self.hooks, who, server_side).await {
+            Ok(answer) => answer,
             Err(super::Refused::Api(e)) => {
                 super::count_refusal(&self.herald, &e);
                 return Err(e.into());
@@ -487,8 +492,8 @@ impl Session {
             "pong": true,
         });
         self.tell_expiry(&mut reply);
-        if !claims.channels.is_empty() {
-            match self.subscribe_server_side(std::mem::take(&mut claims.channels), &subs).await {
+        if !server_side.is_empty() {
+            match self.subscribe_server_side(server_side, &subs).await {
                 Ok(subs) => reply["subs"] = subs,
                 Err(e) => {
                     self.who = None;
@@ -540,8 +545,9 @@ impl Session {
         }
     }
 
-    /// The token's `channels`, subscribed by the server: the connection opens with them,
-    /// granted (the application signed the list). A name Herald cannot map is left out.
+    /// The token's `channels` and the connect hook's, subscribed by the server: the
+    /// connection opens with them, granted (the application signed the list, or answered
+    /// with it). A name Herald cannot map is left out.
     async fn subscribe_server_side(
         &mut self,
         names: Vec<String>,
@@ -557,7 +563,7 @@ impl Session {
                 }
                 Ok(_) => {}
                 Err(_) => {
-                    tracing::info!(client = %self.client, channel = %name, "token names a channel Herald does not map")
+                    tracing::info!(client = %self.client, channel = %name, "the token or the connect hook names a channel Herald does not map")
                 }
             }
         }

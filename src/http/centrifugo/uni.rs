@@ -339,8 +339,8 @@ struct Uni {
 
 impl Uni {
     /// Verifies the token, asks the connect hook (as the bidirectional `connect` does) and
-    /// opens the connection of the token's `channels`; the connect push, or the disconnect
-    /// that refuses the client.
+    /// opens the connection of the token's `channels` and the hook's; the connect push, or
+    /// the disconnect that refuses the client.
     async fn open(
         herald: Herald,
         hooks: &hooked::Client,
@@ -348,21 +348,25 @@ impl Uni {
         kill: Option<KillSwitch>,
     ) -> Result<(Self, String), Bye> {
         let who = principal(&herald, &connect.token).await?;
-        let who = match super::ask_connect_hook(&herald, hooks, who, &claimed_channels(&connect.token)).await {
-            Ok(who) => who,
-            Err(super::Refused::Api(e)) => return Err(refused(&herald, e)),
-            Err(super::Refused::Anonymous) => return Err(bye(Disconnect::InvalidToken)),
-        };
+        let (who, server_side) =
+            match super::ask_connect_hook(&herald, hooks, who, claimed_channels(&connect.token)).await {
+                Ok(answer) => answer,
+                Err(super::Refused::Api(e)) => return Err(refused(&herald, e)),
+                Err(super::Refused::Anonymous) => return Err(bye(Disconnect::InvalidToken)),
+            };
         let mut names = HashMap::new();
         let mut channels = Vec::new();
-        for name in claimed_channels(&connect.token) {
+        for name in server_side {
             match super::channel(&herald, &name) {
                 Ok(channel) => {
                     if names.insert(channel.as_str().to_owned(), name.clone()).is_none() {
                         channels.push(channel);
                     }
                 }
-                Err(_) => tracing::info!(channel = name, "uni client: a channel of the token is not one of Herald's"),
+                Err(_) => tracing::info!(
+                    channel = name,
+                    "uni client: a channel of the token or the connect hook is not one of Herald's"
+                ),
             }
         }
         let kill = kill.unwrap_or_default();

@@ -336,6 +336,42 @@ test("the connect and subscribe hooks are asked for a Centrifugo client as for a
   }
 });
 
+test("the connect hook's channels are server-side subscriptions beside the token's, as Centrifugo's connect proxy's are", async () => {
+  const app = await hookApp(() => ({ result: { channels: ['hooked', 'chat:team', 'alerts-h', 'nowhere:x'] } }));
+  const own = await startHerald({ extra: `\n[hooks]\nconnect_url = "${app.url}/connect"\n` });
+  const c = new Centrifuge(own.ws, { websocket: WebSocket, token: token('hana', { channels: ['alerts-h'] }) });
+  try {
+    const subscribed = [];
+    c.on('subscribed', (ctx) => subscribed.push(ctx.channel));
+    const connected = once(c, 'connected');
+    const got = once(c, 'publication');
+    c.connect();
+    await connected;
+    // The hook was told the token's channels; what it added joined them, each once, and a
+    // name Herald cannot map was left out.
+    assert.deepEqual(app.asked[0].body.channels, ['channel:alerts-h']);
+    assert.deepEqual(subscribed.sort(), ['alerts-h', 'chat:team', 'hooked']);
+    await own.publish({ channel: 'chat:team', type: 'note', text: 'standup' });
+    const pub = await got;
+    assert.deepEqual([pub.channel, pub.data.text], ['chat:team', 'standup']);
+  } finally {
+    c.disconnect();
+    await own.stop();
+    await app.close();
+  }
+});
+
+test("a send is answered as Centrifugo answers it without a handler: disconnect 3508, and the SDK stays disconnected", async () => {
+  const c = client(token('sam'));
+  const connected = once(c, 'connected');
+  c.connect();
+  await connected;
+  const gone = once(c, 'disconnected');
+  await c.send({ text: 'to nobody' });
+  assert.deepEqual(await gone, { code: 3508, reason: 'not available' });
+  assert.equal(c.state, 'disconnected');
+});
+
 test('every subscription of a socket recovers after a reconnect, not only the one that opens it', async () => {
   const c = client(token('erik'));
   const names = ['rec-a', 'rec-b', 'rec-c'];

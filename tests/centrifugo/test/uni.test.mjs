@@ -285,10 +285,10 @@ test('uni_sse: a banned user is refused with 3507 whether the token names channe
   }
 });
 
-test("uni_sse: the connect hook is asked as for a stream: a refusal is 3507, a cookie names the user of a client without a token", async () => {
+test("uni_sse: the connect hook is asked as for a stream: a refusal is 3507, a cookie names the user of a client without a token, its channels are followed", async () => {
   const app = await hookApp((path, r, headers) => {
     if (r.user?.id === 'mallory') return { error: { code: 'blocked', message: 'go away' } };
-    if (!r.user && headers.cookie === 'sid=s3cret') return { result: { user: { id: 'dave' } } };
+    if (!r.user && headers.cookie === 'sid=s3cret') return { result: { user: { id: 'dave' }, channels: ['hooked'] } };
     return { result: {} };
   });
   const own = await startHerald({ config: '[centrifugo]\nuni = true\n', extra: `\n[hooks]\nconnect_url = "${app.url}/connect"\ncookies = ["sid"]\n` });
@@ -306,7 +306,11 @@ test("uni_sse: the connect hook is asked as for a stream: a refusal is 3507, a c
     assert.deepEqual(await anonymous.next(), { disconnect: { code: 3500, reason: 'invalid token' } });
     await anonymous.ended;
     dave = await open({}, { Cookie: 'sid=s3cret' }, ctrl.signal);
-    assert.ok((await dave.next()).connect, 'connected');
+    const { connect: hello } = await dave.next();
+    assert.deepEqual(Object.keys(hello.subs), ['hooked'], 'the hook\'s channel is a server-side subscription');
+    await own.publish({ channel: 'channel:hooked', type: 'note', text: 'hi dave' });
+    const pub = await dave.next((p) => p.pub);
+    assert.deepEqual([pub.channel, pub.pub.data.text], ['hooked', 'hi dave']);
     const listed = await fetch(`${own.url}/api/users/dave/connections`, { headers: { 'X-Api-Key': API_KEY } });
     assert.equal((await listed.json()).connections.length, 1, 'the connection is dave\'s');
   } finally {
