@@ -265,14 +265,47 @@ pub struct CentrifugoConfig {
     /// Also serve the unidirectional transports (`uni_sse`, `uni_http_stream`,
     /// `uni_websocket`) beside `path`: `/connection/uni_sse`, ...
     pub uni: bool,
+    /// Also serve Centrifugo's bidirectional emulation for the SDKs' `http_stream` and `sse`
+    /// transports: `/connection/http_stream` and `/connection/sse` beside `path`, and
+    /// `/emulation` for the commands that follow `connect`.
+    pub emulation: bool,
 }
 
 impl CentrifugoConfig {
     /// Where the unidirectional transports are served (`path`'s folder), when they are on.
     pub fn uni_prefix(&self) -> Option<&str> {
-        self.uni.then(|| self.path.rsplit_once('/').map_or("", |(folder, _)| folder))
+        self.uni.then(|| self.folder())
+    }
+
+    /// Where the emulation's streams are served (`path`'s folder), when it is on.
+    pub fn emulation_prefix(&self) -> Option<&str> {
+        self.emulation.then(|| self.folder())
+    }
+
+    fn folder(&self) -> &str {
+        self.path.rsplit_once('/').map_or("", |(folder, _)| folder)
+    }
+
+    /// Every fixed path the Centrifugo endpoints take: `path`, and the unidirectional
+    /// transports' and the emulation's where they are on.
+    pub fn paths(&self) -> Vec<String> {
+        let mut paths = vec![self.path.clone()];
+        if let Some(prefix) = self.uni_prefix() {
+            paths.extend(["uni_sse", "uni_http_stream", "uni_websocket"].map(|p| format!("{prefix}/{p}")));
+        }
+        if let Some(prefix) = self.emulation_prefix() {
+            paths.extend(["http_stream", "sse"].map(|p| format!("{prefix}/{p}")));
+            paths.push(EMULATION_PATH.to_owned());
+        }
+        paths
     }
 }
+
+/// Where the emulation's commands come (`POST`), as Centrifugo serves it.
+pub const EMULATION_PATH: &str = "/emulation";
+
+/// Herald's own paths outside `/api/`, which no Centrifugo endpoint may take.
+const OWN_PATHS: [&str; 4] = ["/metrics", "/admin", "/healthz", "/readyz"];
 
 impl Default for CentrifugoConfig {
     fn default() -> Self {
@@ -283,6 +316,7 @@ impl Default for CentrifugoConfig {
             mirror_api_key: None,
             mirror_queue: 10_000,
             uni: false,
+            emulation: false,
         }
     }
 }
@@ -722,6 +756,18 @@ impl Config {
                     ),
                 );
             }
+            let paths = c.paths();
+            for (i, path) in paths.iter().enumerate() {
+                check(
+                    !paths[..i].contains(path) && !OWN_PATHS.contains(&path.as_str()),
+                    &format!(
+                        "centrifugo: {path} is served twice (`path`'s folder also holds the unidirectional \
+                         transports and the emulation's streams, and {EMULATION_PATH} the emulation's commands; \
+                         {} are Herald's own)",
+                        OWN_PATHS.join(", ")
+                    ),
+                );
+            }
             if let Some(url) = &c.mirror_url {
                 let ok = url.parse::<axum::http::Uri>().is_ok_and(|u| {
                     matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
@@ -836,6 +882,20 @@ mod tests {
         assert_eq!(table, Ok(Some("/ws".to_owned())));
         let clash = Config::from_toml("[centrifugo]\npath = \"/api/ws\"").map(|c| c.validate().is_err());
         assert_eq!(clash, Ok(true));
+    }
+
+    #[test]
+    fn a_centrifugo_endpoint_may_not_take_another_ones_path_or_one_of_heralds_own() {
+        let valid = |table: &str| Config::from_toml(&format!("[centrifugo]\n{table}")).map(|c| c.validate().is_ok());
+        assert_eq!(valid("uni = true\nemulation = true"), Ok(true));
+        assert_eq!(valid("path = \"/connection/sse\"\nemulation = true"), Ok(false));
+        assert_eq!(valid("path = \"/connection/sse\""), Ok(true));
+        assert_eq!(valid("path = \"/emulation\"\nemulation = true"), Ok(false));
+        assert_eq!(valid("path = \"/ws/uni_sse\"\nuni = true"), Ok(false));
+        assert_eq!(valid("path = \"/metrics\""), Ok(false));
+        let paths =
+            Config::from_toml("[centrifugo]\nuni = true\nemulation = true").map(|c| c.centrifugo.map(|c| c.paths()));
+        assert_eq!(paths.ok().flatten().map(|p| p.len()), Some(7));
     }
 
     #[test]

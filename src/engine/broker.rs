@@ -152,6 +152,9 @@ pub enum NodeCommand {
     LeaveUser { user: String, channel: String },
     /// Describe the node: its id, counts and uptime.
     Info,
+    /// Put a request's `data` into the inbox `key` of the node `node` (a session whose
+    /// client writes by separate requests: Centrifugo's emulation). Other nodes pass.
+    Deliver { node: String, key: String, data: String },
 }
 
 /// Where a live join starts in its channel. On the wire between nodes it is a string:
@@ -203,8 +206,10 @@ impl TryFrom<String> for JoinFrom {
 pub enum NodeReply {
     /// Done here.
     Done,
-    /// The connection is not on this node.
+    /// The connection (or inbox) is not on this node.
     NotHere,
+    /// The inbox holds as many unread requests as it may.
+    Full,
     /// Refused, with why and a sentence for a person.
     Refused { code: CommandRefusal, message: String },
     /// This node's subscribers of the channel and the users among them.

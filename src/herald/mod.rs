@@ -12,10 +12,12 @@
 //! and a user's connections across nodes, `rooms` changes live connections on any node, `sessions` cuts them and bans
 //! users, `presence` announces who is where, `sink` is what the engine sees of the node (the
 //! hub, the policies, and commands from other nodes), `lifecycle` what the node reports to the
-//! lifecycle webhooks, `survey` gathers what every node says of itself (its counts, its channels).
+//! lifecycle webhooks, `survey` gathers what every node says of itself (its counts, its channels),
+//! `inboxes` holds what clients that write by separate requests sent their sessions.
 
 mod census;
 mod history;
+mod inboxes;
 mod lifecycle;
 mod presence;
 mod rooms;
@@ -41,6 +43,7 @@ use crate::policy::{Denied, Namespace, Policies};
 
 pub use census::{CensusError, ChannelCount};
 pub use history::{History, HistoryError, HistoryOrder, HistoryQuery, MAX_HISTORY_LIMIT};
+pub use inboxes::{Delivery, Inbox};
 pub use presence::{PresenceError, UserPresence};
 pub use rooms::{ChannelInfo, RoomError};
 pub use sessions::{DisconnectError, DisconnectOptions, DisconnectTarget, MAX_BAN, api_key_only};
@@ -140,6 +143,8 @@ struct Inner {
     departures_handled: tokio::sync::Notify,
     /// Where published events are also sent during a migration (`centrifugo.mirror_url`).
     mirror: Option<crate::mirror::Mirror>,
+    /// The inboxes of this node's sessions whose clients write by separate requests.
+    inboxes: inboxes::Inboxes,
 }
 
 /// A Herald node. Cheap to clone; all clones share one hub and engine.
@@ -201,6 +206,7 @@ impl Herald {
             config.centrifugo.as_ref().and_then(|c| crate::mirror::Mirror::start(c, Arc::clone(&metrics.mirror)));
         let inner = Arc::new(Inner {
             mirror,
+            inboxes: inboxes::Inboxes::default(),
             user_rate: RateLimiter::new(config.publish_rate, config.publish_burst),
             key_rate: RateLimiter::new(config.api_key_publish_rate, config.api_key_publish_burst),
             answers: Arc::default(),

@@ -211,6 +211,7 @@ impl Herald {
                 NodeReply::Done => return Ok(()),
                 NodeReply::Refused { code, message } => refused = Some((code, message)),
                 NodeReply::NotHere
+                | NodeReply::Full
                 | NodeReply::Count { .. }
                 | NodeReply::Disconnected { .. }
                 | NodeReply::Channels { .. }
@@ -270,6 +271,7 @@ impl Herald {
             NodeCommand::JoinUser { user, channel } => self.local_user_change(&user, &channel, true).await,
             NodeCommand::LeaveUser { user, channel } => self.local_user_change(&user, &channel, false).await,
             NodeCommand::Info => NodeReply::Info(self.local_info()),
+            NodeCommand::Deliver { node, key, data } => self.local_deliver(&node, &key, data),
         }
     }
 

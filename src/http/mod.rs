@@ -64,11 +64,18 @@ pub fn router(herald: Herald) -> Router {
             let router = router
                 .route(&c.path, centrifugo::route())
                 .route(&format!("{}/{{method}}", c.api_prefix), post(centrifugo::api::call));
-            match c.uni_prefix() {
+            let router = match c.uni_prefix() {
                 Some(prefix) => router
                     .route(&format!("{prefix}/uni_sse"), centrifugo::uni::sse_route())
                     .route(&format!("{prefix}/uni_http_stream"), centrifugo::uni::http_stream_route())
                     .route(&format!("{prefix}/uni_websocket"), centrifugo::uni::websocket_route()),
+                None => router,
+            };
+            match c.emulation_prefix() {
+                Some(prefix) => router
+                    .route(&format!("{prefix}/http_stream"), centrifugo::emulation::http_stream_route())
+                    .route(&format!("{prefix}/sse"), centrifugo::emulation::sse_route())
+                    .route(crate::config::EMULATION_PATH, centrifugo::emulation::emulation_route()),
                 None => router,
             }
         }

@@ -120,6 +120,9 @@ refusals! {
     NotSubscribed => BAD_REQUEST, "not_subscribed", Invalid, Invalid, None;
     BinaryNotSupported => BAD_REQUEST, "binary_not_supported", Invalid, Invalid, None;
     SubscribeTimeout => REQUEST_TIMEOUT, "subscribe_timeout", Invalid, Invalid, None;
+    // Centrifugo's bidirectional emulation (`docs/centrifugo.md`).
+    /// `POST /emulation` names a session no node has (it ended, or its node is gone).
+    SessionNotFound => NOT_FOUND, "session_not_found", Invalid, Invalid, None;
     // The application's backend hooks (`docs/backend.md`).
     /// The hook said no; the answer carries the hook's own status and code, this row's when
     /// it gave none that Herald can pass on.

@@ -4,12 +4,14 @@
 //! `[centrifugo]` table; specified in `docs/centrifugo.md`.
 //!
 //! Centrifugo's server HTTP API (`<api_prefix>/publish`, ...) is [`api`], for backends with
-//! Herald's API keys; the unidirectional transports (`uni = true`) are [`uni`]. This module owns the upgrade; the socket's life is [`session`], its
+//! Herald's API keys; the unidirectional transports (`uni = true`) are [`uni`], the
+//! bidirectional emulation over HTTP streams (`emulation = true`) [`emulation`]. This module owns the upgrade; the socket's life is [`session`], its
 //! messages and the channel-name mapping are [`protocol`]. Credentials come in the `connect` command, not the
 //! upgrade request. It reuses the WebSocket transport's frame budget and read-error closes
 //! (`http::ws`) and, like it, reads the hub only through [`crate::Connection`].
 
 pub(super) mod api;
+pub(super) mod emulation;
 mod protocol;
 mod session;
 pub(super) mod uni;

@@ -20,7 +20,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -93,7 +92,7 @@ pub(super) struct Session {
 }
 
 /// How a session ends.
-enum End {
+pub(super) enum End {
     /// A Centrifugo disconnect code.
     Disconnect(Disconnect),
     /// A WebSocket close of the transport's own (a frame too big, not UTF-8, ...).
@@ -101,6 +100,57 @@ enum End {
     /// The client's close (`Some`, with its code, if it gave one), or the end of its TCP
     /// connection (`None`).
     ByClient(Option<Option<u16>>),
+}
+
+/// What a session writes: reply and push lines, Centrifugo's ping (`{}`), or a WebSocket
+/// pong.
+pub(super) enum Out<'a> {
+    Lines(&'a [String]),
+    Ping,
+    Pong(&'a [u8]),
+}
+
+/// What a session reads its client's commands from and writes to: the WebSocket, or
+/// Centrifugo's emulation ([`super::emulation`]: an HTTP stream down, the emulation
+/// endpoint's requests up). The session is the same over either.
+pub(super) trait Wire: Send {
+    /// What the client sent next; `None` once it is gone.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<In, Close>>> + Send;
+    /// Writes `out` as one frame of this wire.
+    fn send(&mut self, out: Out<'_>) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// What this wire adds to the `connect` reply.
+    fn tell_at_connect(&self, _reply: &mut Value) {}
+    /// Ends the session on this wire, as `end` says.
+    fn finish(self, end: Option<End>) -> impl Future<Output = ()> + Send;
+}
+
+impl Wire for Socket<UpgradedIo> {
+    async fn recv(&mut self) -> Option<Result<In, Close>> {
+        Socket::recv(self).await
+    }
+
+    async fn send(&mut self, out: Out<'_>) -> std::io::Result<()> {
+        let frame = match out {
+            Out::Lines(lines) => protocol::frame(lines),
+            Out::Ping => protocol::PING,
+            Out::Pong(payload) => pong(payload),
+        };
+        Socket::send(self, frame).await
+    }
+
+    /// The disconnect or close frame and the closing handshake.
+    async fn finish(mut self, end: Option<End>) {
+        let frame = match end {
+            Some(End::Disconnect(d)) => d.frame(),
+            Some(End::Close(c)) => c.framed(),
+            Some(End::ByClient(Some(code))) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE, self.answer_close(code)).await;
+                return;
+            }
+            Some(End::ByClient(None)) | None => return,
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE, self.close_handshake(frame)).await;
+    }
 }
 
 /// Why a command failed: an error reply, or the end of the connection.
@@ -204,29 +254,24 @@ impl Session {
         }
     }
 
-    pub(super) async fn run(mut self, mut socket: Socket<UpgradedIo>) {
+    /// The session ends when `kill` trips, beside the hub's own switch: a stalled HTTP/1.1
+    /// reader of an emulated session's stream.
+    pub(super) fn killed_by(mut self, kill: Option<KillSwitch>) -> Self {
+        if let Some(kill) = kill {
+            self.kill = kill;
+        }
+        self
+    }
+
+    pub(super) async fn run<W: Wire>(mut self, mut socket: W) {
         let end = self.serve(&mut socket).await;
+        tracing::debug!(client = %self.client, "centrifugo client closed");
         // Boxed, as `/api/ws` does: the closing handshake's futures take no room in an idle
         // socket's task.
-        Box::pin(self.close(socket, end)).await;
+        Box::pin(socket.finish(end)).await;
     }
 
-    /// Ends the socket: the disconnect or close frame and the closing handshake.
-    async fn close(self, mut socket: Socket<UpgradedIo>, end: Option<End>) {
-        tracing::debug!(client = %self.client, "centrifugo client closed");
-        let frame = match end {
-            Some(End::Disconnect(d)) => d.frame(),
-            Some(End::Close(c)) => c.framed(),
-            Some(End::ByClient(Some(code))) => {
-                let _ = tokio::time::timeout(CLOSE_WRITE, socket.answer_close(code)).await;
-                return;
-            }
-            Some(End::ByClient(None)) | None => return,
-        };
-        let _ = tokio::time::timeout(CLOSE_WRITE, socket.close_handshake(frame)).await;
-    }
-
-    async fn serve(&mut self, socket: &mut Socket<UpgradedIo>) -> Option<End> {
+    async fn serve<W: Wire>(&mut self, socket: &mut W) -> Option<End> {
         let cfg = self.herald.config();
         let mut heartbeat = Heartbeat::new(cfg.heartbeat_interval);
         // `connect` must come as soon as a request's headers must.
@@ -257,19 +302,19 @@ impl Session {
                             // Boxed, as `/api/ws` does: idle sockets do not carry its size.
                             let (lines, end) = Box::pin(self.commands(socket, &text)).await?;
                             if !lines.is_empty() {
-                                self.write(socket, protocol::frame(&lines)).await?;
+                                self.write(socket, Out::Lines(&lines)).await?;
                             }
                             let held: Vec<String> =
                                 std::mem::take(&mut self.held).iter().filter_map(|m| self.pushed(m)).collect();
                             if !held.is_empty() {
-                                self.write(socket, protocol::frame(&held)).await?;
+                                self.write(socket, Out::Lines(&held)).await?;
                             }
                             if let Some(end) = end {
                                 return Some(End::Disconnect(end));
                             }
                         }
                         In::Binary => return Some(End::Disconnect(Disconnect::BadRequest)),
-                        In::Ping(payload) => self.write(socket, pong(&payload)).await?,
+                        In::Ping(payload) => self.write(socket, Out::Pong(&payload)).await?,
                         In::Pong => {}
                         In::Close(code) => return Some(End::ByClient(Some(code))),
                     }
@@ -284,7 +329,7 @@ impl Session {
                     if self.conn.is_none() && self.herald.is_draining() {
                         return Some(End::Disconnect(Disconnect::Shutdown));
                     }
-                    self.write(socket, protocol::PING).await?;
+                    self.write(socket, Out::Ping).await?;
                 }
                 () = tokio::time::sleep_until(deadline), if self.who.is_none() => {
                     return Some(End::Disconnect(Disconnect::Stale));
@@ -298,7 +343,7 @@ impl Session {
                 () = super::sleep_until_ms(sub_deadline), if sub_deadline < u64::MAX => {
                     let lines = self.expire_subscriptions().await;
                     if !lines.is_empty() {
-                        self.write(socket, protocol::frame(&lines)).await?;
+                        self.write(socket, Out::Lines(&lines)).await?;
                     }
                 }
             }
@@ -306,7 +351,7 @@ impl Session {
     }
 
     /// Pushes `first` and whatever else the connection has ready, in one frame.
-    async fn push(&mut self, socket: &mut Socket<UpgradedIo>, first: Message) -> Option<()> {
+    async fn push<W: Wire>(&mut self, socket: &mut W, first: Message) -> Option<()> {
         let mut lines = Vec::new();
         lines.extend(self.pushed(&first));
         while lines.len() < MAX_BATCH
@@ -317,7 +362,7 @@ impl Session {
         if lines.is_empty() {
             return Some(());
         }
-        self.write(socket, protocol::frame(&lines)).await
+        self.write(socket, Out::Lines(&lines)).await
     }
 
     /// What a message of the connection becomes: a publication, or the server-side
@@ -373,9 +418,9 @@ impl Session {
         Some(protocol::publication(name, &msg.json, position))
     }
 
-    async fn write(&self, socket: &mut Socket<UpgradedIo>, frame: Bytes) -> Option<()> {
+    async fn write<W: Wire>(&self, socket: &mut W, out: Out<'_>) -> Option<()> {
         tokio::select! {
-            sent = socket.send(frame) => sent.ok(),
+            sent = socket.send(out) => sent.ok(),
             () = self.kill.killed() => None,
         }
     }
@@ -399,11 +444,7 @@ impl Session {
     /// that follows; `None` when the socket failed. Each command past the first costs a
     /// frame of the socket's budget (the frame paid for one), taken before any is read: a
     /// frame of a thousand commands is a thousand requests.
-    async fn commands(
-        &mut self,
-        socket: &mut Socket<UpgradedIo>,
-        text: &str,
-    ) -> Option<(Vec<String>, Option<Disconnect>)> {
+    async fn commands<W: Wire>(&mut self, socket: &mut W, text: &str) -> Option<(Vec<String>, Option<Disconnect>)> {
         let count = protocol::command_count(text);
         if count > 1 && !self.frames.take_n(count - 1) {
             return Some((Vec::new(), Some(Disconnect::TooManyRequests)));
@@ -414,7 +455,10 @@ impl Session {
         for (id, kind) in commands {
             let result = match kind {
                 Kind::Pong => continue,
-                Kind::Connect(c) => self.connect(c).await.map(|r| ("connect", r)),
+                Kind::Connect(c) => self.connect(c).await.map(|mut r| {
+                    socket.tell_at_connect(&mut r);
+                    ("connect", r)
+                }),
                 // Anything before `connect` is out of order.
                 _ if self.who.is_none() => return Some((lines, Some(Disconnect::BadRequest))),
                 Kind::Subscribe(s) => self.subscribe(s).await.map(|r| ("subscribe", r)),
@@ -439,7 +483,7 @@ impl Session {
             gathered += line.len();
             lines.push(line);
             if gathered > WRITE_REPLIES_PAST {
-                self.write(socket, protocol::frame(&lines)).await?;
+                self.write(socket, Out::Lines(&lines)).await?;
                 lines.clear();
                 gathered = 0;
             }

@@ -77,7 +77,7 @@ const PERMISSION_DENIED: Bye = (3507, "permission denied");
 
 /// How pushes are written on a stream.
 #[derive(Clone, Copy)]
-enum Framing {
+pub(super) enum Framing {
     /// `data: <push>\n\n`
     Sse,
     /// `<push>\n`
@@ -90,6 +90,23 @@ impl Framing {
             Self::Sse => Bytes::from(format!("data: {push}\n\n")),
             Self::Lines => Bytes::from(format!("{push}\n")),
         }
+    }
+
+    /// Several pushes or replies in one frame: one SSE event of as many `data` lines (the
+    /// client reads them as one message of several lines), or as many lines.
+    pub(super) fn frame_lines(self, lines: &[String]) -> Bytes {
+        let mut out = String::with_capacity(lines.iter().map(|l| l.len() + 7).sum::<usize>() + 1);
+        for line in lines {
+            if matches!(self, Self::Sse) {
+                out.push_str("data: ");
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        if matches!(self, Self::Sse) {
+            out.push('\n');
+        }
+        Bytes::from(out)
     }
 }
 
@@ -114,7 +131,7 @@ async fn sse(State(herald): State<Herald>, req: Request) -> Response {
     };
     match connect {
         Ok(connect) => {
-            let kill = kill_switch(&req);
+            let kill = kill_switch(req.version(), req.extensions());
             stream(herald, hooks, connect, kill, Framing::Sse).await
         }
         Err(e) => {
@@ -133,22 +150,23 @@ async fn http_stream(State(herald): State<Herald>, req: Request) -> Response {
 }
 
 /// The connect request in the `cf_connect` query parameter, if there is one.
-fn cf_connect(uri: &axum::http::Uri) -> Option<String> {
+pub(super) fn cf_connect(uri: &axum::http::Uri) -> Option<String> {
     let query = uri.query()?;
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "cf_connect").map(|(_, v)| v.into_owned())
 }
 
-/// The kill switch of a stalled HTTP/1.1 reader (HTTP/2 drops the stream alone).
-fn kill_switch(req: &Request) -> Option<KillSwitch> {
-    match req.version() {
-        Version::HTTP_10 | Version::HTTP_11 => req.extensions().get::<KillSwitch>().cloned(),
+/// The kill switch of a stalled HTTP/1.1 reader (HTTP/2 drops the stream alone), from a
+/// request's version and extensions.
+pub(super) fn kill_switch(version: Version, extensions: &axum::http::Extensions) -> Option<KillSwitch> {
+    match version {
+        Version::HTTP_10 | Version::HTTP_11 => extensions.get::<KillSwitch>().cloned(),
         _ => None,
     }
 }
 
 /// The connect request of a `POST` body: `413` past `max_body_bytes`, `400` unreadable.
 async fn body_request(herald: &Herald, req: Request) -> Result<(ConnectRequest, Option<KillSwitch>), StatusCode> {
-    let kill = kill_switch(&req);
+    let kill = kill_switch(req.version(), req.extensions());
     let body = axum::body::to_bytes(req.into_body(), herald.config().max_body_bytes)
         .await
         .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
@@ -195,7 +213,13 @@ async fn stream(
             Step::Gone => None,
         }
     });
-    let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
+    streaming(Body::from_stream(body), framing)
+}
+
+/// A `200` answer that streams `body`, framed as `framing` says, past caches and buffering
+/// proxies.
+pub(super) fn streaming(body: Body, framing: Framing) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
     let kind = match framing {
         Framing::Sse => "text/event-stream; charset=utf-8",

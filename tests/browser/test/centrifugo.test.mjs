@@ -3,7 +3,9 @@
 // subscribes a `$` channel with a subscription token, reads history since a position, is
 // present with its token's info on the other node, and after its node is killed and
 // restarted recovers exactly what the other node published meanwhile (`recovered: true`);
-// the other node's live join of its connection is a server-side subscription.
+// the other node's live join of its connection is a server-side subscription. Where the
+// WebSocket fails, the SDK falls back to Centrifugo's emulation over Chromium's own
+// EventSource.
 
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
@@ -27,10 +29,10 @@ function token(sub, claims = {}) {
   return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
 }
 
-function config() {
+function config(centrifugo = 'centrifugo = true\n') {
   const dir = mkdtempSync(join(tmpdir(), 'herald-centrifugo-browser-'));
   const path = join(dir, 'herald.toml');
-  writeFileSync(path, 'centrifugo = true\n\n[auth]\nleeway = "1s"\n');
+  writeFileSync(path, `${centrifugo}\n[auth]\nleeway = "1s"\n`);
   return path;
 }
 
@@ -129,5 +131,44 @@ test('the SDK in Chromium refreshes its token in place, subscribes a $ channel w
     assert.equal(sent, 200);
     await waitFor(async () => (await seen()).serverPub?.[1] === 6, 'its publication');
     assert.deepEqual((await seen()).serverPub, ['ops', 6]);
+  });
+});
+
+test("where the WebSocket fails, the SDK in Chromium falls back to the sse emulation over the browser's EventSource and subscribes, receives and publishes", async () => {
+  const herald = await startHerald(['--config', config('[centrifugo]\nemulation = true\n'), '--jwt-secret', SECRET, '--api-key', API_KEY]);
+  const browser = await launchBrowser();
+  await withScreenshots('centrifugo-emulation', browser, async () => {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(`${herald.url}/healthz`);
+    await page.addScriptTag({ path: SDK });
+    await page.evaluate(
+      ({ base, port, jwt }) => {
+        window.seen = { pubs: [], transport: null, subscribed: 0 };
+        const c = new Centrifuge(
+          [
+            // No WebSocket endpoint here: the upgrade is refused, as a proxy that drops it would.
+            { transport: 'websocket', endpoint: `ws://127.0.0.1:${port}/no-websocket-here` },
+            { transport: 'sse', endpoint: `${base}/connection/sse` },
+          ],
+          { token: jwt, emulationEndpoint: `${base}/emulation` },
+        );
+        c.on('connected', (ctx) => (window.seen.transport = ctx.transport));
+        const sub = c.newSubscription('fallback');
+        sub.on('publication', (ctx) => window.seen.pubs.push(ctx.data.n));
+        sub.on('subscribed', () => (window.seen.subscribed += 1));
+        sub.subscribe();
+        c.connect();
+        window.sub = sub;
+      },
+      { base: herald.url, port: herald.port, jwt: token('yui') },
+    );
+    const seen = () => page.evaluate(() => window.seen);
+    await waitFor(async () => (await seen()).subscribed === 1, 'the page to subscribe over the emulation');
+    assert.equal((await seen()).transport, 'sse');
+    const [status] = await post(herald.url, '/api/publish', { channel: 'channel:fallback', type: 'n', n: 1 }, { 'X-Api-Key': API_KEY });
+    assert.equal(status, 200);
+    await page.evaluate(() => window.sub.publish({ type: 'n', n: 2 }));
+    await waitFor(async () => (await seen()).pubs.length === 2, 'both publications');
+    assert.deepEqual((await seen()).pubs, [1, 2]);
   });
 });
