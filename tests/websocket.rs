@@ -1524,3 +1524,68 @@ async fn a_banned_users_centrifugo_connect_is_refused_with_3503_and_holds_no_pla
     assert_eq!(answer, Err(Some((3504, "connection limit".to_owned()))), "the sixth is past the limit");
     assert_eq!(refusals("user_limit").await, 1.0);
 }
+
+// Centrifugo's bidirectional emulation (`emulation = true`): the session's replies down one
+// HTTP stream, its commands up as `POST /emulation`. The SDK's transports are proven with the
+// real `centrifuge` package (tests/centrifugo/test/emulation.test.mjs); this checks the wire
+// over HTTP/1.1 and over HTTP/2, where the commands share the stream's connection.
+
+/// The next line of an emulated session's `http_stream`, as JSON.
+async fn next_line(stream: &mut support::RawStream) -> Value {
+    assert!(stream.read_until(b"\n").await, "the stream ended: {}", stream.text());
+    let at = stream.seen.iter().position(|b| *b == b'\n').unwrap_or_default();
+    let line: Vec<u8> = stream.seen.drain(..=at).collect();
+    serde_json::from_slice(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&line)))
+}
+
+#[tokio::test]
+async fn an_emulated_centrifugo_session_answers_down_its_stream_what_comes_by_post_over_http1_and_http2() {
+    for proto in support::ALL_PLAIN {
+        let server = secured_server(|c| {
+            c.centrifugo = Some(herald::config::CentrifugoConfig { emulation: true, ..Default::default() });
+        })
+        .await;
+        let mut client = server.client(proto);
+        let connect = json!({"id": 1, "connect": {"token": token("emi")}}).to_string();
+        let req = client
+            .request("POST", "/connection/http_stream")
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(connect)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let resp = client.send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{proto:?}");
+        let mut stream = support::RawStream::new(resp);
+        let reply = next_line(&mut stream).await;
+        assert_eq!(reply["id"], 1, "{proto:?}: {reply}");
+        let (session, node) = (reply["connect"]["session"].clone(), reply["connect"]["node"].clone());
+        assert_eq!(node, json!(server.herald.node_id()));
+        assert!(session.as_str().is_some_and(|s| s.len() >= 40), "a session key of 32 random bytes: {session}");
+
+        let command = |data: String| json!({"session": session, "node": node, "data": data});
+        let subscribe = json!({"id": 2, "subscribe": {"channel": "news"}}).to_string();
+        let (status, _) = client.post_json("/emulation", &command(subscribe)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(next_line(&mut stream).await["id"], 2);
+        publisher(&server).publish(&json!({"channel": "channel:news", "type": "note", "n": 1})).await;
+        let push = next_line(&mut stream).await;
+        assert_eq!(
+            (push["push"]["channel"].clone(), push["push"]["pub"]["data"]["n"].clone()),
+            (json!("news"), json!(1))
+        );
+
+        // A session key it was not told is no session, on this node or any.
+        let forged = json!({"session": "not-the-key", "node": node, "data": "{}"});
+        let (status, body) = client.post_json("/emulation", &forged).await;
+        assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("session_not_found")));
+        // A command Herald has no handler for ends the session with the disconnect push last.
+        let (status, _) = client.post_json("/emulation", &command(json!({"send": {}}).to_string())).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            next_line(&mut stream).await,
+            json!({"push": {"disconnect": {"code": 3508, "reason": "not available"}}})
+        );
+        stream.read_to_end().await;
+        assert!(stream.seen.is_empty(), "nothing after the disconnect: {}", stream.text());
+        let (status, _) = client.post_json("/emulation", &command("{}".to_owned())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "the session is gone with its stream");
+    }
+}

@@ -108,7 +108,7 @@ struct EmulationRequest {
     data: String,
 }
 
-/// `POST /emulation`: `200` once the session has the commands (its replies come down its
+/// `POST /emulation`: `200 {}` once the session has the commands (its replies come down its
 /// stream), `404 session_not_found` when no node has it (the SDK then reconnects), `429`
 /// when the session has as many requests unread as its inbox holds.
 async fn emulation(State(herald): State<Herald>, body: Bytes) -> Response {
@@ -124,7 +124,7 @@ async fn emulation(State(herald): State<Herald>, body: Bytes) -> Response {
         }
     };
     match herald.deliver(&req.node, &req.session, req.data).await {
-        Ok(Delivery::Delivered) => axum::http::StatusCode::OK.into_response(),
+        Ok(Delivery::Delivered) => axum::Json(json!({})).into_response(),
         Ok(Delivery::Full) => {
             ApiError::refuse(Refusal::RateLimited, "the session has too many requests unread").into_response()
         }
