@@ -72,8 +72,12 @@ pub struct Allowed {
     pub user: Option<HookUser>,
     /// More channels for the stream to follow (connect).
     pub channels: Vec<String>,
-    /// The payload to publish instead of the client's (publish).
+    /// The payload to publish instead of the client's (publish); what a Centrifugo client's
+    /// `connect` reply carries as its `data` (connect).
     pub data: Option<Map<String, Value>>,
+    /// What a Centrifugo client's connection says of it in presence, join and leave
+    /// (connect), as a connection token's `info` claim does.
+    pub info: Option<Value>,
 }
 
 /// Why a hook did not allow a request.

@@ -63,7 +63,7 @@ pub(crate) async fn open(
     }
     let requested = channels.len();
     let (who, added) = connect(herald, client, who, &channels).await?;
-    for raw in added {
+    for raw in added.channels {
         let ch = herald.parse_subscription(&raw).map_err(|e| {
             ApiError::from(HookError::Unavailable { hook: Hook::Connect.label(), why: format!("channel: {e}") })
         })?;
@@ -76,17 +76,26 @@ pub(crate) async fn open(
     Ok((who, channels))
 }
 
+/// What the connect hook said of a client beside who it is: the channels it adds, as it
+/// wrote them; and, for a Centrifugo client, its connection's `info` and its `connect`
+/// reply's `data`.
+#[derive(Default)]
+pub(crate) struct Connected {
+    pub channels: Vec<String>,
+    pub info: Option<Value>,
+    pub data: Option<serde_json::Map<String, Value>>,
+}
+
 /// Runs the connect hook, if one is set, for a client about to connect with `channels`: the
-/// principal it connects as (the user the hook names, else `who`) and the channels the hook
-/// adds, as it wrote them.
+/// principal it connects as (the user the hook names, else `who`) and what else it said.
 pub(crate) async fn connect(
     herald: &Herald,
     client: &Client,
     who: Principal,
     channels: &[ChannelName],
-) -> Result<(Principal, Vec<String>), ApiError> {
+) -> Result<(Principal, Connected), ApiError> {
     let hooks = herald.hooks();
-    let Some(url) = hooks.url(Hook::Connect, None) else { return Ok((who, Vec::new())) };
+    let Some(url) = hooks.url(Hook::Connect, None) else { return Ok((who, Connected::default())) };
     let req = json!({
         "transport": client.transport,
         "ip": client.ip,
@@ -94,7 +103,8 @@ pub(crate) async fn connect(
         "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
     });
     let allowed = hooks.ask(&herald.metrics().hooks, Hook::Connect, url, &req, &client.passed).await?;
-    Ok((named(Hook::Connect, who, allowed.user)?, allowed.channels))
+    let connected = Connected { channels: allowed.channels, info: allowed.info, data: allowed.data };
+    Ok((named(Hook::Connect, who, allowed.user)?, connected))
 }
 
 /// Asks the RPC hook, if one is set, to answer `method` with `data` for a Centrifugo client

@@ -118,32 +118,41 @@ enum Refused {
     Anonymous,
 }
 
+/// A Centrifugo client as its `connect` leaves it: who it is, its server-side subscriptions
+/// (the token's `channels`, then the connect hook's, each once, as they were written), and what
+/// the connect hook said of it (its connection's `info`, its `connect` reply's `data`), as
+/// Centrifugo's connect proxy says them.
+struct Connecting {
+    who: crate::auth::Principal,
+    server_side: Vec<String>,
+    hook_info: Option<serde_json::Value>,
+    data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// Asks the connect hook, if one is set, about a Centrifugo client (either kind) that
 /// connects as `who` with the server-side subscriptions `names` (its token's `channels`), as a
-/// stream's open asks it (`docs/backend.md`): the principal it connects as (the user the hook
-/// names if any: a cookie session, with no token) and `names` with the channels the hook
-/// adds, each once, as it wrote them. Those become server-side subscriptions as the token's
-/// do, as Centrifugo's connect proxy's `channels` do.
+/// stream's open asks it (`docs/backend.md`): the user the hook names, if any, is the client's
+/// (a cookie session, with no token).
 async fn ask_connect_hook(
     herald: &Herald,
     hooks: &crate::http::hooked::Client,
     who: crate::auth::Principal,
     mut names: Vec<String>,
-) -> Result<(crate::auth::Principal, Vec<String>), Refused> {
+) -> Result<Connecting, Refused> {
     if !herald.hooks().any(crate::hooks::Hook::Connect) {
-        return Ok((who, names));
+        return Ok(Connecting { who, server_side: names, hook_info: None, data: None });
     }
     let channels: Vec<ChannelName> = names.iter().filter_map(|n| channel(herald, n).ok()).collect();
-    let (who, added) = crate::http::hooked::connect(herald, hooks, who, &channels).await.map_err(Refused::Api)?;
+    let (who, said) = crate::http::hooked::connect(herald, hooks, who, &channels).await.map_err(Refused::Api)?;
     if anonymous_refused(herald) && matches!(who, crate::auth::Principal::Anonymous) {
         return Err(Refused::Anonymous);
     }
-    for name in added {
+    for name in said.channels {
         if !names.contains(&name) {
             names.push(name);
         }
     }
-    Ok((who, names))
+    Ok(Connecting { who, server_side: names, hook_info: said.info, data: said.data })
 }
 
 /// The Herald channel a Centrifugo channel name stands for (`docs/centrifugo.md`).

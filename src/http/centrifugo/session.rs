@@ -509,16 +509,16 @@ impl Session {
             let (user, claims) = self.verify_connection(&token).await?;
             (Principal::User(Arc::new(user)), claims)
         };
-        // The token's `channels` and the connect hook's: the server-side subscriptions.
         let server_side = std::mem::take(&mut claims.channels);
-        let (who, server_side) = match super::ask_connect_hook(&self.herald, &self.hooks, who, server_side).await {
-            Ok(answer) => answer,
-            Err(super::Refused::Api(e)) => {
-                super::count_refusal(&self.herald, &e);
-                return Err(e.into());
-            }
-            Err(super::Refused::Anonymous) => return Err(Disconnect::InvalidToken.into()),
-        };
+        let super::Connecting { who, server_side, hook_info, data } =
+            match super::ask_connect_hook(&self.herald, &self.hooks, who, server_side).await {
+                Ok(connecting) => connecting,
+                Err(super::Refused::Api(e)) => {
+                    super::count_refusal(&self.herald, &e);
+                    return Err(e.into());
+                }
+                Err(super::Refused::Anonymous) => return Err(Disconnect::InvalidToken.into()),
+            };
         // Counted from here on, as a stream is, and refused as a stream is past the limits or
         // while the user is banned (see `place_refused`).
         self.place = Some(self.herald.admit_client(&self.client, &who).await.map_err(|e| {
@@ -527,7 +527,8 @@ impl Session {
         })?);
         tracing::debug!(client = %self.client, who = %who.describe(), "centrifugo client connected");
         self.who = Some(who);
-        self.info = claims.info.map(Arc::new);
+        // The connect hook's `info` over the token's, as Centrifugo's connect proxy's.
+        self.info = hook_info.or(claims.info).map(Arc::new);
         let ping = self.herald.config().heartbeat_interval.as_secs().max(1);
         let mut reply = json!({
             "client": self.client,
@@ -536,6 +537,9 @@ impl Session {
             "pong": true,
         });
         self.tell_expiry(&mut reply);
+        if let Some(data) = data {
+            reply["data"] = Value::Object(data);
+        }
         if !server_side.is_empty() {
             match self.subscribe_server_side(server_side, &subs).await {
                 Ok(subs) => reply["subs"] = subs,

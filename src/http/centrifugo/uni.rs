@@ -372,9 +372,9 @@ impl Uni {
         kill: Option<KillSwitch>,
     ) -> Result<(Self, String), Bye> {
         let who = principal(&herald, &connect.token).await?;
-        let (who, server_side) =
+        let super::Connecting { who, server_side, hook_info: _, data } =
             match super::ask_connect_hook(&herald, hooks, who, claimed_channels(&connect.token)).await {
-                Ok(answer) => answer,
+                Ok(connecting) => connecting,
                 Err(super::Refused::Api(e)) => return Err(refused(&herald, e)),
                 Err(super::Refused::Anonymous) => return Err(bye(Disconnect::InvalidToken)),
             };
@@ -423,12 +423,15 @@ impl Uni {
         let beat = herald.config().heartbeat_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let push = json!({"connect": {
+        let mut push = json!({"connect": {
             "client": conn.as_ref().map_or_else(|| client.to_string(), |c| c.id().to_owned()),
             "version": concat!("herald ", env!("CARGO_PKG_VERSION")),
             "subs": subs,
             "ping": beat.as_secs().max(1),
         }});
+        if let Some(data) = data {
+            push["connect"]["data"] = Value::Object(data);
+        }
         let pending = pending.into();
         Ok((Self { herald, conn, place, expiry, kill, names, ping, pending }, push.to_string()))
     }

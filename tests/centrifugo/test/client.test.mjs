@@ -336,8 +336,10 @@ test("the connect and subscribe hooks are asked for a Centrifugo client as for a
   }
 });
 
-test("the connect hook's channels are server-side subscriptions beside the token's, as Centrifugo's connect proxy's are", async () => {
-  const app = await hookApp(() => ({ result: { channels: ['hooked', 'chat:team', 'alerts-h', 'nowhere:x'] } }));
+test("the connect hook's channels are server-side subscriptions beside the token's, its info the connection's and its data the connect's, as Centrifugo's connect proxy's are", async () => {
+  const app = await hookApp(() => ({
+    result: { channels: ['hooked', 'chat:team', 'alerts-h', 'nowhere:x'], info: { role: 'lead' }, data: { motd: 'welcome' } },
+  }));
   const own = await startHerald({ extra: `\n[hooks]\nconnect_url = "${app.url}/connect"\n` });
   const c = new Centrifuge(own.ws, { websocket: WebSocket, token: token('hana', { channels: ['alerts-h'] }) });
   try {
@@ -346,7 +348,8 @@ test("the connect hook's channels are server-side subscriptions beside the token
     const connected = once(c, 'connected');
     const got = once(c, 'publication');
     c.connect();
-    await connected;
+    const ctx = await connected;
+    assert.deepEqual(ctx.data, { motd: 'welcome' });
     // The hook was told the token's channels; what it added joined them, each once, and a
     // name Herald cannot map was left out.
     assert.deepEqual(app.asked[0].body.channels, ['channel:alerts-h']);
@@ -354,6 +357,9 @@ test("the connect hook's channels are server-side subscriptions beside the token
     await own.publish({ channel: 'chat:team', type: 'note', text: 'standup' });
     const pub = await got;
     assert.deepEqual([pub.channel, pub.data.text], ['chat:team', 'standup']);
+    // The hook's info is what presence says of the connection.
+    const presence = await c.presence('hooked');
+    assert.deepEqual(presence.clients.hana.connInfo, { role: 'lead' });
   } finally {
     c.disconnect();
     await own.stop();

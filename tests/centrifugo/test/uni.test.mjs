@@ -285,10 +285,10 @@ test('uni_sse: a banned user is refused with 3507 whether the token names channe
   }
 });
 
-test("uni_sse: the connect hook is asked as for a stream: a refusal is 3507, a cookie names the user of a client without a token, its channels are followed", async () => {
+test("uni_sse: the connect hook is asked as for a stream: a refusal is 3507, a cookie names the user of a client without a token, its channels are followed and its data told", async () => {
   const app = await hookApp((path, r, headers) => {
     if (r.user?.id === 'mallory') return { error: { code: 'blocked', message: 'go away' } };
-    if (!r.user && headers.cookie === 'sid=s3cret') return { result: { user: { id: 'dave' }, channels: ['hooked'] } };
+    if (!r.user && headers.cookie === 'sid=s3cret') return { result: { user: { id: 'dave' }, channels: ['hooked'], data: { motd: 'hi' } } };
     return { result: {} };
   });
   const own = await startHerald({ config: '[centrifugo]\nuni = true\n', extra: `\n[hooks]\nconnect_url = "${app.url}/connect"\ncookies = ["sid"]\n` });
@@ -308,6 +308,7 @@ test("uni_sse: the connect hook is asked as for a stream: a refusal is 3507, a c
     dave = await open({}, { Cookie: 'sid=s3cret' }, ctrl.signal);
     const { connect: hello } = await dave.next();
     assert.deepEqual(Object.keys(hello.subs), ['hooked'], 'the hook\'s channel is a server-side subscription');
+    assert.deepEqual(hello.data, { motd: 'hi' }, 'the hook\'s data is the connect push\'s');
     await own.publish({ channel: 'channel:hooked', type: 'note', text: 'hi dave' });
     const pub = await dave.next((p) => p.pub);
     assert.deepEqual([pub.channel, pub.pub.data.text], ['hooked', 'hi dave']);
