@@ -20,10 +20,25 @@ use crate::engine::{EngineError, NodeCommand, NodeReply};
 /// Requests an inbox holds before its session reads them; past it a request is refused.
 pub const INBOX_REQUESTS: usize = 16;
 
+/// Requests this node passes to other nodes at once; past it one is refused. Anyone may
+/// post to the emulation endpoint, and a request for another node costs every node a
+/// look: this bounds what a flood of made-up requests can make the cluster do.
+const FORWARDS_IN_FLIGHT: usize = 256;
+
+/// The length of a key: 32 bytes in unpadded URL-safe base64. A request that names a key of
+/// another shape is no session's, and is not passed on.
+const KEY_LEN: usize = 43;
+
 /// The node's inboxes, by key.
-#[derive(Default)]
 pub(super) struct Inboxes {
     open: Mutex<HashMap<Arc<str>, mpsc::Sender<String>>>,
+    forwards: tokio::sync::Semaphore,
+}
+
+impl Default for Inboxes {
+    fn default() -> Self {
+        Self { open: Mutex::default(), forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT) }
+    }
 }
 
 /// A session's inbox: what the client's requests carried, in the order they came. Dropped,
@@ -52,12 +67,18 @@ impl Drop for Inbox {
     }
 }
 
+/// Whether `key` has the shape of a key [`Herald::open_inbox`] makes.
+fn is_key(key: &str) -> bool {
+    key.len() == KEY_LEN && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// What became of a request for an inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     /// In the inbox.
     Delivered,
-    /// The inbox holds [`INBOX_REQUESTS`] unread already.
+    /// The inbox holds [`INBOX_REQUESTS`] unread already, or this node passes as many
+    /// requests to other nodes as it may.
     Full,
     /// No node has an inbox of that key (its session ended, or the node is gone).
     Unknown,
@@ -78,6 +99,10 @@ impl Herald {
         if node == self.node_id() {
             return Ok(self.deliver_here(key, data));
         }
+        if !is_key(key) {
+            return Ok(Delivery::Unknown);
+        }
+        let Ok(_slot) = self.inner.inboxes.forwards.try_acquire() else { return Ok(Delivery::Full) };
         let command = NodeCommand::Deliver { node: node.to_owned(), key: key.to_owned(), data };
         let replies = self.engine().command(command).await?;
         let delivery = replies.iter().find_map(|r| match r {
@@ -121,7 +146,8 @@ mod tests {
         let node = herald.node_id().to_owned();
         let mut inbox = herald.open_inbox().unwrap_or_else(|_| panic!("no random source"));
         let key = inbox.key().to_string();
-        assert!(key.len() >= 40, "a key of 32 random bytes: {key}");
+        assert!(is_key(&key), "a key of 32 random bytes: {key}");
+        assert!(!is_key("made-up") && !is_key(&format!("{}=", &key[1..])));
         for n in 0..INBOX_REQUESTS {
             assert_eq!(herald.deliver(&node, &key, n.to_string()).await.ok(), Some(Delivery::Delivered));
         }
