@@ -4,6 +4,9 @@
 //! the application's RPC hook), Centrifugo's application-level pings (`{}` out, `{}` back)
 //! and the close with a disconnect code the SDK understands.
 //!
+//! The same session runs over either [`Wire`]: the WebSocket, or Centrifugo's emulation
+//! (an HTTP stream down, `POST /emulation` requests up; `emulation.rs`).
+//!
 //! The session owns the socket and, once something is subscribed, one [`Connection`] with
 //! all its channels (later subscriptions join it live, as `/api/ws` does), so a Centrifugo
 //! client counts against Herald's limits as one connection. It keeps the name each channel
