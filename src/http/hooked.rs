@@ -3,7 +3,8 @@
 //! headers and cookies `[hooks]` names) and what it does with the answers: a user the
 //! connect or publish hook names becomes the principal, a connect hook's channels join the
 //! stream, a publish hook's `data` replaces the payload, an RPC hook's `data` answers a
-//! Centrifugo client's `rpc`. The asking itself is [`crate::hooks`]'s.
+//! Centrifugo client's `rpc` (and a connect or subscribe hook's `data` its `connect` or
+//! `subscribe`). The asking itself is [`crate::hooks`]'s.
 
 use std::sync::Arc;
 
@@ -147,7 +148,6 @@ pub(crate) async fn subscribe(
     if matches!(who, Principal::ApiKey(_)) {
         return Ok(());
     }
-    let hooks = herald.hooks();
     // Each channel once, and an oversized request refused before the application is asked
     // once per channel of it (repeats count once, as when the stream is admitted).
     let mut distinct: Vec<&ChannelName> = Vec::with_capacity(channels.len());
@@ -161,17 +161,34 @@ pub(crate) async fn subscribe(
         return Err(SubscribeError::TooManyChannels { limit }.into());
     }
     for ch in distinct {
-        let Some(url) = hooks.url(Hook::Subscribe, Some(ch)) else { continue };
-        let req = json!({
-            "transport": client.transport,
-            "ip": client.ip,
-            "user": user_json(who),
-            "channel": ch.as_str(),
-            "connectionId": connection,
-        });
-        hooks.ask(&herald.metrics().hooks, Hook::Subscribe, url, &req, &client.passed).await?;
+        subscribe_one(herald, client, who, ch, connection).await?;
     }
     Ok(())
+}
+
+/// Runs the subscribe hook of `channel`, if one is set, for `who` (not an API key): what it
+/// answered as `data`, which a Centrifugo client's `subscribe` reply carries (Centrifugo's
+/// subscribe proxy).
+pub(crate) async fn subscribe_one(
+    herald: &Herald,
+    client: &Client,
+    who: &Principal,
+    channel: &ChannelName,
+    connection: Option<&str>,
+) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
+    let hooks = herald.hooks();
+    let url = match (who, hooks.url(Hook::Subscribe, Some(channel))) {
+        (Principal::ApiKey(_), _) | (_, None) => return Ok(None),
+        (_, Some(url)) => url,
+    };
+    let req = json!({
+        "transport": client.transport,
+        "ip": client.ip,
+        "user": user_json(who),
+        "channel": channel.as_str(),
+        "connectionId": connection,
+    });
+    Ok(hooks.ask(&herald.metrics().hooks, Hook::Subscribe, url, &req, &client.passed).await?.data)
 }
 
 /// Runs the publish hook on each event a user (not an API key) publishes: the principal it

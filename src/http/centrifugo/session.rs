@@ -735,12 +735,14 @@ impl Session {
         }
         let token_exp = if granted { self.subscription_token(&s.channel, &s.token).await? } else { None };
         // The subscribe hook is asked as for a stream's channel, unless a subscription token
-        // granted it (the application's own grant).
-        if !granted {
-            let connection = self.conn.as_ref().map(Connection::id);
-            hooked::subscribe(&self.herald, &self.hooks, &self.who(), std::slice::from_ref(&channel), connection)
-                .await?;
-        }
+        // granted it (the application's own grant); its `data` is the reply's.
+        let data = match granted {
+            true => None,
+            false => {
+                let connection = self.conn.as_ref().map(Connection::id);
+                hooked::subscribe_one(&self.herald, &self.hooks, &self.who(), &channel, connection).await?
+            }
+        };
         let mut reply = match self.conn.is_some() {
             true => {
                 if !granted {
@@ -753,6 +755,9 @@ impl Session {
         self.subs.insert(channel.as_str().to_owned(), s.channel);
         if let Some(exp_ms) = token_exp {
             self.keep_sub_expiry(&channel, exp_ms, &mut reply);
+        }
+        if let Some(data) = data {
+            reply["data"] = Value::Object(data);
         }
         Ok(reply)
     }

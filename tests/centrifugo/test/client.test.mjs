@@ -278,7 +278,7 @@ test("an rpc is answered by the application's RPC hook as Centrifugo's RPC proxy
   }
 });
 
-test("the connect and subscribe hooks are asked for a Centrifugo client as for a stream: a refusal holds, a cookie names the user", async () => {
+test("the connect and subscribe hooks are asked for a Centrifugo client as for a stream: a refusal holds, a cookie names the user, the subscribe hook's data is the reply's", async () => {
   const app = await hookApp((path, r, headers) => {
     if (path === '/connect') {
       if (r.user?.id === 'mallory') return { error: { code: 'blocked', message: 'go away' } };
@@ -286,6 +286,7 @@ test("the connect and subscribe hooks are asked for a Centrifugo client as for a
       return { result: {} };
     }
     if (r.channel === 'channel:vault') return { error: { code: 'not_member', message: 'members only' } };
+    if (r.channel === 'channel:lobby') return { result: { data: { topic: 'general' } } };
     return { result: {} };
   });
   const own = await startHerald({ extra: `\n[hooks]\nconnect_url = "${app.url}/connect"\nsubscribe_url = "${app.url}/subscribe"\ncookies = ["sid"]\n` });
@@ -317,7 +318,8 @@ test("the connect and subscribe hooks are asked for a Centrifugo client as for a
     const lobby = carol.newSubscription('lobby');
     const subscribed = once(lobby, 'subscribed');
     lobby.subscribe();
-    await subscribed;
+    // The hook's data is the subscribe reply's, as Centrifugo's subscribe proxy's is.
+    assert.deepEqual((await subscribed).data, { topic: 'general' });
     const asked = app.asked.find((a) => a.path === '/subscribe' && a.body.channel === 'channel:lobby');
     assert.equal(asked.body.user.id, 'carol');
 
