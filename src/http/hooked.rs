@@ -63,7 +63,7 @@ pub(crate) async fn open(
         return Ok((who, channels));
     }
     let requested = channels.len();
-    let (who, added) = connect(herald, client, who, &channels).await?;
+    let (who, added) = connect(herald, client, who, &channels, None).await?;
     for raw in added.channels {
         let ch = herald.parse_subscription(&raw).map_err(|e| {
             ApiError::from(HookError::Unavailable { hook: Hook::Connect.label(), why: format!("channel: {e}") })
@@ -87,22 +87,27 @@ pub(crate) struct Connected {
     pub data: Option<serde_json::Map<String, Value>>,
 }
 
-/// Runs the connect hook, if one is set, for a client about to connect with `channels`: the
-/// principal it connects as (the user the hook names, else `who`) and what else it said.
+/// Runs the connect hook, if one is set, for a client about to connect with `channels` (and
+/// `data`, what a Centrifugo client's `connect` carried): the principal it connects as (the
+/// user the hook names, else `who`) and what else it said.
 pub(crate) async fn connect(
     herald: &Herald,
     client: &Client,
     who: Principal,
     channels: &[ChannelName],
+    data: Option<&Value>,
 ) -> Result<(Principal, Connected), ApiError> {
     let hooks = herald.hooks();
     let Some(url) = hooks.url(Hook::Connect, None) else { return Ok((who, Connected::default())) };
-    let req = json!({
+    let mut req = json!({
         "transport": client.transport,
         "ip": client.ip,
         "user": user_json(&who),
         "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
     });
+    if let Some(data) = data {
+        req["data"] = data.clone();
+    }
     let allowed = hooks.ask(&herald.metrics().hooks, Hook::Connect, url, &req, &client.passed).await?;
     let connected = Connected { channels: allowed.channels, info: allowed.info, data: allowed.data };
     Ok((named(Hook::Connect, who, allowed.user)?, connected))
@@ -161,33 +166,37 @@ pub(crate) async fn subscribe(
         return Err(SubscribeError::TooManyChannels { limit }.into());
     }
     for ch in distinct {
-        subscribe_one(herald, client, who, ch, connection).await?;
+        subscribe_one(herald, client, who, ch, connection, None).await?;
     }
     Ok(())
 }
 
-/// Runs the subscribe hook of `channel`, if one is set, for `who` (not an API key): what it
-/// answered as `data`, which a Centrifugo client's `subscribe` reply carries (Centrifugo's
-/// subscribe proxy).
+/// Runs the subscribe hook of `channel`, if one is set, for `who` (not an API key), telling
+/// it `data`, what a Centrifugo client's `subscribe` carried: what it answered as `data`,
+/// which that client's `subscribe` reply carries (Centrifugo's subscribe proxy).
 pub(crate) async fn subscribe_one(
     herald: &Herald,
     client: &Client,
     who: &Principal,
     channel: &ChannelName,
     connection: Option<&str>,
+    data: Option<&Value>,
 ) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
     let hooks = herald.hooks();
     let url = match (who, hooks.url(Hook::Subscribe, Some(channel))) {
         (Principal::ApiKey(_), _) | (_, None) => return Ok(None),
         (_, Some(url)) => url,
     };
-    let req = json!({
+    let mut req = json!({
         "transport": client.transport,
         "ip": client.ip,
         "user": user_json(who),
         "channel": channel.as_str(),
         "connectionId": connection,
     });
+    if let Some(data) = data {
+        req["data"] = data.clone();
+    }
     Ok(hooks.ask(&herald.metrics().hooks, Hook::Subscribe, url, &req, &client.passed).await?.data)
 }
 

@@ -131,19 +131,20 @@ struct Connecting {
 
 /// Asks the connect hook, if one is set, about a Centrifugo client (either kind) that
 /// connects as `who` with the server-side subscriptions `names` (its token's `channels`), as a
-/// stream's open asks it (`docs/backend.md`): the user the hook names, if any, is the client's
-/// (a cookie session, with no token).
+/// stream's open asks it (`docs/backend.md`), and with the `data` its connect carried: the
+/// user the hook names, if any, is the client's (a cookie session, with no token).
 async fn ask_connect_hook(
     herald: &Herald,
     hooks: &crate::http::hooked::Client,
     who: crate::auth::Principal,
     mut names: Vec<String>,
+    data: Option<&serde_json::Value>,
 ) -> Result<Connecting, Refused> {
     if !herald.hooks().any(crate::hooks::Hook::Connect) {
         return Ok(Connecting { who, server_side: names, hook_info: None, data: None });
     }
     let channels: Vec<ChannelName> = names.iter().filter_map(|n| channel(herald, n).ok()).collect();
-    let (who, said) = crate::http::hooked::connect(herald, hooks, who, &channels).await.map_err(Refused::Api)?;
+    let (who, said) = crate::http::hooked::connect(herald, hooks, who, &channels, data).await.map_err(Refused::Api)?;
     if anonymous_refused(herald) && matches!(who, crate::auth::Principal::Anonymous) {
         return Err(Refused::Anonymous);
     }

@@ -68,6 +68,8 @@ pub(super) struct Rpc {
 pub(super) struct Connect {
     #[serde(default)]
     pub token: String,
+    /// What the client tells the application at connect: the connect hook is told it.
+    pub data: Option<Value>,
     /// Where the client's server-side subscriptions were, to recover them.
     #[serde(default)]
     pub subs: std::collections::HashMap<String, Recover>,
@@ -101,6 +103,8 @@ pub(super) struct Subscribe {
     /// A subscription token (`docs/centrifugo.md`, "Subscription tokens").
     #[serde(default)]
     pub token: String,
+    /// What the client tells the application at subscribe: the subscribe hook is told it.
+    pub data: Option<Value>,
 }
 
 /// `refresh`: a fresh connection token.

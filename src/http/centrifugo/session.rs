@@ -499,7 +499,7 @@ impl Session {
     /// `3500 invalid token`. The reply says when the token expires (`ttl`, for the SDK's
     /// `refresh`), and the token's `channels` are subscribed at once (`subs`).
     async fn connect(&mut self, connect: protocol::Connect) -> Result<Value, Fail> {
-        let protocol::Connect { token, subs } = connect;
+        let protocol::Connect { token, data: told, subs } = connect;
         if self.who.is_some() {
             return Err(Disconnect::BadRequest.into());
         }
@@ -514,7 +514,7 @@ impl Session {
         };
         let server_side = std::mem::take(&mut claims.channels);
         let super::Connecting { who, server_side, hook_info, data } =
-            match super::ask_connect_hook(&self.herald, &self.hooks, who, server_side).await {
+            match super::ask_connect_hook(&self.herald, &self.hooks, who, server_side, told.as_ref()).await {
                 Ok(connecting) => connecting,
                 Err(super::Refused::Api(e)) => {
                     super::count_refusal(&self.herald, &e);
@@ -740,7 +740,8 @@ impl Session {
             true => None,
             false => {
                 let connection = self.conn.as_ref().map(Connection::id);
-                hooked::subscribe_one(&self.herald, &self.hooks, &self.who(), &channel, connection).await?
+                hooked::subscribe_one(&self.herald, &self.hooks, &self.who(), &channel, connection, s.data.as_ref())
+                    .await?
             }
         };
         let mut reply = match self.conn.is_some() {

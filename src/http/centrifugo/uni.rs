@@ -54,13 +54,15 @@ pub fn websocket_route() -> MethodRouter<Herald> {
     get(websocket)
 }
 
-/// The connect request: its `token`, and in `subs` where the client's server-side
-/// subscriptions were, to recover them (`data`, `name` and `version` are accepted and
-/// ignored).
+/// The connect request: its `token`, in `subs` where the client's server-side subscriptions
+/// were, to recover them, and `data` for the connect hook (`name` and `version` are accepted
+/// and ignored).
 #[derive(Deserialize, Default)]
 struct ConnectRequest {
     #[serde(default)]
     token: String,
+    /// What the client tells the application: the connect hook is told it.
+    data: Option<Value>,
     #[serde(default)]
     subs: HashMap<String, protocol::Recover>,
 }
@@ -373,7 +375,9 @@ impl Uni {
     ) -> Result<(Self, String), Bye> {
         let who = principal(&herald, &connect.token).await?;
         let super::Connecting { who, server_side, hook_info: _, data } =
-            match super::ask_connect_hook(&herald, hooks, who, claimed_channels(&connect.token)).await {
+            match super::ask_connect_hook(&herald, hooks, who, claimed_channels(&connect.token), connect.data.as_ref())
+                .await
+            {
                 Ok(connecting) => connecting,
                 Err(super::Refused::Api(e)) => return Err(refused(&herald, e)),
                 Err(super::Refused::Anonymous) => return Err(bye(Disconnect::InvalidToken)),

@@ -310,18 +310,22 @@ test("the connect and subscribe hooks are asked for a Centrifugo client as for a
     assert.deepEqual(await gone, { code: 103, reason: 'go away' });
     assert.deepEqual(app.asked[0], { path: '/connect', body: { transport: 'centrifugo', ip: '127.0.0.1', user: { id: 'mallory', name: null }, channels: [] }, headers: app.asked[0].headers });
 
-    // No token, but the application's session cookie: the hook names the user.
-    const carol = open({ websocket: WithCookie });
+    // No token, but the application's session cookie: the hook names the user, and is told
+    // what the client's connect carried.
+    const carol = open({ websocket: WithCookie, data: { device: 'kiosk' } });
     const connected = once(carol, 'connected');
     carol.connect();
     await connected;
-    const lobby = carol.newSubscription('lobby');
+    assert.deepEqual(app.asked.find((a) => a.path === '/connect' && !a.body.user).body.data, { device: 'kiosk' });
+    const lobby = carol.newSubscription('lobby', { data: { seat: 7 } });
     const subscribed = once(lobby, 'subscribed');
     lobby.subscribe();
-    // The hook's data is the subscribe reply's, as Centrifugo's subscribe proxy's is.
+    // The hook's data is the subscribe reply's, as Centrifugo's subscribe proxy's is, and the
+    // subscription's own data is told to the hook.
     assert.deepEqual((await subscribed).data, { topic: 'general' });
     const asked = app.asked.find((a) => a.path === '/subscribe' && a.body.channel === 'channel:lobby');
     assert.equal(asked.body.user.id, 'carol');
+    assert.deepEqual(asked.body.data, { seat: 7 });
 
     // A channel the subscribe hook refuses stays refused, with the application's message.
     const vault = carol.newSubscription('vault');
