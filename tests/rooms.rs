@@ -129,6 +129,37 @@ async fn only_the_connections_own_user_or_a_backend_may_change_it() {
 }
 
 #[tokio::test]
+async fn a_live_join_is_answered_by_the_node_holding_the_connection_without_waiting_for_a_node_that_never_answers() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (on(Some(redis.url())).await, on(Some(redis.url())).await);
+    // A third "node" on the command channel that takes every command and never answers (a
+    // node stuck in a long pause): counted among the receivers, its reply never comes.
+    let mut mute = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "SUBSCRIBE", "realtime:{nodes}"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+    let mut stream = a.client(Proto::H1).user("ann").subscribe("channel=user:ann", &[]).await;
+    let conn = stream.connection_id();
+    let path = format!("/api/connections/{conn}/channels");
+    // Until the mute subscriber is counted, a command settles with the two real nodes alone.
+    while redis.cli(&["PUBSUB", "NUMSUB", "realtime:{nodes}"]).lines().nth(1).map(str::trim) != Some("3") {
+        tokio::task::yield_now().await;
+    }
+    // The nodes wait for every receiver's reply for 3 seconds at most; the node that holds
+    // the connection answers at once, and its answer is the join's.
+    let mut client = b.client(Proto::H1).user("ann");
+    let body = json!({"channel": "channel:news"});
+    let (status, _) = tokio::time::timeout(std::time::Duration::from_secs(2), client.post_json(&path, &body))
+        .await
+        .unwrap_or_else(|_| panic!("the join waited for the node that never answers"));
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(stream.expect().await.data["type"], "subscribed");
+    let _ = mute.kill();
+    let _ = mute.wait();
+}
+
+#[tokio::test]
 async fn room_counts_add_up_subscribers_and_users_across_nodes() {
     let redis = RedisServer::start().await;
     let (a, b) = (on(Some(redis.url())).await, on(Some(redis.url())).await);

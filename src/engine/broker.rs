@@ -157,6 +157,15 @@ pub enum NodeCommand {
     Deliver { node: String, key: String, data: String },
 }
 
+impl NodeCommand {
+    /// Whether one node alone can carry the command out (the one that holds its connection,
+    /// or the node it names), every other answering [`NodeReply::NotHere`]: that node's
+    /// answer is the command's.
+    pub fn answered_by_one(&self) -> bool {
+        matches!(self, Self::Join { .. } | Self::Leave { .. } | Self::Send { .. } | Self::Deliver { .. })
+    }
+}
+
 /// Where a live join starts in its channel. On the wire between nodes it is a string:
 /// `"head"`, `"unknown"`, or the position as a stream id (`"1700000000123-0"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -4,7 +4,8 @@
 //! A command goes to all nodes; `PUBLISH` answers how many received it, so the sender
 //! knows how many replies to wait for (bounded by a deadline). Each node runs the command
 //! on its node ([`crate::engine::NodeSink::run_command`]) and publishes its reply to the
-//! sender.
+//! sender. A command only one node can carry out (for one connection, or one node's inbox)
+//! is settled by that node's answer, without waiting for the others' `NotHere`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,12 +44,17 @@ struct Gathering {
     replies: Vec<NodeReply>,
     /// How many nodes received the command (unknown until `PUBLISH` answers).
     expected: Option<usize>,
+    /// Only one node can carry the command out ([`NodeCommand::answered_by_one`]): its
+    /// answer settles it.
+    by_one: bool,
     done: Option<oneshot::Sender<Vec<NodeReply>>>,
 }
 
 impl Gathering {
     fn settle(&mut self) {
-        if self.expected.is_some_and(|n| self.replies.len() >= n)
+        let all = self.expected.is_some_and(|n| self.replies.len() >= n);
+        let the_one = self.by_one && self.replies.iter().any(|r| !matches!(r, NodeReply::NotHere));
+        if (all || the_one)
             && let Some(done) = self.done.take()
         {
             let _ = done.send(std::mem::take(&mut self.replies));
@@ -80,7 +86,10 @@ impl RedisEngine {
     pub(super) async fn send_command(&self, cmd: NodeCommand) -> Result<Vec<NodeReply>, EngineError> {
         let rid = crate::ids::new_id();
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(rid.clone(), Gathering { replies: Vec::new(), expected: None, done: Some(tx) });
+        let by_one = cmd.answered_by_one();
+        self.pending
+            .lock()
+            .insert(rid.clone(), Gathering { replies: Vec::new(), expected: None, by_one, done: Some(tx) });
         let request = Request { rid: rid.clone(), from: self.node_id.clone(), cmd };
         let payload = serde_json::to_string(&request).map_err(|e| EngineError::Internal(e.to_string()))?;
         let sent: Result<usize, _> = redis::cmd(self.publish_cmd())
