@@ -1589,3 +1589,44 @@ async fn an_emulated_centrifugo_session_answers_down_its_stream_what_comes_by_po
         assert_eq!(status, StatusCode::NOT_FOUND, "the session is gone with its stream");
     }
 }
+
+/// A Centrifugo socket that asked for the Protobuf protocol, and the subprotocol the answer
+/// named.
+async fn centrifugo_protobuf(server: &TestServer) -> (RawWs, Option<String>) {
+    let mut req =
+        format!("ws://{}/connection/websocket", server.addr).into_client_request().unwrap_or_else(|e| panic!("{e}"));
+    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("centrifuge-protobuf"));
+    let (ws, resp) =
+        within("the upgrade", tokio_tungstenite::connect_async(req)).await.unwrap_or_else(|e| panic!("{e}"));
+    let chosen = resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (ws, chosen)
+}
+
+#[tokio::test]
+async fn a_protobuf_centrifugo_socket_answers_in_binary_and_a_frame_that_is_not_protobuf_is_3501() {
+    let server = TestServer::with(centrifugo_on).await;
+    let (mut ws, chosen) = centrifugo_protobuf(&server).await;
+    assert_eq!(chosen.as_deref(), Some("centrifuge-protobuf"));
+    // `Command{id: 1, connect: {}}`, length-delimited: the reply is a binary `Reply` of id 1
+    // with a `connect` result (field 5) that names the client.
+    ws.send(Message::binary(vec![4, 0x08, 0x01, 0x22, 0x00])).await.unwrap_or_else(|e| panic!("{e}"));
+    let reply = match within("the connect reply", ws.next()).await {
+        Some(Ok(Message::Binary(b))) => b.to_vec(),
+        other => panic!("expected a binary frame, got {other:?}"),
+    };
+    assert_eq!(&reply[1..5], &[0x08, 0x01, 0x2a, reply[4]], "id 1, then the connect result: {reply:?}");
+    assert_eq!(usize::from(reply[0]), reply.len() - 1, "one length-delimited reply");
+    // A length past the frame's end is no Protobuf.
+    ws.send(Message::binary(vec![9, 0x08])).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(centrifugo_frame(&mut ws).await.err().flatten().map(|(code, _)| code), Some(3501));
+
+    // And a text frame on a Protobuf socket is the other protocol's.
+    let (mut ws, _) = centrifugo_protobuf(&server).await;
+    ws.send(Message::text(json!({"id": 1, "connect": {}}).to_string())).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(centrifugo_frame(&mut ws).await.err().flatten().map(|(code, _)| code), Some(3501));
+    // A socket that does not ask for it speaks JSON, and its answer names no subprotocol.
+    let url = format!("ws://{}/connection/websocket", server.addr);
+    let (_, resp) =
+        within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.headers().get("sec-websocket-protocol"), None);
+}

@@ -1,4 +1,5 @@
-//! Centrifugo's client protocol (v2, JSON over WebSocket) at `GET /connection/websocket`
+//! Centrifugo's client protocol (v2, JSON or, by the `centrifuge-protobuf` subprotocol,
+//! Protobuf [`protobuf`], over WebSocket) at `GET /connection/websocket`
 //! (`centrifugo.path`), so that the `centrifuge` SDKs connect to Herald unchanged and share
 //! its hub with SSE and `/api/ws` clients. Opt-in with `centrifugo = true` or a
 //! `[centrifugo]` table; specified in `docs/centrifugo.md`.
@@ -12,6 +13,7 @@
 
 pub(super) mod api;
 pub(super) mod emulation;
+mod protobuf;
 mod protocol;
 mod session;
 pub(super) mod uni;
@@ -36,17 +38,23 @@ pub fn route() -> MethodRouter<Herald> {
 async fn upgrade(State(herald): State<Herald>, peer: Option<Extension<PeerAddr>>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let drain_guard = parts.extensions.remove::<DrainGuard>();
-    let upgrade = match Upgrade::from_parts(&mut parts) {
+    let mut upgrade = match Upgrade::from_parts(&mut parts) {
         Ok(upgrade) => upgrade,
         Err(why) => return ApiError::refuse(Refusal::WebsocketRequired, why).into_response(),
     };
+    // The SDKs that speak Protobuf ask for it by subprotocol; JSON is the default.
+    let protobuf = upgrade.choose(protobuf::SUBPROTOCOL);
     let max = herald.config().max_body_bytes;
     let peer = peer.map(|Extension(p)| p);
     // The publish hook sees a Centrifugo client's publishes like a WebSocket's.
     let hooks = crate::http::hooked::Client::new(&herald, "centrifugo", &parts.headers, peer);
     let session = session::Session::new(herald, peer, hooks, drain_guard);
     upgrade.respond(max, move |socket| {
-        tokio::spawn(session.run(socket));
+        if protobuf {
+            tokio::spawn(session.run(protobuf::ProtobufSocket(socket)));
+        } else {
+            tokio::spawn(session.run(socket));
+        }
     })
 }
 

@@ -4,8 +4,9 @@
 //! the application's RPC hook), Centrifugo's application-level pings (`{}` out, `{}` back)
 //! and the close with a disconnect code the SDK understands.
 //!
-//! The same session runs over either [`Wire`]: the WebSocket, or Centrifugo's emulation
-//! (an HTTP stream down, `POST /emulation` requests up; `emulation.rs`).
+//! The same session runs over each [`Wire`]: the WebSocket (JSON, or Protobuf translated
+//! to and from JSON at the wire, `protobuf.rs`), or Centrifugo's emulation (an HTTP stream
+//! down, `POST /emulation` requests up; `emulation.rs`).
 //!
 //! The session owns the socket and, once something is subscribed, one [`Connection`] with
 //! all its channels (later subscriptions join it live, as `/api/ws` does), so a Centrifugo
@@ -316,7 +317,7 @@ impl Session {
                                 return Some(End::Disconnect(end));
                             }
                         }
-                        In::Binary => return Some(End::Disconnect(Disconnect::BadRequest)),
+                        In::Binary(_) => return Some(End::Disconnect(Disconnect::BadRequest)),
                         In::Ping(payload) => self.write(socket, Out::Pong(&payload)).await?,
                         In::Pong => {}
                         In::Close(code) => return Some(End::ByClient(Some(code))),

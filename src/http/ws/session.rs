@@ -529,7 +529,7 @@ impl Serving {
                             Some(Ok(frame)) => frame,
                         };
                         self.heartbeat.heard();
-                        if matches!(frame, In::Text(_) | In::Binary) {
+                        if matches!(frame, In::Text(_) | In::Binary(_)) {
                             session.herald.metrics().websocket.frame_in();
                         }
                         if !session.frames.take() {
@@ -543,7 +543,7 @@ impl Serving {
                                     self.step = Step::Command(Box::pin(session.command_owned(text)));
                                 }
                             }
-                            In::Binary => {
+                            In::Binary(_) => {
                                 let e =
                                     ApiError::refuse(Refusal::BinaryNotSupported, "messages are JSON in text frames");
                                 self.step = Step::write(protocol::error(None, &e), Some(Close::Binary));

@@ -55,6 +55,10 @@ pub(in crate::http) struct Upgrade {
     on_upgrade: OnUpgrade,
     /// `Sec-WebSocket-Key`, over HTTP/1.1.
     key: Option<HeaderValue>,
+    /// The subprotocols the client offers (`Sec-WebSocket-Protocol`).
+    offered: Option<HeaderValue>,
+    /// The one the answer names, chosen among them.
+    chosen: Option<&'static str>,
 }
 
 impl Upgrade {
@@ -89,12 +93,26 @@ impl Upgrade {
         }
         let on_upgrade =
             parts.extensions.remove::<OnUpgrade>().ok_or("the connection cannot be upgraded (no upgrade state)")?;
-        Ok(Self { on_upgrade, key })
+        let offered = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+        Ok(Self { on_upgrade, key, offered, chosen: None })
     }
 
-    /// The answer that opens the socket (`101` over HTTP/1.1, `200` over HTTP/2, no
-    /// subprotocol and no extension), and a task that waits for the upgrade and hands the
-    /// socket to `open`.
+    /// Takes `protocol` as the socket's subprotocol if the client offers it; whether it did.
+    pub(in crate::http) fn choose(&mut self, protocol: &'static str) -> bool {
+        let offers = self
+            .offered
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim() == protocol));
+        if offers {
+            self.chosen = Some(protocol);
+        }
+        offers
+    }
+
+    /// The answer that opens the socket (`101` over HTTP/1.1, `200` over HTTP/2, the
+    /// subprotocol [`Upgrade::choose`] took if any, no extension), and a task that waits for
+    /// the upgrade and hands the socket to `open`.
     pub(in crate::http) fn respond(
         self,
         max_message: usize,
@@ -110,6 +128,9 @@ impl Upgrade {
             }
         });
         let mut response = Response::new(Body::empty());
+        if let Some(chosen) = self.chosen {
+            response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(chosen));
+        }
         if let Some(key) = self.key {
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -140,8 +161,8 @@ fn header_contains(headers: &HeaderMap, name: header::HeaderName, token: &str) -
 #[derive(Debug, PartialEq, Eq)]
 pub(in crate::http) enum In {
     Text(String),
-    /// A binary message (its bytes are not kept: the protocol is JSON text).
-    Binary,
+    /// A binary message (Centrifugo's Protobuf protocol; `/api/ws` refuses it).
+    Binary(Bytes),
     /// A ping, with the payload its pong must carry.
     Ping(Bytes),
     Pong,
@@ -281,7 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                         continue;
                     }
                     if !whole.text {
-                        return Ok(Some(In::Binary));
+                        return Ok(Some(In::Binary(Bytes::from(whole.data))));
                     }
                     return match String::from_utf8(whole.data) {
                         Ok(text) => Ok(Some(In::Text(text))),
