@@ -5,7 +5,7 @@
 // restarted recovers exactly what the other node published meanwhile (`recovered: true`);
 // the other node's live join of its connection is a server-side subscription. Where the
 // WebSocket fails, the SDK falls back to Centrifugo's emulation over Chromium's own
-// EventSource.
+// EventSource; the SDK's Protobuf bundle speaks binary frames over Chromium's WebSocket.
 
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
@@ -21,6 +21,7 @@ after(cleanup);
 const SECRET = 'centrifugo-browser-secret-long-enough';
 const API_KEY = 'centrifugo-browser-api-key-0123456789';
 const SDK = resolve(import.meta.dirname, '../node_modules/centrifuge/dist/centrifuge.js');
+const SDK_PROTOBUF = resolve(import.meta.dirname, '../node_modules/centrifuge/dist/centrifuge.protobuf.js');
 
 /** An HS256 JWT for `sub`, valid for an hour unless `claims` say otherwise. */
 function token(sub, claims = {}) {
@@ -170,5 +171,42 @@ test("where the WebSocket fails, the SDK in Chromium falls back to the sse emula
     await page.evaluate(() => window.sub.publish({ type: 'n', n: 2 }));
     await waitFor(async () => (await seen()).pubs.length === 2, 'both publications');
     assert.deepEqual((await seen()).pubs, [1, 2]);
+  });
+});
+
+test("the SDK's Protobuf bundle in Chromium speaks binary frames over the browser's WebSocket: subscribes, receives, publishes and reads history", async () => {
+  const herald = await startHerald(['--config', config(), '--jwt-secret', SECRET, '--api-key', API_KEY]);
+  const browser = await launchBrowser();
+  await withScreenshots('centrifugo-protobuf', browser, async () => {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(`${herald.url}/healthz`);
+    await page.addScriptTag({ path: SDK_PROTOBUF });
+    await page.evaluate(
+      ({ ws, jwt }) => {
+        window.seen = { pubs: [], subscribed: 0 };
+        const c = new Centrifuge(ws, { token: jwt });
+        const sub = c.newSubscription('binary');
+        const text = new TextDecoder();
+        sub.on('publication', (ctx) => window.seen.pubs.push(JSON.parse(text.decode(ctx.data)).n));
+        sub.on('subscribed', () => (window.seen.subscribed += 1));
+        sub.subscribe();
+        c.connect();
+        window.sub = sub;
+        window.protocol = () => c._transport._transport.protocol;
+      },
+      { ws: `ws://127.0.0.1:${herald.port}/connection/websocket`, jwt: token('kai') },
+    );
+    const seen = () => page.evaluate(() => window.seen);
+    await waitFor(async () => (await seen()).subscribed === 1, 'the page to subscribe over Protobuf');
+    assert.equal(await page.evaluate(() => window.protocol()), 'centrifuge-protobuf');
+    const [status] = await post(herald.url, '/api/publish', { channel: 'channel:binary', type: 'n', n: 1 }, { 'X-Api-Key': API_KEY });
+    assert.equal(status, 200);
+    await page.evaluate(() => window.sub.publish(new TextEncoder().encode(JSON.stringify({ type: 'n', n: 2 }))));
+    await waitFor(async () => (await seen()).pubs.length === 2, 'both publications');
+    assert.deepEqual((await seen()).pubs, [1, 2]);
+    const history = await page.evaluate(async () =>
+      (await window.sub.history({ limit: 10 })).publications.map((p) => JSON.parse(new TextDecoder().decode(p.data)).n),
+    );
+    assert.deepEqual(history, [1, 2]);
   });
 });
