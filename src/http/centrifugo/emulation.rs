@@ -9,7 +9,10 @@
 //!
 //! The session is the WebSocket's ([`Session`]) over another [`Wire`]: the same commands,
 //! pushes, limits, hooks and disconnect codes; a disconnect is a `disconnect` push at the
-//! end of the stream. Opt-in with `emulation = true` in `[centrifugo]`.
+//! end of the stream. `http_stream` also speaks Protobuf (a body of `application/octet-stream`:
+//! length-delimited `Command`s up, `Reply`s down, and `/emulation` an `EmulationRequest`),
+//! translated at this edge as on the WebSocket ([`protobuf`]); the inbox holds JSON lines
+//! either way. Opt-in with `emulation = true` in `[centrifugo]`.
 
 use std::convert::Infallible;
 
@@ -22,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::protobuf;
 use super::session::{End, Out, Session, Wire};
 use super::uni::{self, Framing};
 use crate::herald::{Delivery, Herald, Inbox};
@@ -51,22 +55,42 @@ pub fn emulation_route() -> MethodRouter<Herald> {
     post(emulation)
 }
 
+/// Whether a request's body is Protobuf (`application/octet-stream`), as the SDK sends it.
+fn is_protobuf(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"))
+}
+
 async fn http_stream(State(herald): State<Herald>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let first = match axum::body::to_bytes(body, herald.config().max_body_bytes).await {
         Ok(body) => body,
         Err(_) => return ApiError::refuse(Refusal::BodyTooLarge, "the connect command is too large").into_response(),
     };
+    if is_protobuf(&parts.headers) {
+        return match protobuf::command_lines(&first) {
+            Some(first) => open(herald, parts, first, Encoding::Protobuf),
+            None => ApiError::refuse(Refusal::InvalidBody, "the connect command is not Protobuf").into_response(),
+        };
+    }
     match String::from_utf8(first.to_vec()) {
-        Ok(first) => open(herald, parts, first, Framing::Lines),
+        Ok(first) => open(herald, parts, first, Encoding::Json(Framing::Lines)),
         Err(_) => ApiError::refuse(Refusal::InvalidBody, "the connect command is not UTF-8").into_response(),
     }
+}
+
+/// How a session's stream is written.
+#[derive(Clone, Copy)]
+enum Encoding {
+    /// JSON replies, as SSE events or lines.
+    Json(Framing),
+    /// Length-delimited Protobuf `Reply`s.
+    Protobuf,
 }
 
 async fn sse(State(herald): State<Herald>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     match uni::cf_connect(&parts.uri) {
-        Some(first) => open(herald, parts, first, Framing::Sse),
+        Some(first) => open(herald, parts, first, Encoding::Json(Framing::Sse)),
         None => {
             ApiError::refuse(Refusal::InvalidParameter, "cf_connect: the connect command is missing").into_response()
         }
@@ -75,7 +99,7 @@ async fn sse(State(herald): State<Herald>, req: Request) -> Response {
 
 /// Starts a session whose first frame is `first` (the SDK's `connect` command) and answers
 /// with its stream.
-fn open(herald: Herald, mut parts: Parts, first: String, framing: Framing) -> Response {
+fn open(herald: Herald, mut parts: Parts, first: String, encoding: Encoding) -> Response {
     let inbox = match herald.open_inbox() {
         Ok(inbox) => inbox,
         Err(_) => {
@@ -88,19 +112,29 @@ fn open(herald: Herald, mut parts: Parts, first: String, framing: Framing) -> Re
     let hooks = hooked::Client::new(&herald, "centrifugo", &parts.headers, peer);
     let (out, rx) = mpsc::channel(STREAM_FRAMES);
     let node = herald.node_id().to_owned();
-    let wire = Emulated { first: Some(first), inbox, out, framing, node };
+    let wire = Emulated { first: Some(first), inbox, out, encoding, node };
     let session = Session::new(herald, peer, hooks, drain_guard).killed_by(kill);
     tokio::spawn(session.run(wire));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         let frame = rx.recv().await?;
         Some((Ok::<_, Infallible>(frame), rx))
     });
-    uni::streaming(Body::from_stream(body), framing)
+    match encoding {
+        Encoding::Json(framing) => uni::streaming(Body::from_stream(body), framing),
+        Encoding::Protobuf => {
+            let mut resp = uni::streaming(Body::from_stream(body), Framing::Lines);
+            resp.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+    }
 }
 
 /// A command batch of the SDK, for the session `session` of node `node`. `data` is the
-/// commands as the WebSocket carries them (JSON, one a line); the Protobuf protocol is not
-/// served.
+/// commands as the WebSocket carries them (JSON, one a line); a Protobuf
+/// `EmulationRequest` is read into the same.
 #[derive(Deserialize)]
 struct EmulationRequest {
     session: String,
@@ -111,8 +145,14 @@ struct EmulationRequest {
 /// `POST /emulation`: `200 {}` once the session has the commands (its replies come down its
 /// stream), `404 session_not_found` when no node has it (the SDK then reconnects), `429`
 /// when the session has as many requests unread as its inbox holds.
-async fn emulation(State(herald): State<Herald>, body: Bytes) -> Response {
-    let req: EmulationRequest = match serde_json::from_slice(&body) {
+async fn emulation(State(herald): State<Herald>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    let read = match is_protobuf(&headers) {
+        true => protobuf::emulation_request(&body)
+            .map(|(node, session, data)| EmulationRequest { session, node, data })
+            .ok_or_else(|| "not an EmulationRequest".to_owned()),
+        false => serde_json::from_slice(&body).map_err(|e| e.to_string()),
+    };
+    let req: EmulationRequest = match read {
         Ok(req) => req,
         Err(e) => {
             tracing::info!(error = %e, "centrifugo emulation: unreadable request");
@@ -142,8 +182,17 @@ struct Emulated {
     first: Option<String>,
     inbox: Inbox,
     out: mpsc::Sender<Bytes>,
-    framing: Framing,
+    encoding: Encoding,
     node: String,
+}
+
+impl Emulated {
+    fn frame(&self, lines: &[String]) -> Bytes {
+        match self.encoding {
+            Encoding::Json(framing) => framing.frame_lines(lines),
+            Encoding::Protobuf => Bytes::from(protobuf::replies(lines)),
+        }
+    }
 }
 
 impl Wire for Emulated {
@@ -159,10 +208,11 @@ impl Wire for Emulated {
     }
 
     async fn send(&mut self, out: Out<'_>) -> std::io::Result<()> {
-        let frame = match out {
-            Out::Lines(lines) => self.framing.frame_lines(lines),
-            Out::Ping => self.framing.frame_lines(&["{}".to_owned()]),
-            Out::Pong(_) => return Ok(()),
+        let frame = match (out, self.encoding) {
+            (Out::Lines(lines), _) => self.frame(lines),
+            (Out::Ping, Encoding::Protobuf) => Bytes::from_static(&protobuf::PING),
+            (Out::Ping, Encoding::Json(framing)) => framing.frame_lines(&["{}".to_owned()]),
+            (Out::Pong(_), _) => return Ok(()),
         };
         self.out.send(frame).await.map_err(|_| std::io::ErrorKind::BrokenPipe.into())
     }
@@ -177,7 +227,7 @@ impl Wire for Emulated {
     async fn finish(self, end: Option<End>) {
         if let Some(End::Disconnect(d)) = end {
             let push = json!({"push": {"disconnect": {"code": d.code(), "reason": d.reason()}}}).to_string();
-            let frame = self.framing.frame_lines(&[push]);
+            let frame = self.frame(&[push]);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.out.send(frame)).await;
         }
     }

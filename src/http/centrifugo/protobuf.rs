@@ -264,9 +264,9 @@ fn encode(value: &Value, schema: &[Field], out: &mut Vec<u8>) {
     }
 }
 
-/// The binary frame of reply and push lines (JSON), each a length-delimited `Reply`; a line
-/// that is not JSON is left out (the session writes none).
-fn replies_frame(lines: &[String]) -> Bytes {
+/// Reply and push lines (JSON) as length-delimited `Reply`s; a line that is not JSON is left
+/// out (the session writes none).
+pub(super) fn replies(lines: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
     for line in lines {
         let Ok(reply) = serde_json::from_str::<Value>(line) else { continue };
@@ -275,8 +275,11 @@ fn replies_frame(lines: &[String]) -> Bytes {
         varint(&mut out, buf.len() as u64);
         out.extend_from_slice(&buf);
     }
-    websocket_frame(BINARY, &out)
+    out
 }
+
+/// An empty `Reply`, length-delimited: Centrifugo's ping.
+pub(super) const PING: [u8; 1] = [0];
 
 // --- reading ---------------------------------------------------------------------------
 
@@ -394,9 +397,26 @@ fn map_entry(buf: &[u8], value: impl Fn(&[u8]) -> Option<Value>) -> Option<(Stri
     Some((k, v.unwrap_or_else(|| value(&[]).unwrap_or(Value::Null))))
 }
 
+/// An `EmulationRequest` (`node` 1, `session` 2, `data` 3: length-delimited `Command`s) as
+/// its node, its session and its commands in the JSON protocol's lines.
+pub(super) fn emulation_request(buf: &[u8]) -> Option<(String, String, String)> {
+    let mut r = Reader { buf };
+    let (mut node, mut session, mut data) = (String::new(), String::new(), String::new());
+    while !r.buf.is_empty() {
+        let tag = r.varint()?;
+        match (tag >> 3, tag & 7) {
+            (1, 2) => node = std::str::from_utf8(r.bytes()?).ok()?.to_owned(),
+            (2, 2) => session = std::str::from_utf8(r.bytes()?).ok()?.to_owned(),
+            (3, 2) => data = command_lines(r.bytes()?)?,
+            (_, wire) => r.skip(wire)?,
+        }
+    }
+    Some((node, session, data))
+}
+
 /// The commands of a binary frame as the JSON protocol's lines; `None` when the frame is
 /// not a run of length-delimited `Command`s.
-fn command_lines(frame: &[u8]) -> Option<String> {
+pub(super) fn command_lines(frame: &[u8]) -> Option<String> {
     let mut r = Reader { buf: frame };
     let mut lines = Vec::new();
     while !r.buf.is_empty() {
@@ -424,9 +444,8 @@ impl Wire for ProtobufSocket {
 
     async fn send(&mut self, out: Out<'_>) -> std::io::Result<()> {
         let frame = match out {
-            Out::Lines(lines) => replies_frame(lines),
-            // An empty `Reply`: its length, 0.
-            Out::Ping => websocket_frame(BINARY, &[0]),
+            Out::Lines(lines) => websocket_frame(BINARY, &replies(lines)),
+            Out::Ping => websocket_frame(BINARY, &PING),
             Out::Pong(payload) => pong(payload),
         };
         self.0.send(frame).await

@@ -1,13 +1,14 @@
 // Centrifugo's bidirectional emulation with the real `centrifuge` SDK, for clients where a
-// WebSocket cannot be had: its `http_stream` transport (Node's own fetch and streams) and its
-// `sse` transport (the `eventsource` npm package), each command after `connect` a POST to
-// `/emulation`; on one node, and across two nodes behind a real `redis-server` where the
+// WebSocket cannot be had: its `http_stream` transport (Node's own fetch and streams; JSON,
+// and Protobuf with the SDK's Protobuf build) and its `sse` transport (the `eventsource` npm
+// package), each command after `connect` a POST to `/emulation`; on one node, and across two nodes behind a real `redis-server` where the
 // commands go to the node that does not hold the stream.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import { Centrifuge } from 'centrifuge';
+import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 import { EventSource } from 'eventsource';
 
 import { API_KEY, backend, collecting, once, sse, startHerald, startRedis, token } from './support.mjs';
@@ -83,6 +84,33 @@ async function until(check) {
   }
   assert.fail('the condition never held');
 }
+
+test("the SDK's Protobuf build over http_stream: binary replies down the stream, its commands as Protobuf EmulationRequests", async () => {
+  const c = new CentrifugeProtobuf([{ transport: 'http_stream', endpoint: `${herald.url}/connection/http_stream` }], {
+    token: token('ines'),
+    emulationEndpoint: `${herald.url}/emulation`,
+  });
+  const text = new TextDecoder();
+  try {
+    const connected = once(c, 'connected');
+    c.connect();
+    assert.equal((await connected).transport, 'http_stream');
+    const sub = c.newSubscription('emu-proto');
+    const got = [];
+    sub.on('publication', (p) => got.push(JSON.parse(text.decode(p.data)).n));
+    const subscribed = once(sub, 'subscribed');
+    sub.subscribe();
+    await subscribed;
+    await herald.publish({ channel: 'channel:emu-proto', type: 'n', n: 1 });
+    await sub.publish(new TextEncoder().encode(JSON.stringify({ type: 'n', n: 2 })));
+    while (got.length < 2) await once(sub, 'publication');
+    assert.deepEqual(got, [1, 2]);
+    const history = await sub.history({ limit: 10 });
+    assert.deepEqual(history.publications.map((p) => JSON.parse(text.decode(p.data)).n), [1, 2]);
+  } finally {
+    c.disconnect();
+  }
+});
 
 test('a reconnect over http_stream recovers exactly what was published while the client was away', async () => {
   const c = emulated('http_stream', 'eli');
