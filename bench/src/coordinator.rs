@@ -22,7 +22,7 @@ use crate::hist::Hist;
 use crate::net::{Publisher, now_us, source_ip};
 use crate::nodes::{self, Snapshot};
 use crate::procfs::{cpu_all, kernel_slab_kb, memory_all, steal_s, writes_all};
-use crate::protocol::{FromWorker, Proto, ToWorker, WorkerPlan, WorkerReport};
+use crate::protocol::{FromWorker, ToWorker, WorkerPlan, WorkerReport};
 use crate::report::{Latency, MemoryReport, Outcome};
 use crate::target::Target;
 use crate::template::{Template, Vars};
@@ -203,8 +203,8 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Outcome> {
     if events > MAX_EVENTS {
         bail!("--events must be at most {MAX_EVENTS}");
     }
-    if args.proto == Proto::Centrifugo && args.centrifugo_channel.is_empty() {
-        bail!("--proto centrifugo needs --centrifugo-channel");
+    if args.proto.is_centrifugo() && args.centrifugo_channel.is_empty() {
+        bail!("--proto {} needs --centrifugo-channel", args.proto.name());
     }
     if !(1..=254).contains(&args.source_ips) {
         bail!("--source-ips must be 1..=254");

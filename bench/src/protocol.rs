@@ -18,6 +18,9 @@ pub enum Proto {
     /// Centrifugo's client protocol (JSON) over WebSocket: `connect`, then `subscribe` to
     /// `--centrifugo-channel`, and the server's `{}` pings answered with `{}`.
     Centrifugo,
+    /// The same in Centrifugo's Protobuf protocol (subprotocol `centrifuge-protobuf`):
+    /// length-delimited messages in binary frames, empty ones for pings and pongs.
+    CentrifugoProtobuf,
 }
 
 impl Proto {
@@ -27,7 +30,13 @@ impl Proto {
             Self::H2 => "h2",
             Self::Ws => "ws",
             Self::Centrifugo => "centrifugo",
+            Self::CentrifugoProtobuf => "centrifugo-protobuf",
         }
+    }
+
+    /// Whether subscribers speak Centrifugo's client protocol (either encoding).
+    pub fn is_centrifugo(self) -> bool {
+        matches!(self, Self::Centrifugo | Self::CentrifugoProtobuf)
     }
 }
 

@@ -342,7 +342,7 @@ fn open_subscribers(plan: &WorkerPlan, shared: &Rc<RefCell<Shared>>) -> anyhow::
     let ctx = Rc::new(Ctx {
         plan: plan.clone(),
         // Centrifugo's subscription is ready at the `subscribe` reply.
-        scanner: Scanner::new(if plan.proto == Proto::Centrifugo && plan.ready.is_empty() {
+        scanner: Scanner::new(if plan.proto.is_centrifugo() && plan.ready.is_empty() {
             "\"subscribe\":"
         } else {
             &plan.ready
@@ -357,12 +357,16 @@ fn open_subscribers(plan: &WorkerPlan, shared: &Rc<RefCell<Shared>>) -> anyhow::
                 spawn_local(h1_subscriber(Rc::clone(&ctx), k, target, Over::Sse));
             }
         }
-        Proto::Ws | Proto::Centrifugo => {
+        Proto::Ws | Proto::Centrifugo | Proto::CentrifugoProtobuf => {
             let channel = Template::parse(&plan.centrifugo_channel);
             for (k, target) in targets.into_iter().enumerate() {
                 let vars = Vars { index: (plan.first + k as u64) % channels, run: &plan.run, ..Vars::default() };
-                let hello = (plan.proto == Proto::Centrifugo)
-                    .then(|| centrifugo_hello(&plan.centrifugo_token, &channel.render(&vars)));
+                let (token, channel) = (&plan.centrifugo_token, channel.render(&vars));
+                let hello = match plan.proto {
+                    Proto::Centrifugo => Some(centrifugo_hello(token, &channel)),
+                    Proto::CentrifugoProtobuf => Some(centrifugo_protobuf_hello(token, &channel)),
+                    _ => None,
+                };
                 spawn_local(h1_subscriber(Rc::clone(&ctx), k, target, Over::Ws(hello)));
             }
         }
@@ -559,13 +563,61 @@ fn centrifugo_hello(token: &str, channel: &str) -> Vec<u8> {
     frame
 }
 
+/// Centrifugo's `connect` and `subscribe` as length-delimited Protobuf `Command`s in one
+/// binary frame (`id` 1, `connect` 4 with `token` 1; `id` 2, `subscribe` 5 with `channel` 1).
+fn centrifugo_protobuf_hello(token: &str, channel: &str) -> Vec<u8> {
+    fn delimited(out: &mut Vec<u8>, field: Option<u8>, bytes: &[u8]) {
+        if let Some(field) = field {
+            out.push(field << 3 | 2);
+        }
+        let mut n = bytes.len();
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(bytes);
+    }
+    let mut payload = Vec::new();
+    for (id, method, value) in [(1u8, 4, token), (2, 5, channel)] {
+        let mut inner = Vec::new();
+        delimited(&mut inner, Some(1), value.as_bytes());
+        let mut command = vec![0x08, id];
+        delimited(&mut command, Some(method), &inner);
+        delimited(&mut payload, None, &command);
+    }
+    let mut frame = Vec::new();
+    ws::client_frame(ws::BINARY, &payload, &mut frame);
+    frame
+}
+
+/// The length-delimited messages of a Protobuf frame; a length past the end ends them.
+fn delimited_messages(mut payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let (&b, rest) = payload.split_first()?;
+            payload = rest;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b < 0x80 || shift > 28 {
+                break;
+            }
+        }
+        let message = payload.get(..len)?;
+        payload = &payload[len..];
+        Some(message)
+    })
+}
+
 struct WsStream {
     tcp: TcpStream,
     reader: ws::Reader,
     buf: Vec<u8>,
     /// Frames to send back (pongs), written after the read that asked for them.
     replies: Vec<u8>,
-    centrifugo: bool,
+    /// Centrifugo's client protocol, if the subscriber speaks it.
+    centrifugo: Option<Proto>,
 }
 
 impl WsStream {
@@ -585,8 +637,25 @@ impl WsStream {
         {
             let mut sh = ctx.shared.borrow_mut();
             let mut any = false;
-            let (replies, centrifugo) = (&mut self.replies, self.centrifugo);
+            let (replies, centrifugo) = (&mut self.replies, self.centrifugo.is_some());
+            let protobuf = self.centrifugo == Some(Proto::CentrifugoProtobuf);
             self.reader.messages(&mut self.buf, |opcode, payload| match opcode {
+                ws::BINARY if protobuf => {
+                    for reply in delimited_messages(payload) {
+                        if reply.is_empty() {
+                            // A ping: an empty `Reply`, answered with an empty `Command`.
+                            ws::client_frame(ws::BINARY, &[0], replies);
+                        } else if let Some(n) = ctx.scanner.numbers(reply) {
+                            sh.on_event(k, n, now);
+                            any = true;
+                        } else if !*ready && reply.starts_with(&[0x08, 0x02, 0x32]) {
+                            // `id` 2 with a `subscribe` result (field 6).
+                            *ready = true;
+                        } else if !*ready && reply.get(2) == Some(&0x12) {
+                            refused.get_or_insert_with(|| String::from_utf8_lossy(reply).into_owned());
+                        }
+                    }
+                }
                 ws::TEXT | ws::BINARY => {
                     for line in payload.split(|b| *b == b'\n') {
                         if let Some(n) = ctx.scanner.numbers(line) {
@@ -625,9 +694,13 @@ async fn ws_open(ctx: &Ctx, k: usize, target: &Target, hello: Option<Vec<u8>>) -
     let src = source_ip(global, ctx.plan.source_ips);
     let mut tcp =
         connect_from(src, target.addr).await.with_context(|| format!("connect {} from {src}", target.addr))?;
-    tcp.write_all(ws::upgrade_request(target, &ctx.plan.headers).as_bytes()).await?;
+    let centrifugo = hello.is_some().then_some(ctx.plan.proto);
+    let mut headers = ctx.plan.headers.clone();
+    if centrifugo == Some(Proto::CentrifugoProtobuf) {
+        headers.push("sec-websocket-protocol: centrifuge-protobuf".to_owned());
+    }
+    tcp.write_all(ws::upgrade_request(target, &headers).as_bytes()).await?;
     let (head, head_buf) = read_head(&mut tcp, 101).await?;
-    let centrifugo = hello.is_some();
     if let Some(hello) = hello {
         tcp.write_all(&hello).await?;
     }
@@ -640,7 +713,7 @@ async fn ws_open(ctx: &Ctx, k: usize, target: &Target, hello: Option<Vec<u8>>) -
     };
     // Without a ready text, the upgrade is the subscription (Nchan sends nothing before the
     // first event); Centrifugo's is the `subscribe` reply.
-    let mut ready = ctx.plan.ready.is_empty() && !centrifugo;
+    let mut ready = ctx.plan.ready.is_empty() && centrifugo.is_none();
     if !s.take(ctx, k, &mut ready).await? {
         bail!("closed by the server before its ready message");
     }
@@ -758,4 +831,24 @@ async fn h2_stream(ctx: Rc<Ctx>, mut sender: H2Sender, k: usize, target: Target)
         }
     };
     ctx.shared.borrow_mut().closed(k, why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protobuf_hello_is_two_delimited_commands_in_one_binary_frame() {
+        let frame = centrifugo_protobuf_hello("t0k", "channel:b1");
+        // Unmasked by the reader as the server would: a binary frame, masked by the client.
+        assert_eq!(frame[0], 0x80 | ws::BINARY);
+        let (len, mask) = (usize::from(frame[1] & 0x7f), &frame[2..6]);
+        let payload: Vec<u8> = frame[6..6 + len].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+        let messages: Vec<&[u8]> = delimited_messages(&payload).collect();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0], [0x08, 1, 0x22, 5, 0x0a, 3, b't', b'0', b'k']);
+        assert!(messages[1].starts_with(&[0x08, 2, 0x2a, 12, 0x0a, 10]) && messages[1].ends_with(b"channel:b1"));
+        // A length past the end ends the messages; an empty one (a ping) is one.
+        assert_eq!(delimited_messages(&[0, 9, 1]).count(), 1);
+    }
 }
