@@ -267,17 +267,28 @@ fn encode(value: &Value, schema: &[Field], out: &mut Vec<u8>) {
 /// Reply and push lines (JSON) as length-delimited `Reply`s; a line that is not JSON is left
 /// out (the session writes none).
 pub(super) fn replies(lines: &[String]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(lines.iter().map(String::len).sum::<usize>() + 16);
     for line in lines {
-        let mut buf = Vec::new();
-        if !publication(line, &mut buf) {
-            let Ok(reply) = serde_json::from_str::<Value>(line) else { continue };
-            encode(&reply, REPLY, &mut buf);
+        if publication(line, &mut out) {
+            continue;
         }
+        let Ok(reply) = serde_json::from_str::<Value>(line) else { continue };
+        let mut buf = Vec::new();
+        encode(&reply, REPLY, &mut buf);
         varint(&mut out, buf.len() as u64);
         out.extend_from_slice(&buf);
     }
     out
+}
+
+/// The bytes `varint` writes for `v`.
+fn varint_len(v: u64) -> u64 {
+    u64::from(64 - (v | 1).leading_zeros()).div_ceil(7)
+}
+
+/// The bytes a length-delimited field of `len` bytes takes, its key (one byte) included.
+fn delimited_len(len: u64) -> u64 {
+    1 + varint_len(len) + len
 }
 
 /// A publication push as the session writes it (`{"push":{"channel","pub":{"data","offset"}}}`).
@@ -305,23 +316,30 @@ struct PubLine<'a> {
     offset: Option<u64>,
 }
 
-/// Writes a publication push straight from its line, the event's JSON copied as it is (the
-/// hot path: every subscriber's push of every event), without reading the event into a
-/// tree; `false` for any other line.
+/// Writes a publication push, length-delimited, straight from its line: the event's JSON
+/// copied as it is into `out` (the hot path: every subscriber's push of every event),
+/// without reading the event into a tree or building the nested messages apart; `false`
+/// (and nothing written) for any other line.
 fn publication(line: &str, out: &mut Vec<u8>) -> bool {
     let Ok(PublicationLine { push }) = serde_json::from_str::<PublicationLine<'_>>(line) else { return false };
-    let mut publication = Vec::with_capacity(push.r#pub.data.get().len() + 16);
-    delimited(&mut publication, 4, push.r#pub.data.get().as_bytes());
-    if let Some(offset) = push.r#pub.offset.filter(|o| *o != 0) {
-        key(&mut publication, 6, 0);
-        varint(&mut publication, offset);
+    let data = push.r#pub.data.get().as_bytes();
+    let offset = push.r#pub.offset.filter(|o| *o != 0);
+    let channel = push.channel.as_bytes();
+    let pub_len = delimited_len(data.len() as u64) + offset.map_or(0, |o| 1 + varint_len(o));
+    let push_len = if channel.is_empty() { 0 } else { delimited_len(channel.len() as u64) } + delimited_len(pub_len);
+    varint(out, delimited_len(push_len));
+    key(out, 4, 2);
+    varint(out, push_len);
+    if !channel.is_empty() {
+        delimited(out, 2, channel);
     }
-    let mut inner = Vec::with_capacity(publication.len() + push.channel.len() + 8);
-    if !push.channel.is_empty() {
-        delimited(&mut inner, 2, push.channel.as_bytes());
+    key(out, 4, 2);
+    varint(out, pub_len);
+    delimited(out, 4, data);
+    if let Some(offset) = offset {
+        key(out, 6, 0);
+        varint(out, offset);
     }
-    delimited(&mut inner, 4, &publication);
-    delimited(out, 4, &inner);
     true
 }
 
@@ -540,7 +558,16 @@ mod tests {
         encode(&push, REPLY, &mut buf);
         let mut fast = Vec::new();
         assert!(publication(&push.to_string(), &mut fast));
-        assert_eq!(fast, buf);
+        assert_eq!(
+            (usize::from(fast[0]), &fast[1..]),
+            (buf.len(), &buf[..]),
+            "length-delimited, as the schema writes it"
+        );
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut written = Vec::new();
+            varint(&mut written, v);
+            assert_eq!(varint_len(v), written.len() as u64, "{v}");
+        }
         assert!(!publication(r#"{"push":{"channel":"news","join":{"info":{}}}}"#, &mut Vec::new()));
         let data = br#"{"n":1,"type":"note"}"#;
         let mut publication = vec![0x22, data.len() as u8];
