@@ -6,7 +6,7 @@
 //!
 //! An inbox holds a few requests at most ([`INBOX_REQUESTS`]): a client that sends faster
 //! than its session reads is refused, not queued without bound. The key is the only proof
-//! that a request comes from the session's client, so it is 128 bits of the system's secure
+//! that a request comes from the session's client, so it is 256 bits of the system's secure
 //! random source, never a counter or a time.
 
 use std::collections::HashMap;
