@@ -1629,4 +1629,11 @@ async fn a_protobuf_centrifugo_socket_answers_in_binary_and_a_frame_that_is_not_
     let (_, resp) =
         within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.headers().get("sec-websocket-protocol"), None);
+    // An older SDK asks in the query: Protobuf, with no subprotocol named back.
+    let url = format!("ws://{}/connection/websocket?format=protobuf", server.addr);
+    let (mut ws, resp) =
+        within("the upgrade", tokio_tungstenite::connect_async(url)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.headers().get("sec-websocket-protocol"), None);
+    ws.send(Message::binary(vec![4, 0x08, 0x01, 0x22, 0x00])).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(within("the connect reply", ws.next()).await, Some(Ok(Message::Binary(_)))));
 }

@@ -42,8 +42,9 @@ async fn upgrade(State(herald): State<Herald>, peer: Option<Extension<PeerAddr>>
         Ok(upgrade) => upgrade,
         Err(why) => return ApiError::refuse(Refusal::WebsocketRequired, why).into_response(),
     };
-    // The SDKs that speak Protobuf ask for it by subprotocol; JSON is the default.
-    let protobuf = upgrade.choose(protobuf::SUBPROTOCOL);
+    // The SDKs that speak Protobuf ask for it by subprotocol (older ones by `format=protobuf`
+    // or `cf_protocol=protobuf` in the query, without one); JSON is the default.
+    let protobuf = upgrade.choose(protobuf::SUBPROTOCOL) || protobuf::asked_in(parts.uri.query());
     let max = herald.config().max_body_bytes;
     let peer = peer.map(|Extension(p)| p);
     // The publish hook sees a Centrifugo client's publishes like a WebSocket's.

@@ -20,6 +20,13 @@ use crate::transport::messages::websocket_frame;
 /// The subprotocol a client names to speak it.
 pub(super) const SUBPROTOCOL: &str = "centrifuge-protobuf";
 
+/// Whether an upgrade's query asks for Protobuf as the SDKs did before the subprotocol
+/// (`format=protobuf`, or `cf_protocol=protobuf`).
+pub(super) fn asked_in(query: Option<&str>) -> bool {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .any(|(k, v)| (k == "format" || k == "cf_protocol") && v == "protobuf")
+}
+
 const BINARY: u8 = 0x2;
 
 /// How a field is written on the wire and read into JSON.
