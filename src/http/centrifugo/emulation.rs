@@ -119,17 +119,11 @@ fn open(herald: Herald, mut parts: Parts, first: String, encoding: Encoding) -> 
         let frame = rx.recv().await?;
         Some((Ok::<_, Infallible>(frame), rx))
     });
-    match encoding {
-        Encoding::Json(framing) => uni::streaming(Body::from_stream(body), framing),
-        Encoding::Protobuf => {
-            let mut resp = uni::streaming(Body::from_stream(body), Framing::Lines);
-            resp.headers_mut().insert(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("application/octet-stream"),
-            );
-            resp
-        }
-    }
+    let content_type = match encoding {
+        Encoding::Json(framing) => framing.content_type(),
+        Encoding::Protobuf => "application/octet-stream",
+    };
+    uni::streaming(Body::from_stream(body), content_type)
 }
 
 /// A command batch of the SDK, for the session `session` of node `node`. `data` is the

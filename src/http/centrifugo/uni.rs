@@ -94,6 +94,14 @@ impl Framing {
         }
     }
 
+    /// The content type of a stream so framed.
+    pub(super) fn content_type(self) -> &'static str {
+        match self {
+            Self::Sse => "text/event-stream; charset=utf-8",
+            Self::Lines => "text/plain; charset=utf-8",
+        }
+    }
+
     /// Several pushes or replies in one frame: one SSE event of as many `data` lines (the
     /// client reads them as one message of several lines), or as many lines.
     pub(super) fn frame_lines(self, lines: &[String]) -> Bytes {
@@ -215,19 +223,14 @@ async fn stream(
             Step::Gone => None,
         }
     });
-    streaming(Body::from_stream(body), framing)
+    streaming(Body::from_stream(body), framing.content_type())
 }
 
-/// A `200` answer that streams `body`, framed as `framing` says, past caches and buffering
-/// proxies.
-pub(super) fn streaming(body: Body, framing: Framing) -> Response {
+/// A `200` answer that streams `body` as `content_type`, past caches and buffering proxies.
+pub(super) fn streaming(body: Body, content_type: &'static str) -> Response {
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
-    let kind = match framing {
-        Framing::Sse => "text/event-stream; charset=utf-8",
-        Framing::Lines => "text/plain; charset=utf-8",
-    };
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),

@@ -35,15 +35,19 @@ function emulated(transport, user, streams = herald, commands = streams, claims 
   });
 }
 
+/** Connects `c`; resolves to its `connected` context. */
+async function connect(c) {
+  const connected = once(c, 'connected');
+  c.connect();
+  return connected;
+}
+
 for (const transport of ['http_stream', 'sse']) {
   test(`over ${transport}, the SDK connects, subscribes, receives what Herald publishes, publishes, and reads history and presence`, async () => {
     const c = emulated(transport, 'emma');
     const reader = sse(herald, [`channel:emu-${transport}`], 'sse-reader');
     try {
-      const connected = once(c, 'connected');
-      c.connect();
-      const ctx = await connected;
-      assert.equal(ctx.transport, transport);
+      assert.equal((await connect(c)).transport, transport);
       const { sub, got, subscribed } = collecting(c, `emu-${transport}`);
       await subscribed;
       await reader.ready;
@@ -92,9 +96,7 @@ test("the SDK's Protobuf build over http_stream: binary replies down the stream,
   });
   const text = new TextDecoder();
   try {
-    const connected = once(c, 'connected');
-    c.connect();
-    assert.equal((await connected).transport, 'http_stream');
+    assert.equal((await connect(c)).transport, 'http_stream');
     const sub = c.newSubscription('emu-proto');
     const got = [];
     sub.on('publication', (p) => got.push(JSON.parse(text.decode(p.data)).n));
@@ -115,9 +117,7 @@ test("the SDK's Protobuf build over http_stream: binary replies down the stream,
 test('a reconnect over http_stream recovers exactly what was published while the client was away', async () => {
   const c = emulated('http_stream', 'eli');
   try {
-    const connected = once(c, 'connected');
-    c.connect();
-    await connected;
+    await connect(c);
     const { sub, got, subscribed } = collecting(c, 'emu-recover');
     await subscribed;
     await herald.publish({ channel: 'channel:emu-recover', type: 'n', n: 1 });
@@ -176,9 +176,7 @@ test('behind Redis, commands posted to the node without the stream reach the ses
   // The stream on node a, every command through node b.
   const c = emulated('http_stream', 'nico', a, b);
   try {
-    const connected = once(c, 'connected');
-    c.connect();
-    await connected;
+    await connect(c);
     const { sub, got, subscribed } = collecting(c, 'emu-nodes');
     await subscribed;
     await b.publish({ channel: 'channel:emu-nodes', type: 'n', n: 1 });
